@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "mtls-proxy",
+    products: [
+        .executable(name: "mtls-proxy", targets: ["mtls-proxy"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // C headers for libevent and OpenSSL, plus static inline wrappers for the macros Swift cannot import.
+        .systemLibrary(name: "CEventTLS", pkgConfig: "libevent_openssl libevent_pthreads openssl"),
+
+        // Pure HTTP/1.1 parsing and serialising over bytes. No dependencies.
+        .target(name: "HTTP1"),
+        // Configuration model, validation, routing. No sockets, no OpenSSL.
+        .target(name: "ProxyConfig", dependencies: [
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        // OpenSSL wrappers: certificates, keys, client contexts, error classification.
+        .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
+        // The data path on libevent: workers, listeners, client and upstream connections, pool.
+        .target(name: "ProxyServer", dependencies: [
+            "CEventTLS", "HTTP1", "ProxyConfig", "TLS",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "mtls-proxy", dependencies: [
+            "ProxyServer", "ProxyConfig", "TLS",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
+        .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),
+        .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS"]),
+    ]
+)

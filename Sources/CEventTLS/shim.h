@@ -1,0 +1,80 @@
+#ifndef MTLS_PROXY_CEVENTTLS_SHIM_H
+#define MTLS_PROXY_CEVENTTLS_SHIM_H
+
+/* A libc header first: event2/event-config.h defines _GNU_SOURCE, which would
+   otherwise make this module see glibc differently from SwiftGlibc. */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <errno.h>
+
+#include <event2/event.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/listener.h>
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <event2/thread.h>
+
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/evp.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+
+/* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
+
+static inline int mtls_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+static inline int mtls_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+static inline long mtls_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_mode(ctx, mode);
+}
+static inline long mtls_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
+static inline int mtls_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x509) {
+    return (int)SSL_CTX_add1_chain_cert(ctx, x509);
+}
+static inline void mtls_SSL_CTX_set_default_options(SSL_CTX *ctx) {
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+}
+static inline long mtls_SSL_CTX_set_session_cache_client(SSL_CTX *ctx) {
+    return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+}
+static inline long mtls_BIO_get_mem_data(BIO *bio, char **data) {
+    return BIO_get_mem_data(bio, data);
+}
+static inline void mtls_OPENSSL_free(void *ptr) { OPENSSL_free(ptr); }
+static inline unsigned long mtls_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
+static inline int mtls_sk_X509_num(const STACK_OF(X509) *sk) { return sk_X509_num(sk); }
+static inline X509 *mtls_sk_X509_value(const STACK_OF(X509) *sk, int i) { return sk_X509_value(sk, i); }
+static inline void mtls_sk_X509_pop_free(STACK_OF(X509) *sk) { sk_X509_pop_free(sk, X509_free); }
+
+/* libevent */
+static inline struct event *mtls_evtimer_new(struct event_base *base, event_callback_fn cb, void *arg) {
+    return event_new(base, -1, 0, cb, arg);
+}
+static inline int mtls_evtimer_add_ms(struct event *ev, long ms) {
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return event_add(ev, &tv);
+}
+static inline struct event *mtls_evsignal_new(struct event_base *base, int sig, event_callback_fn cb, void *arg) {
+    return event_new(base, sig, EV_SIGNAL | EV_PERSIST, cb, arg);
+}
+static inline void mtls_bufferevent_set_timeouts_ms(struct bufferevent *bev, long read_ms, long write_ms) {
+    struct timeval r = { read_ms / 1000, (read_ms % 1000) * 1000 };
+    struct timeval w = { write_ms / 1000, (write_ms % 1000) * 1000 };
+    bufferevent_set_timeouts(bev, read_ms > 0 ? &r : NULL, write_ms > 0 ? &w : NULL);
+}
+static inline int mtls_errno(void) { return errno; }
+
+#endif

@@ -1,0 +1,121 @@
+/// The header rewriting a forward proxy does on each hop (RFC 9110 §7.6).
+public enum Forwarding {
+    /// Fields that describe one hop and never pass through. Transfer-Encoding and Content-Length are dropped too:
+    /// the proxy writes the framing of each hop itself.
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
+        "te", "trailer", "upgrade", "transfer-encoding", "content-length",
+    ]
+
+    /// Removes hop-by-hop fields and every field that `Connection` names.
+    public static func stripHopByHop(_ headers: inout HTTPHeaders) {
+        var named = Set(headers.listElements("Connection").map(\.asciiLowercased))
+        named.formUnion(hopByHop)
+        headers.removeAll { named.contains($0.name.asciiLowercased) }
+    }
+
+    public static let viaToken = "1.1 mtls-proxy"
+
+    /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
+    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming) -> [UInt8] {
+        var headers = request.headers
+        stripHopByHop(&headers)
+        headers.remove("Host")
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        out.append(contentsOf: request.method.utf8)
+        out.append(0x20)
+        out.append(contentsOf: pathAndQuery.utf8)
+        out.append(contentsOf: " HTTP/1.1\r\nHost: ".utf8)
+        out.append(contentsOf: host.utf8)
+        out.append(contentsOf: "\r\n".utf8)
+        appendFields(headers, to: &out)
+        appendVia(request.headers, to: &out)
+        switch framing {
+        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
+        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .none, .untilClose:
+            // A body-less POST/PUT still states its length, as clients do.
+            if ["POST", "PUT", "PATCH"].contains(request.method) { out.append(contentsOf: "Content-Length: 0\r\n".utf8) }
+        }
+        out.append(contentsOf: "\r\n".utf8)
+        return out
+    }
+
+    /// How the proxy frames a response body towards its client.
+    public enum ClientFraming: Equatable, Sendable {
+        case none
+        case contentLength(UInt64)
+        case chunked
+        /// No framing: the body ends when the proxy closes the client connection.
+        case close
+    }
+
+    public static func clientFraming(upstream: BodyFraming, clientVersion: HTTPVersion) -> ClientFraming {
+        switch upstream {
+        case .none: return .none
+        case .contentLength(let n): return .contentLength(n)
+        case .chunked: return clientVersion == .http11 ? .chunked : .close
+        case .untilClose: return clientVersion == .http11 ? .chunked : .close
+        }
+    }
+
+    /// The response head sent to the client.
+    public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
+                                      keepAlive: Bool, clientVersion: HTTPVersion) -> [UInt8] {
+        var headers = response.headers
+        let upstreamContentLength = headers.first("Content-Length")
+        stripHopByHop(&headers)
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        out.append(contentsOf: clientVersion.text.utf8)
+        out.append(contentsOf: " \(response.status) ".utf8)
+        appendLatin1(response.reason, to: &out)
+        out.append(contentsOf: "\r\n".utf8)
+        appendFields(headers, to: &out)
+        appendVia(response.headers, to: &out)
+        switch framing {
+        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
+        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .none:
+            // HEAD and 304 answers keep the length the upstream announced for the representation.
+            if let cl = upstreamContentLength, requestMethod == "HEAD" || response.status == 304 {
+                out.append(contentsOf: "Content-Length: ".utf8)
+                out.append(contentsOf: cl.utf8)
+                out.append(contentsOf: "\r\n".utf8)
+            } else if response.status >= 200 && response.status != 204 && response.status != 304 {
+                out.append(contentsOf: "Content-Length: 0\r\n".utf8)
+            }
+        case .close: break
+        }
+        if response.status >= 200 {
+            if !keepAlive || framing == .close {
+                out.append(contentsOf: "Connection: close\r\n".utf8)
+            } else if clientVersion == .http10 {
+                out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
+            }
+        }
+        out.append(contentsOf: "\r\n".utf8)
+        return out
+    }
+
+    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8]) {
+        for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
+            out.append(contentsOf: field.name.utf8)
+            out.append(contentsOf: ": ".utf8)
+            appendLatin1(field.value, to: &out)
+            out.append(contentsOf: "\r\n".utf8)
+        }
+    }
+
+    static func appendVia(_ original: HTTPHeaders, to out: inout [UInt8]) {
+        let previous = original.values("Via")
+        out.append(contentsOf: "Via: ".utf8)
+        for v in previous {
+            appendLatin1(v, to: &out)
+            out.append(contentsOf: ", ".utf8)
+        }
+        out.append(contentsOf: viaToken.utf8)
+        out.append(contentsOf: "\r\n".utf8)
+    }
+}

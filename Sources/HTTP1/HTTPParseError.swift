@@ -1,0 +1,65 @@
+/// Why a request or response head (or body framing) was rejected. Each case maps to one status and one
+/// sentence a caller can act on.
+public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible {
+    case headTooLarge(limit: Int)
+    case bareCarriageReturn
+    case bareLineFeed
+    case invalidRequestLine
+    case invalidStatusLine
+    case unsupportedVersion(String)
+    case invalidMethod
+    case invalidTarget(String)
+    case obsoleteLineFolding
+    case headerWithoutColon
+    case whitespaceBeforeColon
+    case invalidFieldName
+    case invalidFieldValue(name: String)
+    case tooManyHeaders(limit: Int)
+    case contentLengthAndTransferEncoding
+    case invalidContentLength
+    case conflictingContentLength
+    case unsupportedTransferEncoding(String)
+    case transferEncodingInHTTP10
+    case missingHost
+    case multipleHosts
+    case invalidHost
+    case invalidChunkSize
+    case chunkSizeTooLarge
+    case invalidChunkExtension
+    case invalidChunkTerminator
+    case chunkLineTooLong
+    case invalidTrailer
+
+    public var description: String {
+        switch self {
+        case .headTooLarge(let limit): return "request line and headers exceed \(limit) bytes"
+        case .bareCarriageReturn: return "a bare CR (not followed by LF) in the head"
+        case .bareLineFeed: return "a line ending in LF without CR"
+        case .invalidRequestLine: return "malformed request line (expected: METHOD SP target SP HTTP/1.1)"
+        case .invalidStatusLine: return "malformed status line"
+        case .unsupportedVersion(let v): return "unsupported HTTP version \(v)"
+        case .invalidMethod: return "invalid method token"
+        case .invalidTarget(let why): return "invalid request target: \(why)"
+        case .obsoleteLineFolding: return "obsolete line folding (a header line starting with whitespace)"
+        case .headerWithoutColon: return "a header line without a colon"
+        case .whitespaceBeforeColon: return "whitespace between a header name and its colon"
+        case .invalidFieldName: return "invalid character in a header name"
+        case .invalidFieldValue(let name): return "invalid character in the value of header \(name)"
+        case .tooManyHeaders(let limit): return "more than \(limit) header lines"
+        case .contentLengthAndTransferEncoding: return "both Content-Length and Transfer-Encoding"
+        case .invalidContentLength: return "Content-Length is not a non-negative decimal number"
+        case .conflictingContentLength: return "conflicting Content-Length values"
+        case .unsupportedTransferEncoding(let te): return "unsupported Transfer-Encoding \"\(te)\" (only chunked is accepted)"
+        case .transferEncodingInHTTP10: return "Transfer-Encoding in an HTTP/1.0 message"
+        case .missingHost: return "HTTP/1.1 request without a Host header"
+        case .multipleHosts: return "more than one Host header"
+        case .invalidHost: return "invalid host name"
+        case .invalidChunkSize: return "invalid chunk size"
+        case .chunkSizeTooLarge: return "chunk size too large"
+        case .invalidChunkExtension: return "invalid chunk extension"
+        case .invalidChunkTerminator: return "chunk data not followed by CRLF"
+        case .chunkLineTooLong: return "chunk size line too long"
+        case .invalidTrailer: return "invalid trailer field"
+        }
+    }
+}

@@ -1,0 +1,190 @@
+/// Strict HTTP/1.1 head parsing (RFC 9112 §2-§5) over raw bytes.
+///
+/// Every line must end in CRLF; a bare CR or a bare LF is an error, as are obsolete line folding, a header
+/// line without a colon, whitespace before the colon, and control characters in names or values.
+public enum HeadParser {
+    /// The length of the head, through the empty line that ends it, or nil if `bytes` does not hold it all yet.
+    /// Empty lines before the start line (allowed by RFC 9112 §2.2) count as part of the head.
+    /// Throws once the head is known to be malformed or longer than `limit`.
+    public static func headLength(_ bytes: UnsafeRawBufferPointer, limit: Int) throws -> Int? {
+        let n = bytes.count
+        var i = 0
+        var lineStart = 0
+        var sawStartLine = false
+        while i < n {
+            let c = bytes[i]
+            if c == 0x0D {
+                guard i + 1 < n else { break }  // CR at the end: wait for more
+                guard bytes[i + 1] == 0x0A else { throw HTTPParseError.bareCarriageReturn }
+                let lineLength = i - lineStart
+                if lineLength == 0 {
+                    if sawStartLine {
+                        let end = i + 2
+                        if end > limit { throw HTTPParseError.headTooLarge(limit: limit) }
+                        return end
+                    }
+                } else {
+                    sawStartLine = true
+                }
+                i += 2
+                lineStart = i
+                continue
+            }
+            if c == 0x0A { throw HTTPParseError.bareLineFeed }
+            i += 1
+            if i > limit { throw HTTPParseError.headTooLarge(limit: limit) }
+        }
+        if n > limit { throw HTTPParseError.headTooLarge(limit: limit) }
+        return nil
+    }
+
+    public static func parseRequest(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> RequestHead {
+        var lines = try Lines(bytes, limits: limits)
+        guard let start = lines.next() else { throw HTTPParseError.invalidRequestLine }
+        // request-line = method SP request-target SP HTTP-version
+        guard let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        let methodBytes = start[start.startIndex..<sp1]
+        let rest = start[(sp1 + 1)...]
+        guard let sp2 = rest.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        let targetBytes = rest[rest.startIndex..<sp2]
+        let versionBytes = rest[(sp2 + 1)...]
+        guard !methodBytes.isEmpty, methodBytes.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidMethod }
+        guard !targetBytes.isEmpty else { throw HTTPParseError.invalidRequestLine }
+        guard targetBytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
+        }
+        let version = try parseVersion(versionBytes)
+        let headers = try parseFields(&lines, limits: limits)
+        return RequestHead(method: ascii(methodBytes), target: ascii(targetBytes), version: version, headers: headers)
+    }
+
+    public static func parseResponse(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> ResponseHead {
+        var lines = try Lines(bytes, limits: limits)
+        guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
+        // status-line = HTTP-version SP status-code SP [ reason-phrase ]
+        guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
+        let version = try parseVersion(start[start.startIndex..<sp1])
+        let codeStart = sp1 + 1
+        guard codeStart + 3 <= start.endIndex else { throw HTTPParseError.invalidStatusLine }
+        let code = start[codeStart..<(codeStart + 3)]
+        guard code.allSatisfy(isDigit) else { throw HTTPParseError.invalidStatusLine }
+        let status = code.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+        guard status >= 100 else { throw HTTPParseError.invalidStatusLine }
+        var reason = ""
+        if codeStart + 3 < start.endIndex {
+            guard start[codeStart + 3] == 0x20 else { throw HTTPParseError.invalidStatusLine }
+            let reasonBytes = start[(codeStart + 4)...]
+            guard reasonBytes.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidStatusLine }
+            reason = latin1(reasonBytes)
+        }
+        let headers = try parseFields(&lines, limits: limits)
+        return ResponseHead(version: version, status: status, reason: reason, headers: headers)
+    }
+
+    private static func parseVersion(_ bytes: Slice<UnsafeRawBufferPointer>) throws -> HTTPVersion {
+        if bytes.elementsEqual("HTTP/1.1".utf8) { return .http11 }
+        if bytes.elementsEqual("HTTP/1.0".utf8) { return .http10 }
+        let text = ascii(bytes.prefix(16))
+        if bytes.count == 8, bytes.starts(with: "HTTP/".utf8) { throw HTTPParseError.unsupportedVersion(text) }
+        throw HTTPParseError.invalidRequestLine
+    }
+
+    private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
+        var fields: [HTTPField] = []
+        while let line = lines.next() {
+            guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
+            if line.first == 0x20 || line.first == 0x09 { throw HTTPParseError.obsoleteLineFolding }
+            guard let colon = line.firstIndex(of: 0x3A) else { throw HTTPParseError.headerWithoutColon }
+            let name = line[line.startIndex..<colon]
+            if let last = name.last, last == 0x20 || last == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
+            guard !name.isEmpty, name.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidFieldName }
+            var value = line[(colon + 1)...]
+            while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
+            while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
+            let nameString = ascii(name)
+            guard value.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidFieldValue(name: nameString) }
+            fields.append(HTTPField(name: nameString, value: latin1(value)))
+        }
+        return HTTPHeaders(fields)
+    }
+
+    /// The CRLF-terminated lines of a complete head, leading empty lines skipped, stopping at the empty line.
+    struct Lines {
+        let bytes: UnsafeRawBufferPointer
+        var position: Int
+
+        init(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits) throws {
+            guard bytes.count <= limits.maxHeadBytes else { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
+            self.bytes = bytes
+            var p = 0
+            while p + 1 < bytes.count, bytes[p] == 0x0D, bytes[p + 1] == 0x0A { p += 2 }
+            self.position = p
+        }
+
+        mutating func next() -> Slice<UnsafeRawBufferPointer>? {
+            let start = position
+            var i = start
+            while i + 1 < bytes.count {
+                if bytes[i] == 0x0D && bytes[i + 1] == 0x0A {
+                    position = i + 2
+                    return i == start ? nil : bytes[start..<i]
+                }
+                i += 1
+            }
+            position = bytes.count
+            return nil
+        }
+    }
+}
+
+extension HeadParser {
+    /// Convenience for tests and callers holding an array.
+    public static func parseRequest(_ bytes: [UInt8], limits: HeadLimits = HeadLimits()) throws -> RequestHead {
+        try bytes.withUnsafeBytes { try parseRequest($0, limits: limits) }
+    }
+
+    public static func parseResponse(_ bytes: [UInt8], limits: HeadLimits = HeadLimits()) throws -> ResponseHead {
+        try bytes.withUnsafeBytes { try parseResponse($0, limits: limits) }
+    }
+
+    public static func headLength(_ bytes: [UInt8], limit: Int) throws -> Int? {
+        try bytes.withUnsafeBytes { try headLength($0, limit: limit) }
+    }
+}
+
+@inline(__always) func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+
+/// tchar (RFC 9110 §5.6.2).
+@inline(__always) func isTokenChar(_ c: UInt8) -> Bool {
+    switch c {
+    case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
+    case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
+    default: return false
+    }
+}
+
+/// field-vchar, SP and HTAB (RFC 9110 §5.5): no NUL, CR, LF, other controls or DEL.
+@inline(__always) func isFieldValueChar(_ c: UInt8) -> Bool {
+    c == 0x09 || (c >= 0x20 && c != 0x7F)
+}
+
+func ascii<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    String(decoding: bytes, as: UTF8.self)
+}
+
+/// Bytes as Latin-1 scalars, so that obs-text survives a round trip through `String` unchanged.
+func latin1<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    if bytes.allSatisfy({ $0 < 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
+    var scalars = String.UnicodeScalarView()
+    for b in bytes { scalars.append(Unicode.Scalar(b)) }
+    return String(scalars)
+}
+
+/// The inverse of `latin1`: every scalar of an HTTP string is at most 0xFF.
+func appendLatin1(_ string: String, to out: inout [UInt8]) {
+    if string.utf8.allSatisfy({ $0 < 0x80 }) {
+        out.append(contentsOf: string.utf8)
+        return
+    }
+    for scalar in string.unicodeScalars { out.append(UInt8(truncatingIfNeeded: scalar.value)) }
+}

@@ -1,0 +1,321 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import TOMLKit
+
+/// Reads a TOML config file into a validated `ProxyConfiguration`. Every mistake names the file, the key and
+/// what was expected; nothing half-valid comes out.
+public enum ConfigLoader {
+    /// The config file to use when none is given: `./proxy.conf`, else `/etc/mtls-proxy/proxy.conf`.
+    public static func defaultPath() -> String {
+        access("proxy.conf", F_OK) == 0 ? "proxy.conf" : "/etc/mtls-proxy/proxy.conf"
+    }
+
+    public static func load(file: String) throws -> ProxyConfiguration {
+        let absolute = absolutePath(file)
+        guard let text = readTextFile(absolute) else {
+            throw ConfigError(file: file, key: "", message: "cannot read the config file: \(String(cString: strerror(errno)))")
+        }
+        return try parse(text, file: file, baseDirectory: directory(of: absolute))
+    }
+
+    public static func parse(_ text: String, file: String, baseDirectory: String) throws -> ProxyConfiguration {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(file: file, key: "", message: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
+        }
+        let reader = TableReader(table: root, path: "", file: file, base: baseDirectory)
+        try reader.allowOnly(["proxy", "upstream", "identities", "route"])
+
+        var proxy = ProxySettings()
+        if let t = try reader.table("proxy") {
+            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes"])
+            if let listen = try t.string("listen") {
+                guard let hp = HostPort.parse(listen) else {
+                    throw t.error("listen", "expected an address and port such as \"127.0.0.1:3128\" or \"[::1]:3128\", got \"\(listen)\"")
+                }
+                proxy.listen = hp
+            }
+            if let workers = try t.int("workers") {
+                guard workers >= 0 && workers <= 256 else { throw t.error("workers", "expected 0 (one per core) to 256, got \(workers)") }
+                proxy.workers = workers
+            }
+            if let unmatched = try t.string("unmatched") {
+                guard let policy = UnmatchedPolicy(rawValue: unmatched) else {
+                    throw t.error("unmatched", "expected \"deny\" or \"tls\", got \"\(unmatched)\"")
+                }
+                proxy.unmatched = policy
+            }
+            if let list = try t.stringArray("allow_clients") {
+                proxy.allowClients = try list.enumerated().map { i, text in
+                    guard let cidr = CIDR.parse(text) else {
+                        throw t.error("allow_clients[\(i + 1)]", "expected an address range such as \"10.0.0.0/8\", got \"\(text)\"")
+                    }
+                    return cidr
+                }
+            }
+            if let max = try t.int("max_header_bytes") {
+                guard max >= 1024 && max <= 1024 * 1024 else {
+                    throw t.error("max_header_bytes", "expected 1024 to 1048576, got \(max)")
+                }
+                proxy.maxHeaderBytes = max
+            }
+        }
+        if !(IPAddress(proxy.listen.host)?.isLoopback ?? false) && proxy.allowClients.isEmpty {
+            throw ConfigError(file: file, key: "proxy.listen",
+                              message: "\(proxy.listen) is not a loopback address; set proxy.allow_clients (address ranges allowed to connect) to listen there")
+        }
+
+        var upstream = UpstreamSettings()
+        if let t = try reader.table("upstream") {
+            try t.allowOnly(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host"])
+            upstream.trust = try readTrust(t, defaults: upstream.trust)
+            upstream.timeouts = try readTimeouts(t, defaults: upstream.timeouts)
+            if let n = try t.int("max_idle_per_host") {
+                guard n >= 0 && n <= 10_000 else { throw t.error("max_idle_per_host", "expected 0 to 10000, got \(n)") }
+                upstream.maxIdlePerHost = n
+            }
+        }
+
+        var identities: [Identity] = []
+        if let t = try reader.table("identities") {
+            for name in t.keys.sorted() {
+                guard let it = try t.table(name) else { throw t.error(name, "expected a table [identities.\(name)]") }
+                guard isValidIdentityName(name) else {
+                    throw t.error(name, "identity names use letters, digits, '-' and '_'")
+                }
+                identities.append(try readIdentity(it, name: name))
+            }
+        }
+
+        var routes: [Route] = []
+        for (i, rt) in try reader.arrayOfTables("route").enumerated() {
+            routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities))
+        }
+        return ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes)
+    }
+
+    static func readIdentity(_ t: TableReader, name: String) throws -> Identity {
+        try t.allowOnly(["cert", "key", "certificates"])
+        var sources: [CertificateSource] = []
+        let cert = try t.path("cert"), key = try t.path("key")
+        if cert != nil || key != nil {
+            guard let cert else { throw t.error("cert", "missing: the certificate file (PEM, leaf first) that goes with key") }
+            guard let key else { throw t.error("key", "missing: the private key file (PEM) that goes with cert") }
+            sources.append(CertificateSource(cert: cert, key: key, configKey: t.path))
+        }
+        for (i, ct) in try t.arrayOfTables("certificates").enumerated() {
+            try ct.allowOnly(["cert", "key"])
+            guard let cert = try ct.path("cert") else { throw ct.error("cert", "missing: the certificate file (PEM, leaf first)") }
+            guard let key = try ct.path("key") else { throw ct.error("key", "missing: the private key file (PEM)") }
+            sources.append(CertificateSource(cert: cert, key: key, configKey: "\(t.path).certificates[\(i + 1)]"))
+        }
+        guard !sources.isEmpty else {
+            throw ConfigError(file: t.file, key: t.path, message: "an identity needs cert and key (or [[\(t.path).certificates]] entries)")
+        }
+        return Identity(name: name, certificates: sources)
+    }
+
+    static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
+        try t.allowOnly(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
+                         "connect_timeout", "response_timeout", "idle_timeout"])
+        guard let hostText = try t.string("host") else {
+            throw t.error("host", "missing: every route names a host (\"api.example.com\", \"*.example.com\" or \"*\")")
+        }
+        guard let host = HostPattern.parse(hostText) else {
+            throw t.error("host", "expected a host name, \"*.example.com\" or \"*\", got \"\(hostText)\"")
+        }
+        var port: Int?
+        if let p = try t.int("port") {
+            guard p >= 1 && p <= 65535 else { throw t.error("port", "expected 1 to 65535, got \(p)") }
+            port = p
+        }
+        var pathPrefix: String?
+        if let p = try t.string("path") {
+            guard p.hasPrefix("/") else { throw t.error("path", "expected a path prefix starting with /, got \"\(p)\"") }
+            pathPrefix = p
+        }
+        let identity = try t.string("identity")
+        let actionText = try t.string("action")
+        let action: RouteAction
+        switch (identity, actionText) {
+        case (let id?, nil):
+            guard identities.contains(where: { $0.name == id }) else {
+                let known = identities.map(\.name).joined(separator: ", ")
+                throw t.error("identity", "unknown identity \"\(id)\"; defined: \(known.isEmpty ? "none" : known)")
+            }
+            action = .mtls(identity: id)
+        case (nil, "tls"?): action = .tls
+        case (nil, "deny"?): action = .deny
+        case (nil, "mtls"?): throw t.error("action", "an mtls route names its identity: identity = \"...\" (and no action)")
+        case (nil, let other?): throw t.error("action", "expected \"tls\" or \"deny\", got \"\(other)\"")
+        case (_?, _?): throw t.error("action", "a route sets identity (mTLS) or action (\"tls\"/\"deny\"), not both")
+        case (nil, nil): throw t.error("identity", "missing: set identity = \"NAME\" for mTLS, or action = \"tls\" or \"deny\"")
+        }
+        var connect: HostPort?
+        if let c = try t.string("connect") {
+            guard let hp = HostPort.parse(c), hp.port > 0 else {
+                throw t.error("connect", "expected a numeric address and port such as \"127.0.0.1:18443\", got \"\(c)\"")
+            }
+            connect = hp
+        }
+        let trust = try readTrust(t, defaults: upstream.trust)
+        let timeouts = try readTimeouts(t, defaults: upstream.timeouts)
+        return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
+                     action: action, connect: connect, trust: trust, timeouts: timeouts)
+    }
+
+    static func readTrust(_ t: TableReader, defaults: TrustSettings) throws -> TrustSettings {
+        var trust = defaults
+        if let ca = try t.string("ca_file") {
+            trust.caFile = ca.isEmpty ? nil : t.resolve(ca)
+        }
+        if let v = try t.string("min_tls") {
+            guard let version = TLSVersionSetting(rawValue: v) else { throw t.error("min_tls", "expected \"1.2\" or \"1.3\", got \"\(v)\"") }
+            trust.minTLS = version
+        }
+        return trust
+    }
+
+    static func readTimeouts(_ t: TableReader, defaults: Timeouts) throws -> Timeouts {
+        var timeouts = defaults
+        if let d = try t.duration("connect_timeout") { timeouts.connect = d }
+        if let d = try t.duration("response_timeout") { timeouts.response = d }
+        if let d = try t.duration("idle_timeout") { timeouts.idle = d }
+        return timeouts
+    }
+
+    static func isValidIdentityName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D || $0 == 0x5F }
+    }
+
+    // MARK: files
+
+    static func absolutePath(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buffer, buffer.count) != nil else { return path }
+        let cwd = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasPrefix("./") ? cwd + "/" + path.dropFirst(2) : cwd + "/" + path
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    static func readTextFile(_ path: String) -> String? {
+        guard let f = fopen(path, "rb") else { return nil }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+            if n < chunk.count { break }
+            if bytes.count > 16 * 1024 * 1024 { return nil }
+        }
+        if ferror(f) != 0 { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// A TOML table with the key path it sits at, for typed reads that fail with the file and key named.
+struct TableReader {
+    let table: TOMLTable
+    let path: String
+    let file: String
+    let base: String
+
+    var keys: [String] { table.keys }
+
+    func keyPath(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(file: file, key: keyPath(key), message: message)
+    }
+
+    func allowOnly(_ allowed: Set<String>) throws {
+        for key in table.keys.sorted() where !allowed.contains(key) {
+            throw error(key, "unknown key; expected one of: \(allowed.sorted().joined(separator: ", "))")
+        }
+    }
+
+    private func typeName(_ value: TOMLValueConvertible) -> String {
+        switch value.type {
+        case .string: return "a string"
+        case .int: return "an integer"
+        case .double: return "a number"
+        case .bool: return "a boolean"
+        case .table: return "a table"
+        case .array: return "an array"
+        default: return "a date or time"
+        }
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let value = table[key] else { return nil }
+        guard let s = value.string else { throw error(key, "expected a string, got \(typeName(value))") }
+        return s
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let value = table[key] else { return nil }
+        guard let i = value.int else { throw error(key, "expected an integer, got \(typeName(value))") }
+        return i
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let value = table[key] else { return nil }
+        guard let b = value.bool else { throw error(key, "expected true or false, got \(typeName(value))") }
+        return b
+    }
+
+    func duration(_ key: String) throws -> TimeSpan? {
+        guard let text = try string(key) else { return nil }
+        guard let span = TimeSpan.parse(text), span.milliseconds > 0 else {
+            throw error(key, "expected a positive duration such as \"250ms\", \"5s\", \"2m\" or \"1h\", got \"\(text)\"")
+        }
+        return span
+    }
+
+    /// A file path, resolved against the config file's folder.
+    func path(_ key: String) throws -> String? {
+        guard let text = try string(key) else { return nil }
+        guard !text.isEmpty else { throw error(key, "expected a file path, got an empty string") }
+        return resolve(text)
+    }
+
+    func resolve(_ path: String) -> String {
+        path.hasPrefix("/") ? path : "\(base)/\(path)"
+    }
+
+    func stringArray(_ key: String) throws -> [String]? {
+        guard let value = table[key] else { return nil }
+        guard let array = value.array else { throw error(key, "expected an array of strings, got \(typeName(value))") }
+        return try array.enumerated().map { i, element in
+            guard let s = element.string else { throw error("\(key)[\(i + 1)]", "expected a string, got \(typeName(element))") }
+            return s
+        }
+    }
+
+    func table(_ key: String) throws -> TableReader? {
+        guard let value = table[key] else { return nil }
+        guard let t = value.table else { throw error(key, "expected a table, got \(typeName(value))") }
+        return TableReader(table: t, path: keyPath(key), file: file, base: base)
+    }
+
+    /// `[[key]]` entries, each with a 1-based index in its key path.
+    func arrayOfTables(_ key: String) throws -> [TableReader] {
+        guard let value = table[key] else { return [] }
+        guard let array = value.array else { throw error(key, "expected [[\(keyPath(key))]] tables, got \(typeName(value))") }
+        return try array.enumerated().map { i, element in
+            guard let t = element.table else { throw error("\(key)[\(i + 1)]", "expected a table, got \(typeName(element))") }
+            return TableReader(table: t, path: "\(keyPath(key))[\(i + 1)]", file: file, base: base)
+        }
+    }
+}

@@ -1,0 +1,210 @@
+/// The whole configuration, validated, immutable once built. Paths are absolute (resolved against the
+/// config file's folder).
+public struct ProxyConfiguration: Sendable {
+    public var file: String
+    public var proxy: ProxySettings
+    public var upstream: UpstreamSettings
+    /// Identities in name order.
+    public var identities: [Identity]
+    /// Routes in file order; the first that matches decides.
+    public var routes: [Route]
+
+    public init(file: String, proxy: ProxySettings, upstream: UpstreamSettings, identities: [Identity], routes: [Route]) {
+        self.file = file
+        self.proxy = proxy
+        self.upstream = upstream
+        self.identities = identities
+        self.routes = routes
+    }
+
+    public func identity(named name: String) -> Identity? {
+        identities.first { $0.name == name }
+    }
+
+    public var router: Router { Router(routes: routes, unmatched: proxy.unmatched, upstream: upstream) }
+}
+
+public enum UnmatchedPolicy: String, Sendable {
+    case deny
+    case tls
+}
+
+public struct ProxySettings: Sendable {
+    public var listen: HostPort = HostPort(host: "127.0.0.1", port: 3128)
+    /// Event-loop threads; 0 means one per core.
+    public var workers: Int = 0
+    public var unmatched: UnmatchedPolicy = .deny
+    /// Client address ranges allowed to connect. Empty means loopback only.
+    public var allowClients: [CIDR] = []
+    public var maxHeaderBytes: Int = 64 * 1024
+
+    public init() {}
+}
+
+public enum TLSVersionSetting: String, Sendable, Hashable {
+    case tls12 = "1.2"
+    case tls13 = "1.3"
+}
+
+/// What decides whether an upstream server is trusted. Part of the pool key.
+public struct TrustSettings: Sendable, Hashable {
+    /// PEM bundle; nil means the system trust store.
+    public var caFile: String?
+    public var minTLS: TLSVersionSetting
+
+    public init(caFile: String?, minTLS: TLSVersionSetting) {
+        self.caFile = caFile
+        self.minTLS = minTLS
+    }
+}
+
+public struct Timeouts: Sendable, Hashable {
+    public var connect: TimeSpan
+    /// Until the first byte of the response (and between reads after that).
+    public var response: TimeSpan
+    /// How long a pooled connection may sit idle.
+    public var idle: TimeSpan
+
+    public init(connect: TimeSpan, response: TimeSpan, idle: TimeSpan) {
+        self.connect = connect
+        self.response = response
+        self.idle = idle
+    }
+}
+
+public struct UpstreamSettings: Sendable {
+    public var trust = TrustSettings(caFile: nil, minTLS: .tls12)
+    public var timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
+    public var maxIdlePerHost = 64
+
+    public init() {}
+}
+
+/// One certificate and its key, as files.
+public struct CertificateSource: Sendable, Hashable {
+    public var cert: String
+    public var key: String
+    /// Where it was configured, e.g. `identities.us` or `identities.us.certificates[2]`, for error messages.
+    public var configKey: String
+
+    public init(cert: String, key: String, configKey: String) {
+        self.cert = cert
+        self.key = key
+        self.configKey = configKey
+    }
+}
+
+/// A client identity the proxy can present: one or more certificates (staged for rotation), one active at a time.
+public struct Identity: Sendable, Hashable {
+    public var name: String
+    public var certificates: [CertificateSource]
+
+    public init(name: String, certificates: [CertificateSource]) {
+        self.name = name
+        self.certificates = certificates
+    }
+}
+
+public enum RouteAction: Sendable, Hashable, CustomStringConvertible {
+    /// TLS presenting this identity's certificate.
+    case mtls(identity: String)
+    /// TLS without a client certificate.
+    case tls
+    case deny
+
+    public var description: String {
+        switch self {
+        case .mtls(let identity): return "mtls (identity \(identity))"
+        case .tls: return "tls (no client certificate)"
+        case .deny: return "deny"
+        }
+    }
+}
+
+public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
+    case exact(String)
+    /// `*.example.com`: any name ending in `.example.com`, not `example.com` itself.
+    case subdomains(of: String)
+    case any
+
+    public static func parse(_ text: String) -> HostPattern? {
+        let lower = text.asciiLowercasedForConfig
+        if lower == "*" { return .any }
+        if lower.hasPrefix("*.") {
+            let base = String(lower.dropFirst(2))
+            guard isValidHostName(base) else { return nil }
+            return .subdomains(of: base)
+        }
+        if lower.hasPrefix("[") && lower.hasSuffix("]") {
+            let inner = String(lower.dropFirst().dropLast())
+            guard IPAddress(inner)?.isV6 == true else { return nil }
+            return .exact(inner)
+        }
+        guard isValidHostName(lower) || IPAddress(lower) != nil else { return nil }
+        return .exact(lower)
+    }
+
+    public func matches(_ host: String) -> Bool {
+        switch self {
+        case .any: return true
+        case .exact(let name): return host == name
+        case .subdomains(let base): return host.count > base.count + 1 && host.hasSuffix("." + base)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .any: return "*"
+        case .exact(let name): return name
+        case .subdomains(let base): return "*." + base
+        }
+    }
+
+    static func isValidHostName(_ s: String) -> Bool {
+        guard !s.isEmpty, s.utf8.count <= 253 else { return false }
+        return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            !label.isEmpty && label.count <= 63 && label.utf8.allSatisfy {
+                ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F
+            }
+        }
+    }
+}
+
+public struct Route: Sendable, Hashable {
+    /// 1-based position in the file.
+    public var index: Int
+    public var name: String?
+    public var host: HostPattern
+    public var port: Int?
+    public var pathPrefix: String?
+    public var action: RouteAction
+    /// Dial this address instead of resolving the host; SNI, certificate check and Host stay the URL's host.
+    public var connect: HostPort?
+    public var trust: TrustSettings
+    public var timeouts: Timeouts
+
+    public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
+                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts) {
+        self.index = index
+        self.name = name
+        self.host = host
+        self.port = port
+        self.pathPrefix = pathPrefix
+        self.action = action
+        self.connect = connect
+        self.trust = trust
+        self.timeouts = timeouts
+    }
+
+    /// How logs and error messages name the route: its `name`, else its position and host.
+    public var label: String {
+        if let name { return name }
+        return "route[\(index)] \(host)"
+    }
+}
+
+extension String {
+    var asciiLowercasedForConfig: String {
+        String(decoding: utf8.map { ($0 >= 0x41 && $0 <= 0x5A) ? $0 | 0x20 : $0 }, as: UTF8.self)
+    }
+}

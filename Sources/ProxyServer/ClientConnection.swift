@@ -1,0 +1,787 @@
+import CEventTLS
+import HTTP1
+import ProxyConfig
+import TLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One connection from a workflow. Reads a request head, decides (route), relays the request to an upstream
+/// connection and the response back, then waits for the next request (keep-alive) or closes.
+///
+/// The request side and the response side each have their own state, because a body may still be streaming up
+/// while the response starts coming down.
+final class ClientConnection: UpstreamConnectionDelegate {
+    enum Phase {
+        /// Between requests: waiting for (the rest of) a request head.
+        case readingHead
+        /// A request is being served.
+        case exchanging
+        /// Our last bytes are queued; close once they are written.
+        case closingAfterWrite
+        /// Written and half-closed; reading what the client still sends so the close does not reset our answer.
+        case lingering
+        case closed
+    }
+
+    enum RequestBody {
+        case contentLength(remaining: UInt64)
+        case chunked(ChunkedDecoder)
+        case done
+    }
+
+    enum ResponseState {
+        case awaitingHead
+        case body
+        case done
+    }
+
+    unowned let worker: Worker
+    let bev: OpaquePointer
+    let peer: String
+    private(set) var phase: Phase = .readingHead
+    private var lingerTimer: OpaquePointer?
+
+    // The exchange in progress.
+    private var request: RequestHead?
+    private var target: AbsoluteTarget?
+    private var match: RouteMatch?
+    private var upstreamRequestHead: [UInt8] = []
+    private var requestBody: RequestBody = .done
+    private var upstream: UpstreamConnection?
+    private var responseState: ResponseState = .done
+    private var responseFraming: BodyFraming = .none
+    private var clientFraming: Forwarding.ClientFraming = .none
+    private var responseRemaining: UInt64 = 0
+    private var responseDecoder = ChunkedDecoder()
+    private var keepAlive = true
+    private var retried = false
+    private var upstreamReadPaused = false
+    private var clientReadPaused = false
+    private var startMicros = 0
+    private var record = AccessRecord()
+
+    init(worker: Worker, bev: OpaquePointer, peer: String) {
+        self.worker = worker
+        self.bev = bev
+        self.peer = peer
+    }
+
+    private var input: OpaquePointer { bufferevent_get_input(bev) }
+    private var output: OpaquePointer { bufferevent_get_output(bev) }
+    private var runtime: ProxyRuntime { worker.runtime }
+
+    func start() {
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        bufferevent_setcb(bev, clientReadCallback, clientWriteCallback, clientEventCallback, me)
+        bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
+        bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
+        mtls_bufferevent_set_timeouts_ms(bev, Worker.clientIdleTimeout.milliseconds, 0)
+        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+    }
+
+    // MARK: client events
+
+    fileprivate func readable() {
+        switch phase {
+        case .readingHead: readHead()
+        case .exchanging: pumpRequestBody()
+        case .lingering: evbuffer_drain(input, evbuffer_get_length(input))
+        case .closingAfterWrite, .closed: break
+        }
+    }
+
+    fileprivate func writable() {
+        switch phase {
+        case .closingAfterWrite:
+            if evbuffer_get_length(output) == 0 { startLingering() }
+        case .exchanging:
+            if upstreamReadPaused && evbuffer_get_length(output) <= Worker.writeLowWatermark {
+                upstreamReadPaused = false
+                upstream?.enableRead(true)
+                pumpResponse()
+            }
+        default: break
+        }
+    }
+
+    fileprivate func event(_ what: Int16) {
+        let flags = Int32(what)
+        switch phase {
+        case .readingHead:
+            if flags & BEV_EVENT_TIMEOUT != 0 && evbuffer_get_length(input) > 0 {
+                sendError(ProxyErrorResponse(status: 408, errorType: .httpRequestError,
+                                             details: "the request head did not arrive within \(Worker.clientIdleTimeout)"),
+                          close: true)
+            } else {
+                abort()
+            }
+        case .exchanging:
+            // The client went away (or stalled past the timeout) mid-exchange: nothing can be delivered.
+            if record.status == 0 { record.status = 499 }
+            finishRecord(proxyStatus: "client closed the connection before the response completed")
+            abort()
+        case .closingAfterWrite, .lingering, .closed:
+            abort()
+        }
+    }
+
+    /// Graceful shutdown: close now if idle, else after the current response.
+    func drain() {
+        switch phase {
+        case .readingHead where evbuffer_get_length(input) == 0: abort()
+        case .exchanging: keepAlive = false
+        default: break
+        }
+    }
+
+    /// Closes at once, dropping whatever is unsent; the upstream, if any, is closed, not pooled.
+    func abort() {
+        guard phase != .closed else { return }
+        phase = .closed
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        if let lingerTimer {
+            event_free(lingerTimer)
+            self.lingerTimer = nil
+        }
+        bufferevent_setcb(bev, nil, nil, nil, nil)
+        bufferevent_free(bev)
+        worker.clientClosed(self)
+    }
+
+    // MARK: request head
+
+    private func readHead() {
+        let available = evbuffer_get_length(input)
+        guard available > 0 else { return }
+        let limit = runtime.limits.maxHeadBytes
+        let window = min(available, limit + 4)
+        guard let bytes = evbuffer_pullup(input, window) else { return }
+        let buffer = UnsafeRawBufferPointer(start: bytes, count: window)
+        let head: RequestHead
+        let headLength: Int
+        do {
+            guard let length = try HeadParser.headLength(buffer, limit: limit) else {
+                if available >= limit { throw HTTPParseError.headTooLarge(limit: limit) }
+                return
+            }
+            head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
+            headLength = length
+        } catch let error as HTTPParseError {
+            startRecord(method: "-", target: nil)
+            sendError(.badRequest(error), close: true)
+            return
+        } catch {
+            abort()
+            return
+        }
+        evbuffer_drain(input, headLength)
+        startExchange(head)
+        record.bytesIn += headLength
+    }
+
+    private func startRecord(method: String, target: AbsoluteTarget?) {
+        startMicros = monotonicMicros()
+        record = AccessRecord()
+        record.time = currentEpochSeconds()
+        record.client = peer
+        record.method = method
+        if let target {
+            record.scheme = target.scheme
+            record.host = target.host
+            record.path = String(target.path)
+        }
+    }
+
+    private func startExchange(_ head: RequestHead) {
+        startRecord(method: head.method, target: nil)
+        request = head
+        keepAlive = head.wantsKeepAlive && !worker.draining
+        retried = false
+
+        if head.method == "CONNECT" {
+            sendError(ProxyErrorResponse(
+                status: 501, errorType: .httpRequestError,
+                details: "CONNECT tunnels are not supported: through a tunnel the proxy cannot add a client certificate",
+                advice: "Use an http:// URL (for example http://api.example.com/path) with HTTP_PROXY set; the proxy makes the https connection upstream and presents the route's certificate."),
+                      close: true)
+            return
+        }
+        let framing: BodyFraming
+        let target: AbsoluteTarget
+        do {
+            framing = try BodyFraming.forRequest(head)
+            let hosts = head.headers.values("Host")
+            if hosts.count > 1 { throw HTTPParseError.multipleHosts }
+            if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
+            target = try AbsoluteTarget.parse(head.target)
+        } catch let error as HTTPParseError {
+            sendError(.badRequest(error), close: true)
+            return
+        } catch {
+            abort()
+            return
+        }
+        self.target = target
+        record.scheme = target.scheme
+        record.host = target.host
+        record.path = String(target.path)
+        switch framing {
+        case .contentLength(let n): requestBody = .contentLength(remaining: n)
+        case .chunked: requestBody = .chunked(ChunkedDecoder())
+        case .none, .untilClose: requestBody = .done
+        }
+        let hasBody = framing != .none
+
+        // An http:// URL without a port means the service's https port.
+        let port = target.explicitPort ?? 443
+        record.port = port
+        let match = runtime.router.match(host: target.host, port: port, path: target.path)
+        self.match = match
+        record.route = match.label
+
+        let context: ClientTLSContext
+        switch match.action {
+        case .deny:
+            let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(target.host):\(port) and [proxy] unmatched is \"deny\""
+            sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
+                                         advice: "Add a [[route]] for this host to the proxy's config if it should be reachable."),
+                      close: hasBody)
+            return
+        case .mtls(let identity):
+            record.identity = identity
+            fallthrough
+        case .tls:
+            switch runtime.context(for: match) {
+            case .context(let ctx): context = ctx
+            case .noValidCertificate(let identity, let expiry):
+                let when = expiry.map { " (the last one expired at \(formatUTC($0)))" } ?? ""
+                sendError(ProxyErrorResponse(status: 502, errorType: .proxyConfigurationError,
+                                             details: "identity \(identity) has no currently valid certificate\(when)",
+                                             advice: "Stage a valid certificate for identity \(identity) in the proxy's config; run `mtls-proxy check` to see its certificates."),
+                          close: hasBody)
+                return
+            }
+        }
+        record.certificateSerial = context.credential?.leaf.serialHex
+
+        let hostHeader = target.hostHeader(port: port, defaultPort: 443)
+        upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: hostHeader, framing: framing)
+        let key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
+        phase = .exchanging
+        responseState = .awaitingHead
+        guard attachUpstream(key: key, context: context, timeouts: match.timeouts) else { return }
+        pumpRequestBody()
+    }
+
+    /// Takes a pooled connection for `key` or opens one, and queues the request head on it.
+    private func attachUpstream(key: PoolKey, context: ClientTLSContext, timeouts: Timeouts) -> Bool {
+        let upstream: UpstreamConnection
+        if let pooled = worker.pool.take(key) {
+            upstream = pooled
+            record.reused = true
+        } else if let fresh = worker.openUpstream(key: key, context: context, connectTimeout: timeouts.connect) {
+            upstream = fresh
+            record.reused = false
+        } else {
+            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
+                                         details: "could not start a connection to \(key.host):\(key.port)"), close: true)
+            return false
+        }
+        self.upstream = upstream
+        upstream.delegate = self
+        upstreamReadPaused = false
+        upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(upstream.output, $0.baseAddress, $0.count) }
+        if upstream.state == .ready {
+            upstream.setReadTimeout(timeouts.response)
+            upstream.enableRead(true)
+            if upstream.state == .ready && record.connectMs == nil { record.connectMs = 0 }
+        }
+        return true
+    }
+
+    // MARK: request body
+
+    private func pumpRequestBody() {
+        guard phase == .exchanging, let upstream, upstream.state != .closed else { return }
+        let destination = upstream.output
+        do {
+            loop: while true {
+                if case .done = requestBody { break }
+                let available = evbuffer_get_length(input)
+                if available == 0 { break }
+                if evbuffer_get_length(destination) >= Worker.writeHighWatermark {
+                    clientReadPaused = true
+                    bufferevent_disable(bev, Int16(EV_READ))
+                    break
+                }
+                switch requestBody {
+                case .contentLength(let remaining):
+                    let n = Int(min(remaining, UInt64(available)))
+                    evbuffer_remove_buffer(input, destination, n)
+                    record.bytesIn += n
+                    requestBody = remaining == UInt64(n) ? .done : .contentLength(remaining: remaining - UInt64(n))
+                case .chunked(var decoder):
+                    if let remaining = decoder.dataRemaining {
+                        let n = Int(min(remaining, UInt64(available)))
+                        ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                        evbuffer_remove_buffer(input, destination, n)
+                        ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                        decoder.consumedData(n)
+                        record.bytesIn += n
+                        requestBody = .chunked(decoder)
+                        continue
+                    }
+                    let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                    let bytes = evbuffer_pullup(input, window)
+                    let step = try decoder.next(UnsafeRawBufferPointer(start: bytes, count: window))
+                    switch step {
+                    case .skip(let n):
+                        evbuffer_drain(input, n)
+                        record.bytesIn += n
+                        requestBody = .chunked(decoder)
+                    case .end(let n):
+                        evbuffer_drain(input, n)
+                        record.bytesIn += n
+                        ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                        requestBody = .done
+                    case .data:
+                        requestBody = .chunked(decoder)  // handled above on the next turn
+                    case .needMore:
+                        requestBody = .chunked(decoder)
+                        break loop
+                    }
+                case .done:
+                    break loop
+                }
+            }
+        } catch let error as HTTPParseError {
+            // Part of the body may already be upstream: this exchange cannot be saved.
+            failExchange(.badRequest(error))
+            return
+        } catch {
+            abort()
+            return
+        }
+        if case .done = requestBody {
+            // Pipelined requests wait in the input buffer until this exchange ends.
+            bufferevent_disable(bev, Int16(EV_READ))
+        }
+    }
+
+    // MARK: upstream events
+
+    func upstreamConnected(_ upstream: UpstreamConnection) {
+        record.connectMs = (upstream.connectedMicros - upstream.connectStartedMicros) / 1000
+        record.tlsVersion = upstream.tlsVersion
+        record.cipher = upstream.cipher
+        upstream.setReadTimeout(match?.timeouts.response)
+    }
+
+    func upstreamWritable(_ upstream: UpstreamConnection) {
+        if clientReadPaused && evbuffer_get_length(upstream.output) <= Worker.writeLowWatermark {
+            clientReadPaused = false
+            bufferevent_enable(bev, Int16(EV_READ))
+            pumpRequestBody()
+        }
+    }
+
+    func upstreamReadable(_ upstream: UpstreamConnection) {
+        pumpResponse()
+    }
+
+    func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event) {
+        switch responseState {
+        case .awaitingHead:
+            if case .connectTimeout = event {} else if retryOnFreshConnection(after: event) { return }
+            let response = errorResponse(for: event, upstream: upstream)
+            self.upstream = nil
+            upstream.close()
+            failExchange(response)
+        case .body:
+            if case .eof = event, responseFraming == .untilClose {
+                if clientFraming == .chunked {
+                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                responseState = .done
+                self.upstream = nil
+                upstream.close()
+                finishExchange(reusable: false)
+                return
+            }
+            // Cut short: the head is already with the client, so all that is left is to close.
+            let why: String
+            switch event {
+            case .readTimeout: why = "the upstream stopped sending the response body (read timeout)"
+            default: why = "the upstream closed the connection before the response body was complete"
+            }
+            finishRecord(proxyStatus: "\(ProxyErrorType.httpResponseIncomplete.rawValue): \(why)")
+            self.upstream = nil
+            upstream.close()
+            if clientFraming == .close {
+                keepAlive = false
+                closeAfterWrite()
+            } else {
+                abort()
+            }
+        case .done:
+            self.upstream = nil
+            upstream.close()
+        }
+    }
+
+    /// A pooled connection may have been closed by the server just as we reused it. An idempotent request with
+    /// no body is then tried once more on a new connection; anything else is reported.
+    private func retryOnFreshConnection(after event: UpstreamConnection.Event) -> Bool {
+        guard !retried, let upstream, upstream.requestsServed > 0, let request, let match else { return false }
+        guard ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method), BodyFramingIsEmpty(request) else { return false }
+        switch event {
+        case .eof, .error: break
+        default: return false
+        }
+        retried = true
+        let key = upstream.key
+        let context = upstream.context
+        self.upstream = nil
+        upstream.close()
+        guard let fresh = worker.openUpstream(key: key, context: context, connectTimeout: match.timeouts.connect) else { return false }
+        record.reused = false
+        self.upstream = fresh
+        fresh.delegate = self
+        upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(fresh.output, $0.baseAddress, $0.count) }
+        return true
+    }
+
+    private func errorResponse(for event: UpstreamConnection.Event, upstream: UpstreamConnection) -> ProxyErrorResponse {
+        let host = upstream.key.host, port = upstream.key.port
+        let dialled = upstream.key.connect.map { " (dialling \($0))" } ?? ""
+        let timeouts = match?.timeouts ?? runtime.config.upstream.timeouts
+        switch event {
+        case .connectTimeout:
+            return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
+                                      details: "no TLS connection to \(host):\(port)\(dialled) within connect_timeout \(timeouts.connect)",
+                                      advice: "The upstream did not answer in time. Check the address, the network path, and raise connect_timeout if it is just slow.")
+        case .readTimeout:
+            return ProxyErrorResponse(status: 504, errorType: .connectionReadTimeout,
+                                      details: "the upstream \(host):\(port) sent no response within response_timeout \(timeouts.response)",
+                                      advice: "Raise the route's response_timeout if the service is slow to answer.")
+        case .error(let errno, let tls, let dnsError) where dnsError != 0:
+            _ = (errno, tls)
+            return ProxyErrorResponse(status: 502, errorType: .dnsError,
+                                      details: "cannot resolve \(host): \(String(cString: evutil_gai_strerror(dnsError)))",
+                                      advice: "Check the host name, or pin an address with connect = \"IP:PORT\" on the route.")
+        case .error(let errno, let tls, _) where !upstream.handshakeCompleted && tls.allSatisfy(\.isPseudo) && errno != 0
+            && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH || errno == ETIMEDOUT) && !sawTLSBytes(upstream):
+            if errno == ECONNREFUSED {
+                return ProxyErrorResponse(status: 502, errorType: .connectionRefused,
+                                          details: "\(host):\(port)\(dialled) refused the connection",
+                                          advice: "Nothing is listening there: check the URL's port or the route's connect address.")
+            }
+            return ProxyErrorResponse(status: 502, errorType: .destinationUnavailable,
+                                      details: "cannot reach \(host):\(port)\(dialled): \(String(cString: strerror(errno)))")
+        case .error(let errno, let tls, _):
+            return tlsFailure(upstream, errors: tls, errno: errno, closed: false).response
+        case .eof:
+            return tlsFailure(upstream, errors: OpenSSLErrors.drain(), errno: 0, closed: true).response
+        }
+    }
+
+    private func sawTLSBytes(_ upstream: UpstreamConnection) -> Bool {
+        guard let ssl = upstream.ssl else { return false }
+        return SSL_get_peer_cert_chain(ssl) != nil
+    }
+
+    private func tlsFailure(_ upstream: UpstreamConnection, errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
+        let verify = upstream.verifyResult
+        return UpstreamTLSFailure(
+            phase: upstream.handshakeCompleted ? .afterHandshake : .handshake,
+            host: upstream.key.host, port: upstream.key.port,
+            identity: upstream.context.identityName, certificateSubject: upstream.context.credential?.leaf.subject,
+            verifyResult: upstream.handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
+            errors: errors, socketErrno: errno, closed: closed)
+    }
+
+    // MARK: response
+
+    private func pumpResponse() {
+        guard phase == .exchanging, let upstream, upstream.state == .ready else { return }
+        let source = upstream.input
+        do {
+            loop: while true {
+                switch responseState {
+                case .awaitingHead:
+                    let available = evbuffer_get_length(source)
+                    guard available > 0 else { break loop }
+                    let limit = runtime.limits.maxHeadBytes
+                    let window = min(available, limit + 4)
+                    let buffer = UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window)
+                    guard let length = try HeadParser.headLength(buffer, limit: limit) else {
+                        if available >= limit { throw HTTPParseError.headTooLarge(limit: limit) }
+                        break loop
+                    }
+                    let head = try HeadParser.parseResponse(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
+                    evbuffer_drain(source, length)
+                    try startResponse(head)
+                case .body:
+                    if !relayResponseBody(from: source) { break loop }
+                case .done:
+                    break loop
+                }
+            }
+        } catch let error as HTTPParseError {
+            let details: String
+            if case .headTooLarge = error {
+                details = "the upstream's response head exceeds \(runtime.limits.maxHeadBytes) bytes"
+            } else {
+                details = "the upstream sent an invalid response: \(error.description)"
+            }
+            if record.upstreamStatus == nil {
+                self.upstream = nil
+                upstream.close()
+                failExchange(ProxyErrorResponse(status: 502, errorType: .httpProtocolError, details: details))
+            } else {
+                finishRecord(proxyStatus: "\(ProxyErrorType.httpProtocolError.rawValue): \(details)")
+                abort()
+            }
+        } catch {
+            abort()
+        }
+    }
+
+    private func startResponse(_ head: ResponseHead) throws {
+        guard let request else { return }
+        if head.status < 200 {
+            if head.status == 101 {
+                throw HTTPParseError.invalidStatusLine  // the proxy never forwards Upgrade, so 101 is out of step
+            }
+            // 100 Continue and other interim responses go to the client as they are.
+            let interim = Forwarding.clientResponse(head, framing: .none, requestMethod: request.method, keepAlive: true,
+                                                    clientVersion: request.version)
+            if request.version == .http11 {
+                interim.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+            }
+            return
+        }
+        record.upstreamStatus = head.status
+        record.status = head.status
+        responseFraming = try BodyFraming.forResponse(head, requestMethod: request.method)
+        clientFraming = Forwarding.clientFraming(upstream: responseFraming, clientVersion: request.version)
+        if clientFraming == .close { keepAlive = false }
+        if case .done = requestBody {} else { keepAlive = false }  // the rest of the request body has nowhere to go
+        let bytes = Forwarding.clientResponse(head, framing: clientFraming, requestMethod: request.method,
+                                              keepAlive: keepAlive, clientVersion: request.version)
+        bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        record.bytesOut += bytes.count
+        responseDecoder = ChunkedDecoder()
+        switch responseFraming {
+        case .none:
+            responseState = .done
+            finishExchange(reusable: head.allowsReuse)
+        case .contentLength(let n):
+            responseRemaining = n
+            responseState = .body
+        case .chunked, .untilClose:
+            responseState = .body
+        }
+        if responseState == .done { return }
+        if let upstream, responseFraming == .untilClose { upstream.setReadTimeout(match?.timeouts.response) }
+        reusableAfterBody = head.allowsReuse
+    }
+
+    private var reusableAfterBody = true
+
+    /// Moves what is available of the response body; false when it must wait (no data, or the client is slow).
+    private func relayResponseBody(from source: OpaquePointer) -> Bool {
+        let available = evbuffer_get_length(source)
+        guard available > 0 else { return false }
+        if evbuffer_get_length(output) >= Worker.writeHighWatermark {
+            upstreamReadPaused = true
+            upstream?.enableRead(false)
+            return false
+        }
+        switch responseFraming {
+        case .contentLength:
+            let n = Int(min(responseRemaining, UInt64(available)))
+            evbuffer_remove_buffer(source, output, n)
+            record.bytesOut += n
+            responseRemaining -= UInt64(n)
+            if responseRemaining == 0 {
+                responseState = .done
+                finishExchange(reusable: reusableAfterBody)
+            }
+        case .chunked:
+            if let remaining = responseDecoder.dataRemaining {
+                let n = Int(min(remaining, UInt64(available)))
+                if clientFraming == .chunked {
+                    ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                evbuffer_remove_buffer(source, output, n)
+                if clientFraming == .chunked {
+                    ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                responseDecoder.consumedData(n)
+                record.bytesOut += n
+                return true
+            }
+            let window = min(available, ChunkedDecoder.maxLineLength + 2)
+            let step: ChunkedDecoder.Step
+            do {
+                step = try responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
+            } catch {
+                finishRecord(proxyStatus: "\(ProxyErrorType.httpProtocolError.rawValue): invalid chunked response body from the upstream")
+                abort()
+                return false
+            }
+            switch step {
+            case .skip(let n):
+                evbuffer_drain(source, n)
+            case .end(let n):
+                evbuffer_drain(source, n)
+                if clientFraming == .chunked {
+                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                responseState = .done
+                finishExchange(reusable: reusableAfterBody)
+            case .data: break
+            case .needMore: return false
+            }
+        case .untilClose:
+            if clientFraming == .chunked {
+                ChunkedEncoder.chunkHeader(size: available).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+            }
+            evbuffer_remove_buffer(source, output, available)
+            if clientFraming == .chunked {
+                ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+            }
+            record.bytesOut += available
+        case .none:
+            responseState = .done
+        }
+        return true
+    }
+
+    // MARK: ending an exchange
+
+    /// The response is complete. The upstream goes back to the pool if both sides ended cleanly.
+    private func finishExchange(reusable: Bool) {
+        finishRecord(proxyStatus: nil)
+        if let upstream {
+            self.upstream = nil
+            upstream.delegate = nil
+            var requestComplete = false
+            if case .done = requestBody { requestComplete = true }
+            if reusable && requestComplete && responseFraming != .untilClose && upstream.state == .ready {
+                upstream.requestsServed += 1
+                worker.pool.put(upstream, maxIdle: runtime.config.upstream.maxIdlePerHost,
+                                idleTimeout: match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
+            } else {
+                upstream.close()
+            }
+        }
+        endExchange()
+    }
+
+    /// Sends a response the proxy made itself, in place of the upstream's.
+    private func failExchange(_ response: ProxyErrorResponse) {
+        if let upstream {
+            self.upstream = nil
+            upstream.close()
+        }
+        var requestComplete = false
+        if case .done = requestBody { requestComplete = true }
+        sendError(response, close: !requestComplete || !keepAlive)
+    }
+
+    private func sendError(_ response: ProxyErrorResponse, close: Bool) {
+        let version = request?.version ?? .http11
+        let shouldClose = close || !keepAlive
+        let bytes = response.serialize(version: version, closeConnection: shouldClose)
+        bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        record.status = response.status
+        record.bytesOut += bytes.count
+        finishRecord(proxyStatus: response.proxyStatusValue)
+        if shouldClose {
+            keepAlive = false
+        }
+        endExchange()
+    }
+
+    private func finishRecord(proxyStatus: String?) {
+        guard startMicros != 0 else { return }
+        record.durationMs = (monotonicMicros() - startMicros) / 1000
+        if let proxyStatus { record.proxyStatus = proxyStatus }
+        AccessLog.write(record)
+        startMicros = 0
+    }
+
+    private func endExchange() {
+        request = nil
+        target = nil
+        match = nil
+        requestBody = .done
+        responseState = .done
+        upstreamReadPaused = false
+        clientReadPaused = false
+        guard phase != .closed else { return }
+        if keepAlive && !worker.draining {
+            phase = .readingHead
+            bufferevent_enable(bev, Int16(EV_READ))
+            if evbuffer_get_length(input) > 0 { readHead() }
+        } else {
+            closeAfterWrite()
+        }
+    }
+
+    private func closeAfterWrite() {
+        guard phase != .closed else { return }
+        phase = .closingAfterWrite
+        bufferevent_disable(bev, Int16(EV_READ))
+        bufferevent_setwatermark(bev, Int16(EV_WRITE), 0, 0)
+        if evbuffer_get_length(output) == 0 { startLingering() }
+    }
+
+    /// Half-closes and reads for a moment what the client may still be sending (for example the rest of a
+    /// refused upload), so that closing does not reset the connection before the client has read our answer.
+    private func startLingering() {
+        phase = .lingering
+        let fd = bufferevent_getfd(bev)
+        if fd >= 0 { shutdown(fd, Int32(SHUT_WR)) }
+        evbuffer_drain(input, evbuffer_get_length(input))
+        mtls_bufferevent_set_timeouts_ms(bev, 2000, 0)
+        bufferevent_enable(bev, Int16(EV_READ))
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        lingerTimer = mtls_evtimer_new(worker.base, clientLingerCallback, me)
+        _ = mtls_evtimer_add_ms(lingerTimer, 2000)
+    }
+}
+
+private func BodyFramingIsEmpty(_ request: RequestHead) -> Bool {
+    (try? BodyFraming.forRequest(request)) == BodyFraming.none
+}
+
+func formatUTC(_ epoch: Int) -> String {
+    var t = time_t(epoch)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
+}
+
+private func clientReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().readable()
+}
+
+private func clientWriteCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().writable()
+}
+
+private func clientEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().event(what)
+}
+
+private func clientLingerCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().abort()
+}

@@ -1,0 +1,124 @@
+import CEventTLS
+import HTTP1
+import ProxyConfig
+import TLS
+
+/// Everything the data path needs, built from a validated configuration before any socket opens, then
+/// shared read-only by every worker: the router, and one TLS context per (certificate, trust settings).
+public final class ProxyRuntime: @unchecked Sendable {
+    public let config: ProxyConfiguration
+    public let router: Router
+    public let limits: HeadLimits
+    /// Loaded certificates of each identity, in config order.
+    public let credentials: [String: [Credential]]
+    private let contexts: [ContextKey: ClientTLSContext]
+
+    struct ContextKey: Hashable {
+        var identity: String?
+        /// Index into the identity's certificates.
+        var certificate: Int
+        var trust: TrustSettings
+    }
+
+    public init(config: ProxyConfiguration, now: Int = currentEpochSeconds()) throws {
+        self.config = config
+        self.router = config.router
+        self.limits = HeadLimits(maxHeadBytes: config.proxy.maxHeaderBytes)
+        var credentials: [String: [Credential]] = [:]
+        for identity in config.identities {
+            credentials[identity.name] = try identity.certificates.map { source in
+                do {
+                    return try Credential.load(source)
+                } catch let error as TLSSetupError {
+                    throw ConfigError(file: config.file, key: Self.keyPath(for: error, source: source), message: error.description)
+                }
+            }
+        }
+        self.credentials = credentials
+
+        // Every trust setting in use, with every certificate of every identity that may be presented under it.
+        var contexts: [ContextKey: ClientTLSContext] = [:]
+        var trusts: [(TrustSettings, String)] = [(config.upstream.trust, "upstream")]
+        for route in config.routes { trusts.append((route.trust, "route[\(route.index)]")) }
+        for (trust, where_) in trusts {
+            let plainKey = ContextKey(identity: nil, certificate: 0, trust: trust)
+            if contexts[plainKey] == nil {
+                do {
+                    contexts[plainKey] = try ClientTLSContext(trust: trust, credential: nil, identityName: nil)
+                } catch let error as TLSSetupError {
+                    throw ConfigError(file: config.file, key: "\(where_).ca_file", message: error.description)
+                }
+            }
+        }
+        for route in config.routes {
+            guard case .mtls(let identity) = route.action else { continue }
+            for (i, credential) in (credentials[identity] ?? []).enumerated() {
+                let key = ContextKey(identity: identity, certificate: i, trust: route.trust)
+                if contexts[key] != nil { continue }
+                do {
+                    contexts[key] = try ClientTLSContext(trust: route.trust, credential: credential, identityName: identity)
+                } catch let error as TLSSetupError {
+                    throw ConfigError(file: config.file, key: credential.source.configKey, message: error.description)
+                }
+            }
+        }
+        self.contexts = contexts
+    }
+
+    static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
+        switch error {
+        case .invalidKey: return "\(source.configKey).key"
+        case .unreadable(let path, _): return path == source.key ? "\(source.configKey).key" : "\(source.configKey).cert"
+        case .keyMismatch: return source.configKey
+        default: return "\(source.configKey).cert"
+        }
+    }
+
+    /// The index of the certificate an identity presents at `now`, nil when none is valid.
+    public func activeCertificate(identity: String, at now: Int = currentEpochSeconds()) -> Int? {
+        guard let list = credentials[identity] else { return nil }
+        return CertificateSelection.active(list.map(\.validity), at: now)
+    }
+
+    public enum ContextChoice {
+        case context(ClientTLSContext)
+        /// An mTLS route whose identity has no currently valid certificate.
+        case noValidCertificate(identity: String, lastExpiry: Int?)
+    }
+
+    /// The TLS context for a routing decision that goes upstream (`tls` or `mtls`).
+    public func context(for match: RouteMatch, at now: Int = currentEpochSeconds()) -> ContextChoice {
+        switch match.action {
+        case .mtls(let identity):
+            guard let index = activeCertificate(identity: identity, at: now),
+                  let ctx = contexts[ContextKey(identity: identity, certificate: index, trust: match.trust)] else {
+                let expiry = credentials[identity]?.map(\.validity.notAfter).max()
+                return .noValidCertificate(identity: identity, lastExpiry: expiry)
+            }
+            return .context(ctx)
+        case .tls, .deny:
+            if let ctx = contexts[ContextKey(identity: nil, certificate: 0, trust: match.trust)] { return .context(ctx) }
+            // Unreachable: every trust setting in the config has a plain context.
+            return .noValidCertificate(identity: "(none)", lastExpiry: nil)
+        }
+    }
+}
+
+public func currentEpochSeconds() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int(ts.tv_sec)
+}
+
+/// Monotonic milliseconds, for durations.
+func monotonicMillis() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
+}
+
+func monotonicMicros() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Int(ts.tv_sec) * 1_000_000 + Int(ts.tv_nsec) / 1000
+}

@@ -1,0 +1,211 @@
+import CEventTLS
+import ProxyConfig
+import TLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an upstream connection reports to whoever uses it: the client connection it serves, or the pool while idle.
+protocol UpstreamConnectionDelegate: AnyObject {
+    func upstreamConnected(_ upstream: UpstreamConnection)
+    func upstreamReadable(_ upstream: UpstreamConnection)
+    func upstreamWritable(_ upstream: UpstreamConnection)
+    func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event)
+}
+
+/// What decides whether an upstream connection can serve a request: the same host, port and dialled address,
+/// and the same TLS context, which stands for one identity's certificate and one set of trust settings.
+/// A connection made for one identity is never used for another, nor for a route without a certificate.
+struct PoolKey: Hashable {
+    var host: String
+    var port: Int
+    var connect: HostPort?
+    var context: ObjectIdentifier
+}
+
+/// One TLS connection to an upstream server, on a libevent OpenSSL bufferevent.
+final class UpstreamConnection {
+    enum State { case connecting, ready, closed }
+
+    enum Event {
+        /// The connection closed cleanly (EOF).
+        case eof
+        /// A socket or TLS error.
+        case error(errno: Int32, tls: [OpenSSLErrorEntry], dnsError: Int32)
+        /// The read timeout (response or idle) passed.
+        case readTimeout
+        /// Connect plus handshake did not finish in time.
+        case connectTimeout
+    }
+
+    let key: PoolKey
+    let context: ClientTLSContext
+    unowned let worker: Worker
+    weak var delegate: UpstreamConnectionDelegate?
+    private(set) var bev: OpaquePointer?
+    private(set) var ssl: OpaquePointer?
+    private(set) var state: State = .connecting
+    private var connectTimer: OpaquePointer?
+    /// Requests completed on this connection; more than 0 means the next one reuses it.
+    var requestsServed = 0
+    var connectStartedMicros = 0
+    var connectedMicros = 0
+    /// Whether it gave its handshake. Stays false for a connection whose handshake had not completed.
+    var handshakeCompleted = false
+
+    init(key: PoolKey, context: ClientTLSContext, worker: Worker) {
+        self.key = key
+        self.context = context
+        self.worker = worker
+    }
+
+    var input: OpaquePointer { bufferevent_get_input(bev!) }
+    var output: OpaquePointer { bufferevent_get_output(bev!) }
+
+    /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
+    func start(connectTimeout: TimeSpan) -> Bool {
+        guard let ssl = context.makeSSL(host: key.host) else { return false }
+        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
+        guard let bev = bufferevent_openssl_socket_new(worker.base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options) else {
+            SSL_free(ssl)
+            return false
+        }
+        self.ssl = ssl
+        self.bev = bev
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        bufferevent_setcb(bev, upstreamReadCallback, upstreamWriteCallback, upstreamEventCallback, me)
+        bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
+        bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
+        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        connectStartedMicros = monotonicMicros()
+        connectTimer = mtls_evtimer_new(worker.base, upstreamConnectTimeoutCallback, me)
+        _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
+
+        let result: Int32
+        if let target = key.connect {
+            guard let address = SocketAddress(target) else { return false }
+            result = address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) }
+        } else {
+            result = bufferevent_socket_connect_hostname(bev, worker.dns, AF_UNSPEC, key.host, Int32(key.port))
+        }
+        return result == 0
+    }
+
+    func setReadTimeout(_ span: TimeSpan?) {
+        guard let bev else { return }
+        mtls_bufferevent_set_timeouts_ms(bev, span?.milliseconds ?? 0, 0)
+    }
+
+    func enableRead(_ on: Bool) {
+        guard let bev else { return }
+        if on { bufferevent_enable(bev, Int16(EV_READ)) } else { bufferevent_disable(bev, Int16(EV_READ)) }
+    }
+
+    var tlsVersion: String? {
+        guard let ssl, handshakeCompleted else { return nil }
+        return String(cString: SSL_get_version(ssl))
+    }
+
+    var cipher: String? {
+        guard let ssl, handshakeCompleted, let c = SSL_get_current_cipher(ssl) else { return nil }
+        return String(cString: SSL_CIPHER_get_name(c))
+    }
+
+    /// Verification result and message for error reports.
+    var verifyResult: (code: Int, message: String) {
+        guard let ssl else { return (0, "") }
+        let code = SSL_get_verify_result(ssl)
+        return (Int(code), String(cString: X509_verify_cert_error_string(code)))
+    }
+
+    func close() {
+        guard state != .closed else { return }
+        state = .closed
+        delegate = nil
+        if let timer = connectTimer {
+            event_free(timer)
+            connectTimer = nil
+        }
+        if let bev {
+            bufferevent_setcb(bev, nil, nil, nil, nil)
+            if handshakeCompleted, let ssl {
+                // A clean close_notify where possible; the bufferevent frees the SSL.
+                SSL_set_shutdown(ssl, SSL_RECEIVED_SHUTDOWN)
+                SSL_shutdown(ssl)
+            }
+            bufferevent_free(bev)
+            self.bev = nil
+            self.ssl = nil
+        }
+        worker.upstreamClosed(self)
+    }
+
+    fileprivate func handleEvent(_ what: Int16) {
+        let flags = Int32(what)
+        if flags & BEV_EVENT_CONNECTED != 0 {
+            if let timer = connectTimer {
+                event_free(timer)
+                connectTimer = nil
+            }
+            state = .ready
+            handshakeCompleted = true
+            connectedMicros = monotonicMicros()
+            delegate?.upstreamConnected(self)
+            return
+        }
+        let event: Event
+        if flags & BEV_EVENT_TIMEOUT != 0 {
+            event = .readTimeout
+        } else if flags & BEV_EVENT_ERROR != 0 {
+            var tls: [OpenSSLErrorEntry] = []
+            while let bev {
+                let code = bufferevent_get_openssl_error(bev)
+                if code == 0 { break }
+                tls.append(OpenSSLErrorEntry(code: code))
+            }
+            tls += OpenSSLErrors.drain()
+            let dns = bev.map { bufferevent_socket_get_dns_error($0) } ?? 0
+            event = .error(errno: mtls_errno(), tls: tls, dnsError: dns)
+        } else {
+            event = .eof
+        }
+        deliver(event)
+    }
+
+    fileprivate func connectTimedOut() {
+        if let timer = connectTimer {
+            event_free(timer)
+            connectTimer = nil
+        }
+        deliver(.connectTimeout)
+    }
+
+    private func deliver(_ event: Event) {
+        if let delegate {
+            delegate.upstreamEvent(self, event)
+        } else {
+            close()
+        }
+    }
+}
+
+private func upstreamReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
+    upstream.delegate?.upstreamReadable(upstream)
+}
+
+private func upstreamWriteCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
+    upstream.delegate?.upstreamWritable(upstream)
+}
+
+private func upstreamEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
+    upstream.handleEvent(what)
+}
+
+private func upstreamConnectTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
+    upstream.connectTimedOut()
+}

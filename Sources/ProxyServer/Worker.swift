@@ -1,0 +1,212 @@
+import CEventTLS
+import Logging
+import ProxyConfig
+import TLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One event-loop thread: its own `event_base`, DNS resolver, listening socket (SO_REUSEPORT, so every worker
+/// accepts on the same address), client connections and upstream pool. Workers share nothing mutable; the
+/// `ProxyRuntime` they read is immutable.
+final class Worker: @unchecked Sendable {
+    /// Bytes a bufferevent reads ahead before it stops reading.
+    static let readHighWatermark = 256 * 1024
+    /// Relaying pauses the source once the destination holds this many unsent bytes...
+    static let writeHighWatermark = 256 * 1024
+    /// ...and resumes when it has drained to this many.
+    static let writeLowWatermark = 64 * 1024
+    /// How long a keep-alive client connection may sit idle between requests.
+    static let clientIdleTimeout = TimeSpan.seconds(60)
+
+    let id: Int
+    let runtime: ProxyRuntime
+    let logger: Logger
+    let base: OpaquePointer
+    let dns: OpaquePointer
+    private var listener: OpaquePointer?
+    private var stopEvent: OpaquePointer?
+    private var drainTimer: OpaquePointer?
+    let pool = UpstreamPool()
+    private var clients: [ObjectIdentifier: ClientConnection] = [:]
+    private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
+    private(set) var draining = false
+    private var thread: pthread_t?
+
+    init(id: Int, runtime: ProxyRuntime, logger: Logger) throws {
+        self.id = id
+        self.runtime = runtime
+        self.logger = logger
+        guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
+        self.base = base
+        // Nameservers from /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf still gets a
+        // resolver that answers from /etc/hosts and numeric names.
+        if let dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS) {
+            self.dns = dns
+        } else {
+            guard let dns = evdns_base_new(base, 0) else { throw ServerError.eventLoop("evdns_base_new failed") }
+            evdns_base_load_hosts(dns, nil)
+            self.dns = dns
+        }
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        stopEvent = event_new(base, -1, 0, workerStopCallback, me)
+    }
+
+    deinit {
+        if let listener { evconnlistener_free(listener) }
+        if let stopEvent { event_free(stopEvent) }
+        if let drainTimer { event_free(drainTimer) }
+        evdns_base_free(dns, 0)
+        event_base_free(base)
+    }
+
+    /// Binds the listening socket; returns the port (useful with port 0).
+    func bind(_ address: HostPort) throws -> Int {
+        guard let sockaddr = SocketAddress(address) else { throw ServerError.bind(address.description, "not a numeric address") }
+        let flags = UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        let listener = sockaddr.withSockaddr { sa, len in
+            evconnlistener_new_bind(base, workerAcceptCallback, me, flags, 1024, sa, Int32(len))
+        }
+        guard let listener else {
+            throw ServerError.bind(address.description, String(cString: strerror(errno)))
+        }
+        evconnlistener_set_error_cb(listener, workerAcceptErrorCallback)
+        self.listener = listener
+        return SocketAddress.localPort(of: evconnlistener_get_fd(listener))
+    }
+
+    func start() {
+        let retained = Unmanaged.passRetained(self).toOpaque()
+        var tid = pthread_t()
+        pthread_create(&tid, nil, { arg in
+            let worker = Unmanaged<Worker>.fromOpaque(arg!).takeRetainedValue()
+            worker.run()
+            return nil
+        }, retained)
+        thread = tid
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+    }
+
+    private func run() {
+        event_base_dispatch(base)
+        // The loop has ended: free what is left, on this thread.
+        for client in Array(clients.values) { client.abort() }
+        pool.closeAll()
+        for upstream in Array(upstreams.values) { upstream.close() }
+    }
+
+    /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
+    func requestStop() {
+        if let stopEvent { event_active(stopEvent, EV_READ, 0) }
+    }
+
+    fileprivate func beginDrain() {
+        guard !draining else { return }
+        draining = true
+        if let listener {
+            evconnlistener_free(listener)
+            self.listener = nil
+        }
+        pool.closeAll()
+        for client in Array(clients.values) { client.drain() }
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        drainTimer = mtls_evtimer_new(base, workerDrainTimeoutCallback, me)
+        _ = mtls_evtimer_add_ms(drainTimer, 30_000)
+        exitIfDrained()
+    }
+
+    private func exitIfDrained() {
+        if draining && clients.isEmpty { event_base_loopexit(base, nil) }
+    }
+
+    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>?) {
+        var peerText = "?"
+        if let address {
+            let peer = SocketAddress.describe(address)
+            peerText = peer.text
+            let allowed: Bool
+            if let ip = peer.ip {
+                allowed = ip.isLoopback || runtime.config.proxy.allowClients.contains { $0.contains(ip) }
+            } else {
+                allowed = false
+            }
+            guard allowed else {
+                logger.warning("refused a connection from \(peer.text): not in proxy.allow_clients")
+                close(fd)
+                return
+            }
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
+        guard let bev = bufferevent_socket_new(base, fd, options) else {
+            close(fd)
+            return
+        }
+        let client = ClientConnection(worker: self, bev: bev, peer: peerText)
+        clients[ObjectIdentifier(client)] = client
+        client.start()
+    }
+
+    // MARK: registry
+
+    func clientClosed(_ client: ClientConnection) {
+        clients[ObjectIdentifier(client)] = nil
+        exitIfDrained()
+    }
+
+    /// A new upstream connection, registered so it lives until closed.
+    func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan) -> UpstreamConnection? {
+        let upstream = UpstreamConnection(key: key, context: context, worker: self)
+        upstreams[ObjectIdentifier(upstream)] = upstream
+        guard upstream.start(connectTimeout: connectTimeout) else {
+            upstream.close()
+            return nil
+        }
+        return upstream
+    }
+
+    func upstreamClosed(_ upstream: UpstreamConnection) {
+        upstreams[ObjectIdentifier(upstream)] = nil
+    }
+
+    var activeClients: Int { clients.count }
+    var openUpstreams: Int { upstreams.count }
+}
+
+enum ServerError: Error, CustomStringConvertible {
+    case eventLoop(String)
+    case bind(String, String)
+
+    var description: String {
+        switch self {
+        case .eventLoop(let s): return "event loop: \(s)"
+        case .bind(let address, let reason): return "cannot listen on \(address): \(reason)"
+        }
+    }
+}
+
+private func workerAcceptCallback(_ listener: OpaquePointer?, _ fd: Int32, _ address: UnsafeMutablePointer<sockaddr>?,
+                                  _ length: Int32, _ ctx: UnsafeMutableRawPointer?) {
+    let worker = Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue()
+    worker.accept(fd: fd, address: address)
+}
+
+private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    // Typically EMFILE: accept fails until descriptors free up. The listener keeps running.
+    let e = mtls_errno()
+    writeLine("mtls-proxy: accept failed: \(String(cString: strerror(e)))\n", fd: 2)
+}
+
+private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().beginDrain()
+}
+
+private func workerDrainTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    let worker = Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue()
+    event_base_loopexit(worker.base, nil)
+}

@@ -1,0 +1,68 @@
+import CEventTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A private key, owned.
+public final class PrivateKey: @unchecked Sendable {
+    public let pointer: OpaquePointer
+
+    init(taking pointer: OpaquePointer) {
+        self.pointer = pointer
+    }
+
+    deinit { EVP_PKEY_free(pointer) }
+
+    /// Loads a PEM private key (PKCS#8, traditional RSA or EC, encrypted when `password` is given).
+    /// Never prompts on a terminal.
+    public static func loadPEM(path: String, password: [UInt8]? = nil) throws -> PrivateKey {
+        guard let bio = BIO_new_file(path, "r") else {
+            _ = OpenSSLErrors.drain()
+            throw TLSSetupError.unreadable(path: path, reason: String(cString: strerror(errno)))
+        }
+        defer { BIO_free(bio) }
+        var passwordBox = PasswordBox(password: password)
+        let key = withUnsafeMutablePointer(to: &passwordBox) { box in
+            PEM_read_bio_PrivateKey(bio, nil, { buffer, size, _, userdata in
+                guard let buffer, let userdata else { return 0 }
+                let box = userdata.assumingMemoryBound(to: PasswordBox.self)
+                guard let password = box.pointee.password else {
+                    box.pointee.asked = true
+                    return 0
+                }
+                let n = min(Int(size), password.count)
+                for i in 0..<n { buffer[i] = CChar(bitPattern: password[i]) }
+                return Int32(n)
+            }, box)
+        }
+        let errors = OpenSSLErrors.drain()
+        guard let key else {
+            if passwordBox.asked {
+                throw TLSSetupError.invalidKey(path: path, reason: "the key is encrypted and no password was given (set key_password_file or key_password_env)")
+            }
+            if password != nil, errors.contains(where: { $0.reasonText.contains("bad decrypt") }) {
+                throw TLSSetupError.invalidKey(path: path, reason: "wrong password for the encrypted key")
+            }
+            let detail = errors.contains(where: { $0.library == ERR_LIB_PEM && $0.reason == PEM_R_NO_START_LINE })
+                ? "no PEM private key (-----BEGIN PRIVATE KEY-----) found" : OpenSSLErrors.describe(errors)
+            throw TLSSetupError.invalidKey(path: path, reason: detail)
+        }
+        return PrivateKey(taking: key)
+    }
+
+    /// "EC P-256", "RSA 2048", ...
+    public var algorithm: String {
+        let bits = EVP_PKEY_get_bits(pointer)
+        switch EVP_PKEY_get_base_id(pointer) {
+        case EVP_PKEY_RSA: return "RSA \(bits)"
+        case EVP_PKEY_EC: return "EC \(bits)"
+        case EVP_PKEY_ED25519: return "Ed25519"
+        default: return "key \(bits) bits"
+        }
+    }
+}
+
+private struct PasswordBox {
+    var password: [UInt8]?
+    var asked = false
+}
