@@ -180,7 +180,6 @@ final class ClientConnection: UpstreamConnectionDelegate {
         }
         evbuffer_drain(input, headLength)
         startExchange(head)
-        record.bytesIn += headLength
     }
 
     private func startRecord(method: String, target: AbsoluteTarget?) {
@@ -283,6 +282,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
         if let pooled = worker.pool.take(key) {
             upstream = pooled
             record.reused = true
+            record.connectMs = 0
+            record.tlsVersion = pooled.tlsVersion
+            record.cipher = pooled.cipher
         } else if let fresh = worker.openUpstream(key: key, context: context, connectTimeout: timeouts.connect) {
             upstream = fresh
             record.reused = false
@@ -298,7 +300,6 @@ final class ClientConnection: UpstreamConnectionDelegate {
         if upstream.state == .ready {
             upstream.setReadTimeout(timeouts.response)
             upstream.enableRead(true)
-            if upstream.state == .ready && record.connectMs == nil { record.connectMs = 0 }
         }
         return true
     }
@@ -473,8 +474,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             return ProxyErrorResponse(status: 502, errorType: .dnsError,
                                       details: "cannot resolve \(host): \(String(cString: evutil_gai_strerror(dnsError)))",
                                       advice: "Check the host name, or pin an address with connect = \"IP:PORT\" on the route.")
-        case .error(let errno, let tls, _) where !upstream.handshakeCompleted && tls.allSatisfy(\.isPseudo) && errno != 0
-            && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH || errno == ETIMEDOUT) && !sawTLSBytes(upstream):
+        case .error(let errno, let tls, _) where !upstream.handshakeCompleted && tls.allSatisfy(\.isPseudo)
+            && UpstreamConnection.connectErrnos.contains(errno) && upstream.serverBytesRead == 0:
             if errno == ECONNREFUSED {
                 return ProxyErrorResponse(status: 502, errorType: .connectionRefused,
                                           details: "\(host):\(port)\(dialled) refused the connection",
@@ -487,11 +488,6 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case .eof:
             return tlsFailure(upstream, errors: OpenSSLErrors.drain(), errno: 0, closed: true).response
         }
-    }
-
-    private func sawTLSBytes(_ upstream: UpstreamConnection) -> Bool {
-        guard let ssl = upstream.ssl else { return false }
-        return SSL_get_peer_cert_chain(ssl) != nil
     }
 
     private func tlsFailure(_ upstream: UpstreamConnection, errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {

@@ -102,6 +102,14 @@ final class UpstreamConnection {
         if on { bufferevent_enable(bev, Int16(EV_READ)) } else { bufferevent_disable(bev, Int16(EV_READ)) }
     }
 
+    static let connectErrnos: Set<Int32> = [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, ECONNRESET, EADDRNOTAVAIL]
+
+    /// Bytes received from the server so far; 0 means it never answered the TCP connect or the ClientHello.
+    var serverBytesRead: UInt64 {
+        guard let ssl, let rbio = SSL_get_rbio(ssl) else { return 0 }
+        return BIO_number_read(rbio)
+    }
+
     var tlsVersion: String? {
         guard let ssl, handshakeCompleted else { return nil }
         return String(cString: SSL_get_version(ssl))
@@ -166,9 +174,22 @@ final class UpstreamConnection {
             }
             tls += OpenSSLErrors.drain()
             let dns = bev.map { bufferevent_socket_get_dns_error($0) } ?? 0
-            event = .error(errno: mtls_errno(), tls: tls, dnsError: dns)
+            let real = tls.filter { !$0.isPseudo }
+            if dns == 0 && !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) {
+                // OpenSSL 3 reports a close without close_notify as an error; libevent 2.1 passes it on as one.
+                // It is an end of stream like any other: the HTTP framing tells whether anything was cut short.
+                event = .eof
+            } else {
+                event = .error(errno: mtls_errno(), tls: tls, dnsError: dns)
+            }
         } else {
-            event = .eof
+            // libevent reports a failed TCP connect under the TLS bufferevent as EOF, with errno set.
+            let e = mtls_errno()
+            if !handshakeCompleted && serverBytesRead == 0 && Self.connectErrnos.contains(e) {
+                event = .error(errno: e, tls: [], dnsError: 0)
+            } else {
+                event = .eof
+            }
         }
         deliver(event)
     }

@@ -29,6 +29,9 @@ public struct OpenSSLErrorEntry: Sendable, Equatable {
     /// libevent reports some socket conditions as pseudo-codes of library 0; they carry no TLS meaning.
     public var isPseudo: Bool { library == 0 }
 
+    /// The peer closed the TCP connection without a TLS close_notify.
+    public var isUnexpectedEOF: Bool { library == ERR_LIB_SSL && reason == SSL_R_UNEXPECTED_EOF_WHILE_READING }
+
     /// The TLS alert number, when this entry records an alert received from the peer.
     public var alert: Int? {
         library == ERR_LIB_SSL && reason >= 1000 && reason < 1256 ? Int(reason) - 1000 : nil
