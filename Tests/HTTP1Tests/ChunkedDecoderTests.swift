@@ -1,0 +1,106 @@
+import Testing
+@testable import HTTP1
+
+/// Runs the decoder over `input` fed in pieces of `step` bytes, the way bytes arrive from a socket;
+/// returns the payload and whether the body ended.
+private func decode(_ input: String, step: Int = 1_000_000) throws -> (payload: [UInt8], done: Bool, consumed: Int) {
+    let all = Array(input.utf8)
+    var decoder = ChunkedDecoder()
+    var payload: [UInt8] = []
+    var offset = 0
+    var available = min(step, all.count)
+    while true {
+        let window = Array(all[offset..<available])
+        let result = try window.withUnsafeBytes { try decoder.next($0) }
+        switch result {
+        case .skip(let n): offset += n
+        case .data(let n):
+            payload += all[offset..<(offset + n)]
+            offset += n
+        case .end(let n):
+            return (payload, true, offset + n)
+        case .needMore:
+            if available == all.count { return (payload, false, offset) }
+            available = min(available + step, all.count)
+        }
+        if available < offset { available = offset }
+    }
+}
+
+@Suite struct ChunkedDecoderTests {
+    @Test func decodesChunksAndTheLastChunk() throws {
+        let r = try decode("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT")
+        #expect(String(decoding: r.payload, as: UTF8.self) == "hello world")
+        #expect(r.done)
+        #expect(r.consumed == "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".utf8.count)
+    }
+
+    @Test func decodesTheSameWhenBytesArriveOneAtATime() throws {
+        let r = try decode("5\r\nhello\r\nA;ext=1\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\n", step: 1)
+        #expect(String(decoding: r.payload, as: UTF8.self) == "hello0123456789")
+        #expect(r.done)
+    }
+
+    @Test func acceptsUpperAndLowerHex() throws {
+        let r = try decode("a\r\n0123456789\r\nA\r\n0123456789\r\n0\r\n\r\n")
+        #expect(r.payload.count == 20)
+    }
+
+    @Test func waitsForAnIncompleteBody() throws {
+        let r = try decode("5\r\nhel")
+        #expect(!r.done)
+        #expect(r.payload.count == 3)
+    }
+
+    @Test(arguments: [
+        "x\r\nhello\r\n0\r\n\r\n",            // not hex
+        "\r\nhello\r\n0\r\n\r\n",             // empty size
+        "-5\r\nhello\r\n0\r\n\r\n",           // sign
+        "5 5\r\nhello\r\n0\r\n\r\n",          // space inside the size
+        "5\nhello\r\n0\r\n\r\n",              // bare LF
+        "5\r\r\nhello\r\n0\r\n\r\n",          // bare CR
+    ])
+    func rejectsInvalidSizeLines(_ input: String) {
+        #expect(throws: HTTPParseError.self) { try decode(input) }
+    }
+
+    @Test func rejectsAChunkSizeThatOverflows() {
+        #expect(throws: HTTPParseError.chunkSizeTooLarge) { try decode("10000000000000000\r\nx\r\n0\r\n\r\n") }
+        #expect(throws: HTTPParseError.chunkSizeTooLarge) { try decode("ffffffffffffffff\r\nx\r\n0\r\n\r\n") }
+    }
+
+    @Test func rejectsDataNotFollowedByCRLF() {
+        #expect(throws: HTTPParseError.invalidChunkTerminator) { try decode("5\r\nhelloXX0\r\n\r\n") }
+    }
+
+    @Test func rejectsControlCharactersInExtensions() {
+        #expect(throws: HTTPParseError.invalidChunkExtension) { try decode("5;a=\u{1}\r\nhello\r\n0\r\n\r\n") }
+    }
+
+    @Test func rejectsAnEndlessSizeLine() {
+        let long = "5;" + String(repeating: "a", count: 5000) + "\r\nhello\r\n0\r\n\r\n"
+        #expect(throws: HTTPParseError.chunkLineTooLong) { try decode(long) }
+    }
+
+    @Test func rejectsMalformedTrailers() {
+        #expect(throws: HTTPParseError.invalidTrailer) { try decode("0\r\nno colon\r\n\r\n") }
+    }
+
+    @Test func movesDataWithoutLookingAtIt() throws {
+        var decoder = ChunkedDecoder()
+        let head = Array("10\r\n".utf8)
+        #expect(try head.withUnsafeBytes { try decoder.next($0) } == .skip(4))
+        #expect(decoder.dataRemaining == 16)
+        decoder.consumedData(10)
+        #expect(decoder.dataRemaining == 6)
+        decoder.consumedData(6)
+        #expect(decoder.dataRemaining == nil)
+        let rest = Array("\r\n0\r\n\r\n".utf8)
+        #expect(try rest.withUnsafeBytes { try decoder.next($0) } == .skip(2))
+    }
+
+    @Test func encoderWritesCanonicalFraming() {
+        #expect(ChunkedEncoder.chunkHeader(size: 255) == Array("ff\r\n".utf8))
+        #expect(ChunkedEncoder.lastChunk == Array("0\r\n\r\n".utf8))
+    }
+}

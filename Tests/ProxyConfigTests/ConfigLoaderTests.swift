@@ -1,0 +1,214 @@
+import Testing
+@testable import ProxyConfig
+
+private func load(_ text: String) throws -> ProxyConfiguration {
+    try ConfigLoader.parse(text, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
+}
+
+private func configError(_ text: String) -> ConfigError? {
+    do {
+        _ = try load(text)
+        return nil
+    } catch let e as ConfigError {
+        return e
+    } catch {
+        return nil
+    }
+}
+
+private let identity = """
+[identities.us]
+cert = "certs/fusion-us.pem"
+key = "certs/fusion-us.key"
+
+"""
+
+@Suite struct ConfigLoaderTests {
+    @Test func defaultsForAnEmptyFile() throws {
+        let c = try load("")
+        #expect(c.proxy.listen == HostPort(host: "127.0.0.1", port: 3128))
+        #expect(c.proxy.unmatched == .deny)
+        #expect(c.proxy.maxHeaderBytes == 65536)
+        #expect(c.upstream.trust == TrustSettings(caFile: nil, minTLS: .tls12))
+        #expect(c.upstream.timeouts.connect == .seconds(5))
+        #expect(c.upstream.timeouts.response == .seconds(60))
+        #expect(c.upstream.timeouts.idle == .seconds(90))
+        #expect(c.upstream.maxIdlePerHost == 64)
+        #expect(c.routes.isEmpty)
+    }
+
+    @Test func readsTheExampleShape() throws {
+        let c = try load(identity + """
+        [proxy]
+        listen = "127.0.0.1:3129"
+        workers = 2
+        unmatched = "tls"
+
+        [upstream]
+        ca_file = "ca.pem"
+        min_tls = "1.3"
+        connect_timeout = "250ms"
+        response_timeout = "1m30s"
+
+        [[route]]
+        host = "api.mygreatbank.test"
+        identity = "us"
+        path = "/v1/"
+        connect = "127.0.0.1:18443"
+        response_timeout = "5s"
+
+        [[route]]
+        host = "*.example.com"
+        port = 8443
+        action = "tls"
+        ca_file = "/abs/other.pem"
+
+        [[route]]
+        name = "everything else"
+        host = "*"
+        action = "deny"
+        """)
+        #expect(c.proxy.listen.port == 3129)
+        #expect(c.proxy.workers == 2)
+        #expect(c.proxy.unmatched == .tls)
+        #expect(c.upstream.trust.caFile == "/etc/mtls-proxy/ca.pem")
+        #expect(c.upstream.trust.minTLS == .tls13)
+        #expect(c.upstream.timeouts.connect.milliseconds == 250)
+        #expect(c.upstream.timeouts.response.milliseconds == 90_000)
+        #expect(c.identities == [Identity(name: "us", certificates: [
+            CertificateSource(cert: "/etc/mtls-proxy/certs/fusion-us.pem", key: "/etc/mtls-proxy/certs/fusion-us.key", configKey: "identities.us"),
+        ])])
+        #expect(c.routes.count == 3)
+        let api = c.routes[0]
+        #expect(api.action == .mtls(identity: "us"))
+        #expect(api.pathPrefix == "/v1/")
+        #expect(api.connect == HostPort(host: "127.0.0.1", port: 18443))
+        #expect(api.timeouts.response == .seconds(5))
+        #expect(api.timeouts.connect.milliseconds == 250)  // inherited
+        #expect(api.trust.caFile == "/etc/mtls-proxy/ca.pem")
+        #expect(c.routes[1].host == .subdomains(of: "example.com"))
+        #expect(c.routes[1].port == 8443)
+        #expect(c.routes[1].trust.caFile == "/abs/other.pem")
+        #expect(c.routes[2].label == "everything else")
+        #expect(c.routes[1].label == "route[2] *.example.com")
+    }
+
+    @Test func stagedCertificates() throws {
+        let c = try load("""
+        [[identities.us.certificates]]
+        cert = "us-2026.pem"
+        key = "us-2026.key"
+        [[identities.us.certificates]]
+        cert = "us-2025.pem"
+        key = "us-2025.key"
+        """)
+        #expect(c.identities.first?.certificates.map(\.configKey) == ["identities.us.certificates[1]", "identities.us.certificates[2]"])
+    }
+
+    @Test(arguments: [
+        ("[proxy]\nlisten = \"nowhere\"", "proxy.listen", "expected an address and port"),
+        ("[proxy]\nlisten = \"0.0.0.0:3128\"", "proxy.listen", "not a loopback address; set proxy.allow_clients"),
+        ("[proxy]\nworkers = \"two\"", "proxy.workers", "expected an integer, got a string"),
+        ("[proxy]\nunmatched = \"allow\"", "proxy.unmatched", "expected \"deny\" or \"tls\""),
+        ("[proxy]\nlisten_addr = \"127.0.0.1:1\"", "proxy.listen_addr", "unknown key; expected one of:"),
+        ("[proxy]\nallow_clients = [\"10.0.0.0/33\"]", "proxy.allow_clients[1]", "expected an address range"),
+        ("[upstream]\nconnect_timeout = \"5 seconds\"", "upstream.connect_timeout", "expected a positive duration"),
+        ("[upstream]\nconnect_timeout = 5", "upstream.connect_timeout", "expected a string, got an integer"),
+        ("[upstream]\nmin_tls = \"1.1\"", "upstream.min_tls", "expected \"1.2\" or \"1.3\""),
+        ("[identities.us]\ncert = \"a.pem\"", "identities.us.key", "missing"),
+        ("[identities.us]\nkey = \"a.key\"", "identities.us.cert", "missing"),
+        ("[identities.us]\ncert = \"a.pem\"\nkey = \"a.key\"\npassword = \"x\"", "identities.us.password", "unknown key"),
+        ("[[route]]\nidentity = \"us\"", "route[1].host", "missing"),
+        ("[[route]]\nhost = \"a.test\"", "route[1].identity", "missing: set identity"),
+        ("[[route]]\nhost = \"a.test\"\nidentity = \"eu\"", "route[1].identity", "unknown identity \"eu\""),
+        ("[[route]]\nhost = \"a.test\"\naction = \"allow\"", "route[1].action", "expected \"tls\" or \"deny\""),
+        ("[[route]]\nhost = \"a b\"\naction = \"tls\"", "route[1].host", "expected a host name"),
+        ("[[route]]\nhost = \"a.test\"\naction = \"tls\"\nport = 70000", "route[1].port", "expected 1 to 65535"),
+        ("[[route]]\nhost = \"a.test\"\naction = \"tls\"\npath = \"v1\"", "route[1].path", "starting with /"),
+        ("[[route]]\nhost = \"a.test\"\naction = \"tls\"\nconnect = \"db.internal:5432\"", "route[1].connect", "numeric address"),
+        ("[[route]]\nhost = \"a.test\"\naction = \"tls\"\n[[route]]\nhost = \"b.test\"\naction = \"tls\"\nfoo = 1", "route[2].foo", "unknown key"),
+        ("[route]\nhost = \"a.test\"", "route", "expected [[route]] tables, got a table"),
+        ("[mystery]\nx = 1", "mystery", "unknown key"),
+    ])
+    func reportsFileKeyAndExpectation(_ text: String, _ key: String, _ fragment: String) throws {
+        let error = try #require(configError(text))
+        #expect(error.file == "proxy.conf")
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "\(error.message)")
+        #expect(error.description.hasPrefix("proxy.conf: \(key): "))
+    }
+
+    @Test func routeWithBothIdentityAndAction() throws {
+        let error = try #require(configError(identity + "[[route]]\nhost = \"a.test\"\nidentity = \"us\"\naction = \"deny\""))
+        #expect(error.key == "route[1].action")
+        #expect(error.message.contains("not both"))
+    }
+
+    @Test func tomlSyntaxErrorsNameTheLine() throws {
+        let error = try #require(configError("[proxy]\nlisten = \n"))
+        #expect(error.key == "")
+        #expect(error.message.contains("line 2"))
+    }
+
+    @Test func nonLoopbackListenWithAllowClients() throws {
+        let c = try load("[proxy]\nlisten = \"0.0.0.0:3128\"\nallow_clients = [\"10.0.0.0/8\", \"fd00::/8\"]")
+        #expect(c.proxy.allowClients.count == 2)
+    }
+
+    @Test func missingFileIsReported() {
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: "/nonexistent/proxy.conf") }
+    }
+}
+
+@Suite struct ValueParsingTests {
+    @Test func durations() {
+        #expect(TimeSpan.parse("5s")?.milliseconds == 5000)
+        #expect(TimeSpan.parse("250ms")?.milliseconds == 250)
+        #expect(TimeSpan.parse("2m")?.milliseconds == 120_000)
+        #expect(TimeSpan.parse("1h")?.milliseconds == 3_600_000)
+        #expect(TimeSpan.parse("1m30s")?.milliseconds == 90_000)
+        #expect(TimeSpan.parse("5") == nil)
+        #expect(TimeSpan.parse("s") == nil)
+        #expect(TimeSpan.parse("") == nil)
+        #expect(TimeSpan.parse("5 s") == nil)
+        #expect(TimeSpan.parse("-5s") == nil)
+    }
+
+    @Test func addresses() {
+        #expect(HostPort.parse("127.0.0.1:3128") == HostPort(host: "127.0.0.1", port: 3128))
+        #expect(HostPort.parse("[::1]:3128") == HostPort(host: "::1", port: 3128))
+        #expect(HostPort.parse("localhost:3128") == HostPort(host: "127.0.0.1", port: 3128))
+        #expect(HostPort.parse("127.0.0.1") == nil)
+        #expect(HostPort.parse("127.0.0.1:99999") == nil)
+        #expect(HostPort.parse("example.com:80") == nil)
+        #expect(HostPort.parse("::1:80") == nil)
+    }
+
+    @Test func ipAddresses() {
+        #expect(IPAddress("10.1.2.3")?.bytes == [10, 1, 2, 3])
+        #expect(IPAddress("::1")?.isLoopback == true)
+        #expect(IPAddress("::ffff:127.0.0.1")?.isLoopback == true)
+        #expect(IPAddress("127.255.0.9")?.isLoopback == true)
+        #expect(IPAddress("128.0.0.1")?.isLoopback == false)
+        #expect(IPAddress("fe80::1:2")?.bytes.count == 16)
+        #expect(IPAddress("1.2.3") == nil)
+        #expect(IPAddress("1.2.3.256") == nil)
+        #expect(IPAddress("01.2.3.4") == nil)
+        #expect(IPAddress("1::2::3") == nil)
+        #expect(IPAddress("12345::") == nil)
+    }
+
+    @Test func cidrs() throws {
+        let ten = try #require(CIDR.parse("10.0.0.0/8"))
+        #expect(ten.contains(IPAddress("10.200.1.1")!))
+        #expect(!ten.contains(IPAddress("11.0.0.1")!))
+        #expect(ten.contains(IPAddress("::ffff:10.0.0.1")!))
+        let v6 = try #require(CIDR.parse("fd00::/8"))
+        #expect(v6.contains(IPAddress("fd12::1")!))
+        #expect(!v6.contains(IPAddress("fe80::1")!))
+        let odd = try #require(CIDR.parse("192.168.0.0/23"))
+        #expect(odd.contains(IPAddress("192.168.1.7")!))
+        #expect(!odd.contains(IPAddress("192.168.2.7")!))
+        #expect(CIDR.parse("10.0.0.0/x") == nil)
+    }
+}

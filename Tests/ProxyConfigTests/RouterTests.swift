@@ -1,0 +1,82 @@
+import Testing
+@testable import ProxyConfig
+
+private let trust = TrustSettings(caFile: nil, minTLS: .tls12)
+private let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
+
+private func route(_ index: Int, _ host: String, port: Int? = nil, path: String? = nil, _ action: RouteAction) -> Route {
+    Route(index: index, host: HostPattern.parse(host)!, port: port, pathPrefix: path, action: action, trust: trust, timeouts: timeouts)
+}
+
+@Suite struct RouterTests {
+    let router = Router(routes: [
+        route(1, "api.mygreatbank.test", path: "/v2/", .mtls(identity: "eu")),
+        route(2, "api.mygreatbank.test", .mtls(identity: "us")),
+        route(3, "*.example.com", port: 8443, .tls),
+        route(4, "*.example.com", .deny),
+        route(5, "status.example.org", .tls),
+    ], unmatched: .deny, upstream: UpstreamSettings())
+
+    @Test func firstMatchWinsInFileOrder() {
+        #expect(router.match(host: "api.mygreatbank.test", port: 443, path: "/v2/accounts").route?.index == 1)
+        #expect(router.match(host: "api.mygreatbank.test", port: 443, path: "/v1/accounts").route?.index == 2)
+        #expect(router.match(host: "api.mygreatbank.test", port: 443, path: "/v2").route?.index == 2)
+    }
+
+    @Test func wildcardMatchesSubdomainsOnly() {
+        #expect(router.match(host: "a.example.com", port: 8443, path: "/").route?.index == 3)
+        #expect(router.match(host: "a.b.example.com", port: 443, path: "/").route?.index == 4)
+        #expect(router.match(host: "example.com", port: 443, path: "/").route == nil)
+        #expect(router.match(host: "badexample.com", port: 443, path: "/").route == nil)
+    }
+
+    @Test func unmatchedPolicyApplies() {
+        let m = router.match(host: "elsewhere.test", port: 443, path: "/")
+        #expect(m.route == nil)
+        #expect(m.action == .deny)
+        #expect(m.label == "unmatched")
+        let open = Router(routes: [], unmatched: .tls, upstream: UpstreamSettings())
+        #expect(open.match(host: "elsewhere.test", port: 443, path: "/").action == .tls)
+    }
+
+    @Test func reasonNamesTheMatchedFields() {
+        let m = router.match(host: "a.example.com", port: 8443, path: "/")
+        #expect(m.reason.contains("host *.example.com"))
+        #expect(m.reason.contains("port 8443"))
+    }
+
+    @Test func hostPatterns() {
+        #expect(HostPattern.parse("API.Example.COM") == .exact("api.example.com"))
+        #expect(HostPattern.parse("*") == .any)
+        #expect(HostPattern.parse("*.a.b") == .subdomains(of: "a.b"))
+        #expect(HostPattern.parse("[::1]") == .exact("::1"))
+        #expect(HostPattern.parse("a.*.b") == nil)
+        #expect(HostPattern.parse("") == nil)
+        #expect(HostPattern.parse("a..b") == nil)
+    }
+}
+
+@Suite struct CertificateSelectionTests {
+    // 2025 certificate: 2025-03-03 .. 2026-04-04; 2026 certificate: 2026-01-29 .. 2027-03-02.
+    let old = CertificateValidity(notBefore: 1_740_960_000, notAfter: 1_775_260_800)
+    let new = CertificateValidity(notBefore: 1_769_644_800, notAfter: 1_803_945_600)
+
+    @Test func newestValidWins() {
+        #expect(CertificateSelection.active([old, new], at: 1_750_000_000) == 0)  // only the old one is valid
+        #expect(CertificateSelection.active([old, new], at: 1_770_000_000) == 1)  // both valid: the newer
+        #expect(CertificateSelection.active([new, old], at: 1_770_000_000) == 0)  // order in the file does not matter
+        #expect(CertificateSelection.active([old, new], at: 1_780_000_000) == 1)
+        #expect(CertificateSelection.active([old, new], at: 1_900_000_000) == nil)
+    }
+
+    @Test func oldestPreferenceKeepsTheOldOne() {
+        #expect(CertificateSelection.active([old, new], at: 1_770_000_000, prefer: .oldest) == 0)
+        #expect(CertificateSelection.active([old, new], at: 1_780_000_000, prefer: .oldest) == 1)
+    }
+
+    @Test func nextChangeIsTheNextBoundary() {
+        #expect(CertificateSelection.nextChange([old, new], after: 1_750_000_000) == new.notBefore)
+        #expect(CertificateSelection.nextChange([old, new], after: 1_770_000_000) == old.notAfter)
+        #expect(CertificateSelection.nextChange([old, new], after: 1_900_000_000) == nil)
+    }
+}
