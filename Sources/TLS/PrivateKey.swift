@@ -43,8 +43,9 @@ public final class PrivateKey: @unchecked Sendable {
             if password != nil, errors.contains(where: { $0.reasonText.contains("bad decrypt") }) {
                 throw TLSSetupError.invalidKey(path: path, reason: "wrong password for the encrypted key")
             }
-            let detail = errors.contains(where: { $0.library == ERR_LIB_PEM && $0.reason == PEM_R_NO_START_LINE })
-                ? "no PEM private key (-----BEGIN PRIVATE KEY-----) found" : OpenSSLErrors.describe(errors)
+            // OpenSSL 3's decoders say "unsupported" when nothing in the file decodes as a key.
+            let noKey = errors.contains { ($0.library == ERR_LIB_PEM && $0.reason == PEM_R_NO_START_LINE) || $0.reasonText == "unsupported" }
+            let detail = noKey ? "no PEM private key (-----BEGIN PRIVATE KEY-----) found" : OpenSSLErrors.describe(errors)
             throw TLSSetupError.invalidKey(path: path, reason: detail)
         }
         return PrivateKey(taking: key)

@@ -1,0 +1,65 @@
+import Testing
+import CEventTLS
+@testable import TLS
+
+private func failure(phase: UpstreamTLSFailure.Phase = .handshake, identity: String? = "us", verify: Int = 0,
+                     verifyMessage: String = "ok", errors: [OpenSSLErrorEntry] = [], errno: Int32 = 0) -> UpstreamTLSFailure {
+    UpstreamTLSFailure(phase: phase, host: "api.mygreatbank.test", port: 443, identity: identity,
+                       certificateSubject: identity == nil ? nil : "CN=fusion-us", verifyResult: verify,
+                       verifyMessage: verifyMessage, errors: errors, socketErrno: errno, closed: errno == 0)
+}
+
+private func alert(_ n: Int32, _ text: String) -> OpenSSLErrorEntry {
+    OpenSSLErrorEntry(library: ERR_LIB_SSL, reason: 1000 + n, reasonText: text)
+}
+
+@Suite struct UpstreamTLSFailureTests {
+    @Test func ourVerificationFailureBlamesTheServerCertificate() {
+        let r = failure(verify: 62, verifyMessage: "hostname mismatch").response
+        #expect(r.status == 502)
+        #expect(r.errorType == .tlsCertificateError)
+        #expect(r.details.contains("hostname mismatch"))
+        #expect(r.advice.contains("ca_file"))
+    }
+
+    @Test func tls13CertificateRequiredAfterTheHandshake() {
+        let r = failure(phase: .afterHandshake, errors: [alert(116, "tlsv13 alert certificate required")]).response
+        #expect(r.errorType == .tlsAlertReceived)
+        #expect(r.details.contains("certificate_required (116)"))
+        #expect(r.details.contains("identity us"))
+        #expect(r.advice.contains("allowlist"))
+        #expect(r.advice.contains("mtls-proxy certs us --pem"))
+    }
+
+    @Test func unknownCAOnATLSRouteSuggestsAnIdentity() {
+        let r = failure(identity: nil, errors: [alert(116, "tlsv13 alert certificate required")]).response
+        #expect(r.details.contains("no client certificate"))
+        #expect(r.advice.contains("Give the route an identity"))
+    }
+
+    @Test func protocolVersionAlert() {
+        let r = failure(errors: [alert(70, "tlsv1 alert protocol version")]).response
+        #expect(r.details.contains("protocol_version"))
+        #expect(r.advice.contains("TLS 1.2"))
+    }
+
+    @Test func pseudoErrorsAreIgnored() {
+        let r = failure(phase: .afterHandshake, errors: [OpenSSLErrorEntry(library: 0, reason: 1, reasonText: "reason(1)")], errno: 104).response
+        #expect(r.errorType == .connectionTerminated)
+        #expect(r.details.contains("ECONNRESET"))
+        #expect(r.details.contains("right after the TLS handshake"))
+        #expect(r.advice.contains("rejected the client certificate"))
+    }
+
+    @Test func plainHTTPOnATLSPort() {
+        let r = failure(errors: [OpenSSLErrorEntry(library: ERR_LIB_SSL, reason: 267, reasonText: "wrong version number")]).response
+        #expect(r.errorType == .tlsProtocolError)
+        #expect(r.advice.contains("does not speak TLS"))
+    }
+
+    @Test func alertNumbersComeFromTheReasonCode() {
+        #expect(alert(48, "x").alert == 48)
+        #expect(OpenSSLErrorEntry(library: ERR_LIB_SSL, reason: 134, reasonText: "certificate verify failed").alert == nil)
+        #expect(OpenSSLErrorEntry(library: ERR_LIB_X509, reason: 1048, reasonText: "x").alert == nil)
+    }
+}
