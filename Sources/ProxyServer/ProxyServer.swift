@@ -45,9 +45,21 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// Starts serving on the worker threads and returns.
+    public func start() {
+        for worker in workers { worker.start() }
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns when every worker has ended.
+    public func stop() {
+        for worker in workers { worker.requestStop() }
+        for worker in workers { worker.join() }
+        workers.removeAll()
+    }
+
     /// Serves until SIGINT or SIGTERM, then lets requests in flight finish and returns.
     public func run() {
-        for worker in workers { worker.start() }
+        start()
         guard let base = event_base_new() else { return }
         signalBase = base
         let me = Unmanaged.passUnretained(self).toOpaque()
