@@ -72,7 +72,15 @@ public enum ConfigLoader {
 
         var upstream = UpstreamSettings()
         if let t = try reader.table("upstream") {
-            try t.allowOnly(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host"])
+            try t.allowOnly(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
+                             "nameservers"])
+            if let list = try t.stringArray("nameservers") {
+                upstream.nameservers = try list.enumerated().map { i, text in
+                    if let hp = HostPort.parse(text), hp.port > 0 { return hp }
+                    if let ip = IPAddress(text) { return HostPort(host: ip.isV6 ? ip.description : text, port: 53) }
+                    throw t.error("nameservers[\(i + 1)]", "expected a numeric address such as \"127.0.0.53\" or \"[::1]:53\", got \"\(text)\"")
+                }
+            }
             upstream.trust = try readTrust(t, defaults: upstream.trust)
             upstream.timeouts = try readTimeouts(t, defaults: upstream.timeouts)
             if let n = try t.int("max_idle_per_host") {

@@ -76,6 +76,8 @@ public struct UpstreamSettings: Sendable {
     public var trust = TrustSettings(caFile: nil, minTLS: .tls12)
     public var timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
     public var maxIdlePerHost = 64
+    /// DNS servers to ask instead of those in /etc/resolv.conf; empty means the system's.
+    public var nameservers: [HostPort] = []
 
     public init() {}
 }

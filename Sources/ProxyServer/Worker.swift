@@ -39,9 +39,21 @@ final class Worker: @unchecked Sendable {
         self.logger = logger
         guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
         self.base = base
-        // Nameservers from /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf still gets a
-        // resolver that answers from /etc/hosts and numeric names.
-        if let dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS) {
+        // Nameservers from the config or /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf
+        // still gets a resolver that answers from /etc/hosts and numeric names.
+        let nameservers = runtime.config.upstream.nameservers
+        if !nameservers.isEmpty {
+            guard let dns = evdns_base_new(base, 0) else { throw ServerError.eventLoop("evdns_base_new failed") }
+            evdns_base_load_hosts(dns, nil)
+            for server in nameservers {
+                guard evdns_base_nameserver_ip_add(dns, server.description) == 0 else {
+                    throw ServerError.eventLoop("cannot use nameserver \(server)")
+                }
+            }
+            evdns_base_set_option(dns, "timeout:", "2")
+            evdns_base_set_option(dns, "attempts:", "2")
+            self.dns = dns
+        } else if let dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS) {
             self.dns = dns
         } else {
             guard let dns = evdns_base_new(base, 0) else { throw ServerError.eventLoop("evdns_base_new failed") }

@@ -2,6 +2,7 @@
 """A real TLS upstream for the end-to-end tests: HTTP/1.1 over TLS, optionally requiring a client certificate.
 
 Paths:
+  /headers                the request line and headers as received, as JSON
   /whoami                 200, body and X-Client-Subject header: the client certificate's subject CN, or "none"
   /echo                   reads the request body (Content-Length or chunked), answers its length and SHA-256
   /download?size=N        N bytes with Content-Length, streamed
@@ -10,7 +11,7 @@ Paths:
   /slow?ms=N              waits N ms, then answers
 Usage: upstream.py --port P --cert C --key K [--ca CA --require-client-cert]
 """
-import argparse, hashlib, http.server, socketserver, ssl, sys, time
+import argparse, hashlib, json, http.server, socketserver, ssl, sys, time
 from urllib.parse import urlparse, parse_qs
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB pattern
@@ -102,7 +103,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         url = urlparse(self.path)
         q = parse_qs(url.query)
         size = int(q.get("size", ["0"])[0])
-        if url.path == "/echo":
+        if url.path == "/headers":
+            self.read_body()
+            body = json.dumps({"request_line": self.requestline, "headers": [[k, v] for k, v in self.headers.items()]})
+            self.send_simple(200, body)
+        elif url.path == "/echo":
             n, digest = self.read_body()
             self.send_simple(200, f"{n} {digest}\n")
         elif url.path == "/download":

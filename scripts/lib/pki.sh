@@ -1,7 +1,7 @@
 # Makes a throwaway PKI for the demo, tests and benchmarks. Nothing it makes is committed.
 # Usage: source scripts/lib/pki.sh; make_pki DIR
 #   DIR/ca.pem, ca.key                  test CA for servers and clients
-#   DIR/server.pem, server.key          api.mygreatbank.test, status.example.com, *.mygreatbank.test, localhost, 127.0.0.1
+#   DIR/server.pem, server.key          api.mygreatbank.test, status.example.com, *.mygreatbank.test, *.loopback.test, localhost, 127.0.0.1
 #   DIR/fusion-us.pem/.key, fusion-eu.pem/.key   client certificates (CN=fusion-us, CN=fusion-eu), issued by ca
 #   DIR/rogue-ca.pem, rogue.pem/.key    a CA the proxy does not trust, and a client certificate and server cert from it
 #   DIR/other-host.pem/.key             a server certificate for other.example.net (hostname mismatch)
@@ -39,7 +39,7 @@ make_pki() {
     pki_ca "$dir" ca "mtls-proxy test CA"
     pki_ca "$dir" rogue-ca "untrusted test CA"
     pki_cert "$dir" server "api.mygreatbank.test" ca \
-        "DNS:api.mygreatbank.test,DNS:status.example.com,DNS:*.mygreatbank.test,DNS:localhost,IP:127.0.0.1" serverAuth
+        "DNS:api.mygreatbank.test,DNS:status.example.com,DNS:*.mygreatbank.test,DNS:*.loopback.test,DNS:localhost,IP:127.0.0.1" serverAuth
     pki_cert "$dir" fusion-us "fusion-us" ca "" clientAuth
     pki_cert "$dir" fusion-eu "fusion-eu" ca "" clientAuth
     pki_cert "$dir" rogue "rogue-client" rogue-ca "" clientAuth

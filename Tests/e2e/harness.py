@@ -1,0 +1,212 @@
+"""Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
+a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
+import os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def make_pki(directory):
+    subprocess.run(["bash", "-c", f"source '{ROOT}/scripts/lib/pki.sh' && make_pki '{directory}'"], check=True)
+
+
+def clean_env(**extra):
+    """The environment for client processes: no proxy settings leaking in from outside."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    env.update(extra)
+    return env
+
+
+class Processes:
+    """Starts processes and stops every one of them, whatever happens."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        p = subprocess.Popen(args, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+
+
+def start_python_upstream(procs, pki, port, cert="server", ca=None, require=False, max_tls=None):
+    args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(port),
+            "--cert", f"{pki}/{cert}.pem", "--key", f"{pki}/{cert}.key"]
+    if ca:
+        args += ["--ca", f"{pki}/{ca}.pem"]
+    if require:
+        args.append("--require-client-cert")
+    if max_tls:
+        args += ["--max-tls", max_tls]
+    procs.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    default_type text/plain;
+    ssl_certificate {pki}/server.pem;
+    ssl_certificate_key {pki}/server.key;
+    ssl_client_certificate {pki}/ca.pem;
+    # A web service that trusts callers only by their client certificate.
+    server {{
+        listen 127.0.0.1:{mtls_port} ssl;
+        server_name api.mygreatbank.test;
+        ssl_verify_client on;
+        location / {{
+            add_header X-Client-Subject $ssl_client_s_dn always;
+            add_header X-Client-Verify $ssl_client_verify always;
+            return 200 "hello $ssl_client_s_dn\\n";
+        }}
+    }}
+    # A service that needs no client certificate; it reports one if it gets one anyway.
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        server_name status.example.com;
+        ssl_verify_client optional;
+        location / {{
+            add_header X-Client-Subject $ssl_client_s_dn always;
+            add_header X-Client-Verify $ssl_client_verify always;
+            return 200 "status ok\\n";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(procs, directory, pki, mtls_port, tls_port):
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(f"{directory}/{sub}", exist_ok=True)
+    conf = f"{directory}/nginx.conf"
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", dir=directory, pki=pki,
+                                  mtls_port=mtls_port, tls_port=tls_port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs.start([nginx, "-c", conf, "-p", directory], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(mtls_port)
+    wait_for_port(tls_port)
+
+
+class LoopbackDNS:
+    """A minimal DNS server on 127.0.0.1: names under .loopback.test resolve to 127.0.0.1, all else is NXDOMAIN.
+    It lets the tests exercise the proxy's asynchronous resolver without any packet leaving loopback."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(512)
+            except OSError:
+                return
+            if len(data) < 12:
+                continue
+            qid, flags, qd = struct.unpack(">HHH", data[:6])
+            i, labels = 12, []
+            while i < len(data) and data[i] != 0:
+                n = data[i]
+                labels.append(data[i + 1:i + 1 + n].decode("ascii", "replace"))
+                i += n + 1
+            question = data[12:i + 5]
+            qtype = struct.unpack(">H", data[i + 1:i + 3])[0] if i + 3 <= len(data) else 0
+            name = ".".join(labels).lower()
+            self.queries.append((name, qtype))
+            if name.endswith(".loopback.test"):
+                if qtype == 1:
+                    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
+                    reply = struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + answer
+                else:
+                    reply = struct.pack(">HHHHHH", qid, 0x8180, 1, 0, 0, 0) + question
+            else:
+                reply = struct.pack(">HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question
+            self.sock.sendto(reply, addr)
+
+    def close(self):
+        self.sock.close()
+
+
+def proxy_binary():
+    return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")
+
+
+def start_proxy(procs, config_path, log_path, port):
+    with open(log_path, "ab") as log:
+        p = procs.start([proxy_binary(), "run", "--config", config_path], stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(port)
+    return p
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    """Linux lets the peak (VmHWM) be reset by writing 5 to clear_refs."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
