@@ -7,13 +7,17 @@ final class UpstreamPool: UpstreamConnectionDelegate {
     private var idle: [PoolKey: [UpstreamConnection]] = [:]
     private(set) var idleCount = 0
 
-    /// An idle connection for `key`, if one is open.
+    /// An idle connection for `key`, if one is open. A connection with unread bytes (a server that said more
+    /// than its response, not yet noticed) is closed rather than handed out.
     func take(_ key: PoolKey) -> UpstreamConnection? {
-        guard var list = idle[key], let connection = list.popLast() else { return nil }
-        idle[key] = list.isEmpty ? nil : list
-        idleCount -= 1
-        connection.delegate = nil
-        return connection
+        while var list = idle[key], let connection = list.popLast() {
+            idle[key] = list.isEmpty ? nil : list
+            idleCount -= 1
+            connection.delegate = nil
+            if connection.state == .ready && evbuffer_get_length(connection.input) == 0 { return connection }
+            connection.close()
+        }
+        return nil
     }
 
     /// Parks a connection whose exchange ended cleanly. Closes it instead when the key already holds `maxIdle`.

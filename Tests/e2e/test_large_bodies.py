@@ -78,6 +78,7 @@ class LargeBodies(unittest.TestCase):
             r = subprocess.run(["curl", "-sS", "-x", ENV["url"], "-T", "-", "http://files.mygreatbank.test/echo"],
                                stdin=zeros.stdout, capture_output=True, env=harness.clean_env(), timeout=600)
             zeros.wait()
+            zeros.stdout.close()
             return r
         r, baseline, peak = measure(run)
         # sha256 of 1 GiB of zero bytes

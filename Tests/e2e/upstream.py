@@ -88,6 +88,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
+        if self.command == "HEAD":
+            return
         left = size
         while left:
             part = BLOCK[: min(left, len(BLOCK))]

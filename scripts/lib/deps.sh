@@ -1,0 +1,28 @@
+# Installs what the build, the demo and the tests need, when it is missing (Debian; run as root).
+# Usage: source scripts/lib/deps.sh; ensure_deps [extra Debian packages...]
+
+ensure_deps() {
+    local wanted=(libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@")
+    local missing=()
+    local pkg
+    for pkg in "${wanted[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        # Keep package scripts from starting services (nginx would try to take port 80).
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+        $sudo chmod +x /usr/sbin/policy-rc.d
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        $sudo rm -f /usr/sbin/policy-rc.d
+    fi
+    if ! python3 -c 'import requests' 2>/dev/null; then
+        echo "installing: python requests"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests >/dev/null 2>&1 || true
+        python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
+    fi
+    command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
+}
