@@ -212,3 +212,16 @@ key = "certs/fusion-us.key"
         #expect(CIDR.parse("10.0.0.0/x") == nil)
     }
 }
+
+@Suite struct ExampleConfigTests {
+    @Test func theShippedExampleIsValid() throws {
+        var path = #filePath
+        for _ in 0..<3 { path = String(path[..<path.lastIndex(of: "/")!]) }
+        let c = try ConfigLoader.load(file: path + "/proxy.conf.example")
+        #expect(c.proxy.listen == HostPort(host: "127.0.0.1", port: 3128))
+        #expect(c.identities.map(\.name) == ["eu", "us"])
+        #expect(c.identities[0].certificates.count == 2)
+        #expect(c.routes.map(\.action) == [.mtls(identity: "eu"), .mtls(identity: "us"), .tls, .deny])
+        #expect(c.routes[1].trust.caFile == nil)
+    }
+}
