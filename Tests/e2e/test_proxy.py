@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end: real clients (curl, Python requests, HTTP_PROXY in the environment) through the proxy binary to
 real TLS upstreams (nginx with ssl_verify_client on, a Python TLS server), all on loopback."""
-import hashlib, json, os, subprocess, sys, tempfile, time, unittest
+import hashlib, json, os, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -16,7 +16,8 @@ def setUpModule():
     harness.make_pki(pki)
     procs = harness.Processes()
     ports = {name: harness.free_port() for name in
-             ("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12", "untrusted", "mismatch", "refused")}
+             ("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12", "untrusted", "mismatch", "refused",
+              "stalls")}
     try:
         harness.start_nginx(procs, d, pki, ports["nginx_mtls"], ports["nginx_tls"])
         harness.start_python_upstream(procs, pki, ports["files"], ca="ca", require=True)
@@ -25,6 +26,10 @@ def setUpModule():
         harness.start_python_upstream(procs, pki, ports["untrusted"], cert="rogue-server")
         harness.start_python_upstream(procs, pki, ports["mismatch"], cert="other-host")
         dns = harness.LoopbackDNS()
+        # A server whose TCP backlog accepts connections but which never speaks: the TLS handshake stalls.
+        stall = socket.socket()
+        stall.bind(("127.0.0.1", ports["stalls"]))
+        stall.listen(16)
         config = f"""
 [proxy]
 listen = "127.0.0.1:{ports['proxy']}"
@@ -92,6 +97,18 @@ identity = "us"
 connect = "127.0.0.1:{ports['refused']}"
 
 [[route]]
+host = "stalls.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{ports['stalls']}"
+connect_timeout = "500ms"
+
+[[route]]
+host = "slow.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{ports['files']}"
+response_timeout = "500ms"
+
+[[route]]
 host = "*.loopback.test"
 identity = "us"
 
@@ -110,7 +127,7 @@ action = "deny"
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, dns=dns, proxy=proxy,
+    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, dns=dns, proxy=proxy, stall=stall,
                url=f"http://127.0.0.1:{ports['proxy']}", log=f"{d}/proxy.log")
 
 
@@ -118,6 +135,7 @@ def tearDownModule():
     if "procs" in ENV:
         ENV["procs"].stop_all()
         ENV["dns"].close()
+        ENV["stall"].close()
 
 
 def proxies():
@@ -241,6 +259,22 @@ class UpstreamFailures(unittest.TestCase):
         r = self.get("refused.mygreatbank.test")
         self.assertEqual(r.status_code, 502)
         self.assertIn("error=connection_refused", r.headers["Proxy-Status"])
+
+    def test_handshake_that_never_finishes_is_a_504(self):
+        started = time.time()
+        r = self.get("stalls.mygreatbank.test")
+        self.assertEqual(r.status_code, 504)
+        self.assertIn("error=connection_timeout", r.headers["Proxy-Status"])
+        self.assertIn("connect_timeout 500ms", r.text)
+        self.assertLess(time.time() - started, 5)
+
+    def test_slow_response_is_a_504(self):
+        r = requests.get("http://slow.mygreatbank.test/slow?ms=3000", proxies=proxies(), timeout=15)
+        self.assertEqual(r.status_code, 504)
+        self.assertIn("error=connection_read_timeout", r.headers["Proxy-Status"])
+        self.assertIn("response_timeout 500ms", r.text)
+        fast = requests.get("http://slow.mygreatbank.test/slow?ms=10", proxies=proxies(), timeout=15)
+        self.assertEqual(fast.status_code, 200)
 
     def test_dns_failure(self):
         r = self.get("nowhere.invalid")
