@@ -33,7 +33,11 @@ public enum ConfigLoader {
 
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
-            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes"])
+            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days"])
+            if let days = try t.int("warn_days") {
+                guard days >= 0 && days <= 3650 else { throw t.error("warn_days", "expected 0 to 3650 days, got \(days)") }
+                proxy.warnDays = days
+            }
             if let listen = try t.string("listen") {
                 guard let hp = HostPort.parse(listen) else {
                     throw t.error("listen", "expected an address and port such as \"127.0.0.1:3128\" or \"[::1]:3128\", got \"\(listen)\"")
@@ -107,25 +111,67 @@ public enum ConfigLoader {
         return ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes)
     }
 
+    static let certificateKeys: Set<String> = ["cert", "key", "key_password_file", "key_password_env", "p12",
+                                                "p12_password_file", "p12_password_env"]
+
     static func readIdentity(_ t: TableReader, name: String) throws -> Identity {
-        try t.allowOnly(["cert", "key", "certificates"])
+        try t.allowOnly(certificateKeys.union(["certificates", "prefer"]))
         var sources: [CertificateSource] = []
-        let cert = try t.path("cert"), key = try t.path("key")
-        if cert != nil || key != nil {
-            guard let cert else { throw t.error("cert", "missing: the certificate file (PEM, leaf first) that goes with key") }
-            guard let key else { throw t.error("key", "missing: the private key file (PEM) that goes with cert") }
-            sources.append(CertificateSource(cert: cert, key: key, configKey: t.path))
+        if let single = try readCertificate(t, configKey: t.path, required: false) {
+            sources.append(single)
         }
         for (i, ct) in try t.arrayOfTables("certificates").enumerated() {
-            try ct.allowOnly(["cert", "key"])
-            guard let cert = try ct.path("cert") else { throw ct.error("cert", "missing: the certificate file (PEM, leaf first)") }
-            guard let key = try ct.path("key") else { throw ct.error("key", "missing: the private key file (PEM)") }
-            sources.append(CertificateSource(cert: cert, key: key, configKey: "\(t.path).certificates[\(i + 1)]"))
+            try ct.allowOnly(certificateKeys)
+            sources.append(try readCertificate(ct, configKey: ct.path, required: true)!)
         }
         guard !sources.isEmpty else {
-            throw ConfigError(file: t.file, key: t.path, message: "an identity needs cert and key (or [[\(t.path).certificates]] entries)")
+            throw ConfigError(file: t.file, key: t.path, message: "an identity needs cert and key, or p12 (or [[\(t.path).certificates]] entries)")
         }
-        return Identity(name: name, certificates: sources)
+        var prefer = CertificatePreference.newest
+        if let p = try t.string("prefer") {
+            guard let value = CertificatePreference(rawValue: p) else {
+                throw t.error("prefer", "expected \"newest\" (present the most recently issued valid certificate) or \"oldest\", got \"\(p)\"")
+            }
+            prefer = value
+        }
+        return Identity(name: name, certificates: sources, prefer: prefer)
+    }
+
+    /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
+    static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
+        let cert = try t.path("cert"), key = try t.path("key"), p12 = try t.path("p12")
+        if let p12 {
+            if cert != nil || key != nil { throw t.error("p12", "a PKCS#12 bundle holds the certificate and key: set p12, or cert and key, not both") }
+            if try t.string("key_password_file") != nil || t.string("key_password_env") != nil {
+                throw t.error("p12", "use p12_password_file or p12_password_env for a bundle")
+            }
+            return CertificateSource(files: .pkcs12(path: p12, password: try secret(t, "p12_password")), configKey: configKey)
+        }
+        if cert == nil && key == nil {
+            if try t.secretKeysPresent(["key_password_file", "key_password_env", "p12_password_file", "p12_password_env"]) {
+                throw t.error("cert", "missing: a password is set but no cert and key (or p12)")
+            }
+            if required { throw t.error("cert", "missing: the certificate file (PEM, leaf first) and its key, or p12") }
+            return nil
+        }
+        guard let cert else { throw t.error("cert", "missing: the certificate file (PEM, leaf first) that goes with key") }
+        guard let key else { throw t.error("key", "missing: the private key file (PEM) that goes with cert") }
+        if try t.secretKeysPresent(["p12_password_file", "p12_password_env"]) {
+            throw t.error("p12_password_file", "only for a p12 bundle; an encrypted PEM key uses key_password_file or key_password_env")
+        }
+        return CertificateSource(files: .pem(cert: cert, key: key, keyPassword: try secret(t, "key_password")), configKey: configKey)
+    }
+
+    static func secret(_ t: TableReader, _ prefix: String) throws -> SecretSource? {
+        let file = try t.path("\(prefix)_file"), env = try t.string("\(prefix)_env")
+        switch (file, env) {
+        case (nil, nil): return nil
+        case (let f?, nil): return .file(f)
+        case (nil, let e?):
+            guard !e.isEmpty else { throw t.error("\(prefix)_env", "expected the name of an environment variable") }
+            return .environment(e)
+        case (_?, _?): throw t.error("\(prefix)_env", "set \(prefix)_file or \(prefix)_env, not both")
+        }
     }
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
@@ -275,6 +321,10 @@ struct TableReader {
         guard let value = table[key] else { return nil }
         guard let i = value.int else { throw error(key, "expected an integer, got \(typeName(value))") }
         return i
+    }
+
+    func secretKeysPresent(_ keys: [String]) throws -> Bool {
+        keys.contains { table[$0] != nil }
     }
 
     func bool(_ key: String) throws -> Bool? {

@@ -37,6 +37,8 @@ public struct ProxySettings: Sendable {
     /// Client address ranges allowed to connect. Empty means loopback only.
     public var allowClients: [CIDR] = []
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Warn (log, metric) this many days before the active certificate of an identity expires with no successor.
+    public var warnDays: Int = 30
 
     public init() {}
 }
@@ -82,17 +84,55 @@ public struct UpstreamSettings: Sendable {
     public init() {}
 }
 
-/// One certificate and its key, as files.
+/// Where a password comes from: never the config file itself.
+public enum SecretSource: Sendable, Hashable, CustomStringConvertible {
+    /// The first line of a file.
+    case file(String)
+    /// An environment variable.
+    case environment(String)
+
+    public var description: String {
+        switch self {
+        case .file(let path): return "file \(path)"
+        case .environment(let name): return "environment variable \(name)"
+        }
+    }
+}
+
+/// One certificate and its key: PEM files, or a PKCS#12 bundle.
 public struct CertificateSource: Sendable, Hashable {
-    public var cert: String
-    public var key: String
+    public enum Files: Sendable, Hashable {
+        case pem(cert: String, key: String, keyPassword: SecretSource?)
+        case pkcs12(path: String, password: SecretSource?)
+    }
+
+    public var files: Files
     /// Where it was configured, e.g. `identities.us` or `identities.us.certificates[2]`, for error messages.
     public var configKey: String
 
-    public init(cert: String, key: String, configKey: String) {
-        self.cert = cert
-        self.key = key
+    public init(files: Files, configKey: String) {
+        self.files = files
         self.configKey = configKey
+    }
+
+    public init(cert: String, key: String, configKey: String) {
+        self.init(files: .pem(cert: cert, key: key, keyPassword: nil), configKey: configKey)
+    }
+
+    /// The file that holds the certificate (the PEM file or the bundle).
+    public var cert: String {
+        switch files {
+        case .pem(let cert, _, _): return cert
+        case .pkcs12(let path, _): return path
+        }
+    }
+
+    /// The file that holds the private key.
+    public var key: String {
+        switch files {
+        case .pem(_, let key, _): return key
+        case .pkcs12(let path, _): return path
+        }
     }
 }
 
@@ -100,10 +140,12 @@ public struct CertificateSource: Sendable, Hashable {
 public struct Identity: Sendable, Hashable {
     public var name: String
     public var certificates: [CertificateSource]
+    public var prefer: CertificatePreference
 
-    public init(name: String, certificates: [CertificateSource]) {
+    public init(name: String, certificates: [CertificateSource], prefer: CertificatePreference = .newest) {
         self.name = name
         self.certificates = certificates
+        self.prefer = prefer
     }
 }
 

@@ -77,7 +77,36 @@ public final class ProxyRuntime: @unchecked Sendable {
     /// The index of the certificate an identity presents at `now`, nil when none is valid.
     public func activeCertificate(identity: String, at now: Int = currentEpochSeconds()) -> Int? {
         guard let list = credentials[identity] else { return nil }
-        return CertificateSelection.active(list.map(\.validity), at: now)
+        let prefer = config.identity(named: identity)?.prefer ?? .newest
+        return CertificateSelection.active(list.map(\.validity), at: now, prefer: prefer)
+    }
+
+    /// The active certificate, expiry health and next switch of an identity.
+    public func status(identity: String, at now: Int = currentEpochSeconds(), warnDays: Int? = nil) -> IdentityStatus {
+        let list = credentials[identity] ?? []
+        let prefer = config.identity(named: identity)?.prefer ?? .newest
+        return IdentityStatus.evaluate(list.map(\.validity), prefer: prefer, at: now, warnDays: warnDays ?? config.proxy.warnDays)
+    }
+
+    /// The active credential of every identity at `now`, by name (nil: none valid).
+    public func activeCredentials(at now: Int = currentEpochSeconds()) -> [String: Credential?] {
+        var result: [String: Credential?] = [:]
+        for identity in config.identities {
+            result[identity.name] = activeCertificate(identity: identity.name, at: now).map { credentials[identity.name]![$0] }
+        }
+        return result
+    }
+
+    /// Warnings about key files readable by others, one per file.
+    public var keyPermissionWarnings: [String] {
+        var seen = Set<String>()
+        var warnings: [String] = []
+        for identity in config.identities {
+            for credential in credentials[identity.name] ?? [] where seen.insert(credential.source.key).inserted {
+                if let warning = credential.keyPermissionWarning { warnings.append("identity \(identity.name): \(warning)") }
+            }
+        }
+        return warnings
     }
 
     public enum ContextChoice {

@@ -42,10 +42,13 @@ final class UpstreamPool: UpstreamConnectionDelegate {
         idleCount -= 1
     }
 
-    /// Closes every idle connection whose TLS context is not in `keep` (after a certificate switch or reload).
-    func retire(where shouldRetire: (PoolKey) -> Bool) {
-        for key in idle.keys where shouldRetire(key) {
-            for connection in idle[key] ?? [] { remove(connection); connection.close() }
+    /// Closes every idle connection for which `shouldRetire` holds (after a certificate switch or a reload).
+    func retire(where shouldRetire: (UpstreamConnection) -> Bool) {
+        for list in Array(idle.values) {
+            for connection in list where shouldRetire(connection) {
+                remove(connection)
+                connection.close()
+            }
         }
     }
 

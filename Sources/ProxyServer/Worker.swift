@@ -26,6 +26,7 @@ final class Worker: @unchecked Sendable {
     let dns: OpaquePointer
     private var listener: OpaquePointer?
     private var stopEvent: OpaquePointer?
+    private var tickEvent: OpaquePointer?
     private var drainTimer: OpaquePointer?
     let pool = UpstreamPool()
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
@@ -62,11 +63,26 @@ final class Worker: @unchecked Sendable {
         }
         let me = Unmanaged.passUnretained(self).toOpaque()
         stopEvent = event_new(base, -1, 0, workerStopCallback, me)
+        tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
+        var second = timeval(tv_sec: 1, tv_usec: 0)
+        event_add(tickEvent, &second)
+    }
+
+    /// Once a second: pooled connections that present a certificate the identity no longer uses (its
+    /// successor took over at its notBefore, or it expired) are closed, never reused.
+    fileprivate func tick() {
+        let active = runtime.activeCredentials()
+        pool.retire { connection in
+            guard let identity = connection.context.identityName, let credential = connection.context.credential else { return false }
+            guard let current = active[identity] ?? nil else { return true }
+            return current !== credential
+        }
     }
 
     deinit {
         if let listener { evconnlistener_free(listener) }
         if let stopEvent { event_free(stopEvent) }
+        if let tickEvent { event_free(tickEvent) }
         if let drainTimer { event_free(drainTimer) }
         evdns_base_free(dns, 0)
         event_base_free(base)
@@ -124,6 +140,7 @@ final class Worker: @unchecked Sendable {
             self.listener = nil
         }
         pool.closeAll()
+        if let tickEvent { event_del(tickEvent) }
         for client in Array(clients.values) { client.drain() }
         let me = Unmanaged.passUnretained(self).toOpaque()
         drainTimer = mtls_evtimer_new(base, workerDrainTimeoutCallback, me)
@@ -216,6 +233,10 @@ private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: Unsafe
 
 private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().beginDrain()
+}
+
+private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().tick()
 }
 
 private func workerDrainTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

@@ -1,5 +1,8 @@
 import CEventTLS
 import ProxyConfig
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A client certificate chain with its private key, checked to belong together.
 public final class Credential: @unchecked Sendable {
@@ -29,8 +32,26 @@ public final class Credential: @unchecked Sendable {
 
     /// Loads and checks the files a `CertificateSource` names.
     public static func load(_ source: CertificateSource) throws -> Credential {
-        let chain = try Certificate.loadPEMChain(path: source.cert)
-        let key = try PrivateKey.loadPEM(path: source.key)
-        return try Credential(source: source, chain: chain, key: key)
+        switch source.files {
+        case .pem(let cert, let key, let password):
+            let chain = try Certificate.loadPEMChain(path: cert)
+            let secret = try password.map { try Secrets.read($0, for: key) }
+            let privateKey = try PrivateKey.loadPEM(path: key, password: secret)
+            return try Credential(source: source, chain: chain, key: privateKey)
+        case .pkcs12(let path, let password):
+            let secret = try password.map { try Secrets.read($0, for: path) }
+            let (chain, privateKey) = try PKCS12Bundle.load(path: path, password: secret)
+            return try Credential(source: source, chain: chain, key: privateKey)
+        }
+    }
+
+    /// A warning when the key file can be read by group or others (it is still used: secrets mounted by
+    /// Kubernetes are 0644 by default).
+    public var keyPermissionWarning: String? {
+        var st = stat()
+        guard stat(source.key, &st) == 0 else { return nil }
+        let mode = st.st_mode & 0o777
+        guard mode & 0o077 != 0 else { return nil }
+        return "private key \(source.key) is readable by \(mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(mode, radix: 8))); chmod 600 it"
     }
 }

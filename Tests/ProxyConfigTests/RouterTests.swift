@@ -80,3 +80,52 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
         #expect(CertificateSelection.nextChange([old, new], after: 1_900_000_000) == nil)
     }
 }
+
+@Suite struct IdentityStatusTests {
+    let day = 86_400
+    let now = 1_800_000_000
+
+    @Test func healthyWhenFarFromExpiry() {
+        let s = IdentityStatus.evaluate([CertificateValidity(notBefore: now - 100 * day, notAfter: now + 200 * day)], at: now, warnDays: 30)
+        #expect(s.active == 0)
+        #expect(s.health == .ok)
+        #expect(s.secondsLeft == 200 * day)
+        #expect(s.next?.at == now + 200 * day)
+        #expect(s.next?.index == nil)
+    }
+
+    @Test func warnsWhenExpiringWithNoSuccessor() {
+        let s = IdentityStatus.evaluate([CertificateValidity(notBefore: now - 100 * day, notAfter: now + 10 * day)], at: now, warnDays: 30)
+        #expect(s.health == .expiringWithoutSuccessor)
+    }
+
+    @Test func aStagedSuccessorSilencesTheWarningAndIsAnnounced() {
+        let old = CertificateValidity(notBefore: now - 300 * day, notAfter: now + 10 * day)
+        let new = CertificateValidity(notBefore: now + 5 * day, notAfter: now + 400 * day)
+        let s = IdentityStatus.evaluate([old, new], at: now, warnDays: 30)
+        #expect(s.active == 0)
+        #expect(s.health == .ok)
+        #expect(s.next?.at == now + 5 * day)
+        #expect(s.next?.index == 1)
+        // With prefer = oldest the switch waits for the old one to expire.
+        let o = IdentityStatus.evaluate([old, new], prefer: .oldest, at: now, warnDays: 30)
+        #expect(o.next?.at == now + 10 * day)
+        #expect(o.next?.index == 1)
+    }
+
+    @Test func aGapIsNotASuccessor() {
+        let old = CertificateValidity(notBefore: now - 300 * day, notAfter: now + 10 * day)
+        let late = CertificateValidity(notBefore: now + 20 * day, notAfter: now + 400 * day)
+        #expect(IdentityStatus.evaluate([old, late], at: now, warnDays: 30).health == .expiringWithoutSuccessor)
+    }
+
+    @Test func nothingValid() {
+        let expired = CertificateValidity(notBefore: now - 400 * day, notAfter: now - day)
+        let future = CertificateValidity(notBefore: now + day, notAfter: now + 400 * day)
+        let s = IdentityStatus.evaluate([expired, future], at: now, warnDays: 30)
+        #expect(s.active == nil)
+        #expect(s.health == .noValidCertificate)
+        #expect(s.next?.at == now + day)
+        #expect(s.next?.index == 1)
+    }
+}

@@ -210,3 +210,8 @@ def reset_peak_rss(pid):
         return True
     except OSError:
         return False
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()

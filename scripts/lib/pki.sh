@@ -46,3 +46,44 @@ make_pki() {
     pki_cert "$dir" rogue-server "api.mygreatbank.test" rogue-ca "DNS:api.mygreatbank.test,DNS:untrusted.mygreatbank.test" serverAuth
     pki_cert "$dir" other-host "other.example.net" ca "DNS:other.example.net" serverAuth
 }
+
+# A client certificate with chosen validity dates, issued by DIR/ca (openssl ca, since `openssl x509` in
+# OpenSSL 3.0 cannot set notBefore). START and END are UTC times as YYYYMMDDHHMMSSZ.
+# Usage: pki_cert_dated DIR NAME CN START END
+pki_cert_dated() {
+    local dir=$1 name=$2 cn=$3 start=$4 end=$5
+    local db="$dir/.ca-db"
+    mkdir -p "$db/new"
+    [ -f "$db/index.txt" ] || : > "$db/index.txt"
+    [ -f "$db/serial" ] || openssl rand -hex 16 > "$db/serial"
+    cat > "$db/ca.cnf" <<CNF
+[ca]
+default_ca = test
+[test]
+database = $db/index.txt
+new_certs_dir = $db/new
+certificate = $dir/ca.pem
+private_key = $dir/ca.key
+serial = $db/serial
+default_md = sha256
+policy = anything
+unique_subject = no
+email_in_dn = no
+[anything]
+O = optional
+CN = supplied
+[client]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature
+extendedKeyUsage = clientAuth
+CNF
+    openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$dir/$name.key"
+    chmod 600 "$dir/$name.key"
+    openssl req -new -key "$dir/$name.key" -subj "/O=mtls-proxy test/CN=$cn" -out "$dir/$name.csr" 2>/dev/null
+    openssl ca -batch -config "$db/ca.cnf" -extensions client -notext -startdate "$start" -enddate "$end" \
+        -in "$dir/$name.csr" -out "$dir/$name.pem" 2>/dev/null
+    rm -f "$dir/$name.csr"
+}
+
+# UTC time N seconds from now (negative for the past), as openssl ca wants it.
+utc_in() { date -u -d "@$(( $(date +%s) + $1 ))" +%Y%m%d%H%M%SZ; }

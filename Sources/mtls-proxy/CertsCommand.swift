@@ -1,0 +1,66 @@
+import ArgumentParser
+import ProxyConfig
+import ProxyServer
+
+struct Certs: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show or export the public certificates an identity presents, for a service's allowlist.",
+        discussion: """
+        Without --pem, a summary. With --pem, exactly the PEM of the identity's active certificate (leaf first,
+        then its chain), ready to upload or redirect into a file; with --all, of every configured certificate.
+        Private keys are never printed.
+        """)
+
+    @OptionGroup var options: ConfigOption
+
+    @Argument(help: "The identity (default: every identity; --pem needs one when there are several).")
+    var identity: String?
+
+    @Flag(help: "Print PEM instead of a summary.")
+    var pem = false
+
+    @Flag(help: "Every configured certificate, not only the active one.")
+    var all = false
+
+    func run() throws {
+        let runtime = try options.loadRuntime()
+        let config = runtime.config
+        var names = config.identities.map(\.name)
+        if let identity {
+            guard names.contains(identity) else {
+                printError("mtls-proxy: no identity \"\(identity)\" in \(config.file); defined: \(names.joined(separator: ", "))")
+                throw ExitCode(1)
+            }
+            names = [identity]
+        } else if pem && names.count > 1 {
+            printError("mtls-proxy: name the identity to export (\(names.joined(separator: ", ")))")
+            throw ExitCode(1)
+        }
+        let now = currentEpochSeconds()
+        for name in names {
+            let credentials = runtime.credentials[name] ?? []
+            let active = runtime.activeCertificate(identity: name, at: now)
+            let chosen = all ? Array(credentials.indices) : (active.map { [$0] } ?? [])
+            if pem {
+                guard !chosen.isEmpty else {
+                    printError("mtls-proxy: identity \(name) has no currently valid certificate; --all exports every configured one")
+                    throw ExitCode(3)
+                }
+                for i in chosen {
+                    for certificate in credentials[i].chain { print(certificate.pem, terminator: "") }
+                }
+                continue
+            }
+            print("identity \(name)")
+            for i in chosen.isEmpty ? Array(credentials.indices) : chosen {
+                let leaf = credentials[i].leaf
+                print("  #\(i + 1)\(i == active ? " (active)" : "")  \(leaf.subject)")
+                print("      serial \(leaf.serialHex)")
+                print("      valid \(formatDate(leaf.notBefore)) to \(formatDate(leaf.notAfter)) (\(daysLeft(leaf.notAfter - now)) days left)")
+                print("      sha256 \(leaf.sha256Fingerprint)")
+                print("      file \(credentials[i].source.cert)")
+            }
+            if active == nil { print("  no currently valid certificate") }
+        }
+    }
+}

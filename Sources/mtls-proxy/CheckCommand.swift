@@ -1,0 +1,87 @@
+import ArgumentParser
+import ProxyConfig
+import ProxyServer
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate the config, load every certificate and key, and show when each identity's certificate expires.",
+        discussion: """
+        Exit codes, for cron and CI:
+          0  the config is valid and every identity has a certificate that is not about to expire
+          1  the config, a certificate or a key could not be loaded
+          2  an identity's active certificate expires within --warn-days and no successor is staged
+          3  an identity has no currently valid certificate
+        """)
+
+    @OptionGroup var options: ConfigOption
+
+    @Option(help: "Warn when an active certificate expires within this many days with no successor staged.")
+    var warnDays: Int = 30
+
+    func run() throws {
+        let runtime = try options.loadRuntime()
+        let config = runtime.config
+        let now = currentEpochSeconds()
+        print("config \(config.file): OK")
+        print("listen \(config.proxy.listen), hosts no route names: \(config.proxy.unmatched.rawValue), \(config.routes.count) route(s)")
+
+        var rows: [[String]] = [["IDENTITY", "CERT", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]]
+        var verdicts: [String] = []
+        var worst = IdentityStatus.Health.ok
+        for identity in config.identities {
+            let credentials = runtime.credentials[identity.name] ?? []
+            let status = runtime.status(identity: identity.name, at: now, warnDays: warnDays)
+            worst = max(worst, status.health)
+            for (i, credential) in credentials.enumerated() {
+                let leaf = credential.leaf
+                var state: String
+                if i == status.active { state = "active" }
+                else if i == status.next?.index, let at = status.next?.at { state = "next from \(formatDate(at))" }
+                else if leaf.notAfter <= now { state = "expired" }
+                else if leaf.notBefore > now { state = "staged" }
+                else { state = "valid" }
+                rows.append([identity.name, "#\(i + 1)", state, formatDate(leaf.notBefore), formatDate(leaf.notAfter),
+                             daysLeft(leaf.notAfter - now), leaf.serialHex, leaf.subject, leaf.issuer, leaf.sha256Fingerprint])
+            }
+            verdicts.append(verdict(identity.name, status, credentials: credentials.map(\.leaf.serialHex)))
+        }
+        if config.identities.isEmpty {
+            print("\nno identities configured")
+        } else {
+            print("")
+            print(table(rows))
+            print("")
+            for line in verdicts { print(line) }
+        }
+        for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
+        print("")
+        for route in config.routes {
+            var line = "\(route.label): \(route.action)"
+            if let p = route.port { line += ", port \(p)" }
+            if let p = route.pathPrefix { line += ", path \(p)" }
+            if let c = route.connect { line += ", connect \(c)" }
+            print(line)
+        }
+        if worst != .ok { throw ExitCode(Int32(worst.rawValue)) }
+    }
+
+    func verdict(_ name: String, _ status: IdentityStatus, credentials serials: [String]) -> String {
+        var line: String
+        switch status.health {
+        case .noValidCertificate:
+            line = "\(name): NO VALID CERTIFICATE: its routes answer 502 until one is staged"
+        case .expiringWithoutSuccessor:
+            line = "\(name): WARNING: presents #\(status.active! + 1) (serial \(serials[status.active!])), which expires in \(daysLeft(status.secondsLeft ?? 0)) days, and no successor is staged"
+        case .ok:
+            line = "\(name): presents #\(status.active! + 1) (serial \(serials[status.active!])), \(daysLeft(status.secondsLeft ?? 0)) days left"
+        }
+        if let next = status.next {
+            if let index = next.index {
+                line += "; #\(index + 1) takes over at \(formatDate(next.at))"
+            } else {
+                line += "; nothing valid after \(formatDate(next.at))"
+            }
+        }
+        return line
+    }
+}

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Certificate lifecycle: a staged certificate takes over at its notBefore without a restart, an identity with
+no valid certificate answers 502, `check` shows expiry with documented exit codes, `certs --pem` exports what
+to upload, and keys come encrypted or in PKCS#12 bundles. Certificates with past, present and future validity
+are made now with openssl; nothing fakes the clock."""
+import os, re, shutil, subprocess, sys, tempfile, time, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import requests  # noqa: E402
+
+ENV = {}
+SWITCH_IN = 8  # seconds from set-up until the staged certificate becomes valid
+
+
+def pki(*commands):
+    script = f"source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{ENV['pki']}'; " + "; ".join(commands)
+    subprocess.run(["bash", "-c", script], check=True)
+
+
+def setUpModule():
+    d = tempfile.mkdtemp(prefix="mtls-proxy-lifecycle-")
+    ENV.update(dir=d, pki=f"{d}/pki")
+    harness.make_pki(ENV["pki"])
+    p = ENV["pki"]
+    pki(f"pki_cert_dated '{p}' us-next fusion-us-next $(utc_in {SWITCH_IN}) $(utc_in 400*86400)",
+        f"pki_cert_dated '{p}' us-old fusion-us-old $(utc_in -400*86400) $(utc_in -86400)",
+        f"pki_cert_dated '{p}' eu-short fusion-eu-short $(utc_in -86400) $(utc_in 5*86400)",
+        f"pki_cert_dated '{p}' eu-long fusion-eu-long $(utc_in -3600) $(utc_in 300*86400)",
+        # An encrypted key, and a PKCS#12 bundle, both with passwords kept outside the config.
+        f"openssl pkey -in fusion-eu.key -aes256 -passout pass:pem-secret -out fusion-eu-encrypted.key",
+        f"echo pem-secret > pem-password.txt",
+        f"openssl pkcs12 -export -in fusion-us.pem -inkey fusion-us.key -certfile ca.pem -passout pass:p12-secret -out fusion-us.p12",
+        f"echo p12-secret > p12-password.txt")
+    procs = harness.Processes()
+    proxy_port, up = harness.free_port(), harness.free_port()
+    ENV.update(procs=procs, proxy_port=proxy_port, url=f"http://127.0.0.1:{proxy_port}")
+    try:
+        harness.start_python_upstream(procs, ENV["pki"], up, ca="ca", require=True)
+        config = f"""
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+workers = 2
+[upstream]
+ca_file = "pki/ca.pem"
+
+# Staged: this year's certificate now, next year's from its notBefore a few seconds ahead.
+[[identities.us.certificates]]
+cert = "pki/us-next.pem"
+key = "pki/us-next.key"
+[[identities.us.certificates]]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+
+[identities.expired]
+cert = "pki/us-old.pem"
+key = "pki/us-old.key"
+
+[identities.oldest]
+prefer = "oldest"
+[[identities.oldest.certificates]]
+cert = "pki/eu-long.pem"
+key = "pki/eu-long.key"
+[[identities.oldest.certificates]]
+cert = "pki/eu-short.pem"
+key = "pki/eu-short.key"
+
+[identities.encrypted]
+cert = "pki/fusion-eu.pem"
+key = "pki/fusion-eu-encrypted.key"
+key_password_file = "pki/pem-password.txt"
+
+[identities.bundle]
+p12 = "pki/fusion-us.p12"
+p12_password_env = "TEST_P12_PASSWORD"
+
+[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{up}"
+[[route]]
+host = "expired.mygreatbank.test"
+identity = "expired"
+connect = "127.0.0.1:{up}"
+[[route]]
+host = "oldest.mygreatbank.test"
+identity = "oldest"
+connect = "127.0.0.1:{up}"
+[[route]]
+host = "encrypted.mygreatbank.test"
+identity = "encrypted"
+connect = "127.0.0.1:{up}"
+[[route]]
+host = "bundle.mygreatbank.test"
+identity = "bundle"
+connect = "127.0.0.1:{up}"
+"""
+        with open(f"{d}/proxy.conf", "w") as f:
+            f.write(config)
+        os.environ["TEST_P12_PASSWORD"] = "p12-secret"
+        ENV["started"] = time.time()
+        ENV["proxy"] = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", proxy_port)
+    except BaseException:
+        procs.stop_all()
+        raise
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def subject(host, path="/whoami"):
+    r = requests.get(f"http://{host}{path}", proxies={"http": ENV["url"]}, timeout=10)
+    return r.status_code, r.headers.get("X-Client-Subject"), r
+
+
+def cli(*args, config=None):
+    return subprocess.run([harness.proxy_binary(), *args, "--config", config or f"{ENV['dir']}/proxy.conf"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def write_config(name, text):
+    path = f"{ENV['dir']}/{name}"
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class StagedRotation(unittest.TestCase):
+    def test_next_certificate_takes_over_at_its_not_before_without_restart(self):
+        status, cn, _ = subject("api.mygreatbank.test")
+        self.assertEqual((status, cn), (200, "fusion-us"))
+        # Keep a pooled connection warm with the old certificate until the boundary.
+        s = requests.Session()
+        s.get("http://api.mygreatbank.test/whoami", proxies={"http": ENV["url"]}, timeout=10)
+        wait = ENV["started"] + SWITCH_IN + 1.5 - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        r = s.get("http://api.mygreatbank.test/whoami", proxies={"http": ENV["url"]}, timeout=10)
+        self.assertEqual(r.headers["X-Client-Subject"], "fusion-us-next")
+        self.assertEqual(subject("api.mygreatbank.test")[1], "fusion-us-next")
+        time.sleep(1.2)
+        log = harness.read(f"{ENV['dir']}/proxy.log")
+        self.assertIn("identity us: now presents serial", log)
+
+    def test_prefer_oldest_keeps_the_older_valid_certificate(self):
+        self.assertEqual(subject("oldest.mygreatbank.test")[1], "fusion-eu-short")
+
+    def test_identity_without_a_valid_certificate_answers_502(self):
+        status, _, r = subject("expired.mygreatbank.test")
+        self.assertEqual(status, 502)
+        self.assertIn("error=proxy_configuration_error", r.headers["Proxy-Status"])
+        self.assertIn("identity expired has no currently valid certificate", r.headers["Proxy-Status"])
+        self.assertIn("expired at", r.text)
+
+    def test_encrypted_pem_key_with_password_file(self):
+        self.assertEqual(subject("encrypted.mygreatbank.test")[:2], (200, "fusion-eu"))
+
+    def test_pkcs12_bundle_with_password_from_the_environment(self):
+        self.assertEqual(subject("bundle.mygreatbank.test")[:2], (200, "fusion-us"))
+
+
+class CheckCommand(unittest.TestCase):
+    def test_table_and_exit_code_3_when_an_identity_has_no_valid_certificate(self):
+        r = cli("check")
+        self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
+        for column in ["IDENTITY", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]:
+            self.assertIn(column, r.stdout)
+        self.assertIn("expired: NO VALID CERTIFICATE", r.stdout)
+        self.assertRegex(r.stdout, r"oldest\s+#2\s+active")
+
+    def test_exit_code_2_for_an_expiring_certificate_without_successor(self):
+        text = harness.read(f"{ENV['dir']}/proxy.conf")
+        text = text.split("[identities.expired]")[0]  # keep only us (staged, healthy)
+        text += '[identities.short]\ncert = "pki/eu-short.pem"\nkey = "pki/eu-short.key"\n'
+        path = write_config("short.conf", text.replace('listen = "127.0.0.1', 'listen = "127.0.0.2'))
+        r = cli("check", config=path)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("short: WARNING", r.stdout)
+        self.assertIn("no successor is staged", r.stdout)
+        self.assertEqual(cli("check", "--warn-days", "3", config=path).returncode, 0)
+
+    def test_staged_successor_is_shown_with_its_start(self):
+        if time.time() > ENV["started"] + SWITCH_IN - 1:
+            self.skipTest("the staged certificate is already active")
+        r = cli("check")
+        self.assertRegex(r.stdout, r"us: presents #2 .*; #1 takes over at \d{4}-\d\d-\d\d")
+
+    def test_group_readable_key_is_warned_about(self):
+        os.chmod(f"{ENV['pki']}/fusion-eu.pem", 0o644)
+        os.chmod(f"{ENV['pki']}/fusion-eu-encrypted.key", 0o644)
+        try:
+            r = cli("check")
+        finally:
+            os.chmod(f"{ENV['pki']}/fusion-eu-encrypted.key", 0o600)
+        self.assertIn("fusion-eu-encrypted.key is readable by everyone (mode 644); chmod 600 it", r.stdout)
+
+
+class CertsCommand(unittest.TestCase):
+    def test_pem_is_the_active_certificate_chain_and_never_a_key(self):
+        r = cli("certs", "encrypted", "--pem")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, harness.read(f"{ENV['pki']}/fusion-eu.pem"))
+        self.assertNotIn("PRIVATE KEY", r.stdout)
+
+    def test_all_exports_every_staged_certificate(self):
+        r = cli("certs", "oldest", "--pem", "--all")
+        self.assertEqual(r.stdout.count("BEGIN CERTIFICATE"), 2)
+        self.assertEqual(r.stdout, harness.read(f"{ENV['pki']}/eu-long.pem") + harness.read(f"{ENV['pki']}/eu-short.pem"))
+
+    def test_pem_of_an_identity_without_a_valid_certificate_fails(self):
+        r = cli("certs", "expired", "--pem")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("no currently valid certificate", r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_summary(self):
+        r = cli("certs", "oldest")
+        self.assertIn("#2 (active)  CN=fusion-eu-short", r.stdout)
+        self.assertIn("sha256 ", r.stdout)
+
+    def test_unknown_identity(self):
+        r = cli("certs", "nope", "--pem")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('no identity "nope"', r.stderr)
+
+
+class KeyErrors(unittest.TestCase):
+    def test_wrong_and_missing_passwords_are_named(self):
+        base = harness.read(f"{ENV['dir']}/proxy.conf")
+        wrong = write_config("wrong.conf", base.replace('key_password_file = "pki/pem-password.txt"', 'key_password_file = "pki/p12-password.txt"'))
+        r = cli("check", config=wrong)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("identities.encrypted.key", r.stderr)
+        self.assertIn("wrong password", r.stderr)
+        missing = write_config("nopass.conf", base.replace('key_password_file = "pki/pem-password.txt"\n', ""))
+        r = cli("check", config=missing)
+        self.assertIn("the key is encrypted and no password was given", r.stderr)
+        env_missing = subprocess.run([harness.proxy_binary(), "check", "--config", f"{ENV['dir']}/proxy.conf"],
+                                     capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "TEST_P12_PASSWORD"})
+        self.assertEqual(env_missing.returncode, 1)
+        self.assertIn("TEST_P12_PASSWORD is not set", env_missing.stderr)
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    print(f"{result.testsRun - failed - len(result.skipped)} passed, {failed} failed, {len(result.skipped)} skipped")
+    sys.exit(1 if failed else 0)
