@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sys/inotify.h>
 
 #include <event2/event.h>
 #include <event2/buffer.h>

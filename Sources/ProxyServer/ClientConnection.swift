@@ -669,7 +669,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             upstream.delegate = nil
             var requestComplete = false
             if case .done = requestBody { requestComplete = true }
-            if reusable && requestComplete && responseFraming != .untilClose && upstream.state == .ready {
+            if reusable && requestComplete && responseFraming != .untilClose && upstream.state == .ready
+                && upstream.generation == runtime.generation {
                 upstream.requestsServed += 1
                 worker.pool.put(upstream, maxIdle: runtime.config.upstream.maxIdlePerHost,
                                 idleTimeout: match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)

@@ -9,6 +9,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let config: ProxyConfiguration
     public let router: Router
     public let limits: HeadLimits
+    /// Counts reloads: connections made under an earlier runtime are never pooled under this one.
+    public let generation: Int
     /// Loaded certificates of each identity, in config order.
     public let credentials: [String: [Credential]]
     private let contexts: [ContextKey: ClientTLSContext]
@@ -20,8 +22,9 @@ public final class ProxyRuntime: @unchecked Sendable {
         var trust: TrustSettings
     }
 
-    public init(config: ProxyConfiguration, now: Int = currentEpochSeconds()) throws {
+    public init(config: ProxyConfiguration, generation: Int = 0) throws {
         self.config = config
+        self.generation = generation
         self.router = config.router
         self.limits = HeadLimits(maxHeadBytes: config.proxy.maxHeaderBytes)
         var credentials: [String: [Credential]] = [:]
@@ -95,6 +98,29 @@ public final class ProxyRuntime: @unchecked Sendable {
             result[identity.name] = activeCertificate(identity: identity.name, at: now).map { credentials[identity.name]![$0] }
         }
         return result
+    }
+
+    /// Every file the runtime was built from: the config, certificates, keys, password files and CA bundles.
+    /// A change to any of them is a reason to reload.
+    public var sourceFiles: [String] {
+        var files = [ConfigLoader.absolutePath(config.file)]
+        for identity in config.identities {
+            for source in identity.certificates {
+                switch source.files {
+                case .pem(let cert, let key, let password):
+                    files += [cert, key]
+                    if case .file(let path)? = password { files.append(path) }
+                case .pkcs12(let path, let password):
+                    files.append(path)
+                    if case .file(let p)? = password { files.append(p) }
+                }
+            }
+        }
+        var cas = config.routes.compactMap(\.trust.caFile)
+        if let ca = config.upstream.trust.caFile { cas.append(ca) }
+        files += cas
+        var seen = Set<String>()
+        return files.filter { seen.insert($0).inserted }
     }
 
     /// Warnings about key files readable by others, one per file.

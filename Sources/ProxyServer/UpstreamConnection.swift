@@ -53,7 +53,11 @@ final class UpstreamConnection {
     /// Whether it gave its handshake. Stays false for a connection whose handshake had not completed.
     var handshakeCompleted = false
 
-    init(key: PoolKey, context: ClientTLSContext, worker: Worker) {
+    /// The runtime generation it was made under; it is pooled only while that runtime is current.
+    let generation: Int
+
+    init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
+        self.generation = generation
         self.key = key
         self.context = context
         self.worker = worker

@@ -20,7 +20,11 @@ final class Worker: @unchecked Sendable {
     static let clientIdleTimeout = TimeSpan.seconds(60)
 
     let id: Int
-    let runtime: ProxyRuntime
+    /// Read and replaced on this worker's thread only; a reload hands the new one over through `pendingRuntime`.
+    private(set) var runtime: ProxyRuntime
+    private let pendingLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var pendingRuntime: ProxyRuntime?
+    private var swapEvent: OpaquePointer?
     let logger: Logger
     let base: OpaquePointer
     let dns: OpaquePointer
@@ -62,7 +66,9 @@ final class Worker: @unchecked Sendable {
             self.dns = dns
         }
         let me = Unmanaged.passUnretained(self).toOpaque()
+        pthread_mutex_init(pendingLock, nil)
         stopEvent = event_new(base, -1, 0, workerStopCallback, me)
+        swapEvent = event_new(base, -1, 0, workerSwapCallback, me)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
@@ -83,6 +89,9 @@ final class Worker: @unchecked Sendable {
         if let listener { evconnlistener_free(listener) }
         if let stopEvent { event_free(stopEvent) }
         if let tickEvent { event_free(tickEvent) }
+        if let swapEvent { event_free(swapEvent) }
+        pthread_mutex_destroy(pendingLock)
+        pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
         evdns_base_free(dns, 0)
         event_base_free(base)
@@ -125,6 +134,25 @@ final class Worker: @unchecked Sendable {
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
+    }
+
+    /// Safe from any thread: new requests use `runtime` from now on; requests in flight finish on the old one.
+    func replaceRuntime(_ runtime: ProxyRuntime) {
+        pthread_mutex_lock(pendingLock)
+        pendingRuntime = runtime
+        pthread_mutex_unlock(pendingLock)
+        if let swapEvent { event_active(swapEvent, EV_READ, 0) }
+    }
+
+    fileprivate func takePendingRuntime() {
+        pthread_mutex_lock(pendingLock)
+        let next = pendingRuntime
+        pendingRuntime = nil
+        pthread_mutex_unlock(pendingLock)
+        guard let next else { return }
+        runtime = next
+        // Idle connections were made under the old certificates and trust settings: retire them all.
+        pool.closeAll()
     }
 
     /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
@@ -190,7 +218,7 @@ final class Worker: @unchecked Sendable {
 
     /// A new upstream connection, registered so it lives until closed.
     func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan) -> UpstreamConnection? {
-        let upstream = UpstreamConnection(key: key, context: context, worker: self)
+        let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
         upstreams[ObjectIdentifier(upstream)] = upstream
         guard upstream.start(connectTimeout: connectTimeout) else {
             upstream.close()
@@ -233,6 +261,10 @@ private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: Unsafe
 
 private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().beginDrain()
+}
+
+private func workerSwapCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().takePendingRuntime()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

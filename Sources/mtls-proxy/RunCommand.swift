@@ -17,7 +17,10 @@ struct Run: ParsableCommand {
         }
         let logger = Logger(label: "mtls-proxy")
         let runtime = try options.loadRuntime()
-        let server = ProxyServer(runtime: runtime, logger: logger)
+        let path = options.path
+        let server = ProxyServer(runtime: runtime, logger: logger, loader: { generation in
+            try ProxyRuntime(config: try ConfigLoader.load(file: path), generation: generation)
+        })
         do {
             try server.bind()
         } catch {

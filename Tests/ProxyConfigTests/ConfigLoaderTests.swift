@@ -105,6 +105,48 @@ key = "certs/fusion-us.key"
         #expect(c.identities.first?.certificates.map(\.configKey) == ["identities.us.certificates[1]", "identities.us.certificates[2]"])
     }
 
+    @Test func keysThePeopleKeepThem() throws {
+        let c = try load("""
+        [identities.pem]
+        cert = "a.pem"
+        key = "a.key"
+        key_password_file = "secrets/a.pass"
+        [identities.env]
+        cert = "b.pem"
+        key = "b.key"
+        key_password_env = "B_PASSWORD"
+        [identities.bundle]
+        p12 = "c.p12"
+        p12_password_file = "c.pass"
+        prefer = "oldest"
+        """)
+        let byName = Dictionary(uniqueKeysWithValues: c.identities.map { ($0.name, $0) })
+        #expect(byName["pem"]?.certificates.first?.files == .pem(cert: "/etc/mtls-proxy/a.pem", key: "/etc/mtls-proxy/a.key",
+                                                                   keyPassword: .file("/etc/mtls-proxy/secrets/a.pass")))
+        #expect(byName["env"]?.certificates.first?.files == .pem(cert: "/etc/mtls-proxy/b.pem", key: "/etc/mtls-proxy/b.key",
+                                                                   keyPassword: .environment("B_PASSWORD")))
+        #expect(byName["bundle"]?.certificates.first?.files == .pkcs12(path: "/etc/mtls-proxy/c.p12", password: .file("/etc/mtls-proxy/c.pass")))
+        #expect(byName["bundle"]?.prefer == .oldest)
+        #expect(byName["pem"]?.prefer == .newest)
+    }
+
+    @Test(arguments: [
+        ("[identities.us]\np12 = \"a.p12\"\ncert = \"a.pem\"", "identities.us.p12", "not both"),
+        ("[identities.us]\np12 = \"a.p12\"\nkey_password_file = \"x\"", "identities.us.p12", "p12_password_file"),
+        ("[identities.us]\ncert = \"a.pem\"\nkey = \"a.key\"\nkey_password_file = \"x\"\nkey_password_env = \"Y\"", "identities.us.key_password_env", "not both"),
+        ("[identities.us]\ncert = \"a.pem\"\nkey = \"a.key\"\np12_password_file = \"x\"", "identities.us.p12_password_file", "only for a p12 bundle"),
+        ("[identities.us]\ncert = \"a.pem\"\nkey = \"a.key\"\nprefer = \"latest\"", "identities.us.prefer", "expected \"newest\""),
+        ("[identities.us]\nkey_password_file = \"x\"", "identities.us.cert", "a password is set"),
+        ("[[identities.us.certificates]]\ncert = \"a.pem\"", "identities.us.certificates[1].key", "missing"),
+        ("[proxy]\nwarn_days = -1", "proxy.warn_days", "expected 0 to 3650"),
+        ("[upstream]\nnameservers = [\"dns.example\"]", "upstream.nameservers[1]", "numeric address"),
+    ])
+    func reportsKeyMistakes(_ text: String, _ key: String, _ fragment: String) throws {
+        let error = try #require(configError(text))
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "\(error.message)")
+    }
+
     @Test(arguments: [
         ("[proxy]\nlisten = \"nowhere\"", "proxy.listen", "expected an address and port"),
         ("[proxy]\nlisten = \"0.0.0.0:3128\"", "proxy.listen", "not a loopback address; set proxy.allow_clients"),

@@ -12,7 +12,7 @@ import ProxyConfig
         let leaf = chain[0]
         #expect(leaf.subject == "CN=fusion-us,O=mtls-proxy test")
         #expect(leaf.issuer == "CN=mtls-proxy test CA,O=mtls-proxy test")
-        #expect(leaf.notAfter - leaf.notBefore == 30 * 86_400)
+        #expect(leaf.notAfter - leaf.notBefore == 365 * 86_400)
 
         let serial = TestPKI.shell("openssl x509 -in '\(pki.path("fusion-us.pem"))' -noout -serial").output
         #expect(serial.trimmingCharacters(in: .whitespacesAndNewlines) == "serial=\(leaf.serialHex)")

@@ -19,7 +19,7 @@ pki_cert() { # NAME CN ISSUER [SAN] [EXT]
         [ -n "$san" ] && echo "subjectAltName=$san"
     } > "$dir/$name.ext"
     openssl x509 -req -in "$dir/$name.csr" -CA "$dir/$issuer.pem" -CAkey "$dir/$issuer.key" -CAcreateserial \
-        -days 30 -sha256 -extfile "$dir/$name.ext" -out "$dir/$name.pem" 2>/dev/null
+        -days 365 -sha256 -extfile "$dir/$name.ext" -out "$dir/$name.pem" 2>/dev/null
     rm -f "$dir/$name.csr" "$dir/$name.ext"
     chmod 600 "$dir/$name.key"
 }
@@ -27,7 +27,7 @@ pki_cert() { # NAME CN ISSUER [SAN] [EXT]
 pki_ca() { # NAME CN
     local dir=$1 name=$2 cn=$3
     openssl ecparam -name prime256v1 -genkey -noout -out "$dir/$name.key" 2>/dev/null
-    openssl req -x509 -new -key "$dir/$name.key" -subj "/O=mtls-proxy test/CN=$cn" -days 30 -sha256 \
+    openssl req -x509 -new -key "$dir/$name.key" -subj "/O=mtls-proxy test/CN=$cn" -days 365 -sha256 \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -out "$dir/$name.pem" 2>/dev/null
     chmod 600 "$dir/$name.key"

@@ -1,0 +1,71 @@
+import CEventTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Watches the folders of the files a runtime was built from (inotify), and says when their contents changed.
+/// Folders, not files: Kubernetes updates a mounted secret by swapping a symlink, which replaces the file.
+/// A change is reported only when the bytes of a watched file differ, after a short quiet period.
+final class FileWatcher {
+    private let fd: Int32
+    private var watched = Set<String>()
+    private var files: [String] = []
+    private var fingerprint: UInt64 = 0
+
+    init?() {
+        fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        if fd < 0 { return nil }
+    }
+
+    deinit { close(fd) }
+
+    var descriptor: Int32 { fd }
+
+    /// Starts watching `files` (absolute paths) and takes their current contents as the baseline.
+    func watch(_ files: [String]) {
+        self.files = files
+        for file in files {
+            let folder = file.lastIndex(of: "/").map { String(file[..<$0]) } ?? "."
+            let dir = folder.isEmpty ? "/" : folder
+            guard !watched.contains(dir) else { continue }
+            let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
+            if inotify_add_watch(fd, dir, mask) >= 0 { watched.insert(dir) }
+        }
+        fingerprint = Self.fingerprint(files)
+    }
+
+    /// Empties the inotify queue.
+    func drain() {
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while read(fd, &buffer, buffer.count) > 0 {}
+    }
+
+    /// Whether any watched file's contents differ from the baseline.
+    func changed() -> Bool {
+        Self.fingerprint(files) != fingerprint
+    }
+
+    /// FNV-1a over every file's path and bytes; a missing file counts as its absence.
+    static func fingerprint(_ files: [String]) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ byte: UInt8) {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x100_0000_01b3
+        }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        for file in files {
+            for b in file.utf8 { mix(b) }
+            guard let f = fopen(file, "rb") else {
+                mix(0xFF)
+                continue
+            }
+            while true {
+                let n = fread(&chunk, 1, chunk.count, f)
+                for i in 0..<n { mix(chunk[i]) }
+                if n < chunk.count { break }
+            }
+            fclose(f)
+        }
+        return hash
+    }
+}
