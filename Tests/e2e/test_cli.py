@@ -45,9 +45,10 @@ class Check(unittest.TestCase):
     def test_good_config_prints_each_identity(self):
         r = run("check", "--config", write_config("good.conf", GOOD))
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("identity us", r.stdout)
-        self.assertIn("subject     CN=fusion-us,O=mtls-proxy test", r.stdout)
-        self.assertIn("issuer      CN=mtls-proxy test CA", r.stdout)
+        self.assertRegex(r.stdout, r"us\s+#1\s+active\s+")
+        self.assertIn("  CN=fusion-us,O=mtls-proxy test  ", r.stdout)
+        self.assertIn("  CN=mtls-proxy test CA,O=mtls-proxy test  ", r.stdout)
+        self.assertRegex(r.stdout, r"us: presents #1 \(serial [0-9A-F]+\), 36[45] days left")
         fingerprint = subprocess.run(["openssl", "x509", "-in", f"{ENV['dir']}/pki/fusion-us.pem", "-noout", "-fingerprint", "-sha256"],
                                      capture_output=True, text=True).stdout.strip().split("=", 1)[1]
         self.assertIn(fingerprint, r.stdout)
