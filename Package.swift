@@ -10,6 +10,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // C headers for libevent and OpenSSL, plus static inline wrappers for the macros Swift cannot import.
@@ -27,6 +28,7 @@ let package = Package(
         .target(name: "ProxyServer", dependencies: [
             "CEventTLS", "HTTP1", "ProxyConfig", "TLS",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "mtls-proxy", dependencies: [
             "ProxyServer", "ProxyConfig", "TLS",

@@ -19,6 +19,7 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 #include <event2/thread.h>
+#include <event2/http.h>
 
 #include <openssl/ssl.h>
 #include <openssl/err.h>

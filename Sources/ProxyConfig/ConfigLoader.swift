@@ -13,12 +13,15 @@ public enum ConfigLoader {
         access("proxy.conf", F_OK) == 0 ? "proxy.conf" : "/etc/mtls-proxy/proxy.conf"
     }
 
-    public static func load(file: String) throws -> ProxyConfiguration {
+    /// Loads `file`, then applies the environment overrides (see `EnvironmentOverrides`).
+    public static func load(file: String, environment: [String: String] = [:]) throws -> ProxyConfiguration {
         let absolute = absolutePath(file)
         guard let text = readTextFile(absolute) else {
             throw ConfigError(file: file, key: "", message: "cannot read the config file: \(String(cString: strerror(errno)))")
         }
-        return try parse(text, file: file, baseDirectory: directory(of: absolute))
+        var config = try parse(text, file: file, baseDirectory: directory(of: absolute))
+        try EnvironmentOverrides.apply(environment, to: &config)
+        return config
     }
 
     public static func parse(_ text: String, file: String, baseDirectory: String) throws -> ProxyConfiguration {
@@ -29,11 +32,12 @@ public enum ConfigLoader {
             throw ConfigError(file: file, key: "", message: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
         }
         let reader = TableReader(table: root, path: "", file: file, base: baseDirectory)
-        try reader.allowOnly(["proxy", "upstream", "identities", "route"])
+        try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log"])
 
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
-            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days"])
+            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout"])
+            if let d = try t.duration("drain_timeout") { proxy.drainTimeout = d }
             if let days = try t.int("warn_days") {
                 guard days >= 0 && days <= 3650 else { throw t.error("warn_days", "expected 0 to 3650 days, got \(days)") }
                 proxy.warnDays = days
@@ -54,14 +58,7 @@ public enum ConfigLoader {
                 }
                 proxy.unmatched = policy
             }
-            if let list = try t.stringArray("allow_clients") {
-                proxy.allowClients = try list.enumerated().map { i, text in
-                    guard let cidr = CIDR.parse(text) else {
-                        throw t.error("allow_clients[\(i + 1)]", "expected an address range such as \"10.0.0.0/8\", got \"\(text)\"")
-                    }
-                    return cidr
-                }
-            }
+            proxy.allowClients = try readAllowClients(t)
             if let max = try t.int("max_header_bytes") {
                 guard max >= 1024 && max <= 1024 * 1024 else {
                     throw t.error("max_header_bytes", "expected 1024 to 1048576, got \(max)")
@@ -69,10 +66,7 @@ public enum ConfigLoader {
                 proxy.maxHeaderBytes = max
             }
         }
-        if !(IPAddress(proxy.listen.host)?.isLoopback ?? false) && proxy.allowClients.isEmpty {
-            throw ConfigError(file: file, key: "proxy.listen",
-                              message: "\(proxy.listen) is not a loopback address; set proxy.allow_clients (address ranges allowed to connect) to listen there")
-        }
+        try requireLoopbackOrAllowList(proxy.listen, proxy.allowClients, file: file, key: "proxy")
 
         var upstream = UpstreamSettings()
         if let t = try reader.table("upstream") {
@@ -108,7 +102,110 @@ public enum ConfigLoader {
         for (i, rt) in try reader.arrayOfTables("route").enumerated() {
             routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities))
         }
-        return ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes)
+        var listeners: [FixedListener] = []
+        for (i, lt) in try reader.arrayOfTables("listener").enumerated() {
+            try lt.allowOnly(["listen", "upstream", "allow_clients"])
+            guard let listenText = try lt.string("listen") else { throw lt.error("listen", "missing: the address to listen on, such as \"127.0.0.1:9001\"") }
+            guard let listen = HostPort.parse(listenText) else {
+                throw lt.error("listen", "expected an address and port such as \"127.0.0.1:9001\", got \"\(listenText)\"")
+            }
+            guard let upstreamText = try lt.string("upstream") else {
+                throw lt.error("upstream", "missing: the service to send every request to, such as \"https://api.example.com\"")
+            }
+            guard let (host, port) = parseUpstreamURL(upstreamText) else {
+                throw lt.error("upstream", "expected https://HOST or https://HOST:PORT (no path), got \"\(upstreamText)\"")
+            }
+            let allow = try readAllowClients(lt)
+            try requireLoopbackOrAllowList(listen, allow, file: file, key: lt.path)
+            if listen == proxy.listen || listeners.contains(where: { $0.listen == listen }) {
+                throw lt.error("listen", "\(listen) is already used by another listener")
+            }
+            listeners.append(FixedListener(listen: listen, host: host, port: port, allowClients: allow, configKey: lt.path))
+        }
+
+        var admin: AdminSettings?
+        if let at = try reader.table("admin") {
+            try at.allowOnly(["listen", "allow_clients"])
+            guard let text = try at.string("listen") else { throw at.error("listen", "missing: the admin address, such as \"127.0.0.1:9901\"") }
+            guard let listen = HostPort.parse(text) else {
+                throw at.error("listen", "expected an address and port such as \"127.0.0.1:9901\", got \"\(text)\"")
+            }
+            let allow = try readAllowClients(at)
+            try requireLoopbackOrAllowList(listen, allow, file: file, key: "admin")
+            admin = AdminSettings(listen: listen, allowClients: allow)
+        }
+
+        var log = LogSettings()
+        if let lt = try reader.table("log") {
+            try lt.allowOnly(["access", "format", "level"])
+            if let access = try lt.string("access") {
+                switch access {
+                case "stdout": log.access = .stdout
+                case "off": log.access = .off
+                case "": throw lt.error("access", "expected \"stdout\", \"off\" or a file path")
+                default: log.access = .file(lt.resolve(access))
+                }
+            }
+            if let format = try lt.string("format") {
+                guard let f = LogSettings.Format(rawValue: format) else { throw lt.error("format", "expected \"json\" or \"text\", got \"\(format)\"") }
+                log.format = f
+            }
+            if let level = try lt.string("level") {
+                guard let l = LogSettings.Level(rawValue: level) else {
+                    throw lt.error("level", "expected one of \(LogSettings.Level.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(level)\"")
+                }
+                log.level = l
+            }
+        }
+        return ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
+                                  listeners: listeners, admin: admin, log: log)
+    }
+
+    static func readAllowClients(_ t: TableReader) throws -> [CIDR] {
+        guard let list = try t.stringArray("allow_clients") else { return [] }
+        return try list.enumerated().map { i, text in
+            guard let cidr = CIDR.parse(text) else {
+                throw t.error("allow_clients[\(i + 1)]", "expected an address range such as \"10.0.0.0/8\", got \"\(text)\"")
+            }
+            return cidr
+        }
+    }
+
+    /// Security by default: only loopback clients unless the config names the ranges allowed to connect.
+    static func requireLoopbackOrAllowList(_ listen: HostPort, _ allow: [CIDR], file: String, key: String) throws {
+        if !(IPAddress(listen.host)?.isLoopback ?? false) && allow.isEmpty {
+            throw ConfigError(file: file, key: "\(key).listen",
+                              message: "\(listen) is not a loopback address; set \(key).allow_clients (address ranges allowed to connect) to listen there")
+        }
+    }
+
+    /// `https://host` or `https://host:port`, nothing after.
+    public static func parseUpstreamURL(_ text: String) -> (String, Int)? {
+        guard text.lowercased().hasPrefix("https://") else { return nil }
+        var rest = String(text.dropFirst(8))
+        if rest.hasSuffix("/") { rest.removeLast() }
+        guard !rest.isEmpty, !rest.contains("/"), !rest.contains("@"), !rest.contains("?"), !rest.contains("#") else { return nil }
+        var host = rest
+        var port = 443
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return nil }
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":"), let p = Int(after.dropFirst()), p > 0, p <= 65535 else { return nil }
+                port = p
+            }
+            guard IPAddress(host)?.isV6 == true else { return nil }
+            return (host, port)
+        }
+        if let colon = rest.lastIndex(of: ":") {
+            host = String(rest[..<colon])
+            guard let p = Int(rest[rest.index(after: colon)...]), p > 0, p <= 65535 else { return nil }
+            port = p
+        }
+        host = host.asciiLowercasedForConfig
+        guard HostPattern.isValidHostName(host) || IPAddress(host) != nil else { return nil }
+        return (host, port)
     }
 
     static let certificateKeys: Set<String> = ["cert", "key", "key_password_file", "key_password_env", "p12",

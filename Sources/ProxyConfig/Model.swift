@@ -8,13 +8,21 @@ public struct ProxyConfiguration: Sendable {
     public var identities: [Identity]
     /// Routes in file order; the first that matches decides.
     public var routes: [Route]
+    /// Fixed-upstream (sidecar) listeners.
+    public var listeners: [FixedListener]
+    public var admin: AdminSettings?
+    public var log: LogSettings
 
-    public init(file: String, proxy: ProxySettings, upstream: UpstreamSettings, identities: [Identity], routes: [Route]) {
+    public init(file: String, proxy: ProxySettings, upstream: UpstreamSettings, identities: [Identity], routes: [Route],
+                listeners: [FixedListener] = [], admin: AdminSettings? = nil, log: LogSettings = LogSettings()) {
         self.file = file
         self.proxy = proxy
         self.upstream = upstream
         self.identities = identities
         self.routes = routes
+        self.listeners = listeners
+        self.admin = admin
+        self.log = log
     }
 
     public func identity(named name: String) -> Identity? {
@@ -37,6 +45,8 @@ public struct ProxySettings: Sendable {
     /// Client address ranges allowed to connect. Empty means loopback only.
     public var allowClients: [CIDR] = []
     public var maxHeaderBytes: Int = 64 * 1024
+    /// How long in-flight requests may take to finish after SIGTERM before the proxy exits anyway.
+    public var drainTimeout: TimeSpan = .seconds(30)
     /// Warn (log, metric) this many days before the active certificate of an identity expires with no successor.
     public var warnDays: Int = 30
 
@@ -251,4 +261,60 @@ extension String {
     var asciiLowercasedForConfig: String {
         String(decoding: utf8.map { ($0 >= 0x41 && $0 <= 0x5A) ? $0 | 0x20 : $0 }, as: UTF8.self)
     }
+}
+
+/// A listener that sends every request it receives (origin form, `GET /path`) to one upstream, for tools that
+/// take a base URL but cannot use a proxy. The route table still decides identity, tls or deny.
+public struct FixedListener: Sendable, Hashable {
+    public var listen: HostPort
+    /// The upstream's host name (lower case) and port.
+    public var host: String
+    public var port: Int
+    public var allowClients: [CIDR]
+    /// `listener[N]`, for messages.
+    public var configKey: String
+
+    public init(listen: HostPort, host: String, port: Int, allowClients: [CIDR] = [], configKey: String) {
+        self.listen = listen
+        self.host = host
+        self.port = port
+        self.allowClients = allowClients
+        self.configKey = configKey
+    }
+
+    public var upstreamURL: String { port == 443 ? "https://\(host)" : "https://\(host):\(port)" }
+}
+
+/// The admin endpoint: /healthz, /readyz, /metrics.
+public struct AdminSettings: Sendable, Hashable {
+    public var listen: HostPort
+    public var allowClients: [CIDR]
+
+    public init(listen: HostPort, allowClients: [CIDR] = []) {
+        self.listen = listen
+        self.allowClients = allowClients
+    }
+}
+
+public struct LogSettings: Sendable, Hashable {
+    public enum Access: Sendable, Hashable {
+        case stdout
+        case off
+        case file(String)
+    }
+
+    public enum Format: String, Sendable, Hashable {
+        case json
+        case text
+    }
+
+    public enum Level: String, Sendable, Hashable, CaseIterable {
+        case trace, debug, info, notice, warning, error, critical
+    }
+
+    public var access: Access = .stdout
+    public var format: Format = .json
+    public var level: Level = .info
+
+    public init() {}
 }

@@ -1,12 +1,13 @@
+import ProxyConfig
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One record per request, written as a JSON line to standard output with a single write(2), so lines from
-/// several workers never interleave. Never holds the query string or header values.
+/// One record per request. It never holds the query string or header values, which carry secrets.
 struct AccessRecord {
-    var time: Int = 0
+    var startEpochMillis: Int = 0
     var client: String = ""
+    var listener: String = "proxy"
     var method: String = ""
     var scheme: String = "http"
     var host: String = ""
@@ -20,32 +21,71 @@ struct AccessRecord {
     var bytesIn: Int = 0
     var bytesOut: Int = 0
     var durationMs: Int = 0
+    /// TCP connect plus TLS handshake of a new upstream connection; 0 when a pooled one was reused.
     var connectMs: Int?
+    var ttfbMs: Int?
     var reused: Bool = false
     var tlsVersion: String?
     var cipher: String?
     var proxyStatus: String?
 
     func json() -> String {
-        var s = "{\"time\":\(time),\"client\":\(jsonString(client)),\"method\":\(jsonString(method))"
-        s += ",\"scheme\":\(jsonString(scheme)),\"host\":\(jsonString(host)),\"port\":\(port),\"path\":\(jsonString(path))"
-        s += ",\"route\":\(jsonString(route))"
+        var s = "{\"time\":\(jsonString(iso8601(startEpochMillis))),\"client\":\(jsonString(client)),\"listener\":\(jsonString(listener))"
+        s += ",\"method\":\(jsonString(method)),\"scheme\":\(jsonString(scheme)),\"host\":\(jsonString(host)),\"port\":\(port)"
+        s += ",\"path\":\(jsonString(path)),\"route\":\(jsonString(route))"
         s += ",\"identity\":\(identity.map(jsonString) ?? "null")"
         s += ",\"cert_serial\":\(certificateSerial.map(jsonString) ?? "null")"
         s += ",\"status\":\(status),\"upstream_status\":\(upstreamStatus.map(String.init) ?? "null")"
         s += ",\"bytes_in\":\(bytesIn),\"bytes_out\":\(bytesOut),\"duration_ms\":\(durationMs)"
-        s += ",\"connect_ms\":\(connectMs.map(String.init) ?? "null"),\"reused\":\(reused)"
+        s += ",\"connect_ms\":\(connectMs.map(String.init) ?? "null"),\"ttfb_ms\":\(ttfbMs.map(String.init) ?? "null")"
+        s += ",\"reused\":\(reused)"
         s += ",\"tls_version\":\(tlsVersion.map(jsonString) ?? "null"),\"cipher\":\(cipher.map(jsonString) ?? "null")"
         s += ",\"proxy_status\":\(proxyStatus.map(jsonString) ?? "null")}"
         return s
     }
+
+    func text() -> String {
+        var s = "\(iso8601(startEpochMillis)) \(client) \"\(method) \(scheme)://\(host):\(port)\(path)\" \(status)"
+        s += " route=\(jsonString(route)) identity=\(identity ?? "-") serial=\(certificateSerial ?? "-")"
+        s += " upstream_status=\(upstreamStatus.map(String.init) ?? "-") in=\(bytesIn) out=\(bytesOut) ms=\(durationMs)"
+        s += " connect_ms=\(connectMs.map(String.init) ?? "-") ttfb_ms=\(ttfbMs.map(String.init) ?? "-") reused=\(reused)"
+        s += " tls=\(tlsVersion ?? "-")"
+        if let proxyStatus { s += " proxy_status=\(jsonString(proxyStatus))" }
+        return s
+    }
 }
 
-enum AccessLog {
-    static func write(_ record: AccessRecord) {
-        var line = record.json()
-        line += "\n"
-        writeLine(line, fd: 1)
+/// Where access records go: standard output, a file (opened for appending), or nowhere. Each record is one
+/// write(2), so lines from several workers never interleave.
+final class AccessLog: @unchecked Sendable {
+    let settings: LogSettings
+    private let fd: Int32
+    private let ownsFD: Bool
+
+    init(_ settings: LogSettings) throws {
+        self.settings = settings
+        switch settings.access {
+        case .stdout:
+            fd = 1
+            ownsFD = false
+        case .off:
+            fd = -1
+            ownsFD = false
+        case .file(let path):
+            let opened = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+            guard opened >= 0 else {
+                throw ConfigError(file: "", key: "log.access", message: "cannot open \(path) for appending: \(String(cString: strerror(errno)))")
+            }
+            fd = opened
+            ownsFD = true
+        }
+    }
+
+    deinit { if ownsFD { close(fd) } }
+
+    func write(_ record: AccessRecord) {
+        guard fd >= 0 else { return }
+        writeLine((settings.format == .json ? record.json() : record.text()) + "\n", fd: fd)
     }
 }
 
@@ -60,6 +100,17 @@ func writeLine(_ line: String, fd: Int32) {
         }
         offset += n
     }
+}
+
+func iso8601(_ epochMillis: Int) -> String {
+    var t = time_t(epochMillis / 1000)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    func pad(_ v: Int32, _ n: Int = 2) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, n - s.count)) + s
+    }
+    return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(Int32(epochMillis % 1000), 3))Z"
 }
 
 func jsonString(_ s: String) -> String {
@@ -81,4 +132,10 @@ func jsonString(_ s: String) -> String {
         }
     }
     return out + "\""
+}
+
+func currentEpochMillis() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
 }

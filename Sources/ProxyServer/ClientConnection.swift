@@ -39,6 +39,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
     unowned let worker: Worker
     let bev: OpaquePointer
     let peer: String
+    let kind: ListenerKind
     private(set) var phase: Phase = .readingHead
     private var lingerTimer: OpaquePointer?
 
@@ -61,10 +62,11 @@ final class ClientConnection: UpstreamConnectionDelegate {
     private var startMicros = 0
     private var record = AccessRecord()
 
-    init(worker: Worker, bev: OpaquePointer, peer: String) {
+    init(worker: Worker, bev: OpaquePointer, peer: String, kind: ListenerKind) {
         self.worker = worker
         self.bev = bev
         self.peer = peer
+        self.kind = kind
     }
 
     private var input: OpaquePointer { bufferevent_get_input(bev) }
@@ -185,8 +187,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
     private func startRecord(method: String, target: AbsoluteTarget?) {
         startMicros = monotonicMicros()
         record = AccessRecord()
-        record.time = currentEpochSeconds()
+        record.startEpochMillis = currentEpochMillis()
         record.client = peer
+        if case .fixed(let listener) = kind { record.listener = listener.configKey }
         record.method = method
         if let target {
             record.scheme = target.scheme
@@ -202,6 +205,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
         retried = false
 
         if head.method == "CONNECT" {
+            if case .fixed(let listener) = kind {
+                sendError(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
+                                             details: "CONNECT is not accepted on \(listener.configKey), which sends every request to \(listener.upstreamURL)"),
+                          close: true)
+                return
+            }
             sendError(ProxyErrorResponse(
                 status: 501, errorType: .httpRequestError,
                 details: "CONNECT tunnels are not supported: through a tunnel the proxy cannot add a client certificate",
@@ -216,7 +225,14 @@ final class ClientConnection: UpstreamConnectionDelegate {
             let hosts = head.headers.values("Host")
             if hosts.count > 1 { throw HTTPParseError.multipleHosts }
             if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
-            target = try AbsoluteTarget.parse(head.target)
+            switch kind {
+            case .forward:
+                target = try AbsoluteTarget.parse(head.target)
+            case .fixed(let listener):
+                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
+                try AbsoluteTarget.checkOriginForm(head.target)
+                target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
+            }
         } catch let error as HTTPParseError {
             sendError(.badRequest(error), close: true)
             return
@@ -281,6 +297,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let upstream: UpstreamConnection
         if let pooled = worker.pool.take(key) {
             upstream = pooled
+            worker.metrics.shared.upstreamReused.increment()
             record.reused = true
             record.connectMs = 0
             record.tlsVersion = pooled.tlsVersion
@@ -376,6 +393,11 @@ final class ClientConnection: UpstreamConnectionDelegate {
     // MARK: upstream events
 
     func upstreamConnected(_ upstream: UpstreamConnection) {
+        if upstream.sessionReused {
+            worker.metrics.shared.handshakesResumed.increment()
+        } else {
+            worker.metrics.shared.handshakesFull.increment()
+        }
         record.connectMs = (upstream.connectedMicros - upstream.connectStartedMicros) / 1000
         record.tlsVersion = upstream.tlsVersion
         record.cipher = upstream.cipher
@@ -399,6 +421,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case .awaitingHead:
             if case .connectTimeout = event {} else if retryOnFreshConnection(after: event) { return }
             let response = errorResponse(for: event, upstream: upstream)
+            worker.metrics.countFailure(Self.failureReason(response.errorType))
             self.upstream = nil
             upstream.close()
             failExchange(response)
@@ -454,6 +477,20 @@ final class ClientConnection: UpstreamConnectionDelegate {
         fresh.delegate = self
         upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(fresh.output, $0.baseAddress, $0.count) }
         return true
+    }
+
+    /// The `reason` label of failed upstream connections.
+    static func failureReason(_ type: ProxyErrorType) -> String {
+        switch type {
+        case .dnsError: return "dns"
+        case .connectionRefused, .destinationUnavailable: return "connect"
+        case .connectionTimeout: return "connect_timeout"
+        case .connectionReadTimeout: return "response_timeout"
+        case .tlsCertificateError: return "tls_verify"
+        case .tlsAlertReceived: return "tls_alert"
+        case .httpProtocolError, .httpResponseIncomplete, .httpResponseHeaderSectionSize: return "http"
+        default: return "closed"
+        }
     }
 
     private func errorResponse(for event: UpstreamConnection.Event, upstream: UpstreamConnection) -> ProxyErrorResponse {
@@ -563,6 +600,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         }
         record.upstreamStatus = head.status
         record.status = head.status
+        record.ttfbMs = (monotonicMicros() - startMicros) / 1000
         responseFraming = try BodyFraming.forResponse(head, requestMethod: request.method)
         clientFraming = Forwarding.clientFraming(upstream: responseFraming, clientVersion: request.version)
         if clientFraming == .close { keepAlive = false }
@@ -708,9 +746,15 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
     private func finishRecord(proxyStatus: String?) {
         guard startMicros != 0 else { return }
-        record.durationMs = (monotonicMicros() - startMicros) / 1000
+        let micros = monotonicMicros() - startMicros
+        record.durationMs = micros / 1000
         if let proxyStatus { record.proxyStatus = proxyStatus }
-        AccessLog.write(record)
+        worker.accessLog.write(record)
+        let metrics = worker.metrics
+        metrics.countRequest(route: record.route.isEmpty ? "-" : record.route, identity: record.identity, status: record.status)
+        metrics.shared.duration.recordNanoseconds(Int64(micros) * 1000)
+        metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
+        metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))
         startMicros = 0
     }
 

@@ -5,28 +5,37 @@ import ProxyConfig
 import Glibc
 #endif
 
-/// The running proxy: N workers accepting on one address, and the main thread waiting for signals.
+/// The running proxy: N workers accepting on the same addresses, and the main thread, which handles signals,
+/// reloads, certificate switches and the admin endpoint.
 public final class ProxyServer: @unchecked Sendable {
     /// The runtime new requests use. Read and replaced on the main thread; workers get their own reference.
     public private(set) var runtime: ProxyRuntime
     let logger: Logger
+    public let metrics = ProxyMetrics()
     /// Builds a runtime for a reload (generation number in, runtime out); nil disables reloading.
     private let loader: ((Int) throws -> ProxyRuntime)?
-    public private(set) var reloads = 0
-    public private(set) var reloadFailures = 0
-    private var watcher: FileWatcher?
-    private var watchEvent: OpaquePointer?
-    private var debounceTimer: OpaquePointer?
+    private var accessLog: AccessLog
     private var workers: [Worker] = []
-    private var signalBase: OpaquePointer?
-    private var signalEvents: [OpaquePointer] = []
-    /// The port actually bound (differs from the config when it asks for port 0).
-    public private(set) var port = 0
+    private var health: WorkerHealth?
+    private var base: OpaquePointer?
+    private var events: [OpaquePointer] = []
+    private var admin: AdminServer?
+    private var watcher: FileWatcher?
+    private var debounceTimer: OpaquePointer?
+    private var drainCheck: OpaquePointer?
+    private var draining = false
+    private var started = false
 
-    public init(runtime: ProxyRuntime, logger: Logger, loader: ((Int) throws -> ProxyRuntime)? = nil) {
+    /// The ports actually bound (they differ from the config where it asks for port 0).
+    public private(set) var port = 0
+    public private(set) var listenerPorts: [Int] = []
+    public var adminPort: Int? { admin?.port }
+
+    public init(runtime: ProxyRuntime, logger: Logger, loader: ((Int) throws -> ProxyRuntime)? = nil) throws {
         self.runtime = runtime
         self.logger = logger
         self.loader = loader
+        self.accessLog = try AccessLog(runtime.config.log)
     }
 
     /// Must run before the first event base is created, so a signal on the main thread can wake the workers.
@@ -40,23 +49,40 @@ public final class ProxyServer: @unchecked Sendable {
         return configured > 0 ? configured : max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
 
-    /// Creates the workers and binds the listening sockets. Nothing is served until `run`.
+    /// Creates the workers, binds every listening socket and the admin endpoint. Nothing is served until `start`.
     public func bind() throws {
-        var address = runtime.config.proxy.listen
+        guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
+        self.base = base
+        let config = runtime.config
+        let health = WorkerHealth(count: workerCount)
+        self.health = health
+        var forward = config.proxy.listen
+        var fixed = config.listeners.map(\.listen)
         for i in 0..<workerCount {
-            let worker = try Worker(id: i, runtime: runtime, logger: logger)
-            let bound = try worker.bind(address)
+            let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health, logger: logger)
+            let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients)
+            var ports: [Int] = []
+            for (j, listener) in config.listeners.enumerated() {
+                ports.append(try worker.bind(fixed[j], kind: .fixed(listener), allowClients: listener.allowClients))
+            }
             if i == 0 {
-                port = bound
-                address.port = bound  // the other workers join the same port
+                // With port 0 the kernel chose; the other workers join the same ports.
+                port = p
+                forward.port = p
+                listenerPorts = ports
+                for j in fixed.indices { fixed[j].port = ports[j] }
             }
             workers.append(worker)
         }
+        if let settings = config.admin {
+            admin = try AdminServer(base: base, settings: settings, state: self)
+        }
     }
 
-    /// Starts serving on the worker threads and returns.
+    /// Starts the worker threads and returns; the main thread's loop runs in `run`.
     public func start() {
         for worker in workers { worker.start() }
+        started = true
     }
 
     /// Stops accepting, lets requests in flight finish, and returns when every worker has ended.
@@ -66,49 +92,114 @@ public final class ProxyServer: @unchecked Sendable {
         workers.removeAll()
     }
 
-    /// Serves until SIGINT or SIGTERM, then lets requests in flight finish and returns.
+    /// Serves until SIGINT or SIGTERM, then drains: readiness turns 503, listeners close, requests in flight
+    /// finish (up to `[proxy] drain_timeout`), and it returns.
     public func run() {
-        start()
-        guard let base = event_base_new() else { return }
-        signalBase = base
+        if !started { start() }
+        guard let base else { return }
         let me = Unmanaged.passUnretained(self).toOpaque()
-        for sig in [SIGINT, SIGTERM] {
-            if let ev = mtls_evsignal_new(base, sig, serverSignalCallback, me) {
+        func add(_ ev: OpaquePointer?, every seconds: Int? = nil) {
+            guard let ev else { return }
+            if let seconds {
+                var tv = timeval(tv_sec: seconds, tv_usec: 0)
+                event_add(ev, &tv)
+            } else {
                 event_add(ev, nil)
-                signalEvents.append(ev)
             }
+            events.append(ev)
         }
+        for sig in [SIGINT, SIGTERM] { add(mtls_evsignal_new(base, sig, serverSignalCallback, me)) }
+        add(event_new(base, -1, Int16(EV_PERSIST), serverWatchCallback, me), every: 1)
         if loader != nil {
-            if let ev = mtls_evsignal_new(base, SIGHUP, serverReloadSignalCallback, me) {
-                event_add(ev, nil)
-                signalEvents.append(ev)
-            }
+            add(mtls_evsignal_new(base, SIGHUP, serverReloadSignalCallback, me))
             if let watcher = FileWatcher() {
                 watcher.watch(runtime.sourceFiles)
                 self.watcher = watcher
-                watchEvent = event_new(base, watcher.descriptor, Int16(EV_READ | EV_PERSIST), serverFilesChangedCallback, me)
-                event_add(watchEvent, nil)
+                add(event_new(base, watcher.descriptor, Int16(EV_READ | EV_PERSIST), serverFilesChangedCallback, me))
                 debounceTimer = mtls_evtimer_new(base, serverDebounceCallback, me)
             }
         }
-        let me2 = Unmanaged.passUnretained(self).toOpaque()
-        let watch = event_new(base, -1, Int16(EV_PERSIST), serverWatchCallback, me2)
-        var second = timeval(tv_sec: 1, tv_usec: 0)
-        event_add(watch, &second)
+        drainCheck = event_new(base, -1, Int16(EV_PERSIST), serverDrainCheckCallback, me)
         event_base_dispatch(base)
-        if let watch { event_free(watch) }
-        if let watchEvent { event_free(watchEvent) }
-        if let debounceTimer { event_free(debounceTimer) }
-        watchEvent = nil
-        debounceTimer = nil
-        watcher = nil
         for worker in workers { worker.join() }
-        for ev in signalEvents { event_free(ev) }
-        signalEvents.removeAll()
         workers.removeAll()
+        for ev in events { event_free(ev) }
+        events.removeAll()
+        if let debounceTimer { event_free(debounceTimer) }
+        if let drainCheck { event_free(drainCheck) }
+        debounceTimer = nil
+        drainCheck = nil
+        watcher = nil
+        admin = nil
         event_base_free(base)
-        signalBase = nil
+        self.base = nil
     }
+
+    // MARK: drain
+
+    fileprivate func beginDrain(signal: Int32) {
+        guard !draining else {
+            logger.warning("signal \(signal) again while draining: stopping now")
+            for worker in workers { worker.forceStop() }
+            if let base { event_base_loopbreak(base) }
+            return
+        }
+        draining = true
+        logger.info("signal \(signal): draining; no new connections, requests in flight finish (up to \(runtime.config.proxy.drainTimeout))")
+        for worker in workers { worker.requestStop() }
+        var tenth = timeval(tv_sec: 0, tv_usec: 100_000)
+        if let drainCheck { event_add(drainCheck, &tenth) }
+    }
+
+    fileprivate func checkDrained() {
+        guard let health, health.allFinished, let base else { return }
+        event_base_loopexit(base, nil)
+    }
+
+    // MARK: reload
+
+    /// Builds a new runtime from the config file and hands it to every worker. A config that fails to load
+    /// changes nothing: the old one keeps serving, and the error is logged with its file and key.
+    public func reload(reason: String) {
+        guard let loader, !draining else { return }
+        do {
+            let next = try loader(runtime.generation + 1)
+            let log = next.config.log == runtime.config.log ? accessLog : try AccessLog(next.config.log)
+            let old = runtime.config
+            if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
+                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
+                logger.warning("reload (\(reason)): changes to listen addresses, workers and [admin] take effect at the next restart")
+            }
+            runtime = next
+            accessLog = log
+            for worker in workers { worker.replaceRuntime(next, accessLog: log) }
+            metrics.reloadsOK.increment()
+            watcher?.watch(next.sourceFiles)
+            logger.notice("reloaded (\(reason)): \(next.config.routes.count) route(s), \(next.config.identities.count) identity(ies); requests in flight finish on the previous config")
+            logIdentities(next)
+        } catch {
+            metrics.reloadsFailed.increment()
+            logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
+            // Take the broken files as the new baseline, so the same mistake is reported once, not on every change.
+            watcher?.watch(runtime.sourceFiles)
+        }
+    }
+
+    fileprivate func filesChanged() {
+        watcher?.drain()
+        // Wait for a quiet moment: a certificate and its key are rarely replaced in one step.
+        _ = mtls_evtimer_add_ms(debounceTimer, 300)
+    }
+
+    fileprivate func debounceElapsed() {
+        guard let watcher, watcher.changed() else { return }
+        reload(reason: "files changed")
+    }
+
+    // MARK: certificates
+
+    private var presented: [String: String] = [:]
+    private var lastWarning: [String: Int] = [:]
 
     /// Logs, at start-up and after a reload, what each identity presents, and warns about key file permissions.
     /// Expiry warnings come from the once-a-second watch, once a day per certificate.
@@ -126,9 +217,6 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
     }
-
-    private var presented: [String: String] = [:]
-    private var lastWarning: [String: Int] = [:]
 
     /// Once a second on the main thread: announce a certificate switch when it happens, and warn once a day
     /// per certificate while an identity's certificate is about to expire with no successor, or has none.
@@ -156,50 +244,25 @@ public final class ProxyServer: @unchecked Sendable {
             }
         }
     }
-
-    /// Builds a new runtime from the config file and hands it to every worker. A config that fails to load
-    /// changes nothing: the old one keeps serving, and the error is logged with its file and key.
-    public func reload(reason: String) {
-        guard let loader else { return }
-        do {
-            let next = try loader(runtime.generation + 1)
-            if next.config.proxy.listen != runtime.config.proxy.listen || next.config.proxy.workers != runtime.config.proxy.workers {
-                logger.warning("reload (\(reason)): proxy.listen and proxy.workers take effect at the next restart")
-            }
-            runtime = next
-            for worker in workers { worker.replaceRuntime(next) }
-            reloads += 1
-            watcher?.watch(next.sourceFiles)
-            logger.notice("reloaded (\(reason)): \(next.config.routes.count) route(s), \(next.config.identities.count) identity(ies); requests in flight finish on the previous config")
-            logIdentities(next)
-        } catch {
-            reloadFailures += 1
-            logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
-            // Take the broken files as the new baseline, so the same mistake is reported once, not on every tick.
-            watcher?.watch(runtime.sourceFiles)
-        }
-    }
-
-    fileprivate func filesChanged() {
-        watcher?.drain()
-        // Wait for a quiet moment: a cert and its key are rarely replaced in one step.
-        _ = mtls_evtimer_add_ms(debounceTimer, 300)
-    }
-
-    fileprivate func debounceElapsed() {
-        guard let watcher, watcher.changed() else { return }
-        reload(reason: "files changed")
-    }
-
-    fileprivate func handleSignal(_ sig: Int32) {
-        logger.info("signal \(sig): no new connections; finishing requests in flight")
-        for worker in workers { worker.requestStop() }
-        if let signalBase { event_base_loopexit(signalBase, nil) }
-    }
 }
 
-private func serverWatchCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().watchCertificates()
+extension ProxyServer: AdminState {
+    func healthProblem() -> String? {
+        guard let health else { return "not started" }
+        let stale = health.stale()
+        return stale.isEmpty ? nil : "worker(s) \(stale.map(String.init).joined(separator: ", ")) not responding"
+    }
+
+    func notReadyReason() -> String? {
+        if draining { return "draining" }
+        if !started { return "starting" }
+        return nil
+    }
+
+    func metricsText() -> String {
+        metrics.refreshCertificates(runtime, now: currentEpochSeconds())
+        return metrics.render()
+    }
 }
 
 private func serverReloadSignalCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
@@ -214,6 +277,14 @@ private func serverDebounceCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMut
     Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().debounceElapsed()
 }
 
+private func serverWatchCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().watchCertificates()
+}
+
+private func serverDrainCheckCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().checkDrained()
+}
+
 private func serverSignalCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().handleSignal(fd)
+    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().beginDrain(signal: fd)
 }

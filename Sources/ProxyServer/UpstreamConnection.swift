@@ -114,6 +114,12 @@ final class UpstreamConnection {
         return BIO_number_read(rbio)
     }
 
+    /// Whether the handshake resumed an earlier TLS session.
+    var sessionReused: Bool {
+        guard let ssl else { return false }
+        return SSL_session_reused(ssl) == 1
+    }
+
     var tlsVersion: String? {
         guard let ssl, handshakeCompleted else { return nil }
         return String(cString: SSL_get_version(ssl))

@@ -22,13 +22,16 @@ final class Worker: @unchecked Sendable {
     let id: Int
     /// Read and replaced on this worker's thread only; a reload hands the new one over through `pendingRuntime`.
     private(set) var runtime: ProxyRuntime
+    private(set) var accessLog: AccessLog
+    let metrics: WorkerMetrics
+    let health: WorkerHealth
     private let pendingLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private var pendingRuntime: ProxyRuntime?
+    private var pendingRuntime: (ProxyRuntime, AccessLog)?
     private var swapEvent: OpaquePointer?
+    private var listeners: [ListenerHandle] = []
     let logger: Logger
     let base: OpaquePointer
     let dns: OpaquePointer
-    private var listener: OpaquePointer?
     private var stopEvent: OpaquePointer?
     private var tickEvent: OpaquePointer?
     private var drainTimer: OpaquePointer?
@@ -38,9 +41,12 @@ final class Worker: @unchecked Sendable {
     private(set) var draining = false
     private var thread: pthread_t?
 
-    init(id: Int, runtime: ProxyRuntime, logger: Logger) throws {
+    init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth, logger: Logger) throws {
         self.id = id
         self.runtime = runtime
+        self.accessLog = accessLog
+        self.metrics = WorkerMetrics(metrics)
+        self.health = health
         self.logger = logger
         guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
         self.base = base
@@ -77,6 +83,7 @@ final class Worker: @unchecked Sendable {
     /// Once a second: pooled connections that present a certificate the identity no longer uses (its
     /// successor took over at its notBefore, or it expired) are closed, never reused.
     fileprivate func tick() {
+        health.beat(worker: id)
         let active = runtime.activeCredentials()
         pool.retire { connection in
             guard let identity = connection.context.identityName, let credential = connection.context.credential else { return false }
@@ -86,7 +93,7 @@ final class Worker: @unchecked Sendable {
     }
 
     deinit {
-        if let listener { evconnlistener_free(listener) }
+        for handle in listeners { handle.free() }
         if let stopEvent { event_free(stopEvent) }
         if let tickEvent { event_free(tickEvent) }
         if let swapEvent { event_free(swapEvent) }
@@ -97,19 +104,21 @@ final class Worker: @unchecked Sendable {
         event_base_free(base)
     }
 
-    /// Binds the listening socket; returns the port (useful with port 0).
-    func bind(_ address: HostPort) throws -> Int {
+    /// Binds a listening socket; returns the port (useful with port 0).
+    func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR]) throws -> Int {
         guard let sockaddr = SocketAddress(address) else { throw ServerError.bind(address.description, "not a numeric address") }
         let flags = UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC)
-        let me = Unmanaged.passUnretained(self).toOpaque()
+        let handle = ListenerHandle(worker: self, kind: kind, allowClients: allowClients)
+        let ctx = Unmanaged.passUnretained(handle).toOpaque()
         let listener = sockaddr.withSockaddr { sa, len in
-            evconnlistener_new_bind(base, workerAcceptCallback, me, flags, 1024, sa, Int32(len))
+            evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
         }
         guard let listener else {
             throw ServerError.bind(address.description, String(cString: strerror(errno)))
         }
         evconnlistener_set_error_cb(listener, workerAcceptErrorCallback)
-        self.listener = listener
+        handle.listener = listener
+        listeners.append(handle)
         return SocketAddress.localPort(of: evconnlistener_get_fd(listener))
     }
 
@@ -129,17 +138,19 @@ final class Worker: @unchecked Sendable {
     }
 
     private func run() {
+        health.beat(worker: id)
         event_base_dispatch(base)
         // The loop has ended: free what is left, on this thread.
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
+        health.finished(worker: id)
     }
 
     /// Safe from any thread: new requests use `runtime` from now on; requests in flight finish on the old one.
-    func replaceRuntime(_ runtime: ProxyRuntime) {
+    func replaceRuntime(_ runtime: ProxyRuntime, accessLog: AccessLog) {
         pthread_mutex_lock(pendingLock)
-        pendingRuntime = runtime
+        pendingRuntime = (runtime, accessLog)
         pthread_mutex_unlock(pendingLock)
         if let swapEvent { event_active(swapEvent, EV_READ, 0) }
     }
@@ -150,7 +161,8 @@ final class Worker: @unchecked Sendable {
         pendingRuntime = nil
         pthread_mutex_unlock(pendingLock)
         guard let next else { return }
-        runtime = next
+        runtime = next.0
+        accessLog = next.1
         // Idle connections were made under the old certificates and trust settings: retire them all.
         pool.closeAll()
     }
@@ -160,19 +172,22 @@ final class Worker: @unchecked Sendable {
         if let stopEvent { event_active(stopEvent, EV_READ, 0) }
     }
 
+    /// Safe from any thread: end the loop now, whatever is in flight.
+    func forceStop() {
+        event_base_loopbreak(base)
+    }
+
     fileprivate func beginDrain() {
         guard !draining else { return }
         draining = true
-        if let listener {
-            evconnlistener_free(listener)
-            self.listener = nil
-        }
+        for handle in listeners { handle.free() }
+        listeners.removeAll()
         pool.closeAll()
         if let tickEvent { event_del(tickEvent) }
         for client in Array(clients.values) { client.drain() }
         let me = Unmanaged.passUnretained(self).toOpaque()
         drainTimer = mtls_evtimer_new(base, workerDrainTimeoutCallback, me)
-        _ = mtls_evtimer_add_ms(drainTimer, 30_000)
+        _ = mtls_evtimer_add_ms(drainTimer, runtime.config.proxy.drainTimeout.milliseconds)
         exitIfDrained()
     }
 
@@ -180,19 +195,19 @@ final class Worker: @unchecked Sendable {
         if draining && clients.isEmpty { event_base_loopexit(base, nil) }
     }
 
-    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>?) {
+    fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>?, handle: ListenerHandle) {
         var peerText = "?"
         if let address {
             let peer = SocketAddress.describe(address)
             peerText = peer.text
             let allowed: Bool
             if let ip = peer.ip {
-                allowed = ip.isLoopback || runtime.config.proxy.allowClients.contains { $0.contains(ip) }
+                allowed = ip.isLoopback || handle.allowClients.contains { $0.contains(ip) }
             } else {
                 allowed = false
             }
             guard allowed else {
-                logger.warning("refused a connection from \(peer.text): not in proxy.allow_clients")
+                logger.warning("refused a connection from \(peer.text): not in allow_clients")
                 close(fd)
                 return
             }
@@ -204,15 +219,16 @@ final class Worker: @unchecked Sendable {
             close(fd)
             return
         }
-        let client = ClientConnection(worker: self, bev: bev, peer: peerText)
+        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: handle.kind)
         clients[ObjectIdentifier(client)] = client
+        metrics.shared.activeClients.increment()
         client.start()
     }
 
     // MARK: registry
 
     func clientClosed(_ client: ClientConnection) {
-        clients[ObjectIdentifier(client)] = nil
+        if clients.removeValue(forKey: ObjectIdentifier(client)) != nil { metrics.shared.activeClients.decrement() }
         exitIfDrained()
     }
 
@@ -220,6 +236,8 @@ final class Worker: @unchecked Sendable {
     func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan) -> UpstreamConnection? {
         let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
         upstreams[ObjectIdentifier(upstream)] = upstream
+        metrics.shared.activeUpstreams.increment()
+        metrics.shared.upstreamOpened.increment()
         guard upstream.start(connectTimeout: connectTimeout) else {
             upstream.close()
             return nil
@@ -228,7 +246,7 @@ final class Worker: @unchecked Sendable {
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection) {
-        upstreams[ObjectIdentifier(upstream)] = nil
+        if upstreams.removeValue(forKey: ObjectIdentifier(upstream)) != nil { metrics.shared.activeUpstreams.decrement() }
     }
 
     var activeClients: Int { clients.count }
@@ -247,10 +265,74 @@ enum ServerError: Error, CustomStringConvertible {
     }
 }
 
+/// What a listening socket serves: forward-proxy requests (absolute URLs), or everything to one upstream.
+enum ListenerKind {
+    case forward
+    case fixed(FixedListener)
+}
+
+/// One listening socket of a worker, with what it serves and who may connect.
+final class ListenerHandle {
+    unowned let worker: Worker
+    let kind: ListenerKind
+    let allowClients: [CIDR]
+    var listener: OpaquePointer?
+
+    init(worker: Worker, kind: ListenerKind, allowClients: [CIDR]) {
+        self.worker = worker
+        self.kind = kind
+        self.allowClients = allowClients
+    }
+
+    func free() {
+        if let listener { evconnlistener_free(listener) }
+        listener = nil
+    }
+}
+
+/// Liveness of the workers, for /healthz: each beats once a second while its loop runs.
+public final class WorkerHealth: @unchecked Sendable {
+    private var beats: [Int]
+    private var done: [Bool]
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(count: Int) {
+        beats = [Int](repeating: monotonicMillis(), count: count)
+        done = [Bool](repeating: false, count: count)
+        pthread_mutex_init(lock, nil)
+    }
+
+    func beat(worker: Int) {
+        pthread_mutex_lock(lock)
+        beats[worker] = monotonicMillis()
+        pthread_mutex_unlock(lock)
+    }
+
+    func finished(worker: Int) {
+        pthread_mutex_lock(lock)
+        done[worker] = true
+        pthread_mutex_unlock(lock)
+    }
+
+    /// Workers whose loop has not beaten for `staleAfter` milliseconds (stuck or dead).
+    func stale(staleAfter: Int = 5000) -> [Int] {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let now = monotonicMillis()
+        return beats.indices.filter { !done[$0] && now - beats[$0] > staleAfter }
+    }
+
+    var allFinished: Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return done.allSatisfy { $0 }
+    }
+}
+
 private func workerAcceptCallback(_ listener: OpaquePointer?, _ fd: Int32, _ address: UnsafeMutablePointer<sockaddr>?,
                                   _ length: Int32, _ ctx: UnsafeMutableRawPointer?) {
-    let worker = Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue()
-    worker.accept(fd: fd, address: address)
+    let handle = Unmanaged<ListenerHandle>.fromOpaque(ctx!).takeUnretainedValue()
+    handle.worker.accept(fd: fd, address: address, handle: handle)
 }
 
 private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {

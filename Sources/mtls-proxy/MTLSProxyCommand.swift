@@ -1,30 +1,43 @@
 import ArgumentParser
+import Foundation
 import ProxyConfig
 import ProxyServer
-#if canImport(Glibc)
-import Glibc
-#endif
 
 @main
 struct MTLSProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mtls-proxy",
         abstract: "A forward HTTP proxy that re-originates requests over TLS, presenting a client certificate per route.",
-        subcommands: [Run.self, Check.self, Certs.self],
+        discussion: """
+        Environment: MTLS_PROXY_CONFIG (config file), MTLS_PROXY_LISTEN (overrides [proxy] listen),
+        MTLS_PROXY_LOG_LEVEL (overrides [log] level).
+        """,
+        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self],
         defaultSubcommand: Run.self
     )
 }
 
 struct ConfigOption: ParsableArguments {
-    @Option(name: .shortAndLong, help: "Config file (default: ./proxy.conf, else /etc/mtls-proxy/proxy.conf).")
+    @Option(name: .shortAndLong, help: "Config file (default: $MTLS_PROXY_CONFIG, else ./proxy.conf, else /etc/mtls-proxy/proxy.conf).")
     var config: String?
 
-    var path: String { config ?? ConfigLoader.defaultPath() }
+    var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    var path: String { config ?? EnvironmentOverrides.configPath(environment) ?? ConfigLoader.defaultPath() }
+
+    func loadConfiguration() throws -> ProxyConfiguration {
+        do {
+            return try ConfigLoader.load(file: path, environment: environment)
+        } catch let error as ConfigError {
+            printError("mtls-proxy: \(error.description)")
+            throw ExitCode(1)
+        }
+    }
 
     /// Loads and validates the config and every certificate and key it names, or prints why not and exits 1.
     func loadRuntime() throws -> ProxyRuntime {
+        let configuration = try loadConfiguration()
         do {
-            let configuration = try ConfigLoader.load(file: path)
             return try ProxyRuntime(config: configuration)
         } catch let error as ConfigError {
             printError("mtls-proxy: \(error.description)")
@@ -34,8 +47,7 @@ struct ConfigOption: ParsableArguments {
 }
 
 func printError(_ message: String) {
-    var bytes = Array((message + "\n").utf8)
-    _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    FileHandle.standardError.write(Data((message + "\n").utf8))
 }
 
 func formatDate(_ epoch: Int) -> String {

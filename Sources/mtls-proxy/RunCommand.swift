@@ -10,28 +10,41 @@ struct Run: ParsableCommand {
 
     func run() throws {
         ProxyServer.prepareProcess()
+        let runtime = try options.loadRuntime()
+        let config = runtime.config
+        let level = Logger.Level(rawValue: config.log.level.rawValue) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .info
+            handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "mtls-proxy")
-        let runtime = try options.loadRuntime()
         let path = options.path
-        let server = ProxyServer(runtime: runtime, logger: logger, loader: { generation in
-            try ProxyRuntime(config: try ConfigLoader.load(file: path), generation: generation)
-        })
+        let environment = options.environment
+        let server: ProxyServer
         do {
+            server = try ProxyServer(runtime: runtime, logger: logger, loader: { generation in
+                try ProxyRuntime(config: try ConfigLoader.load(file: path, environment: environment), generation: generation)
+            })
             try server.bind()
         } catch {
             printError("mtls-proxy: \(error)")
             throw ExitCode(1)
         }
-        let config = runtime.config
         var listen = config.proxy.listen
         listen.port = server.port
         server.logIdentities(runtime)
         logger.info("mtls-proxy listening on \(listen) with \(server.workerCount) worker(s), \(config.routes.count) route(s), config \(config.file)")
+        for (listener, port) in zip(config.listeners, server.listenerPorts) {
+            var address = listener.listen
+            address.port = port
+            logger.info("\(listener.configKey) listening on \(address), sending every request to \(listener.upstreamURL)")
+        }
+        if let admin = config.admin, let port = server.adminPort {
+            var address = admin.listen
+            address.port = port
+            logger.info("admin endpoint on http://\(address) (/healthz, /readyz, /metrics)")
+        }
         server.run()
         logger.info("mtls-proxy stopped")
     }

@@ -19,7 +19,7 @@ import ProxyConfig
             host = "blocked.test"
             action = "deny"
             """, file: "test.conf", baseDirectory: "/tmp")
-        let server = ProxyServer(runtime: try ProxyRuntime(config: config), logger: Logger(label: "test"))
+        let server = try ProxyServer(runtime: try ProxyRuntime(config: config), logger: Logger(label: "test"))
         try server.bind()
         server.start()
         defer { server.stop() }

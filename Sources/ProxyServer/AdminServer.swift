@@ -1,0 +1,97 @@
+import CEventTLS
+import ProxyConfig
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the admin endpoint reports on. Implemented by the server; everything runs on the main thread.
+protocol AdminState: AnyObject {
+    /// nil when healthy, else why not.
+    func healthProblem() -> String?
+    /// nil when ready, else why not.
+    func notReadyReason() -> String?
+    func metricsText() -> String
+}
+
+/// The admin endpoint on the main thread's event base (libevent's evhttp): `/healthz`, `/readyz`, `/metrics`.
+/// Loopback clients only, unless `[admin] allow_clients` names others.
+final class AdminServer {
+    private let http: OpaquePointer
+    private let settings: AdminSettings
+    private weak var state: AdminState?
+    private(set) var port = 0
+
+    init(base: OpaquePointer, settings: AdminSettings, state: AdminState) throws {
+        guard let http = evhttp_new(base) else { throw ServerError.eventLoop("evhttp_new failed") }
+        self.http = http
+        self.settings = settings
+        self.state = state
+        evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
+        evhttp_set_timeout(http, 10)
+        guard let bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port)) else {
+            evhttp_free(http)
+            throw ServerError.bind("admin \(settings.listen)", String(cString: strerror(errno)))
+        }
+        port = SocketAddress.localPort(of: evhttp_bound_socket_get_fd(bound))
+        evhttp_set_gencb(http, adminRequestCallback, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit { evhttp_free(http) }
+
+    fileprivate func handle(_ request: OpaquePointer) {
+        guard let state else {
+            reply(request, 503, "Service Unavailable", "shutting down\n")
+            return
+        }
+        if !clientAllowed(request) {
+            reply(request, 403, "Forbidden", "not in admin.allow_clients\n")
+            return
+        }
+        let uri = evhttp_request_get_uri(request).map { String(cString: $0) } ?? "/"
+        let path = uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? uri
+        switch path {
+        case "/healthz":
+            if let problem = state.healthProblem() {
+                reply(request, 503, "Service Unavailable", "unhealthy: \(problem)\n")
+            } else {
+                reply(request, 200, "OK", "ok\n")
+            }
+        case "/readyz":
+            if let reason = state.notReadyReason() {
+                reply(request, 503, "Service Unavailable", "not ready: \(reason)\n")
+            } else {
+                reply(request, 200, "OK", "ready\n")
+            }
+        case "/metrics":
+            reply(request, 200, "OK", state.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        default:
+            reply(request, 404, "Not Found", "the admin endpoint serves /healthz, /readyz and /metrics\n")
+        }
+    }
+
+    private func clientAllowed(_ request: OpaquePointer) -> Bool {
+        guard let connection = evhttp_request_get_connection(request) else { return false }
+        var address: UnsafeMutablePointer<CChar>?
+        var port: UInt16 = 0
+        evhttp_connection_get_peer(connection, &address, &port)
+        guard let address, let ip = IPAddress(String(cString: address)) else { return false }
+        return ip.isLoopback || settings.allowClients.contains { $0.contains(ip) }
+    }
+
+    private func reply(_ request: OpaquePointer, _ code: Int32, _ reason: String, _ body: String,
+                       contentType: String = "text/plain; charset=utf-8") {
+        let headers = evhttp_request_get_output_headers(request)
+        evhttp_add_header(headers, "Content-Type", contentType)
+        evhttp_add_header(headers, "Cache-Control", "no-store")
+        let buffer = evbuffer_new()
+        let bytes = Array(body.utf8)
+        bytes.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+        evhttp_send_reply(request, code, reason, buffer)
+        evbuffer_free(buffer)
+    }
+}
+
+private func adminRequestCallback(_ request: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
+    guard let request else { return }
+    Unmanaged<AdminServer>.fromOpaque(ctx!).takeUnretainedValue().handle(request)
+}

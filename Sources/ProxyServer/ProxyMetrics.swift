@@ -1,0 +1,140 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Prometheus
+import ProxyConfig
+
+/// The proxy's metrics, in Prometheus form. Counters and gauges are atomic, so workers update them without
+/// locks; labelled series are looked up once per label set and cached by each worker (`WorkerMetrics`).
+public final class ProxyMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+
+    let upstreamOpened: Counter
+    let upstreamReused: Counter
+    let handshakesFull: Counter
+    let handshakesResumed: Counter
+    let activeClients: Gauge
+    let activeUpstreams: Gauge
+    let bytesIn: Counter
+    let bytesOut: Counter
+    let reloadsOK: Counter
+    let reloadsFailed: Counter
+    let duration: DurationHistogram
+
+    public init() {
+        func d(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+            MetricNameDescriptor(namespace: "mtls_proxy", metricName: name, unitName: unit, helpText: help)
+        }
+        let connections = d("upstream_connections", "total", "Upstream TLS connections by result: opened (new), reused (from the pool), failed (by reason).")
+        upstreamOpened = registry.makeCounter(descriptor: connections, labels: [("result", "opened"), ("reason", "")])
+        upstreamReused = registry.makeCounter(descriptor: connections, labels: [("result", "reused"), ("reason", "")])
+        let handshakes = d("tls_handshakes", "total", "Completed upstream TLS handshakes, full or resumed.")
+        handshakesFull = registry.makeCounter(descriptor: handshakes, labels: [("kind", "full")])
+        handshakesResumed = registry.makeCounter(descriptor: handshakes, labels: [("kind", "resumed")])
+        activeClients = registry.makeGauge(descriptor: d("client_connections", "active", "Open client connections."))
+        activeUpstreams = registry.makeGauge(descriptor: d("upstream_connections", "active", "Open upstream connections, busy or pooled."))
+        let bytes = d("bytes", "total", "Body bytes relayed: in from clients, out to clients.")
+        bytesIn = registry.makeCounter(descriptor: bytes, labels: [("direction", "in")])
+        bytesOut = registry.makeCounter(descriptor: bytes, labels: [("direction", "out")])
+        let reloads = d("config_reloads", "total", "Config reloads by result.")
+        reloadsOK = registry.makeCounter(descriptor: reloads, labels: [("result", "success")])
+        reloadsFailed = registry.makeCounter(descriptor: reloads, labels: [("result", "failure")])
+        duration = registry.makeDurationHistogram(
+            descriptor: d("request_duration", "seconds", "Time from the request head to the end of the response."),
+            labels: [],
+            buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+                      .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30)])
+    }
+
+    static var requestsDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "mtls_proxy", metricName: "requests", unitName: "total",
+                             helpText: "Requests answered, by route, identity and status class.")
+    }
+    static var failuresDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "mtls_proxy", metricName: "upstream_connections", unitName: "total",
+                             helpText: "Upstream TLS connections by result: opened (new), reused (from the pool), failed (by reason).")
+    }
+
+    func requests(route: String, identity: String, statusClass: String) -> Counter {
+        registry.makeCounter(descriptor: Self.requestsDescriptor, labels: [("route", route), ("identity", identity), ("status", statusClass)])
+    }
+
+    func upstreamFailures(reason: String) -> Counter {
+        registry.makeCounter(descriptor: Self.failuresDescriptor, labels: [("result", "failed"), ("reason", reason)])
+    }
+
+    // Certificate series change with reloads; they are rebuilt from the current runtime at each scrape.
+    private let certificateGauges = LockedGauges()
+
+    /// Sets the per-certificate expiry and per-identity validity series from `runtime`, replacing old ones.
+    public func refreshCertificates(_ runtime: ProxyRuntime, now: Int) {
+        certificateGauges.replace(registry: registry) { make in
+            let expiry = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "certificate_expiry_timestamp", unitName: "seconds",
+                                              helpText: "notAfter of each configured client certificate, as a Unix time.")
+            let valid = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "identity_certificate", unitName: "valid",
+                                             helpText: "1 when the identity has a currently valid certificate, else 0.")
+            for identity in runtime.config.identities {
+                let active = runtime.activeCertificate(identity: identity.name, at: now)
+                for (i, credential) in (runtime.credentials[identity.name] ?? []).enumerated() {
+                    make(expiry, [("identity", identity.name), ("serial", credential.leaf.serialHex), ("active", i == active ? "true" : "false")],
+                         Double(credential.leaf.notAfter))
+                }
+                make(valid, [("identity", identity.name)], active == nil ? 0 : 1)
+            }
+        }
+    }
+
+    public func render() -> String { registry.emitToString() }
+}
+
+/// The certificate gauges of the last scrape, so the next one can unregister series that no longer exist.
+private final class LockedGauges: @unchecked Sendable {
+    private var gauges: [Gauge] = []
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(lock, nil) }
+
+    func replace(registry: PrometheusCollectorRegistry,
+                 _ build: ((MetricNameDescriptor, [(String, String)], Double) -> Void) -> Void) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        for gauge in gauges { registry.unregisterGauge(gauge) }
+        gauges.removeAll()
+        build { descriptor, labels, value in
+            let gauge = registry.makeGauge(descriptor: descriptor, labels: labels)
+            gauge.set(value)
+            gauges.append(gauge)
+        }
+    }
+}
+
+/// A worker's cache of labelled series, so the registry's lock is taken once per label set, not per request.
+final class WorkerMetrics {
+    let shared: ProxyMetrics
+    private var requests: [String: Counter] = [:]
+    private var failures: [String: Counter] = [:]
+
+    init(_ shared: ProxyMetrics) { self.shared = shared }
+
+    func countRequest(route: String, identity: String?, status: Int) {
+        let statusClass = "\(status / 100)xx"
+        let key = "\(route)\u{0}\(identity ?? "")\u{0}\(statusClass)"
+        if let counter = requests[key] {
+            counter.increment()
+        } else {
+            let counter = shared.requests(route: route, identity: identity ?? "", statusClass: statusClass)
+            requests[key] = counter
+            counter.increment()
+        }
+    }
+
+    func countFailure(_ reason: String) {
+        if let counter = failures[reason] {
+            counter.increment()
+        } else {
+            let counter = shared.upstreamFailures(reason: reason)
+            failures[reason] = counter
+            counter.increment()
+        }
+    }
+}
