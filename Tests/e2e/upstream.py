@@ -9,6 +9,7 @@ Paths:
   /chunked?size=N         N bytes in chunked coding
   /close?size=N           N bytes with neither, then closes
   /slow?ms=N              waits N ms, then answers
+  /drip?size=N&ms=T       N bytes with Content-Length, trickled over T ms
 Usage: upstream.py --port P --cert C --key K [--ca CA --require-client-cert]
 """
 import argparse, hashlib, json, http.server, socketserver, ssl, sys, time
@@ -121,6 +122,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif url.path == "/close":
             self.read_body()
             self.stream(size, "close")
+        elif url.path == "/drip":
+            # size bytes, spread over ms milliseconds in 16 pieces, with Content-Length
+            self.read_body()
+            total_ms = int(q.get("ms", ["2000"])[0])
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            piece = max(1, size // 16)
+            left = size
+            while left:
+                n = min(piece, left)
+                self.wfile.write(b"d" * n)
+                self.wfile.flush()
+                left -= n
+                time.sleep(total_ms / 16000)
         elif url.path == "/slow":
             self.read_body()
             time.sleep(int(q.get("ms", ["1000"])[0]) / 1000)

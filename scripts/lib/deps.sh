@@ -24,5 +24,10 @@ ensure_deps() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests >/dev/null 2>&1 || true
         python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
     fi
+    if ! python3 -c 'import yaml' 2>/dev/null; then
+        echo "installing: python yaml"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
+        python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
+    fi
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
 }
