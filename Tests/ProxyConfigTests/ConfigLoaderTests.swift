@@ -265,5 +265,59 @@ key = "certs/fusion-us.key"
         #expect(c.identities[0].certificates.count == 2)
         #expect(c.routes.map(\.action) == [.mtls(identity: "eu"), .mtls(identity: "us"), .tls, .deny])
         #expect(c.routes[1].trust.caFile == nil)
+        #expect(c.listeners.map(\.upstreamURL) == ["https://api.mygreatbank.test"])
+        #expect(c.admin?.listen == HostPort(host: "127.0.0.1", port: 9901))
+        #expect(c.log.access == .stdout && c.log.format == .json && c.log.level == .info)
+        #expect(c.proxy.drainTimeout == .seconds(30))
+    }
+}
+
+@Suite struct OperationsConfigTests {
+    @Test func listenersAdminAndLog() throws {
+        let c = try load("""
+        [[listener]]
+        listen = "127.0.0.1:9001"
+        upstream = "https://API.example.com:8443/"
+        [admin]
+        listen = "[::1]:9901"
+        [log]
+        access = "logs/access.log"
+        format = "text"
+        level = "debug"
+        """)
+        #expect(c.listeners == [FixedListener(listen: HostPort(host: "127.0.0.1", port: 9001), host: "api.example.com", port: 8443, configKey: "listener[1]")])
+        #expect(c.admin?.listen == HostPort(host: "::1", port: 9901))
+        #expect(c.log.access == .file("/etc/mtls-proxy/logs/access.log"))
+        #expect(c.log.format == .text)
+        #expect(c.log.level == .debug)
+    }
+
+    @Test(arguments: [
+        ("[[listener]]\nlisten = \"127.0.0.1:9001\"", "listener[1].upstream", "missing"),
+        ("[[listener]]\nlisten = \"127.0.0.1:9001\"\nupstream = \"http://a.test\"", "listener[1].upstream", "expected https://HOST"),
+        ("[[listener]]\nlisten = \"127.0.0.1:9001\"\nupstream = \"https://a.test/v1\"", "listener[1].upstream", "no path"),
+        ("[[listener]]\nlisten = \"10.1.2.3:9001\"\nupstream = \"https://a.test\"", "listener[1].listen", "not a loopback address"),
+        ("[[listener]]\nlisten = \"127.0.0.1:3128\"\nupstream = \"https://a.test\"", "listener[1].listen", "already used"),
+        ("[admin]\nlisten = \"0.0.0.0:9901\"", "admin.listen", "set admin.allow_clients"),
+        ("[admin]\nport = 9901", "admin.port", "unknown key"),
+        ("[log]\nformat = \"xml\"", "log.format", "expected \"json\" or \"text\""),
+        ("[log]\nlevel = \"loud\"", "log.level", "expected one of trace"),
+        ("[proxy]\ndrain_timeout = \"soon\"", "proxy.drain_timeout", "expected a positive duration"),
+    ])
+    func reportsMistakes(_ text: String, _ key: String, _ fragment: String) throws {
+        let error = try #require(configError(text))
+        #expect(error.key == key)
+        #expect(error.message.contains(fragment), "\(error.message)")
+    }
+
+    @Test func environmentOverrides() throws {
+        var c = try load("")
+        try EnvironmentOverrides.apply(["MTLS_PROXY_LISTEN": "127.0.0.1:4000", "MTLS_PROXY_LOG_LEVEL": "WARNING"], to: &c)
+        #expect(c.proxy.listen.port == 4000)
+        #expect(c.log.level == .warning)
+        #expect(EnvironmentOverrides.configPath(["MTLS_PROXY_CONFIG": "/x.conf"]) == "/x.conf")
+        #expect(EnvironmentOverrides.configPath([:]) == nil)
+        #expect(throws: ConfigError.self) { try EnvironmentOverrides.apply(["MTLS_PROXY_LISTEN": "nowhere"], to: &c) }
+        #expect(throws: ConfigError.self) { try EnvironmentOverrides.apply(["MTLS_PROXY_LISTEN": "0.0.0.0:80"], to: &c) }
     }
 }
