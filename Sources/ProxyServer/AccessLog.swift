@@ -21,8 +21,11 @@ struct AccessRecord {
     var bytesIn: Int = 0
     var bytesOut: Int = 0
     var durationMs: Int = 0
-    /// TCP connect plus TLS handshake of a new upstream connection; 0 when a pooled one was reused.
+    /// DNS, TCP connect and TLS handshake of a new upstream connection; 0 when a pooled one was reused.
     var connectMs: Int?
+    /// The parts of it: DNS and TCP connect, then the TLS handshake.
+    var tcpConnectMs: Int?
+    var tlsHandshakeMs: Int?
     var ttfbMs: Int?
     var reused: Bool = false
     var tlsVersion: String?
@@ -37,7 +40,8 @@ struct AccessRecord {
         s += ",\"cert_serial\":\(certificateSerial.map(jsonString) ?? "null")"
         s += ",\"status\":\(status),\"upstream_status\":\(upstreamStatus.map(String.init) ?? "null")"
         s += ",\"bytes_in\":\(bytesIn),\"bytes_out\":\(bytesOut),\"duration_ms\":\(durationMs)"
-        s += ",\"connect_ms\":\(connectMs.map(String.init) ?? "null"),\"ttfb_ms\":\(ttfbMs.map(String.init) ?? "null")"
+        s += ",\"connect_ms\":\(connectMs.map(String.init) ?? "null"),\"tcp_connect_ms\":\(tcpConnectMs.map(String.init) ?? "null")"
+        s += ",\"tls_handshake_ms\":\(tlsHandshakeMs.map(String.init) ?? "null"),\"ttfb_ms\":\(ttfbMs.map(String.init) ?? "null")"
         s += ",\"reused\":\(reused)"
         s += ",\"tls_version\":\(tlsVersion.map(jsonString) ?? "null"),\"cipher\":\(cipher.map(jsonString) ?? "null")"
         s += ",\"proxy_status\":\(proxyStatus.map(jsonString) ?? "null")}"
@@ -48,7 +52,7 @@ struct AccessRecord {
         var s = "\(iso8601(startEpochMillis)) \(client) \"\(method) \(scheme)://\(host):\(port)\(path)\" \(status)"
         s += " route=\(jsonString(route)) identity=\(identity ?? "-") serial=\(certificateSerial ?? "-")"
         s += " upstream_status=\(upstreamStatus.map(String.init) ?? "-") in=\(bytesIn) out=\(bytesOut) ms=\(durationMs)"
-        s += " connect_ms=\(connectMs.map(String.init) ?? "-") ttfb_ms=\(ttfbMs.map(String.init) ?? "-") reused=\(reused)"
+        s += " connect_ms=\(connectMs.map(String.init) ?? "-") tls_ms=\(tlsHandshakeMs.map(String.init) ?? "-") ttfb_ms=\(ttfbMs.map(String.init) ?? "-") reused=\(reused)"
         s += " tls=\(tlsVersion ?? "-")"
         if let proxyStatus { s += " proxy_status=\(jsonString(proxyStatus))" }
         return s

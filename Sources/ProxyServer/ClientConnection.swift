@@ -399,6 +399,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
             worker.metrics.shared.handshakesFull.increment()
         }
         record.connectMs = (upstream.connectedMicros - upstream.connectStartedMicros) / 1000
+        if upstream.handshakeStartedMicros > 0 {
+            record.tcpConnectMs = (upstream.handshakeStartedMicros - upstream.connectStartedMicros) / 1000
+            record.tlsHandshakeMs = (upstream.connectedMicros - upstream.handshakeStartedMicros) / 1000
+        }
         record.tlsVersion = upstream.tlsVersion
         record.cipher = upstream.cipher
         upstream.setReadTimeout(match?.timeouts.response)

@@ -49,6 +49,8 @@ final class UpstreamConnection {
     /// Requests completed on this connection; more than 0 means the next one reuses it.
     var requestsServed = 0
     var connectStartedMicros = 0
+    /// When the TLS handshake began, that is when the TCP connection was up (OpenSSL's info callback).
+    var handshakeStartedMicros = 0
     var connectedMicros = 0
     /// Whether it gave its handshake. Stays false for a connection whose handshake had not completed.
     var handshakeCompleted = false
@@ -76,6 +78,8 @@ final class UpstreamConnection {
         }
         self.ssl = ssl
         self.bev = bev
+        SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
+        SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
         bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
         let me = Unmanaged.passUnretained(self).toOpaque()
         bufferevent_setcb(bev, upstreamReadCallback, upstreamWriteCallback, upstreamEventCallback, me)
@@ -219,6 +223,12 @@ final class UpstreamConnection {
             close()
         }
     }
+}
+
+private func upstreamTLSInfoCallback(_ ssl: OpaquePointer?, _ where_: Int32, _ ret: Int32) {
+    guard where_ & SSL_CB_HANDSHAKE_START != 0, let ssl, let data = SSL_get_ex_data(ssl, 0) else { return }
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(data).takeUnretainedValue()
+    if upstream.handshakeStartedMicros == 0 { upstream.handshakeStartedMicros = monotonicMicros() }
 }
 
 private func upstreamReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {

@@ -346,6 +346,13 @@ class Hops(unittest.TestCase):
         records = [r for r in access_log() if r["path"] == "/whoami" and r["host"] == "files.mygreatbank.test"]
         self.assertGreaterEqual(len(records), 3)
         self.assertTrue(any(r["reused"] for r in records[-3:]), records[-3:])
+        fresh = [r for r in access_log() if r["identity"] == "us" and not r["reused"] and r["status"] == 200]
+        self.assertTrue(fresh)
+        for r in fresh:
+            self.assertIsNotNone(r["tls_handshake_ms"], r)
+            self.assertIsNotNone(r["tcp_connect_ms"], r)
+            self.assertGreaterEqual(r["connect_ms"], r["tls_handshake_ms"])
+            self.assertIn(r["tls_version"], ("TLSv1.2", "TLSv1.3"))
         for r in records[-3:]:
             self.assertEqual(r["identity"], "us")
             self.assertNotIn("reuse=1", json.dumps(r))  # the query string is never logged
