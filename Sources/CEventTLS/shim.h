@@ -61,6 +61,17 @@ static inline int mtls_sk_X509_num(const STACK_OF(X509) *sk) { return sk_X509_nu
 static inline X509 *mtls_sk_X509_value(const STACK_OF(X509) *sk, int i) { return sk_X509_value(sk, i); }
 static inline void mtls_sk_X509_pop_free(STACK_OF(X509) *sk) { sk_X509_pop_free(sk, X509_free); }
 
+static inline int mtls_MBSTRING_ASC(void) { return MBSTRING_ASC; }
+static inline long mtls_SSL_CTX_set_tlsext_servername_callback(SSL_CTX *ctx, int (*cb)(SSL *, int *, void *)) {
+    return SSL_CTX_set_tlsext_servername_callback(ctx, cb);
+}
+static inline long mtls_SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *arg) {
+    return SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+static inline int mtls_SSL_TLSEXT_ERR_OK(void) { return SSL_TLSEXT_ERR_OK; }
+static inline int mtls_SSL_TLSEXT_ERR_ALERT_FATAL(void) { return SSL_TLSEXT_ERR_ALERT_FATAL; }
+static inline int mtls_SSL_AD_UNRECOGNIZED_NAME(void) { return SSL_AD_UNRECOGNIZED_NAME; }
+
 /* libevent */
 static inline struct event *mtls_evtimer_new(struct event_base *base, event_callback_fn cb, void *arg) {
     return event_new(base, -1, 0, cb, arg);

@@ -17,7 +17,9 @@ public enum Forwarding {
     public static let viaToken = "1.1 mtls-proxy"
 
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
-    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming) -> [UInt8] {
+    /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
+    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
+                                       upgrade: String? = nil) -> [UInt8] {
         var headers = request.headers
         stripHopByHop(&headers)
         headers.remove("Host")
@@ -31,6 +33,11 @@ public enum Forwarding {
         out.append(contentsOf: "\r\n".utf8)
         appendFields(headers, to: &out)
         appendVia(request.headers, to: &out)
+        if let upgrade {
+            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendLatin1(upgrade, to: &out)
+            out.append(contentsOf: "\r\n".utf8)
+        }
         switch framing {
         case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
         case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
@@ -62,7 +69,7 @@ public enum Forwarding {
 
     /// The response head sent to the client.
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
-                                      keepAlive: Bool, clientVersion: HTTPVersion) -> [UInt8] {
+                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil) -> [UInt8] {
         var headers = response.headers
         let upstreamContentLength = headers.first("Content-Length")
         stripHopByHop(&headers)
@@ -74,6 +81,12 @@ public enum Forwarding {
         out.append(contentsOf: "\r\n".utf8)
         appendFields(headers, to: &out)
         appendVia(response.headers, to: &out)
+        if let upgrade, response.status == 101 {
+            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendLatin1(upgrade, to: &out)
+            out.append(contentsOf: "\r\n\r\n".utf8)
+            return out
+        }
         switch framing {
         case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
         case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)

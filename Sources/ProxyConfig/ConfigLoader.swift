@@ -32,7 +32,7 @@ public enum ConfigLoader {
             throw ConfigError(file: file, key: "", message: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
         }
         let reader = TableReader(table: root, path: "", file: file, base: baseDirectory)
-        try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log"])
+        try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log", "intercept"])
 
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
@@ -157,8 +157,22 @@ public enum ConfigLoader {
                 log.level = l
             }
         }
-        return ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
-                                  listeners: listeners, admin: admin, log: log)
+        var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
+                                        listeners: listeners, admin: admin, log: log)
+        if let it = try reader.table("intercept") {
+            try it.allowOnly(["ca_cert", "ca_key", "leaf_validity"])
+            guard let cert = try it.path("ca_cert") else { throw it.error("ca_cert", "missing: the local CA certificate (PEM) the workflows trust") }
+            guard let key = try it.path("ca_key") else { throw it.error("ca_key", "missing: the local CA's private key (PEM)") }
+            var settings = InterceptSettings(caCert: cert, caKey: key)
+            if let validity = try it.duration("leaf_validity") {
+                guard validity.milliseconds >= 3_600_000 && validity.milliseconds <= 30 * 86_400_000 else {
+                    throw it.error("leaf_validity", "expected 1h to 30 days (\"720h\"), got \(validity)")
+                }
+                settings.leafValidity = validity
+            }
+            config.intercept = settings
+        }
+        return config
     }
 
     static func readAllowClients(_ t: TableReader) throws -> [CIDR] {

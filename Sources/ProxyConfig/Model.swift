@@ -12,6 +12,8 @@ public struct ProxyConfiguration: Sendable {
     public var listeners: [FixedListener]
     public var admin: AdminSettings?
     public var log: LogSettings
+    /// Interception of CONNECT tunnels to mTLS routes; nil (the default) means off.
+    public var intercept: InterceptSettings?
 
     public init(file: String, proxy: ProxySettings, upstream: UpstreamSettings, identities: [Identity], routes: [Route],
                 listeners: [FixedListener] = [], admin: AdminSettings? = nil, log: LogSettings = LogSettings()) {
@@ -23,6 +25,7 @@ public struct ProxyConfiguration: Sendable {
         self.listeners = listeners
         self.admin = admin
         self.log = log
+        self.intercept = nil
     }
 
     public func identity(named name: String) -> Identity? {
@@ -317,4 +320,18 @@ public struct LogSettings: Sendable, Hashable {
     public var level: Level = .info
 
     public init() {}
+}
+
+/// The local CA that intercepted tunnels are terminated with.
+public struct InterceptSettings: Sendable, Hashable {
+    public var caCert: String
+    public var caKey: String
+    /// Validity of the leaf certificates minted per host.
+    public var leafValidity: TimeSpan
+
+    public init(caCert: String, caKey: String, leafValidity: TimeSpan = .seconds(86_400)) {
+        self.caCert = caCert
+        self.caKey = caKey
+        self.leafValidity = leafValidity
+    }
 }

@@ -43,7 +43,22 @@ public struct Router: Sendable {
             if let prefix = route.pathPrefix, !path.hasPrefix(prefix) { continue }
             return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect)
         }
-        return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                          timeouts: upstream.timeouts, connect: nil)
+        return unmatchedMatch
+    }
+
+    /// The decision for a CONNECT tunnel: host and port only, since a tunnel has no path. Routes with a path
+    /// prefix take part too (the path is decided per request inside an intercepted tunnel).
+    public func matchTunnel(host: String, port: Int) -> RouteMatch {
+        for route in routes {
+            guard route.host.matches(host) else { continue }
+            if let p = route.port, p != port { continue }
+            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect)
+        }
+        return unmatchedMatch
+    }
+
+    var unmatchedMatch: RouteMatch {
+        RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
+                   timeouts: upstream.timeouts, connect: nil)
     }
 }

@@ -8,6 +8,8 @@ struct AccessRecord {
     var startEpochMillis: Int = 0
     var client: String = ""
     var listener: String = "proxy"
+    /// A request that came inside an intercepted CONNECT tunnel.
+    var intercepted = false
     var method: String = ""
     var scheme: String = "http"
     var host: String = ""
@@ -34,7 +36,7 @@ struct AccessRecord {
 
     func json() -> String {
         var s = "{\"time\":\(jsonString(iso8601(startEpochMillis))),\"client\":\(jsonString(client)),\"listener\":\(jsonString(listener))"
-        s += ",\"method\":\(jsonString(method)),\"scheme\":\(jsonString(scheme)),\"host\":\(jsonString(host)),\"port\":\(port)"
+        s += ",\"intercepted\":\(intercepted),\"method\":\(jsonString(method)),\"scheme\":\(jsonString(scheme)),\"host\":\(jsonString(host)),\"port\":\(port)"
         s += ",\"path\":\(jsonString(path)),\"route\":\(jsonString(route))"
         s += ",\"identity\":\(identity.map(jsonString) ?? "null")"
         s += ",\"cert_serial\":\(certificateSerial.map(jsonString) ?? "null")"
@@ -54,6 +56,7 @@ struct AccessRecord {
         s += " upstream_status=\(upstreamStatus.map(String.init) ?? "-") in=\(bytesIn) out=\(bytesOut) ms=\(durationMs)"
         s += " connect_ms=\(connectMs.map(String.init) ?? "-") tls_ms=\(tlsHandshakeMs.map(String.init) ?? "-") ttfb_ms=\(ttfbMs.map(String.init) ?? "-") reused=\(reused)"
         s += " tls=\(tlsVersion ?? "-")"
+        if intercepted { s += " intercepted=true" }
         if let proxyStatus { s += " proxy_status=\(jsonString(proxyStatus))" }
         return s
     }

@@ -21,6 +21,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case closingAfterWrite
         /// Written and half-closed; reading what the client still sends so the close does not reset our answer.
         case lingering
+        /// Waiting for a tunnel's TCP connection.
+        case dialling
+        /// Bytes flow both ways through `relay` (a tunnel, or after 101 Switching Protocols).
+        case relaying
         case closed
     }
 
@@ -37,9 +41,15 @@ final class ClientConnection: UpstreamConnectionDelegate {
     }
 
     unowned let worker: Worker
-    let bev: OpaquePointer
+    /// The client's bufferevent; after interception, the TLS filter over it.
+    private(set) var bev: OpaquePointer
     let peer: String
-    let kind: ListenerKind
+    private(set) var kind: ListenerKind
+    /// A tunnel or an upgraded connection: both bufferevents belong to it.
+    private var relay: Relay?
+    private var dialer: TunnelDialer?
+    /// The Upgrade value asked for (e.g. websocket), when the request is an upgrade.
+    private var upgrade: String?
     private(set) var phase: Phase = .readingHead
     private var lingerTimer: OpaquePointer?
 
@@ -89,7 +99,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case .readingHead: readHead()
         case .exchanging: pumpRequestBody()
         case .lingering: evbuffer_drain(input, evbuffer_get_length(input))
-        case .closingAfterWrite, .closed: break
+        case .closingAfterWrite, .closed, .dialling, .relaying: break
         }
     }
 
@@ -109,6 +119,19 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
     fileprivate func event(_ what: Int16) {
         let flags = Int32(what)
+        // The TLS filter of an intercepted tunnel reports its completed handshake; nothing to do.
+        if flags & BEV_EVENT_CONNECTED != 0 { return }
+        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, phase == .readingHead {
+            var errors: [OpenSSLErrorEntry] = []
+            while true {
+                let code = bufferevent_get_openssl_error(bev)
+                if code == 0 { break }
+                errors.append(OpenSSLErrorEntry(code: code))
+            }
+            if !errors.filter({ !$0.isPseudo }).isEmpty {
+                worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(OpenSSLErrors.describe(errors)) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
+            }
+        }
         switch phase {
         case .readingHead:
             if flags & BEV_EVENT_TIMEOUT != 0 && evbuffer_get_length(input) > 0 {
@@ -123,7 +146,11 @@ final class ClientConnection: UpstreamConnectionDelegate {
             if record.status == 0 { record.status = 499 }
             finishRecord(proxyStatus: "client closed the connection before the response completed")
             abort()
-        case .closingAfterWrite, .lingering, .closed:
+        case .dialling:
+            if record.status == 0 { record.status = 499 }
+            finishRecord(proxyStatus: "client closed the connection before the tunnel was open")
+            abort()
+        case .closingAfterWrite, .lingering, .closed, .relaying:
             abort()
         }
     }
@@ -140,10 +167,21 @@ final class ClientConnection: UpstreamConnectionDelegate {
     /// Closes at once, dropping whatever is unsent; the upstream, if any, is closed, not pooled.
     func abort() {
         guard phase != .closed else { return }
+        let wasRelaying = phase == .relaying
         phase = .closed
+        dialer?.cancel()
+        dialer = nil
         if let upstream {
             self.upstream = nil
             upstream.close()
+        }
+        if wasRelaying, let relay {
+            // The relay owns the client's bufferevent now; closing it frees both sides.
+            self.relay = nil
+            relay.close()
+            if let lingerTimer { event_free(lingerTimer); self.lingerTimer = nil }
+            worker.clientClosed(self)
+            return
         }
         if let lingerTimer {
             event_free(lingerTimer)
@@ -189,7 +227,11 @@ final class ClientConnection: UpstreamConnectionDelegate {
         record = AccessRecord()
         record.startEpochMillis = currentEpochMillis()
         record.client = peer
-        if case .fixed(let listener) = kind { record.listener = listener.configKey }
+        switch kind {
+        case .forward: break
+        case .fixed(let listener): record.listener = listener.configKey
+        case .intercepted: record.intercepted = true
+        }
         record.method = method
         if let target {
             record.scheme = target.scheme
@@ -205,17 +247,17 @@ final class ClientConnection: UpstreamConnectionDelegate {
         retried = false
 
         if head.method == "CONNECT" {
-            if case .fixed(let listener) = kind {
+            switch kind {
+            case .forward:
+                startTunnel(head)
+            case .fixed(let listener):
                 sendError(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
                                              details: "CONNECT is not accepted on \(listener.configKey), which sends every request to \(listener.upstreamURL)"),
                           close: true)
-                return
+            case .intercepted:
+                sendError(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
+                                             details: "CONNECT inside a tunnel is not accepted"), close: true)
             }
-            sendError(ProxyErrorResponse(
-                status: 501, errorType: .httpRequestError,
-                details: "CONNECT tunnels are not supported: through a tunnel the proxy cannot add a client certificate",
-                advice: "Use an http:// URL (for example http://api.example.com/path) with HTTP_PROXY set; the proxy makes the https connection upstream and presents the route's certificate."),
-                      close: true)
             return
         }
         let framing: BodyFraming
@@ -232,6 +274,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
                 // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
                 try AbsoluteTarget.checkOriginForm(head.target)
                 target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
+            case .intercepted(let host, let port):
+                // Inside a tunnel the host is the one CONNECT named; Host is rewritten to it.
+                try AbsoluteTarget.checkOriginForm(head.target)
+                target = AbsoluteTarget(scheme: "https", host: host, explicitPort: port, pathAndQuery: head.target)
             }
         } catch let error as HTTPParseError {
             sendError(.badRequest(error), close: true)
@@ -284,7 +330,13 @@ final class ClientConnection: UpstreamConnectionDelegate {
         record.certificateSerial = context.credential?.leaf.serialHex
 
         let hostHeader = target.hostHeader(port: port, defaultPort: 443)
-        upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: hostHeader, framing: framing)
+        upgrade = nil
+        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
+           head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
+            upgrade = value
+        }
+        upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: hostHeader,
+                                                         framing: framing, upgrade: upgrade)
         let key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
         phase = .exchanging
         responseState = .awaitingHead
@@ -590,10 +642,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
     private func startResponse(_ head: ResponseHead) throws {
         guard let request else { return }
+        if head.status == 101 {
+            guard let upgrade else { throw HTTPParseError.invalidStatusLine }  // 101 to a request that did not ask
+            switchProtocols(head, upgrade: upgrade)
+            return
+        }
         if head.status < 200 {
-            if head.status == 101 {
-                throw HTTPParseError.invalidStatusLine  // the proxy never forwards Upgrade, so 101 is out of step
-            }
             // 100 Continue and other interim responses go to the client as they are.
             let interim = Forwarding.clientResponse(head, framing: .none, requestMethod: request.method, keepAlive: true,
                                                     clientVersion: request.version)
@@ -699,6 +753,177 @@ final class ClientConnection: UpstreamConnectionDelegate {
             responseState = .done
         }
         return true
+    }
+
+    // MARK: upgrades
+
+    /// After `101 Switching Protocols`: the head goes to the client, then bytes flow both ways between the
+    /// client and this upstream connection until either closes. The connection never returns to the pool.
+    private func switchProtocols(_ head: ResponseHead, upgrade: String) {
+        guard let request, let upstream else { return }
+        record.upstreamStatus = 101
+        record.status = 101
+        record.ttfbMs = (monotonicMicros() - startMicros) / 1000
+        var bytes = Forwarding.clientResponse(head, framing: .close, requestMethod: request.method, keepAlive: true,
+                                              clientVersion: .http11, upgrade: head.headers.first("Upgrade") ?? upgrade)
+        bytes.withUnsafeMutableBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        record.bytesOut += bytes.count
+        self.upstream = nil
+        let timeout = match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle
+        guard let upstreamBev = upstream.detach() else {
+            abort()
+            return
+        }
+        startRelay(with: upstreamBev, idleTimeout: timeout)
+    }
+
+    /// Hands the client's bufferevent and `other` to a relay; the access record is written when it ends.
+    private func startRelay(with other: OpaquePointer, idleTimeout: TimeSpan) {
+        phase = .relaying
+        let startedBytesIn = record.bytesIn, startedBytesOut = record.bytesOut
+        let relay = Relay(bev, other, idleTimeout: idleTimeout) { [unowned self] fromClient, toClient in
+            self.record.bytesIn = startedBytesIn + fromClient
+            self.record.bytesOut = startedBytesOut + toClient
+            self.finishRecord(proxyStatus: nil)
+            self.relay = nil
+            if self.phase == .relaying {
+                self.phase = .closed
+                self.worker.clientClosed(self)
+            }
+        }
+        self.relay = relay
+        relay.start()
+    }
+
+    // MARK: CONNECT
+
+    /// CONNECT host:port, decided by the route table on host and port. A `tls` route gets a blind tunnel; an
+    /// `mtls` route is intercepted when `[intercept]` is set (the only way to add its certificate), else refused.
+    private func startTunnel(_ head: RequestHead) {
+        record.method = "CONNECT"
+        record.scheme = "connect"
+        let host: String
+        let port: Int
+        do {
+            let authority = try AbsoluteTarget.parseAuthority(Array(head.target.utf8))
+            guard let p = authority.port else { throw HTTPParseError.invalidTarget("CONNECT needs host:port") }
+            host = authority.host
+            port = p
+        } catch let error as HTTPParseError {
+            sendError(.badRequest(error), close: true)
+            return
+        } catch {
+            abort()
+            return
+        }
+        record.host = host
+        record.port = port
+        record.path = ""
+        let match = runtime.router.matchTunnel(host: host, port: port)
+        self.match = match
+        record.route = match.label
+        if port != 443 && match.route?.port != port && match.action != .deny {
+            sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied,
+                                         details: "tunnels to port \(port) are refused unless a route names the port",
+                                         advice: "Add port = \(port) to the route for \(host) if this tunnel should be allowed."),
+                      close: true)
+            return
+        }
+        switch match.action {
+        case .deny:
+            let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(host):\(port) and [proxy] unmatched is \"deny\""
+            sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
+                                         advice: "Add a [[route]] for this host to the proxy's config if it should be reachable."),
+                      close: true)
+        case .tls:
+            dialTunnel(host: host, port: port, match: match)
+        case .mtls(let identity):
+            record.identity = identity
+            intercept(host: host, port: port, identity: identity)
+        }
+    }
+
+    private func dialTunnel(host: String, port: Int, match: RouteMatch) {
+        phase = .dialling
+        bufferevent_disable(bev, Int16(EV_READ))
+        dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, timeout: match.timeouts.connect) {
+            [unowned self] outcome in
+            self.dialer = nil
+            guard self.phase == .dialling else {
+                if case .connected(let b) = outcome { bufferevent_free(b) }
+                return
+            }
+            switch outcome {
+            case .connected(let upstreamBev):
+                self.record.status = 200
+                let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
+                established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
+                self.startRelay(with: upstreamBev, idleTimeout: match.timeouts.idle)
+            case .timedOut:
+                self.phase = .exchanging
+                self.sendError(ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
+                                                  details: "no TCP connection to \(host):\(port) within connect_timeout \(match.timeouts.connect)"),
+                               close: true)
+            case .failed(let e, let dnsError):
+                self.phase = .exchanging
+                if dnsError != 0 {
+                    self.sendError(ProxyErrorResponse(status: 502, errorType: .dnsError,
+                                                      details: "cannot resolve \(host): \(String(cString: evutil_gai_strerror(dnsError)))"),
+                                   close: true)
+                } else {
+                    let type: ProxyErrorType = e == ECONNREFUSED ? .connectionRefused : .destinationUnavailable
+                    self.sendError(ProxyErrorResponse(status: 502, errorType: type,
+                                                      details: "cannot connect to \(host):\(port): \(String(cString: strerror(e)))"),
+                                   close: true)
+                }
+            }
+        }
+        if dialer == nil && phase == .dialling {
+            phase = .exchanging
+            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "could not start a connection to \(host):\(port)"),
+                      close: true)
+        }
+    }
+
+    /// Answers 200, then terminates the client's TLS with a leaf for `host` minted from the local CA, and serves
+    /// the requests inside like any other: upstream verification, the route's identity, pooling.
+    private func intercept(host: String, port: Int, identity: String) {
+        let context: InterceptionContext?
+        do {
+            context = try worker.interceptionContext(for: host)
+        } catch {
+            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "cannot mint a certificate for \(host): \(error)"),
+                      close: true)
+            return
+        }
+        guard let context else {
+            sendError(ProxyErrorResponse(
+                status: 403, errorType: .httpRequestDenied,
+                details: "\(host) has an mTLS route (identity \(identity)); a blind tunnel cannot add its client certificate",
+                advice: "Either use an http:// URL (http://\(host)/...) with HTTP_PROXY, so the proxy makes the https connection and presents the certificate; or enable interception ([intercept] in the config, `mtls-proxy ca init`) and make the workflow trust the local CA."),
+                      close: true)
+            return
+        }
+        guard evbuffer_get_length(input) == 0, let ssl = context.makeSSL() else {
+            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError, details: "bytes after CONNECT before the tunnel was established"),
+                      close: true)
+            return
+        }
+        let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
+        established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
+        guard let filter = bufferevent_openssl_filter_new(worker.base, bev, ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
+            SSL_free(ssl)
+            abort()
+            return
+        }
+        // The CONNECT itself is not logged; each request inside is, with intercepted: true.
+        startMicros = 0
+        bev = filter
+        kind = .intercepted(host: host, port: port)
+        request = nil
+        phase = .readingHead
+        start()
     }
 
     // MARK: ending an exchange

@@ -11,6 +11,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let limits: HeadLimits
     /// Counts reloads: connections made under an earlier runtime are never pooled under this one.
     public let generation: Int
+    /// The local CA for intercepting CONNECT tunnels to mTLS routes, when `[intercept]` is set.
+    public let localCA: LocalCA?
     /// Loaded certificates of each identity, in config order.
     public let credentials: [String: [Credential]]
     private let contexts: [ContextKey: ClientTLSContext]
@@ -38,6 +40,17 @@ public final class ProxyRuntime: @unchecked Sendable {
             }
         }
         self.credentials = credentials
+        if let intercept = config.intercept {
+            do {
+                localCA = try LocalCA.load(certPath: intercept.caCert, keyPath: intercept.caKey)
+            } catch let error as TLSSetupError {
+                let key: String
+                if case .invalidKey = error { key = "intercept.ca_key" } else { key = "intercept.ca_cert" }
+                throw ConfigError(file: config.file, key: key, message: "\(error.description) (create the local CA with `mtls-proxy ca init`)")
+            }
+        } else {
+            localCA = nil
+        }
 
         // Every trust setting in use, with every certificate of every identity that may be presented under it.
         var contexts: [ContextKey: ClientTLSContext] = [:]
@@ -119,6 +132,7 @@ public final class ProxyRuntime: @unchecked Sendable {
         var cas = config.routes.compactMap(\.trust.caFile)
         if let ca = config.upstream.trust.caFile { cas.append(ca) }
         files += cas
+        if let intercept = config.intercept { files += [intercept.caCert, intercept.caKey] }
         var seen = Set<String>()
         return files.filter { seen.insert($0).inserted }
     }

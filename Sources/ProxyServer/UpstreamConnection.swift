@@ -141,6 +141,22 @@ final class UpstreamConnection {
         return (Int(code), String(cString: X509_verify_cert_error_string(code)))
     }
 
+    /// Hands the bufferevent (and its TLS connection) over to a `Relay`, after `101 Switching Protocols`.
+    /// The connection is closed as far as the pool and the worker are concerned.
+    func detach() -> OpaquePointer? {
+        guard state == .ready, let bev else { return nil }
+        if let ssl {
+            SSL_set_info_callback(ssl, nil)
+            SSL_set_ex_data(ssl, 0, nil)
+        }
+        self.bev = nil
+        self.ssl = nil
+        bufferevent_setcb(bev, nil, nil, nil, nil)
+        mtls_bufferevent_set_timeouts_ms(bev, 0, 0)
+        close()
+        return bev
+    }
+
     func close() {
         guard state != .closed else { return }
         state = .closed

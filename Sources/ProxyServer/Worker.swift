@@ -163,6 +163,7 @@ final class Worker: @unchecked Sendable {
         guard let next else { return }
         runtime = next.0
         accessLog = next.1
+        interceptionContexts.removeAll()
         // Idle connections were made under the old certificates and trust settings: retire them all.
         pool.closeAll()
     }
@@ -170,6 +171,20 @@ final class Worker: @unchecked Sendable {
     /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
     func requestStop() {
         if let stopEvent { event_active(stopEvent, EV_READ, 0) }
+    }
+
+    private var interceptionContexts: [String: InterceptionContext] = [:]
+
+    /// The server-side TLS context for intercepting a tunnel to `host`, minted from the local CA once and kept
+    /// until an hour before its leaf expires (or the runtime changes).
+    func interceptionContext(for host: String) throws -> InterceptionContext? {
+        guard let ca = runtime.localCA, let settings = runtime.config.intercept else { return nil }
+        let key = "\(runtime.generation)/\(host)"
+        if let cached = interceptionContexts[key], cached.notAfter - currentEpochSeconds() > 3600 { return cached }
+        if interceptionContexts.count > 10_000 { interceptionContexts.removeAll() }
+        let ctx = try InterceptionContext(ca: ca, host: host, validitySeconds: settings.leafValidity.milliseconds / 1000)
+        interceptionContexts[key] = ctx
+        return ctx
     }
 
     /// Safe from any thread: end the loop now, whatever is in flight.
@@ -269,6 +284,8 @@ enum ServerError: Error, CustomStringConvertible {
 enum ListenerKind {
     case forward
     case fixed(FixedListener)
+    /// Requests inside an intercepted CONNECT tunnel to this host and port.
+    case intercepted(host: String, port: Int)
 }
 
 /// One listening socket of a worker, with what it serves and who may connect.

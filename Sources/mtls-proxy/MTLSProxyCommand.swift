@@ -12,7 +12,7 @@ struct MTLSProxyCommand: ParsableCommand {
         Environment: MTLS_PROXY_CONFIG (config file), MTLS_PROXY_LISTEN (overrides [proxy] listen),
         MTLS_PROXY_LOG_LEVEL (overrides [log] level).
         """,
-        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self],
+        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self, CA.self],
         defaultSubcommand: Run.self
     )
 }

@@ -269,6 +269,8 @@ key = "certs/fusion-us.key"
         #expect(c.admin?.listen == HostPort(host: "127.0.0.1", port: 9901))
         #expect(c.log.access == .stdout && c.log.format == .json && c.log.level == .info)
         #expect(c.proxy.drainTimeout == .seconds(30))
+        #expect(c.intercept?.caKey.hasSuffix("/state/local-ca.key") == true)
+        #expect(c.intercept?.leafValidity == .seconds(86_400))
     }
 }
 

@@ -129,3 +129,19 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
         #expect(s.next?.index == 1)
     }
 }
+
+@Suite struct TunnelRoutingTests {
+    let trust = TrustSettings(caFile: nil, minTLS: .tls12)
+    let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
+
+    @Test func pathPrefixesDoNotStopATunnelMatch() {
+        let router = Router(routes: [
+            Route(index: 1, host: .exact("api.test"), pathPrefix: "/eu/", action: .mtls(identity: "eu"), trust: trust, timeouts: timeouts),
+            Route(index: 2, host: .exact("api.test"), action: .mtls(identity: "us"), trust: trust, timeouts: timeouts),
+            Route(index: 3, host: .any, port: 8443, action: .tls, trust: trust, timeouts: timeouts),
+        ], unmatched: .deny, upstream: UpstreamSettings())
+        #expect(router.matchTunnel(host: "api.test", port: 443).route?.index == 1)
+        #expect(router.matchTunnel(host: "other.test", port: 8443).route?.index == 3)
+        #expect(router.matchTunnel(host: "other.test", port: 443).action == .deny)
+    }
+}

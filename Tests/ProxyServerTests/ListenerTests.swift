@@ -84,7 +84,8 @@ import ProxyConfig
         ("GET http://blocked.test/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400 Bad Request", "more than one Host"),
         ("GET http://blocked.test/ HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "a", count: 3000) + "\r\n\r\n", "431 Request Header Fields Too Large", "exceed 2048 bytes"),
         ("GET http://blocked.test/ HTTP/3.0\r\nHost: a\r\n\r\n", "505 HTTP Version Not Supported", "unsupported HTTP version"),
-        ("CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n", "501 Not Implemented", "Use an http:// URL"),
+        ("CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n", "403 Forbidden", "no route matches api.test:443"),
+        ("CONNECT blocked.test HTTP/1.1\r\nHost: blocked.test\r\n\r\n", "400 Bad Request", "CONNECT needs host:port"),
     ])
     func malformedRequestsGetAClearErrorAndAClose(_ request: String, _ status: String, _ fragment: String) throws {
         try Self.withServer { port in

@@ -219,9 +219,9 @@ class Denials(unittest.TestCase):
         self.assertIn("no route matches not-configured.example:443", r.text)
         self.assertEqual(len(ENV["dns"].queries), before)
 
-    def test_connect_is_501_with_advice(self):
+    def test_connect_to_an_mtls_route_without_interception_is_403_with_advice(self):
         r = curl("-i", "-p", "-x", ENV["url"], "http://api.mygreatbank.test/")
-        self.assertIn("501", r.stdout.decode() + r.stderr.decode())
+        self.assertIn("403", r.stdout.decode() + r.stderr.decode())
 
 
 class UpstreamFailures(unittest.TestCase):

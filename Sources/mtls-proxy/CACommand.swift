@@ -1,0 +1,66 @@
+import ArgumentParser
+import ProxyConfig
+import TLS
+
+struct CA: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca",
+        abstract: "The local CA for intercepting HTTPS_PROXY tunnels to mTLS routes ([intercept] in the config).",
+        discussion: "`mtls-proxy ca init` makes it; `mtls-proxy ca --pem` prints the certificate to install in the workflow's trust store.",
+        subcommands: [Init.self])
+
+    @OptionGroup var options: ConfigOption
+
+    @Flag(help: "Print the local CA certificate (PEM).")
+    var pem = false
+
+    func run() throws {
+        let settings = try Self.settings(options)
+        let ca: LocalCA
+        do {
+            ca = try LocalCA.load(certPath: settings.caCert, keyPath: settings.caKey)
+        } catch {
+            printError("mtls-proxy: \(error) (make it with `mtls-proxy ca init`)")
+            throw ExitCode(1)
+        }
+        if pem {
+            print(ca.certificate.pem, terminator: "")
+        } else {
+            print("local CA \(settings.caCert)")
+            print("  subject \(ca.certificate.subject)")
+            print("  valid   \(formatDate(ca.certificate.notBefore)) to \(formatDate(ca.certificate.notAfter))")
+            print("  sha256  \(ca.certificate.sha256Fingerprint)")
+        }
+    }
+
+    static func settings(_ options: ConfigOption) throws -> InterceptSettings {
+        guard let settings = try options.loadConfiguration().intercept else {
+            printError("mtls-proxy: \(options.path) has no [intercept] section (ca_cert, ca_key)")
+            throw ExitCode(1)
+        }
+        return settings
+    }
+
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make the local CA at [intercept] ca_cert and ca_key (the key readable only by its owner).")
+
+        @OptionGroup var options: ConfigOption
+
+        @Option(help: "The CA's validity in days.")
+        var days = 825
+
+        func run() throws {
+            let settings = try CA.settings(options)
+            do {
+                let ca = try LocalCA.create(certPath: settings.caCert, keyPath: settings.caKey, days: days)
+                print("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)")
+                print("  sha256 \(ca.certificate.sha256Fingerprint)")
+                print("install it in the workflow's trust store: mtls-proxy ca --pem > mtls-proxy-ca.pem")
+            } catch {
+                printError("mtls-proxy: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}
