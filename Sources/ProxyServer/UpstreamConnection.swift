@@ -57,13 +57,18 @@ final class UpstreamConnection {
 
     /// The runtime generation it was made under; it is pooled only while that runtime is current.
     let generation: Int
+    /// "host:port@address", the key of its TLS sessions within the context; a C string for OpenSSL's callback.
+    private let sessionKey: UnsafeMutablePointer<CChar>
 
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
         self.generation = generation
         self.key = key
+        self.sessionKey = strdup("\(key.host):\(key.port)@\(key.connect?.description ?? "dns")")
         self.context = context
         self.worker = worker
     }
+
+    deinit { free(sessionKey) }
 
     var input: OpaquePointer { bufferevent_get_input(bev!) }
     var output: OpaquePointer { bufferevent_get_output(bev!) }
@@ -79,6 +84,9 @@ final class UpstreamConnection {
         self.ssl = ssl
         self.bev = bev
         SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
+        // Resume a session made earlier with this same context (identity, certificate, trust) and upstream.
+        SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, UnsafeMutableRawPointer(sessionKey))
+        context.resumeSession(ssl, sessionKey: String(cString: sessionKey))
         SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
         bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
         let me = Unmanaged.passUnretained(self).toOpaque()
@@ -148,6 +156,7 @@ final class UpstreamConnection {
         if let ssl {
             SSL_set_info_callback(ssl, nil)
             SSL_set_ex_data(ssl, 0, nil)
+            SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, nil)
         }
         self.bev = nil
         self.ssl = nil
@@ -167,6 +176,12 @@ final class UpstreamConnection {
         }
         if let bev {
             bufferevent_setcb(bev, nil, nil, nil, nil)
+            if let ssl {
+                // The SSL may outlive this object inside libevent for a moment: leave it no pointers to us.
+                SSL_set_info_callback(ssl, nil)
+                SSL_set_ex_data(ssl, 0, nil)
+                SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, nil)
+            }
             if handshakeCompleted, let ssl {
                 // A clean close_notify where possible; the bufferevent frees the SSL.
                 SSL_set_shutdown(ssl, SSL_RECEIVED_SHUTDOWN)

@@ -1,5 +1,8 @@
 import CEventTLS
 import ProxyConfig
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An `SSL_CTX` for connections to upstreams: verification settings and, for mTLS, one client credential.
 /// Built once per (credential, trust) pair and shared read-only by every worker.
@@ -9,6 +12,10 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// nil for plain TLS (no client certificate).
     public let credential: Credential?
     public let identityName: String?
+    /// TLS sessions to resume, by upstream (host, port, dialled address). They belong to this context, so a
+    /// session made for one identity (or for none) is never offered under another.
+    private var sessions: [String: OpaquePointer] = [:]
+    private let sessionsLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     public init(trust: TrustSettings, credential: Credential?, identityName: String?) throws {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
@@ -18,6 +25,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         self.trust = trust
         self.credential = credential
         self.identityName = identityName
+        pthread_mutex_init(sessionsLock, nil)
 
         mtls_SSL_CTX_set_default_options(ctx)
         _ = mtls_SSL_CTX_set_min_proto_version(ctx, trust.minTLS == .tls13 ? TLS1_3_VERSION : TLS1_2_VERSION)
@@ -46,10 +54,37 @@ public final class ClientTLSContext: @unchecked Sendable {
                                                 subject: credential.leaf.subject)
             }
         }
+        // Client-side session caching: OpenSSL hands each new session to the callback, which stores it here.
+        _ = mtls_SSL_CTX_set_session_cache_client(ctx)
+        SSL_CTX_sess_set_new_cb(ctx, clientNewSessionCallback)
+        SSL_CTX_set_ex_data(ctx, 0, Unmanaged.passUnretained(self).toOpaque())
         _ = OpenSSLErrors.drain()
     }
 
-    deinit { SSL_CTX_free(pointer) }
+    deinit {
+        for session in sessions.values { SSL_SESSION_free(session) }
+        SSL_CTX_free(pointer)
+        pthread_mutex_destroy(sessionsLock)
+        sessionsLock.deallocate()
+    }
+
+    /// Offers the last session made with `sessionKey` on `ssl`, if any.
+    public func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
+        pthread_mutex_lock(sessionsLock)
+        defer { pthread_mutex_unlock(sessionsLock) }
+        if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
+    }
+
+    /// Keeps `session` (taking ownership) as the one to resume for `sessionKey`.
+    func storeSession(_ session: OpaquePointer, sessionKey: String) {
+        pthread_mutex_lock(sessionsLock)
+        defer { pthread_mutex_unlock(sessionsLock) }
+        if let old = sessions[sessionKey] { SSL_SESSION_free(old) }
+        sessions[sessionKey] = session
+    }
+
+    /// How a connection says which upstream its sessions belong to: set with `SSL_set_ex_data(ssl, 1, ...)`.
+    public static let sessionKeyIndex: Int32 = 1
 
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.
     public func makeSSL(host: String) -> OpaquePointer? {
@@ -64,4 +99,15 @@ public final class ClientTLSContext: @unchecked Sendable {
         }
         return ssl
     }
+}
+
+/// Called by OpenSSL with each new client session (after the handshake; with TLS 1.3, when a ticket arrives).
+/// Returning 1 keeps the reference, which the context then owns.
+private func clientNewSessionCallback(_ ssl: OpaquePointer?, _ session: OpaquePointer?) -> Int32 {
+    guard let ssl, let session, let ctx = SSL_get_SSL_CTX(ssl), let owner = SSL_CTX_get_ex_data(ctx, 0),
+          let keyPointer = SSL_get_ex_data(ssl, ClientTLSContext.sessionKeyIndex) else { return 0 }
+    let context = Unmanaged<ClientTLSContext>.fromOpaque(owner).takeUnretainedValue()
+    let key = String(cString: keyPointer.assumingMemoryBound(to: CChar.self))
+    context.storeSession(session, sessionKey: key)
+    return 1
 }

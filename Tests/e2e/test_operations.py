@@ -51,6 +51,22 @@ host = "api.mygreatbank.test"
 identity = "us"
 connect = "127.0.0.1:{ports['up']}"
 
+[identities.eu]
+cert = "pki/fusion-eu.pem"
+key = "pki/fusion-eu.key"
+
+[[route]]
+host = "resume.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{ports['up']}"
+idle_timeout = "1s"
+
+[[route]]
+host = "resume-eu.mygreatbank.test"
+identity = "eu"
+connect = "127.0.0.1:{ports['up']}"
+idle_timeout = "1s"
+
 [[route]]
 host = "refused.mygreatbank.test"
 identity = "us"
@@ -136,7 +152,7 @@ class Admin(unittest.TestCase):
         _, after = admin("/metrics")
         delta = lambda name, **l: metric(after, name, **l) - metric(before, name, **l)  # noqa: E731
         self.assertEqual(delta("mtls_proxy_requests_total", route="bank API", identity="us", status="2xx"), 3)
-        self.assertEqual(delta("mtls_proxy_requests_total", route="route[3] *", identity="", status="4xx"), 1)
+        self.assertEqual(delta("mtls_proxy_requests_total", route="route[5] *", identity="", status="4xx"), 1)
         self.assertGreaterEqual(delta("mtls_proxy_upstream_connections_total", result="reused"), 2)
         self.assertGreaterEqual(metric(after, "mtls_proxy_upstream_connections_total", result="opened"), 1)
         self.assertGreaterEqual(metric(after, "mtls_proxy_tls_handshakes_total", kind="full"), 1)
@@ -159,6 +175,26 @@ class Admin(unittest.TestCase):
         _, after = admin("/metrics")
         failed = lambda text: metric(text, "mtls_proxy_upstream_connections_total", result="failed", reason="connect")  # noqa: E731
         self.assertEqual(failed(after) - failed(before), 1)
+
+
+class SessionResumption(unittest.TestCase):
+    def test_resumed_after_the_pool_idles_out_and_never_across_identities(self):
+        get = lambda host: requests.get(f"http://{host}/whoami", proxies={"http": ENV["url"]}, timeout=10)  # noqa: E731
+        self.assertEqual(get("resume.mygreatbank.test").headers["X-Client-Subject"], "fusion-us")
+        time.sleep(2.5)  # idle_timeout 1s: the pooled connection is closed
+        _, before = admin("/metrics")
+        self.assertEqual(get("resume.mygreatbank.test").headers["X-Client-Subject"], "fusion-us")
+        _, after = admin("/metrics")
+        resumed = lambda t: metric(t, "mtls_proxy_tls_handshakes_total", kind="resumed")  # noqa: E731
+        full = lambda t: metric(t, "mtls_proxy_tls_handshakes_total", kind="full")  # noqa: E731
+        self.assertEqual(resumed(after) - resumed(before), 1)
+        self.assertEqual(full(after) - full(before), 0)
+        # Another identity to the same upstream: its own full handshake, and the upstream sees its certificate.
+        r = get("resume-eu.mygreatbank.test")
+        self.assertEqual(r.headers["X-Client-Subject"], "fusion-eu")
+        _, last = admin("/metrics")
+        self.assertEqual(full(last) - full(after), 1)
+        self.assertEqual(resumed(last) - resumed(after), 0)
 
 
 class AccessLog(unittest.TestCase):
