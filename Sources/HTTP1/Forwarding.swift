@@ -2,16 +2,28 @@
 public enum Forwarding {
     /// Fields that describe one hop and never pass through. Transfer-Encoding and Content-Length are dropped too:
     /// the proxy writes the framing of each hop itself.
-    static let hopByHop: Set<String> = [
+    static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
         "te", "trailer", "upgrade", "transfer-encoding", "content-length",
     ]
 
+    /// Whether `name` is one of the fixed hop-by-hop fields (compared without allocating).
+    @inline(__always)
+    static func isHopByHop(_ name: String) -> Bool {
+        let n = name.utf8.count
+        guard n == 2 || (n >= 7 && n <= 19) else { return false }
+        for candidate in hopByHop where candidate.utf8.count == n && name.equalsIgnoringASCIICase(candidate) {
+            return true
+        }
+        return false
+    }
+
     /// Removes hop-by-hop fields and every field that `Connection` names.
     public static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        var named = Set(headers.listElements("Connection").map(\.asciiLowercased))
-        named.formUnion(hopByHop)
-        headers.removeAll { named.contains($0.name.asciiLowercased) }
+        let named = headers.contains("Connection") ? headers.listElements("Connection") : []
+        headers.removeAll { field in
+            isHopByHop(field.name) || named.contains { field.name.equalsIgnoringASCIICase($0) }
+        }
     }
 
     public static let viaToken = "1.1 mtls-proxy"
@@ -114,10 +126,12 @@ public enum Forwarding {
 
     static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8]) {
         for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
-            out.append(contentsOf: field.name.utf8)
-            out.append(contentsOf: ": ".utf8)
+            appendASCII(field.name, to: &out)
+            out.append(0x3A)
+            out.append(0x20)
             appendLatin1(field.value, to: &out)
-            out.append(contentsOf: "\r\n".utf8)
+            out.append(0x0D)
+            out.append(0x0A)
         }
     }
 

@@ -32,7 +32,9 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     /// Every value of `name`, in order.
     public func values(_ name: String) -> [String] {
-        fields.filter { $0.name.equalsIgnoringASCIICase(name) }.map(\.value)
+        var result: [String] = []
+        for field in fields where field.name.equalsIgnoringASCIICase(name) { result.append(field.value) }
+        return result
     }
 
     public func first(_ name: String) -> String? {
@@ -45,7 +47,8 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     /// Comma-separated list elements of every `name` field, trimmed, empty elements dropped (RFC 9110 §5.6.1).
     public func listElements(_ name: String) -> [String] {
-        values(name).flatMap { value in
+        guard contains(name) else { return [] }
+        return values(name).flatMap { value in
             value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }.filter { !$0.isEmpty }
         }
     }
@@ -55,6 +58,8 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     }
 
     public mutating func removeAll(where predicate: (HTTPField) -> Bool) {
+        // Most heads have nothing to remove: do not touch (and copy) the array then.
+        guard fields.contains(where: predicate) else { return }
         fields.removeAll(where: predicate)
     }
 
@@ -69,6 +74,12 @@ extension String {
     public func equalsIgnoringASCIICase(_ other: String) -> Bool {
         let a = self.utf8, b = other.utf8
         guard a.count == b.count else { return false }
+        // Native strings are contiguous: compare their bytes directly (this runs for every header, every request).
+        if let result = a.withContiguousStorageIfAvailable({ x in
+            b.withContiguousStorageIfAvailable { y in bytesEqualIgnoringASCIICase(x, y) }
+        }), let equal = result {
+            return equal
+        }
         for (x, y) in zip(a, b) where x != y {
             if asciiLower(x) != asciiLower(y) { return false }
         }
@@ -87,6 +98,15 @@ extension Substring {
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
         return String(s)
     }
+}
+
+@inline(__always)
+func bytesEqualIgnoringASCIICase(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard x.count == y.count else { return false }
+    for i in 0..<x.count where x[i] != y[i] {
+        if asciiLower(x[i]) != asciiLower(y[i]) { return false }
+    }
+    return true
 }
 
 @inline(__always)

@@ -180,8 +180,23 @@ func latin1<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
     return String(scalars)
 }
 
+/// Appends a string known to be ASCII (a token), copying its bytes in one go where it is contiguous.
+@inline(__always)
+func appendASCII(_ string: String, to out: inout [UInt8]) {
+    if string.utf8.withContiguousStorageIfAvailable({ out.append(contentsOf: $0) }) == nil {
+        out.append(contentsOf: string.utf8)
+    }
+}
+
 /// The inverse of `latin1`: every scalar of an HTTP string is at most 0xFF.
 func appendLatin1(_ string: String, to out: inout [UInt8]) {
+    let copied = string.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+        // ASCII (the usual case) is copied as is; Latin-1 above 0x7F is two UTF-8 bytes per character.
+        for b in bytes where b >= 0x80 { return false }
+        out.append(contentsOf: bytes)
+        return true
+    }
+    if copied == true { return }
     if string.utf8.allSatisfy({ $0 < 0x80 }) {
         out.append(contentsOf: string.utf8)
         return

@@ -18,7 +18,8 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The path without the query, which is what routes match on and what logs may show.
     public var path: Substring {
-        pathAndQuery.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "/"
+        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[..<q] }
+        return pathAndQuery[...]
     }
 
     public var isIPv6Literal: Bool { host.contains(":") }
@@ -64,8 +65,12 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// Dot segments would let `/v1/../admin` slip past a route's path prefix, so they are refused rather than guessed at.
     static func checkPath(_ pathAndQuery: String) throws {
-        let path = pathAndQuery.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        for segment in path.split(separator: "/", omittingEmptySubsequences: false) {
+        var path = pathAndQuery.utf8[...]
+        if let q = path.firstIndex(of: UInt8(ascii: "?")) { path = path[..<q] }
+        // Fast path: a dot segment needs a "." or a "%2e" somewhere.
+        guard path.contains(UInt8(ascii: ".")) || path.contains(UInt8(ascii: "%")) else { return }
+        let pathString = Substring(path)
+        for segment in pathString.split(separator: "/", omittingEmptySubsequences: false) {
             let lower = segment.lowercased()
             if lower == "." || lower == ".." || lower == "%2e" || lower == "%2e%2e" || lower == ".%2e" || lower == "%2e." {
                 throw HTTPParseError.invalidTarget("dot segments (. or ..) in the path")

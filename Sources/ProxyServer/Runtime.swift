@@ -93,6 +93,7 @@ public final class ProxyRuntime: @unchecked Sendable {
     /// The index of the certificate an identity presents at `now`, nil when none is valid.
     public func activeCertificate(identity: String, at now: Int = currentEpochSeconds()) -> Int? {
         guard let list = credentials[identity] else { return nil }
+        if list.count == 1 { return list[0].validity.isValid(at: now) ? 0 : nil }  // the common case, per request
         let prefer = config.identity(named: identity)?.prefer ?? .newest
         return CertificateSelection.active(list.map(\.validity), at: now, prefer: prefer)
     }

@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""The side-by-side benchmark behind scripts/bench. Everything listens on 127.0.0.1 and is stopped at the end.
+
+Systems, each presenting the same EC P-256 client certificate to the same upstream and verifying it with SNI:
+  mtls-proxy fwd    forward mode (absolute-form requests, as with HTTP_PROXY), 1 worker
+  mtls-proxy side   sidecar listener (origin form), same process
+  mtls-proxy 2w     forward mode, 2 workers
+  nginx             1 worker, proxy_pass https with an upstream keepalive pool and session reuse
+  haproxy           nbthread 1, server ... ssl crt ... verify required sni, http-reuse always
+  stunnel           client mode, one TLS connection per client connection (scenario 2 only)
+"""
+import http.client, json, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "Tests", "e2e"))
+import harness  # noqa: E402
+
+QUICK = "--quick" in sys.argv
+ROUNDS = 2 if QUICK else 5
+DURATION = 2 if QUICK else 3
+HOST = "api.mygreatbank.test"
+OUT = []
+
+
+def say(line=""):
+    print(line, flush=True)
+    OUT.append(line)
+
+
+def table(title, header, rows):
+    say()
+    say(f"## {title}")
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    for r in [header] + rows:
+        say("  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}" if base else "-"
+
+
+class Bench:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mtls-proxy-bench-")
+        self.pki = f"{self.dir}/pki"
+        harness.make_pki(self.pki)
+        self.procs = harness.Processes()
+        self.ports = {k: harness.free_port() for k in
+                      ("up", "fwd", "side", "fwd2", "nginx", "haproxy", "stunnel", "admin", "admin2")}
+        with open(f"{self.dir}/big.bin", "wb") as f:
+            f.write(os.urandom(10 << 20))
+        with open(f"{self.dir}/body100", "w") as f:
+            f.write("x" * 99 + "\n")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    # ---------------------------------------------------------------- set-up
+    def start_upstream(self):
+        d, p = self.dir, self.pki
+        conf = f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+daemon off;
+pid {d}/up.pid;
+error_log {d}/up-error.log error;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/up-body;
+    client_max_body_size 0;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{self.ports['up']} ssl;
+        server_name {HOST};
+        ssl_certificate {p}/server.pem;
+        ssl_certificate_key {p}/server.key;
+        ssl_client_certificate {p}/ca.pem;
+        ssl_verify_client on;
+        ssl_session_cache shared:SSL:10m;
+        location = / {{ default_type text/plain; return 200 "{"x" * 99}\n"; }}
+        location = /big {{ default_type application/octet-stream; alias {d}/big.bin; }}
+        location = /upload {{ client_body_buffer_size 1m; proxy_pass http://127.0.0.1:{self.ports['up']}/sink; proxy_request_buffering off; }}
+        location = /sink {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+        # /upload reads the whole body (nginx proxies it to its own /sink over plain HTTP on loopback... which
+        # would need a plain listener); keep it simple: nginx discards the body of a `return`.
+        conf = conf.replace(f"proxy_pass http://127.0.0.1:{self.ports['up']}/sink; proxy_request_buffering off;", 'return 200 "ok\\n";')
+        os.makedirs(f"{d}/up-body", exist_ok=True)
+        with open(f"{d}/up.conf", "w") as f:
+            f.write(conf)
+        self.procs.start(["nginx", "-c", f"{d}/up.conf", "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(self.ports["up"])
+
+    def mtls_config(self, listen, workers, admin, sidecar=None, idle="90s"):
+        side = f'\n[[listener]]\nlisten = "127.0.0.1:{sidecar}"\nupstream = "https://{HOST}"\n' if sidecar else ""
+        return f"""
+[proxy]
+listen = "127.0.0.1:{listen}"
+workers = {workers}
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+access = "off"
+[upstream]
+ca_file = "{self.pki}/ca.pem"
+max_idle_per_host = 4096
+idle_timeout = "{idle}"
+[identities.bench]
+cert = "{self.pki}/fusion-us.pem"
+key = "{self.pki}/fusion-us.key"
+{side}
+[[route]]
+host = "*.mygreatbank.test"
+identity = "bench"
+connect = "127.0.0.1:{self.ports['up']}"
+"""
+
+    def start_mtls(self, name, workers, listen, admin, sidecar=None, wrapper=(), idle="90s", binary=None):
+        path = f"{self.dir}/{name}.conf"
+        with open(path, "w") as f:
+            f.write(self.mtls_config(listen, workers, admin, sidecar, idle))
+        log = open(f"{self.dir}/{name}.log", "ab")
+        p = self.procs.start([*wrapper, binary or os.environ["MTLS_PROXY_BIN"], "run", "--config", path], stdout=log, stderr=log)
+        harness.wait_for_port(listen, timeout=60)
+        return p
+
+    def nginx_config(self, wrapped=False):
+        d, p = self.dir, self.pki
+        return f"""
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+{"master_process off;" if wrapped else ""}
+daemon off;
+pid {d}/nginx-proxy.pid;
+error_log {d}/nginx-proxy-error.log error;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/np-body;
+    proxy_temp_path {d}/np-proxy;
+    client_max_body_size 0;
+    keepalive_requests 1000000;
+    upstream bank {{ server 127.0.0.1:{self.ports['up']}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{self.ports['nginx']};
+        location / {{
+            proxy_pass https://bank;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host {HOST};
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_ssl_certificate {p}/fusion-us.pem;
+            proxy_ssl_certificate_key {p}/fusion-us.key;
+            proxy_ssl_trusted_certificate {p}/ca.pem;
+            proxy_ssl_verify on;
+            proxy_ssl_server_name on;
+            proxy_ssl_name {HOST};
+            proxy_ssl_session_reuse on;
+        }}
+    }}
+}}
+"""
+
+    def start_nginx(self, wrapper=()):
+        for sub in ("np-body", "np-proxy"):
+            os.makedirs(f"{self.dir}/{sub}", exist_ok=True)
+        with open(f"{self.dir}/nginx-proxy.conf", "w") as f:
+            f.write(self.nginx_config(wrapped=bool(wrapper)))
+        p = self.procs.start([*wrapper, "nginx", "-c", f"{self.dir}/nginx-proxy.conf", "-p", self.dir],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(self.ports["nginx"], timeout=60)
+        return p
+
+    def start_haproxy(self, wrapper=()):
+        with open(f"{self.pki}/fusion-us.both.pem", "w") as f:
+            f.write(harness.read(f"{self.pki}/fusion-us.pem") + harness.read(f"{self.pki}/fusion-us.key"))
+        conf = f"""
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{self.ports['haproxy']}
+    default_backend bank
+backend bank
+    http-request set-header Host {HOST}
+    server s1 127.0.0.1:{self.ports['up']} ssl crt {self.pki}/fusion-us.both.pem ca-file {self.pki}/ca.pem verify required sni str({HOST}) verifyhost {HOST} pool-max-conn 4096
+"""
+        with open(f"{self.dir}/haproxy.cfg", "w") as f:
+            f.write(conf)
+        p = self.procs.start([*wrapper, "haproxy", "-db", "-f", f"{self.dir}/haproxy.cfg"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(self.ports["haproxy"], timeout=60)
+        return p
+
+    def start_stunnel(self):
+        conf = f"""
+foreground = yes
+pid =
+[bank]
+client = yes
+accept = 127.0.0.1:{self.ports['stunnel']}
+connect = 127.0.0.1:{self.ports['up']}
+cert = {self.pki}/fusion-us.pem
+key = {self.pki}/fusion-us.key
+CAfile = {self.pki}/ca.pem
+verifyChain = yes
+checkHost = {HOST}
+sni = {HOST}
+"""
+        with open(f"{self.dir}/stunnel.conf", "w") as f:
+            f.write(conf)
+        p = self.procs.start(["stunnel4", f"{self.dir}/stunnel.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(self.ports["stunnel"])
+        return p
+
+    # ---------------------------------------------------------------- load
+    def wrk(self, port, forward, close=False, connections=32):
+        script = f"{self.dir}/wrk-{'fwd' if forward else 'rev'}{'-close' if close else ''}.lua"
+        with open(script, "w") as f:
+            path = f"http://{HOST}/" if forward else "/"
+            f.write(f'wrk.path = "{path}"\nwrk.headers["Host"] = "{HOST}"\n')
+            if close:
+                f.write('wrk.headers["Connection"] = "close"\n')
+        r = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency", "-s", script,
+                            f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", r.stdout).group(1))
+        lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", r.stdout, re.M))
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", r.stdout)
+        return rps, lat.get("50", "-"), lat.get("99", "-"), errors.group(0) if errors else ""
+
+    def throughput(self, port, forward, upload):
+        url = f"http://{HOST}/upload" if upload else f"http://{HOST}/big"
+        base = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"]
+        if forward:
+            base += ["-x", f"http://127.0.0.1:{port}", url]
+        else:
+            base += ["-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/{'upload' if upload else 'big'}"]
+        if upload:
+            base[1:1] = ["-T", f"{self.dir}/big.bin", "-H", "Expect:"]
+        n = 8 if QUICK else 20
+        start = time.time()
+        for _ in range(n):
+            code = subprocess.run(base, capture_output=True, text=True, env=harness.clean_env()).stdout
+            assert code == "200", code
+        return n * 10 / (time.time() - start)
+
+    def keepalive_requests(self, port, forward, n):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        path = f"http://{HOST}/" if forward else "/"
+        for _ in range(n):
+            conn.request("GET", path, headers={"Host": HOST})
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, f"port {port}: {r.status} {body[:300]!r}"
+        conn.close()
+
+    def metrics(self, admin_port):
+        with socket.create_connection(("127.0.0.1", admin_port)) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            data = b""
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                data += c
+        values = {}
+        for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    # ---------------------------------------------------------------- scenarios
+    def run(self):
+        say(f"# mtls-proxy benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        say(f"machine: {os.cpu_count()} cores; {ROUNDS} rounds of {DURATION}s per system; upstream nginx 1 worker, ssl_verify_client on")
+        self.start_upstream()
+        self.start_mtls("fwd", 1, self.ports["fwd"], self.ports["admin"], sidecar=self.ports["side"])
+        self.start_mtls("fwd2", 2, self.ports["fwd2"], self.ports["admin2"])
+        self.start_nginx()
+        self.start_haproxy()
+        self.start_stunnel()
+        systems = [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False),
+                   ("mtls-proxy fwd", self.ports["fwd"], True), ("mtls-proxy side", self.ports["side"], False),
+                   ("mtls-proxy 2w", self.ports["fwd2"], True)]
+        for _, port, fwd in systems:
+            self.keepalive_requests(port, fwd, 50)  # warm pools and sessions
+
+        results = {}
+        for scenario, close in (("keep-alive", False), ("close", True)):
+            rows = systems + ([("stunnel", self.ports["stunnel"], False)] if close else [])
+            samples = {name: [] for name, _, _ in rows}
+            lat = {}
+            for _ in range(ROUNDS):
+                for name, port, fwd in rows:  # interleaved: each round runs every system once
+                    rps, p50, p99, err = self.wrk(port, fwd, close=close)
+                    samples[name].append(rps)
+                    lat[name] = (p50, p99, err)
+            results[scenario] = {k: statistics.median(v) for k, v in samples.items()}
+            base = results[scenario]["nginx"]
+            table(f"{'1' if not close else '2'}. small requests, {'keep-alive client connections' if not close else 'Connection: close (one request per client connection)'} (wrk, 32 connections)",
+                  ["system", "req/s median", "min..max", "p50", "p99", "vs nginx", "errors"],
+                  [[n, f"{results[scenario][n]:.0f}", f"{min(samples[n]):.0f}..{max(samples[n]):.0f}", lat[n][0], lat[n][1],
+                    ratio(results[scenario][n], base), lat[n][2]] for n, _, _ in rows])
+
+        rows = []
+        tp = {}
+        for name, port, fwd in systems[:4]:
+            down = self.throughput(port, fwd, upload=False)
+            up = self.throughput(port, fwd, upload=True)
+            tp[name] = (down, up)
+        for name in tp:
+            rows.append([name, f"{tp[name][0]:.0f}", ratio(tp[name][0], tp["nginx"][0]), f"{tp[name][1]:.0f}", ratio(tp[name][1], tp["nginx"][1])])
+        table("3. large bodies, 10 MiB each, sequential (curl)", ["system", "download MiB/s", "vs nginx", "upload MiB/s", "vs nginx"], rows)
+        results["bodies"] = tp
+
+        results["syscalls"] = self.syscalls(systems[:3])
+        results["memory"] = self.memory()
+        results["handshakes"] = self.handshakes()
+        self.procs.stop_all()
+        results["instructions"] = self.instructions()
+        self.summary(results)
+
+    def syscalls(self, systems):
+        n = 2000
+        rows = []
+        out = {}
+        for name, port, fwd in systems:
+            pids = self.pids_on(port)
+            tids = [int(t) for p in pids for t in os.listdir(f"/proc/{p}/task")]
+            self.keepalive_requests(port, fwd, 100)
+            trace = f"{self.dir}/strace-{name.replace(' ', '_')}.txt"
+            st = subprocess.Popen(["strace", "-c", "-f", "-o", trace] + sum([["-p", str(t)] for t in tids], []),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            self.keepalive_requests(port, fwd, n)
+            time.sleep(0.3)
+            st.send_signal(signal.SIGINT)
+            st.wait()
+            total = 0
+            for line in harness.read(trace).splitlines():
+                fields = line.split()
+                if fields and fields[-1] == "total":
+                    total = int(fields[3])  # % time, seconds, usecs/call, calls, [errors,] total
+            out[name] = total / n
+            rows.append([name, f"{total / n:.2f}"])
+        table(f"4b. syscalls per request (strace -c -f, {n} requests on one keep-alive client connection)", ["system", "syscalls/request"], rows)
+        return out
+
+    def pids_on(self, port):
+        r = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+        return sorted(set(int(p) for p in re.findall(r"pid=(\d+)", r)))
+
+    def memory(self):
+        # Idle client keep-alive connections.
+        rows = []
+        out = {}
+        count = 500 if QUICK else 2000
+        for name, port, fwd in [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False),
+                                ("mtls-proxy fwd", self.ports["fwd"], True)]:
+            pid = max(self.pids_on(port))  # nginx: the worker
+            before = harness.rss_kib(pid)
+            socks = []
+            path = f"http://{HOST}/" if fwd else "/"
+            for _ in range(count):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                socks.append(s)
+            for s in socks:
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+                    c = s.recv(4096)
+                    if not c:
+                        break
+                    data += c
+            time.sleep(0.5)
+            after = harness.rss_kib(pid)
+            for s in socks:
+                s.close()
+            per = (after - before) * 1024 / count
+            out[name] = per
+            rows.append([name, f"{per:.0f}"])
+        table(f"5a. memory per idle client keep-alive connection ({count} held open; RSS growth / count)", ["system", "bytes per connection"], rows)
+        # Pooled upstream TLS connections of mtls-proxy: one per distinct host (p1..pN.mygreatbank.test, all
+        # dialled to the same upstream), made one after another on one client connection, then left idle.
+        pid = self.pids_on(self.ports["fwd"])[0]
+        m0 = self.metrics(self.ports["admin"])
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports["fwd"], timeout=30)
+        for i in range(20):  # warm-up: allocator arenas and TLS state
+            conn.request("GET", f"http://warm{i}.mygreatbank.test/")
+            conn.getresponse().read()
+        before = harness.rss_kib(pid)
+        m0 = self.metrics(self.ports["admin"])
+        for i in range(200):
+            conn.request("GET", f"http://p{i}.mygreatbank.test/")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200, r.status
+        conn.close()
+        time.sleep(0.5)
+        after = harness.rss_kib(pid)
+        m1 = self.metrics(self.ports["admin"])
+        pooled = m1.get("mtls_proxy_upstream_connections_active", 0) - m0.get("mtls_proxy_upstream_connections_active", 0)
+        per_pooled = (after - before) * 1024 / pooled if pooled > 0 else 0
+        table("5b. memory per pooled upstream TLS connection (mtls-proxy; 200 hosts, one pooled connection each, idle)",
+              ["new pooled connections", "RSS growth KiB", "bytes per pooled connection"], [[f"{pooled:.0f}", after - before, f"{per_pooled:.0f}"]])
+        out["pooled"] = per_pooled
+        return out
+
+    def handshakes(self):
+        admin = self.ports["admin"]
+        m0 = self.metrics(admin)
+        self.keepalive_requests(self.ports["fwd"], True, 1000)
+        m1 = self.metrics(admin)
+        full = lambda m: m.get('mtls_proxy_tls_handshakes_total{kind="full"}', 0)  # noqa: E731
+        resumed = lambda m: m.get('mtls_proxy_tls_handshakes_total{kind="resumed"}', 0)  # noqa: E731
+        steady = (full(m1) - full(m0), resumed(m1) - resumed(m0))
+        # After idling out: a second instance with a 1 s idle timeout.
+        port, admin2 = harness.free_port(), harness.free_port()
+        self.start_mtls("idle", 1, port, admin2, idle="1s")
+        self.keepalive_requests(port, True, 10)
+        time.sleep(2.5)
+        a0 = self.metrics(admin2)
+        for _ in range(10):
+            self.keepalive_requests(port, True, 100)
+            time.sleep(1.5)
+        a1 = self.metrics(admin2)
+        idled = (full(a1) - full(a0), resumed(a1) - resumed(a0))
+        table("6. upstream TLS handshakes (mtls-proxy, from its metrics)", ["phase", "requests", "full", "resumed"],
+              [["steady state, keep-alive", 1000, f"{steady[0]:.0f}", f"{steady[1]:.0f}"],
+               ["after the pool idled out (10 bursts of 100, 1.5 s apart, idle_timeout 1 s)", 1000, f"{idled[0]:.0f}", f"{idled[1]:.0f}"]])
+        return {"steady": steady, "idled": idled}
+
+    def instructions(self):
+        """User-space instructions per request under callgrind, over exactly N requests on one warm connection."""
+        n = 1000 if QUICK else 2000
+        out = {}
+        rows = []
+        for name in ("nginx", "haproxy", "mtls-proxy fwd"):
+            self.procs = harness.Processes()
+            self.start_upstream()
+            cg = f"{self.dir}/callgrind-{name.replace(' ', '_')}.out"
+            wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", "--collect-atstart=no")
+            if name == "nginx":
+                proc, port, fwd = self.start_nginx(wrapper), self.ports["nginx"], False
+            elif name == "haproxy":
+                proc, port, fwd = self.start_haproxy(wrapper), self.ports["haproxy"], False
+            else:
+                # valgrind 3.19 cannot read the DWARF 5 of the toolchain: profile a copy without debug info.
+                stripped = f"{self.dir}/mtls-proxy-nodebug"
+                shutil.copy(os.environ["MTLS_PROXY_BIN"], stripped)
+                subprocess.run(["strip", "--strip-debug", stripped], check=True)
+                proc = self.start_mtls("cg", 1, self.ports["fwd"], self.ports["admin"], wrapper=wrapper, binary=stripped)
+                port, fwd = self.ports["fwd"], True
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            path = f"http://{HOST}/" if fwd else "/"
+
+            def requests_(k):
+                for _ in range(k):
+                    conn.request("GET", path, headers={"Host": HOST})
+                    r = conn.getresponse()
+                    r.read()
+                    assert r.status == 200
+
+            requests_(50)
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True)
+            requests_(n)
+            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
+            conn.close()
+            time.sleep(1)
+            total = 0
+            for f in os.listdir(self.dir):
+                if f.startswith(os.path.basename(cg)):
+                    for line in harness.read(f"{self.dir}/{f}").splitlines():
+                        if line.startswith("summary:") or line.startswith("totals:"):
+                            total = max(total, int(line.split()[1]))
+            self.procs.stop_all()
+            out[name] = total / n
+            rows.append([name, f"{total / n:,.0f}", ratio(total / n, out.get("nginx", 0))])
+        table(f"4a. user-space instructions per request (callgrind, {n} requests on one warm keep-alive connection)",
+              ["system", "instructions/request", "vs nginx"], rows)
+        return out
+
+    def summary(self, r):
+        ka, cl, body = r["keep-alive"], r["close"], r["bodies"]
+        ins, sc, mem, hs = r["instructions"], r["syscalls"], r["memory"], r["handshakes"]
+
+        def check(ok):
+            return "met" if ok else "NOT met"
+
+        rows = [
+            ["instructions/request (fwd) <= 0.6 x nginx", f"{ins['mtls-proxy fwd']:,.0f} vs {ins['nginx']:,.0f} = {ins['mtls-proxy fwd'] / ins['nginx']:.2f}x", check(ins["mtls-proxy fwd"] <= 0.6 * ins["nginx"])],
+            ["syscalls/request (fwd) <= 4.5", f"{sc['mtls-proxy fwd']:.2f} (nginx {sc['nginx']:.2f}, haproxy {sc['haproxy']:.2f})", check(sc["mtls-proxy fwd"] <= 4.5)],
+            ["keep-alive req/s >= 1.2 x haproxy", f"{ka['mtls-proxy fwd']:.0f} vs {ka['haproxy']:.0f} = {ka['mtls-proxy fwd'] / ka['haproxy']:.2f}x", check(ka["mtls-proxy fwd"] >= 1.2 * ka["haproxy"])],
+            ["close req/s >= 1.2 x haproxy", f"{cl['mtls-proxy fwd']:.0f} vs {cl['haproxy']:.0f} = {cl['mtls-proxy fwd'] / cl['haproxy']:.2f}x", check(cl["mtls-proxy fwd"] >= 1.2 * cl["haproxy"])],
+            ["close req/s >= 3 x stunnel", f"{cl['mtls-proxy fwd']:.0f} vs {cl['stunnel']:.0f} = {cl['mtls-proxy fwd'] / cl['stunnel']:.2f}x", check(cl["mtls-proxy fwd"] >= 3 * cl["stunnel"])],
+            ["download MiB/s >= 1.0 x haproxy", f"{body['mtls-proxy fwd'][0]:.0f} vs {body['haproxy'][0]:.0f} = {body['mtls-proxy fwd'][0] / body['haproxy'][0]:.2f}x", check(body["mtls-proxy fwd"][0] >= body["haproxy"][0])],
+            ["upload MiB/s >= 1.0 x haproxy", f"{body['mtls-proxy fwd'][1]:.0f} vs {body['haproxy'][1]:.0f} = {body['mtls-proxy fwd'][1] / body['haproxy'][1]:.2f}x", check(body["mtls-proxy fwd"][1] >= body["haproxy"][1])],
+            ["idle client connection <= 4 KiB", f"{mem['mtls-proxy fwd']:.0f} bytes", check(mem["mtls-proxy fwd"] <= 4096)],
+            ["pooled upstream connection <= 48 KiB", f"{mem['pooled']:.0f} bytes", check(0 < mem["pooled"] <= 48 * 1024)],
+            ["0 full handshakes / 1000 at steady state", f"{hs['steady'][0]:.0f} full, {hs['steady'][1]:.0f} resumed", check(hs["steady"][0] == 0)],
+            ["after idling out: resumed, not full", f"{hs['idled'][0]:.0f} full, {hs['idled'][1]:.0f} resumed", check(hs["idled"][0] == 0 and hs["idled"][1] > 0)],
+        ]
+        table("Targets", ["target", "measured", "verdict"], rows)
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        path = os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d-%H%M.txt", time.gmtime()))
+        with open(path, "w") as f:
+            f.write("\n".join(OUT) + "\n")
+        with open(path.replace(".txt", ".json"), "w") as f:
+            json.dump(r, f, indent=1, default=str)
+        print(f"\nsaved {path}")
+
+
+if __name__ == "__main__":
+    b = Bench()
+    try:
+        b.run()
+    finally:
+        b.procs.stop_all()
+        shutil.rmtree(b.dir, ignore_errors=True)
