@@ -5,6 +5,8 @@ public enum ProxyErrorType: String, Sendable {
     case dnsError = "dns_error"
     case destinationNotFound = "destination_not_found"
     case destinationUnavailable = "destination_unavailable"
+    case destinationIPProhibited = "destination_ip_prohibited"
+    case connectionLimitReached = "connection_limit_reached"
     case connectionRefused = "connection_refused"
     case connectionTimeout = "connection_timeout"
     case connectionTerminated = "connection_terminated"

@@ -71,7 +71,8 @@ public enum ConfigLoader {
         var upstream = UpstreamSettings()
         if let t = try reader.table("upstream") {
             try t.allowOnly(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers"])
+                             "nameservers", "allow_private"])
+            if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
             if let list = try t.stringArray("nameservers") {
                 upstream.nameservers = try list.enumerated().map { i, text in
                     if let hp = HostPort.parse(text), hp.port > 0 { return hp }
@@ -287,7 +288,7 @@ public enum ConfigLoader {
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
         try t.allowOnly(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
-                         "connect_timeout", "response_timeout", "idle_timeout"])
+                         "connect_timeout", "response_timeout", "idle_timeout", "allow_private"])
         guard let hostText = try t.string("host") else {
             throw t.error("host", "missing: every route names a host (\"api.example.com\", \"*.example.com\" or \"*\")")
         }
@@ -330,8 +331,10 @@ public enum ConfigLoader {
         }
         let trust = try readTrust(t, defaults: upstream.trust)
         let timeouts = try readTimeouts(t, defaults: upstream.timeouts)
+        // Naming the address to dial is an explicit choice: the guard does not second-guess it.
+        let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
         return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
-                     action: action, connect: connect, trust: trust, timeouts: timeouts)
+                     action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil)
     }
 
     static func readTrust(_ t: TableReader, defaults: TrustSettings) throws -> TrustSettings {

@@ -91,6 +91,8 @@ public struct UpstreamSettings: Sendable {
     public var trust = TrustSettings(caFile: nil, minTLS: .tls12)
     public var timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
     public var maxIdlePerHost = 64
+    /// Whether upstream names may resolve to loopback, private, link-local and other non-public addresses.
+    public var allowPrivate = false
     /// DNS servers to ask instead of those in /etc/resolv.conf; empty means the system's.
     public var nameservers: [HostPort] = []
 
@@ -239,9 +241,12 @@ public struct Route: Sendable, Hashable {
     public var connect: HostPort?
     public var trust: TrustSettings
     public var timeouts: Timeouts
+    /// Let this route's host resolve to a non-public address (the SSRF guard is off for it).
+    public var allowPrivate: Bool
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
-                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts) {
+                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false) {
+        self.allowPrivate = allowPrivate
         self.index = index
         self.name = name
         self.host = host

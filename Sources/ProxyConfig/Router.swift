@@ -6,6 +6,8 @@ public struct RouteMatch: Sendable, Equatable {
     public var trust: TrustSettings
     public var timeouts: Timeouts
     public var connect: HostPort?
+    /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
+    public var allowPrivate: Bool = false
 
     /// How logs name the decision.
     public var label: String { route?.label ?? "unmatched" }
@@ -41,7 +43,8 @@ public struct Router: Sendable {
             guard route.host.matches(host) else { continue }
             if let p = route.port, p != port { continue }
             if let prefix = route.pathPrefix, !path.hasPrefix(prefix) { continue }
-            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect)
+            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
+                              allowPrivate: route.allowPrivate)
         }
         return unmatchedMatch
     }
@@ -52,13 +55,14 @@ public struct Router: Sendable {
         for route in routes {
             guard route.host.matches(host) else { continue }
             if let p = route.port, p != port { continue }
-            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect)
+            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
+                              allowPrivate: route.allowPrivate)
         }
         return unmatchedMatch
     }
 
     var unmatchedMatch: RouteMatch {
         RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                   timeouts: upstream.timeouts, connect: nil)
+                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate)
     }
 }

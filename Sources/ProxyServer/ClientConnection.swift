@@ -286,6 +286,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
             abort()
             return
         }
+        if AddressPolicy.isNonCanonicalNumericHost(target.host) {
+            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
+                                         details: "\(target.host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d"),
+                      close: true)
+            return
+        }
         self.target = target
         record.scheme = target.scheme
         record.host = target.host
@@ -354,7 +360,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             record.connectMs = 0
             record.tlsVersion = pooled.tlsVersion
             record.cipher = pooled.cipher
-        } else if let fresh = worker.openUpstream(key: key, context: context, connectTimeout: timeouts.connect) {
+        } else if let fresh = worker.openUpstream(key: key, context: context, connectTimeout: timeouts.connect,
+                                                  allowPrivate: match?.allowPrivate ?? false) {
             upstream = fresh
             record.reused = false
         } else {
@@ -527,7 +534,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let context = upstream.context
         self.upstream = nil
         upstream.close()
-        guard let fresh = worker.openUpstream(key: key, context: context, connectTimeout: match.timeouts.connect) else { return false }
+        guard let fresh = worker.openUpstream(key: key, context: context, connectTimeout: match.timeouts.connect,
+                                              allowPrivate: match.allowPrivate) else { return false }
         record.reused = false
         self.upstream = fresh
         fresh.delegate = self
@@ -541,6 +549,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case .dnsError: return "dns"
         case .connectionRefused, .destinationUnavailable: return "connect"
         case .connectionTimeout: return "connect_timeout"
+        case .destinationIPProhibited: return "prohibited"
         case .connectionReadTimeout: return "response_timeout"
         case .tlsCertificateError: return "tls_verify"
         case .tlsAlertReceived: return "tls_alert"
@@ -554,6 +563,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let dialled = upstream.key.connect.map { " (dialling \($0))" } ?? ""
         let timeouts = match?.timeouts ?? runtime.config.upstream.timeouts
         switch event {
+        case .prohibited(let address, let reason):
+            return ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
+                                      details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
+                                      advice: "If this upstream really is on a private network, set allow_private = true on its route (or pin its address with connect = \"IP:PORT\").")
         case .connectTimeout:
             return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
                                       details: "no TLS connection to \(host):\(port)\(dialled) within connect_timeout \(timeouts.connect)",
@@ -819,6 +832,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
         record.host = host
         record.port = port
         record.path = ""
+        if AddressPolicy.isNonCanonicalNumericHost(host) {
+            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
+                                         details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d"),
+                      close: true)
+            return
+        }
         let match = runtime.router.matchTunnel(host: host, port: port)
         self.match = match
         record.route = match.label
@@ -846,7 +865,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
     private func dialTunnel(host: String, port: Int, match: RouteMatch) {
         phase = .dialling
         bufferevent_disable(bev, Int16(EV_READ))
-        dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, timeout: match.timeouts.connect) {
+        dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
+                              timeout: match.timeouts.connect) {
             [unowned self] outcome in
             self.dialer = nil
             guard self.phase == .dialling else {
@@ -859,6 +879,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
                 let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
                 established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
                 self.startRelay(with: upstreamBev, idleTimeout: match.timeouts.idle)
+            case .prohibited(let address, let reason):
+                self.phase = .exchanging
+                self.sendError(ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
+                                                  details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
+                                                  advice: "Set allow_private = true on the route if this upstream is on a private network."),
+                               close: true)
             case .timedOut:
                 self.phase = .exchanging
                 self.sendError(ProxyErrorResponse(status: 504, errorType: .connectionTimeout,

@@ -12,6 +12,8 @@ final class Relay {
     private var aToB = 0
     private var bToA = 0
     private var ending = false
+    /// When bytes last moved either way: the tunnel is idle only when both directions are.
+    private var lastActivity = monotonicMillis()
 
     init(_ a: OpaquePointer, _ b: OpaquePointer, idleTimeout: TimeSpan, onEnd: @escaping (Int, Int) -> Void) {
         self.a = a
@@ -44,6 +46,7 @@ final class Relay {
         if n > 0 {
             evbuffer_remove_buffer(input, bufferevent_get_output(destination), n)
             if source == a { aToB += n } else { bToA += n }
+            lastActivity = monotonicMillis()
         }
         if evbuffer_get_length(bufferevent_get_output(destination)) >= Worker.writeHighWatermark {
             bufferevent_disable(source, Int16(EV_READ))
@@ -68,6 +71,14 @@ final class Relay {
         guard !ending else {
             close()
             return
+        }
+        if Int32(what) & BEV_EVENT_TIMEOUT != 0 && Int32(what) & BEV_EVENT_ERROR == 0 {
+            // One side has been quiet for idle_timeout. A download through a tunnel keeps the client quiet for
+            // long: close only when nothing has moved either way for that long.
+            if monotonicMillis() - lastActivity < idleTimeout.milliseconds {
+                bufferevent_enable(bev, Int16(EV_READ))  // libevent stopped reading on the timeout
+                return
+            }
         }
         if Int32(what) & BEV_EVENT_EOF != 0 {
             // One side finished: deliver what it sent, let the other side's queue drain, then close both.

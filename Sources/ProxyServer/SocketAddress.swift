@@ -31,6 +31,14 @@ struct SocketAddress {
         }
     }
 
+    init?(copying sa: UnsafePointer<sockaddr>, length: socklen_t) {
+        guard length <= socklen_t(MemoryLayout<sockaddr_storage>.size) else { return nil }
+        withUnsafeMutableBytes(of: &storage) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(length)))
+        }
+        self.length = length
+    }
+
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         withUnsafeBytes(of: storage) { raw in
             body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)

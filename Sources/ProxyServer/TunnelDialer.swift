@@ -9,16 +9,20 @@ final class TunnelDialer {
     enum Outcome {
         case connected(OpaquePointer)
         case failed(errno: Int32, dnsError: Int32)
+        case prohibited(address: String, reason: String)
         case timedOut
     }
 
     private var bev: OpaquePointer?
     private var timer: OpaquePointer?
+    private var resolver: UpstreamResolver?
+    private var deferred: Outcome?
     private var done: ((Outcome) -> Void)?
 
     /// Dials `connect` if given, else resolves `host`. `done` is called once, on the worker's thread; on
     /// success the caller owns the bufferevent.
-    init?(worker: Worker, host: String, port: Int, connect: HostPort?, timeout: TimeSpan, done: @escaping (Outcome) -> Void) {
+    init?(worker: Worker, host: String, port: Int, connect: HostPort?, allowPrivate: Bool, timeout: TimeSpan,
+          done: @escaping (Outcome) -> Void) {
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
         guard let bev = bufferevent_socket_new(worker.base, -1, options) else { return nil }
         self.bev = bev
@@ -28,19 +32,40 @@ final class TunnelDialer {
         bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
         timer = mtls_evtimer_new(worker.base, tunnelDialerTimeoutCallback, me)
         _ = mtls_evtimer_add_ms(timer, timeout.milliseconds)
-        let result: Int32
         if let connect, let address = SocketAddress(connect) {
-            result = address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) }
+            dial(address)
+        } else if let ip = IPAddress(host) {
+            if !allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
+                report(.prohibited(address: ip.description, reason: reason))
+            } else if let address = SocketAddress(HostPort(host: host, port: port)) {
+                dial(address)
+            }
         } else {
-            result = bufferevent_socket_connect_hostname(bev, worker.dns, AF_UNSPEC, host, Int32(port))
+            let resolver = UpstreamResolver(allowPrivate: allowPrivate) { [weak self] answer in
+                guard let self else { return }
+                self.resolver = nil
+                switch answer {
+                case .address(let address): self.dial(address)
+                case .failed(let code): self.report(.failed(errno: 0, dnsError: code))
+                case .prohibited(let address, let reason): self.report(.prohibited(address: address, reason: reason))
+                }
+            }
+            self.resolver = resolver
+            resolver.start(dns: worker.dns, host: host, port: port)
         }
-        if result != 0 && self.bev != nil {
-            // Failed at once; report from the event callback path, which libevent may not call.
-            let e = mtls_errno()
-            let dnsError = bufferevent_socket_get_dns_error(bev)
-            finish(.failed(errno: e, dnsError: dnsError))
-            return
+    }
+
+    private func dial(_ address: SocketAddress) {
+        guard let bev else { return }
+        if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
+            report(.failed(errno: mtls_errno(), dnsError: 0))
         }
+    }
+
+    /// Reports from the event loop (never from inside `init`, before the caller holds this dialer).
+    private func report(_ outcome: Outcome) {
+        deferred = outcome
+        if let timer { _ = mtls_evtimer_add_ms(timer, 0) }
     }
 
     fileprivate func event(_ what: Int16) {
@@ -56,7 +81,12 @@ final class TunnelDialer {
     }
 
     fileprivate func timedOut() {
-        finish(.timedOut)
+        if let outcome = deferred {
+            deferred = nil
+            finish(outcome)
+        } else {
+            finish(.timedOut)
+        }
     }
 
     /// Stops dialling without reporting.
@@ -66,6 +96,8 @@ final class TunnelDialer {
     }
 
     private func finish(_ outcome: Outcome?) {
+        resolver?.cancel()
+        resolver = nil
         if let timer {
             event_free(timer)
             self.timer = nil

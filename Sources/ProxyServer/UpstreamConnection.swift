@@ -36,6 +36,8 @@ final class UpstreamConnection {
         case readTimeout
         /// Connect plus handshake did not finish in time.
         case connectTimeout
+        /// The SSRF guard refused every address the name resolved to (or the literal address).
+        case prohibited(address: String, reason: String)
     }
 
     let key: PoolKey
@@ -46,6 +48,10 @@ final class UpstreamConnection {
     private(set) var ssl: OpaquePointer?
     private(set) var state: State = .connecting
     private var connectTimer: OpaquePointer?
+    private var resolver: UpstreamResolver?
+    /// A failure found while starting, delivered from the loop once the caller has attached.
+    private var deferredEvent: Event?
+    private var deferredTimer: OpaquePointer?
     /// Requests completed on this connection; more than 0 means the next one reuses it.
     var requestsServed = 0
     var connectStartedMicros = 0
@@ -74,7 +80,7 @@ final class UpstreamConnection {
     var output: OpaquePointer { bufferevent_get_output(bev!) }
 
     /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
-    func start(connectTimeout: TimeSpan) -> Bool {
+    func start(connectTimeout: TimeSpan, allowPrivate: Bool) -> Bool {
         guard let ssl = context.makeSSL(host: key.host) else { return false }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
         guard let bev = bufferevent_openssl_socket_new(worker.base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options) else {
@@ -98,14 +104,50 @@ final class UpstreamConnection {
         connectTimer = mtls_evtimer_new(worker.base, upstreamConnectTimeoutCallback, me)
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
-        let result: Int32
         if let target = key.connect {
             guard let address = SocketAddress(target) else { return false }
-            result = address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) }
-        } else {
-            result = bufferevent_socket_connect_hostname(bev, worker.dns, AF_UNSPEC, key.host, Int32(key.port))
+            return address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) } == 0
         }
-        return result == 0
+        if let ip = IPAddress(key.host) {
+            if !allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
+                deferEvent(.prohibited(address: ip.description, reason: reason))
+                return true
+            }
+            guard let address = SocketAddress(HostPort(host: key.host, port: key.port)) else { return false }
+            return address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) } == 0
+        }
+        let resolver = UpstreamResolver(allowPrivate: allowPrivate) { [weak self] answer in
+            guard let self, let bev = self.bev else { return }
+            self.resolver = nil
+            switch answer {
+            case .address(let address):
+                if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
+                    self.deferEvent(.error(errno: mtls_errno(), tls: [], dnsError: 0))
+                }
+            case .failed(let code):
+                self.deferEvent(.error(errno: 0, tls: [], dnsError: code))
+            case .prohibited(let address, let reason):
+                self.deferEvent(.prohibited(address: address, reason: reason))
+            }
+        }
+        self.resolver = resolver
+        resolver.start(dns: worker.dns, host: key.host, port: key.port)
+        return true
+    }
+
+    /// Reports `event` from the event loop, never from inside `start`, where the caller is not attached yet.
+    private func deferEvent(_ event: Event) {
+        deferredEvent = event
+        if deferredTimer == nil {
+            deferredTimer = mtls_evtimer_new(worker.base, upstreamDeferredCallback, Unmanaged.passUnretained(self).toOpaque())
+        }
+        _ = mtls_evtimer_add_ms(deferredTimer, 0)
+    }
+
+    fileprivate func deliverDeferred() {
+        guard let event = deferredEvent else { return }
+        deferredEvent = nil
+        deliver(event)
     }
 
     func setReadTimeout(_ span: TimeSpan?) {
@@ -174,6 +216,12 @@ final class UpstreamConnection {
             event_free(timer)
             connectTimer = nil
         }
+        if let timer = deferredTimer {
+            event_free(timer)
+            deferredTimer = nil
+        }
+        resolver?.cancel()
+        resolver = nil
         if let bev {
             bufferevent_setcb(bev, nil, nil, nil, nil)
             if let ssl {
@@ -254,6 +302,10 @@ final class UpstreamConnection {
             close()
         }
     }
+}
+
+private func upstreamDeferredCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue().deliverDeferred()
 }
 
 private func upstreamTLSInfoCallback(_ ssl: OpaquePointer?, _ where_: Int32, _ ret: Int32) {

@@ -248,12 +248,12 @@ final class Worker: @unchecked Sendable {
     }
 
     /// A new upstream connection, registered so it lives until closed.
-    func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan) -> UpstreamConnection? {
+    func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool) -> UpstreamConnection? {
         let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
         upstreams[ObjectIdentifier(upstream)] = upstream
         metrics.shared.activeUpstreams.increment()
         metrics.shared.upstreamOpened.increment()
-        guard upstream.start(connectTimeout: connectTimeout) else {
+        guard upstream.start(connectTimeout: connectTimeout, allowPrivate: allowPrivate) else {
             upstream.close()
             return nil
         }

@@ -109,8 +109,17 @@ connect = "127.0.0.1:{ports['files']}"
 response_timeout = "500ms"
 
 [[route]]
+host = "guarded.loopback.test"
+identity = "us"
+
+[[route]]
 host = "*.loopback.test"
 identity = "us"
+allow_private = true
+
+[[route]]
+host = "127.0.0.1"
+action = "tls"
 
 [[route]]
 host = "nowhere.invalid"
@@ -275,6 +284,24 @@ class UpstreamFailures(unittest.TestCase):
         self.assertIn("response_timeout 500ms", r.text)
         fast = requests.get("http://slow.mygreatbank.test/slow?ms=10", proxies=proxies(), timeout=15)
         self.assertEqual(fast.status_code, 200)
+
+    def test_ssrf_guard_refuses_a_name_that_resolves_to_loopback(self):
+        port = ENV["ports"]["files"]
+        r = requests.get(f"http://guarded.loopback.test:{port}/whoami", proxies=proxies(), timeout=10)
+        self.assertEqual(r.status_code, 403)
+        self.assertIn("error=destination_ip_prohibited", r.headers["Proxy-Status"])
+        self.assertIn("resolved to 127.0.0.1, a loopback address", r.text)
+        self.assertIn("allow_private = true", r.text)
+
+    def test_ssrf_guard_refuses_a_loopback_literal_and_numeric_tricks(self):
+        port = ENV["ports"]["files"]
+        r = requests.get(f"http://127.0.0.1:{port}/whoami", proxies=proxies(), timeout=10)
+        self.assertEqual(r.status_code, 403)
+        self.assertIn("error=destination_ip_prohibited", r.headers["Proxy-Status"])
+        for host in ("2130706433", "0x7f000001", "0177.0.0.1", "127.1"):
+            r = requests.get(f"http://{host}:{port}/", proxies=proxies(), timeout=10)
+            self.assertEqual(r.status_code, 400, host)
+            self.assertIn("non-canonical numeric address", r.text)
 
     def test_dns_failure(self):
         r = self.get("nowhere.invalid")

@@ -1,0 +1,82 @@
+import CEventTLS
+import ProxyConfig
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Resolves an upstream host on the worker's evdns base and applies the SSRF guard to what it returns.
+/// The answer may come inline (numeric hosts, /etc/hosts): `done` then runs before `start` returns.
+final class UpstreamResolver {
+    enum Answer {
+        case address(SocketAddress)
+        /// A getaddrinfo error code (EVUTIL_EAI_*).
+        case failed(Int32)
+        /// Every address the name resolved to is one the guard refuses.
+        case prohibited(address: String, reason: String)
+    }
+
+    private var request: OpaquePointer?
+    private var done: ((Answer) -> Void)?
+    private let allowPrivate: Bool
+
+    init(allowPrivate: Bool, done: @escaping (Answer) -> Void) {
+        self.allowPrivate = allowPrivate
+        self.done = done
+    }
+
+    func start(dns: OpaquePointer, host: String, port: Int) {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_protocol = Int32(IPPROTO_TCP)
+        hints.ai_flags = AI_ADDRCONFIG
+        // Retained until the callback runs (inline or later), which releases it.
+        let retained = Unmanaged.passRetained(self).toOpaque()
+        request = evdns_getaddrinfo(dns, host, String(port), &hints, resolverCallback, retained)
+    }
+
+    /// Stops waiting; `done` will not be called.
+    func cancel() {
+        done = nil
+        if let request {
+            self.request = nil
+            evdns_getaddrinfo_cancel(request)
+        }
+    }
+
+    fileprivate func answered(_ result: Int32, _ list: UnsafeMutablePointer<addrinfo>?) {
+        request = nil
+        defer { if let list { evutil_freeaddrinfo(list) } }
+        guard let done else { return }
+        self.done = nil
+        guard result == 0, let list else {
+            done(.failed(result == 0 ? EAI_NONAME : result))
+            return
+        }
+        var refused: (String, String)?
+        var node: UnsafeMutablePointer<addrinfo>? = list
+        while let current = node {
+            defer { node = current.pointee.ai_next }
+            guard let sa = current.pointee.ai_addr else { continue }
+            let described = SocketAddress.describe(sa)
+            if !allowPrivate, let ip = described.ip, let reason = AddressPolicy.nonPublicReason(ip) {
+                if refused == nil { refused = (ip.description, reason) }
+                continue
+            }
+            if let address = SocketAddress(copying: sa, length: socklen_t(current.pointee.ai_addrlen)) {
+                done(.address(address))
+                return
+            }
+        }
+        if let (address, reason) = refused {
+            done(.prohibited(address: address, reason: reason))
+        } else {
+            done(.failed(EAI_NONAME))
+        }
+    }
+}
+
+private func resolverCallback(_ result: Int32, _ list: UnsafeMutablePointer<addrinfo>?, _ ctx: UnsafeMutableRawPointer?) {
+    let resolver = Unmanaged<UpstreamResolver>.fromOpaque(ctx!).takeRetainedValue()
+    resolver.answered(result, list)
+}

@@ -1,0 +1,44 @@
+import Testing
+@testable import ProxyConfig
+
+/// The SSRF classifier, for ranges the end-to-end tests must never send a packet to: checked here only.
+@Suite struct AddressPolicyTests {
+    @Test(arguments: [
+        "10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.254", "192.168.1.1", "127.0.0.1", "127.8.9.10",
+        "169.254.169.254", "169.254.0.1", "100.64.0.1", "0.0.0.0", "224.0.0.1", "255.255.255.255", "240.0.0.1",
+        "192.0.2.1", "198.18.0.1",
+        "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "::ffff:10.0.0.1", "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254", "::10.0.0.1", "2001:db8::1", "2002:0a00:0001::1", "64:ff9b::a00:1",
+    ])
+    func refusesNonPublic(_ text: String) throws {
+        let address = try #require(IPAddress(text))
+        #expect(AddressPolicy.nonPublicReason(address) != nil, "\(text)")
+    }
+
+    @Test(arguments: ["8.8.8.8", "1.1.1.1", "172.32.0.1", "172.15.255.255", "192.169.0.1", "100.128.0.1", "2606:4700::1111",
+                      "2a00:1450::1", "::ffff:8.8.8.8"])
+    func allowsPublic(_ text: String) throws {
+        let address = try #require(IPAddress(text))
+        #expect(AddressPolicy.nonPublicReason(address) == nil, "\(text)")
+    }
+
+    @Test func metadataAddressIsNamed() {
+        #expect(AddressPolicy.nonPublicReason(IPAddress("169.254.169.254")!)?.contains("metadata") == true)
+    }
+
+    @Test func legacyNumericForms() {
+        #expect(AddressPolicy.legacyNumericIPv4("2130706433") == IPAddress("127.0.0.1"))
+        #expect(AddressPolicy.legacyNumericIPv4("0x7f000001") == IPAddress("127.0.0.1"))
+        #expect(AddressPolicy.legacyNumericIPv4("0177.0.0.1") == IPAddress("127.0.0.1"))
+        #expect(AddressPolicy.legacyNumericIPv4("127.1") == IPAddress("127.0.0.1"))
+        #expect(AddressPolicy.legacyNumericIPv4("0") == IPAddress("0.0.0.0"))
+        #expect(AddressPolicy.legacyNumericIPv4("10.1.258") == IPAddress("10.1.1.2"))
+        #expect(AddressPolicy.legacyNumericIPv4("api.example.com") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("4294967296") == nil)
+        #expect(AddressPolicy.isNonCanonicalNumericHost("2130706433"))
+        #expect(AddressPolicy.isNonCanonicalNumericHost("0x7f.1"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("127.0.0.1"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("api.example.com"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("123abc"))
+    }
+}
