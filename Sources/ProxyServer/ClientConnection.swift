@@ -443,10 +443,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             abort()
             return
         }
-        if case .done = requestBody {
-            // Pipelined requests wait in the input buffer until this exchange ends.
-            bufferevent_disable(bev, Int16(EV_READ))
-        }
+        // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read watermark).
+        // Reading stays enabled: toggling it per request costs two epoll_ctl calls.
     }
 
     // MARK: upstream events

@@ -10,6 +10,9 @@ final class FileWatcher {
     private let fd: Int32
     private var watched = Set<String>()
     private var files: [String] = []
+    /// Names (in the watched folders) whose change matters: the files themselves, and Kubernetes' `..data`
+    /// style entries that a secret update swaps.
+    private var names = Set<String>()
     private var fingerprint: UInt64 = 0
 
     init?() {
@@ -24,6 +27,7 @@ final class FileWatcher {
     /// Starts watching `files` (absolute paths) and takes their current contents as the baseline.
     func watch(_ files: [String]) {
         self.files = files
+        names = Set(files.map { file in file.lastIndex(of: "/").map { String(file[file.index(after: $0)...]) } ?? file })
         for file in files {
             let folder = file.lastIndex(of: "/").map { String(file[..<$0]) } ?? "."
             let dir = folder.isEmpty ? "/" : folder
@@ -34,10 +38,25 @@ final class FileWatcher {
         fingerprint = Self.fingerprint(files)
     }
 
-    /// Empties the inotify queue.
-    func drain() {
+    /// Empties the inotify queue; says whether any event was about a file that matters (other files in the
+    /// same folders, such as a log file written next to the config, are ignored).
+    func drain() -> Bool {
+        var relevant = false
         var buffer = [UInt8](repeating: 0, count: 8192)
-        while read(fd, &buffer, buffer.count) > 0 {}
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            var offset = 0
+            let headerSize = MemoryLayout<inotify_event>.size
+            while offset + headerSize <= n {
+                let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
+                let nameBytes = buffer[(offset + headerSize)..<min(n, offset + headerSize + length)].prefix { $0 != 0 }
+                let name = String(decoding: nameBytes, as: UTF8.self)
+                if name.isEmpty || names.contains(name) || name.hasPrefix("..") { relevant = true }
+                offset += headerSize + length
+            }
+        }
+        return relevant
     }
 
     /// Whether any watched file's contents differ from the baseline.

@@ -186,7 +186,7 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     fileprivate func filesChanged() {
-        watcher?.drain()
+        guard watcher?.drain() == true else { return }
         // Wait for a quiet moment: a certificate and its key are rarely replaced in one step.
         _ = mtls_evtimer_add_ms(debounceTimer, 300)
     }

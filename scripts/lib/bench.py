@@ -394,14 +394,16 @@ sni = {HOST}
         table(f"5a. memory per idle client keep-alive connection ({count} held open; RSS growth / count)", ["system", "bytes per connection"], rows)
         # Pooled upstream TLS connections of mtls-proxy: one per distinct host (p1..pN.mygreatbank.test, all
         # dialled to the same upstream), made one after another on one client connection, then left idle.
-        pid = self.pids_on(self.ports["fwd"])[0]
-        m0 = self.metrics(self.ports["admin"])
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports["fwd"], timeout=30)
+        # A fresh instance, so that memory freed by earlier scenarios does not hide the growth.
+        pool_port, pool_admin = harness.free_port(), harness.free_port()
+        self.start_mtls("pool", 1, pool_port, pool_admin)
+        pid = self.pids_on(pool_port)[0]
+        conn = http.client.HTTPConnection("127.0.0.1", pool_port, timeout=30)
         for i in range(20):  # warm-up: allocator arenas and TLS state
             conn.request("GET", f"http://warm{i}.mygreatbank.test/")
             conn.getresponse().read()
         before = harness.rss_kib(pid)
-        m0 = self.metrics(self.ports["admin"])
+        m0 = self.metrics(pool_admin)
         for i in range(200):
             conn.request("GET", f"http://p{i}.mygreatbank.test/")
             r = conn.getresponse()
@@ -410,7 +412,7 @@ sni = {HOST}
         conn.close()
         time.sleep(0.5)
         after = harness.rss_kib(pid)
-        m1 = self.metrics(self.ports["admin"])
+        m1 = self.metrics(pool_admin)
         pooled = m1.get("mtls_proxy_upstream_connections_active", 0) - m0.get("mtls_proxy_upstream_connections_active", 0)
         per_pooled = (after - before) * 1024 / pooled if pooled > 0 else 0
         table("5b. memory per pooled upstream TLS connection (mtls-proxy; 200 hosts, one pooled connection each, idle)",
@@ -451,7 +453,7 @@ sni = {HOST}
             self.procs = harness.Processes()
             self.start_upstream()
             cg = f"{self.dir}/callgrind-{name.replace(' ', '_')}.out"
-            wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", "--collect-atstart=no")
+            wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}")
             if name == "nginx":
                 proc, port, fwd = self.start_nginx(wrapper), self.ports["nginx"], False
             elif name == "haproxy":
@@ -474,18 +476,18 @@ sni = {HOST}
                     assert r.status == 200
 
             requests_(50)
-            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True)
+            # Zero the counters once warm, run exactly n requests, dump: the dump holds just those n.
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
             requests_(n)
-            subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True)
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
             conn.close()
             time.sleep(1)
             total = 0
-            for f in os.listdir(self.dir):
-                if f.startswith(os.path.basename(cg)):
-                    for line in harness.read(f"{self.dir}/{f}").splitlines():
-                        if line.startswith("summary:") or line.startswith("totals:"):
-                            total = max(total, int(line.split()[1]))
+            dump = f"{cg}.1"
+            if os.path.exists(dump):
+                for line in harness.read(dump).splitlines():
+                    if line.startswith("summary:"):
+                        total = int(line.split()[1])
             self.procs.stop_all()
             out[name] = total / n
             rows.append([name, f"{total / n:,.0f}", ratio(total / n, out.get("nginx", 0))])
