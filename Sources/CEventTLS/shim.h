@@ -89,5 +89,7 @@ static inline void mtls_bufferevent_set_timeouts_ms(struct bufferevent *bev, lon
     bufferevent_set_timeouts(bev, read_ms > 0 ? &r : NULL, write_ms > 0 ? &w : NULL);
 }
 static inline int mtls_errno(void) { return errno; }
+static inline long mtls_atomic_add(long *p, long v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+static inline long mtls_atomic_load(long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 
 #endif

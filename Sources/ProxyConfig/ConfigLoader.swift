@@ -36,7 +36,13 @@ public enum ConfigLoader {
 
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
-            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout"])
+            try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout",
+                             "header_timeout", "max_connections"])
+            if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
+            if let n = try t.int("max_connections") {
+                guard n >= 1 && n <= 1_000_000 else { throw t.error("max_connections", "expected 1 to 1000000, got \(n)") }
+                proxy.maxConnections = n
+            }
             if let d = try t.duration("drain_timeout") { proxy.drainTimeout = d }
             if let days = try t.int("warn_days") {
                 guard days >= 0 && days <= 3650 else { throw t.error("warn_days", "expected 0 to 3650 days, got \(days)") }

@@ -48,6 +48,10 @@ public struct ProxySettings: Sendable {
     /// Client address ranges allowed to connect. Empty means loopback only.
     public var allowClients: [CIDR] = []
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Time allowed from the first byte of a request head to its end (slow-header clients get 408).
+    public var headerTimeout: TimeSpan = .seconds(10)
+    /// Open client connections across all workers and listeners; past it, new ones get 503 and are closed.
+    public var maxConnections: Int = 10_000
     /// How long in-flight requests may take to finish after SIGTERM before the proxy exits anyway.
     public var drainTimeout: TimeSpan = .seconds(30)
     /// Warn (log, metric) this many days before the active certificate of an identity expires with no successor.

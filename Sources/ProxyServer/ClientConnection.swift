@@ -52,6 +52,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
     private var upgrade: String?
     private(set) var phase: Phase = .readingHead
     private var lingerTimer: OpaquePointer?
+    /// Runs from the first byte of a request head that did not arrive in one read, to its end.
+    private var headTimer: OpaquePointer?
+    private var headTimerArmed = false
 
     // The exchange in progress.
     private var request: RequestHead?
@@ -180,12 +183,17 @@ final class ClientConnection: UpstreamConnectionDelegate {
             self.relay = nil
             relay.close()
             if let lingerTimer { event_free(lingerTimer); self.lingerTimer = nil }
+            if let headTimer { event_free(headTimer); self.headTimer = nil }
             worker.clientClosed(self)
             return
         }
         if let lingerTimer {
             event_free(lingerTimer)
             self.lingerTimer = nil
+        }
+        if let headTimer {
+            event_free(headTimer)
+            self.headTimer = nil
         }
         bufferevent_setcb(bev, nil, nil, nil, nil)
         bufferevent_free(bev)
@@ -206,8 +214,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
         do {
             guard let length = try HeadParser.headLength(buffer, limit: limit) else {
                 if available >= limit { throw HTTPParseError.headTooLarge(limit: limit) }
+                armHeadTimer()
                 return
             }
+            disarmHeadTimer()
             head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
             headLength = length
         } catch let error as HTTPParseError {
@@ -220,6 +230,31 @@ final class ClientConnection: UpstreamConnectionDelegate {
         }
         evbuffer_drain(input, headLength)
         startExchange(head)
+    }
+
+    /// A slow client (slowloris) gets `header_timeout` for the whole head, however it trickles in.
+    private func armHeadTimer() {
+        guard !headTimerArmed else { return }
+        if headTimer == nil {
+            headTimer = mtls_evtimer_new(worker.base, clientHeadTimeoutCallback, Unmanaged.passUnretained(self).toOpaque())
+        }
+        headTimerArmed = true
+        _ = mtls_evtimer_add_ms(headTimer, runtime.config.proxy.headerTimeout.milliseconds)
+    }
+
+    private func disarmHeadTimer() {
+        guard headTimerArmed, let headTimer else { return }
+        headTimerArmed = false
+        event_del(headTimer)
+    }
+
+    fileprivate func headTimedOut() {
+        headTimerArmed = false
+        guard phase == .readingHead else { return }
+        startRecord(method: "-", target: nil)
+        sendError(ProxyErrorResponse(status: 408, errorType: .httpRequestError,
+                                     details: "the request head did not arrive within header_timeout \(runtime.config.proxy.headerTimeout)"),
+                  close: true)
     }
 
     private func startRecord(method: String, target: AbsoluteTarget?) {
@@ -1074,6 +1109,10 @@ private func clientWriteCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawP
 
 private func clientEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().event(what)
+}
+
+private func clientHeadTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().headTimedOut()
 }
 
 private func clientLingerCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

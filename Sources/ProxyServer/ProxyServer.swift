@@ -17,6 +17,7 @@ public final class ProxyServer: @unchecked Sendable {
     private var accessLog: AccessLog
     private var workers: [Worker] = []
     private var health: WorkerHealth?
+    private let connections = ConnectionCounter()
     private var base: OpaquePointer?
     private var events: [OpaquePointer] = []
     private var admin: AdminServer?
@@ -59,7 +60,8 @@ public final class ProxyServer: @unchecked Sendable {
         var forward = config.proxy.listen
         var fixed = config.listeners.map(\.listen)
         for i in 0..<workerCount {
-            let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health, logger: logger)
+            let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health,
+                                    connections: connections, logger: logger)
             let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients)
             var ports: [Int] = []
             for (j, listener) in config.listeners.enumerated() {

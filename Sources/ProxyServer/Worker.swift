@@ -1,4 +1,5 @@
 import CEventTLS
+import HTTP1
 import Logging
 import ProxyConfig
 import TLS
@@ -41,8 +42,12 @@ final class Worker: @unchecked Sendable {
     private(set) var draining = false
     private var thread: pthread_t?
 
-    init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth, logger: Logger) throws {
+    let connections: ConnectionCounter
+
+    init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth,
+         connections: ConnectionCounter, logger: Logger) throws {
         self.id = id
+        self.connections = connections
         self.runtime = runtime
         self.accessLog = accessLog
         self.metrics = WorkerMetrics(metrics)
@@ -227,10 +232,23 @@ final class Worker: @unchecked Sendable {
                 return
             }
         }
+        if connections.increment() > runtime.config.proxy.maxConnections {
+            connections.decrement()
+            let refusal = ProxyErrorResponse(status: 503, errorType: .connectionLimitReached,
+                                             details: "the proxy holds its limit of \(runtime.config.proxy.maxConnections) connections",
+                                             advice: "Retry later, or raise [proxy] max_connections.")
+            let bytes = refusal.serialize(closeConnection: true, extraHeaders: [("Retry-After", "1")])
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            shutdown(fd, Int32(SHUT_WR))
+            close(fd)
+            metrics.countRequest(route: "-", identity: nil, status: 503)
+            return
+        }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
         guard let bev = bufferevent_socket_new(base, fd, options) else {
+            connections.decrement()
             close(fd)
             return
         }
@@ -243,7 +261,10 @@ final class Worker: @unchecked Sendable {
     // MARK: registry
 
     func clientClosed(_ client: ClientConnection) {
-        if clients.removeValue(forKey: ObjectIdentifier(client)) != nil { metrics.shared.activeClients.decrement() }
+        if clients.removeValue(forKey: ObjectIdentifier(client)) != nil {
+            metrics.shared.activeClients.decrement()
+            connections.decrement()
+        }
         exitIfDrained()
     }
 
@@ -305,6 +326,19 @@ final class ListenerHandle {
         if let listener { evconnlistener_free(listener) }
         listener = nil
     }
+}
+
+/// Open client connections across every worker, for `[proxy] max_connections`.
+public final class ConnectionCounter: @unchecked Sendable {
+    private let value = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+
+    init() { value.initialize(to: 0) }
+    deinit { value.deallocate() }
+
+    /// Adds one and returns the new count.
+    func increment() -> Int { mtls_atomic_add(value, 1) }
+    func decrement() { _ = mtls_atomic_add(value, -1) }
+    var current: Int { mtls_atomic_load(value) }
 }
 
 /// Liveness of the workers, for /healthz: each beats once a second while its loop runs.
