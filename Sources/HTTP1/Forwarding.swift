@@ -87,8 +87,8 @@ public enum Forwarding {
         stripHopByHop(&headers)
         var out: [UInt8] = []
         out.reserveCapacity(512)
-        out.append(contentsOf: clientVersion.text.utf8)
-        out.append(contentsOf: " \(response.status) ".utf8)
+        // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
+        out.append(contentsOf: "HTTP/1.1 \(response.status) ".utf8)
         appendLatin1(response.reason, to: &out)
         out.append(contentsOf: "\r\n".utf8)
         appendFields(headers, to: &out)

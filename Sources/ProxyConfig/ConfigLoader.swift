@@ -110,7 +110,7 @@ public enum ConfigLoader {
             routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities))
         }
         var listeners: [FixedListener] = []
-        for (i, lt) in try reader.arrayOfTables("listener").enumerated() {
+        for lt in try reader.arrayOfTables("listener") {
             try lt.allowOnly(["listen", "upstream", "allow_clients"])
             guard let listenText = try lt.string("listen") else { throw lt.error("listen", "missing: the address to listen on, such as \"127.0.0.1:9001\"") }
             guard let listen = HostPort.parse(listenText) else {
@@ -238,7 +238,7 @@ public enum ConfigLoader {
         if let single = try readCertificate(t, configKey: t.path, required: false) {
             sources.append(single)
         }
-        for (i, ct) in try t.arrayOfTables("certificates").enumerated() {
+        for ct in try t.arrayOfTables("certificates") {
             try ct.allowOnly(certificateKeys)
             sources.append(try readCertificate(ct, configKey: ct.path, required: true)!)
         }

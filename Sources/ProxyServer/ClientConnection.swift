@@ -1019,9 +1019,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
     }
 
     private func sendError(_ response: ProxyErrorResponse, close: Bool) {
-        let version = request?.version ?? .http11
         let shouldClose = close || !keepAlive
-        let bytes = response.serialize(version: version, closeConnection: shouldClose)
+        let bytes = response.serialize(version: .http11, closeConnection: shouldClose)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         record.status = response.status
         record.bytesOut += bytes.count

@@ -85,7 +85,7 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(!chunked.contains("Connection: close"))
 
         let closing = text(Forwarding.clientResponse(head, framing: .close, requestMethod: "GET", keepAlive: true, clientVersion: .http10))
-        #expect(closing.hasPrefix("HTTP/1.0 200 OK\r\n"))
+        #expect(closing.hasPrefix("HTTP/1.1 200 OK\r\n"))
         #expect(closing.contains("Connection: close\r\n"))
         #expect(!closing.contains("Transfer-Encoding"))
     }
