@@ -28,13 +28,20 @@ public enum Forwarding {
 
     public static let viaToken = "1.1 mtls-proxy"
 
+    /// Request fields a client may not make the proxy send upstream: anything addressed to a proxy (`Proxy-*`:
+    /// credentials, status, connection options of the client-proxy hop).
+    @inline(__always)
+    static func isProxyField(_ name: String) -> Bool {
+        name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
+    }
+
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
     /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil) -> [UInt8] {
         var headers = request.headers
         stripHopByHop(&headers)
-        headers.remove("Host")
+        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) }
         var out: [UInt8] = []
         out.reserveCapacity(512)
         out.append(contentsOf: request.method.utf8)

@@ -538,7 +538,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
             case .readTimeout: why = "the upstream stopped sending the response body (read timeout)"
             default: why = "the upstream closed the connection before the response body was complete"
             }
-            finishRecord(proxyStatus: "\(ProxyErrorType.httpResponseIncomplete.rawValue): \(why)")
+            finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpResponseIncomplete, details: why).proxyStatusValue)
             self.upstream = nil
             upstream.close()
             if clientFraming == .close {
@@ -678,7 +678,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
                 upstream.close()
                 failExchange(ProxyErrorResponse(status: 502, errorType: .httpProtocolError, details: details))
             } else {
-                finishRecord(proxyStatus: "\(ProxyErrorType.httpProtocolError.rawValue): \(details)")
+                finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpProtocolError, details: details).proxyStatusValue)
                 abort()
             }
         } catch {
@@ -769,7 +769,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             do {
                 step = try responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
             } catch {
-                finishRecord(proxyStatus: "\(ProxyErrorType.httpProtocolError.rawValue): invalid chunked response body from the upstream")
+                finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpProtocolError,
+                                                             details: "invalid chunked response body from the upstream").proxyStatusValue)
                 abort()
                 return false
             }

@@ -54,12 +54,13 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         let request = try HeadParser.parseRequest(Array((
             "GET http://api.test/v1/x?y=1 HTTP/1.1\r\nHost: wrong.test\r\nAccept: */*\r\nConnection: keep-alive, X-Secret\r\n"
             + "X-Secret: s\r\nKeep-Alive: 5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\n"
-            + "Trailer: X\r\nUpgrade: websocket\r\nVia: 1.0 other\r\n\r\n").utf8))
+            + "Trailer: X\r\nUpgrade: websocket\r\nVia: 1.0 other\r\nProxy-Status: forged\r\nPROXY-Foo: x\r\n\r\n").utf8))
         let out = text(Forwarding.upstreamRequest(request, pathAndQuery: "/v1/x?y=1", host: "api.test", framing: .none))
         #expect(out.hasPrefix("GET /v1/x?y=1 HTTP/1.1\r\nHost: api.test\r\n"))
         #expect(out.contains("Accept: */*\r\n"))
         #expect(out.contains("Via: 1.0 other, 1.1 mtls-proxy\r\n"))
-        for gone in ["wrong.test", "X-Secret", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "TE:", "Trailer", "Upgrade", "Connection"] {
+        for gone in ["wrong.test", "X-Secret", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "TE:", "Trailer", "Upgrade",
+                     "Connection", "Proxy-Status", "PROXY-Foo", "forged"] {
             #expect(!out.contains(gone), "\(gone) must not be forwarded")
         }
         #expect(out.hasSuffix("\r\n\r\n"))

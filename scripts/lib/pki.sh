@@ -49,9 +49,9 @@ make_pki() {
 
 # A client certificate with chosen validity dates, issued by DIR/ca (openssl ca, since `openssl x509` in
 # OpenSSL 3.0 cannot set notBefore). START and END are UTC times as YYYYMMDDHHMMSSZ.
-# Usage: pki_cert_dated DIR NAME CN START END
+# Usage: pki_cert_dated DIR NAME CN START END [server]   (server: a server certificate for CN)
 pki_cert_dated() {
-    local dir=$1 name=$2 cn=$3 start=$4 end=$5
+    local dir=$1 name=$2 cn=$3 start=$4 end=$5 kind=${6:-client}
     local db="$dir/.ca-db"
     mkdir -p "$db/new"
     [ -f "$db/index.txt" ] || : > "$db/index.txt"
@@ -76,11 +76,16 @@ CN = supplied
 basicConstraints = CA:FALSE
 keyUsage = digitalSignature
 extendedKeyUsage = clientAuth
+[server]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:$cn
 CNF
     openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$dir/$name.key"
     chmod 600 "$dir/$name.key"
     openssl req -new -key "$dir/$name.key" -subj "/O=mtls-proxy test/CN=$cn" -out "$dir/$name.csr" 2>/dev/null
-    openssl ca -batch -config "$db/ca.cnf" -extensions client -notext -startdate "$start" -enddate "$end" \
+    openssl ca -batch -config "$db/ca.cnf" -extensions "$kind" -notext -startdate "$start" -enddate "$end" \
         -in "$dir/$name.csr" -out "$dir/$name.pem" 2>/dev/null
     rm -f "$dir/$name.csr"
 }

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Failing upstreams, with real sockets: each gives the documented status and Proxy-Status, the client
+connection is closed when a response was cut short, and connection counts return to where they were."""
+import json, os, re, socket, subprocess, sys, tempfile, time, unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import requests  # noqa: E402
+
+ENV = {}
+
+
+def setUpModule():
+    d = tempfile.mkdtemp(prefix="mtls-proxy-faults-")
+    pki = f"{d}/pki"
+    harness.make_pki(pki)
+    subprocess.run(["bash", "-c", f"""source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{pki}'
+        pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server
+        pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem \
+            -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null"""], check=True)
+    procs = harness.Processes()
+    names = ("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")
+    ports = {k: harness.free_port() for k in names}
+    faulty = os.path.join(harness.HERE, "faulty.py")
+    try:
+        for name, cert, extra in [("faulty", "server", []), ("expired", "expired", []), ("notyet", "notyet", []),
+                                  ("selfsigned", "selfsigned", []), ("tls11", "server", ["--max-tls", "1.1"])]:
+            procs.start([sys.executable, faulty, "--port", str(ports[name]), "--cert", f"{pki}/{cert}.pem", "--key", f"{pki}/{cert}.key",
+                         "--ca", f"{pki}/ca.pem", *extra])
+            harness.wait_for_port(ports[name])
+        routes = "".join(f'\n[[route]]\nhost = "{host}.mygreatbank.test"\nidentity = "us"\nconnect = "127.0.0.1:{ports[port]}"\n'
+                         for host, port in [("faulty", "faulty"), ("expired", "expired"), ("notyet", "notyet"),
+                                            ("selfsigned", "selfsigned"), ("tls11", "tls11")])
+        with open(f"{d}/proxy.conf", "w") as f:
+            f.write(f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+{routes}""")
+        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+        harness.wait_for_port(ports["admin"])
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, procs=procs, ports=ports, url=f"http://127.0.0.1:{ports['proxy']}")
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def get(host, path="/"):
+    return requests.get(f"http://{host}.mygreatbank.test{path}", proxies={"http": ENV["url"]}, timeout=15)
+
+
+def gauge(name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{ENV['ports']['admin']}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def curl_status(path):
+    r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "-x", ENV["url"],
+                        f"http://faulty.mygreatbank.test{path}"], capture_output=True, text=True, env=harness.clean_env())
+    return r.returncode, r.stdout
+
+
+class BeforeTheResponse(unittest.TestCase):
+    def test_closed_after_the_request(self):
+        r = get("faulty", "/close-after-request")
+        self.assertEqual(r.status_code, 502)
+        self.assertIn("error=connection_terminated", r.headers["Proxy-Status"])
+
+    def test_garbage_instead_of_http(self):
+        r = get("faulty", "/garbage")
+        self.assertEqual(r.status_code, 502)
+        self.assertIn("error=http_protocol_error", r.headers["Proxy-Status"])
+
+    def test_upstream_certificates_that_must_be_refused(self):
+        for host, reason in [("expired", "certificate has expired"), ("notyet", "certificate is not yet valid"),
+                             ("selfsigned", "self-signed certificate")]:
+            with self.subTest(host):
+                r = get(host)
+                self.assertEqual(r.status_code, 502)
+                self.assertIn("error=tls_certificate_error", r.headers["Proxy-Status"])
+                self.assertIn(reason, r.text)
+
+    def test_upstream_offering_only_tls_1_0_and_1_1(self):
+        r = get("tls11")
+        self.assertEqual(r.status_code, 502)
+        self.assertRegex(r.headers["Proxy-Status"], r"error=(tls_protocol_error|tls_alert_received)")
+        self.assertRegex(r.text, r"protocol|version")
+
+
+class DuringTheResponse(unittest.TestCase):
+    def test_reset_in_the_middle_closes_the_client_connection(self):
+        rc, out = curl_status("/reset-mid")
+        self.assertNotEqual(rc, 0)  # curl sees a cut-short body
+        self.assertTrue(out.startswith("200 "), out)
+        self.assertLess(int(out.split()[1]), 100000)
+
+    def test_truncated_chunked_body(self):
+        rc, out = curl_status("/truncated-chunked")
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(out.startswith("200 "), out)
+
+    def test_response_longer_than_announced_is_cut_at_its_length(self):
+        s = requests.Session()
+        r = s.get("http://faulty.mygreatbank.test/too-long", proxies={"http": ENV["url"]}, timeout=10)
+        self.assertEqual(r.content, b"hello")
+        # The extra bytes never reach the next exchange: the connection they came on is not reused.
+        r = s.get("http://faulty.mygreatbank.test/ok", proxies={"http": ENV["url"]}, timeout=10)
+        self.assertEqual(r.content, b"fine\n")
+
+
+class Leaks(unittest.TestCase):
+    def test_connection_counts_return_to_baseline(self):
+        time.sleep(0.5)
+        base_clients = gauge("mtls_proxy_client_connections_active")
+        base_upstreams = gauge("mtls_proxy_upstream_connections_active")
+        for _ in range(3):
+            for path in ("/close-after-request", "/garbage", "/reset-mid", "/truncated-chunked", "/too-long", "/ok"):
+                curl_status(path)
+            for host in ("expired", "selfsigned", "tls11"):
+                get(host)
+        time.sleep(1.0)
+        self.assertEqual(gauge("mtls_proxy_client_connections_active"), base_clients)
+        # Pooled connections may remain, but no more than one per upstream that answered properly.
+        self.assertLessEqual(gauge("mtls_proxy_upstream_connections_active"), base_upstreams + 1)
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    print(f"{result.testsRun - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
