@@ -85,6 +85,7 @@ public struct ProxyErrorResponse: Sendable, Equatable {
         case 403: return "Forbidden"
         case 404: return "Not Found"
         case 405: return "Method Not Allowed"
+        case 407: return "Proxy Authentication Required"
         case 408: return "Request Timeout"
         case 411: return "Length Required"
         case 413: return "Content Too Large"

@@ -37,7 +37,8 @@ public enum ConfigLoader {
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
             try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout",
-                             "header_timeout", "max_connections"])
+                             "header_timeout", "max_connections", "auth_file"])
+            proxy.authFile = try t.path("auth_file")
             if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
             if let n = try t.int("max_connections") {
                 guard n >= 1 && n <= 1_000_000 else { throw t.error("max_connections", "expected 1 to 1000000, got \(n)") }
@@ -382,7 +383,7 @@ public enum ConfigLoader {
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
-    static func readTextFile(_ path: String) -> String? {
+    public static func readTextFile(_ path: String) -> String? {
         guard let f = fopen(path, "rb") else { return nil }
         defer { fclose(f) }
         var bytes: [UInt8] = []

@@ -48,6 +48,8 @@ public struct ProxySettings: Sendable {
     /// Client address ranges allowed to connect. Empty means loopback only.
     public var allowClients: [CIDR] = []
     public var maxHeaderBytes: Int = 64 * 1024
+    /// Users allowed to use the forward listener (Proxy-Authorization: Basic); nil means no authentication.
+    public var authFile: String?
     /// Time allowed from the first byte of a request head to its end (slow-header clients get 408).
     public var headerTimeout: TimeSpan = .seconds(10)
     /// Open client connections across all workers and listeners; past it, new ones get 503 and are closed.

@@ -281,6 +281,16 @@ final class ClientConnection: UpstreamConnectionDelegate {
         keepAlive = head.wantsKeepAlive && !worker.draining
         retried = false
 
+        if case .forward = kind, let authenticator = worker.authenticator,
+           !authenticator.allows(head.headers.first("Proxy-Authorization")) {
+            let hasBody = (try? BodyFraming.forRequest(head)).map { $0 != .none } ?? true
+            sendError(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
+                                         details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
+                                         advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
+                      close: hasBody || head.method == "CONNECT", extraHeaders: [("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")])
+            return
+        }
+
         if head.method == "CONNECT" {
             switch kind {
             case .forward:
@@ -1019,9 +1029,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
         sendError(response, close: !requestComplete || !keepAlive)
     }
 
-    private func sendError(_ response: ProxyErrorResponse, close: Bool) {
+    private func sendError(_ response: ProxyErrorResponse, close: Bool, extraHeaders: [(String, String)] = []) {
         let shouldClose = close || !keepAlive
-        let bytes = response.serialize(version: .http11, closeConnection: shouldClose)
+        let bytes = response.serialize(version: .http11, closeConnection: shouldClose, extraHeaders: extraHeaders)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         record.status = response.status
         record.bytesOut += bytes.count

@@ -11,6 +11,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let limits: HeadLimits
     /// Counts reloads: connections made under an earlier runtime are never pooled under this one.
     public let generation: Int
+    /// Users of the forward listener, when `[proxy] auth_file` is set.
+    public let proxyUsers: ProxyCredentials?
     /// The local CA for intercepting CONNECT tunnels to mTLS routes, when `[intercept]` is set.
     public let localCA: LocalCA?
     /// Loaded certificates of each identity, in config order.
@@ -40,6 +42,18 @@ public final class ProxyRuntime: @unchecked Sendable {
             }
         }
         self.credentials = credentials
+        if let authFile = config.proxy.authFile {
+            guard let text = ConfigLoader.readTextFile(authFile) else {
+                throw ConfigError(file: config.file, key: "proxy.auth_file", message: "cannot read \(authFile): \(String(cString: strerror(mtls_errno())))")
+            }
+            do {
+                proxyUsers = try ProxyCredentials.parse(text, file: authFile)
+            } catch let error as ConfigError {
+                throw ConfigError(file: config.file, key: "proxy.auth_file", message: "\(authFile): \(error.key): \(error.message)")
+            }
+        } else {
+            proxyUsers = nil
+        }
         if let intercept = config.intercept {
             do {
                 localCA = try LocalCA.load(certPath: intercept.caCert, keyPath: intercept.caKey)
@@ -134,6 +148,7 @@ public final class ProxyRuntime: @unchecked Sendable {
         if let ca = config.upstream.trust.caFile { cas.append(ca) }
         files += cas
         if let intercept = config.intercept { files += [intercept.caCert, intercept.caKey] }
+        if let authFile = config.proxy.authFile { files.append(authFile) }
         var seen = Set<String>()
         return files.filter { seen.insert($0).inserted }
     }

@@ -24,6 +24,7 @@ final class Worker: @unchecked Sendable {
     /// Read and replaced on this worker's thread only; a reload hands the new one over through `pendingRuntime`.
     private(set) var runtime: ProxyRuntime
     private(set) var accessLog: AccessLog
+    private(set) var authenticator: ProxyAuthenticator?
     let metrics: WorkerMetrics
     let health: WorkerHealth
     private let pendingLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -50,6 +51,7 @@ final class Worker: @unchecked Sendable {
         self.connections = connections
         self.runtime = runtime
         self.accessLog = accessLog
+        self.authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
         self.metrics = WorkerMetrics(metrics)
         self.health = health
         self.logger = logger
@@ -168,6 +170,7 @@ final class Worker: @unchecked Sendable {
         guard let next else { return }
         runtime = next.0
         accessLog = next.1
+        authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
         interceptionContexts.removeAll()
         // Idle connections were made under the old certificates and trust settings: retire them all.
         pool.closeAll()

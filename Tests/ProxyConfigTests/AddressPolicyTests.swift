@@ -42,3 +42,34 @@ import Testing
         #expect(!AddressPolicy.isNonCanonicalNumericHost("123abc"))
     }
 }
+
+@Suite struct ProxyCredentialsTests {
+    @Test func parsesBcryptAndSha256Lines() throws {
+        let c = try ProxyCredentials.parse("""
+        # users
+        alice:$2b$04$JmAexpIJRWRVsAcv54OZO.LwezBIMN4CzuPaGz0zqjU2y8Y1s5XBa
+        bob:sha256:2BB80D537B1DA3E38BD30361AA855686BDE0EACD7162FEF6A25FE97BF527A25B
+
+        """, file: "users")
+        #expect(c.users["alice"] == .bcrypt("$2b$04$JmAexpIJRWRVsAcv54OZO.LwezBIMN4CzuPaGz0zqjU2y8Y1s5XBa"))
+        #expect(c.users["bob"] == .sha256("2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"))
+    }
+
+    @Test func refusesPlainTextAndMalformedLines() {
+        #expect(throws: ConfigError.self) { try ProxyCredentials.parse("carol:password123", file: "users") }
+        #expect(throws: ConfigError.self) { try ProxyCredentials.parse("no-colon", file: "users") }
+        #expect(throws: ConfigError.self) { try ProxyCredentials.parse("dave:sha256:abc", file: "users") }
+        #expect(throws: ConfigError.self) { try ProxyCredentials.parse("erin:$2b$04$short", file: "users") }
+    }
+
+    @Test func basicCredentials() throws {
+        let (user, password) = try #require(ProxyCredentials.basicCredentials("Basic YWxpY2U6czNjcmV0"))
+        #expect(user == "alice")
+        #expect(password == Array("s3cret".utf8))
+        #expect(ProxyCredentials.basicCredentials("Bearer abc") == nil)
+        #expect(ProxyCredentials.basicCredentials("Basic !!!") == nil)
+        #expect(ProxyCredentials.basicCredentials("Basic bm9jb2xvbg==") == nil)  // "nocolon"
+        #expect(ProxyCredentials.base64Decode("YQ==") == [0x61])
+        #expect(ProxyCredentials.base64Decode("YQ=") == nil)
+    }
+}
