@@ -37,7 +37,8 @@ public enum ConfigLoader {
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
             try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout",
-                             "header_timeout", "max_connections", "auth_file"])
+                             "header_timeout", "max_connections", "auth_file", "client_timeout"])
+            if let d = try t.duration("client_timeout") { proxy.clientTimeout = d }
             proxy.authFile = try t.path("auth_file")
             if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
             if let n = try t.int("max_connections") {

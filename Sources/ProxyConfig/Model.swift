@@ -50,6 +50,8 @@ public struct ProxySettings: Sendable {
     public var maxHeaderBytes: Int = 64 * 1024
     /// Users allowed to use the forward listener (Proxy-Authorization: Basic); nil means no authentication.
     public var authFile: String?
+    /// How long a client connection may be idle between requests, or stall while sending a body.
+    public var clientTimeout: TimeSpan = .seconds(60)
     /// Time allowed from the first byte of a request head to its end (slow-header clients get 408).
     public var headerTimeout: TimeSpan = .seconds(10)
     /// Open client connections across all workers and listeners; past it, new ones get 503 and are closed.

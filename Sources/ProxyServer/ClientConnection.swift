@@ -91,7 +91,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         bufferevent_setcb(bev, clientReadCallback, clientWriteCallback, clientEventCallback, me)
         bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
         bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
-        mtls_bufferevent_set_timeouts_ms(bev, Worker.clientIdleTimeout.milliseconds, 0)
+        mtls_bufferevent_set_timeouts_ms(bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
         bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
     }
 
@@ -139,7 +139,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         case .readingHead:
             if flags & BEV_EVENT_TIMEOUT != 0 && evbuffer_get_length(input) > 0 {
                 sendError(ProxyErrorResponse(status: 408, errorType: .httpRequestError,
-                                             details: "the request head did not arrive within \(Worker.clientIdleTimeout)"),
+                                             details: "the request head did not arrive within client_timeout \(runtime.config.proxy.clientTimeout)"),
                           close: true)
             } else {
                 abort()

@@ -17,8 +17,6 @@ final class Worker: @unchecked Sendable {
     static let writeHighWatermark = 256 * 1024
     /// ...and resumes when it has drained to this many.
     static let writeLowWatermark = 64 * 1024
-    /// How long a keep-alive client connection may sit idle between requests.
-    static let clientIdleTimeout = TimeSpan.seconds(60)
 
     let id: Int
     /// Read and replaced on this worker's thread only; a reload hands the new one over through `pendingRuntime`.
@@ -318,6 +316,8 @@ final class ListenerHandle {
     let kind: ListenerKind
     let allowClients: [CIDR]
     var listener: OpaquePointer?
+    private var resumeTimer: OpaquePointer?
+    private var lastWarning = 0
 
     init(worker: Worker, kind: ListenerKind, allowClients: [CIDR]) {
         self.worker = worker
@@ -325,10 +325,37 @@ final class ListenerHandle {
         self.allowClients = allowClients
     }
 
+    /// accept(2) failed, typically EMFILE/ENFILE: out of descriptors. The pending connection stays in the
+    /// backlog and would wake the loop again at once, so stop accepting for a moment and try again; requests
+    /// in flight go on, and accepting resumes when descriptors are free.
+    func acceptFailed(errno e: Int32) {
+        guard let listener else { return }
+        evconnlistener_disable(listener)
+        if resumeTimer == nil {
+            resumeTimer = mtls_evtimer_new(worker.base, listenerResumeCallback, Unmanaged.passUnretained(self).toOpaque())
+        }
+        _ = mtls_evtimer_add_ms(resumeTimer, 100)
+        let now = monotonicMillis()
+        if now - lastWarning > 5000 {
+            lastWarning = now
+            worker.logger.warning("accept failed: \(String(cString: strerror(e))); pausing accepts for 100 ms (raise the descriptor limit, ulimit -n, or lower max_connections)")
+        }
+    }
+
+    fileprivate func resume() {
+        if let listener { evconnlistener_enable(listener) }
+    }
+
     func free() {
+        if let resumeTimer { event_free(resumeTimer) }
+        resumeTimer = nil
         if let listener { evconnlistener_free(listener) }
         listener = nil
     }
+}
+
+private func listenerResumeCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<ListenerHandle>.fromOpaque(ctx!).takeUnretainedValue().resume()
 }
 
 /// Open client connections across every worker, for `[proxy] max_connections`.
@@ -390,9 +417,8 @@ private func workerAcceptCallback(_ listener: OpaquePointer?, _ fd: Int32, _ add
 }
 
 private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
-    // Typically EMFILE: accept fails until descriptors free up. The listener keeps running.
     let e = mtls_errno()
-    writeLine("mtls-proxy: accept failed: \(String(cString: strerror(e)))\n", fd: 2)
+    Unmanaged<ListenerHandle>.fromOpaque(ctx!).takeUnretainedValue().acceptFailed(errno: e)
 }
 
 private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

@@ -15,7 +15,7 @@ def setUpModule():
     d = tempfile.mkdtemp(prefix="mtls-proxy-hardening-")
     harness.make_pki(f"{d}/pki")
     procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "limited", "authed", "recorder", "files")}
+    ports = {k: harness.free_port() for k in ("proxy", "limited", "authed", "fdlimited", "recorder", "files")}
     try:
         procs.start([sys.executable, os.path.join(harness.HERE, "recorder.py"), "--port", str(ports["recorder"]),
                      "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem",
@@ -38,7 +38,9 @@ identity = "us"
 connect = "127.0.0.1:{ports['files']}"
 """
         with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 2\nheader_timeout = "1s"\n' + common)
+            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 2\nheader_timeout = "1s"\nclient_timeout = "1500ms"\n' + common)
+        with open(f"{d}/fdlimited.conf", "w") as f:
+            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["fdlimited"]}"\nworkers = 1\n' + common)
         with open(f"{d}/limited.conf", "w") as f:
             f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["limited"]}"\nworkers = 2\nmax_connections = 4\n' + common)
         import hashlib, warnings
@@ -246,6 +248,49 @@ class SlowAndGreedyClients(unittest.TestCase):
         grown = harness.rss_kib(pid) - before
         s.close()
         self.assertLess(grown, 16 * 1024, f"RSS grew {grown} KiB while the client did not read")
+
+    def test_slow_body_is_cut_off(self):
+        s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10)
+        s.sendall(head("slow-body", "Content-Length: 100\r\n") + b"x" * 10)
+        started = time.time()
+        while s.recv(4096):
+            pass
+        self.assertLess(time.time() - started, 5)  # client_timeout 1.5 s, not forever
+        self.assertEqual([r for r in upstream_requests("slow-body") if len(r["body"]) == 100], [])
+
+    def test_thousand_idle_connections_do_not_stop_service(self):
+        idle = [socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"])) for _ in range(1000)]
+        try:
+            answer, _ = raw(f"GET http://{HOST}/with-idle HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+            self.assertTrue(answer.startswith("HTTP/1.1 200"), answer[:80])
+        finally:
+            for s in idle:
+                s.close()
+
+    def test_descriptor_exhaustion_is_survived(self):
+        import resource
+        port = ENV["ports"]["fdlimited"]
+        log = open(f"{ENV['dir']}/fdlimited.log", "ab")
+        p = ENV["procs"].start([harness.proxy_binary(), "run", "--config", f"{ENV['dir']}/fdlimited.conf"], stdout=log, stderr=log,
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+        log.close()
+        harness.wait_for_port(port)
+        held = []
+        for _ in range(80):  # more than the proxy has descriptors for
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            held.append(s)
+        time.sleep(1)
+        cpu_before = sum(float(x) for x in open(f"/proc/{p.pid}/stat").read().split()[13:15])
+        time.sleep(1)
+        cpu_after = sum(float(x) for x in open(f"/proc/{p.pid}/stat").read().split()[13:15])
+        self.assertIsNone(p.poll(), "the proxy died")
+        self.assertLess(cpu_after - cpu_before, 50, "the proxy spins while out of descriptors")  # clock ticks in 1 s
+        for s in held:
+            s.close()
+        time.sleep(0.5)
+        answer, _ = raw(f"GET http://{HOST}/after-emfile HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(), port=port)
+        self.assertTrue(answer.startswith("HTTP/1.1 200"), answer[:80])
+        self.assertIn("accept failed", harness.read(f"{ENV['dir']}/fdlimited.log"))
 
     def test_connection_limit(self):
         port = ENV["ports"]["limited"]
