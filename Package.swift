@@ -36,6 +36,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // The config loader's libFuzzer target (scripts/fuzz config); without -DFUZZING it builds as a stub.
+        .executableTarget(name: "FuzzConfig", dependencies: ["ProxyConfig"], path: "Tests/Fuzz/Config"),
+
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),

@@ -25,6 +25,9 @@ public enum ConfigLoader {
     }
 
     public static func parse(_ text: String, file: String, baseDirectory: String) throws -> ProxyConfiguration {
+        if let problem = TOMLKeyCheck.firstProblem(text) {
+            throw ConfigError(file: file, key: "", message: "line \(problem.line): \(problem.message)")
+        }
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)

@@ -323,3 +323,36 @@ key = "certs/fusion-us.key"
         #expect(throws: ConfigError.self) { try EnvironmentOverrides.apply(["MTLS_PROXY_LISTEN": "0.0.0.0:80"], to: &c) }
     }
 }
+
+/// Malformed keys that made the TOML parser abort the process (found by fuzzing) are reported instead.
+@Suite struct TOMLKeyCheckTests {
+    @Test(arguments: ["[.a]\n", "[[.0.1:3128route]]\nhost = \"*\"\n", "[a..b]\n", "[a.]\n", "a. = 1\n", ".a = 1\n", "[proxy]\n= 3\n", "[\"a]\n"])
+    func malformedKeysAreErrorsNotCrashes(_ text: String) throws {
+        let error = try #require(configError(text))
+        #expect(error.message.hasPrefix("line "), "\(error.message)")
+    }
+
+    @Test func validKeysPass() throws {
+        #expect(TOMLKeyCheck.firstProblem("""
+        # comment
+        [proxy]
+        listen = "127.0.0.1:3128"   # trailing
+        [identities."us-east".certificates]
+        a.b . c = 'x'
+        "quoted key" = "v = [.x]"
+        [[route]]
+        host = "*"
+        text = \"\"\"
+        [.not a header]
+        \"\"\"
+        list = [
+          "10.0.0.0/8",   # a comment ]
+          "fd00::/8",
+        ]
+        inline = { a = 1, b = [1,
+          2] }
+        after = 1
+        """) == nil)
+        #expect(TOMLKeyCheck.firstProblem("list = [\n 1,\n]\n.bad = 1\n")?.line == 4)
+    }
+}

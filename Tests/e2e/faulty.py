@@ -5,6 +5,8 @@
   /truncated-chunked    sends one chunk of a chunked body, then closes
   /too-long             announces 5 bytes, sends 10
   /garbage              answers with bytes that are not HTTP
+  /reuse-trap           answers 200 on a fresh connection; on a reused one, closes without answering (as a
+                        server does that times the connection out just as the proxy reuses it)
   anything else         200 "fine", keep-alive
 Options: --max-tls 1.1 to offer only TLS 1.0/1.1; --cert/--key choose the server certificate."""
 import argparse, socket, ssl, struct, threading
@@ -14,6 +16,7 @@ def serve(conn):
     try:
         conn.do_handshake()
         buf = b""
+        served = 0
         while True:
             while b"\r\n\r\n" not in buf:
                 data = conn.recv(65536)
@@ -22,6 +25,17 @@ def serve(conn):
                 buf += data
             head, buf = buf.split(b"\r\n\r\n", 1)
             path = head.split(b" ")[1].decode()
+            if b"content-length" in head.lower():
+                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(buf) < n:
+                    buf += conn.recv(65536)
+                buf = buf[n:]
+            served += 1
+            if path == "/reuse-trap":
+                if served > 1:
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+                continue
             if path == "/close-after-request":
                 return
             if path == "/reset-mid":

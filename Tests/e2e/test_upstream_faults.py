@@ -124,6 +124,19 @@ class DuringTheResponse(unittest.TestCase):
         self.assertEqual(r.content, b"fine\n")
 
 
+class PooledConnectionClosedByTheUpstream(unittest.TestCase):
+    def test_idempotent_request_is_retried_once_and_a_post_is_not(self):
+        s = requests.Session()
+        url = "http://faulty.mygreatbank.test/reuse-trap"
+        self.assertEqual(s.get(url, proxies={"http": ENV["url"]}, timeout=10).status_code, 200)
+        # The pooled connection is reused and the upstream closes it: a GET is retried on a new connection.
+        self.assertEqual(s.get(url, proxies={"http": ENV["url"]}, timeout=10).status_code, 200)
+        # A POST is not retried (it may have been processed): the client is told.
+        r = s.post(url, data=b"once", proxies={"http": ENV["url"]}, timeout=10)
+        self.assertEqual(r.status_code, 502)
+        self.assertIn("error=connection_terminated", r.headers["Proxy-Status"])
+
+
 class Leaks(unittest.TestCase):
     def test_connection_counts_return_to_baseline(self):
         time.sleep(0.5)
