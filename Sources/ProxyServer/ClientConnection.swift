@@ -331,10 +331,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             abort()
             return
         }
-        if AddressPolicy.isNonCanonicalNumericHost(target.host) {
-            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
-                                         details: "\(target.host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d"),
-                      close: true)
+        if let refusal = Refusals.nonCanonicalHost(target.host) {
+            sendError(refusal, close: true)
             return
         }
         self.target = target
@@ -358,10 +356,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let context: ClientTLSContext
         switch match.action {
         case .deny:
-            let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(target.host):\(port) and [proxy] unmatched is \"deny\""
-            sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
-                                         advice: "Add a [[route]] for this host to the proxy's config if it should be reachable."),
-                      close: hasBody)
+            sendError(Refusals.denied(match, host: target.host, port: port), close: hasBody)
             return
         case .mtls(let identity):
             record.identity = identity
@@ -607,9 +602,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let timeouts = match?.timeouts ?? runtime.config.upstream.timeouts
         switch event {
         case .prohibited(let address, let reason):
-            return ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
-                                      details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
-                                      advice: "If this upstream really is on a private network, set allow_private = true on its route (or pin its address with connect = \"IP:PORT\").")
+            return Refusals.prohibited(host: host, address: address, reason: reason)
         case .connectTimeout:
             return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
                                       details: "no TLS connection to \(host):\(port)\(dialled) within connect_timeout \(timeouts.connect)",
@@ -876,10 +869,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
         record.host = host
         record.port = port
         record.path = ""
-        if AddressPolicy.isNonCanonicalNumericHost(host) {
-            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
-                                         details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d"),
-                      close: true)
+        if let refusal = Refusals.nonCanonicalHost(host) {
+            sendError(refusal, close: true)
             return
         }
         let match = runtime.router.matchTunnel(host: host, port: port)
@@ -894,10 +885,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
         }
         switch match.action {
         case .deny:
-            let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(host):\(port) and [proxy] unmatched is \"deny\""
-            sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
-                                         advice: "Add a [[route]] for this host to the proxy's config if it should be reachable."),
-                      close: true)
+            sendError(Refusals.denied(match, host: host, port: port), close: true)
         case .tls:
             dialTunnel(host: host, port: port, match: match)
         case .mtls(let identity):
@@ -925,10 +913,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
                 self.startRelay(with: upstreamBev, idleTimeout: match.timeouts.idle)
             case .prohibited(let address, let reason):
                 self.phase = .exchanging
-                self.sendError(ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
-                                                  details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
-                                                  advice: "Set allow_private = true on the route if this upstream is on a private network."),
-                               close: true)
+                self.sendError(Refusals.prohibited(host: host, address: address, reason: reason), close: true)
             case .timedOut:
                 self.phase = .exchanging
                 self.sendError(ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
@@ -1094,6 +1079,27 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let me = Unmanaged.passUnretained(self).toOpaque()
         lingerTimer = mtls_evtimer_new(worker.base, clientLingerCallback, me)
         _ = mtls_evtimer_add_ms(lingerTimer, 2000)
+    }
+}
+
+/// Answers the proxy gives for policy decisions, shared by forwarded requests and CONNECT tunnels.
+enum Refusals {
+    static func denied(_ match: RouteMatch, host: String, port: Int) -> ProxyErrorResponse {
+        let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(host):\(port) and [proxy] unmatched is \"deny\""
+        return ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
+                                  advice: "Add a [[route]] for this host to the proxy's config if it should be reachable.")
+    }
+
+    static func prohibited(host: String, address: String, reason: String) -> ProxyErrorResponse {
+        ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
+                           details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
+                           advice: "If this upstream really is on a private network, set allow_private = true on its route (or pin its address with connect = \"IP:PORT\").")
+    }
+
+    static func nonCanonicalHost(_ host: String) -> ProxyErrorResponse? {
+        guard AddressPolicy.isNonCanonicalNumericHost(host) else { return nil }
+        return ProxyErrorResponse(status: 400, errorType: .httpRequestError,
+                                  details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d")
     }
 }
 
