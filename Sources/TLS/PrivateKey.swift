@@ -45,7 +45,7 @@ public final class PrivateKey: @unchecked Sendable {
             }
             // OpenSSL 3's decoders say "unsupported" when nothing in the file decodes as a key.
             let noKey = errors.contains { ($0.library == ERR_LIB_PEM && $0.reason == PEM_R_NO_START_LINE) || $0.reasonText == "unsupported" }
-            let detail = noKey ? "no PEM private key (-----BEGIN PRIVATE KEY-----) found" : OpenSSLErrors.describe(errors)
+            let detail = noKey ? "no PEM private key found (expected a -----BEGIN ... PRIVATE KEY----- block)" : OpenSSLErrors.describe(errors)
             throw TLSSetupError.invalidKey(path: path, reason: detail)
         }
         return PrivateKey(taking: key)
