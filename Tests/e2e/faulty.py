@@ -9,7 +9,9 @@
                         server does that times the connection out just as the proxy reuses it)
   anything else         200 "fine", keep-alive
 Options: --max-tls 1.1 to offer only TLS 1.0/1.1; --cert/--key choose the server certificate."""
-import argparse, socket, ssl, struct, threading
+import socket, ssl, struct
+
+from tlsserver import options, serve_forever
 
 
 def serve(conn):
@@ -59,29 +61,9 @@ def serve(conn):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--ca")
-    p.add_argument("--max-tls")
-    a = p.parse_args()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.cert, a.key)
-    if a.ca:
-        ctx.load_verify_locations(a.ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    if a.max_tls == "1.1":
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", a.port))
-    s.listen(64)
-    while True:
-        raw, _ = s.accept()
-        threading.Thread(target=serve, args=(ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False),), daemon=True).start()
+    args = options()
+    args.optional_client_cert = True
+    serve_forever(args, serve)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 """A TLS upstream that requires a client certificate and records every request it parses, raw, one JSON line
 each, to --log. It answers each request with a small 200. Used to check that the proxy never turns one client
 request into two upstream requests (request smuggling)."""
-import argparse, json, socket, ssl, threading
+import json, ssl, threading
+
+from tlsserver import options, serve_forever
 
 
 def serve(conn, log, lock):
@@ -57,25 +59,9 @@ def serve(conn, log, lock):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--ca", required=True)
-    p.add_argument("--log", required=True)
-    a = p.parse_args()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.cert, a.key)
-    ctx.load_verify_locations(a.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", a.port))
-    s.listen(64)
-    log, lock = open(a.log, "a"), threading.Lock()
-    while True:
-        raw, _ = s.accept()
-        threading.Thread(target=serve, args=(ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False), log, lock), daemon=True).start()
+    args = options(lambda p: p.add_argument("--log", required=True))
+    log, lock = open(args.log, "a"), threading.Lock()
+    serve_forever(args, lambda conn: serve(conn, log, lock))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A TLS upstream that requires a client certificate and answers a WebSocket upgrade (101), then echoes every
 byte back. It puts the client certificate's CN in the 101 response (X-Client-Subject)."""
-import argparse, base64, hashlib, socket, ssl, threading
+import base64, hashlib, ssl
+
+from tlsserver import options, serve_forever
 
 
 def serve(conn):
@@ -43,24 +45,7 @@ def serve(conn):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--ca", required=True)
-    a = p.parse_args()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(a.cert, a.key)
-    ctx.load_verify_locations(a.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", a.port))
-    s.listen(64)
-    while True:
-        raw, _ = s.accept()
-        conn = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    serve_forever(options(), serve)
 
 
 if __name__ == "__main__":
