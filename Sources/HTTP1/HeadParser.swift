@@ -3,18 +3,42 @@
 /// Every line must end in CRLF; a bare CR or a bare LF is an error, as are obsolete line folding, a header
 /// line without a colon, whitespace before the colon, and control characters in names or values.
 public enum HeadParser {
+    /// Where a scan for the end of a head stopped, so that the next call (with more bytes behind the same
+    /// start) goes on from there instead of starting over: a head trickled in one byte at a time then costs
+    /// linear time, not quadratic.
+    public struct Scan: Sendable, Equatable {
+        /// The first byte not yet examined.
+        var next = 0
+        /// Where the current line starts.
+        var lineStart = 0
+        var sawStartLine = false
+
+        public init() {}
+    }
+
     /// The length of the head, through the empty line that ends it, or nil if `bytes` does not hold it all yet.
     /// Empty lines before the start line (allowed by RFC 9112 §2.2) count as part of the head.
     /// Throws once the head is known to be malformed or longer than `limit`.
     public static func headLength(_ bytes: UnsafeRawBufferPointer, limit: Int) throws -> Int? {
+        var scan = Scan()
+        return try headLength(bytes, limit: limit, resuming: &scan)
+    }
+
+    /// As `headLength(_:limit:)`, going on from `scan`, which it updates when it returns nil.
+    public static func headLength(_ bytes: UnsafeRawBufferPointer, limit: Int, resuming scan: inout Scan) throws -> Int? {
         let n = bytes.count
-        var i = 0
-        var lineStart = 0
-        var sawStartLine = false
+        var i = scan.next
+        var lineStart = scan.lineStart
+        var sawStartLine = scan.sawStartLine
+        defer {
+            scan.next = i
+            scan.lineStart = lineStart
+            scan.sawStartLine = sawStartLine
+        }
         while i < n {
             let c = bytes[i]
             if c == 0x0D {
-                guard i + 1 < n else { break }  // CR at the end: wait for more
+                guard i + 1 < n else { break }  // CR at the end: wait for more, and look at it again then
                 guard bytes[i + 1] == 0x0A else { throw HTTPParseError.bareCarriageReturn }
                 let lineLength = i - lineStart
                 if lineLength == 0 {

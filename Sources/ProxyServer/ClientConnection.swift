@@ -55,6 +55,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
     /// Runs from the first byte of a request head that did not arrive in one read, to its end.
     private var headTimer: OpaquePointer?
     private var headTimerArmed = false
+    /// How far the search for the end of the request head has got (the head is drained only when complete).
+    private var headScan = HeadParser.Scan()
 
     // The exchange in progress.
     private var request: RequestHead?
@@ -212,11 +214,12 @@ final class ClientConnection: UpstreamConnectionDelegate {
         let head: RequestHead
         let headLength: Int
         do {
-            guard let length = try HeadParser.headLength(buffer, limit: limit) else {
+            guard let length = try HeadParser.headLength(buffer, limit: limit, resuming: &headScan) else {
                 if available >= limit { throw HTTPParseError.headTooLarge(limit: limit) }
                 armHeadTimer()
                 return
             }
+            headScan = HeadParser.Scan()
             disarmHeadTimer()
             head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
             headLength = length

@@ -195,3 +195,36 @@ private func requestError(_ s: String) -> HTTPParseError? {
         #expect(try !response("HTTP/1.0 200 OK\r\n\r\n").allowsReuse)
     }
 }
+
+@Suite struct IncrementalHeadScanTests {
+    @Test func tricklingGivesTheSameAnswerWithoutRescanning() throws {
+        let head = Array("\r\nGET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX-Long: \(String(repeating: "v", count: 500))\r\n\r\nBODY".utf8)
+        let expected = try HeadParser.headLength(head, limit: 4096)
+        var scan = HeadParser.Scan()
+        var found: Int?
+        for end in 1...head.count {
+            let before = scan
+            found = try Array(head[0..<end]).withUnsafeBytes { try HeadParser.headLength($0, limit: 4096, resuming: &scan) }
+            if found != nil { break }
+            // Each call looks only at what it had not seen (a CR at the very end is looked at again).
+            #expect(scan.next >= before.next)
+            #expect(scan.next >= end - 1)
+        }
+        #expect(found == expected)
+    }
+
+    @Test func errorsAreFoundWhenTheBadByteArrives() throws {
+        let bad = Array("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n".utf8)
+        var scan = HeadParser.Scan()
+        var thrown: HTTPParseError?
+        for end in 1...bad.count {
+            do {
+                _ = try Array(bad[0..<end]).withUnsafeBytes { try HeadParser.headLength($0, limit: 4096, resuming: &scan) }
+            } catch let e as HTTPParseError {
+                thrown = e
+                break
+            }
+        }
+        #expect(thrown == .bareCarriageReturn)
+    }
+}
