@@ -19,6 +19,55 @@ final class UpstreamResolver {
     private var done: ((Answer) -> Void)?
     private let allowPrivate: Bool
 
+    /// Why dialling an upstream failed before any TCP connection existed.
+    enum DialFailure {
+        case socket(errno: Int32)
+        /// A getaddrinfo error code.
+        case dns(Int32)
+        case prohibited(address: String, reason: String)
+    }
+
+    /// Connects `bev` to `connect` when the route names it, else to `host`: an IP literal, or a name resolved
+    /// on `dns`; non-public addresses are refused unless `allowPrivate`. Failures go to `failed`, possibly
+    /// before this returns, so callers report them from the loop. Returns the resolver while a lookup is
+    /// pending; cancel it before freeing `bev`.
+    static func dial(_ bev: OpaquePointer, dns: OpaquePointer, host: String, port: Int, connect: HostPort?,
+                     allowPrivate: Bool, failed: @escaping (DialFailure) -> Void) -> UpstreamResolver? {
+        func connectTo(_ address: SocketAddress) {
+            if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
+                failed(.socket(errno: mtls_errno()))
+            }
+        }
+        if let connect {
+            guard let address = SocketAddress(connect) else {
+                failed(.socket(errno: EINVAL))
+                return nil
+            }
+            connectTo(address)
+            return nil
+        }
+        if let ip = IPAddress(host) {
+            if !allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
+                failed(.prohibited(address: ip.description, reason: reason))
+            } else if let address = SocketAddress(HostPort(host: host, port: port)) {
+                connectTo(address)
+            } else {
+                failed(.socket(errno: EINVAL))
+            }
+            return nil
+        }
+        let resolver = UpstreamResolver(allowPrivate: allowPrivate) { answer in
+            switch answer {
+            case .address(let address): connectTo(address)
+            case .failed(let code): failed(.dns(code))
+            case .prohibited(let address, let reason): failed(.prohibited(address: address, reason: reason))
+            }
+        }
+        resolver.start(dns: dns, host: host, port: port)
+        // An inline answer (numeric host, /etc/hosts) has already been handled.
+        return resolver.request == nil ? nil : resolver
+    }
+
     init(allowPrivate: Bool, done: @escaping (Answer) -> Void) {
         self.allowPrivate = allowPrivate
         self.done = done

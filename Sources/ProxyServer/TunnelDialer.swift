@@ -32,33 +32,13 @@ final class TunnelDialer {
         bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
         timer = mtls_evtimer_new(worker.base, tunnelDialerTimeoutCallback, me)
         _ = mtls_evtimer_add_ms(timer, timeout.milliseconds)
-        if let connect, let address = SocketAddress(connect) {
-            dial(address)
-        } else if let ip = IPAddress(host) {
-            if !allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
-                report(.prohibited(address: ip.description, reason: reason))
-            } else if let address = SocketAddress(HostPort(host: host, port: port)) {
-                dial(address)
+        resolver = UpstreamResolver.dial(bev, dns: worker.dns, host: host, port: port, connect: connect,
+                                         allowPrivate: allowPrivate) { [weak self] failure in
+            switch failure {
+            case .socket(let e): self?.report(.failed(errno: e, dnsError: 0))
+            case .dns(let code): self?.report(.failed(errno: 0, dnsError: code))
+            case .prohibited(let address, let reason): self?.report(.prohibited(address: address, reason: reason))
             }
-        } else {
-            let resolver = UpstreamResolver(allowPrivate: allowPrivate) { [weak self] answer in
-                guard let self else { return }
-                self.resolver = nil
-                switch answer {
-                case .address(let address): self.dial(address)
-                case .failed(let code): self.report(.failed(errno: 0, dnsError: code))
-                case .prohibited(let address, let reason): self.report(.prohibited(address: address, reason: reason))
-                }
-            }
-            self.resolver = resolver
-            resolver.start(dns: worker.dns, host: host, port: port)
-        }
-    }
-
-    private func dial(_ address: SocketAddress) {
-        guard let bev else { return }
-        if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
-            report(.failed(errno: mtls_errno(), dnsError: 0))
         }
     }
 

@@ -104,34 +104,14 @@ final class UpstreamConnection {
         connectTimer = mtls_evtimer_new(worker.base, upstreamConnectTimeoutCallback, me)
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
-        if let target = key.connect {
-            guard let address = SocketAddress(target) else { return false }
-            return address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) } == 0
-        }
-        if let ip = IPAddress(key.host) {
-            if !allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
-                deferEvent(.prohibited(address: ip.description, reason: reason))
-                return true
-            }
-            guard let address = SocketAddress(HostPort(host: key.host, port: key.port)) else { return false }
-            return address.withSockaddr { bufferevent_socket_connect(bev, $0, Int32($1)) } == 0
-        }
-        let resolver = UpstreamResolver(allowPrivate: allowPrivate) { [weak self] answer in
-            guard let self, let bev = self.bev else { return }
-            self.resolver = nil
-            switch answer {
-            case .address(let address):
-                if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
-                    self.deferEvent(.error(errno: mtls_errno(), tls: [], dnsError: 0))
-                }
-            case .failed(let code):
-                self.deferEvent(.error(errno: 0, tls: [], dnsError: code))
-            case .prohibited(let address, let reason):
-                self.deferEvent(.prohibited(address: address, reason: reason))
+        resolver = UpstreamResolver.dial(bev, dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
+                                         allowPrivate: allowPrivate) { [weak self] failure in
+            switch failure {
+            case .socket(let e): self?.deferEvent(.error(errno: e, tls: [], dnsError: 0))
+            case .dns(let code): self?.deferEvent(.error(errno: 0, tls: [], dnsError: code))
+            case .prohibited(let address, let reason): self?.deferEvent(.prohibited(address: address, reason: reason))
             }
         }
-        self.resolver = resolver
-        resolver.start(dns: worker.dns, host: key.host, port: key.port)
         return true
     }
 
