@@ -35,7 +35,7 @@ struct AccessRecord {
     var proxyStatus: String?
 
     func json() -> String {
-        var s = "{\"time\":\(jsonString(iso8601(startEpochMillis))),\"client\":\(jsonString(client)),\"listener\":\(jsonString(listener))"
+        var s = "{\"time\":\(jsonString(UTCTime.iso8601(millis: startEpochMillis))),\"client\":\(jsonString(client)),\"listener\":\(jsonString(listener))"
         s += ",\"intercepted\":\(intercepted),\"method\":\(jsonString(method)),\"scheme\":\(jsonString(scheme)),\"host\":\(jsonString(host)),\"port\":\(port)"
         s += ",\"path\":\(jsonString(path)),\"route\":\(jsonString(route))"
         s += ",\"identity\":\(identity.map(jsonString) ?? "null")"
@@ -51,7 +51,7 @@ struct AccessRecord {
     }
 
     func text() -> String {
-        var s = "\(iso8601(startEpochMillis)) \(client) \"\(method) \(scheme)://\(host):\(port)\(path)\" \(status)"
+        var s = "\(UTCTime.iso8601(millis: startEpochMillis)) \(client) \"\(method) \(scheme)://\(host):\(port)\(path)\" \(status)"
         s += " route=\(jsonString(route)) identity=\(identity ?? "-") serial=\(certificateSerial ?? "-")"
         s += " upstream_status=\(upstreamStatus.map(String.init) ?? "-") in=\(bytesIn) out=\(bytesOut) ms=\(durationMs)"
         s += " connect_ms=\(connectMs.map(String.init) ?? "-") tls_ms=\(tlsHandshakeMs.map(String.init) ?? "-") ttfb_ms=\(ttfbMs.map(String.init) ?? "-") reused=\(reused)"
@@ -109,16 +109,35 @@ func writeLine(_ line: String, fd: Int32) {
     }
 }
 
-func iso8601(_ epochMillis: Int) -> String {
-    var t = time_t(epochMillis / 1000)
-    var parts = tm()
-    gmtime_r(&t, &parts)
-    func pad(_ v: Int32, _ n: Int = 2) -> String {
-        let s = String(v)
-        return String(repeating: "0", count: max(0, n - s.count)) + s
+/// UTC times as logs, errors and the command line show them, from one gmtime_r.
+public enum UTCTime {
+    static func parts(_ epoch: Int) -> tm {
+        var t = time_t(epoch)
+        var result = tm()
+        gmtime_r(&t, &result)
+        return result
     }
-    return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(Int32(epochMillis % 1000), 3))Z"
+
+    static func pad(_ v: Int32, _ width: Int = 2) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+
+    /// "2027-03-02 14:05:09 UTC", or without the seconds.
+    public static func readable(_ epoch: Int, seconds: Bool = true) -> String {
+        let p = parts(epoch)
+        let time = "\(pad(p.tm_hour)):\(pad(p.tm_min))" + (seconds ? ":\(pad(p.tm_sec))" : "")
+        return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday)) \(time) UTC"
+    }
+
+    /// "2027-03-02T14:05:09.123Z", for the access log.
+    static func iso8601(millis: Int) -> String {
+        let p = parts(millis / 1000)
+        return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday))T\(pad(p.tm_hour)):\(pad(p.tm_min)):\(pad(p.tm_sec)).\(pad(Int32(millis % 1000), 3))Z"
+    }
 }
+
+func formatUTC(_ epoch: Int) -> String { UTCTime.readable(epoch) }
 
 func jsonString(_ s: String) -> String {
     var out = "\""

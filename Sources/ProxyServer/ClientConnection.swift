@@ -1110,14 +1110,6 @@ private func BodyFramingIsEmpty(_ request: RequestHead) -> Bool {
     (try? BodyFraming.forRequest(request)) == BodyFraming.none
 }
 
-func formatUTC(_ epoch: Int) -> String {
-    var t = time_t(epoch)
-    var parts = tm()
-    gmtime_r(&t, &parts)
-    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) UTC"
-}
-
 private func clientReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<ClientConnection>.fromOpaque(ctx!).takeUnretainedValue().readable()
 }

@@ -50,13 +50,7 @@ func printError(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
 }
 
-func formatDate(_ epoch: Int) -> String {
-    var t = time_t(epoch)
-    var parts = tm()
-    gmtime_r(&t, &parts)
-    func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)) UTC"
-}
+func formatDate(_ epoch: Int) -> String { UTCTime.readable(epoch, seconds: false) }
 
 func daysLeft(_ seconds: Int) -> String {
     seconds < 0 ? "expired" : String(seconds / 86_400)

@@ -186,20 +186,20 @@ def start_proxy(procs, config_path, log_path, port):
     return p
 
 
-def rss_kib(pid):
+def _status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid):
+    return _status_kib(pid, "VmRSS")
 
 
 def peak_rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+    return _status_kib(pid, "VmHWM")
 
 
 def reset_peak_rss(pid):
