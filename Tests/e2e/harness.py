@@ -215,3 +215,17 @@ def reset_peak_rss(pid):
 def read(path):
     with open(path) as f:
         return f.read()
+
+
+def run_suite():
+    """Runs the calling module's unittest suite and prints its tally: passed, failed and skipped counted apart,
+    each skipped test named with its reason (a skip is never counted as a pass). Exits 1 on any failure."""
+    import unittest
+    result = unittest.main(module="__main__", exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors) + len(getattr(result, "unexpectedSuccesses", []))
+    skipped = len(result.skipped) + len(getattr(result, "expectedFailures", []))
+    for test, reason in result.skipped:
+        print(f"skipped: {test.id()}: {reason}")
+    passed = result.testsRun - failed - skipped
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    sys.exit(1 if failed or result.testsRun == 0 else 0)

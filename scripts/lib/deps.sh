@@ -5,28 +5,39 @@ ensure_deps() {
     local wanted=(libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@")
     local missing=()
     local pkg
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     for pkg in "${wanted[@]}"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
-        local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        # Keep package scripts from starting services (nginx would try to take port 80).
+        # Keep package scripts from starting services (nginx would try to take port 80). A policy-rc.d that is
+        # already there (Debian container images ship one) is kept and put back as it was.
+        local saved=""
+        if [ -e /usr/sbin/policy-rc.d ]; then
+            saved=$(mktemp)
+            $sudo cp -p /usr/sbin/policy-rc.d "$saved"
+        fi
         printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
         $sudo chmod +x /usr/sbin/policy-rc.d
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-        $sudo rm -f /usr/sbin/policy-rc.d
+        if [ -n "$saved" ]; then
+            $sudo cp -p "$saved" /usr/sbin/policy-rc.d
+            $sudo rm -f "$saved"
+        else
+            $sudo rm -f /usr/sbin/policy-rc.d
+        fi
     fi
     if ! python3 -c 'import requests' 2>/dev/null; then
         echo "installing: python requests"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-requests >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-requests >/dev/null 2>&1 || true
         python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
     fi
     if ! python3 -c 'import yaml' 2>/dev/null; then
         echo "installing: python yaml"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
         python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
     fi
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
