@@ -191,7 +191,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             }
         }
         let action: ConnectionStateMachine<SystemClock>.Action
-        if flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0 {
+        if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
+            action = machine.clientTLSFailed()
+        } else if flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0 {
             action = machine.clientTimedOut()
             // libevent stops reading on a timeout; a timeout that ends nothing must not stop it.
             if action == .none, machine.isExchanging { bufferevent_enable(bev, Int16(EV_READ)) }

@@ -174,6 +174,14 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         }
     }
 
+    /// TLS with the client failed during the handshake (interception): the alert OpenSSL queued for the client
+    /// is flushed before the close, so the client learns why (unrecognized_name, for instance).
+    mutating func clientTLSFailed() -> Action {
+        guard case .awaitingHead = state else { return clientError() }
+        state = .closing(.flushing)
+        return .closeAfterFlush
+    }
+
     /// client_timeout passed with nothing read.
     mutating func clientTimedOut() -> Action {
         switch state {

@@ -43,7 +43,10 @@ struct Endpoint {
     func flushStep() -> FlushStep {
         if evbuffer_get_length(output) > 0 { return .pending(belowTop: false) }
         if let tls { tls.sendCloseNotify() }
-        if let lower, evbuffer_get_length(bufferevent_get_output(lower)) > 0 { return .pending(belowTop: true) }
+        if let lower, evbuffer_get_length(bufferevent_get_output(lower)) > 0 {
+            bufferevent_enable(lower, Int16(EV_WRITE))  // a filter that failed may have stopped its lower layer
+            return .pending(belowTop: true)
+        }
         let fd = self.fd
         if fd >= 0 { shutdown(fd, Int32(SHUT_WR)) }
         return .shut

@@ -37,6 +37,9 @@ public struct TLSSession {
         SSL_set_quiet_shutdown(ssl, 1)
     }
 
+    /// Whether the handshake has completed.
+    public var handshakeFinished: Bool { SSL_is_init_finished(ssl) == 1 }
+
     public var version: String? {
         guard SSL_is_init_finished(ssl) == 1 else { return nil }
         return String(cString: SSL_get_version(ssl))

@@ -222,3 +222,18 @@ private func machine() -> Machine {
                                       requestComplete: true, upstreamAllows: false))
     }
 }
+
+@Suite struct ConnectionStateMachineTLSTests {
+    /// Issue 10 point 1: the alert of a failed interception handshake is flushed before the close.
+    @Test func failedClientHandshakeFlushesItsAlert() {
+        var m = machine()
+        #expect(m.clientTLSFailed() == .closeAfterFlush)
+        #expect(m.flushed() == .linger(until: 3_000))
+    }
+
+    @Test func tlsFailureMidExchangeAborts() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.clientTLSFailed() == .abort(reset: false))
+    }
+}

@@ -329,6 +329,15 @@ class CloseFlushesEveryLayer(unittest.TestCase):
         self.assertEqual(len(body), length)
 
 
+    def test_unrecognized_name_alert_reaches_the_client(self):
+        s = connect_tunnel("api.mygreatbank.test:443")
+        ctx = ssl.create_default_context(cafile=ENV["local_ca"])
+        ctx.check_hostname = False
+        with self.assertRaises(ssl.SSLError) as caught:
+            ctx.wrap_socket(s, server_hostname="other.mygreatbank.test").do_handshake()
+        self.assertIn("UNRECOGNIZED_NAME", str(caught.exception))
+
+
 class ClientTimeoutIsForIdleClients(unittest.TestCase):
     """Issue point 2 (client_timeout = 2s in this suite's config)."""
 
@@ -433,13 +442,14 @@ class InterceptionContextLifetime(unittest.TestCase):
             forward("-o", "/dev/null", "http://api.mygreatbank.test/small")
         ctx = ssl.create_default_context(cafile=ENV["local_ca"])
         t = ctx.wrap_socket(s, server_hostname="api.mygreatbank.test")
-        t.sendall(b"GET /small HTTP/1.1\r\nHost: api.mygreatbank.test\r\nConnection: close\r\n\r\n")
+        t.sendall(b"GET /small HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
         data = b""
-        while True:
+        while not data.endswith(SMALL):  # keep-alive: read up to the body, not to a close
             chunk = t.recv(65536)
             if not chunk:
                 break
             data += chunk
+        t.close()
         self.assertTrue(data.endswith(SMALL), data)
         self.assertEqual(ENV["proxy"].poll(), None)
 
