@@ -23,6 +23,7 @@ class Upstream:
       /trickle                 10 x 1000 B with Content-Length, one piece every 0.5 s
       HEAD /late-body          answers the HEAD, then 0.5 s later writes a whole HTTP response nobody asked for
       /secret                  200 "SECRET" (what /late-body's stray bytes look like)
+      /trickle-head            a 3 KB response head in 7-byte TLS records
       /cl-and-te, /cl-garbage  framing errors after the status line
       /eof-clean, /eof-dirty   close-delimited body ending with close_notify, or with a bare FIN
       /short-length            announces 1000 bytes, sends 100, then close_notify
@@ -64,7 +65,7 @@ class Upstream:
                         return
                     buf += data
                 head, buf = buf.split(b"\r\n\r\n", 1)
-                method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode()
+                method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode().split("?")[0]
                 lower = head.lower()
                 if b"content-length:" in lower:
                     n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
@@ -74,6 +75,13 @@ class Upstream:
                             return
                         buf += data
                     buf = buf[n:]
+                elif b"transfer-encoding: chunked" in lower:
+                    while b"\r\n0\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    buf = buf.split(b"\r\n0\r\n\r\n", 1)[1]
                 if not self.answer(conn, method, path):
                     return
         except (OSError, ssl.SSLError):
@@ -107,6 +115,11 @@ class Upstream:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
             time.sleep(0.5)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECRET")
+            return True
+        if path == "/trickle-head":
+            head = b"HTTP/1.1 200 OK\r\nX-Long: " + b"h" * 3000 + b"\r\nContent-Length: 5\r\n\r\nfine\n"
+            for i in range(0, len(head), 7):  # one small TLS record after the other
+                conn.sendall(head[i:i + 7])
             return True
         if path == "/secret":
             return ok(b"SECRET")
@@ -519,7 +532,28 @@ class AccessLogByteCounts(unittest.TestCase):
         data = raw_exchange(req)
         self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
         rec = records("/count-in")
-        self.assertEqual(rec[-1]["bytes_in"], 1000, rec)
+        self.assertEqual(rec[-1]["bytes_in"], 1000, rec[-1])
+
+    def test_bytes_out_counts_body_bytes_without_the_head(self):
+        forward("-o", "/dev/null", "http://api.mygreatbank.test/small?count-out")
+        rec = records("/small")
+        self.assertEqual(rec[-1]["bytes_out"], len(SMALL), rec[-1])
+
+
+class HeadsOneAfterTheOther(unittest.TestCase):
+    """Issue point 10 (functional: the resumed response-head search and the pipelining loop; their cost is not timed)."""
+
+    def test_trickled_response_head(self):
+        r = forward("-s", "-D", "-", "-o", "/dev/null", "http://api.mygreatbank.test/trickle-head")
+        self.assertIn(b"200", r.stdout.split(b"\r\n")[0])
+        self.assertIn(b"x-long: " + b"h" * 3000, r.stdout.lower())
+
+    def test_many_pipelined_requests_in_one_write(self):
+        n = 200
+        req = b"GET http://api.mygreatbank.test/small HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n"
+        data = raw_exchange(req * (n - 1) + req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        self.assertEqual(data.count(b"HTTP/1.1 200 "), n)
+        self.assertEqual(data.count(SMALL), n)
 
 
 if __name__ == "__main__":
