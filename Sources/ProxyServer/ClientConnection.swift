@@ -309,7 +309,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
             return
         }
         let framing: BodyFraming
-        let target: AbsoluteTarget
+        var target: AbsoluteTarget
         do {
             framing = try BodyFraming.forRequest(head)
             let hosts = head.headers.values("Host")
@@ -352,7 +352,20 @@ final class ClientConnection: UpstreamConnectionDelegate {
         // An http:// URL without a port means the service's https port.
         let port = target.explicitPort ?? 443
         record.port = port
-        let match = runtime.router.match(host: target.host, port: port, path: target.path)
+        // Route decision (issue 11): the path is normalised to its one canonical form, routed on that form, and
+        // that form is what goes upstream; spellings some server would read differently get 400.
+        let match: RouteMatch
+        switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
+        case .routed(let canonicalPath, let decided):
+            match = decided
+            target = target.withPath(canonicalPath)
+            self.target = target
+            record.path = canonicalPath
+        case .refused(let refusal, let decided):
+            record.route = decided?.label ?? ""
+            sendError(RequestRouting.badRequest(refusal, match: decided), close: true)
+            return
+        }
         self.match = match
         record.route = match.label
 
@@ -850,8 +863,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
     // MARK: CONNECT
 
-    /// CONNECT host:port, decided by the route table on host and port. A `tls` route gets a blind tunnel; an
-    /// `mtls` route is intercepted when `[intercept]` is set (the only way to add its certificate), else refused.
+    /// CONNECT host:port, decided by the route table's host-level routes (`Router.planTunnel`). A `tls` route gets
+    /// a blind tunnel; an `mtls` route, or a host with path-scoped routes that decide differently, is intercepted
+    /// when `[intercept]` is set (each request inside is then routed by its path), else refused.
     private func startTunnel(_ head: RequestHead) {
         record.method = "CONNECT"
         record.scheme = "connect"
@@ -876,24 +890,27 @@ final class ClientConnection: UpstreamConnectionDelegate {
             sendError(refusal, close: true)
             return
         }
-        let match = runtime.router.matchTunnel(host: host, port: port)
+        // Tunnel decision (issue 11): host-level routes decide; path-scoped routes that decide differently make
+        // the tunnel intercepted (each request inside routed by its path), or refused when interception is off.
+        let plan = runtime.router.planTunnel(host: host, port: port)
+        let match = plan.decision
         self.match = match
         record.route = match.label
-        if port != 443 && match.route?.port != port && match.action != .deny {
+        if port != 443 && match.route?.port != port && plan.kind != .deny {
             sendError(ProxyErrorResponse(status: 403, errorType: .httpRequestDenied,
                                          details: "tunnels to port \(port) are refused unless a route names the port",
                                          advice: "Add port = \(port) to the route for \(host) if this tunnel should be allowed."),
                       close: true)
             return
         }
-        switch match.action {
+        if case .mtls(let identity) = match.action { record.identity = identity }
+        switch plan.kind {
         case .deny:
             sendError(Refusals.denied(match, host: host, port: port), close: true)
-        case .tls:
+        case .blindTunnel:
             dialTunnel(host: host, port: port, match: match)
-        case .mtls(let identity):
-            record.identity = identity
-            intercept(host: host, port: port, identity: identity)
+        case .intercept:
+            intercept(host: host, port: port, withoutInterception: TunnelRouting.interceptionRequired(plan, host: host))
         }
     }
 
@@ -945,7 +962,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
     /// Answers 200, then terminates the client's TLS with a leaf for `host` minted from the local CA, and serves
     /// the requests inside like any other: upstream verification, the route's identity, pooling.
-    private func intercept(host: String, port: Int, identity: String) {
+    private func intercept(host: String, port: Int, withoutInterception refusal: ProxyErrorResponse) {
         let context: InterceptionContext?
         do {
             context = try worker.interceptionContext(for: host)
@@ -955,11 +972,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
             return
         }
         guard let context else {
-            sendError(ProxyErrorResponse(
-                status: 403, errorType: .httpRequestDenied,
-                details: "\(host) has an mTLS route (identity \(identity)); a blind tunnel cannot add its client certificate",
-                advice: "Either use an http:// URL (http://\(host)/...) with HTTP_PROXY, so the proxy makes the https connection and presents the certificate; or enable interception ([intercept] in the config, `mtls-proxy ca init`) and make the workflow trust the local CA."),
-                      close: true)
+            // Interception is off (issue 11: the answer names why the tunnel needed it).
+            sendError(refusal, close: true)
             return
         }
         guard evbuffer_get_length(input) == 0, let ssl = context.makeSSL() else {
