@@ -20,6 +20,7 @@ let package = Package(
         .target(name: "HTTP1"),
         // Configuration model, validation, routing. No sockets, no OpenSSL.
         .target(name: "ProxyConfig", dependencies: [
+            "HTTP1",  // the request-path normaliser, to check route path prefixes
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // OpenSSL wrappers: certificates, keys, client contexts, error classification.

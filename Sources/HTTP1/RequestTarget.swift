@@ -30,7 +30,21 @@ public struct AbsoluteTarget: Sendable, Equatable {
         return port == defaultPort ? h : "\(h):\(port)"
     }
 
+    /// The query with its `?`, or empty: forwarded exactly as received.
+    public var query: Substring {
+        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[q...] }
+        return pathAndQuery[pathAndQuery.endIndex...]
+    }
+
+    /// The same target with its path replaced by `canonicalPath` (see `PathNormalizer`), the query kept.
+    public func withPath(_ canonicalPath: String) -> AbsoluteTarget {
+        var copy = self
+        copy.pathAndQuery = canonicalPath + query
+        return copy
+    }
+
     /// Parses an absolute-form target. Only `http` and `https` are accepted; user info and fragments are rejected.
+    /// The path is not judged here: `PathNormalizer` decides its canonical form before routing.
     public static func parse(_ target: String) throws -> AbsoluteTarget {
         let utf8 = Array(target.utf8)
         guard let schemeEnd = findSubsequence(utf8, Array("://".utf8)) else {
@@ -52,7 +66,6 @@ public struct AbsoluteTarget: Sendable, Equatable {
         if rest.isEmpty { rest = [0x2F] } else if rest[0] == 0x3F { rest.insert(0x2F, at: 0) }
         let (host, port) = try parseAuthority(authority)
         let pathAndQuery = String(decoding: rest, as: UTF8.self)
-        try checkPath(pathAndQuery)
         return AbsoluteTarget(scheme: scheme, host: host, explicitPort: port, pathAndQuery: pathAndQuery)
     }
 
@@ -60,25 +73,10 @@ public struct AbsoluteTarget: Sendable, Equatable {
     public static func checkOriginForm(_ target: String) throws {
         guard target.first == "/" else { throw HTTPParseError.invalidTarget("expected a path starting with /") }
         if target.contains("#") { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
-        try checkPath(target)
-    }
-
-    /// Dot segments would let `/v1/../admin` slip past a route's path prefix, so they are refused rather than guessed at.
-    static func checkPath(_ pathAndQuery: String) throws {
-        var path = pathAndQuery.utf8[...]
-        if let q = path.firstIndex(of: UInt8(ascii: "?")) { path = path[..<q] }
-        // Fast path: a dot segment needs a "." or a "%2e" somewhere.
-        guard path.contains(UInt8(ascii: ".")) || path.contains(UInt8(ascii: "%")) else { return }
-        let pathString = Substring(path)
-        for segment in pathString.split(separator: "/", omittingEmptySubsequences: false) {
-            let lower = segment.lowercased()
-            if lower == "." || lower == ".." || lower == "%2e" || lower == "%2e%2e" || lower == ".%2e" || lower == "%2e." {
-                throw HTTPParseError.invalidTarget("dot segments (. or ..) in the path")
-            }
-        }
     }
 
     /// authority = host [ ":" port ]; host is a reg-name, an IPv4 address or a bracketed IPv6 address.
+    /// The host comes back in its one canonical form: lower case, without a trailing dot.
     public static func parseAuthority(_ authority: [UInt8]) throws -> (host: String, port: Int?) {
         if authority.contains(0x40) { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
@@ -102,7 +100,11 @@ public struct AbsoluteTarget: Sendable, Equatable {
             } else {
                 hostBytes = authority[...]
             }
-            guard !hostBytes.isEmpty, hostBytes.count <= 253,
+            // A fully qualified name's trailing dot names the same host (RFC 1034 §3.1); RFC 6066 forbids it in
+            // SNI. One is removed here, so routing, SNI, the certificate check, Host and the pool key agree.
+            if hostBytes.count > 1, hostBytes.last == 0x2E { hostBytes = hostBytes.dropLast() }
+            guard !hostBytes.isEmpty, hostBytes.count <= 253, hostBytes.last != 0x2E, hostBytes.first != 0x2E,
+                  !zip(hostBytes, hostBytes.dropFirst()).contains(where: { $0 == 0x2E && $1 == 0x2E }),
                   hostBytes.allSatisfy({ isAlnum($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
                 throw HTTPParseError.invalidHost
             }

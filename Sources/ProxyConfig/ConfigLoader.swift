@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import HTTP1
 import TOMLKit
 
 /// Reads a TOML config file into a validated `ProxyConfiguration`. Every mistake names the file, the key and
@@ -81,8 +82,8 @@ public enum ConfigLoader {
 
         var upstream = UpstreamSettings()
         if let t = try reader.table("upstream") {
-            try t.allowOnly(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers", "allow_private"])
+            try t.allowOnly(Set(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
+                             "nameservers", "allow_private"]).union(pathRuleKeys))
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
             if let list = try t.stringArray("nameservers") {
                 upstream.nameservers = try list.enumerated().map { i, text in
@@ -91,6 +92,7 @@ public enum ConfigLoader {
                     throw t.error("nameservers[\(i + 1)]", "expected a numeric address such as \"127.0.0.53\" or \"[::1]:53\", got \"\(text)\"")
                 }
             }
+            upstream.pathRules = try readPathRules(t, defaults: upstream.pathRules)
             upstream.trust = try readTrust(t, defaults: upstream.trust)
             upstream.timeouts = try readTimeouts(t, defaults: upstream.timeouts)
             if let n = try t.int("max_idle_per_host") {
@@ -230,6 +232,7 @@ public enum ConfigLoader {
             port = p
         }
         host = host.asciiLowercasedForConfig
+        if host.count > 1, host.hasSuffix(".") { host.removeLast() }  // the same host, as requests are matched
         guard HostPattern.isValidHostName(host) || IPAddress(host) != nil else { return nil }
         return (host, port)
     }
@@ -298,8 +301,9 @@ public enum ConfigLoader {
     }
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
-        try t.allowOnly(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
-                         "connect_timeout", "response_timeout", "idle_timeout", "allow_private"])
+        try t.allowOnly(Set(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
+                             "connect_timeout", "response_timeout", "idle_timeout", "allow_private"]).union(pathRuleKeys))
+        let pathRules = try readPathRules(t, defaults: upstream.pathRules)
         guard let hostText = try t.string("host") else {
             throw t.error("host", "missing: every route names a host (\"api.example.com\", \"*.example.com\" or \"*\")")
         }
@@ -314,7 +318,7 @@ public enum ConfigLoader {
         var pathPrefix: String?
         if let p = try t.string("path") {
             guard p.hasPrefix("/") else { throw t.error("path", "expected a path prefix starting with /, got \"\(p)\"") }
-            pathPrefix = p
+            pathPrefix = try canonicalPathPrefix(p, rules: pathRules, t)
         }
         let identity = try t.string("identity")
         let actionText = try t.string("action")
@@ -345,7 +349,38 @@ public enum ConfigLoader {
         // Naming the address to dial is an explicit choice: the guard does not second-guess it.
         let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
         return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
-                     action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil)
+                     action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
+                     pathRules: pathRules)
+    }
+
+    // MARK: request-path rules (see PathNormalizer)
+
+    static let pathRuleKeys: Set<String> = ["merge_slashes", "escaped_slashes"]
+
+    /// `merge_slashes = true` and `escaped_slashes = "refuse" | "keep"`, in `[upstream]` or a route.
+    static func readPathRules(_ t: TableReader, defaults: PathRules) throws -> PathRules {
+        var rules = defaults
+        if let merge = try t.bool("merge_slashes") { rules.mergeSlashes = merge }
+        if let text = try t.string("escaped_slashes") {
+            guard let value = PathRules.EscapedSlashes(rawValue: text) else {
+                throw t.error("escaped_slashes", "expected \"refuse\" (400 for %2F and %5C, the default) or \"keep\" (forward them as they are), got \"\(text)\"")
+            }
+            rules.escapedSlashes = value
+        }
+        return rules
+    }
+
+    /// Requests are matched on their canonical path, so a prefix is written in that form too: `/%61dmin` is
+    /// `/admin`, and a prefix no request could have (`/a/../b`, `//x`) is a mistake.
+    static func canonicalPathPrefix(_ prefix: String, rules: PathRules, _ t: TableReader) throws -> String {
+        var allowing: PathNormalizer.Relaxations = []
+        if rules.escapedSlashes == .keep { allowing.insert(.keepEscapedSlashes) }
+        switch PathNormalizer.normalize(prefix[...], allowing: allowing) {
+        case .success(let canonical): return canonical.path
+        case .failure(let refusal):
+            let hint = refusal.relaxation == nil ? "" : " (requests with it are refused unless the route relaxes the rule; see escaped_slashes)"
+            throw t.error("path", "\(refusal.description)\(hint): no request is matched on \"\(prefix)\"")
+        }
     }
 
     static func readTrust(_ t: TableReader, defaults: TrustSettings) throws -> TrustSettings {

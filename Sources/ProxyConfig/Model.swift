@@ -103,8 +103,38 @@ public struct UpstreamSettings: Sendable {
     public var allowPrivate = false
     /// DNS servers to ask instead of those in /etc/resolv.conf; empty means the system's.
     public var nameservers: [HostPort] = []
+    /// Which path spellings routes accept by default (`merge_slashes`, `escaped_slashes`); strict unless set.
+    public var pathRules = PathRules()
 
     public init() {}
+}
+
+/// Request-path spellings a route accepts beyond the strict canonical form (see the request path normaliser).
+/// Both are off by default: `//` and `%2F`/`%5C` are refused with 400.
+public struct PathRules: Sendable, Hashable {
+    public enum EscapedSlashes: String, Sendable, Hashable {
+        /// `%2F` and `%5C` are refused (the default).
+        case refuse
+        /// `%2F` and `%5C` are forwarded as they are and matched literally, as data inside a segment.
+        case keep
+    }
+
+    /// Empty segments are merged (`//a///b` is routed and forwarded as `/a/b`) instead of refused.
+    public var mergeSlashes: Bool
+    public var escapedSlashes: EscapedSlashes
+
+    public init(mergeSlashes: Bool = false, escapedSlashes: EscapedSlashes = .refuse) {
+        self.mergeSlashes = mergeSlashes
+        self.escapedSlashes = escapedSlashes
+    }
+
+    /// The config keys that set these rules, for messages: `merge_slashes = true`, `escaped_slashes = "keep"`.
+    public var configText: String {
+        var parts: [String] = []
+        if mergeSlashes { parts.append("merge_slashes = true") }
+        if escapedSlashes == .keep { parts.append("escaped_slashes = \"keep\"") }
+        return parts.isEmpty ? "strict" : parts.joined(separator: ", ")
+    }
 }
 
 /// Where a password comes from: never the config file itself.
@@ -195,7 +225,9 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
     case any
 
     public static func parse(_ text: String) -> HostPattern? {
-        let lower = text.asciiLowercasedForConfig
+        var lower = text.asciiLowercasedForConfig
+        // "api.example.com." names the same host as "api.example.com"; requests are matched without the dot.
+        if lower.count > 1, lower.hasSuffix("."), !lower.hasPrefix("[") { lower.removeLast() }
         if lower == "*" { return .any }
         if lower.hasPrefix("*.") {
             let base = String(lower.dropFirst(2))
@@ -211,6 +243,7 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
         return .exact(lower)
     }
 
+    /// - Parameter host: the request's host in canonical form: lower case, no trailing dot.
     public func matches(_ host: String) -> Bool {
         switch self {
         case .any: return true
@@ -251,10 +284,14 @@ public struct Route: Sendable, Hashable {
     public var timeouts: Timeouts
     /// Let this route's host resolve to a non-public address (the SSRF guard is off for it).
     public var allowPrivate: Bool
+    /// Path spellings this route accepts beyond the strict canonical form; inherited from `[upstream]`.
+    public var pathRules: PathRules
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
-                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false) {
+                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
+                pathRules: PathRules = PathRules()) {
         self.allowPrivate = allowPrivate
+        self.pathRules = pathRules
         self.index = index
         self.name = name
         self.host = host

@@ -319,7 +319,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             return
         }
         let framing: BodyFraming
-        let target: AbsoluteTarget
+        var target: AbsoluteTarget
         do {
             framing = try BodyFraming.forRequest(head)
             let hosts = head.headers.values("Host")
@@ -345,7 +345,6 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             sendError(refusal, close: true)
             return
         }
-        exchange.target = target
         exchange.record.scheme = target.scheme
         exchange.record.host = target.host
         exchange.record.path = String(target.path)
@@ -355,7 +354,20 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         // An http:// URL without a port means the service's https port.
         let port = target.explicitPort ?? 443
         exchange.record.port = port
-        let match = runtime.router.match(host: target.host, port: port, path: target.path)
+        // Route decision: the path is normalised to its one canonical form, routed on that form, and that form
+        // is what goes upstream; spellings some server would read differently get 400.
+        let match: RouteMatch
+        switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
+        case .routed(let canonicalPath, let decided):
+            match = decided
+            target = target.withPath(canonicalPath)
+            exchange.record.path = canonicalPath
+        case .refused(let refusal, let decided):
+            exchange.record.route = decided?.label ?? ""
+            sendError(RequestRouting.badRequest(refusal, match: decided), close: true)
+            return
+        }
+        exchange.target = target
         exchange.match = match
         exchange.record.route = match.label
 
@@ -817,15 +829,17 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.record.port = setup.port
         exchange.record.path = ""
         exchange.match = setup.match
-        if let match = setup.match { exchange.record.route = match.label }
+        if let match = setup.match {
+            exchange.record.route = match.label
+            if case .mtls(let identity) = match.action { exchange.record.identity = identity }
+        }
         switch setup.mode {
         case .refuse(let response):
             sendError(response, close: true)
         case .blind:
             dialTunnel(host: setup.host, port: setup.port, match: setup.match!)
-        case .intercept(let identity):
-            exchange.record.identity = identity
-            intercept(host: setup.host, port: setup.port, identity: identity)
+        case .intercept:
+            intercept(host: setup.host, port: setup.port)
         }
     }
 
@@ -857,7 +871,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     /// Answers 200, then terminates the client's TLS with a leaf for `host` minted from the local CA, and serves
     /// the requests inside like any other: upstream verification, the route's identity, pooling.
-    private func intercept(host: String, port: Int, identity: String) {
+    private func intercept(host: String, port: Int) {
         let context: InterceptionContext?
         do {
             context = try worker.interceptionContext(for: host)
@@ -867,7 +881,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             return
         }
         guard let context else {
-            sendError(Refusals.blindTunnelToMTLS(host: host, identity: identity), close: true)
+            // The local CA went away (a reload) since the decision: answer as if interception were off.
+            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
+                                         details: "interception of \(host) is not available: no local CA is loaded"), close: true)
             return
         }
         guard evbuffer_get_length(input) == 0 else {
@@ -990,12 +1006,5 @@ enum Refusals {
         guard AddressPolicy.isNonCanonicalNumericHost(host) else { return nil }
         return ProxyErrorResponse(status: 400, errorType: .httpRequestError,
                                   details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d")
-    }
-
-    static func blindTunnelToMTLS(host: String, identity: String) -> ProxyErrorResponse {
-        ProxyErrorResponse(
-            status: 403, errorType: .httpRequestDenied,
-            details: "\(host) has an mTLS route (identity \(identity)); a blind tunnel cannot add its client certificate",
-            advice: "Either use an http:// URL (http://\(host)/...) with HTTP_PROXY, so the proxy makes the https connection and presents the certificate; or enable interception ([intercept] in the config, `mtls-proxy ca init`) and make the workflow trust the local CA.")
     }
 }

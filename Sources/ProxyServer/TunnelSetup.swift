@@ -12,8 +12,8 @@ struct TunnelSetup {
         /// TCP to the upstream; TLS runs end to end between the workflow and the service.
         case blind
         /// The proxy answers 200, terminates the workflow's TLS with a leaf minted for `host`, and serves the
-        /// requests inside with the route's identity.
-        case intercept(identity: String)
+        /// requests inside, each routed by its path (`identity` is the host-level route's, for the record).
+        case intercept(identity: String?)
         /// Answered with this error; no tunnel.
         case refuse(ProxyErrorResponse)
     }
@@ -41,22 +41,28 @@ struct TunnelSetup {
         if let refusal = Refusals.nonCanonicalHost(host) {
             return TunnelSetup(host: host, port: port, match: nil, mode: .refuse(refusal))
         }
-        let match = router.matchTunnel(host: host, port: port)
+        // Host-level routes decide (`Router.planTunnel`); path-scoped routes that decide differently make the
+        // tunnel intercepted (each request inside routed by its path), or refused when interception is off.
+        let plan = router.planTunnel(host: host, port: port)
+        let match = plan.decision
         var setup = TunnelSetup(host: host, port: port, match: match, mode: .blind)
-        if port != 443 && match.route?.port != port && match.action != .deny {
+        if port != 443 && match.route?.port != port && plan.kind != .deny {
             setup.mode = .refuse(ProxyErrorResponse(
                 status: 403, errorType: .httpRequestDenied,
                 details: "tunnels to port \(port) are refused unless a route names the port",
                 advice: "Add port = \(port) to the route for \(host) if this tunnel should be allowed."))
             return setup
         }
-        switch match.action {
+        switch plan.kind {
         case .deny:
             setup.mode = .refuse(Refusals.denied(match, host: host, port: port))
-        case .tls:
+        case .blindTunnel:
             setup.mode = .blind
-        case .mtls(let identity):
-            setup.mode = interceptionEnabled ? .intercept(identity: identity) : .refuse(Refusals.blindTunnelToMTLS(host: host, identity: identity))
+        case .intercept:
+            var identity: String?
+            if case .mtls(let name) = match.action { identity = name }
+            setup.mode = interceptionEnabled ? .intercept(identity: identity)
+                                             : .refuse(TunnelRouting.interceptionRequired(plan, host: host))
         }
         return setup
     }

@@ -10,7 +10,7 @@ struct Explain: ParsableCommand {
 
     @OptionGroup var options: ConfigOption
 
-    @Argument(help: "The URL as the workflow would send it through the proxy, e.g. http://api.example.com/v1/x")
+    @Argument(help: "The URL as the workflow would send it through the proxy, e.g. http://api.example.com/v1/x (with --method CONNECT: host:port)")
     var url: String
 
     @Option(help: "The request method.")
@@ -18,7 +18,7 @@ struct Explain: ParsableCommand {
 
     func run() throws {
         let runtime = try options.loadRuntime()
-        let config = runtime.config
+        if method.uppercased() == "CONNECT" { return try explainTunnel(runtime) }
         let target: AbsoluteTarget
         do {
             target = try AbsoluteTarget.parse(url)
@@ -27,12 +27,27 @@ struct Explain: ParsableCommand {
             throw ExitCode(2)
         }
         let port = target.explicitPort ?? 443
-        let match = runtime.router.match(host: target.host, port: port, path: target.path)
+        // The same decision the data path makes: canonical path first, then the router, which says why.
+        let router = runtime.router
         var lines: [(String, String)] = [("request", "\(method.uppercased()) \(url)")]
-        lines.append(("upstream", "https://\(target.hostHeader(port: port, defaultPort: 443))\(target.pathAndQuery)  (Host: \(target.hostHeader(port: port, defaultPort: 443)))"))
-        for route in config.routes {
-            if route == match.route { break }
-            lines.append(("skipped", "\(route.label): \(Self.mismatch(route, host: target.host, port: port, path: String(target.path)))"))
+        let canonicalPath: String
+        switch RequestRouting.decide(router, host: target.host, port: port, path: target.path) {
+        case .refused(let refusal, let decided):
+            let response = RequestRouting.badRequest(refusal, match: decided)
+            lines.append(("outcome", "\(response.status): the proxy refuses the path (Proxy-Status: \(response.errorType.rawValue)), \(response.details), and sends nothing upstream"))
+            if !response.advice.isEmpty { lines.append(("advice", response.advice)) }
+            printLines(lines)
+            return
+        case .routed(let path, _):
+            canonicalPath = path
+        }
+        let canonical = target.withPath(canonicalPath)
+        let explanation = router.explain(host: target.host, port: port, path: canonicalPath[...])
+        let match = explanation.match
+        lines.append(("path", canonicalPath))
+        lines.append(("upstream", "https://\(canonical.hostHeader(port: port, defaultPort: 443))\(canonical.path)  (Host: \(canonical.hostHeader(port: port, defaultPort: 443)))"))
+        for skipped in explanation.skipped {
+            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
         }
         lines.append(("route", "\(match.label): \(match.reason)"))
         switch match.action {
@@ -57,16 +72,50 @@ struct Explain: ParsableCommand {
             lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }
+        printLines(lines)
+    }
+
+    /// CONNECT host:port: the host-level route decides; path-scoped routes may require interception.
+    private func explainTunnel(_ runtime: ProxyRuntime) throws {
+        let authority: (host: String, port: Int?)
+        do {
+            authority = try AbsoluteTarget.parseAuthority(Array(url.utf8))
+        } catch let error as HTTPParseError {
+            printError("mtls-proxy: \(url): \(error.description)")
+            throw ExitCode(2)
+        }
+        guard let port = authority.port else {
+            printError("mtls-proxy: \(url): CONNECT needs host:port")
+            throw ExitCode(2)
+        }
+        let router = runtime.router
+        let plan = router.planTunnel(host: authority.host, port: port)
+        var lines: [(String, String)] = [("request", "CONNECT \(authority.host):\(port)")]
+        for skipped in router.explain(host: authority.host, port: port, path: nil).skipped {
+            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
+        }
+        lines.append(("route", "\(plan.decision.label): \(plan.decision.reason)"))
+        for route in plan.pathRoutes {
+            lines.append(("path route", "\(route.label) (path \(route.pathPrefix ?? "/")): \(route.action), decides requests inside the tunnel"))
+        }
+        switch plan.kind {
+        case .deny:
+            lines.append(("outcome", "deny: the proxy answers 403 and opens no tunnel"))
+        case .blindTunnel:
+            lines.append(("outcome", "blind tunnel: bytes relayed as they are, the workflow verifies the server itself"))
+        case .intercept where runtime.config.intercept != nil:
+            lines.append(("outcome", "intercepted: the proxy terminates TLS with the local CA and routes each request inside by its path"))
+        case .intercept:
+            let response = TunnelRouting.interceptionRequired(plan, host: authority.host)
+            lines.append(("outcome", "403 (interception is off): \(response.details)"))
+        }
+        printLines(lines)
+    }
+
+    private func printLines(_ lines: [(String, String)]) {
         let width = lines.map(\.0.count).max() ?? 0
         for (label, text) in lines {
             print(label + String(repeating: " ", count: width - label.count + 2) + text)
         }
-    }
-
-    static func mismatch(_ route: Route, host: String, port: Int, path: String) -> String {
-        if !route.host.matches(host) { return "host \(route.host) does not match \(host)" }
-        if let p = route.port, p != port { return "port \(p) does not match \(port)" }
-        if let prefix = route.pathPrefix, !path.hasPrefix(prefix) { return "path prefix \(prefix) does not match \(path)" }
-        return "does not match"
     }
 }

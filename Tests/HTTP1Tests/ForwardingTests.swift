@@ -40,8 +40,7 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         "http://a.test:x/",               // port text
         "http://a test/",                 // space in host
         "http:///path",                   // empty host
-        "http://a.test/v1/../admin",      // dot segments
-        "http://a.test/v1/%2e%2e/admin",
+        "http://a.test../x/",             // a trailing dot is removed once, not twice
         "http://[zz::1]/",
     ])
     func rejectsBadTargets(_ target: String) {

@@ -134,14 +134,127 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
     let trust = TrustSettings(caFile: nil, minTLS: .tls12)
     let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
 
-    @Test func pathPrefixesDoNotStopATunnelMatch() {
+    func r(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, connect: HostPort? = nil) -> Route {
+        Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action, connect: connect,
+              trust: trust, timeouts: timeouts)
+    }
+
+    @Test func aTunnelIsDecidedByRoutesWithoutAPath() {
         let router = Router(routes: [
             Route(index: 1, host: .exact("api.test"), pathPrefix: "/eu/", action: .mtls(identity: "eu"), trust: trust, timeouts: timeouts),
             Route(index: 2, host: .exact("api.test"), action: .mtls(identity: "us"), trust: trust, timeouts: timeouts),
             Route(index: 3, host: .any, port: 8443, action: .tls, trust: trust, timeouts: timeouts),
         ], unmatched: .deny, upstream: UpstreamSettings())
-        #expect(router.matchTunnel(host: "api.test", port: 443).route?.index == 1)
+        #expect(router.matchTunnel(host: "api.test", port: 443).route?.index == 2)
         #expect(router.matchTunnel(host: "other.test", port: 8443).route?.index == 3)
         #expect(router.matchTunnel(host: "other.test", port: 443).action == .deny)
+        let plan = router.planTunnel(host: "api.test", port: 443)
+        #expect(plan.kind == .intercept)
+        #expect(plan.decision.route?.index == 2)
+        #expect(plan.pathRoutes.map(\.index) == [1])
+    }
+
+    @Test func pathDenyAheadOfAnIdentityRouteNeedsInterceptionNotA403() {
+        let router = Router(routes: [r(1, "api.test", path: "/admin", .deny), r(2, "api.test", .mtls(identity: "us"))],
+                            unmatched: .deny, upstream: UpstreamSettings())
+        let plan = router.planTunnel(host: "api.test", port: 443)
+        #expect(plan.kind == .intercept)
+        #expect(plan.decision.label == "r2")
+        #expect(plan.pathRoutes.map(\.label) == ["r1"])
+    }
+
+    @Test func pathScopedTlsRouteFirstDoesNotMakeTheTunnelBlind() {
+        let router = Router(routes: [r(1, "api.test", path: "/public/", .tls), r(2, "api.test", .mtls(identity: "us"))],
+                            unmatched: .deny, upstream: UpstreamSettings())
+        let plan = router.planTunnel(host: "api.test", port: 443)
+        #expect(plan.kind == .intercept)
+        #expect(plan.decision.label == "r2")
+    }
+
+    @Test func hostAllowedOnlyOnAPathIsNotTunnelledBlind() {
+        let router = Router(routes: [r(1, "s.test", path: "/status/", .tls), r(2, "s.test", .deny)],
+                            unmatched: .deny, upstream: UpstreamSettings())
+        let plan = router.planTunnel(host: "s.test", port: 443)
+        #expect(plan.kind == .intercept)
+        #expect(plan.decision.label == "r2")
+        #expect(plan.pathRoutes.map(\.label) == ["r1"])
+        // The same with the rest denied by the unmatched policy.
+        let unmatched = Router(routes: [r(1, "s.test", path: "/status/", .tls)], unmatched: .deny, upstream: UpstreamSettings())
+        #expect(unmatched.planTunnel(host: "s.test", port: 443).kind == .intercept)
+        #expect(unmatched.planTunnel(host: "s.test", port: 443).decision.route == nil)
+    }
+
+    @Test func onlyTlsRoutesToTheSameAddressGiveABlindTunnel() {
+        let a = HostPort(host: "127.0.0.1", port: 1), b = HostPort(host: "127.0.0.1", port: 2)
+        let same = Router(routes: [r(1, "t.test", path: "/a/", .tls, connect: a), r(2, "t.test", .tls, connect: a)],
+                          unmatched: .deny, upstream: UpstreamSettings())
+        #expect(same.planTunnel(host: "t.test", port: 443).kind == .blindTunnel)
+        #expect(same.planTunnel(host: "t.test", port: 443).decision.label == "r2")
+        let other = Router(routes: [r(1, "t.test", path: "/a/", .tls, connect: b), r(2, "t.test", .tls, connect: a)],
+                           unmatched: .deny, upstream: UpstreamSettings())
+        #expect(other.planTunnel(host: "t.test", port: 443).kind == .intercept)
+    }
+
+    @Test func pathRoutesBehindTheHostRouteNeverApplyAndDoNotCount() {
+        let router = Router(routes: [r(1, "t.test", .tls), r(2, "t.test", path: "/x/", .deny), r(3, "t.test", path: "/y", .deny)],
+                            unmatched: .deny, upstream: UpstreamSettings())
+        let plan = router.planTunnel(host: "t.test", port: 443)
+        #expect(plan.kind == .blindTunnel)
+        #expect(plan.pathRoutes.isEmpty)
+    }
+
+    @Test func denyAndSameDecisionPathRoutes() {
+        let router = Router(routes: [r(1, "d.test", path: "/x", .deny), r(2, "d.test", .deny), r(3, "m.test", path: "/a", .mtls(identity: "us")),
+                                     r(4, "m.test", .mtls(identity: "us"))],
+                            unmatched: .tls, upstream: UpstreamSettings())
+        #expect(router.planTunnel(host: "d.test", port: 443).kind == .deny)
+        let m = router.planTunnel(host: "m.test", port: 443)
+        #expect(m.kind == .intercept)
+        #expect(m.pathRoutes.isEmpty)
+        #expect(router.planTunnel(host: "open.test", port: 443).kind == .blindTunnel)
+    }
+}
+
+@Suite struct RouteExplanationTests {
+    let router = Router(routes: [
+        route(1, "api.test", path: "/admin", .deny),
+        route(2, "api.test", port: 8443, .tls),
+        route(3, "*.other.test", .tls),
+        route(4, "api.test", .mtls(identity: "us")),
+    ], unmatched: .deny, upstream: UpstreamSettings())
+
+    @Test func explainIsTheMatchWithItsReasons() {
+        let e = router.explain(host: "api.test", port: 443, path: "/v1/x")
+        #expect(e.match == router.match(host: "api.test", port: 443, path: "/v1/x"))
+        #expect(e.match.route?.index == 4)
+        #expect(e.skipped.map(\.route.index) == [1, 2, 3])
+        #expect(e.skipped.map(\.reason.description) == [
+            "path prefix /admin does not match /v1/x",
+            "port 8443 does not match 443",
+            "host *.other.test does not match api.test",
+        ])
+    }
+
+    @Test func tunnelExplanationSkipsPathScopedRoutes() {
+        let e = router.explain(host: "api.test", port: 443, path: nil)
+        #expect(e.match.route?.index == 4)
+        #expect(e.skipped.first?.reason == .pathScoped(prefix: "/admin"))
+    }
+
+    @Test func routesMatchTheCanonicalHost() {
+        // Config spelled with a trailing dot matches the canonical (dot-less) request host.
+        let dotted = Router(routes: [route(1, "blocked.example.", .deny), route(2, "*.example.org.", .deny)],
+                            unmatched: .tls, upstream: UpstreamSettings())
+        #expect(dotted.match(host: "blocked.example", port: 443, path: "/").route?.index == 1)
+        #expect(dotted.match(host: "a.example.org", port: 443, path: "/").route?.index == 2)
+        #expect(HostPattern.parse("a..b.") == nil)
+        #expect(HostPattern.parse(".") == nil)
+    }
+
+    @Test func unmatchedTakesUpstreamPathRules() {
+        var upstream = UpstreamSettings()
+        upstream.pathRules = PathRules(mergeSlashes: true, escapedSlashes: .keep)
+        let r = Router(routes: [], unmatched: .tls, upstream: upstream)
+        #expect(r.match(host: "x.test", port: 443, path: "/").pathRules == upstream.pathRules)
     }
 }

@@ -19,6 +19,9 @@ def serve(conn, log, lock):
 
     try:
         conn.do_handshake()
+        # The client certificate's CN, if one was presented (with --optional-client-cert it may not be).
+        peer = conn.getpeercert() or {}
+        client = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), None)
         while True:
             while b"\r\n\r\n" not in buf:
                 fill()
@@ -47,7 +50,7 @@ def serve(conn, log, lock):
                     fill()
                 body, buf = buf[:n], buf[n:]
             record = {"request_line": lines[0].decode("latin-1"), "headers": {k.decode("latin-1"): [x.decode("latin-1") for x in v] for k, v in headers.items()},
-                      "body": body.decode("latin-1")}
+                      "body": body.decode("latin-1"), "client": client}
             with lock:
                 log.write(json.dumps(record) + "\n")
                 log.flush()

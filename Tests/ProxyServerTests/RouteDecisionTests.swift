@@ -1,0 +1,103 @@
+import HTTP1
+import ProxyConfig
+import Testing
+@testable import ProxyServer
+
+/// Normalise, then route: the route decides on exactly the path that is forwarded, and a relaxation applies
+/// only when the route that the relaxed path reaches allows it.
+@Suite struct RequestRoutingTests {
+    let trust = TrustSettings(caFile: nil, minTLS: .tls12)
+    let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
+
+    func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
+        Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action, trust: trust,
+              timeouts: timeouts, pathRules: rules)
+    }
+
+    var router: Router {
+        Router(routes: [
+            route(1, "api.test", path: "/admin", .deny),
+            route(2, "api.test", path: "/merge/", .mtls(identity: "us"), rules: PathRules(mergeSlashes: true)),
+            route(3, "api.test", path: "/keep/", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep)),
+            route(4, "api.test", .mtls(identity: "us")),
+        ], unmatched: .deny, upstream: UpstreamSettings())
+    }
+
+    func decide(_ path: String) -> RequestRouting.Outcome {
+        RequestRouting.decide(router, host: "api.test", port: 443, path: path[...])
+    }
+
+    func routed(_ path: String) -> (String, String)? {
+        guard case .routed(let p, let m) = decide(path) else { return nil }
+        return (p, m.label)
+    }
+
+    @Test func encodedLettersReachTheDenyRoute() {
+        #expect(routed("/%61dmin/x")! == ("/admin/x", "r1"))
+        #expect(routed("/%61%64%6D%69%6E")! == ("/admin", "r1"))
+    }
+
+    @Test func strictFormsAreRefusedWherever() {
+        #expect(decide("//admin/x") == .refused(.emptySegment, match: router.match(host: "api.test", port: 443, path: "/admin/x")))
+        #expect(decide("/v1/../admin") == .refused(.dotSegment, match: nil))
+        #expect(decide("/v1/..;/admin") == .refused(.dotSegmentWithParameters, match: nil))
+        #expect(decide("/a%2Fb") == .refused(.encodedSlash, match: router.match(host: "api.test", port: 443, path: "/a%2Fb")))
+        // A dot segment behind an encoded slash is named, not the slash.
+        #expect(decide("/v1%2F..%2Fadmin") == .refused(.dotSegment, match: nil))
+    }
+
+    @Test func aRelaxationAppliesOnlyOnTheRouteThatAllowsIt() {
+        #expect(routed("/merge//a///b")! == ("/merge/a/b", "r2"))
+        #expect(routed("//merge/a")! == ("/merge/a", "r2"))
+        #expect(routed("/keep/g%2fp")! == ("/keep/g%2Fp", "r3"))
+        // The merge route does not keep %2F, the keep route does not merge.
+        guard case .refused(.encodedSlash, let m1) = decide("/merge/a%2Fb") else { Issue.record("merge route kept %2F"); return }
+        #expect(m1?.label == "r2")
+        guard case .refused(.emptySegment, let m2) = decide("/keep//a") else { Issue.record("keep route merged //"); return }
+        #expect(m2?.label == "r3")
+        // Merging never hides a dot segment.
+        #expect(decide("/merge/..//admin") == .refused(.dotSegment, match: nil))
+    }
+
+    @Test func mergedPathThatReachesAnotherRouteIsJudgedByThatRoute() {
+        // "//admin" merged is "/admin": the deny route decides, and it does not allow merging.
+        guard case .refused(.emptySegment, let m) = decide("//admin") else { Issue.record("merged onto the deny route"); return }
+        #expect(m?.label == "r1")
+        let body = RequestRouting.badRequest(.emptySegment, match: m)
+        #expect(body.status == 400)
+        #expect(!body.advice.contains("merge_slashes"))  // no advice to relax a deny route
+    }
+
+    @Test func badRequestNamesTheFormAndTheKeyButNotTheRequest() {
+        let m = router.match(host: "api.test", port: 443, path: "/x")
+        let r = RequestRouting.badRequest(.encodedSlash, match: m)
+        #expect(r.status == 400)
+        #expect(r.errorType == .httpRequestError)
+        #expect(r.proxyStatusValue == "mtls-proxy; error=http_request_error; details=\"refused: encoded slash (%2F) in the path\"")
+        #expect(r.advice.contains("escaped_slashes = \"keep\" on r4"))
+        #expect(RequestRouting.badRequest(.emptySegment, match: nil).advice.contains("merge_slashes = true in [upstream]"))
+    }
+
+    @Test func upstreamRulesApplyToUnmatchedHosts() {
+        var upstream = UpstreamSettings()
+        upstream.pathRules = PathRules(mergeSlashes: true)
+        let open = Router(routes: [], unmatched: .tls, upstream: upstream)
+        guard case .routed(let p, _) = RequestRouting.decide(open, host: "x.test", port: 443, path: "//a//b") else {
+            Issue.record("not merged"); return
+        }
+        #expect(p == "/a/b")
+    }
+
+    @Test func interceptionRequiredNamesThePathRoutes() {
+        let r = Router(routes: [route(1, "s.test", path: "/status/", .tls), route(2, "s.test", .deny)], unmatched: .deny,
+                       upstream: UpstreamSettings())
+        let plan = r.planTunnel(host: "s.test", port: 443)
+        let answer = TunnelRouting.interceptionRequired(plan, host: "s.test")
+        #expect(answer.status == 403)
+        #expect(answer.details.contains("r1 (path /status/)"))
+        #expect(answer.details.contains("interception"))
+        let mtls = Router(routes: [route(1, "m.test", .mtls(identity: "us"))], unmatched: .deny, upstream: UpstreamSettings())
+        #expect(TunnelRouting.interceptionRequired(mtls.planTunnel(host: "m.test", port: 443), host: "m.test").details
+            .contains("mTLS route (identity us)"))
+    }
+}
