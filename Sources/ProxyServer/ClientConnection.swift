@@ -293,116 +293,21 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let requestFraming = try? BodyFraming.forRequest(head)
         perform(machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining,
                                    requestComplete: requestFraming == BodyFraming.none))
-
-        if case .forward = kind, let authenticator = worker.authenticator,
-           !authenticator.allows(head.headers.first("Proxy-Authorization")) {
-            let hasBody = requestFraming.map { $0 != .none } ?? true
-            sendError(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
-                                         details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
-                                         advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
-                      close: hasBody || head.method == "CONNECT", extraHeaders: [("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")])
-            return
+        switch RequestDecision.decide(head, kind: kind, runtime: runtime, authenticator: worker.authenticator,
+                                      record: &exchange.record) {
+        case .answer(let response, let close, let extraHeaders):
+            sendError(response, close: close, extraHeaders: extraHeaders)
+        case .tunnel:
+            startTunnel(head)
+        case .forward(let plan):
+            exchange.target = plan.target
+            exchange.match = plan.match
+            exchange.requestBody = Exchange.RequestBody(plan.framing)
+            exchange.upgrade = plan.upgrade
+            exchange.upstreamRequestHead = plan.upstreamHead
+            guard attachUpstream(key: plan.key, context: plan.context, timeouts: plan.match.timeouts) else { return }
+            pumpRequestBody()
         }
-
-        if head.method == "CONNECT" {
-            switch kind {
-            case .forward:
-                startTunnel(head)
-            case .fixed(let listener):
-                sendError(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
-                                             details: "CONNECT is not accepted on \(listener.configKey), which sends every request to \(listener.upstreamURL)"),
-                          close: true)
-            case .intercepted:
-                sendError(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
-                                             details: "CONNECT inside a tunnel is not accepted"), close: true)
-            }
-            return
-        }
-        let framing: BodyFraming
-        var target: AbsoluteTarget
-        do {
-            framing = try BodyFraming.forRequest(head)
-            let hosts = head.headers.values("Host")
-            if hosts.count > 1 { throw HTTPParseError.multipleHosts }
-            if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
-            switch kind {
-            case .forward:
-                target = try AbsoluteTarget.parse(head.target)
-            case .fixed(let listener):
-                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
-                try AbsoluteTarget.checkOriginForm(head.target)
-                target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
-            case .intercepted(let host, let port):
-                // Inside a tunnel the host is the one CONNECT named; Host is rewritten to it.
-                try AbsoluteTarget.checkOriginForm(head.target)
-                target = AbsoluteTarget(scheme: "https", host: host, explicitPort: port, pathAndQuery: head.target)
-            }
-        } catch {
-            sendError(.badRequest((error as? HTTPParseError) ?? .invalidRequestLine), close: true)
-            return
-        }
-        if let refusal = Refusals.nonCanonicalHost(target.host) {
-            sendError(refusal, close: true)
-            return
-        }
-        exchange.record.scheme = target.scheme
-        exchange.record.host = target.host
-        exchange.record.path = String(target.path)
-        exchange.requestBody = Exchange.RequestBody(framing)
-        let hasBody = framing != .none
-
-        // An http:// URL without a port means the service's https port.
-        let port = target.explicitPort ?? 443
-        exchange.record.port = port
-        // Route decision: the path is normalised to its one canonical form, routed on that form, and that form
-        // is what goes upstream; spellings some server would read differently get 400.
-        let match: RouteMatch
-        switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
-        case .routed(let canonicalPath, let decided):
-            match = decided
-            target = target.withPath(canonicalPath)
-            exchange.record.path = canonicalPath
-        case .refused(let refusal, let decided):
-            exchange.record.route = decided?.label ?? ""
-            sendError(RequestRouting.badRequest(refusal, match: decided), close: true)
-            return
-        }
-        exchange.target = target
-        exchange.match = match
-        exchange.record.route = match.label
-
-        let context: ClientTLSContext
-        switch match.action {
-        case .deny:
-            sendError(Refusals.denied(match, host: target.host, port: port), close: hasBody)
-            return
-        case .mtls(let identity):
-            exchange.record.identity = identity
-            fallthrough
-        case .tls:
-            switch runtime.context(for: match) {
-            case .context(let ctx): context = ctx
-            case .noValidCertificate(let identity, let expiry):
-                let when = expiry.map { " (the last one expired at \(formatUTC($0)))" } ?? ""
-                sendError(ProxyErrorResponse(status: 502, errorType: .proxyConfigurationError,
-                                             details: "identity \(identity) has no currently valid certificate\(when)",
-                                             advice: "Stage a valid certificate for identity \(identity) in the proxy's config; run `mtls-proxy check` to see its certificates."),
-                          close: hasBody)
-                return
-            }
-        }
-        exchange.record.certificateSerial = context.credential?.leaf.serialHex
-
-        let hostHeader = target.hostHeader(port: port, defaultPort: 443)
-        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
-           head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
-            exchange.upgrade = value
-        }
-        exchange.upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: hostHeader,
-                                                                  framing: framing, upgrade: exchange.upgrade)
-        let key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
-        guard attachUpstream(key: key, context: context, timeouts: match.timeouts) else { return }
-        pumpRequestBody()
     }
 
     /// Takes a pooled connection for `key` or opens one, and queues the request head on it.
@@ -439,64 +344,22 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func pumpRequestBody() {
         guard machine.isExchanging, let upstream, upstream.state != .closed else { return }
-        let destination = upstream.output
         do {
-            loop: while true {
-                if exchange.requestBody.isDone { break }
-                let available = evbuffer_get_length(input)
-                if available == 0 { break }
-                if evbuffer_get_length(destination) >= Worker.writeHighWatermark {
-                    clientReadPaused = true
-                    bufferevent_disable(client.bev, Int16(EV_READ))
-                    break
-                }
-                switch exchange.requestBody {
-                case .contentLength(let remaining):
-                    let n = Int(min(remaining, UInt64(available)))
-                    evbuffer_remove_buffer(input, destination, n)
-                    exchange.record.bytesIn += n
-                    exchange.requestBody = remaining == UInt64(n) ? .done : .contentLength(remaining: remaining - UInt64(n))
-                case .chunked(var decoder):
-                    if let remaining = decoder.dataRemaining {
-                        let n = Int(min(remaining, UInt64(available)))
-                        ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
-                        evbuffer_remove_buffer(input, destination, n)
-                        ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
-                        decoder.consumedData(n)
-                        exchange.record.bytesIn += n
-                        exchange.requestBody = .chunked(decoder)
-                        continue
-                    }
-                    let window = min(available, ChunkedDecoder.maxLineLength + 2)
-                    let bytes = evbuffer_pullup(input, window)
-                    let step = try decoder.next(UnsafeRawBufferPointer(start: bytes, count: window))
-                    switch step {
-                    case .skip(let n):
-                        // Chunk framing: not counted in bytes_in, which counts body bytes.
-                        evbuffer_drain(input, n)
-                        exchange.requestBody = .chunked(decoder)
-                    case .end(let n):
-                        evbuffer_drain(input, n)
-                        ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
-                        exchange.requestBody = .done
-                    case .data:
-                        exchange.requestBody = .chunked(decoder)  // handled above on the next turn
-                    case .needMore:
-                        exchange.requestBody = .chunked(decoder)
-                        break loop
-                    }
-                case .done:
-                    break loop
-                }
+            switch try exchange.moveRequestBody(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
+            case .waiting:
+                // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
+                // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls.
+                break
+            case .destinationFull:
+                clientReadPaused = true
+                bufferevent_disable(client.bev, Int16(EV_READ))
+            case .complete:
+                perform(machine.requestBodyComplete())
             }
         } catch {
             // Part of the body may already be upstream: this exchange cannot be saved.
             failExchange(.badRequest((error as? HTTPParseError) ?? .invalidChunkSize))
-            return
         }
-        if exchange.requestBody.isDone { perform(machine.requestBodyComplete()) }
-        // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read watermark).
-        // Reading stays enabled: toggling it per request costs two epoll_ctl calls.
     }
 
     // MARK: upstream events
@@ -701,74 +564,22 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     }
 
     /// Moves what is available of the response body; false when it must wait (no data, or the client is slow).
-    /// bytes_out counts body bytes, as bytes_in does: no head, no chunk framing.
     private func relayResponseBody(from source: OpaquePointer) -> Bool {
-        let available = evbuffer_get_length(source)
-        guard available > 0 else { return false }
-        if evbuffer_get_length(output) >= Worker.writeHighWatermark {
+        switch exchange.moveResponseBody(from: source, to: output, highWatermark: Worker.writeHighWatermark) {
+        case .waiting:
+            return false
+        case .destinationFull:
             upstreamReadPaused = true
             upstream?.enableRead(false)
             return false
-        }
-        let rechunk = exchange.clientFraming == .chunked
-        switch exchange.responseFraming {
-        case .contentLength:
-            let n = Int(min(exchange.responseRemaining, UInt64(available)))
-            evbuffer_remove_buffer(source, output, n)
-            exchange.record.bytesOut += n
-            exchange.responseRemaining -= UInt64(n)
-            if exchange.responseRemaining == 0 {
-                exchange.response = .done
-                finishExchange()
-            }
-        case .chunked:
-            if let remaining = exchange.responseDecoder.dataRemaining {
-                let n = Int(min(remaining, UInt64(available)))
-                if rechunk {
-                    ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                }
-                evbuffer_remove_buffer(source, output, n)
-                if rechunk {
-                    ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                }
-                exchange.responseDecoder.consumedData(n)
-                exchange.record.bytesOut += n
-                return true
-            }
-            let window = min(available, ChunkedDecoder.maxLineLength + 2)
-            let step: ChunkedDecoder.Step
-            do {
-                step = try exchange.responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
-            } catch {
-                truncateResponse("invalid chunked response body from the upstream")
-                return false
-            }
-            switch step {
-            case .skip(let n):
-                evbuffer_drain(source, n)
-            case .end(let n):
-                evbuffer_drain(source, n)
-                if rechunk {
-                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                }
-                exchange.response = .done
-                finishExchange()
-            case .data: break
-            case .needMore: return false
-            }
-        case .untilClose:
-            if rechunk {
-                ChunkedEncoder.chunkHeader(size: available).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-            }
-            evbuffer_remove_buffer(source, output, available)
-            if rechunk {
-                ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-            }
-            exchange.record.bytesOut += available
-        case .none:
+        case .complete:
             exchange.response = .done
+            finishExchange()
+            return false
+        case .invalid:
+            truncateResponse("invalid chunked response body from the upstream")
+            return false
         }
-        return true
     }
 
     // MARK: upgrades

@@ -1,0 +1,125 @@
+import HTTP1
+import ProxyConfig
+import TLS
+
+/// What becomes of a parsed request head on a given listener: forwarded upstream (with everything the exchange
+/// needs), turned into a tunnel (CONNECT), or answered by the proxy. No sockets: it reads the runtime's routes and
+/// TLS contexts, and fills the exchange's access record as it decides.
+enum RequestDecision {
+    struct Forward {
+        var target: AbsoluteTarget
+        var match: RouteMatch
+        var context: ClientTLSContext
+        var key: PoolKey
+        var framing: BodyFraming
+        /// The head as it goes upstream.
+        var upstreamHead: [UInt8]
+        /// The Upgrade value asked for, when the request is an upgrade.
+        var upgrade: String?
+    }
+
+    case forward(Forward)
+    case tunnel
+    case answer(ProxyErrorResponse, close: Bool, extraHeaders: [(String, String)] = [])
+
+    static func decide(_ head: RequestHead, kind: ListenerKind, runtime: ProxyRuntime, authenticator: ProxyAuthenticator?,
+                       record: inout AccessRecord) -> RequestDecision {
+        if case .forward = kind, let authenticator, !authenticator.allows(head.headers.first("Proxy-Authorization")) {
+            let hasBody = (try? BodyFraming.forRequest(head)).map { $0 != .none } ?? true
+            return .answer(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
+                                              details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
+                                              advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
+                           close: hasBody || head.method == "CONNECT",
+                           extraHeaders: [("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")])
+        }
+        if head.method == "CONNECT" {
+            switch kind {
+            case .forward:
+                return .tunnel
+            case .fixed(let listener):
+                return .answer(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
+                                                  details: "CONNECT is not accepted on \(listener.configKey), which sends every request to \(listener.upstreamURL)"),
+                               close: true)
+            case .intercepted:
+                return .answer(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
+                                                  details: "CONNECT inside a tunnel is not accepted"), close: true)
+            }
+        }
+        let framing: BodyFraming
+        var target: AbsoluteTarget
+        do {
+            framing = try BodyFraming.forRequest(head)
+            let hosts = head.headers.values("Host")
+            if hosts.count > 1 { throw HTTPParseError.multipleHosts }
+            if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
+            switch kind {
+            case .forward:
+                target = try AbsoluteTarget.parse(head.target)
+            case .fixed(let listener):
+                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
+                try AbsoluteTarget.checkOriginForm(head.target)
+                target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
+            case .intercepted(let host, let port):
+                // Inside a tunnel the host is the one CONNECT named; Host is rewritten to it.
+                try AbsoluteTarget.checkOriginForm(head.target)
+                target = AbsoluteTarget(scheme: "https", host: host, explicitPort: port, pathAndQuery: head.target)
+            }
+        } catch {
+            return .answer(.badRequest((error as? HTTPParseError) ?? .invalidRequestLine), close: true)
+        }
+        if let refusal = Refusals.nonCanonicalHost(target.host) { return .answer(refusal, close: true) }
+        record.scheme = target.scheme
+        record.host = target.host
+        record.path = String(target.path)
+        let hasBody = framing != .none
+
+        // An http:// URL without a port means the service's https port.
+        let port = target.explicitPort ?? 443
+        record.port = port
+        // Route decision: the path is normalised to its one canonical form, routed on that form, and that form
+        // is what goes upstream; spellings some server would read differently get 400.
+        let match: RouteMatch
+        switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
+        case .routed(let canonicalPath, let decided):
+            match = decided
+            target = target.withPath(canonicalPath)
+            record.path = canonicalPath
+        case .refused(let refusal, let decided):
+            record.route = decided?.label ?? ""
+            return .answer(RequestRouting.badRequest(refusal, match: decided), close: true)
+        }
+        record.route = match.label
+
+        let context: ClientTLSContext
+        switch match.action {
+        case .deny:
+            return .answer(Refusals.denied(match, host: target.host, port: port), close: hasBody)
+        case .mtls(let identity):
+            record.identity = identity
+            fallthrough
+        case .tls:
+            switch runtime.context(for: match) {
+            case .context(let ctx): context = ctx
+            case .noValidCertificate(let identity, let expiry):
+                let when = expiry.map { " (the last one expired at \(formatUTC($0)))" } ?? ""
+                return .answer(ProxyErrorResponse(status: 502, errorType: .proxyConfigurationError,
+                                                  details: "identity \(identity) has no currently valid certificate\(when)",
+                                                  advice: "Stage a valid certificate for identity \(identity) in the proxy's config; run `mtls-proxy check` to see its certificates."),
+                               close: hasBody)
+            }
+        }
+        record.certificateSerial = context.credential?.leaf.serialHex
+
+        var upgrade: String?
+        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
+           head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
+            upgrade = value
+        }
+        let upstreamHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery,
+                                                      host: target.hostHeader(port: port, defaultPort: 443),
+                                                      framing: framing, upgrade: upgrade)
+        let key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
+        return .forward(Forward(target: target, match: match, context: context, key: key, framing: framing,
+                                upstreamHead: upstreamHead, upgrade: upgrade))
+    }
+}
