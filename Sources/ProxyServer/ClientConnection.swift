@@ -526,38 +526,20 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             }
             return
         }
-        // Everything that can reject the head is checked before anything of it reaches the client or the record.
-        let framing = try BodyFraming.forResponse(head, requestMethod: request.method)
-        if framing == .untilClose, head.headers.contains("Transfer-Encoding") {
-            // A coding other than chunked (gzip, ...): stripping it would pass the coded bytes off as the content.
-            throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
-        }
-        exchange.responseFraming = framing
-        exchange.record.upstreamStatus = head.status
-        exchange.record.status = head.status
-        exchange.record.ttfbMs = (monotonicMicros() - exchange.startMicros) / 1000
-        exchange.clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: request.version)
+        try exchange.acceptFinalResponse(head, to: request)
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
-        let keepAlive = exchange.clientFraming != .close && exchange.requestBody.isDone && (machine.flow?.keepAlive ?? false)
-        machine.responseStarted(keepAlive: keepAlive)
+        machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
         let bytes = Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
                                               keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        exchange.responseDecoder = ChunkedDecoder()
-        exchange.upstreamAllowsReuse = head.allowsReuse
-        if let cl = head.headers.first("Content-Length") {
-            exchange.responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
-        } else {
-            exchange.responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
-        }
+        let framing = exchange.responseFraming
         switch framing {
         case .none:
             exchange.response = .done
             finishExchange()
-        case .contentLength(let n):
-            exchange.responseRemaining = n
+        case .contentLength, .chunked:
             exchange.response = .body
-        case .chunked, .untilClose:
+        case .untilClose:
             exchange.response = .body
             if framing == .untilClose, let upstream { upstream.setReadTimeout(exchange.match?.timeouts.response) }
         }
@@ -796,26 +778,5 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))
         exchange.startMicros = 0
-    }
-}
-
-/// Answers the proxy gives for policy decisions, shared by forwarded requests and CONNECT tunnels.
-enum Refusals {
-    static func denied(_ match: RouteMatch, host: String, port: Int) -> ProxyErrorResponse {
-        let details = match.route.map { "denied by \($0.label)" } ?? "no route matches \(host):\(port) and [proxy] unmatched is \"deny\""
-        return ProxyErrorResponse(status: 403, errorType: .httpRequestDenied, details: details,
-                                  advice: "Add a [[route]] for this host to the proxy's config if it should be reachable.")
-    }
-
-    static func prohibited(host: String, address: String, reason: String) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: 403, errorType: .destinationIPProhibited,
-                           details: "\(host) resolved to \(address), a \(reason) address; the proxy does not connect to non-public addresses",
-                           advice: "If this upstream really is on a private network, set allow_private = true on its route (or pin its address with connect = \"IP:PORT\").")
-    }
-
-    static func nonCanonicalHost(_ host: String) -> ProxyErrorResponse? {
-        guard AddressPolicy.isNonCanonicalNumericHost(host) else { return nil }
-        return ProxyErrorResponse(status: 400, errorType: .httpRequestError,
-                                  details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d")
     }
 }

@@ -55,6 +55,32 @@ struct Exchange {
     var isRecording: Bool { startMicros != 0 }
 }
 
+extension Exchange {
+    /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
+    /// client's framing, and the record. Everything that can reject the head is checked before anything of it
+    /// is recorded or reaches the client, so a rejected head is still answered with a 502.
+    mutating func acceptFinalResponse(_ head: ResponseHead, to request: RequestHead) throws {
+        let framing = try BodyFraming.forResponse(head, requestMethod: request.method)
+        if framing == .untilClose, head.headers.contains("Transfer-Encoding") {
+            // A coding other than chunked (gzip, ...): stripping it would pass the coded bytes off as the content.
+            throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
+        }
+        responseFraming = framing
+        if case .contentLength(let n) = framing { responseRemaining = n }
+        record.upstreamStatus = head.status
+        record.status = head.status
+        record.ttfbMs = (monotonicMicros() - startMicros) / 1000
+        clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: request.version)
+        responseDecoder = ChunkedDecoder()
+        upstreamAllowsReuse = head.allowsReuse
+        if let cl = head.headers.first("Content-Length") {
+            responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
+        } else {
+            responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
+        }
+    }
+}
+
 /// When an upstream connection may go back to the pool after an exchange: only when nothing more can arrive
 /// on it for the exchange that ended, so that any later byte is noticed by the pool and the connection discarded.
 enum UpstreamReuse {
