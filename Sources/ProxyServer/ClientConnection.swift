@@ -16,8 +16,19 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private var client: Endpoint
     let peer: String
     private(set) var kind: ListenerKind
-    private var machine: ConnectionStateMachine<SystemClock>
-    private var exchange = Exchange()
+    /// The machine and the exchange live in storage allocated once per connection and reused by every request
+    /// on it. Reached through pointers, they skip the dynamic exclusivity checks Swift makes on class properties
+    /// (measured at about 1,500 instructions per request); nothing outside this class sees them.
+    private let machineStorage: UnsafeMutablePointer<ConnectionStateMachine<SystemClock>>
+    private let exchangeStorage: UnsafeMutablePointer<Exchange>
+    private var machine: ConnectionStateMachine<SystemClock> {
+        unsafeAddress { UnsafePointer(machineStorage) }
+        unsafeMutableAddress { machineStorage }
+    }
+    private var exchange: Exchange {
+        unsafeAddress { UnsafePointer(exchangeStorage) }
+        unsafeMutableAddress { exchangeStorage }
+    }
     private var upstream: UpstreamConnection?
     /// A tunnel or an upgraded connection: both sides belong to it.
     private var relay: Relay?
@@ -37,8 +48,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         self.client = Endpoint(bev: bev)
         self.peer = peer
         self.kind = kind
-        self.machine = ConnectionStateMachine(clock: SystemClock(),
-                                              headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds)
+        machineStorage = .allocate(capacity: 1)
+        machineStorage.initialize(to: ConnectionStateMachine(clock: SystemClock(),
+                                                             headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds))
+        exchangeStorage = .allocate(capacity: 1)
+        exchangeStorage.initialize(to: Exchange())
+    }
+
+    deinit {
+        machineStorage.deinitialize(count: 1)
+        machineStorage.deallocate()
+        exchangeStorage.deinitialize(count: 1)
+        exchangeStorage.deallocate()
     }
 
     private var input: OpaquePointer { client.input }
@@ -60,16 +81,14 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         switch action {
         case .none:
             break
-        case .readWithClientTimeout:
-            mtls_bufferevent_set_timeouts_ms(client.bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
-            bufferevent_enable(client.bev, Int16(EV_READ))
-        case .readWithoutTimeout:
-            mtls_bufferevent_set_timeouts_ms(client.bev, 0, 0)
+        case .readWithClientTimeout, .readWithoutTimeout:
+            // client_timeout stays armed as the read timeout for the connection's whole life; while a response is
+            // owed the machine ignores it (`clientTimedOut` answers `.none` and reading is re-enabled). That
+            // saves two timer updates per request over switching it off and on.
+            break
         case .armTimer(let deadline):
             armTimer(inMillis: deadline - monotonicMillis())
         case .readNextHead:
-            mtls_bufferevent_set_timeouts_ms(client.bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
-            bufferevent_enable(client.bev, Int16(EV_READ))
             readHeads()
         case .answerRequestTimeout(let why):
             answerRequestTimeout(why)
