@@ -73,10 +73,13 @@ extension Exchange {
         clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: request.version)
         responseDecoder = ChunkedDecoder()
         upstreamAllowsReuse = head.allowsReuse
-        if let cl = head.headers.first("Content-Length") {
-            responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
-        } else {
-            responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
+        // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
+        if framing == .none, request.method == "HEAD" || head.status == 204 || head.status == 304 {
+            if let cl = head.headers.first("Content-Length") {
+                responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
+            } else {
+                responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
+            }
         }
     }
 }
