@@ -50,6 +50,9 @@ extension ProxyConfiguration {
     /// The listener of this proxy that a forward request for `host:port` names, if any (see `OwnListener`).
     /// `port` is the port the client meant: the URL's, or 80 for an `http://` URL without one.
     public func ownListener(host: String, port: Int) -> OwnListener? {
-        ownListeners.first { $0.isNamed(byHost: host, port: port) }
+        // Checked on every forward request: the port comparison decides nearly always, without allocating.
+        guard port == proxy.listen.port || admin?.listen.port == port || listeners.contains(where: { $0.listen.port == port })
+        else { return nil }
+        return ownListeners.first { $0.isNamed(byHost: host, port: port) }
     }
 }
