@@ -208,6 +208,8 @@ rewrite_location = false
 def tearDownModule():
     if "procs" in ENV:
         ENV["procs"].stop_all()
+    if "dir" in ENV:
+        shutil.rmtree(ENV["dir"], ignore_errors=True)  # downloads, clones and builds: tens of MB per run
     if MATRIX:
         clients = list(dict.fromkeys(c for c, _ in MATRIX))
         print("\nclient matrix (" + ", ".join(MODES) + f"), {time.time() - ENV.get('started', time.time()):.0f} s:",
