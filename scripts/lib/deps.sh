@@ -45,7 +45,7 @@ ensure_deps() {
 
 # The clients of the client matrix (Tests/e2e/test_clients.py), best effort: a client that cannot be installed is
 # skipped by the suite, by name. Debian: wget, git, Node's undici (with busboy; Debian's node is installed only when
-# there is no node at all), Go (about half a minute the first time). PyPI (or Debian): httpx, aiohttp. A JDK is not
+# there is no node at all), Go (about half a minute the first time). PyPI (or Debian): httpx, aiohttp (about 20 s). A JDK is not
 # installed (large); Java is tested when one is present.
 ensure_client_deps() {
     local sudo=""
@@ -65,13 +65,13 @@ ensure_client_deps() {
     local py=()
     python3 -c 'import httpx' 2>/dev/null || py+=(httpx)
     python3 -c 'import aiohttp' 2>/dev/null || py+=(aiohttp)
-    if [ ${#py[@]} -gt 0 ]; then
-        echo "installing python ${py[*]}"
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${py[@]/#/python3-}" >/dev/null 2>&1 || true
-        for pkg in "${py[@]}"; do
-            python3 -c "import $pkg" 2>/dev/null || python3 -m pip install -q "$pkg" >/dev/null 2>&1 \
-                || echo "could not install python $pkg (the client matrix skips it)"
-        done
-    fi
+    # pip first: it fails at once where Debian manages the interpreter (PEP 668), and Debian's packages would not
+    # reach an interpreter of another origin.
+    for pkg in "${py[@]+"${py[@]}"}"; do
+        echo "installing python $pkg"
+        python3 -m pip install -q "$pkg" >/dev/null 2>&1 \
+            || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "python3-$pkg" >/dev/null 2>&1 || true
+        python3 -c "import $pkg" 2>/dev/null || echo "could not install python $pkg (the client matrix skips it)"
+    done
     return 0
 }
