@@ -41,6 +41,21 @@ public struct LocationRewrite: Sendable {
         }
     }
 
+    /// The authority that rewritten URLs name for a sidecar listening on `listenAuthority` (`127.0.0.1:9001`,
+    /// `[::1]:9001`, `0.0.0.0:9001`): the client's `Host` when it is plain and names the listener's port (so a
+    /// client that used `localhost:9001` or a pod's name keeps it), else the listen address. A `Host` naming another
+    /// port or none (a client that set `Host` to the upstream's name, say) would send it elsewhere; only a listener
+    /// on every address, whose listen address is no place to go, takes any plain `Host`.
+    public static func listenerAuthority(host: String?, listenAuthority: String, listenPort: Int, listensOnEveryAddress: Bool) -> String {
+        guard let authority = authority(fromHost: host) else { return listenAuthority }
+        if listensOnEveryAddress { return authority }
+        var port = 80
+        if let colon = authority.lastIndex(of: ":"), !authority[colon...].contains("]") {
+            port = Int(authority[authority.index(after: colon)...]) ?? 80
+        }
+        return port == listenPort ? authority : listenAuthority
+    }
+
     /// The authority a client used to reach a listener, taken from its `Host` field, when it is a plain
     /// `host[:port]` (letters, digits, `.-_`, an IPv6 literal in brackets, a numeric port); nil otherwise, so that
     /// nothing odd the client sent is copied into a response field.

@@ -5,7 +5,8 @@ import ProxyConfig
 extension ListenerKind {
     /// The rewrite for a response to `request` on this listener, or nil when none applies:
     /// - a sidecar listener (unless `rewrite_location = false`): URLs on its upstream become URLs on the listener,
-    ///   under the authority the client used to reach it (its `Host`), else the listen address;
+    ///   under the authority the client used to reach it (its `Host`, when it names the listener's port), else the
+    ///   listen address;
     /// - the forward listener with `[proxy] rewrite_https_location = true`: `https://HOST/...` becomes
     ///   `http://HOST/...` where HOST has an `mtls` route;
     /// - inside an intercepted tunnel the client already speaks https through the proxy: nothing to rewrite.
@@ -13,7 +14,9 @@ extension ListenerKind {
         switch self {
         case .fixed(let listener):
             guard listener.rewriteLocation else { return nil }
-            let authority = LocationRewrite.authority(fromHost: request.headers.first("Host")) ?? listener.listen.description
+            let authority = LocationRewrite.listenerAuthority(host: request.headers.first("Host"), listenAuthority: listener.listen.description,
+                                                             listenPort: listener.listen.port,
+                                                             listensOnEveryAddress: listener.listen.host == "0.0.0.0" || listener.listen.host == "::")
             return LocationRewrite(.sidecar(upstreamHost: listener.host, upstreamPort: listener.port, listenerAuthority: authority))
         case .forward:
             guard runtime.config.proxy.rewriteHTTPSLocation else { return nil }

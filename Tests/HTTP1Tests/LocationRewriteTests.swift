@@ -86,6 +86,23 @@ private let forward = LocationRewrite(.httpsToHTTP(isProxied: { host, port, path
         #expect(LocationRewrite.authority(fromHost: host) == nil)
     }
 
+    @Test func listenerAuthorityPrefersTheHostTheClientUsedForThatPort() {
+        func a(_ host: String?, every: Bool = false) -> String {
+            LocationRewrite.listenerAuthority(host: host, listenAuthority: every ? "0.0.0.0:9001" : "127.0.0.1:9001",
+                                              listenPort: 9001, listensOnEveryAddress: every)
+        }
+        #expect(a("localhost:9001") == "localhost:9001")
+        #expect(a("sidecar.ns.svc:9001") == "sidecar.ns.svc:9001")
+        #expect(a("[::1]:9001") == "[::1]:9001")
+        #expect(a(nil) == "127.0.0.1:9001")                      // HTTP/1.0 without Host
+        #expect(a("api.mygreatbank.test") == "127.0.0.1:9001")   // Host set to the upstream's name: port 80, not ours
+        #expect(a("localhost:9002") == "127.0.0.1:9001")
+        #expect(a("[::1]") == "127.0.0.1:9001")
+        #expect(a("bad host") == "127.0.0.1:9001")
+        #expect(a("sidecar.ns.svc", every: true) == "sidecar.ns.svc")
+        #expect(a(nil, every: true) == "0.0.0.0:9001")
+    }
+
     @Test func clientResponseRewritesLocationAndContentLocationOnly() throws {
         let head = try HeadParser.parseResponse(Array(("HTTP/1.1 301 Moved Permanently\r\nLocation: https://api.mygreatbank.test/v1/new\r\n"
             + "Content-Location: https://api.mygreatbank.test/v1/old.json\r\nLink: <https://api.mygreatbank.test/x>\r\n"
