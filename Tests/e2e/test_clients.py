@@ -682,7 +682,6 @@ class OwnListeners(unittest.TestCase):
         self.assertIn("Proxy-Status: mtls-proxy; error=http_request_denied", r.stdout)
 
     def test_python_requests_too_and_no_proxy_fixes_it(self):
-        import requests
         port = ENV["ports"]["sidecar"]
         env = harness.clean_env(HTTP_PROXY=ENV["proxy"])
         code = ("import requests,sys; r=requests.get(sys.argv[1], timeout=30); print(r.status_code); print(r.text)")
@@ -693,7 +692,6 @@ class OwnListeners(unittest.TestCase):
         r = subprocess.run([sys.executable, "-c", code, f"http://localhost:{port}/whoami"], env=env, capture_output=True, text=True)
         self.assertTrue(r.stdout.startswith("200"), r.stdout + r.stderr)
         self.assertIn(f"hello {SUBJECT}", r.stdout)
-        del requests
 
     def test_the_forward_listener_itself(self):
         r = curl("-i", f"http://127.0.0.1:{ENV['ports']['proxy']}/", env=harness.clean_env(http_proxy=ENV["proxy"]))
@@ -722,7 +720,7 @@ class PlainHTTPInsideConnect(unittest.TestCase):
                 "fetch('http://files.mygreatbank.test/whoami', {dispatcher: new ProxyAgent(process.argv[1])})"
                 ".then(async r => console.log(r.status, r.headers.get('x-client-subject'), await r.text()))"
                 ".catch(e => { console.log('error', e.message, e.cause && e.cause.message); process.exit(1); });")
-        r = subprocess.run(["node", "-e", code, ENV["plain"]], env=node_env(harness.clean_env()), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["node", "-e", code, ENV["plain"]], env=node_env(client_env()), capture_output=True, text=True, timeout=60)
         self.assertTrue(r.stdout.startswith("200 fusion-us"), r.stdout + r.stderr)
         records = [x for x in access_records("plain.log") if x["host"] == "files.mygreatbank.test" and x["path"] == "/whoami"]
         self.assertTrue(records and records[-1]["identity"] == "us", records)

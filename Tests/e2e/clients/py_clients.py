@@ -21,7 +21,7 @@ def upload_chunks():
             yield b
 
 
-def with_requests(ops):
+def with_requests(extra):
     import requests
     s = requests.Session()
     verify = CA or True
@@ -47,7 +47,7 @@ def with_requests(ops):
     return {"get": get, "post": post, "upload": upload, "keepalive": keepalive, "download": download}
 
 
-def with_urllib(ops):
+def with_urllib(extra):
     import ssl, urllib.request
     ctx = ssl.create_default_context(cafile=CA) if CA else None
     opener = urllib.request.build_opener(urllib.request.ProxyHandler(), urllib.request.HTTPSHandler(context=ctx))
@@ -84,7 +84,7 @@ def with_urllib(ops):
     return {"get": get, "post": post, "upload": upload, "keepalive": keepalive, "download": download}
 
 
-def with_httpx(ops):
+def with_httpx(extra):
     import httpx
     c = httpx.Client(verify=CA or True, timeout=60, trust_env=True)
     def get():
@@ -109,7 +109,7 @@ def with_httpx(ops):
     return {"get": get, "post": post, "upload": upload, "keepalive": keepalive, "download": download}
 
 
-def with_aiohttp(ops):
+def with_aiohttp(extra):
     import asyncio, ssl, aiohttp
     ssl_ctx = ssl.create_default_context(cafile=CA) if CA else None
     loop = asyncio.new_event_loop()
@@ -146,7 +146,7 @@ def with_aiohttp(ops):
                 h.update(b)
                 n += len(b)
             return {"status": r.status, "bytes": n, "sha256": h.hexdigest()}
-    ops["_close"] = lambda: loop.run_until_complete(session.close())
+    extra["_close"] = lambda: loop.run_until_complete(session.close())
     return {"get": run(get), "post": run(post), "upload": run(upload), "keepalive": run(keepalive), "download": run(download)}
 
 
