@@ -216,7 +216,7 @@ def tearDownModule():
               file=sys.stderr)
         for c in clients:
             cells = [MATRIX.get((c, m), "-") for m in MODES]
-            print(f"  {c:10} " + " | ".join(x.split(":")[0] for x in cells), file=sys.stderr)
+            print(f"  {c:13} " + " | ".join(x.split(":")[0] for x in cells), file=sys.stderr)
             for m, x in zip(MODES, cells):
                 if x not in ("pass", "-"):
                     print(f"      {m}: {x}", file=sys.stderr)
@@ -283,14 +283,14 @@ def run_driver(args, env, timeout=120):
 # MARK: the clients
 
 def available_python(module):
-    def check():
+    def check(mode=None):
         r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
         return None if r.returncode == 0 else f"Python {module} is not installed"
     return check
 
 
 def available_command(name, *probe):
-    def check():
+    def check(mode=None):
         if not shutil.which(name):
             return f"{name} is not installed"
         if probe:
@@ -322,8 +322,27 @@ def run_python(lib):
 
 def run_node(which):
     def run(mode, tag):
-        return run_driver(["node", os.path.join(CLIENTS_DIR, "node_clients.js"), which], node_env(driver_env(mode, tag)))
+        env = node_env(driver_env(mode, tag))
+        if which == "fetch":
+            env["NODE_USE_ENV_PROXY"] = "1"
+            if env["CA"]:
+                env["NODE_EXTRA_CA_CERTS"] = env["CA"]
+        return run_driver(["node", os.path.join(CLIENTS_DIR, "node_clients.js"), which], env)
     return run
+
+
+def available_node_fetch(mode=None):
+    """Node's fetch reads HTTP_PROXY/HTTPS_PROXY only with NODE_USE_ENV_PROXY=1, on Node versions that have it;
+    through a sidecar listener it needs no proxy at all."""
+    if not shutil.which("node"):
+        return "node is not installed"
+    if mode == "sidecar":
+        return None
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    helptext = subprocess.run(["node", "--help"], capture_output=True, text=True).stdout
+    if "NODE_USE_ENV_PROXY" not in helptext:
+        return f"node {version} has no NODE_USE_ENV_PROXY: its fetch ignores {'HTTP_PROXY' if mode == 'http_proxy' else 'HTTPS_PROXY'}"
+    return None
 
 
 def compiled(kind):
@@ -344,15 +363,17 @@ def compiled(kind):
     return ENV[key]
 
 
-def run_java(mode, tag):
-    env = driver_env(mode, tag)
-    props = []
-    host, port = "127.0.0.1", str(ENV["ports"]["proxy"])
-    if mode == "http_proxy":
-        props = [f"-Dhttp.proxyHost={host}", f"-Dhttp.proxyPort={port}"]
-    elif mode == "intercept":
-        props = [f"-Dhttps.proxyHost={host}", f"-Dhttps.proxyPort={port}"]
-    return run_driver(["java", *props, "-cp", compiled("java"), "JavaClient"], env)
+def run_java(api):
+    def run(mode, tag):
+        env = driver_env(mode, tag)
+        props = []
+        host, port = "127.0.0.1", str(ENV["ports"]["proxy"])
+        if mode == "http_proxy":
+            props = [f"-Dhttp.proxyHost={host}", f"-Dhttp.proxyPort={port}"]
+        elif mode == "intercept":
+            props = [f"-Dhttps.proxyHost={host}", f"-Dhttps.proxyPort={port}"]
+        return run_driver(["java", *props, "-cp", compiled("java"), "JavaClient", api], env)
+    return run
 
 
 def run_go(mode, tag):
@@ -536,14 +557,16 @@ CLIENTS = [
     ("curl", available_command("curl"), curl_like("curl")),
     ("wget", available_command("wget"), curl_like("wget")),
     ("requests", available_python("requests"), run_python("requests")),
-    ("urllib", lambda: None, run_python("urllib")),
+    ("urllib", lambda mode=None: None, run_python("urllib")),
     ("httpx", available_python("httpx"), run_python("httpx")),
     ("aiohttp", available_python("aiohttp"), run_python("aiohttp")),
     ("node_http", available_command("node"), run_node("http")),
     ("undici", available_command("node", "node", "-e", "require('undici')"), run_node("undici")),
-    ("java", available_command("javac"), run_java),
+    ("node_fetch", available_node_fetch, run_node("fetch")),
+    ("java", available_command("javac"), run_java("httpclient")),
+    ("java_urlconn", available_command("javac"), run_java("urlconnection")),
     ("go", available_command("go"), run_go),
-    ("git", lambda: None if shutil.which("git") and os.path.exists(f"{ENV['dir']}/git/repo.git") else "git is not installed", run_git),
+    ("git", lambda mode=None: None if shutil.which("git") and os.path.exists(f"{ENV['dir']}/git/repo.git") else "git is not installed", run_git),
     ("pip", available_python("pip"), run_pip),
 ]
 
@@ -567,7 +590,7 @@ def check_results(client, mode, tag, results, first_record):
         if up.get("error") or up.get("status") != 200 or (
                 up.get("body") is not None and (up.get("body") or "").strip() != f"{UPLOAD_SIZE} {ENV['upload_sha']}"):
             problems.append(f"upload: {up}")
-        elif "expect" in up and client != "undici" and (up.get("expect") or "").lower() != "100-continue":
+        elif "expect" in up and client not in ("undici", "node_fetch") and (up.get("expect") or "").lower() != "100-continue":
             problems.append(f"upload: the upstream saw Expect {up.get('expect')!r}, not 100-continue")
     ka = results.get("keepalive", {})
     if ka.get("error") or ka.get("statuses") != [200, 200]:
@@ -602,7 +625,7 @@ class ClientMatrix(unittest.TestCase):
 
 def make_test(client, available, runner, mode):
     def test(self):
-        why = available()
+        why = available(mode)
         if why:
             MATRIX[(client, mode)] = f"skip: {why}"
             self.skipTest(why)

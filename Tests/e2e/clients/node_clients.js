@@ -3,7 +3,8 @@
 // HTTPS_PROXY used the way such code does it (absolute-form requests to the proxy; CONNECT then TLS for https).
 // `undici`: undici's fetch with a ProxyAgent from the same variables (what Node's fetch does), else its Agent.
 // Prints one JSON object: per operation its status, body, and what it measured, or the error.
-// Usage: node node_clients.js http|undici   (env: BASE, TAG, UPLOAD, DOWNLOAD_SIZE, CA)
+// `fetch`: Node's global fetch, configured by the environment only.
+// Usage: node node_clients.js http|undici|fetch   (env: BASE, TAG, UPLOAD, DOWNLOAD_SIZE, CA)
 const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
@@ -93,9 +94,23 @@ function undiciClient() {
   };
 }
 
+// Node's own fetch, with nothing but the environment: NODE_USE_ENV_PROXY=1 (on Node versions that have it) for the
+// proxy, NODE_EXTRA_CA_CERTS for the local CA.
+function globalFetchClient() {
+  return async function call(method, path, { headers = {}, body, file } = {}) {
+    const res = await fetch(new URL(path, BASE), { method, headers, body: file ? fs.readFileSync(file) : body });
+    const h = crypto.createHash('sha256');
+    let n = 0;
+    const parts = [];
+    for await (const d of res.body) { n += d.length; h.update(d); if (parts.length < 64) parts.push(Buffer.from(d)); }
+    return { status: res.status, headers: Object.fromEntries(res.headers), bytes: n, sha256: h.digest('hex'),
+             body: Buffer.concat(parts).toString('utf8', 0, 2000) };
+  };
+}
+
 async function main() {
   const which = process.argv[2];
-  const call = which === 'undici' ? undiciClient() : nodeHttpClient();
+  const call = which === 'undici' ? undiciClient() : which === 'fetch' ? globalFetchClient() : nodeHttpClient();
   const ops = {
     get: async () => { const r = await call('GET', `/whoami/${TAG}`); return { status: r.status, body: r.body }; },
     post: async () => {
@@ -103,15 +118,15 @@ async function main() {
       return { status: r.status, body: r.body };
     },
     upload: async () => {
-      // undici refuses an Expect field ("expect header not supported"): it sends the body without one.
-      const r = await call('POST', '/echo', { file: UPLOAD, expect: which !== 'undici' });
+      // undici (and so fetch) refuses an Expect field ("expect header not supported"): the body goes without one.
+      const r = await call('POST', '/echo', { file: UPLOAD, expect: which === 'http' });
       return { status: r.status, body: r.body, expect: r.headers['x-seen-expect'] };
     },
     keepalive: async () => {
       const a = await call('GET', `/ka/${TAG}/1`);
       // undici hands the connection back to its pool a moment after the body ends; a request sent at once opens
       // another connection (it does so against any server). A short pause lets it reuse the first.
-      if (which === 'undici') await new Promise((r) => setTimeout(r, 100));
+      if (which !== 'http') await new Promise((r) => setTimeout(r, 100));
       const b = await call('GET', `/ka/${TAG}/2`);
       return { statuses: [a.status, b.status] };
     },
