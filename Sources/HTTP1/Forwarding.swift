@@ -86,9 +86,11 @@ public enum Forwarding {
         }
     }
 
-    /// The response head sent to the client.
+    /// The response head sent to the client. `locationRewrite`, when set, rewrites `Location` and
+    /// `Content-Location` (sidecar listeners, and the forward path's optional https-to-http rewrite).
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
-                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil) -> [UInt8] {
+                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
+                                      locationRewrite: LocationRewrite? = nil) -> [UInt8] {
         var headers = response.headers
         let upstreamContentLength = headers.first("Content-Length")
         stripHopByHop(&headers)
@@ -98,7 +100,7 @@ public enum Forwarding {
         out.append(contentsOf: "HTTP/1.1 \(response.status) ".utf8)
         appendLatin1(response.reason, to: &out)
         out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out)
+        appendFields(headers, to: &out, locationRewrite: locationRewrite)
         appendVia(response.headers, to: &out)
         if let upgrade, response.status == 101 {
             out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
@@ -131,12 +133,16 @@ public enum Forwarding {
         return out
     }
 
-    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8]) {
+    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8], locationRewrite: LocationRewrite? = nil) {
         for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
             appendASCII(field.name, to: &out)
             out.append(0x3A)
             out.append(0x20)
-            appendLatin1(field.value, to: &out)
+            if let locationRewrite, LocationRewrite.applies(to: field.name), let rewritten = locationRewrite.rewrite(field.value) {
+                appendLatin1(rewritten, to: &out)
+            } else {
+                appendLatin1(field.value, to: &out)
+            }
             out.append(0x0D)
             out.append(0x0A)
         }

@@ -41,7 +41,9 @@ public enum ConfigLoader {
         var proxy = ProxySettings()
         if let t = try reader.table("proxy") {
             try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout",
-                             "header_timeout", "max_connections", "auth_file", "client_timeout"])
+                             "header_timeout", "max_connections", "auth_file", "client_timeout",
+                             "rewrite_https_location"])
+            if let b = try t.bool("rewrite_https_location") { proxy.rewriteHTTPSLocation = b }
             if let d = try t.duration("client_timeout") { proxy.clientTimeout = d }
             proxy.authFile = try t.path("auth_file")
             if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
@@ -118,7 +120,7 @@ public enum ConfigLoader {
         }
         var listeners: [FixedListener] = []
         for lt in try reader.arrayOfTables("listener") {
-            try lt.allowOnly(["listen", "upstream", "allow_clients"])
+            try lt.allowOnly(["listen", "upstream", "allow_clients", "rewrite_location"])
             guard let listenText = try lt.string("listen") else { throw lt.error("listen", "missing: the address to listen on, such as \"127.0.0.1:9001\"") }
             guard let listen = HostPort.parse(listenText) else {
                 throw lt.error("listen", "expected an address and port such as \"127.0.0.1:9001\", got \"\(listenText)\"")
@@ -134,7 +136,8 @@ public enum ConfigLoader {
             if listen == proxy.listen || listeners.contains(where: { $0.listen == listen }) {
                 throw lt.error("listen", "\(listen) is already used by another listener")
             }
-            listeners.append(FixedListener(listen: listen, host: host, port: port, allowClients: allow, configKey: lt.path))
+            listeners.append(FixedListener(listen: listen, host: host, port: port, allowClients: allow, configKey: lt.path,
+                                           rewriteLocation: try lt.bool("rewrite_location") ?? true))
         }
 
         var admin: AdminSettings?

@@ -338,6 +338,10 @@ final class ClientConnection: UpstreamConnectionDelegate {
             sendError(refusal, close: true)
             return
         }
+        // Issue 12: a forward request for one of the proxy's own listeners (missing from NO_PROXY) is refused by name.
+        if case .forward = kind, let own = runtime.config.ownListener(host: target.host, port: target.explicitPort ?? 80) {
+            return sendError(Refusals.ownListener(own, host: target.host, port: target.explicitPort ?? 80), close: framing != .none)
+        }
         self.target = target
         record.scheme = target.scheme
         record.host = target.host
@@ -729,7 +733,8 @@ final class ClientConnection: UpstreamConnectionDelegate {
         if clientFraming == .close { keepAlive = false }
         if case .done = requestBody {} else { keepAlive = false }  // the rest of the request body has nowhere to go
         let bytes = Forwarding.clientResponse(head, framing: clientFraming, requestMethod: request.method,
-                                              keepAlive: keepAlive, clientVersion: request.version)
+                                              keepAlive: keepAlive, clientVersion: request.version,
+                                              locationRewrite: kind.locationRewrite(for: request, runtime: runtime))  // issue 12: redirects stay on the proxy
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         record.bytesOut += bytes.count
         responseDecoder = ChunkedDecoder()
