@@ -15,6 +15,8 @@ let package = Package(
     targets: [
         // C headers for libevent and OpenSSL, plus static inline wrappers for the macros Swift cannot import.
         .systemLibrary(name: "CEventTLS", pkgConfig: "libevent_openssl libevent_pthreads openssl"),
+        // The commit scripts/build records (build_commit.h, not committed), for --version and build_info.
+        .target(name: "CBuildInfo"),
 
         // Pure HTTP/1.1 parsing and serialising over bytes. No dependencies.
         .target(name: "HTTP1"),
@@ -26,7 +28,7 @@ let package = Package(
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.
         .target(name: "ProxyServer", dependencies: [
-            "CEventTLS", "HTTP1", "ProxyConfig", "TLS",
+            "CEventTLS", "CBuildInfo", "HTTP1", "ProxyConfig", "TLS",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
