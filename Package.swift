@@ -24,6 +24,8 @@ let package = Package(
         .target(name: "ProxyConfig", dependencies: [
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // What check --format json and certs --ics print: the report model, iCalendar writer. Pure.
+        .target(name: "Reports", dependencies: ["ProxyConfig"]),
         // OpenSSL wrappers: certificates, keys, client contexts, error classification.
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.
@@ -33,7 +35,7 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "mtls-proxy", dependencies: [
-            "ProxyServer", "ProxyConfig", "TLS",
+            "ProxyServer", "ProxyConfig", "Reports", "TLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -43,6 +45,7 @@ let package = Package(
 
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
+        .testTarget(name: "ReportsTests", dependencies: ["Reports", "ProxyConfig"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),
         .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS"]),
     ]

@@ -62,21 +62,57 @@ struct ConfigOption: ParsableArguments {
         config ?? EnvironmentOverrides.configPath(environment) ?? ConfigLoader.defaultPath() ?? ConfigLoader.searchPaths[0]
     }
 
-    func loadConfiguration() throws -> ProxyConfiguration {
-        if config == nil && EnvironmentOverrides.configPath(environment) == nil && ConfigLoader.defaultPath() == nil {
-            var places = [["--config", "not given"], ["$" + EnvironmentOverrides.configVariable, "not set"]]
-            for place in ConfigLoader.searchPaths {
-                let absolute = ConfigLoader.absolutePath(place)
-                places.append([absolute == place ? place : "./\(place) (\(absolute))", "not found"])
+    /// The places looked at when no config file is named and none of the default places has one, or nil.
+    var placesLookedAt: [[String]]? {
+        guard config == nil && EnvironmentOverrides.configPath(environment) == nil && ConfigLoader.defaultPath() == nil else {
+            return nil
+        }
+        var places = [["--config", "not given"], ["$" + EnvironmentOverrides.configVariable, "not set"]]
+        for place in ConfigLoader.searchPaths {
+            let absolute = ConfigLoader.absolutePath(place)
+            places.append([absolute == place ? place : "./\(place) (\(absolute))", "not found"])
+        }
+        return places
+    }
+
+    /// The config, or every mistake in it.
+    func configuration() -> Result<ProxyConfiguration, ConfigError> {
+        if let places = placesLookedAt {
+            return .failure(ConfigError(file: path, key: "", message: "no config file found; looked at "
+                + places.map { "\($0[0]) (\($0[1]))" }.joined(separator: ", ")))
+        }
+        do {
+            return .success(try ConfigLoader.load(file: path, environment: environment))
+        } catch let error as ConfigError {
+            return .failure(error)
+        } catch {
+            return .failure(ConfigError(file: path, key: "", message: "\(error)"))
+        }
+    }
+
+    /// The config and every certificate and key it names, or what is wrong.
+    func runtime() -> Result<ProxyRuntime, ConfigError> {
+        configuration().flatMap { configuration in
+            do {
+                return .success(try ProxyRuntime(config: configuration))
+            } catch let error as ConfigError {
+                return .failure(error)
+            } catch {
+                return .failure(ConfigError(file: configuration.file, key: "", message: "\(error)"))
             }
+        }
+    }
+
+    func loadConfiguration() throws -> ProxyConfiguration {
+        if let places = placesLookedAt {
             printError("mtls-proxy: no config file found. Looked at:")
             for line in table(places).split(separator: "\n") { printError("  \(line)") }
             printError("Pass --config FILE, or set \(EnvironmentOverrides.configVariable).")
             throw ExitCode(1)
         }
-        do {
-            return try ConfigLoader.load(file: path, environment: environment)
-        } catch let error as ConfigError {
+        switch configuration() {
+        case .success(let configuration): return configuration
+        case .failure(let error):
             printConfigError(error)
             throw ExitCode(1)
         }
