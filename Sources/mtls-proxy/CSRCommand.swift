@@ -21,7 +21,7 @@ struct CSR: ParsableCommand {
     @Argument(help: "The identity to renew.")
     var identity: String
 
-    @Option(help: "The folder for the key and the request (made if missing, mode 700).")
+    @Option(help: ArgumentHelp("The folder for the key and the request (made if missing, mode 700).", valueName: "dir"))
     var out: String
 
     @Option(help: ArgumentHelp("Make an RSA key of this size (2048 or 3072) instead of EC P-256.", valueName: "bits"))

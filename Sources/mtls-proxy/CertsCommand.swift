@@ -6,6 +6,10 @@ import Reports
 struct Certs: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show or export the certificates an identity presents, for a service's allowlist.",
+        usage: """
+        mtls-proxy certs [--config <file>] [<identity>]
+                         [--pem [--all] | --ics | --format text|json]
+        """,
         discussion: """
         Without --pem, a summary. With --pem, exactly the PEM of the identity's active
         certificate (leaf first, then its chain), ready to upload or redirect into a

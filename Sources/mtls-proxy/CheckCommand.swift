@@ -6,6 +6,10 @@ import Reports
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate the config, load every certificate and key, show when each expires.",
+        usage: """
+        mtls-proxy check [--config <file>] [--warn-days <days>]
+                         [--format text|json]
+        """,
         discussion: """
         Every mistake in the config is reported (file:line: key: message), not only the first.
 
@@ -19,7 +23,8 @@ struct Check: ParsableCommand {
 
     @OptionGroup var options: ConfigOption
 
-    @Option(help: "Warn when an active certificate expires within this many days with no successor staged.")
+    @Option(help: ArgumentHelp("Warn when an active certificate expires within this many days with no successor staged.",
+                               valueName: "days"))
     var warnDays: Int = 30
 
     @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")

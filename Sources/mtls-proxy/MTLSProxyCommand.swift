@@ -50,8 +50,8 @@ struct Version: ParsableCommand {
 
 struct ConfigOption: ParsableArguments {
     @Option(name: .shortAndLong, help: ArgumentHelp(
-        "The config file.",
-        discussion: "Default: $MTLS_PROXY_CONFIG, else ./proxy.conf, else /etc/mtls-proxy/proxy.conf."))
+        "The config file (default: $MTLS_PROXY_CONFIG, else ./proxy.conf, else /etc/mtls-proxy/proxy.conf).",
+        valueName: "file"))
     var config: String?
 
     var environment: [String: String] { ProcessInfo.processInfo.environment }
