@@ -10,10 +10,9 @@ struct CSR: ParsableCommand {
         commandName: "csr",
         abstract: "Make a new key and a certificate signing request to renew an identity.",
         discussion: """
-        Writes DIR/IDENTITY-DATE.key (mode 600) and DIR/IDENTITY-DATE.csr with the
-        subject of the identity's active certificate, and prints the config lines
-        that stage the certificate once the CA has issued it. Existing files are
-        never overwritten.
+        Writes DIR/IDENTITY-DATE.key (mode 600) and DIR/IDENTITY-DATE.csr with the subject of the identity's \
+        active certificate, and prints the config lines that stage the certificate once the CA has issued it. \
+        Existing files are never overwritten.
         """)
 
     @OptionGroup var options: ConfigOption

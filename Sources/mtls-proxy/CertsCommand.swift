@@ -11,14 +11,13 @@ struct Certs: ParsableCommand {
                          [--pem [--all] | --ics | --format text|json]
         """,
         discussion: """
-        Without --pem, a summary. With --pem, exactly the PEM of the identity's active
-        certificate (leaf first, then its chain), ready to upload or redirect into a
-        file; with --all, of every configured certificate. Private keys are never
-        printed.
+        Without --pem, a summary. With --pem, exactly the PEM of the identity's active certificate (leaf first, \
+        then its chain), ready to upload or redirect into a file; with --all, of every configured certificate. \
+        Private keys are never printed.
 
-        With --ics, an iCalendar file (RFC 5545) with an event at each certificate's
-        expiry and at each staged certificate's takeover, each with reminders 30 and
-        7 days before: mtls-proxy certs --ics > expiry.ics, then import it.
+        With --ics, an iCalendar file (RFC 5545) with an event at each certificate's expiry and at each staged \
+        certificate's takeover, each with reminders 30 and 7 days before: \
+        mtls-proxy certs --ics > expiry.ics, then import it.
         """)
 
     @OptionGroup var options: ConfigOption

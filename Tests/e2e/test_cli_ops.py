@@ -318,6 +318,24 @@ class Help(unittest.TestCase):
                 for line in r.stdout.splitlines():
                     self.assertLessEqual(len(line), 80, f"mtls-proxy {' '.join(args)} --help: {line!r}")
 
+    def test_text_is_filled_and_lists_keep_their_indent_at_80_columns(self):
+        """What the issue calls wrapping badly: a line broken where the next word would still have fit (the help
+        text had its own line breaks, which the parser then wrapped again), or a list item whose continuation
+        loses the item's indent."""
+        env = dict(harness.clean_env(), COLUMNS="80")
+        for args in SUBCOMMANDS:
+            text = run(*args, "--help", env=env).stdout
+            head = text.split("\nUSAGE:")[0].splitlines()
+            for line, following in zip(head, head[1:]):
+                if not line.strip() or not following.strip():
+                    continue
+                where = f"mtls-proxy {' '.join(args)} --help: {line!r} / {following!r}"
+                if line.startswith(" "):
+                    self.assertTrue(following.startswith(" "), f"a list item's continuation lost its indent: {where}")
+                elif not following.startswith(" "):
+                    # argument-parser fills lines to 79 columns.
+                    self.assertGreaterEqual(len(line) + 1 + len(following.split()[0]), 80, f"broken before the line is full: {where}")
+
     def test_check_help_lists_every_exit_code_on_its_own_line(self):
         text = run("check", "--help").stdout
         for code in "0123":
