@@ -58,6 +58,21 @@ public enum ExpiryCalendar {
         return events
     }
 
+    /// The local CA's expiry ([intercept]): after it, workflows stop trusting the intercepted tunnels.
+    public static func localCAEvent(facts f: CertificateFacts, file: String) -> ICalendar.Event {
+        ICalendar.Event(
+            uid: "expiry-\(f.sha256.replacingColons())@mtls-proxy",
+            start: f.notAfter,
+            summary: "mtls-proxy: local CA expires (\(f.subject), serial \(f.serial))",
+            description: """
+            The local CA that signs intercepted tunnels expires at \(ReportTime.rfc3339(f.notAfter)).
+            File: \(file)
+            SHA-256: \(f.sha256)
+            Make a new one (mtls-proxy ca init, after moving the old files away) and install it in the workflows' trust store.
+            """,
+            alarmDaysBefore: alarmDaysBefore)
+    }
+
     /// The first moment after `now` at which certificate `index` becomes the one presented, or nil if it never does.
     public static func takeover(of index: Int, _ certificates: [CertificateValidity], prefer: CertificatePreference, after now: Int) -> Int? {
         var t = now

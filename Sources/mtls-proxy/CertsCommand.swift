@@ -72,7 +72,11 @@ struct Certs: ParsableCommand {
                     ExpiryCalendar.Certificate(identity: identity.name, facts: CertificateFacts($0.leaf), file: $0.source.cert)
                 }, prefer: identity.prefer, now: now)
             }
-            print(ICalendar.render(events, stamp: now), terminator: "")
+            var all = events
+            if identity == nil, let ca = runtime.localCA, let file = config.intercept?.caCert {
+                all.append(ExpiryCalendar.localCAEvent(facts: CertificateFacts(ca.certificate), file: file))
+            }
+            print(ICalendar.render(all, stamp: now), terminator: "")
             return
         }
         for name in names {

@@ -50,6 +50,13 @@ import ProxyConfig
         #expect(events[2].summary.contains("switches to its staged certificate"))
     }
 
+    @Test func theLocalCAHasAnExpiryEvent() {
+        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem")
+        #expect(event.start == 900 * day)
+        #expect(event.summary == "mtls-proxy: local CA expires (CN=fusion-us,O=test, serial 0C)")
+        #expect(event.alarmDaysBefore == [30, 7])
+    }
+
     @Test func withPreferOldestAStagedCertificateTakesOverWhenTheOldOneExpires() {
         let now = 1_000 * day
         let validity = [CertificateValidity(notBefore: now - 300 * day, notAfter: now + 65 * day),

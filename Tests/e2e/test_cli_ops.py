@@ -236,6 +236,12 @@ class CheckJSON(unittest.TestCase):
         self.assertEqual(ca["cert_file"], f"{ENV['dir']}/state/ca.pem")
         self.assertEqual(ca["sha256"], openssl_fingerprint(f"{ENV['dir']}/state/ca.pem"))
         self.assertGreater(ca["days_left"], 800)
+        # The calendar has the local CA's expiry too.
+        import importlib.util
+        if importlib.util.find_spec("icalendar"):
+            import icalendar
+            events = icalendar.Calendar.from_ical(run("certs", "--config", config, "--ics").stdout.encode()).walk("VEVENT")
+            self.assertEqual(sum(1 for e in events if str(e["SUMMARY"]).startswith("mtls-proxy: local CA expires")), 1)
 
     def test_certs_as_json(self):
         config = write("json-certs.conf", BASE.replace("[[route]]", '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n[[route]]'))
