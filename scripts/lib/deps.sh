@@ -40,6 +40,13 @@ ensure_deps() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
         python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
     fi
+    # The iCalendar parser that checks `mtls-proxy certs --ics` (the icalendar package, as on PyPI).
+    if ! python3 -c 'import icalendar' 2>/dev/null; then
+        echo "installing: python icalendar"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-icalendar >/dev/null 2>&1 || true
+        python3 -c 'import icalendar' 2>/dev/null || python3 -m pip install -q icalendar 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages icalendar || true
+    fi
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
 }
 
