@@ -166,7 +166,9 @@ public final class ProxyServer: @unchecked Sendable {
         guard let loader, !draining else { return }
         do {
             let next = try loader(runtime.generation + 1)
-            let log = next.config.log == runtime.config.log ? accessLog : try AccessLog(next.config.log)
+            // The access log file is opened anew, so that a reload (SIGHUP) after rotating it starts a new file;
+            // each worker writes what it buffered to the old one first.
+            let log = try AccessLog(next.config.log)
             let old = runtime.config
             if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
                 || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
