@@ -69,6 +69,21 @@ import ProxyConfig
         #expect(line.contains(#""path":"/a\"b\\c\nd\re\tf\u0001g\u001fh"#))
     }
 
+    @Test func everyCharacterThatNeedsEscapingIsEscapedAtEveryPosition() throws {
+        var r = Self.record()
+        for c in ["\"", "\\", "\n", "\r", "\t", "\u{00}", "\u{01}", "\u{1f}", " ", "!", "#", "[", "]", "~", "\u{7f}", "é", "€", "😀"] {
+            for position in 0..<19 {
+                r.path = String(repeating: "a", count: position) + c + String(repeating: "b", count: 18 - position)
+                let fields = try Self.parse(r.json())
+                #expect(fields["path"] as? String == r.path, "\(c.unicodeScalars.map(\.value)) at \(position)")
+            }
+        }
+        r.path = ""
+        r.route = ""
+        #expect(try Self.parse(r.json())["path"] as? String == "")
+        #expect(r.json().contains(#""path":"","route":"","#))
+    }
+
     @Test func numbersAndTimes() throws {
         let cases: [(Int, String)] = [(0, "1970-01-01T00:00:00.000Z"), (999, "1970-01-01T00:00:00.999Z"),
                                       (1_000, "1970-01-01T00:00:01.000Z"), (951_782_400_007, "2000-02-29T00:00:00.007Z"),

@@ -19,6 +19,8 @@ QUICK = "--quick" in sys.argv
 # `--instructions-only` (callgrind: instructions and allocations per request), `--syscalls-only` (strace) and
 # `--memory-only` (idle connections) run just that part, without the req/s rounds; they combine.
 ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only")}
+# With a --*-only mode, `--mtls-only` leaves nginx and HAProxy out (their figures do not change between runs).
+MTLS_ONLY = "--mtls-only" in sys.argv
 ROUNDS = 2 if QUICK else 5
 DURATION = 2 if QUICK else 3
 HOST = "api.mygreatbank.test"
@@ -351,10 +353,11 @@ sni = {HOST}
             self.start_upstream()
             self.start_mtls("fwd", 1, self.ports["fwd"], self.ports["admin"])
             self.start_mtls("fwdlog", 1, self.ports["fwdlog"], self.ports["admin3"], log="file")
-            self.start_nginx()
-            self.start_haproxy()
-            systems = [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False),
-                       ("mtls-proxy fwd", self.ports["fwd"], True), (LOG_ON, self.ports["fwdlog"], True)]
+            systems = [("mtls-proxy fwd", self.ports["fwd"], True), (LOG_ON, self.ports["fwdlog"], True)]
+            if not MTLS_ONLY:
+                self.start_nginx()
+                self.start_haproxy()
+                systems[:0] = [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False)]
             for _, port, fwd in systems:
                 self.keepalive_requests(port, fwd, 50)
             if "syscalls" in ONLY:
@@ -408,8 +411,9 @@ sni = {HOST}
         rows = []
         out = {}
         count = 500 if QUICK else 2000
-        for name, port, fwd in [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False),
-                                ("mtls-proxy fwd", self.ports["fwd"], True)]:
+        systems = [("nginx", self.ports["nginx"], False), ("haproxy", self.ports["haproxy"], False),
+                   ("mtls-proxy fwd", self.ports["fwd"], True)]
+        for name, port, fwd in systems[2:] if MTLS_ONLY else systems:
             pid = max(self.pids_on(port))  # nginx: the worker
             before = harness.rss_kib(pid)
             socks = []
@@ -499,6 +503,8 @@ sni = {HOST}
         keep = os.path.join(ROOT, "bench", "results", time.strftime("callgrind-%Y-%m-%d-%H%M", time.gmtime()))
         os.makedirs(keep, exist_ok=True)
         for name in ("nginx", "haproxy", "mtls-proxy fwd", LOG_ON):
+            if MTLS_ONLY and not name.startswith("mtls-proxy"):
+                continue
             self.procs = harness.Processes()
             self.start_upstream()
             slug = name.replace(" ", "_").replace(",", "")
