@@ -147,13 +147,15 @@ final class AccessLogWriter {
     static let flushDelayMs = 100
 
     private(set) var log: AccessLog
-    let buffer = LogLineBuffer(capacity: flushBytes + 4096)
+    /// Grows to `flushBytes` and a line once records are written; small while the log is off.
+    let buffer: LogLineBuffer
     private var timer: OpaquePointer?
     private var timerArmed = false
 
     /// `base`: the worker's event loop, for the flush timer; without one, every record is written at once.
     init(log: AccessLog, base: OpaquePointer?) {
         self.log = log
+        buffer = LogLineBuffer(capacity: log.enabled ? Self.flushBytes + 4096 : 64)
         if let base {
             timer = mtls_evtimer_new(base, accessLogFlushCallback, Unmanaged.passUnretained(self).toOpaque())
         }
