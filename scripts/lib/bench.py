@@ -597,6 +597,9 @@ sni = {HOST}
         def check(ok):
             return "met" if ok else "NOT met"
 
+        side_ratios = [ka["mtls-proxy side"] / ka["mtls-proxy fwd"], cl["mtls-proxy side"] / cl["mtls-proxy fwd"],
+                       body["mtls-proxy side"][0] / body["mtls-proxy fwd"][0], body["mtls-proxy side"][1] / body["mtls-proxy fwd"][1]]
+
         rows = [
             ["access log adds <= 5k instructions/request", f"{ins[LOG_ON] - ins['mtls-proxy fwd']:,.0f} ({ins[LOG_ON]:,.0f} on, {ins['mtls-proxy fwd']:,.0f} off)", check(ins[LOG_ON] - ins["mtls-proxy fwd"] <= 5000)],
             ["access log: no write syscall per request", f"{sc[LOG_ON]:.2f} vs {sc['mtls-proxy fwd']:.2f} syscalls/request (log on vs off)", check(sc[LOG_ON] - sc["mtls-proxy fwd"] < 0.5)],
@@ -608,8 +611,11 @@ sni = {HOST}
             ["close req/s >= 3 x stunnel", f"{cl['mtls-proxy fwd']:.0f} vs {cl['stunnel']:.0f} = {cl['mtls-proxy fwd'] / cl['stunnel']:.2f}x", check(cl["mtls-proxy fwd"] >= 3 * cl["stunnel"])],
             ["download MiB/s >= 1.0 x haproxy", f"{body['mtls-proxy fwd'][0]:.0f} vs {body['haproxy'][0]:.0f} = {body['mtls-proxy fwd'][0] / body['haproxy'][0]:.2f}x", check(body["mtls-proxy fwd"][0] >= body["haproxy"][0])],
             ["upload MiB/s >= 1.0 x haproxy", f"{body['mtls-proxy fwd'][1]:.0f} vs {body['haproxy'][1]:.0f} = {body['mtls-proxy fwd'][1] / body['haproxy'][1]:.2f}x", check(body["mtls-proxy fwd"][1] >= body["haproxy"][1])],
-            ["idle client connection <= 4 KiB", f"{mem['mtls-proxy fwd']:.0f} bytes", check(mem["mtls-proxy fwd"] <= 4096)],
-            ["pooled upstream connection <= 48 KiB", f"{mem['pooled']:.0f} bytes", check(0 < mem["pooled"] <= 48 * 1024)],
+            ["idle client connection <= 1 KiB", f"{mem['mtls-proxy fwd']:.0f} bytes (nginx {mem['nginx']:.0f})", check(mem["mtls-proxy fwd"] <= 1024)],
+            ["pooled upstream connection <= 16 KiB", f"{mem['pooled']:.0f} bytes", check(0 < mem["pooled"] <= 16 * 1024)],
+            ["2 workers >= 1.0 x 1 worker, keep-alive and close", f"{ka['mtls-proxy 2w'] / ka['mtls-proxy fwd']:.2f}x, {cl['mtls-proxy 2w'] / cl['mtls-proxy fwd']:.2f}x",
+             check(ka["mtls-proxy 2w"] >= ka["mtls-proxy fwd"] and cl["mtls-proxy 2w"] >= cl["mtls-proxy fwd"])],
+            ["sidecar within 5 % of forward (req/s, MiB/s)", ", ".join(f"{x:.2f}" for x in side_ratios), check(all(abs(x - 1) <= 0.05 for x in side_ratios))],
             ["0 full handshakes / 1000 at steady state", f"{hs['steady'][0]:.0f} full, {hs['steady'][1]:.0f} resumed", check(hs["steady"][0] == 0)],
             ["after idling out: resumed, not full", f"{hs['idled'][0]:.0f} full, {hs['idled'][1]:.0f} resumed", check(hs["idled"][0] == 0 and hs["idled"][1] > 0)],
         ]
