@@ -28,10 +28,10 @@ def tearDownModule():
         ENV["procs"].stop_all()
 
 
-def start(name, workers=2):
-    """A proxy of its own, JSON access log to `<name>.log`; returns (process, port, log path)."""
+def start(name, workers=2, log=None):
+    """A proxy of its own, JSON access log to `<name>.log` (or `log`); returns (process, port, log path)."""
     d, port = ENV["dir"], harness.free_port()
-    log = f"{d}/{name}.log"
+    log = log or f"{d}/{name}.log"
     with open(f"{d}/{name}.conf", "w") as f:
         f.write(f"""
 [proxy]
@@ -141,6 +141,24 @@ class AccessLogLines(unittest.TestCase):
         self.assertIn("/still-before-sighup", old)
         self.assertNotIn("/after-rotation", old)
         self.assertEqual(new, ["/after-rotation"] * 4)
+
+
+    def test_a_log_that_cannot_be_reopened_does_not_stop_a_reload_and_loses_no_line(self):
+        logs = f"{ENV['dir']}/logs"
+        os.makedirs(logs)
+        p, port, log = start("unreopenable", log=f"{logs}/access.log")
+        self.assertIn(" 200 ", get(port, "/before"))
+        os.rename(logs, logs + ".old")
+        with open(logs, "w") as f:  # a file where the folder was: opening logs/access.log fails, even as root
+            f.write("")
+        p.send_signal(signal.SIGHUP)
+        out = f"{ENV['dir']}/unreopenable.out"
+        self.assertTrue(wait_for(lambda: "reloaded (SIGHUP)" in harness.read(out)), harness.read(out))
+        self.assertIn("cannot reopen the access log", harness.read(out))
+        self.assertIn(" 200 ", get(port, "/after"))
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(timeout=60), 0)
+        self.assertEqual([r["path"] for r in records(f"{logs}.old/access.log")], ["/before", "/after"])
 
 
 if __name__ == "__main__":
