@@ -119,3 +119,23 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(ProxyErrorResponse.sfString("café\n") == "\"caf??\"")
     }
 }
+
+/// Review of issue 11: an IPv6 literal has one spelling, so a route naming `[::1]` also matches `[0:0::1]`.
+@Suite struct HostSpellingTests {
+    @Test(arguments: [
+        ("[0:0:0:0:0:0:0:1]", "::1"), ("[0::1]", "::1"), ("[::0:1]", "::1"), ("[0000::0001]", "::1"),
+        ("[FE80:0:0:0:0:0:0:AB]", "fe80::ab"), ("[2001:db8:0:0:1:0:0:1]", "2001:db8::1:0:0:1"),
+        ("[1:0:0:2:0:0:0:3]", "1:0:0:2::3"), ("[1:2:3:4:5:6:7:8]", "1:2:3:4:5:6:7:8"), ("[1:0:2:3:4:5:6:7]", "1:0:2:3:4:5:6:7"),
+        ("[::FFFF:127.0.0.1]", "::ffff:127.0.0.1"), ("[::ffff:7f00:1]", "::ffff:127.0.0.1"), ("[::]", "::"),
+    ])
+    func ipv6LiteralsAreCanonical(authority: String, host: String) throws {
+        #expect(try AbsoluteTarget.parseAuthority(Array(authority.utf8)).host == host)
+        #expect(try AbsoluteTarget.parse("http://\(authority):8443/x").host == host)
+    }
+
+    @Test(arguments: ["[1:::2]", "[1::2::3]", "[12345::1]", "[1:2:3:4:5:6:7:8:9]", "[1:2:3:4:5:6:7]", "[::1.2.3]",
+                      "[::256.0.0.1]", "[:1::2]", "[1::2:]", "[::1.2.3.4:5]"])
+    func malformedIPv6LiteralsAreRefused(authority: String) {
+        #expect(throws: HTTPParseError.self) { try AbsoluteTarget.parseAuthority(Array(authority.utf8)) }
+    }
+}
