@@ -28,6 +28,17 @@ public enum Forwarding {
 
     public static let viaToken = "1.1 mtls-proxy"
 
+    /// The `Upgrade` protocols passed on to the upstream, or nil when none is. HTTP/2 (`h2c`, `h2`) is never
+    /// passed on: after it, one connection carries any number of requests for any path, and none of them would
+    /// be routed (a path-scoped deny or identity route would be skipped: "h2c smuggling").
+    public static func forwardableUpgrade(_ value: String) -> String? {
+        let kept = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }.filter { token in
+            let name = token.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+            return !token.isEmpty && !name.equalsIgnoringASCIICase("h2c") && !name.equalsIgnoringASCIICase("h2")
+        }
+        return kept.isEmpty ? nil : kept.joined(separator: ", ")
+    }
+
     /// Request fields a client may not make the proxy send upstream: anything addressed to a proxy (`Proxy-*`:
     /// credentials, status, connection options of the client-proxy hop).
     @inline(__always)

@@ -139,3 +139,17 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(throws: HTTPParseError.self) { try AbsoluteTarget.parseAuthority(Array(authority.utf8)) }
     }
 }
+
+/// Review of issue 11: an upgrade to HTTP/2 (`h2c`) turns one routed request into a connection that carries any
+/// number of requests for any path, none of them routed; it is not passed on. WebSocket is one request.
+@Suite struct UpgradeTokenTests {
+    @Test func http2UpgradesAreNotForwarded() {
+        #expect(Forwarding.forwardableUpgrade("h2c") == nil)
+        #expect(Forwarding.forwardableUpgrade("H2C") == nil)
+        #expect(Forwarding.forwardableUpgrade(" h2c , h2") == nil)
+        #expect(Forwarding.forwardableUpgrade("h2c, websocket") == "websocket")
+        #expect(Forwarding.forwardableUpgrade("websocket") == "websocket")
+        #expect(Forwarding.forwardableUpgrade("WebSocket, foo/2") == "WebSocket, foo/2")
+        #expect(Forwarding.forwardableUpgrade(" , ") == nil)
+    }
+}

@@ -283,6 +283,25 @@ class HostSpellings(unittest.TestCase):
         self.assertEqual(upstream_saw("pipe-2") + upstream_saw("pipe-3"), [])
 
 
+class ProtocolUpgrades(unittest.TestCase):
+    """An upgrade to HTTP/2 (h2c) would carry any number of requests, for any path, over the connection one routed
+    request opened: the proxy does not pass it on. WebSocket (one request) is passed on."""
+
+    def test_h2c_upgrade_is_not_passed_on(self):
+        for tag, value in [("h2c", "h2c"), ("h2c-list", "websocket, h2c")]:
+            with self.subTest(tag):
+                head = (f"GET http://api.mygreatbank.test/v1/up?t={tag}&x=1 HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                        f"Upgrade: {value}\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+                answer = raw(head.encode(), wait=4)
+                self.assertTrue(answer.startswith("HTTP/1.1 200"), answer[:300])
+                seen = upstream_saw(tag)
+                self.assertEqual(len(seen), 1, seen)
+                self.assertNotIn("h2c", json.dumps(seen[0]["headers"]).lower(), seen[0]["headers"])
+                self.assertNotIn("http2-settings", seen[0]["headers"])
+                if tag == "h2c-list":
+                    self.assertEqual(seen[0]["headers"].get("upgrade"), ["websocket"])
+
+
 def tunnel(authority, server_hostname):
     sock = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10)
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
