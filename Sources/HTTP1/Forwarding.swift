@@ -46,13 +46,22 @@ public enum Forwarding {
         name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
     }
 
+    /// Fields that some frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) read as the request path in place of
+    /// the request line: forwarded, they would let a client name a path that no route decided.
+    static let pathOverrideFields = ["x-original-url", "x-rewrite-url", "x-original-uri"]
+
+    @inline(__always)
+    static func isPathOverrideField(_ name: String) -> Bool {
+        name.utf8.count >= 13 && name.utf8.count <= 14 && pathOverrideFields.contains { name.equalsIgnoringASCIICase($0) }
+    }
+
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
     /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil) -> [UInt8] {
         var headers = request.headers
         stripHopByHop(&headers)
-        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) }
+        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) || isPathOverrideField($0.name) }
         var out: [UInt8] = []
         out.reserveCapacity(512)
         out.append(contentsOf: request.method.utf8)

@@ -153,3 +153,16 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(Forwarding.forwardableUpgrade(" , ") == nil)
     }
 }
+
+/// Review of issue 11: fields that frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) take as the request path
+/// instead of the request line would let a client name a path no route decided; they are not forwarded.
+@Suite struct PathOverrideFieldTests {
+    @Test func pathOverrideFieldsAreNotForwarded() throws {
+        let request = try HeadParser.parseRequest(Array((
+            "GET http://api.test/v1 HTTP/1.1\r\nHost: api.test\r\nX-Original-URL: /admin/x\r\nx-rewrite-url: /admin/y\r\n"
+            + "X-Original-Uri: /admin/z\r\nAccept: */*\r\n\r\n").utf8))
+        let out = String(decoding: Forwarding.upstreamRequest(request, pathAndQuery: "/v1", host: "api.test", framing: .none), as: UTF8.self)
+        #expect(!out.lowercased().contains("/admin"), "\(out)")
+        #expect(out.contains("Accept: */*\r\n"))
+    }
+}

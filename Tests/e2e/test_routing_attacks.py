@@ -302,6 +302,17 @@ class ProtocolUpgrades(unittest.TestCase):
                     self.assertEqual(seen[0]["headers"].get("upgrade"), ["websocket"])
 
 
+class PathOverrideFields(unittest.TestCase):
+    def test_fields_that_frameworks_take_as_the_path_are_not_forwarded(self):
+        head = ("GET http://api.mygreatbank.test/v1/o?t=override&x=1 HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                "X-Original-URL: /admin/x\r\nX-Rewrite-URL: /admin/x\r\nX-Original-URI: /admin/x\r\nConnection: close\r\n\r\n")
+        answer = raw(head.encode())
+        self.assertTrue(answer.startswith("HTTP/1.1 200"), answer[:300])
+        seen = upstream_saw("override")
+        self.assertEqual(len(seen), 1, seen)
+        self.assertNotIn("/admin", json.dumps(seen[0]["headers"]), seen[0]["headers"])
+
+
 def tunnel(authority, server_hostname):
     sock = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10)
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
