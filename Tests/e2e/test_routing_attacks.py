@@ -369,6 +369,27 @@ class InsideTunnels(unittest.TestCase):
                     tls.close()
                 self.assertEqual(upstream_saw(tag), [], f"{tag} reached the upstream")
 
+    def test_sni_with_a_trailing_dot_names_the_same_host(self):
+        head, tls = tunnel("api.mygreatbank.test.:443", "API.mygreatbank.test.")
+        self.assertIsNotNone(tls, head)
+        try:
+            answer = exchange(tls, "GET /%61dmin/y?t=sni-dot-param&x=1 HTTP/1.1\r\nHost: api.mygreatbank.test.\r\n\r\n")
+            self.assertTrue(answer.startswith("HTTP/1.1 403"), answer[:300])
+        except (OSError, ssl.SSLError) as e:
+            self.fail(f"the tunnel refused SNI api.mygreatbank.test. ({e})")
+        finally:
+            tls.close()
+        self.assertEqual(upstream_saw("sni-dot-param"), [])
+        head, tls = tunnel("api.mygreatbank.test:443", "api.mygreatbank.test.")
+        try:
+            answer = exchange(tls, "GET /v1/d?t=sni-dot&x=1 HTTP/1.1\r\nHost: api.mygreatbank.test.\r\n\r\n")
+        except (OSError, ssl.SSLError) as e:
+            self.fail(f"the tunnel refused SNI api.mygreatbank.test. ({e})")
+        finally:
+            tls.close()
+        self.assertTrue(answer.startswith("HTTP/1.1 200"), answer[:300])
+        self.assertEqual([r["headers"]["host"] for r in upstream_saw("sni-dot")], [["api.mygreatbank.test"]])
+
     def test_sni_for_another_host_is_refused(self):
         head, tls = None, None
         try:
