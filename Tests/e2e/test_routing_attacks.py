@@ -283,6 +283,29 @@ class HostSpellings(unittest.TestCase):
         self.assertEqual(upstream_saw("pipe-2") + upstream_saw("pipe-3"), [])
 
 
+class Explain(unittest.TestCase):
+    """`explain` says what the proxy does with the attacks: the same refusals."""
+
+    def explain(self, *args):
+        return subprocess.run([harness.proxy_binary(), "explain", "--config", f"{ENV['dir']}/proxy.conf", *args],
+                              capture_output=True, text=True)
+
+    def test_explain_refuses_what_the_proxy_refuses(self):
+        for args, expect in [(["http://api.mygreatbank.test/admin;x/secret"], "path parameter"),
+                             (["http://files.mygreatbank.test/files%2Fprivate/x"], "encoded slash"),
+                             (["http://127.1/x"], "non-canonical numeric address"),
+                             (["http://[::ffff:127.0.0.1]/x"], "non-canonical numeric address"),
+                             (["--method", "CONNECT", "[::ffff:7f00:1]:443"], "non-canonical numeric address"),
+                             (["--method", "CONNECT", "0x7f000001:443"], "non-canonical numeric address")]:
+            with self.subTest(args[-1]):
+                r = self.explain(*args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertRegex(r.stdout, r"(?m)^outcome +400")
+                self.assertIn(expect, r.stdout)
+        r = self.explain("http://[0:0::1]/x")
+        self.assertRegex(r.stdout, r"(?m)^route +v6 deny: ")
+
+
 class ProtocolUpgrades(unittest.TestCase):
     """An upgrade to HTTP/2 (h2c) would carry any number of requests, for any path, over the connection one routed
     request opened: the proxy does not pass it on. WebSocket (one request) is passed on."""
