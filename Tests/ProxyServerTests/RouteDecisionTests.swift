@@ -155,6 +155,25 @@ import Testing
         #expect(refusal == .escapedSlashReading)
     }
 
+    /// `[upstream] escaped_slashes = "keep"` relaxes every unmatched request; a deny route still sees the
+    /// decoded reading, and a merged one.
+    @Test func upstreamWideKeepDoesNotOpenADenyRoute() {
+        var upstream = UpstreamSettings()
+        upstream.pathRules = PathRules(mergeSlashes: true, escapedSlashes: .keep)
+        let open = Router(routes: [route(1, "api.test", path: "/admin/", .deny)], unmatched: .tls, upstream: upstream)
+        for path in ["/admin%2Fx", "/admin%5Cx", "//admin%2F", "/admin;p/x"] {
+            guard case .refused(let r, _) = RequestRouting.decide(open, host: "api.test", port: 443, path: path[...]) else {
+                Issue.record("\(path) was routed"); continue
+            }
+            #expect(r == .escapedSlashReading || r == .pathParameters)
+        }
+        guard case .routed(let p, let m) = RequestRouting.decide(open, host: "api.test", port: 443, path: "/v1%2Fadmin/") else {
+            Issue.record("refused"); return
+        }
+        #expect(p == "/v1%2Fadmin/")
+        #expect(m.route == nil)
+    }
+
     @Test func keptEscapedSlashInsideTheSameRouteIsForwarded() {
         guard case .routed(let p, let m) = decide("/files/a%2fb") else { Issue.record("refused"); return }
         #expect(p == "/files/a%2Fb")
