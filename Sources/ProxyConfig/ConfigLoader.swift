@@ -239,8 +239,8 @@ public enum ConfigLoader {
                 guard after.hasPrefix(":"), let p = Int(after.dropFirst()), p > 0, p <= 65535 else { return nil }
                 port = p
             }
-            guard IPAddress(host)?.isV6 == true else { return nil }
-            return (host, port)
+            guard let canonical = IPv6Literal.canonical(host.utf8) else { return nil }
+            return (canonical, port)
         }
         if let colon = rest.lastIndex(of: ":") {
             host = String(rest[..<colon])

@@ -1,3 +1,5 @@
+import HTTP1
+
 /// The whole configuration, validated, immutable once built. Paths are absolute (resolved against the
 /// config file's folder).
 public struct ProxyConfiguration: Sendable {
@@ -239,9 +241,13 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
             return .subdomains(of: base)
         }
         if lower.hasPrefix("[") && lower.hasSuffix("]") {
-            let inner = String(lower.dropFirst().dropLast())
-            guard IPAddress(inner)?.isV6 == true else { return nil }
+            // Requests spell an IPv6 literal one way (RFC 5952); so does the route.
+            guard let inner = IPv6Literal.canonical(lower.utf8.dropFirst().dropLast()) else { return nil }
             return .exact(inner)
+        }
+        if lower.contains(":") {
+            guard let canonical = IPv6Literal.canonical(lower.utf8) else { return nil }
+            return .exact(canonical)
         }
         guard isValidHostName(lower) || IPAddress(lower) != nil else { return nil }
         return .exact(lower)

@@ -397,7 +397,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
         let hostHeader = target.hostHeader(port: port, defaultPort: 443)
         upgrade = nil
-        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
+        if let value = head.headers.first("Upgrade").flatMap(Forwarding.forwardableUpgrade), !hasBody, head.version == .http11,
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }

@@ -176,7 +176,10 @@ public final class InterceptionContext: @unchecked Sendable {
 private func interceptionServerNameCallback(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let ssl, let arg, let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return mtls_SSL_TLSEXT_ERR_OK() }
     let expected = String(cString: arg.assumingMemoryBound(to: CChar.self))
-    if String(cString: name).lowercased() == expected { return mtls_SSL_TLSEXT_ERR_OK() }
+    // The tunnel's host is canonical (lower case, no trailing dot); a client may send the dotted form.
+    var requested = String(cString: name).lowercased()
+    if requested.count > 1, requested.hasSuffix(".") { requested.removeLast() }
+    if requested == expected { return mtls_SSL_TLSEXT_ERR_OK() }
     alert?.pointee = mtls_SSL_AD_UNRECOGNIZED_NAME()
     return mtls_SSL_TLSEXT_ERR_ALERT_FATAL()
 }
