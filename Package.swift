@@ -15,6 +15,8 @@ let package = Package(
     targets: [
         // C headers for libevent and OpenSSL, plus static inline wrappers for the macros Swift cannot import.
         .systemLibrary(name: "CEventTLS", pkgConfig: "libevent_openssl libevent_pthreads openssl"),
+        // The commit scripts/build records (build_commit.h, not committed), for --version and build_info.
+        .target(name: "CBuildInfo"),
 
         // Pure HTTP/1.1 parsing and serialising over bytes. No dependencies.
         .target(name: "HTTP1"),
@@ -23,16 +25,18 @@ let package = Package(
             "HTTP1",  // the request-path normaliser, to check route path prefixes
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // What check --format json and certs --ics print: the report model, iCalendar writer. Pure.
+        .target(name: "Reports", dependencies: ["ProxyConfig"]),
         // OpenSSL wrappers: certificates, keys, client contexts, error classification.
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.
         .target(name: "ProxyServer", dependencies: [
-            "CEventTLS", "HTTP1", "ProxyConfig", "TLS",
+            "CEventTLS", "CBuildInfo", "HTTP1", "ProxyConfig", "TLS",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "mtls-proxy", dependencies: [
-            "ProxyServer", "ProxyConfig", "TLS",
+            "ProxyServer", "ProxyConfig", "Reports", "TLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -42,6 +46,7 @@ let package = Package(
 
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
+        .testTarget(name: "ReportsTests", dependencies: ["Reports", "ProxyConfig"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),
         .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS"]),
     ]

@@ -28,11 +28,31 @@ public enum Forwarding {
 
     public static let viaToken = "1.1 mtls-proxy"
 
+    /// The `Upgrade` protocols passed on to the upstream, or nil when none is. HTTP/2 (`h2c`, `h2`) is never
+    /// passed on: after it, one connection carries any number of requests for any path, and none of them would
+    /// be routed (a path-scoped deny or identity route would be skipped: "h2c smuggling").
+    public static func forwardableUpgrade(_ value: String) -> String? {
+        let kept = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }.filter { token in
+            let name = token.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+            return !token.isEmpty && !name.equalsIgnoringASCIICase("h2c") && !name.equalsIgnoringASCIICase("h2")
+        }
+        return kept.isEmpty ? nil : kept.joined(separator: ", ")
+    }
+
     /// Request fields a client may not make the proxy send upstream: anything addressed to a proxy (`Proxy-*`:
     /// credentials, status, connection options of the client-proxy hop).
     @inline(__always)
     static func isProxyField(_ name: String) -> Bool {
         name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
+    }
+
+    /// Fields that some frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) read as the request path in place of
+    /// the request line: forwarded, they would let a client name a path that no route decided.
+    static let pathOverrideFields = ["x-original-url", "x-rewrite-url", "x-original-uri"]
+
+    @inline(__always)
+    static func isPathOverrideField(_ name: String) -> Bool {
+        name.utf8.count >= 13 && name.utf8.count <= 14 && pathOverrideFields.contains { name.equalsIgnoringASCIICase($0) }
     }
 
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
@@ -41,7 +61,7 @@ public enum Forwarding {
                                        upgrade: String? = nil) -> [UInt8] {
         var headers = request.headers
         stripHopByHop(&headers)
-        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) }
+        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) || isPathOverrideField($0.name) }
         var out: [UInt8] = []
         out.reserveCapacity(512)
         out.append(contentsOf: request.method.utf8)
@@ -86,9 +106,11 @@ public enum Forwarding {
         }
     }
 
-    /// The response head sent to the client.
+    /// The response head sent to the client. `locationRewrite`, when set, rewrites `Location` and
+    /// `Content-Location` (sidecar listeners, and the forward path's optional https-to-http rewrite).
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
-                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil) -> [UInt8] {
+                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
+                                      locationRewrite: LocationRewrite? = nil) -> [UInt8] {
         var headers = response.headers
         let upstreamContentLength = headers.first("Content-Length")
         stripHopByHop(&headers)
@@ -98,7 +120,7 @@ public enum Forwarding {
         out.append(contentsOf: "HTTP/1.1 \(response.status) ".utf8)
         appendLatin1(response.reason, to: &out)
         out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out)
+        appendFields(headers, to: &out, locationRewrite: locationRewrite)
         appendVia(response.headers, to: &out)
         if let upgrade, response.status == 101 {
             out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
@@ -131,12 +153,16 @@ public enum Forwarding {
         return out
     }
 
-    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8]) {
+    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8], locationRewrite: LocationRewrite? = nil) {
         for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
             appendASCII(field.name, to: &out)
             out.append(0x3A)
             out.append(0x20)
-            appendLatin1(field.value, to: &out)
+            if let locationRewrite, LocationRewrite.applies(to: field.name), let rewritten = locationRewrite.rewrite(field.value) {
+                appendLatin1(rewritten, to: &out)
+            } else {
+                appendLatin1(field.value, to: &out)
+            }
             out.append(0x0D)
             out.append(0x0A)
         }

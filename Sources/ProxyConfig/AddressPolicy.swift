@@ -70,8 +70,11 @@ public enum AddressPolicy {
         return IPAddress(bytes: [UInt8(value >> 24 & 0xFF), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)])
     }
 
-    /// Whether `host` is written in one of the legacy numeric forms rather than as a canonical dotted quad.
+    /// Whether `host` is written in one of the legacy numeric forms rather than as a canonical dotted quad, or
+    /// as an IPv4-mapped IPv6 literal (`::ffff:127.0.0.1`), which is dialled as the IPv4 address but would not
+    /// be matched by a route naming it.
     public static func isNonCanonicalNumericHost(_ host: String) -> Bool {
-        legacyNumericIPv4(host) != nil && IPAddress(host) == nil
+        if host.contains(":") { return IPAddress(host)?.mappedV4 != nil }
+        return legacyNumericIPv4(host) != nil && IPAddress(host) == nil
     }
 }

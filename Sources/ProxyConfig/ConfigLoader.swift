@@ -6,12 +6,16 @@ import Musl
 import HTTP1
 import TOMLKit
 
-/// Reads a TOML config file into a validated `ProxyConfiguration`. Every mistake names the file, the key and
-/// what was expected; nothing half-valid comes out.
+/// Reads a TOML config file into a validated `ProxyConfiguration`. Every mistake names the file, the line, the
+/// key and what was expected, and one read reports every mistake it finds (see `ConfigProblems`); nothing
+/// half-valid comes out.
 public enum ConfigLoader {
-    /// The config file to use when none is given: `./proxy.conf`, else `/etc/mtls-proxy/proxy.conf`.
-    public static func defaultPath() -> String {
-        access("proxy.conf", F_OK) == 0 ? "proxy.conf" : "/etc/mtls-proxy/proxy.conf"
+    /// Where the config is looked for when neither --config nor `MTLS_PROXY_CONFIG` names it, in order.
+    public static let searchPaths = ["proxy.conf", "/etc/mtls-proxy/proxy.conf"]
+
+    /// The config file to use when none is given: the first of `searchPaths` that exists, or nil.
+    public static func defaultPath() -> String? {
+        searchPaths.first { access($0, F_OK) == 0 }
     }
 
     /// Loads `file`, then applies the environment overrides (see `EnvironmentOverrides`).
@@ -35,13 +39,16 @@ public enum ConfigLoader {
         } catch let error as TOMLParseError {
             throw ConfigError(file: file, key: "", message: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
         }
-        let reader = TableReader(table: root, path: "", file: file, base: baseDirectory)
+        let problems = ConfigProblems(file: file)
+        let reader = TableReader(table: root, path: "", file: file, base: baseDirectory, problems: problems)
         try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log", "intercept"])
 
         var proxy = ProxySettings()
-        if let t = try reader.table("proxy") {
+        problems.collect { if let t = try reader.table("proxy") {
             try t.allowOnly(["listen", "workers", "unmatched", "allow_clients", "max_header_bytes", "warn_days", "drain_timeout",
-                             "header_timeout", "max_connections", "auth_file", "client_timeout"])
+                             "header_timeout", "max_connections", "auth_file", "client_timeout",
+                             "rewrite_https_location"])
+            if let b = try t.bool("rewrite_https_location") { proxy.rewriteHTTPSLocation = b }
             if let d = try t.duration("client_timeout") { proxy.clientTimeout = d }
             proxy.authFile = try t.path("auth_file")
             if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
@@ -77,11 +84,11 @@ public enum ConfigLoader {
                 }
                 proxy.maxHeaderBytes = max
             }
-        }
-        try requireLoopbackOrAllowList(proxy.listen, proxy.allowClients, file: file, key: "proxy")
+        } }
+        problems.collect { try requireLoopbackOrAllowList(proxy.listen, proxy.allowClients, file: file, key: "proxy") }
 
         var upstream = UpstreamSettings()
-        if let t = try reader.table("upstream") {
+        problems.collect { if let t = try reader.table("upstream") {
             try t.allowOnly(Set(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
                              "nameservers", "allow_private"]).union(pathRuleKeys))
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
@@ -99,26 +106,33 @@ public enum ConfigLoader {
                 guard n >= 0 && n <= 10_000 else { throw t.error("max_idle_per_host", "expected 0 to 10000, got \(n)") }
                 upstream.maxIdlePerHost = n
             }
-        }
+        } }
 
         var identities: [Identity] = []
+        // Identities with a mistake of their own: routes that name them are not blamed for it.
+        var brokenIdentities: [Identity] = []
         if let t = try reader.table("identities") {
             for name in t.keys.sorted() {
-                guard let it = try t.table(name) else { throw t.error(name, "expected a table [identities.\(name)]") }
-                guard isValidIdentityName(name) else {
-                    throw t.error(name, "identity names use letters, digits, '-' and '_'")
+                let read = problems.collect {
+                    guard let it = try t.table(name) else { throw t.error(name, "expected a table [identities.\(name)]") }
+                    guard isValidIdentityName(name) else {
+                        throw t.error(name, "identity names use letters, digits, '-' and '_'")
+                    }
+                    identities.append(try readIdentity(it, name: name))
                 }
-                identities.append(try readIdentity(it, name: name))
+                if !read { brokenIdentities.append(Identity(name: name, certificates: [])) }
             }
         }
 
         var routes: [Route] = []
         for (i, rt) in try reader.arrayOfTables("route").enumerated() {
-            routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities))
+            problems.collect {
+                routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities))
+            }
         }
         var listeners: [FixedListener] = []
-        for lt in try reader.arrayOfTables("listener") {
-            try lt.allowOnly(["listen", "upstream", "allow_clients"])
+        for lt in try reader.arrayOfTables("listener") { problems.collect {
+            try lt.allowOnly(["listen", "upstream", "allow_clients", "rewrite_location"])
             guard let listenText = try lt.string("listen") else { throw lt.error("listen", "missing: the address to listen on, such as \"127.0.0.1:9001\"") }
             guard let listen = HostPort.parse(listenText) else {
                 throw lt.error("listen", "expected an address and port such as \"127.0.0.1:9001\", got \"\(listenText)\"")
@@ -134,11 +148,12 @@ public enum ConfigLoader {
             if listen == proxy.listen || listeners.contains(where: { $0.listen == listen }) {
                 throw lt.error("listen", "\(listen) is already used by another listener")
             }
-            listeners.append(FixedListener(listen: listen, host: host, port: port, allowClients: allow, configKey: lt.path))
-        }
+            listeners.append(FixedListener(listen: listen, host: host, port: port, allowClients: allow, configKey: lt.path,
+                                           rewriteLocation: try lt.bool("rewrite_location") ?? true))
+        } }
 
         var admin: AdminSettings?
-        if let at = try reader.table("admin") {
+        problems.collect { if let at = try reader.table("admin") {
             try at.allowOnly(["listen", "allow_clients"])
             guard let text = try at.string("listen") else { throw at.error("listen", "missing: the admin address, such as \"127.0.0.1:9901\"") }
             guard let listen = HostPort.parse(text) else {
@@ -147,10 +162,10 @@ public enum ConfigLoader {
             let allow = try readAllowClients(at)
             try requireLoopbackOrAllowList(listen, allow, file: file, key: "admin")
             admin = AdminSettings(listen: listen, allowClients: allow)
-        }
+        } }
 
         var log = LogSettings()
-        if let lt = try reader.table("log") {
+        problems.collect { if let lt = try reader.table("log") {
             try lt.allowOnly(["access", "format", "level"])
             if let access = try lt.string("access") {
                 switch access {
@@ -170,10 +185,10 @@ public enum ConfigLoader {
                 }
                 log.level = l
             }
-        }
+        } }
         var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
                                         listeners: listeners, admin: admin, log: log)
-        if let it = try reader.table("intercept") {
+        problems.collect { if let it = try reader.table("intercept") {
             try it.allowOnly(["ca_cert", "ca_key", "leaf_validity"])
             guard let cert = try it.path("ca_cert") else { throw it.error("ca_cert", "missing: the local CA certificate (PEM) the workflows trust") }
             guard let key = try it.path("ca_key") else { throw it.error("ca_key", "missing: the local CA's private key (PEM)") }
@@ -185,7 +200,8 @@ public enum ConfigLoader {
                 settings.leafValidity = validity
             }
             config.intercept = settings
-        }
+        } }
+        try problems.throwIfAny(text: text)
         return config
     }
 
@@ -223,8 +239,8 @@ public enum ConfigLoader {
                 guard after.hasPrefix(":"), let p = Int(after.dropFirst()), p > 0, p <= 65535 else { return nil }
                 port = p
             }
-            guard IPAddress(host)?.isV6 == true else { return nil }
-            return (host, port)
+            guard let canonical = IPv6Literal.canonical(host.utf8) else { return nil }
+            return (canonical, port)
         }
         if let colon = rest.lastIndex(of: ":") {
             host = String(rest[..<colon])
@@ -438,12 +454,15 @@ public enum ConfigLoader {
     }
 }
 
-/// A TOML table with the key path it sits at, for typed reads that fail with the file and key named.
+/// A TOML table with the key path it sits at, for typed reads that fail with the file and key named. A value
+/// of the wrong type (or a duration or path that does not parse) is recorded in `problems` and read as absent,
+/// so reading goes on and every such mistake is reported; other mistakes are thrown by the caller.
 struct TableReader {
     let table: TOMLTable
     let path: String
     let file: String
     let base: String
+    let problems: ConfigProblems
 
     var keys: [String] { table.keys }
 
@@ -453,9 +472,11 @@ struct TableReader {
         ConfigError(file: file, key: keyPath(key), message: message)
     }
 
+    /// Records every key not in `allowed`, with the nearest allowed one when a typo is likely.
     func allowOnly(_ allowed: Set<String>) throws {
         for key in table.keys.sorted() where !allowed.contains(key) {
-            throw error(key, "unknown key; expected one of: \(allowed.sorted().joined(separator: ", "))")
+            let hint = NearestKey.suggestion(for: key, among: allowed).map { "did you mean `\($0)`? " } ?? ""
+            problems.record(error(key, "unknown key; \(hint)expected one of: \(allowed.sorted().joined(separator: ", "))"))
         }
     }
 
@@ -471,15 +492,21 @@ struct TableReader {
         }
     }
 
+    /// Records the mistake at `key` and reads the value as absent.
+    private func wrong<T>(_ key: String, _ message: String) -> T? {
+        problems.record(error(key, message))
+        return nil
+    }
+
     func string(_ key: String) throws -> String? {
         guard let value = table[key] else { return nil }
-        guard let s = value.string else { throw error(key, "expected a string, got \(typeName(value))") }
+        guard let s = value.string else { return wrong(key, "expected a string, got \(typeName(value))") }
         return s
     }
 
     func int(_ key: String) throws -> Int? {
         guard let value = table[key] else { return nil }
-        guard let i = value.int else { throw error(key, "expected an integer, got \(typeName(value))") }
+        guard let i = value.int else { return wrong(key, "expected an integer, got \(typeName(value))") }
         return i
     }
 
@@ -489,14 +516,19 @@ struct TableReader {
 
     func bool(_ key: String) throws -> Bool? {
         guard let value = table[key] else { return nil }
-        guard let b = value.bool else { throw error(key, "expected true or false, got \(typeName(value))") }
+        guard let b = value.bool else { return wrong(key, "expected true or false, got \(typeName(value))") }
         return b
     }
 
     func duration(_ key: String) throws -> TimeSpan? {
+        guard let value = table[key] else { return nil }
+        if value.int != nil || value.double != nil {
+            return wrong(key, "durations are strings with a unit: write \(key) = \"\(value.int.map(String.init) ?? "5")s\" "
+                         + "(also \"250ms\", \"2m\", \"1h\"), got \(typeName(value))")
+        }
         guard let text = try string(key) else { return nil }
         guard let span = TimeSpan.parse(text), span.milliseconds > 0 else {
-            throw error(key, "expected a positive duration such as \"250ms\", \"5s\", \"2m\" or \"1h\", got \"\(text)\"")
+            return wrong(key, "expected a positive duration such as \"250ms\", \"5s\", \"2m\" or \"1h\", got \"\(text)\"")
         }
         return span
     }
@@ -504,7 +536,7 @@ struct TableReader {
     /// A file path, resolved against the config file's folder.
     func path(_ key: String) throws -> String? {
         guard let text = try string(key) else { return nil }
-        guard !text.isEmpty else { throw error(key, "expected a file path, got an empty string") }
+        guard !text.isEmpty else { return wrong(key, "expected a file path, got an empty string") }
         return resolve(text)
     }
 
@@ -514,26 +546,36 @@ struct TableReader {
 
     func stringArray(_ key: String) throws -> [String]? {
         guard let value = table[key] else { return nil }
-        guard let array = value.array else { throw error(key, "expected an array of strings, got \(typeName(value))") }
-        return try array.enumerated().map { i, element in
-            guard let s = element.string else { throw error("\(key)[\(i + 1)]", "expected a string, got \(typeName(element))") }
-            return s
+        guard let array = value.array else { return wrong(key, "expected an array of strings, got \(typeName(value))") }
+        var strings: [String] = []
+        for (i, element) in array.enumerated() {
+            guard let s = element.string else { return wrong("\(key)[\(i + 1)]", "expected a string, got \(typeName(element))") }
+            strings.append(s)
         }
+        return strings
     }
 
     func table(_ key: String) throws -> TableReader? {
         guard let value = table[key] else { return nil }
-        guard let t = value.table else { throw error(key, "expected a table, got \(typeName(value))") }
-        return TableReader(table: t, path: keyPath(key), file: file, base: base)
+        guard let t = value.table else { return wrong(key, "expected a table, got \(typeName(value))") }
+        return TableReader(table: t, path: keyPath(key), file: file, base: base, problems: problems)
     }
 
     /// `[[key]]` entries, each with a 1-based index in its key path.
     func arrayOfTables(_ key: String) throws -> [TableReader] {
         guard let value = table[key] else { return [] }
-        guard let array = value.array else { throw error(key, "expected [[\(keyPath(key))]] tables, got \(typeName(value))") }
-        return try array.enumerated().map { i, element in
-            guard let t = element.table else { throw error("\(key)[\(i + 1)]", "expected a table, got \(typeName(element))") }
-            return TableReader(table: t, path: "\(keyPath(key))[\(i + 1)]", file: file, base: base)
+        guard let array = value.array else {
+            problems.record(error(key, "expected [[\(keyPath(key))]] tables, got \(typeName(value))"))
+            return []
         }
+        var tables: [TableReader] = []
+        for (i, element) in array.enumerated() {
+            guard let t = element.table else {
+                problems.record(error("\(key)[\(i + 1)]", "expected a table, got \(typeName(element))"))
+                continue
+            }
+            tables.append(TableReader(table: t, path: "\(keyPath(key))[\(i + 1)]", file: file, base: base, problems: problems))
+        }
+        return tables
     }
 }

@@ -1,3 +1,5 @@
+import HTTP1
+
 /// The whole configuration, validated, immutable once built. Paths are absolute (resolved against the
 /// config file's folder).
 public struct ProxyConfiguration: Sendable {
@@ -60,6 +62,10 @@ public struct ProxySettings: Sendable {
     public var drainTimeout: TimeSpan = .seconds(30)
     /// Warn (log, metric) this many days before the active certificate of an identity expires with no successor.
     public var warnDays: Int = 30
+    /// `rewrite_https_location`: on the forward listener, a `Location`/`Content-Location` of `https://HOST/...` where
+    /// HOST has an `mtls` route is turned into `http://HOST/...`, so a client following it comes back through the
+    /// proxy and its certificate (default off).
+    public var rewriteHTTPSLocation: Bool = false
 
     public init() {}
 }
@@ -235,9 +241,13 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
             return .subdomains(of: base)
         }
         if lower.hasPrefix("[") && lower.hasSuffix("]") {
-            let inner = String(lower.dropFirst().dropLast())
-            guard IPAddress(inner)?.isV6 == true else { return nil }
+            // Requests spell an IPv6 literal one way (RFC 5952); so does the route.
+            guard let inner = IPv6Literal.canonical(lower.utf8.dropFirst().dropLast()) else { return nil }
             return .exact(inner)
+        }
+        if lower.contains(":") {
+            guard let canonical = IPv6Literal.canonical(lower.utf8) else { return nil }
+            return .exact(canonical)
         }
         guard isValidHostName(lower) || IPAddress(lower) != nil else { return nil }
         return .exact(lower)
@@ -326,13 +336,18 @@ public struct FixedListener: Sendable, Hashable {
     public var allowClients: [CIDR]
     /// `listener[N]`, for messages.
     public var configKey: String
+    /// `rewrite_location`: `Location` and `Content-Location` naming the upstream are rewritten to the listener's
+    /// own address, so that clients following redirects stay on the listener (default on).
+    public var rewriteLocation: Bool
 
-    public init(listen: HostPort, host: String, port: Int, allowClients: [CIDR] = [], configKey: String) {
+    public init(listen: HostPort, host: String, port: Int, allowClients: [CIDR] = [], configKey: String,
+                rewriteLocation: Bool = true) {
         self.listen = listen
         self.host = host
         self.port = port
         self.allowClients = allowClients
         self.configKey = configKey
+        self.rewriteLocation = rewriteLocation
     }
 
     public var upstreamURL: String { port == 443 ? "https://\(host)" : "https://\(host):\(port)" }

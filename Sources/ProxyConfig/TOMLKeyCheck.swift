@@ -71,7 +71,13 @@ enum TOMLKeyCheck {
 
     /// Consumes `key ( . key )*` with optional blanks around each part; returns what follows, or nil.
     static func dottedKey(_ text: Substring) -> Substring? {
+        dottedKeyParts(text)?.rest
+    }
+
+    /// The parts of `key ( . key )*` (quotes removed) and what follows, or nil.
+    static func dottedKeyParts(_ text: Substring) -> (parts: [String], rest: Substring)? {
         var s = text
+        var parts: [String] = []
         while true {
             s = s.drop { $0 == " " || $0 == "\t" }
             guard let first = s.first else { return nil }
@@ -92,15 +98,82 @@ enum TOMLKeyCheck {
                     i = s.index(after: i)
                 }
                 guard closed else { return nil }
+                parts.append(String(s[s.index(after: s.startIndex)..<i]))
                 s = s[s.index(after: i)...]
             } else {
                 let bare = s.prefix { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") }
                 guard !bare.isEmpty else { return nil }
+                parts.append(String(bare))
                 s = s.dropFirst(bare.count)
             }
             s = s.drop { $0 == " " || $0 == "\t" }
-            guard s.first == "." else { return s }
+            guard s.first == "." else { return (parts, s) }
             s = s.dropFirst()
         }
+    }
+}
+
+/// The line of each key and table in a TOML text, named as the config loader names them (`proxy.listen`,
+/// `route[2].identity`, `identities.us.certificates[1].cert`), so a mistake can say where it is.
+struct TOMLKeyLocator {
+    private var lines: [String: Int] = [:]
+
+    init(_ text: String) {
+        var multiline: String?
+        var depth = 0
+        var table = ""
+        var arrayCounts: [String: Int] = [:]
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if let delimiter = multiline {
+                if line.firstRange(of: delimiter) != nil { multiline = nil }
+                continue
+            }
+            if depth > 0 {
+                depth += TOMLKeyCheck.bracketBalance(line)
+                continue
+            }
+            let trimmed = line.drop { $0 == " " || $0 == "\t" }
+            if trimmed.isEmpty || trimmed.first == "#" { continue }
+            if trimmed.first == "[" {
+                let isArray = trimmed.hasPrefix("[[")
+                guard let (parts, _) = TOMLKeyCheck.dottedKeyParts(trimmed.dropFirst(isArray ? 2 : 1)) else { continue }
+                table = parts.joined(separator: ".")
+                if isArray {
+                    let n = arrayCounts[table, default: 0] + 1
+                    arrayCounts[table] = n
+                    table += "[\(n)]"
+                }
+                note(table, index + 1)
+                continue
+            }
+            guard let (parts, rest) = TOMLKeyCheck.dottedKeyParts(trimmed), rest.first == "=" else { continue }
+            note((table.isEmpty ? "" : table + ".") + parts.joined(separator: "."), index + 1)
+            let value = rest.dropFirst().drop { $0 == " " || $0 == "\t" }
+            if let delimiter = TOMLKeyCheck.multilineDelimiters.first(where: { value.hasPrefix($0) }) {
+                if value.dropFirst(3).firstRange(of: delimiter) == nil { multiline = delimiter }
+            } else {
+                depth = max(0, TOMLKeyCheck.bracketBalance(value))
+            }
+        }
+    }
+
+    private mutating func note(_ path: String, _ line: Int) {
+        if lines[path] == nil { lines[path] = line }
+    }
+
+    /// The line of `keyPath`, else of the nearest enclosing key or table that is in the text.
+    func line(of keyPath: String) -> Int? {
+        var path = Substring(keyPath)
+        while !path.isEmpty {
+            if let line = lines[String(path)] { return line }
+            if path.hasSuffix("]"), let open = path.lastIndex(of: "[") {
+                path = path[..<open]
+            } else if let dot = path.lastIndex(of: ".") {
+                path = path[..<dot]
+            } else {
+                return nil
+            }
+        }
+        return nil
     }
 }

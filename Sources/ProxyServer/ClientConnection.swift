@@ -549,7 +549,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
         machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
         let bytes = Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
-                                              keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version)
+                                              keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
+                                              locationRewrite: kind.locationRewrite(for: request, runtime: runtime))  // redirects stay on the proxy
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         let framing = exchange.responseFraming
         switch framing {

@@ -44,6 +44,10 @@ public final class ProxyMetrics: Sendable {
             labels: [],
             buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
                       .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30)])
+        let build = BuildInfo.current
+        registry.makeGauge(descriptor: d("build", "info", "Always 1; the labels say which build runs (mtls-proxy --version)."),
+                           labels: [("version", build.version), ("commit", build.commit), ("openssl", build.openssl),
+                                    ("libevent", build.libevent)]).set(to: 1)
     }
 
     static var requestsDescriptor: MetricNameDescriptor {

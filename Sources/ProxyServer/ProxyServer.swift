@@ -166,7 +166,16 @@ public final class ProxyServer: @unchecked Sendable {
         guard let loader, !draining else { return }
         do {
             let next = try loader(runtime.generation + 1)
-            let log = next.config.log == runtime.config.log ? accessLog : try AccessLog(next.config.log)
+            // The access log file is opened anew, so that a reload (SIGHUP) after rotating it starts a new file;
+            // each worker writes what it buffered to the old one first. Where the same file cannot be opened
+            // again, the reload still goes through (a certificate rotation must not wait on the log).
+            let log: AccessLog
+            do {
+                log = try AccessLog(next.config.log)
+            } catch where next.config.log == runtime.config.log {
+                logger.warning("reload (\(reason)): cannot reopen the access log, writing on to the open file: \(error)")
+                log = accessLog
+            }
             let old = runtime.config
             if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
                 || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {

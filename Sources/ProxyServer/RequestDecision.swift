@@ -68,6 +68,10 @@ enum RequestDecision {
             return .answer(.badRequest((error as? HTTPParseError) ?? .invalidRequestLine), close: true)
         }
         if let refusal = Refusals.nonCanonicalHost(target.host) { return .answer(refusal, close: true) }
+        // A forward request for one of the proxy's own listeners (missing from NO_PROXY) is refused by name.
+        if case .forward = kind, let own = runtime.config.ownListener(host: target.host, port: target.explicitPort ?? 80) {
+            return .answer(Refusals.ownListener(own, host: target.host, port: target.explicitPort ?? 80), close: framing != .none)
+        }
         record.scheme = target.scheme
         record.host = target.host
         record.path = String(target.path)
@@ -111,7 +115,7 @@ enum RequestDecision {
         record.certificateSerial = context.credential?.leaf.serialHex
 
         var upgrade: String?
-        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
+        if let value = head.headers.first("Upgrade").flatMap(Forwarding.forwardableUpgrade), !hasBody, head.version == .http11,
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }

@@ -21,7 +21,8 @@ final class Worker: @unchecked Sendable {
     let id: Int
     /// Read and replaced on this worker's thread only; a reload hands the new one over through `pendingRuntime`.
     private(set) var runtime: ProxyRuntime
-    private(set) var accessLog: AccessLog
+    /// This worker's access log: lines buffered and written in batches (see `AccessLogWriter`).
+    let accessLog: AccessLogWriter
     private(set) var authenticator: ProxyAuthenticator?
     let metrics: WorkerMetrics
     let health: WorkerHealth
@@ -48,13 +49,13 @@ final class Worker: @unchecked Sendable {
         self.id = id
         self.connections = connections
         self.runtime = runtime
-        self.accessLog = accessLog
         self.authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
         self.metrics = WorkerMetrics(metrics)
         self.health = health
         self.logger = logger
         guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
         self.base = base
+        self.accessLog = AccessLogWriter(log: accessLog, base: base)
         // Nameservers from the config or /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf
         // still gets a resolver that answers from /etc/hosts and numeric names.
         let nameservers = runtime.config.upstream.nameservers
@@ -105,6 +106,7 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
+        accessLog.detach()
         evdns_base_free(dns, 0)
         event_base_free(base)
     }
@@ -149,6 +151,8 @@ final class Worker: @unchecked Sendable {
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
+        // Every line of every request, the last ones included, is written before the worker ends.
+        accessLog.detach()
         health.finished(worker: id)
     }
 
@@ -167,7 +171,8 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_unlock(pendingLock)
         guard let next else { return }
         runtime = next.0
-        accessLog = next.1
+        // Lines buffered so far go to the log they were written for (SIGHUP flushes them either way).
+        accessLog.replace(with: next.1)
         authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
         interceptionContexts.removeAll()
         // Idle connections were made under the old certificates and trust settings: retire them all.
@@ -201,6 +206,7 @@ final class Worker: @unchecked Sendable {
     fileprivate func beginDrain() {
         guard !draining else { return }
         draining = true
+        accessLog.flush()
         for handle in listeners { handle.free() }
         listeners.removeAll()
         pool.closeAll()

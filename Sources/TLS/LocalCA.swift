@@ -180,7 +180,10 @@ public final class InterceptionContext: @unchecked Sendable {
 /// A client asking (by SNI) for another name than the tunnel's host gets a fatal unrecognized_name alert.
 private func interceptionServerNameCallback(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let ssl, let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return mtls_SSL_TLSEXT_ERR_OK() }
-    if let leaf = SSL_get_certificate(ssl), X509_check_host(leaf, name, 0, 0, nil) == 1 { return mtls_SSL_TLSEXT_ERR_OK() }
+    // The tunnel's host is canonical (no trailing dot); a client may send the dotted form.
+    var length = strlen(name)
+    if length > 1 && name[length - 1] == CChar(UInt8(ascii: ".")) { length -= 1 }
+    if let leaf = SSL_get_certificate(ssl), X509_check_host(leaf, name, length, 0, nil) == 1 { return mtls_SSL_TLSEXT_ERR_OK() }
     alert?.pointee = mtls_SSL_AD_UNRECOGNIZED_NAME()
     return mtls_SSL_TLSEXT_ERR_ALERT_FATAL()
 }

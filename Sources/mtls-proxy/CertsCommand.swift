@@ -1,14 +1,23 @@
 import ArgumentParser
 import ProxyConfig
 import ProxyServer
+import Reports
 
 struct Certs: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show or export the public certificates an identity presents, for a service's allowlist.",
+        abstract: "Show or export the certificates an identity presents, for a service's allowlist.",
+        usage: """
+        mtls-proxy certs [--config <file>] [<identity>]
+                         [--pem [--all] | --ics | --format text|json]
+        """,
         discussion: """
-        Without --pem, a summary. With --pem, exactly the PEM of the identity's active certificate (leaf first,
-        then its chain), ready to upload or redirect into a file; with --all, of every configured certificate.
+        Without --pem, a summary. With --pem, exactly the PEM of the identity's active certificate (leaf first, \
+        then its chain), ready to upload or redirect into a file; with --all, of every configured certificate. \
         Private keys are never printed.
+
+        With --ics, an iCalendar file (RFC 5545) with an event at each certificate's expiry and at each staged \
+        certificate's takeover, each with reminders 30 and 7 days before: \
+        mtls-proxy certs --ics > expiry.ics, then import it.
         """)
 
     @OptionGroup var options: ConfigOption
@@ -21,6 +30,18 @@ struct Certs: ParsableCommand {
 
     @Flag(help: "Every configured certificate, not only the active one.")
     var all = false
+
+    @Flag(help: "Print an iCalendar file of expiry and takeover dates, with reminders.")
+    var ics = false
+
+    @Option(help: "text (a summary) or json (for scripts; schema in docs/check-json.md).")
+    var format: OutputFormat = .text
+
+    func validate() throws {
+        if [pem, ics, format == .json].filter({ $0 }).count > 1 {
+            throw ValidationError("--pem, --ics and --format json are alternatives: choose one")
+        }
+    }
 
     func run() throws {
         let runtime = try options.loadRuntime()
@@ -37,6 +58,27 @@ struct Certs: ParsableCommand {
             throw ExitCode(1)
         }
         let now = currentEpochSeconds()
+        let identities = config.identities.filter { names.contains($0.name) }
+        if format == .json {
+            try RuntimeReport.printJSON(CertsReport(
+                generatedAt: ReportTime.rfc3339(now), config: config.file,
+                identities: identities.map { RuntimeReport.identity(runtime, $0, now: now, warnDays: config.proxy.warnDays) },
+                localCA: RuntimeReport.localCA(runtime, now: now)))
+            return
+        }
+        if ics {
+            let events = identities.flatMap { identity in
+                ExpiryCalendar.events(identity: identity.name, certificates: (runtime.credentials[identity.name] ?? []).map {
+                    ExpiryCalendar.Certificate(identity: identity.name, facts: CertificateFacts($0.leaf), file: $0.source.cert)
+                }, prefer: identity.prefer, now: now)
+            }
+            var all = events
+            if identity == nil, let ca = runtime.localCA, let file = config.intercept?.caCert {
+                all.append(ExpiryCalendar.localCAEvent(facts: CertificateFacts(ca.certificate), file: file))
+            }
+            print(ICalendar.render(all, stamp: now), terminator: "")
+            return
+        }
         for name in names {
             let credentials = runtime.credentials[name] ?? []
             let active = runtime.activeCertificate(identity: name, at: now)

@@ -1,24 +1,49 @@
 import ArgumentParser
 import ProxyConfig
 import ProxyServer
+import Reports
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate the config, load every certificate and key, and show when each identity's certificate expires.",
+        abstract: "Validate the config, load every certificate and key, show when each expires.",
+        usage: """
+        mtls-proxy check [--config <file>] [--warn-days <days>]
+                         [--format text|json]
+        """,
         discussion: """
-        Exit codes, for cron and CI:
-          0  the config is valid and every identity has a certificate that is not about to expire
+        Every mistake in the config is reported (file:line: key: message), not only the first.
+
+        Exit codes, for cron and CI (the same with --format json):
+          0  the config is valid and no certificate is about to expire
           1  the config, a certificate or a key could not be loaded
-          2  an identity's active certificate expires within --warn-days and no successor is staged
+          2  an identity's active certificate expires within --warn-days
+             and no successor is staged
           3  an identity has no currently valid certificate
         """)
 
     @OptionGroup var options: ConfigOption
 
-    @Option(help: "Warn when an active certificate expires within this many days with no successor staged.")
+    @Option(help: ArgumentHelp("Warn when an active certificate expires within this many days with no successor staged.",
+                               valueName: "days"))
     var warnDays: Int = 30
 
+    @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")
+    var format: OutputFormat = .text
+
     func run() throws {
+        if format == .json {
+            let now = currentEpochSeconds()
+            switch options.runtime() {
+            case .failure(let error):
+                try RuntimeReport.printJSON(RuntimeReport.failure(error, warnDays: warnDays, now: now))
+                throw ExitCode(1)
+            case .success(let runtime):
+                let report = RuntimeReport.check(runtime, identities: runtime.config.identities, warnDays: warnDays, now: now)
+                try RuntimeReport.printJSON(report)
+                if report.verdict.exitCode != 0 { throw ExitCode(Int32(report.verdict.exitCode)) }
+                return
+            }
+        }
         let runtime = try options.loadRuntime()
         let config = runtime.config
         let now = currentEpochSeconds()
@@ -52,6 +77,10 @@ struct Check: ParsableCommand {
             print(table(rows))
             print("")
             for line in verdicts { print(line) }
+        }
+        if let ca = runtime.localCA {
+            let cert = ca.certificate
+            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeft(cert.notAfter - now)) days left)")
         }
         for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
         print("")

@@ -9,27 +9,111 @@ struct MTLSProxyCommand: ParsableCommand {
         commandName: "mtls-proxy",
         abstract: "A forward HTTP proxy that re-originates requests over TLS, presenting a client certificate per route.",
         discussion: """
-        Environment: MTLS_PROXY_CONFIG (config file), MTLS_PROXY_LISTEN (overrides [proxy] listen),
-        MTLS_PROXY_LOG_LEVEL (overrides [log] level).
+        Environment:
+          MTLS_PROXY_CONFIG     the config file (when --config is not given)
+          MTLS_PROXY_LISTEN     overrides [proxy] listen
+          MTLS_PROXY_LOG_LEVEL  overrides [log] level
+
+        Shell completion: mtls-proxy --generate-completion-script bash (or zsh, fish).
         """,
-        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self, CA.self],
+        version: BuildInfo.current.text,
+        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self, CA.self, CSR.self, Version.self],
         defaultSubcommand: Run.self
     )
+
+    /// `-V` as the only argument prints the version, like `--version` and `version` (argument-parser only
+    /// knows `--version`, and `run`, the default subcommand, would take `-V` for one of its own options).
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments == ["-V"] {
+            print(BuildInfo.current.text)
+            return
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the version, the commit it was built from, and the Swift, OpenSSL and libevent versions.",
+        discussion: "The same as --version and -V. The commit is \"unknown\" in a binary built without scripts/build.")
+
+    func run() {
+        print(BuildInfo.current.text)
+    }
 }
 
 struct ConfigOption: ParsableArguments {
-    @Option(name: .shortAndLong, help: "Config file (default: $MTLS_PROXY_CONFIG, else ./proxy.conf, else /etc/mtls-proxy/proxy.conf).")
+    @Option(name: .shortAndLong, help: ArgumentHelp(
+        "The config file (default: $MTLS_PROXY_CONFIG, else ./proxy.conf, else /etc/mtls-proxy/proxy.conf).",
+        valueName: "file"))
     var config: String?
 
     var environment: [String: String] { ProcessInfo.processInfo.environment }
 
-    var path: String { config ?? EnvironmentOverrides.configPath(environment) ?? ConfigLoader.defaultPath() }
+    /// The config file in use: --config, else $MTLS_PROXY_CONFIG, else the first of the search paths that
+    /// exists (the first search path when none does; `loadConfiguration` says so).
+    var path: String {
+        config ?? EnvironmentOverrides.configPath(environment) ?? ConfigLoader.defaultPath() ?? ConfigLoader.searchPaths[0]
+    }
+
+    /// The places looked at when no config file is named and none of the default places has one, or nil.
+    var placesLookedAt: [[String]]? {
+        guard config == nil && EnvironmentOverrides.configPath(environment) == nil && ConfigLoader.defaultPath() == nil else {
+            return nil
+        }
+        var places = [["--config", "not given"], ["$" + EnvironmentOverrides.configVariable, "not set"]]
+        for place in ConfigLoader.searchPaths {
+            let absolute = ConfigLoader.absolutePath(place)
+            places.append([absolute == place ? place : "./\(place) (\(absolute))", "not found"])
+        }
+        return places
+    }
+
+    /// The config, or every mistake in it.
+    func configuration() -> Result<ProxyConfiguration, ConfigError> {
+        if let places = placesLookedAt {
+            return .failure(ConfigError(file: path, key: "", message: "no config file found; looked at "
+                + places.map { "\($0[0]) (\($0[1]))" }.joined(separator: ", ")))
+        }
+        do {
+            return .success(try ConfigLoader.load(file: path, environment: environment))
+        } catch let error as ConfigError {
+            return .failure(error)
+        } catch {
+            return .failure(ConfigError(file: path, key: "", message: "\(error)"))
+        }
+    }
+
+    /// The config and every certificate and key it names, or what is wrong.
+    func runtime() -> Result<ProxyRuntime, ConfigError> {
+        configuration().flatMap { configuration in
+            do {
+                return .success(try ProxyRuntime(config: configuration))
+            } catch let error as ConfigError {
+                return .failure(error)
+            } catch {
+                return .failure(ConfigError(file: configuration.file, key: "", message: "\(error)"))
+            }
+        }
+    }
 
     func loadConfiguration() throws -> ProxyConfiguration {
-        do {
-            return try ConfigLoader.load(file: path, environment: environment)
-        } catch let error as ConfigError {
-            printError("mtls-proxy: \(error.description)")
+        if let places = placesLookedAt {
+            printError("mtls-proxy: no config file found. Looked at:")
+            for line in table(places).split(separator: "\n") { printError("  \(line)") }
+            printError("Pass --config FILE, or set \(EnvironmentOverrides.configVariable).")
+            throw ExitCode(1)
+        }
+        switch configuration() {
+        case .success(let configuration): return configuration
+        case .failure(let error):
+            printConfigError(error)
             throw ExitCode(1)
         }
     }
@@ -40,10 +124,16 @@ struct ConfigOption: ParsableArguments {
         do {
             return try ProxyRuntime(config: configuration)
         } catch let error as ConfigError {
-            printError("mtls-proxy: \(error.description)")
+            printConfigError(error)
             throw ExitCode(1)
         }
     }
+}
+
+/// Every mistake on its own line; a count when there are several.
+func printConfigError(_ error: ConfigError) {
+    for line in error.description.split(separator: "\n") { printError("mtls-proxy: \(line)") }
+    if error.all.count > 1 { printError("mtls-proxy: \(error.all.count) mistakes in \(error.file)") }
 }
 
 func printError(_ message: String) {

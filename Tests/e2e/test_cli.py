@@ -68,7 +68,7 @@ class Check(unittest.TestCase):
     def test_unknown_identity(self):
         r = run("check", "--config", write_config("unknown.conf", GOOD.replace('identity = "us"', 'identity = "eu"')))
         self.assertEqual(r.returncode, 1)
-        self.assertIn('unknown.conf: route[1].identity: unknown identity "eu"; defined: us', r.stderr)
+        self.assertIn('unknown.conf:9: route[1].identity: unknown identity "eu"; defined: us', r.stderr)
 
     def test_toml_syntax_error(self):
         r = run("check", "--config", write_config("syntax.conf", GOOD + "\n[[route]\n"))
@@ -88,7 +88,7 @@ class Check(unittest.TestCase):
     def test_run_refuses_a_bad_config_and_does_not_start(self):
         r = run("run", "--config", write_config("bad-run.conf", "[proxy]\nlisten = \"0.0.0.0:0\"\n"))
         self.assertEqual(r.returncode, 1)
-        self.assertIn("bad-run.conf: proxy.listen: 0.0.0.0:0 is not a loopback address", r.stderr)
+        self.assertIn("bad-run.conf:2: proxy.listen: 0.0.0.0:0 is not a loopback address", r.stderr)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,10 @@ class Hops(unittest.TestCase):
         s = requests.Session()
         for _ in range(3):
             self.assertEqual(s.get("http://files.mygreatbank.test/whoami?reuse=1", proxies=proxies(), timeout=10).status_code, 200)
-        time.sleep(0.2)
+        # Each worker writes its access log lines in batches, within 100 ms: wait for them.
+        deadline = time.time() + 10
+        while time.time() < deadline and len([r for r in access_log() if r["path"] == "/whoami" and r["host"] == "files.mygreatbank.test"]) < 3:
+            time.sleep(0.05)
         records = [r for r in access_log() if r["path"] == "/whoami" and r["host"] == "files.mygreatbank.test"]
         self.assertGreaterEqual(len(records), 3)
         self.assertTrue(any(r["reused"] for r in records[-3:]), records[-3:])

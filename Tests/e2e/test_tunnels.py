@@ -107,9 +107,14 @@ class Interception(unittest.TestCase):
             self.assertEqual((r.status_code, r.headers["X-Client-Subject"]), (200, "fusion-us"))
         r = s.post("https://files.mygreatbank.test/echo", data=b"x" * 300000, proxies={"https": ENV["url"]}, verify=ENV["local_ca"], timeout=10)
         self.assertTrue(r.text.startswith("300000 "))
-        time.sleep(0.2)
-        records = [json.loads(l) for l in harness.read(f"{ENV['dir']}/proxy.log").splitlines() if l.startswith("{")]
-        inside = [r for r in records if r["host"] == "files.mygreatbank.test" and r["path"] == "/whoami"]
+        # Each worker writes its access log lines in batches, within 100 ms: wait for them.
+        deadline = time.time() + 10
+        while True:
+            records = [json.loads(l) for l in harness.read(f"{ENV['dir']}/proxy.log").splitlines() if l.startswith("{")]
+            inside = [r for r in records if r["host"] == "files.mygreatbank.test" and r["path"] == "/whoami"]
+            if len(inside) >= 2 or time.time() > deadline:
+                break
+            time.sleep(0.05)
         self.assertTrue(inside and all(r["intercepted"] and r["identity"] == "us" for r in inside), inside)
 
     def test_minted_leaf_names_only_the_host(self):

@@ -40,5 +40,45 @@ ensure_deps() {
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
         python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
     fi
+    # The iCalendar parser that checks `mtls-proxy certs --ics` (the icalendar package, as on PyPI).
+    if ! python3 -c 'import icalendar' 2>/dev/null; then
+        echo "installing: python icalendar"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-icalendar >/dev/null 2>&1 || true
+        python3 -c 'import icalendar' 2>/dev/null || python3 -m pip install -q icalendar 2>/dev/null \
+            || python3 -m pip install -q --break-system-packages icalendar || true
+    fi
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
+}
+
+# The clients of the client matrix (Tests/e2e/test_clients.py), best effort: a client that cannot be installed is
+# skipped by the suite, by name. Debian: wget, git, Node's undici (with busboy; Debian's node is installed only when
+# there is no node at all), Go (about half a minute the first time). PyPI (or Debian): httpx, aiohttp (about 20 s). A JDK is not
+# installed (large); Java is tested when one is present.
+ensure_client_deps() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    local wanted=(wget git node-undici node-busboy golang-go)
+    command -v node >/dev/null || wanted+=(nodejs)
+    local missing=() pkg
+    for pkg in "${wanted[@]}"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing test clients: ${missing[*]}"
+        $sudo apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+            || echo "could not install all of: ${missing[*]} (the client matrix skips what is missing)"
+    fi
+    local py=()
+    python3 -c 'import httpx' 2>/dev/null || py+=(httpx)
+    python3 -c 'import aiohttp' 2>/dev/null || py+=(aiohttp)
+    # pip first: it fails at once where Debian manages the interpreter (PEP 668), and Debian's packages would not
+    # reach an interpreter of another origin.
+    for pkg in "${py[@]+"${py[@]}"}"; do
+        echo "installing python $pkg"
+        python3 -m pip install -q "$pkg" >/dev/null 2>&1 \
+            || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "python3-$pkg" >/dev/null 2>&1 || true
+        python3 -c "import $pkg" 2>/dev/null || echo "could not install python $pkg (the client matrix skips it)"
+    done
+    return 0
 }

@@ -1,0 +1,90 @@
+import ProxyConfig
+
+/// The events of `mtls-proxy certs --ics`: every configured certificate's expiry, and the moment each staged
+/// certificate takes over, each with reminders 30 and 7 days before.
+public enum ExpiryCalendar {
+    public static let alarmDaysBefore = [30, 7]
+
+    public struct Certificate: Sendable {
+        public var identity: String
+        public var facts: CertificateFacts
+        public var file: String
+
+        public init(identity: String, facts: CertificateFacts, file: String) {
+            self.identity = identity
+            self.facts = facts
+            self.file = file
+        }
+    }
+
+    /// `certificates` are one identity's, in config order.
+    public static func events(identity: String, certificates: [Certificate], prefer: CertificatePreference, now: Int) -> [ICalendar.Event] {
+        let validity = certificates.map(\.facts.validity)
+        var events: [ICalendar.Event] = []
+        for (i, certificate) in certificates.enumerated() {
+            let f = certificate.facts
+            let fingerprint = f.sha256.replacingColons()
+            let name = "\(f.subject), serial \(f.serial)"
+            events.append(ICalendar.Event(
+                uid: "expiry-\(fingerprint)@mtls-proxy",
+                start: f.notAfter,
+                summary: "mtls-proxy: identity \(identity) certificate expires (\(name))",
+                description: """
+                The client certificate #\(i + 1) of identity \(identity) expires at \(ReportTime.rfc3339(f.notAfter)).
+                Subject: \(f.subject)
+                Issuer: \(f.issuer)
+                Serial: \(f.serial)
+                SHA-256: \(f.sha256)
+                File: \(certificate.file)
+                Renew: mtls-proxy csr \(identity) --out DIR, have the CSR signed, stage the certificate, then mtls-proxy check.
+                """,
+                alarmDaysBefore: alarmDaysBefore))
+            if f.notBefore > now, let at = takeover(of: i, validity, prefer: prefer, after: now) {
+                events.append(ICalendar.Event(
+                    uid: "takeover-\(fingerprint)@mtls-proxy",
+                    start: at,
+                    summary: "mtls-proxy: identity \(identity) switches to its staged certificate (\(name))",
+                    description: """
+                    From \(ReportTime.rfc3339(at)) identity \(identity) presents certificate #\(i + 1).
+                    Subject: \(f.subject)
+                    Serial: \(f.serial)
+                    SHA-256: \(f.sha256)
+                    File: \(certificate.file)
+                    Make sure the services that allowlist certificates know it: mtls-proxy certs \(identity) --pem --all.
+                    """,
+                    alarmDaysBefore: alarmDaysBefore))
+            }
+        }
+        return events
+    }
+
+    /// The local CA's expiry ([intercept]): after it, workflows stop trusting the intercepted tunnels.
+    public static func localCAEvent(facts f: CertificateFacts, file: String) -> ICalendar.Event {
+        ICalendar.Event(
+            uid: "expiry-\(f.sha256.replacingColons())@mtls-proxy",
+            start: f.notAfter,
+            summary: "mtls-proxy: local CA expires (\(f.subject), serial \(f.serial))",
+            description: """
+            The local CA that signs intercepted tunnels expires at \(ReportTime.rfc3339(f.notAfter)).
+            File: \(file)
+            SHA-256: \(f.sha256)
+            Make a new one (mtls-proxy ca init, after moving the old files away) and install it in the workflows' trust store.
+            """,
+            alarmDaysBefore: alarmDaysBefore)
+    }
+
+    /// The first moment after `now` at which certificate `index` becomes the one presented, or nil if it never does.
+    public static func takeover(of index: Int, _ certificates: [CertificateValidity], prefer: CertificatePreference, after now: Int) -> Int? {
+        var t = now
+        while let boundary = CertificateSelection.nextChange(certificates, after: t) {
+            if boundary >= certificates[index].notAfter { return nil }
+            if CertificateSelection.active(certificates, at: boundary, prefer: prefer) == index { return boundary }
+            t = boundary
+        }
+        return nil
+    }
+}
+
+extension String {
+    func replacingColons() -> String { String(filter { $0 != ":" }) }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import Foundation
+import ProxyConfig
+import ProxyServer
+import Reports
+import TLS
+
+struct CSR: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "csr",
+        abstract: "Make a new key and a certificate signing request to renew an identity.",
+        discussion: """
+        Writes DIR/IDENTITY-DATE.key (mode 600) and DIR/IDENTITY-DATE.csr with the subject of the identity's \
+        active certificate, and prints the config lines that stage the certificate once the CA has issued it. \
+        Existing files are never overwritten.
+        """)
+
+    @OptionGroup var options: ConfigOption
+
+    @Argument(help: "The identity to renew.")
+    var identity: String
+
+    @Option(help: ArgumentHelp("The folder for the key and the request (made if missing, mode 700).", valueName: "dir"))
+    var out: String
+
+    @Option(help: ArgumentHelp("Make an RSA key of this size (2048 or 3072) instead of EC P-256.", valueName: "bits"))
+    var rsa: Int?
+
+    func validate() throws {
+        if let rsa, !KeyAlgorithm.rsaSizes.contains(rsa) {
+            throw ValidationError("--rsa takes 2048 or 3072, not \(rsa)")
+        }
+    }
+
+    func run() throws {
+        let runtime = try options.loadRuntime()
+        let config = runtime.config
+        guard let credentials = runtime.credentials[identity], !credentials.isEmpty else {
+            printError("mtls-proxy: no identity \"\(identity)\" in \(config.file); defined: \(config.identities.map(\.name).joined(separator: ", "))")
+            throw ExitCode(1)
+        }
+        let now = currentEpochSeconds()
+        // The subject to renew: the active certificate's, else the most recently issued one's.
+        let template: Credential
+        if let active = runtime.activeCertificate(identity: identity, at: now) {
+            template = credentials[active]
+        } else {
+            template = credentials.max { $0.leaf.notBefore < $1.leaf.notBefore }!
+            printError("mtls-proxy: identity \(identity) has no currently valid certificate; using the subject of #\(credentials.firstIndex { $0 === template }! + 1)")
+        }
+        let algorithm: KeyAlgorithm = rsa.map { .rsa(bits: $0) } ?? .ecP256
+        let folder = ConfigLoader.absolutePath(out)
+        let base = "\(folder)/\(identity)-\(ReportTime.compactDate(now))"
+        let keyPath = base + ".key", csrPath = base + ".csr", certPath = base + ".pem"
+        do {
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+            for path in [keyPath, csrPath] where FileManager.default.fileExists(atPath: path) {
+                throw RenewalFileExists(path: path)
+            }
+            let key = try PrivateKey.generate(algorithm)
+            let request = try CertificateRequest.make(subjectOf: template.leaf, key: key)
+            try CertificateRequest.writeNewFile(key.pkcs8PEM, to: keyPath, mode: 0o600)
+            try CertificateRequest.writeNewFile(request, to: csrPath, mode: 0o644)
+        } catch {
+            printError("mtls-proxy: \(error)")
+            throw ExitCode(1)
+        }
+        print("""
+        private key  \(keyPath)  (\(algorithm), mode 600)
+        request      \(csrPath)
+        subject      \(template.leaf.subject)
+
+        Send the request to the CA that issued \(identity)'s certificate (issuer \(template.leaf.issuer)).
+        Save the certificate it returns as \(certPath), then stage it by
+        adding these lines to \(ConfigLoader.absolutePath(config.file)):
+
+        [[identities.\(identity).certificates]]
+        cert = "\(certPath)"
+        key = "\(keyPath)"
+
+        `mtls-proxy check` then shows it staged; the proxy presents it from its notBefore on
+        (prefer = "newest", the default) and reloads by itself when the config changes.
+        """)
+    }
+}
+
+struct RenewalFileExists: Error, CustomStringConvertible {
+    var path: String
+    var description: String { "\(path) already exists: it is never overwritten (move it away, or choose another --out)" }
+}

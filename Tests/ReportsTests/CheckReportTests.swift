@@ -1,0 +1,73 @@
+import Foundation
+import Testing
+import ProxyConfig
+@testable import Reports
+
+@Suite struct CheckReportTests {
+    private let day = 86_400
+
+    @Test func verdictsCarryTheExitCodesOfCheck() {
+        #expect(Verdict(worst: .ok, warnDays: 30).exitCode == 0)
+        #expect(Verdict(status: .configError, warnDays: 30).exitCode == 1)
+        #expect(Verdict(worst: .expiringWithoutSuccessor, warnDays: 30).exitCode == 2)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30).exitCode == 3)
+    }
+
+    @Test func certificateStates() {
+        let now = 1_000 * day
+        let certificates = [CertificateValidity(notBefore: now - 400 * day, notAfter: now - day),   // expired
+                            CertificateValidity(notBefore: now - 300 * day, notAfter: now + 65 * day), // active
+                            CertificateValidity(notBefore: now + 20 * day, notAfter: now + 385 * day), // next
+                            CertificateValidity(notBefore: now + 40 * day, notAfter: now + 405 * day)] // staged
+        let status = IdentityStatus.evaluate(certificates, at: now, warnDays: 30)
+        let states = certificates.indices.map { CertificateReport.state(of: $0, certificates, status: status, now: now) }
+        #expect(states == [.expired, .active, .next, .staged])
+    }
+
+    @Test func daysLeftRoundsDownAndIsNegativeOnceExpired() {
+        #expect(wholeDays(day * 3 + 5) == 3)
+        #expect(wholeDays(0) == 0)
+        #expect(wholeDays(-1) == -1)
+        #expect(wholeDays(-day - 1) == -2)
+    }
+
+    /// The field names documented in docs/check-json.md, checked on the encoded JSON.
+    @Test func encodedFieldNamesAreTheDocumentedOnes() throws {
+        let now = 1_000 * day
+        let facts = CertificateFacts(subject: "CN=a", issuer: "CN=ca", serial: "0A", notBefore: now - day, notAfter: now + 10 * day, sha256: "AB:CD")
+        let status = IdentityStatus.evaluate([facts.validity], at: now, warnDays: 30)
+        let identity = IdentityReport(name: "us", prefer: "newest", status: status, certificates: [
+            CertificateReport(index: 1, state: .active, facts: facts, file: "/x/a.pem", takesOverAt: nil, now: now)])
+        let route = Route(index: 1, host: HostPattern.parse("api.example.com")!, action: .mtls(identity: "us"),
+                          trust: UpstreamSettings().trust, timeouts: UpstreamSettings().timeouts)
+        let report = CheckReport(generatedAt: ReportTime.rfc3339(now), config: "proxy.conf", valid: true, listen: "127.0.0.1:3128",
+                                 unmatched: "deny", identities: [identity],
+                                 localCA: LocalCAReport(certFile: "ca.pem", keyFile: "ca.key", facts: facts, error: nil, now: now),
+                                 routes: [RouteReport(route)], verdict: Verdict(worst: status.health, warnDays: 30))
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let json = try JSONSerialization.jsonObject(with: encoder.encode(report))
+        let object = try #require(json as? [String: Any])
+        #expect(Set(object.keys) == ["schema", "generated_at", "config", "valid", "errors", "listen", "unmatched", "identities",
+                                     "local_ca", "routes", "warnings", "verdict"])
+        #expect(object["schema"] as? String == "mtls-proxy.check/1")
+        let verdict = try #require(object["verdict"] as? [String: Any])
+        #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days"])
+        let identities = try #require(object["identities"] as? [[String: Any]])
+        #expect(Set(identities[0].keys) == ["name", "prefer", "health", "active", "days_left", "next", "certificates"])
+        let certificate = try #require((identities[0]["certificates"] as? [[String: Any]])?.first)
+        #expect(Set(certificate.keys) == ["index", "state", "subject", "issuer", "serial", "not_before", "not_after",
+                                          "not_before_unix", "not_after_unix", "days_left", "sha256", "file"])
+        #expect(certificate["not_after"] as? String == ReportTime.rfc3339(now + 10 * day))
+        #expect(certificate["days_left"] as? Int == 10)
+        let routes = try #require(object["routes"] as? [[String: Any]])
+        #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity"])
+        let ca = try #require(object["local_ca"] as? [String: Any])
+        #expect(Set(ca.keys) == ["cert_file", "key_file", "subject", "not_before", "not_after", "not_after_unix", "days_left", "sha256"])
+    }
+
+    @Test func rfc3339() {
+        #expect(ReportTime.rfc3339(0) == "1970-01-01T00:00:00Z")
+        #expect(ReportTime.rfc3339(1_800_000_000) == "2027-01-15T08:00:00Z")
+    }
+}

@@ -1,0 +1,68 @@
+import Testing
+import ProxyConfig
+@testable import Reports
+
+@Suite struct ICalendarTests {
+    @Test func textValuesAreEscaped() {
+        #expect(ICalendar.text("CN=a,O=b; c\\d\ne") == "CN=a\\,O=b\\; c\\\\d\\ne")
+    }
+
+    @Test func longLinesFoldAt75OctetsWithoutSplittingCharacters() {
+        let line = "SUMMARY:" + String(repeating: "é", count: 100)
+        let folded = ICalendar.fold(line)
+        let parts = folded.components(separatedBy: "\r\n")
+        #expect(parts.count > 1)
+        for part in parts { #expect(part.utf8.count <= 75) }
+        for part in parts.dropFirst() { #expect(part.hasPrefix(" ")) }
+        #expect(parts.enumerated().map { $0.offset == 0 ? $0.element : String($0.element.dropFirst()) }.joined() == line)
+        #expect(ICalendar.fold("SHORT:x") == "SHORT:x")
+    }
+
+    @Test func renderHasOneEventWithTwoAlarms() {
+        let event = ICalendar.Event(uid: "expiry-AB@mtls-proxy", start: 1_800_000_000, summary: "s, t", description: "d", alarmDaysBefore: [30, 7])
+        let text = ICalendar.render([event], stamp: 1_700_000_000)
+        #expect(text.hasPrefix("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:"))
+        #expect(text.hasSuffix("END:VCALENDAR\r\n"))
+        #expect(text.contains("DTSTART:20270115T080000Z\r\n"))
+        #expect(text.contains("DTSTAMP:20231114T221320Z\r\n"))
+        #expect(text.contains("SUMMARY:s\\, t\r\n"))
+        #expect(text.contains("TRIGGER;RELATED=START:-P30D\r\n"))
+        #expect(text.contains("TRIGGER;RELATED=START:-P7D\r\n"))
+        #expect(!text.replacingOccurrences(of: "\r\n", with: "").contains("\n"))
+    }
+
+    private let day = 86_400
+
+    private func facts(_ serial: String, _ notBefore: Int, _ notAfter: Int) -> CertificateFacts {
+        CertificateFacts(subject: "CN=fusion-us,O=test", issuer: "CN=ca", serial: serial, notBefore: notBefore, notAfter: notAfter,
+                         sha256: "AA:\(serial)")
+    }
+
+    @Test func anExpiryPerCertificateAndATakeoverPerStagedOne() {
+        let now = 1_000 * day
+        let current = ExpiryCalendar.Certificate(identity: "us", facts: facts("01", now - 300 * day, now + 65 * day), file: "a.pem")
+        let staged = ExpiryCalendar.Certificate(identity: "us", facts: facts("02", now + 20 * day, now + 385 * day), file: "b.pem")
+        let events = ExpiryCalendar.events(identity: "us", certificates: [current, staged], prefer: .newest, now: now)
+        #expect(events.map(\.uid) == ["expiry-AA01@mtls-proxy", "expiry-AA02@mtls-proxy", "takeover-AA02@mtls-proxy"])
+        #expect(events.map(\.start) == [now + 65 * day, now + 385 * day, now + 20 * day])
+        #expect(events.allSatisfy { $0.alarmDaysBefore == [30, 7] })
+        #expect(events[0].summary == "mtls-proxy: identity us certificate expires (CN=fusion-us,O=test, serial 01)")
+        #expect(events[2].summary.contains("switches to its staged certificate"))
+    }
+
+    @Test func theLocalCAHasAnExpiryEvent() {
+        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem")
+        #expect(event.start == 900 * day)
+        #expect(event.summary == "mtls-proxy: local CA expires (CN=fusion-us,O=test, serial 0C)")
+        #expect(event.alarmDaysBefore == [30, 7])
+    }
+
+    @Test func withPreferOldestAStagedCertificateTakesOverWhenTheOldOneExpires() {
+        let now = 1_000 * day
+        let validity = [CertificateValidity(notBefore: now - 300 * day, notAfter: now + 65 * day),
+                        CertificateValidity(notBefore: now + 20 * day, notAfter: now + 385 * day)]
+        #expect(ExpiryCalendar.takeover(of: 1, validity, prefer: .oldest, after: now) == now + 65 * day)
+        #expect(ExpiryCalendar.takeover(of: 1, validity, prefer: .newest, after: now) == now + 20 * day)
+        #expect(ExpiryCalendar.takeover(of: 0, validity, prefer: .newest, after: now) == nil)
+    }
+}
