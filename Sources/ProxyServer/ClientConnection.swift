@@ -309,22 +309,17 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange = Exchange()
         exchange.request = head
         startRecord(method: head.method, target: nil)
-        let requestFraming = try? BodyFraming.forRequest(head)
+        let framing = Result { try BodyFraming.forRequest(head) }
         perform(machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining,
-                                   requestComplete: requestFraming == BodyFraming.none))
-        switch RequestDecision.decide(head, kind: kind, runtime: runtime, authenticator: worker.authenticator,
-                                      record: &exchange.record) {
+                                   requestComplete: (try? framing.get()) == BodyFraming.none))
+        switch RequestDecision.decide(head, framing: framing, kind: kind, runtime: runtime, authenticator: worker.authenticator,
+                                      exchange: &exchange) {
         case .answer(let response, let close, let extraHeaders):
             sendError(response, close: close, extraHeaders: extraHeaders)
         case .tunnel:
             startTunnel(head)
-        case .forward(let plan):
-            exchange.target = plan.target
-            exchange.match = plan.match
-            exchange.requestBody = Exchange.RequestBody(plan.framing)
-            exchange.upgrade = plan.upgrade
-            exchange.upstreamRequestHead = plan.upstreamHead
-            guard attachUpstream(key: plan.key, context: plan.context, timeouts: plan.match.timeouts) else { return }
+        case .forward(let key, let context):
+            guard attachUpstream(key: key, context: context, timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts) else { return }
             pumpRequestBody()
         }
     }

@@ -33,6 +33,8 @@ struct Exchange {
     var request: RequestHead?
     var target: AbsoluteTarget?
     var match: RouteMatch?
+    /// The pool key of the upstream connection the request goes to.
+    var key: PoolKey?
     /// The request head as it goes upstream, kept for one retry on a fresh connection.
     var upstreamRequestHead: [UInt8] = []
     var requestBody: RequestBody = .done

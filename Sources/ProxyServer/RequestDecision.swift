@@ -6,26 +6,17 @@ import TLS
 /// needs), turned into a tunnel (CONNECT), or answered by the proxy. No sockets: it reads the runtime's routes and
 /// TLS contexts, and fills the exchange's access record as it decides.
 enum RequestDecision {
-    struct Forward {
-        var target: AbsoluteTarget
-        var match: RouteMatch
-        var context: ClientTLSContext
-        var key: PoolKey
-        var framing: BodyFraming
-        /// The head as it goes upstream.
-        var upstreamHead: [UInt8]
-        /// The Upgrade value asked for, when the request is an upgrade.
-        var upgrade: String?
-    }
-
-    case forward(Forward)
+    /// Forward: the exchange now holds the target, route, body state, upgrade and upstream head; the upstream
+    /// connection is to be taken or made for `key` with `context`.
+    case forward(key: PoolKey, context: ClientTLSContext)
     case tunnel
     case answer(ProxyErrorResponse, close: Bool, extraHeaders: [(String, String)] = [])
 
-    static func decide(_ head: RequestHead, kind: ListenerKind, runtime: ProxyRuntime, authenticator: ProxyAuthenticator?,
-                       record: inout AccessRecord) -> RequestDecision {
+    /// `framing` is the request's body framing as `BodyFraming.forRequest` found it (computed once per head).
+    static func decide(_ head: RequestHead, framing requestFraming: Result<BodyFraming, any Error>, kind: ListenerKind,
+                       runtime: ProxyRuntime, authenticator: ProxyAuthenticator?, exchange: inout Exchange) -> RequestDecision {
         if case .forward = kind, let authenticator, !authenticator.allows(head.headers.first("Proxy-Authorization")) {
-            let hasBody = (try? BodyFraming.forRequest(head)).map { $0 != .none } ?? true
+            let hasBody = (try? requestFraming.get()).map { $0 != .none } ?? true
             return .answer(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
                                               details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
                                               advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
@@ -48,7 +39,7 @@ enum RequestDecision {
         let framing: BodyFraming
         var target: AbsoluteTarget
         do {
-            framing = try BodyFraming.forRequest(head)
+            framing = try requestFraming.get()
             let hosts = head.headers.values("Host")
             if hosts.count > 1 { throw HTTPParseError.multipleHosts }
             if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
@@ -72,14 +63,14 @@ enum RequestDecision {
         if case .forward = kind, let own = runtime.config.ownListener(host: target.host, port: target.explicitPort ?? 80) {
             return .answer(Refusals.ownListener(own, host: target.host, port: target.explicitPort ?? 80), close: framing != .none)
         }
-        record.scheme = target.scheme
-        record.host = target.host
-        record.path = String(target.path)
+        exchange.record.scheme = target.scheme
+        exchange.record.host = target.host
+        exchange.record.path = String(target.path)
         let hasBody = framing != .none
 
         // An http:// URL without a port means the service's https port.
         let port = target.explicitPort ?? 443
-        record.port = port
+        exchange.record.port = port
         // Route decision: the path is normalised to its one canonical form, routed on that form, and that form
         // is what goes upstream; spellings some server would read differently get 400.
         let match: RouteMatch
@@ -87,19 +78,19 @@ enum RequestDecision {
         case .routed(let canonicalPath, let decided):
             match = decided
             target = target.withPath(canonicalPath)
-            record.path = canonicalPath
+            exchange.record.path = canonicalPath
         case .refused(let refusal, let decided):
-            record.route = decided?.label ?? ""
+            exchange.record.route = decided?.label ?? ""
             return .answer(RequestRouting.badRequest(refusal, match: decided), close: true)
         }
-        record.route = match.label
+        exchange.record.route = match.label
 
         let context: ClientTLSContext
         switch match.action {
         case .deny:
             return .answer(Refusals.denied(match, host: target.host, port: port), close: hasBody)
         case .mtls(let identity):
-            record.identity = identity
+            exchange.record.identity = identity
             fallthrough
         case .tls:
             switch runtime.context(for: match) {
@@ -112,18 +103,21 @@ enum RequestDecision {
                                close: hasBody)
             }
         }
-        record.certificateSerial = context.credential?.leaf.serialHex
+        exchange.record.certificateSerial = context.credential?.leaf.serialHex
 
         var upgrade: String?
         if let value = head.headers.first("Upgrade").flatMap(Forwarding.forwardableUpgrade), !hasBody, head.version == .http11,
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }
-        let upstreamHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery,
-                                                      host: target.hostHeader(port: port, defaultPort: 443),
-                                                      framing: framing, upgrade: upgrade)
-        let key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
-        return .forward(Forward(target: target, match: match, context: context, key: key, framing: framing,
-                                upstreamHead: upstreamHead, upgrade: upgrade))
+        exchange.upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery,
+                                                                  host: target.hostHeader(port: port, defaultPort: 443),
+                                                                  framing: framing, upgrade: upgrade)
+        exchange.upgrade = upgrade
+        exchange.requestBody = Exchange.RequestBody(framing)
+        exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
+        exchange.target = target
+        exchange.match = match
+        return .forward(key: exchange.key!, context: context)
     }
 }
