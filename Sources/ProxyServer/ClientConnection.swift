@@ -50,7 +50,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         self.kind = kind
         machineStorage = .allocate(capacity: 1)
         machineStorage.initialize(to: ConnectionStateMachine(clock: SystemClock(),
-                                                             headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds))
+                                                             headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds,
+                                                             clientTimeoutMillis: worker.runtime.config.proxy.clientTimeout.milliseconds))
         exchangeStorage = .allocate(capacity: 1)
         exchangeStorage.initialize(to: Exchange())
     }
@@ -81,14 +82,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         switch action {
         case .none:
             break
+        case .resumeReading:
+            bufferevent_enable(client.bev, Int16(EV_READ))
         case .readWithClientTimeout, .readWithoutTimeout:
-            // client_timeout stays armed as the read timeout for the connection's whole life; while a response is
-            // owed the machine ignores it (`clientTimedOut` answers `.none` and reading is re-enabled). That
-            // saves two timer updates per request over switching it off and on.
+            // client_timeout stays armed as the read timeout; while a response is owed the machine ignores it
+            // (`clientTimedOut` answers `.resumeReading`). That saves a timer update per request.
             break
         case .armTimer(let deadline):
             armTimer(inMillis: deadline - monotonicMillis())
         case .readNextHead:
+            // A full client_timeout of idleness from the end of this response, not from the last read: else the
+            // idle timeout could fire while the response just queued is still unsent.
+            mtls_bufferevent_set_timeouts_ms(client.bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
             readHeads()
         case .answerRequestTimeout(let why):
             answerRequestTimeout(why)
@@ -214,8 +219,6 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             action = machine.clientTLSFailed()
         } else if flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0 {
             action = machine.clientTimedOut()
-            // libevent stops reading on a timeout; a timeout that ends nothing must not stop it.
-            if action == .none, machine.isExchanging { bufferevent_enable(bev, Int16(EV_READ)) }
         } else if flags & BEV_EVENT_EOF != 0 && flags & BEV_EVENT_ERROR == 0 {
             action = machine.clientEOF()
         } else {

@@ -63,6 +63,8 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case readWithClientTimeout
         /// Read without a timeout: a response is owed, and the upstream's timeouts and backpressure govern.
         case readWithoutTimeout
+        /// A client_timeout that ends nothing: read on (libevent stopped reading when it fired).
+        case resumeReading
         /// Arm the connection's timer for this deadline (milliseconds on the machine's clock).
         case armTimer(deadline: Int)
         /// Back between requests: re-arm client_timeout and parse any pipelined head already received.
@@ -82,12 +84,17 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     private(set) var state: State = .awaitingHead(headDeadline: nil)
     var clock: Clock
     let headerTimeoutMillis: Int
+    let clientTimeoutMillis: Int
     let lingerMillis: Int
+    /// When the connection last became idle (accepted, or a response ended): client_timeout counts from there.
+    private(set) var idleSince: Int
 
-    init(clock: Clock, headerTimeoutMillis: Int, lingerMillis: Int = 2000) {
+    init(clock: Clock, headerTimeoutMillis: Int, clientTimeoutMillis: Int, lingerMillis: Int = 2000) {
         self.clock = clock
         self.headerTimeoutMillis = headerTimeoutMillis
+        self.clientTimeoutMillis = clientTimeoutMillis
         self.lingerMillis = lingerMillis
+        self.idleSince = clock.nowMillis
     }
 
     var isAwaitingHead: Bool {
@@ -182,15 +189,17 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         return .closeAfterFlush
     }
 
-    /// client_timeout passed with nothing read.
+    /// client_timeout passed with nothing read. libevent reports it through a deferred callback, so it may come
+    /// after another event of the same loop turn ended an exchange: such a stale report ends nothing.
     mutating func clientTimedOut() -> Action {
         switch state {
         case .awaitingHead(let deadline):
             if deadline != nil { return .answerRequestTimeout(.head) }
+            if clock.nowMillis - idleSince < clientTimeoutMillis { return .resumeReading }
             state = .closed
             return .abort(reset: false)
         case .exchanging(let flow):
-            if flow.requestComplete { return .none }
+            if flow.requestComplete { return .resumeReading }
             if !flow.responseStarted { return .answerRequestTimeout(.body) }
             state = .closed
             return .abort(reset: true)
@@ -228,13 +237,17 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case .exchanging(let flow):
             if flow.keepAlive && keepAlive && !flow.clientHalfClosed {
                 state = .awaitingHead(headDeadline: nil)
+                idleSince = clock.nowMillis
                 return .readNextHead
             }
             state = .closing(.flushing)
             return .closeAfterFlush
         case .awaitingHead, .dialling:
             // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused.
-            if keepAlive, case .awaitingHead = state { return .readNextHead }
+            if keepAlive, case .awaitingHead = state {
+                idleSince = clock.nowMillis
+                return .readNextHead
+            }
             state = .closing(.flushing)
             return .closeAfterFlush
         case .closing, .closed, .relaying:
@@ -274,6 +287,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     /// The CONNECT was answered and TLS with the client begins: requests inside start afresh.
     mutating func intercepted() {
         state = .awaitingHead(headDeadline: nil)
+        idleSince = clock.nowMillis
     }
 
     // MARK: closing

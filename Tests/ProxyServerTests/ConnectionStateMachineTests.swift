@@ -9,7 +9,7 @@ struct FakeClock: MonotonicClock {
 typealias Machine = ConnectionStateMachine<FakeClock>
 
 private func machine() -> Machine {
-    Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, lingerMillis: 2_000)
+    Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
 }
 
 @Suite struct ConnectionStateMachineTests {
@@ -34,17 +34,33 @@ private func machine() -> Machine {
 
     @Test func idleClientTimeoutClosesQuietly() {
         var m = machine()
+        m.clock.nowMillis += 60_000
         #expect(m.clientTimedOut() == .abort(reset: false))
         #expect(m.state == .closed)
+    }
+
+    /// A client_timeout reported (through libevent's deferred callbacks) in the same loop turn as the end of a
+    /// response is stale: the response just queued must not be dropped by an idle close.
+    @Test func staleIdleTimeoutRightAfterAResponseIsIgnored() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.clock.nowMillis += 120_000  // a slow upstream: two client_timeouts passed while the response was owed
+        #expect(m.clientTimedOut() == .resumeReading)
+        m.responseStarted(keepAlive: true)
+        #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
+        #expect(m.clientTimedOut() == .resumeReading)
+        #expect(m.isAwaitingHead)
+        m.clock.nowMillis += 60_000
+        #expect(m.clientTimedOut() == .abort(reset: false))
     }
 
     /// Issue 10 point 2: client_timeout never cuts a response that is owed or flowing.
     @Test func clientTimeoutIsIgnoredWhileAResponseIsOwed() {
         var m = machine()
         _ = m.headParsed(keepAlive: true, requestComplete: true)
-        #expect(m.clientTimedOut() == .none)
+        #expect(m.clientTimedOut() == .resumeReading)
         m.responseStarted(keepAlive: true)
-        #expect(m.clientTimedOut() == .none)
+        #expect(m.clientTimedOut() == .resumeReading)
         #expect(m.isExchanging)
     }
 
@@ -68,7 +84,7 @@ private func machine() -> Machine {
         _ = m.headParsed(keepAlive: true, requestComplete: false)
         #expect(m.requestBodyComplete() == .readWithoutTimeout)
         #expect(m.requestBodyComplete() == .none)
-        #expect(m.clientTimedOut() == .none)
+        #expect(m.clientTimedOut() == .resumeReading)
     }
 
     /// Issue 10 point 9: a client that half-closes after a complete request is served, then closed.
