@@ -1,3 +1,4 @@
+import CEventTLS
 #if canImport(Glibc)
 import Glibc
 #endif
