@@ -23,7 +23,8 @@ public enum RunningProcessConfig {
 
     /// Splits a /proc cmdline (NUL-separated, NUL-terminated) into arguments.
     public static func arguments(procCmdline: [UInt8]) -> [String] {
-        procCmdline.split(separator: 0, omittingEmptySubsequences: false).dropLast(procCmdline.last == 0 ? 1 : 0)
+        guard !procCmdline.isEmpty else { return [] }
+        return procCmdline.split(separator: 0, omittingEmptySubsequences: false).dropLast(procCmdline.last == 0 ? 1 : 0)
             .map { String(decoding: $0, as: UTF8.self) }
     }
 
