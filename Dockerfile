@@ -10,7 +10,7 @@ FROM swift:6.0-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libevent-dev libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Package.swift Package.resolved ./
+COPY Package.swift ./
 COPY Sources ./Sources
 COPY Tests ./Tests
 RUN swift build -c release --static-swift-stdlib --product mtls-proxy \

@@ -175,8 +175,11 @@ public final class ProxyServer: @unchecked Sendable {
             let log = next.config.log == runtime.config.log ? accessLog : try AccessLog(next.config.log)
             let old = runtime.config
             if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
-                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
-                logger.warning("reload (\(reason)): changes to listen addresses, workers and [admin] take effect at the next restart")
+                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen)
+                || next.config.admin?.listen != old.admin?.listen || next.config.admin?.allowClients != old.admin?.allowClients
+                || next.config.log.operationalFormat != old.log.operationalFormat {
+                // (admin.ready_requires_valid_identities is read from the current config: it applies at once.)
+                logger.warning("reload (\(reason)): changes to listen addresses, workers, [admin] listen and allow_clients, and log.operational_format take effect at the next restart")
             }
             runtime = next
             accessLog = log

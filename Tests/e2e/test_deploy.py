@@ -275,7 +275,7 @@ class Readiness(unittest.TestCase):
             f.write(base_config(ports, admin_extra="ready_requires_valid_identities = true"))
         procs = harness.Processes()
         try:
-            harness.start_proxy(procs, f"{d}/strict.conf", f"{d}/strict.log", ports["proxy"])
+            proxy = harness.start_proxy(procs, f"{d}/strict.conf", f"{d}/strict.log", ports["proxy"])
             harness.wait_for_port(ports["admin"])
             status, body = get(ports["admin"], "/readyz")
             self.assertEqual(status, 503)
@@ -286,6 +286,12 @@ class Readiness(unittest.TestCase):
             self.assertIn("identity=gone state=no_valid_certificate", body)
             # Health is another matter: the process works.
             self.assertEqual(get(ports["admin"], "/healthz")[0], 200)
+            # The setting follows a reload, no restart needed.
+            with open(f"{d}/strict.conf", "w") as f:
+                f.write(base_config(ports))
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_until(lambda: get(ports["admin"], "/readyz") == (200, "ready\n")))
+            self.assertNotIn("take effect at the next restart", harness.read(f"{d}/strict.log"))
         finally:
             procs.stop_all()
 
