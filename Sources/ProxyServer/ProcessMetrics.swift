@@ -9,7 +9,8 @@ struct ProcessSample: Equatable {
     var cpuSeconds: Double
     var residentBytes: Int
     var virtualBytes: Int
-    var startTimeSeconds: Double
+    /// nil where /proc/stat is hidden (systemd's ProcSubset=pid): no boot time to count from.
+    var startTimeSeconds: Double?
     var openFDs: Int
     var maxFDs: Int?
 
@@ -36,14 +37,14 @@ struct ProcessSample: Equatable {
 
     /// The current process, or nil where /proc is not there.
     static func current() -> ProcessSample? {
+        let boot = ConfigLoader.readTextFile("/proc/stat").flatMap(bootTime(procStat:))
         guard let stat = ConfigLoader.readTextFile("/proc/self/stat"),
-              let procStat = ConfigLoader.readTextFile("/proc/stat"), let boot = bootTime(procStat: procStat),
-              let parsed = parse(stat: stat, bootTime: boot, ticksPerSecond: sysconf(Int32(_SC_CLK_TCK)),
+              let parsed = parse(stat: stat, bootTime: boot ?? 0, ticksPerSecond: sysconf(Int32(_SC_CLK_TCK)),
                                  pageSize: sysconf(Int32(_SC_PAGESIZE))) else { return nil }
         var limit = rlimit()
         let maxFDs = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max ? Int(limit.rlim_cur) : nil
         return ProcessSample(cpuSeconds: parsed.cpu, residentBytes: parsed.rss, virtualBytes: parsed.vsize,
-                             startTimeSeconds: parsed.start, openFDs: countOpenFDs(), maxFDs: maxFDs)
+                             startTimeSeconds: boot == nil ? nil : parsed.start, openFDs: countOpenFDs(), maxFDs: maxFDs)
     }
 
     /// Entries of /proc/self/fd, less the one the count itself opens.
@@ -66,7 +67,9 @@ struct ProcessSample: Equatable {
         var out = series("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", format(cpuSeconds))
         out += series("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", String(residentBytes))
         out += series("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", String(virtualBytes))
-        out += series("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", format(startTimeSeconds))
+        if let startTimeSeconds {
+            out += series("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", format(startTimeSeconds))
+        }
         out += series("process_open_fds", "gauge", "Number of open file descriptors.", String(openFDs))
         if let maxFDs { out += series("process_max_fds", "gauge", "Maximum number of open file descriptors.", String(maxFDs)) }
         return out
