@@ -13,8 +13,12 @@ WORKDIR /src
 COPY Package.swift ./
 COPY Sources ./Sources
 COPY Tests ./Tests
-RUN swift build -c release --static-swift-stdlib --product mtls-proxy \
-    && install -D -s "$(swift build -c release --static-swift-stdlib --show-bin-path)/mtls-proxy" /out/mtls-proxy
+COPY scripts ./scripts
+# scripts/build, as the tests build; the commit for --version comes in as a build argument (no .git here):
+#   docker build --build-arg MTLS_PROXY_COMMIT="$(git rev-parse --short=12 HEAD)" -t mtls-proxy .
+ARG MTLS_PROXY_COMMIT=unknown
+RUN MTLS_PROXY_STATIC_STDLIB=1 MTLS_PROXY_COMMIT="$MTLS_PROXY_COMMIT" scripts/build release > /tmp/binary \
+    && install -D -s "$(cat /tmp/binary)" /out/mtls-proxy
 
 FROM debian:bookworm-slim
 # Unpinned for the reason above: the shared libraries the binary links, from the release it was built against.
