@@ -29,14 +29,36 @@ public struct OperationalLogFormat: Sendable, Equatable {
         }
     }
 
+    /// A JSON string literal: quotes, backslashes and control characters escaped.
+    static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out + "\""
+    }
+
     /// One line, with its newline. `epochMillis` is ignored under the journal.
     func line(level: Logger.Level, label: String, message: String, metadata: Logger.Metadata, epochMillis: Int) -> String {
         let flat = metadata.sorted { $0.key < $1.key }
         if json {
             var s = "{"
-            if !journal { s += "\"time\":\(jsonString(UTCTime.iso8601(millis: epochMillis)))," }
-            s += "\"level\":\(jsonString(level.rawValue)),\"logger\":\(jsonString(label)),\"message\":\(jsonString(message))"
-            for (key, value) in flat { s += ",\(jsonString(key)):\(jsonString("\(value)"))" }
+            if !journal { s += "\"time\":\(OperationalLogFormat.quoted(UTCTime.iso8601(millis: epochMillis)))," }
+            s += "\"level\":\(OperationalLogFormat.quoted(level.rawValue)),\"logger\":\(OperationalLogFormat.quoted(label)),\"message\":\(OperationalLogFormat.quoted(message))"
+            for (key, value) in flat { s += ",\(OperationalLogFormat.quoted(key)):\(OperationalLogFormat.quoted("\(value)"))" }
             return s + "}\n"
         }
         var s = journal ? "<\(Self.priority(level))>" : "\(UTCTime.iso8601(millis: epochMillis)) "

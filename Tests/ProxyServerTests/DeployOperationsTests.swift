@@ -91,6 +91,10 @@ import Testing
                 == "{\"level\":\"info\",\"logger\":\"l\",\"message\":\"m\"}\n")
     }
 
+    @Test func quoting() {
+        #expect(OperationalLogFormat.quoted("a\u{1}b\\c\td") == "\"a\\u0001b\\\\c\\td\"")
+    }
+
     @Test func journalStreamMatch() {
         #expect(OperationalLogFormat.matches("8:12345", device: 8, inode: 12345))
         #expect(!OperationalLogFormat.matches("8:12345", device: 8, inode: 1))
