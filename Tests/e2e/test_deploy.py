@@ -30,7 +30,7 @@ def not_after(path):
 
 def serial(path):
     out = subprocess.run(["openssl", "x509", "-in", path, "-noout", "-serial"], capture_output=True, text=True, check=True).stdout
-    return out.strip().split("=", 1)[1].lstrip("0").upper()
+    return out.strip().split("=", 1)[1].upper()
 
 
 def metric(text, name, **labels):
@@ -392,6 +392,8 @@ class Systemd(unittest.TestCase):
 
     def stderr_lines(self, proc, ports):
         harness.wait_for_port(ports["admin"])
+        # An answer from the admin endpoint means the main loop runs, so its signal handlers are in place.
+        self.assertTrue(wait_until(lambda: get(ports["admin"], "/readyz")[0] == 200))
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=20), 0)
         with open(self.stderr_path) as f:
