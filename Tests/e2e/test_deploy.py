@@ -63,7 +63,7 @@ def wait_until(predicate, timeout=20.0, step=0.1):
     return predicate()
 
 
-SWITCH_IN = 6  # seconds until identity "next"'s staged certificate takes over
+SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over (the proxy starts well before)
 
 
 def setUpModule():
@@ -73,9 +73,10 @@ def setUpModule():
     pki(p, f"pki_cert_dated '{p}' soon fusion-soon $(utc_in -86400) $(utc_in 10*86400)",
         f"pki_cert_dated '{p}' gone fusion-gone $(utc_in -400*86400) $(utc_in -86400)",
         f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",
-        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)",
         f"pki_cert_dated '{p}' covered-a fusion-covered-a $(utc_in -86400) $(utc_in 3*86400)",
-        f"pki_cert_dated '{p}' covered-b fusion-covered-b $(utc_in -3600) $(utc_in 200*86400)")
+        f"pki_cert_dated '{p}' covered-b fusion-covered-b $(utc_in -3600) $(utc_in 200*86400)",
+        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)")
+    switch_at = time.time() + SWITCH_IN - 1
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "admin", "up")}
     try:
@@ -92,7 +93,7 @@ ca_key = "pki/ca.key"
         procs.stop_all()
         raise
     ENV.update(dir=d, pki=p, procs=procs, ports=ports, proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}",
-               started=time.time())
+               started=time.time(), switch_at=switch_at)
 
 
 def tearDownModule():
@@ -209,7 +210,8 @@ class Metrics(unittest.TestCase):
         name = "mtls_proxy_identity_certificate_switches_total"
         first = self.scrape()
         self.assertEqual(metric(first, name, identity="us"), 0)  # present at 0, so increase() sees the first one
-        wait_until(lambda: time.time() > ENV["started"] + SWITCH_IN + 2, timeout=SWITCH_IN + 10)
+        self.assertLess(ENV["started"], ENV["switch_at"], "the proxy started after the switch: this machine is too slow for the test")
+        wait_until(lambda: time.time() > ENV["switch_at"] + 3, timeout=SWITCH_IN + 10)
         text = wait_until(lambda: (lambda t: t if metric(t, name, identity="next") == 1 else None)(self.scrape()))
         self.assertIsNotNone(text, "no switch counted for identity next")
         self.assertEqual(metric(text, "mtls_proxy_certificate_expiry_timestamp_seconds", identity="next",
