@@ -10,6 +10,8 @@ protocol AdminState: AnyObject {
     func healthProblem() -> String?
     /// nil when ready, else why not.
     func notReadyReason() -> String?
+    /// One line per identity with its certificate state, for `/readyz?verbose`.
+    func identityReport() -> String
     func metricsText() -> String
 }
 
@@ -57,10 +59,12 @@ final class AdminServer {
                 reply(request, 200, "OK", "ok\n")
             }
         case "/readyz":
+            let verbose = ReadinessReport.wantsVerbose(query: uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init))
+            let details = verbose ? state.identityReport() : ""
             if let reason = state.notReadyReason() {
-                reply(request, 503, "Service Unavailable", "not ready: \(reason)\n")
+                reply(request, 503, "Service Unavailable", "not ready: \(reason)\n" + details)
             } else {
-                reply(request, 200, "OK", "ready\n")
+                reply(request, 200, "OK", "ready\n" + details)
             }
         case "/metrics":
             reply(request, 200, "OK", state.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")

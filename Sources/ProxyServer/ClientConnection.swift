@@ -1056,8 +1056,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
         if let proxyStatus { record.proxyStatus = proxyStatus }
         worker.accessLog.write(record)
         let metrics = worker.metrics
-        metrics.countRequest(route: record.route.isEmpty ? "-" : record.route, identity: record.identity, status: record.status)
-        metrics.shared.duration.recordNanoseconds(Int64(micros) * 1000)
+        let route = record.route.isEmpty ? "-" : record.route
+        metrics.countRequest(route: route, identity: record.identity, status: record.status)
+        metrics.observeDuration(route: route, nanoseconds: Int64(micros) * 1000)
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))
         startMicros = 0

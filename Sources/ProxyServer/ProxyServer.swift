@@ -12,6 +12,8 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var runtime: ProxyRuntime
     let logger: Logger
     public let metrics = ProxyMetrics()
+    /// systemd readiness (Type=notify); does nothing without $NOTIFY_SOCKET.
+    private let notifier = SystemdNotifier()
     /// Builds a runtime for a reload (generation number in, runtime out); nil disables reloading.
     private let loader: ((Int) throws -> ProxyRuntime)?
     private var accessLog: AccessLog
@@ -122,6 +124,7 @@ public final class ProxyServer: @unchecked Sendable {
             }
         }
         drainCheck = event_new(base, -1, Int16(EV_PERSIST), serverDrainCheckCallback, me)
+        notifier.ready(status: servingStatus())
         event_base_dispatch(base)
         for worker in workers { worker.join() }
         workers.removeAll()
@@ -147,6 +150,7 @@ public final class ProxyServer: @unchecked Sendable {
             return
         }
         draining = true
+        notifier.stopping(status: "draining")
         logger.info("signal \(signal): draining; no new connections, requests in flight finish (up to \(runtime.config.proxy.drainTimeout))")
         for worker in workers { worker.requestStop() }
         var tenth = timeval(tv_sec: 0, tv_usec: 100_000)
@@ -164,6 +168,8 @@ public final class ProxyServer: @unchecked Sendable {
     /// changes nothing: the old one keeps serving, and the error is logged with its file and key.
     public func reload(reason: String) {
         guard let loader, !draining else { return }
+        notifier.reloading()
+        defer { notifier.ready(status: servingStatus()) }
         do {
             let next = try loader(runtime.generation + 1)
             // The access log file is opened anew, so that a reload (SIGHUP) after rotating it starts a new file;
@@ -178,18 +184,21 @@ public final class ProxyServer: @unchecked Sendable {
             }
             let old = runtime.config
             if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
-                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
-                logger.warning("reload (\(reason)): changes to listen addresses, workers and [admin] take effect at the next restart")
+                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen)
+                || next.config.admin?.listen != old.admin?.listen || next.config.admin?.allowClients != old.admin?.allowClients
+                || next.config.log.operationalFormat != old.log.operationalFormat {
+                // (admin.ready_requires_valid_identities is read from the current config: it applies at once.)
+                logger.warning("reload (\(reason)): changes to listen addresses, workers, [admin] listen and allow_clients, and log.operational_format take effect at the next restart")
             }
             runtime = next
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
-            metrics.reloadsOK.increment()
+            metrics.recordConfigLoad(success: true, at: currentEpochSeconds(), isReload: true)
             watcher?.watch(next.sourceFiles)
             logger.notice("reloaded (\(reason)): \(next.config.routes.count) route(s), \(next.config.identities.count) identity(ies); requests in flight finish on the previous config")
             logIdentities(next)
         } catch {
-            metrics.reloadsFailed.increment()
+            metrics.recordConfigLoad(success: false, at: currentEpochSeconds(), isReload: true)
             logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
             // Take the broken files as the new baseline, so the same mistake is reported once, not on every change.
             watcher?.watch(runtime.sourceFiles)
@@ -224,6 +233,7 @@ public final class ProxyServer: @unchecked Sendable {
             }
             let leaf = credential.leaf
             logger.info("identity \(identity.name): presents \(leaf.subject), serial \(leaf.serialHex), valid until \(formatUTC(leaf.notAfter))")
+            if let previous = presented[identity.name], previous != leaf.serialHex { metrics.countCertificateSwitch(identity: identity.name) }
             presented[identity.name] = leaf.serialHex
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
@@ -240,6 +250,7 @@ public final class ProxyServer: @unchecked Sendable {
             let serial = credential?.leaf.serialHex ?? "none"
             if let previous = presented[identity.name], previous != serial {
                 if let leaf = credential?.leaf {
+                    metrics.countCertificateSwitch(identity: identity.name)
                     logger.notice("identity \(identity.name): now presents serial \(leaf.serialHex) (\(leaf.subject)), valid until \(formatUTC(leaf.notAfter)); it replaces serial \(previous)")
                 } else {
                     logger.error("identity \(identity.name): serial \(previous) is no longer valid and no other certificate is; its routes answer 502")
@@ -267,7 +278,22 @@ extension ProxyServer: AdminState {
     func notReadyReason() -> String? {
         if draining { return "draining" }
         if !started { return "starting" }
+        if runtime.config.admin?.readyRequiresValidIdentities == true {
+            let missing = ReadinessReport.identitiesWithoutCertificate(runtime, at: currentEpochSeconds())
+            if !missing.isEmpty {
+                return "no valid certificate for identity \(missing.joined(separator: ", ")) (admin.ready_requires_valid_identities)"
+            }
+        }
         return nil
+    }
+
+    func identityReport() -> String {
+        ReadinessReport.identities(runtime, at: currentEpochSeconds())
+    }
+
+    /// The STATUS line systemd shows while serving.
+    fileprivate func servingStatus() -> String {
+        "serving \(runtime.config.routes.count) route(s), \(runtime.config.identities.count) identity(ies)"
     }
 
     func metricsText() -> String {

@@ -45,13 +45,18 @@ public final class Credential: @unchecked Sendable {
         }
     }
 
-    /// A warning when the key file can be read by group or others (it is still used: secrets mounted by
-    /// Kubernetes are 0644 by default).
+    /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
+    /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
         var st = stat()
         guard stat(source.key, &st) == 0 else { return nil }
-        let mode = st.st_mode & 0o777
-        guard mode & 0o077 != 0 else { return nil }
-        return "private key \(source.key) is readable by \(mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(mode, radix: 8))); chmod 600 it"
+        var groups = Set([UInt32(getegid())])
+        let count = getgroups(0, nil)
+        if count > 0 {
+            var list = [gid_t](repeating: 0, count: Int(count))
+            let n = getgroups(count, &list)
+            if n > 0 { groups.formUnion(list[0..<Int(n)].map { UInt32($0) }) }
+        }
+        return KeyFileAccess.warning(path: source.key, mode: UInt32(st.st_mode), fileGroup: UInt32(st.st_gid), processGroups: groups)
     }
 }

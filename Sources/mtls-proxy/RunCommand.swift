@@ -12,12 +12,7 @@ struct Run: ParsableCommand {
         ProxyServer.prepareProcess()
         let runtime = try options.loadRuntime()
         let config = runtime.config
-        let level = Logger.Level(rawValue: config.log.level.rawValue) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap(OperationalLogHandler.factory(settings: config.log))
         let logger = Logger(label: "mtls-proxy")
         let path = options.path
         let environment = options.environment
