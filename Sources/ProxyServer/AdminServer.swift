@@ -28,9 +28,9 @@ final class AdminServer {
         self.state = state
         evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_timeout(http, 10)
+        // Every stored property is set, so deinit runs if this throws: it alone frees `http`.
         guard let bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port)) else {
-            evhttp_free(http)
-            throw ServerError.bind("admin \(settings.listen)", String(cString: strerror(errno)))
+            throw ServerError.bind(settings.listen.description, errno: mtls_errno(), role: "[admin] listen")
         }
         port = SocketAddress.localPort(of: evhttp_bound_socket_get_fd(bound))
         evhttp_set_gencb(http, adminRequestCallback, Unmanaged.passUnretained(self).toOpaque())

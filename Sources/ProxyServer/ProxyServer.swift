@@ -59,6 +59,12 @@ public final class ProxyServer: @unchecked Sendable {
         self.health = health
         var forward = config.proxy.listen
         var fixed = config.listeners.map(\.listen)
+        // No other process may share these addresses (see SocketAddress.probeExclusive); port 0 is always new.
+        var addresses: [(HostPort, String)] = [(forward, ListenerKind.forward.settingName)]
+        for listener in config.listeners { addresses.append((listener.listen, ListenerKind.fixed(listener).settingName)) }
+        for (address, role) in addresses where address.port != 0 {
+            if let e = SocketAddress.probeExclusive(address) { throw ServerError.bind(address.description, errno: e, role: role) }
+        }
         for i in 0..<workerCount {
             let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health,
                                     connections: connections, logger: logger)

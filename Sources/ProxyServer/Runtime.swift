@@ -153,14 +153,25 @@ public final class ProxyRuntime: @unchecked Sendable {
         return files.filter { seen.insert($0).inserted }
     }
 
-    /// Warnings about key files readable by others, one per file.
+    /// Warnings about key files readable by others, one per file: every private key the proxy reads (identity
+    /// keys and bundles, the interception CA's key) and every key password file, checked the same way.
     public var keyPermissionWarnings: [String] {
         var seen = Set<String>()
         var warnings: [String] = []
         for identity in config.identities {
-            for credential in credentials[identity.name] ?? [] where seen.insert(credential.source.key).inserted {
-                if let warning = credential.keyPermissionWarning { warnings.append("identity \(identity.name): \(warning)") }
+            for credential in credentials[identity.name] ?? [] {
+                if seen.insert(credential.source.key).inserted, let warning = credential.keyPermissionWarning {
+                    warnings.append("identity \(identity.name): \(warning)")
+                }
+                if let file = credential.passwordFile, seen.insert(file).inserted,
+                   let warning = KeyFilePermissions.warning(path: file, what: "key password file") {
+                    warnings.append("identity \(identity.name): \(warning)")
+                }
             }
+        }
+        if let intercept = config.intercept, seen.insert(intercept.caKey).inserted,
+           let warning = KeyFilePermissions.warning(path: intercept.caKey, what: "local CA private key") {
+            warnings.append("[intercept] ca_key: \(warning)")
         }
         return warnings
     }

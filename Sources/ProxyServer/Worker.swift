@@ -111,7 +111,9 @@ final class Worker: @unchecked Sendable {
 
     /// Binds a listening socket; returns the port (useful with port 0).
     func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR]) throws -> Int {
-        guard let sockaddr = SocketAddress(address) else { throw ServerError.bind(address.description, "not a numeric address") }
+        guard let sockaddr = SocketAddress(address) else {
+            throw ServerError.bind(address.description, "not a numeric address", role: kind.settingName)
+        }
         let flags = UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC)
         let handle = ListenerHandle(worker: self, kind: kind, allowClients: allowClients)
         let ctx = Unmanaged.passUnretained(handle).toOpaque()
@@ -119,7 +121,7 @@ final class Worker: @unchecked Sendable {
             evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
         }
         guard let listener else {
-            throw ServerError.bind(address.description, String(cString: strerror(errno)))
+            throw ServerError.bind(address.description, errno: mtls_errno(), role: kind.settingName)
         }
         evconnlistener_set_error_cb(listener, workerAcceptErrorCallback)
         handle.listener = listener
@@ -204,7 +206,7 @@ final class Worker: @unchecked Sendable {
         for handle in listeners { handle.free() }
         listeners.removeAll()
         pool.closeAll()
-        if let tickEvent { event_del(tickEvent) }
+        // The tick goes on: it is the heartbeat /healthz reads, and a draining worker is alive.
         for client in Array(clients.values) { client.drain() }
         let me = Unmanaged.passUnretained(self).toOpaque()
         drainTimer = mtls_evtimer_new(base, workerDrainTimeoutCallback, me)
@@ -292,12 +294,22 @@ final class Worker: @unchecked Sendable {
 
 enum ServerError: Error, CustomStringConvertible {
     case eventLoop(String)
-    case bind(String, String)
+    /// A listening address that cannot be bound: the address, the cause, and which setting names it.
+    case bind(String, String, role: String)
+
+    /// The cause in the words of strerror(3), lower-cased: "127.0.0.1:9901: address already in use".
+    static func bind(_ address: String, errno e: Int32, role: String) -> ServerError {
+        var cause = String(cString: strerror(e))
+        if let first = cause.first, first.isUppercase, !(cause.dropFirst().first?.isUppercase ?? false) {
+            cause = first.lowercased() + cause.dropFirst()
+        }
+        return .bind(address, cause, role: role)
+    }
 
     var description: String {
         switch self {
         case .eventLoop(let s): return "event loop: \(s)"
-        case .bind(let address, let reason): return "cannot listen on \(address): \(reason)"
+        case .bind(let address, let reason, let role): return "\(address): \(reason) (\(role))"
         }
     }
 }
@@ -308,6 +320,15 @@ enum ListenerKind {
     case fixed(FixedListener)
     /// Requests inside an intercepted CONNECT tunnel to this host and port.
     case intercepted(host: String, port: Int)
+
+    /// The setting that names this listener's address, for error messages.
+    var settingName: String {
+        switch self {
+        case .forward: return "[proxy] listen"
+        case .fixed(let listener): return "\(listener.configKey).listen"
+        case .intercepted: return "intercepted tunnel"
+        }
+    }
 }
 
 /// One listening socket of a worker, with what it serves and who may connect.

@@ -63,6 +63,20 @@ public final class PrivateKey: @unchecked Sendable {
     }
 }
 
+/// The one permission check for every file that holds a private key or its password: identity keys, PKCS#12
+/// bundles, key password files and the interception CA's key. A file that group or others can read draws a
+/// warning (it is still used: secrets mounted by Kubernetes are 0644 by default).
+public enum KeyFilePermissions {
+    /// nil when only the owner can read `path` (or it cannot be examined), else the warning.
+    public static func warning(path: String, what: String = "private key") -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        let mode = st.st_mode & 0o777
+        guard mode & 0o077 != 0 else { return nil }
+        return "\(what) \(path) is readable by \(mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(mode, radix: 8))); chmod 600 it"
+    }
+}
+
 private struct PasswordBox {
     var password: [UInt8]?
     var asked = false

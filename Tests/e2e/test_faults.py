@@ -256,7 +256,7 @@ ca_key = "ca7/local-ca.key"
         try:
             harness.start_proxy(procs, f"{d}/perm.conf", f"{d}/perm.log", port)
             time.sleep(0.3)
-            self.assertRegex(harness.read(f"{d}/perm.log"), r"warning: .*local-ca\.key is readable by everyone")
+            self.assertRegex(harness.read(f"{d}/perm.log"), r"warning .*local-ca\.key is readable by everyone \(mode 644\)")
         finally:
             procs.stop_all()
 
