@@ -12,8 +12,8 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var runtime: ProxyRuntime
     let logger: Logger
     public let metrics = ProxyMetrics()
-    /// Builds a runtime for a reload (generation number in, runtime out); nil disables reloading.
-    private let loader: ((Int) throws -> ProxyRuntime)?
+    /// Reads the configuration again for a reload; nil disables reloading.
+    private let loader: (() throws -> ProxyConfiguration)?
     private var accessLog: AccessLog
     private var workers: [Worker] = []
     private var health: WorkerHealth?
@@ -32,7 +32,7 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var listenerPorts: [Int] = []
     public var adminPort: Int? { admin?.port }
 
-    public init(runtime: ProxyRuntime, logger: Logger, loader: ((Int) throws -> ProxyRuntime)? = nil) throws {
+    public init(runtime: ProxyRuntime, logger: Logger, loader: (() throws -> ProxyConfiguration)? = nil) throws {
         self.runtime = runtime
         self.logger = logger
         self.loader = loader
@@ -170,13 +170,16 @@ public final class ProxyServer: @unchecked Sendable {
     /// changes nothing: the old one keeps serving, and the error is logged with its file and key.
     public func reload(reason: String) {
         guard let loader, !draining else { return }
+        // The files the newest config names, once it parses: what the watcher follows even if the reload fails.
+        var attempted: [String]?
         do {
-            let next = try loader(runtime.generation + 1)
+            let config = try loader()
+            attempted = ProxyRuntime.sourceFiles(of: config)
+            let next = try ProxyRuntime(config: config, generation: runtime.generation + 1)
             let log = next.config.log == runtime.config.log ? accessLog : try AccessLog(next.config.log)
-            let old = runtime.config
-            if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
-                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
-                logger.warning("reload (\(reason)): changes to listen addresses, workers and [admin] take effect at the next restart")
+            let needRestart = ReloadScope.settingsNeedingRestart(old: runtime.config, new: next.config)
+            if !needRestart.isEmpty {
+                logger.warning("reload (\(reason)): changes to \(needRestart.joined(separator: ", ")) take effect at the next restart; everything else applies now")
             }
             runtime = next
             accessLog = log
@@ -188,8 +191,10 @@ public final class ProxyServer: @unchecked Sendable {
         } catch {
             metrics.reloadsFailed.increment()
             logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
-            // Take the broken files as the new baseline, so the same mistake is reported once, not on every change.
-            watcher?.watch(runtime.sourceFiles)
+            // Follow the files the failed config names (a key it names may appear later), and take them as the
+            // new baseline, so the same mistake is reported once, not on every change. A config that does not
+            // parse names nothing new: the files in use (the config among them) stay watched.
+            watcher?.watch(attempted ?? runtime.sourceFiles)
         }
     }
 
@@ -200,7 +205,9 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     fileprivate func debounceElapsed() {
-        guard let watcher, watcher.changed() else { return }
+        guard let watcher else { return }
+        watcher.addWatches()  // a folder that did not exist may have appeared
+        guard watcher.changed() else { return }
         reload(reason: "files changed")
     }
 
@@ -295,4 +302,20 @@ private func serverDrainCheckCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeM
 
 private func serverSignalCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().beginDrain(signal: fd)
+}
+
+/// What a reload cannot change in a running process. Everything else in a new configuration applies to new
+/// requests at once: routes, identities, trust, limits, timeouts, auth_file, interception, the access log,
+/// allow_clients of the proxy and of every listener, a listener's upstream, and `[upstream] nameservers`.
+enum ReloadScope {
+    /// The settings that differ between `old` and `new` and need a restart, by name.
+    static func settingsNeedingRestart(old: ProxyConfiguration, new: ProxyConfiguration) -> [String] {
+        var names: [String] = []
+        if old.proxy.listen != new.proxy.listen { names.append("[proxy] listen") }
+        if old.proxy.workers != new.proxy.workers { names.append("[proxy] workers") }
+        if old.listeners.map(\.listen) != new.listeners.map(\.listen) { names.append("[[listener]] listen (adding or removing listeners)") }
+        if old.admin != new.admin { names.append("[admin]") }
+        if old.log.level != new.log.level { names.append("[log] level") }
+        return names
+    }
 }

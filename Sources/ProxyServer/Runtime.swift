@@ -130,7 +130,11 @@ public final class ProxyRuntime: @unchecked Sendable {
 
     /// Every file the runtime was built from: the config, certificates, keys, password files and CA bundles.
     /// A change to any of them is a reason to reload.
-    public var sourceFiles: [String] {
+    public var sourceFiles: [String] { Self.sourceFiles(of: config) }
+
+    /// The files a configuration names, whether or not a runtime could be built from it (a reload that failed
+    /// because a key is missing still watches for that key).
+    public static func sourceFiles(of config: ProxyConfiguration) -> [String] {
         var files = [ConfigLoader.absolutePath(config.file)]
         for identity in config.identities {
             for source in identity.certificates {

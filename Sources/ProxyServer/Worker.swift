@@ -61,11 +61,7 @@ final class Worker: @unchecked Sendable {
         if !nameservers.isEmpty {
             guard let dns = evdns_base_new(base, 0) else { throw ServerError.eventLoop("evdns_base_new failed") }
             evdns_base_load_hosts(dns, nil)
-            for server in nameservers {
-                guard evdns_base_nameserver_ip_add(dns, server.description) == 0 else {
-                    throw ServerError.eventLoop("cannot use nameserver \(server)")
-                }
-            }
+            if let bad = Self.addNameservers(dns, nameservers) { throw ServerError.eventLoop("cannot use nameserver \(bad)") }
             evdns_base_set_option(dns, "timeout:", "2")
             evdns_base_set_option(dns, "attempts:", "2")
             self.dns = dns
@@ -83,6 +79,29 @@ final class Worker: @unchecked Sendable {
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
+    }
+
+    /// Adds `servers` to `dns`; returns the first it refuses, nil when all are in.
+    private static func addNameservers(_ dns: OpaquePointer, _ servers: [HostPort]) -> HostPort? {
+        servers.first { evdns_base_nameserver_ip_add(dns, $0.description) != 0 }
+    }
+
+    /// A reload that changes `[upstream] nameservers` swaps them on this worker's resolver: lookups in flight
+    /// are sent again to the new servers (evdns suspends and resumes them). An empty list means
+    /// /etc/resolv.conf again.
+    private func applyNameservers(old: [HostPort], new: [HostPort]) {
+        guard old != new else { return }
+        evdns_base_clear_nameservers_and_suspend(dns)
+        if new.isEmpty {
+            if evdns_base_resolv_conf_parse(dns, DNS_OPTION_NAMESERVERS, "/etc/resolv.conf") != 0 {
+                logger.warning("reload: no nameservers in /etc/resolv.conf; names resolve from /etc/hosts only")
+            }
+        } else if let bad = Self.addNameservers(dns, new) {
+            logger.error("reload: cannot use nameserver \(bad); the others are in use")
+        }
+        evdns_base_set_option(dns, "timeout:", "2")
+        evdns_base_set_option(dns, "attempts:", "2")
+        evdns_base_resume(dns)
     }
 
     /// Once a second: pooled connections that present a certificate the identity no longer uses (its
@@ -168,6 +187,7 @@ final class Worker: @unchecked Sendable {
         pendingRuntime = nil
         pthread_mutex_unlock(pendingLock)
         guard let next else { return }
+        applyNameservers(old: runtime.config.upstream.nameservers, new: next.0.config.upstream.nameservers)
         runtime = next.0
         accessLog = next.1
         authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
@@ -220,12 +240,14 @@ final class Worker: @unchecked Sendable {
 
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>?, handle: ListenerHandle) {
         var peerText = "?"
+        // A reload may have changed what this listener serves and who may connect: read them from the runtime.
+        let (kind, allowClients) = handle.current(in: runtime)
         if let address {
             let peer = SocketAddress.describe(address)
             peerText = peer.text
             let allowed: Bool
             if let ip = peer.ip {
-                allowed = ip.isLoopback || handle.allowClients.contains { $0.contains(ip) }
+                allowed = ip.isLoopback || allowClients.contains { $0.contains(ip) }
             } else {
                 allowed = false
             }
@@ -255,7 +277,7 @@ final class Worker: @unchecked Sendable {
             close(fd)
             return
         }
-        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: handle.kind)
+        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: kind)
         clients[ObjectIdentifier(client)] = client
         metrics.shared.activeClients.increment()
         client.start()
@@ -344,6 +366,20 @@ final class ListenerHandle {
         self.worker = worker
         self.kind = kind
         self.allowClients = allowClients
+    }
+
+    /// What the listener serves and who may connect under `runtime`: the forward listener's `allow_clients`,
+    /// or the `[[listener]]` with the same address (its upstream and `allow_clients` may have changed on reload).
+    func current(in runtime: ProxyRuntime) -> (ListenerKind, [CIDR]) {
+        switch kind {
+        case .forward:
+            return (.forward, runtime.config.proxy.allowClients)
+        case .fixed(let listener):
+            guard let now = runtime.config.listeners.first(where: { $0.listen == listener.listen }) else { return (kind, allowClients) }
+            return (.fixed(now), now.allowClients)
+        case .intercepted:
+            return (kind, allowClients)
+        }
     }
 
     /// accept(2) failed, typically EMFILE/ENFILE: out of descriptors. The pending connection stays in the

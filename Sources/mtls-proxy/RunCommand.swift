@@ -23,8 +23,8 @@ struct Run: ParsableCommand {
         let environment = options.environment
         let server: ProxyServer
         do {
-            server = try ProxyServer(runtime: runtime, logger: logger, loader: { generation in
-                try ProxyRuntime(config: try ConfigLoader.load(file: path, environment: environment), generation: generation)
+            server = try ProxyServer(runtime: runtime, logger: logger, loader: {
+                try ConfigLoader.load(file: path, environment: environment)
             })
             try server.bind()
         } catch {

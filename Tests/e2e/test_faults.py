@@ -410,5 +410,130 @@ auth_file = "users6"
         for text in [*logs.splitlines(), *bodies]:
             self.assertNotIn(secret.lower(), text.lower())
 
+
+def wait_for(predicate, timeout=15.0, step=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+class ReloadGaps(unittest.TestCase):
+    """Point 5: after a failed reload the watcher follows the files the newest config names; a change of
+    nameservers applies on reload."""
+
+    def test_files_named_by_a_failed_config_are_watched(self):
+        d = ENV["dir"]
+        port = harness.free_port()
+        os.makedirs(f"{d}/later", exist_ok=True)
+        for ext in ("pem", "key"):
+            if os.path.exists(f"{d}/later/eu.{ext}"):
+                os.unlink(f"{d}/later/eu.{ext}")
+        head = f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n'
+        write(f"{d}/gap.conf", head + routes())
+        procs = harness.Processes()
+        try:
+            harness.start_proxy(procs, f"{d}/gap.conf", f"{d}/gap.log", port)
+            self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
+            # The new config names files that do not exist yet: the reload fails, the old config serves.
+            tmp = f"{d}/gap.conf.tmp"
+            write(tmp, head + routes().replace("pki/fusion-us.pem", "later/eu.pem").replace("pki/fusion-us.key", "later/eu.key"))
+            os.replace(tmp, f"{d}/gap.conf")
+            self.assertTrue(wait_for(lambda: "failed, still serving the previous config" in harness.read(f"{d}/gap.log")))
+            self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
+            # The files appear: the proxy notices them by itself (no SIGHUP) and presents the new identity.
+            import shutil
+            shutil.copy(f"{d}/pki/fusion-eu.key", f"{d}/later/eu.key")
+            os.chmod(f"{d}/later/eu.key", 0o600)
+            shutil.copy(f"{d}/pki/fusion-eu.pem", f"{d}/later/eu.pem")
+            self.assertTrue(wait_for(lambda: proxy_get(port, "/whoami")[1].get("x-client-subject") == "fusion-eu", timeout=10),
+                            harness.read(f"{d}/gap.log"))
+        finally:
+            procs.stop_all()
+
+    def test_a_listeners_upstream_changes_on_reload(self):
+        d = ENV["dir"]
+        port, sidecar = harness.free_port(), harness.free_port()
+        eu = f"""
+[identities.eu]
+cert = "pki/fusion-eu.pem"
+key = "pki/fusion-eu.key"
+[[route]]
+host = "eu.mygreatbank.test"
+identity = "eu"
+connect = "127.0.0.1:{ENV['up']}"
+"""
+
+        def conf(upstream):
+            return (f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\n[[listener]]\nlisten = "127.0.0.1:{sidecar}"\n'
+                    f'upstream = "https://{upstream}"\n' + routes(eu))
+        write(f"{d}/side.conf", conf(HOST))
+        procs = harness.Processes()
+        try:
+            proxy = harness.start_proxy(procs, f"{d}/side.conf", f"{d}/side.log", port)
+
+            def who():
+                return raw_exchange(sidecar, f"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())[1].get("x-client-subject")
+            self.assertEqual(who(), "fusion-us")
+            write(f"{d}/side.conf", conf("eu.mygreatbank.test"))
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: "reloaded (" in harness.read(f"{d}/side.log")))
+            self.assertTrue(wait_for(lambda: who() == "fusion-eu", timeout=5), harness.read(f"{d}/side.log"))
+        finally:
+            procs.stop_all()
+
+    def test_nameservers_change_on_reload(self):
+        d = ENV["dir"]
+        port = harness.free_port()
+        first, second = harness.LoopbackDNS(), harness.LoopbackDNS()
+
+        def conf(dns):
+            return f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+nameservers = ["127.0.0.1:{dns.port}"]
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "*.loopback.test"
+identity = "us"
+allow_private = true
+"""
+        write(f"{d}/dns.conf", conf(first))
+        procs = harness.Processes()
+        try:
+            proxy = harness.start_proxy(procs, f"{d}/dns.conf", f"{d}/dns.log", port)
+            url = f"http://svc.loopback.test:{ENV['up']}/whoami"
+
+            def get():
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(f"GET {url} HTTP/1.1\r\nHost: svc.loopback.test:{ENV['up']}\r\nConnection: close\r\n\r\n".encode())
+                try:
+                    return read_response(s)[0]
+                finally:
+                    s.close()
+
+            self.assertEqual(get(), 200)
+            self.assertTrue(first.queries)
+            write(f"{d}/dns.conf", conf(second))
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: harness.read(f"{d}/dns.log").count("reloaded (") >= 1))
+            time.sleep(0.5)
+            before = len(first.queries)
+            self.assertEqual(get(), 200)
+            self.assertTrue(second.queries, "the new nameserver was never asked")
+            self.assertEqual(len(first.queries), before, "the old nameserver is still asked")
+        finally:
+            procs.stop_all()
+            first.close()
+            second.close()
+
 if __name__ == "__main__":
     harness.run_suite()
