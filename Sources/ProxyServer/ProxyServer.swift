@@ -18,6 +18,9 @@ public final class ProxyServer: @unchecked Sendable {
     private var workers: [Worker] = []
     private var health: WorkerHealth?
     private let connections = ConnectionCounter()
+    /// bcrypt off the loops, and the per-address limit on failed proxy authentications (issue 15 point 4).
+    private let hashing = PasswordHashing()
+    private let authLimiter = AuthFailureLimiter()
     private var base: OpaquePointer?
     private var events: [OpaquePointer] = []
     private var admin: AdminServer?
@@ -67,7 +70,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for i in 0..<workerCount {
             let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health,
-                                    connections: connections, logger: logger)
+                                    connections: connections, logger: logger, hashing: hashing, authLimiter: authLimiter)
             let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients)
             var ports: [Int] = []
             for (j, listener) in config.listeners.enumerated() {
@@ -98,6 +101,7 @@ public final class ProxyServer: @unchecked Sendable {
         for worker in workers { worker.requestStop() }
         for worker in workers { worker.join() }
         workers.removeAll()
+        hashing.shutdown()
     }
 
     /// Serves until SIGINT or SIGTERM, then drains: readiness turns 503, listeners close, requests in flight
@@ -131,6 +135,7 @@ public final class ProxyServer: @unchecked Sendable {
         event_base_dispatch(base)
         for worker in workers { worker.join() }
         workers.removeAll()
+        hashing.shutdown()
         for ev in events { event_free(ev) }
         events.removeAll()
         if let debounceTimer { event_free(debounceTimer) }

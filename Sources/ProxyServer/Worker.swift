@@ -43,13 +43,23 @@ final class Worker: @unchecked Sendable {
 
     let connections: ConnectionCounter
 
+    /// Where bcrypt runs (off the loops) and the per-address failure limit, shared by every worker.
+    private let hashing: PasswordHashing
+    private let authLimiter: AuthFailureLimiter
+    /// Work handed to this loop from other threads (`post`), guarded by `pendingLock`.
+    private var mailbox: [() -> Void] = []
+    private var mailEvent: OpaquePointer?
+
     init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth,
-         connections: ConnectionCounter, logger: Logger) throws {
+         connections: ConnectionCounter, logger: Logger,
+         hashing: PasswordHashing = PasswordHashing(), authLimiter: AuthFailureLimiter = AuthFailureLimiter()) throws {
         self.id = id
         self.connections = connections
         self.runtime = runtime
         self.accessLog = accessLog
-        self.authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
+        self.hashing = hashing
+        self.authLimiter = authLimiter
+        self.authenticator = runtime.proxyUsers.map { ProxyAuthenticator(users: $0, hashing: hashing, limiter: authLimiter) }
         self.metrics = WorkerMetrics(metrics)
         self.health = health
         self.logger = logger
@@ -76,6 +86,7 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_init(pendingLock, nil)
         stopEvent = event_new(base, -1, 0, workerStopCallback, me)
         swapEvent = event_new(base, -1, 0, workerSwapCallback, me)
+        mailEvent = event_new(base, -1, 0, workerMailCallback, me)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
@@ -121,6 +132,7 @@ final class Worker: @unchecked Sendable {
         if let stopEvent { event_free(stopEvent) }
         if let tickEvent { event_free(tickEvent) }
         if let swapEvent { event_free(swapEvent) }
+        if let mailEvent { event_free(mailEvent) }
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
@@ -190,10 +202,26 @@ final class Worker: @unchecked Sendable {
         applyNameservers(old: runtime.config.upstream.nameservers, new: next.0.config.upstream.nameservers)
         runtime = next.0
         accessLog = next.1
-        authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
+        authenticator = runtime.proxyUsers.map { ProxyAuthenticator(users: $0, hashing: hashing, limiter: authLimiter) }
         interceptionContexts.removeAll()
         // Idle connections were made under the old certificates and trust settings: retire them all.
         pool.closeAll()
+    }
+
+    /// Safe from any thread: runs `work` on this worker's loop thread soon (the loop is woken).
+    func post(_ work: @escaping () -> Void) {
+        pthread_mutex_lock(pendingLock)
+        mailbox.append(work)
+        pthread_mutex_unlock(pendingLock)
+        if let mailEvent { event_active(mailEvent, EV_READ, 0) }
+    }
+
+    fileprivate func deliverMail() {
+        pthread_mutex_lock(pendingLock)
+        let work = mailbox
+        mailbox.removeAll()
+        pthread_mutex_unlock(pendingLock)
+        for item in work { item() }
     }
 
     /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
@@ -484,6 +512,10 @@ private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutable
 
 private func workerSwapCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().takePendingRuntime()
+}
+
+private func workerMailCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().deliverMail()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

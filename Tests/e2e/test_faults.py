@@ -535,5 +535,73 @@ allow_private = true
             first.close()
             second.close()
 
+
+def bcrypt_hash(password, cost):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import crypt
+        except ImportError:
+            return None
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2 ** cost))
+
+
+class WrongPasswords(unittest.TestCase):
+    """Point 4: wrong passwords (bcrypt, cost 12) arriving in bulk from one address neither stall the event
+    loop for a good client nor get hashed without limit: failures are rate-limited per client address."""
+
+    def test_good_client_stays_fast_while_bad_credentials_arrive(self):
+        d = ENV["dir"]
+        alice = bcrypt_hash("right-horse", 12)
+        if alice is None:
+            self.skipTest("no crypt module to make a bcrypt hash")
+        port = harness.free_port()
+        write(f"{d}/users4", f"alice:{alice}\nbob:sha256:{hashlib.sha256(b'battery').hexdigest()}\n")
+        write(f"{d}/auth4.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nauth_file = "users4"\n' + routes())
+        good_alice = {"Proxy-Authorization": "Basic " + base64.b64encode(b"alice:right-horse").decode()}
+        good_bob = {"Proxy-Authorization": "Basic " + base64.b64encode(b"bob:battery").decode()}
+        procs = harness.Processes()
+        try:
+            harness.start_proxy(procs, f"{d}/auth4.conf", f"{d}/auth4.log", port)
+            self.assertEqual(proxy_get(port, headers=good_alice, timeout=30)[0], 200)  # alice's header is now known
+
+            bad_statuses = []
+
+            def bad(i):
+                wrong = {"Proxy-Authorization": "Basic " + base64.b64encode(f"alice:wrong-{i}".encode()).decode()}
+                return proxy_get(port, headers=wrong, timeout=60, source="127.0.0.2")[0]
+
+            latencies = []
+            stop = threading.Event()
+
+            def good():
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    t = time.monotonic()
+                    status = proxy_get(port, headers=good_alice if i % 2 else good_bob, timeout=30)[0]
+                    latencies.append((time.monotonic() - t, status))
+                    time.sleep(0.05)
+
+            g = threading.Thread(target=good)
+            g.start()
+            with concurrent.futures.ThreadPoolExecutor(36) as pool:
+                bad_statuses = list(pool.map(bad, range(36)))
+            time.sleep(0.5)
+            stop.set()
+            g.join(60)
+            self.assertGreater(len(latencies), 5)
+            self.assertTrue(all(status == 200 for _, status in latencies), latencies)
+            worst = max(t for t, _ in latencies)
+            self.assertLess(worst, 0.5, f"a good client waited {worst:.2f} s while wrong passwords arrived")
+            self.assertTrue(set(bad_statuses) <= {407, 429}, bad_statuses)
+            self.assertIn(429, bad_statuses, "failures from one address are not rate-limited")
+            # The limit is per address: another client address still authenticates.
+            self.assertEqual(proxy_get(port, headers=good_bob, source="127.0.0.3")[0], 200)
+        finally:
+            stop_all = procs.stop_all
+            stop_all()
+
 if __name__ == "__main__":
     harness.run_suite()
