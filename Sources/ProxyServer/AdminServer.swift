@@ -21,7 +21,8 @@ final class AdminServer {
     private weak var state: AdminState?
     private(set) var port = 0
 
-    init(base: OpaquePointer, settings: AdminSettings, state: AdminState) throws {
+    /// Binds `settings.listen`, or accepts on a copy of `inherited` (a socket handed over by a supervisor).
+    init(base: OpaquePointer, settings: AdminSettings, state: AdminState, inherited: Int32? = nil) throws {
         guard let http = evhttp_new(base) else { throw ServerError.eventLoop("evhttp_new failed") }
         self.http = http
         self.settings = settings
@@ -29,7 +30,16 @@ final class AdminServer {
         evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_timeout(http, 10)
         // Every stored property is set, so deinit runs if this throws: it alone frees `http`.
-        guard let bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port)) else {
+        let bound: OpaquePointer?
+        if let inherited {
+            let fd = fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+            if fd >= 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            bound = fd >= 0 ? evhttp_accept_socket_with_handle(http, fd) : nil
+            if bound == nil && fd >= 0 { close(fd) }
+        } else {
+            bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port))
+        }
+        guard let bound else {
             throw ServerError.bind(settings.listen.description, errno: mtls_errno(), role: "[admin] listen")
         }
         port = SocketAddress.localPort(of: evhttp_bound_socket_get_fd(bound))

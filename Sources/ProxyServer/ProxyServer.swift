@@ -62,19 +62,24 @@ public final class ProxyServer: @unchecked Sendable {
         self.health = health
         var forward = config.proxy.listen
         var fixed = config.listeners.map(\.listen)
-        // No other process may share these addresses (see SocketAddress.probeExclusive); port 0 is always new.
+        // Sockets a supervisor handed over (LISTEN_FDS) are used as they are; every other address is bound here,
+        // and no other process may share it (see SocketAddress.probeExclusive); port 0 is always new.
+        let activation = SocketActivation.fromEnvironment()
+        defer { for socket in activation.sockets { close(socket.fd) } }  // the workers hold their own copies
         var addresses: [(HostPort, String)] = [(forward, ListenerKind.forward.settingName)]
         for listener in config.listeners { addresses.append((listener.listen, ListenerKind.fixed(listener).settingName)) }
-        for (address, role) in addresses where address.port != 0 {
+        for (address, role) in addresses where address.port != 0 && activation.socket(for: address) == nil {
             if let e = SocketAddress.probeExclusive(address) { throw ServerError.bind(address.description, errno: e, role: role) }
         }
         for i in 0..<workerCount {
             let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health,
                                     connections: connections, logger: logger, hashing: hashing, authLimiter: authLimiter)
-            let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients)
+            let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients,
+                                    inherited: activation.socket(for: config.proxy.listen))
             var ports: [Int] = []
             for (j, listener) in config.listeners.enumerated() {
-                ports.append(try worker.bind(fixed[j], kind: .fixed(listener), allowClients: listener.allowClients))
+                ports.append(try worker.bind(fixed[j], kind: .fixed(listener), allowClients: listener.allowClients,
+                                             inherited: activation.socket(for: listener.listen)))
             }
             if i == 0 {
                 // With port 0 the kernel chose; the other workers join the same ports.
@@ -86,7 +91,7 @@ public final class ProxyServer: @unchecked Sendable {
             workers.append(worker)
         }
         if let settings = config.admin {
-            admin = try AdminServer(base: base, settings: settings, state: self)
+            admin = try AdminServer(base: base, settings: settings, state: self, inherited: activation.socket(for: settings.listen))
         }
     }
 

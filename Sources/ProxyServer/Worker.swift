@@ -140,16 +140,26 @@ final class Worker: @unchecked Sendable {
         event_base_free(base)
     }
 
-    /// Binds a listening socket; returns the port (useful with port 0).
-    func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR]) throws -> Int {
+    /// Binds a listening socket, or accepts on a copy of `inherited` (a socket a supervisor handed over, already
+    /// listening); returns the port (useful with port 0).
+    func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR], inherited: Int32? = nil) throws -> Int {
         guard let sockaddr = SocketAddress(address) else {
             throw ServerError.bind(address.description, "not a numeric address", role: kind.settingName)
         }
         let flags = UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC)
         let handle = ListenerHandle(worker: self, kind: kind, allowClients: allowClients)
         let ctx = Unmanaged.passUnretained(handle).toOpaque()
-        let listener = sockaddr.withSockaddr { sa, len in
-            evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
+        let listener: OpaquePointer?
+        if let inherited {
+            let fd = fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+            guard fd >= 0 else { throw ServerError.bind(address.description, errno: mtls_errno(), role: kind.settingName) }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            listener = evconnlistener_new(base, workerAcceptCallback, ctx, UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC), -1, fd)
+            if listener == nil { close(fd) }
+        } else {
+            listener = sockaddr.withSockaddr { sa, len in
+                evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
+            }
         }
         guard let listener else {
             throw ServerError.bind(address.description, errno: mtls_errno(), role: kind.settingName)

@@ -62,4 +62,12 @@ import ProxyConfig
         let error = ServerError.bind("127.0.0.1:9901", errno: EADDRINUSE, role: "[admin] listen")
         #expect(error.description == "127.0.0.1:9901: address already in use ([admin] listen)")
     }
+
+    @Test func socketActivationHandsDescriptorsOnlyToItsProcess() {
+        #expect(SocketActivation.descriptors(listenPID: "42", listenFDs: "2", pid: 42) == [3, 4])
+        #expect(SocketActivation.descriptors(listenPID: "41", listenFDs: "2", pid: 42).isEmpty)
+        #expect(SocketActivation.descriptors(listenPID: nil, listenFDs: "2", pid: 42).isEmpty)
+        #expect(SocketActivation.descriptors(listenPID: "42", listenFDs: "x", pid: 42).isEmpty)
+        #expect(SocketActivation.descriptors(listenPID: "42", listenFDs: "0", pid: 42).isEmpty)
+    }
 }

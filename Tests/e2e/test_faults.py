@@ -179,6 +179,82 @@ upstream = "https://{HOST}"
             procs.stop_all()
 
 
+def start_activated(procs, sockets, config, log_path):
+    """Starts the proxy the way systemd socket activation does: the sockets as descriptors 3, 4, ... with
+    LISTEN_PID and LISTEN_FDS set for the proxy's own process id."""
+    fds = [s.fileno() for s in sockets]
+    moves = " ".join(f"{3 + i}<&{fd}" for i, fd in enumerate(fds))
+    script = (f"exec {moves}; export LISTEN_PID=$$ LISTEN_FDS={len(fds)}; "
+              f"exec '{harness.proxy_binary()}' run --config '{config}'")
+    with open(log_path, "ab") as log:
+        return procs.start(["bash", "-c", script], pass_fds=fds, stdout=log, stderr=subprocess.STDOUT)
+
+
+class ZeroDowntimeUpgrade(unittest.TestCase):
+    """Point 2, the README's upgrade recipe: the listening sockets belong to a supervisor (systemd socket
+    activation); the new proxy starts on them while the old one drains, and no request fails."""
+
+    def test_new_proxy_on_inherited_sockets_while_the_old_drains(self):
+        d = ENV["dir"]
+        listen, admin = socket.socket(), socket.socket()
+        for s in (listen, admin):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            s.listen(128)
+        port, admin_port = listen.getsockname()[1], admin.getsockname()[1]
+        write(f"{d}/activated.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 2
+drain_timeout = "20s"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+""" + routes())
+        procs = harness.Processes()
+        failures, statuses = [], []
+        stop = threading.Event()
+
+        def traffic():
+            while not stop.is_set():
+                try:
+                    statuses.append(proxy_get(port, "/hello", timeout=20)[0])
+                except OSError as e:
+                    failures.append(repr(e))
+                time.sleep(0.01)
+
+        try:
+            old = start_activated(procs, [listen, admin], f"{d}/activated.conf", f"{d}/old.log")
+            harness.wait_for_port(port)
+            self.assertEqual(proxy_get(port)[0], 200)
+            # A request in flight on the old proxy when it is told to drain.
+            slow = {}
+            t_slow = threading.Thread(target=lambda: slow.update(r=proxy_get(port, "/drip?size=100000&ms=3000", timeout=30)))
+            t_slow.start()
+            t = threading.Thread(target=traffic)
+            t.start()
+            time.sleep(0.5)
+            new = start_activated(procs, [listen, admin], f"{d}/activated.conf", f"{d}/new.log")
+            self.assertTrue(wait_for(lambda: "listening on" in harness.read(f"{d}/new.log"), timeout=20), harness.read(f"{d}/new.log"))
+            old.send_signal(signal.SIGTERM)
+            self.assertEqual(old.wait(timeout=30), 0)
+            served_after = len(statuses)
+            time.sleep(1.0)
+            stop.set()
+            t.join(30)
+            t_slow.join(30)
+            self.assertEqual(failures, [])
+            self.assertEqual(set(statuses), {200}, statuses)
+            self.assertGreater(len(statuses), served_after, "the new proxy served after the old one left")
+            self.assertEqual((slow["r"][0], len(slow["r"][2])), (200, 100000))
+            self.assertEqual(admin_get(admin_port, "/readyz")[0], 200)
+            self.assertIsNone(new.poll())
+        finally:
+            stop.set()
+            procs.stop_all()
+            listen.close()
+            admin.close()
+
+
 def admin_get(port, path):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
