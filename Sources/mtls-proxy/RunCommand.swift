@@ -23,8 +23,10 @@ struct Run: ParsableCommand {
         let environment = options.environment
         let server: ProxyServer
         do {
+            // Reloads parse each distinct config text once (TOMLKit never frees a parsed document).
+            let configs = ParsedConfigCache()
             server = try ProxyServer(runtime: runtime, logger: logger, loader: {
-                try ConfigLoader.load(file: path, environment: environment)
+                try configs.load(file: path, environment: environment)
             })
             try server.bind()
         } catch {
