@@ -248,10 +248,12 @@ final class PasswordHashing: @unchecked Sendable {
         return true
     }
 
-    /// Ends the threads once the queue is empty and waits for them.
+    /// Drops the checks still queued (their connections are gone with the loops), ends the threads once the
+    /// checks in progress are done, and waits for them.
     func shutdown() {
         pthread_mutex_lock(lock)
         stopping = true
+        queue.removeAll()
         pthread_cond_broadcast(wake)
         let started = threads
         threads.removeAll()
