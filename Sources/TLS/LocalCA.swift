@@ -111,20 +111,6 @@ enum Minting {
         return cert
     }
 
-    /// issue 15 point 8: a failed OpenSSL call in minting throws with its queued errors (and leaves none behind).
-    static func check(_ ok: Bool, _ what: String) throws {
-        guard ok else { throw TLSSetupError.context("cannot mint a certificate: \(what) failed: \(OpenSSLErrors.describe(OpenSSLErrors.drain()))") }
-    }
-
-    /// issue 15 point 8: an IP address, or a DNS name of letters, digits, '-', '.' and '*' (so the subjectAltName
-    /// text cannot be read as more than one entry), at most 253 characters.
-    static func isExpressible(_ host: String) -> Bool {
-        if IPAddressCheck.isIP(host) { return true }
-        return !host.isEmpty && host.utf8.count <= 253 && host.utf8.allSatisfy { c in
-            (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || (c >= 0x30 && c <= 0x39) || c == 0x2D || c == 0x2E || c == 0x2A
-        }
-    }
-
     static func writePEM(key: PrivateKey, to path: String, mode: mode_t) throws {
         guard let bio = BIO_new(BIO_s_mem()) else { throw TLSSetupError.context("out of memory") }
         defer { BIO_free(bio) }
