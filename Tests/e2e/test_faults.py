@@ -670,6 +670,8 @@ class WrongPasswords(unittest.TestCase):
             self.assertGreater(len(latencies), 5)
             self.assertTrue(all(status == 200 for _, status in latencies), latencies)
             worst = max(t for t, _ in latencies)
+            print(f"\n  good client: {len(latencies)} requests, worst {worst:.3f} s; wrong credentials: "
+                  f"{bad_statuses.count(407)} x 407, {bad_statuses.count(429)} x 429", file=sys.stderr)
             self.assertLess(worst, 0.5, f"a good client waited {worst:.2f} s while wrong passwords arrived")
             self.assertTrue(set(bad_statuses) <= {407, 429}, bad_statuses)
             self.assertIn(429, bad_statuses, "failures from one address are not rate-limited")
