@@ -5,14 +5,15 @@
 /// Kubernetes Secret mounted with `fsGroup`, which the kubelet makes group-readable whatever `defaultMode`
 /// says). Readable by some other group: warn.
 public enum KeyFileAccess {
-    public static func warning(path: String, mode: UInt32, fileGroup: UInt32, processGroups: Set<UInt32>) -> String? {
+    public static func warning(path: String, what: String = "private key", mode: UInt32, fileGroup: UInt32,
+                               processGroups: Set<UInt32>) -> String? {
         let mode = mode & 0o777
         let octal = String(mode, radix: 8)
         if mode & 0o007 != 0 {
-            return "private key \(path) is readable by everyone (mode \(octal)); chmod 600 it"
+            return "\(what) \(path) is readable by everyone (mode \(octal)); chmod 600 it"
         }
         guard mode & 0o070 != 0 else { return nil }
         if processGroups.contains(fileGroup) && mode & 0o020 == 0 { return nil }
-        return "private key \(path) is readable by its group (mode \(octal), group \(fileGroup), which the proxy does not run with); chmod 600 it, or give it to the proxy's own group read-only"
+        return "\(what) \(path) is readable by its group (mode \(octal), group \(fileGroup), which the proxy does not run with); chmod 600 it, or give it to the proxy's own group read-only"
     }
 }

@@ -23,16 +23,26 @@ final class AdminServer {
     private weak var state: AdminState?
     private(set) var port = 0
 
-    init(base: OpaquePointer, settings: AdminSettings, state: AdminState) throws {
+    /// Binds `settings.listen`, or accepts on a copy of `inherited` (a socket handed over by a supervisor).
+    init(base: OpaquePointer, settings: AdminSettings, state: AdminState, inherited: Int32? = nil) throws {
         guard let http = evhttp_new(base) else { throw ServerError.eventLoop("evhttp_new failed") }
         self.http = http
         self.settings = settings
         self.state = state
         evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_timeout(http, 10)
-        guard let bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port)) else {
-            evhttp_free(http)
-            throw ServerError.bind("admin \(settings.listen)", String(cString: strerror(errno)))
+        // Every stored property is set, so deinit runs if this throws: it alone frees `http`.
+        let bound: OpaquePointer?
+        if let inherited {
+            let fd = fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+            if fd >= 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            bound = fd >= 0 ? evhttp_accept_socket_with_handle(http, fd) : nil
+            if bound == nil && fd >= 0 { close(fd) }
+        } else {
+            bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port))
+        }
+        guard let bound else {
+            throw ServerError.bind(settings.listen.description, errno: mtls_errno(), role: "[admin] listen")
         }
         port = SocketAddress.localPort(of: evhttp_bound_socket_get_fd(bound))
         evhttp_set_gencb(http, adminRequestCallback, Unmanaged.passUnretained(self).toOpaque())

@@ -48,15 +48,14 @@ public final class Credential: @unchecked Sendable {
     /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
     /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
-        var st = stat()
-        guard stat(source.key, &st) == 0 else { return nil }
-        var groups = Set([UInt32(getegid())])
-        let count = getgroups(0, nil)
-        if count > 0 {
-            var list = [gid_t](repeating: 0, count: Int(count))
-            let n = getgroups(count, &list)
-            if n > 0 { groups.formUnion(list[0..<Int(n)].map { UInt32($0) }) }
+        KeyFilePermissions.warning(path: source.key)
+    }
+
+    /// The key password file, when the password comes from one.
+    public var passwordFile: String? {
+        switch source.files {
+        case .pem(_, _, .file(let path)?), .pkcs12(_, .file(let path)?): return path
+        default: return nil
         }
-        return KeyFileAccess.warning(path: source.key, mode: UInt32(st.st_mode), fileGroup: UInt32(st.st_gid), processGroups: groups)
     }
 }

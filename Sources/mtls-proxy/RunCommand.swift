@@ -18,8 +18,10 @@ struct Run: ParsableCommand {
         let environment = options.environment
         let server: ProxyServer
         do {
-            server = try ProxyServer(runtime: runtime, logger: logger, loader: { generation in
-                try ProxyRuntime(config: try ConfigLoader.load(file: path, environment: environment), generation: generation)
+            // Reloads parse each distinct config text once (TOMLKit never frees a parsed document).
+            let configs = ParsedConfigCache()
+            server = try ProxyServer(runtime: runtime, logger: logger, loader: {
+                try configs.load(file: path, environment: environment)
             })
             try server.bind()
         } catch {
