@@ -19,13 +19,23 @@ import Testing
         "/v1/accounts?access_token=\(secret)",
         "/x?u=http://a/\(secret)",
         "\(secret)://api.test/?q=1",
-        "http://api.test/a/../b?k=\(secret)",
         "http://api.test/?k=\(secret)#f",
         "http://user:\(secret)@api.test/",
     ])
     func forwardTargets(target: String) throws {
         let text = try #require(Self.describe { _ = try AbsoluteTarget.parse(target) })
         #expect(!text.lowercased().contains(Self.secret.lowercased()))
+    }
+
+    /// A path the normaliser refuses (dot segments are judged there, after the target parsed): the refusal
+    /// names the form, never the query that came with it.
+    @Test func refusedPathsDoNotQuoteTheQuery() throws {
+        let target = try AbsoluteTarget.parse("http://api.test/a/../b?k=\(Self.secret)")
+        guard case .failure(let refusal) = PathNormalizer.normalize(target.path[...]) else {
+            Issue.record("a dot segment must be refused")
+            return
+        }
+        #expect(!refusal.description.lowercased().contains(Self.secret.lowercased()))
     }
 
     @Test(arguments: [
