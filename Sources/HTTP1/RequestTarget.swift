@@ -48,12 +48,16 @@ public struct AbsoluteTarget: Sendable, Equatable {
     public static func parse(_ target: String) throws -> AbsoluteTarget {
         let utf8 = Array(target.utf8)
         guard let schemeEnd = findSubsequence(utf8, Array("://".utf8)) else {
-            if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (\"\(target.prefix(64))\"): send an absolute URL such as http://host/path through the proxy") }
+            // The target itself is never quoted: its query may carry a secret.
+            if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
             throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
         }
         let scheme = String(decoding: utf8[0..<schemeEnd], as: UTF8.self).asciiLowercased
         guard scheme == "http" || scheme == "https" else {
-            throw HTTPParseError.invalidTarget("scheme \"\(scheme)\" is not supported; use http://")
+            // Named only when it is a well-known scheme: what precedes "://" may be a query carrying a secret.
+            let known: Set<String> = ["ftp", "ws", "wss", "file", "gopher", "socks", "socks4", "socks5", "h2", "h2c", "git", "ssh"]
+            throw HTTPParseError.invalidTarget(known.contains(scheme) ? "scheme \"\(scheme)\" is not supported; use http://"
+                                                                      : "the URL's scheme is not supported; use http://")
         }
         let authorityStart = schemeEnd + 3
         var authorityEnd = authorityStart

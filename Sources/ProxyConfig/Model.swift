@@ -357,6 +357,8 @@ public struct FixedListener: Sendable, Hashable {
 public struct AdminSettings: Sendable, Hashable {
     public var listen: HostPort
     public var allowClients: [CIDR]
+    /// `/readyz` answers 503 while an identity that a route names has no valid certificate.
+    public var readyRequiresValidIdentities = false
 
     public init(listen: HostPort, allowClients: [CIDR] = []) {
         self.listen = listen
@@ -383,6 +385,8 @@ public struct LogSettings: Sendable, Hashable {
     public var access: Access = .stdout
     public var format: Format = .json
     public var level: Level = .info
+    /// The proxy's own (operational) log lines on stderr: text, or one JSON object a line for log shippers.
+    public var operationalFormat: Format = .text
 
     public init() {}
 }

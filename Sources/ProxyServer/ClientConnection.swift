@@ -315,8 +315,35 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let framing = Result { try BodyFraming.forRequest(head) }
         perform(machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining,
                                    requestComplete: (try? framing.get()) == BodyFraming.none))
-        switch RequestDecision.decide(head, framing: framing, kind: kind, runtime: runtime, authenticator: worker.authenticator,
-                                      exchange: &exchange) {
+        // Proxy credentials: a bcrypt check runs off the loop and the exchange resumes in `authenticationFinished`;
+        // meanwhile the machine is `exchanging` with no upstream, so arriving body bytes stay in the input.
+        if case .forward = kind, let authenticator = worker.authenticator {
+            let outcome = authenticator.check(head.headers.first("Proxy-Authorization"), peer: peer, worker: worker) { [weak self] in
+                self?.authenticationFinished(head, framing, $0)
+            }
+            guard let outcome else { return }
+            guard outcome == .allowed else { refuseAuthentication(head, framing, outcome); return }
+        }
+        decideExchange(head, framing)
+    }
+
+    /// The answer of an off-loop credential check, on this loop.
+    private func authenticationFinished(_ head: RequestHead, _ framing: Result<BodyFraming, any Error>, _ outcome: AuthOutcome) {
+        guard !finished, machine.isExchanging, upstream == nil, exchange.request != nil else { return }
+        guard outcome == .allowed else { refuseAuthentication(head, framing, outcome); return }
+        decideExchange(head, framing)
+        // Body bytes that arrived during the check.
+        if upstream != nil, evbuffer_get_length(input) > 0 { pumpRequestBody() }
+    }
+
+    private func refuseAuthentication(_ head: RequestHead, _ framing: Result<BodyFraming, any Error>, _ outcome: AuthOutcome) {
+        let hasBody = (try? framing.get()).map { $0 != .none } ?? true
+        let (response, headers) = outcome.refusal(credentialsSent: head.headers.contains("Proxy-Authorization"))
+        sendError(response, close: hasBody || head.method == "CONNECT" || outcome != .denied, extraHeaders: headers)
+    }
+
+    private func decideExchange(_ head: RequestHead, _ framing: Result<BodyFraming, any Error>) {
+        switch RequestDecision.decide(head, framing: framing, kind: kind, runtime: runtime, exchange: &exchange) {
         case .answer(let response, let close, let extraHeaders):
             sendError(response, close: close, extraHeaders: extraHeaders)
         case .tunnel:
@@ -791,8 +818,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         worker.accessLog.write(exchange.record)
         let metrics = worker.metrics
         let record = exchange.record
-        metrics.countRequest(route: record.route.isEmpty ? "-" : record.route, identity: record.identity, status: record.status)
-        metrics.shared.duration.recordNanoseconds(Int64(micros) * 1000)
+        let route = record.route.isEmpty ? "-" : record.route
+        metrics.countRequest(route: route, identity: record.identity, status: record.status)
+        metrics.observeDuration(route: route, nanoseconds: Int64(micros) * 1000)
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))
         exchange.startMicros = 0

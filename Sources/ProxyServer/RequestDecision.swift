@@ -2,7 +2,7 @@ import HTTP1
 import ProxyConfig
 import TLS
 
-/// What becomes of a parsed request head on a given listener: forwarded upstream (with everything the exchange
+/// What becomes of a parsed request head (whose proxy credentials, if any are required, were accepted) on a given listener: forwarded upstream (with everything the exchange
 /// needs), turned into a tunnel (CONNECT), or answered by the proxy. No sockets: it reads the runtime's routes and
 /// TLS contexts, and fills the exchange's access record as it decides.
 enum RequestDecision {
@@ -14,15 +14,7 @@ enum RequestDecision {
 
     /// `framing` is the request's body framing as `BodyFraming.forRequest` found it (computed once per head).
     static func decide(_ head: RequestHead, framing requestFraming: Result<BodyFraming, any Error>, kind: ListenerKind,
-                       runtime: ProxyRuntime, authenticator: ProxyAuthenticator?, exchange: inout Exchange) -> RequestDecision {
-        if case .forward = kind, let authenticator, !authenticator.allows(head.headers.first("Proxy-Authorization")) {
-            let hasBody = (try? requestFraming.get()).map { $0 != .none } ?? true
-            return .answer(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
-                                              details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
-                                              advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
-                           close: hasBody || head.method == "CONNECT",
-                           extraHeaders: [("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")])
-        }
+                       runtime: ProxyRuntime, exchange: inout Exchange) -> RequestDecision {
         if head.method == "CONNECT" {
             switch kind {
             case .forward:
