@@ -11,6 +11,8 @@ struct AccessRecord {
     var listener: String = "proxy"
     /// A request that came inside an intercepted CONNECT tunnel.
     var intercepted = false
+    /// "plain" for a request that came as plain HTTP inside a CONNECT tunnel (to port 80); nil otherwise.
+    var tunnel: String?
     var method: String = ""
     var scheme: String = "http"
     var host: String = ""
@@ -453,6 +455,10 @@ final class LogLineBuffer {
         jsonString(r.listener)
         ascii(",\"intercepted\":")
         bool(r.intercepted)
+        if let tunnel = r.tunnel {
+            ascii(",\"tunnel\":")
+            jsonString(tunnel)
+        }
         ascii(",\"method\":")
         jsonString(r.method)
         ascii(",\"scheme\":")
@@ -538,6 +544,10 @@ final class LogLineBuffer {
         ascii(" tls=")
         rawOrDash(r.tlsVersion)
         if r.intercepted { ascii(" intercepted=true") }
+        if let tunnel = r.tunnel {
+            ascii(" tunnel=")
+            raw(tunnel)
+        }
         if let proxyStatus = r.proxyStatus {
             ascii(" proxy_status=")
             jsonString(proxyStatus)

@@ -33,6 +33,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     /// A tunnel or an upgraded connection: both sides belong to it.
     private var relay: Relay?
     private var dialer: TunnelDialer?
+    /// A tunnel answered 200 whose first bytes have not yet said how it is served.
+    private var openedTunnel: OpenedTunnel?
     /// The connection's one timer: the head deadline, the flush poll under a TLS filter, the linger deadline.
     private var timer: OpaquePointer?
     /// How far the search for the end of the request head has got (the head is drained only when complete).
@@ -171,6 +173,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         switch machine.state {
         case .awaitingHead: readHeads()
         case .exchanging: pumpRequestBody()
+        case .awaitingTunnelBytes: serveOpenedTunnel()
         case .closing: evbuffer_drain(input, evbuffer_get_length(input))
         case .dialling, .relaying, .closed: break
         }
@@ -228,7 +231,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             // The client went away (or stalled past the timeout) mid-exchange: nothing more can be delivered.
             if exchange.record.status == 0 { exchange.record.status = 499 }
             finishRecord(proxyStatus: dialer != nil ? "client closed the connection before the tunnel was open"
-                                                    : "client closed the connection before the response completed")
+                                    : openedTunnel != nil ? "client closed the tunnel before sending anything in it"
+                                    : "client closed the connection before the response completed")
         }
         perform(action)
     }
@@ -299,6 +303,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .forward: break
         case .fixed(let listener): exchange.record.listener = listener.configKey
         case .intercepted: exchange.record.intercepted = true
+        case .plainTunnel: exchange.record.tunnel = "plain"
         }
         exchange.record.method = method
         if let target {
@@ -676,8 +681,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             sendError(response, close: true)
         case .blind:
             dialTunnel(host: setup.host, port: setup.port, match: setup.match!)
-        case .intercept:
-            intercept(host: setup.host, port: setup.port)
+        case .open(let inside):
+            openTunnel(OpenedTunnel(host: setup.host, port: setup.port, inside: inside))
         }
     }
 
@@ -707,21 +712,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
-    /// Answers 200, then terminates the client's TLS with a leaf for `host` minted from the local CA, and serves
-    /// the requests inside like any other: upstream verification, the route's identity, pooling.
-    private func intercept(host: String, port: Int) {
-        let context: InterceptionContext?
-        do {
-            context = try worker.interceptionContext(for: host)
-        } catch {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "cannot mint a certificate for \(host): \(error)"),
-                      close: true)
-            return
-        }
-        guard let context else {
-            // The local CA went away (a reload) since the decision: answer as if interception were off.
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
-                                         details: "interception of \(host) is not available: no local CA is loaded"), close: true)
+    /// Answers 200 to a tunnel whose first bytes will say how it is served (`TunnelSetup.Inside`). What
+    /// interception needs (a leaf minted for the host) is made first, so that a failure is still answered in HTTP.
+    private func openTunnel(_ opened: OpenedTunnel) {
+        var opened = opened
+        if case .intercept = opened.inside.tls, let failure = opened.prepareInterception(worker: worker) {
+            sendError(failure, close: true)
             return
         }
         guard evbuffer_get_length(input) == 0 else {
@@ -729,26 +725,63 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                       close: true)
             return
         }
-        guard let session = context.makeSession() else {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
-                                         details: "cannot start TLS with the client for \(host): the TLS session could not be created"),
-                      close: true)
-            return
-        }
         let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
         established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        exchange.record.status = 200
+        openedTunnel = opened
+        machine.tunnelOpened()
+    }
+
+    /// The client's first bytes inside an opened tunnel: a TLS ClientHello or a plain HTTP request.
+    private func serveOpenedTunnel() {
+        guard let opened = openedTunnel, evbuffer_get_length(input) > 0, let first = evbuffer_pullup(input, 1) else { return }
+        openedTunnel = nil
+        switch opened.inside.service(firstByte: first[0]) {
+        case .intercept:
+            intercept(opened)
+        case .plainRequests:
+            // The CONNECT itself is not logged; each request inside is, with "tunnel": "plain". No TLS layer:
+            // the requests are read from the socket as on the forward listener.
+            kind = .plainTunnel(host: opened.host)
+            exchange = Exchange()
+            machine.servingInsideTunnel()
+            readHeads()
+        case .refuse(let response, let answerInPlain):
+            worker.logger.info("tunnel to \(opened.host):\(opened.port) from \(peer) closed: \(response.details)")
+            if answerInPlain {
+                sendError(response, close: true)
+            } else {
+                // The client speaks TLS: an HTTP answer would mean nothing to it. The record says why.
+                exchange.record.status = response.status
+                finishRecord(proxyStatus: response.proxyStatusValue)
+                perform(machine.exchangeEnded(keepAlive: false))
+            }
+        }
+    }
+
+    /// Terminates the client's TLS with the leaf minted for the tunnel's host, and serves the requests inside
+    /// like any other: upstream verification, the route's identity, pooling.
+    private func intercept(_ opened: OpenedTunnel) {
+        guard let session = opened.interception?.makeSession() else {
+            worker.logger.info("intercepted tunnel to \(opened.host) from \(peer): the TLS session could not be created")
+            teardown(reset: false)
+            return
+        }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let filter = bufferevent_openssl_filter_new(worker.base, client.bev, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
+        let socket = client.bev
+        guard let filter = bufferevent_openssl_filter_new(worker.base, socket, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
             session.discard()
             teardown(reset: false)
             return
         }
         // The CONNECT itself is not logged; each request inside is, with intercepted: true.
         client.wrap(filter: filter, tls: session)
-        kind = .intercepted(host: host, port: port)
+        kind = .intercepted(host: opened.host, port: opened.port)
         exchange = Exchange()
-        machine.intercepted()
+        machine.servingInsideTunnel()
         start()
+        // The ClientHello was read already: the filter learns of it from a read callback on the socket's side.
+        bufferevent_trigger(socket, Int16(EV_READ), Int32(BEV_TRIG_IGNORE_WATERMARKS.rawValue))
     }
 
     // MARK: ending an exchange
