@@ -206,16 +206,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let flags = Int32(what)
         // The TLS filter of an intercepted tunnel reports its completed handshake; nothing to do.
         if flags & BEV_EVENT_CONNECTED != 0 { return }
-        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead {
-            var errors: [OpenSSLErrorEntry] = []
-            while true {
-                let code = bufferevent_get_openssl_error(bev)
-                if code == 0 { break }
-                errors.append(OpenSSLErrorEntry(code: code))
-            }
-            if !errors.filter({ !$0.isPseudo }).isEmpty {
-                worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(OpenSSLErrors.describe(errors)) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
-            }
+        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead,
+           let why = OpenedTunnel.clientTLSFailure(bev) {
+            worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
         let action: ConnectionStateMachine<SystemClock>.Action
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
@@ -664,18 +657,10 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     /// CONNECT host:port: `TunnelSetup` decides; this carries the decision out.
     private func startTunnel(_ head: RequestHead) {
-        exchange.record.method = "CONNECT"
-        exchange.record.scheme = "connect"
         let setup = TunnelSetup.decide(target: head.target, router: runtime.router,
                                        interceptionEnabled: runtime.localCA != nil && runtime.config.intercept != nil)
-        exchange.record.host = setup.host
-        exchange.record.port = setup.port
-        exchange.record.path = ""
+        exchange.record.describe(setup)
         exchange.match = setup.match
-        if let match = setup.match {
-            exchange.record.route = match.label
-            if case .mtls(let identity) = match.action { exchange.record.identity = identity }
-        }
         switch setup.mode {
         case .refuse(let response):
             sendError(response, close: true)
@@ -699,8 +684,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             }
             if case .connected(let upstreamBev) = outcome {
                 self.exchange.record.status = 200
-                let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
-                established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
+                TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
                 self.startRelay(with: Endpoint(bev: upstreamBev), idleTimeout: match.timeouts.idle)
             } else if let response = ConnectFailures.response(for: outcome, host: host, port: port, timeouts: match.timeouts) {
                 self.sendError(response, close: true)
@@ -725,8 +709,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                       close: true)
             return
         }
-        let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
-        established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         exchange.record.status = 200
         openedTunnel = opened
         machine.tunnelOpened()
@@ -762,26 +745,17 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     /// Terminates the client's TLS with the leaf minted for the tunnel's host, and serves the requests inside
     /// like any other: upstream verification, the route's identity, pooling.
     private func intercept(_ opened: OpenedTunnel) {
-        guard let session = opened.interception?.makeSession() else {
-            worker.logger.info("intercepted tunnel to \(opened.host) from \(peer): the TLS session could not be created")
-            teardown(reset: false)
-            return
-        }
-        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        let socket = client.bev
-        guard let filter = bufferevent_openssl_filter_new(worker.base, socket, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
-            session.discard()
+        guard opened.startTLS(on: &client, base: worker.base) else {
+            worker.logger.info("intercepted tunnel to \(opened.host) from \(peer): TLS with the client could not be started")
             teardown(reset: false)
             return
         }
         // The CONNECT itself is not logged; each request inside is, with intercepted: true.
-        client.wrap(filter: filter, tls: session)
         kind = .intercepted(host: opened.host, port: opened.port)
         exchange = Exchange()
         machine.servingInsideTunnel()
         start()
-        // The ClientHello was read already: the filter learns of it from a read callback on the socket's side.
-        bufferevent_trigger(socket, Int16(EV_READ), Int32(BEV_TRIG_IGNORE_WATERMARKS.rawValue))
+        client.readAlreadyReceived()  // the ClientHello, read before the TLS filter went on
     }
 
     // MARK: ending an exchange
@@ -828,19 +802,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let bytes = response.serialize(version: .http11, closeConnection: !keepAlive, extraHeaders: extraHeaders)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         exchange.record.status = response.status
-        exchange.record.bytesOut += Self.bodyLength(bytes)
+        exchange.record.bytesOut += ProxyErrorResponse.bodyLength(ofSerialized: bytes)
         finishRecord(proxyStatus: response.proxyStatusValue)
         perform(machine.exchangeEnded(keepAlive: keepAlive))
-    }
-
-    /// The body length of a serialised response (what bytes_out counts).
-    private static func bodyLength(_ bytes: [UInt8]) -> Int {
-        var i = 3
-        while i < bytes.count {
-            if bytes[i] == 10 && bytes[i - 1] == 13 && bytes[i - 2] == 10 && bytes[i - 3] == 13 { return bytes.count - i - 1 }
-            i += 1
-        }
-        return 0
     }
 
     private func finishRecord(proxyStatus: String?) {

@@ -1,3 +1,4 @@
+import CEventTLS
 import HTTP1
 import TLS
 
@@ -30,5 +31,29 @@ struct OpenedTunnel {
         } catch {
             return ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "cannot mint a certificate for \(host): \(error)")
         }
+    }
+
+    /// Puts a TLS filter with a session of the minted leaf over the client's socket; false when it cannot.
+    func startTLS(on client: inout Endpoint, base: OpaquePointer) -> Bool {
+        guard let session = interception?.makeSession() else { return false }
+        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
+        guard let filter = bufferevent_openssl_filter_new(base, client.bev, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
+            session.discard()
+            return false
+        }
+        client.wrap(filter: filter, tls: session)
+        return true
+    }
+
+    /// What OpenSSL said when TLS with the client failed on an intercepted tunnel's filter `bev`; nil when it
+    /// said nothing but pseudo-errors (the client just went away).
+    static func clientTLSFailure(_ bev: OpaquePointer) -> String? {
+        var errors: [OpenSSLErrorEntry] = []
+        while true {
+            let code = bufferevent_get_openssl_error(bev)
+            if code == 0 { break }
+            errors.append(OpenSSLErrorEntry(code: code))
+        }
+        return errors.contains(where: { !$0.isPseudo }) ? OpenSSLErrors.describe(errors) : nil
     }
 }

@@ -49,6 +49,9 @@ struct TunnelSetup {
     var match: RouteMatch?
     var mode: Mode
 
+    /// The answer that opens a tunnel.
+    static let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
+
     /// The port a CONNECT names when the client tunnels an `http://` URL (undici's `ProxyAgent`, Node's fetch).
     static let plainHTTPPort = 80
 
@@ -136,5 +139,20 @@ struct TunnelSetup {
             status: 400, errorType: .httpRequestError,
             details: "plain HTTP was sent inside a CONNECT to port \(port) of \(host); the proxy expected TLS there",
             advice: "Send http:// URLs to the proxy as forward requests (HTTP_PROXY), or tunnel them to port 80; CONNECT to port \(port) carries https:// URLs.")
+    }
+}
+
+extension AccessRecord {
+    /// The CONNECT's record: its target and the host-level decision.
+    mutating func describe(_ setup: TunnelSetup) {
+        method = "CONNECT"
+        scheme = "connect"
+        host = setup.host
+        port = setup.port
+        path = ""
+        if let match = setup.match {
+            route = match.label
+            if case .mtls(let name) = match.action { identity = name }
+        }
     }
 }
