@@ -754,8 +754,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         kind = .intercepted(host: opened.host, port: opened.port)
         exchange = Exchange()
         machine.servingInsideTunnel()
-        start()
-        client.readAlreadyReceived()  // the ClientHello, read before the TLS filter went on
+        start()  // enabling the filter makes it read the ClientHello already in the socket's input
     }
 
     // MARK: ending an exchange

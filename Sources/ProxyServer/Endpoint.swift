@@ -32,13 +32,6 @@ struct Endpoint {
         self.tls = tls
     }
 
-    /// Bytes that reached the socket before the TLS filter went on (a ClientHello): the filter reads them now
-    /// rather than at the next arrival, which would not come while the client waits for the server's answer.
-    func readAlreadyReceived() {
-        guard let lower else { return }
-        bufferevent_trigger(lower, Int16(EV_READ), Int32(BEV_TRIG_IGNORE_WATERMARKS.rawValue))
-    }
-
     enum FlushStep {
         /// Bytes are still queued in some layer: call again when the top layer drained, or a moment later.
         case pending(belowTop: Bool)
