@@ -18,12 +18,41 @@ public enum Forwarding {
         return false
     }
 
+    /// Which fields stop at this hop: the fixed hop-by-hop fields and every field that `Connection` names. The
+    /// `Connection` values are read in place when a field asks, never split into an array.
+    struct HopFilter {
+        let headers: HTTPHeaders
+        /// The number of `Connection` fields, and the value of the first (the usual case is none or one).
+        let connectionCount: Int
+        let connection: String
+
+        init(_ headers: HTTPHeaders) {
+            self.headers = headers
+            var count = 0
+            var first = ""
+            for field in headers.fields where field.name.equalsIgnoringASCIICase("Connection") {
+                if count == 0 { first = field.value }
+                count += 1
+            }
+            connectionCount = count
+            connection = first
+        }
+
+        @inline(__always)
+        func drops(_ name: String) -> Bool {
+            if isHopByHop(name) { return true }
+            switch connectionCount {
+            case 0: return false
+            case 1: return listValue(connection, contains: name)
+            default: return headers.containsListElement("Connection", name)
+            }
+        }
+    }
+
     /// Removes hop-by-hop fields and every field that `Connection` names.
     public static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        let named = headers.contains("Connection") ? headers.listElements("Connection") : []
-        headers.removeAll { field in
-            isHopByHop(field.name) || named.contains { field.name.equalsIgnoringASCIICase($0) }
-        }
+        let filter = HopFilter(headers)
+        headers.removeAll { filter.drops($0.name) }
     }
 
     public static let viaToken = "1.1 mtls-proxy"
@@ -35,36 +64,57 @@ public enum Forwarding {
         name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
     }
 
+    /// Bytes the fields of `headers` take on the wire at most (a Latin-1 value is never longer than its UTF-8),
+    /// for reserving the output once.
+    @inline(__always)
+    static func wireSize(_ headers: HTTPHeaders) -> Int {
+        var n = 0
+        for field in headers.fields { n += field.name.utf8.count + field.value.utf8.count + 4 }
+        return n
+    }
+
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
     /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
+    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil) -> [UInt8] {
-        var headers = request.headers
-        stripHopByHop(&headers)
-        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) }
+        let filter = HopFilter(request.headers)
         var out: [UInt8] = []
-        out.reserveCapacity(512)
-        out.append(contentsOf: request.method.utf8)
+        out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
+                            + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
+        appendASCII(request.method, to: &out)
         out.append(0x20)
-        out.append(contentsOf: pathAndQuery.utf8)
-        out.append(contentsOf: " HTTP/1.1\r\nHost: ".utf8)
-        out.append(contentsOf: host.utf8)
-        out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out)
+        appendASCII(pathAndQuery, to: &out)
+        appendStatic(" HTTP/1.1\r\nHost: ", to: &out)
+        appendASCII(host, to: &out)
+        appendCRLF(to: &out)
+        for field in request.headers.fields {
+            let name = field.name
+            if name.equalsIgnoringASCIICase("Via") || name.equalsIgnoringASCIICase("Host") || isProxyField(name) || filter.drops(name) {
+                continue
+            }
+            appendField(name, field.value, to: &out)
+        }
         appendVia(request.headers, to: &out)
         if let upgrade {
-            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
-            out.append(contentsOf: "\r\n".utf8)
+            appendCRLF(to: &out)
         }
         switch framing {
-        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
-        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .contentLength(let n):
+            appendStatic("Content-Length: ", to: &out)
+            appendDecimal(n, to: &out)
+            appendCRLF(to: &out)
+        case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none, .untilClose:
             // A body-less POST/PUT still states its length, as clients do.
-            if ["POST", "PUT", "PATCH"].contains(request.method) { out.append(contentsOf: "Content-Length: 0\r\n".utf8) }
+            switch request.method {
+            case "POST", "PUT", "PATCH": appendStatic("Content-Length: 0\r\n", to: &out)
+            default: break
+            }
         }
-        out.append(contentsOf: "\r\n".utf8)
+        appendCRLF(to: &out)
         return out
     }
 
@@ -88,74 +138,112 @@ public enum Forwarding {
 
     /// The response head sent to the client. `locationRewrite`, when set, rewrites `Location` and
     /// `Content-Location` (sidecar listeners, and the forward path's optional https-to-http rewrite).
+    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
                                       keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
                                       locationRewrite: LocationRewrite? = nil) -> [UInt8] {
-        var headers = response.headers
-        let upstreamContentLength = headers.first("Content-Length")
-        stripHopByHop(&headers)
+        let headers = response.headers
+        let filter = HopFilter(headers)
         var out: [UInt8] = []
-        out.reserveCapacity(512)
+        out.reserveCapacity(response.reason.utf8.count + wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
-        out.append(contentsOf: "HTTP/1.1 \(response.status) ".utf8)
+        appendStatic("HTTP/1.1 ", to: &out)
+        if response.status >= 0 { appendDecimal(UInt64(response.status), to: &out) } else { appendASCII(String(response.status), to: &out) }
+        out.append(0x20)
         appendLatin1(response.reason, to: &out)
-        out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out, locationRewrite: locationRewrite)
-        appendVia(response.headers, to: &out)
+        appendCRLF(to: &out)
+        var upstreamContentLength: String?
+        for field in headers.fields {
+            let name = field.name
+            if upstreamContentLength == nil, name.equalsIgnoringASCIICase("Content-Length") { upstreamContentLength = field.value }
+            if name.equalsIgnoringASCIICase("Via") || filter.drops(name) { continue }
+            if let locationRewrite, LocationRewrite.applies(to: name), let rewritten = locationRewrite.rewrite(field.value) {
+                appendField(name, rewritten, to: &out)
+            } else {
+                appendField(name, field.value, to: &out)
+            }
+        }
+        appendVia(headers, to: &out)
         if let upgrade, response.status == 101 {
-            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
-            out.append(contentsOf: "\r\n\r\n".utf8)
+            appendStatic("\r\n\r\n", to: &out)
             return out
         }
         switch framing {
-        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
-        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .contentLength(let n):
+            appendStatic("Content-Length: ", to: &out)
+            appendDecimal(n, to: &out)
+            appendCRLF(to: &out)
+        case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none:
             // HEAD and 304 answers keep the length the upstream announced for the representation.
             if let cl = upstreamContentLength, requestMethod == "HEAD" || response.status == 304 {
-                out.append(contentsOf: "Content-Length: ".utf8)
-                out.append(contentsOf: cl.utf8)
-                out.append(contentsOf: "\r\n".utf8)
+                appendStatic("Content-Length: ", to: &out)
+                appendLatin1(cl, to: &out)
+                appendCRLF(to: &out)
             } else if response.status >= 200 && response.status != 204 && response.status != 304 {
-                out.append(contentsOf: "Content-Length: 0\r\n".utf8)
+                appendStatic("Content-Length: 0\r\n", to: &out)
             }
         case .close: break
         }
         if response.status >= 200 {
             if !keepAlive || framing == .close {
-                out.append(contentsOf: "Connection: close\r\n".utf8)
+                appendStatic("Connection: close\r\n", to: &out)
             } else if clientVersion == .http10 {
-                out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
+                appendStatic("Connection: keep-alive\r\n", to: &out)
             }
         }
-        out.append(contentsOf: "\r\n".utf8)
+        appendCRLF(to: &out)
         return out
     }
 
-    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8], locationRewrite: LocationRewrite? = nil) {
-        for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
-            appendASCII(field.name, to: &out)
-            out.append(0x3A)
-            out.append(0x20)
-            if let locationRewrite, LocationRewrite.applies(to: field.name), let rewritten = locationRewrite.rewrite(field.value) {
-                appendLatin1(rewritten, to: &out)
-            } else {
-                appendLatin1(field.value, to: &out)
-            }
-            out.append(0x0D)
-            out.append(0x0A)
-        }
+    @inline(__always)
+    static func appendField(_ name: String, _ value: String, to out: inout [UInt8]) {
+        appendASCII(name, to: &out)
+        out.append(0x3A)
+        out.append(0x20)
+        appendLatin1(value, to: &out)
+        appendCRLF(to: &out)
     }
 
+    /// `Via`: the values received (in order), then this hop.
     static func appendVia(_ original: HTTPHeaders, to out: inout [UInt8]) {
-        let previous = original.values("Via")
-        out.append(contentsOf: "Via: ".utf8)
-        for v in previous {
-            appendLatin1(v, to: &out)
-            out.append(contentsOf: ", ".utf8)
+        appendStatic("Via: ", to: &out)
+        for field in original.fields where field.name.equalsIgnoringASCIICase("Via") {
+            appendLatin1(field.value, to: &out)
+            appendStatic(", ", to: &out)
         }
-        out.append(contentsOf: viaToken.utf8)
-        out.append(contentsOf: "\r\n".utf8)
+        appendStatic("1.1 mtls-proxy\r\n", to: &out)
+    }
+}
+
+/// Appends a string literal's bytes (its storage is static and contiguous).
+@inline(__always)
+func appendStatic(_ literal: StaticString, to out: inout [UInt8]) {
+    out.append(contentsOf: UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+}
+
+@inline(__always)
+func appendCRLF(to out: inout [UInt8]) {
+    out.append(0x0D)
+    out.append(0x0A)
+}
+
+/// Appends `value` in decimal, without making a String.
+@inline(__always)
+func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
+    var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                 UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    var v = value
+    var count = 0
+    withUnsafeMutableBytes(of: &digits) { buffer in
+        repeat {
+            buffer[19 - count] = UInt8(v % 10) + 0x30
+            v /= 10
+            count += 1
+        } while v > 0
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[(20 - count)...]))
     }
 }
