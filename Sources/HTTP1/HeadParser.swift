@@ -115,6 +115,8 @@ public enum HeadParser {
 
     private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
         var fields: [HTTPField] = []
+        // Reserved once at the number of lines left (the head is complete), not grown field by field.
+        fields.reserveCapacity(min(lines.remainingLineCount(), limits.maxHeaderCount + 1))
         while let line = lines.next() {
             guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
             if line.first == 0x20 || line.first == 0x09 { throw HTTPParseError.obsoleteLineFolding }
@@ -143,6 +145,17 @@ public enum HeadParser {
             var p = 0
             while p + 1 < bytes.count, bytes[p] == 0x0D, bytes[p + 1] == 0x0A { p += 2 }
             self.position = p
+        }
+
+        /// How many LF bytes remain: an upper bound on the lines left.
+        func remainingLineCount() -> Int {
+            var n = 0
+            var i = position
+            while i < bytes.count {
+                if bytes[i] == 0x0A { n += 1 }
+                i += 1
+            }
+            return n
         }
 
         mutating func next() -> Slice<UnsafeRawBufferPointer>? {

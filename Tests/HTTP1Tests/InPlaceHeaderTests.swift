@@ -99,4 +99,29 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(throws: HTTPParseError.self) { try framing("Transfer-Encoding: gzip, chunked\r\n") }
         #expect(try framing("Content-Length: 3, 3\r\n") == .contentLength(3))
     }
+
+    @Test func absoluteTargetsParsedInPlace() throws {
+        let t = try AbsoluteTarget.parse("HTTP://Host.Example.TEST.?x=1")
+        #expect(t.scheme == "http" && t.host == "host.example.test" && t.explicitPort == nil && t.pathAndQuery == "/?x=1")
+        let v6 = try AbsoluteTarget.parse("HttpS://[::1]:8443")
+        #expect(v6.scheme == "https" && v6.host == "::1" && v6.explicitPort == 8443 && v6.pathAndQuery == "/")
+        #expect(v6.isIPv6Literal && v6.hostHeader(port: 8443, defaultPort: 443) == "[::1]:8443")
+        #expect(try AbsoluteTarget.parse("http://a.test:80/p/q").hostHeader(port: 80, defaultPort: 443) == "a.test:80")
+        #expect(try AbsoluteTarget.parse("http://a.test/p/q").hostHeader(port: 443, defaultPort: 443) == "a.test")
+        for bad in ["ftp://a/", "/x", "http://a/#f", "http://u@a/", "http://", "http://a:0/", "http://a:65536/", "http://a..b/",
+                    "http:/a/", "h://a/"] {
+            #expect(throws: HTTPParseError.self, "\(bad)") { try AbsoluteTarget.parse(bad) }
+        }
+    }
+
+    @Test func headsWithManyFieldsAndTrailingPartialLines() throws {
+        let many = (0..<200).map { "X-\($0): \($0)\r\n" }.joined()
+        let head = try HeadParser.parseRequest(Array("GET / HTTP/1.1\r\nHost: a\r\n\(many)\r\n".utf8))
+        #expect(head.headers.count == 201 && head.headers.first("X-199") == "199")
+        let tooMany = (0..<256).map { "X-\($0): \($0)\r\n" }.joined()
+        #expect(throws: HTTPParseError.self) { try HeadParser.parseRequest(Array("GET / HTTP/1.1\r\nHost: a\r\n\(tooMany)\r\n".utf8)) }
+        // A line without its CRLF at the very end is not part of the head (the framing decides where a head ends).
+        let partial = try HeadParser.parseRequest(Array("GET / HTTP/1.1\r\nHost: a\r\nX: y".utf8))
+        #expect(partial.headers.count == 1)
+    }
 }
