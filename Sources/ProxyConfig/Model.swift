@@ -276,9 +276,9 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
 
 public struct Route: Sendable, Hashable {
     /// 1-based position in the file.
-    public var index: Int
-    public var name: String?
-    public var host: HostPattern
+    public var index: Int { didSet { label = Route.label(index: index, name: name, host: host) } }
+    public var name: String? { didSet { label = Route.label(index: index, name: name, host: host) } }
+    public var host: HostPattern { didSet { label = Route.label(index: index, name: name, host: host) } }
     public var port: Int?
     public var pathPrefix: String?
     public var action: RouteAction
@@ -305,10 +305,14 @@ public struct Route: Sendable, Hashable {
         self.connect = connect
         self.trust = trust
         self.timeouts = timeouts
+        self.label = Route.label(index: index, name: name, host: host)
     }
 
-    /// How logs and error messages name the route: its `name`, else its position and host.
-    public var label: String {
+    /// How logs and error messages name the route: its `name`, else its position and host. Made once, when the
+    /// route is (logs and metrics read it on every request).
+    public private(set) var label: String
+
+    static func label(index: Int, name: String?, host: HostPattern) -> String {
         if let name { return name }
         return "route[\(index)] \(host)"
     }
