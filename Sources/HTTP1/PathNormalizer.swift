@@ -34,6 +34,14 @@ public enum PathNormalizer {
 
     /// Normalises `path` (no query; it starts with `/`) under `allowing` relaxations.
     public static func normalize(_ path: Substring, allowing: Relaxations = []) -> Result<Canonical, PathRefusal> {
+        // The common case, a path already in its canonical form, is the path itself: no copy is made (a String
+        // made from a whole-string Substring shares its storage).
+        if isPlainlyCanonical(path) { return .success(Canonical(path: String(path), used: [])) }
+        return normalizeFully(path, allowing: allowing)
+    }
+
+    /// The full pass: every byte judged, escapes decoded or upper-cased into a new path.
+    static func normalizeFully(_ path: Substring, allowing: Relaxations) -> Result<Canonical, PathRefusal> {
         let input = Array(path.utf8)
         guard input.first == slash else { return .failure(.notAbsolute) }
         var out: [UInt8] = []
@@ -92,6 +100,23 @@ public enum PathNormalizer {
         }
         if let refusal = dotSegment(out[segmentStart...]) { return .failure(refusal) }
         return .success(Canonical(path: String(decoding: out, as: UTF8.self), used: used))
+    }
+
+    /// Whether `path` is canonical as it stands, in one scan: it starts with `/` and holds only visible ASCII
+    /// other than `%` and `\`, no `//`, and no segment starting with `.` (dot segments and their parameter forms
+    /// are judged by the full pass). False sends the path through the full pass, which decides.
+    static func isPlainlyCanonical(_ path: Substring) -> Bool {
+        let check = path.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard bytes.first == slash else { return false }
+            var previous: UInt8 = 0
+            for c in bytes {
+                guard c > 0x20 && c < 0x7F && c != percent && c != backslash else { return false }
+                if previous == slash && (c == slash || c == dot) { return false }
+                previous = c
+            }
+            return true
+        }
+        return check ?? false
     }
 
     /// `.` and `..` (already decoded), also with path parameters (`..;x`, `.;`) or an encoded `;` (`..%3B`):
