@@ -113,24 +113,66 @@ public enum HeadParser {
         throw HTTPParseError.invalidRequestLine
     }
 
+    /// The field lines, each read in one pass over its bytes: the line end, the colon, and whether the name is a
+    /// token and the value is made of field characters (and is ASCII) are found together. Errors are reported
+    /// in the order the checks are listed at the top, for a line that ends in CRLF; an unterminated last line is
+    /// not part of the head.
     private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
         var fields: [HTTPField] = []
         // Reserved once at the number of lines left (the head is complete), not grown field by field.
         fields.reserveCapacity(min(lines.remainingLineCount(), limits.maxHeaderCount + 1))
-        while let line = lines.next() {
+        let bytes = lines.bytes.bindMemory(to: UInt8.self)
+        let n = bytes.count
+        var p = lines.position
+        defer { lines.position = p }
+        while p + 1 < n {
+            if bytes[p] == 0x0D && bytes[p + 1] == 0x0A {  // the empty line
+                p += 2
+                break
+            }
+            var i = p
+            var colon = -1
+            var nameIsToken = true
+            var valueIsValid = true
+            var valueIsASCII = true
+            var lineEnd = -1
+            while i + 1 < n {
+                let c = bytes[i]
+                if c == 0x0D && bytes[i + 1] == 0x0A {
+                    lineEnd = i
+                    break
+                }
+                if colon >= 0 {
+                    if !isFieldValueChar(c) { valueIsValid = false }
+                    if c >= 0x80 { valueIsASCII = false }
+                } else if c == 0x3A {
+                    colon = i
+                } else if !isTokenChar(c) {
+                    nameIsToken = false
+                }
+                i += 1
+            }
+            guard lineEnd >= 0 else {
+                p = n
+                break
+            }
             guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
-            if line.first == 0x20 || line.first == 0x09 { throw HTTPParseError.obsoleteLineFolding }
-            guard let colon = line.firstIndex(of: 0x3A) else { throw HTTPParseError.headerWithoutColon }
-            let name = line[line.startIndex..<colon]
-            if let last = name.last, last == 0x20 || last == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
-            guard !name.isEmpty, name.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidFieldName }
-            var value = line[(colon + 1)...]
-            while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
-            while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
-            let nameString = ascii(name)
-            guard value.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidFieldValue(name: nameString) }
-            fields.append(HTTPField(name: nameString, value: latin1(value)))
+            if bytes[p] == 0x20 || bytes[p] == 0x09 { throw HTTPParseError.obsoleteLineFolding }
+            guard colon >= 0 else { throw HTTPParseError.headerWithoutColon }
+            if colon > p, bytes[colon - 1] == 0x20 || bytes[colon - 1] == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
+            guard colon > p, nameIsToken else { throw HTTPParseError.invalidFieldName }
+            var valueStart = colon + 1
+            var valueEnd = lineEnd
+            while valueStart < valueEnd && (bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09) { valueStart += 1 }
+            while valueEnd > valueStart && (bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+            let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self)
+            guard valueIsValid else { throw HTTPParseError.invalidFieldValue(name: name) }
+            let valueBytes = UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd])
+            let value = valueIsASCII ? String(decoding: valueBytes, as: UTF8.self) : latin1(valueBytes)
+            fields.append(HTTPField(name: name, value: value))
+            p = lineEnd + 2
         }
+        if p + 1 >= n && p < n { p = n }
         return HTTPHeaders(fields)
     }
 
