@@ -7,15 +7,50 @@ public enum Forwarding {
         "te", "trailer", "upgrade", "transfer-encoding", "content-length",
     ]
 
+    /// What a field name means to forwarding.
+    enum FieldRole: Equatable {
+        case other
+        /// One of the fixed hop-by-hop fields other than these two:
+        case hopByHop
+        case connection
+        /// Hop-by-hop too (the proxy frames each hop itself); HEAD and 304 answers keep its value.
+        case contentLength
+        case via
+        case host
+    }
+
+    /// The role of `name`, found with one switch on its length and at most two comparisons.
+    @inline(__always)
+    static func role(_ name: String) -> FieldRole {
+        var name = name
+        return name.withUTF8 { b -> FieldRole in
+            switch b.count {
+            case 2: return bytesEqualIgnoringASCIICase(b, "te") ? .hopByHop : .other
+            case 3: return bytesEqualIgnoringASCIICase(b, "via") ? .via : .other
+            case 4: return bytesEqualIgnoringASCIICase(b, "host") ? .host : .other
+            case 7: return bytesEqualIgnoringASCIICase(b, "trailer") || bytesEqualIgnoringASCIICase(b, "upgrade") ? .hopByHop : .other
+            case 10:
+                if bytesEqualIgnoringASCIICase(b, "connection") { return .connection }
+                return bytesEqualIgnoringASCIICase(b, "keep-alive") ? .hopByHop : .other
+            case 14: return bytesEqualIgnoringASCIICase(b, "content-length") ? .contentLength : .other
+            case 16: return bytesEqualIgnoringASCIICase(b, "proxy-connection") ? .hopByHop : .other
+            case 17: return bytesEqualIgnoringASCIICase(b, "transfer-encoding") ? .hopByHop : .other
+            case 18: return bytesEqualIgnoringASCIICase(b, "proxy-authenticate") ? .hopByHop : .other
+            case 19: return bytesEqualIgnoringASCIICase(b, "proxy-authorization") ? .hopByHop : .other
+            default: return .other
+            }
+        }
+    }
+
     /// Whether `name` is one of the fixed hop-by-hop fields (compared without allocating).
     @inline(__always)
     static func isHopByHop(_ name: String) -> Bool {
-        let n = name.utf8.count
-        guard n == 2 || (n >= 7 && n <= 19) else { return false }
-        for candidate in hopByHop where candidate.utf8.count == n && name.equalsIgnoringASCIICase(candidate) {
-            return true
-        }
-        return false
+        isHopByHop(role(name))
+    }
+
+    @inline(__always)
+    static func isHopByHop(_ role: FieldRole) -> Bool {
+        role == .hopByHop || role == .connection || role == .contentLength
     }
 
     /// Which fields stop at this hop: the fixed hop-by-hop fields and every field that `Connection` names. The
@@ -30,7 +65,7 @@ public enum Forwarding {
             self.headers = headers
             var count = 0
             var first = ""
-            for field in headers.fields where field.name.equalsIgnoringASCIICase("Connection") {
+            for field in headers.fields where field.name.utf8.count == 10 && field.name.equalsIgnoringASCIICase("Connection") {
                 if count == 0 { first = field.value }
                 count += 1
             }
@@ -40,7 +75,12 @@ public enum Forwarding {
 
         @inline(__always)
         func drops(_ name: String) -> Bool {
-            if isHopByHop(name) { return true }
+            isHopByHop(name) || namedByConnection(name)
+        }
+
+        /// Whether a `Connection` field lists `name`.
+        @inline(__always)
+        func namedByConnection(_ name: String) -> Bool {
             switch connectionCount {
             case 0: return false
             case 1: return listValue(connection, contains: name)
@@ -90,9 +130,8 @@ public enum Forwarding {
         appendCRLF(to: &out)
         for field in request.headers.fields {
             let name = field.name
-            if name.equalsIgnoringASCIICase("Via") || name.equalsIgnoringASCIICase("Host") || isProxyField(name) || filter.drops(name) {
-                continue
-            }
+            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields.
+            guard role(name) == .other, !isProxyField(name), !filter.namedByConnection(name) else { continue }
             appendField(name, field.value, to: &out)
         }
         appendVia(request.headers, to: &out)
@@ -155,8 +194,10 @@ public enum Forwarding {
         var upstreamContentLength: String?
         for field in headers.fields {
             let name = field.name
-            if upstreamContentLength == nil, name.equalsIgnoringASCIICase("Content-Length") { upstreamContentLength = field.value }
-            if name.equalsIgnoringASCIICase("Via") || filter.drops(name) { continue }
+            let role = role(name)
+            if role == .contentLength && upstreamContentLength == nil { upstreamContentLength = field.value }
+            // Dropped: hop-by-hop fields and Via (written below with this hop).
+            guard role == .other || role == .host, !filter.namedByConnection(name) else { continue }
             if let locationRewrite, LocationRewrite.applies(to: name), let rewritten = locationRewrite.rewrite(field.value) {
                 appendField(name, rewritten, to: &out)
             } else {
@@ -210,7 +251,7 @@ public enum Forwarding {
     /// `Via`: the values received (in order), then this hop.
     static func appendVia(_ original: HTTPHeaders, to out: inout [UInt8]) {
         appendStatic("Via: ", to: &out)
-        for field in original.fields where field.name.equalsIgnoringASCIICase("Via") {
+        for field in original.fields where field.name.utf8.count == 3 && field.name.equalsIgnoringASCIICase("Via") {
             appendLatin1(field.value, to: &out)
             appendStatic(", ", to: &out)
         }

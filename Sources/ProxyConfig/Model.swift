@@ -252,7 +252,22 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .any: return true
         case .exact(let name): return host == name
-        case .subdomains(let base): return host.count > base.count + 1 && host.hasSuffix("." + base)
+        case .subdomains(let base):
+            // Hosts and patterns are ASCII (both are checked when read): compare bytes, without making "." + base.
+            // Anything else keeps the character-wise reading.
+            var hostText = host, baseText = base
+            let byBytes: Bool? = hostText.withUTF8 { h in
+                baseText.withUTF8 { b -> Bool? in
+                    for c in h where c >= 0x80 { return nil }
+                    for c in b where c >= 0x80 { return nil }
+                    guard h.count > b.count + 1 else { return false }
+                    let dot = h.count - b.count - 1
+                    guard h[dot] == UInt8(ascii: ".") else { return false }
+                    for k in 0..<b.count where h[dot + 1 + k] != b[k] { return false }
+                    return true
+                }
+            }
+            return byBytes ?? (host.count > base.count + 1 && host.hasSuffix("." + base))
         }
     }
 

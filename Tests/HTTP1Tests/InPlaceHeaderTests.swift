@@ -125,3 +125,26 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(partial.headers.count == 1)
     }
 }
+
+@Suite struct FieldRoleTests {
+    /// The role switch names exactly the fixed hop-by-hop fields, whatever their case.
+    @Test func rolesAgreeWithTheHopByHopList() {
+        let names = Forwarding.hopByHop + ["via", "host", "x", "tE", "te2", "vía", "Hosts", "Connectio", "keep_alive", "Content-Type",
+                                           "Proxy-Status", "Transfer-Encodings", "upgrade-insecure-requests", ""]
+        for name in names {
+            for spelled in [name, name.uppercased(), String(name.enumerated().map { $0.offset % 2 == 0 ? Character($0.element.uppercased()) : $0.element })] {
+                let listed = Forwarding.hopByHop.contains { $0.equalsIgnoringASCIICase(spelled) }
+                #expect(Forwarding.isHopByHop(spelled) == listed, "\(spelled)")
+            }
+        }
+        #expect(Forwarding.role("VIA") == .via && Forwarding.role("Host") == .host && Forwarding.role("CONNECTION") == .connection)
+        #expect(Forwarding.role("content-LENGTH") == .contentLength && Forwarding.role("Hostx") == .other)
+    }
+
+    @Test func responsesKeepHostAndRequestsDropIt() throws {
+        let response = try HeadParser.parseResponse(Array("HTTP/1.1 200 OK\r\nHost: h\r\nContent-Length: 1\r\n\r\n".utf8))
+        let out = String(decoding: Forwarding.clientResponse(response, framing: .contentLength(1), requestMethod: "GET", keepAlive: true,
+                                                             clientVersion: .http11), as: UTF8.self)
+        #expect(out == "HTTP/1.1 200 OK\r\nHost: h\r\nVia: 1.1 mtls-proxy\r\nContent-Length: 1\r\n\r\n")
+    }
+}

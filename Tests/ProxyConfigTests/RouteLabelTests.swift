@@ -22,3 +22,16 @@ private let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), id
         #expect(Router(routes: [named], unmatched: .deny, upstream: UpstreamSettings()).match(host: "a.test", port: 443, path: "/").label == "eu")
     }
 }
+
+@Suite struct HostPatternMatchTests {
+    @Test func subdomainPatternsMatchByBytes() {
+        let pattern = HostPattern.subdomains(of: "example.com")
+        for (host, expected) in [("a.example.com", true), ("a.b.example.com", true), ("example.com", false), (".example.com", false),
+                                 ("aexample.com", false), ("a.example.co", false), ("a.example.comx", false), ("a-example.com", false),
+                                 ("", false), ("é.example.com", true)] {
+            #expect(pattern.matches(host) == expected, "\(host)")
+        }
+        #expect(HostPattern.exact("a.test").matches("a.test") && !HostPattern.exact("a.test").matches("b.a.test"))
+        #expect(HostPattern.any.matches("anything"))
+    }
+}
