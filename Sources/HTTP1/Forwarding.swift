@@ -97,6 +97,17 @@ public enum Forwarding {
 
     public static let viaToken = "1.1 mtls-proxy"
 
+    /// The `Upgrade` protocols passed on to the upstream, or nil when none is. HTTP/2 (`h2c`, `h2`) is never
+    /// passed on: after it, one connection carries any number of requests for any path, and none of them would
+    /// be routed (a path-scoped deny or identity route would be skipped: "h2c smuggling").
+    public static func forwardableUpgrade(_ value: String) -> String? {
+        let kept = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }.filter { token in
+            let name = token.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+            return !token.isEmpty && !name.equalsIgnoringASCIICase("h2c") && !name.equalsIgnoringASCIICase("h2")
+        }
+        return kept.isEmpty ? nil : kept.joined(separator: ", ")
+    }
+
     /// Request fields a client may not make the proxy send upstream: anything addressed to a proxy (`Proxy-*`:
     /// credentials, status, connection options of the client-proxy hop).
     @inline(__always)
@@ -111,6 +122,15 @@ public enum Forwarding {
         var n = 0
         for field in headers.fields { n += field.name.utf8.count + field.value.utf8.count + 4 }
         return n
+    }
+
+    /// Fields that some frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) read as the request path in place of
+    /// the request line: forwarded, they would let a client name a path that no route decided.
+    static let pathOverrideFields = ["x-original-url", "x-rewrite-url", "x-original-uri"]
+
+    @inline(__always)
+    static func isPathOverrideField(_ name: String) -> Bool {
+        name.utf8.count >= 13 && name.utf8.count <= 14 && pathOverrideFields.contains { name.equalsIgnoringASCIICase($0) }
     }
 
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
@@ -130,8 +150,9 @@ public enum Forwarding {
         appendCRLF(to: &out)
         for field in request.headers.fields {
             let name = field.name
-            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields.
-            guard role(name) == .other, !isProxyField(name), !filter.namedByConnection(name) else { continue }
+            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields,
+            // and fields some frameworks read as the request path (X-Original-URL and the like).
+            guard role(name) == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
             appendField(name, field.value, to: &out)
         }
         appendVia(request.headers, to: &out)

@@ -30,6 +30,17 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case chunkLineTooLong
     case invalidTrailer
 
+    /// The registered transfer codings a Transfer-Encoding value names, e.g. ` (gzip, chunked)`; anything else
+    /// in the value is left out, since a header value may carry a secret.
+    static func registeredCodings(_ value: String) -> String {
+        let registered: Set<String> = ["chunked", "compress", "deflate", "gzip", "identity", "trailers", "x-compress", "x-gzip", "br", "zstd"]
+        let named = value.split(separator: ",").map { element in
+            String(element.prefix { $0 != ";" }.filter { $0 != " " && $0 != "\t" }).lowercased()
+        }
+        let shown = named.map { registered.contains($0) ? $0 : "an unregistered coding" }
+        return named.isEmpty ? "" : " (\(shown.joined(separator: ", ")))"
+    }
+
     public var description: String {
         switch self {
         case .headTooLarge(let limit): return "request line and headers exceed \(limit) bytes"
@@ -49,7 +60,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .contentLengthAndTransferEncoding: return "both Content-Length and Transfer-Encoding"
         case .invalidContentLength: return "Content-Length is not a non-negative decimal number"
         case .conflictingContentLength: return "conflicting Content-Length values"
-        case .unsupportedTransferEncoding(let te): return "unsupported Transfer-Encoding \"\(te)\" (only chunked is accepted)"
+        case .unsupportedTransferEncoding(let te): return "unsupported Transfer-Encoding\(Self.registeredCodings(te)) (only chunked is accepted)"
         case .transferEncodingInHTTP10: return "Transfer-Encoding in an HTTP/1.0 message"
         case .missingHost: return "HTTP/1.1 request without a Host header"
         case .multipleHosts: return "more than one Host header"

@@ -119,6 +119,62 @@ public enum PathNormalizer {
         return check ?? false
     }
 
+    /// How servers that read a canonical path differently would see it, each with the refusal to give when
+    /// that reading reaches another route: with `;parameters` (raw or `%3B`) cut from every segment, as Tomcat,
+    /// Spring and Jetty do (`/admin;x/s` is `/admin/s`, `/;x/admin` is `/admin`); with kept `%2F` and `%5C`
+    /// decoded into separators, as nginx and Python's http.server do; and both. Empty segments that result are
+    /// merged, as those servers do. Empty when no server reads `canonical` differently.
+    public static func otherReadings(of canonical: String) -> [(path: String, refusal: PathRefusal)] {
+        // Every routed request asks: a path without `;` or `%` (the usual one) has no other reading, found by one
+        // scan without copying it.
+        let plain = canonical.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            for c in bytes where c == semicolon || c == percent { return false }
+            return true
+        }
+        if plain == true { return [] }
+        let bytes = Array(canonical.utf8)
+        let hasParameters = bytes.contains(semicolon) || containsEscape(bytes, 0x3B)
+        let hasEscapedSlashes = containsEscape(bytes, slash) || containsEscape(bytes, backslash)
+        var readings: [(path: String, refusal: PathRefusal)] = []
+        if hasParameters { readings.append((reading(bytes, stripParameters: true, decodeSlashes: false), .pathParameters)) }
+        if hasEscapedSlashes { readings.append((reading(bytes, stripParameters: false, decodeSlashes: true), .escapedSlashReading)) }
+        if hasParameters && hasEscapedSlashes {
+            readings.append((reading(bytes, stripParameters: true, decodeSlashes: true), .escapedSlashReading))
+        }
+        return readings
+    }
+
+    private static func containsEscape(_ bytes: [UInt8], _ byte: UInt8) -> Bool {
+        firstIndex(of: [percent, hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0xF)]], in: bytes[...]) != nil
+    }
+
+    private static func reading(_ bytes: [UInt8], stripParameters: Bool, decodeSlashes: Bool) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var inParameters = false
+        var i = 0
+        func separator() {
+            inParameters = false
+            if out.last != slash { out.append(slash) }
+        }
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == slash { separator(); i += 1; continue }
+            if c == percent, i + 2 < bytes.count, let high = hexValue(bytes[i + 1]), let low = hexValue(bytes[i + 2]) {
+                let byte = high << 4 | low
+                if decodeSlashes && (byte == slash || byte == backslash) { separator(); i += 3; continue }
+                if stripParameters && byte == semicolon { inParameters = true }
+                if !inParameters { out.append(contentsOf: bytes[i..<(i + 3)]) }
+                i += 3
+                continue
+            }
+            if stripParameters && c == semicolon { inParameters = true }
+            if !inParameters { out.append(c) }
+            i += 1
+        }
+        return out.isEmpty ? "/" : String(decoding: out, as: UTF8.self)
+    }
+
     /// `.` and `..` (already decoded), also with path parameters (`..;x`, `.;`) or an encoded `;` (`..%3B`):
     /// Tomcat and other servers drop the parameters and then resolve the dot segment.
     static func dotSegment(_ segment: ArraySlice<UInt8>) -> PathRefusal? {
@@ -160,6 +216,7 @@ public enum PathNormalizer {
     static let backslash = UInt8(ascii: "\\")
     static let percent = UInt8(ascii: "%")
     static let dot = UInt8(ascii: ".")
+    static let semicolon = UInt8(ascii: ";")
 }
 
 /// Why a request path was refused: each case is one spelling that some server reads as a different path.
@@ -179,6 +236,10 @@ public enum PathRefusal: Error, Sendable, Hashable, CustomStringConvertible {
     case controlCharacter
     /// `%` not followed by two hex digits.
     case invalidEscape
+    /// `;` parameters that servers which strip them (Tomcat, Spring, Jetty) read as a path another route matches.
+    case pathParameters
+    /// A kept `%2F` or `%5C` that a server decoding it into a separator reads as a path another route matches.
+    case escapedSlashReading
 
     /// One line, for Proxy-Status `details` and the body. Never quotes the request.
     public var description: String {
@@ -194,6 +255,8 @@ public enum PathRefusal: Error, Sendable, Hashable, CustomStringConvertible {
         case .nonASCII: return "non-ASCII byte in the path"
         case .controlCharacter: return "control character in the path"
         case .invalidEscape: return "malformed percent escape (% not followed by two hex digits) in the path"
+        case .pathParameters: return "path parameter (;) that servers stripping it would read as a path another route matches"
+        case .escapedSlashReading: return "encoded slash (%2F or %5C) that servers decoding it would read as a path another route matches"
         }
     }
 

@@ -53,7 +53,8 @@ public struct AbsoluteTarget: Sendable, Equatable {
         // its String, the path and query copied once (a String that small is stored inline, without allocating).
         return try text.withUTF8 { utf8 in
             guard let schemeEnd = findSchemeSeparator(utf8) else {
-                if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (\"\(target.prefix(64))\"): send an absolute URL such as http://host/path through the proxy") }
+                // The target itself is never quoted: its query may carry a secret.
+                if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
                 throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
             }
             let schemeBytes = UnsafeBufferPointer(rebasing: utf8[0..<schemeEnd])
@@ -63,8 +64,11 @@ public struct AbsoluteTarget: Sendable, Equatable {
             } else if bytesEqualIgnoringASCIICase(schemeBytes, "https") {
                 scheme = "https"
             } else {
-                let lowered = String(decoding: schemeBytes, as: UTF8.self).asciiLowercased
-                throw HTTPParseError.invalidTarget("scheme \"\(lowered)\" is not supported; use http://")
+                let scheme = String(decoding: schemeBytes, as: UTF8.self).asciiLowercased
+                // Named only when it is a well-known scheme: what precedes "://" may be a query carrying a secret.
+                let known: Set<String> = ["ftp", "ws", "wss", "file", "gopher", "socks", "socks4", "socks5", "h2", "h2c", "git", "ssh"]
+                throw HTTPParseError.invalidTarget(known.contains(scheme) ? "scheme \"\(scheme)\" is not supported; use http://"
+                                                                          : "the URL's scheme is not supported; use http://")
             }
             let authorityStart = schemeEnd + 3
             var authorityEnd = authorityStart
@@ -112,12 +116,13 @@ public struct AbsoluteTarget: Sendable, Equatable {
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
         var hostBytes: Slice<UnsafeBufferPointer<UInt8>>
         var portBytes: Slice<UnsafeBufferPointer<UInt8>>?
+        var canonicalIPv6: String?
         if authority[0] == 0x5B {  // [IPv6]
             guard let close = authority.firstIndex(of: 0x5D) else { throw HTTPParseError.invalidHost }
             hostBytes = authority[1..<close]
-            guard hostBytes.allSatisfy({ isHexDigit($0) || $0 == 0x3A || $0 == 0x2E }), hostBytes.contains(0x3A) else {
-                throw HTTPParseError.invalidHost
-            }
+            // One spelling per address (RFC 5952), so a route for [::1] also decides [0:0::1].
+            guard let canonical = IPv6Literal.canonical(hostBytes) else { throw HTTPParseError.invalidHost }
+            canonicalIPv6 = canonical
             let after = authority[(close + 1)...]
             if !after.isEmpty {
                 guard after.first == 0x3A else { throw HTTPParseError.invalidHost }
@@ -146,6 +151,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
             guard value >= 1 && value <= 65535 else { throw HTTPParseError.invalidTarget("port out of range") }
             port = value
         }
+        if let canonicalIPv6 { return (canonicalIPv6, port) }
         // Lower-cased straight into the host's storage (no intermediate array).
         let host = String(unsafeUninitializedCapacity: hostBytes.count) { buffer in
             var k = 0
@@ -165,4 +171,90 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
 @inline(__always) func isAlnum(_ c: UInt8) -> Bool {
     isDigit(c) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
+}
+
+func findSubsequence(_ haystack: [UInt8], _ needle: [UInt8]) -> Int? {
+    guard haystack.count >= needle.count else { return nil }
+    for i in 0...(haystack.count - needle.count) where haystack[i..<(i + needle.count)].elementsEqual(needle) {
+        return i
+    }
+    return nil
+}
+
+/// IPv6 address text (RFC 4291 §2.2, without brackets or a zone) in its one canonical spelling (RFC 5952): lower
+/// case, no leading zeros, the longest run of two or more zero groups (the first of equal runs) written `::`, and
+/// an IPv4-mapped address as `::ffff:a.b.c.d`.
+public enum IPv6Literal {
+    public static func canonical<Bytes: Collection>(_ text: Bytes) -> String? where Bytes.Element == UInt8 {
+        guard let groups = parse(Array(text)) else { return nil }
+        if groups[0..<5].allSatisfy({ $0 == 0 }) && groups[5] == 0xFFFF {
+            let v4 = [groups[6] >> 8, groups[6] & 0xFF, groups[7] >> 8, groups[7] & 0xFF].map(String.init).joined(separator: ".")
+            return "::ffff:" + v4
+        }
+        var bestStart = -1, bestLength = 1
+        var i = 0
+        while i < 8 {
+            guard groups[i] == 0 else { i += 1; continue }
+            var j = i
+            while j < 8 && groups[j] == 0 { j += 1 }
+            if j - i > bestLength { bestStart = i; bestLength = j - i }
+            i = j
+        }
+        func hex(_ range: Range<Int>) -> String { groups[range].map { String($0, radix: 16) }.joined(separator: ":") }
+        guard bestStart >= 0 else { return hex(0..<8) }
+        return hex(0..<bestStart) + "::" + hex((bestStart + bestLength)..<8)
+    }
+
+    /// The eight 16-bit groups, or nil when `text` is not an IPv6 address.
+    static func parse(_ text: [UInt8]) -> [Int]? {
+        guard text.count >= 2, text.count <= 45 else { return nil }
+        var halves: [ArraySlice<UInt8>] = [text[...]]
+        if let gap = findSubsequence(text, Array("::".utf8)) {
+            halves = [text[..<gap], text[(gap + 2)...]]
+            if findSubsequence(Array(halves[1]), Array("::".utf8)) != nil { return nil }
+        }
+        func groups(_ s: ArraySlice<UInt8>, last: Bool) -> [Int]? {
+            if s.isEmpty { return [] }
+            let parts = s.split(separator: 0x3A, omittingEmptySubsequences: false)
+            var out: [Int] = []
+            for (n, part) in parts.enumerated() {
+                if last, n == parts.count - 1, part.contains(0x2E) {
+                    guard let v4 = dottedQuad(part) else { return nil }
+                    out += [v4[0] << 8 | v4[1], v4[2] << 8 | v4[3]]
+                    continue
+                }
+                guard !part.isEmpty, part.count <= 4, part.allSatisfy(isHexDigit) else { return nil }
+                out.append(part.reduce(0) { $0 << 4 | Int(hexDigitValue($1)) })
+            }
+            return out
+        }
+        if halves.count == 1 {
+            guard let all = groups(halves[0], last: true), all.count == 8 else { return nil }
+            return all
+        }
+        guard let head = groups(halves[0], last: false), let tail = groups(halves[1], last: true),
+              head.count + tail.count <= 7 else { return nil }
+        return head + [Int](repeating: 0, count: 8 - head.count - tail.count) + tail
+    }
+
+    static func dottedQuad(_ s: ArraySlice<UInt8>) -> [Int]? {
+        let parts = s.split(separator: 0x2E, omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        var out: [Int] = []
+        for p in parts {
+            guard !p.isEmpty, p.count <= 3, p.allSatisfy(isDigit), !(p.count > 1 && p.first == 0x30) else { return nil }
+            let v = p.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+            guard v <= 255 else { return nil }
+            out.append(v)
+        }
+        return out
+    }
+
+    static func hexDigitValue(_ c: UInt8) -> UInt8 {
+        switch c {
+        case 0x30...0x39: return c - 0x30
+        case 0x41...0x46: return c - 0x41 + 10
+        default: return c - 0x61 + 10
+        }
+    }
 }

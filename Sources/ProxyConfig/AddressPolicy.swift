@@ -121,8 +121,12 @@ public enum AddressPolicy {
         return UInt32(value)
     }
 
-    /// Whether `host` is written in one of the legacy numeric forms rather than as a canonical dotted quad.
+    /// Whether `host` is written in one of the legacy numeric forms rather than as a canonical dotted quad, or
+    /// as an IPv4-mapped IPv6 literal (`::ffff:127.0.0.1`), which is dialled as the IPv4 address but would not
+    /// be matched by a route naming it.
     public static func isNonCanonicalNumericHost(_ host: String) -> Bool {
+        // An IPv6 literal is refused only when it is IPv4-mapped (a byte test for the colon: this runs for every request).
+        if host.utf8.contains(0x3A) { return IPAddress(host)?.mappedV4 != nil }
         var text = host
         guard text.withUTF8({ legacyNumericIPv4Value($0) }) != nil else { return false }
         return IPAddress(host) == nil

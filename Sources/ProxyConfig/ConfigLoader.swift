@@ -154,7 +154,7 @@ public enum ConfigLoader {
 
         var admin: AdminSettings?
         problems.collect { if let at = try reader.table("admin") {
-            try at.allowOnly(["listen", "allow_clients"])
+            try at.allowOnly(["listen", "allow_clients", "ready_requires_valid_identities"])
             guard let text = try at.string("listen") else { throw at.error("listen", "missing: the admin address, such as \"127.0.0.1:9901\"") }
             guard let listen = HostPort.parse(text) else {
                 throw at.error("listen", "expected an address and port such as \"127.0.0.1:9901\", got \"\(text)\"")
@@ -162,11 +162,12 @@ public enum ConfigLoader {
             let allow = try readAllowClients(at)
             try requireLoopbackOrAllowList(listen, allow, file: file, key: "admin")
             admin = AdminSettings(listen: listen, allowClients: allow)
+            admin?.readyRequiresValidIdentities = try at.bool("ready_requires_valid_identities") ?? false
         } }
 
         var log = LogSettings()
         problems.collect { if let lt = try reader.table("log") {
-            try lt.allowOnly(["access", "format", "level"])
+            try lt.allowOnly(["access", "format", "level", "operational_format"])
             if let access = try lt.string("access") {
                 switch access {
                 case "stdout": log.access = .stdout
@@ -184,6 +185,12 @@ public enum ConfigLoader {
                     throw lt.error("level", "expected one of \(LogSettings.Level.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(level)\"")
                 }
                 log.level = l
+            }
+            if let format = try lt.string("operational_format") {
+                guard let f = LogSettings.Format(rawValue: format) else {
+                    throw lt.error("operational_format", "expected \"json\" or \"text\", got \"\(format)\"")
+                }
+                log.operationalFormat = f
             }
         } }
         var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
@@ -239,8 +246,8 @@ public enum ConfigLoader {
                 guard after.hasPrefix(":"), let p = Int(after.dropFirst()), p > 0, p <= 65535 else { return nil }
                 port = p
             }
-            guard IPAddress(host)?.isV6 == true else { return nil }
-            return (host, port)
+            guard let canonical = IPv6Literal.canonical(host.utf8) else { return nil }
+            return (canonical, port)
         }
         if let colon = rest.lastIndex(of: ":") {
             host = String(rest[..<colon])

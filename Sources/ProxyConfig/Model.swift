@@ -1,3 +1,5 @@
+import HTTP1
+
 /// The whole configuration, validated, immutable once built. Paths are absolute (resolved against the
 /// config file's folder).
 public struct ProxyConfiguration: Sendable {
@@ -239,9 +241,13 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
             return .subdomains(of: base)
         }
         if lower.hasPrefix("[") && lower.hasSuffix("]") {
-            let inner = String(lower.dropFirst().dropLast())
-            guard IPAddress(inner)?.isV6 == true else { return nil }
+            // Requests spell an IPv6 literal one way (RFC 5952); so does the route.
+            guard let inner = IPv6Literal.canonical(lower.utf8.dropFirst().dropLast()) else { return nil }
             return .exact(inner)
+        }
+        if lower.contains(":") {
+            guard let canonical = IPv6Literal.canonical(lower.utf8) else { return nil }
+            return .exact(canonical)
         }
         guard isValidHostName(lower) || IPAddress(lower) != nil else { return nil }
         return .exact(lower)
@@ -370,6 +376,8 @@ public struct FixedListener: Sendable, Hashable {
 public struct AdminSettings: Sendable, Hashable {
     public var listen: HostPort
     public var allowClients: [CIDR]
+    /// `/readyz` answers 503 while an identity that a route names has no valid certificate.
+    public var readyRequiresValidIdentities = false
 
     public init(listen: HostPort, allowClients: [CIDR] = []) {
         self.listen = listen
@@ -396,6 +404,8 @@ public struct LogSettings: Sendable, Hashable {
     public var access: Access = .stdout
     public var format: Format = .json
     public var level: Level = .info
+    /// The proxy's own (operational) log lines on stderr: text, or one JSON object a line for log shippers.
+    public var operationalFormat: Format = .text
 
     public init() {}
 }

@@ -10,6 +10,8 @@ protocol AdminState: AnyObject {
     func healthProblem() -> String?
     /// nil when ready, else why not.
     func notReadyReason() -> String?
+    /// One line per identity with its certificate state, for `/readyz?verbose`.
+    func identityReport() -> String
     func metricsText() -> String
 }
 
@@ -21,16 +23,26 @@ final class AdminServer {
     private weak var state: AdminState?
     private(set) var port = 0
 
-    init(base: OpaquePointer, settings: AdminSettings, state: AdminState) throws {
+    /// Binds `settings.listen`, or accepts on a copy of `inherited` (a socket handed over by a supervisor).
+    init(base: OpaquePointer, settings: AdminSettings, state: AdminState, inherited: Int32? = nil) throws {
         guard let http = evhttp_new(base) else { throw ServerError.eventLoop("evhttp_new failed") }
         self.http = http
         self.settings = settings
         self.state = state
         evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_timeout(http, 10)
-        guard let bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port)) else {
-            evhttp_free(http)
-            throw ServerError.bind("admin \(settings.listen)", String(cString: strerror(errno)))
+        // Every stored property is set, so deinit runs if this throws: it alone frees `http`.
+        let bound: OpaquePointer?
+        if let inherited {
+            let fd = fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+            if fd >= 0 { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+            bound = fd >= 0 ? evhttp_accept_socket_with_handle(http, fd) : nil
+            if bound == nil && fd >= 0 { close(fd) }
+        } else {
+            bound = evhttp_bind_socket_with_handle(http, settings.listen.host, UInt16(settings.listen.port))
+        }
+        guard let bound else {
+            throw ServerError.bind(settings.listen.description, errno: mtls_errno(), role: "[admin] listen")
         }
         port = SocketAddress.localPort(of: evhttp_bound_socket_get_fd(bound))
         evhttp_set_gencb(http, adminRequestCallback, Unmanaged.passUnretained(self).toOpaque())
@@ -57,10 +69,12 @@ final class AdminServer {
                 reply(request, 200, "OK", "ok\n")
             }
         case "/readyz":
+            let verbose = ReadinessReport.wantsVerbose(query: uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init))
+            let details = verbose ? state.identityReport() : ""
             if let reason = state.notReadyReason() {
-                reply(request, 503, "Service Unavailable", "not ready: \(reason)\n")
+                reply(request, 503, "Service Unavailable", "not ready: \(reason)\n" + details)
             } else {
-                reply(request, 200, "OK", "ready\n")
+                reply(request, 200, "OK", "ready\n" + details)
             }
         case "/metrics":
             reply(request, 200, "OK", state.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")

@@ -284,15 +284,16 @@ final class ClientConnection: UpstreamConnectionDelegate {
         keepAlive = head.wantsKeepAlive && !worker.draining
         retried = false
 
-        if case .forward = kind, let authenticator = worker.authenticator,
-           !authenticator.allows(head.headers.first("Proxy-Authorization")) {
-            let hasBody = (try? BodyFraming.forRequest(head)).map { $0 != .none } ?? true
-            sendError(ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
-                                         details: head.headers.contains("Proxy-Authorization") ? "wrong proxy credentials" : "proxy authentication required",
-                                         advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
-                      close: hasBody || head.method == "CONNECT", extraHeaders: [("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")])
-            return
+        // issue 15 point 4 (faults branch): a bcrypt check runs off the loop; the exchange resumes in
+        // authenticationFinished. Meanwhile phase is .exchanging with no upstream, so arriving bytes stay put.
+        if case .forward = kind, let authenticator = worker.authenticator, !authenticated {
+            let outcome = authenticator.check(head.headers.first("Proxy-Authorization"), peer: peer, worker: worker) { [weak self] in
+                self?.authenticationFinished(head, $0)
+            }
+            guard let outcome else { phase = .exchanging; return }
+            guard outcome == .allowed else { refuseAuthentication(head, outcome); return }
         }
+        authenticated = false
 
         if head.method == "CONNECT" {
             switch kind {
@@ -397,7 +398,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
 
         let hostHeader = target.hostHeader(port: port, defaultPort: 443)
         upgrade = nil
-        if let value = head.headers.first("Upgrade"), !hasBody, head.version == .http11,
+        if let value = head.headers.first("Upgrade").flatMap(Forwarding.forwardableUpgrade), !hasBody, head.version == .http11,
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }
@@ -408,6 +409,23 @@ final class ClientConnection: UpstreamConnectionDelegate {
         responseState = .awaitingHead
         guard attachUpstream(key: key, context: context, timeouts: match.timeouts) else { return }
         pumpRequestBody()
+    }
+
+    // issue 15 point 4 (faults branch): the answer of an off-loop credential check, on this loop.
+    private var authenticated = false
+
+    private func authenticationFinished(_ head: RequestHead, _ outcome: AuthOutcome) {
+        guard phase == .exchanging, upstream == nil else { return }
+        phase = .readingHead
+        guard outcome == .allowed else { refuseAuthentication(head, outcome); return }
+        authenticated = true
+        startExchange(head)
+    }
+
+    private func refuseAuthentication(_ head: RequestHead, _ outcome: AuthOutcome) {
+        let hasBody = (try? BodyFraming.forRequest(head)).map { $0 != .none } ?? true
+        let (response, headers) = outcome.refusal(credentialsSent: head.headers.contains("Proxy-Authorization"))
+        sendError(response, close: hasBody || head.method == "CONNECT" || outcome != .denied, extraHeaders: headers)
     }
 
     /// Takes a pooled connection for `key` or opens one, and queues the request head on it.
@@ -1056,8 +1074,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
         if let proxyStatus { record.proxyStatus = proxyStatus }
         worker.accessLog.write(record)
         let metrics = worker.metrics
-        metrics.countRequest(route: record.route.isEmpty ? "-" : record.route, identity: record.identity, status: record.status)
-        metrics.shared.duration.recordNanoseconds(Int64(micros) * 1000)
+        let route = record.route.isEmpty ? "-" : record.route
+        metrics.countRequest(route: route, identity: record.identity, status: record.status)
+        metrics.observeDuration(route: route, nanoseconds: Int64(micros) * 1000)
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))
         startMicros = 0

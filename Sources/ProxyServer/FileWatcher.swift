@@ -27,15 +27,38 @@ final class FileWatcher {
     /// Starts watching `files` (absolute paths) and takes their current contents as the baseline.
     func watch(_ files: [String]) {
         self.files = files
-        names = Set(files.map { file in file.lastIndex(of: "/").map { String(file[file.index(after: $0)...]) } ?? file })
-        for file in files {
-            let folder = file.lastIndex(of: "/").map { String(file[..<$0]) } ?? "."
-            let dir = folder.isEmpty ? "/" : folder
-            guard !watched.contains(dir) else { continue }
-            let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
-            if inotify_add_watch(fd, dir, mask) >= 0 { watched.insert(dir) }
-        }
+        names = Set(files.map(Self.lastComponent))
+        addWatches()
         fingerprint = Self.fingerprint(files)
+    }
+
+    /// Watches the folder of every file. A folder that does not exist yet is watched through its nearest
+    /// existing ancestor, where the entry that leads to it counts as relevant; call again after a change so
+    /// the folder itself is watched once it appears.
+    func addWatches() {
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
+        for file in files {
+            var dir = Self.folder(of: file)
+            while !watched.contains(dir) {
+                if inotify_add_watch(fd, dir, mask) >= 0 {
+                    watched.insert(dir)
+                    break
+                }
+                guard mtls_errno() == ENOENT, dir != "/" else { break }
+                names.insert(Self.lastComponent(dir))
+                dir = Self.folder(of: dir)
+            }
+        }
+    }
+
+    static func folder(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let folder = String(path[..<slash])
+        return folder.isEmpty ? "/" : folder
+    }
+
+    static func lastComponent(_ path: String) -> String {
+        path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
     }
 
     /// Empties the inotify queue; says whether any event was about a file that matters (other files in the

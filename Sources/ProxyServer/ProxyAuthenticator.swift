@@ -1,32 +1,86 @@
 import CEventTLS
+import HTTP1
 import ProxyConfig
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Checks `Proxy-Authorization: Basic` against the users of `[proxy] auth_file`. bcrypt is slow on purpose, so
-/// each worker remembers the header values it has accepted (a bounded set) instead of hashing on every request.
+/// What a `Proxy-Authorization` check comes to.
+enum AuthOutcome: Equatable {
+    case allowed
+    case denied
+    /// Too many failures from this client address lately: refused without checking (429).
+    case limited(retryAfterSeconds: Int)
+    /// Every hashing thread is busy and the queue is full: refused without checking (503).
+    case busy
+}
+
+/// Checks `Proxy-Authorization: Basic` against the users of `[proxy] auth_file`, one per worker, on its loop.
+///
+/// bcrypt is slow on purpose, so it never runs on the loop: the hash goes to `PasswordHashing` (a few threads
+/// with a bounded queue) and the answer comes back to the worker's loop. Header values already accepted are
+/// remembered (a bounded set), so a good client hashes once. Failures are counted per client address
+/// (`AuthFailureLimiter`, shared by the workers): past the limit, that address is refused (429) without any
+/// hashing until the window passes. sha256 entries are checked inline (a microsecond).
 final class ProxyAuthenticator {
     let users: ProxyCredentials
+    private let hashing: PasswordHashing
+    private let limiter: AuthFailureLimiter
     private var accepted = Set<String>()
 
-    init(users: ProxyCredentials) { self.users = users }
+    init(users: ProxyCredentials, hashing: PasswordHashing, limiter: AuthFailureLimiter) {
+        self.users = users
+        self.hashing = hashing
+        self.limiter = limiter
+    }
 
-    func allows(_ header: String?) -> Bool {
-        guard let header else { return false }
-        if accepted.contains(header) { return true }
+    /// The outcome now, or nil when the check went to the hashing threads: `completion` then runs later on
+    /// `worker`'s loop thread.
+    func check(_ header: String?, peer: String, worker: Worker, completion: @escaping (AuthOutcome) -> Void) -> AuthOutcome? {
+        guard let header else { return .denied }
+        if accepted.contains(header) { return .allowed }
+        let client = Self.clientAddress(peer: peer)
+        let now = monotonicMillis()
+        if let wait = limiter.admit(client, now: now) { return .limited(retryAfterSeconds: wait) }
         guard let (user, password) = ProxyCredentials.basicCredentials(header), let hash = users.users[user],
-              !password.contains(0) else { return false }
-        let ok: Bool
+              !password.contains(0) else {
+            limiter.finished(client, ok: false, now: now)
+            return .denied
+        }
         switch hash {
-        case .sha256(let hex): ok = constantTimeEqual(Self.sha256Hex(password), hex)
-        case .bcrypt(let stored): ok = Self.bcrypt(password, stored).map { constantTimeEqual($0, stored) } ?? false
+        case .sha256(let hex):
+            let ok = constantTimeEqual(Self.sha256Hex(password), hex)
+            limiter.finished(client, ok: ok, now: now)
+            if ok { remember(header) }
+            return ok ? .allowed : .denied
+        case .bcrypt(let stored):
+            let limiter = self.limiter
+            let queued = hashing.submit(work: {
+                Self.bcrypt(password, stored).map { constantTimeEqual($0, stored) } ?? false
+            }, deliverTo: worker) { [weak self] ok in
+                limiter.finished(client, ok: ok, now: monotonicMillis())
+                if ok { self?.remember(header) }
+                completion(ok ? .allowed : .denied)
+            }
+            if !queued {
+                limiter.cancelled(client)
+                return .busy
+            }
+            return nil
         }
-        if ok {
-            if accepted.count >= 1024 { accepted.removeAll() }
-            accepted.insert(header)
-        }
-        return ok
+    }
+
+    private func remember(_ header: String) {
+        if accepted.count >= 1024 { accepted.removeAll() }
+        accepted.insert(header)
+    }
+
+    /// "1.2.3.4:5678" or "[::1]:5678" → "1.2.3.4" or "::1".
+    static func clientAddress(peer: String) -> String {
+        var host = Substring(peer)
+        if let colon = host.lastIndex(of: ":") { host = host[..<colon] }
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        return String(host)
     }
 
     static func sha256Hex(_ bytes: [UInt8]) -> String {
@@ -36,7 +90,8 @@ final class ProxyAuthenticator {
         return digest.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
     }
 
-    /// crypt(3) with the stored hash as its salt: libcrypt computes bcrypt ($2a$/$2b$/$2y$).
+    /// crypt(3) with the stored hash as its salt: libcrypt computes bcrypt ($2a$/$2b$/$2y$). Thread-safe
+    /// (crypt_r with its own data).
     static func bcrypt(_ password: [UInt8], _ stored: String) -> String? {
         let data = UnsafeMutablePointer<crypt_data>.allocate(capacity: 1)
         defer { data.deallocate() }
@@ -53,4 +108,203 @@ func constantTimeEqual(_ a: String, _ b: String) -> Bool {
     var difference: UInt8 = 0
     for i in 0..<x.count { difference |= x[i] ^ y[i] }
     return difference == 0
+}
+
+/// Failed authentications per client address in a sliding window. An address with `limit` failures (checks
+/// in progress count as failures until they end) in the last `windowMillis` is refused until the oldest
+/// failure leaves the window. Pure: time comes in as an argument. At most `maxAddresses` are tracked; past
+/// that the oldest entries go.
+struct FailureWindow {
+    let limit: Int
+    let windowMillis: Int
+    let maxAddresses: Int
+    private var failures: [String: [Int]] = [:]
+    private var pending: [String: Int] = [:]
+
+    init(limit: Int = 10, windowMillis: Int = 60_000, maxAddresses: Int = 10_000) {
+        self.limit = limit
+        self.windowMillis = windowMillis
+        self.maxAddresses = maxAddresses
+    }
+
+    /// nil: go ahead (the check counts as pending until `finished`); else the seconds to wait.
+    mutating func admit(_ client: String, now: Int) -> Int? {
+        let recent = (failures[client] ?? []).filter { now - $0 < windowMillis }
+        failures[client] = recent.isEmpty ? nil : recent
+        if recent.count + (pending[client] ?? 0) >= limit {
+            let oldest = recent.first ?? now
+            return max(1, (oldest + windowMillis - now + 999) / 1000)
+        }
+        pending[client, default: 0] += 1
+        return nil
+    }
+
+    mutating func finished(_ client: String, ok: Bool, now: Int) {
+        cancelled(client)
+        guard !ok else { return }
+        if failures[client] == nil && failures.count >= maxAddresses {
+            // Forget the addresses whose last failure is oldest.
+            let cutoff = failures.values.compactMap(\.last).sorted()[failures.count / 2]
+            failures = failures.filter { ($0.value.last ?? 0) > cutoff }
+        }
+        var list = failures[client] ?? []
+        list.append(now)
+        if list.count > limit { list.removeFirst(list.count - limit) }
+        failures[client] = list
+    }
+
+    mutating func cancelled(_ client: String) {
+        if let n = pending[client] { pending[client] = n > 1 ? n - 1 : nil }
+    }
+
+    var trackedAddresses: Int { failures.count }
+}
+
+/// `FailureWindow` shared by every worker, behind a lock.
+final class AuthFailureLimiter: @unchecked Sendable {
+    private var window: FailureWindow
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(window: FailureWindow = FailureWindow()) {
+        self.window = window
+        pthread_mutex_init(lock, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
+    }
+
+    private func locked<R>(_ body: (inout FailureWindow) -> R) -> R {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return body(&window)
+    }
+
+    func admit(_ client: String, now: Int) -> Int? { locked { $0.admit(client, now: now) } }
+    func finished(_ client: String, ok: Bool, now: Int) { locked { $0.finished(client, ok: ok, now: now) } }
+    func cancelled(_ client: String) { locked { $0.cancelled(client) } }
+}
+
+/// A few threads that compute password hashes away from the event loops, with a bounded queue. Each result
+/// goes back to the worker that asked, through `Worker.post` (which wakes its loop; `evthread_use_pthreads`
+/// makes that safe). The threads run at a lower priority than the loops, so hashing never starves them.
+final class PasswordHashing: @unchecked Sendable {
+    private struct Job {
+        let work: () -> Bool
+        let worker: Worker
+        let done: (Bool) -> Void
+    }
+
+    let capacity: Int
+    private var queue: [Job] = []
+    private var stopping = false
+    private var threads: [pthread_t] = []
+    private let threadCount: Int
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    /// `threads` defaults to one fewer than the cores (at least one), leaving a core to the loops. The threads
+    /// start with the first job: a proxy without bcrypt users has none.
+    init(threads count: Int? = nil, capacity: Int = 64) {
+        self.capacity = capacity
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(wake, nil)
+        let cores = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        threadCount = count ?? max(1, min(4, cores - 1))
+    }
+
+    /// Called with `lock` held.
+    private func startThreads() {
+        for _ in 0..<threadCount {
+            var tid = pthread_t()
+            let me = Unmanaged.passRetained(self).toOpaque()
+            pthread_create(&tid, nil, { arg in
+                let pool = Unmanaged<PasswordHashing>.fromOpaque(arg!).takeRetainedValue()
+                // Linux applies nice per thread: hashing yields to the event loops.
+                setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 10)
+                pool.serve()
+                return nil
+            }, me)
+            threads.append(tid)
+        }
+    }
+
+    deinit {
+        pthread_cond_destroy(wake)
+        pthread_mutex_destroy(lock)
+        wake.deallocate()
+        lock.deallocate()
+    }
+
+    /// Queues `work`; `done` runs with its result on `worker`'s loop. false when the queue is full.
+    func submit(work: @escaping () -> Bool, deliverTo worker: Worker, done: @escaping (Bool) -> Void) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard !stopping, queue.count < capacity else { return false }
+        if threads.isEmpty { startThreads() }
+        queue.append(Job(work: work, worker: worker, done: done))
+        pthread_cond_signal(wake)
+        return true
+    }
+
+    /// Drops the checks still queued (their connections are gone with the loops), ends the threads once the
+    /// checks in progress are done, and waits for them.
+    func shutdown() {
+        pthread_mutex_lock(lock)
+        stopping = true
+        queue.removeAll()
+        pthread_cond_broadcast(wake)
+        let started = threads
+        threads.removeAll()
+        pthread_mutex_unlock(lock)
+        for tid in started { pthread_join(tid, nil) }
+    }
+
+    var queued: Int {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return queue.count
+    }
+
+    private func serve() {
+        while true {
+            pthread_mutex_lock(lock)
+            while queue.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
+            if queue.isEmpty && stopping {
+                pthread_mutex_unlock(lock)
+                return
+            }
+            let job = queue.removeFirst()
+            pthread_mutex_unlock(lock)
+            let result = job.work()
+            let done = job.done
+            job.worker.post { done(result) }
+        }
+    }
+}
+
+extension AuthOutcome {
+    /// The answer to a request that is not allowed: 407 with a challenge, 429 past the failure limit, 503 when
+    /// the hashing queue is full. Never quotes the credentials.
+    func refusal(credentialsSent: Bool) -> (ProxyErrorResponse, [(String, String)]) {
+        let challenge = ("Proxy-Authenticate", "Basic realm=\"mtls-proxy\", charset=\"UTF-8\"")
+        switch self {
+        case .limited(let seconds):
+            return (ProxyErrorResponse(status: 429, errorType: .httpRequestDenied,
+                                       details: "too many failed proxy authentications from this address",
+                                       advice: "Check the proxy credentials; retry after \(seconds) s."),
+                    [("Retry-After", String(seconds))])
+        case .busy:
+            return (ProxyErrorResponse(status: 503, errorType: .httpRequestDenied,
+                                       details: "too many proxy authentications in progress",
+                                       advice: "Retry in a moment."),
+                    [("Retry-After", "1")])
+        case .allowed, .denied:
+            return (ProxyErrorResponse(status: 407, errorType: .httpRequestDenied,
+                                       details: credentialsSent ? "wrong proxy credentials" : "proxy authentication required",
+                                       advice: "Send Proxy-Authorization: Basic with a user of the proxy's auth_file (for example http://USER:PASSWORD@proxy:3128 in HTTP_PROXY)."),
+                    [challenge])
+        }
+    }
 }

@@ -19,7 +19,8 @@ public final class ProxyMetrics: Sendable {
     let bytesOut: Counter
     let reloadsOK: Counter
     let reloadsFailed: Counter
-    let duration: DurationHistogram
+    let lastReloadSuccess: Gauge
+    let lastReloadTimestamp: Gauge
 
     public init() {
         func d(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
@@ -39,20 +40,46 @@ public final class ProxyMetrics: Sendable {
         let reloads = d("config_reloads", "total", "Config reloads by result.")
         reloadsOK = registry.makeCounter(descriptor: reloads, labels: [("result", "success")])
         reloadsFailed = registry.makeCounter(descriptor: reloads, labels: [("result", "failure")])
-        duration = registry.makeDurationHistogram(
-            descriptor: d("request_duration", "seconds", "Time from the request head to the end of the response."),
-            labels: [],
-            buckets: [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
-                      .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30)])
         let build = BuildInfo.current
         registry.makeGauge(descriptor: d("build", "info", "Always 1; the labels say which build runs (mtls-proxy --version)."),
                            labels: [("version", build.version), ("commit", build.commit), ("openssl", build.openssl),
                                     ("libevent", build.libevent)]).set(to: 1)
+        lastReloadSuccess = registry.makeGauge(descriptor: d("config_last_reload", "success",
+            "1 when the last config load (at start or a reload) succeeded, 0 when it failed and the previous config still serves."))
+        lastReloadTimestamp = registry.makeGauge(descriptor: d("config_last_reload_timestamp", "seconds",
+            "Unix time of the last config load attempt, at start or a reload, successful or not."))
+        recordConfigLoad(success: true, at: currentEpochSeconds())
+    }
+
+    /// The outcome of a config load: counted (reloads only), and kept as the last one.
+    func recordConfigLoad(success: Bool, at epoch: Int, isReload: Bool = false) {
+        if isReload { (success ? reloadsOK : reloadsFailed).increment() }
+        lastReloadSuccess.set(to: success ? 1.0 : 0.0)
+        lastReloadTimestamp.set(to: Double(epoch))
+    }
+
+    static let durationBuckets: [Duration] = [
+        .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30),
+    ]
+
+    static var durationDescriptor: MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "mtls_proxy", metricName: "request_duration", unitName: "seconds",
+                             helpText: "Time from the request head to the end of the response, by route.")
+    }
+
+    func requestDuration(route: String) -> DurationHistogram {
+        registry.makeDurationHistogram(descriptor: Self.durationDescriptor, labels: [("route", route)], buckets: Self.durationBuckets)
+    }
+
+    /// Counts an identity's switch from one valid certificate to another (a staged one took over).
+    public func countCertificateSwitch(identity: String) {
+        switches.counter(identity: identity, registry: registry).increment()
     }
 
     static var requestsDescriptor: MetricNameDescriptor {
         MetricNameDescriptor(namespace: "mtls_proxy", metricName: "requests", unitName: "total",
-                             helpText: "Requests answered, by route, identity and status class.")
+                             helpText: "Requests answered, by route, identity and status class (code_class: 2xx, 4xx, ...).")
     }
     static var failuresDescriptor: MetricNameDescriptor {
         MetricNameDescriptor(namespace: "mtls_proxy", metricName: "upstream_connections", unitName: "total",
@@ -60,7 +87,7 @@ public final class ProxyMetrics: Sendable {
     }
 
     func requests(route: String, identity: String, statusClass: String) -> Counter {
-        registry.makeCounter(descriptor: Self.requestsDescriptor, labels: [("route", route), ("identity", identity), ("status", statusClass)])
+        registry.makeCounter(descriptor: Self.requestsDescriptor, labels: [("route", route), ("identity", identity), ("code_class", statusClass)])
     }
 
     func upstreamFailures(reason: String) -> Counter {
@@ -69,6 +96,7 @@ public final class ProxyMetrics: Sendable {
 
     // Certificate series change with reloads; they are rebuilt from the current runtime at each scrape.
     private let certificateGauges = LockedGauges()
+    private let switches = SwitchCounters()
 
     /// Sets the per-certificate expiry and per-identity validity series from `runtime`, replacing old ones.
     public func refreshCertificates(_ runtime: ProxyRuntime, now: Int) {
@@ -77,18 +105,34 @@ public final class ProxyMetrics: Sendable {
                                               helpText: "notAfter of each configured client certificate, as a Unix time.")
             let valid = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "identity_certificate", unitName: "valid",
                                              helpText: "1 when the identity has a currently valid certificate, else 0.")
+            let coverage = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "identity_certificate_coverage_end_timestamp", unitName: "seconds",
+                                                helpText: "When the identity runs out of valid certificates, counting staged successors, as a Unix time; absent while it has none.")
             for identity in runtime.config.identities {
                 let active = runtime.activeCertificate(identity: identity.name, at: now)
-                for (i, credential) in (runtime.credentials[identity.name] ?? []).enumerated() {
+                let credentials = runtime.credentials[identity.name] ?? []
+                for (i, credential) in credentials.enumerated() {
                     make(expiry, [("identity", identity.name), ("serial", credential.leaf.serialHex), ("active", i == active ? "true" : "false")],
                          Double(credential.leaf.notAfter))
                 }
                 make(valid, [("identity", identity.name)], active == nil ? 0 : 1)
+                if let end = CertificateCoverage.end(credentials.map(\.validity), at: now) {
+                    make(coverage, [("identity", identity.name)], Double(end))
+                }
+                // Present from the start at 0, so `increase()` sees the first switch.
+                _ = switches.counter(identity: identity.name, registry: registry)
+            }
+            if let ca = runtime.localCA {
+                let caExpiry = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "local_ca_expiry_timestamp", unitName: "seconds",
+                                                    helpText: "notAfter of the [intercept] local CA certificate, as a Unix time.")
+                make(caExpiry, [], Double(ca.certificate.notAfter))
             }
         }
     }
 
-    public func render() -> String { registry.emitToString() }
+    /// The registry's series, then the process_* ones.
+    public func render() -> String {
+        registry.emitToString() + (ProcessSample.current()?.exposition() ?? "")
+    }
 }
 
 /// The certificate gauges of the last scrape, so the next one can unregister series that no longer exist.
@@ -112,11 +156,31 @@ private final class LockedGauges: @unchecked Sendable {
     }
 }
 
+/// One counter per identity of certificate switches, kept across scrapes and reloads.
+private final class SwitchCounters: @unchecked Sendable {
+    private var counters: [String: Counter] = [:]
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(lock, nil) }
+
+    func counter(identity: String, registry: PrometheusCollectorRegistry) -> Counter {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if let counter = counters[identity] { return counter }
+        let descriptor = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "identity_certificate_switches", unitName: "total",
+                                              helpText: "Times the identity's presented certificate changed to another valid one (a staged certificate took over).")
+        let counter = registry.makeCounter(descriptor: descriptor, labels: [("identity", identity)])
+        counters[identity] = counter
+        return counter
+    }
+}
+
 /// A worker's cache of labelled series, so the registry's lock is taken once per label set, not per request.
 final class WorkerMetrics {
     let shared: ProxyMetrics
     private var requests: [String: Counter] = [:]
     private var failures: [String: Counter] = [:]
+    private var durations: [String: DurationHistogram] = [:]
 
     init(_ shared: ProxyMetrics) { self.shared = shared }
 
@@ -129,6 +193,16 @@ final class WorkerMetrics {
             let counter = shared.requests(route: route, identity: identity ?? "", statusClass: statusClass)
             requests[key] = counter
             counter.increment()
+        }
+    }
+
+    func observeDuration(route: String, nanoseconds: Int64) {
+        if let histogram = durations[route] {
+            histogram.recordNanoseconds(nanoseconds)
+        } else {
+            let histogram = shared.requestDuration(route: route)
+            durations[route] = histogram
+            histogram.recordNanoseconds(nanoseconds)
         }
     }
 

@@ -12,12 +12,17 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var runtime: ProxyRuntime
     let logger: Logger
     public let metrics = ProxyMetrics()
-    /// Builds a runtime for a reload (generation number in, runtime out); nil disables reloading.
-    private let loader: ((Int) throws -> ProxyRuntime)?
+    /// systemd readiness (Type=notify); does nothing without $NOTIFY_SOCKET.
+    private let notifier = SystemdNotifier()
+    /// Reads the configuration again for a reload; nil disables reloading.
+    private let loader: (() throws -> ProxyConfiguration)?
     private var accessLog: AccessLog
     private var workers: [Worker] = []
     private var health: WorkerHealth?
     private let connections = ConnectionCounter()
+    /// bcrypt off the loops, and the per-address limit on failed proxy authentications (issue 15 point 4).
+    private let hashing = PasswordHashing()
+    private let authLimiter = AuthFailureLimiter()
     private var base: OpaquePointer?
     private var events: [OpaquePointer] = []
     private var admin: AdminServer?
@@ -32,7 +37,7 @@ public final class ProxyServer: @unchecked Sendable {
     public private(set) var listenerPorts: [Int] = []
     public var adminPort: Int? { admin?.port }
 
-    public init(runtime: ProxyRuntime, logger: Logger, loader: ((Int) throws -> ProxyRuntime)? = nil) throws {
+    public init(runtime: ProxyRuntime, logger: Logger, loader: (() throws -> ProxyConfiguration)? = nil) throws {
         self.runtime = runtime
         self.logger = logger
         self.loader = loader
@@ -59,13 +64,24 @@ public final class ProxyServer: @unchecked Sendable {
         self.health = health
         var forward = config.proxy.listen
         var fixed = config.listeners.map(\.listen)
+        // Sockets a supervisor handed over (LISTEN_FDS) are used as they are; every other address is bound here,
+        // and no other process may share it (see SocketAddress.probeExclusive); port 0 is always new.
+        let activation = SocketActivation.fromEnvironment()
+        defer { for socket in activation.sockets { close(socket.fd) } }  // the workers hold their own copies
+        var addresses: [(HostPort, String)] = [(forward, ListenerKind.forward.settingName)]
+        for listener in config.listeners { addresses.append((listener.listen, ListenerKind.fixed(listener).settingName)) }
+        for (address, role) in addresses where address.port != 0 && activation.socket(for: address) == nil {
+            if let e = SocketAddress.probeExclusive(address) { throw ServerError.bind(address.description, errno: e, role: role) }
+        }
         for i in 0..<workerCount {
             let worker = try Worker(id: i, runtime: runtime, accessLog: accessLog, metrics: metrics, health: health,
-                                    connections: connections, logger: logger)
-            let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients)
+                                    connections: connections, logger: logger, hashing: hashing, authLimiter: authLimiter)
+            let p = try worker.bind(forward, kind: .forward, allowClients: config.proxy.allowClients,
+                                    inherited: activation.socket(for: config.proxy.listen))
             var ports: [Int] = []
             for (j, listener) in config.listeners.enumerated() {
-                ports.append(try worker.bind(fixed[j], kind: .fixed(listener), allowClients: listener.allowClients))
+                ports.append(try worker.bind(fixed[j], kind: .fixed(listener), allowClients: listener.allowClients,
+                                             inherited: activation.socket(for: listener.listen)))
             }
             if i == 0 {
                 // With port 0 the kernel chose; the other workers join the same ports.
@@ -77,7 +93,7 @@ public final class ProxyServer: @unchecked Sendable {
             workers.append(worker)
         }
         if let settings = config.admin {
-            admin = try AdminServer(base: base, settings: settings, state: self)
+            admin = try AdminServer(base: base, settings: settings, state: self, inherited: activation.socket(for: settings.listen))
         }
     }
 
@@ -92,6 +108,7 @@ public final class ProxyServer: @unchecked Sendable {
         for worker in workers { worker.requestStop() }
         for worker in workers { worker.join() }
         workers.removeAll()
+        hashing.shutdown()
     }
 
     /// Serves until SIGINT or SIGTERM, then drains: readiness turns 503, listeners close, requests in flight
@@ -122,9 +139,11 @@ public final class ProxyServer: @unchecked Sendable {
             }
         }
         drainCheck = event_new(base, -1, Int16(EV_PERSIST), serverDrainCheckCallback, me)
+        notifier.ready(status: servingStatus())
         event_base_dispatch(base)
         for worker in workers { worker.join() }
         workers.removeAll()
+        hashing.shutdown()
         for ev in events { event_free(ev) }
         events.removeAll()
         if let debounceTimer { event_free(debounceTimer) }
@@ -147,6 +166,7 @@ public final class ProxyServer: @unchecked Sendable {
             return
         }
         draining = true
+        notifier.stopping(status: "draining")
         logger.info("signal \(signal): draining; no new connections, requests in flight finish (up to \(runtime.config.proxy.drainTimeout))")
         for worker in workers { worker.requestStop() }
         var tenth = timeval(tv_sec: 0, tv_usec: 100_000)
@@ -164,8 +184,14 @@ public final class ProxyServer: @unchecked Sendable {
     /// changes nothing: the old one keeps serving, and the error is logged with its file and key.
     public func reload(reason: String) {
         guard let loader, !draining else { return }
+        notifier.reloading()
+        defer { notifier.ready(status: servingStatus()) }
+        // The files the newest config names, once it parses: what the watcher follows even if the reload fails.
+        var attempted: [String]?
         do {
-            let next = try loader(runtime.generation + 1)
+            let config = try loader()
+            attempted = ProxyRuntime.sourceFiles(of: config)
+            let next = try ProxyRuntime(config: config, generation: runtime.generation + 1)
             // The access log file is opened anew, so that a reload (SIGHUP) after rotating it starts a new file;
             // each worker writes what it buffered to the old one first. Where the same file cannot be opened
             // again, the reload still goes through (a certificate rotation must not wait on the log).
@@ -176,23 +202,24 @@ public final class ProxyServer: @unchecked Sendable {
                 logger.warning("reload (\(reason)): cannot reopen the access log, writing on to the open file: \(error)")
                 log = accessLog
             }
-            let old = runtime.config
-            if next.config.proxy.listen != old.proxy.listen || next.config.proxy.workers != old.proxy.workers
-                || next.config.listeners.map(\.listen) != old.listeners.map(\.listen) || next.config.admin != old.admin {
-                logger.warning("reload (\(reason)): changes to listen addresses, workers and [admin] take effect at the next restart")
+            let needRestart = ReloadScope.settingsNeedingRestart(old: runtime.config, new: next.config)
+            if !needRestart.isEmpty {
+                logger.warning("reload (\(reason)): changes to \(needRestart.joined(separator: ", ")) take effect at the next restart; everything else applies now")
             }
             runtime = next
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
-            metrics.reloadsOK.increment()
+            metrics.recordConfigLoad(success: true, at: currentEpochSeconds(), isReload: true)
             watcher?.watch(next.sourceFiles)
             logger.notice("reloaded (\(reason)): \(next.config.routes.count) route(s), \(next.config.identities.count) identity(ies); requests in flight finish on the previous config")
             logIdentities(next)
         } catch {
-            metrics.reloadsFailed.increment()
+            metrics.recordConfigLoad(success: false, at: currentEpochSeconds(), isReload: true)
             logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
-            // Take the broken files as the new baseline, so the same mistake is reported once, not on every change.
-            watcher?.watch(runtime.sourceFiles)
+            // Follow the files the failed config names (a key it names may appear later), and take them as the
+            // new baseline, so the same mistake is reported once, not on every change. A config that does not
+            // parse names nothing new: the files in use (the config among them) stay watched.
+            watcher?.watch(attempted ?? runtime.sourceFiles)
         }
     }
 
@@ -203,7 +230,9 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     fileprivate func debounceElapsed() {
-        guard let watcher, watcher.changed() else { return }
+        guard let watcher else { return }
+        watcher.addWatches()  // a folder that did not exist may have appeared
+        guard watcher.changed() else { return }
         reload(reason: "files changed")
     }
 
@@ -224,6 +253,7 @@ public final class ProxyServer: @unchecked Sendable {
             }
             let leaf = credential.leaf
             logger.info("identity \(identity.name): presents \(leaf.subject), serial \(leaf.serialHex), valid until \(formatUTC(leaf.notAfter))")
+            if let previous = presented[identity.name], previous != leaf.serialHex { metrics.countCertificateSwitch(identity: identity.name) }
             presented[identity.name] = leaf.serialHex
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
@@ -240,6 +270,7 @@ public final class ProxyServer: @unchecked Sendable {
             let serial = credential?.leaf.serialHex ?? "none"
             if let previous = presented[identity.name], previous != serial {
                 if let leaf = credential?.leaf {
+                    metrics.countCertificateSwitch(identity: identity.name)
                     logger.notice("identity \(identity.name): now presents serial \(leaf.serialHex) (\(leaf.subject)), valid until \(formatUTC(leaf.notAfter)); it replaces serial \(previous)")
                 } else {
                     logger.error("identity \(identity.name): serial \(previous) is no longer valid and no other certificate is; its routes answer 502")
@@ -267,7 +298,22 @@ extension ProxyServer: AdminState {
     func notReadyReason() -> String? {
         if draining { return "draining" }
         if !started { return "starting" }
+        if runtime.config.admin?.readyRequiresValidIdentities == true {
+            let missing = ReadinessReport.identitiesWithoutCertificate(runtime, at: currentEpochSeconds())
+            if !missing.isEmpty {
+                return "no valid certificate for identity \(missing.joined(separator: ", ")) (admin.ready_requires_valid_identities)"
+            }
+        }
         return nil
+    }
+
+    func identityReport() -> String {
+        ReadinessReport.identities(runtime, at: currentEpochSeconds())
+    }
+
+    /// The STATUS line systemd shows while serving.
+    fileprivate func servingStatus() -> String {
+        "serving \(runtime.config.routes.count) route(s), \(runtime.config.identities.count) identity(ies)"
     }
 
     func metricsText() -> String {
@@ -298,4 +344,24 @@ private func serverDrainCheckCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeM
 
 private func serverSignalCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().beginDrain(signal: fd)
+}
+
+/// What a reload cannot change in a running process. Everything else in a new configuration applies to new
+/// requests at once: routes, identities, trust, limits, timeouts, auth_file, interception, the access log,
+/// allow_clients of the proxy and of every listener, a listener's upstream, and `[upstream] nameservers`.
+enum ReloadScope {
+    /// The settings that differ between `old` and `new` and need a restart, by name.
+    static func settingsNeedingRestart(old: ProxyConfiguration, new: ProxyConfiguration) -> [String] {
+        var names: [String] = []
+        if old.proxy.listen != new.proxy.listen { names.append("[proxy] listen") }
+        if old.proxy.workers != new.proxy.workers { names.append("[proxy] workers") }
+        if old.listeners.map(\.listen) != new.listeners.map(\.listen) { names.append("[[listener]] listen (adding or removing listeners)") }
+        // [admin] ready_requires_valid_identities is read from the current config: it applies at once.
+        if old.admin?.listen != new.admin?.listen || old.admin?.allowClients != new.admin?.allowClients {
+            names.append("[admin] listen and allow_clients")
+        }
+        if old.log.level != new.log.level { names.append("[log] level") }
+        if old.log.operationalFormat != new.log.operationalFormat { names.append("[log] operational_format") }
+        return names
+    }
 }

@@ -16,7 +16,19 @@ public enum RequestRouting {
     /// The strict canonical path is routed when there is one. A path refused only for forms a route may relax
     /// (`//`, `%2F`, `%5C`) is normalised with those relaxations, routed, and accepted only if the route it
     /// reaches allows every relaxation used: the route decided on exactly the path that is forwarded.
+    ///
+    /// A routed path is then read the way other servers read it (`PathNormalizer.otherReadings`): if one of
+    /// those readings reaches another route, the path is refused, since the upstream might be such a server.
     public static func decide(_ router: Router, host: String, port: Int, path: Substring) -> Outcome {
+        let outcome = route(router, host: host, port: port, path: path)
+        guard case .routed(let routed, let match) = outcome else { return outcome }
+        for other in PathNormalizer.otherReadings(of: routed) where router.match(host: host, port: port, path: other.path[...]).route != match.route {
+            return .refused(other.refusal, match: match)
+        }
+        return outcome
+    }
+
+    static func route(_ router: Router, host: String, port: Int, path: Substring) -> Outcome {
         let refusal: PathRefusal
         switch PathNormalizer.normalize(path) {
         case .success(let canonical):
@@ -52,6 +64,13 @@ public enum RequestRouting {
     /// the request (its query may hold secrets).
     public static func badRequest(_ refusal: PathRefusal, match: RouteMatch?) -> ProxyErrorResponse {
         var advice = "Send the path in its plain form (no dot segments, encoded or raw backslashes, // or %00); the proxy routes and forwards one canonical spelling."
+        switch refusal {
+        case .pathParameters:
+            advice = "Send the path without ;parameters in a segment that decides the route; the proxy refuses a path that some servers would read as one another route matches."
+        case .escapedSlashReading:
+            advice = "Send the path with plain / separators; the proxy refuses a %2F or %5C that some servers would decode into a path another route matches."
+        default: break
+        }
         if let relaxation = refusal.relaxation, match?.action != .deny {
             let key = relaxation == .mergeSlashes ? "merge_slashes = true" : "escaped_slashes = \"keep\""
             let place = match?.route.map { "on \($0.label)" } ?? "in [upstream]"

@@ -130,7 +130,11 @@ public final class ProxyRuntime: @unchecked Sendable {
 
     /// Every file the runtime was built from: the config, certificates, keys, password files and CA bundles.
     /// A change to any of them is a reason to reload.
-    public var sourceFiles: [String] {
+    public var sourceFiles: [String] { Self.sourceFiles(of: config) }
+
+    /// The files a configuration names, whether or not a runtime could be built from it (a reload that failed
+    /// because a key is missing still watches for that key).
+    public static func sourceFiles(of config: ProxyConfiguration) -> [String] {
         var files = [ConfigLoader.absolutePath(config.file)]
         for identity in config.identities {
             for source in identity.certificates {
@@ -153,14 +157,25 @@ public final class ProxyRuntime: @unchecked Sendable {
         return files.filter { seen.insert($0).inserted }
     }
 
-    /// Warnings about key files readable by others, one per file.
+    /// Warnings about key files readable by others, one per file: every private key the proxy reads (identity
+    /// keys and bundles, the interception CA's key) and every key password file, checked the same way.
     public var keyPermissionWarnings: [String] {
         var seen = Set<String>()
         var warnings: [String] = []
         for identity in config.identities {
-            for credential in credentials[identity.name] ?? [] where seen.insert(credential.source.key).inserted {
-                if let warning = credential.keyPermissionWarning { warnings.append("identity \(identity.name): \(warning)") }
+            for credential in credentials[identity.name] ?? [] {
+                if seen.insert(credential.source.key).inserted, let warning = credential.keyPermissionWarning {
+                    warnings.append("identity \(identity.name): \(warning)")
+                }
+                if let file = credential.passwordFile, seen.insert(file).inserted,
+                   let warning = KeyFilePermissions.warning(path: file, what: "key password file") {
+                    warnings.append("identity \(identity.name): \(warning)")
+                }
             }
+        }
+        if let intercept = config.intercept, seen.insert(intercept.caKey).inserted,
+           let warning = KeyFilePermissions.warning(path: intercept.caKey, what: "local CA private key") {
+            warnings.append("[intercept] ca_key: \(warning)")
         }
         return warnings
     }

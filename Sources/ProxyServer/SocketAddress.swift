@@ -63,6 +63,21 @@ struct SocketAddress {
         }
     }
 
+    /// Binds `address` once without SO_REUSEPORT (SO_REUSEADDR only, so connections in TIME_WAIT do not
+    /// count) and lets it go. The workers of one process share an address through SO_REUSEPORT, which would
+    /// also let another process join silently; this probe fails when any other socket holds the address.
+    /// Returns the errno of the failed bind, nil when the address is free.
+    static func probeExclusive(_ address: HostPort) -> Int32? {
+        guard let sockaddr = SocketAddress(address) else { return EINVAL }
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return mtls_errno() }
+        defer { close(fd) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = sockaddr.withSockaddr { Glibc.bind(fd, $0, $1) }
+        return rc == 0 ? nil : mtls_errno()
+    }
+
     /// The local port a bound socket got (for port 0).
     static func localPort(of fd: Int32) -> Int {
         var storage = sockaddr_storage()

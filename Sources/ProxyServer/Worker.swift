@@ -44,12 +44,22 @@ final class Worker: @unchecked Sendable {
 
     let connections: ConnectionCounter
 
+    /// Where bcrypt runs (off the loops) and the per-address failure limit, shared by every worker.
+    private let hashing: PasswordHashing
+    private let authLimiter: AuthFailureLimiter
+    /// Work handed to this loop from other threads (`post`), guarded by `pendingLock`.
+    private var mailbox: [() -> Void] = []
+    private var mailEvent: OpaquePointer?
+
     init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth,
-         connections: ConnectionCounter, logger: Logger) throws {
+         connections: ConnectionCounter, logger: Logger,
+         hashing: PasswordHashing = PasswordHashing(), authLimiter: AuthFailureLimiter = AuthFailureLimiter()) throws {
         self.id = id
         self.connections = connections
         self.runtime = runtime
-        self.authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
+        self.hashing = hashing
+        self.authLimiter = authLimiter
+        self.authenticator = runtime.proxyUsers.map { ProxyAuthenticator(users: $0, hashing: hashing, limiter: authLimiter) }
         self.metrics = WorkerMetrics(metrics)
         self.health = health
         self.logger = logger
@@ -62,11 +72,7 @@ final class Worker: @unchecked Sendable {
         if !nameservers.isEmpty {
             guard let dns = evdns_base_new(base, 0) else { throw ServerError.eventLoop("evdns_base_new failed") }
             evdns_base_load_hosts(dns, nil)
-            for server in nameservers {
-                guard evdns_base_nameserver_ip_add(dns, server.description) == 0 else {
-                    throw ServerError.eventLoop("cannot use nameserver \(server)")
-                }
-            }
+            if let bad = Self.addNameservers(dns, nameservers) { throw ServerError.eventLoop("cannot use nameserver \(bad)") }
             evdns_base_set_option(dns, "timeout:", "2")
             evdns_base_set_option(dns, "attempts:", "2")
             self.dns = dns
@@ -81,9 +87,33 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_init(pendingLock, nil)
         stopEvent = event_new(base, -1, 0, workerStopCallback, me)
         swapEvent = event_new(base, -1, 0, workerSwapCallback, me)
+        mailEvent = event_new(base, -1, 0, workerMailCallback, me)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
+    }
+
+    /// Adds `servers` to `dns`; returns the first it refuses, nil when all are in.
+    private static func addNameservers(_ dns: OpaquePointer, _ servers: [HostPort]) -> HostPort? {
+        servers.first { evdns_base_nameserver_ip_add(dns, $0.description) != 0 }
+    }
+
+    /// A reload that changes `[upstream] nameservers` swaps them on this worker's resolver: lookups in flight
+    /// are sent again to the new servers (evdns suspends and resumes them). An empty list means
+    /// /etc/resolv.conf again.
+    private func applyNameservers(old: [HostPort], new: [HostPort]) {
+        guard old != new else { return }
+        evdns_base_clear_nameservers_and_suspend(dns)
+        if new.isEmpty {
+            if evdns_base_resolv_conf_parse(dns, DNS_OPTION_NAMESERVERS, "/etc/resolv.conf") != 0 {
+                logger.warning("reload: no nameservers in /etc/resolv.conf; names resolve from /etc/hosts only")
+            }
+        } else if let bad = Self.addNameservers(dns, new) {
+            logger.error("reload: cannot use nameserver \(bad); the others are in use")
+        }
+        evdns_base_set_option(dns, "timeout:", "2")
+        evdns_base_set_option(dns, "attempts:", "2")
+        evdns_base_resume(dns)
     }
 
     /// Once a second: pooled connections that present a certificate the identity no longer uses (its
@@ -103,6 +133,7 @@ final class Worker: @unchecked Sendable {
         if let stopEvent { event_free(stopEvent) }
         if let tickEvent { event_free(tickEvent) }
         if let swapEvent { event_free(swapEvent) }
+        if let mailEvent { event_free(mailEvent) }
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
@@ -111,17 +142,29 @@ final class Worker: @unchecked Sendable {
         event_base_free(base)
     }
 
-    /// Binds a listening socket; returns the port (useful with port 0).
-    func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR]) throws -> Int {
-        guard let sockaddr = SocketAddress(address) else { throw ServerError.bind(address.description, "not a numeric address") }
+    /// Binds a listening socket, or accepts on a copy of `inherited` (a socket a supervisor handed over, already
+    /// listening); returns the port (useful with port 0).
+    func bind(_ address: HostPort, kind: ListenerKind, allowClients: [CIDR], inherited: Int32? = nil) throws -> Int {
+        guard let sockaddr = SocketAddress(address) else {
+            throw ServerError.bind(address.description, "not a numeric address", role: kind.settingName)
+        }
         let flags = UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC)
         let handle = ListenerHandle(worker: self, kind: kind, allowClients: allowClients)
         let ctx = Unmanaged.passUnretained(handle).toOpaque()
-        let listener = sockaddr.withSockaddr { sa, len in
-            evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
+        let listener: OpaquePointer?
+        if let inherited {
+            let fd = fcntl(inherited, F_DUPFD_CLOEXEC, 3)
+            guard fd >= 0 else { throw ServerError.bind(address.description, errno: mtls_errno(), role: kind.settingName) }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            listener = evconnlistener_new(base, workerAcceptCallback, ctx, UInt32(LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC), -1, fd)
+            if listener == nil { close(fd) }
+        } else {
+            listener = sockaddr.withSockaddr { sa, len in
+                evconnlistener_new_bind(base, workerAcceptCallback, ctx, flags, 1024, sa, Int32(len))
+            }
         }
         guard let listener else {
-            throw ServerError.bind(address.description, String(cString: strerror(errno)))
+            throw ServerError.bind(address.description, errno: mtls_errno(), role: kind.settingName)
         }
         evconnlistener_set_error_cb(listener, workerAcceptErrorCallback)
         handle.listener = listener
@@ -170,13 +213,30 @@ final class Worker: @unchecked Sendable {
         pendingRuntime = nil
         pthread_mutex_unlock(pendingLock)
         guard let next else { return }
+        applyNameservers(old: runtime.config.upstream.nameservers, new: next.0.config.upstream.nameservers)
         runtime = next.0
         // Lines buffered so far go to the log they were written for (SIGHUP flushes them either way).
         accessLog.replace(with: next.1)
-        authenticator = runtime.proxyUsers.map(ProxyAuthenticator.init)
+        authenticator = runtime.proxyUsers.map { ProxyAuthenticator(users: $0, hashing: hashing, limiter: authLimiter) }
         interceptionContexts.removeAll()
         // Idle connections were made under the old certificates and trust settings: retire them all.
         pool.closeAll()
+    }
+
+    /// Safe from any thread: runs `work` on this worker's loop thread soon (the loop is woken).
+    func post(_ work: @escaping () -> Void) {
+        pthread_mutex_lock(pendingLock)
+        mailbox.append(work)
+        pthread_mutex_unlock(pendingLock)
+        if let mailEvent { event_active(mailEvent, EV_READ, 0) }
+    }
+
+    fileprivate func deliverMail() {
+        pthread_mutex_lock(pendingLock)
+        let work = mailbox
+        mailbox.removeAll()
+        pthread_mutex_unlock(pendingLock)
+        for item in work { item() }
     }
 
     /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
@@ -210,7 +270,7 @@ final class Worker: @unchecked Sendable {
         for handle in listeners { handle.free() }
         listeners.removeAll()
         pool.closeAll()
-        if let tickEvent { event_del(tickEvent) }
+        // The tick goes on: it is the heartbeat /healthz reads, and a draining worker is alive.
         for client in Array(clients.values) { client.drain() }
         let me = Unmanaged.passUnretained(self).toOpaque()
         drainTimer = mtls_evtimer_new(base, workerDrainTimeoutCallback, me)
@@ -224,12 +284,14 @@ final class Worker: @unchecked Sendable {
 
     fileprivate func accept(fd: Int32, address: UnsafeMutablePointer<sockaddr>?, handle: ListenerHandle) {
         var peerText = "?"
+        // A reload may have changed what this listener serves and who may connect: read them from the runtime.
+        let (kind, allowClients) = handle.current(in: runtime)
         if let address {
             let peer = SocketAddress.describe(address)
             peerText = peer.text
             let allowed: Bool
             if let ip = peer.ip {
-                allowed = ip.isLoopback || handle.allowClients.contains { $0.contains(ip) }
+                allowed = ip.isLoopback || allowClients.contains { $0.contains(ip) }
             } else {
                 allowed = false
             }
@@ -259,7 +321,7 @@ final class Worker: @unchecked Sendable {
             close(fd)
             return
         }
-        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: handle.kind)
+        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: kind)
         clients[ObjectIdentifier(client)] = client
         metrics.shared.activeClients.increment()
         client.start()
@@ -298,12 +360,22 @@ final class Worker: @unchecked Sendable {
 
 enum ServerError: Error, CustomStringConvertible {
     case eventLoop(String)
-    case bind(String, String)
+    /// A listening address that cannot be bound: the address, the cause, and which setting names it.
+    case bind(String, String, role: String)
+
+    /// The cause in the words of strerror(3), lower-cased: "127.0.0.1:9901: address already in use".
+    static func bind(_ address: String, errno e: Int32, role: String) -> ServerError {
+        var cause = String(cString: strerror(e))
+        if let first = cause.first, first.isUppercase, !(cause.dropFirst().first?.isUppercase ?? false) {
+            cause = first.lowercased() + cause.dropFirst()
+        }
+        return .bind(address, cause, role: role)
+    }
 
     var description: String {
         switch self {
         case .eventLoop(let s): return "event loop: \(s)"
-        case .bind(let address, let reason): return "cannot listen on \(address): \(reason)"
+        case .bind(let address, let reason, let role): return "\(address): \(reason) (\(role))"
         }
     }
 }
@@ -314,6 +386,15 @@ enum ListenerKind {
     case fixed(FixedListener)
     /// Requests inside an intercepted CONNECT tunnel to this host and port.
     case intercepted(host: String, port: Int)
+
+    /// The setting that names this listener's address, for error messages.
+    var settingName: String {
+        switch self {
+        case .forward: return "[proxy] listen"
+        case .fixed(let listener): return "\(listener.configKey).listen"
+        case .intercepted: return "intercepted tunnel"
+        }
+    }
 }
 
 /// One listening socket of a worker, with what it serves and who may connect.
@@ -329,6 +410,20 @@ final class ListenerHandle {
         self.worker = worker
         self.kind = kind
         self.allowClients = allowClients
+    }
+
+    /// What the listener serves and who may connect under `runtime`: the forward listener's `allow_clients`,
+    /// or the `[[listener]]` with the same address (its upstream and `allow_clients` may have changed on reload).
+    func current(in runtime: ProxyRuntime) -> (ListenerKind, [CIDR]) {
+        switch kind {
+        case .forward:
+            return (.forward, runtime.config.proxy.allowClients)
+        case .fixed(let listener):
+            guard let now = runtime.config.listeners.first(where: { $0.listen == listener.listen }) else { return (kind, allowClients) }
+            return (.fixed(now), now.allowClients)
+        case .intercepted:
+            return (kind, allowClients)
+        }
     }
 
     /// accept(2) failed, typically EMFILE/ENFILE: out of descriptors. The pending connection stays in the
@@ -433,6 +528,10 @@ private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutable
 
 private func workerSwapCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().takePendingRuntime()
+}
+
+private func workerMailCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().deliverMail()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

@@ -87,15 +87,20 @@ public final class ClientTLSContext: @unchecked Sendable {
     public static let sessionKeyIndex: Int32 = 1
 
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.
+    /// nil when any of them cannot be set (a name too long for SNI, a NUL in it, no memory): never a connection
+    /// without the check. The caller answers 502.
     public func makeSSL(host: String) -> OpaquePointer? {
-        guard let ssl = SSL_new(pointer) else { return nil }
-        let isIP = IPAddress(host) != nil
-        if isIP {
-            let param = SSL_get0_param(ssl)
-            X509_VERIFY_PARAM_set1_ip_asc(param, host)
+        guard !host.utf8.contains(0), let ssl = SSL_new(pointer) else { return nil }
+        let ok: Bool
+        if IPAddress(host) != nil {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1
         } else {
-            _ = mtls_SSL_set_tlsext_host_name(ssl, host)
-            SSL_set1_host(ssl, host)
+            ok = mtls_SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1
+        }
+        guard ok else {
+            _ = OpenSSLErrors.drain()
+            SSL_free(ssl)
+            return nil
         }
         return ssl
     }

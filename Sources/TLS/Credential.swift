@@ -45,13 +45,17 @@ public final class Credential: @unchecked Sendable {
         }
     }
 
-    /// A warning when the key file can be read by group or others (it is still used: secrets mounted by
-    /// Kubernetes are 0644 by default).
+    /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
+    /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
-        var st = stat()
-        guard stat(source.key, &st) == 0 else { return nil }
-        let mode = st.st_mode & 0o777
-        guard mode & 0o077 != 0 else { return nil }
-        return "private key \(source.key) is readable by \(mode & 0o007 != 0 ? "everyone" : "its group") (mode \(String(mode, radix: 8))); chmod 600 it"
+        KeyFilePermissions.warning(path: source.key)
+    }
+
+    /// The key password file, when the password comes from one.
+    public var passwordFile: String? {
+        switch source.files {
+        case .pem(_, _, .file(let path)?), .pkcs12(_, .file(let path)?): return path
+        default: return nil
+        }
     }
 }

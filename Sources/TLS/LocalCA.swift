@@ -66,22 +66,24 @@ enum Minting {
 
     static func certificate(subject: String, publicKey: PrivateKey, issuer: Certificate?, signer: PrivateKey,
                             validitySeconds: Int, isCA: Bool, dnsName: String?) throws -> Certificate {
+        // issue 15 point 8: every X509 call below is checked (check(...)); a failure throws, nothing half-made is used.
+        try check(dnsName.map(Self.isExpressible) ?? true, "no certificate for a host that is neither a DNS name nor an IP address")
         guard let x509 = X509_new() else { throw TLSSetupError.context("X509_new failed") }
         let cert = Certificate(taking: x509)
-        X509_set_version(x509, 2)
+        try check(X509_set_version(x509, 2) == 1, "X509_set_version")
         // A random 128-bit serial.
-        if let bn = BN_new() {
-            BN_rand(bn, 127, -1, 0)
-            BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x509))
-            BN_free(bn)
-        }
-        X509_gmtime_adj(X509_getm_notBefore(x509), -300)
-        X509_gmtime_adj(X509_getm_notAfter(x509), validitySeconds)
-        X509_set_pubkey(x509, publicKey.pointer)
+        guard let bn = BN_new() else { throw TLSSetupError.context("BN_new failed") }
+        defer { BN_free(bn) }
+        try check(BN_rand(bn, 127, -1, 0) == 1 && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x509)) != nil, "serial number")
+        try check(X509_gmtime_adj(X509_getm_notBefore(x509), -300) != nil && X509_gmtime_adj(X509_getm_notAfter(x509), validitySeconds) != nil, "validity")
+        try check(X509_set_pubkey(x509, publicKey.pointer) == 1, "X509_set_pubkey")
         let name = X509_get_subject_name(x509)
-        if isCA { X509_NAME_add_entry_by_txt(name, "O", mtls_MBSTRING_ASC(), "mtls-proxy", -1, -1, 0) }
-        X509_NAME_add_entry_by_txt(name, "CN", mtls_MBSTRING_ASC(), subject, -1, -1, 0)
-        X509_set_issuer_name(x509, issuer.map { X509_get_subject_name($0.pointer) } ?? name)
+        if isCA { try check(X509_NAME_add_entry_by_txt(name, "O", mtls_MBSTRING_ASC(), "mtls-proxy", -1, -1, 0) == 1, "subject O") }
+        // A CN holds at most 64 characters; a leaf for a longer name is named by its subjectAltName alone.
+        if isCA || subject.utf8.count <= 64 {
+            try check(X509_NAME_add_entry_by_txt(name, "CN", mtls_MBSTRING_ASC(), subject, -1, -1, 0) == 1, "subject CN (at most 64 characters)")
+        }
+        try check(X509_set_issuer_name(x509, issuer.map { X509_get_subject_name($0.pointer) } ?? name) == 1, "X509_set_issuer_name")
 
         var v3 = X509V3_CTX()
         X509V3_set_ctx(&v3, issuer?.pointer ?? x509, x509, nil, nil, 0)
@@ -99,8 +101,9 @@ enum Minting {
             guard let ext = X509V3_EXT_conf_nid(nil, &v3, nid, value) else {
                 throw TLSSetupError.context("certificate extension \(value): \(OpenSSLErrors.describe(OpenSSLErrors.drain()))")
             }
-            X509_add_ext(x509, ext, -1)
+            let added = X509_add_ext(x509, ext, -1)  // issue 15 point 8: checked
             X509_EXTENSION_free(ext)
+            try check(added == 1, "X509_add_ext \(value)")
         }
         guard X509_sign(x509, signer.pointer, EVP_sha256()) > 0 else {
             throw TLSSetupError.context("signing failed: \(OpenSSLErrors.describe(OpenSSLErrors.drain()))")
@@ -176,7 +179,10 @@ public final class InterceptionContext: @unchecked Sendable {
 private func interceptionServerNameCallback(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let ssl, let arg, let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return mtls_SSL_TLSEXT_ERR_OK() }
     let expected = String(cString: arg.assumingMemoryBound(to: CChar.self))
-    if String(cString: name).lowercased() == expected { return mtls_SSL_TLSEXT_ERR_OK() }
+    // The tunnel's host is canonical (lower case, no trailing dot); a client may send the dotted form.
+    var requested = String(cString: name).lowercased()
+    if requested.count > 1, requested.hasSuffix(".") { requested.removeLast() }
+    if requested == expected { return mtls_SSL_TLSEXT_ERR_OK() }
     alert?.pointee = mtls_SSL_AD_UNRECOGNIZED_NAME()
     return mtls_SSL_TLSEXT_ERR_ALERT_FATAL()
 }

@@ -1,4 +1,5 @@
 import CEventTLS
+import ProxyConfig
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,6 +61,26 @@ public final class PrivateKey: @unchecked Sendable {
         case EVP_PKEY_ED25519: return "Ed25519"
         default: return "key \(bits) bits"
         }
+    }
+}
+
+/// The one permission check for every file that holds a private key or its password: identity keys, PKCS#12
+/// bundles, key password files and the interception CA's key. The verdict is `KeyFileAccess`'s: readable by
+/// everyone, or by a group the proxy does not run with, draws a warning (the file is still used).
+public enum KeyFilePermissions {
+    /// nil when the file's permissions are fine (or it cannot be examined), else the warning.
+    public static func warning(path: String, what: String = "private key") -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        var groups = Set([UInt32(getegid())])
+        let count = getgroups(0, nil)
+        if count > 0 {
+            var list = [gid_t](repeating: 0, count: Int(count))
+            let n = getgroups(count, &list)
+            if n > 0 { groups.formUnion(list[0..<Int(n)].map { UInt32($0) }) }
+        }
+        return KeyFileAccess.warning(path: path, what: what, mode: UInt32(st.st_mode), fileGroup: UInt32(st.st_gid),
+                                     processGroups: groups)
     }
 }
 

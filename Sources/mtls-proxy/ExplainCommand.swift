@@ -30,6 +30,7 @@ struct Explain: ParsableCommand {
         // The same decision the data path makes: canonical path first, then the router, which says why.
         let router = runtime.router
         var lines: [(String, String)] = [("request", "\(method.uppercased()) \(url)")]
+        if refusesNumericHost(target.host, &lines) { return }
         let canonicalPath: String
         switch RequestRouting.decide(router, host: target.host, port: port, path: target.path) {
         case .refused(let refusal, let decided):
@@ -75,6 +76,14 @@ struct Explain: ParsableCommand {
         printLines(lines)
     }
 
+    /// The data path refuses legacy numeric and IPv4-mapped hosts before routing; so does `explain`.
+    private func refusesNumericHost(_ host: String, _ lines: inout [(String, String)]) -> Bool {
+        guard AddressPolicy.isNonCanonicalNumericHost(host) else { return false }
+        lines.append(("outcome", "400: \(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d (the proxy sends nothing upstream)"))
+        printLines(lines)
+        return true
+    }
+
     /// CONNECT host:port: the host-level route decides; path-scoped routes may require interception.
     private func explainTunnel(_ runtime: ProxyRuntime) throws {
         let authority: (host: String, port: Int?)
@@ -90,7 +99,9 @@ struct Explain: ParsableCommand {
         }
         let router = runtime.router
         let plan = router.planTunnel(host: authority.host, port: port)
-        var lines: [(String, String)] = [("request", "CONNECT \(authority.host):\(port)")]
+        let shownHost = authority.host.contains(":") ? "[\(authority.host)]" : authority.host
+        var lines: [(String, String)] = [("request", "CONNECT \(shownHost):\(port)")]
+        if refusesNumericHost(authority.host, &lines) { return }
         for skipped in router.explain(host: authority.host, port: port, path: nil).skipped {
             lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
         }

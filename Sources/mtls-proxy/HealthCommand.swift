@@ -24,7 +24,10 @@ struct Health: ParsableCommand {
             }
             address = parsed
         } else {
-            guard let configured = try options.loadConfiguration().admin?.listen else {
+            // In a container, the proxy is PID 1: its own --config wins over $MTLS_PROXY_CONFIG and the defaults.
+            let running = options.config == nil ? RunningProcessConfig.ofProcess(1) : nil
+            let config = try running.map { try ConfigLoader.load(file: $0, environment: options.environment) } ?? options.loadConfiguration()
+            guard let configured = config.admin?.listen else {
                 printError("mtls-proxy: no [admin] listen in the config; pass --admin ADDRESS")
                 throw ExitCode(2)
             }

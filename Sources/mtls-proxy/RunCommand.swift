@@ -12,19 +12,16 @@ struct Run: ParsableCommand {
         ProxyServer.prepareProcess()
         let runtime = try options.loadRuntime()
         let config = runtime.config
-        let level = Logger.Level(rawValue: config.log.level.rawValue) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        LoggingSystem.bootstrap(OperationalLogHandler.factory(settings: config.log))
         let logger = Logger(label: "mtls-proxy")
         let path = options.path
         let environment = options.environment
         let server: ProxyServer
         do {
-            server = try ProxyServer(runtime: runtime, logger: logger, loader: { generation in
-                try ProxyRuntime(config: try ConfigLoader.load(file: path, environment: environment), generation: generation)
+            // Reloads parse each distinct config text once (TOMLKit never frees a parsed document).
+            let configs = ParsedConfigCache()
+            server = try ProxyServer(runtime: runtime, logger: logger, loader: {
+                try configs.load(file: path, environment: environment)
             })
             try server.bind()
         } catch {

@@ -110,6 +110,24 @@ func check(_ bytes: [UInt8], _ allowing: PathNormalizer.Relaxations) {
         }
         precondition(!again.used.contains(.mergeSlashes), "a merged path still has an empty segment")
         if !relaxed { precondition(canonical.used.isEmpty) }
+        checkReadings(canonical.path)
+    }
+}
+
+/// Other servers' readings of a canonical path (`;parameters` cut, kept `%2F`/`%5C` decoded): each is a path
+/// without empty segments and without what it removed; a path with nothing to read differently has none.
+func checkReadings(_ canonical: String) {
+    let readings = PathNormalizer.otherReadings(of: canonical)
+    let hasParameters = canonical.contains(";") || canonical.contains("%3B")
+    let hasEscapedSlashes = canonical.contains("%2F") || canonical.contains("%5C")
+    precondition(readings.isEmpty == !(hasParameters || hasEscapedSlashes), "readings for a path that has nothing to read differently")
+    for reading in readings {
+        precondition(reading.path.first == "/" && !reading.path.contains("//"), "a reading is not a path without empty segments")
+        if reading.refusal == .pathParameters {
+            precondition(!reading.path.contains(";") && !reading.path.contains("%3B"), "parameters left in the stripped reading")
+        } else {
+            precondition(!reading.path.contains("%2F") && !reading.path.contains("%5C"), "escaped slash left in the decoded reading")
+        }
     }
 }
 

@@ -119,3 +119,50 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(ProxyErrorResponse.sfString("café\n") == "\"caf??\"")
     }
 }
+
+/// Review of issue 11: an IPv6 literal has one spelling, so a route naming `[::1]` also matches `[0:0::1]`.
+@Suite struct HostSpellingTests {
+    @Test(arguments: [
+        ("[0:0:0:0:0:0:0:1]", "::1"), ("[0::1]", "::1"), ("[::0:1]", "::1"), ("[0000::0001]", "::1"),
+        ("[FE80:0:0:0:0:0:0:AB]", "fe80::ab"), ("[2001:db8:0:0:1:0:0:1]", "2001:db8::1:0:0:1"),
+        ("[1:0:0:2:0:0:0:3]", "1:0:0:2::3"), ("[1:2:3:4:5:6:7:8]", "1:2:3:4:5:6:7:8"), ("[1:0:2:3:4:5:6:7]", "1:0:2:3:4:5:6:7"),
+        ("[::FFFF:127.0.0.1]", "::ffff:127.0.0.1"), ("[::ffff:7f00:1]", "::ffff:127.0.0.1"), ("[::]", "::"),
+    ])
+    func ipv6LiteralsAreCanonical(authority: String, host: String) throws {
+        #expect(try AbsoluteTarget.parseAuthority(Array(authority.utf8)).host == host)
+        #expect(try AbsoluteTarget.parse("http://\(authority):8443/x").host == host)
+    }
+
+    @Test(arguments: ["[1:::2]", "[1::2::3]", "[12345::1]", "[1:2:3:4:5:6:7:8:9]", "[1:2:3:4:5:6:7]", "[::1.2.3]",
+                      "[::256.0.0.1]", "[:1::2]", "[1::2:]", "[::1.2.3.4:5]"])
+    func malformedIPv6LiteralsAreRefused(authority: String) {
+        #expect(throws: HTTPParseError.self) { try AbsoluteTarget.parseAuthority(Array(authority.utf8)) }
+    }
+}
+
+/// Review of issue 11: an upgrade to HTTP/2 (`h2c`) turns one routed request into a connection that carries any
+/// number of requests for any path, none of them routed; it is not passed on. WebSocket is one request.
+@Suite struct UpgradeTokenTests {
+    @Test func http2UpgradesAreNotForwarded() {
+        #expect(Forwarding.forwardableUpgrade("h2c") == nil)
+        #expect(Forwarding.forwardableUpgrade("H2C") == nil)
+        #expect(Forwarding.forwardableUpgrade(" h2c , h2") == nil)
+        #expect(Forwarding.forwardableUpgrade("h2c, websocket") == "websocket")
+        #expect(Forwarding.forwardableUpgrade("websocket") == "websocket")
+        #expect(Forwarding.forwardableUpgrade("WebSocket, foo/2") == "WebSocket, foo/2")
+        #expect(Forwarding.forwardableUpgrade(" , ") == nil)
+    }
+}
+
+/// Review of issue 11: fields that frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) take as the request path
+/// instead of the request line would let a client name a path no route decided; they are not forwarded.
+@Suite struct PathOverrideFieldTests {
+    @Test func pathOverrideFieldsAreNotForwarded() throws {
+        let request = try HeadParser.parseRequest(Array((
+            "GET http://api.test/v1 HTTP/1.1\r\nHost: api.test\r\nX-Original-URL: /admin/x\r\nx-rewrite-url: /admin/y\r\n"
+            + "X-Original-Uri: /admin/z\r\nAccept: */*\r\n\r\n").utf8))
+        let out = String(decoding: Forwarding.upstreamRequest(request, pathAndQuery: "/v1", host: "api.test", framing: .none), as: UTF8.self)
+        #expect(!out.lowercased().contains("/admin"), "\(out)")
+        #expect(out.contains("Accept: */*\r\n"))
+    }
+}

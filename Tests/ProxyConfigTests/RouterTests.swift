@@ -258,3 +258,24 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
         #expect(r.match(host: "x.test", port: 443, path: "/").pathRules == upstream.pathRules)
     }
 }
+
+/// Review of issue 11: a route naming an IP literal matches every spelling of that address that reaches it.
+@Suite struct HostLiteralRouteTests {
+    @Test func ipv6RouteHostsAreCanonical() {
+        #expect(HostPattern.parse("[0:0:0:0:0:0:0:1]") == .exact("::1"))
+        #expect(HostPattern.parse("0::1") == .exact("::1"))
+        #expect(HostPattern.parse("[FE80::00AB]") == .exact("fe80::ab"))
+        let router = Router(routes: [route(1, "[0::1]", .deny)], unmatched: .tls, upstream: UpstreamSettings())
+        #expect(router.match(host: "::1", port: 443, path: "/").action == .deny)
+    }
+
+    /// `[::ffff:127.0.0.1]` is dialled as 127.0.0.1, so a route for 127.0.0.1 would be skipped: refused like
+    /// the legacy numeric forms.
+    @Test func ipv4MappedLiteralsAreNonCanonical() {
+        #expect(AddressPolicy.isNonCanonicalNumericHost("::ffff:127.0.0.1"))
+        #expect(AddressPolicy.isNonCanonicalNumericHost("::ffff:7f00:1"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("::1"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("127.0.0.1"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("api.example.com"))
+    }
+}

