@@ -22,7 +22,9 @@ public struct AbsoluteTarget: Sendable, Equatable {
         return pathAndQuery[...]
     }
 
-    public var isIPv6Literal: Bool { host.utf8.contains(0x3A) }
+    public var isIPv6Literal: Bool {
+        host.utf8.withContiguousStorageIfAvailable { $0.contains(0x3A) } ?? host.utf8.contains(0x3A)
+    }
 
     /// The host as it goes in a `Host` header: brackets around IPv6, and the port when it is not implied.
     public func hostHeader(port: Int, defaultPort: Int) -> String {

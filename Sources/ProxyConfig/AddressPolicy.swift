@@ -126,9 +126,11 @@ public enum AddressPolicy {
     /// be matched by a route naming it.
     public static func isNonCanonicalNumericHost(_ host: String) -> Bool {
         // An IPv6 literal is refused only when it is IPv4-mapped (a byte test for the colon: this runs for every request).
-        if host.utf8.contains(0x3A) { return IPAddress(host)?.mappedV4 != nil }
         var text = host
-        guard text.withUTF8({ legacyNumericIPv4Value($0) }) != nil else { return false }
-        return IPAddress(host) == nil
+        return text.withUTF8 { bytes in
+            for c in bytes where c == 0x3A { return IPAddress(host)?.mappedV4 != nil }
+            guard legacyNumericIPv4Value(bytes) != nil else { return false }
+            return IPAddress(host) == nil
+        }
     }
 }
