@@ -55,3 +55,20 @@ private func referenceFields(_ lines: inout HeadParser.Lines, limits: HeadLimits
     }
     return HTTPHeaders(fields)
 }
+
+@Suite struct LineCountTests {
+    /// The word-at-a-time count of LF bytes equals a byte-by-byte count, from every start and at every length.
+    @Test func countsEveryLineFeed() throws {
+        var bytes: [UInt8] = []
+        for k in 0..<97 { bytes.append([0x0A, 0x0D, 0x8A, 0x0B, 0x09, 0xFF, 0x00, 0x61][(k * 7 + k / 5) % 8]) }
+        for end in 0...bytes.count {
+            try Array(bytes[0..<end]).withUnsafeBytes { raw in
+                for start in 0...min(end, 17) {
+                    var lines = try HeadParser.Lines(raw, limits: HeadLimits())
+                    lines.position = start
+                    #expect(lines.remainingLineCount() == bytes[start..<end].filter { $0 == 0x0A }.count, "\(start) \(end)")
+                }
+            }
+        }
+    }
+}
