@@ -313,9 +313,9 @@ final class ClientConnection: UpstreamConnectionDelegate {
         var target: AbsoluteTarget
         do {
             framing = try BodyFraming.forRequest(head)
-            let hosts = head.headers.values("Host")
-            if hosts.count > 1 { throw HTTPParseError.multipleHosts }
-            if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
+            let hosts = head.headers.count(of: "Host")
+            if hosts > 1 { throw HTTPParseError.multipleHosts }
+            if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
                 target = try AbsoluteTarget.parse(head.target)
