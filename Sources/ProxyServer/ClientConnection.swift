@@ -394,7 +394,7 @@ final class ClientConnection: UpstreamConnectionDelegate {
                 return
             }
         }
-        record.certificateSerial = context.credential?.leaf.serialHex
+        record.certificateSerial = context.credential?.leafSerialHex
 
         let hostHeader = target.hostHeader(port: port, defaultPort: 443)
         upgrade = nil
