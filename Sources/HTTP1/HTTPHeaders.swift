@@ -102,9 +102,16 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
 extension String {
     /// ASCII case-insensitive equality, the comparison HTTP uses for field names and tokens.
+    /// The length test is inlined at each call (most names differ in length); the bytes are compared out of line.
+    @inline(__always)
     public func equalsIgnoringASCIICase(_ other: String) -> Bool {
+        guard utf8.count == other.utf8.count else { return false }
+        return sameLengthEqualsIgnoringASCIICase(other)
+    }
+
+    @inline(never)
+    func sameLengthEqualsIgnoringASCIICase(_ other: String) -> Bool {
         let a = self.utf8, b = other.utf8
-        guard a.count == b.count else { return false }
         // Native strings are contiguous: compare their bytes directly (this runs for every header, every request).
         if let result = a.withContiguousStorageIfAvailable({ x in
             b.withContiguousStorageIfAvailable { y in bytesEqualIgnoringASCIICase(x, y) }
