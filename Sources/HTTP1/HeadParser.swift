@@ -106,8 +106,15 @@ public enum HeadParser {
     }
 
     private static func parseVersion(_ bytes: Slice<UnsafeRawBufferPointer>) throws -> HTTPVersion {
-        if bytes.elementsEqual("HTTP/1.1".utf8) { return .http11 }
-        if bytes.elementsEqual("HTTP/1.0".utf8) { return .http10 }
+        // "HTTP/1." compared byte by byte in place, then the minor version.
+        if bytes.count == 8 {
+            let b = bytes.base, s = bytes.startIndex
+            if b[s] == 0x48 && b[s + 1] == 0x54 && b[s + 2] == 0x54 && b[s + 3] == 0x50 && b[s + 4] == 0x2F
+                && b[s + 5] == 0x31 && b[s + 6] == 0x2E {
+                if b[s + 7] == 0x31 { return .http11 }
+                if b[s + 7] == 0x30 { return .http10 }
+            }
+        }
         let text = ascii(bytes.prefix(16))
         if bytes.count == 8, bytes.starts(with: "HTTP/".utf8) { throw HTTPParseError.unsupportedVersion(text) }
         throw HTTPParseError.invalidRequestLine

@@ -41,7 +41,12 @@ public struct AbsoluteTarget: Sendable, Equatable {
     /// The same target with its path replaced by `canonicalPath` (see `PathNormalizer`), the query kept.
     public func withPath(_ canonicalPath: String) -> AbsoluteTarget {
         // Usually the path was canonical already: keep the target as it is (no new string).
-        if path.utf8.elementsEqual(canonicalPath.utf8) { return self }
+        let current = path
+        if current.utf8.count == canonicalPath.utf8.count,
+           current.utf8.withContiguousStorageIfAvailable({ a in canonicalPath.utf8.withContiguousStorageIfAvailable { a.elementsEqual($0) } })
+               ?? current.utf8.elementsEqual(canonicalPath.utf8) == true {
+            return self
+        }
         var copy = self
         copy.pathAndQuery = canonicalPath + query
         return copy

@@ -72,3 +72,16 @@ private func referenceFields(_ lines: inout HeadParser.Lines, limits: HeadLimits
         }
     }
 }
+
+@Suite struct VersionTests {
+    @Test func versionsReadInPlace() throws {
+        #expect(try HeadParser.parseRequest(Array("GET / HTTP/1.1\r\nHost: a\r\n\r\n".utf8)).version == .http11)
+        #expect(try HeadParser.parseRequest(Array("GET / HTTP/1.0\r\n\r\n".utf8)).version == .http10)
+        #expect(try HeadParser.parseResponse(Array("HTTP/1.0 200 OK\r\n\r\n".utf8)).version == .http10)
+        #expect(throws: HTTPParseError.unsupportedVersion("HTTP/1.2")) { try HeadParser.parseRequest(Array("GET / HTTP/1.2\r\n\r\n".utf8)) }
+        #expect(throws: HTTPParseError.unsupportedVersion("HTTP/2.0")) { try HeadParser.parseRequest(Array("GET / HTTP/2.0\r\n\r\n".utf8)) }
+        #expect(throws: HTTPParseError.invalidRequestLine) { try HeadParser.parseRequest(Array("GET / http/1.1\r\n\r\n".utf8)) }
+        #expect(throws: HTTPParseError.invalidRequestLine) { try HeadParser.parseRequest(Array("GET / HTTP/1.10\r\n\r\n".utf8)) }
+        #expect(throws: HTTPParseError.invalidRequestLine) { try HeadParser.parseRequest(Array("GET / HTTP/1.\r\n\r\n".utf8)) }
+    }
+}
