@@ -28,8 +28,9 @@ final class UpstreamConnection {
     enum State { case connecting, ready, closed }
 
     enum Event {
-        /// The connection closed cleanly (EOF).
-        case eof
+        /// The connection closed (EOF): `closeNotify` when the server ended TLS with close_notify, false for a
+        /// bare FIN, which may be a truncation.
+        case eof(closeNotify: Bool)
         /// A socket or TLS error.
         case error(errno: Int32, tls: [OpenSSLErrorEntry], dnsError: Int32)
         /// The read timeout (response or idle) passed.
@@ -171,10 +172,24 @@ final class UpstreamConnection {
         return (Int(code), String(cString: X509_verify_cert_error_string(code)))
     }
 
+    /// The TLS side of this connection, while it has one.
+    var session: TLSSession? { ssl.map { TLSSession(ssl: $0, context: context) } }
+
+    /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
+    func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
+        let verify = verifyResult
+        return UpstreamTLSFailure(
+            phase: handshakeCompleted ? .afterHandshake : .handshake,
+            host: key.host, port: key.port,
+            identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
+            verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
+            errors: errors, socketErrno: errno, closed: closed)
+    }
+
     /// Hands the bufferevent (and its TLS connection) over to a `Relay`, after `101 Switching Protocols`.
     /// The connection is closed as far as the pool and the worker are concerned.
-    func detach() -> OpaquePointer? {
-        guard state == .ready, let bev else { return nil }
+    func detach() -> Endpoint? {
+        guard state == .ready, let bev, let session else { return nil }
         if let ssl {
             SSL_set_info_callback(ssl, nil)
             SSL_set_ex_data(ssl, 0, nil)
@@ -185,7 +200,7 @@ final class UpstreamConnection {
         bufferevent_setcb(bev, nil, nil, nil, nil)
         mtls_bufferevent_set_timeouts_ms(bev, 0, 0)
         close()
-        return bev
+        return Endpoint(bev: bev, tls: session)
     }
 
     func close() {
@@ -250,8 +265,8 @@ final class UpstreamConnection {
             let real = tls.filter { !$0.isPseudo }
             if dns == 0 && !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) {
                 // OpenSSL 3 reports a close without close_notify as an error; libevent 2.1 passes it on as one.
-                // It is an end of stream like any other: the HTTP framing tells whether anything was cut short.
-                event = .eof
+                // It is an end of stream without close_notify: the HTTP framing tells whether anything was cut short.
+                event = .eof(closeNotify: false)
             } else {
                 event = .error(errno: mtls_errno(), tls: tls, dnsError: dns)
             }
@@ -261,7 +276,7 @@ final class UpstreamConnection {
             if !handshakeCompleted && serverBytesRead == 0 && Self.connectErrnos.contains(e) {
                 event = .error(errno: e, tls: [], dnsError: 0)
             } else {
-                event = .eof
+                event = .eof(closeNotify: session?.receivedCloseNotify ?? false)
             }
         }
         deliver(event)

@@ -147,7 +147,6 @@ public final class InterceptionContext: @unchecked Sendable {
     public let pointer: OpaquePointer
     public let host: String
     public let notAfter: Int
-    private let hostCString: UnsafeMutablePointer<CChar>
 
     public init(ca: LocalCA, host: String, validitySeconds: Int) throws {
         let (leaf, key) = try ca.mintLeaf(host: host, validitySeconds: validitySeconds)
@@ -155,7 +154,6 @@ public final class InterceptionContext: @unchecked Sendable {
         pointer = ctx
         self.host = host
         notAfter = leaf.notAfter
-        hostCString = strdup(host)
         mtls_SSL_CTX_set_default_options(ctx)
         _ = mtls_SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
         _ = mtls_SSL_CTX_set_mode(ctx, mtls_SSL_MODE_RELEASE_BUFFERS())
@@ -163,26 +161,32 @@ public final class InterceptionContext: @unchecked Sendable {
               SSL_CTX_use_PrivateKey(ctx, key.pointer) == 1 else {
             throw TLSSetupError.context(OpenSSLErrors.describe(OpenSSLErrors.drain()))
         }
+        // The callback compares the SNI with the leaf the SSL itself holds: it needs no memory of ours, so an
+        // SSL that outlives this object (a reload or a cache flush during a handshake) stays safe.
         _ = mtls_SSL_CTX_set_tlsext_servername_callback(ctx, interceptionServerNameCallback)
-        _ = mtls_SSL_CTX_set_tlsext_servername_arg(ctx, UnsafeMutableRawPointer(hostCString))
     }
 
     deinit {
         SSL_CTX_free(pointer)
-        free(hostCString)
     }
 
-    public func makeSSL() -> OpaquePointer? { SSL_new(pointer) }
+    /// A server-side session for one intercepted tunnel; it keeps this context alive while the connection holds it.
+    public func makeSession() -> TLSSession? {
+        guard let ssl = SSL_new(pointer) else {
+            _ = OpenSSLErrors.drain()
+            return nil
+        }
+        return TLSSession(ssl: ssl, context: self)
+    }
 }
 
 /// A client asking (by SNI) for another name than the tunnel's host gets a fatal unrecognized_name alert.
 private func interceptionServerNameCallback(_ ssl: OpaquePointer?, _ alert: UnsafeMutablePointer<Int32>?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
-    guard let ssl, let arg, let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return mtls_SSL_TLSEXT_ERR_OK() }
-    let expected = String(cString: arg.assumingMemoryBound(to: CChar.self))
-    // The tunnel's host is canonical (lower case, no trailing dot); a client may send the dotted form.
-    var requested = String(cString: name).lowercased()
-    if requested.count > 1, requested.hasSuffix(".") { requested.removeLast() }
-    if requested == expected { return mtls_SSL_TLSEXT_ERR_OK() }
+    guard let ssl, let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return mtls_SSL_TLSEXT_ERR_OK() }
+    // The tunnel's host is canonical (no trailing dot); a client may send the dotted form.
+    var length = strlen(name)
+    if length > 1 && name[length - 1] == CChar(UInt8(ascii: ".")) { length -= 1 }
+    if let leaf = SSL_get_certificate(ssl), X509_check_host(leaf, name, length, 0, nil) == 1 { return mtls_SSL_TLSEXT_ERR_OK() }
     alert?.pointee = mtls_SSL_AD_UNRECOGNIZED_NAME()
     return mtls_SSL_TLSEXT_ERR_ALERT_FATAL()
 }

@@ -1,7 +1,7 @@
 import CEventTLS
-import HTTP1
 
-/// What was seen when a TLS connection to an upstream failed, gathered from OpenSSL and the socket.
+/// What was seen when a TLS connection to an upstream failed, gathered from OpenSSL and the socket. The proxy
+/// turns it into an HTTP response (`ConnectFailures` in ProxyServer); this module knows nothing of HTTP.
 public struct UpstreamTLSFailure: Sendable {
     public enum Phase: Sendable {
         /// The handshake itself failed.
@@ -40,7 +40,7 @@ public struct UpstreamTLSFailure: Sendable {
         self.closed = closed
     }
 
-    static let alertNames: [Int: String] = [
+    public static let alertNames: [Int: String] = [
         0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
         40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate", 44: "certificate_revoked",
         45: "certificate_expired", 46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca",
@@ -52,80 +52,17 @@ public struct UpstreamTLSFailure: Sendable {
     ]
 
     /// Alerts by which a server says it did not accept the client's certificate (or its absence).
-    static let clientCertificateAlerts: Set<Int> = [42, 43, 44, 45, 46, 48, 49, 116]
+    public static let clientCertificateAlerts: Set<Int> = [42, 43, 44, 45, 46, 48, 49, 116]
 
-    var presented: String {
+    public var presented: String {
         guard let identity else { return "no client certificate (a tls route)" }
         if let subject = certificateSubject { return "identity \(identity) (\(subject))" }
         return "identity \(identity)"
     }
 
-    var upstream: String { "\(host):\(port)" }
+    public var upstream: String { "\(host):\(port)" }
 
-    /// The response the caller gets: who rejected what, and what to do.
-    public var response: ProxyErrorResponse {
-        // 1. Our side refused the server's certificate.
-        if verifyResult != 0 {
-            return ProxyErrorResponse(
-                status: 502, errorType: .tlsCertificateError,
-                details: "the upstream \(upstream) presented a certificate that failed verification: \(verifyMessage)",
-                advice: "The proxy did not trust the server. Check that the route's ca_file holds the CA that issued the server's certificate, and that the URL's host name is one the certificate names.")
-        }
-        // 2. The server sent an alert.
-        if let alert = errors.lazy.compactMap(\.alert).first {
-            let name = Self.alertNames[alert] ?? "alert \(alert)"
-            var advice: String
-            if Self.clientCertificateAlerts.contains(alert) || (alert == 40 && identity == nil) {
-                if identity == nil {
-                    advice = "The upstream rejected the connection with no client certificate; it probably requires mutual TLS. Give the route an identity."
-                } else {
-                    advice = "The upstream rejected the client certificate of \(presented). Make sure the service has this certificate on its allowlist (export it with `mtls-proxy certs \(identity!) --pem`), that it is not expired, and that its issuer is one the service trusts."
-                }
-            } else if alert == 70 || alert == 71 {
-                advice = "The upstream and the proxy share no acceptable TLS version or cipher; the proxy requires TLS 1.2 or later."
-            } else {
-                advice = "The upstream ended the TLS handshake; \(presented) was offered."
-            }
-            return ProxyErrorResponse(
-                status: 502, errorType: .tlsAlertReceived,
-                details: "the upstream \(upstream) sent TLS alert \(name) (\(alert)); presented \(presented)",
-                advice: advice)
-        }
-        // 3. Other OpenSSL failures.
-        let real = errors.filter { !$0.isPseudo }
-        if !real.isEmpty {
-            let text = OpenSSLErrors.describe(real)
-            var advice = "The TLS handshake with the upstream failed on the proxy's side."
-            if text.contains("wrong version number") || text.contains("packet length too long") {
-                advice = "The upstream does not speak TLS on this port (is it plain HTTP?)."
-            } else if text.contains("unsupported protocol") || text.contains("protocol version") {
-                advice = "The upstream offers only a TLS version below the route's min_tls."
-            }
-            return ProxyErrorResponse(status: 502, errorType: .tlsProtocolError,
-                                      details: "TLS with the upstream \(upstream) failed: \(text)", advice: advice)
-        }
-        // 4. The connection closed or reset with no alert.
-        let how = socketErrno != 0 ? "reset the connection (\(Self.errnoName(socketErrno)))" : "closed the connection"
-        switch phase {
-        case .afterHandshake where identity != nil:
-            return ProxyErrorResponse(
-                status: 502, errorType: .connectionTerminated,
-                details: "the upstream \(upstream) \(how) right after the TLS handshake, before any response; presented \(presented)",
-                advice: "It may have rejected the client certificate (TLS 1.3 servers reject after the handshake). Check that the service has this certificate on its allowlist.")
-        case .afterHandshake:
-            return ProxyErrorResponse(
-                status: 502, errorType: .connectionTerminated,
-                details: "the upstream \(upstream) \(how) before sending a response",
-                advice: "It may require a client certificate; give the route an identity if so.")
-        case .handshake:
-            return ProxyErrorResponse(
-                status: 502, errorType: .connectionTerminated,
-                details: "the upstream \(upstream) \(how) during the TLS handshake; presented \(presented)",
-                advice: "The upstream may not speak TLS on this port, or it refused the handshake.")
-        }
-    }
-
-    static func errnoName(_ e: Int32) -> String {
+    public static func errnoName(_ e: Int32) -> String {
         switch e {
         case 104: return "ECONNRESET"
         case 32: return "EPIPE"

@@ -7,7 +7,7 @@ Paths:
   /echo                   reads the request body (Content-Length or chunked), answers its length and SHA-256
   /download?size=N        N bytes with Content-Length, streamed
   /chunked?size=N         N bytes in chunked coding
-  /close?size=N           N bytes with neither, then closes
+  /close?size=N           N bytes with neither, then close_notify and close
   /slow?ms=N              waits N ms, then answers
   /drip?size=N&ms=T       N bytes with Content-Length, trickled over T ms
 Usage: upstream.py --port P --cert C --key K [--ca CA --require-client-cert]
@@ -101,6 +101,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             left -= len(part)
         if mode == "chunked":
             self.wfile.write(b"0\r\n\r\n")
+        elif mode == "close":
+            # A close-delimited body ends cleanly only with close_notify (as nginx sends it); a bare FIN would be
+            # a truncation, which the proxy must report as one.
+            self.wfile.flush()
+            try:
+                self.connection.unwrap()
+            except (OSError, ssl.SSLError):
+                pass
 
     def handle_any(self):
         url = urlparse(self.path)

@@ -1,6 +1,8 @@
 import Testing
 import CEventTLS
-@testable import TLS
+import TLS
+import HTTP1
+@testable import ProxyServer
 
 private func failure(phase: UpstreamTLSFailure.Phase = .handshake, identity: String? = "us", verify: Int = 0,
                      verifyMessage: String = "ok", errors: [OpenSSLErrorEntry] = [], errno: Int32 = 0) -> UpstreamTLSFailure {

@@ -1,0 +1,322 @@
+/// A monotonic clock in milliseconds: the real one in the server, a fake one in tests.
+protocol MonotonicClock {
+    var nowMillis: Int { get }
+}
+
+struct SystemClock: MonotonicClock {
+    var nowMillis: Int { monotonicMillis() }
+}
+
+/// The life of one client connection, apart from libevent and OpenSSL: each event is a mutating function that
+/// returns the one action the shell (`ClientConnection`) carries out. Each state carries its own payload, so a
+/// field that means nothing in a state does not exist in it.
+///
+/// ```
+///             head bytes            head parsed                 response ended, keep-alive
+///  ┌─► awaitingHead ─────► (partial) ─────► exchanging ─────────────────────────────┐
+///  │        │  idle client_timeout             │  │ CONNECT ─► dialling ─► relaying ─┼─► closed
+///  │        └──────────────────────────────────┼──┼─────────────────────────────────┤
+///  └───────────────────────────────────────────┘  └─ close / error ─► closing ─► closed
+///                                                        (flush every layer, close_notify, FIN, linger)
+/// ```
+struct ConnectionStateMachine<Clock: MonotonicClock> {
+    enum State: Equatable {
+        /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
+        case awaitingHead(headDeadline: Int?)
+        /// A request is being served.
+        case exchanging(ExchangeFlow)
+        /// Waiting for a blind tunnel's TCP connection.
+        case dialling
+        /// Bytes flow both ways through a relay, which owns both sides until it ends.
+        case relaying
+        /// Our last bytes are flushed through every layer (TLS close_notify included) before the FIN; then the
+        /// connection is read a moment longer so that the close does not reset what the client has not read yet.
+        case closing(Closing)
+        case closed
+    }
+
+    /// Where one exchange stands, as far as the connection's life is concerned.
+    struct ExchangeFlow: Equatable {
+        /// The whole request body has been read.
+        var requestComplete: Bool
+        /// Some of the response (head or body) went to the client: an error can no longer be answered.
+        var responseStarted = false
+        /// Both the client and the proxy allow another request on this connection.
+        var keepAlive: Bool
+        /// The client shut down its sending side after a complete request (RFC 9112 §9.6): serve, then close.
+        var clientHalfClosed = false
+    }
+
+    enum Closing: Equatable {
+        case flushing
+        case lingering(until: Int)
+    }
+
+    /// Why a request timed out, for the 408's text.
+    enum RequestTimeout: Equatable {
+        case head, headTrickled, body
+    }
+
+    enum Action: Equatable {
+        case none
+        /// Read the request body with client_timeout armed (a stalled body is a client fault).
+        case readWithClientTimeout
+        /// Read without a timeout: a response is owed, and the upstream's timeouts and backpressure govern.
+        case readWithoutTimeout
+        /// A client_timeout that ends nothing: read on (libevent stopped reading when it fired).
+        case resumeReading
+        /// Arm the connection's timer for this deadline (milliseconds on the machine's clock).
+        case armTimer(deadline: Int)
+        /// Back between requests: re-arm client_timeout and parse any pipelined head already received.
+        case readNextHead
+        /// Answer 408 (nothing of a response went out), then `exchangeEnded(keepAlive: false)`.
+        case answerRequestTimeout(RequestTimeout)
+        /// Answer the error that ended the exchange before any response byte went out.
+        case answerError
+        /// Stop reading; flush every layer; then report `flushed()`.
+        case closeAfterFlush
+        /// Everything is out and the write side is shut: read (discarding) until the deadline, then close.
+        case linger(until: Int)
+        /// Close now. When a response was cut short, the close is a reset, so it cannot pass for a complete body.
+        case abort(reset: Bool)
+    }
+
+    private(set) var state: State = .awaitingHead(headDeadline: nil)
+    var clock: Clock
+    let headerTimeoutMillis: Int
+    let clientTimeoutMillis: Int
+    let lingerMillis: Int
+    /// When the connection last became idle (accepted, or a response ended): client_timeout counts from there.
+    private(set) var idleSince: Int
+
+    init(clock: Clock, headerTimeoutMillis: Int, clientTimeoutMillis: Int, lingerMillis: Int = 2000) {
+        self.clock = clock
+        self.headerTimeoutMillis = headerTimeoutMillis
+        self.clientTimeoutMillis = clientTimeoutMillis
+        self.lingerMillis = lingerMillis
+        self.idleSince = clock.nowMillis
+    }
+
+    var isAwaitingHead: Bool {
+        if case .awaitingHead = state { return true }
+        return false
+    }
+
+    var isExchanging: Bool {
+        if case .exchanging = state { return true }
+        return false
+    }
+
+    var flow: ExchangeFlow? {
+        if case .exchanging(let flow) = state { return flow }
+        return nil
+    }
+
+    // MARK: events from the client
+
+    /// Part of a head is in the buffer, not all of it.
+    mutating func headIncomplete() -> Action {
+        guard case .awaitingHead(let deadline) = state else { return .none }
+        if deadline != nil { return .none }
+        let until = clock.nowMillis + headerTimeoutMillis
+        state = .awaitingHead(headDeadline: until)
+        return .armTimer(deadline: until)
+    }
+
+    /// A request head was parsed; `requestComplete` when it has no body.
+    mutating func headParsed(keepAlive: Bool, requestComplete: Bool) -> Action {
+        guard case .awaitingHead = state else { preconditionFailure("head parsed in \(state)") }
+        state = .exchanging(ExchangeFlow(requestComplete: requestComplete, keepAlive: keepAlive))
+        return requestComplete ? .readWithoutTimeout : .readWithClientTimeout
+    }
+
+    mutating func requestBodyComplete() -> Action {
+        guard case .exchanging(var flow) = state, !flow.requestComplete else { return .none }
+        flow.requestComplete = true
+        state = .exchanging(flow)
+        return .readWithoutTimeout
+    }
+
+    /// The first byte of a response (interim or final) is queued for the client.
+    mutating func responseStarted(keepAlive: Bool) {
+        guard case .exchanging(var flow) = state else { return }
+        flow.responseStarted = true
+        flow.keepAlive = flow.keepAlive && keepAlive
+        state = .exchanging(flow)
+    }
+
+    /// The client's EOF (a FIN).
+    mutating func clientEOF() -> Action {
+        switch state {
+        case .awaitingHead:
+            // Idle: a normal end. A partial head: it will never be complete.
+            state = .closed
+            return .abort(reset: false)
+        case .exchanging(var flow):
+            if flow.requestComplete {
+                flow.clientHalfClosed = true
+                flow.keepAlive = false
+                state = .exchanging(flow)
+                return .none
+            }
+            state = .closed
+            return .abort(reset: false)
+        case .closing(.flushing):
+            return .none
+        case .closing(.lingering), .dialling:
+            state = .closed
+            return .abort(reset: false)
+        case .relaying, .closed:
+            return .none
+        }
+    }
+
+    /// A socket or TLS error on the client's connection: nothing more can be delivered.
+    mutating func clientError() -> Action {
+        switch state {
+        case .relaying, .closed: return .none
+        default:
+            state = .closed
+            return .abort(reset: false)
+        }
+    }
+
+    /// TLS with the client failed during the handshake (interception): the alert OpenSSL queued for the client
+    /// is flushed before the close, so the client learns why (unrecognized_name, for instance).
+    mutating func clientTLSFailed() -> Action {
+        guard case .awaitingHead = state else { return clientError() }
+        state = .closing(.flushing)
+        return .closeAfterFlush
+    }
+
+    /// client_timeout passed with nothing read. libevent reports it through a deferred callback, so it may come
+    /// after another event of the same loop turn ended an exchange: such a stale report ends nothing.
+    mutating func clientTimedOut() -> Action {
+        switch state {
+        case .awaitingHead(let deadline):
+            if deadline != nil { return .answerRequestTimeout(.head) }
+            if clock.nowMillis - idleSince < clientTimeoutMillis { return .resumeReading }
+            state = .closed
+            return .abort(reset: false)
+        case .exchanging(let flow):
+            if flow.requestComplete { return .resumeReading }
+            if !flow.responseStarted { return .answerRequestTimeout(.body) }
+            state = .closed
+            return .abort(reset: true)
+        case .closing(.lingering):
+            state = .closed
+            return .abort(reset: false)
+        case .closing(.flushing), .dialling, .relaying, .closed:
+            return .none
+        }
+    }
+
+    /// The connection's timer fired.
+    mutating func timerFired() -> Action {
+        let now = clock.nowMillis
+        switch state {
+        case .awaitingHead(let deadline?) where now >= deadline:
+            return .answerRequestTimeout(.headTrickled)
+        case .awaitingHead(let deadline?):
+            return .armTimer(deadline: deadline)
+        case .closing(.lingering(let until)) where now >= until:
+            state = .closed
+            return .abort(reset: false)
+        case .closing(.lingering(let until)):
+            return .armTimer(deadline: until)
+        default:
+            return .none
+        }
+    }
+
+    // MARK: events from the exchange
+
+    /// The exchange is over (the response is complete, or an answer of the proxy's own is queued).
+    mutating func exchangeEnded(keepAlive: Bool) -> Action {
+        switch state {
+        case .exchanging(let flow):
+            if flow.keepAlive && keepAlive && !flow.clientHalfClosed {
+                state = .awaitingHead(headDeadline: nil)
+                idleSince = clock.nowMillis
+                return .readNextHead
+            }
+            state = .closing(.flushing)
+            return .closeAfterFlush
+        case .awaitingHead, .dialling:
+            // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused.
+            if keepAlive, case .awaitingHead = state {
+                idleSince = clock.nowMillis
+                return .readNextHead
+            }
+            state = .closing(.flushing)
+            return .closeAfterFlush
+        case .closing, .closed, .relaying:
+            return .none
+        }
+    }
+
+    /// The upstream failed. Before any response byte the proxy answers; after, the client connection is cut.
+    mutating func upstreamFailed() -> Action {
+        guard case .exchanging(let flow) = state else { return .none }
+        if !flow.responseStarted { return .answerError }
+        state = .closed
+        return .abort(reset: true)
+    }
+
+    /// The response cannot be completed (the upstream cut it short, or sent invalid framing mid-body).
+    mutating func responseTruncated() -> Action {
+        guard case .exchanging = state else { return .none }
+        state = .closed
+        return .abort(reset: true)
+    }
+
+    /// A CONNECT goes to a blind tunnel: the answer waits for the TCP connection.
+    mutating func tunnelDialling() {
+        state = .dialling
+    }
+
+    /// A tunnel, an interception or an upgrade hands the client's bytes to a relay, or to a new TLS layer.
+    mutating func relayStarted() {
+        state = .relaying
+    }
+
+    mutating func relayEnded() {
+        state = .closed
+    }
+
+    /// The CONNECT was answered and TLS with the client begins: requests inside start afresh.
+    mutating func intercepted() {
+        state = .awaitingHead(headDeadline: nil)
+        idleSince = clock.nowMillis
+    }
+
+    // MARK: closing
+
+    /// Every layer is flushed and the write side shut: linger.
+    mutating func flushed() -> Action {
+        guard case .closing(.flushing) = state else { return .none }
+        let until = clock.nowMillis + lingerMillis
+        state = .closing(.lingering(until: until))
+        return .linger(until: until)
+    }
+
+    /// Graceful shutdown: an idle connection closes now, a busy one after its response.
+    mutating func drain() -> Action {
+        switch state {
+        case .awaitingHead(nil):
+            state = .closed
+            return .abort(reset: false)
+        case .exchanging(var flow):
+            flow.keepAlive = false
+            state = .exchanging(flow)
+            return .none
+        default:
+            return .none
+        }
+    }
+
+    /// The shell closed the connection itself (an internal failure).
+    mutating func aborted() {
+        state = .closed
+    }
+}

@@ -1,0 +1,101 @@
+import HTTP1
+import ProxyConfig
+
+/// One request and its response on a client connection (HAProxy's `http_txn`): made when a head is parsed,
+/// replaced by the next one, so nothing of one exchange is reset by hand or leaks into the next.
+struct Exchange {
+    enum RequestBody {
+        case contentLength(remaining: UInt64)
+        case chunked(ChunkedDecoder)
+        case done
+
+        init(_ framing: BodyFraming) {
+            switch framing {
+            case .contentLength(let n): self = .contentLength(remaining: n)
+            case .chunked: self = .chunked(ChunkedDecoder())
+            case .none, .untilClose: self = .done
+            }
+        }
+
+        var isDone: Bool {
+            if case .done = self { return true }
+            return false
+        }
+    }
+
+    enum ResponseState {
+        /// No final response head yet (interim ones may have gone to the client).
+        case awaitingHead(HeadParser.Scan)
+        case body
+        case done
+    }
+
+    var request: RequestHead?
+    var target: AbsoluteTarget?
+    var match: RouteMatch?
+    /// The pool key of the upstream connection the request goes to.
+    var key: PoolKey?
+    /// The request head as it goes upstream, kept for one retry on a fresh connection.
+    var upstreamRequestHead: [UInt8] = []
+    var requestBody: RequestBody = .done
+    var response: ResponseState = .awaitingHead(HeadParser.Scan())
+    var responseFraming: BodyFraming = .none
+    var clientFraming: Forwarding.ClientFraming = .none
+    var responseRemaining: UInt64 = 0
+    var responseDecoder = ChunkedDecoder()
+    /// Whether the upstream's head allows its connection to be reused once the body is through.
+    var upstreamAllowsReuse = true
+    /// The response announced a body it must not have (HEAD, 204, 304): stray bytes may follow it.
+    var responseAnnouncedBody = false
+    /// The Upgrade value asked for (e.g. websocket), when the request is an upgrade.
+    var upgrade: String?
+    var retried = false
+    var startMicros = 0
+    var record = AccessRecord()
+
+    /// Whether an access record is open (written once, by `ClientConnection.finishRecord`).
+    var isRecording: Bool { startMicros != 0 }
+}
+
+extension Exchange {
+    /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
+    /// client's framing, and the record. Everything that can reject the head is checked before anything of it
+    /// is recorded or reaches the client, so a rejected head is still answered with a 502.
+    mutating func acceptFinalResponse(_ head: ResponseHead, to request: RequestHead) throws {
+        let framing = try BodyFraming.forResponse(head, requestMethod: request.method)
+        if framing == .untilClose, head.headers.contains("Transfer-Encoding") {
+            // A coding other than chunked (gzip, ...): stripping it would pass the coded bytes off as the content.
+            throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
+        }
+        responseFraming = framing
+        if case .contentLength(let n) = framing { responseRemaining = n }
+        record.upstreamStatus = head.status
+        record.status = head.status
+        record.ttfbMs = (monotonicMicros() - startMicros) / 1000
+        clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: request.version)
+        responseDecoder = ChunkedDecoder()
+        upstreamAllowsReuse = head.allowsReuse
+        // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
+        if framing == .none, request.method == "HEAD" || head.status == 204 || head.status == 304 {
+            if let cl = head.headers.first("Content-Length") {
+                responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
+            } else {
+                responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
+            }
+        }
+    }
+}
+
+/// When an upstream connection may go back to the pool after an exchange: only when nothing more can arrive
+/// on it for the exchange that ended, so that any later byte is noticed by the pool and the connection discarded.
+enum UpstreamReuse {
+    static func mayPool(requestMethod: String, status: Int, announcesBody: Bool, closeDelimited: Bool,
+                        requestComplete: Bool, upstreamAllows: Bool) -> Bool {
+        guard upstreamAllows, requestComplete, !closeDelimited else { return false }
+        // A response that has no body by rule but announces one (a HEAD answer with the GET's Content-Length, a
+        // 204 or 304 with a length): a server that sends that body anyway would have its bytes read as the next
+        // exchange's response, perhaps another client's. Such a connection is closed instead.
+        let bodiless = requestMethod == "HEAD" || status == 204 || status == 304
+        return !(bodiless && announcesBody)
+    }
+}

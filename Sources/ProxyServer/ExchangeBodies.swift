@@ -1,0 +1,137 @@
+import CEventTLS
+import HTTP1
+
+/// Moving the bodies of an exchange between evbuffers, by the exchange's framing. Chunked bodies are decoded
+/// and re-encoded (a chunked request body goes upstream chunked; a response goes to the client chunked or
+/// close-delimited by `clientFraming`). bytes_in and bytes_out count body bytes only: no heads, no chunk framing.
+/// (Each chunk header is still a small array from `ChunkedEncoder`; writing it in place is left to the performance work.)
+extension Exchange {
+    enum RequestBodyProgress {
+        /// Everything available was moved; more may come.
+        case waiting
+        /// The upstream holds too much unsent: stop reading the client until it drains.
+        case destinationFull
+        /// The whole body has gone upstream.
+        case complete
+    }
+
+    /// Moves what is available of the request body from the client's `input` to the upstream's `destination`.
+    mutating func moveRequestBody(from input: OpaquePointer, to destination: OpaquePointer, highWatermark: Int) throws -> RequestBodyProgress {
+        while true {
+            if requestBody.isDone { return .complete }
+            let available = evbuffer_get_length(input)
+            if available == 0 { return .waiting }
+            if evbuffer_get_length(destination) >= highWatermark { return .destinationFull }
+            switch requestBody {
+            case .contentLength(let remaining):
+                let n = Int(min(remaining, UInt64(available)))
+                evbuffer_remove_buffer(input, destination, n)
+                record.bytesIn += n
+                requestBody = remaining == UInt64(n) ? .done : .contentLength(remaining: remaining - UInt64(n))
+            case .chunked(var decoder):
+                if let remaining = decoder.dataRemaining {
+                    let n = Int(min(remaining, UInt64(available)))
+                    ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                    evbuffer_remove_buffer(input, destination, n)
+                    ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                    decoder.consumedData(n)
+                    record.bytesIn += n
+                    requestBody = .chunked(decoder)
+                    continue
+                }
+                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let step = try decoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(input, window), count: window))
+                requestBody = .chunked(decoder)
+                switch step {
+                case .skip(let n):
+                    evbuffer_drain(input, n)  // chunk framing: not counted
+                case .end(let n):
+                    evbuffer_drain(input, n)
+                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                    requestBody = .done
+                case .data:
+                    break  // handled above on the next turn
+                case .needMore:
+                    return .waiting
+                }
+            case .done:
+                return .complete
+            }
+        }
+    }
+
+    enum ResponseBodyProgress {
+        /// Everything available was moved; more may come.
+        case waiting
+        /// The client holds too much unsent: stop reading the upstream until it drains.
+        case destinationFull
+        /// The body is complete (its framing says so).
+        case complete
+        /// The upstream's chunked coding is invalid: the response cannot be completed.
+        case invalid
+    }
+
+    /// Moves what is available of the response body from the upstream's `source` to the client's `output`.
+    mutating func moveResponseBody(from source: OpaquePointer, to output: OpaquePointer, highWatermark: Int) -> ResponseBodyProgress {
+        let rechunk = clientFraming == .chunked
+        while true {
+            let available = evbuffer_get_length(source)
+            guard available > 0 else { return .waiting }
+            if evbuffer_get_length(output) >= highWatermark { return .destinationFull }
+            switch responseFraming {
+            case .contentLength:
+                let n = Int(min(responseRemaining, UInt64(available)))
+                evbuffer_remove_buffer(source, output, n)
+                record.bytesOut += n
+                responseRemaining -= UInt64(n)
+                if responseRemaining == 0 { return .complete }
+            case .chunked:
+                if let remaining = responseDecoder.dataRemaining {
+                    let n = Int(min(remaining, UInt64(available)))
+                    if rechunk {
+                        ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                    }
+                    evbuffer_remove_buffer(source, output, n)
+                    if rechunk {
+                        ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                    }
+                    responseDecoder.consumedData(n)
+                    record.bytesOut += n
+                    continue
+                }
+                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let step: ChunkedDecoder.Step
+                do {
+                    step = try responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
+                } catch {
+                    return .invalid
+                }
+                switch step {
+                case .skip(let n):
+                    evbuffer_drain(source, n)
+                case .end(let n):
+                    evbuffer_drain(source, n)
+                    if rechunk {
+                        ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                    }
+                    return .complete
+                case .data:
+                    break
+                case .needMore:
+                    return .waiting
+                }
+            case .untilClose:
+                if rechunk {
+                    ChunkedEncoder.chunkHeader(size: available).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                evbuffer_remove_buffer(source, output, available)
+                if rechunk {
+                    ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                }
+                record.bytesOut += available
+            case .none:
+                return .complete
+            }
+        }
+    }
+}

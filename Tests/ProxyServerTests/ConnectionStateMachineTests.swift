@@ -1,0 +1,255 @@
+import Testing
+@testable import ProxyServer
+
+/// The connection state machine, driven without sockets and with a fake clock.
+struct FakeClock: MonotonicClock {
+    var nowMillis = 1_000
+}
+
+typealias Machine = ConnectionStateMachine<FakeClock>
+
+private func machine() -> Machine {
+    Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
+}
+
+@Suite struct ConnectionStateMachineTests {
+    @Test func keepAliveExchangeReturnsToAwaitingHead() {
+        var m = machine()
+        #expect(m.headParsed(keepAlive: true, requestComplete: true) == .readWithoutTimeout)
+        m.responseStarted(keepAlive: true)
+        #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
+        #expect(m.state == .awaitingHead(headDeadline: nil))
+    }
+
+    @Test func trickledHeadArmsHeaderTimeoutOnceAndAnswers408AtTheDeadline() {
+        var m = machine()
+        #expect(m.headIncomplete() == .armTimer(deadline: 6_000))
+        m.clock.nowMillis = 3_000
+        #expect(m.headIncomplete() == .none)  // the deadline runs from the first byte, not the last
+        #expect(m.timerFired() == .armTimer(deadline: 6_000))
+        m.clock.nowMillis = 6_000
+        #expect(m.timerFired() == .answerRequestTimeout(.headTrickled))
+        #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
+    }
+
+    @Test func idleClientTimeoutClosesQuietly() {
+        var m = machine()
+        m.clock.nowMillis += 60_000
+        #expect(m.clientTimedOut() == .abort(reset: false))
+        #expect(m.state == .closed)
+    }
+
+    /// A client_timeout reported (through libevent's deferred callbacks) in the same loop turn as the end of a
+    /// response is stale: the response just queued must not be dropped by an idle close.
+    @Test func staleIdleTimeoutRightAfterAResponseIsIgnored() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.clock.nowMillis += 120_000  // a slow upstream: two client_timeouts passed while the response was owed
+        #expect(m.clientTimedOut() == .resumeReading)
+        m.responseStarted(keepAlive: true)
+        #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
+        #expect(m.clientTimedOut() == .resumeReading)
+        #expect(m.isAwaitingHead)
+        m.clock.nowMillis += 60_000
+        #expect(m.clientTimedOut() == .abort(reset: false))
+    }
+
+    /// Issue 10 point 2: client_timeout never cuts a response that is owed or flowing.
+    @Test func clientTimeoutIsIgnoredWhileAResponseIsOwed() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.clientTimedOut() == .resumeReading)
+        m.responseStarted(keepAlive: true)
+        #expect(m.clientTimedOut() == .resumeReading)
+        #expect(m.isExchanging)
+    }
+
+    /// Issue 15 point 9: a stalled request body is answered 408 while nothing of the response went out.
+    @Test func stalledRequestBodyGets408() {
+        var m = machine()
+        #expect(m.headParsed(keepAlive: true, requestComplete: false) == .readWithClientTimeout)
+        #expect(m.clientTimedOut() == .answerRequestTimeout(.body))
+        #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
+    }
+
+    @Test func stalledRequestBodyAfterTheResponseStartedIsCut() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: false)
+        m.responseStarted(keepAlive: true)
+        #expect(m.clientTimedOut() == .abort(reset: true))
+    }
+
+    @Test func bodyCompleteStopsTheClientTimeout() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: false)
+        #expect(m.requestBodyComplete() == .readWithoutTimeout)
+        #expect(m.requestBodyComplete() == .none)
+        #expect(m.clientTimedOut() == .resumeReading)
+    }
+
+    /// Issue 10 point 9: a client that half-closes after a complete request is served, then closed.
+    @Test func halfClosedClientIsServedThenClosed() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.clientEOF() == .none)
+        #expect(m.flow?.clientHalfClosed == true)
+        m.responseStarted(keepAlive: true)
+        #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
+    }
+
+    @Test func eofDuringTheRequestBodyAborts() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: false)
+        #expect(m.clientEOF() == .abort(reset: false))
+        #expect(m.state == .closed)
+    }
+
+    /// Issue 10 point 1: every close flushes, then lingers with its own deadline, then closes.
+    @Test func closeFlushesThenLingersUntilTheDeadline() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: false, requestComplete: true)
+        m.responseStarted(keepAlive: false)
+        #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
+        #expect(m.clientEOF() == .none)  // the client's FIN does not stop the flush
+        #expect(m.flushed() == .linger(until: 3_000))
+        m.clock.nowMillis = 2_000
+        #expect(m.timerFired() == .armTimer(deadline: 3_000))
+        m.clock.nowMillis = 3_000
+        #expect(m.timerFired() == .abort(reset: false))
+        #expect(m.state == .closed)
+    }
+
+    @Test func eofWhileLingeringCloses() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: false, requestComplete: true)
+        _ = m.exchangeEnded(keepAlive: false)
+        _ = m.flushed()
+        #expect(m.clientEOF() == .abort(reset: false))
+    }
+
+    /// Issue 10 point 4: an upstream failure before any response byte is answered, never a bare close.
+    @Test func upstreamFailureBeforeTheResponseIsAnswered() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.upstreamFailed() == .answerError)
+        #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
+    }
+
+    /// Issue 10 point 5: a response cut short ends in a reset, never in a clean end.
+    @Test func truncatedResponseResets() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.responseStarted(keepAlive: true)
+        #expect(m.upstreamFailed() == .abort(reset: true))
+        var n = machine()
+        _ = n.headParsed(keepAlive: true, requestComplete: true)
+        n.responseStarted(keepAlive: true)
+        #expect(n.responseTruncated() == .abort(reset: true))
+    }
+
+    @Test func responseWithoutKeepAliveCloses() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.responseStarted(keepAlive: false)
+        #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
+    }
+
+    @Test func errorAnswerToAnUnparsedHead() {
+        var m = machine()
+        _ = m.headIncomplete()
+        #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
+        #expect(m.state == .closing(.flushing))
+    }
+
+    @Test func tunnelLifecycle() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.tunnelDialling()
+        #expect(m.state == .dialling)
+        #expect(m.clientTimedOut() == .none)
+        m.relayStarted()
+        #expect(m.clientEOF() == .none)  // the relay owns the client's side now
+        m.relayEnded()
+        #expect(m.state == .closed)
+    }
+
+    @Test func refusedTunnelClosesAfterTheAnswer() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.tunnelDialling()
+        #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
+    }
+
+    @Test func eofWhileDiallingAborts() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.tunnelDialling()
+        #expect(m.clientEOF() == .abort(reset: false))
+    }
+
+    @Test func interceptionStartsAfresh() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.intercepted()
+        #expect(m.state == .awaitingHead(headDeadline: nil))
+        #expect(m.headIncomplete() == .armTimer(deadline: 6_000))
+    }
+
+    @Test func drainClosesIdleAndFinishesBusyConnections() {
+        var idle = machine()
+        #expect(idle.drain() == .abort(reset: false))
+        var busy = machine()
+        _ = busy.headParsed(keepAlive: true, requestComplete: true)
+        #expect(busy.drain() == .none)
+        #expect(busy.exchangeEnded(keepAlive: true) == .closeAfterFlush)
+    }
+
+    @Test func clientErrorAbortsAnythingButARelay() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.clientError() == .abort(reset: false))
+        var r = machine()
+        r.relayStarted()
+        #expect(r.clientError() == .none)
+    }
+}
+
+@Suite struct UpstreamReuseTests {
+    /// Issue 10 point 3: a connection whose last response may still be followed by stray bytes is not pooled.
+    @Test func headResponsesAnnouncingABodyAreNotPooled() {
+        #expect(!UpstreamReuse.mayPool(requestMethod: "HEAD", status: 200, announcesBody: true, closeDelimited: false,
+                                      requestComplete: true, upstreamAllows: true))
+        #expect(UpstreamReuse.mayPool(requestMethod: "HEAD", status: 200, announcesBody: false, closeDelimited: false,
+                                     requestComplete: true, upstreamAllows: true))
+        #expect(!UpstreamReuse.mayPool(requestMethod: "GET", status: 304, announcesBody: true, closeDelimited: false,
+                                      requestComplete: true, upstreamAllows: true))
+        #expect(!UpstreamReuse.mayPool(requestMethod: "GET", status: 204, announcesBody: true, closeDelimited: false,
+                                      requestComplete: true, upstreamAllows: true))
+    }
+
+    @Test func ordinaryResponsesArePooledOnlyWhenBothSidesEndedCleanly() {
+        #expect(UpstreamReuse.mayPool(requestMethod: "GET", status: 200, announcesBody: true, closeDelimited: false,
+                                     requestComplete: true, upstreamAllows: true))
+        #expect(!UpstreamReuse.mayPool(requestMethod: "GET", status: 200, announcesBody: true, closeDelimited: true,
+                                      requestComplete: true, upstreamAllows: true))
+        #expect(!UpstreamReuse.mayPool(requestMethod: "POST", status: 200, announcesBody: true, closeDelimited: false,
+                                      requestComplete: false, upstreamAllows: true))
+        #expect(!UpstreamReuse.mayPool(requestMethod: "GET", status: 200, announcesBody: true, closeDelimited: false,
+                                      requestComplete: true, upstreamAllows: false))
+    }
+}
+
+@Suite struct ConnectionStateMachineTLSTests {
+    /// Issue 10 point 1: the alert of a failed interception handshake is flushed before the close.
+    @Test func failedClientHandshakeFlushesItsAlert() {
+        var m = machine()
+        #expect(m.clientTLSFailed() == .closeAfterFlush)
+        #expect(m.flushed() == .linger(until: 3_000))
+    }
+
+    @Test func tlsFailureMidExchangeAborts() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.clientTLSFailed() == .abort(reset: false))
+    }
+}
