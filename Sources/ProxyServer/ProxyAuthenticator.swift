@@ -41,6 +41,9 @@ final class ProxyAuthenticator {
         if accepted.contains(header) { return .allowed }
         let client = Self.clientAddress(peer: peer)
         let now = monotonicMillis()
+        // An address with no failure lately and no check in progress goes ahead of the others in the hashing
+        // queue: wrong passwords from many addresses cannot keep a first-time good client out.
+        let clean = limiter.isClean(client, now: now)
         if let wait = limiter.admit(client, now: now) { return .limited(retryAfterSeconds: wait) }
         guard let (user, password) = ProxyCredentials.basicCredentials(header), let hash = users.users[user],
               !password.contains(0) else {
@@ -57,7 +60,13 @@ final class ProxyAuthenticator {
             let limiter = self.limiter
             let queued = hashing.submit(work: {
                 Self.bcrypt(password, stored).map { constantTimeEqual($0, stored) } ?? false
-            }, deliverTo: worker) { [weak self] ok in
+            }, preferred: clean, deliverTo: worker) { [weak self] result in
+                guard let ok = result else {
+                    // Dropped from the queue for a check from a clean address: not counted as a failure.
+                    limiter.cancelled(client)
+                    completion(.busy)
+                    return
+                }
                 limiter.finished(client, ok: ok, now: monotonicMillis())
                 if ok { self?.remember(header) }
                 completion(ok ? .allowed : .denied)
@@ -139,6 +148,11 @@ struct FailureWindow {
         return nil
     }
 
+    /// No failure of `client` in the window and no check of it in progress.
+    func isClean(_ client: String, now: Int) -> Bool {
+        pending[client] == nil && !(failures[client] ?? []).contains { now - $0 < windowMillis }
+    }
+
     mutating func finished(_ client: String, ok: Bool, now: Int) {
         cancelled(client)
         guard !ok else { return }
@@ -184,6 +198,7 @@ final class AuthFailureLimiter: @unchecked Sendable {
     func admit(_ client: String, now: Int) -> Int? { locked { $0.admit(client, now: now) } }
     func finished(_ client: String, ok: Bool, now: Int) { locked { $0.finished(client, ok: ok, now: now) } }
     func cancelled(_ client: String) { locked { $0.cancelled(client) } }
+    func isClean(_ client: String, now: Int) -> Bool { locked { $0.isClean(client, now: now) } }
 }
 
 /// A few threads that compute password hashes away from the event loops, with a bounded queue. Each result
@@ -193,10 +208,13 @@ final class PasswordHashing: @unchecked Sendable {
     private struct Job {
         let work: () -> Bool
         let worker: Worker
-        let done: (Bool) -> Void
+        /// nil: dropped from the queue unchecked (to make room for a preferred check).
+        let done: (Bool?) -> Void
     }
 
     let capacity: Int
+    /// Checks from client addresses with no recent failure: served first.
+    private var preferredQueue: [Job] = []
     private var queue: [Job] = []
     private var stopping = false
     private var threads: [pthread_t] = []
@@ -237,15 +255,36 @@ final class PasswordHashing: @unchecked Sendable {
         lock.deallocate()
     }
 
-    /// Queues `work`; `done` runs with its result on `worker`'s loop. false when the queue is full.
-    func submit(work: @escaping () -> Bool, deliverTo worker: Worker, done: @escaping (Bool) -> Void) -> Bool {
+    /// Queues `work`; `done` runs with its result on `worker`'s loop. false when the queue is full. A
+    /// `preferred` check is served before the others and, when the queue is full, takes the place of the newest
+    /// other one (whose `done` then gets nil).
+    func submit(work: @escaping () -> Bool, preferred: Bool = false, deliverTo worker: Worker,
+                done: @escaping (Bool?) -> Void) -> Bool {
+        var dropped: Job?
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard !stopping, queue.count < capacity else { return false }
-        if threads.isEmpty { startThreads() }
-        queue.append(Job(work: work, worker: worker, done: done))
-        pthread_cond_signal(wake)
-        return true
+        let accepted: Bool
+        if stopping {
+            accepted = false
+        } else if preferredQueue.count + queue.count < capacity {
+            accepted = true
+        } else if preferred, let last = queue.popLast() {
+            dropped = last
+            accepted = true
+        } else {
+            accepted = false
+        }
+        if accepted {
+            if threads.isEmpty { startThreads() }
+            let job = Job(work: work, worker: worker, done: done)
+            if preferred { preferredQueue.append(job) } else { queue.append(job) }
+            pthread_cond_signal(wake)
+        }
+        pthread_mutex_unlock(lock)
+        if let dropped {
+            let done = dropped.done
+            dropped.worker.post { done(nil) }
+        }
+        return accepted
     }
 
     /// Drops the checks still queued (their connections are gone with the loops), ends the threads once the
@@ -253,6 +292,7 @@ final class PasswordHashing: @unchecked Sendable {
     func shutdown() {
         pthread_mutex_lock(lock)
         stopping = true
+        preferredQueue.removeAll()
         queue.removeAll()
         pthread_cond_broadcast(wake)
         let started = threads
@@ -264,18 +304,18 @@ final class PasswordHashing: @unchecked Sendable {
     var queued: Int {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        return queue.count
+        return preferredQueue.count + queue.count
     }
 
     private func serve() {
         while true {
             pthread_mutex_lock(lock)
-            while queue.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
-            if queue.isEmpty && stopping {
+            while preferredQueue.isEmpty && queue.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
+            if preferredQueue.isEmpty && queue.isEmpty && stopping {
                 pthread_mutex_unlock(lock)
                 return
             }
-            let job = queue.removeFirst()
+            let job = preferredQueue.isEmpty ? queue.removeFirst() : preferredQueue.removeFirst()
             pthread_mutex_unlock(lock)
             let result = job.work()
             let done = job.done
