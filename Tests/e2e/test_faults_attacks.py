@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Attacks on the fixes for faults (ports, credentials, reload, secrets) and operations (reports, systemd),
 tried as a hostile client or a careless operator would. Everything on loopback."""
-import base64, concurrent.futures, hashlib, os, socket, subprocess, sys, tempfile, threading, time
+import base64, concurrent.futures, hashlib, os, signal, socket, subprocess, sys, tempfile, threading, time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,6 +71,43 @@ class HashingQueueFlood(unittest.TestCase):
             self.assertTrue(set(bad_statuses) <= {407, 429, 503}, bad_statuses)
         finally:
             procs.stop_all()
+
+
+class StuckNotifySocket(unittest.TestCase):
+    """sd_notify is best effort: a NOTIFY_SOCKET whose reader never reads (a hung supervisor, a wrong value)
+    fills its queue; the proxy must not block on it (its main loop answers /healthz and handles signals)."""
+
+    def test_a_notify_socket_nobody_reads_does_not_block_the_main_loop(self):
+        d = ENV["dir"]
+        port, admin = harness.free_port(), harness.free_port()
+        write(f"{d}/notify.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n'
+              f'[admin]\nlisten = "127.0.0.1:{admin}"\n' + test_faults.routes())
+        path = f"{d}/notify.sock"
+        if os.path.exists(path):
+            os.unlink(path)
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(path)  # never read
+        procs = harness.Processes()
+        try:
+            with open(f"{d}/notify.log", "ab") as log:
+                p = procs.start([harness.proxy_binary(), "run", "--config", f"{d}/notify.conf"], stdout=log,
+                                stderr=subprocess.STDOUT, env=harness.clean_env(NOTIFY_SOCKET=path, SWIFT_BACKTRACE="enable=no"))
+            harness.wait_for_port(admin)
+            for _ in range(15):  # two datagrams each: past the receiver's queue (10 by default)
+                p.send_signal(signal.SIGHUP)
+                time.sleep(0.3)
+            status, _ = test_faults.admin_get(admin, "/healthz")
+            self.assertEqual(status, 200)
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.fail("SIGTERM not handled: the main loop is stuck sending to NOTIFY_SOCKET")
+        except OSError as e:
+            self.fail(f"/healthz did not answer: {e}")
+        finally:
+            procs.stop_all()
+            sink.close()
 
 
 if __name__ == "__main__":
