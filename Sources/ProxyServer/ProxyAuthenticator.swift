@@ -26,7 +26,6 @@ final class ProxyAuthenticator {
     let users: ProxyCredentials
     private let hashing: PasswordHashing
     private let limiter: AuthFailureLimiter
-    private var accepted = Set<String>()
 
     init(users: ProxyCredentials, hashing: PasswordHashing, limiter: AuthFailureLimiter) {
         self.users = users
@@ -38,7 +37,9 @@ final class ProxyAuthenticator {
     /// `worker`'s loop thread.
     func check(_ header: String?, peer: String, worker: Worker, completion: @escaping (AuthOutcome) -> Void) -> AuthOutcome? {
         guard let header else { return .denied }
-        if accepted.contains(header) { return .allowed }
+        // Verified before, on any worker, against the entry the user still has: never hashed nor limited again
+        // (a neighbour on the same address reaching the failure limit does not lock this client out).
+        if let known = limiter.verified(header), users.users[known.user] == known.hash { return .allowed }
         let client = Self.clientAddress(peer: peer)
         let now = monotonicMillis()
         // An address with no failure lately and no check in progress goes ahead of the others in the hashing
@@ -54,13 +55,13 @@ final class ProxyAuthenticator {
         case .sha256(let hex):
             let ok = constantTimeEqual(Self.sha256Hex(password), hex)
             limiter.finished(client, ok: ok, now: now)
-            if ok { remember(header) }
+            if ok { limiter.remember(header, user: user, hash: hash) }
             return ok ? .allowed : .denied
         case .bcrypt(let stored):
             let limiter = self.limiter
             let queued = hashing.submit(work: {
                 Self.bcrypt(password, stored).map { constantTimeEqual($0, stored) } ?? false
-            }, preferred: clean, deliverTo: worker) { [weak self] result in
+            }, preferred: clean, deliverTo: worker) { result in
                 guard let ok = result else {
                     // Dropped from the queue for a check from a clean address: not counted as a failure.
                     limiter.cancelled(client)
@@ -68,7 +69,7 @@ final class ProxyAuthenticator {
                     return
                 }
                 limiter.finished(client, ok: ok, now: monotonicMillis())
-                if ok { self?.remember(header) }
+                if ok { limiter.remember(header, user: user, hash: hash) }
                 completion(ok ? .allowed : .denied)
             }
             if !queued {
@@ -77,11 +78,6 @@ final class ProxyAuthenticator {
             }
             return nil
         }
-    }
-
-    private func remember(_ header: String) {
-        if accepted.count >= 1024 { accepted.removeAll() }
-        accepted.insert(header)
     }
 
     /// "1.2.3.4:5678" or "[::1]:5678" → "1.2.3.4" or "::1".
@@ -174,9 +170,13 @@ struct FailureWindow {
     var trackedAddresses: Int { failures.count }
 }
 
-/// `FailureWindow` shared by every worker, behind a lock.
+/// `FailureWindow` shared by every worker, behind a lock, and the `Proxy-Authorization` values already verified
+/// (with the user and hash they matched, so that a changed or removed entry is checked again): a verified
+/// client is exempt from the limit whichever worker its connection lands on.
 final class AuthFailureLimiter: @unchecked Sendable {
     private var window: FailureWindow
+    private var verifiedHeaders: [String: (user: String, hash: ProxyCredentials.Hash)] = [:]
+    static let maxVerified = 4096
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     init(window: FailureWindow = FailureWindow()) {
@@ -199,6 +199,19 @@ final class AuthFailureLimiter: @unchecked Sendable {
     func finished(_ client: String, ok: Bool, now: Int) { locked { $0.finished(client, ok: ok, now: now) } }
     func cancelled(_ client: String) { locked { $0.cancelled(client) } }
     func isClean(_ client: String, now: Int) -> Bool { locked { $0.isClean(client, now: now) } }
+
+    func verified(_ header: String) -> (user: String, hash: ProxyCredentials.Hash)? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return verifiedHeaders[header]
+    }
+
+    func remember(_ header: String, user: String, hash: ProxyCredentials.Hash) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if verifiedHeaders.count >= Self.maxVerified { verifiedHeaders.removeAll() }
+        verifiedHeaders[header] = (user, hash)
+    }
 }
 
 /// A few threads that compute password hashes away from the event loops, with a bounded queue. Each result
