@@ -149,5 +149,54 @@ class SharedAddress(unittest.TestCase):
             procs.stop_all()
 
 
+class ReplacedCertificateFolder(unittest.TestCase):
+    """A deploy script replaces the whole certificate folder (rm -rf then a new one, or a new folder renamed into
+    place). The watcher lost the folder's watch with it: the new certificate must still be picked up."""
+
+    def check_replaced(self, name, replace):
+        d = tempfile.mkdtemp(prefix=f"mtls-proxy-{name}-", dir=ENV["dir"])
+        pki = f"{ENV['dir']}/pki"
+        os.makedirs(f"{d}/certs")
+        for src, dst in [("fusion-us.pem", "id.pem"), ("fusion-us.key", "id.key")]:
+            write(f"{d}/certs/{dst}", harness.read(f"{pki}/{src}"), 0o600)
+        port = harness.free_port()
+        write(f"{d}/p.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n[upstream]\nca_file = "{pki}/ca.pem"\n'
+              f'[identities.us]\ncert = "certs/id.pem"\nkey = "certs/id.key"\n[[route]]\nhost = "{test_faults.HOST}"\n'
+              f'identity = "us"\nconnect = "127.0.0.1:{ENV["up"]}"\n')
+        procs = harness.Processes()
+        try:
+            harness.start_proxy(procs, f"{d}/p.conf", f"{d}/p.log", port)
+            time.sleep(0.5)
+            replace(d, pki)
+            deadline = time.time() + 20
+            while time.time() < deadline and "presents CN=fusion-eu" not in harness.read(f"{d}/p.log"):
+                time.sleep(0.2)
+            self.assertIn("presents CN=fusion-eu", harness.read(f"{d}/p.log"),
+                          "the certificate in the replaced folder was never loaded")
+        finally:
+            procs.stop_all()
+
+    @staticmethod
+    def new_folder(path, pki):
+        os.makedirs(path)
+        for src, dst in [("fusion-eu.pem", "id.pem"), ("fusion-eu.key", "id.key")]:
+            write(f"{path}/{dst}", harness.read(f"{pki}/{src}"), 0o600)
+
+    def test_folder_removed_then_made_again(self):
+        def replace(d, pki):
+            import shutil
+            shutil.rmtree(f"{d}/certs")
+            time.sleep(1.5)  # the failed reload of the missing files happens in between
+            self.new_folder(f"{d}/certs", pki)
+        self.check_replaced("rmdir", replace)
+
+    def test_folder_renamed_away_and_a_new_one_renamed_in(self):
+        def replace(d, pki):
+            self.new_folder(f"{d}/certs.new", pki)
+            os.rename(f"{d}/certs", f"{d}/certs.old")
+            os.rename(f"{d}/certs.new", f"{d}/certs")
+        self.check_replaced("rename", replace)
+
+
 if __name__ == "__main__":
     harness.run_suite()
