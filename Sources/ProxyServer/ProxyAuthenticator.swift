@@ -80,12 +80,24 @@ final class ProxyAuthenticator {
         }
     }
 
-    /// "1.2.3.4:5678" or "[::1]:5678" → "1.2.3.4" or "::1".
+    /// What the failure limit counts by: "1.2.3.4:5678" → "1.2.3.4", an IPv4-mapped IPv6 peer as its IPv4
+    /// address, and any other IPv6 peer by its /64 ("[2001:db8:1:2::7]:5678" → "2001:db8:1:2::/64"), since one
+    /// host usually holds a whole /64 and could otherwise try from fresh addresses without end. Link-local
+    /// (fe80::/10) and loopback peers keep their full address (every host on a link shares fe80::/64).
     static func clientAddress(peer: String) -> String {
         var host = Substring(peer)
         if let colon = host.lastIndex(of: ":") { host = host[..<colon] }
         if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        return String(host)
+        if let percent = host.firstIndex(of: "%") { host = host[..<percent] }  // a zone index
+        guard let ip = IPAddress(String(host)), ip.isV6 else { return String(host) }
+        let b = ip.bytes
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xFF && b[11] == 0xFF {
+            return b[12...].map { String($0) }.joined(separator: ".")
+        }
+        let linkLocal = b[0] == 0xFE && b[1] & 0xC0 == 0x80
+        if linkLocal || b[0..<15].allSatisfy({ $0 == 0 }) { return String(host) }
+        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }
+        return groups.joined(separator: ":") + "::/64"
     }
 
     static func sha256Hex(_ bytes: [UInt8]) -> String {
