@@ -198,5 +198,24 @@ class ReplacedCertificateFolder(unittest.TestCase):
         self.check_replaced("rename", replace)
 
 
+class AuthFilePermissions(unittest.TestCase):
+    """auth_file holds password hashes; sha256 entries are unsalted and fast to try offline. An auth_file that
+    everyone can read draws the same warning as a private key, from check and from run."""
+
+    def test_auth_file_readable_by_everyone_is_reported(self):
+        d = ENV["dir"]
+        port = harness.free_port()
+        write(f"{d}/users-perm", f"bob:sha256:{hashlib.sha256(b'battery').hexdigest()}\n", 0o644)
+        write(f"{d}/authperm.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nauth_file = "users-perm"\n'
+              + test_faults.routes())
+        r = subprocess.run([harness.proxy_binary(), "check", "--config", f"{d}/authperm.conf"], capture_output=True,
+                           text=True, timeout=30, env=harness.clean_env(SWIFT_BACKTRACE="enable=no"))
+        self.assertRegex(r.stdout + r.stderr, r"warning: .*users-perm is readable by everyone \(mode 644\)")
+        os.chmod(f"{d}/users-perm", 0o600)
+        r = subprocess.run([harness.proxy_binary(), "check", "--config", f"{d}/authperm.conf"], capture_output=True,
+                           text=True, timeout=30, env=harness.clean_env(SWIFT_BACKTRACE="enable=no"))
+        self.assertNotIn("users-perm is readable", r.stdout + r.stderr)
+
+
 if __name__ == "__main__":
     harness.run_suite()
