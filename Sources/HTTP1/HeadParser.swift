@@ -87,7 +87,12 @@ public enum HeadParser {
         guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
         // status-line = HTTP-version SP status-code SP [ reason-phrase ]
         guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
-        let version = try parseVersion(start[start.startIndex..<sp1])
+        let version: HTTPVersion
+        do {
+            version = try parseVersion(start[start.startIndex..<sp1])
+        } catch HTTPParseError.invalidRequestLine {
+            throw HTTPParseError.invalidStatusLine  // a response has no request line
+        }
         let codeStart = sp1 + 1
         guard codeStart + 3 <= start.endIndex else { throw HTTPParseError.invalidStatusLine }
         let code = start[codeStart..<(codeStart + 3)]
