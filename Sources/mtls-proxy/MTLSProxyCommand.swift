@@ -133,6 +133,7 @@ struct ConfigOption: ParsableArguments {
 /// Every mistake on its own line; a count when there are several.
 func printConfigError(_ error: ConfigError) {
     for line in error.description.split(separator: "\n") { printError("mtls-proxy: \(line)") }
+    if let hint = SyntaxHint.hint(for: error) { printError("mtls-proxy: \(hint)") }
     if error.all.count > 1 { printError("mtls-proxy: \(error.all.count) mistakes in \(error.file)") }
 }
 
@@ -144,6 +145,11 @@ func formatDate(_ epoch: Int) -> String { UTCTime.readable(epoch, seconds: false
 
 func daysLeft(_ seconds: Int) -> String {
     seconds < 0 ? "expired" : String(seconds / 86_400)
+}
+
+/// "92 days left", or "expired" (never "expired days left").
+func daysLeftPhrase(_ seconds: Int) -> String {
+    seconds < 0 ? "expired" : "\(seconds / 86_400) days left"
 }
 
 /// Left-aligned columns, two spaces apart.
