@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import ProxyConfig
 import TLS
 
@@ -53,6 +54,15 @@ struct CA: ParsableCommand {
         func run() throws {
             let settings = try CA.settings(options)
             do {
+                // The folders of ca_cert and ca_key (often a state/ folder that does not exist yet), as `csr`
+                // makes its --out folder: readable only by the owner, since one holds the CA's key.
+                for path in [settings.caKey, settings.caCert] {
+                    let folder = (path as NSString).deletingLastPathComponent
+                    if !folder.isEmpty && !FileManager.default.fileExists(atPath: folder) {
+                        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                                attributes: [.posixPermissions: 0o700])
+                    }
+                }
                 let ca = try LocalCA.create(certPath: settings.caCert, keyPath: settings.caKey, days: days)
                 print("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)")
                 print("  sha256 \(ca.certificate.sha256Fingerprint)")
