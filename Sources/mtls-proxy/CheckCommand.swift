@@ -80,7 +80,7 @@ struct Check: ParsableCommand {
         }
         if let ca = runtime.localCA {
             let cert = ca.certificate
-            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeft(cert.notAfter - now)) days left)")
+            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
         }
         for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
         print("")
