@@ -91,5 +91,64 @@ class Check(unittest.TestCase):
         self.assertIn("bad-run.conf:2: proxy.listen: 0.0.0.0:0 is not a loopback address", r.stderr)
 
 
+class NewUserMistakes(unittest.TestCase):
+    """What a first-time user runs into when following the README: each message says what to do."""
+
+    def test_unquoted_duration_is_explained_not_only_a_toml_syntax_error(self):
+        r = run("check", "--config", write_config("bare-duration.conf", "[upstream]\nconnect_timeout = 5s\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bare-duration.conf: line 2", r.stderr)
+        self.assertIn('bare-duration.conf:2: connect_timeout: durations are strings with a unit: '
+                      'write connect_timeout = "5s"', r.stderr)
+
+    def test_unquoted_string_value_is_explained(self):
+        for value, expected in (("api.mygreatbank.test", 'write host = "api.mygreatbank.test"'),
+                                ("deny   # no network", 'write action = "deny"'),
+                                ("127.0.0.1:8443", 'write connect = "127.0.0.1:8443"')):
+            key = expected.split()[1]
+            r = run("check", "--config", write_config("bare-string.conf", f"[[route]]\n{key} = {value}\n"))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(f"bare-string.conf:2: {key}: text values are quoted in TOML: {expected}", r.stderr)
+
+    def test_a_real_syntax_error_gets_no_made_up_hint(self):
+        r = run("check", "--config", write_config("bracket.conf", GOOD + "\n[[route]\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bracket.conf: line 11", r.stderr)
+        self.assertNotIn("write ", r.stderr)
+        r = run("check", "--config", write_config("number.conf", "[proxy]\nworkers = 2x\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("write ", r.stderr)
+
+    def test_ca_init_makes_the_folder_of_the_local_ca(self):
+        config = write_config("intercept.conf", GOOD + '[intercept]\nca_cert = "state-new/ca/local-ca.pem"\n'
+                              'ca_key = "state-new/ca/local-ca.key"\n')
+        r = run("ca", "init", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        folder = f"{ENV['dir']}/state-new/ca"
+        self.assertEqual(os.stat(folder).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(f"{folder}/local-ca.key").st_mode & 0o777, 0o600)
+        r = run("check", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_certs_says_expired_for_an_expired_certificate(self):
+        pki = f"{ENV['dir']}/pki"
+        subprocess.run(["bash", "-c", f"source '{harness.ROOT}/scripts/lib/pki.sh' && "
+                        f"pki_cert_dated '{pki}' old-us fusion-us 20200101000000Z 20210101000000Z"], check=True)
+        config = write_config("expired.conf", GOOD.replace('cert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"',
+                              '[[identities.us.certificates]]\ncert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n'
+                              '[[identities.us.certificates]]\ncert = "pki/old-us.pem"\nkey = "pki/old-us.key"'))
+        r = run("certs", "--all", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2021-01-01 00:00 UTC (expired)", r.stdout)
+        self.assertNotIn("expired days left", r.stdout)
+        self.assertRegex(r.stdout, r"\(36[45] days left\)")
+
+    def test_csr_out_with_a_trailing_slash_prints_clean_paths(self):
+        r = run("csr", "us", "--config", write_config("csr.conf", GOOD), "--out", f"{ENV['dir']}/renewal-slash/")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("//", r.stdout)
+        self.assertIn(f"{ENV['dir']}/renewal-slash/us-", r.stdout)
+
+
 if __name__ == "__main__":
     harness.run_suite()
