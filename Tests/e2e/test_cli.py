@@ -149,6 +149,29 @@ class NewUserMistakes(unittest.TestCase):
         self.assertNotIn("//", r.stdout)
         self.assertIn(f"{ENV['dir']}/renewal-slash/us-", r.stdout)
 
+    def test_explain_a_sidecar_address_says_what_the_proxy_answers(self):
+        config = write_config("own.conf", GOOD + '[[listener]]\nlisten = "127.0.0.1:29401"\n'
+                              'upstream = "https://api.mygreatbank.test"\n[[route]]\nhost = "*"\naction = "deny"\n')
+        r = run("explain", "http://127.0.0.1:29401/v1/x", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("127.0.0.1:29401 is this proxy's own address (listener[1], the sidecar listener for "
+                      "https://api.mygreatbank.test)", r.stdout)
+        self.assertIn("NO_PROXY", r.stdout)
+        self.assertNotIn("route[2] *", r.stdout)
+        r = run("explain", "http://localhost:29401/", "--config", config)
+        self.assertIn("own address", r.stdout)
+        r = run("explain", "http://127.0.0.1:29402/", "--config", config)
+        self.assertNotIn("own address", r.stdout)
+        self.assertIn("route[2] *", r.stdout)
+
+    def test_explain_an_https_url_points_at_the_tunnel_most_clients_open(self):
+        r = run("explain", "https://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("mutual TLS presenting identity us", r.stdout)
+        self.assertIn("explain --method CONNECT api.mygreatbank.test:443", r.stdout)
+        r = run("explain", "http://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
+        self.assertNotIn("--method CONNECT", r.stdout)
+
 
 if __name__ == "__main__":
     harness.run_suite()
