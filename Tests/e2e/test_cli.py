@@ -172,6 +172,17 @@ class NewUserMistakes(unittest.TestCase):
         r = run("explain", "http://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
         self.assertNotIn("--method CONNECT", r.stdout)
 
+    def test_health_without_an_answer_names_where_the_address_came_from(self):
+        port = harness.free_port()
+        config = write_config("health.conf", GOOD + f'[admin]\nlisten = "127.0.0.1:{port}"\n')
+        r = run("health", "--config", config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"no answer from http://127.0.0.1:{port}/healthz ([admin] listen in {config})", r.stderr)
+        self.assertIn("is the proxy running", r.stderr)
+        r = run("health", "--admin", f"127.0.0.1:{port}")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"no answer from http://127.0.0.1:{port}/healthz (--admin)", r.stderr)
+
 
 if __name__ == "__main__":
     harness.run_suite()
