@@ -30,6 +30,11 @@ struct Check: ParsableCommand {
     @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
+    func validate() throws {
+        // The same range as [proxy] warn_days.
+        guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
+    }
+
     func run() throws {
         if format == .json {
             let now = currentEpochSeconds()

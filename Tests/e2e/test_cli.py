@@ -183,6 +183,13 @@ class NewUserMistakes(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(f"no answer from http://127.0.0.1:{port}/healthz (--admin)", r.stderr)
 
+    def test_a_negative_warn_days_is_refused_like_the_config_refuses_it(self):
+        r = run("check", "--config", write_config("warn.conf", GOOD), "--warn-days=-5")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--warn-days takes 0 to 3650 days, not -5", r.stderr)
+        r = run("check", "--config", write_config("warn.conf", GOOD), "--warn-days", "400")
+        self.assertEqual(r.returncode, 2)
+
 
 if __name__ == "__main__":
     harness.run_suite()
