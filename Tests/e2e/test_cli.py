@@ -190,6 +190,19 @@ class NewUserMistakes(unittest.TestCase):
         r = run("check", "--config", write_config("warn.conf", GOOD), "--warn-days", "400")
         self.assertEqual(r.returncode, 2)
 
+    def test_a_mistyped_subcommand_is_named_not_taken_for_an_argument_of_run(self):
+        r = run("chek", "--config", "proxy.conf")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("mtls-proxy: unknown subcommand 'chek'; did you mean 'check'?", r.stderr)
+        self.assertNotIn("Usage: mtls-proxy run", r.stderr)
+        r = run("serve")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("unknown subcommand 'serve'", r.stderr)
+        self.assertIn("run, check, certs, explain, health, ca, csr, version", r.stderr)
+        r = run("help", "check")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("Validate the config", r.stdout)
+
 
 if __name__ == "__main__":
     harness.run_suite()
