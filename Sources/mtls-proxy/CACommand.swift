@@ -53,6 +53,10 @@ struct CA: ParsableCommand {
 
         func run() throws {
             let settings = try CA.settings(options)
+            for path in [settings.caCert, settings.caKey] where FileManager.default.fileExists(atPath: path) {
+                printError("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(options.path)` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --pem).")
+                throw ExitCode(1)
+            }
             do {
                 // The folders of ca_cert and ca_key (often a state/ folder that does not exist yet), as `csr`
                 // makes its --out folder: readable only by the owner, since one holds the CA's key.

@@ -129,6 +129,11 @@ class NewUserMistakes(unittest.TestCase):
         self.assertEqual(os.stat(f"{folder}/local-ca.key").st_mode & 0o777, 0o600)
         r = run("check", "--config", config)
         self.assertEqual(r.returncode, 0, r.stderr)
+        r = run("ca", "init", "--config", config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"mtls-proxy: {folder}/local-ca.pem already exists: the local CA is made once", r.stderr)
+        self.assertIn("mtls-proxy ca --config", r.stderr)
+        self.assertNotIn("TLS context", r.stderr)
 
     def test_certs_says_expired_for_an_expired_certificate(self):
         pki = f"{ENV['dir']}/pki"
