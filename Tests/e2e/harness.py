@@ -1,6 +1,6 @@
 """Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
 a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
-import os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +73,45 @@ def start_python_upstream(procs, pki, port, cert="server", ca=None, require=Fals
     procs.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
 
+
+
+def start_recorder(procs, pki, port, log, optional_client_cert=False):
+    """The recording TLS upstream (recorder.py): each request it receives becomes one JSON line in `log`."""
+    args = [sys.executable, os.path.join(HERE, "recorder.py"), "--port", str(port),
+            "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"]
+    if optional_client_cert:
+        args.append("--optional-client-cert")
+    procs.start(args + ["--log", log])
+    wait_for_port(port)
+
+
+def recorded_requests(log, settle):
+    """What the recorder wrote to `log`, after `settle` seconds for the last request to land; [] if nothing yet."""
+    time.sleep(settle)
+    if not os.path.exists(log):
+        return []
+    return [json.loads(line) for line in read(log).splitlines()]
+
+
+def folder_with_pki(prefix):
+    """A new temporary folder with a fresh PKI in its pki/; returns the folder."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    make_pki(f"{d}/pki")
+    return d
+
+
+def pki_and_upstream(prefix):
+    """A temporary folder with a fresh PKI in pki/ and a Python mTLS upstream (client certificates from the test
+    CA required) on a free port; returns dict(dir, procs, up) for the suite's ENV."""
+    d = folder_with_pki(prefix)
+    procs = Processes()
+    try:
+        up = free_port()
+        start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+    except BaseException:
+        procs.stop_all()
+        raise
+    return dict(dir=d, procs=procs, up=up)
 
 NGINX_CONF = """
 {user}
@@ -174,6 +213,54 @@ class LoopbackDNS:
     def close(self):
         self.sock.close()
 
+
+
+def send_raw(port, data, wait):
+    """Sends raw bytes to 127.0.0.1:port and reads until the peer closes or `wait` seconds pass; returns
+    (everything received as latin-1 text, whether the peer closed or reset the connection)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    s.sendall(data)
+    received, closed = b"", False
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    s.close()
+    return received.decode("latin-1"), closed
+
+
+def wait_until(predicate, timeout, step):
+    """Polls `predicate` every `step` seconds for up to `timeout`; returns its first truthy value, else its last."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def write_file(path, text, mode=None):
+    """Writes `text` to `path` (chmod to `mode` if given); returns the path."""
+    with open(path, "w") as f:
+        f.write(text)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def run_cli(*args, timeout, **kw):
+    """Runs the proxy binary with `args`, output captured as text."""
+    return subprocess.run([proxy_binary(), *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 def proxy_binary():
     return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")
