@@ -21,10 +21,7 @@ def setUpModule():
     dns = harness.LoopbackDNS()
     ports = {k: harness.free_port() for k in ("proxy", "plain", "recorder", "sidecar")}
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "recorder.py"), "--port", str(ports["recorder"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem",
-                     "--optional-client-cert", "--log", f"{d}/upstream.jsonl"])
-        harness.wait_for_port(ports["recorder"])
+        harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
         rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
         routes = f"""
 [upstream]
@@ -116,20 +113,7 @@ def tearDownModule():
 
 def raw(data, port=None, wait=5.0):
     """Sends raw bytes with Connection: close; returns everything the proxy answered."""
-    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=wait)
-    s.sendall(data)
-    received = b""
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (socket.timeout, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        received += chunk
-    s.close()
-    return received.decode("latin-1")
+    return harness.send_raw(port or ENV["ports"]["proxy"], data, wait)[0]
 
 
 def get(host, path, tag, port=None):
@@ -142,11 +126,7 @@ def get(host, path, tag, port=None):
 
 
 def upstream_saw(tag):
-    time.sleep(0.2)
-    path = f"{ENV['dir']}/upstream.jsonl"
-    if not os.path.exists(path):
-        return []
-    records = [json.loads(line) for line in harness.read(path).splitlines()]
+    records = harness.recorded_requests(f"{ENV['dir']}/upstream.jsonl", settle=0.2)
     return [r for r in records if f"t={tag}&" in r["request_line"]]
 
 
