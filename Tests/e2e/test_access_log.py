@@ -11,16 +11,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-accesslog-")
-    harness.make_pki(f"{d}/pki")
-    procs = harness.Processes()
-    up = harness.free_port()
-    try:
-        harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, up=up)
+    ENV.update(harness.pki_and_upstream("mtls-proxy-accesslog-"))
 
 
 def tearDownModule():
@@ -87,12 +78,7 @@ def records(path):
 
 
 def wait_for(predicate, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step=0.05)
 
 
 class AccessLogLines(unittest.TestCase):

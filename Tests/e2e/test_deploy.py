@@ -54,13 +54,7 @@ def get(port, path):
 
 
 def wait_until(predicate, timeout=20.0, step=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step)
 
 
 SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over (the proxy starts well before)

@@ -13,16 +13,7 @@ HOST = "api.mygreatbank.test"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-faults-")
-    harness.make_pki(f"{d}/pki")
-    procs = harness.Processes()
-    try:
-        up = harness.free_port()
-        harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, up=up)
+    ENV.update(harness.pki_and_upstream("mtls-proxy-faults-"))
 
 
 def tearDownModule():
@@ -45,10 +36,7 @@ connect = "127.0.0.1:{ENV['up']}"
 
 
 def write(path, text, mode=None):
-    with open(path, "w") as f:
-        f.write(text)
-    if mode is not None:
-        os.chmod(path, mode)
+    harness.write_file(path, text, mode)
 
 
 def proxy_get(port, path="/hello", headers=None, timeout=10, source=None):
@@ -488,13 +476,7 @@ auth_file = "users6"
 
 
 def wait_for(predicate, timeout=15.0, step=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step)
 
 
 class ReloadGaps(unittest.TestCase):
