@@ -13,9 +13,7 @@ DAY = 86400
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-cli-ops-")
-    harness.make_pki(f"{d}/pki")
-    ENV["dir"] = d
+    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-ops-")
 
 
 def tearDownModule():
@@ -23,15 +21,11 @@ def tearDownModule():
 
 
 def write(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 def run(*args, cwd=None, env=None):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env=env if env is not None else harness.clean_env())
+    return harness.run_cli(*args, timeout=60, cwd=cwd, env=env if env is not None else harness.clean_env())
 
 
 def utc_in(seconds):

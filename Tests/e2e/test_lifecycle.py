@@ -116,15 +116,11 @@ def subject(host, path="/whoami"):
 
 
 def cli(*args, config=None):
-    return subprocess.run([harness.proxy_binary(), *args, "--config", config or f"{ENV['dir']}/proxy.conf"],
-                          capture_output=True, text=True, timeout=30)
+    return harness.run_cli(*args, "--config", config or f"{ENV['dir']}/proxy.conf", timeout=30)
 
 
 def write_config(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 class StagedRotation(unittest.TestCase):

@@ -114,7 +114,7 @@ def metric(text, name, **labels):
 
 
 def cli(*args, env=None):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=30, env=env)
+    return harness.run_cli(*args, timeout=30, env=env)
 
 
 class SidecarListener(unittest.TestCase):
