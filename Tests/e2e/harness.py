@@ -6,6 +6,21 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# The config lines most suites share: trust the test CA for upstreams, and identity "us" (fusion-us) from the PKI
+# that make_pki writes to pki/ beside the config.
+US_IDENTITY = """[upstream]
+ca_file = "pki/ca.pem"
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+"""
+
+# A whole config: the above, and one route sending api.mygreatbank.test with identity "us".
+US_API_CONFIG = "\n" + US_IDENTITY + """[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+"""
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

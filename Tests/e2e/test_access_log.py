@@ -31,12 +31,7 @@ workers = {workers}
 [log]
 access = "{log}"
 format = "json"
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 name = "bank \\"API\\" café"
 host = "api.mygreatbank.test"
 identity = "us"

@@ -24,16 +24,7 @@ def run(*args):
     return harness.run_cli(*args, timeout=30)
 
 
-GOOD = """
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-"""
+GOOD = harness.US_API_CONFIG
 
 
 class Check(unittest.TestCase):

@@ -86,16 +86,7 @@ def openssl_serial(path):
     return out.strip().split("=", 1)[1]
 
 
-BASE = """
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-"""
+BASE = harness.US_API_CONFIG
 
 SUBCOMMANDS = [[], ["run"], ["check"], ["certs"], ["explain"], ["health"], ["ca"], ["ca", "init"], ["csr"],
                ["version"]]

@@ -23,12 +23,7 @@ def tearDownModule():
 
 def routes(extra_route=""):
     return f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "{HOST}"
 identity = "us"
 connect = "127.0.0.1:{ENV['up']}"

@@ -20,12 +20,7 @@ def setUpModule():
         harness.start_recorder(procs, f"{d}/pki", ports["recorder"], f"{d}/upstream.jsonl")
         harness.start_python_upstream(procs, f"{d}/pki", ports["files"], ca="ca", require=True)
         common = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "{HOST}"
 identity = "us"
 connect = "127.0.0.1:{ports['recorder']}"

@@ -25,12 +25,7 @@ def setUpModule():
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "files.mygreatbank.test"
 identity = "us"
 connect = "127.0.0.1:{files_port}"

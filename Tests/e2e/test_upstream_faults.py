@@ -40,12 +40,7 @@ listen = "127.0.0.1:{ports['proxy']}"
 workers = 1
 [admin]
 listen = "127.0.0.1:{ports['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-{routes}""")
+{harness.US_IDENTITY}{routes}""")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
         harness.wait_for_port(ports["admin"])
     except BaseException:
