@@ -1,6 +1,7 @@
 """Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
 a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
 import json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import urllib.error, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -8,12 +9,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The config lines most suites share: trust the test CA for upstreams, and identity "us" (fusion-us) from the PKI
 # that make_pki writes to pki/ beside the config.
-US_IDENTITY = """[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-"""
+def us_identity(dns_port=None):
+    """The [upstream] table (test CA; the loopback DNS server on `dns_port` as nameserver, if given) and identity
+    "us", as config lines."""
+    nameservers = f'nameservers = ["127.0.0.1:{dns_port}"]\n' if dns_port is not None else ""
+    return f'[upstream]\nca_file = "pki/ca.pem"\n{nameservers}[identities.us]\ncert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n'
+
+
+US_IDENTITY = us_identity()
 
 # A whole config: the above, and one route sending api.mygreatbank.test with identity "us".
 US_API_CONFIG = "\n" + US_IDENTITY + """[[route]]
@@ -276,6 +279,22 @@ def write_file(path, text, mode=None):
 def run_cli(*args, timeout, **kw):
     """Runs the proxy binary with `args`, output captured as text."""
     return subprocess.run([proxy_binary(), *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def init_local_ca(directory, config):
+    """`ca init` for `config`, whose [intercept] keeps its CA in `directory`/state; fails the set-up if it fails."""
+    os.makedirs(f"{directory}/state")
+    init = subprocess.run([proxy_binary(), "ca", "init", "--config", config], capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+
+
+def http_get(port, path, timeout=5):
+    """GET http://127.0.0.1:port/path (the admin listener); returns (status, body), for error statuses too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 def proxy_binary():
     return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")

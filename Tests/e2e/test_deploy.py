@@ -46,11 +46,7 @@ def metric(text, name, **labels):
 
 
 def get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(port, path)
 
 
 def wait_until(predicate, timeout=20.0, step=0.1):

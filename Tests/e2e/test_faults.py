@@ -239,11 +239,7 @@ listen = "127.0.0.1:{admin_port}"
 
 
 def admin_get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(port, path)
 
 
 class DrainLiveness(unittest.TestCase):
@@ -548,13 +544,7 @@ connect = "127.0.0.1:{ENV['up']}"
 [proxy]
 listen = "127.0.0.1:{port}"
 workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 host = "*.loopback.test"
 identity = "us"
 allow_private = true

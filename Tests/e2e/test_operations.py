@@ -92,11 +92,7 @@ def tearDownModule():
 
 
 def admin(path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ENV['ports']['admin']}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(ENV['ports']['admin'], path)
 
 
 def metric(text, name, **labels):

@@ -24,13 +24,7 @@ def setUpModule():
         harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
         rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
         routes = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 name = "admin deny"
 host = "api.mygreatbank.test"
 path = "/admin"
@@ -92,9 +86,7 @@ action = "tls"
         with open(f"{d}/plain.conf", "w") as f:
             f.write(head.format(port=ports["plain"]) + routes
                     + f'[[listener]]\nlisten = "127.0.0.1:{ports["sidecar"]}"\nupstream = "https://api.mygreatbank.test."\n')
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        harness.init_local_ca(d, f"{d}/proxy.conf")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
         harness.start_proxy(procs, f"{d}/plain.conf", f"{d}/plain.log", ports["plain"])
     except BaseException:

@@ -34,13 +34,7 @@ unmatched = "deny"
 [intercept]
 ca_cert = "state/local-ca.pem"
 ca_key = "state/local-ca.key"
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 name = "admin deny"
 host = "api.mygreatbank.test"
 path = "/admin/"
@@ -89,9 +83,7 @@ upstream = "https://API.mygreatbank.test."
 """
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(config)
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        harness.init_local_ca(d, f"{d}/proxy.conf")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
     except BaseException:
         procs.stop_all()
