@@ -45,6 +45,13 @@ def make_pki(directory):
     subprocess.run(["bash", "-c", f"source '{ROOT}/scripts/lib/pki.sh' && make_pki '{directory}'"], check=True)
 
 
+def pki_shell(*commands, cwd=None):
+    """Runs shell `commands`, one a line, with the functions of scripts/lib/pki.sh (pki_cert_dated, utc_in, ...)
+    defined; in `cwd` if given. A failing script fails the caller."""
+    script = f"source '{ROOT}/scripts/lib/pki.sh'\n" + "\n".join(commands)
+    subprocess.run(["bash", "-c", script], check=True, cwd=cwd)
+
+
 def clean_env(**extra):
     """The environment for client processes: no proxy settings leaking in from outside."""
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}

@@ -34,8 +34,7 @@ def utc_in(seconds):
 
 def dated_cert(name, cn, start, end):
     """A client certificate from the test CA with the given validity (UTC YYYYMMDDHHMMSSZ)."""
-    subprocess.run(["bash", "-c", f"source '{harness.ROOT}/scripts/lib/pki.sh' && "
-                    f"pki_cert_dated '{ENV['dir']}/pki' {name} {cn} {start} {end}"], check=True)
+    harness.pki_shell(f"pki_cert_dated '{ENV['dir']}/pki' {name} {cn} {start} {end}")
     return f"pki/{name}.pem", f"pki/{name}.key"
 
 

@@ -17,8 +17,7 @@ DAY = 86400
 
 
 def pki(directory, *commands):
-    script = f"source '{ROOT}/scripts/lib/pki.sh'\n" + "\n".join(commands)
-    subprocess.run(["bash", "-c", script], check=True)
+    harness.pki_shell(*commands)
 
 
 def not_after(path):

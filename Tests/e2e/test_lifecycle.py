@@ -14,8 +14,7 @@ SWITCH_IN = 8  # seconds from set-up until the staged certificate becomes valid
 
 
 def pki(*commands):
-    script = f"source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{ENV['pki']}'; " + "; ".join(commands)
-    subprocess.run(["bash", "-c", script], check=True)
+    harness.pki_shell(*commands, cwd=ENV["pki"])
 
 
 def setUpModule():
