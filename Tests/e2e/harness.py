@@ -345,6 +345,11 @@ def read(path):
         return f.read()
 
 
+def json_log_lines(path):
+    """The JSON lines of a proxy's output (access log lines), parsed; other lines are passed over."""
+    return [json.loads(line) for line in read(path).splitlines() if line.startswith("{")]
+
+
 def run_suite():
     """Runs the calling module's unittest suite and prints its tally: passed, failed and skipped counted apart,
     each skipped test named with its reason (a skip is never counted as a pass). Exits 1 on any failure."""

@@ -157,8 +157,7 @@ def curl(*args, env=None):
 
 
 def access_log():
-    with open(ENV["log"]) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+    return harness.json_log_lines(ENV["log"])
 
 
 class Identities(unittest.TestCase):

@@ -124,7 +124,7 @@ def upstream_saw(tag):
 
 def log_records(name="proxy"):
     time.sleep(0.3)
-    return [json.loads(line) for line in harness.read(f"{ENV['dir']}/{name}.log").splitlines() if line.startswith("{")]
+    return harness.json_log_lines(f"{ENV['dir']}/{name}.log")
 
 
 # (tag, path, what the refusal names) for paths that must be refused with 400 and never reach the upstream.
