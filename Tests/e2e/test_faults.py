@@ -47,6 +47,11 @@ def proxy_get(port, path="/hello", headers=None, timeout=10, source=None):
         s.close()
 
 
+def basic(user, password):
+    """The Proxy-Authorization header for `user` and `password`, as a headers dict for proxy_get."""
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def raw_exchange(port, data, timeout=10):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
@@ -602,8 +607,8 @@ class WrongPasswords(unittest.TestCase):
         port = harness.free_port()
         write(f"{d}/users4", f"alice:{alice}\nbob:sha256:{hashlib.sha256(b'battery').hexdigest()}\n")
         write(f"{d}/auth4.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nauth_file = "users4"\n' + routes())
-        good_alice = {"Proxy-Authorization": "Basic " + base64.b64encode(b"alice:right-horse").decode()}
-        good_bob = {"Proxy-Authorization": "Basic " + base64.b64encode(b"bob:battery").decode()}
+        good_alice = basic("alice", "right-horse")
+        good_bob = basic("bob", "battery")
         procs = harness.Processes()
         try:
             harness.start_proxy(procs, f"{d}/auth4.conf", f"{d}/auth4.log", port)
@@ -612,7 +617,7 @@ class WrongPasswords(unittest.TestCase):
             bad_statuses = []
 
             def bad(i):
-                wrong = {"Proxy-Authorization": "Basic " + base64.b64encode(f"alice:wrong-{i}".encode()).decode()}
+                wrong = basic("alice", f"wrong-{i}")
                 return proxy_get(port, headers=wrong, timeout=60, source="127.0.0.2")[0]
 
             latencies = []
