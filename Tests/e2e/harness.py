@@ -1,6 +1,6 @@
 """Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
 a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
-import json, os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 import urllib.error, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -343,6 +343,19 @@ def reset_peak_rss(pid):
 def read(path):
     with open(path) as f:
         return f.read()
+
+
+def metric(text, name, absent=None, **labels):
+    """The value of the series `name` with (at least) these `labels` in a Prometheus text exposition; `absent`
+    if there is none."""
+    for line in text.splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(m.group(4))
+    return absent
 
 
 def json_log_lines(path):

@@ -34,14 +34,7 @@ def serial(path):
 
 def metric(text, name, **labels):
     """The value of one series, None if absent."""
-    for line in text.splitlines():
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return None
+    return harness.metric(text, name, None, **labels)
 
 
 def get(port, path):

@@ -97,16 +97,7 @@ def admin(path):
 
 def metric(text, name, **labels):
     """The value of one series, 0 if absent."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and line.split(" ")[0] != name:
-            continue
-        m = re.match(r"([a-z_]+)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return 0.0
+    return harness.metric(text, name, 0.0, **labels)
 
 
 def cli(*args, env=None):
