@@ -49,9 +49,8 @@ SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over 
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-deploy-")
+    d = harness.folder_with_pki("mtls-proxy-deploy-")
     p = f"{d}/pki"
-    harness.make_pki(p)
     pki(p, f"pki_cert_dated '{p}' soon fusion-soon $(utc_in -86400) $(utc_in 10*86400)",
         f"pki_cert_dated '{p}' gone fusion-gone $(utc_in -400*86400) $(utc_in -86400)",
         f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",

@@ -12,8 +12,7 @@ HOST = "smuggle.mygreatbank.test"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-hardening-")
-    harness.make_pki(f"{d}/pki")
+    d = harness.folder_with_pki("mtls-proxy-hardening-")
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "limited", "authed", "fdlimited", "recorder", "files")}
     try:

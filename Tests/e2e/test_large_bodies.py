@@ -13,9 +13,8 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-large-")
+    d = harness.folder_with_pki("mtls-proxy-large-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     proxy_port, files_port = harness.free_port(), harness.free_port()
     try:

@@ -18,9 +18,8 @@ def pki(*commands):
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-lifecycle-")
+    d = harness.folder_with_pki("mtls-proxy-lifecycle-")
     ENV.update(dir=d, pki=f"{d}/pki")
-    harness.make_pki(ENV["pki"])
     p = ENV["pki"]
     pki(f"pki_cert_dated '{p}' us-next fusion-us-next $(utc_in {SWITCH_IN}) $(utc_in 400*86400)",
         f"pki_cert_dated '{p}' us-old fusion-us-old $(utc_in -400*86400) $(utc_in -86400)",

@@ -12,8 +12,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-ops-")
-    harness.make_pki(f"{d}/pki")
+    d = harness.folder_with_pki("mtls-proxy-ops-")
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "sidecar", "denied_sidecar", "admin", "up", "closed")}
     try:

@@ -14,9 +14,8 @@ SECRET = "sekrit-query-value"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-routing-")
+    d = harness.folder_with_pki("mtls-proxy-routing-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     dns = harness.LoopbackDNS()
     ports = {k: harness.free_port() for k in ("proxy", "plain", "recorder", "sidecar")}

@@ -17,9 +17,8 @@ DENIED = {"api.mygreatbank.test": ["/admin/"], "files.mygreatbank.test": ["/file
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-routing-attacks-")
+    d = harness.folder_with_pki("mtls-proxy-routing-attacks-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     dns = harness.LoopbackDNS()
     ports = {k: harness.free_port() for k in ("proxy", "recorder", "sidecar")}

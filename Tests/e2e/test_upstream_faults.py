@@ -12,9 +12,8 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-faults-")
+    d = harness.folder_with_pki("mtls-proxy-faults-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     subprocess.run(["bash", "-c", f"""source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{pki}'
         pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server
         pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server
