@@ -14,11 +14,12 @@ ENV = {}
 def setUpModule():
     d = harness.folder_with_pki("mtls-proxy-faults-")
     pki = f"{d}/pki"
-    subprocess.run(["bash", "-c", f"""source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{pki}'
-        pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server
-        pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem \
-            -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null"""], check=True)
+    harness.pki_shell(
+        f"pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server",
+        f"pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server",
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem"
+        " -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null",
+        cwd=pki)
     procs = harness.Processes()
     names = ("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")
     ports = {k: harness.free_port() for k in names}
