@@ -584,20 +584,6 @@ public enum UTCTime {
         return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday)) \(time) UTC"
     }
 
-    /// Whether any of eight bytes is below 0x20, a quote or a backslash (it may say yes for a byte after one
-    /// that is, never no for one that is; bytes from 0x80 up, UTF-8 sequences, never need it).
-    @inline(__always)
-    static func needsEscape(_ x: UInt64) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101
-        let high: UInt64 = 0x8080_8080_8080_8080
-        let control = (x &- ones &* 0x20) & ~x & high
-        let q = x ^ (ones &* 0x22)
-        let bs = x ^ (ones &* 0x5C)
-        let quote = (q &- ones) & ~q & high
-        let backslash = (bs &- ones) & ~bs & high
-        return (control | quote | backslash) != 0
-    }
-
     /// "2027-03-02T14:05:09.123Z", for the access log.
     static func iso8601(millis: Int) -> String {
         let p = parts(millis / 1000)

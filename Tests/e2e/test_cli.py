@@ -9,9 +9,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-cli-")
-    harness.make_pki(f"{d}/pki")
-    ENV["dir"] = d
+    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-")
 
 
 def tearDownModule():
@@ -19,26 +17,14 @@ def tearDownModule():
 
 
 def write_config(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 def run(*args):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=30)
+    return harness.run_cli(*args, timeout=30)
 
 
-GOOD = """
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-"""
+GOOD = harness.US_API_CONFIG
 
 
 class Check(unittest.TestCase):

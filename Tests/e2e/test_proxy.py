@@ -11,9 +11,8 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-e2e-")
+    d = harness.folder_with_pki("mtls-proxy-e2e-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     ports = {name: harness.free_port() for name in
              ("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12", "untrusted", "mismatch", "refused",
@@ -157,8 +156,7 @@ def curl(*args, env=None):
 
 
 def access_log():
-    with open(ENV["log"]) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+    return harness.json_log_lines(ENV["log"])
 
 
 class Identities(unittest.TestCase):
