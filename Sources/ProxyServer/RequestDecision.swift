@@ -39,7 +39,13 @@ enum RequestDecision {
             case .forward:
                 target = try AbsoluteTarget.parse(head.target)
             case .fixed(let listener):
-                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
+                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says. A
+                // proxy request (absolute form) means the client took the sidecar for the proxy: say which is which.
+                if head.target.first != "/" && head.target != "*" {
+                    return .answer(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
+                        details: "\(listener.configKey) sends every request to \(listener.upstreamURL) and takes paths (http://\(listener.listen)/...), not proxy requests; use the forward listener \(runtime.config.proxy.listen) as HTTP_PROXY, or call this listener directly"),
+                        close: true)
+                }
                 try AbsoluteTarget.checkOriginForm(head.target)
                 target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
             case .intercepted(let host, let port):

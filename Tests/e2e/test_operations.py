@@ -121,6 +121,10 @@ class SidecarListener(unittest.TestCase):
         r = subprocess.run(["curl", "-sS", "-i", "-x", f"http://127.0.0.1:{ENV['ports']['sidecar']}", "http://other.test/"],
                            capture_output=True, text=True, env=harness.clean_env())
         self.assertIn("400 Bad Request", r.stdout)
+        # It says what the listener is for and where the proxy is, and never echoes the target.
+        self.assertIn("takes paths", r.stdout)
+        self.assertIn("use the forward listener", r.stdout)
+        self.assertNotIn("other.test", r.stdout)
 
 
 class Admin(unittest.TestCase):
