@@ -738,7 +738,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
         established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let filter = bufferevent_openssl_filter_new(worker.base, client.bev, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
+        guard let filter = session.makeServerFilter(base: worker.base, over: client.bev, options: options) else {
             session.discard()
             teardown(reset: false)
             return
