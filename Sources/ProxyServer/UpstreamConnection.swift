@@ -155,7 +155,9 @@ final class UpstreamConnection: EventHandler {
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
-        if let tls { return tls.failure(handshakeCompleted: handshakeCompleted, errors: errors, errno: errno, closed: closed) }
+        if let tls {
+            return tls.failure(handshakeCompleted: handshakeCompleted, errors: errors, errno: errno, closed: closed)
+        }
         return UpstreamTLSFailure(
             phase: handshakeCompleted ? .afterHandshake : .handshake,
             host: key.host, port: key.port,

@@ -30,7 +30,8 @@ public struct TLSSession {
     /// A libevent OpenSSL filter bufferevent over `underlying` that accepts a TLS client (the client's end of an
     /// intercepted tunnel). It takes the SSL over and frees it (with `BEV_OPT_CLOSE_ON_FREE` in `options`, the
     /// underlying bufferevent too). nil if libevent cannot make it: the SSL is still to be `discard`ed.
-    public func makeServerFilter(base: OpaquePointer, over underlying: OpaquePointer, options: Int32) -> OpaquePointer? {
+    public func makeServerFilter(base: OpaquePointer, over underlying: OpaquePointer,
+                                 options: Int32) -> OpaquePointer? {
         bufferevent_openssl_filter_new(base, underlying, ssl, BUFFEREVENT_SSL_ACCEPTING, options)
     }
 

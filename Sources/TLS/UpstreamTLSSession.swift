@@ -57,7 +57,8 @@ public final class UpstreamTLSSession {
     /// It is made here, not in the proxy's connection code, because it is the hand-over of the SSL's ownership.
     public func makeSocketBufferevent(base: OpaquePointer, options: Int32) -> OpaquePointer? {
         guard let ssl, !owned,
-              let bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options) else { return nil }
+              let bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options)
+        else { return nil }
         owned = true
         bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
         return bev
@@ -101,7 +102,8 @@ public final class UpstreamTLSSession {
     }
 
     /// What OpenSSL and the socket said about a failure, for the proxy to turn into a response.
-    public func failure(handshakeCompleted: Bool, errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
+    public func failure(handshakeCompleted: Bool, errors: [OpenSSLErrorEntry], errno: Int32,
+                        closed: Bool) -> UpstreamTLSFailure {
         let verify = verifyResult
         return UpstreamTLSFailure(
             phase: handshakeCompleted ? .afterHandshake : .handshake,
