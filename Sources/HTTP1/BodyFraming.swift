@@ -9,19 +9,19 @@ public enum BodyFraming: Sendable, Equatable {
     /// The framing of a request body. Strict: Content-Length together with Transfer-Encoding, conflicting or
     /// malformed lengths, and any coding other than a lone `chunked` are rejected.
     public static func forRequest(_ head: RequestHead) throws -> BodyFraming {
-        let te = head.headers.listElements("Transfer-Encoding")
         let hasTE = head.headers.contains("Transfer-Encoding")
-        let cl = head.headers.values("Content-Length")
+        let hasCL = head.headers.contains("Content-Length")
         if hasTE {
-            if !cl.isEmpty { throw HTTPParseError.contentLengthAndTransferEncoding }
+            if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             if head.version == .http10 { throw HTTPParseError.transferEncodingInHTTP10 }
-            guard te.count == 1, te[0].equalsIgnoringASCIICase("chunked") else {
+            let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
+            guard te.count == 1, te.lastMatches else {
                 throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
             }
             return .chunked
         }
-        if !cl.isEmpty {
-            let length = try contentLength(cl)
+        if hasCL {
+            let length = try contentLength(head.headers)
             return length == 0 ? .none : .contentLength(length)
         }
         return .none
@@ -33,20 +33,20 @@ public enum BodyFraming: Sendable, Equatable {
             return .none
         }
         let hasTE = head.headers.contains("Transfer-Encoding")
-        let cl = head.headers.values("Content-Length")
+        let hasCL = head.headers.contains("Content-Length")
         if hasTE {
-            if !cl.isEmpty { throw HTTPParseError.contentLengthAndTransferEncoding }
-            let te = head.headers.listElements("Transfer-Encoding")
-            if head.version == .http11, let last = te.last, last.equalsIgnoringASCIICase("chunked") {
+            if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
+            let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
+            if head.version == .http11, te.lastMatches {
                 guard te.count == 1 else {
-                    throw HTTPParseError.unsupportedTransferEncoding(te.joined(separator: ", "))
+                    throw HTTPParseError.unsupportedTransferEncoding(head.headers.listElements("Transfer-Encoding").joined(separator: ", "))
                 }
                 return .chunked
             }
             return .untilClose
         }
-        if !cl.isEmpty {
-            let length = try contentLength(cl)
+        if hasCL {
+            let length = try contentLength(head.headers)
             return length == 0 ? .none : .contentLength(length)
         }
         return .untilClose
@@ -55,16 +55,45 @@ public enum BodyFraming: Sendable, Equatable {
     /// One value out of one or more Content-Length fields; identical repeats are folded, anything else rejected.
     static func contentLength(_ values: [String]) throws -> UInt64 {
         var result: UInt64?
-        for value in values {
-            for element in value.split(separator: ",", omittingEmptySubsequences: false) {
-                let trimmed = element.trimmingHTTPWhitespace()
-                guard !trimmed.isEmpty, trimmed.utf8.count <= 18, trimmed.utf8.allSatisfy(isDigit),
-                      let n = UInt64(trimmed) else { throw HTTPParseError.invalidContentLength }
-                if let r = result, r != n { throw HTTPParseError.conflictingContentLength }
-                result = n
-            }
+        for value in values { try foldContentLength(value, into: &result) }
+        guard let length = result else { throw HTTPParseError.invalidContentLength }
+        return length
+    }
+
+    /// The same over every Content-Length field of `headers`, read in place.
+    static func contentLength(_ headers: HTTPHeaders) throws -> UInt64 {
+        var result: UInt64?
+        for field in headers.fields where field.name.equalsIgnoringASCIICase("Content-Length") {
+            try foldContentLength(field.value, into: &result)
         }
         guard let length = result else { throw HTTPParseError.invalidContentLength }
         return length
+    }
+
+    /// Every comma-separated element of `value` (empty ones included, which are errors) must be 1 to 18 digits
+    /// and equal to `result`, which it sets.
+    private static func foldContentLength(_ value: String, into result: inout UInt64?) throws {
+        var value = value
+        try value.withUTF8 { bytes in
+            let n = bytes.count
+            var i = 0
+            while true {
+                var end = i
+                while end < n && bytes[end] != 0x2C { end += 1 }
+                var s = i, e = end
+                while s < e && (bytes[s] == 0x20 || bytes[s] == 0x09) { s += 1 }
+                while e > s && (bytes[e - 1] == 0x20 || bytes[e - 1] == 0x09) { e -= 1 }
+                guard e > s, e - s <= 18 else { throw HTTPParseError.invalidContentLength }
+                var v: UInt64 = 0
+                for k in s..<e {
+                    guard isDigit(bytes[k]) else { throw HTTPParseError.invalidContentLength }
+                    v = v * 10 + UInt64(bytes[k] - 0x30)
+                }
+                if let r = result, r != v { throw HTTPParseError.conflictingContentLength }
+                result = v
+                if end >= n { break }
+                i = end + 1
+            }
+        }
     }
 }

@@ -7,23 +7,92 @@ public enum Forwarding {
         "te", "trailer", "upgrade", "transfer-encoding", "content-length",
     ]
 
+    /// What a field name means to forwarding.
+    enum FieldRole: Equatable {
+        case other
+        /// One of the fixed hop-by-hop fields other than these two:
+        case hopByHop
+        case connection
+        /// Hop-by-hop too (the proxy frames each hop itself); HEAD and 304 answers keep its value.
+        case contentLength
+        case via
+        case host
+    }
+
+    /// The role of `name`, found with one switch on its length and at most two comparisons.
+    @inline(__always)
+    static func role(_ name: String) -> FieldRole {
+        var name = name
+        return name.withUTF8 { b -> FieldRole in
+            switch b.count {
+            case 2: return bytesEqualIgnoringASCIICase(b, "te") ? .hopByHop : .other
+            case 3: return bytesEqualIgnoringASCIICase(b, "via") ? .via : .other
+            case 4: return bytesEqualIgnoringASCIICase(b, "host") ? .host : .other
+            case 7: return bytesEqualIgnoringASCIICase(b, "trailer") || bytesEqualIgnoringASCIICase(b, "upgrade") ? .hopByHop : .other
+            case 10:
+                if bytesEqualIgnoringASCIICase(b, "connection") { return .connection }
+                return bytesEqualIgnoringASCIICase(b, "keep-alive") ? .hopByHop : .other
+            case 14: return bytesEqualIgnoringASCIICase(b, "content-length") ? .contentLength : .other
+            case 16: return bytesEqualIgnoringASCIICase(b, "proxy-connection") ? .hopByHop : .other
+            case 17: return bytesEqualIgnoringASCIICase(b, "transfer-encoding") ? .hopByHop : .other
+            case 18: return bytesEqualIgnoringASCIICase(b, "proxy-authenticate") ? .hopByHop : .other
+            case 19: return bytesEqualIgnoringASCIICase(b, "proxy-authorization") ? .hopByHop : .other
+            default: return .other
+            }
+        }
+    }
+
     /// Whether `name` is one of the fixed hop-by-hop fields (compared without allocating).
     @inline(__always)
     static func isHopByHop(_ name: String) -> Bool {
-        let n = name.utf8.count
-        guard n == 2 || (n >= 7 && n <= 19) else { return false }
-        for candidate in hopByHop where candidate.utf8.count == n && name.equalsIgnoringASCIICase(candidate) {
-            return true
+        isHopByHop(role(name))
+    }
+
+    @inline(__always)
+    static func isHopByHop(_ role: FieldRole) -> Bool {
+        role == .hopByHop || role == .connection || role == .contentLength
+    }
+
+    /// Which fields stop at this hop: the fixed hop-by-hop fields and every field that `Connection` names. The
+    /// `Connection` values are read in place when a field asks, never split into an array.
+    struct HopFilter {
+        let headers: HTTPHeaders
+        /// The number of `Connection` fields, and the value of the first (the usual case is none or one).
+        let connectionCount: Int
+        let connection: String
+
+        init(_ headers: HTTPHeaders) {
+            self.headers = headers
+            var count = 0
+            var first = ""
+            for field in headers.fields where field.name.utf8.count == 10 && field.name.equalsIgnoringASCIICase("Connection") {
+                if count == 0 { first = field.value }
+                count += 1
+            }
+            connectionCount = count
+            connection = first
         }
-        return false
+
+        @inline(__always)
+        func drops(_ name: String) -> Bool {
+            isHopByHop(name) || namedByConnection(name)
+        }
+
+        /// Whether a `Connection` field lists `name`.
+        @inline(__always)
+        func namedByConnection(_ name: String) -> Bool {
+            switch connectionCount {
+            case 0: return false
+            case 1: return listValue(connection, contains: name)
+            default: return headers.containsListElement("Connection", name)
+            }
+        }
     }
 
     /// Removes hop-by-hop fields and every field that `Connection` names.
     public static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        let named = headers.contains("Connection") ? headers.listElements("Connection") : []
-        headers.removeAll { field in
-            isHopByHop(field.name) || named.contains { field.name.equalsIgnoringASCIICase($0) }
-        }
+        let filter = HopFilter(headers)
+        headers.removeAll { filter.drops($0.name) }
     }
 
     public static let viaToken = "1.1 mtls-proxy"
@@ -46,6 +115,15 @@ public enum Forwarding {
         name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
     }
 
+    /// Bytes the fields of `headers` take on the wire at most (a Latin-1 value is never longer than its UTF-8),
+    /// for reserving the output once.
+    @inline(__always)
+    static func wireSize(_ headers: HTTPHeaders) -> Int {
+        var n = 0
+        for field in headers.fields { n += field.name.utf8.count + field.value.utf8.count + 4 }
+        return n
+    }
+
     /// Fields that some frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) read as the request path in place of
     /// the request line: forwarded, they would let a client name a path that no route decided.
     static let pathOverrideFields = ["x-original-url", "x-rewrite-url", "x-original-uri"]
@@ -57,34 +135,46 @@ public enum Forwarding {
 
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
     /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
+    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil) -> [UInt8] {
-        var headers = request.headers
-        stripHopByHop(&headers)
-        headers.removeAll { $0.name.equalsIgnoringASCIICase("Host") || isProxyField($0.name) || isPathOverrideField($0.name) }
+        let filter = HopFilter(request.headers)
         var out: [UInt8] = []
-        out.reserveCapacity(512)
-        out.append(contentsOf: request.method.utf8)
+        out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
+                            + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
+        appendASCII(request.method, to: &out)
         out.append(0x20)
-        out.append(contentsOf: pathAndQuery.utf8)
-        out.append(contentsOf: " HTTP/1.1\r\nHost: ".utf8)
-        out.append(contentsOf: host.utf8)
-        out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out)
+        appendASCII(pathAndQuery, to: &out)
+        appendStatic(" HTTP/1.1\r\nHost: ", to: &out)
+        appendASCII(host, to: &out)
+        appendCRLF(to: &out)
+        for field in request.headers.fields {
+            let name = field.name
+            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields,
+            // and fields some frameworks read as the request path (X-Original-URL and the like).
+            guard role(name) == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
+            appendField(name, field.value, to: &out)
+        }
         appendVia(request.headers, to: &out)
         if let upgrade {
-            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
-            out.append(contentsOf: "\r\n".utf8)
+            appendCRLF(to: &out)
         }
         switch framing {
-        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
-        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .contentLength(let n):
+            appendStatic("Content-Length: ", to: &out)
+            appendDecimal(n, to: &out)
+            appendCRLF(to: &out)
+        case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none, .untilClose:
             // A body-less POST/PUT still states its length, as clients do.
-            if ["POST", "PUT", "PATCH"].contains(request.method) { out.append(contentsOf: "Content-Length: 0\r\n".utf8) }
+            switch request.method {
+            case "POST", "PUT", "PATCH": appendStatic("Content-Length: 0\r\n", to: &out)
+            default: break
+            }
         }
-        out.append(contentsOf: "\r\n".utf8)
+        appendCRLF(to: &out)
         return out
     }
 
@@ -108,74 +198,114 @@ public enum Forwarding {
 
     /// The response head sent to the client. `locationRewrite`, when set, rewrites `Location` and
     /// `Content-Location` (sidecar listeners, and the forward path's optional https-to-http rewrite).
+    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
                                       keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
                                       locationRewrite: LocationRewrite? = nil) -> [UInt8] {
-        var headers = response.headers
-        let upstreamContentLength = headers.first("Content-Length")
-        stripHopByHop(&headers)
+        let headers = response.headers
+        let filter = HopFilter(headers)
         var out: [UInt8] = []
-        out.reserveCapacity(512)
+        out.reserveCapacity(response.reason.utf8.count + wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
-        out.append(contentsOf: "HTTP/1.1 \(response.status) ".utf8)
+        appendStatic("HTTP/1.1 ", to: &out)
+        if response.status >= 0 { appendDecimal(UInt64(response.status), to: &out) } else { appendASCII(String(response.status), to: &out) }
+        out.append(0x20)
         appendLatin1(response.reason, to: &out)
-        out.append(contentsOf: "\r\n".utf8)
-        appendFields(headers, to: &out, locationRewrite: locationRewrite)
-        appendVia(response.headers, to: &out)
+        appendCRLF(to: &out)
+        var upstreamContentLength: String?
+        for field in headers.fields {
+            let name = field.name
+            let role = role(name)
+            if role == .contentLength && upstreamContentLength == nil { upstreamContentLength = field.value }
+            // Dropped: hop-by-hop fields and Via (written below with this hop).
+            guard role == .other || role == .host, !filter.namedByConnection(name) else { continue }
+            if let locationRewrite, LocationRewrite.applies(to: name), let rewritten = locationRewrite.rewrite(field.value) {
+                appendField(name, rewritten, to: &out)
+            } else {
+                appendField(name, field.value, to: &out)
+            }
+        }
+        appendVia(headers, to: &out)
         if let upgrade, response.status == 101 {
-            out.append(contentsOf: "Connection: Upgrade\r\nUpgrade: ".utf8)
+            appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
-            out.append(contentsOf: "\r\n\r\n".utf8)
+            appendStatic("\r\n\r\n", to: &out)
             return out
         }
         switch framing {
-        case .contentLength(let n): out.append(contentsOf: "Content-Length: \(n)\r\n".utf8)
-        case .chunked: out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8)
+        case .contentLength(let n):
+            appendStatic("Content-Length: ", to: &out)
+            appendDecimal(n, to: &out)
+            appendCRLF(to: &out)
+        case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none:
             // HEAD and 304 answers keep the length the upstream announced for the representation.
             if let cl = upstreamContentLength, requestMethod == "HEAD" || response.status == 304 {
-                out.append(contentsOf: "Content-Length: ".utf8)
-                out.append(contentsOf: cl.utf8)
-                out.append(contentsOf: "\r\n".utf8)
+                appendStatic("Content-Length: ", to: &out)
+                appendLatin1(cl, to: &out)
+                appendCRLF(to: &out)
             } else if response.status >= 200 && response.status != 204 && response.status != 304 {
-                out.append(contentsOf: "Content-Length: 0\r\n".utf8)
+                appendStatic("Content-Length: 0\r\n", to: &out)
             }
         case .close: break
         }
         if response.status >= 200 {
             if !keepAlive || framing == .close {
-                out.append(contentsOf: "Connection: close\r\n".utf8)
+                appendStatic("Connection: close\r\n", to: &out)
             } else if clientVersion == .http10 {
-                out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
+                appendStatic("Connection: keep-alive\r\n", to: &out)
             }
         }
-        out.append(contentsOf: "\r\n".utf8)
+        appendCRLF(to: &out)
         return out
     }
 
-    static func appendFields(_ headers: HTTPHeaders, to out: inout [UInt8], locationRewrite: LocationRewrite? = nil) {
-        for field in headers where !field.name.equalsIgnoringASCIICase("Via") {
-            appendASCII(field.name, to: &out)
-            out.append(0x3A)
-            out.append(0x20)
-            if let locationRewrite, LocationRewrite.applies(to: field.name), let rewritten = locationRewrite.rewrite(field.value) {
-                appendLatin1(rewritten, to: &out)
-            } else {
-                appendLatin1(field.value, to: &out)
-            }
-            out.append(0x0D)
-            out.append(0x0A)
-        }
+    @inline(__always)
+    static func appendField(_ name: String, _ value: String, to out: inout [UInt8]) {
+        appendASCII(name, to: &out)
+        out.append(0x3A)
+        out.append(0x20)
+        appendLatin1(value, to: &out)
+        appendCRLF(to: &out)
     }
 
+    /// `Via`: the values received (in order), then this hop.
     static func appendVia(_ original: HTTPHeaders, to out: inout [UInt8]) {
-        let previous = original.values("Via")
-        out.append(contentsOf: "Via: ".utf8)
-        for v in previous {
-            appendLatin1(v, to: &out)
-            out.append(contentsOf: ", ".utf8)
+        appendStatic("Via: ", to: &out)
+        for field in original.fields where field.name.utf8.count == 3 && field.name.equalsIgnoringASCIICase("Via") {
+            appendLatin1(field.value, to: &out)
+            appendStatic(", ", to: &out)
         }
-        out.append(contentsOf: viaToken.utf8)
-        out.append(contentsOf: "\r\n".utf8)
+        appendStatic("1.1 mtls-proxy\r\n", to: &out)
+    }
+}
+
+/// Appends a string literal's bytes (its storage is static and contiguous).
+@inline(__always)
+func appendStatic(_ literal: StaticString, to out: inout [UInt8]) {
+    out.append(contentsOf: UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+}
+
+@inline(__always)
+func appendCRLF(to out: inout [UInt8]) {
+    out.append(0x0D)
+    out.append(0x0A)
+}
+
+/// Appends `value` in decimal, without making a String.
+@inline(__always)
+func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
+    var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                 UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    var v = value
+    var count = 0
+    withUnsafeMutableBytes(of: &digits) { buffer in
+        repeat {
+            buffer[19 - count] = UInt8(v % 10) + 0x30
+            v /= 10
+            count += 1
+        } while v > 0
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[(20 - count)...]))
     }
 }

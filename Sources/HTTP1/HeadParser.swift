@@ -87,7 +87,12 @@ public enum HeadParser {
         guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
         // status-line = HTTP-version SP status-code SP [ reason-phrase ]
         guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
-        let version = try parseVersion(start[start.startIndex..<sp1])
+        let version: HTTPVersion
+        do {
+            version = try parseVersion(start[start.startIndex..<sp1])
+        } catch HTTPParseError.invalidRequestLine {
+            throw HTTPParseError.invalidStatusLine  // a response has no request line
+        }
         let codeStart = sp1 + 1
         guard codeStart + 3 <= start.endIndex else { throw HTTPParseError.invalidStatusLine }
         let code = start[codeStart..<(codeStart + 3)]
@@ -106,29 +111,80 @@ public enum HeadParser {
     }
 
     private static func parseVersion(_ bytes: Slice<UnsafeRawBufferPointer>) throws -> HTTPVersion {
-        if bytes.elementsEqual("HTTP/1.1".utf8) { return .http11 }
-        if bytes.elementsEqual("HTTP/1.0".utf8) { return .http10 }
+        // "HTTP/1." compared byte by byte in place, then the minor version.
+        if bytes.count == 8 {
+            let b = bytes.base, s = bytes.startIndex
+            if b[s] == 0x48 && b[s + 1] == 0x54 && b[s + 2] == 0x54 && b[s + 3] == 0x50 && b[s + 4] == 0x2F
+                && b[s + 5] == 0x31 && b[s + 6] == 0x2E {
+                if b[s + 7] == 0x31 { return .http11 }
+                if b[s + 7] == 0x30 { return .http10 }
+            }
+        }
         let text = ascii(bytes.prefix(16))
         if bytes.count == 8, bytes.starts(with: "HTTP/".utf8) { throw HTTPParseError.unsupportedVersion(text) }
         throw HTTPParseError.invalidRequestLine
     }
 
+    /// The field lines, each read in one pass over its bytes: the line end, the colon, and whether the name is a
+    /// token and the value is made of field characters (and is ASCII) are found together. Errors are reported
+    /// in the order the checks are listed at the top, for a line that ends in CRLF; an unterminated last line is
+    /// not part of the head.
     private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
         var fields: [HTTPField] = []
-        while let line = lines.next() {
+        // Reserved once at the number of lines left (the head is complete), not grown field by field.
+        fields.reserveCapacity(min(lines.remainingLineCount(), limits.maxHeaderCount + 1))
+        let bytes = lines.bytes.bindMemory(to: UInt8.self)
+        let n = bytes.count
+        var p = lines.position
+        defer { lines.position = p }
+        while p + 1 < n {
+            if bytes[p] == 0x0D && bytes[p + 1] == 0x0A {  // the empty line
+                p += 2
+                break
+            }
+            var i = p
+            var colon = -1
+            var nameIsToken = true
+            var valueIsValid = true
+            var valueIsASCII = true
+            var lineEnd = -1
+            while i + 1 < n {
+                let c = bytes[i]
+                if c == 0x0D && bytes[i + 1] == 0x0A {
+                    lineEnd = i
+                    break
+                }
+                if colon >= 0 {
+                    if !isFieldValueChar(c) { valueIsValid = false }
+                    if c >= 0x80 { valueIsASCII = false }
+                } else if c == 0x3A {
+                    colon = i
+                } else if !isTokenChar(c) {
+                    nameIsToken = false
+                }
+                i += 1
+            }
+            guard lineEnd >= 0 else {
+                p = n
+                break
+            }
             guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
-            if line.first == 0x20 || line.first == 0x09 { throw HTTPParseError.obsoleteLineFolding }
-            guard let colon = line.firstIndex(of: 0x3A) else { throw HTTPParseError.headerWithoutColon }
-            let name = line[line.startIndex..<colon]
-            if let last = name.last, last == 0x20 || last == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
-            guard !name.isEmpty, name.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidFieldName }
-            var value = line[(colon + 1)...]
-            while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
-            while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
-            let nameString = ascii(name)
-            guard value.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidFieldValue(name: nameString) }
-            fields.append(HTTPField(name: nameString, value: latin1(value)))
+            if bytes[p] == 0x20 || bytes[p] == 0x09 { throw HTTPParseError.obsoleteLineFolding }
+            guard colon >= 0 else { throw HTTPParseError.headerWithoutColon }
+            if colon > p, bytes[colon - 1] == 0x20 || bytes[colon - 1] == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
+            guard colon > p, nameIsToken else { throw HTTPParseError.invalidFieldName }
+            var valueStart = colon + 1
+            var valueEnd = lineEnd
+            while valueStart < valueEnd && (bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09) { valueStart += 1 }
+            while valueEnd > valueStart && (bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+            let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self)
+            guard valueIsValid else { throw HTTPParseError.invalidFieldValue(name: name) }
+            let valueBytes = UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd])
+            let value = valueIsASCII ? String(decoding: valueBytes, as: UTF8.self) : latin1(valueBytes)
+            fields.append(HTTPField(name: name, value: value))
+            p = lineEnd + 2
         }
+        if p + 1 >= n && p < n { p = n }
         return HTTPHeaders(fields)
     }
 
@@ -143,6 +199,26 @@ public enum HeadParser {
             var p = 0
             while p + 1 < bytes.count, bytes[p] == 0x0D, bytes[p + 1] == 0x0A { p += 2 }
             self.position = p
+        }
+
+        /// How many LF bytes remain: an upper bound on the lines left. Counted eight bytes at a time (an exact
+        /// per-byte zero test on the word XOR-ed with LFs, no carries between bytes), then byte by byte.
+        func remainingLineCount() -> Int {
+            var n = 0
+            var i = position
+            let lows: UInt64 = 0x7F7F_7F7F_7F7F_7F7F
+            let lineFeeds: UInt64 = 0x0A0A_0A0A_0A0A_0A0A
+            while i + 8 <= bytes.count {
+                let y = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ lineFeeds
+                let zeroBytes = ~(((y & lows) &+ lows) | y | lows)
+                n += zeroBytes.nonzeroBitCount
+                i += 8
+            }
+            while i < bytes.count {
+                if bytes[i] == 0x0A { n += 1 }
+                i += 1
+            }
+            return n
         }
 
         mutating func next() -> Slice<UnsafeRawBufferPointer>? {

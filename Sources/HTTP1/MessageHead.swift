@@ -20,10 +20,7 @@ public struct RequestHead: Sendable, Equatable {
 
     /// Whether the client asked to keep the connection open after this exchange (RFC 9112 §9.3).
     public var wantsKeepAlive: Bool {
-        let connection = headers.listElements("Connection")
-        if connection.contains(where: { $0.equalsIgnoringASCIICase("close") }) { return false }
-        if version == .http10 { return connection.contains(where: { $0.equalsIgnoringASCIICase("keep-alive") }) }
-        return true
+        connectionAllowsKeepAlive(headers, version: version)
     }
 }
 
@@ -42,10 +39,7 @@ public struct ResponseHead: Sendable, Equatable {
 
     /// Whether the upstream lets the connection be reused after this response.
     public var allowsReuse: Bool {
-        let connection = headers.listElements("Connection")
-        if connection.contains(where: { $0.equalsIgnoringASCIICase("close") }) { return false }
-        if version == .http10 { return connection.contains(where: { $0.equalsIgnoringASCIICase("keep-alive") }) }
-        return true
+        connectionAllowsKeepAlive(headers, version: version)
     }
 }
 
@@ -57,4 +51,20 @@ public struct HeadLimits: Sendable, Equatable {
         self.maxHeadBytes = maxHeadBytes
         self.maxHeaderCount = maxHeaderCount
     }
+}
+
+/// RFC 9112 §9.3: `Connection: close` ends the connection; HTTP/1.0 keeps it only with `keep-alive`. The
+/// `Connection` values are scanned in place (this runs for every request and every response).
+@inline(__always)
+func connectionAllowsKeepAlive(_ headers: HTTPHeaders, version: HTTPVersion) -> Bool {
+    var close = false, keepAlive = false
+    for field in headers.fields where field.name.equalsIgnoringASCIICase("Connection") {
+        forEachListElement(field.value) { element in
+            if bytesEqualIgnoringASCIICase(element, "close") { close = true; return false }
+            if bytesEqualIgnoringASCIICase(element, "keep-alive") { keepAlive = true }
+            return true
+        }
+        if close { return false }
+    }
+    return version == .http10 ? keepAlive : true
 }

@@ -34,6 +34,14 @@ public enum PathNormalizer {
 
     /// Normalises `path` (no query; it starts with `/`) under `allowing` relaxations.
     public static func normalize(_ path: Substring, allowing: Relaxations = []) -> Result<Canonical, PathRefusal> {
+        // The common case, a path already in its canonical form, is the path itself: no copy is made (a String
+        // made from a whole-string Substring shares its storage).
+        if isPlainlyCanonical(path) { return .success(Canonical(path: String(path), used: [])) }
+        return normalizeFully(path, allowing: allowing)
+    }
+
+    /// The full pass: every byte judged, escapes decoded or upper-cased into a new path.
+    static func normalizeFully(_ path: Substring, allowing: Relaxations) -> Result<Canonical, PathRefusal> {
         let input = Array(path.utf8)
         guard input.first == slash else { return .failure(.notAbsolute) }
         var out: [UInt8] = []
@@ -94,12 +102,36 @@ public enum PathNormalizer {
         return .success(Canonical(path: String(decoding: out, as: UTF8.self), used: used))
     }
 
+    /// Whether `path` is canonical as it stands, in one scan: it starts with `/` and holds only visible ASCII
+    /// other than `%` and `\`, no `//`, and no segment starting with `.` (dot segments and their parameter forms
+    /// are judged by the full pass). False sends the path through the full pass, which decides.
+    static func isPlainlyCanonical(_ path: Substring) -> Bool {
+        let check = path.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard bytes.first == slash else { return false }
+            var previous: UInt8 = 0
+            for c in bytes {
+                guard c > 0x20 && c < 0x7F && c != percent && c != backslash else { return false }
+                if previous == slash && (c == slash || c == dot) { return false }
+                previous = c
+            }
+            return true
+        }
+        return check ?? false
+    }
+
     /// How servers that read a canonical path differently would see it, each with the refusal to give when
     /// that reading reaches another route: with `;parameters` (raw or `%3B`) cut from every segment, as Tomcat,
     /// Spring and Jetty do (`/admin;x/s` is `/admin/s`, `/;x/admin` is `/admin`); with kept `%2F` and `%5C`
     /// decoded into separators, as nginx and Python's http.server do; and both. Empty segments that result are
     /// merged, as those servers do. Empty when no server reads `canonical` differently.
     public static func otherReadings(of canonical: String) -> [(path: String, refusal: PathRefusal)] {
+        // Every routed request asks: a path without `;` or `%` (the usual one) has no other reading, found by one
+        // scan without copying it.
+        let plain = canonical.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            for c in bytes where c == semicolon || c == percent { return false }
+            return true
+        }
+        if plain == true { return [] }
         let bytes = Array(canonical.utf8)
         let hasParameters = bytes.contains(semicolon) || containsEscape(bytes, 0x3B)
         let hasEscapedSlashes = containsEscape(bytes, slash) || containsEscape(bytes, backslash)

@@ -22,7 +22,9 @@ public struct AbsoluteTarget: Sendable, Equatable {
         return pathAndQuery[...]
     }
 
-    public var isIPv6Literal: Bool { host.contains(":") }
+    public var isIPv6Literal: Bool {
+        host.utf8.withContiguousStorageIfAvailable { $0.contains(0x3A) } ?? host.utf8.contains(0x3A)
+    }
 
     /// The host as it goes in a `Host` header: brackets around IPv6, and the port when it is not implied.
     public func hostHeader(port: Int, defaultPort: Int) -> String {
@@ -38,6 +40,13 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The same target with its path replaced by `canonicalPath` (see `PathNormalizer`), the query kept.
     public func withPath(_ canonicalPath: String) -> AbsoluteTarget {
+        // Usually the path was canonical already: keep the target as it is (no new string).
+        let current = path
+        if current.utf8.count == canonicalPath.utf8.count,
+           current.utf8.withContiguousStorageIfAvailable({ a in canonicalPath.utf8.withContiguousStorageIfAvailable { a.elementsEqual($0) } })
+               ?? current.utf8.elementsEqual(canonicalPath.utf8) == true {
+            return self
+        }
         var copy = self
         copy.pathAndQuery = canonicalPath + query
         return copy
@@ -46,31 +55,55 @@ public struct AbsoluteTarget: Sendable, Equatable {
     /// Parses an absolute-form target. Only `http` and `https` are accepted; user info and fragments are rejected.
     /// The path is not judged here: `PathNormalizer` decides its canonical form before routing.
     public static func parse(_ target: String) throws -> AbsoluteTarget {
-        let utf8 = Array(target.utf8)
-        guard let schemeEnd = findSubsequence(utf8, Array("://".utf8)) else {
-            // The target itself is never quoted: its query may carry a secret.
-            if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
-            throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
+        var text = target
+        // One scan over the target's own bytes: the scheme compared in place, the host lower-cased straight into
+        // its String, the path and query copied once (a String that small is stored inline, without allocating).
+        return try text.withUTF8 { utf8 in
+            guard let schemeEnd = findSchemeSeparator(utf8) else {
+                // The target itself is never quoted: its query may carry a secret.
+                if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
+                throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
+            }
+            let schemeBytes = UnsafeBufferPointer(rebasing: utf8[0..<schemeEnd])
+            let scheme: String
+            if bytesEqualIgnoringASCIICase(schemeBytes, "http") {
+                scheme = "http"
+            } else if bytesEqualIgnoringASCIICase(schemeBytes, "https") {
+                scheme = "https"
+            } else {
+                let scheme = String(decoding: schemeBytes, as: UTF8.self).asciiLowercased
+                // Named only when it is a well-known scheme: what precedes "://" may be a query carrying a secret.
+                let known: Set<String> = ["ftp", "ws", "wss", "file", "gopher", "socks", "socks4", "socks5", "h2", "h2c", "git", "ssh"]
+                throw HTTPParseError.invalidTarget(known.contains(scheme) ? "scheme \"\(scheme)\" is not supported; use http://"
+                                                                          : "the URL's scheme is not supported; use http://")
+            }
+            let authorityStart = schemeEnd + 3
+            var authorityEnd = authorityStart
+            while authorityEnd < utf8.count, utf8[authorityEnd] != 0x2F, utf8[authorityEnd] != 0x3F, utf8[authorityEnd] != 0x23 {
+                authorityEnd += 1
+            }
+            let rest = UnsafeBufferPointer(rebasing: utf8[authorityEnd...])
+            if rest.contains(0x23) { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
+            let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]))
+            let pathAndQuery: String
+            if rest.isEmpty {
+                pathAndQuery = "/"
+            } else if rest[0] == 0x3F {
+                pathAndQuery = "/" + String(decoding: rest, as: UTF8.self)
+            } else {
+                pathAndQuery = String(decoding: rest, as: UTF8.self)
+            }
+            return AbsoluteTarget(scheme: scheme, host: host, explicitPort: port, pathAndQuery: pathAndQuery)
         }
-        let scheme = String(decoding: utf8[0..<schemeEnd], as: UTF8.self).asciiLowercased
-        guard scheme == "http" || scheme == "https" else {
-            // Named only when it is a well-known scheme: what precedes "://" may be a query carrying a secret.
-            let known: Set<String> = ["ftp", "ws", "wss", "file", "gopher", "socks", "socks4", "socks5", "h2", "h2c", "git", "ssh"]
-            throw HTTPParseError.invalidTarget(known.contains(scheme) ? "scheme \"\(scheme)\" is not supported; use http://"
-                                                                      : "the URL's scheme is not supported; use http://")
+    }
+
+    /// Where the first `://` starts.
+    private static func findSchemeSeparator(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+        guard bytes.count >= 3 else { return nil }
+        for i in 0...(bytes.count - 3) where bytes[i] == 0x3A && bytes[i + 1] == 0x2F && bytes[i + 2] == 0x2F {
+            return i
         }
-        let authorityStart = schemeEnd + 3
-        var authorityEnd = authorityStart
-        while authorityEnd < utf8.count, utf8[authorityEnd] != 0x2F, utf8[authorityEnd] != 0x3F, utf8[authorityEnd] != 0x23 {
-            authorityEnd += 1
-        }
-        let authority = Array(utf8[authorityStart..<authorityEnd])
-        var rest = Array(utf8[authorityEnd...])
-        if rest.contains(0x23) { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
-        if rest.isEmpty { rest = [0x2F] } else if rest[0] == 0x3F { rest.insert(0x2F, at: 0) }
-        let (host, port) = try parseAuthority(authority)
-        let pathAndQuery = String(decoding: rest, as: UTF8.self)
-        return AbsoluteTarget(scheme: scheme, host: host, explicitPort: port, pathAndQuery: pathAndQuery)
+        return nil
     }
 
     /// Validates an origin-form target (`/path?query`) as received on a fixed listener.
@@ -82,16 +115,21 @@ public struct AbsoluteTarget: Sendable, Equatable {
     /// authority = host [ ":" port ]; host is a reg-name, an IPv4 address or a bracketed IPv6 address.
     /// The host comes back in its one canonical form: lower case, without a trailing dot.
     public static func parseAuthority(_ authority: [UInt8]) throws -> (host: String, port: Int?) {
+        try authority.withUnsafeBufferPointer { try parseAuthority($0) }
+    }
+
+    static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>) throws -> (host: String, port: Int?) {
         if authority.contains(0x40) { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
-        var hostBytes: ArraySlice<UInt8>
-        var portBytes: ArraySlice<UInt8>?
+        var hostBytes: Slice<UnsafeBufferPointer<UInt8>>
+        var portBytes: Slice<UnsafeBufferPointer<UInt8>>?
+        var canonicalIPv6: String?
         if authority[0] == 0x5B {  // [IPv6]
             guard let close = authority.firstIndex(of: 0x5D) else { throw HTTPParseError.invalidHost }
             hostBytes = authority[1..<close]
             // One spelling per address (RFC 5952), so a route for [::1] also decides [0:0::1].
             guard let canonical = IPv6Literal.canonical(hostBytes) else { throw HTTPParseError.invalidHost }
-            hostBytes = ArraySlice(canonical.utf8)
+            canonicalIPv6 = canonical
             let after = authority[(close + 1)...]
             if !after.isEmpty {
                 guard after.first == 0x3A else { throw HTTPParseError.invalidHost }
@@ -120,7 +158,17 @@ public struct AbsoluteTarget: Sendable, Equatable {
             guard value >= 1 && value <= 65535 else { throw HTTPParseError.invalidTarget("port out of range") }
             port = value
         }
-        return (String(decoding: hostBytes.map(asciiLower), as: UTF8.self), port)
+        if let canonicalIPv6 { return (canonicalIPv6, port) }
+        // Lower-cased straight into the host's storage (no intermediate array).
+        let host = String(unsafeUninitializedCapacity: hostBytes.count) { buffer in
+            var k = 0
+            for c in hostBytes {
+                buffer[k] = asciiLower(c)
+                k += 1
+            }
+            return k
+        }
+        return (host, port)
     }
 }
 

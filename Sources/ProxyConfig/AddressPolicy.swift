@@ -44,37 +44,93 @@ public enum AddressPolicy {
     /// (inet_aton's forms), or nil when `host` is not one. Such hosts are refused outright: resolvers and
     /// libraries disagree about them, which is what SSRF filters get bypassed with.
     public static func legacyNumericIPv4(_ host: String) -> IPAddress? {
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        guard (1...4).contains(parts.count) else { return nil }
-        var values: [UInt64] = []
-        for part in parts {
-            guard !part.isEmpty else { return nil }
-            var text = Substring(part.lowercased())
-            var radix = 10
-            if text.hasPrefix("0x") { radix = 16; text = text.dropFirst(2) }
-            else if text.count > 1 && text.hasPrefix("0") { radix = 8; text = text.dropFirst() }
-            if text.isEmpty && radix == 16 { values.append(0); continue }
-            guard let v = UInt64(text, radix: radix), v <= 0xFFFF_FFFF else { return nil }
-            values.append(v)
+        var host = host
+        // A byte scan over the host (every forwarded request asks, and almost every host is a name that fails
+        // at its first letter): no split, no lower-cased copies, no array of parts.
+        return host.withUTF8 { legacyNumericIPv4Value($0) }.map {
+            IPAddress(bytes: [UInt8($0 >> 24 & 0xFF), UInt8($0 >> 16 & 0xFF), UInt8($0 >> 8 & 0xFF), UInt8($0 & 0xFF)])!
+        }
+    }
+
+    /// The 32-bit value of a legacy numeric host, or nil. Parts are separated by `.` (1 to 4, none empty); each is
+    /// decimal, octal after a leading `0`, or hexadecimal after `0x` (`0x` alone is 0); a part's digits may carry
+    /// one leading `+` or `-` (only `-0`...), as the integer parser this replaced accepted.
+    static func legacyNumericIPv4Value(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt32? {
+        var values: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        var count = 0
+        var i = 0
+        let n = bytes.count
+        while true {
+            // One part: bytes[i..<end].
+            var end = i
+            while end < n && bytes[end] != 0x2E { end += 1 }
+            guard end > i, count < 4 else { return nil }
+            var p = i
+            var radix: UInt64 = 10
+            if end - p >= 2 && bytes[p] == 0x30 && (bytes[p + 1] | 0x20) == 0x78 {
+                radix = 16; p += 2
+            } else if end - p > 1 && bytes[p] == 0x30 {
+                radix = 8; p += 1
+            }
+            var value: UInt64 = 0
+            if p == end {
+                // Only `0x` (an empty decimal or octal rest cannot happen: the part is not empty).
+                value = 0
+            } else {
+                var negative = false
+                if bytes[p] == 0x2B || bytes[p] == 0x2D {
+                    negative = bytes[p] == 0x2D
+                    p += 1
+                    guard p < end else { return nil }
+                }
+                while p < end {
+                    let c = bytes[p] | 0x20  // lower case for letters; digits keep their value
+                    let digit: UInt64
+                    switch bytes[p] {
+                    case 0x30...0x39: digit = UInt64(bytes[p] - 0x30)
+                    case 0x41...0x46, 0x61...0x66: digit = UInt64(c - 0x61 + 10)
+                    default: return nil
+                    }
+                    guard digit < radix else { return nil }
+                    value = value * radix + digit
+                    guard value <= 0xFFFF_FFFF else { return nil }
+                    p += 1
+                }
+                if negative && value != 0 { return nil }
+            }
+            switch count {
+            case 0: values.0 = value
+            case 1: values.1 = value
+            case 2: values.2 = value
+            default: values.3 = value
+            }
+            count += 1
+            if end == n { break }
+            i = end + 1
         }
         var value: UInt64
-        switch values.count {
-        case 1: value = values[0]
-        case 2: guard values[0] <= 0xFF, values[1] <= 0xFF_FFFF else { return nil }; value = values[0] << 24 | values[1]
-        case 3: guard values[0] <= 0xFF, values[1] <= 0xFF, values[2] <= 0xFFFF else { return nil }; value = values[0] << 24 | values[1] << 16 | values[2]
+        switch count {
+        case 1: value = values.0
+        case 2: guard values.0 <= 0xFF, values.1 <= 0xFF_FFFF else { return nil }; value = values.0 << 24 | values.1
+        case 3: guard values.0 <= 0xFF, values.1 <= 0xFF, values.2 <= 0xFFFF else { return nil }; value = values.0 << 24 | values.1 << 16 | values.2
         default:
-            guard values.allSatisfy({ $0 <= 0xFF }) else { return nil }
-            value = values[0] << 24 | values[1] << 16 | values[2] << 8 | values[3]
+            guard values.0 <= 0xFF, values.1 <= 0xFF, values.2 <= 0xFF, values.3 <= 0xFF else { return nil }
+            value = values.0 << 24 | values.1 << 16 | values.2 << 8 | values.3
         }
         guard value <= 0xFFFF_FFFF else { return nil }
-        return IPAddress(bytes: [UInt8(value >> 24 & 0xFF), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)])
+        return UInt32(value)
     }
 
     /// Whether `host` is written in one of the legacy numeric forms rather than as a canonical dotted quad, or
     /// as an IPv4-mapped IPv6 literal (`::ffff:127.0.0.1`), which is dialled as the IPv4 address but would not
     /// be matched by a route naming it.
     public static func isNonCanonicalNumericHost(_ host: String) -> Bool {
-        if host.contains(":") { return IPAddress(host)?.mappedV4 != nil }
-        return legacyNumericIPv4(host) != nil && IPAddress(host) == nil
+        // An IPv6 literal is refused only when it is IPv4-mapped (a byte test for the colon: this runs for every request).
+        var text = host
+        return text.withUTF8 { bytes in
+            for c in bytes where c == 0x3A { return IPAddress(host)?.mappedV4 != nil }
+            guard legacyNumericIPv4Value(bytes) != nil else { return false }
+            return IPAddress(host) == nil
+        }
     }
 }

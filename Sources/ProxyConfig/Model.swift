@@ -258,7 +258,22 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .any: return true
         case .exact(let name): return host == name
-        case .subdomains(let base): return host.count > base.count + 1 && host.hasSuffix("." + base)
+        case .subdomains(let base):
+            // Hosts and patterns are ASCII (both are checked when read): compare bytes, without making "." + base.
+            // Anything else keeps the character-wise reading.
+            var hostText = host, baseText = base
+            let byBytes: Bool? = hostText.withUTF8 { h in
+                baseText.withUTF8 { b -> Bool? in
+                    for c in h where c >= 0x80 { return nil }
+                    for c in b where c >= 0x80 { return nil }
+                    guard h.count > b.count + 1 else { return false }
+                    let dot = h.count - b.count - 1
+                    guard h[dot] == UInt8(ascii: ".") else { return false }
+                    for k in 0..<b.count where h[dot + 1 + k] != b[k] { return false }
+                    return true
+                }
+            }
+            return byBytes ?? (host.count > base.count + 1 && host.hasSuffix("." + base))
         }
     }
 
@@ -282,9 +297,9 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
 
 public struct Route: Sendable, Hashable {
     /// 1-based position in the file.
-    public var index: Int
-    public var name: String?
-    public var host: HostPattern
+    public var index: Int { didSet { label = Route.label(index: index, name: name, host: host) } }
+    public var name: String? { didSet { label = Route.label(index: index, name: name, host: host) } }
+    public var host: HostPattern { didSet { label = Route.label(index: index, name: name, host: host) } }
     public var port: Int?
     public var pathPrefix: String?
     public var action: RouteAction
@@ -311,10 +326,14 @@ public struct Route: Sendable, Hashable {
         self.connect = connect
         self.trust = trust
         self.timeouts = timeouts
+        self.label = Route.label(index: index, name: name, host: host)
     }
 
-    /// How logs and error messages name the route: its `name`, else its position and host.
-    public var label: String {
+    /// How logs and error messages name the route: its `name`, else its position and host. Made once, when the
+    /// route is (logs and metrics read it on every request).
+    public private(set) var label: String
+
+    static func label(index: Int, name: String?, host: HostPattern) -> String {
         if let name { return name }
         return "route[\(index)] \(host)"
     }

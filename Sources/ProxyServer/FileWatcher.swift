@@ -9,6 +9,8 @@ import Glibc
 final class FileWatcher {
     private let fd: Int32
     private var watched = Set<String>()
+    /// The folder each watch descriptor follows, to forget it when the folder goes (deleted or renamed away).
+    private var folderOf: [Int32: String] = [:]
     private var files: [String] = []
     /// Names (in the watched folders) whose change matters: the files themselves, and Kubernetes' `..data`
     /// style entries that a secret update swaps.
@@ -36,12 +38,14 @@ final class FileWatcher {
     /// existing ancestor, where the entry that leads to it counts as relevant; call again after a change so
     /// the folder itself is watched once it appears.
     func addWatches() {
-        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
+        let mask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB | IN_MOVE_SELF)
         for file in files {
             var dir = Self.folder(of: file)
             while !watched.contains(dir) {
-                if inotify_add_watch(fd, dir, mask) >= 0 {
+                let wd = inotify_add_watch(fd, dir, mask)
+                if wd >= 0 {
                     watched.insert(dir)
+                    folderOf[wd] = dir
                     break
                 }
                 guard mtls_errno() == ENOENT, dir != "/" else { break }
@@ -72,7 +76,17 @@ final class FileWatcher {
             var offset = 0
             let headerSize = MemoryLayout<inotify_event>.size
             while offset + headerSize <= n {
+                let wd = buffer.withUnsafeBytes { $0.load(fromByteOffset: offset, as: Int32.self) }
+                let mask = buffer.withUnsafeBytes { $0.load(fromByteOffset: offset + 4, as: UInt32.self) }
                 let length = buffer.withUnsafeBytes { Int($0.load(fromByteOffset: offset + 12, as: UInt32.self)) }
+                // A watched folder was deleted (its watch is gone) or renamed away (the watch would follow it):
+                // forget it, so that `addWatches` watches whatever takes its place, through its parent until then.
+                if mask & UInt32(IN_IGNORED | IN_MOVE_SELF) != 0, let dir = folderOf[wd] {
+                    if mask & UInt32(IN_MOVE_SELF) != 0 { inotify_rm_watch(fd, wd) }
+                    folderOf[wd] = nil
+                    watched.remove(dir)
+                    relevant = true
+                }
                 let nameBytes = buffer[(offset + headerSize)..<min(n, offset + headerSize + length)].prefix { $0 != 0 }
                 let name = String(decoding: nameBytes, as: UTF8.self)
                 if name.isEmpty || names.contains(name) || name.hasPrefix("..") { relevant = true }

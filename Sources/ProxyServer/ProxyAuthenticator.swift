@@ -27,7 +27,6 @@ final class ProxyAuthenticator {
     let users: ProxyCredentials
     private let hashing: PasswordHashing
     private let limiter: AuthFailureLimiter
-    private var accepted = Set<String>()
 
     init(users: ProxyCredentials, hashing: PasswordHashing, limiter: AuthFailureLimiter) {
         self.users = users
@@ -39,9 +38,14 @@ final class ProxyAuthenticator {
     /// `worker`'s loop thread.
     func check(_ header: String?, peer: String, worker: Worker, completion: @escaping (AuthOutcome) -> Void) -> AuthOutcome? {
         guard let header else { return .denied }
-        if accepted.contains(header) { return .allowed }
+        // Verified before, on any worker, against the entry the user still has: never hashed nor limited again
+        // (a neighbour on the same address reaching the failure limit does not lock this client out).
+        if let known = limiter.verified(header), users.users[known.user] == known.hash { return .allowed }
         let client = Self.clientAddress(peer: peer)
         let now = monotonicMillis()
+        // An address with no failure lately and no check in progress goes ahead of the others in the hashing
+        // queue: wrong passwords from many addresses cannot keep a first-time good client out.
+        let clean = limiter.isClean(client, now: now)
         if let wait = limiter.admit(client, now: now) { return .limited(retryAfterSeconds: wait) }
         guard let (user, password) = ProxyCredentials.basicCredentials(header), let hash = users.users[user],
               !password.contains(0) else {
@@ -52,15 +56,21 @@ final class ProxyAuthenticator {
         case .sha256(let hex):
             let ok = constantTimeEqual(Self.sha256Hex(password), hex)
             limiter.finished(client, ok: ok, now: now)
-            if ok { remember(header) }
+            if ok { limiter.remember(header, user: user, hash: hash) }
             return ok ? .allowed : .denied
         case .bcrypt(let stored):
             let limiter = self.limiter
             let queued = hashing.submit(work: {
                 Self.bcrypt(password, stored).map { constantTimeEqual($0, stored) } ?? false
-            }, deliverTo: worker) { [weak self] ok in
+            }, preferred: clean, deliverTo: worker) { result in
+                guard let ok = result else {
+                    // Dropped from the queue for a check from a clean address: not counted as a failure.
+                    limiter.cancelled(client)
+                    completion(.busy)
+                    return
+                }
                 limiter.finished(client, ok: ok, now: monotonicMillis())
-                if ok { self?.remember(header) }
+                if ok { limiter.remember(header, user: user, hash: hash) }
                 completion(ok ? .allowed : .denied)
             }
             if !queued {
@@ -71,17 +81,24 @@ final class ProxyAuthenticator {
         }
     }
 
-    private func remember(_ header: String) {
-        if accepted.count >= 1024 { accepted.removeAll() }
-        accepted.insert(header)
-    }
-
-    /// "1.2.3.4:5678" or "[::1]:5678" → "1.2.3.4" or "::1".
+    /// What the failure limit counts by: "1.2.3.4:5678" → "1.2.3.4", an IPv4-mapped IPv6 peer as its IPv4
+    /// address, and any other IPv6 peer by its /64 ("[2001:db8:1:2::7]:5678" → "2001:db8:1:2::/64"), since one
+    /// host usually holds a whole /64 and could otherwise try from fresh addresses without end. Link-local
+    /// (fe80::/10) and loopback peers keep their full address (every host on a link shares fe80::/64).
     static func clientAddress(peer: String) -> String {
         var host = Substring(peer)
         if let colon = host.lastIndex(of: ":") { host = host[..<colon] }
         if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-        return String(host)
+        if let percent = host.firstIndex(of: "%") { host = host[..<percent] }  // a zone index
+        guard let ip = IPAddress(String(host)), ip.isV6 else { return String(host) }
+        let b = ip.bytes
+        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xFF && b[11] == 0xFF {
+            return b[12...].map { String($0) }.joined(separator: ".")
+        }
+        let linkLocal = b[0] == 0xFE && b[1] & 0xC0 == 0x80
+        if linkLocal || b[0..<15].allSatisfy({ $0 == 0 }) { return String(host) }
+        let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }
+        return groups.joined(separator: ":") + "::/64"
     }
 
     static func sha256Hex(_ bytes: [UInt8]) -> String {
@@ -137,6 +154,11 @@ struct FailureWindow {
         return nil
     }
 
+    /// No failure of `client` in the window and no check of it in progress.
+    func isClean(_ client: String, now: Int) -> Bool {
+        pending[client] == nil && !(failures[client] ?? []).contains { now - $0 < windowMillis }
+    }
+
     mutating func finished(_ client: String, ok: Bool, now: Int) {
         cancelled(client)
         guard !ok else { return }
@@ -158,9 +180,13 @@ struct FailureWindow {
     var trackedAddresses: Int { failures.count }
 }
 
-/// `FailureWindow` shared by every worker, behind a lock.
+/// `FailureWindow` shared by every worker, behind a lock, and the `Proxy-Authorization` values already verified
+/// (with the user and hash they matched, so that a changed or removed entry is checked again): a verified
+/// client is exempt from the limit whichever worker its connection lands on.
 final class AuthFailureLimiter: @unchecked Sendable {
     private var window: FailureWindow
+    private var verifiedHeaders: [String: (user: String, hash: ProxyCredentials.Hash)] = [:]
+    static let maxVerified = 4096
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
     init(window: FailureWindow = FailureWindow()) {
@@ -182,6 +208,20 @@ final class AuthFailureLimiter: @unchecked Sendable {
     func admit(_ client: String, now: Int) -> Int? { locked { $0.admit(client, now: now) } }
     func finished(_ client: String, ok: Bool, now: Int) { locked { $0.finished(client, ok: ok, now: now) } }
     func cancelled(_ client: String) { locked { $0.cancelled(client) } }
+    func isClean(_ client: String, now: Int) -> Bool { locked { $0.isClean(client, now: now) } }
+
+    func verified(_ header: String) -> (user: String, hash: ProxyCredentials.Hash)? {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return verifiedHeaders[header]
+    }
+
+    func remember(_ header: String, user: String, hash: ProxyCredentials.Hash) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        if verifiedHeaders.count >= Self.maxVerified { verifiedHeaders.removeAll() }
+        verifiedHeaders[header] = (user, hash)
+    }
 }
 
 /// A few threads that compute password hashes away from the event loops, with a bounded queue. Each result
@@ -191,10 +231,13 @@ final class PasswordHashing: @unchecked Sendable {
     private struct Job {
         let work: () -> Bool
         let worker: Worker
-        let done: (Bool) -> Void
+        /// nil: dropped from the queue unchecked (to make room for a preferred check).
+        let done: (Bool?) -> Void
     }
 
     let capacity: Int
+    /// Checks from client addresses with no recent failure: served first.
+    private var preferredQueue: [Job] = []
     private var queue: [Job] = []
     private var stopping = false
     private var threads: [pthread_t] = []
@@ -235,15 +278,36 @@ final class PasswordHashing: @unchecked Sendable {
         lock.deallocate()
     }
 
-    /// Queues `work`; `done` runs with its result on `worker`'s loop. false when the queue is full.
-    func submit(work: @escaping () -> Bool, deliverTo worker: Worker, done: @escaping (Bool) -> Void) -> Bool {
+    /// Queues `work`; `done` runs with its result on `worker`'s loop. false when the queue is full. A
+    /// `preferred` check is served before the others and, when the queue is full, takes the place of the newest
+    /// other one (whose `done` then gets nil).
+    func submit(work: @escaping () -> Bool, preferred: Bool = false, deliverTo worker: Worker,
+                done: @escaping (Bool?) -> Void) -> Bool {
+        var dropped: Job?
         pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard !stopping, queue.count < capacity else { return false }
-        if threads.isEmpty { startThreads() }
-        queue.append(Job(work: work, worker: worker, done: done))
-        pthread_cond_signal(wake)
-        return true
+        let accepted: Bool
+        if stopping {
+            accepted = false
+        } else if preferredQueue.count + queue.count < capacity {
+            accepted = true
+        } else if preferred, let last = queue.popLast() {
+            dropped = last
+            accepted = true
+        } else {
+            accepted = false
+        }
+        if accepted {
+            if threads.isEmpty { startThreads() }
+            let job = Job(work: work, worker: worker, done: done)
+            if preferred { preferredQueue.append(job) } else { queue.append(job) }
+            pthread_cond_signal(wake)
+        }
+        pthread_mutex_unlock(lock)
+        if let dropped {
+            let done = dropped.done
+            dropped.worker.post { done(nil) }
+        }
+        return accepted
     }
 
     /// Drops the checks still queued (their connections are gone with the loops), ends the threads once the
@@ -251,6 +315,7 @@ final class PasswordHashing: @unchecked Sendable {
     func shutdown() {
         pthread_mutex_lock(lock)
         stopping = true
+        preferredQueue.removeAll()
         queue.removeAll()
         pthread_cond_broadcast(wake)
         let started = threads
@@ -262,18 +327,18 @@ final class PasswordHashing: @unchecked Sendable {
     var queued: Int {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        return queue.count
+        return preferredQueue.count + queue.count
     }
 
     private func serve() {
         while true {
             pthread_mutex_lock(lock)
-            while queue.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
-            if queue.isEmpty && stopping {
+            while preferredQueue.isEmpty && queue.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
+            if preferredQueue.isEmpty && queue.isEmpty && stopping {
                 pthread_mutex_unlock(lock)
                 return
             }
-            let job = queue.removeFirst()
+            let job = preferredQueue.isEmpty ? queue.removeFirst() : preferredQueue.removeFirst()
             pthread_mutex_unlock(lock)
             let result = job.work()
             let done = job.done

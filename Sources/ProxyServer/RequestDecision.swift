@@ -32,9 +32,9 @@ enum RequestDecision {
         var target: AbsoluteTarget
         do {
             framing = try requestFraming.get()
-            let hosts = head.headers.values("Host")
-            if hosts.count > 1 { throw HTTPParseError.multipleHosts }
-            if head.version == .http11 && hosts.isEmpty { throw HTTPParseError.missingHost }
+            let hosts = head.headers.count(of: "Host")
+            if hosts > 1 { throw HTTPParseError.multipleHosts }
+            if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
                 target = try AbsoluteTarget.parse(head.target)
@@ -95,7 +95,7 @@ enum RequestDecision {
                                close: hasBody)
             }
         }
-        exchange.record.certificateSerial = context.credential?.leaf.serialHex
+        exchange.record.certificateSerial = context.credential?.leafSerialHex
 
         var upgrade: String?
         if let value = head.headers.first("Upgrade").flatMap(Forwarding.forwardableUpgrade), !hasBody, head.version == .http11,

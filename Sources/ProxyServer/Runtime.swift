@@ -158,7 +158,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     }
 
     /// Warnings about key files readable by others, one per file: every private key the proxy reads (identity
-    /// keys and bundles, the interception CA's key) and every key password file, checked the same way.
+    /// keys and bundles, the interception CA's key), every key password file and `[proxy] auth_file`, checked
+    /// the same way.
     public var keyPermissionWarnings: [String] {
         var seen = Set<String>()
         var warnings: [String] = []
@@ -176,6 +177,11 @@ public final class ProxyRuntime: @unchecked Sendable {
         if let intercept = config.intercept, seen.insert(intercept.caKey).inserted,
            let warning = KeyFilePermissions.warning(path: intercept.caKey, what: "local CA private key") {
             warnings.append("[intercept] ca_key: \(warning)")
+        }
+        // Password hashes: sha256 entries are unsalted and quick to try offline.
+        if let authFile = config.proxy.authFile, seen.insert(authFile).inserted,
+           let warning = KeyFilePermissions.warning(path: authFile, what: "password hash file") {
+            warnings.append("[proxy] auth_file: \(warning)")
         }
         return warnings
     }

@@ -51,17 +51,20 @@ public final class SystemdNotifier: @unchecked Sendable {
         fields.map { "\($0.0)=\($0.1.split(whereSeparator: \.isNewline).joined(separator: " "))" }.joined(separator: "\n") + "\n"
     }
 
-    /// Sends one datagram; failures are ignored (systemd may have gone away, the protocol is best effort).
+    /// Sends one datagram, never waiting; failures are ignored (systemd may have gone away, the protocol is best
+    /// effort).
     @discardableResult
     public func send(_ fields: [(String, String)]) -> Bool {
         guard var address else { return false }
-        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        // Non-blocking: a receiver that does not read (a hung supervisor, a wrong NOTIFY_SOCKET) fills its queue,
+        // and then the notice is dropped instead of stopping the main loop.
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
         let bytes = Array(Self.message(fields).utf8)
         let sent = withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), sa, length) }
+                bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT), sa, length) }
             }
         }
         return sent == bytes.count

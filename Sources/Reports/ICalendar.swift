@@ -47,17 +47,20 @@ public enum ICalendar {
         return lines.map(fold).joined(separator: "\r\n") + "\r\n"
     }
 
-    /// A TEXT value: backslash, semicolon, comma and newline escaped (RFC 5545 3.3.11).
+    /// A TEXT value: backslash, semicolon, comma and newline escaped (RFC 5545 3.3.11); CR and every other
+    /// control character (TEXT allows none but tab) left out. Goes by Unicode scalar: "\r\n" is one Character.
     public static func text(_ value: String) -> String {
         var out = ""
-        for c in value {
-            switch c {
+        for scalar in value.unicodeScalars {
+            switch scalar {
             case "\\": out += "\\\\"
             case ";": out += "\\;"
             case ",": out += "\\,"
-            case "\n": out += "\\n"
-            case "\r": break
-            default: out.append(c)
+            case "\n", "\u{2028}", "\u{2029}", "\u{85}": out += "\\n"
+            case "\t": out.unicodeScalars.append(scalar)
+            default:
+                if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) { continue }
+                out.unicodeScalars.append(scalar)
             }
         }
         return out

@@ -12,7 +12,9 @@ public final class Credential: @unchecked Sendable {
     public let key: PrivateKey
 
     public var leaf: Certificate { chain[0] }
-    public var validity: CertificateValidity { CertificateValidity(notBefore: leaf.notBefore, notAfter: leaf.notAfter) }
+    /// The leaf's validity and serial, read from the certificate once (the proxy asks on every request).
+    public let validity: CertificateValidity
+    public let leafSerialHex: String
 
     public init(source: CertificateSource, chain: [Certificate], key: PrivateKey) throws {
         guard !chain.isEmpty else { throw TLSSetupError.invalidCertificate(path: source.cert, reason: "empty chain") }
@@ -28,6 +30,8 @@ public final class Credential: @unchecked Sendable {
         self.source = source
         self.chain = chain
         self.key = key
+        self.validity = CertificateValidity(notBefore: chain[0].notBefore, notAfter: chain[0].notAfter)
+        self.leafSerialHex = chain[0].serialHex
     }
 
     /// Loads and checks the files a `CertificateSource` names.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import ProxyConfig
 import TLS
 
@@ -52,7 +53,20 @@ struct CA: ParsableCommand {
 
         func run() throws {
             let settings = try CA.settings(options)
+            for path in [settings.caCert, settings.caKey] where FileManager.default.fileExists(atPath: path) {
+                printError("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(options.path)` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --pem).")
+                throw ExitCode(1)
+            }
             do {
+                // The folders of ca_cert and ca_key (often a state/ folder that does not exist yet), as `csr`
+                // makes its --out folder: readable only by the owner, since one holds the CA's key.
+                for path in [settings.caKey, settings.caCert] {
+                    let folder = (path as NSString).deletingLastPathComponent
+                    if !folder.isEmpty && !FileManager.default.fileExists(atPath: folder) {
+                        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
+                                                                attributes: [.posixPermissions: 0o700])
+                    }
+                }
                 let ca = try LocalCA.create(certPath: settings.caCert, keyPath: settings.caKey, days: days)
                 print("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)")
                 print("  sha256 \(ca.certificate.sha256Fingerprint)")

@@ -49,7 +49,8 @@ struct CSR: ParsableCommand {
             printError("mtls-proxy: identity \(identity) has no currently valid certificate; using the subject of #\(credentials.firstIndex { $0 === template }! + 1)")
         }
         let algorithm: KeyAlgorithm = rsa.map { .rsa(bits: $0) } ?? .ecP256
-        let folder = ConfigLoader.absolutePath(out)
+        var folder = ConfigLoader.absolutePath(out)
+        while folder.count > 1 && folder.hasSuffix("/") { folder.removeLast() }  // --out certs/ is certs
         let base = "\(folder)/\(identity)-\(ReportTime.compactDate(now))"
         let keyPath = base + ".key", csrPath = base + ".csr", certPath = base + ".pem"
         do {

@@ -98,7 +98,7 @@ struct Certs: ParsableCommand {
                 let leaf = credentials[i].leaf
                 print("  #\(i + 1)\(i == active ? " (active)" : "")  \(leaf.subject)")
                 print("      serial \(leaf.serialHex)")
-                print("      valid \(formatDate(leaf.notBefore)) to \(formatDate(leaf.notAfter)) (\(daysLeft(leaf.notAfter - now)) days left)")
+                print("      valid \(formatDate(leaf.notBefore)) to \(formatDate(leaf.notAfter)) (\(daysLeftPhrase(leaf.notAfter - now)))")
                 print("      sha256 \(leaf.sha256Fingerprint)")
                 print("      file \(credentials[i].source.cert)")
             }

@@ -30,6 +30,11 @@ struct Check: ParsableCommand {
     @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
+    func validate() throws {
+        // The same range as [proxy] warn_days.
+        guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
+    }
+
     func run() throws {
         if format == .json {
             let now = currentEpochSeconds()
@@ -80,7 +85,7 @@ struct Check: ParsableCommand {
         }
         if let ca = runtime.localCA {
             let cert = ca.certificate
-            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeft(cert.notAfter - now)) days left)")
+            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
         }
         for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
         print("")

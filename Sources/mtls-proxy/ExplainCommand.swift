@@ -31,6 +31,7 @@ struct Explain: ParsableCommand {
         let router = runtime.router
         var lines: [(String, String)] = [("request", "\(method.uppercased()) \(url)")]
         if refusesNumericHost(target.host, &lines) { return }
+        if refusesOwnListener(runtime.config, target, &lines) { return }
         let canonicalPath: String
         switch RequestRouting.decide(router, host: target.host, port: port, path: target.path) {
         case .refused(let refusal, let decided):
@@ -73,7 +74,23 @@ struct Explain: ParsableCommand {
             lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }
+        if target.scheme == "https" {
+            let authority = target.host.contains(":") ? "[\(target.host)]:\(port)" : "\(target.host):\(port)"
+            lines.append(("note", "this is a request sent to the proxy as it is (GET https://...); most clients send an https:// URL as CONNECT \(authority) through HTTPS_PROXY: see mtls-proxy explain --method CONNECT \(authority)"))
+        }
         printLines(lines)
+    }
+
+    /// The data path refuses a forward request for one of the proxy's own listeners (an address missing from
+    /// NO_PROXY) before routing, with the port the client meant (80 for a URL without one); so does `explain`.
+    private func refusesOwnListener(_ config: ProxyConfiguration, _ target: AbsoluteTarget, _ lines: inout [(String, String)]) -> Bool {
+        let port = target.explicitPort ?? 80
+        guard let own = config.ownListener(host: target.host, port: port) else { return false }
+        let what = own.upstreamURL.map { "\(own.name), the sidecar listener for \($0)" } ?? own.name
+        lines.append(("outcome", "403 (Proxy-Status: http_request_denied): \(target.host):\(port) is this proxy's own address (\(what)); a request for it that reaches the proxy came through HTTP_PROXY instead of straight to the listener"))
+        lines.append(("advice", "Connect to \(own.listen) directly: add it to NO_PROXY (and no_proxy), for example NO_PROXY=127.0.0.1,localhost,::1."))
+        printLines(lines)
+        return true
     }
 
     /// The data path refuses legacy numeric and IPv4-mapped hosts before routing; so does `explain`.

@@ -17,7 +17,9 @@ struct Health: ParsableCommand {
 
     func run() throws {
         let address: HostPort
+        let source: String
         if let admin {
+            source = "--admin"
             guard let parsed = HostPort.parse(admin) else {
                 printError("mtls-proxy: --admin expects an address and port such as 127.0.0.1:9901, got \"\(admin)\"")
                 throw ExitCode(2)
@@ -27,6 +29,7 @@ struct Health: ParsableCommand {
             // In a container, the proxy is PID 1: its own --config wins over $MTLS_PROXY_CONFIG and the defaults.
             let running = options.config == nil ? RunningProcessConfig.ofProcess(1) : nil
             let config = try running.map { try ConfigLoader.load(file: $0, environment: options.environment) } ?? options.loadConfiguration()
+            source = running.map { "[admin] listen in \($0), the config of process 1" } ?? "[admin] listen in \(config.file)"
             guard let configured = config.admin?.listen else {
                 printError("mtls-proxy: no [admin] listen in the config; pass --admin ADDRESS")
                 throw ExitCode(2)
@@ -35,7 +38,7 @@ struct Health: ParsableCommand {
         }
         let path = ready ? "/readyz" : "/healthz"
         guard let (status, body) = Self.get(address, path: path) else {
-            printError("mtls-proxy: no answer from http://\(address)\(path)")
+            printError("mtls-proxy: no answer from http://\(address)\(path) (\(source)): is the proxy running, with this config?")
             throw ExitCode(1)
         }
         print(body.trimmingCharacters(in: .whitespacesAndNewlines))

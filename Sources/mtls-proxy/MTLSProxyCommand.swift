@@ -29,6 +29,10 @@ struct MTLSProxyCommand: ParsableCommand {
             print(BuildInfo.current.text)
             return
         }
+        if let first = arguments.first, let message = unknownSubcommand(first) {
+            printError(message)
+            exit(withError: ExitCode(64))
+        }
         do {
             var command = try parseAsRoot(arguments)
             try command.run()
@@ -36,6 +40,34 @@ struct MTLSProxyCommand: ParsableCommand {
             exit(withError: error)
         }
     }
+}
+
+/// A first argument that is no subcommand: `run`, the default, takes no arguments, so argument-parser would
+/// answer "Unexpected argument" with run's usage, which hides the typo. Names it instead, with the nearest
+/// subcommand when one is close.
+func unknownSubcommand(_ word: String) -> String? {
+    guard !word.hasPrefix("-") else { return nil }
+    let names = MTLSProxyCommand.configuration.subcommands.map { $0._commandName }
+    guard !names.contains(word), word != "help" else { return nil }
+    var message = "mtls-proxy: unknown subcommand '\(word)'"
+    if let nearest = names.min(by: { editDistance($0, word) < editDistance($1, word) }), editDistance(nearest, word) <= 2 {
+        message += "; did you mean '\(nearest)'?"
+    }
+    return message + "\nSubcommands: \(names.joined(separator: ", ")) (see mtls-proxy --help)"
+}
+
+/// Levenshtein distance, for suggestions.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...max(b.count, 1) where !b.isEmpty {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return previous[b.count]
 }
 
 struct Version: ParsableCommand {
@@ -133,6 +165,7 @@ struct ConfigOption: ParsableArguments {
 /// Every mistake on its own line; a count when there are several.
 func printConfigError(_ error: ConfigError) {
     for line in error.description.split(separator: "\n") { printError("mtls-proxy: \(line)") }
+    if let hint = SyntaxHint.hint(for: error) { printError("mtls-proxy: \(hint)") }
     if error.all.count > 1 { printError("mtls-proxy: \(error.all.count) mistakes in \(error.file)") }
 }
 
@@ -144,6 +177,11 @@ func formatDate(_ epoch: Int) -> String { UTCTime.readable(epoch, seconds: false
 
 func daysLeft(_ seconds: Int) -> String {
     seconds < 0 ? "expired" : String(seconds / 86_400)
+}
+
+/// "92 days left", or "expired" (never "expired days left").
+func daysLeftPhrase(_ seconds: Int) -> String {
+    seconds < 0 ? "expired" : "\(seconds / 86_400) days left"
 }
 
 /// Left-aligned columns, two spaces apart.

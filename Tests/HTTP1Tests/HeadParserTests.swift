@@ -228,3 +228,13 @@ private func requestError(_ s: String) -> HTTPParseError? {
         #expect(thrown == .bareCarriageReturn)
     }
 }
+
+@Suite struct ResponseStartLineErrorTests {
+    /// A response that does not start with an HTTP version was reported as a "malformed request line
+    /// (expected: METHOD SP target ...)", which sends an operator reading the 502 after the wrong party.
+    @Test func aResponseWithoutAVersionIsAMalformedStatusLine() {
+        for text in ["garbage here and there\r\n\r\n", "HTTX/1.1 200 OK\r\n\r\n", "HTTP/1.12 200 OK\r\n\r\n"] {
+            #expect(throws: HTTPParseError.invalidStatusLine) { try HeadParser.parseResponse(Array(text.utf8)) }
+        }
+    }
+}

@@ -41,6 +41,68 @@ import Testing
         #expect(!AddressPolicy.isNonCanonicalNumericHost("api.example.com"))
         #expect(!AddressPolicy.isNonCanonicalNumericHost("123abc"))
     }
+
+    @Test func legacyNumericEdgeForms() {
+        #expect(AddressPolicy.legacyNumericIPv4("0x") == IPAddress("0.0.0.0"))
+        #expect(AddressPolicy.legacyNumericIPv4("0X7F.0x1") == IPAddress("127.0.0.1"))
+        #expect(AddressPolicy.legacyNumericIPv4("0xFFFFFFFF") == IPAddress("255.255.255.255"))
+        #expect(AddressPolicy.legacyNumericIPv4("0x100000000") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("037777777777") == IPAddress("255.255.255.255"))
+        #expect(AddressPolicy.legacyNumericIPv4("08") == nil)          // 8 is not an octal digit
+        #expect(AddressPolicy.legacyNumericIPv4("1.2.3.4.5") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("1.2.3.") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4(".1.2.3") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("1..2") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("256.1") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("1.16777216") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("1.2.65536") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("99999999999999999999999") == nil)
+        #expect(AddressPolicy.legacyNumericIPv4("1.2.3.4") == IPAddress("1.2.3.4"))
+        #expect(!AddressPolicy.isNonCanonicalNumericHost("1.2.3.4"))
+        #expect(AddressPolicy.isNonCanonicalNumericHost("01.2.3.4"))
+    }
+
+    /// The byte scan agrees with the split-and-parse reading it replaced, on every form and near miss.
+    @Test func legacyNumericMatchesReference() {
+        let parts = ["", "0", "00", "0x", "0X", "0x1f", "0XaB", "077", "08", "1", "255", "256", "65535", "65536", "16777215",
+                     "16777216", "4294967295", "4294967296", "+1", "-0", "-1", "0x-0", "0+5", "a", "1a", "x", "0xg"]
+        var inputs: [String] = parts
+        for a in parts { for b in parts { inputs.append("\(a).\(b)") } }
+        for a in ["1", "0x7f", "0177", "-0", ""] { for b in parts { inputs.append("\(a).0.\(b)"); inputs.append("\(a).0.0.\(b)") } }
+        inputs += ["1.2.3.4.5", "api.example.com", "1.2.3.4.", "...", "."]
+        for input in inputs {
+            #expect(AddressPolicy.legacyNumericIPv4(input) == referenceLegacyNumericIPv4(input), "\(input)")
+        }
+    }
+}
+
+/// The reading `AddressPolicy.legacyNumericIPv4` had before it became a byte scan.
+private func referenceLegacyNumericIPv4(_ host: String) -> IPAddress? {
+    let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+    guard (1...4).contains(parts.count) else { return nil }
+    var values: [UInt64] = []
+    for part in parts {
+        guard !part.isEmpty else { return nil }
+        var text = Substring(part.lowercased())
+        var radix = 10
+        if text.hasPrefix("0x") { radix = 16; text = text.dropFirst(2) }
+        else if text.count > 1 && text.hasPrefix("0") { radix = 8; text = text.dropFirst() }
+        if text.isEmpty && radix == 16 { values.append(0); continue }
+        guard let v = UInt64(text, radix: radix), v <= 0xFFFF_FFFF else { return nil }
+        values.append(v)
+    }
+    var value: UInt64
+    switch values.count {
+    case 1: value = values[0]
+    case 2: guard values[0] <= 0xFF, values[1] <= 0xFF_FFFF else { return nil }; value = values[0] << 24 | values[1]
+    case 3: guard values[0] <= 0xFF, values[1] <= 0xFF, values[2] <= 0xFFFF else { return nil }; value = values[0] << 24 | values[1] << 16 | values[2]
+    default:
+        guard values.allSatisfy({ $0 <= 0xFF }) else { return nil }
+        value = values[0] << 24 | values[1] << 16 | values[2] << 8 | values[3]
+    }
+    guard value <= 0xFFFF_FFFF else { return nil }
+    return IPAddress(bytes: [UInt8(value >> 24 & 0xFF), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)])
 }
 
 @Suite struct ProxyCredentialsTests {

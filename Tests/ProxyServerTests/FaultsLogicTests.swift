@@ -71,3 +71,23 @@ import ProxyConfig
         #expect(SocketActivation.descriptors(listenPID: "42", listenFDs: "0", pid: 42).isEmpty)
     }
 }
+
+/// The key the failure limit counts by. One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses, a
+/// delegated prefix): counted per address, it could send unlimited wrong passwords from fresh addresses and
+/// push every other address out of the window's table.
+@Suite struct FailureLimitKeyTests {
+    @Test func ipv6AddressesOfOneSlash64ShareAKey() {
+        let a = ProxyAuthenticator.clientAddress(peer: "[2001:db8:1:2::1]:40000")
+        let b = ProxyAuthenticator.clientAddress(peer: "[2001:db8:1:2:ffff:eeee:dddd:cccc]:40001")
+        let other = ProxyAuthenticator.clientAddress(peer: "[2001:db8:1:3::1]:40000")
+        #expect(a == b)
+        #expect(a != other)
+    }
+
+    @Test func ipv4AndIPv4MappedAreOneAddressEach() {
+        #expect(ProxyAuthenticator.clientAddress(peer: "127.0.0.2:5") == "127.0.0.2")
+        #expect(ProxyAuthenticator.clientAddress(peer: "[::ffff:127.0.0.2]:5") == "127.0.0.2")
+        #expect(ProxyAuthenticator.clientAddress(peer: "127.0.0.3:5") != "127.0.0.2")
+        #expect(ProxyAuthenticator.clientAddress(peer: "[::1]:5") == ProxyAuthenticator.clientAddress(peer: "[::1]:6"))
+    }
+}

@@ -66,3 +66,18 @@ import ProxyConfig
         #expect(ExpiryCalendar.takeover(of: 0, validity, prefer: .newest, after: now) == nil)
     }
 }
+
+@Suite struct ICalendarHostileTextTests {
+    /// "\r\n" is one Character in Swift: matching "\n" per Character let a CRLF through unescaped, so a value
+    /// with one (a file name, an identity) could start a new content line (`END:VALARM`, another property).
+    @Test func crlfAndOtherControlsNeverReachTheOutputRaw() {
+        let value = ICalendar.text("a\r\nEND:VEVENT\r\nb\u{0}c\u{1B}d\u{7F}e\tf\u{2028}g")
+        #expect(!value.unicodeScalars.contains { $0 == "\r" || $0 == "\n" })
+        #expect(!value.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7F })
+        #expect(value.hasPrefix("a\\nEND:VEVENT\\nb"))
+        let rendered = ICalendar.render([ICalendar.Event(uid: "u", start: 0, summary: "x\r\nATTACH:evil", description: "y\r\nz",
+                                                         alarmDaysBefore: [7])], stamp: 0)
+        #expect(!rendered.contains("\r\nATTACH:"))
+        for line in rendered.components(separatedBy: "\r\n") { #expect(!line.contains("\r") && !line.contains("\n")) }
+    }
+}

@@ -26,6 +26,9 @@ import ProxyConfig
         let credential = try Credential.load(source)
         #expect(credential.key.algorithm == "EC 256")
         #expect(credential.validity.isValid(at: Int(Date().timeIntervalSince1970)))
+        // Read once when the credential is made, the same as the leaf says.
+        #expect(credential.validity == CertificateValidity(notBefore: credential.leaf.notBefore, notAfter: credential.leaf.notAfter))
+        #expect(credential.leafSerialHex == credential.leaf.serialHex && !credential.leafSerialHex.isEmpty)
     }
 
     @Test func reportsAKeyThatDoesNotBelongToTheCertificate() {

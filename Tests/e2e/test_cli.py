@@ -91,5 +91,123 @@ class Check(unittest.TestCase):
         self.assertIn("bad-run.conf:2: proxy.listen: 0.0.0.0:0 is not a loopback address", r.stderr)
 
 
+class NewUserMistakes(unittest.TestCase):
+    """What a first-time user runs into when following the README: each message says what to do."""
+
+    def test_unquoted_duration_is_explained_not_only_a_toml_syntax_error(self):
+        r = run("check", "--config", write_config("bare-duration.conf", "[upstream]\nconnect_timeout = 5s\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bare-duration.conf: line 2", r.stderr)
+        self.assertIn('bare-duration.conf:2: connect_timeout: durations are strings with a unit: '
+                      'write connect_timeout = "5s"', r.stderr)
+
+    def test_unquoted_string_value_is_explained(self):
+        for value, expected in (("api.mygreatbank.test", 'write host = "api.mygreatbank.test"'),
+                                ("deny   # no network", 'write action = "deny"'),
+                                ("127.0.0.1:8443", 'write connect = "127.0.0.1:8443"')):
+            key = expected.split()[1]
+            r = run("check", "--config", write_config("bare-string.conf", f"[[route]]\n{key} = {value}\n"))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(f"bare-string.conf:2: {key}: text values are quoted in TOML: {expected}", r.stderr)
+
+    def test_a_real_syntax_error_gets_no_made_up_hint(self):
+        r = run("check", "--config", write_config("bracket.conf", GOOD + "\n[[route]\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bracket.conf: line 11", r.stderr)
+        self.assertNotIn("write ", r.stderr)
+        r = run("check", "--config", write_config("number.conf", "[proxy]\nworkers = 2x\n"))
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("write ", r.stderr)
+
+    def test_ca_init_makes_the_folder_of_the_local_ca(self):
+        config = write_config("intercept.conf", GOOD + '[intercept]\nca_cert = "state-new/ca/local-ca.pem"\n'
+                              'ca_key = "state-new/ca/local-ca.key"\n')
+        r = run("ca", "init", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        folder = f"{ENV['dir']}/state-new/ca"
+        self.assertEqual(os.stat(folder).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(f"{folder}/local-ca.key").st_mode & 0o777, 0o600)
+        r = run("check", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run("ca", "init", "--config", config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"mtls-proxy: {folder}/local-ca.pem already exists: the local CA is made once", r.stderr)
+        self.assertIn("mtls-proxy ca --config", r.stderr)
+        self.assertNotIn("TLS context", r.stderr)
+
+    def test_certs_says_expired_for_an_expired_certificate(self):
+        pki = f"{ENV['dir']}/pki"
+        subprocess.run(["bash", "-c", f"source '{harness.ROOT}/scripts/lib/pki.sh' && "
+                        f"pki_cert_dated '{pki}' old-us fusion-us 20200101000000Z 20210101000000Z"], check=True)
+        config = write_config("expired.conf", GOOD.replace('cert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"',
+                              '[[identities.us.certificates]]\ncert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n'
+                              '[[identities.us.certificates]]\ncert = "pki/old-us.pem"\nkey = "pki/old-us.key"'))
+        r = run("certs", "--all", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("2021-01-01 00:00 UTC (expired)", r.stdout)
+        self.assertNotIn("expired days left", r.stdout)
+        self.assertRegex(r.stdout, r"\(36[45] days left\)")
+
+    def test_csr_out_with_a_trailing_slash_prints_clean_paths(self):
+        r = run("csr", "us", "--config", write_config("csr.conf", GOOD), "--out", f"{ENV['dir']}/renewal-slash/")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("//", r.stdout)
+        self.assertIn(f"{ENV['dir']}/renewal-slash/us-", r.stdout)
+
+    def test_explain_a_sidecar_address_says_what_the_proxy_answers(self):
+        config = write_config("own.conf", GOOD + '[[listener]]\nlisten = "127.0.0.1:29401"\n'
+                              'upstream = "https://api.mygreatbank.test"\n[[route]]\nhost = "*"\naction = "deny"\n')
+        r = run("explain", "http://127.0.0.1:29401/v1/x", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("127.0.0.1:29401 is this proxy's own address (listener[1], the sidecar listener for "
+                      "https://api.mygreatbank.test)", r.stdout)
+        self.assertIn("NO_PROXY", r.stdout)
+        self.assertNotIn("route[2] *", r.stdout)
+        r = run("explain", "http://localhost:29401/", "--config", config)
+        self.assertIn("own address", r.stdout)
+        r = run("explain", "http://127.0.0.1:29402/", "--config", config)
+        self.assertNotIn("own address", r.stdout)
+        self.assertIn("route[2] *", r.stdout)
+
+    def test_explain_an_https_url_points_at_the_tunnel_most_clients_open(self):
+        r = run("explain", "https://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("mutual TLS presenting identity us", r.stdout)
+        self.assertIn("explain --method CONNECT api.mygreatbank.test:443", r.stdout)
+        r = run("explain", "http://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
+        self.assertNotIn("--method CONNECT", r.stdout)
+
+    def test_health_without_an_answer_names_where_the_address_came_from(self):
+        port = harness.free_port()
+        config = write_config("health.conf", GOOD + f'[admin]\nlisten = "127.0.0.1:{port}"\n')
+        r = run("health", "--config", config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"no answer from http://127.0.0.1:{port}/healthz ([admin] listen in {config})", r.stderr)
+        self.assertIn("is the proxy running", r.stderr)
+        r = run("health", "--admin", f"127.0.0.1:{port}")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"no answer from http://127.0.0.1:{port}/healthz (--admin)", r.stderr)
+
+    def test_a_negative_warn_days_is_refused_like_the_config_refuses_it(self):
+        r = run("check", "--config", write_config("warn.conf", GOOD), "--warn-days=-5")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--warn-days takes 0 to 3650 days, not -5", r.stderr)
+        r = run("check", "--config", write_config("warn.conf", GOOD), "--warn-days", "400")
+        self.assertEqual(r.returncode, 2)
+
+    def test_a_mistyped_subcommand_is_named_not_taken_for_an_argument_of_run(self):
+        r = run("chek", "--config", "proxy.conf")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("mtls-proxy: unknown subcommand 'chek'; did you mean 'check'?", r.stderr)
+        self.assertNotIn("Usage: mtls-proxy run", r.stderr)
+        r = run("serve")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("unknown subcommand 'serve'", r.stderr)
+        self.assertIn("run, check, certs, explain, health, ca, csr, version", r.stderr)
+        r = run("help", "check")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("Validate the config", r.stdout)
+
+
 if __name__ == "__main__":
     harness.run_suite()
