@@ -69,7 +69,7 @@ public final class ClientTLSContext: @unchecked Sendable {
     }
 
     /// Offers the last session made with `sessionKey` on `ssl`, if any.
-    public func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
+    func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
         if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
@@ -86,7 +86,7 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.
     /// nil when any of them cannot be set (a name too long for SNI, a NUL in it, no memory): never a connection
     /// without the check. The caller answers 502.
-    public func makeSSL(host: String) -> OpaquePointer? {
+    func makeSSL(host: String) -> OpaquePointer? {
         guard !host.utf8.contains(0), let ssl = SSL_new(pointer) else { return nil }
         let ok: Bool
         if IPAddress(host) != nil {

@@ -5,11 +5,11 @@ import CEventTLS
 /// frees it; this value keeps the context the SSL was made from alive at least as long as itself, and it is
 /// dropped when the bufferevent is freed. Nothing outside the `TLS` module touches the SSL.
 public struct TLSSession {
-    public let ssl: OpaquePointer
+    let ssl: OpaquePointer
     /// The context (upstream client context or interception context) the SSL was made from.
     private let context: AnyObject
 
-    public init(ssl: OpaquePointer, context: AnyObject) {
+    init(ssl: OpaquePointer, context: AnyObject) {
         self.ssl = ssl
         self.context = context
     }
