@@ -149,9 +149,10 @@ final class UpstreamConnection: EventHandler {
     /// Whether the handshake resumed an earlier TLS session.
     var sessionReused: Bool { tls?.sessionReused ?? false }
 
-    var tlsVersion: String? { handshakeCompleted ? tls?.version : nil }
-
-    var cipher: String? { handshakeCompleted ? tls?.cipher : nil }
+    /// The protocol version and cipher, read once when the handshake completes (renegotiation is off, so they
+    /// stay): every request on the connection logs them.
+    private(set) var tlsVersion: String?
+    private(set) var cipher: String?
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
@@ -180,6 +181,8 @@ final class UpstreamConnection: EventHandler {
     func close() {
         guard state != .closed else { return }
         state = .closed
+        tlsVersion = nil
+        cipher = nil
         delegate = nil
         if let timer = connectTimer {
             event_free(timer)
@@ -220,6 +223,8 @@ final class UpstreamConnection: EventHandler {
             }
             state = .ready
             handshakeCompleted = true
+            tlsVersion = tls?.version
+            cipher = tls?.cipher
             connectedMicros = monotonicMicros()
             delegate?.upstreamConnected(self)
             return
