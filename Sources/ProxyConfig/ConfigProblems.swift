@@ -1,13 +1,13 @@
 /// Collects the mistakes in one config file, so that `check` and a failed reload report them all instead of
 /// stopping at the first. One mistake per key: a wrong type and the "missing" that follows from it are one.
-final class ConfigProblems {
-    static let cap = 20
+public final class ConfigProblems {
+    public static let cap = 20
 
     let file: String
     private(set) var errors: [ConfigError] = []
     private(set) var truncated = false
 
-    init(file: String) { self.file = file }
+    public init(file: String) { self.file = file }
 
     func record(_ error: ConfigError) {
         guard !errors.contains(where: { $0.key == error.key && $0.file == error.file }) else { return }
@@ -21,7 +21,7 @@ final class ConfigProblems {
     /// Runs `body`; a `ConfigError` it throws is recorded and reading goes on with the next part of the file.
     /// Returns whether `body` finished.
     @discardableResult
-    func collect(_ body: () throws -> Void) -> Bool {
+    public func collect(_ body: () throws -> Void) -> Bool {
         do {
             try body()
             return true
@@ -35,7 +35,7 @@ final class ConfigProblems {
     }
 
     /// Throws every recorded mistake, each with its line in `text` when the key is there.
-    func throwIfAny(text: String) throws {
+    public func throwIfAny(text: String) throws {
         guard !errors.isEmpty else { return }
         let lines = TOMLKeyLocator(text)
         var located = errors.map { error -> ConfigError in

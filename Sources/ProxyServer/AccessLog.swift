@@ -11,6 +11,8 @@ struct AccessRecord {
     var listener: String = "proxy"
     /// A request that came inside an intercepted CONNECT tunnel.
     var intercepted = false
+    /// "plain" for a request that came as plain HTTP inside a CONNECT tunnel (to port 80); nil otherwise.
+    var tunnel: String?
     var method: String = ""
     var scheme: String = "http"
     var host: String = ""
@@ -453,6 +455,10 @@ final class LogLineBuffer {
         jsonString(r.listener)
         ascii(",\"intercepted\":")
         bool(r.intercepted)
+        if let tunnel = r.tunnel {
+            ascii(",\"tunnel\":")
+            jsonString(tunnel)
+        }
         ascii(",\"method\":")
         jsonString(r.method)
         ascii(",\"scheme\":")
@@ -538,6 +544,10 @@ final class LogLineBuffer {
         ascii(" tls=")
         rawOrDash(r.tlsVersion)
         if r.intercepted { ascii(" intercepted=true") }
+        if let tunnel = r.tunnel {
+            ascii(" tunnel=")
+            raw(tunnel)
+        }
         if let proxyStatus = r.proxyStatus {
             ascii(" proxy_status=")
             jsonString(proxyStatus)
@@ -572,20 +582,6 @@ public enum UTCTime {
         let p = parts(epoch)
         let time = "\(pad(p.tm_hour)):\(pad(p.tm_min))" + (seconds ? ":\(pad(p.tm_sec))" : "")
         return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday)) \(time) UTC"
-    }
-
-    /// Whether any of eight bytes is below 0x20, a quote or a backslash (it may say yes for a byte after one
-    /// that is, never no for one that is; bytes from 0x80 up, UTF-8 sequences, never need it).
-    @inline(__always)
-    static func needsEscape(_ x: UInt64) -> Bool {
-        let ones: UInt64 = 0x0101_0101_0101_0101
-        let high: UInt64 = 0x8080_8080_8080_8080
-        let control = (x &- ones &* 0x20) & ~x & high
-        let q = x ^ (ones &* 0x22)
-        let bs = x ^ (ones &* 0x5C)
-        let quote = (q &- ones) & ~q & high
-        let backslash = (bs &- ones) & ~bs & high
-        return (control | quote | backslash) != 0
     }
 
     /// "2027-03-02T14:05:09.123Z", for the access log.

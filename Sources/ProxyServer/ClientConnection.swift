@@ -33,6 +33,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     /// A tunnel or an upgraded connection: both sides belong to it.
     private var relay: Relay?
     private var dialer: TunnelDialer?
+    /// A tunnel answered 200 whose first bytes have not yet said how it is served.
+    private var openedTunnel: OpenedTunnel?
     /// The connection's one timer: the head deadline, the flush poll under a TLS filter, the linger deadline.
     private var timer: OpaquePointer?
     /// How far the search for the end of the request head has got (the head is drained only when complete).
@@ -171,6 +173,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         switch machine.state {
         case .awaitingHead: readHeads()
         case .exchanging: pumpRequestBody()
+        case .awaitingTunnelBytes: serveOpenedTunnel()
         case .closing: evbuffer_drain(input, evbuffer_get_length(input))
         case .dialling, .relaying, .closed: break
         }
@@ -203,16 +206,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let flags = Int32(what)
         // The TLS filter of an intercepted tunnel reports its completed handshake; nothing to do.
         if flags & BEV_EVENT_CONNECTED != 0 { return }
-        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead {
-            var errors: [OpenSSLErrorEntry] = []
-            while true {
-                let code = bufferevent_get_openssl_error(bev)
-                if code == 0 { break }
-                errors.append(OpenSSLErrorEntry(code: code))
-            }
-            if !errors.filter({ !$0.isPseudo }).isEmpty {
-                worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(OpenSSLErrors.describe(errors)) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
-            }
+        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead,
+           let why = OpenedTunnel.clientTLSFailure(bev) {
+            worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
         let action: ConnectionStateMachine<SystemClock>.Action
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
@@ -228,7 +224,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             // The client went away (or stalled past the timeout) mid-exchange: nothing more can be delivered.
             if exchange.record.status == 0 { exchange.record.status = 499 }
             finishRecord(proxyStatus: dialer != nil ? "client closed the connection before the tunnel was open"
-                                                    : "client closed the connection before the response completed")
+                                    : openedTunnel != nil ? "client closed the tunnel before sending anything in it"
+                                    : "client closed the connection before the response completed")
         }
         perform(action)
     }
@@ -299,6 +296,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .forward: break
         case .fixed(let listener): exchange.record.listener = listener.configKey
         case .intercepted: exchange.record.intercepted = true
+        case .plainTunnel: exchange.record.tunnel = "plain"
         }
         exchange.record.method = method
         if let target {
@@ -659,25 +657,17 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     /// CONNECT host:port: `TunnelSetup` decides; this carries the decision out.
     private func startTunnel(_ head: RequestHead) {
-        exchange.record.method = "CONNECT"
-        exchange.record.scheme = "connect"
         let setup = TunnelSetup.decide(target: head.target, router: runtime.router,
                                        interceptionEnabled: runtime.localCA != nil && runtime.config.intercept != nil)
-        exchange.record.host = setup.host
-        exchange.record.port = setup.port
-        exchange.record.path = ""
+        exchange.record.describe(setup)
         exchange.match = setup.match
-        if let match = setup.match {
-            exchange.record.route = match.label
-            if case .mtls(let identity) = match.action { exchange.record.identity = identity }
-        }
         switch setup.mode {
         case .refuse(let response):
             sendError(response, close: true)
         case .blind:
             dialTunnel(host: setup.host, port: setup.port, match: setup.match!)
-        case .intercept:
-            intercept(host: setup.host, port: setup.port)
+        case .open(let inside):
+            openTunnel(OpenedTunnel(host: setup.host, port: setup.port, inside: inside))
         }
     }
 
@@ -694,8 +684,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             }
             if case .connected(let upstreamBev) = outcome {
                 self.exchange.record.status = 200
-                let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
-                established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
+                TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
                 self.startRelay(with: Endpoint(bev: upstreamBev), idleTimeout: match.timeouts.idle)
             } else if let response = ConnectFailures.response(for: outcome, host: host, port: port, timeouts: match.timeouts) {
                 self.sendError(response, close: true)
@@ -707,21 +696,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
-    /// Answers 200, then terminates the client's TLS with a leaf for `host` minted from the local CA, and serves
-    /// the requests inside like any other: upstream verification, the route's identity, pooling.
-    private func intercept(host: String, port: Int) {
-        let context: InterceptionContext?
-        do {
-            context = try worker.interceptionContext(for: host)
-        } catch {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "cannot mint a certificate for \(host): \(error)"),
-                      close: true)
-            return
-        }
-        guard let context else {
-            // The local CA went away (a reload) since the decision: answer as if interception were off.
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
-                                         details: "interception of \(host) is not available: no local CA is loaded"), close: true)
+    /// Answers 200 to a tunnel whose first bytes will say how it is served (`TunnelSetup.Inside`). What
+    /// interception needs (a leaf minted for the host) is made first, so that a failure is still answered in HTTP.
+    private func openTunnel(_ opened: OpenedTunnel) {
+        var opened = opened
+        if case .intercept = opened.inside.tls, let failure = opened.prepareInterception(worker: worker) {
+            sendError(failure, close: true)
             return
         }
         guard evbuffer_get_length(input) == 0 else {
@@ -729,26 +709,52 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                       close: true)
             return
         }
-        guard let session = context.makeSession() else {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
-                                         details: "cannot start TLS with the client for \(host): the TLS session could not be created"),
-                      close: true)
-            return
+        TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        exchange.record.status = 200
+        openedTunnel = opened
+        machine.tunnelOpened()
+    }
+
+    /// The client's first bytes inside an opened tunnel: a TLS ClientHello or a plain HTTP request.
+    private func serveOpenedTunnel() {
+        guard let opened = openedTunnel, evbuffer_get_length(input) > 0, let first = evbuffer_pullup(input, 1) else { return }
+        openedTunnel = nil
+        switch opened.inside.service(firstByte: first[0]) {
+        case .intercept:
+            intercept(opened)
+        case .plainRequests:
+            // The CONNECT itself is not logged; each request inside is, with "tunnel": "plain". No TLS layer:
+            // the requests are read from the socket as on the forward listener.
+            kind = .plainTunnel(host: opened.host)
+            exchange = Exchange()
+            machine.servingInsideTunnel()
+            readHeads()
+        case .refuse(let response, let answerInPlain):
+            worker.logger.info("tunnel to \(opened.host):\(opened.port) from \(peer) closed: \(response.details)")
+            if answerInPlain {
+                sendError(response, close: true)
+            } else {
+                // The client speaks TLS: an HTTP answer would mean nothing to it. The record says why.
+                exchange.record.status = response.status
+                finishRecord(proxyStatus: response.proxyStatusValue)
+                perform(machine.exchangeEnded(keepAlive: false))
+            }
         }
-        let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
-        established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let filter = session.makeServerFilter(base: worker.base, over: client.bev, options: options) else {
-            session.discard()
+    }
+
+    /// Terminates the client's TLS with the leaf minted for the tunnel's host, and serves the requests inside
+    /// like any other: upstream verification, the route's identity, pooling.
+    private func intercept(_ opened: OpenedTunnel) {
+        guard opened.startTLS(on: &client, base: worker.base) else {
+            worker.logger.info("intercepted tunnel to \(opened.host) from \(peer): TLS with the client could not be started")
             teardown(reset: false)
             return
         }
         // The CONNECT itself is not logged; each request inside is, with intercepted: true.
-        client.wrap(filter: filter, tls: session)
-        kind = .intercepted(host: host, port: port)
+        kind = .intercepted(host: opened.host, port: opened.port)
         exchange = Exchange()
-        machine.intercepted()
-        start()
+        machine.servingInsideTunnel()
+        start()  // enabling the filter makes it read the ClientHello already in the socket's input
     }
 
     // MARK: ending an exchange
@@ -795,19 +801,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let bytes = response.serialize(version: .http11, closeConnection: !keepAlive, extraHeaders: extraHeaders)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         exchange.record.status = response.status
-        exchange.record.bytesOut += Self.bodyLength(bytes)
+        exchange.record.bytesOut += ProxyErrorResponse.bodyLength(ofSerialized: bytes)
         finishRecord(proxyStatus: response.proxyStatusValue)
         perform(machine.exchangeEnded(keepAlive: keepAlive))
-    }
-
-    /// The body length of a serialised response (what bytes_out counts).
-    private static func bodyLength(_ bytes: [UInt8]) -> Int {
-        var i = 3
-        while i < bytes.count {
-            if bytes[i] == 10 && bytes[i - 1] == 13 && bytes[i - 2] == 10 && bytes[i - 3] == 13 { return bytes.count - i - 1 }
-            i += 1
-        }
-        return 0
     }
 
     private func finishRecord(proxyStatus: String?) {

@@ -27,6 +27,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case exchanging(ExchangeFlow)
         /// Waiting for a blind tunnel's TCP connection.
         case dialling
+        /// A tunnel was answered 200 and waits for the client's first bytes, which say how it is served (TLS to
+        /// intercept, or plain HTTP requests); client_timeout applies.
+        case awaitingTunnelBytes
         /// Bytes flow both ways through a relay, which owns both sides until it ends.
         case relaying
         /// Our last bytes are flushed through every layer (TLS close_notify included) before the FIN; then the
@@ -163,7 +166,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             return .abort(reset: false)
         case .closing(.flushing):
             return .none
-        case .closing(.lingering), .dialling:
+        case .closing(.lingering), .dialling, .awaitingTunnelBytes:
             state = .closed
             return .abort(reset: false)
         case .relaying, .closed:
@@ -203,7 +206,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             if !flow.responseStarted { return .answerRequestTimeout(.body) }
             state = .closed
             return .abort(reset: true)
-        case .closing(.lingering):
+        case .closing(.lingering), .awaitingTunnelBytes:
             state = .closed
             return .abort(reset: false)
         case .closing(.flushing), .dialling, .relaying, .closed:
@@ -242,8 +245,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             }
             state = .closing(.flushing)
             return .closeAfterFlush
-        case .awaitingHead, .dialling:
-            // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused.
+        case .awaitingHead, .dialling, .awaitingTunnelBytes:
+            // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused
+            // (before the 200, or after it by what the client sent inside).
             if keepAlive, case .awaitingHead = state {
                 idleSince = clock.nowMillis
                 return .readNextHead
@@ -284,8 +288,16 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         state = .closed
     }
 
-    /// The CONNECT was answered and TLS with the client begins: requests inside start afresh.
-    mutating func intercepted() {
+    /// The CONNECT was answered 200; the client's first bytes inside will choose how the tunnel is served.
+    mutating func tunnelOpened() {
+        guard case .exchanging = state else { preconditionFailure("tunnel opened in \(state)") }
+        state = .awaitingTunnelBytes
+    }
+
+    /// The tunnel's first bytes chose interception (TLS with the client begins) or plain requests: the requests
+    /// inside start afresh, each an exchange of its own.
+    mutating func servingInsideTunnel() {
+        guard case .awaitingTunnelBytes = state else { preconditionFailure("tunnel served in \(state)") }
         state = .awaitingHead(headDeadline: nil)
         idleSince = clock.nowMillis
     }

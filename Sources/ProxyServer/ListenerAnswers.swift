@@ -9,7 +9,8 @@ extension ListenerKind {
     ///   listen address;
     /// - the forward listener with `[proxy] rewrite_https_location = true`: `https://HOST/...` becomes
     ///   `http://HOST/...` where HOST has an `mtls` route;
-    /// - inside an intercepted tunnel the client already speaks https through the proxy: nothing to rewrite.
+    /// - inside an intercepted tunnel the client already speaks https through the proxy: nothing to rewrite;
+    ///   inside a plain tunnel (CONNECT to port 80) the client follows a redirect with a tunnel of its own.
     func locationRewrite(for request: RequestHead, runtime: ProxyRuntime) -> LocationRewrite? {
         switch self {
         case .fixed(let listener):
@@ -25,7 +26,7 @@ extension ListenerKind {
                 if case .mtls = router.match(host: host, port: port, path: path).action { return true }
                 return false
             }))
-        case .intercepted:
+        case .intercepted, .plainTunnel:
             return nil
         }
     }

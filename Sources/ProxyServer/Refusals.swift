@@ -21,3 +21,15 @@ enum Refusals {
                                   details: "\(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d")
     }
 }
+
+extension ProxyErrorResponse {
+    /// The body length of a serialised answer (what bytes_out counts).
+    static func bodyLength(ofSerialized bytes: [UInt8]) -> Int {
+        var i = 3
+        while i < bytes.count {
+            if bytes[i] == 10 && bytes[i - 1] == 13 && bytes[i - 2] == 10 && bytes[i - 3] == 13 { return bytes.count - i - 1 }
+            i += 1
+        }
+        return 0
+    }
+}

@@ -23,7 +23,7 @@ enum RequestDecision {
                 return .answer(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
                                                   details: "CONNECT is not accepted on \(listener.configKey), which sends every request to \(listener.upstreamURL)"),
                                close: true)
-            case .intercepted:
+            case .intercepted, .plainTunnel:
                 return .answer(ProxyErrorResponse(status: 405, errorType: .httpRequestError,
                                                   details: "CONNECT inside a tunnel is not accepted"), close: true)
             }
@@ -39,13 +39,26 @@ enum RequestDecision {
             case .forward:
                 target = try AbsoluteTarget.parse(head.target)
             case .fixed(let listener):
-                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says.
+                // A base-URL client sends origin form; the upstream is the listener's, whatever Host says. A
+                // proxy request (absolute form) means the client took the sidecar for the proxy: say which is which.
+                if head.target.first != "/" && head.target != "*" {
+                    return .answer(ProxyErrorResponse(status: 400, errorType: .httpRequestError,
+                        details: "\(listener.configKey) sends every request to \(listener.upstreamURL) and takes paths (http://\(listener.listen)/...), not proxy requests; use the forward listener \(runtime.config.proxy.listen) as HTTP_PROXY, or call this listener directly"),
+                        close: true)
+                }
                 try AbsoluteTarget.checkOriginForm(head.target)
                 target = AbsoluteTarget(scheme: "https", host: listener.host, explicitPort: listener.port, pathAndQuery: head.target)
             case .intercepted(let host, let port):
                 // Inside a tunnel the host is the one CONNECT named; Host is rewritten to it.
                 try AbsoluteTarget.checkOriginForm(head.target)
                 target = AbsoluteTarget(scheme: "https", host: host, explicitPort: port, pathAndQuery: head.target)
+            case .plainTunnel(let host):
+                // Plain HTTP inside a CONNECT to port 80: each request is the host's http:// URL (origin form, or
+                // absolute form), routed and re-originated like a forward request. The host is the one CONNECT
+                // named, whatever Host or an absolute target says; Host is rewritten to it.
+                let pathAndQuery = head.target.first == "/" ? head.target : try AbsoluteTarget.parse(head.target).pathAndQuery
+                try AbsoluteTarget.checkOriginForm(pathAndQuery)
+                target = AbsoluteTarget(scheme: "http", host: host, explicitPort: nil, pathAndQuery: pathAndQuery)
             }
         } catch {
             return .answer(.badRequest((error as? HTTPParseError) ?? .invalidRequestLine), close: true)

@@ -31,71 +31,91 @@ public final class ProxyRuntime: @unchecked Sendable {
         self.generation = generation
         self.router = config.router
         self.limits = HeadLimits(maxHeadBytes: config.proxy.maxHeaderBytes)
+        // Every file the config names is read before anything is reported, so `check` and a failed reload name
+        // every missing or broken file at once, each with its key and line (as the loader does for values).
+        let problems = ConfigProblems(file: config.file)
         var credentials: [String: [Credential]] = [:]
         for identity in config.identities {
-            credentials[identity.name] = try identity.certificates.map { source in
+            var loaded: [Credential] = []
+            for source in identity.certificates {
+                problems.collect {
+                    do {
+                        loaded.append(try Credential.load(source))
+                    } catch let error as TLSSetupError {
+                        throw ConfigError(file: config.file, key: Self.keyPath(for: error, source: source), message: error.description)
+                    }
+                }
+            }
+            if loaded.count == identity.certificates.count { credentials[identity.name] = loaded }
+        }
+        self.credentials = credentials
+        var users: ProxyCredentials?
+        if let authFile = config.proxy.authFile {
+            problems.collect {
+                guard let text = ConfigLoader.readTextFile(authFile) else {
+                    throw ConfigError(file: config.file, key: "proxy.auth_file", message: "cannot read \(authFile): \(String(cString: strerror(mtls_errno())))")
+                }
                 do {
-                    return try Credential.load(source)
-                } catch let error as TLSSetupError {
-                    throw ConfigError(file: config.file, key: Self.keyPath(for: error, source: source), message: error.description)
+                    users = try ProxyCredentials.parse(text, file: authFile)
+                } catch let error as ConfigError {
+                    throw ConfigError(file: config.file, key: "proxy.auth_file", message: "\(authFile): \(error.key): \(error.message)")
                 }
             }
         }
-        self.credentials = credentials
-        if let authFile = config.proxy.authFile {
-            guard let text = ConfigLoader.readTextFile(authFile) else {
-                throw ConfigError(file: config.file, key: "proxy.auth_file", message: "cannot read \(authFile): \(String(cString: strerror(mtls_errno())))")
-            }
-            do {
-                proxyUsers = try ProxyCredentials.parse(text, file: authFile)
-            } catch let error as ConfigError {
-                throw ConfigError(file: config.file, key: "proxy.auth_file", message: "\(authFile): \(error.key): \(error.message)")
-            }
-        } else {
-            proxyUsers = nil
-        }
+        proxyUsers = users
+        var ca: LocalCA?
         if let intercept = config.intercept {
-            do {
-                localCA = try LocalCA.load(certPath: intercept.caCert, keyPath: intercept.caKey)
-            } catch let error as TLSSetupError {
-                let key: String
-                if case .invalidKey = error { key = "intercept.ca_key" } else { key = "intercept.ca_cert" }
-                throw ConfigError(file: config.file, key: key, message: "\(error.description) (create the local CA with `mtls-proxy ca init`)")
+            problems.collect {
+                do {
+                    ca = try LocalCA.load(certPath: intercept.caCert, keyPath: intercept.caKey)
+                } catch let error as TLSSetupError {
+                    let key: String
+                    if case .invalidKey = error { key = "intercept.ca_key" } else { key = "intercept.ca_cert" }
+                    throw ConfigError(file: config.file, key: key, message: "\(error.description) (create the local CA with `mtls-proxy ca init`)")
+                }
             }
-        } else {
-            localCA = nil
         }
+        localCA = ca
 
         // Every trust setting in use, with every certificate of every identity that may be presented under it.
         var contexts: [ContextKey: ClientTLSContext] = [:]
+        var failedTrusts: Set<TrustSettings> = []  // a broken ca_file is reported once, where it is set
         var trusts: [(TrustSettings, String)] = [(config.upstream.trust, "upstream")]
         for route in config.routes { trusts.append((route.trust, "route[\(route.index)]")) }
         for (trust, where_) in trusts {
             let plainKey = ContextKey(identity: nil, certificate: 0, trust: trust)
-            if contexts[plainKey] == nil {
-                do {
-                    contexts[plainKey] = try ClientTLSContext(trust: trust, credential: nil, identityName: nil)
-                } catch let error as TLSSetupError {
-                    throw ConfigError(file: config.file, key: "\(where_).ca_file", message: error.description)
+            if contexts[plainKey] == nil, !failedTrusts.contains(trust) {
+                let built = problems.collect {
+                    do {
+                        contexts[plainKey] = try ClientTLSContext(trust: trust, credential: nil, identityName: nil)
+                    } catch let error as TLSSetupError {
+                        throw ConfigError(file: config.file, key: "\(where_).ca_file", message: error.description)
+                    }
                 }
+                if !built { failedTrusts.insert(trust) }
             }
         }
         for route in config.routes {
             guard case .mtls(let identity) = route.action else { continue }
             for (i, credential) in (credentials[identity] ?? []).enumerated() {
                 let key = ContextKey(identity: identity, certificate: i, trust: route.trust)
-                if contexts[key] != nil { continue }
-                do {
-                    contexts[key] = try ClientTLSContext(trust: route.trust, credential: credential, identityName: identity)
-                } catch let error as TLSSetupError {
-                    throw ConfigError(file: config.file, key: credential.source.configKey, message: error.description)
+                if contexts[key] != nil || failedTrusts.contains(route.trust) { continue }
+                problems.collect {
+                    do {
+                        contexts[key] = try ClientTLSContext(trust: route.trust, credential: credential, identityName: identity)
+                    } catch let error as TLSSetupError {
+                        throw ConfigError(file: config.file, key: credential.source.configKey, message: error.description)
+                    }
                 }
             }
         }
+        try problems.throwIfAny(text: ConfigLoader.readTextFile(config.file) ?? "")
         self.contexts = contexts
     }
 
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
+        // A PKCS#12 bundle is one file, under one key: whatever is wrong with it is said there.
+        if case .pkcs12 = source.files { return "\(source.configKey).p12" }
         switch error {
         case .invalidKey: return "\(source.configKey).key"
         case .unreadable(let path, _): return path == source.key ? "\(source.configKey).key" : "\(source.configKey).cert"

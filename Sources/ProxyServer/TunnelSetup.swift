@@ -2,26 +2,58 @@ import HTTP1
 import ProxyConfig
 
 /// What a CONNECT becomes, decided from its target and the route table alone (no sockets, no OpenSSL):
-/// a blind tunnel for a `tls` route, interception for an `mtls` route when the local CA is set up, else a refusal.
-/// The client connection carries the decision out (`ClientConnection.startTunnel`).
-///
-/// A further mode fits here without touching the callers' shape: a CONNECT to port 80 whose first bytes are a
-/// plain HTTP request (not a TLS ClientHello) served as plain forward requests, decided after the first read.
+/// a blind tunnel for a `tls` route; an opened tunnel whose first bytes choose how it is served (interception
+/// of TLS for an `mtls` route when the local CA is set up, plain forward requests for HTTP sent inside a CONNECT
+/// to port 80 of a routed host); else a refusal. The client connection carries the decision out
+/// (`ClientConnection.startTunnel`, then `TunnelInside`).
 struct TunnelSetup {
     enum Mode {
         /// TCP to the upstream; TLS runs end to end between the workflow and the service.
         case blind
-        /// The proxy answers 200, terminates the workflow's TLS with a leaf minted for `host`, and serves the
-        /// requests inside, each routed by its path (`identity` is the host-level route's, for the record).
-        case intercept(identity: String?)
+        /// The proxy answers 200 and then reads the client's first byte: `inside` says what TLS (a ClientHello,
+        /// 0x16) and what anything else (a plain HTTP request) become.
+        case open(Inside)
         /// Answered with this error; no tunnel.
         case refuse(ProxyErrorResponse)
+    }
+
+    /// How an opened tunnel is served, by what the client sends first.
+    struct Inside: Equatable {
+        enum Service: Equatable {
+            /// Terminate the client's TLS with a leaf minted for the host and serve the requests inside, each
+            /// routed by its path (`identity` is the host-level route's, for the record).
+            case intercept(identity: String?)
+            /// Serve the plain HTTP/1.1 requests inside as forward requests for `http://host/...`, re-originated
+            /// over TLS to the host's https port, each routed by its path.
+            case plainRequests
+            /// Close: the client sent what this tunnel cannot serve. `answerInPlain`: the client speaks plain
+            /// HTTP, so the refusal goes out as an HTTP response; else it is logged and the connection closed.
+            case refuse(ProxyErrorResponse, answerInPlain: Bool)
+        }
+
+        /// What a TLS ClientHello becomes.
+        var tls: Service
+        /// What a plain HTTP request (any first byte but 0x16) becomes.
+        var plain: Service
+
+        /// The first byte of a TLS record carrying a handshake message (the ClientHello).
+        static let tlsHandshakeRecord: UInt8 = 0x16
+
+        func service(firstByte: UInt8) -> Service {
+            firstByte == Self.tlsHandshakeRecord ? tls : plain
+        }
     }
 
     var host: String
     var port: Int
     var match: RouteMatch?
     var mode: Mode
+
+    /// The answer that opens a tunnel.
+    static let established = Array("HTTP/1.1 200 Connection established\r\n\r\n".utf8)
+
+    /// The port a CONNECT names when the client tunnels an `http://` URL (undici's `ProxyAgent`, Node's fetch).
+    static let plainHTTPPort = 80
 
     /// Decides for `target` (the CONNECT's authority form, host:port).
     static func decide(target: String, router: Router, interceptionEnabled: Bool) -> TunnelSetup {
@@ -41,8 +73,15 @@ struct TunnelSetup {
         if let refusal = Refusals.nonCanonicalHost(host) {
             return TunnelSetup(host: host, port: port, match: nil, mode: .refuse(refusal))
         }
-        // Host-level routes decide (`Router.planTunnel`); path-scoped routes that decide differently make the
-        // tunnel intercepted (each request inside routed by its path), or refused when interception is off.
+        let setup = decideTLS(host: host, port: port, router: router, interceptionEnabled: interceptionEnabled)
+        guard port == plainHTTPPort else { return setup }
+        return withPlainRequests(setup, router: router)
+    }
+
+    /// The decision for TLS inside the tunnel: host-level routes decide (`Router.planTunnel`); path-scoped routes
+    /// that decide differently make the tunnel intercepted (each request inside routed by its path), or refused
+    /// when interception is off. Plain HTTP inside an intercepted tunnel is refused by name.
+    private static func decideTLS(host: String, port: Int, router: Router, interceptionEnabled: Bool) -> TunnelSetup {
         let plan = router.planTunnel(host: host, port: port)
         let match = plan.decision
         var setup = TunnelSetup(host: host, port: port, match: match, mode: .blind)
@@ -61,9 +100,59 @@ struct TunnelSetup {
         case .intercept:
             var identity: String?
             if case .mtls(let name) = match.action { identity = name }
-            setup.mode = interceptionEnabled ? .intercept(identity: identity)
-                                             : .refuse(TunnelRouting.interceptionRequired(plan, host: host))
+            guard interceptionEnabled else {
+                setup.mode = .refuse(TunnelRouting.interceptionRequired(plan, host: host))
+                return setup
+            }
+            setup.mode = .open(Inside(tls: .intercept(identity: identity),
+                                      plain: .refuse(plainInsideTLSTunnel(host: host, port: port), answerInPlain: true)))
         }
         return setup
+    }
+
+    /// A CONNECT to port 80 of a host that an `mtls` or `tls` route names: plain HTTP inside is served as that
+    /// host's `http://` URLs would be (routed, like them, to its https port). TLS inside keeps the port-80 decision
+    /// (interception when a route names port 80, a refusal otherwise); a blind tunnel a route asked for stays blind.
+    private static func withPlainRequests(_ setup: TunnelSetup, router: Router) -> TunnelSetup {
+        if case .blind = setup.mode { return setup }
+        let plan = router.planTunnel(host: setup.host, port: 443)
+        guard plan.kind != .deny, plan.decision.route != nil || !plan.pathRoutes.isEmpty else { return setup }
+        var plain = setup
+        plain.match = plan.decision
+        switch setup.mode {
+        case .open(let inside):
+            plain.mode = .open(Inside(tls: inside.tls, plain: .plainRequests))
+        case .refuse(let refusal):
+            let tls = ProxyErrorResponse(
+                status: refusal.status, errorType: refusal.errorType,
+                details: "TLS was sent inside a CONNECT to port 80 of \(setup.host), where only plain HTTP is served: \(refusal.details)",
+                advice: "Send http:// URLs through this tunnel; for https:// URLs, CONNECT to port 443. " + refusal.advice)
+            plain.mode = .open(Inside(tls: .refuse(tls, answerInPlain: false), plain: .plainRequests))
+        case .blind:
+            break
+        }
+        return plain
+    }
+
+    static func plainInsideTLSTunnel(host: String, port: Int) -> ProxyErrorResponse {
+        ProxyErrorResponse(
+            status: 400, errorType: .httpRequestError,
+            details: "plain HTTP was sent inside a CONNECT to port \(port) of \(host); the proxy expected TLS there",
+            advice: "Send http:// URLs to the proxy as forward requests (HTTP_PROXY), or tunnel them to port 80; CONNECT to port \(port) carries https:// URLs.")
+    }
+}
+
+extension AccessRecord {
+    /// The CONNECT's record: its target and the host-level decision.
+    mutating func describe(_ setup: TunnelSetup) {
+        method = "CONNECT"
+        scheme = "connect"
+        host = setup.host
+        port = setup.port
+        path = ""
+        if let match = setup.match {
+            route = match.label
+            if case .mtls(let name) = match.action { identity = name }
+        }
     }
 }

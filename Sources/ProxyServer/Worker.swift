@@ -386,6 +386,8 @@ enum ListenerKind {
     case fixed(FixedListener)
     /// Requests inside an intercepted CONNECT tunnel to this host and port.
     case intercepted(host: String, port: Int)
+    /// Plain HTTP requests inside a CONNECT to port 80 of this host: served as its http:// URLs.
+    case plainTunnel(host: String)
 
     /// The setting that names this listener's address, for error messages.
     var settingName: String {
@@ -393,6 +395,7 @@ enum ListenerKind {
         case .forward: return "[proxy] listen"
         case .fixed(let listener): return "\(listener.configKey).listen"
         case .intercepted: return "intercepted tunnel"
+        case .plainTunnel: return "plain HTTP tunnel"
         }
     }
 }
@@ -421,7 +424,7 @@ final class ListenerHandle {
         case .fixed(let listener):
             guard let now = runtime.config.listeners.first(where: { $0.listen == listener.listen }) else { return (kind, allowClients) }
             return (.fixed(now), now.allowClients)
-        case .intercepted:
+        case .intercepted, .plainTunnel:
             return (kind, allowClients)
         }
     }

@@ -1,21 +1,6 @@
 import Testing
 @testable import ProxyConfig
 
-private func load(_ text: String) throws -> ProxyConfiguration {
-    try ConfigLoader.parse(text, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
-}
-
-private func configError(_ text: String) -> ConfigError? {
-    do {
-        _ = try load(text)
-        return nil
-    } catch let e as ConfigError {
-        return e
-    } catch {
-        return nil
-    }
-}
-
 private let identity = """
 [identities.us]
 cert = "certs/fusion-us.pem"

@@ -88,10 +88,6 @@ import Testing
 }
 
 @Suite struct AdminAndLogKeyTests {
-    func load(_ text: String) throws -> ProxyConfiguration {
-        try ConfigLoader.parse(text, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
-    }
-
     @Test func readinessGateIsOffByDefault() throws {
         #expect(try load("[admin]\nlisten = \"127.0.0.1:9901\"\n").admin?.readyRequiresValidIdentities == false)
         #expect(try load("[admin]\nlisten = \"127.0.0.1:9901\"\nready_requires_valid_identities = true\n").admin?.readyRequiresValidIdentities == true)

@@ -1,10 +1,6 @@
 import Testing
 @testable import ProxyConfig
 
-private func load(_ text: String) throws -> ProxyConfiguration {
-    try ConfigLoader.parse(text, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
-}
-
 private let threeListeners = """
 [proxy]
 listen = "127.0.0.1:3128"

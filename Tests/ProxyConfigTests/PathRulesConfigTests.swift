@@ -4,14 +4,6 @@ import Testing
 /// The route keys for request-path spellings (`merge_slashes`, `escaped_slashes`) and the canonical form of
 /// route path prefixes and hosts.
 @Suite struct PathRulesConfigTests {
-    private func load(_ text: String) throws -> ProxyConfiguration {
-        try ConfigLoader.parse(text, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
-    }
-
-    private func error(_ text: String) -> ConfigError? {
-        do { _ = try load(text); return nil } catch let e as ConfigError { return e } catch { return nil }
-    }
-
     @Test func strictByDefault() throws {
         let c = try load("[[route]]\nhost = \"a.test\"\naction = \"tls\"\n")
         #expect(c.upstream.pathRules == PathRules())
@@ -56,7 +48,7 @@ import Testing
         ("[[route]]\nhost = \"a..test\"\naction = \"deny\"", "route[1].host", "expected a host name"),
     ])
     func mistakes(_ text: String, _ key: String, _ fragment: String) throws {
-        let e = try #require(error(text))
+        let e = try #require(configError(text))
         #expect(e.key == key)
         #expect(e.message.contains(fragment), "\(e.message)")
     }

@@ -120,58 +120,62 @@ import ProxyConfig
         return s
     }
 
+    /// A batched writer to `path` (JSON lines) on an event base of its own, for the length of `body`; the writer
+    /// is detached and the base freed afterwards.
+    static func withWriter(writingTo path: String, _ body: (AccessLogWriter, OpaquePointer?) throws -> Void) throws {
+        let base = event_base_new()
+        defer { event_base_free(base) }
+        let writer = AccessLogWriter(log: try AccessLog(settings(path)), base: base)
+        defer { writer.detach() }
+        try body(writer, base)
+    }
+
     @Test func linesAreBufferedUntilFlushedAndNeverSplit() throws {
         let path = Self.temporaryFile()
         defer { unlink(path) }
-        let base = event_base_new()
-        defer { event_base_free(base) }
-        let writer = AccessLogWriter(log: try AccessLog(Self.settings(path)), base: base)
-        defer { writer.detach() }
-        var r = Self.record()
-        for i in 0..<10 {
-            r.bytesIn = i
-            writer.write(r)
+        try Self.withWriter(writingTo: path) { writer, _ in
+            var r = Self.record()
+            for i in 0..<10 {
+                r.bytesIn = i
+                writer.write(r)
+            }
+            #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)  // not one write per record
+            writer.flush()
+            let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 10)
+            for (i, line) in lines.enumerated() { #expect(try Self.parse(String(line))["bytes_in"] as? Int == i) }
+            // Past the flush threshold the buffer is written by itself, in whole lines.
+            r.path = "/" + String(repeating: "p", count: 1000)
+            for _ in 0..<(AccessLogWriter.flushBytes / 1000 + 2) { writer.write(r) }
+            let content = try String(contentsOfFile: path, encoding: .utf8)
+            #expect(content.count > 10_000)
+            #expect(content.hasSuffix("\n"))
+            for line in content.split(separator: "\n") { _ = try Self.parse(String(line)) }
         }
-        #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty)  // not one write per record
-        writer.flush()
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
-        #expect(lines.count == 10)
-        for (i, line) in lines.enumerated() { #expect(try Self.parse(String(line))["bytes_in"] as? Int == i) }
-        // Past the flush threshold the buffer is written by itself, in whole lines.
-        r.path = "/" + String(repeating: "p", count: 1000)
-        for _ in 0..<(AccessLogWriter.flushBytes / 1000 + 2) { writer.write(r) }
-        let content = try String(contentsOfFile: path, encoding: .utf8)
-        #expect(content.count > 10_000)
-        #expect(content.hasSuffix("\n"))
-        for line in content.split(separator: "\n") { _ = try Self.parse(String(line)) }
     }
 
     @Test func theTimerFlushesWithin100ms() throws {
         let path = Self.temporaryFile()
         defer { unlink(path) }
-        let base = event_base_new()
-        defer { event_base_free(base) }
-        let writer = AccessLogWriter(log: try AccessLog(Self.settings(path)), base: base)
-        defer { writer.detach() }
-        writer.write(Self.record())
-        event_base_dispatch(base)  // returns when the one-shot flush timer has run
-        let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
-        #expect(lines.count == 1)
+        try Self.withWriter(writingTo: path) { writer, base in
+            writer.write(Self.record())
+            event_base_dispatch(base)  // returns when the one-shot flush timer has run
+            let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 1)
+        }
     }
 
     @Test func replacingTheLogWritesBufferedLinesToTheOldOne() throws {
         let old = Self.temporaryFile(), new = Self.temporaryFile()
         defer { unlink(old); unlink(new) }
-        let base = event_base_new()
-        defer { event_base_free(base) }
-        let writer = AccessLogWriter(log: try AccessLog(Self.settings(old)), base: base)
-        defer { writer.detach() }
-        writer.write(Self.record())
-        writer.replace(with: try AccessLog(Self.settings(new, .text)))
-        writer.write(Self.record())
-        writer.detach()
-        #expect(try String(contentsOfFile: old, encoding: .utf8).split(separator: "\n").count == 1)
-        #expect(try String(contentsOfFile: new, encoding: .utf8).hasPrefix("2027-01-15T08:00:00.123Z 127.0.0.1:40000 \"GET"))
+        try Self.withWriter(writingTo: old) { writer, _ in
+            writer.write(Self.record())
+            writer.replace(with: try AccessLog(Self.settings(new, .text)))
+            writer.write(Self.record())
+            writer.detach()
+            #expect(try String(contentsOfFile: old, encoding: .utf8).split(separator: "\n").count == 1)
+            #expect(try String(contentsOfFile: new, encoding: .utf8).hasPrefix("2027-01-15T08:00:00.123Z 127.0.0.1:40000 \"GET"))
+        }
     }
 
     @Test func intoAPipeLinesGoInWholePiecesOfAtMostPIPE_BUF() {

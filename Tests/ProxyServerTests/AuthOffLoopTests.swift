@@ -23,11 +23,7 @@ import ProxyConfig
             host = "blocked.test"
             action = "deny"
             """, file: "test.conf", baseDirectory: dir)
-        let server = try ProxyServer(runtime: try ProxyRuntime(config: config), logger: Logger(label: "test"))
-        try server.bind()
-        server.start()
-        defer { server.stop() }
-        try body(server.port)
+        try withRunningServer(config, body)
     }
 
     static func request(_ password: String) -> String {

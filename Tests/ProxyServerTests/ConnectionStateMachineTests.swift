@@ -187,12 +187,43 @@ private func machine() -> Machine {
         #expect(m.clientEOF() == .abort(reset: false))
     }
 
-    @Test func interceptionStartsAfresh() {
+    @Test func anOpenedTunnelWaitsForItsFirstBytesThenRequestsInsideStartAfresh() {
         var m = machine()
         _ = m.headParsed(keepAlive: true, requestComplete: true)
-        m.intercepted()
+        m.tunnelOpened()
+        #expect(m.state == .awaitingTunnelBytes)
+        #expect(m.timerFired() == .none)
+        m.clock.nowMillis = 4_000
+        m.servingInsideTunnel()  // TLS to intercept, or plain requests: the same from here on
         #expect(m.state == .awaitingHead(headDeadline: nil))
-        #expect(m.headIncomplete() == .armTimer(deadline: 6_000))
+        #expect(m.idleSince == 4_000)
+        #expect(m.headIncomplete() == .armTimer(deadline: 9_000))
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)  // keep-alive inside the tunnel
+    }
+
+    @Test func aTunnelRefusedByItsFirstBytesClosesAfterTheAnswer() {
+        var m = machine()
+        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.tunnelOpened()
+        #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
+        #expect(m.state == .closing(.flushing))
+    }
+
+    @Test func anOpenedTunnelThatStaysSilentOrEndsIsClosed() {
+        var silent = machine()
+        _ = silent.headParsed(keepAlive: true, requestComplete: true)
+        silent.tunnelOpened()
+        #expect(silent.clientTimedOut() == .abort(reset: false))
+        #expect(silent.state == .closed)
+        var gone = machine()
+        _ = gone.headParsed(keepAlive: true, requestComplete: true)
+        gone.tunnelOpened()
+        #expect(gone.clientEOF() == .abort(reset: false))
+        var broken = machine()
+        _ = broken.headParsed(keepAlive: true, requestComplete: true)
+        broken.tunnelOpened()
+        #expect(broken.clientError() == .abort(reset: false))
     }
 
     @Test func drainClosesIdleAndFinishesBusyConnections() {

@@ -19,11 +19,7 @@ import ProxyConfig
             host = "blocked.test"
             action = "deny"
             """, file: "test.conf", baseDirectory: "/tmp")
-        let server = try ProxyServer(runtime: try ProxyRuntime(config: config), logger: Logger(label: "test"))
-        try server.bind()
-        server.start()
-        defer { server.stop() }
-        try body(server.port)
+        try withRunningServer(config, body)
     }
 
     /// Sends bytes, then reads until the proxy closes or `until` appears, with a deadline.

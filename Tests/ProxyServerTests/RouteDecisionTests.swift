@@ -3,17 +3,16 @@ import ProxyConfig
 import Testing
 @testable import ProxyServer
 
+/// Route `index` (named "r<index>") for `host`, with TLS 1.2 trust and the default timeouts.
+private func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
+    Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action,
+          trust: TrustSettings(caFile: nil, minTLS: .tls12),
+          timeouts: Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90)), pathRules: rules)
+}
+
 /// Normalise, then route: the route decides on exactly the path that is forwarded, and a relaxation applies
 /// only when the route that the relaxed path reaches allows it.
 @Suite struct RequestRoutingTests {
-    let trust = TrustSettings(caFile: nil, minTLS: .tls12)
-    let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
-
-    func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
-        Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action, trust: trust,
-              timeouts: timeouts, pathRules: rules)
-    }
-
     var router: Router {
         Router(routes: [
             route(1, "api.test", path: "/admin", .deny),
@@ -107,14 +106,6 @@ import Testing
 /// segment (`/admin;x/secret` is `/admin/secret`, `/;x/admin` is `//admin`, then `/admin`); nginx and Python's
 /// http.server decode a kept `%2F` into a separator.
 @Suite struct UpstreamReadingTests {
-    let trust = TrustSettings(caFile: nil, minTLS: .tls12)
-    let timeouts = Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90))
-
-    func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
-        Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action, trust: trust,
-              timeouts: timeouts, pathRules: rules)
-    }
-
     var router: Router {
         Router(routes: [
             route(1, "api.test", path: "/admin/", .deny),

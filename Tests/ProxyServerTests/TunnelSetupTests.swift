@@ -30,9 +30,81 @@ import Testing
         guard case .blind = mode("status.test:443") else { Issue.record("not blind"); return }
     }
 
+    func inside(_ mode: TunnelSetup.Mode) -> TunnelSetup.Inside? {
+        if case .open(let inside) = mode { return inside }
+        return nil
+    }
+
+    let clientHello: UInt8 = 0x16
+    let plainRequest = UInt8(ascii: "G")
+
     @Test func mtlsRouteIsInterceptedWhenTheLocalCAIsSet() {
-        guard case .intercept(let identity) = mode("api.test:443") else { Issue.record("not intercepted"); return }
-        #expect(identity == "us")
+        guard let inside = inside(mode("api.test:443")) else { Issue.record("not opened"); return }
+        #expect(inside.service(firstByte: clientHello) == .intercept(identity: "us"))
+    }
+
+    @Test func plainHTTPInsideAnInterceptedTunnelTo443IsRefusedByName() {
+        guard case .refuse(let r, let answerInPlain)? = inside(mode("api.test:443"))?.service(firstByte: plainRequest) else {
+            Issue.record("plain HTTP inside CONNECT :443 not refused"); return
+        }
+        #expect(answerInPlain)
+        #expect(r.status == 400)
+        #expect(r.details.contains("plain HTTP was sent inside a CONNECT to port 443 of api.test"))
+        #expect(!r.details.contains("local CA"))
+    }
+
+    // Node's fetch (undici ProxyAgent) tunnels http:// URLs: CONNECT host:80, then plain HTTP inside.
+    @Test func connectTo80OfAnMtlsRouteServesPlainRequestsWithoutALocalCA() {
+        for intercept in [false, true] {
+            let setup = TunnelSetup.decide(target: "api.test:80", router: router, interceptionEnabled: intercept)
+            guard let inside = inside(setup.mode) else { Issue.record("CONNECT api.test:80 not opened"); continue }
+            #expect(inside.service(firstByte: plainRequest) == .plainRequests)
+            #expect(setup.match?.route?.index == 1)  // the host-level route of its http:// URLs (port 443)
+            #expect(setup.port == 80)
+        }
+    }
+
+    @Test func tlsInsideAConnectTo80WithoutARouteNamingPort80IsRefusedAfterTheFirstBytes() {
+        guard case .refuse(let r, let answerInPlain)? = inside(mode("api.test:80"))?.service(firstByte: clientHello) else {
+            Issue.record("TLS inside CONNECT :80 not refused"); return
+        }
+        #expect(!answerInPlain)  // the client speaks TLS: an HTTP answer would mean nothing to it
+        #expect(r.status == 403)
+        #expect(r.details.contains("TLS was sent inside a CONNECT to port 80 of api.test"))
+        #expect(r.details.contains("tunnels to port 80 are refused unless a route names the port"))
+    }
+
+    @Test func connectTo80OfATLSRouteServesPlainRequestsToo() {
+        #expect(inside(mode("status.test:80"))?.service(firstByte: plainRequest) == .plainRequests)
+    }
+
+    @Test func connectTo80OfADeniedUnmatchedOrOtherPortHostIsStillRefused() {
+        #expect(refusal(mode("evil.test:80"))?.status == 403)
+        #expect(refusal(mode("nowhere.test:80"))?.status == 403)
+        #expect(refusal(mode("echo.test:80"))?.status == 403)  // its route names port 7000
+    }
+
+    @Test func aRouteNamingPort80KeepsItsTunnelAndPlainRequestsJoinInterception() {
+        let named = Router(routes: [
+            Route(index: 1, host: HostPattern.parse("legacy.test")!, port: 80, action: .tls, trust: trust, timeouts: timeouts),
+            Route(index: 2, host: HostPattern.parse("api.test")!, port: 80, action: .mtls(identity: "us"), trust: trust, timeouts: timeouts),
+            Route(index: 3, host: HostPattern.parse("api.test")!, action: .mtls(identity: "us"), trust: trust, timeouts: timeouts),
+        ], unmatched: .deny, upstream: UpstreamSettings())
+        guard case .blind = TunnelSetup.decide(target: "legacy.test:80", router: named, interceptionEnabled: true).mode else {
+            Issue.record("a tls route naming port 80 is no longer blind"); return
+        }
+        let inside = inside(TunnelSetup.decide(target: "api.test:80", router: named, interceptionEnabled: true).mode)
+        #expect(inside?.service(firstByte: clientHello) == .intercept(identity: "us"))
+        #expect(inside?.service(firstByte: plainRequest) == .plainRequests)
+    }
+
+    @Test func pathScopedRoutesOfAHostMakeItsConnectTo80ServePlainRequestsEachRoutedByPath() {
+        let scoped = Router(routes: [
+            Route(index: 1, host: HostPattern.parse("api.test")!, pathPrefix: "/admin/", action: .deny, trust: trust, timeouts: timeouts),
+            Route(index: 2, host: HostPattern.parse("api.test")!, action: .mtls(identity: "us"), trust: trust, timeouts: timeouts),
+        ], unmatched: .deny, upstream: UpstreamSettings())
+        let inside = inside(TunnelSetup.decide(target: "api.test:80", router: scoped, interceptionEnabled: false).mode)
+        #expect(inside?.service(firstByte: plainRequest) == .plainRequests)
     }
 
     @Test func mtlsRouteWithoutInterceptionIsRefusedWithBothWaysOut() {

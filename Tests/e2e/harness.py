@@ -1,10 +1,28 @@
 """Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
 a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
-import os, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import urllib.error, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+
+# The config lines most suites share: trust the test CA for upstreams, and identity "us" (fusion-us) from the PKI
+# that make_pki writes to pki/ beside the config.
+def us_identity(dns_port=None):
+    """The [upstream] table (test CA; the loopback DNS server on `dns_port` as nameserver, if given) and identity
+    "us", as config lines."""
+    nameservers = f'nameservers = ["127.0.0.1:{dns_port}"]\n' if dns_port is not None else ""
+    return f'[upstream]\nca_file = "pki/ca.pem"\n{nameservers}[identities.us]\ncert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n'
+
+
+US_IDENTITY = us_identity()
+
+# A whole config: the above, and one route sending api.mygreatbank.test with identity "us".
+US_API_CONFIG = "\n" + US_IDENTITY + """[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+"""
 
 def free_port():
     with socket.socket() as s:
@@ -25,6 +43,13 @@ def wait_for_port(port, timeout=10.0):
 
 def make_pki(directory):
     subprocess.run(["bash", "-c", f"source '{ROOT}/scripts/lib/pki.sh' && make_pki '{directory}'"], check=True)
+
+
+def pki_shell(*commands, cwd=None):
+    """Runs shell `commands`, one a line, with the functions of scripts/lib/pki.sh (pki_cert_dated, utc_in, ...)
+    defined; in `cwd` if given. A failing script fails the caller."""
+    script = f"source '{ROOT}/scripts/lib/pki.sh'\n" + "\n".join(commands)
+    subprocess.run(["bash", "-c", script], check=True, cwd=cwd)
 
 
 def clean_env(**extra):
@@ -73,6 +98,45 @@ def start_python_upstream(procs, pki, port, cert="server", ca=None, require=Fals
     procs.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port)
 
+
+
+def start_recorder(procs, pki, port, log, optional_client_cert=False):
+    """The recording TLS upstream (recorder.py): each request it receives becomes one JSON line in `log`."""
+    args = [sys.executable, os.path.join(HERE, "recorder.py"), "--port", str(port),
+            "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"]
+    if optional_client_cert:
+        args.append("--optional-client-cert")
+    procs.start(args + ["--log", log])
+    wait_for_port(port)
+
+
+def recorded_requests(log, settle):
+    """What the recorder wrote to `log`, after `settle` seconds for the last request to land; [] if nothing yet."""
+    time.sleep(settle)
+    if not os.path.exists(log):
+        return []
+    return [json.loads(line) for line in read(log).splitlines()]
+
+
+def folder_with_pki(prefix):
+    """A new temporary folder with a fresh PKI in its pki/; returns the folder."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    make_pki(f"{d}/pki")
+    return d
+
+
+def pki_and_upstream(prefix):
+    """A temporary folder with a fresh PKI in pki/ and a Python mTLS upstream (client certificates from the test
+    CA required) on a free port; returns dict(dir, procs, up) for the suite's ENV."""
+    d = folder_with_pki(prefix)
+    procs = Processes()
+    try:
+        up = free_port()
+        start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+    except BaseException:
+        procs.stop_all()
+        raise
+    return dict(dir=d, procs=procs, up=up)
 
 NGINX_CONF = """
 {user}
@@ -175,6 +239,70 @@ class LoopbackDNS:
         self.sock.close()
 
 
+
+def send_raw(port, data, wait):
+    """Sends raw bytes to 127.0.0.1:port and reads until the peer closes or `wait` seconds pass; returns
+    (everything received as latin-1 text, whether the peer closed or reset the connection)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    s.sendall(data)
+    received, closed = b"", False
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        received += chunk
+    s.close()
+    return received.decode("latin-1"), closed
+
+
+def wait_until(predicate, timeout, step):
+    """Polls `predicate` every `step` seconds for up to `timeout`; returns its first truthy value, else its last."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def write_file(path, text, mode=None):
+    """Writes `text` to `path` (chmod to `mode` if given); returns the path."""
+    with open(path, "w") as f:
+        f.write(text)
+    if mode is not None:
+        os.chmod(path, mode)
+    return path
+
+
+def run_cli(*args, timeout, **kw):
+    """Runs the proxy binary with `args`, output captured as text."""
+    return subprocess.run([proxy_binary(), *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def init_local_ca(directory, config):
+    """`ca init` for `config`, whose [intercept] keeps its CA in `directory`/state; fails the set-up if it fails."""
+    os.makedirs(f"{directory}/state")
+    init = subprocess.run([proxy_binary(), "ca", "init", "--config", config], capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+
+
+def http_get(port, path, timeout=5):
+    """GET http://127.0.0.1:port/path (the admin listener); returns (status, body), for error statuses too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
 def proxy_binary():
     return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")
 
@@ -215,6 +343,24 @@ def reset_peak_rss(pid):
 def read(path):
     with open(path) as f:
         return f.read()
+
+
+def metric(text, name, absent=None, **labels):
+    """The value of the series `name` with (at least) these `labels` in a Prometheus text exposition; `absent`
+    if there is none."""
+    for line in text.splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(m.group(4))
+    return absent
+
+
+def json_log_lines(path):
+    """The JSON lines of a proxy's output (access log lines), parsed; other lines are passed over."""
+    return [json.loads(line) for line in read(path).splitlines() if line.startswith("{")]
 
 
 def run_suite():

@@ -11,16 +11,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-accesslog-")
-    harness.make_pki(f"{d}/pki")
-    procs = harness.Processes()
-    up = harness.free_port()
-    try:
-        harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, up=up)
+    ENV.update(harness.pki_and_upstream("mtls-proxy-accesslog-"))
 
 
 def tearDownModule():
@@ -40,12 +31,7 @@ workers = {workers}
 [log]
 access = "{log}"
 format = "json"
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 name = "bank \\"API\\" café"
 host = "api.mygreatbank.test"
 identity = "us"
@@ -87,12 +73,7 @@ def records(path):
 
 
 def wait_for(predicate, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step=0.05)
 
 
 class AccessLogLines(unittest.TestCase):

@@ -9,9 +9,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-cli-")
-    harness.make_pki(f"{d}/pki")
-    ENV["dir"] = d
+    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-")
 
 
 def tearDownModule():
@@ -19,26 +17,14 @@ def tearDownModule():
 
 
 def write_config(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 def run(*args):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=30)
+    return harness.run_cli(*args, timeout=30)
 
 
-GOOD = """
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-"""
+GOOD = harness.US_API_CONFIG
 
 
 class Check(unittest.TestCase):
@@ -56,13 +42,13 @@ class Check(unittest.TestCase):
     def test_key_that_does_not_belong_to_the_certificate(self):
         r = run("check", "--config", write_config("mismatch.conf", GOOD.replace("fusion-us.key", "fusion-eu.key")))
         self.assertEqual(r.returncode, 1)
-        self.assertIn("mismatch.conf: identities.us: the private key in", r.stderr)
+        self.assertRegex(r.stderr, r"mismatch\.conf:\d+: identities\.us: the private key in")
         self.assertIn("does not belong to the certificate", r.stderr)
 
     def test_missing_certificate_file(self):
         r = run("check", "--config", write_config("missing.conf", GOOD.replace("fusion-us.pem", "nope.pem")))
         self.assertEqual(r.returncode, 1)
-        self.assertIn("missing.conf: identities.us.cert: cannot read", r.stderr)
+        self.assertRegex(r.stderr, r"missing\.conf:\d+: identities\.us\.cert: cannot read")
         self.assertIn("nope.pem", r.stderr)
 
     def test_unknown_identity(self):
@@ -78,7 +64,8 @@ class Check(unittest.TestCase):
     def test_untrusted_ca_file(self):
         r = run("check", "--config", write_config("ca.conf", GOOD.replace("pki/ca.pem", "pki/missing-ca.pem")))
         self.assertEqual(r.returncode, 1)
-        self.assertIn("ca.conf: upstream.ca_file: cannot load CA bundle", r.stderr)
+        self.assertRegex(r.stderr, r"ca\.conf:\d+: upstream\.ca_file: cannot load CA bundle")
+        self.assertEqual(r.stderr.count("cannot load CA bundle"), 1, r.stderr)  # said once, where it is set
 
     def test_missing_config_file(self):
         r = run("check", "--config", f"{ENV['dir']}/does-not-exist.conf")
@@ -207,6 +194,42 @@ class NewUserMistakes(unittest.TestCase):
         r = run("help", "check")
         self.assertEqual(r.returncode, 0)
         self.assertIn("Validate the config", r.stdout)
+
+
+class EveryFileMistakeAtOnce(unittest.TestCase):
+    """Files the config names (keys, certificates, bundles, the local CA) are all read before `check` reports:
+    every missing or broken one is named at once, each with its line and key."""
+
+    def test_every_missing_file_is_named_with_its_line(self):
+        path = write_config("many-missing.conf", """[upstream]
+ca_file = "pki/ca.pem"
+[identities.us]
+cert = "pki/missing-us.pem"
+key = "pki/fusion-us.key"
+[identities.eu]
+cert = "pki/fusion-us.pem"
+key = "pki/missing-eu.key"
+[identities.az]
+p12 = "pki/missing-az.p12"
+[intercept]
+ca_cert = "state/missing-ca.pem"
+ca_key = "state/missing-ca.key"
+[[route]]
+host = "us.test"
+identity = "us"
+[[route]]
+host = "eu.test"
+identity = "eu"
+[[route]]
+host = "az.test"
+identity = "az"
+""")
+        r = run("check", "--config", path)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"many-missing\.conf:4: identities\.us\.cert: .*missing-us\.pem")
+        self.assertRegex(r.stderr, r"many-missing\.conf:8: identities\.eu\.key: .*missing-eu\.key")
+        self.assertRegex(r.stderr, r"many-missing\.conf:10: identities\.az\.p12: .*missing-az\.p12")
+        self.assertRegex(r.stderr, r"many-missing\.conf:1[23]: intercept\.ca_(cert|key): .*mtls-proxy ca init")
 
 
 if __name__ == "__main__":

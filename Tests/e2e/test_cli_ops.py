@@ -13,9 +13,7 @@ DAY = 86400
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-cli-ops-")
-    harness.make_pki(f"{d}/pki")
-    ENV["dir"] = d
+    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-ops-")
 
 
 def tearDownModule():
@@ -23,15 +21,11 @@ def tearDownModule():
 
 
 def write(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 def run(*args, cwd=None, env=None):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env=env if env is not None else harness.clean_env())
+    return harness.run_cli(*args, timeout=60, cwd=cwd, env=env if env is not None else harness.clean_env())
 
 
 def utc_in(seconds):
@@ -40,8 +34,7 @@ def utc_in(seconds):
 
 def dated_cert(name, cn, start, end):
     """A client certificate from the test CA with the given validity (UTC YYYYMMDDHHMMSSZ)."""
-    subprocess.run(["bash", "-c", f"source '{harness.ROOT}/scripts/lib/pki.sh' && "
-                    f"pki_cert_dated '{ENV['dir']}/pki' {name} {cn} {start} {end}"], check=True)
+    harness.pki_shell(f"pki_cert_dated '{ENV['dir']}/pki' {name} {cn} {start} {end}")
     return f"pki/{name}.pem", f"pki/{name}.key"
 
 
@@ -92,16 +85,7 @@ def openssl_serial(path):
     return out.strip().split("=", 1)[1]
 
 
-BASE = """
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-"""
+BASE = harness.US_API_CONFIG
 
 SUBCOMMANDS = [[], ["run"], ["check"], ["certs"], ["explain"], ["health"], ["ca"], ["ca", "init"], ["csr"],
                ["version"]]

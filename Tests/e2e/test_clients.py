@@ -10,9 +10,11 @@
 - redirects through a sidecar listener stay on the listener (`Location` rewrite), and on the forward path
   with `rewrite_https_location`;
 - a forward request for one of the proxy's own listeners is refused with a 403 that names NO_PROXY;
-- Node's fetch (undici ProxyAgent) with an http:// URL, which tunnels to port 80.
+- Node's fetch (undici ProxyAgent) with an http:// URL, which tunnels to port 80; the same on raw sockets:
+  plain requests inside a CONNECT to port 80 (keep-alive, path-scoped routes, Host, absolute form), TLS inside
+  it refused, plain HTTP inside a CONNECT to port 443 refused by name.
 """
-import hashlib, io, json, os, random, shutil, subprocess, sys, tempfile, time, unittest, zipfile
+import hashlib, http.client, io, json, os, random, shutil, socket, ssl, subprocess, sys, tempfile, time, unittest, zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -152,6 +154,10 @@ ca_file = "pki/ca.pem"
 [identities.us]
 cert = "pki/fusion-us.pem"
 key = "pki/fusion-us.key"
+[[route]]
+host = "files.mygreatbank.test"
+path = "/private/"
+action = "deny"
 [[route]]
 host = "files.mygreatbank.test"
 identity = "us"
@@ -759,6 +765,101 @@ class PlainHTTPInsideConnect(unittest.TestCase):
         self.assertTrue(r.stdout.startswith("200 fusion-us"), r.stdout + r.stderr)
         records = [x for x in access_records("plain.log") if x["host"] == "files.mygreatbank.test" and x["path"] == "/whoami"]
         self.assertTrue(records and records[-1]["identity"] == "us", records)
+
+    # The same on raw sockets: what undici sends, and what it must not be confused with.
+
+    def tunnel(self, proxy_port, target):
+        """A socket with CONNECT `target` answered; returns it and the answer's status line."""
+        s = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1)
+            if not chunk:
+                break
+            head += chunk
+        return s, head.split(b"\r\n")[0].decode()
+
+    def plain_request(self, s, target="/whoami", host="files.mygreatbank.test", method="GET"):
+        s.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: raw\r\n\r\n".encode())
+        r = http.client.HTTPResponse(s, method=method)
+        r.begin()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+    def tunnel_records(self, log, path):
+        return [x for x in access_records(log) if x["host"] == "files.mygreatbank.test" and x["path"] == path]
+
+    def test_two_keep_alive_plain_requests_in_a_connect_to_80_both_carry_the_route_certificate(self):
+        s, status = self.tunnel(ENV["ports"]["plain"], "files.mygreatbank.test:80")
+        with s:
+            self.assertEqual(status, "HTTP/1.1 200 Connection established")
+            for _ in range(2):
+                code, headers, _ = self.plain_request(s, "/whoami?n=1")
+                self.assertEqual((code, headers.get("x-client-subject")), (200, SUBJECT), headers)
+        records = self.tunnel_records("plain.log", "/whoami")[-2:]
+        self.assertEqual(len(records), 2, records)
+        for r in records:
+            self.assertEqual((r.get("tunnel"), r["identity"], r["status"], r["scheme"], r["port"]), ("plain", "us", 200, "http", 443), r)
+        self.assertTrue(records[1]["reused"], records)  # the pool serves the tunnel's requests like any others
+        self.assertNotIn("n=1", harness.read(f"{ENV['dir']}/plain.log"))  # no query string in any log
+
+    def test_a_path_scoped_deny_route_applies_per_request_inside_the_tunnel(self):
+        s, status = self.tunnel(ENV["ports"]["plain"], "files.mygreatbank.test:80")
+        with s:
+            self.assertEqual(status, "HTTP/1.1 200 Connection established")
+            code, _, body = self.plain_request(s, "/private/report")
+            self.assertEqual(code, 403, body)
+            self.assertIn(b"denied by", body)
+            code, headers, _ = self.plain_request(s, "/whoami")  # same tunnel, another path: served
+            self.assertEqual((code, headers.get("x-client-subject")), (200, SUBJECT))
+        records = self.tunnel_records("plain.log", "/private/report")
+        self.assertTrue(records and records[-1]["status"] == 403 and records[-1].get("tunnel") == "plain", records)
+
+    def test_host_naming_another_host_or_an_absolute_target_goes_to_the_connect_host(self):
+        s, status = self.tunnel(ENV["ports"]["plain"], "files.mygreatbank.test:80")
+        with s:
+            self.assertEqual(status, "HTTP/1.1 200 Connection established")
+            # Routed by the CONNECT host, as interception does; the upstream sees Host rewritten to it.
+            code, headers, _ = self.plain_request(s, "/whoami", host="api.mygreatbank.test")
+            self.assertEqual((code, headers.get("x-client-subject"), headers.get("x-seen-host")),
+                             (200, SUBJECT, "files.mygreatbank.test"), headers)
+            code, headers, _ = self.plain_request(s, "http://files.mygreatbank.test/whoami")
+            self.assertEqual((code, headers.get("x-client-subject")), (200, SUBJECT), headers)
+
+    def test_tls_inside_a_connect_to_80_without_interception_is_refused_clearly(self):
+        s, status = self.tunnel(ENV["ports"]["plain"], "files.mygreatbank.test:80")
+        self.assertEqual(status, "HTTP/1.1 200 Connection established")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with self.assertRaises((ssl.SSLError, OSError)):
+            with ctx.wrap_socket(s, server_hostname="files.mygreatbank.test") as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: files.mygreatbank.test\r\n\r\n")
+                if not t.recv(1):
+                    raise OSError("closed")
+        s.close()
+        deadline = time.time() + 10
+        while "TLS was sent inside a CONNECT to port 80 of files.mygreatbank.test" not in harness.read(f"{ENV['dir']}/plain.log"):
+            self.assertLess(time.time(), deadline, "no clear log line for TLS inside a CONNECT to port 80")
+            time.sleep(0.1)
+
+    def test_plain_http_inside_a_connect_to_443_is_refused_by_name(self):
+        s, status = self.tunnel(ENV["ports"]["proxy"], "files.mygreatbank.test:443")  # interception is on here
+        with s:
+            self.assertEqual(status, "HTTP/1.1 200 Connection established")
+            code, _, body = self.plain_request(s, "/whoami")
+        self.assertEqual(code, 400, body)
+        self.assertIn(b"plain HTTP was sent inside a CONNECT to port 443 of files.mygreatbank.test", body)
+        log = harness.read(f"{ENV['dir']}/proxy.log")
+        self.assertNotIn("TLS with the client failed: http request", log)
+        self.assertNotIn("does the workflow trust the local CA", log)
+
+    def test_tls_inside_a_connect_to_443_is_still_intercepted(self):
+        s, status = self.tunnel(ENV["ports"]["proxy"], "files.mygreatbank.test:443")
+        self.assertEqual(status, "HTTP/1.1 200 Connection established")
+        ctx = ssl.create_default_context(cafile=ENV["local_ca"])
+        with ctx.wrap_socket(s, server_hostname="files.mygreatbank.test") as t:
+            code, headers, _ = self.plain_request(t, "/whoami")
+        self.assertEqual((code, headers.get("x-client-subject")), (200, SUBJECT))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ DAY = 86400
 
 
 def pki(directory, *commands):
-    script = f"source '{ROOT}/scripts/lib/pki.sh'\n" + "\n".join(commands)
-    subprocess.run(["bash", "-c", script], check=True)
+    harness.pki_shell(*commands)
 
 
 def not_after(path):
@@ -35,41 +34,23 @@ def serial(path):
 
 def metric(text, name, **labels):
     """The value of one series, None if absent."""
-    for line in text.splitlines():
-        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return None
+    return harness.metric(text, name, None, **labels)
 
 
 def get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(port, path)
 
 
 def wait_until(predicate, timeout=20.0, step=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step)
 
 
 SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over (the proxy starts well before)
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-deploy-")
+    d = harness.folder_with_pki("mtls-proxy-deploy-")
     p = f"{d}/pki"
-    harness.make_pki(p)
     pki(p, f"pki_cert_dated '{p}' soon fusion-soon $(utc_in -86400) $(utc_in 10*86400)",
         f"pki_cert_dated '{p}' gone fusion-gone $(utc_in -400*86400) $(utc_in -86400)",
         f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",

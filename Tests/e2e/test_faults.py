@@ -13,16 +13,7 @@ HOST = "api.mygreatbank.test"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-faults-")
-    harness.make_pki(f"{d}/pki")
-    procs = harness.Processes()
-    try:
-        up = harness.free_port()
-        harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, up=up)
+    ENV.update(harness.pki_and_upstream("mtls-proxy-faults-"))
 
 
 def tearDownModule():
@@ -32,12 +23,7 @@ def tearDownModule():
 
 def routes(extra_route=""):
     return f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "{HOST}"
 identity = "us"
 connect = "127.0.0.1:{ENV['up']}"
@@ -45,10 +31,7 @@ connect = "127.0.0.1:{ENV['up']}"
 
 
 def write(path, text, mode=None):
-    with open(path, "w") as f:
-        f.write(text)
-    if mode is not None:
-        os.chmod(path, mode)
+    harness.write_file(path, text, mode)
 
 
 def proxy_get(port, path="/hello", headers=None, timeout=10, source=None):
@@ -62,6 +45,11 @@ def proxy_get(port, path="/hello", headers=None, timeout=10, source=None):
         return read_response(s)
     finally:
         s.close()
+
+
+def basic(user, password):
+    """The Proxy-Authorization header for `user` and `password`, as a headers dict for proxy_get."""
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def raw_exchange(port, data, timeout=10):
@@ -256,11 +244,7 @@ listen = "127.0.0.1:{admin_port}"
 
 
 def admin_get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(port, path)
 
 
 class DrainLiveness(unittest.TestCase):
@@ -488,13 +472,7 @@ auth_file = "users6"
 
 
 def wait_for(predicate, timeout=15.0, step=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return predicate()
+    return harness.wait_until(predicate, timeout, step)
 
 
 class ReloadGaps(unittest.TestCase):
@@ -571,13 +549,7 @@ connect = "127.0.0.1:{ENV['up']}"
 [proxy]
 listen = "127.0.0.1:{port}"
 workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 host = "*.loopback.test"
 identity = "us"
 allow_private = true
@@ -635,8 +607,8 @@ class WrongPasswords(unittest.TestCase):
         port = harness.free_port()
         write(f"{d}/users4", f"alice:{alice}\nbob:sha256:{hashlib.sha256(b'battery').hexdigest()}\n")
         write(f"{d}/auth4.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nauth_file = "users4"\n' + routes())
-        good_alice = {"Proxy-Authorization": "Basic " + base64.b64encode(b"alice:right-horse").decode()}
-        good_bob = {"Proxy-Authorization": "Basic " + base64.b64encode(b"bob:battery").decode()}
+        good_alice = basic("alice", "right-horse")
+        good_bob = basic("bob", "battery")
         procs = harness.Processes()
         try:
             harness.start_proxy(procs, f"{d}/auth4.conf", f"{d}/auth4.log", port)
@@ -645,7 +617,7 @@ class WrongPasswords(unittest.TestCase):
             bad_statuses = []
 
             def bad(i):
-                wrong = {"Proxy-Authorization": "Basic " + base64.b64encode(f"alice:wrong-{i}".encode()).decode()}
+                wrong = basic("alice", f"wrong-{i}")
                 return proxy_get(port, headers=wrong, timeout=60, source="127.0.0.2")[0]
 
             latencies = []

@@ -6,7 +6,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from test_faults import bcrypt_hash, proxy_get, write  # noqa: E402
+from test_faults import basic, bcrypt_hash, proxy_get, write  # noqa: E402
 import test_faults  # noqa: E402
 
 ENV = test_faults.ENV
@@ -18,10 +18,6 @@ def setUpModule():
 
 def tearDownModule():
     test_faults.tearDownModule()
-
-
-def basic(user, password):
-    return {"Proxy-Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 class HashingQueueFlood(unittest.TestCase):

@@ -12,23 +12,14 @@ HOST = "smuggle.mygreatbank.test"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-hardening-")
-    harness.make_pki(f"{d}/pki")
+    d = harness.folder_with_pki("mtls-proxy-hardening-")
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "limited", "authed", "fdlimited", "recorder", "files")}
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "recorder.py"), "--port", str(ports["recorder"]),
-                     "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem",
-                     "--log", f"{d}/upstream.jsonl"])
-        harness.wait_for_port(ports["recorder"])
+        harness.start_recorder(procs, f"{d}/pki", ports["recorder"], f"{d}/upstream.jsonl")
         harness.start_python_upstream(procs, f"{d}/pki", ports["files"], ca="ca", require=True)
         common = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "{HOST}"
 identity = "us"
 connect = "127.0.0.1:{ports['recorder']}"
@@ -72,32 +63,11 @@ def tearDownModule():
 
 def raw(data, port=None, wait=2.0):
     """Sends raw bytes; returns (everything received, whether the proxy closed the connection)."""
-    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=wait)
-    s.sendall(data)
-    received, closed = b"", False
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except socket.timeout:
-            break
-        except ConnectionResetError:
-            closed = True
-            break
-        if not chunk:
-            closed = True
-            break
-        received += chunk
-    s.close()
-    return received.decode("latin-1"), closed
+    return harness.send_raw(port or ENV["ports"]["proxy"], data, wait)
 
 
 def upstream_requests(tag):
-    time.sleep(0.3)
-    path = f"{ENV['dir']}/upstream.jsonl"
-    if not os.path.exists(path):
-        return []
-    records = [json.loads(l) for l in harness.read(path).splitlines()]
+    records = harness.recorded_requests(f"{ENV['dir']}/upstream.jsonl", settle=0.3)
     return [r for r in records if tag in r["request_line"] or "smuggled" in r["request_line"] or tag in r["body"]]
 
 

@@ -13,9 +13,8 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-large-")
+    d = harness.folder_with_pki("mtls-proxy-large-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     proxy_port, files_port = harness.free_port(), harness.free_port()
     try:
@@ -25,12 +24,7 @@ def setUpModule():
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.US_IDENTITY}[[route]]
 host = "files.mygreatbank.test"
 identity = "us"
 connect = "127.0.0.1:{files_port}"

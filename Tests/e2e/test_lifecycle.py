@@ -14,14 +14,12 @@ SWITCH_IN = 8  # seconds from set-up until the staged certificate becomes valid
 
 
 def pki(*commands):
-    script = f"source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{ENV['pki']}'; " + "; ".join(commands)
-    subprocess.run(["bash", "-c", script], check=True)
+    harness.pki_shell(*commands, cwd=ENV["pki"])
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-lifecycle-")
+    d = harness.folder_with_pki("mtls-proxy-lifecycle-")
     ENV.update(dir=d, pki=f"{d}/pki")
-    harness.make_pki(ENV["pki"])
     p = ENV["pki"]
     pki(f"pki_cert_dated '{p}' us-next fusion-us-next $(utc_in {SWITCH_IN}) $(utc_in 400*86400)",
         f"pki_cert_dated '{p}' us-old fusion-us-old $(utc_in -400*86400) $(utc_in -86400)",
@@ -116,15 +114,11 @@ def subject(host, path="/whoami"):
 
 
 def cli(*args, config=None):
-    return subprocess.run([harness.proxy_binary(), *args, "--config", config or f"{ENV['dir']}/proxy.conf"],
-                          capture_output=True, text=True, timeout=30)
+    return harness.run_cli(*args, "--config", config or f"{ENV['dir']}/proxy.conf", timeout=30)
 
 
 def write_config(name, text):
-    path = f"{ENV['dir']}/{name}"
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+    return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
 class StagedRotation(unittest.TestCase):

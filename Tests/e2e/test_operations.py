@@ -12,8 +12,7 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-ops-")
-    harness.make_pki(f"{d}/pki")
+    d = harness.folder_with_pki("mtls-proxy-ops-")
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "sidecar", "denied_sidecar", "admin", "up", "closed")}
     try:
@@ -92,29 +91,16 @@ def tearDownModule():
 
 
 def admin(path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ENV['ports']['admin']}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return harness.http_get(ENV['ports']['admin'], path)
 
 
 def metric(text, name, **labels):
     """The value of one series, 0 if absent."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and line.split(" ")[0] != name:
-            continue
-        m = re.match(r"([a-z_]+)(\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(m.group(4))
-    return 0.0
+    return harness.metric(text, name, 0.0, **labels)
 
 
 def cli(*args, env=None):
-    return subprocess.run([harness.proxy_binary(), *args], capture_output=True, text=True, timeout=30, env=env)
+    return harness.run_cli(*args, timeout=30, env=env)
 
 
 class SidecarListener(unittest.TestCase):
@@ -135,6 +121,10 @@ class SidecarListener(unittest.TestCase):
         r = subprocess.run(["curl", "-sS", "-i", "-x", f"http://127.0.0.1:{ENV['ports']['sidecar']}", "http://other.test/"],
                            capture_output=True, text=True, env=harness.clean_env())
         self.assertIn("400 Bad Request", r.stdout)
+        # It says what the listener is for and where the proxy is, and never echoes the target.
+        self.assertIn("takes paths", r.stdout)
+        self.assertIn("use the forward listener", r.stdout)
+        self.assertNotIn("other.test", r.stdout)
 
 
 class Admin(unittest.TestCase):

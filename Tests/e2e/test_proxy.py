@@ -11,9 +11,8 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-e2e-")
+    d = harness.folder_with_pki("mtls-proxy-e2e-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     ports = {name: harness.free_port() for name in
              ("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12", "untrusted", "mismatch", "refused",
@@ -157,8 +156,7 @@ def curl(*args, env=None):
 
 
 def access_log():
-    with open(ENV["log"]) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+    return harness.json_log_lines(ENV["log"])
 
 
 class Identities(unittest.TestCase):
@@ -229,8 +227,14 @@ class Denials(unittest.TestCase):
         self.assertEqual(len(ENV["dns"].queries), before)
 
     def test_connect_to_an_mtls_route_without_interception_is_403_with_advice(self):
-        r = curl("-i", "-p", "-x", ENV["url"], "http://api.mygreatbank.test/")
+        r = curl("-i", "-p", "-x", ENV["url"], "https://api.mygreatbank.test/")
         self.assertIn("403", r.stdout.decode() + r.stderr.decode())
+
+    def test_an_http_url_tunnelled_to_port_80_of_an_mtls_route_is_served_without_interception(self):
+        # curl -p (like Node's fetch through undici's ProxyAgent) tunnels http:// URLs: CONNECT host:80, plain
+        # HTTP inside, served as a forward request with the route's certificate (issue 12).
+        r = curl("-sS", "-p", "-x", ENV["url"], "-o", "/dev/null", "-w", "%{http_code}", "http://api.mygreatbank.test/a")
+        self.assertEqual(r.stdout.decode(), "200", r.stderr)
 
 
 class UpstreamFailures(unittest.TestCase):

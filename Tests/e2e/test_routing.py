@@ -14,26 +14,16 @@ SECRET = "sekrit-query-value"
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-routing-")
+    d = harness.folder_with_pki("mtls-proxy-routing-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     dns = harness.LoopbackDNS()
     ports = {k: harness.free_port() for k in ("proxy", "plain", "recorder", "sidecar")}
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "recorder.py"), "--port", str(ports["recorder"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem",
-                     "--optional-client-cert", "--log", f"{d}/upstream.jsonl"])
-        harness.wait_for_port(ports["recorder"])
+        harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
         rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
         routes = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 name = "admin deny"
 host = "api.mygreatbank.test"
 path = "/admin"
@@ -95,9 +85,7 @@ action = "tls"
         with open(f"{d}/plain.conf", "w") as f:
             f.write(head.format(port=ports["plain"]) + routes
                     + f'[[listener]]\nlisten = "127.0.0.1:{ports["sidecar"]}"\nupstream = "https://api.mygreatbank.test."\n')
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        harness.init_local_ca(d, f"{d}/proxy.conf")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
         harness.start_proxy(procs, f"{d}/plain.conf", f"{d}/plain.log", ports["plain"])
     except BaseException:
@@ -116,20 +104,7 @@ def tearDownModule():
 
 def raw(data, port=None, wait=5.0):
     """Sends raw bytes with Connection: close; returns everything the proxy answered."""
-    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=wait)
-    s.sendall(data)
-    received = b""
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (socket.timeout, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        received += chunk
-    s.close()
-    return received.decode("latin-1")
+    return harness.send_raw(port or ENV["ports"]["proxy"], data, wait)[0]
 
 
 def get(host, path, tag, port=None):
@@ -142,17 +117,13 @@ def get(host, path, tag, port=None):
 
 
 def upstream_saw(tag):
-    time.sleep(0.2)
-    path = f"{ENV['dir']}/upstream.jsonl"
-    if not os.path.exists(path):
-        return []
-    records = [json.loads(line) for line in harness.read(path).splitlines()]
+    records = harness.recorded_requests(f"{ENV['dir']}/upstream.jsonl", settle=0.2)
     return [r for r in records if f"t={tag}&" in r["request_line"]]
 
 
 def log_records(name="proxy"):
     time.sleep(0.3)
-    return [json.loads(line) for line in harness.read(f"{ENV['dir']}/{name}.log").splitlines() if line.startswith("{")]
+    return harness.json_log_lines(f"{ENV['dir']}/{name}.log")
 
 
 # (tag, path, what the refusal names) for paths that must be refused with 400 and never reach the upstream.

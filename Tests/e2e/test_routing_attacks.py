@@ -17,17 +17,13 @@ DENIED = {"api.mygreatbank.test": ["/admin/"], "files.mygreatbank.test": ["/file
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-routing-attacks-")
+    d = harness.folder_with_pki("mtls-proxy-routing-attacks-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
     procs = harness.Processes()
     dns = harness.LoopbackDNS()
     ports = {k: harness.free_port() for k in ("proxy", "recorder", "sidecar")}
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "recorder.py"), "--port", str(ports["recorder"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem",
-                     "--optional-client-cert", "--log", f"{d}/upstream.jsonl"])
-        harness.wait_for_port(ports["recorder"])
+        harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
         rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
         config = f"""
 [proxy]
@@ -37,13 +33,7 @@ unmatched = "deny"
 [intercept]
 ca_cert = "state/local-ca.pem"
 ca_key = "state/local-ca.key"
-[upstream]
-ca_file = "pki/ca.pem"
-nameservers = ["127.0.0.1:{dns.port}"]
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
+{harness.us_identity(dns.port)}[[route]]
 name = "admin deny"
 host = "api.mygreatbank.test"
 path = "/admin/"
@@ -92,9 +82,7 @@ upstream = "https://API.mygreatbank.test."
 """
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(config)
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
+        harness.init_local_ca(d, f"{d}/proxy.conf")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
     except BaseException:
         procs.stop_all()
@@ -110,20 +98,7 @@ def tearDownModule():
 
 
 def raw(data, port=None, wait=5.0):
-    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=wait)
-    s.sendall(data)
-    received = b""
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (socket.timeout, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        received += chunk
-    s.close()
-    return received.decode("latin-1")
+    return harness.send_raw(port or ENV["ports"]["proxy"], data, wait)[0]
 
 
 def status_of(answer):
@@ -139,11 +114,8 @@ def send(authority, path, tag, host_header=None, port=None):
 
 
 def upstream_saw(tag):
-    time.sleep(0.2)
-    path = f"{ENV['dir']}/upstream.jsonl"
-    if not os.path.exists(path):
-        return []
-    return [r for r in map(json.loads, harness.read(path).splitlines()) if f"t={tag}&" in r["request_line"]]
+    records = harness.recorded_requests(f"{ENV['dir']}/upstream.jsonl", settle=0.2)
+    return [r for r in records if f"t={tag}&" in r["request_line"]]
 
 
 # The readings of a path the upstream received, as some servers make them.

@@ -12,14 +12,14 @@ ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-faults-")
+    d = harness.folder_with_pki("mtls-proxy-faults-")
     pki = f"{d}/pki"
-    harness.make_pki(pki)
-    subprocess.run(["bash", "-c", f"""source '{harness.ROOT}/scripts/lib/pki.sh'; cd '{pki}'
-        pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server
-        pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server
-        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem \
-            -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null"""], check=True)
+    harness.pki_shell(
+        f"pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server",
+        f"pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server",
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem"
+        " -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null",
+        cwd=pki)
     procs = harness.Processes()
     names = ("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")
     ports = {k: harness.free_port() for k in names}
@@ -40,12 +40,7 @@ listen = "127.0.0.1:{ports['proxy']}"
 workers = 1
 [admin]
 listen = "127.0.0.1:{ports['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-{routes}""")
+{harness.US_IDENTITY}{routes}""")
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
         harness.wait_for_port(ports["admin"])
     except BaseException:
