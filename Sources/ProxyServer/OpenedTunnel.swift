@@ -48,12 +48,7 @@ struct OpenedTunnel {
     /// What OpenSSL said when TLS with the client failed on an intercepted tunnel's filter `bev`; nil when it
     /// said nothing but pseudo-errors (the client just went away).
     static func clientTLSFailure(_ bev: OpaquePointer) -> String? {
-        var errors: [OpenSSLErrorEntry] = []
-        while true {
-            let code = bufferevent_get_openssl_error(bev)
-            if code == 0 { break }
-            errors.append(OpenSSLErrorEntry(code: code))
-        }
+        let errors = OpenSSLErrors.drain(bufferevent: bev, threadQueueToo: false)
         return errors.contains(where: { !$0.isPseudo }) ? OpenSSLErrors.describe(errors) : nil
     }
 }

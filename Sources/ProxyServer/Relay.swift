@@ -121,10 +121,7 @@ final class Relay: EventHandler {
     /// OpenSSL 3 reports a TLS peer's FIN without close_notify as an error; for a relay it is that side's end.
     private static func isBareEOF(_ bev: OpaquePointer) -> Bool {
         var sawUnexpectedEOF = false
-        while true {
-            let code = bufferevent_get_openssl_error(bev)
-            if code == 0 { break }
-            let entry = OpenSSLErrorEntry(code: code)
+        for entry in OpenSSLErrors.drain(bufferevent: bev, threadQueueToo: false) {
             if entry.isPseudo { continue }
             if !entry.isUnexpectedEOF { return false }
             sawUnexpectedEOF = true

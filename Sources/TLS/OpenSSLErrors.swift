@@ -51,16 +51,16 @@ public enum OpenSSLErrors {
     }
 
     /// Drains what OpenSSL said about a failure on a libevent OpenSSL bufferevent: the errors libevent kept for
-    /// it (`bufferevent_get_openssl_error`, some of them pseudo-codes for socket conditions), then this thread's
-    /// queue.
-    public static func drain(bufferevent bev: OpaquePointer) -> [OpenSSLErrorEntry] {
+    /// it (`bufferevent_get_openssl_error`, some of them pseudo-codes for socket conditions), then, unless told
+    /// otherwise, this thread's queue.
+    public static func drain(bufferevent bev: OpaquePointer, threadQueueToo: Bool = true) -> [OpenSSLErrorEntry] {
         var entries: [OpenSSLErrorEntry] = []
         while true {
             let code = bufferevent_get_openssl_error(bev)
             if code == 0 { break }
             entries.append(OpenSSLErrorEntry(code: code))
         }
-        return entries + drain()
+        return threadQueueToo ? entries + drain() : entries
     }
 
     public static func describe(_ entries: [OpenSSLErrorEntry]) -> String {
