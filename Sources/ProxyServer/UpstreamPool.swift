@@ -10,9 +10,10 @@ final class UpstreamPool: UpstreamConnectionDelegate {
     /// An idle connection for `key`, if one is open. A connection with unread bytes (a server that said more
     /// than its response, not yet noticed) is closed rather than handed out.
     func take(_ key: PoolKey) -> UpstreamConnection? {
-        while var list = idle[key], let connection = list.popLast() {
-            idle[key] = list.isEmpty ? nil : list
+        // Lists are changed in place and kept when empty, so taking and parking at steady state allocate nothing.
+        while let connection = idle[key]?.popLast() {
             idleCount -= 1
+            dropIfEmpty(key)
             connection.delegate = nil
             if connection.state == .ready && evbuffer_get_length(connection.input) == 0 { return connection }
             connection.close()
@@ -22,27 +23,32 @@ final class UpstreamPool: UpstreamConnectionDelegate {
 
     /// Parks a connection whose exchange ended cleanly. Closes it instead when the key already holds `maxIdle`.
     func put(_ connection: UpstreamConnection, maxIdle: Int, idleTimeout: TimeSpan) {
-        var list = idle[connection.key] ?? []
-        guard connection.state == .ready, list.count < maxIdle, evbuffer_get_length(connection.input) == 0 else {
+        let parked = idle[connection.key]?.count ?? 0
+        guard connection.state == .ready, parked < maxIdle, evbuffer_get_length(connection.input) == 0 else {
             connection.close()
             return
         }
         connection.delegate = self
         connection.setReadTimeout(idleTimeout)
         connection.enableRead(true)
-        list.append(connection)
-        idle[connection.key] = list
+        idle[connection.key, default: []].append(connection)
         idleCount += 1
     }
 
     func remove(_ connection: UpstreamConnection) {
-        guard var list = idle[connection.key], let i = list.firstIndex(where: { $0 === connection }) else { return }
-        list.remove(at: i)
-        idle[connection.key] = list.isEmpty ? nil : list
+        guard let i = idle[connection.key]?.firstIndex(where: { $0 === connection }) else { return }
+        idle[connection.key]?.remove(at: i)
         idleCount -= 1
+        dropIfEmpty(connection.key)
     }
 
-    /// Closes every idle connection for which `shouldRetire` holds (after a certificate switch or a reload).
+    /// Past this many keys, a list that empties is dropped rather than kept for reuse (many hosts, few repeats).
+    private static let maxKeptKeys = 64
+
+    private func dropIfEmpty(_ key: PoolKey) {
+        if idle.count > Self.maxKeptKeys, idle[key]?.isEmpty == true { idle[key] = nil }
+    }
+
     func retire(where shouldRetire: (UpstreamConnection) -> Bool) {
         for list in Array(idle.values) {
             for connection in list where shouldRetire(connection) {
@@ -72,5 +78,15 @@ final class UpstreamPool: UpstreamConnectionDelegate {
     func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event) {
         remove(upstream)
         upstream.close()
+    }
+}
+
+extension PoolKey {
+    /// Hashes only what is cheap (the TLS context, the port and the host's length); equality still compares every
+    /// field, so a key is never shared across hosts, dialled addresses, identities or trust settings.
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(context)
+        hasher.combine(port)
+        hasher.combine(host.utf8.count)
     }
 }
