@@ -266,8 +266,10 @@ extension ProxyRuntime {
             if case .tls = match.action, match.trust == config.upstream.trust { return upstreamContext }
             return nil
         }
-        let position = route.index < routeContexts.count && routeContexts[route.index].routeIndex == route.index
-            ? route.index : routeContexts.firstIndex { $0.routeIndex == route.index }
+        // Route indexes are 1-based positions in the file; a route built elsewhere is looked up by its index.
+        let direct = route.index - 1
+        let position = direct >= 0 && direct < routeContexts.count && routeContexts[direct].routeIndex == route.index
+            ? direct : routeContexts.firstIndex { $0.routeIndex == route.index }
         guard let position else { return nil }
         let entry = routeContexts[position]
         guard entry.trust == match.trust else { return nil }

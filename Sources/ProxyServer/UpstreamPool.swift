@@ -4,14 +4,21 @@ import ProxyConfig
 /// Idle upstream connections of one worker, by `PoolKey`, most recently used first. While a connection is idle
 /// the pool is its delegate: anything it hears (the server closing, stray bytes, the idle timeout) retires it.
 final class UpstreamPool: UpstreamConnectionDelegate {
-    private var idle: [PoolKey: [UpstreamConnection]] = [:]
+    private var idle: [PoolKey: IdleList] = [:]
+
+    /// One key's idle connections. A class, so a list is found with a plain lookup and changed in place (a
+    /// dictionary's modify accessor allocates its frame on every call).
+    private final class IdleList {
+        var connections: [UpstreamConnection] = []
+    }
     private(set) var idleCount = 0
 
     /// An idle connection for `key`, if one is open. A connection with unread bytes (a server that said more
     /// than its response, not yet noticed) is closed rather than handed out.
     func take(_ key: PoolKey) -> UpstreamConnection? {
         // Lists are changed in place and kept when empty, so taking and parking at steady state allocate nothing.
-        while let connection = idle[key]?.popLast() {
+        guard let list = idle[key] else { return nil }
+        while let connection = list.connections.popLast() {
             idleCount -= 1
             dropIfEmpty(key)
             connection.delegate = nil
@@ -23,21 +30,27 @@ final class UpstreamPool: UpstreamConnectionDelegate {
 
     /// Parks a connection whose exchange ended cleanly. Closes it instead when the key already holds `maxIdle`.
     func put(_ connection: UpstreamConnection, maxIdle: Int, idleTimeout: TimeSpan) {
-        let parked = idle[connection.key]?.count ?? 0
-        guard connection.state == .ready, parked < maxIdle, evbuffer_get_length(connection.input) == 0 else {
+        let list = idle[connection.key]
+        guard connection.state == .ready, (list?.connections.count ?? 0) < maxIdle, evbuffer_get_length(connection.input) == 0 else {
             connection.close()
             return
         }
         connection.delegate = self
         connection.setReadTimeout(idleTimeout)
         connection.enableRead(true)
-        idle[connection.key, default: []].append(connection)
+        if let list {
+            list.connections.append(connection)
+        } else {
+            let list = IdleList()
+            list.connections.append(connection)
+            idle[connection.key] = list
+        }
         idleCount += 1
     }
 
     func remove(_ connection: UpstreamConnection) {
-        guard let i = idle[connection.key]?.firstIndex(where: { $0 === connection }) else { return }
-        idle[connection.key]?.remove(at: i)
+        guard let list = idle[connection.key], let i = list.connections.firstIndex(where: { $0 === connection }) else { return }
+        list.connections.remove(at: i)
         idleCount -= 1
         dropIfEmpty(connection.key)
     }
@@ -46,12 +59,12 @@ final class UpstreamPool: UpstreamConnectionDelegate {
     private static let maxKeptKeys = 64
 
     private func dropIfEmpty(_ key: PoolKey) {
-        if idle.count > Self.maxKeptKeys, idle[key]?.isEmpty == true { idle[key] = nil }
+        if idle.count > Self.maxKeptKeys, idle[key]?.connections.isEmpty == true { idle[key] = nil }
     }
 
     func retire(where shouldRetire: (UpstreamConnection) -> Bool) {
         for list in Array(idle.values) {
-            for connection in list where shouldRetire(connection) {
+            for connection in list.connections where shouldRetire(connection) {
                 remove(connection)
                 connection.close()
             }
@@ -60,7 +73,7 @@ final class UpstreamPool: UpstreamConnectionDelegate {
 
     func closeAll() {
         for list in idle.values {
-            for connection in list { connection.delegate = nil; connection.close() }
+            for connection in list.connections { connection.delegate = nil; connection.close() }
         }
         idle.removeAll()
         idleCount = 0
