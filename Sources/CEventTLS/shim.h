@@ -72,6 +72,7 @@ static inline long mtls_SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *ar
 static inline int mtls_SSL_TLSEXT_ERR_OK(void) { return SSL_TLSEXT_ERR_OK; }
 static inline int mtls_SSL_TLSEXT_ERR_ALERT_FATAL(void) { return SSL_TLSEXT_ERR_ALERT_FATAL; }
 static inline int mtls_SSL_AD_UNRECOGNIZED_NAME(void) { return SSL_AD_UNRECOGNIZED_NAME; }
+static inline int mtls_SSL_get_ex_new_index(void) { return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
 
 /* libevent */
 static inline struct event *mtls_evtimer_new(struct event_base *base, event_callback_fn cb, void *arg) {

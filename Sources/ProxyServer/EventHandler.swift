@@ -1,7 +1,8 @@
 import CEventTLS
 
-/// Whatever receives libevent callbacks (client connections, relays): one set of C trampolines for all, each
-/// passing its receiver unretained. The receiver must outlive its bufferevents and timers, or clear them first.
+/// Whatever receives libevent callbacks (client and upstream connections, relays): one set of C trampolines for
+/// all, each passing its receiver unretained. The receiver must outlive its bufferevents and timers, or clear
+/// them first.
 class EventHandler {
     func readable(_ bev: OpaquePointer) {}
     func writable(_ bev: OpaquePointer) {}

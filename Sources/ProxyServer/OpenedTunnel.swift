@@ -37,7 +37,7 @@ struct OpenedTunnel {
     func startTLS(on client: inout Endpoint, base: OpaquePointer) -> Bool {
         guard let session = interception?.makeSession() else { return false }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let filter = bufferevent_openssl_filter_new(base, client.bev, session.ssl, BUFFEREVENT_SSL_ACCEPTING, options) else {
+        guard let filter = session.makeServerFilter(base: base, over: client.bev, options: options) else {
             session.discard()
             return false
         }

@@ -1,6 +1,7 @@
 import CEventTLS
 import HTTP1
 import ProxyConfig
+import TLS
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -101,10 +102,7 @@ final class ProxyAuthenticator {
     }
 
     static func sha256Hex(_ bytes: [UInt8]) -> String {
-        var digest = [UInt8](repeating: 0, count: 32)
-        var length: UInt32 = 0
-        _ = bytes.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, &digest, &length, EVP_sha256(), nil) }
-        return digest.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+        MessageDigest.sha256(bytes).map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
     }
 
     /// crypt(3) with the stored hash as its salt: libcrypt computes bcrypt ($2a$/$2b$/$2y$). Thread-safe

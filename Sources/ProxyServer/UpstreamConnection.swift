@@ -23,8 +23,9 @@ struct PoolKey: Hashable {
     var context: ObjectIdentifier
 }
 
-/// One TLS connection to an upstream server, on a libevent OpenSSL bufferevent.
-final class UpstreamConnection {
+/// One TLS connection to an upstream server, on a libevent OpenSSL bufferevent. The libevent side lives here;
+/// everything asked of OpenSSL goes through its `UpstreamTLSSession` (module `TLS`).
+final class UpstreamConnection: EventHandler {
     enum State { case connecting, ready, closed }
 
     enum Event {
@@ -46,63 +47,54 @@ final class UpstreamConnection {
     unowned let worker: Worker
     weak var delegate: UpstreamConnectionDelegate?
     private(set) var bev: OpaquePointer?
-    private(set) var ssl: OpaquePointer?
+    /// The TLS side, from `start` until the connection closes or hands its bufferevent over.
+    private var tls: UpstreamTLSSession?
     private(set) var state: State = .connecting
     private var connectTimer: OpaquePointer?
     private var resolver: UpstreamResolver?
     /// A failure found while starting, delivered from the loop once the caller has attached.
     private var deferredEvent: Event?
     private var deferredTimer: OpaquePointer?
+    /// Receives the deferred timer's callback, so that the connection's own `timerFired` is the connect timeout.
+    private var deferredDelivery: DeferredDelivery?
     /// Requests completed on this connection; more than 0 means the next one reuses it.
     var requestsServed = 0
     var connectStartedMicros = 0
-    /// When the TLS handshake began, that is when the TCP connection was up (OpenSSL's info callback).
-    var handshakeStartedMicros = 0
+    /// When the TLS handshake began, that is when the TCP connection was up (OpenSSL's info callback); 0 before.
+    var handshakeStartedMicros: Int { tls?.handshakeStartedMicros ?? 0 }
     var connectedMicros = 0
     /// Whether it gave its handshake. Stays false for a connection whose handshake had not completed.
     var handshakeCompleted = false
 
     /// The runtime generation it was made under; it is pooled only while that runtime is current.
     let generation: Int
-    /// "host:port@address", the key of its TLS sessions within the context; a C string for OpenSSL's callback.
-    private let sessionKey: UnsafeMutablePointer<CChar>
 
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
         self.generation = generation
         self.key = key
-        self.sessionKey = strdup("\(key.host):\(key.port)@\(key.connect?.description ?? "dns")")
         self.context = context
         self.worker = worker
     }
-
-    deinit { free(sessionKey) }
 
     var input: OpaquePointer { bufferevent_get_input(bev!) }
     var output: OpaquePointer { bufferevent_get_output(bev!) }
 
     /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
     func start(connectTimeout: TimeSpan, allowPrivate: Bool) -> Bool {
-        guard let ssl = context.makeSSL(host: key.host) else { return false }
+        // Resumes a session made earlier with this same context (identity, certificate, trust) and upstream.
+        let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns")"
+        guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
+        else { return false }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let bev = bufferevent_openssl_socket_new(worker.base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options) else {
-            SSL_free(ssl)
-            return false
-        }
-        self.ssl = ssl
+        guard let bev = tls.makeSocketBufferevent(base: worker.base, options: options) else { return false }
+        self.tls = tls
         self.bev = bev
-        SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
-        // Resume a session made earlier with this same context (identity, certificate, trust) and upstream.
-        SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, UnsafeMutableRawPointer(sessionKey))
-        context.resumeSession(ssl, sessionKey: String(cString: sessionKey))
-        SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
-        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
-        let me = Unmanaged.passUnretained(self).toOpaque()
-        bufferevent_setcb(bev, upstreamReadCallback, upstreamWriteCallback, upstreamEventCallback, me)
+        setCallbacks(bev)
         bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
         bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
         bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
         connectStartedMicros = monotonicMicros()
-        connectTimer = mtls_evtimer_new(worker.base, upstreamConnectTimeoutCallback, me)
+        connectTimer = makeTimer(base: worker.base)
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
         resolver = UpstreamResolver.dial(bev, dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
@@ -120,12 +112,20 @@ final class UpstreamConnection {
     private func deferEvent(_ event: Event) {
         deferredEvent = event
         if deferredTimer == nil {
-            deferredTimer = mtls_evtimer_new(worker.base, upstreamDeferredCallback, Unmanaged.passUnretained(self).toOpaque())
+            let delivery = DeferredDelivery(self)
+            deferredDelivery = delivery
+            deferredTimer = delivery.makeTimer(base: worker.base)
         }
         _ = mtls_evtimer_add_ms(deferredTimer, 0)
     }
 
-    fileprivate func deliverDeferred() {
+    private final class DeferredDelivery: EventHandler {
+        unowned let upstream: UpstreamConnection
+        init(_ upstream: UpstreamConnection) { self.upstream = upstream }
+        override func timerFired() { upstream.deliverDeferred() }
+    }
+
+    private func deliverDeferred() {
         guard let event = deferredEvent else { return }
         deferredEvent = nil
         deliver(event)
@@ -144,59 +144,34 @@ final class UpstreamConnection {
     static let connectErrnos: Set<Int32> = [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, ECONNRESET, EADDRNOTAVAIL]
 
     /// Bytes received from the server so far; 0 means it never answered the TCP connect or the ClientHello.
-    var serverBytesRead: UInt64 {
-        guard let ssl, let rbio = SSL_get_rbio(ssl) else { return 0 }
-        return BIO_number_read(rbio)
-    }
+    var serverBytesRead: UInt64 { tls?.serverBytesRead ?? 0 }
 
     /// Whether the handshake resumed an earlier TLS session.
-    var sessionReused: Bool {
-        guard let ssl else { return false }
-        return SSL_session_reused(ssl) == 1
-    }
+    var sessionReused: Bool { tls?.sessionReused ?? false }
 
-    var tlsVersion: String? {
-        guard let ssl, handshakeCompleted else { return nil }
-        return String(cString: SSL_get_version(ssl))
-    }
-
-    var cipher: String? {
-        guard let ssl, handshakeCompleted, let c = SSL_get_current_cipher(ssl) else { return nil }
-        return String(cString: SSL_CIPHER_get_name(c))
-    }
-
-    /// Verification result and message for error reports.
-    var verifyResult: (code: Int, message: String) {
-        guard let ssl else { return (0, "") }
-        let code = SSL_get_verify_result(ssl)
-        return (Int(code), String(cString: X509_verify_cert_error_string(code)))
-    }
-
-    /// The TLS side of this connection, while it has one.
-    var session: TLSSession? { ssl.map { TLSSession(ssl: $0, context: context) } }
+    /// The protocol version and cipher, read once when the handshake completes (renegotiation is off, so they
+    /// stay): every request on the connection logs them.
+    private(set) var tlsVersion: String?
+    private(set) var cipher: String?
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {
-        let verify = verifyResult
+        if let tls {
+            return tls.failure(handshakeCompleted: handshakeCompleted, errors: errors, errno: errno, closed: closed)
+        }
         return UpstreamTLSFailure(
             phase: handshakeCompleted ? .afterHandshake : .handshake,
             host: key.host, port: key.port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
-            verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
-            errors: errors, socketErrno: errno, closed: closed)
+            verifyResult: 0, verifyMessage: "", errors: errors, socketErrno: errno, closed: closed)
     }
 
     /// Hands the bufferevent (and its TLS connection) over to a `Relay`, after `101 Switching Protocols`.
     /// The connection is closed as far as the pool and the worker are concerned.
     func detach() -> Endpoint? {
-        guard state == .ready, let bev, let session else { return nil }
-        if let ssl {
-            SSL_set_info_callback(ssl, nil)
-            SSL_set_ex_data(ssl, 0, nil)
-            SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, nil)
-        }
+        guard state == .ready, let bev, let session = tls?.handOver() else { return nil }
         self.bev = nil
-        self.ssl = nil
+        self.tls = nil
         bufferevent_setcb(bev, nil, nil, nil, nil)
         mtls_bufferevent_set_timeouts_ms(bev, 0, 0)
         close()
@@ -206,6 +181,8 @@ final class UpstreamConnection {
     func close() {
         guard state != .closed else { return }
         state = .closed
+        tlsVersion = nil
+        cipher = nil
         delegate = nil
         if let timer = connectTimer {
             event_free(timer)
@@ -219,25 +196,25 @@ final class UpstreamConnection {
         resolver = nil
         if let bev {
             bufferevent_setcb(bev, nil, nil, nil, nil)
-            if let ssl {
-                // The SSL may outlive this object inside libevent for a moment: leave it no pointers to us.
-                SSL_set_info_callback(ssl, nil)
-                SSL_set_ex_data(ssl, 0, nil)
-                SSL_set_ex_data(ssl, ClientTLSContext.sessionKeyIndex, nil)
-            }
-            if handshakeCompleted, let ssl {
-                // A clean close_notify where possible; the bufferevent frees the SSL.
-                SSL_set_shutdown(ssl, SSL_RECEIVED_SHUTDOWN)
-                SSL_shutdown(ssl)
-            }
+            // The SSL may outlive this object inside libevent for a moment: it keeps no pointer to us. A clean
+            // close_notify where possible; the bufferevent frees the SSL.
+            tls?.release(sendCloseNotify: handshakeCompleted)
             bufferevent_free(bev)
             self.bev = nil
-            self.ssl = nil
+            self.tls = nil
         }
         worker.upstreamClosed(self)
     }
 
-    fileprivate func handleEvent(_ what: Int16) {
+    override func readable(_ bev: OpaquePointer) {
+        delegate?.upstreamReadable(self)
+    }
+
+    override func writable(_ bev: OpaquePointer) {
+        delegate?.upstreamWritable(self)
+    }
+
+    override func event(_ bev: OpaquePointer, _ what: Int16) {
         let flags = Int32(what)
         if flags & BEV_EVENT_CONNECTED != 0 {
             if let timer = connectTimer {
@@ -246,6 +223,8 @@ final class UpstreamConnection {
             }
             state = .ready
             handshakeCompleted = true
+            tlsVersion = tls?.version
+            cipher = tls?.cipher
             connectedMicros = monotonicMicros()
             delegate?.upstreamConnected(self)
             return
@@ -254,21 +233,15 @@ final class UpstreamConnection {
         if flags & BEV_EVENT_TIMEOUT != 0 {
             event = .readTimeout
         } else if flags & BEV_EVENT_ERROR != 0 {
-            var tls: [OpenSSLErrorEntry] = []
-            while let bev {
-                let code = bufferevent_get_openssl_error(bev)
-                if code == 0 { break }
-                tls.append(OpenSSLErrorEntry(code: code))
-            }
-            tls += OpenSSLErrors.drain()
-            let dns = bev.map { bufferevent_socket_get_dns_error($0) } ?? 0
-            let real = tls.filter { !$0.isPseudo }
+            let errors = OpenSSLErrors.drain(bufferevent: bev)
+            let dns = bufferevent_socket_get_dns_error(bev)
+            let real = errors.filter { !$0.isPseudo }
             if dns == 0 && !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) {
                 // OpenSSL 3 reports a close without close_notify as an error; libevent 2.1 passes it on as one.
                 // It is an end of stream without close_notify: the HTTP framing tells whether anything was cut short.
                 event = .eof(closeNotify: false)
             } else {
-                event = .error(errno: mtls_errno(), tls: tls, dnsError: dns)
+                event = .error(errno: mtls_errno(), tls: errors, dnsError: dns)
             }
         } else {
             // libevent reports a failed TCP connect under the TLS bufferevent as EOF, with errno set.
@@ -276,13 +249,14 @@ final class UpstreamConnection {
             if !handshakeCompleted && serverBytesRead == 0 && Self.connectErrnos.contains(e) {
                 event = .error(errno: e, tls: [], dnsError: 0)
             } else {
-                event = .eof(closeNotify: session?.receivedCloseNotify ?? false)
+                event = .eof(closeNotify: tls?.receivedCloseNotify ?? false)
             }
         }
         deliver(event)
     }
 
-    fileprivate func connectTimedOut() {
+    /// The connect timer: connect plus handshake did not finish in time.
+    override func timerFired() {
         if let timer = connectTimer {
             event_free(timer)
             connectTimer = nil
@@ -297,34 +271,4 @@ final class UpstreamConnection {
             close()
         }
     }
-}
-
-private func upstreamDeferredCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue().deliverDeferred()
-}
-
-private func upstreamTLSInfoCallback(_ ssl: OpaquePointer?, _ where_: Int32, _ ret: Int32) {
-    guard where_ & SSL_CB_HANDSHAKE_START != 0, let ssl, let data = SSL_get_ex_data(ssl, 0) else { return }
-    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(data).takeUnretainedValue()
-    if upstream.handshakeStartedMicros == 0 { upstream.handshakeStartedMicros = monotonicMicros() }
-}
-
-private func upstreamReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
-    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
-    upstream.delegate?.upstreamReadable(upstream)
-}
-
-private func upstreamWriteCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
-    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
-    upstream.delegate?.upstreamWritable(upstream)
-}
-
-private func upstreamEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
-    upstream.handleEvent(what)
-}
-
-private func upstreamConnectTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx!).takeUnretainedValue()
-    upstream.connectTimedOut()
 }

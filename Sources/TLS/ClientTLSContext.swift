@@ -56,8 +56,8 @@ public final class ClientTLSContext: @unchecked Sendable {
         }
         // Client-side session caching: OpenSSL hands each new session to the callback, which stores it here.
         _ = mtls_SSL_CTX_set_session_cache_client(ctx)
+        // (It finds the connection's `UpstreamTLSSession`, and through it this context, in the SSL's ex_data.)
         SSL_CTX_sess_set_new_cb(ctx, clientNewSessionCallback)
-        SSL_CTX_set_ex_data(ctx, 0, Unmanaged.passUnretained(self).toOpaque())
         _ = OpenSSLErrors.drain()
     }
 
@@ -69,7 +69,7 @@ public final class ClientTLSContext: @unchecked Sendable {
     }
 
     /// Offers the last session made with `sessionKey` on `ssl`, if any.
-    public func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
+    func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
         if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
@@ -83,13 +83,10 @@ public final class ClientTLSContext: @unchecked Sendable {
         sessions[sessionKey] = session
     }
 
-    /// How a connection says which upstream its sessions belong to: set with `SSL_set_ex_data(ssl, 1, ...)`.
-    public static let sessionKeyIndex: Int32 = 1
-
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.
     /// nil when any of them cannot be set (a name too long for SNI, a NUL in it, no memory): never a connection
     /// without the check. The caller answers 502.
-    public func makeSSL(host: String) -> OpaquePointer? {
+    func makeSSL(host: String) -> OpaquePointer? {
         guard !host.utf8.contains(0), let ssl = SSL_new(pointer) else { return nil }
         let ok: Bool
         if IPAddress(host) != nil {
@@ -104,15 +101,4 @@ public final class ClientTLSContext: @unchecked Sendable {
         }
         return ssl
     }
-}
-
-/// Called by OpenSSL with each new client session (after the handshake; with TLS 1.3, when a ticket arrives).
-/// Returning 1 keeps the reference, which the context then owns.
-private func clientNewSessionCallback(_ ssl: OpaquePointer?, _ session: OpaquePointer?) -> Int32 {
-    guard let ssl, let session, let ctx = SSL_get_SSL_CTX(ssl), let owner = SSL_CTX_get_ex_data(ctx, 0),
-          let keyPointer = SSL_get_ex_data(ssl, ClientTLSContext.sessionKeyIndex) else { return 0 }
-    let context = Unmanaged<ClientTLSContext>.fromOpaque(owner).takeUnretainedValue()
-    let key = String(cString: keyPointer.assumingMemoryBound(to: CChar.self))
-    context.storeSession(session, sessionKey: key)
-    return 1
 }

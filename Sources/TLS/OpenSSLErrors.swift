@@ -50,6 +50,19 @@ public enum OpenSSLErrors {
         return entries
     }
 
+    /// Drains what OpenSSL said about a failure on a libevent OpenSSL bufferevent: the errors libevent kept for
+    /// it (`bufferevent_get_openssl_error`, some of them pseudo-codes for socket conditions), then this thread's
+    /// queue.
+    public static func drain(bufferevent bev: OpaquePointer) -> [OpenSSLErrorEntry] {
+        var entries: [OpenSSLErrorEntry] = []
+        while true {
+            let code = bufferevent_get_openssl_error(bev)
+            if code == 0 { break }
+            entries.append(OpenSSLErrorEntry(code: code))
+        }
+        return entries + drain()
+    }
+
     public static func describe(_ entries: [OpenSSLErrorEntry]) -> String {
         let texts = entries.filter { !$0.isPseudo }.map(\.reasonText)
         return texts.isEmpty ? "unknown OpenSSL error" : texts.joined(separator: "; ")

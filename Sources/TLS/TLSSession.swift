@@ -5,11 +5,11 @@ import CEventTLS
 /// frees it; this value keeps the context the SSL was made from alive at least as long as itself, and it is
 /// dropped when the bufferevent is freed. Nothing outside the `TLS` module touches the SSL.
 public struct TLSSession {
-    public let ssl: OpaquePointer
+    let ssl: OpaquePointer
     /// The context (upstream client context or interception context) the SSL was made from.
     private let context: AnyObject
 
-    public init(ssl: OpaquePointer, context: AnyObject) {
+    init(ssl: OpaquePointer, context: AnyObject) {
         self.ssl = ssl
         self.context = context
     }
@@ -25,6 +25,14 @@ public struct TLSSession {
         guard SSL_get_shutdown(ssl) & Int32(SSL_SENT_SHUTDOWN) == 0, SSL_is_init_finished(ssl) == 1 else { return }
         _ = SSL_shutdown(ssl)
         _ = OpenSSLErrors.drain()
+    }
+
+    /// A libevent OpenSSL filter bufferevent over `underlying` that accepts a TLS client (the client's end of an
+    /// intercepted tunnel). It takes the SSL over and frees it (with `BEV_OPT_CLOSE_ON_FREE` in `options`, the
+    /// underlying bufferevent too). nil if libevent cannot make it: the SSL is still to be `discard`ed.
+    public func makeServerFilter(base: OpaquePointer, over underlying: OpaquePointer,
+                                 options: Int32) -> OpaquePointer? {
+        bufferevent_openssl_filter_new(base, underlying, ssl, BUFFEREVENT_SSL_ACCEPTING, options)
     }
 
     /// Frees the SSL of a session that no bufferevent took over (set-up failed half-way).
