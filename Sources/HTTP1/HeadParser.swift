@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Strict HTTP/1.1 head parsing (RFC 9112 §2-§5) over raw bytes.
 ///
 /// Every line must end in CRLF; a bare CR or a bare LF is an error, as are obsolete line folding, a header
@@ -36,6 +40,18 @@ public enum HeadParser {
             scan.sawStartLine = sawStartLine
         }
         while i < n {
+            // Skip the run of ordinary bytes up to the next CR or LF with memchr (a line at a time), then look at
+            // that byte as one would walking byte by byte.
+            let special = nextLineByte(bytes, from: i)
+            if special > i {
+                let firstTooFar = max(i, limit)  // an ordinary byte at or past `limit` makes the head too large
+                if firstTooFar < special {
+                    i = firstTooFar + 1
+                    throw HTTPParseError.headTooLarge(limit: limit)
+                }
+                i = special
+                if i == n { break }
+            }
             let c = bytes[i]
             if c == 0x0D {
                 guard i + 1 < n else { break }  // CR at the end: wait for more, and look at it again then
@@ -54,12 +70,21 @@ public enum HeadParser {
                 lineStart = i
                 continue
             }
-            if c == 0x0A { throw HTTPParseError.bareLineFeed }
-            i += 1
-            if i > limit { throw HTTPParseError.headTooLarge(limit: limit) }
+            throw HTTPParseError.bareLineFeed  // c == 0x0A
         }
         if n > limit { throw HTTPParseError.headTooLarge(limit: limit) }
         return nil
+    }
+
+    /// The index of the first CR or LF in `bytes` at or after `start`, or `bytes.count` when there is none.
+    @inline(__always)
+    static func nextLineByte(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
+        let n = bytes.count
+        guard start < n, let base = bytes.baseAddress else { return n }
+        let lf = memchr(base + start, 0x0A, n - start).map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? n
+        guard lf > start else { return lf }
+        let cr = memchr(base + start, 0x0D, lf - start).map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? lf
+        return cr
     }
 
     public static func parseRequest(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> RequestHead {

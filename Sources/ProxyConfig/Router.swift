@@ -1,15 +1,83 @@
-/// The routing decision for one request: which route, or the unmatched policy.
+/// The routing decision for one request: which route, or the unmatched policy. Its fields live in one shared,
+/// immutable storage object made when the router is, so handing a decision around per request retains one
+/// reference instead of every string of the route (setting a field makes a new storage: value semantics hold).
 public struct RouteMatch: Sendable, Equatable {
+    final class Storage: Sendable {
+        let route: Route?
+        let action: RouteAction
+        let trust: TrustSettings
+        let timeouts: Timeouts
+        let connect: HostPort?
+        let allowPrivate: Bool
+        let pathRules: PathRules
+
+        init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
+             allowPrivate: Bool, pathRules: PathRules) {
+            self.route = route
+            self.action = action
+            self.trust = trust
+            self.timeouts = timeouts
+            self.connect = connect
+            self.allowPrivate = allowPrivate
+            self.pathRules = pathRules
+        }
+    }
+
+    private var storage: Storage
+
+    public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
+                allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
+        storage = Storage(route: route, action: action, trust: trust, timeouts: timeouts, connect: connect,
+                          allowPrivate: allowPrivate, pathRules: pathRules)
+    }
+
+    private mutating func update(route: Route?? = nil, action: RouteAction? = nil, trust: TrustSettings? = nil,
+                                 timeouts: Timeouts? = nil, connect: HostPort?? = nil, allowPrivate: Bool? = nil,
+                                 pathRules: PathRules? = nil) {
+        let s = storage
+        storage = Storage(route: route ?? s.route, action: action ?? s.action, trust: trust ?? s.trust,
+                          timeouts: timeouts ?? s.timeouts, connect: connect ?? s.connect,
+                          allowPrivate: allowPrivate ?? s.allowPrivate, pathRules: pathRules ?? s.pathRules)
+    }
+
     /// nil when no route matched and the `unmatched` policy applied.
-    public var route: Route?
-    public var action: RouteAction
-    public var trust: TrustSettings
-    public var timeouts: Timeouts
-    public var connect: HostPort?
+    public var route: Route? {
+        get { storage.route }
+        set { update(route: .some(newValue)) }
+    }
+    public var action: RouteAction {
+        get { storage.action }
+        set { update(action: newValue) }
+    }
+    public var trust: TrustSettings {
+        get { storage.trust }
+        set { update(trust: newValue) }
+    }
+    public var timeouts: Timeouts {
+        get { storage.timeouts }
+        set { update(timeouts: newValue) }
+    }
+    public var connect: HostPort? {
+        get { storage.connect }
+        set { update(connect: .some(newValue)) }
+    }
     /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
-    public var allowPrivate: Bool = false
+    public var allowPrivate: Bool {
+        get { storage.allowPrivate }
+        set { update(allowPrivate: newValue) }
+    }
     /// Path spellings the deciding route (or `[upstream]`, when none matched) accepts.
-    public var pathRules: PathRules = PathRules()
+    public var pathRules: PathRules {
+        get { storage.pathRules }
+        set { update(pathRules: newValue) }
+    }
+
+    public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
+        if a.storage === b.storage { return true }
+        let x = a.storage, y = b.storage
+        return x.route == y.route && x.action == y.action && x.trust == y.trust && x.timeouts == y.timeouts
+            && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
+    }
 
     /// How logs name the decision.
     public var label: String { route?.label ?? "unmatched" }
@@ -76,14 +144,28 @@ public struct TunnelPlan: Sendable, Equatable {
 /// Matches requests against routes in file order; the first match wins. Every decision (forwarded requests,
 /// CONNECT, `explain`) goes through `firstMatch`.
 public struct Router: Sendable {
-    public var routes: [Route]
-    public var unmatched: UnmatchedPolicy
-    public var upstream: UpstreamSettings
+    public var routes: [Route] { didSet { prepare() } }
+    public var unmatched: UnmatchedPolicy { didSet { prepare() } }
+    public var upstream: UpstreamSettings { didSet { prepare() } }
+    /// The decision of each route (by position in `routes`) and of the unmatched policy, made once.
+    private var routeMatches: [RouteMatch] = []
+    private var preparedUnmatched: RouteMatch?
 
     public init(routes: [Route], unmatched: UnmatchedPolicy, upstream: UpstreamSettings) {
         self.routes = routes
         self.unmatched = unmatched
         self.upstream = upstream
+        prepare()
+    }
+
+    private mutating func prepare() {
+        routeMatches = routes.map { route in
+            RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
+                       allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+        }
+        preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
+                                       timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
+                                       pathRules: upstream.pathRules)
     }
 
     /// - Parameters:
@@ -129,33 +211,34 @@ public struct Router: Sendable {
 
     /// The one match function. `path` nil means a tunnel: path-scoped routes are skipped.
     func firstMatch(host: String, port: Int, path: Substring?, skipped: (Route, RouteSkip) -> Void) -> RouteMatch {
-        for route in routes {
-            guard route.host.matches(host) else {
-                skipped(route, .host(pattern: route.host, host: host))
+        for i in routes.indices {
+            // Fields read in place: a route is copied only to report a skip.
+            guard routes[i].host.matches(host) else {
+                skipped(routes[i], .host(pattern: routes[i].host, host: host))
                 continue
             }
-            if let p = route.port, p != port {
-                skipped(route, .port(route: p, request: port))
+            if let p = routes[i].port, p != port {
+                skipped(routes[i], .port(route: p, request: port))
                 continue
             }
-            if let prefix = route.pathPrefix {
+            if let prefix = routes[i].pathPrefix {
                 guard let path else {
-                    skipped(route, .pathScoped(prefix: prefix))
+                    skipped(routes[i], .pathScoped(prefix: prefix))
                     continue
                 }
                 guard path.hasPrefix(prefix) else {
-                    skipped(route, .pathPrefix(prefix: prefix, path: String(path)))
+                    skipped(routes[i], .pathPrefix(prefix: prefix, path: String(path)))
                     continue
                 }
             }
-            return RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                              allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+            return routeMatches[i]
         }
         return unmatchedMatch
     }
 
     var unmatchedMatch: RouteMatch {
-        RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
+        if let preparedUnmatched { return preparedUnmatched }
+        return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                    timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules)
     }
 }

@@ -176,34 +176,57 @@ private final class SwitchCounters: @unchecked Sendable {
 }
 
 /// A worker's cache of labelled series, so the registry's lock is taken once per label set, not per request.
+/// Requests are looked up by their label values as given (no label string is built per request): the series of
+/// the previous request is tried first, since a worker mostly serves the same route and identity again; then a
+/// table keyed by the values themselves.
 final class WorkerMetrics {
     let shared: ProxyMetrics
-    private var requests: [String: Counter] = [:]
+    private var requests: [RequestSeries: Counter] = [:]
     private var failures: [String: Counter] = [:]
     private var durations: [String: DurationHistogram] = [:]
+    private var lastRequest: (series: RequestSeries, counter: Counter)?
+    private var lastDuration: (route: String, histogram: DurationHistogram)?
+
+    /// The labels of one `mtls_proxy_requests_total` series: the status class as its digit (2 for 2xx).
+    struct RequestSeries: Hashable {
+        var route: String
+        var identity: String?
+        var statusClass: Int
+    }
 
     init(_ shared: ProxyMetrics) { self.shared = shared }
 
     func countRequest(route: String, identity: String?, status: Int) {
-        let statusClass = "\(status / 100)xx"
-        let key = "\(route)\u{0}\(identity ?? "")\u{0}\(statusClass)"
-        if let counter = requests[key] {
-            counter.increment()
-        } else {
-            let counter = shared.requests(route: route, identity: identity ?? "", statusClass: statusClass)
-            requests[key] = counter
-            counter.increment()
+        let series = RequestSeries(route: route, identity: identity, statusClass: status / 100)
+        if let last = lastRequest, last.series == series {
+            last.counter.increment()
+            return
         }
+        let counter: Counter
+        if let known = requests[series] {
+            counter = known
+        } else {
+            counter = shared.requests(route: route, identity: identity ?? "", statusClass: "\(series.statusClass)xx")
+            requests[series] = counter
+        }
+        lastRequest = (series, counter)
+        counter.increment()
     }
 
     func observeDuration(route: String, nanoseconds: Int64) {
-        if let histogram = durations[route] {
-            histogram.recordNanoseconds(nanoseconds)
-        } else {
-            let histogram = shared.requestDuration(route: route)
-            durations[route] = histogram
-            histogram.recordNanoseconds(nanoseconds)
+        if let last = lastDuration, last.route == route {
+            last.histogram.recordNanoseconds(nanoseconds)
+            return
         }
+        let histogram: DurationHistogram
+        if let known = durations[route] {
+            histogram = known
+        } else {
+            histogram = shared.requestDuration(route: route)
+            durations[route] = histogram
+        }
+        lastDuration = (route, histogram)
+        histogram.recordNanoseconds(nanoseconds)
     }
 
     func countFailure(_ reason: String) {

@@ -18,6 +18,22 @@ public final class ProxyRuntime: @unchecked Sendable {
     /// Loaded certificates of each identity, in config order.
     public let credentials: [String: [Credential]]
     private let contexts: [ContextKey: ClientTLSContext]
+    /// The contexts of each route, by position in `config.routes`, resolved at load so a request needs no hashing:
+    /// the plain one for its trust settings and, for an mTLS route, one per certificate of its identity.
+    private let routeContexts: [RouteContexts]
+    /// The plain context of `[upstream]` trust settings, for requests no route matched.
+    private let upstreamContext: ClientTLSContext?
+
+    struct RouteContexts {
+        var routeIndex: Int
+        var trust: TrustSettings
+        var identity: String?
+        var credentials: [Credential]
+        var prefer: CertificatePreference
+        var plain: ClientTLSContext?
+        /// By certificate index; nil where the context could not be built.
+        var byCertificate: [ClientTLSContext?]
+    }
 
     struct ContextKey: Hashable {
         var identity: String?
@@ -111,6 +127,16 @@ public final class ProxyRuntime: @unchecked Sendable {
         }
         try problems.throwIfAny(text: ConfigLoader.readTextFile(config.file) ?? "")
         self.contexts = contexts
+        upstreamContext = contexts[ContextKey(identity: nil, certificate: 0, trust: config.upstream.trust)]
+        routeContexts = config.routes.map { route in
+            var identity: String?
+            if case .mtls(let name) = route.action { identity = name }
+            let list = identity.flatMap { credentials[$0] } ?? []
+            return RouteContexts(routeIndex: route.index, trust: route.trust, identity: identity, credentials: list,
+                                 prefer: identity.flatMap { config.identity(named: $0)?.prefer } ?? .newest,
+                                 plain: contexts[ContextKey(identity: nil, certificate: 0, trust: route.trust)],
+                                 byCertificate: list.indices.map { contexts[ContextKey(identity: identity, certificate: $0, trust: route.trust)] })
+        }
     }
 
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
@@ -214,6 +240,7 @@ public final class ProxyRuntime: @unchecked Sendable {
 
     /// The TLS context for a routing decision that goes upstream (`tls` or `mtls`).
     public func context(for match: RouteMatch, at now: Int = currentEpochSeconds()) -> ContextChoice {
+        if let resolved = resolvedContext(for: match, at: now) { return .context(resolved) }
         switch match.action {
         case .mtls(let identity):
             guard let index = activeCertificate(identity: identity, at: now),
@@ -226,6 +253,40 @@ public final class ProxyRuntime: @unchecked Sendable {
             if let ctx = contexts[ContextKey(identity: nil, certificate: 0, trust: match.trust)] { return .context(ctx) }
             // Unreachable: every trust setting in the config has a plain context.
             return .noValidCertificate(identity: "(none)", lastExpiry: nil)
+        }
+    }
+}
+
+extension ProxyRuntime {
+    /// The context from the tables resolved at load, when they cover `match` (its route and trust settings as
+    /// loaded); nil sends the caller to the general lookup, which also explains a missing certificate.
+    @inline(__always)
+    func resolvedContext(for match: RouteMatch, at now: Int) -> ClientTLSContext? {
+        guard let route = match.route else {
+            if case .tls = match.action, match.trust == config.upstream.trust { return upstreamContext }
+            return nil
+        }
+        // Route indexes are 1-based positions in the file; a route built elsewhere is looked up by its index.
+        let direct = route.index - 1
+        let position = direct >= 0 && direct < routeContexts.count && routeContexts[direct].routeIndex == route.index
+            ? direct : routeContexts.firstIndex { $0.routeIndex == route.index }
+        guard let position else { return nil }
+        let entry = routeContexts[position]
+        guard entry.trust == match.trust else { return nil }
+        switch match.action {
+        case .tls, .deny:
+            return entry.plain
+        case .mtls(let identity):
+            guard identity == entry.identity else { return nil }
+            let list = entry.credentials
+            let active: Int?
+            if list.count == 1 {
+                active = list[0].validity.isValid(at: now) ? 0 : nil
+            } else {
+                active = CertificateSelection.active(list.map(\.validity), at: now, prefer: entry.prefer)
+            }
+            guard let active, active < entry.byCertificate.count else { return nil }
+            return entry.byCertificate[active]
         }
     }
 }

@@ -4,15 +4,23 @@ import ProxyConfig
 /// Idle upstream connections of one worker, by `PoolKey`, most recently used first. While a connection is idle
 /// the pool is its delegate: anything it hears (the server closing, stray bytes, the idle timeout) retires it.
 final class UpstreamPool: UpstreamConnectionDelegate {
-    private var idle: [PoolKey: [UpstreamConnection]] = [:]
+    private var idle: [PoolKey: IdleList] = [:]
+
+    /// One key's idle connections. A class, so a list is found with a plain lookup and changed in place (a
+    /// dictionary's modify accessor allocates its frame on every call).
+    private final class IdleList {
+        var connections: [UpstreamConnection] = []
+    }
     private(set) var idleCount = 0
 
     /// An idle connection for `key`, if one is open. A connection with unread bytes (a server that said more
     /// than its response, not yet noticed) is closed rather than handed out.
     func take(_ key: PoolKey) -> UpstreamConnection? {
-        while var list = idle[key], let connection = list.popLast() {
-            idle[key] = list.isEmpty ? nil : list
+        // Lists are changed in place and kept when empty, so taking and parking at steady state allocate nothing.
+        guard let list = idle[key] else { return nil }
+        while let connection = list.connections.popLast() {
             idleCount -= 1
+            dropIfEmpty(key)
             connection.delegate = nil
             if connection.state == .ready && evbuffer_get_length(connection.input) == 0 { return connection }
             connection.close()
@@ -22,30 +30,41 @@ final class UpstreamPool: UpstreamConnectionDelegate {
 
     /// Parks a connection whose exchange ended cleanly. Closes it instead when the key already holds `maxIdle`.
     func put(_ connection: UpstreamConnection, maxIdle: Int, idleTimeout: TimeSpan) {
-        var list = idle[connection.key] ?? []
-        guard connection.state == .ready, list.count < maxIdle, evbuffer_get_length(connection.input) == 0 else {
+        let list = idle[connection.key]
+        guard connection.state == .ready, (list?.connections.count ?? 0) < maxIdle, evbuffer_get_length(connection.input) == 0 else {
             connection.close()
             return
         }
         connection.delegate = self
         connection.setReadTimeout(idleTimeout)
         connection.enableRead(true)
-        list.append(connection)
-        idle[connection.key] = list
+        if let list {
+            list.connections.append(connection)
+        } else {
+            let list = IdleList()
+            list.connections.append(connection)
+            idle[connection.key] = list
+        }
         idleCount += 1
     }
 
     func remove(_ connection: UpstreamConnection) {
-        guard var list = idle[connection.key], let i = list.firstIndex(where: { $0 === connection }) else { return }
-        list.remove(at: i)
-        idle[connection.key] = list.isEmpty ? nil : list
+        guard let list = idle[connection.key], let i = list.connections.firstIndex(where: { $0 === connection }) else { return }
+        list.connections.remove(at: i)
         idleCount -= 1
+        dropIfEmpty(connection.key)
     }
 
-    /// Closes every idle connection for which `shouldRetire` holds (after a certificate switch or a reload).
+    /// Past this many keys, a list that empties is dropped rather than kept for reuse (many hosts, few repeats).
+    private static let maxKeptKeys = 64
+
+    private func dropIfEmpty(_ key: PoolKey) {
+        if idle.count > Self.maxKeptKeys, idle[key]?.connections.isEmpty == true { idle[key] = nil }
+    }
+
     func retire(where shouldRetire: (UpstreamConnection) -> Bool) {
         for list in Array(idle.values) {
-            for connection in list where shouldRetire(connection) {
+            for connection in list.connections where shouldRetire(connection) {
                 remove(connection)
                 connection.close()
             }
@@ -54,7 +73,7 @@ final class UpstreamPool: UpstreamConnectionDelegate {
 
     func closeAll() {
         for list in idle.values {
-            for connection in list { connection.delegate = nil; connection.close() }
+            for connection in list.connections { connection.delegate = nil; connection.close() }
         }
         idle.removeAll()
         idleCount = 0
@@ -72,5 +91,15 @@ final class UpstreamPool: UpstreamConnectionDelegate {
     func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event) {
         remove(upstream)
         upstream.close()
+    }
+}
+
+extension PoolKey {
+    /// Hashes only what is cheap (the TLS context, the port and the host's length); equality still compares every
+    /// field, so a key is never shared across hosts, dialled addresses, identities or trust settings.
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(context)
+        hasher.combine(port)
+        hasher.combine(host.utf8.count)
     }
 }
