@@ -46,7 +46,7 @@ extension PrivateKey {
         RenewalError("cannot make an \(algorithm) key: \(OpenSSLErrors.describe(OpenSSLErrors.drain()))")
     }
 
-    /// The key as unencrypted PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), for a file only its owner reads.
+    /// The key as unencrypted PKCS#8 PEM (a `PRIVATE KEY` block), for a file only its owner reads.
     public var pkcs8PEM: String {
         memoryBIOText { PEM_write_bio_PrivateKey($0, pointer, nil, nil, 0, nil, nil) }
     }
