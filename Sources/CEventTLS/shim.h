@@ -44,6 +44,11 @@ static inline long mtls_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_mode(ctx, mode);
 }
 static inline long mtls_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE_BUFFERS; }
+/* The proxy's own TLS I/O over a socket: writes may complete partly, from an evbuffer that moves. */
+static inline void mtls_SSL_set_direct_io_modes(SSL *ssl) {
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_read_ahead(ssl, 1);
+}
 static inline int mtls_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x509) {
     return (int)SSL_CTX_add1_chain_cert(ctx, x509);
 }
@@ -91,6 +96,11 @@ static inline void mtls_bufferevent_set_timeouts_ms(struct bufferevent *bev, lon
     bufferevent_set_timeouts(bev, read_ms > 0 ? &r : NULL, write_ms > 0 ? &w : NULL);
 }
 static inline int mtls_errno(void) { return errno; }
+static inline void mtls_set_errno(int e) { errno = e; }
+static inline int mtls_event_add_ms(struct event *ev, long ms) {
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return event_add(ev, ms > 0 ? &tv : NULL);
+}
 static inline long mtls_atomic_add(long *p, long v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline long mtls_atomic_load(long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
 

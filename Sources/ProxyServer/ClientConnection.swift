@@ -12,7 +12,7 @@ import Glibc
 /// See docs/ARCHITECTURE.md for the walk of one request.
 final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     unowned let worker: Worker
-    /// The client's side: its socket bufferevent, or after interception the TLS filter over it.
+    /// The client's side: its socket as a `SocketStream`, or (interception) the TLS filter over its bufferevent.
     private var client: Endpoint
     let peer: String
     private(set) var kind: ListenerKind
@@ -45,9 +45,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private var parsingHeads = false
     private var finished = false
 
-    init(worker: Worker, bev: OpaquePointer, peer: String, kind: ListenerKind) {
+    init(worker: Worker, stream: SocketStream, peer: String, kind: ListenerKind) {
         self.worker = worker
-        self.client = Endpoint(bev: bev)
+        self.client = Endpoint(stream: stream)
         self.peer = peer
         self.kind = kind
         machineStorage = .allocate(capacity: 1)
@@ -70,12 +70,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private var runtime: ProxyRuntime { worker.runtime }
 
     func start() {
-        let bev = client.bev
-        setCallbacks(bev)
-        bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
-        bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
-        mtls_bufferevent_set_timeouts_ms(bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
-        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        client.start(handler: self, readTimeoutMillis: runtime.config.proxy.clientTimeout.milliseconds)
     }
 
     // MARK: carrying out the machine's actions
@@ -85,7 +80,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .none:
             break
         case .resumeReading:
-            bufferevent_enable(client.bev, Int16(EV_READ))
+            client.enableRead()
         case .readWithClientTimeout, .readWithoutTimeout:
             // client_timeout stays armed as the read timeout; while a response is owed the machine ignores it
             // (`clientTimedOut` answers `.resumeReading`). That saves a timer update per request.
@@ -95,20 +90,20 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .readNextHead:
             // A full client_timeout of idleness from the end of this response, not from the last read: else the
             // idle timeout could fire while the response just queued is still unsent.
-            mtls_bufferevent_set_timeouts_ms(client.bev, runtime.config.proxy.clientTimeout.milliseconds, 0)
+            client.setReadTimeout(millis: runtime.config.proxy.clientTimeout.milliseconds)
             readHeads()
         case .answerRequestTimeout(let why):
             answerRequestTimeout(why)
         case .answerError:
             preconditionFailure("answerError is handled where the error is known")
         case .closeAfterFlush:
-            bufferevent_disable(client.bev, Int16(EV_READ))
-            bufferevent_setwatermark(client.bev, Int16(EV_WRITE), 0, 0)
+            client.disableRead()
+            client.setWriteLowWatermark(0)
             continueFlush()
         case .linger(let until):
             evbuffer_drain(input, evbuffer_get_length(input))
-            mtls_bufferevent_set_timeouts_ms(client.bev, 0, 0)
-            bufferevent_enable(client.bev, Int16(EV_READ))
+            client.setReadTimeout(millis: 0)
+            client.enableRead()
             armTimer(inMillis: until - monotonicMillis())
         case .abort(let reset):
             teardown(reset: reset)
@@ -169,7 +164,14 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     // MARK: client events
 
-    override func readable(_ bev: OpaquePointer) {
+    override func streamReadable(_ stream: SocketStream) { clientReadable() }
+    override func streamWritable(_ stream: SocketStream) { clientWritable() }
+    override func streamEvent(_ stream: SocketStream, _ what: Int16) { clientEvent(what, filter: nil) }
+    override func readable(_ bev: OpaquePointer) { clientReadable() }
+    override func writable(_ bev: OpaquePointer) { clientWritable() }
+    override func event(_ bev: OpaquePointer, _ what: Int16) { clientEvent(what, filter: bev) }
+
+    private func clientReadable() {
         switch machine.state {
         case .awaitingHead: readHeads()
         case .exchanging: pumpRequestBody()
@@ -179,7 +181,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
-    override func writable(_ bev: OpaquePointer) {
+    private func clientWritable() {
         switch machine.state {
         case .closing(.flushing):
             continueFlush()
@@ -202,11 +204,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         perform(machine.timerFired())
     }
 
-    override func event(_ bev: OpaquePointer, _ what: Int16) {
+    /// `filter`: the bufferevent that reported it, when the client's side is one (interception).
+    private func clientEvent(_ what: Int16, filter bev: OpaquePointer?) {
         let flags = Int32(what)
         // The TLS filter of an intercepted tunnel reports its completed handshake; nothing to do.
         if flags & BEV_EVENT_CONNECTED != 0 { return }
-        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead,
+        if case .intercepted(let host, _) = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, let bev,
            let why = OpenedTunnel.clientTLSFailure(bev) {
             worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
@@ -394,7 +397,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 break
             case .destinationFull:
                 clientReadPaused = true
-                bufferevent_disable(client.bev, Int16(EV_READ))
+                client.disableRead()
             case .complete:
                 perform(machine.requestBodyComplete())
             }
@@ -425,7 +428,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     func upstreamWritable(_ upstream: UpstreamConnection) {
         if clientReadPaused && evbuffer_get_length(upstream.output) <= Worker.writeLowWatermark {
             clientReadPaused = false
-            bufferevent_enable(client.bev, Int16(EV_READ))
+            client.enableRead()
             pumpRequestBody()
         }
     }
@@ -632,6 +635,11 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     /// Hands the client's side and `other` to a relay; the access record is written when it ends.
     private func startRelay(with other: Endpoint, idleTimeout: TimeSpan) {
         machine.relayStarted()
+        guard client.makeBufferevent(base: worker.base) else {
+            other.free(reset: true)
+            teardown(reset: true)
+            return
+        }
         mtls_bufferevent_set_timeouts_ms(client.bev, 0, 0)
         if let timer {
             event_free(timer)
@@ -673,7 +681,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func dialTunnel(host: String, port: Int, match: RouteMatch) {
         machine.tunnelDialling()
-        bufferevent_disable(client.bev, Int16(EV_READ))
+        client.disableRead()
         dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
                               timeout: match.timeouts.connect) {
             [unowned self] outcome in

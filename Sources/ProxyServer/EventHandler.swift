@@ -1,13 +1,17 @@
 import CEventTLS
 
 /// Whatever receives libevent callbacks (client and upstream connections, relays): one set of C trampolines for
-/// all, each passing its receiver unretained. The receiver must outlive its bufferevents and timers, or clear
-/// them first.
+/// all, each passing its receiver unretained. The receiver must outlive its bufferevents, streams and timers, or
+/// clear them first.
 class EventHandler {
     func readable(_ bev: OpaquePointer) {}
     func writable(_ bev: OpaquePointer) {}
     func event(_ bev: OpaquePointer, _ what: Int16) {}
     func timerFired() {}
+    /// A `SocketStream`'s callbacks: the same as a bufferevent's, with the same `BEV_EVENT_*` flags.
+    func streamReadable(_ stream: SocketStream) {}
+    func streamWritable(_ stream: SocketStream) {}
+    func streamEvent(_ stream: SocketStream, _ what: Int16) {}
 
     final var callbackArgument: UnsafeMutableRawPointer { Unmanaged.passUnretained(self).toOpaque() }
 

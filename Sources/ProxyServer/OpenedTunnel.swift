@@ -36,6 +36,10 @@ struct OpenedTunnel {
     /// Puts a TLS filter with a session of the minted leaf over the client's socket; false when it cannot.
     func startTLS(on client: inout Endpoint, base: OpaquePointer) -> Bool {
         guard let session = interception?.makeSession() else { return false }
+        guard client.makeBufferevent(base: base) else {
+            session.discard()
+            return false
+        }
         let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
         guard let filter = session.makeServerFilter(base: base, over: client.bev, options: options) else {
             session.discard()

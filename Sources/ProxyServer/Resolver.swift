@@ -33,10 +33,19 @@ final class UpstreamResolver {
     /// pending; cancel it before freeing `bev`.
     static func dial(_ bev: OpaquePointer, dns: OpaquePointer, host: String, port: Int, connect: HostPort?,
                      allowPrivate: Bool, failed: @escaping (DialFailure) -> Void) -> UpstreamResolver? {
+        dial(dns: dns, host: host, port: port, connect: connect, allowPrivate: allowPrivate, failed: failed) { address in
+            address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) == 0 ? 0 : mtls_errno()
+        }
+    }
+
+    /// The same, with `start` starting the connect to the address chosen: it returns 0, or the errno of a
+    /// connect that failed at once.
+    static func dial(dns: OpaquePointer, host: String, port: Int, connect: HostPort?, allowPrivate: Bool,
+                     failed: @escaping (DialFailure) -> Void,
+                     start: @escaping (SocketAddress) -> Int32) -> UpstreamResolver? {
         func connectTo(_ address: SocketAddress) {
-            if address.withSockaddr({ bufferevent_socket_connect(bev, $0, Int32($1)) }) != 0 {
-                failed(.socket(errno: mtls_errno()))
-            }
+            let e = start(address)
+            if e != 0 { failed(.socket(errno: e)) }
         }
         if let connect {
             guard let address = SocketAddress(connect) else {

@@ -23,8 +23,8 @@ struct PoolKey: Hashable {
     var context: ObjectIdentifier
 }
 
-/// One TLS connection to an upstream server, on a libevent OpenSSL bufferevent. The libevent side lives here;
-/// everything asked of OpenSSL goes through its `UpstreamTLSSession` (module `TLS`).
+/// One TLS connection to an upstream server: a non-blocking connect, the handshake, then a `SocketStream` over
+/// the socket for the exchanges. Everything asked of OpenSSL goes through its `UpstreamTLSSession` (module `TLS`).
 final class UpstreamConnection: EventHandler {
     enum State { case connecting, ready, closed }
 
@@ -46,10 +46,16 @@ final class UpstreamConnection: EventHandler {
     let context: ClientTLSContext
     unowned let worker: Worker
     weak var delegate: UpstreamConnectionDelegate?
-    private(set) var bev: OpaquePointer?
-    /// The TLS side, from `start` until the connection closes or hands its bufferevent over.
+    /// The exchanges' bytes: queued from the start (the request head waits here while the connection is made),
+    /// written once the handshake is done.
+    private let stream: SocketStream
+    /// The TLS side, from `start` until the connection closes or hands its socket over.
     private var tls: UpstreamTLSSession?
     private(set) var state: State = .connecting
+    /// The socket while it connects and runs the handshake; the stream has it after.
+    private var connectingFD: Int32 = -1
+    /// Waits on the socket during the connect and the handshake.
+    private var handshakeEvent: OpaquePointer?
     private var connectTimer: OpaquePointer?
     private var resolver: UpstreamResolver?
     /// A failure found while starting, delivered from the loop once the caller has attached.
@@ -74,10 +80,11 @@ final class UpstreamConnection: EventHandler {
         self.key = key
         self.context = context
         self.worker = worker
+        self.stream = SocketStream(flusher: worker.flusher)
     }
 
-    var input: OpaquePointer { bufferevent_get_input(bev!) }
-    var output: OpaquePointer { bufferevent_get_output(bev!) }
+    var input: OpaquePointer { stream.input }
+    var output: OpaquePointer { stream.output }
 
     /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
     func start(connectTimeout: TimeSpan, allowPrivate: Bool) -> Bool {
@@ -85,27 +92,101 @@ final class UpstreamConnection: EventHandler {
         let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns")"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
-        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let bev = tls.makeSocketBufferevent(base: worker.base, options: options) else { return false }
         self.tls = tls
-        self.bev = bev
-        setCallbacks(bev)
-        bufferevent_setwatermark(bev, Int16(EV_READ), 0, Worker.readHighWatermark)
-        bufferevent_setwatermark(bev, Int16(EV_WRITE), Worker.writeLowWatermark, 0)
-        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        stream.owner = self
+        stream.readHighWatermark = Worker.readHighWatermark
+        stream.writeLowWatermark = Worker.writeLowWatermark
+        stream.enableRead()
         connectStartedMicros = monotonicMicros()
         connectTimer = makeTimer(base: worker.base)
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
-        resolver = UpstreamResolver.dial(bev, dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
-                                         allowPrivate: allowPrivate) { [weak self] failure in
+        resolver = UpstreamResolver.dial(dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
+                                         allowPrivate: allowPrivate, failed: { [weak self] failure in
             switch failure {
             case .socket(let e): self?.deferEvent(.error(errno: e, tls: [], dnsError: 0))
             case .dns(let code): self?.deferEvent(.error(errno: 0, tls: [], dnsError: code))
             case .prohibited(let address, let reason): self?.deferEvent(.prohibited(address: address, reason: reason))
             }
-        }
+        }, start: { [weak self] address in
+            self?.connect(to: address) ?? ECANCELED
+        })
         return true
+    }
+
+    /// Starts a non-blocking connect; 0, or the errno of a connect refused at once.
+    private func connect(to address: SocketAddress) -> Int32 {
+        guard state == .connecting, connectingFD < 0 else { return EALREADY }
+        let family = Int32(address.storage.ss_family)
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue | SOCK_NONBLOCK.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return errno }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        if rc != 0 && errno != EINPROGRESS {
+            let e = errno
+            Glibc.close(fd)
+            return e
+        }
+        connectingFD = fd
+        wait(for: EV_WRITE)  // the connect completes (or fails) when the socket turns writable
+        return 0
+    }
+
+    private func wait(for what: Int32) {
+        if let handshakeEvent { event_free(handshakeEvent) }
+        handshakeEvent = event_new(worker.base, connectingFD, Int16(what), upstreamHandshakeCallback,
+                                   Unmanaged.passUnretained(self).toOpaque())
+        event_add(handshakeEvent, nil)
+    }
+
+    fileprivate func socketReady() {
+        guard state == .connecting, let tls else { return }
+        if !attachedSocket {
+            // The connect finished: did it succeed?
+            var e: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(connectingFD, SOL_SOCKET, SO_ERROR, &e, &length)
+            if e != 0 {
+                deliver(.error(errno: e, tls: [], dnsError: 0))
+                return
+            }
+            guard tls.attach(socket: connectingFD) else {
+                deliver(.error(errno: 0, tls: OpenSSLErrors.drain(), dnsError: 0))
+                return
+            }
+            attachedSocket = true
+        }
+        switch tls.handshake() {
+        case .wantRead: wait(for: EV_READ)
+        case .wantWrite: wait(for: EV_WRITE)
+        case .done: handshakeDone()
+        case .closed: deliver(.eof(closeNotify: false))
+        case .failed(let e, let errors): deliver(.error(errno: e, tls: errors, dnsError: 0))
+        }
+    }
+    private var attachedSocket = false
+
+    private func handshakeDone() {
+        guard let tls else { return }
+        if let timer = connectTimer {
+            event_free(timer)
+            connectTimer = nil
+        }
+        if let handshakeEvent {
+            event_free(handshakeEvent)
+            self.handshakeEvent = nil
+        }
+        state = .ready
+        handshakeCompleted = true
+        tlsVersion = tls.version
+        cipher = tls.cipher
+        connectedMicros = monotonicMicros()
+        tls.startDirectIO()
+        let fd = connectingFD
+        connectingFD = -1
+        stream.activate(fd: fd, transport: .tls(tls), base: worker.base)
+        delegate?.upstreamConnected(self)
     }
 
     /// Reports `event` from the event loop, never from inside `start`, where the caller is not attached yet.
@@ -132,13 +213,11 @@ final class UpstreamConnection: EventHandler {
     }
 
     func setReadTimeout(_ span: TimeSpan?) {
-        guard let bev else { return }
-        mtls_bufferevent_set_timeouts_ms(bev, span?.milliseconds ?? 0, 0)
+        stream.setReadTimeout(millis: span?.milliseconds ?? 0)
     }
 
     func enableRead(_ on: Bool) {
-        guard let bev else { return }
-        if on { bufferevent_enable(bev, Int16(EV_READ)) } else { bufferevent_disable(bev, Int16(EV_READ)) }
+        if on { stream.enableRead() } else { stream.disableRead() }
     }
 
     static let connectErrnos: Set<Int32> = [ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, ECONNRESET, EADDRNOTAVAIL]
@@ -166,14 +245,15 @@ final class UpstreamConnection: EventHandler {
             verifyResult: 0, verifyMessage: "", errors: errors, socketErrno: errno, closed: closed)
     }
 
-    /// Hands the bufferevent (and its TLS connection) over to a `Relay`, after `101 Switching Protocols`.
-    /// The connection is closed as far as the pool and the worker are concerned.
+    /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent
+    /// OpenSSL bufferevent holding whatever was read or queued and not yet used. The connection is closed as far
+    /// as the pool and the worker are concerned.
     func detach() -> Endpoint? {
-        guard state == .ready, let bev, let session = tls?.handOver() else { return nil }
-        self.bev = nil
+        guard state == .ready, let tls, stream.fd >= 0 else { return nil }
+        guard let (bev, session) = tls.handOver(base: worker.base, fd: stream.fd, pending: stream.input) else { return nil }
+        _ = stream.releaseSocket()
         self.tls = nil
-        bufferevent_setcb(bev, nil, nil, nil, nil)
-        mtls_bufferevent_set_timeouts_ms(bev, 0, 0)
+        Endpoint.move(input: stream.input, output: stream.output, to: bev)
         close()
         return Endpoint(bev: bev, tls: session)
     }
@@ -192,67 +272,40 @@ final class UpstreamConnection: EventHandler {
             event_free(timer)
             deferredTimer = nil
         }
+        if let handshakeEvent {
+            event_free(handshakeEvent)
+            self.handshakeEvent = nil
+        }
         resolver?.cancel()
         resolver = nil
-        if let bev {
-            bufferevent_setcb(bev, nil, nil, nil, nil)
-            // The SSL may outlive this object inside libevent for a moment: it keeps no pointer to us. A clean
-            // close_notify where possible; the bufferevent frees the SSL.
-            tls?.release(sendCloseNotify: handshakeCompleted)
-            bufferevent_free(bev)
-            self.bev = nil
-            self.tls = nil
+        // A clean close_notify where the handshake completed; then the socket.
+        tls?.release(sendCloseNotify: handshakeCompleted)
+        tls = nil
+        stream.close()
+        if connectingFD >= 0 {
+            Glibc.close(connectingFD)
+            connectingFD = -1
         }
         worker.upstreamClosed(self)
     }
 
-    override func readable(_ bev: OpaquePointer) {
+    override func streamReadable(_ stream: SocketStream) {
         delegate?.upstreamReadable(self)
     }
 
-    override func writable(_ bev: OpaquePointer) {
+    override func streamWritable(_ stream: SocketStream) {
         delegate?.upstreamWritable(self)
     }
 
-    override func event(_ bev: OpaquePointer, _ what: Int16) {
+    override func streamEvent(_ stream: SocketStream, _ what: Int16) {
         let flags = Int32(what)
-        if flags & BEV_EVENT_CONNECTED != 0 {
-            if let timer = connectTimer {
-                event_free(timer)
-                connectTimer = nil
-            }
-            state = .ready
-            handshakeCompleted = true
-            tlsVersion = tls?.version
-            cipher = tls?.cipher
-            connectedMicros = monotonicMicros()
-            delegate?.upstreamConnected(self)
-            return
-        }
-        let event: Event
         if flags & BEV_EVENT_TIMEOUT != 0 {
-            event = .readTimeout
-        } else if flags & BEV_EVENT_ERROR != 0 {
-            let errors = OpenSSLErrors.drain(bufferevent: bev)
-            let dns = bufferevent_socket_get_dns_error(bev)
-            let real = errors.filter { !$0.isPseudo }
-            if dns == 0 && !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) {
-                // OpenSSL 3 reports a close without close_notify as an error; libevent 2.1 passes it on as one.
-                // It is an end of stream without close_notify: the HTTP framing tells whether anything was cut short.
-                event = .eof(closeNotify: false)
-            } else {
-                event = .error(errno: mtls_errno(), tls: errors, dnsError: dns)
-            }
+            deliver(.readTimeout)
+        } else if flags & BEV_EVENT_EOF != 0 {
+            deliver(.eof(closeNotify: tls?.receivedCloseNotify ?? false))
         } else {
-            // libevent reports a failed TCP connect under the TLS bufferevent as EOF, with errno set.
-            let e = mtls_errno()
-            if !handshakeCompleted && serverBytesRead == 0 && Self.connectErrnos.contains(e) {
-                event = .error(errno: e, tls: [], dnsError: 0)
-            } else {
-                event = .eof(closeNotify: tls?.receivedCloseNotify ?? false)
-            }
+            deliver(.error(errno: stream.lastErrno, tls: stream.lastTLSErrors, dnsError: 0))
         }
-        deliver(event)
     }
 
     /// The connect timer: connect plus handshake did not finish in time.
@@ -271,4 +324,10 @@ final class UpstreamConnection: EventHandler {
             close()
         }
     }
+}
+
+private func upstreamHandshakeCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    guard let ctx else { return }
+    let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx).takeUnretainedValue()
+    withExtendedLifetime(upstream) { upstream.socketReady() }
 }

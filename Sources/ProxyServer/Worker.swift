@@ -37,6 +37,8 @@ final class Worker: @unchecked Sendable {
     private var tickEvent: OpaquePointer?
     private var drainTimer: OpaquePointer?
     let pool = UpstreamPool()
+    /// Writes what the connections queued, at the end of each loop iteration.
+    private(set) var flusher: StreamFlusher!
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
     private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
     private(set) var draining = false
@@ -66,6 +68,7 @@ final class Worker: @unchecked Sendable {
         guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
         self.base = base
         self.accessLog = AccessLogWriter(log: accessLog, base: base)
+        self.flusher = StreamFlusher(base: base)
         // Nameservers from the config or /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf
         // still gets a resolver that answers from /etc/hosts and numeric names.
         let nameservers = runtime.config.upstream.nameservers
@@ -138,6 +141,7 @@ final class Worker: @unchecked Sendable {
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
         accessLog.detach()
+        flusher.free()
         evdns_base_free(dns, 0)
         event_base_free(base)
     }
@@ -315,13 +319,8 @@ final class Worker: @unchecked Sendable {
         }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
-        guard let bev = bufferevent_socket_new(base, fd, options) else {
-            connections.decrement()
-            close(fd)
-            return
-        }
-        let client = ClientConnection(worker: self, bev: bev, peer: peerText, kind: kind)
+        let stream = SocketStream(fd: fd, flusher: flusher, base: base)
+        let client = ClientConnection(worker: self, stream: stream, peer: peerText, kind: kind)
         clients[ObjectIdentifier(client)] = client
         metrics.shared.activeClients.increment()
         client.start()

@@ -5,9 +5,9 @@ import Glibc
 
 /// The TLS client side of one connection to an upstream: the SSL object (SNI, hostname or IP verification,
 /// the context's client certificate), the session it resumes and the ones it stores, when its handshake began,
-/// and what OpenSSL says about it. It owns the SSL until a bufferevent takes it over
-/// (`makeSocketBufferevent`); from then on the bufferevent frees the SSL, and this object only reads it, until
-/// `release` or `handOver` cuts the SSL's ties to it.
+/// what OpenSSL says about it, and the proxy's handshake, reads and writes over a socket (`attach`,
+/// `handshake`, `read`, `write`). It owns the SSL from start to end: it is freed by `release` or with this
+/// object, unless `handOver` gave it to a relay's bufferevent first. The socket is the caller's.
 ///
 /// OpenSSL's callbacks (handshake start, new session) find this object through the SSL's ex_data, under an
 /// index from `SSL_get_ex_new_index`; the pointer is unretained, so it is cleared before this object can go.
@@ -19,8 +19,6 @@ public final class UpstreamTLSSession {
     let sessionKey: String
     /// nil once released or handed over.
     private var ssl: OpaquePointer?
-    /// Whether a bufferevent owns the SSL (and frees it).
-    private var owned = false
     /// When OpenSSL began the handshake (CLOCK_MONOTONIC, µs), that is when the TCP connection was up; 0 before.
     public private(set) var handshakeStartedMicros = 0
 
@@ -42,26 +40,115 @@ public final class UpstreamTLSSession {
     }
 
     deinit {
-        // An SSL no bufferevent took over is still ours.
-        if let ssl, !owned {
-            SSL_set_ex_data(ssl, Self.exDataIndex, nil)
+        if let ssl {
+            cutTies(ssl)
             SSL_free(ssl)
         }
     }
 
-    /// A libevent OpenSSL bufferevent that will connect the TLS client over a socket set later (-1 for now),
-    /// and that owns the SSL from here on (with `BEV_OPT_CLOSE_ON_FREE` in `options`, it frees it). A close
-    /// without close_notify is passed up as an error, which `OpenSSLErrors.drain(bufferevent:)` then shows as
-    /// unexpected EOF. nil if libevent cannot make it; the SSL is then freed with this object.
-    ///
-    /// It is made here, not in the proxy's connection code, because it is the hand-over of the SSL's ownership.
-    public func makeSocketBufferevent(base: OpaquePointer, options: Int32) -> OpaquePointer? {
-        guard let ssl, !owned,
-              let bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, options)
-        else { return nil }
-        owned = true
+    /// Runs the TLS client over `fd`, a connected socket the caller owns and closes after `release`.
+    public func attach(socket fd: Int32) -> Bool {
+        guard let ssl else { return false }
+        return SSL_set_fd(ssl, fd) == 1
+    }
+
+    /// One step of the handshake; call again when the socket is ready as `TLSHandshakeStep` says.
+    public func handshake() -> TLSHandshakeStep {
+        guard let ssl else { return .failed(errno: EBADF, errors: []) }
+        ERR_clear_error()
+        let r = SSL_connect(ssl)
+        if r == 1 { return .done }
+        let e = errno
+        switch SSL_get_error(ssl, r) {
+        case SSL_ERROR_WANT_READ: return .wantRead
+        case SSL_ERROR_WANT_WRITE: return .wantWrite
+        case SSL_ERROR_ZERO_RETURN: return .closed
+        case SSL_ERROR_SYSCALL:
+            let errors = OpenSSLErrors.drain()
+            if e == 0 && errors.isEmpty { return .closed }
+            return .failed(errno: e, errors: errors)
+        default:
+            let errors = OpenSSLErrors.drain()
+            let real = errors.filter { !$0.isPseudo }
+            if !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) { return .closed }
+            return .failed(errno: 0, errors: errors)
+        }
+    }
+
+    // MARK: the proxy's own reads and writes, after the handshake
+
+    /// After the handshake: read-ahead lets one `read(2)` take a whole record, or several; writes may complete
+    /// partly, from a buffer that moves.
+    public func startDirectIO() {
+        guard let ssl else { return }
+        mtls_SSL_set_direct_io_modes(ssl)
+    }
+
+    /// Decrypted bytes, or records not yet decrypted, that OpenSSL holds: read again before waiting on the socket.
+    public var hasBufferedInput: Bool {
+        guard let ssl else { return false }
+        return SSL_has_pending(ssl) == 1
+    }
+
+    /// Reads plaintext into `buffer`.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int) -> TLSTransfer {
+        guard let ssl else { return .failed(errno: EBADF, errors: []) }
+        ERR_clear_error()
+        let r = SSL_read(ssl, buffer, Int32(min(count, Int(Int32.max))))
+        if r > 0 { return .bytes(Int(r)) }
+        return Self.outcome(ssl, r)
+    }
+
+    /// Writes plaintext from `buffer` (partly, possibly: the count says how much went).
+    public func write(_ buffer: UnsafeRawPointer, count: Int) -> TLSTransfer {
+        guard let ssl else { return .failed(errno: EBADF, errors: []) }
+        ERR_clear_error()
+        let r = SSL_write(ssl, buffer, Int32(min(count, Int(Int32.max))))
+        if r > 0 { return .bytes(Int(r)) }
+        return Self.outcome(ssl, r)
+    }
+
+    private static func outcome(_ ssl: OpaquePointer, _ r: Int32) -> TLSTransfer {
+        let e = errno
+        switch SSL_get_error(ssl, r) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return .wouldBlock
+        case SSL_ERROR_ZERO_RETURN:
+            return .closed(closeNotify: true)
+        case SSL_ERROR_SYSCALL:
+            let errors = OpenSSLErrors.drain()
+            if e == 0 && errors.isEmpty { return .closed(closeNotify: false) }
+            return .failed(errno: e, errors: errors)
+        default:
+            let errors = OpenSSLErrors.drain()
+            let real = errors.filter { !$0.isPseudo }
+            // OpenSSL 3 reports a close without close_notify as an error: an end of stream that may be a
+            // truncation, which the HTTP framing judges.
+            if !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) { return .closed(closeNotify: false) }
+            return .failed(errno: 0, errors: errors)
+        }
+    }
+
+    /// Hands the SSL, after its handshake, to a libevent OpenSSL bufferevent over `fd` (a relay after
+    /// `101 Switching Protocols`), which owns both from then on. Plaintext OpenSSL already decrypted or buffered
+    /// is first read into `pending`, because the bufferevent would not look for it until the socket is readable.
+    /// nil if libevent cannot make it (the SSL is then still this object's).
+    public func handOver(base: OpaquePointer, fd: Int32, pending: OpaquePointer) -> (bufferevent: OpaquePointer, session: TLSSession)? {
+        guard let ssl else { return nil }
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while SSL_has_pending(ssl) == 1 {
+            ERR_clear_error()
+            let r = chunk.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress, Int32($0.count)) }
+            guard r > 0 else { _ = OpenSSLErrors.drain(); break }
+            chunk.withUnsafeBytes { _ = evbuffer_add(pending, $0.baseAddress, Int(r)) }
+        }
+        SSL_set_read_ahead(ssl, 0)
+        let options = Int32(BEV_OPT_CLOSE_ON_FREE.rawValue | BEV_OPT_DEFER_CALLBACKS.rawValue)
+        guard let bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_OPEN, options) else { return nil }
         bufferevent_openssl_set_allow_dirty_shutdown(bev, 1)
-        return bev
+        cutTies(ssl)
+        self.ssl = nil
+        return (bev, TLSSession(ssl: ssl, context: context))
     }
 
     /// Bytes received from the server so far; 0 means it never answered the TCP connect or the ClientHello.
@@ -113,25 +200,19 @@ public final class UpstreamTLSSession {
             errors: errors, socketErrno: errno, closed: closed)
     }
 
-    /// Gives the SSL over as a plain `TLSSession` (for a relay after an upgrade); this object lets go of it.
-    public func handOver() -> TLSSession? {
-        guard let ssl else { return nil }
-        cutTies(ssl)
-        self.ssl = nil
-        return TLSSession(ssl: ssl, context: context)
-    }
-
-    /// Lets go of the SSL before its bufferevent is freed; it may outlive this object inside libevent for a
-    /// moment, so it keeps no pointer to it. With `sendCloseNotify` (a connection whose handshake completed),
-    /// a close_notify goes out where possible.
+    /// Frees the SSL, after a close_notify where possible when `sendCloseNotify` (a connection whose handshake
+    /// completed). The caller closes the socket after.
     public func release(sendCloseNotify: Bool) {
         guard let ssl else { return }
+        self.ssl = nil
         cutTies(ssl)
         if sendCloseNotify {
+            ERR_clear_error()
             SSL_set_shutdown(ssl, SSL_RECEIVED_SHUTDOWN)
             SSL_shutdown(ssl)
+            _ = OpenSSLErrors.drain()
         }
-        if owned { self.ssl = nil }
+        SSL_free(ssl)
     }
 
     private func cutTies(_ ssl: OpaquePointer) {
@@ -158,6 +239,26 @@ public final class UpstreamTLSSession {
         owner.context.storeSession(session, sessionKey: owner.sessionKey)
         return true
     }
+}
+
+/// Where a handshake stands after one step.
+public enum TLSHandshakeStep {
+    case done
+    case wantRead
+    case wantWrite
+    /// The server closed the connection during the handshake.
+    case closed
+    case failed(errno: Int32, errors: [OpenSSLErrorEntry])
+}
+
+/// What one read or write on an upstream TLS connection came to.
+public enum TLSTransfer {
+    case bytes(Int)
+    /// Nothing more until the socket is ready again.
+    case wouldBlock
+    /// The server ended the stream: with close_notify, or without (a FIN alone, possibly a truncation).
+    case closed(closeNotify: Bool)
+    case failed(errno: Int32, errors: [OpenSSLErrorEntry])
 }
 
 /// OpenSSL's info callback: notes when the handshake began (the access log's TCP and TLS timings).
