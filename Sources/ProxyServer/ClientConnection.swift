@@ -20,21 +20,44 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     /// on it. Reached through pointers, they skip the dynamic exclusivity checks Swift makes on class properties
     /// (measured at about 1,500 instructions per request); nothing outside this class sees them.
     private let machineStorage: UnsafeMutablePointer<ConnectionStateMachine<SystemClock>>
-    private let exchangeStorage: UnsafeMutablePointer<Exchange>
+    /// The exchange's storage, taken from the worker's `ExchangeStore` when a request begins and given back when
+    /// the connection goes idle: an idle connection holds none.
+    private var exchangeStorage: UnsafeMutablePointer<Exchange>?
     private var machine: ConnectionStateMachine<SystemClock> {
         unsafeAddress { UnsafePointer(machineStorage) }
         unsafeMutableAddress { machineStorage }
     }
     private var exchange: Exchange {
-        unsafeAddress { UnsafePointer(exchangeStorage) }
-        unsafeMutableAddress { exchangeStorage }
+        unsafeAddress { UnsafePointer(exchangePointer) }
+        unsafeMutableAddress { exchangePointer }
+    }
+    private var exchangePointer: UnsafeMutablePointer<Exchange> {
+        if let exchangeStorage { return exchangeStorage }
+        let storage = worker.exchanges.take()
+        exchangeStorage = storage
+        return storage
+    }
+    /// Idle: the finished exchange's storage goes back to the worker.
+    private func releaseExchange() {
+        guard let exchangeStorage else { return }
+        self.exchangeStorage = nil
+        worker.exchanges.give(exchangeStorage)
     }
     private var upstream: UpstreamConnection?
     /// A tunnel or an upgraded connection: both sides belong to it.
     private var relay: Relay?
     private var dialer: TunnelDialer?
     /// A tunnel answered 200 whose first bytes have not yet said how it is served.
-    private var openedTunnel: OpenedTunnel?
+    private var openedTunnel: OpenedTunnel? {
+        get { openedTunnelSlot?.value }
+        set { openedTunnelSlot = newValue.map(OpenedTunnelSlot.init) }
+    }
+    /// Boxed: most connections never open a tunnel, and an idle connection should not carry its room.
+    private var openedTunnelSlot: OpenedTunnelSlot?
+    private final class OpenedTunnelSlot {
+        let value: OpenedTunnel
+        init(_ value: OpenedTunnel) { self.value = value }
+    }
     /// The connection's one timer: the head deadline, the flush poll under a TLS filter, the linger deadline.
     private var timer: OpaquePointer?
     /// How far the search for the end of the request head has got (the head is drained only when complete).
@@ -54,15 +77,15 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         machineStorage.initialize(to: ConnectionStateMachine(clock: SystemClock(),
                                                              headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds,
                                                              clientTimeoutMillis: worker.runtime.config.proxy.clientTimeout.milliseconds))
-        exchangeStorage = .allocate(capacity: 1)
-        exchangeStorage.initialize(to: Exchange())
     }
 
     deinit {
         machineStorage.deinitialize(count: 1)
         machineStorage.deallocate()
-        exchangeStorage.deinitialize(count: 1)
-        exchangeStorage.deallocate()
+        if let exchangeStorage {
+            exchangeStorage.deinitialize(count: 1)
+            exchangeStorage.deallocate()
+        }
     }
 
     private var input: OpaquePointer { client.input }
@@ -148,6 +171,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         } else {
             client.free(reset: reset)
         }
+        releaseExchange()
         worker.clientClosed(self)
     }
 
@@ -223,7 +247,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         } else {
             action = machine.clientError()
         }
-        if case .abort = action, exchange.isRecording {
+        if case .abort = action, exchangeStorage != nil, exchange.isRecording {
             // The client went away (or stalled past the timeout) mid-exchange: nothing more can be delivered.
             if exchange.record.status == 0 { exchange.record.status = 499 }
             finishRecord(proxyStatus: dialer != nil ? "client closed the connection before the tunnel was open"
@@ -242,7 +266,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         defer { parsingHeads = false }
         while machine.isAwaitingHead && !finished {
             let available = evbuffer_get_length(input)
-            guard available > 0 else { return }
+            guard available > 0 else {
+                releaseExchange()  // idle: nothing of a request is here
+                return
+            }
+            // Storage taken from the worker for this head is empty already (emptied when given back).
+            let freshStorage = exchangeStorage == nil
             let limit = runtime.limits.maxHeadBytes
             let window = min(available, limit + 4)
             guard let bytes = evbuffer_pullup(input, window) else { return }
@@ -267,7 +296,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 return
             }
             evbuffer_drain(input, headLength)
-            startExchange(head)
+            startExchange(head, freshStorage: freshStorage)
         }
     }
 
@@ -309,8 +338,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
-    private func startExchange(_ head: RequestHead) {
-        exchange = Exchange()
+    private func startExchange(_ head: RequestHead, freshStorage: Bool) {
+        if !freshStorage { exchange = Exchange() }
         exchange.request = head
         startRecord(method: head.method, target: nil)
         let framing = Result { try BodyFraming.forRequest(head) }
@@ -654,6 +683,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             self.machine.relayEnded()
             if !self.finished {
                 self.finished = true
+                self.releaseExchange()
                 self.worker.clientClosed(self)
             }
         }

@@ -5,7 +5,8 @@ import Glibc
 #endif
 
 /// A socket the proxy drives itself, plain or TLS (an upstream connection after its handshake): an input and an
-/// output evbuffer, one persistent read event and one write event, and nothing else. It does what a libevent
+/// output evbuffer, one persistent read event, a write event made the first time the kernel would block, and
+/// nothing else. It does what a libevent
 /// bufferevent does for the data path, with fewer system calls per exchange:
 /// - output is written at the end of the loop iteration that queued it (`StreamFlusher`), straight to the
 ///   socket; `EV_WRITE` is armed only when the kernel would block, so an exchange costs no `epoll_ctl`;
@@ -79,7 +80,6 @@ final class SocketStream {
         self.transport = transport
         let me = Unmanaged.passUnretained(self).toOpaque()
         readEvent = event_new(base, fd, Int16(EV_READ | EV_PERSIST), streamReadCallback, me)
-        writeEvent = event_new(base, fd, Int16(EV_WRITE | EV_PERSIST), streamWriteCallback, me)
         if readEnabled { updateReadEvent() }
         if evbuffer_get_length(output) > 0 { scheduleFlush() }
     }
@@ -309,7 +309,13 @@ final class SocketStream {
     }
 
     private func armWrite() {
-        guard !writeArmed, let writeEvent else { return }
+        guard !writeArmed, fd >= 0, let readEvent else { return }
+        if writeEvent == nil {
+            // Made the first time the kernel would block: most connections never need it.
+            writeEvent = event_new(event_get_base(readEvent), fd, Int16(EV_WRITE | EV_PERSIST), streamWriteCallback,
+                                   Unmanaged.passUnretained(self).toOpaque())
+        }
+        guard let writeEvent else { return }
         writeArmed = true
         event_add(writeEvent, nil)
     }

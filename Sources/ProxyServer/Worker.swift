@@ -37,6 +37,8 @@ final class Worker: @unchecked Sendable {
     private var tickEvent: OpaquePointer?
     private var drainTimer: OpaquePointer?
     let pool = UpstreamPool()
+    /// Exchange storage for this worker's connections while they have a request in flight.
+    let exchanges = ExchangeStore()
     /// Writes what the connections queued, at the end of each loop iteration.
     private(set) var flusher: StreamFlusher!
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
@@ -380,7 +382,8 @@ enum ServerError: Error, CustomStringConvertible {
 }
 
 /// What a listening socket serves: forward-proxy requests (absolute URLs), or everything to one upstream.
-enum ListenerKind {
+/// Indirect: a connection keeps its kind for its whole life, and the payloads are larger than a pointer.
+indirect enum ListenerKind {
     case forward
     case fixed(FixedListener)
     /// Requests inside an intercepted CONNECT tunnel to this host and port.

@@ -1,0 +1,42 @@
+/// The storage of `Exchange`s for one worker's connections. A connection holds one only while a request is in
+/// flight (from its first byte to the end of its response) and gives it back when it goes idle, so an idle
+/// keep-alive connection holds none; a busy connection takes back the one it gave, at no allocation.
+final class ExchangeStore {
+    private var free: [UnsafeMutablePointer<Exchange>] = []
+    /// Kept for reuse at most; beyond, storage given back is freed.
+    private let keep: Int
+
+    init(keep: Int = 256) {
+        self.keep = keep
+        free.reserveCapacity(keep)
+    }
+
+    deinit {
+        for storage in free {
+            storage.deinitialize(count: 1)
+            storage.deallocate()
+        }
+    }
+
+    /// A fresh `Exchange`.
+    func take() -> UnsafeMutablePointer<Exchange> {
+        if let storage = free.popLast() { return storage }
+        let storage = UnsafeMutablePointer<Exchange>.allocate(capacity: 1)
+        storage.initialize(to: Exchange())
+        return storage
+    }
+
+    /// Gives `storage` back, emptied (what the finished exchange held is released now, not when the connection
+    /// next gets a request).
+    func give(_ storage: UnsafeMutablePointer<Exchange>) {
+        storage.pointee = Exchange()
+        if free.count < keep {
+            free.append(storage)
+        } else {
+            storage.deinitialize(count: 1)
+            storage.deallocate()
+        }
+    }
+
+    var kept: Int { free.count }
+}
