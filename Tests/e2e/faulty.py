@@ -9,7 +9,7 @@
                         server does that times the connection out just as the proxy reuses it)
   anything else         200 "fine", keep-alive
 Options: --max-tls 1.1 to offer only TLS 1.0/1.1; --cert/--key choose the server certificate."""
-import socket, ssl, struct
+import socket, ssl, struct, time
 
 from tlsserver import options, serve_forever
 
@@ -41,7 +41,11 @@ def serve(conn):
             if path == "/close-after-request":
                 return
             if path == "/reset-mid":
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
+                # A reset discards what the kernel has not sent yet: Nagle may still hold the record (the session
+                # tickets sent before it not yet acknowledged). Let it go out first, so that the cut is mid-body.
+                time.sleep(0.3)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             if path == "/truncated-chunked":

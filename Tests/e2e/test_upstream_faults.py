@@ -101,7 +101,7 @@ class BeforeTheResponse(unittest.TestCase):
 class DuringTheResponse(unittest.TestCase):
     def test_reset_in_the_middle_closes_the_client_connection(self):
         rc, out = curl_status("/reset-mid")
-        self.assertNotEqual(rc, 0)  # curl sees a cut-short body
+        self.assertNotEqual(rc, 0, out)  # curl sees a cut-short body
         self.assertTrue(out.startswith("200 "), out)
         self.assertLess(int(out.split()[1]), 100000)
 
