@@ -53,6 +53,9 @@ final class SocketStream {
 
     /// How much one read asks for.
     static let readReserve = 16384
+    /// How much plaintext one readable event takes from a TLS connection: the records one read-ahead of 64 KiB
+    /// brought in.
+    static let tlsReadReserve = 65536
 
     init(flusher: StreamFlusher) {
         self.flusher = flusher
@@ -154,6 +157,7 @@ final class SocketStream {
             return
         }
         var room = Self.readReserve
+        if case .tls = transport { room = Self.tlsReadReserve }
         if readHighWatermark > 0 {
             let held = evbuffer_get_length(input)
             if held >= readHighWatermark {
@@ -184,8 +188,9 @@ final class SocketStream {
         case .tls(let session):
             readLoop: while room > 0 {
                 var vec = iovec()
-                guard evbuffer_reserve_space(input, room, &vec, 1) == 1 else { break }
-                switch session.read(into: vec.iov_base, count: min(vec.iov_len, room)) {
+                let want = min(room, Self.readReserve)  // a record's worth at a time
+                guard evbuffer_reserve_space(input, want, &vec, 1) == 1 else { break }
+                switch session.read(into: vec.iov_base, count: min(vec.iov_len, want)) {
                 case .bytes(let n):
                     vec.iov_len = n
                     evbuffer_commit_space(input, &vec, 1)
