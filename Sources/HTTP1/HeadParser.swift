@@ -88,7 +88,17 @@ public enum HeadParser {
     }
 
     public static func parseRequest(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> RequestHead {
+        var head = RequestHead()
+        try parseRequest(bytes, into: &head, limits: limits)
+        return head
+    }
+
+    /// Parses a complete request head into `head`, reusing its buffers: the head's bytes are copied into them
+    /// once, and the target and every field are offsets over that copy. A head whose buffers are not shared and
+    /// are large enough is refilled without allocating. On a throw, `head` holds nothing usable.
+    public static func parseRequest(_ bytes: UnsafeRawBufferPointer, into head: inout RequestHead, limits: HeadLimits = HeadLimits()) throws {
         var lines = try Lines(bytes, limits: limits)
+        head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidRequestLine }
         // request-line = method SP request-target SP HTTP-version
         guard let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
@@ -103,12 +113,40 @@ public enum HeadParser {
             throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
         }
         let version = try parseVersion(versionBytes)
-        let headers = try parseFields(&lines, limits: limits)
-        return RequestHead(method: ascii(methodBytes), target: ascii(targetBytes), version: version, headers: headers)
+        head.headers.storage.append(contentsOf: bytes)
+        try parseFields(&lines, into: &head.headers, limits: limits)
+        head.method = method(methodBytes)
+        head.version = version
+        head.targetStart = UInt32(targetBytes.startIndex)
+        head.targetEnd = UInt32(targetBytes.endIndex)
+    }
+
+    /// The method as a String: the common ones are literals (nothing to allocate or copy).
+    private static func method(_ bytes: Slice<UnsafeRawBufferPointer>) -> String {
+        let b = bytes.base, s = bytes.startIndex
+        switch bytes.count {
+        case 3:
+            if b[s] == 0x47 && b[s + 1] == 0x45 && b[s + 2] == 0x54 { return "GET" }
+            if b[s] == 0x50 && b[s + 1] == 0x55 && b[s + 2] == 0x54 { return "PUT" }
+        case 4:
+            if b[s] == 0x50 && b[s + 1] == 0x4F && b[s + 2] == 0x53 && b[s + 3] == 0x54 { return "POST" }
+            if b[s] == 0x48 && b[s + 1] == 0x45 && b[s + 2] == 0x41 && b[s + 3] == 0x44 { return "HEAD" }
+        default:
+            break
+        }
+        return ascii(bytes)
     }
 
     public static func parseResponse(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> ResponseHead {
+        var head = ResponseHead()
+        try parseResponse(bytes, into: &head, limits: limits)
+        return head
+    }
+
+    /// Parses a complete response head into `head`, reusing its buffers (see `parseRequest(_:into:limits:)`).
+    public static func parseResponse(_ bytes: UnsafeRawBufferPointer, into head: inout ResponseHead, limits: HeadLimits = HeadLimits()) throws {
         var lines = try Lines(bytes, limits: limits)
+        head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
         // status-line = HTTP-version SP status-code SP [ reason-phrase ]
         guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
@@ -124,15 +162,19 @@ public enum HeadParser {
         guard code.allSatisfy(isDigit) else { throw HTTPParseError.invalidStatusLine }
         let status = code.reduce(0) { $0 * 10 + Int($1 - 0x30) }
         guard status >= 100 else { throw HTTPParseError.invalidStatusLine }
-        var reason = ""
+        var reasonStart = start.endIndex
         if codeStart + 3 < start.endIndex {
             guard start[codeStart + 3] == 0x20 else { throw HTTPParseError.invalidStatusLine }
             let reasonBytes = start[(codeStart + 4)...]
             guard reasonBytes.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidStatusLine }
-            reason = latin1(reasonBytes)
+            reasonStart = reasonBytes.startIndex
         }
-        let headers = try parseFields(&lines, limits: limits)
-        return ResponseHead(version: version, status: status, reason: reason, headers: headers)
+        head.headers.storage.append(contentsOf: bytes)
+        try parseFields(&lines, into: &head.headers, limits: limits)
+        head.version = version
+        head.status = status
+        head.reasonStart = UInt32(reasonStart)
+        head.reasonEnd = UInt32(start.endIndex)
     }
 
     private static func parseVersion(_ bytes: Slice<UnsafeRawBufferPointer>) throws -> HTTPVersion {
@@ -151,13 +193,10 @@ public enum HeadParser {
     }
 
     /// The field lines, each read in one pass over its bytes: the line end, the colon, and whether the name is a
-    /// token and the value is made of field characters (and is ASCII) are found together. Errors are reported
-    /// in the order the checks are listed at the top, for a line that ends in CRLF; an unterminated last line is
-    /// not part of the head.
-    private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
-        var fields: [HTTPField] = []
-        // Reserved once at the number of lines left (the head is complete), not grown field by field.
-        fields.reserveCapacity(min(lines.remainingLineCount(), limits.maxHeaderCount + 1))
+    /// token and the value is made of field characters are found together. Errors are reported in the order the
+    /// checks are listed at the top, for a line that ends in CRLF; an unterminated last line is not part of the
+    /// head. Each field is recorded as offsets: `headers.storage` holds a copy of `lines.bytes` at the same indices.
+    private static func parseFields(_ lines: inout Lines, into headers: inout HTTPHeaders, limits: HeadLimits) throws {
         let bytes = lines.bytes.bindMemory(to: UInt8.self)
         let n = bytes.count
         var p = lines.position
@@ -171,7 +210,6 @@ public enum HeadParser {
             var colon = -1
             var nameIsToken = true
             var valueIsValid = true
-            var valueIsASCII = true
             var lineEnd = -1
             while i + 1 < n {
                 let c = bytes[i]
@@ -181,7 +219,6 @@ public enum HeadParser {
                 }
                 if colon >= 0 {
                     if !isFieldValueChar(c) { valueIsValid = false }
-                    if c >= 0x80 { valueIsASCII = false }
                 } else if c == 0x3A {
                     colon = i
                 } else if !isTokenChar(c) {
@@ -193,7 +230,7 @@ public enum HeadParser {
                 p = n
                 break
             }
-            guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
+            guard headers.spans.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
             if bytes[p] == 0x20 || bytes[p] == 0x09 { throw HTTPParseError.obsoleteLineFolding }
             guard colon >= 0 else { throw HTTPParseError.headerWithoutColon }
             if colon > p, bytes[colon - 1] == 0x20 || bytes[colon - 1] == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
@@ -202,15 +239,14 @@ public enum HeadParser {
             var valueEnd = lineEnd
             while valueStart < valueEnd && (bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09) { valueStart += 1 }
             while valueEnd > valueStart && (bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
-            let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self)
-            guard valueIsValid else { throw HTTPParseError.invalidFieldValue(name: name) }
-            let valueBytes = UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd])
-            let value = valueIsASCII ? String(decoding: valueBytes, as: UTF8.self) : latin1(valueBytes)
-            fields.append(HTTPField(name: name, value: value))
+            guard valueIsValid else {
+                throw HTTPParseError.invalidFieldValue(name: String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self))
+            }
+            headers.spans.append(HTTPHeaders.FieldSpan(nameStart: UInt32(p), nameEnd: UInt32(colon),
+                                                       valueStart: UInt32(valueStart), valueEnd: UInt32(valueEnd)))
             p = lineEnd + 2
         }
         if p + 1 >= n && p < n { p = n }
-        return HTTPHeaders(fields)
     }
 
     /// The CRLF-terminated lines of a complete head, leading empty lines skipped, stopping at the empty line.

@@ -56,12 +56,19 @@ public struct AbsoluteTarget: Sendable, Equatable {
     /// The path is not judged here: `PathNormalizer` decides its canonical form before routing.
     public static func parse(_ target: String) throws -> AbsoluteTarget {
         var text = target
-        // One scan over the target's own bytes: the scheme compared in place, the host lower-cased straight into
-        // its String, the path and query copied once (a String that small is stored inline, without allocating).
-        return try text.withUTF8 { utf8 in
+        return try text.withUTF8 { try parse($0) }
+    }
+
+    /// The same over the target's bytes in place (a parsed head's, see `RequestHead.withTargetBytes`). One scan:
+    /// the scheme compared in place, the host lower-cased straight into its String, the path and query copied
+    /// once (a String that small is stored inline, without allocating).
+    /// `knownHosts` and `recentHost` (the host of the connection's previous request, say) are Strings the host
+    /// may turn out to equal: it is then that String, shared instead of made again.
+    public static func parse(_ utf8: UnsafeBufferPointer<UInt8>, knownHosts: KnownHosts? = nil, recentHost: String? = nil) throws -> AbsoluteTarget {
+        do {
             guard let schemeEnd = findSchemeSeparator(utf8) else {
                 // The target itself is never quoted: its query may carry a secret.
-                if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
+                if utf8.first == 0x2F { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
                 throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
             }
             let schemeBytes = UnsafeBufferPointer(rebasing: utf8[0..<schemeEnd])
@@ -84,7 +91,8 @@ public struct AbsoluteTarget: Sendable, Equatable {
             }
             let rest = UnsafeBufferPointer(rebasing: utf8[authorityEnd...])
             if rest.contains(0x23) { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
-            let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]))
+            let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]), knownHosts: knownHosts,
+                                                  recentHost: recentHost)
             let pathAndQuery: String
             if rest.isEmpty {
                 pathAndQuery = "/"
@@ -118,7 +126,8 @@ public struct AbsoluteTarget: Sendable, Equatable {
         try authority.withUnsafeBufferPointer { try parseAuthority($0) }
     }
 
-    static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>) throws -> (host: String, port: Int?) {
+    static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>, knownHosts: KnownHosts? = nil,
+                               recentHost: String? = nil) throws -> (host: String, port: Int?) {
         if authority.contains(0x40) { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
         var hostBytes: Slice<UnsafeBufferPointer<UInt8>>
@@ -159,6 +168,12 @@ public struct AbsoluteTarget: Sendable, Equatable {
             port = value
         }
         if let canonicalIPv6 { return (canonicalIPv6, port) }
+        // A host the configuration names is handed out as the configuration's own String (nothing allocated).
+        let hostView = UnsafeBufferPointer(rebasing: hostBytes)
+        if var recent = recentHost, recent.withUTF8({ $0.count == hostView.count && bytesEqualIgnoringASCIICase(hostView, $0) }) {
+            return (recent, port)
+        }
+        if let knownHosts, let known = knownHosts.lookUp(hostView) { return (known, port) }
         // Lower-cased straight into the host's storage (no intermediate array).
         let host = String(unsafeUninitializedCapacity: hostBytes.count) { buffer in
             var k = 0
@@ -263,5 +278,60 @@ public enum IPv6Literal {
         case 0x41...0x46: return c - 0x41 + 10
         default: return c - 0x61 + 10
         }
+    }
+}
+
+/// Host names known ahead of any request (the routes' exact hosts, resolved when the configuration is
+/// loaded), so that a request naming one gets the configuration's own String instead of a new one: routing,
+/// the pool key and the access record then share it, and parsing the target allocates nothing for the host.
+public struct KnownHosts: Sendable {
+    private struct Slot: Sendable {
+        var hash: UInt64
+        var host: String
+    }
+    /// Open addressing, a power of two at least twice the number of hosts; nil slots end a probe.
+    private var slots: [Slot?]
+
+    /// `hosts` in canonical form (lower case, no trailing dot); any other spelling could never match.
+    public init<S: Sequence>(_ hosts: S) where S.Element == String {
+        let unique = Array(Set(hosts))
+        var size = 8
+        while size < unique.count * 2 { size *= 2 }
+        slots = Array(repeating: nil, count: size)
+        for host in unique {
+            var copy = host
+            let hash = copy.withUTF8 { Self.hash($0) }
+            var i = Int(truncatingIfNeeded: hash) & (size - 1)
+            while slots[i] != nil { i = (i + 1) & (size - 1) }
+            slots[i] = Slot(hash: hash, host: host)
+        }
+    }
+
+    public init() {
+        slots = []
+    }
+
+    /// FNV-1a over the ASCII-lower-cased bytes.
+    @inline(__always)
+    private static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in bytes { h = (h ^ UInt64(asciiLower(b))) &* 0x0000_0100_0000_01B3 }
+        return h
+    }
+
+    /// The known host equal to `bytes` ignoring ASCII case, if there is one.
+    public func lookUp(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        guard !slots.isEmpty else { return nil }
+        let hash = Self.hash(bytes)
+        let mask = slots.count - 1
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while let slot = slots[i] {
+            if slot.hash == hash {
+                var host = slot.host
+                if host.withUTF8({ $0.count == bytes.count && bytesEqualIgnoringASCIICase(bytes, $0) }) { return slot.host }
+            }
+            i = (i + 1) & mask
+        }
+        return nil
     }
 }

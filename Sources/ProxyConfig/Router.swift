@@ -1,3 +1,5 @@
+import HTTP1
+
 /// The routing decision for one request: which route, or the unmatched policy. Its fields live in one shared,
 /// immutable storage object made when the router is, so handing a decision around per request retains one
 /// reference instead of every string of the route (setting a field makes a new storage: value semantics hold).
@@ -150,6 +152,8 @@ public struct Router: Sendable {
     /// The decision of each route (by position in `routes`) and of the unmatched policy, made once.
     private var routeMatches: [RouteMatch] = []
     private var preparedUnmatched: RouteMatch?
+    /// The routes' exact host names, for request targets to reuse (`AbsoluteTarget.parse(_:knownHosts:)`).
+    public private(set) var knownHosts = KnownHosts()
 
     public init(routes: [Route], unmatched: UnmatchedPolicy, upstream: UpstreamSettings) {
         self.routes = routes
@@ -166,6 +170,10 @@ public struct Router: Sendable {
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)
+        knownHosts = KnownHosts(routes.compactMap { route -> String? in
+            if case .exact(let host) = route.host { return host }
+            return nil
+        })
     }
 
     /// - Parameters:

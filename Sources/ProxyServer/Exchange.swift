@@ -55,6 +55,36 @@ struct Exchange {
 
     /// Whether an access record is open (written once, by `ClientConnection.finishRecord`).
     var isRecording: Bool { startMicros != 0 }
+
+    // Buffers one exchange hands on to the next on the same connection. Only their capacity carries over:
+    // each exchange overwrites them before it reads them, so a warm keep-alive connection parses and writes
+    // heads without allocating.
+    /// The upstream's response head, parsed into (`HeadParser.parseResponse(_:into:limits:)`).
+    var responseHead = ResponseHead()
+    /// The response head as it goes to the client.
+    var clientResponseHead: [UInt8] = []
+    /// The host of the last request forwarded on this connection: the next one usually names it again, and then
+    /// shares this String instead of making one.
+    var recentHost: String?
+
+    /// The next exchange on this connection: everything new, except the capacity of the head buffers. (The
+    /// request head's buffers go round through `takeRequestHead`, taken before the next head is parsed.)
+    mutating func renew() {
+        var next = Exchange()
+        swap(&next.upstreamRequestHead, &upstreamRequestHead)
+        swap(&next.responseHead, &responseHead)
+        swap(&next.clientResponseHead, &clientResponseHead)
+        next.recentHost = target?.host ?? recentHost
+        self = next
+    }
+
+    /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
+    /// empty one. The exchange no longer holds it.
+    mutating func takeRequestHead() -> RequestHead {
+        guard let head = request else { return RequestHead() }
+        request = nil
+        return head
+    }
 }
 
 extension Exchange {

@@ -37,7 +37,9 @@ enum RequestDecision {
             if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
-                target = try AbsoluteTarget.parse(head.target)
+                let knownHosts = runtime.router.knownHosts
+                let recentHost = exchange.recentHost
+                target = try head.withTargetBytes { try AbsoluteTarget.parse($0, knownHosts: knownHosts, recentHost: recentHost) }
             case .fixed(let listener):
                 // A base-URL client sends origin form; the upstream is the listener's, whatever Host says. A
                 // proxy request (absolute form) means the client took the sidecar for the proxy: say which is which.
@@ -115,9 +117,8 @@ enum RequestDecision {
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }
-        exchange.upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery,
-                                                                  host: target.hostHeader(port: port, defaultPort: 443),
-                                                                  framing: framing, upgrade: upgrade)
+        Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.hostHeader(port: port, defaultPort: 443),
+                                   framing: framing, upgrade: upgrade, into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
         exchange.requestBody = Exchange.RequestBody(framing)
         exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))

@@ -1,0 +1,79 @@
+import Testing
+@testable import HTTP1
+
+/// Heads parsed into the buffers of an earlier head (a warm keep-alive connection) are the same heads as parsed
+/// fresh: nothing of the earlier head shows through, whatever its size.
+@Suite struct HeadReuseTests {
+    static let requests = [
+        "GET http://api.mygreatbank.test/v1/accounts?x=1 HTTP/1.1\r\nHost: api.mygreatbank.test\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nVia: 1.0 a\r\nX-Long: \(String(repeating: "v", count: 300))\r\n\r\n",
+        "POST http://b.test/ HTTP/1.0\r\nHost: b.test\r\nContent-Length: 3\r\n\r\n",
+        "\r\nDELETE http://c.test/x HTTP/1.1\r\nHost: c.test\r\nX-Latin: caf\u{E9}\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",
+    ]
+    static let responses = [
+        "HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 09:26:41 GMT\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n",
+        "HTTP/1.1 404 A much longer reason phrase than usual\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.0 204\r\n\r\n",
+        "HTTP/1.1 302 Found\r\nLocation: https://x.test/a\r\nVia: 1.1 u\r\nX: caf\u{E9}\r\n\r\n",
+    ]
+
+    @Test func aRequestParsedIntoAnEarlierHeadEqualsOneParsedFresh() throws {
+        for first in Self.requests {
+            for second in Self.requests {
+                var head = RequestHead()
+                try latin1Bytes(first).withUnsafeBytes { try HeadParser.parseRequest($0, into: &head) }
+                let bytes = latin1Bytes(second)
+                try bytes.withUnsafeBytes { try HeadParser.parseRequest($0, into: &head) }
+                let fresh = try HeadParser.parseRequest(bytes)
+                #expect(head == fresh)
+                #expect(head.target == fresh.target && head.method == fresh.method && head.headers.fields == fresh.headers.fields)
+                #expect(Forwarding.upstreamRequest(head, pathAndQuery: "/p", host: "h", framing: .none)
+                        == Forwarding.upstreamRequest(fresh, pathAndQuery: "/p", host: "h", framing: .none))
+            }
+        }
+    }
+
+    @Test func aResponseParsedIntoAnEarlierHeadEqualsOneParsedFresh() throws {
+        for first in Self.responses {
+            for second in Self.responses {
+                var head = ResponseHead()
+                try latin1Bytes(first).withUnsafeBytes { try HeadParser.parseResponse($0, into: &head) }
+                try latin1Bytes(second).withUnsafeBytes { try HeadParser.parseResponse($0, into: &head) }
+                let fresh = try HeadParser.parseResponse(latin1Bytes(second))
+                #expect(head == fresh)
+                #expect(head.reason == fresh.reason && head.headers.fields == fresh.headers.fields)
+                var reused: [UInt8] = Array(repeating: 0x41, count: 1000)
+                Forwarding.clientResponse(head, framing: .none, requestMethod: "GET", keepAlive: true, clientVersion: .http11, into: &reused)
+                #expect(reused == Forwarding.clientResponse(fresh, framing: .none, requestMethod: "GET", keepAlive: true, clientVersion: .http11))
+            }
+        }
+    }
+
+    /// A head built from Strings and the same head parsed compare equal, field by field, Latin-1 included.
+    @Test func builtAndParsedHeadsCompareByContent() throws {
+        let parsed = try HeadParser.parseRequest(latin1Bytes("GET /a HTTP/1.1\r\nHost: h\r\nX: caf\u{E9}\r\n\r\n"))
+        let built = RequestHead(method: "GET", target: "/a", headers: HTTPHeaders([("Host", "h"), ("X", "caf\u{E9}")]))
+        #expect(parsed == built)
+        #expect(parsed.headers.first("x") == "caf\u{E9}")
+        #expect(parsed != RequestHead(method: "GET", target: "/b", headers: built.headers))
+    }
+
+    /// A host equal to a known one (ignoring case) comes back as that very String; any other is made as before.
+    @Test func knownAndRecentHostsAreShared() throws {
+        let known = KnownHosts(["api.mygreatbank.test", "b.test"])
+        func parse(_ target: String, recent: String? = nil) throws -> AbsoluteTarget {
+            var text = target
+            return try text.withUTF8 { try AbsoluteTarget.parse($0, knownHosts: known, recentHost: recent) }
+        }
+        #expect(try parse("http://API.MyGreatBank.test./x").host == "api.mygreatbank.test")
+        #expect(try parse("http://other.test/x", recent: "other.test").host == "other.test")
+        #expect(try parse("http://other.test:8080/x", recent: "different.test").host == "other.test")
+        #expect(try parse("http://b.test/x") == AbsoluteTarget.parse("http://b.test/x"))
+        #expect(known.lookUp(UnsafeBufferPointer(start: nil, count: 0)) == nil)
+        #expect(throws: HTTPParseError.self) { try parse("http://bad..host/") }
+    }
+}
+
+private func latin1Bytes(_ text: String) -> [UInt8] {
+    text.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
+}
