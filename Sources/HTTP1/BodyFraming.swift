@@ -9,8 +9,7 @@ public enum BodyFraming: Sendable, Equatable {
     /// The framing of a request body. Strict: Content-Length together with Transfer-Encoding, conflicting or
     /// malformed lengths, and any coding other than a lone `chunked` are rejected.
     public static func forRequest(_ head: RequestHead) throws -> BodyFraming {
-        let hasTE = head.headers.contains(static: "Transfer-Encoding")
-        let hasCL = head.headers.contains(static: "Content-Length")
+        let (hasTE, hasCL) = framingFields(head.headers)
         if hasTE {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             if head.version == .http10 { throw HTTPParseError.transferEncodingInHTTP10 }
@@ -32,8 +31,7 @@ public enum BodyFraming: Sendable, Equatable {
         if requestMethod == "HEAD" || (100..<200).contains(head.status) || head.status == 204 || head.status == 304 {
             return .none
         }
-        let hasTE = head.headers.contains(static: "Transfer-Encoding")
-        let hasCL = head.headers.contains(static: "Content-Length")
+        let (hasTE, hasCL) = framingFields(head.headers)
         if hasTE {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
@@ -50,6 +48,18 @@ public enum BodyFraming: Sendable, Equatable {
             return length == 0 ? .none : .contentLength(length)
         }
         return .untilClose
+    }
+
+    /// Whether the head has Transfer-Encoding and Content-Length fields, found in one pass over the names.
+    @inline(__always)
+    static func framingFields(_ headers: HTTPHeaders) -> (transferEncoding: Bool, contentLength: Bool) {
+        var te = false, cl = false
+        headers.forEachField { name, _ in
+            if name.count == 17, equalsLowercase(name, "transfer-encoding") { te = true }
+            if name.count == 14, equalsLowercase(name, "content-length") { cl = true }
+            return true
+        }
+        return (te, cl)
     }
 
     /// One value out of one or more Content-Length fields; identical repeats are folded, anything else rejected.

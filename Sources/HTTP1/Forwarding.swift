@@ -29,18 +29,18 @@ public enum Forwarding {
     @inline(__always)
     static func role(_ b: UnsafeBufferPointer<UInt8>) -> FieldRole {
         switch b.count {
-            case 2: return bytesEqualIgnoringASCIICase(b, "te") ? .hopByHop : .other
-            case 3: return bytesEqualIgnoringASCIICase(b, "via") ? .via : .other
-            case 4: return bytesEqualIgnoringASCIICase(b, "host") ? .host : .other
-            case 7: return bytesEqualIgnoringASCIICase(b, "trailer") || bytesEqualIgnoringASCIICase(b, "upgrade") ? .hopByHop : .other
+            case 2: return equalsLowercase(b, "te") ? .hopByHop : .other
+            case 3: return equalsLowercase(b, "via") ? .via : .other
+            case 4: return equalsLowercase(b, "host") ? .host : .other
+            case 7: return equalsLowercase(b, "trailer") || equalsLowercase(b, "upgrade") ? .hopByHop : .other
             case 10:
-                if bytesEqualIgnoringASCIICase(b, "connection") { return .connection }
-                return bytesEqualIgnoringASCIICase(b, "keep-alive") ? .hopByHop : .other
-            case 14: return bytesEqualIgnoringASCIICase(b, "content-length") ? .contentLength : .other
-            case 16: return bytesEqualIgnoringASCIICase(b, "proxy-connection") ? .hopByHop : .other
-            case 17: return bytesEqualIgnoringASCIICase(b, "transfer-encoding") ? .hopByHop : .other
-            case 18: return bytesEqualIgnoringASCIICase(b, "proxy-authenticate") ? .hopByHop : .other
-            case 19: return bytesEqualIgnoringASCIICase(b, "proxy-authorization") ? .hopByHop : .other
+                if equalsLowercase(b, "connection") { return .connection }
+                return equalsLowercase(b, "keep-alive") ? .hopByHop : .other
+            case 14: return equalsLowercase(b, "content-length") ? .contentLength : .other
+            case 16: return equalsLowercase(b, "proxy-connection") ? .hopByHop : .other
+            case 17: return equalsLowercase(b, "transfer-encoding") ? .hopByHop : .other
+            case 18: return equalsLowercase(b, "proxy-authenticate") ? .hopByHop : .other
+            case 19: return equalsLowercase(b, "proxy-authorization") ? .hopByHop : .other
             default: return .other
         }
     }
@@ -59,13 +59,24 @@ public enum Forwarding {
     /// Which fields stop at this hop: the fixed hop-by-hop fields and every field that `Connection` names. The
     /// `Connection` values are read in place when a field asks, never split into an array.
     struct HopFilter {
-        let headers: HTTPHeaders
-        /// Whether the head has a `Connection` field at all (the usual case for a response is one, for a request none).
-        let hasConnection: Bool
+        let view: FieldView
+        /// The number of `Connection` fields, and the value of the first (the usual case is none or one).
+        let connectionCount: Int
+        let connection: UnsafeBufferPointer<UInt8>
 
-        init(_ headers: HTTPHeaders) {
-            self.headers = headers
-            hasConnection = headers.contains(static: "Connection")
+        @inline(__always)
+        init(_ view: FieldView) {
+            self.view = view
+            var count = 0
+            var first = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
+            for s in view.spans where s.nameCount == 10 {
+                let name = view.name(s)
+                guard equalsLowercase(name, "connection") else { continue }
+                if count == 0 { first = view.value(s) }
+                count += 1
+            }
+            connectionCount = count
+            connection = first
         }
 
         @inline(__always)
@@ -76,14 +87,25 @@ public enum Forwarding {
         /// Whether a `Connection` field lists `name`.
         @inline(__always)
         func namedByConnection(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
-            hasConnection && headers.containsListElement(named: "Connection", name)
+            switch connectionCount {
+            case 0: return false
+            case 1: return listValue(connection, contains: name)
+            default:
+                for s in view.spans where s.nameCount == 10 && equalsLowercase(view.name(s), "connection") {
+                    if listValue(view.value(s), contains: name) { return true }
+                }
+                return false
+            }
         }
     }
 
     /// Removes hop-by-hop fields and every field that `Connection` names.
     public static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        let filter = HopFilter(headers)
-        headers.removeSpans { name, _ in filter.drops(name) }
+        let drop = headers.withFields { view in
+            let filter = HopFilter(view)
+            return view.spans.map { filter.drops(view.name($0)) }
+        }
+        headers.removeSpans(flagged: drop)
     }
 
     public static let viaToken = "1.1 mtls-proxy"
@@ -136,7 +158,6 @@ public enum Forwarding {
     /// allocate). Written in one pass; the received names and values are copied from the head's bytes in place.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil, into out: inout [UInt8]) {
-        let filter = HopFilter(request.headers)
         out.removeAll(keepingCapacity: true)
         out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
                             + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
@@ -146,17 +167,22 @@ public enum Forwarding {
         appendStatic(" HTTP/1.1\r\nHost: ", to: &out)
         appendASCII(host, to: &out)
         appendCRLF(to: &out)
-        var vias = 0
-        request.headers.forEachField { name, value in
-            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields,
-            // and fields some frameworks read as the request path (X-Original-URL and the like).
-            let role = role(name)
-            if role == .via { vias += 1 }
-            guard role == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { return true }
-            appendField(name, value, to: &out)
-            return true
+        request.headers.withFields { view in
+            let filter = HopFilter(view)
+            var run = LineRun()
+            var vias = 0
+            for s in view.spans {
+                // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-*
+                // fields, and fields some frameworks read as the request path (X-Original-URL and the like).
+                let name = view.name(s)
+                let role = role(name)
+                if role == .via { vias += 1 }
+                guard role == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
+                run.append(view, s, to: &out)
+            }
+            run.flush(view, to: &out)
+            appendVia(view, count: vias, to: &out)
         }
-        appendVia(request.headers, count: vias, to: &out)
         if let upgrade {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
@@ -213,7 +239,6 @@ public enum Forwarding {
                                       keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
                                       locationRewrite: LocationRewrite? = nil, into out: inout [UInt8]) {
         let headers = response.headers
-        let filter = HopFilter(headers)
         out.removeAll(keepingCapacity: true)
         out.reserveCapacity(wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
@@ -222,27 +247,33 @@ public enum Forwarding {
         out.append(0x20)
         response.withReasonBytes { out.append(contentsOf: $0) }
         appendCRLF(to: &out)
-        var upstreamContentLength: UnsafeBufferPointer<UInt8>?
-        var vias = 0
-        headers.forEachField { name, value in
-            let role = role(name)
-            if role == .contentLength && upstreamContentLength == nil { upstreamContentLength = value }
-            if role == .via { vias += 1 }
-            // Dropped: hop-by-hop fields and Via (written below with this hop).
-            guard role == .other || role == .host, !filter.namedByConnection(name) else { return true }
-            if let locationRewrite, LocationRewrite.applies(to: name),
-               let rewritten = locationRewrite.rewrite(latin1(value)) {
-                appendASCIIBytes(name, to: &out)
-                out.append(0x3A)
-                out.append(0x20)
-                appendLatin1(rewritten, to: &out)
-                appendCRLF(to: &out)
-            } else {
-                appendField(name, value, to: &out)
+        var contentLengthSpan: HTTPHeaders.FieldSpan?
+        headers.withFields { view in
+            let filter = HopFilter(view)
+            var run = LineRun()
+            var vias = 0
+            for s in view.spans {
+                let name = view.name(s)
+                let role = role(name)
+                if role == .contentLength && contentLengthSpan == nil { contentLengthSpan = s }
+                if role == .via { vias += 1 }
+                // Dropped: hop-by-hop fields and Via (written below with this hop).
+                guard role == .other || role == .host, !filter.namedByConnection(name) else { continue }
+                if let locationRewrite, LocationRewrite.applies(to: name),
+                   let rewritten = locationRewrite.rewrite(latin1(view.value(s))) {
+                    run.flush(view, to: &out)
+                    out.append(contentsOf: name)
+                    out.append(0x3A)
+                    out.append(0x20)
+                    appendLatin1(rewritten, to: &out)
+                    appendCRLF(to: &out)
+                } else {
+                    run.append(view, s, to: &out)
+                }
             }
-            return true
+            run.flush(view, to: &out)
+            appendVia(view, count: vias, to: &out)
         }
-        appendVia(headers, count: vias, to: &out)
         if let upgrade, response.status == 101 {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
@@ -257,9 +288,9 @@ public enum Forwarding {
         case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none:
             // HEAD and 304 answers keep the length the upstream announced for the representation.
-            if let cl = upstreamContentLength, requestMethod == "HEAD" || response.status == 304 {
+            if let cl = contentLengthSpan, requestMethod == "HEAD" || response.status == 304 {
                 appendStatic("Content-Length: ", to: &out)
-                out.append(contentsOf: cl)
+                headers.withFields { out.append(contentsOf: $0.value(cl)) }
                 appendCRLF(to: &out)
             } else if response.status >= 200 && response.status != 204 && response.status != 304 {
                 appendStatic("Content-Length: 0\r\n", to: &out)
@@ -286,19 +317,44 @@ public enum Forwarding {
         appendCRLF(to: &out)
     }
 
-    @inline(__always)
-    static func appendASCIIBytes(_ bytes: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
-        out.append(contentsOf: bytes)
+    /// Consecutive forwarded lines that lie back to back in the received bytes, in the form the proxy writes
+    /// (`isWrittenAsForwarded`): copied as one span. Any other field is written from its name and value.
+    struct LineRun {
+        var start = -1
+        var end = -1
+
+        @inline(__always)
+        mutating func append(_ view: FieldView, _ s: HTTPHeaders.FieldSpan, to out: inout [UInt8]) {
+            if view.isWrittenAsForwarded(s) {
+                let lineStart = Int(s.nameStart), lineEnd = Int(s.valueEnd) + 2
+                if lineStart == end {
+                    end = lineEnd
+                } else {
+                    flush(view, to: &out)
+                    start = lineStart
+                    end = lineEnd
+                }
+                return
+            }
+            flush(view, to: &out)
+            appendField(view.name(s), view.value(s), to: &out)
+        }
+
+        @inline(__always)
+        mutating func flush(_ view: FieldView, to out: inout [UInt8]) {
+            if start >= 0 && end > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: view.bytes[start..<end])) }
+            start = -1
+            end = -1
+        }
     }
 
     /// `Via`: the values received (in order), then this hop. `count` is how many `Via` fields there are.
-    static func appendVia(_ original: HTTPHeaders, count: Int, to out: inout [UInt8]) {
+    static func appendVia(_ view: FieldView, count: Int, to out: inout [UInt8]) {
         appendStatic("Via: ", to: &out)
         if count > 0 {
-            original.forEachValue("Via") { value in
-                out.append(contentsOf: value)
+            for s in view.spans where s.nameCount == 3 && equalsLowercase(view.name(s), "via") {
+                out.append(contentsOf: view.value(s))
                 appendStatic(", ", to: &out)
-                return true
             }
         }
         appendStatic("1.1 mtls-proxy\r\n", to: &out)

@@ -87,6 +87,23 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
                                valueEnd: UInt32(storage.count)))
     }
 
+    /// Calls `body` with the fields in place: the storage and the spans, valid only inside `body`.
+    @inline(__always)
+    func withFields<R>(_ body: (FieldView) throws -> R) rethrows -> R {
+        try storage.withUnsafeBufferPointer { bytes in
+            try spans.withUnsafeBufferPointer { spans in try body(FieldView(bytes: bytes, spans: spans)) }
+        }
+    }
+
+    /// Drops the fields whose flag in `drop` (one per field, in order) is set.
+    mutating func removeSpans(flagged drop: [Bool]) {
+        guard drop.contains(true) else { return }
+        var kept: [FieldSpan] = []
+        kept.reserveCapacity(spans.count)
+        for (i, s) in spans.enumerated() where !drop[i] { kept.append(s) }
+        spans = kept
+    }
+
     /// Calls `body` with each field's name and value bytes, in order, until it returns false.
     @inline(__always)
     func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows {
@@ -241,6 +258,24 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     }
 }
 
+/// A head's fields in place (see `HTTPHeaders.withFields`): not to be kept beyond the call that made it.
+struct FieldView {
+    let bytes: UnsafeBufferPointer<UInt8>
+    let spans: UnsafeBufferPointer<HTTPHeaders.FieldSpan>
+
+    @inline(__always) func name(_ s: HTTPHeaders.FieldSpan) -> UnsafeBufferPointer<UInt8> { slice(bytes, s.nameStart, s.nameEnd) }
+    @inline(__always) func value(_ s: HTTPHeaders.FieldSpan) -> UnsafeBufferPointer<UInt8> { slice(bytes, s.valueStart, s.valueEnd) }
+
+    /// Whether the field's bytes are exactly `name: value` CRLF, one space after the colon and nothing after the
+    /// value: a received line in the form the proxy would write it, forwarded with one copy of the line.
+    @inline(__always)
+    func isWrittenAsForwarded(_ s: HTTPHeaders.FieldSpan) -> Bool {
+        let n = Int(s.nameEnd), v = Int(s.valueEnd)
+        return Int(s.valueStart) == n + 2 && v + 2 <= bytes.count && bytes[n] == 0x3A && bytes[n + 1] == 0x20
+            && bytes[v] == 0x0D && bytes[v + 1] == 0x0A
+    }
+}
+
 @inline(__always)
 func slice(_ bytes: UnsafeBufferPointer<UInt8>, _ start: UInt32, _ end: UInt32) -> UnsafeBufferPointer<UInt8> {
     UnsafeBufferPointer(start: bytes.baseAddress.map { $0 + Int(start) }, count: Int(end &- start))
@@ -330,6 +365,16 @@ extension Substring {
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
         return String(s)
     }
+}
+
+/// Whether `x` equals `literal`, a lower-case ASCII literal, ignoring the case of `x`.
+@inline(__always)
+func equalsLowercase(_ x: UnsafeBufferPointer<UInt8>, _ literal: StaticString) -> Bool {
+    let n = literal.utf8CodeUnitCount
+    guard x.count == n else { return false }
+    let y = literal.utf8Start
+    for i in 0..<n where asciiLower(x[i]) != y[i] { return false }
+    return true
 }
 
 @inline(__always)

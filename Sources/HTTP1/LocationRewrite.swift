@@ -27,7 +27,7 @@ public struct LocationRewrite: Sendable {
 
     static func applies(to name: UnsafeBufferPointer<UInt8>) -> Bool {
         (name.count == 8 || name.count == 16)
-            && (bytesEqualIgnoringASCIICase(name, "Location") || bytesEqualIgnoringASCIICase(name, "Content-Location"))
+            && (equalsLowercase(name, "location") || equalsLowercase(name, "content-location"))
     }
 
     /// The rewritten value, or nil when it stays as it is (relative references, other hosts, anything unparsable).

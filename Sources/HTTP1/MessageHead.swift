@@ -114,8 +114,8 @@ func connectionAllowsKeepAlive(_ headers: HTTPHeaders, version: HTTPVersion) -> 
     var close = false, keepAlive = false
     headers.forEachValue("Connection") { value in
         forEachListElement(value) { element in
-            if bytesEqualIgnoringASCIICase(element, "close") { close = true; return false }
-            if bytesEqualIgnoringASCIICase(element, "keep-alive") { keepAlive = true }
+            if equalsLowercase(element, "close") { close = true; return false }
+            if equalsLowercase(element, "keep-alive") { keepAlive = true }
             return true
         }
         return !close

@@ -73,9 +73,9 @@ public struct AbsoluteTarget: Sendable, Equatable {
             }
             let schemeBytes = UnsafeBufferPointer(rebasing: utf8[0..<schemeEnd])
             let scheme: String
-            if bytesEqualIgnoringASCIICase(schemeBytes, "http") {
+            if equalsLowercase(schemeBytes, "http") {
                 scheme = "http"
-            } else if bytesEqualIgnoringASCIICase(schemeBytes, "https") {
+            } else if equalsLowercase(schemeBytes, "https") {
                 scheme = "https"
             } else {
                 let scheme = String(decoding: schemeBytes, as: UTF8.self).asciiLowercased
@@ -154,10 +154,14 @@ public struct AbsoluteTarget: Sendable, Equatable {
             // A fully qualified name's trailing dot names the same host (RFC 1034 §3.1); RFC 6066 forbids it in
             // SNI. One is removed here, so routing, SNI, the certificate check, Host and the pool key agree.
             if hostBytes.count > 1, hostBytes.last == 0x2E { hostBytes = hostBytes.dropLast() }
-            guard !hostBytes.isEmpty, hostBytes.count <= 253, hostBytes.last != 0x2E, hostBytes.first != 0x2E,
-                  !zip(hostBytes, hostBytes.dropFirst()).contains(where: { $0 == 0x2E && $1 == 0x2E }),
-                  hostBytes.allSatisfy({ isAlnum($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
+            guard !hostBytes.isEmpty, hostBytes.count <= 253, hostBytes.last != 0x2E, hostBytes.first != 0x2E else {
                 throw HTTPParseError.invalidHost
+            }
+            // One pass: only letters, digits, '-', '.' and '_', and no empty label ("..").
+            var previous: UInt8 = 0
+            for c in hostBytes {
+                guard isAlnum(c) || c == 0x2D || c == 0x5F || (c == 0x2E && previous != 0x2E) else { throw HTTPParseError.invalidHost }
+                previous = c
             }
         }
         var port: Int?

@@ -70,12 +70,7 @@ struct Exchange {
     /// The next exchange on this connection: everything new, except the capacity of the head buffers. (The
     /// request head's buffers go round through `takeRequestHead`, taken before the next head is parsed.)
     mutating func renew() {
-        var next = Exchange()
-        swap(&next.upstreamRequestHead, &upstreamRequestHead)
-        swap(&next.responseHead, &responseHead)
-        swap(&next.clientResponseHead, &clientResponseHead)
-        next.recentHost = target?.host ?? recentHost
-        self = next
+        self = Exchange(carrying: upstreamRequestHead, responseHead, clientResponseHead, recentHost: target?.host ?? recentHost)
     }
 
     /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
@@ -88,6 +83,14 @@ struct Exchange {
 }
 
 extension Exchange {
+    /// A new exchange holding the buffers of the one it replaces (once that one is gone, they are unshared again).
+    fileprivate init(carrying upstreamRequestHead: [UInt8], _ responseHead: ResponseHead, _ clientResponseHead: [UInt8], recentHost: String?) {
+        self.upstreamRequestHead = upstreamRequestHead
+        self.responseHead = responseHead
+        self.clientResponseHead = clientResponseHead
+        self.recentHost = recentHost
+    }
+
     /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
     /// client's framing, and the record. Everything that can reject the head is checked before anything of it
     /// is recorded or reaches the client, so a rejected head is still answered with a 502.

@@ -77,3 +77,44 @@ import Testing
 private func latin1Bytes(_ text: String) -> [UInt8] {
     text.unicodeScalars.map { UInt8(truncatingIfNeeded: $0.value) }
 }
+
+@Suite struct TokenCharTests {
+    /// The bit set names exactly the tchar of RFC 9110 §5.6.2.
+    @Test func theBitSetIsTheListOfTokenCharacters() {
+        let listed = Set("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        for c in 0...255 {
+            #expect(isTokenChar(UInt8(c)) == listed.contains(UInt8(c)), "byte \(c)")
+        }
+    }
+}
+
+@Suite struct WordAtATimeValueTests {
+    /// Values read eight bytes at a time: a control character or DEL at any position of a value of any length
+    /// is refused, every other byte (HTAB, obs-text) is kept, and a line cut short at any byte is not a field.
+    @Test func everyPositionOfEveryLengthIsChecked() throws {
+        for length in 1...26 {
+            for position in 0..<length {
+                for bad: UInt8 in [0x00, 0x01, 0x0A, 0x0D, 0x1F, 0x7F, 0x09, 0x80, 0xFF, 0x20] {
+                    var value = [UInt8](repeating: 0x61, count: length)
+                    value[position] = bad
+                    let head = Array("GET / HTTP/1.1\r\nX-Field: ".utf8) + value + Array("\r\nY: z\r\n\r\n".utf8)
+                    let valid = bad == 0x09 || (bad >= 0x20 && bad != 0x7F)
+                    let parsed = Result { try HeadParser.parseRequest(head) }
+                    switch parsed {
+                    case .success(let h):
+                        #expect(valid, "length \(length), byte \(bad) at \(position)")
+                        var trimmed = value[...]
+                        while let f = trimmed.first, f == 0x20 || f == 0x09 { trimmed = trimmed.dropFirst() }
+                        while let l = trimmed.last, l == 0x20 || l == 0x09 { trimmed = trimmed.dropLast() }
+                        #expect(h.headers.first("x-field") == latin1(trimmed) && h.headers.first("Y") == "z")
+                    case .failure(let error):
+                        #expect(!valid, "length \(length), byte \(bad) at \(position): \(error)")
+                    }
+                    // Cut anywhere inside the value: never a crash, never the field.
+                    let cut = Array(head[0..<(25 + position + 1)])
+                    if let h = try? HeadParser.parseRequest(cut) { #expect(h.headers.count == 0) }
+                }
+            }
+        }
+    }
+}
