@@ -18,8 +18,19 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The path without the query, which is what routes match on and what logs may show.
     public var path: Substring {
-        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[..<q] }
+        if let q = queryStart { return pathAndQuery[..<q] }
         return pathAndQuery[...]
+    }
+
+    /// Where the `?` is, found over the contiguous UTF-8 in one scan.
+    @inline(__always)
+    private var queryStart: String.Index? {
+        let offset = pathAndQuery.utf8.withContiguousStorageIfAvailable { $0.firstIndex(of: 0x3F) }
+        switch offset {
+        case .some(.some(let i)): return pathAndQuery.utf8.index(pathAndQuery.utf8.startIndex, offsetBy: i)
+        case .some(.none): return nil
+        case .none: return pathAndQuery.utf8.firstIndex(of: 0x3F)
+        }
     }
 
     public var isIPv6Literal: Bool {
@@ -34,7 +45,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The query with its `?`, or empty: forwarded exactly as received.
     public var query: Substring {
-        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[q...] }
+        if let q = queryStart { return pathAndQuery[q...] }
         return pathAndQuery[pathAndQuery.endIndex...]
     }
 

@@ -81,8 +81,11 @@ public struct RouteMatch: Sendable, Equatable {
             && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
     }
 
-    /// How logs name the decision.
-    public var label: String { route?.label ?? "unmatched" }
+    /// How logs name the decision (read in place: the route is not copied).
+    public var label: String { storage.route?.label ?? "unmatched" }
+
+    /// The deciding route's 1-based position in the file, nil for the unmatched policy (read in place).
+    public var routeIndex: Int? { storage.route?.index }
 
     /// Which fields of the route matched, for `explain`-style output.
     public var reason: String {

@@ -70,7 +70,17 @@ struct Exchange {
     /// The next exchange on this connection: everything new, except the capacity of the head buffers. (The
     /// request head's buffers go round through `takeRequestHead`, taken before the next head is parsed.)
     mutating func renew() {
-        self = Exchange(carrying: upstreamRequestHead, responseHead, clientResponseHead, recentHost: target?.host ?? recentHost)
+        // The buffers are moved out (not copied), the old exchange is replaced in place, the buffers moved back.
+        var upstreamHead: [UInt8] = [], response = ResponseHead(), clientHead: [UInt8] = []
+        swap(&upstreamHead, &upstreamRequestHead)
+        swap(&response, &responseHead)
+        swap(&clientHead, &clientResponseHead)
+        let host = target?.host ?? recentHost
+        self = Exchange()
+        swap(&upstreamHead, &upstreamRequestHead)
+        swap(&response, &responseHead)
+        swap(&clientHead, &clientResponseHead)
+        recentHost = host
     }
 
     /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
@@ -83,13 +93,6 @@ struct Exchange {
 }
 
 extension Exchange {
-    /// A new exchange holding the buffers of the one it replaces (once that one is gone, they are unshared again).
-    fileprivate init(carrying upstreamRequestHead: [UInt8], _ responseHead: ResponseHead, _ clientResponseHead: [UInt8], recentHost: String?) {
-        self.upstreamRequestHead = upstreamRequestHead
-        self.responseHead = responseHead
-        self.clientResponseHead = clientResponseHead
-        self.recentHost = recentHost
-    }
 
     /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
     /// client's framing, and the record. Everything that can reject the head is checked before anything of it

@@ -72,7 +72,6 @@ enum RequestDecision {
         }
         exchange.record.scheme = target.scheme
         exchange.record.host = target.host
-        exchange.record.path = String(target.path)
         let hasBody = framing != .none
 
         // An http:// URL without a port means the service's https port.
@@ -87,6 +86,7 @@ enum RequestDecision {
             target = target.withPath(canonicalPath)
             exchange.record.path = canonicalPath
         case .refused(let refusal, let decided):
+            exchange.record.path = String(target.path)
             exchange.record.route = decided?.label ?? ""
             return .answer(RequestRouting.badRequest(refusal, match: decided), close: true)
         }
