@@ -350,8 +350,12 @@ public enum Forwarding {
 
     /// `Via`: the values received (in order), then this hop. `count` is how many `Via` fields there are.
     static func appendVia(_ view: FieldView, count: Int, to out: inout [UInt8]) {
+        if count == 0 {
+            appendStatic("Via: 1.1 mtls-proxy\r\n", to: &out)
+            return
+        }
         appendStatic("Via: ", to: &out)
-        if count > 0 {
+        do {
             for s in view.spans where s.nameCount == 3 && equalsLowercase(view.name(s), "via") {
                 out.append(contentsOf: view.value(s))
                 appendStatic(", ", to: &out)

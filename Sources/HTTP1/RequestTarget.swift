@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A request target in absolute form (`http://host[:port]/path?query`), as clients send to a forward proxy,
 /// or in origin form (`/path?query`), as clients send to a fixed listener.
 public struct AbsoluteTarget: Sendable, Equatable {
@@ -101,7 +105,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
                 authorityEnd += 1
             }
             let rest = UnsafeBufferPointer(rebasing: utf8[authorityEnd...])
-            if rest.contains(0x23) { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
+            if firstIndex(of: 0x23, in: rest) != nil { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
             let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]), knownHosts: knownHosts,
                                                   recentHost: recentHost)
             let pathAndQuery: String
@@ -139,7 +143,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>, knownHosts: KnownHosts? = nil,
                                recentHost: String? = nil) throws -> (host: String, port: Int?) {
-        if authority.contains(0x40) { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
+        if firstIndex(of: 0x40, in: authority) != nil { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
         var hostBytes: Slice<UnsafeBufferPointer<UInt8>>
         var portBytes: Slice<UnsafeBufferPointer<UInt8>>?
@@ -156,7 +160,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
                 portBytes = after.dropFirst()
             }
         } else {
-            if let colon = authority.firstIndex(of: 0x3A) {
+            if let colon = firstIndex(of: 0x3A, in: authority) {
                 hostBytes = authority[..<colon]
                 portBytes = authority[(colon + 1)...]
             } else {
@@ -200,6 +204,14 @@ public struct AbsoluteTarget: Sendable, Equatable {
         }
         return (host, port)
     }
+}
+
+/// The first index of `byte` in `bytes` (memchr).
+@inline(__always)
+func firstIndex(of byte: UInt8, in bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+    guard let base = bytes.baseAddress, !bytes.isEmpty,
+          let found = memchr(base, Int32(byte), bytes.count) else { return nil }
+    return UnsafeRawPointer(found) - UnsafeRawPointer(base)
 }
 
 @inline(__always) func isHexDigit(_ c: UInt8) -> Bool {

@@ -118,3 +118,28 @@ private func latin1Bytes(_ text: String) -> [UInt8] {
         }
     }
 }
+
+@Suite struct LineByteScanTests {
+    /// The word-at-a-time search for CR or LF finds what a byte-by-byte search finds, from every start, with
+    /// look-alike bytes (0x0B, 0x0C, 0x8A, 0x8D, 0x0E, 0x09) around.
+    @Test func sameAsByteByByte() {
+        let fillers: [UInt8] = [0x61, 0x0B, 0x0C, 0x8A, 0x8D, 0x0E, 0x09, 0xFF, 0x00]
+        for length in 0...20 {
+            for special in [nil, UInt8(0x0D), UInt8(0x0A)] {
+                for position in 0..<max(length, 1) {
+                    for filler in fillers {
+                        var bytes = [UInt8](repeating: filler, count: length)
+                        if let special, position < length { bytes[position] = special }
+                        bytes.withUnsafeBytes { raw in
+                            for start in 0...length {
+                                var expected = start
+                                while expected < length && raw[expected] != 0x0D && raw[expected] != 0x0A { expected += 1 }
+                                #expect(HeadParser.nextLineByte(raw, from: start) == expected)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
