@@ -113,10 +113,10 @@ public enum HeadParser {
         head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidRequestLine }
         // request-line = method SP request-target SP HTTP-version
-        guard let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        guard let sp1 = firstSpace(start) else { throw HTTPParseError.invalidRequestLine }
         let methodBytes = start[start.startIndex..<sp1]
         let rest = start[(sp1 + 1)...]
-        guard let sp2 = rest.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        guard let sp2 = firstSpace(rest) else { throw HTTPParseError.invalidRequestLine }
         let targetBytes = rest[rest.startIndex..<sp2]
         let versionBytes = rest[(sp2 + 1)...]
         guard !methodBytes.isEmpty, methodBytes.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidMethod }
@@ -131,6 +131,14 @@ public enum HeadParser {
         head.version = version
         head.targetStart = UInt32(targetBytes.startIndex)
         head.targetEnd = UInt32(targetBytes.endIndex)
+    }
+
+    /// The index (in the base buffer) of the first SP in `line`, found with memchr.
+    @inline(__always)
+    private static func firstSpace(_ line: Slice<UnsafeRawBufferPointer>) -> Int? {
+        guard let base = line.base.baseAddress, line.startIndex < line.endIndex,
+              let found = memchr(base + line.startIndex, 0x20, line.endIndex - line.startIndex) else { return nil }
+        return UnsafeRawPointer(found) - base
     }
 
     /// The method as a String: the common ones are literals (nothing to allocate or copy).
@@ -161,7 +169,7 @@ public enum HeadParser {
         head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
         // status-line = HTTP-version SP status-code SP [ reason-phrase ]
-        guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
+        guard start.count >= 12, let sp1 = firstSpace(start) else { throw HTTPParseError.invalidStatusLine }
         let version: HTTPVersion
         do {
             version = try parseVersion(start[start.startIndex..<sp1])
@@ -227,6 +235,10 @@ public enum HeadParser {
             // The name, up to the colon (or the line's end).
             while i + 1 < n {
                 let c = bytes[i]
+                if isTokenChar(c) {  // the usual byte of a name (CR and ':' are not tchar)
+                    i += 1
+                    continue
+                }
                 if c == 0x0D && bytes[i + 1] == 0x0A {
                     lineEnd = i
                     break
@@ -236,7 +248,7 @@ public enum HeadParser {
                     colon = i - 1
                     break
                 }
-                if !isTokenChar(c) { nameIsToken = false }
+                nameIsToken = false
             }
             // The value, eight bytes at a time while none of them is a control character or DEL (so none is the
             // line's CR either); the first such byte is then looked at alone.
