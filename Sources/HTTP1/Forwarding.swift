@@ -63,20 +63,35 @@ public enum Forwarding {
         /// The number of `Connection` fields, and the value of the first (the usual case is none or one).
         let connectionCount: Int
         let connection: UnsafeBufferPointer<UInt8>
+        /// When every `Connection` element is `close` or `keep-alive` (the usual case), which of the two are
+        /// named: a field is then named only if it is called so, found by its length first. nil otherwise.
+        let plainOptions: (close: Bool, keepAlive: Bool)?
 
         @inline(__always)
         init(_ view: FieldView) {
             self.view = view
             var count = 0
             var first = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
+            var close = false, keepAlive = false, plain = true
             for s in view.spans where s.nameCount == 10 {
                 let name = view.name(s)
                 guard equalsLowercase(name, "connection") else { continue }
                 if count == 0 { first = view.value(s) }
                 count += 1
+                forEachListElement(view.value(s)) { element in
+                    if equalsLowercase(element, "close") {
+                        close = true
+                    } else if equalsLowercase(element, "keep-alive") {
+                        keepAlive = true
+                    } else {
+                        plain = false
+                    }
+                    return plain
+                }
             }
             connectionCount = count
             connection = first
+            plainOptions = plain ? (close, keepAlive) : nil
         }
 
         @inline(__always)
@@ -87,15 +102,19 @@ public enum Forwarding {
         /// Whether a `Connection` field lists `name`.
         @inline(__always)
         func namedByConnection(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
-            switch connectionCount {
-            case 0: return false
-            case 1: return listValue(connection, contains: name)
-            default:
-                for s in view.spans where s.nameCount == 10 && equalsLowercase(view.name(s), "connection") {
-                    if listValue(view.value(s), contains: name) { return true }
+            if connectionCount == 0 { return false }
+            if let plainOptions {
+                switch name.count {
+                case 5: return plainOptions.close && equalsLowercase(name, "close")
+                case 10: return plainOptions.keepAlive && equalsLowercase(name, "keep-alive")
+                default: return false
                 }
-                return false
             }
+            if connectionCount == 1 { return listValue(connection, contains: name) }
+            for s in view.spans where s.nameCount == 10 && equalsLowercase(view.name(s), "connection") {
+                if listValue(view.value(s), contains: name) { return true }
+            }
+            return false
         }
     }
 

@@ -55,16 +55,21 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The same target with its path replaced by `canonicalPath` (see `PathNormalizer`), the query kept.
     public func withPath(_ canonicalPath: String) -> AbsoluteTarget {
-        // Usually the path was canonical already: keep the target as it is (no new string).
+        var copy = self
+        copy.replacePath(with: canonicalPath)
+        return copy
+    }
+
+    /// Replaces the path with `canonicalPath`, keeping the query; usually the path was canonical already and the
+    /// target is left as it is (no new string, no copy of the target).
+    public mutating func replacePath(with canonicalPath: String) {
         let current = path
         if current.utf8.count == canonicalPath.utf8.count,
            current.utf8.withContiguousStorageIfAvailable({ a in canonicalPath.utf8.withContiguousStorageIfAvailable { a.elementsEqual($0) } })
                ?? current.utf8.elementsEqual(canonicalPath.utf8) == true {
-            return self
+            return
         }
-        var copy = self
-        copy.pathAndQuery = canonicalPath + query
-        return copy
+        pathAndQuery = canonicalPath + query
     }
 
     /// Parses an absolute-form target. Only `http` and `https` are accepted; user info and fragments are rejected.

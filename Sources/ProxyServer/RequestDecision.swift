@@ -83,7 +83,7 @@ enum RequestDecision {
         switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
         case .routed(let canonicalPath, let decided):
             match = decided
-            target = target.withPath(canonicalPath)
+            target.replacePath(with: canonicalPath)
             exchange.record.path = canonicalPath
         case .refused(let refusal, let decided):
             exchange.record.path = String(target.path)

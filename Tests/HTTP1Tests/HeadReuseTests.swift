@@ -143,3 +143,25 @@ private func latin1Bytes(_ text: String) -> [UInt8] {
         }
     }
 }
+
+@Suite struct ConnectionOptionsTests {
+    /// Fields named by `Connection` are dropped whether the value holds only `close`/`keep-alive` (the fast
+    /// path) or other names too, and in every case of spelling.
+    @Test func namedFieldsAreDroppedOnBothPaths() throws {
+        let cases: [(String, [String], [String])] = [
+            ("close", ["Close", "X-Keep"], ["X-Keep"]),
+            ("KEEP-ALIVE", ["Close", "X-Keep"], ["Close", "X-Keep"]),
+            ("keep-alive, close", ["CLOSE", "x-keep"], ["x-keep"]),
+            ("keep-alive, X-Keep", ["Close", "X-Keep", "X-Other"], ["Close", "X-Other"]),
+            ("", ["Close", "X-Keep"], ["Close", "X-Keep"]),
+        ]
+        for (connection, fields, kept) in cases {
+            var text = "HTTP/1.1 200 OK\r\nConnection: \(connection)\r\n"
+            for f in fields { text += "\(f): v\r\n" }
+            let head = try HeadParser.parseResponse(Array((text + "Content-Length: 0\r\n\r\n").utf8))
+            let out = Forwarding.clientResponse(head, framing: .none, requestMethod: "GET", keepAlive: true, clientVersion: .http11)
+            let forwarded = try HeadParser.parseResponse(out).headers.fields.map(\.name).filter { $0 != "Via" && $0 != "Content-Length" }
+            #expect(forwarded == kept, "Connection: \(connection)")
+        }
+    }
+}
