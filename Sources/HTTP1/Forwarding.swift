@@ -177,6 +177,14 @@ public enum Forwarding {
     /// allocate). Written in one pass; the received names and values are copied from the head's bytes in place.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil, into out: inout [UInt8]) {
+        upstreamRequest(request, pathAndQuery: pathAndQuery, host: host, bracketed: false, port: nil, framing: framing,
+                        upgrade: upgrade, into: &out)
+    }
+
+    /// The same with the Host value given as its parts, written in place (no String made for it): `host`, in
+    /// brackets when `bracketed` (an IPv6 literal), then `:port` when `port` is set (not the scheme's default).
+    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, bracketed: Bool, port: Int?,
+                                       framing: BodyFraming, upgrade: String? = nil, into out: inout [UInt8]) {
         out.removeAll(keepingCapacity: true)
         out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
                             + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
@@ -184,7 +192,13 @@ public enum Forwarding {
         out.append(0x20)
         appendASCII(pathAndQuery, to: &out)
         appendStatic(" HTTP/1.1\r\nHost: ", to: &out)
+        if bracketed { out.append(0x5B) }
         appendASCII(host, to: &out)
+        if bracketed { out.append(0x5D) }
+        if let port {
+            out.append(0x3A)
+            appendDecimal(UInt64(clamping: port), to: &out)
+        }
         appendCRLF(to: &out)
         request.headers.withFields { view in
             let filter = HopFilter(view)

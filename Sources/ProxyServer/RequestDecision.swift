@@ -117,8 +117,10 @@ enum RequestDecision {
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }
-        Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.hostHeader(port: port, defaultPort: 443),
-                                   framing: framing, upgrade: upgrade, into: &exchange.upstreamRequestHead)
+        // Host as `target.hostHeader(port:defaultPort: 443)` spells it, written in place.
+        Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.host, bracketed: target.isIPv6Literal,
+                                   port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
+                                   into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
         exchange.requestBody = Exchange.RequestBody(framing)
         exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))

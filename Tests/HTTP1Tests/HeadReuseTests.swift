@@ -165,3 +165,19 @@ private func latin1Bytes(_ text: String) -> [UInt8] {
         }
     }
 }
+
+@Suite struct HostInPartsTests {
+    /// The Host value written from its parts is the one `AbsoluteTarget.hostHeader` spells.
+    @Test func sameHostAsHostHeader() throws {
+        let request = try HeadParser.parseRequest(Array("GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        for url in ["http://a.test/", "http://a.test:8443/", "http://[::1]/", "http://[0:0::1]:8443/", "http://a.test:443/", "http://10.0.0.1:80/"] {
+            let target = try AbsoluteTarget.parse(url)
+            let port = target.explicitPort ?? 443
+            let viaString = Forwarding.upstreamRequest(request, pathAndQuery: "/", host: target.hostHeader(port: port, defaultPort: 443), framing: .none)
+            var inParts: [UInt8] = []
+            Forwarding.upstreamRequest(request, pathAndQuery: "/", host: target.host, bracketed: target.isIPv6Literal,
+                                       port: port == 443 ? nil : port, framing: .none, into: &inParts)
+            #expect(inParts == viaString, "\(url)")
+        }
+    }
+}
