@@ -244,7 +244,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             let window = min(available, limit + 4)
             guard let bytes = evbuffer_pullup(input, window) else { return }
             let buffer = UnsafeRawBufferPointer(start: bytes, count: window)
-            var head = exchange.takeRequestHead()
+            var head = RequestHead()
             let headLength: Int
             do {
                 guard let length = try HeadParser.headLength(buffer, limit: limit, resuming: &headScan) else {
@@ -253,6 +253,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                     return
                 }
                 headScan = HeadParser.Scan()
+                head = exchange.takeRequestHead()
                 try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), into: &head, limits: runtime.limits)
                 headLength = length
             } catch {
