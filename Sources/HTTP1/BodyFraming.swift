@@ -9,8 +9,7 @@ public enum BodyFraming: Sendable, Equatable {
     /// The framing of a request body. Strict: Content-Length together with Transfer-Encoding, conflicting or
     /// malformed lengths, and any coding other than a lone `chunked` are rejected.
     public static func forRequest(_ head: RequestHead) throws -> BodyFraming {
-        let hasTE = head.headers.contains("Transfer-Encoding")
-        let hasCL = head.headers.contains("Content-Length")
+        let (hasTE, hasCL) = framingFields(head.headers)
         if hasTE {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             if head.version == .http10 { throw HTTPParseError.transferEncodingInHTTP10 }
@@ -32,8 +31,7 @@ public enum BodyFraming: Sendable, Equatable {
         if requestMethod == "HEAD" || (100..<200).contains(head.status) || head.status == 204 || head.status == 304 {
             return .none
         }
-        let hasTE = head.headers.contains("Transfer-Encoding")
-        let hasCL = head.headers.contains("Content-Length")
+        let (hasTE, hasCL) = framingFields(head.headers)
         if hasTE {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
@@ -52,6 +50,18 @@ public enum BodyFraming: Sendable, Equatable {
         return .untilClose
     }
 
+    /// Whether the head has Transfer-Encoding and Content-Length fields, found in one pass over the names.
+    @inline(__always)
+    static func framingFields(_ headers: HTTPHeaders) -> (transferEncoding: Bool, contentLength: Bool) {
+        var te = false, cl = false
+        headers.forEachField { name, _ in
+            if name.count == 17, equalsLowercase(name, "transfer-encoding") { te = true }
+            if name.count == 14, equalsLowercase(name, "content-length") { cl = true }
+            return true
+        }
+        return (te, cl)
+    }
+
     /// One value out of one or more Content-Length fields; identical repeats are folded, anything else rejected.
     static func contentLength(_ values: [String]) throws -> UInt64 {
         var result: UInt64?
@@ -63,8 +73,9 @@ public enum BodyFraming: Sendable, Equatable {
     /// The same over every Content-Length field of `headers`, read in place.
     static func contentLength(_ headers: HTTPHeaders) throws -> UInt64 {
         var result: UInt64?
-        for field in headers.fields where field.name.equalsIgnoringASCIICase("Content-Length") {
-            try foldContentLength(field.value, into: &result)
+        try headers.forEachValue("Content-Length") { value in
+            try foldContentLength(value, into: &result)
+            return true
         }
         guard let length = result else { throw HTTPParseError.invalidContentLength }
         return length
@@ -74,26 +85,28 @@ public enum BodyFraming: Sendable, Equatable {
     /// and equal to `result`, which it sets.
     private static func foldContentLength(_ value: String, into result: inout UInt64?) throws {
         var value = value
-        try value.withUTF8 { bytes in
-            let n = bytes.count
-            var i = 0
-            while true {
-                var end = i
-                while end < n && bytes[end] != 0x2C { end += 1 }
-                var s = i, e = end
-                while s < e && (bytes[s] == 0x20 || bytes[s] == 0x09) { s += 1 }
-                while e > s && (bytes[e - 1] == 0x20 || bytes[e - 1] == 0x09) { e -= 1 }
-                guard e > s, e - s <= 18 else { throw HTTPParseError.invalidContentLength }
-                var v: UInt64 = 0
-                for k in s..<e {
-                    guard isDigit(bytes[k]) else { throw HTTPParseError.invalidContentLength }
-                    v = v * 10 + UInt64(bytes[k] - 0x30)
-                }
-                if let r = result, r != v { throw HTTPParseError.conflictingContentLength }
-                result = v
-                if end >= n { break }
-                i = end + 1
+        try value.withUTF8 { try foldContentLength($0, into: &result) }
+    }
+
+    private static func foldContentLength(_ bytes: UnsafeBufferPointer<UInt8>, into result: inout UInt64?) throws {
+        let n = bytes.count
+        var i = 0
+        while true {
+            var end = i
+            while end < n && bytes[end] != 0x2C { end += 1 }
+            var s = i, e = end
+            while s < e && (bytes[s] == 0x20 || bytes[s] == 0x09) { s += 1 }
+            while e > s && (bytes[e - 1] == 0x20 || bytes[e - 1] == 0x09) { e -= 1 }
+            guard e > s, e - s <= 18 else { throw HTTPParseError.invalidContentLength }
+            var v: UInt64 = 0
+            for k in s..<e {
+                guard isDigit(bytes[k]) else { throw HTTPParseError.invalidContentLength }
+                v = v * 10 + UInt64(bytes[k] - 0x30)
             }
+            if let r = result, r != v { throw HTTPParseError.conflictingContentLength }
+            result = v
+            if end >= n { break }
+            i = end + 1
         }
     }
 }

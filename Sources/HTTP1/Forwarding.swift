@@ -23,22 +23,25 @@ public enum Forwarding {
     @inline(__always)
     static func role(_ name: String) -> FieldRole {
         var name = name
-        return name.withUTF8 { b -> FieldRole in
-            switch b.count {
-            case 2: return bytesEqualIgnoringASCIICase(b, "te") ? .hopByHop : .other
-            case 3: return bytesEqualIgnoringASCIICase(b, "via") ? .via : .other
-            case 4: return bytesEqualIgnoringASCIICase(b, "host") ? .host : .other
-            case 7: return bytesEqualIgnoringASCIICase(b, "trailer") || bytesEqualIgnoringASCIICase(b, "upgrade") ? .hopByHop : .other
+        return name.withUTF8 { role($0) }
+    }
+
+    @inline(__always)
+    static func role(_ b: UnsafeBufferPointer<UInt8>) -> FieldRole {
+        switch b.count {
+            case 2: return equalsLowercase(b, "te") ? .hopByHop : .other
+            case 3: return equalsLowercase(b, "via") ? .via : .other
+            case 4: return equalsLowercase(b, "host") ? .host : .other
+            case 7: return equalsLowercase(b, "trailer") || equalsLowercase(b, "upgrade") ? .hopByHop : .other
             case 10:
-                if bytesEqualIgnoringASCIICase(b, "connection") { return .connection }
-                return bytesEqualIgnoringASCIICase(b, "keep-alive") ? .hopByHop : .other
-            case 14: return bytesEqualIgnoringASCIICase(b, "content-length") ? .contentLength : .other
-            case 16: return bytesEqualIgnoringASCIICase(b, "proxy-connection") ? .hopByHop : .other
-            case 17: return bytesEqualIgnoringASCIICase(b, "transfer-encoding") ? .hopByHop : .other
-            case 18: return bytesEqualIgnoringASCIICase(b, "proxy-authenticate") ? .hopByHop : .other
-            case 19: return bytesEqualIgnoringASCIICase(b, "proxy-authorization") ? .hopByHop : .other
+                if equalsLowercase(b, "connection") { return .connection }
+                return equalsLowercase(b, "keep-alive") ? .hopByHop : .other
+            case 14: return equalsLowercase(b, "content-length") ? .contentLength : .other
+            case 16: return equalsLowercase(b, "proxy-connection") ? .hopByHop : .other
+            case 17: return equalsLowercase(b, "transfer-encoding") ? .hopByHop : .other
+            case 18: return equalsLowercase(b, "proxy-authenticate") ? .hopByHop : .other
+            case 19: return equalsLowercase(b, "proxy-authorization") ? .hopByHop : .other
             default: return .other
-            }
         }
     }
 
@@ -56,43 +59,72 @@ public enum Forwarding {
     /// Which fields stop at this hop: the fixed hop-by-hop fields and every field that `Connection` names. The
     /// `Connection` values are read in place when a field asks, never split into an array.
     struct HopFilter {
-        let headers: HTTPHeaders
+        let view: FieldView
         /// The number of `Connection` fields, and the value of the first (the usual case is none or one).
         let connectionCount: Int
-        let connection: String
+        let connection: UnsafeBufferPointer<UInt8>
+        /// When every `Connection` element is `close` or `keep-alive` (the usual case), which of the two are
+        /// named: a field is then named only if it is called so, found by its length first. nil otherwise.
+        let plainOptions: (close: Bool, keepAlive: Bool)?
 
-        init(_ headers: HTTPHeaders) {
-            self.headers = headers
+        @inline(__always)
+        init(_ view: FieldView) {
+            self.view = view
             var count = 0
-            var first = ""
-            for field in headers.fields where field.name.utf8.count == 10 && field.name.equalsIgnoringASCIICase("Connection") {
-                if count == 0 { first = field.value }
+            var first = UnsafeBufferPointer<UInt8>(start: nil, count: 0)
+            var close = false, keepAlive = false, plain = true
+            for s in view.spans where s.nameCount == 10 {
+                let name = view.name(s)
+                guard equalsLowercase(name, "connection") else { continue }
+                if count == 0 { first = view.value(s) }
                 count += 1
+                forEachListElement(view.value(s)) { element in
+                    if equalsLowercase(element, "close") {
+                        close = true
+                    } else if equalsLowercase(element, "keep-alive") {
+                        keepAlive = true
+                    } else {
+                        plain = false
+                    }
+                    return plain
+                }
             }
             connectionCount = count
             connection = first
+            plainOptions = plain ? (close, keepAlive) : nil
         }
 
         @inline(__always)
-        func drops(_ name: String) -> Bool {
-            isHopByHop(name) || namedByConnection(name)
+        func drops(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+            isHopByHop(role(name)) || namedByConnection(name)
         }
 
         /// Whether a `Connection` field lists `name`.
         @inline(__always)
-        func namedByConnection(_ name: String) -> Bool {
-            switch connectionCount {
-            case 0: return false
-            case 1: return listValue(connection, contains: name)
-            default: return headers.containsListElement("Connection", name)
+        func namedByConnection(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+            if connectionCount == 0 { return false }
+            if let plainOptions {
+                switch name.count {
+                case 5: return plainOptions.close && equalsLowercase(name, "close")
+                case 10: return plainOptions.keepAlive && equalsLowercase(name, "keep-alive")
+                default: return false
+                }
             }
+            if connectionCount == 1 { return listValue(connection, contains: name) }
+            for s in view.spans where s.nameCount == 10 && equalsLowercase(view.name(s), "connection") {
+                if listValue(view.value(s), contains: name) { return true }
+            }
+            return false
         }
     }
 
     /// Removes hop-by-hop fields and every field that `Connection` names.
     public static func stripHopByHop(_ headers: inout HTTPHeaders) {
-        let filter = HopFilter(headers)
-        headers.removeAll { filter.drops($0.name) }
+        let drop = headers.withFields { view in
+            let filter = HopFilter(view)
+            return view.spans.map { filter.drops(view.name($0)) }
+        }
+        headers.removeSpans(flagged: drop)
     }
 
     public static let viaToken = "1.1 mtls-proxy"
@@ -111,17 +143,16 @@ public enum Forwarding {
     /// Request fields a client may not make the proxy send upstream: anything addressed to a proxy (`Proxy-*`:
     /// credentials, status, connection options of the client-proxy hop).
     @inline(__always)
-    static func isProxyField(_ name: String) -> Bool {
-        name.utf8.count > 6 && name.utf8.prefix(6).elementsEqual("proxy-".utf8, by: { asciiLower($0) == $1 })
+    static func isProxyField(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        name.count > 6 && asciiLower(name[0]) == 0x70 && asciiLower(name[1]) == 0x72 && asciiLower(name[2]) == 0x6F
+            && asciiLower(name[3]) == 0x78 && asciiLower(name[4]) == 0x79 && name[5] == 0x2D
     }
 
     /// Bytes the fields of `headers` take on the wire at most (a Latin-1 value is never longer than its UTF-8),
     /// for reserving the output once.
     @inline(__always)
     static func wireSize(_ headers: HTTPHeaders) -> Int {
-        var n = 0
-        for field in headers.fields { n += field.name.utf8.count + field.value.utf8.count + 4 }
-        return n
+        headers.storage.count + 4 * headers.spans.count
     }
 
     /// Fields that some frameworks (Symfony, Zend/Laminas, IIS URL Rewrite) read as the request path in place of
@@ -129,33 +160,62 @@ public enum Forwarding {
     static let pathOverrideFields = ["x-original-url", "x-rewrite-url", "x-original-uri"]
 
     @inline(__always)
-    static func isPathOverrideField(_ name: String) -> Bool {
-        name.utf8.count >= 13 && name.utf8.count <= 14 && pathOverrideFields.contains { name.equalsIgnoringASCIICase($0) }
+    static func isPathOverrideField(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+        name.count >= 13 && name.count <= 14 && pathOverrideFields.contains { bytesEqualIgnoringASCIICase(name, $0) }
     }
 
     /// The request head sent upstream, in origin form with the given Host, with the body framing the proxy will write.
     /// `upgrade`, when set, is forwarded as `Upgrade` with `Connection: Upgrade` (RFC 9110 §7.8).
-    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
                                        upgrade: String? = nil) -> [UInt8] {
-        let filter = HopFilter(request.headers)
         var out: [UInt8] = []
+        upstreamRequest(request, pathAndQuery: pathAndQuery, host: host, framing: framing, upgrade: upgrade, into: &out)
+        return out
+    }
+
+    /// The same written into `out` (emptied first, its capacity kept: a buffer reused per connection does not
+    /// allocate). Written in one pass; the received names and values are copied from the head's bytes in place.
+    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, framing: BodyFraming,
+                                       upgrade: String? = nil, into out: inout [UInt8]) {
+        upstreamRequest(request, pathAndQuery: pathAndQuery, host: host, bracketed: false, port: nil, framing: framing,
+                        upgrade: upgrade, into: &out)
+    }
+
+    /// The same with the Host value given as its parts, written in place (no String made for it): `host`, in
+    /// brackets when `bracketed` (an IPv6 literal), then `:port` when `port` is set (not the scheme's default).
+    public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, bracketed: Bool, port: Int?,
+                                       framing: BodyFraming, upgrade: String? = nil, into out: inout [UInt8]) {
+        out.removeAll(keepingCapacity: true)
         out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
                             + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         appendASCII(request.method, to: &out)
         out.append(0x20)
         appendASCII(pathAndQuery, to: &out)
         appendStatic(" HTTP/1.1\r\nHost: ", to: &out)
+        if bracketed { out.append(0x5B) }
         appendASCII(host, to: &out)
-        appendCRLF(to: &out)
-        for field in request.headers.fields {
-            let name = field.name
-            // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-* fields,
-            // and fields some frameworks read as the request path (X-Original-URL and the like).
-            guard role(name) == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
-            appendField(name, field.value, to: &out)
+        if bracketed { out.append(0x5D) }
+        if let port {
+            out.append(0x3A)
+            appendDecimal(UInt64(clamping: port), to: &out)
         }
-        appendVia(request.headers, to: &out)
+        appendCRLF(to: &out)
+        request.headers.withFields { view in
+            let filter = HopFilter(view)
+            var run = LineRun()
+            var vias = 0
+            for s in view.spans {
+                // Dropped: hop-by-hop fields, Via (written below with this hop), Host (written above), Proxy-*
+                // fields, and fields some frameworks read as the request path (X-Original-URL and the like).
+                let name = view.name(s)
+                let role = role(name)
+                if role == .via { vias += 1 }
+                guard role == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
+                run.append(view, s, to: &out)
+            }
+            run.flush(view, to: &out)
+            appendVia(view, count: vias, to: &out)
+        }
         if let upgrade {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
@@ -175,7 +235,6 @@ public enum Forwarding {
             }
         }
         appendCRLF(to: &out)
-        return out
     }
 
     /// How the proxy frames a response body towards its client.
@@ -198,39 +257,61 @@ public enum Forwarding {
 
     /// The response head sent to the client. `locationRewrite`, when set, rewrites `Location` and
     /// `Content-Location` (sidecar listeners, and the forward path's optional https-to-http rewrite).
-    /// Written in one pass into one buffer reserved at its final size; the received fields are not copied.
     public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
                                       keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
                                       locationRewrite: LocationRewrite? = nil) -> [UInt8] {
-        let headers = response.headers
-        let filter = HopFilter(headers)
         var out: [UInt8] = []
-        out.reserveCapacity(response.reason.utf8.count + wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
+        clientResponse(response, framing: framing, requestMethod: requestMethod, keepAlive: keepAlive, clientVersion: clientVersion,
+                       upgrade: upgrade, locationRewrite: locationRewrite, into: &out)
+        return out
+    }
+
+    /// The same written into `out` (emptied first, its capacity kept). Written in one pass; the received names
+    /// and values are copied from the head's bytes in place.
+    public static func clientResponse(_ response: ResponseHead, framing: ClientFraming, requestMethod: String,
+                                      keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
+                                      locationRewrite: LocationRewrite? = nil, into out: inout [UInt8]) {
+        let headers = response.headers
+        out.removeAll(keepingCapacity: true)
+        out.reserveCapacity(wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
         appendStatic("HTTP/1.1 ", to: &out)
         if response.status >= 0 { appendDecimal(UInt64(response.status), to: &out) } else { appendASCII(String(response.status), to: &out) }
         out.append(0x20)
-        appendLatin1(response.reason, to: &out)
+        response.withReasonBytes { out.append(contentsOf: $0) }
         appendCRLF(to: &out)
-        var upstreamContentLength: String?
-        for field in headers.fields {
-            let name = field.name
-            let role = role(name)
-            if role == .contentLength && upstreamContentLength == nil { upstreamContentLength = field.value }
-            // Dropped: hop-by-hop fields and Via (written below with this hop).
-            guard role == .other || role == .host, !filter.namedByConnection(name) else { continue }
-            if let locationRewrite, LocationRewrite.applies(to: name), let rewritten = locationRewrite.rewrite(field.value) {
-                appendField(name, rewritten, to: &out)
-            } else {
-                appendField(name, field.value, to: &out)
+        var contentLengthSpan: HTTPHeaders.FieldSpan?
+        headers.withFields { view in
+            let filter = HopFilter(view)
+            var run = LineRun()
+            var vias = 0
+            for s in view.spans {
+                let name = view.name(s)
+                let role = role(name)
+                if role == .contentLength && contentLengthSpan == nil { contentLengthSpan = s }
+                if role == .via { vias += 1 }
+                // Dropped: hop-by-hop fields and Via (written below with this hop).
+                guard role == .other || role == .host, !filter.namedByConnection(name) else { continue }
+                if let locationRewrite, LocationRewrite.applies(to: name),
+                   let rewritten = locationRewrite.rewrite(latin1(view.value(s))) {
+                    run.flush(view, to: &out)
+                    out.append(contentsOf: name)
+                    out.append(0x3A)
+                    out.append(0x20)
+                    appendLatin1(rewritten, to: &out)
+                    appendCRLF(to: &out)
+                } else {
+                    run.append(view, s, to: &out)
+                }
             }
+            run.flush(view, to: &out)
+            appendVia(view, count: vias, to: &out)
         }
-        appendVia(headers, to: &out)
         if let upgrade, response.status == 101 {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
             appendStatic("\r\n\r\n", to: &out)
-            return out
+            return
         }
         switch framing {
         case .contentLength(let n):
@@ -240,9 +321,9 @@ public enum Forwarding {
         case .chunked: appendStatic("Transfer-Encoding: chunked\r\n", to: &out)
         case .none:
             // HEAD and 304 answers keep the length the upstream announced for the representation.
-            if let cl = upstreamContentLength, requestMethod == "HEAD" || response.status == 304 {
+            if let cl = contentLengthSpan, requestMethod == "HEAD" || response.status == 304 {
                 appendStatic("Content-Length: ", to: &out)
-                appendLatin1(cl, to: &out)
+                headers.withFields { out.append(contentsOf: $0.value(cl)) }
                 appendCRLF(to: &out)
             } else if response.status >= 200 && response.status != 204 && response.status != 304 {
                 appendStatic("Content-Length: 0\r\n", to: &out)
@@ -257,24 +338,61 @@ public enum Forwarding {
             }
         }
         appendCRLF(to: &out)
-        return out
     }
 
+    /// A received field as it is: its name's bytes, then its value's (Latin-1) bytes.
     @inline(__always)
-    static func appendField(_ name: String, _ value: String, to out: inout [UInt8]) {
-        appendASCII(name, to: &out)
+    static func appendField(_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>, to out: inout [UInt8]) {
+        out.append(contentsOf: name)
         out.append(0x3A)
         out.append(0x20)
-        appendLatin1(value, to: &out)
+        out.append(contentsOf: value)
         appendCRLF(to: &out)
     }
 
-    /// `Via`: the values received (in order), then this hop.
-    static func appendVia(_ original: HTTPHeaders, to out: inout [UInt8]) {
+    /// Consecutive forwarded lines that lie back to back in the received bytes, in the form the proxy writes
+    /// (`isWrittenAsForwarded`): copied as one span. Any other field is written from its name and value.
+    struct LineRun {
+        var start = -1
+        var end = -1
+
+        @inline(__always)
+        mutating func append(_ view: FieldView, _ s: HTTPHeaders.FieldSpan, to out: inout [UInt8]) {
+            if view.isWrittenAsForwarded(s) {
+                let lineStart = Int(s.nameStart), lineEnd = Int(s.valueEnd) + 2
+                if lineStart == end {
+                    end = lineEnd
+                } else {
+                    flush(view, to: &out)
+                    start = lineStart
+                    end = lineEnd
+                }
+                return
+            }
+            flush(view, to: &out)
+            appendField(view.name(s), view.value(s), to: &out)
+        }
+
+        @inline(__always)
+        mutating func flush(_ view: FieldView, to out: inout [UInt8]) {
+            if start >= 0 && end > start { out.append(contentsOf: UnsafeBufferPointer(rebasing: view.bytes[start..<end])) }
+            start = -1
+            end = -1
+        }
+    }
+
+    /// `Via`: the values received (in order), then this hop. `count` is how many `Via` fields there are.
+    static func appendVia(_ view: FieldView, count: Int, to out: inout [UInt8]) {
+        if count == 0 {
+            appendStatic("Via: 1.1 mtls-proxy\r\n", to: &out)
+            return
+        }
         appendStatic("Via: ", to: &out)
-        for field in original.fields where field.name.utf8.count == 3 && field.name.equalsIgnoringASCIICase("Via") {
-            appendLatin1(field.value, to: &out)
-            appendStatic(", ", to: &out)
+        do {
+            for s in view.spans where s.nameCount == 3 && equalsLowercase(view.name(s), "via") {
+                out.append(contentsOf: view.value(s))
+                appendStatic(", ", to: &out)
+            }
         }
         appendStatic("1.1 mtls-proxy\r\n", to: &out)
     }

@@ -77,24 +77,46 @@ public enum HeadParser {
     }
 
     /// The index of the first CR or LF in `bytes` at or after `start`, or `bytes.count` when there is none.
+    /// Eight bytes at a time: a word with neither is skipped whole; otherwise its lowest flagged byte is exact
+    /// (a borrow only runs upwards), and that is the answer.
     @inline(__always)
     static func nextLineByte(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
         let n = bytes.count
-        guard start < n, let base = bytes.baseAddress else { return n }
-        let lf = memchr(base + start, 0x0A, n - start).map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? n
-        guard lf > start else { return lf }
-        let cr = memchr(base + start, 0x0D, lf - start).map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? lf
-        return cr
+        var i = start
+        while i + 8 <= n {
+            let w = bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let cr = w ^ 0x0D0D_0D0D_0D0D_0D0D
+            let lf = w ^ 0x0A0A_0A0A_0A0A_0A0A
+            let flagged = (((cr &- 0x0101_0101_0101_0101) & ~cr) | ((lf &- 0x0101_0101_0101_0101) & ~lf)) & 0x8080_8080_8080_8080
+            if flagged != 0 { return i + flagged.trailingZeroBitCount >> 3 }
+            i += 8
+        }
+        while i < n {
+            let c = bytes[i]
+            if c == 0x0D || c == 0x0A { return i }
+            i += 1
+        }
+        return n
     }
 
     public static func parseRequest(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> RequestHead {
+        var head = RequestHead()
+        try parseRequest(bytes, into: &head, limits: limits)
+        return head
+    }
+
+    /// Parses a complete request head into `head`, reusing its buffers: the head's bytes are copied into them
+    /// once, and the target and every field are offsets over that copy. A head whose buffers are not shared and
+    /// are large enough is refilled without allocating. On a throw, `head` holds nothing usable.
+    public static func parseRequest(_ bytes: UnsafeRawBufferPointer, into head: inout RequestHead, limits: HeadLimits = HeadLimits()) throws {
         var lines = try Lines(bytes, limits: limits)
+        head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidRequestLine }
         // request-line = method SP request-target SP HTTP-version
-        guard let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        guard let sp1 = firstSpace(start) else { throw HTTPParseError.invalidRequestLine }
         let methodBytes = start[start.startIndex..<sp1]
         let rest = start[(sp1 + 1)...]
-        guard let sp2 = rest.firstIndex(of: 0x20) else { throw HTTPParseError.invalidRequestLine }
+        guard let sp2 = firstSpace(rest) else { throw HTTPParseError.invalidRequestLine }
         let targetBytes = rest[rest.startIndex..<sp2]
         let versionBytes = rest[(sp2 + 1)...]
         guard !methodBytes.isEmpty, methodBytes.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidMethod }
@@ -103,15 +125,51 @@ public enum HeadParser {
             throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
         }
         let version = try parseVersion(versionBytes)
-        let headers = try parseFields(&lines, limits: limits)
-        return RequestHead(method: ascii(methodBytes), target: ascii(targetBytes), version: version, headers: headers)
+        head.headers.storage.append(contentsOf: bytes)
+        try parseFields(&lines, into: &head.headers, limits: limits)
+        head.method = method(methodBytes)
+        head.version = version
+        head.targetStart = UInt32(targetBytes.startIndex)
+        head.targetEnd = UInt32(targetBytes.endIndex)
+    }
+
+    /// The index (in the base buffer) of the first SP in `line`, found with memchr.
+    @inline(__always)
+    private static func firstSpace(_ line: Slice<UnsafeRawBufferPointer>) -> Int? {
+        guard let base = line.base.baseAddress, line.startIndex < line.endIndex,
+              let found = memchr(base + line.startIndex, 0x20, line.endIndex - line.startIndex) else { return nil }
+        return UnsafeRawPointer(found) - base
+    }
+
+    /// The method as a String: the common ones are literals (nothing to allocate or copy).
+    private static func method(_ bytes: Slice<UnsafeRawBufferPointer>) -> String {
+        let b = bytes.base, s = bytes.startIndex
+        switch bytes.count {
+        case 3:
+            if b[s] == 0x47 && b[s + 1] == 0x45 && b[s + 2] == 0x54 { return "GET" }
+            if b[s] == 0x50 && b[s + 1] == 0x55 && b[s + 2] == 0x54 { return "PUT" }
+        case 4:
+            if b[s] == 0x50 && b[s + 1] == 0x4F && b[s + 2] == 0x53 && b[s + 3] == 0x54 { return "POST" }
+            if b[s] == 0x48 && b[s + 1] == 0x45 && b[s + 2] == 0x41 && b[s + 3] == 0x44 { return "HEAD" }
+        default:
+            break
+        }
+        return ascii(bytes)
     }
 
     public static func parseResponse(_ bytes: UnsafeRawBufferPointer, limits: HeadLimits = HeadLimits()) throws -> ResponseHead {
+        var head = ResponseHead()
+        try parseResponse(bytes, into: &head, limits: limits)
+        return head
+    }
+
+    /// Parses a complete response head into `head`, reusing its buffers (see `parseRequest(_:into:limits:)`).
+    public static func parseResponse(_ bytes: UnsafeRawBufferPointer, into head: inout ResponseHead, limits: HeadLimits = HeadLimits()) throws {
         var lines = try Lines(bytes, limits: limits)
+        head.headers.removeAllKeepingCapacity()
         guard let start = lines.next() else { throw HTTPParseError.invalidStatusLine }
         // status-line = HTTP-version SP status-code SP [ reason-phrase ]
-        guard start.count >= 12, let sp1 = start.firstIndex(of: 0x20) else { throw HTTPParseError.invalidStatusLine }
+        guard start.count >= 12, let sp1 = firstSpace(start) else { throw HTTPParseError.invalidStatusLine }
         let version: HTTPVersion
         do {
             version = try parseVersion(start[start.startIndex..<sp1])
@@ -124,15 +182,19 @@ public enum HeadParser {
         guard code.allSatisfy(isDigit) else { throw HTTPParseError.invalidStatusLine }
         let status = code.reduce(0) { $0 * 10 + Int($1 - 0x30) }
         guard status >= 100 else { throw HTTPParseError.invalidStatusLine }
-        var reason = ""
+        var reasonStart = start.endIndex
         if codeStart + 3 < start.endIndex {
             guard start[codeStart + 3] == 0x20 else { throw HTTPParseError.invalidStatusLine }
             let reasonBytes = start[(codeStart + 4)...]
             guard reasonBytes.allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidStatusLine }
-            reason = latin1(reasonBytes)
+            reasonStart = reasonBytes.startIndex
         }
-        let headers = try parseFields(&lines, limits: limits)
-        return ResponseHead(version: version, status: status, reason: reason, headers: headers)
+        head.headers.storage.append(contentsOf: bytes)
+        try parseFields(&lines, into: &head.headers, limits: limits)
+        head.version = version
+        head.status = status
+        head.reasonStart = UInt32(reasonStart)
+        head.reasonEnd = UInt32(start.endIndex)
     }
 
     private static func parseVersion(_ bytes: Slice<UnsafeRawBufferPointer>) throws -> HTTPVersion {
@@ -151,14 +213,12 @@ public enum HeadParser {
     }
 
     /// The field lines, each read in one pass over its bytes: the line end, the colon, and whether the name is a
-    /// token and the value is made of field characters (and is ASCII) are found together. Errors are reported
-    /// in the order the checks are listed at the top, for a line that ends in CRLF; an unterminated last line is
-    /// not part of the head.
-    private static func parseFields(_ lines: inout Lines, limits: HeadLimits) throws -> HTTPHeaders {
-        var fields: [HTTPField] = []
-        // Reserved once at the number of lines left (the head is complete), not grown field by field.
-        fields.reserveCapacity(min(lines.remainingLineCount(), limits.maxHeaderCount + 1))
-        let bytes = lines.bytes.bindMemory(to: UInt8.self)
+    /// token and the value is made of field characters are found together. Errors are reported in the order the
+    /// checks are listed at the top, for a line that ends in CRLF; an unterminated last line is not part of the
+    /// head. Each field is recorded as offsets: `headers.storage` holds a copy of `lines.bytes` at the same indices.
+    private static func parseFields(_ lines: inout Lines, into headers: inout HTTPHeaders, limits: HeadLimits) throws {
+        let raw = lines.bytes
+        let bytes = raw.bindMemory(to: UInt8.self)
         let n = bytes.count
         var p = lines.position
         defer { lines.position = p }
@@ -171,29 +231,58 @@ public enum HeadParser {
             var colon = -1
             var nameIsToken = true
             var valueIsValid = true
-            var valueIsASCII = true
             var lineEnd = -1
+            // The name, up to the colon (or the line's end).
             while i + 1 < n {
                 let c = bytes[i]
+                if isTokenChar(c) {  // the usual byte of a name (CR and ':' are not tchar)
+                    i += 1
+                    continue
+                }
                 if c == 0x0D && bytes[i + 1] == 0x0A {
                     lineEnd = i
                     break
                 }
-                if colon >= 0 {
-                    if !isFieldValueChar(c) { valueIsValid = false }
-                    if c >= 0x80 { valueIsASCII = false }
-                } else if c == 0x3A {
-                    colon = i
-                } else if !isTokenChar(c) {
-                    nameIsToken = false
-                }
                 i += 1
+                if c == 0x3A {
+                    colon = i - 1
+                    break
+                }
+                nameIsToken = false
+            }
+            // The value, eight bytes at a time while none of them is a control character or DEL (so none is the
+            // line's CR either); the first such byte is then looked at alone.
+            if colon >= 0 {
+                while i + 1 < n {
+                    if i + 8 <= n {
+                        let w = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                        let belowSpace = (w &- 0x2020_2020_2020_2020) & ~w & 0x8080_8080_8080_8080
+                        let x = w ^ 0x7F7F_7F7F_7F7F_7F7F
+                        let del = (x &- 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
+                        let flagged = belowSpace | del
+                        if flagged == 0 {
+                            i += 8
+                            continue
+                        }
+                        // The lowest flag is exact (a borrow only runs upwards): the bytes below it are field
+                        // characters; that byte is the one to look at.
+                        i += flagged.trailingZeroBitCount >> 3
+                        if i + 1 >= n { break }  // the last byte: the line has no CRLF
+                    }
+                    let c = bytes[i]
+                    if c == 0x0D && bytes[i + 1] == 0x0A {
+                        lineEnd = i
+                        break
+                    }
+                    if !isFieldValueChar(c) { valueIsValid = false }
+                    i += 1
+                }
             }
             guard lineEnd >= 0 else {
                 p = n
                 break
             }
-            guard fields.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
+            guard headers.spans.count < limits.maxHeaderCount else { throw HTTPParseError.tooManyHeaders(limit: limits.maxHeaderCount) }
             if bytes[p] == 0x20 || bytes[p] == 0x09 { throw HTTPParseError.obsoleteLineFolding }
             guard colon >= 0 else { throw HTTPParseError.headerWithoutColon }
             if colon > p, bytes[colon - 1] == 0x20 || bytes[colon - 1] == 0x09 { throw HTTPParseError.whitespaceBeforeColon }
@@ -202,15 +291,14 @@ public enum HeadParser {
             var valueEnd = lineEnd
             while valueStart < valueEnd && (bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09) { valueStart += 1 }
             while valueEnd > valueStart && (bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
-            let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self)
-            guard valueIsValid else { throw HTTPParseError.invalidFieldValue(name: name) }
-            let valueBytes = UnsafeBufferPointer(rebasing: bytes[valueStart..<valueEnd])
-            let value = valueIsASCII ? String(decoding: valueBytes, as: UTF8.self) : latin1(valueBytes)
-            fields.append(HTTPField(name: name, value: value))
+            guard valueIsValid else {
+                throw HTTPParseError.invalidFieldValue(name: String(decoding: UnsafeBufferPointer(rebasing: bytes[p..<colon]), as: UTF8.self))
+            }
+            headers.spans.append(HTTPHeaders.FieldSpan(nameStart: UInt32(p), nameEnd: UInt32(colon),
+                                                       valueStart: UInt32(valueStart), valueEnd: UInt32(valueEnd)))
             p = lineEnd + 2
         }
         if p + 1 >= n && p < n { p = n }
-        return HTTPHeaders(fields)
     }
 
     /// The CRLF-terminated lines of a complete head, leading empty lines skipped, stopping at the empty line.
@@ -249,8 +337,11 @@ public enum HeadParser {
         mutating func next() -> Slice<UnsafeRawBufferPointer>? {
             let start = position
             var i = start
-            while i + 1 < bytes.count {
-                if bytes[i] == 0x0D && bytes[i + 1] == 0x0A {
+            // From one CR to the next (memchr) until one is followed by LF.
+            while i + 1 < bytes.count, let base = bytes.baseAddress,
+                  let cr = memchr(base + i, 0x0D, bytes.count - 1 - i) {
+                i = UnsafeRawPointer(cr) - base
+                if bytes[i + 1] == 0x0A {
                     position = i + 2
                     return i == start ? nil : bytes[start..<i]
                 }
@@ -279,13 +370,14 @@ extension HeadParser {
 
 @inline(__always) func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
 
-/// tchar (RFC 9110 §5.6.2).
+/// tchar (RFC 9110 §5.6.2): DIGIT, ALPHA and !#$%&'*+-.^_`|~, looked up in a 128-bit set (one bit per ASCII
+/// byte; `TokenCharTests` checks it against the list).
 @inline(__always) func isTokenChar(_ c: UInt8) -> Bool {
-    switch c {
-    case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-    case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
-    default: return false
-    }
+    let low: UInt64 = 0x03FF_6CFA_0000_0000   // 0x00-0x3F: ! # $ % & ' * + - . 0-9
+    let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // 0x40-0x7F: A-Z ^ _ ` a-z | ~
+    if c < 0x40 { return (low >> UInt64(c)) & 1 != 0 }
+    if c < 0x80 { return (high >> UInt64(c - 0x40)) & 1 != 0 }
+    return false
 }
 
 /// field-vchar, SP and HTAB (RFC 9110 §5.5): no NUL, CR, LF, other controls or DEL.

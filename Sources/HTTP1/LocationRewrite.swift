@@ -25,6 +25,11 @@ public struct LocationRewrite: Sendable {
         name.equalsIgnoringASCIICase("Location") || name.equalsIgnoringASCIICase("Content-Location")
     }
 
+    static func applies(to name: UnsafeBufferPointer<UInt8>) -> Bool {
+        (name.count == 8 || name.count == 16)
+            && (equalsLowercase(name, "location") || equalsLowercase(name, "content-location"))
+    }
+
     /// The rewritten value, or nil when it stays as it is (relative references, other hosts, anything unparsable).
     public func rewrite(_ value: String) -> String? {
         guard let url = AbsoluteReference.parse(value) else { return nil }

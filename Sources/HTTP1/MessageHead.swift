@@ -5,17 +5,45 @@ public enum HTTPVersion: Sendable, Equatable {
     public var text: String { self == .http10 ? "HTTP/1.0" : "HTTP/1.1" }
 }
 
+/// A request head. A parsed head keeps its target (and its fields, see `HTTPHeaders`) as offsets over its own
+/// copy of the received bytes; `target` makes a String only when asked.
 public struct RequestHead: Sendable, Equatable {
     public var method: String
-    public var target: String
     public var version: HTTPVersion
-    public var headers: HTTPHeaders
+    public internal(set) var headers: HTTPHeaders
+    /// The request target: a range of `headers.storage`, outside every field.
+    var targetStart: UInt32 = 0
+    var targetEnd: UInt32 = 0
 
     public init(method: String, target: String, version: HTTPVersion = .http11, headers: HTTPHeaders = HTTPHeaders()) {
         self.method = method
-        self.target = target
         self.version = version
         self.headers = headers
+        targetStart = UInt32(self.headers.storage.count)
+        self.headers.storage.append(contentsOf: target.utf8)
+        targetEnd = UInt32(self.headers.storage.count)
+    }
+
+    /// An empty head, for a parser to fill (`HeadParser.parseRequest(_:into:limits:)`).
+    public init() {
+        method = ""
+        version = .http11
+        headers = HTTPHeaders()
+    }
+
+    public var target: String {
+        withTargetBytes { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// The target's bytes, in place (visible ASCII in a parsed head).
+    @inline(__always)
+    public func withTargetBytes<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
+        try headers.storage.withUnsafeBufferPointer { try body(slice($0, targetStart, targetEnd)) }
+    }
+
+    public static func == (a: RequestHead, b: RequestHead) -> Bool {
+        a.method == b.method && a.version == b.version && a.headers == b.headers
+            && a.withTargetBytes { x in b.withTargetBytes { y in x.elementsEqual(y) } }
     }
 
     /// Whether the client asked to keep the connection open after this exchange (RFC 9112 §9.3).
@@ -24,17 +52,43 @@ public struct RequestHead: Sendable, Equatable {
     }
 }
 
+/// A response head; a parsed one keeps its reason phrase and fields as offsets over its own copy of the bytes.
 public struct ResponseHead: Sendable, Equatable {
     public var version: HTTPVersion
     public var status: Int
-    public var reason: String
-    public var headers: HTTPHeaders
+    public internal(set) var headers: HTTPHeaders
+    /// The reason phrase: a range of `headers.storage` (Latin-1 bytes), outside every field.
+    var reasonStart: UInt32 = 0
+    var reasonEnd: UInt32 = 0
 
     public init(version: HTTPVersion = .http11, status: Int, reason: String, headers: HTTPHeaders = HTTPHeaders()) {
         self.version = version
         self.status = status
-        self.reason = reason
         self.headers = headers
+        reasonStart = UInt32(self.headers.storage.count)
+        for scalar in reason.unicodeScalars { self.headers.storage.append(UInt8(truncatingIfNeeded: scalar.value)) }
+        reasonEnd = UInt32(self.headers.storage.count)
+    }
+
+    /// An empty head, for a parser to fill (`HeadParser.parseResponse(_:into:limits:)`).
+    public init() {
+        version = .http11
+        status = 0
+        headers = HTTPHeaders()
+    }
+
+    public var reason: String {
+        withReasonBytes { latin1($0) }
+    }
+
+    @inline(__always)
+    func withReasonBytes<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
+        try headers.storage.withUnsafeBufferPointer { try body(slice($0, reasonStart, reasonEnd)) }
+    }
+
+    public static func == (a: ResponseHead, b: ResponseHead) -> Bool {
+        a.version == b.version && a.status == b.status && a.headers == b.headers
+            && a.withReasonBytes { x in b.withReasonBytes { y in x.elementsEqual(y) } }
     }
 
     /// Whether the upstream lets the connection be reused after this response.
@@ -58,13 +112,14 @@ public struct HeadLimits: Sendable, Equatable {
 @inline(__always)
 func connectionAllowsKeepAlive(_ headers: HTTPHeaders, version: HTTPVersion) -> Bool {
     var close = false, keepAlive = false
-    for field in headers.fields where field.name.equalsIgnoringASCIICase("Connection") {
-        forEachListElement(field.value) { element in
-            if bytesEqualIgnoringASCIICase(element, "close") { close = true; return false }
-            if bytesEqualIgnoringASCIICase(element, "keep-alive") { keepAlive = true }
+    headers.forEachValue("Connection") { value in
+        forEachListElement(value) { element in
+            if equalsLowercase(element, "close") { close = true; return false }
+            if equalsLowercase(element, "keep-alive") { keepAlive = true }
             return true
         }
-        if close { return false }
+        return !close
     }
+    if close { return false }
     return version == .http10 ? keepAlive : true
 }

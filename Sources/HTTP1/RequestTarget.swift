@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A request target in absolute form (`http://host[:port]/path?query`), as clients send to a forward proxy,
 /// or in origin form (`/path?query`), as clients send to a fixed listener.
 public struct AbsoluteTarget: Sendable, Equatable {
@@ -18,8 +22,19 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The path without the query, which is what routes match on and what logs may show.
     public var path: Substring {
-        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[..<q] }
+        if let q = queryStart { return pathAndQuery[..<q] }
         return pathAndQuery[...]
+    }
+
+    /// Where the `?` is, found over the contiguous UTF-8 in one scan.
+    @inline(__always)
+    private var queryStart: String.Index? {
+        let offset = pathAndQuery.utf8.withContiguousStorageIfAvailable { $0.firstIndex(of: 0x3F) }
+        switch offset {
+        case .some(.some(let i)): return pathAndQuery.utf8.index(pathAndQuery.utf8.startIndex, offsetBy: i)
+        case .some(.none): return nil
+        case .none: return pathAndQuery.utf8.firstIndex(of: 0x3F)
+        }
     }
 
     public var isIPv6Literal: Bool {
@@ -34,41 +49,53 @@ public struct AbsoluteTarget: Sendable, Equatable {
 
     /// The query with its `?`, or empty: forwarded exactly as received.
     public var query: Substring {
-        if let q = pathAndQuery.utf8.firstIndex(of: UInt8(ascii: "?")) { return pathAndQuery[q...] }
+        if let q = queryStart { return pathAndQuery[q...] }
         return pathAndQuery[pathAndQuery.endIndex...]
     }
 
     /// The same target with its path replaced by `canonicalPath` (see `PathNormalizer`), the query kept.
     public func withPath(_ canonicalPath: String) -> AbsoluteTarget {
-        // Usually the path was canonical already: keep the target as it is (no new string).
+        var copy = self
+        copy.replacePath(with: canonicalPath)
+        return copy
+    }
+
+    /// Replaces the path with `canonicalPath`, keeping the query; usually the path was canonical already and the
+    /// target is left as it is (no new string, no copy of the target).
+    public mutating func replacePath(with canonicalPath: String) {
         let current = path
         if current.utf8.count == canonicalPath.utf8.count,
            current.utf8.withContiguousStorageIfAvailable({ a in canonicalPath.utf8.withContiguousStorageIfAvailable { a.elementsEqual($0) } })
                ?? current.utf8.elementsEqual(canonicalPath.utf8) == true {
-            return self
+            return
         }
-        var copy = self
-        copy.pathAndQuery = canonicalPath + query
-        return copy
+        pathAndQuery = canonicalPath + query
     }
 
     /// Parses an absolute-form target. Only `http` and `https` are accepted; user info and fragments are rejected.
     /// The path is not judged here: `PathNormalizer` decides its canonical form before routing.
     public static func parse(_ target: String) throws -> AbsoluteTarget {
         var text = target
-        // One scan over the target's own bytes: the scheme compared in place, the host lower-cased straight into
-        // its String, the path and query copied once (a String that small is stored inline, without allocating).
-        return try text.withUTF8 { utf8 in
+        return try text.withUTF8 { try parse($0) }
+    }
+
+    /// The same over the target's bytes in place (a parsed head's, see `RequestHead.withTargetBytes`). One scan:
+    /// the scheme compared in place, the host lower-cased straight into its String, the path and query copied
+    /// once (a String that small is stored inline, without allocating).
+    /// `knownHosts` and `recentHost` (the host of the connection's previous request, say) are Strings the host
+    /// may turn out to equal: it is then that String, shared instead of made again.
+    public static func parse(_ utf8: UnsafeBufferPointer<UInt8>, knownHosts: KnownHosts? = nil, recentHost: String? = nil) throws -> AbsoluteTarget {
+        do {
             guard let schemeEnd = findSchemeSeparator(utf8) else {
                 // The target itself is never quoted: its query may carry a secret.
-                if target.first == "/" { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
+                if utf8.first == 0x2F { throw HTTPParseError.invalidTarget("origin-form (a path without scheme and host): send an absolute URL such as http://host/path through the proxy") }
                 throw HTTPParseError.invalidTarget("expected an absolute http:// URL")
             }
             let schemeBytes = UnsafeBufferPointer(rebasing: utf8[0..<schemeEnd])
             let scheme: String
-            if bytesEqualIgnoringASCIICase(schemeBytes, "http") {
+            if equalsLowercase(schemeBytes, "http") {
                 scheme = "http"
-            } else if bytesEqualIgnoringASCIICase(schemeBytes, "https") {
+            } else if equalsLowercase(schemeBytes, "https") {
                 scheme = "https"
             } else {
                 let scheme = String(decoding: schemeBytes, as: UTF8.self).asciiLowercased
@@ -83,8 +110,9 @@ public struct AbsoluteTarget: Sendable, Equatable {
                 authorityEnd += 1
             }
             let rest = UnsafeBufferPointer(rebasing: utf8[authorityEnd...])
-            if rest.contains(0x23) { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
-            let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]))
+            if firstIndex(of: 0x23, in: rest) != nil { throw HTTPParseError.invalidTarget("a fragment (#) is not sent in a request") }
+            let (host, port) = try parseAuthority(UnsafeBufferPointer(rebasing: utf8[authorityStart..<authorityEnd]), knownHosts: knownHosts,
+                                                  recentHost: recentHost)
             let pathAndQuery: String
             if rest.isEmpty {
                 pathAndQuery = "/"
@@ -118,8 +146,9 @@ public struct AbsoluteTarget: Sendable, Equatable {
         try authority.withUnsafeBufferPointer { try parseAuthority($0) }
     }
 
-    static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>) throws -> (host: String, port: Int?) {
-        if authority.contains(0x40) { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
+    static func parseAuthority(_ authority: UnsafeBufferPointer<UInt8>, knownHosts: KnownHosts? = nil,
+                               recentHost: String? = nil) throws -> (host: String, port: Int?) {
+        if firstIndex(of: 0x40, in: authority) != nil { throw HTTPParseError.invalidTarget("user information (user@) in the URL is not allowed") }
         guard !authority.isEmpty else { throw HTTPParseError.invalidHost }
         var hostBytes: Slice<UnsafeBufferPointer<UInt8>>
         var portBytes: Slice<UnsafeBufferPointer<UInt8>>?
@@ -136,7 +165,7 @@ public struct AbsoluteTarget: Sendable, Equatable {
                 portBytes = after.dropFirst()
             }
         } else {
-            if let colon = authority.firstIndex(of: 0x3A) {
+            if let colon = firstIndex(of: 0x3A, in: authority) {
                 hostBytes = authority[..<colon]
                 portBytes = authority[(colon + 1)...]
             } else {
@@ -145,10 +174,14 @@ public struct AbsoluteTarget: Sendable, Equatable {
             // A fully qualified name's trailing dot names the same host (RFC 1034 §3.1); RFC 6066 forbids it in
             // SNI. One is removed here, so routing, SNI, the certificate check, Host and the pool key agree.
             if hostBytes.count > 1, hostBytes.last == 0x2E { hostBytes = hostBytes.dropLast() }
-            guard !hostBytes.isEmpty, hostBytes.count <= 253, hostBytes.last != 0x2E, hostBytes.first != 0x2E,
-                  !zip(hostBytes, hostBytes.dropFirst()).contains(where: { $0 == 0x2E && $1 == 0x2E }),
-                  hostBytes.allSatisfy({ isAlnum($0) || $0 == 0x2D || $0 == 0x2E || $0 == 0x5F }) else {
+            guard !hostBytes.isEmpty, hostBytes.count <= 253, hostBytes.last != 0x2E, hostBytes.first != 0x2E else {
                 throw HTTPParseError.invalidHost
+            }
+            // One pass: only letters, digits, '-', '.' and '_', and no empty label ("..").
+            var previous: UInt8 = 0
+            for c in hostBytes {
+                guard isAlnum(c) || c == 0x2D || c == 0x5F || (c == 0x2E && previous != 0x2E) else { throw HTTPParseError.invalidHost }
+                previous = c
             }
         }
         var port: Int?
@@ -159,6 +192,12 @@ public struct AbsoluteTarget: Sendable, Equatable {
             port = value
         }
         if let canonicalIPv6 { return (canonicalIPv6, port) }
+        // A host the configuration names is handed out as the configuration's own String (nothing allocated).
+        let hostView = UnsafeBufferPointer(rebasing: hostBytes)
+        if var recent = recentHost, recent.withUTF8({ $0.count == hostView.count && bytesEqualIgnoringASCIICase(hostView, $0) }) {
+            return (recent, port)
+        }
+        if let knownHosts, let known = knownHosts.lookUp(hostView) { return (known, port) }
         // Lower-cased straight into the host's storage (no intermediate array).
         let host = String(unsafeUninitializedCapacity: hostBytes.count) { buffer in
             var k = 0
@@ -170,6 +209,14 @@ public struct AbsoluteTarget: Sendable, Equatable {
         }
         return (host, port)
     }
+}
+
+/// The first index of `byte` in `bytes` (memchr).
+@inline(__always)
+func firstIndex(of byte: UInt8, in bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+    guard let base = bytes.baseAddress, !bytes.isEmpty,
+          let found = memchr(base, Int32(byte), bytes.count) else { return nil }
+    return UnsafeRawPointer(found) - UnsafeRawPointer(base)
 }
 
 @inline(__always) func isHexDigit(_ c: UInt8) -> Bool {
@@ -263,5 +310,60 @@ public enum IPv6Literal {
         case 0x41...0x46: return c - 0x41 + 10
         default: return c - 0x61 + 10
         }
+    }
+}
+
+/// Host names known ahead of any request (the routes' exact hosts, resolved when the configuration is
+/// loaded), so that a request naming one gets the configuration's own String instead of a new one: routing,
+/// the pool key and the access record then share it, and parsing the target allocates nothing for the host.
+public struct KnownHosts: Sendable {
+    private struct Slot: Sendable {
+        var hash: UInt64
+        var host: String
+    }
+    /// Open addressing, a power of two at least twice the number of hosts; nil slots end a probe.
+    private var slots: [Slot?]
+
+    /// `hosts` in canonical form (lower case, no trailing dot); any other spelling could never match.
+    public init<S: Sequence>(_ hosts: S) where S.Element == String {
+        let unique = Array(Set(hosts))
+        var size = 8
+        while size < unique.count * 2 { size *= 2 }
+        slots = Array(repeating: nil, count: size)
+        for host in unique {
+            var copy = host
+            let hash = copy.withUTF8 { Self.hash($0) }
+            var i = Int(truncatingIfNeeded: hash) & (size - 1)
+            while slots[i] != nil { i = (i + 1) & (size - 1) }
+            slots[i] = Slot(hash: hash, host: host)
+        }
+    }
+
+    public init() {
+        slots = []
+    }
+
+    /// FNV-1a over the ASCII-lower-cased bytes.
+    @inline(__always)
+    private static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in bytes { h = (h ^ UInt64(asciiLower(b))) &* 0x0000_0100_0000_01B3 }
+        return h
+    }
+
+    /// The known host equal to `bytes` ignoring ASCII case, if there is one.
+    public func lookUp(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        guard !slots.isEmpty else { return nil }
+        let hash = Self.hash(bytes)
+        let mask = slots.count - 1
+        var i = Int(truncatingIfNeeded: hash) & mask
+        while let slot = slots[i] {
+            if slot.hash == hash {
+                var host = slot.host
+                if host.withUTF8({ $0.count == bytes.count && bytesEqualIgnoringASCIICase(bytes, $0) }) { return slot.host }
+            }
+            i = (i + 1) & mask
+        }
+        return nil
     }
 }

@@ -1,3 +1,5 @@
+import HTTP1
+
 /// The routing decision for one request: which route, or the unmatched policy. Its fields live in one shared,
 /// immutable storage object made when the router is, so handing a decision around per request retains one
 /// reference instead of every string of the route (setting a field makes a new storage: value semantics hold).
@@ -79,8 +81,11 @@ public struct RouteMatch: Sendable, Equatable {
             && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
     }
 
-    /// How logs name the decision.
-    public var label: String { route?.label ?? "unmatched" }
+    /// How logs name the decision (read in place: the route is not copied).
+    public var label: String { storage.route?.label ?? "unmatched" }
+
+    /// The deciding route's 1-based position in the file, nil for the unmatched policy (read in place).
+    public var routeIndex: Int? { storage.route?.index }
 
     /// Which fields of the route matched, for `explain`-style output.
     public var reason: String {
@@ -150,6 +155,8 @@ public struct Router: Sendable {
     /// The decision of each route (by position in `routes`) and of the unmatched policy, made once.
     private var routeMatches: [RouteMatch] = []
     private var preparedUnmatched: RouteMatch?
+    /// The routes' exact host names, for request targets to reuse (`AbsoluteTarget.parse(_:knownHosts:)`).
+    public private(set) var knownHosts = KnownHosts()
 
     public init(routes: [Route], unmatched: UnmatchedPolicy, upstream: UpstreamSettings) {
         self.routes = routes
@@ -166,6 +173,10 @@ public struct Router: Sendable {
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)
+        knownHosts = KnownHosts(routes.compactMap { route -> String? in
+            if case .exact(let host) = route.host { return host }
+            return nil
+        })
     }
 
     /// - Parameters:

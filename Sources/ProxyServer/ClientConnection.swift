@@ -270,13 +270,13 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 releaseExchange()  // idle: nothing of a request is here
                 return
             }
-            // Storage taken from the worker for this head is empty already (emptied when given back).
+            // Storage taken from the worker for this head is renewed already (when given back).
             let freshStorage = exchangeStorage == nil
             let limit = runtime.limits.maxHeadBytes
             let window = min(available, limit + 4)
             guard let bytes = evbuffer_pullup(input, window) else { return }
             let buffer = UnsafeRawBufferPointer(start: bytes, count: window)
-            let head: RequestHead
+            var head = RequestHead()
             let headLength: Int
             do {
                 guard let length = try HeadParser.headLength(buffer, limit: limit, resuming: &headScan) else {
@@ -285,7 +285,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                     return
                 }
                 headScan = HeadParser.Scan()
-                head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
+                head = exchange.takeRequestHead()
+                try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), into: &head, limits: runtime.limits)
                 headLength = length
             } catch {
                 headScan = HeadParser.Scan()
@@ -339,7 +340,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     }
 
     private func startExchange(_ head: RequestHead, freshStorage: Bool) {
-        if !freshStorage { exchange = Exchange() }
+        if !freshStorage { exchange.renew() }
         exchange.request = head
         startRecord(method: head.method, target: nil)
         let framing = Result { try BodyFraming.forRequest(head) }
@@ -557,9 +558,10 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                         break loop
                     }
                     exchange.response = .awaitingHead(HeadParser.Scan())
-                    let head = try HeadParser.parseResponse(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), limits: runtime.limits)
+                    try HeadParser.parseResponse(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), into: &exchange.responseHead,
+                                                 limits: runtime.limits)
                     evbuffer_drain(source, length)
-                    try startResponse(head)
+                    try startResponse(exchange.responseHead)
                 case .body:
                     if !relayResponseBody(from: source) { break loop }
                 case .done:
@@ -603,10 +605,11 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         try exchange.acceptFinalResponse(head, to: request)
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
         machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
-        let bytes = Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
-                                              keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
-                                              locationRewrite: kind.locationRewrite(for: request, runtime: runtime))  // redirects stay on the proxy
-        bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+        Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
+                                  keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
+                                  locationRewrite: kind.locationRewrite(for: request, runtime: runtime),  // redirects stay on the proxy
+                                  into: &exchange.clientResponseHead)
+        exchange.clientResponseHead.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         let framing = exchange.responseFraming
         switch framing {
         case .none:

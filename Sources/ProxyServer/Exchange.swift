@@ -55,9 +55,64 @@ struct Exchange {
 
     /// Whether an access record is open (written once, by `ClientConnection.finishRecord`).
     var isRecording: Bool { startMicros != 0 }
+
+    // Buffers one exchange hands on to the next on the same connection. Only their capacity carries over:
+    // each exchange overwrites them before it reads them, so a warm keep-alive connection parses and writes
+    // heads without allocating.
+    /// The upstream's response head, parsed into (`HeadParser.parseResponse(_:into:limits:)`).
+    var responseHead = ResponseHead()
+    /// The response head as it goes to the client.
+    var clientResponseHead: [UInt8] = []
+    /// The host of the last request forwarded on this connection: the next one usually names it again, and then
+    /// shares this String instead of making one.
+    var recentHost: String?
+    /// A request head kept for its buffers while the exchange waits in the `ExchangeStore`.
+    var spareRequestHead: RequestHead?
+
+    /// The next exchange on this connection: everything new, except the capacity of the head buffers. (The
+    /// request head's buffers go round through `takeRequestHead`, taken before the next head is parsed.)
+    mutating func renew() {
+        // The buffers are moved out (not copied), the old exchange is replaced in place, the buffers moved back.
+        var upstreamHead: [UInt8] = [], response = ResponseHead(), clientHead: [UInt8] = []
+        swap(&upstreamHead, &upstreamRequestHead)
+        swap(&response, &responseHead)
+        swap(&clientHead, &clientResponseHead)
+        var spare: RequestHead? = nil
+        swap(&spare, &spareRequestHead)
+        let host = target?.host ?? recentHost
+        self = Exchange()
+        swap(&upstreamHead, &upstreamRequestHead)
+        swap(&response, &responseHead)
+        swap(&clientHead, &clientResponseHead)
+        swap(&spare, &spareRequestHead)
+        recentHost = host
+    }
+
+    /// Between requests, in the worker's `ExchangeStore`: everything of the finished exchange is released but
+    /// the buffers, the request head's among them, for the next request to reuse.
+    mutating func store() {
+        let head = takeRequestHead()
+        renew()
+        spareRequestHead = head
+    }
+
+    /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
+    /// empty one. The exchange no longer holds it.
+    mutating func takeRequestHead() -> RequestHead {
+        if let head = request {
+            request = nil
+            return head
+        }
+        if let head = spareRequestHead {
+            spareRequestHead = nil
+            return head
+        }
+        return RequestHead()
+    }
 }
 
 extension Exchange {
+
     /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
     /// client's framing, and the record. Everything that can reject the head is checked before anything of it
     /// is recorded or reaches the client, so a rejected head is still answered with a 502.

@@ -1,6 +1,7 @@
 /// The storage of `Exchange`s for one worker's connections. A connection holds one only while a request is in
 /// flight (from its first byte to the end of its response) and gives it back when it goes idle, so an idle
-/// keep-alive connection holds none; a busy connection takes back the one it gave, at no allocation.
+/// keep-alive connection holds none; a busy connection takes back the one it gave, with the capacity of its head
+/// buffers, at no allocation.
 final class ExchangeStore {
     private var free: [UnsafeMutablePointer<Exchange>] = []
     /// Kept for reuse at most; beyond, storage given back is freed.
@@ -26,10 +27,10 @@ final class ExchangeStore {
         return storage
     }
 
-    /// Gives `storage` back, emptied (what the finished exchange held is released now, not when the connection
-    /// next gets a request).
+    /// Gives `storage` back, emptied but for its buffers (what the finished exchange held is released now, not
+    /// when the connection next gets a request).
     func give(_ storage: UnsafeMutablePointer<Exchange>) {
-        storage.pointee = Exchange()
+        storage.pointee.store()
         if free.count < keep {
             free.append(storage)
         } else {

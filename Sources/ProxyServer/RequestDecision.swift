@@ -37,7 +37,9 @@ enum RequestDecision {
             if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
-                target = try AbsoluteTarget.parse(head.target)
+                let knownHosts = runtime.router.knownHosts
+                let recentHost = exchange.recentHost
+                target = try head.withTargetBytes { try AbsoluteTarget.parse($0, knownHosts: knownHosts, recentHost: recentHost) }
             case .fixed(let listener):
                 // A base-URL client sends origin form; the upstream is the listener's, whatever Host says. A
                 // proxy request (absolute form) means the client took the sidecar for the proxy: say which is which.
@@ -70,7 +72,6 @@ enum RequestDecision {
         }
         exchange.record.scheme = target.scheme
         exchange.record.host = target.host
-        exchange.record.path = String(target.path)
         let hasBody = framing != .none
 
         // An http:// URL without a port means the service's https port.
@@ -82,9 +83,10 @@ enum RequestDecision {
         switch RequestRouting.decide(runtime.router, host: target.host, port: port, path: target.path) {
         case .routed(let canonicalPath, let decided):
             match = decided
-            target = target.withPath(canonicalPath)
+            target.replacePath(with: canonicalPath)
             exchange.record.path = canonicalPath
         case .refused(let refusal, let decided):
+            exchange.record.path = String(target.path)
             exchange.record.route = decided?.label ?? ""
             return .answer(RequestRouting.badRequest(refusal, match: decided), close: true)
         }
@@ -115,9 +117,10 @@ enum RequestDecision {
            head.headers.listElements("Connection").contains(where: { $0.equalsIgnoringASCIICase("upgrade") }) {
             upgrade = value
         }
-        exchange.upstreamRequestHead = Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery,
-                                                                  host: target.hostHeader(port: port, defaultPort: 443),
-                                                                  framing: framing, upgrade: upgrade)
+        // Host as `target.hostHeader(port:defaultPort: 443)` spells it, written in place.
+        Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.host, bracketed: target.isIPv6Literal,
+                                   port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
+                                   into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
         exchange.requestBody = Exchange.RequestBody(framing)
         exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))

@@ -262,31 +262,31 @@ extension ProxyRuntime {
     /// loaded); nil sends the caller to the general lookup, which also explains a missing certificate.
     @inline(__always)
     func resolvedContext(for match: RouteMatch, at now: Int) -> ClientTLSContext? {
-        guard let route = match.route else {
+        guard let routeIndex = match.routeIndex else {
             if case .tls = match.action, match.trust == config.upstream.trust { return upstreamContext }
             return nil
         }
         // Route indexes are 1-based positions in the file; a route built elsewhere is looked up by its index.
-        let direct = route.index - 1
-        let position = direct >= 0 && direct < routeContexts.count && routeContexts[direct].routeIndex == route.index
-            ? direct : routeContexts.firstIndex { $0.routeIndex == route.index }
+        let direct = routeIndex - 1
+        let position = direct >= 0 && direct < routeContexts.count && routeContexts[direct].routeIndex == routeIndex
+            ? direct : routeContexts.firstIndex { $0.routeIndex == routeIndex }
         guard let position else { return nil }
-        let entry = routeContexts[position]
-        guard entry.trust == match.trust else { return nil }
+        // The entry's fields are read in place, not copied out as a whole.
+        guard routeContexts[position].trust == match.trust else { return nil }
         switch match.action {
         case .tls, .deny:
-            return entry.plain
+            return routeContexts[position].plain
         case .mtls(let identity):
-            guard identity == entry.identity else { return nil }
-            let list = entry.credentials
+            guard identity == routeContexts[position].identity else { return nil }
             let active: Int?
-            if list.count == 1 {
-                active = list[0].validity.isValid(at: now) ? 0 : nil
+            if routeContexts[position].credentials.count == 1 {
+                active = routeContexts[position].credentials[0].validity.isValid(at: now) ? 0 : nil
             } else {
-                active = CertificateSelection.active(list.map(\.validity), at: now, prefer: entry.prefer)
+                active = CertificateSelection.active(routeContexts[position].credentials.map(\.validity), at: now,
+                                                     prefer: routeContexts[position].prefer)
             }
-            guard let active, active < entry.byCertificate.count else { return nil }
-            return entry.byCertificate[active]
+            guard let active, active < routeContexts[position].byCertificate.count else { return nil }
+            return routeContexts[position].byCertificate[active]
         }
     }
 }
