@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <sys/inotify.h>
+#include <sys/eventfd.h>
 #include <crypt.h>
 
 #include <event2/event.h>

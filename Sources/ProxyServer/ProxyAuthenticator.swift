@@ -225,8 +225,8 @@ final class AuthFailureLimiter: @unchecked Sendable {
 }
 
 /// A few threads that compute password hashes away from the event loops, with a bounded queue. Each result
-/// goes back to the worker that asked, through `Worker.post` (which wakes its loop; `evthread_use_pthreads`
-/// makes that safe). The threads run at a lower priority than the loops, so hashing never starves them.
+/// goes back to the worker that asked, through `Worker.post` (which queues it under a lock and wakes the loop
+/// through its eventfd). The threads run at a lower priority than the loops, so hashing never starves them.
 final class PasswordHashing: @unchecked Sendable {
     private struct Job {
         let work: () -> Bool

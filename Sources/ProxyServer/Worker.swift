@@ -28,12 +28,17 @@ final class Worker: @unchecked Sendable {
     let health: WorkerHealth
     private let pendingLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var pendingRuntime: (ProxyRuntime, AccessLog)?
-    private var swapEvent: OpaquePointer?
     private var listeners: [ListenerHandle] = []
     let logger: Logger
     let base: OpaquePointer
     let dns: OpaquePointer
-    private var stopEvent: OpaquePointer?
+    /// Other threads wake this loop through `wakeFD` (an eventfd), never by touching its event base: the base is
+    /// made without locks (`EVENT_BASE_FLAG_NOLOCK`), which saves every event operation a mutex pair.
+    private let wakeFD: Int32
+    private var wakeEvent: OpaquePointer?
+    /// Asked for by other threads, under `pendingLock`, and carried out on this loop when it wakes.
+    private var stopRequested = false
+    private var breakRequested = false
     private var tickEvent: OpaquePointer?
     private var drainTimer: OpaquePointer?
     let pool = UpstreamPool()
@@ -53,7 +58,6 @@ final class Worker: @unchecked Sendable {
     private let authLimiter: AuthFailureLimiter
     /// Work handed to this loop from other threads (`post`), guarded by `pendingLock`.
     private var mailbox: [() -> Void] = []
-    private var mailEvent: OpaquePointer?
 
     init(id: Int, runtime: ProxyRuntime, accessLog: AccessLog, metrics: ProxyMetrics, health: WorkerHealth,
          connections: ConnectionCounter, logger: Logger,
@@ -67,8 +71,13 @@ final class Worker: @unchecked Sendable {
         self.metrics = WorkerMetrics(metrics)
         self.health = health
         self.logger = logger
-        guard let base = event_base_new() else { throw ServerError.eventLoop("event_base_new failed") }
+        guard let config = event_config_new() else { throw ServerError.eventLoop("event_config_new failed") }
+        defer { event_config_free(config) }
+        event_config_set_flag(config, Int32(EVENT_BASE_FLAG_NOLOCK.rawValue))
+        guard let base = event_base_new_with_config(config) else { throw ServerError.eventLoop("event_base_new failed") }
         self.base = base
+        wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wakeFD >= 0 else { throw ServerError.eventLoop("eventfd failed: \(String(cString: strerror(errno)))") }
         self.accessLog = AccessLogWriter(log: accessLog, base: base)
         self.flusher = StreamFlusher(base: base)
         // Nameservers from the config or /etc/resolv.conf, names from /etc/hosts. A machine without resolv.conf
@@ -90,9 +99,8 @@ final class Worker: @unchecked Sendable {
         }
         let me = Unmanaged.passUnretained(self).toOpaque()
         pthread_mutex_init(pendingLock, nil)
-        stopEvent = event_new(base, -1, 0, workerStopCallback, me)
-        swapEvent = event_new(base, -1, 0, workerSwapCallback, me)
-        mailEvent = event_new(base, -1, 0, workerMailCallback, me)
+        wakeEvent = event_new(base, wakeFD, Int16(EV_READ | EV_PERSIST), workerWakeCallback, me)
+        event_add(wakeEvent, nil)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
@@ -135,10 +143,9 @@ final class Worker: @unchecked Sendable {
 
     deinit {
         for handle in listeners { handle.free() }
-        if let stopEvent { event_free(stopEvent) }
+        if let wakeEvent { event_free(wakeEvent) }
+        close(wakeFD)
         if let tickEvent { event_free(tickEvent) }
-        if let swapEvent { event_free(swapEvent) }
-        if let mailEvent { event_free(mailEvent) }
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
@@ -210,7 +217,7 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_lock(pendingLock)
         pendingRuntime = (runtime, accessLog)
         pthread_mutex_unlock(pendingLock)
-        if let swapEvent { event_active(swapEvent, EV_READ, 0) }
+        wake()
     }
 
     fileprivate func takePendingRuntime() {
@@ -234,7 +241,7 @@ final class Worker: @unchecked Sendable {
         pthread_mutex_lock(pendingLock)
         mailbox.append(work)
         pthread_mutex_unlock(pendingLock)
-        if let mailEvent { event_active(mailEvent, EV_READ, 0) }
+        wake()
     }
 
     fileprivate func deliverMail() {
@@ -247,7 +254,10 @@ final class Worker: @unchecked Sendable {
 
     /// Safe from any thread: stop accepting, finish what is in flight (up to `timeout`), then end the loop.
     func requestStop() {
-        if let stopEvent { event_active(stopEvent, EV_READ, 0) }
+        pthread_mutex_lock(pendingLock)
+        stopRequested = true
+        pthread_mutex_unlock(pendingLock)
+        wake()
     }
 
     private var interceptionContexts: [String: InterceptionContext] = [:]
@@ -266,7 +276,32 @@ final class Worker: @unchecked Sendable {
 
     /// Safe from any thread: end the loop now, whatever is in flight.
     func forceStop() {
-        event_base_loopbreak(base)
+        pthread_mutex_lock(pendingLock)
+        breakRequested = true
+        pthread_mutex_unlock(pendingLock)
+        wake()
+    }
+
+    /// Wakes this worker's loop from any thread.
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    /// On this loop: what other threads asked for since the last wake.
+    fileprivate func woken() {
+        var count: UInt64 = 0
+        _ = read(wakeFD, &count, 8)
+        pthread_mutex_lock(pendingLock)
+        let stop = stopRequested, breakNow = breakRequested
+        pthread_mutex_unlock(pendingLock)
+        if breakNow {
+            event_base_loopbreak(base)
+            return
+        }
+        takePendingRuntime()
+        deliverMail()
+        if stop { beginDrain() }
     }
 
     fileprivate func beginDrain() {
@@ -527,16 +562,8 @@ private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: Unsafe
     Unmanaged<ListenerHandle>.fromOpaque(ctx!).takeUnretainedValue().acceptFailed(errno: e)
 }
 
-private func workerStopCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().beginDrain()
-}
-
-private func workerSwapCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().takePendingRuntime()
-}
-
-private func workerMailCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().deliverMail()
+private func workerWakeCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().woken()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
