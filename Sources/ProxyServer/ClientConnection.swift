@@ -605,9 +605,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         try exchange.acceptFinalResponse(head, to: request)
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
         machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
+        // Redirects stay on the proxy. The rewrite is made only for a head that has a field it rewrites: making it
+        // costs more than the rest of the response head.
+        let rewritesLocation = head.headers.contains("Location") || head.headers.contains("Content-Location")
         Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
                                   keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
-                                  locationRewrite: kind.locationRewrite(for: request, runtime: runtime),  // redirects stay on the proxy
+                                  locationRewrite: rewritesLocation ? kind.locationRewrite(for: request, runtime: runtime) : nil,
                                   into: &exchange.clientResponseHead)
         exchange.clientResponseHead.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         let framing = exchange.responseFraming
