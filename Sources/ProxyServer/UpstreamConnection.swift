@@ -45,7 +45,10 @@ final class UpstreamConnection: EventHandler {
     let key: PoolKey
     let context: ClientTLSContext
     unowned let worker: Worker
-    weak var delegate: UpstreamConnectionDelegate?
+    /// Unowned, not weak: a weak reference gives its object a side table, which makes every retain and release of
+    /// a client connection take the slow path. Whoever sets it clears it (or closes this connection) before it
+    /// goes: `ClientConnection` when its exchange ends or fails, the pool when it hands the connection out.
+    unowned var delegate: UpstreamConnectionDelegate?
     /// The exchanges' bytes: queued from the start (the request head waits here while the connection is made),
     /// written once the handshake is done.
     private let stream: SocketStream
@@ -102,14 +105,15 @@ final class UpstreamConnection: EventHandler {
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
         resolver = UpstreamResolver.dial(dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
-                                         allowPrivate: allowPrivate, failed: { [weak self] failure in
+                                         allowPrivate: allowPrivate, failed: { [unowned self] failure in
+            // Unowned (no side table, see `delegate`): `close` cancels the lookup, so these never run after it.
             switch failure {
-            case .socket(let e): self?.deferEvent(.error(errno: e, tls: [], dnsError: 0))
-            case .dns(let code): self?.deferEvent(.error(errno: 0, tls: [], dnsError: code))
-            case .prohibited(let address, let reason): self?.deferEvent(.prohibited(address: address, reason: reason))
+            case .socket(let e): self.deferEvent(.error(errno: e, tls: [], dnsError: 0))
+            case .dns(let code): self.deferEvent(.error(errno: 0, tls: [], dnsError: code))
+            case .prohibited(let address, let reason): self.deferEvent(.prohibited(address: address, reason: reason))
             }
-        }, start: { [weak self] address in
-            self?.connect(to: address) ?? ECANCELED
+        }, start: { [unowned self] address in
+            self.connect(to: address)
         })
         return true
     }
