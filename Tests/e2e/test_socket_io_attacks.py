@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Hostile peers against the proxy's own socket I/O (SocketStream, the non-blocking upstream connect and
+handshake, the hand-over to bufferevents): TLS records left inside OpenSSL by read-ahead while the socket is
+quiet, resets and closes in the middle of bodies, clients that never read, and descriptors after thousands of
+failing connections of each kind.
+
+Real peers only: Python sockets and curl as clients; as upstream a TLS server in this process that requires the
+client certificate of the test CA, a plain TCP echo server for blind tunnels, and closed ports."""
+import os, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+ENV = {}
+
+
+def pattern(n):
+    block = bytes(range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+class Upstream:
+    """A TLS server requiring a client certificate. Paths:
+      GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
+      GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
+      GET /forever   announces 1 GB and streams it as fast as the proxy takes it
+      anything else  200 "fine\\n" """
+
+    def __init__(self, pki):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(f"{pki}/server.pem", f"{pki}/server.key")
+        self.ctx.load_verify_locations(f"{pki}/ca.pem")
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.forever_sent = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+
+    def serve(self, raw):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        try:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                if path.startswith("/split/"):
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
+                    conn.sendall(pattern(n))
+                elif path.startswith("/rst/"):
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
+                    time.sleep(0.2)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    raw.close()
+                    return
+                elif path == "/forever":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+                    chunk = pattern(65536)
+                    while True:
+                        conn.sendall(chunk)
+                        self.forever_sent += len(chunk)
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def setUpModule():
+    d = tempfile.mkdtemp(prefix="mtls-proxy-socket-io-attacks-")
+    pki = f"{d}/pki"
+    harness.make_pki(pki)
+    procs = harness.Processes()
+    port = harness.free_port()
+    closed_port = harness.free_port()  # nothing listens there: connections are refused
+    try:
+        up = Upstream(pki)
+        with open(f"{d}/proxy.conf", "w") as f:
+            f.write(f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+response_timeout = "30s"
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{up.port}"
+[[route]]
+host = "refused.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{closed_port}"
+""")
+        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid)
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def connect(timeout=40):
+    return socket.create_connection(("127.0.0.1", ENV["port"]), timeout=timeout)
+
+
+def read_response(s):
+    """Reads one Content-Length response from `s`; returns (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before the head ended: {data[:200]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = s.recv(262144)
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(body)} of {length} body bytes")
+        body += chunk
+    return head, body
+
+
+def open_fds():
+    return len(os.listdir(f"/proc/{ENV['pid']}/fd"))
+
+
+class RecordsLeftInOpenSSLWhileTheSocketIsQuiet(unittest.TestCase):
+    def test_a_body_just_over_one_read_arrives_without_waiting_for_a_timeout(self):
+        # The head comes in one small record, the body in the records after it, all in one burst; then the
+        # upstream waits (keep-alive). One read of the proxy takes at most 16 KiB: when it fills with records
+        # still buffered in OpenSSL (read-ahead), nothing on the socket will say so.
+        for n in (16384, 16384 + 100, 16300, 20000, 32768 + 100, 40000, 65536 + 17):
+            with self.subTest(body=n), connect() as s:
+                started = time.time()
+                s.sendall(f"GET http://api.mygreatbank.test/split/{n} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n".encode())
+                head, body = read_response(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                self.assertEqual(body, pattern(n))
+                self.assertLess(time.time() - started, 10, "the body waited for something other than the upstream")
+
+
+if __name__ == "__main__":
+    harness.run_suite()
