@@ -218,6 +218,10 @@ final class SocketStream {
             return
         }
         if readHighWatermark > 0 && readEnabled && evbuffer_get_length(input) >= readHighWatermark { suspendReading() }
+        // The read filled up with records still in OpenSSL: the socket may never turn readable for them.
+        if case .tls(let session) = transport, room == 0, readEventAdded, let readEvent, session.hasBufferedInput {
+            event_active(readEvent, EV_READ, 1)
+        }
     }
 
     /// The input holds the high watermark: stop reading until the owner drains it below.
