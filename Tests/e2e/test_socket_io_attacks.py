@@ -26,10 +26,10 @@ class Upstream:
       GET /forever   announces 1 GB and streams it as fast as the proxy takes it
       anything else  200 "fine\\n" """
 
-    def __init__(self, pki):
+    def __init__(self, pki, cert="server", client_ca="ca"):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(f"{pki}/server.pem", f"{pki}/server.key")
-        self.ctx.load_verify_locations(f"{pki}/ca.pem")
+        self.ctx.load_cert_chain(f"{pki}/{cert}.pem", f"{pki}/{cert}.key")
+        self.ctx.load_verify_locations(f"{pki}/{client_ca}.pem")
         self.ctx.verify_mode = ssl.CERT_REQUIRED
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,6 +91,56 @@ class Upstream:
                 pass
 
 
+class Silent:
+    """Accepts TCP connections and never says a word (a TLS handshake with it never ends); keeps them open."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+
+class Echo:
+    """A plain TCP echo server (the far end of a blind tunnel)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def serve(conn):
+        with conn:
+            try:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+
 def setUpModule():
     d = tempfile.mkdtemp(prefix="mtls-proxy-socket-io-attacks-")
     pki = f"{d}/pki"
@@ -100,6 +150,10 @@ def setUpModule():
     closed_port = harness.free_port()  # nothing listens there: connections are refused
     try:
         up = Upstream(pki)
+        # Its certificate is not from the CA the proxy trusts; and one that trusts no client certificate of ours.
+        untrusted = Upstream(pki, cert="rogue-server")
+        rejecting = Upstream(pki, client_ca="rogue-ca")
+        silent, echo = Silent(), Echo()
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(f"""
 [proxy]
@@ -108,6 +162,7 @@ workers = 1
 [upstream]
 ca_file = "pki/ca.pem"
 response_timeout = "30s"
+connect_timeout = "3s"
 [identities.us]
 cert = "pki/fusion-us.pem"
 key = "pki/fusion-us.key"
@@ -119,12 +174,28 @@ connect = "127.0.0.1:{up.port}"
 host = "refused.mygreatbank.test"
 identity = "us"
 connect = "127.0.0.1:{closed_port}"
+[[route]]
+host = "untrusted.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{untrusted.port}"
+[[route]]
+host = "rejecting.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{rejecting.port}"
+[[route]]
+host = "silent.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{silent.port}"
+[[route]]
+host = "echo.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{echo.port}"
 """)
         proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid)
+    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, silent=silent)
 
 
 def tearDownModule():
@@ -158,6 +229,39 @@ def open_fds():
     return len(os.listdir(f"/proc/{ENV['pid']}/fd"))
 
 
+def cpu_seconds():
+    with open(f"/proc/{ENV['pid']}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ask(host, path="/", timeout=20):
+    """One GET through the proxy on a new connection; returns everything received until the response ends or the
+    connection closes (a reset included)."""
+    with connect(timeout) as s:
+        s.sendall(f"GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head, body = data.split(b"\r\n\r\n", 1)
+                    if b"content-length:" in head.lower():
+                        if len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
+                            break
+        except ConnectionResetError:
+            pass
+    return data
+
+
+def reset(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+
+
 class RecordsLeftInOpenSSLWhileTheSocketIsQuiet(unittest.TestCase):
     def test_a_body_just_over_one_read_arrives_without_waiting_for_a_timeout(self):
         # The head comes in one small record, the body in the records after it, all in one burst; then the
@@ -171,6 +275,80 @@ class RecordsLeftInOpenSSLWhileTheSocketIsQuiet(unittest.TestCase):
                 self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
                 self.assertEqual(body, pattern(n))
                 self.assertLess(time.time() - started, 10, "the body waited for something other than the upstream")
+
+
+class NoDescriptorLeaks(unittest.TestCase):
+    def settled(self, baseline):
+        return harness.wait_until(lambda: open_fds() <= baseline, 15, 0.2)
+
+    def test_failing_connections_of_each_kind_leave_no_descriptor(self):
+        self.assertEqual(ask("api.mygreatbank.test", "/warm").split(b"\r\n\r\n", 1)[1], b"fine\n")
+        baseline = open_fds()
+        kinds = [
+            ("refused", 600, lambda: self.assertIn(b" 502 ", ask("refused.mygreatbank.test")[:20])),
+            ("untrusted certificate", 200, lambda: self.assertIn(b"tls_certificate_error", ask("untrusted.mygreatbank.test"))),
+            # The TLS 1.3 server rejects after the handshake: the proxy sees its alert or, when the request it wrote
+            # meanwhile makes the server's kernel answer with a reset, the reset (before this change too).
+            ("client certificate rejected", 200,
+             lambda: self.assertRegex(ask("rejecting.mygreatbank.test"), rb"^HTTP/1.1 502 [^\0]*error=(tls_alert_received|connection_terminated)")),
+            ("upstream reset mid-body", 100, lambda: self.assertTrue(ask("api.mygreatbank.test", "/rst/5000").startswith(b"HTTP/1.1 200 "))),
+        ]
+        for name, n, attempt in kinds:
+            with self.subTest(kind=name):
+                for _ in range(n):
+                    attempt()
+                self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open after {n} x {name}, {baseline} before")
+
+    def test_clients_that_abort_while_the_upstream_connects(self):
+        baseline = open_fds()
+        held = len(ENV["silent"].held)
+        for i in range(200):
+            s = connect()
+            s.sendall(b"GET http://silent.mygreatbank.test/ HTTP/1.1\r\nHost: silent.mygreatbank.test\r\n\r\n")
+            if i % 2:
+                time.sleep(0.01)
+                reset(s)
+            else:
+                s.close()
+        self.assertTrue(harness.wait_until(lambda: len(ENV["silent"].held) > held, 10, 0.1))
+        self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open, {baseline} before")
+        self.assertEqual(ask("api.mygreatbank.test", "/after").split(b"\r\n\r\n", 1)[1], b"fine\n")
+
+    def test_clients_that_reset_in_the_middle_of_a_response(self):
+        self.assertEqual(ask("api.mygreatbank.test", "/warm").split(b"\r\n\r\n", 1)[1], b"fine\n")
+        baseline = open_fds()
+        for i in range(60):
+            s = connect()
+            s.sendall(b"GET http://api.mygreatbank.test/forever HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+            got = 0
+            while got < 100000 * (i % 3 + 1):
+                got += len(s.recv(65536))
+            reset(s) if i % 2 else s.close()
+        self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open, {baseline} before")
+        self.assertEqual(ask("api.mygreatbank.test", "/after").split(b"\r\n\r\n", 1)[1], b"fine\n")
+
+
+class AClientThatNeverReads(unittest.TestCase):
+    def test_memory_and_cpu_stay_bounded_while_the_upstream_streams(self):
+        with connect() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(b"GET http://api.mygreatbank.test/forever HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(1024)
+            body = data.split(b"\r\n\r\n", 1)[1]
+            time.sleep(2)
+            rss, sent, cpu = harness.rss_kib(ENV["pid"]), ENV["up"].forever_sent, cpu_seconds()
+            time.sleep(4)
+            self.assertLess(ENV["up"].forever_sent - sent, 4 * 1024 * 1024, "the proxy kept reading from the upstream")
+            self.assertLess(harness.rss_kib(ENV["pid"]) - rss, 8 * 1024)
+            self.assertLess(cpu_seconds() - cpu, 1.0, "the proxy spins while the client does not read")
+            # Then it reads: every byte, in order (byte i of the body is i % 256).
+            while len(body) < 8 * 1024 * 1024:
+                chunk = s.recv(262144)
+                self.assertTrue(chunk, f"closed after {len(body)} body bytes")
+                body += chunk
+            self.assertEqual(body[:8 * 1024 * 1024], pattern(8 * 1024 * 1024))
 
 
 if __name__ == "__main__":
