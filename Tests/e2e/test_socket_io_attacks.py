@@ -23,6 +23,7 @@ class Upstream:
     """A TLS server requiring a client certificate. Paths:
       GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
       GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
+      GET /upgrade/N 101, with N bytes in its records, then echoes what the client sends (early bytes included)
       GET /forever   announces 1 GB and streams it as fast as the proxy takes it
       anything else  200 "fine\\n" """
 
@@ -74,6 +75,17 @@ class Upstream:
                     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     raw.close()
                     return
+                elif path.startswith("/upgrade/"):
+                    # 101 with N bytes in the same write (the same records), then an echo.
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
+                    if buf:
+                        conn.sendall(buf)
+                    while True:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        conn.sendall(data)
                 elif path == "/forever":
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
                     chunk = pattern(65536)
@@ -159,6 +171,9 @@ def setUpModule():
 [proxy]
 listen = "127.0.0.1:{port}"
 workers = 1
+[intercept]
+ca_cert = "state/local-ca.pem"
+ca_key = "state/local-ca.key"
 [upstream]
 ca_file = "pki/ca.pem"
 response_timeout = "30s"
@@ -191,11 +206,12 @@ host = "echo.mygreatbank.test"
 action = "tls"
 connect = "127.0.0.1:{echo.port}"
 """)
+        harness.init_local_ca(d, f"{d}/proxy.conf")
         proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, silent=silent)
+    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, silent=silent, local_ca=f"{d}/state/local-ca.pem")
 
 
 def tearDownModule():
@@ -349,6 +365,100 @@ class AClientThatNeverReads(unittest.TestCase):
                 self.assertTrue(chunk, f"closed after {len(body)} body bytes")
                 body += chunk
             self.assertEqual(body[:8 * 1024 * 1024], pattern(8 * 1024 * 1024))
+
+
+def recv_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(min(262144, n - len(data)))
+        if not chunk:
+            raise AssertionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv_head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(1)
+        if not chunk:
+            raise AssertionError(f"closed before the head ended: {data!r}")
+        data += chunk
+    return data
+
+
+class BytesAlreadyBufferedWhenTheSocketMovesOntoABufferevent(unittest.TestCase):
+    def test_blind_tunnel_carries_bytes_sent_with_the_connect(self):
+        for n in (15, 100000, 400 * 1024):  # the last beyond the read watermark
+            with self.subTest(bytes=n), connect() as s:
+                early = os.urandom(n)
+                sender = threading.Thread(target=lambda: s.sendall(
+                    b"CONNECT echo.mygreatbank.test:443 HTTP/1.1\r\nHost: echo.mygreatbank.test:443\r\n\r\n" + early))
+                sender.start()
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                self.assertEqual(recv_exactly(s, n), early)
+                sender.join()
+                s.sendall(b"and after")
+                self.assertEqual(recv_exactly(s, 9), b"and after")
+
+    def test_upgrade_with_many_bytes_in_the_records_of_the_101_and_early_client_bytes(self):
+        for n, pause, early in ((10, 0, b""), (300 * 1024, 0, b""), (1024 * 1024, 1.0, b""), (10, 0, b"EARLY"),
+                                (300 * 1024, 0.5, b"EARLY" * 1000)):
+            with self.subTest(bytes=n, pause=pause, early=len(early)), connect() as s:
+                s.sendall(f"GET http://api.mygreatbank.test/upgrade/{n} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                          "Connection: Upgrade\r\nUpgrade: test-echo\r\n\r\n".encode() + early)
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+                time.sleep(pause)  # everything piles up in the proxy and the kernel
+                self.assertEqual(recv_exactly(s, n), pattern(n))
+                self.assertEqual(recv_exactly(s, len(early)), early)  # the upstream echoes the early bytes
+                s.sendall(b"echo me")
+                self.assertEqual(recv_exactly(s, 7), b"echo me")
+
+    def test_interception_with_a_client_hello_that_trickles_in(self):
+        # The first byte of the ClientHello alone makes the proxy move the socket onto a TLS filter; the rest
+        # comes later, byte by byte for a while.
+        ctx = ssl.create_default_context(cafile=ENV["local_ca"])
+        for split in (1, 5, 100):
+            with self.subTest(first=split), connect() as s:
+                s.sendall(b"CONNECT api.mygreatbank.test:443 HTTP/1.1\r\nHost: api.mygreatbank.test:443\r\n\r\n")
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = ctx.wrap_bio(incoming, outgoing, server_hostname="api.mygreatbank.test")
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                hello = outgoing.read()
+                s.sendall(hello[:split])
+                time.sleep(0.3)
+                for i in range(split, min(split + 20, len(hello))):
+                    s.sendall(hello[i:i + 1])
+                    time.sleep(0.01)
+                s.sendall(hello[split + 20:])
+
+                def pump_until(done):
+                    while True:
+                        try:
+                            return done()
+                        except ssl.SSLWantReadError:
+                            pass
+                        out = outgoing.read()
+                        if out:
+                            s.sendall(out)
+                        data = s.recv(65536)
+                        self.assertTrue(data, "the proxy closed the intercepted tunnel")
+                        incoming.write(data)
+
+                pump_until(tls.do_handshake)
+                tls.write(b"GET /inside HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+                s.sendall(outgoing.read())
+                answer = b""
+                while b"fine\n" not in answer:
+                    answer += pump_until(lambda: tls.read(65536))
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
 
 
 if __name__ == "__main__":
