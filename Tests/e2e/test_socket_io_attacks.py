@@ -24,6 +24,7 @@ class Upstream:
       GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
       GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
       GET /upgrade/N 101, with N bytes in its records, then echoes what the client sends (early bytes included)
+      POST /early-answer  reads no body, answers 413 after a second and resets the connection
       GET /forever   announces 1 GB and streams it as fast as the proxy takes it
       anything else  200 "fine\\n" """
 
@@ -86,6 +87,12 @@ class Upstream:
                         if not data:
                             return
                         conn.sendall(data)
+                elif path == "/early-answer":
+                    time.sleep(1.0)  # reads none of the body: the proxy's writes block
+                    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    raw.close()
+                    return
                 elif path == "/forever":
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
                     chunk = pattern(65536)
@@ -459,6 +466,36 @@ class BytesAlreadyBufferedWhenTheSocketMovesOntoABufferevent(unittest.TestCase):
                 while b"fine\n" not in answer:
                     answer += pump_until(lambda: tls.read(65536))
                 self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+
+class AnEarlyAnswerThenAReset(unittest.TestCase):
+    def test_the_client_gets_the_answer_the_upstream_sent_before_it_reset(self):
+        # The upload fills every buffer; the upstream answers 413 and resets. The proxy's next write fails with
+        # the answer still unread in its socket: the client must get the 413, not a 502.
+        for i in range(5):
+            with self.subTest(attempt=i), connect() as s:
+                body = b"x" * (8 * 1024 * 1024)
+                s.sendall(b"POST http://api.mygreatbank.test/early-answer HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+
+                def upload():
+                    try:
+                        s.sendall(body)
+                    except OSError:
+                        pass
+
+                threading.Thread(target=upload, daemon=True).start()
+                answer = b""
+                try:
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                except ConnectionResetError:
+                    pass
+                self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:300])
+                self.assertTrue(answer.endswith(b"too large\n"), answer[:300])
 
 
 if __name__ == "__main__":
