@@ -38,6 +38,8 @@ final class SocketStream {
     /// Reading stopped because the input holds `readHighWatermark` bytes.
     private var readSuspended = false
     private var readEventAdded = false
+    /// How many times reading ended (EOF or error) and the owner was told.
+    private var readEnds = 0
     private var writeArmed = false
     private var inputWatch: OpaquePointer?
     /// In the flusher's list for the end of this loop iteration.
@@ -212,6 +214,7 @@ final class SocketStream {
             if closed { return }
         }
         if end != 0 {
+            readEnds += 1
             readEnabled = false
             updateReadEvent()
             owner?.streamEvent(self, Int16(BEV_EVENT_READING) | end)
@@ -304,6 +307,13 @@ final class SocketStream {
         }
         if failed {
             disarmWrite()
+            // An upstream that answers early (413, 401) and resets makes the write fail with its answer still
+            // unread in the socket: read it first, as the answer, not the reset, is what the client should get.
+            if case .tls = transport, readEventAdded {
+                let ends = readEnds
+                readReady(Int16(EV_READ))
+                if closed || readEnds != ends { return }
+            }
             owner?.streamEvent(self, Int16(BEV_EVENT_WRITING | BEV_EVENT_ERROR))
             return
         }
