@@ -41,6 +41,9 @@ def serve(conn):
             if path == "/close-after-request":
                 return
             if path == "/reset-mid":
+                # No Nagle: with the proxy's ACK delayed, the kernel would hold these bytes back and the reset
+                # would drop them, and the proxy would see a reset before any response.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"r" * 1000)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
