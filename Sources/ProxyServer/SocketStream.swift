@@ -39,6 +39,8 @@ final class SocketStream {
     /// Reading stopped because the input holds `readHighWatermark` bytes.
     private var readSuspended = false
     private var readEventAdded = false
+    /// How many times reading ended (EOF or error) and the owner was told.
+    private var readEnds = 0
     private var writeArmed = false
     private var inputWatch: OpaquePointer?
     /// In the flusher's list for the end of this loop iteration.
@@ -217,12 +219,17 @@ final class SocketStream {
             if closed { return }
         }
         if end != 0 {
+            readEnds += 1
             readEnabled = false
             updateReadEvent()
             owner?.streamEvent(self, Int16(BEV_EVENT_READING) | end)
             return
         }
         if readHighWatermark > 0 && readEnabled && evbuffer_get_length(input) >= readHighWatermark { suspendReading() }
+        // The read filled up with records still in OpenSSL: the socket may never turn readable for them.
+        if case .tls(let session) = transport, room == 0, readEventAdded, let readEvent, session.hasBufferedInput {
+            event_active(readEvent, EV_READ, 1)
+        }
     }
 
     /// The input holds the high watermark: stop reading until the owner drains it below.
@@ -305,6 +312,13 @@ final class SocketStream {
         }
         if failed {
             disarmWrite()
+            // An upstream that answers early (413, 401) and resets makes the write fail with its answer still
+            // unread in the socket: read it first, as the answer, not the reset, is what the client should get.
+            if case .tls = transport, readEventAdded {
+                let ends = readEnds
+                readReady(Int16(EV_READ))
+                if closed || readEnds != ends { return }
+            }
             owner?.streamEvent(self, Int16(BEV_EVENT_WRITING | BEV_EVENT_ERROR))
             return
         }

@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""Hostile peers against the proxy's own socket I/O (SocketStream, the non-blocking upstream connect and
+handshake, the hand-over to bufferevents): TLS records left inside OpenSSL by read-ahead while the socket is
+quiet, resets and closes in the middle of bodies, clients that never read, and descriptors after thousands of
+failing connections of each kind.
+
+Real peers only: Python sockets and curl as clients; as upstream a TLS server in this process that requires the
+client certificate of the test CA, a plain TCP echo server for blind tunnels, and closed ports."""
+import os, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+ENV = {}
+
+
+def pattern(n):
+    block = bytes(range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+class Upstream:
+    """A TLS server requiring a client certificate. Paths:
+      GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
+      GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
+      GET /upgrade/N 101, with N bytes in its records, then echoes what the client sends (early bytes included)
+      POST /early-answer  reads no body, answers 413 after a second and resets the connection
+      GET /forever   announces 1 GB and streams it as fast as the proxy takes it
+      anything else  200 "fine\\n" """
+
+    def __init__(self, pki, cert="server", client_ca="ca"):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(f"{pki}/{cert}.pem", f"{pki}/{cert}.key")
+        self.ctx.load_verify_locations(f"{pki}/{client_ca}.pem")
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.forever_sent = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+
+    def serve(self, raw):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        try:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                if path.startswith("/split/"):
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
+                    conn.sendall(pattern(n))
+                elif path.startswith("/rst/"):
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
+                    time.sleep(0.2)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    raw.close()
+                    return
+                elif path.startswith("/upgrade/"):
+                    # 101 with N bytes in the same write (the same records), then an echo.
+                    n = int(path.split("/")[2])
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
+                    if buf:
+                        conn.sendall(buf)
+                    while True:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        conn.sendall(data)
+                elif path == "/early-answer":
+                    time.sleep(1.0)  # reads none of the body: the proxy's writes block
+                    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    raw.close()
+                    return
+                elif path == "/forever":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+                    chunk = pattern(65536)
+                    while True:
+                        conn.sendall(chunk)
+                        self.forever_sent += len(chunk)
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+class Silent:
+    """Accepts TCP connections and never says a word (a TLS handshake with it never ends); keeps them open."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+
+class Echo:
+    """A plain TCP echo server (the far end of a blind tunnel)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def serve(conn):
+        with conn:
+            try:
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+
+def setUpModule():
+    d = tempfile.mkdtemp(prefix="mtls-proxy-socket-io-attacks-")
+    pki = f"{d}/pki"
+    harness.make_pki(pki)
+    procs = harness.Processes()
+    port = harness.free_port()
+    closed_port = harness.free_port()  # nothing listens there: connections are refused
+    try:
+        up = Upstream(pki)
+        # Its certificate is not from the CA the proxy trusts; and one that trusts no client certificate of ours.
+        untrusted = Upstream(pki, cert="rogue-server")
+        rejecting = Upstream(pki, client_ca="rogue-ca")
+        silent, echo = Silent(), Echo()
+        with open(f"{d}/proxy.conf", "w") as f:
+            f.write(f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[intercept]
+ca_cert = "state/local-ca.pem"
+ca_key = "state/local-ca.key"
+[upstream]
+ca_file = "pki/ca.pem"
+response_timeout = "30s"
+connect_timeout = "3s"
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{up.port}"
+[[route]]
+host = "refused.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{closed_port}"
+[[route]]
+host = "untrusted.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{untrusted.port}"
+[[route]]
+host = "rejecting.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{rejecting.port}"
+[[route]]
+host = "silent.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{silent.port}"
+[[route]]
+host = "echo.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{echo.port}"
+""")
+        harness.init_local_ca(d, f"{d}/proxy.conf")
+        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, silent=silent, local_ca=f"{d}/state/local-ca.pem")
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def connect(timeout=40):
+    return socket.create_connection(("127.0.0.1", ENV["port"]), timeout=timeout)
+
+
+def read_response(s):
+    """Reads one Content-Length response from `s`; returns (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before the head ended: {data[:200]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        chunk = s.recv(262144)
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(body)} of {length} body bytes")
+        body += chunk
+    return head, body
+
+
+def open_fds():
+    return len(os.listdir(f"/proc/{ENV['pid']}/fd"))
+
+
+def cpu_seconds():
+    with open(f"/proc/{ENV['pid']}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ask(host, path="/", timeout=20):
+    """One GET through the proxy on a new connection; returns everything received until the response ends or the
+    connection closes (a reset included)."""
+    with connect(timeout) as s:
+        s.sendall(f"GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data:
+                    head, body = data.split(b"\r\n\r\n", 1)
+                    if b"content-length:" in head.lower():
+                        if len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]):
+                            break
+        except ConnectionResetError:
+            pass
+    return data
+
+
+def reset(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+
+
+class RecordsLeftInOpenSSLWhileTheSocketIsQuiet(unittest.TestCase):
+    def test_a_body_just_over_one_read_arrives_without_waiting_for_a_timeout(self):
+        # The head comes in one small record, the body in the records after it, all in one burst; then the
+        # upstream waits (keep-alive). One read of the proxy takes at most 16 KiB: when it fills with records
+        # still buffered in OpenSSL (read-ahead), nothing on the socket will say so.
+        for n in (16384, 16384 + 100, 16300, 20000, 32768 + 100, 40000, 65536 + 17):
+            with self.subTest(body=n), connect() as s:
+                started = time.time()
+                s.sendall(f"GET http://api.mygreatbank.test/split/{n} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n".encode())
+                head, body = read_response(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                self.assertEqual(body, pattern(n))
+                self.assertLess(time.time() - started, 10, "the body waited for something other than the upstream")
+
+
+class NoDescriptorLeaks(unittest.TestCase):
+    def settled(self, baseline):
+        return harness.wait_until(lambda: open_fds() <= baseline, 15, 0.2)
+
+    def test_failing_connections_of_each_kind_leave_no_descriptor(self):
+        self.assertEqual(ask("api.mygreatbank.test", "/warm").split(b"\r\n\r\n", 1)[1], b"fine\n")
+        baseline = open_fds()
+        kinds = [
+            ("refused", 600, lambda: self.assertIn(b" 502 ", ask("refused.mygreatbank.test")[:20])),
+            ("untrusted certificate", 200, lambda: self.assertIn(b"tls_certificate_error", ask("untrusted.mygreatbank.test"))),
+            # The TLS 1.3 server rejects after the handshake: the proxy sees its alert or, when the request it wrote
+            # meanwhile makes the server's kernel answer with a reset, the reset (before this change too).
+            ("client certificate rejected", 200,
+             lambda: self.assertRegex(ask("rejecting.mygreatbank.test"), rb"^HTTP/1.1 502 [^\0]*error=(tls_alert_received|connection_terminated)")),
+            ("upstream reset mid-body", 100, lambda: self.assertTrue(ask("api.mygreatbank.test", "/rst/5000").startswith(b"HTTP/1.1 200 "))),
+        ]
+        for name, n, attempt in kinds:
+            with self.subTest(kind=name):
+                for _ in range(n):
+                    attempt()
+                self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open after {n} x {name}, {baseline} before")
+
+    def test_clients_that_abort_while_the_upstream_connects(self):
+        baseline = open_fds()
+        held = len(ENV["silent"].held)
+        for i in range(200):
+            s = connect()
+            s.sendall(b"GET http://silent.mygreatbank.test/ HTTP/1.1\r\nHost: silent.mygreatbank.test\r\n\r\n")
+            if i % 2:
+                time.sleep(0.01)
+                reset(s)
+            else:
+                s.close()
+        self.assertTrue(harness.wait_until(lambda: len(ENV["silent"].held) > held, 10, 0.1))
+        self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open, {baseline} before")
+        self.assertEqual(ask("api.mygreatbank.test", "/after").split(b"\r\n\r\n", 1)[1], b"fine\n")
+
+    def test_clients_that_reset_in_the_middle_of_a_response(self):
+        self.assertEqual(ask("api.mygreatbank.test", "/warm").split(b"\r\n\r\n", 1)[1], b"fine\n")
+        baseline = open_fds()
+        for i in range(60):
+            s = connect()
+            s.sendall(b"GET http://api.mygreatbank.test/forever HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+            got = 0
+            while got < 100000 * (i % 3 + 1):
+                got += len(s.recv(65536))
+            reset(s) if i % 2 else s.close()
+        self.assertTrue(self.settled(baseline), f"{open_fds()} descriptors open, {baseline} before")
+        self.assertEqual(ask("api.mygreatbank.test", "/after").split(b"\r\n\r\n", 1)[1], b"fine\n")
+
+
+class AClientThatNeverReads(unittest.TestCase):
+    def test_memory_and_cpu_stay_bounded_while_the_upstream_streams(self):
+        with connect() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(b"GET http://api.mygreatbank.test/forever HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(1024)
+            body = data.split(b"\r\n\r\n", 1)[1]
+            time.sleep(2)
+            rss, sent, cpu = harness.rss_kib(ENV["pid"]), ENV["up"].forever_sent, cpu_seconds()
+            time.sleep(4)
+            self.assertLess(ENV["up"].forever_sent - sent, 4 * 1024 * 1024, "the proxy kept reading from the upstream")
+            self.assertLess(harness.rss_kib(ENV["pid"]) - rss, 8 * 1024)
+            self.assertLess(cpu_seconds() - cpu, 1.0, "the proxy spins while the client does not read")
+            # Then it reads: every byte, in order (byte i of the body is i % 256).
+            while len(body) < 8 * 1024 * 1024:
+                chunk = s.recv(262144)
+                self.assertTrue(chunk, f"closed after {len(body)} body bytes")
+                body += chunk
+            self.assertEqual(body[:8 * 1024 * 1024], pattern(8 * 1024 * 1024))
+
+
+def recv_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(min(262144, n - len(data)))
+        if not chunk:
+            raise AssertionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def recv_head(s):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(1)
+        if not chunk:
+            raise AssertionError(f"closed before the head ended: {data!r}")
+        data += chunk
+    return data
+
+
+class BytesAlreadyBufferedWhenTheSocketMovesOntoABufferevent(unittest.TestCase):
+    def test_blind_tunnel_carries_bytes_sent_with_the_connect(self):
+        for n in (15, 100000, 400 * 1024):  # the last beyond the read watermark
+            with self.subTest(bytes=n), connect() as s:
+                early = os.urandom(n)
+                sender = threading.Thread(target=lambda: s.sendall(
+                    b"CONNECT echo.mygreatbank.test:443 HTTP/1.1\r\nHost: echo.mygreatbank.test:443\r\n\r\n" + early))
+                sender.start()
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                self.assertEqual(recv_exactly(s, n), early)
+                sender.join()
+                s.sendall(b"and after")
+                self.assertEqual(recv_exactly(s, 9), b"and after")
+
+    def test_upgrade_with_many_bytes_in_the_records_of_the_101_and_early_client_bytes(self):
+        for n, pause, early in ((10, 0, b""), (300 * 1024, 0, b""), (1024 * 1024, 1.0, b""), (10, 0, b"EARLY"),
+                                (300 * 1024, 0.5, b"EARLY" * 1000)):
+            with self.subTest(bytes=n, pause=pause, early=len(early)), connect() as s:
+                s.sendall(f"GET http://api.mygreatbank.test/upgrade/{n} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                          "Connection: Upgrade\r\nUpgrade: test-echo\r\n\r\n".encode() + early)
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+                time.sleep(pause)  # everything piles up in the proxy and the kernel
+                self.assertEqual(recv_exactly(s, n), pattern(n))
+                self.assertEqual(recv_exactly(s, len(early)), early)  # the upstream echoes the early bytes
+                s.sendall(b"echo me")
+                self.assertEqual(recv_exactly(s, 7), b"echo me")
+
+    def test_interception_with_a_client_hello_that_trickles_in(self):
+        # The first byte of the ClientHello alone makes the proxy move the socket onto a TLS filter; the rest
+        # comes later, byte by byte for a while.
+        ctx = ssl.create_default_context(cafile=ENV["local_ca"])
+        for split in (1, 5, 100):
+            with self.subTest(first=split), connect() as s:
+                s.sendall(b"CONNECT api.mygreatbank.test:443 HTTP/1.1\r\nHost: api.mygreatbank.test:443\r\n\r\n")
+                head = recv_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                tls = ctx.wrap_bio(incoming, outgoing, server_hostname="api.mygreatbank.test")
+                try:
+                    tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                hello = outgoing.read()
+                s.sendall(hello[:split])
+                time.sleep(0.3)
+                for i in range(split, min(split + 20, len(hello))):
+                    s.sendall(hello[i:i + 1])
+                    time.sleep(0.01)
+                s.sendall(hello[split + 20:])
+
+                def pump_until(done):
+                    while True:
+                        try:
+                            return done()
+                        except ssl.SSLWantReadError:
+                            pass
+                        out = outgoing.read()
+                        if out:
+                            s.sendall(out)
+                        data = s.recv(65536)
+                        self.assertTrue(data, "the proxy closed the intercepted tunnel")
+                        incoming.write(data)
+
+                pump_until(tls.do_handshake)
+                tls.write(b"GET /inside HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+                s.sendall(outgoing.read())
+                answer = b""
+                while b"fine\n" not in answer:
+                    answer += pump_until(lambda: tls.read(65536))
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+
+class AnEarlyAnswerThenAReset(unittest.TestCase):
+    def test_the_client_gets_the_answer_the_upstream_sent_before_it_reset(self):
+        # The upload fills every buffer; the upstream answers 413 and resets. The proxy's next write fails with
+        # the answer still unread in its socket: the client must get the 413, not a 502.
+        for i in range(5):
+            with self.subTest(attempt=i), connect() as s:
+                body = b"x" * (8 * 1024 * 1024)
+                s.sendall(b"POST http://api.mygreatbank.test/early-answer HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+
+                def upload():
+                    try:
+                        s.sendall(body)
+                    except OSError:
+                        pass
+
+                threading.Thread(target=upload, daemon=True).start()
+                answer = b""
+                try:
+                    while True:
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        answer += chunk
+                except ConnectionResetError:
+                    pass
+                self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:300])
+                self.assertTrue(answer.endswith(b"too large\n"), answer[:300])
+
+
+if __name__ == "__main__":
+    harness.run_suite()
