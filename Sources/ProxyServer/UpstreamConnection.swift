@@ -44,7 +44,7 @@ final class UpstreamConnection: EventHandler {
 
     let key: PoolKey
     let context: ClientTLSContext
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker  // the worker outlives its connections; see ClientConnection.worker
     /// Unowned, not weak: a weak reference gives its object a side table, which makes every retain and release of
     /// a client connection take the slow path. Whoever sets it clears it (or closes this connection) before it
     /// goes: `ClientConnection` when its exchange ends or fails, the pool when it hands the connection out.
