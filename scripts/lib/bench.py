@@ -329,6 +329,7 @@ sni = {HOST}
                   ["system", "req/s median", "min..max", "p50", "p99", "vs nginx", "errors"],
                   [[n, f"{results[scenario][n]:.0f}", f"{min(samples[n]):.0f}..{max(samples[n]):.0f}", lat[n][0], lat[n][1],
                     ratio(results[scenario][n], base), lat[n][2]] for n, _, _ in rows])
+        self.cpu_split([("mtls-proxy fwd", self.ports["fwd"]), ("mtls-proxy 2w", self.ports["fwd2"])])
 
         rows = []
         tp = {}
@@ -421,6 +422,42 @@ sni = {HOST}
               "strace slows every system alike, so only the counts per request matter)",
               ["system", "requests", "syscalls/request", "per request, by call"], load_rows)
         return out
+
+    def cpu_split(self, systems):
+        """Where the two cores go while wrk drives one keep-alive and one close round against each system: the
+        proxy, the upstream nginx, wrk, and what is left idle. It says what limits a second worker here."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu(pids):
+            total = 0
+            for pid in pids:
+                try:
+                    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+                except OSError:
+                    pass
+            return total / tick
+
+        def machine():
+            fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+            return sum(fields) / tick, (fields[3] + fields[4]) / tick  # all, idle + iowait
+
+        rows = []
+        upstream = self.pids_on(self.ports["up"])
+        for name, port in systems:
+            for close in (False, True):
+                proxy = self.pids_on(port)
+                p0, u0, w0, (all0, idle0) = cpu(proxy), cpu(upstream), resource.getrusage(resource.RUSAGE_CHILDREN), machine()
+                rps, _, _, _ = self.wrk(port, True, close=close)
+                p1, u1, w1, (all1, idle1) = cpu(proxy), cpu(upstream), resource.getrusage(resource.RUSAGE_CHILDREN), machine()
+                span = all1 - all0  # core-seconds that passed, summed over the cores
+                wrk_cpu = (w1.ru_utime + w1.ru_stime) - (w0.ru_utime + w0.ru_stime)
+                share = lambda x: f"{100 * x / span * os.cpu_count():.0f} %"  # noqa: E731  (of one core)
+                rows.append([name, "close" if close else "keep-alive", f"{rps:.0f}", share(p1 - p0), share(u1 - u0), share(wrk_cpu),
+                             f"{100 * (1 - (idle1 - idle0) / span):.0f} %"])
+        table("2w. where the cores go (one wrk round each; CPU in % of one core; the machine has "
+              f"{os.cpu_count()} cores, shared by the proxy, the upstream and the load generator)",
+              ["system", "round", "req/s", "proxy", "upstream nginx", "wrk", "machine busy"], rows)
 
     def wrk_requests(self, port, forward, seconds):
         """Requests wrk completed in `seconds` over 32 keep-alive connections."""
