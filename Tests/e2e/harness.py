@@ -1,6 +1,6 @@
 """Shared pieces of the end-to-end suites: a throwaway PKI, real upstream servers (nginx, the Python TLS server,
 a loopback DNS server), the proxy process, and free loopback ports. Everything listens on 127.0.0.1 only."""
-import json, os, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import json, os, re, shutil, signal, socket, ssl, struct, subprocess, sys, tempfile, threading, time
 import urllib.error, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -57,6 +57,60 @@ def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     env.update(extra)
     return env
+
+
+class ThreadedServer:
+    """A listening socket on 127.0.0.1 that hands each accepted connection to `handle(sock)` on a thread of its own."""
+
+    def __init__(self, backlog=64):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(raw,), daemon=True).start()
+
+    def handle(self, sock):
+        raise NotImplementedError
+
+
+class TLSUpstream(ThreadedServer):
+    """A TLS server on 127.0.0.1 that requires a client certificate of the test CA (`client_ca`), as the upstreams
+    the proxy exists for do. `serve(conn)` gets each connection after its handshake; errors end the connection."""
+
+    def __init__(self, pki, cert="server", client_ca="ca", backlog=64):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(f"{pki}/{cert}.pem", f"{pki}/{cert}.key")
+        self.ctx.load_verify_locations(f"{pki}/{client_ca}.pem")
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        super().__init__(backlog)
+
+    def handle(self, raw):
+        try:
+            conn = self.ctx.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        try:
+            self.serve(conn)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def serve(self, conn):
+        raise NotImplementedError
 
 
 class Processes:

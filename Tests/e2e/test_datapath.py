@@ -16,7 +16,7 @@ BIG = bytes(range(256)) * 800  # 204,800 bytes
 GZ = gzip.compress(b"the content, compressed with gzip " * 200)
 
 
-class Upstream:
+class Upstream(harness.TLSUpstream):
     """A TLS server requiring a client certificate of the test CA. Paths (GET unless said):
       /small, /big             28 B and 200 KiB with Content-Length
       /slow-head               answers after 4 s (inside response_timeout, beyond client_timeout)
@@ -30,67 +30,34 @@ class Upstream:
       /gzip-te                 Transfer-Encoding: gzip, close-delimited
       anything else            200 "fine"; a request body announced with Content-Length is read first"""
 
-    def __init__(self, pki):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(f"{pki}/server.pem", f"{pki}/server.key")
-        self.ctx.load_verify_locations(f"{pki}/ca.pem")
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
+    def serve(self, conn):
+        buf = b""
         while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
-
-    def serve(self, raw):
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        try:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode().split("?")[0]
+            lower = head.lower()
+            if b"content-length:" in lower:
+                n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(buf) < n:
                     data = conn.recv(65536)
                     if not data:
                         return
                     buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode().split("?")[0]
-                lower = head.lower()
-                if b"content-length:" in lower:
-                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                    while len(buf) < n:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    buf = buf[n:]
-                elif b"transfer-encoding: chunked" in lower:
-                    while b"\r\n0\r\n\r\n" not in buf:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    buf = buf.split(b"\r\n0\r\n\r\n", 1)[1]
-                if not self.answer(conn, method, path):
-                    return
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+                buf = buf[n:]
+            elif b"transfer-encoding: chunked" in lower:
+                while b"\r\n0\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf.split(b"\r\n0\r\n\r\n", 1)[1]
+            if not self.answer(conn, method, path):
+                return
 
     @staticmethod
     def answer(conn, method, path):
@@ -147,26 +114,11 @@ class Upstream:
         return ok(b"fine\n")
 
 
-class EchoServer:
+class EchoServer(harness.ThreadedServer):
     """Plain TCP behind a blind tunnel: echoes everything, and half-closes after the client half-closed."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
-
     @staticmethod
-    def serve(c):
+    def handle(c):
         try:
             while True:
                 data = c.recv(65536)

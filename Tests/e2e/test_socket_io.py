@@ -17,87 +17,54 @@ RECORD = bytes(range(256)) * 4  # 1,024 bytes, one TLS record each
 MANY = 4096  # records in one burst: 4 MiB, beyond every watermark
 
 
-class Upstream:
+class Upstream(harness.TLSUpstream):
     """A TLS server requiring a client certificate. Paths:
       GET /records       4 MiB as 4,096 separate TLS records, written as fast as the socket takes them
       POST /slow-sink    reads the Content-Length body slowly, answers its length and SHA-256
       GET /eager-upgrade answers 101 with bytes in the same record, then 50 small records, then echoes
       anything else      200 "fine\\n" """
 
-    def __init__(self, pki):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(f"{pki}/server.pem", f"{pki}/server.key")
-        self.ctx.load_verify_locations(f"{pki}/ca.pem")
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
+    def serve(self, conn):
+        buf = b""
         while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
-
-    def serve(self, raw):
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        try:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            if path == "/records":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(RECORD) * MANY).encode() + b"\r\n\r\n")
+                for _ in range(MANY):
+                    conn.sendall(RECORD)
+            elif path == "/slow-sink":
+                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                digest = hashlib.sha256()
+                got = len(buf)
+                digest.update(buf)
+                while got < n:
+                    time.sleep(0.002)  # a slow reader: the proxy's writes to it must wait, not fail
+                    data = conn.recv(min(16384, n - got))
+                    if not data:
+                        return
+                    digest.update(data)
+                    got += len(data)
+                buf = b""
+                body = f"{got} {digest.hexdigest()}".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            elif path == "/eager-upgrade":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n"
+                             b"FIRST-IN-THE-SAME-RECORD;")
+                for i in range(50):
+                    conn.sendall(b"R%03d;" % i)
+                while True:
                     data = conn.recv(65536)
                     if not data:
                         return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1].decode()
-                if path == "/records":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(RECORD) * MANY).encode() + b"\r\n\r\n")
-                    for _ in range(MANY):
-                        conn.sendall(RECORD)
-                elif path == "/slow-sink":
-                    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    digest = hashlib.sha256()
-                    got = len(buf)
-                    digest.update(buf)
-                    while got < n:
-                        time.sleep(0.002)  # a slow reader: the proxy's writes to it must wait, not fail
-                        data = conn.recv(min(16384, n - got))
-                        if not data:
-                            return
-                        digest.update(data)
-                        got += len(data)
-                    buf = b""
-                    body = f"{got} {digest.hexdigest()}".encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-                elif path == "/eager-upgrade":
-                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n"
-                                 b"FIRST-IN-THE-SAME-RECORD;")
-                    for i in range(50):
-                        conn.sendall(b"R%03d;" % i)
-                    while True:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        conn.sendall(data)
-                else:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            try:
-                conn.close()
-            except OSError:
-                pass
+                    conn.sendall(data)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
 
 
 def setUpModule():

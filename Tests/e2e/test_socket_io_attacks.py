@@ -19,7 +19,7 @@ def pattern(n):
     return (block * (n // 256 + 1))[:n]
 
 
-class Upstream:
+class Upstream(harness.TLSUpstream):
     """A TLS server requiring a client certificate. Paths:
       GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
       GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
@@ -29,85 +29,55 @@ class Upstream:
       anything else  200 "fine\\n" """
 
     def __init__(self, pki, cert="server", client_ca="ca"):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(f"{pki}/{cert}.pem", f"{pki}/{cert}.key")
-        self.ctx.load_verify_locations(f"{pki}/{client_ca}.pem")
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.forever_sent = 0
-        threading.Thread(target=self.accept, daemon=True).start()
+        super().__init__(pki, cert=cert, client_ca=client_ca, backlog=128)
 
-    def accept(self):
+    def serve(self, conn):
+        buf = b""
         while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            if path.startswith("/split/"):
+                n = int(path.split("/")[2])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
+                conn.sendall(pattern(n))
+            elif path.startswith("/rst/"):
+                n = int(path.split("/")[2])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
+                time.sleep(0.2)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
                 return
-            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
-
-    def serve(self, raw):
-        try:
-            conn = self.ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        try:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
+            elif path.startswith("/upgrade/"):
+                # 101 with N bytes in the same write (the same records), then an echo.
+                n = int(path.split("/")[2])
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
+                if buf:
+                    conn.sendall(buf)
+                while True:
                     data = conn.recv(65536)
                     if not data:
                         return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1].decode()
-                if path.startswith("/split/"):
-                    n = int(path.split("/")[2])
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
-                    conn.sendall(pattern(n))
-                elif path.startswith("/rst/"):
-                    n = int(path.split("/")[2])
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
-                    time.sleep(0.2)
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    raw.close()
-                    return
-                elif path.startswith("/upgrade/"):
-                    # 101 with N bytes in the same write (the same records), then an echo.
-                    n = int(path.split("/")[2])
-                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
-                    if buf:
-                        conn.sendall(buf)
-                    while True:
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        conn.sendall(data)
-                elif path == "/early-answer":
-                    time.sleep(1.0)  # reads none of the body: the proxy's writes block
-                    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
-                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    raw.close()
-                    return
-                elif path == "/forever":
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
-                    chunk = pattern(65536)
-                    while True:
-                        conn.sendall(chunk)
-                        self.forever_sent += len(chunk)
-                else:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            try:
+                    conn.sendall(data)
+            elif path == "/early-answer":
+                time.sleep(1.0)  # reads none of the body: the proxy's writes block
+                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 conn.close()
-            except OSError:
-                pass
+                return
+            elif path == "/forever":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+                chunk = pattern(65536)
+                while True:
+                    conn.sendall(chunk)
+                    self.forever_sent += len(chunk)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
 
 
 class Silent:
@@ -129,26 +99,11 @@ class Silent:
                 return
 
 
-class Echo:
+class Echo(harness.ThreadedServer):
     """A plain TCP echo server (the far end of a blind tunnel)."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
     @staticmethod
-    def serve(conn):
+    def handle(conn):
         with conn:
             try:
                 while True:
