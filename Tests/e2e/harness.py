@@ -82,6 +82,18 @@ class ThreadedServer:
         raise NotImplementedError
 
 
+def read_head(conn, buf=b""):
+    """Reads from `conn` until the end of a message head; returns (head, the bytes after it), or (None, what was
+    read) when the peer closed first. `buf` holds bytes already read."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None, buf
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
 class TLSUpstream(ThreadedServer):
     """A TLS server on 127.0.0.1 that requires a client certificate of the test CA (`client_ca`), as the upstreams
     the proxy exists for do. `serve(conn)` gets each connection after its handshake; errors end the connection."""

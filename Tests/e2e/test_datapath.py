@@ -33,12 +33,9 @@ class Upstream(harness.TLSUpstream):
     def serve(self, conn):
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
+            head, buf = harness.read_head(conn, buf)
+            if head is None:
+                return
             method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode().split("?")[0]
             lower = head.lower()
             if b"content-length:" in lower:

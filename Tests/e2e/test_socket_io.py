@@ -27,12 +27,9 @@ class Upstream(harness.TLSUpstream):
     def serve(self, conn):
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, buf = buf.split(b"\r\n\r\n", 1)
+            head, buf = harness.read_head(conn, buf)
+            if head is None:
+                return
             path = head.split(b" ")[1].decode()
             if path == "/records":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(RECORD) * MANY).encode() + b"\r\n\r\n")
