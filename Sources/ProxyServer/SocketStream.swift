@@ -158,6 +158,8 @@ final class SocketStream {
             owner?.streamEvent(self, Int16(BEV_EVENT_READING | BEV_EVENT_TIMEOUT))
             return
         }
+        // Made active (bytes buffered in OpenSSL) and then paused by the owner in the same loop turn: wait.
+        guard readEnabled, !readSuspended, !closed else { return }
         var room = Self.readReserve
         if case .tls = transport { room = Self.tlsReadReserve }
         if readHighWatermark > 0 {
