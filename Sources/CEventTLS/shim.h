@@ -49,7 +49,7 @@ static inline long mtls_SSL_MODE_RELEASE_BUFFERS(void) { return SSL_MODE_RELEASE
 static inline void mtls_SSL_set_direct_io_modes(SSL *ssl) {
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_set_read_ahead(ssl, 1);
-    /* Room for several records per read(2) of a body; released while idle (SSL_MODE_RELEASE_BUFFERS). */
+    /* Room for several records per read(2) of a body; returned whenever empty (SSL_MODE_RELEASE_BUFFERS). */
     SSL_set_default_read_buffer_len(ssl, 64 * 1024);
 }
 static inline int mtls_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x509) {
