@@ -96,6 +96,10 @@ struct Exchange {
         spareRequestHead = head
     }
 
+    /// The capacity of the head buffers written on this side of the HTTP1 module: the request head as it went
+    /// upstream and the response head as it went to the client, each about the size of the head it was made from.
+    var headBufferBytes: Int { upstreamRequestHead.capacity + clientResponseHead.capacity }
+
     /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
     /// empty one. The exchange no longer holds it.
     mutating func takeRequestHead() -> RequestHead {
