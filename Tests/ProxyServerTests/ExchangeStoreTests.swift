@@ -42,3 +42,15 @@ import HTTP1
         #expect(retained <= 256 * 32 * 1024, "the store keeps \(retained) bytes of head buffers after the connections closed")
     }
 }
+
+extension ExchangeStoreTests {
+    /// A large request head refused before it went anywhere (an unrouted host, a 407): nothing was written
+    /// upstream, but the parsed head's own buffer is as large.
+    @Test func anExchangeThatHeldALargeRefusedRequestHeadIsNotKept() throws {
+        let store = ExchangeStore(keep: 4)
+        let storage = store.take()
+        storage.pointee.request = try Self.head(bytes: 60_000)
+        store.give(storage)
+        #expect(store.kept == 0)
+    }
+}
