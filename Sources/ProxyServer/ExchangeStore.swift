@@ -8,7 +8,7 @@ final class ExchangeStore {
     private let keep: Int
     /// An exchange whose head buffers grew beyond this (heads of tens of KiB, up to max_header_bytes each) is
     /// freed rather than kept: `keep` of them would pin tens of MiB per worker after their connections closed.
-    static let keptBufferBytes = 16 * 1024
+    static let keptBufferBytes = 32 * 1024
 
     init(keep: Int = 256) {
         self.keep = keep
