@@ -158,6 +158,48 @@ class NoDataCrossesClients(unittest.TestCase):
             procs.stop_all()
 
 
+class CredentialsStayWithTheirRequest(unittest.TestCase):
+    """Proxy credentials accepted for one request authorize that request only: a request after it on the same
+    connection (pipelined, or on keep-alive) or on another connection of the same worker (which may get the
+    same exchange storage) without credentials is refused with 407, and Proxy-Authorization never goes
+    upstream."""
+
+    def test_an_accepted_credential_does_not_carry_over(self):
+        d = ENV["dir"]
+        alice = bcrypt_hash("right-horse", 5)
+        if alice is None:
+            self.skipTest("no crypt module to make a bcrypt hash")
+        write(f"{d}/users-carry", f"alice:{alice}\n", 0o600)
+        procs, p, port = start("carry", workers=1, extra_proxy=f'auth_file = "{d}/users-carry"\n')
+        try:
+            good = "".join(f"{k}: {v}\r\n" for k, v in basic("alice", "right-horse").items())
+            with_creds = f"GET http://{HOST}/headers HTTP/1.1\r\nHost: {HOST}\r\n{good}\r\n"
+            without = f"GET http://{HOST}/headers HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
+            for _ in range(5):
+                a = socket.create_connection(("127.0.0.1", port), timeout=30)
+                ra = Reader(a)
+                a.sendall((with_creds + without).encode())  # pipelined
+                status, headers, body = ra.response()
+                self.assertEqual(status, 200)
+                self.assertNotIn("proxy-authorization", {k.lower() for k, _ in json.loads(body)["headers"]})
+                second = ra.response()[0]
+                self.assertEqual(second, 407, "a pipelined request without credentials rode on the previous one's")
+                a.close()
+                b = socket.create_connection(("127.0.0.1", port), timeout=30)
+                rb = Reader(b)
+                b.sendall(with_creds.encode())
+                self.assertEqual(rb.response()[0], 200)
+                c = socket.create_connection(("127.0.0.1", port), timeout=30)
+                c.sendall(without.encode())
+                self.assertEqual(Reader(c).response()[0], 407, "another connection got the credentials' effect")
+                b.sendall(without.encode())
+                self.assertEqual(rb.response()[0], 407, "a keep-alive request without credentials was let through")
+                b.close()
+                c.close()
+        finally:
+            procs.stop_all()
+
+
 class UnusualCloseOrders(unittest.TestCase):
     """A client that goes away while its exchange waits on something else: the upstream connect (an upstream
     that accepts TCP and never speaks TLS), a DNS answer (a nameserver that answers late or never), a bcrypt
