@@ -419,6 +419,68 @@ class SignalStormsUnderLoad(unittest.TestCase):
     def test_reload_storm_four_workers(self):
         self.storm(4)
 
+    def test_reload_storm_with_credential_checks_off_the_loop(self):
+        """bcrypt checks run on other threads and post their results back through the eventfd while reloads
+        replace the runtime (and the authenticator) in a loop; good clients from their own address must all
+        be answered, none left waiting for a result that never comes."""
+        d = ENV["dir"]
+        alice = bcrypt_hash("right-horse", 6)
+        if alice is None:
+            self.skipTest("no crypt module to make a bcrypt hash")
+        write(f"{d}/users-storm", f"alice:{alice}\nbob:{alice}\n", 0o600)
+        procs, p, port = start("auth-storm", workers=4, extra_proxy=f'auth_file = "{d}/users-storm"\n')
+        stop = threading.Event()
+        good, bad, slow = [], [], []
+
+        def client(i, right):
+            n = 0
+            while not stop.is_set():
+                n += 1
+                user = "alice" if i % 2 else "bob"
+                pw = "right-horse" if right else f"wrong-{i}-{n}"
+                source = "127.0.0.2" if right else f"127.0.0.{10 + i}"
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0)) as s:
+                        t = time.monotonic()
+                        s.sendall((f"GET http://{HOST}/hello HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n"
+                                   + "".join(f"{k}: {v}\r\n" for k, v in basic(user, pw).items()) + "\r\n").encode())
+                        status = read_response(s)[0]
+                        if time.monotonic() - t > 8:
+                            slow.append((status, time.monotonic() - t))
+                        (good if right else bad).append(status)
+                except OSError as e:
+                    (good if right else bad).append(repr(e)[:50])
+
+        threads = [threading.Thread(target=client, args=(i, i < 6)) for i in range(16)]
+        try:
+            for t in threads:
+                t.start()
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                p.send_signal(signal.SIGHUP)
+                time.sleep(0.02)
+            time.sleep(1)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            self.assertFalse(any(t.is_alive() for t in threads), "a client is stuck")
+            print(f"\n  good: {good.count(200)} x 200, others {[g for g in good if g != 200][:5]}; "
+                  f"bad: " + ", ".join(f"{list(map(str, bad)).count(x)} x {x}" for x in sorted(set(map(str, bad)))), file=sys.stderr)
+            self.assertIsNone(p.poll(), f"the proxy exited (code {p.returncode})")
+            self.assertEqual(slow, [], "answers took longer than 8 s (a result posted back and not seen?)")
+            self.assertGreater(good.count(200), 20)
+            self.assertEqual([g for g in good if g != 200], [])
+            self.assertGreater(len(bad), 20)
+            self.assertTrue(set(map(str, bad)) <= {"407", "429", "503"}, set(map(str, bad)))
+            p.send_signal(signal.SIGTERM)
+            try:
+                self.assertEqual(p.wait(40), 0)
+            except subprocess.TimeoutExpired:
+                self.fail("SIGTERM after the storm: the proxy did not end within 40 s")
+        finally:
+            stop.set()
+            procs.stop_all()
+
     def test_sigint_twice_under_load(self):
         procs, p, port = start("sigint", workers=4)
         stop = threading.Event()
