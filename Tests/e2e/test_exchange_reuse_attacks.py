@@ -340,6 +340,61 @@ connect = "127.0.0.1:{ws}"
             dns.close()
 
 
+class FaultyUpstreamWithClientsLeaving(unittest.TestCase):
+    """An upstream that fails in every way (closes on reuse, which makes the proxy retry on a fresh connection;
+    resets mid-body; truncates; answers garbage or too much) while clients pipeline, keep connections alive
+    and reset at random moments: whichever side fails first, the other's callbacks must not reach a freed
+    connection or a given-back exchange."""
+
+    def test_failures_on_both_sides_in_any_order(self):
+        d = ENV["dir"]
+        fport = harness.free_port()
+        fprocs = harness.Processes()
+        fprocs.start([sys.executable, os.path.join(harness.HERE, "faulty.py"), "--port", str(fport),
+                      "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(fport)
+        procs, p, port = start("faulty", workers=2, extra_routes=f"""
+[[route]]
+host = "faulty.mygreatbank.test"
+identity = "us"
+connect = "127.0.0.1:{fport}"
+response_timeout = "3s"
+""")
+        paths = ["/reuse-trap", "/reset-mid", "/close-after-request", "/garbage", "/too-long", "/truncated-chunked",
+                 "/", "/"]
+        rnd = random.Random(11)
+
+        def client(n):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                for _ in range(rnd.randint(1, 6)):
+                    count = rnd.choice([1, 1, 2, 3])
+                    s.sendall("".join(f"GET http://faulty.mygreatbank.test{rnd.choice(paths)} HTTP/1.1\r\n"
+                                      f"Host: faulty.mygreatbank.test\r\nAuthorization: Bearer secret-{n}\r\n\r\n"
+                                      for _ in range(count)).encode())
+                    time.sleep(rnd.choice([0, 0, 0.01, 0.1, 0.4]))
+                    if rnd.random() < 0.3:
+                        break
+                    s.settimeout(0.5)
+                    try:
+                        s.recv(65536)
+                    except OSError:
+                        pass
+                rst(s) if rnd.random() < 0.6 else s.close()
+            except OSError:
+                pass
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                list(pool.map(client, range(300)))
+            time.sleep(4)  # response timeouts land
+            alive(self, p, port)
+        finally:
+            procs.stop_all()
+            fprocs.stop_all()
+
+
 class SignalStormsUnderLoad(unittest.TestCase):
     """SIGHUP in a loop while clients keep requests in flight (pooled upstream connections are retired while
     in use), then SIGTERM; and SIGINT twice under load. No request may hang until a timeout, no worker may miss
