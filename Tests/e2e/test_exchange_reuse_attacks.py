@@ -416,8 +416,8 @@ class SignalStormsUnderLoad(unittest.TestCase):
     in use), then SIGTERM; and SIGINT twice under load. No request may hang until a timeout, no worker may miss
     its wake-up, and the process must end."""
 
-    def storm(self, workers):
-        procs, p, port = start(f"storm-{workers}", workers=workers)
+    def storm(self, workers, extra_routes=""):
+        procs, p, port = start(f"storm-{workers}", workers=workers, extra_routes=extra_routes)
         stop = threading.Event()
         results, slow = [], []
 
@@ -489,6 +489,10 @@ class SignalStormsUnderLoad(unittest.TestCase):
 
     def test_reload_storm_four_workers(self):
         self.storm(4)
+
+    def test_reload_storm_with_pooled_connections_timing_out_as_they_are_taken(self):
+        # The idle timeout of pooled upstream connections about as long as the gap between requests.
+        self.storm(2, extra_routes='idle_timeout = "30ms"\n')
 
     def test_reload_storm_with_credential_checks_off_the_loop(self):
         """bcrypt checks run on other threads and post their results back through the eventfd while reloads
