@@ -59,6 +59,9 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     public var count: Int { spans.count }
 
+    /// The bytes its buffers hold room for (kept across refills), for a holder that bounds what it keeps.
+    public var bufferCapacity: Int { storage.capacity + spans.capacity * MemoryLayout<FieldSpan>.stride }
+
     public static func == (a: HTTPHeaders, b: HTTPHeaders) -> Bool {
         guard a.spans.count == b.spans.count else { return false }
         return a.storage.withUnsafeBufferPointer { x in

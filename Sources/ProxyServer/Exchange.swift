@@ -96,6 +96,13 @@ struct Exchange {
         spareRequestHead = head
     }
 
+    /// The capacity of the head buffers it keeps between exchanges: the request and response heads as parsed, as
+    /// they went upstream and to the client.
+    var headBufferBytes: Int {
+        upstreamRequestHead.capacity + clientResponseHead.capacity + responseHead.headers.bufferCapacity
+            + (request?.headers.bufferCapacity ?? 0) + (spareRequestHead?.headers.bufferCapacity ?? 0)
+    }
+
     /// The request head of the exchange that ended, to parse the next one into (its buffers reused), or an
     /// empty one. The exchange no longer holds it.
     mutating func takeRequestHead() -> RequestHead {

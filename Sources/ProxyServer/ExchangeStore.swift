@@ -6,6 +6,9 @@ final class ExchangeStore {
     private var free: [UnsafeMutablePointer<Exchange>] = []
     /// Kept for reuse at most; beyond, storage given back is freed.
     private let keep: Int
+    /// An exchange whose head buffers grew beyond this (heads of tens of KiB, up to max_header_bytes each) is
+    /// freed rather than kept: `keep` of them would pin tens of MiB per worker after their connections closed.
+    static let keptBufferBytes = 32 * 1024
 
     init(keep: Int = 256) {
         self.keep = keep
@@ -31,7 +34,7 @@ final class ExchangeStore {
     /// when the connection next gets a request).
     func give(_ storage: UnsafeMutablePointer<Exchange>) {
         storage.pointee.store()
-        if free.count < keep {
+        if free.count < keep && storage.pointee.headBufferBytes <= Self.keptBufferBytes {
             free.append(storage)
         } else {
             storage.deinitialize(count: 1)
