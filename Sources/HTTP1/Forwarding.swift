@@ -185,7 +185,7 @@ public enum Forwarding {
     /// brackets when `bracketed` (an IPv6 literal), then `:port` when `port` is set (not the scheme's default).
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, bracketed: Bool, port: Int?,
                                        framing: BodyFraming, upgrade: String? = nil, into out: inout [UInt8]) {
-        out.removeAll(keepingCapacity: true)
+        out.removeAllZeroing()
         out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
                             + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         appendASCII(request.method, to: &out)
@@ -272,7 +272,7 @@ public enum Forwarding {
                                       keepAlive: Bool, clientVersion: HTTPVersion, upgrade: String? = nil,
                                       locationRewrite: LocationRewrite? = nil, into out: inout [UInt8]) {
         let headers = response.headers
-        out.removeAll(keepingCapacity: true)
+        out.removeAllZeroing()
         out.reserveCapacity(wireSize(headers) + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
         // RFC 9110 §6.2: answer with the highest version the proxy conforms to, HTTP/1.1, whatever the client's.
         appendStatic("HTTP/1.1 ", to: &out)

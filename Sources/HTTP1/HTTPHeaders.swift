@@ -256,8 +256,18 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     /// Empties the fields (and the storage) keeping their capacity, for a parser to refill.
     mutating func removeAllKeepingCapacity() {
-        storage.removeAll(keepingCapacity: true)
+        storage.removeAllZeroing()
         spans.removeAll(keepingCapacity: true)
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Empties the array, keeping its capacity, after overwriting its bytes with zeros: a buffer reused for the next
+    /// head (of this connection or, through the worker's store, of another one) never holds the last one's bytes,
+    /// credentials and cookies included.
+    public mutating func removeAllZeroing() {
+        withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+        removeAll(keepingCapacity: true)
     }
 }
 

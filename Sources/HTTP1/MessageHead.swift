@@ -25,6 +25,13 @@ public struct RequestHead: Sendable, Equatable {
     }
 
     /// An empty head, for a parser to fill (`HeadParser.parseRequest(_:into:limits:)`).
+    /// Empties the head, its bytes overwritten with zeros, keeping the capacity of its buffers for the next parse.
+    public mutating func clearKeepingCapacity() {
+        headers.removeAllKeepingCapacity()
+        targetStart = 0
+        targetEnd = 0
+    }
+
     public init() {
         method = ""
         version = .http11
@@ -71,6 +78,13 @@ public struct ResponseHead: Sendable, Equatable {
     }
 
     /// An empty head, for a parser to fill (`HeadParser.parseResponse(_:into:limits:)`).
+    /// Empties the head, its bytes overwritten with zeros, keeping the capacity of its buffers for the next parse.
+    public mutating func clearKeepingCapacity() {
+        headers.removeAllKeepingCapacity()
+        reasonStart = 0
+        reasonEnd = 0
+    }
+
     public init() {
         version = .http11
         status = 0

@@ -91,7 +91,13 @@ struct Exchange {
     /// Between requests, in the worker's `ExchangeStore`: everything of the finished exchange is released but
     /// the buffers, the request head's among them, for the next request to reuse.
     mutating func store() {
-        let head = takeRequestHead()
+        // The bytes of the finished request and response (credentials, cookies) are overwritten now, not when the
+        // buffers are next used, possibly by another client's connection.
+        var head = takeRequestHead()
+        head.clearKeepingCapacity()
+        upstreamRequestHead.removeAllZeroing()
+        clientResponseHead.removeAllZeroing()
+        responseHead.clearKeepingCapacity()
         renew()
         spareRequestHead = head
     }

@@ -54,3 +54,37 @@ extension ExchangeStoreTests {
         #expect(store.kept == 0)
     }
 }
+
+extension ExchangeStoreTests {
+    /// What a finished exchange held is overwritten when it is given back, before another connection may take the
+    /// same buffers: no byte of a credential stays in them.
+    @Test func anExchangeGivenBackHoldsNoByteOfTheLastRequest() throws {
+        let store = ExchangeStore(keep: 4)
+        let storage = store.take()
+        let secret = "Bearer planted-credential-0123456789"
+        let text = "GET http://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nAuthorization: \(secret)\r\n\r\n"
+        storage.pointee.request = try HeadParser.parseRequest(Array(text.utf8))
+        storage.pointee.upstreamRequestHead = Array(text.utf8)
+        storage.pointee.clientResponseHead = Array("HTTP/1.1 200 OK\r\nSet-Cookie: \(secret)\r\n\r\n".utf8)
+        // Where those bytes live: the buffers keep their capacity through `give`, so they stay readable here.
+        func span(_ bytes: [UInt8]) -> (UnsafePointer<UInt8>, Int) {
+            bytes.withUnsafeBufferPointer { (UnsafePointer($0.baseAddress!), $0.count) }
+        }
+        let upstream = span(storage.pointee.upstreamRequestHead)
+        let client = span(storage.pointee.clientResponseHead)
+        store.give(storage)
+        #expect(store.kept == 1)
+        let needle = Array("planted-credential".utf8)
+        for (base, count) in [upstream, client] {
+            let bytes = Array(UnsafeBufferPointer(start: base, count: count))
+            #expect(!bytes.indices.contains { bytes[$0...].starts(with: needle) }, "a given-back buffer still holds the credential")
+            #expect(bytes.allSatisfy { $0 == 0 })
+        }
+        let again = store.take()
+        #expect(again == storage)
+        #expect(again.pointee.upstreamRequestHead.capacity >= text.utf8.count)  // kept for reuse
+        var spare = again.pointee.takeRequestHead()
+        #expect(spare.headers.first("Authorization") == nil)
+        spare.clearKeepingCapacity()
+    }
+}
