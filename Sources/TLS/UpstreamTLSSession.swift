@@ -58,20 +58,10 @@ public final class UpstreamTLSSession {
         ERR_clear_error()
         let r = SSL_connect(ssl)
         if r == 1 { return .done }
-        let e = errno
-        switch SSL_get_error(ssl, r) {
-        case SSL_ERROR_WANT_READ: return .wantRead
-        case SSL_ERROR_WANT_WRITE: return .wantWrite
-        case SSL_ERROR_ZERO_RETURN: return .closed
-        case SSL_ERROR_SYSCALL:
-            let errors = OpenSSLErrors.drain()
-            if e == 0 && errors.isEmpty { return .closed }
-            return .failed(errno: e, errors: errors)
-        default:
-            let errors = OpenSSLErrors.drain()
-            let real = errors.filter { !$0.isPseudo }
-            if !real.isEmpty && real.allSatisfy(\.isUnexpectedEOF) { return .closed }
-            return .failed(errno: 0, errors: errors)
+        switch Self.stop(ssl, r) {
+        case .want(let read): return read ? .wantRead : .wantWrite
+        case .closed: return .closed
+        case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
     }
 
@@ -109,10 +99,29 @@ public final class UpstreamTLSSession {
     }
 
     private static func outcome(_ ssl: OpaquePointer, _ r: Int32) -> TLSTransfer {
+        switch stop(ssl, r) {
+        case .want: return .wouldBlock
+        case .closed(let closeNotify): return .closed(closeNotify: closeNotify)
+        case .failed(let e, let errors): return .failed(errno: e, errors: errors)
+        }
+    }
+
+    /// Why an `SSL_connect`, `SSL_read` or `SSL_write` that returned `r` (0 or less) stopped: the one reading of
+    /// `SSL_get_error` and the error queue for the handshake, reads and writes.
+    private enum Stop {
+        /// Waiting on the socket, readable (`read`) or writable.
+        case want(read: Bool)
+        case closed(closeNotify: Bool)
+        case failed(errno: Int32, errors: [OpenSSLErrorEntry])
+    }
+
+    private static func stop(_ ssl: OpaquePointer, _ r: Int32) -> Stop {
         let e = errno
         switch SSL_get_error(ssl, r) {
-        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
-            return .wouldBlock
+        case SSL_ERROR_WANT_READ:
+            return .want(read: true)
+        case SSL_ERROR_WANT_WRITE:
+            return .want(read: false)
         case SSL_ERROR_ZERO_RETURN:
             return .closed(closeNotify: true)
         case SSL_ERROR_SYSCALL:
