@@ -94,6 +94,27 @@ def read_head(conn, buf=b""):
     return head, rest
 
 
+def read_response(s, pause_after_head=0.0):
+    """Reads one Content-Length response from `s`; returns (head, body). With `pause_after_head`, the reader
+    stops for that long once the head is in, as a client that is slow to read the body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed before the head ended: {data[:200]!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    if pause_after_head:
+        time.sleep(pause_after_head)  # everything the upstream sent piles up in the proxy and the kernel
+    while len(body) < length:
+        chunk = s.recv(262144)
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(body)} of {length} body bytes")
+        body += chunk
+    return head, body
+
+
 class TLSUpstream(ThreadedServer):
     """A TLS server on 127.0.0.1 that requires a client certificate of the test CA (`client_ca`), as the upstreams
     the proxy exists for do. `serve(conn)` gets each connection after its handshake; errors end the connection."""

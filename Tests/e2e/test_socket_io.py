@@ -7,7 +7,7 @@ requests beyond the read watermark, and bytes sent by the upstream in the same r
 
 Real peers only: Python and curl as clients, and as upstream a TLS server in this process that requires the
 client certificate of the test CA."""
-import hashlib, os, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
+import hashlib, os, socket, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -104,26 +104,6 @@ def connect():
     return socket.create_connection(("127.0.0.1", ENV["port"]), timeout=20)
 
 
-def read_response(s, pause_after_head=0.0):
-    """Reads one Content-Length response from `s`; returns (head, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before the head ended: {data[:200]!r}")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    if pause_after_head:
-        time.sleep(pause_after_head)  # everything the upstream sent piles up in the proxy and the kernel
-    while len(body) < length:
-        chunk = s.recv(262144)
-        if not chunk:
-            raise AssertionError(f"connection closed after {len(body)} of {length} body bytes")
-        body += chunk
-    return head, body
-
-
 class ManyRecordsToAPausingClient(unittest.TestCase):
     def test_every_record_arrives_after_the_client_pauses(self):
         # The client stops reading: the proxy stops reading the upstream with records still buffered in OpenSSL
@@ -131,13 +111,13 @@ class ManyRecordsToAPausingClient(unittest.TestCase):
         for pause in (1.5, 0.3):
             with self.subTest(pause=pause), connect() as s:
                 s.sendall(b"GET http://api.mygreatbank.test/records HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
-                head, body = read_response(s, pause_after_head=pause)
+                head, body = harness.read_response(s, pause_after_head=pause)
                 self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
                 self.assertEqual(len(body), len(RECORD) * MANY)
                 self.assertEqual(body, RECORD * MANY)
                 # The connection is still good for the next request.
                 s.sendall(b"GET http://api.mygreatbank.test/next HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
-                self.assertEqual(read_response(s)[1], b"fine\n")
+                self.assertEqual(harness.read_response(s)[1], b"fine\n")
 
     def test_curl_download_matches(self):
         r = subprocess.run(["curl", "-sS", "--max-time", "30", "-x", f"http://127.0.0.1:{ENV['port']}",
@@ -154,7 +134,7 @@ class UploadToASlowUpstream(unittest.TestCase):
             s.sendall(b"POST http://api.mygreatbank.test/slow-sink HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
             s.sendall(body)
-            head, answer = read_response(s)
+            head, answer = harness.read_response(s)
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(answer.decode(), f"{len(body)} {hashlib.sha256(body).hexdigest()}")
 

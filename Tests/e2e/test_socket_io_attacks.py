@@ -182,24 +182,6 @@ def connect(timeout=40):
     return socket.create_connection(("127.0.0.1", ENV["port"]), timeout=timeout)
 
 
-def read_response(s):
-    """Reads one Content-Length response from `s`; returns (head, body)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before the head ended: {data[:200]!r}")
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        chunk = s.recv(262144)
-        if not chunk:
-            raise AssertionError(f"connection closed after {len(body)} of {length} body bytes")
-        body += chunk
-    return head, body
-
-
 def open_fds():
     return len(os.listdir(f"/proc/{ENV['pid']}/fd"))
 
@@ -246,7 +228,7 @@ class RecordsLeftInOpenSSLWhileTheSocketIsQuiet(unittest.TestCase):
             with self.subTest(body=n), connect() as s:
                 started = time.time()
                 s.sendall(f"GET http://api.mygreatbank.test/split/{n} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n".encode())
-                head, body = read_response(s)
+                head, body = harness.read_response(s)
                 self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
                 self.assertEqual(body, pattern(n))
                 self.assertLess(time.time() - started, 10, "the body waited for something other than the upstream")
