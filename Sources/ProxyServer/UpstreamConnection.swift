@@ -254,6 +254,7 @@ final class UpstreamConnection: EventHandler {
     /// as the pool and the worker are concerned.
     func detach() -> Endpoint? {
         guard state == .ready, let tls, stream.fd >= 0 else { return nil }
+        if TestFaults.upstreamHandOverFails { return nil }
         guard let (bev, session) = tls.handOver(base: worker.base, fd: stream.fd, pending: stream.input) else { return nil }
         _ = stream.releaseSocket()
         self.tls = nil
