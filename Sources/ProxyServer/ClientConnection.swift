@@ -663,12 +663,14 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let bytes = Forwarding.clientResponse(head, framing: .close, requestMethod: request.method, keepAlive: true,
                                               clientVersion: .http11, upgrade: head.headers.first("Upgrade") ?? upgrade)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        self.upstream = nil
         let timeout = exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle
+        // The reference is dropped only once the hand-over succeeded: until then the connection is this one's to
+        // close (`detach` closes it when it fails, and so would `teardown`).
         guard let detached = upstream.detach() else {
             teardown(reset: true)
             return
         }
+        self.upstream = nil
         startRelay(with: detached, idleTimeout: timeout)
     }
 
