@@ -297,7 +297,10 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 headScan = HeadParser.Scan()
                 exchange = Exchange()
                 startRecord(method: "-", target: nil)
-                let parseError = (error as? HTTPParseError) ?? .invalidRequestLine
+                var parseError = (error as? HTTPParseError) ?? .invalidRequestLine
+                if case .headTooLarge = parseError, let bytes = evbuffer_pullup(input, window) {
+                    parseError = HeadParser.oversizedRequestError(UnsafeRawBufferPointer(start: bytes, count: window), limit: limit)
+                }
                 sendError(.badRequest(parseError), close: true)
                 return
             }

@@ -32,8 +32,8 @@ enum RequestDecision {
         var target: AbsoluteTarget
         do {
             framing = try requestFraming.get()
-            let hosts = head.headers.count(of: "Host")
-            if hosts > 1 { throw HTTPParseError.multipleHosts }
+            // Checked on every listener, before Host is rewritten for the upstream (RFC 9112 §3.2).
+            let hosts = try HostField.check(head.headers)
             if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
