@@ -12,12 +12,21 @@ struct SystemClock: MonotonicClock {
 /// field that means nothing in a state does not exist in it.
 ///
 /// ```
-///             head bytes            head parsed                 response ended, keep-alive
-///  ┌─► awaitingHead ─────► (partial) ─────► exchanging ─────────────────────────────┐
-///  │        │  idle client_timeout             │  │ CONNECT ─► dialling ─► relaying ─┼─► closed
-///  │        └──────────────────────────────────┼──┼─────────────────────────────────┤
-///  └───────────────────────────────────────────┘  └─ close / error ─► closing ─► closed
-///                                                        (flush every layer, close_notify, FIN, linger)
+///                  head bytes (arm header_timeout)
+///    ┌──────────► awaitingHead(deadline?) ─────────────────────────────┐ idle client_timeout, EOF
+///    │                 │ headParsed                                     │ or error: abort
+///    │ exchangeEnded   ▼                                                ▼
+///    │ (keep-alive) exchanging(flow) ── CONNECT ──► dialling ──► relaying ──► closed
+///    └───────────────── │  │  │                        │ refused        ▲
+///                       │  │  └─ CONNECT, 200 ──► awaitingTunnelBytes ──┤ silent, EOF: abort
+///                       │  │     servingInsideTunnel (TLS or plain):    │
+///                       │  │     back to awaitingHead                   │
+///                       │  └─ upstreamFailed after the response began,  │
+///                       │     responseTruncated: abort(reset)  ─────────┤
+///                       │ exchangeEnded (close), answerRequestTimeout    │
+///                       ▼                                                │
+///               closing(.flushing) ── flushed ──► closing(.lingering(until)) ── EOF / timer ──┘
+///          (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
 /// ```
 struct ConnectionStateMachine<Clock: MonotonicClock> {
     enum State: Equatable {
@@ -62,10 +71,6 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
 
     enum Action: Equatable {
         case none
-        /// Read the request body with client_timeout armed (a stalled body is a client fault).
-        case readWithClientTimeout
-        /// Read without a timeout: a response is owed, and the upstream's timeouts and backpressure govern.
-        case readWithoutTimeout
         /// A client_timeout that ends nothing: read on (libevent stopped reading when it fired).
         case resumeReading
         /// Arm the connection's timer for this deadline (milliseconds on the machine's clock).
@@ -126,21 +131,23 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         return .armTimer(deadline: until)
     }
 
-    /// A request head was parsed; `requestComplete` when it has no body.
-    mutating func headParsed(keepAlive: Bool, requestComplete: Bool) -> Action {
+    /// A request head was parsed; `requestComplete` when it has no body. Nothing to do: client_timeout stays
+    /// armed as the socket's read timeout the whole time (re-arming it per request would cost a timer update),
+    /// and `clientTimedOut` decides what a timeout means in each state.
+    mutating func headParsed(keepAlive: Bool, requestComplete: Bool) {
         guard case .awaitingHead = state else { preconditionFailure("head parsed in \(state)") }
         state = .exchanging(ExchangeFlow(requestComplete: requestComplete, keepAlive: keepAlive))
-        return requestComplete ? .readWithoutTimeout : .readWithClientTimeout
     }
 
-    mutating func requestBodyComplete() -> Action {
-        guard case .exchanging(var flow) = state, !flow.requestComplete else { return .none }
+    /// The whole request body went upstream: a client_timeout from now on ends nothing (`clientTimedOut`).
+    mutating func requestBodyComplete() {
+        guard case .exchanging(var flow) = state, !flow.requestComplete else { return }
         flow.requestComplete = true
         state = .exchanging(flow)
-        return .readWithoutTimeout
     }
 
-    /// The first byte of a response (interim or final) is queued for the client.
+    /// The final response head, or a 101, is queued for the client: from now on a failure can only cut the
+    /// connection. (Interim responses, such as 100 Continue, do not count: an error can still be answered after them.)
     mutating func responseStarted(keepAlive: Bool) {
         guard case .exchanging(var flow) = state else { return }
         flow.responseStarted = true

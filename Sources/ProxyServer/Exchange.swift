@@ -26,7 +26,10 @@ struct Exchange {
     enum ResponseState {
         /// No final response head yet (interim ones may have gone to the client).
         case awaitingHead(HeadParser.Scan)
+        /// The final head was taken (and goes to the client); the body follows by `responseFraming`.
         case body
+        /// 101 Switching Protocols: the connection went on to a relay.
+        case switched
         case done
     }
 

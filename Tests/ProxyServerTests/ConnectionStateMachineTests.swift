@@ -15,7 +15,7 @@ private func machine() -> Machine {
 @Suite struct ConnectionStateMachineTests {
     @Test func keepAliveExchangeReturnsToAwaitingHead() {
         var m = machine()
-        #expect(m.headParsed(keepAlive: true, requestComplete: true) == .readWithoutTimeout)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.responseStarted(keepAlive: true)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
         #expect(m.state == .awaitingHead(headDeadline: nil))
@@ -43,7 +43,7 @@ private func machine() -> Machine {
     /// response is stale: the response just queued must not be dropped by an idle close.
     @Test func staleIdleTimeoutRightAfterAResponseIsIgnored() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.clock.nowMillis += 120_000  // a slow upstream: two client_timeouts passed while the response was owed
         #expect(m.clientTimedOut() == .resumeReading)
         m.responseStarted(keepAlive: true)
@@ -57,7 +57,7 @@ private func machine() -> Machine {
     /// Issue 10 point 2: client_timeout never cuts a response that is owed or flowing.
     @Test func clientTimeoutIsIgnoredWhileAResponseIsOwed() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.clientTimedOut() == .resumeReading)
         m.responseStarted(keepAlive: true)
         #expect(m.clientTimedOut() == .resumeReading)
@@ -67,30 +67,32 @@ private func machine() -> Machine {
     /// Issue 15 point 9: a stalled request body is answered 408 while nothing of the response went out.
     @Test func stalledRequestBodyGets408() {
         var m = machine()
-        #expect(m.headParsed(keepAlive: true, requestComplete: false) == .readWithClientTimeout)
+        m.headParsed(keepAlive: true, requestComplete: false)
         #expect(m.clientTimedOut() == .answerRequestTimeout(.body))
         #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
     }
 
     @Test func stalledRequestBodyAfterTheResponseStartedIsCut() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
+        m.headParsed(keepAlive: true, requestComplete: false)
         m.responseStarted(keepAlive: true)
         #expect(m.clientTimedOut() == .abort(reset: true))
     }
 
-    @Test func bodyCompleteStopsTheClientTimeout() {
+    /// client_timeout stays armed while the body is read and after: a timeout that comes once the whole body
+    /// went upstream (a response is owed) resumes reading instead of answering 408.
+    @Test func aClientTimeoutAfterTheBodyIsCompleteEndsNothing() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
-        #expect(m.requestBodyComplete() == .readWithoutTimeout)
-        #expect(m.requestBodyComplete() == .none)
+        m.headParsed(keepAlive: true, requestComplete: false)
+        m.requestBodyComplete()
         #expect(m.clientTimedOut() == .resumeReading)
+        #expect(m.isExchanging)
     }
 
     /// Issue 10 point 9: a client that half-closes after a complete request is served, then closed.
     @Test func halfClosedClientIsServedThenClosed() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.clientEOF() == .none)
         #expect(m.flow?.clientHalfClosed == true)
         m.responseStarted(keepAlive: true)
@@ -99,7 +101,7 @@ private func machine() -> Machine {
 
     @Test func eofDuringTheRequestBodyAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
+        m.headParsed(keepAlive: true, requestComplete: false)
         #expect(m.clientEOF() == .abort(reset: false))
         #expect(m.state == .closed)
     }
@@ -107,7 +109,7 @@ private func machine() -> Machine {
     /// Issue 10 point 1: every close flushes, then lingers with its own deadline, then closes.
     @Test func closeFlushesThenLingersUntilTheDeadline() {
         var m = machine()
-        _ = m.headParsed(keepAlive: false, requestComplete: true)
+        m.headParsed(keepAlive: false, requestComplete: true)
         m.responseStarted(keepAlive: false)
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
         #expect(m.clientEOF() == .none)  // the client's FIN does not stop the flush
@@ -121,7 +123,7 @@ private func machine() -> Machine {
 
     @Test func eofWhileLingeringCloses() {
         var m = machine()
-        _ = m.headParsed(keepAlive: false, requestComplete: true)
+        m.headParsed(keepAlive: false, requestComplete: true)
         _ = m.exchangeEnded(keepAlive: false)
         _ = m.flushed()
         #expect(m.clientEOF() == .abort(reset: false))
@@ -130,7 +132,7 @@ private func machine() -> Machine {
     /// Issue 10 point 4: an upstream failure before any response byte is answered, never a bare close.
     @Test func upstreamFailureBeforeTheResponseIsAnswered() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.upstreamFailed() == .answerError)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
     }
@@ -138,18 +140,18 @@ private func machine() -> Machine {
     /// Issue 10 point 5: a response cut short ends in a reset, never in a clean end.
     @Test func truncatedResponseResets() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.responseStarted(keepAlive: true)
         #expect(m.upstreamFailed() == .abort(reset: true))
         var n = machine()
-        _ = n.headParsed(keepAlive: true, requestComplete: true)
+        n.headParsed(keepAlive: true, requestComplete: true)
         n.responseStarted(keepAlive: true)
         #expect(n.responseTruncated() == .abort(reset: true))
     }
 
     @Test func responseWithoutKeepAliveCloses() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.responseStarted(keepAlive: false)
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
@@ -163,7 +165,7 @@ private func machine() -> Machine {
 
     @Test func tunnelLifecycle() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.tunnelDialling()
         #expect(m.state == .dialling)
         #expect(m.clientTimedOut() == .none)
@@ -175,21 +177,21 @@ private func machine() -> Machine {
 
     @Test func refusedTunnelClosesAfterTheAnswer() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.tunnelDialling()
         #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
     }
 
     @Test func eofWhileDiallingAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.tunnelDialling()
         #expect(m.clientEOF() == .abort(reset: false))
     }
 
     @Test func anOpenedTunnelWaitsForItsFirstBytesThenRequestsInsideStartAfresh() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.tunnelOpened()
         #expect(m.state == .awaitingTunnelBytes)
         #expect(m.timerFired() == .none)
@@ -198,13 +200,13 @@ private func machine() -> Machine {
         #expect(m.state == .awaitingHead(headDeadline: nil))
         #expect(m.idleSince == 4_000)
         #expect(m.headIncomplete() == .armTimer(deadline: 9_000))
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)  // keep-alive inside the tunnel
     }
 
     @Test func aTunnelRefusedByItsFirstBytesClosesAfterTheAnswer() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         m.tunnelOpened()
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
         #expect(m.state == .closing(.flushing))
@@ -212,16 +214,16 @@ private func machine() -> Machine {
 
     @Test func anOpenedTunnelThatStaysSilentOrEndsIsClosed() {
         var silent = machine()
-        _ = silent.headParsed(keepAlive: true, requestComplete: true)
+        silent.headParsed(keepAlive: true, requestComplete: true)
         silent.tunnelOpened()
         #expect(silent.clientTimedOut() == .abort(reset: false))
         #expect(silent.state == .closed)
         var gone = machine()
-        _ = gone.headParsed(keepAlive: true, requestComplete: true)
+        gone.headParsed(keepAlive: true, requestComplete: true)
         gone.tunnelOpened()
         #expect(gone.clientEOF() == .abort(reset: false))
         var broken = machine()
-        _ = broken.headParsed(keepAlive: true, requestComplete: true)
+        broken.headParsed(keepAlive: true, requestComplete: true)
         broken.tunnelOpened()
         #expect(broken.clientError() == .abort(reset: false))
     }
@@ -230,14 +232,14 @@ private func machine() -> Machine {
         var idle = machine()
         #expect(idle.drain() == .abort(reset: false))
         var busy = machine()
-        _ = busy.headParsed(keepAlive: true, requestComplete: true)
+        busy.headParsed(keepAlive: true, requestComplete: true)
         #expect(busy.drain() == .none)
         #expect(busy.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
 
     @Test func clientErrorAbortsAnythingButARelay() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.clientError() == .abort(reset: false))
         var r = machine()
         r.relayStarted()
@@ -280,7 +282,7 @@ private func machine() -> Machine {
 
     @Test func tlsFailureMidExchangeAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true, requestComplete: true)
         #expect(m.clientTLSFailed() == .abort(reset: false))
     }
 }
