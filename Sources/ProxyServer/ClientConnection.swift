@@ -93,6 +93,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
+    /// How far the exchange in progress has got, for the machine; none between exchanges.
+    private var progress: ExchangeProgress { exchangeStorage?.pointee.progress ?? .none }
+
     private var input: OpaquePointer { client.input }
     private var output: OpaquePointer { client.output }
     private var runtime: ProxyRuntime { worker.runtime }
@@ -243,9 +246,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
             action = machine.clientTLSFailed()
         } else if timedOut {
-            action = machine.clientTimedOut()
+            action = machine.clientTimedOut(progress)
         } else if flags & BEV_EVENT_EOF != 0 && flags & BEV_EVENT_ERROR == 0 {
-            action = machine.clientEOF()
+            action = machine.clientEOF(progress)
         } else {
             // An intercepted client's FIN without close_notify comes here (OpenSSL 3 reports it as an error), not
             // as an EOF as a relay takes it: here the proxy is that client's TLS endpoint and reads HTTP from it,
@@ -359,8 +362,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.request = head
         startRecord(method: head.method, target: nil)
         let framing = Result { try BodyFraming.forRequest(head) }
-        machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining,
-                           requestComplete: (try? framing.get()) == BodyFraming.none)
+        exchange.requestBody = Exchange.RequestBody(framing)
+        machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining)
         // Proxy credentials: a bcrypt check runs off the loop and the exchange resumes in `authenticationFinished`;
         // meanwhile the machine is `exchanging` with no upstream, so arriving body bytes stay in the input.
         if case .forward = kind, let authenticator = worker.authenticator {
@@ -434,21 +437,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func pumpRequestBody() {
         guard machine.isExchanging, let upstream, upstream.state != .closed else { return }
-        do {
-            switch try exchange.moveRequestBody(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
-            case .waiting:
-                // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
-                // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls.
-                break
-            case .destinationFull:
-                clientReadPaused = true
-                client.disableRead()
-            case .complete:
-                machine.requestBodyComplete()
-            }
-        } catch {
+        switch exchange.stepRequest(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
+        case .wait, .complete:
+            // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
+            // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls. Once the
+            // request is complete, a client_timeout ends nothing (the machine reads that from the exchange).
+            break
+        case .pauseClient:
+            clientReadPaused = true
+            client.disableRead()
+        case .fail(let response):
             // Part of the body may already be upstream: this exchange cannot be saved.
-            finish(.failed(.badRequest((error as? HTTPParseError) ?? .invalidChunkSize)))
+            finish(.failed(response))
         }
     }
 
@@ -562,7 +562,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         guard let request = exchange.request else { return }
         let head = exchange.responseHead
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
-        machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
+        machine.responseKeepAlive(exchange.clientFraming != .close && exchange.requestBody.isDone)
         // Redirects stay on the proxy. The rewrite is made only for a head that has a field it rewrites: making it
         // costs more than the rest of the response head.
         let rewritesLocation = head.headers.contains("Location") || head.headers.contains("Content-Location")
@@ -583,7 +583,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.record.upstreamStatus = 101
         exchange.record.status = 101
         exchange.record.ttfbMs = (monotonicMicros() - exchange.startMicros) / 1000
-        machine.responseStarted(keepAlive: false)
+        machine.responseKeepAlive(false)
         let bytes = Forwarding.clientResponse(head, framing: .close, requestMethod: request.method, keepAlive: true,
                                               clientVersion: .http11, upgrade: head.headers.first("Upgrade") ?? upgrade)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
@@ -765,7 +765,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             perform(machine.exchangeEnded(keepAlive: keepAlive))
         case .failed(let response):
             releaseUpstream(mayPool: false)
-            let action = machine.upstreamFailed()
+            let action = machine.upstreamFailed(exchange.progress)
             if action == .answerError {
                 finish(.answered(response, close: !exchange.requestBody.isDone))
             } else {

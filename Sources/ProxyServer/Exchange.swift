@@ -4,9 +4,13 @@ import ProxyConfig
 /// One request and its response on a client connection (HAProxy's `http_txn`): made when a head is parsed,
 /// replaced by the next one, so nothing of one exchange is reset by hand or leaks into the next.
 struct Exchange {
+    /// The request's message state after its head (HAProxy's `http_msg req`): the body still due, or done.
     enum RequestBody {
         case contentLength(remaining: UInt64)
         case chunked(ChunkedDecoder)
+        /// The head's framing is invalid: the body can never be read (the request is answered 400 and the
+        /// connection closed).
+        case unframed
         case done
 
         init(_ framing: BodyFraming) {
@@ -15,6 +19,10 @@ struct Exchange {
             case .chunked: self = .chunked(ChunkedDecoder())
             case .none, .untilClose: self = .done
             }
+        }
+
+        init(_ framing: Result<BodyFraming, any Error>) {
+            if case .success(let framing) = framing { self.init(framing) } else { self = .unframed }
         }
 
         var isDone: Bool {
@@ -55,6 +63,13 @@ struct Exchange {
     var retried = false
     var startMicros = 0
     var record = AccessRecord()
+
+    /// How far the request and response have got, for the connection's machine.
+    var progress: ExchangeProgress {
+        let responseStarted: Bool
+        if case .awaitingHead = response { responseStarted = false } else { responseStarted = true }
+        return ExchangeProgress(requestComplete: requestBody.isDone, responseStarted: responseStarted)
+    }
 
     /// Whether an access record is open (written once, by `ClientConnection.finishRecord`).
     var isRecording: Bool { startMicros != 0 }

@@ -1,9 +1,9 @@
 import CEventTLS
 import HTTP1
 
-/// The response side of an exchange as a machine without sockets (HAProxy's `http_msg rsp`): the shell offers
-/// it the upstream's input and the client's output (two evbuffers) and an upstream's end, and carries out the one
-/// action each step returns. It scans and parses the head where the last read left off, takes interim and final
+/// The exchange as a machine without sockets, its request and response sides as HAProxy's `http_msg req` and
+/// `rsp`: the shell offers it the client's input and the upstream's output (request), the upstream's input and
+/// the client's output (response), and an upstream's end, and carries out the one action each step returns. It scans and parses the head where the last read left off, takes interim and final
 /// heads, moves the body by its framing, and says when the response is complete, cut short or invalid. What
 /// needs the connection (writing the client's head with its Location rewrite, pausing a side, pooling, the access
 /// log) stays in `ClientConnection`.
@@ -81,6 +81,31 @@ extension Exchange {
             }
         case .switched, .done:
             return .wait
+        }
+    }
+
+    /// What the shell does after client bytes were offered to the request side (HAProxy's `http_msg req`).
+    enum RequestStep: Equatable {
+        /// Everything available of the body went upstream; more may come (or a pipelined head waits).
+        case wait
+        /// The upstream holds too much unsent: stop reading the client until it drains.
+        case pauseClient
+        /// The whole body went upstream.
+        case complete
+        /// The body's framing is invalid: answer 400 if nothing of the response went out, else cut.
+        case fail(ProxyErrorResponse)
+    }
+
+    /// One step of the request body from the client's `input` to the upstream's `destination`.
+    mutating func stepRequest(from input: OpaquePointer, to destination: OpaquePointer, highWatermark: Int) -> RequestStep {
+        do {
+            switch try moveRequestBody(from: input, to: destination, highWatermark: highWatermark) {
+            case .waiting: return .wait
+            case .destinationFull: return .pauseClient
+            case .complete: return .complete
+            }
+        } catch {
+            return .fail(.badRequest((error as? HTTPParseError) ?? .invalidChunkSize))
         }
     }
 
