@@ -242,6 +242,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
         let action: ConnectionStateMachine<SystemClock>.Action
+        let stateBefore = machine.state
         let timedOut = flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
             action = machine.clientTLSFailed()
@@ -263,9 +264,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             // the response was cut.
             if exchange.record.status == 0 { exchange.record.status = 499 }
             let why: String
-            if dialer != nil {
-                why = timedOut ? "client_timeout passed before the tunnel was open" : "client closed the connection before the tunnel was open"
-            } else if openedTunnel != nil {
+            if case .dialling = stateBefore {
+                why = "client closed the connection before the tunnel was open"  // client_timeout does not apply while dialling
+            } else if case .awaitingTunnelBytes = stateBefore {
                 why = timedOut ? "client sent nothing in the tunnel within client_timeout" : "client closed the tunnel before sending anything in it"
             } else {
                 why = timedOut ? "the request body stalled for client_timeout after the response began"
@@ -559,17 +560,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     /// The final response head, as it goes to the client.
     private func sendFinalHead() {
-        guard let request = exchange.request else { return }
-        let head = exchange.responseHead
+        // The request's method and version, not the request (a copy would retain its buffers).
+        guard let method = exchange.request?.method, let version = exchange.request?.version else { return }
+        let head = exchange.responseHead  // copied: it is read while the client's head is written into the exchange
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
         machine.responseKeepAlive(exchange.clientFraming != .close && exchange.requestBody.isDone)
         // Redirects stay on the proxy. The rewrite is made only for a head that has a field it rewrites: making it
         // costs more than the rest of the response head.
         let rewritesLocation = head.headers.contains("Location") || head.headers.contains("Content-Location")
-        Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
-                                  keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
-                                  locationRewrite: rewritesLocation ? kind.locationRewrite(for: request, runtime: runtime) : nil,
-                                  into: &exchange.clientResponseHead)
+        let locationRewrite = rewritesLocation ? exchange.request.flatMap { kind.locationRewrite(for: $0, runtime: runtime) } : nil
+        Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: method,
+                                  keepAlive: machine.flow?.keepAlive ?? false, clientVersion: version,
+                                  locationRewrite: locationRewrite, into: &exchange.clientResponseHead)
         exchange.clientResponseHead.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         if exchange.responseFraming == .untilClose, let upstream { upstream.setReadTimeout(exchange.match?.timeouts.response) }
     }

@@ -33,7 +33,7 @@ extension Exchange {
         switch response {
         case .awaitingHead(var scan):
             let available = evbuffer_get_length(source)
-            guard available > 0, let request else { return .wait }
+            guard available > 0, let method = request?.method, let version = request?.version else { return .wait }
             let limit = limits.maxHeadBytes
             let window = min(available, limit + 4)
             let buffer = UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window)
@@ -54,7 +54,7 @@ extension Exchange {
                     return .switchProtocols(upgrade: upgrade)
                 }
                 if responseHead.status < 200 { return .forwardInterim }
-                try acceptFinalResponse(responseHead, to: request)
+                try acceptFinalResponse(requestMethod: method, requestVersion: version)
                 response = .body
                 return .sendFinalHead
             } catch {
