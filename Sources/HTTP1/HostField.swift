@@ -35,15 +35,15 @@ public enum HostField {
             guard i < n, i > 1 else { return false }
             i += 1
         } else {
-            while i < n && value[i] != 0x3A {
+            while i < n {
                 let c = value[i]
-                if c == 0x25 {  // pct-encoded
-                    guard i + 2 < n, isHexDigit(value[i + 1]), isHexDigit(value[i + 2]) else { return false }
-                    i += 3
+                if isUnreserved(c) {  // the usual byte of a name
+                    i += 1
                     continue
                 }
-                guard isUnreserved(c) else { return false }
-                i += 1
+                if c == 0x3A { break }  // the port follows
+                guard c == 0x25, i + 2 < n, isHexDigit(value[i + 1]), isHexDigit(value[i + 2]) else { return false }  // pct-encoded
+                i += 3
             }
             guard i > 0 else { return false }
         }
@@ -66,8 +66,15 @@ public enum HostField {
         return value.withUTF8 { isValid($0) }
     }
 
-    @inline(__always) private static func isUnreserved(_ c: UInt8) -> Bool {
-        (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || isDigit(c) || c == 0x2D || c == 0x2E || c == 0x5F || c == 0x7E
+    /// unreserved (RFC 3986 §2.3): ALPHA, DIGIT, "-", ".", "_", "~", looked up in a 128-bit set (one bit per
+    /// ASCII byte, as `isTokenChar`; `HostFieldTests` checks it against the list). A Host is checked on every
+    /// request: a lookup is a third of the comparisons.
+    @inline(__always) static func isUnreserved(_ c: UInt8) -> Bool {
+        let low: UInt64 = 0x03FF_6000_0000_0000   // 0x00-0x3F: - . 0-9
+        let high: UInt64 = 0x47FF_FFFE_87FF_FFFE  // 0x40-0x7F: A-Z _ a-z ~
+        if c < 0x40 { return (low >> UInt64(c)) & 1 != 0 }
+        if c < 0x80 { return (high >> UInt64(c - 0x40)) & 1 != 0 }
+        return false
     }
 
     @inline(__always) private static func isHexDigit(_ c: UInt8) -> Bool {

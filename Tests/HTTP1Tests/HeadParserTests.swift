@@ -238,3 +238,23 @@ private func requestError(_ s: String) -> HTTPParseError? {
         }
     }
 }
+
+/// The Host grammar the proxy accepts: `host [ ":" port ]` (RFC 3986), no empty name, no sub-delims.
+@Suite struct HostFieldTests {
+    @Test func theUnreservedSetIsRFC3986s() {
+        for c in 0...255 {
+            let scalar = Unicode.Scalar(UInt8(c))
+            let expected = c < 128 && (("a"..."z").contains(Character(scalar)) || ("A"..."Z").contains(Character(scalar))
+                                       || ("0"..."9").contains(Character(scalar)) || "-._~".unicodeScalars.contains(scalar))
+            #expect(HostField.isUnreserved(UInt8(c)) == expected, "byte \(c)")
+        }
+    }
+
+    @Test(arguments: ["a", "api.mygreatbank.test", "API.test.", "a_b-c~d", "127.0.0.1", "127.0.0.1:8080", "[::1]", "[::1]:443",
+                      "[2001:db8::a:1]", "x:", "bl%41ck.test", "host:65535"])
+    func validHosts(_ value: String) { #expect(HostField.isValid(value)) }
+
+    @Test(arguments: ["", ":80", "a b", "a/b", "a?b", "a#b", "u@a", "a,b", "a;b", "a!b", "a=b", "a:80:80", "a:8o", "a:65536",
+                      "a:123456", "[::1", "[]", "[::1]x", "[::1]:x", "%4", "a%zz", "a\tb", "é.test"])
+    func invalidHosts(_ value: String) { #expect(!HostField.isValid(value)) }
+}
