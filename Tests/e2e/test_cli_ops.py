@@ -421,6 +421,81 @@ class Calendar(unittest.TestCase):
         self.assertEqual({str(e["UID"]) for e in again.walk("VEVENT")}, uids)
 
 
+    def test_a_certificate_superseded_before_it_expires_has_no_alarm_and_says_by_which(self):
+        try:
+            import icalendar
+        except ImportError:
+            self.skipTest("the icalendar package is not installed (scripts/lib/deps.sh installs it)")
+        staged = dated_cert("ics-next", "fusion-us", utc_in(20 * DAY), utc_in(420 * DAY))
+        config = write("ics-superseded.conf", BASE + f'[[identities.us.certificates]]\ncert = "{staged[0]}"\nkey = "{staged[1]}"\n')
+        events = list(icalendar.Calendar.from_ical(run("certs", "--config", config, "--ics").stdout.encode()).walk("VEVENT"))
+        current, new = openssl_serial(f"{ENV['dir']}/pki/fusion-us.pem"), openssl_serial(f"{ENV['dir']}/{staged[0]}")
+        takeover_day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 20 * DAY))
+        [replaced] = [e for e in events if str(e["UID"]).startswith("expiry-") and f"serial {current})" in str(e["SUMMARY"])]
+        self.assertIn(f"superseded on {takeover_day} by serial {new}", str(replaced["SUMMARY"]))
+        self.assertEqual(list(replaced.walk("VALARM")), [])
+        # The staged certificate's own expiry and its takeover keep their reminders.
+        for event in events:
+            if event is not replaced:
+                self.assertEqual(sorted(a.decoded("TRIGGER").days for a in event.walk("VALARM")), [-30, -7], str(event["SUMMARY"]))
+        # With prefer = "oldest" the current one stays until it expires: its expiry keeps its alarms.
+        oldest = write("ics-oldest.conf", harness.read(config).replace('[identities.us]', '[identities.us]\nprefer = "oldest"'))
+        events = list(icalendar.Calendar.from_ical(run("certs", "--config", oldest, "--ics").stdout.encode()).walk("VEVENT"))
+        [expiry] = [e for e in events if str(e["UID"]).startswith("expiry-") and f"serial {current})" in str(e["SUMMARY"])]
+        self.assertNotIn("superseded", str(expiry["SUMMARY"]))
+        self.assertEqual(len(list(expiry.walk("VALARM"))), 2)
+
+
+class StagedCertificates(unittest.TestCase):
+    """Uploading next year's certificate: --pem --staged and --serial print exactly the one(s) asked for, and
+    `certs --all` says each certificate's state."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.old = dated_cert("st-old", "fusion-us", utc_in(-400 * DAY), utc_in(-DAY))
+        cls.earlier = dated_cert("st-earlier", "fusion-us", utc_in(-100 * DAY), utc_in(200 * DAY))
+        cls.staged = dated_cert("st-staged", "fusion-us", utc_in(5 * DAY), utc_in(400 * DAY))
+        cls.config = write("staged.conf", BASE.replace('cert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n', "")
+                           + "".join(f'[[identities.us.certificates]]\ncert = "{c}"\nkey = "{k}"\n'
+                                     for c, k in [("pki/fusion-us.pem", "pki/fusion-us.key"), cls.old, cls.earlier, cls.staged]))
+
+    def pem_of(self, relative):
+        return harness.read(f"{ENV['dir']}/{relative}")
+
+    def test_pem_staged_is_exactly_the_staged_certificate(self):
+        r = run("certs", "us", "--pem", "--staged", "--config", self.config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, self.pem_of(self.staged[0]))
+
+    def test_pem_serial_is_exactly_that_certificate_in_any_spelling(self):
+        serial = openssl_serial(f"{ENV['dir']}/{self.staged[0]}")
+        colons = ":".join(serial[i:i + 2] for i in range(0, len(serial), 2)).lower()
+        for spelling in (serial, serial.lower(), colons):
+            r = run("certs", "us", "--pem", "--serial", spelling, "--config", self.config)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, self.pem_of(self.staged[0]), spelling)
+        r = run("certs", "us", "--pem", "--serial", "ABCDEF", "--config", self.config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no certificate of identity us has serial ABCDEF", r.stderr)
+        self.assertIn(serial, r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_staged_when_nothing_is_staged_is_an_error(self):
+        r = run("certs", "us", "--pem", "--staged", "--config", write("nothing-staged.conf", BASE))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("identity us has no staged certificate", r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_all_shows_each_state(self):
+        r = run("certs", "us", "--all", "--config", self.config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        takeover = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 5 * DAY))
+        self.assertRegex(r.stdout, r"#1 active ")
+        self.assertRegex(r.stdout, r"#2 expired ")
+        self.assertRegex(r.stdout, r"#3 superseded ")
+        self.assertRegex(r.stdout, rf"#4 staged, takes over {takeover} \d\d:\d\d UTC ")
+
+
 class Renewal(unittest.TestCase):
     def csr(self, config, out, *extra):
         return run("csr", "us", "--config", config, "--out", out, *extra)
