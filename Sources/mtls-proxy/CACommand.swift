@@ -54,7 +54,7 @@ struct CA: ParsableCommand {
         func run() throws {
             let settings = try CA.settings(options)
             for path in [settings.caCert, settings.caKey] where FileManager.default.fileExists(atPath: path) {
-                printError("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(options.path)` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --pem).")
+                printError("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(shellWord(options.path))` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --config \(shellWord(options.path)) --pem).")
                 throw ExitCode(1)
             }
             do {
@@ -70,7 +70,7 @@ struct CA: ParsableCommand {
                 let ca = try LocalCA.create(certPath: settings.caCert, keyPath: settings.caKey, days: days)
                 print("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)")
                 print("  sha256 \(ca.certificate.sha256Fingerprint)")
-                print("install it in the workflow's trust store: mtls-proxy ca --pem > mtls-proxy-ca.pem")
+                print("install it in the workflow's trust store: mtls-proxy ca --config \(shellWord(options.path)) --pem > mtls-proxy-ca.pem")
             } catch {
                 printError("mtls-proxy: \(error)")
                 throw ExitCode(1)
