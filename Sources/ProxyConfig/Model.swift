@@ -333,6 +333,12 @@ public struct Route: Sendable, Hashable {
     /// route is (logs and metrics read it on every request).
     public private(set) var label: String
 
+    /// A name that can be quoted in a message as it is: no quote, backslash or control character, at most 64
+    /// characters (a message naming the route by a longer or stranger one names it route[N] only).
+    static func isPrintableName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) && $0 != "\"" && $0 != "\\" }
+    }
+
     static func label(index: Int, name: String?, host: HostPattern) -> String {
         if let name { return name }
         return "route[\(index)] \(host)"
