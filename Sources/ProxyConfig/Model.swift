@@ -34,6 +34,20 @@ public struct ProxyConfiguration: Sendable {
         identities.first { $0.name == name }
     }
 
+    /// Identities that some route names (`identity = ...`).
+    public var routedIdentities: Set<String> {
+        Set(routes.compactMap { route in
+            if case .mtls(let identity) = route.action { return identity }
+            return nil
+        })
+    }
+
+    /// Identities no route names, in name order: loaded, checked and alerted on, yet never presented.
+    public var unusedIdentities: [String] {
+        let routed = routedIdentities
+        return identities.map(\.name).filter { !routed.contains($0) }
+    }
+
     public var router: Router { Router(routes: routes, unmatched: proxy.unmatched, upstream: upstream) }
 }
 

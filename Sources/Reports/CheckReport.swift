@@ -18,12 +18,14 @@ public struct CheckReport: Codable, Equatable, Sendable {
     /// Present when [intercept] is configured.
     public var localCA: LocalCAReport?
     public var routes: [RouteReport]
+    /// Identities no route names (their expiry still counts in the verdict and the alerts).
+    public var unusedIdentities: [String]
     public var warnings: [String]
     public var verdict: Verdict
 
     public init(generatedAt: String, config: String, valid: Bool, errors: [ConfigProblem] = [], listen: String? = nil,
                 unmatched: String? = nil, identities: [IdentityReport] = [], localCA: LocalCAReport? = nil,
-                routes: [RouteReport] = [], warnings: [String] = [], verdict: Verdict) {
+                routes: [RouteReport] = [], unusedIdentities: [String] = [], warnings: [String] = [], verdict: Verdict) {
         self.generatedAt = generatedAt
         self.config = config
         self.valid = valid
@@ -33,6 +35,7 @@ public struct CheckReport: Codable, Equatable, Sendable {
         self.identities = identities
         self.localCA = localCA
         self.routes = routes
+        self.unusedIdentities = unusedIdentities
         self.warnings = warnings
         self.verdict = verdict
     }
@@ -273,4 +276,10 @@ public struct CertsReport: Codable, Equatable, Sendable {
         self.identities = identities
         self.localCA = localCA
     }
+}
+
+/// The warning `check` gives for an identity that no route names.
+public func unusedIdentityWarning(_ name: String) -> String {
+    "identity \(name) is used by no route: it is never presented, yet its certificates are loaded and checked, and "
+        + "their expiry counts in check's exit code and in the expiry alerts; remove it, or add a route with identity = \"\(name)\""
 }

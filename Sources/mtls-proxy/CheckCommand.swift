@@ -88,6 +88,8 @@ struct Check: ParsableCommand {
             print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
         }
         for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
+        // Named, not counted: an identity kept for a route to come is not a failure (the exit code stays).
+        for name in config.unusedIdentities { print("warning: \(unusedIdentityWarning(name))") }
         print("")
         for route in config.routes {
             var line = "\(route.label): \(route.action)"

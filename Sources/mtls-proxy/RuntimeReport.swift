@@ -47,7 +47,9 @@ enum RuntimeReport {
         return CheckReport(generatedAt: ReportTime.rfc3339(now), config: config.file, valid: true,
                            listen: config.proxy.listen.description, unmatched: config.proxy.unmatched.rawValue,
                            identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map(RouteReport.init),
-                           warnings: runtime.keyPermissionWarnings, verdict: Verdict(worst: worst, warnDays: warnDays))
+                           unusedIdentities: config.unusedIdentities,
+                           warnings: runtime.keyPermissionWarnings + config.unusedIdentities.map(unusedIdentityWarning),
+                           verdict: Verdict(worst: worst, warnDays: warnDays))
     }
 
     static func failure(_ error: ConfigError, warnDays: Int, now: Int) -> CheckReport {
