@@ -211,7 +211,7 @@ class CertsCommand(unittest.TestCase):
 
     def test_summary(self):
         r = cli("certs", "oldest")
-        self.assertIn("#2 (active)  CN=fusion-eu-short", r.stdout)
+        self.assertIn("#2 active  CN=fusion-eu-short", r.stdout)
         self.assertIn("sha256 ", r.stdout)
 
     def test_unknown_identity(self):
