@@ -553,8 +553,9 @@ struct TableReader {
         return resolve(text)
     }
 
+    /// `path` against the config file's folder, spelled the short way (`FilePathSpelling`).
     func resolve(_ path: String) -> String {
-        path.hasPrefix("/") ? path : "\(base)/\(path)"
+        FilePathSpelling.normalised(path.hasPrefix("/") ? path : "\(base)/\(path)")
     }
 
     func stringArray(_ key: String) throws -> [String]? {

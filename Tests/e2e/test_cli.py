@@ -29,7 +29,7 @@ GOOD = harness.US_API_CONFIG
 
 class Check(unittest.TestCase):
     def test_good_config_prints_each_identity(self):
-        r = run("check", "--config", write_config("good.conf", GOOD))
+        r = run("check", "--config", write_config("good.conf", GOOD), "--wide")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"us\s+#1\s+active\s+")
         self.assertIn("  CN=fusion-us,O=mtls-proxy test  ", r.stdout)
@@ -330,13 +330,15 @@ class CheckFitsTheTerminal(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertNotIn("conf/..", r.stdout)
         self.assertIn("pki/fusion-us.pem", r.stdout)
-        self.assertIn("local CA state-n/ca.pem", r.stdout)
+        # The loader keeps paths absolute (from the folder it was started in), the short way.
+        self.assertIn(f"{ENV['dir']}/pki/fusion-us.pem", r.stdout)
+        self.assertIn(f"local CA {ENV['dir']}/state-n/ca.pem", r.stdout)
         r = run("certs", "--config", "conf/norm.conf", cwd=ENV["dir"])
-        self.assertIn("file pki/fusion-us.pem", r.stdout)
+        self.assertIn(f"file {ENV['dir']}/pki/fusion-us.pem", r.stdout)
         write_config("conf/norm-missing.conf", text.replace("../pki/fusion-us.pem", "../pki/./nope.pem"))
         r = run("check", "--config", "conf/norm-missing.conf", cwd=ENV["dir"])
         self.assertEqual(r.returncode, 1)
-        self.assertIn("cannot read pki/nope.pem", r.stderr)
+        self.assertIn(f"{ENV['dir']}/pki/nope.pem", r.stderr)
         self.assertNotIn("..", r.stderr.replace("...", ""))
 
     def test_a_folder_reached_through_a_symlink_keeps_its_parent(self):

@@ -567,7 +567,7 @@ class Renewal(unittest.TestCase):
         self.assertEqual(certificates[1]["takes_over_at"], certificates[1]["not_before"])
         self.assertEqual(certificates[1]["subject"], certificates[0]["subject"])
         text = run("check", "--config", config)
-        self.assertRegex(text.stdout, r"us: presents #1 .*; #2 takes over at ")
+        self.assertRegex(text.stdout, r"us: presents #1 .*\n\s+#2 takes over at ")
 
     def test_issued_now_it_is_presented_to_an_upstream_that_requires_client_certificates(self):
         proxy_port, up_port = harness.free_port(), harness.free_port()
