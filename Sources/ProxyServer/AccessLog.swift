@@ -563,34 +563,6 @@ final class LogLineBuffer {
     }
 }
 
-/// UTC times as logs, errors and the command line show them, from one gmtime_r.
-public enum UTCTime {
-    static func parts(_ epoch: Int) -> tm {
-        var t = time_t(epoch)
-        var result = tm()
-        gmtime_r(&t, &result)
-        return result
-    }
-
-    static func pad(_ v: Int32, _ width: Int = 2) -> String {
-        let s = String(v)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-
-    /// "2027-03-02 14:05:09 UTC", or without the seconds.
-    public static func readable(_ epoch: Int, seconds: Bool = true) -> String {
-        let p = parts(epoch)
-        let time = "\(pad(p.tm_hour)):\(pad(p.tm_min))" + (seconds ? ":\(pad(p.tm_sec))" : "")
-        return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday)) \(time) UTC"
-    }
-
-    /// "2027-03-02T14:05:09.123Z", for the access log.
-    static func iso8601(millis: Int) -> String {
-        let p = parts(millis / 1000)
-        return "\(p.tm_year + 1900)-\(pad(p.tm_mon + 1))-\(pad(p.tm_mday))T\(pad(p.tm_hour)):\(pad(p.tm_min)):\(pad(p.tm_sec)).\(pad(Int32(millis % 1000), 3))Z"
-    }
-}
-
 func formatUTC(_ epoch: Int) -> String { UTCTime.readable(epoch) }
 
 func currentEpochMillis() -> Int {

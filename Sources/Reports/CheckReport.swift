@@ -109,7 +109,7 @@ public struct IdentityReport: Codable, Equatable, Sendable {
         }
         active = status.active.map { $0 + 1 }
         daysLeft = status.secondsLeft.map(wholeDays)
-        next = status.next.map { NextChange(at: ReportTime.rfc3339($0.at), atUnix: $0.at, certificate: $0.index.map { $0 + 1 }) }
+        next = status.next.map { NextChange(at: UTCTime.rfc3339($0.at), atUnix: $0.at, certificate: $0.index.map { $0 + 1 }) }
         self.certificates = certificates
     }
 }
@@ -177,14 +177,14 @@ public struct CertificateReport: Codable, Equatable, Sendable {
         subject = facts.subject
         issuer = facts.issuer
         serial = facts.serial
-        notBefore = ReportTime.rfc3339(facts.notBefore)
-        notAfter = ReportTime.rfc3339(facts.notAfter)
+        notBefore = UTCTime.rfc3339(facts.notBefore)
+        notAfter = UTCTime.rfc3339(facts.notAfter)
         notBeforeUnix = facts.notBefore
         notAfterUnix = facts.notAfter
         daysLeft = wholeDays(facts.notAfter - now)
         sha256 = facts.sha256
         self.file = file
-        self.takesOverAt = takesOverAt.map(ReportTime.rfc3339)
+        self.takesOverAt = takesOverAt.map(UTCTime.rfc3339)
     }
 
     /// The state of certificate `index` of an identity at `now`.
@@ -216,8 +216,8 @@ public struct LocalCAReport: Codable, Equatable, Sendable {
         self.error = error
         if let facts {
             subject = facts.subject
-            notBefore = ReportTime.rfc3339(facts.notBefore)
-            notAfter = ReportTime.rfc3339(facts.notAfter)
+            notBefore = UTCTime.rfc3339(facts.notBefore)
+            notAfter = UTCTime.rfc3339(facts.notAfter)
             notAfterUnix = facts.notAfter
             daysLeft = wholeDays(facts.notAfter - now)
             sha256 = facts.sha256

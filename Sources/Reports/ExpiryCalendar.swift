@@ -30,7 +30,7 @@ public enum ExpiryCalendar {
                 start: f.notAfter,
                 summary: "mtls-proxy: identity \(identity) certificate expires (\(name))",
                 description: """
-                The client certificate #\(i + 1) of identity \(identity) expires at \(ReportTime.rfc3339(f.notAfter)).
+                The client certificate #\(i + 1) of identity \(identity) expires at \(UTCTime.rfc3339(f.notAfter)).
                 Subject: \(f.subject)
                 Issuer: \(f.issuer)
                 Serial: \(f.serial)
@@ -45,7 +45,7 @@ public enum ExpiryCalendar {
                     start: at,
                     summary: "mtls-proxy: identity \(identity) switches to its staged certificate (\(name))",
                     description: """
-                    From \(ReportTime.rfc3339(at)) identity \(identity) presents certificate #\(i + 1).
+                    From \(UTCTime.rfc3339(at)) identity \(identity) presents certificate #\(i + 1).
                     Subject: \(f.subject)
                     Serial: \(f.serial)
                     SHA-256: \(f.sha256)
@@ -65,7 +65,7 @@ public enum ExpiryCalendar {
             start: f.notAfter,
             summary: "mtls-proxy: local CA expires (\(f.subject), serial \(f.serial))",
             description: """
-            The local CA that signs intercepted tunnels expires at \(ReportTime.rfc3339(f.notAfter)).
+            The local CA that signs intercepted tunnels expires at \(UTCTime.rfc3339(f.notAfter)).
             File: \(file)
             SHA-256: \(f.sha256)
             Make a new one (mtls-proxy ca init, after moving the old files away) and install it in the workflows' trust store.

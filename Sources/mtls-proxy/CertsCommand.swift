@@ -80,7 +80,7 @@ struct Certs: ParsableCommand {
         let identities = config.identities.filter { names.contains($0.name) }
         if format == .json {
             try RuntimeReport.printJSON(CertsReport(
-                generatedAt: ReportTime.rfc3339(now), config: config.file,
+                generatedAt: UTCTime.rfc3339(now), config: config.file,
                 identities: identities.map { RuntimeReport.identity(runtime, $0, now: now, warnDays: config.proxy.warnDays) },
                 localCA: RuntimeReport.localCA(runtime, now: now)))
             return
