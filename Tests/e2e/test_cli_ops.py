@@ -362,7 +362,7 @@ class Help(unittest.TestCase):
 
 
 class Calendar(unittest.TestCase):
-    def test_ics_has_an_expiry_and_a_takeover_event_with_two_alarms_each(self):
+    def test_ics_has_an_expiry_and_a_takeover_event_with_two_alarms_each_unless_superseded(self):
         try:
             import icalendar
         except ImportError:
@@ -402,7 +402,9 @@ class Calendar(unittest.TestCase):
             seen.add((m.group(1), m.group(4), m.group(2)))
             uids.add(str(event["UID"]))
             alarms = sorted(alarm.decoded("TRIGGER").days for alarm in event.walk("VALARM"))
-            self.assertEqual(alarms, [-30, -7], summary)
+            # The current us certificate is superseded by the staged one before it expires: no reminders.
+            superseded = m.group(1) == "us" and m.group(2) == "expires" and m.group(4) == openssl_serial(f"{ENV['dir']}/pki/fusion-us.pem")
+            self.assertEqual(alarms, [] if superseded else [-30, -7], summary)
             for alarm in event.walk("VALARM"):
                 self.assertEqual(str(alarm["ACTION"]), "DISPLAY")
         self.assertEqual(seen, expected)
