@@ -160,9 +160,9 @@ class NewUserMistakes(unittest.TestCase):
         r = run("explain", "https://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("mutual TLS presenting identity us", r.stdout)
-        self.assertIn("explain --method CONNECT api.mygreatbank.test:443", r.stdout)
+        self.assertIn("HTTPS_PROXY: CONNECT api.mygreatbank.test:443", r.stdout)
         r = run("explain", "http://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
-        self.assertNotIn("--method CONNECT", r.stdout)
+        self.assertNotIn("CONNECT", r.stdout)
 
     def test_health_without_an_answer_names_where_the_address_came_from(self):
         port = harness.free_port()
