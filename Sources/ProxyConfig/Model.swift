@@ -347,10 +347,13 @@ public struct Route: Sendable, Hashable {
     /// route is (logs and metrics read it on every request).
     public private(set) var label: String
 
-    /// A name that can be quoted in a message as it is: no quote, backslash or control character, at most 64
+    /// A name that can be quoted in a message as it is: no quote, backslash, control or format character, at most 64
     /// characters (a message naming the route by a longer or stranger one names it route[N] only).
     static func isPrintableName(_ name: String) -> Bool {
-        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) && $0 != "\"" && $0 != "\\" }
+        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy {
+            $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) && $0 != "\"" && $0 != "\\"
+                && $0.properties.generalCategory != .format  // no bidirectional overrides or invisible characters
+        }
     }
 
     static func label(index: Int, name: String?, host: HostPattern) -> String {

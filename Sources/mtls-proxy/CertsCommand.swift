@@ -99,6 +99,7 @@ struct Certs: ParsableCommand {
             return
         }
         var serialFound = false
+        var stagedFound = false
         for name in names {
             let credentials = runtime.credentials[name] ?? []
             let validity = credentials.map(\.validity)
@@ -114,10 +115,13 @@ struct Certs: ParsableCommand {
                 serialFound = true
             } else if staged {
                 chosen = credentials.indices.filter { states[$0].word == "staged" }
+                // Named, an identity without one is an error; over every identity, those without one are left out.
+                if chosen.isEmpty && identity == nil { continue }
                 guard !chosen.isEmpty else {
                     printError("mtls-proxy: identity \(name) has no staged certificate (one not valid yet, or waiting to take over); certs \(name) --all lists its certificates")
                     throw ExitCode(1)
                 }
+                stagedFound = true
             } else {
                 chosen = all ? Array(credentials.indices) : (active.map { [$0] } ?? [])
             }
@@ -141,6 +145,10 @@ struct Certs: ParsableCommand {
                 print("      file \(credentials[i].source.cert)")
             }
             if active == nil { print("  no currently valid certificate") }
+        }
+        if staged && identity == nil && !stagedFound {
+            printError("mtls-proxy: no identity has a staged certificate (one not valid yet, or waiting to take over); certs --all lists every certificate")
+            throw ExitCode(1)
         }
         if let serial, !serialFound {
             let known = names.flatMap { name in

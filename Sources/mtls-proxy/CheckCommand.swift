@@ -39,6 +39,7 @@ struct Check: ParsableCommand {
     func validate() throws {
         // The same range as [proxy] warn_days.
         guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
+        if wide && format == .json { throw ValidationError("--wide is for the text table; --format json has every field already") }
     }
 
     func run() throws {

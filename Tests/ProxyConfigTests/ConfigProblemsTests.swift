@@ -73,6 +73,14 @@ import Testing
         #expect(lines[3].hasPrefix("proxy.conf:14: route[3].identity: unknown identity"))
     }
 
+    @Test func aRouteNameThatWouldSpoofTheMessageIsNotQuoted() throws {
+        // A right-to-left override, a newline escape and a very long name: each named route[1] only.
+        for name in ["pay\u{202E}ue-stnemyap", "a\\nmtls-proxy: fake", String(repeating: "n", count: 65)] {
+            let error = try #require(mistakes("[[route]]\nname = \"\(name)\"\nhost = \"a.test\"\nidentity = \"nobody\"\n"))
+            #expect(error.description.hasPrefix("proxy.conf:4: route[1].identity: unknown identity"), "\(error.description)")
+        }
+    }
+
     @Test func aDurationWrittenAsANumberSaysDurationsAreStrings() throws {
         let error = try #require(mistakes("[upstream]\nconnect_timeout = 5\n"))
         #expect(error.key == "upstream.connect_timeout")

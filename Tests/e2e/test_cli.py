@@ -321,6 +321,11 @@ class CheckFitsTheTerminal(unittest.TestCase):
         for column in ["IDENTITY", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]:
             self.assertIn(column, wide.stdout)
 
+    def test_wide_is_for_the_table(self):
+        r = run("check", "--config", write_config("wide-json.conf", GOOD), "--wide", "--format", "json")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--wide is for the text table", r.stderr)
+
     def test_paths_are_printed_normalised(self):
         os.makedirs(f"{ENV['dir']}/conf", exist_ok=True)
         text = GOOD.replace('"pki/', '"../pki/') + '[intercept]\nca_cert = "../state-n/ca.pem"\nca_key = "../state-n/ca.key"\n'

@@ -488,6 +488,21 @@ class StagedCertificates(unittest.TestCase):
         self.assertIn("identity us has no staged certificate", r.stderr)
         self.assertEqual(r.stdout, "")
 
+    def test_staged_over_every_identity_leaves_out_those_without_one(self):
+        config = write("staged-two.conf", harness.read(self.config) + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n')
+        r = run("certs", "--staged", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("identity us", r.stdout)
+        self.assertNotIn("identity eu", r.stdout)
+        self.assertIn(openssl_serial(f"{ENV['dir']}/{self.staged[0]}"), r.stdout)
+        self.assertEqual(run("certs", "--staged", "--config", write("staged-none.conf", BASE)).returncode, 1)
+        r = run("certs", "us", "--all", "--staged", "--config", config)
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--all, --staged and --serial are alternatives", r.stderr)
+        r = run("certs", "us", "--serial", "not-hex", "--config", config)
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--serial takes a serial number in hex", r.stderr)
+
     def test_all_shows_each_state(self):
         r = run("certs", "us", "--all", "--config", self.config)
         self.assertEqual(r.returncode, 0, r.stderr)
