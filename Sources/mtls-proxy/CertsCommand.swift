@@ -142,7 +142,7 @@ struct Certs: ParsableCommand {
                 print("      serial \(leaf.serialHex)")
                 print("      valid \(formatDate(leaf.notBefore)) to \(formatDate(leaf.notAfter)) (\(daysLeftPhrase(leaf.notAfter - now)))")
                 print("      sha256 \(leaf.sha256Fingerprint)")
-                print("      file \(credentials[i].source.cert)")
+                print("      file \(PathDisplay(configPath: config.file).path(credentials[i].source.cert))")
             }
             if active == nil { print("  no currently valid certificate") }
         }

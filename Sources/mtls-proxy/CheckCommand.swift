@@ -59,6 +59,7 @@ struct Check: ParsableCommand {
         let runtime = try options.loadRuntime()
         let config = runtime.config
         let now = currentEpochSeconds()
+        let paths = PathDisplay(configPath: config.file)
         print("config \(config.file): OK")
         print("listen \(config.proxy.listen), hosts no route names: \(config.proxy.unmatched.rawValue), \(config.routes.count) route(s)")
 
@@ -81,15 +82,15 @@ struct Check: ParsableCommand {
             print("\nno identities configured")
         } else {
             print("")
-            print(wide ? Self.wideTable(certificates, now: now) : Self.foldedTable(certificates, now: now))
+            print(wide ? Self.wideTable(certificates, now: now, paths: paths) : Self.foldedTable(certificates, now: now, paths: paths))
             print("")
             for line in verdicts { print(wide ? line : Self.foldedVerdict(line)) }
         }
         if let ca = runtime.localCA {
             let cert = ca.certificate
-            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
+            print("local CA \(paths.path(config.intercept?.caCert ?? "")): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
         }
-        for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
+        for warning in runtime.keyPermissionWarnings { print("warning: \(paths.text(warning))") }
         // Named, not counted: an identity kept for a route to come is not a failure (the exit code stays).
         for name in config.unusedIdentities { print("warning: \(unusedIdentityWarning(name))") }
         print("")
@@ -111,20 +112,20 @@ struct Check: ParsableCommand {
     }
 
     /// One row per certificate, every column: as wide as its longest subject, issuer and path.
-    static func wideTable(_ certificates: [CertificateLine], now: Int) -> String {
+    static func wideTable(_ certificates: [CertificateLine], now: Int, paths: PathDisplay) -> String {
         var rows = [["IDENTITY", "CERT", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256", "FILE"]]
         for c in certificates {
             let leaf = c.credential.leaf
             rows.append([c.identity, "#\(c.index + 1)", c.state.full, formatDate(leaf.notBefore), formatDate(leaf.notAfter),
                          daysLeft(leaf.notAfter - now), leaf.serialHex, leaf.subject, leaf.issuer, leaf.sha256Fingerprint,
-                         c.credential.source.cert])
+                         paths.path(c.credential.source.cert)])
         }
         return table(rows)
     }
 
     /// Within 80 columns: a row per certificate with what changes (state, expiry), and under it the details,
     /// each long value folded onto the lines below it.
-    static func foldedTable(_ certificates: [CertificateLine], now: Int) -> String {
+    static func foldedTable(_ certificates: [CertificateLine], now: Int, paths: PathDisplay) -> String {
         var rows = [["IDENTITY", "CERT", "STATE", "NOT AFTER", "DAYS LEFT"]]
         for c in certificates {
             let leaf = c.credential.leaf
@@ -138,7 +139,7 @@ struct Check: ParsableCommand {
             var details: [(String, String)] = []
             if let detail = c.state.detail { details.append(("state", "\(c.state.word), \(detail)")) }
             details += [("not before", formatDate(leaf.notBefore)), ("serial", leaf.serialHex), ("subject", leaf.subject),
-                        ("issuer", leaf.issuer), ("sha256", leaf.sha256Fingerprint), ("file", c.credential.source.cert)]
+                        ("issuer", leaf.issuer), ("sha256", leaf.sha256Fingerprint), ("file", paths.path(c.credential.source.cert))]
             for (label, value) in details {
                 out += foldedField(label, value, indent: 4, labelWidth: 12)
             }

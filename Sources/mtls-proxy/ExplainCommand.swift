@@ -97,7 +97,7 @@ struct Explain: ParsableCommand {
         if match.action != .deny {
             let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
             lines.append(("dial", dial))
-            let trust = match.trust.caFile.map { "CA bundle \($0)" } ?? "the system trust store"
+            let trust = match.trust.caFile.map { "CA bundle \(PathDisplay(configPath: runtime.config.file).path($0))" } ?? "the system trust store"
             let hostCheck = IPAddress(target.host) != nil ? "IP address \(target.host)" : "host name \(target.host), sent as SNI"
             lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
@@ -112,7 +112,7 @@ struct Explain: ParsableCommand {
         }
         let leaf = credential.leaf
         return [("outcome", "mutual TLS presenting identity \(identity)"),
-                ("certificate", "#\(index + 1) serial \(leaf.serialHex), \(leaf.subject), valid until \(formatDate(leaf.notAfter)) (\(credential.source.cert))")]
+                ("certificate", "#\(index + 1) serial \(leaf.serialHex), \(leaf.subject), valid until \(formatDate(leaf.notAfter)) (\(PathDisplay(configPath: runtime.config.file).path(credential.source.cert)))")]
     }
 
     /// The data path refuses a forward request for one of the proxy's own listeners (an address missing from

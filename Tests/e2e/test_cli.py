@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The command line: `check` on good and broken configs, and what it says about each mistake."""
-import os, shutil, subprocess, sys, tempfile, unittest
+import os, re, shutil, subprocess, sys, tempfile, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -327,23 +327,32 @@ class CheckFitsTheTerminal(unittest.TestCase):
         self.assertIn("--wide is for the text table", r.stderr)
 
     def test_paths_are_printed_normalised(self):
+        # conf/norm.conf names ../pki/...: printed pki/... (relative, as the config was named), never conf/../pki.
         os.makedirs(f"{ENV['dir']}/conf", exist_ok=True)
         text = GOOD.replace('"pki/', '"../pki/') + '[intercept]\nca_cert = "../state-n/ca.pem"\nca_key = "../state-n/ca.key"\n'
         write_config("conf/norm.conf", text)
-        self.assertEqual(run("ca", "init", "--config", "conf/norm.conf", cwd=ENV["dir"]).returncode, 0)
+        r = run("ca", "init", "--config", "conf/norm.conf", cwd=ENV["dir"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("made local CA state-n/ca.pem (key state-n/ca.key, mode 600)", r.stdout)
         r = run("check", "--config", "conf/norm.conf", cwd=ENV["dir"])
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertNotIn("conf/..", r.stdout)
-        self.assertIn("pki/fusion-us.pem", r.stdout)
-        # The loader keeps paths absolute (from the folder it was started in), the short way.
-        self.assertIn(f"{ENV['dir']}/pki/fusion-us.pem", r.stdout)
-        self.assertIn(f"local CA {ENV['dir']}/state-n/ca.pem", r.stdout)
+        self.assertNotIn("..", r.stdout)
+        self.assertRegex(r.stdout, r"(?m)^ +file +pki/fusion-us\.pem$")
+        self.assertIn("local CA state-n/ca.pem: valid until", r.stdout)
+        self.assertRegex(run("check", "--config", "conf/norm.conf", "--wide", cwd=ENV["dir"]).stdout, r"(?m)  pki/fusion-us\.pem$")
         r = run("certs", "--config", "conf/norm.conf", cwd=ENV["dir"])
-        self.assertIn(f"file {ENV['dir']}/pki/fusion-us.pem", r.stdout)
+        self.assertIn("      file pki/fusion-us.pem\n", r.stdout)
+        # JSON keeps the absolute path the proxy opens, spelled the short way too.
+        import json
+        report = json.loads(run("check", "--config", "conf/norm.conf", "--format", "json", cwd=ENV["dir"]).stdout)
+        self.assertEqual(report["identities"][0]["certificates"][0]["file"], f"{ENV['dir']}/pki/fusion-us.pem")
+        # Given absolute, the config's paths are printed absolute.
+        r = run("check", "--config", f"{ENV['dir']}/conf/norm.conf", cwd="/")
+        self.assertRegex(r.stdout, rf"(?m)^ +file +{re.escape(ENV['dir'])}/pki/fusion-us\.pem$")
         write_config("conf/norm-missing.conf", text.replace("../pki/fusion-us.pem", "../pki/./nope.pem"))
         r = run("check", "--config", "conf/norm-missing.conf", cwd=ENV["dir"])
         self.assertEqual(r.returncode, 1)
-        self.assertIn(f"{ENV['dir']}/pki/nope.pem", r.stderr)
+        self.assertIn("cannot read pki/nope.pem", r.stderr)
         self.assertNotIn("..", r.stderr.replace("...", ""))
 
     def test_a_folder_reached_through_a_symlink_keeps_its_parent(self):
