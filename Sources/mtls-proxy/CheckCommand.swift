@@ -133,8 +133,9 @@ struct Check: ParsableCommand {
         }
         let lines = table(rows).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         var out = [lines[0]]
-        for (c, row) in zip(certificates, lines.dropFirst()) {
+        for (n, (c, row)) in zip(certificates, lines.dropFirst()).enumerated() {
             let leaf = c.credential.leaf
+            if n > 0 { out.append("") }  // a blank line between one certificate's details and the next row
             out.append(row)
             var details: [(String, String)] = []
             if let detail = c.state.detail { details.append(("state", "\(c.state.word), \(detail)")) }
