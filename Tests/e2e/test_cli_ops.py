@@ -268,8 +268,10 @@ connect_timeout = 5
             with open(config, "w") as f:
                 f.write(BASE.replace('identity = "us"', 'identiy = "us"') + f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = "two"\n')
             os.kill(p.pid, signal.SIGHUP)
+            # The file watcher may also reload while the file is being written (a half-written config fails
+            # with other mistakes): wait for the reload of the whole file, not for the first failure.
             deadline = time.time() + 30
-            while time.time() < deadline and "failed" not in harness.read(log):
+            while time.time() < deadline and "proxy.workers: expected an integer" not in harness.read(log):
                 time.sleep(0.2)
             text = harness.read(log)
         finally:
