@@ -99,6 +99,7 @@ struct Certs: ParsableCommand {
             return
         }
         var serialFound = false
+        var printedLeaves = Set<String>()
         var stagedFound = false
         for name in names {
             let credentials = runtime.credentials[name] ?? []
@@ -130,7 +131,8 @@ struct Certs: ParsableCommand {
                     printError("mtls-proxy: identity \(name) has no currently valid certificate; --all exports every configured one")
                     throw ExitCode(3)
                 }
-                for i in chosen {
+                // The same certificate configured twice (for two identities, say) is printed once.
+                for i in chosen where printedLeaves.insert(credentials[i].leaf.sha256Fingerprint).inserted {
                     for certificate in credentials[i].chain { print(certificate.pem, terminator: "") }
                 }
                 continue

@@ -478,6 +478,11 @@ class StagedCertificates(unittest.TestCase):
             r = run("certs", "us", "--pem", "--serial", spelling, "--config", self.config)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertEqual(r.stdout, self.pem_of(self.staged[0]), spelling)
+        # Without an identity, every identity is searched; a certificate two identities share is printed once.
+        shared = write("serial-shared.conf", harness.read(self.config) + f'[identities.twin]\ncert = "{self.staged[0]}"\nkey = "{self.staged[1]}"\n')
+        r = run("certs", "--pem", "--serial", colons, "--config", shared)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, self.pem_of(self.staged[0]))
         r = run("certs", "us", "--pem", "--serial", "ABCDEF", "--config", self.config)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no certificate of identity us has serial ABCDEF", r.stderr)
