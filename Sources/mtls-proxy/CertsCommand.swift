@@ -8,7 +8,7 @@ struct Certs: ParsableCommand {
         abstract: "Show or export the certificates an identity presents, for a service's allowlist.",
         usage: """
         mtls-proxy certs [--config <file>] [<identity>]
-                         [--pem [--all] | --ics | --format text|json]
+                         [--pem [--all] | --ics | --html | --format text|json]
         """,
         discussion: """
         Without --pem, a summary. With --pem, exactly the PEM of the identity's active certificate (leaf first, \
@@ -18,6 +18,10 @@ struct Certs: ParsableCommand {
         With --ics, an iCalendar file (RFC 5545) with an event at each certificate's expiry and at each staged \
         certificate's takeover, each with reminders 30 and 7 days before: \
         mtls-proxy certs --ics > expiry.ics, then import it.
+
+        With --html, the admin listener's status page without its live figures, from the config alone: every \
+        identity's certificates on a timeline, and the routes (mtls-proxy certs --html > certificates.html). \
+        See docs/status-page.md.
         """)
 
     @OptionGroup var options: ConfigOption
@@ -34,12 +38,18 @@ struct Certs: ParsableCommand {
     @Flag(help: "Print an iCalendar file of expiry and takeover dates, with reminders.")
     var ics = false
 
+    @Flag(help: "Print the status page (HTML) of the identities and routes, without live figures.")
+    var html = false
+
     @Option(help: "text (a summary) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
     func validate() throws {
-        if [pem, ics, format == .json].filter({ $0 }).count > 1 {
-            throw ValidationError("--pem, --ics and --format json are alternatives: choose one")
+        if [pem, ics, html, format == .json].filter({ $0 }).count > 1 {
+            throw ValidationError("--pem, --ics, --html and --format json are alternatives: choose one")
+        }
+        if html && identity != nil {
+            throw ValidationError("--html shows every identity: drop the identity name")
         }
     }
 
@@ -64,6 +74,10 @@ struct Certs: ParsableCommand {
                 generatedAt: ReportTime.rfc3339(now), config: config.file,
                 identities: identities.map { RuntimeReport.identity(runtime, $0, now: now, warnDays: config.proxy.warnDays) },
                 localCA: RuntimeReport.localCA(runtime, now: now)))
+            return
+        }
+        if html {
+            print(StatusReport.page(runtime, now: now, live: nil), terminator: "")
             return
         }
         if ics {
