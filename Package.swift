@@ -51,6 +51,6 @@ let package = Package(
         .testTarget(name: "ReportsTests", dependencies: ["Reports", "ProxyConfig"]),
         .testTarget(name: "StatusPageTests", dependencies: ["StatusPage", "Reports", "ProxyConfig"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),
-        .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS"]),
+        .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS", "StatusPage"]),
     ]
 )

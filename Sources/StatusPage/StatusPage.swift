@@ -28,7 +28,7 @@ public enum StatusPage {
     th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceef2;vertical-align:top}
     th{font-weight:600;color:#3b4452;background:#f1f3f6}
     td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-    code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12.5px;word-break:break-all}
+    code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12.5px;overflow-wrap:anywhere}
     .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;border:1px solid}
     .ok{color:#116329;background:#e6f4ea;border-color:#a8d5b5}
     .warn{color:#7a4b00;background:#fff4d6;border-color:#f0c869}
@@ -41,7 +41,7 @@ public enum StatusPage {
     svg .bar-valid{fill:#8bc34a}
     svg .bar-next,svg .bar-staged{fill:#4c8bf5}
     svg .bar-expired{fill:#b0b6bf}
-    svg .warnwin{fill:#f59f00;fill-opacity:.55}
+    svg .warnwin{fill:#f59f00;fill-opacity:.85}
     svg .today{stroke:#d6336c;stroke-width:2}
     svg .takeover{stroke:#1c4fd0;stroke-width:2;stroke-dasharray:4 3}
     svg .axis{stroke:#c3c8d0}
@@ -50,6 +50,11 @@ public enum StatusPage {
     svg text.today-label{fill:#d6336c;font-weight:600}
     svg text.takeover-label{fill:#1c4fd0;font-weight:600}
     .failure{color:#a11d1d}
+    td.host{min-width:13em}
+    .legend{color:#5b6473;font-size:12px}
+    .sw{display:inline-block;width:12px;height:10px;border-radius:2px;margin:0 4px 0 10px;vertical-align:baseline}
+    .sw-active{background:#2f9e44}.sw-staged{background:#4c8bf5}.sw-expired{background:#b0b6bf}.sw-warn{background:#f59f00}
+    .sw-today{background:#d6336c;width:3px}.sw-takeover{border-left:2px dashed #1c4fd0;width:0}
     footer{color:#6b7280;font-size:12px;padding:18px}
 
     """
@@ -149,6 +154,9 @@ public enum StatusPage {
 
     private static func identities(_ page: inout HTMLWriter, _ model: StatusModel) {
         page.raw("<section id=\"identities\">\n<h2>Identities</h2>\n")
+        page.raw("<div class=\"legend\">Timelines:<span class=\"sw sw-active\"></span>presented now<span class=\"sw sw-staged\"></span>staged")
+        page.raw("<span class=\"sw sw-expired\"></span>expired<span class=\"sw sw-warn\"></span>last \(model.warnDays) days (warning window)")
+        page.raw("<span class=\"sw sw-today\"></span>today<span class=\"sw sw-takeover\"></span>takeover. Hover a bar for its subject and serial.</div>\n")
         if model.identities.isEmpty { page.raw("<p class=\"sub\">No identity is configured.</p>\n") }
         for panel in model.identities {
             let r = panel.report
@@ -228,7 +236,7 @@ public enum StatusPage {
         end = start + span0 + span0 / 20
         let span = Double(end - start)
         func x(_ t: Int) -> Double { margin + (Double(t - start) / span) * (width - 2 * margin) }
-        let height = top + rowHeight * Double(certificates.count) + 8
+        let height = top + rowHeight * Double(certificates.count) + 20
         page.raw("<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(num(width)) \(num(height))\" width=\"\(num(width))\" height=\"\(num(height))\" role=\"img\" aria-label=\"certificate timeline of identity \(escape(panel.report.name))\">\n")
         page.raw("<line class=\"axis\" x1=\"\(num(margin))\" y1=\"\(num(top - 6))\" x2=\"\(num(width - margin))\" y2=\"\(num(top - 6))\"/>\n")
         page.raw("<text x=\"\(num(margin))\" y=\"12\">\(displayDate(start))</text>\n")
@@ -257,14 +265,16 @@ public enum StatusPage {
             if let at = c.takesOverAt, let unix = panel.takeover(i) {
                 let tx = x(unix)
                 page.raw("<g class=\"takeover-mark\" data-index=\"\(c.index)\" data-at=\"\(at)\"><title>#\(c.index) takes over at \(displayTime(unix))</title>")
-                page.raw("<line class=\"takeover\" x1=\"\(num(tx))\" y1=\"\(num(top - 10))\" x2=\"\(num(tx))\" y2=\"\(num(height - 4))\"/>")
-                page.raw("<text class=\"takeover-label\" x=\"\(num(tx + 4))\" y=\"\(num(top - 10))\">takes over \(displayDate(unix))</text></g>\n")
+                page.raw("<line class=\"takeover\" x1=\"\(num(tx))\" y1=\"\(num(top - 10))\" x2=\"\(num(tx))\" y2=\"\(num(height - 14))\"/>")
+                let anchor = tx > width - 200 ? " text-anchor=\"end\"" : ""
+                page.raw("<text class=\"takeover-label\" x=\"\(num(anchor.isEmpty ? tx + 4 : tx - 4))\" y=\"\(num(top - 10))\"\(anchor)>takes over \(displayDate(unix))</text></g>\n")
             }
         }
         let tx = x(today)
         page.raw("<g class=\"today-mark\" data-at=\"\(ReportTime.rfc3339(now))\"><title>today, \(displayTime(now))</title>")
-        page.raw("<line class=\"today\" x1=\"\(num(tx))\" y1=\"\(num(top - 12))\" x2=\"\(num(tx))\" y2=\"\(num(height - 2))\"/>")
-        page.raw("<text class=\"today-label\" x=\"\(num(tx + 4))\" y=\"\(num(top - 16))\">today</text></g>\n")
+        page.raw("<line class=\"today\" x1=\"\(num(tx))\" y1=\"\(num(top - 6))\" x2=\"\(num(tx))\" y2=\"\(num(height - 12))\"/>")
+        let anchor = tx > width - 160 ? " text-anchor=\"end\"" : ""
+        page.raw("<text class=\"today-label\" x=\"\(num(anchor.isEmpty ? tx + 4 : tx - 4))\" y=\"\(num(height - 3))\"\(anchor)>today \(displayDate(now))</text></g>\n")
         page.raw("</svg>\n")
     }
 
@@ -283,7 +293,7 @@ public enum StatusPage {
         for row in model.routes {
             let r = row.report
             page.raw("<tr class=\"route\" data-route=\"\(escape(r.label))\" data-index=\"\(r.index)\">")
-            page.raw("<td>\(escape(r.label))</td><td><code>\(escape(r.host))</code></td><td>\(r.port.map(String.init) ?? "any")</td>")
+            page.raw("<td>\(escape(r.label))</td><td class=\"host\"><code>\(escape(r.host))</code></td><td>\(r.port.map(String.init) ?? "any")</td>")
             page.raw("<td>\(r.path.map { "<code>\(escape($0))</code>" } ?? "any")</td><td>\(escape(r.action))</td>")
             page.raw("<td>\(r.identity.map(escape) ?? "—")</td><td>\(escape(row.egress))</td>")
             if let live = model.live {
