@@ -228,6 +228,23 @@ class StatusPageHTTP(unittest.TestCase):
         self.assertNotIn("hunter2", body)
         self.assertNotIn("/pay", body)
 
+    def test_a_failed_reload_is_listed_with_its_first_error_as_text(self):
+        good = harness.read(ENV["config"])
+        try:
+            harness.write_file(ENV["config"], good.replace('workers = 2', 'workers = 2\nunmatched = "<b>nope</b>"'))
+            os.kill(ENV["proxy"].pid, signal.SIGHUP)
+            deadline = time.time() + 10
+            body = ""
+            while time.time() < deadline and 'data-success="false"' not in body:
+                _, _, body = page()
+        finally:
+            harness.write_file(ENV["config"], good)
+        row = re.search(r'<tr data-success="false">.*?</tr>', body, re.S)
+        self.assertIsNotNone(row, "no failed reload on the page")
+        self.assertIn("unmatched", row.group(0))
+        self.assertIn("&lt;b&gt;nope&lt;/b&gt;", row.group(0))
+        self.assertNotIn("<b>nope", body)
+
     def test_only_get_and_head(self):
         import urllib.request, urllib.error
         req = urllib.request.Request(f"http://127.0.0.1:{ENV['ports']['admin']}/", data=b"x", method="POST")
