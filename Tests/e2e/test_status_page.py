@@ -201,6 +201,12 @@ class StatusPageHTTP(unittest.TestCase):
         self.assertNotIn("<!--live-->", offline.stdout)
         self.assertNotIn('http-equiv="refresh"', offline.stdout)
         self.assertEqual(without_live_parts(live), without_live_parts(offline.stdout))
+        both = harness.run_cli("certs", "--html", "--ics", "--config", ENV["config"], timeout=30)
+        self.assertNotEqual(both.returncode, 0)
+        self.assertIn("alternatives", both.stderr)
+        one = harness.run_cli("certs", "rotating", "--html", "--config", ENV["config"], timeout=30)
+        self.assertNotEqual(one.returncode, 0)
+        self.assertIn("every identity", one.stderr)
 
     def test_markup_in_route_name_subject_and_upstream_error_is_text(self):
         status, proxy_status = through_proxy("rejecting.mygreatbank.test")
@@ -306,8 +312,13 @@ class StatusPageInChromium(unittest.TestCase):
         for entry in driver.get_log("performance"):
             message = json.loads(entry["message"])["message"]
             if message["method"] == "Network.requestWillBeSent":
-                requested.append(message["params"]["request"]["url"])
-        self.assertEqual(requested, [self.url], "requests other than the page itself")
+                params = message["params"]
+                requested.append((params["request"]["url"], params.get("documentURL")))
+        # Requests made for the page (its navigation, and any resource it would load): the page alone. Chromium's
+        # own pages (chrome://, the blank tab it starts with) may load their resources at the same time; those
+        # are not the page's, and never leave the browser.
+        self.assertEqual([u for u, d in requested if d == self.url], [self.url], "requests other than the page itself")
+        self.assertEqual([u for u, d in requested if d != self.url and not u.startswith("chrome:")], [])
         resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         self.assertEqual(resources, [])
         # The page's own style applied (the policy's hash matched): the body is not the browser's default serif.
