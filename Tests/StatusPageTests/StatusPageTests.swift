@@ -146,6 +146,21 @@ import Reports
         #expect(StatusPage.base64([0xFB, 0xFF]) == "+/8=")
     }
 
+    @Test func theLocalCAsExpiryIsShownWhenInterceptionIsConfigured() {
+        let now = 20_000 * day
+        var m = model(now: now)
+        #expect(!StatusPage.render(m, styleHash: hash).contains("id=\"local-ca\""))
+        let facts = CertificateFacts(subject: "CN=<local> CA", issuer: "CN=<local> CA", serial: "01", notBefore: now - day,
+                                     notAfter: now + 20 * day, sha256: "AB")
+        m.localCA = LocalCAReport(certFile: "/state/ca.pem", keyFile: "/state/ca.key", facts: facts, error: nil, now: now)
+        let html = StatusPage.render(m, styleHash: hash)
+        #expect(html.contains("id=\"local-ca\""))
+        #expect(html.contains("data-not-after=\"\(ReportTime.rfc3339(now + 20 * day))\""))
+        #expect(html.contains("<span class=\"badge warn\">20 days left</span>"))
+        #expect(html.contains("CN=&lt;local&gt; CA"))
+        #expect(!html.contains("/state/ca.key"))  // where the CA key is, is not the page's business
+    }
+
     @Test func datesAndDurationsReadAsWords() {
         #expect(StatusPage.displayTime(0) == "1970-01-01 00:00 UTC")
         #expect(StatusPage.daysPhrase(1) == "1 day left")
