@@ -17,7 +17,7 @@ public enum StatusPage {
     public static let stylesheet = """
 
     body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-    header,main,footer{max-width:1100px;margin:0 auto;padding:0 18px}
+    header,main,footer{max-width:1240px;margin:0 auto;padding:0 18px}
     header{padding-top:14px}
     h1{font-size:21px;margin:6px 0}
     h2{font-size:17px;margin:22px 0 8px;border-bottom:1px solid #d5d9e0;padding-bottom:4px}
@@ -51,6 +51,7 @@ public enum StatusPage {
     svg text.takeover-label{fill:#1c4fd0;font-weight:600}
     .failure{color:#a11d1d}
     td.host{min-width:13em}
+    .last-failure{min-width:20em}
     .legend{color:#5b6473;font-size:12px}
     .sw{display:inline-block;width:12px;height:10px;border-radius:2px;margin:0 4px 0 10px;vertical-align:baseline}
     .sw-active{background:#2f9e44}.sw-staged{background:#4c8bf5}.sw-expired{background:#b0b6bf}.sw-warn{background:#f59f00}
