@@ -28,7 +28,7 @@ let package = Package(
         // What check --format json and certs --ics print: the report model, iCalendar writer. Pure.
         .target(name: "Reports", dependencies: ["ProxyConfig"]),
         // The status page (admin `GET /` and `certs --html`): a plain model in, one self-contained HTML page out. Pure.
-        .target(name: "StatusPage", dependencies: ["Reports"]),
+        .target(name: "StatusPage", dependencies: ["Reports", "ProxyConfig"]),
         // OpenSSL wrappers: certificates, keys, client contexts, error classification.
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.

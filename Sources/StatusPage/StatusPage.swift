@@ -1,3 +1,4 @@
+import ProxyConfig
 import Reports
 
 /// The status page: every identity's certificates on a timeline, the routes with their traffic, the process.
@@ -103,7 +104,7 @@ public enum StatusPage {
 
     private static func header(_ page: inout HTMLWriter, _ model: StatusModel) {
         page.raw("<header>\n<h1>mtls-proxy status</h1>\n<div class=\"sub\">")
-        page.raw("config <code>\(escape(model.config))</code> · generated <time data-volatile=\"generated\" datetime=\"\(ReportTime.rfc3339(model.generatedAt))\">\(displayTime(model.generatedAt))</time>")
+        page.raw("config <code>\(escape(model.config))</code> · generated <time data-volatile=\"generated\" datetime=\"\(UTCTime.rfc3339(model.generatedAt))\">\(displayTime(model.generatedAt))</time>")
         page.raw(" · warning window \(model.warnDays) days")
         page.raw(model.live == nil ? " · offline report (no live figures)" : "")
         page.raw("</div>\n")
@@ -251,7 +252,7 @@ public enum StatusPage {
             page.raw("<title>#\(c.index) \(stateText(c)): \(escape(c.subject)), serial \(escape(c.serial)), valid \(displayTime(c.notBeforeUnix)) to \(displayTime(c.notAfterUnix)) (\(daysPhrase(c.daysLeft)))</title>\n")
             page.raw("<rect class=\"bar-\(c.state.rawValue)\" x=\"\(num(x0))\" y=\"\(num(y))\" width=\"\(num(max(x1 - x0, 2)))\" height=\"\(num(rowHeight - 8))\" rx=\"3\"/>\n")
             let warnFrom = max(c.notBeforeUnix, c.notAfterUnix - warnDays * 86_400)
-            page.raw("<rect class=\"warnwin\" data-warn-from=\"\(ReportTime.rfc3339(warnFrom))\" x=\"\(num(x(warnFrom)))\" y=\"\(num(y))\" width=\"\(num(max(x1 - x(warnFrom), 1)))\" height=\"\(num(rowHeight - 8))\"/>\n")
+            page.raw("<rect class=\"warnwin\" data-warn-from=\"\(UTCTime.rfc3339(warnFrom))\" x=\"\(num(x(warnFrom)))\" y=\"\(num(y))\" width=\"\(num(max(x1 - x(warnFrom), 1)))\" height=\"\(num(rowHeight - 8))\"/>\n")
             let label = "#\(c.index) \(stateText(c)) · serial \(shortSerial(c.serial)) · \(daysPhrase(c.daysLeft))"
             // The label goes on the bar when it fits, else beside it (on the side with room).
             let labelWidth = Double(label.count) * 6.2
@@ -272,7 +273,7 @@ public enum StatusPage {
             }
         }
         let tx = x(today)
-        page.raw("<g class=\"today-mark\" data-at=\"\(ReportTime.rfc3339(now))\"><title>today, \(displayTime(now))</title>")
+        page.raw("<g class=\"today-mark\" data-at=\"\(UTCTime.rfc3339(now))\"><title>today, \(displayTime(now))</title>")
         page.raw("<line class=\"today\" x1=\"\(num(tx))\" y1=\"\(num(top - 6))\" x2=\"\(num(tx))\" y2=\"\(num(height - 12))\"/>")
         let anchor = tx > width - 160 ? " text-anchor=\"end\"" : ""
         page.raw("<text class=\"today-label\" x=\"\(num(anchor.isEmpty ? tx + 4 : tx - 4))\" y=\"\(num(height - 3))\"\(anchor)>today \(displayDate(now))</text></g>\n")
@@ -304,7 +305,7 @@ public enum StatusPage {
                 let rate = traffic.requests > 0 ? " (\(percent(traffic.errors, traffic.requests)))" : ""
                 page.raw("<td class=\"num\" data-errors=\"\(traffic.errors)\">\(traffic.errors)\(rate)</td><td>")
                 if let failure = traffic.lastFailure {
-                    page.raw("<div class=\"failure last-failure\" data-at=\"\(ReportTime.rfc3339(failure.at))\" data-status=\"\(failure.status)\">\(displayTime(failure.at)) · \(failure.status)<br/><code>\(escape(failure.proxyStatus))</code></div>")
+                    page.raw("<div class=\"failure last-failure\" data-at=\"\(UTCTime.rfc3339(failure.at))\" data-status=\"\(failure.status)\">\(displayTime(failure.at)) · \(failure.status)<br/><code>\(escape(failure.proxyStatus))</code></div>")
                 } else {
                     page.raw("none")
                 }
@@ -397,11 +398,11 @@ public enum StatusPage {
 
     /// `2027-03-01 12:00 UTC`.
     static func displayTime(_ epoch: Int) -> String {
-        let t = ReportTime.rfc3339(epoch)
+        let t = UTCTime.rfc3339(epoch)
         return String(t.prefix(10)) + " " + String(t.dropFirst(11).prefix(5)) + " UTC"
     }
 
-    static func displayDate(_ epoch: Int) -> String { String(ReportTime.rfc3339(epoch).prefix(10)) }
+    static func displayDate(_ epoch: Int) -> String { String(UTCTime.rfc3339(epoch).prefix(10)) }
 
     static func num(_ v: Double) -> String {
         let tenths = Int((v * 10).rounded())

@@ -54,13 +54,13 @@ import Reports
         let now = 20_000 * day + 4_321
         let html = StatusPage.render(model(now: now), styleHash: hash)
         #expect(html.components("<g class=\"mark ") == 4)
-        #expect(html.contains("data-serial=\"01A1\" data-state=\"active\" data-not-before=\"\(ReportTime.rfc3339(now - 300 * day))\" data-not-after=\"\(ReportTime.rfc3339(now + 20 * day))\""))
+        #expect(html.contains("data-serial=\"01A1\" data-state=\"active\" data-not-before=\"\(UTCTime.rfc3339(now - 300 * day))\" data-not-after=\"\(UTCTime.rfc3339(now + 20 * day))\""))
         #expect(html.contains("data-state=\"next\""))
-        #expect(html.contains("data-takes-over-at=\"\(ReportTime.rfc3339(now + 10 * day))\""))
+        #expect(html.contains("data-takes-over-at=\"\(UTCTime.rfc3339(now + 10 * day))\""))
         #expect(html.components("<g class=\"takeover-mark\"") == 2)
-        #expect(html.components("<g class=\"today-mark\" data-at=\"\(ReportTime.rfc3339(now))\"") == 3)
+        #expect(html.components("<g class=\"today-mark\" data-at=\"\(UTCTime.rfc3339(now))\"") == 3)
         // The warning window of the active certificate: its last 30 days.
-        #expect(html.contains("data-warn-from=\"\(ReportTime.rfc3339(now - 10 * day))\""))
+        #expect(html.contains("data-warn-from=\"\(UTCTime.rfc3339(now - 10 * day))\""))
         #expect(html.contains("20 days left"))
         #expect(html.contains("expiring, no successor staged"))
         #expect(html.contains("no valid certificate"))
@@ -118,7 +118,7 @@ import Reports
         let html = StatusPage.render(model(now: now, live: live(now: now)), styleHash: hash)
         #expect(html.contains("data-requests=\"8\""))
         #expect(html.contains("data-errors=\"2\">2 (25.0%)"))
-        #expect(html.contains("class=\"failure last-failure\" data-at=\"\(ReportTime.rfc3339(now - 5))\" data-status=\"502\""))
+        #expect(html.contains("class=\"failure last-failure\" data-at=\"\(UTCTime.rfc3339(now - 5))\" data-status=\"502\""))
         #expect(html.contains("error=connection_refused"))
         #expect(html.contains("<code>api.example.test:443</code></td><td class=\"num\">2</td>"))
         #expect(html.contains("1h 1m"))  // uptime
@@ -155,7 +155,7 @@ import Reports
         m.localCA = LocalCAReport(certFile: "/state/ca.pem", keyFile: "/state/ca.key", facts: facts, error: nil, now: now)
         let html = StatusPage.render(m, styleHash: hash)
         #expect(html.contains("id=\"local-ca\""))
-        #expect(html.contains("data-not-after=\"\(ReportTime.rfc3339(now + 20 * day))\""))
+        #expect(html.contains("data-not-after=\"\(UTCTime.rfc3339(now + 20 * day))\""))
         #expect(html.contains("<span class=\"badge warn\">20 days left</span>"))
         #expect(html.contains("CN=&lt;local&gt; CA"))
         #expect(!html.contains("/state/ca.key"))  // where the CA key is, is not the page's business
