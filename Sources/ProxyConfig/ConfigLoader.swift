@@ -324,7 +324,7 @@ public enum ConfigLoader {
     }
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
-        try t.allowOnly(Set(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
+        try t.allowOnly(Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect", "ca_file", "min_tls",
                              "connect_timeout", "response_timeout", "idle_timeout", "allow_private"]).union(pathRuleKeys))
         let pathRules = try readPathRules(t, defaults: upstream.pathRules)
         guard let hostText = try t.string("host") else {
@@ -342,6 +342,16 @@ public enum ConfigLoader {
         if let p = try t.string("path") {
             guard p.hasPrefix("/") else { throw t.error("path", "expected a path prefix starting with /, got \"\(p)\"") }
             pathPrefix = try canonicalPathPrefix(p, rules: pathRules, t)
+        }
+        var prefixMatch = PathPrefixMatch.segment
+        if let text = try t.string("path_prefix_match") {
+            guard let rule = PathPrefixMatch(rawValue: text) else {
+                throw t.error("path_prefix_match", "expected \"segment\" (whole path segments, the default) or \"string\" (a plain string prefix), got \"\(text)\"")
+            }
+            guard pathPrefix != nil else {
+                throw t.error("path_prefix_match", "says how the route's path prefix is matched, but the route has no path")
+            }
+            prefixMatch = rule
         }
         let identity = try t.string("identity")
         let actionText = try t.string("action")
@@ -372,7 +382,7 @@ public enum ConfigLoader {
         // Naming the address to dial is an explicit choice: the guard does not second-guess it.
         let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
         return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
-                     action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
+                     pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
                      pathRules: pathRules)
     }
 

@@ -295,6 +295,31 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// How a route's `path` prefix is compared with the request's canonical path (`path_prefix_match`).
+public enum PathPrefixMatch: String, Sendable, Hashable {
+    /// Whole segments (the default): `/payments/eu` matches `/payments/eu` and `/payments/eu/...`, not
+    /// `/payments/europe`. A prefix ending in `/` matches what lies below it.
+    case segment
+    /// A plain string prefix: `/payments/eu` also matches `/payments/europe`.
+    case string
+
+    /// Whether `path` (a canonical request path) starts with `prefix` under this rule, compared byte by byte.
+    public func matches(prefix: String, path: Substring) -> Bool {
+        var prefix = prefix, path = path
+        return prefix.withUTF8 { pre in
+            path.withUTF8 { p in
+                guard p.count >= pre.count else { return false }
+                for i in 0..<pre.count where p[i] != pre[i] { return false }
+                if self == .string || p.count == pre.count || pre.last == UInt8(ascii: "/") { return true }
+                return p[pre.count] == UInt8(ascii: "/")
+            }
+        }
+    }
+
+    /// How `explain` names the rule.
+    public var phrase: String { self == .segment ? "whole segments" : "string prefix" }
+}
+
 public struct Route: Sendable, Hashable {
     /// 1-based position in the file.
     public var index: Int { didSet { label = Route.label(index: index, name: name, host: host) } }
@@ -302,6 +327,8 @@ public struct Route: Sendable, Hashable {
     public var host: HostPattern { didSet { label = Route.label(index: index, name: name, host: host) } }
     public var port: Int?
     public var pathPrefix: String?
+    /// How `pathPrefix` is compared: whole segments unless the route says `path_prefix_match = "string"`.
+    public var pathPrefixMatch: PathPrefixMatch
     public var action: RouteAction
     /// Dial this address instead of resolving the host; SNI, certificate check and Host stay the URL's host.
     public var connect: HostPort?
@@ -313,7 +340,7 @@ public struct Route: Sendable, Hashable {
     public var pathRules: PathRules
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
-                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
+                pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
                 pathRules: PathRules = PathRules()) {
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
@@ -322,6 +349,7 @@ public struct Route: Sendable, Hashable {
         self.host = host
         self.port = port
         self.pathPrefix = pathPrefix
+        self.pathPrefixMatch = pathPrefixMatch
         self.action = action
         self.connect = connect
         self.trust = trust

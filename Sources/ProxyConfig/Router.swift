@@ -92,7 +92,7 @@ public struct RouteMatch: Sendable, Equatable {
         guard let route else { return "no route matches; [proxy] unmatched = \"\(action == .deny ? "deny" : "tls")\"" }
         var parts = ["host \(route.host)"]
         if let port = route.port { parts.append("port \(port)") }
-        if let prefix = route.pathPrefix { parts.append("path prefix \(prefix)") }
+        if let prefix = route.pathPrefix { parts.append("path prefix \(prefix) (\(route.pathPrefixMatch.phrase))") }
         return "first matching route, on " + parts.joined(separator: ", ")
     }
 }
@@ -101,7 +101,7 @@ public struct RouteMatch: Sendable, Equatable {
 public enum RouteSkip: Sendable, Equatable, CustomStringConvertible {
     case host(pattern: HostPattern, host: String)
     case port(route: Int, request: Int)
-    case pathPrefix(prefix: String, path: String)
+    case pathPrefix(prefix: String, rule: PathPrefixMatch, path: String)
     /// A CONNECT is decided by host-level routes; a path-scoped route applies to the requests inside.
     case pathScoped(prefix: String)
 
@@ -109,7 +109,7 @@ public enum RouteSkip: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .host(let pattern, let host): return "host \(pattern) does not match \(host)"
         case .port(let route, let request): return "port \(route) does not match \(request)"
-        case .pathPrefix(let prefix, let path): return "path prefix \(prefix) does not match \(path)"
+        case .pathPrefix(let prefix, let rule, let path): return "path prefix \(prefix) (\(rule.phrase)) does not match \(path)"
         case .pathScoped(let prefix): return "path prefix \(prefix): a tunnel is decided by routes without a path"
         }
     }
@@ -237,8 +237,8 @@ public struct Router: Sendable {
                     skipped(routes[i], .pathScoped(prefix: prefix))
                     continue
                 }
-                guard path.hasPrefix(prefix) else {
-                    skipped(routes[i], .pathPrefix(prefix: prefix, path: String(path)))
+                guard routes[i].pathPrefixMatch.matches(prefix: prefix, path: path) else {
+                    skipped(routes[i], .pathPrefix(prefix: prefix, rule: routes[i].pathPrefixMatch, path: String(path)))
                     continue
                 }
             }

@@ -4,8 +4,9 @@ import Testing
 @testable import ProxyServer
 
 /// Route `index` (named "r<index>") for `host`, with TLS 1.2 trust and the default timeouts.
-private func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
-    Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action,
+private func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules(),
+                   prefixMatch: PathPrefixMatch = .segment) -> Route {
+    Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, pathPrefixMatch: prefixMatch, action: action,
           trust: TrustSettings(caFile: nil, minTLS: .tls12),
           timeouts: Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90)), pathRules: rules)
 }
@@ -110,7 +111,8 @@ private func route(_ index: Int, _ host: String, path: String? = nil, _ action: 
         Router(routes: [
             route(1, "api.test", path: "/admin/", .deny),
             route(2, "api.test", path: "/files/private", .deny),
-            route(3, "api.test", path: "/files", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep)),
+            // A string prefix: /files%2Fprivate is under it, as it is under any prefix ending in /.
+            route(3, "api.test", path: "/files", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep), prefixMatch: .string),
             route(4, "api.test", .mtls(identity: "us")),
         ], unmatched: .deny, upstream: UpstreamSettings())
     }

@@ -175,7 +175,7 @@ class CanonicalPath(unittest.TestCase):
         self.assertEqual(upstream_saw("non-ascii"), [])
 
     def test_encoded_letters_cannot_skip_a_deny_route(self):
-        for tag, path in [("pct-a", "/%61dmin/x"), ("pct-all", "/%61%64%6d%69%6e"), ("pct-upper-a", "/%61dmin%2Dx")]:
+        for tag, path in [("pct-a", "/%61dmin/x"), ("pct-all", "/%61%64%6d%69%6e"), ("pct-upper-a", "/%61dmin/%2Dx")]:
             with self.subTest(tag):
                 status, answer = get("api.mygreatbank.test", path, tag)
                 self.assertEqual(status, "403", answer[:300])
@@ -227,7 +227,7 @@ class CanonicalPath(unittest.TestCase):
         self.assertRegex(r.stdout, r"(?m)^path +/admin/x$")
         self.assertIn("admin deny", r.stdout)
         r = explain("http://api.mygreatbank.test/v1/x")
-        self.assertRegex(r.stdout, r"(?m)^skipped +admin deny: path prefix /admin does not match /v1/x$")
+        self.assertRegex(r.stdout, r"(?m)^skipped +admin deny: path prefix /admin \(whole segments\) does not match /v1/x$")
         r = explain("http://api.mygreatbank.test//admin")
         self.assertIn("400", r.stdout + r.stderr)
         self.assertIn("empty path segment", r.stdout + r.stderr)
