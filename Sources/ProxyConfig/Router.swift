@@ -147,7 +147,8 @@ public struct TunnelPlan: Sendable, Equatable {
 }
 
 /// Matches requests against routes in file order; the first match wins. Every decision (forwarded requests,
-/// CONNECT, `explain`) goes through `firstMatch`.
+/// CONNECT, `explain`) is answered by the route index compiled when the router is made (`RouteIndex`), which
+/// returns what the scan in file order (`scanFirstMatch`) would, at a cost that does not grow with the table.
 public struct Router: Sendable {
     public var routes: [Route] { didSet { prepare() } }
     public var unmatched: UnmatchedPolicy { didSet { prepare() } }
@@ -155,6 +156,7 @@ public struct Router: Sendable {
     /// The decision of each route (by position in `routes`) and of the unmatched policy, made once.
     private var routeMatches: [RouteMatch] = []
     private var preparedUnmatched: RouteMatch?
+    private var index = RouteIndex()
     /// The routes' exact host names, for request targets to reuse (`AbsoluteTarget.parse(_:knownHosts:)`).
     public private(set) var knownHosts = KnownHosts()
 
@@ -173,6 +175,7 @@ public struct Router: Sendable {
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)
+        index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
             return nil
@@ -184,28 +187,36 @@ public struct Router: Sendable {
     ///   - port: the upstream port the request will go to.
     ///   - path: the canonical path (see the request path normaliser), without the query.
     public func match(host: String, port: Int, path: Substring) -> RouteMatch {
-        firstMatch(host: host, port: port, path: path) { _, _ in }
+        decision(index.firstMatch(host: host, port: port, path: path))
     }
 
     /// The same decision as `match`, with every route passed over and why.
     public func explain(host: String, port: Int, path: Substring?) -> RouteExplanation {
+        let position = index.firstMatch(host: host, port: port, path: path)
         var skipped: [RouteExplanation.Skipped] = []
-        let match = firstMatch(host: host, port: port, path: path) { skipped.append(.init(route: $0, reason: $1)) }
-        return RouteExplanation(match: match, skipped: skipped)
+        for i in routes.indices.prefix(position ?? routes.count) {
+            // Every route ahead of the index's answer fails to match; the scan says on what.
+            if let reason = Self.skipReason(routes[i], host: host, port: port, path: path) {
+                skipped.append(.init(route: routes[i], reason: reason))
+            }
+        }
+        return RouteExplanation(match: decision(position), skipped: skipped)
     }
 
     /// The host-level decision for a CONNECT tunnel: routes with a path prefix do not take part.
     public func matchTunnel(host: String, port: Int) -> RouteMatch {
-        firstMatch(host: host, port: port, path: nil) { _, _ in }
+        decision(index.firstMatch(host: host, port: port, path: nil))
     }
 
     /// Decides a CONNECT tunnel: by the host-level route, unless path-scoped routes ahead of it decide
     /// differently, in which case only an intercepted tunnel (each request routed by its path) is safe.
     public func planTunnel(host: String, port: Int) -> TunnelPlan {
-        var pathScoped: [Route] = []
-        let decision = firstMatch(host: host, port: port, path: nil) { route, reason in
-            if case .pathScoped = reason { pathScoped.append(route) }
-        }
+        let position = index.firstMatch(host: host, port: port, path: nil)
+        let pathScoped = index.pathScopedCandidates(host: host, port: port).prefix { $0 < position ?? Int.max }.map { routes[$0] }
+        return Self.plan(decision: decision(position), pathScoped: pathScoped)
+    }
+
+    static func plan(decision: RouteMatch, pathScoped: [Route]) -> TunnelPlan {
         let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect }
         let kind: TunnelPlan.Kind
         if !differing.isEmpty {
@@ -220,31 +231,40 @@ public struct Router: Sendable {
         return TunnelPlan(kind: kind, decision: decision, pathRoutes: differing)
     }
 
-    /// The one match function. `path` nil means a tunnel: path-scoped routes are skipped.
-    func firstMatch(host: String, port: Int, path: Substring?, skipped: (Route, RouteSkip) -> Void) -> RouteMatch {
-        for i in routes.indices {
-            // Fields read in place: a route is copied only to report a skip.
-            guard routes[i].host.matches(host) else {
-                skipped(routes[i], .host(pattern: routes[i].host, host: host))
-                continue
+    private func decision(_ position: Int?) -> RouteMatch {
+        guard let position else { return unmatchedMatch }
+        return routeMatches[position]
+    }
+
+    // MARK: the scan in file order: the definition the index is tested against
+
+    /// Why `route` does not decide the request, or nil when it matches. `path` nil means a tunnel: path-scoped
+    /// routes are skipped.
+    static func skipReason(_ route: Route, host: String, port: Int, path: Substring?) -> RouteSkip? {
+        guard route.host.matches(host) else { return .host(pattern: route.host, host: host) }
+        if let p = route.port, p != port { return .port(route: p, request: port) }
+        if let prefix = route.pathPrefix {
+            guard let path else { return .pathScoped(prefix: prefix) }
+            guard route.pathPrefixMatch.matches(prefix: prefix, path: path) else {
+                return .pathPrefix(prefix: prefix, rule: route.pathPrefixMatch, path: String(path))
             }
-            if let p = routes[i].port, p != port {
-                skipped(routes[i], .port(route: p, request: port))
-                continue
-            }
-            if let prefix = routes[i].pathPrefix {
-                guard let path else {
-                    skipped(routes[i], .pathScoped(prefix: prefix))
-                    continue
-                }
-                guard routes[i].pathPrefixMatch.matches(prefix: prefix, path: path) else {
-                    skipped(routes[i], .pathPrefix(prefix: prefix, rule: routes[i].pathPrefixMatch, path: String(path)))
-                    continue
-                }
-            }
-            return routeMatches[i]
         }
-        return unmatchedMatch
+        return nil
+    }
+
+    /// The first route in file order that matches, by trying each: what `RouteIndex` answers faster.
+    func scanFirstMatch(host: String, port: Int, path: Substring?) -> Int? {
+        routes.indices.first { Self.skipReason(routes[$0], host: host, port: port, path: path) == nil }
+    }
+
+    /// `planTunnel` by the scan.
+    func scanPlanTunnel(host: String, port: Int) -> TunnelPlan {
+        let position = scanFirstMatch(host: host, port: port, path: nil)
+        let pathScoped = routes.prefix(position ?? routes.count).filter {
+            if case .pathScoped = Self.skipReason($0, host: host, port: port, path: nil) { return true }
+            return false
+        }
+        return Self.plan(decision: decision(position), pathScoped: pathScoped)
     }
 
     var unmatchedMatch: RouteMatch {
