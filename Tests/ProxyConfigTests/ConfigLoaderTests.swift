@@ -342,4 +342,13 @@ key = "certs/fusion-us.key"
         """) == nil)
         #expect(TOMLKeyCheck.firstProblem("list = [\n 1,\n]\n.bad = 1\n")?.line == 4)
     }
+
+    /// With CRLF line ends ("\r\n" is one Swift Character) the check once saw the whole file as one line, so a
+    /// malformed key after the first line reached the TOML parser, which aborted the process.
+    @Test func crlfLinesAreCheckedOneByOne() throws {
+        #expect(TOMLKeyCheck.firstProblem("[proxy]\r\nworkers = 1\r\n[.a]\r\n")?.line == 3)
+        #expect(TOMLKeyCheck.firstProblem("[proxy]\r\nworkers = 1\r\n\r\nlist = [\r\n 1,\r\n]\r\n") == nil)
+        let located = TOMLKeyLocator("[proxy]\r\nworkers = 1\r\n[[route]]\r\nhost = \"a\"\r\n")
+        #expect(located.line(of: "route[1].host") == 4)
+    }
 }
