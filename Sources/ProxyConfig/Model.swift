@@ -233,19 +233,20 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
     public static func parse(_ text: String) -> HostPattern? {
         var lower = text.asciiLowercasedForConfig
         // "api.example.com." names the same host as "api.example.com"; requests are matched without the dot.
-        if lower.count > 1, lower.hasSuffix("."), !lower.hasPrefix("[") { lower.removeLast() }
+        let utf8 = lower.utf8
+        if utf8.count > 1, utf8.last == UInt8(ascii: "."), utf8.first != UInt8(ascii: "[") { lower.removeLast() }
         if lower == "*" { return .any }
-        if lower.hasPrefix("*.") {
-            let base = String(lower.dropFirst(2))
+        if lower.utf8.starts(with: "*.".utf8) {
+            let base = String(Substring(lower.utf8.dropFirst(2)))
             guard isValidHostName(base) else { return nil }
             return .subdomains(of: base)
         }
-        if lower.hasPrefix("[") && lower.hasSuffix("]") {
+        if lower.utf8.first == UInt8(ascii: "[") && lower.utf8.last == UInt8(ascii: "]") {
             // Requests spell an IPv6 literal one way (RFC 5952); so does the route.
             guard let inner = IPv6Literal.canonical(lower.utf8.dropFirst().dropLast()) else { return nil }
             return .exact(inner)
         }
-        if lower.contains(":") {
+        if lower.utf8.contains(UInt8(ascii: ":")) {
             guard let canonical = IPv6Literal.canonical(lower.utf8) else { return nil }
             return .exact(canonical)
         }
@@ -285,13 +286,22 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Labels of 1 to 63 lower-case letters, digits, '-' and '_', 253 bytes at most.
     static func isValidHostName(_ s: String) -> Bool {
-        guard !s.isEmpty, s.utf8.count <= 253 else { return false }
-        return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
-            !label.isEmpty && label.count <= 63 && label.utf8.allSatisfy {
-                ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F
+        let utf8 = s.utf8
+        guard !utf8.isEmpty, utf8.count <= 253 else { return false }
+        var label = 0
+        for c in utf8 {
+            if c == UInt8(ascii: ".") {
+                guard label > 0 else { return false }
+                label = 0
+                continue
             }
+            guard (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x2D || c == 0x5F else { return false }
+            label += 1
+            guard label <= 63 else { return false }
         }
+        return label > 0
     }
 }
 
@@ -304,11 +314,12 @@ public enum PathPrefixMatch: String, Sendable, Hashable {
     case string
 
     /// Whether `path` (a canonical request path) starts with `prefix` under this rule, compared byte by byte.
+    /// Both start with `/` (the loader and the path normaliser see to it); anything else never matches.
     public func matches(prefix: String, path: Substring) -> Bool {
         var prefix = prefix, path = path
         return prefix.withUTF8 { pre in
             path.withUTF8 { p in
-                guard p.count >= pre.count else { return false }
+                guard pre.first == UInt8(ascii: "/"), p.count >= pre.count else { return false }
                 for i in 0..<pre.count where p[i] != pre[i] { return false }
                 if self == .string || p.count == pre.count || pre.last == UInt8(ascii: "/") { return true }
                 return p[pre.count] == UInt8(ascii: "/")
@@ -369,7 +380,16 @@ public struct Route: Sendable, Hashable {
 
 extension String {
     var asciiLowercasedForConfig: String {
-        String(decoding: utf8.map { ($0 >= 0x41 && $0 <= 0x5A) ? $0 | 0x20 : $0 }, as: UTF8.self)
+        let utf8 = self.utf8
+        guard utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return self }
+        return String(unsafeUninitializedCapacity: utf8.count) { buffer in
+            var k = 0
+            for c in utf8 {
+                buffer[k] = (c >= 0x41 && c <= 0x5A) ? c | 0x20 : c
+                k += 1
+            }
+            return k
+        }
     }
 }
 

@@ -54,9 +54,11 @@ struct RouteIndex: Sendable {
         var lists: [Int32: [Int32]] = [:]
         for (position, route) in routes.enumerated() {
             let root = insertHost(route.host, port: route.port)
+            if route.pathPrefix != nil { lists[root, default: []].append(Int32(position)) }
+            // A prefix is canonical, so it starts with "/"; one that does not never matches (as in the scan).
+            if let prefix = route.pathPrefix, prefix.utf8.first != UInt8(ascii: "/") { continue }
             let end = insertPath(route.pathPrefix, rule: route.pathPrefixMatch, root: root, position: Int32(position))
             if nodes[Int(end)].here == Self.none { nodes[Int(end)].here = Int32(position) }
-            if route.pathPrefix != nil { lists[root, default: []].append(Int32(position)) }
         }
         pathRoutes = lists
     }
@@ -196,14 +198,14 @@ struct RouteIndex: Sendable {
         }
     }
 
-    private mutating func childOrNew(_ parent: Int32, _ kind: Kind, _ bytes: [UInt8]) -> Int32 {
-        if let found = bytes.withUnsafeBufferPointer({ child(parent, kind, $0) }) { return found }
+    private mutating func childOrNew(_ parent: Int32, _ kind: Kind, _ bytes: UnsafeBufferPointer<UInt8>) -> Int32 {
+        if let found = child(parent, kind, bytes) { return found }
         if (nodes.count + 1) * 2 > slots.count { rehash(slots.count * 2) }
-        let h = bytes.withUnsafeBufferPointer { Self.hash(parent, kind, $0) }
+        let h = Self.hash(parent, kind, bytes)
         let id = nodes.count
         nodes.append(Node(parent: parent, keyStart: UInt32(keys.count), keyLength: UInt32(bytes.count), flags: 0,
                           kind: kind.rawValue, here: Self.none, below: Self.none, hash: h))
-        keys += bytes
+        keys.append(contentsOf: bytes)
         let mask = slots.count - 1
         var i = Int(h) & mask
         while slots[i] != 0 { i = (i + 1) & mask }
@@ -211,49 +213,65 @@ struct RouteIndex: Sendable {
         return Int32(id)
     }
 
-    /// The root of the path tree for this host pattern and port.
+    /// The root of the path tree for this host pattern and port. Labels are split as `forEachTree` splits a
+    /// request's host: from the right, at each dot.
     private mutating func insertHost(_ pattern: HostPattern, port: Int?) -> Int32 {
         var node: Int32 = 0
         let kind: Kind
-        let name: String
+        var name: String
         switch pattern {
         case .any: kind = .anyHost; name = ""
         case .exact(let host): kind = .exactHost; name = host
         case .subdomains(let base): kind = .subdomains; name = base
         }
         if kind != .anyHost {
-            for label in Array(name.utf8).split(separator: Self.dot, omittingEmptySubsequences: false).reversed() {
-                node = childOrNew(node, .hostLabel, Array(label))
+            name.withUTF8 { h in
+                var end = h.count
+                while true {
+                    var start = end
+                    while start > 0 && h[start - 1] != Self.dot { start -= 1 }
+                    node = childOrNew(node, .hostLabel, UnsafeBufferPointer(rebasing: h[start..<end]))
+                    if start == 0 { break }
+                    end = start - 1
+                }
             }
         }
         let bit: UInt32 = kind == .exactHost ? 0b001 : kind == .subdomains ? 0b010 : 0b100
         nodes[Int(node)].flags |= bit
-        let p = port ?? 0
-        return childOrNew(node, kind, [UInt8(truncatingIfNeeded: p >> 8), UInt8(truncatingIfNeeded: p)])
+        var key: (UInt8, UInt8) = (UInt8(truncatingIfNeeded: (port ?? 0) >> 8), UInt8(truncatingIfNeeded: port ?? 0))
+        return withUnsafeBytes(of: &key) { childOrNew(node, kind, $0.bindMemory(to: UInt8.self)) }
     }
 
     /// The node a route's path prefix ends at (the tree's root for a route without one), with `below` lowered
-    /// on the way.
+    /// on the way. Segments are split as `walk` splits a request's path.
     private mutating func insertPath(_ prefix: String?, rule: PathPrefixMatch, root: Int32, position: Int32) -> Int32 {
         var node = root
         nodes[Int(node)].below = min(nodes[Int(node)].below, position)
-        guard let prefix else { return node }
-        var segments = Array(prefix.utf8.dropFirst()).split(separator: Self.slash, omittingEmptySubsequences: false)
-        // "/a/b" whole segments ends at node b; a string prefix, or one ending in "/", is the start of the
-        // segment after its parent: a partial.
-        let last = segments.removeLast()
-        for segment in segments {
-            node = childOrNew(node, .segment, Array(segment))
-            nodes[Int(node)].below = min(nodes[Int(node)].below, position)
+        guard var prefix else { return node }
+        prefix.withUTF8 { p in
+            // "/a/b" whole segments ends at node b; a string prefix, or one ending in "/", is the start of the
+            // segment after its parent: a partial.
+            var start = 1
+            while true {
+                var end = start
+                while end < p.count && p[end] != Self.slash { end += 1 }
+                let segment = UnsafeBufferPointer(rebasing: p[start..<end])
+                if end == p.count {
+                    if rule == .segment && !segment.isEmpty {
+                        node = childOrNew(node, .segment, segment)
+                    } else {
+                        let parent = node
+                        node = childOrNew(node, .partial, segment)
+                        nodes[Int(parent)].flags = max(nodes[Int(parent)].flags, UInt32(segment.count + 1))
+                    }
+                    nodes[Int(node)].below = min(nodes[Int(node)].below, position)
+                    return
+                }
+                node = childOrNew(node, .segment, segment)
+                nodes[Int(node)].below = min(nodes[Int(node)].below, position)
+                start = end + 1
+            }
         }
-        if rule == .segment && !last.isEmpty {
-            node = childOrNew(node, .segment, Array(last))
-        } else {
-            let parent = node
-            node = childOrNew(node, .partial, Array(last))
-            nodes[Int(parent)].flags = max(nodes[Int(parent)].flags, UInt32(last.count + 1))
-        }
-        nodes[Int(node)].below = min(nodes[Int(node)].below, position)
         return node
     }
 }

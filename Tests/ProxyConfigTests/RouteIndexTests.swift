@@ -47,6 +47,8 @@ import Testing
                 if r.chance(20) { prefix = "/" }
                 // A prefix that stops inside a segment, for string matching.
                 if r.chance(20), let p = prefix, p.count > 2 { prefix = String(p.dropLast(1)) }
+                // Not a canonical prefix (the loader refuses it): it never matches.
+                if r.chance(2) { prefix = "ab" }
             }
             let action: RouteAction = r.pick([.deny, .tls, .mtls(identity: "us"), .mtls(identity: "eu")])
             return Route(index: i + 1, host: pattern, port: r.chance(30) ? r.pick(Self.ports) : nil, pathPrefix: prefix,
