@@ -35,8 +35,10 @@ struct RouteIndex: Sendable {
     private var keys: [UInt8] = []
     /// Node ids (+1; 0 is empty), open addressing with linear probing, a power of two long.
     private var slots: [Int32] = []
-    /// Path-scoped routes of each path tree (by the tree's root node), for tunnel planning: positions ascending.
-    private var pathRoutes: [Int32: [Int32]] = [:]
+    /// Path-scoped routes of each path tree, for tunnel planning: `pathRoutes[start..<end]` (positions
+    /// ascending) for the range `pathRouteRanges[root]` packs as start << 32 | end.
+    private var pathRoutes: [Int32] = []
+    private var pathRouteRanges: [Int32: Int] = [:]
 
     static let none = Int32.max
     private static let slash = UInt8(ascii: "/"), dot = UInt8(ascii: ".")
@@ -51,16 +53,28 @@ struct RouteIndex: Sendable {
         self.init()
         let pathCount = routes.reduce(0) { $0 + ($1.pathPrefix == nil ? 0 : 1) }
         reserve(nodes: routes.count * 3 + pathCount)
-        var lists: [Int32: [Int32]] = [:]
+        var scoped: [(root: Int32, position: Int32)] = []
         for (position, route) in routes.enumerated() {
             let root = insertHost(route.host, port: route.port)
-            if route.pathPrefix != nil { lists[root, default: []].append(Int32(position)) }
+            if route.pathPrefix != nil { scoped.append((root, Int32(position))) }
             // A prefix is canonical, so it starts with "/"; one that does not never matches (as in the scan).
             if let prefix = route.pathPrefix, prefix.utf8.first != UInt8(ascii: "/") { continue }
             let end = insertPath(route.pathPrefix, rule: route.pathPrefixMatch, root: root, position: Int32(position))
             if nodes[Int(end)].here == Self.none { nodes[Int(end)].here = Int32(position) }
         }
-        pathRoutes = lists
+        // Grouped by tree, in file order within each (the sort is stable on positions already ascending).
+        scoped.sort { $0.root != $1.root ? $0.root < $1.root : $0.position < $1.position }
+        pathRoutes = scoped.map(\.position)
+        var start = 0
+        while start < scoped.count {
+            var end = start
+            while end < scoped.count && scoped[end].root == scoped[start].root { end += 1 }
+            pathRouteRanges[scoped[start].root] = start << 32 | end
+            start = end
+        }
+        nodes = nodes.compacted()
+        keys = keys.compacted()
+        pathRoutes = pathRoutes.compacted()
     }
 
     // MARK: looking up
@@ -78,7 +92,9 @@ struct RouteIndex: Sendable {
     /// The path-scoped routes of the trees `host` and `port` reach, in file order.
     func pathScopedCandidates(host: String, port: Int) -> [Int] {
         var all: [Int32] = []
-        forEachTree(host: host, port: port) { root in all += pathRoutes[root] ?? [] }
+        forEachTree(host: host, port: port) { root in
+            if let range = pathRouteRanges[root] { all += pathRoutes[(range >> 32)..<(range & 0xFFFF_FFFF)] }
+        }
         return all.sorted().map(Int.init)
     }
 
@@ -273,5 +289,15 @@ struct RouteIndex: Sendable {
             }
         }
         return node
+    }
+}
+
+extension Array {
+    /// A copy without spare capacity (a table built by appending keeps up to half again as much).
+    func compacted() -> [Element] {
+        [Element](unsafeUninitializedCapacity: count) { buffer, initialized in
+            _ = buffer.initialize(from: self)
+            initialized = count
+        }
     }
 }

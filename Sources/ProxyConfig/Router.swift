@@ -4,18 +4,18 @@ import HTTP1
 /// immutable storage object made when the router is, so handing a decision around per request retains one
 /// reference instead of every string of the route (setting a field makes a new storage: value semantics hold).
 public struct RouteMatch: Sendable, Equatable {
-    final class Storage: Sendable {
-        let route: Route?
-        let action: RouteAction
-        let trust: TrustSettings
-        let timeouts: Timeouts
-        let connect: HostPort?
-        let allowPrivate: Bool
-        let pathRules: PathRules
+    /// What the decision does. A route's decision takes them from the route itself (stored once, not copied
+    /// beside it: a table of 100,000 routes keeps 100,000 decisions).
+    struct Fields: Sendable, Equatable {
+        var action: RouteAction
+        var trust: TrustSettings
+        var timeouts: Timeouts
+        var connect: HostPort?
+        var allowPrivate: Bool
+        var pathRules: PathRules
 
-        init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-             allowPrivate: Bool, pathRules: PathRules) {
-            self.route = route
+        init(action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?, allowPrivate: Bool,
+             pathRules: PathRules) {
             self.action = action
             self.trust = trust
             self.timeouts = timeouts
@@ -23,62 +23,80 @@ public struct RouteMatch: Sendable, Equatable {
             self.allowPrivate = allowPrivate
             self.pathRules = pathRules
         }
+
+        init(_ route: Route) {
+            self.init(action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
+                      allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+        }
+    }
+
+    final class Storage: Sendable {
+        let route: Route?
+        /// nil when the fields are the route's own.
+        let own: Fields?
+
+        init(route: Route?, fields: Fields) {
+            self.route = route
+            own = route.map(Fields.init) == fields ? nil : fields
+        }
+
+        var fields: Fields { own ?? Fields(route!) }
     }
 
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
                 allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
-        storage = Storage(route: route, action: action, trust: trust, timeouts: timeouts, connect: connect,
-                          allowPrivate: allowPrivate, pathRules: pathRules)
+        storage = Storage(route: route, fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
+                                                       allowPrivate: allowPrivate, pathRules: pathRules))
     }
 
-    private mutating func update(route: Route?? = nil, action: RouteAction? = nil, trust: TrustSettings? = nil,
-                                 timeouts: Timeouts? = nil, connect: HostPort?? = nil, allowPrivate: Bool? = nil,
-                                 pathRules: PathRules? = nil) {
-        let s = storage
-        storage = Storage(route: route ?? s.route, action: action ?? s.action, trust: trust ?? s.trust,
-                          timeouts: timeouts ?? s.timeouts, connect: connect ?? s.connect,
-                          allowPrivate: allowPrivate ?? s.allowPrivate, pathRules: pathRules ?? s.pathRules)
+    /// The decision of `route`, its fields as the route sets them.
+    init(route: Route) {
+        storage = Storage(route: route, fields: Fields(route))
+    }
+
+    private mutating func update(_ change: (inout Fields) -> Void, route: Route?? = nil) {
+        var fields = storage.fields
+        change(&fields)
+        storage = Storage(route: route ?? storage.route, fields: fields)
     }
 
     /// nil when no route matched and the `unmatched` policy applied.
     public var route: Route? {
         get { storage.route }
-        set { update(route: .some(newValue)) }
+        set { update({ _ in }, route: .some(newValue)) }
     }
     public var action: RouteAction {
-        get { storage.action }
-        set { update(action: newValue) }
+        get { storage.own?.action ?? storage.route!.action }
+        set { update { $0.action = newValue } }
     }
     public var trust: TrustSettings {
-        get { storage.trust }
-        set { update(trust: newValue) }
+        get { storage.own?.trust ?? storage.route!.trust }
+        set { update { $0.trust = newValue } }
     }
     public var timeouts: Timeouts {
-        get { storage.timeouts }
-        set { update(timeouts: newValue) }
+        get { storage.own?.timeouts ?? storage.route!.timeouts }
+        set { update { $0.timeouts = newValue } }
     }
     public var connect: HostPort? {
-        get { storage.connect }
-        set { update(connect: .some(newValue)) }
+        get { storage.own.map(\.connect) ?? storage.route!.connect }
+        set { update { $0.connect = newValue } }
     }
     /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
     public var allowPrivate: Bool {
-        get { storage.allowPrivate }
-        set { update(allowPrivate: newValue) }
+        get { storage.own?.allowPrivate ?? storage.route!.allowPrivate }
+        set { update { $0.allowPrivate = newValue } }
     }
     /// Path spellings the deciding route (or `[upstream]`, when none matched) accepts.
     public var pathRules: PathRules {
-        get { storage.pathRules }
-        set { update(pathRules: newValue) }
+        get { storage.own?.pathRules ?? storage.route!.pathRules }
+        set { update { $0.pathRules = newValue } }
     }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
         if a.storage === b.storage { return true }
-        let x = a.storage, y = b.storage
-        return x.route == y.route && x.action == y.action && x.trust == y.trust && x.timeouts == y.timeouts
-            && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
+        return a.storage.route == b.storage.route && a.storage.fields == b.storage.fields
     }
 
     /// How logs name the decision (read in place: the route is not copied).
@@ -168,10 +186,7 @@ public struct Router: Sendable {
     }
 
     private mutating func prepare() {
-        routeMatches = routes.map { route in
-            RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                       allowPrivate: route.allowPrivate, pathRules: route.pathRules)
-        }
+        routeMatches = routes.map(RouteMatch.init(route:))
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)

@@ -44,6 +44,9 @@ public final class ProxyServer: @unchecked Sendable {
         self.logger = logger
         self.loader = loader
         self.accessLog = try AccessLog(runtime.config.log)
+        // Loading a large config frees much of what it allocated (the parsed document, intermediate values);
+        // hand the free pages back so resident memory is what the runtime holds.
+        malloc_trim(0)
     }
 
     /// Must run before the first event base is created, so a signal on the main thread can wake the workers.
