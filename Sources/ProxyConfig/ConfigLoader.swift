@@ -195,7 +195,7 @@ public enum ConfigLoader {
                 log.operationalFormat = f
             }
         } }
-        var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
+        var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes.compacted(),
                                         listeners: listeners, admin: admin, log: log)
         problems.collect { if let it = try reader.table("intercept") {
             try it.allowOnly(["ca_cert", "ca_key", "leaf_validity"])
