@@ -147,8 +147,13 @@ struct RouteIndex: Sendable {
                 // The path goes on with "/" + segment: partials of this node may match its start.
                 let longest = Int(nodes[Int(node)].flags)
                 if longest > 0 {
+                    // Each longer start of the segment extends the hash of the shorter one: a long partial
+                    // costs one pass over the segment, not one per length.
+                    var state = Self.seed(node, .partial)
                     for length in 0..<min(longest, end - start + 1) {
-                        if let partial = child(node, .partial, UnsafeBufferPointer(rebasing: p[start..<(start + length)])) {
+                        if length > 0 { state = Self.add(state, p[start + length - 1]) }
+                        let bytes = UnsafeBufferPointer(rebasing: p[start..<(start + length)])
+                        if let partial = child(node, .partial, bytes, hash: Self.fold(state)) {
                             best = min(best, nodes[Int(partial)].here)
                         }
                     }
@@ -164,16 +169,27 @@ struct RouteIndex: Sendable {
 
     // MARK: the hash table
 
+    /// FNV-1a, seeded with the parent and kind; `state` then `fold` lets a caller extend a key byte by byte.
+    private static func seed(_ parent: Int32, _ kind: Kind) -> UInt64 {
+        (0xcbf2_9ce4_8422_2325 ^ (UInt64(UInt32(bitPattern: parent)) << 8 | UInt64(kind.rawValue))) &* 0x100_0000_01b3
+    }
+
+    private static func add(_ state: UInt64, _ byte: UInt8) -> UInt64 { (state ^ UInt64(byte)) &* 0x100_0000_01b3 }
+
+    private static func fold(_ state: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: state ^ (state >> 32)) }
+
     private static func hash(_ parent: Int32, _ kind: Kind, _ bytes: UnsafeBufferPointer<UInt8>) -> UInt32 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325 ^ (UInt64(UInt32(bitPattern: parent)) << 8 | UInt64(kind.rawValue))
-        h = h &* 0x100_0000_01b3
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return UInt32(truncatingIfNeeded: h ^ (h >> 32))
+        var h = seed(parent, kind)
+        for b in bytes { h = add(h, b) }
+        return fold(h)
     }
 
     private func child(_ parent: Int32, _ kind: Kind, _ bytes: UnsafeBufferPointer<UInt8>) -> Int32? {
-        let h = Self.hash(parent, kind, bytes)
-        return slots.withUnsafeBufferPointer { slots in
+        child(parent, kind, bytes, hash: Self.hash(parent, kind, bytes))
+    }
+
+    private func child(_ parent: Int32, _ kind: Kind, _ bytes: UnsafeBufferPointer<UInt8>, hash h: UInt32) -> Int32? {
+        slots.withUnsafeBufferPointer { slots in
             nodes.withUnsafeBufferPointer { nodes in
                 keys.withUnsafeBufferPointer { keys in
                     let mask = slots.count - 1
