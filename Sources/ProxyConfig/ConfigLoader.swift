@@ -21,8 +21,10 @@ public enum ConfigLoader {
     /// Loads `file`, then applies the environment overrides (see `EnvironmentOverrides`).
     public static func load(file: String, environment: [String: String] = [:]) throws -> ProxyConfiguration {
         let absolute = absolutePath(file)
-        guard let text = readTextFile(absolute) else {
-            throw ConfigError(file: file, key: "", message: "cannot read the config file: \(String(cString: strerror(errno)))")
+        let text: String
+        switch readText(absolute) {
+        case .success(let read): text = read
+        case .failure(let failure): throw ConfigError(file: file, key: "", message: "cannot read the config file: \(failure)")
         }
         var config = try parse(text, file: file, baseDirectory: directory(of: absolute))
         try EnvironmentOverrides.apply(environment, to: &config)
@@ -461,8 +463,28 @@ public enum ConfigLoader {
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
+    /// The largest text file read (a config of 100,000 routes is about 8 MiB).
+    public static let maxTextFileBytes = 16 * 1024 * 1024
+
     public static func readTextFile(_ path: String) -> String? {
-        guard let f = fopen(path, "rb") else { return nil }
+        try? readText(path).get()
+    }
+
+    /// Why a text file could not be read.
+    public enum ReadFailure: Error, CustomStringConvertible {
+        case system(errno: Int32)
+        case tooLarge
+
+        public var description: String {
+            switch self {
+            case .system(let code): return String(cString: strerror(code))
+            case .tooLarge: return "the file is larger than \(maxTextFileBytes >> 20) MiB"
+            }
+        }
+    }
+
+    public static func readText(_ path: String) -> Result<String, ReadFailure> {
+        guard let f = fopen(path, "rb") else { return .failure(.system(errno: errno)) }
         defer { fclose(f) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -470,10 +492,10 @@ public enum ConfigLoader {
             let n = fread(&chunk, 1, chunk.count, f)
             if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
             if n < chunk.count { break }
-            if bytes.count > 16 * 1024 * 1024 { return nil }
+            if bytes.count > maxTextFileBytes { return .failure(.tooLarge) }
         }
-        if ferror(f) != 0 { return nil }
-        return String(decoding: bytes, as: UTF8.self)
+        if ferror(f) != 0 { return .failure(.system(errno: errno)) }
+        return .success(String(decoding: bytes, as: UTF8.self))
     }
 }
 
