@@ -142,6 +142,23 @@ private func route(_ index: Int, _ host: String, path: String? = nil, _ action: 
         #expect(p == "/v1;x=%2A/y")  // forwarded as routed, not stripped
     }
 
+    /// IIS and Windows file systems drop dots and spaces at the end of a segment: `/files/private.` is
+    /// `/files/private` there. With prefixes matching whole segments, `/files/private.` is not under
+    /// `/files/private`, so the reading that trims them must not reach another route.
+    @Test(arguments: ["/files/private.", "/files/private./x", "/admin./secret", "/files/private%20", "/admin.%20/x",
+                      "/files/private..."])
+    func trailingDotsOrSpacesThatReachAnotherRouteAreRefused(path: String) {
+        guard case .refused(let refusal, _) = decide(path) else { Issue.record("\(path) was routed"); return }
+        #expect(refusal.description.contains("trimming"), "\(refusal)")
+        #expect(RequestRouting.badRequest(refusal, match: nil).status == 400)
+    }
+
+    @Test func trailingDotsThatChangeNothingAreForwarded() {
+        #expect(routedLabel("/files/private.txt") == "r3")  // another segment: not under /files/private
+        #expect(routedLabel("/v1./x") == "r4")
+        #expect(routedLabel("/files/public.") == "r3")
+    }
+
     @Test(arguments: ["/files%2Fprivate/x", "/files%2fprivate", "/files%5Cprivate/x", "/files%2F%2Fprivate"])
     func keptEscapedSlashThatReachesAnotherRouteWhenDecodedIsRefused(path: String) {
         guard case .refused(let refusal, _) = decide(path) else { Issue.record("\(path) was routed"); return }
