@@ -30,36 +30,55 @@ public struct RouteMatch: Sendable, Equatable {
         }
     }
 
+    /// The routes a router decides with, shared by its decisions (each refers to its route by position, so a
+    /// table of 100,000 routes holds each route once).
+    final class RouteTable: Sendable {
+        let routes: [Route]
+
+        init(_ routes: [Route]) {
+            self.routes = routes
+        }
+    }
+
     final class Storage: Sendable {
-        let route: Route?
+        /// The deciding route is `table.routes[position]`; nil table: the unmatched policy.
+        let table: RouteTable?
+        let position: Int
         /// nil when the fields are the route's own.
         let own: Fields?
 
-        init(route: Route?, fields: Fields) {
-            self.route = route
-            own = route.map(Fields.init) == fields ? nil : fields
+        init(table: RouteTable?, position: Int, fields: Fields) {
+            self.table = table
+            self.position = position
+            own = table.map { Fields($0.routes[position]) } == fields ? nil : fields
         }
 
-        var fields: Fields { own ?? Fields(route!) }
+        var route: Route? { table?.routes[position] }
+        var fields: Fields { own ?? Fields(table!.routes[position]) }
     }
 
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
                 allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
-        storage = Storage(route: route, fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
-                                                       allowPrivate: allowPrivate, pathRules: pathRules))
+        storage = Storage(table: route.map { RouteTable([$0]) }, position: 0,
+                          fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
+                                         allowPrivate: allowPrivate, pathRules: pathRules))
     }
 
-    /// The decision of `route`, its fields as the route sets them.
-    init(route: Route) {
-        storage = Storage(route: route, fields: Fields(route))
+    /// The decision of the route at `position` in `table`, its fields as the route sets them.
+    init(table: RouteTable, position: Int) {
+        storage = Storage(table: table, position: position, fields: Fields(table.routes[position]))
     }
 
     private mutating func update(_ change: (inout Fields) -> Void, route: Route?? = nil) {
         var fields = storage.fields
         change(&fields)
-        storage = Storage(route: route ?? storage.route, fields: fields)
+        if let route {
+            storage = Storage(table: route.map { RouteTable([$0]) }, position: 0, fields: fields)
+        } else {
+            storage = Storage(table: storage.table, position: storage.position, fields: fields)
+        }
     }
 
     /// nil when no route matched and the `unmatched` policy applied.
@@ -68,29 +87,29 @@ public struct RouteMatch: Sendable, Equatable {
         set { update({ _ in }, route: .some(newValue)) }
     }
     public var action: RouteAction {
-        get { storage.own?.action ?? storage.route!.action }
+        get { storage.own?.action ?? storage.table!.routes[storage.position].action }
         set { update { $0.action = newValue } }
     }
     public var trust: TrustSettings {
-        get { storage.own?.trust ?? storage.route!.trust }
+        get { storage.own?.trust ?? storage.table!.routes[storage.position].trust }
         set { update { $0.trust = newValue } }
     }
     public var timeouts: Timeouts {
-        get { storage.own?.timeouts ?? storage.route!.timeouts }
+        get { storage.own?.timeouts ?? storage.table!.routes[storage.position].timeouts }
         set { update { $0.timeouts = newValue } }
     }
     public var connect: HostPort? {
-        get { storage.own.map(\.connect) ?? storage.route!.connect }
+        get { storage.own.map(\.connect) ?? storage.table!.routes[storage.position].connect }
         set { update { $0.connect = newValue } }
     }
     /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
     public var allowPrivate: Bool {
-        get { storage.own?.allowPrivate ?? storage.route!.allowPrivate }
+        get { storage.own?.allowPrivate ?? storage.table!.routes[storage.position].allowPrivate }
         set { update { $0.allowPrivate = newValue } }
     }
     /// Path spellings the deciding route (or `[upstream]`, when none matched) accepts.
     public var pathRules: PathRules {
-        get { storage.own?.pathRules ?? storage.route!.pathRules }
+        get { storage.own?.pathRules ?? storage.table!.routes[storage.position].pathRules }
         set { update { $0.pathRules = newValue } }
     }
 
@@ -100,10 +119,10 @@ public struct RouteMatch: Sendable, Equatable {
     }
 
     /// How logs name the decision (read in place: the route is not copied).
-    public var label: String { storage.route?.label ?? "unmatched" }
+    public var label: String { storage.table?.routes[storage.position].label ?? "unmatched" }
 
     /// The deciding route's 1-based position in the file, nil for the unmatched policy (read in place).
-    public var routeIndex: Int? { storage.route?.index }
+    public var routeIndex: Int? { storage.table?.routes[storage.position].index }
 
     /// Which fields of the route matched, for `explain`-style output.
     public var reason: String {
@@ -186,7 +205,8 @@ public struct Router: Sendable {
     }
 
     private mutating func prepare() {
-        routeMatches = routes.map(RouteMatch.init(route:))
+        let table = RouteMatch.RouteTable(routes)
+        routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)
