@@ -48,9 +48,7 @@ struct Explain: ParsableCommand {
         let match = explanation.match
         lines.append(("path", canonicalPath))
         lines.append(("upstream", "https://\(canonical.hostHeader(port: port, defaultPort: 443))\(canonical.path)  (Host: \(canonical.hostHeader(port: port, defaultPort: 443)))"))
-        for skipped in explanation.skipped {
-            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
-        }
+        appendSkipped(explanation.skipped, to: &lines)
         lines.append(("route", "\(match.label): \(match.reason)"))
         switch match.action {
         case .deny:
@@ -80,6 +78,20 @@ struct Explain: ParsableCommand {
         }
         printLines(lines)
     }
+
+    /// The routes passed over, each with why. In a large table most are for other hosts: past
+    /// `hostSkipsShown` of those, they are counted rather than listed (every route for the request's host is).
+    private func appendSkipped(_ skipped: [RouteExplanation.Skipped], to lines: inout [(String, String)]) {
+        let otherHosts = skipped.filter { if case .host = $0.reason { return true } else { return false } }.count
+        let listAll = otherHosts <= Self.hostSkipsShown
+        for s in skipped {
+            if case .host = s.reason, !listAll { continue }
+            lines.append(("skipped", "\(s.route.label): \(s.reason)"))
+        }
+        if !listAll { lines.append(("skipped", "\(otherHosts) routes for other hosts")) }
+    }
+
+    static let hostSkipsShown = 20
 
     /// The data path refuses a forward request for one of the proxy's own listeners (an address missing from
     /// NO_PROXY) before routing, with the port the client meant (80 for a URL without one); so does `explain`.
@@ -119,9 +131,7 @@ struct Explain: ParsableCommand {
         let shownHost = authority.host.contains(":") ? "[\(authority.host)]" : authority.host
         var lines: [(String, String)] = [("request", "CONNECT \(shownHost):\(port)")]
         if refusesNumericHost(authority.host, &lines) { return }
-        for skipped in router.explain(host: authority.host, port: port, path: nil).skipped {
-            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
-        }
+        appendSkipped(router.explain(host: authority.host, port: port, path: nil).skipped, to: &lines)
         lines.append(("route", "\(plan.decision.label): \(plan.decision.reason)"))
         for route in plan.pathRoutes {
             lines.append(("path route", "\(route.label) (path \(route.pathPrefix ?? "/")): \(route.action), decides requests inside the tunnel"))

@@ -232,6 +232,22 @@ class CanonicalPath(unittest.TestCase):
         self.assertIn("400", r.stdout + r.stderr)
         self.assertIn("empty path segment", r.stdout + r.stderr)
 
+    def test_explain_counts_the_routes_for_other_hosts_in_a_large_table(self):
+        # 5,000 routes for other hosts ahead of the one that decides: counted in one line; the routes for the
+        # request's host are each listed with why they were passed over.
+        others = "".join(f'[[route]]\nhost = "svc{i}.mygreatbank.test"\npath = "/api"\naction = "tls"\n' for i in range(5000))
+        path = f"{ENV['dir']}/large.conf"
+        with open(path, "w") as f:
+            f.write(harness.us_identity() + others + '[[route]]\nname = "api admin"\nhost = "api.mygreatbank.test"\n'
+                    'path = "/admin"\naction = "deny"\n[[route]]\nname = "api"\nhost = "api.mygreatbank.test"\nidentity = "us"\n')
+        r = subprocess.run([harness.proxy_binary(), "explain", "--config", path, "http://api.mygreatbank.test/x"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"(?m)^skipped +5000 routes for other hosts$")
+        self.assertRegex(r.stdout, r"(?m)^skipped +api admin: path prefix /admin \(whole segments\) does not match /x$")
+        self.assertRegex(r.stdout, r"(?m)^route +api: ")
+        self.assertLess(len(r.stdout.splitlines()), 20)
+
 
 class TrailingDotHosts(unittest.TestCase):
     def test_dotted_host_is_denied_without_touching_the_network(self):
