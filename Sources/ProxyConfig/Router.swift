@@ -12,9 +12,11 @@ public struct RouteMatch: Sendable, Equatable {
         let connect: HostPort?
         let allowPrivate: Bool
         let pathRules: PathRules
+        let egress: Egress
 
         init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-             allowPrivate: Bool, pathRules: PathRules) {
+             allowPrivate: Bool, pathRules: PathRules, egress: Egress) {
+            self.egress = egress
             self.route = route
             self.action = action
             self.trust = trust
@@ -28,18 +30,19 @@ public struct RouteMatch: Sendable, Equatable {
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-                allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
+                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct) {
         storage = Storage(route: route, action: action, trust: trust, timeouts: timeouts, connect: connect,
-                          allowPrivate: allowPrivate, pathRules: pathRules)
+                          allowPrivate: allowPrivate, pathRules: pathRules, egress: egress)
     }
 
     private mutating func update(route: Route?? = nil, action: RouteAction? = nil, trust: TrustSettings? = nil,
                                  timeouts: Timeouts? = nil, connect: HostPort?? = nil, allowPrivate: Bool? = nil,
-                                 pathRules: PathRules? = nil) {
+                                 pathRules: PathRules? = nil, egress: Egress? = nil) {
         let s = storage
         storage = Storage(route: route ?? s.route, action: action ?? s.action, trust: trust ?? s.trust,
                           timeouts: timeouts ?? s.timeouts, connect: connect ?? s.connect,
-                          allowPrivate: allowPrivate ?? s.allowPrivate, pathRules: pathRules ?? s.pathRules)
+                          allowPrivate: allowPrivate ?? s.allowPrivate, pathRules: pathRules ?? s.pathRules,
+                          egress: egress ?? s.egress)
     }
 
     /// nil when no route matched and the `unmatched` policy applied.
@@ -74,11 +77,17 @@ public struct RouteMatch: Sendable, Equatable {
         set { update(pathRules: newValue) }
     }
 
+    /// Direct, or through which corporate proxy (the deciding route's, or `[upstream]`'s).
+    public var egress: Egress {
+        get { storage.egress }
+        set { update(egress: newValue) }
+    }
+
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
         if a.storage === b.storage { return true }
         let x = a.storage, y = b.storage
         return x.route == y.route && x.action == y.action && x.trust == y.trust && x.timeouts == y.timeouts
-            && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
+            && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules && x.egress == y.egress
     }
 
     /// How logs name the decision (read in place: the route is not copied).
@@ -168,11 +177,11 @@ public struct Router: Sendable {
     private mutating func prepare() {
         routeMatches = routes.map { route in
             RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                       allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+                       allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress)
         }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
-                                       pathRules: upstream.pathRules)
+                                       pathRules: upstream.pathRules, egress: upstream.egress)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
             return nil
@@ -206,7 +215,7 @@ public struct Router: Sendable {
         let decision = firstMatch(host: host, port: port, path: nil) { route, reason in
             if case .pathScoped = reason { pathScoped.append(route) }
         }
-        let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect }
+        let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect || $0.egress != decision.egress }
         let kind: TunnelPlan.Kind
         if !differing.isEmpty {
             kind = .intercept
@@ -250,6 +259,7 @@ public struct Router: Sendable {
     var unmatchedMatch: RouteMatch {
         if let preparedUnmatched { return preparedUnmatched }
         return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules)
+                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
+                   egress: upstream.egress)
     }
 }

@@ -478,7 +478,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             if case .connectTimeout = event {} else if retryOnFreshConnection(after: event) { return }
             let response = ConnectFailures.response(for: event, upstream: upstream,
                                                     timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
-            worker.metrics.countFailure(ConnectFailures.metricReason(response.errorType))
+            // A corporate proxy's refusal or failure is counted apart from the service's.
+            worker.metrics.countFailure(response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType))
             failExchange(response)
         case .body:
             if case .eof(let closeNotify) = event, closeNotify, exchange.responseFraming == .untilClose {
@@ -724,7 +725,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         machine.tunnelDialling()
         client.disableRead()
         dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
-                              timeout: match.timeouts.connect) {
+                              timeout: match.timeouts.connect, egress: match.egress) {
             [unowned self] outcome in
             self.dialer = nil
             guard case .dialling = self.machine.state else {

@@ -123,7 +123,8 @@ enum RequestDecision {
                                    into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
         exchange.requestBody = Exchange.RequestBody(framing)
-        exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
+        exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context),
+                               egress: match.egress)
         exchange.target = target
         exchange.match = match
         return .forward(key: exchange.key!, context: context)
