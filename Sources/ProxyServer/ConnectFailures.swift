@@ -24,7 +24,11 @@ enum ConnectFailures {
             return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
                                       details: "the corporate proxy \(proxy) opened the tunnel, but no TLS handshake with \(host):\(port) finished within connect_timeout \(timeouts.connect)",
                                       advice: "The service (or the corporate proxy relaying it) is slow; raise connect_timeout if it is just slow.")
-        case .prohibited, .readTimeout:
+        case .prohibited:
+            var response = directResponse(for: event, upstream: upstream, timeouts: timeouts)
+            response.advice = "The request names a non-public IP address; nothing was sent to the corporate proxy \(proxy). If this upstream really is on a private network, set allow_private = true on its route."
+            return response
+        case .readTimeout:
             return directResponse(for: event, upstream: upstream, timeouts: timeouts)
         case .error, .eof:
             // Past the corporate proxy: a TLS or connection failure with the service, reached through the tunnel.

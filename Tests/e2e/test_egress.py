@@ -15,7 +15,7 @@ HTPASSWD = shutil.which("htpasswd")
 PASSWORD = "c0rp-s3cret-Pw"
 WRONG_PASSWORD = "not-the-pw-Xq"
 HOSTS = ("api.mygreatbank.test", "status.example.com", "denied.mygreatbank.test", "wrongpw.mygreatbank.test",
-         "slow.mygreatbank.test")
+         "slow.mygreatbank.test", "rotated.mygreatbank.test")
 
 
 def missing_tools():
@@ -112,9 +112,10 @@ def setUpModule():
         ports["slow"] = slow.port
         ports["silent"] = silent.port
         start_squid(procs, f"{d}/squid", ports["squid"], [ports["mtls"], ports["tls"], ports["slow"]],
-                    ["api.mygreatbank.test", "status.example.com", "wrongpw.mygreatbank.test"])
+                    ["api.mygreatbank.test", "status.example.com", "wrongpw.mygreatbank.test", "rotated.mygreatbank.test"])
         harness.write_file(f"{d}/corp.cred", f"alice:{PASSWORD}\n", mode=0o600)
         harness.write_file(f"{d}/wrong.cred", f"alice:{WRONG_PASSWORD}\n", mode=0o600)
+        harness.write_file(f"{d}/rotated.cred", f"alice:{WRONG_PASSWORD}\n", mode=0o600)
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(f"""
 [proxy]
@@ -162,6 +163,15 @@ identity = "us"
 host = "wrongpw.mygreatbank.test"
 identity = "us"
 proxy_credentials_file = "wrong.cred"
+
+[[route]]
+host = "rotated.mygreatbank.test"
+identity = "us"
+proxy_credentials_file = "rotated.cred"
+
+[[route]]
+host = "10.20.30.40"
+action = "tls"
 
 [[route]]
 name = "direct"
@@ -344,7 +354,9 @@ class Egress(unittest.TestCase):
             data += chunk
         t.close()
         self.assertIn(b"status ok", data)
-        self.assertRegex(squid_log(), rf"CONNECT status\.example\.com:{tls} alice")
+        pattern = rf"CONNECT status\.example\.com:{tls} alice"
+        harness.wait_until(lambda: re.search(pattern, squid_log()), timeout=8, step=0.2)
+        self.assertRegex(squid_log(), pattern)
 
     def test_blind_tunnel_refused_by_the_corporate_proxy_is_named(self):
         # A name Squid does not allow CONNECT to.
@@ -413,6 +425,41 @@ class Egress(unittest.TestCase):
         self.assertRegex(out, r"egress\s+direct")
         out = harness.run_cli("explain", "--config", config, f"http://slow.mygreatbank.test:{mtls}/x", timeout=30).stdout
         self.assertIn(f"http://127.0.0.1:{ENV['ports']['squid2']}", out)
+
+    def test_ssrf_guard_still_refuses_a_private_ip_literal_before_the_corporate_proxy_hears_of_it(self):
+        # Refused before any connection: nothing goes to 10.20.30.40, nor to Squid.
+        status, headers, body = request("10.20.30.40", 443)
+        self.assertEqual(status, 403, body)
+        self.assertIn("error=destination_ip_prohibited", headers.get("proxy-status", ""))
+        self.assertIn("nothing was sent to the corporate proxy", body)
+        time.sleep(0.3)
+        self.assertNotIn("10.20.30.40", squid_log())
+
+    def test_rotated_credentials_file_is_picked_up_by_the_reload(self):
+        mtls = ENV["ports"]["mtls"]
+        status, headers, body = request("rotated.mygreatbank.test", mtls)
+        self.assertEqual(status, 502, body)
+        self.assertIn("received-status=407", headers.get("proxy-status", ""))
+        harness.write_file(f"{ENV['dir']}/rotated.cred", f"alice:{PASSWORD}\r\n", mode=0o600)  # CRLF, as some editors write
+        got = harness.wait_until(lambda: request("rotated.mygreatbank.test", mtls)[0] == 200, timeout=10, step=0.3)
+        self.assertTrue(got, "the new credentials were not used after the file changed")
+
+    def test_check_warns_about_a_credentials_file_others_can_read(self):
+        d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
+        harness.write_file(f"{d}/open.cred", f"alice:{PASSWORD}\n", mode=0o644)
+        harness.write_file(f"{d}/proxy.conf", f"""
+[upstream]
+proxy = "http://127.0.0.1:3129"
+proxy_credentials_file = "open.cred"
+[[route]]
+host = "status.example.com"
+action = "tls"
+""")
+        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+        text = r.stdout + r.stderr
+        self.assertIn("proxy credentials file", text)
+        self.assertIn("readable by everyone", text)
+        self.assertNotIn(PASSWORD, text)
 
     def test_check_refuses_an_unreadable_credentials_file_without_quoting_it(self):
         d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
