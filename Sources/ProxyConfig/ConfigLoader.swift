@@ -297,7 +297,21 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
-        let cert = try t.path("cert"), key = try t.path("key"), p12 = try t.path("p12")
+        let cert = try t.path("cert"), p12 = try t.path("p12")
+        let key: String?
+        if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
+            // A key on a PKCS#11 token: the URI stays as written (it is not a path).
+            switch TokenKeyURI.parse(text) {
+            case .failure(let problem): throw t.error("key", problem.description)
+            case .success: break
+            }
+            if try t.secretKeysPresent(["key_password_file", "key_password_env"]) {
+                throw t.error("key_password_file", "a token key's PIN comes from the URI's pin-source (file:/path or env:NAME)")
+            }
+            key = text
+        } else {
+            key = try t.path("key")
+        }
         if let p12 {
             if cert != nil || key != nil { throw t.error("p12", "a PKCS#12 bundle holds the certificate and key: set p12, or cert and key, not both") }
             if try t.string("key_password_file") != nil || t.string("key_password_env") != nil {

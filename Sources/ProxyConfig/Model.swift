@@ -188,7 +188,13 @@ public struct CertificateSource: Sendable, Hashable {
         }
     }
 
-    /// The file that holds the private key.
+    /// The key's `pkcs11:` URI when it lives on a PKCS#11 token; nil for a key file.
+    public var tokenKey: TokenKeyURI? {
+        guard case .pem(_, let key, _) = files, TokenKeyURI.isTokenURI(key) else { return nil }
+        return try? TokenKeyURI.parse(key).get()
+    }
+
+    /// The file that holds the private key (or, for a token key, its `pkcs11:` URI).
     public var key: String {
         switch files {
         case .pem(_, let key, _): return key

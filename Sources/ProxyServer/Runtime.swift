@@ -213,6 +213,9 @@ public final class ProxyRuntime: @unchecked Sendable {
         for identity in config.identities {
             for source in identity.certificates {
                 switch source.files {
+                case .pem(let cert, _, _) where source.tokenKey != nil:
+                    files.append(cert)
+                    if case .file(let path)? = source.tokenKey?.pinSource { files.append(path) }
                 case .pem(let cert, let key, let password):
                     files += [cert, key]
                     if case .file(let path)? = password { files.append(path) }

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Identities whose private keys never leave a PKCS#11 token: a real SoftHSM2 token (keys generated on it with
+pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
+pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
+wrong PIN, missing module, pin-value in the config."""
+import os, shutil, socket, subprocess, sys, tempfile, threading, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+ENV = {}
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+PIN = "84736251"
+WRONG_PIN = "99887766"
+
+
+def missing_tools():
+    missing = [n for n, p in (("softhsm2 (libsofthsm2.so)", MODULE), ("libengine-pkcs11-openssl", ENGINE)) if not os.path.exists(p)]
+    missing += [t for t in ("softhsm2-util", "pkcs11-tool") if not shutil.which(t)]
+    return missing
+
+
+def token_uri(d, label, pin_file="pin", module=MODULE):
+    return f"pkcs11:token=fusion;object={label};type=private?module-path={module}&pin-source=file:{d}/{pin_file}"
+
+
+def setUpModule():
+    missing = missing_tools()
+    if missing:
+        raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs softhsm2, opensc, libengine-pkcs11-openssl)")
+    d = harness.folder_with_pki("mtls-proxy-tokens-")
+    os.makedirs(f"{d}/tokens")
+    harness.write_file(f"{d}/softhsm2.conf", f"directories.tokendir = {d}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = f"{d}/softhsm2.conf"  # the proxy and the tools find the token here
+    # The openssl CLI makes the CSRs with the token keys through the same engine and module.
+    harness.write_file(f"{d}/openssl.cnf", f"""openssl_conf = conf
+[conf]
+engines = engines
+[engines]
+pkcs11 = pkcs11
+[pkcs11]
+dynamic_path = {ENGINE}
+MODULE_PATH = {MODULE}
+PIN = {PIN}
+init = 0
+""")
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, cwd=d)
+    run("softhsm2-util", "--init-token", "--free", "--label", "fusion", "--pin", PIN, "--so-pin", "12345678")
+    for label, key_type, key_id in (("us-ec", "EC:prime256v1", "01"), ("us-rsa", "rsa:2048", "02")):
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--keypairgen", "--key-type", key_type, "--label", label, "--id", key_id)
+        subprocess.run(["openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine",
+                        "-key", f"pkcs11:token=fusion;object={label};type=private",
+                        "-subj", f"/O=mtls-proxy test/CN=fusion-{label}-hsm", "-out", f"{label}.csr"],
+                       check=True, capture_output=True, cwd=d, env=dict(os.environ, OPENSSL_CONF=f"{d}/openssl.cnf"))
+        harness.write_file(f"{d}/client.ext", "extendedKeyUsage=clientAuth\n")
+        run("openssl", "x509", "-req", "-in", f"{label}.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key",
+            "-CAcreateserial", "-days", "90", "-sha256", "-extfile", "client.ext", "-out", f"{label}.pem")
+    harness.write_file(f"{d}/pin", PIN + "\n", mode=0o600)
+    harness.write_file(f"{d}/wrong.pin", WRONG_PIN + "\n", mode=0o600)
+    procs = harness.Processes()
+    ports = {k: harness.free_port() for k in ("proxy", "admin", "mtls", "tls")}
+    try:
+        harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
+        harness.write_file(f"{d}/proxy.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.hsmrsa]
+cert = "us-rsa.pem"
+key = "{token_uri(d, 'us-rsa')}"
+
+[[route]]
+host = "api.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "rsa.mygreatbank.test"
+identity = "hsmrsa"
+connect = "127.0.0.1:{ports['mtls']}"
+""")
+        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, procs=procs, ports=ports)
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def get(host):
+    s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=15)
+    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    head, body = harness.read_response(s)
+    s.close()
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {l.partition(":")[0].strip().lower(): l.partition(":")[2].strip() for l in lines[1:]}
+    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+
+
+def check(config_text):
+    d = tempfile.mkdtemp(prefix="mtls-proxy-tokens-check-")
+    harness.write_file(f"{d}/proxy.conf", config_text)
+    return harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=60)
+
+
+class TokenKeys(unittest.TestCase):
+    def test_ecdsa_token_key_is_presented_to_a_service_requiring_it(self):
+        status, headers, body = get("api.mygreatbank.test")
+        self.assertEqual(status, 200, body)
+        self.assertIn("CN=fusion-us-ec-hsm", headers.get("x-client-subject", ""))
+        self.assertEqual(headers.get("x-client-verify"), "SUCCESS")
+
+    def test_rsa_token_key_signs_tls13_handshakes(self):
+        status, headers, body = get("rsa.mygreatbank.test")
+        self.assertEqual(status, 200, body)
+        self.assertIn("CN=fusion-us-rsa-hsm", headers.get("x-client-subject", ""))
+
+    def test_concurrent_handshakes_on_two_workers(self):
+        results = []
+        def one(host):
+            try:
+                results.append(get(host)[0])
+            except Exception as e:  # noqa: BLE001
+                results.append(repr(e))
+        threads = [threading.Thread(target=one, args=(h,)) for h in ["api.mygreatbank.test", "rsa.mygreatbank.test"] * 12]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [200] * 24)
+
+    def test_pin_is_never_logged(self):
+        self.assertNotIn(PIN, harness.read(f"{ENV['dir']}/proxy.log"))
+
+    def test_check_accepts_the_token_identity(self):
+        r = harness.run_cli("check", "--config", f"{ENV['dir']}/proxy.conf", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+
+    def test_csr_from_the_token_key_renews_without_the_key_leaving_it(self):
+        d = ENV["dir"]
+        out = tempfile.mkdtemp(prefix="mtls-proxy-tokens-csr-")
+        r = harness.run_cli("csr", "--config", f"{d}/proxy.conf", "hsm", "--out", out, "--key-uri", token_uri(d, "us-ec"), timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+        files = os.listdir(out)
+        self.assertEqual(len(files), 1, files)  # the request only: no key file
+        self.assertTrue(files[0].endswith(".csr"))
+        csr = os.path.join(out, files[0])
+        verify = subprocess.run(["openssl", "req", "-in", csr, "-noout", "-verify", "-subject"], capture_output=True, text=True)
+        self.assertEqual(verify.returncode, 0, verify.stderr)
+        self.assertIn("CN = fusion-us-ec-hsm", verify.stdout)
+        pub = lambda *a: subprocess.run(["openssl", *a, "-noout", "-pubkey"], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(pub("req", "-in", csr), pub("x509", "-in", f"{d}/us-ec.pem"))
+        self.assertIn('key = "pkcs11:token=fusion;object=us-ec', r.stdout)
+
+    def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", pin_file="wrong.pin")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("pkcs11:token=fusion;object=us-ec", text)
+        self.assertIn("refused the PIN", text)
+        self.assertNotIn(WRONG_PIN, text)
+        self.assertNotIn(PIN, text)
+
+    def test_missing_module_fails_check_clearly(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", module="/nonexistent/libpkcs11-missing.so")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("cannot read the PKCS#11 module /nonexistent/libpkcs11-missing.so", text)
+
+    def test_pin_value_in_the_config_is_refused(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "pkcs11:token=fusion;object=us-ec;type=private;pin-value={PIN}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertNotEqual(r.returncode, 0, text)
+        self.assertIn("pin-value", text)
+        self.assertIn("identities.hsm.key", text)
+
+
+if __name__ == "__main__":
+    harness.run_suite()
