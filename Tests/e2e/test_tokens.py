@@ -3,7 +3,7 @@
 pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
 pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
 wrong PIN, missing module, pin-value in the config."""
-import os, shutil, socket, subprocess, sys, tempfile, threading, unittest
+import os, shutil, socket, ssl, subprocess, sys, tempfile, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -23,6 +23,25 @@ def missing_tools():
 
 def token_uri(d, label, pin_file="pin", module=MODULE):
     return f"pkcs11:token=fusion;object={label};type=private?module-path={module}&pin-source=file:{d}/{pin_file}"
+
+
+class SubjectUpstream(harness.TLSUpstream):
+    """TLS 1.3 only, client certificate required, no session tickets (every handshake is full: the token signs,
+    with RSA-PSS for an RSA key); answers with the client certificate's subject."""
+
+    def __init__(self, pki):
+        super().__init__(pki)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.num_tickets = 0
+
+    def serve(self, conn):
+        while True:
+            head, _ = harness.read_head(conn)
+            if head is None:
+                return
+            subject = ",".join(f"{k}={v}" for rdn in conn.getpeercert()["subject"] for k, v in rdn)
+            body = f"{conn.version()} {subject}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def setUpModule():
@@ -63,6 +82,7 @@ init = 0
     ports = {k: harness.free_port() for k in ("proxy", "admin", "mtls", "tls")}
     try:
         harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
+        ports["tls13"] = SubjectUpstream(f"{d}/pki").port
         harness.write_file(f"{d}/proxy.conf", f"""
 [proxy]
 listen = "127.0.0.1:{ports['proxy']}"
@@ -71,6 +91,7 @@ workers = 2
 listen = "127.0.0.1:{ports['admin']}"
 [upstream]
 ca_file = "pki/ca.pem"
+max_idle_per_host = 0
 [identities.hsm]
 cert = "us-ec.pem"
 key = "{token_uri(d, 'us-ec')}"
@@ -87,6 +108,16 @@ connect = "127.0.0.1:{ports['mtls']}"
 host = "rsa.mygreatbank.test"
 identity = "hsmrsa"
 connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "rsa13.mygreatbank.test"
+identity = "hsmrsa"
+connect = "127.0.0.1:{ports['tls13']}"
+
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
 """)
         harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
     except BaseException:
@@ -100,8 +131,8 @@ def tearDownModule():
         ENV["procs"].stop_all()
 
 
-def get(host):
-    s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=15)
+def get(host, port=None):
+    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=15)
     s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     head, body = harness.read_response(s)
     s.close()
@@ -123,10 +154,14 @@ class TokenKeys(unittest.TestCase):
         self.assertIn("CN=fusion-us-ec-hsm", headers.get("x-client-subject", ""))
         self.assertEqual(headers.get("x-client-verify"), "SUCCESS")
 
-    def test_rsa_token_key_signs_tls13_handshakes(self):
-        status, headers, body = get("rsa.mygreatbank.test")
+    def test_rsa_token_key_signs_tls12_and_tls13_handshakes(self):
+        status, headers, body = get("rsa.mygreatbank.test")  # nginx (Debian 12: TLS 1.2), PKCS#1 v1.5
         self.assertEqual(status, 200, body)
         self.assertIn("CN=fusion-us-rsa-hsm", headers.get("x-client-subject", ""))
+        for host, cn in (("rsa13.mygreatbank.test", "fusion-us-rsa-hsm"), ("ec13.mygreatbank.test", "fusion-us-ec-hsm")):
+            status, _, body = get(host)  # TLS 1.3 only: RSA-PSS (or ECDSA) signed on the token
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body, f"TLSv1.3 organizationName=mtls-proxy test,commonName={cn}")
 
     def test_concurrent_handshakes_on_two_workers(self):
         results = []
@@ -135,7 +170,8 @@ class TokenKeys(unittest.TestCase):
                 results.append(get(host)[0])
             except Exception as e:  # noqa: BLE001
                 results.append(repr(e))
-        threads = [threading.Thread(target=one, args=(h,)) for h in ["api.mygreatbank.test", "rsa.mygreatbank.test"] * 12]
+        hosts = ["api.mygreatbank.test", "rsa.mygreatbank.test", "rsa13.mygreatbank.test", "ec13.mygreatbank.test"] * 6
+        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
         for t in threads:
             t.start()
         for t in threads:
@@ -166,6 +202,57 @@ class TokenKeys(unittest.TestCase):
         pub = lambda *a: subprocess.run(["openssl", *a, "-noout", "-pubkey"], capture_output=True, text=True, check=True).stdout
         self.assertEqual(pub("req", "-in", csr), pub("x509", "-in", f"{d}/us-ec.pem"))
         self.assertIn('key = "pkcs11:token=fusion;object=us-ec', r.stdout)
+
+    def test_token_removed_while_running_is_named_and_other_identities_keep_working(self):
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        harness.write_file(f"{d}/removal.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.filed]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "file13.mygreatbank.test"
+identity = "filed"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        token_dir = os.path.join(d, "tokens", os.listdir(f"{d}/tokens")[0])
+        try:
+            harness.start_proxy(procs, f"{d}/removal.conf", f"{d}/removal.log", own["proxy"])
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            os.rename(token_dir, f"{d}/token-away")
+            status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 502, body)
+            ps = headers.get("proxy-status", "")
+            self.assertIn("identity hsm", ps)
+            self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", ps)
+            self.assertIn("error=proxy_configuration_error", ps)
+            self.assertNotIn(PIN, body)
+            # Another identity keeps working meanwhile.
+            status, _, body = get("file13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200, body)
+            self.assertIn("fusion-us", body)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_upstream_connections_total", result="failed", reason="token_signing"), 1.0)
+        finally:
+            if os.path.exists(f"{d}/token-away"):
+                os.rename(f"{d}/token-away", token_dir)
+            procs.stop_all()
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
         d = ENV["dir"]
