@@ -479,7 +479,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             let response = ConnectFailures.response(for: event, upstream: upstream,
                                                     timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
             // A corporate proxy's refusal or failure is counted apart from the service's.
-            worker.metrics.countFailure(response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType))
+            var reason = response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType)
+            if case .error(_, let tls, _) = event, ConnectFailures.tokenSigningFailed(upstream, tls) { reason = "token_signing" }
+            worker.metrics.countFailure(reason)
             failExchange(response)
         case .body:
             if case .eof(let closeNotify) = event, closeNotify, exchange.responseFraming == .untilClose {

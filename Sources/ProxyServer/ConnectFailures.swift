@@ -120,6 +120,8 @@ enum ConnectFailures {
             }
             return ProxyErrorResponse(status: 502, errorType: .destinationUnavailable,
                                       details: "cannot reach \(host):\(port)\(dialled): \(String(cString: strerror(errno)))")
+        case .error(_, let tls, _) where tokenSigningFailed(upstream, tls):
+            return tokenSigningFailure(upstream, tls)
         case .error(let errno, let tls, _):
             return upstream.tlsFailure(errors: tls, errno: errno, closed: false).response
         case .eof:
@@ -153,6 +155,29 @@ enum ConnectFailures {
             return ProxyErrorResponse(status: 502, errorType: type,
                                       details: "cannot connect to \(host):\(port): \(String(cString: strerror(e)))")
         }
+    }
+
+    /// Whether a handshake failed because the identity's key on a PKCS#11 token could not sign (the token was
+    /// removed, its module lost it): failed on our side, before the handshake completed, with errors from the
+    /// signing layers (EVP, the engine, the token's own library) and no alert from the server.
+    static func tokenSigningFailed(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> Bool {
+        guard !upstream.handshakeCompleted, upstream.context.credential?.source.tokenKey != nil,
+              errors.allSatisfy({ $0.alert == nil }) else { return false }
+        return errors.contains { e in
+            e.library == ERR_LIB_EVP || e.library == ERR_LIB_ENGINE || e.library == ERR_LIB_EC || e.library == ERR_LIB_RSA
+                || e.library >= ERR_LIB_USER
+        }
+    }
+
+    /// 502 naming the identity and its token (the URI's object part: no module or PIN file), not the service.
+    static func tokenSigningFailure(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> ProxyErrorResponse {
+        let identity = upstream.context.identityName ?? "?"
+        let token = upstream.context.credential?.source.tokenKey?.objectURI ?? "?"
+        let why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo })
+        return ProxyErrorResponse(
+            status: 502, errorType: .proxyConfigurationError,
+            details: "identity \(identity) could not sign the TLS handshake with its key on the token \(token)\(why.isEmpty ? "" : ": \(why)")",
+            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. Restart the proxy once the token is back (a running proxy does not yet pick up a re-inserted token).")
     }
 
     /// The `reason` label of failed upstream connections.
