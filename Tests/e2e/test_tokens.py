@@ -3,7 +3,7 @@
 pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
 pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
 wrong PIN, missing module, pin-value in the config."""
-import os, shutil, socket, ssl, subprocess, sys, tempfile, threading, unittest
+import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -119,11 +119,11 @@ host = "ec13.mygreatbank.test"
 identity = "hsm"
 connect = "127.0.0.1:{ports['tls13']}"
 """)
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, ports=ports)
+    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy)
 
 
 def tearDownModule():
@@ -202,6 +202,17 @@ class TokenKeys(unittest.TestCase):
         pub = lambda *a: subprocess.run(["openssl", *a, "-noout", "-pubkey"], capture_output=True, text=True, check=True).stdout
         self.assertEqual(pub("req", "-in", csr), pub("x509", "-in", f"{d}/us-ec.pem"))
         self.assertIn('key = "pkcs11:token=fusion;object=us-ec', r.stdout)
+
+    def test_reload_loads_the_token_keys_again(self):
+        d = ENV["dir"]
+        before = harness.read(f"{d}/proxy.log").count("reloaded (")
+        ENV["proxy"].send_signal(signal.SIGHUP)
+        self.assertTrue(harness.wait_until(lambda: harness.read(f"{d}/proxy.log").count("reloaded (") > before, timeout=10, step=0.2),
+                        "no reload after SIGHUP")
+        for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test", "api.mygreatbank.test"):
+            status, _, body = get(host)
+            self.assertEqual(status, 200, body)
+        self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
 
     def test_token_removed_while_running_is_named_and_other_identities_keep_working(self):
         d, ports = ENV["dir"], ENV["ports"]
