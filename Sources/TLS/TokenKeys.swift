@@ -43,7 +43,9 @@ enum TokenKeys {
             let errors = OpenSSLErrors.drain()
             let text = OpenSSLErrors.describe(errors)
             let reason: String
-            if text.contains("PIN_INCORRECT") || text.lowercased().contains("pin incorrect") {
+            if text.contains("Unable to load PKCS#11 module") || text.contains("Unable to load module") {
+                reason = "cannot load the PKCS#11 module \(uri.modulePath ?? "(the engine's default)") (is it a PKCS#11 library?)"
+            } else if text.contains("PIN_INCORRECT") || text.lowercased().contains("pin incorrect") {
                 reason = "the token refused the PIN from \(uri.pinSource.map { "\($0)" } ?? "(no pin-source)")"
             } else if text.contains("PIN_LOCKED") {
                 reason = "the token's PIN is locked"
@@ -72,6 +74,8 @@ enum TokenKeys {
             _ = OpenSSLErrors.drain()
             throw TLSSetupError.invalidKey(path: uri.text, reason: "OpenSSL's pkcs11 engine is not installed (Debian: libengine-pkcs11-openssl)")
         }
+        // libp11 writes its own diagnostics to stderr unless told not to; errors come back through OpenSSL's queue.
+        _ = mtls_engine_ctrl_cmd_string(e, "QUIET", nil)
         if let module, mtls_engine_ctrl_cmd_string(e, "MODULE_PATH", module) != 1 {
             _ = OpenSSLErrors.drain()
             _ = mtls_engine_free(e)

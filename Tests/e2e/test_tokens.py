@@ -286,6 +286,31 @@ connect = "127.0.0.1:{ports['tls13']}"
         self.assertIn("identities.hsm", text)
         self.assertIn("cannot read the PKCS#11 module /nonexistent/libpkcs11-missing.so", text)
 
+    def test_a_library_that_is_not_pkcs11_fails_check_clearly(self):
+        d = ENV["dir"]
+        libz = next((p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1") if os.path.exists(p)), None)
+        if libz is None:
+            self.skipTest("no libz.so.1 to stand in for a library that is not PKCS#11")
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", module=libz)}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn(f"cannot load the PKCS#11 module {libz}", text)
+
+    def test_pin_from_the_environment(self):
+        d = ENV["dir"]
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={MODULE}&pin-source=env:HSM_TEST_PIN"
+        config = f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{uri}"\n[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n'
+        r = check(config)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("HSM_TEST_PIN is not set", r.stdout + r.stderr)
+        cd = tempfile.mkdtemp(prefix="mtls-proxy-tokens-check-")
+        harness.write_file(f"{cd}/proxy.conf", config)
+        r = harness.run_cli("check", "--config", f"{cd}/proxy.conf", timeout=60, env=dict(os.environ, HSM_TEST_PIN=PIN))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("CN=fusion-us-ec-hsm", r.stdout)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+
     def test_pin_value_in_the_config_is_refused(self):
         d = ENV["dir"]
         r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "pkcs11:token=fusion;object=us-ec;type=private;pin-value={PIN}"\n'
