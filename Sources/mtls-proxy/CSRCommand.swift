@@ -9,6 +9,10 @@ struct CSR: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "csr",
         abstract: "Make a new key and a certificate signing request to renew an identity.",
+        usage: """
+        mtls-proxy csr [--config <file>] <identity> --out <dir>
+                       [--rsa <bits> | --key-uri <uri>]
+        """,
         discussion: """
         Writes DIR/IDENTITY-DATE.key (mode 600) and DIR/IDENTITY-DATE.csr with the subject of the identity's \
         active certificate, and prints the config lines that stage the certificate once the CA has issued it. \
