@@ -868,6 +868,10 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let record = exchange.record
         let route = record.route.isEmpty ? "-" : record.route
         metrics.countRequest(route: route, identity: record.identity, status: record.status)
+        // The status page's last failure of the route: only failing requests pay for it (a lock, a copy).
+        if let proxyStatus, record.status >= 500 {
+            metrics.shared.statusBoard.recordFailure(route: route, status: record.status, proxyStatus: proxyStatus, at: currentEpochSeconds())
+        }
         metrics.observeDuration(route: route, nanoseconds: Int64(micros) * 1000)
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))

@@ -66,7 +66,7 @@ struct CSR: ParsableCommand {
         let tokenAlgorithm = tokenKey.flatMap { try? PrivateKey.onToken($0).algorithm }
         var folder = ConfigLoader.absolutePath(out)
         while folder.count > 1 && folder.hasSuffix("/") { folder.removeLast() }  // --out certs/ is certs
-        let base = "\(folder)/\(identity)-\(ReportTime.compactDate(now))"
+        let base = "\(folder)/\(identity)-\(UTCTime.compactDate(now))"
         let keyPath = base + ".key", csrPath = base + ".csr", certPath = base + ".pem"
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
