@@ -271,6 +271,7 @@ public final class ProxyServer: @unchecked Sendable {
             presented[identity.name] = leaf.serialHex
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
+        if let fault = TestFaults.announcement { logger.warning("\(fault)") }
     }
 
     /// Once a second on the main thread: announce a certificate switch when it happens, and warn once a day
