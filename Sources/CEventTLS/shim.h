@@ -33,6 +33,7 @@
 #include <openssl/evp.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/engine.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
@@ -107,5 +108,20 @@ static inline int mtls_event_add_ms(struct event *ev, long ms) {
 }
 static inline long mtls_atomic_add(long *p, long v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline long mtls_atomic_load(long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* OpenSSL's ENGINE API (deprecated in 3.0, the only way to the libp11 pkcs11 engine on Debian 12's OpenSSL),
+   wrapped so that its deprecation is said once, here. Used only for keys on PKCS#11 tokens. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+static inline void *mtls_engine_by_id(const char *id) { return ENGINE_by_id(id); }
+static inline int mtls_engine_ctrl_cmd_string(void *e, const char *name, const char *value) {
+    return ENGINE_ctrl_cmd_string((ENGINE *)e, name, value, 0);
+}
+static inline int mtls_engine_init(void *e) { return ENGINE_init((ENGINE *)e); }
+static inline int mtls_engine_free(void *e) { return ENGINE_free((ENGINE *)e); }
+static inline EVP_PKEY *mtls_engine_load_private_key(void *e, const char *id) {
+    return ENGINE_load_private_key((ENGINE *)e, id, NULL, NULL);
+}
+#pragma clang diagnostic pop
 
 #endif

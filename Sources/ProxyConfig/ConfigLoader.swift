@@ -92,10 +92,17 @@ public enum ConfigLoader {
         problems.collect { try requireLoopbackOrAllowList(proxy.listen, proxy.allowClients, file: file, key: "proxy") }
 
         var upstream = UpstreamSettings()
+        // `[upstream] allow_private = false` written out: the user asked for the SSRF guard by name.
+        var upstreamGuardSet = false
         problems.collect { if let t = try reader.table("upstream") {
             try t.allowOnly(Set(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers", "allow_private"]).union(pathRuleKeys))
+                             "nameservers", "allow_private", "proxy", "proxy_credentials_file"]).union(pathRuleKeys))
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
+            upstreamGuardSet = try t.bool("allow_private") == false
+            upstream.egress = try readEgress(t, inherited: .direct)
+            if let proxy = upstream.egress.corporateProxy, upstreamGuardSet {
+                throw t.error("allow_private", EgressGuards.guardUnseen(proxy))
+            }
             if let list = try t.stringArray("nameservers") {
                 upstream.nameservers = try list.enumerated().map { i, text in
                     if let hp = HostPort.parse(text), hp.port > 0 { return hp }
@@ -135,7 +142,8 @@ public enum ConfigLoader {
                 problems.label(rt.path, as: "route \"\(name)\" (\(rt.path))")
             }
             problems.collect {
-                routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities))
+                routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities,
+                                            upstreamGuardSet: upstreamGuardSet))
             }
         }
         var listeners: [FixedListener] = []
@@ -216,6 +224,7 @@ public enum ConfigLoader {
             }
             config.intercept = settings
         } }
+        problems.collect { try EgressGuards.refuseLoops(config) }
         try problems.throwIfAny(text: text)
         return config
     }
@@ -296,7 +305,21 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
-        let cert = try t.path("cert"), key = try t.path("key"), p12 = try t.path("p12")
+        let cert = try t.path("cert"), p12 = try t.path("p12")
+        let key: String?
+        if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
+            // A key on a PKCS#11 token: the URI stays as written (it is not a path).
+            switch TokenKeyURI.parse(text) {
+            case .failure(let problem): throw t.error("key", problem.description)
+            case .success: break
+            }
+            if try t.secretKeysPresent(["key_password_file", "key_password_env"]) {
+                throw t.error("key_password_file", "a token key's PIN comes from the URI's pin-source (file:/path or env:NAME)")
+            }
+            key = text
+        } else {
+            key = try t.path("key")
+        }
         if let p12 {
             if cert != nil || key != nil { throw t.error("p12", "a PKCS#12 bundle holds the certificate and key: set p12, or cert and key, not both") }
             if try t.string("key_password_file") != nil || t.string("key_password_env") != nil {
@@ -334,9 +357,10 @@ public enum ConfigLoader {
     /// The keys of a `[[route]]` (made once: a table of 100,000 routes reads them 100,000 times).
     static let routeKeys: Set<String> = Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect",
                                              "ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout",
-                                             "allow_private"]).union(pathRuleKeys)
+                                             "allow_private", "proxy", "proxy_credentials_file"]).union(pathRuleKeys)
 
-    static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
+    static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity],
+                          upstreamGuardSet: Bool = false) throws -> Route {
         try t.allowOnly(routeKeys)
         let pathRules = try readPathRules(t, defaults: upstream.pathRules)
         guard let hostText = try t.string("host") else {
@@ -391,11 +415,55 @@ public enum ConfigLoader {
         }
         let trust = try readTrust(t, defaults: upstream.trust)
         let timeouts = try readTimeouts(t, defaults: upstream.timeouts)
+        let egress = try readEgress(t, inherited: upstream.egress)
+        if let proxy = egress.corporateProxy, action != .deny {
+            // Settings whose guard a corporate proxy would quietly void are refused, not ignored.
+            if connect != nil { throw t.error("connect", EgressGuards.connectThroughProxy(proxy)) }
+            let routeGuard = try t.bool("allow_private")
+            if routeGuard == false { throw t.error("allow_private", EgressGuards.guardUnseen(proxy)) }
+            let routeNamesProxy = try t.string("proxy") != nil
+            if routeGuard == nil && upstreamGuardSet && routeNamesProxy {
+                throw t.error("proxy", "[upstream] allow_private = false is set; " + EgressGuards.guardUnseen(proxy))
+            }
+        }
         // Naming the address to dial is an explicit choice: the guard does not second-guess it.
         let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
         return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
                      pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
-                     pathRules: pathRules)
+                     pathRules: pathRules, egress: egress)
+    }
+
+    // MARK: egress (see Egress)
+
+    /// `proxy = "direct" | "http://HOST:PORT"` and `proxy_credentials_file`, in `[upstream]` or a route. A route
+    /// inherits `[upstream]`'s; its credentials only while it names the same proxy (a password for one proxy
+    /// is never sent to another).
+    static func readEgress(_ t: TableReader, inherited: Egress) throws -> Egress {
+        let credentials = try t.path("proxy_credentials_file")
+        guard let text = try t.string("proxy") else {
+            guard let credentials else { return inherited }
+            guard case .proxy(var proxy) = inherited else {
+                throw t.error("proxy_credentials_file", "set with proxy = \"http://HOST:PORT\" (the corporate proxy they are for); connections here go direct")
+            }
+            proxy.credentialsFile = credentials
+            return .proxy(proxy)
+        }
+        if text == "direct" {
+            if credentials != nil { throw t.error("proxy_credentials_file", "proxy = \"direct\" sends no credentials anywhere; remove proxy_credentials_file") }
+            return .direct
+        }
+        switch EgressProxy.parse(text) {
+        case .failure(let problem):
+            // The text is not quoted: a URL with user:password in it holds a secret.
+            throw t.error("proxy", problem.description)
+        case .success(var proxy):
+            if let credentials {
+                proxy.credentialsFile = credentials
+            } else if let outer = inherited.corporateProxy, outer.sameAddress(as: proxy) {
+                proxy.credentialsFile = outer.credentialsFile
+            }
+            return .proxy(proxy)
+        }
     }
 
     // MARK: request-path rules (see PathNormalizer)

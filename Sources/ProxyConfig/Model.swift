@@ -125,6 +125,8 @@ public struct UpstreamSettings: Sendable {
     public var nameservers: [HostPort] = []
     /// Which path spellings routes accept by default (`merge_slashes`, `escaped_slashes`); strict unless set.
     public var pathRules = PathRules()
+    /// `proxy`: how connections leave the host unless a route says otherwise (direct by default).
+    public var egress: Egress = .direct
 
     public init() {}
 }
@@ -200,7 +202,13 @@ public struct CertificateSource: Sendable, Hashable {
         }
     }
 
-    /// The file that holds the private key.
+    /// The key's `pkcs11:` URI when it lives on a PKCS#11 token; nil for a key file.
+    public var tokenKey: TokenKeyURI? {
+        guard case .pem(_, let key, _) = files, TokenKeyURI.isTokenURI(key) else { return nil }
+        return try? TokenKeyURI.parse(key).get()
+    }
+
+    /// The file that holds the private key (or, for a token key, its `pkcs11:` URI).
     public var key: String {
         switch files {
         case .pem(_, let key, _): return key
@@ -363,10 +371,13 @@ public struct Route: Sendable, Hashable {
     public var allowPrivate: Bool
     /// Path spellings this route accepts beyond the strict canonical form; inherited from `[upstream]`.
     public var pathRules: PathRules
+    /// Direct, or through a corporate proxy; inherited from `[upstream] proxy`.
+    public var egress: Egress
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
                 pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
-                pathRules: PathRules = PathRules()) {
+                pathRules: PathRules = PathRules(), egress: Egress = .direct) {
+        self.egress = egress
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
         self.index = index

@@ -13,6 +13,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let generation: Int
     /// Users of the forward listener, when `[proxy] auth_file` is set.
     public let proxyUsers: ProxyCredentials?
+    /// `Proxy-Authorization` values for corporate proxies, by credentials file.
+    let egressAuthorizations: [String: String]
     /// The local CA for intercepting CONNECT tunnels to mTLS routes, when `[intercept]` is set.
     public let localCA: LocalCA?
     /// Loaded certificates of each identity, in config order.
@@ -86,6 +88,21 @@ public final class ProxyRuntime: @unchecked Sendable {
             }
         }
         proxyUsers = users
+        // The corporate proxies' credentials, one `user:password` line per file; never logged or quoted.
+        var authorizations: [String: String] = [:]
+        for (egress, key) in Self.egressSettings(of: config) {
+            guard let file = egress.corporateProxy?.credentialsFile, authorizations[file] == nil else { continue }
+            problems.collect {
+                guard let text = ConfigLoader.readTextFile(file) else {
+                    throw ConfigError(file: config.file, key: key, message: "cannot read \(file): \(String(cString: strerror(mtls_errno())))")
+                }
+                switch EgressCredentials.authorization(fileText: text) {
+                case .success(let value): authorizations[file] = value
+                case .failure(let problem): throw ConfigError(file: config.file, key: key, message: "\(file): \(problem.description)")
+                }
+            }
+        }
+        egressAuthorizations = authorizations
         var ca: LocalCA?
         if let intercept = config.intercept {
             problems.collect {
@@ -153,6 +170,17 @@ public final class ProxyRuntime: @unchecked Sendable {
         routeContexts = shared
     }
 
+    /// Every egress setting with the key of its credentials file, for messages.
+    static func egressSettings(of config: ProxyConfiguration) -> [(Egress, String)] {
+        [(config.upstream.egress, "upstream.proxy_credentials_file")]
+            + config.routes.map { ($0.egress, "route[\($0.index)].proxy_credentials_file") }
+    }
+
+    /// The `Proxy-Authorization` value for a corporate proxy, nil when it has no credentials file.
+    func authorization(for proxy: EgressProxy) -> String? {
+        proxy.credentialsFile.flatMap { egressAuthorizations[$0] }
+    }
+
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
         // A PKCS#12 bundle is one file, under one key: whatever is wrong with it is said there.
         if case .pkcs12 = source.files { return "\(source.configKey).p12" }
@@ -199,6 +227,9 @@ public final class ProxyRuntime: @unchecked Sendable {
         for identity in config.identities {
             for source in identity.certificates {
                 switch source.files {
+                case .pem(let cert, _, _) where source.tokenKey != nil:
+                    files.append(cert)
+                    if case .file(let path)? = source.tokenKey?.pinSource { files.append(path) }
                 case .pem(let cert, let key, let password):
                     files += [cert, key]
                     if case .file(let path)? = password { files.append(path) }
@@ -213,6 +244,7 @@ public final class ProxyRuntime: @unchecked Sendable {
         files += cas
         if let intercept = config.intercept { files += [intercept.caCert, intercept.caKey] }
         if let authFile = config.proxy.authFile { files.append(authFile) }
+        files += egressSettings(of: config).compactMap { $0.0.corporateProxy?.credentialsFile }
         var seen = Set<String>()
         return files.filter { seen.insert($0).inserted }
     }
@@ -242,6 +274,12 @@ public final class ProxyRuntime: @unchecked Sendable {
         if let authFile = config.proxy.authFile, seen.insert(authFile).inserted,
            let warning = KeyFilePermissions.warning(path: authFile, what: "password hash file") {
             warnings.append("[proxy] auth_file: \(warning)")
+        }
+        for (egress, key) in Self.egressSettings(of: config) {
+            if let file = egress.corporateProxy?.credentialsFile, seen.insert(file).inserted,
+               let warning = KeyFilePermissions.warning(path: file, what: "proxy credentials file") {
+                warnings.append("\(key): \(warning)")
+            }
         }
         return warnings
     }

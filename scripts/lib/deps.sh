@@ -70,6 +70,8 @@ ensure_deps() {
     # The iCalendar parser that checks `mtls-proxy certs --ics`.
     py_install icalendar
     ensure_deploy_tools
+    ensure_egress_deps
+    ensure_token_deps
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
 }
 
@@ -99,6 +101,28 @@ ensure_client_deps() {
     apt_install --best-effort "${wanted[@]}"
     py_install httpx
     py_install aiohttp
+    return 0
+}
+
+# The corporate proxy of Tests/e2e/test_egress.py: Squid (its service is kept from starting by apt_install; the
+# test runs its own on loopback) and htpasswd (apache2-utils) for its password file. Best effort: the suite is
+# skipped, by name, without them.
+ensure_egress_deps() {
+    local missing=()
+    [ -x /usr/sbin/squid ] || missing+=(squid)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
+    [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
+    return 0
+}
+
+# The PKCS#11 token of Tests/e2e/test_tokens.py: SoftHSM2, pkcs11-tool (opensc) and OpenSSL's pkcs11 engine
+# (libp11). Best effort: the suite is skipped, by name, without them.
+ensure_token_deps() {
+    local missing=()
+    [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+    command -v pkcs11-tool >/dev/null || missing+=(opensc)
+    dpkg -s libengine-pkcs11-openssl >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
+    [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
     return 0
 }
 
