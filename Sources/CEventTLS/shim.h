@@ -38,6 +38,27 @@
 static inline int mtls_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
+static inline int mtls_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+static inline int mtls_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_groups_list(ctx, list);
+}
+static inline int mtls_SSL_CTX_set1_sigalgs_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_sigalgs_list(ctx, list);
+}
+static inline int mtls_sk_SSL_CIPHER_num(const STACK_OF(SSL_CIPHER) *sk) { return sk_SSL_CIPHER_num(sk); }
+static inline const SSL_CIPHER *mtls_sk_SSL_CIPHER_value(const STACK_OF(SSL_CIPHER) *sk, int i) { return sk_SSL_CIPHER_value(sk, i); }
+static inline int mtls_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *sk) { return sk_X509_REVOKED_num(sk); }
+/* The SSL an X509_STORE_CTX verifies for (during a handshake), or NULL. */
+static inline SSL *mtls_X509_STORE_CTX_get_ssl(X509_STORE_CTX *ctx) {
+    return (SSL *)X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+}
+/* The DER SubjectPublicKeyInfo of a certificate, in a buffer the caller frees with OPENSSL_free; length or -1. */
+static inline int mtls_X509_spki_der(X509 *x, unsigned char **out) {
+    *out = NULL;
+    return i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), out);
+}
 static inline int mtls_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }

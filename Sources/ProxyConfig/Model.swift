@@ -75,16 +75,69 @@ public enum TLSVersionSetting: String, Sendable, Hashable {
     case tls13 = "1.3"
 }
 
-/// What decides whether an upstream server is trusted. Part of the pool key.
+/// What decides whether an upstream server is trusted, and how the TLS connection to it is made. Part of the
+/// pool key (through the TLS context built from it): connections, sessions and contexts are never shared
+/// between two different settings.
 public struct TrustSettings: Sendable, Hashable {
     /// PEM bundle; nil means the system trust store.
     public var caFile: String?
+    /// `tls_min_version` (also spelled `min_tls`).
     public var minTLS: TLSVersionSetting
+    /// `tls_max_version`.
+    public var maxTLS: TLSVersionSetting = .tls13
+    /// `tls_ciphers`: the TLS 1.2 cipher list, by OpenSSL name.
+    public var ciphers: [String] = TLSPolicyDefaults.ciphers
+    /// `tls_ciphersuites`: the TLS 1.3 cipher suites.
+    public var cipherSuites: [String] = TLSPolicyDefaults.cipherSuites
+    /// `tls_groups`: key exchange groups (curves), in order of preference.
+    public var groups: [String] = TLSPolicyDefaults.groups
+    /// `tls_signature_algorithms`; empty means OpenSSL's own list.
+    public var signatureAlgorithms: [String] = []
+    /// `verify`: the chain and name (the default), or only the pinned key (self-signed services).
+    public var verify: ServerVerification = .chain
+    /// `pin_spki_sha256`: SHA-256 digests of DER SubjectPublicKeyInfo, as 32 raw bytes each. Empty: no pinning.
+    public var pins: [[UInt8]] = []
+    /// `pin_report_only`: a mismatch is logged and counted, not refused.
+    public var pinReportOnly = false
+    /// `revocation`; `.off` unless CRLs are given.
+    public var revocation: RevocationMode = .off
+    /// `crl_files`: PEM or DER CRLs (absolute paths).
+    public var crlFiles: [String] = []
 
     public init(caFile: String?, minTLS: TLSVersionSetting) {
         self.caFile = caFile
         self.minTLS = minTLS
     }
+}
+
+/// How the upstream's certificate is checked.
+public enum ServerVerification: String, Sendable, Hashable {
+    /// Chain to a trusted CA and the URL's host name (then pins, if any).
+    case chain
+    /// Only the leaf's public key against `pin_spki_sha256`: no chain, no name, no dates.
+    case pinOnly = "pin-only"
+}
+
+/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
+public enum RevocationMode: String, Sendable, Hashable {
+    case off
+    /// Missing or stale CRL: logged, counted, allowed.
+    case soft
+    /// Missing or stale CRL: refused ("CRL unavailable").
+    case hard
+}
+
+/// The TLS policy when a route and `[upstream]` say nothing (see docs/upstream-trust.md): close to Mozilla's
+/// "intermediate" guidance, for a client. TLS 1.2 ciphers are AEAD with forward secrecy only.
+public enum TLSPolicyDefaults {
+    public static let ciphers = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+    ]
+    public static let cipherSuites = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+    public static let groups = ["X25519", "P-256", "P-384"]
 }
 
 public struct Timeouts: Sendable, Hashable {

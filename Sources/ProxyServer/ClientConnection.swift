@@ -479,6 +479,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             let response = ConnectFailures.response(for: event, upstream: upstream,
                                                     timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
             worker.metrics.countFailure(ConnectFailures.metricReason(response.errorType))
+            if upstream.trustRefusal != nil { worker.logger.warning("refused: \(response.details)") }
             failExchange(response)
         case .body:
             if case .eof(let closeNotify) = event, closeNotify, exchange.responseFraming == .untilClose {

@@ -185,6 +185,7 @@ final class UpstreamConnection: EventHandler {
         handshakeCompleted = true
         tlsVersion = tls.version
         cipher = tls.cipher
+        for note in tls.trustNotes { worker.logger.warning("\(Self.describe(note, upstream: "\(key.host):\(key.port)"))") }
         connectedMicros = monotonicMicros()
         tls.startDirectIO()
         let fd = connectingFD
@@ -236,6 +237,19 @@ final class UpstreamConnection: EventHandler {
     /// stay): every request on the connection logs them.
     private(set) var tlsVersion: String?
     private(set) var cipher: String?
+
+    /// The proxy's own refusal of the server's certificate (pin, revocation), if that is why the handshake failed.
+    var trustRefusal: TrustRefusal? { tls?.trustRefusal }
+
+    /// A log line for what a handshake let through under report-only pins or soft revocation.
+    static func describe(_ note: TrustNote, upstream: String) -> String {
+        switch note {
+        case .pinMismatchReported(let presented, let subject):
+            return "upstream \(upstream): key matches no pin of the route (pin_report_only, allowed): \(subject), pin-sha256=\"\(presented)\""
+        case .crlUnavailableAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial): \(reason) (revocation = \"soft\", allowed)"
+        }
+    }
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {

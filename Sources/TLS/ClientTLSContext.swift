@@ -16,6 +16,8 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// session made for one identity (or for none) is never offered under another.
     private var sessions: [String: OpaquePointer] = [:]
     private let sessionsLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// The CRLs loaded from `trust.crlFiles` (none when revocation is off).
+    public private(set) var crls: [CRLSummary] = []
 
     public init(trust: TrustSettings, credential: Credential?, identityName: String?) throws {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
@@ -28,7 +30,8 @@ public final class ClientTLSContext: @unchecked Sendable {
         pthread_mutex_init(sessionsLock, nil)
 
         mtls_SSL_CTX_set_default_options(ctx)
-        _ = mtls_SSL_CTX_set_min_proto_version(ctx, trust.minTLS == .tls13 ? TLS1_3_VERSION : TLS1_2_VERSION)
+        // (A throw from here on frees the SSL_CTX in deinit.)
+        try UpstreamTrustSetup.applyPolicy(trust, to: ctx)
         _ = mtls_SSL_CTX_set_mode(ctx, mtls_SSL_MODE_RELEASE_BUFFERS())
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
         if let caFile = trust.caFile {
@@ -54,6 +57,9 @@ public final class ClientTLSContext: @unchecked Sendable {
                                                 subject: credential.leaf.subject)
             }
         }
+        crls = try UpstreamTrustSetup.loadCRLs(trust, into: ctx)
+        // Pins, pin-only and revocation decisions (see `upstreamCertificateVerify`); the context outlives its SSLs.
+        SSL_CTX_set_cert_verify_callback(ctx, upstreamCertificateVerify, Unmanaged.passUnretained(self).toOpaque())
         // Client-side session caching: OpenSSL hands each new session to the callback, which stores it here.
         _ = mtls_SSL_CTX_set_session_cache_client(ctx)
         // (It finds the connection's `UpstreamTLSSession`, and through it this context, in the SSL's ex_data.)

@@ -19,6 +19,10 @@ public final class UpstreamTLSSession {
     let sessionKey: String
     /// nil once released or handed over.
     private var ssl: OpaquePointer?
+    /// Why the proxy refused the server's certificate (pin, revocation), set during the handshake.
+    public private(set) var trustRefusal: TrustRefusal?
+    /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
+    public private(set) var trustNotes: [TrustNote] = []
     /// When OpenSSL began the handshake (CLOCK_MONOTONIC, µs), that is when the TCP connection was up; 0 before.
     public private(set) var handshakeStartedMicros = 0
 
@@ -166,6 +170,15 @@ public final class UpstreamTLSSession {
         return BIO_number_read(rbio)
     }
 
+    /// The certificates the server sent, leaf first (also after a handshake its verification refused).
+    public var presentedChain: [Certificate] {
+        guard let ssl, let chain = SSL_get_peer_cert_chain(ssl) else { return [] }
+        return (0..<mtls_sk_X509_num(chain)).compactMap { i in
+            guard let x = mtls_sk_X509_value(chain, i), X509_up_ref(x) == 1 else { return nil }
+            return Certificate(taking: x)
+        }
+    }
+
     /// Whether the handshake resumed an earlier TLS session.
     public var sessionReused: Bool {
         guard let ssl else { return false }
@@ -206,7 +219,7 @@ public final class UpstreamTLSSession {
             host: host, port: port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
-            errors: errors, socketErrno: errno, closed: closed)
+            errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal)
     }
 
     /// Frees the SSL, after a close_notify where possible when `sendCloseNotify` (a connection whose handshake
@@ -236,7 +249,13 @@ public final class UpstreamTLSSession {
         handshakeStartedMicros = Int(ts.tv_sec) * 1_000_000 + Int(ts.tv_nsec) / 1000
     }
 
-    fileprivate static func owner(of ssl: OpaquePointer) -> UpstreamTLSSession? {
+    func refuse(_ refusal: TrustRefusal) {
+        if trustRefusal == nil { trustRefusal = refusal }
+    }
+
+    func note(_ note: TrustNote) { trustNotes.append(note) }
+
+    static func owner(of ssl: OpaquePointer) -> UpstreamTLSSession? {
         guard let data = SSL_get_ex_data(ssl, exDataIndex) else { return nil }
         return Unmanaged<UpstreamTLSSession>.fromOpaque(data).takeUnretainedValue()
     }

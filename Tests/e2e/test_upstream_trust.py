@@ -279,6 +279,22 @@ class Pinning(unittest.TestCase):
         self.assertIn(ENV["pins"]["server"], r.stdout)
         self.assertIn(ENV["pins"]["ca"], r.stdout)
 
+    def test_pins_command_connects_the_way_the_route_does(self):
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://pinned.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["server"], r.stdout)
+        self.assertIn("accepts", r.stdout)
+        # The route would refuse the new key: the command says so, and shows the key to pin.
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://rotate-nobackup.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["server2"], r.stdout)
+        self.assertIn("refuse", r.stdout)
+        # A self-signed service fails chain verification, and its pin is printed all the same.
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://selfsigned-chain.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["self"], r.stdout)
+        self.assertIn("verification failed", r.stdout)
+
     def test_bad_pins_are_config_errors(self):
         conf = harness.write_file(f"{ENV['dir']}/badpin.conf", """
 [[route]]
@@ -340,6 +356,20 @@ class Revocation(unittest.TestCase):
         text = scrape()
         self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_next_update_timestamp_seconds", None,
                                             issuer="CN=mtls-proxy test CA,O=mtls-proxy test"), text[-2000:])
+
+    def test_check_and_readyz_show_each_routes_revocation_state(self):
+        r = harness.run_cli("check", "--config", ENV["conf"], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        out = r.stdout
+        self.assertRegex(out, r"route\[15\] revoked\.mygreatbank\.test.*\n  revocation: hard")
+        self.assertRegex(out, r"CRL .*stale-crl\.pem: issuer CN=mtls-proxy test CA,O=mtls-proxy test, 1 revoked, STALE")
+        self.assertRegex(out, r"CRL .*/crl\.pem: issuer CN=mtls-proxy test CA,O=mtls-proxy test, 1 revoked, next update")
+        self.assertRegex(out, r"selfsigned\.mygreatbank\.test.*\n  PIN-ONLY")
+        status, body = harness.http_get(ENV["ports"]["admin"], "/readyz?verbose")
+        self.assertEqual(status, 200)
+        self.assertIn("route=route[15] revocation=hard crls=1 stale=0 next_update=", body)
+        self.assertIn("revocation=hard crls=1 stale=1", body)
+        self.assertIn("route=route[20] revocation=hard crls=1 stale=0", body)  # crl-missing-hard: its CRL is the rogue CA's
 
     def test_a_garbage_crl_file_is_a_config_error_naming_the_key(self):
         conf = harness.write_file(f"{ENV['dir']}/garbage.conf", """
