@@ -357,6 +357,48 @@ class Revocation(unittest.TestCase):
         self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_next_update_timestamp_seconds", None,
                                             issuer="CN=mtls-proxy test CA,O=mtls-proxy test"), text[-2000:])
 
+    def test_a_new_crl_file_refuses_a_server_already_pooled_and_resumable(self):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out later.key",
+           "openssl req -new -key later.key -subj '/O=mtls-proxy test/CN=later.mygreatbank.test' -out later.csr",
+           f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in later.csr -out later.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out later-crl.pem 2>/dev/null", cwd=pki)
+        procs = harness.Processes()
+        up, port = harness.free_port(), harness.free_port()
+        try:
+            harness.start_python_upstream(procs, pki, up, cert="later")
+            conf = harness.write_file(f"{d}/later.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+[[route]]
+host = "later.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_files = ["pki/later-crl.pem"]
+revocation = "hard"
+""")
+            harness.start_proxy(procs, conf, f"{d}/later.log", port)
+            saved = ENV["ports"]["proxy"]
+            ENV["ports"]["proxy"] = port
+            try:
+                self.assertEqual(get("later", keep_alive=True)[0], 200)  # pooled, and a session to resume
+                sh(f"openssl ca -config '{cnf}' -revoke later.pem 2>/dev/null",
+                   f"openssl ca -config '{cnf}' -gencrl -out later-crl.tmp 2>/dev/null && mv later-crl.tmp later-crl.pem", cwd=pki)
+                self.assertTrue(harness.wait_until(lambda: "reloaded" in harness.read(f"{d}/later.log"), 10, 0.1),
+                                harness.read(f"{d}/later.log"))
+                status, headers, body = get("later")
+                self.assertEqual(status, 502, body)
+                self.assertIn("revoked", headers["proxy-status"])
+                self.assertIn(serial_of(f"{pki}/later.pem"), headers["proxy-status"])
+            finally:
+                ENV["ports"]["proxy"] = saved
+        finally:
+            procs.stop_all()
+
     def test_check_and_readyz_show_each_routes_revocation_state(self):
         r = harness.run_cli("check", "--config", ENV["conf"], timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
