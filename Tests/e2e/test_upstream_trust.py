@@ -4,7 +4,7 @@ servers, SPKI pins (a key change with and without the backup pin, report-only, p
 and revocation from CRL files made with `openssl ca -gencrl` (revoked, missing, stale). Each refusal reaches the
 client as a 502 with its own Proxy-Status, and nothing is shared between routes with different settings.
 Everything on loopback."""
-import base64, hashlib, os, re, socket, subprocess, sys, time, unittest
+import base64, hashlib, http.server, os, re, socket, subprocess, sys, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -434,6 +434,211 @@ crl_files = ["pki/crl.pem", "pki/garbage-crl.pem"]
         self.assertIn("CRL", r.stdout)
         r = harness.run_cli("explain", "--config", ENV["conf"], "http://selfsigned.mygreatbank.test/", timeout=30)
         self.assertIn("pin-only", r.stdout)
+
+
+class CRLServer(http.server.ThreadingHTTPServer):
+    """A CRL distribution point on loopback: path -> bytes (anything else is 404); counts what it served."""
+    daemon_threads = True
+
+    def __init__(self, files):
+        self.files, self.hits = files, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(h):
+                self.hits.append(h.path)
+                body = self.files.get(h.path)
+                if body is None:
+                    h.send_response(404)
+                    h.send_header("Content-Length", "0")
+                    h.end_headers()
+                    return
+                h.send_response(200)
+                h.send_header("Content-Type", "application/pkix-crl")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class CRLFetch(unittest.TestCase):
+    """crl_fetch = true: CRLs from the leaf's distribution points, fetched over HTTP by the proxy off the request
+    path (here from a loopback server, allowed by [upstream] allow_private), cached until nextUpdate."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        cls.dp = CRLServer({})
+        dp = f"http://127.0.0.1:{cls.dp.server_address[1]}"
+        gone = f"http://127.0.0.1:{harness.free_port()}/gone.crl"
+        points = {"good": f"{dp}/good.crl", "revoked": f"{dp}/good.crl", "gone": gone, "garbage": f"{dp}/garbage.crl",
+                  "stale": f"{dp}/stale.crl"}
+        cmds = []
+        for name, url in points.items():
+            with open(f"{pki}/dp-{name}.ext", "w") as f:
+                f.write(f"basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+                        f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
+            cmds += [f"openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-{name}.key",
+                     f"openssl req -new -key dp-{name}.key -subj '/O=mtls-proxy test/CN=dp-{name}.mygreatbank.test' -out dp-{name}.csr",
+                     f"openssl ca -batch -config '{cnf}' -extfile dp-{name}.ext -notext -days 30 -in dp-{name}.csr -out dp-{name}.pem 2>/dev/null"]
+        cmds += [f"openssl ca -config '{cnf}' -revoke dp-revoked.pem 2>/dev/null",
+                 f"openssl ca -config '{cnf}' -gencrl -out dp-good.crl 2>/dev/null && openssl crl -in dp-good.crl -outform der -out dp-good.der",
+                 f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -7200) -crl_nextupdate $(utc_in -3600) -out dp-stale.crl 2>/dev/null"]
+        sh(*cmds, cwd=pki)
+        cls.dp.files.update({"/good.crl": open(f"{pki}/dp-good.der", "rb").read(),
+                             "/stale.crl": open(f"{pki}/dp-stale.crl", "rb").read(),
+                             "/garbage.crl": b"<html>not a CRL</html>"})
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", "admin", "guarded", *points)}
+        cls.ports = ports
+        try:
+            for name in points:
+                harness.start_python_upstream(cls.procs, pki, ports[name], cert=f"dp-{name}")
+
+            def route(host, up, mode="hard"):
+                return (f'[[route]]\nhost = "{host}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[up]}"\n'
+                        f'crl_fetch = true\nrevocation = "{mode}"\n')
+            routes = "\n".join([route("fetch-good", "good"), route("fetch-revoked", "revoked"),
+                                route("fetch-revoked-soft", "revoked", "soft"), route("fetch-gone", "gone"),
+                                route("fetch-gone-soft", "gone", "soft"), route("fetch-garbage", "garbage"),
+                                route("fetch-stale", "stale")])
+            conf = harness.write_file(f"{d}/fetch.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+connect_timeout = "1s"
+response_timeout = "2s"
+{routes}""")
+            harness.start_proxy(cls.procs, conf, f"{d}/fetch.log", ports["proxy"])
+            # The same, without allow_private: the guard refuses the loopback distribution point.
+            guarded = harness.write_file(f"{d}/guarded.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['guarded']}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+{route("fetch-guarded", "good")}""")
+            harness.start_proxy(cls.procs, guarded, f"{d}/guarded.log", ports["guarded"])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+        cls.dp.shutdown()
+        cls.dp.server_close()
+
+    def get_until(self, host, predicate, proxy="proxy"):
+        """Requests until `predicate(status, proxy_status)` holds (the first may find the CRL still being fetched)."""
+        saved = ENV["ports"]["proxy"]
+        ENV["ports"]["proxy"] = self.ports[proxy]
+        try:
+            last = []
+
+            def attempt():
+                status, headers, _ = get(host)
+                last[:] = [status, headers.get("proxy-status", "")]
+                return predicate(*last)
+            ok = harness.wait_until(attempt, 8, 0.2)
+            self.assertTrue(ok, f"{host}: last answer {last}")
+            return last
+        finally:
+            ENV["ports"]["proxy"] = saved
+
+    def test_a_certificate_the_fetched_crl_does_not_list_is_served(self):
+        self.get_until("fetch-good", lambda s, ps: s == 200)
+        self.assertIn("/good.crl", self.dp.hits)
+        text = harness.http_get(self.ports["admin"], "/metrics")[1]
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/good.crl"
+        self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_last_fetch_success_timestamp_seconds", None, file=url), text[-1500:])
+        self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url))
+
+    def test_a_certificate_the_fetched_crl_revokes_is_refused_in_both_modes(self):
+        serial = serial_of(f"{ENV['pki']}/dp-revoked.pem")
+        for host in ("fetch-revoked", "fetch-revoked-soft"):
+            _, ps = self.get_until(host, lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
+            self.assertIn(serial, ps)
+            self.assertIn("dp-revoked.mygreatbank.test", ps)
+
+    def test_a_distribution_point_that_is_gone_refuses_in_hard_mode_only(self):
+        _, ps = self.get_until("fetch-gone", lambda s, ps: s == 502 and "cannot connect" in ps)
+        self.assertIn("CRL unavailable", ps)
+        self.get_until("fetch-gone-soft", lambda s, ps: s == 200)
+
+    def test_garbage_from_the_distribution_point_is_no_crl(self):
+        _, ps = self.get_until("fetch-garbage", lambda s, ps: s == 502 and "not a CRL" in ps)
+        self.assertIn("CRL unavailable", ps)
+
+    def test_a_stale_fetched_crl_is_unavailable_in_hard_mode(self):
+        _, ps = self.get_until("fetch-stale", lambda s, ps: s == 502 and "expired" in ps)
+        self.assertIn("CRL unavailable", ps)
+
+    def test_a_newly_fetched_crl_retires_pooled_connections_and_sessions(self):
+        pki = ENV["pki"]
+        cnf = ca_config(pki, "ca")
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/rot.crl"
+        with open(f"{pki}/dp-rot.ext", "w") as f:
+            f.write("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+                    f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-rot.key",
+           "openssl req -new -key dp-rot.key -subj '/O=mtls-proxy test/CN=dp-rot.mygreatbank.test' -out dp-rot.csr",
+           f"openssl ca -batch -config '{cnf}' -extfile dp-rot.ext -notext -days 30 -in dp-rot.csr -out dp-rot.pem 2>/dev/null",
+           # The CRL served first does not list it, and is due again in 4 seconds.
+           f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out rot-before.crl 2>/dev/null",
+           f"openssl ca -config '{cnf}' -revoke dp-rot.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out rot-after.crl 2>/dev/null", cwd=pki)
+        self.dp.files["/rot.crl"] = open(f"{pki}/rot-before.crl", "rb").read()
+        up, port = harness.free_port(), harness.free_port()
+        procs = harness.Processes()
+        try:
+            harness.start_python_upstream(procs, pki, up, cert="dp-rot")
+            conf = harness.write_file(f"{ENV['dir']}/rot.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "rot.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_fetch = true
+revocation = "hard"
+""")
+            harness.start_proxy(procs, conf, f"{ENV['dir']}/rot.log", port)
+            self.ports["rot"] = port
+            self.get_until("rot", lambda s, ps: s == 200, proxy="rot")  # verified against the first CRL; pooled
+            self.dp.files["/rot.crl"] = open(f"{pki}/rot-after.crl", "rb").read()
+            fetched = len([h for h in self.dp.hits if h == "/rot.crl"])
+            self.assertTrue(harness.wait_until(lambda: len([h for h in self.dp.hits if h == "/rot.crl"]) > fetched, 10, 0.1),
+                            "the CRL was not fetched again ahead of its nextUpdate")
+            time.sleep(0.5)  # the fetcher stores what it got
+            saved = ENV["ports"]["proxy"]
+            ENV["ports"]["proxy"] = port
+            try:
+                status, headers, body = get("rot")
+            finally:
+                ENV["ports"]["proxy"] = saved
+            self.assertEqual(status, 502, "served over a connection verified before the new CRL")
+            self.assertIn("revoked", headers["proxy-status"])
+        finally:
+            procs.stop_all()
+
+    def test_the_ssrf_guard_applies_to_distribution_points(self):
+        _, ps = self.get_until("fetch-guarded", lambda s, ps: s == 502 and "allow_private is off" in ps, proxy="guarded")
+        self.assertIn("CRL unavailable", ps)
 
 
 if __name__ == "__main__":
