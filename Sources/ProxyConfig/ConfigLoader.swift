@@ -409,7 +409,7 @@ public enum ConfigLoader {
 
     /// Keys of the trust settings and TLS policy, in `[upstream]` and routes.
     static let trustKeys: Set<String> = ["ca_file", "min_tls", "tls_min_version", "tls_max_version", "tls_ciphers",
-                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files"]
+                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch"]
     /// Keys of pinning, in routes only: a pin names one service's key.
     static let pinKeys: Set<String> = ["verify", "pin_spki_sha256", "pin_report_only"]
 
@@ -457,14 +457,18 @@ public enum ConfigLoader {
             }
             if try t.string("revocation") == nil && trust.revocation == .off { trust.revocation = .soft }
         }
+        if let fetch = try t.bool("crl_fetch") {
+            trust.crlFetch = fetch
+            if fetch && t.table["revocation"] == nil && trust.revocation == .off { trust.revocation = .soft }
+        }
         if let text = try t.string("revocation") {
             guard let mode = RevocationMode(rawValue: text) else {
                 throw t.error("revocation", "expected \"off\", \"soft\" (a missing or stale CRL is logged and allowed) or \"hard\" (refused), got \"\(text)\"")
             }
             trust.revocation = mode
         }
-        if trust.revocation != .off && trust.crlFiles.isEmpty {
-            throw t.error("revocation", "is \"\(trust.revocation.rawValue)\" but no CRL is given: set crl_files = [\"...\"]")
+        if trust.revocation != .off && trust.crlFiles.isEmpty && !trust.crlFetch {
+            throw t.error("revocation", "is \"\(trust.revocation.rawValue)\" but no CRL is given: set crl_files = [\"...\"] or crl_fetch = true")
         }
         if trust.revocation == .off && !trust.crlFiles.isEmpty && t.table["crl_files"] != nil {
             throw t.error("crl_files", "CRLs are given but revocation = \"off\": remove one of them")
@@ -493,11 +497,12 @@ public enum ConfigLoader {
         if trust.verify == .pinOnly {
             if trust.pins.isEmpty { throw t.error("verify", "\"pin-only\" needs pin_spki_sha256: with no pin nothing would be checked") }
             if trust.pinReportOnly { throw t.error("pin_report_only", "cannot go with verify = \"pin-only\": the pin is all that is checked") }
-            if t.table["revocation"] != nil || t.table["crl_files"] != nil, trust.revocation != .off {
+            if t.table["revocation"] != nil || t.table["crl_files"] != nil || t.table["crl_fetch"] != nil, trust.revocation != .off {
                 throw t.error("revocation", "cannot go with verify = \"pin-only\": there is no verified chain to check against CRLs")
             }
             trust.revocation = .off  // inherited from [upstream]: does not apply to a pinned self-signed key
             trust.crlFiles = []
+            trust.crlFetch = false
         }
         return trust
     }

@@ -103,6 +103,8 @@ public struct TrustSettings: Sendable, Hashable {
     public var revocation: RevocationMode = .off
     /// `crl_files`: PEM or DER CRLs (absolute paths).
     public var crlFiles: [String] = []
+    /// `crl_fetch`: CRLs are also fetched over HTTP from the leaf's CRL distribution points.
+    public var crlFetch = false
 
     public init(caFile: String?, minTLS: TLSVersionSetting) {
         self.caFile = caFile

@@ -163,7 +163,14 @@ public final class ProxyMetrics: Sendable {
             if let n = crl.nextUpdate { next += "mtls_proxy_crl_next_update_timestamp_seconds\(labels) \(n)\n" }
             loaded += "mtls_proxy_crl_last_load_timestamp_seconds\(labels) \(snapshot.1)\n"
         }
-        return next + loaded
+        var fetched = "# HELP mtls_proxy_crl_last_fetch_success_timestamp_seconds When each CRL distribution point (crl_fetch) was last fetched successfully, as a Unix time.\n"
+        fetched += "# TYPE mtls_proxy_crl_last_fetch_success_timestamp_seconds gauge\n"
+        for e in CRLCache.shared.snapshot {
+            let labels = "{issuer=\"\(label(e.issuer ?? ""))\",file=\"\(label(e.url))\"}"
+            if let n = e.nextUpdate { next += "mtls_proxy_crl_next_update_timestamp_seconds\(labels) \(n)\n" }
+            if let t = e.lastSuccess { fetched += "mtls_proxy_crl_last_fetch_success_timestamp_seconds\(labels) \(t)\n" }
+        }
+        return next + loaded + fetched
     }
 
     /// Counts of refused and allowed pin and revocation decisions (`TrustDecisionCounters`), since the start.

@@ -99,6 +99,7 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// Starts the worker threads and returns; the main thread's loop runs in `run`.
     public func start() {
+        CRLFetcher.shared.configure(runtime.config)
         for worker in workers { worker.start() }
         started = true
     }
@@ -207,6 +208,7 @@ public final class ProxyServer: @unchecked Sendable {
                 logger.warning("reload (\(reason)): changes to \(needRestart.joined(separator: ", ")) take effect at the next restart; everything else applies now")
             }
             runtime = next
+            CRLFetcher.shared.configure(next.config)
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
             metrics.recordConfigLoad(success: true, at: currentEpochSeconds(), isReload: true)

@@ -238,6 +238,13 @@ final class UpstreamConnection: EventHandler {
     private(set) var tlsVersion: String?
     private(set) var cipher: String?
 
+    /// A `crl_fetch` route's connection verified before the last CRL arrived: not reused, so that the server is
+    /// verified again (a full handshake: its session is not resumed either) against the new CRL.
+    var verifiedBeforeNewCRL: Bool {
+        guard context.trust.crlFetch, let tls else { return false }
+        return tls.crlGeneration != CRLCache.shared.generation
+    }
+
     /// The proxy's own refusal of the server's certificate (pin, revocation), if that is why the handshake failed.
     var trustRefusal: TrustRefusal? { tls?.trustRefusal }
 

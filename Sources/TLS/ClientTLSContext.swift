@@ -15,6 +15,9 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// TLS sessions to resume, by upstream (host, port, dialled address). They belong to this context, so a
     /// session made for one identity (or for none) is never offered under another.
     private var sessions: [String: OpaquePointer] = [:]
+    /// For `crl_fetch`: the CRL generation each session was verified under; an older one is not resumed, so
+    /// the next connection verifies the server again against the newly fetched CRL.
+    private var sessionGenerations: [String: Int] = [:]
     private let sessionsLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     /// The CRLs loaded from `trust.crlFiles` (none when revocation is off).
     public private(set) var crls: [CRLSummary] = []
@@ -78,15 +81,17 @@ public final class ClientTLSContext: @unchecked Sendable {
     func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
+        if trust.crlFetch, sessionGenerations[sessionKey] != CRLCache.shared.generation { return }
         if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
     }
 
     /// Keeps `session` (taking ownership) as the one to resume for `sessionKey`.
-    func storeSession(_ session: OpaquePointer, sessionKey: String) {
+    func storeSession(_ session: OpaquePointer, sessionKey: String, generation: Int = 0) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
         if let old = sessions[sessionKey] { SSL_SESSION_free(old) }
         sessions[sessionKey] = session
+        if trust.crlFetch { sessionGenerations[sessionKey] = generation }
     }
 
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.

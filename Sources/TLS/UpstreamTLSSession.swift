@@ -21,6 +21,10 @@ public final class UpstreamTLSSession {
     private var ssl: OpaquePointer?
     /// Why the proxy refused the server's certificate (pin, revocation), set during the handshake.
     public private(set) var trustRefusal: TrustRefusal?
+    /// The CRL distribution points of the server's leaf, when the route fetches CRLs (for messages).
+    var crlURLs: [String] = []
+    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route).
+    public private(set) var crlGeneration = 0
     /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
     public private(set) var trustNotes: [TrustNote] = []
     /// When OpenSSL began the handshake (CLOCK_MONOTONIC, µs), that is when the TCP connection was up; 0 before.
@@ -38,6 +42,7 @@ public final class UpstreamTLSSession {
         self.port = port
         self.sessionKey = sessionKey
         self.ssl = ssl
+        if context.trust.crlFetch { crlGeneration = CRLCache.shared.generation }
         SSL_set_ex_data(ssl, Self.exDataIndex, Unmanaged.passUnretained(self).toOpaque())
         context.resumeSession(ssl, sessionKey: sessionKey)
         SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
@@ -264,7 +269,7 @@ public final class UpstreamTLSSession {
     /// arrives): the context keeps it for this upstream. Returns whether the context took the reference.
     fileprivate static func store(_ session: OpaquePointer, of ssl: OpaquePointer) -> Bool {
         guard let owner = owner(of: ssl) else { return false }
-        owner.context.storeSession(session, sessionKey: owner.sessionKey)
+        owner.context.storeSession(session, sessionKey: owner.sessionKey, generation: owner.crlGeneration)
         return true
     }
 }

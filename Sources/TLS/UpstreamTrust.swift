@@ -226,7 +226,25 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
         X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK))
         X509_STORE_CTX_set_verify_cb(storeCtx, hardRevocationCallback)
     }
-    guard X509_verify_cert(storeCtx) == 1 else { return 0 }
+    // Fetched CRLs of the leaf's distribution points join the store's for this verification only.
+    var fetched: OpaquePointer?
+    if trust.crlFetch && trust.revocation != .off, let leaf = X509_STORE_CTX_get0_cert(storeCtx) {
+        let urls = CRLCache.distributionPoints(leaf)
+        for url in urls { CRLCache.shared.want(url) }
+        owner?.crlURLs = urls
+        let crls = CRLCache.shared.crls(for: urls)
+        if !crls.isEmpty, let stack = mtls_sk_X509_CRL_new_null() {
+            for crl in crls where mtls_sk_X509_CRL_push(stack, crl) == 0 { X509_CRL_free(crl) }
+            X509_STORE_CTX_set0_crls(storeCtx, stack)
+            fetched = stack
+        }
+    }
+    let verified = X509_verify_cert(storeCtx) == 1
+    if let fetched {
+        X509_STORE_CTX_set0_crls(storeCtx, nil)
+        mtls_sk_X509_CRL_pop_free(fetched)
+    }
+    guard verified else { return 0 }
     guard !trust.pins.isEmpty, let chain = X509_STORE_CTX_get0_chain(storeCtx) else { return 1 }
     for i in 0..<mtls_sk_X509_num(chain) {
         if let cert = mtls_sk_X509_value(chain, i), let digest = SPKIPin.digest(cert), trust.pins.contains(digest) { return 1 }
@@ -273,7 +291,8 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
         return 0
     }
     guard crlUnavailableErrors.contains(error) else { return 0 }
-    let reason = String(cString: X509_verify_cert_error_string(Int(error)))
+    var reason = String(cString: X509_verify_cert_error_string(Int(error)))
+    if let owner, owner.context.trust.crlFetch { reason += " (crl_fetch: \(CRLCache.shared.status(of: owner.crlURLs)))" }
     if hard {
         TrustDecisionCounters.count(.crlUnavailableRefused)
         owner?.refuse(.crlUnavailable(subject: subject, serial: serial, reason: reason))

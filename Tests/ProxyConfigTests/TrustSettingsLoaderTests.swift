@@ -101,6 +101,14 @@ private func keyOfError(_ text: String) -> String? {
         #expect(try load(route("crl_files = [\"a.pem\"]")).routes[0].trust.revocation == .soft)
     }
 
+    @Test func crlFetchAloneMeansSoftRevocation() throws {
+        let t = try load(route("crl_fetch = true")).routes[0].trust
+        #expect(t.crlFetch && t.revocation == .soft && t.crlFiles.isEmpty)
+        let hard = try load("[upstream]\ncrl_fetch = true\nrevocation = \"hard\"\n" + route("")).routes[0].trust
+        #expect(hard.crlFetch && hard.revocation == .hard)
+        #expect(keyOfError(route("crl_fetch = \"yes\"")) == "route[1].crl_fetch")
+    }
+
     @Test func revocationMistakesNameTheirKey() {
         #expect(keyOfError(route("revocation = \"hard\"")) == "route[1].revocation")
         #expect(keyOfError(route("revocation = \"strict\"\ncrl_files = [\"a.pem\"]")) == "route[1].revocation")
