@@ -169,6 +169,15 @@ def get(host, path="/whoami", keep_alive=False):
     return int(lines[0].split()[1]), headers, body.decode("latin-1")
 
 
+def get_via(port, host):
+    saved = ENV["ports"]["proxy"]
+    ENV["ports"]["proxy"] = port
+    try:
+        return get(host)
+    finally:
+        ENV["ports"]["proxy"] = saved
+
+
 def scrape():
     return harness.http_get(ENV["ports"]["admin"], "/metrics")[1]
 
@@ -477,7 +486,8 @@ class CRLFetch(unittest.TestCase):
         dp = f"http://127.0.0.1:{cls.dp.server_address[1]}"
         gone = f"http://127.0.0.1:{harness.free_port()}/gone.crl"
         points = {"good": f"{dp}/good.crl", "revoked": f"{dp}/good.crl", "gone": gone, "garbage": f"{dp}/garbage.crl",
-                  "stale": f"{dp}/stale.crl"}
+                  "stale": f"{dp}/stale.crl", "rogue": f"{dp}/rogue.crl"}
+        rogue_cnf = ca_config(pki, "rogue-ca")
         cmds = []
         for name, url in points.items():
             with open(f"{pki}/dp-{name}.ext", "w") as f:
@@ -485,7 +495,7 @@ class CRLFetch(unittest.TestCase):
                         f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
             cmds += [f"openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-{name}.key",
                      f"openssl req -new -key dp-{name}.key -subj '/O=mtls-proxy test/CN=dp-{name}.mygreatbank.test' -out dp-{name}.csr",
-                     f"openssl ca -batch -config '{cnf}' -extfile dp-{name}.ext -notext -days 30 -in dp-{name}.csr -out dp-{name}.pem 2>/dev/null"]
+                     f"openssl ca -batch -config '{rogue_cnf if name == 'rogue' else cnf}' -extfile dp-{name}.ext -notext -days 30 -in dp-{name}.csr -out dp-{name}.pem 2>/dev/null"]
         cmds += [f"openssl ca -config '{cnf}' -revoke dp-revoked.pem 2>/dev/null",
                  f"openssl ca -config '{cnf}' -gencrl -out dp-good.crl 2>/dev/null && openssl crl -in dp-good.crl -outform der -out dp-good.der",
                  f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -7200) -crl_nextupdate $(utc_in -3600) -out dp-stale.crl 2>/dev/null"]
@@ -506,7 +516,7 @@ class CRLFetch(unittest.TestCase):
             routes = "\n".join([route("fetch-good", "good"), route("fetch-revoked", "revoked"),
                                 route("fetch-revoked-soft", "revoked", "soft"), route("fetch-gone", "gone"),
                                 route("fetch-gone-soft", "gone", "soft"), route("fetch-garbage", "garbage"),
-                                route("fetch-stale", "stale")])
+                                route("fetch-stale", "stale"), route("fetch-rogue", "rogue")])
             conf = harness.write_file(f"{d}/fetch.conf", f"""
 [proxy]
 listen = "127.0.0.1:{ports['proxy']}"
@@ -635,6 +645,17 @@ revocation = "hard"
             self.assertIn("revoked", headers["proxy-status"])
         finally:
             procs.stop_all()
+
+    def test_an_untrusted_certificate_does_not_send_the_proxy_to_its_distribution_point(self):
+        # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
+        # and the proxy fetches nothing on its say-so.
+        for _ in range(3):
+            status, headers, _ = get_via(self.ports["proxy"], "fetch-rogue")
+            self.assertEqual(status, 502)
+            self.assertIn("error=tls_certificate_error", headers["proxy-status"])
+            self.assertNotIn("CRL", headers["proxy-status"])
+        time.sleep(1)
+        self.assertNotIn("/rogue.crl", self.dp.hits)
 
     def test_the_ssrf_guard_applies_to_distribution_points(self):
         _, ps = self.get_until("fetch-guarded", lambda s, ps: s == 502 and "allow_private is off" in ps, proxy="guarded")
