@@ -217,6 +217,23 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
         return 0
     }
 
+    // Fetched CRLs of the leaf's distribution points join the store's for this verification only.
+    var fetched: OpaquePointer?
+    if trust.crlFetch && trust.revocation != .off, let leaf = X509_STORE_CTX_get0_cert(storeCtx) {
+        let urls = CRLCache.distributionPoints(leaf)
+        owner?.crlURLs = urls
+        let crls = CRLCache.shared.crls(for: urls)
+        // Only a chain that verifies (but for revocation) gets its distribution points fetched: a server
+        // cannot send the proxy to URLs of its choosing with a certificate no trusted CA issued.
+        if crls.count < urls.count && chainVerifiesBeforeRevocation(storeCtx) {
+            for url in urls { CRLCache.shared.want(url) }
+        }
+        if !crls.isEmpty, let stack = mtls_sk_X509_CRL_new_null() {
+            for crl in crls where mtls_sk_X509_CRL_push(stack, crl) == 0 { X509_CRL_free(crl) }
+            X509_STORE_CTX_set0_crls(storeCtx, stack)
+            fetched = stack
+        }
+    }
     switch trust.revocation {
     case .off: break
     case .soft:
@@ -225,19 +242,6 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
     case .hard:
         X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK))
         X509_STORE_CTX_set_verify_cb(storeCtx, hardRevocationCallback)
-    }
-    // Fetched CRLs of the leaf's distribution points join the store's for this verification only.
-    var fetched: OpaquePointer?
-    if trust.crlFetch && trust.revocation != .off, let leaf = X509_STORE_CTX_get0_cert(storeCtx) {
-        let urls = CRLCache.distributionPoints(leaf)
-        for url in urls { CRLCache.shared.want(url) }
-        owner?.crlURLs = urls
-        let crls = CRLCache.shared.crls(for: urls)
-        if !crls.isEmpty, let stack = mtls_sk_X509_CRL_new_null() {
-            for crl in crls where mtls_sk_X509_CRL_push(stack, crl) == 0 { X509_CRL_free(crl) }
-            X509_STORE_CTX_set0_crls(storeCtx, stack)
-            fetched = stack
-        }
     }
     let verified = X509_verify_cert(storeCtx) == 1
     if let fetched {
@@ -260,6 +264,21 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
     owner?.refuse(.pinMismatch(presented: presented, subject: subject))
     X509_STORE_CTX_set_error(storeCtx, X509_V_ERR_APPLICATION_VERIFICATION)
     return 0
+}
+
+/// Whether the chain being verified is good apart from revocation: the same store, untrusted certificates and
+/// parameters (host name included), in a verification of its own with no CRL check.
+private func chainVerifiesBeforeRevocation(_ storeCtx: OpaquePointer) -> Bool {
+    guard let store = X509_STORE_CTX_get0_store(storeCtx), let leaf = X509_STORE_CTX_get0_cert(storeCtx),
+          let probe = X509_STORE_CTX_new() else { return false }
+    defer {
+        X509_STORE_CTX_free(probe)
+        _ = OpenSSLErrors.drain()
+    }
+    guard X509_STORE_CTX_init(probe, store, leaf, X509_STORE_CTX_get0_untrusted(storeCtx)) == 1 else { return false }
+    X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(probe), X509_STORE_CTX_get0_param(storeCtx))
+    X509_VERIFY_PARAM_clear_flags(X509_STORE_CTX_get0_param(probe), UInt(X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL))
+    return X509_verify_cert(probe) == 1
 }
 
 /// OpenSSL's verification errors that mean "no usable CRL" rather than "revoked".
