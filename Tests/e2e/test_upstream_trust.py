@@ -662,5 +662,97 @@ revocation = "hard"
         self.assertIn("CRL unavailable", ps)
 
 
+class OCSPStapling(unittest.TestCase):
+    """Stapled OCSP responses from `openssl s_server -status_file`, made by `openssl ocsp` as the responder over the
+    index of `openssl ca`. With require_ocsp_staple = true, a missing, foreign or revoked staple is refused."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        index = f"{pki}/.db-ca/index.txt"
+
+        def respond(cert, out):
+            return (f"openssl ocsp -issuer ca.pem -cert {cert}.pem -no_nonce -reqout {out}.req 2>/dev/null && "
+                    f"openssl ocsp -index '{index}' -rsigner ca.pem -rkey ca.key -CA ca.pem -reqin {out}.req "
+                    f"-respout {out}.resp -ndays 1 2>/dev/null")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out ocsp-good.key",
+           "openssl req -new -key ocsp-good.key -subj '/O=mtls-proxy test/CN=ocsp-good.mygreatbank.test' -out ocsp-good.csr",
+           f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in ocsp-good.csr -out ocsp-good.pem 2>/dev/null",
+           respond("ocsp-good", "good"), respond("revoked", "revoked"),
+           # A "good" answer for the good certificate, signed by a responder no trusted CA vouches for.
+           f"openssl ocsp -index '{index}' -rsigner rogue-ca.pem -rkey rogue-ca.key -CA ca.pem -reqin good.req "
+           f"-respout forged.resp -ndays 1 2>/dev/null", cwd=pki)
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", "good", "revoked", "missing", "foreign", "forged")}
+        servers = {"good": ("ocsp-good", "good.resp"), "revoked": ("revoked", "revoked.resp"),
+                   "missing": ("ocsp-good", None), "foreign": ("revoked", "good.resp"), "forged": ("ocsp-good", "forged.resp")}
+        try:
+            for name, (cert, resp) in servers.items():
+                args = ["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{ports[name]}", "-cert", f"{pki}/{cert}.pem",
+                        "-key", f"{pki}/{cert}.key", "-www"]
+                if resp:
+                    args += ["-status_file", f"{pki}/{resp}"]
+                cls.procs.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                harness.wait_for_port(ports[name])
+            routes = "".join(f'[[route]]\nhost = "ocsp-{name}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[name]}"\n'
+                             f'require_ocsp_staple = true\n\n' for name in servers)
+            routes += (f'[[route]]\nhost = "ocsp-optional.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports["missing"]}"\n'
+                       f'crl_files = ["pki/crl.pem"]\n')
+            conf = harness.write_file(f"{d}/ocsp.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 1\n'
+                                      f'[upstream]\nca_file = "pki/ca.pem"\n{routes}')
+            harness.start_proxy(cls.procs, conf, f"{d}/ocsp.log", ports["proxy"])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+        cls.ports = ports
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+
+    def status(self, host):
+        """(status, Proxy-Status) of a GET / (s_server -www answers a page and closes)."""
+        with socket.create_connection(("127.0.0.1", self.ports["proxy"]), timeout=10) as s:
+            s.sendall(f"GET http://{host}.mygreatbank.test/ HTTP/1.1\r\nHost: {host}.mygreatbank.test\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+        ps = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("proxy-status:")), "")
+        return status, ps
+
+    def test_a_good_staple_is_accepted(self):
+        self.assertEqual(self.status("ocsp-good"), (200, ""))
+
+    def test_a_staple_saying_revoked_is_refused_naming_the_certificate(self):
+        status, ps = self.status("ocsp-revoked")
+        self.assertEqual(status, 502)
+        self.assertIn("revoked", ps)
+        self.assertIn(serial_of(f"{ENV['pki']}/revoked.pem"), ps)
+
+    def test_no_staple_is_refused_when_required(self):
+        status, ps = self.status("ocsp-missing")
+        self.assertEqual(status, 502)
+        self.assertIn("no OCSP response stapled", ps)
+
+    def test_a_staple_for_another_certificate_is_refused(self):
+        status, ps = self.status("ocsp-foreign")
+        self.assertEqual(status, 502)
+        self.assertIn("says nothing about this certificate", ps)
+
+    def test_a_staple_signed_by_an_untrusted_responder_is_refused(self):
+        status, ps = self.status("ocsp-forged")
+        self.assertEqual(status, 502)
+        self.assertIn("signature does not verify", ps)
+
+    def test_no_staple_is_fine_when_not_required(self):
+        self.assertEqual(self.status("ocsp-optional")[0], 200)
+
+
 if __name__ == "__main__":
     harness.run_suite()
