@@ -33,6 +33,7 @@
 #include <openssl/evp.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/ocsp.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
@@ -87,6 +88,22 @@ static inline int mtls_X509_crl_dp_uri(X509 *x, int index, char *buf, int buflen
 static inline STACK_OF(X509_CRL) *mtls_sk_X509_CRL_new_null(void) { return sk_X509_CRL_new_null(); }
 static inline int mtls_sk_X509_CRL_push(STACK_OF(X509_CRL) *sk, X509_CRL *crl) { return sk_X509_CRL_push(sk, crl); }
 static inline void mtls_sk_X509_CRL_pop_free(STACK_OF(X509_CRL) *sk) { sk_X509_CRL_pop_free(sk, X509_CRL_free); }
+/* OCSP stapling (client side). */
+static inline long mtls_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *)) {
+    return SSL_CTX_set_tlsext_status_cb(ctx, cb);
+}
+static inline long mtls_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg) {
+    return SSL_CTX_set_tlsext_status_arg(ctx, arg);
+}
+static inline long mtls_SSL_set_tlsext_status_type_ocsp(SSL *ssl) {
+    return SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp);
+}
+static inline long mtls_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **resp) {
+    unsigned char *p = NULL;
+    long len = SSL_get_tlsext_status_ocsp_resp(ssl, &p);
+    *resp = p;
+    return len;
+}
 static inline int mtls_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }

@@ -409,7 +409,7 @@ public enum ConfigLoader {
 
     /// Keys of the trust settings and TLS policy, in `[upstream]` and routes.
     static let trustKeys: Set<String> = ["ca_file", "min_tls", "tls_min_version", "tls_max_version", "tls_ciphers",
-                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch"]
+                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple"]
     /// Keys of pinning, in routes only: a pin names one service's key.
     static let pinKeys: Set<String> = ["verify", "pin_spki_sha256", "pin_report_only"]
 
@@ -457,6 +457,7 @@ public enum ConfigLoader {
             }
             if try t.string("revocation") == nil && trust.revocation == .off { trust.revocation = .soft }
         }
+        if let require = try t.bool("require_ocsp_staple") { trust.requireOCSPStaple = require }
         if let fetch = try t.bool("crl_fetch") {
             trust.crlFetch = fetch
             if fetch && t.table["revocation"] == nil && trust.revocation == .off { trust.revocation = .soft }
@@ -503,6 +504,10 @@ public enum ConfigLoader {
             trust.revocation = .off  // inherited from [upstream]: does not apply to a pinned self-signed key
             trust.crlFiles = []
             trust.crlFetch = false
+            if t.table["require_ocsp_staple"] != nil && trust.requireOCSPStaple {
+                throw t.error("require_ocsp_staple", "cannot go with verify = \"pin-only\": there is no verified chain to check a staple against")
+            }
+            trust.requireOCSPStaple = false
         }
         return trust
     }

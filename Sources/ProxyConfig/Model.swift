@@ -103,6 +103,10 @@ public struct TrustSettings: Sendable, Hashable {
     public var revocation: RevocationMode = .off
     /// `crl_files`: PEM or DER CRLs (absolute paths).
     public var crlFiles: [String] = []
+    /// `require_ocsp_staple`: the server must staple a valid OCSP response for its certificate.
+    public var requireOCSPStaple = false
+    /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
+    public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
     /// `crl_fetch`: CRLs are also fetched over HTTP from the leaf's CRL distribution points.
     public var crlFetch = false
 

@@ -20,6 +20,12 @@ public enum TrustDescription {
         return "\(t.pins.count) pin(s), \(how)"
     }
 
+    public static func ocsp(_ t: TrustSettings) -> String {
+        if t.requireOCSPStaple { return "required: the server must staple a current, verified OCSP response (revoked is refused)" }
+        if t.wantsOCSPStaple { return "requested: a stapled response is verified when present (revoked is refused)" }
+        return "not requested"
+    }
+
     public static func revocation(_ t: TrustSettings) -> String {
         let sources = [t.crlFiles.isEmpty ? nil : "\(t.crlFiles.count) CRL file(s)",
                        t.crlFetch ? "the CRLs of its distribution points, fetched over HTTP (crl_fetch)" : nil].compactMap { $0 }.joined(separator: " and ")

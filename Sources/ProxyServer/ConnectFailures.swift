@@ -98,6 +98,11 @@ extension UpstreamTLSFailure {
                     status: 502, errorType: .tlsCertificateError,
                     details: "CRL unavailable for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason) (revocation = \"hard\")",
                     advice: "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+            case .ocspStapleInvalid(let subject, let serial, let reason):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "OCSP staple refused for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason)",
+                    advice: "The route requires a valid stapled OCSP response (require_ocsp_staple, or revocation = \"hard\" for an invalid one). The service must staple a current response from its CA's responder.")
             case .pinMismatch(let presented, let subject):
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,

@@ -255,6 +255,8 @@ final class UpstreamConnection: EventHandler {
             return "upstream \(upstream): key matches no pin of the route (pin_report_only, allowed): \(subject), pin-sha256=\"\(presented)\""
         case .crlUnavailableAllowed(let subject, let serial, let reason):
             return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial): \(reason) (revocation = \"soft\", allowed)"
+        case .ocspStapleInvalidAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): OCSP staple for \(subject), serial \(serial) not used: \(reason) (allowed)"
         }
     }
 

@@ -63,6 +63,10 @@ public final class ClientTLSContext: @unchecked Sendable {
         crls = try UpstreamTrustSetup.loadCRLs(trust, into: ctx)
         // Pins, pin-only and revocation decisions (see `upstreamCertificateVerify`); the context outlives its SSLs.
         SSL_CTX_set_cert_verify_callback(ctx, upstreamCertificateVerify, Unmanaged.passUnretained(self).toOpaque())
+        if trust.wantsOCSPStaple {
+            _ = mtls_SSL_CTX_set_tlsext_status_cb(ctx, upstreamOCSPStatus)
+            _ = mtls_SSL_CTX_set_tlsext_status_arg(ctx, Unmanaged.passUnretained(self).toOpaque())
+        }
         // Client-side session caching: OpenSSL hands each new session to the callback, which stores it here.
         _ = mtls_SSL_CTX_set_session_cache_client(ctx)
         // (It finds the connection's `UpstreamTLSSession`, and through it this context, in the SSL's ex_data.)
@@ -105,7 +109,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         } else {
             ok = mtls_SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1
         }
-        guard ok else {
+        guard ok, !trust.wantsOCSPStaple || mtls_SSL_set_tlsext_status_type_ocsp(ssl) == 1 else {
             _ = OpenSSLErrors.drain()
             SSL_free(ssl)
             return nil

@@ -11,6 +11,8 @@ public enum TrustRefusal: Sendable, Equatable {
     /// No certificate of the verified chain (pin-only: the leaf) has a pinned key. `presented` is the leaf's pin.
     case pinMismatch(presented: String, subject: String)
     case revoked(subject: String, serial: String)
+    /// `require_ocsp_staple` (or an invalid staple under hard revocation): no valid stapled OCSP response.
+    case ocspStapleInvalid(subject: String, serial: String, reason: String)
     /// Hard mode: no usable CRL for this certificate (`reason` is OpenSSL's, e.g. "CRL has expired").
     case crlUnavailable(subject: String, serial: String, reason: String)
 }
@@ -20,6 +22,7 @@ public enum TrustRefusal: Sendable, Equatable {
 public enum TrustNote: Sendable, Equatable {
     case pinMismatchReported(presented: String, subject: String)
     case crlUnavailableAllowed(subject: String, serial: String, reason: String)
+    case ocspStapleInvalidAllowed(subject: String, serial: String, reason: String)
 }
 
 /// Process-wide counts of the decisions above, for /metrics. Atomic: OpenSSL calls the verification on every
@@ -27,6 +30,7 @@ public enum TrustNote: Sendable, Equatable {
 public enum TrustDecisionCounters {
     public enum Decision: Int, CaseIterable, Sendable {
         case revoked, crlUnavailableRefused, crlUnavailableAllowed, pinMismatchRefused, pinMismatchReported
+        case ocspStapleRefused, ocspStapleInvalidAllowed
 
         /// The `decision` label.
         public var label: String {
@@ -36,6 +40,8 @@ public enum TrustDecisionCounters {
             case .crlUnavailableAllowed: return "crl_unavailable_allowed"
             case .pinMismatchRefused: return "pin_mismatch_refused"
             case .pinMismatchReported: return "pin_mismatch_reported"
+            case .ocspStapleRefused: return "ocsp_staple_refused"
+            case .ocspStapleInvalidAllowed: return "ocsp_staple_invalid_allowed"
             }
         }
     }
@@ -321,4 +327,81 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
     owner?.note(.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason))
     X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
     return 1
+}
+
+// MARK: OCSP stapling
+
+/// OpenSSL's status callback, after the server's certificate was verified: checks a stapled OCSP response for
+/// the leaf (signed for its issuer, by a responder the trust store accepts, current, and "good"). Revoked is
+/// always refused; a missing or invalid staple is refused with `require_ocsp_staple` (an invalid one also with
+/// `revocation = "hard"`), else logged. Returning 0 fails the handshake (alert bad_certificate_status_response).
+func upstreamOCSPStatus(_ ssl: OpaquePointer?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
+    guard let ssl, let arg else { return 0 }
+    let context = Unmanaged<ClientTLSContext>.fromOpaque(arg).takeUnretainedValue()
+    let trust = context.trust
+    let owner = UpstreamTLSSession.owner(of: ssl)
+    guard let leaf = SSL_get0_peer_certificate(ssl) else { return trust.requireOCSPStaple ? 0 : 1 }
+    let subject = Certificate.nameString(X509_get_subject_name(leaf)), serial = Certificate.serialHex(of: leaf)
+    func invalid(_ reason: String, missing: Bool) -> Int32 {
+        _ = OpenSSLErrors.drain()
+        if trust.requireOCSPStaple || (!missing && trust.revocation == .hard) {
+            TrustDecisionCounters.count(.ocspStapleRefused)
+            owner?.refuse(.ocspStapleInvalid(subject: subject, serial: serial, reason: reason))
+            return 0
+        }
+        if !missing {
+            TrustDecisionCounters.count(.ocspStapleInvalidAllowed)
+            owner?.note(.ocspStapleInvalidAllowed(subject: subject, serial: serial, reason: reason))
+        }
+        return 1
+    }
+    var der: UnsafePointer<UInt8>?
+    let length = mtls_SSL_get_tlsext_status_ocsp_resp(ssl, &der)
+    guard length > 0, der != nil else { return invalid("no OCSP response stapled", missing: true) }
+    guard let response = d2i_OCSP_RESPONSE(nil, &der, length) else { return invalid("the stapled OCSP response does not parse", missing: false) }
+    defer { OCSP_RESPONSE_free(response) }
+    guard OCSP_response_status(response) == OCSP_RESPONSE_STATUS_SUCCESSFUL, let basic = OCSP_response_get1_basic(response) else {
+        return invalid("the stapled OCSP response is not a successful one", missing: false)
+    }
+    defer { OCSP_BASICRESP_free(basic) }
+    guard let store = SSL_CTX_get_cert_store(context.pointer) else { return invalid("no trust store", missing: false) }
+    // The issuer: from what the server sent, else from the trust store.
+    var issuer: OpaquePointer?
+    if let chain = SSL_get_peer_cert_chain(ssl) {
+        for i in 0..<mtls_sk_X509_num(chain) {
+            if let c = mtls_sk_X509_value(chain, i), X509_check_issued(c, leaf) == X509_V_OK, X509_up_ref(c) == 1 { issuer = c; break }
+        }
+    }
+    if issuer == nil, let probe = X509_STORE_CTX_new() {
+        if X509_STORE_CTX_init(probe, store, leaf, nil) == 1 {
+            var found: OpaquePointer?
+            if X509_STORE_CTX_get1_issuer(&found, probe, leaf) == 1 { issuer = found }
+        }
+        X509_STORE_CTX_free(probe)
+    }
+    guard let issuer else { return invalid("the issuer of the certificate is unknown", missing: false) }
+    defer { X509_free(issuer) }
+    guard OCSP_basic_verify(basic, SSL_get_peer_cert_chain(ssl), store, 0) == 1 else {
+        return invalid("the stapled OCSP response's signature does not verify", missing: false)
+    }
+    guard let id = OCSP_cert_to_id(nil, leaf, issuer) else { return invalid("cannot identify the certificate", missing: false) }
+    defer { OCSP_CERTID_free(id) }
+    var status: Int32 = -1, reason: Int32 = -1
+    var revokedAt: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?, thisUpdate: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?, nextUpdate: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?
+    guard OCSP_resp_find_status(basic, id, &status, &reason, &revokedAt, &thisUpdate, &nextUpdate) == 1 else {
+        return invalid("the stapled OCSP response says nothing about this certificate", missing: false)
+    }
+    guard OCSP_check_validity(thisUpdate, nextUpdate, 300, -1) == 1 else {
+        return invalid("the stapled OCSP response is out of date", missing: false)
+    }
+    _ = OpenSSLErrors.drain()
+    switch status {
+    case V_OCSP_CERTSTATUS_GOOD: return 1
+    case V_OCSP_CERTSTATUS_REVOKED:
+        TrustDecisionCounters.count(.revoked)
+        owner?.refuse(.revoked(subject: subject, serial: serial))
+        return 0
+    default:
+        return invalid("the stapled OCSP response says the status is unknown", missing: false)
+    }
 }

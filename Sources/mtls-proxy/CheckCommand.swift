@@ -109,6 +109,7 @@ struct Check: ParsableCommand {
         } else if !t.pins.isEmpty {
             print("  pins: \(TrustDescription.pins(t))")
         }
+        if t.requireOCSPStaple { print("  ocsp staple: \(TrustDescription.ocsp(t))") }
         if t.revocation != .off {
             print("  revocation: \(TrustDescription.revocation(t))")
             for crl in runtime.crls(for: t) {

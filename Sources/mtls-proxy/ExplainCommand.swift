@@ -82,6 +82,7 @@ struct Explain: ParsableCommand {
             if t.verify == .chain {
                 lines.append(("pins", TrustDescription.pins(t)))
                 lines.append(("revocation", TrustDescription.revocation(t)))
+                lines.append(("ocsp staple", TrustDescription.ocsp(t)))
             }
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }

@@ -109,6 +109,17 @@ private func keyOfError(_ text: String) -> String? {
         #expect(keyOfError(route("crl_fetch = \"yes\"")) == "route[1].crl_fetch")
     }
 
+    @Test func ocspStapleIsRequestedWithRevocationAndRequiredOnDemand() throws {
+        #expect(try !load(route("")).routes[0].trust.wantsOCSPStaple)
+        #expect(try load(route("crl_files = [\"a.pem\"]")).routes[0].trust.wantsOCSPStaple)
+        let required = try load(route("require_ocsp_staple = true")).routes[0].trust
+        #expect(required.requireOCSPStaple && required.wantsOCSPStaple && required.revocation == .off)
+        #expect(keyOfError(route("verify = \"pin-only\"\npin_spki_sha256 = [\"\(pinA)\"]\nrequire_ocsp_staple = true")) == "route[1].require_ocsp_staple")
+        // Inherited from [upstream], it does not apply to a pin-only route.
+        let pinOnly = try load("[upstream]\nrequire_ocsp_staple = true\n" + route("verify = \"pin-only\"\npin_spki_sha256 = [\"\(pinA)\"]")).routes[0].trust
+        #expect(!pinOnly.requireOCSPStaple && !pinOnly.wantsOCSPStaple)
+    }
+
     @Test func revocationMistakesNameTheirKey() {
         #expect(keyOfError(route("revocation = \"hard\"")) == "route[1].revocation")
         #expect(keyOfError(route("revocation = \"strict\"\ncrl_files = [\"a.pem\"]")) == "route[1].revocation")
