@@ -282,6 +282,16 @@ class Pinning(unittest.TestCase):
             self.assertEqual(status, 502, "the refused route was served over the other route's pooled connection")
             self.assertIn(ENV["pins"]["server"], headers["proxy-status"])
 
+    def test_a_connect_to_a_pinned_tls_route_is_not_a_blind_tunnel(self):
+        # A blind tunnel would let the client's own TLS through unchecked: the pins would not apply.
+        for host in ("pinned", "revoked", "selfsigned"):
+            with self.subTest(host=host), socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10) as s:
+                name = f"{host}.mygreatbank.test:443"
+                s.sendall(f"CONNECT {name} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                head = s.recv(65536).decode("latin-1")
+                self.assertTrue(head.startswith("HTTP/1.1 403"), head[:200])
+                self.assertIn("blind tunnel cannot apply", head)
+
     def test_pins_command_prints_what_openssl_computes(self):
         r = harness.run_cli("pins", "--pem", f"{ENV['pki']}/server-with-ca.pem", timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)
