@@ -107,6 +107,9 @@ public struct TrustSettings: Sendable, Hashable {
     public var requireOCSPStaple = false
     /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
     public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
+    /// Whether the proxy checks the server beyond a CA chain (pins, pin-only, revocation, a required staple):
+    /// checks a blind tunnel, where the client's own TLS runs end to end, would skip.
+    public var checksBeyondChain: Bool { !pins.isEmpty || verify == .pinOnly || revocation != .off || requireOCSPStaple }
     /// `crl_fetch`: CRLs are also fetched over HTTP from the leaf's CRL distribution points.
     public var crlFetch = false
 
