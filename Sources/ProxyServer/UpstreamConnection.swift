@@ -241,7 +241,7 @@ final class UpstreamConnection: EventHandler {
     /// A `crl_fetch` route's connection verified before the last CRL arrived: not reused, so that the server is
     /// verified again (a full handshake: its session is not resumed either) against the new CRL.
     var verifiedBeforeNewCRL: Bool {
-        guard context.trust.crlFetch, let tls else { return false }
+        guard context.fetchesCRLs, let tls else { return false }
         return tls.crlGeneration != CRLCache.shared.generation
     }
 

@@ -19,6 +19,8 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// the next connection verifies the server again against the newly fetched CRL.
     private var sessionGenerations: [String: Int] = [:]
     private let sessionsLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// `trust.crlFetch` with revocation on, read once (the pool asks for every connection it hands out).
+    public let fetchesCRLs: Bool
     /// The CRLs loaded from `trust.crlFiles` (none when revocation is off).
     public private(set) var crls: [CRLSummary] = []
 
@@ -30,6 +32,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         self.trust = trust
         self.credential = credential
         self.identityName = identityName
+        self.fetchesCRLs = trust.crlFetch && trust.revocation != .off
         pthread_mutex_init(sessionsLock, nil)
 
         mtls_SSL_CTX_set_default_options(ctx)
@@ -85,7 +88,7 @@ public final class ClientTLSContext: @unchecked Sendable {
     func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
-        if trust.crlFetch, sessionGenerations[sessionKey] != CRLCache.shared.generation { return }
+        if fetchesCRLs, sessionGenerations[sessionKey] != CRLCache.shared.generation { return }
         if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
     }
 
@@ -95,7 +98,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         defer { pthread_mutex_unlock(sessionsLock) }
         if let old = sessions[sessionKey] { SSL_SESSION_free(old) }
         sessions[sessionKey] = session
-        if trust.crlFetch { sessionGenerations[sessionKey] = generation }
+        if fetchesCRLs { sessionGenerations[sessionKey] = generation }
     }
 
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.

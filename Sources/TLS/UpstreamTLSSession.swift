@@ -42,7 +42,7 @@ public final class UpstreamTLSSession {
         self.port = port
         self.sessionKey = sessionKey
         self.ssl = ssl
-        if context.trust.crlFetch { crlGeneration = CRLCache.shared.generation }
+        if context.fetchesCRLs { crlGeneration = CRLCache.shared.generation }
         SSL_set_ex_data(ssl, Self.exDataIndex, Unmanaged.passUnretained(self).toOpaque())
         context.resumeSession(ssl, sessionKey: sessionKey)
         SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
