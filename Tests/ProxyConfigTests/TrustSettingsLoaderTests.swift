@@ -58,6 +58,13 @@ private func keyOfError(_ text: String) -> String? {
         #expect(keyOfError("[upstream]\ntls_groups = \"X25519\"\n") == "upstream.tls_groups")
     }
 
+    @Test func aNameListedTwiceIsNamed() {
+        // OpenSSL refuses a group list with a repeated name with "unknown OpenSSL error", which was blamed on ca_file.
+        #expect(keyOfError("[upstream]\ntls_groups = [\"X25519\", \"X25519\"]\n") == "upstream.tls_groups[2]")
+        #expect(keyOfError(route("tls_signature_algorithms = [\"ECDSA+SHA256\", \"ECDSA+SHA256\"]")) == "route[1].tls_signature_algorithms[2]")
+        #expect(keyOfError(route("tls_ciphersuites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_AES_128_GCM_SHA256\"]")) == "route[1].tls_ciphersuites[2]")
+    }
+
     @Test func emptyTLS12CiphersNeedTLS13Minimum() throws {
         let c = try load(route("tls_min_version = \"1.3\"\ntls_ciphers = []"))
         #expect(c.routes[0].trust.ciphers.isEmpty)
