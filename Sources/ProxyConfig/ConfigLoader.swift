@@ -440,6 +440,10 @@ public enum ConfigLoader {
             for (i, name) in list.enumerated() where name.isEmpty || name.contains(where: { $0 == ":" || $0 == "," || $0 == " " || $0 == "!" }) {
                 throw t.error("\(key)[\(i + 1)]", "expected one OpenSSL name per element (no ':', ',', '!' or spaces), got \"\(name)\"")
             }
+            var seen = Set<String>()
+            for (i, name) in list.enumerated() where !seen.insert(name.lowercased()).inserted {
+                throw t.error("\(key)[\(i + 1)]", "\"\(name)\" is listed twice")
+            }
             return list
         }
         if let list = try names("tls_ciphers", allowEmpty: true) { trust.ciphers = list }

@@ -150,16 +150,22 @@ enum UpstreamTrustSetup {
         }
 
         let version = { (v: TLSVersionSetting) in v == .tls13 ? TLS1_3_VERSION : TLS1_2_VERSION }
-        var ok = mtls_SSL_CTX_set_min_proto_version(ctx, version(trust.minTLS)) == 1
-            && mtls_SSL_CTX_set_max_proto_version(ctx, version(trust.maxTLS)) == 1
-            && SSL_CTX_set_ciphersuites(ctx, trust.cipherSuites.joined(separator: ":")) == 1
-            && mtls_SSL_CTX_set1_groups_list(ctx, trust.groups.joined(separator: ":")) == 1
-        // An empty TLS 1.2 list is allowed only with TLS 1.3 as the minimum (the loader checks).
-        if ok && !trust.ciphers.isEmpty { ok = SSL_CTX_set_cipher_list(ctx, trust.ciphers.joined(separator: ":")) == 1 }
-        if ok && !trust.signatureAlgorithms.isEmpty {
-            ok = mtls_SSL_CTX_set1_sigalgs_list(ctx, trust.signatureAlgorithms.joined(separator: ":")) == 1
+        // Each list as a whole: a failure here (names valid one by one) is still named by its key.
+        func check(_ ok: Bool, _ key: String) throws {
+            guard ok else {
+                let why = OpenSSLErrors.describe(OpenSSLErrors.drain())
+                throw TLSSetupError.policy(key: key, message: "OpenSSL does not accept this list: \(why)")
+            }
         }
-        guard ok else { throw TLSSetupError.context(OpenSSLErrors.describe(OpenSSLErrors.drain())) }
+        try check(mtls_SSL_CTX_set_min_proto_version(ctx, version(trust.minTLS)) == 1, "tls_min_version")
+        try check(mtls_SSL_CTX_set_max_proto_version(ctx, version(trust.maxTLS)) == 1, "tls_max_version")
+        try check(SSL_CTX_set_ciphersuites(ctx, trust.cipherSuites.joined(separator: ":")) == 1, "tls_ciphersuites")
+        try check(mtls_SSL_CTX_set1_groups_list(ctx, trust.groups.joined(separator: ":")) == 1, "tls_groups")
+        // An empty TLS 1.2 list is allowed only with TLS 1.3 as the minimum (the loader checks).
+        if !trust.ciphers.isEmpty { try check(SSL_CTX_set_cipher_list(ctx, trust.ciphers.joined(separator: ":")) == 1, "tls_ciphers") }
+        if !trust.signatureAlgorithms.isEmpty {
+            try check(mtls_SSL_CTX_set1_sigalgs_list(ctx, trust.signatureAlgorithms.joined(separator: ":")) == 1, "tls_signature_algorithms")
+        }
     }
 
     /// Loads every CRL of `trust.crlFiles` into the context's store. A file that cannot be read or holds no CRL
