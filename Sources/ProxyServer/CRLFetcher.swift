@@ -19,6 +19,8 @@ final class CRLFetcher: @unchecked Sendable {
         var responseMillis = 60000
         /// Seconds before a failed or stale URL is tried again.
         var retryAfter = 30
+        /// Some route of the current config fetches CRLs (a reload may turn it off: nothing is fetched then).
+        var enabled = false
     }
 
     private var settings = Settings()
@@ -32,7 +34,7 @@ final class CRLFetcher: @unchecked Sendable {
     func configure(_ config: ProxyConfiguration) {
         let fetching = config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
         let s = Settings(allowPrivate: config.upstream.allowPrivate, connectMillis: config.upstream.timeouts.connect.milliseconds,
-                         responseMillis: config.upstream.timeouts.response.milliseconds)
+                         responseMillis: config.upstream.timeouts.response.milliseconds, enabled: fetching)
         pthread_mutex_lock(lock)
         settings = s
         let start = fetching && !started
@@ -58,7 +60,7 @@ final class CRLFetcher: @unchecked Sendable {
         while true {
             let s = current()
             let now = currentEpochSeconds()
-            for url in CRLCache.shared.due(at: now) {
+            for url in s.enabled ? CRLCache.shared.due(at: now) : [] {
                 switch Self.fetch(url, settings: s) {
                 case .success(let body): CRLCache.shared.store(body, from: url, at: currentEpochSeconds(), retryAfter: s.retryAfter)
                 case .failure(let error): CRLCache.shared.failed(url, error.text, at: currentEpochSeconds(), retryAfter: s.retryAfter)
