@@ -267,7 +267,8 @@ public struct Router: Sendable {
         } else {
             switch decision.action {
             case .deny: kind = .deny
-            case .tls: kind = .blindTunnel
+            // A blind tunnel would skip the route's pins or revocation checks: the proxy must make the TLS itself.
+            case .tls: kind = decision.trust.checksBeyondChain ? .intercept : .blindTunnel
             case .mtls: kind = .intercept
             }
         }

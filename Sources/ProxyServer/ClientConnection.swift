@@ -493,6 +493,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             var reason = response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType)
             if case .error(_, let tls, _) = event, ConnectFailures.tokenSigningFailed(upstream, tls) { reason = "token_signing" }
             worker.metrics.countFailure(reason)
+            if upstream.trustRefusal != nil { worker.logger.warning("refused: \(response.details)") }
             finish(.failed(response))
         case .complete:
             finish(.completed)

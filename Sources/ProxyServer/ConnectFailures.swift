@@ -199,6 +199,31 @@ enum ConnectFailures {
 extension UpstreamTLSFailure {
     /// The response the caller gets: who rejected what, and what to do.
     var response: ProxyErrorResponse {
+        // 0. The proxy's own checks beyond the chain: pins and revocation.
+        if let refusal = trustRefusal {
+            switch refusal {
+            case .revoked(let subject, let serial):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "the upstream \(upstream) presented a revoked certificate: \(subject), serial \(serial), is revoked by its CRL",
+                    advice: "The certificate's issuer revoked it. The service must install a new certificate; the proxy will not talk to this one.")
+            case .crlUnavailable(let subject, let serial, let reason):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "CRL unavailable for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason) (revocation = \"hard\")",
+                    advice: "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+            case .ocspStapleInvalid(let subject, let serial, let reason):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "OCSP staple refused for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason)",
+                    advice: "The route requires a valid stapled OCSP response (require_ocsp_staple, or revocation = \"hard\" for an invalid one). The service must staple a current response from its CA's responder.")
+            case .pinMismatch(let presented, let subject):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "the upstream \(upstream) presented a key that matches no pin of the route: \(subject), pin-sha256=\"\(presented)\"",
+                    advice: "The service's key is not one the route's pin_spki_sha256 lists. If the service changed its key on purpose, add this pin (print pins with `mtls-proxy pins`).")
+            }
+        }
         // 1. Our side refused the server's certificate.
         if verifyResult != 0 {
             return ProxyErrorResponse(
@@ -217,7 +242,7 @@ extension UpstreamTLSFailure {
                     advice = "The upstream rejected the client certificate of \(presented). Make sure the service has this certificate on its allowlist (export it with `mtls-proxy certs \(identity!) --pem`), that it is not expired, and that its issuer is one the service trusts."
                 }
             } else if alert == 70 || alert == 71 {
-                advice = "The upstream and the proxy share no acceptable TLS version or cipher; the proxy requires TLS 1.2 or later."
+                advice = "The upstream and the proxy share no acceptable TLS version, cipher or group: compare the route's TLS policy (tls_min_version, tls_max_version, tls_ciphers, tls_ciphersuites, tls_groups) with what the service offers."
             } else {
                 advice = "The upstream ended the TLS handshake; \(presented) was offered."
             }
@@ -234,7 +259,7 @@ extension UpstreamTLSFailure {
             if text.contains("wrong version number") || text.contains("packet length too long") {
                 advice = "The upstream does not speak TLS on this port (is it plain HTTP?)."
             } else if text.contains("unsupported protocol") || text.contains("protocol version") {
-                advice = "The upstream offers only a TLS version below the route's min_tls."
+                advice = "The upstream offers no TLS version within the route's tls_min_version and tls_max_version."
             }
             return ProxyErrorResponse(status: 502, errorType: .tlsProtocolError,
                                       details: "TLS with the upstream \(upstream) failed: \(text)", advice: advice)

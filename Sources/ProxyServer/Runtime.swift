@@ -11,6 +11,8 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let limits: HeadLimits
     /// Counts reloads: connections made under an earlier runtime are never pooled under this one.
     public let generation: Int
+    /// When this runtime was built (its files read), as a Unix time.
+    public let loadedAt: Int = currentEpochSeconds()
     /// Users of the forward listener, when `[proxy] auth_file` is set.
     public let proxyUsers: ProxyCredentials?
     /// `Proxy-Authorization` values for corporate proxies, by credentials file.
@@ -129,6 +131,9 @@ public final class ProxyRuntime: @unchecked Sendable {
                     do {
                         contexts[plainKey] = try ClientTLSContext(trust: trust, credential: nil, identityName: nil)
                     } catch let error as TLSSetupError {
+                        if case .policy(let key, _) = error {
+                            throw ConfigError(file: config.file, key: "\(where_).\(key)", message: error.description)
+                        }
                         throw ConfigError(file: config.file, key: "\(where_).ca_file", message: error.description)
                     }
                 }
@@ -179,6 +184,20 @@ public final class ProxyRuntime: @unchecked Sendable {
     /// The `Proxy-Authorization` value for a corporate proxy, nil when it has no credentials file.
     func authorization(for proxy: EgressProxy) -> String? {
         proxy.credentialsFile.flatMap { egressAuthorizations[$0] }
+    }
+
+    /// Every CRL loaded, once per (file, issuer), from every context that checks revocation.
+    public var crls: [CRLSummary] {
+        var seen = Set<String>()
+        return contexts.values.flatMap(\.crls).filter { seen.insert("\($0.file)\u{0}\($0.issuer)\u{0}\($0.lastUpdate)").inserted }
+            .sorted { ($0.file, $0.issuer) < ($1.file, $1.issuer) }
+    }
+
+    /// The CRLs that `trust` checks against (files in its `crl_files`).
+    public func crls(for trust: TrustSettings) -> [CRLSummary] {
+        guard trust.revocation != .off else { return [] }
+        let files = Set(trust.crlFiles)
+        return crls.filter { files.contains($0.file) }
     }
 
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
@@ -242,6 +261,8 @@ public final class ProxyRuntime: @unchecked Sendable {
         var cas = config.routes.compactMap(\.trust.caFile)
         if let ca = config.upstream.trust.caFile { cas.append(ca) }
         files += cas
+        // A new CRL file reloads the runtime: its contexts, sessions and pooled connections are made anew.
+        files += config.upstream.trust.crlFiles + config.routes.flatMap(\.trust.crlFiles)
         if let intercept = config.intercept { files += [intercept.caCert, intercept.caKey] }
         if let authFile = config.proxy.authFile { files.append(authFile) }
         files += egressSettings(of: config).compactMap { $0.0.corporateProxy?.credentialsFile }

@@ -303,6 +303,7 @@ final class UpstreamConnection: EventHandler {
         handshakeCompleted = true
         tlsVersion = tls.version
         cipher = tls.cipher
+        for note in tls.trustNotes { worker.logger.warning("\(Self.describe(note, upstream: "\(key.host):\(key.port)"))") }
         connectedMicros = monotonicMicros()
         tls.startDirectIO()
         let fd = connectingFD
@@ -354,6 +355,28 @@ final class UpstreamConnection: EventHandler {
     /// stay): every request on the connection logs them.
     private(set) var tlsVersion: String?
     private(set) var cipher: String?
+
+    /// A `crl_fetch` route's connection verified before the last CRL arrived: not reused, so that the server is
+    /// verified again (a full handshake: its session is not resumed either) against the new CRL.
+    var verifiedBeforeNewCRL: Bool {
+        guard context.fetchesCRLs, let tls else { return false }
+        return tls.crlGeneration != CRLCache.shared.generation
+    }
+
+    /// The proxy's own refusal of the server's certificate (pin, revocation), if that is why the handshake failed.
+    var trustRefusal: TrustRefusal? { tls?.trustRefusal }
+
+    /// A log line for what a handshake let through under report-only pins or soft revocation.
+    static func describe(_ note: TrustNote, upstream: String) -> String {
+        switch note {
+        case .pinMismatchReported(let presented, let subject):
+            return "upstream \(upstream): key matches no pin of the route (pin_report_only, allowed): \(subject), pin-sha256=\"\(presented)\""
+        case .crlUnavailableAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial): \(reason) (revocation = \"soft\", allowed)"
+        case .ocspStapleInvalidAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): OCSP staple for \(subject), serial \(serial) not used: \(reason) (allowed)"
+        }
+    }
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {

@@ -100,8 +100,32 @@ struct Check: ParsableCommand {
             if let p = route.pathPrefix { line += ", path \(p)" }
             if let c = route.connect { line += ", connect \(c)" }
             print(line)
+            guard route.action != .deny else { continue }
+            printTrust(route.trust, runtime: runtime, now: now)
         }
         if worst != .ok { throw ExitCode(Int32(worst.rawValue)) }
+    }
+
+    /// A route's trust beyond the defaults: pin-only named plainly, pins, revocation and each CRL's state.
+    func printTrust(_ t: TrustSettings, runtime: ProxyRuntime, now: Int) {
+        if t.verify == .pinOnly {
+            print("  PIN-ONLY: no CA chain, host name or dates are checked; only the server's key against \(t.pins.count) pin(s)")
+        } else if !t.pins.isEmpty {
+            print("  pins: \(TrustDescription.pins(t))")
+        }
+        if t.requireOCSPStaple { print("  ocsp staple: \(TrustDescription.ocsp(t))") }
+        if t.revocation != .off {
+            print("  revocation: \(TrustDescription.revocation(t))")
+            for crl in runtime.crls(for: t) {
+                let next = crl.nextUpdate.map { formatDate($0) } ?? "none"
+                let state = crl.isStale(at: now) ? "STALE since \(next)" : "next update \(next)"
+                print("    CRL \(crl.file): issuer \(crl.issuer), \(crl.revokedCount) revoked, \(state)")
+            }
+        }
+        if t.minTLS != .tls12 || t.maxTLS != .tls13 || t.ciphers != TLSPolicyDefaults.ciphers || t.cipherSuites != TLSPolicyDefaults.cipherSuites
+            || t.groups != TLSPolicyDefaults.groups || !t.signatureAlgorithms.isEmpty {
+            print("  tls policy: \(TrustDescription.policy(t))")
+        }
     }
 
     struct CertificateLine {

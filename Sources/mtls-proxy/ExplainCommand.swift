@@ -100,7 +100,19 @@ struct Explain: ParsableCommand {
             }
             let trust = match.trust.caFile.map { "CA bundle \(PathDisplay(configPath: runtime.config.file).path($0))" } ?? "the system trust store"
             let hostCheck = IPAddress(target.host) != nil ? "IP address \(target.host)" : "host name \(target.host), sent as SNI"
-            lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
+            let t = match.trust
+            let versions = t.minTLS == t.maxTLS ? "TLS \(t.minTLS.rawValue) only" : "TLS \(t.minTLS.rawValue) to \(t.maxTLS.rawValue)"
+            if t.verify == .pinOnly {
+                lines.append(("trust", "pin-only: no CA chain, host name or dates checked; only the server's own key (pin_spki_sha256, \(t.pins.count) pin(s)); \(versions)"))
+            } else {
+                lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); \(versions)"))
+            }
+            lines.append(("tls policy", TrustDescription.policy(t)))
+            if t.verify == .chain {
+                lines.append(("pins", TrustDescription.pins(t)))
+                lines.append(("revocation", TrustDescription.revocation(t)))
+                lines.append(("ocsp staple", TrustDescription.ocsp(t)))
+            }
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }
         return lines

@@ -482,7 +482,7 @@ class AlertRules(unittest.TestCase):
     def test_rules_pass_promtool_check(self):
         r = subprocess.run([self.promtool, "check", "rules", RULES], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("SUCCESS: 7 rules found", r.stdout)
+        self.assertIn("SUCCESS: 9 rules found", r.stdout)
 
     def test_prometheus_rule_manifest_holds_the_same_groups(self):
         import yaml
@@ -523,6 +523,10 @@ class AlertRules(unittest.TestCase):
                 {"series": f'mtls_proxy_identity_certificate_switches_total{{{inst}, identity="next"}}', "values": "0x30 1x90"},
                 {"series": f'mtls_proxy_identity_certificate_switches_total{{{inst}, identity="fine"}}', "values": "0x120"},
                 {"series": f'mtls_proxy_local_ca_expiry_timestamp_seconds{{{inst}}}', "values": f"{12 * DAY}x120"},
+                # A CRL due in 12 hours (going stale), and one due at minute 30 (stale from then on).
+                {"series": f'mtls_proxy_crl_next_update_timestamp_seconds{{{inst}, issuer="CN=A", file="/a.crl"}}', "values": f"{12 * 3600}x120"},
+                {"series": f'mtls_proxy_crl_next_update_timestamp_seconds{{{inst}, issuer="CN=B", file="/b.crl"}}', "values": "1800x120"},
+                {"series": f'mtls_proxy_crl_next_update_timestamp_seconds{{{inst}, issuer="CN=C", file="/c.crl"}}', "values": f"{30 * DAY}x120"},
                 # The reload failed at minute 10, was fixed at minute 40.
                 {"series": f'mtls_proxy_config_last_reload_success{{{inst}}}', "values": "1x10 0x30 1x80"},
             ],
@@ -549,6 +553,14 @@ class AlertRules(unittest.TestCase):
                     {"exp_labels": {"severity": "warning", "instance": "proxy:9901", "job": "mtls-proxy"}},
                 ]},
                 {"eval_time": "60m", "alertname": "MTLSProxyLocalCAExpiryCritical", "exp_alerts": []},
+                {"eval_time": "60m", "alertname": "MTLSProxyCRLGoingStale", "exp_alerts": [
+                    {"exp_labels": {"severity": "warning", "issuer": "CN=A", "file": "/a.crl", "instance": "proxy:9901", "job": "mtls-proxy"}},
+                    {"exp_labels": {"severity": "warning", "issuer": "CN=B", "file": "/b.crl", "instance": "proxy:9901", "job": "mtls-proxy"}},
+                ]},
+                {"eval_time": "20m", "alertname": "MTLSProxyCRLStale", "exp_alerts": []},
+                {"eval_time": "60m", "alertname": "MTLSProxyCRLStale", "exp_alerts": [
+                    {"exp_labels": {"severity": "critical", "issuer": "CN=B", "file": "/b.crl", "instance": "proxy:9901", "job": "mtls-proxy"}},
+                ]},
                 {"eval_time": "12m", "alertname": "MTLSProxyConfigReloadFailed", "exp_alerts": []},  # not for 5m yet
                 {"eval_time": "30m", "alertname": "MTLSProxyConfigReloadFailed", "exp_alerts": [
                     {"exp_labels": {"severity": "warning", "instance": "proxy:9901", "job": "mtls-proxy"}},
