@@ -13,6 +13,16 @@ import ProxyConfig
         #expect(Verdict(worst: .noValidCertificate, warnDays: 30).exitCode == 3)
     }
 
+    /// `check --fail-on error` is a start-up gate: it exits non-zero only for what `run` refuses.
+    @Test func failOnErrorExitsNonZeroOnlyForAConfigError() {
+        #expect(Verdict(worst: .ok, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(worst: .expiringWithoutSuccessor, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(status: .configError, warnDays: 30, failOn: .error).exitCode == 1)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .error).status == .noValidCertificate)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .warning).exitCode == 3)
+    }
+
     @Test func certificateStates() {
         let now = 1_000 * day
         let certificates = [CertificateValidity(notBefore: now - 400 * day, notAfter: now - day),   // expired

@@ -3,7 +3,7 @@
 that knows about certificates, systemd readiness notifications (sd_notify) and journal-friendly logs, and the
 deployment files: Kubernetes manifests (kubernetes-validate, Pod Security fields), the Dockerfile (hadolint) and
 the systemd unit (systemd-analyze verify)."""
-import json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, unittest
+import json, os, re, shlex, shutil, signal, socket, subprocess, sys, tempfile, time, unittest
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,8 @@ def setUpModule():
         f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",
         f"pki_cert_dated '{p}' covered-a fusion-covered-a $(utc_in -86400) $(utc_in 3*86400)",
         f"pki_cert_dated '{p}' covered-b fusion-covered-b $(utc_in -3600) $(utc_in 200*86400)",
-        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)")
+        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)",
+        f"pki_cert_dated '{p}' later fusion-later $(utc_in 10*86400) $(utc_in 400*86400)")
     switch_at = time.time() + SWITCH_IN - 1
     procs = harness.Processes()
     ports = {k: harness.free_port() for k in ("proxy", "admin", "up")}
@@ -468,6 +469,135 @@ class Systemd(unittest.TestCase):
             f.write(unit.replace("/usr/local/bin/mtls-proxy", os.path.abspath(harness.proxy_binary())).replace("Type=notify", "Type=notfy"))
         r = subprocess.run([analyze, "verify", "--man=no", path], capture_output=True, text=True, timeout=60)
         self.assertIn("Failed to parse service type", r.stderr)
+
+
+def unit_settings(text):
+    """A unit file's settings: key -> every value it is given, in order (continuation lines joined)."""
+    settings = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def unit_command(line, binary, config):
+    """An Exec*= line of the unit as the argument vector systemd runs, with `binary` for the installed mtls-proxy
+    and `config` for /etc/mtls-proxy/proxy.conf. A prefix that makes systemd ignore a failure ('-') or change
+    who runs it would hide what this checks, so none is allowed."""
+    assert not line.startswith(("-", "@", "+", "!", ":", "|")), line
+    argv = shlex.split(line)
+    assert argv[0] in ("/usr/bin/mtls-proxy", "/usr/local/bin/mtls-proxy"), argv
+    return [binary] + [config if a == "/etc/mtls-proxy/proxy.conf" else a for a in argv[1:]]
+
+
+def start_as_the_unit_would(test, unit_text, config, binary=None):
+    """Runs the unit's ExecStartPre lines, each of which must succeed (systemd fails the start otherwise), then
+    its ExecStart with a $NOTIFY_SOCKET (Type=notify): returns the process once it sent READY=1."""
+    binary = binary or os.path.abspath(harness.proxy_binary())
+    settings = unit_settings(unit_text)
+    test.assertTrue(settings.get("ExecStartPre"), "no ExecStartPre: nothing checks the config before the start")
+    for line in settings.get("ExecStartPre", []):
+        argv = unit_command(line, binary, config)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=harness.clean_env())
+        test.assertEqual(r.returncode, 0, f"ExecStartPre={line} exits {r.returncode}: systemd would not start the "
+                                          f"proxy\n{r.stdout}{r.stderr}")
+    [start] = settings["ExecStart"]
+    notify = NotifySocket(os.path.dirname(config))
+    test.addCleanup(notify.close)
+    env = harness.clean_env(NOTIFY_SOCKET=notify.address)
+    log = open(config + ".unit.log", "wb")
+    test.addCleanup(log.close)
+    proc = subprocess.Popen(unit_command(start, binary, config), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    test.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+    test.assertEqual(notify.next().get("READY"), "1")
+    return proc
+
+
+class UnitStartsOnAWarning(unittest.TestCase):
+    """systemd fails a unit whose ExecStartPre exits non-zero: the unit's check must refuse only what `run`
+    refuses, not a certificate in its last 30 days or an identity whose only certificate starts next month."""
+
+    def config(self, name, identities, route_identity):
+        ports = {"proxy": harness.free_port(), "admin": harness.free_port()}
+        text = f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 1
+drain_timeout = "1s"
+
+[upstream]
+ca_file = "pki/ca.pem"
+{identities}
+[[route]]
+host = "api.mygreatbank.test"
+identity = "{route_identity}"
+connect = "127.0.0.1:{ENV['ports']['up']}"
+"""
+        path = f"{ENV['dir']}/{name}.conf"
+        with open(path, "w") as f:
+            f.write(text)
+        return path, ports
+
+    def start_and_serve(self, config, ports, expect_cn):
+        unit = harness.read(os.path.join(DEPLOY, "systemd", "mtls-proxy.service"))
+        proc = start_as_the_unit_would(self, unit, config)
+        r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{ports['proxy']}"}, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        self.assertEqual(r.text, expect_cn)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=20), 0)
+
+    def test_a_certificate_10_days_from_expiry(self):
+        config, ports = self.config("unit-soon", '[identities.soon]\ncert = "pki/soon.pem"\nkey = "pki/soon.key"\n', "soon")
+        self.assertEqual(subprocess.run([harness.proxy_binary(), "check", "--config", config], capture_output=True).returncode, 2)
+        self.start_and_serve(config, ports, "fusion-soon")
+
+    def test_an_identity_with_only_a_future_certificate(self):
+        config, ports = self.config("unit-later", '[identities.us]\ncert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n'
+                                    '[identities.later]\ncert = "pki/later.pem"\nkey = "pki/later.key"\n', "us")
+        self.assertEqual(subprocess.run([harness.proxy_binary(), "check", "--config", config], capture_output=True).returncode, 3)
+        self.start_and_serve(config, ports, "fusion-us")
+
+    def test_a_config_error_still_stops_the_start(self):
+        config, _ = self.config("unit-bad", '[identities.us]\ncert = "pki/fusion-us.pem"\nkey = "pki/nowhere.key"\n', "us")
+        unit = harness.read(os.path.join(DEPLOY, "systemd", "mtls-proxy.service"))
+        [pre] = unit_settings(unit)["ExecStartPre"]
+        r = subprocess.run(unit_command(pre, harness.proxy_binary(), config), capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("nowhere.key", r.stderr)
+
+    def test_nothing_shipped_gates_start_up_on_a_warning(self):
+        """Every place that runs `check` before the proxy starts (unit ExecStartPre/ExecCondition, container
+        commands, Kubernetes init containers and probes) passes --fail-on error."""
+        import yaml
+        found = 0
+        for folder, _, files in os.walk(DEPLOY):
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.endswith(".service"):
+                    for key, values in unit_settings(harness.read(path)).items():
+                        for value in values:
+                            if key.startswith("Exec") and " check" in value:
+                                found += 1
+                                self.assertIn("--fail-on error", value, f"{name} {key}")
+                elif name.endswith(".yaml"):
+                    with open(path) as f:
+                        for doc in yaml.safe_load_all(f):
+                            for pod in pod_specs(doc or {"kind": ""}):
+                                for c in pod.get("initContainers", []) + pod.get("containers", []):
+                                    argv = c.get("command", []) + c.get("args", [])
+                                    if "check" in argv:
+                                        found += 1
+                                        self.assertIn("--fail-on=error", " ".join(argv).replace("--fail-on error", "--fail-on=error"), name)
+        dockerfile = harness.read(os.path.join(ROOT, "Dockerfile"))
+        for line in dockerfile.splitlines():
+            if re.match(r"(CMD|ENTRYPOINT|HEALTHCHECK)\b", line) and '"check"' in line:
+                found += 1
+                self.assertIn('"--fail-on", "error"', line)
+        self.assertGreaterEqual(found, 1)
 
 
 RULES = os.path.join(DEPLOY, "prometheus", "mtls-proxy.rules.yml")
