@@ -8,7 +8,7 @@ struct Check: ParsableCommand {
         abstract: "Validate the config, load every certificate and key, show when each expires.",
         usage: """
         mtls-proxy check [--config <file>] [--warn-days <days>]
-                         [--format text|json]
+                         [--format text|json] [--fail-on warning|error]
         """,
         discussion: """
         Every mistake in the config is reported (file:line: key: message), not only the first.
@@ -19,6 +19,9 @@ struct Check: ParsableCommand {
           2  an identity's active certificate expires within --warn-days
              and no successor is staged
           3  an identity has no currently valid certificate
+
+        With --fail-on error, for start-up gates such as the systemd unit, only 1
+        counts: 2 and 3 become 0 (the report still says why), as `run` serves.
         """)
 
     @OptionGroup var options: ConfigOption
@@ -30,6 +33,10 @@ struct Check: ParsableCommand {
     @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
+    @Option(help: ArgumentHelp("warning: exit 1, 2 or 3 on any finding (cron, monitoring). error: exit non-zero only when `run` would refuse the config (start-up gates such as the systemd unit).",
+                               valueName: "level"))
+    var failOn: Verdict.FailOn = .warning
+
     func validate() throws {
         // The same range as [proxy] warn_days.
         guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
@@ -40,10 +47,11 @@ struct Check: ParsableCommand {
             let now = currentEpochSeconds()
             switch options.runtime() {
             case .failure(let error):
-                try RuntimeReport.printJSON(RuntimeReport.failure(error, warnDays: warnDays, now: now))
+                try RuntimeReport.printJSON(RuntimeReport.failure(error, warnDays: warnDays, now: now, failOn: failOn))
                 throw ExitCode(1)
             case .success(let runtime):
-                let report = RuntimeReport.check(runtime, identities: runtime.config.identities, warnDays: warnDays, now: now)
+                let report = RuntimeReport.check(runtime, identities: runtime.config.identities, warnDays: warnDays, now: now,
+                                                 failOn: failOn)
                 try RuntimeReport.printJSON(report)
                 if report.verdict.exitCode != 0 { throw ExitCode(Int32(report.verdict.exitCode)) }
                 return
@@ -96,7 +104,8 @@ struct Check: ParsableCommand {
             if let c = route.connect { line += ", connect \(c)" }
             print(line)
         }
-        if worst != .ok { throw ExitCode(Int32(worst.rawValue)) }
+        let exitCode = Verdict(worst: worst, warnDays: warnDays, failOn: failOn).exitCode
+        if exitCode != 0 { throw ExitCode(Int32(exitCode)) }
     }
 
     func verdict(_ name: String, _ status: IdentityStatus, credentials serials: [String]) -> String {
@@ -119,3 +128,5 @@ struct Check: ParsableCommand {
         return line
     }
 }
+
+extension Verdict.FailOn: ExpressibleByArgument {}

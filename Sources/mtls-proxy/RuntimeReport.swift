@@ -40,19 +40,20 @@ enum RuntimeReport {
                              error: runtime.localCA == nil ? "not loaded" : nil, now: now)
     }
 
-    static func check(_ runtime: ProxyRuntime, identities: [Identity], warnDays: Int, now: Int) -> CheckReport {
+    static func check(_ runtime: ProxyRuntime, identities: [Identity], warnDays: Int, now: Int,
+                      failOn: Verdict.FailOn = .warning) -> CheckReport {
         let config = runtime.config
         let reports = identities.map { identity(runtime, $0, now: now, warnDays: warnDays) }
         let worst = identities.map { runtime.status(identity: $0.name, at: now, warnDays: warnDays).health }.max() ?? .ok
         return CheckReport(generatedAt: ReportTime.rfc3339(now), config: config.file, valid: true,
                            listen: config.proxy.listen.description, unmatched: config.proxy.unmatched.rawValue,
                            identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map(RouteReport.init),
-                           warnings: runtime.keyPermissionWarnings, verdict: Verdict(worst: worst, warnDays: warnDays))
+                           warnings: runtime.keyPermissionWarnings, verdict: Verdict(worst: worst, warnDays: warnDays, failOn: failOn))
     }
 
-    static func failure(_ error: ConfigError, warnDays: Int, now: Int) -> CheckReport {
+    static func failure(_ error: ConfigError, warnDays: Int, now: Int, failOn: Verdict.FailOn = .warning) -> CheckReport {
         CheckReport(generatedAt: ReportTime.rfc3339(now), config: error.file, valid: false,
-                    errors: error.all.map(ConfigProblem.init), verdict: Verdict(status: .configError, warnDays: warnDays))
+                    errors: error.all.map(ConfigProblem.init), verdict: Verdict(status: .configError, warnDays: warnDays, failOn: failOn))
     }
 
     static func printJSON(_ value: some Encodable) throws {

@@ -62,7 +62,7 @@ import ProxyConfig
                                      "local_ca", "routes", "warnings", "verdict"])
         #expect(object["schema"] as? String == "mtls-proxy.check/1")
         let verdict = try #require(object["verdict"] as? [String: Any])
-        #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days"])
+        #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days", "fail_on"])
         let identities = try #require(object["identities"] as? [[String: Any]])
         #expect(Set(identities[0].keys) == ["name", "prefer", "health", "active", "days_left", "next", "certificates"])
         let certificate = try #require((identities[0]["certificates"] as? [[String: Any]])?.first)

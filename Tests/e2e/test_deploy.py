@@ -546,7 +546,7 @@ connect = "127.0.0.1:{ENV['ports']['up']}"
         proc = start_as_the_unit_would(self, unit, config)
         r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{ports['proxy']}"}, timeout=10)
         self.assertEqual(r.status_code, 200, r.text)
-        self.assertEqual(r.text, expect_cn)
+        self.assertEqual(r.headers["X-Client-Subject"], expect_cn)  # the upstream saw that certificate
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=20), 0)
 
