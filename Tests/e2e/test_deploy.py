@@ -8,6 +8,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from systemd_unit import NotifySocket, start_as_the_unit_would, unit_command, unit_settings  # noqa: E402
 import requests  # noqa: E402
 
 ROOT = harness.ROOT
@@ -290,31 +291,6 @@ class Readiness(unittest.TestCase):
         self.assertIn("expected true or false", r.stdout + r.stderr)
 
 
-class NotifySocket:
-    """A unix datagram socket standing in for systemd's $NOTIFY_SOCKET."""
-
-    def __init__(self, directory, abstract=False):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if abstract:
-            name = f"mtls-proxy-test-{os.getpid()}-{time.time_ns()}"
-            self.sock.bind("\0" + name)
-            self.address = "@" + name
-        else:
-            self.address = os.path.join(directory, f"notify-{time.time_ns()}.sock")
-            self.sock.bind(self.address)
-        self.sock.settimeout(20)
-        self.messages = []
-
-    def next(self):
-        data = self.sock.recv(4096).decode()
-        fields = dict(line.split("=", 1) for line in data.splitlines() if line)
-        self.messages.append(fields)
-        return fields
-
-    def close(self):
-        self.sock.close()
-
-
 class Systemd(unittest.TestCase):
     def start(self, notify, log_extra="", extra_env=None):
         d = ENV["dir"]
@@ -469,51 +445,6 @@ class Systemd(unittest.TestCase):
             f.write(unit.replace("/usr/local/bin/mtls-proxy", os.path.abspath(harness.proxy_binary())).replace("Type=notify", "Type=notfy"))
         r = subprocess.run([analyze, "verify", "--man=no", path], capture_output=True, text=True, timeout=60)
         self.assertIn("Failed to parse service type", r.stderr)
-
-
-def unit_settings(text):
-    """A unit file's settings: key -> every value it is given, in order (continuation lines joined)."""
-    settings = {}
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.strip()
-        if "=" in line and not line.startswith(("#", ";", "[")):
-            key, value = line.split("=", 1)
-            settings.setdefault(key.strip(), []).append(value.strip())
-    return settings
-
-
-def unit_command(line, binary, config):
-    """An Exec*= line of the unit as the argument vector systemd runs, with `binary` for the installed mtls-proxy
-    and `config` for /etc/mtls-proxy/proxy.conf. A prefix that makes systemd ignore a failure ('-') or change
-    who runs it would hide what this checks, so none is allowed."""
-    assert not line.startswith(("-", "@", "+", "!", ":", "|")), line
-    argv = shlex.split(line)
-    assert argv[0] in ("/usr/bin/mtls-proxy", "/usr/local/bin/mtls-proxy"), argv
-    return [binary] + [config if a == "/etc/mtls-proxy/proxy.conf" else a for a in argv[1:]]
-
-
-def start_as_the_unit_would(test, unit_text, config, binary=None):
-    """Runs the unit's ExecStartPre lines, each of which must succeed (systemd fails the start otherwise), then
-    its ExecStart with a $NOTIFY_SOCKET (Type=notify): returns the process once it sent READY=1."""
-    binary = binary or os.path.abspath(harness.proxy_binary())
-    settings = unit_settings(unit_text)
-    test.assertTrue(settings.get("ExecStartPre"), "no ExecStartPre: nothing checks the config before the start")
-    for line in settings.get("ExecStartPre", []):
-        argv = unit_command(line, binary, config)
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=harness.clean_env())
-        test.assertEqual(r.returncode, 0, f"ExecStartPre={line} exits {r.returncode}: systemd would not start the "
-                                          f"proxy\n{r.stdout}{r.stderr}")
-    [start] = settings["ExecStart"]
-    notify = NotifySocket(os.path.dirname(config))
-    test.addCleanup(notify.close)
-    env = harness.clean_env(NOTIFY_SOCKET=notify.address)
-    log = open(config + ".unit.log", "wb")
-    test.addCleanup(log.close)
-    proc = subprocess.Popen(unit_command(start, binary, config), stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    test.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
-    test.assertEqual(notify.next().get("READY"), "1")
-    return proc
 
 
 class UnitStartsOnAWarning(unittest.TestCase):
@@ -933,18 +864,6 @@ class Dockerfile(unittest.TestCase):
             self.assertIn("no answer", r.stderr)
         finally:
             procs.stop_all()
-
-    def test_static_binary_links_no_swift_library(self):
-        binary = os.environ.get("MTLS_PROXY_STATIC_BIN")
-        if not binary:
-            self.skipTest("set MTLS_PROXY_STATIC_BIN to the binary of `MTLS_PROXY_STATIC_STDLIB=1 scripts/build release` (a 5-minute build)")
-        r = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30)
-        self.assertNotIn("libswift", r.stdout)
-        self.assertNotIn("libFoundation", r.stdout)
-        self.assertIn("libevent", r.stdout)
-        r = subprocess.run([binary, "check", "--config", "/nonexistent/proxy.conf"], capture_output=True, text=True, timeout=30)
-        self.assertEqual(r.returncode, 1)
-        self.assertIn("cannot read the config file", r.stderr)
 
 
 class Project(unittest.TestCase):
