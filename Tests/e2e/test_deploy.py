@@ -758,12 +758,20 @@ class Kubernetes(unittest.TestCase):
         checked = 0
         for name, doc, pod, c, config in self.proxies():
             checked += 1
-            self.assertRegex(config, r'\[admin\]\s*\nlisten = "127\.0\.0\.1:\d+"', name)
-            self.assertNotIn("allow_clients", config.split("[admin]")[1].split("\n[")[0], name)
-            self.assertEqual(c.get("ports", []), [], name)  # nothing to publish: the probes run inside the container
+            admin = config.split("[admin]")[1].split("\n[")[0]
+            if name == "sidecar.yaml":
+                # Scraped by Prometheus: see test_the_deployment_is_scraped_with_the_admin_endpoint_kept_private.
+                self.assertRegex(admin, r'listen = "0\.0\.0\.0:9901"', name)
+                self.assertEqual([p["containerPort"] for p in c.get("ports", [])], [9901], name)
+            else:
+                self.assertRegex(config, r'\[admin\]\s*\nlisten = "127\.0\.0\.1:\d+"', name)
+                self.assertNotIn("allow_clients", admin, name)
+                self.assertEqual(c.get("ports", []), [], name)  # nothing to publish: the probes run inside the container
             for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
                 if probe in c:
-                    self.assertEqual(c[probe]["exec"]["command"][:2], ["/usr/local/bin/mtls-proxy", "health"], name)
+                    # The probes ask the loopback address, which the admin endpoint always allows.
+                    self.assertEqual(c[probe]["exec"]["command"], ["/usr/bin/mtls-proxy", "health"]
+                                     + (["--ready"] if probe != "livenessProbe" else []) + ["--admin", "127.0.0.1:9901"], name)
             psc = pod["securityContext"]
             secret = next(v["secret"] for v in pod["volumes"] if "secret" in v)
             # Mounted root:fsGroup 0440; the proxy runs with that group, which the key warning accepts.
@@ -776,6 +784,69 @@ class Kubernetes(unittest.TestCase):
             self.assertEqual(r.returncode, 1, name)
             self.assertIn("cannot read /etc/mtls-proxy/certs/fusion-us.pem", r.stderr, name)
         self.assertEqual(checked, 2)
+
+    def test_both_sidecars_set_no_proxy_in_both_cases_with_every_loopback_name(self):
+        """Clients disagree on which case they read (curl and wget only lower case, Go upper case first): each
+        workflow container sets both, equal, and NO_PROXY holds 127.0.0.1, localhost and ::1, so a base URL of a
+        sidecar listener is reached directly."""
+        checked = 0
+        for path in MANIFESTS:
+            for doc in self.docs(path):
+                for pod in pod_specs(doc):
+                    for c in pod.get("initContainers", []) + pod["containers"]:
+                        if "mtls-proxy" in c["image"]:
+                            continue
+                        checked += 1
+                        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                        where = f"{os.path.basename(path)} {c['name']}"
+                        self.assertEqual(env.get("HTTP_PROXY"), env.get("http_proxy"), where)
+                        self.assertEqual(env.get("NO_PROXY"), env.get("no_proxy"), where)
+                        entries = (env.get("NO_PROXY") or "").split(",")
+                        for entry in ("127.0.0.1", "localhost", "::1"):
+                            self.assertIn(entry, entries, where)
+        self.assertEqual(checked, 2)
+
+    def test_the_deployment_is_scraped_with_the_admin_endpoint_kept_private(self):
+        """The alert rules need a scrape: the Deployment's admin endpoint listens on the pod IP for addresses in
+        allow_clients, a NetworkPolicy lets only Prometheus reach that port, and a PodMonitor scrapes it."""
+        import ipaddress
+        docs = self.docs(os.path.join(DEPLOY, "kubernetes", "sidecar.yaml"))
+        [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+        pod = deployment["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        [proxy] = [c for c in pod["spec"]["containers"] if c["name"] == "mtls-proxy"]
+        [port] = proxy["ports"]
+        self.assertEqual((port["name"], port["containerPort"]), ("metrics", 9901))
+        config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["proxy.conf"]
+        admin = config.split("[admin]")[1].split("\n[")[0]
+        ranges = re.search(r"allow_clients = \[(.*)\]", admin).group(1)
+        for r in (x.strip().strip('"') for x in ranges.split(",")):
+            network = ipaddress.ip_network(r)
+            self.assertTrue(network.is_private, r)  # never the world
+            self.assertGreater(network.prefixlen, 0, r)
+        # The NetworkPolicy: only Prometheus's pods reach the pod, and only on the metrics port.
+        [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        spec = policy["spec"]
+        self.assertLessEqual(spec["podSelector"]["matchLabels"].items(), labels.items())
+        self.assertEqual(spec["policyTypes"], ["Ingress"])
+        [rule] = spec["ingress"]
+        self.assertEqual(rule["ports"], [{"protocol": "TCP", "port": 9901}])
+        [source] = rule["from"]
+        self.assertIn("namespaceSelector", source)
+        self.assertIn("podSelector", source)
+        # The PodMonitor scrapes that port by name, on that pod.
+        monitor_path = os.path.join(DEPLOY, "kubernetes", "pod-monitor.yaml")
+        [monitor] = self.docs(monitor_path)
+        self.assertEqual((monitor["apiVersion"], monitor["kind"]), ("monitoring.coreos.com/v1", "PodMonitor"))
+        self.assertLessEqual(monitor["spec"]["selector"]["matchLabels"].items(), labels.items())
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        self.assertEqual((endpoint["port"], endpoint["path"]), ("metrics", "/metrics"))
+        # The embedded config passes check up to the certificate files, which exist in the pod only.
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+            f.write(config)
+        r = subprocess.run([harness.proxy_binary(), "check", "--config", f.name], capture_output=True, text=True, timeout=30)
+        self.assertNotIn("admin", r.stderr)
+        self.assertIn("cannot read /etc/mtls-proxy/certs/fusion-us.pem", r.stderr)
 
     def test_key_permission_warning_accepts_the_proxys_own_group(self):
         d = tempfile.mkdtemp(prefix="mtls-proxy-keymode-")
@@ -820,14 +891,81 @@ class Dockerfile(unittest.TestCase):
         r = subprocess.run([hadolint, "--no-color", f"{d}/Dockerfile"], capture_output=True, text=True, timeout=60)
         self.assertIn("DL3008", r.stdout)
 
-    def test_static_swift_runtime_numeric_user_and_health_check(self):
-        # The Dockerfile builds through scripts/build, which adds --static-swift-stdlib when asked.
-        self.assertRegex(self.text, r"MTLS_PROXY_STATIC_STDLIB=1 .*scripts/build release")
+    def test_the_image_installs_the_package_that_scripts_package_builds(self):
+        # One set of files: the build stage runs scripts/package, the runtime stage installs its .deb with apt-get,
+        # which brings the package's Depends; nothing is copied in beside it but the container config.
+        self.assertRegex(self.text, r"(?m)^RUN .*scripts/package")
+        self.assertRegex(self.text, r"apt-get install -y --no-install-recommends /tmp/mtls-proxy\.deb")
+        self.assertEqual(re.findall(r"(?m)^COPY (?!--from)\S+ (/etc\S*|/usr\S*)", self.text),
+                         [("/etc/mtls-proxy/proxy.conf")])
+        package = harness.read(os.path.join(ROOT, "scripts", "package"))
+        self.assertIn("MTLS_PROXY_STATIC_STDLIB=1", package)
         self.assertIn("--static-swift-stdlib", harness.read(os.path.join(ROOT, "scripts", "build")))
         self.assertNotIn("/usr/lib/swift", self.text)  # no toolchain libraries copied
         self.assertNotIn("LD_LIBRARY_PATH", self.text)
-        self.assertRegex(self.text, r"(?m)^USER \d+:\d+$")
-        self.assertRegex(self.text, r'(?m)^HEALTHCHECK .*CMD \["/usr/local/bin/mtls-proxy", "health"\]$')
+        self.assertRegex(self.text, r"(?m)^USER 10001:10001$")
+        self.assertRegex(self.text, r'(?m)^HEALTHCHECK .*CMD \["/usr/bin/mtls-proxy", "health"\]$')
+        self.assertRegex(self.text, r'(?m)^ENTRYPOINT \["/usr/bin/mtls-proxy"\]$')
+        # The package's group is the image user's group, so keys 0640 root:10001 are read through it.
+        self.assertIn("groupadd --system --gid 10001 mtls-proxy", self.text)
+
+    def test_the_container_config_listens_for_the_container_network(self):
+        """`docker run -p 127.0.0.1:3128:3128` reaches nothing if the proxy listens on the container's own
+        loopback: the shipped container config listens on 0.0.0.0 and accepts the container networks only."""
+        path = os.path.join(DEPLOY, "container", "proxy.conf")
+        self.assertIn("COPY deploy/container/proxy.conf /etc/mtls-proxy/proxy.conf", self.text)
+        text = harness.read(path)
+        self.assertRegex(text, r'(?m)^listen = "0\.0\.0\.0:3128"$')
+        allow = re.search(r"(?m)^allow_clients = \[(.*)\]$", text).group(1)
+        ranges = [r.strip().strip('"') for r in allow.split(",")]
+        self.assertIn("172.16.0.0/12", ranges)  # Docker's default address pools
+        self.assertTrue(all(not r.endswith("/0") for r in ranges), ranges)
+        self.assertRegex(text, r'\[admin\]\s*\n(#.*\n)*listen = "127\.0\.0\.1:9901"')
+        r = subprocess.run([harness.proxy_binary(), "check", "--fail-on", "error", "--config", path], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("listen 0.0.0.0:3128", r.stdout)
+        doc = harness.read(os.path.join(ROOT, "docs", "container.md"))
+        self.assertIn("0.0.0.0", doc)
+        self.assertIn("chown -R root:10001", doc)
+
+    def test_keys_owned_root_10001_mode_0640_are_read_by_the_image_user_without_a_warning(self):
+        """The commands docs/container.md gives for the key files, checked as the image's user 10001:10001."""
+        setpriv = shutil.which("setpriv")
+        if not setpriv or os.geteuid() != 0:
+            self.skipTest("needs root and setpriv (util-linux) to run as user 10001")
+        d = tempfile.mkdtemp(prefix="mtls-proxy-uid10001-")
+        os.chmod(d, 0o755)
+        certs = f"{d}/certs"
+        os.makedirs(certs)
+        shutil.copy(f"{ENV['pki']}/fusion-us.pem", f"{certs}/us.pem")
+        shutil.copy(f"{ENV['pki']}/fusion-us.key", f"{certs}/us.key")
+        harness.write_file(f"{d}/proxy.conf", '[proxy]\nlisten = "127.0.0.1:0"\n\n[identities.us]\ncert = "certs/us.pem"\n'
+                           'key = "certs/us.key"\n\n[[route]]\nhost = "a.test"\nidentity = "us"\n', mode=0o644)
+        as_image_user = [setpriv, "--reuid=10001", "--regid=10001", "--clear-groups"]
+
+        def check():
+            return subprocess.run(as_image_user + [os.path.abspath(harness.proxy_binary()), "check", "--config",
+                                                   f"{d}/proxy.conf"], capture_output=True, text=True, timeout=30)
+        # As a host user leaves them (chmod 600, owned by that user): unreadable in the container.
+        os.chown(certs, 1000, 1000)
+        os.chmod(certs, 0o755)
+        os.chown(f"{certs}/us.pem", 1000, 1000)
+        os.chmod(f"{certs}/us.pem", 0o644)
+        os.chown(f"{certs}/us.key", 1000, 1000)
+        os.chmod(f"{certs}/us.key", 0o600)
+        r = check()
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("us.key", r.stderr)
+        self.assertIn("Permission denied", r.stderr)
+        # The documented commands: sudo chown -R root:10001 certs && sudo chmod 0750 certs && sudo chmod 0640 certs/*
+        subprocess.run(["chown", "-R", "root:10001", certs], check=True)
+        subprocess.run(["chmod", "0750", certs], check=True)
+        subprocess.run(["sh", "-c", f"chmod 0640 {certs}/*"], check=True)
+        r = check()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("readable by", r.stdout)
+        shutil.rmtree(d)
 
     def test_health_checks_the_config_that_pid_1_runs(self):
         """As in a container: the proxy is PID 1 of its own PID namespace, started with --config while
