@@ -929,6 +929,55 @@ class Dockerfile(unittest.TestCase):
         self.assertIn("0.0.0.0", doc)
         self.assertIn("chown -R root:10001", doc)
 
+    def test_the_container_config_answers_the_container_network_and_refuses_other_addresses(self):
+        """The shipped container config, as is, in a network namespace made here (nothing leaves it): a client
+        on Docker's bridge network (172.17.0.1, the gateway a published port's connections come from) gets the
+        proxy's answer (403: the config routes nothing yet); a client at another address gets nothing."""
+        unshare, ip = shutil.which("unshare"), shutil.which("ip")
+        if not unshare or not ip or os.geteuid() != 0:
+            self.skipTest("needs root, unshare (util-linux) and ip (iproute2) for a network namespace")
+        script = f"""
+import socket, subprocess, sys, time
+for cmd in ("link set lo up", "addr add 172.17.0.2/16 dev lo", "addr add 172.17.0.1/16 dev lo",
+            "addr add 198.51.100.7/24 dev lo"):
+    subprocess.run(["ip"] + cmd.split(), check=True)
+proxy = subprocess.Popen([{os.path.abspath(harness.proxy_binary())!r}, "run", "--config",
+                          {os.path.join(DEPLOY, "container", "proxy.conf")!r}],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def ask(source):
+    for _ in range(100):
+        s = socket.socket()
+        s.settimeout(5)
+        s.bind((source, 0))
+        try:
+            s.connect(("172.17.0.2", 3128))
+            break
+        except ConnectionRefusedError:
+            s.close()
+            time.sleep(0.1)
+    s.sendall(b"GET http://api.example.com/ HTTP/1.1\\r\\nHost: api.example.com\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.split(b"\\r\\n")[0].decode() or "nothing"
+try:
+    print("bridge:", ask("172.17.0.1"))
+    print("other:", ask("198.51.100.7"))
+finally:
+    proxy.terminate()
+    proxy.wait(10)
+"""
+        r = subprocess.run([unshare, "--net", sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("bridge: HTTP/1.1 403", r.stdout)
+        self.assertIn("other: nothing", r.stdout)
+
     def test_keys_owned_root_10001_mode_0640_are_read_by_the_image_user_without_a_warning(self):
         """The commands docs/container.md gives for the key files, checked as the image's user 10001:10001."""
         setpriv = shutil.which("setpriv")
