@@ -126,6 +126,10 @@ public enum ConfigLoader {
 
         var routes: [Route] = []
         for (i, rt) in try reader.arrayOfTables("route").enumerated() {
+            // Mistakes in a named route say its name: route "payments-eu" (route[2]).identity.
+            if let name = rt.table["name"]?.string, Route.isPrintableName(name) {
+                problems.label(rt.path, as: "route \"\(name)\" (\(rt.path))")
+            }
             problems.collect {
                 routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities))
             }
@@ -483,7 +487,9 @@ struct TableReader {
     func allowOnly(_ allowed: Set<String>) throws {
         for key in table.keys.sorted() where !allowed.contains(key) {
             let hint = NearestKey.suggestion(for: key, among: allowed).map { "did you mean `\($0)`? " } ?? ""
-            problems.record(error(key, "unknown key; \(hint)expected one of: \(allowed.sorted().joined(separator: ", "))"))
+            var unknown = error(key, "unknown key; \(hint)expected one of: \(allowed.sorted().joined(separator: ", "))")
+            unknown.unknownKey = true
+            problems.record(unknown)
         }
     }
 
@@ -547,8 +553,9 @@ struct TableReader {
         return resolve(text)
     }
 
+    /// `path` against the config file's folder, spelled the short way (`FilePathSpelling`).
     func resolve(_ path: String) -> String {
-        path.hasPrefix("/") ? path : "\(base)/\(path)"
+        FilePathSpelling.normalised(path.hasPrefix("/") ? path : "\(base)/\(path)")
     }
 
     func stringArray(_ key: String) throws -> [String]? {

@@ -6,6 +6,8 @@ public final class ConfigProblems {
     let file: String
     private(set) var errors: [ConfigError] = []
     private(set) var truncated = false
+    /// Names for key prefixes, for messages: `route[2]` → `route "payments-eu" (route[2])`.
+    private var prefixLabels: [String: String] = [:]
 
     public init(file: String) { self.file = file }
 
@@ -16,6 +18,17 @@ public final class ConfigProblems {
             return
         }
         errors.append(error)
+    }
+
+    /// Messages name keys under `prefix` (a table such as `route[2]`) with `label` instead.
+    func label(_ prefix: String, as label: String) {
+        prefixLabels[prefix] = label
+    }
+
+    private func label(of key: String) -> String? {
+        guard let end = key.firstIndex(of: ".") ?? (key.isEmpty ? nil : key.endIndex),
+              let label = prefixLabels[String(key[..<end])] else { return nil }
+        return label + key[end...]
     }
 
     /// Runs `body`; a `ConfigError` it throws is recorded and reading goes on with the next part of the file.
@@ -41,10 +54,13 @@ public final class ConfigProblems {
         var located = errors.map { error -> ConfigError in
             var e = error
             if e.line == nil, e.file == file, !e.key.isEmpty { e.line = lines.line(of: e.key) }
+            if e.file == file, e.keyLabel == nil { e.keyLabel = label(of: e.key) }
             return e
         }
-        // Stable sort by line; mistakes without one (whole-file, environment) keep their order at the end.
+        // Unknown keys first: `identiy` is the cause of `identity: missing`, so it is read first. Then a stable
+        // sort by line; mistakes without one (whole-file, environment) keep their order at the end.
         located = located.enumerated().sorted { a, b in
+            if a.element.unknownKey != b.element.unknownKey { return a.element.unknownKey }
             switch (a.element.line, b.element.line) {
             case let (x?, y?): return x != y ? x < y : a.offset < b.offset
             case (_?, nil): return true

@@ -34,6 +34,20 @@ public struct ProxyConfiguration: Sendable {
         identities.first { $0.name == name }
     }
 
+    /// Identities that some route names (`identity = ...`).
+    public var routedIdentities: Set<String> {
+        Set(routes.compactMap { route in
+            if case .mtls(let identity) = route.action { return identity }
+            return nil
+        })
+    }
+
+    /// Identities no route names, in name order: loaded, checked and alerted on, yet never presented.
+    public var unusedIdentities: [String] {
+        let routed = routedIdentities
+        return identities.map(\.name).filter { !routed.contains($0) }
+    }
+
     public var router: Router { Router(routes: routes, unmatched: proxy.unmatched, upstream: upstream) }
 }
 
@@ -332,6 +346,15 @@ public struct Route: Sendable, Hashable {
     /// How logs and error messages name the route: its `name`, else its position and host. Made once, when the
     /// route is (logs and metrics read it on every request).
     public private(set) var label: String
+
+    /// A name that can be quoted in a message as it is: no quote, backslash, control or format character, at most 64
+    /// characters (a message naming the route by a longer or stranger one names it route[N] only).
+    static func isPrintableName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && name.unicodeScalars.allSatisfy {
+            $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) && $0 != "\"" && $0 != "\\"
+                && $0.properties.generalCategory != .format  // no bidirectional overrides or invisible characters
+        }
+    }
 
     static func label(index: Int, name: String?, host: HostPattern) -> String {
         if let name { return name }

@@ -252,7 +252,7 @@ public final class ProxyServer: @unchecked Sendable {
                 continue
             }
             let leaf = credential.leaf
-            logger.info("identity \(identity.name): presents \(leaf.subject), serial \(leaf.serialHex), valid until \(formatUTC(leaf.notAfter))")
+            logger.info("identity \(identity.name): presents \(leaf.subject), serial \(leaf.serialHex), valid until \(UTCTime.readable(leaf.notAfter))")
             if let previous = presented[identity.name], previous != leaf.serialHex { metrics.countCertificateSwitch(identity: identity.name) }
             presented[identity.name] = leaf.serialHex
         }
@@ -271,7 +271,7 @@ public final class ProxyServer: @unchecked Sendable {
             if let previous = presented[identity.name], previous != serial {
                 if let leaf = credential?.leaf {
                     metrics.countCertificateSwitch(identity: identity.name)
-                    logger.notice("identity \(identity.name): now presents serial \(leaf.serialHex) (\(leaf.subject)), valid until \(formatUTC(leaf.notAfter)); it replaces serial \(previous)")
+                    logger.notice("identity \(identity.name): now presents serial \(leaf.serialHex) (\(leaf.subject)), valid until \(UTCTime.readable(leaf.notAfter)); it replaces serial \(previous)")
                 } else {
                     logger.error("identity \(identity.name): serial \(previous) is no longer valid and no other certificate is; its routes answer 502")
                 }
@@ -280,7 +280,7 @@ public final class ProxyServer: @unchecked Sendable {
             guard status.health != .ok, lastWarning["\(identity.name)/\(serial)"] != day else { continue }
             lastWarning["\(identity.name)/\(serial)"] = day
             if let leaf = credential?.leaf {
-                logger.warning("identity \(identity.name): certificate serial \(leaf.serialHex) expires in \((status.secondsLeft ?? 0) / 86_400) days (\(formatUTC(leaf.notAfter))) and no successor is staged; stage the next one under [[identities.\(identity.name).certificates]]")
+                logger.warning("identity \(identity.name): certificate serial \(leaf.serialHex) expires in \((status.secondsLeft ?? 0) / 86_400) days (\(UTCTime.readable(leaf.notAfter))) and no successor is staged; stage the next one under [[identities.\(identity.name).certificates]]")
             } else {
                 logger.error("identity \(identity.name): no currently valid certificate; its routes answer 502")
             }

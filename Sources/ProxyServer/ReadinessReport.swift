@@ -45,16 +45,8 @@ enum ReadinessReport {
         }
     }
 
-    /// Identities that some route names (`identity = ...`).
-    static func routedIdentities(_ config: ProxyConfiguration) -> Set<String> {
-        Set(config.routes.compactMap { route in
-            if case .mtls(let identity) = route.action { return identity }
-            return nil
-        })
-    }
-
     static func lines(_ runtime: ProxyRuntime, at now: Int) -> [Line] {
-        let routed = routedIdentities(runtime.config)
+        let routed = runtime.config.routedIdentities
         return runtime.config.identities.map { identity in
             let status = runtime.status(identity: identity.name, at: now)
             let credentials = runtime.credentials[identity.name] ?? []

@@ -103,7 +103,7 @@ enum RequestDecision {
             switch runtime.context(for: match) {
             case .context(let ctx): context = ctx
             case .noValidCertificate(let identity, let expiry):
-                let when = expiry.map { " (the last one expired at \(formatUTC($0)))" } ?? ""
+                let when = expiry.map { " (the last one expired at \(UTCTime.readable($0)))" } ?? ""
                 return .answer(ProxyErrorResponse(status: 502, errorType: .proxyConfigurationError,
                                                   details: "identity \(identity) has no currently valid certificate\(when)",
                                                   advice: "Stage a valid certificate for identity \(identity) in the proxy's config; run `mtls-proxy check` to see its certificates."),

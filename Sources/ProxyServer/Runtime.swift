@@ -297,6 +297,13 @@ public func currentEpochSeconds() -> Int {
     return Int(ts.tv_sec)
 }
 
+/// Wall-clock milliseconds since 1970, for the time of access records.
+func currentEpochMillis() -> Int {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
+}
+
 /// Monotonic milliseconds, for durations.
 func monotonicMillis() -> Int {
     var ts = timespec()

@@ -7,7 +7,7 @@ import Glibc
 /// Listening sockets handed over by a supervisor, the systemd way (`LISTEN_PID`, `LISTEN_FDS`, descriptors
 /// from 3 on). A socket the process inherits is used as it is, never bound again: the supervisor keeps it open,
 /// so a new proxy can start on it while the old one drains, and no connection is refused in between (see
-/// README, "Upgrading without downtime"). Addresses the supervisor does not hand over are bound as usual.
+/// docs/deployment.md, "Upgrading without downtime"). Addresses the supervisor does not hand over are bound as usual.
 struct SocketActivation {
     /// Inherited listening descriptors with the address each is bound to.
     private(set) var sockets: [(fd: Int32, address: String, ip: IPAddress?, port: Int)] = []

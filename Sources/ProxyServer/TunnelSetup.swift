@@ -142,6 +142,45 @@ struct TunnelSetup {
     }
 }
 
+/// What a CONNECT that carries TLS (an `https://` URL through HTTPS_PROXY) gets, for `mtls-proxy explain`: the
+/// data path's own decision (`TunnelSetup.decide`), without sockets.
+public struct TunnelTLSOutcome: Sendable {
+    public enum Kind: Sendable {
+        /// TCP to the upstream; the workflow's TLS runs end to end, with no client certificate from the proxy.
+        case blindTunnel
+        /// The proxy terminates the workflow's TLS with the local CA and routes each request inside by its path.
+        case intercepted(identity: String?)
+        /// Answered with this error: before a tunnel opens, or (`afterOpening`) when the ClientHello arrives.
+        case refused(ProxyErrorResponse, afterOpening: Bool)
+    }
+
+    /// The host-level route that decided, if the target was understood.
+    public var match: RouteMatch?
+    public var kind: Kind
+
+    /// `target` is the CONNECT's authority (host:port).
+    public static func decide(target: String, router: Router, interceptionEnabled: Bool) -> TunnelTLSOutcome {
+        let setup = TunnelSetup.decide(target: target, router: router, interceptionEnabled: interceptionEnabled)
+        switch setup.mode {
+        case .blind:
+            return TunnelTLSOutcome(match: setup.match, kind: .blindTunnel)
+        case .refuse(let refusal):
+            return TunnelTLSOutcome(match: setup.match, kind: .refused(refusal, afterOpening: false))
+        case .open(let inside):
+            switch inside.tls {
+            case .intercept(let identity):
+                return TunnelTLSOutcome(match: setup.match, kind: .intercepted(identity: identity))
+            case .refuse(let refusal, _):
+                return TunnelTLSOutcome(match: setup.match, kind: .refused(refusal, afterOpening: true))
+            case .plainRequests:
+                // TLS inside a tunnel is never served as plain requests; said as a refusal rather than trapping.
+                return TunnelTLSOutcome(match: setup.match, kind: .refused(ProxyErrorResponse(
+                    status: 400, errorType: .httpRequestError, details: "TLS is not served inside this tunnel"), afterOpening: true))
+            }
+        }
+    }
+}
+
 extension AccessRecord {
     /// The CONNECT's record: its target and the host-level decision.
     mutating func describe(_ setup: TunnelSetup) {

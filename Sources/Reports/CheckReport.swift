@@ -18,12 +18,14 @@ public struct CheckReport: Codable, Equatable, Sendable {
     /// Present when [intercept] is configured.
     public var localCA: LocalCAReport?
     public var routes: [RouteReport]
+    /// Identities no route names (their expiry still counts in the verdict and the alerts).
+    public var unusedIdentities: [String]
     public var warnings: [String]
     public var verdict: Verdict
 
     public init(generatedAt: String, config: String, valid: Bool, errors: [ConfigProblem] = [], listen: String? = nil,
                 unmatched: String? = nil, identities: [IdentityReport] = [], localCA: LocalCAReport? = nil,
-                routes: [RouteReport] = [], warnings: [String] = [], verdict: Verdict) {
+                routes: [RouteReport] = [], unusedIdentities: [String] = [], warnings: [String] = [], verdict: Verdict) {
         self.generatedAt = generatedAt
         self.config = config
         self.valid = valid
@@ -33,6 +35,7 @@ public struct CheckReport: Codable, Equatable, Sendable {
         self.identities = identities
         self.localCA = localCA
         self.routes = routes
+        self.unusedIdentities = unusedIdentities
         self.warnings = warnings
         self.verdict = verdict
     }
@@ -119,7 +122,7 @@ public struct IdentityReport: Codable, Equatable, Sendable {
         }
         active = status.active.map { $0 + 1 }
         daysLeft = status.secondsLeft.map(wholeDays)
-        next = status.next.map { NextChange(at: ReportTime.rfc3339($0.at), atUnix: $0.at, certificate: $0.index.map { $0 + 1 }) }
+        next = status.next.map { NextChange(at: UTCTime.rfc3339($0.at), atUnix: $0.at, certificate: $0.index.map { $0 + 1 }) }
         self.certificates = certificates
     }
 }
@@ -187,14 +190,14 @@ public struct CertificateReport: Codable, Equatable, Sendable {
         subject = facts.subject
         issuer = facts.issuer
         serial = facts.serial
-        notBefore = ReportTime.rfc3339(facts.notBefore)
-        notAfter = ReportTime.rfc3339(facts.notAfter)
+        notBefore = UTCTime.rfc3339(facts.notBefore)
+        notAfter = UTCTime.rfc3339(facts.notAfter)
         notBeforeUnix = facts.notBefore
         notAfterUnix = facts.notAfter
         daysLeft = wholeDays(facts.notAfter - now)
         sha256 = facts.sha256
         self.file = file
-        self.takesOverAt = takesOverAt.map(ReportTime.rfc3339)
+        self.takesOverAt = takesOverAt.map(UTCTime.rfc3339)
     }
 
     /// The state of certificate `index` of an identity at `now`.
@@ -226,8 +229,8 @@ public struct LocalCAReport: Codable, Equatable, Sendable {
         self.error = error
         if let facts {
             subject = facts.subject
-            notBefore = ReportTime.rfc3339(facts.notBefore)
-            notAfter = ReportTime.rfc3339(facts.notAfter)
+            notBefore = UTCTime.rfc3339(facts.notBefore)
+            notAfter = UTCTime.rfc3339(facts.notAfter)
             notAfterUnix = facts.notAfter
             daysLeft = wholeDays(facts.notAfter - now)
             sha256 = facts.sha256
@@ -286,4 +289,10 @@ public struct CertsReport: Codable, Equatable, Sendable {
         self.identities = identities
         self.localCA = localCA
     }
+}
+
+/// The warning `check` gives for an identity that no route names.
+public func unusedIdentityWarning(_ name: String) -> String {
+    "identity \(name) is used by no route: it is never presented, yet its certificates are loaded and checked, and "
+        + "their expiry counts in check's exit code and in the expiry alerts; remove it, or add a route with identity = \"\(name)\""
 }

@@ -1,7 +1,9 @@
 import ProxyConfig
 
 /// The events of `mtls-proxy certs --ics`: every configured certificate's expiry, and the moment each staged
-/// certificate takes over, each with reminders 30 and 7 days before.
+/// certificate takes over, each with reminders 30 and 7 days before. A certificate that another one replaces
+/// before it expires keeps its expiry event, without reminders, saying when and by which it is superseded:
+/// nothing is to be done when it expires.
 public enum ExpiryCalendar {
     public static let alarmDaysBefore = [30, 7]
 
@@ -25,27 +27,48 @@ public enum ExpiryCalendar {
             let f = certificate.facts
             let fingerprint = f.sha256.replacingColons()
             let name = "\(f.subject), serial \(f.serial)"
-            events.append(ICalendar.Event(
-                uid: "expiry-\(fingerprint)@mtls-proxy",
-                start: f.notAfter,
-                summary: "mtls-proxy: identity \(identity) certificate expires (\(name))",
-                description: """
-                The client certificate #\(i + 1) of identity \(identity) expires at \(ReportTime.rfc3339(f.notAfter)).
+            let details = """
                 Subject: \(f.subject)
                 Issuer: \(f.issuer)
                 Serial: \(f.serial)
                 SHA-256: \(f.sha256)
                 File: \(certificate.file)
-                Renew: mtls-proxy csr \(identity) --out DIR, have the CSR signed, stage the certificate, then mtls-proxy check.
-                """,
-                alarmDaysBefore: alarmDaysBefore))
+                """
+            if f.notAfter > now, let replaced = replacement(of: i, validity, prefer: prefer, after: now) {
+                let successor = certificates[replaced.by].facts.serial
+                let when = replaced.at.map { "superseded on \(UTCTime.day($0)) by serial \(successor)" }
+                    ?? "not presented (serial \(successor) is, until then)"
+                let story = replaced.at.map {
+                    "From \(UTCTime.rfc3339($0)) identity \(identity) presents certificate #\(replaced.by + 1) (serial \(successor)) instead."
+                } ?? "Identity \(identity) presents certificate #\(replaced.by + 1) (serial \(successor)) instead, until then."
+                events.append(ICalendar.Event(
+                    uid: "expiry-\(fingerprint)@mtls-proxy",
+                    start: f.notAfter,
+                    summary: "mtls-proxy: identity \(identity) certificate expires, \(when) (\(name))",
+                    description: """
+                    The client certificate #\(i + 1) of identity \(identity) expires at \(UTCTime.rfc3339(f.notAfter)), after it is no longer presented. \(story) Nothing is to be done when it expires.
+                    \(details)
+                    """,
+                    alarmDaysBefore: []))
+            } else {
+                events.append(ICalendar.Event(
+                    uid: "expiry-\(fingerprint)@mtls-proxy",
+                    start: f.notAfter,
+                    summary: "mtls-proxy: identity \(identity) certificate expires (\(name))",
+                    description: """
+                    The client certificate #\(i + 1) of identity \(identity) expires at \(UTCTime.rfc3339(f.notAfter)).
+                    \(details)
+                    Renew: mtls-proxy csr \(identity) --out DIR, have the CSR signed, stage the certificate, then mtls-proxy check.
+                    """,
+                    alarmDaysBefore: alarmDaysBefore))
+            }
             if f.notBefore > now, let at = takeover(of: i, validity, prefer: prefer, after: now) {
                 events.append(ICalendar.Event(
                     uid: "takeover-\(fingerprint)@mtls-proxy",
                     start: at,
                     summary: "mtls-proxy: identity \(identity) switches to its staged certificate (\(name))",
                     description: """
-                    From \(ReportTime.rfc3339(at)) identity \(identity) presents certificate #\(i + 1).
+                    From \(UTCTime.rfc3339(at)) identity \(identity) presents certificate #\(i + 1).
                     Subject: \(f.subject)
                     Serial: \(f.serial)
                     SHA-256: \(f.sha256)
@@ -65,12 +88,33 @@ public enum ExpiryCalendar {
             start: f.notAfter,
             summary: "mtls-proxy: local CA expires (\(f.subject), serial \(f.serial))",
             description: """
-            The local CA that signs intercepted tunnels expires at \(ReportTime.rfc3339(f.notAfter)).
+            The local CA that signs intercepted tunnels expires at \(UTCTime.rfc3339(f.notAfter)).
             File: \(file)
             SHA-256: \(f.sha256)
             Make a new one (mtls-proxy ca init, after moving the old files away) and install it in the workflows' trust store.
             """,
             alarmDaysBefore: alarmDaysBefore)
+    }
+
+    /// Whether another certificate is presented when certificate `index` expires: which one (`by`), and when
+    /// `index` stops being presented (`at`; nil when it is not presented from `now` on at all). Nil when
+    /// `index` is presented until it expires.
+    public static func replacement(of index: Int, _ certificates: [CertificateValidity], prefer: CertificatePreference,
+                                   after now: Int) -> (at: Int?, by: Int)? {
+        let end = certificates[index].notAfter
+        guard end > now, let last = CertificateSelection.active(certificates, at: end - 1, prefer: prefer), last != index else {
+            return nil
+        }
+        var presented = CertificateSelection.active(certificates, at: now, prefer: prefer) == index
+        var stopped: Int?
+        var t = now
+        while let boundary = CertificateSelection.nextChange(certificates, after: t), boundary < end {
+            let now = CertificateSelection.active(certificates, at: boundary, prefer: prefer) == index
+            if presented && !now { stopped = boundary }
+            presented = now
+            t = boundary
+        }
+        return (stopped, last)
     }
 
     /// The first moment after `now` at which certificate `index` becomes the one presented, or nil if it never does.

@@ -1,3 +1,5 @@
+import ProxyConfig
+
 /// An RFC 5545 calendar of certificate dates, for `mtls-proxy certs --ics`: the text format, escaping and
 /// line folding. Which events to write is `ExpiryCalendar`'s job.
 public enum ICalendar {
@@ -28,8 +30,8 @@ public enum ICalendar {
         for event in events {
             lines += ["BEGIN:VEVENT",
                       "UID:\(text(event.uid))",
-                      "DTSTAMP:\(ReportTime.iCalendar(stamp))",
-                      "DTSTART:\(ReportTime.iCalendar(event.start))",
+                      "DTSTAMP:\(UTCTime.iCalendar(stamp))",
+                      "DTSTART:\(UTCTime.iCalendar(event.start))",
                       "DURATION:PT\(event.durationMinutes)M",
                       "SUMMARY:\(text(event.summary))",
                       "DESCRIPTION:\(text(event.description))",

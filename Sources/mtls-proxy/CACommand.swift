@@ -27,7 +27,7 @@ struct CA: ParsableCommand {
         if pem {
             print(ca.certificate.pem, terminator: "")
         } else {
-            print("local CA \(settings.caCert)")
+            print("local CA \(PathDisplay(configPath: options.path).path(settings.caCert))")
             print("  subject \(ca.certificate.subject)")
             print("  valid   \(formatDate(ca.certificate.notBefore)) to \(formatDate(ca.certificate.notAfter))")
             print("  sha256  \(ca.certificate.sha256Fingerprint)")
@@ -53,8 +53,9 @@ struct CA: ParsableCommand {
 
         func run() throws {
             let settings = try CA.settings(options)
+            let paths = PathDisplay(configPath: options.path)
             for path in [settings.caCert, settings.caKey] where FileManager.default.fileExists(atPath: path) {
-                printError("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(options.path)` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --pem).")
+                printError(paths.text("mtls-proxy: \(path) already exists: the local CA is made once; `mtls-proxy ca --config \(shellWord(options.path))` shows it. To make a new one, remove \(settings.caCert) and \(settings.caKey) first, then give the workflows the new certificate (mtls-proxy ca --config \(shellWord(options.path)) --pem)."))
                 throw ExitCode(1)
             }
             do {
@@ -68,9 +69,9 @@ struct CA: ParsableCommand {
                     }
                 }
                 let ca = try LocalCA.create(certPath: settings.caCert, keyPath: settings.caKey, days: days)
-                print("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)")
+                print(paths.text("made local CA \(settings.caCert) (key \(settings.caKey), mode 600)"))
                 print("  sha256 \(ca.certificate.sha256Fingerprint)")
-                print("install it in the workflow's trust store: mtls-proxy ca --pem > mtls-proxy-ca.pem")
+                print("install it in the workflow's trust store: mtls-proxy ca --config \(shellWord(options.path)) --pem > mtls-proxy-ca.pem")
             } catch {
                 printError("mtls-proxy: \(error)")
                 throw ExitCode(1)

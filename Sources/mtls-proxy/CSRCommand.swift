@@ -51,7 +51,7 @@ struct CSR: ParsableCommand {
         let algorithm: KeyAlgorithm = rsa.map { .rsa(bits: $0) } ?? .ecP256
         var folder = ConfigLoader.absolutePath(out)
         while folder.count > 1 && folder.hasSuffix("/") { folder.removeLast() }  // --out certs/ is certs
-        let base = "\(folder)/\(identity)-\(ReportTime.compactDate(now))"
+        let base = "\(folder)/\(identity)-\(UTCTime.compactDate(now))"
         let keyPath = base + ".key", csrPath = base + ".csr", certPath = base + ".pem"
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,

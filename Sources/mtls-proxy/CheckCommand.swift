@@ -2,16 +2,20 @@ import ArgumentParser
 import ProxyConfig
 import ProxyServer
 import Reports
+import TLS
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate the config, load every certificate and key, show when each expires.",
         usage: """
         mtls-proxy check [--config <file>] [--warn-days <days>]
-                         [--format text|json] [--fail-on warning|error]
+                         [--wide | --format text|json]
+                         [--fail-on warning|error]
         """,
         discussion: """
-        Every mistake in the config is reported (file:line: key: message), not only the first.
+        Every mistake in the config is reported (file:line: key: message), not only the first. The \
+        certificate table fits 80 columns, each certificate's details under its row; --wide prints one row \
+        per certificate with every column.
 
         Exit codes, for cron and CI (the same with --format json):
           0  the config is valid and no certificate is about to expire
@@ -33,6 +37,9 @@ struct Check: ParsableCommand {
     @Option(help: "text (a table) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
+    @Flag(help: "The certificate table with every column on one row per certificate (wider than 80 columns).")
+    var wide = false
+
     @Option(help: ArgumentHelp("warning: exit 1, 2 or 3 on any finding (cron, monitoring). error: exit non-zero only when `run` would refuse the config (start-up gates such as the systemd unit).",
                                valueName: "level"))
     var failOn: Verdict.FailOn = .warning
@@ -40,6 +47,7 @@ struct Check: ParsableCommand {
     func validate() throws {
         // The same range as [proxy] warn_days.
         guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
+        if wide && format == .json { throw ValidationError("--wide is for the text table; --format json has every field already") }
     }
 
     func run() throws {
@@ -60,26 +68,22 @@ struct Check: ParsableCommand {
         let runtime = try options.loadRuntime()
         let config = runtime.config
         let now = currentEpochSeconds()
+        let paths = PathDisplay(configPath: config.file)
         print("config \(config.file): OK")
         print("listen \(config.proxy.listen), hosts no route names: \(config.proxy.unmatched.rawValue), \(config.routes.count) route(s)")
 
-        var rows: [[String]] = [["IDENTITY", "CERT", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]]
         var verdicts: [String] = []
         var worst = IdentityStatus.Health.ok
+        var certificates: [CertificateLine] = []
         for identity in config.identities {
             let credentials = runtime.credentials[identity.name] ?? []
             let status = runtime.status(identity: identity.name, at: now, warnDays: warnDays)
+            let validity = credentials.map(\.validity)
             worst = max(worst, status.health)
             for (i, credential) in credentials.enumerated() {
-                let leaf = credential.leaf
-                var state: String
-                if i == status.active { state = "active" }
-                else if i == status.next?.index, let at = status.next?.at { state = "next from \(formatDate(at))" }
-                else if leaf.notAfter <= now { state = "expired" }
-                else if leaf.notBefore > now { state = "staged" }
-                else { state = "valid" }
-                rows.append([identity.name, "#\(i + 1)", state, formatDate(leaf.notBefore), formatDate(leaf.notAfter),
-                             daysLeft(leaf.notAfter - now), leaf.serialHex, leaf.subject, leaf.issuer, leaf.sha256Fingerprint])
+                certificates.append(CertificateLine(
+                    identity: identity.name, index: i, credential: credential,
+                    state: CertificateStateText(of: i, validity, status: status, prefer: identity.prefer, now: now)))
             }
             verdicts.append(verdict(identity.name, status, credentials: credentials.map(\.leaf.serialHex)))
         }
@@ -87,15 +91,17 @@ struct Check: ParsableCommand {
             print("\nno identities configured")
         } else {
             print("")
-            print(table(rows))
+            print(wide ? Self.wideTable(certificates, now: now, paths: paths) : Self.foldedTable(certificates, now: now, paths: paths))
             print("")
-            for line in verdicts { print(line) }
+            for line in verdicts { print(wide ? line : Self.foldedVerdict(line)) }
         }
         if let ca = runtime.localCA {
             let cert = ca.certificate
-            print("local CA \(config.intercept?.caCert ?? ""): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
+            print("local CA \(paths.path(config.intercept?.caCert ?? "")): valid until \(formatDate(cert.notAfter)) (\(daysLeftPhrase(cert.notAfter - now)))")
         }
-        for warning in runtime.keyPermissionWarnings { print("warning: \(warning)") }
+        for warning in runtime.keyPermissionWarnings { print("warning: \(paths.text(warning))") }
+        // Named, not counted: an identity kept for a route to come is not a failure (the exit code stays).
+        for name in config.unusedIdentities { print("warning: \(unusedIdentityWarning(name))") }
         print("")
         for route in config.routes {
             var line = "\(route.label): \(route.action)"
@@ -106,6 +112,66 @@ struct Check: ParsableCommand {
         }
         let exitCode = Verdict(worst: worst, warnDays: warnDays, failOn: failOn).exitCode
         if exitCode != 0 { throw ExitCode(Int32(exitCode)) }
+    }
+
+    struct CertificateLine {
+        var identity: String
+        var index: Int
+        var credential: Credential
+        var state: CertificateStateText
+    }
+
+    /// One row per certificate, every column: as wide as its longest subject, issuer and path.
+    static func wideTable(_ certificates: [CertificateLine], now: Int, paths: PathDisplay) -> String {
+        var rows = [["IDENTITY", "CERT", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256", "FILE"]]
+        for c in certificates {
+            let leaf = c.credential.leaf
+            rows.append([c.identity, "#\(c.index + 1)", c.state.full, formatDate(leaf.notBefore), formatDate(leaf.notAfter),
+                         daysLeft(leaf.notAfter - now), leaf.serialHex, leaf.subject, leaf.issuer, leaf.sha256Fingerprint,
+                         paths.path(c.credential.source.cert)])
+        }
+        return table(rows)
+    }
+
+    /// Within 80 columns: a row per certificate with what changes (state, expiry), and under it the details,
+    /// each long value folded onto the lines below it.
+    static func foldedTable(_ certificates: [CertificateLine], now: Int, paths: PathDisplay) -> String {
+        var rows = [["IDENTITY", "CERT", "STATE", "NOT AFTER", "DAYS LEFT"]]
+        for c in certificates {
+            let leaf = c.credential.leaf
+            rows.append([c.identity, "#\(c.index + 1)", c.state.word, formatDate(leaf.notAfter), daysLeft(leaf.notAfter - now)])
+        }
+        let lines = table(rows).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var out = [lines[0]]
+        for (n, (c, row)) in zip(certificates, lines.dropFirst()).enumerated() {
+            let leaf = c.credential.leaf
+            if n > 0 { out.append("") }  // a blank line between one certificate's details and the next row
+            out.append(row)
+            var details: [(String, String)] = []
+            if let detail = c.state.detail { details.append(("state", "\(c.state.word), \(detail)")) }
+            details += [("not before", formatDate(leaf.notBefore)), ("serial", leaf.serialHex), ("subject", leaf.subject),
+                        ("issuer", leaf.issuer), ("sha256", leaf.sha256Fingerprint), ("file", paths.path(c.credential.source.cert))]
+            for (label, value) in details {
+                out += foldedField(label, value, indent: 4, labelWidth: 12)
+            }
+        }
+        return out.joined(separator: "\n")
+    }
+
+    /// A verdict within 80 columns: each clause after the first ("; #2 takes over at ...") on a line of its own,
+    /// indented, and a clause still too long broken between words.
+    static func foldedVerdict(_ line: String, width: Int = 80) -> String {
+        var out: [String] = []
+        for (i, clause) in line.components(separatedBy: "; ").enumerated() {
+            var rest = Substring(i == 0 ? clause : "  " + clause)
+            while rest.count > width, let space = rest.prefix(width + 1).lastIndex(of: " "),
+                  rest[rest.startIndex..<space].contains(where: { $0 != " " }) {
+                out.append(String(rest[..<space]))
+                rest = "    " + rest[rest.index(after: space)...]
+            }
+            out.append(String(rest))
+        }
+        return out.joined(separator: "\n")
     }
 
     func verdict(_ name: String, _ status: IdentityStatus, credentials serials: [String]) -> String {

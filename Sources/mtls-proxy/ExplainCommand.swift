@@ -6,7 +6,12 @@ import ProxyServer
 struct Explain: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Say what the proxy would do with a request, without sending it.",
-        discussion: "Which route matches and why, what would happen (deny, TLS, or mutual TLS with which certificate), the upstream address, trust settings and timeouts. Exits 0 even for a denied request; non-zero only for a bad config or URL.")
+        discussion: """
+        Which route matches and why, what would happen (deny, TLS, or mutual TLS with which certificate), the \
+        upstream address, trust settings and timeouts. For an https:// URL, both ways a client can send it: \
+        as CONNECT host:443 through HTTPS_PROXY (a blind tunnel, interception, or 403 and why), and spelled \
+        http:// through HTTP_PROXY. Exits 0 even for a denied request; non-zero only for a bad config or URL.
+        """)
 
     @OptionGroup var options: ConfigOption
 
@@ -16,30 +21,59 @@ struct Explain: ParsableCommand {
     @Option(help: "The request method.")
     var method: String = "GET"
 
+    typealias Lines = [(String, String)]
+
     func run() throws {
         let runtime = try options.loadRuntime()
         if method.uppercased() == "CONNECT" { return try explainTunnel(runtime) }
-        let target: AbsoluteTarget
+        let target = try parse(url)
+        guard target.scheme == "https" else {
+            printLines([("request", "\(method.uppercased()) \(url)")] + forward(runtime, target))
+            return
+        }
+        // Most clients send an https:// URL as CONNECT through HTTPS_PROXY, and do TLS themselves inside the
+        // tunnel; the same URL spelled http:// goes through HTTP_PROXY and the proxy makes the TLS connection.
+        let port = target.explicitPort ?? 443
+        let authority = "\(bracketed(target.host)):\(port)"
+        let httpSpelling = "http://\(bracketed(target.host))\(target.explicitPort.map { ":\($0)" } ?? "")\(target.path)"
+        printLines([("request", "\(method.uppercased()) \(url)")])
+        print("")
+        print("HTTPS_PROXY: CONNECT \(authority), then TLS from the client inside the tunnel (what most clients send for an https:// URL)")
+        printLines(tunnel(runtime, host: target.host, port: port))
+        print("")
+        print("HTTP_PROXY: GET \(httpSpelling) (the same URL spelled http://: the proxy makes the TLS connection)")
+        let http = try parse(httpSpelling)
+        printLines(forward(runtime, http) + [
+            ("note", "a client that sends the https:// URL itself to the proxy (GET https://..., not CONNECT) gets the same as this http:// spelling"),
+        ])
+    }
+
+    private func parse(_ text: String) throws -> AbsoluteTarget {
         do {
-            target = try AbsoluteTarget.parse(url)
+            return try AbsoluteTarget.parse(text)
         } catch let error as HTTPParseError {
-            printError("mtls-proxy: \(url): \(error.description)")
+            printError("mtls-proxy: \(text): \(error.description)")
             throw ExitCode(2)
         }
+    }
+
+    private func bracketed(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
+
+    /// A forward request (http://, or https:// sent as it is): the same decision the data path makes.
+    private func forward(_ runtime: ProxyRuntime, _ target: AbsoluteTarget) -> Lines {
         let port = target.explicitPort ?? 443
         // The same decision the data path makes: canonical path first, then the router, which says why.
         let router = runtime.router
-        var lines: [(String, String)] = [("request", "\(method.uppercased()) \(url)")]
-        if refusesNumericHost(target.host, &lines) { return }
-        if refusesOwnListener(runtime.config, target, &lines) { return }
+        var lines: Lines = []
+        if let refusal = numericHostRefusal(target.host) { return [refusal] }
+        if let refusal = ownListenerRefusal(runtime.config, target) { return refusal }
         let canonicalPath: String
         switch RequestRouting.decide(router, host: target.host, port: port, path: target.path) {
         case .refused(let refusal, let decided):
             let response = RequestRouting.badRequest(refusal, match: decided)
             lines.append(("outcome", "\(response.status): the proxy refuses the path (Proxy-Status: \(response.errorType.rawValue)), \(response.details), and sends nothing upstream"))
             if !response.advice.isEmpty { lines.append(("advice", response.advice)) }
-            printLines(lines)
-            return
+            return lines
         case .routed(let path, _):
             canonicalPath = path
         }
@@ -58,47 +92,43 @@ struct Explain: ParsableCommand {
         case .tls:
             lines.append(("outcome", "TLS without a client certificate"))
         case .mtls(let identity):
-            if let index = runtime.activeCertificate(identity: identity), let credential = runtime.credentials[identity]?[index] {
-                let leaf = credential.leaf
-                lines.append(("outcome", "mutual TLS presenting identity \(identity)"))
-                lines.append(("certificate", "#\(index + 1) serial \(leaf.serialHex), \(leaf.subject), valid until \(formatDate(leaf.notAfter)) (\(credential.source.cert))"))
-            } else {
-                lines.append(("outcome", "identity \(identity) has no currently valid certificate: the proxy answers 502 (Proxy-Status: proxy_configuration_error)"))
-            }
+            lines += presentation(runtime, identity: identity)
         }
         if match.action != .deny {
             let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
             lines.append(("dial", dial))
-            let trust = match.trust.caFile.map { "CA bundle \($0)" } ?? "the system trust store"
+            let trust = match.trust.caFile.map { "CA bundle \(PathDisplay(configPath: runtime.config.file).path($0))" } ?? "the system trust store"
             let hostCheck = IPAddress(target.host) != nil ? "IP address \(target.host)" : "host name \(target.host), sent as SNI"
             lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }
-        if target.scheme == "https" {
-            let authority = target.host.contains(":") ? "[\(target.host)]:\(port)" : "\(target.host):\(port)"
-            lines.append(("note", "this is a request sent to the proxy as it is (GET https://...); most clients send an https:// URL as CONNECT \(authority) through HTTPS_PROXY: see mtls-proxy explain --method CONNECT \(authority)"))
+        return lines
+    }
+
+    /// "mutual TLS presenting identity X" and the certificate, or the 502 an identity without one answers.
+    private func presentation(_ runtime: ProxyRuntime, identity: String) -> Lines {
+        guard let index = runtime.activeCertificate(identity: identity), let credential = runtime.credentials[identity]?[index] else {
+            return [("outcome", "identity \(identity) has no currently valid certificate: the proxy answers 502 (Proxy-Status: proxy_configuration_error)")]
         }
-        printLines(lines)
+        let leaf = credential.leaf
+        return [("outcome", "mutual TLS presenting identity \(identity)"),
+                ("certificate", "#\(index + 1) serial \(leaf.serialHex), \(leaf.subject), valid until \(formatDate(leaf.notAfter)) (\(PathDisplay(configPath: runtime.config.file).path(credential.source.cert)))")]
     }
 
     /// The data path refuses a forward request for one of the proxy's own listeners (an address missing from
     /// NO_PROXY) before routing, with the port the client meant (80 for a URL without one); so does `explain`.
-    private func refusesOwnListener(_ config: ProxyConfiguration, _ target: AbsoluteTarget, _ lines: inout [(String, String)]) -> Bool {
+    private func ownListenerRefusal(_ config: ProxyConfiguration, _ target: AbsoluteTarget) -> Lines? {
         let port = target.explicitPort ?? 80
-        guard let own = config.ownListener(host: target.host, port: port) else { return false }
+        guard let own = config.ownListener(host: target.host, port: port) else { return nil }
         let what = own.upstreamURL.map { "\(own.name), the sidecar listener for \($0)" } ?? own.name
-        lines.append(("outcome", "403 (Proxy-Status: http_request_denied): \(target.host):\(port) is this proxy's own address (\(what)); a request for it that reaches the proxy came through HTTP_PROXY instead of straight to the listener"))
-        lines.append(("advice", "Connect to \(own.listen) directly: add it to NO_PROXY (and no_proxy), for example NO_PROXY=127.0.0.1,localhost,::1."))
-        printLines(lines)
-        return true
+        return [("outcome", "403 (Proxy-Status: http_request_denied): \(target.host):\(port) is this proxy's own address (\(what)); a request for it that reaches the proxy came through HTTP_PROXY instead of straight to the listener"),
+                ("advice", "Connect to \(own.listen) directly: add it to NO_PROXY (and no_proxy), for example NO_PROXY=127.0.0.1,localhost,::1.")]
     }
 
     /// The data path refuses legacy numeric and IPv4-mapped hosts before routing; so does `explain`.
-    private func refusesNumericHost(_ host: String, _ lines: inout [(String, String)]) -> Bool {
-        guard AddressPolicy.isNonCanonicalNumericHost(host) else { return false }
-        lines.append(("outcome", "400: \(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d (the proxy sends nothing upstream)"))
-        printLines(lines)
-        return true
+    private func numericHostRefusal(_ host: String) -> (String, String)? {
+        guard AddressPolicy.isNonCanonicalNumericHost(host) else { return nil }
+        return ("outcome", "400: \(host) is a non-canonical numeric address; write IPv4 addresses as a.b.c.d (the proxy sends nothing upstream)")
     }
 
     /// CONNECT host:port: the host-level route decides; path-scoped routes may require interception.
@@ -114,33 +144,45 @@ struct Explain: ParsableCommand {
             printError("mtls-proxy: \(url): CONNECT needs host:port")
             throw ExitCode(2)
         }
+        printLines([("request", "CONNECT \(bracketed(authority.host)):\(port)")] + tunnel(runtime, host: authority.host, port: port))
+    }
+
+    /// What a CONNECT to host:port carrying TLS gets: the data path's decision (`TunnelTLSOutcome`), with the
+    /// routes that decided it.
+    private func tunnel(_ runtime: ProxyRuntime, host: String, port: Int) -> Lines {
+        if let refusal = numericHostRefusal(host) { return [refusal] }
         let router = runtime.router
-        let plan = router.planTunnel(host: authority.host, port: port)
-        let shownHost = authority.host.contains(":") ? "[\(authority.host)]" : authority.host
-        var lines: [(String, String)] = [("request", "CONNECT \(shownHost):\(port)")]
-        if refusesNumericHost(authority.host, &lines) { return }
-        for skipped in router.explain(host: authority.host, port: port, path: nil).skipped {
+        var lines: Lines = []
+        for skipped in router.explain(host: host, port: port, path: nil).skipped {
             lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
         }
+        let plan = router.planTunnel(host: host, port: port)
         lines.append(("route", "\(plan.decision.label): \(plan.decision.reason)"))
         for route in plan.pathRoutes {
             lines.append(("path route", "\(route.label) (path \(route.pathPrefix ?? "/")): \(route.action), decides requests inside the tunnel"))
         }
-        switch plan.kind {
-        case .deny:
-            lines.append(("outcome", "deny: the proxy answers 403 and opens no tunnel"))
+        let outcome = TunnelTLSOutcome.decide(target: "\(bracketed(host)):\(port)", router: router,
+                                              interceptionEnabled: runtime.config.intercept != nil)
+        switch outcome.kind {
         case .blindTunnel:
-            lines.append(("outcome", "blind tunnel: bytes relayed as they are, the workflow verifies the server itself"))
-        case .intercept where runtime.config.intercept != nil:
-            lines.append(("outcome", "intercepted: the proxy terminates TLS with the local CA and routes each request inside by its path"))
-        case .intercept:
-            let response = TunnelRouting.interceptionRequired(plan, host: authority.host)
-            lines.append(("outcome", "403 (interception is off): \(response.details)"))
+            lines.append(("outcome", "blind tunnel: bytes relayed as they are; the workflow verifies the server itself, and no client certificate is added"))
+        case .intercepted(let identity):
+            let presents = identity.map { "; requests routed to identity \($0) present its certificate" } ?? ""
+            lines.append(("outcome", "intercepted: the proxy answers 200, terminates the workflow's TLS with the local CA (the workflow must trust it: mtls-proxy ca --pem) and routes each request inside by its path\(presents)"))
+            if let identity, case .mtls = plan.decision.action {
+                lines += presentation(runtime, identity: identity).filter { $0.0 == "certificate" }
+            }
+        case .refused(let response, let afterOpening):
+            let status = "\(response.status) (Proxy-Status: \(response.errorType.rawValue))"
+            lines.append(("outcome", afterOpening
+                ? "the tunnel opens (200), then the TLS inside is refused with \(status): \(response.details)"
+                : "\(status), no tunnel: \(response.details)"))
+            if !response.advice.isEmpty { lines.append(("advice", response.advice)) }
         }
-        printLines(lines)
+        return lines
     }
 
-    private func printLines(_ lines: [(String, String)]) {
+    private func printLines(_ lines: Lines) {
         let width = lines.map(\.0.count).max() ?? 0
         for (label, text) in lines {
             print(label + String(repeating: " ", count: width - label.count + 2) + text)

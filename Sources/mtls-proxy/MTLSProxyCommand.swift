@@ -164,7 +164,8 @@ struct ConfigOption: ParsableArguments {
 
 /// Every mistake on its own line; a count when there are several.
 func printConfigError(_ error: ConfigError) {
-    for line in error.description.split(separator: "\n") { printError("mtls-proxy: \(line)") }
+    let paths = PathDisplay(configPath: error.file)
+    for line in error.description.split(separator: "\n") { printError("mtls-proxy: \(paths.text(String(line)))") }
     if let hint = SyntaxHint.hint(for: error) { printError("mtls-proxy: \(hint)") }
     if error.all.count > 1 { printError("mtls-proxy: \(error.all.count) mistakes in \(error.file)") }
 }
@@ -194,4 +195,50 @@ func table(_ rows: [[String]]) -> String {
             i == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[i] - cell.count)
         }.joined(separator: "  ")
     }.joined(separator: "\n")
+}
+
+/// `text` as one word for a POSIX shell, for commands printed to be copied: as it is when it holds only
+/// characters no shell treats specially, else in single quotes.
+func shellWord(_ text: String) -> String {
+    let plain = !text.isEmpty && text.unicodeScalars.allSatisfy {
+        ($0.isASCII && ($0.properties.isAlphabetic || $0.properties.numericType != nil)) || "/._-+:,@%=".unicodeScalars.contains($0)
+    }
+    return plain ? text : "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// How the command line shows the paths a config names. The loader keeps them absolute (a reload must find the
+/// same files whatever the current folder) and spelled the short way (`FilePathSpelling`); for a config named by
+/// a relative path (`--config conf/proxy.conf`), the command line shows them relative to the current folder, as
+/// they were given: `pki/x.pem`. JSON reports keep them absolute.
+struct PathDisplay {
+    /// The current folder and a slash; nil when paths are shown as they are.
+    private let prefix: String?
+
+    init(configPath: String, currentFolder: String = FileManager.default.currentDirectoryPath) {
+        prefix = (configPath.hasPrefix("/") || currentFolder.isEmpty || currentFolder == "/") ? nil : currentFolder + "/"
+    }
+
+    func path(_ path: String) -> String {
+        guard let prefix, path.hasPrefix(prefix), path.count > prefix.count else { return path }
+        return String(path.dropFirst(prefix.count))
+    }
+
+    /// Every path in a message that starts with the current folder (at the start, or after a space, quote or
+    /// parenthesis), shown relative to it.
+    func text(_ text: String) -> String {
+        guard let prefix, text.contains(prefix) else { return text }
+        var out = ""
+        var rest = Substring(text)
+        while let range = rest.range(of: prefix) {
+            let before = range.lowerBound == rest.startIndex ? out.last : rest[rest.index(before: range.lowerBound)]
+            out += rest[..<range.lowerBound]
+            if before == nil || " (\"'\t".contains(before!) {
+                rest = rest[range.upperBound...]
+            } else {
+                out += rest[range]
+                rest = rest[range.upperBound...]
+            }
+        }
+        return out + rest
+    }
 }

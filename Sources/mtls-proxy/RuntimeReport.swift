@@ -45,14 +45,16 @@ enum RuntimeReport {
         let config = runtime.config
         let reports = identities.map { identity(runtime, $0, now: now, warnDays: warnDays) }
         let worst = identities.map { runtime.status(identity: $0.name, at: now, warnDays: warnDays).health }.max() ?? .ok
-        return CheckReport(generatedAt: ReportTime.rfc3339(now), config: config.file, valid: true,
+        return CheckReport(generatedAt: UTCTime.rfc3339(now), config: config.file, valid: true,
                            listen: config.proxy.listen.description, unmatched: config.proxy.unmatched.rawValue,
                            identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map(RouteReport.init),
-                           warnings: runtime.keyPermissionWarnings, verdict: Verdict(worst: worst, warnDays: warnDays, failOn: failOn))
+                           unusedIdentities: config.unusedIdentities,
+                           warnings: runtime.keyPermissionWarnings + config.unusedIdentities.map(unusedIdentityWarning),
+                           verdict: Verdict(worst: worst, warnDays: warnDays, failOn: failOn))
     }
 
     static func failure(_ error: ConfigError, warnDays: Int, now: Int, failOn: Verdict.FailOn = .warning) -> CheckReport {
-        CheckReport(generatedAt: ReportTime.rfc3339(now), config: error.file, valid: false,
+        CheckReport(generatedAt: UTCTime.rfc3339(now), config: error.file, valid: false,
                     errors: error.all.map(ConfigProblem.init), verdict: Verdict(status: .configError, warnDays: warnDays, failOn: failOn))
     }
 

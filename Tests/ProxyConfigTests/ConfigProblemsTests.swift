@@ -12,7 +12,7 @@ import Testing
         }
     }
 
-    @Test func everyMistakeInOneRunInLineOrder() throws {
+    @Test func everyMistakeInOneRunUnknownKeysFirstThenInLineOrder() throws {
         let error = try #require(mistakes("""
         [proxy]
         workers = "two"
@@ -33,11 +33,11 @@ import Testing
         [log]
         level = "loud"
         """))
-        #expect(error.all.map(\.key) == ["proxy.workers", "upstream.connect_timeout", "upstream.idle_timeot",
+        #expect(error.all.map(\.key) == ["upstream.idle_timeot", "proxy.workers", "upstream.connect_timeout",
                                          "identities.us.prefer", "route[1].identity", "log.level"])
-        #expect(error.all.map(\.line) == [2, 5, 6, 11, 15, 18])
+        #expect(error.all.map(\.line) == [6, 2, 5, 11, 15, 18])
         #expect(error.description.split(separator: "\n").count == 6)
-        #expect(error.description.hasPrefix("proxy.conf:2: proxy.workers: expected an integer"))
+        #expect(error.description.hasPrefix("proxy.conf:6: upstream.idle_timeot: unknown key; did you mean `idle_timeout`?"))
     }
 
     @Test func unknownKeySuggestsTheNearestValidOne() throws {
@@ -45,6 +45,40 @@ import Testing
         let typo = try #require(error.all.first { $0.key == "route[1].identiy" })
         #expect(typo.message.contains("did you mean `identity`?"), "\(typo.message)")
         #expect(typo.line == 3)
+    }
+
+    @Test func aMisspelledKeyComesBeforeTheMissingOneAndANamedRouteIsNamed() throws {
+        let error = try #require(mistakes("""
+        [identities.us]
+        cert = "a.pem"
+        key = "a.key"
+        [[route]]
+        host = "a.test"
+        identity = "nobody"
+        [[route]]
+        name = "payments-eu"
+        host = "b.test"
+        identiy = "us"
+        [[route]]
+        name = "odd \\" name"
+        host = "c.test"
+        identity = "nobody"
+        """))
+        #expect(error.all.map(\.key) == ["route[2].identiy", "route[1].identity", "route[2].identity", "route[3].identity"])
+        let lines = error.description.split(separator: "\n").map(String.init)
+        #expect(lines[0].hasPrefix("proxy.conf:10: route \"payments-eu\" (route[2]).identiy: unknown key; did you mean `identity`?"))
+        #expect(lines[1].hasPrefix("proxy.conf:6: route[1].identity: unknown identity"))
+        #expect(lines[2].hasPrefix("proxy.conf:7: route \"payments-eu\" (route[2]).identity: missing"))
+        // A name that cannot be quoted as it is (here with a quote) is not put in the message.
+        #expect(lines[3].hasPrefix("proxy.conf:14: route[3].identity: unknown identity"))
+    }
+
+    @Test func aRouteNameThatWouldSpoofTheMessageIsNotQuoted() throws {
+        // A right-to-left override, a newline escape and a very long name: each named route[1] only.
+        for name in ["pay\u{202E}ue-stnemyap", "a\\nmtls-proxy: fake", String(repeating: "n", count: 65)] {
+            let error = try #require(mistakes("[[route]]\nname = \"\(name)\"\nhost = \"a.test\"\nidentity = \"nobody\"\n"))
+            #expect(error.description.hasPrefix("proxy.conf:4: route[1].identity: unknown identity"), "\(error.description)")
+        }
     }
 
     @Test func aDurationWrittenAsANumberSaysDurationsAreStrings() throws {

@@ -30,6 +30,25 @@ import Testing
         guard case .blind = mode("status.test:443") else { Issue.record("not blind"); return }
     }
 
+    /// What `explain` reports for an https:// URL sent through HTTPS_PROXY: the same decision, in its words.
+    @Test func theTLSOutcomeExplainReportsIsTheDataPathsDecision() {
+        func kind(_ target: String, intercept: Bool) -> TunnelTLSOutcome.Kind {
+            TunnelTLSOutcome.decide(target: target, router: router, interceptionEnabled: intercept).kind
+        }
+        guard case .blindTunnel = kind("status.test:443", intercept: false) else { Issue.record("tls route: not blind"); return }
+        guard case .intercepted(let identity) = kind("api.test:443", intercept: true), identity == "us" else {
+            Issue.record("mtls route with interception: not intercepted for us"); return
+        }
+        guard case .refused(let off, false) = kind("api.test:443", intercept: false) else { Issue.record("mtls route without interception: not refused"); return }
+        #expect(off.status == 403)
+        #expect(off.details.contains("a blind tunnel cannot add its client certificate"))
+        guard case .refused(let port, false) = kind("status.test:8443", intercept: true) else { Issue.record("unnamed port: not refused"); return }
+        #expect(port.details.contains("tunnels to port 8443 are refused unless a route names the port"))
+        // Port 80 of an mtls host: the tunnel opens for plain requests; TLS inside it is refused.
+        guard case .refused(let tlsOn80, true) = kind("api.test:80", intercept: false) else { Issue.record("TLS on port 80: not refused after opening"); return }
+        #expect(tlsOn80.details.contains("TLS was sent inside a CONNECT to port 80"))
+    }
+
     func inside(_ mode: TunnelSetup.Mode) -> TunnelSetup.Inside? {
         if case .open(let inside) = mode { return inside }
         return nil

@@ -50,7 +50,7 @@ import ProxyConfig
             CertificateReport(index: 1, state: .active, facts: facts, file: "/x/a.pem", takesOverAt: nil, now: now)])
         let route = Route(index: 1, host: HostPattern.parse("api.example.com")!, action: .mtls(identity: "us"),
                           trust: UpstreamSettings().trust, timeouts: UpstreamSettings().timeouts)
-        let report = CheckReport(generatedAt: ReportTime.rfc3339(now), config: "proxy.conf", valid: true, listen: "127.0.0.1:3128",
+        let report = CheckReport(generatedAt: UTCTime.rfc3339(now), config: "proxy.conf", valid: true, listen: "127.0.0.1:3128",
                                  unmatched: "deny", identities: [identity],
                                  localCA: LocalCAReport(certFile: "ca.pem", keyFile: "ca.key", facts: facts, error: nil, now: now),
                                  routes: [RouteReport(route)], verdict: Verdict(worst: status.health, warnDays: 30))
@@ -59,7 +59,7 @@ import ProxyConfig
         let json = try JSONSerialization.jsonObject(with: encoder.encode(report))
         let object = try #require(json as? [String: Any])
         #expect(Set(object.keys) == ["schema", "generated_at", "config", "valid", "errors", "listen", "unmatched", "identities",
-                                     "local_ca", "routes", "warnings", "verdict"])
+                                     "local_ca", "routes", "unused_identities", "warnings", "verdict"])
         #expect(object["schema"] as? String == "mtls-proxy.check/1")
         let verdict = try #require(object["verdict"] as? [String: Any])
         #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days", "fail_on"])
@@ -68,7 +68,7 @@ import ProxyConfig
         let certificate = try #require((identities[0]["certificates"] as? [[String: Any]])?.first)
         #expect(Set(certificate.keys) == ["index", "state", "subject", "issuer", "serial", "not_before", "not_after",
                                           "not_before_unix", "not_after_unix", "days_left", "sha256", "file"])
-        #expect(certificate["not_after"] as? String == ReportTime.rfc3339(now + 10 * day))
+        #expect(certificate["not_after"] as? String == UTCTime.rfc3339(now + 10 * day))
         #expect(certificate["days_left"] as? Int == 10)
         let routes = try #require(object["routes"] as? [[String: Any]])
         #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity"])
@@ -77,7 +77,7 @@ import ProxyConfig
     }
 
     @Test func rfc3339() {
-        #expect(ReportTime.rfc3339(0) == "1970-01-01T00:00:00Z")
-        #expect(ReportTime.rfc3339(1_800_000_000) == "2027-01-15T08:00:00Z")
+        #expect(UTCTime.rfc3339(0) == "1970-01-01T00:00:00Z")
+        #expect(UTCTime.rfc3339(1_800_000_000) == "2027-01-15T08:00:00Z")
     }
 }

@@ -45,9 +45,27 @@ import ProxyConfig
         let events = ExpiryCalendar.events(identity: "us", certificates: [current, staged], prefer: .newest, now: now)
         #expect(events.map(\.uid) == ["expiry-AA01@mtls-proxy", "expiry-AA02@mtls-proxy", "takeover-AA02@mtls-proxy"])
         #expect(events.map(\.start) == [now + 65 * day, now + 385 * day, now + 20 * day])
-        #expect(events.allSatisfy { $0.alarmDaysBefore == [30, 7] })
-        #expect(events[0].summary == "mtls-proxy: identity us certificate expires (CN=fusion-us,O=test, serial 01)")
+        // The current one is superseded on day 1020, before it expires: its expiry event has no reminders.
+        #expect(events.map(\.alarmDaysBefore) == [[], [30, 7], [30, 7]])
+        #expect(events[0].summary == "mtls-proxy: identity us certificate expires, superseded on \(UTCTime.day(now + 20 * day)) by serial 02 (CN=fusion-us,O=test, serial 01)")
+        #expect(events[1].summary == "mtls-proxy: identity us certificate expires (CN=fusion-us,O=test, serial 02)")
         #expect(events[2].summary.contains("switches to its staged certificate"))
+    }
+
+    @Test func aCertificatePresentedUntilItExpiresKeepsItsReminders() {
+        let now = 1_000 * day
+        let current = ExpiryCalendar.Certificate(identity: "us", facts: facts("01", now - 300 * day, now + 65 * day), file: "a.pem")
+        let staged = ExpiryCalendar.Certificate(identity: "us", facts: facts("02", now + 20 * day, now + 385 * day), file: "b.pem")
+        // prefer = "oldest": the current one stays until it expires, then the staged one takes over.
+        let events = ExpiryCalendar.events(identity: "us", certificates: [current, staged], prefer: .oldest, now: now)
+        #expect(events.filter { $0.uid.hasPrefix("expiry-") }.allSatisfy { $0.alarmDaysBefore == [30, 7] })
+        #expect(!events[0].summary.contains("superseded"))
+        // A valid certificate that another valid one outranks all along is never presented.
+        let older = ExpiryCalendar.Certificate(identity: "us", facts: facts("03", now - 400 * day, now + 30 * day), file: "c.pem")
+        let newest = ExpiryCalendar.events(identity: "us", certificates: [current, older], prefer: .newest, now: now)
+        #expect(newest[1].alarmDaysBefore == [])
+        #expect(newest[1].summary.contains("not presented (serial 01 is, until then)"))
+        #expect(ExpiryCalendar.replacement(of: 1, [current, older].map(\.facts.validity), prefer: .newest, after: now)! == (nil, 0))
     }
 
     @Test func theLocalCAHasAnExpiryEvent() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The command line: `check` on good and broken configs, and what it says about each mistake."""
-import os, shutil, subprocess, sys, tempfile, unittest
+import os, re, shutil, subprocess, sys, tempfile, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -20,8 +20,8 @@ def write_config(name, text):
     return harness.write_file(f"{ENV['dir']}/{name}", text)
 
 
-def run(*args):
-    return harness.run_cli(*args, timeout=30)
+def run(*args, **kw):
+    return harness.run_cli(*args, timeout=30, **kw)
 
 
 GOOD = harness.US_API_CONFIG
@@ -29,7 +29,7 @@ GOOD = harness.US_API_CONFIG
 
 class Check(unittest.TestCase):
     def test_good_config_prints_each_identity(self):
-        r = run("check", "--config", write_config("good.conf", GOOD))
+        r = run("check", "--config", write_config("good.conf", GOOD), "--wide")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"us\s+#1\s+active\s+")
         self.assertIn("  CN=fusion-us,O=mtls-proxy test  ", r.stdout)
@@ -160,9 +160,9 @@ class NewUserMistakes(unittest.TestCase):
         r = run("explain", "https://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("mutual TLS presenting identity us", r.stdout)
-        self.assertIn("explain --method CONNECT api.mygreatbank.test:443", r.stdout)
+        self.assertIn("HTTPS_PROXY: CONNECT api.mygreatbank.test:443", r.stdout)
         r = run("explain", "http://api.mygreatbank.test/v1/x", "--config", write_config("https.conf", GOOD))
-        self.assertNotIn("--method CONNECT", r.stdout)
+        self.assertNotIn("CONNECT", r.stdout)
 
     def test_health_without_an_answer_names_where_the_address_came_from(self):
         port = harness.free_port()
@@ -230,6 +230,165 @@ identity = "az"
         self.assertRegex(r.stderr, r"many-missing\.conf:8: identities\.eu\.key: .*missing-eu\.key")
         self.assertRegex(r.stderr, r"many-missing\.conf:10: identities\.az\.p12: .*missing-az\.p12")
         self.assertRegex(r.stderr, r"many-missing\.conf:1[23]: intercept\.ca_(cert|key): .*mtls-proxy ca init")
+
+
+
+class ExplainHTTPS(unittest.TestCase):
+    """`explain https://...`: what a client with HTTPS_PROXY gets (it sends CONNECT host:443) and what the same
+    URL spelled http:// through HTTP_PROXY gets; each part apart, so neither is taken for the other."""
+
+    def explain(self, config, url):
+        r = run("explain", url, "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tunnel, found, forward = r.stdout.partition("HTTP_PROXY: GET http://")
+        self.assertTrue(found, r.stdout)
+        return tunnel, forward, r.stdout
+
+    def test_an_mtls_route_without_interception_is_a_403_for_connect_and_mtls_for_http(self):
+        tunnel, forward, out = self.explain(write_config("https.conf", GOOD), "https://api.mygreatbank.test/v1/x")
+        self.assertIn("HTTPS_PROXY: CONNECT api.mygreatbank.test:443", tunnel)
+        self.assertIn("403", tunnel)
+        self.assertIn("a blind tunnel cannot add its client certificate", tunnel)
+        self.assertNotIn("mutual TLS presenting identity us", tunnel)
+        self.assertTrue(forward.startswith("api.mygreatbank.test/v1/x"), out)
+        self.assertIn("mutual TLS presenting identity us", forward)
+        self.assertNotIn("403", forward)
+
+    def test_interception_on_says_the_tunnel_is_intercepted(self):
+        config = write_config("https-intercept.conf", GOOD + '[intercept]\nca_cert = "state-x/ca.pem"\nca_key = "state-x/ca.key"\n')
+        self.assertEqual(run("ca", "init", "--config", config).returncode, 0)
+        tunnel, forward, _ = self.explain(config, "https://api.mygreatbank.test/v1/x")
+        self.assertIn("intercepted", tunnel)
+        self.assertIn("identity us", tunnel)
+        self.assertNotIn("403", tunnel)
+        self.assertIn("mutual TLS presenting identity us", forward)
+
+    def test_a_tls_route_is_a_blind_tunnel(self):
+        config = write_config("https-tls.conf", GOOD + '[[route]]\nhost = "public.example"\naction = "tls"\n')
+        tunnel, forward, _ = self.explain(config, "https://public.example/")
+        self.assertIn("blind tunnel", tunnel)
+        self.assertIn("TLS without a client certificate", forward)
+
+    def test_a_port_no_route_names_is_refused_for_connect(self):
+        tunnel, forward, _ = self.explain(write_config("https-port.conf", GOOD), "https://api.mygreatbank.test:8443/v1")
+        self.assertIn("CONNECT api.mygreatbank.test:8443", tunnel)
+        self.assertIn("tunnels to port 8443 are refused unless a route names the port", tunnel)
+        self.assertTrue(forward.startswith("api.mygreatbank.test:8443/v1"), forward)
+
+
+class CheckNamesUnusedIdentities(unittest.TestCase):
+    CONFIG = GOOD + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n'
+
+    def test_an_identity_no_route_uses_is_a_warning_that_keeps_the_exit_code(self):
+        r = run("check", "--config", write_config("unused.conf", self.CONFIG))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("warning: identity eu is used by no route", r.stdout)
+        self.assertNotIn("identity us is used by no route", r.stdout)
+        r = run("check", "--config", write_config("unused.conf", self.CONFIG), "--format", "json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        import json
+        report = json.loads(r.stdout)
+        self.assertEqual(report["unused_identities"], ["eu"])
+        self.assertTrue(any("identity eu is used by no route" in w for w in report["warnings"]), report["warnings"])
+        report = json.loads(run("check", "--config", write_config("used.conf", GOOD), "--format", "json").stdout)
+        self.assertEqual(report["unused_identities"], [])
+
+
+class CheckFitsTheTerminal(unittest.TestCase):
+    """The certificate table folds to 80 columns; --wide prints it whole, one row per certificate."""
+
+    def test_the_table_folds_to_80_columns_and_wide_prints_every_column(self):
+        long_cn = "payments-" + "x" * 55  # 64 characters, the most a CN may have
+        harness.pki_shell(f"pki_cert_dated '{ENV['dir']}/pki' long-cn {long_cn} 20200101000000Z 20991231000000Z")
+        config = write_config("fold.conf", GOOD + f'[identities.long]\ncert = "pki/long-cn.pem"\nkey = "pki/long-cn.key"\n'
+                              '[[route]]\nhost = "long.example"\nidentity = "long"\n')
+        r = run("check", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for line in r.stdout.splitlines():
+            self.assertLessEqual(len(line), 80, line)
+        fingerprint = subprocess.run(["openssl", "x509", "-in", f"{ENV['dir']}/pki/long-cn.pem", "-noout", "-fingerprint", "-sha256"],
+                                     capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+        joined = "".join(line.strip() for line in r.stdout.splitlines())
+        self.assertIn(f"CN={long_cn},O=mtls-proxy test", joined)
+        self.assertIn(fingerprint, joined)
+        self.assertRegex(r.stdout, r"long\s+#1\s+active\s+2099-12-31")
+        wide = run("check", "--config", config, "--wide")
+        self.assertEqual(wide.returncode, 0, wide.stderr)
+        self.assertTrue(any(len(line) > 80 for line in wide.stdout.splitlines()))
+        row = [line for line in wide.stdout.splitlines() if line.startswith("long ")][0]
+        self.assertIn(f"CN={long_cn},O=mtls-proxy test", row)
+        self.assertIn(fingerprint, row)
+        for column in ["IDENTITY", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]:
+            self.assertIn(column, wide.stdout)
+
+    def test_wide_is_for_the_table(self):
+        r = run("check", "--config", write_config("wide-json.conf", GOOD), "--wide", "--format", "json")
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--wide is for the text table", r.stderr)
+
+    def test_paths_are_printed_normalised(self):
+        # conf/norm.conf names ../pki/...: printed pki/... (relative, as the config was named), never conf/../pki.
+        os.makedirs(f"{ENV['dir']}/conf", exist_ok=True)
+        text = GOOD.replace('"pki/', '"../pki/') + '[intercept]\nca_cert = "../state-n/ca.pem"\nca_key = "../state-n/ca.key"\n'
+        write_config("conf/norm.conf", text)
+        r = run("ca", "init", "--config", "conf/norm.conf", cwd=ENV["dir"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("made local CA state-n/ca.pem (key state-n/ca.key, mode 600)", r.stdout)
+        r = run("check", "--config", "conf/norm.conf", cwd=ENV["dir"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("..", r.stdout)
+        self.assertRegex(r.stdout, r"(?m)^ +file +pki/fusion-us\.pem$")
+        self.assertIn("local CA state-n/ca.pem: valid until", r.stdout)
+        self.assertRegex(run("check", "--config", "conf/norm.conf", "--wide", cwd=ENV["dir"]).stdout, r"(?m)  pki/fusion-us\.pem$")
+        r = run("certs", "--config", "conf/norm.conf", cwd=ENV["dir"])
+        self.assertIn("      file pki/fusion-us.pem\n", r.stdout)
+        # JSON keeps the absolute path the proxy opens, spelled the short way too.
+        import json
+        report = json.loads(run("check", "--config", "conf/norm.conf", "--format", "json", cwd=ENV["dir"]).stdout)
+        self.assertEqual(report["identities"][0]["certificates"][0]["file"], f"{ENV['dir']}/pki/fusion-us.pem")
+        # Given absolute, the config's paths are printed absolute.
+        r = run("check", "--config", f"{ENV['dir']}/conf/norm.conf", cwd="/")
+        self.assertRegex(r.stdout, rf"(?m)^ +file +{re.escape(ENV['dir'])}/pki/fusion-us\.pem$")
+        write_config("conf/norm-missing.conf", text.replace("../pki/fusion-us.pem", "../pki/./nope.pem"))
+        r = run("check", "--config", "conf/norm-missing.conf", cwd=ENV["dir"])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot read pki/nope.pem", r.stderr)
+        self.assertNotIn("..", r.stderr.replace("...", ""))
+
+    def test_a_folder_reached_through_a_symlink_keeps_its_parent(self):
+        # conf-link -> real/conf: conf-link/../x is real/x for the kernel, so the path is not shortened to x.
+        real = f"{ENV['dir']}/real"
+        os.makedirs(f"{real}/conf", exist_ok=True)
+        shutil.copytree(f"{ENV['dir']}/pki", f"{real}/pki-real", dirs_exist_ok=True)
+        if not os.path.islink(f"{ENV['dir']}/conf-link"):
+            os.symlink(f"{real}/conf", f"{ENV['dir']}/conf-link")
+        harness.write_file(f"{real}/conf/link.conf", GOOD.replace('"pki/', '"../pki-real/'))
+        r = run("check", "--config", "conf-link/link.conf", cwd=ENV["dir"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+
+class UnknownKeysFirst(unittest.TestCase):
+    def test_a_misspelled_key_is_reported_before_what_it_causes_and_routes_go_by_name(self):
+        config = write_config("typo.conf", GOOD + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n'
+                              '[[route]]\nname = "payments-eu"\nhost = "eu.example"\nidentiy = "eu"\n')
+        r = run("check", "--config", config)
+        self.assertEqual(r.returncode, 1)
+        lines = [line for line in r.stderr.splitlines() if line.startswith(f"mtls-proxy: {config}:")]
+        self.assertEqual(len(lines), 2, r.stderr)
+        self.assertIn('route "payments-eu" (route[2]).identiy: unknown key; did you mean `identity`?', lines[0])
+        self.assertIn('route "payments-eu" (route[2]).identity: missing', lines[1])
+        # JSON keeps the key path scripts match on.
+        import json
+        report = json.loads(run("check", "--config", config, "--format", "json").stdout)
+        self.assertEqual([e["key"] for e in report["errors"]], ["route[2].identiy", "route[2].identity"])
+
+
+class CAInitHint(unittest.TestCase):
+    def test_the_hint_names_the_config(self):
+        config = write_config("hint.conf", GOOD + '[intercept]\nca_cert = "state-hint/ca.pem"\nca_key = "state-hint/ca.key"\n')
+        r = run("ca", "init", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"mtls-proxy ca --config {config} --pem > mtls-proxy-ca.pem", r.stdout)
 
 
 if __name__ == "__main__":

@@ -303,8 +303,10 @@ connect_timeout = 5
             with open(config, "w") as f:
                 f.write(BASE.replace('identity = "us"', 'identiy = "us"') + f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\nworkers = "two"\n')
             os.kill(p.pid, signal.SIGHUP)
+            # The file watcher may also reload while the file is being written (a half-written config fails
+            # with other mistakes): wait for the reload of the whole file, not for the first failure.
             deadline = time.time() + 30
-            while time.time() < deadline and "failed" not in harness.read(log):
+            while time.time() < deadline and "proxy.workers: expected an integer" not in harness.read(log):
                 time.sleep(0.2)
             text = harness.read(log)
         finally:
@@ -397,7 +399,7 @@ class Help(unittest.TestCase):
 
 
 class Calendar(unittest.TestCase):
-    def test_ics_has_an_expiry_and_a_takeover_event_with_two_alarms_each(self):
+    def test_ics_has_an_expiry_and_a_takeover_event_with_two_alarms_each_unless_superseded(self):
         try:
             import icalendar
         except ImportError:
@@ -437,7 +439,9 @@ class Calendar(unittest.TestCase):
             seen.add((m.group(1), m.group(4), m.group(2)))
             uids.add(str(event["UID"]))
             alarms = sorted(alarm.decoded("TRIGGER").days for alarm in event.walk("VALARM"))
-            self.assertEqual(alarms, [-30, -7], summary)
+            # The current us certificate is superseded by the staged one before it expires: no reminders.
+            superseded = m.group(1) == "us" and m.group(2) == "expires" and m.group(4) == openssl_serial(f"{ENV['dir']}/pki/fusion-us.pem")
+            self.assertEqual(alarms, [] if superseded else [-30, -7], summary)
             for alarm in event.walk("VALARM"):
                 self.assertEqual(str(alarm["ACTION"]), "DISPLAY")
         self.assertEqual(seen, expected)
@@ -454,6 +458,101 @@ class Calendar(unittest.TestCase):
         # The same certificates give the same UIDs: importing again updates instead of duplicating.
         again = icalendar.Calendar.from_ical(run("certs", "--config", config, "--ics").stdout.encode())
         self.assertEqual({str(e["UID"]) for e in again.walk("VEVENT")}, uids)
+
+
+    def test_a_certificate_superseded_before_it_expires_has_no_alarm_and_says_by_which(self):
+        try:
+            import icalendar
+        except ImportError:
+            self.skipTest("the icalendar package is not installed (scripts/lib/deps.sh installs it)")
+        staged = dated_cert("ics-next", "fusion-us", utc_in(20 * DAY), utc_in(420 * DAY))
+        config = write("ics-superseded.conf", BASE + f'[[identities.us.certificates]]\ncert = "{staged[0]}"\nkey = "{staged[1]}"\n')
+        events = list(icalendar.Calendar.from_ical(run("certs", "--config", config, "--ics").stdout.encode()).walk("VEVENT"))
+        current, new = openssl_serial(f"{ENV['dir']}/pki/fusion-us.pem"), openssl_serial(f"{ENV['dir']}/{staged[0]}")
+        takeover_day = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 20 * DAY))
+        [replaced] = [e for e in events if str(e["UID"]).startswith("expiry-") and f"serial {current})" in str(e["SUMMARY"])]
+        self.assertIn(f"superseded on {takeover_day} by serial {new}", str(replaced["SUMMARY"]))
+        self.assertEqual(list(replaced.walk("VALARM")), [])
+        # The staged certificate's own expiry and its takeover keep their reminders.
+        for event in events:
+            if event is not replaced:
+                self.assertEqual(sorted(a.decoded("TRIGGER").days for a in event.walk("VALARM")), [-30, -7], str(event["SUMMARY"]))
+        # With prefer = "oldest" the current one stays until it expires: its expiry keeps its alarms.
+        oldest = write("ics-oldest.conf", harness.read(config).replace('[identities.us]', '[identities.us]\nprefer = "oldest"'))
+        events = list(icalendar.Calendar.from_ical(run("certs", "--config", oldest, "--ics").stdout.encode()).walk("VEVENT"))
+        [expiry] = [e for e in events if str(e["UID"]).startswith("expiry-") and f"serial {current})" in str(e["SUMMARY"])]
+        self.assertNotIn("superseded", str(expiry["SUMMARY"]))
+        self.assertEqual(len(list(expiry.walk("VALARM"))), 2)
+
+
+class StagedCertificates(unittest.TestCase):
+    """Uploading next year's certificate: --pem --staged and --serial print exactly the one(s) asked for, and
+    `certs --all` says each certificate's state."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.old = dated_cert("st-old", "fusion-us", utc_in(-400 * DAY), utc_in(-DAY))
+        cls.earlier = dated_cert("st-earlier", "fusion-us", utc_in(-100 * DAY), utc_in(200 * DAY))
+        cls.staged = dated_cert("st-staged", "fusion-us", utc_in(5 * DAY), utc_in(400 * DAY))
+        cls.config = write("staged.conf", BASE.replace('cert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"\n', "")
+                           + "".join(f'[[identities.us.certificates]]\ncert = "{c}"\nkey = "{k}"\n'
+                                     for c, k in [("pki/fusion-us.pem", "pki/fusion-us.key"), cls.old, cls.earlier, cls.staged]))
+
+    def pem_of(self, relative):
+        return harness.read(f"{ENV['dir']}/{relative}")
+
+    def test_pem_staged_is_exactly_the_staged_certificate(self):
+        r = run("certs", "us", "--pem", "--staged", "--config", self.config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, self.pem_of(self.staged[0]))
+
+    def test_pem_serial_is_exactly_that_certificate_in_any_spelling(self):
+        serial = openssl_serial(f"{ENV['dir']}/{self.staged[0]}")
+        colons = ":".join(serial[i:i + 2] for i in range(0, len(serial), 2)).lower()
+        for spelling in (serial, serial.lower(), colons):
+            r = run("certs", "us", "--pem", "--serial", spelling, "--config", self.config)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, self.pem_of(self.staged[0]), spelling)
+        # Without an identity, every identity is searched; a certificate two identities share is printed once.
+        shared = write("serial-shared.conf", harness.read(self.config) + f'[identities.twin]\ncert = "{self.staged[0]}"\nkey = "{self.staged[1]}"\n')
+        r = run("certs", "--pem", "--serial", colons, "--config", shared)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, self.pem_of(self.staged[0]))
+        r = run("certs", "us", "--pem", "--serial", "ABCDEF", "--config", self.config)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no certificate of identity us has serial ABCDEF", r.stderr)
+        self.assertIn(serial, r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_staged_when_nothing_is_staged_is_an_error(self):
+        r = run("certs", "us", "--pem", "--staged", "--config", write("nothing-staged.conf", BASE))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("identity us has no staged certificate", r.stderr)
+        self.assertEqual(r.stdout, "")
+
+    def test_staged_over_every_identity_leaves_out_those_without_one(self):
+        config = write("staged-two.conf", harness.read(self.config) + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n')
+        r = run("certs", "--staged", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("identity us", r.stdout)
+        self.assertNotIn("identity eu", r.stdout)
+        self.assertIn(openssl_serial(f"{ENV['dir']}/{self.staged[0]}"), r.stdout)
+        self.assertEqual(run("certs", "--staged", "--config", write("staged-none.conf", BASE)).returncode, 1)
+        r = run("certs", "us", "--all", "--staged", "--config", config)
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--all, --staged and --serial are alternatives", r.stderr)
+        r = run("certs", "us", "--serial", "not-hex", "--config", config)
+        self.assertEqual(r.returncode, 64)
+        self.assertIn("--serial takes a serial number in hex", r.stderr)
+
+    def test_all_shows_each_state(self):
+        r = run("certs", "us", "--all", "--config", self.config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        takeover = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 5 * DAY))
+        self.assertRegex(r.stdout, r"#1 active ")
+        self.assertRegex(r.stdout, r"#2 expired ")
+        self.assertRegex(r.stdout, r"#3 superseded ")
+        self.assertRegex(r.stdout, rf"#4 staged, takes over {takeover} \d\d:\d\d UTC ")
 
 
 class Renewal(unittest.TestCase):
@@ -527,7 +626,7 @@ class Renewal(unittest.TestCase):
         self.assertEqual(certificates[1]["takes_over_at"], certificates[1]["not_before"])
         self.assertEqual(certificates[1]["subject"], certificates[0]["subject"])
         text = run("check", "--config", config)
-        self.assertRegex(text.stdout, r"us: presents #1 .*; #2 takes over at ")
+        self.assertRegex(text.stdout, r"us: presents #1 .*\n\s+#2 takes over at ")
 
     def test_issued_now_it_is_presented_to_an_upstream_that_requires_client_certificates(self):
         proxy_port, up_port = harness.free_port(), harness.free_port()

@@ -157,7 +157,7 @@ class StagedRotation(unittest.TestCase):
 
 class CheckCommand(unittest.TestCase):
     def test_table_and_exit_code_3_when_an_identity_has_no_valid_certificate(self):
-        r = cli("check")
+        r = cli("check", "--wide")
         self.assertEqual(r.returncode, 3, r.stdout + r.stderr)
         for column in ["IDENTITY", "STATE", "NOT BEFORE", "NOT AFTER", "DAYS LEFT", "SERIAL", "SUBJECT", "ISSUER", "SHA-256"]:
             self.assertIn(column, r.stdout)
@@ -179,7 +179,8 @@ class CheckCommand(unittest.TestCase):
         if time.time() > ENV["started"] + SWITCH_IN - 1:
             self.skipTest("the staged certificate is already active")
         r = cli("check")
-        self.assertRegex(r.stdout, r"us: presents #2 .*; #1 takes over at \d{4}-\d\d-\d\d")
+        self.assertRegex(r.stdout, r"us: presents #2 .*\n\s+#1 takes over at \d{4}-\d\d-\d\d")
+        self.assertRegex(cli("check", "--wide").stdout, r"us: presents #2 .*; #1 takes over at \d{4}-\d\d-\d\d")
 
     def test_group_readable_key_is_warned_about(self):
         os.chmod(f"{ENV['pki']}/fusion-eu.pem", 0o644)
@@ -211,7 +212,7 @@ class CertsCommand(unittest.TestCase):
 
     def test_summary(self):
         r = cli("certs", "oldest")
-        self.assertIn("#2 (active)  CN=fusion-eu-short", r.stdout)
+        self.assertIn("#2 active  CN=fusion-eu-short", r.stdout)
         self.assertIn("sha256 ", r.stdout)
 
     def test_unknown_identity(self):

@@ -381,7 +381,8 @@ class Tunnels(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertRegex(r.stdout, r"(?m)^route +status only rest: ")
         self.assertRegex(r.stdout, r"(?m)^path route +status only \(path /status/\)")
-        self.assertIn("403 (interception is off)", r.stdout)
+        self.assertIn("403 (Proxy-Status: http_request_denied), no tunnel:", r.stdout)
+        self.assertIn("so the tunnel needs interception", r.stdout)
 
     def test_refused_tunnel_is_logged_by_the_deciding_route(self):
         connect("statusonly.mygreatbank.test")
