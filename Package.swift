@@ -27,16 +27,18 @@ let package = Package(
         ]),
         // What check --format json and certs --ics print: the report model, iCalendar writer. Pure.
         .target(name: "Reports", dependencies: ["ProxyConfig"]),
+        // The status page (admin `GET /` and `certs --html`): a plain model in, one self-contained HTML page out. Pure.
+        .target(name: "StatusPage", dependencies: ["Reports", "ProxyConfig"]),
         // OpenSSL wrappers: certificates, keys, client contexts, error classification.
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.
         .target(name: "ProxyServer", dependencies: [
-            "CEventTLS", "CBuildInfo", "HTTP1", "ProxyConfig", "TLS",
+            "CEventTLS", "CBuildInfo", "HTTP1", "ProxyConfig", "TLS", "Reports", "StatusPage",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "mtls-proxy", dependencies: [
-            "ProxyServer", "ProxyConfig", "Reports", "TLS",
+            "ProxyServer", "ProxyConfig", "Reports", "StatusPage", "TLS",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -47,7 +49,8 @@ let package = Package(
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports", "ProxyConfig"]),
+        .testTarget(name: "StatusPageTests", dependencies: ["StatusPage", "Reports", "ProxyConfig"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "ProxyConfig"]),
-        .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS"]),
+        .testTarget(name: "ProxyServerTests", dependencies: ["ProxyServer", "ProxyConfig", "TLS", "HTTP1", "CEventTLS", "StatusPage"]),
     ]
 )

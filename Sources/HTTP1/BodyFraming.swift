@@ -14,7 +14,12 @@ public enum BodyFraming: Sendable, Equatable {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             if head.version == .http10 { throw HTTPParseError.transferEncodingInHTTP10 }
             let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
-            guard te.count == 1, te.lastMatches else {
+            // RFC 9112 §6.3: without chunked last, the length of the body cannot be known (400); a coding the
+            // proxy does not decode before it is not implemented (501).
+            guard te.lastMatches else {
+                throw HTTPParseError.transferEncodingNotEndingInChunked(head.headers.values("Transfer-Encoding").joined(separator: ", "))
+            }
+            guard te.count == 1 else {
                 throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
             }
             return .chunked

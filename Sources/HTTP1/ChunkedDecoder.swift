@@ -105,12 +105,15 @@ public struct ChunkedDecoder: Sendable {
         return nil
     }
 
-    /// chunk-size [ chunk-ext ], where chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ).
+    /// chunk-size [ chunk-ext ], where chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ), ext-name a
+    /// token and ext-val a token or a quoted-string (RFC 9112 §7.1.1). Nothing else is accepted: not a bare ";",
+    /// not whitespace after the size (or an extension) that no ";" follows.
     private func parseSizeLine(_ line: Slice<UnsafeRawBufferPointer>) throws -> UInt64 {
         var i = line.startIndex
+        let end = line.endIndex
         var size: UInt64 = 0
         var digits = 0
-        while i < line.endIndex, let v = hexValue(line[i]) {
+        while i < end, let v = hexValue(line[i]) {
             if digits >= 16 { throw HTTPParseError.chunkSizeTooLarge }
             size = size << 4 | UInt64(v)
             digits += 1
@@ -118,15 +121,54 @@ public struct ChunkedDecoder: Sendable {
         }
         guard digits > 0 else { throw HTTPParseError.invalidChunkSize }
         if size > UInt64(Int64.max) { throw HTTPParseError.chunkSizeTooLarge }
-        // Extensions: validated for shape, then ignored.
-        var rest = line[i...]
-        while let f = rest.first, f == 0x20 || f == 0x09 { rest = rest.dropFirst() }
-        if rest.isEmpty { return size }
-        guard rest.first == 0x3B else { throw HTTPParseError.invalidChunkSize }
-        for c in rest where !(c == 0x09 || (c >= 0x20 && c < 0x7F)) {
-            throw HTTPParseError.invalidChunkExtension
+        if i == end { return size }
+        // Extensions: validated for shape, then dropped.
+        while i < end {
+            i = skipWhitespace(line, from: i)
+            guard i < end else { throw HTTPParseError.invalidChunkSize }  // whitespace with no extension after it
+            guard line[i] == 0x3B else { throw HTTPParseError.invalidChunkSize }
+            i = skipWhitespace(line, from: i + 1)
+            let nameStart = i
+            while i < end && isTokenChar(line[i]) { i += 1 }
+            guard i > nameStart else { throw HTTPParseError.invalidChunkExtension }
+            let afterName = skipWhitespace(line, from: i)
+            if afterName < end && line[afterName] == 0x3D {
+                i = skipWhitespace(line, from: afterName + 1)
+                guard i < end else { throw HTTPParseError.invalidChunkExtension }
+                if line[i] == 0x22 {
+                    i = try quotedStringEnd(line, from: i)
+                } else {
+                    let valueStart = i
+                    while i < end && isTokenChar(line[i]) { i += 1 }
+                    guard i > valueStart else { throw HTTPParseError.invalidChunkExtension }
+                }
+            }
         }
         return size
+    }
+
+    @inline(__always) private func skipWhitespace(_ line: Slice<UnsafeRawBufferPointer>, from start: Int) -> Int {
+        var i = start
+        while i < line.endIndex && (line[i] == 0x20 || line[i] == 0x09) { i += 1 }
+        return i
+    }
+
+    /// The index after the quoted-string that starts at `start` (a DQUOTE): qdtext and quoted-pairs up to the
+    /// closing DQUOTE (RFC 9110 §5.6.4).
+    private func quotedStringEnd(_ line: Slice<UnsafeRawBufferPointer>, from start: Int) throws -> Int {
+        var i = start + 1
+        while i < line.endIndex {
+            let c = line[i]
+            if c == 0x22 { return i + 1 }
+            if c == 0x5C {
+                guard i + 1 < line.endIndex, isFieldValueChar(line[i + 1]) else { throw HTTPParseError.invalidChunkExtension }
+                i += 2
+                continue
+            }
+            guard isFieldValueChar(c) else { throw HTTPParseError.invalidChunkExtension }
+            i += 1
+        }
+        throw HTTPParseError.invalidChunkExtension
     }
 
     @inline(__always) private func hexValue(_ c: UInt8) -> UInt8? {

@@ -8,6 +8,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case invalidStatusLine
     case unsupportedVersion(String)
     case invalidMethod
+    case methodTooLong(limit: Int)
+    case requestLineTooLong(limit: Int)
     case invalidTarget(String)
     case obsoleteLineFolding
     case headerWithoutColon
@@ -20,9 +22,11 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case conflictingContentLength
     case unsupportedTransferEncoding(String)
     case transferEncodingInHTTP10
+    case transferEncodingNotEndingInChunked(String)
     case missingHost
     case multipleHosts
     case invalidHost
+    case invalidHostField
     case invalidChunkSize
     case chunkSizeTooLarge
     case invalidChunkExtension
@@ -50,6 +54,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .invalidStatusLine: return "malformed status line"
         case .unsupportedVersion(let v): return "unsupported HTTP version \(v)"
         case .invalidMethod: return "invalid method token"
+        case .methodTooLong(let limit): return "the method is longer than \(limit) bytes"
+        case .requestLineTooLong(let limit): return "the request line (its target) exceeds \(limit) bytes"
         case .invalidTarget(let why): return "invalid request target: \(why)"
         case .obsoleteLineFolding: return "obsolete line folding (a header line starting with whitespace)"
         case .headerWithoutColon: return "a header line without a colon"
@@ -62,9 +68,11 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .conflictingContentLength: return "conflicting Content-Length values"
         case .unsupportedTransferEncoding(let te): return "unsupported Transfer-Encoding\(Self.registeredCodings(te)) (only chunked is accepted)"
         case .transferEncodingInHTTP10: return "Transfer-Encoding in an HTTP/1.0 message"
+        case .transferEncodingNotEndingInChunked(let te): return "Transfer-Encoding\(Self.registeredCodings(te)) does not end in chunked: the body's length cannot be known"
         case .missingHost: return "HTTP/1.1 request without a Host header"
         case .multipleHosts: return "more than one Host header"
         case .invalidHost: return "invalid host name"
+        case .invalidHostField: return "invalid Host header (expected host[:port]: one host, no path, no userinfo)"
         case .invalidChunkSize: return "invalid chunk size"
         case .chunkSizeTooLarge: return "chunk size too large"
         case .invalidChunkExtension: return "invalid chunk extension"

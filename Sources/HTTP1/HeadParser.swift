@@ -120,6 +120,7 @@ public enum HeadParser {
         let targetBytes = rest[rest.startIndex..<sp2]
         let versionBytes = rest[(sp2 + 1)...]
         guard !methodBytes.isEmpty, methodBytes.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidMethod }
+        guard methodBytes.count <= maxMethodLength else { throw HTTPParseError.methodTooLong(limit: maxMethodLength) }
         guard !targetBytes.isEmpty else { throw HTTPParseError.invalidRequestLine }
         guard targetBytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
             throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
@@ -131,6 +132,27 @@ public enum HeadParser {
         head.version = version
         head.targetStart = UInt32(targetBytes.startIndex)
         head.targetEnd = UInt32(targetBytes.endIndex)
+    }
+
+    /// The longest method accepted: registered methods have at most 17 letters; a longer one is not a method.
+    public static let maxMethodLength = 64
+
+    /// What is too large about a request head that did not end within `limit` bytes (`bytes` holds its first
+    /// bytes, at least `limit` of them or all that came): a method that is not one (400), a request line longer
+    /// than the limit (414), or else the header section (431).
+    public static func oversizedRequestError(_ bytes: UnsafeRawBufferPointer, limit: Int) -> HTTPParseError {
+        var i = 0
+        while i + 1 < bytes.count && bytes[i] == 0x0D && bytes[i + 1] == 0x0A { i += 2 }  // empty lines first
+        let lineStart = i
+        while i < bytes.count && i - lineStart <= maxMethodLength && bytes[i] != 0x20 {
+            guard isTokenChar(bytes[i]) else { return .invalidMethod }
+            i += 1
+        }
+        if i == bytes.count { return .headTooLarge(limit: limit) }  // not enough to tell
+        guard bytes[i] == 0x20, i > lineStart else { return .methodTooLong(limit: maxMethodLength) }
+        while i < bytes.count && bytes[i] != 0x0D && bytes[i] != 0x0A { i += 1 }
+        if i == bytes.count && i >= limit { return .requestLineTooLong(limit: limit) }
+        return .headTooLarge(limit: limit)
     }
 
     /// The index (in the base buffer) of the first SP in `line`, found with memchr.

@@ -109,6 +109,9 @@ public struct ProxyErrorResponse: Sendable, Equatable {
         case .headTooLarge:
             return ProxyErrorResponse(status: 431, errorType: .httpRequestError, details: error.description,
                                       advice: "Send fewer or smaller headers, or raise [proxy] max_header_bytes.")
+        case .requestLineTooLong:
+            return ProxyErrorResponse(status: 414, errorType: .httpRequestError, details: error.description,
+                                      advice: "Send a shorter URL (a long query belongs in a request body), or raise [proxy] max_header_bytes.")
         case .unsupportedVersion:
             return ProxyErrorResponse(status: 505, errorType: .httpRequestError, details: error.description,
                                       advice: "The proxy speaks HTTP/1.1 and HTTP/1.0 to its clients.")

@@ -13,15 +13,20 @@ protocol AdminState: AnyObject {
     /// One line per identity with its certificate state, for `/readyz?verbose`.
     func identityReport() -> String
     func metricsText() -> String
+    /// The status page (`GET /`) and its Content-Security-Policy.
+    func statusPage() -> (html: String, policy: String)
 }
 
-/// The admin endpoint on the main thread's event base (libevent's evhttp): `/healthz`, `/readyz`, `/metrics`.
+/// The admin endpoint on the main thread's event base (libevent's evhttp): `/` (the status page), `/healthz`,
+/// `/readyz`, `/metrics`.
 /// Loopback clients only, unless `[admin] allow_clients` names others.
 final class AdminServer {
     private let http: OpaquePointer
     private let settings: AdminSettings
     private weak var state: AdminState?
     private(set) var port = 0
+    /// The status page is rendered at most once a second, on the main thread, never on a worker.
+    private var cachedPage: (second: Int, html: String, policy: String)?
 
     /// Binds `settings.listen`, or accepts on a copy of `inherited` (a socket handed over by a supervisor).
     init(base: OpaquePointer, settings: AdminSettings, state: AdminState, inherited: Int32? = nil) throws {
@@ -78,8 +83,19 @@ final class AdminServer {
             }
         case "/metrics":
             reply(request, 200, "OK", state.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case "/":
+            let second = monotonicMillis() / 1000
+            if cachedPage?.second != second {
+                let page = state.statusPage()
+                cachedPage = (second, page.html, page.policy)
+            }
+            let page = cachedPage!
+            reply(request, 200, "OK", page.html, contentType: "text/html; charset=utf-8", extraHeaders: [
+                ("Content-Security-Policy", page.policy), ("X-Content-Type-Options", "nosniff"),
+                ("Referrer-Policy", "no-referrer"), ("X-Frame-Options", "DENY"),
+            ])
         default:
-            reply(request, 404, "Not Found", "the admin endpoint serves /healthz, /readyz and /metrics\n")
+            reply(request, 404, "Not Found", "the admin endpoint serves /, /healthz, /readyz and /metrics\n")
         }
     }
 
@@ -93,10 +109,11 @@ final class AdminServer {
     }
 
     private func reply(_ request: OpaquePointer, _ code: Int32, _ reason: String, _ body: String,
-                       contentType: String = "text/plain; charset=utf-8") {
+                       contentType: String = "text/plain; charset=utf-8", extraHeaders: [(String, String)] = []) {
         let headers = evhttp_request_get_output_headers(request)
         evhttp_add_header(headers, "Content-Type", contentType)
         evhttp_add_header(headers, "Cache-Control", "no-store")
+        for (name, value) in extraHeaders { evhttp_add_header(headers, name, value) }
         let buffer = evbuffer_new()
         let bytes = Array(body.utf8)
         bytes.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }

@@ -93,6 +93,9 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
+    /// How far the exchange in progress has got, for the machine; none between exchanges.
+    private var progress: ExchangeProgress { exchangeStorage?.pointee.progress ?? .none }
+
     private var input: OpaquePointer { client.input }
     private var output: OpaquePointer { client.output }
     private var runtime: ProxyRuntime { worker.runtime }
@@ -109,10 +112,6 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             break
         case .resumeReading:
             client.enableRead()
-        case .readWithClientTimeout, .readWithoutTimeout:
-            // client_timeout stays armed as the read timeout; while a response is owed the machine ignores it
-            // (`clientTimedOut` answers `.resumeReading`). That saves a timer update per request.
-            break
         case .armTimer(let deadline):
             armTimer(inMillis: deadline - monotonicMillis())
         case .readNextHead:
@@ -243,21 +242,37 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
         let action: ConnectionStateMachine<SystemClock>.Action
+        let stateBefore = machine.state
+        let timedOut = flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
             action = machine.clientTLSFailed()
-        } else if flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0 {
-            action = machine.clientTimedOut()
+        } else if timedOut {
+            action = machine.clientTimedOut(progress)
         } else if flags & BEV_EVENT_EOF != 0 && flags & BEV_EVENT_ERROR == 0 {
-            action = machine.clientEOF()
+            action = machine.clientEOF(progress)
         } else {
+            // An intercepted client's FIN without close_notify comes here (OpenSSL 3 reports it as an error), not
+            // as an EOF as a relay takes it: here the proxy is that client's TLS endpoint and reads HTTP from it,
+            // and a TLS stream that ends without close_notify may have been cut by someone else (RFC 8446 §6.1),
+            // so it is not taken as a half-close after which a response is still owed. A relay only carries
+            // bytes whose own protocol says where they end; the two ends judge a truncation there.
             action = machine.clientError()
         }
         if case .abort = action, exchangeStorage != nil, exchange.isRecording {
-            // The client went away (or stalled past the timeout) mid-exchange: nothing more can be delivered.
+            // Nothing more can be delivered. The status is 499 only when nothing was answered yet (status 0):
+            // once a response began, the record keeps the status the client was sent, and proxy_status says
+            // the response was cut.
             if exchange.record.status == 0 { exchange.record.status = 499 }
-            finishRecord(proxyStatus: dialer != nil ? "client closed the connection before the tunnel was open"
-                                    : openedTunnel != nil ? "client closed the tunnel before sending anything in it"
-                                    : "client closed the connection before the response completed")
+            let why: String
+            if case .dialling = stateBefore {
+                why = "client closed the connection before the tunnel was open"  // client_timeout does not apply while dialling
+            } else if case .awaitingTunnelBytes = stateBefore {
+                why = timedOut ? "client sent nothing in the tunnel within client_timeout" : "client closed the tunnel before sending anything in it"
+            } else {
+                why = timedOut ? "the request body stalled for client_timeout after the response began"
+                               : "client closed the connection before the response completed"
+            }
+            finishRecord(proxyStatus: why)
         }
         perform(action)
     }
@@ -297,8 +312,11 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 headScan = HeadParser.Scan()
                 exchange = Exchange()
                 startRecord(method: "-", target: nil)
-                let parseError = (error as? HTTPParseError) ?? .invalidRequestLine
-                sendError(.badRequest(parseError), close: true)
+                var parseError = (error as? HTTPParseError) ?? .invalidRequestLine
+                if case .headTooLarge = parseError, let bytes = evbuffer_pullup(input, window) {
+                    parseError = HeadParser.oversizedRequestError(UnsafeRawBufferPointer(start: bytes, count: window), limit: limit)
+                }
+                finish(.answered(.badRequest(parseError), close: true))
                 return
             }
             evbuffer_drain(input, headLength)
@@ -317,12 +335,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             details = "the request body stalled: nothing arrived for client_timeout \(runtime.config.proxy.clientTimeout)"
         }
         if !exchange.isRecording { startRecord(method: "-", target: nil) }
-        if let upstream {
-            // Part of the request went upstream: that connection cannot carry anything else.
-            self.upstream = nil
-            upstream.close()
-        }
-        sendError(ProxyErrorResponse(status: 408, errorType: .httpRequestError, details: details), close: true)
+        // Part of the request may have gone upstream: `finish` closes that connection, which can carry nothing else.
+        finish(.answered(ProxyErrorResponse(status: 408, errorType: .httpRequestError, details: details), close: true))
     }
 
     private func startRecord(method: String, target: AbsoluteTarget?) {
@@ -349,8 +363,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.request = head
         startRecord(method: head.method, target: nil)
         let framing = Result { try BodyFraming.forRequest(head) }
-        perform(machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining,
-                                   requestComplete: (try? framing.get()) == BodyFraming.none))
+        exchange.requestBody = Exchange.RequestBody(framing)
+        machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining)
         // Proxy credentials: a bcrypt check runs off the loop and the exchange resumes in `authenticationFinished`;
         // meanwhile the machine is `exchanging` with no upstream, so arriving body bytes stay in the input.
         if case .forward = kind, let authenticator = worker.authenticator {
@@ -375,13 +389,13 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private func refuseAuthentication(_ head: RequestHead, _ framing: Result<BodyFraming, any Error>, _ outcome: AuthOutcome) {
         let hasBody = (try? framing.get()).map { $0 != .none } ?? true
         let (response, headers) = outcome.refusal(credentialsSent: head.headers.contains("Proxy-Authorization"))
-        sendError(response, close: hasBody || head.method == "CONNECT" || outcome != .denied, extraHeaders: headers)
+        finish(.answered(response, close: hasBody || head.method == "CONNECT" || outcome != .denied, extraHeaders: headers))
     }
 
     private func decideExchange(_ head: RequestHead, _ framing: Result<BodyFraming, any Error>) {
         switch RequestDecision.decide(head, framing: framing, kind: kind, runtime: runtime, exchange: &exchange) {
         case .answer(let response, let close, let extraHeaders):
-            sendError(response, close: close, extraHeaders: extraHeaders)
+            finish(.answered(response, close: close, extraHeaders: extraHeaders))
         case .tunnel:
             startTunnel(head)
         case .forward(let key, let context):
@@ -405,8 +419,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             upstream = fresh
             exchange.record.reused = false
         } else {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
-                                         details: "could not start a connection to \(key.host):\(key.port)"), close: true)
+            finish(.answered(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
+                                                details: "could not start a connection to \(key.host):\(key.port)"), close: true))
             return false
         }
         self.upstream = upstream
@@ -424,21 +438,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func pumpRequestBody() {
         guard machine.isExchanging, let upstream, upstream.state != .closed else { return }
-        do {
-            switch try exchange.moveRequestBody(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
-            case .waiting:
-                // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
-                // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls.
-                break
-            case .destinationFull:
-                clientReadPaused = true
-                client.disableRead()
-            case .complete:
-                perform(machine.requestBodyComplete())
-            }
-        } catch {
+        switch exchange.stepRequest(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
+        case .wait, .complete:
+            // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
+            // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls. Once the
+            // request is complete, a client_timeout ends nothing (the machine reads that from the exchange).
+            break
+        case .pauseClient:
+            clientReadPaused = true
+            client.disableRead()
+        case .fail(let response):
             // Part of the body may already be upstream: this exchange cannot be saved.
-            failExchange(.badRequest((error as? HTTPParseError) ?? .invalidChunkSize))
+            finish(.failed(response))
         }
     }
 
@@ -473,60 +484,28 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     }
 
     func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event) {
-        switch exchange.response {
-        case .awaitingHead:
-            if case .connectTimeout = event {} else if retryOnFreshConnection(after: event) { return }
+        switch exchange.upstreamEnded(event, output: output) {
+        case .failedBeforeResponse:
+            if retryOnFreshConnection(after: event) { return }
             let response = ConnectFailures.response(for: event, upstream: upstream,
                                                     timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
             worker.metrics.countFailure(ConnectFailures.metricReason(response.errorType))
-            failExchange(response)
-        case .body:
-            if case .eof(let closeNotify) = event, closeNotify, exchange.responseFraming == .untilClose {
-                // The body ran to a clean end of stream (close_notify): it is complete.
-                if exchange.clientFraming == .chunked {
-                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                }
-                exchange.response = .done
-                finishExchange()
-                return
-            }
-            // Cut short (a bare FIN without close_notify, a reset, a timeout, a short length): the head is with
-            // the client already, so the client connection is reset, never ended as if the body were complete.
-            let why: String
-            switch event {
-            case .readTimeout: why = "response truncated: the upstream stopped sending the body (read timeout)"
-            case .eof: why = exchange.responseFraming == .untilClose
-                ? "response truncated: the upstream closed the connection without close_notify"
-                : "response truncated: the upstream closed the connection before the body was complete"
-            default: why = "response truncated: the upstream connection failed before the body was complete"
-            }
-            truncateResponse(why)
-        case .done:
+            finish(.failed(response))
+        case .complete:
+            finish(.completed)
+        case .truncate(let why):
+            finish(.truncated(why))
+        case .closeUpstream:
             self.upstream = nil
             upstream.close()
         }
-    }
-
-    private func truncateResponse(_ why: String) {
-        finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpResponseIncomplete, details: why).proxyStatusValue)
-        if let upstream {
-            self.upstream = nil
-            upstream.close()
-        }
-        perform(machine.responseTruncated())
     }
 
     /// A pooled connection may have been closed by the server just as we reused it. An idempotent request with
     /// no body is then tried once more on a new connection; anything else is reported.
     private func retryOnFreshConnection(after event: UpstreamConnection.Event) -> Bool {
-        guard !exchange.retried, let upstream, upstream.requestsServed > 0, let request = exchange.request,
-              let match = exchange.match else { return false }
-        guard ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method),
-              (try? BodyFraming.forRequest(request)) == BodyFraming.none else { return false }
-        switch event {
-        case .eof, .error: break
-        default: return false
-        }
+        guard let upstream, let match = exchange.match,
+              exchange.mayRetry(after: event, onReusedConnection: upstream.requestsServed > 0) else { return false }
         exchange.retried = true
         let key = upstream.key
         let context = upstream.context
@@ -547,107 +526,54 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private func pumpResponse() {
         guard machine.isExchanging, let upstream, upstream.state == .ready else { return }
         let source = upstream.input
-        do {
-            loop: while self.upstream === upstream {
-                switch exchange.response {
-                case .awaitingHead(var scan):
-                    let available = evbuffer_get_length(source)
-                    guard available > 0 else { break loop }
-                    let limit = runtime.limits.maxHeadBytes
-                    let window = min(available, limit + 4)
-                    let buffer = UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window)
-                    // The search resumes where the last read left it: a trickled head costs linear time.
-                    guard let length = try HeadParser.headLength(buffer, limit: limit, resuming: &scan) else {
-                        if available >= limit { throw HTTPParseError.headTooLarge(limit: limit) }
-                        exchange.response = .awaitingHead(scan)
-                        break loop
-                    }
-                    exchange.response = .awaitingHead(HeadParser.Scan())
-                    try HeadParser.parseResponse(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), into: &exchange.responseHead,
-                                                 limits: runtime.limits)
-                    evbuffer_drain(source, length)
-                    try startResponse(exchange.responseHead)
-                case .body:
-                    if !relayResponseBody(from: source) { break loop }
-                case .done:
-                    break loop
-                }
+        while self.upstream === upstream {
+            switch exchange.stepResponse(from: source, to: output, limits: runtime.limits, highWatermark: Worker.writeHighWatermark) {
+            case .wait:
+                return
+            case .forwardInterim:
+                // 100 Continue and other interim responses go to an HTTP/1.1 client as they are.
+                guard let request = exchange.request, request.version == .http11 else { continue }
+                let interim = Forwarding.clientResponse(exchange.responseHead, framing: .none, requestMethod: request.method,
+                                                        keepAlive: true, clientVersion: request.version)
+                interim.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+            case .switchProtocols(let upgrade):
+                switchProtocols(exchange.responseHead, upgrade: upgrade)
+                return
+            case .sendFinalHead:
+                sendFinalHead()
+            case .pauseUpstream:
+                upstreamReadPaused = true
+                upstream.enableRead(false)
+                return
+            case .complete:
+                finish(.completed)
+                return
+            case .fail(let response):
+                finish(.failed(response))
+                return
+            case .truncate(let why):
+                finish(.truncated(why))
+                return
             }
-        } catch let error as HTTPParseError {
-            let details: String
-            if case .headTooLarge = error {
-                details = "the upstream's response head exceeds \(runtime.limits.maxHeadBytes) bytes"
-            } else {
-                details = "the upstream sent an invalid response: \(error.description)"
-            }
-            let response = ProxyErrorResponse(status: 502, errorType: .httpProtocolError, details: details)
-            if machine.flow?.responseStarted == false {
-                failExchange(response)
-            } else {
-                truncateResponse(details)
-            }
-        } catch {
-            truncateResponse("internal error")
         }
     }
 
-    private func startResponse(_ head: ResponseHead) throws {
-        guard let request = exchange.request else { return }
-        if head.status == 101 {
-            guard let upgrade = exchange.upgrade else { throw HTTPParseError.invalidStatusLine }  // 101 to a request that did not ask
-            switchProtocols(head, upgrade: upgrade)
-            return
-        }
-        if head.status < 200 {
-            // 100 Continue and other interim responses go to the client as they are.
-            let interim = Forwarding.clientResponse(head, framing: .none, requestMethod: request.method, keepAlive: true,
-                                                    clientVersion: request.version)
-            if request.version == .http11 {
-                interim.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-            }
-            return
-        }
-        try exchange.acceptFinalResponse(head, to: request)
+    /// The final response head, as it goes to the client.
+    private func sendFinalHead() {
+        // The request's method and version, not the request (a copy would retain its buffers).
+        guard let method = exchange.request?.method, let version = exchange.request?.version else { return }
+        let head = exchange.responseHead  // copied: it is read while the client's head is written into the exchange
         // The rest of an unfinished request body has nowhere to go: this connection ends with the response.
-        machine.responseStarted(keepAlive: exchange.clientFraming != .close && exchange.requestBody.isDone)
+        machine.responseKeepAlive(exchange.clientFraming != .close && exchange.requestBody.isDone)
         // Redirects stay on the proxy. The rewrite is made only for a head that has a field it rewrites: making it
         // costs more than the rest of the response head.
         let rewritesLocation = head.headers.contains("Location") || head.headers.contains("Content-Location")
-        Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: request.method,
-                                  keepAlive: machine.flow?.keepAlive ?? false, clientVersion: request.version,
-                                  locationRewrite: rewritesLocation ? kind.locationRewrite(for: request, runtime: runtime) : nil,
-                                  into: &exchange.clientResponseHead)
+        let locationRewrite = rewritesLocation ? exchange.request.flatMap { kind.locationRewrite(for: $0, runtime: runtime) } : nil
+        Forwarding.clientResponse(head, framing: exchange.clientFraming, requestMethod: method,
+                                  keepAlive: machine.flow?.keepAlive ?? false, clientVersion: version,
+                                  locationRewrite: locationRewrite, into: &exchange.clientResponseHead)
         exchange.clientResponseHead.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        let framing = exchange.responseFraming
-        switch framing {
-        case .none:
-            exchange.response = .done
-            finishExchange()
-        case .contentLength, .chunked:
-            exchange.response = .body
-        case .untilClose:
-            exchange.response = .body
-            if framing == .untilClose, let upstream { upstream.setReadTimeout(exchange.match?.timeouts.response) }
-        }
-    }
-
-    /// Moves what is available of the response body; false when it must wait (no data, or the client is slow).
-    private func relayResponseBody(from source: OpaquePointer) -> Bool {
-        switch exchange.moveResponseBody(from: source, to: output, highWatermark: Worker.writeHighWatermark) {
-        case .waiting:
-            return false
-        case .destinationFull:
-            upstreamReadPaused = true
-            upstream?.enableRead(false)
-            return false
-        case .complete:
-            exchange.response = .done
-            finishExchange()
-            return false
-        case .invalid:
-            truncateResponse("invalid chunked response body from the upstream")
-            return false
-        }
+        if exchange.responseFraming == .untilClose, let upstream { upstream.setReadTimeout(exchange.match?.timeouts.response) }
     }
 
     // MARK: upgrades
@@ -659,16 +585,18 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.record.upstreamStatus = 101
         exchange.record.status = 101
         exchange.record.ttfbMs = (monotonicMicros() - exchange.startMicros) / 1000
-        machine.responseStarted(keepAlive: false)
+        machine.responseKeepAlive(false)
         let bytes = Forwarding.clientResponse(head, framing: .close, requestMethod: request.method, keepAlive: true,
                                               clientVersion: .http11, upgrade: head.headers.first("Upgrade") ?? upgrade)
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        self.upstream = nil
         let timeout = exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle
+        // The reference is dropped only once the hand-over succeeded: until then the connection is this one's to
+        // close (`detach` closes it when it fails, and so would `teardown`).
         guard let detached = upstream.detach() else {
             teardown(reset: true)
             return
         }
+        self.upstream = nil
         startRelay(with: detached, idleTimeout: timeout)
     }
 
@@ -686,7 +614,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             self.timer = nil
         }
         let startedIn = exchange.record.bytesIn, startedOut = exchange.record.bytesOut
-        let relay = Relay(base: worker.base, client, other, idleTimeout: idleTimeout) { [unowned self] fromClient, toClient in
+        let relay = Relay(base: worker.base, client.handOver(), other, idleTimeout: idleTimeout) { [unowned self] fromClient, toClient in
             self.exchange.record.bytesIn = startedIn + fromClient
             self.exchange.record.bytesOut = startedOut + toClient
             self.finishRecord(proxyStatus: nil)
@@ -712,7 +640,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         exchange.match = setup.match
         switch setup.mode {
         case .refuse(let response):
-            sendError(response, close: true)
+            finish(.answered(response, close: true))
         case .blind:
             dialTunnel(host: setup.host, port: setup.port, match: setup.match!)
         case .open(let inside):
@@ -736,12 +664,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(self.output, $0.baseAddress, $0.count) }
                 self.startRelay(with: Endpoint(bev: upstreamBev), idleTimeout: match.timeouts.idle)
             } else if let response = ConnectFailures.response(for: outcome, host: host, port: port, timeouts: match.timeouts) {
-                self.sendError(response, close: true)
+                self.finish(.answered(response, close: true))
             }
         }
         if dialer == nil, case .dialling = machine.state {
-            sendError(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "could not start a connection to \(host):\(port)"),
-                      close: true)
+            finish(.answered(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "could not start a connection to \(host):\(port)"),
+                             close: true))
         }
     }
 
@@ -750,12 +678,12 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private func openTunnel(_ opened: OpenedTunnel) {
         var opened = opened
         if case .intercept = opened.inside.tls, let failure = opened.prepareInterception(worker: worker) {
-            sendError(failure, close: true)
+            finish(.answered(failure, close: true))
             return
         }
         guard evbuffer_get_length(input) == 0 else {
-            sendError(ProxyErrorResponse(status: 400, errorType: .httpRequestError, details: "bytes after CONNECT before the tunnel was established"),
-                      close: true)
+            finish(.answered(ProxyErrorResponse(status: 400, errorType: .httpRequestError, details: "bytes after CONNECT before the tunnel was established"),
+                             close: true))
             return
         }
         TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
@@ -781,7 +709,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .refuse(let response, let answerInPlain):
             worker.logger.info("tunnel to \(opened.host):\(opened.port) from \(peer) closed: \(response.details)")
             if answerInPlain {
-                sendError(response, close: true)
+                finish(.answered(response, close: true))
             } else {
                 // The client speaks TLS: an HTTP answer would mean nothing to it. The record says why.
                 exchange.record.status = response.status
@@ -808,51 +736,68 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     // MARK: ending an exchange
 
-    /// The response is complete. The upstream goes back to the pool only when nothing more can arrive on it.
-    private func finishExchange() {
-        finishRecord(proxyStatus: nil)
-        if let upstream {
-            self.upstream = nil
-            upstream.delegate = nil
-            let mayPool = UpstreamReuse.mayPool(
-                requestMethod: exchange.request?.method ?? "", status: exchange.record.upstreamStatus ?? 0,
-                announcesBody: exchange.responseAnnouncedBody, closeDelimited: exchange.responseFraming == .untilClose,
-                requestComplete: exchange.requestBody.isDone, upstreamAllows: exchange.upstreamAllowsReuse)
-            if mayPool && upstream.state == .ready && upstream.generation == runtime.generation {
-                upstream.requestsServed += 1
-                worker.pool.put(upstream, maxIdle: runtime.config.upstream.maxIdlePerHost,
-                                idleTimeout: exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
-            } else {
-                upstream.close()
-            }
-        }
-        perform(machine.exchangeEnded(keepAlive: true))
+    /// How an exchange ends. `finish` is the one place that carries an ending out: the access record and the
+    /// metrics, the upstream connection (pooled or closed), and the machine's next step.
+    private enum Ending {
+        /// The response is complete: the upstream goes back to the pool if nothing more can arrive on it.
+        case completed
+        /// An answer of the proxy's own (a refusal, a parse error, a timeout): any upstream connection is closed.
+        case answered(ProxyErrorResponse, close: Bool, extraHeaders: [(String, String)] = [])
+        /// The exchange failed midway (the upstream failed, or the request body turned out invalid): answered
+        /// before any response byte went out, the client cut after.
+        case failed(ProxyErrorResponse)
+        /// The response was cut short (the upstream's fault, or invalid framing mid-body): the client is reset.
+        case truncated(String)
     }
 
-    /// The upstream failed: before any response byte the proxy answers in its place, after it the client is cut.
-    private func failExchange(_ response: ProxyErrorResponse) {
-        if let upstream {
-            self.upstream = nil
+    private func finish(_ ending: Ending) {
+        switch ending {
+        case .completed:
+            finishRecord(proxyStatus: nil)
+            releaseUpstream(mayPool: true)
+            perform(machine.exchangeEnded(keepAlive: true))
+        case .answered(let response, let close, let extraHeaders):
+            releaseUpstream(mayPool: false)
+            let keepAlive = !close && (machine.flow?.keepAlive ?? true) && !worker.draining
+            let bytes = response.serialize(version: .http11, closeConnection: !keepAlive, extraHeaders: extraHeaders)
+            bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+            exchange.record.status = response.status
+            exchange.record.bytesOut += ProxyErrorResponse.bodyLength(ofSerialized: bytes)
+            finishRecord(proxyStatus: response.proxyStatusValue)
+            perform(machine.exchangeEnded(keepAlive: keepAlive))
+        case .failed(let response):
+            releaseUpstream(mayPool: false)
+            let action = machine.upstreamFailed(exchange.progress)
+            if action == .answerError {
+                finish(.answered(response, close: !exchange.requestBody.isDone))
+            } else {
+                finishRecord(proxyStatus: response.proxyStatusValue)
+                perform(action)
+            }
+        case .truncated(let why):
+            finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpResponseIncomplete, details: why).proxyStatusValue)
+            releaseUpstream(mayPool: false)
+            perform(machine.responseTruncated())
+        }
+    }
+
+    /// Lets go of the exchange's upstream connection: back to the pool when `mayPool` and nothing more can arrive
+    /// on it for this exchange, else closed.
+    private func releaseUpstream(mayPool: Bool) {
+        guard let upstream else { return }
+        self.upstream = nil
+        upstream.delegate = nil
+        let reusable = mayPool && UpstreamReuse.mayPool(
+            requestMethod: exchange.request?.method ?? "", status: exchange.record.upstreamStatus ?? 0,
+            announcesBody: exchange.responseAnnouncedBody, closeDelimited: exchange.responseFraming == .untilClose,
+            requestComplete: exchange.requestBody.isDone, upstreamAllows: exchange.upstreamAllowsReuse)
+        if reusable && upstream.state == .ready && upstream.generation == runtime.generation {
+            upstream.requestsServed += 1
+            worker.pool.put(upstream, maxIdle: runtime.config.upstream.maxIdlePerHost,
+                            idleTimeout: exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
+        } else {
             upstream.close()
         }
-        let action = machine.upstreamFailed()
-        if action == .answerError {
-            sendError(response, close: !exchange.requestBody.isDone)
-        } else {
-            finishRecord(proxyStatus: response.proxyStatusValue)
-            perform(action)
-        }
-    }
-
-    /// Sends a response the proxy made itself, and ends the exchange.
-    private func sendError(_ response: ProxyErrorResponse, close: Bool, extraHeaders: [(String, String)] = []) {
-        let keepAlive = !close && (machine.flow?.keepAlive ?? true) && !worker.draining
-        let bytes = response.serialize(version: .http11, closeConnection: !keepAlive, extraHeaders: extraHeaders)
-        bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        exchange.record.status = response.status
-        exchange.record.bytesOut += ProxyErrorResponse.bodyLength(ofSerialized: bytes)
-        finishRecord(proxyStatus: response.proxyStatusValue)
-        perform(machine.exchangeEnded(keepAlive: keepAlive))
     }
 
     private func finishRecord(proxyStatus: String?) {
@@ -865,6 +810,10 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         let record = exchange.record
         let route = record.route.isEmpty ? "-" : record.route
         metrics.countRequest(route: route, identity: record.identity, status: record.status)
+        // The status page's last failure of the route: only failing requests pay for it (a lock, a copy).
+        if let proxyStatus, record.status >= 500 {
+            metrics.shared.statusBoard.recordFailure(route: route, status: record.status, proxyStatus: proxyStatus, at: currentEpochSeconds())
+        }
         metrics.observeDuration(route: route, nanoseconds: Int64(micros) * 1000)
         metrics.shared.bytesIn.increment(by: Int64(record.bytesIn))
         metrics.shared.bytesOut.increment(by: Int64(record.bytesOut))

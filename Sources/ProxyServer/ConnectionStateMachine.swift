@@ -12,13 +12,36 @@ struct SystemClock: MonotonicClock {
 /// field that means nothing in a state does not exist in it.
 ///
 /// ```
-///             head bytes            head parsed                 response ended, keep-alive
-///  ┌─► awaitingHead ─────► (partial) ─────► exchanging ─────────────────────────────┐
-///  │        │  idle client_timeout             │  │ CONNECT ─► dialling ─► relaying ─┼─► closed
-///  │        └──────────────────────────────────┼──┼─────────────────────────────────┤
-///  └───────────────────────────────────────────┘  └─ close / error ─► closing ─► closed
-///                                                        (flush every layer, close_notify, FIN, linger)
+///                  head bytes (arm header_timeout)
+///    ┌──────────► awaitingHead(deadline?) ─────────────────────────────┐ idle client_timeout, EOF
+///    │                 │ headParsed                                     │ or error: abort
+///    │ exchangeEnded   ▼                                                ▼
+///    │ (keep-alive) exchanging(flow) ── CONNECT ──► dialling ──► relaying ──► closed
+///    └───────────────── │  │  │                        │ refused        ▲
+///                       │  │  └─ CONNECT, 200 ──► awaitingTunnelBytes ──┤ silent, EOF: abort
+///                       │  │     servingInsideTunnel (TLS or plain):    │
+///                       │  │     back to awaitingHead                   │
+///                       │  └─ upstreamFailed after the response began,  │
+///                       │     responseTruncated: abort(reset)  ─────────┤
+///                       │ exchangeEnded (close), answerRequestTimeout    │
+///                       ▼                                                │
+///               closing(.flushing) ── flushed ──► closing(.lingering(until)) ── EOF / timer ──┘
+///          (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
 /// ```
+/// How far the exchange in progress has got, as the connection's life depends on it. The connection machine
+/// keeps no copy: the shell reads it from the exchange's message states (`Exchange.progress`) with each event
+/// that needs it.
+struct ExchangeProgress: Equatable {
+    /// The whole request body has been read (or the request has none).
+    var requestComplete: Bool
+    /// The final response head, or a 101, went to the client: an error can no longer be answered. Interim
+    /// responses (100 Continue) do not count.
+    var responseStarted: Bool
+
+    /// No exchange in progress.
+    static let none = ExchangeProgress(requestComplete: false, responseStarted: false)
+}
+
 struct ConnectionStateMachine<Clock: MonotonicClock> {
     enum State: Equatable {
         /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
@@ -38,12 +61,10 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case closed
     }
 
-    /// Where one exchange stands, as far as the connection's life is concerned.
+    /// What the connection decides about the exchange in progress. How far its request and response have got
+    /// is not kept here: it is the exchange's (`ExchangeProgress`, read from its message states with each event
+    /// that depends on it).
     struct ExchangeFlow: Equatable {
-        /// The whole request body has been read.
-        var requestComplete: Bool
-        /// Some of the response (head or body) went to the client: an error can no longer be answered.
-        var responseStarted = false
         /// Both the client and the proxy allow another request on this connection.
         var keepAlive: Bool
         /// The client shut down its sending side after a complete request (RFC 9112 §9.6): serve, then close.
@@ -62,10 +83,6 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
 
     enum Action: Equatable {
         case none
-        /// Read the request body with client_timeout armed (a stalled body is a client fault).
-        case readWithClientTimeout
-        /// Read without a timeout: a response is owed, and the upstream's timeouts and backpressure govern.
-        case readWithoutTimeout
         /// A client_timeout that ends nothing: read on (libevent stopped reading when it fired).
         case resumeReading
         /// Arm the connection's timer for this deadline (milliseconds on the machine's clock).
@@ -126,37 +143,30 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         return .armTimer(deadline: until)
     }
 
-    /// A request head was parsed; `requestComplete` when it has no body.
-    mutating func headParsed(keepAlive: Bool, requestComplete: Bool) -> Action {
+    /// A request head was parsed. Nothing to do: client_timeout stays armed as the socket's read timeout the
+    /// whole time (re-arming it per request would cost a timer update), and `clientTimedOut` decides what a
+    /// timeout means from how far the exchange has got.
+    mutating func headParsed(keepAlive: Bool) {
         guard case .awaitingHead = state else { preconditionFailure("head parsed in \(state)") }
-        state = .exchanging(ExchangeFlow(requestComplete: requestComplete, keepAlive: keepAlive))
-        return requestComplete ? .readWithoutTimeout : .readWithClientTimeout
+        state = .exchanging(ExchangeFlow(keepAlive: keepAlive))
     }
 
-    mutating func requestBodyComplete() -> Action {
-        guard case .exchanging(var flow) = state, !flow.requestComplete else { return .none }
-        flow.requestComplete = true
-        state = .exchanging(flow)
-        return .readWithoutTimeout
-    }
-
-    /// The first byte of a response (interim or final) is queued for the client.
-    mutating func responseStarted(keepAlive: Bool) {
+    /// The response allows keep-alive or not (its head, or a 101, is going to the client).
+    mutating func responseKeepAlive(_ keepAlive: Bool) {
         guard case .exchanging(var flow) = state else { return }
-        flow.responseStarted = true
         flow.keepAlive = flow.keepAlive && keepAlive
         state = .exchanging(flow)
     }
 
     /// The client's EOF (a FIN).
-    mutating func clientEOF() -> Action {
+    mutating func clientEOF(_ progress: ExchangeProgress) -> Action {
         switch state {
         case .awaitingHead:
             // Idle: a normal end. A partial head: it will never be complete.
             state = .closed
             return .abort(reset: false)
         case .exchanging(var flow):
-            if flow.requestComplete {
+            if progress.requestComplete {
                 flow.clientHalfClosed = true
                 flow.keepAlive = false
                 state = .exchanging(flow)
@@ -194,16 +204,16 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
 
     /// client_timeout passed with nothing read. libevent reports it through a deferred callback, so it may come
     /// after another event of the same loop turn ended an exchange: such a stale report ends nothing.
-    mutating func clientTimedOut() -> Action {
+    mutating func clientTimedOut(_ progress: ExchangeProgress) -> Action {
         switch state {
         case .awaitingHead(let deadline):
             if deadline != nil { return .answerRequestTimeout(.head) }
             if clock.nowMillis - idleSince < clientTimeoutMillis { return .resumeReading }
             state = .closed
             return .abort(reset: false)
-        case .exchanging(let flow):
-            if flow.requestComplete { return .resumeReading }
-            if !flow.responseStarted { return .answerRequestTimeout(.body) }
+        case .exchanging:
+            if progress.requestComplete { return .resumeReading }
+            if !progress.responseStarted { return .answerRequestTimeout(.body) }
             state = .closed
             return .abort(reset: true)
         case .closing(.lingering), .awaitingTunnelBytes:
@@ -260,9 +270,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     }
 
     /// The upstream failed. Before any response byte the proxy answers; after, the client connection is cut.
-    mutating func upstreamFailed() -> Action {
-        guard case .exchanging(let flow) = state else { return .none }
-        if !flow.responseStarted { return .answerError }
+    mutating func upstreamFailed(_ progress: ExchangeProgress) -> Action {
+        guard case .exchanging = state else { return .none }
+        if !progress.responseStarted { return .answerError }
         state = .closed
         return .abort(reset: true)
     }

@@ -27,6 +27,17 @@ struct Endpoint {
         self.stream = stream
     }
 
+    /// An endpoint that holds nothing: what is left where one was handed over.
+    private init() {}
+
+    /// Gives this endpoint to a new owner (a relay, which frees it when it ends), leaving this copy empty, so
+    /// that no bufferevent the new owner frees is left here to be used or freed again.
+    mutating func handOver() -> Endpoint {
+        let endpoint = self
+        self = Endpoint()
+        return endpoint
+    }
+
     /// The bufferevent; only for an endpoint that has one (see `makeBufferevent`).
     var bev: OpaquePointer { event! }
     var isStream: Bool { stream != nil }

@@ -2,7 +2,9 @@ import CEventTLS
 
 /// Whatever receives libevent callbacks (client and upstream connections, relays): one set of C trampolines for
 /// all, each passing its receiver unretained. The receiver must outlive its bufferevents, streams and timers, or
-/// clear them first.
+/// clear them first. Each trampoline holds the receiver for the length of the call (`withExtendedLifetime`), as
+/// `SocketStream`'s and `UpstreamConnection`'s do: a callback may drop the last other reference to it (a relay
+/// that ends tells its connection, which lets go of it; a connection's teardown leaves the worker's registry).
 class EventHandler {
     func readable(_ bev: OpaquePointer) {}
     func writable(_ bev: OpaquePointer) {}
@@ -28,20 +30,24 @@ class EventHandler {
 
 private func eventHandlerRead(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
     guard let bev, let ctx else { return }
-    Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue().readable(bev)
+    let handler = Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue()
+    withExtendedLifetime(handler) { handler.readable(bev) }
 }
 
 private func eventHandlerWrite(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
     guard let bev, let ctx else { return }
-    Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue().writable(bev)
+    let handler = Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue()
+    withExtendedLifetime(handler) { handler.writable(bev) }
 }
 
 private func eventHandlerEvent(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     guard let bev, let ctx else { return }
-    Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue().event(bev, what)
+    let handler = Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue()
+    withExtendedLifetime(handler) { handler.event(bev, what) }
 }
 
 private func eventHandlerTimer(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     guard let ctx else { return }
-    Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue().timerFired()
+    let handler = Unmanaged<EventHandler>.fromOpaque(ctx).takeUnretainedValue()
+    withExtendedLifetime(handler) { handler.timerFired() }
 }

@@ -4,9 +4,13 @@ import ProxyConfig
 /// One request and its response on a client connection (HAProxy's `http_txn`): made when a head is parsed,
 /// replaced by the next one, so nothing of one exchange is reset by hand or leaks into the next.
 struct Exchange {
+    /// The request's message state after its head (HAProxy's `http_msg req`): the body still due, or done.
     enum RequestBody {
         case contentLength(remaining: UInt64)
         case chunked(ChunkedDecoder)
+        /// The head's framing is invalid: the body can never be read (the request is answered 400 and the
+        /// connection closed).
+        case unframed
         case done
 
         init(_ framing: BodyFraming) {
@@ -15,6 +19,10 @@ struct Exchange {
             case .chunked: self = .chunked(ChunkedDecoder())
             case .none, .untilClose: self = .done
             }
+        }
+
+        init(_ framing: Result<BodyFraming, any Error>) {
+            if case .success(let framing) = framing { self.init(framing) } else { self = .unframed }
         }
 
         var isDone: Bool {
@@ -26,7 +34,10 @@ struct Exchange {
     enum ResponseState {
         /// No final response head yet (interim ones may have gone to the client).
         case awaitingHead(HeadParser.Scan)
+        /// The final head was taken (and goes to the client); the body follows by `responseFraming`.
         case body
+        /// 101 Switching Protocols: the connection went on to a relay.
+        case switched
         case done
     }
 
@@ -52,6 +63,13 @@ struct Exchange {
     var retried = false
     var startMicros = 0
     var record = AccessRecord()
+
+    /// How far the request and response have got, for the connection's machine.
+    var progress: ExchangeProgress {
+        let responseStarted: Bool
+        if case .awaitingHead = response { responseStarted = false } else { responseStarted = true }
+        return ExchangeProgress(requestComplete: requestBody.isDone, responseStarted: responseStarted)
+    }
 
     /// Whether an access record is open (written once, by `ClientConnection.finishRecord`).
     var isRecording: Bool { startMicros != 0 }
@@ -126,29 +144,31 @@ struct Exchange {
 
 extension Exchange {
 
-    /// Takes the upstream's final response head (status 200 and up, not 101) for `request`: its framing, the
-    /// client's framing, and the record. Everything that can reject the head is checked before anything of it
-    /// is recorded or reaches the client, so a rejected head is still answered with a 502.
-    mutating func acceptFinalResponse(_ head: ResponseHead, to request: RequestHead) throws {
-        let framing = try BodyFraming.forResponse(head, requestMethod: request.method)
-        if framing == .untilClose, head.headers.contains("Transfer-Encoding") {
+    /// Takes `responseHead`, the upstream's final response (status 200 and up, not 101) to `request`: its framing,
+    /// the client's framing, and the record. Everything that can reject the head is checked before anything of it
+    /// is recorded or reaches the client, so a rejected head is still answered with a 502. (Both heads are read
+    /// in place: copying them would cost a retain and release of each of their buffers.)
+    mutating func acceptFinalResponse(requestMethod method: String, requestVersion: HTTPVersion) throws {
+        let framing = try BodyFraming.forResponse(responseHead, requestMethod: method)
+        if framing == .untilClose, responseHead.headers.contains("Transfer-Encoding") {
             // A coding other than chunked (gzip, ...): stripping it would pass the coded bytes off as the content.
-            throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
+            throw HTTPParseError.unsupportedTransferEncoding(responseHead.headers.values("Transfer-Encoding").joined(separator: ", "))
         }
         responseFraming = framing
         if case .contentLength(let n) = framing { responseRemaining = n }
-        record.upstreamStatus = head.status
-        record.status = head.status
+        let status = responseHead.status
+        record.upstreamStatus = status
+        record.status = status
         record.ttfbMs = (monotonicMicros() - startMicros) / 1000
-        clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: request.version)
+        clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: requestVersion)
         responseDecoder = ChunkedDecoder()
-        upstreamAllowsReuse = head.allowsReuse
+        upstreamAllowsReuse = responseHead.allowsReuse
         // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
-        if framing == .none, request.method == "HEAD" || head.status == 204 || head.status == 304 {
-            if let cl = head.headers.first("Content-Length") {
+        if framing == .none, method == "HEAD" || status == 204 || status == 304 {
+            if let cl = responseHead.headers.first("Content-Length") {
                 responseAnnouncedBody = cl.utf8.contains { $0 >= 0x31 && $0 <= 0x39 }  // a length other than 0
             } else {
-                responseAnnouncedBody = head.headers.contains("Transfer-Encoding")
+                responseAnnouncedBody = responseHead.headers.contains("Transfer-Encoding")
             }
         }
     }

@@ -56,6 +56,8 @@ extension Exchange {
                 }
             case .done:
                 return .complete
+            case .unframed:
+                return .waiting  // never read: the request is answered and the connection closed
             }
         }
     }

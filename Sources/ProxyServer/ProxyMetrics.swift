@@ -22,6 +22,9 @@ public final class ProxyMetrics: Sendable {
     let lastReloadSuccess: Gauge
     let lastReloadTimestamp: Gauge
 
+    /// The status page's per-route counters and last failures (`GET /` on the admin listener).
+    public let statusBoard = StatusBoard()
+
     public init() {
         func d(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "mtls_proxy", metricName: name, unitName: unit, helpText: help)
@@ -181,10 +184,10 @@ private final class SwitchCounters: @unchecked Sendable {
 /// table keyed by the values themselves.
 final class WorkerMetrics {
     let shared: ProxyMetrics
-    private var requests: [RequestSeries: Counter] = [:]
+    private var requests: [RequestSeries: (counter: Counter, tally: StatusBoard.RouteTally)] = [:]
     private var failures: [String: Counter] = [:]
     private var durations: [String: DurationHistogram] = [:]
-    private var lastRequest: (series: RequestSeries, counter: Counter)?
+    private var lastRequest: (series: RequestSeries, counter: Counter, tally: StatusBoard.RouteTally)?
     private var lastDuration: (route: String, histogram: DurationHistogram)?
 
     /// The labels of one `mtls_proxy_requests_total` series: the status class as its digit (2 for 2xx).
@@ -200,17 +203,20 @@ final class WorkerMetrics {
         let series = RequestSeries(route: route, identity: identity, statusClass: status / 100)
         if let last = lastRequest, last.series == series {
             last.counter.increment()
+            last.tally.count(status: status)
             return
         }
-        let counter: Counter
-        if let known = requests[series] {
-            counter = known
+        let known: (counter: Counter, tally: StatusBoard.RouteTally)
+        if let cached = requests[series] {
+            known = cached
         } else {
-            counter = shared.requests(route: route, identity: identity ?? "", statusClass: "\(series.statusClass)xx")
-            requests[series] = counter
+            known = (shared.requests(route: route, identity: identity ?? "", statusClass: "\(series.statusClass)xx"),
+                     shared.statusBoard.tally(route: route))
+            requests[series] = known
         }
-        lastRequest = (series, counter)
-        counter.increment()
+        lastRequest = (series, known.counter, known.tally)
+        known.counter.increment()
+        known.tally.count(status: status)
     }
 
     func observeDuration(route: String, nanoseconds: Int64) {

@@ -1,6 +1,7 @@
 import CEventTLS
 import Logging
 import ProxyConfig
+import StatusPage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,6 +32,10 @@ public final class ProxyServer: @unchecked Sendable {
     private var drainCheck: OpaquePointer?
     private var draining = false
     private var started = false
+    /// When the process started serving, and its config loads (start, reloads), newest first: for the status page.
+    private let startedAt = currentEpochSeconds()
+    private var configLoads: [ReloadEvent] = []
+    static let configLoadsKept = 5
 
     /// The ports actually bound (they differ from the config where it asks for port 0).
     public private(set) var port = 0
@@ -42,6 +47,12 @@ public final class ProxyServer: @unchecked Sendable {
         self.logger = logger
         self.loader = loader
         self.accessLog = try AccessLog(runtime.config.log)
+        recordConfigLoad(ReloadEvent(at: startedAt, reason: "start", success: true))
+    }
+
+    private func recordConfigLoad(_ event: ReloadEvent) {
+        configLoads.insert(event, at: 0)
+        if configLoads.count > Self.configLoadsKept { configLoads.removeLast() }
     }
 
     /// Must run before the first event base is created, so a signal on the main thread can wake the workers.
@@ -210,11 +221,14 @@ public final class ProxyServer: @unchecked Sendable {
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
             metrics.recordConfigLoad(success: true, at: currentEpochSeconds(), isReload: true)
+            recordConfigLoad(ReloadEvent(at: currentEpochSeconds(), reason: reason, success: true))
             watcher?.watch(next.sourceFiles)
             logger.notice("reloaded (\(reason)): \(next.config.routes.count) route(s), \(next.config.identities.count) identity(ies); requests in flight finish on the previous config")
             logIdentities(next)
         } catch {
             metrics.recordConfigLoad(success: false, at: currentEpochSeconds(), isReload: true)
+            let firstError = "\(error)".split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init)
+            recordConfigLoad(ReloadEvent(at: currentEpochSeconds(), reason: reason, success: false, error: firstError))
             logger.error("reload (\(reason)) failed, still serving the previous config: \(error)")
             // Follow the files the failed config names (a key it names may appear later), and take them as the
             // new baseline, so the same mistake is reported once, not on every change. A config that does not
@@ -257,12 +271,14 @@ public final class ProxyServer: @unchecked Sendable {
             presented[identity.name] = leaf.serialHex
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
+        if let fault = TestFaults.announcement { logger.warning("\(fault)") }
     }
 
     /// Once a second on the main thread: announce a certificate switch when it happens, and warn once a day
     /// per certificate while an identity's certificate is about to expire with no successor, or has none.
     fileprivate func watchCertificates() {
         let now = currentEpochSeconds()
+        metrics.statusBoard.tick(now: now)
         let day = now / 86_400
         for identity in runtime.config.identities {
             let status = runtime.status(identity: identity.name, at: now)
@@ -314,6 +330,18 @@ extension ProxyServer: AdminState {
     /// The STATUS line systemd shows while serving.
     fileprivate func servingStatus() -> String {
         "serving \(runtime.config.routes.count) route(s), \(runtime.config.identities.count) identity(ies)"
+    }
+
+    /// The status page of this moment, and the Content-Security-Policy it is served with.
+    func statusPage() -> (html: String, policy: String) {
+        let now = currentEpochSeconds()
+        let traffic = metrics.statusBoard.traffic(now: now)
+        let build = BuildInfo.current
+        let live = LiveFigures(version: build.version, commit: build.commit, startedAt: startedAt, workers: workerCount,
+                               connections: connections.current, notReady: notReadyReason(),
+                               pools: metrics.statusBoard.poolFigures(), reloads: configLoads,
+                               traffic: traffic.routes, windowSeconds: traffic.windowSeconds)
+        return (StatusReport.page(runtime, now: now, live: live), StatusPage.contentSecurityPolicy(styleHash: StatusReport.styleHash))
     }
 
     func metricsText() -> String {

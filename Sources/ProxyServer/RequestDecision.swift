@@ -6,7 +6,7 @@ import TLS
 /// needs), turned into a tunnel (CONNECT), or answered by the proxy. No sockets: it reads the runtime's routes and
 /// TLS contexts, and fills the exchange's access record as it decides.
 enum RequestDecision {
-    /// Forward: the exchange now holds the target, route, body state, upgrade and upstream head; the upstream
+    /// Forward: the exchange now holds the target, route, upgrade and upstream head (its body state was set with the head); the upstream
     /// connection is to be taken or made for `key` with `context`.
     case forward(key: PoolKey, context: ClientTLSContext)
     case tunnel
@@ -32,8 +32,8 @@ enum RequestDecision {
         var target: AbsoluteTarget
         do {
             framing = try requestFraming.get()
-            let hosts = head.headers.count(of: "Host")
-            if hosts > 1 { throw HTTPParseError.multipleHosts }
+            // Checked on every listener, before Host is rewritten for the upstream (RFC 9112 §3.2).
+            let hosts = try HostField.check(head.headers)
             if head.version == .http11 && hosts == 0 { throw HTTPParseError.missingHost }
             switch kind {
             case .forward:
@@ -122,7 +122,6 @@ enum RequestDecision {
                                    port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
                                    into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
-        exchange.requestBody = Exchange.RequestBody(framing)
         exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
         exchange.target = target
         exchange.match = match

@@ -93,10 +93,14 @@ final class TunnelDialer {
     }
 }
 
+/// The trampolines hold the dialer for the length of the call: its `done` callback lets go of it (the client
+/// connection drops its reference to the dialer first thing).
 private func tunnelDialerEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue().event(what)
+    let dialer = Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue()
+    withExtendedLifetime(dialer) { dialer.event(what) }
 }
 
 private func tunnelDialerTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue().timedOut()
+    let dialer = Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue()
+    withExtendedLifetime(dialer) { dialer.timedOut() }
 }

@@ -5,7 +5,7 @@ import ProxyConfig
 /// a blind tunnel for a `tls` route; an opened tunnel whose first bytes choose how it is served (interception
 /// of TLS for an `mtls` route when the local CA is set up, plain forward requests for HTTP sent inside a CONNECT
 /// to port 80 of a routed host); else a refusal. The client connection carries the decision out
-/// (`ClientConnection.startTunnel`, then `TunnelInside`).
+/// (`ClientConnection.startTunnel`, then `OpenedTunnel` and `Inside.service(firstByte:)` for an opened tunnel).
 struct TunnelSetup {
     enum Mode {
         /// TCP to the upstream; TLS runs end to end between the workflow and the service.

@@ -250,11 +250,15 @@ final class UpstreamConnection: EventHandler {
     }
 
     /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent
-    /// OpenSSL bufferevent holding whatever was read or queued and not yet used. The connection is closed as far
-    /// as the pool and the worker are concerned.
+    /// OpenSSL bufferevent holding whatever was read or queued and not yet used. Either way the connection is
+    /// closed as far as the pool and the worker are concerned: when the hand-over fails (nil), it is closed here,
+    /// so that nothing is left reading for a delegate that is about to go.
     func detach() -> Endpoint? {
-        guard state == .ready, let tls, stream.fd >= 0 else { return nil }
-        guard let (bev, session) = tls.handOver(base: worker.base, fd: stream.fd, pending: stream.input) else { return nil }
+        guard state == .ready, let tls, stream.fd >= 0, !TestFaults.upstreamHandOverFails,
+              let (bev, session) = tls.handOver(base: worker.base, fd: stream.fd, pending: stream.input) else {
+            close()
+            return nil
+        }
         _ = stream.releaseSocket()
         self.tls = nil
         Endpoint.move(input: stream.input, output: stream.output, to: bev)

@@ -48,6 +48,15 @@ final class UpstreamPool: UpstreamConnectionDelegate {
         idleCount += 1
     }
 
+    /// Idle connections per upstream (`host:port`), for the status page.
+    var idleByUpstream: [String: Int] {
+        var out: [String: Int] = [:]
+        for (key, list) in idle where !list.connections.isEmpty {
+            out["\(key.host):\(key.port)", default: 0] += list.connections.count
+        }
+        return out
+    }
+
     func remove(_ connection: UpstreamConnection) {
         guard let list = idle[connection.key], let i = list.connections.firstIndex(where: { $0 === connection }) else { return }
         list.connections.remove(at: i)

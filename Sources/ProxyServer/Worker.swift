@@ -25,6 +25,8 @@ final class Worker: @unchecked Sendable {
     let accessLog: AccessLogWriter
     private(set) var authenticator: ProxyAuthenticator?
     let metrics: WorkerMetrics
+    /// Whether the last pool sizes published to the status board were non-zero.
+    private var publishedIdle = false
     let health: WorkerHealth
     private let pendingLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var pendingRuntime: (ProxyRuntime, AccessLog)?
@@ -133,6 +135,11 @@ final class Worker: @unchecked Sendable {
     /// successor took over at its notBefore, or it expired) are closed, never reused.
     fileprivate func tick() {
         health.beat(worker: id)
+        // The status page's pool sizes, once a second (nothing when the pool is and was empty).
+        if pool.idleCount > 0 || publishedIdle {
+            metrics.shared.statusBoard.publishPool(worker: id, idle: pool.idleByUpstream)
+            publishedIdle = pool.idleCount > 0
+        }
         let active = runtime.activeCredentials()
         pool.retire { connection in
             guard let identity = connection.context.identityName, let credential = connection.context.credential else { return false }

@@ -9,7 +9,7 @@ struct Certs: ParsableCommand {
         usage: """
         mtls-proxy certs [--config <file>] [<identity>]
                          [--pem] [--all | --staged | --serial <hex>]
-                         [--ics | --format text|json]
+                         [--ics | --html | --format text|json]
         """,
         discussion: """
         Without --pem, a summary with each certificate's state: active, staged (and when it takes over), \
@@ -22,6 +22,10 @@ struct Certs: ParsableCommand {
         With --ics, an iCalendar file (RFC 5545) with an event at each certificate's expiry and at each staged \
         certificate's takeover, each with reminders 30 and 7 days before: \
         mtls-proxy certs --ics > expiry.ics, then import it.
+
+        With --html, the admin listener's status page without its live figures, from the config alone: every \
+        identity's certificates on a timeline, and the routes (mtls-proxy certs --html > certificates.html). \
+        See docs/status-page.md.
         """)
 
     @OptionGroup var options: ConfigOption
@@ -44,18 +48,24 @@ struct Certs: ParsableCommand {
     @Flag(help: "Print an iCalendar file of expiry and takeover dates, with reminders.")
     var ics = false
 
+    @Flag(help: "Print the status page (HTML) of the identities and routes, without live figures.")
+    var html = false
+
     @Option(help: "text (a summary) or json (for scripts; schema in docs/check-json.md).")
     var format: OutputFormat = .text
 
     func validate() throws {
-        if [pem, ics, format == .json].filter({ $0 }).count > 1 {
-            throw ValidationError("--pem, --ics and --format json are alternatives: choose one")
+        if [pem, ics, html, format == .json].filter({ $0 }).count > 1 {
+            throw ValidationError("--pem, --ics, --html and --format json are alternatives: choose one")
+        }
+        if html && identity != nil {
+            throw ValidationError("--html shows every identity: drop the identity name")
         }
         if [all, staged, serial != nil].filter({ $0 }).count > 1 {
             throw ValidationError("--all, --staged and --serial are alternatives: choose one")
         }
-        if (staged || serial != nil) && (ics || format == .json) {
-            throw ValidationError("--staged and --serial choose what the summary or --pem shows; --ics and --format json show every certificate")
+        if (staged || serial != nil) && (ics || html || format == .json) {
+            throw ValidationError("--staged and --serial choose what the summary or --pem shows; --ics, --html and --format json show every certificate")
         }
         if let serial, SerialNumber.canonical(serial) == nil {
             throw ValidationError("--serial takes a serial number in hex (as openssl x509 -serial prints it; colons allowed), not \"\(serial)\"")
@@ -83,6 +93,10 @@ struct Certs: ParsableCommand {
                 generatedAt: UTCTime.rfc3339(now), config: config.file,
                 identities: identities.map { RuntimeReport.identity(runtime, $0, now: now, warnDays: config.proxy.warnDays) },
                 localCA: RuntimeReport.localCA(runtime, now: now)))
+            return
+        }
+        if html {
+            print(StatusReport.page(runtime, now: now, live: nil), terminator: "")
             return
         }
         if ics {

@@ -10,34 +10,14 @@ enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
     case text, json
 }
 
-extension CertificateFacts {
-    init(_ certificate: Certificate) {
-        self.init(subject: certificate.subject, issuer: certificate.issuer, serial: certificate.serialHex,
-                  notBefore: certificate.notBefore, notAfter: certificate.notAfter, sha256: certificate.sha256Fingerprint)
-    }
-}
-
 /// Builds the JSON reports from a loaded runtime.
 enum RuntimeReport {
     static func identity(_ runtime: ProxyRuntime, _ identity: Identity, now: Int, warnDays: Int) -> IdentityReport {
-        let credentials = runtime.credentials[identity.name] ?? []
-        let validity = credentials.map(\.validity)
-        let status = runtime.status(identity: identity.name, at: now, warnDays: warnDays)
-        let certificates = credentials.enumerated().map { i, credential in
-            let state = CertificateReport.state(of: i, validity, status: status, now: now)
-            let takeover = credential.leaf.notBefore > now
-                ? ExpiryCalendar.takeover(of: i, validity, prefer: identity.prefer, after: now) : nil
-            return CertificateReport(index: i + 1, state: state, facts: CertificateFacts(credential.leaf),
-                                     file: credential.source.cert, takesOverAt: takeover, now: now)
-        }
-        return IdentityReport(name: identity.name, prefer: identity.prefer.rawValue, status: status, certificates: certificates)
+        StatusReport.identity(runtime, identity, now: now, warnDays: warnDays)
     }
 
     static func localCA(_ runtime: ProxyRuntime, now: Int) -> LocalCAReport? {
-        guard let intercept = runtime.config.intercept else { return nil }
-        return LocalCAReport(certFile: intercept.caCert, keyFile: intercept.caKey,
-                             facts: runtime.localCA.map { CertificateFacts($0.certificate) },
-                             error: runtime.localCA == nil ? "not loaded" : nil, now: now)
+        StatusReport.localCA(runtime, now: now)
     }
 
     static func check(_ runtime: ProxyRuntime, identities: [Identity], warnDays: Int, now: Int,

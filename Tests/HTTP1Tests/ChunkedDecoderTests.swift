@@ -77,6 +77,41 @@ private func decode(_ input: String, step: Int = 1_000_000) throws -> (payload: 
         #expect(throws: HTTPParseError.invalidChunkExtension) { try decode("5;a=\u{1}\r\nhello\r\n0\r\n\r\n") }
     }
 
+    /// chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ), ext-name a token, ext-val a token or a
+    /// quoted-string (RFC 9112 §7.1.1). Lines outside it are refused, not cleaned and passed on.
+    @Test(arguments: [
+        "5;\r\nhello\r\n0\r\n\r\n",               // a bare ";"
+        "5 ;\r\nhello\r\n0\r\n\r\n",
+        "5;a=1;\r\nhello\r\n0\r\n\r\n",           // a trailing ";"
+        "5;a@b\r\nhello\r\n0\r\n\r\n",            // a name that is not a token
+        "5;\"a\"\r\nhello\r\n0\r\n\r\n",
+        "5;a b\r\nhello\r\n0\r\n\r\n",
+        "5;=1\r\nhello\r\n0\r\n\r\n",             // no name
+        "5;a=\r\nhello\r\n0\r\n\r\n",             // no value after "="
+        "5;a=b c\r\nhello\r\n0\r\n\r\n",
+        "5;a=\"b\r\nhello\r\n0\r\n\r\n",          // an unterminated quoted-string
+        "5 \r\nhello\r\n0\r\n\r\n",               // whitespace after the size, no extension
+        "5\t\r\nhello\r\n0\r\n\r\n",
+        "5;a \r\nhello\r\n0\r\n\r\n",             // whitespace after an extension, at the end
+        "0 \r\n\r\n",
+    ])
+    func rejectsChunkLinesOutsideTheGrammar(_ input: String) {
+        #expect(throws: HTTPParseError.self) { try decode(input) }
+    }
+
+    @Test(arguments: [
+        "5;a\r\nhello\r\n0\r\n\r\n",
+        "5;a=1\r\nhello\r\n0\r\n\r\n",
+        "5 ; a = 1\r\nhello\r\n0\r\n\r\n",        // BWS around ";" and "="
+        "5;a=1;b;c=\"x y;\\\"z\"\r\nhello\r\n0\r\n\r\n",
+        "5\t;\ta\r\nhello\r\n0;last=1\r\n\r\n",
+    ])
+    func acceptsChunkExtensionsInTheGrammar(_ input: String) throws {
+        let r = try decode(input)
+        #expect(String(decoding: r.payload, as: UTF8.self) == "hello")
+        #expect(r.done)
+    }
+
     @Test func rejectsAnEndlessSizeLine() {
         let long = "5;" + String(repeating: "a", count: 5000) + "\r\nhello\r\n0\r\n\r\n"
         #expect(throws: HTTPParseError.chunkLineTooLong) { try decode(long) }

@@ -8,6 +8,12 @@ struct FakeClock: MonotonicClock {
 
 typealias Machine = ConnectionStateMachine<FakeClock>
 
+/// How far the exchange has got, as `Exchange.progress` reports it to the machine.
+private let bodyDue = ExchangeProgress(requestComplete: false, responseStarted: false)
+private let responseOwed = ExchangeProgress(requestComplete: true, responseStarted: false)
+private let responseFlowing = ExchangeProgress(requestComplete: true, responseStarted: true)
+private let bodyDueAfterResponse = ExchangeProgress(requestComplete: false, responseStarted: true)
+
 private func machine() -> Machine {
     Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
 }
@@ -15,8 +21,8 @@ private func machine() -> Machine {
 @Suite struct ConnectionStateMachineTests {
     @Test func keepAliveExchangeReturnsToAwaitingHead() {
         var m = machine()
-        #expect(m.headParsed(keepAlive: true, requestComplete: true) == .readWithoutTimeout)
-        m.responseStarted(keepAlive: true)
+        m.headParsed(keepAlive: true)
+        m.responseKeepAlive(true)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
         #expect(m.state == .awaitingHead(headDeadline: nil))
     }
@@ -35,7 +41,7 @@ private func machine() -> Machine {
     @Test func idleClientTimeoutClosesQuietly() {
         var m = machine()
         m.clock.nowMillis += 60_000
-        #expect(m.clientTimedOut() == .abort(reset: false))
+        #expect(m.clientTimedOut(.none) == .abort(reset: false))
         #expect(m.state == .closed)
     }
 
@@ -43,74 +49,75 @@ private func machine() -> Machine {
     /// response is stale: the response just queued must not be dropped by an idle close.
     @Test func staleIdleTimeoutRightAfterAResponseIsIgnored() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.clock.nowMillis += 120_000  // a slow upstream: two client_timeouts passed while the response was owed
-        #expect(m.clientTimedOut() == .resumeReading)
-        m.responseStarted(keepAlive: true)
+        #expect(m.clientTimedOut(responseOwed) == .resumeReading)
+        m.responseKeepAlive(true)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
-        #expect(m.clientTimedOut() == .resumeReading)
+        #expect(m.clientTimedOut(responseFlowing) == .resumeReading)
         #expect(m.isAwaitingHead)
         m.clock.nowMillis += 60_000
-        #expect(m.clientTimedOut() == .abort(reset: false))
+        #expect(m.clientTimedOut(responseFlowing) == .abort(reset: false))
     }
 
     /// Issue 10 point 2: client_timeout never cuts a response that is owed or flowing.
     @Test func clientTimeoutIsIgnoredWhileAResponseIsOwed() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
-        #expect(m.clientTimedOut() == .resumeReading)
-        m.responseStarted(keepAlive: true)
-        #expect(m.clientTimedOut() == .resumeReading)
+        m.headParsed(keepAlive: true)
+        #expect(m.clientTimedOut(responseOwed) == .resumeReading)
+        m.responseKeepAlive(true)  // the final head goes out
+        #expect(m.clientTimedOut(responseFlowing) == .resumeReading)
         #expect(m.isExchanging)
     }
 
     /// Issue 15 point 9: a stalled request body is answered 408 while nothing of the response went out.
     @Test func stalledRequestBodyGets408() {
         var m = machine()
-        #expect(m.headParsed(keepAlive: true, requestComplete: false) == .readWithClientTimeout)
-        #expect(m.clientTimedOut() == .answerRequestTimeout(.body))
+        m.headParsed(keepAlive: true)
+        #expect(m.clientTimedOut(bodyDue) == .answerRequestTimeout(.body))
         #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
     }
 
     @Test func stalledRequestBodyAfterTheResponseStartedIsCut() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
-        m.responseStarted(keepAlive: true)
-        #expect(m.clientTimedOut() == .abort(reset: true))
+        m.headParsed(keepAlive: true)
+        m.responseKeepAlive(true)  // the final head goes out
+        #expect(m.clientTimedOut(bodyDueAfterResponse) == .abort(reset: true))
     }
 
-    @Test func bodyCompleteStopsTheClientTimeout() {
+    /// client_timeout stays armed while the body is read and after: a timeout that comes once the whole body
+    /// went upstream (a response is owed) resumes reading instead of answering 408.
+    @Test func aClientTimeoutAfterTheBodyIsCompleteEndsNothing() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
-        #expect(m.requestBodyComplete() == .readWithoutTimeout)
-        #expect(m.requestBodyComplete() == .none)
-        #expect(m.clientTimedOut() == .resumeReading)
+        m.headParsed(keepAlive: true)
+        #expect(m.clientTimedOut(responseOwed) == .resumeReading)
+        #expect(m.isExchanging)
     }
 
     /// Issue 10 point 9: a client that half-closes after a complete request is served, then closed.
     @Test func halfClosedClientIsServedThenClosed() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
-        #expect(m.clientEOF() == .none)
+        m.headParsed(keepAlive: true)
+        #expect(m.clientEOF(responseOwed) == .none)
         #expect(m.flow?.clientHalfClosed == true)
-        m.responseStarted(keepAlive: true)
+        m.responseKeepAlive(true)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
 
     @Test func eofDuringTheRequestBodyAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: false)
-        #expect(m.clientEOF() == .abort(reset: false))
+        m.headParsed(keepAlive: true)
+        #expect(m.clientEOF(bodyDue) == .abort(reset: false))
         #expect(m.state == .closed)
     }
 
     /// Issue 10 point 1: every close flushes, then lingers with its own deadline, then closes.
     @Test func closeFlushesThenLingersUntilTheDeadline() {
         var m = machine()
-        _ = m.headParsed(keepAlive: false, requestComplete: true)
-        m.responseStarted(keepAlive: false)
+        m.headParsed(keepAlive: false)
+        m.responseKeepAlive(false)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
-        #expect(m.clientEOF() == .none)  // the client's FIN does not stop the flush
+        #expect(m.clientEOF(responseFlowing) == .none)  // the client's FIN does not stop the flush
         #expect(m.flushed() == .linger(until: 3_000))
         m.clock.nowMillis = 2_000
         #expect(m.timerFired() == .armTimer(deadline: 3_000))
@@ -121,36 +128,36 @@ private func machine() -> Machine {
 
     @Test func eofWhileLingeringCloses() {
         var m = machine()
-        _ = m.headParsed(keepAlive: false, requestComplete: true)
+        m.headParsed(keepAlive: false)
         _ = m.exchangeEnded(keepAlive: false)
         _ = m.flushed()
-        #expect(m.clientEOF() == .abort(reset: false))
+        #expect(m.clientEOF(responseOwed) == .abort(reset: false))
     }
 
     /// Issue 10 point 4: an upstream failure before any response byte is answered, never a bare close.
     @Test func upstreamFailureBeforeTheResponseIsAnswered() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
-        #expect(m.upstreamFailed() == .answerError)
+        m.headParsed(keepAlive: true)
+        #expect(m.upstreamFailed(responseOwed) == .answerError)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
     }
 
     /// Issue 10 point 5: a response cut short ends in a reset, never in a clean end.
     @Test func truncatedResponseResets() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
-        m.responseStarted(keepAlive: true)
-        #expect(m.upstreamFailed() == .abort(reset: true))
+        m.headParsed(keepAlive: true)
+        m.responseKeepAlive(true)  // the final head goes out
+        #expect(m.upstreamFailed(responseFlowing) == .abort(reset: true))
         var n = machine()
-        _ = n.headParsed(keepAlive: true, requestComplete: true)
-        n.responseStarted(keepAlive: true)
+        n.headParsed(keepAlive: true)
+        n.responseKeepAlive(true)  // the final head goes out
         #expect(n.responseTruncated() == .abort(reset: true))
     }
 
     @Test func responseWithoutKeepAliveCloses() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
-        m.responseStarted(keepAlive: false)
+        m.headParsed(keepAlive: true)
+        m.responseKeepAlive(false)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
 
@@ -163,33 +170,33 @@ private func machine() -> Machine {
 
     @Test func tunnelLifecycle() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.tunnelDialling()
         #expect(m.state == .dialling)
-        #expect(m.clientTimedOut() == .none)
+        #expect(m.clientTimedOut(responseOwed) == .none)
         m.relayStarted()
-        #expect(m.clientEOF() == .none)  // the relay owns the client's side now
+        #expect(m.clientEOF(responseOwed) == .none)  // the relay owns the client's side now
         m.relayEnded()
         #expect(m.state == .closed)
     }
 
     @Test func refusedTunnelClosesAfterTheAnswer() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.tunnelDialling()
         #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
     }
 
     @Test func eofWhileDiallingAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.tunnelDialling()
-        #expect(m.clientEOF() == .abort(reset: false))
+        #expect(m.clientEOF(responseOwed) == .abort(reset: false))
     }
 
     @Test func anOpenedTunnelWaitsForItsFirstBytesThenRequestsInsideStartAfresh() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.tunnelOpened()
         #expect(m.state == .awaitingTunnelBytes)
         #expect(m.timerFired() == .none)
@@ -198,13 +205,13 @@ private func machine() -> Machine {
         #expect(m.state == .awaitingHead(headDeadline: nil))
         #expect(m.idleSince == 4_000)
         #expect(m.headIncomplete() == .armTimer(deadline: 9_000))
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)  // keep-alive inside the tunnel
     }
 
     @Test func aTunnelRefusedByItsFirstBytesClosesAfterTheAnswer() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         m.tunnelOpened()
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
         #expect(m.state == .closing(.flushing))
@@ -212,16 +219,16 @@ private func machine() -> Machine {
 
     @Test func anOpenedTunnelThatStaysSilentOrEndsIsClosed() {
         var silent = machine()
-        _ = silent.headParsed(keepAlive: true, requestComplete: true)
+        silent.headParsed(keepAlive: true)
         silent.tunnelOpened()
-        #expect(silent.clientTimedOut() == .abort(reset: false))
+        #expect(silent.clientTimedOut(responseOwed) == .abort(reset: false))
         #expect(silent.state == .closed)
         var gone = machine()
-        _ = gone.headParsed(keepAlive: true, requestComplete: true)
+        gone.headParsed(keepAlive: true)
         gone.tunnelOpened()
-        #expect(gone.clientEOF() == .abort(reset: false))
+        #expect(gone.clientEOF(responseOwed) == .abort(reset: false))
         var broken = machine()
-        _ = broken.headParsed(keepAlive: true, requestComplete: true)
+        broken.headParsed(keepAlive: true)
         broken.tunnelOpened()
         #expect(broken.clientError() == .abort(reset: false))
     }
@@ -230,14 +237,14 @@ private func machine() -> Machine {
         var idle = machine()
         #expect(idle.drain() == .abort(reset: false))
         var busy = machine()
-        _ = busy.headParsed(keepAlive: true, requestComplete: true)
+        busy.headParsed(keepAlive: true)
         #expect(busy.drain() == .none)
         #expect(busy.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
 
     @Test func clientErrorAbortsAnythingButARelay() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         #expect(m.clientError() == .abort(reset: false))
         var r = machine()
         r.relayStarted()
@@ -280,7 +287,7 @@ private func machine() -> Machine {
 
     @Test func tlsFailureMidExchangeAborts() {
         var m = machine()
-        _ = m.headParsed(keepAlive: true, requestComplete: true)
+        m.headParsed(keepAlive: true)
         #expect(m.clientTLSFailed() == .abort(reset: false))
     }
 }

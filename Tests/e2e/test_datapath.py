@@ -471,6 +471,23 @@ class HalfClosedClients(unittest.TestCase):
         self.assertTrue(data.endswith(SMALL), data)
 
 
+class ChunkLinesOutsideTheGrammar(unittest.TestCase):
+    """RFC 9112 §7.1.1: a request chunk line outside the grammar is refused with 400 before anything of the body
+    went upstream, not cleaned and passed on; a line in the grammar (extensions with whitespace around ";" and
+    "=", a quoted value) still goes through, with its extensions dropped."""
+
+    def test_each_is_answered_400_and_one_in_the_grammar_goes_through(self):
+        for line in (b"5;", b"5 ;", b"5;a@b", b"5 ", b"5;a=b c", b"5;a="):
+            with self.subTest(line=line):
+                data = raw_exchange(b"POST http://api.mygreatbank.test/chunk-grammar HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n" + line + b"\r\nhello\r\n0\r\n\r\n")
+                self.assertTrue(data.startswith(b"HTTP/1.1 400 "), data[:200])
+                self.assertIn(b"chunk", data)
+        data = raw_exchange(b"POST http://api.mygreatbank.test/chunk-grammar HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 ; a = \"b;c\"\r\nhello\r\n0\r\n\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
+
+
 class AccessLogByteCounts(unittest.TestCase):
     """Issue point 11: byte counts in the access log follow the README."""
 

@@ -424,7 +424,7 @@ auth_file = "users6"
                 (port, f"GET /x?u=http://a/{q} HTTP/1.1\r\nHost: {HOST}\r\n\r\n", 400),
                 (port, f"GET {secret}://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\n\r\n", 400),
                 (port, f"POST http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: gzip-{secret}, chunked\r\n\r\n", 501),
-                (port, f"POST http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: {secret}\r\n\r\n", 501),
+                (port, f"POST http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: {secret}\r\n\r\n", 400),
                 (port, f"POST http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {secret}\r\n\r\n", 400),
                 (port, f"POST http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
                 (port, f"GET http://{HOST}/?{q} HTTP/1.1\r\nHost: {HOST}\r\nX-Api-Key: {secret}\x01\r\n\r\n", 400),

@@ -26,10 +26,13 @@ class Upstream(harness.TLSUpstream):
       GET /upgrade/N 101, with N bytes in its records, then echoes what the client sends (early bytes included)
       POST /early-answer  reads no body, answers 413 after a second and resets the connection
       GET /forever   announces 1 GB and streams it as fast as the proxy takes it
+      GET /upgrade-close  101 and a few bytes, then closes, all in one go
+      GET /upgrade-late   101, then waits a second for the proxy to close; if it does not, sends bytes and closes
       anything else  200 "fine\\n" """
 
     def __init__(self, pki, cert="server", client_ca="ca"):
         self.forever_sent = 0
+        self.upgrade_closed_by_proxy = threading.Event()
         super().__init__(pki, cert=cert, client_ca=client_ca, backlog=128)
 
     def serve(self, conn):
@@ -61,6 +64,22 @@ class Upstream(harness.TLSUpstream):
                     if not data:
                         return
                     conn.sendall(data)
+            elif path == "/upgrade-close":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\nbye")
+                return
+            elif path == "/upgrade-late":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n")
+                conn.settimeout(1.0)
+                try:
+                    closed = conn.recv(65536) == b""
+                except (socket.timeout, TimeoutError):
+                    closed = False
+                if closed:
+                    self.upgrade_closed_by_proxy.set()
+                    return
+                conn.sendall(b"late bytes")  # to whatever still reads this connection
+                time.sleep(0.2)
+                return
             elif path == "/early-answer":
                 time.sleep(1.0)  # reads none of the body: the proxy's writes block
                 conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
@@ -170,7 +189,8 @@ connect = "127.0.0.1:{echo.port}"
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, silent=silent, local_ca=f"{d}/state/local-ca.pem")
+    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, proxy=proxy, silent=silent,
+               local_ca=f"{d}/state/local-ca.pem")
 
 
 def tearDownModule():
@@ -400,6 +420,73 @@ class BytesAlreadyBufferedWhenTheSocketMovesOntoABufferevent(unittest.TestCase):
                 while b"fine\n" not in answer:
                     answer += pump_until(lambda: tls.read(65536))
                 self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
+
+def read_until_closed(s):
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+
+
+UPGRADE = ("GET http://api.mygreatbank.test{path} HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+           "Connection: Upgrade\r\nUpgrade: test-echo\r\n\r\n")
+
+
+class AnUpstreamThatClosesWithIts101(unittest.TestCase):
+    def test_the_client_gets_the_101_and_its_bytes_then_the_end(self):
+        for _ in range(20):
+            with connect(10) as s:
+                s.sendall(UPGRADE.format(path="/upgrade-close").encode())
+                data = read_until_closed(s)
+                self.assertTrue(data.startswith(b"HTTP/1.1 101 "), data[:200])
+                self.assertTrue(data.endswith(b"\r\n\r\nbye"), data[-50:])
+        self.assertIsNone(ENV["proxy"].poll(), "the proxy exited")
+        self.assertEqual(ask("api.mygreatbank.test", "/after-close").split(b"\r\n\r\n", 1)[1], b"fine\n")
+
+
+class AFailedHandOverAfter101(unittest.TestCase):
+    """The upstream answered 101 but its socket cannot be handed to a relay (libevent could not make the
+    bufferevent; a debug build is told to fail it with MTLS_PROXY_TEST_FAULT). The client's connection ends, and
+    the upstream connection must end with it: left open, its next byte was delivered to the freed client
+    connection (a crash)."""
+
+    @classmethod
+    def setUpClass(cls):
+        d = ENV["dir"]
+        cls.port = harness.free_port()
+        with open(f"{d}/proxy.conf") as f:
+            text = f.read().replace(f'listen = "127.0.0.1:{ENV["port"]}"', f'listen = "127.0.0.1:{cls.port}"')
+        with open(f"{d}/proxy-handover.conf", "w") as f:
+            f.write(text)
+        with open(f"{d}/proxy-handover.log", "ab") as log:
+            cls.proxy = ENV["procs"].start([harness.proxy_binary(), "run", "--config", f"{d}/proxy-handover.conf"],
+                                           stdout=log, stderr=subprocess.STDOUT,
+                                           env=dict(os.environ, MTLS_PROXY_TEST_FAULT="upstream-handover"))
+        harness.wait_for_port(cls.port)
+        if "test fault on" not in harness.read(f"{d}/proxy-handover.log"):
+            raise unittest.SkipTest("this build ignores MTLS_PROXY_TEST_FAULT (a release build)")
+
+    def test_the_upstream_connection_is_closed_and_the_proxy_lives_on(self):
+        up = ENV["up"]
+        for attempt in range(3):
+            up.upgrade_closed_by_proxy.clear()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                s.sendall(UPGRADE.format(path="/upgrade-late").encode())
+                read_until_closed(s)
+            self.assertTrue(up.upgrade_closed_by_proxy.wait(5),
+                            f"attempt {attempt}: the upstream connection stayed open after the failed hand-over")
+        time.sleep(1.5)  # past the moment the upstream would have sent its late bytes
+        self.assertIsNone(self.proxy.poll(), "the proxy exited")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET http://api.mygreatbank.test/after HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+            head, body = harness.read_response(s)
+            self.assertEqual(body, b"fine\n")
 
 
 class AnEarlyAnswerThenAReset(unittest.TestCase):

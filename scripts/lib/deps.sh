@@ -106,3 +106,13 @@ ensure_client_deps() {
     py_install aiohttp
     return 0
 }
+
+# The status page's browser test (Tests/e2e/test_status_page.py), best effort: Debian's chromium and
+# chromium-driver (about 75 s with apt-get update on a fresh machine), Selenium to drive them and html5lib for the
+# strict parse (about 20-60 s from PyPI). What cannot be installed makes those tests skip, by name.
+ensure_browser_deps() {
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install --best-effort chromium chromium-driver
+    py_install selenium
+    py_install html5lib
+    return 0
+}

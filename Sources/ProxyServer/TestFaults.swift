@@ -1,0 +1,21 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Failures a debug build makes on request (`MTLS_PROXY_TEST_FAULT`), for the end-to-end tests of paths that no
+/// peer can provoke from outside, such as libevent failing to make a bufferevent. Release builds ignore the
+/// variable: these are constants there.
+enum TestFaults {
+    #if DEBUG
+    private static let requested = getenv("MTLS_PROXY_TEST_FAULT").map { String(cString: $0) } ?? ""
+    /// The hand-over of an upstream connection's socket to a relay after `101 Switching Protocols` fails.
+    static let upstreamHandOverFails = requested == "upstream-handover"
+    #else
+    static let upstreamHandOverFails = false
+    #endif
+
+    /// What the log says at start when a fault is on, so that a test can tell the build honours it.
+    static var announcement: String? {
+        upstreamHandOverFails ? "test fault on (MTLS_PROXY_TEST_FAULT): upstream hand-overs after 101 fail" : nil
+    }
+}

@@ -1,0 +1,290 @@
+import CEventTLS
+import HTTP1
+import Testing
+@testable import ProxyServer
+
+/// The exchange driven without sockets: evbuffers from `evbuffer_new()` stand for the upstream's input, the
+/// client's output and the client's input, as `ClientConnection` hands them over. Each test is a case the
+/// end-to-end suites cover with real peers; here each step's action is checked.
+private final class Buffers {
+    let upstreamInput = evbuffer_new()!
+    let clientOutput = evbuffer_new()!
+    let clientInput = evbuffer_new()!
+    let upstreamOutput = evbuffer_new()!
+    deinit {
+        for b in [upstreamInput, clientOutput, clientInput, upstreamOutput] { evbuffer_free(b) }
+    }
+
+    static func add(_ buffer: OpaquePointer, _ text: String) {
+        let bytes = Array(text.utf8)
+        bytes.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+    }
+
+    static func take(_ buffer: OpaquePointer) -> String {
+        let n = evbuffer_get_length(buffer)
+        var bytes = [UInt8](repeating: 0, count: n)
+        _ = bytes.withUnsafeMutableBytes { evbuffer_remove(buffer, $0.baseAddress, n) }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+private func exchange(_ requestHead: String, upgrade: String? = nil) throws -> Exchange {
+    var e = Exchange()
+    let head = try HeadParser.parseRequest(Array(requestHead.utf8))
+    e.request = head
+    e.requestBody = Exchange.RequestBody(Result { try BodyFraming.forRequest(head) })
+    e.upgrade = upgrade
+    e.startMicros = 1
+    return e
+}
+
+/// Steps the response until it waits or ends; the actions in order.
+private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20) -> [Exchange.ResponseStep] {
+    var steps: [Exchange.ResponseStep] = []
+    while steps.count < 20 {
+        let step = e.stepResponse(from: b.upstreamInput, to: b.clientOutput, limits: HeadLimits(maxHeadBytes: 1024), highWatermark: highWatermark)
+        steps.append(step)
+        switch step {
+        case .forwardInterim, .sendFinalHead: continue
+        default: return steps
+        }
+    }
+    return steps
+}
+
+@Suite struct ExchangeResponseTests {
+    /// `Expect: 100-continue`: the interim response is handed on, then the final one and its body.
+    @Test func anInterimResponseComesBeforeTheFinalOne() throws {
+        let b = Buffers()
+        var e = try exchange("PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 100 Continue\r\n\r\n")
+        #expect(run(&e, b) == [.forwardInterim, .wait])
+        #expect(e.responseHead.status == 100)
+        Buffers.add(b.upstreamInput, "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        #expect(run(&e, b) == [.sendFinalHead, .complete])
+        #expect(e.record.status == 201)
+        #expect(Buffers.take(b.clientOutput) == "ok")
+    }
+
+    /// A HEAD answered with the GET's Content-Length has no body: it is complete at its head, and the upstream
+    /// connection is not pooled (a server that sent the body anyway would poison the next exchange).
+    @Test func aHeadAnsweredWithAContentLengthIsCompleteAtItsHead() throws {
+        let b = Buffers()
+        var e = try exchange("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        #expect(run(&e, b) == [.sendFinalHead, .complete])
+        #expect(e.responseFraming == .none)
+        #expect(e.responseAnnouncedBody)
+        #expect(!UpstreamReuse.mayPool(requestMethod: "HEAD", status: 200, announcesBody: e.responseAnnouncedBody,
+                                       closeDelimited: false, requestComplete: true, upstreamAllows: true))
+        var zero = try exchange("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        #expect(run(&zero, b) == [.sendFinalHead, .complete])
+        #expect(!zero.responseAnnouncedBody)
+    }
+
+    @Test func aTrickledHeadWaitsAndResumesItsScan() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        for byte in "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" {
+            #expect(run(&e, b) == [.wait])
+            Buffers.add(b.upstreamInput, String(byte))
+        }
+        Buffers.add(b.upstreamInput, "!")
+        #expect(run(&e, b) == [.sendFinalHead, .complete])
+    }
+
+    /// Truncation in every framing: a length not reached, chunks without the last one, a close-delimited body
+    /// ended by a bare FIN, a read timeout; each resets the client. Only close_notify completes a close-delimited body.
+    @Test(arguments: [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", UpstreamConnection.Event.eof(closeNotify: true), "before the body was complete"),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n", .eof(closeNotify: true), "before the body was complete"),
+        ("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhalf", .eof(closeNotify: false), "without close_notify"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", .readTimeout, "read timeout"),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n", .error(errno: 104, tls: [], dnsError: 0), "connection failed"),
+    ])
+    func aBodyCutShortIsTruncated(_ response: String, _ event: UpstreamConnection.Event, _ why: String) throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, response)
+        #expect(run(&e, b) == [.sendFinalHead, .wait])
+        guard case .truncate(let text) = e.upstreamEnded(event, output: b.clientOutput) else {
+            Issue.record("not truncated")
+            return
+        }
+        #expect(text.contains(why))
+    }
+
+    @Test func aCloseDelimitedBodyEndedByCloseNotifyIsComplete() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall")
+        #expect(run(&e, b) == [.sendFinalHead, .wait])
+        #expect(e.upstreamEnded(.eof(closeNotify: true), output: b.clientOutput) == .complete)
+        // An HTTP/1.1 client gets it chunked, last chunk included.
+        #expect(Buffers.take(b.clientOutput) == "3\r\nall\r\n0\r\n\r\n")
+    }
+
+    @Test func invalidChunkFramingMidBodyIsTruncated() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\nzz\r\n")
+        #expect(run(&e, b) == [.sendFinalHead, .truncate("invalid chunked response body from the upstream")])
+    }
+
+    @Test(arguments: ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                      "HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 2000) + "\r\n\r\n",
+                      "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"])
+    func anInvalidHeadFailsBeforeAnythingReachesTheClient(_ response: String) throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, response)
+        let steps = run(&e, b)
+        guard case .fail(let answer)? = steps.last else {
+            Issue.record("\(steps)")
+            return
+        }
+        #expect(answer.status == 502)
+        #expect(evbuffer_get_length(b.clientOutput) == 0)
+    }
+
+    /// A 101 goes to a relay only when the request asked for the upgrade; after it, the end of the upstream is
+    /// the relay's business, not a response's.
+    @Test func aSwitchIsTakenOnlyForAnUpgradeRequest() throws {
+        let b = Buffers()
+        var e = try exchange("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", upgrade: "websocket")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframes")
+        #expect(run(&e, b) == [.switchProtocols(upgrade: "websocket")])
+        #expect(Buffers.take(b.upstreamInput) == "frames")  // left for the relay
+        #expect(run(&e, b) == [.wait])
+        #expect(e.upstreamEnded(.eof(closeNotify: false), output: b.clientOutput) == .closeUpstream)
+
+        var plain = try exchange("GET /ws HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+        guard case .fail(let answer)? = run(&plain, b).last else {
+            Issue.record("a 101 to a plain request was taken")
+            return
+        }
+        #expect(answer.status == 502)
+    }
+
+    /// A slow client: the body stops at the watermark, and goes on once the client's output drained.
+    @Test func aFullClientOutputPausesTheUpstream() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n1234")
+        #expect(run(&e, b, highWatermark: 4) == [.sendFinalHead, .wait])
+        Buffers.add(b.upstreamInput, "5678")
+        #expect(run(&e, b, highWatermark: 4) == [.pauseUpstream])
+        #expect(Buffers.take(b.clientOutput) == "1234")
+        #expect(run(&e, b, highWatermark: 4) == [.complete])
+        #expect(Buffers.take(b.clientOutput) == "5678")
+    }
+
+    @Test func theUpstreamFailingBeforeAnyHeadIsAFailureBeforeTheResponse() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(e.upstreamEnded(.eof(closeNotify: false), output: b.clientOutput) == .failedBeforeResponse)
+        #expect(e.upstreamEnded(.connectTimeout, output: b.clientOutput) == .failedBeforeResponse)
+    }
+
+    /// A pooled connection the server closed just as it was reused: an idempotent request without a body is
+    /// sent once more on a fresh connection; nothing else is.
+    @Test func aStalePooledConnectionIsRetriedOnceForAnIdempotentRequest() throws {
+        let get = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(get.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        #expect(get.mayRetry(after: .error(errno: 104, tls: [], dnsError: 0), onReusedConnection: true))
+        #expect(!get.mayRetry(after: .eof(closeNotify: false), onReusedConnection: false))  // a new connection failed
+        #expect(!get.mayRetry(after: .readTimeout, onReusedConnection: true))
+        #expect(!get.mayRetry(after: .connectTimeout, onReusedConnection: true))
+        var again = get
+        again.retried = true
+        #expect(!again.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        let post = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
+        #expect(!post.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        let getWithBody = try exchange("GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
+        #expect(!getWithBody.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+    }
+}
+
+/// The connection's machine keeps no copy of how far the exchange has got: it reads `Exchange.progress`.
+@Suite struct ExchangeProgressTests {
+    @Test func progressFollowsTheRequestAndResponseMessages() throws {
+        let b = Buffers()
+        var e = try exchange("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
+        #expect(e.progress == ExchangeProgress(requestComplete: false, responseStarted: false))
+        Buffers.add(b.clientInput, "ok")
+        #expect(try e.moveRequestBody(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) == .complete)
+        #expect(e.progress == ExchangeProgress(requestComplete: true, responseStarted: false))
+        Buffers.add(b.upstreamInput, "HTTP/1.1 100 Continue\r\n\r\n")
+        #expect(run(&e, b) == [.forwardInterim, .wait])
+        #expect(!e.progress.responseStarted)  // an interim response leaves an error answerable
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n")
+        #expect(run(&e, b) == [.sendFinalHead, .wait])
+        #expect(e.progress == ExchangeProgress(requestComplete: true, responseStarted: true))
+    }
+
+    @Test func aHeadWithInvalidFramingNeverCompletesItsBody() {
+        let body = Exchange.RequestBody(Result<BodyFraming, any Error> { throw HTTPParseError.invalidContentLength })
+        #expect(!body.isDone)
+        #expect(Exchange.RequestBody(Result<BodyFraming, any Error> { .none }).isDone)
+    }
+}
+
+@Suite struct ExchangeRequestTests {
+    /// Pipelining: the body is moved up to its length; the next request's head stays in the client's input.
+    @Test func aPipelinedHeadAfterTheBodyStaysForTheNextExchange() throws {
+        let b = Buffers()
+        var e = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        Buffers.add(b.clientInput, "helloGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(try e.moveRequestBody(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) == .complete)
+        #expect(Buffers.take(b.upstreamOutput) == "hello")
+        #expect(Buffers.take(b.clientInput) == "GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        var chunked = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        Buffers.add(b.clientInput, "5;ext=1\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\n")
+        #expect(try chunked.moveRequestBody(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) == .complete)
+        #expect(Buffers.take(b.upstreamOutput) == "5\r\nhello\r\n0\r\n\r\n")  // canonical framing, extension dropped
+        #expect(Buffers.take(b.clientInput) == "GET /next HTTP/1.1\r\n")
+    }
+
+    /// An early 413 while the upload is blocked (the upstream reads none of it): the body stops at the watermark,
+    /// the answer still goes through, and the upstream connection cannot be pooled (the body never finished).
+    @Test func anEarlyAnswerWhileTheUploadIsBlocked() throws {
+        let b = Buffers()
+        var e = try exchange("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+        Buffers.add(b.clientInput, String(repeating: "x", count: 40))
+        #expect(try e.moveRequestBody(from: b.clientInput, to: b.upstreamOutput, highWatermark: 10) == .waiting)
+        Buffers.add(b.clientInput, String(repeating: "x", count: 40))  // the upstream read nothing of the first 40
+        #expect(try e.moveRequestBody(from: b.clientInput, to: b.upstreamOutput, highWatermark: 10) == .destinationFull)
+        #expect(evbuffer_get_length(b.clientInput) == 40)
+        Buffers.add(b.upstreamInput, "HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbig\n")
+        #expect(run(&e, b) == [.sendFinalHead, .complete])
+        #expect(!e.requestBody.isDone)
+        #expect(!UpstreamReuse.mayPool(requestMethod: "PUT", status: 413, announcesBody: false, closeDelimited: false,
+                                       requestComplete: e.requestBody.isDone, upstreamAllows: e.upstreamAllowsReuse))
+    }
+
+    @Test func aChunkLineOutsideTheGrammarIsRefusedWith400() throws {
+        let b = Buffers()
+        var e = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        Buffers.add(b.clientInput, "5;\r\nhello\r\n0\r\n\r\n")
+        guard case .fail(let answer) = e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(answer.status == 400)
+        #expect(evbuffer_get_length(b.upstreamOutput) == 0)
+    }
+
+    @Test func theRequestStepsPauseTheClientWhenTheUpstreamIsFull() throws {
+        let b = Buffers()
+        var e = try exchange("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+        Buffers.add(b.clientInput, "abc")
+        #expect(e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 3) == .wait)
+        Buffers.add(b.clientInput, "def")
+        #expect(e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 3) == .pauseClient)
+        #expect(Buffers.take(b.upstreamOutput) == "abc")
+        #expect(e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 3) == .complete)
+        #expect(Buffers.take(b.upstreamOutput) == "def")
+    }
+}
