@@ -195,5 +195,54 @@ key = "pki/fusion-eu.key"
             procs.stop_all()
 
 
+    def test_sighup_during_start_up_is_not_fatal(self):
+        """A reload signal that arrives while the proxy is still starting (reading a large config, binding its
+        listeners, starting workers) must not end it: SIGHUP's default action is to terminate, and the loop's own
+        handler is installed only when the main loop starts. Signals are sent from the moment the process is
+        running until it serves."""
+        d = tempfile.mkdtemp(prefix="mtls-proxy-reload-start-")
+        harness.make_pki(f"{d}/pki")
+        procs = harness.Processes()
+        up, proxy_port = harness.free_port(), harness.free_port()
+        routes = "".join(f'[[route]]\nhost = "svc{i}.mygreatbank.test"\nidentity = "us"\n' for i in range(20_000))
+        text = config(up, proxy_port, "pki", "fusion-us") + routes
+        try:
+            harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+            path = f"{d}/proxy.conf"
+            atomic_write(path, text)
+            with open(f"{d}/proxy.log", "ab") as log:
+                proxy = procs.start([harness.proxy_binary(), "run", "--config", path], stdout=log, stderr=subprocess.STDOUT)
+            # Wait until the proxy has set up its process (it ignores SIGPIPE first thing), then signal until it
+            # serves: every SIGHUP from then on lands while it reads the config, binds or starts its workers.
+            deadline = time.time() + 30
+            while time.time() < deadline and proxy.poll() is None:
+                try:
+                    with open(f"/proc/{proxy.pid}/status") as f:
+                        ignored = int(next(l for l in f if l.startswith("SigIgn:")).split()[1], 16)
+                    if ignored & (1 << (signal.SIGPIPE - 1)):
+                        break
+                except (OSError, StopIteration):
+                    pass
+                time.sleep(0.001)
+            sent = 0
+            serving = False
+            while time.time() < deadline and proxy.poll() is None and not serving:
+                os.kill(proxy.pid, signal.SIGHUP)
+                sent += 1
+                time.sleep(0.01)
+                serving = "mtls-proxy listening on" in harness.read(f"{d}/proxy.log")
+            for _ in range(5):
+                if proxy.poll() is not None:
+                    break
+                os.kill(proxy.pid, signal.SIGHUP)
+                time.sleep(0.05)
+            self.assertIsNone(proxy.poll(), f"the proxy ended (exit {proxy.poll()}) after {sent} SIGHUP(s) during start-up:\n"
+                              + harness.read(f"{d}/proxy.log")[-2000:])
+            harness.wait_for_port(proxy_port)
+            r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{proxy_port}"}, timeout=10)
+            self.assertEqual(r.status_code, 200)
+        finally:
+            procs.stop_all()
+
 if __name__ == "__main__":
     harness.run_suite()
