@@ -63,6 +63,10 @@ public final class ProxyServer: @unchecked Sendable {
     /// Must run before the first event base is created, so a signal on the main thread can wake the workers.
     public static func prepareProcess() {
         evthread_use_pthreads()
+        // SIGHUP asks for a reload; until `run` installs the loop's handler (after the config is read, the
+        // listeners bound and the workers started), its default action would end the process, so a reload sent
+        // by a supervisor as soon as the port opens is ignored instead. libevent's handler replaces this one.
+        signal(SIGHUP, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
     }
 
