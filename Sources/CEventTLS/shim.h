@@ -12,6 +12,7 @@
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <crypt.h>
+#include <malloc.h>
 
 #include <event2/event.h>
 #include <event2/buffer.h>

@@ -128,7 +128,10 @@ public enum PathNormalizer {
         // Every routed request asks: a path without `;` or `%` (the usual one) has no other reading, found by one
         // scan without copying it.
         let plain = canonical.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
-            for c in bytes where c == semicolon || c == percent { return false }
+            for (i, c) in bytes.enumerated() {
+                if c == semicolon || c == percent { return false }
+                if c == dot && (i + 1 == bytes.count || bytes[i + 1] == slash) { return false }
+            }
             return true
         }
         if plain == true { return [] }
@@ -141,7 +144,34 @@ public enum PathNormalizer {
         if hasParameters && hasEscapedSlashes {
             readings.append((reading(bytes, stripParameters: true, decodeSlashes: true), .escapedSlashReading))
         }
+        let trimmed = trimmingSegmentEnds(bytes)
+        if trimmed != canonical { readings.append((trimmed, .trailingDotReading)) }
         return readings
+    }
+
+    /// The path as IIS and Windows file systems read it: dots and spaces (`%20`) at the end of each segment
+    /// dropped (`/admin./x` is `/admin/x`), a segment left empty merged away.
+    static func trimmingSegmentEnds(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        let segments = bytes.dropFirst().split(separator: slash, omittingEmptySubsequences: false)
+        let last = segments.count - 1
+        for (k, var segment) in segments.enumerated() {
+            let wasEmpty = segment.isEmpty
+            while true {
+                if segment.last == dot {
+                    segment = segment.dropLast()
+                } else if segment.count >= 3, segment.suffix(3).elementsEqual([percent, 0x32, 0x30]) {
+                    segment = segment.dropLast(3)
+                } else {
+                    break
+                }
+            }
+            if segment.isEmpty && !(wasEmpty && k == last) { continue }
+            out.append(slash)
+            out.append(contentsOf: segment)
+        }
+        return out.isEmpty ? "/" : String(decoding: out, as: UTF8.self)
     }
 
     private static func containsEscape(_ bytes: [UInt8], _ byte: UInt8) -> Bool {
@@ -240,6 +270,9 @@ public enum PathRefusal: Error, Sendable, Hashable, CustomStringConvertible {
     case pathParameters
     /// A kept `%2F` or `%5C` that a server decoding it into a separator reads as a path another route matches.
     case escapedSlashReading
+    /// Dots or spaces at the end of a segment that servers trimming them (IIS, Windows) read as a path another
+    /// route matches.
+    case trailingDotReading
 
     /// One line, for Proxy-Status `details` and the body. Never quotes the request.
     public var description: String {
@@ -257,6 +290,7 @@ public enum PathRefusal: Error, Sendable, Hashable, CustomStringConvertible {
         case .invalidEscape: return "malformed percent escape (% not followed by two hex digits) in the path"
         case .pathParameters: return "path parameter (;) that servers stripping it would read as a path another route matches"
         case .escapedSlashReading: return "encoded slash (%2F or %5C) that servers decoding it would read as a path another route matches"
+        case .trailingDotReading: return "dot or space at the end of a path segment that servers trimming it (IIS, Windows) would read as a path another route matches"
         }
     }
 

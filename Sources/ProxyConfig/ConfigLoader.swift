@@ -21,8 +21,10 @@ public enum ConfigLoader {
     /// Loads `file`, then applies the environment overrides (see `EnvironmentOverrides`).
     public static func load(file: String, environment: [String: String] = [:]) throws -> ProxyConfiguration {
         let absolute = absolutePath(file)
-        guard let text = readTextFile(absolute) else {
-            throw ConfigError(file: file, key: "", message: "cannot read the config file: \(String(cString: strerror(errno)))")
+        let text: String
+        switch readText(absolute) {
+        case .success(let read): text = read
+        case .failure(let failure): throw ConfigError(file: file, key: "", message: "cannot read the config file: \(failure)")
         }
         var config = try parse(text, file: file, baseDirectory: directory(of: absolute))
         try EnvironmentOverrides.apply(environment, to: &config)
@@ -39,6 +41,8 @@ public enum ConfigLoader {
         } catch let error as TOMLParseError {
             throw ConfigError(file: file, key: "", message: "line \(error.source.begin.line), column \(error.source.begin.column): \(error.description)")
         }
+        // TOMLKit never frees a parsed document; its tree is emptied (freed) once everything is read from it.
+        defer { root.clear() }
         let problems = ConfigProblems(file: file)
         let reader = TableReader(table: root, path: "", file: file, base: baseDirectory, problems: problems)
         try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log", "intercept"])
@@ -197,7 +201,7 @@ public enum ConfigLoader {
                 log.operationalFormat = f
             }
         } }
-        var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes,
+        var config = ProxyConfiguration(file: file, proxy: proxy, upstream: upstream, identities: identities, routes: routes.compacted(),
                                         listeners: listeners, admin: admin, log: log)
         problems.collect { if let it = try reader.table("intercept") {
             try it.allowOnly(["ca_cert", "ca_key", "leaf_validity"])
@@ -327,9 +331,13 @@ public enum ConfigLoader {
         }
     }
 
+    /// The keys of a `[[route]]` (made once: a table of 100,000 routes reads them 100,000 times).
+    static let routeKeys: Set<String> = Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect",
+                                             "ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout",
+                                             "allow_private"]).union(pathRuleKeys)
+
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
-        try t.allowOnly(Set(["name", "host", "port", "path", "identity", "action", "connect", "ca_file", "min_tls",
-                             "connect_timeout", "response_timeout", "idle_timeout", "allow_private"]).union(pathRuleKeys))
+        try t.allowOnly(routeKeys)
         let pathRules = try readPathRules(t, defaults: upstream.pathRules)
         guard let hostText = try t.string("host") else {
             throw t.error("host", "missing: every route names a host (\"api.example.com\", \"*.example.com\" or \"*\")")
@@ -346,6 +354,16 @@ public enum ConfigLoader {
         if let p = try t.string("path") {
             guard p.hasPrefix("/") else { throw t.error("path", "expected a path prefix starting with /, got \"\(p)\"") }
             pathPrefix = try canonicalPathPrefix(p, rules: pathRules, t)
+        }
+        var prefixMatch = PathPrefixMatch.segment
+        if let text = try t.string("path_prefix_match") {
+            guard let rule = PathPrefixMatch(rawValue: text) else {
+                throw t.error("path_prefix_match", "expected \"segment\" (whole path segments, the default) or \"string\" (a plain string prefix), got \"\(text)\"")
+            }
+            guard pathPrefix != nil else {
+                throw t.error("path_prefix_match", "says how the route's path prefix is matched, but the route has no path")
+            }
+            prefixMatch = rule
         }
         let identity = try t.string("identity")
         let actionText = try t.string("action")
@@ -379,7 +397,7 @@ public enum ConfigLoader {
         let name = try t.string("name")
         if name == "" { throw t.error("name", "empty; give the route a name, or leave name out (it is then called route[\(index)])") }
         return Route(index: index, name: name, host: host, port: port, pathPrefix: pathPrefix,
-                     action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
+                     pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
                      pathRules: pathRules)
     }
 
@@ -452,8 +470,28 @@ public enum ConfigLoader {
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
+    /// The largest text file read (a config of 100,000 routes is about 8 MiB).
+    public static let maxTextFileBytes = 16 * 1024 * 1024
+
     public static func readTextFile(_ path: String) -> String? {
-        guard let f = fopen(path, "rb") else { return nil }
+        try? readText(path).get()
+    }
+
+    /// Why a text file could not be read.
+    public enum ReadFailure: Error, CustomStringConvertible {
+        case system(errno: Int32)
+        case tooLarge
+
+        public var description: String {
+            switch self {
+            case .system(let code): return String(cString: strerror(code))
+            case .tooLarge: return "the file is larger than \(maxTextFileBytes >> 20) MiB"
+            }
+        }
+    }
+
+    public static func readText(_ path: String) -> Result<String, ReadFailure> {
+        guard let f = fopen(path, "rb") else { return .failure(.system(errno: errno)) }
         defer { fclose(f) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -461,10 +499,10 @@ public enum ConfigLoader {
             let n = fread(&chunk, 1, chunk.count, f)
             if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
             if n < chunk.count { break }
-            if bytes.count > 16 * 1024 * 1024 { return nil }
+            if bytes.count > maxTextFileBytes { return .failure(.tooLarge) }
         }
-        if ferror(f) != 0 { return nil }
-        return String(decoding: bytes, as: UTF8.self)
+        if ferror(f) != 0 { return .failure(.system(errno: errno)) }
+        return .success(String(decoding: bytes, as: UTF8.self))
     }
 }
 
@@ -488,6 +526,11 @@ struct TableReader {
 
     /// Records every key not in `allowed`, with the nearest allowed one when a typo is likely.
     func allowOnly(_ allowed: Set<String>) throws {
+        // TOMLKit's `keys` copies every key into memory it never frees: when the table holds only allowed keys
+        // (counting them is enough), it is not called.
+        var present = 0
+        for key in allowed where table.contains(key: key) { present += 1 }
+        if present == table.count { return }
         for key in table.keys.sorted() where !allowed.contains(key) {
             let hint = NearestKey.suggestion(for: key, among: allowed).map { "did you mean `\($0)`? " } ?? ""
             var unknown = error(key, "unknown key; \(hint)expected one of: \(allowed.sorted().joined(separator: ", "))")

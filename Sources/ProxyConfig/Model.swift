@@ -247,19 +247,20 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
     public static func parse(_ text: String) -> HostPattern? {
         var lower = text.asciiLowercasedForConfig
         // "api.example.com." names the same host as "api.example.com"; requests are matched without the dot.
-        if lower.count > 1, lower.hasSuffix("."), !lower.hasPrefix("[") { lower.removeLast() }
+        let utf8 = lower.utf8
+        if utf8.count > 1, utf8.last == UInt8(ascii: "."), utf8.first != UInt8(ascii: "[") { lower.removeLast() }
         if lower == "*" { return .any }
-        if lower.hasPrefix("*.") {
-            let base = String(lower.dropFirst(2))
+        if lower.utf8.starts(with: "*.".utf8) {
+            let base = String(Substring(lower.utf8.dropFirst(2)))
             guard isValidHostName(base) else { return nil }
             return .subdomains(of: base)
         }
-        if lower.hasPrefix("[") && lower.hasSuffix("]") {
+        if lower.utf8.first == UInt8(ascii: "[") && lower.utf8.last == UInt8(ascii: "]") {
             // Requests spell an IPv6 literal one way (RFC 5952); so does the route.
             guard let inner = IPv6Literal.canonical(lower.utf8.dropFirst().dropLast()) else { return nil }
             return .exact(inner)
         }
-        if lower.contains(":") {
+        if lower.utf8.contains(UInt8(ascii: ":")) {
             guard let canonical = IPv6Literal.canonical(lower.utf8) else { return nil }
             return .exact(canonical)
         }
@@ -299,14 +300,49 @@ public enum HostPattern: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Labels of 1 to 63 lower-case letters, digits, '-' and '_', 253 bytes at most.
     static func isValidHostName(_ s: String) -> Bool {
-        guard !s.isEmpty, s.utf8.count <= 253 else { return false }
-        return s.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
-            !label.isEmpty && label.count <= 63 && label.utf8.allSatisfy {
-                ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F
+        let utf8 = s.utf8
+        guard !utf8.isEmpty, utf8.count <= 253 else { return false }
+        var label = 0
+        for c in utf8 {
+            if c == UInt8(ascii: ".") {
+                guard label > 0 else { return false }
+                label = 0
+                continue
+            }
+            guard (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x2D || c == 0x5F else { return false }
+            label += 1
+            guard label <= 63 else { return false }
+        }
+        return label > 0
+    }
+}
+
+/// How a route's `path` prefix is compared with the request's canonical path (`path_prefix_match`).
+public enum PathPrefixMatch: String, Sendable, Hashable {
+    /// Whole segments (the default): `/payments/eu` matches `/payments/eu` and `/payments/eu/...`, not
+    /// `/payments/europe`. A prefix ending in `/` matches what lies below it.
+    case segment
+    /// A plain string prefix: `/payments/eu` also matches `/payments/europe`.
+    case string
+
+    /// Whether `path` (a canonical request path) starts with `prefix` under this rule, compared byte by byte.
+    /// Both start with `/` (the loader and the path normaliser see to it); anything else never matches.
+    public func matches(prefix: String, path: Substring) -> Bool {
+        var prefix = prefix, path = path
+        return prefix.withUTF8 { pre in
+            path.withUTF8 { p in
+                guard pre.first == UInt8(ascii: "/"), p.count >= pre.count else { return false }
+                for i in 0..<pre.count where p[i] != pre[i] { return false }
+                if self == .string || p.count == pre.count || pre.last == UInt8(ascii: "/") { return true }
+                return p[pre.count] == UInt8(ascii: "/")
             }
         }
     }
+
+    /// How `explain` names the rule.
+    public var phrase: String { self == .segment ? "whole segments" : "string prefix" }
 }
 
 public struct Route: Sendable, Hashable {
@@ -316,6 +352,8 @@ public struct Route: Sendable, Hashable {
     public var host: HostPattern { didSet { label = Route.label(index: index, name: name, host: host) } }
     public var port: Int?
     public var pathPrefix: String?
+    /// How `pathPrefix` is compared: whole segments unless the route says `path_prefix_match = "string"`.
+    public var pathPrefixMatch: PathPrefixMatch
     public var action: RouteAction
     /// Dial this address instead of resolving the host; SNI, certificate check and Host stay the URL's host.
     public var connect: HostPort?
@@ -327,7 +365,7 @@ public struct Route: Sendable, Hashable {
     public var pathRules: PathRules
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
-                action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
+                pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
                 pathRules: PathRules = PathRules()) {
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
@@ -336,6 +374,7 @@ public struct Route: Sendable, Hashable {
         self.host = host
         self.port = port
         self.pathPrefix = pathPrefix
+        self.pathPrefixMatch = pathPrefixMatch
         self.action = action
         self.connect = connect
         self.trust = trust
@@ -364,7 +403,16 @@ public struct Route: Sendable, Hashable {
 
 extension String {
     var asciiLowercasedForConfig: String {
-        String(decoding: utf8.map { ($0 >= 0x41 && $0 <= 0x5A) ? $0 | 0x20 : $0 }, as: UTF8.self)
+        let utf8 = self.utf8
+        guard utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return self }
+        return String(unsafeUninitializedCapacity: utf8.count) { buffer in
+            var k = 0
+            for c in utf8 {
+                buffer[k] = (c >= 0x41 && c <= 0x5A) ? c | 0x20 : c
+                k += 1
+            }
+            return k
+        }
     }
 }
 

@@ -34,8 +34,10 @@ public final class ParsedConfigCache: @unchecked Sendable {
     /// Same answer as `ConfigLoader.load(file:environment:)`.
     public func load(file: String, environment: [String: String] = [:]) throws -> ProxyConfiguration {
         let absolute = ConfigLoader.absolutePath(file)
-        guard let text = ConfigLoader.readTextFile(absolute) else {
-            throw ConfigError(file: file, key: "", message: "cannot read the config file: \(String(cString: strerror(errno)))")
+        let text: String
+        switch ConfigLoader.readText(absolute) {
+        case .success(let read): text = read
+        case .failure(let failure): throw ConfigError(file: file, key: "", message: "cannot read the config file: \(failure)")
         }
         let base = ConfigLoader.directory(of: absolute)
         let result: Result<ProxyConfiguration, ConfigError>

@@ -4,18 +4,18 @@ import HTTP1
 /// immutable storage object made when the router is, so handing a decision around per request retains one
 /// reference instead of every string of the route (setting a field makes a new storage: value semantics hold).
 public struct RouteMatch: Sendable, Equatable {
-    final class Storage: Sendable {
-        let route: Route?
-        let action: RouteAction
-        let trust: TrustSettings
-        let timeouts: Timeouts
-        let connect: HostPort?
-        let allowPrivate: Bool
-        let pathRules: PathRules
+    /// What the decision does. A route's decision takes them from the route itself (stored once, not copied
+    /// beside it: a table of 100,000 routes keeps 100,000 decisions).
+    struct Fields: Sendable, Equatable {
+        var action: RouteAction
+        var trust: TrustSettings
+        var timeouts: Timeouts
+        var connect: HostPort?
+        var allowPrivate: Bool
+        var pathRules: PathRules
 
-        init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-             allowPrivate: Bool, pathRules: PathRules) {
-            self.route = route
+        init(action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?, allowPrivate: Bool,
+             pathRules: PathRules) {
             self.action = action
             self.trust = trust
             self.timeouts = timeouts
@@ -23,76 +23,113 @@ public struct RouteMatch: Sendable, Equatable {
             self.allowPrivate = allowPrivate
             self.pathRules = pathRules
         }
+
+        init(_ route: Route) {
+            self.init(action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
+                      allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+        }
+    }
+
+    /// The routes a router decides with, shared by its decisions (each refers to its route by position, so a
+    /// table of 100,000 routes holds each route once).
+    final class RouteTable: Sendable {
+        let routes: [Route]
+
+        init(_ routes: [Route]) {
+            self.routes = routes
+        }
+    }
+
+    final class Storage: Sendable {
+        /// The deciding route is `table.routes[position]`; nil table: the unmatched policy.
+        let table: RouteTable?
+        let position: Int
+        /// nil when the fields are the route's own.
+        let own: Fields?
+
+        init(table: RouteTable?, position: Int, fields: Fields) {
+            self.table = table
+            self.position = position
+            own = table.map { Fields($0.routes[position]) } == fields ? nil : fields
+        }
+
+        var route: Route? { table?.routes[position] }
+        var fields: Fields { own ?? Fields(table!.routes[position]) }
     }
 
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
                 allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
-        storage = Storage(route: route, action: action, trust: trust, timeouts: timeouts, connect: connect,
-                          allowPrivate: allowPrivate, pathRules: pathRules)
+        storage = Storage(table: route.map { RouteTable([$0]) }, position: 0,
+                          fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
+                                         allowPrivate: allowPrivate, pathRules: pathRules))
     }
 
-    private mutating func update(route: Route?? = nil, action: RouteAction? = nil, trust: TrustSettings? = nil,
-                                 timeouts: Timeouts? = nil, connect: HostPort?? = nil, allowPrivate: Bool? = nil,
-                                 pathRules: PathRules? = nil) {
-        let s = storage
-        storage = Storage(route: route ?? s.route, action: action ?? s.action, trust: trust ?? s.trust,
-                          timeouts: timeouts ?? s.timeouts, connect: connect ?? s.connect,
-                          allowPrivate: allowPrivate ?? s.allowPrivate, pathRules: pathRules ?? s.pathRules)
+    /// The decision of the route at `position` in `table`, its fields as the route sets them.
+    init(table: RouteTable, position: Int) {
+        storage = Storage(table: table, position: position, fields: Fields(table.routes[position]))
+    }
+
+    private mutating func update(_ change: (inout Fields) -> Void, route: Route?? = nil) {
+        var fields = storage.fields
+        change(&fields)
+        if let route {
+            storage = Storage(table: route.map { RouteTable([$0]) }, position: 0, fields: fields)
+        } else {
+            storage = Storage(table: storage.table, position: storage.position, fields: fields)
+        }
     }
 
     /// nil when no route matched and the `unmatched` policy applied.
     public var route: Route? {
         get { storage.route }
-        set { update(route: .some(newValue)) }
+        set { update({ _ in }, route: .some(newValue)) }
     }
     public var action: RouteAction {
-        get { storage.action }
-        set { update(action: newValue) }
+        get { storage.own?.action ?? storage.table!.routes[storage.position].action }
+        set { update { $0.action = newValue } }
     }
     public var trust: TrustSettings {
-        get { storage.trust }
-        set { update(trust: newValue) }
+        get { storage.own?.trust ?? storage.table!.routes[storage.position].trust }
+        set { update { $0.trust = newValue } }
     }
     public var timeouts: Timeouts {
-        get { storage.timeouts }
-        set { update(timeouts: newValue) }
+        get { storage.own?.timeouts ?? storage.table!.routes[storage.position].timeouts }
+        set { update { $0.timeouts = newValue } }
     }
     public var connect: HostPort? {
-        get { storage.connect }
-        set { update(connect: .some(newValue)) }
+        get { storage.own.map(\.connect) ?? storage.table!.routes[storage.position].connect }
+        set { update { $0.connect = newValue } }
     }
     /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
     public var allowPrivate: Bool {
-        get { storage.allowPrivate }
-        set { update(allowPrivate: newValue) }
+        get { storage.own?.allowPrivate ?? storage.table!.routes[storage.position].allowPrivate }
+        set { update { $0.allowPrivate = newValue } }
     }
     /// Path spellings the deciding route (or `[upstream]`, when none matched) accepts.
     public var pathRules: PathRules {
-        get { storage.pathRules }
-        set { update(pathRules: newValue) }
+        get { storage.own?.pathRules ?? storage.table!.routes[storage.position].pathRules }
+        set { update { $0.pathRules = newValue } }
     }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
         if a.storage === b.storage { return true }
-        let x = a.storage, y = b.storage
-        return x.route == y.route && x.action == y.action && x.trust == y.trust && x.timeouts == y.timeouts
-            && x.connect == y.connect && x.allowPrivate == y.allowPrivate && x.pathRules == y.pathRules
+        return a.storage.route == b.storage.route && a.storage.fields == b.storage.fields
     }
 
     /// How logs name the decision (read in place: the route is not copied).
-    public var label: String { storage.route?.label ?? "unmatched" }
+    public var label: String { storage.table?.routes[storage.position].label ?? "unmatched" }
 
     /// The deciding route's 1-based position in the file, nil for the unmatched policy (read in place).
-    public var routeIndex: Int? { storage.route?.index }
+    public var routeIndex: Int? { storage.table?.routes[storage.position].index }
 
     /// Which fields of the route matched, for `explain`-style output.
     public var reason: String {
         guard let route else { return "no route matches; [proxy] unmatched = \"\(action == .deny ? "deny" : "tls")\"" }
         var parts = ["host \(route.host)"]
         if let port = route.port { parts.append("port \(port)") }
-        if let prefix = route.pathPrefix { parts.append("path prefix \(prefix)") }
+        if let prefix = route.pathPrefix { parts.append("path prefix \(prefix) (\(route.pathPrefixMatch.phrase))") }
         return "first matching route, on " + parts.joined(separator: ", ")
     }
 }
@@ -101,7 +138,7 @@ public struct RouteMatch: Sendable, Equatable {
 public enum RouteSkip: Sendable, Equatable, CustomStringConvertible {
     case host(pattern: HostPattern, host: String)
     case port(route: Int, request: Int)
-    case pathPrefix(prefix: String, path: String)
+    case pathPrefix(prefix: String, rule: PathPrefixMatch, path: String)
     /// A CONNECT is decided by host-level routes; a path-scoped route applies to the requests inside.
     case pathScoped(prefix: String)
 
@@ -109,7 +146,7 @@ public enum RouteSkip: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .host(let pattern, let host): return "host \(pattern) does not match \(host)"
         case .port(let route, let request): return "port \(route) does not match \(request)"
-        case .pathPrefix(let prefix, let path): return "path prefix \(prefix) does not match \(path)"
+        case .pathPrefix(let prefix, let rule, let path): return "path prefix \(prefix) (\(rule.phrase)) does not match \(path)"
         case .pathScoped(let prefix): return "path prefix \(prefix): a tunnel is decided by routes without a path"
         }
     }
@@ -147,7 +184,8 @@ public struct TunnelPlan: Sendable, Equatable {
 }
 
 /// Matches requests against routes in file order; the first match wins. Every decision (forwarded requests,
-/// CONNECT, `explain`) goes through `firstMatch`.
+/// CONNECT, `explain`) is answered by the route index compiled when the router is made (`RouteIndex`), which
+/// returns what the scan in file order (`scanFirstMatch`) would, at a cost that does not grow with the table.
 public struct Router: Sendable {
     public var routes: [Route] { didSet { prepare() } }
     public var unmatched: UnmatchedPolicy { didSet { prepare() } }
@@ -155,6 +193,7 @@ public struct Router: Sendable {
     /// The decision of each route (by position in `routes`) and of the unmatched policy, made once.
     private var routeMatches: [RouteMatch] = []
     private var preparedUnmatched: RouteMatch?
+    private var index = RouteIndex()
     /// The routes' exact host names, for request targets to reuse (`AbsoluteTarget.parse(_:knownHosts:)`).
     public private(set) var knownHosts = KnownHosts()
 
@@ -166,13 +205,12 @@ public struct Router: Sendable {
     }
 
     private mutating func prepare() {
-        routeMatches = routes.map { route in
-            RouteMatch(route: route, action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                       allowPrivate: route.allowPrivate, pathRules: route.pathRules)
-        }
+        let table = RouteMatch.RouteTable(routes)
+        routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
                                        pathRules: upstream.pathRules)
+        index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
             return nil
@@ -184,28 +222,36 @@ public struct Router: Sendable {
     ///   - port: the upstream port the request will go to.
     ///   - path: the canonical path (see the request path normaliser), without the query.
     public func match(host: String, port: Int, path: Substring) -> RouteMatch {
-        firstMatch(host: host, port: port, path: path) { _, _ in }
+        decision(index.firstMatch(host: host, port: port, path: path))
     }
 
     /// The same decision as `match`, with every route passed over and why.
     public func explain(host: String, port: Int, path: Substring?) -> RouteExplanation {
+        let position = index.firstMatch(host: host, port: port, path: path)
         var skipped: [RouteExplanation.Skipped] = []
-        let match = firstMatch(host: host, port: port, path: path) { skipped.append(.init(route: $0, reason: $1)) }
-        return RouteExplanation(match: match, skipped: skipped)
+        for i in routes.indices.prefix(position ?? routes.count) {
+            // Every route ahead of the index's answer fails to match; the scan says on what.
+            if let reason = Self.skipReason(routes[i], host: host, port: port, path: path) {
+                skipped.append(.init(route: routes[i], reason: reason))
+            }
+        }
+        return RouteExplanation(match: decision(position), skipped: skipped)
     }
 
     /// The host-level decision for a CONNECT tunnel: routes with a path prefix do not take part.
     public func matchTunnel(host: String, port: Int) -> RouteMatch {
-        firstMatch(host: host, port: port, path: nil) { _, _ in }
+        decision(index.firstMatch(host: host, port: port, path: nil))
     }
 
     /// Decides a CONNECT tunnel: by the host-level route, unless path-scoped routes ahead of it decide
     /// differently, in which case only an intercepted tunnel (each request routed by its path) is safe.
     public func planTunnel(host: String, port: Int) -> TunnelPlan {
-        var pathScoped: [Route] = []
-        let decision = firstMatch(host: host, port: port, path: nil) { route, reason in
-            if case .pathScoped = reason { pathScoped.append(route) }
-        }
+        let position = index.firstMatch(host: host, port: port, path: nil)
+        let pathScoped = index.pathScopedCandidates(host: host, port: port).prefix { $0 < position ?? Int.max }.map { routes[$0] }
+        return Self.plan(decision: decision(position), pathScoped: pathScoped)
+    }
+
+    static func plan(decision: RouteMatch, pathScoped: [Route]) -> TunnelPlan {
         let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect }
         let kind: TunnelPlan.Kind
         if !differing.isEmpty {
@@ -220,31 +266,40 @@ public struct Router: Sendable {
         return TunnelPlan(kind: kind, decision: decision, pathRoutes: differing)
     }
 
-    /// The one match function. `path` nil means a tunnel: path-scoped routes are skipped.
-    func firstMatch(host: String, port: Int, path: Substring?, skipped: (Route, RouteSkip) -> Void) -> RouteMatch {
-        for i in routes.indices {
-            // Fields read in place: a route is copied only to report a skip.
-            guard routes[i].host.matches(host) else {
-                skipped(routes[i], .host(pattern: routes[i].host, host: host))
-                continue
+    private func decision(_ position: Int?) -> RouteMatch {
+        guard let position else { return unmatchedMatch }
+        return routeMatches[position]
+    }
+
+    // MARK: the scan in file order: the definition the index is tested against
+
+    /// Why `route` does not decide the request, or nil when it matches. `path` nil means a tunnel: path-scoped
+    /// routes are skipped.
+    static func skipReason(_ route: Route, host: String, port: Int, path: Substring?) -> RouteSkip? {
+        guard route.host.matches(host) else { return .host(pattern: route.host, host: host) }
+        if let p = route.port, p != port { return .port(route: p, request: port) }
+        if let prefix = route.pathPrefix {
+            guard let path else { return .pathScoped(prefix: prefix) }
+            guard route.pathPrefixMatch.matches(prefix: prefix, path: path) else {
+                return .pathPrefix(prefix: prefix, rule: route.pathPrefixMatch, path: String(path))
             }
-            if let p = routes[i].port, p != port {
-                skipped(routes[i], .port(route: p, request: port))
-                continue
-            }
-            if let prefix = routes[i].pathPrefix {
-                guard let path else {
-                    skipped(routes[i], .pathScoped(prefix: prefix))
-                    continue
-                }
-                guard path.hasPrefix(prefix) else {
-                    skipped(routes[i], .pathPrefix(prefix: prefix, path: String(path)))
-                    continue
-                }
-            }
-            return routeMatches[i]
         }
-        return unmatchedMatch
+        return nil
+    }
+
+    /// The first route in file order that matches, by trying each: what `RouteIndex` answers faster.
+    func scanFirstMatch(host: String, port: Int, path: Substring?) -> Int? {
+        routes.indices.first { Self.skipReason(routes[$0], host: host, port: port, path: path) == nil }
+    }
+
+    /// `planTunnel` by the scan.
+    func scanPlanTunnel(host: String, port: Int) -> TunnelPlan {
+        let position = scanFirstMatch(host: host, port: port, path: nil)
+        let pathScoped = routes.prefix(position ?? routes.count).filter {
+            if case .pathScoped = Self.skipReason($0, host: host, port: port, path: nil) { return true }
+            return false
+        }
+        return Self.plan(decision: decision(position), pathScoped: pathScoped)
     }
 
     var unmatchedMatch: RouteMatch {

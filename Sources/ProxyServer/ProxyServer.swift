@@ -11,6 +11,8 @@ import Glibc
 public final class ProxyServer: @unchecked Sendable {
     /// The runtime new requests use. Read and replaced on the main thread; workers get their own reference.
     public private(set) var runtime: ProxyRuntime
+    /// Runtimes replaced by reloads, released here once no worker or exchange holds them.
+    private var retired = RetiredRuntimes<ProxyRuntime>()
     let logger: Logger
     public let metrics = ProxyMetrics()
     /// systemd readiness (Type=notify); does nothing without $NOTIFY_SOCKET.
@@ -48,6 +50,9 @@ public final class ProxyServer: @unchecked Sendable {
         self.loader = loader
         self.accessLog = try AccessLog(runtime.config.log)
         recordConfigLoad(ReloadEvent(at: startedAt, reason: "start", success: true))
+        // Loading a large config frees much of what it allocated (the parsed document, intermediate values);
+        // hand the free pages back so resident memory is what the runtime holds.
+        malloc_trim(0)
     }
 
     private func recordConfigLoad(_ event: ReloadEvent) {
@@ -217,6 +222,9 @@ public final class ProxyServer: @unchecked Sendable {
             if !needRestart.isEmpty {
                 logger.warning("reload (\(reason)): changes to \(needRestart.joined(separator: ", ")) take effect at the next restart; everything else applies now")
             }
+            // The old runtime stays complete and in use until each worker takes the new one (between two
+            // events); its last release happens here, not on a worker (see RetiredRuntimes).
+            retired.retire(runtime)
             runtime = next
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
@@ -272,6 +280,11 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for warning in runtime.keyPermissionWarnings { logger.warning("\(warning)") }
         if let fault = TestFaults.announcement { logger.warning("\(fault)") }
+    }
+
+    /// Once a second on the main thread: frees the runtimes earlier reloads replaced, once nothing uses them.
+    fileprivate func releaseRetiredRuntimes() {
+        retired.releaseUnused()
     }
 
     /// Once a second on the main thread: announce a certificate switch when it happens, and warn once a day
@@ -363,7 +376,9 @@ private func serverDebounceCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMut
 }
 
 private func serverWatchCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().watchCertificates()
+    let server = Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue()
+    server.watchCertificates()
+    server.releaseRetiredRuntimes()
 }
 
 private func serverDrainCheckCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

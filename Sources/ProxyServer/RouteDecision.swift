@@ -67,6 +67,8 @@ public enum RequestRouting {
         switch refusal {
         case .pathParameters:
             advice = "Send the path without ;parameters in a segment that decides the route; the proxy refuses a path that some servers would read as one another route matches."
+        case .trailingDotReading:
+            advice = "Send the path without dots or spaces at the end of a segment; the proxy refuses a path that some servers would trim into one another route matches."
         case .escapedSlashReading:
             advice = "Send the path with plain / separators; the proxy refuses a %2F or %5C that some servers would decode into a path another route matches."
         default: break

@@ -19,13 +19,15 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let credentials: [String: [Credential]]
     private let contexts: [ContextKey: ClientTLSContext]
     /// The contexts of each route, by position in `config.routes`, resolved at load so a request needs no hashing:
-    /// the plain one for its trust settings and, for an mTLS route, one per certificate of its identity.
+    /// the plain one for its trust settings and, for an mTLS route, one per certificate of its identity. Routes
+    /// with the same trust settings and identity share one entry of `routeContexts` (a table of 100,000 routes
+    /// keeps a handful).
     private let routeContexts: [RouteContexts]
+    private let routeContextIndex: [Int32]
     /// The plain context of `[upstream]` trust settings, for requests no route matched.
     private let upstreamContext: ClientTLSContext?
 
     struct RouteContexts {
-        var routeIndex: Int
         var trust: TrustSettings
         var identity: String?
         var credentials: [Credential]
@@ -33,6 +35,11 @@ public final class ProxyRuntime: @unchecked Sendable {
         var plain: ClientTLSContext?
         /// By certificate index; nil where the context could not be built.
         var byCertificate: [ClientTLSContext?]
+    }
+
+    struct ContextGroup: Hashable {
+        var trust: TrustSettings
+        var identity: String?
     }
 
     struct ContextKey: Hashable {
@@ -128,15 +135,22 @@ public final class ProxyRuntime: @unchecked Sendable {
         try problems.throwIfAny(text: ConfigLoader.readTextFile(config.file) ?? "")
         self.contexts = contexts
         upstreamContext = contexts[ContextKey(identity: nil, certificate: 0, trust: config.upstream.trust)]
-        routeContexts = config.routes.map { route in
+        var shared: [RouteContexts] = []
+        var groups: [ContextGroup: Int32] = [:]
+        routeContextIndex = config.routes.map { route in
             var identity: String?
             if case .mtls(let name) = route.action { identity = name }
+            let group = ContextGroup(trust: route.trust, identity: identity)
+            if let known = groups[group] { return known }
             let list = identity.flatMap { credentials[$0] } ?? []
-            return RouteContexts(routeIndex: route.index, trust: route.trust, identity: identity, credentials: list,
-                                 prefer: identity.flatMap { config.identity(named: $0)?.prefer } ?? .newest,
-                                 plain: contexts[ContextKey(identity: nil, certificate: 0, trust: route.trust)],
-                                 byCertificate: list.indices.map { contexts[ContextKey(identity: identity, certificate: $0, trust: route.trust)] })
+            shared.append(RouteContexts(trust: route.trust, identity: identity, credentials: list,
+                                        prefer: identity.flatMap { config.identity(named: $0)?.prefer } ?? .newest,
+                                        plain: contexts[ContextKey(identity: nil, certificate: 0, trust: route.trust)],
+                                        byCertificate: list.indices.map { contexts[ContextKey(identity: identity, certificate: $0, trust: route.trust)] }))
+            groups[group] = Int32(shared.count - 1)
+            return Int32(shared.count - 1)
         }
+        routeContexts = shared
     }
 
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
@@ -268,9 +282,10 @@ extension ProxyRuntime {
         }
         // Route indexes are 1-based positions in the file; a route built elsewhere is looked up by its index.
         let direct = routeIndex - 1
-        let position = direct >= 0 && direct < routeContexts.count && routeContexts[direct].routeIndex == routeIndex
-            ? direct : routeContexts.firstIndex { $0.routeIndex == routeIndex }
-        guard let position else { return nil }
+        let found = direct >= 0 && direct < config.routes.count && config.routes[direct].index == routeIndex
+            ? direct : config.routes.firstIndex { $0.index == routeIndex }
+        guard let found else { return nil }
+        let position = Int(routeContextIndex[found])
         // The entry's fields are read in place, not copied out as a whole.
         guard routeContexts[position].trust == match.trust else { return nil }
         switch match.action {

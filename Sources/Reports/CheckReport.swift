@@ -232,6 +232,8 @@ public struct RouteReport: Codable, Equatable, Sendable {
     public var host: String
     public var port: Int?
     public var path: String?
+    /// How `path` matches: "segment" (whole segments, the default) or "string"; nil without a path.
+    public var pathPrefixMatch: String?
     /// "mtls", "tls" or "deny".
     public var action: String
     public var identity: String?
@@ -244,6 +246,7 @@ public struct RouteReport: Codable, Equatable, Sendable {
         host = route.host.description
         port = route.port
         path = route.pathPrefix
+        pathPrefixMatch = route.pathPrefix == nil ? nil : route.pathPrefixMatch.rawValue
         switch route.action {
         case .mtls(let id):
             action = "mtls"

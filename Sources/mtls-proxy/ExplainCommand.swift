@@ -82,9 +82,7 @@ struct Explain: ParsableCommand {
         let match = explanation.match
         lines.append(("path", canonicalPath))
         lines.append(("upstream", "https://\(canonical.hostHeader(port: port, defaultPort: 443))\(canonical.path)  (Host: \(canonical.hostHeader(port: port, defaultPort: 443)))"))
-        for skipped in explanation.skipped {
-            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
-        }
+        appendSkipped(explanation.skipped, to: &lines)
         lines.append(("route", "\(match.label): \(match.reason)"))
         switch match.action {
         case .deny:
@@ -114,6 +112,20 @@ struct Explain: ParsableCommand {
         return [("outcome", "mutual TLS presenting identity \(identity)"),
                 ("certificate", "#\(index + 1) serial \(leaf.serialHex), \(leaf.subject), valid until \(formatDate(leaf.notAfter)) (\(PathDisplay(configPath: runtime.config.file).path(credential.source.cert)))")]
     }
+
+    /// The routes passed over, each with why. In a large table most are for other hosts: past
+    /// `hostSkipsShown` of those, they are counted rather than listed (every route for the request's host is).
+    private func appendSkipped(_ skipped: [RouteExplanation.Skipped], to lines: inout [(String, String)]) {
+        let otherHosts = skipped.filter { if case .host = $0.reason { return true } else { return false } }.count
+        let listAll = otherHosts <= Self.hostSkipsShown
+        for s in skipped {
+            if case .host = s.reason, !listAll { continue }
+            lines.append(("skipped", "\(s.route.label): \(s.reason)"))
+        }
+        if !listAll { lines.append(("skipped", "\(otherHosts) routes for other hosts")) }
+    }
+
+    static let hostSkipsShown = 20
 
     /// The data path refuses a forward request for one of the proxy's own listeners (an address missing from
     /// NO_PROXY) before routing, with the port the client meant (80 for a URL without one); so does `explain`.
@@ -153,9 +165,7 @@ struct Explain: ParsableCommand {
         if let refusal = numericHostRefusal(host) { return [refusal] }
         let router = runtime.router
         var lines: Lines = []
-        for skipped in router.explain(host: host, port: port, path: nil).skipped {
-            lines.append(("skipped", "\(skipped.route.label): \(skipped.reason)"))
-        }
+        appendSkipped(router.explain(host: host, port: port, path: nil).skipped, to: &lines)
         let plan = router.planTunnel(host: host, port: port)
         lines.append(("route", "\(plan.decision.label): \(plan.decision.reason)"))
         for route in plan.pathRoutes {

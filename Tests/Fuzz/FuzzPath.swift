@@ -114,16 +114,23 @@ func check(_ bytes: [UInt8], _ allowing: PathNormalizer.Relaxations) {
     }
 }
 
-/// Other servers' readings of a canonical path (`;parameters` cut, kept `%2F`/`%5C` decoded): each is a path
-/// without empty segments and without what it removed; a path with nothing to read differently has none.
+/// Other servers' readings of a canonical path (`;parameters` cut, kept `%2F`/`%5C` decoded, dots and spaces
+/// trimmed from segment ends): each is a path without empty segments and without what it removed; a path with
+/// nothing to read differently has none.
 func checkReadings(_ canonical: String) {
     let readings = PathNormalizer.otherReadings(of: canonical)
     let hasParameters = canonical.contains(";") || canonical.contains("%3B")
     let hasEscapedSlashes = canonical.contains("%2F") || canonical.contains("%5C")
-    precondition(readings.isEmpty == !(hasParameters || hasEscapedSlashes), "readings for a path that has nothing to read differently")
+    let trimmable = { (path: String) in
+        path.split(separator: "/", omittingEmptySubsequences: false).contains { $0.hasSuffix(".") || $0.hasSuffix("%20") }
+    }
+    precondition(readings.isEmpty == !(hasParameters || hasEscapedSlashes || trimmable(canonical)),
+                 "readings for a path that has nothing to read differently")
     for reading in readings {
         precondition(reading.path.first == "/" && !reading.path.contains("//"), "a reading is not a path without empty segments")
-        if reading.refusal == .pathParameters {
+        if reading.refusal == .trailingDotReading {
+            precondition(!trimmable(reading.path), "a dot or space left at a segment's end in the trimmed reading")
+        } else if reading.refusal == .pathParameters {
             precondition(!reading.path.contains(";") && !reading.path.contains("%3B"), "parameters left in the stripped reading")
         } else {
             precondition(!reading.path.contains("%2F") && !reading.path.contains("%5C"), "escaped slash left in the decoded reading")

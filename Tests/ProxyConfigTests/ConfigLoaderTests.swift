@@ -1,4 +1,7 @@
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import ProxyConfig
 
 private let identity = """
@@ -341,5 +344,33 @@ key = "certs/fusion-us.key"
         after = 1
         """) == nil)
         #expect(TOMLKeyCheck.firstProblem("list = [\n 1,\n]\n.bad = 1\n")?.line == 4)
+    }
+
+    /// With CRLF line ends ("\r\n" is one Swift Character) the check once saw the whole file as one line, so a
+    /// malformed key after the first line reached the TOML parser, which aborted the process.
+    @Test func crlfLinesAreCheckedOneByOne() throws {
+        #expect(TOMLKeyCheck.firstProblem("[proxy]\r\nworkers = 1\r\n[.a]\r\n")?.line == 3)
+        #expect(TOMLKeyCheck.firstProblem("[proxy]\r\nworkers = 1\r\n\r\nlist = [\r\n 1,\r\n]\r\n") == nil)
+        let located = TOMLKeyLocator("[proxy]\r\nworkers = 1\r\n[[route]]\r\nhost = \"a\"\r\n")
+        #expect(located.line(of: "route[1].host") == 4)
+    }
+}
+
+/// A config file over the size the loader reads says so (it once said "cannot read the config file:" and
+/// whatever errno held, such as "Inappropriate ioctl for device").
+@Suite struct ConfigFileSizeTests {
+    @Test func anOversizedConfigIsNamedAsSuch() throws {
+        let path = "/tmp/mtls-proxy-config-size-\(getpid()).conf"
+        let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
+        #expect(fd >= 0)
+        defer { unlink(path) }
+        #expect(ftruncate(fd, off_t(17 << 20)) == 0)  // sparse: reads as zeros, costs no disk
+        close(fd)
+        do {
+            _ = try ConfigLoader.load(file: path)
+            Issue.record("an oversized config loaded")
+        } catch let error as ConfigError {
+            #expect(error.message.contains("larger than 16 MiB"), "\(error.message)")
+        }
     }
 }

@@ -229,7 +229,7 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
         #expect(e.match.route?.index == 4)
         #expect(e.skipped.map(\.route.index) == [1, 2, 3])
         #expect(e.skipped.map(\.reason.description) == [
-            "path prefix /admin does not match /v1/x",
+            "path prefix /admin (whole segments) does not match /v1/x",
             "port 8443 does not match 443",
             "host *.other.test does not match api.test",
         ])

@@ -4,8 +4,9 @@ import Testing
 @testable import ProxyServer
 
 /// Route `index` (named "r<index>") for `host`, with TLS 1.2 trust and the default timeouts.
-private func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules()) -> Route {
-    Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, action: action,
+private func route(_ index: Int, _ host: String, path: String? = nil, _ action: RouteAction, rules: PathRules = PathRules(),
+                   prefixMatch: PathPrefixMatch = .segment) -> Route {
+    Route(index: index, name: "r\(index)", host: HostPattern.parse(host)!, pathPrefix: path, pathPrefixMatch: prefixMatch, action: action,
           trust: TrustSettings(caFile: nil, minTLS: .tls12),
           timeouts: Timeouts(connect: .seconds(5), response: .seconds(60), idle: .seconds(90)), pathRules: rules)
 }
@@ -110,7 +111,8 @@ private func route(_ index: Int, _ host: String, path: String? = nil, _ action: 
         Router(routes: [
             route(1, "api.test", path: "/admin/", .deny),
             route(2, "api.test", path: "/files/private", .deny),
-            route(3, "api.test", path: "/files", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep)),
+            // A string prefix: /files%2Fprivate is under it, as it is under any prefix ending in /.
+            route(3, "api.test", path: "/files", .mtls(identity: "us"), rules: PathRules(escapedSlashes: .keep), prefixMatch: .string),
             route(4, "api.test", .mtls(identity: "us")),
         ], unmatched: .deny, upstream: UpstreamSettings())
     }
@@ -138,6 +140,23 @@ private func route(_ index: Int, _ host: String, path: String? = nil, _ action: 
         #expect(routedLabel("/files/a;b") == "r3")
         guard case .routed(let p, _) = decide("/v1;x=%2a/y") else { Issue.record("refused"); return }
         #expect(p == "/v1;x=%2A/y")  // forwarded as routed, not stripped
+    }
+
+    /// IIS and Windows file systems drop dots and spaces at the end of a segment: `/files/private.` is
+    /// `/files/private` there. With prefixes matching whole segments, `/files/private.` is not under
+    /// `/files/private`, so the reading that trims them must not reach another route.
+    @Test(arguments: ["/files/private.", "/files/private./x", "/admin./secret", "/files/private%20", "/admin.%20/x",
+                      "/files/private..."])
+    func trailingDotsOrSpacesThatReachAnotherRouteAreRefused(path: String) {
+        guard case .refused(let refusal, _) = decide(path) else { Issue.record("\(path) was routed"); return }
+        #expect(refusal.description.contains("trimming"), "\(refusal)")
+        #expect(RequestRouting.badRequest(refusal, match: nil).status == 400)
+    }
+
+    @Test func trailingDotsThatChangeNothingAreForwarded() {
+        #expect(routedLabel("/files/private.txt") == "r3")  // another segment: not under /files/private
+        #expect(routedLabel("/v1./x") == "r4")
+        #expect(routedLabel("/files/public.") == "r3")
     }
 
     @Test(arguments: ["/files%2Fprivate/x", "/files%2fprivate", "/files%5Cprivate/x", "/files%2F%2Fprivate"])

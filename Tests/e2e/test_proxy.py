@@ -55,6 +55,13 @@ identity = "eu"
 connect = "127.0.0.1:{ports['nginx_mtls']}"
 
 [[route]]
+name = "bank EU payments"
+host = "api.mygreatbank.test"
+path = "/payments/eu"
+identity = "eu"
+connect = "127.0.0.1:{ports['nginx_mtls']}"
+
+[[route]]
 name = "bank API"
 host = "api.mygreatbank.test"
 identity = "us"
@@ -187,6 +194,13 @@ class Identities(unittest.TestCase):
         self.assertEqual(r.headers["X-Client-Subject"], "CN=fusion-eu,O=mtls-proxy test")
         r = requests.get("http://api.mygreatbank.test/euro", proxies=proxies(), timeout=10)
         self.assertEqual(r.headers["X-Client-Subject"], "CN=fusion-us,O=mtls-proxy test")
+
+    def test_path_prefix_matches_whole_segments(self):
+        # path = "/payments/eu" is the eu identity's for /payments/eu and below, not for /payments/europe.
+        for path, subject in [("/payments/eu", "fusion-eu"), ("/payments/eu/1", "fusion-eu"),
+                              ("/payments/europe/1", "fusion-us"), ("/payments/europe", "fusion-us")]:
+            r = requests.get(f"http://api.mygreatbank.test{path}", proxies=proxies(), timeout=10)
+            self.assertEqual(r.headers["X-Client-Subject"], f"CN={subject},O=mtls-proxy test", path)
 
     def test_tls_route_presents_no_certificate(self):
         r = requests.get("http://status.example.com/", proxies=proxies(), timeout=10)

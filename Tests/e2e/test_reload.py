@@ -137,6 +137,63 @@ class Reload(unittest.TestCase):
         finally:
             procs.stop_all()
 
+    def test_a_large_table_is_swapped_whole(self):
+        """20,000 routes: while the new table is read and compiled, requests are decided by the old one; then
+        every request is decided by the new one. One worker, so the order of the answers is the order of the
+        decisions: all "us" (the old table's last route), then all "eu" (the new one's), never a failure."""
+        d = tempfile.mkdtemp(prefix="mtls-proxy-reload-large-")
+        harness.make_pki(f"{d}/pki")
+        procs = harness.Processes()
+        up, proxy_port = harness.free_port(), harness.free_port()
+
+        def table(identity):
+            head = f"""[proxy]
+listen = "127.0.0.1:{proxy_port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[identities.eu]
+cert = "pki/fusion-eu.pem"
+key = "pki/fusion-eu.key"
+"""
+            routes = [f'[[route]]\nhost = "*.zone{i}.mygreatbank.test"\naction = "deny"\n' if i % 10 == 9 else
+                      f'[[route]]\nhost = "svc{i}.mygreatbank.test"\npath = "/api/v{i % 3}"\nidentity = "{identity}"\n'
+                      for i in range(20_000)]
+            routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\npath = "/whoami/x"\naction = "deny"\n')
+            routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\nidentity = "{identity}"\nconnect = "127.0.0.1:{up}"\n')
+            return head + "\n".join(routes)
+
+        try:
+            harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+            path = f"{d}/proxy.conf"
+            atomic_write(path, table("us"))
+            proxy = harness.start_proxy(procs, path, f"{d}/proxy.log", proxy_port)
+            traffic = Traffic(f"http://127.0.0.1:{proxy_port}")
+            traffic.start()
+            time.sleep(0.5)
+            atomic_write(path, table("eu"))
+            deadline = time.time() + 30
+            while time.time() < deadline and "reloaded (" not in harness.read(f"{d}/proxy.log"):
+                time.sleep(0.1)
+            time.sleep(0.5)
+            traffic.stop.set()
+            traffic.join(15)
+            subjects = [s for (_, s) in traffic.subjects]
+            print(f"\n  {len(subjects)} requests across the reload of 20,002 routes: "
+                  f"{subjects.count('fusion-us')} us, {subjects.count('fusion-eu')} eu", file=sys.stderr)
+            self.assertEqual(traffic.failures, [])
+            self.assertIn("reloaded (files changed): 20002 route(s)", harness.read(f"{d}/proxy.log"))
+            self.assertGreater(subjects.count("fusion-us"), 0)
+            self.assertGreater(subjects.count("fusion-eu"), 0)
+            switch = subjects.index("fusion-eu")
+            self.assertEqual(set(subjects[:switch]), {"fusion-us"})
+            self.assertEqual(set(subjects[switch:]), {"fusion-eu"}, "a request was decided by the old table after the new one")
+        finally:
+            procs.stop_all()
+
 
 if __name__ == "__main__":
     harness.run_suite()

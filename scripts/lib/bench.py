@@ -18,7 +18,10 @@ import harness  # noqa: E402
 QUICK = "--quick" in sys.argv
 # `--instructions-only` (callgrind: instructions and allocations per request), `--syscalls-only` (strace) and
 # `--memory-only` (idle connections) run just that part, without the req/s rounds; they combine.
-ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only")}
+ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only", "--routes-only")}
+# The routes scenario (`--routes-only`): tables of these sizes; not part of the default run (100,000 routes under
+# callgrind take a few minutes).
+ROUTE_SIZES = [10, 1000, 10000] if QUICK else [10, 1000, 10000, 100000]
 # With a --*-only mode, `--mtls-only` leaves nginx and HAProxy out (their figures do not change between runs).
 MTLS_ONLY = "--mtls-only" in sys.argv
 ROUNDS = 2 if QUICK else 5
@@ -370,7 +373,133 @@ sni = {HOST}
             self.procs.stop_all()
         if "instructions" in ONLY:
             results["instructions"] = self.instructions()
+        if "routes" in ONLY:
+            self.procs = harness.Processes()
+            results["routes"] = self.routes()
+            self.procs.stop_all()
         self.save(results)
+
+    # ---------------------------------------------------------------- routes scenario
+    def routes_config(self, n, listen, admin):
+        """`n` routes as an egress allowlist grows: host+path routes to one service each, one wildcard deny per
+        ten, and the route the requests go to last (every earlier route is passed over by a scan)."""
+        lines = [f"""[proxy]
+listen = "127.0.0.1:{listen}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+access = "off"
+[upstream]
+ca_file = "{self.pki}/ca.pem"
+[identities.bench]
+cert = "{self.pki}/fusion-us.pem"
+key = "{self.pki}/fusion-us.key"
+"""]
+        for i in range(n - 1):
+            if i % 10 == 9:
+                lines.append(f'[[route]]\nhost = "*.zone{i}.mygreatbank.test"\naction = "deny"\n')
+            else:
+                lines.append(f'[[route]]\nhost = "svc{i}.mygreatbank.test"\npath = "/api/v{i % 3}"\nidentity = "bench"\n')
+        lines.append(f'[[route]]\nhost = "{HOST}"\npath = "/"\nidentity = "bench"\nconnect = "127.0.0.1:{self.ports["up"]}"\n')
+        path = f"{self.dir}/routes-{n}.conf"
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        return path
+
+    @staticmethod
+    def timed_child(argv):
+        """(wall seconds, CPU seconds, peak RSS in KiB, exit status) of one command run to its end."""
+        start = time.monotonic()
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        return time.monotonic() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, p.returncode
+
+    @staticmethod
+    def proc_cpu_seconds(pid):
+        fields = harness.read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def proc_rss_kib(pid):
+        for line in harness.read(f"/proc/{pid}/status").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def routes(self):
+        """Per table size: `check` and start-up time, resident memory, CPU per request from /proc over 2,000
+        keep-alive requests to the last route, and user-space instructions per request under callgrind."""
+        self.start_upstream()
+        binary = os.environ["MTLS_PROXY_BIN"]
+        keep = os.path.join(ROOT, "bench", "results", time.strftime("callgrind-%Y-%m-%d-%H%M", time.gmtime()))
+        os.makedirs(keep, exist_ok=True)
+        stripped = f"{keep}/mtls-proxy-nodebug"
+        shutil.copy(binary, stripped)
+        subprocess.run(["strip", "--strip-debug", stripped], check=True)
+        n_req = 500 if QUICK else 2000
+        rows, out = [], {}
+        for n in ROUTE_SIZES:
+            conf = self.routes_config(n, self.ports["fwd"], self.ports["admin"])
+            check_s, check_cpu, check_rss, code = self.timed_child([binary, "check", "--config", conf])
+            assert code == 0, f"check exited {code} for {n} routes"
+            start = time.monotonic()
+            log = open(f"{self.dir}/routes-{n}.log", "ab")
+            proc = self.procs.start([binary, "run", "--config", conf], stdout=log, stderr=log)
+            harness.wait_for_port(self.ports["fwd"], timeout=120)
+            start_s = time.monotonic() - start
+            start_cpu = self.proc_cpu_seconds(proc.pid)
+            rss_start = self.proc_rss_kib(proc.pid)
+            self.keepalive_requests(self.ports["fwd"], True, 50)
+            cpu0 = self.proc_cpu_seconds(proc.pid)
+            self.keepalive_requests(self.ports["fwd"], True, n_req)
+            cpu_us = (self.proc_cpu_seconds(proc.pid) - cpu0) / n_req * 1e6
+            rss = self.proc_rss_kib(proc.pid)
+            self.procs.stop_all()
+            self.procs = harness.Processes()
+            self.start_upstream()
+            # callgrind, instrumenting only the measured requests (loading 100,000 routes instrumented takes long).
+            cg = f"{self.dir}/callgrind-routes-{n}.out"
+            proc = self.procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={cg}",
+                                     stripped, "run", "--config", conf], stdout=log, stderr=log)
+            harness.wait_for_port(self.ports["fwd"], timeout=600)
+            conn = http.client.HTTPConnection("127.0.0.1", self.ports["fwd"], timeout=300)
+
+            def requests_(k):
+                for _ in range(k):
+                    conn.request("GET", f"http://{HOST}/", headers={"Host": HOST})
+                    r = conn.getresponse()
+                    r.read()
+                    assert r.status == 200, r.status
+
+            requests_(50)
+            subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True)
+            requests_(50)
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
+            requests_(n_req)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
+            conn.close()
+            time.sleep(1)
+            total, mallocs = callgrind_totals(f"{cg}.1") if os.path.exists(f"{cg}.1") else (0, 0)
+            if os.path.exists(f"{cg}.1"):
+                shutil.copy(f"{cg}.1", f"{keep}/routes-{n}.callgrind")
+            self.procs.stop_all()
+            self.procs = harness.Processes()
+            self.start_upstream()
+            out[n] = {"check_s": check_s, "check_cpu_s": check_cpu, "check_rss_kib": check_rss, "start_s": start_s,
+                      "start_cpu_s": start_cpu, "rss_start_kib": rss_start,
+                      "rss_kib": rss, "cpu_us": cpu_us, "instructions": total / n_req, "allocations": mallocs / n_req}
+            base = out[ROUTE_SIZES[0]]
+            rows.append([f"{n:,}", f"{check_s:.2f} s ({check_cpu:.2f})", f"{start_s:.2f} s ({start_cpu:.2f})", f"{rss / 1024:.1f} MiB",
+                         f"{(rss - base['rss_kib']) * 1024 / max(n - ROUTE_SIZES[0], 1):,.0f} B" if n != ROUTE_SIZES[0] else "-",
+                         f"{check_rss / 1024:.1f} MiB", f"{cpu_us:.0f} µs", f"{total / n_req:,.0f}",
+                         ratio(total / n_req, base["instructions"]), f"{mallocs / n_req:.1f}"])
+        table(f"routes: N host+path routes (one wildcard deny per ten), {n_req} keep-alive requests to the last route, 1 worker",
+              ["routes", "check wall (CPU)", "start wall (CPU)", "RSS", "RSS/route", "check peak RSS", "CPU/request", "instructions/request",
+               "vs 10 routes", "allocations/request"], rows)
+        say(f"callgrind dumps kept in {os.path.relpath(keep, ROOT)}")
+        return out
 
     def traced(self, port, work):
         """Runs `work()` under `strace -c -f` over every thread of what listens on `port`; returns (total, {call: n})
