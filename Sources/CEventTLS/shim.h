@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <string.h>
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <crypt.h>
@@ -33,11 +34,77 @@
 #include <openssl/evp.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/engine.h>
+#include <openssl/ocsp.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
 static inline int mtls_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+static inline int mtls_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+static inline int mtls_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_groups_list(ctx, list);
+}
+static inline int mtls_SSL_CTX_set1_sigalgs_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_sigalgs_list(ctx, list);
+}
+static inline int mtls_sk_SSL_CIPHER_num(const STACK_OF(SSL_CIPHER) *sk) { return sk_SSL_CIPHER_num(sk); }
+static inline const SSL_CIPHER *mtls_sk_SSL_CIPHER_value(const STACK_OF(SSL_CIPHER) *sk, int i) { return sk_SSL_CIPHER_value(sk, i); }
+static inline int mtls_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *sk) { return sk_X509_REVOKED_num(sk); }
+/* The SSL an X509_STORE_CTX verifies for (during a handshake), or NULL. */
+static inline SSL *mtls_X509_STORE_CTX_get_ssl(X509_STORE_CTX *ctx) {
+    return (SSL *)X509_STORE_CTX_get_ex_data(ctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+}
+/* The DER SubjectPublicKeyInfo of a certificate, in a buffer the caller frees with OPENSSL_free; length or -1. */
+static inline int mtls_X509_spki_der(X509 *x, unsigned char **out) {
+    *out = NULL;
+    return i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), out);
+}
+/* The index-th URI among the full names of a certificate's CRL distribution points, copied into buf (if not
+   NULL) with a NUL; its length, or -1 when there is no such URI. */
+static inline int mtls_X509_crl_dp_uri(X509 *x, int index, char *buf, int buflen) {
+    STACK_OF(DIST_POINT) *dps = X509_get_ext_d2i(x, NID_crl_distribution_points, NULL, NULL);
+    int found = -1, seen = 0;
+    if (dps == NULL) return -1;
+    for (int i = 0; i < sk_DIST_POINT_num(dps) && found < 0; i++) {
+        DIST_POINT *dp = sk_DIST_POINT_value(dps, i);
+        if (dp->distpoint == NULL || dp->distpoint->type != 0) continue;
+        GENERAL_NAMES *names = dp->distpoint->name.fullname;
+        for (int j = 0; j < sk_GENERAL_NAME_num(names); j++) {
+            GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, j);
+            if (gn->type != GEN_URI) continue;
+            if (seen++ != index) continue;
+            const unsigned char *data = ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+            int len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+            if (buf != NULL && buflen > len) { memcpy(buf, data, (size_t)len); buf[len] = 0; }
+            found = len;
+            break;
+        }
+    }
+    CRL_DIST_POINTS_free(dps);
+    return found;
+}
+static inline STACK_OF(X509_CRL) *mtls_sk_X509_CRL_new_null(void) { return sk_X509_CRL_new_null(); }
+static inline int mtls_sk_X509_CRL_push(STACK_OF(X509_CRL) *sk, X509_CRL *crl) { return sk_X509_CRL_push(sk, crl); }
+static inline void mtls_sk_X509_CRL_pop_free(STACK_OF(X509_CRL) *sk) { sk_X509_CRL_pop_free(sk, X509_CRL_free); }
+/* OCSP stapling (client side). */
+static inline long mtls_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *)) {
+    return SSL_CTX_set_tlsext_status_cb(ctx, cb);
+}
+static inline long mtls_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg) {
+    return SSL_CTX_set_tlsext_status_arg(ctx, arg);
+}
+static inline long mtls_SSL_set_tlsext_status_type_ocsp(SSL *ssl) {
+    return SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp);
+}
+static inline long mtls_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **resp) {
+    unsigned char *p = NULL;
+    long len = SSL_get_tlsext_status_ocsp_resp(ssl, &p);
+    *resp = p;
+    return len;
 }
 static inline int mtls_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
@@ -107,5 +174,20 @@ static inline int mtls_event_add_ms(struct event *ev, long ms) {
 }
 static inline long mtls_atomic_add(long *p, long v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
 static inline long mtls_atomic_load(long *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+/* OpenSSL's ENGINE API (deprecated in 3.0, the only way to the libp11 pkcs11 engine on Debian 12's OpenSSL),
+   wrapped so that its deprecation is said once, here. Used only for keys on PKCS#11 tokens. */
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wdeprecated-declarations"
+static inline void *mtls_engine_by_id(const char *id) { return ENGINE_by_id(id); }
+static inline int mtls_engine_ctrl_cmd_string(void *e, const char *name, const char *value) {
+    return ENGINE_ctrl_cmd_string((ENGINE *)e, name, value, 0);
+}
+static inline int mtls_engine_init(void *e) { return ENGINE_init((ENGINE *)e); }
+static inline int mtls_engine_free(void *e) { return ENGINE_free((ENGINE *)e); }
+static inline EVP_PKEY *mtls_engine_load_private_key(void *e, const char *id) {
+    return ENGINE_load_private_key((ENGINE *)e, id, NULL, NULL);
+}
+#pragma clang diagnostic pop
 
 #endif

@@ -32,17 +32,28 @@ public struct ProxyErrorResponse: Sendable, Equatable {
     /// For the body: what to do about it (may be empty).
     public var advice: String
 
-    public init(status: Int, errorType: ProxyErrorType, details: String, advice: String = "") {
+    /// RFC 9209 `next-hop`: the hop the failure is about when it is not the service itself (a corporate proxy).
+    public var nextHop: String?
+    /// RFC 9209 `received-status`: the status that hop answered with.
+    public var receivedStatus: Int?
+
+    public init(status: Int, errorType: ProxyErrorType, details: String, advice: String = "", nextHop: String? = nil,
+                receivedStatus: Int? = nil) {
         self.status = status
         self.errorType = errorType
         self.details = details
         self.advice = advice
+        self.nextHop = nextHop
+        self.receivedStatus = receivedStatus
     }
 
     public static let proxyName = "mtls-proxy"
 
     public var proxyStatusValue: String {
-        "\(Self.proxyName); error=\(errorType.rawValue); details=\(Self.sfString(details))"
+        var value = "\(Self.proxyName); error=\(errorType.rawValue)"
+        if let nextHop { value += "; next-hop=\(Self.sfString(nextHop))" }
+        if let receivedStatus { value += "; received-status=\(receivedStatus)" }
+        return value + "; details=\(Self.sfString(details))"
     }
 
     public var body: String {

@@ -92,10 +92,17 @@ public enum ConfigLoader {
         problems.collect { try requireLoopbackOrAllowList(proxy.listen, proxy.allowClients, file: file, key: "proxy") }
 
         var upstream = UpstreamSettings()
+        // `[upstream] allow_private = false` written out: the user asked for the SSRF guard by name.
+        var upstreamGuardSet = false
         problems.collect { if let t = try reader.table("upstream") {
-            try t.allowOnly(Set(["ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers", "allow_private"]).union(pathRuleKeys))
+            try t.allowOnly(Set(["connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
+                             "nameservers", "allow_private", "proxy", "proxy_credentials_file"]).union(pathRuleKeys).union(trustKeys))
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
+            upstreamGuardSet = try t.bool("allow_private") == false
+            upstream.egress = try readEgress(t, inherited: .direct)
+            if let proxy = upstream.egress.corporateProxy, upstreamGuardSet {
+                throw t.error("allow_private", EgressGuards.guardUnseen(proxy))
+            }
             if let list = try t.stringArray("nameservers") {
                 upstream.nameservers = try list.enumerated().map { i, text in
                     if let hp = HostPort.parse(text), hp.port > 0 { return hp }
@@ -135,7 +142,8 @@ public enum ConfigLoader {
                 problems.label(rt.path, as: "route \"\(name)\" (\(rt.path))")
             }
             problems.collect {
-                routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities))
+                routes.append(try readRoute(rt, index: i + 1, upstream: upstream, identities: identities + brokenIdentities,
+                                            upstreamGuardSet: upstreamGuardSet))
             }
         }
         var listeners: [FixedListener] = []
@@ -216,6 +224,7 @@ public enum ConfigLoader {
             }
             config.intercept = settings
         } }
+        problems.collect { try EgressGuards.refuseLoops(config) }
         try problems.throwIfAny(text: text)
         return config
     }
@@ -296,7 +305,21 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
-        let cert = try t.path("cert"), key = try t.path("key"), p12 = try t.path("p12")
+        let cert = try t.path("cert"), p12 = try t.path("p12")
+        let key: String?
+        if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
+            // A key on a PKCS#11 token: the URI stays as written (it is not a path).
+            switch TokenKeyURI.parse(text) {
+            case .failure(let problem): throw t.error("key", problem.description)
+            case .success: break
+            }
+            if try t.secretKeysPresent(["key_password_file", "key_password_env"]) {
+                throw t.error("key_password_file", "a token key's PIN comes from the URI's pin-source (file:/path or env:NAME)")
+            }
+            key = text
+        } else {
+            key = try t.path("key")
+        }
         if let p12 {
             if cert != nil || key != nil { throw t.error("p12", "a PKCS#12 bundle holds the certificate and key: set p12, or cert and key, not both") }
             if try t.string("key_password_file") != nil || t.string("key_password_env") != nil {
@@ -333,10 +356,12 @@ public enum ConfigLoader {
 
     /// The keys of a `[[route]]` (made once: a table of 100,000 routes reads them 100,000 times).
     static let routeKeys: Set<String> = Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect",
-                                             "ca_file", "min_tls", "connect_timeout", "response_timeout", "idle_timeout",
-                                             "allow_private"]).union(pathRuleKeys)
+                                             "connect_timeout", "response_timeout", "idle_timeout", "allow_private",
+                                             "proxy", "proxy_credentials_file"])
+        .union(pathRuleKeys).union(trustKeys).union(pinKeys)
 
-    static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity]) throws -> Route {
+    static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity],
+                          upstreamGuardSet: Bool = false) throws -> Route {
         try t.allowOnly(routeKeys)
         let pathRules = try readPathRules(t, defaults: upstream.pathRules)
         guard let hostText = try t.string("host") else {
@@ -389,8 +414,19 @@ public enum ConfigLoader {
             }
             connect = hp
         }
-        let trust = try readTrust(t, defaults: upstream.trust)
+        let trust = try readTrust(t, defaults: upstream.trust, route: true)
         let timeouts = try readTimeouts(t, defaults: upstream.timeouts)
+        let egress = try readEgress(t, inherited: upstream.egress)
+        if let proxy = egress.corporateProxy, action != .deny {
+            // Settings whose guard a corporate proxy would quietly void are refused, not ignored.
+            if connect != nil { throw t.error("connect", EgressGuards.connectThroughProxy(proxy)) }
+            let routeGuard = try t.bool("allow_private")
+            if routeGuard == false { throw t.error("allow_private", EgressGuards.guardUnseen(proxy)) }
+            let routeNamesProxy = try t.string("proxy") != nil
+            if routeGuard == nil && upstreamGuardSet && routeNamesProxy {
+                throw t.error("proxy", "[upstream] allow_private = false is set; " + EgressGuards.guardUnseen(proxy))
+            }
+        }
         // Naming the address to dial is an explicit choice: the guard does not second-guess it.
         let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
         // A name labels the route in logs, metrics and the status page: an empty one labels nothing.
@@ -398,7 +434,40 @@ public enum ConfigLoader {
         if name == "" { throw t.error("name", "empty; give the route a name, or leave name out (it is then called route[\(index)])") }
         return Route(index: index, name: name, host: host, port: port, pathPrefix: pathPrefix,
                      pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
-                     pathRules: pathRules)
+                     pathRules: pathRules, egress: egress)
+    }
+
+    // MARK: egress (see Egress)
+
+    /// `proxy = "direct" | "http://HOST:PORT"` and `proxy_credentials_file`, in `[upstream]` or a route. A route
+    /// inherits `[upstream]`'s; its credentials only while it names the same proxy (a password for one proxy
+    /// is never sent to another).
+    static func readEgress(_ t: TableReader, inherited: Egress) throws -> Egress {
+        let credentials = try t.path("proxy_credentials_file")
+        guard let text = try t.string("proxy") else {
+            guard let credentials else { return inherited }
+            guard case .proxy(var proxy) = inherited else {
+                throw t.error("proxy_credentials_file", "set with proxy = \"http://HOST:PORT\" (the corporate proxy they are for); connections here go direct")
+            }
+            proxy.credentialsFile = credentials
+            return .proxy(proxy)
+        }
+        if text == "direct" {
+            if credentials != nil { throw t.error("proxy_credentials_file", "proxy = \"direct\" sends no credentials anywhere; remove proxy_credentials_file") }
+            return .direct
+        }
+        switch EgressProxy.parse(text) {
+        case .failure(let problem):
+            // The text is not quoted: a URL with user:password in it holds a secret.
+            throw t.error("proxy", problem.description)
+        case .success(var proxy):
+            if let credentials {
+                proxy.credentialsFile = credentials
+            } else if let outer = inherited.corporateProxy, outer.sameAddress(as: proxy) {
+                proxy.credentialsFile = outer.credentialsFile
+            }
+            return .proxy(proxy)
+        }
     }
 
     // MARK: request-path rules (see PathNormalizer)
@@ -431,14 +500,111 @@ public enum ConfigLoader {
         }
     }
 
-    static func readTrust(_ t: TableReader, defaults: TrustSettings) throws -> TrustSettings {
+    /// Keys of the trust settings and TLS policy, in `[upstream]` and routes.
+    static let trustKeys: Set<String> = ["ca_file", "min_tls", "tls_min_version", "tls_max_version", "tls_ciphers",
+                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple"]
+    /// Keys of pinning, in routes only: a pin names one service's key.
+    static let pinKeys: Set<String> = ["verify", "pin_spki_sha256", "pin_report_only"]
+
+    /// The trust settings of `[upstream]` (`route: false`) or a route, over `defaults`. Names in the TLS policy
+    /// are checked against OpenSSL when the runtime builds the context (`ClientTLSContext`), not here.
+    static func readTrust(_ t: TableReader, defaults: TrustSettings, route: Bool = false) throws -> TrustSettings {
         var trust = defaults
         if let ca = try t.string("ca_file") {
             trust.caFile = ca.isEmpty ? nil : t.resolve(ca)
         }
-        if let v = try t.string("min_tls") {
-            guard let version = TLSVersionSetting(rawValue: v) else { throw t.error("min_tls", "expected \"1.2\" or \"1.3\", got \"\(v)\"") }
-            trust.minTLS = version
+        func version(_ key: String) throws -> TLSVersionSetting? {
+            guard let v = try t.string(key) else { return nil }
+            guard let version = TLSVersionSetting(rawValue: v) else { throw t.error(key, "expected \"1.2\" or \"1.3\", got \"\(v)\"") }
+            return version
+        }
+        if try t.string("min_tls") != nil && t.string("tls_min_version") != nil {
+            throw t.error("tls_min_version", "set tls_min_version or its older spelling min_tls, not both")
+        }
+        if let v = try version("min_tls") { trust.minTLS = v }
+        if let v = try version("tls_min_version") { trust.minTLS = v }
+        if let v = try version("tls_max_version") { trust.maxTLS = v }
+        if trust.minTLS == .tls13 && trust.maxTLS == .tls12 {
+            throw t.error("tls_max_version", "is 1.2, below tls_min_version 1.3: no TLS version is left")
+        }
+        func names(_ key: String, allowEmpty: Bool) throws -> [String]? {
+            guard let list = try t.stringArray(key) else { return nil }
+            if list.isEmpty && !allowEmpty { throw t.error(key, "expected at least one name") }
+            for (i, name) in list.enumerated() where name.isEmpty || name.contains(where: { $0 == ":" || $0 == "," || $0 == " " || $0 == "!" }) {
+                throw t.error("\(key)[\(i + 1)]", "expected one OpenSSL name per element (no ':', ',', '!' or spaces), got \"\(name)\"")
+            }
+            var seen = Set<String>()
+            for (i, name) in list.enumerated() where !seen.insert(name.lowercased()).inserted {
+                throw t.error("\(key)[\(i + 1)]", "\"\(name)\" is listed twice")
+            }
+            return list
+        }
+        if let list = try names("tls_ciphers", allowEmpty: true) { trust.ciphers = list }
+        if let list = try names("tls_ciphersuites", allowEmpty: false) { trust.cipherSuites = list }
+        if let list = try names("tls_groups", allowEmpty: false) { trust.groups = list }
+        if let list = try names("tls_signature_algorithms", allowEmpty: true) { trust.signatureAlgorithms = list }
+        if trust.ciphers.isEmpty && trust.minTLS == .tls12 {
+            throw t.error("tls_ciphers", "is empty, which leaves TLS 1.2 without ciphers: set tls_min_version = \"1.3\" instead")
+        }
+
+        if let files = try t.stringArray("crl_files") {
+            trust.crlFiles = try files.enumerated().map { i, file in
+                guard !file.isEmpty else { throw t.error("crl_files[\(i + 1)]", "expected a file path, got an empty string") }
+                return t.resolve(file)
+            }
+            if try t.string("revocation") == nil && trust.revocation == .off { trust.revocation = .soft }
+        }
+        if let require = try t.bool("require_ocsp_staple") { trust.requireOCSPStaple = require }
+        if let fetch = try t.bool("crl_fetch") {
+            trust.crlFetch = fetch
+            if fetch && t.table["revocation"] == nil && trust.revocation == .off { trust.revocation = .soft }
+        }
+        if let text = try t.string("revocation") {
+            guard let mode = RevocationMode(rawValue: text) else {
+                throw t.error("revocation", "expected \"off\", \"soft\" (a missing or stale CRL is logged and allowed) or \"hard\" (refused), got \"\(text)\"")
+            }
+            trust.revocation = mode
+        }
+        if trust.revocation != .off && trust.crlFiles.isEmpty && !trust.crlFetch {
+            throw t.error("revocation", "is \"\(trust.revocation.rawValue)\" but no CRL is given: set crl_files = [\"...\"] or crl_fetch = true")
+        }
+        if trust.revocation == .off && !trust.crlFiles.isEmpty && t.table["crl_files"] != nil {
+            throw t.error("crl_files", "CRLs are given but revocation = \"off\": remove one of them")
+        }
+
+        guard route else { return trust }
+        if let pins = try t.stringArray("pin_spki_sha256") {
+            guard !pins.isEmpty else { throw t.error("pin_spki_sha256", "expected at least one pin (base64 of a SHA-256 digest)") }
+            trust.pins = try pins.enumerated().map { i, pin in
+                guard let bytes = ProxyCredentials.base64Decode(pin[...]), bytes.count == 32 else {
+                    throw t.error("pin_spki_sha256[\(i + 1)]", "expected base64 of a SHA-256 digest (44 characters ending in '='), as `mtls-proxy pins` prints it, got \"\(pin)\"")
+                }
+                return bytes
+            }
+        }
+        if let reportOnly = try t.bool("pin_report_only") {
+            guard !trust.pins.isEmpty else { throw t.error("pin_report_only", "is set but the route has no pin_spki_sha256") }
+            trust.pinReportOnly = reportOnly
+        }
+        if let text = try t.string("verify") {
+            guard let mode = ServerVerification(rawValue: text) else {
+                throw t.error("verify", "expected \"chain\" (the CA chain and host name, the default) or \"pin-only\" (only the pinned key), got \"\(text)\"")
+            }
+            trust.verify = mode
+        }
+        if trust.verify == .pinOnly {
+            if trust.pins.isEmpty { throw t.error("verify", "\"pin-only\" needs pin_spki_sha256: with no pin nothing would be checked") }
+            if trust.pinReportOnly { throw t.error("pin_report_only", "cannot go with verify = \"pin-only\": the pin is all that is checked") }
+            if t.table["revocation"] != nil || t.table["crl_files"] != nil || t.table["crl_fetch"] != nil, trust.revocation != .off {
+                throw t.error("revocation", "cannot go with verify = \"pin-only\": there is no verified chain to check against CRLs")
+            }
+            trust.revocation = .off  // inherited from [upstream]: does not apply to a pinned self-signed key
+            trust.crlFiles = []
+            trust.crlFetch = false
+            if t.table["require_ocsp_staple"] != nil && trust.requireOCSPStaple {
+                throw t.error("require_ocsp_staple", "cannot go with verify = \"pin-only\": there is no verified chain to check a staple against")
+            }
+            trust.requireOCSPStaple = false
         }
         return trust
     }

@@ -89,16 +89,160 @@ public enum TLSVersionSetting: String, Sendable, Hashable {
     case tls13 = "1.3"
 }
 
-/// What decides whether an upstream server is trusted. Part of the pool key.
+/// What decides whether an upstream server is trusted, and how the TLS connection to it is made. Part of the
+/// pool key (through the TLS context built from it): connections, sessions and contexts are never shared
+/// between two different settings.
+/// What decides whether an upstream server is trusted, and how the TLS connection to it is made. Part of the
+/// pool key (through the TLS context built from it): connections, sessions and contexts are never shared
+/// between two different settings.
+///
+/// A route match carries a copy on every request: the TLS policy, pins and revocation settings sit in one
+/// shared immutable box (copied on write), so a copy costs one reference, not one per list.
 public struct TrustSettings: Sendable, Hashable {
     /// PEM bundle; nil means the system trust store.
     public var caFile: String?
+    /// `tls_min_version` (also spelled `min_tls`).
     public var minTLS: TLSVersionSetting
+    private var box = Box.defaults
+
+    /// The settings beyond the CA bundle and minimum version.
+    struct Checks: Sendable, Hashable {
+        var maxTLS: TLSVersionSetting = .tls13
+        var ciphers: [String] = TLSPolicyDefaults.ciphers
+        var cipherSuites: [String] = TLSPolicyDefaults.cipherSuites
+        var groups: [String] = TLSPolicyDefaults.groups
+        var signatureAlgorithms: [String] = []
+        var verify: ServerVerification = .chain
+        var pins: [[UInt8]] = []
+        var pinReportOnly: Bool = false
+        var revocation: RevocationMode = .off
+        var crlFiles: [String] = []
+        var requireOCSPStaple: Bool = false
+        var crlFetch: Bool = false
+    }
+
+    private final class Box: Sendable {
+        let checks: Checks
+        init(_ checks: Checks) { self.checks = checks }
+        static let defaults = Box(Checks())
+    }
+
+    private mutating func change(_ body: (inout Checks) -> Void) {
+        var checks = box.checks
+        body(&checks)
+        box = Box(checks)
+    }
+
+    /// `tls_max_version`.
+    public var maxTLS: TLSVersionSetting {
+        get { box.checks.maxTLS }
+        set { change { $0.maxTLS = newValue } }
+    }
+    /// `tls_ciphers`: the TLS 1.2 cipher list, by OpenSSL name.
+    public var ciphers: [String] {
+        get { box.checks.ciphers }
+        set { change { $0.ciphers = newValue } }
+    }
+    /// `tls_ciphersuites`: the TLS 1.3 cipher suites.
+    public var cipherSuites: [String] {
+        get { box.checks.cipherSuites }
+        set { change { $0.cipherSuites = newValue } }
+    }
+    /// `tls_groups`: key exchange groups (curves), in order of preference.
+    public var groups: [String] {
+        get { box.checks.groups }
+        set { change { $0.groups = newValue } }
+    }
+    /// `tls_signature_algorithms`; empty means OpenSSL's own list.
+    public var signatureAlgorithms: [String] {
+        get { box.checks.signatureAlgorithms }
+        set { change { $0.signatureAlgorithms = newValue } }
+    }
+    /// `verify`: the chain and name (the default), or only the pinned key (self-signed services).
+    public var verify: ServerVerification {
+        get { box.checks.verify }
+        set { change { $0.verify = newValue } }
+    }
+    /// `pin_spki_sha256`: SHA-256 digests of DER SubjectPublicKeyInfo, as 32 raw bytes each. Empty: no pinning.
+    public var pins: [[UInt8]] {
+        get { box.checks.pins }
+        set { change { $0.pins = newValue } }
+    }
+    /// `pin_report_only`: a mismatch is logged and counted, not refused.
+    public var pinReportOnly: Bool {
+        get { box.checks.pinReportOnly }
+        set { change { $0.pinReportOnly = newValue } }
+    }
+    /// `revocation`; `.off` unless CRLs are given.
+    public var revocation: RevocationMode {
+        get { box.checks.revocation }
+        set { change { $0.revocation = newValue } }
+    }
+    /// `crl_files`: PEM or DER CRLs (absolute paths).
+    public var crlFiles: [String] {
+        get { box.checks.crlFiles }
+        set { change { $0.crlFiles = newValue } }
+    }
+    /// `require_ocsp_staple`: the server must staple a valid OCSP response for its certificate.
+    public var requireOCSPStaple: Bool {
+        get { box.checks.requireOCSPStaple }
+        set { change { $0.requireOCSPStaple = newValue } }
+    }
+    /// `crl_fetch`: CRLs are also fetched over HTTP from the leaf's CRL distribution points.
+    public var crlFetch: Bool {
+        get { box.checks.crlFetch }
+        set { change { $0.crlFetch = newValue } }
+    }
+    /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
+    public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
+    /// Whether the proxy checks the server beyond a CA chain (pins, pin-only, revocation, a required staple):
+    /// checks a blind tunnel, where the client's own TLS runs end to end, would skip.
+    public var checksBeyondChain: Bool { !pins.isEmpty || verify == .pinOnly || revocation != .off || requireOCSPStaple }
 
     public init(caFile: String?, minTLS: TLSVersionSetting) {
         self.caFile = caFile
         self.minTLS = minTLS
     }
+
+    public static func == (a: TrustSettings, b: TrustSettings) -> Bool {
+        a.caFile == b.caFile && a.minTLS == b.minTLS && (a.box === b.box || a.box.checks == b.box.checks)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(caFile)
+        hasher.combine(minTLS)
+        hasher.combine(box.checks)
+    }
+}
+
+/// How the upstream's certificate is checked.
+public enum ServerVerification: String, Sendable, Hashable {
+    /// Chain to a trusted CA and the URL's host name (then pins, if any).
+    case chain
+    /// Only the leaf's public key against `pin_spki_sha256`: no chain, no name, no dates.
+    case pinOnly = "pin-only"
+}
+
+/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
+public enum RevocationMode: String, Sendable, Hashable {
+    case off
+    /// Missing or stale CRL: logged, counted, allowed.
+    case soft
+    /// Missing or stale CRL: refused ("CRL unavailable").
+    case hard
+}
+
+/// The TLS policy when a route and `[upstream]` say nothing (see docs/upstream-trust.md): close to Mozilla's
+/// "intermediate" guidance, for a client. TLS 1.2 ciphers are AEAD with forward secrecy only.
+public enum TLSPolicyDefaults {
+    public static let ciphers = [
+        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+    ]
+    public static let cipherSuites = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+    public static let groups = ["X25519", "P-256", "P-384"]
 }
 
 public struct Timeouts: Sendable, Hashable {
@@ -125,6 +269,8 @@ public struct UpstreamSettings: Sendable {
     public var nameservers: [HostPort] = []
     /// Which path spellings routes accept by default (`merge_slashes`, `escaped_slashes`); strict unless set.
     public var pathRules = PathRules()
+    /// `proxy`: how connections leave the host unless a route says otherwise (direct by default).
+    public var egress: Egress = .direct
 
     public init() {}
 }
@@ -200,7 +346,13 @@ public struct CertificateSource: Sendable, Hashable {
         }
     }
 
-    /// The file that holds the private key.
+    /// The key's `pkcs11:` URI when it lives on a PKCS#11 token; nil for a key file.
+    public var tokenKey: TokenKeyURI? {
+        guard case .pem(_, let key, _) = files, TokenKeyURI.isTokenURI(key) else { return nil }
+        return try? TokenKeyURI.parse(key).get()
+    }
+
+    /// The file that holds the private key (or, for a token key, its `pkcs11:` URI).
     public var key: String {
         switch files {
         case .pem(_, let key, _): return key
@@ -363,10 +515,13 @@ public struct Route: Sendable, Hashable {
     public var allowPrivate: Bool
     /// Path spellings this route accepts beyond the strict canonical form; inherited from `[upstream]`.
     public var pathRules: PathRules
+    /// Direct, or through a corporate proxy; inherited from `[upstream] proxy`.
+    public var egress: Egress
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
                 pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
-                pathRules: PathRules = PathRules()) {
+                pathRules: PathRules = PathRules(), egress: Egress = .direct) {
+        self.egress = egress
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
         self.index = index

@@ -13,20 +13,22 @@ public struct RouteMatch: Sendable, Equatable {
         var connect: HostPort?
         var allowPrivate: Bool
         var pathRules: PathRules
+        var egress: Egress
 
         init(action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?, allowPrivate: Bool,
-             pathRules: PathRules) {
+             pathRules: PathRules, egress: Egress) {
             self.action = action
             self.trust = trust
             self.timeouts = timeouts
             self.connect = connect
             self.allowPrivate = allowPrivate
             self.pathRules = pathRules
+            self.egress = egress
         }
 
         init(_ route: Route) {
             self.init(action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                      allowPrivate: route.allowPrivate, pathRules: route.pathRules)
+                      allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress)
         }
     }
 
@@ -60,10 +62,10 @@ public struct RouteMatch: Sendable, Equatable {
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-                allowPrivate: Bool = false, pathRules: PathRules = PathRules()) {
+                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct) {
         storage = Storage(table: route.map { RouteTable([$0]) }, position: 0,
                           fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
-                                         allowPrivate: allowPrivate, pathRules: pathRules))
+                                         allowPrivate: allowPrivate, pathRules: pathRules, egress: egress))
     }
 
     /// The decision of the route at `position` in `table`, its fields as the route sets them.
@@ -111,6 +113,12 @@ public struct RouteMatch: Sendable, Equatable {
     public var pathRules: PathRules {
         get { storage.own?.pathRules ?? storage.table!.routes[storage.position].pathRules }
         set { update { $0.pathRules = newValue } }
+    }
+
+    /// Direct, or through which corporate proxy (the deciding route's, or `[upstream]`'s).
+    public var egress: Egress {
+        get { storage.own?.egress ?? storage.table!.routes[storage.position].egress }
+        set { update { $0.egress = newValue } }
     }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
@@ -209,7 +217,7 @@ public struct Router: Sendable {
         routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
-                                       pathRules: upstream.pathRules)
+                                       pathRules: upstream.pathRules, egress: upstream.egress)
         index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
@@ -252,14 +260,15 @@ public struct Router: Sendable {
     }
 
     static func plan(decision: RouteMatch, pathScoped: [Route]) -> TunnelPlan {
-        let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect }
+        let differing = pathScoped.filter { $0.action != decision.action || $0.connect != decision.connect || $0.egress != decision.egress }
         let kind: TunnelPlan.Kind
         if !differing.isEmpty {
             kind = .intercept
         } else {
             switch decision.action {
             case .deny: kind = .deny
-            case .tls: kind = .blindTunnel
+            // A blind tunnel would skip the route's pins or revocation checks: the proxy must make the TLS itself.
+            case .tls: kind = decision.trust.checksBeyondChain ? .intercept : .blindTunnel
             case .mtls: kind = .intercept
             }
         }
@@ -305,6 +314,7 @@ public struct Router: Sendable {
     var unmatchedMatch: RouteMatch {
         if let preparedUnmatched { return preparedUnmatched }
         return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules)
+                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
+                   egress: upstream.egress)
     }
 }

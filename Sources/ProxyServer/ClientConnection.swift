@@ -489,7 +489,11 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
             if retryOnFreshConnection(after: event) { return }
             let response = ConnectFailures.response(for: event, upstream: upstream,
                                                     timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
-            worker.metrics.countFailure(ConnectFailures.metricReason(response.errorType))
+            // A corporate proxy's refusal or failure, and a token key that cannot sign, are counted apart.
+            var reason = response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType)
+            if case .error(_, let tls, _) = event, ConnectFailures.tokenSigningFailed(upstream, tls) { reason = "token_signing" }
+            worker.metrics.countFailure(reason)
+            if upstream.trustRefusal != nil { worker.logger.warning("refused: \(response.details)") }
             finish(.failed(response))
         case .complete:
             finish(.completed)
@@ -652,7 +656,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         machine.tunnelDialling()
         client.disableRead()
         dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
-                              timeout: match.timeouts.connect) {
+                              timeout: match.timeouts.connect, egress: match.egress) {
             [unowned self] outcome in
             self.dialer = nil
             guard case .dialling = self.machine.state else {

@@ -12,6 +12,88 @@ import Glibc
 enum ConnectFailures {
     /// The response for an upstream connection's failure event, before any response byte arrived.
     static func response(for event: UpstreamConnection.Event, upstream: UpstreamConnection, timeouts: Timeouts) -> ProxyErrorResponse {
+        guard case .proxy(let proxy) = upstream.key.egress else { return directResponse(for: event, upstream: upstream, timeouts: timeouts) }
+        let host = upstream.key.host, port = upstream.key.port
+        switch event {
+        case .corporateProxy(let failure):
+            return response(for: failure, proxy: proxy, host: host, port: port)
+        case .connectTimeout where upstream.corporateHopPhase != .tunnelled:
+            return corporateTimeout(proxy: proxy, answered: false, connected: upstream.corporateHopPhase == .awaitingReply,
+                                    host: host, port: port, timeouts: timeouts)
+        case .connectTimeout:
+            return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
+                                      details: "the corporate proxy \(proxy) opened the tunnel, but no TLS handshake with \(host):\(port) finished within connect_timeout \(timeouts.connect)",
+                                      advice: "The service (or the corporate proxy relaying it) is slow; raise connect_timeout if it is just slow.")
+        case .prohibited:
+            var response = directResponse(for: event, upstream: upstream, timeouts: timeouts)
+            response.advice = "The request names a non-public IP address; nothing was sent to the corporate proxy \(proxy). If this upstream really is on a private network, set allow_private = true on its route."
+            return response
+        case .readTimeout:
+            return directResponse(for: event, upstream: upstream, timeouts: timeouts)
+        case .error, .eof:
+            // Past the corporate proxy: a TLS or connection failure with the service, reached through the tunnel.
+            var response = directResponse(for: event, upstream: upstream, timeouts: timeouts)
+            response.details += " (through the corporate proxy \(proxy), which had opened the tunnel)"
+            return response
+        }
+    }
+
+    /// What a corporate proxy's refusal or failure becomes: always about that hop (`next-hop`), never blamed on
+    /// the service.
+    static func response(for failure: CorporateProxyFailure, proxy: EgressProxy, host: String, port: Int) -> ProxyErrorResponse {
+        let hop = proxy.authority
+        let credentials = proxy.credentialsFile.map { "proxy_credentials_file \($0)" }
+        switch failure {
+        case .refused(let status, let reason):
+            let said = "the corporate proxy \(proxy) answered \(ProxyErrorResponse.statusText(status, reason: reason)) to CONNECT \(host):\(port)"
+            switch status {
+            case 407:
+                let advice = credentials.map { "The corporate proxy did not accept the credentials in \($0) (one line user:password); check them." }
+                    ?? "The corporate proxy wants credentials: put one line user:password in a file (mode 600) and name it with proxy_credentials_file."
+                return ProxyErrorResponse(status: 502, errorType: .proxyConfigurationError, details: said, advice: advice,
+                                          nextHop: hop, receivedStatus: status)
+            case 403:
+                return ProxyErrorResponse(status: 502, errorType: .httpRequestDenied, details: said,
+                                          advice: "The corporate proxy's policy does not allow a tunnel to \(host):\(port); ask its operators to allow it.",
+                                          nextHop: hop, receivedStatus: status)
+            default:
+                return ProxyErrorResponse(status: 502, errorType: .destinationUnavailable, details: said,
+                                          advice: "The corporate proxy resolves and dials \(host) itself; it could not open the tunnel.",
+                                          nextHop: hop, receivedStatus: status)
+            }
+        case .dns(let code):
+            return ProxyErrorResponse(status: 502, errorType: .dnsError,
+                                      details: "cannot resolve the corporate proxy's host \(proxy.host): \(String(cString: evutil_gai_strerror(code)))",
+                                      advice: "Check the proxy URL in the config ([upstream] proxy or the route's proxy).", nextHop: hop)
+        case .connect(let e):
+            let type: ProxyErrorType = e == ECONNREFUSED ? .connectionRefused : .destinationUnavailable
+            return ProxyErrorResponse(status: 502, errorType: type,
+                                      details: "cannot connect to the corporate proxy \(proxy): \(String(cString: strerror(e)))",
+                                      advice: "The corporate proxy is down or the address is wrong; \(host):\(port) was not tried.", nextHop: hop)
+        case .closed(let e):
+            let how = e == 0 ? "closed the connection" : "reset the connection (\(String(cString: strerror(e))))"
+            return ProxyErrorResponse(status: 502, errorType: .connectionTerminated,
+                                      details: "the corporate proxy \(proxy) \(how) before answering CONNECT \(host):\(port)",
+                                      nextHop: hop)
+        case .malformed(let why):
+            return ProxyErrorResponse(status: 502, errorType: .httpProtocolError,
+                                      details: "the corporate proxy \(proxy) answered CONNECT \(host):\(port) wrongly: \(why)",
+                                      advice: "Is it an HTTP proxy? The proxy URL must name an HTTP proxy that supports CONNECT.", nextHop: hop)
+        }
+    }
+
+    static func corporateTimeout(proxy: EgressProxy, answered: Bool, connected: Bool, host: String, port: Int,
+                                 timeouts: Timeouts) -> ProxyErrorResponse {
+        let what = connected ? "did not answer CONNECT \(host):\(port)" : "did not accept a connection"
+        return ProxyErrorResponse(status: 504, errorType: .connectionTimeout,
+                                  details: "the corporate proxy \(proxy) \(what) within connect_timeout \(timeouts.connect)",
+                                  advice: connected ? "The corporate proxy may be slow to reach \(host); raise connect_timeout if so."
+                                                    : "Check the corporate proxy's address and that it is up.",
+                                  nextHop: proxy.authority)
+    }
+
+    /// The response for a direct connection's failure (and the service's side of a tunnelled one).
+    private static func directResponse(for event: UpstreamConnection.Event, upstream: UpstreamConnection, timeouts: Timeouts) -> ProxyErrorResponse {
         let host = upstream.key.host, port = upstream.key.port
         let dialled = upstream.key.connect.map { " (dialling \($0))" } ?? ""
         switch event {
@@ -38,10 +120,15 @@ enum ConnectFailures {
             }
             return ProxyErrorResponse(status: 502, errorType: .destinationUnavailable,
                                       details: "cannot reach \(host):\(port)\(dialled): \(String(cString: strerror(errno)))")
+        case .error(_, let tls, _) where tokenSigningFailed(upstream, tls):
+            return tokenSigningFailure(upstream, tls)
         case .error(let errno, let tls, _):
             return upstream.tlsFailure(errors: tls, errno: errno, closed: false).response
         case .eof:
             return upstream.tlsFailure(errors: OpenSSLErrors.drain(), errno: 0, closed: true).response
+        case .corporateProxy(let failure):
+            // Not reached: only connections through a corporate proxy report it.
+            return response(for: failure, proxy: EgressProxy(host: "?", port: 0), host: host, port: port)
         }
     }
 
@@ -50,6 +137,10 @@ enum ConnectFailures {
         switch outcome {
         case .connected:
             return nil
+        case .corporateProxy(let failure, let proxy):
+            return response(for: failure, proxy: proxy, host: host, port: port)
+        case .corporateTimeout(let proxy, let connected):
+            return corporateTimeout(proxy: proxy, answered: false, connected: connected, host: host, port: port, timeouts: timeouts)
         case .prohibited(let address, let reason):
             return Refusals.prohibited(host: host, address: address, reason: reason)
         case .timedOut:
@@ -64,6 +155,29 @@ enum ConnectFailures {
             return ProxyErrorResponse(status: 502, errorType: type,
                                       details: "cannot connect to \(host):\(port): \(String(cString: strerror(e)))")
         }
+    }
+
+    /// Whether a handshake failed because the identity's key on a PKCS#11 token could not sign (the token was
+    /// removed, its module lost it): failed on our side, before the handshake completed, with errors from the
+    /// signing layers (EVP, the engine, the token's own library) and no alert from the server.
+    static func tokenSigningFailed(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> Bool {
+        guard !upstream.handshakeCompleted, upstream.context.credential?.source.tokenKey != nil,
+              errors.allSatisfy({ $0.alert == nil }) else { return false }
+        return errors.contains { e in
+            e.library == ERR_LIB_EVP || e.library == ERR_LIB_ENGINE || e.library == ERR_LIB_EC || e.library == ERR_LIB_RSA
+                || e.library >= ERR_LIB_USER
+        }
+    }
+
+    /// 502 naming the identity and its token (the URI's object part: no module or PIN file), not the service.
+    static func tokenSigningFailure(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> ProxyErrorResponse {
+        let identity = upstream.context.identityName ?? "?"
+        let token = upstream.context.credential?.source.tokenKey?.objectURI ?? "?"
+        let why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo })
+        return ProxyErrorResponse(
+            status: 502, errorType: .proxyConfigurationError,
+            details: "identity \(identity) could not sign the TLS handshake with its key on the token \(token)\(why.isEmpty ? "" : ": \(why)")",
+            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. Restart the proxy once the token is back (a running proxy does not yet pick up a re-inserted token).")
     }
 
     /// The `reason` label of failed upstream connections.
@@ -85,6 +199,31 @@ enum ConnectFailures {
 extension UpstreamTLSFailure {
     /// The response the caller gets: who rejected what, and what to do.
     var response: ProxyErrorResponse {
+        // 0. The proxy's own checks beyond the chain: pins and revocation.
+        if let refusal = trustRefusal {
+            switch refusal {
+            case .revoked(let subject, let serial):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "the upstream \(upstream) presented a revoked certificate: \(subject), serial \(serial), is revoked by its CRL",
+                    advice: "The certificate's issuer revoked it. The service must install a new certificate; the proxy will not talk to this one.")
+            case .crlUnavailable(let subject, let serial, let reason):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "CRL unavailable for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason) (revocation = \"hard\")",
+                    advice: "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+            case .ocspStapleInvalid(let subject, let serial, let reason):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "OCSP staple refused for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason)",
+                    advice: "The route requires a valid stapled OCSP response (require_ocsp_staple, or revocation = \"hard\" for an invalid one). The service must staple a current response from its CA's responder.")
+            case .pinMismatch(let presented, let subject):
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "the upstream \(upstream) presented a key that matches no pin of the route: \(subject), pin-sha256=\"\(presented)\"",
+                    advice: "The service's key is not one the route's pin_spki_sha256 lists. If the service changed its key on purpose, add this pin (print pins with `mtls-proxy pins`).")
+            }
+        }
         // 1. Our side refused the server's certificate.
         if verifyResult != 0 {
             return ProxyErrorResponse(
@@ -103,7 +242,7 @@ extension UpstreamTLSFailure {
                     advice = "The upstream rejected the client certificate of \(presented). Make sure the service has this certificate on its allowlist (export it with `mtls-proxy certs \(identity!) --pem`), that it is not expired, and that its issuer is one the service trusts."
                 }
             } else if alert == 70 || alert == 71 {
-                advice = "The upstream and the proxy share no acceptable TLS version or cipher; the proxy requires TLS 1.2 or later."
+                advice = "The upstream and the proxy share no acceptable TLS version, cipher or group: compare the route's TLS policy (tls_min_version, tls_max_version, tls_ciphers, tls_ciphersuites, tls_groups) with what the service offers."
             } else {
                 advice = "The upstream ended the TLS handshake; \(presented) was offered."
             }
@@ -120,7 +259,7 @@ extension UpstreamTLSFailure {
             if text.contains("wrong version number") || text.contains("packet length too long") {
                 advice = "The upstream does not speak TLS on this port (is it plain HTTP?)."
             } else if text.contains("unsupported protocol") || text.contains("protocol version") {
-                advice = "The upstream offers only a TLS version below the route's min_tls."
+                advice = "The upstream offers no TLS version within the route's tls_min_version and tls_max_version."
             }
             return ProxyErrorResponse(status: 502, errorType: .tlsProtocolError,
                                       details: "TLS with the upstream \(upstream) failed: \(text)", advice: advice)

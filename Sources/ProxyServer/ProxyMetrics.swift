@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Prometheus
 import ProxyConfig
+import TLS
 
 /// The proxy's metrics, in Prometheus form. Counters and gauges are atomic, so workers update them without
 /// locks; labelled series are looked up once per label set and cached by each worker (`WorkerMetrics`).
@@ -100,9 +101,13 @@ public final class ProxyMetrics: Sendable {
     // Certificate series change with reloads; they are rebuilt from the current runtime at each scrape.
     private let certificateGauges = LockedGauges()
     private let switches = SwitchCounters()
+    /// The CRLs of the runtime at the last scrape, with when they were read: rendered as text so that the
+    /// series' TYPE lines are there even with no CRL (the alert rules name them).
+    private let crlSnapshot = LockedValue<([CRLSummary], Int)>(([], 0))
 
     /// Sets the per-certificate expiry and per-identity validity series from `runtime`, replacing old ones.
     public func refreshCertificates(_ runtime: ProxyRuntime, now: Int) {
+        crlSnapshot.set((runtime.crls, runtime.loadedAt))
         certificateGauges.replace(registry: registry) { make in
             let expiry = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "certificate_expiry_timestamp", unitName: "seconds",
                                               helpText: "notAfter of each configured client certificate, as a Unix time.")
@@ -134,7 +139,74 @@ public final class ProxyMetrics: Sendable {
 
     /// The registry's series, then the process_* ones.
     public func render() -> String {
-        registry.emitToString() + (ProcessSample.current()?.exposition() ?? "")
+        registry.emitToString() + Self.trustDecisions() + Self.crlSeries(crlSnapshot.get())
+            + (ProcessSample.current()?.exposition() ?? "")
+    }
+
+    /// `mtls_proxy_crl_next_update_timestamp_seconds` and `mtls_proxy_crl_last_load_timestamp_seconds`, per CRL.
+    static func crlSeries(_ snapshot: ([CRLSummary], Int)) -> String {
+        func label(_ s: String) -> String {
+            var out = ""
+            for c in s {
+                switch c {
+                case "\\": out += "\\\\"
+                case "\"": out += "\\\""
+                case "\n": out += "\\n"
+                default: out.append(c)
+                }
+            }
+            return out
+        }
+        var next = "# HELP mtls_proxy_crl_next_update_timestamp_seconds nextUpdate of each loaded CRL (when it goes stale), as a Unix time.\n"
+        next += "# TYPE mtls_proxy_crl_next_update_timestamp_seconds gauge\n"
+        var loaded = "# HELP mtls_proxy_crl_last_load_timestamp_seconds When each CRL was last read successfully (at start or reload), as a Unix time.\n"
+        loaded += "# TYPE mtls_proxy_crl_last_load_timestamp_seconds gauge\n"
+        for crl in snapshot.0 {
+            let labels = "{issuer=\"\(label(crl.issuer))\",file=\"\(label(crl.file))\"}"
+            if let n = crl.nextUpdate { next += "mtls_proxy_crl_next_update_timestamp_seconds\(labels) \(n)\n" }
+            loaded += "mtls_proxy_crl_last_load_timestamp_seconds\(labels) \(snapshot.1)\n"
+        }
+        var fetched = "# HELP mtls_proxy_crl_last_fetch_success_timestamp_seconds When each CRL distribution point (crl_fetch) was last fetched successfully, as a Unix time.\n"
+        fetched += "# TYPE mtls_proxy_crl_last_fetch_success_timestamp_seconds gauge\n"
+        for e in CRLCache.shared.snapshot {
+            let labels = "{issuer=\"\(label(e.issuer ?? ""))\",file=\"\(label(e.url))\"}"
+            if let n = e.nextUpdate { next += "mtls_proxy_crl_next_update_timestamp_seconds\(labels) \(n)\n" }
+            if let t = e.lastSuccess { fetched += "mtls_proxy_crl_last_fetch_success_timestamp_seconds\(labels) \(t)\n" }
+        }
+        return next + loaded + fetched
+    }
+
+    /// Counts of refused and allowed pin and revocation decisions (`TrustDecisionCounters`), since the start.
+    static func trustDecisions() -> String {
+        var text = "# HELP mtls_proxy_upstream_trust_decisions_total Upstream certificates refused or let through by pins and revocation checks.\n"
+        text += "# TYPE mtls_proxy_upstream_trust_decisions_total counter\n"
+        for d in TrustDecisionCounters.Decision.allCases {
+            text += "mtls_proxy_upstream_trust_decisions_total{decision=\"\(d.label)\"} \(TrustDecisionCounters.value(d))\n"
+        }
+        return text
+    }
+}
+
+/// A value shared between the admin thread's scrapes.
+private final class LockedValue<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(_ value: T) {
+        self.value = value
+        pthread_mutex_init(lock, nil)
+    }
+
+    func set(_ v: T) {
+        pthread_mutex_lock(lock)
+        value = v
+        pthread_mutex_unlock(lock)
+    }
+
+    func get() -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return value
     }
 }
 

@@ -115,6 +115,7 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// Starts the worker threads and returns; the main thread's loop runs in `run`.
     public func start() {
+        CRLFetcher.shared.configure(runtime.config)
         for worker in workers { worker.start() }
         started = true
     }
@@ -226,6 +227,7 @@ public final class ProxyServer: @unchecked Sendable {
             // events); its last release happens here, not on a worker (see RetiredRuntimes).
             retired.retire(runtime)
             runtime = next
+            CRLFetcher.shared.configure(next.config)
             accessLog = log
             for worker in workers { worker.replaceRuntime(next, accessLog: log) }
             metrics.recordConfigLoad(success: true, at: currentEpochSeconds(), isReload: true)

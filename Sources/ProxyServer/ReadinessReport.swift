@@ -1,4 +1,5 @@
 import ProxyConfig
+import TLS
 
 /// What `/readyz?verbose` says about certificates, and which identities hold readiness back when
 /// `[admin] ready_requires_valid_identities` is set.
@@ -58,7 +59,19 @@ enum ReadinessReport {
     }
 
     static func identities(_ runtime: ProxyRuntime, at now: Int) -> String {
-        lines(runtime, at: now).map { $0.text + "\n" }.joined()
+        lines(runtime, at: now).map { $0.text + "\n" }.joined() + revocation(runtime, at: now).map { $0 + "\n" }.joined()
+    }
+
+    /// One line per route that checks revocation: `route=route[N] revocation=MODE crls=N stale=N next_update=...`
+    /// (the earliest nextUpdate of its CRLs). A stale CRL does not change readiness: soft mode allows, hard
+    /// mode refuses per request, with its own Proxy-Status.
+    static func revocation(_ runtime: ProxyRuntime, at now: Int) -> [String] {
+        runtime.config.routes.filter { $0.trust.revocation != .off && $0.action != .deny }.map { route in
+            let crls = runtime.crls(for: route.trust)
+            var s = "route=route[\(route.index)] revocation=\(route.trust.revocation.rawValue) crls=\(crls.count) stale=\(crls.filter { $0.isStale(at: now) }.count)"
+            if let next = crls.compactMap(\.nextUpdate).min() { s += " next_update=\(UTCTime.iso8601(millis: next * 1000))" }
+            return s
+        }
     }
 
     /// Identities a route names that have no valid certificate now, in config order.

@@ -122,7 +122,8 @@ enum RequestDecision {
                                    port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
                                    into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
-        exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context))
+        exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context),
+                               egress: match.egress)
         exchange.target = target
         exchange.match = match
         return .forward(key: exchange.key!, context: context)

@@ -95,6 +95,12 @@ public enum TunnelRouting {
                 details: "\(host) has path-scoped routes that decide differently from \(plan.decision.label): \(names); a blind tunnel cannot apply them, so the tunnel needs interception",
                 advice: "Either \(http) and routes each request by its path; or \(enable).")
         }
+        if case .tls = plan.decision.action {
+            return ProxyErrorResponse(
+                status: 403, errorType: .httpRequestDenied,
+                details: "\(host) has a tls route that checks the server beyond its CA chain (\(plan.decision.label): pins, pin-only, revocation or a required OCSP staple); a blind tunnel cannot apply them",
+                advice: "Either \(http) and checks the server; or \(enable).")
+        }
         let identity: String
         if case .mtls(let name) = plan.decision.action { identity = name } else { identity = "?" }
         return ProxyErrorResponse(

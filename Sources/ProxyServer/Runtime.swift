@@ -11,8 +11,12 @@ public final class ProxyRuntime: @unchecked Sendable {
     public let limits: HeadLimits
     /// Counts reloads: connections made under an earlier runtime are never pooled under this one.
     public let generation: Int
+    /// When this runtime was built (its files read), as a Unix time.
+    public let loadedAt: Int = currentEpochSeconds()
     /// Users of the forward listener, when `[proxy] auth_file` is set.
     public let proxyUsers: ProxyCredentials?
+    /// `Proxy-Authorization` values for corporate proxies, by credentials file.
+    let egressAuthorizations: [String: String]
     /// The local CA for intercepting CONNECT tunnels to mTLS routes, when `[intercept]` is set.
     public let localCA: LocalCA?
     /// Loaded certificates of each identity, in config order.
@@ -86,6 +90,21 @@ public final class ProxyRuntime: @unchecked Sendable {
             }
         }
         proxyUsers = users
+        // The corporate proxies' credentials, one `user:password` line per file; never logged or quoted.
+        var authorizations: [String: String] = [:]
+        for (egress, key) in Self.egressSettings(of: config) {
+            guard let file = egress.corporateProxy?.credentialsFile, authorizations[file] == nil else { continue }
+            problems.collect {
+                guard let text = ConfigLoader.readTextFile(file) else {
+                    throw ConfigError(file: config.file, key: key, message: "cannot read \(file): \(String(cString: strerror(mtls_errno())))")
+                }
+                switch EgressCredentials.authorization(fileText: text) {
+                case .success(let value): authorizations[file] = value
+                case .failure(let problem): throw ConfigError(file: config.file, key: key, message: "\(file): \(problem.description)")
+                }
+            }
+        }
+        egressAuthorizations = authorizations
         var ca: LocalCA?
         if let intercept = config.intercept {
             problems.collect {
@@ -112,6 +131,9 @@ public final class ProxyRuntime: @unchecked Sendable {
                     do {
                         contexts[plainKey] = try ClientTLSContext(trust: trust, credential: nil, identityName: nil)
                     } catch let error as TLSSetupError {
+                        if case .policy(let key, _) = error {
+                            throw ConfigError(file: config.file, key: "\(where_).\(key)", message: error.description)
+                        }
                         throw ConfigError(file: config.file, key: "\(where_).ca_file", message: error.description)
                     }
                 }
@@ -151,6 +173,31 @@ public final class ProxyRuntime: @unchecked Sendable {
             return Int32(shared.count - 1)
         }
         routeContexts = shared
+    }
+
+    /// Every egress setting with the key of its credentials file, for messages.
+    static func egressSettings(of config: ProxyConfiguration) -> [(Egress, String)] {
+        [(config.upstream.egress, "upstream.proxy_credentials_file")]
+            + config.routes.map { ($0.egress, "route[\($0.index)].proxy_credentials_file") }
+    }
+
+    /// The `Proxy-Authorization` value for a corporate proxy, nil when it has no credentials file.
+    func authorization(for proxy: EgressProxy) -> String? {
+        proxy.credentialsFile.flatMap { egressAuthorizations[$0] }
+    }
+
+    /// Every CRL loaded, once per (file, issuer), from every context that checks revocation.
+    public var crls: [CRLSummary] {
+        var seen = Set<String>()
+        return contexts.values.flatMap(\.crls).filter { seen.insert("\($0.file)\u{0}\($0.issuer)\u{0}\($0.lastUpdate)").inserted }
+            .sorted { ($0.file, $0.issuer) < ($1.file, $1.issuer) }
+    }
+
+    /// The CRLs that `trust` checks against (files in its `crl_files`).
+    public func crls(for trust: TrustSettings) -> [CRLSummary] {
+        guard trust.revocation != .off else { return [] }
+        let files = Set(trust.crlFiles)
+        return crls.filter { files.contains($0.file) }
     }
 
     static func keyPath(for error: TLSSetupError, source: CertificateSource) -> String {
@@ -199,6 +246,9 @@ public final class ProxyRuntime: @unchecked Sendable {
         for identity in config.identities {
             for source in identity.certificates {
                 switch source.files {
+                case .pem(let cert, _, _) where source.tokenKey != nil:
+                    files.append(cert)
+                    if case .file(let path)? = source.tokenKey?.pinSource { files.append(path) }
                 case .pem(let cert, let key, let password):
                     files += [cert, key]
                     if case .file(let path)? = password { files.append(path) }
@@ -211,8 +261,11 @@ public final class ProxyRuntime: @unchecked Sendable {
         var cas = config.routes.compactMap(\.trust.caFile)
         if let ca = config.upstream.trust.caFile { cas.append(ca) }
         files += cas
+        // A new CRL file reloads the runtime: its contexts, sessions and pooled connections are made anew.
+        files += config.upstream.trust.crlFiles + config.routes.flatMap(\.trust.crlFiles)
         if let intercept = config.intercept { files += [intercept.caCert, intercept.caKey] }
         if let authFile = config.proxy.authFile { files.append(authFile) }
+        files += egressSettings(of: config).compactMap { $0.0.corporateProxy?.credentialsFile }
         var seen = Set<String>()
         return files.filter { seen.insert($0).inserted }
     }
@@ -242,6 +295,12 @@ public final class ProxyRuntime: @unchecked Sendable {
         if let authFile = config.proxy.authFile, seen.insert(authFile).inserted,
            let warning = KeyFilePermissions.warning(path: authFile, what: "password hash file") {
             warnings.append("[proxy] auth_file: \(warning)")
+        }
+        for (egress, key) in Self.egressSettings(of: config) {
+            if let file = egress.corporateProxy?.credentialsFile, seen.insert(file).inserted,
+               let warning = KeyFilePermissions.warning(path: file, what: "proxy credentials file") {
+                warnings.append("\(key): \(warning)")
+            }
         }
         return warnings
     }

@@ -39,6 +39,7 @@ public enum StatusReport {
     /// How a route's requests leave the proxy.
     static func egress(_ route: Route) -> String {
         if case .deny = route.action { return "none (denied)" }
+        if let proxy = route.egress.corporateProxy { return "through the corporate proxy \(proxy)" }
         return route.connect.map { "direct, dialling \($0)" } ?? "direct"
     }
 

@@ -1,4 +1,5 @@
 import CEventTLS
+import HTTP1
 import ProxyConfig
 import TLS
 #if canImport(Glibc)
@@ -14,13 +15,29 @@ protocol UpstreamConnectionDelegate: AnyObject {
 }
 
 /// What decides whether an upstream connection can serve a request: the same host, port and dialled address,
-/// and the same TLS context, which stands for one identity's certificate and one set of trust settings.
-/// A connection made for one identity is never used for another, nor for a route without a certificate.
+/// the same egress path (direct, or which corporate proxy with which credentials), and the same TLS context,
+/// which stands for one identity's certificate and one set of trust settings. A connection made for one
+/// identity is never used for another, nor for a route without a certificate, nor across egress paths.
 struct PoolKey: Hashable {
     var host: String
     var port: Int
     var connect: HostPort?
     var context: ObjectIdentifier
+    var egress: Egress = .direct
+}
+
+/// Why a corporate proxy did not open the tunnel to the service.
+enum CorporateProxyFailure {
+    /// Its host name did not resolve (a getaddrinfo code).
+    case dns(Int32)
+    /// The TCP connection to it failed.
+    case connect(errno: Int32)
+    /// It answered `CONNECT` with a non-2xx status.
+    case refused(status: Int, reason: String)
+    /// It closed (or reset) the connection before answering.
+    case closed(errno: Int32)
+    /// Its answer was not an HTTP reply.
+    case malformed(String)
 }
 
 /// One TLS connection to an upstream server: a non-blocking connect, the handshake, then a `SocketStream` over
@@ -40,7 +57,12 @@ final class UpstreamConnection: EventHandler {
         case connectTimeout
         /// The SSRF guard refused every address the name resolved to (or the literal address).
         case prohibited(address: String, reason: String)
+        /// The corporate proxy of the route's egress did not open the tunnel.
+        case corporateProxy(CorporateProxyFailure)
     }
+
+    /// How far a connection through a corporate proxy got, for messages about a timeout.
+    enum CorporateHopPhase { case dialling, awaitingReply, tunnelled }
 
     let key: PoolKey
     let context: ClientTLSContext
@@ -78,6 +100,19 @@ final class UpstreamConnection: EventHandler {
     /// The runtime generation it was made under; it is pooled only while that runtime is current.
     let generation: Int
 
+    /// The `CONNECT` exchange with the corporate proxy, while it runs; nil for a direct connection.
+    private var corporateHop: CorporateHop?
+    private struct CorporateHop {
+        let proxy: EgressProxy
+        let request: [UInt8]
+        var sent = 0
+        var reply: [UInt8] = []
+        var phase: CorporateHopPhase = .dialling
+    }
+    /// Where the corporate hop stands; nil for a direct connection.
+    var corporateHopPhase: CorporateHopPhase? { corporateHop?.phase }
+    private var tcpConnected = false
+
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
         self.generation = generation
         self.key = key
@@ -91,8 +126,9 @@ final class UpstreamConnection: EventHandler {
 
     /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
     func start(connectTimeout: TimeSpan, allowPrivate: Bool) -> Bool {
-        // Resumes a session made earlier with this same context (identity, certificate, trust) and upstream.
-        let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns")"
+        // Resumes a session made earlier with this same context (identity, certificate, trust), upstream and
+        // egress path.
+        let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns") via \(key.egress)"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
         self.tls = tls
@@ -104,6 +140,9 @@ final class UpstreamConnection: EventHandler {
         connectTimer = makeTimer(base: worker.base)
         _ = mtls_evtimer_add_ms(connectTimer, connectTimeout.milliseconds)
 
+        if case .proxy(let proxy) = key.egress {
+            return startThroughCorporateProxy(proxy, allowPrivate: allowPrivate)
+        }
         resolver = UpstreamResolver.dial(dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
                                          allowPrivate: allowPrivate, failed: { [unowned self] failure in
             // Unowned (no side table, see `delegate`): `close` cancels the lookup, so these never run after it.
@@ -116,6 +155,81 @@ final class UpstreamConnection: EventHandler {
             self.connect(to: address)
         })
         return true
+    }
+
+    /// Dials the corporate proxy (an address the operator named: private addresses are its usual place, so
+    /// the SSRF guard does not apply to it), then asks it for `CONNECT host:port`. The guard still refuses an
+    /// IP-literal service address it would refuse directly; a name is resolved by the corporate proxy, out of
+    /// the guard's sight (see docs/egress.md).
+    private func startThroughCorporateProxy(_ proxy: EgressProxy, allowPrivate: Bool) -> Bool {
+        if !allowPrivate, let ip = IPAddress(key.host), let reason = AddressPolicy.nonPublicReason(ip) {
+            deferEvent(.prohibited(address: ip.description, reason: reason))
+            return true
+        }
+        corporateHop = CorporateHop(proxy: proxy, request: CorporateProxyConnect.request(
+            host: key.host, port: key.port, authorization: worker.runtime.authorization(for: proxy)))
+        resolver = UpstreamResolver.dial(dns: worker.dns, host: proxy.host, port: proxy.port, connect: nil, allowPrivate: true,
+                                         failed: { [unowned self] failure in
+            switch failure {
+            case .socket(let e): self.deferEvent(.corporateProxy(.connect(errno: e)))
+            case .dns(let code): self.deferEvent(.corporateProxy(.dns(code)))
+            case .prohibited(let address, let reason): self.deferEvent(.prohibited(address: address, reason: reason))
+            }
+        }, start: { [unowned self] address in
+            self.connect(to: address)
+        })
+        return true
+    }
+
+    /// One step of the `CONNECT` exchange on the connected socket: true when the tunnel is open, false when
+    /// waiting on the socket or after delivering a failure.
+    private func advanceCorporateHop() -> Bool {
+        guard var hop = corporateHop else { return true }
+        if hop.phase == .tunnelled { return true }
+        defer { corporateHop = hop }
+        if hop.phase == .dialling { hop.phase = .awaitingReply }
+        while hop.sent < hop.request.count {
+            let n = hop.request.withUnsafeBytes { Glibc.send(connectingFD, $0.baseAddress! + hop.sent, $0.count - hop.sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { wait(for: EV_WRITE); return false }
+                deliver(.corporateProxy(.closed(errno: errno)))
+                return false
+            }
+            hop.sent += n
+        }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.recv(connectingFD, $0.baseAddress, $0.count, 0) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { wait(for: EV_READ); return false }
+                deliver(.corporateProxy(.closed(errno: errno)))
+                return false
+            }
+            if n == 0 {
+                deliver(.corporateProxy(.closed(errno: 0)))
+                return false
+            }
+            hop.reply += chunk[0..<n]
+            switch CorporateProxyConnect.parseReply(hop.reply) {
+            case .incomplete: continue
+            case .refused(let status, let reason):
+                deliver(.corporateProxy(.refused(status: status, reason: reason)))
+                return false
+            case .malformed(let why):
+                deliver(.corporateProxy(.malformed(why)))
+                return false
+            case .established(_, let extra):
+                // The service speaks after the ClientHello, so nothing may follow the reply yet.
+                guard extra == 0 else {
+                    deliver(.corporateProxy(.malformed("bytes followed its 2xx reply before the TLS handshake began")))
+                    return false
+                }
+                hop.phase = .tunnelled
+                hop.reply = []
+                return true
+            }
+        }
     }
 
     /// Starts a non-blocking connect; 0, or the errno of a connect refused at once.
@@ -147,14 +261,18 @@ final class UpstreamConnection: EventHandler {
     fileprivate func socketReady() {
         guard state == .connecting, let tls else { return }
         if !attachedSocket {
-            // The connect finished: did it succeed?
-            var e: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            getsockopt(connectingFD, SOL_SOCKET, SO_ERROR, &e, &length)
-            if e != 0 {
-                deliver(.error(errno: e, tls: [], dnsError: 0))
-                return
+            if !tcpConnected {
+                // The connect finished: did it succeed?
+                var e: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(connectingFD, SOL_SOCKET, SO_ERROR, &e, &length)
+                if e != 0 {
+                    deliver(corporateHop == nil ? .error(errno: e, tls: [], dnsError: 0) : .corporateProxy(.connect(errno: e)))
+                    return
+                }
+                tcpConnected = true
             }
+            guard advanceCorporateHop() else { return }
             guard tls.attach(socket: connectingFD) else {
                 deliver(.error(errno: 0, tls: OpenSSLErrors.drain(), dnsError: 0))
                 return
@@ -185,6 +303,7 @@ final class UpstreamConnection: EventHandler {
         handshakeCompleted = true
         tlsVersion = tls.version
         cipher = tls.cipher
+        for note in tls.trustNotes { worker.logger.warning("\(Self.describe(note, upstream: "\(key.host):\(key.port)"))") }
         connectedMicros = monotonicMicros()
         tls.startDirectIO()
         let fd = connectingFD
@@ -236,6 +355,28 @@ final class UpstreamConnection: EventHandler {
     /// stay): every request on the connection logs them.
     private(set) var tlsVersion: String?
     private(set) var cipher: String?
+
+    /// A `crl_fetch` route's connection verified before the last CRL arrived: not reused, so that the server is
+    /// verified again (a full handshake: its session is not resumed either) against the new CRL.
+    var verifiedBeforeNewCRL: Bool {
+        guard context.fetchesCRLs, let tls else { return false }
+        return tls.crlGeneration != CRLCache.shared.generation
+    }
+
+    /// The proxy's own refusal of the server's certificate (pin, revocation), if that is why the handshake failed.
+    var trustRefusal: TrustRefusal? { tls?.trustRefusal }
+
+    /// A log line for what a handshake let through under report-only pins or soft revocation.
+    static func describe(_ note: TrustNote, upstream: String) -> String {
+        switch note {
+        case .pinMismatchReported(let presented, let subject):
+            return "upstream \(upstream): key matches no pin of the route (pin_report_only, allowed): \(subject), pin-sha256=\"\(presented)\""
+        case .crlUnavailableAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial): \(reason) (revocation = \"soft\", allowed)"
+        case .ocspStapleInvalidAllowed(let subject, let serial, let reason):
+            return "upstream \(upstream): OCSP staple for \(subject), serial \(serial) not used: \(reason) (allowed)"
+        }
+    }
 
     /// What OpenSSL and the socket said about a failure, for `ConnectFailures` to turn into a response.
     func tlsFailure(errors: [OpenSSLErrorEntry], errno: Int32, closed: Bool) -> UpstreamTLSFailure {

@@ -22,7 +22,9 @@ final class UpstreamPool: UpstreamConnectionDelegate {
             idleCount -= 1
             dropIfEmpty(key)
             connection.delegate = nil
-            if connection.state == .ready && evbuffer_get_length(connection.input) == 0 { return connection }
+            if connection.state == .ready && evbuffer_get_length(connection.input) == 0 && !connection.verifiedBeforeNewCRL {
+                return connection
+            }
             connection.close()
         }
         return nil

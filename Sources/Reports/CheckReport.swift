@@ -64,26 +64,39 @@ public struct Verdict: Codable, Equatable, Sendable {
         case noValidCertificate = "no_valid_certificate"
     }
 
+    /// What makes `check` exit non-zero (`--fail-on`).
+    public enum FailOn: String, Codable, Sendable, CaseIterable {
+        /// Any finding: 1 for a config error, 2 for an expiring certificate, 3 for an identity with none valid
+        /// (for cron and monitoring).
+        case warning
+        /// Only what `run` refuses to start with: a config, certificate or key that cannot be loaded (1). For
+        /// start-up gates such as the systemd unit's ExecStartPre, since `run` serves every other route while one
+        /// certificate nears its end or an identity has none valid yet.
+        case error
+    }
+
     public var status: Status
     public var exitCode: Int
     public var warnDays: Int
+    public var failOn: FailOn
 
-    public init(status: Status, warnDays: Int) {
+    public init(status: Status, warnDays: Int, failOn: FailOn = .warning) {
         self.status = status
         self.warnDays = warnDays
+        self.failOn = failOn
         switch status {
         case .ok: exitCode = 0
         case .configError: exitCode = 1
-        case .expiringWithoutSuccessor: exitCode = 2
-        case .noValidCertificate: exitCode = 3
+        case .expiringWithoutSuccessor: exitCode = failOn == .error ? 0 : 2
+        case .noValidCertificate: exitCode = failOn == .error ? 0 : 3
         }
     }
 
-    public init(worst: IdentityStatus.Health, warnDays: Int) {
+    public init(worst: IdentityStatus.Health, warnDays: Int, failOn: FailOn = .warning) {
         switch worst {
-        case .ok: self.init(status: .ok, warnDays: warnDays)
-        case .expiringWithoutSuccessor: self.init(status: .expiringWithoutSuccessor, warnDays: warnDays)
-        case .noValidCertificate: self.init(status: .noValidCertificate, warnDays: warnDays)
+        case .ok: self.init(status: .ok, warnDays: warnDays, failOn: failOn)
+        case .expiringWithoutSuccessor: self.init(status: .expiringWithoutSuccessor, warnDays: warnDays, failOn: failOn)
+        case .noValidCertificate: self.init(status: .noValidCertificate, warnDays: warnDays, failOn: failOn)
         }
     }
 }

@@ -54,7 +54,9 @@ public final class Certificate: @unchecked Sendable {
     public var issuer: String { Self.nameString(X509_get_issuer_name(pointer)) }
 
     /// The serial number in upper-case hex, as `openssl x509 -serial` prints it.
-    public var serialHex: String {
+    public var serialHex: String { Self.serialHex(of: pointer) }
+
+    static func serialHex(of pointer: OpaquePointer) -> String {
         guard let asn1 = X509_get_serialNumber(pointer), let bn = ASN1_INTEGER_to_BN(asn1, nil) else { return "?" }
         defer { BN_free(bn) }
         guard let hex = BN_bn2hex(bn) else { return "?" }

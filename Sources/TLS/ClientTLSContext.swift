@@ -15,7 +15,14 @@ public final class ClientTLSContext: @unchecked Sendable {
     /// TLS sessions to resume, by upstream (host, port, dialled address). They belong to this context, so a
     /// session made for one identity (or for none) is never offered under another.
     private var sessions: [String: OpaquePointer] = [:]
+    /// For `crl_fetch`: the CRL generation each session was verified under; an older one is not resumed, so
+    /// the next connection verifies the server again against the newly fetched CRL.
+    private var sessionGenerations: [String: Int] = [:]
     private let sessionsLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// `trust.crlFetch` with revocation on, read once (the pool asks for every connection it hands out).
+    public let fetchesCRLs: Bool
+    /// The CRLs loaded from `trust.crlFiles` (none when revocation is off).
+    public private(set) var crls: [CRLSummary] = []
 
     public init(trust: TrustSettings, credential: Credential?, identityName: String?) throws {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
@@ -25,10 +32,12 @@ public final class ClientTLSContext: @unchecked Sendable {
         self.trust = trust
         self.credential = credential
         self.identityName = identityName
+        self.fetchesCRLs = trust.crlFetch && trust.revocation != .off
         pthread_mutex_init(sessionsLock, nil)
 
         mtls_SSL_CTX_set_default_options(ctx)
-        _ = mtls_SSL_CTX_set_min_proto_version(ctx, trust.minTLS == .tls13 ? TLS1_3_VERSION : TLS1_2_VERSION)
+        // (A throw from here on frees the SSL_CTX in deinit.)
+        try UpstreamTrustSetup.applyPolicy(trust, to: ctx)
         _ = mtls_SSL_CTX_set_mode(ctx, mtls_SSL_MODE_RELEASE_BUFFERS())
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
         if let caFile = trust.caFile {
@@ -54,6 +63,13 @@ public final class ClientTLSContext: @unchecked Sendable {
                                                 subject: credential.leaf.subject)
             }
         }
+        crls = try UpstreamTrustSetup.loadCRLs(trust, into: ctx)
+        // Pins, pin-only and revocation decisions (see `upstreamCertificateVerify`); the context outlives its SSLs.
+        SSL_CTX_set_cert_verify_callback(ctx, upstreamCertificateVerify, Unmanaged.passUnretained(self).toOpaque())
+        if trust.wantsOCSPStaple {
+            _ = mtls_SSL_CTX_set_tlsext_status_cb(ctx, upstreamOCSPStatus)
+            _ = mtls_SSL_CTX_set_tlsext_status_arg(ctx, Unmanaged.passUnretained(self).toOpaque())
+        }
         // Client-side session caching: OpenSSL hands each new session to the callback, which stores it here.
         _ = mtls_SSL_CTX_set_session_cache_client(ctx)
         // (It finds the connection's `UpstreamTLSSession`, and through it this context, in the SSL's ex_data.)
@@ -72,15 +88,17 @@ public final class ClientTLSContext: @unchecked Sendable {
     func resumeSession(_ ssl: OpaquePointer, sessionKey: String) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
+        if fetchesCRLs, sessionGenerations[sessionKey] != CRLCache.shared.generation { return }
         if let session = sessions[sessionKey] { SSL_set_session(ssl, session) }
     }
 
     /// Keeps `session` (taking ownership) as the one to resume for `sessionKey`.
-    func storeSession(_ session: OpaquePointer, sessionKey: String) {
+    func storeSession(_ session: OpaquePointer, sessionKey: String, generation: Int = 0) {
         pthread_mutex_lock(sessionsLock)
         defer { pthread_mutex_unlock(sessionsLock) }
         if let old = sessions[sessionKey] { SSL_SESSION_free(old) }
         sessions[sessionKey] = session
+        if fetchesCRLs { sessionGenerations[sessionKey] = generation }
     }
 
     /// A new `SSL` for one connection to `host`: SNI for names, and hostname (or IP) verification.
@@ -94,7 +112,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         } else {
             ok = mtls_SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1
         }
-        guard ok else {
+        guard ok, !trust.wantsOCSPStaple || mtls_SSL_set_tlsext_status_type_ocsp(ssl) == 1 else {
             _ = OpenSSLErrors.drain()
             SSL_free(ssl)
             return nil

@@ -36,6 +36,11 @@ public final class Credential: @unchecked Sendable {
 
     /// Loads and checks the files a `CertificateSource` names.
     public static func load(_ source: CertificateSource) throws -> Credential {
+        if case .pem(let cert, _, _) = source.files, let token = source.tokenKey {
+            // The key stays on the token; the certificate is a file.
+            let chain = try Certificate.loadPEMChain(path: cert)
+            return try Credential(source: source, chain: chain, key: try TokenKeys.load(token))
+        }
         switch source.files {
         case .pem(let cert, let key, let password):
             let chain = try Certificate.loadPEMChain(path: cert)
@@ -52,11 +57,13 @@ public final class Credential: @unchecked Sendable {
     /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
     /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
-        KeyFilePermissions.warning(path: source.key)
+        if source.tokenKey != nil { return nil }  // the key is on the token; its PIN file is checked instead
+        return KeyFilePermissions.warning(path: source.key)
     }
 
-    /// The key password file, when the password comes from one.
+    /// The key password file, when the password comes from one (for a token key: its PIN file).
     public var passwordFile: String? {
+        if case .file(let path)? = source.tokenKey?.pinSource { return path }
         switch source.files {
         case .pem(_, _, .file(let path)?), .pkcs12(_, .file(let path)?): return path
         default: return nil

@@ -7,6 +7,8 @@ public enum TLSSetupError: Error, Equatable, Sendable, CustomStringConvertible {
     case brokenChain(path: String, position: Int, subject: String, expectedIssuer: String)
     case trustStore(path: String?, reason: String)
     case context(String)
+    /// A TLS policy, pin or CRL setting OpenSSL does not accept; `key` is relative to the route or `[upstream]`.
+    case policy(key: String, message: String)
 
     public var description: String {
         switch self {
@@ -20,6 +22,7 @@ public enum TLSSetupError: Error, Equatable, Sendable, CustomStringConvertible {
         case .trustStore(let path, let reason):
             return path.map { "cannot load CA bundle \($0): \(reason)" } ?? "cannot load the system trust store: \(reason)"
         case .context(let reason): return "cannot create a TLS context: \(reason)"
+        case .policy(_, let message): return message
         }
     }
 }

@@ -25,9 +25,13 @@ public struct UpstreamTLSFailure: Sendable {
     public var socketErrno: Int32
     /// The peer closed (EOF) without an alert.
     public var closed: Bool
+    /// The proxy's own refusal of the server's certificate (pin, revocation), when that is why it failed.
+    public var trustRefusal: TrustRefusal?
 
     public init(phase: Phase, host: String, port: Int, identity: String?, certificateSubject: String?,
-                verifyResult: Int, verifyMessage: String, errors: [OpenSSLErrorEntry], socketErrno: Int32, closed: Bool) {
+                verifyResult: Int, verifyMessage: String, errors: [OpenSSLErrorEntry], socketErrno: Int32, closed: Bool,
+                trustRefusal: TrustRefusal? = nil) {
+        self.trustRefusal = trustRefusal
         self.phase = phase
         self.host = host
         self.port = port

@@ -19,6 +19,14 @@ public final class UpstreamTLSSession {
     let sessionKey: String
     /// nil once released or handed over.
     private var ssl: OpaquePointer?
+    /// Why the proxy refused the server's certificate (pin, revocation), set during the handshake.
+    public private(set) var trustRefusal: TrustRefusal?
+    /// The CRL distribution points of the server's leaf, when the route fetches CRLs (for messages).
+    var crlURLs: [String] = []
+    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route).
+    public private(set) var crlGeneration = 0
+    /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
+    public private(set) var trustNotes: [TrustNote] = []
     /// When OpenSSL began the handshake (CLOCK_MONOTONIC, µs), that is when the TCP connection was up; 0 before.
     public private(set) var handshakeStartedMicros = 0
 
@@ -34,6 +42,7 @@ public final class UpstreamTLSSession {
         self.port = port
         self.sessionKey = sessionKey
         self.ssl = ssl
+        if context.fetchesCRLs { crlGeneration = CRLCache.shared.generation }
         SSL_set_ex_data(ssl, Self.exDataIndex, Unmanaged.passUnretained(self).toOpaque())
         context.resumeSession(ssl, sessionKey: sessionKey)
         SSL_set_info_callback(ssl, upstreamTLSInfoCallback)
@@ -166,6 +175,15 @@ public final class UpstreamTLSSession {
         return BIO_number_read(rbio)
     }
 
+    /// The certificates the server sent, leaf first (also after a handshake its verification refused).
+    public var presentedChain: [Certificate] {
+        guard let ssl, let chain = SSL_get_peer_cert_chain(ssl) else { return [] }
+        return (0..<mtls_sk_X509_num(chain)).compactMap { i in
+            guard let x = mtls_sk_X509_value(chain, i), X509_up_ref(x) == 1 else { return nil }
+            return Certificate(taking: x)
+        }
+    }
+
     /// Whether the handshake resumed an earlier TLS session.
     public var sessionReused: Bool {
         guard let ssl else { return false }
@@ -206,7 +224,7 @@ public final class UpstreamTLSSession {
             host: host, port: port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
-            errors: errors, socketErrno: errno, closed: closed)
+            errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal)
     }
 
     /// Frees the SSL, after a close_notify where possible when `sendCloseNotify` (a connection whose handshake
@@ -236,7 +254,13 @@ public final class UpstreamTLSSession {
         handshakeStartedMicros = Int(ts.tv_sec) * 1_000_000 + Int(ts.tv_nsec) / 1000
     }
 
-    fileprivate static func owner(of ssl: OpaquePointer) -> UpstreamTLSSession? {
+    func refuse(_ refusal: TrustRefusal) {
+        if trustRefusal == nil { trustRefusal = refusal }
+    }
+
+    func note(_ note: TrustNote) { trustNotes.append(note) }
+
+    static func owner(of ssl: OpaquePointer) -> UpstreamTLSSession? {
         guard let data = SSL_get_ex_data(ssl, exDataIndex) else { return nil }
         return Unmanaged<UpstreamTLSSession>.fromOpaque(data).takeUnretainedValue()
     }
@@ -245,7 +269,7 @@ public final class UpstreamTLSSession {
     /// arrives): the context keeps it for this upstream. Returns whether the context took the reference.
     fileprivate static func store(_ session: OpaquePointer, of ssl: OpaquePointer) -> Bool {
         guard let owner = owner(of: ssl) else { return false }
-        owner.context.storeSession(session, sessionKey: owner.sessionKey)
+        owner.context.storeSession(session, sessionKey: owner.sessionKey, generation: owner.crlGeneration)
         return true
     }
 }

@@ -10,6 +10,7 @@ struct Check: ParsableCommand {
         usage: """
         mtls-proxy check [--config <file>] [--warn-days <days>]
                          [--wide | --format text|json]
+                         [--fail-on warning|error]
         """,
         discussion: """
         Every mistake in the config is reported (file:line: key: message), not only the first. The \
@@ -22,6 +23,9 @@ struct Check: ParsableCommand {
           2  an identity's active certificate expires within --warn-days
              and no successor is staged
           3  an identity has no currently valid certificate
+
+        With --fail-on error, for start-up gates such as the systemd unit, only 1
+        counts: 2 and 3 become 0 (the report still says why), as `run` serves.
         """)
 
     @OptionGroup var options: ConfigOption
@@ -36,6 +40,10 @@ struct Check: ParsableCommand {
     @Flag(help: "The certificate table with every column on one row per certificate (wider than 80 columns).")
     var wide = false
 
+    @Option(help: ArgumentHelp("warning: exit 1, 2 or 3 on any finding (cron, monitoring). error: exit non-zero only when `run` would refuse the config (start-up gates such as the systemd unit).",
+                               valueName: "level"))
+    var failOn: Verdict.FailOn = .warning
+
     func validate() throws {
         // The same range as [proxy] warn_days.
         guard (0...3650).contains(warnDays) else { throw ValidationError("--warn-days takes 0 to 3650 days, not \(warnDays)") }
@@ -47,10 +55,11 @@ struct Check: ParsableCommand {
             let now = currentEpochSeconds()
             switch options.runtime() {
             case .failure(let error):
-                try RuntimeReport.printJSON(RuntimeReport.failure(error, warnDays: warnDays, now: now))
+                try RuntimeReport.printJSON(RuntimeReport.failure(error, warnDays: warnDays, now: now, failOn: failOn))
                 throw ExitCode(1)
             case .success(let runtime):
-                let report = RuntimeReport.check(runtime, identities: runtime.config.identities, warnDays: warnDays, now: now)
+                let report = RuntimeReport.check(runtime, identities: runtime.config.identities, warnDays: warnDays, now: now,
+                                                 failOn: failOn)
                 try RuntimeReport.printJSON(report)
                 if report.verdict.exitCode != 0 { throw ExitCode(Int32(report.verdict.exitCode)) }
                 return
@@ -100,8 +109,33 @@ struct Check: ParsableCommand {
             if let p = route.pathPrefix { line += ", path \(p)" }
             if let c = route.connect { line += ", connect \(c)" }
             print(line)
+            guard route.action != .deny else { continue }
+            printTrust(route.trust, runtime: runtime, now: now)
         }
-        if worst != .ok { throw ExitCode(Int32(worst.rawValue)) }
+        let exitCode = Verdict(worst: worst, warnDays: warnDays, failOn: failOn).exitCode
+        if exitCode != 0 { throw ExitCode(Int32(exitCode)) }
+    }
+
+    /// A route's trust beyond the defaults: pin-only named plainly, pins, revocation and each CRL's state.
+    func printTrust(_ t: TrustSettings, runtime: ProxyRuntime, now: Int) {
+        if t.verify == .pinOnly {
+            print("  PIN-ONLY: no CA chain, host name or dates are checked; only the server's key against \(t.pins.count) pin(s)")
+        } else if !t.pins.isEmpty {
+            print("  pins: \(TrustDescription.pins(t))")
+        }
+        if t.requireOCSPStaple { print("  ocsp staple: \(TrustDescription.ocsp(t))") }
+        if t.revocation != .off {
+            print("  revocation: \(TrustDescription.revocation(t))")
+            for crl in runtime.crls(for: t) {
+                let next = crl.nextUpdate.map { formatDate($0) } ?? "none"
+                let state = crl.isStale(at: now) ? "STALE since \(next)" : "next update \(next)"
+                print("    CRL \(crl.file): issuer \(crl.issuer), \(crl.revokedCount) revoked, \(state)")
+            }
+        }
+        if t.minTLS != .tls12 || t.maxTLS != .tls13 || t.ciphers != TLSPolicyDefaults.ciphers || t.cipherSuites != TLSPolicyDefaults.cipherSuites
+            || t.groups != TLSPolicyDefaults.groups || !t.signatureAlgorithms.isEmpty {
+            print("  tls policy: \(TrustDescription.policy(t))")
+        }
     }
 
     struct CertificateLine {
@@ -184,3 +218,5 @@ struct Check: ParsableCommand {
         return line
     }
 }
+
+extension Verdict.FailOn: ExpressibleByArgument {}

@@ -93,11 +93,26 @@ struct Explain: ParsableCommand {
             lines += presentation(runtime, identity: identity)
         }
         if match.action != .deny {
-            let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
-            lines.append(("dial", dial))
+            lines.append(("egress", Self.egressText(match.egress, host: target.host, port: port)))
+            if match.egress == .direct {
+                let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
+                lines.append(("dial", dial))
+            }
             let trust = match.trust.caFile.map { "CA bundle \(PathDisplay(configPath: runtime.config.file).path($0))" } ?? "the system trust store"
             let hostCheck = IPAddress(target.host) != nil ? "IP address \(target.host)" : "host name \(target.host), sent as SNI"
-            lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); TLS \(match.trust.minTLS.rawValue) or later"))
+            let t = match.trust
+            let versions = t.minTLS == t.maxTLS ? "TLS \(t.minTLS.rawValue) only" : "TLS \(t.minTLS.rawValue) to \(t.maxTLS.rawValue)"
+            if t.verify == .pinOnly {
+                lines.append(("trust", "pin-only: no CA chain, host name or dates checked; only the server's own key (pin_spki_sha256, \(t.pins.count) pin(s)); \(versions)"))
+            } else {
+                lines.append(("trust", "server certificate verified against \(trust); \(hostCheck); \(versions)"))
+            }
+            lines.append(("tls policy", TrustDescription.policy(t)))
+            if t.verify == .chain {
+                lines.append(("pins", TrustDescription.pins(t)))
+                lines.append(("revocation", TrustDescription.revocation(t)))
+                lines.append(("ocsp staple", TrustDescription.ocsp(t)))
+            }
             lines.append(("timeouts", "connect \(match.timeouts.connect), response \(match.timeouts.response), idle \(match.timeouts.idle)"))
         }
         return lines
@@ -176,6 +191,7 @@ struct Explain: ParsableCommand {
         switch outcome.kind {
         case .blindTunnel:
             lines.append(("outcome", "blind tunnel: bytes relayed as they are; the workflow verifies the server itself, and no client certificate is added"))
+            lines.append(("egress", Self.egressText(plan.decision.egress, host: host, port: port)))
         case .intercepted(let identity):
             let presents = identity.map { "; requests routed to identity \($0) present its certificate" } ?? ""
             lines.append(("outcome", "intercepted: the proxy answers 200, terminates the workflow's TLS with the local CA (the workflow must trust it: mtls-proxy ca --pem) and routes each request inside by its path\(presents)"))
@@ -190,6 +206,17 @@ struct Explain: ParsableCommand {
             if !response.advice.isEmpty { lines.append(("advice", response.advice)) }
         }
         return lines
+    }
+
+    /// How the connection leaves the host: direct, or which corporate proxy, with which credentials file
+    /// (never its content), and what the SSRF guard can and cannot see then.
+    static func egressText(_ egress: Egress, host: String, port: Int) -> String {
+        guard case .proxy(let proxy) = egress else { return "direct" }
+        let credentials = proxy.credentialsFile.map { "Proxy-Authorization from \($0)" } ?? "no credentials"
+        let authority = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        let guardNote = IPAddress(host) != nil ? "the SSRF guard checks the IP address first"
+            : "the corporate proxy resolves and dials \(host): the SSRF guard does not see that address"
+        return "through the corporate proxy \(proxy) (CONNECT \(authority), \(credentials)); TLS runs end to end inside the tunnel; \(guardNote)"
     }
 
     private func printLines(_ lines: Lines) {

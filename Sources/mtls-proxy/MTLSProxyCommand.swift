@@ -17,7 +17,7 @@ struct MTLSProxyCommand: ParsableCommand {
         Shell completion: mtls-proxy --generate-completion-script bash (or zsh, fish).
         """,
         version: BuildInfo.current.text,
-        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self, CA.self, CSR.self, Version.self],
+        subcommands: [Run.self, Check.self, Certs.self, Explain.self, Health.self, CA.self, CSR.self, Pins.self, Version.self],
         defaultSubcommand: Run.self
     )
 

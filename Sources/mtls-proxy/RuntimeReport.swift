@@ -20,7 +20,8 @@ enum RuntimeReport {
         StatusReport.localCA(runtime, now: now)
     }
 
-    static func check(_ runtime: ProxyRuntime, identities: [Identity], warnDays: Int, now: Int) -> CheckReport {
+    static func check(_ runtime: ProxyRuntime, identities: [Identity], warnDays: Int, now: Int,
+                      failOn: Verdict.FailOn = .warning) -> CheckReport {
         let config = runtime.config
         let reports = identities.map { identity(runtime, $0, now: now, warnDays: warnDays) }
         let worst = identities.map { runtime.status(identity: $0.name, at: now, warnDays: warnDays).health }.max() ?? .ok
@@ -29,12 +30,12 @@ enum RuntimeReport {
                            identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map(RouteReport.init),
                            unusedIdentities: config.unusedIdentities,
                            warnings: runtime.keyPermissionWarnings + config.unusedIdentities.map(unusedIdentityWarning),
-                           verdict: Verdict(worst: worst, warnDays: warnDays))
+                           verdict: Verdict(worst: worst, warnDays: warnDays, failOn: failOn))
     }
 
-    static func failure(_ error: ConfigError, warnDays: Int, now: Int) -> CheckReport {
+    static func failure(_ error: ConfigError, warnDays: Int, now: Int, failOn: Verdict.FailOn = .warning) -> CheckReport {
         CheckReport(generatedAt: UTCTime.rfc3339(now), config: error.file, valid: false,
-                    errors: error.all.map(ConfigProblem.init), verdict: Verdict(status: .configError, warnDays: warnDays))
+                    errors: error.all.map(ConfigProblem.init), verdict: Verdict(status: .configError, warnDays: warnDays, failOn: failOn))
     }
 
     static func printJSON(_ value: some Encodable) throws {

@@ -154,6 +154,21 @@ private func route(_ index: Int, _ host: String, port: Int? = nil, path: String?
         #expect(plan.pathRoutes.map(\.index) == [1])
     }
 
+    @Test func aTlsRouteWithPinsOrRevocationIsNeverABlindTunnel() {
+        var pinned = trust
+        pinned.pins = [[UInt8](repeating: 1, count: 32)]
+        var revocation = trust
+        revocation.revocation = .soft
+        revocation.crlFiles = ["/crl.pem"]
+        var policy = trust
+        policy.minTLS = .tls13  // a TLS policy alone is the client's business in a blind tunnel, as ca_file is
+        for (t, kind) in [(pinned, TunnelPlan.Kind.intercept), (revocation, .intercept), (policy, .blindTunnel)] {
+            let router = Router(routes: [Route(index: 1, host: .exact("s.test"), action: .tls, trust: t, timeouts: timeouts)],
+                                unmatched: .deny, upstream: UpstreamSettings())
+            #expect(router.planTunnel(host: "s.test", port: 443).kind == kind)
+        }
+    }
+
     @Test func pathDenyAheadOfAnIdentityRouteNeedsInterceptionNotA403() {
         let router = Router(routes: [r(1, "api.test", path: "/admin", .deny), r(2, "api.test", .mtls(identity: "us"))],
                             unmatched: .deny, upstream: UpstreamSettings())

@@ -42,7 +42,33 @@ private func alert(_ n: Int32, _ text: String) -> OpenSSLErrorEntry {
     @Test func protocolVersionAlert() {
         let r = failure(errors: [alert(70, "tlsv1 alert protocol version")]).response
         #expect(r.details.contains("protocol_version"))
-        #expect(r.advice.contains("TLS 1.2"))
+        #expect(r.advice.contains("tls_min_version"))
+    }
+
+    @Test func revokedNamesSubjectSerialAndRevoked() {
+        var f = failure(errors: [])
+        f.verifyResult = 50
+        f.trustRefusal = .revoked(subject: "CN=api.example.com", serial: "1A2B")
+        let r = f.response
+        #expect(r.status == 502 && r.errorType == .tlsCertificateError)
+        #expect(r.details.contains("CN=api.example.com") && r.details.contains("1A2B") && r.details.contains("revoked"))
+        #expect(r.details.contains(f.upstream))
+    }
+
+    @Test func crlUnavailableIsNotCalledRevoked() {
+        var f = failure(errors: [])
+        f.trustRefusal = .crlUnavailable(subject: "CN=a", serial: "01", reason: "CRL has expired")
+        let r = f.response
+        #expect(r.details.hasPrefix("CRL unavailable") && r.details.contains("CRL has expired"))
+        #expect(!r.details.contains("revoked"))
+    }
+
+    @Test func pinMismatchNamesThePresentedPin() {
+        var f = failure(errors: [])
+        f.trustRefusal = .pinMismatch(presented: "n4rE2gbJ3Ka/U7FJAudpqYaD4h2w8WrjHkDvPUuMQ9Q=", subject: "CN=a")
+        let r = f.response
+        #expect(r.details.contains("pin-sha256=\"n4rE2gbJ3Ka/U7FJAudpqYaD4h2w8WrjHkDvPUuMQ9Q=\""))
+        #expect(r.advice.contains("mtls-proxy pins"))
     }
 
     @Test func pseudoErrorsAreIgnored() {

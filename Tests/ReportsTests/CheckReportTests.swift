@@ -13,6 +13,16 @@ import ProxyConfig
         #expect(Verdict(worst: .noValidCertificate, warnDays: 30).exitCode == 3)
     }
 
+    /// `check --fail-on error` is a start-up gate: it exits non-zero only for what `run` refuses.
+    @Test func failOnErrorExitsNonZeroOnlyForAConfigError() {
+        #expect(Verdict(worst: .ok, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(worst: .expiringWithoutSuccessor, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .error).exitCode == 0)
+        #expect(Verdict(status: .configError, warnDays: 30, failOn: .error).exitCode == 1)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .error).status == .noValidCertificate)
+        #expect(Verdict(worst: .noValidCertificate, warnDays: 30, failOn: .warning).exitCode == 3)
+    }
+
     @Test func certificateStates() {
         let now = 1_000 * day
         let certificates = [CertificateValidity(notBefore: now - 400 * day, notAfter: now - day),   // expired
@@ -52,7 +62,7 @@ import ProxyConfig
                                      "local_ca", "routes", "unused_identities", "warnings", "verdict"])
         #expect(object["schema"] as? String == "mtls-proxy.check/1")
         let verdict = try #require(object["verdict"] as? [String: Any])
-        #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days"])
+        #expect(Set(verdict.keys) == ["status", "exit_code", "warn_days", "fail_on"])
         let identities = try #require(object["identities"] as? [[String: Any]])
         #expect(Set(identities[0].keys) == ["name", "prefer", "health", "active", "days_left", "next", "certificates"])
         let certificate = try #require((identities[0]["certificates"] as? [[String: Any]])?.first)

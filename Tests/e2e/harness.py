@@ -361,6 +361,19 @@ def wait_until(predicate, timeout, step):
     return predicate()
 
 
+def bcrypt_hash(password, cost):
+    """A bcrypt hash of `password` with `cost` (4 to 17), as `htpasswd -B` writes it ($2y$...), for auth_file
+    entries. Made by htpasswd (Debian apache2-utils, which scripts/lib/deps.sh installs), not Python's crypt
+    module, which Python 3.13 no longer has. None when htpasswd is missing (the caller skips, by name)."""
+    htpasswd = shutil.which("htpasswd")
+    if not htpasswd:
+        return None
+    # -i: the password on stdin, not in the process list.
+    r = subprocess.run([htpasswd, "-niBC", str(cost), "user"], input=password + "\n", capture_output=True, text=True,
+                       check=True, timeout=60)
+    return r.stdout.strip().split(":", 1)[1]
+
+
 def write_file(path, text, mode=None):
     """Writes `text` to `path` (chmod to `mode` if given); returns the path."""
     with open(path, "w") as f:

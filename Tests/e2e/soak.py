@@ -41,14 +41,8 @@ def main():
                      "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"])
         harness.wait_for_port(ports["faulty"])
 
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                import crypt
-                carol = "carol:" + crypt.crypt("carol-pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=2 ** 10)) + "\n"
-            except ImportError:
-                carol = ""
+        carol_hash = harness.bcrypt_hash("carol-pw", 10)
+        carol = f"carol:{carol_hash}\n" if carol_hash else ""
         with open(f"{d}/users", "w") as f:
             f.write(f"bob:sha256:{hashlib.sha256(b'bob-pw').hexdigest()}\n" + carol)
 

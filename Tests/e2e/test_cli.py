@@ -190,7 +190,7 @@ class NewUserMistakes(unittest.TestCase):
         r = run("serve")
         self.assertEqual(r.returncode, 64)
         self.assertIn("unknown subcommand 'serve'", r.stderr)
-        self.assertIn("run, check, certs, explain, health, ca, csr, version", r.stderr)
+        self.assertIn("run, check, certs, explain, health, ca, csr, pins, version", r.stderr)
         r = run("help", "check")
         self.assertEqual(r.returncode, 0)
         self.assertIn("Validate the config", r.stdout)

@@ -152,7 +152,7 @@ class CheckJSON(unittest.TestCase):
         self.assertEqual(report["schema"], "mtls-proxy.check/1")
         self.assertTrue(report["valid"])
         self.assertEqual(report["errors"], [])
-        self.assertEqual(report["verdict"], {"status": "ok", "exit_code": 0, "warn_days": 30})
+        self.assertEqual(report["verdict"], {"status": "ok", "exit_code": 0, "warn_days": 30, "fail_on": "warning"})
         self.assertNotIn("local_ca", report)
         [identity] = report["identities"]
         self.assertEqual((identity["name"], identity["health"], identity["active"]), ("us", "ok", 1))
@@ -202,12 +202,47 @@ class CheckJSON(unittest.TestCase):
         self.assertEqual(run("check", "--config", nothing).returncode, 3)
         self.assertEqual(run("check", "--config", config, "--warn-days", "0").returncode, 0)
 
+    def test_fail_on_error_exits_non_zero_only_for_what_run_refuses(self):
+        """A start-up gate (the systemd unit's ExecStartPre) must not refuse a config that `run` serves: with
+        `--fail-on error`, an expiring certificate or an identity with no valid one exits 0 (the report still
+        says what is wrong), while a config or file error still exits 1. Plain `check` keeps 0/1/2/3."""
+        soon = dated_cert("failon-soon", "fusion-us", utc_in(-300 * DAY), utc_in(10 * DAY))
+        later = dated_cert("failon-later", "fusion-us", utc_in(10 * DAY), utc_in(400 * DAY))
+        expiring = write("failon-soon.conf", BASE.replace("pki/fusion-us.pem", soon[0]).replace("pki/fusion-us.key", soon[1]))
+        future = write("failon-later.conf", BASE.replace("pki/fusion-us.pem", later[0]).replace("pki/fusion-us.key", later[1]))
+        for config, plain, status in ((expiring, 2, "expiring_without_successor"), (future, 3, "no_valid_certificate")):
+            self.assertEqual(run("check", "--config", config).returncode, plain)
+            self.assertEqual(run("check", "--config", config, "--fail-on", "warning").returncode, plain)
+            r = run("check", "--config", config, "--fail-on", "error")
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("config " + config + ": OK", r.stdout)
+            self.assertRegex(r.stdout, "WARNING|NO VALID CERTIFICATE")  # still reported, in the table's verdicts
+            code, report, r = self.check_json(config, "--fail-on", "error")
+            self.assertEqual(code, 0, r.stderr)
+            self.assertEqual(report["verdict"], {"status": status, "exit_code": 0, "warn_days": 30, "fail_on": "error"})
+        code, report, _ = self.check_json(expiring)
+        self.assertEqual(report["verdict"], {"status": "expiring_without_successor", "exit_code": 2, "warn_days": 30,
+                                             "fail_on": "warning"})
+        # What run refuses is still refused: a config error, a certificate file that is not there.
+        bad = write("failon-bad.conf", BASE + "[log]\nlevel = \"loud\"\n")
+        missing = write("failon-missing.conf", BASE.replace("pki/fusion-us.pem", "pki/nowhere.pem"))
+        for config in (bad, missing):
+            r = run("check", "--config", config, "--fail-on", "error")
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            code, report, _ = self.check_json(config, "--fail-on", "error")
+            self.assertEqual((code, report["verdict"]["status"], report["verdict"]["exit_code"]), (1, "config_error", 1))
+            r = run("run", "--config", config)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        r = run("check", "--config", expiring, "--fail-on", "never")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--fail-on", r.stderr)
+
     def test_config_errors_as_json(self):
         config = write("json-bad.conf", BASE.replace('[[route]]', 'bogus = 1\n[[route]]') + "[log]\nlevel = \"loud\"\n")
         code, report, _ = self.check_json(config)
         self.assertEqual(code, 1)
         self.assertFalse(report["valid"])
-        self.assertEqual(report["verdict"], {"status": "config_error", "exit_code": 1, "warn_days": 30})
+        self.assertEqual(report["verdict"], {"status": "config_error", "exit_code": 1, "warn_days": 30, "fail_on": "warning"})
         self.assertEqual([(e["key"], e["line"]) for e in report["errors"]], [("identities.us.bogus", 7), ("log.level", 12)])
 
     def test_local_ca_when_intercepting(self):

@@ -168,7 +168,7 @@ class CredentialsStayWithTheirRequest(unittest.TestCase):
         d = ENV["dir"]
         alice = bcrypt_hash("right-horse", 5)
         if alice is None:
-            self.skipTest("no crypt module to make a bcrypt hash")
+            self.skipTest("htpasswd (apache2-utils) is not installed to make a bcrypt hash")
         write(f"{d}/users-carry", f"alice:{alice}\n", 0o600)
         procs, p, port = start("carry", workers=1, extra_proxy=f'auth_file = "{d}/users-carry"\n')
         try:
@@ -501,7 +501,7 @@ class SignalStormsUnderLoad(unittest.TestCase):
         d = ENV["dir"]
         alice = bcrypt_hash("right-horse", 6)
         if alice is None:
-            self.skipTest("no crypt module to make a bcrypt hash")
+            self.skipTest("htpasswd (apache2-utils) is not installed to make a bcrypt hash")
         write(f"{d}/users-storm", f"alice:{alice}\nbob:{alice}\n", 0o600)
         procs, p, port = start("auth-storm", workers=4, extra_proxy=f'auth_file = "{d}/users-storm"\n')
         stop = threading.Event()

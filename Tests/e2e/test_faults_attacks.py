@@ -28,7 +28,7 @@ class HashingQueueFlood(unittest.TestCase):
         d = ENV["dir"]
         alice = bcrypt_hash("right-horse", 11)
         if alice is None:
-            self.skipTest("no crypt module to make a bcrypt hash")
+            self.skipTest("htpasswd (apache2-utils) is not installed to make a bcrypt hash")
         port = harness.free_port()
         write(f"{d}/users-flood", "".join(f"{u}:{alice}\n" for u in ("alice", "carol", "dave")))
         write(f"{d}/flood.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nauth_file = "users-flood"\n'
@@ -118,7 +118,7 @@ class SharedAddress(unittest.TestCase):
         d = ENV["dir"]
         alice = bcrypt_hash("right-horse", 8)
         if alice is None:
-            self.skipTest("no crypt module to make a bcrypt hash")
+            self.skipTest("htpasswd (apache2-utils) is not installed to make a bcrypt hash")
         port = harness.free_port()
         write(f"{d}/users-shared", f"alice:{alice}\nbob:sha256:{hashlib.sha256(b'battery').hexdigest()}\n")
         write(f"{d}/shared.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nauth_file = "users-shared"\n'

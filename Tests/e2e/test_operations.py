@@ -293,16 +293,17 @@ class Kubernetes(unittest.TestCase):
         with open(os.path.join(harness.ROOT, "deploy", "kubernetes", "sidecar.yaml")) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
         kinds = {d["kind"]: d for d in docs}
-        self.assertEqual(set(kinds), {"ConfigMap", "Deployment"})
+        self.assertEqual(set(kinds), {"ConfigMap", "Deployment", "NetworkPolicy"})
         pod = kinds["Deployment"]["spec"]["template"]["spec"]
         containers = {c["name"]: c for c in pod["containers"]}
         workflow, proxy = containers["workflow"], containers["mtls-proxy"]
         env = {e["name"]: e["value"] for e in workflow["env"]}
         self.assertEqual(env["HTTP_PROXY"], "http://127.0.0.1:3128")
-        # The admin endpoint stays in the pod (127.0.0.1): the probes run `mtls-proxy health` in the container.
-        self.assertEqual(proxy["readinessProbe"]["exec"]["command"][1:3], ["health", "--ready"])
+        # The probes run `mtls-proxy health` in the container, on 127.0.0.1; the admin endpoint also listens on
+        # the pod IP for Prometheus, behind allow_clients and the NetworkPolicy (test_deploy checks those).
+        self.assertEqual(proxy["readinessProbe"]["exec"]["command"][1:5], ["health", "--ready", "--admin", "127.0.0.1:9901"])
         self.assertEqual(proxy["livenessProbe"]["exec"]["command"][1], "health")
-        self.assertIn('listen = "127.0.0.1:9901"', kinds["ConfigMap"]["data"]["proxy.conf"])
+        self.assertIn('listen = "0.0.0.0:9901"', kinds["ConfigMap"]["data"]["proxy.conf"])
         mounts = {m["name"]: m for m in proxy["volumeMounts"]}
         self.assertTrue(all(m["readOnly"] for m in mounts.values()))
         self.assertNotIn("subPath", mounts["config"])  # so ConfigMap updates reach the running proxy

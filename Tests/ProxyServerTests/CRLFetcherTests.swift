@@ -1,0 +1,50 @@
+import Testing
+import TLS
+@testable import ProxyServer
+
+/// The pure parts of CRL fetching: which URLs are fetched, what answer is a CRL body, when to fetch again.
+@Suite struct CRLFetcherTests {
+    @Test func onlyPlainHTTPURLsWithAHostAreFetched() {
+        #expect(CRLFetcher.parse("http://crl.example.com/ca.crl")! == ("crl.example.com", 80, "/ca.crl"))
+        #expect(CRLFetcher.parse("HTTP://127.0.0.1:8080/a/b.crl")! == ("127.0.0.1", 8080, "/a/b.crl"))
+        #expect(CRLFetcher.parse("http://[::1]:81/x")! == ("::1", 81, "/x"))
+        #expect(CRLFetcher.parse("http://crl.example.com")! == ("crl.example.com", 80, "/"))
+        #expect(CRLFetcher.parse("https://crl.example.com/ca.crl") == nil)
+        #expect(CRLFetcher.parse("ldap://crl.example.com/cn=ca") == nil)
+        #expect(CRLFetcher.parse("http://user@crl.example.com/ca.crl") == nil)
+        #expect(CRLFetcher.parse("http://crl.example.com:0/ca.crl") == nil)
+        #expect(CRLFetcher.parse("http://crl.example.com:99999/ca.crl") == nil)
+        #expect(CRLFetcher.parse("http:///ca.crl") == nil)
+        #expect(CRLFetcher.parse("http://crl.example.com/a b") == nil)
+    }
+
+    @Test func onlyA200BodyIsKept() {
+        func body(_ text: String) -> [UInt8]? {
+            if case .success(let b) = CRLFetcher.parseResponse(Array(text.utf8), from: "x") { return b }
+            return nil
+        }
+        #expect(body("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef") == Array("abc".utf8))
+        #expect(body("HTTP/1.0 200 OK\r\n\r\nxyz") == Array("xyz".utf8))
+        #expect(body("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n") == nil)
+        #expect(body("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc") == nil)  // cut short
+        #expect(body("HTTP/1.1 200 OK\r\n\r\n") == nil)
+        #expect(body("garbage") == nil)
+        if case .failure(let e) = CRLFetcher.parseResponse(Array("HTTP/1.1 503 x\r\n\r\n".utf8), from: "h:80") {
+            #expect(e.text == "HTTP 503 from h:80")
+        } else {
+            Issue.record("a 503 was taken")
+        }
+    }
+
+    @Test func refreshedAheadOfNextUpdate() {
+        // A day-long CRL: an hour before nextUpdate.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 86_400, now: 100, retryAfter: 30) == 86_400 - 3600)
+        // A 10-minute CRL: two minutes before.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 600, now: 10, retryAfter: 30) == 480)
+        // Stale, or no nextUpdate: retried after retryAfter.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 50, now: 100, retryAfter: 30) == 130)
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: nil, now: 100, retryAfter: 30) == 130)
+        // Never in the past.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 101, now: 100, retryAfter: 30) == 101)
+    }
+}

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Identities whose private keys never leave a PKCS#11 token: a real SoftHSM2 token (keys generated on it with
+pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
+pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
+wrong PIN, missing module, pin-value in the config."""
+import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+ENV = {}
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+PIN = "84736251"
+WRONG_PIN = "99887766"
+
+
+def missing_tools():
+    missing = [n for n, p in (("softhsm2 (libsofthsm2.so)", MODULE), ("libengine-pkcs11-openssl", ENGINE)) if not os.path.exists(p)]
+    missing += [t for t in ("softhsm2-util", "pkcs11-tool") if not shutil.which(t)]
+    return missing
+
+
+def token_uri(d, label, pin_file="pin", module=MODULE):
+    return f"pkcs11:token=fusion;object={label};type=private?module-path={module}&pin-source=file:{d}/{pin_file}"
+
+
+class SubjectUpstream(harness.TLSUpstream):
+    """TLS 1.3 only, client certificate required, no session tickets (every handshake is full: the token signs,
+    with RSA-PSS for an RSA key); answers with the client certificate's subject."""
+
+    def __init__(self, pki):
+        super().__init__(pki)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.num_tickets = 0
+
+    def serve(self, conn):
+        while True:
+            head, _ = harness.read_head(conn)
+            if head is None:
+                return
+            subject = ",".join(f"{k}={v}" for rdn in conn.getpeercert()["subject"] for k, v in rdn)
+            body = f"{conn.version()} {subject}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def setUpModule():
+    missing = missing_tools()
+    if missing:
+        raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs softhsm2, opensc, libengine-pkcs11-openssl)")
+    d = harness.folder_with_pki("mtls-proxy-tokens-")
+    os.makedirs(f"{d}/tokens")
+    harness.write_file(f"{d}/softhsm2.conf", f"directories.tokendir = {d}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = f"{d}/softhsm2.conf"  # the proxy and the tools find the token here
+    # The openssl CLI makes the CSRs with the token keys through the same engine and module.
+    harness.write_file(f"{d}/openssl.cnf", f"""openssl_conf = conf
+[conf]
+engines = engines
+[engines]
+pkcs11 = pkcs11
+[pkcs11]
+dynamic_path = {ENGINE}
+MODULE_PATH = {MODULE}
+PIN = {PIN}
+init = 0
+""")
+    run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, cwd=d)
+    run("softhsm2-util", "--init-token", "--free", "--label", "fusion", "--pin", PIN, "--so-pin", "12345678")
+    for label, key_type, key_id in (("us-ec", "EC:prime256v1", "01"), ("us-rsa", "rsa:2048", "02")):
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--keypairgen", "--key-type", key_type, "--label", label, "--id", key_id)
+        subprocess.run(["openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine",
+                        "-key", f"pkcs11:token=fusion;object={label};type=private",
+                        "-subj", f"/O=mtls-proxy test/CN=fusion-{label}-hsm", "-out", f"{label}.csr"],
+                       check=True, capture_output=True, cwd=d, env=dict(os.environ, OPENSSL_CONF=f"{d}/openssl.cnf"))
+        harness.write_file(f"{d}/client.ext", "extendedKeyUsage=clientAuth\n")
+        run("openssl", "x509", "-req", "-in", f"{label}.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key",
+            "-CAcreateserial", "-days", "90", "-sha256", "-extfile", "client.ext", "-out", f"{label}.pem")
+    harness.write_file(f"{d}/pin", PIN + "\n", mode=0o600)
+    harness.write_file(f"{d}/wrong.pin", WRONG_PIN + "\n", mode=0o600)
+    procs = harness.Processes()
+    ports = {k: harness.free_port() for k in ("proxy", "admin", "mtls", "tls")}
+    try:
+        harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
+        ports["tls13"] = SubjectUpstream(f"{d}/pki").port
+        harness.write_file(f"{d}/proxy.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.hsmrsa]
+cert = "us-rsa.pem"
+key = "{token_uri(d, 'us-rsa')}"
+
+[[route]]
+host = "api.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "rsa.mygreatbank.test"
+identity = "hsmrsa"
+connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "rsa13.mygreatbank.test"
+identity = "hsmrsa"
+connect = "127.0.0.1:{ports['tls13']}"
+
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy)
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def get(host, port=None):
+    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=15)
+    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    head, body = harness.read_response(s)
+    s.close()
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {l.partition(":")[0].strip().lower(): l.partition(":")[2].strip() for l in lines[1:]}
+    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+
+
+def check(config_text):
+    d = tempfile.mkdtemp(prefix="mtls-proxy-tokens-check-")
+    harness.write_file(f"{d}/proxy.conf", config_text)
+    return harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=60)
+
+
+class TokenKeys(unittest.TestCase):
+    def test_ecdsa_token_key_is_presented_to_a_service_requiring_it(self):
+        status, headers, body = get("api.mygreatbank.test")
+        self.assertEqual(status, 200, body)
+        self.assertIn("CN=fusion-us-ec-hsm", headers.get("x-client-subject", ""))
+        self.assertEqual(headers.get("x-client-verify"), "SUCCESS")
+
+    def test_rsa_token_key_signs_tls12_and_tls13_handshakes(self):
+        status, headers, body = get("rsa.mygreatbank.test")  # nginx (Debian 12: TLS 1.2), PKCS#1 v1.5
+        self.assertEqual(status, 200, body)
+        self.assertIn("CN=fusion-us-rsa-hsm", headers.get("x-client-subject", ""))
+        for host, cn in (("rsa13.mygreatbank.test", "fusion-us-rsa-hsm"), ("ec13.mygreatbank.test", "fusion-us-ec-hsm")):
+            status, _, body = get(host)  # TLS 1.3 only: RSA-PSS (or ECDSA) signed on the token
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body, f"TLSv1.3 organizationName=mtls-proxy test,commonName={cn}")
+
+    def test_concurrent_handshakes_on_two_workers(self):
+        results = []
+        def one(host):
+            try:
+                results.append(get(host)[0])
+            except Exception as e:  # noqa: BLE001
+                results.append(repr(e))
+        hosts = ["api.mygreatbank.test", "rsa.mygreatbank.test", "rsa13.mygreatbank.test", "ec13.mygreatbank.test"] * 6
+        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [200] * 24)
+
+    def test_pin_is_never_logged(self):
+        self.assertNotIn(PIN, harness.read(f"{ENV['dir']}/proxy.log"))
+
+    def test_check_accepts_the_token_identity(self):
+        r = harness.run_cli("check", "--config", f"{ENV['dir']}/proxy.conf", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+
+    def test_csr_from_the_token_key_renews_without_the_key_leaving_it(self):
+        d = ENV["dir"]
+        out = tempfile.mkdtemp(prefix="mtls-proxy-tokens-csr-")
+        r = harness.run_cli("csr", "--config", f"{d}/proxy.conf", "hsm", "--out", out, "--key-uri", token_uri(d, "us-ec"), timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+        files = os.listdir(out)
+        self.assertEqual(len(files), 1, files)  # the request only: no key file
+        self.assertTrue(files[0].endswith(".csr"))
+        csr = os.path.join(out, files[0])
+        verify = subprocess.run(["openssl", "req", "-in", csr, "-noout", "-verify", "-subject"], capture_output=True, text=True)
+        self.assertEqual(verify.returncode, 0, verify.stderr)
+        self.assertIn("CN = fusion-us-ec-hsm", verify.stdout)
+        pub = lambda *a: subprocess.run(["openssl", *a, "-noout", "-pubkey"], capture_output=True, text=True, check=True).stdout
+        self.assertEqual(pub("req", "-in", csr), pub("x509", "-in", f"{d}/us-ec.pem"))
+        self.assertIn('key = "pkcs11:token=fusion;object=us-ec', r.stdout)
+
+    def test_reload_loads_the_token_keys_again(self):
+        d = ENV["dir"]
+        before = harness.read(f"{d}/proxy.log").count("reloaded (")
+        ENV["proxy"].send_signal(signal.SIGHUP)
+        self.assertTrue(harness.wait_until(lambda: harness.read(f"{d}/proxy.log").count("reloaded (") > before, timeout=10, step=0.2),
+                        "no reload after SIGHUP")
+        for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test", "api.mygreatbank.test"):
+            status, _, body = get(host)
+            self.assertEqual(status, 200, body)
+        self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
+
+    def test_token_removed_while_running_is_named_and_other_identities_keep_working(self):
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        harness.write_file(f"{d}/removal.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.filed]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "file13.mygreatbank.test"
+identity = "filed"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        token_dir = os.path.join(d, "tokens", os.listdir(f"{d}/tokens")[0])
+        try:
+            harness.start_proxy(procs, f"{d}/removal.conf", f"{d}/removal.log", own["proxy"])
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            os.rename(token_dir, f"{d}/token-away")
+            status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 502, body)
+            ps = headers.get("proxy-status", "")
+            self.assertIn("identity hsm", ps)
+            self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", ps)
+            self.assertIn("error=proxy_configuration_error", ps)
+            self.assertNotIn(PIN, body)
+            # Another identity keeps working meanwhile.
+            status, _, body = get("file13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200, body)
+            self.assertIn("fusion-us", body)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_upstream_connections_total", result="failed", reason="token_signing"), 1.0)
+        finally:
+            if os.path.exists(f"{d}/token-away"):
+                os.rename(f"{d}/token-away", token_dir)
+            procs.stop_all()
+
+    def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", pin_file="wrong.pin")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("pkcs11:token=fusion;object=us-ec", text)
+        self.assertIn("refused the PIN", text)
+        self.assertNotIn(WRONG_PIN, text)
+        self.assertNotIn(PIN, text)
+
+    def test_missing_module_fails_check_clearly(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", module="/nonexistent/libpkcs11-missing.so")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("cannot read the PKCS#11 module /nonexistent/libpkcs11-missing.so", text)
+
+    def test_a_library_that_is_not_pkcs11_fails_check_clearly(self):
+        d = ENV["dir"]
+        libz = next((p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1") if os.path.exists(p)), None)
+        if libz is None:
+            self.skipTest("no libz.so.1 to stand in for a library that is not PKCS#11")
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", module=libz)}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn(f"cannot load the PKCS#11 module {libz}", text)
+
+    def test_pin_from_the_environment(self):
+        d = ENV["dir"]
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={MODULE}&pin-source=env:HSM_TEST_PIN"
+        config = f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{uri}"\n[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n'
+        r = check(config)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("HSM_TEST_PIN is not set", r.stdout + r.stderr)
+        cd = tempfile.mkdtemp(prefix="mtls-proxy-tokens-check-")
+        harness.write_file(f"{cd}/proxy.conf", config)
+        r = harness.run_cli("check", "--config", f"{cd}/proxy.conf", timeout=60, env=dict(os.environ, HSM_TEST_PIN=PIN))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("CN=fusion-us-ec-hsm", r.stdout)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+
+    def test_pin_value_in_the_config_is_refused(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "pkcs11:token=fusion;object=us-ec;type=private;pin-value={PIN}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertNotEqual(r.returncode, 0, text)
+        self.assertIn("pin-value", text)
+        self.assertIn("identities.hsm.key", text)
+
+
+if __name__ == "__main__":
+    harness.run_suite()

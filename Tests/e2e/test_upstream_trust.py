@@ -1,0 +1,768 @@
+#!/usr/bin/env python3
+"""End-to-end: trusting the upstream on purpose. TLS policy per route (versions, ciphers) against real Python TLS
+servers, SPKI pins (a key change with and without the backup pin, report-only, pin-only to a self-signed service),
+and revocation from CRL files made with `openssl ca -gencrl` (revoked, missing, stale). Each refusal reaches the
+client as a 502 with its own Proxy-Status, and nothing is shared between routes with different settings.
+Everything on loopback."""
+import base64, hashlib, http.server, os, re, socket, subprocess, sys, threading, time, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+ENV = {}
+
+
+def sh(*commands, cwd=None):
+    harness.pki_shell(*commands, cwd=cwd)
+
+
+def pin_of(pem_path):
+    """The RFC 7469 pin of the first certificate in `pem_path`, computed by openssl (not by the proxy)."""
+    spki = subprocess.run(f"openssl x509 -in '{pem_path}' -pubkey -noout | openssl pkey -pubin -outform der",
+                          shell=True, check=True, capture_output=True).stdout
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def serial_of(pem_path):
+    out = subprocess.run(["openssl", "x509", "-in", pem_path, "-noout", "-serial"], check=True, capture_output=True, text=True).stdout
+    return out.strip().split("=", 1)[1].upper()
+
+
+def ca_config(pki, name):
+    """An `openssl ca` database for CA `name` of `pki` (for -revoke and -gencrl); returns the config path."""
+    db = f"{pki}/.db-{name}"
+    os.makedirs(f"{db}/new", exist_ok=True)
+    if not os.path.exists(f"{db}/index.txt"):
+        open(f"{db}/index.txt", "w").close()
+        with open(f"{db}/serial", "w") as f:
+            f.write("1000\n")
+        with open(f"{db}/crlnumber", "w") as f:
+            f.write("1000\n")
+    cnf = f"{db}/ca.cnf"
+    with open(cnf, "w") as f:
+        f.write(f"""[ca]
+default_ca = test
+[test]
+database = {db}/index.txt
+new_certs_dir = {db}/new
+certificate = {pki}/{name}.pem
+private_key = {pki}/{name}.key
+serial = {db}/serial
+crlnumber = {db}/crlnumber
+default_md = sha256
+default_crl_days = 1
+policy = anything
+unique_subject = no
+[anything]
+O = optional
+CN = supplied
+[server]
+basicConstraints = CA:FALSE
+keyUsage = digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:*.mygreatbank.test
+""")
+    return cnf
+
+
+def make_fixtures(d):
+    pki = f"{d}/pki"
+    cnf = ca_config(pki, "ca")
+    rogue_cnf = ca_config(pki, "rogue-ca")
+    # A server certificate issued by the test CA through `openssl ca`, then revoked; a new key for the service
+    # (the key change); a self-signed service; the usual server certificate with the CA after it in its chain.
+    sh(f"openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out revoked.key",
+       f"openssl req -new -key revoked.key -subj '/O=mtls-proxy test/CN=revoked.mygreatbank.test' -out revoked.csr",
+       f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in revoked.csr -out revoked.pem 2>/dev/null",
+       f"openssl ca -config '{cnf}' -revoke revoked.pem -crl_reason keyCompromise 2>/dev/null",
+       f"openssl ca -config '{cnf}' -gencrl -out crl.pem 2>/dev/null",
+       f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -7200) -crl_nextupdate $(utc_in -3600) -out stale-crl.pem 2>/dev/null",
+       f"openssl ca -config '{rogue_cnf}' -gencrl -out rogue-crl.pem 2>/dev/null",
+       "openssl ca -config '%s' -gencrl -out crl.der 2>/dev/null && openssl crl -in crl.der -outform der -out crl.der" % cnf,
+       f"pki_cert . server2 api.mygreatbank.test ca 'DNS:*.mygreatbank.test' serverAuth",
+       "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout self.key -out self.pem "
+       "-days 30 -subj '/CN=selfsigned service' -addext 'subjectAltName=DNS:selfsigned.internal' 2>/dev/null",
+       "cat server.pem ca.pem > server-with-ca.pem && cp server.key server-with-ca.key",
+       "printf 'this is not a CRL\\n' > garbage-crl.pem",
+       cwd=pki)
+    return pki
+
+
+def setUpModule():
+    d = harness.folder_with_pki("mtls-proxy-trust-")
+    pki = make_fixtures(d)
+    procs = harness.Processes()
+    ports = {n: harness.free_port() for n in ("proxy", "admin", "std", "tls12", "newkey", "self", "withca", "revoked")}
+    try:
+        harness.start_python_upstream(procs, pki, ports["std"])
+        harness.start_python_upstream(procs, pki, ports["tls12"], max_tls="1.2")
+        harness.start_python_upstream(procs, pki, ports["newkey"], cert="server2")
+        harness.start_python_upstream(procs, pki, ports["self"], cert="self")
+        harness.start_python_upstream(procs, pki, ports["withca"], cert="server-with-ca")
+        harness.start_python_upstream(procs, pki, ports["revoked"], cert="revoked")
+        pins = {name: pin_of(f"{pki}/{name}.pem") for name in ("server", "server2", "self", "ca", "fusion-us")}
+
+        def route(host, port, extra="", path=None):
+            p = f'path = "{path}"\n' if path else ""
+            return f'[[route]]\nhost = "{host}.mygreatbank.test"\n{p}action = "tls"\nconnect = "127.0.0.1:{ports[port]}"\n{extra}\n'
+
+        config = f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 1
+
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+
+[upstream]
+ca_file = "pki/ca.pem"
+
+[log]
+format = "json"
+
+{route("policy13", "tls12", 'tls_min_version = "1.3"')}
+{route("policy12", "std", 'tls_max_version = "1.2"' + chr(10) + 'tls_ciphers = ["ECDHE-ECDSA-AES256-GCM-SHA384"]')}
+{route("rsaonly", "std", 'tls_max_version = "1.2"' + chr(10) + 'tls_ciphers = ["ECDHE-RSA-AES128-GCM-SHA256"]')}
+{route("pinned", "std", f'pin_spki_sha256 = ["{pins["server"]}"]')}
+{route("pinned-ca", "std", f'pin_spki_sha256 = ["{pins["ca"]}"]')}
+{route("rotate-backup", "newkey", f'pin_spki_sha256 = ["{pins["server"]}", "{pins["server2"]}"]')}
+{route("rotate-nobackup", "newkey", f'pin_spki_sha256 = ["{pins["server"]}"]')}
+{route("report-only", "newkey", f'pin_spki_sha256 = ["{pins["server"]}"]' + chr(10) + 'pin_report_only = true')}
+{route("selfsigned", "self", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["self"]}"]')}
+{route("selfsigned-chain", "self")}
+{route("selfsigned-wrong", "self", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["server"]}"]')}
+{route("pinonly-ca", "withca", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["ca"]}"]')}
+{route("shared", "std", f'pin_spki_sha256 = ["{pins["fusion-us"]}"]', path="/bad/")}
+{route("shared", "std", f'pin_spki_sha256 = ["{pins["server"]}"]')}
+{route("revoked", "revoked", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"')}
+{route("revoked-soft", "revoked", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "soft"')}
+{route("revoked-unchecked", "revoked")}
+{route("crl-good", "std", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"')}
+{route("crl-der", "std", 'crl_files = ["pki/crl.der"]' + chr(10) + 'revocation = "hard"')}
+{route("crl-missing-hard", "std", 'crl_files = ["pki/rogue-crl.pem"]' + chr(10) + 'revocation = "hard"')}
+{route("crl-missing-soft", "std", 'crl_files = ["pki/rogue-crl.pem"]' + chr(10) + 'revocation = "soft"')}
+{route("crl-stale-hard", "std", 'crl_files = ["pki/stale-crl.pem"]' + chr(10) + 'revocation = "hard"')}
+"""
+        conf = harness.write_file(f"{d}/proxy.conf", config)
+        log = f"{d}/proxy.log"
+        harness.start_proxy(procs, conf, log, ports["proxy"])
+        harness.wait_for_port(ports["admin"])
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, pins=pins, conf=conf, log=log)
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def get(host, path="/whoami", keep_alive=False):
+    """One GET through the proxy for https://HOST.mygreatbank.test (the route's upstream); (status, headers, body)."""
+    name = f"{host}.mygreatbank.test"
+    with socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10) as s:
+        s.sendall(f"GET http://{name}{path} HTTP/1.1\r\nHost: {name}\r\n{'' if keep_alive else 'Connection: close'}\r\n\r\n".encode())
+        head, body = harness.read_response(s)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+
+
+def get_via(port, host):
+    saved = ENV["ports"]["proxy"]
+    ENV["ports"]["proxy"] = port
+    try:
+        return get(host)
+    finally:
+        ENV["ports"]["proxy"] = saved
+
+
+def scrape():
+    return harness.http_get(ENV["ports"]["admin"], "/metrics")[1]
+
+
+class TLSPolicy(unittest.TestCase):
+    def test_a_minimum_the_upstream_cannot_meet_is_a_502_naming_the_version(self):
+        status, headers, body = get("policy13")
+        self.assertEqual(status, 502, body)
+        ps = headers["proxy-status"]
+        self.assertRegex(ps, r"error=tls_(alert_received|protocol_error)")
+        self.assertRegex(ps + body, r"protocol.version|unsupported protocol")
+        self.assertIn("tls_min_version", body)
+
+    def test_a_tls12_cipher_list_is_what_the_handshake_uses(self):
+        status, _, body = get("policy12")
+        self.assertEqual(status, 200, body)
+        records = harness.wait_until(lambda: [r for r in harness.json_log_lines(ENV["log"]) if r.get("host") == "policy12.mygreatbank.test"], 5, 0.1)
+        self.assertTrue(records, "no access record for policy12")
+        self.assertEqual(records[-1].get("tls_version"), "TLSv1.2")
+        self.assertEqual(records[-1].get("cipher"), "ECDHE-ECDSA-AES256-GCM-SHA384")
+
+    def test_no_shared_cipher_is_a_502(self):
+        # The service has an ECDSA key; the route allows only an RSA cipher suite with TLS 1.2.
+        status, headers, body = get("rsaonly")
+        self.assertEqual(status, 502, body)
+        self.assertIn("handshake_failure", headers["proxy-status"] + body)
+
+    def test_check_names_the_key_of_a_cipher_typo(self):
+        conf = harness.write_file(f"{ENV['dir']}/typo.conf", f"""
+[upstream]
+ca_file = "pki/ca.pem"
+tls_groups = ["X25519", "P-265"]
+
+[[route]]
+host = "a.example.com"
+action = "tls"
+tls_ciphers = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES128-GCM-SHA265"]
+""")
+        r = harness.run_cli("check", "--config", conf, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        out = r.stdout + r.stderr
+        self.assertIn("route[1].tls_ciphers[2]", out)
+        self.assertIn("ECDHE-ECDSA-AES128-GCM-SHA265", out)
+        self.assertIn("upstream.tls_groups[2]", out)
+
+    def test_min_above_max_is_a_config_error(self):
+        conf = harness.write_file(f"{ENV['dir']}/minmax.conf", '[upstream]\ntls_min_version = "1.3"\ntls_max_version = "1.2"\n')
+        r = harness.run_cli("check", "--config", conf, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("upstream.tls_max_version", r.stdout + r.stderr)
+
+
+class Pinning(unittest.TestCase):
+    def test_the_pinned_key_is_accepted(self):
+        self.assertEqual(get("pinned")[0], 200)
+
+    def test_a_pin_of_the_issuing_ca_accepts_its_leaves(self):
+        self.assertEqual(get("pinned-ca")[0], 200)
+
+    def test_key_change_with_the_backup_pin_listed_is_served(self):
+        self.assertEqual(get("rotate-backup")[0], 200)
+
+    def test_key_change_without_the_backup_pin_is_refused_naming_the_new_pin(self):
+        status, headers, body = get("rotate-nobackup")
+        self.assertEqual(status, 502, body)
+        ps = headers["proxy-status"]
+        self.assertIn("error=tls_certificate_error", ps)
+        self.assertIn(ENV["pins"]["server2"], ps)
+        self.assertIn("matches no pin", ps)
+        self.assertTrue(harness.wait_until(lambda: ENV["pins"]["server2"] in harness.read(ENV["log"]), 5, 0.1),
+                        "the presented pin is not in the proxy's log")
+
+    def test_report_only_serves_and_counts_the_mismatch(self):
+        before = harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="pin_mismatch_reported")
+        self.assertEqual(get("report-only")[0], 200)
+        after = harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="pin_mismatch_reported")
+        self.assertGreaterEqual(after, before + 1)
+        self.assertTrue(harness.wait_until(lambda: "pin_report_only" in harness.read(ENV["log"]), 5, 0.1))
+
+    def test_pin_only_reaches_a_self_signed_service(self):
+        self.assertEqual(get("selfsigned")[0], 200)
+        # Without pin-only the same service fails chain verification.
+        status, headers, _ = get("selfsigned-chain")
+        self.assertEqual(status, 502)
+        self.assertIn("error=tls_certificate_error", headers["proxy-status"])
+
+    def test_pin_only_with_another_key_is_refused(self):
+        status, headers, body = get("selfsigned-wrong")
+        self.assertEqual(status, 502, body)
+        self.assertIn(ENV["pins"]["self"], headers["proxy-status"])
+
+    def test_pin_only_does_not_accept_a_pinned_ca_sent_along_with_any_leaf(self):
+        # Anyone can send a public CA certificate after their own leaf: pin-only must check the leaf's key.
+        status, headers, body = get("pinonly-ca")
+        self.assertEqual(status, 502, body)
+        self.assertIn(ENV["pins"]["server"], headers["proxy-status"])
+
+    def test_routes_to_one_upstream_with_different_pins_share_nothing(self):
+        for _ in range(3):
+            self.assertEqual(get("shared", "/whoami", keep_alive=True)[0], 200)
+            status, headers, _ = get("shared", "/bad/whoami", keep_alive=True)
+            self.assertEqual(status, 502, "the refused route was served over the other route's pooled connection")
+            self.assertIn(ENV["pins"]["server"], headers["proxy-status"])
+
+    def test_a_connect_to_a_pinned_tls_route_is_not_a_blind_tunnel(self):
+        # A blind tunnel would let the client's own TLS through unchecked: the pins would not apply.
+        for host in ("pinned", "revoked", "selfsigned"):
+            with self.subTest(host=host), socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10) as s:
+                name = f"{host}.mygreatbank.test:443"
+                s.sendall(f"CONNECT {name} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                head = s.recv(65536).decode("latin-1")
+                self.assertTrue(head.startswith("HTTP/1.1 403"), head[:200])
+                self.assertIn("blind tunnel cannot apply", head)
+
+    def test_pins_command_prints_what_openssl_computes(self):
+        r = harness.run_cli("pins", "--pem", f"{ENV['pki']}/server-with-ca.pem", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(ENV["pins"]["server"], r.stdout)
+        self.assertIn(ENV["pins"]["ca"], r.stdout)
+
+    def test_pins_command_connects_the_way_the_route_does(self):
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://pinned.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["server"], r.stdout)
+        self.assertIn("accepts", r.stdout)
+        # The route would refuse the new key: the command says so, and shows the key to pin.
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://rotate-nobackup.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["server2"], r.stdout)
+        self.assertIn("refuse", r.stdout)
+        # A self-signed service fails chain verification, and its pin is printed all the same.
+        r = harness.run_cli("pins", "--config", ENV["conf"], "https://selfsigned-chain.mygreatbank.test", timeout=30)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn(ENV["pins"]["self"], r.stdout)
+        self.assertIn("verification failed", r.stdout)
+
+    def test_bad_pins_are_config_errors(self):
+        conf = harness.write_file(f"{ENV['dir']}/badpin.conf", """
+[[route]]
+host = "a.example.com"
+action = "tls"
+pin_spki_sha256 = ["not-base64!"]
+
+[[route]]
+host = "b.example.com"
+action = "tls"
+verify = "pin-only"
+""")
+        r = harness.run_cli("check", "--config", conf, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        out = r.stdout + r.stderr
+        self.assertIn("route[1].pin_spki_sha256[1]", out)
+        self.assertIn("route[2].verify", out)
+
+
+class Revocation(unittest.TestCase):
+    def test_a_revoked_certificate_is_refused_naming_subject_and_serial(self):
+        for host in ("revoked", "revoked-soft"):
+            with self.subTest(host=host):
+                status, headers, body = get(host)
+                self.assertEqual(status, 502, body)
+                ps = headers["proxy-status"]
+                self.assertIn("error=tls_certificate_error", ps)
+                self.assertIn("revoked", ps)
+                self.assertIn("revoked.mygreatbank.test", ps)
+                self.assertIn(serial_of(f"{ENV['pki']}/revoked.pem"), ps)
+        self.assertGreaterEqual(harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="revoked"), 2)
+
+    def test_without_crls_the_revoked_certificate_is_not_checked(self):
+        self.assertEqual(get("revoked-unchecked")[0], 200)
+
+    def test_a_certificate_the_crl_does_not_list_is_served(self):
+        self.assertEqual(get("crl-good")[0], 200)
+        self.assertEqual(get("crl-der")[0], 200)
+
+    def test_hard_mode_refuses_when_no_crl_covers_the_issuer(self):
+        status, headers, body = get("crl-missing-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertNotIn("is revoked", headers["proxy-status"])
+
+    def test_soft_mode_allows_and_counts_a_missing_crl(self):
+        before = harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="crl_unavailable_allowed")
+        self.assertEqual(get("crl-missing-soft")[0], 200)
+        after = harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="crl_unavailable_allowed")
+        self.assertGreaterEqual(after, before + 1)
+
+    def test_hard_mode_refuses_a_stale_crl(self):
+        status, headers, body = get("crl-stale-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertIn("expired", headers["proxy-status"])
+
+    def test_crl_metrics_name_the_issuer_and_next_update(self):
+        text = scrape()
+        self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_next_update_timestamp_seconds", None,
+                                            issuer="CN=mtls-proxy test CA,O=mtls-proxy test"), text[-2000:])
+
+    def test_a_new_crl_file_refuses_a_server_already_pooled_and_resumable(self):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out later.key",
+           "openssl req -new -key later.key -subj '/O=mtls-proxy test/CN=later.mygreatbank.test' -out later.csr",
+           f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in later.csr -out later.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out later-crl.pem 2>/dev/null", cwd=pki)
+        procs = harness.Processes()
+        up, port = harness.free_port(), harness.free_port()
+        try:
+            harness.start_python_upstream(procs, pki, up, cert="later")
+            conf = harness.write_file(f"{d}/later.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+[[route]]
+host = "later.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_files = ["pki/later-crl.pem"]
+revocation = "hard"
+""")
+            harness.start_proxy(procs, conf, f"{d}/later.log", port)
+            saved = ENV["ports"]["proxy"]
+            ENV["ports"]["proxy"] = port
+            try:
+                self.assertEqual(get("later", keep_alive=True)[0], 200)  # pooled, and a session to resume
+                sh(f"openssl ca -config '{cnf}' -revoke later.pem 2>/dev/null",
+                   f"openssl ca -config '{cnf}' -gencrl -out later-crl.tmp 2>/dev/null && mv later-crl.tmp later-crl.pem", cwd=pki)
+                self.assertTrue(harness.wait_until(lambda: "reloaded" in harness.read(f"{d}/later.log"), 10, 0.1),
+                                harness.read(f"{d}/later.log"))
+                status, headers, body = get("later")
+                self.assertEqual(status, 502, body)
+                self.assertIn("revoked", headers["proxy-status"])
+                self.assertIn(serial_of(f"{pki}/later.pem"), headers["proxy-status"])
+            finally:
+                ENV["ports"]["proxy"] = saved
+        finally:
+            procs.stop_all()
+
+    def test_check_and_readyz_show_each_routes_revocation_state(self):
+        r = harness.run_cli("check", "--config", ENV["conf"], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        out = r.stdout
+        self.assertRegex(out, r"route\[15\] revoked\.mygreatbank\.test.*\n  revocation: hard")
+        self.assertRegex(out, r"CRL .*stale-crl\.pem: issuer CN=mtls-proxy test CA,O=mtls-proxy test, 1 revoked, STALE")
+        self.assertRegex(out, r"CRL .*/crl\.pem: issuer CN=mtls-proxy test CA,O=mtls-proxy test, 1 revoked, next update")
+        self.assertRegex(out, r"selfsigned\.mygreatbank\.test.*\n  PIN-ONLY")
+        status, body = harness.http_get(ENV["ports"]["admin"], "/readyz?verbose")
+        self.assertEqual(status, 200)
+        self.assertIn("route=route[15] revocation=hard crls=1 stale=0 next_update=", body)
+        self.assertIn("revocation=hard crls=1 stale=1", body)
+        self.assertIn("route=route[20] revocation=hard crls=1 stale=0", body)  # crl-missing-hard: its CRL is the rogue CA's
+
+    def test_a_garbage_crl_file_is_a_config_error_naming_the_key(self):
+        conf = harness.write_file(f"{ENV['dir']}/garbage.conf", """
+[upstream]
+ca_file = "pki/ca.pem"
+
+[[route]]
+host = "a.example.com"
+action = "tls"
+crl_files = ["pki/crl.pem", "pki/garbage-crl.pem"]
+""")
+        r = harness.run_cli("check", "--config", conf, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("route[1].crl_files[2]", r.stdout + r.stderr)
+
+    def test_explain_shows_the_policy(self):
+        r = harness.run_cli("explain", "--config", ENV["conf"], "http://revoked.mygreatbank.test/", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("hard", r.stdout)
+        self.assertIn("CRL", r.stdout)
+        r = harness.run_cli("explain", "--config", ENV["conf"], "http://selfsigned.mygreatbank.test/", timeout=30)
+        self.assertIn("pin-only", r.stdout)
+
+
+class CRLServer(http.server.ThreadingHTTPServer):
+    """A CRL distribution point on loopback: path -> bytes (anything else is 404); counts what it served."""
+    daemon_threads = True
+
+    def __init__(self, files):
+        self.files, self.hits = files, []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(h):
+                self.hits.append(h.path)
+                body = self.files.get(h.path)
+                if body is None:
+                    h.send_response(404)
+                    h.send_header("Content-Length", "0")
+                    h.end_headers()
+                    return
+                h.send_response(200)
+                h.send_header("Content-Type", "application/pkix-crl")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class CRLFetch(unittest.TestCase):
+    """crl_fetch = true: CRLs from the leaf's distribution points, fetched over HTTP by the proxy off the request
+    path (here from a loopback server, allowed by [upstream] allow_private), cached until nextUpdate."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        cls.dp = CRLServer({})
+        dp = f"http://127.0.0.1:{cls.dp.server_address[1]}"
+        gone = f"http://127.0.0.1:{harness.free_port()}/gone.crl"
+        points = {"good": f"{dp}/good.crl", "revoked": f"{dp}/good.crl", "gone": gone, "garbage": f"{dp}/garbage.crl",
+                  "stale": f"{dp}/stale.crl", "rogue": f"{dp}/rogue.crl"}
+        rogue_cnf = ca_config(pki, "rogue-ca")
+        cmds = []
+        for name, url in points.items():
+            with open(f"{pki}/dp-{name}.ext", "w") as f:
+                f.write(f"basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+                        f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
+            cmds += [f"openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-{name}.key",
+                     f"openssl req -new -key dp-{name}.key -subj '/O=mtls-proxy test/CN=dp-{name}.mygreatbank.test' -out dp-{name}.csr",
+                     f"openssl ca -batch -config '{rogue_cnf if name == 'rogue' else cnf}' -extfile dp-{name}.ext -notext -days 30 -in dp-{name}.csr -out dp-{name}.pem 2>/dev/null"]
+        cmds += [f"openssl ca -config '{cnf}' -revoke dp-revoked.pem 2>/dev/null",
+                 f"openssl ca -config '{cnf}' -gencrl -out dp-good.crl 2>/dev/null && openssl crl -in dp-good.crl -outform der -out dp-good.der",
+                 f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -7200) -crl_nextupdate $(utc_in -3600) -out dp-stale.crl 2>/dev/null"]
+        sh(*cmds, cwd=pki)
+        cls.dp.files.update({"/good.crl": open(f"{pki}/dp-good.der", "rb").read(),
+                             "/stale.crl": open(f"{pki}/dp-stale.crl", "rb").read(),
+                             "/garbage.crl": b"<html>not a CRL</html>"})
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", "admin", "guarded", *points)}
+        cls.ports = ports
+        try:
+            for name in points:
+                harness.start_python_upstream(cls.procs, pki, ports[name], cert=f"dp-{name}")
+
+            def route(host, up, mode="hard"):
+                return (f'[[route]]\nhost = "{host}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[up]}"\n'
+                        f'crl_fetch = true\nrevocation = "{mode}"\n')
+            routes = "\n".join([route("fetch-good", "good"), route("fetch-revoked", "revoked"),
+                                route("fetch-revoked-soft", "revoked", "soft"), route("fetch-gone", "gone"),
+                                route("fetch-gone-soft", "gone", "soft"), route("fetch-garbage", "garbage"),
+                                route("fetch-stale", "stale"), route("fetch-rogue", "rogue")])
+            conf = harness.write_file(f"{d}/fetch.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 2
+[admin]
+listen = "127.0.0.1:{ports['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+connect_timeout = "1s"
+response_timeout = "2s"
+{routes}""")
+            harness.start_proxy(cls.procs, conf, f"{d}/fetch.log", ports["proxy"])
+            # The same, without allow_private: the guard refuses the loopback distribution point.
+            guarded = harness.write_file(f"{d}/guarded.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['guarded']}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+{route("fetch-guarded", "good")}""")
+            harness.start_proxy(cls.procs, guarded, f"{d}/guarded.log", ports["guarded"])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+        cls.dp.shutdown()
+        cls.dp.server_close()
+
+    def get_until(self, host, predicate, proxy="proxy"):
+        """Requests until `predicate(status, proxy_status)` holds (the first may find the CRL still being fetched)."""
+        saved = ENV["ports"]["proxy"]
+        ENV["ports"]["proxy"] = self.ports[proxy]
+        try:
+            last = []
+
+            def attempt():
+                status, headers, _ = get(host)
+                last[:] = [status, headers.get("proxy-status", "")]
+                return predicate(*last)
+            ok = harness.wait_until(attempt, 8, 0.2)
+            self.assertTrue(ok, f"{host}: last answer {last}")
+            return last
+        finally:
+            ENV["ports"]["proxy"] = saved
+
+    def test_a_certificate_the_fetched_crl_does_not_list_is_served(self):
+        self.get_until("fetch-good", lambda s, ps: s == 200)
+        self.assertIn("/good.crl", self.dp.hits)
+        text = harness.http_get(self.ports["admin"], "/metrics")[1]
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/good.crl"
+        self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_last_fetch_success_timestamp_seconds", None, file=url), text[-1500:])
+        self.assertIsNotNone(harness.metric(text, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url))
+
+    def test_a_certificate_the_fetched_crl_revokes_is_refused_in_both_modes(self):
+        serial = serial_of(f"{ENV['pki']}/dp-revoked.pem")
+        for host in ("fetch-revoked", "fetch-revoked-soft"):
+            _, ps = self.get_until(host, lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
+            self.assertIn(serial, ps)
+            self.assertIn("dp-revoked.mygreatbank.test", ps)
+
+    def test_a_distribution_point_that_is_gone_refuses_in_hard_mode_only(self):
+        _, ps = self.get_until("fetch-gone", lambda s, ps: s == 502 and "cannot connect" in ps)
+        self.assertIn("CRL unavailable", ps)
+        self.get_until("fetch-gone-soft", lambda s, ps: s == 200)
+
+    def test_garbage_from_the_distribution_point_is_no_crl(self):
+        _, ps = self.get_until("fetch-garbage", lambda s, ps: s == 502 and "not a CRL" in ps)
+        self.assertIn("CRL unavailable", ps)
+
+    def test_a_stale_fetched_crl_is_unavailable_in_hard_mode(self):
+        _, ps = self.get_until("fetch-stale", lambda s, ps: s == 502 and "expired" in ps)
+        self.assertIn("CRL unavailable", ps)
+
+    def test_a_newly_fetched_crl_retires_pooled_connections_and_sessions(self):
+        pki = ENV["pki"]
+        cnf = ca_config(pki, "ca")
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/rot.crl"
+        with open(f"{pki}/dp-rot.ext", "w") as f:
+            f.write("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+                    f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-rot.key",
+           "openssl req -new -key dp-rot.key -subj '/O=mtls-proxy test/CN=dp-rot.mygreatbank.test' -out dp-rot.csr",
+           f"openssl ca -batch -config '{cnf}' -extfile dp-rot.ext -notext -days 30 -in dp-rot.csr -out dp-rot.pem 2>/dev/null",
+           # The CRL served first does not list it, and is due again in 4 seconds.
+           f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out rot-before.crl 2>/dev/null",
+           f"openssl ca -config '{cnf}' -revoke dp-rot.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out rot-after.crl 2>/dev/null", cwd=pki)
+        self.dp.files["/rot.crl"] = open(f"{pki}/rot-before.crl", "rb").read()
+        up, port = harness.free_port(), harness.free_port()
+        procs = harness.Processes()
+        try:
+            harness.start_python_upstream(procs, pki, up, cert="dp-rot")
+            conf = harness.write_file(f"{ENV['dir']}/rot.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "rot.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_fetch = true
+revocation = "hard"
+""")
+            harness.start_proxy(procs, conf, f"{ENV['dir']}/rot.log", port)
+            self.ports["rot"] = port
+            self.get_until("rot", lambda s, ps: s == 200, proxy="rot")  # verified against the first CRL; pooled
+            self.dp.files["/rot.crl"] = open(f"{pki}/rot-after.crl", "rb").read()
+            fetched = len([h for h in self.dp.hits if h == "/rot.crl"])
+            self.assertTrue(harness.wait_until(lambda: len([h for h in self.dp.hits if h == "/rot.crl"]) > fetched, 10, 0.1),
+                            "the CRL was not fetched again ahead of its nextUpdate")
+            time.sleep(0.5)  # the fetcher stores what it got
+            saved = ENV["ports"]["proxy"]
+            ENV["ports"]["proxy"] = port
+            try:
+                status, headers, body = get("rot")
+            finally:
+                ENV["ports"]["proxy"] = saved
+            self.assertEqual(status, 502, "served over a connection verified before the new CRL")
+            self.assertIn("revoked", headers["proxy-status"])
+        finally:
+            procs.stop_all()
+
+    def test_an_untrusted_certificate_does_not_send_the_proxy_to_its_distribution_point(self):
+        # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
+        # and the proxy fetches nothing on its say-so.
+        for _ in range(3):
+            status, headers, _ = get_via(self.ports["proxy"], "fetch-rogue")
+            self.assertEqual(status, 502)
+            self.assertIn("error=tls_certificate_error", headers["proxy-status"])
+            self.assertNotIn("CRL", headers["proxy-status"])
+        time.sleep(1)
+        self.assertNotIn("/rogue.crl", self.dp.hits)
+
+    def test_the_ssrf_guard_applies_to_distribution_points(self):
+        _, ps = self.get_until("fetch-guarded", lambda s, ps: s == 502 and "allow_private is off" in ps, proxy="guarded")
+        self.assertIn("CRL unavailable", ps)
+
+
+class OCSPStapling(unittest.TestCase):
+    """Stapled OCSP responses from `openssl s_server -status_file`, made by `openssl ocsp` as the responder over the
+    index of `openssl ca`. With require_ocsp_staple = true, a missing, foreign or revoked staple is refused."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        index = f"{pki}/.db-ca/index.txt"
+
+        def respond(cert, out):
+            return (f"openssl ocsp -issuer ca.pem -cert {cert}.pem -no_nonce -reqout {out}.req 2>/dev/null && "
+                    f"openssl ocsp -index '{index}' -rsigner ca.pem -rkey ca.key -CA ca.pem -reqin {out}.req "
+                    f"-respout {out}.resp -ndays 1 2>/dev/null")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out ocsp-good.key",
+           "openssl req -new -key ocsp-good.key -subj '/O=mtls-proxy test/CN=ocsp-good.mygreatbank.test' -out ocsp-good.csr",
+           f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in ocsp-good.csr -out ocsp-good.pem 2>/dev/null",
+           respond("ocsp-good", "good"), respond("revoked", "revoked"),
+           # A "good" answer for the good certificate, signed by a responder no trusted CA vouches for.
+           f"openssl ocsp -index '{index}' -rsigner rogue-ca.pem -rkey rogue-ca.key -CA ca.pem -reqin good.req "
+           f"-respout forged.resp -ndays 1 2>/dev/null", cwd=pki)
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", "good", "revoked", "missing", "foreign", "forged")}
+        servers = {"good": ("ocsp-good", "good.resp"), "revoked": ("revoked", "revoked.resp"),
+                   "missing": ("ocsp-good", None), "foreign": ("revoked", "good.resp"), "forged": ("ocsp-good", "forged.resp")}
+        try:
+            for name, (cert, resp) in servers.items():
+                args = ["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{ports[name]}", "-cert", f"{pki}/{cert}.pem",
+                        "-key", f"{pki}/{cert}.key", "-www"]
+                if resp:
+                    args += ["-status_file", f"{pki}/{resp}"]
+                cls.procs.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                harness.wait_for_port(ports[name])
+            routes = "".join(f'[[route]]\nhost = "ocsp-{name}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[name]}"\n'
+                             f'require_ocsp_staple = true\n\n' for name in servers)
+            routes += (f'[[route]]\nhost = "ocsp-optional.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports["missing"]}"\n'
+                       f'crl_files = ["pki/crl.pem"]\n')
+            conf = harness.write_file(f"{d}/ocsp.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 1\n'
+                                      f'[upstream]\nca_file = "pki/ca.pem"\n{routes}')
+            harness.start_proxy(cls.procs, conf, f"{d}/ocsp.log", ports["proxy"])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+        cls.ports = ports
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+
+    def status(self, host):
+        """(status, Proxy-Status) of a GET / (s_server -www answers a page and closes)."""
+        with socket.create_connection(("127.0.0.1", self.ports["proxy"]), timeout=10) as s:
+            s.sendall(f"GET http://{host}.mygreatbank.test/ HTTP/1.1\r\nHost: {host}.mygreatbank.test\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+        ps = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("proxy-status:")), "")
+        return status, ps
+
+    def test_a_good_staple_is_accepted(self):
+        self.assertEqual(self.status("ocsp-good"), (200, ""))
+
+    def test_a_staple_saying_revoked_is_refused_naming_the_certificate(self):
+        status, ps = self.status("ocsp-revoked")
+        self.assertEqual(status, 502)
+        self.assertIn("revoked", ps)
+        self.assertIn(serial_of(f"{ENV['pki']}/revoked.pem"), ps)
+
+    def test_no_staple_is_refused_when_required(self):
+        status, ps = self.status("ocsp-missing")
+        self.assertEqual(status, 502)
+        self.assertIn("no OCSP response stapled", ps)
+
+    def test_a_staple_for_another_certificate_is_refused(self):
+        status, ps = self.status("ocsp-foreign")
+        self.assertEqual(status, 502)
+        self.assertIn("says nothing about this certificate", ps)
+
+    def test_a_staple_signed_by_an_untrusted_responder_is_refused(self):
+        status, ps = self.status("ocsp-forged")
+        self.assertEqual(status, 502)
+        self.assertIn("signature does not verify", ps)
+
+    def test_no_staple_is_fine_when_not_required(self):
+        self.assertEqual(self.status("ocsp-optional")[0], 200)
+
+
+if __name__ == "__main__":
+    harness.run_suite()
