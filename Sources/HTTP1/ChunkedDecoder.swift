@@ -28,8 +28,18 @@ public struct ChunkedDecoder: Sendable {
 
     var state: State = .size
     var trailerBytes = 0
+    /// Whether chunk lines outside the grammar that other recipients read anyway are accepted: whitespace after
+    /// the size or after an extension, an extension of any visible bytes after a ";". For responses, whose
+    /// extensions are dropped and whose chunks are written anew: an upstream that pads its chunk sizes (nginx,
+    /// curl and Python read those) still gets through. Requests keep the strict grammar (400).
+    let toleratesOddChunkLines: Bool
 
-    public init() {}
+    public init() { toleratesOddChunkLines = false }
+
+    /// The decoder of a response body from an upstream: see `toleratesOddChunkLines`.
+    public static func forResponse() -> ChunkedDecoder { ChunkedDecoder(toleratesOddChunkLines: true) }
+
+    private init(toleratesOddChunkLines: Bool) { self.toleratesOddChunkLines = toleratesOddChunkLines }
 
     /// Payload bytes still owed by the current chunk, when the decoder is inside one. The caller may move up to
     /// this many bytes without looking at them, then report it with `consumedData`.
@@ -122,6 +132,13 @@ public struct ChunkedDecoder: Sendable {
         guard digits > 0 else { throw HTTPParseError.invalidChunkSize }
         if size > UInt64(Int64.max) { throw HTTPParseError.chunkSizeTooLarge }
         if i == end { return size }
+        if toleratesOddChunkLines {
+            i = skipWhitespace(line, from: i)
+            if i == end { return size }
+            guard line[i] == 0x3B else { throw HTTPParseError.invalidChunkSize }
+            for c in line[i...] where !(c == 0x09 || (c >= 0x20 && c < 0x7F)) { throw HTTPParseError.invalidChunkExtension }
+            return size
+        }
         // Extensions: validated for shape, then dropped.
         while i < end {
             i = skipWhitespace(line, from: i)

@@ -38,10 +38,15 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     /// in the value is left out, since a header value may carry a secret.
     static func registeredCodings(_ value: String) -> String {
         let registered: Set<String> = ["chunked", "compress", "deflate", "gzip", "identity", "trailers", "x-compress", "x-gzip", "br", "zstd"]
-        let named = value.split(separator: ",").map { element in
+        let elements = value.split(separator: ",")
+        let named = elements.map { element in
             String(element.prefix { $0 != ";" }.filter { $0 != " " && $0 != "\t" }).lowercased()
         }
-        let shown = named.map { registered.contains($0) ? $0 : "an unregistered coding" }
+        // Parameters are not shown (they could carry anything), but said: "chunked;x" is not chunked.
+        let shown = zip(named, elements).map { name, element in
+            let coding = registered.contains(name) ? name : "an unregistered coding"
+            return element.contains(";") ? "\(coding) with parameters" : coding
+        }
         return named.isEmpty ? "" : " (\(shown.joined(separator: ", ")))"
     }
 

@@ -429,7 +429,10 @@ public enum ConfigLoader {
         }
         // Naming the address to dial is an explicit choice: the guard does not second-guess it.
         let allowPrivate = try t.bool("allow_private") ?? upstream.allowPrivate
-        return Route(index: index, name: try t.string("name"), host: host, port: port, pathPrefix: pathPrefix,
+        // A name labels the route in logs, metrics and the status page: an empty one labels nothing.
+        let name = try t.string("name")
+        if name == "" { throw t.error("name", "empty; give the route a name, or leave name out (it is then called route[\(index)])") }
+        return Route(index: index, name: name, host: host, port: port, pathPrefix: pathPrefix,
                      pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
                      pathRules: pathRules, egress: egress)
     }

@@ -53,7 +53,7 @@ struct Exchange {
     var responseFraming: BodyFraming = .none
     var clientFraming: Forwarding.ClientFraming = .none
     var responseRemaining: UInt64 = 0
-    var responseDecoder = ChunkedDecoder()
+    var responseDecoder = ChunkedDecoder.forResponse()
     /// Whether the upstream's head allows its connection to be reused once the body is through.
     var upstreamAllowsReuse = true
     /// The response announced a body it must not have (HEAD, 204, 304): stray bytes may follow it.
@@ -161,7 +161,7 @@ extension Exchange {
         record.status = status
         record.ttfbMs = (monotonicMicros() - startMicros) / 1000
         clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: requestVersion)
-        responseDecoder = ChunkedDecoder()
+        responseDecoder = ChunkedDecoder.forResponse()
         upstreamAllowsReuse = responseHead.allowsReuse
         // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
         if framing == .none, method == "HEAD" || status == 204 || status == 304 {

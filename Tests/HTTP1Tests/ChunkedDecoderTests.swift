@@ -3,9 +3,9 @@ import Testing
 
 /// Runs the decoder over `input` fed in pieces of `step` bytes, the way bytes arrive from a socket;
 /// returns the payload and whether the body ended.
-private func decode(_ input: String, step: Int = 1_000_000) throws -> (payload: [UInt8], done: Bool, consumed: Int) {
+private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDecoder = ChunkedDecoder()) throws -> (payload: [UInt8], done: Bool, consumed: Int) {
     let all = Array(input.utf8)
-    var decoder = ChunkedDecoder()
+    var decoder = decoder
     var payload: [UInt8] = []
     var offset = 0
     var available = min(step, all.count)
@@ -110,6 +110,28 @@ private func decode(_ input: String, step: Int = 1_000_000) throws -> (payload: 
         let r = try decode(input)
         #expect(String(decoding: r.payload, as: UTF8.self) == "hello")
         #expect(r.done)
+    }
+
+    /// A response's decoder reads what nginx, curl and Python read from an upstream (its extensions are dropped,
+    /// its chunks written anew): whitespace after the size or an extension, a bare ";". Control bytes, a line
+    /// without a size and a missing ";" before an extension are refused as from a client.
+    @Test(arguments: [
+        "5 \r\nhello\r\n0\r\n\r\n",
+        "5\t\r\nhello\r\n0 \r\n\r\n",
+        "5;a \r\nhello\r\n0\r\n\r\n",
+        "5;\r\nhello\r\n0\r\n\r\n",
+        "5;a=b c\r\nhello\r\n0\r\n\r\n",
+    ])
+    func aResponseDecoderReadsPaddedChunkLines(_ input: String) throws {
+        #expect(throws: HTTPParseError.self) { try decode(input) }
+        let r = try decode(input, step: 1, decoder: .forResponse())
+        #expect(String(decoding: r.payload, as: UTF8.self) == "hello")
+        #expect(r.done)
+    }
+
+    @Test(arguments: ["5 x\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n", "5;a\u{1}\r\nhello\r\n0\r\n\r\n", ";a\r\nhello\r\n0\r\n\r\n"])
+    func aResponseDecoderStillRefusesLinesNoneReads(_ input: String) {
+        #expect(throws: HTTPParseError.self) { try decode(input, decoder: .forResponse()) }
     }
 
     @Test func rejectsAnEndlessSizeLine() {

@@ -57,3 +57,19 @@ import Testing
         #expect(!HTTPParseError.unsupportedTransferEncoding("x-\(Self.secret)").description.contains(Self.secret))
     }
 }
+
+/// The codings a Transfer-Encoding error names: registered ones by name, without their parameters (which could
+/// carry anything) but saying they had some, so that a message never reads "(chunked) does not end in chunked".
+@Suite struct TransferEncodingErrorTests {
+    @Test func aFinalChunkedWithParametersIsNotNamedAsPlainChunked() {
+        let text = HTTPParseError.transferEncodingNotEndingInChunked("chunked;q=\(SecretFreeErrorTests.secret)").description
+        #expect(!text.contains("(chunked)"), "\(text)")
+        #expect(text.contains("chunked with parameters"), "\(text)")
+        #expect(!text.contains(SecretFreeErrorTests.secret))
+    }
+
+    @Test func codingsWithoutParametersAreNamedAsBefore() {
+        #expect(HTTPParseError.transferEncodingNotEndingInChunked("gzip").description.hasPrefix("Transfer-Encoding (gzip) does not end in chunked"))
+        #expect(HTTPParseError.unsupportedTransferEncoding("gzip, chunked").description.contains("(gzip, chunked)"))
+    }
+}

@@ -81,6 +81,15 @@ import Testing
         }
     }
 
+    /// An empty name would label the route "" in the access log, the metrics ("-") and the status page (whose
+    /// row then never shows the route's traffic): a mistake, not a name.
+    @Test func anEmptyRouteNameIsAMistake() throws {
+        let error = try #require(mistakes("[[route]]\nname = \"\"\nhost = \"a.test\"\naction = \"deny\"\n"))
+        #expect(error.key == "route[1].name")
+        #expect(error.line == 2)
+        #expect(error.message.contains("empty"), "\(error.description)")
+    }
+
     @Test func aDurationWrittenAsANumberSaysDurationsAreStrings() throws {
         let error = try #require(mistakes("[upstream]\nconnect_timeout = 5\n"))
         #expect(error.key == "upstream.connect_timeout")

@@ -28,6 +28,7 @@ class Upstream(harness.TLSUpstream):
       /eof-clean, /eof-dirty   close-delimited body ending with close_notify, or with a bare FIN
       /short-length            announces 1000 bytes, sends 100, then close_notify
       /gzip-te                 Transfer-Encoding: gzip, close-delimited
+      /padded-chunks           chunked, with whitespace after a chunk size and after an extension ("5 ", "6;a=b ")
       anything else            200 "fine"; a request body announced with Content-Length is read first"""
 
     def serve(self, conn):
@@ -104,6 +105,9 @@ class Upstream(harness.TLSUpstream):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"s" * 100)
             conn.unwrap().close()
             return False
+        if path == "/padded-chunks":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n6;a=b \r\n world\r\n0\r\n\r\n")
+            return True
         if path == "/gzip-te":
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n" + GZ)
             conn.unwrap().close()
@@ -486,6 +490,26 @@ class ChunkLinesOutsideTheGrammar(unittest.TestCase):
         data = raw_exchange(b"POST http://api.mygreatbank.test/chunk-grammar HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
                             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5 ; a = \"b;c\"\r\nhello\r\n0\r\n\r\n")
         self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
+
+
+class PaddedResponseChunkLines(unittest.TestCase):
+    """The stricter chunk-line grammar is for requests (RFC 9112 §7.1.1, 400 to the client that sent it). A
+    response from an upstream that pads its chunk sizes with whitespace ("5 ", "6;a=b "), which nginx, curl and
+    Python read, is passed on as before, not cut with a reset."""
+
+    def test_a_padded_chunk_size_from_the_upstream_goes_through(self):
+        data = raw_exchange(b"GET http://api.mygreatbank.test/padded-chunks HTTP/1.1\r\nHost: api.mygreatbank.test\r\n"
+                            b"Connection: close\r\n\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data[:200])
+        self.assertIn(b"\r\n\r\n", data)
+        body, payload = data.split(b"\r\n\r\n", 1)[1], b""
+        while True:  # the proxy's own chunking of the body
+            size_line, body = body.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if size == 0:
+                break
+            payload, body = payload + body[:size], body[size + 2:]
+        self.assertEqual(payload, b"hello world")
 
 
 class AccessLogByteCounts(unittest.TestCase):
