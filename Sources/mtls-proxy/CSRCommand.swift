@@ -87,27 +87,11 @@ struct CSR: ParsableCommand {
             printError("mtls-proxy: \(error)")
             throw ExitCode(1)
         }
-        if let tokenKey {
-            print("""
-            private key  \(tokenKey)  (on the token, \(tokenAlgorithm ?? "key"))
-            request      \(csrPath)
-            subject      \(template.leaf.subject)
-
-            Send the request to the CA that issued \(identity)'s certificate (issuer \(template.leaf.issuer)).
-            Save the certificate it returns as \(certPath), then stage it by
-            adding these lines to \(ConfigLoader.absolutePath(config.file)):
-
-            [[identities.\(identity).certificates]]
-            cert = "\(certPath)"
-            key = "\(tokenKey)"
-
-            `mtls-proxy check` then shows it staged; the proxy presents it from its notBefore on
-            (prefer = "newest", the default) and reloads by itself when the config changes.
-            """)
-            return
-        }
+        // A token key stays on the token: the staged certificate names its URI where a file key names its path.
+        let (keyLine, stagedKey) = tokenKey.map { ("\($0)  (on the token, \(tokenAlgorithm ?? "key"))", "\($0)") }
+            ?? ("\(keyPath)  (\(algorithm), mode 600)", keyPath)
         print("""
-        private key  \(keyPath)  (\(algorithm), mode 600)
+        private key  \(keyLine)
         request      \(csrPath)
         subject      \(template.leaf.subject)
 
@@ -117,7 +101,7 @@ struct CSR: ParsableCommand {
 
         [[identities.\(identity).certificates]]
         cert = "\(certPath)"
-        key = "\(keyPath)"
+        key = "\(stagedKey)"
 
         `mtls-proxy check` then shows it staged; the proxy presents it from its notBefore on
         (prefer = "newest", the default) and reloads by itself when the config changes.
