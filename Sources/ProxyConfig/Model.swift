@@ -598,7 +598,7 @@ public struct FixedListener: Sendable, Hashable {
     public var upstreamURL: String { port == 443 ? "https://\(host)" : "https://\(host):\(port)" }
 }
 
-/// The admin endpoint: /healthz, /readyz, /metrics.
+/// The admin endpoint: / (the status page), /healthz, /readyz, /metrics.
 public struct AdminSettings: Sendable, Hashable {
     public var listen: HostPort
     public var allowClients: [CIDR]

@@ -40,7 +40,7 @@ struct Run: ParsableCommand {
         if let admin = config.admin, let port = server.adminPort {
             var address = admin.listen
             address.port = port
-            logger.info("admin endpoint on http://\(address) (/healthz, /readyz, /metrics)")
+            logger.info("admin endpoint on http://\(address) (/ the status page, /healthz, /readyz, /metrics)")
         }
         server.run()
         logger.info("mtls-proxy stopped")
