@@ -14,9 +14,11 @@ public struct RouteMatch: Sendable, Equatable {
         var allowPrivate: Bool
         var pathRules: PathRules
         var egress: Egress
+        var httpProtocol: UpstreamProtocol
 
         init(action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?, allowPrivate: Bool,
-             pathRules: PathRules, egress: Egress) {
+             pathRules: PathRules, egress: Egress, httpProtocol: UpstreamProtocol = .http11) {
+            self.httpProtocol = httpProtocol
             self.action = action
             self.trust = trust
             self.timeouts = timeouts
@@ -28,7 +30,8 @@ public struct RouteMatch: Sendable, Equatable {
 
         init(_ route: Route) {
             self.init(action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                      allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress)
+                      allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress,
+                      httpProtocol: route.httpProtocol)
         }
     }
 
@@ -62,10 +65,12 @@ public struct RouteMatch: Sendable, Equatable {
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct) {
+                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct,
+                httpProtocol: UpstreamProtocol = .http11) {
         storage = Storage(table: route.map { RouteTable([$0]) }, position: 0,
                           fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
-                                         allowPrivate: allowPrivate, pathRules: pathRules, egress: egress))
+                                         allowPrivate: allowPrivate, pathRules: pathRules, egress: egress,
+                                         httpProtocol: httpProtocol))
     }
 
     /// The decision of the route at `position` in `table`, its fields as the route sets them.
@@ -119,6 +124,12 @@ public struct RouteMatch: Sendable, Equatable {
     public var egress: Egress {
         get { storage.own?.egress ?? storage.table!.routes[storage.position].egress }
         set { update { $0.egress = newValue } }
+    }
+
+    /// The HTTP version spoken to the upstream (the deciding route's, or `[upstream]`'s).
+    public var httpProtocol: UpstreamProtocol {
+        get { storage.own?.httpProtocol ?? storage.table!.routes[storage.position].httpProtocol }
+        set { update { $0.httpProtocol = newValue } }
     }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
@@ -217,7 +228,8 @@ public struct Router: Sendable {
         routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
-                                       pathRules: upstream.pathRules, egress: upstream.egress)
+                                       pathRules: upstream.pathRules, egress: upstream.egress,
+                                       httpProtocol: upstream.httpProtocol)
         index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
@@ -315,6 +327,6 @@ public struct Router: Sendable {
         if let preparedUnmatched { return preparedUnmatched }
         return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                    timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
-                   egress: upstream.egress)
+                   egress: upstream.egress, httpProtocol: upstream.httpProtocol)
     }
 }

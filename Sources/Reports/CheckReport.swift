@@ -251,6 +251,8 @@ public struct RouteReport: Codable, Equatable, Sendable {
     public var action: String
     public var identity: String?
     public var connect: String?
+    /// `protocol`: "http/1.1", "h2" or "auto".
+    public var `protocol`: String?
 
     public init(_ route: Route) {
         index = route.index
@@ -268,6 +270,7 @@ public struct RouteReport: Codable, Equatable, Sendable {
         case .deny: action = "deny"
         }
         connect = route.connect?.description
+        `protocol` = route.action == .deny ? nil : route.httpProtocol.rawValue
     }
 }
 

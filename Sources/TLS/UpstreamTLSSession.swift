@@ -184,6 +184,31 @@ public final class UpstreamTLSSession {
         }
     }
 
+    /// Offers application protocols in ALPN (RFC 7301), most preferred first, e.g. `["h2", "http/1.1"]`. Before
+    /// the handshake. False when OpenSSL refuses the list.
+    public func offerApplicationProtocols(_ protocols: [String]) -> Bool {
+        guard let ssl, !protocols.isEmpty else { return false }
+        var wire: [UInt8] = []
+        for name in protocols {
+            let bytes = Array(name.utf8)
+            guard !bytes.isEmpty, bytes.count < 256 else { return false }
+            wire.append(UInt8(bytes.count))
+            wire += bytes
+        }
+        // 0 is success here, unlike most of OpenSSL.
+        return wire.withUnsafeBufferPointer { SSL_set_alpn_protos(ssl, $0.baseAddress, UInt32($0.count)) } == 0
+    }
+
+    /// The protocol the server selected in ALPN, once the handshake completed; nil when it selected none.
+    public var selectedApplicationProtocol: String? {
+        guard let ssl else { return nil }
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
     /// Whether the handshake resumed an earlier TLS session.
     public var sessionReused: Bool {
         guard let ssl else { return false }
