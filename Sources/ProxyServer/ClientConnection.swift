@@ -10,7 +10,7 @@ import Glibc
 /// and the `Exchange` in progress (one request and its response). It feeds events to the machine and carries out
 /// the actions it returns; the HTTP work of an exchange (routing, forwarding heads, moving bodies) is here too.
 /// See docs/ARCHITECTURE.md for the walk of one request.
-final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
+final class ClientConnection: EventHandler, UpstreamChannelOwner {
     /// Unowned(unsafe): the worker outlives its connections (it frees them before it ends), and a checked
     /// unowned reference costs an atomic increment and decrement at every use.
     unowned(unsafe) let worker: Worker
@@ -48,7 +48,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         self.exchangeStorage = nil
         worker.exchanges.give(exchangeStorage)
     }
-    private var upstream: UpstreamConnection?
+    /// The exchange's upstream side (`UpstreamChannel`): this connection talks to it through that interface only.
+    private var upstream: (any UpstreamChannel)?
     /// A tunnel or an upgraded connection: both sides belong to it.
     private var relay: Relay?
     private var dialer: TunnelDialer?
@@ -162,7 +163,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         dialer = nil
         if let upstream {
             self.upstream = nil
-            upstream.close()
+            upstream.abort()
         }
         if let timer {
             event_free(timer)
@@ -216,7 +217,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         case .exchanging:
             if upstreamReadPaused && evbuffer_get_length(output) <= Worker.writeLowWatermark {
                 upstreamReadPaused = false
-                upstream?.enableRead(true)
+                upstream?.receiveResponse(true)
                 pumpResponse()
             }
         default:
@@ -404,32 +405,22 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         }
     }
 
-    /// Takes a pooled connection for `key` or opens one, and queues the request head on it.
+    /// Takes the upstream side for `key` (a pooled connection, or a new one) and queues the request head on it.
     private func attachUpstream(key: PoolKey, context: ClientTLSContext, timeouts: Timeouts) -> Bool {
-        let upstream: UpstreamConnection
-        if let pooled = worker.pool.take(key) {
-            upstream = pooled
-            worker.metrics.shared.upstreamReused.increment()
-            exchange.record.reused = true
-            exchange.record.connectMs = 0
-            exchange.record.tlsVersion = pooled.tlsVersion
-            exchange.record.cipher = pooled.cipher
-        } else if let fresh = worker.openUpstream(key: key, context: context, connectTimeout: timeouts.connect,
-                                                  allowPrivate: exchange.match?.allowPrivate ?? false) {
-            upstream = fresh
-            exchange.record.reused = false
-        } else {
+        guard let upstream = worker.upstreamChannel(key: key, context: context, connectTimeout: timeouts.connect,
+                                                    allowPrivate: exchange.match?.allowPrivate ?? false) else {
             finish(.answered(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
                                                 details: "could not start a connection to \(key.host):\(key.port)"), close: true))
             return false
         }
         self.upstream = upstream
-        upstream.delegate = self
+        upstream.owner = self
+        upstream.describeConnection(into: &exchange.record)
         upstreamReadPaused = false
-        exchange.upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(upstream.output, $0.baseAddress, $0.count) }
+        exchange.upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(upstream.requestBuffer, $0.baseAddress, $0.count) }
         if upstream.state == .ready {
-            upstream.setReadTimeout(timeouts.response)
-            upstream.enableRead(true)
+            upstream.setResponseTimeout(timeouts.response)
+            upstream.receiveResponse(true)
         }
         return true
     }
@@ -438,7 +429,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func pumpRequestBody() {
         guard machine.isExchanging, let upstream, upstream.state != .closed else { return }
-        switch exchange.stepRequest(from: input, to: upstream.output, highWatermark: Worker.writeHighWatermark) {
+        switch exchange.stepRequest(from: input, to: upstream.requestBuffer, highWatermark: Worker.writeHighWatermark) {
         case .wait, .complete:
             // Pipelined requests wait in the input buffer until this exchange ends (bounded by the read
             // watermark). Reading stays enabled: toggling it per request costs two epoll_ctl calls. Once the
@@ -455,73 +446,58 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     // MARK: upstream events
 
-    func upstreamConnected(_ upstream: UpstreamConnection) {
-        if upstream.sessionReused {
-            worker.metrics.shared.handshakesResumed.increment()
-        } else {
-            worker.metrics.shared.handshakesFull.increment()
-        }
-        exchange.record.connectMs = (upstream.connectedMicros - upstream.connectStartedMicros) / 1000
-        if upstream.handshakeStartedMicros > 0 {
-            exchange.record.tcpConnectMs = (upstream.handshakeStartedMicros - upstream.connectStartedMicros) / 1000
-            exchange.record.tlsHandshakeMs = (upstream.connectedMicros - upstream.handshakeStartedMicros) / 1000
-        }
-        exchange.record.tlsVersion = upstream.tlsVersion
-        exchange.record.cipher = upstream.cipher
-        upstream.setReadTimeout(exchange.match?.timeouts.response)
+    func upstreamConnected(_ upstream: any UpstreamChannel) {
+        upstream.describeConnection(into: &exchange.record)
+        upstream.setResponseTimeout(exchange.match?.timeouts.response)
     }
 
-    func upstreamWritable(_ upstream: UpstreamConnection) {
-        if clientReadPaused && evbuffer_get_length(upstream.output) <= Worker.writeLowWatermark {
+    func upstreamWritable(_ upstream: any UpstreamChannel) {
+        if clientReadPaused && upstream.unsentRequestBytes <= Worker.writeLowWatermark {
             clientReadPaused = false
             client.enableRead()
             pumpRequestBody()
         }
     }
 
-    func upstreamReadable(_ upstream: UpstreamConnection) {
+    func upstreamReadable(_ upstream: any UpstreamChannel) {
         pumpResponse()
     }
 
-    func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event) {
+    func upstreamEnded(_ upstream: any UpstreamChannel, _ event: UpstreamEvent) {
         switch exchange.upstreamEnded(event, output: output) {
         case .failedBeforeResponse:
             if retryOnFreshConnection(after: event) { return }
-            let response = ConnectFailures.response(for: event, upstream: upstream,
-                                                    timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
-            // A corporate proxy's refusal or failure, and a token key that cannot sign, are counted apart.
-            var reason = response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType)
-            if case .error(_, let tls, _) = event, ConnectFailures.tokenSigningFailed(upstream, tls) { reason = "token_signing" }
-            worker.metrics.countFailure(reason)
-            if upstream.trustRefusal != nil { worker.logger.warning("refused: \(response.details)") }
-            finish(.failed(response))
+            let failure = upstream.failure(for: event, timeouts: exchange.match?.timeouts ?? runtime.config.upstream.timeouts)
+            worker.metrics.countFailure(failure.metricReason)
+            if failure.warn { worker.logger.warning("refused: \(failure.response.details)") }
+            finish(.failed(failure.response))
         case .complete:
             finish(.completed)
         case .truncate(let why):
             finish(.truncated(why))
         case .closeUpstream:
             self.upstream = nil
-            upstream.close()
+            upstream.abort()
         }
     }
 
     /// A pooled connection may have been closed by the server just as we reused it. An idempotent request with
-    /// no body is then tried once more on a new connection; anything else is reported.
-    private func retryOnFreshConnection(after event: UpstreamConnection.Event) -> Bool {
+    /// no body is then tried once more on a fresh connection; anything else is reported.
+    private func retryOnFreshConnection(after event: UpstreamEvent) -> Bool {
         guard let upstream, let match = exchange.match,
-              exchange.mayRetry(after: event, onReusedConnection: upstream.requestsServed > 0) else { return false }
+              exchange.mayRetry(requestUnprocessed: upstream.requestMayBeUnprocessed(after: event)) else { return false }
         exchange.retried = true
         let key = upstream.key
         let context = upstream.context
         self.upstream = nil
-        upstream.close()
-        guard let fresh = worker.openUpstream(key: key, context: context, connectTimeout: match.timeouts.connect,
-                                              allowPrivate: match.allowPrivate) else { return false }
-        exchange.record.reused = false
+        upstream.abort()
+        guard let fresh = worker.upstreamChannel(key: key, context: context, connectTimeout: match.timeouts.connect,
+                                                 allowPrivate: match.allowPrivate, fresh: true) else { return false }
         exchange.response = .awaitingHead(HeadParser.Scan())
         self.upstream = fresh
-        fresh.delegate = self
-        exchange.upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(fresh.output, $0.baseAddress, $0.count) }
+        fresh.owner = self
+        fresh.describeConnection(into: &exchange.record)
+        exchange.upstreamRequestHead.withUnsafeBytes { _ = evbuffer_add(fresh.requestBuffer, $0.baseAddress, $0.count) }
         return true
     }
 
@@ -529,7 +505,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
 
     private func pumpResponse() {
         guard machine.isExchanging, let upstream, upstream.state == .ready else { return }
-        let source = upstream.input
+        let source = upstream.responseBuffer
         while self.upstream === upstream {
             switch exchange.stepResponse(from: source, to: output, limits: runtime.limits, highWatermark: Worker.writeHighWatermark) {
             case .wait:
@@ -547,7 +523,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                 sendFinalHead()
             case .pauseUpstream:
                 upstreamReadPaused = true
-                upstream.enableRead(false)
+                upstream.receiveResponse(false)
                 return
             case .complete:
                 finish(.completed)
@@ -577,7 +553,7 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
                                   keepAlive: machine.flow?.keepAlive ?? false, clientVersion: version,
                                   locationRewrite: locationRewrite, into: &exchange.clientResponseHead)
         exchange.clientResponseHead.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-        if exchange.responseFraming == .untilClose, let upstream { upstream.setReadTimeout(exchange.match?.timeouts.response) }
+        if exchange.responseFraming == .untilClose, let upstream { upstream.setResponseTimeout(exchange.match?.timeouts.response) }
     }
 
     // MARK: upgrades
@@ -595,8 +571,8 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
         bytes.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         let timeout = exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle
         // The reference is dropped only once the hand-over succeeded: until then the connection is this one's to
-        // close (`detach` closes it when it fails, and so would `teardown`).
-        guard let detached = upstream.detach() else {
+        // close (`switchToRelay` ends it when it fails, and so would `teardown`).
+        guard let detached = upstream.switchToRelay() else {
             teardown(reset: true)
             return
         }
@@ -790,18 +766,11 @@ final class ClientConnection: EventHandler, UpstreamConnectionDelegate {
     private func releaseUpstream(mayPool: Bool) {
         guard let upstream else { return }
         self.upstream = nil
-        upstream.delegate = nil
         let reusable = mayPool && UpstreamReuse.mayPool(
             requestMethod: exchange.request?.method ?? "", status: exchange.record.upstreamStatus ?? 0,
             announcesBody: exchange.responseAnnouncedBody, closeDelimited: exchange.responseFraming == .untilClose,
             requestComplete: exchange.requestBody.isDone, upstreamAllows: exchange.upstreamAllowsReuse)
-        if reusable && upstream.state == .ready && upstream.generation == runtime.generation {
-            upstream.requestsServed += 1
-            worker.pool.put(upstream, maxIdle: runtime.config.upstream.maxIdlePerHost,
-                            idleTimeout: exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
-        } else {
-            upstream.close()
-        }
+        upstream.finish(reusable: reusable, idleTimeout: exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
     }
 
     private func finishRecord(proxyStatus: String?) {

@@ -121,7 +121,7 @@ extension Exchange {
         case closeUpstream
     }
 
-    mutating func upstreamEnded(_ event: UpstreamConnection.Event, output: OpaquePointer) -> ResponseEnd {
+    mutating func upstreamEnded(_ event: UpstreamEvent, output: OpaquePointer) -> ResponseEnd {
         switch response {
         case .awaitingHead:
             return .failedBeforeResponse
@@ -149,16 +149,13 @@ extension Exchange {
         }
     }
 
-    /// Whether the request may be sent again on a fresh connection after `event` ended the one it went on
-    /// before any response: once, for an idempotent request without a body, on a pooled connection (which the
-    /// server may have closed just as it was reused).
-    func mayRetry(after event: UpstreamConnection.Event, onReusedConnection reused: Bool) -> Bool {
-        guard !retried, reused, let request else { return false }
-        guard ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method),
-              (try? BodyFraming.forRequest(request)) == BodyFraming.none else { return false }
-        switch event {
-        case .eof, .error: return true
-        default: return false
-        }
+    /// Whether the request may be sent again on a fresh channel after the one it went on ended before any
+    /// response, the channel saying the server cannot have processed it (`requestUnprocessed`, from
+    /// `UpstreamChannel.requestMayBeUnprocessed`: for HTTP/1.1, a pooled connection the server closed just as it
+    /// was reused): once, for an idempotent request without a body.
+    func mayRetry(requestUnprocessed: Bool) -> Bool {
+        guard !retried, requestUnprocessed, let request else { return false }
+        return ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method)
+            && (try? BodyFraming.forRequest(request)) == BodyFraming.none
     }
 }

@@ -380,6 +380,18 @@ final class Worker: @unchecked Sendable {
         exitIfDrained()
     }
 
+    /// The upstream side of an exchange to `key`: an idle pooled connection, else a new one (`fresh`: always a
+    /// new one, for a retry). Nil when no connection could be started. The one place an exchange gets its
+    /// upstream: a second protocol (HTTP/2) chooses its channel here.
+    func upstreamChannel(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool,
+                         fresh: Bool = false) -> (any UpstreamChannel)? {
+        if !fresh, let pooled = pool.take(key) {
+            metrics.shared.upstreamReused.increment()
+            return pooled
+        }
+        return openUpstream(key: key, context: context, connectTimeout: connectTimeout, allowPrivate: allowPrivate)
+    }
+
     /// A new upstream connection, registered so it lives until closed.
     func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool) -> UpstreamConnection? {
         let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
