@@ -83,6 +83,9 @@ public final class H2ClientSession {
     }
 
     private var streams: [Int32: StreamState] = [:]
+    /// The error code of the GOAWAY this side sent, when nghttp2 ended the session for a fault of the server
+    /// (a push, a header block it could not decode, a flood): nil while none went out.
+    public private(set) var sentGoAwayCode: UInt32?
     /// Set by a callback that found the server in breach of a limit; the next `receive` fails with it.
     private var breach: String?
 
@@ -98,6 +101,7 @@ public final class H2ClientSession {
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, h2OnFrameRecv)
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, h2OnDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, h2OnStreamClose)
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, h2OnFrameSend)
 
         var option: OpaquePointer?
         guard nghttp2_option_new(&option) == 0, let option else {
@@ -345,6 +349,10 @@ public final class H2ClientSession {
         }
     }
 
+    fileprivate func frameSent(_ frame: UnsafePointer<nghttp2_frame>) {
+        if Int(frame.pointee.hd.type) == Int(NGHTTP2_GOAWAY.rawValue) { sentGoAwayCode = frame.pointee.goaway.error_code }
+    }
+
     fileprivate func dataChunk(_ stream: Int32, _ bytes: UnsafeRawBufferPointer) {
         // The connection's window comes back at once; the stream's when its client has the bytes (`consumed`).
         if let session { _ = nghttp2_session_consume_connection(session, bytes.count) }
@@ -411,6 +419,11 @@ private let h2OnHeader: nghttp2_on_header_callback = { _, frame, name, namelen, 
 
 private let h2OnFrameRecv: nghttp2_on_frame_recv_callback = { _, frame, userData in
     owner(userData).frameReceived(frame!)
+    return 0
+}
+
+private let h2OnFrameSend: nghttp2_on_frame_send_callback = { _, frame, userData in
+    owner(userData).frameSent(frame!)
     return 0
 }
 

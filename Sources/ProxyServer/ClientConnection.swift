@@ -408,7 +408,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
     /// Takes the upstream side for `key` (a pooled connection, or a new one) and queues the request head on it.
     private func attachUpstream(key: PoolKey, context: ClientTLSContext, timeouts: Timeouts) -> Bool {
         guard let upstream = worker.upstreamChannel(key: key, context: context, connectTimeout: timeouts.connect,
-                                                    allowPrivate: exchange.match?.allowPrivate ?? false) else {
+                                                    allowPrivate: exchange.match?.allowPrivate ?? false, route: exchange.match) else {
             finish(.answered(ProxyErrorResponse(status: 502, errorType: .proxyInternalError,
                                                 details: "could not start a connection to \(key.host):\(key.port)"), close: true))
             return false
@@ -492,7 +492,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         self.upstream = nil
         upstream.abort()
         guard let fresh = worker.upstreamChannel(key: key, context: context, connectTimeout: match.timeouts.connect,
-                                                 allowPrivate: match.allowPrivate, fresh: true) else { return false }
+                                                 allowPrivate: match.allowPrivate, fresh: true, route: match) else { return false }
         exchange.response = .awaitingHead(HeadParser.Scan())
         self.upstream = fresh
         fresh.owner = self

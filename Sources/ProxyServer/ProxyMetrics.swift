@@ -22,6 +22,12 @@ public final class ProxyMetrics: Sendable {
     let reloadsFailed: Counter
     let lastReloadSuccess: Gauge
     let lastReloadTimestamp: Gauge
+    /// HTTP/2 upstreams (docs/http2.md).
+    let h2Connections: Counter
+    let h2Streams: Counter
+    let h2GoAways: Counter
+    let h2Resets: Counter
+    let h2ProtocolErrors: Counter
 
     /// The status page's per-route counters and last failures (`GET /` on the admin listener).
     public let statusBoard = StatusBoard()
@@ -44,6 +50,11 @@ public final class ProxyMetrics: Sendable {
         let reloads = d("config_reloads", "total", "Config reloads by result.")
         reloadsOK = registry.makeCounter(descriptor: reloads, labels: [("result", "success")])
         reloadsFailed = registry.makeCounter(descriptor: reloads, labels: [("result", "failure")])
+        h2Connections = registry.makeCounter(descriptor: d("h2_upstream_connections", "total", "HTTP/2 upstream connections whose session started (the server selected h2)."))
+        h2Streams = registry.makeCounter(descriptor: d("h2_upstream_streams", "total", "Exchanges carried as streams on HTTP/2 upstream connections."))
+        h2GoAways = registry.makeCounter(descriptor: d("h2_upstream_goaways", "total", "GOAWAY frames received from HTTP/2 upstreams."))
+        h2Resets = registry.makeCounter(descriptor: d("h2_upstream_stream_resets", "total", "HTTP/2 upstream streams that ended with an error code (RST_STREAM sent or received)."))
+        h2ProtocolErrors = registry.makeCounter(descriptor: d("h2_upstream_protocol_errors", "total", "HTTP/2 upstream connections closed for breaking the protocol or a limit (floods, oversized header lists, pushes)."))
         let build = BuildInfo.current
         registry.makeGauge(descriptor: d("build", "info", "Always 1; the labels say which build runs (mtls-proxy --version)."),
                            labels: [("version", build.version), ("commit", build.commit), ("openssl", build.openssl),

@@ -16,6 +16,8 @@ struct PoolKey: Hashable {
     var connect: HostPort?
     var context: ObjectIdentifier
     var egress: Egress = .direct
+    /// What is offered in ALPN: an HTTP/2 connection is never handed to an HTTP/1.1 exchange, nor the reverse.
+    var httpProtocol: UpstreamProtocol = .http11
 }
 
 /// Why a corporate proxy did not open the tunnel to the service.
@@ -110,6 +112,8 @@ final class UpstreamConnection: EventHandler {
         let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns") via \(key.egress)"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
+        // HTTP/1.1 routes offer nothing, as before; h2 and auto offer their list (docs/http2.md).
+        if key.httpProtocol != .http11, !tls.offerApplicationProtocols(key.httpProtocol.alpn) { return false }
         self.tls = tls
         stream.owner = self
         stream.readHighWatermark = Worker.readHighWatermark
@@ -287,6 +291,7 @@ final class UpstreamConnection: EventHandler {
         }
         tlsVersion = tls.version
         cipher = tls.cipher
+        selectedApplicationProtocol = tls.selectedApplicationProtocol
         for note in tls.trustNotes { worker.logger.warning("\(Self.describe(note, upstream: "\(key.host):\(key.port)"))") }
         connectedMicros = monotonicMicros()
         tls.startDirectIO()
@@ -334,6 +339,9 @@ final class UpstreamConnection: EventHandler {
 
     /// Whether the handshake resumed an earlier TLS session.
     var sessionReused: Bool { tls?.sessionReused ?? false }
+
+    /// What the server selected in ALPN, read when the handshake completes; nil when it selected nothing.
+    private(set) var selectedApplicationProtocol: String?
 
     /// The protocol version and cipher, read once when the handshake completes (renegotiation is off, so they
     /// stay): every request on the connection logs them.
@@ -516,6 +524,8 @@ extension UpstreamConnection: UpstreamChannel {
     var isReused: Bool { requestsServed > 0 }
 
     func describeConnection(into record: inout AccessRecord) {
+        record.upstreamProtocol = upstreamProtocol
+        record.upstreamStreamID = nil
         record.reused = isReused
         record.tlsVersion = tlsVersion
         record.cipher = cipher

@@ -50,6 +50,8 @@ final class Worker: @unchecked Sendable {
     private(set) var flusher: StreamFlusher!
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
     private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
+    /// HTTP/2 upstream connections, each carrying many exchanges.
+    private(set) lazy var h2Pool = H2Pool(worker: self)
     private(set) var draining = false
     private var thread: pthread_t?
 
@@ -213,6 +215,7 @@ final class Worker: @unchecked Sendable {
         // The loop has ended: free what is left, on this thread.
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
+        h2Pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
         // Every line of every request, the last ones included, is written before the worker ends.
         accessLog.detach()
@@ -384,7 +387,19 @@ final class Worker: @unchecked Sendable {
     /// new one, for a retry). Nil when no connection could be started. The one place an exchange gets its
     /// upstream: a second protocol (HTTP/2) chooses its channel here.
     func upstreamChannel(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool,
-                         fresh: Bool = false) -> (any UpstreamChannel)? {
+                         fresh: Bool = false, route: RouteMatch? = nil) -> (any UpstreamChannel)? {
+        // HTTP/2 (`protocol = "h2"`, or `"auto"` until the server selects HTTP/1.1): a stream on a shared
+        // connection of the key (docs/http2.md).
+        if key.httpProtocol == .h2 || (key.httpProtocol == .auto && !h2Pool.knownHTTP11(key)) {
+            var timeouts = route?.timeouts ?? runtime.config.upstream.timeouts
+            timeouts.connect = connectTimeout
+            let stream = H2UpstreamStream(key: key, context: context, worker: self, routeLabel: route?.label ?? "unmatched",
+                                          timeouts: timeouts, allowPrivate: allowPrivate)
+            switch h2Pool.place(stream) {
+            case .attached, .queued: return stream
+            case .refused, .failedToOpen: return nil
+            }
+        }
         if !fresh, let pooled = pool.take(key) {
             metrics.shared.upstreamReused.increment()
             return pooled

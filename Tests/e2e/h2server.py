@@ -1,0 +1,246 @@
+"""An HTTP/2 upstream on the `h2` library for Tests/e2e/test_h2_upstream.py: TLS on 127.0.0.1 with ALPN h2 only,
+a client certificate of the test CA REQUIRED and verified, and a count of streams per connection per client
+subject (GET /_stats). Paths say what to answer, including faults sent on cue:
+
+  /hello                 200 "hello <subject>" with content-length
+  /echo                  the request body back (and its SHA-256 in x-body-sha256); 100 Continue first when asked
+  /bytes/N               N deterministic bytes, no content-length (the proxy re-frames them as chunks)
+  /sized/N               the same with content-length
+  /slow/MS               waits MS milliseconds, then 200 "slow"
+  /trailers              a body, then a trailer section (x-checksum)
+  /rst-before            RST_STREAM INTERNAL_ERROR before any head
+  /rst-after             the head and some DATA, then RST_STREAM INTERNAL_ERROR
+  /refuse                RST_STREAM REFUSED_STREAM before any head
+  /goaway                the first time: GOAWAY (last stream = the one before this) and close, so this stream was
+                         not processed; after that, 200 "after goaway"
+  /goaway-after          the full answer, then GOAWAY NO_ERROR and close
+  /big-header            a header list of 128 KiB
+  /push                  a PUSH_PROMISE (forbidden: the proxy said SETTINGS_ENABLE_PUSH = 0)
+  /short                 content-length 10 with 5 bytes of DATA
+  /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
+
+Usage: h2server.py --port P --cert C --key K --ca CA [--max-streams N]
+"""
+import argparse, asyncio, hashlib, json, ssl, sys
+
+import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
+
+STATS = {}  # subject -> list of stream counts, one per connection
+GOAWAY_AFTER = set()
+
+
+def body_bytes(n):
+    block = bytes(range(256)) * 64
+    out = bytearray()
+    while len(out) < n:
+        out += block
+    return bytes(out[:n])
+
+
+class H2Protocol(asyncio.Protocol):
+    def __init__(self, max_streams):
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.max_streams = max_streams
+        self.transport = None
+        self.requests = {}
+        self.windows = {}  # stream id -> asyncio.Event set when the window grows
+        self.counter = None
+        self.closed = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        cert = transport.get_extra_info("peercert") or {}
+        subject = ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+        self.subject = subject
+        STATS.setdefault(subject, []).append(0)
+        self.counter = len(STATS[subject]) - 1
+        self.conn.initiate_connection()
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        self.flush()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        for event in self.windows.values():
+            event.set()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def data_received(self, data):
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.flush()
+            self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                STATS[self.subject][self.counter] += 1
+                headers = dict(event.headers)
+                self.requests[event.stream_id] = dict(headers=headers, body=bytearray())
+                if headers.get("expect", "").lower() == "100-continue":
+                    self.conn.send_headers(event.stream_id, [(":status", "100")])
+                if event.stream_ended:
+                    self.start(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                if event.stream_id in self.requests:
+                    self.requests[event.stream_id]["body"] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_ended:
+                    self.start(event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                if event.stream_id in self.requests and not self.requests[event.stream_id].get("started"):
+                    self.start(event.stream_id)
+            elif isinstance(event, h2.events.WindowUpdated):
+                for ev in self.windows.values():
+                    ev.set()
+            elif isinstance(event, h2.events.StreamReset):
+                self.requests.pop(event.stream_id, None)
+                ev = self.windows.get(event.stream_id)
+                if ev:
+                    ev.set()
+        self.flush()
+
+    def start(self, stream_id):
+        request = self.requests.get(stream_id)
+        if request is None or request.get("started"):
+            return
+        request["started"] = True
+        asyncio.ensure_future(self.answer(stream_id, request))
+
+    async def send_body(self, stream_id, data, end=True):
+        offset = 0
+        while offset < len(data):
+            if self.closed or stream_id not in self.requests:
+                return False
+            window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                event = self.windows.setdefault(stream_id, asyncio.Event())
+                event.clear()
+                await event.wait()
+                continue
+            piece = data[offset:offset + window]
+            offset += len(piece)
+            self.conn.send_data(stream_id, piece, end_stream=end and offset == len(data))
+            self.flush()
+        if end and not data:
+            self.conn.end_stream(stream_id)
+            self.flush()
+        return True
+
+    async def answer(self, stream_id, request):
+        headers = request["headers"]
+        path = headers.get(":path", "/")
+        if path.startswith("/eu/"):  # the second identity's route (path prefix /eu) reaches the same paths
+            path = path[3:]
+        method = headers.get(":method", "GET")
+        try:
+            await self.route(stream_id, path, method, headers, bytes(request["body"]))
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            pass
+        self.flush()
+
+    async def route(self, stream_id, path, method, headers, body):
+        def respond(status, fields=(), end=False):
+            self.conn.send_headers(stream_id, [(":status", str(status))] + list(fields), end_stream=end)
+            self.flush()
+
+        if path == "/_stats":
+            data = json.dumps(STATS).encode()
+            respond(200, [("content-type", "application/json"), ("content-length", str(len(data)))])
+            await self.send_body(stream_id, data)
+        elif path == "/_reset":
+            STATS.clear()
+            STATS.setdefault(self.subject, []).append(0)
+            self.counter = 0
+            respond(204, end=True)
+        elif path == "/hello":
+            data = f"hello {self.subject} {method}\n".encode()
+            fields = [("content-length", str(len(data)))]
+            respond(200, fields + [("x-client-subject", self.subject)], end=method == "HEAD")
+            if method != "HEAD":
+                await self.send_body(stream_id, data)
+        elif path == "/echo":
+            digest = hashlib.sha256(body).hexdigest()
+            respond(200, [("content-length", str(len(body))), ("x-body-sha256", digest)])
+            await self.send_body(stream_id, body)
+        elif path.startswith("/bytes/"):
+            respond(200, [("content-type", "application/octet-stream")])
+            await self.send_body(stream_id, body_bytes(int(path.split("/")[2])))
+        elif path.startswith("/sized/"):
+            n = int(path.split("/")[2])
+            respond(200, [("content-length", str(n))])
+            await self.send_body(stream_id, body_bytes(n))
+        elif path.startswith("/slow/"):
+            await asyncio.sleep(int(path.split("/")[2]) / 1000)
+            respond(200, [("content-length", "4")])
+            await self.send_body(stream_id, b"slow")
+        elif path == "/trailers":
+            respond(200)
+            await self.send_body(stream_id, b"with trailers\n", end=False)
+            self.conn.send_headers(stream_id, [("x-checksum", "abc")], end_stream=True)
+        elif path == "/rst-before" or path == "/refuse":
+            code = h2.errors.ErrorCodes.REFUSED_STREAM if path == "/refuse" else h2.errors.ErrorCodes.INTERNAL_ERROR
+            self.conn.reset_stream(stream_id, code)
+        elif path == "/rst-after":
+            respond(200, [("content-length", "100000")])
+            await self.send_body(stream_id, b"x" * 1000, end=False)
+            await asyncio.sleep(0.05)
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif path == "/goaway" and "/goaway" in GOAWAY_AFTER:
+            respond(200, [("content-length", "13")])
+            await self.send_body(stream_id, b"after goaway\n")
+        elif path == "/goaway":
+            GOAWAY_AFTER.add("/goaway")
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=max(0, stream_id - 2))
+            self.flush()
+            self.transport.close()
+        elif path == "/goaway-after":
+            respond(200, [("content-length", "4")])
+            await self.send_body(stream_id, b"done")
+            self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR)
+            self.flush()
+            self.transport.close()
+        elif path == "/big-header":
+            respond(200, [("x-big", "v" * (128 * 1024)), ("content-length", "0")], end=True)
+        elif path == "/push":
+            # h2 itself refuses to push to a client that disabled push: write the frame by hand.
+            payload = (2).to_bytes(4, "big")
+            frame = len(payload).to_bytes(3, "big") + bytes([0x5, 0x4]) + stream_id.to_bytes(4, "big") + payload
+            self.transport.write(frame)
+            respond(200, [("content-length", "2")])
+            await self.send_body(stream_id, b"ok")
+        elif path == "/short":
+            respond(200, [("content-length", "10")])
+            self.conn.send_data(stream_id, b"12345", end_stream=True)
+        else:
+            respond(404, [("content-length", "0")], end=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--max-streams", type=int, default=100)
+    args = parser.parse_args()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.cert, args.key)
+    ctx.load_verify_locations(args.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams), "127.0.0.1", args.port, ssl=ctx))
+    print("listening", flush=True)
+    try:
+        loop.run_forever()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""HTTP/2 to the upstream (protocol = "h2"): workflows speak HTTP/1.1 to the proxy, the proxy speaks HTTP/2 over
+mutual TLS to real HTTP/2 servers on loopback: h2server.py (the Python `h2` library; it requires and verifies the
+client certificate, and counts streams per connection per client subject) and nghttpd (which requires one).
+Clients: curl and Python requests. Faults are sent by h2server.py on cue (see its docstring)."""
+import concurrent.futures, hashlib, json, os, shutil, subprocess, sys, tempfile, threading, time, unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+try:
+    import h2  # noqa: F401
+    HAVE_H2 = True
+except ImportError:
+    HAVE_H2 = False
+NGHTTPD = shutil.which("nghttpd")
+ENV = {}
+
+
+def body_bytes(n):
+    block = bytes(range(256)) * 64
+    out = bytearray()
+    while len(out) < n:
+        out += block
+    return bytes(out[:n])
+
+
+def setUpModule():
+    if not HAVE_H2:
+        return
+    d = harness.folder_with_pki("mtls-proxy-h2-")
+    pki = f"{d}/pki"
+    procs = harness.Processes()
+    proxy_port, h2_port, ng_port = harness.free_port(), harness.free_port(), harness.free_port()
+    try:
+        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h2_port),
+                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
+                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/h2server.log", "w"))
+        harness.wait_for_port(h2_port)
+        ng_route = ""
+        if NGHTTPD:
+            os.makedirs(f"{d}/htdocs/ng")
+            with open(f"{d}/htdocs/ng/big.bin", "wb") as f:
+                f.write(body_bytes(8 << 20))
+            procs.start([NGHTTPD, "--verify-client", "-d", f"{d}/htdocs", str(ng_port), f"{pki}/server.key", f"{pki}/server.pem"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            harness.wait_for_port(ng_port)
+            ng_route = f"""
+[[route]]
+host = "api.mygreatbank.test"
+path = "/ng"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{ng_port}"
+"""
+        with open(f"{d}/proxy.conf", "w") as f:
+            f.write(f"""
+[proxy]
+listen = "127.0.0.1:{proxy_port}"
+workers = 1
+[log]
+format = "json"
+{harness.US_IDENTITY}
+[identities.eu]
+cert = "pki/fusion-eu.pem"
+key = "pki/fusion-eu.key"
+
+[[route]]
+host = "api.mygreatbank.test"
+path = "/eu"
+identity = "eu"
+protocol = "h2"
+connect = "127.0.0.1:{h2_port}"
+{ng_route}
+[[route]]
+host = "api.mygreatbank.test"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{h2_port}"
+""")
+        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", proxy_port)
+    except BaseException:
+        procs.stop_all()
+        raise
+    ENV.update(procs=procs, proxy=proxy, dir=d, port=proxy_port, url=f"http://127.0.0.1:{proxy_port}")
+
+
+def tearDownModule():
+    if "procs" in ENV:
+        ENV["procs"].stop_all()
+
+
+def curl(*args, timeout=60):
+    return subprocess.run(["curl", "-sS", "-x", ENV["url"], *args], capture_output=True, env=harness.clean_env(), timeout=timeout)
+
+
+def requests_session():
+    import requests
+    s = requests.Session()
+    s.trust_env = False
+    s.proxies = {"http": ENV["url"]}
+    return s
+
+
+URL = "http://api.mygreatbank.test"
+
+
+def stats():
+    import requests
+    r = requests_session().get(f"{URL}/_stats", timeout=10)
+    return json.loads(r.text)
+
+
+def reset_stats():
+    requests_session().get(f"{URL}/_reset", timeout=10)
+
+
+def subject_streams(data, cn):
+    return next((v for k, v in data.items() if k.endswith(f"commonName={cn}")), [])
+
+
+@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+class H2Upstream(unittest.TestCase):
+    def test_get_with_curl(self):
+        r = curl("-i", f"{URL}/hello")
+        out = r.stdout.decode()
+        self.assertIn("HTTP/1.1 200", out, r.stderr.decode())
+        self.assertIn("hello organizationName=mtls-proxy test,commonName=fusion-us GET", out)
+
+    def test_head_has_no_body_and_keeps_its_length(self):
+        r = curl("-I", f"{URL}/hello")
+        out = r.stdout.decode().lower()
+        self.assertIn("http/1.1 200", out, r.stderr.decode())
+        self.assertIn("content-length:", out)
+
+    def test_response_without_length_is_chunked_for_http11_clients(self):
+        r = curl("-i", "--raw", f"{URL}/bytes/1000")
+        head = r.stdout.split(b"\r\n\r\n", 1)[0].decode().lower()
+        self.assertIn("transfer-encoding: chunked", head)
+
+    def test_32_concurrent_clients_one_identity_one_connection(self):
+        reset_stats()
+        time.sleep(0.2)
+        def one(i):
+            return requests_session().get(f"{URL}/slow/400", timeout=30)
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(one, range(32)))
+        self.assertEqual([r.status_code for r in results], [200] * 32)
+        streams = subject_streams(stats(), "fusion-us")
+        # The _reset and _stats requests ride on the same connection: 32 + 2 streams on one connection.
+        self.assertEqual(len([n for n in streams if n > 0]), 1, streams)
+        self.assertGreaterEqual(max(streams), 32, streams)
+
+    def test_two_identities_never_share_a_connection(self):
+        s = requests_session()
+        us = s.get(f"{URL}/hello", timeout=10)
+        eu = s.get(f"{URL}/eu/hello", timeout=10)
+        self.assertIn("commonName=fusion-us", us.text)
+        self.assertIn("commonName=fusion-eu", eu.text)
+        data = stats()
+        self.assertTrue(subject_streams(data, "fusion-eu"), data)
+        self.assertTrue(subject_streams(data, "fusion-us"), data)
+
+    def test_post_with_expect_100_continue(self):
+        payload = os.urandom(200_000)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(payload)
+            f.flush()
+            r = curl("-i", "-H", "Expect: 100-continue", "--data-binary", f"@{f.name}", f"{URL}/echo")
+        out = r.stdout
+        self.assertIn(b"HTTP/1.1 100 Continue", out, r.stderr.decode())
+        self.assertIn(b"HTTP/1.1 200", out)
+        self.assertIn(hashlib.sha256(payload).hexdigest().encode(), out)
+
+    def test_4MiB_upload_with_requests(self):
+        payload = os.urandom(4 << 20)
+        r = requests_session().post(f"{URL}/echo", data=payload, timeout=60)
+        self.assertEqual(r.status_code, 200)
+        self.assertEqual(r.headers["x-body-sha256"], hashlib.sha256(payload).hexdigest())
+        self.assertEqual(hashlib.sha256(r.content).hexdigest(), hashlib.sha256(payload).hexdigest())
+
+    def test_4MiB_chunked_upload_with_curl(self):
+        payload = os.urandom(4 << 20)
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(payload)
+            f.flush()
+            r = curl("-D", "-", "-o", "/dev/null", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{f.name}", f"{URL}/echo")
+        self.assertIn(hashlib.sha256(payload).hexdigest(), r.stdout.decode(), r.stderr.decode())
+
+    def test_8MiB_download_sha256(self):
+        expected = hashlib.sha256(body_bytes(8 << 20)).hexdigest()
+        for path in ("/bytes/8388608", "/sized/8388608"):
+            with self.subTest(path=path):
+                r = curl(f"{URL}{path}")
+                self.assertEqual(len(r.stdout), 8 << 20, r.stderr.decode())
+                self.assertEqual(hashlib.sha256(r.stdout).hexdigest(), expected)
+        r = requests_session().get(f"{URL}/bytes/8388608", timeout=60)
+        self.assertEqual(hashlib.sha256(r.content).hexdigest(), expected)
+
+    @unittest.skipUnless(NGHTTPD, "nghttpd not installed (Debian nghttp2-server)")
+    def test_nghttpd_8MiB_download_sha256(self):
+        r = curl("-D", "-", f"{URL}/ng/big.bin", "-o", f"{ENV['dir']}/ng.out")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+        with open(f"{ENV['dir']}/ng.out", "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), hashlib.sha256(body_bytes(8 << 20)).hexdigest())
+
+    def test_slow_client_holds_back_only_its_own_stream(self):
+        import socket
+        # A client that asks for 8 MiB and reads nothing.
+        s = socket.create_connection(("127.0.0.1", ENV["port"]))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET http://api.mygreatbank.test/bytes/8388608 HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+        time.sleep(0.5)
+        try:
+            # Others on the same connection go on.
+            started = time.time()
+            r = requests_session().get(f"{URL}/sized/1000000", timeout=10)
+            self.assertEqual(len(r.content), 1000000)
+            self.assertLess(time.time() - started, 5)
+        finally:
+            s.close()
+
+
+@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+class H2UpstreamFaults(unittest.TestCase):
+    def test_rst_stream_before_head_is_502_naming_the_h2_error(self):
+        r = curl("-i", f"{URL}/rst-before")
+        out = r.stdout.decode()
+        self.assertIn("HTTP/1.1 502", out, r.stderr.decode())
+        status = next((l for l in out.splitlines() if l.lower().startswith("proxy-status:")), "")
+        self.assertIn("INTERNAL_ERROR", status)
+
+    def test_rst_stream_after_head_truncates(self):
+        r = curl(f"{URL}/rst-after")
+        # curl: 18 (partial file) or 56 (receive failure): never a clean end.
+        self.assertIn(r.returncode, (18, 56), (r.returncode, r.stderr.decode()))
+
+    def test_short_body_against_content_length_truncates(self):
+        r = curl(f"{URL}/short")
+        self.assertIn(r.returncode, (18, 56), (r.returncode, r.stderr.decode()))
+
+    def test_goaway_unprocessed_stream_is_retried_on_a_new_connection(self):
+        r = curl("-i", f"{URL}/goaway")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+        self.assertIn("after goaway", r.stdout.decode())
+
+    def test_oversized_header_list_closes_that_connection_only(self):
+        r = curl("-i", f"{URL}/big-header")
+        self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
+        r = curl("-i", f"{URL}/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_push_promise_closes_the_connection(self):
+        r = curl("-i", f"{URL}/push")
+        self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
+        r = curl("-i", f"{URL}/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+
+if __name__ == "__main__":
+    harness.run_suite()
