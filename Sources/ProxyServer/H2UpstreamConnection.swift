@@ -137,7 +137,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             fail(.protocolError("HTTP/2 session: \(error)"), why: nil)
             return
         }
-        // checkSessionEnded: next commit
+        if checkSessionEnded(session) { return }
         closeIfDone()
     }
 

@@ -90,7 +90,7 @@ def tearDownModule():
         ENV["procs"].stop_all()
 
 
-def curl(*args, timeout=60):
+def curl(*args, timeout=30):
     return subprocess.run(["curl", "-sS", "-x", ENV["url"], *args], capture_output=True, env=harness.clean_env(), timeout=timeout)
 
 
