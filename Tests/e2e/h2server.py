@@ -1,4 +1,4 @@
-"""An HTTP/2 upstream on the `h2` library for Tests/e2e/test_h2_upstream.py: TLS on 127.0.0.1 with ALPN h2 only,
+"""An HTTP/2 upstream on the `h2` library for Tests/e2e/test_h2_upstream.py: TLS on 127.0.0.1 (ALPN h2, http/1.1),
 a client certificate of the test CA REQUIRED and verified, and a count of streams per connection per client
 subject (GET /_stats). Paths say what to answer, including faults sent on cue:
 
@@ -19,9 +19,13 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /short                 content-length 10 with 5 bytes of DATA
   /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
 
-Usage: h2server.py --port P --cert C --key K --ca CA [--max-streams N]
+A client that selects no protocol in ALPN gets HTTP/1.1 (one request per connection): a WebSocket upgrade is
+answered 101 and echoed (x-upstream-protocol: http/1.1), anything else 200 "http/1.1 <path>". With --http11-only
+the server offers only http/1.1 in ALPN.
+
+Usage: h2server.py --port P --cert C --key K --ca CA [--max-streams N] [--http11-only]
 """
-import argparse, asyncio, hashlib, json, ssl, sys
+import argparse, asyncio, base64, hashlib, json, ssl, sys
 
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
@@ -35,6 +39,43 @@ def body_bytes(n):
     while len(out) < n:
         out += block
     return bytes(out[:n])
+
+
+class HTTP11Protocol(asyncio.Protocol):
+    """One HTTP/1.1 exchange: a WebSocket upgrade (101, then every byte echoed), or a short 200."""
+
+    def __init__(self, transport, subject):
+        self.transport = transport
+        self.subject = subject
+        self.buffer = b""
+        self.relaying = False
+
+    def data_received(self, data):
+        if self.relaying:
+            self.transport.write(data)
+            return
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head, rest = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        path = lines[0].split(" ")[1]
+        headers = {}
+        for line in lines[1:]:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("upgrade", "").lower() == "websocket":
+            accept = base64.b64encode(hashlib.sha1((headers.get("sec-websocket-key", "") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            self.transport.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                  f"Sec-WebSocket-Accept: {accept}\r\nx-upstream-protocol: http/1.1\r\n\r\n").encode())
+            self.relaying = True
+            if rest:
+                self.transport.write(rest)
+            return
+        body = f"http/1.1 {path}\n".encode()
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode()
+                             + b"\r\nx-upstream-protocol: http/1.1\r\nConnection: close\r\n\r\n" + body)
+        self.transport.close()
 
 
 class H2Protocol(asyncio.Protocol):
@@ -53,6 +94,10 @@ class H2Protocol(asyncio.Protocol):
         cert = transport.get_extra_info("peercert") or {}
         subject = ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
         self.subject = subject
+        self.http11 = None
+        if transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+            self.http11 = HTTP11Protocol(transport, subject)
+            return
         STATS.setdefault(subject, []).append(0)
         self.counter = len(STATS[subject]) - 1
         self.conn.initiate_connection()
@@ -70,6 +115,9 @@ class H2Protocol(asyncio.Protocol):
             self.transport.write(data)
 
     def data_received(self, data):
+        if self.http11:
+            self.http11.data_received(data)
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -134,8 +182,9 @@ class H2Protocol(asyncio.Protocol):
     async def answer(self, stream_id, request):
         headers = request["headers"]
         path = headers.get(":path", "/")
-        if path.startswith("/eu/"):  # the second identity's route (path prefix /eu) reaches the same paths
-            path = path[3:]
+        for prefix in ("/eu/", "/autoh2/"):  # other routes (path prefixes) reach the same paths
+            if path.startswith(prefix):
+                path = path[len(prefix) - 1:]
         method = headers.get(":method", "GET")
         try:
             await self.route(stream_id, path, method, headers, bytes(request["body"]))
@@ -227,12 +276,13 @@ def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
+    parser.add_argument("--http11-only", action="store_true")
     args = parser.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     ctx.load_verify_locations(args.ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["h2"])
+    ctx.set_alpn_protocols(["http/1.1"] if args.http11_only else ["h2", "http/1.1"])
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)

@@ -31,12 +31,17 @@ def setUpModule():
     d = harness.folder_with_pki("mtls-proxy-h2-")
     pki = f"{d}/pki"
     procs = harness.Processes()
-    proxy_port, h2_port, ng_port = harness.free_port(), harness.free_port(), harness.free_port()
+    proxy_port, h2_port, ng_port, h11_port = harness.free_port(), harness.free_port(), harness.free_port(), harness.free_port()
     try:
         procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h2_port),
                      "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/h2server.log", "w"))
         harness.wait_for_port(h2_port)
+        # The same server speaking only HTTP/1.1 (ALPN http/1.1).
+        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h11_port), "--http11-only",
+                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
+                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/h11server.log", "w"))
+        harness.wait_for_port(h11_port)
         ng_route = ""
         if NGHTTPD:
             os.makedirs(f"{d}/htdocs/ng")
@@ -72,6 +77,27 @@ identity = "eu"
 protocol = "h2"
 connect = "127.0.0.1:{h2_port}"
 {ng_route}
+[[route]]
+host = "api.mygreatbank.test"
+path = "/autoh2"
+identity = "us"
+protocol = "auto"
+connect = "127.0.0.1:{h2_port}"
+
+[[route]]
+host = "api.mygreatbank.test"
+path = "/auto11"
+identity = "us"
+protocol = "auto"
+connect = "127.0.0.1:{h11_port}"
+
+[[route]]
+host = "api.mygreatbank.test"
+path = "/h2to11"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{h11_port}"
+
 [[route]]
 host = "api.mygreatbank.test"
 identity = "us"
@@ -219,6 +245,59 @@ class H2Upstream(unittest.TestCase):
             self.assertLess(time.time() - started, 5)
         finally:
             s.close()
+
+
+    def test_access_log_names_the_protocol_and_stream(self):
+        curl(f"{URL}/hello?secret=1")
+        time.sleep(0.5)
+        lines = [l for l in harness.json_log_lines(f"{ENV['dir']}/proxy.log") if l.get("path") == "/hello"]
+        self.assertTrue(lines)
+        self.assertEqual(lines[-1]["upstream_protocol"], "h2")
+        self.assertEqual(lines[-1]["upstream_stream"] % 2, 1)  # streams the client opens are odd
+        self.assertNotIn("secret", json.dumps(lines[-1]))
+
+    def test_websocket_upgrade_falls_back_to_http11(self):
+        import socket
+        s = socket.create_connection(("127.0.0.1", ENV["port"]), timeout=10)
+        try:
+            s.sendall(b"GET http://api.mygreatbank.test/ws HTTP/1.1\r\nHost: api.mygreatbank.test\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+            self.assertIn(b"x-upstream-protocol: http/1.1", head.lower())
+            s.sendall(b"ping over the relay")
+            echoed = b""
+            while len(echoed) < len(b"ping over the relay"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                echoed += chunk
+            self.assertEqual(echoed, b"ping over the relay")
+        finally:
+            s.close()
+
+    def test_auto_uses_h2_when_the_server_selects_it(self):
+        r = curl("-i", f"{URL}/autoh2/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+        self.assertIn("fusion-us GET", r.stdout.decode())
+
+    def test_auto_falls_back_to_http11_when_the_server_selects_it(self):
+        for _ in range(2):
+            r = curl("-i", f"{URL}/auto11/x")
+            out = r.stdout.decode()
+            self.assertIn("HTTP/1.1 200", out, r.stderr.decode())
+            self.assertIn("http/1.1 /auto11/x", out)
+
+    def test_h2_route_to_a_server_without_h2_is_502_naming_alpn(self):
+        r = curl("-i", f"{URL}/h2to11/x")
+        out = r.stdout.decode()
+        self.assertIn("HTTP/1.1 502", out, r.stderr.decode())
+        self.assertIn("did not select h2 in ALPN", out)
 
 
 @unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
