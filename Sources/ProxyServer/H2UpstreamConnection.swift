@@ -165,6 +165,11 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     // MARK: transport events
 
     func upstreamConnected(_ channel: any UpstreamChannel) {
+        withExtendedLifetime(self) { sessionStarts() }
+    }
+
+    /// The handshake is done: h2 selected starts the session, anything else fails the waiting exchanges.
+    private func sessionStarts() {
         guard transport.selectedApplicationProtocol == "h2" else {
             // `protocol = "auto"`: the server is remembered as HTTP/1.1 and the waiting exchanges that may be
             // retried go over HTTP/1.1; `protocol = "h2"`: the server must select h2, they are answered 502.
@@ -192,6 +197,11 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     }
 
     func upstreamReadable(_ channel: any UpstreamChannel) {
+        withExtendedLifetime(self) { readFrames() }
+    }
+
+    /// Feeds what the transport received to the session; the streams hear their events from it.
+    private func readFrames() {
         guard let session, !closed else { return }
         let input = transport.input
         receiving = true
@@ -227,7 +237,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     }
 
     func upstreamEnded(_ channel: any UpstreamChannel, _ event: UpstreamEvent) {
-        fail(.connection(event), why: nil)
+        withExtendedLifetime(self) { fail(.connection(event), why: nil) }
     }
 
     /// The connection is gone: streams that had no response head yet fail with `event` (or are retried when
@@ -261,17 +271,23 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
 
     // MARK: session events
 
+    /// Each stream is held for the length of its event: its exchange may end (and let go of it) meanwhile.
     func h2Event(_ event: H2Event) {
         switch event {
-        case .informational(let id, let fields): streams[id]?.informational(fields)
-        case .response(let id, let fields, let endStream): streams[id]?.response(fields, endStream: endStream)
-        case .data(let id, let bytes): streams[id]?.data(bytes)
-        case .trailers(let id, let fields): streams[id]?.trailers(fields)
-        case .responseEnded(let id): streams[id]?.responseEnded()
+        case .informational(let id, let fields):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.informational(fields) } }
+        case .response(let id, let fields, let endStream):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.response(fields, endStream: endStream) } }
+        case .data(let id, let bytes):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.data(bytes) } }
+        case .trailers(let id, let fields):
+            streams[id]?.trailers(fields)
+        case .responseEnded(let id):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.responseEnded() } }
         case .closed(let id, let code):
             guard let stream = streams.removeValue(forKey: id) else { return }
             if code != 0 { worker.metrics.shared.h2Resets.increment() }
-            stream.closed(errorCode: code)
+            withExtendedLifetime(stream) { stream.closed(errorCode: code) }
         case .goAway(let last, let code):
             goingAway = true
             worker.metrics.shared.h2GoAways.increment()

@@ -165,4 +165,49 @@ private func frame(type: UInt8, flags: UInt8 = 0, stream: Int32, _ payload: [UIn
         for _ in 0..<100 { bytes += frame(type: 0x9, flags: 0, stream: id, [0x40 | 0x00]) }
         #expect(throws: H2SessionFailure.self) { try pair.inject(bytes) }
     }
+
+    @Test func aPingFloodClosesTheConnection() throws {
+        var limits = H2SessionLimits()
+        limits.maxOutboundAcks = 100
+        let pair = try Pair(limits: limits)
+        try pair.run()
+        // 500 PINGs in one read, never letting the client write its acknowledgements out.
+        var bytes: [UInt8] = []
+        for _ in 0..<500 { bytes += frame(type: 0x6, stream: 0, [UInt8](repeating: 1, count: 8)) }
+        #expect(throws: H2SessionFailure.self) { try pair.inject(bytes) }
+    }
+
+    @Test func aSettingsFloodClosesTheConnection() throws {
+        var limits = H2SessionLimits()
+        limits.maxOutboundAcks = 100
+        let pair = try Pair(limits: limits)
+        try pair.run()
+        var bytes: [UInt8] = []
+        for _ in 0..<500 { bytes += frame(type: 0x4, stream: 0) }
+        #expect(throws: H2SessionFailure.self) { try pair.inject(bytes) }
+    }
+
+    @Test func aHeaderValueWithCRLFIsAStreamErrorNotAHeaderInjection() throws {
+        let pair = try Pair()
+        pair.server.respond = { _ in .response(status: 200, fields: [H2Field("x-evil", "a\r\ninjected: 1")], body: [], trailers: []) }
+        let id = try pair.client.startRequest(get, method: "GET", hasBody: false)
+        try pair.run()
+        #expect(!pair.log.entries.contains { if case .response = $0 { return true } else { return false } })
+        #expect(pair.log.entries.last == .closed(id, 0x1))
+    }
+
+    @Test func streamsTheProxyDidNotOpenAreRefused() throws {
+        let pair = try Pair()
+        pair.server.respond = { _ in .nothing }
+        _ = try pair.client.startRequest(get, method: "GET", hasBody: false)
+        try pair.run()
+        // HEADERS on stream 2, which a server may not open (RFC 9113 §5.1.1): a connection error.
+        let stray = frame(type: 0x1, flags: 0x4 | 0x1, stream: 2, [0x88])
+        var failed = false
+        do { try pair.inject(stray) } catch { failed = true }
+        var out: [UInt8] = []
+        try? pair.client.send { out += Array($0) }
+        // Either the read fails, or nghttp2 answers GOAWAY PROTOCOL_ERROR and stops.
+        #expect(failed || pair.client.sentGoAwayCode == 0x1)
+    }
 }
