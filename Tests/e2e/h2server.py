@@ -17,6 +17,8 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /big-header            a header list of 128 KiB
   /push                  a PUSH_PROMISE (forbidden: the proxy said SETTINGS_ENABLE_PUSH = 0)
   /short                 content-length 10 with 5 bytes of DATA
+  /drop                  the head and some DATA, then the TCP connection is cut
+  /early-413             413 as soon as the request head arrives, before its body
   /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
 
 A client that selects no protocol in ALPN gets HTTP/1.1 (one request per connection): a WebSocket upgrade is
@@ -129,7 +131,12 @@ class H2Protocol(asyncio.Protocol):
                 STATS[self.subject][self.counter] += 1
                 headers = dict(event.headers)
                 self.requests[event.stream_id] = dict(headers=headers, body=bytearray())
-                if headers.get("expect", "").lower() == "100-continue":
+                if headers.get(":path") == "/early-413":
+                    # Answered before the body arrives, as a server refusing an upload does.
+                    self.requests[event.stream_id]["started"] = True
+                    self.conn.send_headers(event.stream_id, [(":status", "413"), ("content-length", "9")])
+                    self.conn.send_data(event.stream_id, b"too big\n\n", end_stream=True)
+                elif headers.get("expect", "").lower() == "100-continue":
                     self.conn.send_headers(event.stream_id, [(":status", "100")])
                 if event.stream_ended:
                     self.start(event.stream_id)
@@ -182,7 +189,7 @@ class H2Protocol(asyncio.Protocol):
     async def answer(self, stream_id, request):
         headers = request["headers"]
         path = headers.get(":path", "/")
-        for prefix in ("/eu/", "/autoh2/"):  # other routes (path prefixes) reach the same paths
+        for prefix in ("/eu/", "/autoh2/", "/rt/"):  # other routes (path prefixes) reach the same paths
             if path.startswith(prefix):
                 path = path[len(prefix) - 1:]
         method = headers.get(":method", "GET")
@@ -262,6 +269,11 @@ class H2Protocol(asyncio.Protocol):
             self.transport.write(frame)
             respond(200, [("content-length", "2")])
             await self.send_body(stream_id, b"ok")
+        elif path == "/drop":
+            respond(200, [("content-length", "100000")])
+            await self.send_body(stream_id, b"y" * 2000, end=False)
+            await asyncio.sleep(0.05)
+            self.transport.abort()
         elif path == "/short":
             respond(200, [("content-length", "10")])
             self.conn.send_data(stream_id, b"12345", end_stream=True)

@@ -79,6 +79,14 @@ connect = "127.0.0.1:{h2_port}"
 {ng_route}
 [[route]]
 host = "api.mygreatbank.test"
+path = "/rt"
+identity = "us"
+protocol = "h2"
+response_timeout = "1s"
+connect = "127.0.0.1:{h2_port}"
+
+[[route]]
+host = "api.mygreatbank.test"
 path = "/autoh2"
 identity = "us"
 protocol = "auto"
@@ -326,6 +334,36 @@ class H2UpstreamFaults(unittest.TestCase):
     def test_oversized_header_list_closes_that_connection_only(self):
         r = curl("-i", f"{URL}/big-header")
         self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
+        r = curl("-i", f"{URL}/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_no_response_within_the_response_timeout_is_504(self):
+        started = time.time()
+        r = curl("-i", f"{URL}/rt/slow/4000")
+        self.assertIn("HTTP/1.1 504", r.stdout.decode(), r.stderr.decode())
+        self.assertLess(time.time() - started, 3.5)
+        # The connection is still good for the next request.
+        r = curl("-i", f"{URL}/rt/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_connection_cut_mid_body_truncates_and_the_next_request_reconnects(self):
+        r = curl(f"{URL}/drop")
+        self.assertIn(r.returncode, (18, 56), (r.returncode, r.stderr.decode()))
+        r = curl("-i", f"{URL}/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_early_413_during_an_upload_reaches_the_client(self):
+        r = requests_session().post(f"{URL}/early-413", data=os.urandom(4 << 20), timeout=30)
+        self.assertEqual(r.status_code, 413)
+        r = curl("-i", f"{URL}/hello")
+        self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_client_leaving_mid_download_cancels_only_its_stream(self):
+        import socket
+        s = socket.create_connection(("127.0.0.1", ENV["port"]))
+        s.sendall(b"GET http://api.mygreatbank.test/bytes/8388608 HTTP/1.1\r\nHost: api.mygreatbank.test\r\n\r\n")
+        s.recv(1000)
+        s.close()
         r = curl("-i", f"{URL}/hello")
         self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
 
