@@ -119,7 +119,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             guard let id = stream.startIfHeadReady(on: session) else { continue }
             streams[id] = stream
             streamsOpened += 1
-            worker.metrics.shared.h2Streams.increment()
+            worker.metrics.countH2(.streams, route: routeLabel)
         }
         starting.removeAll { $0.streamID > 0 || $0.connection !== self }
         for stream in Array(streams.values) { stream.pumpRequest(session) }
@@ -151,7 +151,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             return true
         }
         let code = session.sentGoAwayCode.map { H2ClientSession.errorName($0) } ?? "the session ended"
-        worker.metrics.shared.h2ProtocolErrors.increment()
+        worker.metrics.countH2(.protocolErrors, route: routeLabel)
         let why = "the upstream broke HTTP/2 (GOAWAY \(code) sent)"
         fail(.protocolError(why), why: why)
         return true
@@ -189,7 +189,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             fail(.protocolError("HTTP/2 session: \(error)"), why: nil)
             return
         }
-        worker.metrics.shared.h2Connections.increment()
+        worker.metrics.countH2(.connections, route: routeLabel)
         transport.setReadTimeout(starting.isEmpty ? idleTimeout : nil)
         transport.enableRead(true)
         for stream in starting { stream.connectionReady() }
@@ -225,7 +225,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         if let failed {
             // Whatever nghttp2 queued (GOAWAY with the error) goes out before the close.
             try? session.send { bytes in _ = evbuffer_add(self.transport.output, bytes.baseAddress, bytes.count) }
-            worker.metrics.shared.h2ProtocolErrors.increment()
+            worker.metrics.countH2(.protocolErrors, route: routeLabel)
             fail(.protocolError("the upstream broke HTTP/2: \(failed.message)"), why: "the upstream broke HTTP/2: \(failed.message)")
             return
         }
@@ -286,11 +286,11 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             if let stream = streams[id] { withExtendedLifetime(stream) { stream.responseEnded() } }
         case .closed(let id, let code):
             guard let stream = streams.removeValue(forKey: id) else { return }
-            if code != 0 { worker.metrics.shared.h2Resets.increment() }
+            if code != 0 { worker.metrics.countH2(.resets, route: routeLabel) }
             withExtendedLifetime(stream) { stream.closed(errorCode: code) }
         case .goAway(let last, let code):
             goingAway = true
-            worker.metrics.shared.h2GoAways.increment()
+            worker.metrics.countH2(.goAways, route: routeLabel)
             worker.logger.info("upstream \(key.host):\(key.port) (\(routeLabel)): GOAWAY \(H2ClientSession.errorName(code)), last stream \(last)")
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil

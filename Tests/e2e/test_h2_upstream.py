@@ -32,6 +32,7 @@ def setUpModule():
     pki = f"{d}/pki"
     procs = harness.Processes()
     proxy_port, h2_port, ng_port, h11_port = harness.free_port(), harness.free_port(), harness.free_port(), harness.free_port()
+    admin_port = harness.free_port()
     try:
         procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h2_port),
                      "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
@@ -63,6 +64,8 @@ connect = "127.0.0.1:{ng_port}"
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 workers = 1
+[admin]
+listen = "127.0.0.1:{admin_port}"
 [log]
 format = "json"
 {harness.US_IDENTITY}
@@ -107,6 +110,7 @@ protocol = "h2"
 connect = "127.0.0.1:{h11_port}"
 
 [[route]]
+name = "h2 main"
 host = "api.mygreatbank.test"
 identity = "us"
 protocol = "h2"
@@ -116,7 +120,7 @@ connect = "127.0.0.1:{h2_port}"
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(procs=procs, proxy=proxy, dir=d, port=proxy_port, url=f"http://127.0.0.1:{proxy_port}")
+    ENV.update(procs=procs, proxy=proxy, dir=d, port=proxy_port, url=f"http://127.0.0.1:{proxy_port}", admin=admin_port)
 
 
 def tearDownModule():
@@ -336,6 +340,15 @@ class H2UpstreamFaults(unittest.TestCase):
         self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
         r = curl("-i", f"{URL}/hello")
         self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
+
+    def test_metrics_count_connections_streams_and_resets_by_route(self):
+        curl(f"{URL}/hello")
+        curl(f"{URL}/rst-before")
+        status, text = harness.http_get(ENV["admin"], "/metrics")
+        self.assertEqual(status, 200)
+        self.assertGreaterEqual(harness.metric(text, "mtls_proxy_h2_upstream_connections_total", 0, route="h2 main"), 1)
+        self.assertGreaterEqual(harness.metric(text, "mtls_proxy_h2_upstream_streams_total", 0, route="h2 main"), 2)
+        self.assertGreaterEqual(harness.metric(text, "mtls_proxy_h2_upstream_stream_resets_total", 0, route="h2 main"), 1)
 
     def test_no_response_within_the_response_timeout_is_504(self):
         started = time.time()
