@@ -64,6 +64,7 @@ connect = "127.0.0.1:{ng_port}"
 [proxy]
 listen = "127.0.0.1:{proxy_port}"
 workers = 1
+max_header_bytes = 262144
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [log]
@@ -258,6 +259,10 @@ class H2Upstream(unittest.TestCase):
         finally:
             s.close()
 
+
+    def test_a_100KiB_request_head_goes_over_h2(self):
+        r = requests_session().get(f"{URL}/hello", headers={"X-Large": "z" * 100_000}, timeout=10)
+        self.assertEqual(r.status_code, 200, r.text[:300])
 
     def test_access_log_names_the_protocol_and_stream(self):
         curl(f"{URL}/hello?secret=1")
