@@ -81,7 +81,8 @@ class HTTP11Protocol(asyncio.Protocol):
 
 
 class H2Protocol(asyncio.Protocol):
-    def __init__(self, max_streams):
+    def __init__(self, max_streams, max_header_list):
+        self.max_header_list = max_header_list
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
         self.max_streams = max_streams
@@ -103,7 +104,8 @@ class H2Protocol(asyncio.Protocol):
         STATS.setdefault(subject, []).append(0)
         self.counter = len(STATS[subject]) - 1
         self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+                                   h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list})
         self.flush()
 
     def connection_lost(self, exc):
@@ -289,6 +291,7 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
     parser.add_argument("--http11-only", action="store_true")
+    parser.add_argument("--max-header-list", type=int, default=200_000)
     args = parser.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -296,7 +299,7 @@ def main():
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["http/1.1"] if args.http11_only else ["h2", "http/1.1"])
     loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams), "127.0.0.1", args.port, ssl=ctx))
+    server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams, args.max_header_list), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)
     try:
         loop.run_forever()

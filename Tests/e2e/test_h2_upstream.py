@@ -264,6 +264,12 @@ class H2Upstream(unittest.TestCase):
         r = requests_session().get(f"{URL}/hello", headers={"X-Large": "z" * 100_000}, timeout=10)
         self.assertEqual(r.status_code, 200, r.text[:300])
 
+    def test_a_head_over_the_servers_header_list_limit_is_431_naming_it(self):
+        # h2server.py advertises SETTINGS_MAX_HEADER_LIST_SIZE = 200000.
+        r = requests_session().get(f"{URL}/hello", headers={"X-Large": "z" * 220_000}, timeout=10)
+        self.assertEqual(r.status_code, 431, r.text[:300])
+        self.assertIn("SETTINGS_MAX_HEADER_LIST_SIZE", r.headers.get("Proxy-Status", ""))
+
     def test_access_log_names_the_protocol_and_stream(self):
         curl(f"{URL}/hello?secret=1")
         time.sleep(0.5)
