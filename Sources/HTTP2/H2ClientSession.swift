@@ -112,6 +112,9 @@ public final class H2ClientSession {
         nghttp2_option_set_max_continuations(option, limits.maxContinuations)
         nghttp2_option_set_max_settings(option, limits.maxSettingsEntries)
         nghttp2_option_set_max_outbound_ack(option, limits.maxOutboundAcks)
+        // A request head may be as large as the proxy accepts (max_header_bytes, up to 1 MiB): nghttp2's 64 KiB
+        // default would refuse larger ones.
+        nghttp2_option_set_max_send_header_block_length(option, 2 << 20)
 
         var made: OpaquePointer?
         let rc = nghttp2_session_client_new2(&made, callbacks, nil, option)
@@ -199,6 +202,17 @@ public final class H2ClientSession {
     public var serverMaxConcurrentStreams: UInt32 {
         guard let session else { return 0 }
         return nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+    }
+
+    /// The largest header list the server takes (SETTINGS_MAX_HEADER_LIST_SIZE; unlimited until it says).
+    public var serverMaxHeaderListSize: UInt32 {
+        guard let session else { return 0 }
+        return nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE)
+    }
+
+    /// The size of a header list as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 §6.5.2).
+    public static func headerListSize(_ fields: [H2Field]) -> Int {
+        fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.unicodeScalars.count + 32 }
     }
 
     // MARK: Streams

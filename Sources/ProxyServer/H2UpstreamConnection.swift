@@ -193,7 +193,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         transport.setReadTimeout(starting.isEmpty ? idleTimeout : nil)
         transport.enableRead(true)
         for stream in starting { stream.connectionReady() }
-        work()
+        // The server's SETTINGS (its limits) often came with the end of the handshake: read them before the
+        // first streams open.
+        if evbuffer_get_length(transport.input) > 0 { readFrames() } else { work() }
     }
 
     func upstreamReadable(_ channel: any UpstreamChannel) {

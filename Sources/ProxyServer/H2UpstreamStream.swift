@@ -17,6 +17,8 @@ enum H2StreamFailure {
     case protocolError(String)
     /// The response head could not be turned into an HTTP/1.1 one.
     case badResponseHead(String)
+    /// The request head is larger than the server's SETTINGS_MAX_HEADER_LIST_SIZE.
+    case requestHeadTooLarge(size: Int, limit: UInt32)
     /// The stream's response timeout passed.
     case timeout
     /// It waited for a free stream longer than the connect timeout (every connection of its key was full).
@@ -67,7 +69,8 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     /// The transport of the last connection, for the failure's answer and the log once the connection is gone.
     private var lastTransport: UpstreamConnection?
     private(set) var streamID: Int32 = 0
-    private var reader = HTTP1RequestReader()
+    /// The proxy's own head (up to `max_header_bytes`, 1 MiB, plus the fields it adds): limits above those.
+    private var reader = HTTP1RequestReader(limits: HeadLimits(maxHeadBytes: 2 << 20, maxHeaderCount: 8192))
     private(set) var requestMethod = ""
     private var requestDone = false
     /// Request body bytes handed to the session: a refused stream with none is retried on a new connection.
@@ -168,6 +171,11 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             guard case .head(let head, let bodyFraming, let consumed) = step else { return nil }
             requestMethod = head.method
             let fields = MessageTranslation.requestFields(head)
+            let size = H2ClientSession.headerListSize(fields)
+            if size > Int(session.serverMaxHeaderListSize) {
+                fail(.requestHeadTooLarge(size: size, limit: session.serverMaxHeaderListSize))
+                return nil
+            }
             let hasBody = bodyFraming != .none
             let id = try session.startRequest(fields, method: head.method, hasBody: hasBody)
             evbuffer_drain(output, consumed)
@@ -401,6 +409,10 @@ extension H2UpstreamStream {
                           "h2_alpn")
         case .serverSpeaksHTTP11?:
             return answer(502, .httpProtocolError, "the upstream \(upstream) selected HTTP/1.1 in ALPN; the next request goes over HTTP/1.1", "h2_alpn")
+        case .requestHeadTooLarge(let size, let limit)?:
+            return answer(431, .httpRequestError,
+                          "the request head (\(size) bytes as HTTP/2 counts them) is larger than the upstream \(upstream) takes (SETTINGS_MAX_HEADER_LIST_SIZE \(limit))",
+                          "h2_request_head_too_large")
         case .queueTimeout?:
             return answer(503, .connectionLimitReached,
                           "no HTTP/2 stream to \(upstream) became free within the connect timeout (\(H2Pool.maxConnectionsPerKey) connections, all streams busy)", "h2_queue")
