@@ -20,6 +20,7 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /drop                  the head and some DATA, then the TCP connection is cut
   /early-413             413 as soon as the request head arrives, before its body
   /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
+  /whoami/TAG, /ka/TAG/N, /download?size=N   what the client drivers of Tests/e2e/clients ask (the client matrix)
 
 A client that selects no protocol in ALPN gets HTTP/1.1 (one request per connection): a WebSocket upgrade is
 answered 101 and echoed (x-upstream-protocol: http/1.1), anything else 200 "http/1.1 <path>". With --http11-only
@@ -190,18 +191,18 @@ class H2Protocol(asyncio.Protocol):
 
     async def answer(self, stream_id, request):
         headers = request["headers"]
-        path = headers.get(":path", "/")
+        path, _, query = headers.get(":path", "/").partition("?")
         for prefix in ("/eu/", "/autoh2/", "/rt/"):  # other routes (path prefixes) reach the same paths
             if path.startswith(prefix):
                 path = path[len(prefix) - 1:]
         method = headers.get(":method", "GET")
         try:
-            await self.route(stream_id, path, method, headers, bytes(request["body"]))
+            await self.route(stream_id, path, method, headers, bytes(request["body"]), query)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             pass
         self.flush()
 
-    async def route(self, stream_id, path, method, headers, body):
+    async def route(self, stream_id, path, method, headers, body, query=""):
         def respond(status, fields=(), end=False):
             self.conn.send_headers(stream_id, [(":status", str(status))] + list(fields), end_stream=end)
             self.flush()
@@ -221,9 +222,18 @@ class H2Protocol(asyncio.Protocol):
             respond(200, fields + [("x-client-subject", self.subject)], end=method == "HEAD")
             if method != "HEAD":
                 await self.send_body(stream_id, data)
+        elif path.startswith("/whoami/") or path.startswith("/ka/"):
+            data = f"{path.split('/')[2]} {self.subject}\n".encode()
+            respond(200, [("content-length", str(len(data)))])
+            await self.send_body(stream_id, data)
+        elif path == "/download":
+            n = int(dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("size", "0"))
+            respond(200, [("content-length", str(n)), ("content-type", "application/octet-stream")])
+            await self.send_body(stream_id, body_bytes(n))
         elif path == "/echo":
             digest = hashlib.sha256(body).hexdigest()
-            respond(200, [("content-length", str(len(body))), ("x-body-sha256", digest)])
+            seen = [("x-seen-expect", headers["expect"])] if "expect" in headers else []
+            respond(200, [("content-length", str(len(body))), ("x-body-sha256", digest)] + seen)
             await self.send_body(stream_id, body)
         elif path.startswith("/bytes/"):
             respond(200, [("content-type", "application/octet-stream")])

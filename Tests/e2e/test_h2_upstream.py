@@ -323,6 +323,64 @@ class H2Upstream(unittest.TestCase):
         self.assertIn("did not select h2 in ALPN", out)
 
 
+CLIENTS_DIR = os.path.join(harness.HERE, "clients")
+
+
+def driver(args, tag):
+    """Runs a client driver of the client matrix (Tests/e2e/clients) through the proxy; its JSON result."""
+    upload = f"{ENV['dir']}/upload.bin"
+    if not os.path.exists(upload):
+        with open(upload, "wb") as f:
+            f.write(os.urandom(4 << 20))
+    env = harness.clean_env(HTTP_PROXY=ENV["url"], http_proxy=ENV["url"], BASE=URL, TAG=tag, UPLOAD=upload,
+                            DOWNLOAD_SIZE=str(8 << 20), CA="")
+    env["NODE_PATH"] = ":".join(x for x in (env.get("NODE_PATH"), "/usr/share/nodejs") if x)
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise AssertionError(f"{args[0]} printed no result (exit {r.returncode}): {r.stderr.strip()[-800:]}")
+    return json.loads(lines[-1]), hashlib.sha256(open(upload, "rb").read()).hexdigest()
+
+
+@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+class H2ClientMatrix(unittest.TestCase):
+    """The client matrix's drivers through an h2 route: GET, POST, a 4 MiB upload with Expect: 100-continue,
+    keep-alive, an 8 MiB download with its SHA-256."""
+
+    def check(self, result, upload_sha):
+        self.assertEqual(result["get"].get("status"), 200, result)
+        self.assertIn("fusion-us", result["get"]["body"])
+        self.assertEqual(result["post"].get("status"), 200, result)
+        self.assertIn('"items"', result["post"]["body"])
+        self.assertEqual(result["upload"].get("status"), 200, result)
+        self.assertEqual(result["keepalive"].get("statuses"), [200, 200], result)
+        self.assertEqual(result["download"].get("status"), 200, result)
+        self.assertEqual(result["download"].get("bytes"), 8 << 20, result)
+        self.assertEqual(result["download"].get("sha256"), hashlib.sha256(body_bytes(8 << 20)).hexdigest())
+
+    @unittest.skipUnless(shutil.which("node"), "node not installed")
+    def test_node_http(self):
+        result, sha = driver(["node", os.path.join(CLIENTS_DIR, "node_clients.js"), "http"], "node-http")
+        self.check(result, sha)
+        self.assertEqual(result["upload"].get("expect"), "100-continue", result)
+
+    @unittest.skipUnless(shutil.which("node") and os.path.isdir("/usr/share/nodejs/undici"), "node undici not installed (Debian node-undici)")
+    def test_node_undici(self):
+        result, sha = driver(["node", os.path.join(CLIENTS_DIR, "node_clients.js"), "undici"], "node-undici")
+        self.check(result, sha)
+
+    @unittest.skipUnless(shutil.which("go"), "go not installed (Debian golang-go)")
+    def test_go(self):
+        out = f"{ENV['dir']}/go"
+        os.makedirs(out, exist_ok=True)
+        r = subprocess.run(["go", "build", "-o", f"{out}/go_client", os.path.join(CLIENTS_DIR, "go_client.go")],
+                           capture_output=True, text=True, timeout=300, env=dict(os.environ, GO111MODULE="off"))
+        self.assertEqual(r.returncode, 0, r.stderr[-800:])
+        result, sha = driver([f"{out}/go_client"], "go")
+        self.check(result, sha)
+        self.assertEqual(result["upload"].get("expect"), "100-continue", result)
+
+
 @unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
 class H2UpstreamFaults(unittest.TestCase):
     def test_rst_stream_before_head_is_502_naming_the_h2_error(self):
