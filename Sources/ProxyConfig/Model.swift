@@ -273,6 +273,8 @@ public struct UpstreamSettings: Sendable {
     public var egress: Egress = .direct
     /// `protocol`: the HTTP version spoken to upstream servers unless a route says otherwise (HTTP/1.1 by default).
     public var httpProtocol: UpstreamProtocol = .http11
+    /// `h2_connections`: HTTP/2 connections per connection key before exchanges wait for a free stream.
+    public var h2Connections = 4
 
     public init() {}
 }
@@ -547,12 +549,16 @@ public struct Route: Sendable, Hashable {
     public var egress: Egress
     /// The HTTP version spoken to the upstream; inherited from `[upstream] protocol`.
     public var httpProtocol: UpstreamProtocol
+    /// HTTP/2 connections per connection key; inherited from `[upstream] h2_connections`.
+    public var h2Connections: Int
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
                 pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
-                pathRules: PathRules = PathRules(), egress: Egress = .direct, httpProtocol: UpstreamProtocol = .http11) {
+                pathRules: PathRules = PathRules(), egress: Egress = .direct, httpProtocol: UpstreamProtocol = .http11,
+                h2Connections: Int = 4) {
         self.egress = egress
         self.httpProtocol = httpProtocol
+        self.h2Connections = h2Connections
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
         self.index = index

@@ -3,16 +3,14 @@ import ProxyConfig
 import TLS
 
 /// A worker's HTTP/2 upstream connections, by `PoolKey`: an exchange takes a stream on a connection of its key
-/// with a free stream (within the server's SETTINGS_MAX_CONCURRENT_STREAMS), else on a new connection up to
-/// `maxConnectionsPerKey`, else waits in a bounded queue (answered when a stream frees, or failed by its
+/// with a free stream (within the server's SETTINGS_MAX_CONCURRENT_STREAMS), else on a new connection up to the
+/// route's `h2_connections`, else waits in a bounded queue (answered when a stream frees, or failed by its
 /// timer). Keys hold the identity's TLS context and the SNI name: a connection is never shared across them.
 final class H2Pool {
     private var connections: [PoolKey: [H2UpstreamConnection]] = [:]
     private var waiting: [PoolKey: [H2UpstreamStream]] = [:]
     unowned(unsafe) let worker: Worker
 
-    /// Connections per key before exchanges queue.
-    static let maxConnectionsPerKey = 4
     /// Exchanges waiting per key for a stream; beyond it they are refused (503).
     static let maxWaitingPerKey = 1024
 
@@ -37,7 +35,7 @@ final class H2Pool {
             free.attach(stream)
             return .attached
         }
-        if list.count < Self.maxConnectionsPerKey {
+        if list.count < stream.maxConnections {
             guard let transport = worker.openUpstream(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
                                                       allowPrivate: stream.allowPrivate) else { return .failedToOpen }
             let connection = H2UpstreamConnection(key: key, transport: transport, worker: worker, routeLabel: stream.routeLabel,

@@ -100,8 +100,12 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     let routeLabel: String
     let timeouts: Timeouts
     let allowPrivate: Bool
+    /// `h2_connections`: how many connections its key may have before it waits for a free stream.
+    let maxConnections: Int
 
-    init(key: PoolKey, context: ClientTLSContext, worker: Worker, routeLabel: String, timeouts: Timeouts, allowPrivate: Bool) {
+    init(key: PoolKey, context: ClientTLSContext, worker: Worker, routeLabel: String, timeouts: Timeouts, allowPrivate: Bool,
+         maxConnections: Int = 4) {
+        self.maxConnections = maxConnections
         self.routeLabel = routeLabel
         self.timeouts = timeouts
         self.allowPrivate = allowPrivate
@@ -415,7 +419,7 @@ extension H2UpstreamStream {
                           "h2_request_head_too_large")
         case .queueTimeout?:
             return answer(503, .connectionLimitReached,
-                          "no HTTP/2 stream to \(upstream) became free within the connect timeout (\(H2Pool.maxConnectionsPerKey) connections, all streams busy)", "h2_queue")
+                          "no HTTP/2 stream to \(upstream) became free within the connect timeout (h2_connections = \(maxConnections), all their streams busy)", "h2_queue")
         case .timeout?, .connection?, nil:
             return connection?.transport.failure(for: event, timeouts: timeouts) ?? lastTransport?.failure(for: event, timeouts: timeouts)
                 ?? answer(502, .destinationUnavailable, "the HTTP/2 connection to \(upstream) ended", "h2_connection")

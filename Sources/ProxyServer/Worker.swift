@@ -394,7 +394,8 @@ final class Worker: @unchecked Sendable {
             var timeouts = route?.timeouts ?? runtime.config.upstream.timeouts
             timeouts.connect = connectTimeout
             let stream = H2UpstreamStream(key: key, context: context, worker: self, routeLabel: route?.label ?? "unmatched",
-                                          timeouts: timeouts, allowPrivate: allowPrivate)
+                                          timeouts: timeouts, allowPrivate: allowPrivate,
+                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections)
             switch h2Pool.place(stream) {
             case .attached, .queued: return stream
             case .refused, .failedToOpen: return nil

@@ -54,4 +54,18 @@ import Testing
         let e = configError("[upstream]\nprotocol = 2\n" + route)
         #expect(e?.key == "upstream.protocol")
     }
+
+    @Test func h2ConnectionsPerKeyInheritsAndIsBounded() throws {
+        let c = try load("[upstream]\nh2_connections = 2\n" + route + "[[route]]\nhost = \"b.example\"\naction = \"tls\"\nh2_connections = 8\n")
+        #expect(c.upstream.h2Connections == 2)
+        #expect(c.routes.map(\.h2Connections) == [2, 8])
+        #expect(c.router.match(host: "b.example", port: 443, path: "/").h2Connections == 8)
+        #expect(try load(route).routes[0].h2Connections == 4)
+        for bad in ["0", "65", "-1"] {
+            let e = configError("[upstream]\nh2_connections = \(bad)\n" + route)
+            #expect(e?.key == "upstream.h2_connections")
+            #expect(e?.message.contains("expected 1 to 64") == true)
+        }
+        #expect(configError(route + "h2_connections = \"4\"\n")?.key == "route[1].h2_connections")
+    }
 }

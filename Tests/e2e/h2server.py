@@ -192,7 +192,7 @@ class H2Protocol(asyncio.Protocol):
     async def answer(self, stream_id, request):
         headers = request["headers"]
         path, _, query = headers.get(":path", "/").partition("?")
-        for prefix in ("/eu/", "/autoh2/", "/rt/"):  # other routes (path prefixes) reach the same paths
+        for prefix in ("/eu/", "/autoh2/", "/rt/", "/ms/"):  # other routes (path prefixes) reach the same paths
             if path.startswith(prefix):
                 path = path[len(prefix) - 1:]
         method = headers.get(":method", "GET")

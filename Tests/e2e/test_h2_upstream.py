@@ -32,7 +32,7 @@ def setUpModule():
     pki = f"{d}/pki"
     procs = harness.Processes()
     proxy_port, h2_port, ng_port, h11_port = harness.free_port(), harness.free_port(), harness.free_port(), harness.free_port()
-    admin_port = harness.free_port()
+    admin_port, ms_port = harness.free_port(), harness.free_port()
     try:
         procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h2_port),
                      "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
@@ -43,6 +43,11 @@ def setUpModule():
                      "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/h11server.log", "w"))
         harness.wait_for_port(h11_port)
+        # The same server taking 2 streams at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS = 2).
+        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(ms_port), "--max-streams", "2",
+                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
+                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/msserver.log", "w"))
+        harness.wait_for_port(ms_port)
         ng_route = ""
         if NGHTTPD:
             os.makedirs(f"{d}/htdocs/ng")
@@ -88,6 +93,15 @@ identity = "us"
 protocol = "h2"
 response_timeout = "1s"
 connect = "127.0.0.1:{h2_port}"
+
+[[route]]
+host = "api.mygreatbank.test"
+path = "/ms"
+identity = "us"
+protocol = "h2"
+h2_connections = 2
+connect_timeout = "1s"
+connect = "127.0.0.1:{ms_port}"
 
 [[route]]
 host = "api.mygreatbank.test"
@@ -189,6 +203,29 @@ class H2Upstream(unittest.TestCase):
         # The _reset and _stats requests ride on the same connection: 32 + 2 streams on one connection.
         self.assertEqual(len([n for n in streams if n > 0]), 1, streams)
         self.assertGreaterEqual(max(streams), 32, streams)
+
+    def test_max_concurrent_streams_then_more_connections_then_a_bounded_wait(self):
+        # The server takes 2 streams per connection; the route allows 2 connections: 4 at once are served on
+        # two connections, 2 streams each.
+        def one(path):
+            return requests_session().get(f"{URL}{path}", timeout=30)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, ["/ms/slow/600"] * 4))
+        self.assertEqual([r.status_code for r in results], [200] * 4)
+        streams = subject_streams(json.loads(one("/ms/_stats").text), "fusion-us")
+        self.assertEqual(len(streams), 2, streams)
+        self.assertEqual(sorted(streams)[0], 2, streams)
+        # 8 at once: 4 served, 4 wait for a free stream longer than connect_timeout (1 s) and get 503.
+        started = time.time()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, ["/ms/slow/2500"] * 8))
+        codes = sorted(r.status_code for r in results)
+        self.assertEqual(codes, [200] * 4 + [503] * 4, [r.text[:200] for r in results])
+        refused = next(r for r in results if r.status_code == 503)
+        self.assertIn("connection_limit_reached", refused.headers.get("Proxy-Status", ""))
+        self.assertIn("h2_connections = 2", refused.text)
+        self.assertEqual(len(subject_streams(json.loads(one("/ms/_stats").text), "fusion-us")), 2)
+        self.assertLess(time.time() - started, 10)
 
     def test_two_identities_never_share_a_connection(self):
         s = requests_session()
