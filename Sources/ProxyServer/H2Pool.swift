@@ -42,6 +42,7 @@ final class H2Pool {
                                                   idleTimeout: stream.timeouts.idle)
             connection.onClose = { [unowned self] closed in self.remove(closed) }
             connection.onCapacity = { [unowned self] freed in self.serveWaiting(freed.key) }
+            connection.onOverflow = { [unowned self] stream in self.replace(stream) }
             connections[key, default: []].append(connection)
             connection.attach(stream)
             return .attached
@@ -50,6 +51,15 @@ final class H2Pool {
         waiting[key, default: []].append(stream)
         stream.setReadTimeout(stream.timeouts.connect)
         return .queued
+    }
+
+    /// A stream a connection gave back (the server takes fewer streams than were attached to it).
+    private func replace(_ stream: H2UpstreamStream) {
+        switch place(stream) {
+        case .attached, .queued: break
+        case .refused, .failedToOpen:
+            stream.connectionFailed(.protocolError("no connection to \(stream.key.host):\(stream.key.port) could be opened"))
+        }
     }
 
     /// A queued stream whose exchange ended (its client left, its wait timed out).

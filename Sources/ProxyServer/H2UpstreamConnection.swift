@@ -36,6 +36,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     var onClose: ((H2UpstreamConnection) -> Void)?
     /// Called when a stream may start here again (one ended, or the server's SETTINGS arrived).
     var onCapacity: ((H2UpstreamConnection) -> Void)?
+    /// Called with streams attached here before the server's SETTINGS said it takes fewer: placed again.
+    var onOverflow: ((H2UpstreamStream) -> Void)?
+    /// The server's first SETTINGS arrived: streams open only after it (its limits are known then).
+    private var settingsReceived = false
     /// How long the connection stays open with no stream.
     let idleTimeout: TimeSpan
 
@@ -114,8 +118,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     /// Moves what the streams' exchanges queued into the session, gives back the windows their clients freed,
     /// and writes the frames.
     private func work() {
-        guard !closed, let session else { return }
-        for stream in starting where stream.connection === self {
+        guard !closed, let session, settingsReceived else { return }
+        for stream in starting where stream.connection === self && streams.count < streamLimit {
             guard let id = stream.startIfHeadReady(on: session) else { continue }
             streams[id] = stream
             streamsOpened += 1
@@ -160,6 +164,20 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func closeIfDone() {
         guard !closed, goingAway, streams.isEmpty, starting.isEmpty else { return }
         close()
+    }
+
+    /// Streams attached while the server's limit was not known, beyond it now: they go back to the pool, which
+    /// puts them on another connection of the key (up to `h2_connections`) or makes them wait.
+    private func rebalance() {
+        let excess = load - streamLimit
+        guard excess > 0 else { return }
+        let moved = Array(starting.filter { $0.streamID == 0 }.suffix(excess))
+        guard !moved.isEmpty else { return }
+        starting.removeAll { stream in moved.contains { $0 === stream } }
+        for stream in moved {
+            stream.connection = nil
+            onOverflow?(stream)
+        }
     }
 
     // MARK: transport events
@@ -269,6 +287,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         onClose?(self)
         onClose = nil
         onCapacity = nil
+        onOverflow = nil
     }
 
     // MARK: session events
@@ -297,6 +316,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil
         case .settings:
+            settingsReceived = true
+            rebalance()
             if hasCapacity { onCapacity?(self) }
         }
     }
