@@ -15,17 +15,18 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
     /// unowned reference costs an atomic increment and decrement at every use.
     unowned(unsafe) let worker: Worker
     /// The client's side: its socket as a `SocketStream`, or (interception) the TLS filter over its bufferevent.
-    var client: Endpoint
+    @exclusivity(unchecked) var client: Endpoint
     let peer: String
     var kind: ListenerKind
-    /// The connection's life. `@exclusivity(unchecked)`: the machine is reached only from this connection's
-    /// methods on the worker's thread, never while another access to it is under way, and the dynamic
-    /// exclusivity checks Swift makes on a class's properties cost about 1,500 instructions per request.
+    /// The connection's life. `@exclusivity(unchecked)` (here and on the other properties the data path reaches
+    /// on every request): they are reached only from this connection's methods on the worker's thread, never
+    /// while another access to them is under way, and the dynamic exclusivity check Swift makes on a class's
+    /// stored property costs about 80 instructions per access (about 1,500 per request for the machine alone).
     @exclusivity(unchecked) var machine: ConnectionStateMachine<SystemClock>
     /// The exchange's storage, taken from the worker's `ExchangeStore` when a request's head is complete (or must
     /// be answered) and given back when the connection goes idle: an idle connection holds none. Reached through
     /// the pointer, the exchange skips the exclusivity checks too, for the same reason.
-    private var exchangeStorage: UnsafeMutablePointer<Exchange>?
+    @exclusivity(unchecked) private var exchangeStorage: UnsafeMutablePointer<Exchange>?
     /// The exchange in progress. Only while the connection holds its storage (`holdExchange`): reaching it
     /// otherwise is a bug, and traps rather than taking storage behind the caller's back.
     var exchange: Exchange {
@@ -48,7 +49,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         worker.exchanges.give(exchangeStorage)
     }
     /// The exchange's upstream side (`UpstreamChannel`): this connection talks to it through that interface only.
-    var upstream: (any UpstreamChannel)?
+    @exclusivity(unchecked) var upstream: (any UpstreamChannel)?
     /// A tunnel or an upgraded connection: both sides belong to it.
     var relay: Relay?
     var dialer: TunnelDialer?
@@ -64,9 +65,9 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         init(_ value: OpenedTunnel) { self.value = value }
     }
     /// The connection's one timer: the head deadline, the flush poll under a TLS filter, the linger deadline.
-    var timer: OpaquePointer?
+    @exclusivity(unchecked) var timer: OpaquePointer?
     /// Set while the head loop runs: an exchange that ends inside it lets the loop parse the next head.
-    var parsingHeads = false
+    @exclusivity(unchecked) var parsingHeads = false
 
     init(worker: Worker, stream: SocketStream, peer: String, kind: ListenerKind) {
         self.worker = worker
