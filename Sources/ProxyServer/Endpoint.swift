@@ -142,8 +142,9 @@ struct Endpoint {
     }
 
     /// Frees every layer now. With `reset`, the peer gets a TCP reset rather than a FIN, and no close_notify:
-    /// a response cut short must never look complete.
-    func free(reset: Bool) {
+    /// a response cut short must never look complete. The endpoint is left empty: freeing it again does nothing.
+    mutating func free(reset: Bool) {
+        defer { self = Endpoint() }
         let fd = self.fd
         if reset, fd >= 0 {
             var off = linger(l_onoff: 1, l_linger: 0)

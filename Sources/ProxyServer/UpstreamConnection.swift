@@ -51,7 +51,7 @@ final class UpstreamConnection: EventHandler {
     /// a client connection take the slow path. Whoever sets it clears it (or closes this connection) before it
     /// goes: `ClientConnection` when its exchange ends or fails (`finish`, `abort`), the pool when it hands the
     /// connection out.
-    unowned var owner: (any UpstreamChannelOwner)?
+    @exclusivity(unchecked) unowned var owner: (any UpstreamChannelOwner)?
     /// The exchanges' bytes: queued from the start (the request head waits here while the connection is made),
     /// written once the handshake is done.
     private let stream: SocketStream
