@@ -284,7 +284,7 @@ public final class UpstreamTLSSession {
     /// worked out once per verification.
     func chainCRLURLs(_ storeCtx: OpaquePointer) -> [String]? {
         if let known = chainURLs { return known }
-        let urls = distributionPointsOfChainVerifiedBeforeRevocation(storeCtx)
+        let urls = distributionPointsOfChainVerifiedBeforeRevocation(storeCtx, leafOnly: context.trust.revocationScope == .leaf)
         chainURLs = .some(urls)
         return urls
     }

@@ -234,15 +234,17 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
     // Revocation covers the whole chain (X509_V_FLAG_CRL_CHECK_ALL): each certificate against its issuer's CRL.
     // With crl_fetch, the context's store looks up, for each certificate, the CRLs fetched from its own
     // distribution points (`fetchedCRLLookup`), beside those of crl_files; it notes the points with no CRL yet.
+    // (`revocation_scope = "leaf"`: the server's certificate only.)
     let fetching = trust.crlFetch && trust.revocation != .off
     if fetching { owner?.startCRLRound() }
+    let crlFlags = trust.revocationScope == .chain ? X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL : X509_V_FLAG_CRL_CHECK
     switch trust.revocation {
     case .off: break
     case .soft:
-        X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL))
+        X509_STORE_CTX_set_flags(storeCtx, UInt(crlFlags))
         X509_STORE_CTX_set_verify_cb(storeCtx, softRevocationCallback)
     case .hard:
-        X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL))
+        X509_STORE_CTX_set_flags(storeCtx, UInt(crlFlags))
         X509_STORE_CTX_set_verify_cb(storeCtx, hardRevocationCallback)
     }
     let verified = X509_verify_cert(storeCtx) == 1
@@ -283,7 +285,7 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
 /// The CRL distribution points of every certificate of the chain being verified, if that chain is good apart from
 /// revocation (nil otherwise): the same store, untrusted certificates and parameters (host name included), in a
 /// verification of its own with no CRL check.
-func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer) -> [String]? {
+func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer, leafOnly: Bool) -> [String]? {
     guard let store = X509_STORE_CTX_get0_store(storeCtx), let leaf = X509_STORE_CTX_get0_cert(storeCtx),
           let probe = X509_STORE_CTX_new() else { return nil }
     defer {
@@ -295,7 +297,8 @@ func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer
     X509_VERIFY_PARAM_clear_flags(X509_STORE_CTX_get0_param(probe), UInt(X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL))
     guard X509_verify_cert(probe) == 1, let chain = X509_STORE_CTX_get0_chain(probe) else { return nil }
     var urls: [String] = []
-    for i in 0..<mtls_sk_X509_num(chain) {
+    let checked = leafOnly ? min(1, mtls_sk_X509_num(chain)) : mtls_sk_X509_num(chain)
+    for i in 0..<checked {
         guard let cert = mtls_sk_X509_value(chain, i) else { continue }
         for url in CRLCache.distributionPoints(cert) where !urls.contains(url) && urls.count < CRLCache.maxURLsPerChain { urls.append(url) }
     }

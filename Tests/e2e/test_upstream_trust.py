@@ -4,7 +4,7 @@ servers, SPKI pins (a key change with and without the backup pin, report-only, p
 and revocation from CRL files made with `openssl ca -gencrl` (revoked, missing, stale). Each refusal reaches the
 client as a 502 with its own Proxy-Status, and nothing is shared between routes with different settings.
 Everything on loopback."""
-import base64, hashlib, http.server, os, re, signal, socket, ssl, subprocess, sys, threading, time, unittest
+import base64, hashlib, http.server, json, os, re, signal, socket, ssl, subprocess, sys, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -431,6 +431,28 @@ revocation = "hard"
         self.assertIn("route=route[15] revocation=hard crls=1 stale=0 next_update=", body)
         self.assertIn("revocation=hard crls=1 stale=1", body)
         self.assertIn("route=route[20] revocation=hard crls=1 stale=0", body)  # crl-missing-hard: its CRL is the rogue CA's
+
+    def test_check_json_shows_each_routes_trust_settings(self):
+        r = harness.run_cli("check", "--config", ENV["conf"], "--format", "json", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        routes = {route["host"]: route for route in json.loads(r.stdout)["routes"]}
+        revoked = routes["revoked.mygreatbank.test"]["trust"]
+        self.assertEqual(revoked["revocation"], "hard")
+        self.assertEqual(revoked["verify"], "chain")
+        self.assertTrue(revoked["crl_files"][0].endswith("pki/crl.pem"))
+        self.assertEqual(revoked["crls"][0]["issuer"], "CN=mtls-proxy test CA,O=mtls-proxy test")
+        self.assertEqual(revoked["crls"][0]["revoked"], 1)
+        self.assertFalse(revoked["crls"][0]["stale"])
+        self.assertEqual(revoked["ocsp_staple"], "requested")
+        self.assertTrue(routes["crl-stale-hard.mygreatbank.test"]["trust"]["crls"][0]["stale"])
+        self.assertEqual(routes["selfsigned.mygreatbank.test"]["trust"]["verify"], "pin-only")
+        self.assertEqual(routes["selfsigned.mygreatbank.test"]["trust"]["pins"], [ENV["pins"]["self"]])
+        self.assertTrue(routes["report-only.mygreatbank.test"]["trust"]["pin_report_only"])
+        policy = routes["policy12.mygreatbank.test"]["trust"]["tls_policy"]
+        self.assertEqual((policy["min_version"], policy["max_version"]), ("1.2", "1.2"))
+        self.assertEqual(policy["ciphers"], ["ECDHE-ECDSA-AES256-GCM-SHA384"])
+        self.assertEqual(routes["policy13.mygreatbank.test"]["trust"]["tls_policy"]["min_version"], "1.3")
+        self.assertFalse(routes["pinned.mygreatbank.test"]["trust"]["require_ocsp_staple"])
 
     def test_a_garbage_crl_file_is_a_config_error_naming_the_key(self):
         conf = harness.write_file(f"{ENV['dir']}/garbage.conf", """
@@ -897,6 +919,7 @@ class ChainRevocation(unittest.TestCase):
                 route("file-int-revoked-soft", "chain-under-bad", "soft", both),
                 route("file-int-nocrl", "chain-good", "hard", leaf_only),
                 route("file-int-nocrl-soft", "chain-good", "soft", leaf_only),
+                route("file-leaf-scope", "chain-under-bad", "hard", leaf_only + '\nrevocation_scope = "leaf"'),
                 route("fetch-good", "chain-good", "hard", "crl_fetch = true"),
                 route("fetch-int-revoked", "chain-under-bad", "hard", "crl_fetch = true"),
                 route("fetch-int-revoked-soft", "chain-under-bad", "soft", "crl_fetch = true"),
@@ -954,6 +977,11 @@ connect_timeout = "2s"
         self.assertEqual(status, 502, body)
         self.assertIn("CRL unavailable", headers["proxy-status"])
         self.assertIn("chain intermediate good", headers["proxy-status"])
+
+    def test_revocation_scope_leaf_checks_the_servers_certificate_only(self):
+        # Its intermediate is revoked and no CRL of the root is given: with the leaf only in scope, it is served.
+        status, headers, body = get_on(self.port, "file-leaf-scope")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
 
     def test_soft_mode_allows_an_intermediate_no_crl_covers_and_logs_it(self):
         self.assertEqual(get_on(self.port, "file-int-nocrl-soft")[0], 200)
