@@ -321,6 +321,12 @@ final class UpstreamConnection: EventHandler {
     private var waitingForCRL = false
 
     fileprivate func retryVerification() {
+        // Nothing new yet: look again later, without running the verification (a burst of first connections
+        // would otherwise verify their chains 20 times a second each).
+        if let tls, tls.stillAwaitingCRL, let timer = crlRetryTimer {
+            _ = mtls_evtimer_add_ms(timer, Self.crlPollMillis)
+            return
+        }
         waitingForCRL = false
         socketReady()
     }

@@ -26,7 +26,11 @@ public final class UpstreamTLSSession {
     /// revocation, and whether the verification stopped to wait for a CRL being fetched.
     private(set) var missingCRLURLs: [String] = []
     private var chainURLs: [String]??
-    var awaitingCRL = false
+    var awaitingCRL = false {
+        didSet { if !awaitingCRL { awaitedCRLURLs = [] } }
+    }
+    /// The distribution points whose first fetch the suspended handshake waits for.
+    var awaitedCRLURLs: [String] = []
     /// Hard revocation on the data path may wait for the first fetch of a needed CRL (the handshake is suspended
     /// and `handshake()` says `.waitingForCRL`); the caller decides how long, then calls `stopWaitingForCRL`.
     /// Off by default: a caller that cannot wait (the `pins` command) gets the decision at once.
@@ -269,6 +273,12 @@ public final class UpstreamTLSSession {
 
     /// Stop waiting for CRLs: the next `handshake()` decides on what is there.
     public func stopWaitingForCRL() { mayWaitForCRL = false }
+
+    /// While the handshake waits for CRLs: whether their first fetch is still under way (a lock and a lookup, no
+    /// verification), so that the caller retries the handshake only once there is something new to verify with.
+    public var stillAwaitingCRL: Bool {
+        mayWaitForCRL && awaitedCRLURLs.contains { CRLCache.shared.awaitingFirstFetch($0) }
+    }
 
     func startCRLRound() {
         missingCRLURLs = []

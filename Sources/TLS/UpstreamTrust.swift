@@ -366,11 +366,12 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
     var reason = String(cString: X509_verify_cert_error_string(Int(error)))
     if let owner, owner.context.trust.crlFetch {
         let urls = cert.map { CRLCache.distributionPoints($0) } ?? []
-        if hard, owner.mayWaitForCRL, urls.contains(where: { CRLCache.shared.awaitingFirstFetch($0) }),
-           owner.chainCRLURLs(storeCtx) != nil {
+        let awaited = urls.filter { CRLCache.shared.awaitingFirstFetch($0) }
+        if hard, owner.mayWaitForCRL, !awaited.isEmpty, owner.chainCRLURLs(storeCtx) != nil {
             // Not decided yet: the verification stops here and the handshake waits for the fetch (see
             // `upstreamCertificateVerify`), unless the wait is over.
             owner.awaitingCRL = true
+            owner.awaitedCRLURLs = awaited
             return 0
         }
         reason += " (crl_fetch: \(CRLCache.shared.status(of: urls)))"
