@@ -222,7 +222,9 @@ extension UpstreamTLSFailure {
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,
                     details: "CRL unavailable for the upstream \(upstream)\(place): \(reason) (revocation = \"hard\")",
-                    advice: "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+                    advice: depth > 0
+                        ? "The route checks the whole chain: each CA certificate needs a current CRL from the CA above it. Add that CRL to the route's crl_files (crl_fetch follows the certificate's distribution point), set revocation_scope = \"leaf\" to check the server's certificate only, or revocation = \"soft\" to allow it while the CRL is missing or stale."
+                        : "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
             case .ocspStapleInvalid(let subject, let serial, let reason):
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,
