@@ -299,7 +299,8 @@ func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer
     var urls: [String] = []
     let checked = leafOnly ? min(1, mtls_sk_X509_num(chain)) : mtls_sk_X509_num(chain)
     for i in 0..<checked {
-        guard let cert = mtls_sk_X509_value(chain, i) else { continue }
+        // (The trust anchor needs no CRL: a self-signed root's own distribution point is not followed.)
+        guard let cert = mtls_sk_X509_value(chain, i), X509_check_issued(cert, cert) != X509_V_OK else { continue }
         for url in CRLCache.distributionPoints(cert) where !urls.contains(url) && urls.count < CRLCache.maxURLsPerChain { urls.append(url) }
     }
     return urls
@@ -312,7 +313,8 @@ func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer
 func fetchedCRLLookup(_ storeCtx: OpaquePointer?, _ name: OpaquePointer?) -> OpaquePointer? {
     guard let storeCtx, let name else { return nil }
     let found = X509_STORE_CTX_get1_crls(storeCtx, name) ?? mtls_sk_X509_CRL_new_null()
-    guard let stack = found, let cert = X509_STORE_CTX_get_current_cert(storeCtx) else { return found }
+    guard let stack = found, let cert = X509_STORE_CTX_get_current_cert(storeCtx),
+          X509_check_issued(cert, cert) != X509_V_OK else { return found }
     let urls = CRLCache.distributionPoints(cert)
     guard !urls.isEmpty else { return stack }
     let owner = mtls_X509_STORE_CTX_get_ssl(storeCtx).flatMap { UpstreamTLSSession.owner(of: $0) }

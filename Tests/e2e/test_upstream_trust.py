@@ -873,7 +873,8 @@ class ChainRevocation(unittest.TestCase):
         dp = cls.dp.base
         sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out chain-root.key",
            "openssl req -x509 -new -key chain-root.key -subj '/O=mtls-proxy test/CN=chain test root' -days 30 -sha256 "
-           "-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' -out chain-root.pem 2>/dev/null",
+           "-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' "
+           f"-addext 'crlDistributionPoints=URI:{dp}/anchor.crl' -out chain-root.pem 2>/dev/null",
            cwd=pki)
         root_cnf = ca_config(pki, "chain-root")
         cmds = []
@@ -992,6 +993,7 @@ connect_timeout = "2s"
         self.until("fetch-good", lambda s, ps: s == 200)
         self.assertIn("/int-good.crl", self.dp.hits)
         self.assertIn("/root.crl", self.dp.hits)
+        self.assertNotIn("/anchor.crl", self.dp.hits, "the trust anchor's own distribution point was followed")
 
     def test_an_intermediate_revoked_by_the_fetched_root_crl_is_refused_in_both_modes(self):
         for host in ("fetch-int-revoked", "fetch-int-revoked-soft"):
