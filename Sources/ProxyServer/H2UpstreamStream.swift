@@ -23,6 +23,8 @@ enum H2StreamFailure {
     case timeout
     /// It waited for a free stream longer than the connect timeout (every connection of its key was full).
     case queueTimeout
+    /// Every connection of its key was full and so was the wait (`H2Pool.maxWaitingPerKey`).
+    case queueFull
     /// `protocol = "auto"` and the server selected HTTP/1.1: the exchange may be retried over HTTP/1.1.
     case serverSpeaksHTTP11
 
@@ -32,7 +34,7 @@ enum H2StreamFailure {
         switch self {
         case .connection(let event): return event
         case .timeout: return .readTimeout
-        case .queueTimeout: return .connectTimeout
+        case .queueTimeout, .queueFull: return .connectTimeout
         default: return .error(errno: ECONNRESET, tls: [], dnsError: 0)
         }
     }
@@ -310,6 +312,12 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
         fail(.reset(errorCode == 0 ? 0x8 : errorCode))
     }
 
+    /// Fails a stream that could not be placed; the failure reaches its owner from the loop once it has one.
+    func refuse(_ failure: H2StreamFailure) {
+        fail(failure)
+        if owner == nil, let timer { _ = mtls_evtimer_add_ms(timer, 0) }
+    }
+
     func connectionFailed(_ failure: H2StreamFailure) {
         guard !finished else { return }
         if ended {
@@ -413,6 +421,9 @@ extension H2UpstreamStream {
                           "h2_alpn")
         case .serverSpeaksHTTP11?:
             return answer(502, .httpProtocolError, "the upstream \(upstream) selected HTTP/1.1 in ALPN; the next request goes over HTTP/1.1", "h2_alpn")
+        case .queueFull?:
+            return answer(503, .connectionLimitReached,
+                          "every HTTP/2 stream to \(upstream) is busy and \(H2Pool.maxWaitingPerKey) requests already wait for one", "h2_queue")
         case .requestHeadTooLarge(let size, let limit)?:
             return answer(431, .httpRequestError,
                           "the request head (\(size) bytes as HTTP/2 counts them) is larger than the upstream \(upstream) takes (SETTINGS_MAX_HEADER_LIST_SIZE \(limit))",

@@ -398,7 +398,10 @@ final class Worker: @unchecked Sendable {
                                           maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections)
             switch h2Pool.place(stream) {
             case .attached, .queued: return stream
-            case .refused, .failedToOpen: return nil
+            case .refused:
+                stream.refuse(.queueFull)  // answered 503 once the exchange holds it
+                return stream
+            case .failedToOpen: return nil
             }
         }
         if !fresh, let pooled = pool.take(key) {
