@@ -367,8 +367,8 @@ def driver(args, tag):
     """Runs a client driver of the client matrix (Tests/e2e/clients) through the proxy; its JSON result."""
     upload = f"{ENV['dir']}/upload.bin"
     if not os.path.exists(upload):
-        with open(upload, "wb") as f:
-            f.write(os.urandom(4 << 20))
+        with open(upload, "wb") as f:  # text: the drivers read the echo back as a string
+            f.write(os.urandom(2 << 20).hex().encode())
     env = harness.clean_env(HTTP_PROXY=ENV["url"], http_proxy=ENV["url"], BASE=URL, TAG=tag, UPLOAD=upload,
                             DOWNLOAD_SIZE=str(8 << 20), CA="")
     env["NODE_PATH"] = ":".join(x for x in (env.get("NODE_PATH"), "/usr/share/nodejs") if x)
@@ -405,6 +405,28 @@ class H2ClientMatrix(unittest.TestCase):
     def test_node_undici(self):
         result, sha = driver(["node", os.path.join(CLIENTS_DIR, "node_clients.js"), "undici"], "node-undici")
         self.check(result, sha)
+
+    def test_python_libraries(self):
+        for lib, module in (("requests", "requests"), ("urllib", "urllib"), ("httpx", "httpx"), ("aiohttp", "aiohttp")):
+            with self.subTest(lib=lib):
+                try:
+                    __import__(module)
+                except ImportError:
+                    self.skipTest(f"python {module} not installed")
+                result, sha = driver([sys.executable, os.path.join(CLIENTS_DIR, "py_clients.py"), lib], f"py-{lib}")
+                self.check(result, sha)
+
+    @unittest.skipUnless(shutil.which("javac") and shutil.which("java"), "no JDK (javac) installed")
+    def test_java(self):
+        out = f"{ENV['dir']}/java"
+        os.makedirs(out, exist_ok=True)
+        r = subprocess.run(["javac", "-d", out, os.path.join(CLIENTS_DIR, "JavaClient.java")], capture_output=True, text=True, timeout=180)
+        self.assertEqual(r.returncode, 0, r.stderr[-800:])
+        props = ["-Dhttp.proxyHost=127.0.0.1", f"-Dhttp.proxyPort={ENV['port']}"]
+        for api in ("httpclient", "urlconnection"):
+            with self.subTest(api=api):
+                result, sha = driver(["java", *props, "-cp", out, "JavaClient", api], f"java-{api}")
+                self.check(result, sha)
 
     @unittest.skipUnless(shutil.which("go"), "go not installed (Debian golang-go)")
     def test_go(self):
