@@ -20,6 +20,7 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /drop                  the head and some DATA, then the TCP connection is cut
   /early-413             413 as soon as the request head arrives, before its body
   /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
+  /_sni_stats            JSON {SNI name: {subject: [streams of each connection]}}
   /whoami/TAG, /ka/TAG/N, /download?size=N   what the client drivers of Tests/e2e/clients ask (the client matrix)
 
 A client that selects no protocol in ALPN gets HTTP/1.1 (one request per connection): a WebSocket upgrade is
@@ -33,6 +34,8 @@ import argparse, asyncio, base64, hashlib, json, ssl, sys
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
 STATS = {}  # subject -> list of stream counts, one per connection
+SNI_STATS = {}  # SNI name -> subject -> list of stream counts, one per connection
+SNI_NAMES = {}  # id(SSL object) -> the SNI name it was asked for
 GOAWAY_AFTER = set()
 
 
@@ -104,6 +107,9 @@ class H2Protocol(asyncio.Protocol):
             return
         STATS.setdefault(subject, []).append(0)
         self.counter = len(STATS[subject]) - 1
+        self.sni = SNI_NAMES.pop(id(transport.get_extra_info("ssl_object")), None) or "-"
+        SNI_STATS.setdefault(self.sni, {}).setdefault(subject, []).append(0)
+        self.sni_counter = len(SNI_STATS[self.sni][subject]) - 1
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
                                    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list})
@@ -132,6 +138,7 @@ class H2Protocol(asyncio.Protocol):
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 STATS[self.subject][self.counter] += 1
+                SNI_STATS[self.sni][self.subject][self.sni_counter] += 1
                 headers = dict(event.headers)
                 self.requests[event.stream_id] = dict(headers=headers, body=bytearray())
                 if headers.get(":path") == "/early-413":
@@ -209,6 +216,10 @@ class H2Protocol(asyncio.Protocol):
 
         if path == "/_stats":
             data = json.dumps(STATS).encode()
+            respond(200, [("content-type", "application/json"), ("content-length", str(len(data)))])
+            await self.send_body(stream_id, data)
+        elif path == "/_sni_stats":
+            data = json.dumps(SNI_STATS).encode()
             respond(200, [("content-type", "application/json"), ("content-length", str(len(data)))])
             await self.send_body(stream_id, data)
         elif path == "/_reset":
@@ -308,6 +319,7 @@ def main():
     ctx.load_verify_locations(args.ca)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(["http/1.1"] if args.http11_only else ["h2", "http/1.1"])
+    ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams, args.max_header_list), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)

@@ -125,6 +125,12 @@ protocol = "h2"
 connect = "127.0.0.1:{h11_port}"
 
 [[route]]
+host = "sni2.mygreatbank.test"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{h2_port}"
+
+[[route]]
 name = "h2 main"
 host = "api.mygreatbank.test"
 identity = "us"
@@ -203,6 +209,16 @@ class H2Upstream(unittest.TestCase):
         # The _reset and _stats requests ride on the same connection: 32 + 2 streams on one connection.
         self.assertEqual(len([n for n in streams if n > 0]), 1, streams)
         self.assertGreaterEqual(max(streams), 32, streams)
+
+    def test_another_sni_name_never_shares_a_connection(self):
+        # Same identity, same server, same dialled address; another host name, so another SNI: its own connection,
+        # whatever connection coalescing would allow (the server's certificate covers both names).
+        s = requests_session()
+        self.assertEqual(s.get(f"{URL}/hello", timeout=10).status_code, 200)
+        self.assertEqual(s.get("http://sni2.mygreatbank.test/hello", timeout=10).status_code, 200)
+        data = json.loads(s.get(f"{URL}/_sni_stats", timeout=10).text)
+        self.assertGreaterEqual(sum(subject_streams(data.get("sni2.mygreatbank.test", {}), "fusion-us")), 1, data)
+        self.assertGreaterEqual(sum(subject_streams(data.get("api.mygreatbank.test", {}), "fusion-us")), 1, data)
 
     def test_max_concurrent_streams_then_more_connections_then_a_bounded_wait(self):
         # The server takes 2 streams per connection; the route allows 2 connections: 4 at once are served on
