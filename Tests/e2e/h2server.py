@@ -19,6 +19,7 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /short                 content-length 10 with 5 bytes of DATA
   /drop                  the head and some DATA, then the TCP connection is cut
   /early-413             413 as soon as the request head arrives, before its body
+  /1xx-flood             5000 interim (103) heads, then 200
   /_stats                JSON {subject: [streams of each connection]}; /_reset clears it
   /_sni_stats            JSON {SNI name: {subject: [streams of each connection]}}
   /whoami/TAG, /ka/TAG/N, /download?size=N   what the client drivers of Tests/e2e/clients ask (the client matrix)
@@ -297,6 +298,12 @@ class H2Protocol(asyncio.Protocol):
             await self.send_body(stream_id, b"y" * 2000, end=False)
             await asyncio.sleep(0.05)
             self.transport.abort()
+        elif path == "/1xx-flood":
+            for _ in range(5000):
+                self.conn.send_headers(stream_id, [(":status", "103"), ("link", "</x.css>; rel=preload")])
+            self.flush()
+            respond(200, [("content-length", "2")])
+            await self.send_body(stream_id, b"ok")
         elif path == "/short":
             respond(200, [("content-length", "10")])
             self.conn.send_data(stream_id, b"12345", end_stream=True)

@@ -524,6 +524,14 @@ class H2UpstreamFaults(unittest.TestCase):
         r = curl("-i", f"{URL}/hello")
         self.assertIn("HTTP/1.1 200", r.stdout.decode(), r.stderr.decode())
 
+    def test_a_flood_of_interim_responses_is_cut_off(self):
+        # HEADERS are not flow-controlled: 5000 103 heads would all be queued for the client.
+        r = curl("-i", f"{URL}/1xx-flood")
+        out = r.stdout.decode("latin-1")
+        self.assertLessEqual(out.count("HTTP/1.1 103"), 32)
+        self.assertIn("HTTP/1.1 502", out, r.stderr.decode())
+        self.assertIn("interim", out)
+
     def test_push_promise_closes_the_connection(self):
         r = curl("-i", f"{URL}/push")
         self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
