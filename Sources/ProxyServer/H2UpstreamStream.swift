@@ -249,7 +249,19 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
         }
     }
 
+    /// Interim (1xx) heads a stream may carry: HEADERS are not flow-controlled, so more would be queued for the
+    /// client without bound.
+    static let maxInterimResponses = 16
+    private var interimResponses = 0
+
     func informational(_ fields: [H2Field]) {
+        interimResponses += 1
+        guard interimResponses <= Self.maxInterimResponses else {
+            connection?.session?.reset(streamID, errorCode: 0xb)  // ENHANCE_YOUR_CALM
+            connection?.scheduleWork()
+            fail(.protocolError("the upstream sent more than \(Self.maxInterimResponses) interim (1xx) responses"))
+            return
+        }
         guard let (head, _) = try? MessageTranslation.responseHead(fields, requestMethod: requestMethod, endStream: false) else { return }
         scratch.removeAll(keepingCapacity: true)
         MessageTranslation.HTTP1Bytes.head(head, into: &scratch)
