@@ -6,7 +6,7 @@ import TLS
 
 /// One HTTP/2 connection to an upstream server, carrying many exchanges as streams. The socket, the TLS
 /// handshake (with ALPN `h2`), the corporate-proxy hop and the SSRF guard are an `UpstreamConnection`'s
-/// (`transport`), whose delegate this is; the framing is an `H2ClientSession`'s, fed from the transport's input
+/// (`transport`), whose owner this is; the framing is an `H2ClientSession`'s, fed from the transport's input
 /// and writing into its output. Each exchange holds an `H2UpstreamStream`. The connection belongs to one
 /// `PoolKey` (host, port, dialled address, TLS context i.e. identity, SNI, egress path), never to another, whatever
 /// RFC 9113 connection coalescing would allow; `H2Pool` keeps it while it lives.

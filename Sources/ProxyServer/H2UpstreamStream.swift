@@ -75,9 +75,9 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     private var reader = HTTP1RequestReader(limits: HeadLimits(maxHeadBytes: 2 << 20, maxHeaderCount: 8192))
     private(set) var requestMethod = ""
     private var requestDone = false
-    /// Request body bytes handed to the session: a refused stream with none is retried on a new connection.
+    /// Request body bytes handed to the session.
     private(set) var requestBodyBytesSent = 0
-    /// The request head bytes as the exchange wrote them, kept until the stream opens (for a retry).
+    /// How the translated response's body goes into `input`: as it came (a length, or none), or as chunks.
     private var framing: MessageTranslation.ResponseFraming = .none
     private(set) var responseHeadSeen = false
     /// The server ended the stream (END_STREAM): the response is complete.
