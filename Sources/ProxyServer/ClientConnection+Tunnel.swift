@@ -40,14 +40,10 @@ extension ClientConnection {
             event_free(timer)
             self.timer = nil
         }
-        let startedIn = exchange.record.bytesIn, startedOut = exchange.record.bytesOut
         let relay = Relay(base: worker.base, client.handOver(), other, idleTimeout: idleTimeout) { [unowned self] fromClient, toClient in
-            self.exchange.record.bytesIn = startedIn + fromClient
-            self.exchange.record.bytesOut = startedOut + toClient
-            self.finishRecord(proxyStatus: nil)
             self.relay = nil
             self.machine.relayEnded()
-            self.teardown(reset: false)
+            self.finish(.relayed(fromClient: fromClient, toClient: toClient))
         }
         self.relay = relay
         relay.start()
@@ -135,9 +131,7 @@ extension ClientConnection {
                 finish(.answered(response, close: true))
             } else {
                 // The client speaks TLS: an HTTP answer would mean nothing to it. The record says why.
-                exchange.record.status = response.status
-                finishRecord(proxyStatus: response.proxyStatusValue)
-                perform(machine.exchangeEnded(keepAlive: false))
+                finish(.refusedWithoutAnswer(response))
             }
         }
     }

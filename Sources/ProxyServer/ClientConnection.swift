@@ -248,14 +248,11 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
             // bytes whose own protocol says where they end; the two ends judge a truncation there.
             action = machine.clientError()
         }
-        if case .abort = action, holdsExchange, exchange.isRecording {
-            // Nothing more can be delivered. The status is 499 only when nothing was answered yet (status 0):
-            // once a response began, the record keeps the status the client was sent, and proxy_status says
-            // the response was cut.
-            if exchange.record.status == 0 { exchange.record.status = 499 }
-            finishRecord(proxyStatus: stateBefore.clientLoss(timedOut: timedOut))
+        if case .abort = action {
+            finish(.clientGone(why: stateBefore.clientLoss(timedOut: timedOut), then: action))
+        } else {
+            perform(action)
         }
-        perform(action)
     }
 
     // MARK: upstream events
@@ -370,6 +367,13 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         case failed(ProxyErrorResponse)
         /// The response was cut short (the upstream's fault, or invalid framing mid-body): the client is reset.
         case truncated(String)
+        /// The client went away (EOF, error, client_timeout) with nothing more deliverable: recorded, and the
+        /// connection ends as the machine said (`then`).
+        case clientGone(why: String, then: ConnectionStateMachine<SystemClock>.Action)
+        /// A tunnel refused where no HTTP answer can go (the client speaks TLS inside it): recorded, then closed.
+        case refusedWithoutAnswer(ProxyErrorResponse)
+        /// A relay (tunnel or upgrade) ended after carrying these bytes: recorded, then the connection ends.
+        case relayed(fromClient: Int, toClient: Int)
     }
 
     func finish(_ ending: Ending) {
@@ -402,6 +406,24 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
             finishRecord(proxyStatus: ProxyErrorResponse(status: 502, errorType: .httpResponseIncomplete, details: why).proxyStatusValue)
             releaseUpstream(mayPool: false)
             perform(machine.responseTruncated())
+        case .clientGone(let why, let action):
+            if holdsExchange, exchange.isRecording {
+                // The status is 499 only when nothing was answered yet (status 0): once a response began, the record
+                // keeps the status the client was sent, and proxy_status says the response was cut.
+                if exchange.record.status == 0 { exchange.record.status = 499 }
+                finishRecord(proxyStatus: why)
+            }
+            perform(action)
+        case .refusedWithoutAnswer(let response):
+            exchange.record.status = response.status
+            finishRecord(proxyStatus: response.proxyStatusValue)
+            perform(machine.exchangeEnded(keepAlive: false))
+        case .relayed(let fromClient, let toClient):
+            // The relay counted only its own bytes: the CONNECT's or the upgrade's head came before.
+            exchange.record.bytesIn += fromClient
+            exchange.record.bytesOut += toClient
+            finishRecord(proxyStatus: nil)
+            teardown(reset: false)
         }
     }
 
@@ -417,7 +439,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         upstream.finish(reusable: reusable, idleTimeout: exchange.match?.timeouts.idle ?? runtime.config.upstream.timeouts.idle)
     }
 
-    func finishRecord(proxyStatus: String?) {
+    private func finishRecord(proxyStatus: String?) {
         worker.closeRecord(of: &exchange, proxyStatus: proxyStatus)
     }
 }

@@ -4,9 +4,9 @@ import HTTP1
 /// The exchange as a machine without sockets, its request and response sides as HAProxy's `http_msg req` and
 /// `rsp`: the shell offers it the client's input and the upstream's output (request), the upstream's input and
 /// the client's output (response), and an upstream's end, and carries out the one action each step returns. It scans and parses the head where the last read left off, takes interim and final
-/// heads, moves the body by its framing, and says when the response is complete, cut short or invalid. What
-/// needs the connection (writing the client's head with its Location rewrite, pausing a side, pooling, the access
-/// log) stays in `ClientConnection`.
+/// heads, moves the body by its framing, and says when the response is complete, cut short or invalid. The
+/// heads the client gets and the access record are written by `ExchangeClientSide.swift`; what needs the
+/// connection (pausing a side, the upstream side's end, pooling) stays in `ClientConnection`.
 extension Exchange {
     enum ResponseStep: Equatable {
         /// Nothing more until more bytes arrive.

@@ -52,6 +52,12 @@ final class Worker: @unchecked Sendable {
     private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
     /// HTTP/2 upstream connections, each carrying many exchanges.
     private(set) lazy var h2Pool = H2Pool(worker: self)
+    /// Connections that closed during this loop turn, kept until its end. A connection usually closes inside one
+    /// of its own callbacks, and neither its streams (`SocketStream.owner`) nor the methods below the callback
+    /// hold a reference to it (`unowned(unsafe)`, for speed): released from the registry there, it would be freed
+    /// while its own code still runs. Released by `releaseEvent`, activated when the first one is kept.
+    private var closedThisTurn: [AnyObject] = []
+    private var releaseEvent: OpaquePointer?
     private(set) var draining = false
     private var thread: pthread_t?
 
@@ -106,6 +112,7 @@ final class Worker: @unchecked Sendable {
         wakeEvent = event_new(base, wakeFD, Int16(EV_READ | EV_PERSIST), workerWakeCallback, me)
         event_add(wakeEvent, nil)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
+        releaseEvent = event_new(base, -1, 0, workerReleaseCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
     }
@@ -155,6 +162,8 @@ final class Worker: @unchecked Sendable {
         if let wakeEvent { event_free(wakeEvent) }
         close(wakeFD)
         if let tickEvent { event_free(tickEvent) }
+        if let releaseEvent { event_free(releaseEvent) }
+        closedThisTurn.removeAll()
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
@@ -217,6 +226,7 @@ final class Worker: @unchecked Sendable {
         pool.closeAll()
         h2Pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
+        closedThisTurn.removeAll()
         // Every line of every request, the last ones included, is written before the worker ends.
         accessLog.detach()
         health.finished(worker: id)
@@ -376,7 +386,8 @@ final class Worker: @unchecked Sendable {
     // MARK: registry
 
     func clientClosed(_ client: ClientConnection) {
-        if clients.removeValue(forKey: ObjectIdentifier(client)) != nil {
+        if let closed = clients.removeValue(forKey: ObjectIdentifier(client)) {
+            keepUntilTurnEnds(closed)
             metrics.shared.activeClients.decrement()
             connections.decrement()
         }
@@ -425,7 +436,20 @@ final class Worker: @unchecked Sendable {
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection) {
-        if upstreams.removeValue(forKey: ObjectIdentifier(upstream)) != nil { metrics.shared.activeUpstreams.decrement() }
+        if let closed = upstreams.removeValue(forKey: ObjectIdentifier(upstream)) {
+            keepUntilTurnEnds(closed)
+            metrics.shared.activeUpstreams.decrement()
+        }
+    }
+
+    /// Keeps a closed connection alive until the end of this loop turn (see `closedThisTurn`).
+    private func keepUntilTurnEnds(_ connection: AnyObject) {
+        if closedThisTurn.isEmpty, let releaseEvent { event_active(releaseEvent, 0, 1) }
+        closedThisTurn.append(connection)
+    }
+
+    fileprivate func releaseClosed() {
+        closedThisTurn.removeAll(keepingCapacity: closedThisTurn.count <= 64)
     }
 
     var activeClients: Int { clients.count }
@@ -602,6 +626,10 @@ private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: Unsafe
 
 private func workerWakeCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().woken()
+}
+
+private func workerReleaseCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().releaseClosed()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
