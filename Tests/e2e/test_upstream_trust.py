@@ -1016,23 +1016,36 @@ class HardModeFirstConnection(unittest.TestCase):
     def setUpClass(cls):
         pki = ENV["pki"]
         cls.dp = CRLServer({}, delays={"/slow.crl": 1.0, "/slow404.crl": 0.5, "/hang.crl": 6.0})
-        for name in ("slow", "slow404", "hang"):
+        for name in ("slow", "slow404", "hang", "quick"):
             leaf_with_dp(pki, f"wait-{name}", f"{cls.dp.base}/{name}.crl")
         cnf = ca_config(pki, "ca")
         sh(f"openssl ca -config '{cnf}' -gencrl -out wait.crl 2>/dev/null", cwd=pki)
-        cls.dp.files["/slow.crl"] = cls.dp.files["/hang.crl"] = open(f"{pki}/wait.crl", "rb").read()
+        cls.dp.files["/slow.crl"] = cls.dp.files["/hang.crl"] = cls.dp.files["/quick.crl"] = open(f"{pki}/wait.crl", "rb").read()
 
     @classmethod
     def tearDownClass(cls):
         cls.dp.shutdown()
         cls.dp.server_close()
 
-    def proxy_for(self, name, connect_timeout="5s"):
-        """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server."""
+    def proxy_for(self, name, connect_timeout="5s", also=()):
+        """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server
+        (host wait.mygreatbank.test), and one more for each (name, connect_timeout) of `also` (host wait-NAME)."""
         procs = harness.Processes()
         self.addCleanup(procs.stop_all)
-        up, port = harness.free_port(), harness.free_port()
-        harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{name}")
+        port = harness.free_port()
+        routes = ""
+        for host, server, timeout in (("wait", name, connect_timeout), *((f"wait-{n}", n, t) for n, t in also)):
+            up = harness.free_port()
+            harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{server}")
+            routes += f"""
+[[route]]
+host = "{host}.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+connect_timeout = "{timeout}"
+crl_fetch = true
+revocation = "hard"
+"""
         start_proxy_with(procs, f"{ENV['dir']}/wait-{name}.conf", f"""
 [proxy]
 listen = "127.0.0.1:{port}"
@@ -1040,14 +1053,7 @@ workers = 1
 [upstream]
 ca_file = "pki/ca.pem"
 allow_private = true
-[[route]]
-host = "wait.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-connect_timeout = "{connect_timeout}"
-crl_fetch = true
-revocation = "hard"
-""", port)
+{routes}""", port)
         return port
 
     def test_the_first_connection_waits_for_its_crl_and_is_served(self):
@@ -1075,6 +1081,18 @@ revocation = "hard"
         self.assertIn("being fetched", headers["proxy-status"])
         self.assertLess(took, 3.5, "the first connection waited past the route's connect_timeout")
         self.assertGreater(took, 0.8, "it did not wait for the fetch at all")
+
+
+    def test_a_distribution_point_that_hangs_holds_up_no_other_crl(self):
+        # One route's CRL server takes 6 s to answer (it could take response_timeout, every retry); another route's
+        # first connection, asked while that fetch is under way, gets its own CRL from a prompt server in time.
+        port = self.proxy_for("hang", connect_timeout="1s", also=[("quick", "3s")])
+        self.assertEqual(get_on(port, "wait")[0], 502)
+        started = time.monotonic()
+        status, headers, body = get_on(port, "wait-quick")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertIn("/quick.crl", self.dp.hits)
 
 
 class HTTPSDistributionPoints(unittest.TestCase):
