@@ -1,5 +1,5 @@
 import Testing
-import TLS
+@testable import TLS
 @testable import ProxyServer
 
 /// The pure parts of CRL fetching: which URLs are fetched, what answer is a CRL body, when to fetch again.
@@ -68,6 +68,23 @@ import TLS
         // The fetcher stores an answer for a URL no longer wanted: dropped, not kept.
         cache.failed(url, "HTTP 404 from crl.example.com:80", at: 100, retryAfter: 30)
         #expect(cache.entry(url) == nil)
+    }
+
+    @Test func aFullCacheTakesANewPointInPlaceOfTheOneLeastRecentlyUsed() {
+        // A long-running proxy meets more distribution points than it keeps (sharded CRLs, a CA's new URLs, a
+        // chain naming many): the cap must not shut out every point met after the first `maxURLs`.
+        let cache = CRLCache()
+        let url = { (i: Int) in "http://crl.example.com/\(i).crl" }
+        for i in 0..<CRLCache.maxURLs { cache.want(url(i)) }
+        // A verification looks up every point but the first again.
+        for i in 1..<CRLCache.maxURLs { _ = cache.crl(for: url(i)) }
+        let newcomer = "http://crl.example.com/new.crl"
+        #expect(cache.awaitingFirstFetch(newcomer), "hard mode would refuse at once instead of waiting for its fetch")
+        cache.want(newcomer)
+        #expect(cache.entry(newcomer) != nil, "a newly wanted point is never fetched once the cache is full")
+        #expect(cache.entry(url(0)) == nil)
+        #expect(cache.entry(url(1)) != nil)
+        #expect(cache.snapshot.count == CRLCache.maxURLs)
     }
 
     @Test func refreshedAheadOfNextUpdate() {
