@@ -28,10 +28,14 @@ public final class CRLCache: @unchecked Sendable {
 
     private var entries: [String: Entry] = [:]
     private var crls: [String: OpaquePointer] = [:]
+    /// When each URL was last wanted or looked up by a verification (a count of those events, not a time).
+    private var lastUse: [String: Int] = [:]
+    private var useClock = 0
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var generationValue = 0
-    /// At most this many distribution points are followed (a hostile chain could name any number): per process,
-    /// and per chain.
+    /// At most this many distribution points are kept (fetched, refreshed, shown in the metrics) at once: a newly
+    /// wanted one takes the place of the one least recently used. At most `maxURLsPerChain` are followed for one
+    /// chain (a hostile chain could name any number).
     public static let maxURLs = 64
     static let maxURLsPerChain = 8
 
@@ -46,19 +50,31 @@ public final class CRLCache: @unchecked Sendable {
     /// Moves with every newly stored CRL.
     public var generation: Int { locked { generationValue } }
 
-    /// Notes that verification wants `url` (fetched as soon as the fetcher runs, if not known yet).
+    /// Notes that verification wants `url` (fetched as soon as the fetcher runs, if not known yet). When
+    /// `maxURLs` are known, the one least recently used is forgotten to make room.
     public func want(_ url: String) {
         locked {
-            if entries[url] == nil && entries.count < Self.maxURLs {
-                entries[url] = Entry(url: url, due: 0)
+            touch(url)
+            guard entries[url] == nil else { return }
+            if entries.count >= Self.maxURLs, let oldest = entries.keys.min(by: { lastUse[$0, default: 0] < lastUse[$1, default: 0] }) {
+                entries[oldest] = nil
+                lastUse[oldest] = nil
+                if let crl = crls.removeValue(forKey: oldest) { X509_CRL_free(crl) }
             }
+            entries[url] = Entry(url: url, due: 0)
         }
     }
 
-    /// Whether `url` is wanted (or would be) and its first fetch has not ended yet: no CRL, no failure.
+    /// (Under the lock.)
+    private func touch(_ url: String) {
+        useClock += 1
+        lastUse[url] = useClock
+    }
+
+    /// Whether `url` is wanted (or would be, once wanted) and its first fetch has not ended yet: no CRL, no failure.
     public func awaitingFirstFetch(_ url: String) -> Bool {
         locked {
-            guard let e = entries[url] else { return entries.count < Self.maxURLs }
+            guard let e = entries[url] else { return true }
             return e.lastAttempt == nil && crls[url] == nil
         }
     }
@@ -70,6 +86,7 @@ public final class CRLCache: @unchecked Sendable {
             for crl in crls.values { X509_CRL_free(crl) }
             crls = [:]
             entries = [:]
+            lastUse = [:]
             generationValue += 1
         }
     }
@@ -143,9 +160,10 @@ public final class CRLCache: @unchecked Sendable {
         return max(now + 1, next - ahead)
     }
 
-    /// The CRL held for `url`, with a reference for the caller.
+    /// The CRL held for `url`, with a reference for the caller (a verification looking it up: `url` is in use).
     func crl(for url: String) -> OpaquePointer? {
         locked {
+            if entries[url] != nil { touch(url) }
             guard let crl = crls[url], X509_CRL_up_ref(crl) == 1 else { return nil }
             return crl
         }
