@@ -699,6 +699,47 @@ revocation = "hard"
         finally:
             procs.stop_all()
 
+    def test_a_crl_already_in_its_refresh_window_is_not_fetched_again_every_second(self):
+        # A CA that publishes its next CRL only at nextUpdate: the CRL fetched is already inside the window in which
+        # the proxy refreshes it (a fifth of its validity before nextUpdate, at most an hour). Fetching it again
+        # every second until the next one appears hammers the CA's server, and each fetch retired every pooled
+        # connection of the route.
+        pki = ENV["pki"]
+        cnf = ca_config(pki, "ca")
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/late.crl"
+        leaf_with_dp(pki, "dp-late", url)
+        sh(f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -3600) -crl_nextupdate $(utc_in 120) -out late.crl 2>/dev/null", cwd=pki)
+        self.dp.files["/late.crl"] = open(f"{pki}/late.crl", "rb").read()
+        up, port = harness.free_port(), harness.free_port()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        harness.start_python_upstream(procs, pki, up, cert="dp-late")
+        log = f"{ENV['dir']}/late.log"
+        conf = harness.write_file(f"{ENV['dir']}/late.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[log]
+format = "json"
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "late.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_fetch = true
+revocation = "hard"
+""")
+        harness.start_proxy(procs, conf, log, port)
+        get_until_on(self, port, "late", lambda s, ps: s == 200)
+        fetched = self.dp.hits.count("/late.crl")
+        time.sleep(3.5)
+        self.assertEqual(get_on(port, "late")[0], 200)
+        self.assertLessEqual(self.dp.hits.count("/late.crl") - fetched, 1, "the same CRL was fetched again every second")
+        requests = [l for l in harness.json_log_lines(log) if l.get("host") == "late.mygreatbank.test" and l.get("status") == 200]
+        self.assertTrue(requests[-1].get("reused"), "the pooled connection was retired without a new CRL")
+
     def test_an_untrusted_certificate_does_not_send_the_proxy_to_its_distribution_point(self):
         # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
         # and the proxy fetches nothing on its say-so.
