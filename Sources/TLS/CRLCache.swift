@@ -125,6 +125,9 @@ public final class CRLCache: @unchecked Sendable {
                 X509_CRL_free(crl)
                 return
             }
+            // The same CRL again (its CA has not published the next one yet): nothing was verified against less
+            // than it, so connections verified before stay in use (the generation does not move).
+            let unchanged = crls[url].map { X509_CRL_match($0, crl) == 0 } ?? false
             if let old = crls[url] { X509_CRL_free(old) }
             crls[url] = crl
             e.issuer = issuer
@@ -135,7 +138,7 @@ public final class CRLCache: @unchecked Sendable {
             e.lastError = nil
             e.due = Self.refreshTime(lastUpdate: last, nextUpdate: next, now: now, retryAfter: retryAfter)
             entries[url] = e
-            generationValue += 1
+            if !unchanged { generationValue += 1 }
         }
         return true
     }
@@ -152,12 +155,15 @@ public final class CRLCache: @unchecked Sendable {
     }
 
     /// When to fetch again after a CRL with these dates: a fifth of its validity before nextUpdate (at most an
-    /// hour before, at least a second from now); after `retryAfter` when it names no nextUpdate or is stale.
+    /// hour before); after `retryAfter` when it names no nextUpdate or is stale. A CRL already inside that window
+    /// (fetched late, or its CA publishes the next one only at nextUpdate) is asked for again after a quarter of
+    /// the time left, between a second and `retryAfter`: not every second until the next one appears.
     public static func refreshTime(lastUpdate: Int?, nextUpdate: Int?, now: Int, retryAfter: Int) -> Int {
         guard let next = nextUpdate, next > now else { return now + retryAfter }
         let span = max(0, next - (lastUpdate ?? now))
-        let ahead = min(3600, span / 5)
-        return max(now + 1, next - ahead)
+        let planned = next - min(3600, span / 5)
+        if planned > now { return planned }
+        return now + max(1, min(retryAfter, (next - now) / 4))
     }
 
     /// The CRL held for `url`, with a reference for the caller (a verification looking it up: `url` is in use).

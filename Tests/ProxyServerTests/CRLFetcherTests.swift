@@ -97,5 +97,9 @@ import Testing
         #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: nil, now: 100, retryAfter: 30) == 130)
         // Never in the past.
         #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 101, now: 100, retryAfter: 30) == 101)
+        // Already inside the window (an hour-long CRL fetched with 2 minutes left): in 30 s, not in a second;
+        // sooner as nextUpdate nears.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 3720, now: 3600, retryAfter: 30) == 3630)
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 3620, now: 3600, retryAfter: 30) == 3605)
     }
 }
