@@ -477,6 +477,18 @@ crl_files = ["pki/crl.pem", "pki/garbage-crl.pem"]
         self.assertIn("pin-only", r.stdout)
 
 
+def access_lines(log, host, count):
+    """The access-log lines of the proxy writing `log` for `host`, once there are `count` of them (the log is
+    written a moment after each request) or after 5 s."""
+    lines = []
+
+    def enough():
+        lines[:] = [l for l in harness.json_log_lines(log) if l.get("host") == host and "status" in l]
+        return len(lines) >= count
+    harness.wait_until(enough, 5, 0.1)
+    return lines
+
+
 class CRLServer(http.server.ThreadingHTTPServer):
     """A CRL distribution point on loopback: path -> bytes (anything else is 404); counts what it served. `delays`
     (path -> seconds) makes it wait before answering; `tls` (cert, key) serves it over https."""
@@ -737,8 +749,8 @@ revocation = "hard"
         time.sleep(3.5)
         self.assertEqual(get_on(port, "late")[0], 200)
         self.assertLessEqual(self.dp.hits.count("/late.crl") - fetched, 1, "the same CRL was fetched again every second")
-        requests = [l for l in harness.json_log_lines(log) if l.get("host") == "late.mygreatbank.test" and l.get("status") == 200]
-        self.assertTrue(requests[-1].get("reused"), "the pooled connection was retired without a new CRL")
+        requests = access_lines(log, "late.mygreatbank.test", 2)
+        self.assertTrue(requests and requests[-1].get("reused"), "the pooled connection was retired without a new CRL")
 
     def test_an_untrusted_certificate_does_not_send_the_proxy_to_its_distribution_point(self):
         # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
@@ -1091,6 +1103,8 @@ revocation = "hard"
 [proxy]
 listen = "127.0.0.1:{port}"
 workers = 1
+[log]
+format = "json"
 [upstream]
 ca_file = "pki/ca.pem"
 allow_private = true
@@ -1102,6 +1116,15 @@ allow_private = true
         status, headers, body = get_on(port, "wait")
         self.assertEqual(status, 200, headers.get("proxy-status", body))
         self.assertIn("/slow.crl", self.dp.hits)
+
+    def test_the_connection_that_waited_for_its_crl_is_pooled_and_reused(self):
+        # It was verified against the CRL it waited for: nothing newer came since, so the next request reuses it.
+        port = self.proxy_for("slow")
+        self.assertEqual(get_on(port, "wait")[0], 200)
+        self.assertEqual(get_on(port, "wait")[0], 200)
+        log = f"{ENV['dir']}/wait-slow.log"
+        requests = access_lines(log, "wait.mygreatbank.test", 2)
+        self.assertEqual([l.get("reused") for l in requests[-2:]], [False, True], requests[-2:])
 
     def test_the_first_connection_is_refused_naming_the_failed_fetch(self):
         port = self.proxy_for("slow404")
