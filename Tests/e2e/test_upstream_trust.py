@@ -1159,6 +1159,64 @@ allow_private = true
         self.assertIn("/quick.crl", self.dp.hits)
 
 
+class ChainWithTooManyDistributionPoints(unittest.TestCase):
+    """A chain naming more CRL distribution points than the proxy follows for one chain (8): root -> four
+    intermediates -> server, two points each. The first 8 (the server's and the three lower intermediates') are
+    fetched; the top intermediate's are not, so hard mode must refuse at once, saying so, not wait for a fetch
+    that never starts until connect_timeout, at every connection."""
+
+    def test_hard_mode_refuses_at_once_naming_the_limit(self):
+        pki, d = ENV["pki"], ENV["dir"]
+        dp = CRLServer({})
+        self.addCleanup(dp.server_close)
+        self.addCleanup(dp.shutdown)
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out wide0.key",
+           "openssl req -x509 -new -key wide0.key -subj '/O=mtls-proxy test/CN=wide root' -days 30 -sha256 "
+           "-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' -out wide0.pem 2>/dev/null",
+           cwd=pki)
+        for i in range(1, 5):
+            sh(*issue(pki, ca_config(pki, f"wide{i - 1}"), f"wide{i}", f"wide intermediate {i}",
+                      ["basicConstraints = critical,CA:TRUE", "keyUsage = critical,keyCertSign,cRLSign",
+                       f"crlDistributionPoints = URI:{dp.base}/w{i - 1}a.crl,URI:{dp.base}/w{i - 1}b.crl"]), cwd=pki)
+        sh(*issue(pki, ca_config(pki, "wide4"), "wide-leaf", "wide.mygreatbank.test",
+                  server_ext() + [f"crlDistributionPoints = URI:{dp.base}/w4a.crl,URI:{dp.base}/w4b.crl"]), cwd=pki)
+        sh(*(f"openssl ca -config '{ca_config(pki, f'wide{i}')}' -gencrl -out wide{i}.crl 2>/dev/null" for i in range(5)),
+           "cat wide-leaf.pem wide4.pem wide3.pem wide2.pem wide1.pem > wide-chain.pem && cp wide-leaf.key wide-chain.key",
+           cwd=pki)
+        for i in range(5):
+            dp.files[f"/w{i}a.crl"] = dp.files[f"/w{i}b.crl"] = open(f"{pki}/wide{i}.crl", "rb").read()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        up, port = harness.free_port(), harness.free_port()
+        harness.start_python_upstream(procs, pki, up, cert="wide-chain")
+        start_proxy_with(procs, f"{d}/wide.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/wide0.pem"
+allow_private = true
+[[route]]
+host = "wide.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+connect_timeout = "4s"
+crl_fetch = true
+revocation = "hard"
+""", port)
+        for attempt in range(2):
+            started = time.monotonic()
+            status, headers, body = get_on(port, "wide")
+            took = time.monotonic() - started
+            self.assertEqual(status, 502, body)
+            ps = headers.get("proxy-status", "")
+            self.assertIn("CRL unavailable", ps)
+            self.assertIn("wide intermediate 1", ps)
+            self.assertIn("not followed", ps)
+            self.assertLess(took, 2.5, f"attempt {attempt}: waited {took:.1f} s for a fetch that never starts")
+        self.assertNotIn("/w0a.crl", dp.hits)
+
+
 class HTTPSDistributionPoints(unittest.TestCase):
     """https:// CRL distribution points: fetched over TLS verified against the system trust store (here made the
     test CA's with SSL_CERT_FILE, OpenSSL's own variable), with the same address guard as http://."""
