@@ -175,11 +175,16 @@ public final class CRLCache: @unchecked Sendable {
         }
     }
 
-    /// What the cache knows about `urls`, for a "CRL unavailable" message.
-    func status(of urls: [String]) -> String {
+    /// What the cache knows about `urls`, for a "CRL unavailable" message; `followed`, the points followed for
+    /// the chain (when it verifies apart from revocation), tells a point past `maxURLsPerChain` from one not
+    /// fetched yet.
+    func status(of urls: [String], followed: [String]? = nil) -> String {
         guard !urls.isEmpty else { return "the certificate names no http:// or https:// CRL distribution point" }
         return locked {
             urls.map { url in
+                if let followed, !followed.contains(url) {
+                    return "\(url): not followed (the proxy follows the first \(Self.maxURLsPerChain) distribution points of a chain)"
+                }
                 guard let e = entries[url] else { return "\(url): not fetched" }
                 if let error = e.lastError { return "\(url): \(error)" }
                 if e.lastSuccess == nil { return "\(url): being fetched" }

@@ -368,15 +368,18 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
     var reason = String(cString: X509_verify_cert_error_string(Int(error)))
     if let owner, owner.context.trust.crlFetch {
         let urls = cert.map { CRLCache.distributionPoints($0) } ?? []
-        let awaited = urls.filter { CRLCache.shared.awaitingFirstFetch($0) }
-        if hard, owner.mayWaitForCRL, !awaited.isEmpty, owner.chainCRLURLs(storeCtx) != nil {
+        // The points the proxy follows for this chain (nil when the chain does not verify apart from revocation:
+        // none); only those are fetched, so only those are worth waiting for.
+        let followed = owner.chainCRLURLs(storeCtx)
+        let awaited = urls.filter { followed?.contains($0) == true && CRLCache.shared.awaitingFirstFetch($0) }
+        if hard, owner.mayWaitForCRL, !awaited.isEmpty {
             // Not decided yet: the verification stops here and the handshake waits for the fetch (see
             // `upstreamCertificateVerify`), unless the wait is over.
             owner.awaitingCRL = true
             owner.awaitedCRLURLs = awaited
             return 0
         }
-        reason += " (crl_fetch: \(CRLCache.shared.status(of: urls)))"
+        reason += " (crl_fetch: \(CRLCache.shared.status(of: urls, followed: followed)))"
     }
     if hard {
         TrustDecisionCounters.count(.crlUnavailableRefused)
