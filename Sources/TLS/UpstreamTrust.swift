@@ -214,8 +214,9 @@ enum UpstreamTrustSetup {
 
 /// Replaces OpenSSL's own verification of the server's chain (SSL_CTX_set_cert_verify_callback): pin-only
 /// checks the leaf's key alone; otherwise OpenSSL's verification runs, with CRL checks when revocation is on,
-/// then the pins are matched against the verified chain. A refusal sets X509_V_ERR_APPLICATION_VERIFICATION
-/// (the handshake fails with an alert, and no session is stored) and tells the connection why.
+/// then the pins are matched against the verified chain. A refusal (a pin mismatch sets
+/// X509_V_ERR_APPLICATION_VERIFICATION; a revocation decision leaves OpenSSL's own error) fails the handshake with
+/// an alert, stores no session, and tells the connection why.
 func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let storeCtx, let arg else { return 0 }
     let context = Unmanaged<ClientTLSContext>.fromOpaque(arg).takeUnretainedValue()
