@@ -39,7 +39,7 @@ final class CRLFetcher: @unchecked Sendable {
 
     /// Takes the settings of `config` and starts the thread the first time a route fetches CRLs.
     func configure(_ config: ProxyConfiguration) {
-        let fetching = config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
+        let fetching = Self.fetches(config)
         let s = Settings(allowPrivate: config.upstream.allowPrivate, connectMillis: config.upstream.timeouts.connect.milliseconds,
                          responseMillis: config.upstream.timeouts.response.milliseconds, enabled: fetching)
         pthread_mutex_lock(lock)
@@ -58,6 +58,11 @@ final class CRLFetcher: @unchecked Sendable {
             return nil
         }, me)
         pthread_detach(thread)
+    }
+
+    /// Whether `config` fetches CRLs: `[upstream]` or some route sets `crl_fetch` with revocation on.
+    static func fetches(_ config: ProxyConfiguration) -> Bool {
+        config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
     }
 
     private func current() -> Settings {

@@ -1,3 +1,4 @@
+import ProxyConfig
 import Testing
 @testable import TLS
 @testable import ProxyServer
@@ -85,6 +86,27 @@ import Testing
         #expect(cache.entry(url(0)) == nil)
         #expect(cache.entry(url(1)) != nil)
         #expect(cache.snapshot.count == CRLCache.maxURLs)
+    }
+
+    @Test func crlFetchWithRevocationOffEverywhereFetchesNothing() throws {
+        // A reload that turns revocation off but leaves `crl_fetch = true` in [upstream]: nothing uses the CRLs,
+        // so none is kept, refreshed or shown in the metrics (whose staleness alert would fire for nothing).
+        func config(_ route: String) throws -> ProxyConfiguration {
+            try ConfigLoader.parse("""
+            [proxy]
+            listen = "127.0.0.1:8080"
+            [upstream]
+            crl_fetch = true
+            revocation = "off"
+            [[route]]
+            host = "a.test"
+            action = "tls"
+            \(route)
+            """, file: "t.conf", baseDirectory: "/tmp")
+        }
+        #expect(!CRLFetcher.fetches(try config("")))
+        #expect(CRLFetcher.fetches(try config("revocation = \"hard\"")))
+        #expect(CRLFetcher.fetches(try config("revocation = \"soft\"")))
     }
 
     @Test func refreshedAheadOfNextUpdate() {
