@@ -60,9 +60,11 @@ final class CRLFetcher: @unchecked Sendable {
         pthread_detach(thread)
     }
 
-    /// Whether `config` fetches CRLs: `[upstream]` or some route sets `crl_fetch` with revocation on.
+    /// Whether `config` fetches CRLs: `[upstream]` or some route sets `crl_fetch` with revocation on (with it
+    /// off, nothing looks a CRL up).
     static func fetches(_ config: ProxyConfiguration) -> Bool {
-        config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
+        let uses = { (t: TrustSettings) in t.crlFetch && t.revocation != .off }
+        return uses(config.upstream.trust) || config.routes.contains { uses($0.trust) }
     }
 
     private func current() -> Settings {
