@@ -346,6 +346,36 @@ class Revocation(unittest.TestCase):
                 self.assertIn(serial_of(f"{ENV['pki']}/revoked.pem"), ps)
         self.assertGreaterEqual(harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="revoked"), 2)
 
+    def test_a_crl_whose_signature_does_not_verify_revokes_nothing(self):
+        # A CRL in the test CA's name that lists the server, signed by another key: not the CA's CRL (a hostile
+        # distribution point, or a man in the middle of an http:// one, could serve it). Soft mode allows a CRL it
+        # cannot use, so it must not take that CRL's word that the server is revoked; hard mode refuses it as
+        # unusable, not as a revocation.
+        pki, d = ENV["pki"], ENV["dir"]
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out forged-ca.key",
+           "openssl x509 -in ca.pem -signkey forged-ca.key -out forged-ca.pem 2>/dev/null", cwd=pki)
+        cnf = ca_config(pki, "forged-ca")
+        sh(f"cp .db-ca/index.txt .db-forged-ca/index.txt",
+           f"openssl ca -config '{cnf}' -gencrl -out forged.crl 2>/dev/null", cwd=pki)
+        port = harness.free_port()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        routes = "".join(f"""
+[[route]]
+host = "forged-{mode}.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{ENV['ports']['revoked']}"
+crl_files = ["pki/forged.crl"]
+revocation = "{mode}"
+""" for mode in ("soft", "hard"))
+        start_proxy_with(procs, f"{d}/forged.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n[upstream]\nca_file = "pki/ca.pem"\n{routes}', port)
+        status, headers, body = get_on(port, "forged-soft")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+        status, headers, body = get_on(port, "forged-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertNotIn("presented a revoked", headers["proxy-status"])
+
     def test_without_crls_the_revoked_certificate_is_not_checked(self):
         self.assertEqual(get("revoked-unchecked")[0], 200)
 
