@@ -337,6 +337,15 @@ private let crlUnavailableErrors: Set<Int32> = [
     X509_V_ERR_KEYUSAGE_NO_CRL_SIGN, X509_V_ERR_UNHANDLED_CRITICAL_CRL_EXTENSION, X509_V_ERR_CRL_PATH_VALIDATION_ERROR,
 ]
 
+/// Whether the CRL that lists the certificate being checked is signed by the issuer OpenSSL matched it to (true
+/// when OpenSSL does not say which CRL or issuer: the revocation stands).
+private func revokedByItsIssuersCRL(_ storeCtx: OpaquePointer) -> Bool {
+    guard let crl = X509_STORE_CTX_get0_current_crl(storeCtx), let issuer = X509_STORE_CTX_get0_current_issuer(storeCtx),
+          let key = X509_get0_pubkey(issuer) else { return true }
+    defer { _ = OpenSSLErrors.drain() }
+    return X509_CRL_verify(crl, key) == 1
+}
+
 private func softRevocationCallback(_ ok: Int32, _ storeCtx: OpaquePointer?) -> Int32 {
     revocationDecision(ok, storeCtx, hard: false)
 }
@@ -347,16 +356,22 @@ private func hardRevocationCallback(_ ok: Int32, _ storeCtx: OpaquePointer?) -> 
 
 private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: Bool) -> Int32 {
     guard ok == 0, let storeCtx else { return ok }
-    let error = X509_STORE_CTX_get_error(storeCtx)
+    var error = X509_STORE_CTX_get_error(storeCtx)
     let owner = mtls_X509_STORE_CTX_get_ssl(storeCtx).flatMap { UpstreamTLSSession.owner(of: $0) }
     let cert = X509_STORE_CTX_get_current_cert(storeCtx)
     let depth = Int(X509_STORE_CTX_get_error_depth(storeCtx))
     let subject = cert.map { Certificate.nameString(X509_get_subject_name($0)) } ?? "?"
     let serial = cert.map { Certificate.serialHex(of: $0) } ?? "?"
     if error == X509_V_ERR_CERT_REVOKED {
-        TrustDecisionCounters.count(.revoked)
-        owner?.refuse(.revoked(subject: subject, serial: serial, depth: depth))
-        return 0
+        if revokedByItsIssuersCRL(storeCtx) {
+            TrustDecisionCounters.count(.revoked)
+            owner?.refuse(.revoked(subject: subject, serial: serial, depth: depth))
+            return 0
+        }
+        // Listed by a CRL whose signature does not verify (OpenSSL reported that first; soft mode allowed it,
+        // and OpenSSL went on to read the certificate in that CRL): not the issuer's word, so no revocation, but
+        // no usable CRL either.
+        error = X509_V_ERR_CRL_SIGNATURE_FAILURE
     }
     guard crlUnavailableErrors.contains(error) else { return 0 }
     // The trust anchor itself (the self-signed root ending the chain) is trusted by configuration, not by a CRL:
