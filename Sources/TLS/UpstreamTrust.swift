@@ -402,8 +402,13 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
         owner?.refuse(.crlUnavailable(subject: subject, serial: serial, reason: reason, depth: depth))
         return 0
     }
-    TrustDecisionCounters.count(.crlUnavailableAllowed)
-    owner?.note(.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason, depth: depth))
+    // Once per certificate and reason: a CRL whose signature failed is reported again when OpenSSL reads the
+    // certificate in it (see CERT_REVOKED above).
+    let allowed = TrustNote.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason, depth: depth)
+    if owner?.trustNotes.contains(allowed) != true {
+        TrustDecisionCounters.count(.crlUnavailableAllowed)
+        owner?.note(allowed)
+    }
     X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
     return 1
 }
