@@ -276,6 +276,29 @@ class ExplainHTTPS(unittest.TestCase):
         self.assertTrue(forward.startswith("api.mygreatbank.test:8443/v1"), forward)
 
 
+class NoPINInAnyError(unittest.TestCase):
+    """A token key URI with a misspelled scheme was read as a file path and echoed, PIN included, by `check` and
+    by `run` ("cannot read ..."). Whatever the spelling, the PIN appears in no output; the error names the file
+    and key and says what is expected."""
+
+    PIN = "8361"
+
+    def test_check_and_run_name_the_key_without_the_pin(self):
+        for i, value in enumerate((f"pkcs1:token=x;object=y?pin-value={self.PIN}", f"pkcs11x:object=y;pin-value={self.PIN}",
+                                   f"keys/us.key?pin-value={self.PIN}")):
+            config = write_config(f"pin-{i}.conf", GOOD.replace('key = "pki/fusion-us.key"', f'key = "{value}"'))
+            self.assertIn(value, harness.read(config))
+            r = run("check", "--config", config)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertNotIn(self.PIN, r.stdout + r.stderr)
+            self.assertIn(f"pin-{i}.conf", r.stdout + r.stderr)
+            self.assertIn("identities.us.key", r.stdout + r.stderr)
+            r = run("run", "--config", config, env=harness.clean_env(SWIFT_BACKTRACE="enable=no"))
+            self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertNotIn(self.PIN, r.stdout + r.stderr)
+            self.assertIn("identities.us.key", r.stdout + r.stderr)
+
+
 class CheckNamesUnusedIdentities(unittest.TestCase):
     CONFIG = GOOD + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n'
 
