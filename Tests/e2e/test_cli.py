@@ -299,6 +299,24 @@ class NoPINInAnyError(unittest.TestCase):
             self.assertIn("identities.us.key", r.stdout + r.stderr)
 
 
+class ExplainRefusesWhatTheListenerRefuses(unittest.TestCase):
+    """A request line's target is visible ASCII only: the listener answers 400 to a space (or a tab, a control
+    character, a byte beyond ASCII) in it, so `explain` must not describe such a URL as if it were routed."""
+
+    def test_a_space_or_a_non_ascii_byte_in_the_path_is_a_clear_error(self):
+        config = write_config("explain-space.conf", GOOD)
+        for url in ("http://api.mygreatbank.test/v1/a b", "https://api.mygreatbank.test/v1/a b", "http://api.mygreatbank.test/v1/\tx",
+                    "http://api.mygreatbank.test/caf\u00e9", "http://api.mygreatbank.test/v1/x?q=a b"):
+            r = run("explain", url, "--config", config)
+            self.assertEqual(r.returncode, 2, f"{url!r}: {r.stdout}{r.stderr}")
+            self.assertNotIn("outcome", r.stdout, url)
+            self.assertIn("only visible ASCII characters are allowed", r.stderr, url)
+            self.assertIn("%20", r.stderr, url)
+        r = run("explain", "http://api.mygreatbank.test/v1/a%20b", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("mutual TLS presenting identity us", r.stdout)
+
+
 class CheckNamesUnusedIdentities(unittest.TestCase):
     CONFIG = GOOD + '[identities.eu]\ncert = "pki/fusion-eu.pem"\nkey = "pki/fusion-eu.key"\n'
 
