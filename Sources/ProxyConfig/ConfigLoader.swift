@@ -305,6 +305,12 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
+        for (name, what) in [("cert", "a certificate file (PEM) path"), ("p12", "a PKCS#12 bundle path"),
+                             ("key", "a key file (PEM) path or a pkcs11: URI (RFC 7512)")] {
+            if let text = try t.string(name), let problem = CredentialValue.problem(text, keyURIAllowed: name == "key") {
+                throw t.error(name, "expected \(what); \(problem)")
+            }
+        }
         let cert = try t.path("cert"), p12 = try t.path("p12")
         let key: String?
         if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
