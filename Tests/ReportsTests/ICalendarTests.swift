@@ -45,8 +45,9 @@ import ProxyConfig
         let events = ExpiryCalendar.events(identity: "us", certificates: [current, staged], prefer: .newest, now: now)
         #expect(events.map(\.uid) == ["expiry-AA01@mtls-proxy", "expiry-AA02@mtls-proxy", "takeover-AA02@mtls-proxy"])
         #expect(events.map(\.start) == [now + 65 * day, now + 385 * day, now + 20 * day])
-        // The current one is superseded on day 1020, before it expires: its expiry event has no reminders.
-        #expect(events.map(\.alarmDaysBefore) == [[], [30, 7], [30, 7]])
+        // The current one is superseded on day 1020, before it expires: its expiry event has no reminders. The
+        // takeover is 20 days ahead: its 30-day reminder would already be past.
+        #expect(events.map(\.alarmDaysBefore) == [[], [30, 7], [7]])
         #expect(events[0].summary == "mtls-proxy: identity us certificate expires, superseded on \(UTCTime.day(now + 20 * day)) by serial 02 (CN=fusion-us,O=test, serial 01)")
         #expect(events[1].summary == "mtls-proxy: identity us certificate expires (CN=fusion-us,O=test, serial 02)")
         #expect(events[2].summary.contains("switches to its staged certificate"))
@@ -93,10 +94,12 @@ import ProxyConfig
     }
 
     @Test func theLocalCAHasAnExpiryEvent() {
-        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem")
+        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem", now: 0)
         #expect(event.start == 900 * day)
         #expect(event.summary == "mtls-proxy: local CA expires (CN=fusion-us,O=test, serial 0C)")
         #expect(event.alarmDaysBefore == [30, 7])
+        // Five days before it expires, both reminders are past: the event stays, without them.
+        #expect(ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem", now: 895 * day).alarmDaysBefore == [])
     }
 
     @Test func withPreferOldestAStagedCertificateTakesOverWhenTheOldOneExpires() {
