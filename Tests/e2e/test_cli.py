@@ -4,16 +4,17 @@ import os, re, shutil, subprocess, sys, tempfile, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, tear_down  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-")
+    ENV.update(Fixture("mtls-proxy-cli-").env())
 
 
 def tearDownModule():
-    shutil.rmtree(ENV["dir"], ignore_errors=True)
+    tear_down(ENV, remove=True)
 
 
 def write_config(name, text):

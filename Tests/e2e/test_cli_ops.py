@@ -7,17 +7,18 @@ import json, os, re, shutil, signal, stat, subprocess, sys, tempfile, time, unit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, tear_down  # noqa: E402
 
 ENV = {}
 DAY = 86400
 
 
 def setUpModule():
-    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-ops-")
+    ENV.update(Fixture("mtls-proxy-cli-ops-").env())
 
 
 def tearDownModule():
-    shutil.rmtree(ENV["dir"], ignore_errors=True)
+    tear_down(ENV, remove=True)
 
 
 def write(name, text):
