@@ -16,7 +16,7 @@ Leaving the `with` block by an exception (a set-up that failed half-way) stops w
 that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends. The config
 helpers (proxy_section, upstream_section, identity, certificates, route, table) write TOML the way the suites'
 hand-written configs did, one `key = value` a line, so a test may still edit the text it gets."""
-import contextlib, json, os, shutil, subprocess, sys
+import contextlib, json, os, shlex, shutil, subprocess, sys
 
 import harness
 
@@ -187,6 +187,14 @@ class Fixture:
     def write(self, name, text, mode=None):
         """Writes `text` to `name` in the fixture's folder; returns its path."""
         return harness.write_file(self.path(name), text, mode)
+
+    def dated_certificates(self, *certificates):
+        """More certificates from the test CA in pki/, each (name, CN, starts_in, ends_in[, kind]): pki/NAME.pem
+        and pki/NAME.key, valid from `starts_in` to `ends_in` seconds from now (negative: in the past), for a
+        client (the default) or, with kind "server", for a server named CN."""
+        harness.pki_shell(*(f"pki_cert_dated {shlex.quote(self.pki)} {name} {shlex.quote(cn)} $(utc_in {int(start)}) "
+                            f"$(utc_in {int(end)}) {kind[0] if kind else 'client'}"
+                            for name, cn, start, end, *kind in certificates))
 
     # Upstreams
 

@@ -18,10 +18,6 @@ ENV = {}
 DAY = 86400
 
 
-def pki(directory, *commands):
-    harness.pki_shell(*commands)
-
-
 def not_after(path):
     out = subprocess.run(["openssl", "x509", "-in", path, "-noout", "-enddate", "-dateopt", "iso_8601"],
                          capture_output=True, text=True, check=True).stdout
@@ -52,14 +48,11 @@ SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over 
 
 def setUpModule():
     fx = Fixture("mtls-proxy-deploy-", ports=("proxy", "admin", "up"))
-    p, ports = fx.pki, fx.ports
-    pki(p, f"pki_cert_dated '{p}' soon fusion-soon $(utc_in -86400) $(utc_in 10*86400)",
-        f"pki_cert_dated '{p}' gone fusion-gone $(utc_in -400*86400) $(utc_in -86400)",
-        f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",
-        f"pki_cert_dated '{p}' covered-a fusion-covered-a $(utc_in -86400) $(utc_in 3*86400)",
-        f"pki_cert_dated '{p}' covered-b fusion-covered-b $(utc_in -3600) $(utc_in 200*86400)",
-        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)",
-        f"pki_cert_dated '{p}' later fusion-later $(utc_in 10*86400) $(utc_in 400*86400)")
+    ports = fx.ports
+    fx.dated_certificates(("soon", "fusion-soon", -DAY, 10 * DAY), ("gone", "fusion-gone", -400 * DAY, -DAY),
+                          ("next-old", "fusion-next-old", -DAY, 20 * DAY), ("covered-a", "fusion-covered-a", -DAY, 3 * DAY),
+                          ("covered-b", "fusion-covered-b", -3600, 200 * DAY), ("next-new", "fusion-next-new", SWITCH_IN, 300 * DAY),
+                          ("later", "fusion-later", 10 * DAY, 400 * DAY))
     switch_at = time.time() + SWITCH_IN - 1
     with fx:
         fx.python_upstream("up", ca="ca", require=True)

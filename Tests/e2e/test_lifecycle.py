@@ -23,13 +23,11 @@ def setUpModule():
     fx = Fixture("mtls-proxy-lifecycle-", ports=("proxy", "up"))
     proxy_port, up = fx.ports["proxy"], fx.ports["up"]
     ENV.update(fx.env(proxy_port=proxy_port, url=f"http://127.0.0.1:{proxy_port}"))
-    p = ENV["pki"]
-    pki(f"pki_cert_dated '{p}' us-next fusion-us-next $(utc_in {SWITCH_IN}) $(utc_in 400*86400)",
-        f"pki_cert_dated '{p}' us-old fusion-us-old $(utc_in -400*86400) $(utc_in -86400)",
-        f"pki_cert_dated '{p}' eu-short fusion-eu-short $(utc_in -86400) $(utc_in 5*86400)",
-        f"pki_cert_dated '{p}' eu-long fusion-eu-long $(utc_in -3600) $(utc_in 300*86400)",
-        # An encrypted key, and a PKCS#12 bundle, both with passwords kept outside the config.
-        f"openssl pkey -in fusion-eu.key -aes256 -passout pass:pem-secret -out fusion-eu-encrypted.key",
+    day = 86400
+    fx.dated_certificates(("us-next", "fusion-us-next", SWITCH_IN, 400 * day), ("us-old", "fusion-us-old", -400 * day, -day),
+                          ("eu-short", "fusion-eu-short", -day, 5 * day), ("eu-long", "fusion-eu-long", -3600, 300 * day))
+    # An encrypted key, and a PKCS#12 bundle, both with passwords kept outside the config.
+    pki(f"openssl pkey -in fusion-eu.key -aes256 -passout pass:pem-secret -out fusion-eu-encrypted.key",
         f"echo pem-secret > pem-password.txt",
         f"openssl pkcs12 -export -in fusion-us.pem -inkey fusion-us.key -certfile ca.pem -passout pass:p12-secret -out fusion-us.p12",
         f"echo p12-secret > p12-password.txt")

@@ -42,22 +42,16 @@ def browser_missing():
     return None
 
 
-def utc_in(seconds):
-    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() + seconds))
-
-
 def setUpModule():
     fx = Fixture("mtls-proxy-status-", ports=("proxy", "admin", "up", "rejecting", "closed"))
     ENV.update(fx.env())
     pki, ports = fx.pki, fx.ports
     # Ends half a day off whole days, so that "days left" is the same for pages rendered seconds apart.
     half = DAY // 2
-    cn = EVIL_SUBJECT_CN.replace("/", "\\/").replace('"', '\\"')
-    harness.pki_shell(
-        f'pki_cert_dated "{pki}" rot-a "{cn}" {utc_in(-100 * DAY)} {utc_in(20 * DAY + half)}',
-        f"pki_cert_dated '{pki}' rot-b fusion-rot-next {utc_in(10 * DAY)} {utc_in(375 * DAY + half)}",
-        f"pki_cert_dated '{pki}' soon fusion-soon {utc_in(-300 * DAY)} {utc_in(12 * DAY + half)}",
-        f"pki_cert_dated '{pki}' later fusion-later {utc_in(5 * DAY)} {utc_in(90 * DAY + half)}")
+    fx.dated_certificates(("rot-a", EVIL_SUBJECT_CN.replace("/", "\\/"), -100 * DAY, 20 * DAY + half),  # / escaped for openssl -subj
+                          ("rot-b", "fusion-rot-next", 10 * DAY, 375 * DAY + half),
+                          ("soon", "fusion-soon", -300 * DAY, 12 * DAY + half),
+                          ("later", "fusion-later", 5 * DAY, 90 * DAY + half))
     with fx:
         fx.python_upstream("up", ca="ca", require=True)
         # An upstream that trusts another CA: it rejects the client certificate, and the proxy's Proxy-Status

@@ -15,9 +15,9 @@ ENV = {}
 def setUpModule():
     with Fixture("mtls-proxy-faults-", ports=("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")) as fx:
         ports = fx.ports
+        fx.dated_certificates(("expired", "expired.mygreatbank.test", -2592000, -86400, "server"),
+                              ("notyet", "notyet.mygreatbank.test", 86400, 2592000, "server"))
         harness.pki_shell(
-            f"pki_cert_dated '{fx.pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server",
-            f"pki_cert_dated '{fx.pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server",
             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem"
             " -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null",
             cwd=fx.pki)
