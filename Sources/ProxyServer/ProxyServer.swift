@@ -137,6 +137,7 @@ public final class ProxyServer: @unchecked Sendable {
     public func run() {
         if !started { start() }
         guard let base else { return }
+        if TestFaults.slowStart { usleep(2_000_000) }
         let me = Unmanaged.passUnretained(self).toOpaque()
         func add(_ ev: OpaquePointer?, every seconds: Int? = nil) {
             guard let ev else { return }

@@ -206,5 +206,49 @@ class Reload(unittest.TestCase):
             r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{proxy_port}"}, timeout=10)
             self.assertEqual(r.status_code, 200)
 
+class ReloadAskedForWhileStarting(unittest.TestCase):
+    """Between binding its listeners (the port answers: supervisors and tests take the proxy as started) and
+    arming its reload signal and file watcher, a proxy ignored SIGHUP and did not see the config change: the
+    reload asked for in that moment was lost, silently. A debug build widens the moment on request
+    (MTLS_PROXY_TEST_FAULT=slow-start: 2 s), so each way of asking lands in it."""
+
+    def start(self, fx):
+        fx.python_upstream("up", ca="ca", require=True)
+        fx.write("proxy.conf", config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-us"))
+        with open(fx.path("proxy.log"), "ab") as log:
+            proxy = fx.procs.start([harness.proxy_binary(), "run", "--config", fx.path("proxy.conf")], stdout=log,
+                                   stderr=subprocess.STDOUT, env=dict(os.environ, MTLS_PROXY_TEST_FAULT="slow-start"))
+        harness.wait_for_port(fx.ports["proxy"])
+        if "test fault on" not in harness.read(fx.path("proxy.log")):
+            self.skipTest("this build ignores MTLS_PROXY_TEST_FAULT (a release build)")
+        return proxy
+
+    def subject(self, fx):
+        r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{fx.ports['proxy']}"},
+                         timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.headers["X-Client-Subject"]
+
+    def test_a_sighup_while_starting_reloads_once_started(self):
+        with Fixture.temporary("mtls-proxy-reload-early-hup-", ports=("up", "proxy")) as fx:
+            proxy = self.start(fx)
+            atomic_write(fx.path("proxy.conf"), config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-eu"))
+            os.kill(proxy.pid, signal.SIGHUP)
+            reloaded = harness.wait_until(lambda: "reloaded (SIGHUP" in harness.read(fx.path("proxy.log")), timeout=10, step=0.1)
+            self.assertTrue(reloaded, harness.read(fx.path("proxy.log")))
+            self.assertEqual(self.subject(fx), "fusion-eu")
+            self.assertIsNone(proxy.poll())
+
+    def test_a_config_changed_while_starting_is_picked_up(self):
+        with Fixture.temporary("mtls-proxy-reload-early-change-", ports=("up", "proxy")) as fx:
+            proxy = self.start(fx)
+            atomic_write(fx.path("proxy.conf"), config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-eu"))
+            reloaded = harness.wait_until(lambda: "reloaded (files changed" in harness.read(fx.path("proxy.log")),
+                                          timeout=10, step=0.1)
+            self.assertTrue(reloaded, harness.read(fx.path("proxy.log")))
+            self.assertEqual(self.subject(fx), "fusion-eu")
+            self.assertIsNone(proxy.poll())
+
+
 if __name__ == "__main__":
     harness.run_suite()
