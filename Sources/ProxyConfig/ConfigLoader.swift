@@ -532,7 +532,8 @@ public enum ConfigLoader {
 
     /// Keys of the trust settings and TLS policy, in `[upstream]` and routes.
     static let trustKeys: Set<String> = ["ca_file", "min_tls", "tls_min_version", "tls_max_version", "tls_ciphers",
-                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple"]
+                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple",
+                                         "revocation_scope"]
     /// Keys of pinning, in routes only: a pin names one service's key.
     static let pinKeys: Set<String> = ["verify", "pin_spki_sha256", "pin_report_only"]
 
@@ -594,6 +595,12 @@ public enum ConfigLoader {
                 throw t.error("revocation", "expected \"off\", \"soft\" (a missing or stale CRL is logged and allowed) or \"hard\" (refused), got \"\(text)\"")
             }
             trust.revocation = mode
+        }
+        if let text = try t.string("revocation_scope") {
+            guard let scope = RevocationScope(rawValue: text) else {
+                throw t.error("revocation_scope", "expected \"chain\" (every certificate of the server's chain against its issuer's CRL) or \"leaf\" (the server's certificate only), got \"\(text)\"")
+            }
+            trust.revocationScope = scope
         }
         if trust.revocation != .off && trust.crlFiles.isEmpty && !trust.crlFetch {
             throw t.error("revocation", "is \"\(trust.revocation.rawValue)\" but no CRL is given: set crl_files = [\"...\"] or crl_fetch = true")
