@@ -1116,7 +1116,7 @@ class HardModeFirstConnection(unittest.TestCase):
     def proxy_for(self, name, connect_timeout="5s", also=()):
         """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server
         (host wait.mygreatbank.test), and one more for each (name, connect_timeout) of `also` (host wait-NAME)."""
-        procs = harness.Processes()
+        procs = self.procs = harness.Processes()
         self.addCleanup(procs.stop_all)
         port = harness.free_port()
         routes = ""
@@ -1158,6 +1158,31 @@ allow_private = true
         log = f"{ENV['dir']}/wait-slow.log"
         requests = access_lines(log, "wait.mygreatbank.test", 2)
         self.assertEqual([l.get("reused") for l in requests[-2:]], [False, True], requests[-2:])
+
+    def test_clients_that_leave_during_the_wait_and_a_reload_meanwhile_leave_the_proxy_serving(self):
+        # The suspended handshakes' 50 ms timers stay armed while their clients go away (at every moment of the
+        # wait) and while a reload replaces the config (under AddressSanitizer in CI: no use after free).
+        port = self.proxy_for("hang", connect_timeout="2s")
+        proxy = self.procs.procs[-1]
+        name = "wait.mygreatbank.test"
+
+        def leave(after):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"GET http://{name}/ HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                time.sleep(after)
+        threads = [threading.Thread(target=leave, args=(i * 0.1,)) for i in range(25)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        os.kill(proxy.pid, signal.SIGHUP)
+        for t in threads:
+            t.join()
+        log = harness.read(f"{ENV['dir']}/wait-hang.log")
+        self.assertIn("reloaded", log)
+        self.assertIsNone(proxy.poll(), log[-2000:])
+        status, headers, body = get_on(port, "wait")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers.get("proxy-status", ""))
 
     def test_the_first_connection_is_refused_naming_the_failed_fetch(self):
         port = self.proxy_for("slow404")
