@@ -13,6 +13,7 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 PIN = "84736251"
 WRONG_PIN = "99887766"
+TOKEN_OBJECT = "pkcs11:token=fusion;object=us-ec;type=private"
 
 
 def missing_tools():
@@ -214,7 +215,7 @@ class TokenKeys(unittest.TestCase):
             self.assertEqual(status, 200, body)
         self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
 
-    def test_token_removed_while_running_is_named_and_other_identities_keep_working(self):
+    def test_token_removed_while_running_is_named_others_keep_working_and_it_recovers(self):
         d, ports = ENV["dir"], ENV["ports"]
         own = {k: harness.free_port() for k in ("proxy", "admin")}
         harness.write_file(f"{d}/removal.conf", f"""
@@ -260,6 +261,18 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertIn("fusion-us", body)
             _, metrics = harness.http_get(own["admin"], "/metrics")
             self.assertEqual(harness.metric(metrics, "mtls_proxy_upstream_connections_total", result="failed", reason="token_signing"), 1.0)
+            available_while_away = harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT)
+            self.assertNotIn(PIN, metrics)
+            # The token comes back: the identity recovers by itself (no restart, no reload), within the back-off.
+            os.rename(f"{d}/token-away", token_dir)
+            recovered = harness.wait_until(lambda: get("ec13.mygreatbank.test", own["proxy"])[0] == 200, timeout=20, step=0.5)
+            self.assertTrue(recovered, "the identity did not recover after the token came back")
+            status, _, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-us-ec-hsm"))
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(available_while_away, 0.0, "mtls_proxy_token_key_available while the token was away")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT), 1.0)
+            self.assertNotIn(PIN, harness.read(f"{d}/removal.log"))
         finally:
             if os.path.exists(f"{d}/token-away"):
                 os.rename(f"{d}/token-away", token_dir)
