@@ -173,11 +173,16 @@ enum ConnectFailures {
     static func tokenSigningFailure(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> ProxyErrorResponse {
         let identity = upstream.context.identityName ?? "?"
         let token = upstream.context.credential?.source.tokenKey?.objectURI ?? "?"
-        let why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo })
+        let signer = upstream.context.credential?.key.tokenSigner
+        var why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo && $0.library != ERR_LIB_SSL })
+        if let state = signer?.unavailability {
+            let retry = max(0, state.retryAtMillis - TokenSigner.nowMillis())
+            why = "the token is unavailable (\(state.reason)); next attempt in \((retry + 999) / 1000) s"
+        }
         return ProxyErrorResponse(
             status: 502, errorType: .proxyConfigurationError,
             details: "identity \(identity) could not sign the TLS handshake with its key on the token \(token)\(why.isEmpty ? "" : ": \(why)")",
-            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. Restart the proxy once the token is back (a running proxy does not yet pick up a re-inserted token).")
+            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. The proxy tries the token again by itself (after 1 s, then up to every 30 s) and recovers when it is back.")
     }
 
     /// The `reason` label of failed upstream connections.
