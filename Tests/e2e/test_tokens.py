@@ -263,6 +263,12 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertEqual(harness.metric(metrics, "mtls_proxy_upstream_connections_total", result="failed", reason="token_signing"), 1.0)
             available_while_away = harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT)
             self.assertNotIn(PIN, metrics)
+            _, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertIn(f"key={TOKEN_OBJECT} token=unavailable", ready)
+            # Within the back-off the token is not asked again: the answer is immediate and says so.
+            status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 502, body)
+            self.assertIn("the token is unavailable", headers.get("proxy-status", ""))
             # The token comes back: the identity recovers by itself (no restart, no reload), within the back-off.
             os.rename(f"{d}/token-away", token_dir)
             recovered = harness.wait_until(lambda: get("ec13.mygreatbank.test", own["proxy"])[0] == 200, timeout=20, step=0.5)
@@ -272,10 +278,65 @@ connect = "127.0.0.1:{ports['tls13']}"
             _, metrics = harness.http_get(own["admin"], "/metrics")
             self.assertEqual(available_while_away, 0.0, "mtls_proxy_token_key_available while the token was away")
             self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT), 1.0)
+            _, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertIn(f"key={TOKEN_OBJECT} token=available", ready)
+            # The file identity never stopped working.
+            self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
             self.assertNotIn(PIN, harness.read(f"{d}/removal.log"))
         finally:
             if os.path.exists(f"{d}/token-away"):
                 os.rename(f"{d}/token-away", token_dir)
+            procs.stop_all()
+
+    def test_readyz_status_page_and_metrics_show_the_token_never_the_pin(self):
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        env_uri = f"pkcs11:token=fusion;object=us-rsa;type=private?module-path={MODULE}&pin-source=env:HSM_STATUS_PIN"
+        harness.write_file(f"{d}/status.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.hsmenv]
+cert = "us-rsa.pem"
+key = "{env_uri}"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "rsa13.mygreatbank.test"
+identity = "hsmenv"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        os.environ["HSM_STATUS_PIN"] = PIN
+        try:
+            harness.start_proxy(procs, f"{d}/status.conf", f"{d}/status.log", own["proxy"])
+        finally:
+            del os.environ["HSM_STATUS_PIN"]
+        try:
+            for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
+                self.assertEqual(get(host, own["proxy"])[0], 200)
+            status, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertEqual(status, 200, ready)
+            lines = {l.split()[0]: l for l in ready.splitlines() if l.startswith("identity=")}
+            self.assertIn(f"key={TOKEN_OBJECT} token=available", lines["identity=hsm"])
+            self.assertIn("key=pkcs11:token=fusion;object=us-rsa;type=private token=available", lines["identity=hsmenv"])
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", page)
+            self.assertIn("pkcs11:token=fusion;object=us-rsa;type=private", page)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            for text in (ready, page, metrics, harness.read(f"{d}/status.log")):
+                self.assertNotIn(PIN, text)  # neither the pin-source file's content nor the variable's value
+                self.assertNotIn("pin-source", text)
+                self.assertNotIn("HSM_STATUS_PIN", text)
+        finally:
             procs.stop_all()
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
