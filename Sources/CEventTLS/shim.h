@@ -191,6 +191,12 @@ static inline EVP_PKEY *mtls_engine_load_private_key(void *e, const char *id) {
     return ENGINE_load_private_key((ENGINE *)e, id, NULL, NULL);
 }
 static inline int mtls_engine_finish(void *e) { return ENGINE_finish((ENGINE *)e); }
+/* libp11's LOAD_CERT_CTRL: the certificate a pkcs11: URI names, a copy the caller owns (NULL if none). */
+static inline X509 *mtls_engine_load_certificate(void *e, const char *id) {
+    struct { const char *cert_id; X509 *cert; } params = { id, NULL };
+    if (ENGINE_ctrl_cmd((ENGINE *)e, "LOAD_CERT_CTRL", 0, &params, NULL, 1) != 1) return NULL;
+    return params.cert;
+}
 /* Drops the engine reference libp11 puts on each key it hands out (EVP_PKEY_set1_engine), so that the engine's
    last functional reference can be let go and the PKCS#11 module finalised (token keys' recovery). */
 static inline int mtls_evp_pkey_drop_engine(EVP_PKEY *k) { return EVP_PKEY_set1_engine(k, NULL); }

@@ -305,7 +305,21 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
-        let cert = try t.path("cert"), p12 = try t.path("p12")
+        let p12 = try t.path("p12")
+        let cert: String?
+        if let text = try t.string("cert"), TokenKeyURI.isTokenURI(text) {
+            // A certificate read from a PKCS#11 token (the URI stays as written, it is not a path).
+            switch TokenKeyURI.parse(text) {
+            case .failure(let problem): throw t.error("cert", problem.description)
+            case .success(let uri):
+                if let type = uri.objectType, type != "cert" {
+                    throw t.error("cert", "the URI names an object of type=\(type): a certificate on a token is type=cert")
+                }
+            }
+            cert = text
+        } else {
+            cert = try t.path("cert")
+        }
         let key: String?
         if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
             // A key on a PKCS#11 token: the URI stays as written (it is not a path).

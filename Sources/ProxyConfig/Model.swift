@@ -346,6 +346,12 @@ public struct CertificateSource: Sendable, Hashable {
         }
     }
 
+    /// The certificate's `pkcs11:` URI when it is read from a PKCS#11 token; nil for a certificate file.
+    public var tokenCert: TokenKeyURI? {
+        guard case .pem(let cert, _, _) = files, TokenKeyURI.isTokenURI(cert) else { return nil }
+        return try? TokenKeyURI.parse(cert).get()
+    }
+
     /// The key's `pkcs11:` URI when it lives on a PKCS#11 token; nil for a key file.
     public var tokenKey: TokenKeyURI? {
         guard case .pem(_, let key, _) = files, TokenKeyURI.isTokenURI(key) else { return nil }

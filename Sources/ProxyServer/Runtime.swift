@@ -246,11 +246,13 @@ public final class ProxyRuntime: @unchecked Sendable {
         for identity in config.identities {
             for source in identity.certificates {
                 switch source.files {
-                case .pem(let cert, _, _) where source.tokenKey != nil:
-                    files.append(cert)
-                    if case .file(let path)? = source.tokenKey?.pinSource { files.append(path) }
                 case .pem(let cert, let key, let password):
-                    files += [cert, key]
+                    // A token's certificate or key is no file; the PIN files of their pin-source are.
+                    if source.tokenCert == nil { files.append(cert) }
+                    if source.tokenKey == nil { files.append(key) }
+                    for uri in [source.tokenCert, source.tokenKey].compactMap({ $0 }) {
+                        if case .file(let path)? = uri.pinSource { files.append(path) }
+                    }
                     if case .file(let path)? = password { files.append(path) }
                 case .pkcs12(let path, let password):
                     files.append(path)

@@ -37,13 +37,14 @@ public final class Credential: @unchecked Sendable {
     /// Loads and checks the files a `CertificateSource` names.
     public static func load(_ source: CertificateSource) throws -> Credential {
         if case .pem(let cert, _, _) = source.files, let token = source.tokenKey {
-            // The key stays on the token; the certificate is a file.
-            let chain = try Certificate.loadPEMChain(path: cert)
+            // The key stays on the token; the certificate is a file, or read from a token too.
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0.inheriting(from: token))] }
+                ?? Certificate.loadPEMChain(path: cert)
             return try Credential(source: source, chain: chain, key: try TokenKeys.load(token))
         }
         switch source.files {
         case .pem(let cert, let key, let password):
-            let chain = try Certificate.loadPEMChain(path: cert)
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0)] } ?? Certificate.loadPEMChain(path: cert)
             let secret = try password.map { try Secrets.read($0, for: key) }
             let privateKey = try PrivateKey.loadPEM(path: key, password: secret)
             return try Credential(source: source, chain: chain, key: privateKey)

@@ -53,6 +53,21 @@ enum TokenKeys {
         return PrivateKey(taking: front, signer: signer)
     }
 
+    /// The certificate `uri` names, read from the token (a copy: the proxy uses it like one read from a file).
+    static func loadCertificate(_ uri: TokenKeyURI) throws -> Certificate {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        let e = try initialisedEngine(module: uri.modulePath, for: uri)
+        try setPIN(of: uri, on: e)
+        ERR_clear_error()
+        guard let x509 = mtls_engine_load_certificate(e, uri.objectURI) else {
+            let text = OpenSSLErrors.describe(OpenSSLErrors.drain())
+            throw TLSSetupError.invalidCertificate(path: uri.text, reason: "no such certificate on the token (or the token is missing)\(text.isEmpty ? "" : ": \(text)")")
+        }
+        _ = OpenSSLErrors.drain()
+        return Certificate(taking: x509)
+    }
+
     /// The signers whose keys were loaded, for metrics and reports.
     static var liveSigners: [TokenSigner] {
         pthread_mutex_lock(lock)
@@ -85,23 +100,27 @@ enum TokenKeys {
         pthread_rwlock_unlock(signing)
     }
 
+    /// Sets the engine's PIN from the URI's pin-source (if any). Called with `lock` held.
+    private static func setPIN(of uri: TokenKeyURI, on e: UnsafeMutableRawPointer) throws {
+        guard let source = uri.pinSource else { return }
+        var pin = try Secrets.read(source, for: uri.text)
+        defer { for i in pin.indices { pin[i] = 0 } }
+        pin.append(0)
+        let ok = pin.withUnsafeBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
+                mtls_engine_ctrl_cmd_string(e, "PIN", $0)
+            }
+        }
+        guard ok == 1 else {
+            _ = OpenSSLErrors.drain()
+            throw TLSSetupError.invalidKey(path: uri.text, reason: "the pkcs11 engine did not take the PIN")
+        }
+    }
+
     /// The engine's key for `uri` (one reference, the caller's). Called with `lock` held.
     private static func loadEngineKey(_ uri: TokenKeyURI) throws -> OpaquePointer {
         let e = try initialisedEngine(module: uri.modulePath, for: uri)
-        if let source = uri.pinSource {
-            var pin = try Secrets.read(source, for: uri.text)
-            defer { for i in pin.indices { pin[i] = 0 } }
-            pin.append(0)
-            let ok = pin.withUnsafeBufferPointer { buffer in
-                buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
-                    mtls_engine_ctrl_cmd_string(e, "PIN", $0)
-                }
-            }
-            guard ok == 1 else {
-                _ = OpenSSLErrors.drain()
-                throw TLSSetupError.invalidKey(path: uri.text, reason: "the pkcs11 engine did not take the PIN")
-            }
-        }
+        try setPIN(of: uri, on: e)
         ERR_clear_error()
         guard let key = mtls_engine_load_private_key(e, uri.objectURI) else {
             let errors = OpenSSLErrors.drain()
@@ -129,7 +148,7 @@ enum TokenKeys {
 
     private static func initialisedEngine(module: String?, for uri: TokenKeyURI) throws -> UnsafeMutableRawPointer {
         if let engine {
-            guard engine.module == module else {
+            guard engine.module == module || module == nil else {
                 throw TLSSetupError.invalidKey(path: uri.text, reason: "one PKCS#11 module per process: another key uses module-path \(engine.module ?? "(the engine's default)")")
             }
             return engine.pointer

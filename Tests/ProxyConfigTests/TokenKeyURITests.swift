@@ -42,4 +42,27 @@ import Testing
         let p = configError("[identities.us]\ncert = \"us.pem\"\nkey = \"pkcs11:object=us\"\nkey_password_file = \"x\"\n")
         #expect(p?.key == "identities.us.key_password_file")
     }
+
+    @Test func identityCertificatesMayBeTokenURIsOfTypeCert() throws {
+        let c = try load("""
+            [identities.us]
+            cert = "pkcs11:token=fusion;object=us;type=cert"
+            key = "pkcs11:token=fusion;object=us;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/us.pin"
+            """)
+        let source = c.identities[0].certificates[0]
+        #expect(source.cert == "pkcs11:token=fusion;object=us;type=cert")  // not resolved as a path
+        let cert = try #require(source.tokenCert)
+        #expect(cert.objectType == "cert")
+        #expect(cert.modulePath == nil)
+        let inherited = cert.inheriting(from: try #require(source.tokenKey))
+        #expect(inherited.modulePath == "/usr/lib/softhsm/libsofthsm2.so")
+        #expect(inherited.pinSource == .file("/etc/us.pin"))
+        #expect(inherited.objectURI == "pkcs11:token=fusion;object=us;type=cert")
+        let wrongType = configError("[identities.us]\ncert = \"pkcs11:object=us;type=private\"\nkey = \"us.key\"\n")
+        #expect(wrongType?.key == "identities.us.cert")
+        #expect(wrongType?.message.contains("type=cert") == true)
+        let pin = configError("[identities.us]\ncert = \"pkcs11:object=us;type=cert;pin-value=1234\"\nkey = \"us.key\"\n")
+        #expect(pin?.key == "identities.us.cert")
+        #expect(pin?.message.contains("1234") == false)
+    }
 }

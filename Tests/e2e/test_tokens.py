@@ -3,7 +3,7 @@
 pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
 pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
 wrong PIN, missing module, pin-value in the config."""
-import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, unittest
+import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -14,6 +14,7 @@ ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 PIN = "84736251"
 WRONG_PIN = "99887766"
 TOKEN_OBJECT = "pkcs11:token=fusion;object=us-ec;type=private"
+STAGE_IN = 12  # seconds from set-up until the second staged token certificate is valid
 
 
 def missing_tools():
@@ -77,6 +78,43 @@ init = 0
         harness.write_file(f"{d}/client.ext", "extendedKeyUsage=clientAuth\n")
         run("openssl", "x509", "-req", "-in", f"{label}.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key",
             "-CAcreateserial", "-days", "90", "-sha256", "-extfile", "client.ext", "-out", f"{label}.pem")
+    # Certificates on the token too: us-ec's beside its key, and two staged ones (the second valid from
+    # STAGE_IN seconds after set-up, signed with `openssl ca` for its start date), each with its own token key.
+    harness.write_file(f"{d}/ca.cnf", f"""[ca]
+default_ca = test
+[test]
+database = {d}/ca-index.txt
+new_certs_dir = {d}
+certificate = {d}/pki/ca.pem
+private_key = {d}/pki/ca.key
+serial = {d}/ca-serial
+default_md = sha256
+policy = anything
+unique_subject = no
+[anything]
+O = optional
+CN = supplied
+[client]
+basicConstraints = CA:FALSE
+extendedKeyUsage = clientAuth
+""")
+    harness.write_file(f"{d}/ca-index.txt", "")
+    harness.write_file(f"{d}/ca-serial", "5001\n")
+    stage_at = int(time.time()) + STAGE_IN
+    for label, key_id, start in (("st-1", "11", int(time.time()) - 3600), ("st-2", "12", stage_at)):
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", key_id)
+        subprocess.run(["openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine",
+                        "-key", f"pkcs11:token=fusion;object={label};type=private",
+                        "-subj", f"/O=mtls-proxy test/CN=fusion-{label}-hsm", "-out", f"{label}.csr"],
+                       check=True, capture_output=True, cwd=d, env=dict(os.environ, OPENSSL_CONF=f"{d}/openssl.cnf"))
+        utc = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))
+        run("openssl", "ca", "-batch", "-config", "ca.cnf", "-extensions", "client", "-notext",
+            "-startdate", utc(start), "-enddate", utc(start + 90 * 86400), "-in", f"{label}.csr", "-out", f"{label}.pem")
+    for label, key_id in (("us-ec", "01"), ("st-1", "11"), ("st-2", "12")):
+        run("openssl", "x509", "-in", f"{label}.pem", "-outform", "DER", "-out", f"{label}.der")
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--write-object", f"{label}.der", "--type", "cert", "--label", label, "--id", key_id)
     harness.write_file(f"{d}/pin", PIN + "\n", mode=0o600)
     harness.write_file(f"{d}/wrong.pin", WRONG_PIN + "\n", mode=0o600)
     procs = harness.Processes()
@@ -100,10 +138,30 @@ key = "{token_uri(d, 'us-ec')}"
 cert = "us-rsa.pem"
 key = "{token_uri(d, 'us-rsa')}"
 
+[identities.tokencert]
+cert = "pkcs11:token=fusion;object=us-ec;type=cert"
+key = "{token_uri(d, 'us-ec')}"
+[[identities.staged.certificates]]
+cert = "pkcs11:token=fusion;object=st-1;type=cert"
+key = "{token_uri(d, 'st-1')}"
+[[identities.staged.certificates]]
+cert = "pkcs11:token=fusion;object=st-2;type=cert"
+key = "{token_uri(d, 'st-2')}"
+
 [[route]]
 host = "api.mygreatbank.test"
 identity = "hsm"
 connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "tokencert13.mygreatbank.test"
+identity = "tokencert"
+connect = "127.0.0.1:{ports['tls13']}"
+
+[[route]]
+host = "staged13.mygreatbank.test"
+identity = "staged"
+connect = "127.0.0.1:{ports['tls13']}"
 
 [[route]]
 host = "rsa.mygreatbank.test"
@@ -121,10 +179,12 @@ identity = "hsm"
 connect = "127.0.0.1:{ports['tls13']}"
 """)
         proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+        ENV.update(ports=ports)
+        before_stage = (get("staged13.mygreatbank.test"), time.time() < stage_at)  # the first certificate, before the switch
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy)
+    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy, stage_at=stage_at, before_stage=before_stage)
 
 
 def tearDownModule():
@@ -338,6 +398,53 @@ connect = "127.0.0.1:{ports['tls13']}"
                 self.assertNotIn("HSM_STATUS_PIN", text)
         finally:
             procs.stop_all()
+
+    def test_certificate_read_from_the_token_is_presented_shown_and_exported(self):
+        d = ENV["dir"]
+        status, _, body = get("tokencert13.mygreatbank.test")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-us-ec-hsm"))
+        r = harness.run_cli("certs", "--config", f"{d}/proxy.conf", "tokencert", "--pem", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip(), harness.read(f"{d}/us-ec.pem").strip())  # exported exactly like a file's
+        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", "--wide", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("pkcs11:token=fusion;object=us-ec;type=cert", r.stdout)
+        self.assertIn("CN=fusion-us-ec-hsm", r.stdout)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+        r = harness.run_cli("explain", "--config", f"{d}/proxy.conf", "http://tokencert13.mygreatbank.test/", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"certificate .*CN=fusion-us-ec-hsm.*pkcs11:token=fusion;object=us-ec;type=cert")
+
+    def test_staged_token_certificate_with_its_own_token_key_takes_over_at_not_before(self):
+        d = ENV["dir"]
+        (status, _, body), before = ENV["before_stage"]
+        self.assertTrue(before, "set-up took longer than STAGE_IN: the first request came after the switch")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-st-1-hsm"))
+        r = harness.run_cli("certs", "--config", f"{d}/proxy.conf", "staged", "--all", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("pkcs11:token=fusion;object=st-2;type=cert", r.stdout)
+        self.assertRegex(r.stdout, r"staged|takes over")
+        r = harness.run_cli("certs", "--config", f"{d}/proxy.conf", "staged", "--pem", "--staged", timeout=60)
+        self.assertEqual(r.stdout.strip(), harness.read(f"{d}/st-2.pem").strip())
+        time.sleep(max(0, ENV["stage_at"] + 1.5 - time.time()))
+        status, _, body = get("staged13.mygreatbank.test")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-st-2-hsm"))
+
+    def test_a_certificate_uri_of_another_type_or_missing_from_the_token_fails_check(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "pkcs11:token=fusion;object=us-ec;type=private"\nkey = "{token_uri(d, "us-ec")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("identities.hsm.cert", r.stdout + r.stderr)
+        self.assertIn("type=cert", r.stdout + r.stderr)
+        r = check(f'[identities.hsm]\ncert = "pkcs11:token=fusion;object=nothing-here;type=cert"\nkey = "{token_uri(d, "us-ec")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("no such certificate on the token", text)
+        self.assertIn("object=nothing-here", text)
+        self.assertNotIn(PIN, text)
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
         d = ENV["dir"]
