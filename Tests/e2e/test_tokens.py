@@ -202,6 +202,54 @@ def get(host, port=None):
     return int(lines[0].split()[1]), headers, body.decode("latin-1")
 
 
+# A PKCS#11 module that is SoftHSM2 with a slow C_Sign: it forwards every call to the module named by
+# SLOW_PKCS11_MODULE and sleeps SLOW_PKCS11_MS before each signature (a token that takes its time, like a network
+# HSM or a smart card). The function list is PKCS#11 v2's: C_Sign is its 44th entry.
+SLOW_MODULE_C = r"""
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+typedef unsigned long rv_t;
+typedef struct { unsigned char major, minor; } version_t;
+typedef struct { version_t version; void *f[68]; } function_list_t;
+typedef rv_t (*sign_t)(unsigned long, unsigned char *, unsigned long, unsigned char *, unsigned long *);
+static function_list_t slow;
+static function_list_t *real;
+static rv_t slow_sign(unsigned long s, unsigned char *data, unsigned long n, unsigned char *sig, unsigned long *len) {
+    const char *ms = getenv("SLOW_PKCS11_MS");
+    if (sig != NULL) usleep((ms ? atoi(ms) : 300) * 1000);
+    return ((sign_t)real->f[43])(s, data, n, sig, len);
+}
+rv_t C_GetFunctionList(function_list_t **out) {
+    void *h = dlopen(getenv("SLOW_PKCS11_MODULE"), RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) return 5;
+    rv_t (*get)(function_list_t **) = (rv_t (*)(function_list_t **))dlsym(h, "C_GetFunctionList");
+    if (get == NULL || get(&real) != 0) return 5;
+    memcpy(&slow, real, sizeof slow);
+    slow.f[43] = (void *)slow_sign;
+    *out = &slow;
+    return 0;
+}
+"""
+
+
+def slow_module(d):
+    """The slow module built in `d` with the system's C compiler, or None when there is none."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    harness.write_file(f"{d}/slow_pkcs11.c", SLOW_MODULE_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", f"{d}/slow_pkcs11.so", f"{d}/slow_pkcs11.c", "-ldl"], check=True)
+    return f"{d}/slow_pkcs11.so"
+
+
+def timed_get(host, port):
+    start = time.monotonic()
+    status = get(host, port)[0]
+    return status, time.monotonic() - start
+
+
 def check(config_text):
     d = tempfile.mkdtemp(prefix="mtls-proxy-tokens-check-")
     harness.write_file(f"{d}/proxy.conf", config_text)
@@ -445,6 +493,66 @@ connect = "127.0.0.1:{ports['tls13']}"
         self.assertIn("no such certificate on the token", text)
         self.assertIn("object=nothing-here", text)
         self.assertNotIn(PIN, text)
+
+    def test_slow_signing_does_not_stall_other_connections_on_the_same_worker(self):
+        """One worker; a token that takes SIGN_MS per signature. While a handshake of the token identity waits for
+        its signature, a request of a file identity on a new connection (a full handshake of its own) is answered
+        in about the time it takes on its own, not after the token's signature."""
+        d, ports = ENV["dir"], ENV["ports"]
+        module = slow_module(d)
+        if module is None:
+            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+        sign_ms = 600
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+        harness.write_file(f"{d}/slow.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.slow]
+cert = "us-ec.pem"
+key = "{uri}"
+[identities.filed]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "slow13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "file13.mygreatbank.test"
+identity = "filed"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
+        try:
+            harness.start_proxy(procs, f"{d}/slow.conf", f"{d}/slow.log", own["proxy"])
+        finally:
+            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        try:
+            alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
+            status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200)
+            self.assertGreater(slow_alone, sign_ms / 1000)  # the module really is slow
+            results = {}
+            t = threading.Thread(target=lambda: results.update(slow=timed_get("slow13.mygreatbank.test", own["proxy"])))
+            t.start()
+            time.sleep(0.15)  # the token handshake is waiting for its signature now
+            status, during = timed_get("file13.mygreatbank.test", own["proxy"])
+            t.join()
+            self.assertEqual(status, 200)
+            self.assertEqual(results["slow"][0], 200)
+            print(f"\n  file identity alone {alone * 1000:.0f} ms, during a {sign_ms} ms token signature "
+                  f"{during * 1000:.0f} ms; token request {results['slow'][1] * 1000:.0f} ms", file=sys.stderr)
+            self.assertLess(during, alone + 0.25, "the file identity's request waited for the token's signature")
+        finally:
+            procs.stop_all()
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
         d = ENV["dir"]
