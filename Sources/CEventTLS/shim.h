@@ -38,6 +38,7 @@
 #include <openssl/rsa.h>
 #include <openssl/ec.h>
 #include <openssl/ocsp.h>
+#include <openssl/async.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
@@ -287,6 +288,20 @@ static inline int mtls_token_ecdsa_sign(EVP_PKEY *token, const unsigned char *dg
     EC_KEY *k = (EC_KEY *)EVP_PKEY_get0_EC_KEY(token);
     return k ? ECDSA_sign(0, dgst, dlen, sig, siglen, k) : 0;
 }
+/* Signing off the event loop (token keys): the handshake runs as an OpenSSL ASYNC job, which pauses while a
+   signing thread works and tells the loop through an eventfd. */
+static inline void mtls_SSL_CTX_set_mode_async(SSL_CTX *ctx) { SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC); }
+static inline void mtls_SSL_clear_mode_async(SSL *ssl) { SSL_clear_mode(ssl, SSL_MODE_ASYNC); }
+/* The one fd a paused handshake waits on, or -1. */
+static inline int mtls_SSL_async_fd(SSL *ssl) {
+    OSSL_ASYNC_FD fds[4];
+    size_t n = 0;
+    if (SSL_get_all_async_fds(ssl, NULL, &n) != 1 || n == 0 || n > 4) return -1;
+    if (SSL_get_all_async_fds(ssl, fds, &n) != 1) return -1;
+    return fds[n - 1];
+}
+typedef void (*mtls_async_cleanup_fn)(ASYNC_WAIT_CTX *, const void *, OSSL_ASYNC_FD, void *);
+
 /* An error on the queue saying why a token key did not sign (library ERR_LIB_USER: see ConnectFailures). */
 static inline void mtls_token_raise(const char *why) { ERR_raise_data(ERR_LIB_USER, 1, "%s", why); }
 #pragma clang diagnostic pop

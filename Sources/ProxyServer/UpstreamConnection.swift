@@ -251,9 +251,10 @@ final class UpstreamConnection: EventHandler {
         return 0
     }
 
-    private func wait(for what: Int32) {
+    /// Waits for the socket (`what`), or for another fd: a token signature's (`TLSHandshakeStep.waitForSignature`).
+    private func wait(for what: Int32, on fd: Int32? = nil) {
         if let handshakeEvent { event_free(handshakeEvent) }
-        handshakeEvent = event_new(worker.base, connectingFD, Int16(what), upstreamHandshakeCallback,
+        handshakeEvent = event_new(worker.base, fd ?? connectingFD, Int16(what), upstreamHandshakeCallback,
                                    Unmanaged.passUnretained(self).toOpaque())
         event_add(handshakeEvent, nil)
     }
@@ -279,9 +280,15 @@ final class UpstreamConnection: EventHandler {
             }
             attachedSocket = true
         }
+        // The event goes first: a signature's fd is closed as the handshake takes the signature.
+        if let handshakeEvent {
+            event_free(handshakeEvent)
+            self.handshakeEvent = nil
+        }
         switch tls.handshake() {
         case .wantRead: wait(for: EV_READ)
         case .wantWrite: wait(for: EV_WRITE)
+        case .waitForSignature(let fd): wait(for: EV_READ, on: fd)
         case .done: handshakeDone()
         case .closed: deliver(.eof(closeNotify: false))
         case .failed(let e, let errors): deliver(.error(errno: e, tls: errors, dnsError: 0))

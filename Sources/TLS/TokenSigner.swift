@@ -65,9 +65,35 @@ public final class TokenSigner: @unchecked Sendable {
         engineKey = nil
     }
 
-    /// Signs with the token key: `operation` gets the engine key and returns whether it worked. On failure an
-    /// error naming the token's state is on OpenSSL's queue.
-    func sign(_ operation: (OpaquePointer) -> Bool) -> Bool {
+    /// A private-key operation, with its input copied (a signature made on a signing thread must not read or
+    /// write OpenSSL's buffers, which a connection closed meanwhile would free).
+    enum Operation {
+        /// RSA with the padding OpenSSL already chose (PKCS#1 type 1, or none: RSA-PSS encoded by OpenSSL).
+        case rsaPrivateEncrypt(input: [UInt8], padding: Int32)
+        /// RSA PKCS#1 v1.5 over a digest of type `digestNID`.
+        case rsaSign(digestNID: Int32, digest: [UInt8])
+        case ecdsaSign(digest: [UInt8])
+    }
+
+    /// The signature (or RSA output), or nil with an error naming the token's state on OpenSSL's queue. Inside
+    /// an OpenSSL ASYNC job (a handshake of a context with `SSL_MODE_ASYNC`) the token is asked on a signing
+    /// thread while the job is paused, so the event loop goes on meanwhile; otherwise, here.
+    func sign(_ operation: Operation) -> [UInt8]? {
+        if let job = ASYNC_get_current_job(), let waitContext = ASYNC_get_wait_ctx(job) {
+            return TokenSigningThreads.shared.sign(operation, with: self, pausing: waitContext)
+        }
+        return signHere(operation).result
+    }
+
+    /// Signs on this thread. Returns the result and the error text for OpenSSL's queue when it failed (raised
+    /// here when `raise`, else by the caller on the handshake's thread).
+    func signHere(_ operation: Operation, raise: Bool = true) -> (result: [UInt8]?, error: String?) {
+        let outcome = signWithRecovery(operation)
+        if let error = outcome.error, raise { mtls_token_raise(error) }
+        return outcome
+    }
+
+    private func signWithRecovery(_ operation: Operation) -> (result: [UInt8]?, error: String?) {
         for _ in 0..<2 {
             pthread_rwlock_rdlock(TokenKeys.signing)
             pthread_mutex_lock(mutex)
@@ -76,17 +102,15 @@ public final class TokenSigner: @unchecked Sendable {
             pthread_mutex_unlock(mutex)
             if let key {
                 ERR_clear_error()
-                let ok = operation(key)
-                if ok {
-                    pthread_rwlock_unlock(TokenKeys.signing)
-                    succeeded()
-                    return true
-                }
-                let why = OpenSSLErrors.describe(OpenSSLErrors.drain())
+                let result = Self.perform(operation, with: key)
+                let why = result == nil ? OpenSSLErrors.describe(OpenSSLErrors.drain()) : ""
                 pthread_rwlock_unlock(TokenKeys.signing)
+                if let result {
+                    succeeded()
+                    return (result, nil)
+                }
                 failed(why.isEmpty ? "the token did not sign" : why)
-                mtls_token_raise("the token did not sign: \(why)")
-                return false
+                return (nil, "the token did not sign: \(why)")
             }
             pthread_rwlock_unlock(TokenKeys.signing)
             // No key: let go by a restart (load it again), or after a failure (restart once the back-off is over).
@@ -94,8 +118,7 @@ public final class TokenSigner: @unchecked Sendable {
             var failedAt = 0
             if case .unavailable(_, let reason, let lastFailure, let retryAt) = current {
                 guard now >= retryAt else {
-                    mtls_token_raise("the token is unavailable (\(reason)); next attempt in \((retryAt - now + 999) / 1000) s")
-                    return false
+                    return (nil, "the token is unavailable (\(reason)); next attempt in \((retryAt - now + 999) / 1000) s")
                 }
                 failedAt = lastFailure
             }
@@ -108,12 +131,32 @@ public final class TokenSigner: @unchecked Sendable {
             } catch {
                 let why = "\(error)"
                 failed(why)
-                mtls_token_raise("the token is unavailable: \(why)")
-                return false
+                return (nil, "the token is unavailable: \(why)")
             }
         }
-        mtls_token_raise("the token key could not be loaded again")
-        return false
+        return (nil, "the token key could not be loaded again")
+    }
+
+    /// The operation with the engine's key (its methods ask the token).
+    private static func perform(_ operation: Operation, with key: OpaquePointer) -> [UInt8]? {
+        let size = Int(EVP_PKEY_get_size(key))
+        guard size > 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: size)
+        var length: UInt32 = 0
+        let ok: Bool = out.withUnsafeMutableBufferPointer { o in
+            switch operation {
+            case .rsaPrivateEncrypt(let input, let padding):
+                let n = input.withUnsafeBufferPointer { mtls_token_rsa_private_encrypt(key, Int32($0.count), $0.baseAddress, o.baseAddress, padding) }
+                length = n > 0 ? UInt32(n) : 0
+                return n > 0
+            case .rsaSign(let nid, let digest):
+                return digest.withUnsafeBufferPointer { mtls_token_rsa_sign(key, nid, $0.baseAddress, UInt32($0.count), o.baseAddress, &length) } == 1
+            case .ecdsaSign(let digest):
+                return digest.withUnsafeBufferPointer { mtls_token_ecdsa_sign(key, $0.baseAddress, Int32($0.count), o.baseAddress, &length) } == 1
+            }
+        }
+        guard ok, Int(length) <= size else { return nil }
+        return Array(out.prefix(Int(length)))
     }
 
     private func succeeded() {
@@ -149,17 +192,17 @@ public final class TokenSigner: @unchecked Sendable {
     private static let ecIndex = mtls_ec_ex_index()
     nonisolated(unsafe) private static let rsaMethod = mtls_token_rsa_method(
         { flen, from, to, rsa, padding in
-            guard let rsa, let from, let to, let signer = TokenSigner.owner(rsa: rsa) else { return -1 }
-            var n: Int32 = -1
-            _ = signer.sign { key in
-                n = mtls_token_rsa_private_encrypt(key, flen, from, to, padding)
-                return n > 0
-            }
-            return n
+            guard let rsa, let from, let to, flen >= 0, let signer = TokenSigner.owner(rsa: rsa) else { return -1 }
+            guard let out = signer.sign(.rsaPrivateEncrypt(input: Array(UnsafeBufferPointer(start: from, count: Int(flen))), padding: padding)) else { return -1 }
+            out.withUnsafeBufferPointer { to.update(from: $0.baseAddress!, count: out.count) }
+            return Int32(out.count)
         },
         { type, m, mlen, sig, siglen, rsa in
             guard let rsa, let m, let sig, let siglen, let signer = TokenSigner.owner(rsa: rsa) else { return 0 }
-            return signer.sign { key in mtls_token_rsa_sign(key, type, m, mlen, sig, siglen) == 1 } ? 1 : 0
+            guard let out = signer.sign(.rsaSign(digestNID: type, digest: Array(UnsafeBufferPointer(start: m, count: Int(mlen))))) else { return 0 }
+            out.withUnsafeBufferPointer { sig.update(from: $0.baseAddress!, count: out.count) }
+            siglen.pointee = UInt32(out.count)
+            return 1
         },
         { rsa in
             guard let rsa else { return 1 }
@@ -168,9 +211,12 @@ public final class TokenSigner: @unchecked Sendable {
         })
     nonisolated(unsafe) private static let ecMethod = mtls_token_ec_method(
         { _, dgst, dlen, sig, siglen, _, _, eckey in
-            guard let eckey, let dgst, let sig, let siglen, let data = mtls_ec_get_ex(eckey, TokenSigner.ecIndex) else { return 0 }
+            guard let eckey, let dgst, let sig, let siglen, dlen >= 0, let data = mtls_ec_get_ex(eckey, TokenSigner.ecIndex) else { return 0 }
             let signer = Unmanaged<TokenSigner>.fromOpaque(data).takeUnretainedValue()
-            return signer.sign { key in mtls_token_ecdsa_sign(key, dgst, dlen, sig, siglen) == 1 } ? 1 : 0
+            guard let out = signer.sign(.ecdsaSign(digest: Array(UnsafeBufferPointer(start: dgst, count: Int(dlen))))) else { return 0 }
+            out.withUnsafeBufferPointer { sig.update(from: $0.baseAddress!, count: out.count) }
+            siglen.pointee = UInt32(out.count)
+            return 1
         },
         { eckey in
             guard let eckey, let data = mtls_ec_get_ex(eckey, TokenSigner.ecIndex) else { return }

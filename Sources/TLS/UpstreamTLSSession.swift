@@ -69,6 +69,9 @@ public final class UpstreamTLSSession {
         if r == 1 { return .done }
         switch Self.stop(ssl, r) {
         case .want(let read): return read ? .wantRead : .wantWrite
+        case .signing:
+            let fd = mtls_SSL_async_fd(ssl)
+            return fd >= 0 ? .waitForSignature(fd: fd) : .failed(errno: 0, errors: OpenSSLErrors.drain())
         case .closed: return .closed
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
@@ -80,6 +83,7 @@ public final class UpstreamTLSSession {
     /// partly, from a buffer that moves.
     public func startDirectIO() {
         guard let ssl else { return }
+        mtls_SSL_clear_mode_async(ssl)  // (token keys: only the handshake signs; reads and writes run as before)
         mtls_SSL_set_direct_io_modes(ssl)
     }
 
@@ -109,7 +113,7 @@ public final class UpstreamTLSSession {
 
     private static func outcome(_ ssl: OpaquePointer, _ r: Int32) -> TLSTransfer {
         switch stop(ssl, r) {
-        case .want: return .wouldBlock
+        case .want, .signing: return .wouldBlock
         case .closed(let closeNotify): return .closed(closeNotify: closeNotify)
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
@@ -120,6 +124,8 @@ public final class UpstreamTLSSession {
     private enum Stop {
         /// Waiting on the socket, readable (`read`) or writable.
         case want(read: Bool)
+        /// The handshake's job is paused while a signing thread asks the token (`TokenSigningThreads`).
+        case signing
         case closed(closeNotify: Bool)
         case failed(errno: Int32, errors: [OpenSSLErrorEntry])
     }
@@ -131,6 +137,8 @@ public final class UpstreamTLSSession {
             return .want(read: true)
         case SSL_ERROR_WANT_WRITE:
             return .want(read: false)
+        case SSL_ERROR_WANT_ASYNC:
+            return .signing
         case SSL_ERROR_ZERO_RETURN:
             return .closed(closeNotify: true)
         case SSL_ERROR_SYSCALL:
@@ -279,6 +287,8 @@ public enum TLSHandshakeStep {
     case done
     case wantRead
     case wantWrite
+    /// The token key's signature is being made on a signing thread: call again when `fd` is readable.
+    case waitForSignature(fd: Int32)
     /// The server closed the connection during the handshake.
     case closed
     case failed(errno: Int32, errors: [OpenSSLErrorEntry])

@@ -528,13 +528,19 @@ connect = "127.0.0.1:{ports['tls13']}"
 host = "file13.mygreatbank.test"
 identity = "filed"
 connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "impatient13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+connect_timeout = "200ms"
 """)
         procs = harness.Processes()
         os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
         try:
-            harness.start_proxy(procs, f"{d}/slow.conf", f"{d}/slow.log", own["proxy"])
+            proxy = harness.start_proxy(procs, f"{d}/slow.conf", f"{d}/slow.log", own["proxy"])
         finally:
             del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        open_fds = lambda: len(os.listdir(f"/proc/{proxy.pid}/fd"))
         try:
             alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
             status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
@@ -551,6 +557,23 @@ connect = "127.0.0.1:{ports['tls13']}"
             print(f"\n  file identity alone {alone * 1000:.0f} ms, during a {sign_ms} ms token signature "
                   f"{during * 1000:.0f} ms; token request {results['slow'][1] * 1000:.0f} ms", file=sys.stderr)
             self.assertLess(during, alone + 0.25, "the file identity's request waited for the token's signature")
+            # A connection given up while its signature is being made (connect_timeout, or the client leaving):
+            # the paused handshake is dropped, the signature lands nowhere, and the next ones work.
+            fds_before = open_fds()
+            for _ in range(3):
+                status, headers, _ = get("impatient13.mygreatbank.test", own["proxy"])
+                self.assertEqual(status, 504, headers)
+            s = socket.create_connection(("127.0.0.1", own["proxy"]), timeout=5)
+            s.sendall(b"GET http://slow13.mygreatbank.test/ HTTP/1.1\r\nHost: slow13.mygreatbank.test\r\n\r\n")
+            time.sleep(0.1)
+            s.close()
+            time.sleep(sign_ms / 1000 + 0.2)
+            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+            self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", identity="slow"), 1.0)
+            self.assertTrue(harness.wait_until(lambda: open_fds() <= fds_before, timeout=5, step=0.2),
+                            f"{open_fds()} fds open, {fds_before} before the abandoned signatures")
         finally:
             procs.stop_all()
 
