@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <crypt.h>
@@ -39,6 +40,8 @@
 #include <openssl/ec.h>
 #include <openssl/ocsp.h>
 #include <openssl/async.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
@@ -301,6 +304,29 @@ static inline int mtls_SSL_async_fd(SSL *ssl) {
     return fds[n - 1];
 }
 typedef void (*mtls_async_cleanup_fn)(ASYNC_WAIT_CTX *, const void *, OSSL_ASYNC_FD, void *);
+
+/* A signature with a key an OpenSSL 3 provider holds (a TPM's): a one-shot EVP_PKEY_sign over the digest, never
+   a digest-sign context (which libssl would duplicate, and tpm2-openssl 1.1 cannot). `mdname` and `padding`
+   (RSA; 0 for the default) are set when given. */
+static inline int mtls_provider_sign(EVP_PKEY *k, const char *mdname, int padding, const unsigned char *in, size_t inlen,
+                                     unsigned char *out, size_t *outlen) {
+    /* The signature algorithm from the key's own provider (the default one would take a public copy). */
+    char query[128] = "";
+    const OSSL_PROVIDER *p = EVP_PKEY_get0_provider(k);
+    if (p != NULL) snprintf(query, sizeof query, "?provider=%s", OSSL_PROVIDER_get0_name(p));
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, k, query[0] ? query : NULL);
+    if (c == NULL) return 0;
+    int ok = EVP_PKEY_sign_init(c) == 1;
+    if (ok && padding != 0) ok = EVP_PKEY_CTX_set_rsa_padding(c, padding) == 1;
+    if (ok && mdname != NULL) {
+        EVP_MD *md = EVP_MD_fetch(NULL, mdname, NULL);
+        ok = md != NULL && EVP_PKEY_CTX_set_signature_md(c, md) == 1;
+        EVP_MD_free(md);
+    }
+    if (ok) ok = EVP_PKEY_sign(c, out, outlen, in, inlen) == 1;
+    EVP_PKEY_CTX_free(c);
+    return ok;
+}
 
 /* An error on the queue saying why a token key did not sign (library ERR_LIB_USER: see ConnectFailures). */
 static inline void mtls_token_raise(const char *why) { ERR_raise_data(ERR_LIB_USER, 1, "%s", why); }

@@ -161,7 +161,7 @@ enum ConnectFailures {
     /// removed, its module lost it): failed on our side, before the handshake completed, with errors from the
     /// signing layers (EVP, the engine, the token's own library) and no alert from the server.
     static func tokenSigningFailed(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> Bool {
-        guard !upstream.handshakeCompleted, upstream.context.credential?.source.tokenKey != nil,
+        guard !upstream.handshakeCompleted, upstream.context.credential?.key.tokenSigner != nil,
               errors.allSatisfy({ $0.alert == nil }) else { return false }
         return errors.contains { e in
             e.library == ERR_LIB_EVP || e.library == ERR_LIB_ENGINE || e.library == ERR_LIB_EC || e.library == ERR_LIB_RSA
@@ -172,7 +172,7 @@ enum ConnectFailures {
     /// 502 naming the identity and its token (the URI's object part: no module or PIN file), not the service.
     static func tokenSigningFailure(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> ProxyErrorResponse {
         let identity = upstream.context.identityName ?? "?"
-        let token = upstream.context.credential?.source.tokenKey?.objectURI ?? "?"
+        let token = upstream.context.credential?.key.tokenSigner?.keyLabel ?? "?"
         let signer = upstream.context.credential?.key.tokenSigner
         var why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo && $0.library != ERR_LIB_SSL })
         if let state = signer?.unavailability {

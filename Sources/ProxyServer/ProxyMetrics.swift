@@ -128,8 +128,8 @@ public final class ProxyMetrics: Sendable {
                 // Token keys: whether the last signature (or attempt) worked; the key by its object URI (no PIN).
                 var tokenKeys: Set<String> = []
                 for credential in credentials {
-                    guard let signer = credential.key.tokenSigner, tokenKeys.insert(signer.uri.objectURI).inserted else { continue }
-                    make(tokenAvailable, [("identity", identity.name), ("key", signer.uri.objectURI)], signer.isAvailable ? 1 : 0)
+                    guard let signer = credential.key.tokenSigner, tokenKeys.insert(signer.keyLabel).inserted else { continue }
+                    make(tokenAvailable, [("identity", identity.name), ("key", signer.keyLabel)], signer.isAvailable ? 1 : 0)
                 }
                 if let end = CertificateCoverage.end(credentials.map(\.validity), at: now) {
                     make(coverage, [("identity", identity.name)], Double(end))

@@ -60,7 +60,7 @@ enum ReadinessReport {
             let signer = status.active.flatMap { credentials[$0].key.tokenSigner }
             return Line(identity: identity.name, health: status.health, serial: leaf?.serialHex, notAfter: leaf?.notAfter,
                         secondsLeft: status.secondsLeft, nextSwitch: next, namedByRoute: routed.contains(identity.name),
-                        token: signer.map { ($0.uri.objectURI, $0.isAvailable) })
+                        token: signer.map { ($0.keyLabel, $0.isAvailable) })
         }
     }
 

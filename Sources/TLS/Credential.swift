@@ -42,6 +42,10 @@ public final class Credential: @unchecked Sendable {
                 ?? Certificate.loadPEMChain(path: cert)
             return try Credential(source: source, chain: chain, key: try TokenKeys.load(token))
         }
+        if case .pem(let cert, let key, _) = source.files, let uri = source.storeKey {
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0)] } ?? Certificate.loadPEMChain(path: cert)
+            return try Credential(source: source, chain: chain, key: try ProviderKeys.load(uri: uri, shownAs: key, certificate: chain[0]))
+        }
         switch source.files {
         case .pem(let cert, let key, let password):
             let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0)] } ?? Certificate.loadPEMChain(path: cert)
@@ -58,7 +62,7 @@ public final class Credential: @unchecked Sendable {
     /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
     /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
-        if source.tokenKey != nil { return nil }  // the key is on the token; its PIN file is checked instead
+        if source.tokenKey != nil || source.storeKey != nil { return nil }  // held by a token or a provider
         return KeyFilePermissions.warning(path: source.key)
     }
 

@@ -12,7 +12,10 @@ import Glibc
 /// the key again: if the token is back, the identity recovers by itself. Between attempts a handshake fails at
 /// once, without asking the token. The back-off bounds how often a missing token costs a module restart.
 public final class TokenSigner: @unchecked Sendable {
-    public let uri: TokenKeyURI
+    /// The `pkcs11:` key, loaded through the libp11 engine; nil for a key an OpenSSL 3 provider holds (`store:`).
+    public let uri: TokenKeyURI?
+    /// How reports name the key: the `pkcs11:` object URI (no query, so no PIN source), or `store:URI`.
+    public let keyLabel: String
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     /// The engine's key (one reference, ours); nil after a failure or an engine restart.
     private var engineKey: OpaquePointer?
@@ -31,7 +34,16 @@ public final class TokenSigner: @unchecked Sendable {
 
     init(uri: TokenKeyURI, engineKey: OpaquePointer) {
         self.uri = uri
+        self.keyLabel = uri.objectURI
         self.engineKey = engineKey
+        pthread_mutex_init(mutex, nil)
+    }
+
+    /// A signer for a key a provider holds (taking the reference): it is kept after a failure and asked again.
+    init(providerKey: OpaquePointer, label: String) {
+        self.uri = nil
+        self.keyLabel = label
+        self.engineKey = providerKey
         pthread_mutex_init(mutex, nil)
     }
 
@@ -102,7 +114,7 @@ public final class TokenSigner: @unchecked Sendable {
             pthread_mutex_unlock(mutex)
             if let key {
                 ERR_clear_error()
-                let result = Self.perform(operation, with: key)
+                let result = uri == nil ? Self.performWithProvider(operation, with: key) : Self.perform(operation, with: key)
                 let why = result == nil ? OpenSSLErrors.describe(OpenSSLErrors.drain()) : ""
                 pthread_rwlock_unlock(TokenKeys.signing)
                 if let result {
@@ -122,6 +134,7 @@ public final class TokenSigner: @unchecked Sendable {
                 }
                 failedAt = lastFailure
             }
+            guard let uri else { return (nil, "the key is not loaded") }
             do {
                 let fresh = try TokenKeys.reload(uri, restart: failedAt != 0, failedAtMillis: failedAt)
                 pthread_mutex_lock(mutex)
@@ -135,6 +148,37 @@ public final class TokenSigner: @unchecked Sendable {
             }
         }
         return (nil, "the token key could not be loaded again")
+    }
+
+    /// Provider signatures one at a time: tpm2-openssl keeps one TPM connection (ESYS context) per provider,
+    /// which is not safe to use from two threads at once.
+    nonisolated(unsafe) private static let providerLock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    /// The operation with a provider's key: one `EVP_PKEY_sign` over the digest (see `mtls_provider_sign`).
+    private static func performWithProvider(_ operation: Operation, with key: OpaquePointer) -> [UInt8]? {
+        pthread_mutex_lock(providerLock)
+        defer { pthread_mutex_unlock(providerLock) }
+        let size = Int(EVP_PKEY_get_size(key))
+        guard size > 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: size)
+        var length = size
+        let input: [UInt8], digest: String?, padding: Int32
+        switch operation {
+        case .rsaPrivateEncrypt(let bytes, let p): (input, digest, padding) = (bytes, nil, p)
+        case .rsaSign(let nid, let bytes): (input, digest, padding) = (bytes, OBJ_nid2sn(nid).map { String(cString: $0) }, RSA_PKCS1_PADDING)
+        case .ecdsaSign(let bytes):
+            let names = [20: "SHA1", 28: "SHA224", 32: "SHA256", 48: "SHA384", 64: "SHA512"]
+            (input, digest, padding) = (bytes, names[bytes.count], 0)
+        }
+        let ok = out.withUnsafeMutableBufferPointer { o in
+            input.withUnsafeBufferPointer { i in mtls_provider_sign(key, digest, padding, i.baseAddress, i.count, o.baseAddress, &length) }
+        }
+        guard ok == 1, length <= size else { return nil }
+        return Array(out.prefix(length))
     }
 
     /// The operation with the engine's key (its methods ask the token).
@@ -176,6 +220,7 @@ public final class TokenSigner: @unchecked Sendable {
         let since: Int
         if case .unavailable(let s, _, _, _) = state { since = s } else { since = now }
         state = .unavailable(sinceMillis: since, reason: reason, lastFailureMillis: now, retryAtMillis: now + backoff)
+        guard uri != nil else { return }  // a provider's key is kept and asked again
         if let engineKey { EVP_PKEY_free(engineKey) }
         engineKey = nil
     }

@@ -65,4 +65,23 @@ import Testing
         #expect(pin?.key == "identities.us.cert")
         #expect(pin?.message.contains("1234") == false)
     }
+
+    @Test func providerKeysAndTheProvidersTheyNeed() throws {
+        let c = try load("""
+            [tls]
+            providers = ["default", "tpm2"]
+            [identities.us]
+            cert = "us.pem"
+            key = "store:handle:0x81000001"
+            """)
+        #expect(c.tlsProviders == ["default", "tpm2"])
+        #expect(c.identities[0].certificates[0].storeKey == "handle:0x81000001")
+        #expect(c.identities[0].certificates[0].key == "store:handle:0x81000001")  // not resolved as a path
+        #expect(configError("[tls]\nproviders = [\"tpm2\"]\n")?.key == "tls.providers")
+        #expect(configError("[tls]\nproviders = [\"default\", \"Bad Name\"]\n")?.key == "tls.providers[2]")
+        let secret = configError("[identities.us]\ncert = \"us.pem\"\nkey = \"store:file:/k.pem?pass=hunter2\"\n")
+        #expect(secret?.key == "identities.us.key")
+        #expect(secret?.message.contains("hunter2") == false)
+        #expect(configError("[identities.us]\ncert = \"us.pem\"\nkey = \"store:file:/etc/compass/k.pem\"\n") == nil)
+    }
 }
