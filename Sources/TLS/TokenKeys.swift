@@ -75,13 +75,13 @@ enum TokenKeys {
         return signers.compactMap(\.signer)
     }
 
-    /// Loads `uri`'s key for a signer that has none (after a restart, or after a failure). With `restart`, the
+    /// Loads `uri`'s key into a signer that has none (after a restart, or after a failure). With `restart`, the
     /// engine is restarted first unless that happened since `failedAtMillis`. Called without `signing` held.
-    static func reload(_ uri: TokenKeyURI, restart: Bool, failedAtMillis: Int) throws -> OpaquePointer {
+    static func reload(_ uri: TokenKeyURI, into signer: TokenSigner, restart: Bool, failedAtMillis: Int) throws {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         if restart, lastRestartMillis <= failedAtMillis { restartEngine() }
-        return try loadEngineKey(uri)
+        signer.take(engineKey: try loadEngineKey(uri))
     }
 
     /// Lets every engine key go and restarts the engine, so that libp11 (and the module) look at the tokens

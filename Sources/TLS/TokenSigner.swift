@@ -69,6 +69,14 @@ public final class TokenSigner: @unchecked Sendable {
         return nil
     }
 
+    /// Called by `TokenKeys` with its lock held (no restart can come between the load and this).
+    func take(engineKey fresh: OpaquePointer) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        if let engineKey { EVP_PKEY_free(engineKey) }
+        engineKey = fresh
+    }
+
     /// Called by `TokenKeys` during an engine restart (with `TokenKeys.signing` held alone).
     func forgetEngineKey() {
         pthread_mutex_lock(mutex)
@@ -110,12 +118,14 @@ public final class TokenSigner: @unchecked Sendable {
             pthread_rwlock_rdlock(TokenKeys.signing)
             pthread_mutex_lock(mutex)
             let key = engineKey
+            if let key { EVP_PKEY_up_ref(key) }  // (a failure on another thread may let the signer's reference go)
             let current = state
             pthread_mutex_unlock(mutex)
             if let key {
                 ERR_clear_error()
                 let result = uri == nil ? Self.performWithProvider(operation, with: key) : Self.perform(operation, with: key)
                 let why = result == nil ? OpenSSLErrors.describe(OpenSSLErrors.drain()) : ""
+                EVP_PKEY_free(key)  // before the lock goes: a restart may finalise the module right after
                 pthread_rwlock_unlock(TokenKeys.signing)
                 if let result {
                     succeeded()
@@ -136,13 +146,15 @@ public final class TokenSigner: @unchecked Sendable {
             }
             guard let uri else { return (nil, "the key is not loaded") }
             do {
-                let fresh = try TokenKeys.reload(uri, restart: failedAt != 0, failedAtMillis: failedAt)
-                pthread_mutex_lock(mutex)
-                if let old = engineKey { EVP_PKEY_free(old) }
-                engineKey = fresh
-                pthread_mutex_unlock(mutex)
+                try TokenKeys.reload(uri, into: self, restart: failedAt != 0, failedAtMillis: failedAt)
             } catch {
-                let why = "\(error)"
+                // Said without the URI's query (module and PIN file): it reaches the client's Proxy-Status.
+                let why: String
+                switch error as? TLSSetupError {
+                case .invalidKey(_, let reason)?: why = reason
+                case .unreadable?: why = "cannot read the PIN from its pin-source"
+                default: why = "the key could not be loaded again"
+                }
                 failed(why)
                 return (nil, "the token is unavailable: \(why)")
             }
