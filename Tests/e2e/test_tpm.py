@@ -38,19 +38,38 @@ class SubjectUpstream(harness.TLSUpstream):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
+def port_pair():
+    """A free loopback port whose next port is free too (swtpm's command and control ports)."""
+    for _ in range(50):
+        port = harness.free_port()
+        if port >= 65535:
+            continue
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    raise RuntimeError("no two free loopback ports in a row")
+
+
 def setUpModule():
     missing = missing_tools()
     if missing:
         raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs swtpm and tpm2-openssl)")
     d = harness.folder_with_pki("mtls-proxy-tpm-")
     procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "tpm")}
+    ports = {k: harness.free_port() for k in ("proxy",)}
+    ports["tpm"] = port_pair()
     ports["tpmctrl"] = ports["tpm"] + 1  # the swtpm TCTI finds the control port next to the command port
     try:
         os.makedirs(f"{d}/tpmstate")
-        procs.start(["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={ports['tpm']},bindaddr=127.0.0.1",
-                     "--ctrl", f"type=tcp,port={ports['tpmctrl']},bindaddr=127.0.0.1", "--tpmstate", f"dir={d}/tpmstate",
-                     "--flags", "not-need-init,startup-clear"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(f"{d}/swtpm.log", "ab") as log:
+            procs.start(["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={ports['tpm']},bindaddr=127.0.0.1",
+                         "--ctrl", f"type=tcp,port={ports['tpmctrl']},bindaddr=127.0.0.1", "--tpmstate", f"dir={d}/tpmstate",
+                         "--flags", "not-need-init,startup-clear"], stdout=log, stderr=subprocess.STDOUT)
         harness.wait_for_port(ports["tpm"])
         os.environ["TPM2OPENSSL_TCTI"] = f"swtpm:host=127.0.0.1,port={ports['tpm']}"
         run = lambda *a: subprocess.run(list(a), check=True, capture_output=True, cwd=d)
