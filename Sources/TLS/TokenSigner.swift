@@ -19,18 +19,7 @@ public final class TokenSigner: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     /// The engine's key (one reference, ours); nil after a failure or an engine restart.
     private var engineKey: OpaquePointer?
-    private var state = State.available
-    /// Signature failures since the last success (the back-off grows with them).
-    private var failures = 0
-
-    enum State {
-        case available
-        /// Since when (monotonic ms), why, when the last attempt failed and when to try again.
-        case unavailable(sinceMillis: Int, reason: String, lastFailureMillis: Int, retryAtMillis: Int)
-    }
-
-    static let firstBackoffMillis = 1000
-    static let maxBackoffMillis = 30_000
+    private var availability = TokenAvailability()
 
     init(uri: TokenKeyURI, engineKey: OpaquePointer) {
         self.uri = uri
@@ -57,15 +46,14 @@ public final class TokenSigner: @unchecked Sendable {
     public var isAvailable: Bool {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        if case .available = state { return true }
-        return false
+        return availability.isAvailable
     }
 
     /// Why the token is unavailable and since when (monotonic ms), or nil when it is available.
     public var unavailability: (reason: String, sinceMillis: Int, retryAtMillis: Int)? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        if case .unavailable(let since, let reason, _, let retry) = state { return (reason, since, retry) }
+        if case .unavailable(let since, let reason, _, let retry) = availability.state { return (reason, since, retry) }
         return nil
     }
 
@@ -119,7 +107,7 @@ public final class TokenSigner: @unchecked Sendable {
             pthread_mutex_lock(mutex)
             let key = engineKey
             if let key { EVP_PKEY_up_ref(key) }  // (a failure on another thread may let the signer's reference go)
-            let current = state
+            let next = availability.next(at: Self.nowMillis(), holdingKey: key != nil)
             pthread_mutex_unlock(mutex)
             if let key {
                 ERR_clear_error()
@@ -136,17 +124,16 @@ public final class TokenSigner: @unchecked Sendable {
             }
             pthread_rwlock_unlock(TokenKeys.signing)
             // No key: let go by a restart (load it again), or after a failure (restart once the back-off is over).
-            let now = Self.nowMillis()
-            var failedAt = 0
-            if case .unavailable(_, let reason, let lastFailure, let retryAt) = current {
-                guard now >= retryAt else {
-                    return (nil, "the token is unavailable (\(reason)); next attempt in \((retryAt - now + 999) / 1000) s")
-                }
-                failedAt = lastFailure
+            var restartFirst = false, failedAt = 0
+            switch next {
+            case .wait(let reason, let retryAt):
+                return (nil, "the token is unavailable (\(reason)); next attempt in \((retryAt - Self.nowMillis() + 999) / 1000) s")
+            case .reload(let restart, let at): (restartFirst, failedAt) = (restart, at)
+            case .sign: break  // (not with no key)
             }
             guard let uri else { return (nil, "the key is not loaded") }
             do {
-                try TokenKeys.reload(uri, into: self, restart: failedAt != 0, failedAtMillis: failedAt)
+                try TokenKeys.reload(uri, into: self, restart: restartFirst, failedAtMillis: failedAt)
             } catch {
                 // Said without the URI's query (module and PIN file): it reaches the client's Proxy-Status.
                 let why: String
@@ -217,8 +204,7 @@ public final class TokenSigner: @unchecked Sendable {
 
     private func succeeded() {
         pthread_mutex_lock(mutex)
-        state = .available
-        failures = 0
+        availability.succeeded()
         pthread_mutex_unlock(mutex)
     }
 
@@ -226,12 +212,7 @@ public final class TokenSigner: @unchecked Sendable {
     private func failed(_ reason: String) {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        let now = Self.nowMillis()
-        let backoff = min(Self.firstBackoffMillis << min(failures, 10), Self.maxBackoffMillis)
-        failures += 1
-        let since: Int
-        if case .unavailable(let s, _, _, _) = state { since = s } else { since = now }
-        state = .unavailable(sinceMillis: since, reason: reason, lastFailureMillis: now, retryAtMillis: now + backoff)
+        availability.failed(reason, at: Self.nowMillis())
         guard uri != nil else { return }  // a provider's key is kept and asked again
         if let engineKey { EVP_PKEY_free(engineKey) }
         engineKey = nil
