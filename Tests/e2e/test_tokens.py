@@ -373,6 +373,9 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertNotIn(PIN, metrics)
             _, ready = harness.http_get(own["admin"], "/readyz?verbose")
             self.assertIn(f"key={TOKEN_OBJECT} token=unavailable", ready)
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn('data-token="unavailable"', page)
+            self.assertNotIn(PIN, page)
             # Within the back-off the token is not asked again: the answer is immediate and says so.
             status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
             self.assertEqual(status, 502, body)
@@ -388,6 +391,10 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT), 1.0)
             _, ready = harness.http_get(own["admin"], "/readyz?verbose")
             self.assertIn(f"key={TOKEN_OBJECT} token=available", ready)
+            time.sleep(1.1)  # the status page is rendered at most once a second
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn('data-token="available"', page)
+            self.assertNotIn('data-token="unavailable"', page)
             # The file identity never stopped working.
             self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
             self.assertNotIn(PIN, harness.read(f"{d}/removal.log"))
@@ -439,6 +446,7 @@ connect = "127.0.0.1:{ports['tls13']}"
             _, page = harness.http_get(own["admin"], "/")
             self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", page)
             self.assertIn("pkcs11:token=fusion;object=us-rsa;type=private", page)
+            self.assertEqual(page.count('data-token="available"'), 2)
             _, metrics = harness.http_get(own["admin"], "/metrics")
             for text in (ready, page, metrics, harness.read(f"{d}/status.log")):
                 self.assertNotIn(PIN, text)  # neither the pin-source file's content nor the variable's value
