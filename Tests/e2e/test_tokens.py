@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Identities whose private keys never leave a PKCS#11 token: a real SoftHSM2 token (keys generated on it with
 pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
-pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
-wrong PIN, missing module, pin-value in the config."""
+pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate; certificates
+read from the token, staged ones taking over at notBefore. Faults: wrong PIN, missing module, pin-value in the
+config, the token removed and put back while running (recovery), a slow token (a module that sleeps in C_Sign)
+beside a file identity on one worker."""
 import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
