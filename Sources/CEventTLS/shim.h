@@ -304,6 +304,14 @@ static inline int mtls_SSL_async_fd(SSL *ssl) {
     return fds[n - 1];
 }
 typedef void (*mtls_async_cleanup_fn)(ASYNC_WAIT_CTX *, const void *, OSSL_ASYNC_FD, void *);
+/* Cuts a paused handshake off its socket (a null BIO both ways), so that it can be resumed to its end after the
+   socket is closed: a connection given up while its token signature is made. */
+static inline int mtls_SSL_cut_off_socket(SSL *ssl) {
+    BIO *b = BIO_new(BIO_s_null());
+    if (b == NULL) return 0;
+    SSL_set_bio(ssl, b, b);  /* one reference, used both ways; the socket BIO (BIO_NOCLOSE) is freed */
+    return 1;
+}
 
 /* A signature with a key an OpenSSL 3 provider holds (a TPM's): a one-shot EVP_PKEY_sign over the digest, never
    a digest-sign context (which libssl would duplicate, and tpm2-openssl 1.1 cannot). `mdname` and `padding`

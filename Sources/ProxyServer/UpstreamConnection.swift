@@ -434,6 +434,11 @@ final class UpstreamConnection: EventHandler {
         }
         resolver?.cancel()
         resolver = nil
+        // A handshake waiting for its token signature is cut off the socket and ends once the signature is made.
+        if let tls, let fd = tls.abandonWhileSigning() {
+            AbandonedHandshake.start(tls, fd: fd, base: worker.base)
+            self.tls = nil
+        }
         // A clean close_notify where the handshake completed; then the socket.
         tls?.release(sendCloseNotify: handshakeCompleted)
         tls = nil
@@ -486,4 +491,38 @@ private func upstreamHandshakeCallback(_ fd: Int32, _ what: Int16, _ ctx: Unsafe
     guard let ctx else { return }
     let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx).takeUnretainedValue()
     withExtendedLifetime(upstream) { upstream.socketReady() }
+}
+
+/// A handshake whose connection was given up while its token signature was being made: kept (with itself
+/// retained) until the signature's fd is readable, then resumed to its end and released
+/// (`UpstreamTLSSession.finishAbandonedHandshake`), so OpenSSL's paused job does not stay allocated.
+private final class AbandonedHandshake {
+    private let tls: UpstreamTLSSession
+    private var event: OpaquePointer?
+
+    private init(_ tls: UpstreamTLSSession) { self.tls = tls }
+
+    static func start(_ tls: UpstreamTLSSession, fd: Int32, base: OpaquePointer) {
+        AbandonedHandshake(tls).wait(on: fd, base: base)
+    }
+
+    private func wait(on fd: Int32, base: OpaquePointer) {
+        let me = Unmanaged.passRetained(self).toOpaque()
+        event = event_new(base, fd, Int16(EV_READ), { _, _, ctx in
+            let handshake = Unmanaged<AbandonedHandshake>.fromOpaque(ctx!).takeRetainedValue()
+            handshake.signed()
+        }, me)
+        guard let event, event_add(event, nil) == 0 else {
+            Unmanaged<AbandonedHandshake>.fromOpaque(me).release()
+            return
+        }
+    }
+
+    private func signed() {
+        guard let event else { return }
+        let base = event_get_base(event)
+        event_free(event)  // before the handshake closes the signature's fd
+        self.event = nil
+        if let next = tls.finishAbandonedHandshake(), let base { wait(on: next, base: base) }
+    }
 }

@@ -61,9 +61,14 @@ public final class UpstreamTLSSession {
         return SSL_set_fd(ssl, fd) == 1
     }
 
+    /// The fd the handshake waits on while a token signature is made (the last `handshake()` said
+    /// `.waitForSignature`); nil otherwise.
+    public private(set) var signatureFD: Int32?
+
     /// One step of the handshake; call again when the socket is ready as `TLSHandshakeStep` says.
     public func handshake() -> TLSHandshakeStep {
         guard let ssl else { return .failed(errno: EBADF, errors: []) }
+        signatureFD = nil
         ERR_clear_error()
         let r = SSL_connect(ssl)
         if r == 1 { return .done }
@@ -71,6 +76,7 @@ public final class UpstreamTLSSession {
         case .want(let read): return read ? .wantRead : .wantWrite
         case .signing:
             let fd = mtls_SSL_async_fd(ssl)
+            if fd >= 0 { signatureFD = fd }
             return fd >= 0 ? .waitForSignature(fd: fd) : .failed(errno: 0, errors: OpenSSLErrors.drain())
         case .closed: return .closed
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
@@ -233,6 +239,23 @@ public final class UpstreamTLSSession {
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
             errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal)
+    }
+
+    /// For a connection given up while its token signature is made: cuts the SSL off the socket (the caller
+    /// closes it) and returns the fd to wait on; once it is readable, `finishAbandonedHandshake` lets the paused
+    /// handshake end (OpenSSL 3.0 would never reclaim a paused job freed with its SSL). nil when not waiting.
+    public func abandonWhileSigning() -> Int32? {
+        guard let ssl, let fd = signatureFD, mtls_SSL_cut_off_socket(ssl) == 1 else { return nil }
+        return fd
+    }
+
+    /// Resumes an abandoned handshake after its signature (it ends on the null BIO); nil when it is done and
+    /// released, else the fd of another signature to wait for.
+    public func finishAbandonedHandshake() -> Int32? {
+        if case .waitForSignature(let fd) = handshake() { return fd }
+        _ = OpenSSLErrors.drain()
+        release(sendCloseNotify: false)
+        return nil
     }
 
     /// Frees the SSL, after a close_notify where possible when `sendCloseNotify` (a connection whose handshake
