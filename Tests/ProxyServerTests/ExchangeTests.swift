@@ -293,3 +293,69 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(Buffers.take(b.upstreamOutput) == "def")
     }
 }
+
+/// A 101 hand-over that cannot happen, without sockets: what the exchange and the connection's machine tell the
+/// shell to do. That the shell then really closes the upstream connection (and that it leaves the worker's
+/// registry) needs a worker and a connected upstream; `test_socket_io_attacks.AFailedHandOverAfter101` checks it
+/// with real sockets.
+@Suite struct AFailedHandOverTests {
+    typealias Machine = ConnectionStateMachine<FakeClock>
+
+    static func exchanging() -> Machine {
+        var m = Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
+        m.headParsed(keepAlive: true)
+        return m
+    }
+
+    /// The upstream answers 101 and closes in the same read: the switch is taken (the leftover is the relay's),
+    /// and the end that follows is the upstream connection's to close, not a response to complete or cut.
+    @Test func a101AndTheUpstreamsEOFInTheSameRead() throws {
+        let b = Buffers()
+        var e = try exchange("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", upgrade: "websocket")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nlast")
+        #expect(run(&e, b) == [.switchProtocols(upgrade: "websocket")])
+        #expect(evbuffer_get_length(b.clientOutput) == 0)  // the 101 head is the shell's to write
+        #expect(e.upstreamEnded(.eof(closeNotify: false), output: b.clientOutput) == .closeUpstream)
+        #expect(evbuffer_get_length(b.clientOutput) == 0)  // no last chunk, no answer after the 101
+        #expect(Buffers.take(b.upstreamInput) == "last")
+    }
+
+    /// The hand-over's bufferevent cannot be made: the shell tears the connection down (`machine.aborted()`);
+    /// nothing that arrives late (the client's FIN or error, the timer, the exchange's own end or failure) makes
+    /// the machine act again on the torn-down connection.
+    @Test func afterAFailedHandOverNothingLateActs() {
+        var m = Self.exchanging()
+        m.responseKeepAlive(false)  // as `switchProtocols` does before it hands over
+        m.aborted()
+        #expect(m.state == .closed)
+        let started = ExchangeProgress(requestComplete: true, responseStarted: true)
+        #expect(m.clientEOF(started) == .none)
+        #expect(m.clientError() == .none)
+        m.clock.nowMillis += 120_000
+        #expect(m.timerFired() == .none)
+        #expect(m.exchangeEnded(keepAlive: false) == .none)
+        #expect(m.exchangeFailed(started) == .none)
+        #expect(m.responseTruncated() == .none)
+        #expect(m.state == .closed)
+    }
+
+    /// A 101 to a request that asked for no upgrade cannot be handed over: nothing went to the client, so the
+    /// machine answers a 502 in its place (the upstream connection goes with the failed exchange).
+    @Test func a101ToARequestWithoutUpgradeIsAnswered502() throws {
+        let b = Buffers()
+        var e = try exchange("GET /ws HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        guard case .fail(let answer)? = run(&e, b).last else {
+            Issue.record("a 101 to a plain request was not refused")
+            return
+        }
+        #expect(answer.status == 502)
+        #expect(answer.errorType == .httpProtocolError)
+        #expect(evbuffer_get_length(b.clientOutput) == 0)
+        #expect(!e.progress.responseStarted)
+        var m = Self.exchanging()
+        #expect(m.exchangeFailed(e.progress) == .answer)
+        // The upstream's EOF after it is still before any response: no truncation of something never sent.
+        #expect(e.upstreamEnded(.eof(closeNotify: false), output: b.clientOutput) == .failedBeforeResponse)
+    }
+}
