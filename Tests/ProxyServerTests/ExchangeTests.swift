@@ -39,9 +39,9 @@ private func exchange(_ requestHead: String, upgrade: String? = nil) throws -> E
 }
 
 /// Steps the response until it waits or ends; the actions in order.
-private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20) -> [Exchange.ResponseStep] {
+private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20, maxSteps: Int = 20) -> [Exchange.ResponseStep] {
     var steps: [Exchange.ResponseStep] = []
-    while steps.count < 20 {
+    while steps.count < maxSteps {
         let step = e.stepResponse(from: b.upstreamInput, to: b.clientOutput, limits: HeadLimits(maxHeadBytes: 1024), highWatermark: highWatermark)
         steps.append(step)
         switch step {
@@ -166,6 +166,39 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
             return
         }
         #expect(answer.status == 502)
+    }
+
+    /// An HTTP/1.1 upstream that sends interim responses without end: each would be queued for the client. As
+    /// over HTTP/2 (`H2UpstreamStream.maxInterimResponses`), 16 are passed on; the next one fails the exchange
+    /// with a 502 naming the flood (nothing of a final response went out, so the client gets a clear answer).
+    @Test func aFloodOfInterimResponsesIsAnswered502() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, String(repeating: "HTTP/1.1 100 Continue\r\n\r\n", count: 1000)
+            + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        var steps: [Exchange.ResponseStep] = []
+        for _ in 0..<40 {
+            let step = e.stepResponse(from: b.upstreamInput, to: b.clientOutput, limits: HeadLimits(maxHeadBytes: 1024), highWatermark: 1 << 20)
+            steps.append(step)
+            if step != .forwardInterim { break }
+        }
+        #expect(steps.dropLast().allSatisfy { $0 == .forwardInterim })
+        #expect(steps.count - 1 == 16)
+        guard case .fail(let answer)? = steps.last else {
+            Issue.record("no failure after \(steps.count) steps")
+            return
+        }
+        #expect(answer.status == 502)
+        #expect(answer.errorType == .httpProtocolError)
+        #expect(answer.details.contains("more than 16 interim"))
+        #expect(!e.progress.responseStarted)  // the connection machine answers, it does not truncate
+
+        // Up to the limit is a response like any other.
+        var fine = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        let c = Buffers()
+        Buffers.add(c.upstreamInput, String(repeating: "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", count: 16)
+            + "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        #expect(run(&fine, c, maxSteps: 40) == Array(repeating: .forwardInterim, count: 16) + [.sendFinalHead, .complete])
     }
 
     /// A slow client: the body stops at the watermark, and goes on once the client's output drained.

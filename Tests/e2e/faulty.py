@@ -54,6 +54,10 @@ def serve(conn):
             if path == "/too-long":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA")
                 continue
+            if path == "/interim-flood":
+                # Thousands of interim responses, then a final one: each would be queued for the client.
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 5000 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+                continue
             if path == "/garbage":
                 conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
                 return

@@ -77,6 +77,25 @@ class BeforeTheResponse(unittest.TestCase):
         self.assertRegex(r.headers["Proxy-Status"], r"error=(tls_protocol_error|tls_alert_received)")
         self.assertRegex(r.text, r"protocol|version")
 
+    def test_a_flood_of_interim_responses_is_answered_502(self):
+        # As over HTTP/2: more than 16 interim (1xx) responses to one request is a flood, not a response. The
+        # client gets at most 16 of them, then a 502 naming the flood, never thousands queued for it.
+        port = int(ENV["url"].rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET http://faulty.mygreatbank.test/interim-flood HTTP/1.1\r\n"
+                      b"Host: faulty.mygreatbank.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        self.assertLessEqual(data.count(b"HTTP/1.1 100 Continue\r\n"), 16)
+        final = data[data.rfind(b"HTTP/1.1 "):]
+        self.assertTrue(final.startswith(b"HTTP/1.1 502 "), final[:200])
+        self.assertIn(b"error=http_protocol_error", final)
+        self.assertIn(b"interim", final)
+
 
 class DuringTheResponse(unittest.TestCase):
     def test_reset_in_the_middle_closes_the_client_connection(self):
