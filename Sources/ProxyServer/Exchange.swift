@@ -51,6 +51,9 @@ struct Exchange {
     var requestBody: RequestBody = .done
     var response: ResponseState = .awaitingHead(HeadParser.Scan())
     var responseFraming: BodyFraming = .none
+    /// Interim (1xx) heads passed on for this request; more than `maxInterimResponses` fails it with a 502.
+    var interimResponses = 0
+    static let maxInterimResponses = H2UpstreamStream.maxInterimResponses
     var clientFraming: Forwarding.ClientFraming = .none
     var responseRemaining: UInt64 = 0
     var responseDecoder = ChunkedDecoder.forResponse()

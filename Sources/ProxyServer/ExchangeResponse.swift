@@ -12,6 +12,7 @@ extension Exchange {
         /// Nothing more until more bytes arrive.
         case wait
         /// `responseHead` is an interim response (1xx other than 101): pass it on to an HTTP/1.1 client, then step again.
+        /// At most `maxInterimResponses` per request: the next one is a `fail` (502).
         case forwardInterim
         /// `responseHead` is a 101 to this upgrade request: hand both sides to a relay.
         case switchProtocols(upgrade: String)
@@ -53,7 +54,16 @@ extension Exchange {
                     response = .switched
                     return .switchProtocols(upgrade: upgrade)
                 }
-                if responseHead.status < 200 { return .forwardInterim }
+                if responseHead.status < 200 {
+                    // Each interim head is queued for the client, and the client's backpressure does not stop
+                    // them (the upstream is read on): more than HTTP/2 allows (`H2UpstreamStream`) is a flood.
+                    interimResponses += 1
+                    guard interimResponses <= Self.maxInterimResponses else {
+                        return .fail(ProxyErrorResponse(status: 502, errorType: .httpProtocolError,
+                            details: "the upstream sent more than \(Self.maxInterimResponses) interim (1xx) responses"))
+                    }
+                    return .forwardInterim
+                }
                 try acceptFinalResponse(requestMethod: method, requestVersion: version)
                 response = .body
                 return .sendFinalHead
