@@ -308,6 +308,18 @@ class Attacks(unittest.TestCase):
         self.assertTrue(all(k == k.lower() for k in names), names)
         self.assertEqual(names[:4], [":method", ":scheme", ":authority", ":path"])
 
+    def test_te_trailers_reaches_the_server_and_other_te_values_do_not(self):
+        # RFC 9113 §8.2.2: TE may appear in HTTP/2 with the value "trailers" only (gRPC servers require it).
+        for value, expected in (("trailers", ["te", "trailers"]), ("gzip, trailers;q=1", ["te", "trailers"]), ("gzip", None)):
+            with self.subTest(te=value):
+                out = raw_exchange(f"GET {URL}/headers HTTP/1.1\r\nHost: api.mygreatbank.test\r\nTE: {value}\r\n"
+                                   "Connection: TE\r\n\r\n".encode(), timeout=3)
+                self.assertIn(b" 200 ", out.split(b"\r\n", 1)[0], out[:300])
+                fields = json.loads(out.split(b"\r\n\r\n", 1)[1])["fields"]
+                te = [f for f in fields if f[0] == "te"]
+                self.assertEqual(te, [expected] if expected else [], fields)
+                self.assertNotIn("connection", [k for k, _ in fields])
+
     def test_te_and_content_length_together_are_refused(self):
         out = raw_exchange((f"POST {URL}/headers HTTP/1.1\r\nHost: api.mygreatbank.test\r\nTransfer-Encoding: chunked\r\n"
                             "Content-Length: 5\r\n\r\n0\r\n\r\n").encode(), timeout=3)
