@@ -19,7 +19,9 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
   /goaway-zero-always    GOAWAY last stream 0 every time, the connection left open: nothing is ever processed
   /nolen-drop            a head without content-length, 1000 bytes, then the TCP connection cut (no close_notify)
 
-Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N]
+With --silent the server completes the TLS handshake (ALPN h2) and then says nothing at all: no SETTINGS.
+
+Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent]
 """
 import argparse, asyncio, json, ssl
 
@@ -35,7 +37,8 @@ def frame(kind, flags, stream_id, payload):
 
 
 class Hostile(asyncio.Protocol):
-    def __init__(self, max_streams):
+    def __init__(self, max_streams, silent=False):
+        self.silent = silent
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
@@ -50,6 +53,8 @@ class Hostile(asyncio.Protocol):
         self.sni = SNI_NAMES.pop(id(transport.get_extra_info("ssl_object")), None) or "-"
         CONNECTIONS[0] += 1
         self.number = CONNECTIONS[0]
+        if self.silent:
+            return
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         self.flush()
@@ -67,6 +72,8 @@ class Hostile(asyncio.Protocol):
         LOG.append(dict(event=event, path=path, subject=self.subject, sni=self.sni, conn=self.number, stream=stream_id, **extra))
 
     def data_received(self, data):
+        if self.silent:
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -218,6 +225,7 @@ def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
+    parser.add_argument("--silent", action="store_true")
     args = parser.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
@@ -227,7 +235,7 @@ def main():
     ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams), "127.0.0.1", args.port, ssl=ctx))
+    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)
     loop.run_forever()
 
