@@ -6,6 +6,7 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
   /headers               200 with the request's header list (pseudo-fields too) as JSON
   /sized/N               N bytes with content-length
   /nolen/N               N bytes without content-length (the proxy re-frames them as chunks)
+  /slow/MS               waits MS milliseconds, then 200 "slow"
   /hang                  reads the request (and its body), never answers
   /data-before-headers   a DATA frame on the stream before any HEADERS
   /over-cl               content-length 5, then 10 bytes of DATA
@@ -169,6 +170,10 @@ class Hostile(asyncio.Protocol):
             n = int(path.split("/")[2])
             respond(200, [("content-length", str(n))])
             await self.send_body(sid, bytes(range(256)) * (n // 256) + bytes(n % 256))
+        elif path.startswith("/slow/"):
+            await asyncio.sleep(int(path.split("/")[2]) / 1000)
+            respond(200, [("content-length", "4")])
+            self.conn.send_data(sid, b"slow", end_stream=True)
         elif path.startswith("/nolen/"):
             n = int(path.split("/")[2])
             respond(200)

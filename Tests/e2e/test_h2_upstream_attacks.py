@@ -77,6 +77,14 @@ connect_timeout = "1s"
 connect = "127.0.0.1:{ports['one']}"
 
 [[route]]
+host = "idle.mygreatbank.test"
+identity = "us"
+protocol = "h2"
+idle_timeout = "1s"
+response_timeout = "10s"
+connect = "127.0.0.1:{ports['main']}"
+
+[[route]]
 host = "silent.mygreatbank.test"
 identity = "us"
 protocol = "h2"
@@ -270,6 +278,15 @@ class Attacks(unittest.TestCase):
         self.assertIn(200, codes)
         self.assertLess(time.time() - started, 8)
         self.assertEqual(session().get("http://one.mygreatbank.test/headers", timeout=10).status_code, 200)
+
+    def test_a_reused_connection_does_not_keep_its_idle_timeout_for_the_next_stream(self):
+        # The connection goes idle (idle_timeout 1 s armed), a new stream comes before it passes and the server
+        # takes 2.5 s to answer, well within response_timeout (10 s): the idle timer must not cut the stream.
+        s = session()
+        self.assertEqual(s.get("http://idle.mygreatbank.test/headers", timeout=10).status_code, 200)
+        time.sleep(0.3)
+        r = s.get("http://idle.mygreatbank.test/slow/2500", timeout=15)
+        self.assertEqual((r.status_code, r.text), (200, "slow"), r.text[:300])
 
     def test_a_server_that_never_sends_settings_is_answered_not_hung(self):
         # TLS and ALPN h2 complete, then not one frame: streams wait for the server's SETTINGS; that wait must end
