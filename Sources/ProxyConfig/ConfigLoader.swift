@@ -148,6 +148,12 @@ public enum ConfigLoader {
                                             upstreamGuardSet: upstreamGuardSet))
             }
         }
+        for (route, first) in repeatedRouteLabels(routes) {
+            let place = TOMLKeyLocator(text).line(of: "route[\(first)].name").map { "\(file):\($0)" } ?? file
+            problems.record(ConfigError(file: file, key: "route[\(route.index)].name", message:
+                "\"\(route.label)\" already labels route[\(first)] (\(place)); a name labels one route's traffic in the "
+                + "access log, the metrics and the status page: give each route its own"))
+        }
         var listeners: [FixedListener] = []
         for lt in try reader.arrayOfTables("listener") { problems.collect {
             try lt.allowOnly(["listen", "upstream", "allow_clients", "rewrite_location"])
@@ -305,8 +311,32 @@ public enum ConfigLoader {
         return Identity(name: name, certificates: sources, prefer: prefer)
     }
 
+    /// Each named route whose name is already another route's label (its name, or the `route[N] host` an unnamed
+    /// route is labelled by), with the position of that route. Unnamed labels are unique by their position.
+    static func repeatedRouteLabels(_ routes: [Route]) -> [(route: Route, first: Int)] {
+        var firstByName: [String: Int] = [:]
+        var repeated: [(route: Route, first: Int)] = []
+        for route in routes {
+            guard let name = route.name else { continue }
+            if let first = firstByName[name] {
+                repeated.append((route, first))
+            } else if name.hasPrefix("route["), let other = routes.first(where: { $0.name == nil && $0.label == name }) {
+                repeated.append((route, other.index))  // rare: only a name spelled like a default label is looked for
+            } else {
+                firstByName[name] = route.index
+            }
+        }
+        return repeated
+    }
+
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
+        for (name, what) in [("cert", "a certificate file (PEM) path"), ("p12", "a PKCS#12 bundle path"),
+                             ("key", "a key file (PEM) path or a pkcs11: URI (RFC 7512)")] {
+            if let text = try t.string(name), let problem = CredentialValue.problem(text, keyURIAllowed: name == "key") {
+                throw t.error(name, "expected \(what); \(problem)")
+            }
+        }
         let cert = try t.path("cert"), p12 = try t.path("p12")
         let key: String?
         if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {

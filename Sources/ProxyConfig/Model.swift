@@ -229,7 +229,6 @@ public enum ServerVerification: String, Sendable, Hashable {
     case pinOnly = "pin-only"
 }
 
-/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
 /// Which certificates of the server's chain revocation covers.
 public enum RevocationScope: String, Sendable, Hashable {
     /// Every certificate but the trust anchor, each against its issuer's CRL (the default).
@@ -238,6 +237,7 @@ public enum RevocationScope: String, Sendable, Hashable {
     case leaf
 }
 
+/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
 public enum RevocationMode: String, Sendable, Hashable {
     case off
     /// Missing or stale CRL: logged, counted, allowed.

@@ -35,7 +35,9 @@ public final class UpstreamTLSSession {
     /// and `handshake()` says `.waitingForCRL`); the caller decides how long, then calls `stopWaitingForCRL`.
     /// Off by default: a caller that cannot wait (the `pins` command) gets the decision at once.
     public var mayWaitForCRL = false
-    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route).
+    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route): read
+    /// when the SSL is made (a resumed session is not verified again), then again as each verification of the
+    /// server's chain starts (one that waited for a CRL is verified under the generation that CRL brought).
     public private(set) var crlGeneration = 0
     /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
     public private(set) var trustNotes: [TrustNote] = []
@@ -306,6 +308,7 @@ public final class UpstreamTLSSession {
     }
 
     func startCRLRound() {
+        crlGeneration = CRLCache.shared.generation
         missingCRLURLs = []
         chainURLs = nil
         awaitingCRL = false
