@@ -366,6 +366,24 @@ class Attacks(unittest.TestCase):
                                    + name + b": /_log\r\n\r\n", timeout=3)
                 self.assertTrue(out.startswith(b"HTTP/1.1 400"), out[:300])
 
+    def test_two_host_fields_or_a_nul_in_a_value_never_reach_the_server(self):
+        cases = {
+            "two Host fields": f"GET {URL}/headers HTTP/1.1\r\nHost: api.mygreatbank.test\r\nHost: eu.mygreatbank.test\r\n\r\n".encode(),
+            "NUL in a value": f"GET {URL}/headers HTTP/1.1\r\nHost: api.mygreatbank.test\r\nX-A: a\x00b\r\n\r\n".encode(),
+            "bare LF in a value": f"GET {URL}/headers HTTP/1.1\r\nHost: api.mygreatbank.test\r\nX-A: a\nx-b: c\r\n\r\n".encode(),
+        }
+        for name, request in cases.items():
+            with self.subTest(case=name):
+                out = raw_exchange(request, timeout=3)
+                if out.startswith(b"HTTP/1.1 400"):
+                    continue
+                self.assertIn(b" 200 ", out.split(b"\r\n", 1)[0], out[:300])
+                data = json.loads(out.split(b"\r\n\r\n", 1)[1])
+                fields = dict((k, v) for k, v in data["fields"])
+                self.assertEqual(fields[":authority"], "api.mygreatbank.test", data)
+                self.assertFalse(any("\x00" in v or "\n" in v for _, v in data["fields"]), data)
+                self.assertNotIn("x-b", fields, data)
+
     def test_host_that_differs_from_the_target_does_not_pick_the_authority(self):
         # The route is chosen by the absolute-form target (api, identity us); the Host field names another host
         # (eu, identity eu). The server must see the target's authority, with the route's certificate.
