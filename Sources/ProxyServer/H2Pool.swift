@@ -30,6 +30,7 @@ final class H2Pool {
     /// Puts `stream` on a connection of its key, opening one when allowed.
     func place(_ stream: H2UpstreamStream) -> Placement {
         let key = stream.key
+        for stale in connections[key] ?? [] { _ = stale.retireIfVerifiedBeforeNewCRL() }
         let list = connections[key] ?? []
         if let free = list.first(where: { $0.hasCapacity }) {
             free.attach(stream)

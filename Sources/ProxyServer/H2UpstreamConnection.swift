@@ -81,6 +81,20 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     /// Whether the session is up (ALPN said h2 and the preface went out).
     var isReady: Bool { session != nil && !closed }
 
+    /// A `crl_fetch` route's connection verified before the last CRL arrived takes no new stream (as an HTTP/1.1
+    /// one is not reused): it leaves the pool, those in flight finish, and the next exchange opens a connection
+    /// that verifies the server against the new CRL. True when it was retired.
+    func retireIfVerifiedBeforeNewCRL() -> Bool {
+        guard !closed, !goingAway, transport.verifiedBeforeNewCRL else { return false }
+        goingAway = true
+        let handler = onClose
+        onClose = nil
+        handler?(self)
+        scheduleWork()
+        closeIfDone()
+        return true
+    }
+
     // MARK: streams
 
     func attach(_ stream: H2UpstreamStream) {
