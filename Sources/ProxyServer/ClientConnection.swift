@@ -80,6 +80,9 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
     }
 
     deinit {
+        // Checked in debug builds: the client's stream holds this connection unowned(unsafe), so a connection
+        // must let go of its side (`teardown`) before it goes.
+        assert(client.isEmpty, "a client connection went without its teardown")
         if let exchangeStorage {
             exchangeStorage.deinitialize(count: 1)
             exchangeStorage.deallocate()

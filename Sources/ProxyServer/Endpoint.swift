@@ -30,6 +30,9 @@ struct Endpoint {
     /// An endpoint that holds nothing: what is left where one was handed over.
     private init() {}
 
+    /// Holds nothing: freed, or handed over.
+    var isEmpty: Bool { stream == nil && event == nil }
+
     /// Gives this endpoint to a new owner (a relay, which frees it when it ends), leaving this copy empty, so
     /// that no bufferevent the new owner frees is left here to be used or freed again.
     mutating func handOver() -> Endpoint {

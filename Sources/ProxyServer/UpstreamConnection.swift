@@ -94,6 +94,12 @@ final class UpstreamConnection: EventHandler {
     var corporateHopPhase: CorporateHopPhase? { corporateHop?.phase }
     private var tcpConnected = false
 
+    deinit {
+        // Checked in debug builds: its stream and its timers hold this connection unowned(unsafe) or unretained,
+        // so it must be closed before it goes.
+        assert(state == .closed, "an upstream connection went without being closed")
+    }
+
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
         self.generation = generation
         self.key = key

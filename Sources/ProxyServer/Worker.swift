@@ -158,6 +158,8 @@ final class Worker: @unchecked Sendable {
     }
 
     deinit {
+        // Checked in debug builds: connections hold their worker unowned(unsafe), so none may outlive it.
+        assert(clients.isEmpty && upstreams.isEmpty, "a worker went before its connections")
         for handle in listeners { handle.free() }
         if let wakeEvent { event_free(wakeEvent) }
         close(wakeFD)
