@@ -30,11 +30,13 @@ FROM debian:bookworm-slim
 COPY --from=build /tmp/mtls-proxy.deb /tmp/mtls-proxy.deb
 # The package's group is made first with the image user's id, 10001: the key files are then 0640 root:10001
 # on the host (docs/container.md), and the proxy reads them through its own group without a warning.
-# apt-get installs the package's Depends (libevent, OpenSSL, libstdc++, adduser) from the same release.
-# Unpinned for the reason above.
+# apt-get installs the package's Depends (libevent, OpenSSL, libstdc++, adduser) from the same release, and
+# OpenSSL's pkcs11 engine (the package's Suggests) so that identities with keys on PKCS#11 tokens work in the
+# image too (the token's own module is mounted in, docs/tokens.md). Unpinned for the reason above.
 # hadolint ignore=DL3008
 RUN groupadd --system --gid 10001 mtls-proxy \
     && apt-get update && apt-get install -y --no-install-recommends /tmp/mtls-proxy.deb ca-certificates \
+       libengine-pkcs11-openssl \
     && rm -rf /var/lib/apt/lists/* /tmp/mtls-proxy.deb
 # The container config: listens on 0.0.0.0 (the container's own loopback is unreachable from outside it) and
 # accepts only the container networks' addresses. Mount your own over it, made from the same file.

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/inotify.h>
 #include <sys/eventfd.h>
 #include <crypt.h>
@@ -35,7 +36,12 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/engine.h>
+#include <openssl/rsa.h>
+#include <openssl/ec.h>
 #include <openssl/ocsp.h>
+#include <openssl/async.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
 
 /* Wrappers for OpenSSL and libevent function-like macros, which Swift cannot import. */
 
@@ -195,6 +201,150 @@ static inline int mtls_engine_free(void *e) { return ENGINE_free((ENGINE *)e); }
 static inline EVP_PKEY *mtls_engine_load_private_key(void *e, const char *id) {
     return ENGINE_load_private_key((ENGINE *)e, id, NULL, NULL);
 }
+static inline int mtls_engine_finish(void *e) { return ENGINE_finish((ENGINE *)e); }
+/* libp11's LOAD_CERT_CTRL: the certificate a pkcs11: URI names, a copy the caller owns (NULL if none). */
+static inline X509 *mtls_engine_load_certificate(void *e, const char *id) {
+    struct { const char *cert_id; X509 *cert; } params = { id, NULL };
+    if (ENGINE_ctrl_cmd((ENGINE *)e, "LOAD_CERT_CTRL", 0, &params, NULL, 1) != 1) return NULL;
+    return params.cert;
+}
+/* Drops the engine reference libp11 puts on each key it hands out (EVP_PKEY_set1_engine), so that the engine's
+   last functional reference can be let go and the PKCS#11 module finalised (token keys' recovery). */
+static inline int mtls_evp_pkey_drop_engine(EVP_PKEY *k) { return EVP_PKEY_set1_engine(k, NULL); }
+
+/* Front keys for token keys: the token key's public half under RSA and EC_KEY methods whose private operations
+   call back into the proxy (`TokenSigner`), which signs with the token key it currently holds, and re-opens it
+   when the token comes back. The methods are made once; the signer is kept in the key's ex_data. */
+typedef int (*mtls_rsa_priv_enc_fn)(int, const unsigned char *, unsigned char *, RSA *, int);
+typedef int (*mtls_rsa_sign_fn)(int, const unsigned char *, unsigned int, unsigned char *, unsigned int *, const RSA *);
+typedef int (*mtls_rsa_finish_fn)(RSA *);
+typedef int (*mtls_ec_sign_fn)(int, const unsigned char *, int, unsigned char *, unsigned int *, const BIGNUM *,
+                               const BIGNUM *, EC_KEY *);
+typedef void (*mtls_ec_finish_fn)(EC_KEY *);
+static inline int mtls_rsa_ex_index(void) { return RSA_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+static inline int mtls_ec_ex_index(void) { return EC_KEY_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+static inline void *mtls_rsa_get_ex(const RSA *r, int i) { return RSA_get_ex_data(r, i); }
+static inline void *mtls_ec_get_ex(const EC_KEY *k, int i) { return EC_KEY_get_ex_data(k, i); }
+static inline RSA_METHOD *mtls_token_rsa_method(mtls_rsa_priv_enc_fn enc, mtls_rsa_sign_fn sign, mtls_rsa_finish_fn finish) {
+    RSA_METHOD *m = RSA_meth_dup(RSA_PKCS1_OpenSSL());
+    if (m == NULL) return NULL;
+    RSA_meth_set1_name(m, "mtls-proxy token key");
+    RSA_meth_set_priv_enc(m, enc);
+    RSA_meth_set_sign(m, sign);
+    RSA_meth_set_finish(m, finish);
+    return m;
+}
+/* The default method's own clean-up, for the front key's finish. */
+static inline int mtls_rsa_default_finish(RSA *r) {
+    int (*f)(RSA *) = RSA_meth_get_finish(RSA_PKCS1_OpenSSL());
+    return f ? f(r) : 1;
+}
+static inline EC_KEY_METHOD *mtls_token_ec_method(mtls_ec_sign_fn sign, mtls_ec_finish_fn finish) {
+    EC_KEY_METHOD *m = EC_KEY_METHOD_new(EC_KEY_OpenSSL());
+    if (m == NULL) return NULL;
+    int (*init)(EC_KEY *) = NULL; void (*fin)(EC_KEY *) = NULL; int (*copy)(EC_KEY *, const EC_KEY *) = NULL;
+    int (*group)(EC_KEY *, const EC_GROUP *) = NULL; int (*priv)(EC_KEY *, const BIGNUM *) = NULL;
+    int (*pub)(EC_KEY *, const EC_POINT *) = NULL;
+    EC_KEY_METHOD_get_init(m, &init, &fin, &copy, &group, &priv, &pub);
+    EC_KEY_METHOD_set_init(m, init, finish, copy, group, priv, pub);
+    int (*osign)(int, const unsigned char *, int, unsigned char *, unsigned int *, const BIGNUM *, const BIGNUM *, EC_KEY *) = NULL;
+    int (*setup)(EC_KEY *, BN_CTX *, BIGNUM **, BIGNUM **) = NULL;
+    ECDSA_SIG *(*sig)(const unsigned char *, int, const BIGNUM *, const BIGNUM *, EC_KEY *) = NULL;
+    EC_KEY_METHOD_get_sign(m, &osign, &setup, &sig);
+    EC_KEY_METHOD_set_sign(m, sign, setup, sig);
+    return m;
+}
+/* A public-only key shaped like `token` under the front methods, with `signer` in its ex_data. NULL for a key
+   type other than RSA and EC. */
+static inline EVP_PKEY *mtls_token_front_key(EVP_PKEY *token, RSA_METHOD *rm, EC_KEY_METHOD *em, int rsaIndex,
+                                             int ecIndex, void *signer) {
+    EVP_PKEY *front = EVP_PKEY_new();
+    if (front == NULL) return NULL;
+    if (EVP_PKEY_get_base_id(token) == EVP_PKEY_RSA) {
+        const RSA *src = EVP_PKEY_get0_RSA(token);
+        const BIGNUM *n = NULL, *e = NULL;
+        RSA *r = src ? RSA_new() : NULL;
+        if (r == NULL) goto fail;
+        RSA_get0_key(src, &n, &e, NULL);
+        if (RSA_set_method(r, rm) != 1 || RSA_set0_key(r, BN_dup(n), BN_dup(e), NULL) != 1
+            || EVP_PKEY_assign_RSA(front, r) != 1) { RSA_free(r); goto fail; }
+        if (RSA_set_ex_data(r, rsaIndex, signer) != 1) goto fail;  /* (the signer is released by the finish only once set) */
+        return front;
+    }
+    if (EVP_PKEY_get_base_id(token) == EVP_PKEY_EC) {
+        const EC_KEY *src = EVP_PKEY_get0_EC_KEY(token);
+        EC_KEY *k = src ? EC_KEY_new() : NULL;
+        if (k == NULL) goto fail;
+        if (EC_KEY_set_method(k, em) != 1 || EC_KEY_set_group(k, EC_KEY_get0_group(src)) != 1
+            || EC_KEY_set_public_key(k, EC_KEY_get0_public_key(src)) != 1
+            || EVP_PKEY_assign_EC_KEY(front, k) != 1) { EC_KEY_free(k); goto fail; }
+        if (EC_KEY_set_ex_data(k, ecIndex, signer) != 1) goto fail;
+        return front;
+    }
+fail:
+    EVP_PKEY_free(front);
+    return NULL;
+}
+/* The private operations, done with the token key (the engine's methods talk to the token). */
+static inline int mtls_token_rsa_private_encrypt(EVP_PKEY *token, int flen, const unsigned char *from, unsigned char *to, int padding) {
+    RSA *r = (RSA *)EVP_PKEY_get0_RSA(token);
+    return r ? RSA_private_encrypt(flen, from, to, r, padding) : -1;
+}
+static inline int mtls_token_rsa_sign(EVP_PKEY *token, int type, const unsigned char *m, unsigned int mlen, unsigned char *sig, unsigned int *siglen) {
+    RSA *r = (RSA *)EVP_PKEY_get0_RSA(token);
+    return r ? RSA_sign(type, m, mlen, sig, siglen, r) : 0;
+}
+static inline int mtls_token_ecdsa_sign(EVP_PKEY *token, const unsigned char *dgst, int dlen, unsigned char *sig, unsigned int *siglen) {
+    EC_KEY *k = (EC_KEY *)EVP_PKEY_get0_EC_KEY(token);
+    return k ? ECDSA_sign(0, dgst, dlen, sig, siglen, k) : 0;
+}
+/* Signing off the event loop (token keys): the handshake runs as an OpenSSL ASYNC job, which pauses while a
+   signing thread works and tells the loop through an eventfd. */
+static inline void mtls_SSL_CTX_set_mode_async(SSL_CTX *ctx) { SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC); }
+static inline void mtls_SSL_clear_mode_async(SSL *ssl) { SSL_clear_mode(ssl, SSL_MODE_ASYNC); }
+/* The one fd a paused handshake waits on, or -1. */
+static inline int mtls_SSL_async_fd(SSL *ssl) {
+    OSSL_ASYNC_FD fds[4];
+    size_t n = 0;
+    if (SSL_get_all_async_fds(ssl, NULL, &n) != 1 || n == 0 || n > 4) return -1;
+    if (SSL_get_all_async_fds(ssl, fds, &n) != 1) return -1;
+    return fds[n - 1];
+}
+typedef void (*mtls_async_cleanup_fn)(ASYNC_WAIT_CTX *, const void *, OSSL_ASYNC_FD, void *);
+/* Cuts a paused handshake off its socket (a null BIO both ways), so that it can be resumed to its end after the
+   socket is closed: a connection given up while its token signature is made. */
+static inline int mtls_SSL_cut_off_socket(SSL *ssl) {
+    BIO *b = BIO_new(BIO_s_null());
+    if (b == NULL) return 0;
+    SSL_set_bio(ssl, b, b);  /* one reference, used both ways; the socket BIO (BIO_NOCLOSE) is freed */
+    return 1;
+}
+
+/* A signature with a key an OpenSSL 3 provider holds (a TPM's): a one-shot EVP_PKEY_sign over the digest, never
+   a digest-sign context (which libssl would duplicate, and tpm2-openssl 1.1 cannot). `mdname` and `padding`
+   (RSA; 0 for the default) are set when given. */
+static inline int mtls_provider_sign(EVP_PKEY *k, const char *mdname, int padding, const unsigned char *in, size_t inlen,
+                                     unsigned char *out, size_t *outlen) {
+    /* The signature algorithm from the key's own provider (the default one would take a public copy). */
+    char query[128] = "";
+    const OSSL_PROVIDER *p = EVP_PKEY_get0_provider(k);
+    if (p != NULL) snprintf(query, sizeof query, "?provider=%s", OSSL_PROVIDER_get0_name(p));
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, k, query[0] ? query : NULL);
+    if (c == NULL) return 0;
+    int ok = EVP_PKEY_sign_init(c) == 1;
+    if (ok && padding != 0) ok = EVP_PKEY_CTX_set_rsa_padding(c, padding) == 1;
+    if (ok && mdname != NULL) {
+        EVP_MD *md = EVP_MD_fetch(NULL, mdname, NULL);
+        ok = md != NULL && EVP_PKEY_CTX_set_signature_md(c, md) == 1;
+        EVP_MD_free(md);
+    }
+    if (ok) ok = EVP_PKEY_sign(c, out, outlen, in, inlen) == 1;
+    EVP_PKEY_CTX_free(c);
+    return ok;
+}
+
+/* An error on the queue saying why a token key did not sign (library ERR_LIB_USER: see ConnectFailures). */
+static inline void mtls_token_raise(const char *why) { ERR_raise_data(ERR_LIB_USER, 1, "%s", why); }
 #pragma clang diagnostic pop
 
 #endif

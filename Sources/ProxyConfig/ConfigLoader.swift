@@ -45,7 +45,7 @@ public enum ConfigLoader {
         defer { root.clear() }
         let problems = ConfigProblems(file: file)
         let reader = TableReader(table: root, path: "", file: file, base: baseDirectory, problems: problems)
-        try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log", "intercept"])
+        try reader.allowOnly(["proxy", "upstream", "identities", "route", "listener", "admin", "log", "intercept", "tls"])
 
         var proxy = ProxySettings()
         problems.collect { if let t = try reader.table("proxy") {
@@ -233,6 +233,18 @@ public enum ConfigLoader {
             config.intercept = settings
         } }
         problems.collect { try EgressGuards.refuseLoops(config) }
+        problems.collect { if let tt = try reader.table("tls") {
+            try tt.allowOnly(["providers"])
+            let names = try tt.stringArray("providers") ?? []
+            for (i, name) in names.enumerated() where name.isEmpty || !name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D || $0 == 0x5F }) {
+                throw tt.error("providers[\(i + 1)]", "expected an OpenSSL provider name such as \"default\" or \"tpm2\", got \"\(name)\"")
+            }
+            // Naming providers replaces OpenSSL's implicit default: TLS itself needs "default" (or "fips").
+            if !names.isEmpty, !names.contains("default"), !names.contains("fips") {
+                throw tt.error("providers", "include \"default\" (TLS needs it once providers are named), e.g. [\"default\", \"tpm2\"]")
+            }
+            config.tlsProviders = names
+        } }
         try problems.throwIfAny(text: text)
         return config
     }
@@ -331,13 +343,28 @@ public enum ConfigLoader {
 
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
-        for (name, what) in [("cert", "a certificate file (PEM) path"), ("p12", "a PKCS#12 bundle path"),
-                             ("key", "a key file (PEM) path or a pkcs11: URI (RFC 7512)")] {
-            if let text = try t.string(name), let problem = CredentialValue.problem(text, keyURIAllowed: name == "key") {
+        for (name, what) in [("cert", "a certificate file (PEM) path or a pkcs11: URI (type=cert)"), ("p12", "a PKCS#12 bundle path"),
+                             ("key", "a key file (PEM) path, a pkcs11: URI (RFC 7512) or store:URI")] {
+            if let text = try t.string(name),
+               let problem = CredentialValue.problem(text, tokenURIAllowed: name != "p12", storeURIAllowed: name == "key") {
                 throw t.error(name, "expected \(what); \(problem)")
             }
         }
-        let cert = try t.path("cert"), p12 = try t.path("p12")
+        let p12 = try t.path("p12")
+        let cert: String?
+        if let text = try t.string("cert"), TokenKeyURI.isTokenURI(text) {
+            // A certificate read from a PKCS#11 token (the URI stays as written, it is not a path).
+            switch TokenKeyURI.parse(text) {
+            case .failure(let problem): throw t.error("cert", problem.description)
+            case .success(let uri):
+                if let type = uri.objectType, type != "cert" {
+                    throw t.error("cert", "the URI names an object of type=\(type): a certificate on a token is type=cert")
+                }
+            }
+            cert = text
+        } else {
+            cert = try t.path("cert")
+        }
         let key: String?
         if let text = try t.string("key"), TokenKeyURI.isTokenURI(text) {
             // A key on a PKCS#11 token: the URI stays as written (it is not a path).
@@ -347,6 +374,16 @@ public enum ConfigLoader {
             }
             if try t.secretKeysPresent(["key_password_file", "key_password_env"]) {
                 throw t.error("key_password_file", "a token key's PIN comes from the URI's pin-source (file:/path or env:NAME)")
+            }
+            key = text
+        } else if let text = try t.string("key"), text.hasPrefix("store:") {
+            // A key an OpenSSL 3 provider holds (OSSL_STORE URI), e.g. a TPM key: loaded through [tls] providers.
+            let lower = text.lowercased()
+            guard text.count > 6, !["pin-value", "?pass", "&pass", ";pass"].contains(where: { lower.contains($0) }) else {
+                throw t.error("key", "expected store:URI, such as store:handle:0x81000001 or store:file:/etc/mtls-proxy/us.tss2.pem, with no password in it")
+            }
+            if try t.secretKeysPresent(["key_password_file", "key_password_env"]) {
+                throw t.error("key_password_file", "not supported with a store: key")
             }
             key = text
         } else {

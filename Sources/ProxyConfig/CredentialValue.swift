@@ -3,17 +3,19 @@
 /// values were echoed whole in "cannot read" errors (the log, `check`, the status page), PIN included. The
 /// problem it names quotes nothing of the value but a scheme made of letters and digits. Pure.
 public enum CredentialValue {
-    /// Why `text` is not a credential path (nor, for a key, a `pkcs11:` URI); nil when it may be one.
-    public static func problem(_ text: String, keyURIAllowed: Bool) -> String? {
+    /// Why `text` is not a credential path (nor, where allowed, a `pkcs11:` URI for a key or a certificate, or a
+    /// `store:` URI for a key); nil when it may be one.
+    public static func problem(_ text: String, tokenURIAllowed: Bool, storeURIAllowed: Bool = false) -> String? {
         if text.lowercased().contains("pin-value") {
             return "this value holds a pin-value attribute, a PIN written in the config (not repeated here); "
                 + "a key on a PKCS#11 token reads its PIN from pin-source=file:/path or pin-source=env:NAME"
         }
         if TokenKeyURI.isTokenURI(text) {
-            return keyURIAllowed ? nil : "a pkcs11: URI names only a key (certificates are read from files)"
+            return tokenURIAllowed ? nil : "a pkcs11: URI names a key or a certificate, not a PKCS#12 bundle"
         }
+        if storeURIAllowed, text.lowercased().hasPrefix("store:") { return nil }  // checked by the loader
         guard let scheme = uriScheme(text) else { return nil }
-        let hint = keyURIAllowed ? " (did you mean pkcs11:?)" : ""
+        let hint = tokenURIAllowed ? " (did you mean pkcs11:?)" : ""
         return "this value is a URI with the scheme \"\(scheme):\"\(hint), not a file path"
     }
 

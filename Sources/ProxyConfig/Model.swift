@@ -16,6 +16,9 @@ public struct ProxyConfiguration: Sendable {
     public var log: LogSettings
     /// Interception of CONNECT tunnels to mTLS routes; nil (the default) means off.
     public var intercept: InterceptSettings?
+    /// `[tls] providers`: OpenSSL 3 providers loaded before any key (e.g. `["default", "tpm2"]`); empty means
+    /// OpenSSL's defaults.
+    public var tlsProviders: [String] = []
 
     public init(file: String, proxy: ProxySettings, upstream: UpstreamSettings, identities: [Identity], routes: [Route],
                 listeners: [FixedListener] = [], admin: AdminSettings? = nil, log: LogSettings = LogSettings()) {
@@ -388,6 +391,18 @@ public struct CertificateSource: Sendable, Hashable {
         case .pem(let cert, _, _): return cert
         case .pkcs12(let path, _): return path
         }
+    }
+
+    /// The OSSL_STORE URI of `key = "store:URI"` (a key held by a provider, e.g. a TPM's); nil otherwise.
+    public var storeKey: String? {
+        guard case .pem(_, let key, _) = files, key.hasPrefix("store:") else { return nil }
+        return String(key.dropFirst(6))
+    }
+
+    /// The certificate's `pkcs11:` URI when it is read from a PKCS#11 token; nil for a certificate file.
+    public var tokenCert: TokenKeyURI? {
+        guard case .pem(let cert, _, _) = files, TokenKeyURI.isTokenURI(cert) else { return nil }
+        return try? TokenKeyURI.parse(cert).get()
     }
 
     /// The key's `pkcs11:` URI when it lives on a PKCS#11 token; nil for a key file.

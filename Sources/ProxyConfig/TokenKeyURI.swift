@@ -8,6 +8,8 @@ public struct TokenKeyURI: Sendable, Hashable, CustomStringConvertible {
     public var objectURI: String
     public var modulePath: String?
     public var pinSource: SecretSource?
+    /// The `type` path attribute (`private`, `cert`, ...), lowercased, when given.
+    public var objectType: String?
 
     public var description: String { text }
 
@@ -26,9 +28,18 @@ public struct TokenKeyURI: Sendable, Hashable, CustomStringConvertible {
             case .badAttribute(let name): return "malformed attribute \"\(name)\" (expected name=value, percent-encoded)"
             case .badPinSource: return "pin-source must be file:/absolute/path or env:NAME"
             case .relativeModulePath: return "module-path must be an absolute path to the PKCS#11 library, such as /usr/lib/softhsm/libsofthsm2.so"
-            case .noObject: return "the URI names no key: give at least object= or id= (and type=private)"
+            case .noObject: return "the URI names no object: give at least object= or id= (and type=private for a key, type=cert for a certificate)"
             }
         }
+    }
+
+    /// This URI, with `module-path` and `pin-source` taken from `other` where it has none (a certificate's URI
+    /// next to its key's on the same token).
+    public func inheriting(from other: TokenKeyURI) -> TokenKeyURI {
+        var uri = self
+        if uri.modulePath == nil { uri.modulePath = other.modulePath }
+        if uri.pinSource == nil { uri.pinSource = other.pinSource }
+        return uri
     }
 
     public static func isTokenURI(_ text: String) -> Bool {
@@ -48,15 +59,17 @@ public struct TokenKeyURI: Sendable, Hashable, CustomStringConvertible {
             queryPart = nil
         }
         var names: Set<String> = []
+        var type: String?
         for attribute in pathPart.split(separator: ";", omittingEmptySubsequences: true) {
             guard let eq = attribute.firstIndex(of: "="), eq != attribute.startIndex else { return .failure(.badAttribute(String(attribute.prefix(20)))) }
             let name = attribute[..<eq].lowercased()
             if name == "pin-value" { return .failure(.pinValue) }
-            guard percentDecode(attribute[attribute.index(after: eq)...]) != nil else { return .failure(.badAttribute(name)) }
+            guard let value = percentDecode(attribute[attribute.index(after: eq)...]) else { return .failure(.badAttribute(name)) }
+            if name == "type" { type = value.lowercased() }
             names.insert(name)
         }
         guard names.contains("object") || names.contains("id") else { return .failure(.noObject) }
-        var uri = TokenKeyURI(text: text, objectURI: "pkcs11:" + pathPart, modulePath: nil, pinSource: nil)
+        var uri = TokenKeyURI(text: text, objectURI: "pkcs11:" + pathPart, modulePath: nil, pinSource: nil, objectType: type)
         for attribute in (queryPart ?? "").split(separator: "&", omittingEmptySubsequences: true) {
             guard let eq = attribute.firstIndex(of: "="), eq != attribute.startIndex else { return .failure(.badAttribute(String(attribute.prefix(20)))) }
             let name = attribute[..<eq].lowercased()

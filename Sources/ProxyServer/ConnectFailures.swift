@@ -161,7 +161,7 @@ enum ConnectFailures {
     /// removed, its module lost it): failed on our side, before the handshake completed, with errors from the
     /// signing layers (EVP, the engine, the token's own library) and no alert from the server.
     static func tokenSigningFailed(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> Bool {
-        guard !upstream.handshakeCompleted, upstream.context.credential?.source.tokenKey != nil,
+        guard !upstream.handshakeCompleted, upstream.context.credential?.key.tokenSigner != nil,
               errors.allSatisfy({ $0.alert == nil }) else { return false }
         return errors.contains { e in
             e.library == ERR_LIB_EVP || e.library == ERR_LIB_ENGINE || e.library == ERR_LIB_EC || e.library == ERR_LIB_RSA
@@ -172,12 +172,17 @@ enum ConnectFailures {
     /// 502 naming the identity and its token (the URI's object part: no module or PIN file), not the service.
     static func tokenSigningFailure(_ upstream: UpstreamConnection, _ errors: [OpenSSLErrorEntry]) -> ProxyErrorResponse {
         let identity = upstream.context.identityName ?? "?"
-        let token = upstream.context.credential?.source.tokenKey?.objectURI ?? "?"
-        let why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo })
+        let token = upstream.context.credential?.key.tokenSigner?.keyLabel ?? "?"
+        let signer = upstream.context.credential?.key.tokenSigner
+        var why = OpenSSLErrors.describe(errors.filter { !$0.isPseudo && $0.library != ERR_LIB_SSL })
+        if let state = signer?.unavailability {
+            let retry = max(0, state.retryAtMillis - TokenSigner.nowMillis())
+            why = "the token is unavailable (\(state.reason)); next attempt in \((retry + 999) / 1000) s"
+        }
         return ProxyErrorResponse(
             status: 502, errorType: .proxyConfigurationError,
             details: "identity \(identity) could not sign the TLS handshake with its key on the token \(token)\(why.isEmpty ? "" : ": \(why)")",
-            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. Restart the proxy once the token is back (a running proxy does not yet pick up a re-inserted token).")
+            advice: "Check that the token is present and its PKCS#11 module can reach it; routes of other identities are not affected. The proxy tries the token again by itself (after 1 s, then up to every 30 s) and recovers when it is back.")
     }
 
     /// The `reason` label of failed upstream connections.

@@ -137,6 +137,8 @@ public final class ProxyMetrics: Sendable {
                                              helpText: "1 when the identity has a currently valid certificate, else 0.")
             let coverage = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "identity_certificate_coverage_end_timestamp", unitName: "seconds",
                                                 helpText: "When the identity runs out of valid certificates, counting staged successors, as a Unix time; absent while it has none.")
+            let tokenAvailable = MetricNameDescriptor(namespace: "mtls_proxy", metricName: "token_key", unitName: "available",
+                                                      helpText: "1 while the identity's key on a PKCS#11 token signs, 0 after it failed (the token was removed) until a retry succeeds.")
             for identity in runtime.config.identities {
                 let active = runtime.activeCertificate(identity: identity.name, at: now)
                 let credentials = runtime.credentials[identity.name] ?? []
@@ -145,6 +147,12 @@ public final class ProxyMetrics: Sendable {
                          Double(credential.leaf.notAfter))
                 }
                 make(valid, [("identity", identity.name)], active == nil ? 0 : 1)
+                // Token keys: whether the last signature (or attempt) worked; the key by its object URI (no PIN).
+                var tokenKeys: Set<String> = []
+                for credential in credentials {
+                    guard let signer = credential.key.tokenSigner, tokenKeys.insert(signer.keyLabel).inserted else { continue }
+                    make(tokenAvailable, [("identity", identity.name), ("key", signer.keyLabel)], signer.isAvailable ? 1 : 0)
+                }
                 if let end = CertificateCoverage.end(credentials.map(\.validity), at: now) {
                     make(coverage, [("identity", identity.name)], Double(end))
                 }

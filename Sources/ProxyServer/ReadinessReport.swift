@@ -14,6 +14,9 @@ enum ReadinessReport {
         /// The next switch of the presented certificate: when, and to which serial (nil: to none).
         var nextSwitch: (at: Int, serial: String?)?
         var namedByRoute: Bool
+        /// The active certificate's key when it is on a token: its object URI (no query, so no PIN source) and
+        /// whether it signs (false from a failed signature until a retry succeeds).
+        var token: (key: String, available: Bool)? = nil
 
         static func == (a: Line, b: Line) -> Bool { a.text == b.text }
 
@@ -32,6 +35,7 @@ enum ReadinessReport {
             if let secondsLeft { s += " days_left=\(secondsLeft / 86_400)" }
             if let next = nextSwitch { s += " next_switch=\(UTCTime.iso8601(millis: next.at * 1000)) next_serial=\(next.serial ?? "none")" }
             s += " routed=\(namedByRoute ? "yes" : "no")"
+            if let token { s += " key=\(token.key) token=\(token.available ? "available" : "unavailable")" }
             return s
         }
     }
@@ -53,8 +57,10 @@ enum ReadinessReport {
             let credentials = runtime.credentials[identity.name] ?? []
             let leaf = status.active.map { credentials[$0].leaf }
             let next = status.next.map { (at: $0.at, serial: $0.index.map { credentials[$0].leaf.serialHex }) }
+            let signer = status.active.flatMap { credentials[$0].key.tokenSigner }
             return Line(identity: identity.name, health: status.health, serial: leaf?.serialHex, notAfter: leaf?.notAfter,
-                        secondsLeft: status.secondsLeft, nextSwitch: next, namedByRoute: routed.contains(identity.name))
+                        secondsLeft: status.secondsLeft, nextSwitch: next, namedByRoute: routed.contains(identity.name),
+                        token: signer.map { ($0.keyLabel, $0.isAvailable) })
         }
     }
 

@@ -61,6 +61,14 @@ public final class ProxyRuntime: @unchecked Sendable {
         // Every file the config names is read before anything is reported, so `check` and a failed reload name
         // every missing or broken file at once, each with its key and line (as the loader does for values).
         let problems = ConfigProblems(file: config.file)
+        if !config.tlsProviders.isEmpty {
+            // Before any key: a store: key may need them.
+            do {
+                try ProviderKeys.load(providers: config.tlsProviders)
+            } catch let error as ProviderLoadError {
+                throw ConfigError(file: config.file, key: "tls.providers", message: error.description)
+            }
+        }
         var credentials: [String: [Credential]] = [:]
         for identity in config.identities {
             var loaded: [Credential] = []
@@ -246,11 +254,14 @@ public final class ProxyRuntime: @unchecked Sendable {
         for identity in config.identities {
             for source in identity.certificates {
                 switch source.files {
-                case .pem(let cert, _, _) where source.tokenKey != nil:
-                    files.append(cert)
-                    if case .file(let path)? = source.tokenKey?.pinSource { files.append(path) }
                 case .pem(let cert, let key, let password):
-                    files += [cert, key]
+                    // A token's certificate or key is no file; the PIN files of their pin-source are.
+                    if source.tokenCert == nil { files.append(cert) }
+                    if source.tokenKey == nil && source.storeKey == nil { files.append(key) }
+                    if let uri = source.storeKey, uri.hasPrefix("file:") { files.append(String(uri.dropFirst(5))) }
+                    for uri in [source.tokenCert, source.tokenKey].compactMap({ $0 }) {
+                        if case .file(let path)? = uri.pinSource { files.append(path) }
+                    }
                     if case .file(let path)? = password { files.append(path) }
                 case .pkcs12(let path, let password):
                     files.append(path)

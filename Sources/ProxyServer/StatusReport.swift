@@ -52,7 +52,11 @@ public enum StatusReport {
             let validity = credentials.map(\.validity)
             let routes = config.routes.filter { $0.action == .mtls(identity: identity.name) }.map(\.label)
             return IdentityPanel(report: self.identity(runtime, identity, now: now, warnDays: warnDays),
-                                 keys: credentials.map { KeyLocation(describing: $0.source.key) }, routes: routes,
+                                 keys: credentials.map { credential in
+                                     var key = KeyLocation(describing: credential.source.key)
+                                     if live != nil { key.available = credential.key.tokenSigner?.isAvailable }
+                                     return key
+                                 }, routes: routes,
                                  takeovers: credentials.indices.map { takeover($0, validity, identity, now) })
         }
         return StatusModel(generatedAt: now, config: config.file, warnDays: warnDays, identities: panels,

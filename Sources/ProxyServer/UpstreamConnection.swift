@@ -241,9 +241,10 @@ final class UpstreamConnection: EventHandler {
         return 0
     }
 
-    private func wait(for what: Int32) {
+    /// Waits for the socket (`what`), or for another fd: a token signature's (`TLSHandshakeStep.waitForSignature`).
+    private func wait(for what: Int32, on fd: Int32? = nil) {
         if let handshakeEvent { event_free(handshakeEvent) }
-        handshakeEvent = event_new(worker.base, connectingFD, Int16(what), upstreamHandshakeCallback,
+        handshakeEvent = event_new(worker.base, fd ?? connectingFD, Int16(what), upstreamHandshakeCallback,
                                    Unmanaged.passUnretained(self).toOpaque())
         event_add(handshakeEvent, nil)
     }
@@ -269,9 +270,15 @@ final class UpstreamConnection: EventHandler {
             }
             attachedSocket = true
         }
+        // The event goes first: a signature's fd is closed as the handshake takes the signature.
+        if let handshakeEvent {
+            event_free(handshakeEvent)
+            self.handshakeEvent = nil
+        }
         switch tls.handshake() {
         case .wantRead: wait(for: EV_READ)
         case .wantWrite: wait(for: EV_WRITE)
+        case .waitForSignature(let fd): wait(for: EV_READ, on: fd)
         case .waitingForCRL: retryVerificationSoon()
         case .done: handshakeDone()
         case .closed: deliver(.eof(closeNotify: false))
@@ -472,6 +479,11 @@ final class UpstreamConnection: EventHandler {
         }
         resolver?.cancel()
         resolver = nil
+        // A handshake waiting for its token signature is cut off the socket and ends once the signature is made.
+        if let tls, let fd = tls.abandonWhileSigning() {
+            AbandonedHandshake.start(tls, fd: fd, base: worker.base)
+            self.tls = nil
+        }
         // A clean close_notify where the handshake completed; then the socket.
         tls?.release(sendCloseNotify: handshakeCompleted)
         tls = nil
@@ -601,5 +613,39 @@ extension UpstreamConnection: UpstreamChannel {
                 record.tlsHandshakeMs = (connectedMicros - handshakeStartedMicros) / 1000
             }
         }
+    }
+}
+
+/// A handshake whose connection was given up while its token signature was being made: kept (with itself
+/// retained) until the signature's fd is readable, then resumed to its end and released
+/// (`UpstreamTLSSession.finishAbandonedHandshake`), so OpenSSL's paused job does not stay allocated.
+private final class AbandonedHandshake {
+    private let tls: UpstreamTLSSession
+    private var event: OpaquePointer?
+
+    private init(_ tls: UpstreamTLSSession) { self.tls = tls }
+
+    static func start(_ tls: UpstreamTLSSession, fd: Int32, base: OpaquePointer) {
+        AbandonedHandshake(tls).wait(on: fd, base: base)
+    }
+
+    private func wait(on fd: Int32, base: OpaquePointer) {
+        let me = Unmanaged.passRetained(self).toOpaque()
+        event = event_new(base, fd, Int16(EV_READ), { _, _, ctx in
+            let handshake = Unmanaged<AbandonedHandshake>.fromOpaque(ctx!).takeRetainedValue()
+            handshake.signed()
+        }, me)
+        guard let event, event_add(event, nil) == 0 else {
+            Unmanaged<AbandonedHandshake>.fromOpaque(me).release()
+            return
+        }
+    }
+
+    private func signed() {
+        guard let event else { return }
+        let base = event_get_base(event)
+        event_free(event)  // before the handshake closes the signature's fd
+        self.event = nil
+        if let next = tls.finishAbandonedHandshake(), let base { wait(on: next, base: base) }
     }
 }

@@ -59,10 +59,14 @@ public struct KeyLocation: Sendable, Equatable {
     public enum Kind: String, Sendable { case file, token }
     public var kind: Kind
     public var text: String
+    /// For a token key in a running proxy: whether it signs (false after a failed signature until a retry
+    /// works); nil for a file key and in the offline report.
+    public var available: Bool?
 
-    public init(kind: Kind, text: String) {
+    public init(kind: Kind, text: String, available: Bool? = nil) {
         self.kind = kind
         self.text = text
+        self.available = available
     }
 
     /// URI schemes of keys held by a token or a key store rather than a file.

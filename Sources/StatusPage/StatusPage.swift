@@ -205,7 +205,11 @@ public enum StatusPage {
             page.raw("<td>\(displayTime(c.notBeforeUnix))</td><td>\(displayTime(c.notAfterUnix))</td><td class=\"num\">\(c.daysLeft)</td>")
             if i < panel.keys.count {
                 let key = panel.keys[i]
-                page.raw("<td data-key-kind=\"\(key.kind.rawValue)\">\(key.kind.rawValue) <code>\(escape(key.text))</code></td>")
+                page.raw("<td data-key-kind=\"\(key.kind.rawValue)\">\(key.kind.rawValue) <code>\(escape(key.text))</code>")
+                if let available = key.available {
+                    page.raw("<br/><span class=\"sub\" data-token=\"\(available ? "available" : "unavailable")\">\(available ? "signing" : "unavailable: the proxy retries it")</span>")
+                }
+                page.raw("</td>")
             } else {
                 page.raw("<td></td>")
             }

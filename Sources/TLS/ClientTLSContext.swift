@@ -62,6 +62,8 @@ public final class ClientTLSContext: @unchecked Sendable {
                 throw TLSSetupError.keyMismatch(certPath: credential.source.cert, keyPath: credential.source.key,
                                                 subject: credential.leaf.subject)
             }
+            // A token key signs on a signing thread while the handshake's ASYNC job waits (TokenSigningThreads).
+            if credential.key.tokenSigner != nil { mtls_SSL_CTX_set_mode_async(ctx) }
         }
         crls = try UpstreamTrustSetup.loadCRLs(trust, into: ctx)
         // crl_fetch: each certificate of the chain is checked against the CRLs of its own distribution points too.

@@ -37,13 +37,18 @@ public final class Credential: @unchecked Sendable {
     /// Loads and checks the files a `CertificateSource` names.
     public static func load(_ source: CertificateSource) throws -> Credential {
         if case .pem(let cert, _, _) = source.files, let token = source.tokenKey {
-            // The key stays on the token; the certificate is a file.
-            let chain = try Certificate.loadPEMChain(path: cert)
+            // The key stays on the token; the certificate is a file, or read from a token too.
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0.inheriting(from: token))] }
+                ?? Certificate.loadPEMChain(path: cert)
             return try Credential(source: source, chain: chain, key: try TokenKeys.load(token))
+        }
+        if case .pem(let cert, let key, _) = source.files, let uri = source.storeKey {
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0)] } ?? Certificate.loadPEMChain(path: cert)
+            return try Credential(source: source, chain: chain, key: try ProviderKeys.load(uri: uri, shownAs: key, certificate: chain[0]))
         }
         switch source.files {
         case .pem(let cert, let key, let password):
-            let chain = try Certificate.loadPEMChain(path: cert)
+            let chain = try source.tokenCert.map { [try TokenKeys.loadCertificate($0)] } ?? Certificate.loadPEMChain(path: cert)
             let secret = try password.map { try Secrets.read($0, for: key) }
             let privateKey = try PrivateKey.loadPEM(path: key, password: secret)
             return try Credential(source: source, chain: chain, key: privateKey)
@@ -57,7 +62,7 @@ public final class Credential: @unchecked Sendable {
     /// A warning when the key file can be read by others, or by a group the proxy does not run with (it is
     /// still used: secrets mounted by Kubernetes are 0644 by default). See `KeyFileAccess`.
     public var keyPermissionWarning: String? {
-        if source.tokenKey != nil { return nil }  // the key is on the token; its PIN file is checked instead
+        if source.tokenKey != nil || source.storeKey != nil { return nil }  // held by a token or a provider
         return KeyFilePermissions.warning(path: source.key)
     }
 

@@ -59,7 +59,7 @@ public enum PeerChainProbe {
         switch session.handshake() {
         case .done:
             outcome.version = session.version
-        case .wantRead, .wantWrite, .waitingForCRL:
+        case .wantRead, .wantWrite, .waitForSignature, .waitingForCRL:
             outcome.failure = "the server did not finish the handshake within \(timeoutMillis) ms"
         case .closed:
             outcome.failure = "the server closed the connection during the handshake"

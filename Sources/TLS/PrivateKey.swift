@@ -7,9 +7,12 @@ import Glibc
 /// A private key, owned.
 public final class PrivateKey: @unchecked Sendable {
     public let pointer: OpaquePointer
+    /// For a key on a PKCS#11 token: what signs with it (and knows whether the token is there).
+    public let tokenSigner: TokenSigner?
 
-    init(taking pointer: OpaquePointer) {
+    init(taking pointer: OpaquePointer, signer: TokenSigner? = nil) {
         self.pointer = pointer
+        self.tokenSigner = signer
     }
 
     deinit { EVP_PKEY_free(pointer) }

@@ -75,14 +75,23 @@ public final class UpstreamTLSSession {
         return SSL_set_fd(ssl, fd) == 1
     }
 
+    /// The fd the handshake waits on while a token signature is made (the last `handshake()` said
+    /// `.waitForSignature`); nil otherwise.
+    public private(set) var signatureFD: Int32?
+
     /// One step of the handshake; call again when the socket is ready as `TLSHandshakeStep` says.
     public func handshake() -> TLSHandshakeStep {
         guard let ssl else { return .failed(errno: EBADF, errors: []) }
+        signatureFD = nil
         ERR_clear_error()
         let r = SSL_connect(ssl)
         if r == 1 { return .done }
         switch Self.stop(ssl, r) {
         case .want(let read): return read ? .wantRead : .wantWrite
+        case .signing:
+            let fd = mtls_SSL_async_fd(ssl)
+            if fd >= 0 { signatureFD = fd }
+            return fd >= 0 ? .waitForSignature(fd: fd) : .failed(errno: 0, errors: OpenSSLErrors.drain())
         case .retryVerify: return .waitingForCRL
         case .closed: return .closed
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
@@ -95,6 +104,7 @@ public final class UpstreamTLSSession {
     /// partly, from a buffer that moves.
     public func startDirectIO() {
         guard let ssl else { return }
+        mtls_SSL_clear_mode_async(ssl)  // (token keys: only the handshake signs; reads and writes run as before)
         mtls_SSL_set_direct_io_modes(ssl)
     }
 
@@ -124,7 +134,7 @@ public final class UpstreamTLSSession {
 
     private static func outcome(_ ssl: OpaquePointer, _ r: Int32) -> TLSTransfer {
         switch stop(ssl, r) {
-        case .want, .retryVerify: return .wouldBlock
+        case .want, .signing, .retryVerify: return .wouldBlock
         case .closed(let closeNotify): return .closed(closeNotify: closeNotify)
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
@@ -135,6 +145,8 @@ public final class UpstreamTLSSession {
     private enum Stop {
         /// Waiting on the socket, readable (`read`) or writable.
         case want(read: Bool)
+        /// The handshake's job is paused while a signing thread asks the token (`TokenSigningThreads`).
+        case signing
         /// The verification suspended the handshake (`SSL_set_retry_verify`): call again later.
         case retryVerify
         case closed(closeNotify: Bool)
@@ -148,6 +160,8 @@ public final class UpstreamTLSSession {
             return .want(read: true)
         case SSL_ERROR_WANT_WRITE:
             return .want(read: false)
+        case SSL_ERROR_WANT_ASYNC:
+            return .signing
         case SSL_ERROR_WANT_RETRY_VERIFY:
             return .retryVerify
         case SSL_ERROR_ZERO_RETURN:
@@ -271,6 +285,23 @@ public final class UpstreamTLSSession {
             errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal)
     }
 
+    /// For a connection given up while its token signature is made: cuts the SSL off the socket (the caller
+    /// closes it) and returns the fd to wait on; once it is readable, `finishAbandonedHandshake` lets the paused
+    /// handshake end (OpenSSL 3.0 would never reclaim a paused job freed with its SSL). nil when not waiting.
+    public func abandonWhileSigning() -> Int32? {
+        guard let ssl, let fd = signatureFD, mtls_SSL_cut_off_socket(ssl) == 1 else { return nil }
+        return fd
+    }
+
+    /// Resumes an abandoned handshake after its signature (it ends on the null BIO); nil when it is done and
+    /// released, else the fd of another signature to wait for.
+    public func finishAbandonedHandshake() -> Int32? {
+        if case .waitForSignature(let fd) = handshake() { return fd }
+        _ = OpenSSLErrors.drain()
+        release(sendCloseNotify: false)
+        return nil
+    }
+
     /// Frees the SSL, after a close_notify where possible when `sendCloseNotify` (a connection whose handshake
     /// completed). The caller closes the socket after.
     public func release(sendCloseNotify: Bool) {
@@ -352,6 +383,8 @@ public enum TLSHandshakeStep {
     case done
     case wantRead
     case wantWrite
+    /// The token key's signature is being made on a signing thread: call again when `fd` is readable.
+    case waitForSignature(fd: Int32)
     /// Hard revocation waits for the first fetch of a CRL it needs (`mayWaitForCRL`): call again shortly, or
     /// after `stopWaitingForCRL` for the decision without it.
     case waitingForCRL

@@ -43,6 +43,48 @@ import Testing
         #expect(p?.key == "identities.us.key_password_file")
     }
 
+    @Test func identityCertificatesMayBeTokenURIsOfTypeCert() throws {
+        let c = try load("""
+            [identities.us]
+            cert = "pkcs11:token=fusion;object=us;type=cert"
+            key = "pkcs11:token=fusion;object=us;type=private?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/us.pin"
+            """)
+        let source = c.identities[0].certificates[0]
+        #expect(source.cert == "pkcs11:token=fusion;object=us;type=cert")  // not resolved as a path
+        let cert = try #require(source.tokenCert)
+        #expect(cert.objectType == "cert")
+        #expect(cert.modulePath == nil)
+        let inherited = cert.inheriting(from: try #require(source.tokenKey))
+        #expect(inherited.modulePath == "/usr/lib/softhsm/libsofthsm2.so")
+        #expect(inherited.pinSource == .file("/etc/us.pin"))
+        #expect(inherited.objectURI == "pkcs11:token=fusion;object=us;type=cert")
+        let wrongType = configError("[identities.us]\ncert = \"pkcs11:object=us;type=private\"\nkey = \"us.key\"\n")
+        #expect(wrongType?.key == "identities.us.cert")
+        #expect(wrongType?.message.contains("type=cert") == true)
+        let pin = configError("[identities.us]\ncert = \"pkcs11:object=us;type=cert;pin-value=1234\"\nkey = \"us.key\"\n")
+        #expect(pin?.key == "identities.us.cert")
+        #expect(pin?.message.contains("1234") == false)
+    }
+
+    @Test func providerKeysAndTheProvidersTheyNeed() throws {
+        let c = try load("""
+            [tls]
+            providers = ["default", "tpm2"]
+            [identities.us]
+            cert = "us.pem"
+            key = "store:handle:0x81000001"
+            """)
+        #expect(c.tlsProviders == ["default", "tpm2"])
+        #expect(c.identities[0].certificates[0].storeKey == "handle:0x81000001")
+        #expect(c.identities[0].certificates[0].key == "store:handle:0x81000001")  // not resolved as a path
+        #expect(configError("[tls]\nproviders = [\"tpm2\"]\n")?.key == "tls.providers")
+        #expect(configError("[tls]\nproviders = [\"default\", \"Bad Name\"]\n")?.key == "tls.providers[2]")
+        let secret = configError("[identities.us]\ncert = \"us.pem\"\nkey = \"store:file:/k.pem?pass=hunter2\"\n")
+        #expect(secret?.key == "identities.us.key")
+        #expect(secret?.message.contains("hunter2") == false)
+        #expect(configError("[identities.us]\ncert = \"us.pem\"\nkey = \"store:file:/etc/compass/k.pem\"\n") == nil)
+    }
+
     /// A token URI with a misspelled scheme is not a file to look for: read as a path, it was echoed, PIN and all,
     /// in every "cannot read" (log, `check`, the status page's reload row). It is a config error that names the
     /// file and key and what is expected, and quotes nothing of the value but a scheme made of letters.

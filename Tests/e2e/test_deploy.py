@@ -847,6 +847,9 @@ class Dockerfile(unittest.TestCase):
         self.assertRegex(self.text, r'(?m)^ENTRYPOINT \["/usr/bin/mtls-proxy"\]$')
         # The package's group is the image user's group, so keys 0640 root:10001 are read through it.
         self.assertIn("groupadd --system --gid 10001 mtls-proxy", self.text)
+        # Token keys work in the image: the runtime stage installs OpenSSL's pkcs11 engine with the package.
+        runtime = self.text.split("\nFROM ")[-1]
+        self.assertRegex(runtime, r"apt-get install -y --no-install-recommends [^\n]*\\\n\s+libengine-pkcs11-openssl")
 
     def test_the_container_config_listens_for_the_container_network(self):
         """`docker run -p 127.0.0.1:3128:3128` reaches nothing if the proxy listens on the container's own

@@ -105,6 +105,8 @@ class DebianPackage(unittest.TestCase):
         for name in ("libevent-2.1-7", "libevent-openssl-2.1-7", "libssl3", "libc6", "adduser"):
             self.assertRegex(depends, rf"(^|, ){re.escape(name)}( \(|,|$)", depends)
         self.assertNotIn("swift", depends.lower())
+        # Keys on PKCS#11 tokens go through OpenSSL's pkcs11 engine, which only configs naming such a key need.
+        self.assertEqual(sh("dpkg-deb", "-f", ENV["deb"], "Suggests").stdout.strip(), "libengine-pkcs11-openssl")
         self.assertEqual(sh("dpkg-deb", "-f", ENV["deb"], "Package").stdout.strip(), "mtls-proxy")
         files = sh("dpkg-deb", "-c", ENV["deb"]).stdout
         for path in ("./usr/bin/mtls-proxy", "./usr/share/man/man1/mtls-proxy.1.gz", "." + UNIT, "." + CONF,

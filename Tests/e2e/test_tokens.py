@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Identities whose private keys never leave a PKCS#11 token: a real SoftHSM2 token (keys generated on it with
 pkcs11-tool, certificates signed by the test CA from CSRs made with the token keys), used through OpenSSL's
-pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate. Faults:
-wrong PIN, missing module, pin-value in the config."""
-import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, unittest
+pkcs11 engine (libp11) by the proxy with 2 workers, against nginx requiring the client certificate; certificates
+read from the token, staged ones taking over at notBefore. Faults: wrong PIN, missing module, pin-value in the
+config, the token removed and put back while running (recovery), a slow token (a module that sleeps in C_Sign)
+beside a file identity on one worker."""
+import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -13,6 +15,8 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 PIN = "84736251"
 WRONG_PIN = "99887766"
+TOKEN_OBJECT = "pkcs11:token=fusion;object=us-ec;type=private"
+STAGE_IN = 20  # seconds from set-up until the second staged token certificate is valid
 
 
 def missing_tools():
@@ -76,6 +80,43 @@ init = 0
         harness.write_file(f"{d}/client.ext", "extendedKeyUsage=clientAuth\n")
         run("openssl", "x509", "-req", "-in", f"{label}.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key",
             "-CAcreateserial", "-days", "90", "-sha256", "-extfile", "client.ext", "-out", f"{label}.pem")
+    # Certificates on the token too: us-ec's beside its key, and two staged ones (the second valid from
+    # STAGE_IN seconds after set-up, signed with `openssl ca` for its start date), each with its own token key.
+    harness.write_file(f"{d}/ca.cnf", f"""[ca]
+default_ca = test
+[test]
+database = {d}/ca-index.txt
+new_certs_dir = {d}
+certificate = {d}/pki/ca.pem
+private_key = {d}/pki/ca.key
+serial = {d}/ca-serial
+default_md = sha256
+policy = anything
+unique_subject = no
+[anything]
+O = optional
+CN = supplied
+[client]
+basicConstraints = CA:FALSE
+extendedKeyUsage = clientAuth
+""")
+    harness.write_file(f"{d}/ca-index.txt", "")
+    harness.write_file(f"{d}/ca-serial", "5001\n")
+    stage_at = int(time.time()) + STAGE_IN
+    for label, key_id, start in (("st-1", "11", int(time.time()) - 3600), ("st-2", "12", stage_at)):
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", key_id)
+        subprocess.run(["openssl", "req", "-new", "-engine", "pkcs11", "-keyform", "engine",
+                        "-key", f"pkcs11:token=fusion;object={label};type=private",
+                        "-subj", f"/O=mtls-proxy test/CN=fusion-{label}-hsm", "-out", f"{label}.csr"],
+                       check=True, capture_output=True, cwd=d, env=dict(os.environ, OPENSSL_CONF=f"{d}/openssl.cnf"))
+        utc = lambda t: time.strftime("%Y%m%d%H%M%SZ", time.gmtime(t))
+        run("openssl", "ca", "-batch", "-config", "ca.cnf", "-extensions", "client", "-notext",
+            "-startdate", utc(start), "-enddate", utc(start + 90 * 86400), "-in", f"{label}.csr", "-out", f"{label}.pem")
+    for label, key_id in (("us-ec", "01"), ("st-1", "11"), ("st-2", "12")):
+        run("openssl", "x509", "-in", f"{label}.pem", "-outform", "DER", "-out", f"{label}.der")
+        run("pkcs11-tool", "--module", MODULE, "--token-label", "fusion", "--login", "--pin", PIN,
+            "--write-object", f"{label}.der", "--type", "cert", "--label", label, "--id", key_id)
     harness.write_file(f"{d}/pin", PIN + "\n", mode=0o600)
     harness.write_file(f"{d}/wrong.pin", WRONG_PIN + "\n", mode=0o600)
     procs = harness.Processes()
@@ -99,10 +140,30 @@ key = "{token_uri(d, 'us-ec')}"
 cert = "us-rsa.pem"
 key = "{token_uri(d, 'us-rsa')}"
 
+[identities.tokencert]
+cert = "pkcs11:token=fusion;object=us-ec;type=cert"
+key = "{token_uri(d, 'us-ec')}"
+[[identities.staged.certificates]]
+cert = "pkcs11:token=fusion;object=st-1;type=cert"
+key = "{token_uri(d, 'st-1')}"
+[[identities.staged.certificates]]
+cert = "pkcs11:token=fusion;object=st-2;type=cert"
+key = "{token_uri(d, 'st-2')}"
+
 [[route]]
 host = "api.mygreatbank.test"
 identity = "hsm"
 connect = "127.0.0.1:{ports['mtls']}"
+
+[[route]]
+host = "tokencert13.mygreatbank.test"
+identity = "tokencert"
+connect = "127.0.0.1:{ports['tls13']}"
+
+[[route]]
+host = "staged13.mygreatbank.test"
+identity = "staged"
+connect = "127.0.0.1:{ports['tls13']}"
 
 [[route]]
 host = "rsa.mygreatbank.test"
@@ -120,10 +181,15 @@ identity = "hsm"
 connect = "127.0.0.1:{ports['tls13']}"
 """)
         proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
+        ENV.update(ports=ports)
+        # Before the switch: the first certificate is presented, and certs shows (and exports) the staged one.
+        staged_views = [harness.run_cli("certs", "--config", f"{d}/proxy.conf", "staged", *extra, timeout=60)
+                        for extra in (("--all",), ("--pem", "--staged"))]
+        before_stage = (get("staged13.mygreatbank.test"), staged_views, time.time() < stage_at)
     except BaseException:
         procs.stop_all()
         raise
-    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy)
+    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy, stage_at=stage_at, before_stage=before_stage)
 
 
 def tearDownModule():
@@ -139,6 +205,54 @@ def get(host, port=None):
     lines = head.decode("latin-1").split("\r\n")
     headers = {l.partition(":")[0].strip().lower(): l.partition(":")[2].strip() for l in lines[1:]}
     return int(lines[0].split()[1]), headers, body.decode("latin-1")
+
+
+# A PKCS#11 module that is SoftHSM2 with a slow C_Sign: it forwards every call to the module named by
+# SLOW_PKCS11_MODULE and sleeps SLOW_PKCS11_MS before each signature (a token that takes its time, like a network
+# HSM or a smart card). The function list is PKCS#11 v2's: C_Sign is its 44th entry.
+SLOW_MODULE_C = r"""
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+typedef unsigned long rv_t;
+typedef struct { unsigned char major, minor; } version_t;
+typedef struct { version_t version; void *f[68]; } function_list_t;
+typedef rv_t (*sign_t)(unsigned long, unsigned char *, unsigned long, unsigned char *, unsigned long *);
+static function_list_t slow;
+static function_list_t *real;
+static rv_t slow_sign(unsigned long s, unsigned char *data, unsigned long n, unsigned char *sig, unsigned long *len) {
+    const char *ms = getenv("SLOW_PKCS11_MS");
+    if (sig != NULL) usleep((ms ? atoi(ms) : 300) * 1000);
+    return ((sign_t)real->f[43])(s, data, n, sig, len);
+}
+rv_t C_GetFunctionList(function_list_t **out) {
+    void *h = dlopen(getenv("SLOW_PKCS11_MODULE"), RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) return 5;
+    rv_t (*get)(function_list_t **) = (rv_t (*)(function_list_t **))dlsym(h, "C_GetFunctionList");
+    if (get == NULL || get(&real) != 0) return 5;
+    memcpy(&slow, real, sizeof slow);
+    slow.f[43] = (void *)slow_sign;
+    *out = &slow;
+    return 0;
+}
+"""
+
+
+def slow_module(d):
+    """The slow module built in `d` with the system's C compiler, or None when there is none."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    harness.write_file(f"{d}/slow_pkcs11.c", SLOW_MODULE_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", f"{d}/slow_pkcs11.so", f"{d}/slow_pkcs11.c", "-ldl"], check=True)
+    return f"{d}/slow_pkcs11.so"
+
+
+def timed_get(host, port):
+    start = time.monotonic()
+    status = get(host, port)[0]
+    return status, time.monotonic() - start
 
 
 def check(config_text):
@@ -214,7 +328,7 @@ class TokenKeys(unittest.TestCase):
             self.assertEqual(status, 200, body)
         self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
 
-    def test_token_removed_while_running_is_named_and_other_identities_keep_working(self):
+    def test_token_removed_while_running_is_named_others_keep_working_and_it_recovers(self):
         d, ports = ENV["dir"], ENV["ports"]
         own = {k: harness.free_port() for k in ("proxy", "admin")}
         harness.write_file(f"{d}/removal.conf", f"""
@@ -260,9 +374,218 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertIn("fusion-us", body)
             _, metrics = harness.http_get(own["admin"], "/metrics")
             self.assertEqual(harness.metric(metrics, "mtls_proxy_upstream_connections_total", result="failed", reason="token_signing"), 1.0)
+            available_while_away = harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT)
+            self.assertNotIn(PIN, metrics)
+            _, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertIn(f"key={TOKEN_OBJECT} token=unavailable", ready)
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn('data-token="unavailable"', page)
+            self.assertNotIn(PIN, page)
+            # Within the back-off the token is not asked again: the answer is immediate and says so.
+            status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 502, body)
+            self.assertIn("the token is unavailable", headers.get("proxy-status", ""))
+            # The token comes back: the identity recovers by itself (no restart, no reload), within the back-off.
+            os.rename(f"{d}/token-away", token_dir)
+            recovered = harness.wait_until(lambda: get("ec13.mygreatbank.test", own["proxy"])[0] == 200, timeout=20, step=0.5)
+            self.assertTrue(recovered, "the identity did not recover after the token came back")
+            status, _, body = get("ec13.mygreatbank.test", own["proxy"])
+            self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-us-ec-hsm"))
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(available_while_away, 0.0, "mtls_proxy_token_key_available while the token was away")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", key=TOKEN_OBJECT), 1.0)
+            _, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertIn(f"key={TOKEN_OBJECT} token=available", ready)
+            time.sleep(1.1)  # the status page is rendered at most once a second
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn('data-token="available"', page)
+            self.assertNotIn('data-token="unavailable"', page)
+            # The file identity never stopped working.
+            self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
+            self.assertNotIn(PIN, harness.read(f"{d}/removal.log"))
         finally:
             if os.path.exists(f"{d}/token-away"):
                 os.rename(f"{d}/token-away", token_dir)
+            procs.stop_all()
+
+    def test_readyz_status_page_and_metrics_show_the_token_never_the_pin(self):
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        env_uri = f"pkcs11:token=fusion;object=us-rsa;type=private?module-path={MODULE}&pin-source=env:HSM_STATUS_PIN"
+        harness.write_file(f"{d}/status.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+[identities.hsm]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec')}"
+[identities.hsmenv]
+cert = "us-rsa.pem"
+key = "{env_uri}"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "hsm"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "rsa13.mygreatbank.test"
+identity = "hsmenv"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        os.environ["HSM_STATUS_PIN"] = PIN
+        try:
+            harness.start_proxy(procs, f"{d}/status.conf", f"{d}/status.log", own["proxy"])
+        finally:
+            del os.environ["HSM_STATUS_PIN"]
+        try:
+            for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
+                self.assertEqual(get(host, own["proxy"])[0], 200)
+            status, ready = harness.http_get(own["admin"], "/readyz?verbose")
+            self.assertEqual(status, 200, ready)
+            lines = {l.split()[0]: l for l in ready.splitlines() if l.startswith("identity=")}
+            self.assertIn(f"key={TOKEN_OBJECT} token=available", lines["identity=hsm"])
+            self.assertIn("key=pkcs11:token=fusion;object=us-rsa;type=private token=available", lines["identity=hsmenv"])
+            _, page = harness.http_get(own["admin"], "/")
+            self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", page)
+            self.assertIn("pkcs11:token=fusion;object=us-rsa;type=private", page)
+            self.assertEqual(page.count('data-token="available"'), 2)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            for text in (ready, page, metrics, harness.read(f"{d}/status.log")):
+                self.assertNotIn(PIN, text)  # neither the pin-source file's content nor the variable's value
+                self.assertNotIn("pin-source", text)
+                self.assertNotIn("HSM_STATUS_PIN", text)
+        finally:
+            procs.stop_all()
+
+    def test_certificate_read_from_the_token_is_presented_shown_and_exported(self):
+        d = ENV["dir"]
+        status, _, body = get("tokencert13.mygreatbank.test")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-us-ec-hsm"))
+        r = harness.run_cli("certs", "--config", f"{d}/proxy.conf", "tokencert", "--pem", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(r.stdout.strip(), harness.read(f"{d}/us-ec.pem").strip())  # exported exactly like a file's
+        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", "--wide", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("pkcs11:token=fusion;object=us-ec;type=cert", r.stdout)
+        self.assertIn("CN=fusion-us-ec-hsm", r.stdout)
+        self.assertNotIn(PIN, r.stdout + r.stderr)
+        r = harness.run_cli("explain", "--config", f"{d}/proxy.conf", "http://tokencert13.mygreatbank.test/", timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"certificate .*CN=fusion-us-ec-hsm.*pkcs11:token=fusion;object=us-ec;type=cert")
+
+    def test_staged_token_certificate_with_its_own_token_key_takes_over_at_not_before(self):
+        d = ENV["dir"]
+        (status, _, body), (summary, pem), before = ENV["before_stage"]
+        self.assertTrue(before, "set-up took longer than STAGE_IN: the first request came after the switch")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-st-1-hsm"))
+        self.assertEqual(summary.returncode, 0, summary.stdout + summary.stderr)
+        self.assertRegex(summary.stdout, r"#2 staged, takes over .*CN=fusion-st-2-hsm")
+        self.assertIn("pkcs11:token=fusion;object=st-2;type=cert", summary.stdout)
+        self.assertEqual(pem.stdout.strip(), harness.read(f"{d}/st-2.pem").strip())
+        time.sleep(max(0, ENV["stage_at"] + 1.5 - time.time()))
+        status, _, body = get("staged13.mygreatbank.test")
+        self.assertEqual((status, body), (200, "TLSv1.3 organizationName=mtls-proxy test,commonName=fusion-st-2-hsm"))
+
+    def test_a_certificate_uri_of_another_type_or_missing_from_the_token_fails_check(self):
+        d = ENV["dir"]
+        r = check(f'[identities.hsm]\ncert = "pkcs11:token=fusion;object=us-ec;type=private"\nkey = "{token_uri(d, "us-ec")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("identities.hsm.cert", r.stdout + r.stderr)
+        self.assertIn("type=cert", r.stdout + r.stderr)
+        r = check(f'[identities.hsm]\ncert = "pkcs11:token=fusion;object=nothing-here;type=cert"\nkey = "{token_uri(d, "us-ec")}"\n'
+                  '[[route]]\nhost = "api.mygreatbank.test"\nidentity = "hsm"\n')
+        text = r.stdout + r.stderr
+        self.assertEqual(r.returncode, 1, text)
+        self.assertIn("identities.hsm", text)
+        self.assertIn("no such certificate on the token", text)
+        self.assertIn("object=nothing-here", text)
+        self.assertNotIn(PIN, text)
+
+    def test_slow_signing_does_not_stall_other_connections_on_the_same_worker(self):
+        """One worker; a token that takes SIGN_MS per signature. While a handshake of the token identity waits for
+        its signature, a request of a file identity on a new connection (a full handshake of its own) is answered
+        in about the time it takes on its own, not after the token's signature."""
+        d, ports = ENV["dir"], ENV["ports"]
+        module = slow_module(d)
+        if module is None:
+            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+        sign_ms = 600
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+        harness.write_file(f"{d}/slow.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.slow]
+cert = "us-ec.pem"
+key = "{uri}"
+[identities.filed]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "slow13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "file13.mygreatbank.test"
+identity = "filed"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "impatient13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+connect_timeout = "200ms"
+""")
+        procs = harness.Processes()
+        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
+        try:
+            proxy = harness.start_proxy(procs, f"{d}/slow.conf", f"{d}/slow.log", own["proxy"])
+        finally:
+            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        open_fds = lambda: len(os.listdir(f"/proc/{proxy.pid}/fd"))
+        try:
+            alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
+            status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200)
+            self.assertGreater(slow_alone, sign_ms / 1000)  # the module really is slow
+            results = {}
+            t = threading.Thread(target=lambda: results.update(slow=timed_get("slow13.mygreatbank.test", own["proxy"])))
+            t.start()
+            time.sleep(0.15)  # the token handshake is waiting for its signature now
+            status, during = timed_get("file13.mygreatbank.test", own["proxy"])
+            t.join()
+            self.assertEqual(status, 200)
+            self.assertEqual(results["slow"][0], 200)
+            print(f"\n  file identity alone {alone * 1000:.0f} ms, during a {sign_ms} ms token signature "
+                  f"{during * 1000:.0f} ms; token request {results['slow'][1] * 1000:.0f} ms", file=sys.stderr)
+            self.assertLess(during, alone + 0.25, "the file identity's request waited for the token's signature")
+            # A connection given up while its signature is being made (connect_timeout, or the client leaving):
+            # the paused handshake is dropped, the signature lands nowhere, and the next ones work.
+            fds_before = open_fds()
+            for _ in range(3):
+                status, headers, _ = get("impatient13.mygreatbank.test", own["proxy"])
+                self.assertEqual(status, 504, headers)
+            s = socket.create_connection(("127.0.0.1", own["proxy"]), timeout=5)
+            s.sendall(b"GET http://slow13.mygreatbank.test/ HTTP/1.1\r\nHost: slow13.mygreatbank.test\r\n\r\n")
+            time.sleep(0.1)
+            s.close()
+            time.sleep(sign_ms / 1000 + 0.2)
+            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+            self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", identity="slow"), 1.0)
+            self.assertTrue(harness.wait_until(lambda: open_fds() <= fds_before, timeout=5, step=0.2),
+                            f"{open_fds()} fds open, {fds_before} before the abandoned signatures")
+        finally:
             procs.stop_all()
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):

@@ -137,6 +137,11 @@ ensure_token_deps() {
     [ -e /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
     command -v pkcs11-tool >/dev/null || missing+=(opensc)
     dpkg -s libengine-pkcs11-openssl >/dev/null 2>&1 || missing+=(libengine-pkcs11-openssl)
+    # Tests/e2e/test_tpm.py: a software TPM and the tpm2-openssl provider (tpm2-tools for looking into the TPM).
+    command -v swtpm >/dev/null || missing+=(swtpm)
+    [ -e /usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so ] || dpkg -s tpm2-openssl >/dev/null 2>&1 || missing+=(tpm2-openssl)
+    dpkg -s libtss2-tcti-swtpm0 >/dev/null 2>&1 || missing+=(libtss2-tcti-swtpm0)
+    command -v tpm2_getcap >/dev/null || missing+=(tpm2-tools)
     [ ${#missing[@]} -eq 0 ] || apt_install --best-effort "${missing[@]}"
     return 0
 }
