@@ -803,8 +803,7 @@ revocation = "hard"
             finally:
                 ENV["ports"]["proxy"] = saved
             self.assertEqual(status, 502, "served over an HTTP/2 connection verified before the new CRL")
-            # Over h2 the answer says the verification failed, without naming the revocation (yet).
-            self.assertIn("tls", headers["proxy-status"])
+            self.assertIn("revoked", headers["proxy-status"])
         finally:
             procs.stop_all()
 
