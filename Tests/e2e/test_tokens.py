@@ -292,6 +292,16 @@ class TokenKeys(unittest.TestCase):
             t.join()
         self.assertEqual(results, [200] * 24)
 
+    def test_pins_command_completes_the_handshake_with_a_token_key(self):
+        """`pins` connects the way the route does: with a token identity against servers that ask for the client
+        certificate (TLS 1.2 nginx, TLS 1.3 Python), the token signs and the handshake completes."""
+        for host in ("api.mygreatbank.test", "ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
+            r = harness.run_cli("pins", "--config", f"{ENV['dir']}/proxy.conf", f"https://{host}", timeout=60)
+            text = r.stdout + r.stderr
+            self.assertEqual(r.returncode, 0, text)
+            self.assertIn("the route accepts this server", text)
+            self.assertNotIn(PIN, text)
+
     def test_pin_is_never_logged(self):
         self.assertNotIn(PIN, harness.read(f"{ENV['dir']}/proxy.log"))
 
