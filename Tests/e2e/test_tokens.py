@@ -338,6 +338,50 @@ class TokenKeys(unittest.TestCase):
             self.assertEqual(status, 200, body)
         self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
 
+    def test_reload_with_a_wrong_pin_is_refused_and_the_running_keys_keep_signing(self):
+        """The PIN file now holds a wrong PIN: the reload fails like `check` does (naming the identity, the token
+        refusing the PIN, never the PIN) and the previous config serves on, its key still signing."""
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
+        harness.write_file(f"{d}/reload.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.pinned]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec', pin_file='reload.pin')}"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "pinned"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        log = f"{d}/reload.log"
+        try:
+            proxy = harness.start_proxy(procs, f"{d}/reload.conf", log, own["proxy"])
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            harness.write_file(f"{d}/reload.pin", WRONG_PIN + "\n", mode=0o600)
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: "reload (" in harness.read(log) or "reloaded (" in harness.read(log),
+                                               timeout=15, step=0.2), "no reload after SIGHUP")
+            text = harness.read(log)
+            self.assertNotIn("reloaded (", text, "a reload with a wrong PIN was taken")
+            self.assertIn("identities.pinned", text)
+            self.assertIn("refused the PIN", text)
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)  # the previous config serves on
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_config_last_reload_success"), 0.0)
+            self.assertNotIn(WRONG_PIN, harness.read(log) + metrics)
+            self.assertNotIn(PIN, harness.read(log) + metrics)
+        finally:
+            procs.stop_all()
+
     def test_token_removed_while_running_is_named_others_keep_working_and_it_recovers(self):
         d, ports = ENV["dir"], ENV["ports"]
         own = {k: harness.free_port() for k in ("proxy", "admin")}
