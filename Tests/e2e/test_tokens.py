@@ -379,6 +379,13 @@ connect = "127.0.0.1:{ports['tls13']}"
             self.assertEqual(harness.metric(metrics, "mtls_proxy_config_last_reload_success"), 0.0)
             self.assertNotIn(WRONG_PIN, harness.read(log) + metrics)
             self.assertNotIn(PIN, harness.read(log) + metrics)
+            # The right PIN back: the reload is taken (the token is asked with it) and the key signs.
+            harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: "reloaded (" in harness.read(log), timeout=15, step=0.2),
+                            "the reload with the right PIN was not taken")
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            self.assertNotIn(PIN, harness.read(log))
         finally:
             procs.stop_all()
 
