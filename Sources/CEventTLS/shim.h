@@ -96,6 +96,9 @@ static inline int mtls_X509_crl_dp_uri(X509 *x, int index, char *buf, int buflen
 static inline STACK_OF(X509_CRL) *mtls_sk_X509_CRL_new_null(void) { return sk_X509_CRL_new_null(); }
 static inline int mtls_sk_X509_CRL_push(STACK_OF(X509_CRL) *sk, X509_CRL *crl) { return sk_X509_CRL_push(sk, crl); }
 static inline void mtls_sk_X509_CRL_pop_free(STACK_OF(X509_CRL) *sk) { sk_X509_CRL_pop_free(sk, X509_CRL_free); }
+/* From a certificate verification callback: suspend the handshake, to verify again when SSL_connect is called
+   next (SSL_ERROR_WANT_RETRY_VERIFY until then). */
+static inline int mtls_SSL_set_retry_verify(SSL *ssl) { return SSL_set_retry_verify(ssl) ? 1 : 0; }
 /* OCSP stapling (client side). */
 static inline long mtls_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, int (*cb)(SSL *, void *)) {
     return SSL_CTX_set_tlsext_status_cb(ctx, cb);
@@ -131,6 +134,10 @@ static inline int mtls_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x509) {
 }
 static inline void mtls_SSL_CTX_set_default_options(SSL_CTX *ctx) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+}
+/* A close without close_notify reads as the end of the stream (the caller checks the length it expected). */
+static inline void mtls_SSL_CTX_ignore_unexpected_eof(SSL_CTX *ctx) {
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 }
 static inline long mtls_SSL_CTX_set_session_cache_client(SSL_CTX *ctx) {
     return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);

@@ -14,11 +14,13 @@ public enum BodyFraming: Sendable, Equatable {
             if hasCL { throw HTTPParseError.contentLengthAndTransferEncoding }
             if head.version == .http10 { throw HTTPParseError.transferEncodingInHTTP10 }
             let te = head.headers.listElementCount("Transfer-Encoding", lastEquals: "chunked")
-            // RFC 9112 §6.3: without chunked last, the length of the body cannot be known (400); a coding the
+            // RFC 9112 §6.3: without chunked last, the length of the body cannot be known (400); chunked applied
+            // more than once is an error of the request too (§6.1: a sender never does it; 400); a coding the
             // proxy does not decode before it is not implemented (501).
             guard te.lastMatches else {
                 throw HTTPParseError.transferEncodingNotEndingInChunked(head.headers.values("Transfer-Encoding").joined(separator: ", "))
             }
+            guard te.matches == 1 else { throw HTTPParseError.chunkedMoreThanOnce }
             guard te.count == 1 else {
                 throw HTTPParseError.unsupportedTransferEncoding(head.headers.values("Transfer-Encoding").joined(separator: ", "))
             }

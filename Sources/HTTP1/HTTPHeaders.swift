@@ -195,21 +195,23 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
         return found
     }
 
-    /// How many non-empty list elements the `name` fields hold, and whether the last one equals `token`
-    /// (ASCII case-insensitive), without splitting the values.
-    func listElementCount(_ name: StaticString, lastEquals token: StaticString) -> (count: Int, lastMatches: Bool) {
+    /// How many non-empty list elements the `name` fields hold, whether the last one equals `token` (ASCII
+    /// case-insensitive), and how many do, without splitting the values.
+    func listElementCount(_ name: StaticString, lastEquals token: StaticString) -> (count: Int, lastMatches: Bool, matches: Int) {
         var count = 0
+        var matches = 0
         var lastMatches = false
         let t = UnsafeBufferPointer(start: token.utf8Start, count: token.utf8CodeUnitCount)
         forEachValue(name) { value in
             forEachListElement(value) { element in
                 count += 1
                 lastMatches = bytesEqualIgnoringASCIICase(element, t)
+                if lastMatches { matches += 1 }
                 return true
             }
             return true
         }
-        return (count, lastMatches)
+        return (count, lastMatches, matches)
     }
 
     /// The number of `name` fields.

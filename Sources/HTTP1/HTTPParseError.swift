@@ -23,6 +23,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case unsupportedTransferEncoding(String)
     case transferEncodingInHTTP10
     case transferEncodingNotEndingInChunked(String)
+    case chunkedMoreThanOnce
     case missingHost
     case multipleHosts
     case invalidHost
@@ -74,6 +75,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .unsupportedTransferEncoding(let te): return "unsupported Transfer-Encoding\(Self.registeredCodings(te)) (only chunked is accepted)"
         case .transferEncodingInHTTP10: return "Transfer-Encoding in an HTTP/1.0 message"
         case .transferEncodingNotEndingInChunked(let te): return "Transfer-Encoding\(Self.registeredCodings(te)) does not end in chunked: the body's length cannot be known"
+        case .chunkedMoreThanOnce: return "Transfer-Encoding names chunked more than once (RFC 9112 §6.1: it is applied once)"
         case .missingHost: return "HTTP/1.1 request without a Host header"
         case .multipleHosts: return "more than one Host header"
         case .invalidHost: return "invalid host name"

@@ -122,9 +122,7 @@ public enum HeadParser {
         guard !methodBytes.isEmpty, methodBytes.allSatisfy(isTokenChar) else { throw HTTPParseError.invalidMethod }
         guard methodBytes.count <= maxMethodLength else { throw HTTPParseError.methodTooLong(limit: maxMethodLength) }
         guard !targetBytes.isEmpty else { throw HTTPParseError.invalidRequestLine }
-        guard targetBytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
-            throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
-        }
+        try checkTargetCharacters(targetBytes)
         let version = try parseVersion(versionBytes)
         head.headers.storage.append(contentsOf: bytes)
         try parseFields(&lines, into: &head.headers, limits: limits)
@@ -132,6 +130,16 @@ public enum HeadParser {
         head.version = version
         head.targetStart = UInt32(targetBytes.startIndex)
         head.targetEnd = UInt32(targetBytes.endIndex)
+    }
+
+    /// A request target is visible ASCII only (RFC 9112 §3.2, RFC 3986): a space ends it, and a control character
+    /// or a byte beyond ASCII has no place in it (a client percent-encodes them). `explain` checks a URL by this
+    /// too, so that it never describes a request the listener refuses.
+    @inline(__always)
+    public static func checkTargetCharacters<Bytes: Collection>(_ bytes: Bytes) throws where Bytes.Element == UInt8 {
+        guard bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw HTTPParseError.invalidTarget("only visible ASCII characters are allowed")
+        }
     }
 
     /// The longest method accepted: registered methods have at most 17 letters; a longer one is not a method.

@@ -146,6 +146,12 @@ public enum ConfigLoader {
                                             upstreamGuardSet: upstreamGuardSet))
             }
         }
+        for (route, first) in repeatedRouteLabels(routes) {
+            let place = TOMLKeyLocator(text).line(of: "route[\(first)].name").map { "\(file):\($0)" } ?? file
+            problems.record(ConfigError(file: file, key: "route[\(route.index)].name", message:
+                "\"\(route.label)\" already labels route[\(first)] (\(place)); a name labels one route's traffic in the "
+                + "access log, the metrics and the status page: give each route its own"))
+        }
         var listeners: [FixedListener] = []
         for lt in try reader.arrayOfTables("listener") { problems.collect {
             try lt.allowOnly(["listen", "upstream", "allow_clients", "rewrite_location"])
@@ -315,8 +321,33 @@ public enum ConfigLoader {
         return Identity(name: name, certificates: sources, prefer: prefer)
     }
 
+    /// Each named route whose name is already another route's label (its name, or the `route[N] host` an unnamed
+    /// route is labelled by), with the position of that route. Unnamed labels are unique by their position.
+    static func repeatedRouteLabels(_ routes: [Route]) -> [(route: Route, first: Int)] {
+        var firstByName: [String: Int] = [:]
+        var repeated: [(route: Route, first: Int)] = []
+        for route in routes {
+            guard let name = route.name else { continue }
+            if let first = firstByName[name] {
+                repeated.append((route, first))
+            } else if name.hasPrefix("route["), let other = routes.first(where: { $0.name == nil && $0.label == name }) {
+                repeated.append((route, other.index))  // rare: only a name spelled like a default label is looked for
+            } else {
+                firstByName[name] = route.index
+            }
+        }
+        return repeated
+    }
+
     /// cert + key (+ key_password_file or key_password_env), or p12 (+ p12_password_file or p12_password_env).
     static func readCertificate(_ t: TableReader, configKey: String, required: Bool) throws -> CertificateSource? {
+        for (name, what) in [("cert", "a certificate file (PEM) path or a pkcs11: URI (type=cert)"), ("p12", "a PKCS#12 bundle path"),
+                             ("key", "a key file (PEM) path, a pkcs11: URI (RFC 7512) or store:URI")] {
+            if let text = try t.string(name),
+               let problem = CredentialValue.problem(text, tokenURIAllowed: name != "p12", storeURIAllowed: name == "key") {
+                throw t.error(name, "expected \(what); \(problem)")
+            }
+        }
         let p12 = try t.path("p12")
         let cert: String?
         if let text = try t.string("cert"), TokenKeyURI.isTokenURI(text) {
@@ -538,7 +569,8 @@ public enum ConfigLoader {
 
     /// Keys of the trust settings and TLS policy, in `[upstream]` and routes.
     static let trustKeys: Set<String> = ["ca_file", "min_tls", "tls_min_version", "tls_max_version", "tls_ciphers",
-                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple"]
+                                         "tls_ciphersuites", "tls_groups", "tls_signature_algorithms", "revocation", "crl_files", "crl_fetch", "require_ocsp_staple",
+                                         "revocation_scope"]
     /// Keys of pinning, in routes only: a pin names one service's key.
     static let pinKeys: Set<String> = ["verify", "pin_spki_sha256", "pin_report_only"]
 
@@ -600,6 +632,12 @@ public enum ConfigLoader {
                 throw t.error("revocation", "expected \"off\", \"soft\" (a missing or stale CRL is logged and allowed) or \"hard\" (refused), got \"\(text)\"")
             }
             trust.revocation = mode
+        }
+        if let text = try t.string("revocation_scope") {
+            guard let scope = RevocationScope(rawValue: text) else {
+                throw t.error("revocation_scope", "expected \"chain\" (every certificate of the server's chain against its issuer's CRL) or \"leaf\" (the server's certificate only), got \"\(text)\"")
+            }
+            trust.revocationScope = scope
         }
         if trust.revocation != .off && trust.crlFiles.isEmpty && !trust.crlFetch {
             throw t.error("revocation", "is \"\(trust.revocation.rawValue)\" but no CRL is given: set crl_files = [\"...\"] or crl_fetch = true")

@@ -122,6 +122,7 @@ public struct TrustSettings: Sendable, Hashable {
         var crlFiles: [String] = []
         var requireOCSPStaple: Bool = false
         var crlFetch: Bool = false
+        var revocationScope: RevocationScope = .chain
     }
 
     private final class Box: Sendable {
@@ -191,10 +192,15 @@ public struct TrustSettings: Sendable, Hashable {
         get { box.checks.requireOCSPStaple }
         set { change { $0.requireOCSPStaple = newValue } }
     }
-    /// `crl_fetch`: CRLs are also fetched over HTTP from the leaf's CRL distribution points.
+    /// `crl_fetch`: CRLs are also fetched over HTTP(S) from the CRL distribution points of the certificates checked.
     public var crlFetch: Bool {
         get { box.checks.crlFetch }
         set { change { $0.crlFetch = newValue } }
+    }
+    /// `revocation_scope`: which certificates of the server's chain are checked against CRLs.
+    public var revocationScope: RevocationScope {
+        get { box.checks.revocationScope }
+        set { change { $0.revocationScope = newValue } }
     }
     /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
     public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
@@ -227,6 +233,14 @@ public enum ServerVerification: String, Sendable, Hashable {
 }
 
 /// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
+/// Which certificates of the server's chain revocation covers.
+public enum RevocationScope: String, Sendable, Hashable {
+    /// Every certificate but the trust anchor, each against its issuer's CRL (the default).
+    case chain
+    /// The server's own certificate only (a CA whose intermediates' CRL is not published).
+    case leaf
+}
+
 public enum RevocationMode: String, Sendable, Hashable {
     case off
     /// Missing or stale CRL: logged, counted, allowed.

@@ -28,11 +28,12 @@ public enum TrustDescription {
 
     public static func revocation(_ t: TrustSettings) -> String {
         let sources = [t.crlFiles.isEmpty ? nil : "\(t.crlFiles.count) CRL file(s)",
-                       t.crlFetch ? "the CRLs of its distribution points, fetched over HTTP (crl_fetch)" : nil].compactMap { $0 }.joined(separator: " and ")
+                       t.crlFetch ? "the CRLs of its distribution points, fetched over HTTP(S) (crl_fetch)" : nil].compactMap { $0 }.joined(separator: " and ")
+        let what = t.revocationScope == .chain ? "each certificate of the chain (but the trust anchor)" : "the leaf (revocation_scope = \"leaf\")"
         switch t.revocation {
         case .off: return "off (no CRL is checked)"
-        case .soft: return "soft: the leaf is checked against \(sources); revoked is refused, a missing or stale CRL is logged and allowed"
-        case .hard: return "hard: the leaf is checked against \(sources); revoked, or a missing or stale CRL, is refused"
+        case .soft: return "soft: \(what) is checked against \(sources); revoked is refused, a missing or stale CRL is logged and allowed"
+        case .hard: return "hard: \(what) is checked against \(sources); revoked, or a missing or stale CRL, is refused"
         }
     }
 }

@@ -5,8 +5,8 @@ import TLS
 import Glibc
 #endif
 
-/// Fetches the CRLs that verification wants (`CRLCache`) over plain HTTP, on a thread of its own, off the
-/// request path: a URL is fetched when first wanted, then again ahead of its CRL's nextUpdate (or soon after a
+/// Fetches the CRLs that verification wants (`CRLCache`) over HTTP or HTTPS (TLS verified against the system
+/// trust store, see `DistributionPointTLS`), on a thread of its own, off the request path: a URL is fetched when first wanted, then again ahead of its CRL's nextUpdate (or soon after a
 /// failure). The same SSRF guard and timeouts as requests: the address is refused unless public, or `[upstream]
 /// allow_private` allows it; `connect_timeout` for the connection, `response_timeout` for the whole answer, and
 /// at most 10 MiB. Started when some route sets `crl_fetch = true`.
@@ -36,10 +36,13 @@ final class CRLFetcher: @unchecked Sendable {
         let s = Settings(allowPrivate: config.upstream.allowPrivate, connectMillis: config.upstream.timeouts.connect.milliseconds,
                          responseMillis: config.upstream.timeouts.response.milliseconds, enabled: fetching)
         pthread_mutex_lock(lock)
+        let wasEnabled = settings.enabled
         settings = s
         let start = fetching && !started
         if start { started = true }
         pthread_mutex_unlock(lock)
+        // Off: nothing fetched before is kept (not used, not shown in the metrics); on again, fetched anew.
+        if wasEnabled && !fetching { CRLCache.shared.reset() }
         guard start else { return }
         var thread = pthread_t()
         let me = Unmanaged.passRetained(self).toOpaque()
@@ -72,17 +75,24 @@ final class CRLFetcher: @unchecked Sendable {
 
     struct FetchError: Error { var text: String }
 
-    /// `http://host[:port]/path` → (host, port, path); nil for anything else (https, userinfo, no host).
+    /// `http://host[:port]/path` → (host, port, path); nil for anything else (another scheme, userinfo, no host).
     static func parse(_ url: String) -> (host: String, port: Int, path: String)? {
-        guard url.lowercased().hasPrefix("http://") else { return nil }
-        let rest = url.dropFirst(7)
+        parseLocation(url).flatMap { $0.tls ? nil : ($0.host, $0.port, $0.path) }
+    }
+
+    /// `http://` or `https://host[:port]/path` → where to fetch it; nil for anything else.
+    static func parseLocation(_ url: String) -> (tls: Bool, host: String, port: Int, path: String)? {
+        let lower = url.lowercased()
+        let tls = lower.hasPrefix("https://")
+        guard tls || lower.hasPrefix("http://") else { return nil }
+        let rest = url.dropFirst(tls ? 8 : 7)
         let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
         let authority = rest[..<authorityEnd]
         var path = String(rest[authorityEnd...])
         if let hash = path.firstIndex(of: "#") { path = String(path[..<hash]) }
         if path.isEmpty || path.first == "?" { path = "/" + path }
         guard !authority.isEmpty, !authority.contains("@") else { return nil }
-        var host = String(authority), port = 80
+        var host = String(authority), port = tls ? 443 : 80
         if authority.hasPrefix("[") {
             guard let close = authority.firstIndex(of: "]") else { return nil }
             host = String(authority[authority.index(after: authority.startIndex)..<close])
@@ -97,11 +107,13 @@ final class CRLFetcher: @unchecked Sendable {
             port = p
         }
         guard !host.isEmpty, path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
-        return (host, port, path)
+        return (tls, host, port, path)
     }
 
     static func fetch(_ url: String, settings: Settings) -> Result<[UInt8], FetchError> {
-        guard let (host, port, path) = parse(url) else { return .failure(FetchError(text: "not an http:// URL the proxy fetches")) }
+        guard let (tls, host, port, path) = parseLocation(url) else {
+            return .failure(FetchError(text: "not an http:// or https:// URL the proxy fetches"))
+        }
         // Resolve (blocking: this thread only), then the guard on every address before any connection.
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -118,7 +130,7 @@ final class CRLFetcher: @unchecked Sendable {
                 lastError = "\(host) resolves to \(ip), \(reason) ([upstream] allow_private is off)"
                 continue
             }
-            switch get(sa, length: n.pointee.ai_addrlen, family: n.pointee.ai_family, host: host, port: port, path: path, settings: settings) {
+            switch get(sa, length: n.pointee.ai_addrlen, family: n.pointee.ai_family, tls: tls, host: host, port: port, path: path, settings: settings) {
             case .success(let body): return .success(body)
             case .failure(let e): lastError = e.text
             }
@@ -142,8 +154,9 @@ final class CRLFetcher: @unchecked Sendable {
         return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
     }
 
-    /// One HTTP/1.0 GET (no chunked answers), with a deadline for the connection and one for the whole answer.
-    private static func get(_ sa: UnsafeMutablePointer<sockaddr>, length: socklen_t, family: Int32, host: String, port: Int,
+    /// One HTTP/1.0 GET (no chunked answers), over TLS for `tls`, with a deadline for the connection and one for
+    /// the whole answer (TLS handshake included).
+    private static func get(_ sa: UnsafeMutablePointer<sockaddr>, length: socklen_t, family: Int32, tls: Bool, host: String, port: Int,
                             path: String, settings: Settings) -> Result<[UInt8], FetchError> {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(FetchError(text: "socket: \(String(cString: strerror(errno)))")) }
@@ -166,7 +179,13 @@ final class CRLFetcher: @unchecked Sendable {
         }
         let deadline = monotonicMillis() + settings.responseMillis
         let hostHeader = host.contains(":") ? "[\(host)]" : host
-        var request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostHeader)\(port == 80 ? "" : ":\(port)")\r\nUser-Agent: mtls-proxy\r\nAccept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n".utf8)
+        var request = Array("GET \(path) HTTP/1.0\r\nHost: \(hostHeader)\(port == (tls ? 443 : 80) ? "" : ":\(port)")\r\nUser-Agent: mtls-proxy\r\nAccept: application/pkix-crl, */*\r\nConnection: close\r\n\r\n".utf8)
+        if tls {
+            switch DistributionPointTLS.exchange(fd: fd, host: host, request: request, deadline: deadline, maxBytes: maxBytes + 65536) {
+            case .success(let response): return parseResponse(response, from: where_)
+            case .failure(let e): return .failure(FetchError(text: e.text))
+            }
+        }
         while !request.isEmpty {
             guard wait(Int16(POLLOUT), until: deadline) else { return .failure(FetchError(text: "\(where_) did not take the request within response_timeout")) }
             let n = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

@@ -202,21 +202,34 @@ enum ConnectFailures {
 }
 
 extension UpstreamTLSFailure {
+    /// Where a certificate sits in the server's chain, for messages: depth 1 issued the server's certificate.
+    static func chainPlace(_ depth: Int) -> String {
+        depth == 1 ? "the intermediate that issued the server's certificate" : "a CA certificate \(depth) levels above the server's"
+    }
+
     /// The response the caller gets: who rejected what, and what to do.
     var response: ProxyErrorResponse {
         // 0. The proxy's own checks beyond the chain: pins and revocation.
         if let refusal = trustRefusal {
             switch refusal {
-            case .revoked(let subject, let serial):
+            case .revoked(let subject, let serial, let depth) where depth > 0:
+                return ProxyErrorResponse(
+                    status: 502, errorType: .tlsCertificateError,
+                    details: "the upstream \(upstream) presented a chain with a revoked CA certificate: \(subject), serial \(serial) (\(Self.chainPlace(depth))), is revoked by its issuer's CRL",
+                    advice: "A CA certificate of the server's chain was revoked by the CA above it. The service must install a certificate from a CA that is not revoked; the proxy will not talk to this one.")
+            case .revoked(let subject, let serial, _):
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,
                     details: "the upstream \(upstream) presented a revoked certificate: \(subject), serial \(serial), is revoked by its CRL",
                     advice: "The certificate's issuer revoked it. The service must install a new certificate; the proxy will not talk to this one.")
-            case .crlUnavailable(let subject, let serial, let reason):
+            case .crlUnavailable(let subject, let serial, let reason, let depth):
+                let place = depth > 0 ? " CA certificate \(subject), serial \(serial) (\(Self.chainPlace(depth)))" : " certificate \(subject), serial \(serial)"
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,
-                    details: "CRL unavailable for the upstream \(upstream) certificate \(subject), serial \(serial): \(reason) (revocation = \"hard\")",
-                    advice: "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+                    details: "CRL unavailable for the upstream \(upstream)\(place): \(reason) (revocation = \"hard\")",
+                    advice: depth > 0
+                        ? "The route checks the whole chain: each CA certificate needs a current CRL from the CA above it. Add that CRL to the route's crl_files (crl_fetch follows the certificate's distribution point), set revocation_scope = \"leaf\" to check the server's certificate only, or revocation = \"soft\" to allow it while the CRL is missing or stale."
+                        : "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
             case .ocspStapleInvalid(let subject, let serial, let reason):
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,

@@ -50,6 +50,12 @@ public final class ProxyServer: @unchecked Sendable {
         self.loader = loader
         self.accessLog = try AccessLog(runtime.config.log)
         recordConfigLoad(ReloadEvent(at: startedAt, reason: "start", success: true))
+        // The files are watched from now, not from `run`: a change while the listeners bind and the workers start
+        // waits in the inotify queue (and differs from this baseline) until the loop reads it.
+        if loader != nil, let watcher = FileWatcher() {
+            watcher.watch(runtime.sourceFiles)
+            self.watcher = watcher
+        }
         // Loading a large config frees much of what it allocated (the parsed document, intermediate values);
         // hand the free pages back so resident memory is what the runtime holds.
         malloc_trim(0)
@@ -64,9 +70,11 @@ public final class ProxyServer: @unchecked Sendable {
     public static func prepareProcess() {
         evthread_use_pthreads()
         // SIGHUP asks for a reload; until `run` installs the loop's handler (after the config is read, the
-        // listeners bound and the workers started), its default action would end the process, so a reload sent
-        // by a supervisor as soon as the port opens is ignored instead. libevent's handler replaces this one.
-        signal(SIGHUP, SIG_IGN)
+        // listeners bound and the workers started), its default action would end the process. A reload sent by
+        // a supervisor as soon as the port answers is noted instead, and done once `run` takes reloads.
+        // libevent's handler replaces this one.
+        sighupWhileStarting = 0
+        signal(SIGHUP) { _ in sighupWhileStarting = 1 }
         signal(SIGPIPE, SIG_IGN)
     }
 
@@ -137,6 +145,7 @@ public final class ProxyServer: @unchecked Sendable {
     public func run() {
         if !started { start() }
         guard let base else { return }
+        if TestFaults.slowStart { usleep(2_000_000) }
         let me = Unmanaged.passUnretained(self).toOpaque()
         func add(_ ev: OpaquePointer?, every seconds: Int? = nil) {
             guard let ev else { return }
@@ -152,11 +161,18 @@ public final class ProxyServer: @unchecked Sendable {
         add(event_new(base, -1, Int16(EV_PERSIST), serverWatchCallback, me), every: 1)
         if loader != nil {
             add(mtls_evsignal_new(base, SIGHUP, serverReloadSignalCallback, me))
-            if let watcher = FileWatcher() {
-                watcher.watch(runtime.sourceFiles)
-                self.watcher = watcher
+            if let watcher {
                 add(event_new(base, watcher.descriptor, Int16(EV_READ | EV_PERSIST), serverFilesChangedCallback, me))
                 debounceTimer = mtls_evtimer_new(base, serverDebounceCallback, me)
+            }
+            // A SIGHUP that came while starting: libevent's handler is in place now, so one arriving from here
+            // on is its; one that came before is done as the loop's first event.
+            if sighupWhileStarting != 0 {
+                sighupWhileStarting = 0
+                if let once = mtls_evtimer_new(base, serverReloadSignalCallback, me) {
+                    events.append(once)
+                    _ = mtls_evtimer_add_ms(once, 0)
+                }
             }
         }
         drainCheck = event_new(base, -1, Int16(EV_PERSIST), serverDrainCheckCallback, me)
@@ -368,6 +384,10 @@ extension ProxyServer: AdminState {
         return metrics.render()
     }
 }
+
+/// Set by the SIGHUP handler `prepareProcess` installs for the start-up (a plain store, safe in a signal
+/// handler; initialised there before the handler can run); read by `run` once the loop's handler is in place.
+nonisolated(unsafe) private var sighupWhileStarting: sig_atomic_t = 0
 
 private func serverReloadSignalCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<ProxyServer>.fromOpaque(ctx!).takeUnretainedValue().reload(reason: "SIGHUP")

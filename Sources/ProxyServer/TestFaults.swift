@@ -10,12 +10,18 @@ enum TestFaults {
     private static let requested = getenv("MTLS_PROXY_TEST_FAULT").map { String(cString: $0) } ?? ""
     /// The hand-over of an upstream connection's socket to a relay after `101 Switching Protocols` fails.
     static let upstreamHandOverFails = requested == "upstream-handover"
+    /// `run` pauses 2 s after the workers serve and before the main loop takes reload requests (SIGHUP, the
+    /// file watcher): the moment in which a reload asked for as soon as the port answers lands.
+    static let slowStart = requested == "slow-start"
     #else
     static let upstreamHandOverFails = false
+    static let slowStart = false
     #endif
 
     /// What the log says at start when a fault is on, so that a test can tell the build honours it.
     static var announcement: String? {
-        upstreamHandOverFails ? "test fault on (MTLS_PROXY_TEST_FAULT): upstream hand-overs after 101 fail" : nil
+        if upstreamHandOverFails { return "test fault on (MTLS_PROXY_TEST_FAULT): upstream hand-overs after 101 fail" }
+        if slowStart { return "test fault on (MTLS_PROXY_TEST_FAULT): the main loop starts 2 s late" }
+        return nil
     }
 }

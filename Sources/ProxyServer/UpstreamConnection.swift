@@ -131,6 +131,7 @@ final class UpstreamConnection: EventHandler {
         let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns") via \(key.egress)"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
+        tls.mayWaitForCRL = context.fetchesCRLs && context.trust.revocation == .hard
         self.tls = tls
         stream.owner = self
         stream.readHighWatermark = Worker.readHighWatermark
@@ -289,12 +290,53 @@ final class UpstreamConnection: EventHandler {
         case .wantRead: wait(for: EV_READ)
         case .wantWrite: wait(for: EV_WRITE)
         case .waitForSignature(let fd): wait(for: EV_READ, on: fd)
+        case .waitingForCRL: retryVerificationSoon()
         case .done: handshakeDone()
         case .closed: deliver(.eof(closeNotify: false))
         case .failed(let e, let errors): deliver(.error(errno: e, tls: errors, dnsError: 0))
         }
     }
     private var attachedSocket = false
+
+    /// Hard revocation waiting for the first fetch of a CRL: the handshake is suspended, and verified again every
+    /// `Self.crlPollMillis` until the CRL is there or its fetch failed; the connect timer bounds the wait (see
+    /// `timerFired`).
+    private var crlRetry: CRLRetry?
+    private var crlRetryTimer: OpaquePointer?
+    static let crlPollMillis = 50
+
+    private func retryVerificationSoon() {
+        if let handshakeEvent {
+            event_free(handshakeEvent)
+            self.handshakeEvent = nil
+        }
+        if crlRetryTimer == nil {
+            let retry = CRLRetry(self)
+            crlRetry = retry
+            crlRetryTimer = retry.makeTimer(base: worker.base)
+        }
+        waitingForCRL = true
+        _ = mtls_evtimer_add_ms(crlRetryTimer, Self.crlPollMillis)
+    }
+
+    private final class CRLRetry: EventHandler {
+        unowned let upstream: UpstreamConnection
+        init(_ upstream: UpstreamConnection) { self.upstream = upstream }
+        override func timerFired() { upstream.retryVerification() }
+    }
+
+    private var waitingForCRL = false
+
+    fileprivate func retryVerification() {
+        // Nothing new yet: look again later, without running the verification (a burst of first connections
+        // would otherwise verify their chains 20 times a second each).
+        if let tls, tls.stillAwaitingCRL, let timer = crlRetryTimer {
+            _ = mtls_evtimer_add_ms(timer, Self.crlPollMillis)
+            return
+        }
+        waitingForCRL = false
+        socketReady()
+    }
 
     private func handshakeDone() {
         guard let tls else { return }
@@ -378,8 +420,9 @@ final class UpstreamConnection: EventHandler {
         switch note {
         case .pinMismatchReported(let presented, let subject):
             return "upstream \(upstream): key matches no pin of the route (pin_report_only, allowed): \(subject), pin-sha256=\"\(presented)\""
-        case .crlUnavailableAllowed(let subject, let serial, let reason):
-            return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial): \(reason) (revocation = \"soft\", allowed)"
+        case .crlUnavailableAllowed(let subject, let serial, let reason, let depth):
+            let place = depth > 0 ? " (CA certificate of the chain, \(UpstreamTLSFailure.chainPlace(depth)))" : ""
+            return "upstream \(upstream): CRL unavailable for \(subject), serial \(serial)\(place): \(reason) (revocation = \"soft\", allowed)"
         case .ocspStapleInvalidAllowed(let subject, let serial, let reason):
             return "upstream \(upstream): OCSP staple for \(subject), serial \(serial) not used: \(reason) (allowed)"
         }
@@ -428,6 +471,10 @@ final class UpstreamConnection: EventHandler {
             event_free(timer)
             deferredTimer = nil
         }
+        if let timer = crlRetryTimer {
+            event_free(timer)
+            crlRetryTimer = nil
+        }
         if let handshakeEvent {
             event_free(handshakeEvent)
             self.handshakeEvent = nil
@@ -469,14 +516,24 @@ final class UpstreamConnection: EventHandler {
         }
     }
 
-    /// The connect timer: connect plus handshake did not finish in time.
+    /// The connect timer: connect plus handshake did not finish in time. A handshake waiting for a CRL is decided
+    /// instead on what is there (hard mode: "CRL unavailable ... being fetched"), with a moment more for the rest
+    /// of the handshake should the CRL have just arrived.
     override func timerFired() {
+        if waitingForCRL, let tls, let timer = crlRetryTimer {
+            event_del(timer)
+            tls.stopWaitingForCRL()
+            _ = mtls_evtimer_add_ms(connectTimer, Self.graceAfterCRLWaitMillis)
+            retryVerification()
+            return
+        }
         if let timer = connectTimer {
             event_free(timer)
             connectTimer = nil
         }
         deliver(.connectTimeout)
     }
+    static let graceAfterCRLWaitMillis = 1000
 
     private func deliver(_ event: Event) {
         if let delegate {

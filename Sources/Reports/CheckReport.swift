@@ -251,8 +251,11 @@ public struct RouteReport: Codable, Equatable, Sendable {
     public var action: String
     public var identity: String?
     public var connect: String?
+    /// How the upstream is trusted (absent for `deny`): what `check` prints under the route, every setting.
+    public var trust: RouteTrustReport?
 
-    public init(_ route: Route) {
+    /// `crls`: the CRLs the route's `crl_files` loaded (the caller knows them; this module reads no file).
+    public init(_ route: Route, crls: [CRLReport] = []) {
         index = route.index
         name = route.name
         label = route.label
@@ -268,6 +271,78 @@ public struct RouteReport: Codable, Equatable, Sendable {
         case .deny: action = "deny"
         }
         connect = route.connect?.description
+        if route.action != .deny { trust = RouteTrustReport(route.trust, crls: crls) }
+    }
+}
+
+/// A route's trust settings in `check --format json`: verification, pins, revocation, OCSP stapling, TLS policy.
+public struct RouteTrustReport: Codable, Equatable, Sendable {
+    /// "chain" (CA chain and host name) or "pin-only".
+    public var verify: String
+    /// The CA bundle; absent for the system trust store.
+    public var caFile: String?
+    /// RFC 7469 pins (base64 of the SHA-256 of the SubjectPublicKeyInfo), in config order.
+    public var pins: [String]
+    public var pinReportOnly: Bool
+    /// "off", "soft" or "hard".
+    public var revocation: String
+    /// "chain" (every certificate but the trust anchor) or "leaf".
+    public var revocationScope: String
+    public var crlFiles: [String]
+    public var crlFetch: Bool
+    /// The CRLs loaded from `crl_files` (none when revocation is off).
+    public var crls: [CRLReport]
+    public var requireOcspStaple: Bool
+    /// "required", "requested" (checked when stapled) or "not_requested".
+    public var ocspStaple: String
+    public var tlsPolicy: TLSPolicyReport
+
+    public init(_ t: TrustSettings, crls: [CRLReport] = []) {
+        verify = t.verify.rawValue
+        caFile = t.caFile
+        pins = t.pins.map(EgressCredentials.base64Encode)
+        pinReportOnly = t.pinReportOnly
+        revocation = t.revocation.rawValue
+        revocationScope = t.revocationScope.rawValue
+        crlFiles = t.crlFiles
+        crlFetch = t.crlFetch
+        self.crls = t.revocation == .off ? [] : crls
+        requireOcspStaple = t.requireOCSPStaple
+        ocspStaple = t.requireOCSPStaple ? "required" : t.wantsOCSPStaple ? "requested" : "not_requested"
+        tlsPolicy = TLSPolicyReport(minVersion: t.minTLS.rawValue, maxVersion: t.maxTLS.rawValue, ciphers: t.ciphers,
+                                    ciphersuites: t.cipherSuites, groups: t.groups, signatureAlgorithms: t.signatureAlgorithms)
+    }
+}
+
+/// The TLS policy in effect (defaults written out): versions, TLS 1.2 ciphers and TLS 1.3 suites by OpenSSL name,
+/// groups, signature algorithms (empty: OpenSSL's own list).
+public struct TLSPolicyReport: Codable, Equatable, Sendable {
+    public var minVersion: String
+    public var maxVersion: String
+    public var ciphers: [String]
+    public var ciphersuites: [String]
+    public var groups: [String]
+    public var signatureAlgorithms: [String]
+}
+
+/// One CRL a route checks against: as `check` prints it.
+public struct CRLReport: Codable, Equatable, Sendable {
+    public var file: String
+    public var issuer: String
+    /// How many certificates it lists.
+    public var revoked: Int
+    public var nextUpdate: String?
+    public var nextUpdateUnix: Int?
+    /// Past its nextUpdate: hard mode refuses what it covers.
+    public var stale: Bool
+
+    public init(file: String, issuer: String, revoked: Int, nextUpdate: Int?, now: Int) {
+        self.file = file
+        self.issuer = issuer
+        self.revoked = revoked
+        self.nextUpdate = nextUpdate.map(UTCTime.rfc3339)
+        nextUpdateUnix = nextUpdate
+        stale = nextUpdate.map { $0 <= now } ?? false
     }
 }
 

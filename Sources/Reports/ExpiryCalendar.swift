@@ -1,11 +1,17 @@
 import ProxyConfig
 
 /// The events of `mtls-proxy certs --ics`: every configured certificate's expiry, and the moment each staged
-/// certificate takes over, each with reminders 30 and 7 days before. A certificate that another one replaces
-/// before it expires keeps its expiry event, without reminders, saying when and by which it is superseded:
-/// nothing is to be done when it expires.
+/// certificate takes over, each with reminders 30 and 7 days before, those still ahead of `now` (a reminder
+/// already past would pop up at once on import, or never). A certificate that another one replaces before it
+/// expires keeps its expiry event, without reminders, saying when and by which it is superseded: nothing is to
+/// be done when it expires.
 public enum ExpiryCalendar {
     public static let alarmDaysBefore = [30, 7]
+
+    /// The reminders for an event at `start` that fall after `now`.
+    public static func alarms(before start: Int, now: Int) -> [Int] {
+        alarmDaysBefore.filter { start - $0 * 86_400 > now }
+    }
 
     public struct Certificate: Sendable {
         public var identity: String
@@ -60,7 +66,7 @@ public enum ExpiryCalendar {
                     \(details)
                     Renew: mtls-proxy csr \(identity) --out DIR, have the CSR signed, stage the certificate, then mtls-proxy check.
                     """,
-                    alarmDaysBefore: alarmDaysBefore))
+                    alarmDaysBefore: alarms(before: f.notAfter, now: now)))
             }
             if f.notBefore > now, let at = takeover(of: i, validity, prefer: prefer, after: now) {
                 events.append(ICalendar.Event(
@@ -75,14 +81,14 @@ public enum ExpiryCalendar {
                     File: \(certificate.file)
                     Make sure the services that allowlist certificates know it: mtls-proxy certs \(identity) --pem --all.
                     """,
-                    alarmDaysBefore: alarmDaysBefore))
+                    alarmDaysBefore: alarms(before: at, now: now)))
             }
         }
         return events
     }
 
     /// The local CA's expiry ([intercept]): after it, workflows stop trusting the intercepted tunnels.
-    public static func localCAEvent(facts f: CertificateFacts, file: String) -> ICalendar.Event {
+    public static func localCAEvent(facts f: CertificateFacts, file: String, now: Int) -> ICalendar.Event {
         ICalendar.Event(
             uid: "expiry-\(f.sha256.replacingColons())@mtls-proxy",
             start: f.notAfter,
@@ -93,7 +99,7 @@ public enum ExpiryCalendar {
             SHA-256: \(f.sha256)
             Make a new one (mtls-proxy ca init, after moving the old files away) and install it in the workflows' trust store.
             """,
-            alarmDaysBefore: alarmDaysBefore)
+            alarmDaysBefore: alarms(before: f.notAfter, now: now))
     }
 
     /// Whether another certificate is presented when certificate `index` expires: which one (`by`), and when

@@ -30,8 +30,10 @@ public final class CRLCache: @unchecked Sendable {
     private var crls: [String: OpaquePointer] = [:]
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var generationValue = 0
-    /// At most this many distribution points are followed (a hostile chain could name any number).
+    /// At most this many distribution points are followed (a hostile chain could name any number): per process,
+    /// and per chain.
     public static let maxURLs = 64
+    static let maxURLsPerChain = 8
 
     init() { pthread_mutex_init(lock, nil) }
 
@@ -50,6 +52,25 @@ public final class CRLCache: @unchecked Sendable {
             if entries[url] == nil && entries.count < Self.maxURLs {
                 entries[url] = Entry(url: url, due: 0)
             }
+        }
+    }
+
+    /// Whether `url` is wanted (or would be) and its first fetch has not ended yet: no CRL, no failure.
+    public func awaitingFirstFetch(_ url: String) -> Bool {
+        locked {
+            guard let e = entries[url] else { return entries.count < Self.maxURLs }
+            return e.lastAttempt == nil && crls[url] == nil
+        }
+    }
+
+    /// Forgets every URL and CRL: a reload turned crl_fetch off. What was fetched before is not used again, and
+    /// the metrics stop naming it; fetching starts anew if it is turned on again.
+    public func reset() {
+        locked {
+            for crl in crls.values { X509_CRL_free(crl) }
+            crls = [:]
+            entries = [:]
+            generationValue += 1
         }
     }
 
@@ -82,9 +103,13 @@ public final class CRLCache: @unchecked Sendable {
         let next = X509_CRL_get0_nextUpdate(crl).map { Certificate.epoch($0) }
         let issuer = Certificate.nameString(X509_CRL_get_issuer(crl))
         locked {
+            // A URL forgotten meanwhile (`reset`) is not brought back by a fetch that was under way.
+            guard var e = entries[url] else {
+                X509_CRL_free(crl)
+                return
+            }
             if let old = crls[url] { X509_CRL_free(old) }
             crls[url] = crl
-            var e = entries[url] ?? Entry(url: url, due: 0)
             e.issuer = issuer
             e.lastUpdate = last
             e.nextUpdate = next
@@ -101,7 +126,7 @@ public final class CRLCache: @unchecked Sendable {
     /// Records a failed fetch of `url`; the CRL fetched before, if any, stays in use until its nextUpdate.
     public func failed(_ url: String, _ error: String, at now: Int, retryAfter: Int) {
         locked {
-            var e = entries[url] ?? Entry(url: url, due: 0)
+            guard var e = entries[url] else { return }
             e.lastError = error
             e.lastAttempt = now
             e.due = now + retryAfter
@@ -118,19 +143,17 @@ public final class CRLCache: @unchecked Sendable {
         return max(now + 1, next - ahead)
     }
 
-    /// The CRLs held for `urls`, each with a reference for the caller (freed by `mtls_sk_X509_CRL_pop_free`).
-    func crls(for urls: [String]) -> [OpaquePointer] {
+    /// The CRL held for `url`, with a reference for the caller.
+    func crl(for url: String) -> OpaquePointer? {
         locked {
-            urls.compactMap { url in
-                guard let crl = crls[url], X509_CRL_up_ref(crl) == 1 else { return nil }
-                return crl
-            }
+            guard let crl = crls[url], X509_CRL_up_ref(crl) == 1 else { return nil }
+            return crl
         }
     }
 
     /// What the cache knows about `urls`, for a "CRL unavailable" message.
     func status(of urls: [String]) -> String {
-        guard !urls.isEmpty else { return "the certificate names no http:// CRL distribution point" }
+        guard !urls.isEmpty else { return "the certificate names no http:// or https:// CRL distribution point" }
         return locked {
             urls.map { url in
                 guard let e = entries[url] else { return "\(url): not fetched" }
@@ -141,7 +164,7 @@ public final class CRLCache: @unchecked Sendable {
         }
     }
 
-    /// The http:// URLs of a certificate's CRL distribution points (full names), at most two.
+    /// The http:// and https:// URLs of a certificate's CRL distribution points (full names), at most two.
     static func distributionPoints(_ x509: OpaquePointer) -> [String] {
         var urls: [String] = []
         for i: Int32 in 0..<8 where urls.count < 2 {
@@ -150,7 +173,8 @@ public final class CRLCache: @unchecked Sendable {
             var buffer = [CChar](repeating: 0, count: Int(length) + 1)
             guard mtls_X509_crl_dp_uri(x509, i, &buffer, Int32(buffer.count)) == length else { continue }
             let url = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if url.lowercased().hasPrefix("http://") && !url.utf8.contains(where: { $0 < 0x21 || $0 > 0x7E }) { urls.append(url) }
+            let lower = url.lowercased()
+            if (lower.hasPrefix("http://") || lower.hasPrefix("https://")) && !url.utf8.contains(where: { $0 < 0x21 || $0 > 0x7E }) { urls.append(url) }
         }
         return urls
     }

@@ -66,6 +66,8 @@ public final class ClientTLSContext: @unchecked Sendable {
             if credential.key.tokenSigner != nil { mtls_SSL_CTX_set_mode_async(ctx) }
         }
         crls = try UpstreamTrustSetup.loadCRLs(trust, into: ctx)
+        // crl_fetch: each certificate of the chain is checked against the CRLs of its own distribution points too.
+        if fetchesCRLs, let store = SSL_CTX_get_cert_store(ctx) { X509_STORE_set_lookup_crls(store, fetchedCRLLookup) }
         // Pins, pin-only and revocation decisions (see `upstreamCertificateVerify`); the context outlives its SSLs.
         SSL_CTX_set_cert_verify_callback(ctx, upstreamCertificateVerify, Unmanaged.passUnretained(self).toOpaque())
         if trust.wantsOCSPStaple {

@@ -69,7 +69,7 @@ public enum PeerChainProbe {
             outcome.version = session.version
         case .waitForSignature:
             outcome.failure = "the token did not sign within \(timeoutMillis) ms"
-        case .wantRead, .wantWrite:
+        case .wantRead, .wantWrite, .waitingForCRL:
             outcome.failure = "the server did not finish the handshake within \(timeoutMillis) ms"
         case .closed:
             outcome.failure = "the server closed the connection during the handshake"

@@ -21,8 +21,20 @@ public final class UpstreamTLSSession {
     private var ssl: OpaquePointer?
     /// Why the proxy refused the server's certificate (pin, revocation), set during the handshake.
     public private(set) var trustRefusal: TrustRefusal?
-    /// The CRL distribution points of the server's leaf, when the route fetches CRLs (for messages).
-    var crlURLs: [String] = []
+    /// For a `crl_fetch` route, during one verification of the server's chain: the distribution points whose CRL
+    /// was looked up and not there, the points of the whole chain once it is known to verify apart from
+    /// revocation, and whether the verification stopped to wait for a CRL being fetched.
+    private(set) var missingCRLURLs: [String] = []
+    private var chainURLs: [String]??
+    var awaitingCRL = false {
+        didSet { if !awaitingCRL { awaitedCRLURLs = [] } }
+    }
+    /// The distribution points whose first fetch the suspended handshake waits for.
+    var awaitedCRLURLs: [String] = []
+    /// Hard revocation on the data path may wait for the first fetch of a needed CRL (the handshake is suspended
+    /// and `handshake()` says `.waitingForCRL`); the caller decides how long, then calls `stopWaitingForCRL`.
+    /// Off by default: a caller that cannot wait (the `pins` command) gets the decision at once.
+    public var mayWaitForCRL = false
     /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route).
     public private(set) var crlGeneration = 0
     /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
@@ -78,6 +90,7 @@ public final class UpstreamTLSSession {
             let fd = mtls_SSL_async_fd(ssl)
             if fd >= 0 { signatureFD = fd }
             return fd >= 0 ? .waitForSignature(fd: fd) : .failed(errno: 0, errors: OpenSSLErrors.drain())
+        case .retryVerify: return .waitingForCRL
         case .closed: return .closed
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
@@ -119,7 +132,7 @@ public final class UpstreamTLSSession {
 
     private static func outcome(_ ssl: OpaquePointer, _ r: Int32) -> TLSTransfer {
         switch stop(ssl, r) {
-        case .want, .signing: return .wouldBlock
+        case .want, .signing, .retryVerify: return .wouldBlock
         case .closed(let closeNotify): return .closed(closeNotify: closeNotify)
         case .failed(let e, let errors): return .failed(errno: e, errors: errors)
         }
@@ -132,6 +145,8 @@ public final class UpstreamTLSSession {
         case want(read: Bool)
         /// The handshake's job is paused while a signing thread asks the token (`TokenSigningThreads`).
         case signing
+        /// The verification suspended the handshake (`SSL_set_retry_verify`): call again later.
+        case retryVerify
         case closed(closeNotify: Bool)
         case failed(errno: Int32, errors: [OpenSSLErrorEntry])
     }
@@ -145,6 +160,8 @@ public final class UpstreamTLSSession {
             return .want(read: false)
         case SSL_ERROR_WANT_ASYNC:
             return .signing
+        case SSL_ERROR_WANT_RETRY_VERIFY:
+            return .retryVerify
         case SSL_ERROR_ZERO_RETURN:
             return .closed(closeNotify: true)
         case SSL_ERROR_SYSCALL:
@@ -285,6 +302,34 @@ public final class UpstreamTLSSession {
         handshakeStartedMicros = Int(ts.tv_sec) * 1_000_000 + Int(ts.tv_nsec) / 1000
     }
 
+    /// Stop waiting for CRLs: the next `handshake()` decides on what is there.
+    public func stopWaitingForCRL() { mayWaitForCRL = false }
+
+    /// While the handshake waits for CRLs: whether their first fetch is still under way (a lock and a lookup, no
+    /// verification), so that the caller retries the handshake only once there is something new to verify with.
+    public var stillAwaitingCRL: Bool {
+        mayWaitForCRL && awaitedCRLURLs.contains { CRLCache.shared.awaitingFirstFetch($0) }
+    }
+
+    func startCRLRound() {
+        missingCRLURLs = []
+        chainURLs = nil
+        awaitingCRL = false
+    }
+
+    func noteMissingCRL(_ url: String) {
+        if !missingCRLURLs.contains(url) { missingCRLURLs.append(url) }
+    }
+
+    /// The distribution points of the chain being verified if it verifies apart from revocation (nil otherwise),
+    /// worked out once per verification.
+    func chainCRLURLs(_ storeCtx: OpaquePointer) -> [String]? {
+        if let known = chainURLs { return known }
+        let urls = distributionPointsOfChainVerifiedBeforeRevocation(storeCtx, leafOnly: context.trust.revocationScope == .leaf)
+        chainURLs = .some(urls)
+        return urls
+    }
+
     func refuse(_ refusal: TrustRefusal) {
         if trustRefusal == nil { trustRefusal = refusal }
     }
@@ -312,6 +357,9 @@ public enum TLSHandshakeStep {
     case wantWrite
     /// The token key's signature is being made on a signing thread: call again when `fd` is readable.
     case waitForSignature(fd: Int32)
+    /// Hard revocation waits for the first fetch of a CRL it needs (`mayWaitForCRL`): call again shortly, or
+    /// after `stopWaitingForCRL` for the decision without it.
+    case waitingForCRL
     /// The server closed the connection during the handshake.
     case closed
     case failed(errno: Int32, errors: [OpenSSLErrorEntry])

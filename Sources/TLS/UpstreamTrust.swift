@@ -10,18 +10,20 @@ import Glibc
 public enum TrustRefusal: Sendable, Equatable {
     /// No certificate of the verified chain (pin-only: the leaf) has a pinned key. `presented` is the leaf's pin.
     case pinMismatch(presented: String, subject: String)
-    case revoked(subject: String, serial: String)
+    /// `depth` is the certificate's place in the verified chain: 0 for the server's own, 1 for the CA that issued
+    /// it, and so on (an intermediate revoked by its issuer's CRL).
+    case revoked(subject: String, serial: String, depth: Int = 0)
     /// `require_ocsp_staple` (or an invalid staple under hard revocation): no valid stapled OCSP response.
     case ocspStapleInvalid(subject: String, serial: String, reason: String)
     /// Hard mode: no usable CRL for this certificate (`reason` is OpenSSL's, e.g. "CRL has expired").
-    case crlUnavailable(subject: String, serial: String, reason: String)
+    case crlUnavailable(subject: String, serial: String, reason: String, depth: Int = 0)
 }
 
 /// What was let through but should be seen: a pin mismatch in report-only mode, a missing or stale CRL in soft
 /// mode. The upstream connection logs these after its handshake.
 public enum TrustNote: Sendable, Equatable {
     case pinMismatchReported(presented: String, subject: String)
-    case crlUnavailableAllowed(subject: String, serial: String, reason: String)
+    case crlUnavailableAllowed(subject: String, serial: String, reason: String, depth: Int = 0)
     case ocspStapleInvalidAllowed(subject: String, serial: String, reason: String)
 }
 
@@ -229,36 +231,38 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
         return 0
     }
 
-    // Fetched CRLs of the leaf's distribution points join the store's for this verification only.
-    var fetched: OpaquePointer?
-    if trust.crlFetch && trust.revocation != .off, let leaf = X509_STORE_CTX_get0_cert(storeCtx) {
-        let urls = CRLCache.distributionPoints(leaf)
-        owner?.crlURLs = urls
-        let crls = CRLCache.shared.crls(for: urls)
-        // Only a chain that verifies (but for revocation) gets its distribution points fetched: a server
-        // cannot send the proxy to URLs of its choosing with a certificate no trusted CA issued.
-        if crls.count < urls.count && chainVerifiesBeforeRevocation(storeCtx) {
-            for url in urls { CRLCache.shared.want(url) }
-        }
-        if !crls.isEmpty, let stack = mtls_sk_X509_CRL_new_null() {
-            for crl in crls where mtls_sk_X509_CRL_push(stack, crl) == 0 { X509_CRL_free(crl) }
-            X509_STORE_CTX_set0_crls(storeCtx, stack)
-            fetched = stack
-        }
-    }
+    // Revocation covers the whole chain (X509_V_FLAG_CRL_CHECK_ALL): each certificate against its issuer's CRL.
+    // With crl_fetch, the context's store looks up, for each certificate, the CRLs fetched from its own
+    // distribution points (`fetchedCRLLookup`), beside those of crl_files; it notes the points with no CRL yet.
+    // (`revocation_scope = "leaf"`: the server's certificate only.)
+    let fetching = trust.crlFetch && trust.revocation != .off
+    if fetching { owner?.startCRLRound() }
+    let crlFlags = trust.revocationScope == .chain ? X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL : X509_V_FLAG_CRL_CHECK
     switch trust.revocation {
     case .off: break
     case .soft:
-        X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK))
+        X509_STORE_CTX_set_flags(storeCtx, UInt(crlFlags))
         X509_STORE_CTX_set_verify_cb(storeCtx, softRevocationCallback)
     case .hard:
-        X509_STORE_CTX_set_flags(storeCtx, UInt(X509_V_FLAG_CRL_CHECK))
+        X509_STORE_CTX_set_flags(storeCtx, UInt(crlFlags))
         X509_STORE_CTX_set_verify_cb(storeCtx, hardRevocationCallback)
     }
     let verified = X509_verify_cert(storeCtx) == 1
-    if let fetched {
-        X509_STORE_CTX_set0_crls(storeCtx, nil)
-        mtls_sk_X509_CRL_pop_free(fetched)
+    if fetching, let owner, !owner.missingCRLURLs.isEmpty {
+        // Only a chain that verifies (but for revocation) gets its distribution points fetched: a server cannot
+        // send the proxy to URLs of its choosing with a certificate no trusted CA issued. Every certificate's
+        // points are wanted at once, so that a chain's CRLs arrive together.
+        for url in owner.chainCRLURLs(storeCtx) ?? [] { CRLCache.shared.want(url) }
+        if owner.awaitingCRL, let ssl = mtls_X509_STORE_CTX_get_ssl(storeCtx) {
+            // Hard mode, the first fetch of a needed CRL under way: the handshake waits for it (the connection
+            // tries again shortly, until its connect_timeout) rather than refusing a server it cannot judge yet.
+            if mtls_SSL_set_retry_verify(ssl) == 1 {
+                X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
+                return 1
+            }
+            owner.refuse(.crlUnavailable(subject: "?", serial: "?", reason: "cannot wait for the CRL being fetched"))
+            return 0
+        }
     }
     guard verified else { return 0 }
     guard !trust.pins.isEmpty, let chain = X509_STORE_CTX_get0_chain(storeCtx) else { return 1 }
@@ -278,19 +282,50 @@ func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableR
     return 0
 }
 
-/// Whether the chain being verified is good apart from revocation: the same store, untrusted certificates and
-/// parameters (host name included), in a verification of its own with no CRL check.
-private func chainVerifiesBeforeRevocation(_ storeCtx: OpaquePointer) -> Bool {
+/// The CRL distribution points of every certificate of the chain being verified, if that chain is good apart from
+/// revocation (nil otherwise): the same store, untrusted certificates and parameters (host name included), in a
+/// verification of its own with no CRL check.
+func distributionPointsOfChainVerifiedBeforeRevocation(_ storeCtx: OpaquePointer, leafOnly: Bool) -> [String]? {
     guard let store = X509_STORE_CTX_get0_store(storeCtx), let leaf = X509_STORE_CTX_get0_cert(storeCtx),
-          let probe = X509_STORE_CTX_new() else { return false }
+          let probe = X509_STORE_CTX_new() else { return nil }
     defer {
         X509_STORE_CTX_free(probe)
         _ = OpenSSLErrors.drain()
     }
-    guard X509_STORE_CTX_init(probe, store, leaf, X509_STORE_CTX_get0_untrusted(storeCtx)) == 1 else { return false }
+    guard X509_STORE_CTX_init(probe, store, leaf, X509_STORE_CTX_get0_untrusted(storeCtx)) == 1 else { return nil }
     X509_VERIFY_PARAM_set1(X509_STORE_CTX_get0_param(probe), X509_STORE_CTX_get0_param(storeCtx))
     X509_VERIFY_PARAM_clear_flags(X509_STORE_CTX_get0_param(probe), UInt(X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL))
-    return X509_verify_cert(probe) == 1
+    guard X509_verify_cert(probe) == 1, let chain = X509_STORE_CTX_get0_chain(probe) else { return nil }
+    var urls: [String] = []
+    let checked = leafOnly ? min(1, mtls_sk_X509_num(chain)) : mtls_sk_X509_num(chain)
+    for i in 0..<checked {
+        // (The trust anchor needs no CRL: a self-signed root's own distribution point is not followed.)
+        guard let cert = mtls_sk_X509_value(chain, i), X509_check_issued(cert, cert) != X509_V_OK else { continue }
+        for url in CRLCache.distributionPoints(cert) where !urls.contains(url) && urls.count < CRLCache.maxURLsPerChain { urls.append(url) }
+    }
+    return urls
+}
+
+/// The context store's CRL lookup when the route fetches CRLs (`X509_STORE_set_lookup_crls`), called by OpenSSL
+/// for each certificate whose revocation it checks: the store's own CRLs for the issuer `name` (crl_files), and
+/// the CRLs fetched from that certificate's distribution points. A point with no CRL yet is noted on the
+/// connection, to be fetched once the chain is known to verify.
+func fetchedCRLLookup(_ storeCtx: OpaquePointer?, _ name: OpaquePointer?) -> OpaquePointer? {
+    guard let storeCtx, let name else { return nil }
+    let found = X509_STORE_CTX_get1_crls(storeCtx, name) ?? mtls_sk_X509_CRL_new_null()
+    guard let stack = found, let cert = X509_STORE_CTX_get_current_cert(storeCtx),
+          X509_check_issued(cert, cert) != X509_V_OK else { return found }
+    let urls = CRLCache.distributionPoints(cert)
+    guard !urls.isEmpty else { return stack }
+    let owner = mtls_X509_STORE_CTX_get_ssl(storeCtx).flatMap { UpstreamTLSSession.owner(of: $0) }
+    for url in urls {
+        guard let crl = CRLCache.shared.crl(for: url) else {
+            owner?.noteMissingCRL(url)
+            continue
+        }
+        if mtls_sk_X509_CRL_push(stack, crl) == 0 { X509_CRL_free(crl) }
+    }
+    return stack
 }
 
 /// OpenSSL's verification errors that mean "no usable CRL" rather than "revoked".
@@ -314,23 +349,42 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
     let error = X509_STORE_CTX_get_error(storeCtx)
     let owner = mtls_X509_STORE_CTX_get_ssl(storeCtx).flatMap { UpstreamTLSSession.owner(of: $0) }
     let cert = X509_STORE_CTX_get_current_cert(storeCtx)
+    let depth = Int(X509_STORE_CTX_get_error_depth(storeCtx))
     let subject = cert.map { Certificate.nameString(X509_get_subject_name($0)) } ?? "?"
     let serial = cert.map { Certificate.serialHex(of: $0) } ?? "?"
     if error == X509_V_ERR_CERT_REVOKED {
         TrustDecisionCounters.count(.revoked)
-        owner?.refuse(.revoked(subject: subject, serial: serial))
+        owner?.refuse(.revoked(subject: subject, serial: serial, depth: depth))
         return 0
     }
     guard crlUnavailableErrors.contains(error) else { return 0 }
+    // The trust anchor itself (the self-signed root ending the chain) is trusted by configuration, not by a CRL:
+    // no CRL is needed for it.
+    if let cert, let chain = X509_STORE_CTX_get0_chain(storeCtx), depth == Int(mtls_sk_X509_num(chain)) - 1,
+       X509_check_issued(cert, cert) == X509_V_OK {
+        X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
+        return 1
+    }
     var reason = String(cString: X509_verify_cert_error_string(Int(error)))
-    if let owner, owner.context.trust.crlFetch { reason += " (crl_fetch: \(CRLCache.shared.status(of: owner.crlURLs)))" }
+    if let owner, owner.context.trust.crlFetch {
+        let urls = cert.map { CRLCache.distributionPoints($0) } ?? []
+        let awaited = urls.filter { CRLCache.shared.awaitingFirstFetch($0) }
+        if hard, owner.mayWaitForCRL, !awaited.isEmpty, owner.chainCRLURLs(storeCtx) != nil {
+            // Not decided yet: the verification stops here and the handshake waits for the fetch (see
+            // `upstreamCertificateVerify`), unless the wait is over.
+            owner.awaitingCRL = true
+            owner.awaitedCRLURLs = awaited
+            return 0
+        }
+        reason += " (crl_fetch: \(CRLCache.shared.status(of: urls)))"
+    }
     if hard {
         TrustDecisionCounters.count(.crlUnavailableRefused)
-        owner?.refuse(.crlUnavailable(subject: subject, serial: serial, reason: reason))
+        owner?.refuse(.crlUnavailable(subject: subject, serial: serial, reason: reason, depth: depth))
         return 0
     }
     TrustDecisionCounters.count(.crlUnavailableAllowed)
-    owner?.note(.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason))
+    owner?.note(.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason, depth: depth))
     X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
     return 1
 }

@@ -107,7 +107,7 @@ struct Certs: ParsableCommand {
             }
             var all = events
             if identity == nil, let ca = runtime.localCA, let file = config.intercept?.caCert {
-                all.append(ExpiryCalendar.localCAEvent(facts: CertificateFacts(ca.certificate), file: file))
+                all.append(ExpiryCalendar.localCAEvent(facts: CertificateFacts(ca.certificate), file: file, now: now))
             }
             print(ICalendar.render(all, stamp: now), terminator: "")
             return

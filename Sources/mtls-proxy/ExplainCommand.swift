@@ -49,10 +49,23 @@ struct Explain: ParsableCommand {
     }
 
     private func parse(_ text: String) throws -> AbsoluteTarget {
+        try checkCharacters(text)
         do {
             return try AbsoluteTarget.parse(text)
         } catch let error as HTTPParseError {
             printError("mtls-proxy: \(text): \(error.description)")
+            throw ExitCode(2)
+        }
+    }
+
+    /// The listener refuses (400) a request line whose target has a space, a control character or a byte beyond
+    /// ASCII: so does `explain`, without repeating the URL (a control character would reach the terminal).
+    private func checkCharacters(_ text: String) throws {
+        do {
+            try HeadParser.checkTargetCharacters(text.utf8)
+        } catch let error as HTTPParseError {
+            printError("mtls-proxy: \(error.description) in a URL; the listener answers 400 to such a request. "
+                       + "Percent-encode the others as a client does (a space is %20, é is %C3%A9).")
             throw ExitCode(2)
         }
     }
@@ -161,6 +174,7 @@ struct Explain: ParsableCommand {
     /// CONNECT host:port: the host-level route decides; path-scoped routes may require interception.
     private func explainTunnel(_ runtime: ProxyRuntime) throws {
         let authority: (host: String, port: Int?)
+        try checkCharacters(url)
         do {
             authority = try AbsoluteTarget.parseAuthority(Array(url.utf8))
         } catch let error as HTTPParseError {

@@ -27,7 +27,11 @@ enum RuntimeReport {
         let worst = identities.map { runtime.status(identity: $0.name, at: now, warnDays: warnDays).health }.max() ?? .ok
         return CheckReport(generatedAt: UTCTime.rfc3339(now), config: config.file, valid: true,
                            listen: config.proxy.listen.description, unmatched: config.proxy.unmatched.rawValue,
-                           identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map(RouteReport.init),
+                           identities: reports, localCA: localCA(runtime, now: now), routes: config.routes.map { route in
+                               RouteReport(route, crls: runtime.crls(for: route.trust).map {
+                                   CRLReport(file: $0.file, issuer: $0.issuer, revoked: $0.revokedCount, nextUpdate: $0.nextUpdate, now: now)
+                               })
+                           },
                            unusedIdentities: config.unusedIdentities,
                            warnings: runtime.keyPermissionWarnings + config.unusedIdentities.map(unusedIdentityWarning),
                            verdict: Verdict(worst: worst, warnDays: warnDays, failOn: failOn))

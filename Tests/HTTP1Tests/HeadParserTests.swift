@@ -144,7 +144,7 @@ private func requestError(_ s: String) -> HTTPParseError? {
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", HTTPParseError.invalidContentLength),
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", HTTPParseError.invalidContentLength),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HTTPParseError.unsupportedTransferEncoding("gzip, chunked")),
-        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HTTPParseError.unsupportedTransferEncoding("chunked, chunked")),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HTTPParseError.chunkedMoreThanOnce),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", HTTPParseError.transferEncodingNotEndingInChunked("xchunked")),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", HTTPParseError.transferEncodingNotEndingInChunked("chunked, identity")),
         ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HTTPParseError.transferEncodingInHTTP10),

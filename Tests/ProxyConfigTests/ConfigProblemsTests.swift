@@ -90,6 +90,38 @@ import Testing
         #expect(error.message.contains("empty"), "\(error.description)")
     }
 
+    /// A route's name labels its traffic in the access log, the metrics and the status page: two routes with one
+    /// name would count as one. The second is a mistake that names the file and both routes (and the line of the
+    /// first); so is a name spelled like another route's default label.
+    @Test func aRouteNameUsedTwiceIsAMistakeNamingBothRoutes() throws {
+        let error = try #require(mistakes("""
+        [[route]]
+        name = "bank API"
+        host = "a.test"
+        action = "deny"
+        [[route]]
+        host = "b.test"
+        action = "deny"
+        [[route]]
+        name = "bank API"
+        host = "c.test"
+        action = "deny"
+        [[route]]
+        name = "route[2] b.test"
+        host = "d.test"
+        action = "deny"
+        """))
+        #expect(error.all.map(\.key) == ["route[3].name", "route[4].name"])
+        #expect(error.all.map(\.line) == [9, 13])
+        let lines = error.description.split(separator: "\n").map(String.init)
+        #expect(lines[0].hasPrefix("proxy.conf:9: route \"bank API\" (route[3]).name: "), "\(lines[0])")
+        #expect(lines[0].contains("route[1] (proxy.conf:2)"), "\(lines[0])")
+        #expect(lines[1].contains("route[2] (proxy.conf:5)"), "\(lines[1])")
+        // Different names, and unnamed routes for one host, are fine.
+        #expect(mistakes("[[route]]\nname = \"a\"\nhost = \"a.test\"\naction = \"deny\"\n[[route]]\nname = \"b\"\nhost = \"a.test\"\naction = \"deny\"\n"
+                         + "[[route]]\nhost = \"a.test\"\naction = \"deny\"\n[[route]]\nhost = \"a.test\"\naction = \"deny\"\n") == nil)
+    }
+
     @Test func aDurationWrittenAsANumberSaysDurationsAreStrings() throws {
         let error = try #require(mistakes("[upstream]\nconnect_timeout = 5\n"))
         #expect(error.key == "upstream.connect_timeout")

@@ -84,4 +84,31 @@ import Testing
         #expect(secret?.message.contains("hunter2") == false)
         #expect(configError("[identities.us]\ncert = \"us.pem\"\nkey = \"store:file:/etc/compass/k.pem\"\n") == nil)
     }
+
+    /// A token URI with a misspelled scheme is not a file to look for: read as a path, it was echoed, PIN and all,
+    /// in every "cannot read" (log, `check`, the status page's reload row). It is a config error that names the
+    /// file and key and what is expected, and quotes nothing of the value but a scheme made of letters.
+    @Test func aMisspelledTokenURIIsRefusedWithoutEchoingItsPIN() throws {
+        let pin = "8361"
+        for (key, value) in [("key", "pkcs1:token=x;object=y?pin-value=\(pin)"), ("key", "pkcs11x:object=y;pin-value=\(pin)"),
+                             ("key", "PKCS#11:object=y?pin-value=\(pin)"), ("key", "pkcs 11:object=y?pin-value=\(pin)"),
+                             ("key", "object=y?pin-value=\(pin)"), ("key", "keys/us.key?pin-value=\(pin)"),
+                             ("cert", "pkcs11:object=c?pin-value=\(pin)"), ("cert", "pkcs1:object=c?pin-source=env:X&pin-value=\(pin)")] {
+            let other = key == "key" ? "cert = \"us.pem\"" : "key = \"us.key\""
+            let e = try #require(configError("[identities.us]\n\(other)\n\(key) = \"\(value)\"\n"), "\(value)")
+            #expect(e.key == "identities.us.\(key)", "\(e.description)")
+            #expect(e.file == "proxy.conf")
+            #expect(!e.description.contains(pin), "\(e.description)")
+            #expect(!e.description.contains("pin-value="), "\(e.description)")
+            #expect(e.message.contains("expected"), "\(e.description)")
+        }
+        // The same in a [[identities.NAME.certificates]] entry and in a p12 value.
+        let staged = try #require(configError("[[identities.us.certificates]]\ncert = \"us.pem\"\nkey = \"pkcs1:object=y?pin-value=\(pin)\"\n"))
+        #expect(staged.key == "identities.us.certificates[1].key" && !staged.description.contains(pin), "\(staged.description)")
+        let p12 = try #require(configError("[identities.us]\np12 = \"pkcs12:bundle?pin-value=\(pin)\"\n"))
+        #expect(p12.key == "identities.us.p12" && !p12.description.contains(pin), "\(p12.description)")
+        // Paths that merely contain a colon or a question mark elsewhere stay paths.
+        let fine = try load("[identities.us]\ncert = \"certs/us:2026.pem\"\nkey = \"/etc/keys/us?.key\"\n")
+        #expect(fine.identities[0].certificates[0].key == "/etc/keys/us?.key")
+    }
 }

@@ -116,6 +116,14 @@ private func keyOfError(_ text: String) -> String? {
         #expect(keyOfError(route("crl_fetch = \"yes\"")) == "route[1].crl_fetch")
     }
 
+    @Test func revocationCoversTheChainUnlessTheScopeSaysLeaf() throws {
+        #expect(try load(route("crl_fetch = true")).routes[0].trust.revocationScope == .chain)
+        let leaf = try load("[upstream]\nrevocation_scope = \"leaf\"\n" + route("crl_files = [\"a.pem\"]")).routes[0].trust
+        #expect(leaf.revocationScope == .leaf)
+        #expect(keyOfError(route("crl_fetch = true\nrevocation_scope = \"intermediates\"")) == "route[1].revocation_scope")
+        #expect(configError(route("crl_fetch = true\nrevocation_scope = \"all\""))?.message.contains("\"chain\"") == true)
+    }
+
     @Test func ocspStapleIsRequestedWithRevocationAndRequiredOnDemand() throws {
         #expect(try !load(route("")).routes[0].trust.wantsOCSPStaple)
         #expect(try load(route("crl_files = [\"a.pem\"]")).routes[0].trust.wantsOCSPStaple)

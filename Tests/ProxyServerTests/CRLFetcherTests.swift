@@ -18,6 +18,26 @@ import TLS
         #expect(CRLFetcher.parse("http://crl.example.com/a b") == nil)
     }
 
+    @Test func httpsURLsAreFetchedOverTLSOnTheirOwnDefaultPort() {
+        let a = CRLFetcher.parseLocation("https://crl.example.com/ca.crl")
+        #expect(a?.tls == true && a?.host == "crl.example.com" && a?.port == 443 && a?.path == "/ca.crl")
+        let b = CRLFetcher.parseLocation("HTTPS://[::1]:8443/x.crl")
+        #expect(b?.tls == true && b?.host == "::1" && b?.port == 8443)
+        #expect(CRLFetcher.parseLocation("http://crl.example.com/ca.crl")?.tls == false)
+        #expect(CRLFetcher.parseLocation("https://user@crl.example.com/ca.crl") == nil)
+        #expect(CRLFetcher.parseLocation("https:///ca.crl") == nil)
+        #expect(CRLFetcher.parseLocation("ftp://crl.example.com/ca.crl") == nil)
+    }
+
+    @Test func anHTTPSDistributionPointIsRefusedByTheAddressGuardBeforeAnyConnection() {
+        // The literal loopback address: refused by the guard with allow_private off; nothing is dialled.
+        guard case .failure(let e) = CRLFetcher.fetch("https://127.0.0.1:9/ca.crl", settings: CRLFetcher.Settings()) else {
+            Issue.record("a loopback https:// point was fetched with allow_private off")
+            return
+        }
+        #expect(e.text.contains("loopback") && e.text.contains("allow_private is off"))
+    }
+
     @Test func onlyA200BodyIsKept() {
         func body(_ text: String) -> [UInt8]? {
             if case .success(let b) = CRLFetcher.parseResponse(Array(text.utf8), from: "x") { return b }
@@ -34,6 +54,20 @@ import TLS
         } else {
             Issue.record("a 503 was taken")
         }
+    }
+
+    @Test func aResetForgetsWhatWasFetchedAndAFetchUnderWayDoesNotBringItBack() {
+        let cache = CRLCache.shared
+        let url = "http://crl.example.com/reset-test.crl"
+        cache.want(url)
+        #expect(cache.entry(url) != nil && cache.awaitingFirstFetch(url))
+        let generation = cache.generation
+        cache.reset()
+        #expect(cache.entry(url) == nil)
+        #expect(cache.generation > generation)
+        // The fetcher stores an answer for a URL no longer wanted: dropped, not kept.
+        cache.failed(url, "HTTP 404 from crl.example.com:80", at: 100, retryAfter: 30)
+        #expect(cache.entry(url) == nil)
     }
 
     @Test func refreshedAheadOfNextUpdate() {

@@ -92,6 +92,22 @@ import ProxyConfig
         }
     }
 
+    /// RFC 9112 §6.1: chunked is never applied more than once; a request that says so is an error of the request
+    /// (400, and the connection closes), not a coding the proxy lacks (501). In one field or in two.
+    @Test(arguments: ["Transfer-Encoding: chunked, chunked", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                      "Transfer-Encoding: chunked, gzip, chunked"])
+    func chunkedAppliedMoreThanOnceIs400(_ fields: String) throws {
+        try Self.withServer { forward, sidecar in
+            for port in [forward, sidecar] {
+                let target = port == forward ? "http://blocked.test/" : "/"
+                let r = try ListenerTests.exchange(port: port, "POST \(target) HTTP/1.1\r\nHost: blocked.test\r\n\(fields)\r\n\r\n")
+                #expect(r.response.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(r.response.prefix(200))")
+                #expect(r.response.contains("chunked more than once"), "\(r.response.prefix(400))")
+                #expect(r.closed)
+            }
+        }
+    }
+
     /// A coding the proxy does not implement before a final chunked stays 501 (RFC 9112 §6.1).
     @Test func anUnimplementedCodingBeforeChunkedIs501() throws {
         try Self.withServer { forward, _ in

@@ -55,6 +55,18 @@ private func alert(_ n: Int32, _ text: String) -> OpenSSLErrorEntry {
         #expect(r.details.contains(f.upstream))
     }
 
+    @Test func aRevokedIntermediateIsNamedAsTheChainsCACertificate() {
+        var f = failure(errors: [])
+        f.trustRefusal = .revoked(subject: "CN=Issuing CA 2", serial: "1000", depth: 1)
+        let r = f.response
+        #expect(r.status == 502 && r.errorType == .tlsCertificateError)
+        #expect(r.details.contains("revoked CA certificate: CN=Issuing CA 2, serial 1000"))
+        #expect(r.details.contains("the intermediate that issued the server's certificate"))
+        f.trustRefusal = .crlUnavailable(subject: "CN=Issuing CA 2", serial: "1000", reason: "unable to get certificate CRL", depth: 2)
+        #expect(f.response.details.contains("CA certificate CN=Issuing CA 2, serial 1000 (a CA certificate 2 levels above the server's)"))
+        #expect(f.response.advice.contains("revocation_scope = \"leaf\""))
+    }
+
     @Test func crlUnavailableIsNotCalledRevoked() {
         var f = failure(errors: [])
         f.trustRefusal = .crlUnavailable(subject: "CN=a", serial: "01", reason: "CRL has expired")

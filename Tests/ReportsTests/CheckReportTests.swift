@@ -71,9 +71,70 @@ import ProxyConfig
         #expect(certificate["not_after"] as? String == UTCTime.rfc3339(now + 10 * day))
         #expect(certificate["days_left"] as? Int == 10)
         let routes = try #require(object["routes"] as? [[String: Any]])
-        #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity"])
+        #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity", "trust"])
         let ca = try #require(object["local_ca"] as? [String: Any])
         #expect(Set(ca.keys) == ["cert_file", "key_file", "subject", "not_before", "not_after", "not_after_unix", "days_left", "sha256"])
+    }
+
+    /// Each route's trust settings, as docs/check-json.md names them: the defaults written out, and a route
+    /// with pins, pin-only, hard revocation with its CRLs, a required staple and its own TLS policy.
+    @Test func routeTrustFieldsAreTheDocumentedOnes() throws {
+        let now = 1_000 * day
+        let defaults = Route(index: 1, host: HostPattern.parse("api.example.com")!, action: .mtls(identity: "us"),
+                             trust: UpstreamSettings().trust, timeouts: UpstreamSettings().timeouts)
+        var trust = UpstreamSettings().trust
+        trust.caFile = "/etc/mtls-proxy/bank-ca.pem"
+        trust.pins = [[UInt8](repeating: 0, count: 32), [UInt8](repeating: 0xFF, count: 32)]
+        trust.pinReportOnly = true
+        trust.revocation = .hard
+        trust.crlFiles = ["/etc/mtls-proxy/crl/bank.crl"]
+        trust.crlFetch = true
+        trust.revocationScope = .leaf
+        trust.requireOCSPStaple = true
+        trust.maxTLS = .tls12
+        trust.ciphers = ["ECDHE-ECDSA-AES256-GCM-SHA384"]
+        trust.signatureAlgorithms = ["ECDSA+SHA256"]
+        let strict = Route(index: 2, host: HostPattern.parse("pay.example.com")!, action: .tls, trust: trust,
+                           timeouts: UpstreamSettings().timeouts)
+        let denied = Route(index: 3, host: HostPattern.parse("*")!, action: .deny, trust: UpstreamSettings().trust,
+                           timeouts: UpstreamSettings().timeouts)
+        let crl = CRLReport(file: "/etc/mtls-proxy/crl/bank.crl", issuer: "CN=Bank CA", revoked: 3, nextUpdate: now - 60, now: now)
+        let report = CheckReport(generatedAt: UTCTime.rfc3339(now), config: "proxy.conf", valid: true,
+                                 routes: [RouteReport(defaults), RouteReport(strict, crls: [crl]), RouteReport(denied)],
+                                 verdict: Verdict(worst: .ok, warnDays: 30))
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let object = try #require(try JSONSerialization.jsonObject(with: encoder.encode(report)) as? [String: Any])
+        let routes = try #require(object["routes"] as? [[String: Any]])
+        #expect(routes[2]["trust"] == nil)  // deny: no upstream to trust
+
+        let plain = try #require(routes[0]["trust"] as? [String: Any])
+        #expect(Set(plain.keys) == ["verify", "pins", "pin_report_only", "revocation", "revocation_scope", "crl_files", "crl_fetch", "crls",
+                                    "require_ocsp_staple", "ocsp_staple", "tls_policy"])  // no ca_file: the system store
+        #expect(plain["verify"] as? String == "chain" && plain["revocation"] as? String == "off")
+        #expect(plain["revocation_scope"] as? String == "chain")
+        #expect(plain["ocsp_staple"] as? String == "not_requested")
+        let policy = try #require(plain["tls_policy"] as? [String: Any])
+        #expect(Set(policy.keys) == ["min_version", "max_version", "ciphers", "ciphersuites", "groups", "signature_algorithms"])
+        #expect(policy["min_version"] as? String == "1.2" && policy["max_version"] as? String == "1.3")
+        #expect(policy["ciphers"] as? [String] == TLSPolicyDefaults.ciphers)
+        #expect(policy["groups"] as? [String] == TLSPolicyDefaults.groups)
+
+        let set = try #require(routes[1]["trust"] as? [String: Any])
+        #expect(set["ca_file"] as? String == "/etc/mtls-proxy/bank-ca.pem")
+        #expect(set["pins"] as? [String] == ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "//////////////////////////////////////////8="])
+        #expect(set["pin_report_only"] as? Bool == true)
+        #expect(set["revocation"] as? String == "hard" && set["crl_fetch"] as? Bool == true)
+        #expect(set["revocation_scope"] as? String == "leaf")
+        #expect(set["crl_files"] as? [String] == ["/etc/mtls-proxy/crl/bank.crl"])
+        #expect(set["require_ocsp_staple"] as? Bool == true && set["ocsp_staple"] as? String == "required")
+        let crls = try #require(set["crls"] as? [[String: Any]])
+        #expect(Set(crls[0].keys) == ["file", "issuer", "revoked", "next_update", "next_update_unix", "stale"])
+        #expect(crls[0]["stale"] as? Bool == true && crls[0]["revoked"] as? Int == 3)
+        let strictPolicy = try #require(set["tls_policy"] as? [String: Any])
+        #expect(strictPolicy["max_version"] as? String == "1.2")
+        #expect(strictPolicy["ciphers"] as? [String] == ["ECDHE-ECDSA-AES256-GCM-SHA384"])
+        #expect(strictPolicy["signature_algorithms"] as? [String] == ["ECDSA+SHA256"])
     }
 
     @Test func rfc3339() {

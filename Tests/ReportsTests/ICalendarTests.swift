@@ -45,8 +45,9 @@ import ProxyConfig
         let events = ExpiryCalendar.events(identity: "us", certificates: [current, staged], prefer: .newest, now: now)
         #expect(events.map(\.uid) == ["expiry-AA01@mtls-proxy", "expiry-AA02@mtls-proxy", "takeover-AA02@mtls-proxy"])
         #expect(events.map(\.start) == [now + 65 * day, now + 385 * day, now + 20 * day])
-        // The current one is superseded on day 1020, before it expires: its expiry event has no reminders.
-        #expect(events.map(\.alarmDaysBefore) == [[], [30, 7], [30, 7]])
+        // The current one is superseded on day 1020, before it expires: its expiry event has no reminders. The
+        // takeover is 20 days ahead: its 30-day reminder would already be past.
+        #expect(events.map(\.alarmDaysBefore) == [[], [30, 7], [7]])
         #expect(events[0].summary == "mtls-proxy: identity us certificate expires, superseded on \(UTCTime.day(now + 20 * day)) by serial 02 (CN=fusion-us,O=test, serial 01)")
         #expect(events[1].summary == "mtls-proxy: identity us certificate expires (CN=fusion-us,O=test, serial 02)")
         #expect(events[2].summary.contains("switches to its staged certificate"))
@@ -68,11 +69,37 @@ import ProxyConfig
         #expect(ExpiryCalendar.replacement(of: 1, [current, older].map(\.facts.validity), prefer: .newest, after: now)! == (nil, 0))
     }
 
+    /// The product's reminders are 30 and 7 days before. A certificate that expires in 5 days keeps its expiry
+    /// event, but both reminders would fire in the past (a calendar shows them at once, or never): none is written.
+    /// One that expires in 10 days keeps the 7-day reminder only; so does a takeover 10 days ahead.
+    @Test func remindersThatWouldFallInThePastAreLeftOut() {
+        #expect(ExpiryCalendar.alarmDaysBefore == [30, 7])
+        let now = 1_000 * day
+        let soon = ExpiryCalendar.Certificate(identity: "us", facts: facts("05", now - 300 * day, now + 5 * day), file: "a.pem")
+        let events = ExpiryCalendar.events(identity: "us", certificates: [soon], prefer: .newest, now: now)
+        #expect(events.map(\.uid) == ["expiry-AA05@mtls-proxy"])
+        #expect(events.map(\.start) == [now + 5 * day])
+        #expect(events.map(\.alarmDaysBefore) == [[]])
+        let text = ICalendar.render(events, stamp: now)
+        #expect(text.contains("BEGIN:VEVENT") && !text.contains("BEGIN:VALARM"))
+
+        let tenDays = ExpiryCalendar.Certificate(identity: "us", facts: facts("0A", now - 300 * day, now + 10 * day), file: "b.pem")
+        let staged = ExpiryCalendar.Certificate(identity: "us", facts: facts("0B", now + 10 * day, now + 375 * day), file: "c.pem")
+        let both = ExpiryCalendar.events(identity: "us", certificates: [tenDays, staged], prefer: .oldest, now: now)
+        #expect(both.map(\.uid) == ["expiry-AA0A@mtls-proxy", "expiry-AA0B@mtls-proxy", "takeover-AA0B@mtls-proxy"])
+        #expect(both.map(\.alarmDaysBefore) == [[7], [30, 7], [7]])
+        // Exactly at the reminder's moment is not in the future either.
+        let edge = ExpiryCalendar.Certificate(identity: "us", facts: facts("07", now - 300 * day, now + 7 * day), file: "d.pem")
+        #expect(ExpiryCalendar.events(identity: "us", certificates: [edge], prefer: .newest, now: now).map(\.alarmDaysBefore) == [[]])
+    }
+
     @Test func theLocalCAHasAnExpiryEvent() {
-        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem")
+        let event = ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem", now: 0)
         #expect(event.start == 900 * day)
         #expect(event.summary == "mtls-proxy: local CA expires (CN=fusion-us,O=test, serial 0C)")
         #expect(event.alarmDaysBefore == [30, 7])
+        // Five days before it expires, both reminders are past: the event stays, without them.
+        #expect(ExpiryCalendar.localCAEvent(facts: facts("0C", 0, 900 * day), file: "/state/ca.pem", now: 895 * day).alarmDaysBefore == [])
     }
 
     @Test func withPreferOldestAStagedCertificateTakesOverWhenTheOldOneExpires() {

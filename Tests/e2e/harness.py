@@ -214,16 +214,10 @@ def folder_with_pki(prefix):
 
 def pki_and_upstream(prefix):
     """A temporary folder with a fresh PKI in pki/ and a Python mTLS upstream (client certificates from the test
-    CA required) on a free port; returns dict(dir, procs, up) for the suite's ENV."""
-    d = folder_with_pki(prefix)
-    procs = Processes()
-    try:
-        up = free_port()
-        start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
-    except BaseException:
-        procs.stop_all()
-        raise
-    return dict(dir=d, procs=procs, up=up)
+    CA required) on a free port; returns dict(dir, procs, up, ...) for the suite's ENV. The same as
+    fixture.with_upstream, which suites use with fixture.tear_down."""
+    import fixture
+    return fixture.with_upstream(prefix)
 
 NGINX_CONF = """
 {user}
@@ -248,11 +242,7 @@ http {{
         listen 127.0.0.1:{mtls_port} ssl;
         server_name api.mygreatbank.test;
         ssl_verify_client on;
-        location / {{
-            add_header X-Client-Subject $ssl_client_s_dn always;
-            add_header X-Client-Verify $ssl_client_verify always;
-            return 200 "hello $ssl_client_s_dn\\n";
-        }}
+{mtls_locations}
     }}
     # A service that needs no client certificate; it reports one if it gets one anyway.
     server {{
@@ -269,13 +259,25 @@ http {{
 """
 
 
-def start_nginx(procs, directory, pki, mtls_port, tls_port):
+# The mTLS service's default location: it greets the client by its certificate's subject.
+NGINX_MTLS_LOCATIONS = """        location / {
+            add_header X-Client-Subject $ssl_client_s_dn always;
+            add_header X-Client-Verify $ssl_client_verify always;
+            return 200 "hello $ssl_client_s_dn\\n";
+        }"""
+
+
+def start_nginx(procs, directory, pki, mtls_port, tls_port, mtls_locations=None):
+    """nginx on loopback with the PKI in `pki`: on `mtls_port` a service that requires a client certificate of the
+    test CA (`ssl_verify_client on`), answering as `mtls_locations` says (nginx directives inside its server
+    block; by default NGINX_MTLS_LOCATIONS); on `tls_port` one that needs none."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(f"{directory}/{sub}", exist_ok=True)
     conf = f"{directory}/nginx.conf"
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", dir=directory, pki=pki,
-                                  mtls_port=mtls_port, tls_port=tls_port))
+                                  mtls_port=mtls_port, tls_port=tls_port,
+                                  mtls_locations=mtls_locations or NGINX_MTLS_LOCATIONS))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     procs.start([nginx, "-c", conf, "-p", directory], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(mtls_port)

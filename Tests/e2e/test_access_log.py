@@ -6,17 +6,17 @@ import json, os, signal, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import tear_down, with_upstream  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    ENV.update(harness.pki_and_upstream("mtls-proxy-accesslog-"))
+    ENV.update(with_upstream("mtls-proxy-accesslog-"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def start(name, workers=2, log=None):

@@ -4,16 +4,17 @@ import os, re, shutil, subprocess, sys, tempfile, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, tear_down  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-")
+    ENV.update(Fixture("mtls-proxy-cli-").env())
 
 
 def tearDownModule():
-    shutil.rmtree(ENV["dir"], ignore_errors=True)
+    tear_down(ENV, remove=True)
 
 
 def write_config(name, text):
@@ -274,6 +275,47 @@ class ExplainHTTPS(unittest.TestCase):
         self.assertIn("CONNECT api.mygreatbank.test:8443", tunnel)
         self.assertIn("tunnels to port 8443 are refused unless a route names the port", tunnel)
         self.assertTrue(forward.startswith("api.mygreatbank.test:8443/v1"), forward)
+
+
+class NoPINInAnyError(unittest.TestCase):
+    """A token key URI with a misspelled scheme was read as a file path and echoed, PIN included, by `check` and
+    by `run` ("cannot read ..."). Whatever the spelling, the PIN appears in no output; the error names the file
+    and key and says what is expected."""
+
+    PIN = "8361"
+
+    def test_check_and_run_name_the_key_without_the_pin(self):
+        for i, value in enumerate((f"pkcs1:token=x;object=y?pin-value={self.PIN}", f"pkcs11x:object=y;pin-value={self.PIN}",
+                                   f"keys/us.key?pin-value={self.PIN}")):
+            config = write_config(f"pin-{i}.conf", GOOD.replace('key = "pki/fusion-us.key"', f'key = "{value}"'))
+            self.assertIn(value, harness.read(config))
+            r = run("check", "--config", config)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertNotIn(self.PIN, r.stdout + r.stderr)
+            self.assertIn(f"pin-{i}.conf", r.stdout + r.stderr)
+            self.assertIn("identities.us.key", r.stdout + r.stderr)
+            r = run("run", "--config", config, env=harness.clean_env(SWIFT_BACKTRACE="enable=no"))
+            self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertNotIn(self.PIN, r.stdout + r.stderr)
+            self.assertIn("identities.us.key", r.stdout + r.stderr)
+
+
+class ExplainRefusesWhatTheListenerRefuses(unittest.TestCase):
+    """A request line's target is visible ASCII only: the listener answers 400 to a space (or a tab, a control
+    character, a byte beyond ASCII) in it, so `explain` must not describe such a URL as if it were routed."""
+
+    def test_a_space_or_a_non_ascii_byte_in_the_path_is_a_clear_error(self):
+        config = write_config("explain-space.conf", GOOD)
+        for url in ("http://api.mygreatbank.test/v1/a b", "https://api.mygreatbank.test/v1/a b", "http://api.mygreatbank.test/v1/\tx",
+                    "http://api.mygreatbank.test/caf\u00e9", "http://api.mygreatbank.test/v1/x?q=a b"):
+            r = run("explain", url, "--config", config)
+            self.assertEqual(r.returncode, 2, f"{url!r}: {r.stdout}{r.stderr}")
+            self.assertNotIn("outcome", r.stdout, url)
+            self.assertIn("only visible ASCII characters are allowed", r.stderr, url)
+            self.assertIn("%20", r.stderr, url)
+        r = run("explain", "http://api.mygreatbank.test/v1/a%20b", "--config", config)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("mutual TLS presenting identity us", r.stdout)
 
 
 class CheckNamesUnusedIdentities(unittest.TestCase):

@@ -7,17 +7,18 @@ import json, os, re, shutil, signal, stat, subprocess, sys, tempfile, time, unit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, tear_down  # noqa: E402
 
 ENV = {}
 DAY = 86400
 
 
 def setUpModule():
-    ENV["dir"] = harness.folder_with_pki("mtls-proxy-cli-ops-")
+    ENV.update(Fixture("mtls-proxy-cli-ops-").env())
 
 
 def tearDownModule():
-    shutil.rmtree(ENV["dir"], ignore_errors=True)
+    tear_down(ENV, remove=True)
 
 
 def write(name, text):
@@ -167,8 +168,10 @@ class CheckJSON(unittest.TestCase):
         self.assertEqual(cert["file"], pem)
         self.assertRegex(cert["not_after"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         self.assertEqual(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["not_after_unix"])), cert["not_after"])
-        self.assertEqual(report["routes"], [{"index": 1, "label": "route[1] api.mygreatbank.test", "host": "api.mygreatbank.test",
-                                             "action": "mtls", "identity": "us"}])
+        routes = [{k: v for k, v in r.items() if k != "trust"} for r in report["routes"]]
+        self.assertEqual(routes, [{"index": 1, "label": "route[1] api.mygreatbank.test", "host": "api.mygreatbank.test",
+                                   "action": "mtls", "identity": "us"}])
+        self.assertEqual(report["routes"][0]["trust"]["revocation"], "off")  # the trust fields: test_upstream_trust
 
     def test_expiring_staged_expired_and_the_exit_codes(self):
         old = dated_cert("json-old", "fusion-us", utc_in(-400 * DAY), utc_in(-DAY))
@@ -439,9 +442,10 @@ class Calendar(unittest.TestCase):
             seen.add((m.group(1), m.group(4), m.group(2)))
             uids.add(str(event["UID"]))
             alarms = sorted(alarm.decoded("TRIGGER").days for alarm in event.walk("VALARM"))
-            # The current us certificate is superseded by the staged one before it expires: no reminders.
+            # The current us certificate is superseded by the staged one before it expires: no reminders. The
+            # takeover is 20 days ahead: its 30-day reminder would be past, so only the 7-day one is there.
             superseded = m.group(1) == "us" and m.group(2) == "expires" and m.group(4) == openssl_serial(f"{ENV['dir']}/pki/fusion-us.pem")
-            self.assertEqual(alarms, [] if superseded else [-30, -7], summary)
+            self.assertEqual(alarms, [] if superseded else [-7] if m.group(2) == "switches" else [-30, -7], summary)
             for alarm in event.walk("VALARM"):
                 self.assertEqual(str(alarm["ACTION"]), "DISPLAY")
         self.assertEqual(seen, expected)
@@ -460,6 +464,23 @@ class Calendar(unittest.TestCase):
         self.assertEqual({str(e["UID"]) for e in again.walk("VEVENT")}, uids)
 
 
+    def test_a_certificate_expiring_in_5_days_keeps_its_event_without_reminders_in_the_past(self):
+        try:
+            import icalendar
+        except ImportError:
+            self.skipTest("the icalendar package is not installed (scripts/lib/deps.sh installs it)")
+        # Reminders are 30 and 7 days before: both would lie in the past for a certificate 5 days from expiry.
+        soon = dated_cert("ics-soon", "fusion-soon", utc_in(-300 * DAY), utc_in(5 * DAY))
+        config = write("ics-soon.conf", BASE.replace('cert = "pki/fusion-us.pem"\nkey = "pki/fusion-us.key"',
+                                                     f'cert = "{soon[0]}"\nkey = "{soon[1]}"'))
+        r = run("certs", "--config", config, "--ics")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        events = list(icalendar.Calendar.from_ical(r.stdout.encode()).walk("VEVENT"))
+        self.assertEqual(len(events), 1, r.stdout)
+        self.assertIn("fusion-soon", str(events[0]["SUMMARY"]))
+        self.assertEqual(list(events[0].walk("VALARM")), [], r.stdout)
+        self.assertNotIn("TRIGGER", r.stdout)
+
     def test_a_certificate_superseded_before_it_expires_has_no_alarm_and_says_by_which(self):
         try:
             import icalendar
@@ -473,10 +494,12 @@ class Calendar(unittest.TestCase):
         [replaced] = [e for e in events if str(e["UID"]).startswith("expiry-") and f"serial {current})" in str(e["SUMMARY"])]
         self.assertIn(f"superseded on {takeover_day} by serial {new}", str(replaced["SUMMARY"]))
         self.assertEqual(list(replaced.walk("VALARM")), [])
-        # The staged certificate's own expiry and its takeover keep their reminders.
+        # The staged certificate's own expiry and its takeover keep their reminders (the takeover, 20 days ahead,
+        # only the 7-day one: the 30-day one would be past).
         for event in events:
             if event is not replaced:
-                self.assertEqual(sorted(a.decoded("TRIGGER").days for a in event.walk("VALARM")), [-30, -7], str(event["SUMMARY"]))
+                expected = [-7] if str(event["UID"]).startswith("takeover-") else [-30, -7]
+                self.assertEqual(sorted(a.decoded("TRIGGER").days for a in event.walk("VALARM")), expected, str(event["SUMMARY"]))
         # With prefer = "oldest" the current one stays until it expires: its expiry keeps its alarms.
         oldest = write("ics-oldest.conf", harness.read(config).replace('[identities.us]', '[identities.us]\nprefer = "oldest"'))
         events = list(icalendar.Calendar.from_ical(run("certs", "--config", oldest, "--ics").stdout.encode()).walk("VEVENT"))

@@ -18,6 +18,7 @@ import hashlib, http.client, io, json, os, random, shutil, socket, ssl, subproce
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, loopback, proxy_section, route, table, tear_down  # noqa: E402
 
 CLIENTS_DIR = os.path.join(harness.HERE, "clients")
 UPLOAD_SIZE = 4 * 1024 * 1024
@@ -29,44 +30,19 @@ MODES = ("http_proxy", "intercept", "sidecar")
 ENV = {}
 MATRIX = {}  # (client, mode) -> "pass" | "fail: ..." | "skip: ..."
 
-NGINX_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    default_type text/plain;
-    # A service behind mutual TLS that writes absolute redirects, as nginx does by default; on its real port 443
-    # it names no port, hence port_in_redirect off here, where it listens on a test port.
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name api.mygreatbank.test;
-        ssl_certificate {pki}/server.pem;
-        ssl_certificate_key {pki}/server.key;
-        ssl_client_certificate {pki}/ca.pem;
-        ssl_verify_client on;
-        port_in_redirect off;
-        location = /old {{ return 301 /v1/new; }}
-        location = /described {{
+# The mTLS service (nginx with `ssl_verify_client on`) writes absolute redirects, as nginx does by default; on its
+# real port 443 it names no port, hence port_in_redirect off here, where it listens on a test port.
+NGINX_LOCATIONS = """        port_in_redirect off;
+        location = /old { return 301 /v1/new; }
+        location = /described {
             add_header Content-Location https://api.mygreatbank.test/v1/described.json always;
             return 200 "described\\n";
-        }}
-        location = /elsewhere {{ return 302 https://status.example.com/v1/new; }}
-        location / {{
+        }
+        location = /elsewhere { return 302 https://status.example.com/v1/new; }
+        location / {
             add_header X-Client-Subject $ssl_client_s_dn always;
             return 200 "hello $ssl_client_s_dn $request_uri\\n";
-        }}
-    }}
-}}
-"""
+        }"""
 
 
 def sha256_file(path):
@@ -115,12 +91,9 @@ def git(*args, cwd=None, env=None, check=True):
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-clients-")
-    pki = f"{d}/pki"
-    harness.make_pki(pki)
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "plain", "files", "nginx", "sidecar", "api_sidecar", "api_raw")}
-    try:
+    with Fixture("mtls-proxy-clients-", ports=("proxy", "plain", "files", "nginx", "nginx_tls", "sidecar", "api_sidecar",
+                                               "api_raw")) as fx:
+        d, ports = fx.dir, fx.ports
         # The upstream: a pip index and git repository behind mutual TLS, next to upstream.py's paths.
         rnd = random.Random(12)
         make_wheel(f"{d}/simple", rnd.randbytes(2 * 1024 * 1024))
@@ -136,86 +109,34 @@ def setUpModule():
             git("add", "README", cwd=f"{d}/seed", env=genv)
             git("commit", "-q", "-m", "seed", cwd=f"{d}/seed", env=genv)
             git("push", "-q", f"{d}/git/repo.git", "main", cwd=f"{d}/seed", env=genv)
-        procs.start([sys.executable, os.path.join(harness.HERE, "client_upstream.py"), "--port", str(ports["files"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem",
-                     "--git-root", f"{d}/git", "--pip-root", f"{d}/simple"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(f"{d}/{sub}", exist_ok=True)
-        with open(f"{d}/nginx.conf", "w") as f:
-            f.write(NGINX_CONF.format(user="user root;" if os.geteuid() == 0 else "", dir=d, pki=pki, port=ports["nginx"]))
-        procs.start([shutil.which("nginx") or "/usr/sbin/nginx", "-c", f"{d}/nginx.conf", "-p", d],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        harness.wait_for_port(ports["files"])
-        harness.wait_for_port(ports["nginx"])
-        routes = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "files.mygreatbank.test"
-path = "/private/"
-action = "deny"
-[[route]]
-host = "files.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['files']}"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['nginx']}"
-[[route]]
-host = "*"
-action = "deny"
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 2
-rewrite_https_location = true
-[intercept]
-ca_cert = "state/local-ca.pem"
-ca_key = "state/local-ca.key"
-[[listener]]
-listen = "127.0.0.1:{ports['sidecar']}"
-upstream = "https://files.mygreatbank.test"
-[[listener]]
-listen = "127.0.0.1:{ports['api_sidecar']}"
-upstream = "https://api.mygreatbank.test"
-[[listener]]
-listen = "127.0.0.1:{ports['api_raw']}"
-upstream = "https://api.mygreatbank.test"
-rewrite_location = false
-""" + routes)
+        fx.tls_script("client_upstream.py", "files", "--git-root", f"{d}/git", "--pip-root", f"{d}/simple",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fx.nginx(mtls="nginx", mtls_locations=NGINX_LOCATIONS)
+        routes = (harness.US_IDENTITY
+                  + route("files.mygreatbank.test", path="/private/", action="deny")
+                  + route("files.mygreatbank.test", identity="us", connect=ports["files"])
+                  + route("api.mygreatbank.test", identity="us", connect=ports["nginx"])
+                  + route("*", action="deny"))
+        fx.write("proxy.conf", proxy_section(ports["proxy"], workers=2, rewrite_https_location=True, intercept=True)
+                 + table("[[listener]]", listen=loopback(ports["sidecar"]), upstream="https://files.mygreatbank.test")
+                 + table("[[listener]]", listen=loopback(ports["api_sidecar"]), upstream="https://api.mygreatbank.test")
+                 + table("[[listener]]", listen=loopback(ports["api_raw"]), upstream="https://api.mygreatbank.test",
+                         rewrite_location=False)
+                 + routes)
         # A proxy as configured by default: no interception (so no local CA anywhere), no Location rewrite.
-        with open(f"{d}/plain.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["plain"]}"\nworkers = 1\n' + routes)
-        os.makedirs(f"{d}/state")
-        subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, check=True)
-        with open(f"{d}/local-ca.pem", "w") as f:
-            f.write(subprocess.run([harness.proxy_binary(), "ca", "--pem", "--config", f"{d}/proxy.conf"],
-                                   capture_output=True, text=True, check=True).stdout)
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.start_proxy(procs, f"{d}/plain.conf", f"{d}/plain.log", ports["plain"])
-        for k in ("sidecar", "api_sidecar", "api_raw"):
-            harness.wait_for_port(ports[k])
+        fx.write("plain.conf", proxy_section(ports["plain"]) + routes)
+        local_ca = fx.local_ca("proxy.conf", export="local-ca.pem")
+        fx.proxy("proxy", wait=("sidecar", "api_sidecar", "api_raw"))
+        fx.proxy("plain")
         with open(f"{d}/upload.bin", "wb") as f:
             f.write(rnd.randbytes(UPLOAD_SIZE))
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, proxy=f"http://127.0.0.1:{ports['proxy']}",
-               plain=f"http://127.0.0.1:{ports['plain']}", local_ca=f"{d}/local-ca.pem",
-               upload=f"{d}/upload.bin", upload_sha=sha256_file(f"{d}/upload.bin"), started=time.time())
+    ENV.update(fx.env(proxy=f"http://127.0.0.1:{ports['proxy']}", plain=f"http://127.0.0.1:{ports['plain']}",
+                      local_ca=local_ca, upload=f"{d}/upload.bin", upload_sha=sha256_file(f"{d}/upload.bin"),
+                      started=time.time()))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
-    if "dir" in ENV:
-        shutil.rmtree(ENV["dir"], ignore_errors=True)  # downloads, clones and builds: tens of MB per run
+    tear_down(ENV, remove=True)  # downloads, clones and builds: tens of MB per run
     if MATRIX:
         clients = list(dict.fromkeys(c for c, _ in MATRIX))
         print("\nclient matrix (" + ", ".join(MODES) + f"), {time.time() - ENV.get('started', time.time()):.0f} s:",

@@ -9,6 +9,7 @@ import gzip, json, os, signal, socket, ssl, subprocess, sys, tempfile, threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import US_KEYS, Fixture, RequestUpstream, proxy_section, respond, route, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 SMALL = b"twenty-eight bytes of body\r\n"  # 28 bytes
@@ -16,7 +17,7 @@ BIG = bytes(range(256)) * 800  # 204,800 bytes
 GZ = gzip.compress(b"the content, compressed with gzip " * 200)
 
 
-class Upstream(harness.TLSUpstream):
+class Upstream(RequestUpstream):
     """A TLS server requiring a client certificate of the test CA. Paths (GET unless said):
       /small, /big             28 B and 200 KiB with Content-Length
       /slow-head               answers after 4 s (inside response_timeout, beyond client_timeout)
@@ -31,37 +32,31 @@ class Upstream(harness.TLSUpstream):
       /padded-chunks           chunked, with whitespace after a chunk size and after an extension ("5 ", "6;a=b ")
       anything else            200 "fine"; a request body announced with Content-Length is read first"""
 
-    def serve(self, conn):
-        buf = b""
-        while True:
-            head, buf = harness.read_head(conn, buf)
-            if head is None:
-                return
-            method, path = head.split(b" ")[0].decode(), head.split(b" ")[1].decode().split("?")[0]
-            lower = head.lower()
-            if b"content-length:" in lower:
-                n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                while len(buf) < n:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf[n:]
-            elif b"transfer-encoding: chunked" in lower:
-                while b"\r\n0\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf.split(b"\r\n0\r\n\r\n", 1)[1]
-            if not self.answer(conn, method, path):
-                return
+    def answer(self, conn, head, path, buf):
+        method, path = head.split(b" ")[0].decode(), path.split("?")[0]
+        lower = head.lower()
+        if b"content-length:" in lower:
+            n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(buf) < n:
+                data = conn.recv(65536)
+                if not data:
+                    return None
+                buf += data
+            buf = buf[n:]
+        elif b"transfer-encoding: chunked" in lower:
+            while b"\r\n0\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return None
+                buf += data
+            buf = buf.split(b"\r\n0\r\n\r\n", 1)[1]
+        return buf if self.write_response(conn, method, path) else None
 
     @staticmethod
-    def answer(conn, method, path):
+    def write_response(conn, method, path):
         """Writes the response; False when the connection is to end (closed the way the path says)."""
-        def ok(body, extra=b""):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
+        def ok(body):
+            respond(conn, body)
             return True
         if path == "/small":
             return ok(SMALL)
@@ -136,63 +131,23 @@ class EchoServer(harness.ThreadedServer):
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-datapath-")
-    pki = f"{d}/pki"
-    harness.make_pki(pki)
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "ws")}
-    try:
-        up = Upstream(pki)
-        echo = EchoServer()
-        procs.start([sys.executable, os.path.join(harness.HERE, "ws_echo.py"), "--port", str(ports["ws"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"])
-        harness.wait_for_port(ports["ws"])
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 1
-client_timeout = "2s"
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-[intercept]
-ca_cert = "state/local-ca.pem"
-ca_key = "state/local-ca.key"
-[upstream]
-ca_file = "pki/ca.pem"
-response_timeout = "10s"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{up.port}"
-[[route]]
-host = "ws.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['ws']}"
-[[route]]
-host = "echo.example.com"
-action = "tls"
-port = {echo.port}
-connect = "127.0.0.1:{echo.port}"
-""")
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}",
-               local_ca=f"{d}/state/local-ca.pem", echo=echo.port)
+    with Fixture("mtls-proxy-datapath-", ports=("proxy", "admin", "ws")) as fx:
+        ports = fx.ports
+        up = fx.server(Upstream(fx.pki))
+        echo = fx.server(EchoServer())
+        fx.tls_script("ws_echo.py", "ws")
+        fx.write("proxy.conf", proxy_section(ports["proxy"], client_timeout="2s", admin=ports["admin"], intercept=True)
+                 + upstream_section(response_timeout="10s") + US_KEYS
+                 + route("api.mygreatbank.test", identity="us", connect=up.port)
+                 + route("ws.mygreatbank.test", identity="us", connect=ports["ws"])
+                 + route("echo.example.com", action="tls", port=echo.port, connect=echo.port))
+        local_ca = fx.local_ca("proxy.conf")
+        proxy = fx.proxy("proxy", wait=("admin",))
+    ENV.update(fx.env(proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}", local_ca=local_ca, echo=echo.port))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def curl(*args, env=None):

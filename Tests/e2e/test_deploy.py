@@ -8,6 +8,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import US_KEYS, Fixture, certificates, identity, proxy_section, route, table, tear_down, upstream_section  # noqa: E402
 from systemd_unit import NotifySocket, start_as_the_unit_would, unit_command, unit_settings  # noqa: E402
 import requests  # noqa: E402
 
@@ -15,10 +16,6 @@ ROOT = harness.ROOT
 DEPLOY = os.path.join(ROOT, "deploy")
 ENV = {}
 DAY = 86400
-
-
-def pki(directory, *commands):
-    harness.pki_shell(*commands)
 
 
 def not_after(path):
@@ -50,102 +47,32 @@ SWITCH_IN = 20  # seconds until identity "next"'s staged certificate takes over 
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-deploy-")
-    p = f"{d}/pki"
-    pki(p, f"pki_cert_dated '{p}' soon fusion-soon $(utc_in -86400) $(utc_in 10*86400)",
-        f"pki_cert_dated '{p}' gone fusion-gone $(utc_in -400*86400) $(utc_in -86400)",
-        f"pki_cert_dated '{p}' next-old fusion-next-old $(utc_in -86400) $(utc_in 20*86400)",
-        f"pki_cert_dated '{p}' covered-a fusion-covered-a $(utc_in -86400) $(utc_in 3*86400)",
-        f"pki_cert_dated '{p}' covered-b fusion-covered-b $(utc_in -3600) $(utc_in 200*86400)",
-        f"pki_cert_dated '{p}' next-new fusion-next-new $(utc_in {SWITCH_IN}) $(utc_in 300*86400)",
-        f"pki_cert_dated '{p}' later fusion-later $(utc_in 10*86400) $(utc_in 400*86400)")
+    fx = Fixture("mtls-proxy-deploy-", ports=("proxy", "admin", "up"))
+    ports = fx.ports
+    fx.dated_certificates(("soon", "fusion-soon", -DAY, 10 * DAY), ("gone", "fusion-gone", -400 * DAY, -DAY),
+                          ("next-old", "fusion-next-old", -DAY, 20 * DAY), ("covered-a", "fusion-covered-a", -DAY, 3 * DAY),
+                          ("covered-b", "fusion-covered-b", -3600, 200 * DAY), ("next-new", "fusion-next-new", SWITCH_IN, 300 * DAY),
+                          ("later", "fusion-later", 10 * DAY, 400 * DAY))
     switch_at = time.time() + SWITCH_IN - 1
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "up")}
-    try:
-        harness.start_python_upstream(procs, p, ports["up"], ca="ca", require=True)
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(base_config(ports) + f"""
-[intercept]
-ca_cert = "pki/ca.pem"
-ca_key = "pki/ca.key"
-""")
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=p, procs=procs, ports=ports, proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}",
-               started=time.time(), switch_at=switch_at)
+    with fx:
+        fx.python_upstream("up", ca="ca", require=True)
+        proxy = fx.proxy("proxy", base_config(ports) + '\n[intercept]\nca_cert = "pki/ca.pem"\nca_key = "pki/ca.key"\n',
+                         wait=("admin",))
+    ENV.update(fx.env(proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}", started=time.time(), switch_at=switch_at))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def base_config(ports, admin_extra="", log_extra=""):
-    return f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 1
-drain_timeout = "2s"
-
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-{admin_extra}
-
-[log]
-access = "off"
-{log_extra}
-
-[upstream]
-ca_file = "pki/ca.pem"
-
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-
-[identities.soon]
-cert = "pki/soon.pem"
-key = "pki/soon.key"
-
-[identities.gone]
-cert = "pki/gone.pem"
-key = "pki/gone.key"
-
-[[identities.next.certificates]]
-cert = "pki/next-old.pem"
-key = "pki/next-old.key"
-
-[[identities.next.certificates]]
-cert = "pki/next-new.pem"
-key = "pki/next-new.key"
-
-[[identities.covered.certificates]]
-cert = "pki/covered-a.pem"
-key = "pki/covered-a.key"
-
-[[identities.covered.certificates]]
-cert = "pki/covered-b.pem"
-key = "pki/covered-b.key"
-
-[[route]]
-name = "bank API"
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports.get('up', 9)}"
-
-[[route]]
-name = "old API"
-host = "old.mygreatbank.test"
-identity = "gone"
-connect = "127.0.0.1:{ports.get('up', 9)}"
-
-[[route]]
-host = "*"
-action = "deny"
-"""
+    return ("\n" + proxy_section(ports["proxy"], drain_timeout="2s", admin=ports["admin"]) + f"{admin_extra}\n"
+            + table("[log]", access="off") + f"{log_extra}\n" + upstream_section()
+            + US_KEYS + identity("soon", "pki/soon") + identity("gone", "pki/gone")
+            + certificates("next", "pki/next-old", "pki/next-new") + certificates("covered", "pki/covered-a", "pki/covered-b")
+            + route("api.mygreatbank.test", name="bank API", identity="us", connect=ports.get("up", 9))
+            + route("old.mygreatbank.test", name="old API", identity="gone", connect=ports.get("up", 9))
+            + route("*", action="deny"))
 
 
 class Metrics(unittest.TestCase):

@@ -10,6 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import tear_down, with_upstream  # noqa: E402
 from test_faults import basic, bcrypt_hash, read_response, write  # noqa: E402
 
 ENV = {}
@@ -17,12 +18,11 @@ HOST = "api.mygreatbank.test"
 
 
 def setUpModule():
-    ENV.update(harness.pki_and_upstream("mtls-proxy-exchange-reuse-"))
+    ENV.update(with_upstream("mtls-proxy-exchange-reuse-"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def config(port, workers=1, extra_proxy="", extra_routes="", dns_port=None):

@@ -7,18 +7,18 @@ import unittest, urllib.error, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import tear_down, with_upstream  # noqa: E402
 
 ENV = {}
 HOST = "api.mygreatbank.test"
 
 
 def setUpModule():
-    ENV.update(harness.pki_and_upstream("mtls-proxy-faults-"))
+    ENV.update(with_upstream("mtls-proxy-faults-"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def routes(extra_route=""):

@@ -6,34 +6,22 @@ import json, os, re, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, proxy_section, route, tear_down  # noqa: E402
 
 ENV = {}
 HOST = "smuggle.mygreatbank.test"
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-hardening-")
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "limited", "authed", "fdlimited", "recorder", "files")}
-    try:
-        harness.start_recorder(procs, f"{d}/pki", ports["recorder"], f"{d}/upstream.jsonl")
-        harness.start_python_upstream(procs, f"{d}/pki", ports["files"], ca="ca", require=True)
-        common = f"""
-{harness.US_IDENTITY}[[route]]
-host = "{HOST}"
-identity = "us"
-connect = "127.0.0.1:{ports['recorder']}"
-[[route]]
-host = "files.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['files']}"
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 2\nheader_timeout = "1s"\nclient_timeout = "1500ms"\n' + common)
-        with open(f"{d}/fdlimited.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["fdlimited"]}"\nworkers = 1\n' + common)
-        with open(f"{d}/limited.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["limited"]}"\nworkers = 2\nmax_connections = 4\n' + common)
+    with Fixture("mtls-proxy-hardening-", ports=("proxy", "limited", "authed", "fdlimited", "recorder", "files")) as fx:
+        d, ports = fx.dir, fx.ports
+        fx.recorder("recorder", "upstream.jsonl")
+        fx.python_upstream("files", ca="ca", require=True)
+        common = ("\n" + harness.US_IDENTITY + route(HOST, identity="us", connect=ports["recorder"])
+                  + route("files.mygreatbank.test", identity="us", connect=ports["files"]))
+        fx.write("proxy.conf", proxy_section(ports["proxy"], workers=2, header_timeout="1s", client_timeout="1500ms") + common)
+        fx.write("fdlimited.conf", proxy_section(ports["fdlimited"]) + common)
+        fx.write("limited.conf", proxy_section(ports["limited"], workers=2, max_connections=4) + common)
         import hashlib
         lines = [f"bob:sha256:{hashlib.sha256(b'hunter2').hexdigest()}"]
         alice = harness.bcrypt_hash("s3cret", 4)
@@ -41,20 +29,15 @@ connect = "127.0.0.1:{ports['files']}"
             lines.append("alice:" + alice)
         with open(f"{d}/users", "w") as f:
             f.write("\n".join(lines) + "\n")
-        with open(f"{d}/authed.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["authed"]}"\nworkers = 1\nauth_file = "users"\n' + common)
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.start_proxy(procs, f"{d}/authed.conf", f"{d}/authed.log", ports["authed"])
-        harness.start_proxy(procs, f"{d}/limited.conf", f"{d}/limited.log", ports["limited"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy)
+        fx.write("authed.conf", proxy_section(ports["authed"], auth_file="users") + common)
+        proxy = fx.proxy("proxy")
+        fx.proxy("authed")
+        fx.proxy("limited")
+    ENV.update(fx.env(proxy=proxy))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def raw(data, port=None, wait=2.0):

@@ -5,6 +5,7 @@ import os, subprocess, sys, tempfile, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, proxy_section, route, tear_down  # noqa: E402
 
 GIB = 1 << 30
 # Peak RSS may grow by at most this much while 1 GiB passes: a few watermark-sized buffers, not the body.
@@ -13,32 +14,15 @@ ENV = {}
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-large-")
-    pki = f"{d}/pki"
-    procs = harness.Processes()
-    proxy_port, files_port = harness.free_port(), harness.free_port()
-    try:
-        harness.start_python_upstream(procs, pki, files_port, ca="ca", require=True)
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-{harness.US_IDENTITY}[[route]]
-host = "files.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{files_port}"
-""")
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", proxy_port)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(procs=procs, proxy=proxy, url=f"http://127.0.0.1:{proxy_port}")
+    with Fixture("mtls-proxy-large-", ports=("proxy", "files")) as fx:
+        fx.python_upstream("files", ca="ca", require=True)
+        proxy = fx.proxy("proxy", proxy_section(fx.ports["proxy"]) + harness.US_IDENTITY
+                         + route("files.mygreatbank.test", identity="us", connect=fx.ports["files"]))
+    ENV.update(fx.env(proxy=proxy, url=f"http://127.0.0.1:{fx.ports['proxy']}"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def measure(run):

@@ -7,6 +7,7 @@ import os, re, shutil, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, certificates, identity, proxy_section, route, table, tear_down, upstream_section  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
@@ -19,94 +20,38 @@ def pki(*commands):
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-lifecycle-")
-    ENV.update(dir=d, pki=f"{d}/pki")
-    p = ENV["pki"]
-    pki(f"pki_cert_dated '{p}' us-next fusion-us-next $(utc_in {SWITCH_IN}) $(utc_in 400*86400)",
-        f"pki_cert_dated '{p}' us-old fusion-us-old $(utc_in -400*86400) $(utc_in -86400)",
-        f"pki_cert_dated '{p}' eu-short fusion-eu-short $(utc_in -86400) $(utc_in 5*86400)",
-        f"pki_cert_dated '{p}' eu-long fusion-eu-long $(utc_in -3600) $(utc_in 300*86400)",
-        # An encrypted key, and a PKCS#12 bundle, both with passwords kept outside the config.
-        f"openssl pkey -in fusion-eu.key -aes256 -passout pass:pem-secret -out fusion-eu-encrypted.key",
+    fx = Fixture("mtls-proxy-lifecycle-", ports=("proxy", "up"))
+    proxy_port, up = fx.ports["proxy"], fx.ports["up"]
+    ENV.update(fx.env(proxy_port=proxy_port, url=f"http://127.0.0.1:{proxy_port}"))
+    day = 86400
+    fx.dated_certificates(("us-next", "fusion-us-next", SWITCH_IN, 400 * day), ("us-old", "fusion-us-old", -400 * day, -day),
+                          ("eu-short", "fusion-eu-short", -day, 5 * day), ("eu-long", "fusion-eu-long", -3600, 300 * day))
+    # An encrypted key, and a PKCS#12 bundle, both with passwords kept outside the config.
+    pki(f"openssl pkey -in fusion-eu.key -aes256 -passout pass:pem-secret -out fusion-eu-encrypted.key",
         f"echo pem-secret > pem-password.txt",
         f"openssl pkcs12 -export -in fusion-us.pem -inkey fusion-us.key -certfile ca.pem -passout pass:p12-secret -out fusion-us.p12",
         f"echo p12-secret > p12-password.txt")
-    procs = harness.Processes()
-    proxy_port, up = harness.free_port(), harness.free_port()
-    ENV.update(procs=procs, proxy_port=proxy_port, url=f"http://127.0.0.1:{proxy_port}")
-    try:
-        harness.start_python_upstream(procs, ENV["pki"], up, ca="ca", require=True)
-        config = f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 2
-[upstream]
-ca_file = "pki/ca.pem"
-
-# Staged: this year's certificate now, next year's from its notBefore a few seconds ahead.
-[[identities.us.certificates]]
-cert = "pki/us-next.pem"
-key = "pki/us-next.key"
-[[identities.us.certificates]]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-
-[identities.expired]
-cert = "pki/us-old.pem"
-key = "pki/us-old.key"
-
-[identities.oldest]
-prefer = "oldest"
-[[identities.oldest.certificates]]
-cert = "pki/eu-long.pem"
-key = "pki/eu-long.key"
-[[identities.oldest.certificates]]
-cert = "pki/eu-short.pem"
-key = "pki/eu-short.key"
-
-[identities.encrypted]
-cert = "pki/fusion-eu.pem"
-key = "pki/fusion-eu-encrypted.key"
-key_password_file = "pki/pem-password.txt"
-
-[identities.bundle]
-p12 = "pki/fusion-us.p12"
-p12_password_env = "TEST_P12_PASSWORD"
-
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{up}"
-[[route]]
-host = "expired.mygreatbank.test"
-identity = "expired"
-connect = "127.0.0.1:{up}"
-[[route]]
-host = "oldest.mygreatbank.test"
-identity = "oldest"
-connect = "127.0.0.1:{up}"
-[[route]]
-host = "encrypted.mygreatbank.test"
-identity = "encrypted"
-connect = "127.0.0.1:{up}"
-[[route]]
-host = "bundle.mygreatbank.test"
-identity = "bundle"
-connect = "127.0.0.1:{up}"
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(config)
+    with fx:
+        fx.python_upstream("up", ca="ca", require=True)
+        config = ("\n" + proxy_section(proxy_port, workers=2) + upstream_section()
+                  # Staged: this year's certificate now, next year's from its notBefore a few seconds ahead.
+                  + certificates("us", "pki/us-next", "pki/fusion-us")
+                  + identity("expired", "pki/us-old")
+                  + table("[identities.oldest]", prefer="oldest") + certificates("oldest", "pki/eu-long", "pki/eu-short")
+                  + table("[identities.encrypted]", cert="pki/fusion-eu.pem", key="pki/fusion-eu-encrypted.key",
+                          key_password_file="pki/pem-password.txt")
+                  + table("[identities.bundle]", p12="pki/fusion-us.p12", p12_password_env="TEST_P12_PASSWORD")
+                  + "".join(route(f"{host}.mygreatbank.test", identity=name, connect=up)
+                            for host, name in [("api", "us"), ("expired", "expired"), ("oldest", "oldest"),
+                                               ("encrypted", "encrypted"), ("bundle", "bundle")]))
+        fx.write("proxy.conf", config)
         os.environ["TEST_P12_PASSWORD"] = "p12-secret"
         ENV["started"] = time.time()
-        ENV["proxy"] = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", proxy_port)
-    except BaseException:
-        procs.stop_all()
-        raise
+        ENV["proxy"] = fx.proxy("proxy")
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def subject(host, path="/whoami"):

@@ -6,88 +6,33 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import EU_KEYS, US_KEYS, Fixture, loopback, proxy_section, route, table, tear_down, upstream_section  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-ops-")
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "sidecar", "denied_sidecar", "admin", "up", "closed")}
-    try:
-        harness.start_python_upstream(procs, f"{d}/pki", ports["up"], ca="ca", require=True)
-        config = f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 2
-
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-
-[log]
-access = "access.log"
-format = "text"
-
-[upstream]
-ca_file = "pki/ca.pem"
-
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-
-[[listener]]
-listen = "127.0.0.1:{ports['sidecar']}"
-upstream = "https://api.mygreatbank.test"
-
-[[listener]]
-listen = "127.0.0.1:{ports['denied_sidecar']}"
-upstream = "https://blocked.mygreatbank.test:8443"
-
-[[route]]
-name = "bank API"
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['up']}"
-
-[identities.eu]
-cert = "pki/fusion-eu.pem"
-key = "pki/fusion-eu.key"
-
-[[route]]
-host = "resume.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['up']}"
-idle_timeout = "1s"
-
-[[route]]
-host = "resume-eu.mygreatbank.test"
-identity = "eu"
-connect = "127.0.0.1:{ports['up']}"
-idle_timeout = "1s"
-
-[[route]]
-host = "refused.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['closed']}"
-
-[[route]]
-host = "*"
-action = "deny"
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(config)
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}")
+    with Fixture("mtls-proxy-ops-", ports=("proxy", "sidecar", "denied_sidecar", "admin", "up", "closed")) as fx:
+        ports = fx.ports
+        fx.python_upstream("up", ca="ca", require=True)
+        up = ports["up"]
+        config = ("\n" + proxy_section(ports["proxy"], workers=2, admin=ports["admin"])
+                  + table("[log]", access="access.log", format="text") + upstream_section() + US_KEYS
+                  + table("[[listener]]", listen=loopback(ports["sidecar"]), upstream="https://api.mygreatbank.test")
+                  + table("[[listener]]", listen=loopback(ports["denied_sidecar"]), upstream="https://blocked.mygreatbank.test:8443")
+                  + route("api.mygreatbank.test", name="bank API", identity="us", connect=up)
+                  + EU_KEYS
+                  + route("resume.mygreatbank.test", identity="us", connect=up, idle_timeout="1s")
+                  + route("resume-eu.mygreatbank.test", identity="eu", connect=up, idle_timeout="1s")
+                  + route("refused.mygreatbank.test", identity="us", connect=ports["closed"])
+                  + route("*", action="deny"))
+        proxy = fx.proxy("proxy", config, wait=("admin",))
+    ENV.update(fx.env(proxy=proxy, url=f"http://127.0.0.1:{ports['proxy']}"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def admin(path):

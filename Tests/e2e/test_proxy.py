@@ -5,28 +5,24 @@ import hashlib, json, os, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, tear_down  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-e2e-")
-    pki = f"{d}/pki"
-    procs = harness.Processes()
-    ports = {name: harness.free_port() for name in
-             ("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12", "untrusted", "mismatch", "refused",
-              "stalls")}
-    try:
-        harness.start_nginx(procs, d, pki, ports["nginx_mtls"], ports["nginx_tls"])
-        harness.start_python_upstream(procs, pki, ports["files"], ca="ca", require=True)
-        harness.start_python_upstream(procs, pki, ports["rejects13"], ca="rogue-ca", require=True)
-        harness.start_python_upstream(procs, pki, ports["rejects12"], ca="rogue-ca", require=True, max_tls="1.2")
-        harness.start_python_upstream(procs, pki, ports["untrusted"], cert="rogue-server")
-        harness.start_python_upstream(procs, pki, ports["mismatch"], cert="other-host")
-        dns = harness.LoopbackDNS()
+    with Fixture("mtls-proxy-e2e-", dns=True, ports=("proxy", "nginx_mtls", "nginx_tls", "files", "rejects13", "rejects12",
+                                                     "untrusted", "mismatch", "refused", "stalls")) as fx:
+        ports, dns = fx.ports, fx.dns
+        fx.nginx()
+        fx.python_upstream("files", ca="ca", require=True)
+        fx.python_upstream("rejects13", ca="rogue-ca", require=True)
+        fx.python_upstream("rejects12", ca="rogue-ca", require=True, max_tls="1.2")
+        fx.python_upstream("untrusted", cert="rogue-server")
+        fx.python_upstream("mismatch", cert="other-host")
         # A server whose TCP backlog accepts connections but which never speaks: the TLS handshake stalls.
-        stall = socket.socket()
+        stall = fx.server(socket.socket())
         stall.bind(("127.0.0.1", ports["stalls"]))
         stall.listen(16)
         config = f"""
@@ -136,21 +132,12 @@ name = "blocked"
 host = "*.blocked.test"
 action = "deny"
 """
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(config)
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, dns=dns, proxy=proxy, stall=stall,
-               url=f"http://127.0.0.1:{ports['proxy']}", log=f"{d}/proxy.log")
+        proxy = fx.proxy("proxy", config)
+    ENV.update(fx.env(proxy=proxy, stall=stall, url=f"http://127.0.0.1:{ports['proxy']}", log=fx.path("proxy.log")))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
-        ENV["dns"].close()
-        ENV["stall"].close()
+    tear_down(ENV)
 
 
 def proxies():

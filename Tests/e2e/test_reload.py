@@ -7,27 +7,15 @@ import os, shutil, signal, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import EU_KEYS, US_KEYS, Fixture, identity, proxy_section, route, upstream_section  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
 
 
 def config(upstream_port, proxy_port, cert_dir, cert_name, extra=""):
-    return f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 2
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "{cert_dir}/{cert_name}.pem"
-key = "{cert_dir}/{cert_name}.key"
-{extra}
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{upstream_port}"
-"""
+    return ("\n" + proxy_section(proxy_port, workers=2) + upstream_section() + identity("us", f"{cert_dir}/{cert_name}")
+            + f"{extra}\n" + route("api.mygreatbank.test", identity="us", connect=upstream_port))
 
 
 def atomic_write(path, text):
@@ -72,21 +60,18 @@ class Traffic(threading.Thread):
 
 class Reload(unittest.TestCase):
     def test_reloads_under_load_lose_no_request(self):
-        d = tempfile.mkdtemp(prefix="mtls-proxy-reload-")
-        harness.make_pki(f"{d}/pki")
-        # A secret folder mounted the Kubernetes way: secret -> ..data -> ..2026_1 (the real files).
-        os.makedirs(f"{d}/secret/..v1")
-        for ext in ("pem", "key"):
-            shutil.copy(f"{d}/pki/fusion-us.{ext}", f"{d}/secret/..v1/tls.{ext}")
-            os.symlink(f"..data/tls.{ext}", f"{d}/secret/tls.{ext}")
-        os.symlink("..v1", f"{d}/secret/..data")
-        procs = harness.Processes()
-        up, proxy_port = harness.free_port(), harness.free_port()
-        try:
-            harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+        with Fixture.temporary("mtls-proxy-reload-", ports=("up", "proxy")) as fx:
+            d, up, proxy_port = fx.dir, fx.ports["up"], fx.ports["proxy"]
+            # A secret folder mounted the Kubernetes way: secret -> ..data -> ..2026_1 (the real files).
+            os.makedirs(f"{d}/secret/..v1")
+            for ext in ("pem", "key"):
+                shutil.copy(f"{d}/pki/fusion-us.{ext}", f"{d}/secret/..v1/tls.{ext}")
+                os.symlink(f"..data/tls.{ext}", f"{d}/secret/tls.{ext}")
+            os.symlink("..v1", f"{d}/secret/..data")
+            fx.python_upstream("up", ca="ca", require=True)
             path = f"{d}/proxy.conf"
             atomic_write(path, config(up, proxy_port, "pki", "fusion-us"))
-            proxy = harness.start_proxy(procs, path, f"{d}/proxy.log", proxy_port)
+            proxy = fx.proxy("proxy")
             traffic = Traffic(f"http://127.0.0.1:{proxy_port}")
             traffic.start()
 
@@ -134,43 +119,27 @@ class Reload(unittest.TestCase):
             self.assertIn("identities.us.bogus_key: unknown key", log)
             self.assertGreaterEqual(log.count("reloaded (files changed)"), 3)
             self.assertIn("reloaded (SIGHUP)", log)
-        finally:
-            procs.stop_all()
 
     def test_a_large_table_is_swapped_whole(self):
         """20,000 routes: while the new table is read and compiled, requests are decided by the old one; then
         every request is decided by the new one. One worker, so the order of the answers is the order of the
         decisions: all "us" (the old table's last route), then all "eu" (the new one's), never a failure."""
-        d = tempfile.mkdtemp(prefix="mtls-proxy-reload-large-")
-        harness.make_pki(f"{d}/pki")
-        procs = harness.Processes()
-        up, proxy_port = harness.free_port(), harness.free_port()
+        with Fixture.temporary("mtls-proxy-reload-large-", ports=("up", "proxy")) as fx:
+            d, up, proxy_port = fx.dir, fx.ports["up"], fx.ports["proxy"]
 
-        def table(identity):
-            head = f"""[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[identities.eu]
-cert = "pki/fusion-eu.pem"
-key = "pki/fusion-eu.key"
-"""
-            routes = [f'[[route]]\nhost = "*.zone{i}.mygreatbank.test"\naction = "deny"\n' if i % 10 == 9 else
-                      f'[[route]]\nhost = "svc{i}.mygreatbank.test"\npath = "/api/v{i % 3}"\nidentity = "{identity}"\n'
-                      for i in range(20_000)]
-            routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\npath = "/whoami/x"\naction = "deny"\n')
-            routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\nidentity = "{identity}"\nconnect = "127.0.0.1:{up}"\n')
-            return head + "\n".join(routes)
+            def table(identity):
+                head = proxy_section(proxy_port) + upstream_section() + US_KEYS + EU_KEYS
+                routes = [f'[[route]]\nhost = "*.zone{i}.mygreatbank.test"\naction = "deny"\n' if i % 10 == 9 else
+                          f'[[route]]\nhost = "svc{i}.mygreatbank.test"\npath = "/api/v{i % 3}"\nidentity = "{identity}"\n'
+                          for i in range(20_000)]
+                routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\npath = "/whoami/x"\naction = "deny"\n')
+                routes.append(f'[[route]]\nhost = "api.mygreatbank.test"\nidentity = "{identity}"\nconnect = "127.0.0.1:{up}"\n')
+                return head + "\n".join(routes)
 
-        try:
-            harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+            fx.python_upstream("up", ca="ca", require=True)
             path = f"{d}/proxy.conf"
             atomic_write(path, table("us"))
-            proxy = harness.start_proxy(procs, path, f"{d}/proxy.log", proxy_port)
+            proxy = fx.proxy("proxy")
             traffic = Traffic(f"http://127.0.0.1:{proxy_port}")
             traffic.start()
             time.sleep(0.5)
@@ -191,8 +160,6 @@ key = "pki/fusion-eu.key"
             switch = subjects.index("fusion-eu")
             self.assertEqual(set(subjects[:switch]), {"fusion-us"})
             self.assertEqual(set(subjects[switch:]), {"fusion-eu"}, "a request was decided by the old table after the new one")
-        finally:
-            procs.stop_all()
 
 
     def test_sighup_during_start_up_is_not_fatal(self):
@@ -200,14 +167,11 @@ key = "pki/fusion-eu.key"
         listeners, starting workers) must not end it: SIGHUP's default action is to terminate, and the loop's own
         handler is installed only when the main loop starts. Signals are sent from the moment the process is
         running until it serves."""
-        d = tempfile.mkdtemp(prefix="mtls-proxy-reload-start-")
-        harness.make_pki(f"{d}/pki")
-        procs = harness.Processes()
-        up, proxy_port = harness.free_port(), harness.free_port()
-        routes = "".join(f'[[route]]\nhost = "svc{i}.mygreatbank.test"\nidentity = "us"\n' for i in range(20_000))
-        text = config(up, proxy_port, "pki", "fusion-us") + routes
-        try:
-            harness.start_python_upstream(procs, f"{d}/pki", up, ca="ca", require=True)
+        with Fixture.temporary("mtls-proxy-reload-start-", ports=("up", "proxy")) as fx:
+            d, procs, up, proxy_port = fx.dir, fx.procs, fx.ports["up"], fx.ports["proxy"]
+            routes = "".join(f'[[route]]\nhost = "svc{i}.mygreatbank.test"\nidentity = "us"\n' for i in range(20_000))
+            text = config(up, proxy_port, "pki", "fusion-us") + routes
+            fx.python_upstream("up", ca="ca", require=True)
             path = f"{d}/proxy.conf"
             atomic_write(path, text)
             with open(f"{d}/proxy.log", "ab") as log:
@@ -241,8 +205,50 @@ key = "pki/fusion-eu.key"
             harness.wait_for_port(proxy_port)
             r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{proxy_port}"}, timeout=10)
             self.assertEqual(r.status_code, 200)
-        finally:
-            procs.stop_all()
+
+class ReloadAskedForWhileStarting(unittest.TestCase):
+    """Between binding its listeners (the port answers: supervisors and tests take the proxy as started) and
+    arming its reload signal and file watcher, a proxy ignored SIGHUP and did not see the config change: the
+    reload asked for in that moment was lost, silently. A debug build widens the moment on request
+    (MTLS_PROXY_TEST_FAULT=slow-start: 2 s), so each way of asking lands in it."""
+
+    def start(self, fx):
+        fx.python_upstream("up", ca="ca", require=True)
+        fx.write("proxy.conf", config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-us"))
+        with open(fx.path("proxy.log"), "ab") as log:
+            proxy = fx.procs.start([harness.proxy_binary(), "run", "--config", fx.path("proxy.conf")], stdout=log,
+                                   stderr=subprocess.STDOUT, env=dict(os.environ, MTLS_PROXY_TEST_FAULT="slow-start"))
+        harness.wait_for_port(fx.ports["proxy"])
+        if "test fault on" not in harness.read(fx.path("proxy.log")):
+            self.skipTest("this build ignores MTLS_PROXY_TEST_FAULT (a release build)")
+        return proxy
+
+    def subject(self, fx):
+        r = requests.get("http://api.mygreatbank.test/whoami", proxies={"http": f"http://127.0.0.1:{fx.ports['proxy']}"},
+                         timeout=10)
+        self.assertEqual(r.status_code, 200, r.text)
+        return r.headers["X-Client-Subject"]
+
+    def test_a_sighup_while_starting_reloads_once_started(self):
+        with Fixture.temporary("mtls-proxy-reload-early-hup-", ports=("up", "proxy")) as fx:
+            proxy = self.start(fx)
+            atomic_write(fx.path("proxy.conf"), config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-eu"))
+            os.kill(proxy.pid, signal.SIGHUP)
+            reloaded = harness.wait_until(lambda: "reloaded (SIGHUP" in harness.read(fx.path("proxy.log")), timeout=10, step=0.1)
+            self.assertTrue(reloaded, harness.read(fx.path("proxy.log")))
+            self.assertEqual(self.subject(fx), "fusion-eu")
+            self.assertIsNone(proxy.poll())
+
+    def test_a_config_changed_while_starting_is_picked_up(self):
+        with Fixture.temporary("mtls-proxy-reload-early-change-", ports=("up", "proxy")) as fx:
+            proxy = self.start(fx)
+            atomic_write(fx.path("proxy.conf"), config(fx.ports["up"], fx.ports["proxy"], "pki", "fusion-eu"))
+            reloaded = harness.wait_until(lambda: "reloaded (files changed" in harness.read(fx.path("proxy.log")),
+                                          timeout=10, step=0.1)
+            self.assertTrue(reloaded, harness.read(fx.path("proxy.log")))
+            self.assertEqual(self.subject(fx), "fusion-eu")
+            self.assertIsNone(proxy.poll())
+
 
 if __name__ == "__main__":
     harness.run_suite()

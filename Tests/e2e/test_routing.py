@@ -7,6 +7,7 @@ import json, os, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import INTERCEPT, Fixture, route, tear_down  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
@@ -14,92 +15,35 @@ SECRET = "sekrit-query-value"
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-routing-")
-    pki = f"{d}/pki"
-    procs = harness.Processes()
-    dns = harness.LoopbackDNS()
-    ports = {k: harness.free_port() for k in ("proxy", "plain", "recorder", "sidecar")}
-    try:
-        harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
-        rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
-        routes = f"""
-{harness.us_identity(dns.port)}[[route]]
-name = "admin deny"
-host = "api.mygreatbank.test"
-path = "/admin"
-action = "deny"
-[[route]]
-name = "api"
-host = "api.mygreatbank.test"
-identity = "us"
-{rec}
-[[route]]
-name = "relaxed"
-host = "relaxed.mygreatbank.test"
-identity = "us"
-merge_slashes = true
-escaped_slashes = "keep"
-{rec}
-[[route]]
-name = "blocked"
-host = "blocked.loopback.test"
-action = "deny"
-[[route]]
-name = "mixed public"
-host = "mixed.mygreatbank.test"
-path = "/public/"
-action = "tls"
-{rec}
-[[route]]
-name = "mixed"
-host = "mixed.mygreatbank.test"
-identity = "us"
-{rec}
-[[route]]
-name = "status only"
-host = "statusonly.mygreatbank.test"
-path = "/status/"
-action = "tls"
-{rec}
-[[route]]
-name = "status only rest"
-host = "statusonly.mygreatbank.test"
-action = "deny"
-[[route]]
-name = "tlsonly path"
-host = "tlsonly.mygreatbank.test"
-path = "/a/"
-action = "tls"
-{rec}
-[[route]]
-name = "tlsonly host"
-host = "tlsonly.mygreatbank.test"
-action = "tls"
-{rec}
-"""
+    with Fixture("mtls-proxy-routing-", dns=True, ports=("proxy", "plain", "recorder", "sidecar")) as fx:
+        ports, dns = fx.ports, fx.dns
+        fx.recorder("recorder", "upstream.jsonl", optional_client_cert=True)
+        rec = ports["recorder"]
+        routes = ("\n" + harness.us_identity(dns.port)
+                  + route("api.mygreatbank.test", name="admin deny", path="/admin", action="deny")
+                  + route("api.mygreatbank.test", name="api", identity="us", connect=rec)
+                  + route("relaxed.mygreatbank.test", name="relaxed", identity="us", merge_slashes=True, escaped_slashes="keep",
+                          connect=rec)
+                  + route("blocked.loopback.test", name="blocked", action="deny")
+                  + route("mixed.mygreatbank.test", name="mixed public", path="/public/", action="tls", connect=rec)
+                  + route("mixed.mygreatbank.test", name="mixed", identity="us", connect=rec)
+                  + route("statusonly.mygreatbank.test", name="status only", path="/status/", action="tls", connect=rec)
+                  + route("statusonly.mygreatbank.test", name="status only rest", action="deny")
+                  + route("tlsonly.mygreatbank.test", name="tlsonly path", path="/a/", action="tls", connect=rec)
+                  + route("tlsonly.mygreatbank.test", name="tlsonly host", action="tls", connect=rec))
         # Unmatched hosts go to the network (through the loopback DNS), so a route that is skipped shows.
         head = '[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nunmatched = "tls"\n'
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(head.format(port=ports["proxy"]) + '[intercept]\nca_cert = "state/local-ca.pem"\nca_key = "state/local-ca.key"\n'
-                    + routes)
-        with open(f"{d}/plain.conf", "w") as f:
-            f.write(head.format(port=ports["plain"]) + routes
-                    + f'[[listener]]\nlisten = "127.0.0.1:{ports["sidecar"]}"\nupstream = "https://api.mygreatbank.test."\n')
-        harness.init_local_ca(d, f"{d}/proxy.conf")
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.start_proxy(procs, f"{d}/plain.conf", f"{d}/plain.log", ports["plain"])
-    except BaseException:
-        procs.stop_all()
-        dns.close()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, dns=dns, local_ca=f"{d}/state/local-ca.pem",
-               url=f"http://127.0.0.1:{ports['proxy']}", plain=f"http://127.0.0.1:{ports['plain']}")
+        fx.write("proxy.conf", head.format(port=ports["proxy"]) + INTERCEPT + routes)
+        fx.write("plain.conf", head.format(port=ports["plain"]) + routes
+                 + f'[[listener]]\nlisten = "127.0.0.1:{ports["sidecar"]}"\nupstream = "https://api.mygreatbank.test."\n')
+        local_ca = fx.local_ca("proxy.conf")
+        fx.proxy("proxy")
+        fx.proxy("plain")
+    ENV.update(fx.env(local_ca=local_ca, url=f"http://127.0.0.1:{ports['proxy']}", plain=f"http://127.0.0.1:{ports['plain']}"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
-        ENV["dns"].close()
+    tear_down(ENV)
 
 
 def raw(data, port=None, wait=5.0):

@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, loopback, proxy_section, route, table, tear_down  # noqa: E402
 
 ENV = {}
 SECRET = "attack-secret-value"
@@ -17,84 +18,29 @@ DENIED = {"api.mygreatbank.test": ["/admin/"], "files.mygreatbank.test": ["/file
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-routing-attacks-")
-    pki = f"{d}/pki"
-    procs = harness.Processes()
-    dns = harness.LoopbackDNS()
-    ports = {k: harness.free_port() for k in ("proxy", "recorder", "sidecar")}
-    try:
-        harness.start_recorder(procs, pki, ports["recorder"], f"{d}/upstream.jsonl", optional_client_cert=True)
-        rec = f'connect = "127.0.0.1:{ports["recorder"]}"'
-        config = f"""
-[proxy]
-listen = "127.0.0.1:{ports["proxy"]}"
-workers = 2
-unmatched = "deny"
-[intercept]
-ca_cert = "state/local-ca.pem"
-ca_key = "state/local-ca.key"
-{harness.us_identity(dns.port)}[[route]]
-name = "admin deny"
-host = "api.mygreatbank.test"
-path = "/admin/"
-action = "deny"
-[[route]]
-name = "api"
-host = "api.mygreatbank.test"
-identity = "us"
-{rec}
-[[route]]
-name = "files private"
-host = "files.mygreatbank.test"
-path = "/files/private"
-action = "deny"
-[[route]]
-name = "files"
-host = "files.mygreatbank.test"
-path = "/files"
-identity = "us"
-escaped_slashes = "keep"
-{rec}
-[[route]]
-name = "files rest"
-host = "files.mygreatbank.test"
-action = "deny"
-[[route]]
-name = "v6 deny"
-host = "[::1]"
-action = "deny"
-[[route]]
-name = "v4 deny"
-host = "127.0.0.1"
-action = "deny"
-[[route]]
-name = "internal deny"
-host = "*.internal.mygreatbank.test"
-action = "deny"
-[[route]]
-name = "everything else"
-host = "*"
-action = "tls"
-{rec}
-[[listener]]
-listen = "127.0.0.1:{ports["sidecar"]}"
-upstream = "https://API.mygreatbank.test."
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(config)
-        harness.init_local_ca(d, f"{d}/proxy.conf")
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-    except BaseException:
-        procs.stop_all()
-        dns.close()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports, dns=dns, local_ca=f"{d}/state/local-ca.pem")
+    with Fixture("mtls-proxy-routing-attacks-", dns=True, ports=("proxy", "recorder", "sidecar")) as fx:
+        ports, dns = fx.ports, fx.dns
+        fx.recorder("recorder", "upstream.jsonl", optional_client_cert=True)
+        rec = ports["recorder"]
+        config = ("\n" + proxy_section(ports["proxy"], workers=2, unmatched="deny", intercept=True) + harness.us_identity(dns.port)
+                  + route("api.mygreatbank.test", name="admin deny", path="/admin/", action="deny")
+                  + route("api.mygreatbank.test", name="api", identity="us", connect=rec)
+                  + route("files.mygreatbank.test", name="files private", path="/files/private", action="deny")
+                  + route("files.mygreatbank.test", name="files", path="/files", identity="us", escaped_slashes="keep", connect=rec)
+                  + route("files.mygreatbank.test", name="files rest", action="deny")
+                  + route("[::1]", name="v6 deny", action="deny")
+                  + route("127.0.0.1", name="v4 deny", action="deny")
+                  + route("*.internal.mygreatbank.test", name="internal deny", action="deny")
+                  + route("*", name="everything else", action="tls", connect=rec)
+                  + table("[[listener]]", listen=loopback(ports["sidecar"]), upstream="https://API.mygreatbank.test."))
+        fx.write("proxy.conf", config)
+        local_ca = fx.local_ca("proxy.conf")
+        fx.proxy("proxy")
+    ENV.update(fx.env(local_ca=local_ca))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
-        ENV["dns"].close()
+    tear_down(ENV)
 
 
 def raw(data, port=None, wait=5.0):

@@ -11,93 +11,61 @@ import hashlib, os, socket, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import US_KEYS, Fixture, RequestUpstream, echo, proxy_section, respond, route, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 RECORD = bytes(range(256)) * 4  # 1,024 bytes, one TLS record each
 MANY = 4096  # records in one burst: 4 MiB, beyond every watermark
 
 
-class Upstream(harness.TLSUpstream):
+class Upstream(RequestUpstream):
     """A TLS server requiring a client certificate. Paths:
       GET /records       4 MiB as 4,096 separate TLS records, written as fast as the socket takes them
       POST /slow-sink    reads the Content-Length body slowly, answers its length and SHA-256
       GET /eager-upgrade answers 101 with bytes in the same record, then 50 small records, then echoes
       anything else      200 "fine\\n" """
 
-    def serve(self, conn):
-        buf = b""
-        while True:
-            head, buf = harness.read_head(conn, buf)
-            if head is None:
-                return
-            path = head.split(b" ")[1].decode()
-            if path == "/records":
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(RECORD) * MANY).encode() + b"\r\n\r\n")
-                for _ in range(MANY):
-                    conn.sendall(RECORD)
-            elif path == "/slow-sink":
-                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                digest = hashlib.sha256()
-                got = len(buf)
-                digest.update(buf)
-                while got < n:
-                    time.sleep(0.002)  # a slow reader: the proxy's writes to it must wait, not fail
-                    data = conn.recv(min(16384, n - got))
-                    if not data:
-                        return
-                    digest.update(data)
-                    got += len(data)
-                buf = b""
-                body = f"{got} {digest.hexdigest()}".encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-            elif path == "/eager-upgrade":
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n"
-                             b"FIRST-IN-THE-SAME-RECORD;")
-                for i in range(50):
-                    conn.sendall(b"R%03d;" % i)
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            else:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+    def answer(self, conn, head, path, buf):
+        if path == "/records":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(len(RECORD) * MANY).encode() + b"\r\n\r\n")
+            for _ in range(MANY):
+                conn.sendall(RECORD)
+        elif path == "/slow-sink":
+            n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            digest = hashlib.sha256()
+            got = len(buf)
+            digest.update(buf)
+            while got < n:
+                time.sleep(0.002)  # a slow reader: the proxy's writes to it must wait, not fail
+                data = conn.recv(min(16384, n - got))
+                if not data:
+                    return None
+                digest.update(data)
+                got += len(data)
+            buf = b""
+            respond(conn, f"{got} {digest.hexdigest()}".encode())
+        elif path == "/eager-upgrade":
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n"
+                         b"FIRST-IN-THE-SAME-RECORD;")
+            for i in range(50):
+                conn.sendall(b"R%03d;" % i)
+            echo(conn)
+            return None
+        else:
+            respond(conn, b"fine\n")
+        return buf
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-socket-io-")
-    pki = f"{d}/pki"
-    harness.make_pki(pki)
-    procs = harness.Processes()
-    port = harness.free_port()
-    try:
-        up = Upstream(pki)
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-response_timeout = "20s"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{up.port}"
-""")
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, port=port)
+    with Fixture("mtls-proxy-socket-io-", ports=("proxy",)) as fx:
+        up = fx.server(Upstream(fx.pki))
+        fx.proxy("proxy", proxy_section(fx.ports["proxy"]) + upstream_section(response_timeout="20s")
+                 + US_KEYS + route("api.mygreatbank.test", identity="us", connect=up.port))
+    ENV.update(fx.env(port=fx.ports["proxy"]))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def connect():

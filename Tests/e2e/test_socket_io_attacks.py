@@ -10,6 +10,7 @@ import os, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import US_KEYS, Fixture, RequestUpstream, echo, proxy_section, respond, route, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 
@@ -19,7 +20,7 @@ def pattern(n):
     return (block * (n // 256 + 1))[:n]
 
 
-class Upstream(harness.TLSUpstream):
+class Upstream(RequestUpstream):
     """A TLS server requiring a client certificate. Paths:
       GET /split/N   the head in one write, then an N-byte body in a second write; the connection stays open
       GET /rst/N     announces 10 MB, sends N body bytes, then resets the connection
@@ -35,65 +36,57 @@ class Upstream(harness.TLSUpstream):
         self.upgrade_closed_by_proxy = threading.Event()
         super().__init__(pki, cert=cert, client_ca=client_ca, backlog=128)
 
-    def serve(self, conn):
-        buf = b""
-        while True:
-            head, buf = harness.read_head(conn, buf)
-            if head is None:
-                return
-            path = head.split(b" ")[1].decode()
-            if path.startswith("/split/"):
-                n = int(path.split("/")[2])
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
-                conn.sendall(pattern(n))
-            elif path.startswith("/rst/"):
-                n = int(path.split("/")[2])
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
-                time.sleep(0.2)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()
-                return
-            elif path.startswith("/upgrade/"):
-                # 101 with N bytes in the same write (the same records), then an echo.
-                n = int(path.split("/")[2])
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
-                if buf:
-                    conn.sendall(buf)
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            elif path == "/upgrade-close":
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\nbye")
-                return
-            elif path == "/upgrade-late":
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n")
-                conn.settimeout(1.0)
-                try:
-                    closed = conn.recv(65536) == b""
-                except (socket.timeout, TimeoutError):
-                    closed = False
-                if closed:
-                    self.upgrade_closed_by_proxy.set()
-                    return
-                conn.sendall(b"late bytes")  # to whatever still reads this connection
-                time.sleep(0.2)
-                return
-            elif path == "/early-answer":
-                time.sleep(1.0)  # reads none of the body: the proxy's writes block
-                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 10\r\n\r\ntoo large\n")
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()
-                return
-            elif path == "/forever":
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
-                chunk = pattern(65536)
-                while True:
-                    conn.sendall(chunk)
-                    self.forever_sent += len(chunk)
-            else:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfine\n")
+    def answer(self, conn, head, path, buf):
+        if path.startswith("/split/"):
+            n = int(path.split("/")[2])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + str(n).encode() + b"\r\n\r\n")
+            conn.sendall(pattern(n))
+        elif path.startswith("/rst/"):
+            n = int(path.split("/")[2])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + pattern(n))
+            time.sleep(0.2)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()
+            return None
+        elif path.startswith("/upgrade/"):
+            # 101 with N bytes in the same write (the same records), then an echo.
+            n = int(path.split("/")[2])
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n" + pattern(n))
+            if buf:
+                conn.sendall(buf)
+            echo(conn)
+            return None
+        elif path == "/upgrade-close":
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\nbye")
+            return None
+        elif path == "/upgrade-late":
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test-echo\r\nConnection: Upgrade\r\n\r\n")
+            conn.settimeout(1.0)
+            try:
+                closed = conn.recv(65536) == b""
+            except (socket.timeout, TimeoutError):
+                closed = False
+            if closed:
+                self.upgrade_closed_by_proxy.set()
+                return None
+            conn.sendall(b"late bytes")  # to whatever still reads this connection
+            time.sleep(0.2)
+            return None
+        elif path == "/early-answer":
+            time.sleep(1.0)  # reads none of the body: the proxy's writes block
+            respond(conn, b"too large\n", status=b"413 Payload Too Large", headers=b"Connection: close\r\n")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()
+            return None
+        elif path == "/forever":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+            chunk = pattern(65536)
+            while True:
+                conn.sendall(chunk)
+                self.forever_sent += len(chunk)
+        else:
+            respond(conn, b"fine\n")
+        return buf
 
 
 class Silent:
@@ -132,70 +125,29 @@ class Echo(harness.ThreadedServer):
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-socket-io-attacks-")
-    pki = f"{d}/pki"
-    harness.make_pki(pki)
-    procs = harness.Processes()
-    port = harness.free_port()
-    closed_port = harness.free_port()  # nothing listens there: connections are refused
-    try:
-        up = Upstream(pki)
+    # closed: nothing listens there, connections are refused.
+    with Fixture("mtls-proxy-socket-io-attacks-", ports=("proxy", "closed")) as fx:
+        ports = fx.ports
+        up = fx.server(Upstream(fx.pki))
         # Its certificate is not from the CA the proxy trusts; and one that trusts no client certificate of ours.
-        untrusted = Upstream(pki, cert="rogue-server")
-        rejecting = Upstream(pki, client_ca="rogue-ca")
-        silent, echo = Silent(), Echo()
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[intercept]
-ca_cert = "state/local-ca.pem"
-ca_key = "state/local-ca.key"
-[upstream]
-ca_file = "pki/ca.pem"
-response_timeout = "30s"
-connect_timeout = "3s"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{up.port}"
-[[route]]
-host = "refused.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{closed_port}"
-[[route]]
-host = "untrusted.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{untrusted.port}"
-[[route]]
-host = "rejecting.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{rejecting.port}"
-[[route]]
-host = "silent.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{silent.port}"
-[[route]]
-host = "echo.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{echo.port}"
-""")
-        harness.init_local_ca(d, f"{d}/proxy.conf")
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", port)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, port=port, up=up, pid=proxy.pid, proxy=proxy, silent=silent,
-               local_ca=f"{d}/state/local-ca.pem")
+        untrusted = fx.server(Upstream(fx.pki, cert="rogue-server"))
+        rejecting = fx.server(Upstream(fx.pki, client_ca="rogue-ca"))
+        silent, echo = fx.server(Silent()), fx.server(Echo())
+        fx.write("proxy.conf", proxy_section(ports["proxy"], intercept=True)
+                 + upstream_section(response_timeout="30s", connect_timeout="3s") + US_KEYS
+                 + route("api.mygreatbank.test", identity="us", connect=up.port)
+                 + route("refused.mygreatbank.test", identity="us", connect=ports["closed"])
+                 + route("untrusted.mygreatbank.test", identity="us", connect=untrusted.port)
+                 + route("rejecting.mygreatbank.test", identity="us", connect=rejecting.port)
+                 + route("silent.mygreatbank.test", identity="us", connect=silent.port)
+                 + route("echo.mygreatbank.test", action="tls", connect=echo.port))
+        local_ca = fx.local_ca("proxy.conf")
+        proxy = fx.proxy("proxy")
+    ENV.update(fx.env(port=ports["proxy"], up=up, pid=proxy.pid, proxy=proxy, silent=silent, local_ca=local_ca))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def connect(timeout=40):

@@ -13,6 +13,7 @@ import os, re, shutil, signal, socket, subprocess, sys, tempfile, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, certificates, identity, proxy_section, route, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 DAY = 86400
@@ -41,93 +42,34 @@ def browser_missing():
     return None
 
 
-def utc_in(seconds):
-    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() + seconds))
-
-
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-status-")
-    ENV["dir"] = d
-    pki = f"{d}/pki"
+    fx = Fixture("mtls-proxy-status-", ports=("proxy", "admin", "up", "rejecting", "closed"))
+    ENV.update(fx.env())
+    pki, ports = fx.pki, fx.ports
     # Ends half a day off whole days, so that "days left" is the same for pages rendered seconds apart.
     half = DAY // 2
-    cn = EVIL_SUBJECT_CN.replace("/", "\\/").replace('"', '\\"')
-    harness.pki_shell(
-        f'pki_cert_dated "{pki}" rot-a "{cn}" {utc_in(-100 * DAY)} {utc_in(20 * DAY + half)}',
-        f"pki_cert_dated '{pki}' rot-b fusion-rot-next {utc_in(10 * DAY)} {utc_in(375 * DAY + half)}",
-        f"pki_cert_dated '{pki}' soon fusion-soon {utc_in(-300 * DAY)} {utc_in(12 * DAY + half)}",
-        f"pki_cert_dated '{pki}' later fusion-later {utc_in(5 * DAY)} {utc_in(90 * DAY + half)}")
-    procs = harness.Processes()
-    ENV["procs"] = procs
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "up", "rejecting", "closed")}
-    ENV["ports"] = ports
-    try:
-        harness.start_python_upstream(procs, pki, ports["up"], ca="ca", require=True)
+    fx.dated_certificates(("rot-a", EVIL_SUBJECT_CN.replace("/", "\\/"), -100 * DAY, 20 * DAY + half),  # / escaped for openssl -subj
+                          ("rot-b", "fusion-rot-next", 10 * DAY, 375 * DAY + half),
+                          ("soon", "fusion-soon", -300 * DAY, 12 * DAY + half),
+                          ("later", "fusion-later", 5 * DAY, 90 * DAY + half))
+    with fx:
+        fx.python_upstream("up", ca="ca", require=True)
         # An upstream that trusts another CA: it rejects the client certificate, and the proxy's Proxy-Status
         # names the certificate it presented, markup in its subject included.
-        harness.start_python_upstream(procs, pki, ports["rejecting"], ca="rogue-ca", require=True)
-        config = f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 2
-warn_days = 30
-
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-
-[upstream]
-ca_file = "pki/ca.pem"
-
-[[identities.rotating.certificates]]
-cert = "pki/rot-a.pem"
-key = "pki/rot-a.key"
-[[identities.rotating.certificates]]
-cert = "pki/rot-b.pem"
-key = "pki/rot-b.key"
-
-[identities.expiring]
-cert = "pki/soon.pem"
-key = "pki/soon.key"
-
-[identities.future]
-cert = "pki/later.pem"
-key = "pki/later.key"
-
-[[route]]
-name = "{EVIL_ROUTE}"
-host = "api.mygreatbank.test"
-identity = "rotating"
-connect = "127.0.0.1:{ports['up']}"
-
-[[route]]
-name = "rejected"
-host = "rejecting.mygreatbank.test"
-identity = "rotating"
-connect = "127.0.0.1:{ports['rejecting']}"
-
-[[route]]
-name = "down"
-host = "down.mygreatbank.test"
-identity = "expiring"
-connect = "127.0.0.1:{ports['closed']}"
-
-[[route]]
-name = "later"
-host = "later.mygreatbank.test"
-identity = "future"
-connect = "127.0.0.1:{ports['up']}"
-"""
-        ENV["config"] = harness.write_file(f"{d}/proxy.conf", config)
-        ENV["proxy"] = harness.start_proxy(procs, ENV["config"], f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
+        fx.python_upstream("rejecting", ca="rogue-ca", require=True)
+        config = ("\n" + proxy_section(ports["proxy"], workers=2, warn_days=30, admin=ports["admin"]) + upstream_section()
+                  + certificates("rotating", "pki/rot-a", "pki/rot-b")
+                  + identity("expiring", "pki/soon") + identity("future", "pki/later")
+                  + route("api.mygreatbank.test", name=EVIL_ROUTE, identity="rotating", connect=ports["up"])
+                  + route("rejecting.mygreatbank.test", name="rejected", identity="rotating", connect=ports["rejecting"])
+                  + route("down.mygreatbank.test", name="down", identity="expiring", connect=ports["closed"])
+                  + route("later.mygreatbank.test", name="later", identity="future", connect=ports["up"]))
+        ENV["config"] = fx.write("proxy.conf", config)
+        ENV["proxy"] = fx.proxy("proxy", wait=("admin",))
 
 
 def tearDownModule():
-    ENV["procs"].stop_all()
-    shutil.rmtree(ENV["dir"], ignore_errors=True)
+    tear_down(ENV, remove=True)
 
 
 def through_proxy(host, path="/whoami", headers=""):

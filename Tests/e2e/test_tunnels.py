@@ -5,72 +5,35 @@ import base64, json, os, socket, ssl, stat, subprocess, sys, tempfile, time, uni
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, proxy_section, route, tear_down  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    d = tempfile.mkdtemp(prefix="mtls-proxy-tunnels-")
-    pki = f"{d}/pki"
-    harness.make_pki(pki)
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "plain_proxy", "nginx_mtls", "nginx_tls", "ws", "up")}
-    try:
-        harness.start_nginx(procs, d, pki, ports["nginx_mtls"], ports["nginx_tls"])
-        harness.start_python_upstream(procs, pki, ports["up"], ca="ca", require=True)
-        procs.start([sys.executable, os.path.join(harness.HERE, "ws_echo.py"), "--port", str(ports["ws"]),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"])
-        harness.wait_for_port(ports["ws"])
-        routes = f"""
-[upstream]
-ca_file = "pki/ca.pem"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['nginx_mtls']}"
-[[route]]
-host = "files.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['up']}"
-[[route]]
-host = "status.example.com"
-action = "tls"
-connect = "127.0.0.1:{ports['nginx_tls']}"
-[[route]]
-host = "ws.mygreatbank.test"
-identity = "us"
-connect = "127.0.0.1:{ports['ws']}"
-[[route]]
-host = "*"
-action = "deny"
-"""
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 2\n'
-                    '[intercept]\nca_cert = "state/local-ca.pem"\nca_key = "state/local-ca.key"\n' + routes)
-        with open(f"{d}/plain.conf", "w") as f:
-            f.write(f'[proxy]\nlisten = "127.0.0.1:{ports["plain_proxy"]}"\nworkers = 1\n' + routes)
-        os.makedirs(f"{d}/state")
-        init = subprocess.run([harness.proxy_binary(), "ca", "init", "--config", f"{d}/proxy.conf"], capture_output=True, text=True)
-        assert init.returncode == 0, init.stderr
-        with open(f"{d}/local-ca-export.pem", "w") as f:
-            f.write(subprocess.run([harness.proxy_binary(), "ca", "--pem", "--config", f"{d}/proxy.conf"],
-                                   capture_output=True, text=True, check=True).stdout)
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.start_proxy(procs, f"{d}/plain.conf", f"{d}/plain.log", ports["plain_proxy"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, url=f"http://127.0.0.1:{ports['proxy']}",
-               plain=f"http://127.0.0.1:{ports['plain_proxy']}", local_ca=f"{d}/local-ca-export.pem")
+    with Fixture("mtls-proxy-tunnels-", ports=("proxy", "plain_proxy", "nginx_mtls", "nginx_tls", "ws", "up")) as fx:
+        ports = fx.ports
+        fx.nginx()
+        fx.python_upstream("up", ca="ca", require=True)
+        fx.tls_script("ws_echo.py", "ws")
+        routes = (harness.US_IDENTITY
+                  + route("api.mygreatbank.test", identity="us", connect=ports["nginx_mtls"])
+                  + route("files.mygreatbank.test", identity="us", connect=ports["up"])
+                  + route("status.example.com", action="tls", connect=ports["nginx_tls"])
+                  + route("ws.mygreatbank.test", identity="us", connect=ports["ws"])
+                  + route("*", action="deny"))
+        fx.write("proxy.conf", proxy_section(ports["proxy"], workers=2, intercept=True) + routes)
+        fx.write("plain.conf", proxy_section(ports["plain_proxy"]) + routes)
+        local_ca = fx.local_ca("proxy.conf", export="local-ca-export.pem")
+        fx.proxy("proxy")
+        fx.proxy("plain", port="plain_proxy")
+    ENV.update(fx.env(url=f"http://127.0.0.1:{ports['proxy']}", plain=f"http://127.0.0.1:{ports['plain_proxy']}",
+                      local_ca=local_ca))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def curl(*args, env=None):

@@ -6,52 +6,32 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, proxy_section, route, tear_down  # noqa: E402
 import requests  # noqa: E402
 
 ENV = {}
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-faults-")
-    pki = f"{d}/pki"
-    harness.pki_shell(
-        f"pki_cert_dated '{pki}' expired expired.mygreatbank.test $(utc_in -2592000) $(utc_in -86400) server",
-        f"pki_cert_dated '{pki}' notyet notyet.mygreatbank.test $(utc_in 86400) $(utc_in 2592000) server",
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem"
-        " -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null",
-        cwd=pki)
-    procs = harness.Processes()
-    names = ("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")
-    ports = {k: harness.free_port() for k in names}
-    faulty = os.path.join(harness.HERE, "faulty.py")
-    try:
+    with Fixture("mtls-proxy-faults-", ports=("proxy", "admin", "faulty", "expired", "notyet", "selfsigned", "tls11")) as fx:
+        ports = fx.ports
+        fx.dated_certificates(("expired", "expired.mygreatbank.test", -2592000, -86400, "server"),
+                              ("notyet", "notyet.mygreatbank.test", 86400, 2592000, "server"))
+        harness.pki_shell(
+            "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout selfsigned.key -out selfsigned.pem"
+            " -subj /CN=selfsigned.mygreatbank.test -addext subjectAltName=DNS:selfsigned.mygreatbank.test -days 30 2>/dev/null",
+            cwd=fx.pki)
         for name, cert, extra in [("faulty", "server", []), ("expired", "expired", []), ("notyet", "notyet", []),
                                   ("selfsigned", "selfsigned", []), ("tls11", "server", ["--max-tls", "1.1"])]:
-            procs.start([sys.executable, faulty, "--port", str(ports[name]), "--cert", f"{pki}/{cert}.pem", "--key", f"{pki}/{cert}.key",
-                         "--ca", f"{pki}/ca.pem", *extra])
-            harness.wait_for_port(ports[name])
-        routes = "".join(f'\n[[route]]\nhost = "{host}.mygreatbank.test"\nidentity = "us"\nconnect = "127.0.0.1:{ports[port]}"\n'
-                         for host, port in [("faulty", "faulty"), ("expired", "expired"), ("notyet", "notyet"),
-                                            ("selfsigned", "selfsigned"), ("tls11", "tls11")])
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-{harness.US_IDENTITY}{routes}""")
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports, url=f"http://127.0.0.1:{ports['proxy']}")
+            fx.tls_script("faulty.py", name, *extra, cert=cert)
+        routes = "".join("\n" + route(f"{name}.mygreatbank.test", identity="us", connect=ports[name])
+                         for name in ("faulty", "expired", "notyet", "selfsigned", "tls11"))
+        fx.proxy("proxy", "\n" + proxy_section(ports["proxy"], admin=ports["admin"]) + harness.US_IDENTITY + routes, wait=("admin",))
+    ENV.update(fx.env(url=f"http://127.0.0.1:{ports['proxy']}"))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def get(host, path="/"):

@@ -4,7 +4,7 @@ servers, SPKI pins (a key change with and without the backup pin, report-only, p
 and revocation from CRL files made with `openssl ca -gencrl` (revoked, missing, stale). Each refusal reaches the
 client as a 502 with its own Proxy-Status, and nothing is shared between routes with different settings.
 Everything on loopback."""
-import base64, hashlib, http.server, os, re, socket, subprocess, sys, threading, time, unittest
+import base64, hashlib, http.server, json, os, re, signal, socket, ssl, subprocess, sys, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -432,6 +432,28 @@ revocation = "hard"
         self.assertIn("revocation=hard crls=1 stale=1", body)
         self.assertIn("route=route[20] revocation=hard crls=1 stale=0", body)  # crl-missing-hard: its CRL is the rogue CA's
 
+    def test_check_json_shows_each_routes_trust_settings(self):
+        r = harness.run_cli("check", "--config", ENV["conf"], "--format", "json", timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        routes = {route["host"]: route for route in json.loads(r.stdout)["routes"]}
+        revoked = routes["revoked.mygreatbank.test"]["trust"]
+        self.assertEqual(revoked["revocation"], "hard")
+        self.assertEqual(revoked["verify"], "chain")
+        self.assertTrue(revoked["crl_files"][0].endswith("pki/crl.pem"))
+        self.assertEqual(revoked["crls"][0]["issuer"], "CN=mtls-proxy test CA,O=mtls-proxy test")
+        self.assertEqual(revoked["crls"][0]["revoked"], 1)
+        self.assertFalse(revoked["crls"][0]["stale"])
+        self.assertEqual(revoked["ocsp_staple"], "requested")
+        self.assertTrue(routes["crl-stale-hard.mygreatbank.test"]["trust"]["crls"][0]["stale"])
+        self.assertEqual(routes["selfsigned.mygreatbank.test"]["trust"]["verify"], "pin-only")
+        self.assertEqual(routes["selfsigned.mygreatbank.test"]["trust"]["pins"], [ENV["pins"]["self"]])
+        self.assertTrue(routes["report-only.mygreatbank.test"]["trust"]["pin_report_only"])
+        policy = routes["policy12.mygreatbank.test"]["trust"]["tls_policy"]
+        self.assertEqual((policy["min_version"], policy["max_version"]), ("1.2", "1.2"))
+        self.assertEqual(policy["ciphers"], ["ECDHE-ECDSA-AES256-GCM-SHA384"])
+        self.assertEqual(routes["policy13.mygreatbank.test"]["trust"]["tls_policy"]["min_version"], "1.3")
+        self.assertFalse(routes["pinned.mygreatbank.test"]["trust"]["require_ocsp_staple"])
+
     def test_a_garbage_crl_file_is_a_config_error_naming_the_key(self):
         conf = harness.write_file(f"{ENV['dir']}/garbage.conf", """
 [upstream]
@@ -456,11 +478,13 @@ crl_files = ["pki/crl.pem", "pki/garbage-crl.pem"]
 
 
 class CRLServer(http.server.ThreadingHTTPServer):
-    """A CRL distribution point on loopback: path -> bytes (anything else is 404); counts what it served."""
+    """A CRL distribution point on loopback: path -> bytes (anything else is 404); counts what it served. `delays`
+    (path -> seconds) makes it wait before answering; `tls` (cert, key) serves it over https."""
     daemon_threads = True
 
-    def __init__(self, files):
-        self.files, self.hits = files, []
+    def __init__(self, files, delays=None, tls=None):
+        self.files, self.hits, self.delays, self.tls = files, [], delays or {}, tls
+        self.handshake_failures = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -468,6 +492,7 @@ class CRLServer(http.server.ThreadingHTTPServer):
 
             def do_GET(h):
                 self.hits.append(h.path)
+                time.sleep(self.delays.get(h.path, 0))
                 body = self.files.get(h.path)
                 if body is None:
                     h.send_response(404)
@@ -481,7 +506,25 @@ class CRLServer(http.server.ThreadingHTTPServer):
                 h.wfile.write(body)
 
         super().__init__(("127.0.0.1", 0), Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def finish_request(self, request, client_address):
+        if self.tls:
+            try:
+                request.settimeout(5)
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                self.handshake_failures.append(str(e))
+                return
+        super().finish_request(request, client_address)
+
+    @property
+    def base(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server_address[1]}"
 
 
 class CRLFetch(unittest.TestCase):
@@ -763,6 +806,419 @@ class OCSPStapling(unittest.TestCase):
     def test_no_staple_is_fine_when_not_required(self):
         self.assertEqual(self.status("ocsp-optional")[0], 200)
 
+
+
+def issue(pki, cnf, name, cn, ext):
+    """Shell commands: a P-256 key and a certificate `name`.pem for CN=`cn` from the `openssl ca` config `cnf`, with
+    the extensions `ext` (lines)."""
+    with open(f"{pki}/{name}.ext", "w") as f:
+        f.write("\n".join(ext) + "\n")
+    return [f"openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out {name}.key",
+            f"openssl req -new -key {name}.key -subj '/O=mtls-proxy test/CN={cn}' -out {name}.csr",
+            f"openssl ca -batch -config '{cnf}' -extfile {name}.ext -notext -days 30 -in {name}.csr -out {name}.pem 2>/dev/null"]
+
+
+def server_ext(dp=None):
+    ext = ["basicConstraints = CA:FALSE", "keyUsage = digitalSignature", "extendedKeyUsage = serverAuth",
+           "subjectAltName = DNS:*.mygreatbank.test"]
+    return ext + ([f"crlDistributionPoints = URI:{dp}"] if dp else [])
+
+
+def leaf_with_dp(pki, name, dp):
+    """A server certificate dp-`name` from the module's test CA naming `dp` as its CRL distribution point."""
+    sh(*issue(pki, ca_config(pki, "ca"), name, f"{name}.mygreatbank.test", server_ext(dp)), cwd=pki)
+
+
+def start_proxy_with(procs, path, text, port, env=None):
+    conf = harness.write_file(path, text)
+    log = path[:-len(".conf")] + ".log"
+    with open(log, "ab") as out:
+        procs.start([harness.proxy_binary(), "run", "--config", conf], stdout=out, stderr=subprocess.STDOUT,
+                    env=dict(os.environ, **(env or {})))
+    harness.wait_for_port(port)
+    return conf, log
+
+
+def get_on(port, host):
+    saved = ENV["ports"]["proxy"]
+    ENV["ports"]["proxy"] = port
+    try:
+        return get(host)
+    finally:
+        ENV["ports"]["proxy"] = saved
+
+
+def get_until_on(test, port, host, predicate, timeout=8):
+    """Requests through the proxy on `port` until `predicate(status, proxy_status)` holds; (status, proxy_status)."""
+    last = []
+
+    def attempt():
+        status, headers, _ = get_on(port, host)
+        last[:] = [status, headers.get("proxy-status", "")]
+        return predicate(*last)
+    test.assertTrue(harness.wait_until(attempt, timeout, 0.2), f"{host}: last answer {last}")
+    return last
+
+
+class ChainRevocation(unittest.TestCase):
+    """Revocation of the whole chain, not only the leaf: a three-level PKI made here (root -> intermediate ->
+    leaf), CRLs from `openssl ca -gencrl` for the root (which revokes one intermediate) and for each intermediate,
+    as files and from the distribution points the certificates name (the intermediate's points at the root's
+    CRL). A revoked intermediate fails the handshake in both modes, with a 502 naming it (subject, serial)."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cls.dp = CRLServer({})
+        dp = cls.dp.base
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out chain-root.key",
+           "openssl req -x509 -new -key chain-root.key -subj '/O=mtls-proxy test/CN=chain test root' -days 30 -sha256 "
+           "-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' "
+           f"-addext 'crlDistributionPoints=URI:{dp}/anchor.crl' -out chain-root.pem 2>/dev/null",
+           cwd=pki)
+        root_cnf = ca_config(pki, "chain-root")
+        cmds = []
+        # Intermediates: good, revoked by the root ("bad"), and one whose distribution point is gone ("lost").
+        for name in ("good", "bad", "lost"):
+            point = f"{dp}/{'lost' if name == 'lost' else 'root'}.crl"
+            cmds += issue(pki, root_cnf, f"chain-int-{name}", f"chain intermediate {name}",
+                          ["basicConstraints = critical,CA:TRUE,pathlen:0", "keyUsage = critical,keyCertSign,cRLSign",
+                           f"crlDistributionPoints = URI:{point}"])
+        sh(*cmds, cwd=pki)
+        cmds = []
+        leaves = {"chain-good": "good", "chain-leaf-revoked": "good", "chain-under-bad": "bad", "chain-under-lost": "lost"}
+        for leaf, issuer in leaves.items():
+            cmds += issue(pki, ca_config(pki, f"chain-int-{issuer}"), leaf, f"{leaf}.mygreatbank.test",
+                          server_ext(f"{dp}/int-{issuer}.crl"))
+        sh(*cmds, cwd=pki)
+        sh(f"openssl ca -config '{ca_config(pki, 'chain-root')}' -revoke chain-int-bad.pem -crl_reason keyCompromise 2>/dev/null",
+           f"openssl ca -config '{ca_config(pki, 'chain-int-good')}' -revoke chain-leaf-revoked.pem 2>/dev/null",
+           f"openssl ca -config '{ca_config(pki, 'chain-root')}' -gencrl -out chain-root.crl 2>/dev/null",
+           *(f"openssl ca -config '{ca_config(pki, f'chain-int-{n}')}' -gencrl -out chain-int-{n}.crl 2>/dev/null" for n in ("good", "bad", "lost")),
+           # Each server sends its leaf and its intermediate; the proxy trusts the root only.
+           *(f"cat {leaf}.pem chain-int-{issuer}.pem > {leaf}-chain.pem && cp {leaf}.key {leaf}-chain.key" for leaf, issuer in leaves.items()),
+           cwd=pki)
+        cls.dp.files.update({"/root.crl": open(f"{pki}/chain-root.crl", "rb").read(),
+                             **{f"/int-{n}.crl": open(f"{pki}/chain-int-{n}.crl", "rb").read() for n in ("good", "bad", "lost")}})
+        cls.serials = {n: serial_of(f"{pki}/{n}.pem") for n in ("chain-int-bad", "chain-int-lost", "chain-leaf-revoked")}
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", *leaves)}
+        cls.port = ports["proxy"]
+        try:
+            for leaf in leaves:
+                harness.start_python_upstream(cls.procs, pki, ports[leaf], cert=f"{leaf}-chain")
+
+            def route(host, up, mode, extra):
+                return (f'[[route]]\nhost = "{host}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[up]}"\n'
+                        f'revocation = "{mode}"\n{extra}\n\n')
+            both = 'crl_files = ["pki/chain-root.crl", "pki/chain-int-good.crl", "pki/chain-int-bad.crl"]'
+            leaf_only = 'crl_files = ["pki/chain-int-good.crl", "pki/chain-int-bad.crl"]'
+            routes = "".join([
+                route("file-good", "chain-good", "hard", both),
+                route("file-leaf-revoked", "chain-leaf-revoked", "hard", both),
+                route("file-int-revoked", "chain-under-bad", "hard", both),
+                route("file-int-revoked-soft", "chain-under-bad", "soft", both),
+                route("file-int-nocrl", "chain-good", "hard", leaf_only),
+                route("file-int-nocrl-soft", "chain-good", "soft", leaf_only),
+                route("file-leaf-scope", "chain-under-bad", "hard", leaf_only + '\nrevocation_scope = "leaf"'),
+                route("fetch-good", "chain-good", "hard", "crl_fetch = true"),
+                route("fetch-int-revoked", "chain-under-bad", "hard", "crl_fetch = true"),
+                route("fetch-int-revoked-soft", "chain-under-bad", "soft", "crl_fetch = true"),
+                route("fetch-int-lost", "chain-under-lost", "hard", "crl_fetch = true"),
+                route("fetch-int-lost-soft", "chain-under-lost", "soft", "crl_fetch = true"),
+            ])
+            cls.conf, cls.log = start_proxy_with(cls.procs, f"{d}/chain.conf", f"""
+[proxy]
+listen = "127.0.0.1:{ports['proxy']}"
+workers = 1
+[upstream]
+ca_file = "pki/chain-root.pem"
+allow_private = true
+connect_timeout = "2s"
+{routes}""", ports["proxy"])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+        cls.dp.shutdown()
+        cls.dp.server_close()
+
+    def until(self, host, predicate):
+        return get_until_on(self, self.port, host, predicate)
+
+    def assert_names_intermediate(self, ps, name, word):
+        self.assertIn(f"chain intermediate {name}", ps)
+        self.assertIn(self.serials[f"chain-int-{name}"], ps)
+        self.assertIn(word, ps)
+        self.assertNotIn(".mygreatbank.test certificate", ps)
+
+    def test_a_chain_whose_crls_list_nothing_of_it_is_served(self):
+        self.assertEqual(get_on(self.port, "file-good")[0], 200)
+
+    def test_a_revoked_leaf_under_an_intermediate_is_still_refused(self):
+        status, headers, body = get_on(self.port, "file-leaf-revoked")
+        self.assertEqual(status, 502, body)
+        self.assertIn(self.serials["chain-leaf-revoked"], headers["proxy-status"])
+
+    def test_an_intermediate_revoked_by_the_roots_crl_file_is_refused_in_both_modes(self):
+        for host in ("file-int-revoked", "file-int-revoked-soft"):
+            with self.subTest(host=host):
+                status, headers, body = get_on(self.port, host)
+                self.assertEqual(status, 502, body)
+                ps = headers["proxy-status"]
+                self.assertIn("error=tls_certificate_error", ps)
+                self.assert_names_intermediate(ps, "bad", "revoked")
+                self.assertNotIn("CRL unavailable", ps)
+
+    def test_hard_mode_refuses_an_intermediate_no_crl_covers(self):
+        status, headers, body = get_on(self.port, "file-int-nocrl")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertIn("chain intermediate good", headers["proxy-status"])
+
+    def test_revocation_scope_leaf_checks_the_servers_certificate_only(self):
+        # Its intermediate is revoked and no CRL of the root is given: with the leaf only in scope, it is served.
+        status, headers, body = get_on(self.port, "file-leaf-scope")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+
+    def test_soft_mode_allows_an_intermediate_no_crl_covers_and_logs_it(self):
+        self.assertEqual(get_on(self.port, "file-int-nocrl-soft")[0], 200)
+        self.assertTrue(harness.wait_until(lambda: re.search(r"CRL unavailable for [^\n]*chain intermediate good", harness.read(self.log)), 5, 0.1),
+                        harness.read(self.log)[-2000:])
+
+    def test_the_fetcher_follows_the_intermediates_distribution_point_too(self):
+        self.until("fetch-good", lambda s, ps: s == 200)
+        self.assertIn("/int-good.crl", self.dp.hits)
+        self.assertIn("/root.crl", self.dp.hits)
+        self.assertNotIn("/anchor.crl", self.dp.hits, "the trust anchor's own distribution point was followed")
+
+    def test_an_intermediate_revoked_by_the_fetched_root_crl_is_refused_in_both_modes(self):
+        for host in ("fetch-int-revoked", "fetch-int-revoked-soft"):
+            with self.subTest(host=host):
+                _, ps = self.until(host, lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
+                self.assert_names_intermediate(ps, "bad", "revoked")
+
+    def test_an_intermediates_distribution_point_that_is_gone_refuses_in_hard_mode_only(self):
+        _, ps = self.until("fetch-int-lost", lambda s, ps: s == 502 and "HTTP 404" in ps)
+        self.assertIn("CRL unavailable", ps)
+        self.assert_names_intermediate(ps, "lost", "CRL unavailable")
+        self.until("fetch-int-lost-soft", lambda s, ps: s == 200)
+
+
+class HardModeFirstConnection(unittest.TestCase):
+    """revocation = "hard" with crl_fetch: the first connection to a server whose CRL is not fetched yet waits for
+    that fetch (at most the route's connect_timeout), then is decided on what it brought."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki = ENV["pki"]
+        cls.dp = CRLServer({}, delays={"/slow.crl": 1.0, "/slow404.crl": 0.5, "/hang.crl": 6.0})
+        for name in ("slow", "slow404", "hang"):
+            leaf_with_dp(pki, f"wait-{name}", f"{cls.dp.base}/{name}.crl")
+        cnf = ca_config(pki, "ca")
+        sh(f"openssl ca -config '{cnf}' -gencrl -out wait.crl 2>/dev/null", cwd=pki)
+        cls.dp.files["/slow.crl"] = cls.dp.files["/hang.crl"] = open(f"{pki}/wait.crl", "rb").read()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dp.shutdown()
+        cls.dp.server_close()
+
+    def proxy_for(self, name, connect_timeout="5s"):
+        """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server."""
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        up, port = harness.free_port(), harness.free_port()
+        harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{name}")
+        start_proxy_with(procs, f"{ENV['dir']}/wait-{name}.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "wait.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+connect_timeout = "{connect_timeout}"
+crl_fetch = true
+revocation = "hard"
+""", port)
+        return port
+
+    def test_the_first_connection_waits_for_its_crl_and_is_served(self):
+        port = self.proxy_for("slow")
+        status, headers, body = get_on(port, "wait")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+        self.assertIn("/slow.crl", self.dp.hits)
+
+    def test_the_first_connection_is_refused_naming_the_failed_fetch(self):
+        port = self.proxy_for("slow404")
+        status, headers, body = get_on(port, "wait")
+        self.assertEqual(status, 502, body)
+        ps = headers["proxy-status"]
+        self.assertIn("CRL unavailable", ps)
+        self.assertIn("HTTP 404", ps)
+        self.assertNotIn("being fetched", ps)
+
+    def test_the_wait_ends_with_the_routes_connect_timeout(self):
+        port = self.proxy_for("hang", connect_timeout="1s")
+        started = time.monotonic()
+        status, headers, body = get_on(port, "wait")
+        took = time.monotonic() - started
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertIn("being fetched", headers["proxy-status"])
+        self.assertLess(took, 3.5, "the first connection waited past the route's connect_timeout")
+        self.assertGreater(took, 0.8, "it did not wait for the fetch at all")
+
+
+class HTTPSDistributionPoints(unittest.TestCase):
+    """https:// CRL distribution points: fetched over TLS verified against the system trust store (here made the
+    test CA's with SSL_CERT_FILE, OpenSSL's own variable), with the same address guard as http://."""
+
+    @classmethod
+    def setUpClass(cls):
+        pki, d = ENV["pki"], ENV["dir"]
+        cls.dp = CRLServer({}, tls=(f"{pki}/server.pem", f"{pki}/server.key"))
+        cls.untrusted = CRLServer({}, tls=(f"{pki}/rogue-server.pem", f"{pki}/rogue-server.key"))
+        cnf = ca_config(pki, "ca")
+        leaf_with_dp(pki, "https-good", f"{cls.dp.base}/good.crl")
+        leaf_with_dp(pki, "https-revoked", f"{cls.dp.base}/good.crl")
+        leaf_with_dp(pki, "https-untrusted", f"{cls.untrusted.base}/good.crl")
+        sh(f"openssl ca -config '{cnf}' -revoke https-revoked.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out https.crl 2>/dev/null", cwd=pki)
+        crl = open(f"{pki}/https.crl", "rb").read()
+        cls.dp.files["/good.crl"] = cls.untrusted.files["/good.crl"] = crl
+        cls.procs = harness.Processes()
+        ports = {n: harness.free_port() for n in ("proxy", "guarded", "good", "revoked", "untrusted")}
+        cls.ports = ports
+        try:
+            for name in ("good", "revoked", "untrusted"):
+                harness.start_python_upstream(cls.procs, pki, ports[name], cert=f"https-{name}")
+
+            def route(name):
+                return (f'[[route]]\nhost = "https-{name}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[name]}"\n'
+                        'crl_fetch = true\nrevocation = "hard"\n\n')
+            routes = "".join(route(n) for n in ("good", "revoked", "untrusted"))
+            env = {"SSL_CERT_FILE": f"{pki}/ca.pem"}
+            start_proxy_with(cls.procs, f"{d}/https-dp.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 1\n'
+                             f'[upstream]\nca_file = "pki/ca.pem"\nallow_private = true\n{routes}', ports["proxy"], env)
+            start_proxy_with(cls.procs, f"{d}/https-guarded.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["guarded"]}"\nworkers = 1\n'
+                             f'[upstream]\nca_file = "pki/ca.pem"\n{route("good")}', ports["guarded"], env)
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+        for server in (cls.dp, cls.untrusted):
+            server.shutdown()
+            server.server_close()
+
+    def test_a_crl_fetched_over_https_serves_a_certificate_it_does_not_list(self):
+        get_until_on(self, self.ports["proxy"], "https-good", lambda s, ps: s == 200)
+        self.assertIn("/good.crl", self.dp.hits)
+
+    def test_a_crl_fetched_over_https_refuses_the_certificate_it_revokes(self):
+        _, ps = get_until_on(self, self.ports["proxy"], "https-revoked", lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
+        self.assertIn(serial_of(f"{ENV['pki']}/https-revoked.pem"), ps)
+
+    def test_a_distribution_point_whose_tls_does_not_verify_is_not_used(self):
+        _, ps = get_until_on(self, self.ports["proxy"], "https-untrusted", lambda s, ps: s == 502 and "verif" in ps)
+        self.assertIn("CRL unavailable", ps)
+        self.assertEqual(self.untrusted.hits, [], "the proxy sent its request over TLS it did not verify")
+        self.assertTrue(self.untrusted.handshake_failures, "the proxy never tried the https distribution point")
+
+    def test_the_address_guard_applies_to_https_distribution_points(self):
+        _, ps = get_until_on(self, self.ports["guarded"], "https-good", lambda s, ps: s == 502 and "allow_private is off" in ps)
+        self.assertIn("CRL unavailable", ps)
+
+
+def crl_series(metrics, file_suffix):
+    """The mtls_proxy_crl_* series whose `file` label ends with `file_suffix`."""
+    return [l for l in metrics.splitlines() if l.startswith("mtls_proxy_crl_") and re.search(r'file="[^"]*' + re.escape(file_suffix) + '"', l)]
+
+
+class ReloadDropsRevocationData(unittest.TestCase):
+    """A reload that turns crl_fetch off, or removes a CRL file, leaves nothing of the old revocation data in use:
+    the server the old CRL revoked is served, the metrics stop naming the CRL, and turning crl_fetch on again
+    fetches anew instead of using what was fetched before."""
+
+    def test_turning_crl_fetch_off_and_removing_a_crl_file(self):
+        pki, d = ENV["pki"], ENV["dir"]
+        cnf = ca_config(pki, "ca")
+        dp = CRLServer({})
+        self.addCleanup(dp.server_close)
+        self.addCleanup(dp.shutdown)
+        url = f"{dp.base}/reload.crl"
+        leaf_with_dp(pki, "reload-fetched", url)
+        sh(f"openssl ca -config '{cnf}' -gencrl -out reload-before.crl 2>/dev/null",
+           f"openssl ca -config '{cnf}' -revoke reload-fetched.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out reload-after.crl 2>/dev/null", cwd=pki)
+        dp.files["/reload.crl"] = open(f"{pki}/reload-after.crl", "rb").read()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        up, port, admin = harness.free_port(), harness.free_port(), harness.free_port()
+        harness.start_python_upstream(procs, pki, up, cert="reload-fetched")
+
+        def config(fetch, files):
+            return f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{admin}"
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "fetched.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+{'crl_fetch = true' + chr(10) + 'revocation = "hard"' if fetch else ''}
+[[route]]
+host = "filed.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{ENV['ports']['revoked']}"
+{'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"' if files else ''}
+"""
+        conf, log = start_proxy_with(procs, f"{d}/reload-crl.conf", config(True, True), port)
+        proxy = procs.procs[-1]
+        get_until_on(self, port, "fetched", lambda s, ps: s == 502 and "revoked" in ps)
+        self.assertEqual(get_on(port, "filed")[0], 502)
+        metrics = harness.http_get(admin, "/metrics")[1]
+        self.assertIsNotNone(harness.metric(metrics, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url))
+        self.assertTrue(crl_series(metrics, "pki/crl.pem"), metrics[-2000:])
+
+        def reload(text):
+            reloads = harness.read(log).count("reloaded")
+            harness.write_file(conf, text)
+            os.kill(proxy.pid, signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: harness.read(log).count("reloaded") > reloads, 10, 0.1), harness.read(log)[-2000:])
+
+        reload(config(False, False))
+        self.assertEqual(get_on(port, "fetched")[0], 200, "the CRL fetched under the old config is still used")
+        self.assertEqual(get_on(port, "filed")[0], 200, "the removed CRL file is still used")
+        metrics = harness.http_get(admin, "/metrics")[1]
+        self.assertIsNone(harness.metric(metrics, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url),
+                          "the metrics still show a CRL no route fetches (its staleness alert would fire)")
+        self.assertIsNone(harness.metric(metrics, "mtls_proxy_crl_last_fetch_success_timestamp_seconds", None, file=url))
+        self.assertEqual(crl_series(metrics, "pki/crl.pem"), [])
+        status, body = harness.http_get(admin, "/readyz?verbose")
+        self.assertNotIn("revocation=", body)
+
+        # On again, with the distribution point now serving a CRL that does not list the server: fetched anew.
+        hits = len(dp.hits)
+        dp.files["/reload.crl"] = open(f"{pki}/reload-before.crl", "rb").read()
+        reload(config(True, False))
+        get_until_on(self, port, "fetched", lambda s, ps: s == 200)
+        self.assertGreater(len(dp.hits), hits, "turned on again, crl_fetch used the CRL fetched before instead of fetching")
 
 if __name__ == "__main__":
     harness.run_suite()
