@@ -649,6 +649,62 @@ connect_timeout = "200ms"
         finally:
             procs.stop_all()
 
+    def test_signatures_of_handshakes_given_up_are_not_made_ahead_of_new_ones(self):
+        """A slow token (SIGN_MS a signature, two signing threads): 12 handshakes given up at their connect
+        timeout while queued must not keep the token busy for them; a new request after them waits for at most
+        the signatures already under way, not for 12 more."""
+        d, ports = ENV["dir"], ENV["ports"]
+        module = slow_module(d)
+        if module is None:
+            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+        sign_ms = 500
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+        harness.write_file(f"{d}/queue.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.slow]
+cert = "us-ec.pem"
+key = "{uri}"
+[[route]]
+host = "slow13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "impatient13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+connect_timeout = "150ms"
+""")
+        procs = harness.Processes()
+        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
+        try:
+            harness.start_proxy(procs, f"{d}/queue.conf", f"{d}/queue.log", own["proxy"])
+        finally:
+            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        try:
+            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+            statuses = []
+            threads = [threading.Thread(target=lambda: statuses.append(get("impatient13.mygreatbank.test", own["proxy"])[0]))
+                       for _ in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(statuses, [504] * 12)
+            status, took = timed_get("slow13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200)
+            print(f"\n  a new token request after 12 given-up handshakes: {took * 1000:.0f} ms", file=sys.stderr)
+            self.assertLess(took, 3 * sign_ms / 1000, "the new handshake waited for the given-up handshakes' signatures")
+        finally:
+            procs.stop_all()
+
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
         d = ENV["dir"]
         r = check(f'[identities.hsm]\ncert = "{d}/us-ec.pem"\nkey = "{token_uri(d, "us-ec", pin_file="wrong.pin")}"\n'
