@@ -141,6 +141,17 @@ final class TokenSigningThreads: @unchecked Sendable {
         return true
     }
 
+    /// A handshake given up while its signature waits in the queue (its connection was closed): the signature is
+    /// not made, the request is finished with an error at once, so that the token's time goes to handshakes that
+    /// still want it and the paused job ends (`AbandonedHandshake`). Nothing when a thread already took it.
+    func giveUp(signatureFD fd: Int32) {
+        pthread_mutex_lock(lock)
+        let index = queue.firstIndex { $0.fd == fd }
+        let request = index.map { queue.remove(at: $0) }
+        pthread_mutex_unlock(lock)
+        request?.finish(result: nil, error: "the handshake was given up before its signature")
+    }
+
     private func serve() -> Never {
         while true {
             pthread_mutex_lock(lock)
