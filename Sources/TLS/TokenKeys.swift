@@ -54,7 +54,7 @@ enum TokenKeys {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         let pin = try uri.pinSource.map { try Secrets.read($0, for: uri.text) }
-        let key = try loadEngineKey(uri, pin: pin)
+        let key = try loadEngineKey(uri, pin: pin, askChangedPIN: true)
         let signer = TokenSigner(uri: uri, engineKey: key, pin: pin)
         guard let front = TokenSigner.frontKey(for: signer, shapedLike: key) else {
             throw TLSSetupError.invalidKey(path: uri.text, reason: "only RSA and EC keys on a token are supported")
@@ -93,7 +93,7 @@ enum TokenKeys {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         if restart, lastRestartMillis <= failedAtMillis { restartEngine() }
-        signer.take(engineKey: try loadEngineKey(uri, pin: signer.pin))
+        signer.take(engineKey: try loadEngineKey(uri, pin: signer.pin, askChangedPIN: false))
     }
 
     /// Lets every engine key go and restarts the engine, so that libp11 (and the module) look at the tokens
@@ -129,11 +129,13 @@ enum TokenKeys {
     }
 
     /// The engine's key for `uri` (one reference, the caller's), logged in with `pin` (read from the URI's
-    /// pin-source by the caller). A PIN other than the one the token is logged in with restarts the engine first,
-    /// so that the token is asked with it (else a wrong PIN in a reloaded config would be taken unasked, and tried
-    /// at every recovery). Called with `lock` held.
-    private static func loadEngineKey(_ uri: TokenKeyURI, pin: [UInt8]?) throws -> OpaquePointer {
-        if let pin, let accepted = acceptedPINs[tokenName(uri)], pin != accepted, engine != nil {
+    /// pin-source by the caller). With `askChangedPIN` (a config load), a PIN other than the one the token is
+    /// logged in with restarts the engine first, so that the token is asked with it (else a wrong PIN in a
+    /// reloaded config would be taken unasked). Recovery never does: two keys whose URIs name their tokens alike
+    /// but hold different PINs would otherwise restart the engine for each other at every signature. Called with
+    /// `lock` held.
+    private static func loadEngineKey(_ uri: TokenKeyURI, pin: [UInt8]?, askChangedPIN: Bool) throws -> OpaquePointer {
+        if askChangedPIN, let pin, let accepted = acceptedPINs[tokenName(uri)], pin != accepted, engine != nil {
             restartEngine()
             acceptedPINs = [:]  // (every token is logged out)
         }
