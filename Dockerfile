@@ -13,7 +13,7 @@ FROM swift:6.0-bookworm AS build
 # break the build; the packages come from the base image's own release, and the runtime stage takes them from
 # the same one. dpkg-dev: dpkg-shlibdeps computes the package's Depends.
 # hadolint ignore=DL3008
-RUN apt-get update && apt-get install -y --no-install-recommends libevent-dev libssl-dev pkg-config dpkg-dev \
+RUN apt-get update && apt-get install -y --no-install-recommends libevent-dev libssl-dev libnghttp2-dev pkg-config dpkg-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Package.swift LICENSE README.md CHANGELOG.md proxy.conf.example ./

@@ -17,9 +17,14 @@ let package = Package(
         .systemLibrary(name: "CEventTLS", pkgConfig: "libevent_openssl libevent_pthreads openssl"),
         // The commit scripts/build records (build_commit.h, not committed), for --version and build_info.
         .target(name: "CBuildInfo"),
+        // C headers for libnghttp2, the HTTP/2 framing of the upstream side.
+        .systemLibrary(name: "CNGHTTP2", pkgConfig: "libnghttp2"),
 
         // Pure HTTP/1.1 parsing and serialising over bytes. No dependencies.
         .target(name: "HTTP1"),
+        // HTTP/2 to the upstream: RFC 9113 §8 translation (pure) and an owning wrapper around a client
+        // nghttp2_session that reads and writes memory, no sockets.
+        .target(name: "HTTP2", dependencies: ["CNGHTTP2", "HTTP1"]),
         // Configuration model, validation, routing. No sockets, no OpenSSL.
         .target(name: "ProxyConfig", dependencies: [
             "HTTP1",  // the request-path normaliser, to check route path prefixes
@@ -33,7 +38,7 @@ let package = Package(
         .target(name: "TLS", dependencies: ["CEventTLS", "ProxyConfig", "HTTP1"]),
         // The data path on libevent: workers, listeners, client and upstream connections, pool.
         .target(name: "ProxyServer", dependencies: [
-            "CEventTLS", "CBuildInfo", "HTTP1", "ProxyConfig", "TLS", "Reports", "StatusPage",
+            "CEventTLS", "CBuildInfo", "HTTP1", "HTTP2", "ProxyConfig", "TLS", "Reports", "StatusPage",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
@@ -47,6 +52,7 @@ let package = Package(
         .executableTarget(name: "FuzzConfig", dependencies: ["ProxyConfig"], path: "Tests/Fuzz/Config"),
 
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "HTTP1", "CNGHTTP2"]),
         .testTarget(name: "ProxyConfigTests", dependencies: ["ProxyConfig"]),
         .testTarget(name: "ReportsTests", dependencies: ["Reports", "ProxyConfig"]),
         .testTarget(name: "StatusPageTests", dependencies: ["StatusPage", "Reports", "ProxyConfig"]),

@@ -96,7 +96,9 @@ public enum ConfigLoader {
         var upstreamGuardSet = false
         problems.collect { if let t = try reader.table("upstream") {
             try t.allowOnly(Set(["connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers", "allow_private", "proxy", "proxy_credentials_file"]).union(pathRuleKeys).union(trustKeys))
+                             "nameservers", "allow_private", "proxy", "proxy_credentials_file", "protocol", "h2_connections"]).union(pathRuleKeys).union(trustKeys))
+            upstream.httpProtocol = try readProtocol(t, inherited: upstream.httpProtocol)
+            upstream.h2Connections = try readH2Connections(t, inherited: upstream.h2Connections)
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
             upstreamGuardSet = try t.bool("allow_private") == false
             upstream.egress = try readEgress(t, inherited: .direct)
@@ -424,7 +426,7 @@ public enum ConfigLoader {
     /// The keys of a `[[route]]` (made once: a table of 100,000 routes reads them 100,000 times).
     static let routeKeys: Set<String> = Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect",
                                              "connect_timeout", "response_timeout", "idle_timeout", "allow_private",
-                                             "proxy", "proxy_credentials_file"])
+                                             "proxy", "proxy_credentials_file", "protocol", "h2_connections"])
         .union(pathRuleKeys).union(trustKeys).union(pinKeys)
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity],
@@ -501,7 +503,26 @@ public enum ConfigLoader {
         if name == "" { throw t.error("name", "empty; give the route a name, or leave name out (it is then called route[\(index)])") }
         return Route(index: index, name: name, host: host, port: port, pathPrefix: pathPrefix,
                      pathPrefixMatch: prefixMatch, action: action, connect: connect, trust: trust, timeouts: timeouts, allowPrivate: allowPrivate || connect != nil,
-                     pathRules: pathRules, egress: egress)
+                     pathRules: pathRules, egress: egress, httpProtocol: try readProtocol(t, inherited: upstream.httpProtocol),
+                     h2Connections: try readH2Connections(t, inherited: upstream.h2Connections))
+    }
+
+    /// `h2_connections = N` (1 to 64) in `[upstream]` or a route: HTTP/2 connections per connection key.
+    static func readH2Connections(_ t: TableReader, inherited: Int) throws -> Int {
+        guard let n = try t.int("h2_connections") else { return inherited }
+        guard n >= 1 && n <= 64 else {
+            throw t.error("h2_connections", "expected 1 to 64 (HTTP/2 connections per upstream and identity before requests wait for a free stream), got \(n)")
+        }
+        return n
+    }
+
+    /// `protocol = "http/1.1" | "h2" | "auto"` in `[upstream]` or a route; a route inherits `[upstream]`'s.
+    static func readProtocol(_ t: TableReader, inherited: UpstreamProtocol) throws -> UpstreamProtocol {
+        guard let text = try t.string("protocol") else { return inherited }
+        guard let value = UpstreamProtocol(rawValue: text) else {
+            throw t.error("protocol", "expected \"http/1.1\" (the default), \"h2\" (HTTP/2, which the server must select in ALPN) or \"auto\" (HTTP/2 when the server selects it, else HTTP/1.1), got \"\(text)\"")
+        }
+        return value
     }
 
     // MARK: egress (see Egress)

@@ -232,7 +232,6 @@ public enum ServerVerification: String, Sendable, Hashable {
     case pinOnly = "pin-only"
 }
 
-/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
 /// Which certificates of the server's chain revocation covers.
 public enum RevocationScope: String, Sendable, Hashable {
     /// Every certificate but the trust anchor, each against its issuer's CRL (the default).
@@ -241,6 +240,7 @@ public enum RevocationScope: String, Sendable, Hashable {
     case leaf
 }
 
+/// What to do when a needed CRL is missing or stale. A revoked certificate is refused in every mode but `off`.
 public enum RevocationMode: String, Sendable, Hashable {
     case off
     /// Missing or stale CRL: logged, counted, allowed.
@@ -288,8 +288,38 @@ public struct UpstreamSettings: Sendable {
     public var pathRules = PathRules()
     /// `proxy`: how connections leave the host unless a route says otherwise (direct by default).
     public var egress: Egress = .direct
+    /// `protocol`: the HTTP version spoken to upstream servers unless a route says otherwise (HTTP/1.1 by default).
+    public var httpProtocol: UpstreamProtocol = .http11
+    /// `h2_connections`: HTTP/2 connections per connection key before exchanges wait for a free stream.
+    public var h2Connections = 4
 
     public init() {}
+}
+
+/// `protocol = "http/1.1" | "h2" | "auto"`: which HTTP version the proxy speaks to the upstream, offered in
+/// ALPN. `auto` offers both and uses what the server selects (HTTP/1.1 when it selects nothing).
+public enum UpstreamProtocol: String, Sendable, Hashable, CaseIterable {
+    case http11 = "http/1.1"
+    case h2 = "h2"
+    case auto = "auto"
+
+    /// The ALPN protocol names offered, most preferred first.
+    public var alpn: [String] {
+        switch self {
+        case .http11: return ["http/1.1"]
+        case .h2: return ["h2"]
+        case .auto: return ["h2", "http/1.1"]
+        }
+    }
+
+    /// How `explain` and `check` name it.
+    public var phrase: String {
+        switch self {
+        case .http11: return "HTTP/1.1"
+        case .h2: return "HTTP/2 (h2 in ALPN; the server must select it)"
+        case .auto: return "HTTP/2 or HTTP/1.1, as the server selects in ALPN (h2, http/1.1 offered)"
+        }
+    }
 }
 
 /// Request-path spellings a route accepts beyond the strict canonical form (see the request path normaliser).
@@ -546,11 +576,18 @@ public struct Route: Sendable, Hashable {
     public var pathRules: PathRules
     /// Direct, or through a corporate proxy; inherited from `[upstream] proxy`.
     public var egress: Egress
+    /// The HTTP version spoken to the upstream; inherited from `[upstream] protocol`.
+    public var httpProtocol: UpstreamProtocol
+    /// HTTP/2 connections per connection key; inherited from `[upstream] h2_connections`.
+    public var h2Connections: Int
 
     public init(index: Int, name: String? = nil, host: HostPattern, port: Int? = nil, pathPrefix: String? = nil,
                 pathPrefixMatch: PathPrefixMatch = .segment, action: RouteAction, connect: HostPort? = nil, trust: TrustSettings, timeouts: Timeouts, allowPrivate: Bool = false,
-                pathRules: PathRules = PathRules(), egress: Egress = .direct) {
+                pathRules: PathRules = PathRules(), egress: Egress = .direct, httpProtocol: UpstreamProtocol = .http11,
+                h2Connections: Int = 4) {
         self.egress = egress
+        self.httpProtocol = httpProtocol
+        self.h2Connections = h2Connections
         self.allowPrivate = allowPrivate
         self.pathRules = pathRules
         self.index = index

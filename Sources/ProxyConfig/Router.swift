@@ -14,9 +14,13 @@ public struct RouteMatch: Sendable, Equatable {
         var allowPrivate: Bool
         var pathRules: PathRules
         var egress: Egress
+        var httpProtocol: UpstreamProtocol
+        var h2Connections: Int
 
         init(action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?, allowPrivate: Bool,
-             pathRules: PathRules, egress: Egress) {
+             pathRules: PathRules, egress: Egress, httpProtocol: UpstreamProtocol = .http11, h2Connections: Int = 4) {
+            self.httpProtocol = httpProtocol
+            self.h2Connections = h2Connections
             self.action = action
             self.trust = trust
             self.timeouts = timeouts
@@ -28,7 +32,8 @@ public struct RouteMatch: Sendable, Equatable {
 
         init(_ route: Route) {
             self.init(action: route.action, trust: route.trust, timeouts: route.timeouts, connect: route.connect,
-                      allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress)
+                      allowPrivate: route.allowPrivate, pathRules: route.pathRules, egress: route.egress,
+                      httpProtocol: route.httpProtocol, h2Connections: route.h2Connections)
         }
     }
 
@@ -62,10 +67,12 @@ public struct RouteMatch: Sendable, Equatable {
     private var storage: Storage
 
     public init(route: Route?, action: RouteAction, trust: TrustSettings, timeouts: Timeouts, connect: HostPort?,
-                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct) {
+                allowPrivate: Bool = false, pathRules: PathRules = PathRules(), egress: Egress = .direct,
+                httpProtocol: UpstreamProtocol = .http11, h2Connections: Int = 4) {
         storage = Storage(table: route.map { RouteTable([$0]) }, position: 0,
                           fields: Fields(action: action, trust: trust, timeouts: timeouts, connect: connect,
-                                         allowPrivate: allowPrivate, pathRules: pathRules, egress: egress))
+                                         allowPrivate: allowPrivate, pathRules: pathRules, egress: egress,
+                                         httpProtocol: httpProtocol, h2Connections: h2Connections))
     }
 
     /// The decision of the route at `position` in `table`, its fields as the route sets them.
@@ -119,6 +126,18 @@ public struct RouteMatch: Sendable, Equatable {
     public var egress: Egress {
         get { storage.own?.egress ?? storage.table!.routes[storage.position].egress }
         set { update { $0.egress = newValue } }
+    }
+
+    /// The HTTP version spoken to the upstream (the deciding route's, or `[upstream]`'s).
+    public var httpProtocol: UpstreamProtocol {
+        get { storage.own?.httpProtocol ?? storage.table!.routes[storage.position].httpProtocol }
+        set { update { $0.httpProtocol = newValue } }
+    }
+
+    /// HTTP/2 connections per connection key (the deciding route's, or `[upstream]`'s).
+    public var h2Connections: Int {
+        get { storage.own?.h2Connections ?? storage.table!.routes[storage.position].h2Connections }
+        set { update { $0.h2Connections = newValue } }
     }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
@@ -217,7 +236,8 @@ public struct Router: Sendable {
         routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
         preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                                        timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
-                                       pathRules: upstream.pathRules, egress: upstream.egress)
+                                       pathRules: upstream.pathRules, egress: upstream.egress,
+                                       httpProtocol: upstream.httpProtocol, h2Connections: upstream.h2Connections)
         index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
@@ -315,6 +335,6 @@ public struct Router: Sendable {
         if let preparedUnmatched { return preparedUnmatched }
         return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
                    timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
-                   egress: upstream.egress)
+                   egress: upstream.egress, httpProtocol: upstream.httpProtocol, h2Connections: upstream.h2Connections)
     }
 }

@@ -29,6 +29,10 @@ struct AccessRecord {
     var reused: Bool = false
     var tlsVersion: String?
     var cipher: String?
+    /// "http/1.1" or "h2": what was spoken to the upstream; nil when nothing went upstream.
+    var upstreamProtocol: String?
+    /// The HTTP/2 stream id of the exchange on its connection; nil for HTTP/1.1.
+    var upstreamStreamID: Int?
     var proxyStatus: String?
 
     /// The record as one JSON object (no newline): what `[log] format = "json"` writes.

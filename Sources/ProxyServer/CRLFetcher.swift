@@ -6,8 +6,11 @@ import Glibc
 #endif
 
 /// Fetches the CRLs that verification wants (`CRLCache`) over HTTP or HTTPS (TLS verified against the system
-/// trust store, see `DistributionPointTLS`), on a thread of its own, off the request path: a URL is fetched when first wanted, then again ahead of its CRL's nextUpdate (or soon after a
-/// failure). The same SSRF guard and timeouts as requests: the address is refused unless public, or `[upstream]
+/// trust store, see `DistributionPointTLS`), off the request path: a URL is fetched when first wanted, then again
+/// ahead of its CRL's nextUpdate (or soon after a failure). A thread of its own looks for due URLs every 200 ms and
+/// fetches each on a thread of the fetch's own, at most `maxConcurrentFetches` at once and one per URL, so that a
+/// distribution point that is slow or hangs (until response_timeout, again at every retry) holds up no other
+/// CRL. The same SSRF guard and timeouts as requests: the address is refused unless public, or `[upstream]
 /// allow_private` allows it; `connect_timeout` for the connection, `response_timeout` for the whole answer, and
 /// at most 10 MiB. Started when some route sets `crl_fetch = true`.
 final class CRLFetcher: @unchecked Sendable {
@@ -25,14 +28,18 @@ final class CRLFetcher: @unchecked Sendable {
 
     private var settings = Settings()
     private var started = false
+    /// The URLs being fetched now (under `lock`).
+    private var inFlight: Set<String> = []
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     static let maxBytes = 10 * 1024 * 1024
+    /// Fetches under way at once: each may hold up to `maxBytes` while it reads.
+    static let maxConcurrentFetches = 16
 
     private init() { pthread_mutex_init(lock, nil) }
 
     /// Takes the settings of `config` and starts the thread the first time a route fetches CRLs.
     func configure(_ config: ProxyConfiguration) {
-        let fetching = config.upstream.trust.crlFetch || config.routes.contains { $0.trust.crlFetch && $0.trust.revocation != .off }
+        let fetching = Self.fetches(config)
         let s = Settings(allowPrivate: config.upstream.allowPrivate, connectMillis: config.upstream.timeouts.connect.milliseconds,
                          responseMillis: config.upstream.timeouts.response.milliseconds, enabled: fetching)
         pthread_mutex_lock(lock)
@@ -53,6 +60,13 @@ final class CRLFetcher: @unchecked Sendable {
         pthread_detach(thread)
     }
 
+    /// Whether `config` fetches CRLs: `[upstream]` or some route sets `crl_fetch` with revocation on (with it
+    /// off, nothing looks a CRL up).
+    static func fetches(_ config: ProxyConfiguration) -> Bool {
+        let uses = { (t: TrustSettings) in t.crlFetch && t.revocation != .off }
+        return uses(config.upstream.trust) || config.routes.contains { uses($0.trust) }
+    }
+
     private func current() -> Settings {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
@@ -63,14 +77,62 @@ final class CRLFetcher: @unchecked Sendable {
         while true {
             let s = current()
             let now = currentEpochSeconds()
-            for url in s.enabled ? CRLCache.shared.due(at: now) : [] {
-                switch Self.fetch(url, settings: s) {
-                case .success(let body): CRLCache.shared.store(body, from: url, at: currentEpochSeconds(), retryAfter: s.retryAfter)
-                case .failure(let error): CRLCache.shared.failed(url, error.text, at: currentEpochSeconds(), retryAfter: s.retryAfter)
-                }
+            for url in s.enabled ? CRLCache.shared.due(at: now) : [] where claim(url) {
+                startFetch(url, settings: s)
             }
             usleep(200_000)
         }
+    }
+
+    /// Marks `url` as being fetched; false when it already is, or when `maxConcurrentFetches` are under way (it
+    /// stays due, and is taken at a later look).
+    private func claim(_ url: String) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        guard !inFlight.contains(url), inFlight.count < Self.maxConcurrentFetches else { return false }
+        inFlight.insert(url)
+        return true
+    }
+
+    private func release(_ url: String) {
+        pthread_mutex_lock(lock)
+        inFlight.remove(url)
+        pthread_mutex_unlock(lock)
+    }
+
+    /// One fetch, on a thread of its own (it blocks on DNS, the connection and the answer); the result goes to
+    /// the cache, then the URL is released.
+    private final class Fetch {
+        let fetcher: CRLFetcher, url: String, settings: Settings
+        init(_ fetcher: CRLFetcher, _ url: String, _ settings: Settings) {
+            self.fetcher = fetcher
+            self.url = url
+            self.settings = settings
+        }
+
+        func run() {
+            switch CRLFetcher.fetch(url, settings: settings) {
+            case .success(let body): CRLCache.shared.store(body, from: url, at: currentEpochSeconds(), retryAfter: settings.retryAfter)
+            case .failure(let error): CRLCache.shared.failed(url, error.text, at: currentEpochSeconds(), retryAfter: settings.retryAfter)
+            }
+            fetcher.release(url)
+        }
+    }
+
+    private func startFetch(_ url: String, settings: Settings) {
+        let job = Unmanaged.passRetained(Fetch(self, url, settings)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            Unmanaged<Fetch>.fromOpaque(arg!).takeRetainedValue().run()
+            return nil
+        }, job)
+        guard rc == 0 else {
+            // No thread now: the URL stays due and is tried at the next look.
+            Unmanaged<Fetch>.fromOpaque(job).release()
+            release(url)
+            return
+        }
+        pthread_detach(thread)
     }
 
     struct FetchError: Error { var text: String }
@@ -210,8 +272,10 @@ final class CRLFetcher: @unchecked Sendable {
 
     /// The body of a `200` answer (Content-Length respected when present); an error naming the status otherwise.
     static func parseResponse(_ response: [UInt8], from where_: String) -> Result<[UInt8], FetchError> {
-        let separator: [UInt8] = [13, 10, 13, 10]
-        guard let end = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<$0 + 4]) == separator }) else {
+        // (Byte by byte, no copy per position: a hostile server may send 10 MiB with no end of head.)
+        guard let end = (0..<max(0, response.count - 3)).first(where: {
+            response[$0] == 13 && response[$0 + 1] == 10 && response[$0 + 2] == 13 && response[$0 + 3] == 10
+        }) else {
             return .failure(FetchError(text: "\(where_) sent no complete HTTP answer"))
         }
         let head = String(decoding: response[..<end], as: UTF8.self)

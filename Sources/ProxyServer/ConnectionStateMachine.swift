@@ -1,3 +1,5 @@
+import HTTP1
+
 /// A monotonic clock in milliseconds: the real one in the server, a fake one in tests.
 protocol MonotonicClock {
     var nowMillis: Int { get }
@@ -21,7 +23,7 @@ struct SystemClock: MonotonicClock {
 ///                       │  │  └─ CONNECT, 200 ──► awaitingTunnelBytes ──┤ silent, EOF: abort
 ///                       │  │     servingInsideTunnel (TLS or plain):    │
 ///                       │  │     back to awaitingHead                   │
-///                       │  └─ upstreamFailed after the response began,  │
+///                       │  └─ exchangeFailed after the response began,  │
 ///                       │     responseTruncated: abort(reset)  ─────────┤
 ///                       │ exchangeEnded (close), answerRequestTimeout    │
 ///                       ▼                                                │
@@ -45,7 +47,9 @@ struct ExchangeProgress: Equatable {
 struct ConnectionStateMachine<Clock: MonotonicClock> {
     enum State: Equatable {
         /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
-        case awaitingHead(headDeadline: Int?)
+        /// `scan` is how far the search for the end of that head has got (the head stays in the input until it is
+        /// complete), so a trickled head costs linear time.
+        case awaitingHead(headDeadline: Int?, scan: HeadParser.Scan)
         /// A request is being served.
         case exchanging(ExchangeFlow)
         /// Waiting for a blind tunnel's TCP connection.
@@ -69,7 +73,14 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         var keepAlive: Bool
         /// The client shut down its sending side after a complete request (RFC 9112 §9.6): serve, then close.
         var clientHalfClosed = false
+        /// Reading the client stopped: the upstream holds too much of the request body unsent.
+        var clientPaused = false
+        /// Reading the upstream stopped: the client holds too much of the response unsent.
+        var upstreamPaused = false
     }
+
+    /// A side of the exchange whose reading stops for backpressure.
+    enum Side { case client, upstream }
 
     enum Closing: Equatable {
         case flushing
@@ -91,8 +102,6 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case readNextHead
         /// Answer 408 (nothing of a response went out), then `exchangeEnded(keepAlive: false)`.
         case answerRequestTimeout(RequestTimeout)
-        /// Answer the error that ended the exchange before any response byte went out.
-        case answerError
         /// Stop reading; flush every layer; then report `flushed()`.
         case closeAfterFlush
         /// Everything is out and the write side is shut: read (discarding) until the deadline, then close.
@@ -101,7 +110,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         case abort(reset: Bool)
     }
 
-    private(set) var state: State = .awaitingHead(headDeadline: nil)
+    private(set) var state: State = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
     var clock: Clock
     let headerTimeoutMillis: Int
     let clientTimeoutMillis: Int
@@ -134,12 +143,21 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
 
     // MARK: events from the client
 
-    /// Part of a head is in the buffer, not all of it.
-    mutating func headIncomplete() -> Action {
-        guard case .awaitingHead(let deadline) = state else { return .none }
-        if deadline != nil { return .none }
+    /// How far the search for the end of the next head has got.
+    var headScan: HeadParser.Scan {
+        if case .awaitingHead(_, let scan) = state { return scan }
+        return HeadParser.Scan()
+    }
+
+    /// Part of a head is in the buffer, not all of it; `scan` is where its search stopped.
+    mutating func headIncomplete(_ scan: HeadParser.Scan) -> Action {
+        guard case .awaitingHead(let deadline, _) = state else { return .none }
+        if let deadline {
+            state = .awaitingHead(headDeadline: deadline, scan: scan)
+            return .none
+        }
         let until = clock.nowMillis + headerTimeoutMillis
-        state = .awaitingHead(headDeadline: until)
+        state = .awaitingHead(headDeadline: until, scan: scan)
         return .armTimer(deadline: until)
     }
 
@@ -156,6 +174,33 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         guard case .exchanging(var flow) = state else { return }
         flow.keepAlive = flow.keepAlive && keepAlive
         state = .exchanging(flow)
+    }
+
+    /// Reading `side` stopped (backpressure).
+    mutating func paused(_ side: Side) {
+        guard case .exchanging(var flow) = state else { return }
+        switch side {
+        case .client: flow.clientPaused = true
+        case .upstream: flow.upstreamPaused = true
+        }
+        state = .exchanging(flow)
+    }
+
+    /// Whether reading `side` is stopped for backpressure.
+    func isPaused(_ side: Side) -> Bool {
+        guard case .exchanging(let flow) = state else { return false }
+        return side == .client ? flow.clientPaused : flow.upstreamPaused
+    }
+
+    /// The other side drained: reading `side` goes on. False when it was not paused (nothing to do).
+    mutating func resumed(_ side: Side) -> Bool {
+        guard isPaused(side), case .exchanging(var flow) = state else { return false }
+        switch side {
+        case .client: flow.clientPaused = false
+        case .upstream: flow.upstreamPaused = false
+        }
+        state = .exchanging(flow)
+        return true
     }
 
     /// The client's EOF (a FIN).
@@ -206,7 +251,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     /// after another event of the same loop turn ended an exchange: such a stale report ends nothing.
     mutating func clientTimedOut(_ progress: ExchangeProgress) -> Action {
         switch state {
-        case .awaitingHead(let deadline):
+        case .awaitingHead(let deadline, _):
             if deadline != nil { return .answerRequestTimeout(.head) }
             if clock.nowMillis - idleSince < clientTimeoutMillis { return .resumeReading }
             state = .closed
@@ -228,9 +273,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     mutating func timerFired() -> Action {
         let now = clock.nowMillis
         switch state {
-        case .awaitingHead(let deadline?) where now >= deadline:
+        case .awaitingHead(let deadline?, _) where now >= deadline:
             return .answerRequestTimeout(.headTrickled)
-        case .awaitingHead(let deadline?):
+        case .awaitingHead(let deadline?, _):
             return .armTimer(deadline: deadline)
         case .closing(.lingering(let until)) where now >= until:
             state = .closed
@@ -249,7 +294,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         switch state {
         case .exchanging(let flow):
             if flow.keepAlive && keepAlive && !flow.clientHalfClosed {
-                state = .awaitingHead(headDeadline: nil)
+                state = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
                 idleSince = clock.nowMillis
                 return .readNextHead
             }
@@ -259,6 +304,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused
             // (before the 200, or after it by what the client sent inside).
             if keepAlive, case .awaitingHead = state {
+                state = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
                 idleSince = clock.nowMillis
                 return .readNextHead
             }
@@ -269,10 +315,21 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         }
     }
 
-    /// The upstream failed. Before any response byte the proxy answers; after, the client connection is cut.
-    mutating func upstreamFailed(_ progress: ExchangeProgress) -> Action {
+    /// What the exchange's failure means for the connection: its own action set, as nothing else can follow it.
+    enum FailureAction: Equatable {
+        /// No response byte went out: answer the error (the answer then ends the exchange).
+        case answer
+        /// The response began: the client connection is cut with a reset, so the response cannot pass as complete.
+        case abort(reset: Bool)
+        /// The connection is past the exchange (closing or closed): nothing to do.
+        case none
+    }
+
+    /// The exchange failed (the upstream failed, or the request body turned out invalid). Before any response
+    /// byte the proxy answers; after, the client connection is cut.
+    mutating func exchangeFailed(_ progress: ExchangeProgress) -> FailureAction {
         guard case .exchanging = state else { return .none }
-        if !progress.responseStarted { return .answerError }
+        if !progress.responseStarted { return .answer }
         state = .closed
         return .abort(reset: true)
     }
@@ -308,7 +365,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     /// inside start afresh, each an exchange of its own.
     mutating func servingInsideTunnel() {
         guard case .awaitingTunnelBytes = state else { preconditionFailure("tunnel served in \(state)") }
-        state = .awaitingHead(headDeadline: nil)
+        state = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
         idleSince = clock.nowMillis
     }
 
@@ -325,7 +382,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     /// Graceful shutdown: an idle connection closes now, a busy one after its response.
     mutating func drain() -> Action {
         switch state {
-        case .awaitingHead(nil):
+        case .awaitingHead(nil, _):
             state = .closed
             return .abort(reset: false)
         case .exchanging(var flow):
@@ -340,5 +397,22 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     /// The shell closed the connection itself (an internal failure).
     mutating func aborted() {
         state = .closed
+    }
+}
+
+extension ConnectionStateMachine.State {
+    /// Why the client's side ended an exchange caught in this state (its EOF, error or client_timeout), for the
+    /// access record's proxy_status.
+    func clientLoss(timedOut: Bool) -> String {
+        switch self {
+        case .dialling:
+            return "client closed the connection before the tunnel was open"  // client_timeout does not apply while dialling
+        case .awaitingTunnelBytes:
+            return timedOut ? "client sent nothing in the tunnel within client_timeout" : "client closed the tunnel before sending anything in it"
+        default:
+            // A timeout only ends an exchange once its response began (before, a stalled body is answered 408).
+            return timedOut ? "the request body stalled for client_timeout after the response began"
+                            : "client closed the connection before the response completed"
+        }
     }
 }

@@ -30,6 +30,9 @@ struct Endpoint {
     /// An endpoint that holds nothing: what is left where one was handed over.
     private init() {}
 
+    /// Holds nothing: freed, or handed over.
+    var isEmpty: Bool { stream == nil && event == nil }
+
     /// Gives this endpoint to a new owner (a relay, which frees it when it ends), leaving this copy empty, so
     /// that no bufferevent the new owner frees is left here to be used or freed again.
     mutating func handOver() -> Endpoint {
@@ -142,8 +145,9 @@ struct Endpoint {
     }
 
     /// Frees every layer now. With `reset`, the peer gets a TCP reset rather than a FIN, and no close_notify:
-    /// a response cut short must never look complete.
-    func free(reset: Bool) {
+    /// a response cut short must never look complete. The endpoint is left empty: freeing it again does nothing.
+    mutating func free(reset: Bool) {
+        defer { self = Endpoint() }
         let fd = self.fd
         if reset, fd >= 0 {
             var off = linger(l_onoff: 1, l_linger: 0)

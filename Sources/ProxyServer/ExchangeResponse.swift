@@ -4,9 +4,9 @@ import HTTP1
 /// The exchange as a machine without sockets, its request and response sides as HAProxy's `http_msg req` and
 /// `rsp`: the shell offers it the client's input and the upstream's output (request), the upstream's input and
 /// the client's output (response), and an upstream's end, and carries out the one action each step returns. It scans and parses the head where the last read left off, takes interim and final
-/// heads, moves the body by its framing, and says when the response is complete, cut short or invalid. What
-/// needs the connection (writing the client's head with its Location rewrite, pausing a side, pooling, the access
-/// log) stays in `ClientConnection`.
+/// heads, moves the body by its framing, and says when the response is complete, cut short or invalid. The
+/// heads the client gets and the access record are written by `ExchangeClientSide.swift`; what needs the
+/// connection (pausing a side, the upstream side's end, pooling) stays in `ClientConnection`.
 extension Exchange {
     enum ResponseStep: Equatable {
         /// Nothing more until more bytes arrive.
@@ -121,7 +121,7 @@ extension Exchange {
         case closeUpstream
     }
 
-    mutating func upstreamEnded(_ event: UpstreamConnection.Event, output: OpaquePointer) -> ResponseEnd {
+    mutating func upstreamEnded(_ event: UpstreamEvent, output: OpaquePointer) -> ResponseEnd {
         switch response {
         case .awaitingHead:
             return .failedBeforeResponse
@@ -149,16 +149,13 @@ extension Exchange {
         }
     }
 
-    /// Whether the request may be sent again on a fresh connection after `event` ended the one it went on
-    /// before any response: once, for an idempotent request without a body, on a pooled connection (which the
-    /// server may have closed just as it was reused).
-    func mayRetry(after event: UpstreamConnection.Event, onReusedConnection reused: Bool) -> Bool {
-        guard !retried, reused, let request else { return false }
-        guard ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method),
-              (try? BodyFraming.forRequest(request)) == BodyFraming.none else { return false }
-        switch event {
-        case .eof, .error: return true
-        default: return false
-        }
+    /// Whether the request may be sent again on a fresh channel after the one it went on ended before any
+    /// response, the channel saying the server cannot have processed it (`requestUnprocessed`, from
+    /// `UpstreamChannel.requestMayBeUnprocessed`: for HTTP/1.1, a pooled connection the server closed just as it
+    /// was reused): once, for an idempotent request without a body.
+    func mayRetry(requestUnprocessed: Bool) -> Bool {
+        guard !retried, requestUnprocessed, let request else { return false }
+        return ["GET", "HEAD", "OPTIONS", "TRACE"].contains(request.method)
+            && (try? BodyFraming.forRequest(request)) == BodyFraming.none
     }
 }

@@ -54,6 +54,10 @@ extension LogLineBuffer {
         jsonStringOrNull(r.tlsVersion)
         ascii(",\"cipher\":")
         jsonStringOrNull(r.cipher)
+        ascii(",\"upstream_protocol\":")
+        jsonStringOrNull(r.upstreamProtocol)
+        ascii(",\"upstream_stream\":")
+        decimalOrNull(r.upstreamStreamID)
         ascii(",\"proxy_status\":")
         jsonStringOrNull(r.proxyStatus)
         byte(UInt8(ascii: "}"))
@@ -98,6 +102,12 @@ extension LogLineBuffer {
         bool(r.reused)
         ascii(" tls=")
         rawOrDash(r.tlsVersion)
+        if let proto = r.upstreamProtocol, proto != "http/1.1" {
+            ascii(" upstream_protocol=")
+            raw(proto)
+            ascii(" stream=")
+            decimalOrDash(r.upstreamStreamID)
+        }
         if r.intercepted { ascii(" intercepted=true") }
         if let tunnel = r.tunnel {
             ascii(" tunnel=")

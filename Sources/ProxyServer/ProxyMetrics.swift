@@ -94,6 +94,28 @@ public final class ProxyMetrics: Sendable {
         registry.makeCounter(descriptor: Self.requestsDescriptor, labels: [("route", route), ("identity", identity), ("code_class", statusClass)])
     }
 
+    /// What the HTTP/2 upstream side counts, by route (docs/http2.md).
+    enum H2Count: Int, CaseIterable {
+        case connections, streams, goAways, resets, protocolErrors
+
+        var descriptor: MetricNameDescriptor {
+            func d(_ name: String, _ help: String) -> MetricNameDescriptor {
+                MetricNameDescriptor(namespace: "mtls_proxy", metricName: name, unitName: "total", helpText: help)
+            }
+            switch self {
+            case .connections: return d("h2_upstream_connections", "HTTP/2 upstream connections whose session started (the server selected h2), by route.")
+            case .streams: return d("h2_upstream_streams", "Exchanges carried as streams on HTTP/2 upstream connections, by route (divided by connections: streams per connection).")
+            case .goAways: return d("h2_upstream_goaways", "GOAWAY frames received from HTTP/2 upstreams, by route.")
+            case .resets: return d("h2_upstream_stream_resets", "HTTP/2 upstream streams that ended with an error code (RST_STREAM sent or received), by route.")
+            case .protocolErrors: return d("h2_upstream_protocol_errors", "HTTP/2 upstream connections closed for breaking the protocol or a limit (floods, oversized header lists, pushes), by route.")
+            }
+        }
+    }
+
+    func h2(_ kind: H2Count, route: String) -> Counter {
+        registry.makeCounter(descriptor: kind.descriptor, labels: [("route", route)])
+    }
+
     func upstreamFailures(reason: String) -> Counter {
         registry.makeCounter(descriptor: Self.failuresDescriptor, labels: [("result", "failed"), ("reason", reason)])
     }
@@ -314,6 +336,24 @@ final class WorkerMetrics {
         lastDuration = (route, histogram)
         histogram.recordNanoseconds(nanoseconds)
     }
+
+    /// One HTTP/2 event of a route's upstream connections (the series made once per worker, route and kind).
+    func countH2(_ kind: ProxyMetrics.H2Count, route: String) {
+        let key = H2Series(kind: kind, route: route)
+        if let counter = h2Counters[key] {
+            counter.increment()
+        } else {
+            let counter = shared.h2(kind, route: route)
+            h2Counters[key] = counter
+            counter.increment()
+        }
+    }
+
+    private struct H2Series: Hashable {
+        var kind: ProxyMetrics.H2Count
+        var route: String
+    }
+    private var h2Counters: [H2Series: Counter] = [:]
 
     func countFailure(_ reason: String) {
         if let counter = failures[reason] {

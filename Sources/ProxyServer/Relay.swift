@@ -167,7 +167,7 @@ final class Relay: EventHandler {
             event_free(flushTimer)
             self.flushTimer = nil
         }
-        for side in sides { side.endpoint.free(reset: reset) }
+        for i in sides.indices { sides[i].endpoint.free(reset: reset) }
         onEnd(sides[0].bytesIn, sides[1].bytesIn)
     }
 }

@@ -122,8 +122,9 @@ enum RequestDecision {
                                    port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
                                    into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
+        // An upgrade (WebSocket) goes over HTTP/1.1 whatever the route's protocol: HTTP/2 has no 101.
         exchange.key = PoolKey(host: target.host, port: port, connect: match.connect, context: ObjectIdentifier(context),
-                               egress: match.egress)
+                               egress: match.egress, httpProtocol: upgrade == nil ? match.httpProtocol : .http11)
         exchange.target = target
         exchange.match = match
         return .forward(key: exchange.key!, context: context)

@@ -6,14 +6,6 @@ import TLS
 import Glibc
 #endif
 
-/// What an upstream connection reports to whoever uses it: the client connection it serves, or the pool while idle.
-protocol UpstreamConnectionDelegate: AnyObject {
-    func upstreamConnected(_ upstream: UpstreamConnection)
-    func upstreamReadable(_ upstream: UpstreamConnection)
-    func upstreamWritable(_ upstream: UpstreamConnection)
-    func upstreamEvent(_ upstream: UpstreamConnection, _ event: UpstreamConnection.Event)
-}
-
 /// What decides whether an upstream connection can serve a request: the same host, port and dialled address,
 /// the same egress path (direct, or which corporate proxy with which credentials), and the same TLS context,
 /// which stands for one identity's certificate and one set of trust settings. A connection made for one
@@ -24,6 +16,8 @@ struct PoolKey: Hashable {
     var connect: HostPort?
     var context: ObjectIdentifier
     var egress: Egress = .direct
+    /// What is offered in ALPN: an HTTP/2 connection is never handed to an HTTP/1.1 exchange, nor the reverse.
+    var httpProtocol: UpstreamProtocol = .http11
 }
 
 /// Why a corporate proxy did not open the tunnel to the service.
@@ -42,24 +36,10 @@ enum CorporateProxyFailure {
 
 /// One TLS connection to an upstream server: a non-blocking connect, the handshake, then a `SocketStream` over
 /// the socket for the exchanges. Everything asked of OpenSSL goes through its `UpstreamTLSSession` (module `TLS`).
+/// It is the HTTP/1.1 `UpstreamChannel`: one exchange at a time, then back to the pool.
 final class UpstreamConnection: EventHandler {
-    enum State { case connecting, ready, closed }
-
-    enum Event {
-        /// The connection closed (EOF): `closeNotify` when the server ended TLS with close_notify, false for a
-        /// bare FIN, which may be a truncation.
-        case eof(closeNotify: Bool)
-        /// A socket or TLS error.
-        case error(errno: Int32, tls: [OpenSSLErrorEntry], dnsError: Int32)
-        /// The read timeout (response or idle) passed.
-        case readTimeout
-        /// Connect plus handshake did not finish in time.
-        case connectTimeout
-        /// The SSRF guard refused every address the name resolved to (or the literal address).
-        case prohibited(address: String, reason: String)
-        /// The corporate proxy of the route's egress did not open the tunnel.
-        case corporateProxy(CorporateProxyFailure)
-    }
+    typealias State = UpstreamChannelState
+    typealias Event = UpstreamEvent
 
     /// How far a connection through a corporate proxy got, for messages about a timeout.
     enum CorporateHopPhase { case dialling, awaitingReply, tunnelled }
@@ -69,8 +49,9 @@ final class UpstreamConnection: EventHandler {
     unowned(unsafe) let worker: Worker  // the worker outlives its connections; see ClientConnection.worker
     /// Unowned, not weak: a weak reference gives its object a side table, which makes every retain and release of
     /// a client connection take the slow path. Whoever sets it clears it (or closes this connection) before it
-    /// goes: `ClientConnection` when its exchange ends or fails, the pool when it hands the connection out.
-    unowned var delegate: UpstreamConnectionDelegate?
+    /// goes: `ClientConnection` when its exchange ends or fails (`finish`, `abort`), the pool when it hands the
+    /// connection out.
+    @exclusivity(unchecked) unowned var owner: (any UpstreamChannelOwner)?
     /// The exchanges' bytes: queued from the start (the request head waits here while the connection is made),
     /// written once the handshake is done.
     private let stream: SocketStream
@@ -113,6 +94,12 @@ final class UpstreamConnection: EventHandler {
     var corporateHopPhase: CorporateHopPhase? { corporateHop?.phase }
     private var tcpConnected = false
 
+    deinit {
+        // Checked in debug builds: its stream and its timers hold this connection unowned(unsafe) or unretained,
+        // so it must be closed before it goes.
+        assert(state == .closed, "an upstream connection went without being closed")
+    }
+
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, generation: Int) {
         self.generation = generation
         self.key = key
@@ -131,6 +118,8 @@ final class UpstreamConnection: EventHandler {
         let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns") via \(key.egress)"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
+        // HTTP/1.1 routes offer nothing, as before; h2 and auto offer their list (docs/http2.md).
+        if key.httpProtocol != .http11, !tls.offerApplicationProtocols(key.httpProtocol.alpn) { return false }
         tls.mayWaitForCRL = context.fetchesCRLs && context.trust.revocation == .hard
         self.tls = tls
         stream.owner = self
@@ -146,7 +135,7 @@ final class UpstreamConnection: EventHandler {
         }
         resolver = UpstreamResolver.dial(dns: worker.dns, host: key.host, port: key.port, connect: key.connect,
                                          allowPrivate: allowPrivate, failed: { [unowned self] failure in
-            // Unowned (no side table, see `delegate`): `close` cancels the lookup, so these never run after it.
+            // Unowned (no side table, see `owner`): `close` cancels the lookup, so these never run after it.
             switch failure {
             case .socket(let e): self.deferEvent(.error(errno: e, tls: [], dnsError: 0))
             case .dns(let code): self.deferEvent(.error(errno: 0, tls: [], dnsError: code))
@@ -350,15 +339,21 @@ final class UpstreamConnection: EventHandler {
         }
         state = .ready
         handshakeCompleted = true
+        if tls.sessionReused {
+            worker.metrics.shared.handshakesResumed.increment()
+        } else {
+            worker.metrics.shared.handshakesFull.increment()
+        }
         tlsVersion = tls.version
         cipher = tls.cipher
+        selectedApplicationProtocol = tls.selectedApplicationProtocol
         for note in tls.trustNotes { worker.logger.warning("\(Self.describe(note, upstream: "\(key.host):\(key.port)"))") }
         connectedMicros = monotonicMicros()
         tls.startDirectIO()
         let fd = connectingFD
         connectingFD = -1
         stream.activate(fd: fd, transport: .tls(tls), base: worker.base)
-        delegate?.upstreamConnected(self)
+        owner?.upstreamConnected(self)
     }
 
     /// Reports `event` from the event loop, never from inside `start`, where the caller is not attached yet.
@@ -399,6 +394,9 @@ final class UpstreamConnection: EventHandler {
 
     /// Whether the handshake resumed an earlier TLS session.
     var sessionReused: Bool { tls?.sessionReused ?? false }
+
+    /// What the server selected in ALPN, read when the handshake completes; nil when it selected nothing.
+    private(set) var selectedApplicationProtocol: String?
 
     /// The protocol version and cipher, read once when the handshake completes (renegotiation is off, so they
     /// stay): every request on the connection logs them.
@@ -443,7 +441,7 @@ final class UpstreamConnection: EventHandler {
     /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent
     /// OpenSSL bufferevent holding whatever was read or queued and not yet used. Either way the connection is
     /// closed as far as the pool and the worker are concerned: when the hand-over fails (nil), it is closed here,
-    /// so that nothing is left reading for a delegate that is about to go.
+    /// so that nothing is left reading for an owner that is about to go.
     func detach() -> Endpoint? {
         guard state == .ready, let tls, stream.fd >= 0, !TestFaults.upstreamHandOverFails,
               let (bev, session) = tls.handOver(base: worker.base, fd: stream.fd, pending: stream.input) else {
@@ -462,7 +460,7 @@ final class UpstreamConnection: EventHandler {
         state = .closed
         tlsVersion = nil
         cipher = nil
-        delegate = nil
+        owner = nil
         if let timer = connectTimer {
             event_free(timer)
             connectTimer = nil
@@ -498,11 +496,11 @@ final class UpstreamConnection: EventHandler {
     }
 
     override func streamReadable(_ stream: SocketStream) {
-        delegate?.upstreamReadable(self)
+        owner?.upstreamReadable(self)
     }
 
     override func streamWritable(_ stream: SocketStream) {
-        delegate?.upstreamWritable(self)
+        owner?.upstreamWritable(self)
     }
 
     override func streamEvent(_ stream: SocketStream, _ what: Int16) {
@@ -536,8 +534,8 @@ final class UpstreamConnection: EventHandler {
     static let graceAfterCRLWaitMillis = 1000
 
     private func deliver(_ event: Event) {
-        if let delegate {
-            delegate.upstreamEvent(self, event)
+        if let owner {
+            owner.upstreamEnded(self, event)
         } else {
             close()
         }
@@ -548,6 +546,74 @@ private func upstreamHandshakeCallback(_ fd: Int32, _ what: Int16, _ ctx: Unsafe
     guard let ctx else { return }
     let upstream = Unmanaged<UpstreamConnection>.fromOpaque(ctx).takeUnretainedValue()
     withExtendedLifetime(upstream) { upstream.socketReady() }
+}
+
+/// HTTP/1.1 as the exchange's upstream side: the request and response bytes are the connection's own stream,
+/// as they go on the wire.
+extension UpstreamConnection: UpstreamChannel {
+    var requestBuffer: OpaquePointer { stream.output }
+    var responseBuffer: OpaquePointer { stream.input }
+    var unsentRequestBytes: Int { evbuffer_get_length(stream.output) }
+
+    func receiveResponse(_ on: Bool) { enableRead(on) }
+    func setResponseTimeout(_ span: TimeSpan?) { setReadTimeout(span) }
+
+    func finish(reusable: Bool, idleTimeout: TimeSpan) {
+        owner = nil
+        // A connection made under a replaced runtime (other routes, other TLS contexts) is not kept.
+        if reusable && state == .ready && generation == worker.runtime.generation {
+            requestsServed += 1
+            worker.pool.put(self, maxIdle: worker.runtime.config.upstream.maxIdlePerHost, idleTimeout: idleTimeout)
+        } else {
+            close()
+        }
+    }
+
+    func abort() { close() }
+
+    func switchToRelay() -> Endpoint? { detach() }
+
+    func failure(for event: UpstreamEvent, timeouts: Timeouts) -> UpstreamChannelFailure {
+        let response = ConnectFailures.response(for: event, upstream: self, timeouts: timeouts)
+        // A corporate proxy's refusal or failure, and a token key that cannot sign, are counted apart.
+        var reason = response.nextHop != nil ? "corporate_proxy" : ConnectFailures.metricReason(response.errorType)
+        if case .error(_, let tls, _) = event, ConnectFailures.tokenSigningFailed(self, tls) { reason = "token_signing" }
+        return UpstreamChannelFailure(response: response, metricReason: reason, warn: trustRefusal != nil)
+    }
+
+    /// A pooled connection the server closed (EOF or reset) just as it was reused: the server may have closed it
+    /// before reading the request. A fresh connection that fails says something about the server, not a race.
+    func requestMayBeUnprocessed(after event: UpstreamEvent) -> Bool {
+        Self.requestMayBeUnprocessed(after: event, onReusedConnection: isReused)
+    }
+
+    static func requestMayBeUnprocessed(after event: UpstreamEvent, onReusedConnection reused: Bool) -> Bool {
+        guard reused else { return false }
+        switch event {
+        case .eof, .error: return true
+        default: return false
+        }
+    }
+
+    var upstreamProtocol: String { "http/1.1" }
+    var isReused: Bool { requestsServed > 0 }
+
+    func describeConnection(into record: inout AccessRecord) {
+        record.upstreamProtocol = upstreamProtocol
+        record.upstreamStreamID = nil
+        record.reused = isReused
+        record.tlsVersion = tlsVersion
+        record.cipher = cipher
+        if isReused {
+            record.connectMs = 0
+        } else if state == .ready {
+            record.connectMs = (connectedMicros - connectStartedMicros) / 1000
+            if handshakeStartedMicros > 0 {
+                record.tcpConnectMs = (handshakeStartedMicros - connectStartedMicros) / 1000
+                record.tlsHandshakeMs = (connectedMicros - handshakeStartedMicros) / 1000
+            }
+        }
+    }
 }
 
 /// A handshake whose connection was given up while its token signature was being made: kept (with itself

@@ -50,6 +50,14 @@ final class Worker: @unchecked Sendable {
     private(set) var flusher: StreamFlusher!
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
     private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
+    /// HTTP/2 upstream connections, each carrying many exchanges.
+    private(set) lazy var h2Pool = H2Pool(worker: self)
+    /// Connections that closed during this loop turn, kept until its end. A connection usually closes inside one
+    /// of its own callbacks, and neither its streams (`SocketStream.owner`) nor the methods below the callback
+    /// hold a reference to it (`unowned(unsafe)`, for speed): released from the registry there, it would be freed
+    /// while its own code still runs. Released by `releaseEvent`, activated when the first one is kept.
+    private var closedThisTurn: [AnyObject] = []
+    private var releaseEvent: OpaquePointer?
     private(set) var draining = false
     private var thread: pthread_t?
 
@@ -104,6 +112,7 @@ final class Worker: @unchecked Sendable {
         wakeEvent = event_new(base, wakeFD, Int16(EV_READ | EV_PERSIST), workerWakeCallback, me)
         event_add(wakeEvent, nil)
         tickEvent = event_new(base, -1, Int16(EV_PERSIST), workerTickCallback, me)
+        releaseEvent = event_new(base, -1, 0, workerReleaseCallback, me)
         var second = timeval(tv_sec: 1, tv_usec: 0)
         event_add(tickEvent, &second)
     }
@@ -149,10 +158,14 @@ final class Worker: @unchecked Sendable {
     }
 
     deinit {
+        // Checked in debug builds: connections hold their worker unowned(unsafe), so none may outlive it.
+        assert(clients.isEmpty && upstreams.isEmpty, "a worker went before its connections")
         for handle in listeners { handle.free() }
         if let wakeEvent { event_free(wakeEvent) }
         close(wakeFD)
         if let tickEvent { event_free(tickEvent) }
+        if let releaseEvent { event_free(releaseEvent) }
+        closedThisTurn.removeAll()
         pthread_mutex_destroy(pendingLock)
         pendingLock.deallocate()
         if let drainTimer { event_free(drainTimer) }
@@ -213,7 +226,9 @@ final class Worker: @unchecked Sendable {
         // The loop has ended: free what is left, on this thread.
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
+        h2Pool.closeAll()
         for upstream in Array(upstreams.values) { upstream.close() }
+        closedThisTurn.removeAll()
         // Every line of every request, the last ones included, is written before the worker ends.
         accessLog.detach()
         health.finished(worker: id)
@@ -373,11 +388,40 @@ final class Worker: @unchecked Sendable {
     // MARK: registry
 
     func clientClosed(_ client: ClientConnection) {
-        if clients.removeValue(forKey: ObjectIdentifier(client)) != nil {
+        if let closed = clients.removeValue(forKey: ObjectIdentifier(client)) {
+            keepUntilTurnEnds(closed)
             metrics.shared.activeClients.decrement()
             connections.decrement()
         }
         exitIfDrained()
+    }
+
+    /// The upstream side of an exchange to `key`: an idle pooled connection, else a new one (`fresh`: always a
+    /// new one, for a retry). Nil when no connection could be started. The one place an exchange gets its
+    /// upstream: a second protocol (HTTP/2) chooses its channel here.
+    func upstreamChannel(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool,
+                         fresh: Bool = false, route: RouteMatch? = nil) -> (any UpstreamChannel)? {
+        // HTTP/2 (`protocol = "h2"`, or `"auto"` until the server selects HTTP/1.1): a stream on a shared
+        // connection of the key (docs/http2.md).
+        if key.httpProtocol == .h2 || (key.httpProtocol == .auto && !h2Pool.knownHTTP11(key)) {
+            var timeouts = route?.timeouts ?? runtime.config.upstream.timeouts
+            timeouts.connect = connectTimeout
+            let stream = H2UpstreamStream(key: key, context: context, worker: self, routeLabel: route?.label ?? "unmatched",
+                                          timeouts: timeouts, allowPrivate: allowPrivate,
+                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections)
+            switch h2Pool.place(stream) {
+            case .attached, .queued: return stream
+            case .refused:
+                stream.refuse(.queueFull)  // answered 503 once the exchange holds it
+                return stream
+            case .failedToOpen: return nil
+            }
+        }
+        if !fresh, let pooled = pool.take(key) {
+            metrics.shared.upstreamReused.increment()
+            return pooled
+        }
+        return openUpstream(key: key, context: context, connectTimeout: connectTimeout, allowPrivate: allowPrivate)
     }
 
     /// A new upstream connection, registered so it lives until closed.
@@ -394,7 +438,20 @@ final class Worker: @unchecked Sendable {
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection) {
-        if upstreams.removeValue(forKey: ObjectIdentifier(upstream)) != nil { metrics.shared.activeUpstreams.decrement() }
+        if let closed = upstreams.removeValue(forKey: ObjectIdentifier(upstream)) {
+            keepUntilTurnEnds(closed)
+            metrics.shared.activeUpstreams.decrement()
+        }
+    }
+
+    /// Keeps a closed connection alive until the end of this loop turn (see `closedThisTurn`).
+    private func keepUntilTurnEnds(_ connection: AnyObject) {
+        if closedThisTurn.isEmpty, let releaseEvent { event_active(releaseEvent, 0, 1) }
+        closedThisTurn.append(connection)
+    }
+
+    fileprivate func releaseClosed() {
+        closedThisTurn.removeAll(keepingCapacity: closedThisTurn.count <= 64)
     }
 
     var activeClients: Int { clients.count }
@@ -571,6 +628,10 @@ private func workerAcceptErrorCallback(_ listener: OpaquePointer?, _ ctx: Unsafe
 
 private func workerWakeCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().woken()
+}
+
+private func workerReleaseCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
+    Unmanaged<Worker>.fromOpaque(ctx!).takeUnretainedValue().releaseClosed()
 }
 
 private func workerTickCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

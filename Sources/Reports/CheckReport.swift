@@ -251,6 +251,8 @@ public struct RouteReport: Codable, Equatable, Sendable {
     public var action: String
     public var identity: String?
     public var connect: String?
+    /// `protocol`: "http/1.1", "h2" or "auto".
+    public var `protocol`: String?
     /// How the upstream is trusted (absent for `deny`): what `check` prints under the route, every setting.
     public var trust: RouteTrustReport?
 
@@ -271,6 +273,7 @@ public struct RouteReport: Codable, Equatable, Sendable {
         case .deny: action = "deny"
         }
         connect = route.connect?.description
+        `protocol` = route.action == .deny ? nil : route.httpProtocol.rawValue
         if route.action != .deny { trust = RouteTrustReport(route.trust, crls: crls) }
     }
 }

@@ -28,10 +28,14 @@ public final class CRLCache: @unchecked Sendable {
 
     private var entries: [String: Entry] = [:]
     private var crls: [String: OpaquePointer] = [:]
+    /// When each URL was last wanted or looked up by a verification (a count of those events, not a time).
+    private var lastUse: [String: Int] = [:]
+    private var useClock = 0
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var generationValue = 0
-    /// At most this many distribution points are followed (a hostile chain could name any number): per process,
-    /// and per chain.
+    /// At most this many distribution points are kept (fetched, refreshed, shown in the metrics) at once: a newly
+    /// wanted one takes the place of the one least recently used. At most `maxURLsPerChain` are followed for one
+    /// chain (a hostile chain could name any number).
     public static let maxURLs = 64
     static let maxURLsPerChain = 8
 
@@ -46,19 +50,31 @@ public final class CRLCache: @unchecked Sendable {
     /// Moves with every newly stored CRL.
     public var generation: Int { locked { generationValue } }
 
-    /// Notes that verification wants `url` (fetched as soon as the fetcher runs, if not known yet).
+    /// Notes that verification wants `url` (fetched as soon as the fetcher runs, if not known yet). When
+    /// `maxURLs` are known, the one least recently used is forgotten to make room.
     public func want(_ url: String) {
         locked {
-            if entries[url] == nil && entries.count < Self.maxURLs {
-                entries[url] = Entry(url: url, due: 0)
+            touch(url)
+            guard entries[url] == nil else { return }
+            if entries.count >= Self.maxURLs, let oldest = entries.keys.min(by: { lastUse[$0, default: 0] < lastUse[$1, default: 0] }) {
+                entries[oldest] = nil
+                lastUse[oldest] = nil
+                if let crl = crls.removeValue(forKey: oldest) { X509_CRL_free(crl) }
             }
+            entries[url] = Entry(url: url, due: 0)
         }
     }
 
-    /// Whether `url` is wanted (or would be) and its first fetch has not ended yet: no CRL, no failure.
+    /// (Under the lock.)
+    private func touch(_ url: String) {
+        useClock += 1
+        lastUse[url] = useClock
+    }
+
+    /// Whether `url` is wanted (or would be, once wanted) and its first fetch has not ended yet: no CRL, no failure.
     public func awaitingFirstFetch(_ url: String) -> Bool {
         locked {
-            guard let e = entries[url] else { return entries.count < Self.maxURLs }
+            guard let e = entries[url] else { return true }
             return e.lastAttempt == nil && crls[url] == nil
         }
     }
@@ -70,6 +86,7 @@ public final class CRLCache: @unchecked Sendable {
             for crl in crls.values { X509_CRL_free(crl) }
             crls = [:]
             entries = [:]
+            lastUse = [:]
             generationValue += 1
         }
     }
@@ -108,6 +125,9 @@ public final class CRLCache: @unchecked Sendable {
                 X509_CRL_free(crl)
                 return
             }
+            // The same CRL again (its CA has not published the next one yet): nothing was verified against less
+            // than it, so connections verified before stay in use (the generation does not move).
+            let unchanged = crls[url].map { X509_CRL_match($0, crl) == 0 } ?? false
             if let old = crls[url] { X509_CRL_free(old) }
             crls[url] = crl
             e.issuer = issuer
@@ -118,7 +138,7 @@ public final class CRLCache: @unchecked Sendable {
             e.lastError = nil
             e.due = Self.refreshTime(lastUpdate: last, nextUpdate: next, now: now, retryAfter: retryAfter)
             entries[url] = e
-            generationValue += 1
+            if !unchanged { generationValue += 1 }
         }
         return true
     }
@@ -135,27 +155,36 @@ public final class CRLCache: @unchecked Sendable {
     }
 
     /// When to fetch again after a CRL with these dates: a fifth of its validity before nextUpdate (at most an
-    /// hour before, at least a second from now); after `retryAfter` when it names no nextUpdate or is stale.
+    /// hour before); after `retryAfter` when it names no nextUpdate or is stale. A CRL already inside that window
+    /// (fetched late, or its CA publishes the next one only at nextUpdate) is asked for again after a quarter of
+    /// the time left, between a second and `retryAfter`: not every second until the next one appears.
     public static func refreshTime(lastUpdate: Int?, nextUpdate: Int?, now: Int, retryAfter: Int) -> Int {
         guard let next = nextUpdate, next > now else { return now + retryAfter }
         let span = max(0, next - (lastUpdate ?? now))
-        let ahead = min(3600, span / 5)
-        return max(now + 1, next - ahead)
+        let planned = next - min(3600, span / 5)
+        if planned > now { return planned }
+        return now + max(1, min(retryAfter, (next - now) / 4))
     }
 
-    /// The CRL held for `url`, with a reference for the caller.
+    /// The CRL held for `url`, with a reference for the caller (a verification looking it up: `url` is in use).
     func crl(for url: String) -> OpaquePointer? {
         locked {
+            if entries[url] != nil { touch(url) }
             guard let crl = crls[url], X509_CRL_up_ref(crl) == 1 else { return nil }
             return crl
         }
     }
 
-    /// What the cache knows about `urls`, for a "CRL unavailable" message.
-    func status(of urls: [String]) -> String {
+    /// What the cache knows about `urls`, for a "CRL unavailable" message; `followed`, the points followed for
+    /// the chain (when it verifies apart from revocation), tells a point past `maxURLsPerChain` from one not
+    /// fetched yet.
+    func status(of urls: [String], followed: [String]? = nil) -> String {
         guard !urls.isEmpty else { return "the certificate names no http:// or https:// CRL distribution point" }
         return locked {
             urls.map { url in
+                if let followed, !followed.contains(url) {
+                    return "\(url): not followed (the proxy follows the first \(Self.maxURLsPerChain) distribution points of a chain)"
+                }
                 guard let e = entries[url] else { return "\(url): not fetched" }
                 if let error = e.lastError { return "\(url): \(error)" }
                 if e.lastSuccess == nil { return "\(url): being fetched" }

@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// The TLS side of fetching a CRL from an `https://` distribution point: one blocking exchange (with deadlines)
-/// over a socket the fetcher connected, on the fetcher's thread, never on the request path.
+/// over a socket the fetcher connected, on that fetch's own thread, never on the request path.
 ///
 /// The server is verified against the system trust store (OpenSSL's default paths, which `SSL_CERT_FILE` and
 /// `SSL_CERT_DIR` override) and the URL's host name, with TLS 1.2 or later. Not against a route's `ca_file`: that
@@ -16,7 +16,7 @@ import Glibc
 /// "CRL unavailable" answer.
 public enum DistributionPointTLS {
     /// One context for every fetch, made at the first one; nil (with OpenSSL's reason) if it cannot be made.
-    /// (Read-only after it is made, by the fetcher thread alone; an SSL_CTX is safe to share across threads.)
+    /// (Read-only after it is made, shared by the fetches' threads: an SSL_CTX is safe to share across threads.)
     nonisolated(unsafe) private static let context: Result<OpaquePointer, TLSFetchError> = {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
             return .failure(TLSFetchError(text: "no TLS context: \(OpenSSLErrors.describe(OpenSSLErrors.drain()))"))

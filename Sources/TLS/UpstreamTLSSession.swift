@@ -35,7 +35,9 @@ public final class UpstreamTLSSession {
     /// and `handshake()` says `.waitingForCRL`); the caller decides how long, then calls `stopWaitingForCRL`.
     /// Off by default: a caller that cannot wait (the `pins` command) gets the decision at once.
     public var mayWaitForCRL = false
-    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route).
+    /// The `CRLCache` generation the handshake was verified under (a full handshake of a `crl_fetch` route): read
+    /// when the SSL is made (a resumed session is not verified again), then again as each verification of the
+    /// server's chain starts (one that waited for a CRL is verified under the generation that CRL brought).
     public private(set) var crlGeneration = 0
     /// What was allowed but should be logged (a pin mismatch in report-only mode, a missing CRL in soft mode).
     public private(set) var trustNotes: [TrustNote] = []
@@ -215,6 +217,31 @@ public final class UpstreamTLSSession {
         }
     }
 
+    /// Offers application protocols in ALPN (RFC 7301), most preferred first, e.g. `["h2", "http/1.1"]`. Before
+    /// the handshake. False when OpenSSL refuses the list.
+    public func offerApplicationProtocols(_ protocols: [String]) -> Bool {
+        guard let ssl, !protocols.isEmpty else { return false }
+        var wire: [UInt8] = []
+        for name in protocols {
+            let bytes = Array(name.utf8)
+            guard !bytes.isEmpty, bytes.count < 256 else { return false }
+            wire.append(UInt8(bytes.count))
+            wire += bytes
+        }
+        // 0 is success here, unlike most of OpenSSL.
+        return wire.withUnsafeBufferPointer { SSL_set_alpn_protos(ssl, $0.baseAddress, UInt32($0.count)) } == 0
+    }
+
+    /// The protocol the server selected in ALPN, once the handshake completed; nil when it selected none.
+    public var selectedApplicationProtocol: String? {
+        guard let ssl else { return nil }
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
     /// Whether the handshake resumed an earlier TLS session.
     public var sessionReused: Bool {
         guard let ssl else { return false }
@@ -313,6 +340,7 @@ public final class UpstreamTLSSession {
     }
 
     func startCRLRound() {
+        crlGeneration = CRLCache.shared.generation
         missingCRLURLs = []
         chainURLs = nil
         awaitingCRL = false

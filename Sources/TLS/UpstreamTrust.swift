@@ -214,8 +214,9 @@ enum UpstreamTrustSetup {
 
 /// Replaces OpenSSL's own verification of the server's chain (SSL_CTX_set_cert_verify_callback): pin-only
 /// checks the leaf's key alone; otherwise OpenSSL's verification runs, with CRL checks when revocation is on,
-/// then the pins are matched against the verified chain. A refusal sets X509_V_ERR_APPLICATION_VERIFICATION
-/// (the handshake fails with an alert, and no session is stored) and tells the connection why.
+/// then the pins are matched against the verified chain. A refusal (a pin mismatch sets
+/// X509_V_ERR_APPLICATION_VERIFICATION; a revocation decision leaves OpenSSL's own error) fails the handshake with
+/// an alert, stores no session, and tells the connection why.
 func upstreamCertificateVerify(_ storeCtx: OpaquePointer?, _ arg: UnsafeMutableRawPointer?) -> Int32 {
     guard let storeCtx, let arg else { return 0 }
     let context = Unmanaged<ClientTLSContext>.fromOpaque(arg).takeUnretainedValue()
@@ -336,6 +337,15 @@ private let crlUnavailableErrors: Set<Int32> = [
     X509_V_ERR_KEYUSAGE_NO_CRL_SIGN, X509_V_ERR_UNHANDLED_CRITICAL_CRL_EXTENSION, X509_V_ERR_CRL_PATH_VALIDATION_ERROR,
 ]
 
+/// Whether the CRL that lists the certificate being checked is signed by the issuer OpenSSL matched it to (true
+/// when OpenSSL does not say which CRL or issuer: the revocation stands).
+private func revokedByItsIssuersCRL(_ storeCtx: OpaquePointer) -> Bool {
+    guard let crl = X509_STORE_CTX_get0_current_crl(storeCtx), let issuer = X509_STORE_CTX_get0_current_issuer(storeCtx),
+          let key = X509_get0_pubkey(issuer) else { return true }
+    defer { _ = OpenSSLErrors.drain() }
+    return X509_CRL_verify(crl, key) == 1
+}
+
 private func softRevocationCallback(_ ok: Int32, _ storeCtx: OpaquePointer?) -> Int32 {
     revocationDecision(ok, storeCtx, hard: false)
 }
@@ -346,16 +356,22 @@ private func hardRevocationCallback(_ ok: Int32, _ storeCtx: OpaquePointer?) -> 
 
 private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: Bool) -> Int32 {
     guard ok == 0, let storeCtx else { return ok }
-    let error = X509_STORE_CTX_get_error(storeCtx)
+    var error = X509_STORE_CTX_get_error(storeCtx)
     let owner = mtls_X509_STORE_CTX_get_ssl(storeCtx).flatMap { UpstreamTLSSession.owner(of: $0) }
     let cert = X509_STORE_CTX_get_current_cert(storeCtx)
     let depth = Int(X509_STORE_CTX_get_error_depth(storeCtx))
     let subject = cert.map { Certificate.nameString(X509_get_subject_name($0)) } ?? "?"
     let serial = cert.map { Certificate.serialHex(of: $0) } ?? "?"
     if error == X509_V_ERR_CERT_REVOKED {
-        TrustDecisionCounters.count(.revoked)
-        owner?.refuse(.revoked(subject: subject, serial: serial, depth: depth))
-        return 0
+        if revokedByItsIssuersCRL(storeCtx) {
+            TrustDecisionCounters.count(.revoked)
+            owner?.refuse(.revoked(subject: subject, serial: serial, depth: depth))
+            return 0
+        }
+        // Listed by a CRL whose signature does not verify (OpenSSL reported that first; soft mode allowed it,
+        // and OpenSSL went on to read the certificate in that CRL): not the issuer's word, so no revocation, but
+        // no usable CRL either.
+        error = X509_V_ERR_CRL_SIGNATURE_FAILURE
     }
     guard crlUnavailableErrors.contains(error) else { return 0 }
     // The trust anchor itself (the self-signed root ending the chain) is trusted by configuration, not by a CRL:
@@ -368,23 +384,31 @@ private func revocationDecision(_ ok: Int32, _ storeCtx: OpaquePointer?, hard: B
     var reason = String(cString: X509_verify_cert_error_string(Int(error)))
     if let owner, owner.context.trust.crlFetch {
         let urls = cert.map { CRLCache.distributionPoints($0) } ?? []
-        let awaited = urls.filter { CRLCache.shared.awaitingFirstFetch($0) }
-        if hard, owner.mayWaitForCRL, !awaited.isEmpty, owner.chainCRLURLs(storeCtx) != nil {
+        // The points the proxy follows for this chain (nil when the chain does not verify apart from revocation:
+        // none); only those are fetched, so only those are worth waiting for.
+        let followed = owner.chainCRLURLs(storeCtx)
+        let awaited = urls.filter { followed?.contains($0) == true && CRLCache.shared.awaitingFirstFetch($0) }
+        if hard, owner.mayWaitForCRL, !awaited.isEmpty {
             // Not decided yet: the verification stops here and the handshake waits for the fetch (see
             // `upstreamCertificateVerify`), unless the wait is over.
             owner.awaitingCRL = true
             owner.awaitedCRLURLs = awaited
             return 0
         }
-        reason += " (crl_fetch: \(CRLCache.shared.status(of: urls)))"
+        reason += " (crl_fetch: \(CRLCache.shared.status(of: urls, followed: followed)))"
     }
     if hard {
         TrustDecisionCounters.count(.crlUnavailableRefused)
         owner?.refuse(.crlUnavailable(subject: subject, serial: serial, reason: reason, depth: depth))
         return 0
     }
-    TrustDecisionCounters.count(.crlUnavailableAllowed)
-    owner?.note(.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason, depth: depth))
+    // Once per certificate and reason: a CRL whose signature failed is reported again when OpenSSL reads the
+    // certificate in it (see CERT_REVOKED above).
+    let allowed = TrustNote.crlUnavailableAllowed(subject: subject, serial: serial, reason: reason, depth: depth)
+    if owner?.trustNotes.contains(allowed) != true {
+        TrustDecisionCounters.count(.crlUnavailableAllowed)
+        owner?.note(allowed)
+    }
     X509_STORE_CTX_set_error(storeCtx, X509_V_OK)
     return 1
 }

@@ -108,6 +108,7 @@ struct Check: ParsableCommand {
             if let p = route.port { line += ", port \(p)" }
             if let p = route.pathPrefix { line += ", path \(p)" }
             if let c = route.connect { line += ", connect \(c)" }
+            if route.action != .deny && route.httpProtocol != .http11 { line += ", protocol \(route.httpProtocol.rawValue)" }
             print(line)
             guard route.action != .deny else { continue }
             printTrust(route.trust, runtime: runtime, now: now)

@@ -107,6 +107,7 @@ struct Explain: ParsableCommand {
         }
         if match.action != .deny {
             lines.append(("egress", Self.egressText(match.egress, host: target.host, port: port)))
+            lines.append(("protocol", "\(match.httpProtocol.rawValue): \(match.httpProtocol.phrase)"))
             if match.egress == .direct {
                 let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
                 lines.append(("dial", dial))

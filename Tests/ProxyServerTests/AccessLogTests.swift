@@ -36,12 +36,26 @@ import ProxyConfig
         return try #require(object as? [String: Any])
     }
 
+    @Test func h2ExchangesNameTheProtocolAndStream() throws {
+        var r = Self.record()
+        r.upstreamProtocol = "h2"
+        r.upstreamStreamID = 7
+        let fields = try Self.parse(r.json())
+        #expect(fields["upstream_protocol"] as? String == "h2")
+        #expect(fields["upstream_stream"] as? Int == 7)
+        #expect(r.text().contains(" upstream_protocol=h2 stream=7"))
+        r.upstreamProtocol = "http/1.1"
+        r.upstreamStreamID = nil
+        #expect(!r.text().contains("upstream_protocol"))
+    }
+
     @Test func jsonHasEveryFieldWithItsType() throws {
         let fields = try Self.parse(Self.record().json())
         #expect(Set(fields.keys) == ["time", "client", "listener", "intercepted", "method", "scheme", "host", "port",
                                      "path", "route", "identity", "cert_serial", "status", "upstream_status",
                                      "bytes_in", "bytes_out", "duration_ms", "connect_ms", "tcp_connect_ms",
-                                     "tls_handshake_ms", "ttfb_ms", "reused", "tls_version", "cipher", "proxy_status"])
+                                     "tls_handshake_ms", "ttfb_ms", "reused", "tls_version", "cipher", "upstream_protocol",
+                                     "upstream_stream", "proxy_status"])
         #expect(fields["time"] as? String == "2027-01-15T08:00:00.123Z")
         #expect(fields["route"] as? String == "bank API")
         #expect(fields["port"] as? Int == 443)

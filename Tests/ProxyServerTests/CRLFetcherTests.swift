@@ -1,5 +1,6 @@
+import ProxyConfig
 import Testing
-import TLS
+@testable import TLS
 @testable import ProxyServer
 
 /// The pure parts of CRL fetching: which URLs are fetched, what answer is a CRL body, when to fetch again.
@@ -70,6 +71,44 @@ import TLS
         #expect(cache.entry(url) == nil)
     }
 
+    @Test func aFullCacheTakesANewPointInPlaceOfTheOneLeastRecentlyUsed() {
+        // A long-running proxy meets more distribution points than it keeps (sharded CRLs, a CA's new URLs, a
+        // chain naming many): the cap must not shut out every point met after the first `maxURLs`.
+        let cache = CRLCache()
+        let url = { (i: Int) in "http://crl.example.com/\(i).crl" }
+        for i in 0..<CRLCache.maxURLs { cache.want(url(i)) }
+        // A verification looks up every point but the first again.
+        for i in 1..<CRLCache.maxURLs { _ = cache.crl(for: url(i)) }
+        let newcomer = "http://crl.example.com/new.crl"
+        #expect(cache.awaitingFirstFetch(newcomer), "hard mode would refuse at once instead of waiting for its fetch")
+        cache.want(newcomer)
+        #expect(cache.entry(newcomer) != nil, "a newly wanted point is never fetched once the cache is full")
+        #expect(cache.entry(url(0)) == nil)
+        #expect(cache.entry(url(1)) != nil)
+        #expect(cache.snapshot.count == CRLCache.maxURLs)
+    }
+
+    @Test func crlFetchWithRevocationOffEverywhereFetchesNothing() throws {
+        // A reload that turns revocation off but leaves `crl_fetch = true` in [upstream]: nothing uses the CRLs,
+        // so none is kept, refreshed or shown in the metrics (whose staleness alert would fire for nothing).
+        func config(_ route: String) throws -> ProxyConfiguration {
+            try ConfigLoader.parse("""
+            [proxy]
+            listen = "127.0.0.1:8080"
+            [upstream]
+            crl_fetch = true
+            revocation = "off"
+            [[route]]
+            host = "a.test"
+            action = "tls"
+            \(route)
+            """, file: "t.conf", baseDirectory: "/tmp")
+        }
+        #expect(!CRLFetcher.fetches(try config("")))
+        #expect(CRLFetcher.fetches(try config("revocation = \"hard\"")))
+        #expect(CRLFetcher.fetches(try config("revocation = \"soft\"")))
+    }
+
     @Test func refreshedAheadOfNextUpdate() {
         // A day-long CRL: an hour before nextUpdate.
         #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 86_400, now: 100, retryAfter: 30) == 86_400 - 3600)
@@ -80,5 +119,9 @@ import TLS
         #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: nil, now: 100, retryAfter: 30) == 130)
         // Never in the past.
         #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 101, now: 100, retryAfter: 30) == 101)
+        // Already inside the window (an hour-long CRL fetched with 2 minutes left): in 30 s, not in a second;
+        // sooner as nextUpdate nears.
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 3720, now: 3600, retryAfter: 30) == 3630)
+        #expect(CRLCache.refreshTime(lastUpdate: 0, nextUpdate: 3620, now: 3600, retryAfter: 30) == 3605)
     }
 }

@@ -1,3 +1,4 @@
+import HTTP1
 import Testing
 @testable import ProxyServer
 
@@ -24,14 +25,14 @@ private func machine() -> Machine {
         m.headParsed(keepAlive: true)
         m.responseKeepAlive(true)  // the final head goes out
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
-        #expect(m.state == .awaitingHead(headDeadline: nil))
+        #expect(m.state == .awaitingHead(headDeadline: nil, scan: HeadParser.Scan()))
     }
 
     @Test func trickledHeadArmsHeaderTimeoutOnceAndAnswers408AtTheDeadline() {
         var m = machine()
-        #expect(m.headIncomplete() == .armTimer(deadline: 6_000))
+        #expect(m.headIncomplete(HeadParser.Scan()) == .armTimer(deadline: 6_000))
         m.clock.nowMillis = 3_000
-        #expect(m.headIncomplete() == .none)  // the deadline runs from the first byte, not the last
+        #expect(m.headIncomplete(HeadParser.Scan()) == .none)  // the deadline runs from the first byte, not the last
         #expect(m.timerFired() == .armTimer(deadline: 6_000))
         m.clock.nowMillis = 6_000
         #expect(m.timerFired() == .answerRequestTimeout(.headTrickled))
@@ -138,7 +139,7 @@ private func machine() -> Machine {
     @Test func upstreamFailureBeforeTheResponseIsAnswered() {
         var m = machine()
         m.headParsed(keepAlive: true)
-        #expect(m.upstreamFailed(responseOwed) == .answerError)
+        #expect(m.exchangeFailed(responseOwed) == .answer)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)
     }
 
@@ -147,7 +148,7 @@ private func machine() -> Machine {
         var m = machine()
         m.headParsed(keepAlive: true)
         m.responseKeepAlive(true)  // the final head goes out
-        #expect(m.upstreamFailed(responseFlowing) == .abort(reset: true))
+        #expect(m.exchangeFailed(responseFlowing) == .abort(reset: true))
         var n = machine()
         n.headParsed(keepAlive: true)
         n.responseKeepAlive(true)  // the final head goes out
@@ -163,7 +164,7 @@ private func machine() -> Machine {
 
     @Test func errorAnswerToAnUnparsedHead() {
         var m = machine()
-        _ = m.headIncomplete()
+        _ = m.headIncomplete(HeadParser.Scan())
         #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
         #expect(m.state == .closing(.flushing))
     }
@@ -202,9 +203,9 @@ private func machine() -> Machine {
         #expect(m.timerFired() == .none)
         m.clock.nowMillis = 4_000
         m.servingInsideTunnel()  // TLS to intercept, or plain requests: the same from here on
-        #expect(m.state == .awaitingHead(headDeadline: nil))
+        #expect(m.state == .awaitingHead(headDeadline: nil, scan: HeadParser.Scan()))
         #expect(m.idleSince == 4_000)
-        #expect(m.headIncomplete() == .armTimer(deadline: 9_000))
+        #expect(m.headIncomplete(HeadParser.Scan()) == .armTimer(deadline: 9_000))
         m.headParsed(keepAlive: true)
         #expect(m.exchangeEnded(keepAlive: true) == .readNextHead)  // keep-alive inside the tunnel
     }

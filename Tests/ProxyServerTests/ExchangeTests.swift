@@ -191,19 +191,24 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
     /// A pooled connection the server closed just as it was reused: an idempotent request without a body is
     /// sent once more on a fresh connection; nothing else is.
     @Test func aStalePooledConnectionIsRetriedOnceForAnIdempotentRequest() throws {
+        // The HTTP/1.1 channel's part: only a reused connection that ended by EOF or reset may not have been read.
+        let unprocessed = UpstreamConnection.requestMayBeUnprocessed
+        #expect(unprocessed(.eof(closeNotify: false), true))
+        #expect(unprocessed(.error(errno: 104, tls: [], dnsError: 0), true))
+        #expect(!unprocessed(.eof(closeNotify: false), false))  // a new connection failed
+        #expect(!unprocessed(.readTimeout, true))
+        #expect(!unprocessed(.connectTimeout, true))
+        // The exchange's part: once, for an idempotent request without a body.
         let get = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        #expect(get.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
-        #expect(get.mayRetry(after: .error(errno: 104, tls: [], dnsError: 0), onReusedConnection: true))
-        #expect(!get.mayRetry(after: .eof(closeNotify: false), onReusedConnection: false))  // a new connection failed
-        #expect(!get.mayRetry(after: .readTimeout, onReusedConnection: true))
-        #expect(!get.mayRetry(after: .connectTimeout, onReusedConnection: true))
+        #expect(get.mayRetry(requestUnprocessed: true))
+        #expect(!get.mayRetry(requestUnprocessed: false))
         var again = get
         again.retried = true
-        #expect(!again.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        #expect(!again.mayRetry(requestUnprocessed: true))
         let post = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
-        #expect(!post.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        #expect(!post.mayRetry(requestUnprocessed: true))
         let getWithBody = try exchange("GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
-        #expect(!getWithBody.mayRetry(after: .eof(closeNotify: false), onReusedConnection: true))
+        #expect(!getWithBody.mayRetry(requestUnprocessed: true))
     }
 }
 

@@ -71,7 +71,8 @@ import ProxyConfig
         #expect(certificate["not_after"] as? String == UTCTime.rfc3339(now + 10 * day))
         #expect(certificate["days_left"] as? Int == 10)
         let routes = try #require(object["routes"] as? [[String: Any]])
-        #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity", "trust"])
+        #expect(Set(routes[0].keys) == ["index", "label", "host", "action", "identity", "protocol", "trust"])
+        #expect(routes[0]["protocol"] as? String == "http/1.1")
         let ca = try #require(object["local_ca"] as? [String: Any])
         #expect(Set(ca.keys) == ["cert_file", "key_file", "subject", "not_before", "not_after", "not_after_unix", "days_left", "sha256"])
     }

@@ -170,7 +170,7 @@ class CheckJSON(unittest.TestCase):
         self.assertEqual(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["not_after_unix"])), cert["not_after"])
         routes = [{k: v for k, v in r.items() if k != "trust"} for r in report["routes"]]
         self.assertEqual(routes, [{"index": 1, "label": "route[1] api.mygreatbank.test", "host": "api.mygreatbank.test",
-                                   "action": "mtls", "identity": "us"}])
+                                   "action": "mtls", "identity": "us", "protocol": "http/1.1"}])
         self.assertEqual(report["routes"][0]["trust"]["revocation"], "off")  # the trust fields: test_upstream_trust
 
     def test_expiring_staged_expired_and_the_exit_codes(self):

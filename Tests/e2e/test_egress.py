@@ -3,13 +3,18 @@
 the test's folder; Basic auth with basic_ncsa_auth), nginx requiring the client certificate behind it. The proxy
 opens CONNECT through Squid and runs TLS with the route's certificate inside; Squid sees only the tunnel. Refusals
 and failures of the corporate proxy name it (Proxy-Status next-hop, received-status), apart from the service's."""
-import base64, os, re, pwd, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
+import base64, json, os, re, pwd, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 ENV = {}
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
+try:
+    import h2  # noqa: F401
+    HAVE_H2 = True
+except ImportError:
+    HAVE_H2 = False
 NCSA = "/usr/lib/squid/basic_ncsa_auth"
 HTPASSWD = shutil.which("htpasswd")
 PASSWORD = "c0rp-s3cret-Pw"
@@ -104,14 +109,19 @@ def setUpModule():
     d = harness.folder_with_pki("mtls-proxy-egress-")
     os.chmod(d, 0o755)  # Squid drops to its own user and must reach its folder inside
     procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "squid", "squid2", "mtls", "tls", "down")}
+    ports = {k: harness.free_port() for k in ("proxy", "admin", "squid", "squid2", "mtls", "tls", "down", "h2")}
     try:
         harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
+        if HAVE_H2:  # an HTTP/2 service (Tests/e2e/h2server.py), reached through Squid as the others
+            procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(ports["h2"]),
+                         "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            harness.wait_for_port(ports["h2"])
         slow = SlowUpstream(f"{d}/pki")
         silent = SilentProxy()
         ports["slow"] = slow.port
         ports["silent"] = silent.port
-        start_squid(procs, f"{d}/squid", ports["squid"], [ports["mtls"], ports["tls"], ports["slow"]],
+        start_squid(procs, f"{d}/squid", ports["squid"], [ports["mtls"], ports["tls"], ports["slow"], ports["h2"]],
                     ["api.mygreatbank.test", "status.example.com", "wrongpw.mygreatbank.test", "rotated.mygreatbank.test"])
         harness.write_file(f"{d}/corp.cred", f"alice:{PASSWORD}\n", mode=0o600)
         harness.write_file(f"{d}/wrong.cred", f"alice:{WRONG_PASSWORD}\n", mode=0o600)
@@ -132,6 +142,13 @@ proxy_credentials_file = "corp.cred"
 [identities.us]
 cert = "pki/fusion-us.pem"
 key = "pki/fusion-us.key"
+
+[[route]]
+name = "h2 through squid"
+host = "api.mygreatbank.test"
+port = {ports['h2']}
+identity = "us"
+protocol = "h2"
 
 [[route]]
 name = "distrusting"
@@ -254,6 +271,21 @@ class Egress(unittest.TestCase):
             self.assertNotIn("secret-path", content)
             self.assertNotIn("hunter2", content)
             self.assertNotIn("GET ", content)
+
+    @unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+    def test_h2_through_squid_reaches_the_service_with_the_client_certificate(self):
+        h2port = ENV["ports"]["h2"]
+        for _ in range(2):
+            status, headers, body = request("api.mygreatbank.test", h2port, "/hello")
+            self.assertEqual(status, 200, body)
+            self.assertIn("commonName=fusion-us", body if isinstance(body, str) else body.decode())
+        # Both (and this one) went as streams on HTTP/2 connections through tunnels: at most one connection per
+        # worker (this proxy runs 2), each carrying every stream its worker sent.
+        status, _, stats = request("api.mygreatbank.test", h2port, "/_stats")
+        self.assertEqual(status, 200, stats)
+        counts = next(v for k, v in json.loads(stats).items() if k.endswith("commonName=fusion-us"))
+        self.assertEqual(sum(counts), 3, counts)
+        self.assertLessEqual(len(counts), 2, counts)
 
     def test_requests_reuse_the_tunnelled_connection(self):
         tls = ENV["ports"]["tls"]

@@ -346,6 +346,39 @@ class Revocation(unittest.TestCase):
                 self.assertIn(serial_of(f"{ENV['pki']}/revoked.pem"), ps)
         self.assertGreaterEqual(harness.metric(scrape(), "mtls_proxy_upstream_trust_decisions_total", 0, decision="revoked"), 2)
 
+    def test_a_crl_whose_signature_does_not_verify_revokes_nothing(self):
+        # A CRL in the test CA's name that lists the server, signed by another key: not the CA's CRL (a hostile
+        # distribution point, or a man in the middle of an http:// one, could serve it). Soft mode allows a CRL it
+        # cannot use, so it must not take that CRL's word that the server is revoked; hard mode refuses it as
+        # unusable, not as a revocation.
+        pki, d = ENV["pki"], ENV["dir"]
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out forged-ca.key",
+           "openssl x509 -in ca.pem -signkey forged-ca.key -out forged-ca.pem 2>/dev/null", cwd=pki)
+        cnf = ca_config(pki, "forged-ca")
+        sh(f"cp .db-ca/index.txt .db-forged-ca/index.txt",
+           f"openssl ca -config '{cnf}' -gencrl -out forged.crl 2>/dev/null", cwd=pki)
+        port = harness.free_port()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        routes = "".join(f"""
+[[route]]
+host = "forged-{mode}.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{ENV['ports']['revoked']}"
+crl_files = ["pki/forged.crl"]
+revocation = "{mode}"
+""" for mode in ("soft", "hard"))
+        start_proxy_with(procs, f"{d}/forged.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n[upstream]\nca_file = "pki/ca.pem"\n{routes}', port)
+        status, headers, body = get_on(port, "forged-soft")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+        allowed = lambda: re.findall(r"forged-soft[^\n]*CRL unavailable[^\n]*CRL signature failure[^\n]*allowed", harness.read(f"{d}/forged.log"))
+        self.assertTrue(harness.wait_until(allowed, 5, 0.1), harness.read(f"{d}/forged.log")[-2000:])
+        self.assertEqual(len(allowed()), 1, "one unusable CRL, logged (and counted) twice")
+        status, headers, body = get_on(port, "forged-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers["proxy-status"])
+        self.assertNotIn("presented a revoked", headers["proxy-status"])
+
     def test_without_crls_the_revoked_certificate_is_not_checked(self):
         self.assertEqual(get("revoked-unchecked")[0], 200)
 
@@ -475,6 +508,18 @@ crl_files = ["pki/crl.pem", "pki/garbage-crl.pem"]
         self.assertIn("CRL", r.stdout)
         r = harness.run_cli("explain", "--config", ENV["conf"], "http://selfsigned.mygreatbank.test/", timeout=30)
         self.assertIn("pin-only", r.stdout)
+
+
+def access_lines(log, host, count):
+    """The access-log lines of the proxy writing `log` for `host`, once there are `count` of them (the log is
+    written a moment after each request) or after 5 s."""
+    lines = []
+
+    def enough():
+        lines[:] = [l for l in harness.json_log_lines(log) if l.get("host") == host and "status" in l]
+        return len(lines) >= count
+    harness.wait_until(enough, 5, 0.1)
+    return lines
 
 
 class CRLServer(http.server.ThreadingHTTPServer):
@@ -698,6 +743,47 @@ revocation = "hard"
             self.assertIn("revoked", headers["proxy-status"])
         finally:
             procs.stop_all()
+
+    def test_a_crl_already_in_its_refresh_window_is_not_fetched_again_every_second(self):
+        # A CA that publishes its next CRL only at nextUpdate: the CRL fetched is already inside the window in which
+        # the proxy refreshes it (a fifth of its validity before nextUpdate, at most an hour). Fetching it again
+        # every second until the next one appears hammers the CA's server, and each fetch retired every pooled
+        # connection of the route.
+        pki = ENV["pki"]
+        cnf = ca_config(pki, "ca")
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/late.crl"
+        leaf_with_dp(pki, "dp-late", url)
+        sh(f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -3600) -crl_nextupdate $(utc_in 120) -out late.crl 2>/dev/null", cwd=pki)
+        self.dp.files["/late.crl"] = open(f"{pki}/late.crl", "rb").read()
+        up, port = harness.free_port(), harness.free_port()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        harness.start_python_upstream(procs, pki, up, cert="dp-late")
+        log = f"{ENV['dir']}/late.log"
+        conf = harness.write_file(f"{ENV['dir']}/late.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[log]
+format = "json"
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[[route]]
+host = "late.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+crl_fetch = true
+revocation = "hard"
+""")
+        harness.start_proxy(procs, conf, log, port)
+        get_until_on(self, port, "late", lambda s, ps: s == 200)
+        fetched = self.dp.hits.count("/late.crl")
+        time.sleep(3.5)
+        self.assertEqual(get_on(port, "late")[0], 200)
+        self.assertLessEqual(self.dp.hits.count("/late.crl") - fetched, 1, "the same CRL was fetched again every second")
+        requests = access_lines(log, "late.mygreatbank.test", 2)
+        self.assertTrue(requests and requests[-1].get("reused"), "the pooled connection was retired without a new CRL")
 
     def test_an_untrusted_certificate_does_not_send_the_proxy_to_its_distribution_point(self):
         # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
@@ -1016,38 +1102,46 @@ class HardModeFirstConnection(unittest.TestCase):
     def setUpClass(cls):
         pki = ENV["pki"]
         cls.dp = CRLServer({}, delays={"/slow.crl": 1.0, "/slow404.crl": 0.5, "/hang.crl": 6.0})
-        for name in ("slow", "slow404", "hang"):
+        for name in ("slow", "slow404", "hang", "quick"):
             leaf_with_dp(pki, f"wait-{name}", f"{cls.dp.base}/{name}.crl")
         cnf = ca_config(pki, "ca")
         sh(f"openssl ca -config '{cnf}' -gencrl -out wait.crl 2>/dev/null", cwd=pki)
-        cls.dp.files["/slow.crl"] = cls.dp.files["/hang.crl"] = open(f"{pki}/wait.crl", "rb").read()
+        cls.dp.files["/slow.crl"] = cls.dp.files["/hang.crl"] = cls.dp.files["/quick.crl"] = open(f"{pki}/wait.crl", "rb").read()
 
     @classmethod
     def tearDownClass(cls):
         cls.dp.shutdown()
         cls.dp.server_close()
 
-    def proxy_for(self, name, connect_timeout="5s"):
-        """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server."""
-        procs = harness.Processes()
+    def proxy_for(self, name, connect_timeout="5s", also=()):
+        """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server
+        (host wait.mygreatbank.test), and one more for each (name, connect_timeout) of `also` (host wait-NAME)."""
+        procs = self.procs = harness.Processes()
         self.addCleanup(procs.stop_all)
-        up, port = harness.free_port(), harness.free_port()
-        harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{name}")
+        port = harness.free_port()
+        routes = ""
+        for host, server, timeout in (("wait", name, connect_timeout), *((f"wait-{n}", n, t) for n, t in also)):
+            up = harness.free_port()
+            harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{server}")
+            routes += f"""
+[[route]]
+host = "{host}.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+connect_timeout = "{timeout}"
+crl_fetch = true
+revocation = "hard"
+"""
         start_proxy_with(procs, f"{ENV['dir']}/wait-{name}.conf", f"""
 [proxy]
 listen = "127.0.0.1:{port}"
 workers = 1
+[log]
+format = "json"
 [upstream]
 ca_file = "pki/ca.pem"
 allow_private = true
-[[route]]
-host = "wait.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-connect_timeout = "{connect_timeout}"
-crl_fetch = true
-revocation = "hard"
-""", port)
+{routes}""", port)
         return port
 
     def test_the_first_connection_waits_for_its_crl_and_is_served(self):
@@ -1055,6 +1149,40 @@ revocation = "hard"
         status, headers, body = get_on(port, "wait")
         self.assertEqual(status, 200, headers.get("proxy-status", body))
         self.assertIn("/slow.crl", self.dp.hits)
+
+    def test_the_connection_that_waited_for_its_crl_is_pooled_and_reused(self):
+        # It was verified against the CRL it waited for: nothing newer came since, so the next request reuses it.
+        port = self.proxy_for("slow")
+        self.assertEqual(get_on(port, "wait")[0], 200)
+        self.assertEqual(get_on(port, "wait")[0], 200)
+        log = f"{ENV['dir']}/wait-slow.log"
+        requests = access_lines(log, "wait.mygreatbank.test", 2)
+        self.assertEqual([l.get("reused") for l in requests[-2:]], [False, True], requests[-2:])
+
+    def test_clients_that_leave_during_the_wait_and_a_reload_meanwhile_leave_the_proxy_serving(self):
+        # The suspended handshakes' 50 ms timers stay armed while their clients go away (at every moment of the
+        # wait) and while a reload replaces the config (under AddressSanitizer in CI: no use after free).
+        port = self.proxy_for("hang", connect_timeout="2s")
+        proxy = self.procs.procs[-1]
+        name = "wait.mygreatbank.test"
+
+        def leave(after):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"GET http://{name}/ HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                time.sleep(after)
+        threads = [threading.Thread(target=leave, args=(i * 0.1,)) for i in range(25)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        os.kill(proxy.pid, signal.SIGHUP)
+        for t in threads:
+            t.join()
+        log = harness.read(f"{ENV['dir']}/wait-hang.log")
+        self.assertIn("reloaded", log)
+        self.assertIsNone(proxy.poll(), log[-2000:])
+        status, headers, body = get_on(port, "wait")
+        self.assertEqual(status, 502, body)
+        self.assertIn("CRL unavailable", headers.get("proxy-status", ""))
 
     def test_the_first_connection_is_refused_naming_the_failed_fetch(self):
         port = self.proxy_for("slow404")
@@ -1075,6 +1203,76 @@ revocation = "hard"
         self.assertIn("being fetched", headers["proxy-status"])
         self.assertLess(took, 3.5, "the first connection waited past the route's connect_timeout")
         self.assertGreater(took, 0.8, "it did not wait for the fetch at all")
+
+
+    def test_a_distribution_point_that_hangs_holds_up_no_other_crl(self):
+        # One route's CRL server takes 6 s to answer (it could take response_timeout, every retry); another route's
+        # first connection, asked while that fetch is under way, gets its own CRL from a prompt server in time.
+        port = self.proxy_for("hang", connect_timeout="1s", also=[("quick", "3s")])
+        self.assertEqual(get_on(port, "wait")[0], 502)
+        started = time.monotonic()
+        status, headers, body = get_on(port, "wait-quick")
+        self.assertEqual(status, 200, headers.get("proxy-status", body))
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertIn("/quick.crl", self.dp.hits)
+
+
+class ChainWithTooManyDistributionPoints(unittest.TestCase):
+    """A chain naming more CRL distribution points than the proxy follows for one chain (8): root -> four
+    intermediates -> server, two points each. The first 8 (the server's and the three lower intermediates') are
+    fetched; the top intermediate's are not, so hard mode must refuse at once, saying so, not wait for a fetch
+    that never starts until connect_timeout, at every connection."""
+
+    def test_hard_mode_refuses_at_once_naming_the_limit(self):
+        pki, d = ENV["pki"], ENV["dir"]
+        dp = CRLServer({})
+        self.addCleanup(dp.server_close)
+        self.addCleanup(dp.shutdown)
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out wide0.key",
+           "openssl req -x509 -new -key wide0.key -subj '/O=mtls-proxy test/CN=wide root' -days 30 -sha256 "
+           "-addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' -out wide0.pem 2>/dev/null",
+           cwd=pki)
+        for i in range(1, 5):
+            sh(*issue(pki, ca_config(pki, f"wide{i - 1}"), f"wide{i}", f"wide intermediate {i}",
+                      ["basicConstraints = critical,CA:TRUE", "keyUsage = critical,keyCertSign,cRLSign",
+                       f"crlDistributionPoints = URI:{dp.base}/w{i - 1}a.crl,URI:{dp.base}/w{i - 1}b.crl"]), cwd=pki)
+        sh(*issue(pki, ca_config(pki, "wide4"), "wide-leaf", "wide.mygreatbank.test",
+                  server_ext() + [f"crlDistributionPoints = URI:{dp.base}/w4a.crl,URI:{dp.base}/w4b.crl"]), cwd=pki)
+        sh(*(f"openssl ca -config '{ca_config(pki, f'wide{i}')}' -gencrl -out wide{i}.crl 2>/dev/null" for i in range(5)),
+           "cat wide-leaf.pem wide4.pem wide3.pem wide2.pem wide1.pem > wide-chain.pem && cp wide-leaf.key wide-chain.key",
+           cwd=pki)
+        for i in range(5):
+            dp.files[f"/w{i}a.crl"] = dp.files[f"/w{i}b.crl"] = open(f"{pki}/wide{i}.crl", "rb").read()
+        procs = harness.Processes()
+        self.addCleanup(procs.stop_all)
+        up, port = harness.free_port(), harness.free_port()
+        harness.start_python_upstream(procs, pki, up, cert="wide-chain")
+        start_proxy_with(procs, f"{d}/wide.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/wide0.pem"
+allow_private = true
+[[route]]
+host = "wide.mygreatbank.test"
+action = "tls"
+connect = "127.0.0.1:{up}"
+connect_timeout = "4s"
+crl_fetch = true
+revocation = "hard"
+""", port)
+        for attempt in range(2):
+            started = time.monotonic()
+            status, headers, body = get_on(port, "wide")
+            took = time.monotonic() - started
+            self.assertEqual(status, 502, body)
+            ps = headers.get("proxy-status", "")
+            self.assertIn("CRL unavailable", ps)
+            self.assertIn("wide intermediate 1", ps)
+            self.assertIn("not followed", ps)
+            self.assertLess(took, 2.5, f"attempt {attempt}: waited {took:.1f} s for a fetch that never starts")
+        self.assertNotIn("/w0a.crl", dp.hits)
 
 
 class HTTPSDistributionPoints(unittest.TestCase):

@@ -8,6 +8,11 @@ Systems, each presenting the same EC P-256 client certificate to the same upstre
   nginx             1 worker, proxy_pass https with an upstream keepalive pool and session reuse
   haproxy           nbthread 1, server ... ssl crt ... verify required sni, http-reuse always
   stunnel           client mode, one TLS connection per client connection (scenario 2 only)
+
+The h2 scenario (`--h2-only`) puts an HTTP/2 nginx upstream (same certificate checks) behind:
+  mtls-proxy h2     forward mode, the route with protocol = "h2", 1 worker
+  haproxy h2        nbthread 1, server ... ssl alpn h2 (HTTP/2 to the server), http-reuse always
+nginx 1.22 has no HTTP/2 to its upstreams (proxy_http_version 2 needs 1.29.4 or later): it is left out, said so.
 """
 import http.client, json, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -18,7 +23,7 @@ import harness  # noqa: E402
 QUICK = "--quick" in sys.argv
 # `--instructions-only` (callgrind: instructions and allocations per request), `--syscalls-only` (strace) and
 # `--memory-only` (idle connections) run just that part, without the req/s rounds; they combine.
-ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only", "--routes-only")}
+ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only", "--routes-only", "--h2-only")}
 # The routes scenario (`--routes-only`): tables of these sizes; not part of the default run (100,000 routes under
 # callgrind take a few minutes).
 ROUTE_SIZES = [10, 1000, 10000] if QUICK else [10, 1000, 10000, 100000]
@@ -55,7 +60,8 @@ class Bench:
         harness.make_pki(self.pki)
         self.procs = harness.Processes()
         self.ports = {k: harness.free_port() for k in
-                      ("up", "fwd", "side", "fwd2", "fwdlog", "nginx", "haproxy", "stunnel", "admin", "admin2", "admin3")}
+                      ("up", "fwd", "side", "fwd2", "fwdlog", "nginx", "haproxy", "stunnel", "admin", "admin2", "admin3",
+                       "uph2", "fwdh2", "adminh2", "haproxyh2")}
         with open(f"{self.dir}/big.bin", "wb") as f:
             f.write(os.urandom(10 << 20))
         with open(f"{self.dir}/body100", "w") as f:
@@ -92,6 +98,20 @@ http {{
         location = /upload {{ client_body_buffer_size 1m; proxy_pass http://127.0.0.1:{self.ports['up']}/sink; proxy_request_buffering off; }}
         location = /sink {{ return 200 "ok\\n"; }}
     }}
+    # The same service over HTTP/2 (the h2 scenario).
+    server {{
+        listen 127.0.0.1:{self.ports['uph2']} ssl http2;
+        server_name {HOST};
+        ssl_certificate {p}/server.pem;
+        ssl_certificate_key {p}/server.key;
+        ssl_client_certificate {p}/ca.pem;
+        ssl_verify_client on;
+        ssl_session_cache shared:SSL:10m;
+        http2_max_requests 1000000;
+        keepalive_timeout 300s;
+        location = / {{ default_type text/plain; return 200 "{"x" * 99}\n"; }}
+        location = /big {{ default_type application/octet-stream; alias {d}/big.bin; }}
+    }}
 }}
 """
         # /upload reads the whole body (nginx proxies it to its own /sink over plain HTTP on loopback... which
@@ -103,7 +123,7 @@ http {{
         self.procs.start(["nginx", "-c", f"{d}/up.conf", "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         harness.wait_for_port(self.ports["up"])
 
-    def mtls_config(self, listen, workers, admin, sidecar=None, idle="90s", log="off"):
+    def mtls_config(self, listen, workers, admin, sidecar=None, idle="90s", log="off", h2=False):
         side = f'\n[[listener]]\nlisten = "127.0.0.1:{sidecar}"\nupstream = "https://{HOST}"\n' if sidecar else ""
         return f"""
 [proxy]
@@ -125,16 +145,17 @@ key = "{self.pki}/fusion-us.key"
 [[route]]
 host = "*.mygreatbank.test"
 identity = "bench"
-connect = "127.0.0.1:{self.ports['up']}"
+connect = "127.0.0.1:{self.ports['uph2' if h2 else 'up']}"
+{'protocol = "h2"' if h2 else ''}
 """
 
-    def start_mtls(self, name, workers, listen, admin, sidecar=None, wrapper=(), idle="90s", binary=None, log="off"):
+    def start_mtls(self, name, workers, listen, admin, sidecar=None, wrapper=(), idle="90s", binary=None, log="off", h2=False):
         """`log`: "off", or "file" for the JSON access log written to a file, as users run it."""
         path = f"{self.dir}/{name}.conf"
         if log == "file":
             log = f"{self.dir}/{name}-access.log"
         with open(path, "w") as f:
-            f.write(self.mtls_config(listen, workers, admin, sidecar, idle, log))
+            f.write(self.mtls_config(listen, workers, admin, sidecar, idle, log, h2=h2))
         log = open(f"{self.dir}/{name}.log", "ab")
         p = self.procs.start([*wrapper, binary or os.environ["MTLS_PROXY_BIN"], "run", "--config", path], stdout=log, stderr=log)
         harness.wait_for_port(listen, timeout=60)
@@ -190,7 +211,10 @@ http {{
         harness.wait_for_port(self.ports["nginx"], timeout=60)
         return p
 
-    def start_haproxy(self, wrapper=()):
+    def start_haproxy(self, wrapper=(), h2=False):
+        port = self.ports["haproxyh2" if h2 else "haproxy"]
+        upstream = self.ports["uph2" if h2 else "up"]
+        alpn = " alpn h2" if h2 else ""
         with open(f"{self.pki}/fusion-us.both.pem", "w") as f:
             f.write(harness.read(f"{self.pki}/fusion-us.pem") + harness.read(f"{self.pki}/fusion-us.key"))
         conf = f"""
@@ -205,17 +229,18 @@ defaults
     timeout http-keep-alive 300s
     http-reuse always
 frontend fe
-    bind 127.0.0.1:{self.ports['haproxy']}
+    bind 127.0.0.1:{port}
     default_backend bank
 backend bank
     http-request set-header Host {HOST}
-    server s1 127.0.0.1:{self.ports['up']} ssl crt {self.pki}/fusion-us.both.pem ca-file {self.pki}/ca.pem verify required sni str({HOST}) verifyhost {HOST} pool-max-conn 4096
+    server s1 127.0.0.1:{upstream} ssl crt {self.pki}/fusion-us.both.pem ca-file {self.pki}/ca.pem verify required sni str({HOST}) verifyhost {HOST} pool-max-conn 4096{alpn}
 """
-        with open(f"{self.dir}/haproxy.cfg", "w") as f:
+        cfg = f"{self.dir}/haproxy{'-h2' if h2 else ''}.cfg"
+        with open(cfg, "w") as f:
             f.write(conf)
-        p = self.procs.start([*wrapper, "haproxy", "-db", "-f", f"{self.dir}/haproxy.cfg"],
+        p = self.procs.start([*wrapper, "haproxy", "-db", "-f", cfg],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        harness.wait_for_port(self.ports["haproxy"], timeout=60)
+        harness.wait_for_port(port, timeout=60)
         return p
 
     def start_stunnel(self):
@@ -352,9 +377,63 @@ sni = {HOST}
         results["instructions"] = self.instructions()
         self.summary(results)
 
+    def upstream_connections(self, port, pids):
+        """Established TCP connections to 127.0.0.1:`port` (the upstream) held by the processes `pids`."""
+        out = subprocess.run(["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout
+        return len([l for l in out.splitlines() if any(f"pid={p}," in l for p in pids)])
+
+    def h2(self):
+        """HTTP/2 to the upstream: 32 keep-alive client connections through each system to one HTTP/2 nginx that
+        requires the client certificate; req/s, upstream connections used, syscalls per request, RSS."""
+        self.start_upstream()
+        proxy = self.start_mtls("fwdh2", 1, self.ports["fwdh2"], self.ports["adminh2"], h2=True)
+        systems = [("mtls-proxy h2", self.ports["fwdh2"], True)]
+        if not MTLS_ONLY:
+            self.start_haproxy(h2=True)
+            systems.append(("haproxy h2", self.ports["haproxyh2"], False))
+        for _, port, fwd in systems:
+            self.keepalive_requests(port, fwd, 50)
+        samples = {name: [] for name, _, _ in systems}
+        conns, lat = {}, {}
+        for _ in range(ROUNDS):
+            for name, port, fwd in systems:
+                holder = {}
+                pids = self.pids_on(port)
+                def sample():
+                    time.sleep(DURATION / 2)
+                    holder["n"] = self.upstream_connections(self.ports["uph2"], pids)
+                import threading
+                t = threading.Thread(target=sample)
+                t.start()
+                rps, p50, p99, err = self.wrk(port, fwd)
+                t.join()
+                samples[name].append(rps)
+                conns[name] = max(conns.get(name, 0), holder.get("n", 0))
+                lat[name] = (p50, p99, err)
+        syscalls = {}
+        n = 2000
+        for name, port, fwd in systems:
+            total, _, _ = self.traced(port, lambda: self.keepalive_requests(port, fwd, n))
+            syscalls[name] = total / n
+        rss = {"mtls-proxy h2": harness.rss_kib(proxy.pid)}
+        out = {name: {"rps": statistics.median(samples[name]), "upstream_connections": conns[name],
+                      "syscalls_per_request": syscalls[name]} for name, _, _ in systems}
+        base = out.get("haproxy h2", out["mtls-proxy h2"])["rps"]
+        table("h2. small requests over HTTP/2 to the upstream (wrk, 32 keep-alive client connections; nginx upstream with "
+              "http2 and ssl_verify_client on; nginx 1.22 has no HTTP/2 upstream and is left out)",
+              ["system", "req/s median", "min..max", "p50", "p99", "vs haproxy h2", "upstream connections", "syscalls/request", "RSS KiB", "errors"],
+              [[name, f"{out[name]['rps']:.0f}", f"{min(samples[name]):.0f}..{max(samples[name]):.0f}", lat[name][0], lat[name][1],
+                ratio(out[name]["rps"], base), str(conns[name]), f"{syscalls[name]:.2f}", str(rss.get(name, "-")), lat[name][2]]
+               for name, _, _ in systems])
+        return out
+
     def run_only(self):
         """The measurements a developer repeats while working: no req/s rounds, no comparison table of targets."""
         results = {}
+        if "h2" in ONLY:
+            results["h2"] = self.h2()
+            self.procs.stop_all()
+            self.procs = harness.Processes()
         if "syscalls" in ONLY or "memory" in ONLY:
             self.start_upstream()
             self.start_mtls("fwd", 1, self.ports["fwd"], self.ports["admin"])

@@ -66,12 +66,14 @@ py_install() {
 ensure_deps() {
     # apache2-utils: htpasswd makes the bcrypt hashes of the proxy-authentication tests. dpkg-dev: scripts/package
     # (dpkg-deb, dpkg-shlibdeps).
-    apt_install libevent-dev libssl-dev pkg-config openssl ca-certificates nginx curl python3 apache2-utils dpkg-dev \
-        "$@" || return 1
+    # libnghttp2-dev: the HTTP/2 upstream side (module CNGHTTP2).
+    apt_install libevent-dev libssl-dev libnghttp2-dev pkg-config openssl ca-certificates nginx curl python3 apache2-utils \
+        dpkg-dev "$@" || return 1
     py_install requests
     py_install yaml pyyaml
     # The iCalendar parser that checks `mtls-proxy certs --ics`.
     py_install icalendar
+    ensure_h2_deps
     ensure_deploy_tools
     ensure_egress_deps
     ensure_token_deps
@@ -106,6 +108,14 @@ ensure_client_deps() {
     apt_install --best-effort "${wanted[@]}"
     py_install httpx
     py_install aiohttp
+    return 0
+}
+
+# The HTTP/2 upstreams of Tests/e2e/test_h2_upstream.py: the Python `h2` library (Tests/e2e/h2server.py) and
+# nghttpd (Debian nghttp2-server). Best effort: the tests that need one are skipped, by name, without it.
+ensure_h2_deps() {
+    py_install h2 h2 python3-h2
+    command -v nghttpd >/dev/null || apt_install --best-effort nghttp2-server
     return 0
 }
 

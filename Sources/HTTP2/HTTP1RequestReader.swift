@@ -1,0 +1,84 @@
+import HTTP1
+
+/// Reads the HTTP/1.1 request the exchange writes for the upstream (its head as `Forwarding` made it, then the
+/// body as Content-Length bytes or chunks) and says what it means for an HTTP/2 stream: the head, body bytes to
+/// send as DATA, and the end. Like `ChunkedDecoder`, it never copies payload: each step says how many bytes to
+/// drop and how many to pass on. The bytes come from the proxy itself, so a parse error is the proxy's bug, not
+/// a client's: it fails the exchange.
+public struct HTTP1RequestReader: Sendable {
+    public enum Step: Equatable, Sendable {
+        /// The head is complete: `consumed` bytes of it are dropped; `framing` says whether a body follows.
+        case head(RequestHead, framing: BodyFraming, consumed: Int)
+        /// The next `count` bytes are body: send them, then drop them.
+        case data(Int)
+        /// Drop this many bytes of framing.
+        case skip(Int)
+        /// Drop this many bytes; the request is complete (END_STREAM).
+        case end(Int)
+        case needMore
+    }
+
+    enum State: Sendable {
+        case head
+        case length(remaining: UInt64)
+        case chunked(ChunkedDecoder)
+        case done
+    }
+
+    var state: State = .head
+    let limits: HeadLimits
+
+    public init(limits: HeadLimits = HeadLimits()) { self.limits = limits }
+
+    public var isDone: Bool {
+        if case .done = state { return true }
+        return false
+    }
+
+    /// The next step over the bytes available (the unread part of the exchange's request output).
+    public mutating func next(_ bytes: UnsafeRawBufferPointer) throws -> Step {
+        switch state {
+        case .head:
+            guard let end = Self.headEnd(bytes) else {
+                if bytes.count > limits.maxHeadBytes { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
+                return .needMore
+            }
+            let head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), limits: limits)
+            let framing = try BodyFraming.forRequest(head)
+            switch framing {
+            case .none, .untilClose: state = .done
+            case .contentLength(let n): state = .length(remaining: n)
+            case .chunked: state = .chunked(ChunkedDecoder())
+            }
+            return .head(head, framing: framing, consumed: end)
+        case .length(let remaining):
+            if bytes.isEmpty { return .needMore }
+            let n = Int(min(UInt64(bytes.count), remaining))
+            let left = remaining - UInt64(n)
+            state = left == 0 ? .done : .length(remaining: left)
+            return .data(n)
+        case .chunked(var decoder):
+            let step = try decoder.next(bytes)
+            state = .chunked(decoder)
+            switch step {
+            case .skip(let n): return .skip(n)
+            case .data(let n): return .data(n)
+            case .end(let n):
+                state = .done
+                return .end(n)
+            case .needMore: return .needMore
+            }
+        case .done:
+            return bytes.isEmpty ? .needMore : .skip(0)
+        }
+    }
+
+    /// Where the head ends (just after CRLF CRLF), or nil.
+    static func headEnd(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for i in 3..<bytes.count where bytes[i] == 0x0A && bytes[i - 1] == 0x0D && bytes[i - 2] == 0x0A && bytes[i - 3] == 0x0D {
+            return i + 1
+        }
+        return nil
+    }
+}

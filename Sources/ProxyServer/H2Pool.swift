@@ -1,0 +1,100 @@
+import CEventTLS
+import ProxyConfig
+import TLS
+
+/// A worker's HTTP/2 upstream connections, by `PoolKey`: an exchange takes a stream on a connection of its key
+/// with a free stream (within the server's SETTINGS_MAX_CONCURRENT_STREAMS), else on a new connection up to the
+/// route's `h2_connections`, else waits in a bounded queue (answered when a stream frees, or failed by its
+/// timer). Keys hold the identity's TLS context and the SNI name: a connection is never shared across them.
+final class H2Pool {
+    private var connections: [PoolKey: [H2UpstreamConnection]] = [:]
+    private var waiting: [PoolKey: [H2UpstreamStream]] = [:]
+    unowned(unsafe) let worker: Worker
+
+    /// Exchanges waiting per key for a stream; beyond it they are refused (503).
+    static let maxWaitingPerKey = 1024
+
+    init(worker: Worker) {
+        self.worker = worker
+    }
+
+    var connectionCount: Int { connections.values.reduce(0) { $0 + $1.count } }
+
+    /// `protocol = "auto"` keys whose server selected HTTP/1.1 in ALPN: their exchanges go over HTTP/1.1.
+    private var speaksHTTP11: Set<PoolKey> = []
+    func learnHTTP11(_ key: PoolKey) { speaksHTTP11.insert(key) }
+    func knownHTTP11(_ key: PoolKey) -> Bool { speaksHTTP11.contains(key) }
+
+    enum Placement { case attached, queued, refused, failedToOpen }
+
+    /// Puts `stream` on a connection of its key, opening one when allowed.
+    func place(_ stream: H2UpstreamStream) -> Placement {
+        let key = stream.key
+        let list = connections[key] ?? []
+        if let free = list.first(where: { $0.hasCapacity }) {
+            free.attach(stream)
+            return .attached
+        }
+        if list.count < stream.maxConnections {
+            guard let transport = worker.openUpstream(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
+                                                      allowPrivate: stream.allowPrivate) else { return .failedToOpen }
+            let connection = H2UpstreamConnection(key: key, transport: transport, worker: worker, routeLabel: stream.routeLabel,
+                                                  idleTimeout: stream.timeouts.idle)
+            connection.onClose = { [unowned self] closed in self.remove(closed) }
+            connection.onCapacity = { [unowned self] freed in self.serveWaiting(freed.key) }
+            connection.onOverflow = { [unowned self] stream in self.replace(stream) }
+            connections[key, default: []].append(connection)
+            connection.attach(stream)
+            return .attached
+        }
+        guard (waiting[key]?.count ?? 0) < Self.maxWaitingPerKey else { return .refused }
+        waiting[key, default: []].append(stream)
+        stream.setReadTimeout(stream.timeouts.connect)
+        return .queued
+    }
+
+    /// A stream a connection gave back (the server takes fewer streams than were attached to it).
+    private func replace(_ stream: H2UpstreamStream) {
+        switch place(stream) {
+        case .attached, .queued: break
+        case .refused, .failedToOpen:
+            stream.connectionFailed(.protocolError("no connection to \(stream.key.host):\(stream.key.port) could be opened"))
+        }
+    }
+
+    /// A queued stream whose exchange ended (its client left, its wait timed out).
+    func forget(_ stream: H2UpstreamStream) {
+        waiting[stream.key]?.removeAll { $0 === stream }
+        if waiting[stream.key]?.isEmpty == true { waiting[stream.key] = nil }
+    }
+
+    private func serveWaiting(_ key: PoolKey) {
+        while var queue = waiting[key], !queue.isEmpty,
+              let free = connections[key]?.first(where: { $0.hasCapacity }) {
+            let stream = queue.removeFirst()
+            waiting[key] = queue.isEmpty ? nil : queue
+            free.attach(stream)
+        }
+    }
+
+    private func remove(_ connection: H2UpstreamConnection) {
+        connections[connection.key]?.removeAll { $0 === connection }
+        if connections[connection.key]?.isEmpty == true { connections[connection.key] = nil }
+        // Exchanges that waited may now open a connection of their own.
+        if let queue = waiting[connection.key], !queue.isEmpty {
+            waiting[connection.key] = nil
+            for stream in queue {
+                switch place(stream) {
+                case .attached, .queued: break
+                case .refused, .failedToOpen: stream.connectionFailed(.protocolError("no connection to \(connection.key.host):\(connection.key.port) could be opened"))
+                }
+            }
+        }
+    }
+
+    /// Closes every connection (the worker stops).
+    func closeAll() {
+        for list in connections.values { for connection in list { connection.close() } }
+        connections.removeAll()
+    }
+}

@@ -1,0 +1,324 @@
+import CEventTLS
+import HTTP1
+import HTTP2
+import ProxyConfig
+import TLS
+
+/// One HTTP/2 connection to an upstream server, carrying many exchanges as streams. The socket, the TLS
+/// handshake (with ALPN `h2`), the corporate-proxy hop and the SSRF guard are an `UpstreamConnection`'s
+/// (`transport`), whose owner this is; the framing is an `H2ClientSession`'s, fed from the transport's input
+/// and writing into its output. Each exchange holds an `H2UpstreamStream`. The connection belongs to one
+/// `PoolKey` (host, port, dialled address, TLS context i.e. identity, SNI, egress path), never to another, whatever
+/// RFC 9113 connection coalescing would allow; `H2Pool` keeps it while it lives.
+final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSessionDelegate {
+    let key: PoolKey
+    let transport: UpstreamConnection
+    unowned(unsafe) let worker: Worker
+    private(set) var session: H2ClientSession?
+    /// Streams opened on the session, by id.
+    private var streams: [Int32: H2UpstreamStream] = [:]
+    /// Streams attached before the session was up, or whose request head has not arrived yet.
+    private var starting: [H2UpstreamStream] = []
+    /// Runs `work()` once the current callback has returned: streams' request bytes, window updates, output.
+    private var workTimer: OpaquePointer?
+    private var workScheduled = false
+    /// Inside `session.receive`: output is flushed after it.
+    private var receiving = false
+    /// GOAWAY received (or sent): no new streams.
+    private(set) var goingAway = false
+    private(set) var closed = false
+    /// Streams this connection carried, for the metrics and the log.
+    private(set) var streamsOpened = 0
+    /// What ended the connection, reported to every stream still on it.
+    private(set) var failure: H2StreamFailure?
+    let routeLabel: String
+    /// Called once when the connection closes or goes away (the pool drops it).
+    var onClose: ((H2UpstreamConnection) -> Void)?
+    /// Called when a stream may start here again (one ended, or the server's SETTINGS arrived).
+    var onCapacity: ((H2UpstreamConnection) -> Void)?
+    /// Called with streams attached here before the server's SETTINGS said it takes fewer: placed again.
+    var onOverflow: ((H2UpstreamStream) -> Void)?
+    /// The server's first SETTINGS arrived: streams open only after it (its limits are known then).
+    private var settingsReceived = false
+    /// How long the connection stays open with no stream.
+    let idleTimeout: TimeSpan
+
+    /// The most streams the proxy opens at once on one connection, whatever the server allows.
+    static let streamCeiling = 100
+
+    init(key: PoolKey, transport: UpstreamConnection, worker: Worker, routeLabel: String, idleTimeout: TimeSpan) {
+        self.idleTimeout = idleTimeout
+        self.key = key
+        self.transport = transport
+        self.worker = worker
+        self.routeLabel = routeLabel
+        super.init()
+        transport.owner = self
+        workTimer = makeTimer(base: worker.base)
+    }
+
+    deinit {
+        if let workTimer { event_free(workTimer) }
+    }
+
+    /// Streams open or about to open.
+    var load: Int { streams.count + starting.count }
+
+    /// The streams the server takes at once (SETTINGS_MAX_CONCURRENT_STREAMS), capped by `streamCeiling`.
+    var streamLimit: Int {
+        guard let session else { return Self.streamCeiling }
+        return Int(min(UInt32(Self.streamCeiling), session.serverMaxConcurrentStreams))
+    }
+
+    /// Whether another exchange may start here now.
+    var hasCapacity: Bool { !closed && !goingAway && load < streamLimit }
+
+    /// Whether the session is up (ALPN said h2 and the preface went out).
+    var isReady: Bool { session != nil && !closed }
+
+    // MARK: streams
+
+    func attach(_ stream: H2UpstreamStream) {
+        stream.connection = self
+        starting.append(stream)
+        if isReady { transport.setReadTimeout(nil) }
+        if let failure {
+            stream.connectionFailed(failure)
+            return
+        }
+        stream.servedBefore = streamsOpened > 0
+        if isReady { stream.connectionReady() }
+        scheduleWork()
+    }
+
+    /// The stream's exchange is over (completed, failed or abandoned): forget it; reset it if still open.
+    func detach(_ stream: H2UpstreamStream) {
+        starting.removeAll { $0 === stream }
+        if stream.streamID > 0, streams[stream.streamID] === stream {
+            if !stream.ended { session?.reset(stream.streamID, errorCode: 0x8) }  // CANCEL
+            streams[stream.streamID] = nil
+        }
+        scheduleWork()
+        closeIfDone()
+        if !closed && load == 0 && isReady { transport.setReadTimeout(idleTimeout) }
+        if hasCapacity { onCapacity?(self) }
+    }
+
+    func scheduleWork() {
+        guard !workScheduled, !closed, let workTimer else { return }
+        workScheduled = true
+        _ = mtls_evtimer_add_ms(workTimer, 0)
+    }
+
+    override func timerFired() {
+        workScheduled = false
+        work()
+    }
+
+    /// Moves what the streams' exchanges queued into the session, gives back the windows their clients freed,
+    /// and writes the frames.
+    private func work() {
+        guard !closed, let session, settingsReceived else { return }
+        for stream in starting where stream.connection === self && streams.count < streamLimit {
+            guard let id = stream.startIfHeadReady(on: session) else { continue }
+            streams[id] = stream
+            streamsOpened += 1
+            worker.metrics.countH2(.streams, route: routeLabel)
+        }
+        starting.removeAll { $0.streamID > 0 || $0.connection !== self }
+        for stream in Array(streams.values) { stream.pumpRequest(session) }
+        for stream in Array(streams.values) { stream.giveBackWindow(session) }
+        flush()
+    }
+
+    /// Writes what the session has to say into the transport.
+    func flush() {
+        guard !closed, let session, !receiving else { return }
+        let output = transport.output
+        do {
+            try session.send { bytes in _ = evbuffer_add(output, bytes.baseAddress, bytes.count) }
+        } catch {
+            fail(.protocolError("HTTP/2 session: \(error)"), why: nil)
+            return
+        }
+        if checkSessionEnded(session) { return }
+        closeIfDone()
+    }
+
+    /// nghttp2 ends a session by itself when the server breaks the protocol in a way that is not a read error
+    /// (a PUSH_PROMISE after SETTINGS_ENABLE_PUSH = 0, a header block it cannot decode): it sends GOAWAY and stops.
+    /// The connection then closes and its streams fail; true when that happened.
+    private func checkSessionEnded(_ session: H2ClientSession) -> Bool {
+        guard !session.isAlive || session.sentGoAwayCode.map({ $0 != 0 }) == true else { return false }
+        if load == 0 && session.sentGoAwayCode == nil {
+            close()
+            return true
+        }
+        let code = session.sentGoAwayCode.map { H2ClientSession.errorName($0) } ?? "the session ended"
+        worker.metrics.countH2(.protocolErrors, route: routeLabel)
+        let why = "the upstream broke HTTP/2 (GOAWAY \(code) sent)"
+        fail(.protocolError(why), why: why)
+        return true
+    }
+
+    private func closeIfDone() {
+        guard !closed, goingAway, streams.isEmpty, starting.isEmpty else { return }
+        close()
+    }
+
+    /// Streams attached while the server's limit was not known, beyond it now: they go back to the pool, which
+    /// puts them on another connection of the key (up to `h2_connections`) or makes them wait.
+    private func rebalance() {
+        let excess = load - streamLimit
+        guard excess > 0 else { return }
+        let moved = Array(starting.filter { $0.streamID == 0 }.suffix(excess))
+        guard !moved.isEmpty else { return }
+        starting.removeAll { stream in moved.contains { $0 === stream } }
+        for stream in moved {
+            stream.connection = nil
+            onOverflow?(stream)
+        }
+    }
+
+    // MARK: transport events
+
+    func upstreamConnected(_ channel: any UpstreamChannel) {
+        withExtendedLifetime(self) { sessionStarts() }
+    }
+
+    /// The handshake is done: h2 selected starts the session, anything else fails the waiting exchanges.
+    private func sessionStarts() {
+        guard transport.selectedApplicationProtocol == "h2" else {
+            // `protocol = "auto"`: the server is remembered as HTTP/1.1 and the waiting exchanges that may be
+            // retried go over HTTP/1.1; `protocol = "h2"`: the server must select h2, they are answered 502.
+            if key.httpProtocol == .auto {
+                worker.h2Pool.learnHTTP11(key)
+                fail(.serverSpeaksHTTP11, why: nil)
+            } else {
+                fail(.alpnRefused(selected: transport.selectedApplicationProtocol), why: nil)
+            }
+            return
+        }
+        do {
+            let made = try H2ClientSession()
+            made.delegate = self
+            session = made
+        } catch {
+            fail(.protocolError("HTTP/2 session: \(error)"), why: nil)
+            return
+        }
+        worker.metrics.countH2(.connections, route: routeLabel)
+        transport.setReadTimeout(starting.isEmpty ? idleTimeout : nil)
+        transport.enableRead(true)
+        for stream in starting { stream.connectionReady() }
+        // The server's SETTINGS (its limits) often came with the end of the handshake: read them before the
+        // first streams open.
+        if evbuffer_get_length(transport.input) > 0 { readFrames() } else { work() }
+    }
+
+    func upstreamReadable(_ channel: any UpstreamChannel) {
+        withExtendedLifetime(self) { readFrames() }
+    }
+
+    /// Feeds what the transport received to the session; the streams hear their events from it.
+    private func readFrames() {
+        guard let session, !closed else { return }
+        let input = transport.input
+        receiving = true
+        var failed: H2SessionFailure?
+        withExtendedLifetime(self) {
+            while !closed, evbuffer_get_length(input) > 0 {
+                let n = evbuffer_get_contiguous_space(input)
+                guard let p = evbuffer_pullup(input, n) else { break }
+                do {
+                    try session.receive(UnsafeRawBufferPointer(start: p, count: n))
+                } catch let e as H2SessionFailure {
+                    failed = e
+                    break
+                } catch {
+                    break
+                }
+                evbuffer_drain(input, n)
+            }
+        }
+        receiving = false
+        if let failed {
+            // Whatever nghttp2 queued (GOAWAY with the error) goes out before the close.
+            try? session.send { bytes in _ = evbuffer_add(self.transport.output, bytes.baseAddress, bytes.count) }
+            worker.metrics.countH2(.protocolErrors, route: routeLabel)
+            fail(.protocolError("the upstream broke HTTP/2: \(failed.message)"), why: "the upstream broke HTTP/2: \(failed.message)")
+            return
+        }
+        work()
+    }
+
+    func upstreamWritable(_ channel: any UpstreamChannel) {
+        scheduleWork()
+    }
+
+    func upstreamEnded(_ channel: any UpstreamChannel, _ event: UpstreamEvent) {
+        withExtendedLifetime(self) { fail(.connection(event), why: nil) }
+    }
+
+    /// The connection is gone: streams that had no response head yet fail with `event` (or are retried when
+    /// the server never processed them), the others are truncated.
+    private func fail(_ event: H2StreamFailure, why: String?) {
+        guard !closed else { return }
+        if let why { worker.logger.warning("upstream \(key.host):\(key.port) (\(routeLabel)): \(why); connection closed") }
+        failure = event
+        let all = starting + Array(streams.values)
+        starting.removeAll()
+        streams.removeAll()
+        close()
+        for stream in all { stream.connectionFailed(event) }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        goingAway = true
+        if let workTimer { event_del(workTimer) }
+        transport.owner = nil
+        transport.close()
+        let remaining = starting + Array(streams.values)
+        starting.removeAll()
+        streams.removeAll()
+        for stream in remaining { stream.connectionFailed(failure ?? .connection(.eof(closeNotify: false))) }
+        onClose?(self)
+        onClose = nil
+        onCapacity = nil
+        onOverflow = nil
+    }
+
+    // MARK: session events
+
+    /// Each stream is held for the length of its event: its exchange may end (and let go of it) meanwhile.
+    func h2Event(_ event: H2Event) {
+        switch event {
+        case .informational(let id, let fields):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.informational(fields) } }
+        case .response(let id, let fields, let endStream):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.response(fields, endStream: endStream) } }
+        case .data(let id, let bytes):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.data(bytes) } }
+        case .trailers(let id, let fields):
+            streams[id]?.trailers(fields)
+        case .responseEnded(let id):
+            if let stream = streams[id] { withExtendedLifetime(stream) { stream.responseEnded() } }
+        case .closed(let id, let code):
+            guard let stream = streams.removeValue(forKey: id) else { return }
+            if code != 0 { worker.metrics.countH2(.resets, route: routeLabel) }
+            withExtendedLifetime(stream) { stream.closed(errorCode: code) }
+        case .goAway(let last, let code):
+            goingAway = true
+            worker.metrics.countH2(.goAways, route: routeLabel)
+            worker.logger.info("upstream \(key.host):\(key.port) (\(routeLabel)): GOAWAY \(H2ClientSession.errorName(code)), last stream \(last)")
+            onClose?(self)  // out of the pool: no new streams here
+            onClose = nil
+        case .settings:
+            settingsReceived = true
+            rebalance()
+            if hasCapacity { onCapacity?(self) }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+import Testing
+import HTTP1
+@testable import HTTP2
+
+/// RFC 9113 §8: HTTP/1.1 requests to HTTP/2 header lists and HTTP/2 responses back to HTTP/1.1 heads.
+@Suite struct MessageTranslationTests {
+    private func request(_ fields: [(String, String)], method: String = "GET", target: String = "/a?b=1") -> RequestHead {
+        RequestHead(method: method, target: target, headers: HTTPHeaders(fields))
+    }
+
+    @Test func pseudoFieldsComeFirstAndHostBecomesAuthority() {
+        let fields = MessageTranslation.requestFields(request([("Host", "api.example:8443"), ("Accept", "*/*")]))
+        #expect(fields == [
+            H2Field(":method", "GET"), H2Field(":scheme", "https"), H2Field(":authority", "api.example:8443"),
+            H2Field(":path", "/a?b=1"), H2Field("accept", "*/*"),
+        ])
+    }
+
+    @Test func hopByHopFieldsAndThoseConnectionNamesAreRemoved() {
+        let fields = MessageTranslation.requestFields(request([
+            ("Host", "h"), ("Connection", "keep-alive, X-Secret-Hop"), ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"), ("Transfer-Encoding", "chunked"), ("Upgrade", "websocket"),
+            ("X-Secret-Hop", "1"), ("X-Kept", "2"), ("Content-Type", "text/plain"),
+        ], method: "POST", target: "/"))
+        #expect(fields.map(\.name) == [":method", ":scheme", ":authority", ":path", "x-kept", "content-type"])
+    }
+
+    @Test func teOnlyPassesAsTrailers() {
+        let dropped = MessageTranslation.requestFields(request([("Host", "h"), ("TE", "gzip, deflate")]))
+        #expect(!dropped.contains { $0.name == "te" })
+        let kept = MessageTranslation.requestFields(request([("Host", "h"), ("TE", "gzip, trailers;q=1")]))
+        #expect(kept.last == H2Field("te", "trailers"))
+    }
+
+    @Test func contentLengthPassesForNghttp2ToCheck() {
+        let fields = MessageTranslation.requestFields(request([("Host", "h"), ("Content-Length", "4")], method: "PUT", target: "/"))
+        #expect(fields.contains(H2Field("content-length", "4")))
+    }
+
+    @Test func trailerSectionLosesConnectionFieldsAndPseudoFields() {
+        let fields = MessageTranslation.trailerFields([
+            HTTPField(name: "X-Checksum", value: "abc"), HTTPField(name: "Connection", value: "close"),
+            HTTPField(name: ":path", value: "/evil"), HTTPField(name: "Transfer-Encoding", value: "chunked"),
+        ])
+        #expect(fields == [H2Field("x-checksum", "abc")])
+    }
+
+    @Test func responseWithoutLengthIsChunkedForHTTP1() throws {
+        let (head, framing) = try MessageTranslation.responseHead([H2Field(":status", "200"), H2Field("content-type", "text/plain")],
+                                                                  requestMethod: "GET", endStream: false)
+        #expect(head.status == 200)
+        #expect(head.reason == "OK")
+        #expect(framing == .chunked)
+        #expect(head.headers.first("transfer-encoding") == "chunked")
+    }
+
+    @Test func responseWithLengthKeepsIt() throws {
+        let (head, framing) = try MessageTranslation.responseHead([H2Field(":status", "201"), H2Field("content-length", "12")],
+                                                                  requestMethod: "POST", endStream: false)
+        #expect(framing == .contentLength(12))
+        #expect(head.headers.first("content-length") == "12")
+        #expect(!head.headers.contains("transfer-encoding"))
+    }
+
+    @Test func headersThatEndTheStreamGetAZeroLength() throws {
+        let (head, framing) = try MessageTranslation.responseHead([H2Field(":status", "200")], requestMethod: "GET", endStream: true)
+        #expect(framing == .none)
+        #expect(head.headers.first("content-length") == "0")
+    }
+
+    @Test func headAnd204And304HaveNoBody() throws {
+        for (method, status) in [("HEAD", "200"), ("GET", "204"), ("GET", "304")] {
+            let (head, framing) = try MessageTranslation.responseHead(
+                [H2Field(":status", status), H2Field("content-length", "99")], requestMethod: method, endStream: false)
+            #expect(framing == .none)
+            #expect(!head.headers.contains("transfer-encoding"))
+        }
+    }
+
+    @Test func interimResponseTranslates() throws {
+        let (head, framing) = try MessageTranslation.responseHead([H2Field(":status", "100")], requestMethod: "POST", endStream: false)
+        #expect(head.status == 100)
+        #expect(framing == .none)
+        var bytes: [UInt8] = []
+        MessageTranslation.HTTP1Bytes.head(head, into: &bytes)
+        #expect(String(decoding: bytes, as: UTF8.self) == "HTTP/1.1 100 Continue\r\n\r\n")
+    }
+
+    @Test func malformedResponseHeadsAreRefused() {
+        #expect(throws: H2TranslationError.missingStatus) {
+            try MessageTranslation.responseHead([H2Field("x", "y")], requestMethod: "GET", endStream: false)
+        }
+        #expect(throws: H2TranslationError.invalidStatus("20")) {
+            try MessageTranslation.responseHead([H2Field(":status", "20")], requestMethod: "GET", endStream: false)
+        }
+        #expect(throws: H2TranslationError.unexpectedPseudoField(":path")) {
+            try MessageTranslation.responseHead([H2Field(":status", "200"), H2Field(":path", "/")], requestMethod: "GET", endStream: false)
+        }
+        #expect(throws: H2TranslationError.invalidContentLength("5")) {
+            try MessageTranslation.responseHead([H2Field(":status", "200"), H2Field("content-length", "4"), H2Field("content-length", "5")],
+                                                requestMethod: "GET", endStream: false)
+        }
+    }
+
+    @Test func connectionFieldsInAResponseDoNotReachTheClient() throws {
+        let (head, _) = try MessageTranslation.responseHead(
+            [H2Field(":status", "200"), H2Field("connection", "close"), H2Field("content-length", "1")],
+            requestMethod: "GET", endStream: false)
+        #expect(!head.headers.contains("connection"))
+    }
+
+    @Test func lastChunkCarriesTrailers() {
+        var bytes: [UInt8] = []
+        MessageTranslation.HTTP1Bytes.lastChunk(trailers: [H2Field("x-sum", "1"), H2Field("connection", "close")], into: &bytes)
+        #expect(String(decoding: bytes, as: UTF8.self) == "0\r\nx-sum: 1\r\n\r\n")
+    }
+}
+
+/// The HTTP/1.1 request the exchange writes upstream, read back as head, DATA and end for an HTTP/2 stream.
+@Suite struct HTTP1RequestReaderTests {
+    /// Runs the reader over `text` fed `step` bytes at a time; returns the head's method, the body, and whether it ended.
+    private func read(_ text: String, step: Int = 1 << 20) throws -> (method: String?, body: [UInt8], done: Bool) {
+        let all = Array(text.utf8)
+        var reader = HTTP1RequestReader()
+        var offset = 0, available = min(step, all.count)
+        var method: String?, body: [UInt8] = []
+        while true {
+            let s = try Array(all[offset..<available]).withUnsafeBytes { try reader.next($0) }
+            switch s {
+            case .head(let head, _, let n): method = head.method; offset += n
+            case .data(let n): body += all[offset..<(offset + n)]; offset += n
+            case .skip(let n): offset += n
+            case .end(let n): offset += n; return (method, body, true)
+            case .needMore:
+                if available == all.count { return (method, body, reader.isDone) }
+                available = min(available + step, all.count)
+            }
+            if reader.isDone && offset == all.count { return (method, body, true) }
+        }
+    }
+
+    @Test func headOnly() throws {
+        let r = try read("GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        #expect(r.method == "GET")
+        #expect(r.body.isEmpty)
+        #expect(r.done)
+    }
+
+    @Test(arguments: [1, 3, 1000])
+    func contentLengthBodyInPieces(step: Int) throws {
+        let r = try read("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world", step: step)
+        #expect(String(decoding: r.body, as: UTF8.self) == "hello world")
+        #expect(r.done)
+    }
+
+    @Test(arguments: [1, 2, 1000])
+    func chunkedBodyIsDecoded(step: Int) throws {
+        let r = try read("POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", step: step)
+        #expect(String(decoding: r.body, as: UTF8.self) == "hello world")
+        #expect(r.done)
+    }
+
+    @Test func incompleteBodyIsNotDone() throws {
+        let r = try read("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\nshort")
+        #expect(!r.done)
+        #expect(r.body.count == 5)
+    }
+}

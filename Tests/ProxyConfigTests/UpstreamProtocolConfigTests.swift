@@ -1,0 +1,71 @@
+import Testing
+@testable import ProxyConfig
+
+/// `protocol = "http/1.1" | "h2" | "auto"` in `[upstream]` and routes: the default, inheritance, what the router
+/// decides with, the ALPN offered, and the error for anything else.
+@Suite struct UpstreamProtocolConfigTests {
+    let route = "[[route]]\nhost = \"api.example.com\"\naction = \"tls\"\n"
+
+    @Test func http11ByDefault() throws {
+        let c = try load(route)
+        #expect(c.upstream.httpProtocol == .http11)
+        #expect(c.routes[0].httpProtocol == .http11)
+        #expect(c.router.match(host: "api.example.com", port: 443, path: "/").httpProtocol == .http11)
+    }
+
+    @Test func routesInheritUpstreamsAndMaySayOtherwise() throws {
+        let c = try load("""
+            [upstream]
+            protocol = "h2"
+            \(route)
+            [[route]]
+            host = "b.example.com"
+            action = "tls"
+            protocol = "http/1.1"
+            [[route]]
+            host = "c.example.com"
+            action = "tls"
+            protocol = "auto"
+            """)
+        #expect(c.routes.map(\.httpProtocol) == [.h2, .http11, .auto])
+        #expect(c.router.match(host: "api.example.com", port: 443, path: "/").httpProtocol == .h2)
+        #expect(c.router.match(host: "b.example.com", port: 443, path: "/").httpProtocol == .http11)
+        // The unmatched policy speaks what [upstream] says.
+        #expect(c.router.match(host: "zz.example", port: 443, path: "/").httpProtocol == .h2)
+    }
+
+    @Test func alpnOffers() {
+        #expect(UpstreamProtocol.http11.alpn == ["http/1.1"])
+        #expect(UpstreamProtocol.h2.alpn == ["h2"])
+        #expect(UpstreamProtocol.auto.alpn == ["h2", "http/1.1"])
+    }
+
+    @Test(arguments: ["h2c", "HTTP/2", "http/2", "", "h3"])
+    func otherValuesAreRefusedNamingFileAndKey(text: String) {
+        let e = configError("[upstream]\nprotocol = \"\(text)\"\n" + route)
+        #expect(e?.file == "proxy.conf")
+        #expect(e?.key == "upstream.protocol")
+        #expect(e?.message.contains("expected \"http/1.1\"") == true, "\(String(describing: e?.message))")
+        let r = configError(route + "protocol = \"\(text)\"\n")
+        #expect(r?.key == "route[1].protocol")
+    }
+
+    @Test func aNonStringIsRefused() {
+        let e = configError("[upstream]\nprotocol = 2\n" + route)
+        #expect(e?.key == "upstream.protocol")
+    }
+
+    @Test func h2ConnectionsPerKeyInheritsAndIsBounded() throws {
+        let c = try load("[upstream]\nh2_connections = 2\n" + route + "[[route]]\nhost = \"b.example\"\naction = \"tls\"\nh2_connections = 8\n")
+        #expect(c.upstream.h2Connections == 2)
+        #expect(c.routes.map(\.h2Connections) == [2, 8])
+        #expect(c.router.match(host: "b.example", port: 443, path: "/").h2Connections == 8)
+        #expect(try load(route).routes[0].h2Connections == 4)
+        for bad in ["0", "65", "-1"] {
+            let e = configError("[upstream]\nh2_connections = \(bad)\n" + route)
+            #expect(e?.key == "upstream.h2_connections")
+            #expect(e?.message.contains("expected 1 to 64") == true)
+        }
+        #expect(configError(route + "h2_connections = \"4\"\n")?.key == "route[1].h2_connections")
+    }
+}
