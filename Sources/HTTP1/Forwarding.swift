@@ -19,6 +19,11 @@ public enum Forwarding {
         case host
     }
 
+    /// Whether a TE field value lists `trailers` (the one value HTTP/2 lets through).
+    public static func teListsTrailers(_ headers: HTTPHeaders) -> Bool {
+        headers.containsListElement("TE", "trailers")
+    }
+
     /// The role of `name`, found with one switch on its length and at most two comparisons.
     @inline(__always)
     static func role(_ name: String) -> FieldRole {
@@ -183,8 +188,11 @@ public enum Forwarding {
 
     /// The same with the Host value given as its parts, written in place (no String made for it): `host`, in
     /// brackets when `bracketed` (an IPv6 literal), then `:port` when `port` is set (not the scheme's default).
+    /// `teTrailers`: the client's TE named `trailers` and the route may speak HTTP/2, where TE passes with that value
+    /// only (RFC 9113 §8.2.2; gRPC servers require it): `TE: trailers` is written with the `TE` connection option
+    /// an HTTP/1.1 server expects beside it (RFC 9110 §10.1.4); any other TE value stops here as before.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, bracketed: Bool, port: Int?,
-                                       framing: BodyFraming, upgrade: String? = nil, into out: inout [UInt8]) {
+                                       framing: BodyFraming, upgrade: String? = nil, teTrailers: Bool = false, into out: inout [UInt8]) {
         out.removeAllZeroing()
         out.reserveCapacity(request.method.utf8.count + pathAndQuery.utf8.count + host.utf8.count + wireSize(request.headers)
                             + (upgrade?.utf8.count ?? 0) + viaToken.utf8.count + 128)
@@ -220,6 +228,8 @@ public enum Forwarding {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
             appendCRLF(to: &out)
+        } else if teTrailers {
+            appendStatic("Connection: TE\r\nTE: trailers\r\n", to: &out)
         }
         switch framing {
         case .contentLength(let n):

@@ -56,11 +56,12 @@ public enum MessageTranslation {
         var teTrailers = false
         for field in head.headers.fields {
             let name = field.name.lowercased()
-            if name == "host" || connectionSpecific.contains(name) || named.contains(name) { continue }
+            // TE before the names Connection lists: an HTTP/1.1 sender of TE names it there (RFC 9110 §10.1.4).
             if name == "te" {
                 if listContains(field.value, "trailers") { teTrailers = true }
                 continue
             }
+            if name == "host" || connectionSpecific.contains(name) || named.contains(name) { continue }
             result.append(H2Field(name, field.value))
         }
         if teTrailers { result.append(H2Field("te", "trailers")) }

@@ -30,6 +30,7 @@ final class H2Pool {
     /// Puts `stream` on a connection of its key, opening one when allowed.
     func place(_ stream: H2UpstreamStream) -> Placement {
         let key = stream.key
+        for stale in connections[key] ?? [] { _ = stale.retireIfVerifiedBeforeNewCRL() }
         let list = connections[key] ?? []
         if let free = list.first(where: { $0.hasCapacity }) {
             free.attach(stream)
@@ -39,7 +40,7 @@ final class H2Pool {
             guard let transport = worker.openUpstream(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
                                                       allowPrivate: stream.allowPrivate) else { return .failedToOpen }
             let connection = H2UpstreamConnection(key: key, transport: transport, worker: worker, routeLabel: stream.routeLabel,
-                                                  idleTimeout: stream.timeouts.idle)
+                                                  idleTimeout: stream.timeouts.idle, settingsTimeout: stream.timeouts.connect)
             connection.onClose = { [unowned self] closed in self.remove(closed) }
             connection.onCapacity = { [unowned self] freed in self.serveWaiting(freed.key) }
             connection.onOverflow = { [unowned self] stream in self.replace(stream) }

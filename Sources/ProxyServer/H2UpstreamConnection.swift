@@ -42,12 +42,17 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var settingsReceived = false
     /// How long the connection stays open with no stream.
     let idleTimeout: TimeSpan
+    /// How long the server has, once the handshake is done, to send its SETTINGS (the connect timeout): streams
+    /// wait for them, so a server that never sends them must not hold its exchanges for ever.
+    let settingsTimeout: TimeSpan
 
     /// The most streams the proxy opens at once on one connection, whatever the server allows.
     static let streamCeiling = 100
 
-    init(key: PoolKey, transport: UpstreamConnection, worker: Worker, routeLabel: String, idleTimeout: TimeSpan) {
+    init(key: PoolKey, transport: UpstreamConnection, worker: Worker, routeLabel: String, idleTimeout: TimeSpan,
+         settingsTimeout: TimeSpan) {
         self.idleTimeout = idleTimeout
+        self.settingsTimeout = settingsTimeout
         self.key = key
         self.transport = transport
         self.worker = worker
@@ -76,12 +81,26 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     /// Whether the session is up (ALPN said h2 and the preface went out).
     var isReady: Bool { session != nil && !closed }
 
+    /// A `crl_fetch` route's connection verified before the last CRL arrived takes no new stream (as an HTTP/1.1
+    /// one is not reused): it leaves the pool, those in flight finish, and the next exchange opens a connection
+    /// that verifies the server against the new CRL. True when it was retired.
+    func retireIfVerifiedBeforeNewCRL() -> Bool {
+        guard !closed, !goingAway, transport.verifiedBeforeNewCRL else { return false }
+        goingAway = true
+        let handler = onClose
+        onClose = nil
+        handler?(self)
+        scheduleWork()
+        closeIfDone()
+        return true
+    }
+
     // MARK: streams
 
     func attach(_ stream: H2UpstreamStream) {
         stream.connection = self
         starting.append(stream)
-        if isReady { transport.setReadTimeout(nil) }
+        if isReady && settingsReceived { transport.setReadTimeout(nil) }
         if let failure {
             stream.connectionFailed(failure)
             return
@@ -100,7 +119,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         }
         scheduleWork()
         closeIfDone()
-        if !closed && load == 0 && isReady { transport.setReadTimeout(idleTimeout) }
+        if !closed && load == 0 && isReady && settingsReceived { transport.setReadTimeout(idleTimeout) }
         if hasCapacity { onCapacity?(self) }
     }
 
@@ -208,7 +227,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             return
         }
         worker.metrics.countH2(.connections, route: routeLabel)
-        transport.setReadTimeout(starting.isEmpty ? idleTimeout : nil)
+        // Until the server's SETTINGS arrive, the wait for them is bounded by the connect timeout.
+        transport.setReadTimeout(settingsTimeout)
         transport.enableRead(true)
         for stream in starting { stream.connectionReady() }
         // The server's SETTINGS (its limits) often came with the end of the handshake: read them before the
@@ -257,7 +277,15 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     }
 
     func upstreamEnded(_ channel: any UpstreamChannel, _ event: UpstreamEvent) {
-        withExtendedLifetime(self) { fail(.connection(event), why: nil) }
+        withExtendedLifetime(self) {
+            if session != nil, !settingsReceived, case .readTimeout = event {
+                let why = "the upstream sent no HTTP/2 SETTINGS within the connect timeout (\(settingsTimeout.milliseconds) ms) after the TLS handshake"
+                worker.metrics.countH2(.protocolErrors, route: routeLabel)
+                fail(.protocolError(why), why: why)
+                return
+            }
+            fail(.connection(event), why: nil)
+        }
     }
 
     /// The connection is gone: streams that had no response head yet fail with `event` (or are retried when
@@ -316,8 +344,11 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil
         case .settings:
+            let first = !settingsReceived
             settingsReceived = true
             rebalance()
+            // The wait for SETTINGS is over: the connection idles, or carries streams with their own timers.
+            if first && !closed { transport.setReadTimeout(load == 0 ? idleTimeout : nil) }
             if hasCapacity { onCapacity?(self) }
         }
     }

@@ -236,8 +236,12 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     }
 
     /// Gives the stream's window back for what the exchange took, and delivers a readable that waited.
+    /// Bytes taken are out of `input` whether or not the exchange paused the stream since (it often pauses in the
+    /// same turn as it takes them, its client's buffer full): their credit always goes back, or the window would
+    /// shrink with every pause until the stream stalls. A paused stream takes nothing more, so `input` stays
+    /// bounded by the window.
     func giveBackWindow(_ session: H2ClientSession) {
-        if taken > 0 && dataOutstanding > 0 && !paused {
+        if taken > 0 && dataOutstanding > 0 {
             let n = min(taken, dataOutstanding)
             session.consumed(streamID, n)
             dataOutstanding -= n

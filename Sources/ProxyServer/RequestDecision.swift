@@ -118,8 +118,10 @@ enum RequestDecision {
             upgrade = value
         }
         // Host as `target.hostHeader(port:defaultPort: 443)` spells it, written in place.
+        // TE: trailers passes to a route that may speak HTTP/2 (RFC 9113 §8.2.2); other TE values never.
+        let teTrailers = upgrade == nil && match.httpProtocol != .http11 && Forwarding.teListsTrailers(head.headers)
         Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.host, bracketed: target.isIPv6Literal,
-                                   port: port == 443 ? nil : port, framing: framing, upgrade: upgrade,
+                                   port: port == 443 ? nil : port, framing: framing, upgrade: upgrade, teTrailers: teTrailers,
                                    into: &exchange.upstreamRequestHead)
         exchange.upgrade = upgrade
         // An upgrade (WebSocket) goes over HTTP/1.1 whatever the route's protocol: HTTP/2 has no 101.

@@ -106,9 +106,12 @@ final class SocketStream {
     var isReading: Bool { readEnabled }
 
     /// The read timeout, from now (0: none).
+    /// libevent's `event_add` without a timeout keeps one already pending: "none" removes it explicitly, or a
+    /// connection's idle timeout would go on running under the stream that came after it.
     func setReadTimeout(millis: Int) {
         readTimeoutMillis = millis
-        if readEventAdded, let readEvent { _ = mtls_event_add_ms(readEvent, millis) }
+        guard readEventAdded, let readEvent else { return }
+        if millis > 0 { _ = mtls_event_add_ms(readEvent, millis) } else { _ = event_remove_timer(readEvent) }
     }
 
     /// Frees the events, closes the socket (a TLS stream's SSL is its session's, freed by its owner first) and

@@ -411,7 +411,11 @@ final class UpstreamConnection: EventHandler {
     }
 
     /// The proxy's own refusal of the server's certificate (pin, revocation), if that is why the handshake failed.
-    var trustRefusal: TrustRefusal? { tls?.trustRefusal }
+    var trustRefusal: TrustRefusal? { tls?.trustRefusal ?? closedVerification?.refusal }
+
+    /// What the TLS session knew of the server's certificate when the connection closed: an HTTP/2 connection
+    /// closes its transport before its exchanges ask why it failed.
+    private var closedVerification: (refusal: TrustRefusal?, code: Int, message: String)?
 
     /// A log line for what a handshake let through under report-only pins or soft revocation.
     static func describe(_ note: TrustNote, upstream: String) -> String {
@@ -435,7 +439,8 @@ final class UpstreamConnection: EventHandler {
             phase: handshakeCompleted ? .afterHandshake : .handshake,
             host: key.host, port: key.port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
-            verifyResult: 0, verifyMessage: "", errors: errors, socketErrno: errno, closed: closed)
+            verifyResult: closedVerification?.code ?? 0, verifyMessage: closedVerification?.message ?? "", errors: errors,
+            socketErrno: errno, closed: closed, trustRefusal: closedVerification?.refusal)
     }
 
     /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent
@@ -479,6 +484,10 @@ final class UpstreamConnection: EventHandler {
         }
         resolver?.cancel()
         resolver = nil
+        if let tls, !handshakeCompleted {
+            let verify = tls.verifyResult
+            closedVerification = (tls.trustRefusal, verify.code, verify.message)
+        }
         // A handshake waiting for its token signature is cut off the socket and ends once the signature is made.
         if let tls, let fd = tls.abandonWhileSigning() {
             AbandonedHandshake.start(tls, fd: fd, base: worker.base)

@@ -56,10 +56,20 @@ public enum PeerChainProbe {
         defer { session.release(sendCloseNotify: true) }
         guard session.attach(socket: fd) else { failed.failure = "cannot attach TLS to the socket"; return failed }
         var outcome = Outcome(chain: [], failure: nil, version: nil)
-        switch session.handshake() {
+        // A token identity's handshake pauses while a signing thread asks the token: wait for its signature
+        // (within the same timeout) and go on, as the worker's loop does.
+        var step = session.handshake()
+        while case .waitForSignature(let signature) = step {
+            var ready = pollfd(fd: signature, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, Int32(clamping: timeoutMillis)) == 1 else { break }
+            step = session.handshake()
+        }
+        switch step {
         case .done:
             outcome.version = session.version
-        case .wantRead, .wantWrite, .waitForSignature, .waitingForCRL:
+        case .waitForSignature:
+            outcome.failure = "the token did not sign within \(timeoutMillis) ms"
+        case .wantRead, .wantWrite, .waitingForCRL:
             outcome.failure = "the server did not finish the handshake within \(timeoutMillis) ms"
         case .closed:
             outcome.failure = "the server closed the connection during the handshake"

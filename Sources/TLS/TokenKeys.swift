@@ -33,6 +33,16 @@ enum TokenKeys {
     nonisolated(unsafe) private static var engine: (pointer: UnsafeMutableRawPointer, module: String?)?
     /// Every signer alive (weakly), so that a restart can take their engine keys away.
     nonisolated(unsafe) private static var signers: [WeakSigner] = []
+    /// The PIN each token (by `tokenName`) last loaded a key with. The token stays logged in after that, and
+    /// libp11 does not log in again: a different PIN is only tried after an engine restart (`loadEngineKey`).
+    nonisolated(unsafe) private static var acceptedPINs: [String: [UInt8]] = [:]
+
+    /// Which token a URI names: its path attributes other than the object's (`object`, `id`, `type`), sorted.
+    static func tokenName(_ uri: TokenKeyURI) -> String {
+        uri.objectURI.dropFirst("pkcs11:".count).split(separator: ";")
+            .filter { a in !["object=", "id=", "type="].contains { a.hasPrefix($0) } }
+            .sorted().joined(separator: ";")
+    }
     /// Monotonic milliseconds of the last engine restart (0: none yet).
     nonisolated(unsafe) private(set) static var lastRestartMillis = 0
 
@@ -43,8 +53,9 @@ enum TokenKeys {
     static func load(_ uri: TokenKeyURI) throws -> PrivateKey {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
-        let key = try loadEngineKey(uri)
-        let signer = TokenSigner(uri: uri, engineKey: key)
+        let pin = try uri.pinSource.map { try Secrets.read($0, for: uri.text) }
+        let key = try loadEngineKey(uri, pin: pin, askChangedPIN: true)
+        let signer = TokenSigner(uri: uri, engineKey: key, pin: pin)
         guard let front = TokenSigner.frontKey(for: signer, shapedLike: key) else {
             throw TLSSetupError.invalidKey(path: uri.text, reason: "only RSA and EC keys on a token are supported")
         }
@@ -58,7 +69,8 @@ enum TokenKeys {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         let e = try initialisedEngine(module: uri.modulePath, for: uri)
-        try setPIN(of: uri, on: e)
+        // Once a key is loaded the token is logged in and the PIN the engine holds is one it accepted: kept.
+        if acceptedPINs.isEmpty, let source = uri.pinSource { try setPIN(try Secrets.read(source, for: uri.text), of: uri, on: e) }
         ERR_clear_error()
         guard let x509 = mtls_engine_load_certificate(e, uri.objectURI) else {
             let text = OpenSSLErrors.describe(OpenSSLErrors.drain())
@@ -81,7 +93,7 @@ enum TokenKeys {
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         if restart, lastRestartMillis <= failedAtMillis { restartEngine() }
-        signer.take(engineKey: try loadEngineKey(uri))
+        signer.take(engineKey: try loadEngineKey(uri, pin: signer.pin, askChangedPIN: false))
     }
 
     /// Lets every engine key go and restarts the engine, so that libp11 (and the module) look at the tokens
@@ -100,10 +112,9 @@ enum TokenKeys {
         pthread_rwlock_unlock(signing)
     }
 
-    /// Sets the engine's PIN from the URI's pin-source (if any). Called with `lock` held.
-    private static func setPIN(of uri: TokenKeyURI, on e: UnsafeMutableRawPointer) throws {
-        guard let source = uri.pinSource else { return }
-        var pin = try Secrets.read(source, for: uri.text)
+    /// Sets the engine's PIN. Called with `lock` held.
+    private static func setPIN(_ given: [UInt8], of uri: TokenKeyURI, on e: UnsafeMutableRawPointer) throws {
+        var pin = given
         defer { for i in pin.indices { pin[i] = 0 } }
         pin.append(0)
         let ok = pin.withUnsafeBufferPointer { buffer in
@@ -117,10 +128,19 @@ enum TokenKeys {
         }
     }
 
-    /// The engine's key for `uri` (one reference, the caller's). Called with `lock` held.
-    private static func loadEngineKey(_ uri: TokenKeyURI) throws -> OpaquePointer {
+    /// The engine's key for `uri` (one reference, the caller's), logged in with `pin` (read from the URI's
+    /// pin-source by the caller). With `askChangedPIN` (a config load), a PIN other than the one the token is
+    /// logged in with restarts the engine first, so that the token is asked with it (else a wrong PIN in a
+    /// reloaded config would be taken unasked). Recovery never does: two keys whose URIs name their tokens alike
+    /// but hold different PINs would otherwise restart the engine for each other at every signature. Called with
+    /// `lock` held.
+    private static func loadEngineKey(_ uri: TokenKeyURI, pin: [UInt8]?, askChangedPIN: Bool) throws -> OpaquePointer {
+        if askChangedPIN, let pin, let accepted = acceptedPINs[tokenName(uri)], pin != accepted, engine != nil {
+            restartEngine()
+            acceptedPINs = [:]  // (every token is logged out)
+        }
         let e = try initialisedEngine(module: uri.modulePath, for: uri)
-        try setPIN(of: uri, on: e)
+        if let pin { try setPIN(pin, of: uri, on: e) }
         ERR_clear_error()
         guard let key = mtls_engine_load_private_key(e, uri.objectURI) else {
             let errors = OpenSSLErrors.drain()
@@ -143,6 +163,7 @@ enum TokenKeys {
         // use); dropped, so that the proxy's one reference is the last and a restart can finalise the module.
         _ = mtls_evp_pkey_drop_engine(key)
         _ = OpenSSLErrors.drain()
+        if let pin { acceptedPINs[tokenName(uri)] = pin }
         return key
     }
 

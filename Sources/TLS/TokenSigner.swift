@@ -20,9 +20,13 @@ public final class TokenSigner: @unchecked Sendable {
     /// The engine's key (one reference, ours); nil after a failure or an engine restart.
     private var engineKey: OpaquePointer?
     private var availability = TokenAvailability()
+    /// The PIN the key was loaded with, read from its pin-source with the config: recovery logs in with it again
+    /// (a PIN file changed since takes effect with the config reload it triggers, which checks it first).
+    let pin: [UInt8]?
 
-    init(uri: TokenKeyURI, engineKey: OpaquePointer) {
+    init(uri: TokenKeyURI, engineKey: OpaquePointer, pin: [UInt8]?) {
         self.uri = uri
+        self.pin = pin
         self.keyLabel = uri.objectURI
         self.engineKey = engineKey
         pthread_mutex_init(mutex, nil)
@@ -31,6 +35,7 @@ public final class TokenSigner: @unchecked Sendable {
     /// A signer for a key a provider holds (taking the reference): it is kept after a failure and asked again.
     init(providerKey: OpaquePointer, label: String) {
         self.uri = nil
+        self.pin = nil
         self.keyLabel = label
         self.engineKey = providerKey
         pthread_mutex_init(mutex, nil)

@@ -9,8 +9,10 @@ import Glibc
 /// fd with the other connections, and the thread writes it when the signature is made; the next `SSL_connect`
 /// resumes the job, which takes the signature. A slow token then delays only its own handshakes.
 ///
-/// A connection closed while its signature is being made frees its SSL with the job still paused: the job
-/// (and its stack) are never resumed, the request is marked abandoned by the wait context's clean-up, and the
+/// A connection given up while its signature is being made keeps its SSL, cut off its socket, until the eventfd
+/// says the signature is made; the job is then resumed to its end and the SSL freed (`AbandonedHandshake`), so
+/// OpenSSL reuses the job. An SSL freed with its job still paused (a worker that stops first, a command line
+/// that gives up) leaves the job unreclaimed: the wait context's clean-up marks the request abandoned and the
 /// thread closes the eventfd when it finishes. The signature works only on copies, never on OpenSSL's buffers.
 final class TokenSigningThreads: @unchecked Sendable {
     static let shared = TokenSigningThreads()
@@ -137,6 +139,17 @@ final class TokenSigningThreads: @unchecked Sendable {
         queue.append(request)
         pthread_cond_signal(wake)
         return true
+    }
+
+    /// A handshake given up while its signature waits in the queue (its connection was closed): the signature is
+    /// not made, the request is finished with an error at once, so that the token's time goes to handshakes that
+    /// still want it and the paused job ends (`AbandonedHandshake`). Nothing when a thread already took it.
+    func giveUp(signatureFD fd: Int32) {
+        pthread_mutex_lock(lock)
+        let index = queue.firstIndex { $0.fd == fd }
+        let request = index.map { queue.remove(at: $0) }
+        pthread_mutex_unlock(lock)
+        request?.finish(result: nil, error: "the handshake was given up before its signature")
     }
 
     private func serve() -> Never {

@@ -290,6 +290,7 @@ public final class UpstreamTLSSession {
     /// handshake end (OpenSSL 3.0 would never reclaim a paused job freed with its SSL). nil when not waiting.
     public func abandonWhileSigning() -> Int32? {
         guard let ssl, let fd = signatureFD, mtls_SSL_cut_off_socket(ssl) == 1 else { return nil }
+        TokenSigningThreads.shared.giveUp(signatureFD: fd)  // (not signed at all if no thread took it yet)
         return fd
     }
 

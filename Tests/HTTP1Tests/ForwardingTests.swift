@@ -65,6 +65,20 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(out.hasSuffix("\r\n\r\n"))
     }
 
+    @Test func teTrailersIsWrittenOnlyWhenAsked() throws {
+        let request = try HeadParser.parseRequest(Array("GET http://a/ HTTP/1.1\r\nHost: a\r\nTE: gzip, Trailers\r\n\r\n".utf8))
+        #expect(Forwarding.teListsTrailers(request.headers))
+        let plain = text(Forwarding.upstreamRequest(request, pathAndQuery: "/", host: "a", framing: .none))
+        #expect(!plain.contains("TE"))
+        var out: [UInt8] = []
+        Forwarding.upstreamRequest(request, pathAndQuery: "/", host: "a", bracketed: false, port: nil, framing: .none,
+                                   teTrailers: true, into: &out)
+        #expect(text(out).contains("Connection: TE\r\nTE: trailers\r\n"))
+        #expect(!text(out).contains("gzip"))
+        let other = try HeadParser.parseRequest(Array("GET http://a/ HTTP/1.1\r\nHost: a\r\nTE: gzip\r\n\r\n".utf8))
+        #expect(!Forwarding.teListsTrailers(other.headers))
+    }
+
     @Test func upstreamRequestStatesItsOwnFraming() throws {
         let chunked = try HeadParser.parseRequest(Array("POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".utf8))
         let out = text(Forwarding.upstreamRequest(chunked, pathAndQuery: "/", host: "a", framing: .chunked))

@@ -30,6 +30,10 @@ import HTTP1
         #expect(!dropped.contains { $0.name == "te" })
         let kept = MessageTranslation.requestFields(request([("Host", "h"), ("TE", "gzip, trailers;q=1")]))
         #expect(kept.last == H2Field("te", "trailers"))
+        // As the proxy writes it for an HTTP/2 route: TE named by Connection (RFC 9110 §10.1.4) still passes.
+        let named = MessageTranslation.requestFields(request([("Host", "h"), ("Connection", "TE"), ("TE", "trailers")]))
+        #expect(named.last == H2Field("te", "trailers"))
+        #expect(!named.contains { $0.name == "connection" })
     }
 
     @Test func contentLengthPassesForNghttp2ToCheck() {

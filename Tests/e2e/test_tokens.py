@@ -292,6 +292,16 @@ class TokenKeys(unittest.TestCase):
             t.join()
         self.assertEqual(results, [200] * 24)
 
+    def test_pins_command_completes_the_handshake_with_a_token_key(self):
+        """`pins` connects the way the route does: with a token identity against servers that ask for the client
+        certificate (TLS 1.2 nginx, TLS 1.3 Python), the token signs and the handshake completes."""
+        for host in ("api.mygreatbank.test", "ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
+            r = harness.run_cli("pins", "--config", f"{ENV['dir']}/proxy.conf", f"https://{host}", timeout=60)
+            text = r.stdout + r.stderr
+            self.assertEqual(r.returncode, 0, text)
+            self.assertIn("the route accepts this server", text)
+            self.assertNotIn(PIN, text)
+
     def test_pin_is_never_logged(self):
         self.assertNotIn(PIN, harness.read(f"{ENV['dir']}/proxy.log"))
 
@@ -327,6 +337,57 @@ class TokenKeys(unittest.TestCase):
             status, _, body = get(host)
             self.assertEqual(status, 200, body)
         self.assertNotIn(PIN, harness.read(f"{d}/proxy.log"))
+
+    def test_reload_with_a_wrong_pin_is_refused_and_the_running_keys_keep_signing(self):
+        """The PIN file now holds a wrong PIN: the reload fails like `check` does (naming the identity, the token
+        refusing the PIN, never the PIN) and the previous config serves on, its key still signing."""
+        d, ports = ENV["dir"], ENV["ports"]
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
+        harness.write_file(f"{d}/reload.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.pinned]
+cert = "us-ec.pem"
+key = "{token_uri(d, 'us-ec', pin_file='reload.pin')}"
+[[route]]
+host = "ec13.mygreatbank.test"
+identity = "pinned"
+connect = "127.0.0.1:{ports['tls13']}"
+""")
+        procs = harness.Processes()
+        log = f"{d}/reload.log"
+        try:
+            proxy = harness.start_proxy(procs, f"{d}/reload.conf", log, own["proxy"])
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            harness.write_file(f"{d}/reload.pin", WRONG_PIN + "\n", mode=0o600)
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: "reload (" in harness.read(log) or "reloaded (" in harness.read(log),
+                                               timeout=15, step=0.2), "no reload after SIGHUP")
+            text = harness.read(log)
+            self.assertNotIn("reloaded (", text, "a reload with a wrong PIN was taken")
+            self.assertIn("identities.pinned", text)
+            self.assertIn("refused the PIN", text)
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)  # the previous config serves on
+            _, metrics = harness.http_get(own["admin"], "/metrics")
+            self.assertEqual(harness.metric(metrics, "mtls_proxy_config_last_reload_success"), 0.0)
+            self.assertNotIn(WRONG_PIN, harness.read(log) + metrics)
+            self.assertNotIn(PIN, harness.read(log) + metrics)
+            # The right PIN back: the reload is taken (the token is asked with it) and the key signs.
+            harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
+            proxy.send_signal(signal.SIGHUP)
+            self.assertTrue(harness.wait_until(lambda: "reloaded (" in harness.read(log), timeout=15, step=0.2),
+                            "the reload with the right PIN was not taken")
+            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+            self.assertNotIn(PIN, harness.read(log))
+        finally:
+            procs.stop_all()
 
     def test_token_removed_while_running_is_named_others_keep_working_and_it_recovers(self):
         d, ports = ENV["dir"], ENV["ports"]
@@ -585,6 +646,62 @@ connect_timeout = "200ms"
             self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", identity="slow"), 1.0)
             self.assertTrue(harness.wait_until(lambda: open_fds() <= fds_before, timeout=5, step=0.2),
                             f"{open_fds()} fds open, {fds_before} before the abandoned signatures")
+        finally:
+            procs.stop_all()
+
+    def test_signatures_of_handshakes_given_up_are_not_made_ahead_of_new_ones(self):
+        """A slow token (SIGN_MS a signature, two signing threads): 12 handshakes given up at their connect
+        timeout while queued must not keep the token busy for them; a new request after them waits for at most
+        the signatures already under way, not for 12 more."""
+        d, ports = ENV["dir"], ENV["ports"]
+        module = slow_module(d)
+        if module is None:
+            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+        sign_ms = 500
+        own = {k: harness.free_port() for k in ("proxy", "admin")}
+        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+        harness.write_file(f"{d}/queue.conf", f"""
+[proxy]
+listen = "127.0.0.1:{own['proxy']}"
+workers = 1
+[admin]
+listen = "127.0.0.1:{own['admin']}"
+[upstream]
+ca_file = "pki/ca.pem"
+max_idle_per_host = 0
+[identities.slow]
+cert = "us-ec.pem"
+key = "{uri}"
+[[route]]
+host = "slow13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+[[route]]
+host = "impatient13.mygreatbank.test"
+identity = "slow"
+connect = "127.0.0.1:{ports['tls13']}"
+connect_timeout = "150ms"
+""")
+        procs = harness.Processes()
+        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
+        try:
+            harness.start_proxy(procs, f"{d}/queue.conf", f"{d}/queue.log", own["proxy"])
+        finally:
+            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        try:
+            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+            statuses = []
+            threads = [threading.Thread(target=lambda: statuses.append(get("impatient13.mygreatbank.test", own["proxy"])[0]))
+                       for _ in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(statuses, [504] * 12)
+            status, took = timed_get("slow13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 200)
+            print(f"\n  a new token request after 12 given-up handshakes: {took * 1000:.0f} ms", file=sys.stderr)
+            self.assertLess(took, 3 * sign_ms / 1000, "the new handshake waited for the given-up handshakes' signatures")
         finally:
             procs.stop_all()
 

@@ -744,6 +744,69 @@ revocation = "hard"
         finally:
             procs.stop_all()
 
+    def test_a_newly_fetched_crl_retires_pooled_http2_connections(self):
+        # As above with protocol = "h2": an HTTP/2 connection verified before the new CRL must take no new stream.
+        try:
+            import h2  # noqa: F401
+        except ImportError:
+            self.skipTest("python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+        pki = ENV["pki"]
+        cnf = ca_config(pki, "ca")
+        url = f"http://127.0.0.1:{self.dp.server_address[1]}/rot2.crl"
+        with open(f"{pki}/dp-rot2.ext", "w") as f:
+            f.write("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
+                    f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
+        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-rot2.key",
+           "openssl req -new -key dp-rot2.key -subj '/O=mtls-proxy test/CN=dp-rot2.mygreatbank.test' -out dp-rot2.csr",
+           f"openssl ca -batch -config '{cnf}' -extfile dp-rot2.ext -notext -days 30 -in dp-rot2.csr -out dp-rot2.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out rot2-before.crl 2>/dev/null",
+           f"openssl ca -config '{cnf}' -revoke dp-rot2.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out rot2-after.crl 2>/dev/null", cwd=pki)
+        self.dp.files["/rot2.crl"] = open(f"{pki}/rot2-before.crl", "rb").read()
+        up, port = harness.free_port(), harness.free_port()
+        procs = harness.Processes()
+        try:
+            procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(up),
+                         "--cert", f"{pki}/dp-rot2.pem", "--key", f"{pki}/dp-rot2.key", "--ca", f"{pki}/ca.pem"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            harness.wait_for_port(up)
+            conf = harness.write_file(f"{ENV['dir']}/rot2.conf", f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+workers = 1
+[upstream]
+ca_file = "pki/ca.pem"
+allow_private = true
+[identities.us]
+cert = "pki/fusion-us.pem"
+key = "pki/fusion-us.key"
+[[route]]
+host = "rot2.mygreatbank.test"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{up}"
+crl_fetch = true
+revocation = "hard"
+""")
+            harness.start_proxy(procs, conf, f"{ENV['dir']}/rot2.log", port)
+            self.ports["rot2"] = port
+            self.get_until("rot2", lambda s, ps: s != 502, proxy="rot2")  # verified against the first CRL; kept
+            self.dp.files["/rot2.crl"] = open(f"{pki}/rot2-after.crl", "rb").read()
+            fetched = len([h for h in self.dp.hits if h == "/rot2.crl"])
+            self.assertTrue(harness.wait_until(lambda: len([h for h in self.dp.hits if h == "/rot2.crl"]) > fetched, 10, 0.1),
+                            "the CRL was not fetched again ahead of its nextUpdate")
+            time.sleep(0.5)  # the fetcher stores what it got
+            saved = ENV["ports"]["proxy"]
+            ENV["ports"]["proxy"] = port
+            try:
+                status, headers, body = get("rot2")
+            finally:
+                ENV["ports"]["proxy"] = saved
+            self.assertEqual(status, 502, "served over an HTTP/2 connection verified before the new CRL")
+            self.assertIn("revoked", headers["proxy-status"])
+        finally:
+            procs.stop_all()
+
     def test_a_crl_already_in_its_refresh_window_is_not_fetched_again_every_second(self):
         # A CA that publishes its next CRL only at nextUpdate: the CRL fetched is already inside the window in which
         # the proxy refreshes it (a fifth of its validity before nextUpdate, at most an hour). Fetching it again
