@@ -62,6 +62,17 @@ import Testing
         #expect(other?.contains("readable by its group (mode 440, group 7") == true)
         #expect(KeyFileAccess.warning(path: "k", mode: 0o660, fileGroup: 10001, processGroups: [10001]) != nil)
     }
+
+    @Test func theWarningNamesTheAccessThatIsWrong() {
+        // The proxy runs with the file's group, which may write it: the reason is the write, not the group.
+        let writable = KeyFileAccess.warning(path: "k", mode: 0o660, fileGroup: 10001, processGroups: [10001])
+        #expect(writable == "private key k is writable by its group (mode 660, group 10001, one the proxy runs with); chmod 640 it, or 600")
+        // Only others' write bit: not "readable by everyone".
+        #expect(KeyFileAccess.warning(path: "k", mode: 0o602, fileGroup: 5, processGroups: [10]) == "private key k is writable by everyone (mode 602); chmod 600 it")
+        #expect(KeyFileAccess.warning(path: "k", mode: 0o606, fileGroup: 5, processGroups: [10]) == "private key k is readable and writable by everyone (mode 606); chmod 600 it")
+        // Another group that may only write it.
+        #expect(KeyFileAccess.warning(path: "k", mode: 0o620, fileGroup: 7, processGroups: [10]) == "private key k is writable by its group (mode 620, group 7, which the proxy does not run with); chmod 600 it, or give it to the proxy's own group read-only")
+    }
 }
 
 @Suite struct RunningProcessConfigTests {
