@@ -79,7 +79,7 @@ extension ClientConnection {
         exchange.request = head
         openRecord(method: head.method)
         let framing = Result { try BodyFraming.forRequest(head) }
-        exchange.requestBody = Exchange.RequestBody(framing)
+        exchange.requestBody = Exchange.RequestBody(framing, limits: runtime.limits)
         machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining)
         // Proxy credentials: a bcrypt check runs off the loop and the exchange resumes in `authenticationFinished`;
         // meanwhile the machine is `exchanging` with no upstream, so arriving body bytes stay in the input.

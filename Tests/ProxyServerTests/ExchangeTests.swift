@@ -129,7 +129,7 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         let b = Buffers()
         var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\nzz\r\n")
-        #expect(run(&e, b) == [.sendFinalHead, .truncate("invalid chunked response body from the upstream")])
+        #expect(run(&e, b) == [.sendFinalHead, .truncate("invalid chunked response body from the upstream: invalid chunk size")])
     }
 
     /// An upstream's trailer section reaches a chunked client in the last chunk, as received; fields that cannot
@@ -159,7 +159,7 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
             last = run(&e, b)
         }
         #expect(last == [.complete])
-        #expect(Buffers.take(b.clientOutput) == "2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n")
+        #expect(Buffers.take(b.clientOutput) == "1\r\nh\r\n1\r\ni\r\n0\r\nx-checksum: abc\r\n\r\n")  // data as it came
     }
 
     @Test(arguments: ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
