@@ -84,7 +84,7 @@ class TrailerUpstream(fixture.RequestUpstream):
             chunked(b"hello", [b"x-checksum: abc", b"grpc-status: 0"], b"Trailer: x-checksum, grpc-status\r\n")
         elif path == "/echo-trailers":
             echo = json.dumps({"trailers": [t.decode("latin-1") for t in request_trailers], "te": fields.get("te"),
-                               "body": body.decode("latin-1")}).encode()
+                               "trailer": fields.get("trailer"), "body": body.decode("latin-1")}).encode()
             chunked(echo, [b"grpc-status: 0", b"x-echoed: %d" % len(request_trailers)])
         elif path == "/framing-trailers":
             chunked(b"hello", [b"Content-Length: 99", b"Transfer-Encoding: chunked", b"Host: evil.test", b"Connection: close",
@@ -196,6 +196,13 @@ class HTTP11Upstream(unittest.TestCase):
         self.assertEqual(echo["body"], "hello")
         self.assertEqual(echo["trailers"], ["x-request-checksum: 123", "grpc-timeout: 1S"])
         self.assertEqual(r["trailers"], ["grpc-status: 0", "x-echoed: 2"])
+
+    def test_the_trailer_field_announcing_them_passes_both_ways(self):
+        # RFC 9110 §6.6.2: `Trailer` is not a hop-by-hop field; it names what the trailer section will hold.
+        r = send(get(self.host, b"/trailers"))
+        self.assertIn("\r\ntrailer: x-checksum, grpc-status", r["head"].lower(), r)
+        r = send(post(self.host, b"/echo-trailers", [b"x-request-checksum: 1"], extra=b"Trailer: x-request-checksum\r\n"))
+        self.assertEqual(json.loads(r["body"])["trailer"], "x-request-checksum", r)
 
     def test_te_trailers_reaches_the_upstream(self):
         r = send(post(self.host, b"/echo-trailers", [], extra=b"TE: trailers\r\n"))
