@@ -1,10 +1,11 @@
 /// The header rewriting a forward proxy does on each hop (RFC 9110 §7.6).
 public enum Forwarding {
     /// Fields that describe one hop and never pass through. Transfer-Encoding and Content-Length are dropped too:
-    /// the proxy writes the framing of each hop itself.
+    /// the proxy writes the framing of each hop itself. (`Trailer` passes: it names the trailer section, which
+    /// passes too; RFC 9110 §6.6.2.)
     static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
-        "te", "trailer", "upgrade", "transfer-encoding", "content-length",
+        "te", "upgrade", "transfer-encoding", "content-length",
     ]
 
     /// What a field name means to forwarding.
@@ -37,7 +38,7 @@ public enum Forwarding {
             case 2: return equalsLowercase(b, "te") ? .hopByHop : .other
             case 3: return equalsLowercase(b, "via") ? .via : .other
             case 4: return equalsLowercase(b, "host") ? .host : .other
-            case 7: return equalsLowercase(b, "trailer") || equalsLowercase(b, "upgrade") ? .hopByHop : .other
+            case 7: return equalsLowercase(b, "upgrade") ? .hopByHop : .other
             case 10:
                 if equalsLowercase(b, "connection") { return .connection }
                 return equalsLowercase(b, "keep-alive") ? .hopByHop : .other

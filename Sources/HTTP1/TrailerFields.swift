@@ -21,7 +21,7 @@ public enum TrailerFields {
         case 4: return equalsLowercase(name, "host") || equalsLowercase(name, "vary")
         case 5: return equalsLowercase(name, "range")
         case 6: return equalsLowercase(name, "cookie") || equalsLowercase(name, "expect") || equalsLowercase(name, "pragma")
-        case 7: return equalsLowercase(name, "expires")
+        case 7: return equalsLowercase(name, "expires") || equalsLowercase(name, "trailer")
         case 8: return equalsLowercase(name, "if-match") || equalsLowercase(name, "if-range") || equalsLowercase(name, "location")
         case 10: return equalsLowercase(name, "set-cookie")
         case 11: return equalsLowercase(name, "retry-after")
