@@ -256,6 +256,27 @@ class HTTP11Upstream(unittest.TestCase):
         r = send(get(self.host, b"/big-trailer/10000"), port=small)
         self.assertTrue(r["truncated"], r)
 
+    def test_more_trailer_fields_than_a_head_may_have_is_400(self):
+        r = send(post(self.host, b"/echo-trailers", [b"x-%d: 1" % i for i in range(257)]))
+        self.assertEqual(r["status"], 400, r)
+        self.assertIn("more than 256 trailer fields", r["body"].decode())
+        r = send(post(self.host, b"/echo-trailers", [b"x-%d: 1" % i for i in range(256)]))
+        self.assertEqual(len(json.loads(r["body"])["trailers"]), 256, r)
+
+    def test_a_pipelined_request_after_a_trailer_section_is_served(self):
+        s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=5)
+        try:
+            s.sendall(post(self.host, b"/echo-trailers", [b"x-n: 1"]) + get(self.host, b"/trailers"))
+            head, rest = harness.read_head(s)
+            body, trailers, rest = read_chunked(s, rest)
+            self.assertEqual(json.loads(body)["trailers"], ["x-n: 1"])
+            head, rest = harness.read_head(s, rest)
+            self.assertIn(b" 200 ", head)
+            body, trailers, rest = read_chunked(s, rest)
+            self.assertEqual((body, trailers), (b"hello", [b"x-checksum: abc", b"grpc-status: 0"]))
+        finally:
+            s.close()
+
     def test_an_http10_client_gets_the_body_without_the_trailers(self):
         r = send(get(self.host, b"/trailers", version=b"HTTP/1.0"))
         self.assertEqual(r["status"], 200)
@@ -307,6 +328,13 @@ class HTTP2Upstream(unittest.TestCase):
         self.assertEqual(echo["te"], "trailers")
         self.assertEqual(echo["trailers"], [["x-request-checksum", "123"], ["x-ok", "1"]])
         self.assertEqual(r["trailers"], ["grpc-status: 0", "x-echoed: 2"])
+
+    def test_a_large_chunked_upload_then_its_trailers(self):
+        body = bytes(range(256)) * 4096  # 1 MiB, sent as one chunk the proxy re-frames as DATA frames
+        r = send(post(self.host, b"/echo-trailers", [b"x-sha: 1"], body=body), timeout=20)
+        echo = json.loads(r["body"])
+        self.assertEqual(echo["body"].encode("latin-1"), body)
+        self.assertEqual(echo["trailers"], [["x-sha", "1"]])
 
     def test_a_response_with_content_length_keeps_it_and_drops_the_trailers(self):
         s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=5)
