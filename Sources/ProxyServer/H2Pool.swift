@@ -11,8 +11,9 @@ final class H2Pool {
     private var waiting: [PoolKey: [H2UpstreamStream]] = [:]
     unowned(unsafe) let worker: Worker
 
-    /// Exchanges waiting per key for a stream; beyond it they are refused (503).
-    static let maxWaitingPerKey = 1024
+    /// Exchanges waiting per key for a stream; beyond it they are refused (503). A debug build's test switch
+    /// lowers it (`TestFaults.smallH2Queue`).
+    static let maxWaitingPerKey = TestFaults.smallH2Queue ? 4 : 1024
 
     init(worker: Worker) {
         self.worker = worker
