@@ -19,6 +19,12 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
   /goaway-keep           GOAWAY (last stream = this one: it was processed), then the answer on the same connection
   /goaway-zero-always    GOAWAY last stream 0 every time, the connection left open: nothing is ever processed
   /nolen-drop            a head without content-length, 1000 bytes, then the TCP connection cut (no close_notify)
+  /mute                  200 with the connection's number, then that connection goes mute: it reads on, keeps TCP
+                         open and never writes again (no PING ACK, no answer): a black hole
+  /refuse-first          the first time since /_clear: RST_STREAM REFUSED_STREAM, and that connection refuses it
+                         every time after; on any other connection 200 with the connection's number
+
+Every PING the proxy sends is recorded too (event "ping", with the connection).
 
 With --silent the server completes the TLS handshake (ALPN h2) and then says nothing at all: no SETTINGS.
 
@@ -28,7 +34,8 @@ import argparse, asyncio, json, ssl
 
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
-LOG = []  # {"event": "stream"|"reset", "path", "subject", "sni", "conn", "code"}
+LOG = []  # {"event": "stream"|"reset"|"ping", "path", "subject", "sni", "conn", "code"}
+REFUSING = {"cleared"}  # connections that refused /refuse-first; "cleared": the next one refuses (set by /_clear)
 SNI_NAMES = {}
 CONNECTIONS = [0]
 
@@ -46,6 +53,7 @@ class Hostile(asyncio.Protocol):
         self.max_streams = max_streams
         self.requests = {}
         self.closed = False
+        self.muted = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -73,7 +81,7 @@ class Hostile(asyncio.Protocol):
         LOG.append(dict(event=event, path=path, subject=self.subject, sni=self.sni, conn=self.number, stream=stream_id, **extra))
 
     def data_received(self, data):
-        if self.silent:
+        if self.silent or self.muted:
             return
         try:
             events = self.conn.receive_data(data)
@@ -106,6 +114,8 @@ class Hostile(asyncio.Protocol):
                     self.start(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self.record("reset", event.stream_id, code=int(event.error_code))
+            elif isinstance(event, h2.events.PingReceived):
+                self.record("ping", 0)
         self.flush()
 
     def rst(self, stream_id, code):
@@ -161,6 +171,8 @@ class Hostile(asyncio.Protocol):
             await self.send_body(sid, data)
         elif path == "/_clear":
             LOG.clear()
+            REFUSING.clear()
+            REFUSING.add("cleared")
             respond(204, end=True)
         elif path == "/headers":
             data = json.dumps(dict(fields=request["list"], subject=self.subject, sni=self.sni, conn=self.number)).encode()
@@ -213,6 +225,21 @@ class Hostile(asyncio.Protocol):
             self.conn.send_data(sid, b"kept", end_stream=True)
         elif path == "/goaway-zero-always":
             raw(frame(0x7, 0, 0, (0).to_bytes(4, "big") + (0).to_bytes(4, "big")))
+        elif path == "/mute":
+            data = json.dumps(dict(conn=self.number)).encode()
+            respond(200, [("content-length", str(len(data)))])
+            await self.send_body(sid, data)
+            self.flush()
+            self.muted = True
+        elif path == "/refuse-first":
+            if "cleared" in REFUSING or self.number in REFUSING:
+                REFUSING.discard("cleared")
+                REFUSING.add(self.number)
+                self.rst(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            else:
+                data = json.dumps(dict(conn=self.number)).encode()
+                respond(200, [("content-length", str(len(data)))])
+                await self.send_body(sid, data)
         elif path == "/nolen-drop":
             respond(200)
             self.conn.send_data(sid, b"z" * 1000)
