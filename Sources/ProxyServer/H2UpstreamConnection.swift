@@ -31,6 +31,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private(set) var streamsOpened = 0
     /// What ended the connection, reported to every stream still on it.
     private(set) var failure: H2StreamFailure?
+    /// The route whose exchange opened the connection: its connection-wide metrics (connections, GOAWAYs, protocol
+    /// errors, PING timeouts) and log lines carry it; a stream's own metrics carry the stream's route.
     let routeLabel: String
     /// Called once when the connection closes or goes away (the pool drops it).
     var onClose: ((H2UpstreamConnection) -> Void)?
@@ -142,7 +144,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             guard let id = stream.startIfHeadReady(on: session) else { continue }
             streams[id] = stream
             streamsOpened += 1
-            worker.metrics.countH2(.streams, route: routeLabel)
+            worker.metrics.countH2(.streams, route: stream.routeLabel)
         }
         starting.removeAll { $0.streamID > 0 || $0.connection !== self }
         for stream in Array(streams.values) { stream.pumpRequest(session) }
@@ -335,7 +337,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             if let stream = streams[id] { withExtendedLifetime(stream) { stream.responseEnded() } }
         case .closed(let id, let code):
             guard let stream = streams.removeValue(forKey: id) else { return }
-            if code != 0 { worker.metrics.countH2(.resets, route: routeLabel) }
+            if code != 0 { worker.metrics.countH2(.resets, route: stream.routeLabel) }
             withExtendedLifetime(stream) { stream.closed(errorCode: code) }
         case .goAway(let last, let code):
             goingAway = true
