@@ -338,6 +338,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         case .closed(let id, let code):
             guard let stream = streams.removeValue(forKey: id) else { return }
             if code != 0 { worker.metrics.countH2(.resets, route: stream.routeLabel) }
+            if code == 0x7 && !stream.responseHeadSeen { worker.h2Pool.streamRefused(on: self) }  // REFUSED_STREAM
             withExtendedLifetime(stream) { stream.closed(errorCode: code) }
         case .goAway(let last, let code):
             goingAway = true

@@ -104,10 +104,13 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     let allowPrivate: Bool
     /// `h2_connections`: how many connections its key may have before it waits for a free stream.
     let maxConnections: Int
+    /// The exchange's second try (its first was not processed): the pool puts it on another connection.
+    let isRetry: Bool
 
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, routeLabel: String, timeouts: Timeouts, allowPrivate: Bool,
-         maxConnections: Int = 4) {
+         maxConnections: Int = 4, isRetry: Bool = false) {
         self.maxConnections = maxConnections
+        self.isRetry = isRetry
         self.routeLabel = routeLabel
         self.timeouts = timeouts
         self.allowPrivate = allowPrivate

@@ -408,7 +408,7 @@ final class Worker: @unchecked Sendable {
             timeouts.connect = connectTimeout
             let stream = H2UpstreamStream(key: key, context: context, worker: self, routeLabel: route?.label ?? "unmatched",
                                           timeouts: timeouts, allowPrivate: allowPrivate,
-                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections)
+                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections, isRetry: fresh)
             switch h2Pool.place(stream) {
             case .attached, .queued: return stream
             case .refused:

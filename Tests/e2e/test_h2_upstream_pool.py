@@ -341,7 +341,8 @@ class Pool(unittest.TestCase):
 
         def get(i):
             started = time.time()
-            r = session().get(f"http://queue.mygreatbank.test/slow/{600}", timeout=20)
+            with session() as s:
+                r = s.get("http://queue.mygreatbank.test/slow/600", headers={"Connection": "close"}, timeout=20)
             return r, time.time() - started
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(get, range(8)))
@@ -352,10 +353,14 @@ class Pool(unittest.TestCase):
                 self.assertIn("connection_limit_reached", r.headers.get("Proxy-Status", ""))
                 self.assertIn("4 requests already wait for one", r.headers.get("Proxy-Status", ""))
                 self.assertLess(took, 0.5, "a refusal must not wait")
-        self.assertEqual(session().get("http://queue.mygreatbank.test/headers", timeout=10).status_code, 200)
+        with session() as s:
+            r = s.get("http://queue.mygreatbank.test/headers", headers={"Connection": "close"}, timeout=10)
+            self.assertEqual(r.status_code, 200)
         ok = harness.wait_until(lambda: harness.metric(metrics(), "mtls_proxy_client_connections_active", absent=0.0) <= clients_before,
                                 5, 0.1)
-        self.assertTrue(ok, "client connections left open")
+        self.assertTrue(ok, ("client connections left open", clients_before,
+                             harness.metric(metrics(), "mtls_proxy_client_connections_active", absent=0.0),
+                             subprocess.run(["ss", "-tnp", f"( sport = :{ENV['port']} or dport = :{ENV['port']} )"], capture_output=True).stdout.decode()))
 
     # 2. protocol = "auto" to an HTTP/1.1-only server
 
