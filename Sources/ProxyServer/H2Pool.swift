@@ -60,7 +60,8 @@ final class H2Pool {
             guard let transport = worker.openUpstream(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
                                                       allowPrivate: stream.allowPrivate) else { return .failedToOpen }
             let connection = H2UpstreamConnection(key: key, transport: transport, worker: worker, routeLabel: stream.routeLabel,
-                                                  idleTimeout: stream.timeouts.idle, settingsTimeout: stream.timeouts.connect)
+                                                  idleTimeout: stream.timeouts.idle, settingsTimeout: stream.timeouts.connect,
+                                                  pingInterval: stream.timeouts.h2PingInterval, pingTimeout: stream.timeouts.h2PingTimeout)
             connection.onClose = { [unowned self] closed in self.remove(closed) }
             connection.onCapacity = { [unowned self] freed in self.serveWaiting(freed.key) }
             connection.onOverflow = { [unowned self] stream in self.replace(stream) }

@@ -44,6 +44,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var settingsReceived = false
     /// How long the connection stays open with no stream.
     let idleTimeout: TimeSpan
+    /// When an idle connection is sent a PING, retired for not answering it, or closed for idleness.
+    private var liveness: H2Liveness
+    /// Fires at `liveness.deadline`.
+    private var livenessTimer: OpaquePointer?
     /// How long the server has, once the handshake is done, to send its SETTINGS (the connect timeout): streams
     /// wait for them, so a server that never sends them must not hold its exchanges for ever.
     let settingsTimeout: TimeSpan
@@ -52,8 +56,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     static let streamCeiling = 100
 
     init(key: PoolKey, transport: UpstreamConnection, worker: Worker, routeLabel: String, idleTimeout: TimeSpan,
-         settingsTimeout: TimeSpan) {
+         settingsTimeout: TimeSpan, pingInterval: TimeSpan? = nil, pingTimeout: TimeSpan = Timeouts.defaultH2PingTimeout) {
         self.idleTimeout = idleTimeout
+        liveness = H2Liveness(pingInterval: pingInterval?.milliseconds, pingTimeout: pingTimeout.milliseconds,
+                              idleTimeout: idleTimeout.milliseconds, now: monotonicMicros() / 1000)
         self.settingsTimeout = settingsTimeout
         self.key = key
         self.transport = transport
@@ -62,10 +68,12 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         super.init()
         transport.owner = self
         workTimer = makeTimer(base: worker.base)
+        livenessTimer = makeTimer(base: worker.base)
     }
 
     deinit {
         if let workTimer { event_free(workTimer) }
+        if let livenessTimer { event_free(livenessTimer) }
     }
 
     /// Streams open or about to open.
@@ -103,6 +111,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         stream.connection = self
         starting.append(stream)
         if isReady && settingsReceived { transport.setReadTimeout(nil) }
+        liveness.busy()
+        armLiveness()
         if let failure {
             stream.connectionFailed(failure)
             return
@@ -121,7 +131,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         }
         scheduleWork()
         closeIfDone()
-        if !closed && load == 0 && isReady && settingsReceived { transport.setReadTimeout(idleTimeout) }
+        if !closed && load == 0 {
+            liveness.idle(now: Self.now())
+            armLiveness()
+        }
         if hasCapacity { onCapacity?(self) }
     }
 
@@ -131,15 +144,87 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         _ = mtls_evtimer_add_ms(workTimer, 0)
     }
 
+    /// The work timer, or the liveness timer (both call here): work that is due runs, then a liveness deadline
+    /// that passed is acted on.
     override func timerFired() {
-        workScheduled = false
-        work()
+        if workScheduled {
+            workScheduled = false
+            if let workTimer { event_del(workTimer) }
+            work()
+        }
+        livenessDue()
+    }
+
+    static func now() -> Int { monotonicMicros() / 1000 }
+
+    /// Arms the liveness timer for the machine's next deadline (once the server's SETTINGS are in: until then the
+    /// wait for them is the transport's read timeout).
+    private func armLiveness() {
+        guard let livenessTimer, !closed else { return }
+        guard settingsReceived, let deadline = liveness.deadline else {
+            event_del(livenessTimer)
+            return
+        }
+        _ = mtls_evtimer_add_ms(livenessTimer, max(0, deadline - Self.now()))
+    }
+
+    private func livenessDue() {
+        guard !closed, settingsReceived, let deadline = liveness.deadline else { return }
+        let now = Self.now()
+        guard now >= deadline else { return armLiveness() }
+        switch liveness.timerFired(now: now) {
+        case .nothing:
+            armLiveness()
+        case .sendPing:
+            session?.ping()
+            flush()
+            armLiveness()
+        case .closeIdle:
+            close()
+        case .retire:
+            retireUnanswered()
+        }
+    }
+
+    /// The server did not answer a PING in time: the connection is taken out of the pool and closed; streams that
+    /// waited for the answer go to another connection (nothing of them was sent), any open one fails as on a
+    /// connection that went silent.
+    private func retireUnanswered() {
+        guard !closed else { return }
+        worker.metrics.countH2(.pingTimeouts, route: routeLabel)
+        worker.logger.warning("upstream \(key.host):\(key.port) (\(routeLabel)): the HTTP/2 connection did not answer a PING within \(liveness.pingTimeout) ms; connection closed, the next request opens another")
+        goingAway = true
+        let handler = onClose
+        onClose = nil
+        handler?(self)  // out of the pool first: the waiting streams must not come back here
+        let waiting = starting.filter { $0.streamID == 0 }
+        starting.removeAll { $0.streamID == 0 }
+        let replace = onOverflow
+        for stream in waiting {
+            stream.connection = nil
+            replace?(stream)
+        }
+        fail(.connection(.readTimeout), why: nil)
     }
 
     /// Moves what the streams' exchanges queued into the session, gives back the windows their clients freed,
     /// and writes the frames.
     private func work() {
         guard !closed, let session, settingsReceived else { return }
+        // A connection with no stream open checks that the server is there before one opens on it (docs/http2.md).
+        if streams.isEmpty && !starting.isEmpty {
+            switch liveness.admit(now: Self.now()) {
+            case .open: break
+            case .wait:
+                flush()
+                return
+            case .ping:
+                session.ping()
+                armLiveness()
+                flush()
+                return
+            }
+        }
         for stream in starting where stream.connection === self && streams.count < streamLimit {
             guard let id = stream.startIfHeadReady(on: session) else { continue }
             streams[id] = stream
@@ -246,6 +331,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func readFrames() {
         guard let session, !closed else { return }
         let input = transport.input
+        if evbuffer_get_length(input) > 0 {
+            liveness.heard(now: Self.now())
+            armLiveness()
+        }
         receiving = true
         var failed: H2SessionFailure?
         withExtendedLifetime(self) {
@@ -308,6 +397,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         closed = true
         goingAway = true
         if let workTimer { event_del(workTimer) }
+        if let livenessTimer { event_del(livenessTimer) }
         transport.owner = nil
         transport.close()
         let remaining = starting + Array(streams.values)
@@ -350,8 +440,14 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             let first = !settingsReceived
             settingsReceived = true
             rebalance()
-            // The wait for SETTINGS is over: the connection idles, or carries streams with their own timers.
-            if first && !closed { transport.setReadTimeout(load == 0 ? idleTimeout : nil) }
+            // The wait for SETTINGS is over: the connection idles (its liveness timer runs), or carries streams
+            // with their own timers.
+            if first && !closed {
+                transport.setReadTimeout(nil)
+                liveness.heard(now: Self.now())
+                if load == 0 { liveness.idle(now: Self.now()) } else { liveness.busy() }
+                armLiveness()
+            }
             if hasCapacity { onCapacity?(self) }
         }
     }
