@@ -299,7 +299,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             // retried go over HTTP/1.1; `protocol = "h2"`: the server must select h2, they are answered 502.
             if key.httpProtocol == .auto {
                 worker.h2Pool.learnHTTP11(key)
-                fail(.serverSpeaksHTTP11, why: nil)
+                handOverToHTTP11()
             } else {
                 fail(.alpnRefused(selected: transport.selectedApplicationProtocol), why: nil)
             }
@@ -321,6 +321,43 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         // The server's SETTINGS (its limits) often came with the end of the handshake: read them before the
         // first streams open.
         if evbuffer_get_length(transport.input) > 0 { readFrames() } else { work() }
+    }
+
+    /// `protocol = "auto"` and the server selected HTTP/1.1 (or nothing): nothing of the waiting exchanges went
+    /// out, so each goes over HTTP/1.1 as it stands, its queued request bytes with it: the first on this very TLS
+    /// connection, the others on HTTP/1.1 connections of their own (pooled or new). This connection is over.
+    private func handOverToHTTP11() {
+        let waiting = starting + Array(streams.values)
+        starting.removeAll()
+        streams.removeAll()
+        closed = true
+        goingAway = true
+        if let workTimer { event_del(workTimer) }
+        if let livenessTimer { event_del(livenessTimer) }
+        let handler = onClose
+        onClose = nil
+        onCapacity = nil
+        onOverflow = nil
+        handler?(self)
+        transport.owner = nil
+        var transportTaken = false
+        for stream in waiting {
+            stream.connection = nil
+            if !transportTaken, stream.handOver(to: transport) {
+                transportTaken = true
+                continue
+            }
+            guard let channel = worker.upstreamChannel(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
+                                                       allowPrivate: stream.allowPrivate) else {
+                stream.connectionFailed(.serverSpeaksHTTP11)
+                continue
+            }
+            if !stream.handOver(to: channel) {
+                channel.abort()
+                stream.connectionFailed(.serverSpeaksHTTP11)
+            }
+        }
+        if !transportTaken { transport.close() }
     }
 
     func upstreamReadable(_ channel: any UpstreamChannel) {

@@ -331,6 +331,20 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
         fail(.reset(errorCode == 0 ? 0x8 : errorCode))
     }
 
+    /// `protocol = "auto"` and the server selected HTTP/1.1 before anything of the exchange went out: the request
+    /// bytes queued here (head, and the body so far) move to `channel`, an HTTP/1.1 connection, which the exchange
+    /// takes in this stream's place. False when the stream has no exchange, ended, or already opened.
+    func handOver(to channel: any UpstreamChannel) -> Bool {
+        guard !finished, h2Failure == nil, streamID == 0, let owner else { return false }
+        evbuffer_add_buffer(channel.requestBuffer, output)
+        finished = true
+        self.owner = nil
+        if let timer { event_del(timer) }
+        connection = nil
+        owner.upstreamReplaced(self, by: channel)
+        return true
+    }
+
     /// Fails a stream that could not be placed; the failure reaches its owner from the loop once it has one.
     func refuse(_ failure: H2StreamFailure) {
         fail(failure)
