@@ -190,6 +190,13 @@ protocol = "auto"
 connect = "127.0.0.1:{ports['h11']}"
 
 [[route]]
+name = "autobig"
+host = "autobig.mygreatbank.test"
+identity = "us"
+protocol = "auto"
+connect = "127.0.0.1:{ports['h11']}"
+
+[[route]]
 name = "nginx"
 host = "nginx.mygreatbank.test"
 identity = "us"
@@ -279,6 +286,13 @@ class Pool(unittest.TestCase):
         r = s.get("http://held.mygreatbank.test/headers", timeout=6)
         self.assertEqual(r.status_code, 200, r.text[:300])
         self.assertNotEqual(r.json()["conn"], conn, "the request went to the mute connection")
+
+    def test_explain_shows_the_routes_ping_settings(self):
+        r = subprocess.run([harness.proxy_binary(), "explain", "--config", f"{ENV['dir']}/proxy.conf", "http://mute.mygreatbank.test/x"],
+                           capture_output=True, timeout=30)
+        out = r.stdout.decode()
+        self.assertEqual(r.returncode, 0, out + r.stderr.decode())
+        self.assertIn("an idle HTTP/2 connection silent 400ms is sent a PING; no answer within 400ms retires it", out)
 
     def test_a_server_that_answers_pings_keeps_its_connection(self):
         s = session()
@@ -390,6 +404,18 @@ class Pool(unittest.TestCase):
         for body, r in zip(bodies, results):
             self.assertEqual(r.status_code, 200, r.text[:300])
             self.assertIn(hashlib.sha256(body).hexdigest(), r.text)
+
+    def test_auto_first_request_a_4mib_chunked_upload_with_expect_100_continue(self):
+        # The body waits in the HTTP/2 stream (the client held back at the watermarks) until the server's choice
+        # of HTTP/1.1 is known, then all of it moves to the HTTP/1.1 connection.
+        upload = os.urandom(4 << 20)
+        path = f"{ENV['dir']}/auto-up.bin"
+        with open(path, "wb") as f:
+            f.write(upload)
+        c = subprocess.run(["curl", "-sS", "-x", ENV["url"], "-H", "Transfer-Encoding: chunked", "-H", "Expect: 100-continue",
+                            "--data-binary", f"@{path}", "http://autobig.mygreatbank.test/echo"],
+                           capture_output=True, env=harness.clean_env(), timeout=30)
+        self.assertIn(hashlib.sha256(upload).hexdigest(), c.stdout.decode(), (c.stdout.decode()[:300], c.stderr.decode()))
 
     # 6. nginx with http2 and ssl_verify_client on
 
