@@ -327,6 +327,15 @@ class Pool(unittest.TestCase):
         self.assertNotEqual(streams[0]["conn"], streams[1]["conn"], "the retry went to the connection that refused it")
         self.assertEqual(r.json()["conn"], streams[1]["conn"])
 
+    def test_a_stream_above_goaways_last_stream_is_retried_on_a_new_connection(self):
+        s = session()
+        s.get("http://refused.mygreatbank.test/_clear", timeout=10)
+        r = s.get("http://refused.mygreatbank.test/goaway-zero-always", timeout=10)
+        self.assertEqual(r.status_code, 502, r.text[:300])  # every connection says GOAWAY 0: tried twice, then 502
+        streams = [e for e in server_log() if e["event"] == "stream" and e["path"] == "/goaway-zero-always"]
+        self.assertEqual(len(streams), 2, streams)
+        self.assertNotEqual(streams[0]["conn"], streams[1]["conn"], "the retry went to the connection that said GOAWAY")
+
     # 4. metrics of a stream count for its own route
 
     def test_stream_metrics_count_for_the_streams_own_route(self):
