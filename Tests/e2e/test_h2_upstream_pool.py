@@ -5,7 +5,7 @@ PING liveness of idle connections (a server that goes mute is retired, one that 
 a refused stream retried on another connection, the metrics of a stream counted for its own route, the bounded
 queue's 503, nginx with `http2` and `ssl_verify_client on` (GET, POST, 4 MiB upload, 8 MiB download by SHA-256,
 a wrong identity refused) and `git clone` through an `h2` route."""
-import concurrent.futures, hashlib, json, os, shutil, subprocess, sys, time, unittest, urllib.request
+import concurrent.futures, hashlib, json, os, shutil, ssl, subprocess, sys, threading, time, unittest, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -55,6 +55,37 @@ http {{
 """
 
 
+class ALPNSwitch(harness.TLSUpstream):
+    """An HTTP/1.1 server (client certificate required) that selects http/1.1 in ALPN on its first connection and
+    would select h2 on later ones if offered (a rolling upgrade behind one address). It answers every request
+    with the ALPN protocol selected on that connection, then closes it."""
+
+    def __init__(self, pki):
+        super().__init__(pki)
+        self.later = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.later.load_cert_chain(f"{pki}/server.pem", f"{pki}/server.key")
+        self.later.load_verify_locations(f"{pki}/ca.pem")
+        self.later.verify_mode = ssl.CERT_REQUIRED
+        self.later.set_alpn_protocols(["h2", "http/1.1"])
+        self.ctx.set_alpn_protocols(["http/1.1"])
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def handle(self, raw):
+        with self.lock:
+            self.count += 1
+            if self.count == 2:
+                self.ctx = self.later
+        super().handle(raw)
+
+    def serve(self, conn):
+        head, _ = harness.read_head(conn)
+        if head is None:
+            return
+        body = f"{conn.selected_alpn_protocol()}\n".encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+
 def setUpModule():
     if not HAVE_H2:
         return
@@ -71,6 +102,7 @@ def setUpModule():
                         stdout=subprocess.DEVNULL, stderr=open(f"{d}/{name}.log", "w"))
             harness.wait_for_port(ports[name])
         harness.start_python_upstream(procs, pki, ports["h11"], ca="ca", require=True)
+        switch = ALPNSwitch(pki)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "www/dav"):
             os.makedirs(f"{d}/{sub}", exist_ok=True)
         with open(f"{d}/www/download.bin", "wb") as f:
@@ -195,6 +227,13 @@ host = "autobig.mygreatbank.test"
 identity = "us"
 protocol = "auto"
 connect = "127.0.0.1:{ports['h11']}"
+
+[[route]]
+name = "autoswitch"
+host = "autoswitch.mygreatbank.test"
+identity = "us"
+protocol = "auto"
+connect = "127.0.0.1:{switch.port}"
 
 [[route]]
 name = "nginx"
@@ -405,6 +444,16 @@ class Pool(unittest.TestCase):
         self.assertEqual(r.status_code, 200, r.text[:300])
         self.assertIn("fusion-us", r.text)
         self.assertEqual(opened_upstreams() - opened, 1, "the request needed a second connection")
+
+    def test_auto_once_known_as_http11_offers_only_http11(self):
+        # Later connections to a server known to speak HTTP/1.1 carry HTTP/1.1: they must not offer h2, or a server
+        # that starts selecting it (a rolling upgrade) would get HTTP/1.1 bytes on an HTTP/2 connection.
+        s = session()
+        first = s.get("http://autoswitch.mygreatbank.test/1", timeout=10)
+        self.assertEqual((first.status_code, first.text), (200, "http/1.1\n"))
+        for i in range(2):
+            r = s.get(f"http://autoswitch.mygreatbank.test/{i + 2}", timeout=10)
+            self.assertEqual((r.status_code, r.text), (200, "http/1.1\n"), "the proxy offered h2 on an HTTP/1.1 connection")
 
     def test_auto_many_first_requests_at_once_all_go_over_http11(self):
         bodies = [os.urandom(50_000 + i) for i in range(6)]
