@@ -76,6 +76,9 @@ struct H2Liveness: Equatable {
         return .open
     }
 
+    /// Whether the connection carries no stream.
+    var isIdle: Bool { idleSince != nil }
+
     /// Whether a PING is out and not answered.
     var awaitingAnswer: Bool { pingSentAt != nil }
 

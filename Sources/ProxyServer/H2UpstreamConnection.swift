@@ -111,8 +111,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         stream.connection = self
         starting.append(stream)
         if isReady && settingsReceived { transport.setReadTimeout(nil) }
-        liveness.busy()
-        armLiveness()
+        if liveness.isIdle {
+            liveness.busy()
+            armLiveness()
+        }
         if let failure {
             stream.connectionFailed(failure)
             return
