@@ -95,9 +95,10 @@ def setUpModule():
     proxy_port, admin_port = harness.free_port(), harness.free_port()
     ports = dict(main=harness.free_port(), one=harness.free_port(), h11=harness.free_port(), nginx=harness.free_port())
     try:
+        os.makedirs(f"{d}/gitroot", exist_ok=True)
         for name, streams in (("main", 100), ("one", 1)):
             procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(ports[name]),
-                         "--max-streams", str(streams),
+                         "--max-streams", str(streams), "--git-root", f"{d}/gitroot",
                          "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
                         stdout=subprocess.DEVNULL, stderr=open(f"{d}/{name}.log", "w"))
             harness.wait_for_port(ports[name])
@@ -234,6 +235,13 @@ host = "autoswitch.mygreatbank.test"
 identity = "us"
 protocol = "auto"
 connect = "127.0.0.1:{switch.port}"
+
+[[route]]
+name = "git"
+host = "git.mygreatbank.test"
+identity = "us"
+protocol = "h2"
+connect = "127.0.0.1:{ports['main']}"
 
 [[route]]
 name = "nginx"
@@ -547,6 +555,41 @@ class Pool(unittest.TestCase):
         # And with http.proxy in git's config.
         git("-c", f"http.proxy={ENV['url']}", "clone", "-q", "http://nginx.mygreatbank.test/repo.git", f"{d}/git-clone2")
         self.assertEqual(git("rev-parse", "HEAD", cwd=f"{d}/git-clone2"), head)
+
+    def test_git_smart_http_clone_and_push_through_an_h2_route(self):
+        # git's own protocol (smart HTTP: git http-backend behind an HTTP/2 server that verifies the client
+        # certificate): POSTs with request bodies both ways, as git servers speak it.
+        if not shutil.which("git"):
+            self.skipTest("git not installed (scripts/lib/deps.sh)")
+        d = ENV["dir"]
+        env = harness.clean_env(GIT_CONFIG_NOSYSTEM="1", HOME=d, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+                                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com", http_proxy=ENV["url"])
+
+        def git(*args, cwd=None):
+            r = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, timeout=60)
+            self.assertEqual(r.returncode, 0, (args, r.stderr.decode()[-2000:]))
+            return r.stdout.decode().strip()
+        src = f"{d}/smart-src"
+        git("init", "-q", "-b", "main", src)
+        with open(f"{src}/big.bin", "wb") as f:
+            f.write(os.urandom(2 << 20))  # a pack larger than git's 1 MiB post buffer: a chunked upload
+        git("add", ".", cwd=src)
+        git("commit", "-q", "-m", "first", cwd=src)
+        git("clone", "-q", "--bare", src, f"{d}/gitroot/smart.git")
+        git("config", "http.receivepack", "true", cwd=f"{d}/gitroot/smart.git")
+        clone = f"{d}/smart-clone"
+        git("clone", "-q", "http://git.mygreatbank.test/git/smart.git", clone)
+        self.assertEqual(git("rev-parse", "HEAD", cwd=clone), git("rev-parse", "HEAD", cwd=src))
+        with open(f"{clone}/more.bin", "wb") as f:
+            f.write(os.urandom(2 << 20))
+        git("add", ".", cwd=clone)
+        git("commit", "-q", "-m", "second", cwd=clone)
+        git("push", "-q", "origin", "main", cwd=clone)
+        self.assertEqual(git("rev-parse", "main", cwd=f"{d}/gitroot/smart.git"), git("rev-parse", "HEAD", cwd=clone))
+        git("fsck", "--strict", cwd=f"{d}/gitroot/smart.git")
+        paths = {e["path"] for e in server_log() if e["event"] == "stream"}
+        self.assertIn("/git/smart.git/git-upload-pack", paths)  # the smart protocol's POSTs, as HTTP/2 streams
+        self.assertIn("/git/smart.git/git-receive-pack", paths)
 
     def test_zz_no_sanitizer_report(self):
         log = harness.read(f"{ENV['dir']}/proxy.log")
