@@ -341,6 +341,21 @@ class Pool(unittest.TestCase):
         self.assertEqual(r.returncode, 0, out + r.stderr.decode())
         self.assertIn("an idle HTTP/2 connection silent 400ms is sent a PING; no answer within 400ms retires it", out)
 
+    def test_a_client_leaving_while_its_request_waits_for_a_ping_answer_leaves_nothing_behind(self):
+        import socket
+        s = session()
+        muted = s.get("http://held.mygreatbank.test/mute", timeout=10)
+        self.assertEqual(muted.status_code, 200, muted.text[:200])
+        time.sleep(1.3)  # the PING is out (at 1 s), unanswered until 2.5 s
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", ENV["port"]), timeout=5) as c:
+                c.sendall(b"GET http://held.mygreatbank.test/headers HTTP/1.1\r\nHost: held.mygreatbank.test\r\n\r\n")
+                time.sleep(0.05)
+        time.sleep(1.5)  # past the retirement
+        r = s.get("http://held.mygreatbank.test/headers", timeout=6)
+        self.assertEqual(r.status_code, 200, r.text[:300])
+        self.assertNotEqual(r.json()["conn"], muted.json()["conn"])
+
     def test_a_server_that_answers_pings_keeps_its_connection(self):
         s = session()
         first = s.get("http://alive.mygreatbank.test/headers", timeout=10)
