@@ -70,7 +70,9 @@ extension ClientConnection {
     }
 
     func dialTunnel(host: String, port: Int, match: RouteMatch) {
-        client.disableRead()
+        // The client stays read while the tunnel is dialled: its EOF or reset ends the dial at once (the machine
+        // aborts, and the teardown cancels the dialler), and bytes it sends before the 200 wait in the input for
+        // the relay (`clientReadable` leaves them there).
         let dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
                                   timeout: match.timeouts.connect, egress: match.egress) {
             [unowned self] outcome in

@@ -65,7 +65,7 @@ protocol TunnelResources {
 ///       (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
 /// ```
 /// In `dialling` and `awaitingTunnelBytes` the client's EOF or error (and client_timeout, once a tunnel is
-/// opened) returns `.abort`, and `aborted()` hands the resource back as it closes the machine; in `relaying` the
+/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it closes the machine; in `relaying` the
 /// relay hears the client itself.
 struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
     enum State {
@@ -296,7 +296,11 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
             return .abort(reset: false)
         case .awaitingTunnelBytes:
             return .abort(reset: false)  // the state keeps its resource for `aborted()`
-        case .closing(.flushing), .dialling, .relaying, .closed:
+        case .dialling:
+            // client_timeout does not apply while the tunnel is dialled (connect_timeout does), but the client is
+            // read on, so that its departure ends the dial.
+            return .resumeReading
+        case .closing(.flushing), .relaying, .closed:
             return .none
         }
     }

@@ -87,7 +87,7 @@ import Testing
     @Test(arguments: [
         (Phase.idle, Action.abort(reset: false)), (.partialHead, .answerRequestTimeout(.head)),
         (.bodyDue, .answerRequestTimeout(.body)), (.responseOwed, .resumeReading), (.responseFlowing, .resumeReading),
-        (.bodyDueAfterResponse, .abort(reset: true)), (.dialling, .none), (.awaitingTunnelBytes, .abort(reset: false)),
+        (.bodyDueAfterResponse, .abort(reset: true)), (.dialling, .resumeReading), (.awaitingTunnelBytes, .abort(reset: false)),
         (.relaying, .none), (.flushing, .none), (.lingering, .abort(reset: false)),
     ])
     func theClientsTimeout(_ phase: Phase, _ expected: Action) {
