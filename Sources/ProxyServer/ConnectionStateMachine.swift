@@ -239,6 +239,10 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
             return .abort(reset: false)
         case .exchanging(var flow):
             if progress.requestComplete {
+                // A half-close (RFC 9112 §9.6): the response is still owed. A client that went away entirely
+                // sends the same FIN, so it is found out only when the response is written to it (a reset);
+                // while the upstream connects (or its handshake waits for a token signature) there is nothing to
+                // write yet. A client's reset is an error (`clientError`) and ends the exchange at once.
                 flow.clientHalfClosed = true
                 flow.keepAlive = false
                 state = .exchanging(flow)
