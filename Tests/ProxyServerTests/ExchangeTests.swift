@@ -332,8 +332,8 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
 
 /// A 101 hand-over that cannot happen, without sockets: what the exchange and the connection's machine tell the
 /// shell to do, and that the upstream connection whose hand-over failed is closed and leaves the worker's
-/// registry (a worker with its event base, never run, and an upstream connection never started: no connection is
-/// made). `test_socket_io_attacks.AFailedHandOverAfter101` checks the whole of it with real sockets.
+/// registry (a worker with its event base, never run, and an upstream connection never started: nothing is dialled
+/// and no packet is sent; the worker's resolver, pointed at 127.0.0.1, is never asked). `test_socket_io_attacks.AFailedHandOverAfter101` checks the whole of it with real sockets.
 @Suite struct AFailedHandOverTests {
 
     static func exchanging() -> Machine {
