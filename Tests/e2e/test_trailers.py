@@ -329,6 +329,13 @@ class HTTP2Upstream(unittest.TestCase):
         self.assertEqual(echo["trailers"], [["x-request-checksum", "123"], ["x-ok", "1"]])
         self.assertEqual(r["trailers"], ["grpc-status: 0", "x-echoed: 2"])
 
+    def test_fields_that_must_not_be_trailers_are_dropped_from_the_response(self):
+        # docs/trailers.md: the same fields are dropped both ways, whichever protocol the upstream speaks.
+        r = send(get(self.host, b"/framing-trailers"))
+        self.assertFalse(r["truncated"], r)
+        self.assertEqual(r["body"], b"hello")
+        self.assertEqual(r["trailers"], ["x-fine: 1"])
+
     def test_a_large_chunked_upload_then_its_trailers(self):
         body = bytes(range(256)) * 4096  # 1 MiB, sent as one chunk the proxy re-frames as DATA frames
         r = send(post(self.host, b"/echo-trailers", [b"x-sha: 1"], body=body), timeout=20)
