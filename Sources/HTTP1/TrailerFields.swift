@@ -36,6 +36,23 @@ public enum TrailerFields {
         }
     }
 
+    /// The options a head's `Connection` fields list, lowercased, for `isNamed(_:by:)`: a field they name is
+    /// removed from the trailer section as from the head (RFC 9110 §7.6.1). Empty, without allocating, for a head
+    /// without `Connection`.
+    public static func connectionOptions(_ headers: HTTPHeaders) -> [[UInt8]] {
+        guard headers.contains(static: "Connection") else { return [] }
+        return headers.listElements("Connection").map { Array($0.lowercased().utf8) }
+    }
+
+    /// Whether `name` is one of `options` (lowercased, from `connectionOptions`), case-insensitively.
+    @inline(__always)
+    public static func isNamed(_ name: UnsafeBufferPointer<UInt8>, by options: [[UInt8]]) -> Bool {
+        for option in options where option.count == name.count {
+            if option.withUnsafeBufferPointer({ bytesEqualIgnoringASCIICase(name, $0) }) { return true }
+        }
+        return false
+    }
+
     public static func isDropped(_ name: String) -> Bool {
         var name = name
         return name.withUTF8 { isDropped($0) }
