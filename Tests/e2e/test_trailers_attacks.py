@@ -13,6 +13,7 @@ from test_trailers import read_chunked  # noqa: E402
 ENV = {}
 SECRET = "s3cr3t-attack-value"
 HOST = b"h1.mygreatbank.test"
+NGINX = b"api.mygreatbank.test"  # nginx, ssl_verify_client on
 
 
 class HostileUpstream(fixture.RequestUpstream):
@@ -105,9 +106,11 @@ class HostileUpstream(fixture.RequestUpstream):
 
 
 def setUpModule():
-    with fixture.Fixture("mtls-proxy-trailer-attacks-", ports=("proxy", "impatient")) as fx:
+    with fixture.Fixture("mtls-proxy-trailer-attacks-", ports=("proxy", "impatient", "nginx_mtls", "nginx_tls")) as fx:
         up = fx.server(HostileUpstream(fx.pki))
+        fx.nginx()
         routes = fixture.route(HOST.decode(), identity="us", connect=up.port)
+        routes += fixture.route(NGINX.decode(), identity="us", connect=fx.ports["nginx_mtls"])
         fx.proxy("proxy", fixture.proxy_section(fx.ports["proxy"]) + harness.US_IDENTITY + routes)
         fx.proxy("impatient", fixture.proxy_section(fx.ports["impatient"], client_timeout="1s") + harness.US_IDENTITY + routes)
     ENV.update(fx.env())
@@ -233,6 +236,29 @@ class RequestSmuggling(unittest.TestCase):
             self.assertEqual((body, trailers), (b"hello", [b"x-checksum: abc"]))
         finally:
             s.close()
+
+
+class NginxReadsWhatTheProxyWrites(unittest.TestCase):
+    """nginx (ssl_verify_client on) reads each request's chunked body and trailer section to its end (it discards
+    the body of a `return`) before the next request on the same upstream connection: a trailer section that nginx
+    framed otherwise than the proxy would show as a broken or missing second answer, or in nginx's error log."""
+
+    def test_requests_with_trailer_sections_then_requests_on_the_same_connections(self):
+        sections = [b"x-a: 1\r\n\r\n", b"x-digest: " + b"d" * 6000 + b"\r\ngrpc-timeout: 1S\r\n\r\n",
+                    b"Content-Length: 0\r\nHost: evil\r\nX-Hop: 1\r\n\r\n", b"\r\n", b"x-empty:\r\nx-tab:\tv\t\r\n\r\n"]
+        s = connect()
+        try:
+            for section in sections:
+                for request in [post(section).replace(HOST, NGINX).replace(b"Transfer-Encoding: chunked\r\n",
+                                                                           b"Transfer-Encoding: chunked\r\nConnection: X-Hop\r\n"),
+                                b"GET http://" + NGINX + b"/ HTTP/1.1\r\nHost: " + NGINX + b"\r\n\r\n"]:
+                    s.sendall(request)
+                    head, body = harness.read_response(s)
+                    self.assertIn(b" 200 ", head, section)
+                    self.assertTrue(body.startswith(b"hello "), body)
+        finally:
+            s.close()
+        self.assertNotIn("chunked", harness.read(f"{ENV['dir']}/nginx-error.log"))
 
 
 class HostileResponses(unittest.TestCase):
