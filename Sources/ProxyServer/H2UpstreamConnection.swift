@@ -19,6 +19,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var streams: [Int32: H2UpstreamStream] = [:]
     /// Streams attached before the session was up, or whose request head has not arrived yet.
     private var starting: [H2UpstreamStream] = []
+    /// The head and header list a starting stream's request is translated in, reused.
+    private var requestScratch = H2RequestScratch()
     /// Runs `work()` once the current callback has returned: streams' request bytes, window updates, output.
     private var workTimer: OpaquePointer?
     private var workScheduled = false
@@ -139,14 +141,15 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func work() {
         guard !closed, let session, settingsReceived else { return }
         for stream in starting where stream.connection === self && streams.count < streamLimit {
-            guard let id = stream.startIfHeadReady(on: session) else { continue }
+            guard let id = stream.startIfHeadReady(on: session, scratch: &requestScratch) else { continue }
             streams[id] = stream
             streamsOpened += 1
             worker.metrics.countH2(.streams, route: routeLabel)
         }
         starting.removeAll { $0.streamID > 0 || $0.connection !== self }
-        for stream in Array(streams.values) { stream.pumpRequest(session) }
-        for stream in Array(streams.values) { stream.giveBackWindow(session) }
+        // Over the dictionary as it is now: a stream that ends meanwhile changes a copy, not this walk.
+        for stream in streams.values { stream.pumpRequest(session) }
+        for stream in streams.values { stream.giveBackWindow(session) }
         flush()
     }
 
