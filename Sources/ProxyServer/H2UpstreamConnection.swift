@@ -26,6 +26,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var workScheduled = false
     /// Inside `session.receive`: output is flushed after it.
     private var receiving = false
+    /// Streams whose exchange ended inside `session.receive` before their END_STREAM was seen: reset after it,
+    /// if still open then. An exchange usually ends on the last DATA of its response, a moment before nghttp2
+    /// reports the END_STREAM that came in the same frame; cancelling it then would reset every complete stream.
+    private var cancelAfterReceive: [Int32] = []
     /// GOAWAY received (or sent): no new streams.
     private(set) var goingAway = false
     private(set) var closed = false
@@ -116,7 +120,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     func detach(_ stream: H2UpstreamStream) {
         starting.removeAll { $0 === stream }
         if stream.streamID > 0, streams[stream.streamID] === stream {
-            if !stream.ended { session?.reset(stream.streamID, errorCode: 0x8) }  // CANCEL
+            if !stream.ended {
+                if receiving { cancelAfterReceive.append(stream.streamID) } else { session?.reset(stream.streamID, errorCode: 0x8) }  // CANCEL
+            }
             streams[stream.streamID] = nil
         }
         scheduleWork()
@@ -265,6 +271,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             }
         }
         receiving = false
+        // Those the server did not end meanwhile are cancelled (`reset` leaves closed streams alone).
+        for id in cancelAfterReceive { session.reset(id, errorCode: 0x8) }
+        cancelAfterReceive.removeAll(keepingCapacity: true)
         if let failed {
             // Whatever nghttp2 queued (GOAWAY with the error) goes out before the close.
             try? session.send { bytes in _ = evbuffer_add(self.transport.output, bytes.baseAddress, bytes.count) }
