@@ -62,6 +62,8 @@ public struct H2SessionFailure: Error, Equatable, Sendable, CustomStringConverti
 /// connection's window as soon as they arrive.
 public final class H2ClientSession {
     private var session: OpaquePointer?
+    /// nghttp2's memory for this session (freed after it: `deinit` deletes the session first).
+    private let blocks = H2BlockCache()
     public unowned(unsafe) var delegate: H2ClientSessionDelegate?
     public let limits: H2SessionLimits
 
@@ -124,7 +126,8 @@ public final class H2ClientSession {
         nghttp2_option_set_max_send_header_block_length(option, 2 << 20)
 
         var made: OpaquePointer?
-        let rc = nghttp2_session_client_new2(&made, callbacks, nil, option)
+        var mem = blocks.mem
+        let rc = nghttp2_session_client_new3(&made, callbacks, nil, option, &mem)
         guard rc == 0, let made else { throw H2SessionFailure(code: rc, message: Self.text(rc)) }
         session = made
         nghttp2_session_set_user_data(made, Unmanaged.passUnretained(self).toOpaque())

@@ -19,8 +19,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var streams: [Int32: H2UpstreamStream] = [:]
     /// Streams attached before the session was up, or whose request head has not arrived yet.
     private var starting: [H2UpstreamStream] = []
-    /// The head and header list a starting stream's request is translated in, reused.
-    private var requestScratch = H2RequestScratch()
+    /// The buffers heads are translated in, reused (lent out by `withScratch`).
+    private var scratch = H2TranslationScratch()
     /// Runs `work()` once the current callback has returned: streams' request bytes, window updates, output.
     private var workTimer: OpaquePointer?
     private var workScheduled = false
@@ -131,6 +131,15 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         if hasCapacity { onCapacity?(self) }
     }
 
+    /// Lends the translation buffers to `body`: moved out of the connection for the call, so that a call that
+    /// comes back here meanwhile (an exchange ending inside it) finds empty ones rather than overlapping access.
+    private func withScratch<R>(_ body: (inout H2TranslationScratch) -> R) -> R {
+        var lent = H2TranslationScratch()
+        swap(&lent, &scratch)
+        defer { swap(&lent, &scratch) }
+        return body(&lent)
+    }
+
     func scheduleWork() {
         guard !workScheduled, !closed, let workTimer else { return }
         workScheduled = true
@@ -147,7 +156,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func work() {
         guard !closed, let session, settingsReceived else { return }
         for stream in starting where stream.connection === self && streams.count < streamLimit {
-            guard let id = stream.startIfHeadReady(on: session, scratch: &requestScratch) else { continue }
+            guard let id = withScratch({ stream.startIfHeadReady(on: session, scratch: &$0) }) else { continue }
             streams[id] = stream
             streamsOpened += 1
             worker.metrics.countH2(.streams, route: routeLabel)
@@ -336,9 +345,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     func h2Event(_ event: H2Event) {
         switch event {
         case .informational(let id, let fields):
-            if let stream = streams[id] { withExtendedLifetime(stream) { stream.informational(fields) } }
+            if let stream = streams[id] { withExtendedLifetime(stream) { withScratch { stream.informational(fields, scratch: &$0) } } }
         case .response(let id, let fields, let endStream):
-            if let stream = streams[id] { withExtendedLifetime(stream) { stream.response(fields, endStream: endStream) } }
+            if let stream = streams[id] { withExtendedLifetime(stream) { withScratch { stream.response(fields, endStream: endStream, scratch: &$0) } } }
         case .data(let id, let bytes):
             if let stream = streams[id] { withExtendedLifetime(stream) { stream.data(bytes) } }
         case .trailers(let id, let fields):

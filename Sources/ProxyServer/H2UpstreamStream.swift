@@ -92,7 +92,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     private var timer: OpaquePointer?
     private var timeoutMillis = 0
     private(set) var finished = false
-    /// The HTTP/1.1 bytes of one head or chunk line, reused.
+    /// The HTTP/1.1 bytes of a chunk line or the last chunk, reused (heads are written in the connection's buffer).
     private var scratch: [UInt8] = []
 
     /// Request body bytes the session may hold for a stream before the exchange is held back.
@@ -170,7 +170,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     /// Opens the stream once the request head is in `output`; the id, or nil while it is not.
     /// The head is parsed into the connection's reused head and translated into its reused header list (the
     /// request's bytes, lowercased names, no String per field), then both are emptied, their bytes zeroed.
-    func startIfHeadReady(on session: H2ClientSession, scratch: inout H2RequestScratch) -> Int32? {
+    func startIfHeadReady(on session: H2ClientSession, scratch: inout H2TranslationScratch) -> Int32? {
         guard streamID == 0, !finished else { return nil }
         let length = evbuffer_get_length(output)
         guard length > 0, let p = evbuffer_pullup(output, length) else { return nil }
@@ -262,7 +262,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     static let maxInterimResponses = 16
     private var interimResponses = 0
 
-    func informational(_ fields: H2HeaderList) {
+    func informational(_ fields: H2HeaderList, scratch: inout H2TranslationScratch) {
         interimResponses += 1
         guard interimResponses <= Self.maxInterimResponses else {
             connection?.session?.reset(streamID, errorCode: 0xb)  // ENHANCE_YOUR_CALM
@@ -270,19 +270,19 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             fail(.protocolError("the upstream sent more than \(Self.maxInterimResponses) interim (1xx) responses"))
             return
         }
-        scratch.removeAll(keepingCapacity: true)
-        guard (try? MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: false, into: &scratch)) != nil else { return }
-        scratch.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
+        defer { scratch.responseHead.removeAllZeroing() }
+        guard (try? MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: false, into: &scratch.responseHead)) != nil else { return }
+        scratch.responseHead.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
         armTimer()
         notifyReadable()
     }
 
-    func response(_ fields: H2HeaderList, endStream: Bool) {
+    func response(_ fields: H2HeaderList, endStream: Bool, scratch: inout H2TranslationScratch) {
+        defer { scratch.responseHead.removeAllZeroing() }
         do {
-            scratch.removeAll(keepingCapacity: true)
-            framing = try MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: endStream, into: &scratch)
+            framing = try MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: endStream, into: &scratch.responseHead)
             responseHeadSeen = true
-            scratch.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
+            scratch.responseHead.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
             armTimer()
             notifyReadable()
         } catch {
@@ -476,13 +476,15 @@ extension H2UpstreamStream {
     }
 }
 
-/// What a connection lends the stream whose request head it translates (one at a time): the parsed head and the
-/// header list, refilled for each request, so that a warm connection translates heads without allocating.
-struct H2RequestScratch {
+/// What a connection lends the stream whose head it translates (one at a time): the parsed request head and its
+/// header list, and the HTTP/1.1 bytes of a response head, refilled for each, so that a warm connection
+/// translates heads without allocating.
+struct H2TranslationScratch {
     var head = RequestHead()
     var list = H2HeaderList()
+    var responseHead: [UInt8] = []
 
-    /// Empties both, their bytes overwritten with zeros (the next head may be another client's).
+    /// Empties the request's, their bytes overwritten with zeros (the next head may be another client's).
     mutating func clear() {
         head.clearKeepingCapacity()
         list.removeAll()
