@@ -15,21 +15,23 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     let transport: UpstreamConnection
     unowned(unsafe) let worker: Worker
     private(set) var session: H2ClientSession?
+    // `@exclusivity(unchecked)` on what every request reaches: only the worker's thread touches it, never during
+    // another access to it (the translation buffers are lent by moving them out, see `withScratch`).
     /// Streams opened on the session, by id.
-    private var streams: [Int32: H2UpstreamStream] = [:]
+    @exclusivity(unchecked) private var streams: [Int32: H2UpstreamStream] = [:]
     /// Streams attached before the session was up, or whose request head has not arrived yet.
-    private var starting: [H2UpstreamStream] = []
+    @exclusivity(unchecked) private var starting: [H2UpstreamStream] = []
     /// The buffers heads are translated in, reused (lent out by `withScratch`).
-    private var scratch = H2TranslationScratch()
+    @exclusivity(unchecked) private var scratch = H2TranslationScratch()
     /// Runs `work()` once the current callback has returned: streams' request bytes, window updates, output.
     private var workTimer: OpaquePointer?
-    private var workScheduled = false
+    @exclusivity(unchecked) private var workScheduled = false
     /// Inside `session.receive`: output is flushed after it.
-    private var receiving = false
+    @exclusivity(unchecked) private var receiving = false
     /// Streams whose exchange ended inside `session.receive` before their END_STREAM was seen: reset after it,
     /// if still open then. An exchange usually ends on the last DATA of its response, a moment before nghttp2
     /// reports the END_STREAM that came in the same frame; cancelling it then would reset every complete stream.
-    private var cancelAfterReceive: [Int32] = []
+    @exclusivity(unchecked) private var cancelAfterReceive: [Int32] = []
     /// GOAWAY received (or sent): no new streams.
     private(set) var goingAway = false
     private(set) var closed = false
