@@ -52,6 +52,7 @@ final class H2BlockCache {
     }
 
     func allocate(_ size: Int) -> UnsafeMutableRawPointer? {
+        guard size >= 0, size <= Int.max - Self.headerBytes else { return nil }
         let k = Self.sizeClass(size)
         let block: UnsafeMutableRawPointer
         if k != Self.large, let cached = lists[k] {

@@ -31,6 +31,7 @@ import Testing
         #expect((0..<900).allSatisfy { zeroed.load(fromByteOffset: $0, as: UInt8.self) == 0 })
         cache.release(zeroed)
         #expect(cache.allocateZeroed(Int.max, 2) == nil)
+        #expect(cache.allocate(Int.max - 8) == nil)  // nothing that cannot hold its header
     }
 
     @Test func theCacheIsBounded() throws {
