@@ -93,6 +93,9 @@ public final class H2ClientSession {
     @exclusivity(unchecked) private var incomingStream: Int32 = 0
     @exclusivity(unchecked) private var incoming = H2HeaderList()
     @exclusivity(unchecked) private var incomingBytes = 0
+    /// What the reused buffers may keep between heads; a larger head's buffers are dropped after it (as the
+    /// exchange store does with an exchange's head buffers).
+    static let keptBufferBytes = 32 * 1024
     /// The name-value pairs of the request being submitted, reused.
     @exclusivity(unchecked) private var nameValues: [nghttp2_nv] = []
     /// The error code of the GOAWAY this side sent, when nghttp2 ended the session for a fault of the server
@@ -272,6 +275,9 @@ public final class H2ClientSession {
                                                  namelen: Int(s.valueStart - s.nameStart), valuelen: Int(s.valueEnd - s.valueStart),
                                                  flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
                 }
+                defer {
+                    if nameValues.capacity * MemoryLayout<nghttp2_nv>.stride > Self.keptBufferBytes { nameValues = [] }
+                }
                 return nameValues.withUnsafeBufferPointer { body($0) }
             }
         }
@@ -375,7 +381,7 @@ public final class H2ClientSession {
                 streams[hd.stream_id] = state
                 delegate?.h2Event(.response(stream: hd.stream_id, fields: incoming, endStream: endStream))
             }
-            incoming.removeAll()
+            incoming.removeAll(keepingAtMost: Self.keptBufferBytes)
             if endStream { delegate?.h2Event(.responseEnded(stream: hd.stream_id)) }
         case Int(NGHTTP2_DATA.rawValue):
             if endStream { delegate?.h2Event(.responseEnded(stream: hd.stream_id)) }

@@ -30,6 +30,16 @@ public struct H2HeaderList: Sendable, Equatable {
         spans.removeAll(keepingCapacity: true)
     }
 
+    /// Empties the list as `removeAll` does; its buffers are dropped rather than kept when they hold room for more
+    /// than `limit` bytes (one large head must not make a connection hold that much for the rest of its life).
+    public mutating func removeAll(keepingAtMost limit: Int) {
+        removeAll()
+        if bufferCapacity > limit { self = H2HeaderList() }
+    }
+
+    /// The bytes its buffers hold room for (kept across refills).
+    public var bufferCapacity: Int { bytes.capacity + spans.capacity * MemoryLayout<Span>.stride }
+
     /// Appends a field from bytes, as they are.
     public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         let nameStart = UInt32(bytes.count)

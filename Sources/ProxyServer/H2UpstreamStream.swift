@@ -273,7 +273,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             fail(.protocolError("the upstream sent more than \(Self.maxInterimResponses) interim (1xx) responses"))
             return
         }
-        defer { scratch.responseHead.removeAllZeroing() }
+        defer { scratch.clearResponseHead() }
         guard (try? MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: false, into: &scratch.responseHead)) != nil else { return }
         scratch.responseHead.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
         armTimer()
@@ -281,7 +281,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     }
 
     func response(_ fields: H2HeaderList, endStream: Bool, scratch: inout H2TranslationScratch) {
-        defer { scratch.responseHead.removeAllZeroing() }
+        defer { scratch.clearResponseHead() }
         do {
             framing = try MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: endStream, into: &scratch.responseHead)
             responseHeadSeen = true
@@ -501,10 +501,21 @@ struct H2TranslationScratch {
     var list = H2HeaderList()
     var responseHead: [UInt8] = []
 
+    /// What the buffers may keep between heads; those of a larger head are dropped after it (as the exchange store
+    /// does with an exchange's head buffers), so one large head does not stay with the connection.
+    static let keptBytes = 32 * 1024
+
     /// Empties the request's, their bytes overwritten with zeros (the next head may be another client's).
     mutating func clear() {
         head.clearKeepingCapacity()
-        list.removeAll()
+        if head.headers.bufferCapacity > Self.keptBytes { head = RequestHead() }
+        list.removeAll(keepingAtMost: Self.keptBytes)
+    }
+
+    /// Empties the response head's bytes, zeroed, the same way.
+    mutating func clearResponseHead() {
+        responseHead.removeAllZeroing()
+        if responseHead.capacity > Self.keptBytes { responseHead = [] }
     }
 }
 

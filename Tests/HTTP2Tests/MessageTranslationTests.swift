@@ -193,6 +193,18 @@ import HTTP1
         #expect(list.fields.map(\.name) == [":method", ":scheme", ":authority", ":path"])
     }
 
+    @Test func aLargeListsBuffersAreNotKept() {
+        var list = H2HeaderList()
+        list.append("x-big", String(repeating: "v", count: 100_000))
+        list.removeAll(keepingAtMost: 32 * 1024)
+        #expect(list.isEmpty)
+        #expect(list.bufferCapacity == 0)
+        list.append("x-small", "v")
+        let small = list.bufferCapacity
+        list.removeAll(keepingAtMost: 32 * 1024)
+        #expect(list.bufferCapacity == small)  // kept for the next head
+    }
+
     @Test func obsTextValueBytesPassUnchanged() throws {
         var bytes = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Latin: caf".utf8)
         bytes += [0xE9]
