@@ -202,6 +202,11 @@ public struct TrustSettings: Sendable, Hashable {
         get { box.checks.revocationScope }
         set { change { $0.revocationScope = newValue } }
     }
+    /// Whether the CRLs of the certificates' distribution points are fetched and checked: `crl_fetch` with
+    /// revocation on (off, nothing is checked whatever `crl_fetch` and `crl_files` say).
+    public var fetchesCRLs: Bool { crlFetch && revocation != .off }
+    /// The CRL files checked: `crl_files` with revocation on, else none.
+    public var checkedCRLFiles: [String] { revocation != .off ? crlFiles : [] }
     /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
     public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
     /// Whether the proxy checks the server beyond a CA chain (pins, pin-only, revocation, a required staple):
