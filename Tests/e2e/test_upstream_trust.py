@@ -684,6 +684,20 @@ ca_file = "pki/ca.pem"
         self.assertIn("CRL unavailable", ps)
         self.get_until("fetch-gone-soft", lambda s, ps: s == 200)
 
+    def test_the_advice_for_an_unavailable_crl_names_what_the_route_uses(self):
+        # A fetched CRL that is unavailable: the advice is about the distribution point (crl_fetch), not crl_files,
+        # which the route does not set; a route with crl_files is told to update them.
+        self.get_until("fetch-gone", lambda s, ps: s == 502 and "cannot connect" in ps)
+        status, _, body = get_via(self.ports["proxy"], "fetch-gone")
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_fetch", body)
+        self.assertIn("distribution point", body)
+        self.assertNotIn("crl_files", body)
+        status, _, body = get_via(ENV["ports"]["proxy"], "crl-missing-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_files", body)
+        self.assertNotIn("crl_fetch", body)
+
     def test_garbage_from_the_distribution_point_is_no_crl(self):
         _, ps = self.get_until("fetch-garbage", lambda s, ps: s == 502 and "not a CRL" in ps)
         self.assertIn("CRL unavailable", ps)
@@ -1154,6 +1168,11 @@ connect_timeout = "2s"
         _, ps = self.until("fetch-int-lost", lambda s, ps: s == 502 and "HTTP 404" in ps)
         self.assertIn("CRL unavailable", ps)
         self.assert_names_intermediate(ps, "lost", "CRL unavailable")
+        # The advice names what the route uses: crl_fetch, not crl_files.
+        status, _, body = get_on(self.port, "fetch-int-lost")
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_fetch", body)
+        self.assertNotIn("crl_files", body)
         self.until("fetch-int-lost-soft", lambda s, ps: s == 200)
 
 
