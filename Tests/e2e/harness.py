@@ -409,9 +409,12 @@ def proxy_binary():
     return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")
 
 
-def start_proxy(procs, config_path, log_path, port):
+def start_proxy(procs, config_path, log_path, port, env=None):
+    """`mtls-proxy run` with `config_path`, its output appended to `log_path`, `env` added to its environment;
+    returns once it listens on `port`."""
     with open(log_path, "ab") as log:
-        p = procs.start([proxy_binary(), "run", "--config", config_path], stdout=log, stderr=subprocess.STDOUT)
+        p = procs.start([proxy_binary(), "run", "--config", config_path], stdout=log, stderr=subprocess.STDOUT,
+                        env=dict(os.environ, **env) if env else None)
     wait_for_port(port)
     return p
 
