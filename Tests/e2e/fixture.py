@@ -16,7 +16,7 @@ Leaving the `with` block by an exception (a set-up that failed half-way) stops w
 that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends. The config
 helpers (proxy_section, upstream_section, identity, certificates, route, table) write TOML the way the suites'
 hand-written configs did, one `key = value` a line, so a test may still edit the text it gets."""
-import contextlib, json, os, shlex, shutil, socket, subprocess, sys
+import contextlib, json, os, shlex, shutil, socket, subprocess, sys, threading
 
 import harness
 
@@ -154,6 +154,24 @@ def get(port, authority, path="/", close=True, session=None, timeout=15, headers
         name, _, value = line.partition(":")
         fields[name.strip().lower()] = value.strip()
     return int(lines[0].split()[1]), fields, body.decode("latin-1")
+
+
+def concurrently(work, args):
+    """`work(arg)` for each of `args`, each on a thread of its own, all at once; their results in the order of
+    `args` (an exception raised stands as its repr)."""
+    results = [None] * len(args)
+
+    def one(i, arg):
+        try:
+            results[i] = work(arg)
+        except Exception as e:  # noqa: BLE001 (the caller asserts on the results)
+            results[i] = repr(e)
+    threads = [threading.Thread(target=one, args=(i, arg)) for i, arg in enumerate(args)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def get_until(test, port, authority, predicate, timeout=8, step=0.2, path="/"):

@@ -9,7 +9,8 @@ import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, ti
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from fixture import Fixture, SubjectUpstream, get as proxy_get, proxy_section, tear_down, upstream_section  # noqa: E402
+from fixture import (Fixture, SubjectUpstream, concurrently, get as proxy_get, proxy_section, route, table, tear_down,  # noqa: E402
+                     upstream_section)
 
 ENV = {}
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -235,6 +236,22 @@ def slow_module(d):
     return f"{d}/slow_pkcs11.so"
 
 
+def slow_token_proxy(test, name, sign_ms, impatient_timeout, extra=""):
+    """A proxy of `test`'s own on one worker whose identity "slow" signs with the token's us-ec key through the slow
+    module (`sign_ms` per signature), routing slow13 and impatient13 (connect_timeout `impatient_timeout`) to the
+    TLS 1.3 upstream, and `extra` (more identities and routes). Skips the test when there is no C compiler to
+    build the module. Returns (its ports: proxy, admin; the process)."""
+    d, tls13 = ENV["dir"], ENV["ports"]["tls13"]
+    module = slow_module(d)
+    if module is None:
+        test.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+    uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+    config = (table("[identities.slow]", cert="us-ec.pem", key=uri) + extra
+              + route("slow13.mygreatbank.test", identity="slow", connect=tls13)
+              + route("impatient13.mygreatbank.test", identity="slow", connect=tls13, connect_timeout=impatient_timeout))
+    return own_proxy(test, name, config, max_idle_per_host=0, env=dict(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms)))
+
+
 def timed_get(host, port):
     start = time.monotonic()
     status = get(host, port)[0]
@@ -264,19 +281,8 @@ class TokenKeys(unittest.TestCase):
             self.assertEqual(body, f"TLSv1.3 organizationName=mtls-proxy test,commonName={cn}")
 
     def test_concurrent_handshakes_on_two_workers(self):
-        results = []
-        def one(host):
-            try:
-                results.append(get(host)[0])
-            except Exception as e:  # noqa: BLE001
-                results.append(repr(e))
         hosts = ["api.mygreatbank.test", "rsa.mygreatbank.test", "rsa13.mygreatbank.test", "ec13.mygreatbank.test"] * 6
-        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual(results, [200] * 24)
+        self.assertEqual(concurrently(lambda host: get(host)[0], hosts), [200] * 24)
 
     def test_pins_command_completes_the_handshake_with_a_token_key(self):
         """`pins` connects the way the route does: with a token identity against servers that ask for the client
@@ -517,35 +523,10 @@ connect = "127.0.0.1:{ports['tls13']}"
         """One worker; a token that takes SIGN_MS per signature. While a handshake of the token identity waits for
         its signature, a request of a file identity on a new connection (a full handshake of its own) is answered
         in about the time it takes on its own, not after the token's signature."""
-        d, ports = ENV["dir"], ENV["ports"]
-        module = slow_module(d)
-        if module is None:
-            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
         sign_ms = 600
-        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
-        config = f"""
-[identities.slow]
-cert = "us-ec.pem"
-key = "{uri}"
-[identities.filed]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "slow13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "file13.mygreatbank.test"
-identity = "filed"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "impatient13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-connect_timeout = "200ms"
-"""
-        own, proxy = own_proxy(self, "slow", config, max_idle_per_host=0,
-                               env=dict(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms)))
+        own, proxy = slow_token_proxy(self, "slow", sign_ms, "200ms",
+                                      extra=table("[identities.filed]", cert="pki/fusion-us.pem", key="pki/fusion-us.key")
+                                      + route("file13.mygreatbank.test", identity="filed", connect=ENV["ports"]["tls13"]))
         open_fds = lambda: len(os.listdir(f"/proc/{proxy.pid}/fd"))
         alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
         status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
@@ -584,36 +565,10 @@ connect_timeout = "200ms"
         """A slow token (SIGN_MS a signature, two signing threads): 12 handshakes given up at their connect
         timeout while queued must not keep the token busy for them; a new request after them waits for at most
         the signatures already under way, not for 12 more."""
-        d, ports = ENV["dir"], ENV["ports"]
-        module = slow_module(d)
-        if module is None:
-            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
         sign_ms = 500
-        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
-        config = f"""
-[identities.slow]
-cert = "us-ec.pem"
-key = "{uri}"
-[[route]]
-host = "slow13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "impatient13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-connect_timeout = "150ms"
-"""
-        own, proxy = own_proxy(self, "queue", config, max_idle_per_host=0,
-                               env=dict(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms)))
+        own, _ = slow_token_proxy(self, "queue", sign_ms, "150ms")
         self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
-        statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(get("impatient13.mygreatbank.test", own["proxy"])[0]))
-                   for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        statuses = concurrently(lambda _: get("impatient13.mygreatbank.test", own["proxy"])[0], range(12))
         self.assertEqual(statuses, [504] * 12)
         status, took = timed_get("slow13.mygreatbank.test", own["proxy"])
         self.assertEqual(status, 200)

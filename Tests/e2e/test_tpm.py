@@ -7,7 +7,7 @@ import os, shutil, socket, ssl, subprocess, sys, tempfile, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from fixture import Fixture, SubjectUpstream, get as proxy_get, tear_down  # noqa: E402
+from fixture import Fixture, SubjectUpstream, concurrently, get as proxy_get, tear_down  # noqa: E402
 
 ENV = {}
 PROVIDER = "/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so"
@@ -175,18 +175,8 @@ class TPMKeys(unittest.TestCase):
         self.assertIn("identity tpmrsa could not sign the TLS handshake", body)
 
     def test_concurrent_handshakes_on_two_workers(self):
-        results = []
-        def one(host):
-            try:
-                results.append(get(host)[0])
-            except Exception as e:  # noqa: BLE001
-                results.append(repr(e))
-        threads = [threading.Thread(target=one, args=(h,)) for h in ["api.mygreatbank.test", "api12.mygreatbank.test", "file.mygreatbank.test"] * 6]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual(results, [200] * 18)
+        hosts = ["api.mygreatbank.test", "api12.mygreatbank.test", "file.mygreatbank.test"] * 6
+        self.assertEqual(concurrently(lambda host: get(host)[0], hosts), [200] * 18)
 
     def test_check_shows_the_tpm_identities(self):
         # With no resource manager each process that loads a TPM key file keeps one of the TPM's three transient
