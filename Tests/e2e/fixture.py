@@ -82,9 +82,9 @@ US_KEYS = identity("us", "pki/fusion-us")
 EU_KEYS = identity("eu", "pki/fusion-eu")
 
 
-def upstream_section(**settings):
-    """[upstream] trusting the test CA (pki/ca.pem), with `settings`."""
-    return table("[upstream]", ca_file="pki/ca.pem", **settings)
+def upstream_section(ca_file="pki/ca.pem", **settings):
+    """[upstream] trusting the test CA (pki/ca.pem, or `ca_file`), with `settings`."""
+    return table("[upstream]", ca_file=ca_file, **settings)
 
 
 def with_upstream(prefix):
