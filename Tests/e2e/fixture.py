@@ -83,8 +83,10 @@ EU_KEYS = identity("eu", "pki/fusion-eu")
 
 
 def upstream_section(ca_file="pki/ca.pem", **settings):
-    """[upstream] trusting the test CA (pki/ca.pem, or `ca_file`), with `settings`."""
-    return table("[upstream]", ca_file=ca_file, **settings)
+    """[upstream] trusting the test CA (pki/ca.pem, or `ca_file`; None: the system's trust store), with `settings`."""
+    if ca_file is not None:
+        settings = dict(ca_file=ca_file, **settings)
+    return table("[upstream]", **settings)
 
 
 def with_upstream(prefix):

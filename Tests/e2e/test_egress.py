@@ -384,35 +384,23 @@ class Egress(unittest.TestCase):
         got = harness.wait_until(lambda: request("rotated.mygreatbank.test", mtls)[0] == 200, timeout=10, step=0.3)
         self.assertTrue(got, "the new credentials were not used after the file changed")
 
-    def test_check_warns_about_a_credentials_file_others_can_read(self):
+    def check_with_credentials(self, content, mode):
+        """`check` of a config whose corporate proxy's credentials file holds `content` with permissions `mode`."""
         d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
-        harness.write_file(f"{d}/open.cred", f"alice:{PASSWORD}\n", mode=0o644)
-        harness.write_file(f"{d}/proxy.conf", f"""
-[upstream]
-proxy = "http://127.0.0.1:3129"
-proxy_credentials_file = "open.cred"
-[[route]]
-host = "status.example.com"
-action = "tls"
-""")
-        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+        harness.write_file(f"{d}/corp.cred", content, mode=mode)
+        harness.write_file(f"{d}/proxy.conf", upstream_section(ca_file=None, proxy="http://127.0.0.1:3129", proxy_credentials_file="corp.cred")
+                           + route("status.example.com", action="tls"))
+        return harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+
+    def test_check_warns_about_a_credentials_file_others_can_read(self):
+        r = self.check_with_credentials(f"alice:{PASSWORD}\n", 0o644)
         text = r.stdout + r.stderr
         self.assertIn("proxy credentials file", text)
         self.assertIn("readable by everyone", text)
         self.assertNotIn(PASSWORD, text)
 
     def test_check_refuses_an_unreadable_credentials_file_without_quoting_it(self):
-        d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
-        harness.write_file(f"{d}/bad.cred", f"{PASSWORD}\n", mode=0o600)
-        harness.write_file(f"{d}/proxy.conf", f"""
-[upstream]
-proxy = "http://127.0.0.1:3129"
-proxy_credentials_file = "bad.cred"
-[[route]]
-host = "status.example.com"
-action = "tls"
-""")
-        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+        r = self.check_with_credentials(f"{PASSWORD}\n", 0o600)
         self.assertNotEqual(r.returncode, 0)
         text = r.stdout + r.stderr
         self.assertIn("upstream.proxy_credentials_file", text)
