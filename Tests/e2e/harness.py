@@ -42,6 +42,13 @@ def wait_for_port(port, timeout=10.0):
 
 
 def make_pki(directory):
+    """The test PKI (scripts/lib/pki.sh make_pki) in `directory`: a copy of the one in $MTLS_TEST_PKI when that is
+    set (scripts/test makes it once for every suite of a run, each suite getting its own copy to issue more
+    certificates and CRLs from), else made here."""
+    template = os.environ.get("MTLS_TEST_PKI")
+    if template and os.path.isfile(os.path.join(template, "ca.pem")):
+        shutil.copytree(template, directory, dirs_exist_ok=True)
+        return
     subprocess.run(["bash", "-c", f"source '{ROOT}/scripts/lib/pki.sh' && make_pki '{directory}'"], check=True)
 
 
