@@ -13,7 +13,10 @@ processes with their configs and logs, the local CA, and the loopback DNS server
         tear_down(ENV)
 
 Leaving the `with` block by an exception (a set-up that failed half-way) stops whatever had started; a test
-that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends. The config
+that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends, and a test
+that needs only a proxy (and upstreams) of its own in the suite's folder and PKI uses `ENV["fixture"].beside(self,
+ports=(...))`, stopped when the test ends. `get` and `get_until` send a request through a proxy on a raw socket,
+`SubjectUpstream` answers with the client certificate's subject, `concurrently` runs a burst of requests. The config
 helpers (proxy_section, upstream_section, identity, certificates, route, table) write TOML the way the suites'
 hand-written configs did, one `key = value` a line, so a test may still edit the text it gets."""
 import contextlib, json, os, shlex, shutil, socket, subprocess, sys, threading
