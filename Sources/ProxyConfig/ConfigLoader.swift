@@ -96,7 +96,8 @@ public enum ConfigLoader {
         var upstreamGuardSet = false
         problems.collect { if let t = try reader.table("upstream") {
             try t.allowOnly(Set(["connect_timeout", "response_timeout", "idle_timeout", "max_idle_per_host",
-                             "nameservers", "allow_private", "proxy", "proxy_credentials_file", "protocol", "h2_connections"]).union(pathRuleKeys).union(trustKeys))
+                             "nameservers", "allow_private", "proxy", "proxy_credentials_file", "protocol", "h2_connections",
+                             "h2_ping_interval", "h2_ping_timeout"]).union(pathRuleKeys).union(trustKeys))
             upstream.httpProtocol = try readProtocol(t, inherited: upstream.httpProtocol)
             upstream.h2Connections = try readH2Connections(t, inherited: upstream.h2Connections)
             if let allow = try t.bool("allow_private") { upstream.allowPrivate = allow }
@@ -429,7 +430,8 @@ public enum ConfigLoader {
     /// The keys of a `[[route]]` (made once: a table of 100,000 routes reads them 100,000 times).
     static let routeKeys: Set<String> = Set(["name", "host", "port", "path", "path_prefix_match", "identity", "action", "connect",
                                              "connect_timeout", "response_timeout", "idle_timeout", "allow_private",
-                                             "proxy", "proxy_credentials_file", "protocol", "h2_connections"])
+                                             "proxy", "proxy_credentials_file", "protocol", "h2_connections",
+                                             "h2_ping_interval", "h2_ping_timeout"])
         .union(pathRuleKeys).union(trustKeys).union(pinKeys)
 
     static func readRoute(_ t: TableReader, index: Int, upstream: UpstreamSettings, identities: [Identity],
@@ -712,6 +714,17 @@ public enum ConfigLoader {
         if let d = try t.duration("connect_timeout") { timeouts.connect = d }
         if let d = try t.duration("response_timeout") { timeouts.response = d }
         if let d = try t.duration("idle_timeout") { timeouts.idle = d }
+        if t.table["h2_ping_interval"] != nil, let text = try t.string("h2_ping_interval") {
+            if text == "off" {
+                timeouts.h2PingInterval = nil
+            } else {
+                guard let d = TimeSpan.parse(text), d.milliseconds >= 100 else {
+                    throw t.error("h2_ping_interval", "expected \"off\" or a duration of at least 100ms such as \"30s\" (how long an idle HTTP/2 connection may be silent before a PING checks it), got \"\(text)\"")
+                }
+                timeouts.h2PingInterval = d
+            }
+        }
+        if let d = try t.duration("h2_ping_timeout") { timeouts.h2PingTimeout = d }
         return timeouts
     }
 

@@ -229,11 +229,22 @@ public struct Timeouts: Sendable, Hashable {
     public var response: TimeSpan
     /// How long a pooled connection may sit idle.
     public var idle: TimeSpan
+    /// `h2_ping_interval`: an HTTP/2 connection with no stream that has heard nothing from the server for this
+    /// long is sent a PING (nil: `"off"`, never).
+    public var h2PingInterval: TimeSpan?
+    /// `h2_ping_timeout`: how long the server has to answer that PING before the connection is retired.
+    public var h2PingTimeout: TimeSpan
 
-    public init(connect: TimeSpan, response: TimeSpan, idle: TimeSpan) {
+    public static let defaultH2PingInterval = TimeSpan.seconds(30)
+    public static let defaultH2PingTimeout = TimeSpan.seconds(5)
+
+    public init(connect: TimeSpan, response: TimeSpan, idle: TimeSpan, h2PingInterval: TimeSpan? = Timeouts.defaultH2PingInterval,
+                h2PingTimeout: TimeSpan = Timeouts.defaultH2PingTimeout) {
         self.connect = connect
         self.response = response
         self.idle = idle
+        self.h2PingInterval = h2PingInterval
+        self.h2PingTimeout = h2PingTimeout
     }
 }
 

@@ -295,6 +295,20 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         }
     }
 
+    func upstreamReplaced(_ old: any UpstreamChannel, by new: any UpstreamChannel) {
+        guard let current = upstream, current === old else {
+            new.abort()
+            return
+        }
+        upstream = new
+        new.owner = self
+        new.describeConnection(into: &exchange.record)
+        if new.state == .ready {
+            upstreamConnected(new)
+            new.receiveResponse(true)
+        }
+    }
+
     /// A pooled connection may have been closed by the server just as we reused it. An idempotent request with
     /// no body is then tried once more on a fresh connection; anything else is reported.
     private func retryOnFreshConnection(after event: UpstreamEvent) -> Bool {

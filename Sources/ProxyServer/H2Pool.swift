@@ -11,8 +11,9 @@ final class H2Pool {
     private var waiting: [PoolKey: [H2UpstreamStream]] = [:]
     unowned(unsafe) let worker: Worker
 
-    /// Exchanges waiting per key for a stream; beyond it they are refused (503).
-    static let maxWaitingPerKey = 1024
+    /// Exchanges waiting per key for a stream; beyond it they are refused (503). A debug build's test switch
+    /// lowers it (`TestFaults.smallH2Queue`).
+    static let maxWaitingPerKey = TestFaults.smallH2Queue ? 4 : 1024
 
     init(worker: Worker) {
         self.worker = worker
@@ -27,20 +28,40 @@ final class H2Pool {
 
     enum Placement { case attached, queued, refused, failedToOpen }
 
-    /// Puts `stream` on a connection of its key, opening one when allowed.
+    /// Per key, the connection whose server last refused a stream (REFUSED_STREAM): the retry of that exchange,
+    /// which follows at once, goes to another connection.
+    private var refusedBy: [PoolKey: ObjectIdentifier] = [:]
+
+    /// The server of `connection` refused a stream (it did not process it): its retry goes elsewhere.
+    func streamRefused(on connection: H2UpstreamConnection) {
+        refusedBy[connection.key] = ObjectIdentifier(connection)
+    }
+
+    /// Puts `stream` on a connection of its key, opening one when allowed. A retry (`stream.isRetry`) after a
+    /// refused stream avoids the connection that refused it: another with a free stream, else a new one within
+    /// `h2_connections`; only when neither is possible does it go back to that one rather than wait.
     func place(_ stream: H2UpstreamStream) -> Placement {
         let key = stream.key
         for stale in connections[key] ?? [] { _ = stale.retireIfVerifiedBeforeNewCRL() }
         let list = connections[key] ?? []
-        if let free = list.first(where: { $0.hasCapacity }) {
+        // The retry follows the refusal at once (in the same turn): any later exchange finds the mark gone.
+        let refusing = refusedBy.removeValue(forKey: key)
+        let avoided = stream.isRetry ? refusing : nil
+        if let free = list.first(where: { $0.hasCapacity && ObjectIdentifier($0) != avoided }) {
             free.attach(stream)
+            return .attached
+        }
+        if list.count >= stream.maxConnections, let avoided, let last = list.first(where: { ObjectIdentifier($0) == avoided }),
+           last.hasCapacity {
+            last.attach(stream)
             return .attached
         }
         if list.count < stream.maxConnections {
             guard let transport = worker.openUpstream(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
                                                       allowPrivate: stream.allowPrivate) else { return .failedToOpen }
             let connection = H2UpstreamConnection(key: key, transport: transport, worker: worker, routeLabel: stream.routeLabel,
-                                                  idleTimeout: stream.timeouts.idle, settingsTimeout: stream.timeouts.connect)
+                                                  idleTimeout: stream.timeouts.idle, settingsTimeout: stream.timeouts.connect,
+                                                  pingInterval: stream.timeouts.h2PingInterval, pingTimeout: stream.timeouts.h2PingTimeout)
             connection.onClose = { [unowned self] closed in self.remove(closed) }
             connection.onCapacity = { [unowned self] freed in self.serveWaiting(freed.key) }
             connection.onOverflow = { [unowned self] stream in self.replace(stream) }
@@ -58,7 +79,8 @@ final class H2Pool {
     private func replace(_ stream: H2UpstreamStream) {
         switch place(stream) {
         case .attached, .queued: break
-        case .refused, .failedToOpen:
+        case .refused: stream.connectionFailed(.queueFull)
+        case .failedToOpen:
             stream.connectionFailed(.protocolError("no connection to \(stream.key.host):\(stream.key.port) could be opened"))
         }
     }
@@ -79,6 +101,7 @@ final class H2Pool {
     }
 
     private func remove(_ connection: H2UpstreamConnection) {
+        if refusedBy[connection.key] == ObjectIdentifier(connection) { refusedBy[connection.key] = nil }
         connections[connection.key]?.removeAll { $0 === connection }
         if connections[connection.key]?.isEmpty == true { connections[connection.key] = nil }
         // Exchanges that waited may now open a connection of their own.
@@ -87,7 +110,8 @@ final class H2Pool {
             for stream in queue {
                 switch place(stream) {
                 case .attached, .queued: break
-                case .refused, .failedToOpen: stream.connectionFailed(.protocolError("no connection to \(connection.key.host):\(connection.key.port) could be opened"))
+                case .refused: stream.connectionFailed(.queueFull)
+                case .failedToOpen: stream.connectionFailed(.protocolError("no connection to \(connection.key.host):\(connection.key.port) could be opened"))
                 }
             }
         }

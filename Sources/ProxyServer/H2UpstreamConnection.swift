@@ -31,6 +31,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private(set) var streamsOpened = 0
     /// What ended the connection, reported to every stream still on it.
     private(set) var failure: H2StreamFailure?
+    /// The route whose exchange opened the connection: its connection-wide metrics (connections, GOAWAYs, protocol
+    /// errors, PING timeouts) and log lines carry it; a stream's own metrics carry the stream's route.
     let routeLabel: String
     /// Called once when the connection closes or goes away (the pool drops it).
     var onClose: ((H2UpstreamConnection) -> Void)?
@@ -42,6 +44,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private var settingsReceived = false
     /// How long the connection stays open with no stream.
     let idleTimeout: TimeSpan
+    /// When an idle connection is sent a PING, retired for not answering it, or closed for idleness.
+    private var liveness: H2Liveness
+    /// Fires at `liveness.deadline`.
+    private var livenessTimer: OpaquePointer?
     /// How long the server has, once the handshake is done, to send its SETTINGS (the connect timeout): streams
     /// wait for them, so a server that never sends them must not hold its exchanges for ever.
     let settingsTimeout: TimeSpan
@@ -50,8 +56,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     static let streamCeiling = 100
 
     init(key: PoolKey, transport: UpstreamConnection, worker: Worker, routeLabel: String, idleTimeout: TimeSpan,
-         settingsTimeout: TimeSpan) {
+         settingsTimeout: TimeSpan, pingInterval: TimeSpan? = nil, pingTimeout: TimeSpan = Timeouts.defaultH2PingTimeout) {
         self.idleTimeout = idleTimeout
+        liveness = H2Liveness(pingInterval: pingInterval?.milliseconds, pingTimeout: pingTimeout.milliseconds,
+                              idleTimeout: idleTimeout.milliseconds, now: monotonicMicros() / 1000)
         self.settingsTimeout = settingsTimeout
         self.key = key
         self.transport = transport
@@ -60,10 +68,12 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         super.init()
         transport.owner = self
         workTimer = makeTimer(base: worker.base)
+        livenessTimer = makeTimer(base: worker.base)
     }
 
     deinit {
         if let workTimer { event_free(workTimer) }
+        if let livenessTimer { event_free(livenessTimer) }
     }
 
     /// Streams open or about to open.
@@ -101,6 +111,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         stream.connection = self
         starting.append(stream)
         if isReady && settingsReceived { transport.setReadTimeout(nil) }
+        if liveness.isIdle {
+            liveness.busy()
+            armLiveness()
+        }
         if let failure {
             stream.connectionFailed(failure)
             return
@@ -119,7 +133,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         }
         scheduleWork()
         closeIfDone()
-        if !closed && load == 0 && isReady && settingsReceived { transport.setReadTimeout(idleTimeout) }
+        if !closed && load == 0 {
+            liveness.idle(now: Self.now())
+            armLiveness()
+        }
         if hasCapacity { onCapacity?(self) }
     }
 
@@ -129,20 +146,92 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         _ = mtls_evtimer_add_ms(workTimer, 0)
     }
 
+    /// The work timer, or the liveness timer (both call here): work that is due runs, then a liveness deadline
+    /// that passed is acted on.
     override func timerFired() {
-        workScheduled = false
-        work()
+        if workScheduled {
+            workScheduled = false
+            if let workTimer { event_del(workTimer) }
+            work()
+        }
+        livenessDue()
+    }
+
+    static func now() -> Int { monotonicMicros() / 1000 }
+
+    /// Arms the liveness timer for the machine's next deadline (once the server's SETTINGS are in: until then the
+    /// wait for them is the transport's read timeout).
+    private func armLiveness() {
+        guard let livenessTimer, !closed else { return }
+        guard settingsReceived, let deadline = liveness.deadline else {
+            event_del(livenessTimer)
+            return
+        }
+        _ = mtls_evtimer_add_ms(livenessTimer, max(0, deadline - Self.now()))
+    }
+
+    private func livenessDue() {
+        guard !closed, settingsReceived, let deadline = liveness.deadline else { return }
+        let now = Self.now()
+        guard now >= deadline else { return armLiveness() }
+        switch liveness.timerFired(now: now) {
+        case .nothing:
+            armLiveness()
+        case .sendPing:
+            session?.ping()
+            flush()
+            armLiveness()
+        case .closeIdle:
+            close()
+        case .retire:
+            retireUnanswered()
+        }
+    }
+
+    /// The server did not answer a PING in time: the connection is taken out of the pool and closed; streams that
+    /// waited for the answer go to another connection (nothing of them was sent), any open one fails as on a
+    /// connection that went silent.
+    private func retireUnanswered() {
+        guard !closed else { return }
+        worker.metrics.countH2(.pingTimeouts, route: routeLabel)
+        worker.logger.warning("upstream \(key.host):\(key.port) (\(routeLabel)): the HTTP/2 connection did not answer a PING within \(liveness.pingTimeout) ms; connection closed, the next request opens another")
+        goingAway = true
+        let handler = onClose
+        onClose = nil
+        handler?(self)  // out of the pool first: the waiting streams must not come back here
+        let waiting = starting.filter { $0.streamID == 0 }
+        starting.removeAll { $0.streamID == 0 }
+        let replace = onOverflow
+        for stream in waiting {
+            stream.connection = nil
+            replace?(stream)
+        }
+        fail(.connection(.readTimeout), why: nil)
     }
 
     /// Moves what the streams' exchanges queued into the session, gives back the windows their clients freed,
     /// and writes the frames.
     private func work() {
         guard !closed, let session, settingsReceived else { return }
+        // A connection with no stream open checks that the server is there before one opens on it (docs/http2.md).
+        if streams.isEmpty && !starting.isEmpty {
+            switch liveness.admit(now: Self.now()) {
+            case .open: break
+            case .wait:
+                flush()
+                return
+            case .ping:
+                session.ping()
+                armLiveness()
+                flush()
+                return
+            }
+        }
         for stream in starting where stream.connection === self && streams.count < streamLimit {
             guard let id = stream.startIfHeadReady(on: session) else { continue }
             streams[id] = stream
             streamsOpened += 1
-            worker.metrics.countH2(.streams, route: routeLabel)
+            worker.metrics.countH2(.streams, route: stream.routeLabel)
         }
         starting.removeAll { $0.streamID > 0 || $0.connection !== self }
         for stream in Array(streams.values) { stream.pumpRequest(session) }
@@ -212,7 +301,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             // retried go over HTTP/1.1; `protocol = "h2"`: the server must select h2, they are answered 502.
             if key.httpProtocol == .auto {
                 worker.h2Pool.learnHTTP11(key)
-                fail(.serverSpeaksHTTP11, why: nil)
+                handOverToHTTP11()
             } else {
                 fail(.alpnRefused(selected: transport.selectedApplicationProtocol), why: nil)
             }
@@ -236,6 +325,43 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         if evbuffer_get_length(transport.input) > 0 { readFrames() } else { work() }
     }
 
+    /// `protocol = "auto"` and the server selected HTTP/1.1 (or nothing): nothing of the waiting exchanges went
+    /// out, so each goes over HTTP/1.1 as it stands, its queued request bytes with it: the first on this very TLS
+    /// connection, the others on HTTP/1.1 connections of their own (pooled or new). This connection is over.
+    private func handOverToHTTP11() {
+        let waiting = starting + Array(streams.values)
+        starting.removeAll()
+        streams.removeAll()
+        closed = true
+        goingAway = true
+        if let workTimer { event_del(workTimer) }
+        if let livenessTimer { event_del(livenessTimer) }
+        let handler = onClose
+        onClose = nil
+        onCapacity = nil
+        onOverflow = nil
+        handler?(self)
+        transport.owner = nil
+        var transportTaken = false
+        for stream in waiting {
+            stream.connection = nil
+            if !transportTaken, stream.handOver(to: transport) {
+                transportTaken = true
+                continue
+            }
+            guard let channel = worker.upstreamChannel(key: key, context: stream.context, connectTimeout: stream.timeouts.connect,
+                                                       allowPrivate: stream.allowPrivate) else {
+                stream.connectionFailed(.serverSpeaksHTTP11)
+                continue
+            }
+            if !stream.handOver(to: channel) {
+                channel.abort()
+                stream.connectionFailed(.serverSpeaksHTTP11)
+            }
+        }
+        if !transportTaken { transport.close() }
+    }
+
     func upstreamReadable(_ channel: any UpstreamChannel) {
         withExtendedLifetime(self) { readFrames() }
     }
@@ -244,6 +370,10 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func readFrames() {
         guard let session, !closed else { return }
         let input = transport.input
+        if evbuffer_get_length(input) > 0 {
+            liveness.heard(now: Self.now())
+            armLiveness()
+        }
         receiving = true
         var failed: H2SessionFailure?
         withExtendedLifetime(self) {
@@ -306,6 +436,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         closed = true
         goingAway = true
         if let workTimer { event_del(workTimer) }
+        if let livenessTimer { event_del(livenessTimer) }
         transport.owner = nil
         transport.close()
         let remaining = starting + Array(streams.values)
@@ -335,7 +466,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             if let stream = streams[id] { withExtendedLifetime(stream) { stream.responseEnded() } }
         case .closed(let id, let code):
             guard let stream = streams.removeValue(forKey: id) else { return }
-            if code != 0 { worker.metrics.countH2(.resets, route: routeLabel) }
+            if code != 0 { worker.metrics.countH2(.resets, route: stream.routeLabel) }
+            if code == 0x7 && !stream.responseHeadSeen { worker.h2Pool.streamRefused(on: self) }  // REFUSED_STREAM
             withExtendedLifetime(stream) { stream.closed(errorCode: code) }
         case .goAway(let last, let code):
             goingAway = true
@@ -347,8 +479,14 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             let first = !settingsReceived
             settingsReceived = true
             rebalance()
-            // The wait for SETTINGS is over: the connection idles, or carries streams with their own timers.
-            if first && !closed { transport.setReadTimeout(load == 0 ? idleTimeout : nil) }
+            // The wait for SETTINGS is over: the connection idles (its liveness timer runs), or carries streams
+            // with their own timers.
+            if first && !closed {
+                transport.setReadTimeout(nil)
+                liveness.heard(now: Self.now())
+                if load == 0 { liveness.idle(now: Self.now()) } else { liveness.busy() }
+                armLiveness()
+            }
             if hasCapacity { onCapacity?(self) }
         }
     }

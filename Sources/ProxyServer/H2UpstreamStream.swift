@@ -104,10 +104,13 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     let allowPrivate: Bool
     /// `h2_connections`: how many connections its key may have before it waits for a free stream.
     let maxConnections: Int
+    /// The exchange's second try (its first was not processed): the pool puts it on another connection.
+    let isRetry: Bool
 
     init(key: PoolKey, context: ClientTLSContext, worker: Worker, routeLabel: String, timeouts: Timeouts, allowPrivate: Bool,
-         maxConnections: Int = 4) {
+         maxConnections: Int = 4, isRetry: Bool = false) {
         self.maxConnections = maxConnections
+        self.isRetry = isRetry
         self.routeLabel = routeLabel
         self.timeouts = timeouts
         self.allowPrivate = allowPrivate
@@ -326,6 +329,20 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     func closed(errorCode: UInt32) {
         guard !ended, !finished else { return }
         fail(.reset(errorCode == 0 ? 0x8 : errorCode))
+    }
+
+    /// `protocol = "auto"` and the server selected HTTP/1.1 before anything of the exchange went out: the request
+    /// bytes queued here (head, and the body so far) move to `channel`, an HTTP/1.1 connection, which the exchange
+    /// takes in this stream's place. False when the stream has no exchange, ended, or already opened.
+    func handOver(to channel: any UpstreamChannel) -> Bool {
+        guard !finished, h2Failure == nil, streamID == 0, let owner else { return false }
+        evbuffer_add_buffer(channel.requestBuffer, output)
+        finished = true
+        self.owner = nil
+        if let timer { event_del(timer) }
+        connection = nil
+        owner.upstreamReplaced(self, by: channel)
+        return true
     }
 
     /// Fails a stream that could not be placed; the failure reaches its owner from the loop once it has one.

@@ -96,7 +96,7 @@ public final class ProxyMetrics: Sendable {
 
     /// What the HTTP/2 upstream side counts, by route (docs/http2.md).
     enum H2Count: Int, CaseIterable {
-        case connections, streams, goAways, resets, protocolErrors
+        case connections, streams, goAways, resets, protocolErrors, pingTimeouts
 
         var descriptor: MetricNameDescriptor {
             func d(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -108,6 +108,7 @@ public final class ProxyMetrics: Sendable {
             case .goAways: return d("h2_upstream_goaways", "GOAWAY frames received from HTTP/2 upstreams, by route.")
             case .resets: return d("h2_upstream_stream_resets", "HTTP/2 upstream streams that ended with an error code (RST_STREAM sent or received), by route.")
             case .protocolErrors: return d("h2_upstream_protocol_errors", "HTTP/2 upstream connections closed for breaking the protocol or a limit (floods, oversized header lists, pushes), by route.")
+            case .pingTimeouts: return d("h2_upstream_ping_timeouts", "HTTP/2 upstream connections retired because the server did not answer a PING within h2_ping_timeout, by route.")
             }
         }
     }

@@ -13,15 +13,20 @@ enum TestFaults {
     /// `run` pauses 2 s after the workers serve and before the main loop takes reload requests (SIGHUP, the
     /// file watcher): the moment in which a reload asked for as soon as the port answers lands.
     static let slowStart = requested == "slow-start"
+    /// At most 4 exchanges wait per key for an HTTP/2 stream (instead of `H2Pool.maxWaitingPerKey`'s 1024), so
+    /// that a test reaches the limit with a handful of clients.
+    static let smallH2Queue = requested == "h2-queue-4"
     #else
     static let upstreamHandOverFails = false
     static let slowStart = false
+    static let smallH2Queue = false
     #endif
 
     /// What the log says at start when a fault is on, so that a test can tell the build honours it.
     static var announcement: String? {
         if upstreamHandOverFails { return "test fault on (MTLS_PROXY_TEST_FAULT): upstream hand-overs after 101 fail" }
         if slowStart { return "test fault on (MTLS_PROXY_TEST_FAULT): the main loop starts 2 s late" }
+        if smallH2Queue { return "test fault on (MTLS_PROXY_TEST_FAULT): the h2 wait queue holds 4 streams per key" }
         return nil
     }
 }

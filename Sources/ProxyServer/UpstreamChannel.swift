@@ -73,6 +73,15 @@ protocol UpstreamChannelOwner: AnyObject {
     /// The channel ended (EOF, error, timeout, a failure to connect). The exchange then finishes, aborts or
     /// retries it.
     func upstreamEnded(_ channel: any UpstreamChannel, _ event: UpstreamEvent)
+    /// The channel gave the exchange to `new` before sending anything of it, the request bytes queued moved
+    /// along (`protocol = "auto"` and the server selected HTTP/1.1: the HTTP/2 stream hands over to an HTTP/1.1
+    /// connection). The owner uses `new` from now on; `old` is over.
+    func upstreamReplaced(_ old: any UpstreamChannel, by new: any UpstreamChannel)
+}
+
+extension UpstreamChannelOwner {
+    /// Only an exchange takes a replacement; anyone else ends it.
+    func upstreamReplaced(_ old: any UpstreamChannel, by new: any UpstreamChannel) { new.abort() }
 }
 
 enum UpstreamChannelState { case connecting, ready, closed }

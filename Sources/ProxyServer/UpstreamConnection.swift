@@ -111,15 +111,17 @@ final class UpstreamConnection: EventHandler {
     var input: OpaquePointer { stream.input }
     var output: OpaquePointer { stream.output }
 
-    /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake.
-    func start(connectTimeout: TimeSpan, allowPrivate: Bool) -> Bool {
+    /// Starts TCP connect (to `key.connect` or the resolved host) and the TLS handshake. `offering`: the ALPN list
+    /// when it is not the key's (an `auto` key known to speak HTTP/1.1 offers only `http/1.1`).
+    func start(connectTimeout: TimeSpan, allowPrivate: Bool, offering: [String]? = nil) -> Bool {
         // Resumes a session made earlier with this same context (identity, certificate, trust), upstream and
         // egress path.
         let sessionKey = "\(key.host):\(key.port)@\(key.connect?.description ?? "dns") via \(key.egress)"
         guard let tls = UpstreamTLSSession(context: context, host: key.host, port: key.port, sessionKey: sessionKey)
         else { return false }
         // HTTP/1.1 routes offer nothing, as before; h2 and auto offer their list (docs/http2.md).
-        if key.httpProtocol != .http11, !tls.offerApplicationProtocols(key.httpProtocol.alpn) { return false }
+        let offer = offering ?? (key.httpProtocol == .http11 ? nil : key.httpProtocol.alpn)
+        if let offer, !tls.offerApplicationProtocols(offer) { return false }
         tls.mayWaitForCRL = context.fetchesCRLs && context.trust.revocation == .hard
         self.tls = tls
         stream.owner = self

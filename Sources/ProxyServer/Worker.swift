@@ -408,7 +408,7 @@ final class Worker: @unchecked Sendable {
             timeouts.connect = connectTimeout
             let stream = H2UpstreamStream(key: key, context: context, worker: self, routeLabel: route?.label ?? "unmatched",
                                           timeouts: timeouts, allowPrivate: allowPrivate,
-                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections)
+                                          maxConnections: route?.h2Connections ?? runtime.config.upstream.h2Connections, isRetry: fresh)
             switch h2Pool.place(stream) {
             case .attached, .queued: return stream
             case .refused:
@@ -421,16 +421,20 @@ final class Worker: @unchecked Sendable {
             metrics.shared.upstreamReused.increment()
             return pooled
         }
-        return openUpstream(key: key, context: context, connectTimeout: connectTimeout, allowPrivate: allowPrivate)
+        // An `auto` key here is known to speak HTTP/1.1: the connection carries HTTP/1.1, so it offers only that (a
+        // server that started selecting h2 would otherwise get HTTP/1.1 bytes on an HTTP/2 connection).
+        return openUpstream(key: key, context: context, connectTimeout: connectTimeout, allowPrivate: allowPrivate,
+                            offering: key.httpProtocol == .auto ? UpstreamProtocol.http11.alpn : nil)
     }
 
     /// A new upstream connection, registered so it lives until closed.
-    func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool) -> UpstreamConnection? {
+    func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool,
+                      offering: [String]? = nil) -> UpstreamConnection? {
         let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
         upstreams[ObjectIdentifier(upstream)] = upstream
         metrics.shared.activeUpstreams.increment()
         metrics.shared.upstreamOpened.increment()
-        guard upstream.start(connectTimeout: connectTimeout, allowPrivate: allowPrivate) else {
+        guard upstream.start(connectTimeout: connectTimeout, allowPrivate: allowPrivate, offering: offering) else {
             upstream.close()
             return nil
         }

@@ -108,6 +108,12 @@ struct Explain: ParsableCommand {
         if match.action != .deny {
             lines.append(("egress", Self.egressText(match.egress, host: target.host, port: port)))
             lines.append(("protocol", "\(match.httpProtocol.rawValue): \(match.httpProtocol.phrase)"))
+            if match.httpProtocol != .http11 {
+                let ping = match.timeouts.h2PingInterval.map {
+                    "an idle HTTP/2 connection silent \($0) is sent a PING; no answer within \(match.timeouts.h2PingTimeout) retires it"
+                } ?? "off: idle HTTP/2 connections are not checked (h2_ping_interval = \"off\")"
+                lines.append(("h2 ping", ping))
+            }
             if match.egress == .direct {
                 let dial = match.connect.map { "\($0) (the route's connect address)" } ?? "\(target.host):\(port), resolved by DNS"
                 lines.append(("dial", dial))

@@ -68,4 +68,36 @@ import Testing
         }
         #expect(configError(route + "h2_connections = \"4\"\n")?.key == "route[1].h2_connections")
     }
+
+    @Test func h2PingSettingsHaveDefaultsInheritAndMayBeOff() throws {
+        let plain = try load(route)
+        #expect(plain.routes[0].timeouts.h2PingInterval == .seconds(30))
+        #expect(plain.routes[0].timeouts.h2PingTimeout == .seconds(5))
+        let c = try load("[upstream]\nh2_ping_interval = \"10s\"\nh2_ping_timeout = \"2s\"\n" + route
+                         + "[[route]]\nhost = \"b.example\"\naction = \"tls\"\nh2_ping_interval = \"off\"\n"
+                         + "[[route]]\nhost = \"c.example\"\naction = \"tls\"\nh2_ping_interval = \"250ms\"\nh2_ping_timeout = \"300ms\"\n")
+        #expect(c.upstream.timeouts.h2PingInterval == .seconds(10))
+        #expect(c.routes.map(\.timeouts.h2PingInterval) == [.seconds(10), nil, TimeSpan(milliseconds: 250)])
+        #expect(c.routes.map(\.timeouts.h2PingTimeout) == [.seconds(2), .seconds(2), TimeSpan(milliseconds: 300)])
+        #expect(c.router.match(host: "c.example", port: 443, path: "/").timeouts.h2PingInterval == TimeSpan(milliseconds: 250))
+    }
+
+    @Test(arguments: ["\"0s\"", "\"50ms\"", "\"never\"", "30", "\"\"", "\"30\""])
+    func aBadPingIntervalIsRefusedNamingFileAndKey(value: String) {
+        let e = configError("[upstream]\nh2_ping_interval = \(value)\n" + route)
+        #expect(e?.file == "proxy.conf")
+        #expect(e?.key == "upstream.h2_ping_interval")
+        let r = configError(route + "h2_ping_interval = \(value)\n")
+        #expect(r?.key == "route[1].h2_ping_interval")
+        if value.hasPrefix("\"") {
+            #expect(r?.message.contains("expected \"off\" or a duration of at least 100ms") == true, "\(String(describing: r?.message))")
+        }
+    }
+
+    @Test(arguments: ["\"0s\"", "\"off\"", "5", "\"5\""])
+    func aBadPingTimeoutIsRefusedNamingTheKey(value: String) {
+        let r = configError(route + "h2_ping_timeout = \(value)\n")
+        #expect(r?.key == "route[1].h2_ping_timeout")
+        #expect(r?.message.contains("duration") == true, "\(String(describing: r?.message))")
+    }
 }

@@ -19,16 +19,27 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
   /goaway-keep           GOAWAY (last stream = this one: it was processed), then the answer on the same connection
   /goaway-zero-always    GOAWAY last stream 0 every time, the connection left open: nothing is ever processed
   /nolen-drop            a head without content-length, 1000 bytes, then the TCP connection cut (no close_notify)
+  /mute                  200 with the connection's number, then that connection goes mute: it reads on, keeps TCP
+                         open and never writes again (no PING ACK, no answer): a black hole
+  /refuse-first          the first time since /_clear: RST_STREAM REFUSED_STREAM, and that connection refuses it
+                         every time after; on any other connection 200 with the connection's number
+
+  /git/...               with --git-root DIR: git's smart HTTP (`git http-backend` as CGI over the repositories
+                         in DIR), for a real client's clone and push through the proxy
+
+Every PING the proxy sends is recorded too (event "ping", with the connection).
 
 With --silent the server completes the TLS handshake (ALPN h2) and then says nothing at all: no SETTINGS.
 
-Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent]
+Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--git-root DIR]
 """
-import argparse, asyncio, json, ssl
+import argparse, asyncio, json, os, ssl
 
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
-LOG = []  # {"event": "stream"|"reset", "path", "subject", "sni", "conn", "code"}
+LOG = []  # {"event": "stream"|"reset"|"ping", "path", "subject", "sni", "conn", "code"}
+GIT_ROOT = [None]
+REFUSING = {"cleared"}  # connections that refused /refuse-first; "cleared": the next one refuses (set by /_clear)
 SNI_NAMES = {}
 CONNECTIONS = [0]
 
@@ -46,6 +57,7 @@ class Hostile(asyncio.Protocol):
         self.max_streams = max_streams
         self.requests = {}
         self.closed = False
+        self.muted = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -73,7 +85,7 @@ class Hostile(asyncio.Protocol):
         LOG.append(dict(event=event, path=path, subject=self.subject, sni=self.sni, conn=self.number, stream=stream_id, **extra))
 
     def data_received(self, data):
-        if self.silent:
+        if self.silent or self.muted:
             return
         try:
             events = self.conn.receive_data(data)
@@ -106,6 +118,8 @@ class Hostile(asyncio.Protocol):
                     self.start(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
                 self.record("reset", event.stream_id, code=int(event.error_code))
+            elif isinstance(event, h2.events.PingReceived):
+                self.record("ping", 0)
         self.flush()
 
     def rst(self, stream_id, code):
@@ -139,6 +153,31 @@ class Hostile(asyncio.Protocol):
             self.flush()
             await asyncio.sleep(0)
 
+    async def git_http_backend(self, sid, request, respond):
+        """Runs `git http-backend` (CGI) for the request and sends its answer."""
+        headers = request["headers"]
+        target = headers[":path"][len("/git"):]
+        path_info, _, query = target.partition("?")
+        env = dict(os.environ, GIT_PROJECT_ROOT=GIT_ROOT[0], GIT_HTTP_EXPORT_ALL="1", REQUEST_METHOD=headers[":method"],
+                   PATH_INFO=path_info, QUERY_STRING=query, CONTENT_TYPE=headers.get("content-type", ""),
+                   CONTENT_LENGTH=str(len(request["body"])), REMOTE_ADDR="127.0.0.1", REMOTE_USER="proxy")
+        for name in ("content-encoding", "git-protocol"):
+            if name in headers:
+                env["HTTP_" + name.upper().replace("-", "_")] = headers[name]
+        proc = await asyncio.create_subprocess_exec("git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        out, _ = await proc.communicate(bytes(request["body"]))
+        head, _, body = out.partition(b"\r\n\r\n") if b"\r\n\r\n" in out else out.partition(b"\n\n")
+        status, fields = 200, []
+        for line in head.decode("latin-1").splitlines():
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                fields.append((name.strip().lower(), value.strip()))
+        respond(status, fields + [("content-length", str(len(body)))])
+        await self.send_body(sid, body)
+
     async def answer(self, stream_id, request):
         try:
             await self.route(stream_id, request)
@@ -161,6 +200,8 @@ class Hostile(asyncio.Protocol):
             await self.send_body(sid, data)
         elif path == "/_clear":
             LOG.clear()
+            REFUSING.clear()
+            REFUSING.add("cleared")
             respond(204, end=True)
         elif path == "/headers":
             data = json.dumps(dict(fields=request["list"], subject=self.subject, sni=self.sni, conn=self.number)).encode()
@@ -213,6 +254,23 @@ class Hostile(asyncio.Protocol):
             self.conn.send_data(sid, b"kept", end_stream=True)
         elif path == "/goaway-zero-always":
             raw(frame(0x7, 0, 0, (0).to_bytes(4, "big") + (0).to_bytes(4, "big")))
+        elif path.startswith("/git/") and GIT_ROOT[0]:
+            await self.git_http_backend(sid, request, respond)
+        elif path == "/mute":
+            data = json.dumps(dict(conn=self.number)).encode()
+            respond(200, [("content-length", str(len(data)))])
+            await self.send_body(sid, data)
+            self.flush()
+            self.muted = True
+        elif path == "/refuse-first":
+            if "cleared" in REFUSING or self.number in REFUSING:
+                REFUSING.discard("cleared")
+                REFUSING.add(self.number)
+                self.rst(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            else:
+                data = json.dumps(dict(conn=self.number)).encode()
+                respond(200, [("content-length", str(len(data)))])
+                await self.send_body(sid, data)
         elif path == "/nolen-drop":
             respond(200)
             self.conn.send_data(sid, b"z" * 1000)
@@ -231,7 +289,9 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
     parser.add_argument("--silent", action="store_true")
+    parser.add_argument("--git-root")
     args = parser.parse_args()
+    GIT_ROOT[0] = args.git_root
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     ctx.load_verify_locations(args.ca)
