@@ -54,7 +54,7 @@ extension ClientConnection {
         }
     }
 
-    func answerRequestTimeout(_ why: ConnectionStateMachine<SystemClock>.RequestTimeout) {
+    func answerRequestTimeout(_ why: Machine.RequestTimeout) {
         let details: String
         switch why {
         case .head:

@@ -1,3 +1,6 @@
+import Logging
+import ProxyConfig
+import TLS
 import CEventTLS
 import HTTP1
 import Testing
@@ -328,11 +331,10 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
 }
 
 /// A 101 hand-over that cannot happen, without sockets: what the exchange and the connection's machine tell the
-/// shell to do. That the shell then really closes the upstream connection (and that it leaves the worker's
-/// registry) needs a worker and a connected upstream; `test_socket_io_attacks.AFailedHandOverAfter101` checks it
-/// with real sockets.
+/// shell to do, and that the upstream connection whose hand-over failed is closed and leaves the worker's
+/// registry (a worker with its event base, never run, and an upstream connection never started: nothing is dialled
+/// and no packet is sent; the worker's resolver, pointed at 127.0.0.1, is never asked). `test_socket_io_attacks.AFailedHandOverAfter101` checks the whole of it with real sockets.
 @Suite struct AFailedHandOverTests {
-    typealias Machine = ConnectionStateMachine<FakeClock>
 
     static func exchanging() -> Machine {
         var m = Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
@@ -359,7 +361,7 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
     @Test func afterAFailedHandOverNothingLateActs() {
         var m = Self.exchanging()
         m.responseKeepAlive(false)  // as `switchProtocols` does before it hands over
-        m.aborted()
+        _ = m.aborted()
         #expect(m.state == .closed)
         let started = ExchangeProgress(requestComplete: true, responseStarted: true)
         #expect(m.clientEOF(started) == .none)
@@ -370,6 +372,34 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(m.exchangeFailed(started) == .none)
         #expect(m.responseTruncated() == .none)
         #expect(m.state == .closed)
+    }
+
+    /// The upstream connection cannot hand its socket over (here: it never got one): it is closed and leaves the
+    /// worker's registry, so nothing is left reading for the connection that tears itself down. Issue 19's crash:
+    /// `detach()` returned nil without closing, and the registered connection later called a freed owner.
+    @Test func anUpstreamWhoseHandOverFailedIsClosedAndUnregistered() throws {
+        let config = try ConfigLoader.parse("""
+            [proxy]
+            listen = "127.0.0.1:0"
+            [upstream]
+            nameservers = ["127.0.0.1"]
+            [log]
+            access = "off"
+            """, file: "test.conf", baseDirectory: "/tmp")
+        let runtime = try ProxyRuntime(config: config)
+        let worker = try Worker(id: 0, runtime: runtime, accessLog: try AccessLog(config.log), metrics: ProxyMetrics(),
+                                health: WorkerHealth(count: 1), connections: ConnectionCounter(), logger: Logger(label: "test"))
+        let context = try ClientTLSContext(trust: config.upstream.trust, credential: nil, identityName: nil)
+        let upstream = UpstreamConnection(key: PoolKey(host: "a.test", port: 443, connect: nil, context: ObjectIdentifier(context)),
+                                          context: context, worker: worker, generation: runtime.generation)
+        worker.upstreams.opened(upstream)
+        #expect(worker.upstreams.contains(upstream))
+        #expect(upstream.switchToRelay() == nil)
+        #expect(upstream.state == .closed)
+        #expect(!worker.upstreams.contains(upstream))
+        #expect(worker.openUpstreams == 0)
+        upstream.abort()  // the shell's teardown that follows: closing again does nothing
+        #expect(worker.openUpstreams == 0)
     }
 
     /// A 101 to a request that asked for no upgrade cannot be handed over: nothing went to the client, so the
