@@ -196,7 +196,8 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     }
 
     /// How many non-empty list elements the `name` fields hold, whether the last one equals `token` (ASCII
-    /// case-insensitive), and how many do, without splitting the values.
+    /// case-insensitive), and how many name it, parameters aside (`chunked;x` names chunked: RFC 9112 §7 reads a
+    /// coding by its name), without splitting the values.
     func listElementCount(_ name: StaticString, lastEquals token: StaticString) -> (count: Int, lastMatches: Bool, matches: Int) {
         var count = 0
         var matches = 0
@@ -206,7 +207,7 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
             forEachListElement(value) { element in
                 count += 1
                 lastMatches = bytesEqualIgnoringASCIICase(element, t)
-                if lastMatches { matches += 1 }
+                if lastMatches || bytesEqualIgnoringASCIICase(codingName(element), t) { matches += 1 }
                 return true
             }
             return true
@@ -399,6 +400,15 @@ func bytesEqualIgnoringASCIICase(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBuf
         if asciiLower(x[i]) != asciiLower(y[i]) { return false }
     }
     return true
+}
+
+/// A list element's name without its parameters: up to the first ";", whitespace before it left out.
+@inline(__always)
+func codingName(_ element: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+    var end = 0
+    while end < element.count && element[end] != 0x3B { end += 1 }
+    while end > 0 && (element[end - 1] == 0x20 || element[end - 1] == 0x09) { end -= 1 }
+    return UnsafeBufferPointer(rebasing: element[0..<end])
 }
 
 @inline(__always)

@@ -27,6 +27,8 @@ public struct HTTP1RequestReader: Sendable {
 
     var state: State = .head
     let limits: HeadLimits
+    /// The trailer section of a chunked body, as the exchange wrote it (the fields it lets through), once read.
+    public private(set) var trailers: [HTTPField] = []
 
     public init(limits: HeadLimits = HeadLimits()) { self.limits = limits }
 
@@ -48,7 +50,7 @@ public struct HTTP1RequestReader: Sendable {
             switch framing {
             case .none, .untilClose: state = .done
             case .contentLength(let n): state = .length(remaining: n)
-            case .chunked: state = .chunked(ChunkedDecoder())
+            case .chunked: state = .chunked(ChunkedDecoder(trailerLimits: limits))
             }
             return .head(head, framing: framing, consumed: end)
         case .length(let remaining):
@@ -62,6 +64,9 @@ public struct HTTP1RequestReader: Sendable {
             state = .chunked(decoder)
             switch step {
             case .skip(let n): return .skip(n)
+            case .trailerField(let n):
+                trailers.append(Self.field(UnsafeRawBufferPointer(rebasing: bytes[0..<(n - 2)])))
+                return .skip(n)
             case .data(let n): return .data(n)
             case .end(let n):
                 state = .done
@@ -71,6 +76,17 @@ public struct HTTP1RequestReader: Sendable {
         case .done:
             return bytes.isEmpty ? .needMore : .skip(0)
         }
+    }
+
+    /// A field line the chunked decoder checked (`name: value`, no CRLF): the name, and the value without the
+    /// whitespace around it, its bytes as Latin-1.
+    static func field(_ line: UnsafeRawBufferPointer) -> HTTPField {
+        let colon = line.firstIndex(of: 0x3A) ?? line.count
+        var start = min(colon + 1, line.count), end = line.count
+        while start < end && (line[start] == 0x20 || line[start] == 0x09) { start += 1 }
+        while end > start && (line[end - 1] == 0x20 || line[end - 1] == 0x09) { end -= 1 }
+        return HTTPField(name: String(decoding: line[0..<colon], as: UTF8.self),
+                         value: String(String.UnicodeScalarView(line[start..<end].lazy.map { Unicode.Scalar($0) })))
     }
 
     /// Where the head ends (just after CRLF CRLF), or nil.

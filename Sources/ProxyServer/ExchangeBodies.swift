@@ -3,7 +3,9 @@ import HTTP1
 
 /// Moving the bodies of an exchange between evbuffers, by the exchange's framing. Chunked bodies are decoded
 /// and re-encoded (a chunked request body goes upstream chunked; a response goes to the client chunked or
-/// close-delimited by `clientFraming`). bytes_in and bytes_out count body bytes only: no heads, no chunk framing.
+/// close-delimited by `clientFraming`). The trailer section goes in the last chunk, each field line as received,
+/// those `TrailerFields.isDropped` names left out; a close-delimited response has nowhere to carry it (it is
+/// dropped). bytes_in and bytes_out count body bytes only: no heads, no chunk framing, no trailers.
 /// (Each chunk header is still a small array from `ChunkedEncoder`; writing it in place is left to the performance work.)
 extension Exchange {
     enum RequestBodyProgress {
@@ -39,15 +41,18 @@ extension Exchange {
                     requestBody = .chunked(decoder)
                     continue
                 }
-                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let window = min(available, decoder.lineWindow)
                 let step = try decoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(input, window), count: window))
                 requestBody = .chunked(decoder)
                 switch step {
                 case .skip(let n):
                     evbuffer_drain(input, n)  // chunk framing: not counted
+                case .trailerField(let n):
+                    if decoder.trailerFieldsPassed == 1 { ChunkedEncoder.addLastChunkLine(to: destination) }
+                    evbuffer_remove_buffer(input, destination, n)
                 case .end(let n):
                     evbuffer_drain(input, n)
-                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                    ChunkedEncoder.addEnd(to: destination, afterTrailers: decoder.trailerFieldsPassed > 0)
                     requestBody = .done
                 case .data:
                     break  // handled above on the next turn
@@ -69,8 +74,8 @@ extension Exchange {
         case destinationFull
         /// The body is complete (its framing says so).
         case complete
-        /// The upstream's chunked coding is invalid: the response cannot be completed.
-        case invalid
+        /// The upstream's chunked coding (or trailer section) is invalid: the response cannot be completed.
+        case invalid(HTTPParseError?)
     }
 
     /// Moves what is available of the response body from the upstream's `source` to the client's `output`.
@@ -101,21 +106,26 @@ extension Exchange {
                     record.bytesOut += n
                     continue
                 }
-                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let window = min(available, responseDecoder.lineWindow)
                 let step: ChunkedDecoder.Step
                 do {
                     step = try responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
                 } catch {
-                    return .invalid
+                    return .invalid(error as? HTTPParseError)
                 }
                 switch step {
                 case .skip(let n):
                     evbuffer_drain(source, n)
+                case .trailerField(let n):
+                    if rechunk {
+                        if responseDecoder.trailerFieldsPassed == 1 { ChunkedEncoder.addLastChunkLine(to: output) }
+                        evbuffer_remove_buffer(source, output, n)
+                    } else {
+                        evbuffer_drain(source, n)  // close-delimited for an HTTP/1.0 client: no place for trailers
+                    }
                 case .end(let n):
                     evbuffer_drain(source, n)
-                    if rechunk {
-                        ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                    }
+                    if rechunk { ChunkedEncoder.addEnd(to: output, afterTrailers: responseDecoder.trailerFieldsPassed > 0) }
                     return .complete
                 case .data:
                     break
@@ -135,5 +145,17 @@ extension Exchange {
                 return .complete
             }
         }
+    }
+}
+
+extension ChunkedEncoder {
+    /// `0\r\n`, before the first trailer field passed on.
+    static func addLastChunkLine(to buffer: OpaquePointer) {
+        lastChunkLine.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+    }
+
+    /// The end of a chunked body: the last chunk without trailers, or the empty line after them.
+    static func addEnd(to buffer: OpaquePointer, afterTrailers: Bool) {
+        (afterTrailers ? chunkTrailer : lastChunk).withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
     }
 }

@@ -229,7 +229,8 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             moved = true
             if reader.isDone {
                 requestDone = true
-                session.endBody(streamID)
+                // The request's trailer section, if any, as a HEADERS frame with END_STREAM after the DATA.
+                session.endBody(streamID, trailers: MessageTranslation.trailerFields(reader.trailers))
                 break
             }
             if case .needMore = step { break }

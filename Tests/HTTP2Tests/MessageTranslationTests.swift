@@ -164,6 +164,25 @@ import HTTP1
         #expect(r.done)
     }
 
+    /// The trailer section the exchange wrote after the last chunk is read back, field by field, for the stream's
+    /// trailer HEADERS frame; trickled in, the same.
+    @Test(arguments: [1, 1000])
+    func chunkedTrailersAreReadBack(step: Int) throws {
+        let text = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum:  abc \r\ngrpc-timeout: 1S\r\n\r\n"
+        let all = Array(text.utf8)
+        var reader = HTTP1RequestReader()
+        var offset = 0, available = min(step, all.count)
+        while !reader.isDone {
+            switch try Array(all[offset..<available]).withUnsafeBytes({ try reader.next($0) }) {
+            case .head(_, _, let n), .data(let n), .skip(let n), .end(let n): offset += n
+            case .needMore: available = min(available + step, all.count)
+            }
+        }
+        #expect(offset == all.count)
+        #expect(reader.trailers == [HTTPField(name: "X-Checksum", value: "abc"), HTTPField(name: "grpc-timeout", value: "1S")])
+        #expect(MessageTranslation.trailerFields(reader.trailers) == [H2Field("x-checksum", "abc"), H2Field("grpc-timeout", "1S")])
+    }
+
     @Test func incompleteBodyIsNotDone() throws {
         let r = try read("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\nshort")
         #expect(!r.done)
