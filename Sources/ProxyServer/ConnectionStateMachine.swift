@@ -230,8 +230,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
         return true
     }
 
-    /// The client's EOF (a FIN).
-    mutating func clientEOF(_ progress: ExchangeProgress) -> Action {
+    /// The client's EOF (a FIN). `tunnelBytesWaiting`: the client sent bytes after a CONNECT that wait, unread, for
+    /// the tunnel being dialled.
+    mutating func clientEOF(_ progress: ExchangeProgress, tunnelBytesWaiting: Bool = false) -> Action {
         switch state {
         case .awaitingHead:
             // Idle: a normal end. A partial head: it will never be complete.
@@ -255,6 +256,12 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
         case .closing(.lingering):
             state = .closed
             return .abort(reset: false)
+        case .dialling where tunnelBytesWaiting:
+            // A half-close inside the tunnel-to-be: the client sent what it had for the service and shut its write
+            // half, and wants the answer (RFC 9110 §9.3.6: a tunnel carries each direction's end). The dial goes
+            // on; the stream reads no more, and the relay meets the FIN again in the socket after those bytes. A
+            // FIN with nothing sent is taken as the client leaving: the dial ends at once.
+            return .none
         case .dialling, .awaitingTunnelBytes:
             return .abort(reset: false)  // the state keeps its resource for `aborted()`
         case .relaying, .closed:
