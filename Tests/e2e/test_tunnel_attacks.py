@@ -5,7 +5,7 @@ file descriptors counted after), client_timeout running out while a tunnel is di
 tunnels open. The dial goes through a corporate proxy on loopback (a Python thread, `HoldingCorporateProxy` of
 test_tunnel_dial) that holds slow.test's CONNECTs unanswered and answers echo.test's after 0.3 s, then echoes; a
 CONNECT to greet.test is answered at once, then "hello", then a FIN, and what the client sends after is kept."""
-import os, random, signal, socket, struct, sys, threading, time, unittest
+import os, random, signal, socket, ssl, struct, sys, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -33,10 +33,10 @@ class GreetingCorporateProxy(HoldingCorporateProxy):
             head += chunk
         if not head.startswith(b"CONNECT greet.test:"):
             return self.serve_head(conn, head)
-        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nhello")
-        conn.shutdown(socket.SHUT_WR)
         data = head.split(b"\r\n\r\n", 1)[1]
         try:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\nhello")
+            conn.shutdown(socket.SHUT_WR)
             while True:
                 chunk = conn.recv(65536)
                 if not chunk:
@@ -65,6 +65,71 @@ class GreetingCorporateProxy(HoldingCorporateProxy):
         conn.close()
 
 
+class SlowDNS(harness.LoopbackDNS):
+    """The loopback DNS server, answering names that begin with "slow." one second late."""
+
+    class DelayingSocket:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def recvfrom(self, size):
+            return self.sock.recvfrom(size)
+
+        def sendto(self, reply, address):
+            if b"\x04slow" in reply.lower():  # the resolver randomizes the case of the names it asks (0x20)
+                threading.Timer(1.0, self.send_late, (reply, address)).start()
+            else:
+                self.sock.sendto(reply, address)
+
+        def send_late(self, reply, address):
+            try:
+                self.sock.sendto(reply, address)
+            except OSError:
+                pass
+
+        def close(self):
+            self.sock.close()
+
+    def __init__(self):
+        super().__init__()
+        self.sock = self.DelayingSocket(self.sock)
+
+
+class EchoService:
+    """A plain TCP echo service on loopback that counts the connections it accepted."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+
+    def echo(self, conn):
+        try:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                conn.sendall(chunk)
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
 def config(port, corporate_port, **proxy):
     corporate_url = f"http://127.0.0.1:{corporate_port}"
     return (proxy_section(port, **proxy)
@@ -74,7 +139,7 @@ def config(port, corporate_port, **proxy):
 
 
 def setUpModule():
-    with Fixture("mtls-proxy-tunnel-attacks-", ports=("proxy", "timeouts")) as fx:
+    with Fixture("mtls-proxy-tunnel-attacks-", ports=("proxy", "timeouts", "intercept", "up", "ws", "resolving")) as fx:
         corporate = fx.server(GreetingCorporateProxy())
         fx.write("proxy.conf", config(fx.ports["proxy"], corporate.port) + "[upstream]\nconnect_timeout = \"30s\"\n")
         process = fx.proxy("proxy")
@@ -82,7 +147,24 @@ def setUpModule():
         fx.write("timeouts.conf", config(fx.ports["timeouts"], corporate.port, client_timeout="1s")
                  + "[upstream]\nconnect_timeout = \"2500ms\"\n")
         fx.proxy("timeouts")
-    ENV.update(fx.env(corporate=corporate, process=process))
+        # Intercepted (TLS with the client ended here, requests served inside) and plain requests inside tunnels.
+        fx.python_upstream("up", ca="ca", require=True)
+        fx.tls_script("ws_echo.py", "ws")
+        fx.write("intercept.conf", proxy_section(fx.ports["intercept"], intercept=True) + harness.US_IDENTITY
+                 + route("files.mygreatbank.test", identity="us", connect=fx.ports["up"])
+                 + route("ws.mygreatbank.test", identity="us", connect=fx.ports["ws"]))
+        local_ca = fx.local_ca("intercept.conf")
+        intercepting = fx.proxy("intercept")
+        # Blind tunnels to names the proxy resolves itself, from a DNS server on loopback that answers slowly.
+        dns = fx.server(SlowDNS())
+        echo = fx.server(EchoService())
+        fx.write("resolving.conf", proxy_section(fx.ports["resolving"])
+                 + f'[upstream]\nnameservers = ["127.0.0.1:{dns.port}"]\n'
+                 + route("slow.loopback.test", action="tls", port=echo.port, allow_private=True)
+                 + route("fast.loopback.test", action="tls", port=echo.port, allow_private=True))
+        resolving = fx.proxy("resolving")
+    ENV.update(fx.env(corporate=corporate, process=process, local_ca=local_ca, intercepting=intercepting,
+                      dns=dns, echo=echo, resolving=resolving))
 
 
 def tearDownModule():
@@ -242,6 +324,140 @@ class ClientTimeoutWhileDialled(unittest.TestCase):
         sock.sendall(b"ping")
         self.assertEqual(sock.recv(4096), b"ping")
         sock.close()
+
+
+def client_hello():
+    """The bytes of a TLS ClientHello for files.mygreatbank.test, and the TLS object that made it."""
+    context = ssl.create_default_context(cafile=ENV["local_ca"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="files.mygreatbank.test")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+class InterceptedTunnelsAbandoned(unittest.TestCase):
+    """The client of an intercepted tunnel leaves at each moment: before its first byte, mid-ClientHello, after the
+    handshake, mid-request, mid-response; then in a plain tunnel mid-head."""
+
+    def whoami(self):
+        context = ssl.create_default_context(cafile=ENV["local_ca"])
+        sock = connect("files.mygreatbank.test", port=ENV["ports"]["intercept"])
+        self.assertTrue(read_head(sock).startswith(b"HTTP/1.1 200 "))
+        tls = context.wrap_socket(sock, server_hostname="files.mygreatbank.test")
+        tls.sendall(b"GET /whoami HTTP/1.1\r\nHost: files.mygreatbank.test\r\n\r\n")
+        return tls, read_head(tls)
+
+    def test_clients_that_leave_at_every_moment_leave_no_descriptor(self):
+        pid = ENV["intercepting"].pid
+        tls, head = self.whoami()
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        tls.close()
+        before = open_fds(pid)
+        hello = client_hello()
+        rng = random.Random(1919)
+        for i in range(300):
+            moment = i % 6
+            try:
+                if moment < 3:
+                    sock = connect("files.mygreatbank.test", port=ENV["ports"]["intercept"])
+                    if moment > 0:
+                        read_head(sock)
+                    if moment == 2:
+                        sock.sendall(hello[:rng.randrange(1, len(hello))])
+                elif moment == 3:
+                    sock = connect("files.mygreatbank.test", port=ENV["ports"]["intercept"], extra=b"GET / HT")
+                else:
+                    sock, head = self.whoami()
+                    if moment == 5:
+                        sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: files")
+                (reset if rng.random() < 0.5 else socket.socket.close)(sock)
+            except OSError:
+                pass
+        self.assertTrue(wait_until(lambda: open_fds(pid) <= before, 10), f"the proxy holds {open_fds(pid)} fds, {before} before")
+        tls, head = self.whoami()
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        tls.close()
+        self.assertIsNone(ENV["intercepting"].poll(), "the proxy exited")
+
+
+UPGRADE = (b"GET http://ws.mygreatbank.test/socket HTTP/1.1\r\nHost: ws.mygreatbank.test\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class UpgradesAbandoned(unittest.TestCase):
+    """WebSocket upgrades (101, then a relay) whose client leaves at each moment: before the 101 (with bytes sent
+    after the request or not), after it, mid-relay, after a half-close."""
+
+    def upgrade(self, extra=b""):
+        sock = socket.create_connection(("127.0.0.1", ENV["ports"]["intercept"]), timeout=5)
+        sock.sendall(UPGRADE + extra)
+        return sock
+
+    def test_clients_that_leave_at_every_moment_leave_no_descriptor(self):
+        pid = ENV["intercepting"].pid
+        sock = self.upgrade(b"early")
+        head = read_head(sock)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        sock.close()
+        time.sleep(0.2)
+        before = open_fds(pid)
+        rng = random.Random(101)
+        for i in range(300):
+            moment = i % 5
+            try:
+                sock = self.upgrade(b"early" if rng.random() < 0.5 else b"")
+                if moment >= 1:
+                    read_head(sock)
+                if moment >= 2:
+                    sock.sendall(b"x" * rng.randrange(1, 100_000))
+                if moment == 3:
+                    sock.shutdown(socket.SHUT_WR)
+                if moment == 4:
+                    sock.recv(10)
+                (reset if rng.random() < 0.5 else socket.socket.close)(sock)
+            except OSError:
+                pass
+        self.assertTrue(wait_until(lambda: open_fds(pid) <= before, 10), f"the proxy holds {open_fds(pid)} fds, {before} before")
+        sock = self.upgrade()
+        head = read_head(sock)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        sock.sendall(b"ping")
+        self.assertEqual(sock.recv(4096), b"ping")
+        sock.close()
+        self.assertIsNone(ENV["intercepting"].poll(), "the proxy exited")
+
+
+class ClientsLeaveDuringDNS(unittest.TestCase):
+    def test_clients_that_leave_while_the_name_resolves_cancel_their_dials(self):
+        port, pid, echo = ENV["ports"]["resolving"], ENV["resolving"].pid, ENV["echo"]
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)  # the resolver's socket opened first
+        sock.sendall(f"CONNECT fast.loopback.test:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        self.assertTrue(read_head(sock).startswith(b"HTTP/1.1 200 "))
+        sock.close()
+        time.sleep(0.2)
+        before, accepted = open_fds(pid), echo.accepted
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(f"CONNECT slow.loopback.test:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                         + (b"early" if i % 4 < 2 and i % 3 == 0 else b""))  # a FIN after bytes is a half-close
+            if i % 2:
+                time.sleep(0.001)
+            reset(sock) if i % 4 < 2 else sock.close()
+        self.assertTrue(wait_until(lambda: open_fds(pid) <= before, 5), f"the proxy holds {open_fds(pid)} fds, {before} before")
+        time.sleep(1.5)  # the late answers arrive for dials that were cancelled
+        self.assertEqual(echo.accepted, accepted, "a dial went on after its client left during DNS")
+        self.assertLessEqual(open_fds(pid), before)
+        for host in ("fast.loopback.test", "slow.loopback.test"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(f"CONNECT {host}:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            self.assertTrue(read_head(sock).startswith(b"HTTP/1.1 200 "), host)
+            sock.sendall(b"ping")
+            self.assertEqual(sock.recv(4096), b"ping")
+            sock.close()
+        self.assertIsNone(ENV["resolving"].poll(), "the proxy exited")
 
 
 class ReloadAndDrain(unittest.TestCase):
