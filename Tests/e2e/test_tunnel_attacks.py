@@ -233,6 +233,21 @@ class HalfCloses(unittest.TestCase):
         self.assertTrue(received.endswith(b"\r\n\r\nall I have"), received)
         sock.close()
 
+    def test_more_than_the_read_watermark_before_the_200_then_a_fin(self):
+        # The client's reading stops at the watermark while the tunnel is dialled; the relay takes it from there.
+        payload = os.urandom(3 << 20)
+        sock = connect("echo.test")
+        sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        sock.settimeout(15)
+        received = read_all(sock)
+        sender.join()
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head[:100])
+        self.assertEqual(len(body), len(payload))
+        self.assertEqual(body, payload)
+        sock.close()
+
     def test_bytes_and_a_fin_while_a_dial_hangs_wait_for_connect_timeout(self):
         # A full close looks the same on the wire as that half-close: such a client holds its dial until
         # connect_timeout, as one that stays would (no more than a client that keeps its socket open costs).
