@@ -65,8 +65,9 @@ protocol TunnelResources {
 ///       (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
 /// ```
 /// In `dialling` and `awaitingTunnelBytes` the client's EOF or error (and client_timeout, once a tunnel is
-/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it closes the machine; in `relaying` the
-/// relay hears the client itself.
+/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it
+/// closes the machine; but an EOF while dialling after bytes for the tunnel is a half-close, and the dial goes on.
+/// In `relaying` the relay hears the client itself.
 struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
     enum State {
         /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
