@@ -107,9 +107,10 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
         spans = kept
     }
 
-    /// Calls `body` with each field's name and value bytes, in order, until it returns false.
+    /// Calls `body` with each field's name and value bytes, in order, until it returns false. The bytes are the
+    /// head's own, in place, valid only inside `body` (the HTTP/2 side translates heads from them).
     @inline(__always)
-    func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows {
+    public func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows {
         try storage.withUnsafeBufferPointer { bytes in
             try spans.withUnsafeBufferPointer { spans in
                 for s in spans {

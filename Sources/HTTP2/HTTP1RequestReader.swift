@@ -41,18 +41,9 @@ public struct HTTP1RequestReader: Sendable {
     public mutating func next(_ bytes: UnsafeRawBufferPointer) throws -> Step {
         switch state {
         case .head:
-            guard let end = Self.headEnd(bytes) else {
-                if bytes.count > limits.maxHeadBytes { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
-                return .needMore
-            }
-            let head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), limits: limits)
-            let framing = try BodyFraming.forRequest(head)
-            switch framing {
-            case .none, .untilClose: state = .done
-            case .contentLength(let n): state = .length(remaining: n)
-            case .chunked: state = .chunked(ChunkedDecoder(trailerLimits: limits))
-            }
-            return .head(head, framing: framing, consumed: end)
+            var head = RequestHead()
+            guard let (framing, consumed) = try nextHead(bytes, into: &head) else { return .needMore }
+            return .head(head, framing: framing, consumed: consumed)
         case .length(let remaining):
             if bytes.isEmpty { return .needMore }
             let n = Int(min(UInt64(bytes.count), remaining))
@@ -87,6 +78,25 @@ public struct HTTP1RequestReader: Sendable {
         while end > start && (line[end - 1] == 0x20 || line[end - 1] == 0x09) { end -= 1 }
         return HTTPField(name: String(decoding: line[0..<colon], as: UTF8.self),
                          value: String(String.UnicodeScalarView(line[start..<end].lazy.map { Unicode.Scalar($0) })))
+    }
+
+    /// The head, when it is complete in `bytes`: parsed into `head` (a holder's head, refilled: no allocation once
+    /// its buffers are large enough), with the body's framing and the bytes it took; nil while more are needed.
+    /// Only while no head was read yet (`next` goes on with the body).
+    public mutating func nextHead(_ bytes: UnsafeRawBufferPointer, into head: inout RequestHead) throws -> (framing: BodyFraming, consumed: Int)? {
+        guard case .head = state else { return nil }
+        guard let end = Self.headEnd(bytes) else {
+            if bytes.count > limits.maxHeadBytes { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
+            return nil
+        }
+        try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), into: &head, limits: limits)
+        let framing = try BodyFraming.forRequest(head)
+        switch framing {
+        case .none, .untilClose: state = .done
+        case .contentLength(let n): state = .length(remaining: n)
+        case .chunked: state = .chunked(ChunkedDecoder(trailerLimits: limits))
+        }
+        return (framing, end)
     }
 
     /// Where the head ends (just after CRLF CRLF), or nil.

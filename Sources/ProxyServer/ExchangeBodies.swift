@@ -78,23 +78,29 @@ extension Exchange {
         case invalid(HTTPParseError?)
     }
 
-    /// Moves what is available of the response body from the upstream's `source` to the client's `output`.
+    /// Moves what is available of the response body from the upstream's `source` to the client's `output`, up to
+    /// `highWatermark` bytes in `output` (and the chunk framing of what it re-chunks): the rest stays in `source`,
+    /// where the upstream side bounds it (the socket's read watermark; for HTTP/2, the stream's window, which is
+    /// given back only for bytes taken out of it). So a slow client holds at most the watermark here.
     mutating func moveResponseBody(from source: OpaquePointer, to output: OpaquePointer, highWatermark: Int) -> ResponseBodyProgress {
         let rechunk = clientFraming == .chunked
         while true {
             let available = evbuffer_get_length(source)
             guard available > 0 else { return .waiting }
-            if evbuffer_get_length(output) >= highWatermark { return .destinationFull }
+            let buffered = evbuffer_get_length(output)
+            if buffered >= highWatermark { return .destinationFull }
+            // Body bytes moved in this pass: what is there, up to the room left below the watermark.
+            let room = min(available, highWatermark - buffered)
             switch responseFraming {
             case .contentLength:
-                let n = Int(min(responseRemaining, UInt64(available)))
+                let n = Int(min(responseRemaining, UInt64(room)))
                 evbuffer_remove_buffer(source, output, n)
                 record.bytesOut += n
                 responseRemaining -= UInt64(n)
                 if responseRemaining == 0 { return .complete }
             case .chunked:
                 if let remaining = responseDecoder.dataRemaining {
-                    let n = Int(min(remaining, UInt64(available)))
+                    let n = Int(min(remaining, UInt64(room)))
                     if rechunk {
                         ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                     }
@@ -134,13 +140,13 @@ extension Exchange {
                 }
             case .untilClose:
                 if rechunk {
-                    ChunkedEncoder.chunkHeader(size: available).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                    ChunkedEncoder.chunkHeader(size: room).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                 }
-                evbuffer_remove_buffer(source, output, available)
+                evbuffer_remove_buffer(source, output, room)
                 if rechunk {
                     ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                 }
-                record.bytesOut += available
+                record.bytesOut += room
             case .none:
                 return .complete
             }

@@ -444,7 +444,7 @@ final class UpstreamConnection: EventHandler {
             host: key.host, port: key.port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: closedVerification?.code ?? 0, verifyMessage: closedVerification?.message ?? "", errors: errors,
-            socketErrno: errno, closed: closed, trustRefusal: closedVerification?.refusal)
+            socketErrno: errno, closed: closed, trustRefusal: closedVerification?.refusal, crlSources: .init(context.trust))
     }
 
     /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent

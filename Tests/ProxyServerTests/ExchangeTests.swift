@@ -247,6 +247,30 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(Buffers.take(b.clientOutput) == "5678")
     }
 
+    /// The client's output holds at most the watermark: a body that arrived in one piece larger than the room
+    /// left is moved up to the watermark, the rest when the client has taken some (so a slow client holds at most
+    /// the watermark here, plus what the upstream side holds: for HTTP/2, the stream's window).
+    @Test func aBodyIsMovedOnlyUpToTheWatermark() throws {
+        for framing in ["Content-Length: 12", "Transfer-Encoding: chunked"] {
+            let b = Buffers()
+            var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            let body = framing.hasPrefix("Content") ? "abcdefghijkl" : "c\r\nabcdefghijkl\r\n0\r\n\r\n"
+            Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\n\(framing)\r\n\r\n" + body)
+            #expect(e.stepResponse(from: b.upstreamInput, to: b.clientOutput, limits: HeadLimits(maxHeadBytes: 1024), highWatermark: 1 << 20) == .sendFinalHead)
+            let watermark = evbuffer_get_length(b.clientOutput) + 4
+            _ = run(&e, b, highWatermark: watermark)
+            // Re-chunked, the body bytes come with their chunk's framing ("4\r\n" before, CRLF after).
+            #expect(evbuffer_get_length(b.clientOutput) <= watermark + (framing.hasPrefix("Content") ? 0 : 5), "\(framing)")
+            var got = ""
+            for _ in 0..<20 {
+                got += Buffers.take(b.clientOutput)
+                if run(&e, b, highWatermark: watermark).last == .complete { break }
+            }
+            got += Buffers.take(b.clientOutput)
+            #expect(got.hasSuffix(framing.hasPrefix("Content") ? "abcdefghijkl" : "0\r\n\r\n"), "\(framing)")
+        }
+    }
+
     @Test func theUpstreamFailingBeforeAnyHeadIsAFailureBeforeTheResponse() throws {
         let b = Buffers()
         var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
