@@ -23,6 +23,7 @@ class HostileUpstream(fixture.RequestUpstream):
       /split-trailers      a chunked "hello" whose trailer section is written one byte per TCP segment
       /endless-trailers    a trailer section of 100,000 small fields (past the field count long before its end)
       /trailers            a chunked "hello" with an x-checksum trailer
+      /big-then-trailers   4 MiB in chunks, then 200 trailer fields
       /early-413           413 before the body, then closes
       /connection-named-trailer   Connection names X-Hop; the trailer section holds x-hop fields and x-ok
       /head-chunked, /204-trailers, /sized-then-trailers   a body and trailer section where none may be
@@ -97,6 +98,12 @@ class HostileUpstream(fixture.RequestUpstream):
         if path == "/connection-named-trailer":  # Connection names x-hop, and the trailer section holds it
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\n\r\n"
                          b"5\r\nhello\r\n0\r\nx-hop: 1\r\nX-HOP: 2\r\nx-ok: 1\r\n\r\n")
+            return rest
+        if path == "/big-then-trailers":  # 4 MiB in 64 KiB chunks, then 200 trailer fields
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(64):
+                conn.sendall(b"10000\r\n" + bytes([i]) * 65536 + b"\r\n")
+            conn.sendall(b"0\r\n" + b"".join(b"x-%d: %d\r\n" % (i, i) for i in range(200)) + b"\r\n")
             return rest
         if path == "/trailers":
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n")
@@ -269,6 +276,22 @@ class HostileResponses(unittest.TestCase):
     def test_a_field_the_connection_field_names_is_dropped_from_the_response_trailers(self):
         status, _, body, trailers = exchange(b"GET http://" + HOST + b"/connection-named-trailer HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
         self.assertEqual((status, body, trailers), (200, b"hello", [b"x-ok: 1"]))
+
+    def test_a_slow_reader_gets_the_whole_trailer_section_after_a_large_body(self):
+        # The client's side fills and the proxy stops reading the upstream, maybe inside the trailer section: it
+        # resumes where it stopped.
+        s = connect()
+        s.settimeout(20)
+        try:
+            s.sendall(b"GET http://" + HOST + b"/big-then-trailers HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n")
+            head, rest = harness.read_head(s)
+            time.sleep(1)
+            body, trailers, rest = read_chunked(s, rest)
+            self.assertEqual(body, b"".join(bytes([i]) * 65536 for i in range(64)))
+            self.assertEqual(trailers, [b"x-%d: %d" % (i, i) for i in range(200)])
+            self.assertEqual(rest, b"")
+        finally:
+            s.close()
 
     def test_an_endless_trailer_section_is_a_truncation(self):
         start = time.monotonic()
