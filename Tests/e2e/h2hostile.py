@@ -22,6 +22,10 @@ library reports it, "raw-reset" for every RST_STREAM frame read off the connecti
   /nolen-drop            a head without content-length, 1000 bytes, then the TCP connection cut (no close_notify)
   /mute                  200 with the connection's number, then that connection goes mute: it reads on, keeps TCP
                          open and never writes again (no PING ACK, no answer): a black hole
+  /drop-after-request    as soon as the request's HEADERS are read: the TCP connection cut (no response, no
+                         close_notify)
+  /goaway-drop           as soon as the request's HEADERS are read: GOAWAY ENHANCE_YOUR_CALM (last stream = this
+                         one: it may have been processed), then the TCP connection cut
   /refuse-first          the first time since /_clear: RST_STREAM REFUSED_STREAM, and that connection refuses it
                          every time after; on any other connection 200 with the connection's number
 
@@ -125,6 +129,17 @@ class Hostile(asyncio.Protocol):
                     self.conn.send_data(event.stream_id, b"done", end_stream=True)
                     self.flush()
                     asyncio.get_event_loop().call_later(0.1, self.rst, event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                elif path in ("/drop-after-request", "/goaway-drop"):
+                    if path == "/drop-after-request":
+                        self.transport.abort()
+                        return
+                    # The GOAWAY goes out first (abort would drop it from the buffer); nothing is read after it.
+                    self.flush()
+                    self.transport.write(frame(0x7, 0, 0, event.stream_id.to_bytes(4, "big")
+                                               + int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM).to_bytes(4, "big")))
+                    self.muted = True
+                    asyncio.get_event_loop().call_later(0.1, self.transport.abort)
+                    return
                 elif path == "/rst-after-100":
                     self.conn.send_headers(event.stream_id, [(":status", "100")])
                     self.flush()

@@ -213,6 +213,30 @@ class Attacks(unittest.TestCase):
         self.assertIn(r.returncode, (18, 56), (r.returncode, r.stderr.decode()))
         self.assert_still_serving()
 
+    def test_connection_dropped_after_the_request_says_so(self):
+        # The server read the request's HEADERS (the TLS handshake and the SETTINGS exchange long done), then cut the
+        # TCP connection, with or without a GOAWAY first. The 502 must say that, not blame the TLS handshake (or the
+        # client certificate), and name the GOAWAY's error code when one came. The request is not sent again: the
+        # server may have acted on it.
+        for path, goaway in (("/drop-after-request", None), ("/goaway-drop", "ENHANCE_YOUR_CALM")):
+            with self.subTest(path=path):
+                session().get(f"{URL}/_clear", timeout=10)  # also warms the connection: SETTINGS exchanged
+                r = session().get(f"{URL}{path}", timeout=10)
+                status = r.headers.get("Proxy-Status", "")
+                self.assertEqual(r.status_code, 502, r.text)
+                self.assertIn("error=connection_terminated", status)
+                for text in (status, r.text):
+                    self.assertNotIn("TLS handshake", text)
+                    self.assertRegex(text, r"(closed|reset) the HTTP/2 connection (\(\w+\) )?after the request was sent, "
+                                           r"before any response")
+                    if goaway:
+                        self.assertIn(f"GOAWAY {goaway}", text)
+                    else:
+                        self.assertNotIn("GOAWAY", text)
+                streams = [e for e in server_log() if e["event"] == "stream" and e["path"] == path]
+                self.assertEqual(len(streams), 1, streams)
+        self.assert_still_serving()
+
     def test_continuation_flood_closes_that_connection_only(self):
         r = curl("-i", f"{URL}/continuation-flood")
         self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
