@@ -428,8 +428,12 @@ public final class H2ClientSession {
             if body.ended {
                 flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
                 if !body.trailers.isEmpty {
+                    // The DATA may not end the stream unless the trailer section is queued to end it: if nghttp2
+                    // cannot queue it, the stream is reset (INTERNAL_ERROR) rather than left open forever.
+                    guard submitTrailers(session, stream, body.trailers) else {
+                        return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+                    }
                     flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
-                    submitTrailers(session, stream, body.trailers)
                 }
                 body.bytes = []
                 body.offset = 0
@@ -441,8 +445,9 @@ public final class H2ClientSession {
         return n
     }
 
-    private func submitTrailers(_ session: OpaquePointer, _ stream: Int32, _ fields: [H2Field]) {
-        _ = withNameValues(fields) { nva in nghttp2_submit_trailer(session, stream, nva.baseAddress, nva.count) }
+    /// False when nghttp2 refused to queue them (out of memory, or a stream it no longer knows).
+    private func submitTrailers(_ session: OpaquePointer, _ stream: Int32, _ fields: [H2Field]) -> Bool {
+        withNameValues(fields) { nva in nghttp2_submit_trailer(session, stream, nva.baseAddress, nva.count) } == 0
     }
 }
 

@@ -1,5 +1,6 @@
 import CEventTLS
 import HTTP1
+import HTTP2
 import ProxyConfig
 import TLS
 #if canImport(Glibc)
@@ -10,6 +11,29 @@ import Glibc
 /// connection's events, a blind tunnel's dial outcome, and what OpenSSL reported (`UpstreamTLSFailure`).
 /// The `TLS` module describes the failure; this is the only place that turns it into HTTP.
 enum ConnectFailures {
+    /// An HTTP/2 connection that closed (or was reset) under a stream whose request had gone out (`wholeRequestSent`,
+    /// else its head and part of its body), before its response head: the TLS handshake and the SETTINGS exchange
+    /// were done, so this is about the request, not the handshake (nor the client certificate). `goAway` is the
+    /// error code of a GOAWAY the server sent first. Nil for other events (timeouts, TLS errors), which keep their
+    /// own wording.
+    static func h2ConnectionDropped(after event: UpstreamEvent, upstream: String, wholeRequestSent: Bool = true,
+                                    goAway: UInt32?, egress: Egress) -> ProxyErrorResponse? {
+        let how: String
+        switch event {
+        case .eof: how = "closed the HTTP/2 connection"
+        case .error(let e, let tls, _) where tls.isEmpty:
+            how = e == 0 ? "closed the HTTP/2 connection" : "reset the HTTP/2 connection (\(UpstreamTLSFailure.errnoName(e)))"
+        default: return nil
+        }
+        let when = wholeRequestSent ? "after the request was sent" : "while the request body was being sent"
+        var details = "the upstream \(upstream) \(how) \(when), before any response"
+        if let goAway { details += "; it had sent GOAWAY \(H2ClientSession.errorName(goAway))" }
+        if case .proxy(let proxy) = egress { details += " (through the corporate proxy \(proxy), which had opened the tunnel)" }
+        return ProxyErrorResponse(
+            status: 502, errorType: .connectionTerminated, details: details,
+            advice: "The server may have acted on the request, so it was not sent again. The server's log says why it closed the connection.")
+    }
+
     /// The response for an upstream connection's failure event, before any response byte arrived.
     static func response(for event: UpstreamConnection.Event, upstream: UpstreamConnection, timeouts: Timeouts) -> ProxyErrorResponse {
         guard case .proxy(let proxy) = upstream.key.egress else { return directResponse(for: event, upstream: upstream, timeouts: timeouts) }

@@ -498,6 +498,7 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             goingAway = true
             worker.metrics.countH2(.goAways, route: routeLabel)
             worker.logger.info("upstream \(key.host):\(key.port) (\(routeLabel)): GOAWAY \(H2ClientSession.errorName(code)), last stream \(last)")
+            for stream in streams.values where stream.streamID <= last { stream.goAwayReceived = code }
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil
         case .settings:

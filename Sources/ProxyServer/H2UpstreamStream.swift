@@ -71,6 +71,8 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     /// The transport of the last connection, for the failure's answer and the log once the connection is gone.
     private var lastTransport: UpstreamConnection?
     private(set) var streamID: Int32 = 0
+    /// The error code of a GOAWAY the server sent while the stream was open (for the 502 if the connection then drops).
+    var goAwayReceived: UInt32?
     /// The proxy's own head (up to `max_header_bytes`, 1 MiB, plus the fields it adds): limits above those.
     private var reader = HTTP1RequestReader(limits: HeadLimits(maxHeadBytes: 2 << 20, maxHeaderCount: 8192))
     private(set) var requestMethod = ""
@@ -466,6 +468,14 @@ extension H2UpstreamStream {
         case .queueTimeout?:
             return answer(503, .connectionLimitReached,
                           "no HTTP/2 stream to \(upstream) became free within the connect timeout (h2_connections = \(maxConnections), all their streams busy)", "h2_queue")
+        case .connection(let event)? where streamID != 0:
+            // The request went out on an HTTP/2 connection long past its handshake: say so, not "right after the TLS
+            // handshake" as a fresh HTTP/1.1 connection's close would read.
+            if let response = ConnectFailures.h2ConnectionDropped(after: event, upstream: upstream, wholeRequestSent: requestDone,
+                                                                          goAway: goAwayReceived, egress: key.egress) {
+                return UpstreamChannelFailure(response: response, metricReason: ConnectFailures.metricReason(response.errorType), warn: false)
+            }
+            fallthrough
         case .timeout?, .connection?, nil:
             return connection?.transport.failure(for: event, timeouts: timeouts) ?? lastTransport?.failure(for: event, timeouts: timeouts)
                 ?? answer(502, .destinationUnavailable, "the HTTP/2 connection to \(upstream) ended", "h2_connection")

@@ -106,6 +106,22 @@ private func alert(_ n: Int32, _ text: String) -> OpenSSLErrorEntry {
         #expect(r.advice.contains("rejected the client certificate"))
     }
 
+    /// An HTTP/2 connection dropped under a sent request: about the request, never about the TLS handshake.
+    @Test func h2ConnectionDroppedAfterTheRequestSaysSo() throws {
+        let closed = try #require(ConnectFailures.h2ConnectionDropped(after: .eof(closeNotify: false), upstream: "a:443", goAway: nil, egress: .direct))
+        #expect(closed.status == 502 && closed.errorType == .connectionTerminated)
+        #expect(closed.details == "the upstream a:443 closed the HTTP/2 connection after the request was sent, before any response")
+        #expect(closed.advice.contains("not sent again"))
+        let reset = try #require(ConnectFailures.h2ConnectionDropped(after: .error(errno: 104, tls: [], dnsError: 0), upstream: "a:443", goAway: 0xb, egress: .direct))
+        #expect(reset.details == "the upstream a:443 reset the HTTP/2 connection (ECONNRESET) after the request was sent, before any response; it had sent GOAWAY ENHANCE_YOUR_CALM")
+        let upload = try #require(ConnectFailures.h2ConnectionDropped(after: .eof(closeNotify: true), upstream: "a:443", wholeRequestSent: false, goAway: nil, egress: .direct))
+        #expect(upload.details == "the upstream a:443 closed the HTTP/2 connection while the request body was being sent, before any response")
+        // Timeouts and TLS errors keep their own wording.
+        #expect(ConnectFailures.h2ConnectionDropped(after: .readTimeout, upstream: "a:443", goAway: nil, egress: .direct) == nil)
+        let tls = UpstreamEvent.error(errno: 0, tls: [OpenSSLErrorEntry(library: ERR_LIB_SSL, reason: 1, reasonText: "x")], dnsError: 0)
+        #expect(ConnectFailures.h2ConnectionDropped(after: tls, upstream: "a:443", goAway: nil, egress: .direct) == nil)
+    }
+
     @Test func plainHTTPOnATLSPort() {
         let r = failure(errors: [OpenSSLErrorEntry(library: ERR_LIB_SSL, reason: 267, reasonText: "wrong version number")]).response
         #expect(r.errorType == .tlsProtocolError)
