@@ -237,6 +237,19 @@ class Attacks(unittest.TestCase):
                 self.assertEqual(len(streams), 1, streams)
         self.assert_still_serving()
 
+    def test_connection_dropped_during_the_upload_says_so(self):
+        # As above, while the request body (4 MiB, far more than the stream's window) is still going out.
+        body = os.path.join(ENV["dir"], "upload.bin")
+        with open(body, "wb") as f:
+            f.write(b"u" * (4 << 20))
+        r = curl("-i", "--data-binary", f"@{body}", "-H", "Expect:", f"{URL}/drop-after-request")
+        out = r.stdout.decode(errors="replace")
+        self.assertIn("HTTP/1.1 502", out, r.stderr.decode())
+        self.assertNotIn("TLS handshake", out)
+        self.assertRegex(out, r"(closed|reset) the HTTP/2 connection (\(\w+\) )?while the request body was being sent, "
+                              r"before any response")
+        self.assert_still_serving()
+
     def test_continuation_flood_closes_that_connection_only(self):
         r = curl("-i", f"{URL}/continuation-flood")
         self.assertIn("HTTP/1.1 502", r.stdout.decode(), r.stderr.decode())
