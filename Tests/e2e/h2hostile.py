@@ -24,6 +24,14 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
   /refuse-first          the first time since /_clear: RST_STREAM REFUSED_STREAM, and that connection refuses it
                          every time after; on any other connection 200 with the connection's number
 
+  /ping-mode/M           200, then this connection answers the PINGs it gets as M says: goaway-close (GOAWAY
+                         ENHANCE_YOUR_CALM naming the last stream it took, instead of the ACK, then the TCP
+                         connection closed, as a PING-policing gRPC server does), goaway-open (that GOAWAY, the
+                         connection left open, no ACK); either with -MS: MS milliseconds after the PING; eof-MS
+                         (no ACK, the connection closed MS milliseconds after the PING, without GOAWAY); late-MS (the ACK MS milliseconds late), wrong (an ACK with
+                         other opaque data), flood (2000 unsolicited PING ACKs, then the real one)
+  /refuse-always         RST_STREAM REFUSED_STREAM, every time, on every connection
+
   /git/...               with --git-root DIR: git's smart HTTP (`git http-backend` as CGI over the repositories
                          in DIR), for a real client's clone and push through the proxy
 
@@ -58,6 +66,8 @@ class Hostile(asyncio.Protocol):
         self.requests = {}
         self.closed = False
         self.muted = False
+        self.ping_mode = None
+        self.last_stream = 0
 
     def connection_made(self, transport):
         self.transport = transport
@@ -98,6 +108,7 @@ class Hostile(asyncio.Protocol):
                 headers = [(k, v) for k, v in event.headers]
                 self.requests[event.stream_id] = dict(headers=dict(headers), list=headers, body=bytearray())
                 self.record("stream", event.stream_id)
+                self.last_stream = max(self.last_stream, event.stream_id)
                 path = dict(headers).get(":path", "")
                 if path in ("/rst-no-error",):
                     self.conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "4")])
@@ -120,7 +131,39 @@ class Hostile(asyncio.Protocol):
                 self.record("reset", event.stream_id, code=int(event.error_code))
             elif isinstance(event, h2.events.PingReceived):
                 self.record("ping", 0)
+                if self.ping_mode:
+                    self.misanswer_ping(event.ping_data)
+                    return
         self.flush()
+
+    def misanswer_ping(self, opaque):
+        """Answers a PING as `ping_mode` says (h2 queued the right ACK: it is dropped or sent late)."""
+        pending = self.conn.data_to_send()
+        mode = self.ping_mode
+        if mode.startswith("goaway"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            delay = int(mode.split("-")[2]) / 1000 if mode.count("-") == 2 else 0
+            asyncio.get_event_loop().call_later(delay, self.goaway_for_ping, mode.startswith("goaway-close"))
+        elif mode.startswith("eof-"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            asyncio.get_event_loop().call_later(int(mode[4:]) / 1000, self.transport.close)
+        elif mode.startswith("late-"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            asyncio.get_event_loop().call_later(int(mode[5:]) / 1000, self.raw_if_open, frame(0x6, 0x1, 0, opaque))
+        elif mode == "wrong":
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), frame(0x6, 0x1, 0, b"WRONGWRO")))
+        elif mode == "flood":
+            self.transport.write(frame(0x6, 0x1, 0, b"unasked!") * 2000 + pending)
+
+    def goaway_for_ping(self, close):
+        self.raw_if_open(frame(0x7, 0, 0, self.last_stream.to_bytes(4, "big") + (0xb).to_bytes(4, "big")))
+        if close and not self.closed:
+            self.transport.close()
+            self.closed = True
+
+    def raw_if_open(self, data):
+        if not self.closed:
+            self.transport.write(data)
 
     def rst(self, stream_id, code):
         try:
@@ -271,6 +314,13 @@ class Hostile(asyncio.Protocol):
                 data = json.dumps(dict(conn=self.number)).encode()
                 respond(200, [("content-length", str(len(data)))])
                 await self.send_body(sid, data)
+        elif path.startswith("/ping-mode/"):
+            data = json.dumps(dict(conn=self.number)).encode()
+            respond(200, [("content-length", str(len(data)))])
+            await self.send_body(sid, data)
+            self.ping_mode = path[len("/ping-mode/"):]
+        elif path == "/refuse-always":
+            self.rst(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif path == "/nolen-drop":
             respond(200)
             self.conn.send_data(sid, b"z" * 1000)
