@@ -110,5 +110,7 @@ import Testing
         #expect(r?.key == "route[1].\(key)")
         #expect(TimeSpan.parse(huge) == nil)
         #expect(TimeSpan.parse("999999999h")?.milliseconds == 999_999_999 * 3_600_000)
+        #expect(TimeSpan.parse("999999999h1ms") == nil)
+        #expect(TimeSpan.parse("1h1m1s1ms")?.milliseconds == 3_661_001)
     }
 }
