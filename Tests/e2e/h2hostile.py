@@ -38,8 +38,10 @@ subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear 
 Every PING the proxy sends is recorded too (event "ping", with the connection).
 
 With --silent the server completes the TLS handshake (ALPN h2) and then says nothing at all: no SETTINGS.
+With --goaway-at-once every connection sends its SETTINGS and, in the same write, GOAWAY (last stream 0), and is
+left open: nothing is ever processed.
 
-Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--git-root DIR]
+Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--goaway-at-once] [--git-root DIR]
 """
 import argparse, asyncio, json, os, ssl
 
@@ -57,8 +59,9 @@ def frame(kind, flags, stream_id, payload):
 
 
 class Hostile(asyncio.Protocol):
-    def __init__(self, max_streams, silent=False):
+    def __init__(self, max_streams, silent=False, goaway_at_once=False):
         self.silent = silent
+        self.goaway_at_once = goaway_at_once
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
@@ -80,6 +83,9 @@ class Hostile(asyncio.Protocol):
             return
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        if self.goaway_at_once:
+            self.transport.write(self.conn.data_to_send() + frame(0x7, 0, 0, (0).to_bytes(8, "big")))
+            self.record("connection", 0)
         self.flush()
 
     def connection_lost(self, exc):
@@ -339,6 +345,7 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
     parser.add_argument("--silent", action="store_true")
+    parser.add_argument("--goaway-at-once", action="store_true")
     parser.add_argument("--git-root")
     args = parser.parse_args()
     GIT_ROOT[0] = args.git_root
@@ -350,7 +357,7 @@ def main():
     ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent), "127.0.0.1", args.port, ssl=ctx))
+    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent, args.goaway_at_once), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)
     loop.run_forever()
 

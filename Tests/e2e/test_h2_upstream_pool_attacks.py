@@ -92,12 +92,18 @@ def setUpModule():
                      "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
                     stdout=subprocess.DEVNULL, stderr=open(f"{d}/hostile.log", "w"))
         harness.wait_for_port(hostile)
+        goaway = harness.free_port()
+        procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(goaway), "--goaway-at-once",
+                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        harness.wait_for_port(goaway)
         h11 = Misbehaving11(pki)
         h11slow = Misbehaving11(pki, handshake_delay=0.4)
         # PING: a 300 ms interval; the answer may take up to 1.5 s (GOAWAY-instead-of-ACK servers answer after 700 ms).
         ping = dict(h2_ping_interval="300ms", h2_ping_timeout="1500ms", idle_timeout="30s", response_timeout="8s")
         routes = "".join([
             route("refuse", "refuse.mygreatbank.test", hostile),
+            route("goawayatonce", "goawayatonce.mygreatbank.test", goaway),
             route("late", "late.mygreatbank.test", hostile, h2_ping_interval="300ms", h2_ping_timeout="500ms",
                   idle_timeout="30s"),
             route("longtimeout", "longtimeout.mygreatbank.test", hostile, h2_ping_interval="200ms", h2_ping_timeout="3s",
@@ -289,6 +295,18 @@ class Attacks(unittest.TestCase):
         self.assertLess(time.time() - started, 3)
         streams = [e for e in server_log() if e["event"] == "stream" and e["path"] == "/refuse-always"]
         self.assertEqual(len(streams), 3, "a GET is tried twice, a POST once")
+
+    def test_a_server_that_sends_goaway_with_its_settings_is_not_reconnected_to_for_ever(self):
+        before = harness.metric(metrics(), "mtls_proxy_upstream_connections_total", absent=0.0, result="opened")
+        started = time.time()
+        for method in ("GET", "POST"):
+            r = session().request(method, "http://goawayatonce.mygreatbank.test/headers", data=b"p" if method == "POST" else None,
+                                  timeout=10)
+            self.assertEqual(r.status_code, 502, r.text[:300])
+        self.assertLess(time.time() - started, 4)
+        time.sleep(0.3)
+        opened = harness.metric(metrics(), "mtls_proxy_upstream_connections_total", absent=0.0, result="opened") - before
+        self.assertLessEqual(opened, 4, "a connection after connection for the same requests")
 
     # protocol = "auto": an HTTP/1.1 server that misbehaves after the hand-over
 
