@@ -494,8 +494,11 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil
             // Streams that had not opened yet (waiting for a PING's answer, say) cannot open here any more: they
-            // go to another connection whatever their method or body, rather than being refused by nghttp2.
-            moveUnopened(with: onOverflow)
+            // go to another connection whatever their method or body, rather than being refused by nghttp2. Only
+            // from a connection that carried streams: a server that sends GOAWAY with its first SETTINGS on every
+            // connection would otherwise have them move from new connection to new connection for ever (they
+            // are refused here instead, and the exchange's retry rule decides).
+            if streamsOpened > 0 { moveUnopened(with: onOverflow) }
         case .settings:
             let first = !settingsReceived
             settingsReceived = true
