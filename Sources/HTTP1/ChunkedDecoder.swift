@@ -2,13 +2,20 @@
 ///
 /// It never copies payload: each call looks at the bytes available and says how many to drop as framing, or
 /// how many to pass on as data, so the caller can move data between buffers by reference and write the
-/// framing anew in canonical form. Chunk extensions are validated and dropped; trailers are validated and dropped.
+/// framing anew in canonical form. Chunk extensions are validated and dropped. The trailer section (RFC 9112
+/// §7.1.2) is checked line by line with the rules of a header section and held to its limits (`trailerLimits`:
+/// `max_header_bytes` and the field count); each field line that may be forwarded is a `.trailerField` step, the
+/// others (`TrailerFields.isDropped`) are skipped.
 public struct ChunkedDecoder: Sendable {
     public enum Step: Equatable, Sendable {
         /// Drop this many bytes of framing.
         case skip(Int)
         /// The next this-many bytes are payload.
         case data(Int)
+        /// The next this-many bytes are one trailer field line, its CRLF included, valid as a header field line
+        /// is: pass them on as they are, after the last chunk's `0\r\n` (`trailerFieldsPassed` says whether one
+        /// went before).
+        case trailerField(Int)
         /// Drop this many bytes; the body is complete.
         case end(Int)
         /// Nothing can be decided until more bytes arrive.
@@ -24,28 +31,50 @@ public struct ChunkedDecoder: Sendable {
     }
 
     public static let maxLineLength = 4096
-    public static let maxTrailerBytes = 16 * 1024
 
     var state: State = .size
+    /// The trailer section so far: its bytes (CRLFs included) and field lines, held to `trailerLimits`.
     var trailerBytes = 0
+    var trailerFields = 0
+    /// Trailer field lines passed on (`.trailerField`) so far.
+    public private(set) var trailerFieldsPassed = 0
+    /// How far the current trailer line is known to hold no line end: a line trickled in is scanned once.
+    var trailerScan = 0
+    /// The limits of a head, which the trailer section is held to as well.
+    let trailerLimits: HeadLimits
     /// Whether chunk lines outside the grammar that other recipients read anyway are accepted: whitespace after
     /// the size or after an extension, an extension of any visible bytes after a ";". For responses, whose
     /// extensions are dropped and whose chunks are written anew: an upstream that pads its chunk sizes (nginx,
     /// curl and Python read those) still gets through. Requests keep the strict grammar (400).
     let toleratesOddChunkLines: Bool
 
-    public init() { toleratesOddChunkLines = false }
+    public init(trailerLimits: HeadLimits = HeadLimits()) {
+        toleratesOddChunkLines = false
+        self.trailerLimits = trailerLimits
+    }
 
     /// The decoder of a response body from an upstream: see `toleratesOddChunkLines`.
-    public static func forResponse() -> ChunkedDecoder { ChunkedDecoder(toleratesOddChunkLines: true) }
+    public static func forResponse(trailerLimits: HeadLimits = HeadLimits()) -> ChunkedDecoder {
+        ChunkedDecoder(toleratesOddChunkLines: true, trailerLimits: trailerLimits)
+    }
 
-    private init(toleratesOddChunkLines: Bool) { self.toleratesOddChunkLines = toleratesOddChunkLines }
+    private init(toleratesOddChunkLines: Bool, trailerLimits: HeadLimits) {
+        self.toleratesOddChunkLines = toleratesOddChunkLines
+        self.trailerLimits = trailerLimits
+    }
 
     /// Payload bytes still owed by the current chunk, when the decoder is inside one. The caller may move up to
     /// this many bytes without looking at them, then report it with `consumedData`.
     public var dataRemaining: UInt64? {
         if case .data(let remaining) = state { return remaining }
         return nil
+    }
+
+    /// How many bytes the next step may need to see at once: a chunk line, or in the trailer section the room it
+    /// has left (a trailer field may be as long as a header field).
+    public var lineWindow: Int {
+        if case .trailers = state { return max(0, trailerLimits.maxHeadBytes - trailerBytes) + 2 }
+        return Self.maxLineLength + 2
     }
 
     public mutating func consumedData(_ n: Int) {
@@ -83,19 +112,63 @@ public struct ChunkedDecoder: Sendable {
             }
             return .skip(lineEnd + 2)
         case .trailers:
-            guard let lineEnd = try findLineEnd(bytes, limit: Self.maxLineLength) else { return .needMore }
+            guard let lineEnd = try trailerLineEnd(bytes) else { return .needMore }
             if lineEnd == 0 {
                 state = .done
                 return .end(2)
             }
             trailerBytes += lineEnd + 2
-            guard trailerBytes <= Self.maxTrailerBytes else { throw HTTPParseError.invalidTrailer }
-            let line = bytes[0..<lineEnd]
-            guard let colon = line.firstIndex(of: 0x3A), colon > 0,
-                  line[0..<colon].allSatisfy(isTokenChar),
-                  line[(colon + 1)...].allSatisfy(isFieldValueChar) else { throw HTTPParseError.invalidTrailer }
-            return .skip(lineEnd + 2)
+            trailerFields += 1
+            guard trailerFields <= trailerLimits.maxHeaderCount else {
+                throw HTTPParseError.inTrailerSection(.tooManyHeaders(limit: trailerLimits.maxHeaderCount))
+            }
+            let nameEnd = try Self.checkFieldLine(UnsafeRawBufferPointer(rebasing: bytes[0..<lineEnd]))
+            if TrailerFields.isDropped(UnsafeBufferPointer(rebasing: bytes.bindMemory(to: UInt8.self)[0..<nameEnd])) {
+                return .skip(lineEnd + 2)
+            }
+            trailerFieldsPassed += 1
+            return .trailerField(lineEnd + 2)
         }
+    }
+
+    /// The end of the trailer line at the start of `bytes` (the index of its CR), or nil while it has none; resumes
+    /// at `trailerScan`. A bare CR or LF, or a line that would take the section over `max_header_bytes`, throws.
+    private mutating func trailerLineEnd(_ bytes: UnsafeRawBufferPointer) throws -> Int? {
+        let room = trailerLimits.maxHeadBytes - trailerBytes
+        var i = trailerScan
+        while i < bytes.count {
+            let c = bytes[i]
+            if c == 0x0D {
+                guard i + 1 < bytes.count else {
+                    trailerScan = i
+                    return nil
+                }
+                guard bytes[i + 1] == 0x0A else { throw HTTPParseError.inTrailerSection(.bareCarriageReturn) }
+                trailerScan = 0
+                return i
+            }
+            if c == 0x0A { throw HTTPParseError.inTrailerSection(.bareLineFeed) }
+            i += 1
+            if i + 2 > room { throw HTTPParseError.trailerSectionTooLarge(limit: trailerLimits.maxHeadBytes) }
+        }
+        trailerScan = i
+        return nil
+    }
+
+    /// Checks one field line (without its CRLF) as `HeadParser` checks a header's, in the same order: no
+    /// obsolete line folding, a colon, no whitespace before it, a token for a name, field characters for a value.
+    /// Returns where the name ends. The errors name the field, never its value.
+    static func checkFieldLine(_ line: UnsafeRawBufferPointer) throws -> Int {
+        if line[0] == 0x20 || line[0] == 0x09 { throw HTTPParseError.inTrailerSection(.obsoleteLineFolding) }
+        guard let colon = line.firstIndex(of: 0x3A) else { throw HTTPParseError.inTrailerSection(.headerWithoutColon) }
+        if colon > 0, line[colon - 1] == 0x20 || line[colon - 1] == 0x09 {
+            throw HTTPParseError.inTrailerSection(.whitespaceBeforeColon)
+        }
+        guard colon > 0, line[0..<colon].allSatisfy(isTokenChar) else { throw HTTPParseError.inTrailerSection(.invalidFieldName) }
+        guard line[(colon + 1)...].allSatisfy(isFieldValueChar) else {
+            throw HTTPParseError.inTrailerSection(.invalidFieldValue(name: String(decoding: line[0..<colon], as: UTF8.self)))
+        }
+        return colon
     }
 
     /// Index of the CR of the first CRLF, nil if none yet; a bare CR or LF is an error.
@@ -206,4 +279,6 @@ public enum ChunkedEncoder {
 
     public static let chunkTrailer: [UInt8] = [0x0D, 0x0A]
     public static let lastChunk: [UInt8] = Array("0\r\n\r\n".utf8)
+    /// The last chunk's size line, when trailer fields follow it; `chunkTrailer` (CRLF) then ends the section.
+    public static let lastChunkLine: [UInt8] = Array("0\r\n".utf8)
 }

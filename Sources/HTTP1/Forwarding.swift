@@ -1,10 +1,11 @@
 /// The header rewriting a forward proxy does on each hop (RFC 9110 §7.6).
 public enum Forwarding {
     /// Fields that describe one hop and never pass through. Transfer-Encoding and Content-Length are dropped too:
-    /// the proxy writes the framing of each hop itself.
+    /// the proxy writes the framing of each hop itself. (`Trailer` passes: it names the trailer section, which
+    /// passes too; RFC 9110 §6.6.2.)
     static let hopByHop: [String] = [
         "connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate",
-        "te", "trailer", "upgrade", "transfer-encoding", "content-length",
+        "te", "upgrade", "transfer-encoding", "content-length",
     ]
 
     /// What a field name means to forwarding.
@@ -37,7 +38,7 @@ public enum Forwarding {
             case 2: return equalsLowercase(b, "te") ? .hopByHop : .other
             case 3: return equalsLowercase(b, "via") ? .via : .other
             case 4: return equalsLowercase(b, "host") ? .host : .other
-            case 7: return equalsLowercase(b, "trailer") || equalsLowercase(b, "upgrade") ? .hopByHop : .other
+            case 7: return equalsLowercase(b, "upgrade") ? .hopByHop : .other
             case 10:
                 if equalsLowercase(b, "connection") { return .connection }
                 return equalsLowercase(b, "keep-alive") ? .hopByHop : .other
@@ -133,6 +134,7 @@ public enum Forwarding {
     }
 
     public static let viaToken = "1.1 mtls-proxy"
+    static let trailersToken: StaticString = "trailers"
 
     /// The `Upgrade` protocols passed on to the upstream, or nil when none is. HTTP/2 (`h2c`, `h2`) is never
     /// passed on: after it, one connection carries any number of requests for any path, and none of them would
@@ -188,9 +190,10 @@ public enum Forwarding {
 
     /// The same with the Host value given as its parts, written in place (no String made for it): `host`, in
     /// brackets when `bracketed` (an IPv6 literal), then `:port` when `port` is set (not the scheme's default).
-    /// `teTrailers`: the client's TE named `trailers` and the route may speak HTTP/2, where TE passes with that value
-    /// only (RFC 9113 §8.2.2; gRPC servers require it): `TE: trailers` is written with the `TE` connection option
-    /// an HTTP/1.1 server expects beside it (RFC 9110 §10.1.4); any other TE value stops here as before.
+    /// `teTrailers`: `TE: trailers` may pass (the proxy carries trailers to this client; over HTTP/2, TE passes with
+    /// that value only, RFC 9113 §8.2.2, and gRPC servers require it): when the client's TE lists `trailers` (found
+    /// in the same pass over the fields), it is written with the `TE` connection option an HTTP/1.1 server expects
+    /// beside it (RFC 9110 §10.1.4); any other TE value stops here as before.
     public static func upstreamRequest(_ request: RequestHead, pathAndQuery: String, host: String, bracketed: Bool, port: Int?,
                                        framing: BodyFraming, upgrade: String? = nil, teTrailers: Bool = false, into out: inout [UInt8]) {
         out.removeAllZeroing()
@@ -208,6 +211,7 @@ public enum Forwarding {
             appendDecimal(UInt64(clamping: port), to: &out)
         }
         appendCRLF(to: &out)
+        var listsTrailers = false
         request.headers.withFields { view in
             let filter = HopFilter(view)
             var run = LineRun()
@@ -218,6 +222,9 @@ public enum Forwarding {
                 let name = view.name(s)
                 let role = role(name)
                 if role == .via { vias += 1 }
+                if teTrailers, !listsTrailers, role == .hopByHop, name.count == 2 {
+                    listsTrailers = listValue(view.value(s), contains: UnsafeBufferPointer(start: trailersToken.utf8Start, count: 8))
+                }
                 guard role == .other, !isProxyField(name), !isPathOverrideField(name), !filter.namedByConnection(name) else { continue }
                 run.append(view, s, to: &out)
             }
@@ -228,7 +235,7 @@ public enum Forwarding {
             appendStatic("Connection: Upgrade\r\nUpgrade: ", to: &out)
             appendLatin1(upgrade, to: &out)
             appendCRLF(to: &out)
-        } else if teTrailers {
+        } else if listsTrailers {
             appendStatic("Connection: TE\r\nTE: trailers\r\n", to: &out)
         }
         switch framing {

@@ -107,9 +107,10 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
         spans = kept
     }
 
-    /// Calls `body` with each field's name and value bytes, in order, until it returns false.
+    /// Calls `body` with each field's name and value bytes, in order, until it returns false. The bytes are the
+    /// head's own, in place, valid only inside `body` (the HTTP/2 side translates heads from them).
     @inline(__always)
-    func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows {
+    public func forEachField(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows {
         try storage.withUnsafeBufferPointer { bytes in
             try spans.withUnsafeBufferPointer { spans in
                 for s in spans {
@@ -196,7 +197,8 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     }
 
     /// How many non-empty list elements the `name` fields hold, whether the last one equals `token` (ASCII
-    /// case-insensitive), and how many do, without splitting the values.
+    /// case-insensitive), and how many name it, parameters aside (`chunked;x` names chunked: RFC 9112 §7 reads a
+    /// coding by its name), without splitting the values.
     func listElementCount(_ name: StaticString, lastEquals token: StaticString) -> (count: Int, lastMatches: Bool, matches: Int) {
         var count = 0
         var matches = 0
@@ -206,7 +208,7 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
             forEachListElement(value) { element in
                 count += 1
                 lastMatches = bytesEqualIgnoringASCIICase(element, t)
-                if lastMatches { matches += 1 }
+                if lastMatches || bytesEqualIgnoringASCIICase(codingName(element), t) { matches += 1 }
                 return true
             }
             return true
@@ -399,6 +401,15 @@ func bytesEqualIgnoringASCIICase(_ x: UnsafeBufferPointer<UInt8>, _ y: UnsafeBuf
         if asciiLower(x[i]) != asciiLower(y[i]) { return false }
     }
     return true
+}
+
+/// A list element's name without its parameters: up to the first ";", whitespace before it left out.
+@inline(__always)
+func codingName(_ element: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8> {
+    var end = 0
+    while end < element.count && element[end] != 0x3B { end += 1 }
+    while end > 0 && (element[end - 1] == 0x20 || element[end - 1] == 0x09) { end -= 1 }
+    return UnsafeBufferPointer(rebasing: element[0..<end])
 }
 
 @inline(__always)

@@ -33,7 +33,10 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case invalidChunkExtension
     case invalidChunkTerminator
     case chunkLineTooLong
-    case invalidTrailer
+    /// A trailer field line broke the rule a header field line would have (obs-fold, a bare CR, a bad name...).
+    indirect case inTrailerSection(HTTPParseError)
+    /// The trailer section is larger than `max_header_bytes`, the limit of a head.
+    case trailerSectionTooLarge(limit: Int)
 
     /// The registered transfer codings a Transfer-Encoding value names, e.g. ` (gzip, chunked)`; anything else
     /// in the value is left out, since a header value may carry a secret.
@@ -85,7 +88,14 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .invalidChunkExtension: return "invalid chunk extension"
         case .invalidChunkTerminator: return "chunk data not followed by CRLF"
         case .chunkLineTooLong: return "chunk size line too long"
-        case .invalidTrailer: return "invalid trailer field"
+        case .inTrailerSection(let error):
+            switch error {
+            case .bareCarriageReturn: return "a bare CR (not followed by LF) in the trailer section"
+            case .bareLineFeed: return "a line ending in LF without CR in the trailer section"
+            case .tooManyHeaders(let limit): return "more than \(limit) trailer fields"
+            default: return "\(error.description) in the trailer section"
+            }
+        case .trailerSectionTooLarge(let limit): return "the trailer section exceeds \(limit) bytes"
         }
     }
 }

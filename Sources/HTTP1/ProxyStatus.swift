@@ -120,6 +120,9 @@ public struct ProxyErrorResponse: Sendable, Equatable {
         case .headTooLarge:
             return ProxyErrorResponse(status: 431, errorType: .httpRequestError, details: error.description,
                                       advice: "Send fewer or smaller headers, or raise [proxy] max_header_bytes.")
+        case .trailerSectionTooLarge:
+            return ProxyErrorResponse(status: 431, errorType: .httpRequestError, details: error.description,
+                                      advice: "Send fewer or smaller trailer fields, or raise [proxy] max_header_bytes.")
         case .requestLineTooLong:
             return ProxyErrorResponse(status: 414, errorType: .httpRequestError, details: error.description,
                                       advice: "Send a shorter URL (a long query belongs in a request body), or raise [proxy] max_header_bytes.")

@@ -27,6 +27,8 @@ public struct HTTP1RequestReader: Sendable {
 
     var state: State = .head
     let limits: HeadLimits
+    /// The trailer section of a chunked body, as the exchange wrote it (the fields it lets through), once read.
+    public private(set) var trailers: [HTTPField] = []
 
     public init(limits: HeadLimits = HeadLimits()) { self.limits = limits }
 
@@ -39,18 +41,9 @@ public struct HTTP1RequestReader: Sendable {
     public mutating func next(_ bytes: UnsafeRawBufferPointer) throws -> Step {
         switch state {
         case .head:
-            guard let end = Self.headEnd(bytes) else {
-                if bytes.count > limits.maxHeadBytes { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
-                return .needMore
-            }
-            let head = try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), limits: limits)
-            let framing = try BodyFraming.forRequest(head)
-            switch framing {
-            case .none, .untilClose: state = .done
-            case .contentLength(let n): state = .length(remaining: n)
-            case .chunked: state = .chunked(ChunkedDecoder())
-            }
-            return .head(head, framing: framing, consumed: end)
+            var head = RequestHead()
+            guard let (framing, consumed) = try nextHead(bytes, into: &head) else { return .needMore }
+            return .head(head, framing: framing, consumed: consumed)
         case .length(let remaining):
             if bytes.isEmpty { return .needMore }
             let n = Int(min(UInt64(bytes.count), remaining))
@@ -62,6 +55,9 @@ public struct HTTP1RequestReader: Sendable {
             state = .chunked(decoder)
             switch step {
             case .skip(let n): return .skip(n)
+            case .trailerField(let n):
+                trailers.append(Self.field(UnsafeRawBufferPointer(rebasing: bytes[0..<(n - 2)])))
+                return .skip(n)
             case .data(let n): return .data(n)
             case .end(let n):
                 state = .done
@@ -71,6 +67,36 @@ public struct HTTP1RequestReader: Sendable {
         case .done:
             return bytes.isEmpty ? .needMore : .skip(0)
         }
+    }
+
+    /// A field line the chunked decoder checked (`name: value`, no CRLF): the name, and the value without the
+    /// whitespace around it, its bytes as Latin-1.
+    static func field(_ line: UnsafeRawBufferPointer) -> HTTPField {
+        let colon = line.firstIndex(of: 0x3A) ?? line.count
+        var start = min(colon + 1, line.count), end = line.count
+        while start < end && (line[start] == 0x20 || line[start] == 0x09) { start += 1 }
+        while end > start && (line[end - 1] == 0x20 || line[end - 1] == 0x09) { end -= 1 }
+        return HTTPField(name: String(decoding: line[0..<colon], as: UTF8.self),
+                         value: String(String.UnicodeScalarView(line[start..<end].lazy.map { Unicode.Scalar($0) })))
+    }
+
+    /// The head, when it is complete in `bytes`: parsed into `head` (a holder's head, refilled: no allocation once
+    /// its buffers are large enough), with the body's framing and the bytes it took; nil while more are needed.
+    /// Only while no head was read yet (`next` goes on with the body).
+    public mutating func nextHead(_ bytes: UnsafeRawBufferPointer, into head: inout RequestHead) throws -> (framing: BodyFraming, consumed: Int)? {
+        guard case .head = state else { return nil }
+        guard let end = Self.headEnd(bytes) else {
+            if bytes.count > limits.maxHeadBytes { throw HTTPParseError.headTooLarge(limit: limits.maxHeadBytes) }
+            return nil
+        }
+        try HeadParser.parseRequest(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), into: &head, limits: limits)
+        let framing = try BodyFraming.forRequest(head)
+        switch framing {
+        case .none, .untilClose: state = .done
+        case .contentLength(let n): state = .length(remaining: n)
+        case .chunked: state = .chunked(ChunkedDecoder(trailerLimits: limits))
+        }
+        return (framing, end)
     }
 
     /// Where the head ends (just after CRLF CRLF), or nil.

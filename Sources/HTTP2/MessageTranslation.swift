@@ -40,32 +40,90 @@ public enum MessageTranslation {
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
     ]
 
+    /// The header list of a request (RFC 9113 §8.3.1), as Strings (`requestHeaderList` is what the data path uses).
+    public static func requestFields(_ head: RequestHead, scheme: String = "https", authority: String? = nil) -> [H2Field] {
+        var list = H2HeaderList()
+        requestHeaderList(head, scheme: scheme, authority: authority, into: &list)
+        return list.fields
+    }
+
     /// The header list of a request (RFC 9113 §8.3.1): `:method`, `:scheme`, `:authority` (from `Host`), `:path`
     /// (the origin-form target, or `*` for a server-wide OPTIONS), then the fields, names lowercased, without the
     /// connection-specific ones, without those `Connection` names, and with `TE` only as `trailers`.
-    /// `Content-Length` passes (nghttp2 checks the DATA against it); a chunked body has none.
-    public static func requestFields(_ head: RequestHead, scheme: String = "https", authority: String? = nil) -> [H2Field] {
-        var result: [H2Field] = []
-        result.reserveCapacity(head.headers.count + 4)
-        let host = authority ?? head.headers.first("Host") ?? ""
-        result.append(H2Field(":method", head.method))
-        result.append(H2Field(":scheme", scheme))
-        result.append(H2Field(":authority", host))
-        result.append(H2Field(":path", head.target))
-        let named = Set(head.headers.listElements("Connection").map { $0.lowercased() })
-        var teTrailers = false
-        for field in head.headers.fields {
-            let name = field.name.lowercased()
-            // TE before the names Connection lists: an HTTP/1.1 sender of TE names it there (RFC 9110 §10.1.4).
-            if name == "te" {
-                if listContains(field.value, "trailers") { teTrailers = true }
-                continue
+    /// `Content-Length` passes (nghttp2 checks the DATA against it); a chunked body has none. Built from the
+    /// head's bytes in place into `list` (emptied first): no String, no allocation once `list` is large enough.
+    public static func requestHeaderList(_ head: RequestHead, scheme: String = "https", authority: String? = nil,
+                                         into list: inout H2HeaderList) {
+        list.removeAll()
+        var method = head.method
+        method.withUTF8 { list.append(":method", value: $0) }
+        var scheme = scheme
+        scheme.withUTF8 { list.append(":scheme", value: $0) }
+        var hasConnection = false
+        if var authority {
+            authority.withUTF8 { list.append(":authority", value: $0) }
+            head.headers.forEachField { name, _ in
+                hasConnection = H2Bytes.equalsLowercase(name, "connection")
+                return !hasConnection
             }
-            if name == "host" || connectionSpecific.contains(name) || named.contains(name) { continue }
-            result.append(H2Field(name, field.value))
+        } else {
+            var host: UnsafeBufferPointer<UInt8>?
+            head.headers.forEachField { name, value in
+                if host == nil, H2Bytes.equalsLowercase(name, "host") {
+                    list.append(":authority", value: value)
+                    host = value
+                }
+                if H2Bytes.equalsLowercase(name, "connection") { hasConnection = true }
+                return host == nil || !hasConnection
+            }
+            if host == nil { list.append(":authority", value: UnsafeBufferPointer(start: nil, count: 0)) }
         }
-        if teTrailers { result.append(H2Field("te", "trailers")) }
-        return result
+        head.withTargetBytes { list.append(":path", value: $0) }
+        var teTrailers = false
+        head.headers.forEachField { name, value in
+            // TE before the names Connection lists: an HTTP/1.1 sender of TE names it there (RFC 9110 §10.1.4).
+            if H2Bytes.equalsLowercase(name, "te") {
+                if listContains(value, "trailers") { teTrailers = true }
+                return true
+            }
+            if H2Bytes.equalsLowercase(name, "host") || isConnectionSpecific(name, ignoringCase: true)
+                || (hasConnection && namedByConnection(name, in: head.headers)) { return true }
+            list.append(lowercasing: name, value: value)
+            return true
+        }
+        if teTrailers {
+            let trailers: StaticString = "trailers"
+            list.append("te", value: UnsafeBufferPointer(start: trailers.utf8Start, count: trailers.utf8CodeUnitCount))
+        }
+    }
+
+    /// Whether `name` is one of `connectionSpecific`; HTTP/2 names are lower case already (`ignoringCase` for
+    /// HTTP/1.1 ones).
+    @inline(__always)
+    static func isConnectionSpecific(_ name: UnsafeBufferPointer<UInt8>, ignoringCase: Bool) -> Bool {
+        // By length first: most names are none of these.
+        switch name.count {
+        case 7: return ignoringCase ? H2Bytes.equalsLowercase(name, "upgrade") : H2Bytes.equals(name, "upgrade")
+        case 10: return ignoringCase ? (H2Bytes.equalsLowercase(name, "connection") || H2Bytes.equalsLowercase(name, "keep-alive"))
+                                     : (H2Bytes.equals(name, "connection") || H2Bytes.equals(name, "keep-alive"))
+        case 16: return ignoringCase ? H2Bytes.equalsLowercase(name, "proxy-connection") : H2Bytes.equals(name, "proxy-connection")
+        case 17: return ignoringCase ? H2Bytes.equalsLowercase(name, "transfer-encoding") : H2Bytes.equals(name, "transfer-encoding")
+        default: return false
+        }
+    }
+
+    /// Whether some `Connection` field of `headers` lists `name` (ASCII case-insensitive).
+    static func namedByConnection(_ name: UnsafeBufferPointer<UInt8>, in headers: HTTPHeaders) -> Bool {
+        var found = false
+        headers.forEachField { n, value in
+            guard H2Bytes.equalsLowercase(n, "connection") else { return true }
+            H2Bytes.forEachListElement(value) { element in
+                found = H2Bytes.equalIgnoringCase(element, name)
+                return !found
+            }
+            return !found
+        }
+        return found
     }
 
     /// The fields of a trailer section, HTTP/1.1 to HTTP/2: names lowercased, connection-specific ones and
@@ -90,46 +148,98 @@ public enum MessageTranslation {
 
     /// An HTTP/2 response head as an HTTP/1.1 one: `:status` and a reason phrase, the fields in order,
     /// and the framing the HTTP/1.1 side will see. `endStream` is whether the HEADERS frame ended the stream.
+    /// (For tests and callers outside the data path: `writeResponseHead` writes the same head as bytes.)
     public static func responseHead(_ fields: [H2Field], requestMethod: String, endStream: Bool) throws -> (ResponseHead, ResponseFraming) {
+        var bytes: [UInt8] = []
+        let framing = try writeResponseHead(H2HeaderList(fields), requestMethod: requestMethod, endStream: endStream, into: &bytes)
+        let head = try HeadParser.parseResponse(bytes, limits: HeadLimits(maxHeadBytes: bytes.count + 1, maxHeaderCount: fields.count + 2))
+        return (head, framing)
+    }
+
+    /// Writes an HTTP/2 response head as an HTTP/1.1 one into `out`, from the header list's bytes: the status line
+    /// with the standard reason phrase, the fields in order (connection-specific ones dropped, a repeated
+    /// `content-length` once), and what the framing needs (`content-length: 0` for a head that ended the stream,
+    /// `transfer-encoding: chunked` for a body without a length). Returns the framing the HTTP/1.1 side will see.
+    /// A missing or malformed `:status`, another pseudo-field, or a malformed or conflicting `content-length`
+    /// throws, with nothing written.
+    public static func writeResponseHead(_ list: H2HeaderList, requestMethod: String, endStream: Bool,
+                                         into out: inout [UInt8]) throws -> ResponseFraming {
         var status: Int?
-        var headers = HTTPHeaders()
         var contentLength: UInt64?
-        for field in fields {
-            if field.name.hasPrefix(":") {
-                guard field.name == ":status" else { throw H2TranslationError.unexpectedPseudoField(field.name) }
-                guard field.value.utf8.count == 3, field.value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
-                      let value = Int(field.value), value >= 100 else {
-                    throw H2TranslationError.invalidStatus(field.value)
+        try list.forEach { name, value in
+            if name.first == 0x3A {
+                guard H2Bytes.equals(name, ":status") else {
+                    throw H2TranslationError.unexpectedPseudoField(String(decoding: name, as: UTF8.self))
                 }
-                status = value
-                continue
-            }
-            if connectionSpecific.contains(field.name) { continue }
-            if field.name == "content-length" {
-                guard let value = UInt64(field.value), field.value.utf8.count <= 18 else {
-                    throw H2TranslationError.invalidContentLength(field.value)
+                guard value.count == 3, value.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                      value[0] != 0x30 else {
+                    throw H2TranslationError.invalidStatus(latin1(value))
                 }
-                if let previous = contentLength, previous != value { throw H2TranslationError.invalidContentLength(field.value) }
-                if contentLength != nil { continue }
-                contentLength = value
+                status = Int(value[0] &- 0x30) * 100 + Int(value[1] &- 0x30) * 10 + Int(value[2] &- 0x30)
+                return true
             }
-            headers.add(field.name, field.value)
+            if H2Bytes.equals(name, "content-length") {
+                guard let length = decimal(value) else { throw H2TranslationError.invalidContentLength(latin1(value)) }
+                if let previous = contentLength, previous != length { throw H2TranslationError.invalidContentLength(latin1(value)) }
+                contentLength = length
+            }
+            return true
         }
         guard let status else { throw H2TranslationError.missingStatus }
-        var framing: ResponseFraming
+        out.append(contentsOf: "HTTP/1.1 ".utf8)
+        list.forEach { name, value in
+            guard H2Bytes.equals(name, ":status") else { return true }
+            out.append(contentsOf: value)
+            return false
+        }
+        out.append(0x20)
+        out.append(contentsOf: reasonPhrase(status).utf8)
+        out.append(contentsOf: "\r\n".utf8)
+        var lengthWritten = false
+        list.forEach { name, value in
+            if name.first == 0x3A || isConnectionSpecific(name, ignoringCase: false) { return true }
+            if H2Bytes.equals(name, "content-length") {
+                if lengthWritten { return true }
+                lengthWritten = true
+            }
+            out.append(contentsOf: name)
+            out.append(0x3A)
+            out.append(0x20)
+            out.append(contentsOf: value)
+            out.append(0x0D)
+            out.append(0x0A)
+            return true
+        }
+        let framing: ResponseFraming
         if requestMethod == "HEAD" || status < 200 || status == 204 || status == 304 {
             framing = .none
         } else if let contentLength {
             framing = contentLength == 0 ? .none : .contentLength(contentLength)
         } else if endStream {
-            headers.add("content-length", "0")
+            out.append(contentsOf: "content-length: 0\r\n".utf8)
             framing = .none
         } else {
-            headers.add("transfer-encoding", "chunked")
+            out.append(contentsOf: "transfer-encoding: chunked\r\n".utf8)
             framing = .chunked
         }
-        let head = ResponseHead(version: .http11, status: status, reason: reasonPhrase(status), headers: headers)
-        return (head, framing)
+        out.append(0x0D)
+        out.append(0x0A)
+        return framing
+    }
+
+    /// A `content-length` value: 1 to 18 digits (below 10^18), nothing else.
+    static func decimal(_ value: UnsafeBufferPointer<UInt8>) -> UInt64? {
+        guard !value.isEmpty, value.count <= 18 else { return nil }
+        var n: UInt64 = 0
+        for c in value {
+            guard c >= 0x30 && c <= 0x39 else { return nil }
+            n = n * 10 + UInt64(c - 0x30)
+        }
+        return n
+    }
+
+    static func latin1(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
+        String(String.UnicodeScalarView(bytes.lazy.map { Unicode.Scalar($0) }))
     }
 
     /// HTTP/2 has no reason phrase (RFC 9113 §8.3.2): the HTTP/1.1 head gets the standard one (RFC 9110 §15).
@@ -166,6 +276,16 @@ public enum MessageTranslation {
             let known = ProxyErrorResponse.reasonPhrase(status)
             return known == "Error" ? (status < 400 ? "Status" : "Error") : known
         }
+    }
+
+    /// Whether a comma-separated list value has `token` (lower case; compared ignoring case), ignoring parameters.
+    static func listContains(_ value: UnsafeBufferPointer<UInt8>, _ token: StaticString) -> Bool {
+        var found = false
+        H2Bytes.forEachListElement(value) { element in
+            found = H2Bytes.equalsLowercase(H2Bytes.bare(element), token)
+            return !found
+        }
+        return found
     }
 
     /// Whether a comma-separated list value has `token` (case-insensitive), ignoring parameters.

@@ -54,7 +54,7 @@ public enum ConfigLoader {
                              "rewrite_https_location"])
             if let b = try t.bool("rewrite_https_location") { proxy.rewriteHTTPSLocation = b }
             if let d = try t.duration("client_timeout") { proxy.clientTimeout = d }
-            proxy.authFile = try t.path("auth_file")
+            proxy.authFile = try t.credentialPath("auth_file", expected: "the path of the clients' password file (htpasswd)")
             if let d = try t.duration("header_timeout") { proxy.headerTimeout = d }
             if let n = try t.int("max_connections") {
                 guard n >= 1 && n <= 1_000_000 else { throw t.error("max_connections", "expected 1 to 1000000, got \(n)") }
@@ -222,8 +222,12 @@ public enum ConfigLoader {
                                         listeners: listeners, admin: admin, log: log)
         problems.collect { if let it = try reader.table("intercept") {
             try it.allowOnly(["ca_cert", "ca_key", "leaf_validity"])
-            guard let cert = try it.path("ca_cert") else { throw it.error("ca_cert", "missing: the local CA certificate (PEM) the workflows trust") }
-            guard let key = try it.path("ca_key") else { throw it.error("ca_key", "missing: the local CA's private key (PEM)") }
+            guard let cert = try it.credentialPath("ca_cert", expected: "the local CA certificate file (PEM)") else {
+                throw it.error("ca_cert", "missing: the local CA certificate (PEM) the workflows trust")
+            }
+            guard let key = try it.credentialPath("ca_key", expected: "the local CA's private key file (PEM)") else {
+                throw it.error("ca_key", "missing: the local CA's private key (PEM)")
+            }
             var settings = InterceptSettings(caCert: cert, caKey: key)
             if let validity = try it.duration("leaf_validity") {
                 guard validity.milliseconds >= 3_600_000 && validity.milliseconds <= 30 * 86_400_000 else {
@@ -413,13 +417,12 @@ public enum ConfigLoader {
     }
 
     static func secret(_ t: TableReader, _ prefix: String) throws -> SecretSource? {
-        let file = try t.path("\(prefix)_file"), env = try t.string("\(prefix)_env")
+        let file = try t.credentialPath("\(prefix)_file", expected: "the path of a file holding the password")
+        let env = try t.credentialVariable("\(prefix)_env")
         switch (file, env) {
         case (nil, nil): return nil
         case (let f?, nil): return .file(f)
-        case (nil, let e?):
-            guard !e.isEmpty else { throw t.error("\(prefix)_env", "expected the name of an environment variable") }
-            return .environment(e)
+        case (nil, let e?): return .environment(e)
         case (_?, _?): throw t.error("\(prefix)_env", "set \(prefix)_file or \(prefix)_env, not both")
         }
     }
@@ -533,7 +536,7 @@ public enum ConfigLoader {
     /// inherits `[upstream]`'s; its credentials only while it names the same proxy (a password for one proxy
     /// is never sent to another).
     static func readEgress(_ t: TableReader, inherited: Egress) throws -> Egress {
-        let credentials = try t.path("proxy_credentials_file")
+        let credentials = try t.credentialPath("proxy_credentials_file", expected: "the path of a file holding user:password")
         guard let text = try t.string("proxy") else {
             guard let credentials else { return inherited }
             guard case .proxy(var proxy) = inherited else {
@@ -864,6 +867,26 @@ struct TableReader {
             return wrong(key, "expected a positive duration such as \"250ms\", \"5s\", \"2m\" or \"1h\", got \"\(text)\"")
         }
         return span
+    }
+
+    /// The file path of a key that holds a credential or names where one is kept (a password file, the local CA's
+    /// key), resolved as `path` does; a value holding a PIN, or shaped like a URI, is refused without quoting it
+    /// (`CredentialValue`). `what` says what is expected.
+    func credentialPath(_ key: String, expected what: String) throws -> String? {
+        if let text = try string(key), let problem = CredentialValue.problem(text, tokenURIAllowed: false) {
+            throw error(key, "expected \(what); \(problem)")
+        }
+        return try path(key)
+    }
+
+    /// The name of the environment variable a secret is read from, refused without quoting it when it is not one.
+    func credentialVariable(_ key: String) throws -> String? {
+        guard let text = try string(key) else { return nil }
+        guard !text.isEmpty else { throw error(key, "expected the name of an environment variable") }
+        if let problem = CredentialValue.variableNameProblem(text) {
+            throw error(key, "expected the name of an environment variable; \(problem)")
+        }
+        return text
     }
 
     /// A file path, resolved against the config file's folder.

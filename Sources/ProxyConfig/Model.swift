@@ -95,118 +95,79 @@ public enum TLSVersionSetting: String, Sendable, Hashable {
 /// What decides whether an upstream server is trusted, and how the TLS connection to it is made. Part of the
 /// pool key (through the TLS context built from it): connections, sessions and contexts are never shared
 /// between two different settings.
-/// What decides whether an upstream server is trusted, and how the TLS connection to it is made. Part of the
-/// pool key (through the TLS context built from it): connections, sessions and contexts are never shared
-/// between two different settings.
 ///
-/// A route match carries a copy on every request: the TLS policy, pins and revocation settings sit in one
-/// shared immutable box (copied on write), so a copy costs one reference, not one per list.
+/// A route match carries a copy on every request: the TLS policy, pins and revocation settings (`Checks`) sit in
+/// one shared immutable box (copied on write), so a copy costs one reference, not one per list. They read and
+/// write as its own fields (`trust.maxTLS`, `trust.pins = ...`) through one key-path member lookup.
+@dynamicMemberLookup
 public struct TrustSettings: Sendable, Hashable {
     /// PEM bundle; nil means the system trust store.
     public var caFile: String?
     /// `tls_min_version` (also spelled `min_tls`).
     public var minTLS: TLSVersionSetting
-    private var box = Box.defaults
+    @usableFromInline var box = Box.defaults
 
     /// The settings beyond the CA bundle and minimum version.
-    struct Checks: Sendable, Hashable {
-        var maxTLS: TLSVersionSetting = .tls13
-        var ciphers: [String] = TLSPolicyDefaults.ciphers
-        var cipherSuites: [String] = TLSPolicyDefaults.cipherSuites
-        var groups: [String] = TLSPolicyDefaults.groups
-        var signatureAlgorithms: [String] = []
-        var verify: ServerVerification = .chain
-        var pins: [[UInt8]] = []
-        var pinReportOnly: Bool = false
-        var revocation: RevocationMode = .off
-        var crlFiles: [String] = []
-        var requireOCSPStaple: Bool = false
-        var crlFetch: Bool = false
-        var revocationScope: RevocationScope = .chain
+    public struct Checks: Sendable, Hashable {
+        /// `tls_max_version`.
+        public var maxTLS: TLSVersionSetting = .tls13
+        /// `tls_ciphers`: the TLS 1.2 cipher list, by OpenSSL name.
+        public var ciphers: [String] = TLSPolicyDefaults.ciphers
+        /// `tls_ciphersuites`: the TLS 1.3 cipher suites.
+        public var cipherSuites: [String] = TLSPolicyDefaults.cipherSuites
+        /// `tls_groups`: key exchange groups (curves), in order of preference.
+        public var groups: [String] = TLSPolicyDefaults.groups
+        /// `tls_signature_algorithms`; empty means OpenSSL's own list.
+        public var signatureAlgorithms: [String] = []
+        /// `verify`: the chain and name (the default), or only the pinned key (self-signed services).
+        public var verify: ServerVerification = .chain
+        /// `pin_spki_sha256`: SHA-256 digests of DER SubjectPublicKeyInfo, as 32 raw bytes each. Empty: no pinning.
+        public var pins: [[UInt8]] = []
+        /// `pin_report_only`: a mismatch is logged and counted, not refused.
+        public var pinReportOnly: Bool = false
+        /// `revocation`; `.off` unless CRLs are given.
+        public var revocation: RevocationMode = .off
+        /// `crl_files`: PEM or DER CRLs (absolute paths).
+        public var crlFiles: [String] = []
+        /// `require_ocsp_staple`: the server must staple a valid OCSP response for its certificate.
+        public var requireOCSPStaple: Bool = false
+        /// `crl_fetch`: CRLs are also fetched over HTTP(S) from the CRL distribution points of the certificates
+        /// checked.
+        public var crlFetch: Bool = false
+        /// `revocation_scope`: which certificates of the server's chain are checked against CRLs.
+        public var revocationScope: RevocationScope = .chain
+
+        public init() {}
     }
 
-    private final class Box: Sendable {
-        let checks: Checks
-        init(_ checks: Checks) { self.checks = checks }
+    @usableFromInline final class Box: Sendable {
+        @usableFromInline let checks: Checks
+        @usableFromInline init(_ checks: Checks) { self.checks = checks }
         static let defaults = Box(Checks())
     }
 
-    private mutating func change(_ body: (inout Checks) -> Void) {
-        var checks = box.checks
-        body(&checks)
-        box = Box(checks)
+    /// Each field of `Checks` as a field of the settings: read in place, written into a new box (copy on write).
+    @inlinable public subscript<Value>(dynamicMember field: WritableKeyPath<Checks, Value>) -> Value {
+        get { box.checks[keyPath: field] }
+        set {
+            var checks = box.checks
+            checks[keyPath: field] = newValue
+            box = Box(checks)
+        }
     }
 
-    /// `tls_max_version`.
-    public var maxTLS: TLSVersionSetting {
-        get { box.checks.maxTLS }
-        set { change { $0.maxTLS = newValue } }
-    }
-    /// `tls_ciphers`: the TLS 1.2 cipher list, by OpenSSL name.
-    public var ciphers: [String] {
-        get { box.checks.ciphers }
-        set { change { $0.ciphers = newValue } }
-    }
-    /// `tls_ciphersuites`: the TLS 1.3 cipher suites.
-    public var cipherSuites: [String] {
-        get { box.checks.cipherSuites }
-        set { change { $0.cipherSuites = newValue } }
-    }
-    /// `tls_groups`: key exchange groups (curves), in order of preference.
-    public var groups: [String] {
-        get { box.checks.groups }
-        set { change { $0.groups = newValue } }
-    }
-    /// `tls_signature_algorithms`; empty means OpenSSL's own list.
-    public var signatureAlgorithms: [String] {
-        get { box.checks.signatureAlgorithms }
-        set { change { $0.signatureAlgorithms = newValue } }
-    }
-    /// `verify`: the chain and name (the default), or only the pinned key (self-signed services).
-    public var verify: ServerVerification {
-        get { box.checks.verify }
-        set { change { $0.verify = newValue } }
-    }
-    /// `pin_spki_sha256`: SHA-256 digests of DER SubjectPublicKeyInfo, as 32 raw bytes each. Empty: no pinning.
-    public var pins: [[UInt8]] {
-        get { box.checks.pins }
-        set { change { $0.pins = newValue } }
-    }
-    /// `pin_report_only`: a mismatch is logged and counted, not refused.
-    public var pinReportOnly: Bool {
-        get { box.checks.pinReportOnly }
-        set { change { $0.pinReportOnly = newValue } }
-    }
-    /// `revocation`; `.off` unless CRLs are given.
-    public var revocation: RevocationMode {
-        get { box.checks.revocation }
-        set { change { $0.revocation = newValue } }
-    }
-    /// `crl_files`: PEM or DER CRLs (absolute paths).
-    public var crlFiles: [String] {
-        get { box.checks.crlFiles }
-        set { change { $0.crlFiles = newValue } }
-    }
-    /// `require_ocsp_staple`: the server must staple a valid OCSP response for its certificate.
-    public var requireOCSPStaple: Bool {
-        get { box.checks.requireOCSPStaple }
-        set { change { $0.requireOCSPStaple = newValue } }
-    }
-    /// `crl_fetch`: CRLs are also fetched over HTTP(S) from the CRL distribution points of the certificates checked.
-    public var crlFetch: Bool {
-        get { box.checks.crlFetch }
-        set { change { $0.crlFetch = newValue } }
-    }
-    /// `revocation_scope`: which certificates of the server's chain are checked against CRLs.
-    public var revocationScope: RevocationScope {
-        get { box.checks.revocationScope }
-        set { change { $0.revocationScope = newValue } }
-    }
+    /// Whether the CRLs of the certificates' distribution points are fetched and checked: `crl_fetch` with
+    /// revocation on (off, nothing is checked whatever `crl_fetch` and `crl_files` say).
+    public var fetchesCRLs: Bool { self.crlFetch && self.revocation != .off }
+    /// The CRL files checked: `crl_files` with revocation on, else none.
+    public var checkedCRLFiles: [String] { self.revocation != .off ? self.crlFiles : [] }
     /// Whether the proxy asks for a stapled OCSP response (and checks one when it comes).
-    public var wantsOCSPStaple: Bool { verify == .chain && (requireOCSPStaple || revocation != .off) }
+    public var wantsOCSPStaple: Bool { self.verify == .chain && (self.requireOCSPStaple || self.revocation != .off) }
     /// Whether the proxy checks the server beyond a CA chain (pins, pin-only, revocation, a required staple):
     /// checks a blind tunnel, where the client's own TLS runs end to end, would skip.
-    public var checksBeyondChain: Bool { !pins.isEmpty || verify == .pinOnly || revocation != .off || requireOCSPStaple }
+    public var checksBeyondChain: Bool {
+        !self.pins.isEmpty || self.verify == .pinOnly || self.revocation != .off || self.requireOCSPStaple
+    }
 
     public init(caFile: String?, minTLS: TLSVersionSetting) {
         self.caFile = caFile

@@ -90,55 +90,36 @@ public struct RouteMatch: Sendable, Equatable {
         }
     }
 
+    /// A field of the decision: its own copy once one was set, else read in place from the deciding route (the
+    /// same name in `Fields` and `Route`).
+    @inline(__always)
+    private func field<Value>(_ own: KeyPath<Fields, Value>, _ inRoute: KeyPath<Route, Value>) -> Value {
+        if let fields = storage.own { return fields[keyPath: own] }
+        return storage.table!.routes[storage.position][keyPath: inRoute]
+    }
+
     /// nil when no route matched and the `unmatched` policy applied.
     public var route: Route? {
         get { storage.route }
         set { update({ _ in }, route: .some(newValue)) }
     }
-    public var action: RouteAction {
-        get { storage.own?.action ?? storage.table!.routes[storage.position].action }
-        set { update { $0.action = newValue } }
-    }
-    public var trust: TrustSettings {
-        get { storage.own?.trust ?? storage.table!.routes[storage.position].trust }
-        set { update { $0.trust = newValue } }
-    }
-    public var timeouts: Timeouts {
-        get { storage.own?.timeouts ?? storage.table!.routes[storage.position].timeouts }
-        set { update { $0.timeouts = newValue } }
-    }
-    public var connect: HostPort? {
-        get { storage.own.map(\.connect) ?? storage.table!.routes[storage.position].connect }
-        set { update { $0.connect = newValue } }
-    }
+    public var action: RouteAction { get { field(\.action, \.action) } set { update { $0.action = newValue } } }
+    public var trust: TrustSettings { get { field(\.trust, \.trust) } set { update { $0.trust = newValue } } }
+    public var timeouts: Timeouts { get { field(\.timeouts, \.timeouts) } set { update { $0.timeouts = newValue } } }
+    public var connect: HostPort? { get { field(\.connect, \.connect) } set { update { $0.connect = newValue } } }
     /// The SSRF guard does not apply: the route allows private addresses, or names the address to dial.
-    public var allowPrivate: Bool {
-        get { storage.own?.allowPrivate ?? storage.table!.routes[storage.position].allowPrivate }
-        set { update { $0.allowPrivate = newValue } }
-    }
+    public var allowPrivate: Bool { get { field(\.allowPrivate, \.allowPrivate) } set { update { $0.allowPrivate = newValue } } }
     /// Path spellings the deciding route (or `[upstream]`, when none matched) accepts.
-    public var pathRules: PathRules {
-        get { storage.own?.pathRules ?? storage.table!.routes[storage.position].pathRules }
-        set { update { $0.pathRules = newValue } }
-    }
+    public var pathRules: PathRules { get { field(\.pathRules, \.pathRules) } set { update { $0.pathRules = newValue } } }
 
     /// Direct, or through which corporate proxy (the deciding route's, or `[upstream]`'s).
-    public var egress: Egress {
-        get { storage.own?.egress ?? storage.table!.routes[storage.position].egress }
-        set { update { $0.egress = newValue } }
-    }
+    public var egress: Egress { get { field(\.egress, \.egress) } set { update { $0.egress = newValue } } }
 
     /// The HTTP version spoken to the upstream (the deciding route's, or `[upstream]`'s).
-    public var httpProtocol: UpstreamProtocol {
-        get { storage.own?.httpProtocol ?? storage.table!.routes[storage.position].httpProtocol }
-        set { update { $0.httpProtocol = newValue } }
-    }
+    public var httpProtocol: UpstreamProtocol { get { field(\.httpProtocol, \.httpProtocol) } set { update { $0.httpProtocol = newValue } } }
 
     /// HTTP/2 connections per connection key (the deciding route's, or `[upstream]`'s).
-    public var h2Connections: Int {
-        get { storage.own?.h2Connections ?? storage.table!.routes[storage.position].h2Connections }
-        set { update { $0.h2Connections = newValue } }
-    }
+    public var h2Connections: Int { get { field(\.h2Connections, \.h2Connections) } set { update { $0.h2Connections = newValue } } }
 
     public static func == (a: RouteMatch, b: RouteMatch) -> Bool {
         if a.storage === b.storage { return true }
@@ -234,10 +215,8 @@ public struct Router: Sendable {
     private mutating func prepare() {
         let table = RouteMatch.RouteTable(routes)
         routeMatches = routes.indices.map { RouteMatch(table: table, position: $0) }
-        preparedUnmatched = RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                                       timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate,
-                                       pathRules: upstream.pathRules, egress: upstream.egress,
-                                       httpProtocol: upstream.httpProtocol, h2Connections: upstream.h2Connections)
+        preparedUnmatched = nil
+        preparedUnmatched = unmatchedMatch
         index = RouteIndex(routes: routes)
         knownHosts = KnownHosts(routes.compactMap { route -> String? in
             if case .exact(let host) = route.host { return host }
@@ -331,10 +310,11 @@ public struct Router: Sendable {
         return Self.plan(decision: decision(position), pathScoped: pathScoped)
     }
 
+    /// The decision of the `unmatched` policy with `[upstream]`'s settings (made once, by `prepare`).
     var unmatchedMatch: RouteMatch {
         if let preparedUnmatched { return preparedUnmatched }
         return RouteMatch(route: nil, action: unmatched == .deny ? .deny : .tls, trust: upstream.trust,
-                   timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
-                   egress: upstream.egress, httpProtocol: upstream.httpProtocol, h2Connections: upstream.h2Connections)
+                          timeouts: upstream.timeouts, connect: nil, allowPrivate: upstream.allowPrivate, pathRules: upstream.pathRules,
+                          egress: upstream.egress, httpProtocol: upstream.httpProtocol, h2Connections: upstream.h2Connections)
     }
 }

@@ -54,7 +54,7 @@ extension ClientConnection {
         }
     }
 
-    func answerRequestTimeout(_ why: ConnectionStateMachine<SystemClock>.RequestTimeout) {
+    func answerRequestTimeout(_ why: Machine.RequestTimeout) {
         let details: String
         switch why {
         case .head:
@@ -79,7 +79,12 @@ extension ClientConnection {
         exchange.request = head
         openRecord(method: head.method)
         let framing = Result { try BodyFraming.forRequest(head) }
-        exchange.requestBody = Exchange.RequestBody(framing)
+        // A chunked body's trailer section is held to the head's limits (read from the runtime only then).
+        if case .success(.chunked) = framing {
+            exchange.requestBody = Exchange.RequestBody(.chunked, limits: runtime.limits)
+        } else {
+            exchange.requestBody = Exchange.RequestBody(framing)
+        }
         machine.headParsed(keepAlive: head.wantsKeepAlive && !worker.draining)
         // Proxy credentials: a bcrypt check runs off the loop and the exchange resumes in `authenticationFinished`;
         // meanwhile the machine is `exchanging` with no upstream, so arriving body bytes stay in the input.

@@ -5,7 +5,8 @@ import TLS
 
 /// The client connection's tunnels and relays: CONNECT (blind, opened then intercepted or served in plain, or
 /// refused) and the hand-over after `101 Switching Protocols`. `TunnelSetup` decides; this carries the decision
-/// out on the connection's resources.
+/// out on the connection's resources. Each tunnel resource is the payload of the machine's state while it lives
+/// (`ClientTunnelResources`), handed to the machine when it is made and back when it is done with.
 extension ClientConnection {
     // MARK: upgrades
 
@@ -26,9 +27,9 @@ extension ClientConnection {
         startRelay(with: detached, idleTimeout: timeout)
     }
 
-    /// Hands the client's side and `other` to a relay; the access record is written when it ends.
+    /// Hands the client's side and `other` to a relay, which the machine holds from then on (`.relaying`); the
+    /// access record is written when it ends.
     func startRelay(with other: Endpoint, idleTimeout: TimeSpan) {
-        machine.relayStarted()
         guard client.makeBufferevent(base: worker.base) else {
             var other = other
             other.free(reset: true)
@@ -41,11 +42,12 @@ extension ClientConnection {
             self.timer = nil
         }
         let relay = Relay(base: worker.base, client.handOver(), other, idleTimeout: idleTimeout) { [unowned self] fromClient, toClient in
-            self.relay = nil
-            self.machine.relayEnded()
+            // Ended by itself (the machine hands it back and closes), or closed by `teardown`, which took it from
+            // the machine already: either way the record is written and the connection ends.
+            _ = self.machine.relayEnded()
             self.finish(.relayed(fromClient: fromClient, toClient: toClient))
         }
-        self.relay = relay
+        machine.relayStarted(relay)
         relay.start()
     }
 
@@ -68,13 +70,15 @@ extension ClientConnection {
     }
 
     func dialTunnel(host: String, port: Int, match: RouteMatch) {
-        machine.tunnelDialling()
-        client.disableRead()
-        dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
-                              timeout: match.timeouts.connect, egress: match.egress) {
+        // The client stays read while the tunnel is dialled: its EOF or reset ends the dial at once (the machine
+        // aborts, and the teardown cancels the dialler), and bytes it sends before the 200 wait in the input for
+        // the relay (`clientReadable` leaves them there).
+        let dialer = TunnelDialer(worker: worker, host: host, port: port, connect: match.connect, allowPrivate: match.allowPrivate,
+                                  timeout: match.timeouts.connect, egress: match.egress) {
             [unowned self] outcome in
-            self.dialer = nil
-            guard case .dialling = self.machine.state else {
+            // The dialler reports once, from the loop, and has let go of its own resources (a cancelled one never
+            // reports): the machine hands it back, and the CONNECT goes on to a relay or to its answer.
+            guard self.machine.tunnelDialled() != nil else {
                 if case .connected(let b) = outcome { bufferevent_free(b) }
                 return
             }
@@ -86,16 +90,17 @@ extension ClientConnection {
                 self.finish(.answered(response, close: true))
             }
         }
-        if dialer == nil, case .dialling = machine.state {
+        guard let dialer else {
             finish(.answered(ProxyErrorResponse(status: 502, errorType: .proxyInternalError, details: "could not start a connection to \(host):\(port)"),
                              close: true))
+            return
         }
+        machine.tunnelDialling(dialer)
     }
 
     /// Answers 200 to a tunnel whose first bytes will say how it is served (`TunnelSetup.Inside`). What
     /// interception needs (a leaf minted for the host) is made first, so that a failure is still answered in HTTP.
     func openTunnel(_ opened: OpenedTunnel) {
-        var opened = opened
         if case .intercept = opened.inside.tls, let failure = opened.prepareInterception(worker: worker) {
             finish(.answered(failure, close: true))
             return
@@ -107,23 +112,20 @@ extension ClientConnection {
         }
         TunnelSetup.established.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
         exchange.record.status = 200
-        openedTunnel = opened
-        machine.tunnelOpened()
+        machine.tunnelOpened(opened)
     }
 
     /// The client's first bytes inside an opened tunnel: a TLS ClientHello or a plain HTTP request.
     func serveOpenedTunnel() {
-        guard let opened = openedTunnel, evbuffer_get_length(input) > 0, let first = evbuffer_pullup(input, 1) else { return }
-        openedTunnel = nil
+        guard evbuffer_get_length(input) > 0, let first = evbuffer_pullup(input, 1), let opened = machine.tunnelBytesArrived() else { return }
         switch opened.inside.service(firstByte: first[0]) {
         case .intercept:
             intercept(opened)
         case .plainRequests:
             // The CONNECT itself is not logged; each request inside is, with "tunnel": "plain". No TLS layer:
             // the requests are read from the socket as on the forward listener.
-            kind = .plainTunnel(host: opened.host)
             exchange = Exchange()
-            machine.servingInsideTunnel()
+            machine.servingInsideTunnel(as: .plainTunnel(host: opened.host))
             readHeads()
         case .refuse(let response, let answerInPlain):
             worker.logger.info("tunnel to \(opened.host):\(opened.port) from \(peer) closed: \(response.details)")
@@ -145,9 +147,18 @@ extension ClientConnection {
             return
         }
         // The CONNECT itself is not logged; each request inside is, with intercepted: true.
-        kind = .intercepted(host: opened.host, port: opened.port)
         exchange = Exchange()
-        machine.servingInsideTunnel()
+        machine.servingInsideTunnel(as: .intercepted(host: opened.host, port: opened.port))
         start()  // enabling the filter makes it read the ClientHello already in the socket's input
     }
 }
+
+/// The server's tunnel resources, as the connection's machine holds them.
+enum ClientTunnelResources: TunnelResources {
+    typealias Dialer = TunnelDialer
+    typealias Opened = OpenedTunnel
+    typealias Relay = ByteRelay
+}
+
+/// `Relay` under a name the conformance above can use (inside it, `Relay` names the associated type).
+typealias ByteRelay = Relay

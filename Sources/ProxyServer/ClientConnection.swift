@@ -11,70 +11,66 @@ import Glibc
 /// the actions it returns; the HTTP work of an exchange (routing, forwarding heads, moving bodies) is here too.
 /// See docs/ARCHITECTURE.md for the walk of one request.
 final class ClientConnection: EventHandler, UpstreamChannelOwner {
-    /// Unowned(unsafe): the worker outlives its connections (it frees them before it ends), and a checked
-    /// unowned reference costs an atomic increment and decrement at every use.
+    /// Unowned(unsafe). The rule: the worker outlives its connections (it tears them down, on its own thread,
+    /// before it ends), checked in debug builds by `Worker.deinit`. Why not a checked `unowned`: each use then
+    /// costs an atomic increment and decrement; with it here, on `UpstreamConnection.worker` and on
+    /// `SocketStream.owner`, `scripts/bench --instructions-only` measured 51,420 instructions per forward request
+    /// against 50,270 (+2.3 %), most of it from this one (13 uses per request).
     unowned(unsafe) let worker: Worker
     /// The client's side: its socket as a `SocketStream`, or (interception) the TLS filter over its bufferevent.
     @exclusivity(unchecked) var client: Endpoint
     let peer: String
-    var kind: ListenerKind
+    /// What the connection serves (forward, a sidecar's fixed upstream, the requests inside an intercepted or plain
+    /// tunnel): the machine's, which changes it only when a tunnel's first bytes choose (`servingInsideTunnel`).
+    var kind: ListenerKind { machine.serving }
     /// The connection's life. `@exclusivity(unchecked)` (here and on the other properties the data path reaches
     /// on every request): they are reached only from this connection's methods on the worker's thread, never
     /// while another access to them is under way, and the dynamic exclusivity check Swift makes on a class's
     /// stored property costs about 80 instructions per access (about 1,500 per request for the machine alone).
-    @exclusivity(unchecked) var machine: ConnectionStateMachine<SystemClock>
-    /// The exchange's storage, taken from the worker's `ExchangeStore` when a request's head is complete (or must
-    /// be answered) and given back when the connection goes idle: an idle connection holds none. Reached through
-    /// the pointer, the exchange skips the exclusivity checks too, for the same reason.
-    @exclusivity(unchecked) private var exchangeStorage: UnsafeMutablePointer<Exchange>?
-    /// The exchange in progress. Only while the connection holds its storage (`holdExchange`): reaching it
-    /// otherwise is a bug, and traps rather than taking storage behind the caller's back.
+    @exclusivity(unchecked) var machine: Machine
+    typealias Machine = ConnectionStateMachine<SystemClock, ClientTunnelResources>
+    /// The exchange's storage, leased from the worker's `ExchangeStore` when a request's head is complete (or must
+    /// be answered) and given back when the connection goes idle (`releaseExchange`, the one place it goes back):
+    /// an idle connection holds none. The lease cannot be copied nor given back twice (`ExchangeLease`); one left
+    /// here when the connection goes frees its storage. Reached through its pointer, the exchange skips the
+    /// exclusivity checks too, for the same reason as the machine.
+    @exclusivity(unchecked) private var lease: ExchangeLease?
+    /// The exchange in progress. Only while the connection holds its lease (`holdExchange`): reaching it otherwise
+    /// is a bug, and traps rather than taking storage behind the caller's back.
     var exchange: Exchange {
-        @inline(__always) unsafeAddress { UnsafePointer(exchangeStorage!) }
-        @inline(__always) unsafeMutableAddress { exchangeStorage! }
+        @inline(__always) unsafeAddress { UnsafePointer(lease.storage!) }
+        @inline(__always) unsafeMutableAddress { lease.storage! }
     }
-    var holdsExchange: Bool { exchangeStorage != nil }
-    /// Takes the exchange's storage from the worker if the connection holds none. True when it took it (the
+    var holdsExchange: Bool { lease != nil }
+    /// Leases the exchange's storage from the worker if the connection holds none. True when it took it (the
     /// storage comes renewed from the store); false when it held it already (the caller renews it).
     @discardableResult
     func holdExchange() -> Bool {
-        guard exchangeStorage == nil else { return false }
-        exchangeStorage = worker.exchanges.take()
+        guard lease == nil else { return false }
+        lease = worker.exchanges.take()
         return true
     }
     /// Idle: the finished exchange's storage goes back to the worker.
     func releaseExchange() {
-        guard let exchangeStorage else { return }
-        self.exchangeStorage = nil
-        worker.exchanges.give(exchangeStorage)
+        guard let lease = lease.take() else { return }
+        worker.exchanges.give(lease)
     }
     /// The exchange's upstream side (`UpstreamChannel`): this connection talks to it through that interface only.
     @exclusivity(unchecked) var upstream: (any UpstreamChannel)?
-    /// A tunnel or an upgraded connection: both sides belong to it.
-    var relay: Relay?
-    var dialer: TunnelDialer?
-    /// A tunnel answered 200 whose first bytes have not yet said how it is served.
-    var openedTunnel: OpenedTunnel? {
-        get { openedTunnelSlot?.value }
-        set { openedTunnelSlot = newValue.map(OpenedTunnelSlot.init) }
-    }
-    /// Boxed: most connections never open a tunnel, and an idle connection should not carry its room.
-    private var openedTunnelSlot: OpenedTunnelSlot?
-    private final class OpenedTunnelSlot {
-        let value: OpenedTunnel
-        init(_ value: OpenedTunnel) { self.value = value }
-    }
+    // A tunnel's dialler, opened tunnel or relay is not kept here: it is the machine's state's payload
+    // (`.dialling(dialer)`, `.awaitingTunnelBytes(opened)`, `.relaying(relay)`), handed back to be released.
     /// The connection's one timer: the head deadline, the flush poll under a TLS filter, the linger deadline.
     @exclusivity(unchecked) var timer: OpaquePointer?
-    /// Set while the head loop runs: an exchange that ends inside it lets the loop parse the next head.
+    /// Set while the head loop runs: an exchange that ends inside it lets the loop parse the next head. Not the
+    /// machine's: it says whether `readHeads` is on the call stack (a re-entrancy guard of the shell's loop), not
+    /// where the connection's life stands; the machine is `awaitingHead` both inside the loop and outside it.
     @exclusivity(unchecked) var parsingHeads = false
 
     init(worker: Worker, stream: SocketStream, peer: String, kind: ListenerKind) {
         self.worker = worker
         self.client = Endpoint(stream: stream)
         self.peer = peer
-        self.kind = kind
-        machine = ConnectionStateMachine(clock: SystemClock(),
+        machine = Machine(clock: SystemClock(), serving: kind,
                                          headerTimeoutMillis: worker.runtime.config.proxy.headerTimeout.milliseconds,
                                          clientTimeoutMillis: worker.runtime.config.proxy.clientTimeout.milliseconds)
     }
@@ -83,14 +79,11 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         // Checked in debug builds: the client's stream holds this connection unowned(unsafe), so a connection
         // must let go of its side (`teardown`) before it goes.
         assert(client.isEmpty, "a client connection went without its teardown")
-        if let exchangeStorage {
-            exchangeStorage.deinitialize(count: 1)
-            exchangeStorage.deallocate()
-        }
+        // A lease still held (a teardown always gives it back) frees its storage as it goes.
     }
 
     /// How far the exchange in progress has got, for the machine; none between exchanges.
-    var progress: ExchangeProgress { exchangeStorage?.pointee.progress ?? .none }
+    var progress: ExchangeProgress { holdsExchange ? exchange.progress : .none }
 
     var input: OpaquePointer { client.input }
     var output: OpaquePointer { client.output }
@@ -102,7 +95,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
 
     // MARK: carrying out the machine's actions
 
-    func perform(_ action: ConnectionStateMachine<SystemClock>.Action) {
+    func perform(_ action: Machine.Action) {
         switch action {
         case .none:
             break
@@ -150,9 +143,8 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
     /// The one exit: frees everything this connection holds. `reset` when a response was cut short. Safe to
     /// enter again (a relay that ends comes back here): each resource is let go of once.
     func teardown(reset: Bool) {
-        machine.aborted()
-        dialer?.cancel()
-        dialer = nil
+        // The machine hands back what its state held; each resource is released here, once.
+        let held = machine.aborted()
         if let upstream {
             self.upstream = nil
             upstream.abort()
@@ -161,11 +153,15 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
             event_free(timer)
             self.timer = nil
         }
-        if let relay {
-            // The relay owns the client's side now; closing it frees both.
-            self.relay = nil
+        switch held {
+        case .relay(let relay):
+            // The relay owns the client's side now; closing it frees both (its end comes back here, and finds
+            // nothing more held).
             relay.close(reset: reset)
-        } else {
+        case .dialer(let dialer):
+            dialer.cancel()
+            client.free(reset: reset)
+        case .opened, .nothing:
             client.free(reset: reset)
         }
         releaseExchange()
@@ -234,7 +230,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
            let why = OpenedTunnel.clientTLSFailure(bev) {
             worker.logger.info("intercepted tunnel to \(host) from \(peer): TLS with the client failed: \(why) (does the workflow trust the local CA? see `mtls-proxy ca --pem`)")
         }
-        let action: ConnectionStateMachine<SystemClock>.Action
+        let action: Machine.Action
         let stateBefore = machine.state
         let timedOut = flags & BEV_EVENT_TIMEOUT != 0 && flags & BEV_EVENT_ERROR == 0
         if case .intercepted = kind, flags & BEV_EVENT_ERROR != 0, machine.isAwaitingHead, client.tls?.handshakeFinished == false {
@@ -386,7 +382,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         case truncated(String)
         /// The client went away (EOF, error, client_timeout) with nothing more deliverable: recorded, and the
         /// connection ends as the machine said (`then`).
-        case clientGone(why: String, then: ConnectionStateMachine<SystemClock>.Action)
+        case clientGone(why: String, then: Machine.Action)
         /// A tunnel refused where no HTTP answer can go (the client speaks TLS inside it): recorded, then closed.
         case refusedWithoutAnswer(ProxyErrorResponse)
         /// A relay (tunnel or upgrade) ended after carrying these bytes: recorded, then the connection ends.

@@ -207,6 +207,23 @@ extension UpstreamTLSFailure {
         depth == 1 ? "the intermediate that issued the server's certificate" : "a CA certificate \(depth) levels above the server's"
     }
 
+    /// What to do about a CRL that is unavailable, naming what the route uses to get its CRLs: `crl_files` to
+    /// update, or the distribution points `crl_fetch` fetches from (or both).
+    static func crlUnavailableAdvice(depth: Int, sources: CRLSources) -> String {
+        let from: String
+        switch (sources.files, sources.fetched) {
+        case (true, false): from = depth > 0 ? "Add that CRL to the route's crl_files" : "Update the route's crl_files"
+        case (false, true):
+            from = "The route fetches CRLs from the distribution points the certificates name (crl_fetch): that point must answer with a current CRL of the certificate's issuer"
+        default:
+            from = "Update the route's crl_files, or make the distribution point the certificate names (crl_fetch) answer with a current CRL of its issuer"
+        }
+        let soft = "revocation = \"soft\" to allow it while the CRL is missing or stale"
+        return depth > 0
+            ? "The route checks the whole chain: each CA certificate needs a current CRL from the CA above it. \(from); or set revocation_scope = \"leaf\" to check the server's certificate only, or \(soft)."
+            : "The route requires a current CRL for the server's certificate. \(from) (or set \(soft))."
+    }
+
     /// The response the caller gets: who rejected what, and what to do.
     var response: ProxyErrorResponse {
         // 0. The proxy's own checks beyond the chain: pins and revocation.
@@ -227,9 +244,7 @@ extension UpstreamTLSFailure {
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,
                     details: "CRL unavailable for the upstream \(upstream)\(place): \(reason) (revocation = \"hard\")",
-                    advice: depth > 0
-                        ? "The route checks the whole chain: each CA certificate needs a current CRL from the CA above it. Add that CRL to the route's crl_files (crl_fetch follows the certificate's distribution point), set revocation_scope = \"leaf\" to check the server's certificate only, or revocation = \"soft\" to allow it while the CRL is missing or stale."
-                        : "The route requires a current CRL for the server's certificate. Update the route's crl_files (or set revocation = \"soft\" to allow it while the CRL is missing or stale).")
+                    advice: Self.crlUnavailableAdvice(depth: depth, sources: crlSources))
             case .ocspStapleInvalid(let subject, let serial, let reason):
                 return ProxyErrorResponse(
                     status: 502, errorType: .tlsCertificateError,

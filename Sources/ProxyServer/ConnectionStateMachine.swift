@@ -9,27 +9,6 @@ struct SystemClock: MonotonicClock {
     var nowMillis: Int { monotonicMillis() }
 }
 
-/// The life of one client connection, apart from libevent and OpenSSL: each event is a mutating function that
-/// returns the one action the shell (`ClientConnection`) carries out. Each state carries its own payload, so a
-/// field that means nothing in a state does not exist in it.
-///
-/// ```
-///                  head bytes (arm header_timeout)
-///    ┌──────────► awaitingHead(deadline?) ─────────────────────────────┐ idle client_timeout, EOF
-///    │                 │ headParsed                                     │ or error: abort
-///    │ exchangeEnded   ▼                                                ▼
-///    │ (keep-alive) exchanging(flow) ── CONNECT ──► dialling ──► relaying ──► closed
-///    └───────────────── │  │  │                        │ refused        ▲
-///                       │  │  └─ CONNECT, 200 ──► awaitingTunnelBytes ──┤ silent, EOF: abort
-///                       │  │     servingInsideTunnel (TLS or plain):    │
-///                       │  │     back to awaitingHead                   │
-///                       │  └─ exchangeFailed after the response began,  │
-///                       │     responseTruncated: abort(reset)  ─────────┤
-///                       │ exchangeEnded (close), answerRequestTimeout    │
-///                       ▼                                                │
-///               closing(.flushing) ── flushed ──► closing(.lingering(until)) ── EOF / timer ──┘
-///          (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
-/// ```
 /// How far the exchange in progress has got, as the connection's life depends on it. The connection machine
 /// keeps no copy: the shell reads it from the exchange's message states (`Exchange.progress`) with each event
 /// that needs it.
@@ -44,21 +23,65 @@ struct ExchangeProgress: Equatable {
     static let none = ExchangeProgress(requestComplete: false, responseStarted: false)
 }
 
-struct ConnectionStateMachine<Clock: MonotonicClock> {
-    enum State: Equatable {
+/// What a tunnel holds while it is set up or runs, as the connection's states carry it: the dialler of a blind
+/// tunnel's TCP connection, a tunnel answered 200 that waits for its first bytes, the relay that moves bytes both
+/// ways. The server's are `ClientTunnelResources` (libevent objects); tests use plain values, so the machine stays
+/// socket-free.
+protocol TunnelResources {
+    associatedtype Dialer: AnyObject
+    associatedtype Opened: AnyObject
+    associatedtype Relay: AnyObject
+}
+
+/// The life of one client connection, apart from libevent and OpenSSL: each event is a mutating function that
+/// returns the one action the shell (`ClientConnection`) carries out. Each state carries its own payload, so a
+/// field that means nothing in a state does not exist in it; the tunnel's resources (`TunnelResources`) are such
+/// payloads, so which one the connection holds is its state, never a guess from which optional is set.
+///
+/// Ownership of those resources: a resource enters the machine with the transition that starts its state
+/// (`tunnelDialling`, `tunnelOpened`, `relayStarted`) and leaves it only through a transition that hands it back
+/// to the shell (`tunnelDialled`, `tunnelBytesArrived`, `relayEnded`, `aborted`): the machine never drops one.
+/// An event that ends the connection in a state holding one (the client's EOF while dialling, say) returns
+/// `.abort` and leaves the state as it is: the shell's teardown calls `aborted()`, which closes the machine and
+/// hands the resource over to be released, once.
+///
+/// ```
+///                  head bytes (arm header_timeout)
+///    ┌──────────► awaitingHead(deadline?, scan) ─────────────────────────┐ idle client_timeout, EOF or error:
+///    │                 │ headParsed                                       │ abort, then aborted()
+///    │ exchangeEnded   ▼                                                  ▼
+///    │ (keep-alive) exchanging(flow) ─── exchangeFailed after the response began, responseTruncated:
+///    └────────────── │  │  │  │           abort(reset), then aborted() ───────────────────────► closed
+///                    │  │  │  └─ CONNECT (blind): tunnelDialling ──► dialling(dialer)            ▲ ▲
+///                    │  │  │     ◄── tunnelDialled (refused: answered; connected: a relay)        │ │
+///                    │  │  └─ after tunnelDialled, or a 101: relayStarted ──► relaying(relay) ───┘ │
+///                    │  │                                          relayEnded, or aborted()        │
+///                    │  └─ CONNECT, 200: tunnelOpened ──► awaitingTunnelBytes(opened)              │
+///                    │     ◄── tunnelBytesArrived (then servingInsideTunnel: TLS or plain, back     │
+///                    │         to awaitingHead; or a refusal, answered and closed)                  │
+///                    │ exchangeEnded (close), answerRequestTimeout                                  │
+///                    ▼                                                                              │
+///            closing(.flushing) ── flushed ──► closing(.lingering(until)) ── EOF / timer ───────────┘
+///       (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
+/// ```
+/// In `dialling` and `awaitingTunnelBytes` the client's EOF or error (and client_timeout, once a tunnel is
+/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it closes the machine; in `relaying` the
+/// relay hears the client itself.
+struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
+    enum State {
         /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
         /// `scan` is how far the search for the end of that head has got (the head stays in the input until it is
         /// complete), so a trickled head costs linear time.
         case awaitingHead(headDeadline: Int?, scan: HeadParser.Scan)
         /// A request is being served.
         case exchanging(ExchangeFlow)
-        /// Waiting for a blind tunnel's TCP connection.
-        case dialling
+        /// Waiting for a blind tunnel's TCP connection, which `dialer` makes.
+        case dialling(Tunnel.Dialer)
         /// A tunnel was answered 200 and waits for the client's first bytes, which say how it is served (TLS to
         /// intercept, or plain HTTP requests); client_timeout applies.
-        case awaitingTunnelBytes
+        case awaitingTunnelBytes(Tunnel.Opened)
         /// Bytes flow both ways through a relay, which owns both sides until it ends.
-        case relaying
+        case relaying(Tunnel.Relay)
         /// Our last bytes are flushed through every layer (TLS close_notify included) before the FIN; then the
         /// connection is read a moment longer so that the close does not reset what the client has not read yet.
         case closing(Closing)
@@ -117,9 +140,13 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     let lingerMillis: Int
     /// When the connection last became idle (accepted, or a response ended): client_timeout counts from there.
     private(set) var idleSince: Int
+    /// What the connection serves: its listener's kind, until a tunnel's first bytes make it the requests inside
+    /// that tunnel (`servingInsideTunnel`, the one transition that changes it).
+    private(set) var serving: ListenerKind
 
-    init(clock: Clock, headerTimeoutMillis: Int, clientTimeoutMillis: Int, lingerMillis: Int = 2000) {
+    init(clock: Clock, serving: ListenerKind = .forward, headerTimeoutMillis: Int, clientTimeoutMillis: Int, lingerMillis: Int = 2000) {
         self.clock = clock
+        self.serving = serving
         self.headerTimeoutMillis = headerTimeoutMillis
         self.clientTimeoutMillis = clientTimeoutMillis
         self.lingerMillis = lingerMillis
@@ -212,6 +239,10 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             return .abort(reset: false)
         case .exchanging(var flow):
             if progress.requestComplete {
+                // A half-close (RFC 9112 §9.6): the response is still owed. A client that went away entirely
+                // sends the same FIN, so it is found out only when the response is written to it (a reset);
+                // while the upstream connects (or its handshake waits for a token signature) there is nothing to
+                // write yet. A client's reset is an error (`clientError`) and ends the exchange at once.
                 flow.clientHalfClosed = true
                 flow.keepAlive = false
                 state = .exchanging(flow)
@@ -221,9 +252,11 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             return .abort(reset: false)
         case .closing(.flushing):
             return .none
-        case .closing(.lingering), .dialling, .awaitingTunnelBytes:
+        case .closing(.lingering):
             state = .closed
             return .abort(reset: false)
+        case .dialling, .awaitingTunnelBytes:
+            return .abort(reset: false)  // the state keeps its resource for `aborted()`
         case .relaying, .closed:
             return .none
         }
@@ -233,6 +266,7 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
     mutating func clientError() -> Action {
         switch state {
         case .relaying, .closed: return .none
+        case .dialling, .awaitingTunnelBytes: return .abort(reset: false)  // the state keeps its resource for `aborted()`
         default:
             state = .closed
             return .abort(reset: false)
@@ -261,10 +295,16 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             if !progress.responseStarted { return .answerRequestTimeout(.body) }
             state = .closed
             return .abort(reset: true)
-        case .closing(.lingering), .awaitingTunnelBytes:
+        case .closing(.lingering):
             state = .closed
             return .abort(reset: false)
-        case .closing(.flushing), .dialling, .relaying, .closed:
+        case .awaitingTunnelBytes:
+            return .abort(reset: false)  // the state keeps its resource for `aborted()`
+        case .dialling:
+            // client_timeout does not apply while the tunnel is dialled (connect_timeout does), but the client is
+            // read on, so that its departure ends the dial.
+            return .resumeReading
+        case .closing(.flushing), .relaying, .closed:
             return .none
         }
     }
@@ -300,10 +340,12 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
             }
             state = .closing(.flushing)
             return .closeAfterFlush
-        case .awaitingHead, .dialling, .awaitingTunnelBytes:
-            // An answer to a head that never made an exchange (a parse error, a head timeout), or a tunnel refused
-            // (before the 200, or after it by what the client sent inside).
-            if keepAlive, case .awaitingHead = state {
+        case .dialling, .awaitingTunnelBytes:
+            // A tunnel's answer comes once its resource is handed back (`tunnelDialled`, `tunnelBytesArrived`).
+            preconditionFailure("exchange ended in \(state) without the tunnel's resource handed back")
+        case .awaitingHead:
+            // An answer to a head that never made an exchange (a parse error, a head timeout).
+            if keepAlive {
                 state = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
                 idleSince = clock.nowMillis
                 return .readNextHead
@@ -341,30 +383,56 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         return .abort(reset: true)
     }
 
-    /// A CONNECT goes to a blind tunnel: the answer waits for the TCP connection.
-    mutating func tunnelDialling() {
-        state = .dialling
+    /// A CONNECT goes to a blind tunnel: the answer waits for the TCP connection `dialer` makes.
+    mutating func tunnelDialling(_ dialer: Tunnel.Dialer) {
+        guard case .exchanging = state else { preconditionFailure("tunnel dialled in \(state)") }
+        state = .dialling(dialer)
     }
 
-    /// A tunnel, an interception or an upgrade hands the client's bytes to a relay, or to a new TLS layer.
-    mutating func relayStarted() {
-        state = .relaying
+    /// The dialler reported (connected, or failed; it let go of its own resources as it did): it is handed back
+    /// and the CONNECT's exchange goes on, to be answered (a failure) or relayed (`relayStarted`); the answer
+    /// closes the connection. Nil when the machine holds no dialler (it was aborted meanwhile).
+    mutating func tunnelDialled() -> Tunnel.Dialer? {
+        guard case .dialling(let dialer) = state else { return nil }
+        state = .exchanging(ExchangeFlow(keepAlive: false))
+        return dialer
     }
 
-    mutating func relayEnded() {
+    /// A tunnel, or an upgrade, hands the client's bytes to `relay`, which owns both sides from now on.
+    mutating func relayStarted(_ relay: Tunnel.Relay) {
+        guard case .exchanging = state else { preconditionFailure("relay started in \(state)") }
+        state = .relaying(relay)
+    }
+
+    /// The relay ended (it freed both sides itself): it is handed back, and the connection is closed. Nil when the
+    /// machine holds no relay (`aborted()` handed it over already, and the shell is closing it).
+    mutating func relayEnded() -> Tunnel.Relay? {
+        guard case .relaying(let relay) = state else { return nil }
         state = .closed
+        return relay
     }
 
-    /// The CONNECT was answered 200; the client's first bytes inside will choose how the tunnel is served.
-    mutating func tunnelOpened() {
+    /// The CONNECT was answered 200; the client's first bytes inside will choose how the tunnel is served, with
+    /// what `opened` prepared for it.
+    mutating func tunnelOpened(_ opened: Tunnel.Opened) {
         guard case .exchanging = state else { preconditionFailure("tunnel opened in \(state)") }
-        state = .awaitingTunnelBytes
+        state = .awaitingTunnelBytes(opened)
+    }
+
+    /// The client's first bytes inside an opened tunnel arrived: the opened tunnel is handed back to choose how it
+    /// is served, and the CONNECT's exchange goes on until it chose (`servingInsideTunnel`, or a refusal answered,
+    /// which closes the connection). Nil when no opened tunnel waits.
+    mutating func tunnelBytesArrived() -> Tunnel.Opened? {
+        guard case .awaitingTunnelBytes(let opened) = state else { return nil }
+        state = .exchanging(ExchangeFlow(keepAlive: false))
+        return opened
     }
 
     /// The tunnel's first bytes chose interception (TLS with the client begins) or plain requests: the requests
-    /// inside start afresh, each an exchange of its own.
-    mutating func servingInsideTunnel() {
-        guard case .awaitingTunnelBytes = state else { preconditionFailure("tunnel served in \(state)") }
+    /// inside start afresh, each an exchange of its own, served as `kind` (which changes only here).
+    mutating func servingInsideTunnel(as kind: ListenerKind) {
+        guard case .exchanging = state else { preconditionFailure("tunnel served in \(state)") }
+        serving = kind
         state = .awaitingHead(headDeadline: nil, scan: HeadParser.Scan())
         idleSince = clock.nowMillis
     }
@@ -394,11 +462,32 @@ struct ConnectionStateMachine<Clock: MonotonicClock> {
         }
     }
 
-    /// The shell closed the connection itself (an internal failure).
-    mutating func aborted() {
+    /// What a state handed back when the machine was aborted: the shell releases it (a dialler cancelled, a
+    /// relay closed, which frees the client's side with its own).
+    enum Held {
+        case nothing
+        case dialer(Tunnel.Dialer)
+        case opened(Tunnel.Opened)
+        case relay(Tunnel.Relay)
+    }
+
+    /// The shell closes the connection (it carries out `.abort`, or fails itself): the machine is closed from now
+    /// on, and hands back the tunnel resource its state held, for the shell to release. Once closed, it hands
+    /// back nothing more: each resource leaves the machine once.
+    mutating func aborted() -> Held {
+        let held: Held
+        switch state {
+        case .dialling(let dialer): held = .dialer(dialer)
+        case .awaitingTunnelBytes(let opened): held = .opened(opened)
+        case .relaying(let relay): held = .relay(relay)
+        default: held = .nothing
+        }
         state = .closed
+        return held
     }
 }
+
+extension ConnectionStateMachine.State: Equatable where Tunnel.Dialer: Equatable, Tunnel.Opened: Equatable, Tunnel.Relay: Equatable {}
 
 extension ConnectionStateMachine.State {
     /// Why the client's side ended an exchange caught in this state (its EOF, error or client_timeout), for the

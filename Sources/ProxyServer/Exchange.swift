@@ -13,16 +13,17 @@ struct Exchange {
         case unframed
         case done
 
-        init(_ framing: BodyFraming) {
+        /// `limits`: those of a head, which a trailer section is held to as well.
+        init(_ framing: BodyFraming, limits: HeadLimits = HeadLimits()) {
             switch framing {
             case .contentLength(let n): self = .contentLength(remaining: n)
-            case .chunked: self = .chunked(ChunkedDecoder())
+            case .chunked: self = .chunked(ChunkedDecoder(trailerLimits: limits))
             case .none, .untilClose: self = .done
             }
         }
 
-        init(_ framing: Result<BodyFraming, any Error>) {
-            if case .success(let framing) = framing { self.init(framing) } else { self = .unframed }
+        init(_ framing: Result<BodyFraming, any Error>, limits: HeadLimits = HeadLimits()) {
+            if case .success(let framing) = framing { self.init(framing, limits: limits) } else { self = .unframed }
         }
 
         var isDone: Bool {
@@ -151,7 +152,7 @@ extension Exchange {
     /// the client's framing, and the record. Everything that can reject the head is checked before anything of it
     /// is recorded or reaches the client, so a rejected head is still answered with a 502. (Both heads are read
     /// in place: copying them would cost a retain and release of each of their buffers.)
-    mutating func acceptFinalResponse(requestMethod method: String, requestVersion: HTTPVersion) throws {
+    mutating func acceptFinalResponse(requestMethod method: String, requestVersion: HTTPVersion, limits: HeadLimits = HeadLimits()) throws {
         let framing = try BodyFraming.forResponse(responseHead, requestMethod: method)
         if framing == .untilClose, responseHead.headers.contains("Transfer-Encoding") {
             // A coding other than chunked (gzip, ...): stripping it would pass the coded bytes off as the content.
@@ -164,7 +165,7 @@ extension Exchange {
         record.status = status
         record.ttfbMs = (monotonicMicros() - startMicros) / 1000
         clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: requestVersion)
-        responseDecoder = ChunkedDecoder.forResponse()
+        responseDecoder = ChunkedDecoder.forResponse(trailerLimits: limits)
         upstreamAllowsReuse = responseHead.allowsReuse
         // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
         if framing == .none, method == "HEAD" || status == 204 || status == 304 {

@@ -3,7 +3,9 @@ import HTTP1
 
 /// Moving the bodies of an exchange between evbuffers, by the exchange's framing. Chunked bodies are decoded
 /// and re-encoded (a chunked request body goes upstream chunked; a response goes to the client chunked or
-/// close-delimited by `clientFraming`). bytes_in and bytes_out count body bytes only: no heads, no chunk framing.
+/// close-delimited by `clientFraming`). The trailer section goes in the last chunk, each field line as received,
+/// those `TrailerFields.isDropped` names left out; a close-delimited response has nowhere to carry it (it is
+/// dropped). bytes_in and bytes_out count body bytes only: no heads, no chunk framing, no trailers.
 /// (Each chunk header is still a small array from `ChunkedEncoder`; writing it in place is left to the performance work.)
 extension Exchange {
     enum RequestBodyProgress {
@@ -39,15 +41,18 @@ extension Exchange {
                     requestBody = .chunked(decoder)
                     continue
                 }
-                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let window = min(available, decoder.lineWindow)
                 let step = try decoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(input, window), count: window))
                 requestBody = .chunked(decoder)
                 switch step {
                 case .skip(let n):
                     evbuffer_drain(input, n)  // chunk framing: not counted
+                case .trailerField(let n):
+                    if decoder.trailerFieldsPassed == 1 { ChunkedEncoder.addLastChunkLine(to: destination) }
+                    evbuffer_remove_buffer(input, destination, n)
                 case .end(let n):
                     evbuffer_drain(input, n)
-                    ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(destination, $0.baseAddress, $0.count) }
+                    ChunkedEncoder.addEnd(to: destination, afterTrailers: decoder.trailerFieldsPassed > 0)
                     requestBody = .done
                 case .data:
                     break  // handled above on the next turn
@@ -69,27 +74,33 @@ extension Exchange {
         case destinationFull
         /// The body is complete (its framing says so).
         case complete
-        /// The upstream's chunked coding is invalid: the response cannot be completed.
-        case invalid
+        /// The upstream's chunked coding (or trailer section) is invalid: the response cannot be completed.
+        case invalid(HTTPParseError?)
     }
 
-    /// Moves what is available of the response body from the upstream's `source` to the client's `output`.
+    /// Moves what is available of the response body from the upstream's `source` to the client's `output`, up to
+    /// `highWatermark` bytes in `output` (and the chunk framing of what it re-chunks): the rest stays in `source`,
+    /// where the upstream side bounds it (the socket's read watermark; for HTTP/2, the stream's window, which is
+    /// given back only for bytes taken out of it). So a slow client holds at most the watermark here.
     mutating func moveResponseBody(from source: OpaquePointer, to output: OpaquePointer, highWatermark: Int) -> ResponseBodyProgress {
         let rechunk = clientFraming == .chunked
         while true {
             let available = evbuffer_get_length(source)
             guard available > 0 else { return .waiting }
-            if evbuffer_get_length(output) >= highWatermark { return .destinationFull }
+            let buffered = evbuffer_get_length(output)
+            if buffered >= highWatermark { return .destinationFull }
+            // Body bytes moved in this pass: what is there, up to the room left below the watermark.
+            let room = min(available, highWatermark - buffered)
             switch responseFraming {
             case .contentLength:
-                let n = Int(min(responseRemaining, UInt64(available)))
+                let n = Int(min(responseRemaining, UInt64(room)))
                 evbuffer_remove_buffer(source, output, n)
                 record.bytesOut += n
                 responseRemaining -= UInt64(n)
                 if responseRemaining == 0 { return .complete }
             case .chunked:
                 if let remaining = responseDecoder.dataRemaining {
-                    let n = Int(min(remaining, UInt64(available)))
+                    let n = Int(min(remaining, UInt64(room)))
                     if rechunk {
                         ChunkedEncoder.chunkHeader(size: n).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                     }
@@ -101,21 +112,26 @@ extension Exchange {
                     record.bytesOut += n
                     continue
                 }
-                let window = min(available, ChunkedDecoder.maxLineLength + 2)
+                let window = min(available, responseDecoder.lineWindow)
                 let step: ChunkedDecoder.Step
                 do {
                     step = try responseDecoder.next(UnsafeRawBufferPointer(start: evbuffer_pullup(source, window), count: window))
                 } catch {
-                    return .invalid
+                    return .invalid(error as? HTTPParseError)
                 }
                 switch step {
                 case .skip(let n):
                     evbuffer_drain(source, n)
+                case .trailerField(let n):
+                    if rechunk {
+                        if responseDecoder.trailerFieldsPassed == 1 { ChunkedEncoder.addLastChunkLine(to: output) }
+                        evbuffer_remove_buffer(source, output, n)
+                    } else {
+                        evbuffer_drain(source, n)  // close-delimited for an HTTP/1.0 client: no place for trailers
+                    }
                 case .end(let n):
                     evbuffer_drain(source, n)
-                    if rechunk {
-                        ChunkedEncoder.lastChunk.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
-                    }
+                    if rechunk { ChunkedEncoder.addEnd(to: output, afterTrailers: responseDecoder.trailerFieldsPassed > 0) }
                     return .complete
                 case .data:
                     break
@@ -124,16 +140,28 @@ extension Exchange {
                 }
             case .untilClose:
                 if rechunk {
-                    ChunkedEncoder.chunkHeader(size: available).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
+                    ChunkedEncoder.chunkHeader(size: room).withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                 }
-                evbuffer_remove_buffer(source, output, available)
+                evbuffer_remove_buffer(source, output, room)
                 if rechunk {
                     ChunkedEncoder.chunkTrailer.withUnsafeBytes { _ = evbuffer_add(output, $0.baseAddress, $0.count) }
                 }
-                record.bytesOut += available
+                record.bytesOut += room
             case .none:
                 return .complete
             }
         }
+    }
+}
+
+extension ChunkedEncoder {
+    /// `0\r\n`, before the first trailer field passed on.
+    static func addLastChunkLine(to buffer: OpaquePointer) {
+        lastChunkLine.withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
+    }
+
+    /// The end of a chunked body: the last chunk without trailers, or the empty line after them.
+    static func addEnd(to buffer: OpaquePointer, afterTrailers: Bool) {
+        (afterTrailers ? chunkTrailer : lastChunk).withUnsafeBytes { _ = evbuffer_add(buffer, $0.baseAddress, $0.count) }
     }
 }

@@ -64,7 +64,7 @@ extension Exchange {
                     }
                     return .forwardInterim
                 }
-                try acceptFinalResponse(requestMethod: method, requestVersion: version)
+                try acceptFinalResponse(requestMethod: method, requestVersion: version, limits: limits)
                 response = .body
                 return .sendFinalHead
             } catch {
@@ -87,7 +87,8 @@ extension Exchange {
             case .complete:
                 response = .done
                 return .complete
-            case .invalid: return .truncate("invalid chunked response body from the upstream")
+            case .invalid(let error):
+                return .truncate("invalid chunked response body from the upstream" + (error.map { ": \($0.description)" } ?? ""))
             }
         case .switched, .done:
             return .wait

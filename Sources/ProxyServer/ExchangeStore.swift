@@ -24,17 +24,18 @@ final class ExchangeStore {
         }
     }
 
-    /// A fresh `Exchange`.
-    func take() -> UnsafeMutablePointer<Exchange> {
-        if let storage = free.popLast() { return storage }
+    /// A fresh `Exchange`, leased to the caller until it gives it back.
+    func take() -> ExchangeLease {
+        if let storage = free.popLast() { return ExchangeLease(storage) }
         let storage = UnsafeMutablePointer<Exchange>.allocate(capacity: 1)
         storage.initialize(to: Exchange())
-        return storage
+        return ExchangeLease(storage)
     }
 
-    /// Gives `storage` back, emptied but for its buffers (what the finished exchange held is released now, not
-    /// when the connection next gets a request).
-    func give(_ storage: UnsafeMutablePointer<Exchange>) {
+    /// Takes the lease back, the storage emptied but for its buffers (what the finished exchange held is released
+    /// now, not when the connection next gets a request).
+    func give(_ lease: consuming ExchangeLease) {
+        let storage = lease.end()
         storage.pointee.store()
         if free.count < keep && storage.pointee.headBufferBytes <= Self.keptBufferBytes {
             free.append(storage)
@@ -45,4 +46,39 @@ final class ExchangeStore {
     }
 
     var kept: Int { free.count }
+}
+
+/// The right to one `Exchange`'s storage, from `ExchangeStore.take()` until `ExchangeStore.give` takes it back.
+/// Noncopyable: there is one holder at a time (a connection, for the life of its exchange), and giving it back
+/// consumes it, so it cannot be given back twice nor used after. A lease dropped without being given back (its
+/// holder went first) frees its storage: nothing leaks, and the store never sees it again.
+struct ExchangeLease: ~Copyable {
+    /// Where the exchange lives: reached through the pointer, it skips Swift's dynamic exclusivity checks (see
+    /// `ClientConnection.exchange`). Valid for as long as this lease exists.
+    let storage: UnsafeMutablePointer<Exchange>
+
+    fileprivate init(_ storage: UnsafeMutablePointer<Exchange>) { self.storage = storage }
+
+    /// Ends the lease without freeing the storage: only the store, as it takes the storage back.
+    fileprivate consuming func end() -> UnsafeMutablePointer<Exchange> {
+        let storage = self.storage
+        discard self
+        return storage
+    }
+
+    deinit {
+        storage.deinitialize(count: 1)
+        storage.deallocate()
+    }
+}
+
+extension Optional where Wrapped == ExchangeLease {
+    /// The leased storage, read without taking the lease; nil when none is held.
+    @inline(__always)
+    var storage: UnsafeMutablePointer<Exchange>? {
+        switch self {
+        case .some(let lease): return lease.storage
+        case .none: return nil
+        }
+    }
 }

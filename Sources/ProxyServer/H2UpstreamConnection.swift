@@ -15,15 +15,23 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     let transport: UpstreamConnection
     unowned(unsafe) let worker: Worker
     private(set) var session: H2ClientSession?
+    // `@exclusivity(unchecked)` on what every request reaches: only the worker's thread touches it, never during
+    // another access to it (the translation buffers are lent by moving them out, see `withScratch`).
     /// Streams opened on the session, by id.
-    private var streams: [Int32: H2UpstreamStream] = [:]
+    @exclusivity(unchecked) private var streams: [Int32: H2UpstreamStream] = [:]
     /// Streams attached before the session was up, or whose request head has not arrived yet.
-    private var starting: [H2UpstreamStream] = []
+    @exclusivity(unchecked) private var starting: [H2UpstreamStream] = []
+    /// The buffers heads are translated in, reused (lent out by `withScratch`).
+    @exclusivity(unchecked) private var scratch = H2TranslationScratch()
     /// Runs `work()` once the current callback has returned: streams' request bytes, window updates, output.
     private var workTimer: OpaquePointer?
-    private var workScheduled = false
+    @exclusivity(unchecked) private var workScheduled = false
     /// Inside `session.receive`: output is flushed after it.
-    private var receiving = false
+    @exclusivity(unchecked) private var receiving = false
+    /// Streams whose exchange ended inside `session.receive` before their END_STREAM was seen: reset after it,
+    /// if still open then. An exchange usually ends on the last DATA of its response, a moment before nghttp2
+    /// reports the END_STREAM that came in the same frame; cancelling it then would reset every complete stream.
+    @exclusivity(unchecked) private var cancelAfterReceive: [Int32] = []
     /// GOAWAY received (or sent): no new streams.
     private(set) var goingAway = false
     private(set) var closed = false
@@ -128,7 +136,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     func detach(_ stream: H2UpstreamStream) {
         starting.removeAll { $0 === stream }
         if stream.streamID > 0, streams[stream.streamID] === stream {
-            if !stream.ended { session?.reset(stream.streamID, errorCode: 0x8) }  // CANCEL
+            if !stream.ended {
+                if receiving { cancelAfterReceive.append(stream.streamID) } else { session?.reset(stream.streamID, errorCode: 0x8) }  // CANCEL
+            }
             streams[stream.streamID] = nil
         }
         scheduleWork()
@@ -140,10 +150,21 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         if hasCapacity { onCapacity?(self) }
     }
 
+    /// Lends the translation buffers to `body`: moved out of the connection for the call, so that a call that
+    /// comes back here meanwhile (an exchange ending inside it) finds empty ones rather than overlapping access.
+    private func withScratch<R>(_ body: (inout H2TranslationScratch) -> R) -> R {
+        var lent = H2TranslationScratch()
+        swap(&lent, &scratch)
+        defer { swap(&lent, &scratch) }
+        return body(&lent)
+    }
+
     func scheduleWork() {
         guard !workScheduled, !closed, let workTimer else { return }
         workScheduled = true
-        _ = mtls_evtimer_add_ms(workTimer, 0)
+        // Made active rather than added with a 0 ms timeout: it runs in this loop turn all the same, without a
+        // trip through the timeout heap.
+        event_active(workTimer, EV_TIMEOUT, 1)
     }
 
     /// The work timer, or the liveness timer (both call here): work that is due runs, then a liveness deadline
@@ -235,14 +256,15 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             }
         }
         for stream in starting where stream.connection === self && streams.count < streamLimit {
-            guard let id = stream.startIfHeadReady(on: session) else { continue }
+            guard let id = withScratch({ stream.startIfHeadReady(on: session, scratch: &$0) }) else { continue }
             streams[id] = stream
             streamsOpened += 1
             worker.metrics.countH2(.streams, route: stream.routeLabel)
         }
         starting.removeAll { $0.streamID > 0 || $0.connection !== self }
-        for stream in Array(streams.values) { stream.pumpRequest(session) }
-        for stream in Array(streams.values) { stream.giveBackWindow(session) }
+        // Over the dictionary as it is now: a stream that ends meanwhile changes a copy, not this walk.
+        for stream in streams.values { stream.pumpRequest(session) }
+        for stream in streams.values { stream.giveBackWindow(session) }
         flush()
     }
 
@@ -399,6 +421,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             }
         }
         receiving = false
+        // Those the server did not end meanwhile are cancelled (`reset` leaves closed streams alone).
+        for id in cancelAfterReceive { session.reset(id, errorCode: 0x8) }
+        cancelAfterReceive.removeAll(keepingCapacity: true)
         if let failed {
             // Whatever nghttp2 queued (GOAWAY with the error) goes out before the close.
             try? session.send { bytes in _ = evbuffer_add(self.transport.output, bytes.baseAddress, bytes.count) }
@@ -473,9 +498,9 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     func h2Event(_ event: H2Event) {
         switch event {
         case .informational(let id, let fields):
-            if let stream = streams[id] { withExtendedLifetime(stream) { stream.informational(fields) } }
+            if let stream = streams[id] { withExtendedLifetime(stream) { withScratch { stream.informational(fields, scratch: &$0) } } }
         case .response(let id, let fields, let endStream):
-            if let stream = streams[id] { withExtendedLifetime(stream) { stream.response(fields, endStream: endStream) } }
+            if let stream = streams[id] { withExtendedLifetime(stream) { withScratch { stream.response(fields, endStream: endStream, scratch: &$0) } } }
         case .data(let id, let bytes):
             if let stream = streams[id] { withExtendedLifetime(stream) { stream.data(bytes) } }
         case .trailers(let id, let fields):

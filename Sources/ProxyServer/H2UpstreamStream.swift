@@ -92,7 +92,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     private var timer: OpaquePointer?
     private var timeoutMillis = 0
     private(set) var finished = false
-    /// The HTTP/1.1 bytes of one head or chunk line, reused.
+    /// The HTTP/1.1 bytes of a chunk line or the last chunk, reused (heads are written in the connection's buffer).
     private var scratch: [UInt8] = []
 
     /// Request body bytes the session may hold for a stream before the exchange is held back.
@@ -171,22 +171,26 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     func connectionReady() {}
 
     /// Opens the stream once the request head is in `output`; the id, or nil while it is not.
-    func startIfHeadReady(on session: H2ClientSession) -> Int32? {
+    /// The head is parsed into the connection's reused head and translated into its reused header list (the
+    /// request's bytes, lowercased names, no String per field), then both are emptied, their bytes zeroed.
+    func startIfHeadReady(on session: H2ClientSession, scratch: inout H2TranslationScratch) -> Int32? {
         guard streamID == 0, !finished else { return nil }
         let length = evbuffer_get_length(output)
         guard length > 0, let p = evbuffer_pullup(output, length) else { return nil }
+        defer { scratch.clear() }
         do {
-            let step = try reader.next(UnsafeRawBufferPointer(start: p, count: length))
-            guard case .head(let head, let bodyFraming, let consumed) = step else { return nil }
-            requestMethod = head.method
-            let fields = MessageTranslation.requestFields(head)
-            let size = H2ClientSession.headerListSize(fields)
+            guard let (bodyFraming, consumed) = try reader.nextHead(UnsafeRawBufferPointer(start: p, count: length), into: &scratch.head) else {
+                return nil
+            }
+            requestMethod = scratch.head.method
+            MessageTranslation.requestHeaderList(scratch.head, into: &scratch.list)
+            let size = scratch.list.listSize
             if size > Int(session.serverMaxHeaderListSize) {
                 fail(.requestHeadTooLarge(size: size, limit: session.serverMaxHeaderListSize))
                 return nil
             }
             let hasBody = bodyFraming != .none
-            let id = try session.startRequest(fields, method: head.method, hasBody: hasBody)
+            let id = try session.startRequest(scratch.list, method: requestMethod, hasBody: hasBody)
             evbuffer_drain(output, consumed)
             streamID = id
             if !hasBody { requestDone = true }
@@ -229,7 +233,8 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             moved = true
             if reader.isDone {
                 requestDone = true
-                session.endBody(streamID)
+                // The request's trailer section, if any, as a HEADERS frame with END_STREAM after the DATA.
+                session.endBody(streamID, trailers: MessageTranslation.trailerFields(reader.trailers))
                 break
             }
             if case .needMore = step { break }
@@ -261,7 +266,7 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
     static let maxInterimResponses = 16
     private var interimResponses = 0
 
-    func informational(_ fields: [H2Field]) {
+    func informational(_ fields: H2HeaderList, scratch: inout H2TranslationScratch) {
         interimResponses += 1
         guard interimResponses <= Self.maxInterimResponses else {
             connection?.session?.reset(streamID, errorCode: 0xb)  // ENHANCE_YOUR_CALM
@@ -269,22 +274,19 @@ final class H2UpstreamStream: EventHandler, UpstreamChannel {
             fail(.protocolError("the upstream sent more than \(Self.maxInterimResponses) interim (1xx) responses"))
             return
         }
-        guard let (head, _) = try? MessageTranslation.responseHead(fields, requestMethod: requestMethod, endStream: false) else { return }
-        scratch.removeAll(keepingCapacity: true)
-        MessageTranslation.HTTP1Bytes.head(head, into: &scratch)
-        scratch.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
+        defer { scratch.clearResponseHead() }
+        guard (try? MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: false, into: &scratch.responseHead)) != nil else { return }
+        scratch.responseHead.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
         armTimer()
         notifyReadable()
     }
 
-    func response(_ fields: [H2Field], endStream: Bool) {
+    func response(_ fields: H2HeaderList, endStream: Bool, scratch: inout H2TranslationScratch) {
+        defer { scratch.clearResponseHead() }
         do {
-            let (head, framing) = try MessageTranslation.responseHead(fields, requestMethod: requestMethod, endStream: endStream)
-            self.framing = framing
+            framing = try MessageTranslation.writeResponseHead(fields, requestMethod: requestMethod, endStream: endStream, into: &scratch.responseHead)
             responseHeadSeen = true
-            scratch.removeAll(keepingCapacity: true)
-            MessageTranslation.HTTP1Bytes.head(head, into: &scratch)
-            scratch.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
+            scratch.responseHead.withUnsafeBytes { _ = evbuffer_add(input, $0.baseAddress, $0.count) }
             armTimer()
             notifyReadable()
         } catch {
@@ -489,6 +491,32 @@ extension H2UpstreamStream {
         if servedBefore { record.connectMs = 0 }
         record.upstreamProtocol = "h2"
         record.upstreamStreamID = streamID > 0 ? Int(streamID) : nil
+    }
+}
+
+/// What a connection lends the stream whose head it translates (one at a time): the parsed request head and its
+/// header list, and the HTTP/1.1 bytes of a response head, refilled for each, so that a warm connection
+/// translates heads without allocating.
+struct H2TranslationScratch {
+    var head = RequestHead()
+    var list = H2HeaderList()
+    var responseHead: [UInt8] = []
+
+    /// What the buffers may keep between heads; those of a larger head are dropped after it (as the exchange store
+    /// does with an exchange's head buffers), so one large head does not stay with the connection.
+    static let keptBytes = 32 * 1024
+
+    /// Empties the request's, their bytes overwritten with zeros (the next head may be another client's).
+    mutating func clear() {
+        head.clearKeepingCapacity()
+        if head.headers.bufferCapacity > Self.keptBytes { head = RequestHead() }
+        list.removeAll(keepingAtMost: Self.keptBytes)
+    }
+
+    /// Empties the response head's bytes, zeroed, the same way.
+    mutating func clearResponseHead() {
+        responseHead.removeAllZeroing()
+        if responseHead.capacity > Self.keptBytes { responseHead = [] }
     }
 }
 

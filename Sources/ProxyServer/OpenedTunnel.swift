@@ -4,11 +4,12 @@ import TLS
 
 /// A CONNECT answered 200 whose first bytes have not yet said how it is served (`TunnelSetup.Inside`): TLS to
 /// intercept, or plain HTTP requests. It holds what interception needs, made before the 200 so that a failure is
-/// still answered in HTTP.
-struct OpenedTunnel {
-    var host: String
-    var port: Int
-    var inside: TunnelSetup.Inside
+/// still answered in HTTP. A class: the connection's machine holds it as its state's payload
+/// (`.awaitingTunnelBytes`), where a reference keeps an idle connection's state small.
+final class OpenedTunnel {
+    let host: String
+    let port: Int
+    let inside: TunnelSetup.Inside
     /// The context with the leaf minted for `host`, when TLS inside is to be intercepted.
     private(set) var interception: InterceptionContext?
 
@@ -19,7 +20,7 @@ struct OpenedTunnel {
     }
 
     /// Mints (or takes from the worker's cache) the leaf for `host`; the answer to give when that fails.
-    mutating func prepareInterception(worker: Worker) -> ProxyErrorResponse? {
+    func prepareInterception(worker: Worker) -> ProxyErrorResponse? {
         do {
             guard let context = try worker.interceptionContext(for: host) else {
                 // The local CA went away (a reload) since the decision: answer as if interception were off.

@@ -118,8 +118,10 @@ enum RequestDecision {
             upgrade = value
         }
         // Host as `target.hostHeader(port:defaultPort: 443)` spells it, written in place.
-        // TE: trailers passes to a route that may speak HTTP/2 (RFC 9113 §8.2.2); other TE values never.
-        let teTrailers = upgrade == nil && match.httpProtocol != .http11 && Forwarding.teListsTrailers(head.headers)
+        // TE: trailers passes (RFC 9113 §8.2.2 lets only that value through to HTTP/2) when the response's trailers can
+        // reach the client: an HTTP/1.1 client (its responses are chunked), or a route that may speak HTTP/2 (gRPC
+        // servers require it); other TE values never.
+        let teTrailers = upgrade == nil && (match.httpProtocol != .http11 || head.version == .http11)
         Forwarding.upstreamRequest(head, pathAndQuery: target.pathAndQuery, host: target.host, bracketed: target.isIPv6Literal,
                                    port: port == 443 ? nil : port, framing: framing, upgrade: upgrade, teTrailers: teTrailers,
                                    into: &exchange.upstreamRequestHead)

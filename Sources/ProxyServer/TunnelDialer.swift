@@ -154,14 +154,16 @@ final class TunnelDialer {
 }
 
 /// The trampolines hold the dialer for the length of the call: its `done` callback lets go of it (the client
-/// connection drops its reference to the dialer first thing).
+/// connection's machine hands the dialer back as it reports, and the connection drops it), and the read callback
+/// reports too (the corporate proxy's 2xx).
 private func tunnelDialerEventCallback(_ bev: OpaquePointer?, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {
     let dialer = Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue()
     withExtendedLifetime(dialer) { dialer.event(what) }
 }
 
 private func tunnelDialerReadCallback(_ bev: OpaquePointer?, _ ctx: UnsafeMutableRawPointer?) {
-    Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue().readable()
+    let dialer = Unmanaged<TunnelDialer>.fromOpaque(ctx!).takeUnretainedValue()
+    withExtendedLifetime(dialer) { dialer.readable() }
 }
 
 private func tunnelDialerTimeoutCallback(_ fd: Int32, _ what: Int16, _ ctx: UnsafeMutableRawPointer?) {

@@ -46,7 +46,9 @@ final class UpstreamConnection: EventHandler {
 
     let key: PoolKey
     let context: ClientTLSContext
-    unowned(unsafe) let worker: Worker  // the worker outlives its connections; see ClientConnection.worker
+    /// Unowned(unsafe), by the rule and for the measured cost written at `ClientConnection.worker`: the worker
+    /// outlives its connections (it closes them before it ends; `Worker.deinit` checks it in debug builds).
+    unowned(unsafe) let worker: Worker
     /// Unowned, not weak: a weak reference gives its object a side table, which makes every retain and release of
     /// a client connection take the slow path. Whoever sets it clears it (or closes this connection) before it
     /// goes: `ClientConnection` when its exchange ends or fails (`finish`, `abort`), the pool when it hands the
@@ -442,7 +444,7 @@ final class UpstreamConnection: EventHandler {
             host: key.host, port: key.port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: closedVerification?.code ?? 0, verifyMessage: closedVerification?.message ?? "", errors: errors,
-            socketErrno: errno, closed: closed, trustRefusal: closedVerification?.refusal)
+            socketErrno: errno, closed: closed, trustRefusal: closedVerification?.refusal, crlSources: .init(context.trust))
     }
 
     /// Hands the socket and its TLS connection over to a `Relay` (after `101 Switching Protocols`), on a libevent

@@ -49,7 +49,8 @@ final class Worker: @unchecked Sendable {
     /// Writes what the connections queued, at the end of each loop iteration.
     private(set) var flusher: StreamFlusher!
     private var clients: [ObjectIdentifier: ClientConnection] = [:]
-    private var upstreams: [ObjectIdentifier: UpstreamConnection] = [:]
+    /// Open HTTP/1.1 upstream connections, each until it closes.
+    let upstreams = UpstreamRegistry()
     /// HTTP/2 upstream connections, each carrying many exchanges.
     private(set) lazy var h2Pool = H2Pool(worker: self)
     /// Connections that closed during this loop turn, kept until its end. A connection usually closes inside one
@@ -227,7 +228,7 @@ final class Worker: @unchecked Sendable {
         for client in Array(clients.values) { client.abort() }
         pool.closeAll()
         h2Pool.closeAll()
-        for upstream in Array(upstreams.values) { upstream.close() }
+        for upstream in upstreams.all { upstream.close() }
         closedThisTurn.removeAll()
         // Every line of every request, the last ones included, is written before the worker ends.
         accessLog.detach()
@@ -431,7 +432,7 @@ final class Worker: @unchecked Sendable {
     func openUpstream(key: PoolKey, context: ClientTLSContext, connectTimeout: TimeSpan, allowPrivate: Bool,
                       offering: [String]? = nil) -> UpstreamConnection? {
         let upstream = UpstreamConnection(key: key, context: context, worker: self, generation: runtime.generation)
-        upstreams[ObjectIdentifier(upstream)] = upstream
+        upstreams.opened(upstream)
         metrics.shared.activeUpstreams.increment()
         metrics.shared.upstreamOpened.increment()
         guard upstream.start(connectTimeout: connectTimeout, allowPrivate: allowPrivate, offering: offering) else {
@@ -442,7 +443,7 @@ final class Worker: @unchecked Sendable {
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection) {
-        if let closed = upstreams.removeValue(forKey: ObjectIdentifier(upstream)) {
+        if let closed = upstreams.closed(upstream) {
             keepUntilTurnEnds(closed)
             metrics.shared.activeUpstreams.decrement()
         }

@@ -291,7 +291,9 @@ public struct RouteTrustReport: Codable, Equatable, Sendable {
     public var revocation: String
     /// "chain" (every certificate but the trust anchor) or "leaf".
     public var revocationScope: String
+    /// The CRL files checked (none when revocation is off).
     public var crlFiles: [String]
+    /// Whether CRLs are fetched from distribution points (false when revocation is off).
     public var crlFetch: Bool
     /// The CRLs loaded from `crl_files` (none when revocation is off).
     public var crls: [CRLReport]
@@ -307,8 +309,8 @@ public struct RouteTrustReport: Codable, Equatable, Sendable {
         pinReportOnly = t.pinReportOnly
         revocation = t.revocation.rawValue
         revocationScope = t.revocationScope.rawValue
-        crlFiles = t.crlFiles
-        crlFetch = t.crlFetch
+        crlFiles = t.checkedCRLFiles
+        crlFetch = t.fetchesCRLs
         self.crls = t.revocation == .off ? [] : crls
         requireOcspStaple = t.requireOCSPStaple
         ocspStaple = t.requireOCSPStaple ? "required" : t.wantsOCSPStaple ? "requested" : "not_requested"

@@ -32,7 +32,7 @@ public final class ClientTLSContext: @unchecked Sendable {
         self.trust = trust
         self.credential = credential
         self.identityName = identityName
-        self.fetchesCRLs = trust.crlFetch && trust.revocation != .off
+        self.fetchesCRLs = trust.fetchesCRLs
         pthread_mutex_init(sessionsLock, nil)
 
         mtls_SSL_CTX_set_default_options(ctx)

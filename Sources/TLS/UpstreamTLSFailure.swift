@@ -1,4 +1,5 @@
 import CEventTLS
+import ProxyConfig
 
 /// What was seen when a TLS connection to an upstream failed, gathered from OpenSSL and the socket. The proxy
 /// turns it into an HTTP response (`ConnectFailures` in ProxyServer); this module knows nothing of HTTP.
@@ -27,11 +28,30 @@ public struct UpstreamTLSFailure: Sendable {
     public var closed: Bool
     /// The proxy's own refusal of the server's certificate (pin, revocation), when that is why it failed.
     public var trustRefusal: TrustRefusal?
+    /// Where the route's CRLs come from (`crl_files`, `crl_fetch`), for the advice on a CRL that is unavailable.
+    public var crlSources: CRLSources
+
+    /// Where a route's CRLs come from.
+    public struct CRLSources: Sendable, Equatable {
+        public var files: Bool
+        public var fetched: Bool
+
+        public init(files: Bool = false, fetched: Bool = false) {
+            self.files = files
+            self.fetched = fetched
+        }
+
+        /// The CRL sources the route checks with `trust`.
+        public init(_ trust: TrustSettings) {
+            self.init(files: !trust.checkedCRLFiles.isEmpty, fetched: trust.fetchesCRLs)
+        }
+    }
 
     public init(phase: Phase, host: String, port: Int, identity: String?, certificateSubject: String?,
                 verifyResult: Int, verifyMessage: String, errors: [OpenSSLErrorEntry], socketErrno: Int32, closed: Bool,
-                trustRefusal: TrustRefusal? = nil) {
+                trustRefusal: TrustRefusal? = nil, crlSources: CRLSources = CRLSources()) {
         self.trustRefusal = trustRefusal
+        self.crlSources = crlSources
         self.phase = phase
         self.host = host
         self.port = port

@@ -282,7 +282,8 @@ public final class UpstreamTLSSession {
             host: host, port: port,
             identity: context.identityName, certificateSubject: context.credential?.leaf.subject,
             verifyResult: handshakeCompleted ? 0 : verify.code, verifyMessage: verify.message,
-            errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal)
+            errors: errors, socketErrno: errno, closed: closed, trustRefusal: handshakeCompleted ? nil : trustRefusal,
+            crlSources: .init(context.trust))
     }
 
     /// For a connection given up while its token signature is made: cuts the SSL off the socket (the caller

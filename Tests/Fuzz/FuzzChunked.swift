@@ -20,6 +20,11 @@ public func fuzzChunked(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             precondition(n > 0 && n <= window.count)
             offset += n
             payload += n
+        case .trailerField(let n):
+            // A whole field line, CRLF included, with a name before its colon.
+            precondition(n >= 4 && n <= window.count)
+            precondition(window[n - 2] == 0x0D && window[n - 1] == 0x0A && window[0] != 0x3A && window[0..<(n - 2)].contains(0x3A))
+            offset += n
         case .end(let n):
             precondition(n <= window.count)
             precondition(decoder.isDone)

@@ -3,10 +3,11 @@ import Testing
 
 /// Runs the decoder over `input` fed in pieces of `step` bytes, the way bytes arrive from a socket;
 /// returns the payload and whether the body ended.
-private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDecoder = ChunkedDecoder()) throws -> (payload: [UInt8], done: Bool, consumed: Int) {
+private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDecoder = ChunkedDecoder()) throws -> (payload: [UInt8], done: Bool, consumed: Int, trailers: [String]) {
     let all = Array(input.utf8)
     var decoder = decoder
     var payload: [UInt8] = []
+    var trailers: [String] = []
     var offset = 0
     var available = min(step, all.count)
     while true {
@@ -17,10 +18,13 @@ private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDeco
         case .data(let n):
             payload += all[offset..<(offset + n)]
             offset += n
+        case .trailerField(let n):
+            trailers.append(String(decoding: all[offset..<(offset + n)], as: UTF8.self))
+            offset += n
         case .end(let n):
-            return (payload, true, offset + n)
+            return (payload, true, offset + n, trailers)
         case .needMore:
-            if available == all.count { return (payload, false, offset) }
+            if available == all.count { return (payload, false, offset, trailers) }
             available = min(available + step, all.count)
         }
         if available < offset { available = offset }
@@ -139,8 +143,89 @@ private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDeco
         #expect(throws: HTTPParseError.chunkLineTooLong) { try decode(long) }
     }
 
-    @Test func rejectsMalformedTrailers() {
-        #expect(throws: HTTPParseError.invalidTrailer) { try decode("0\r\nno colon\r\n\r\n") }
+    /// Trailer field lines are passed on as received (CRLF included); those that cannot be trailers are skipped.
+    @Test(arguments: [1, 7, 1000])
+    func passesTrailerFieldsAndSkipsThoseThatCannotBeTrailers(step: Int) throws {
+        let r = try decode("5\r\nhello\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nHOST: evil\r\nProxy-Authorization: Basic eA==\r\n"
+                           + "Set-Cookie: a=b\r\ngrpc-status:0\r\nTransfer-Encoding: chunked\r\n\r\nNEXT", step: step)
+        #expect(r.done)
+        #expect(r.trailers == ["x-checksum: abc\r\n", "grpc-status:0\r\n"])
+        #expect(r.consumed == "5\r\nhello\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nHOST: evil\r\nProxy-Authorization: Basic eA==\r\n".utf8.count
+                + "Set-Cookie: a=b\r\ngrpc-status:0\r\nTransfer-Encoding: chunked\r\n\r\n".utf8.count)  // "NEXT" stays
+    }
+
+    @Test func aDroppedFieldIsNotCountedAsPassed() throws {
+        var decoder = ChunkedDecoder()
+        let bytes = Array("0\r\nContent-Length: 1\r\nx-a: 1\r\n\r\n".utf8)
+        var offset = 0
+        var steps: [ChunkedDecoder.Step] = []
+        while !decoder.isDone {
+            let step = try Array(bytes[offset...]).withUnsafeBytes { try decoder.next($0) }
+            steps.append(step)
+            switch step {
+            case .skip(let n), .trailerField(let n), .end(let n), .data(let n): offset += n
+            case .needMore: Issue.record("needs more"); return
+            }
+        }
+        #expect(steps == [.skip(3), .skip(19), .trailerField(8), .end(2)])
+        #expect(decoder.trailerFieldsPassed == 1)
+    }
+
+    /// A trailer field line is held to the rules of a header field line; the error names the fault, never the value.
+    @Test(arguments: [
+        ("0\r\nno colon\r\n\r\n", HTTPParseError.inTrailerSection(.headerWithoutColon)),
+        ("0\r\nx-a: 1\r\n folded\r\n\r\n", .inTrailerSection(.obsoleteLineFolding)),
+        ("0\r\nx-a : 1\r\n\r\n", .inTrailerSection(.whitespaceBeforeColon)),
+        ("0\r\nx a: 1\r\n\r\n", .inTrailerSection(.invalidFieldName)),
+        ("0\r\n: 1\r\n\r\n", .inTrailerSection(.invalidFieldName)),
+        ("0\r\n:path: /x\r\n\r\n", .inTrailerSection(.invalidFieldName)),
+        ("0\r\nx-a: zz\u{0}\r\n\r\n", .inTrailerSection(.invalidFieldValue(name: "x-a"))),
+        ("0\r\nx-a: zz\u{7F}\r\n\r\n", .inTrailerSection(.invalidFieldValue(name: "x-a"))),
+        ("0\r\nx-a: zz\rq\r\n\r\n", .inTrailerSection(.bareCarriageReturn)),
+        ("0\r\nx-a: zz\n\r\n", .inTrailerSection(.bareLineFeed)),
+        ("0\r\nContent-Length: zz\u{0}\r\n\r\n", .inTrailerSection(.invalidFieldValue(name: "Content-Length"))),  // checked even if dropped
+    ])
+    func rejectsMalformedTrailers(_ input: String, _ expected: HTTPParseError) {
+        #expect(throws: expected) { try decode(input) }
+        #expect(throws: expected) { try decode(input, step: 1, decoder: .forResponse()) }
+        #expect(!expected.description.contains("zz"))
+    }
+
+    /// The trailer section is held to a head's limits: its bytes to max_header_bytes, its fields to the count. A
+    /// field may be longer than a chunk line.
+    @Test func theTrailerSectionIsHeldToTheHeadLimits() throws {
+        let limits = HeadLimits(maxHeadBytes: 100, maxHeaderCount: 3)
+        let long = "x-a: " + String(repeating: "v", count: 90)  // 97 bytes with its CRLF
+        #expect(try decode("0\r\n\(long)\r\n\r\n", decoder: ChunkedDecoder(trailerLimits: limits)).trailers == [long + "\r\n"])
+        #expect(throws: HTTPParseError.trailerSectionTooLarge(limit: 100)) {
+            try decode("0\r\n\(long)v\r\nx: 1\r\n\r\n", decoder: ChunkedDecoder(trailerLimits: limits))
+        }
+        #expect(throws: HTTPParseError.trailerSectionTooLarge(limit: 100)) {
+            try decode("0\r\n\(long)\r\nx: 1\r\n\r\n", step: 1, decoder: .forResponse(trailerLimits: limits))
+        }
+        #expect(throws: HTTPParseError.inTrailerSection(.tooManyHeaders(limit: 3))) {
+            try decode("0\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\n\r\n", decoder: ChunkedDecoder(trailerLimits: limits))
+        }
+        let field = "x-digest: " + String(repeating: "d", count: 6000)
+        #expect(try decode("0\r\n\(field)\r\n\r\n").trailers == [field + "\r\n"])
+        #expect(ChunkedDecoder().lineWindow == ChunkedDecoder.maxLineLength + 2)
+        #expect(HTTPParseError.trailerSectionTooLarge(limit: 100).description == "the trailer section exceeds 100 bytes")
+    }
+
+    /// A trailer line trickled in one byte at a time is scanned once, not from its start at every byte.
+    @Test func aTrickledTrailerLineIsScannedOnce() throws {
+        var decoder = ChunkedDecoder()
+        var bytes = Array("0\r\n".utf8)
+        _ = try bytes.withUnsafeBytes { try decoder.next($0) }
+        bytes = []
+        for byte in Array(("x-a: " + String(repeating: "v", count: 2000)).utf8) {
+            bytes.append(byte)
+            #expect(try bytes.withUnsafeBytes { try decoder.next($0) } == .needMore)
+        }
+        #expect(decoder.trailerScan == bytes.count)
+        bytes += [0x0D, 0x0A]
+        #expect(try bytes.withUnsafeBytes { try decoder.next($0) } == .trailerField(bytes.count))
+        #expect(decoder.trailerScan == 0)
     }
 
     @Test func movesDataWithoutLookingAtIt() throws {

@@ -58,7 +58,8 @@ private func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
         #expect(out.hasPrefix("GET /v1/x?y=1 HTTP/1.1\r\nHost: api.test\r\n"))
         #expect(out.contains("Accept: */*\r\n"))
         #expect(out.contains("Via: 1.0 other, 1.1 mtls-proxy\r\n"))
-        for gone in ["wrong.test", "X-Secret", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "TE:", "Trailer", "Upgrade",
+        #expect(out.contains("Trailer: X\r\n"))  // it names the trailer section, which passes too
+        for gone in ["wrong.test", "X-Secret", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "TE:", "Upgrade",
                      "Connection", "Proxy-Status", "PROXY-Foo", "forged"] {
             #expect(!out.contains(gone), "\(gone) must not be forwarded")
         }

@@ -145,6 +145,9 @@ private func requestError(_ s: String) -> HTTPParseError? {
         ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", HTTPParseError.invalidContentLength),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HTTPParseError.unsupportedTransferEncoding("gzip, chunked")),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HTTPParseError.chunkedMoreThanOnce),
+        // chunked with a parameter is still chunked (RFC 9112 §7: the coding's name decides): applied twice, 400.
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;x, chunked\r\n\r\n", HTTPParseError.chunkedMoreThanOnce),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked ; q=1\r\nTransfer-Encoding: chunked\r\n\r\n", HTTPParseError.chunkedMoreThanOnce),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", HTTPParseError.transferEncodingNotEndingInChunked("xchunked")),
         ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n", HTTPParseError.transferEncodingNotEndingInChunked("chunked, identity")),
         ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", HTTPParseError.transferEncodingInHTTP10),

@@ -69,6 +69,29 @@ private func frame(type: UInt8, flags: UInt8 = 0, stream: Int32, _ payload: [UIn
         #expect(pair.log.entries.suffix(2) == [.ended(id), .closed(id, 0)])
     }
 
+    /// RFC 9113 §8.1: a trailer section has no pseudo-fields. nghttp2's messaging checks refuse one: the stream is
+    /// reset (PROTOCOL_ERROR) and the trailers never reported, so the client sees a truncation, not a `:status` line.
+    @Test func aPseudoFieldInResponseTrailersResetsTheStream() throws {
+        let pair = try Pair()
+        pair.server.respond = { _ in .response(status: 200, fields: [], body: Array("x".utf8), trailers: [H2Field(":status", "200"), H2Field("x-a", "1")]) }
+        let id = try pair.client.startRequest(get, method: "GET", hasBody: false)
+        try pair.run()
+        #expect(!pair.log.entries.contains { if case .trailers = $0 { return true } else { return false } })
+        #expect(!pair.log.entries.contains(.ended(id)))
+        #expect(pair.log.entries.last == .closed(id, 0x1))
+    }
+
+    /// A connection-specific field (or a CR in a value) in response trailers is refused the same way.
+    @Test(arguments: [H2Field("connection", "close"), H2Field("transfer-encoding", "chunked"), H2Field("x-a", "1\r\nx-b: 2")])
+    func aMalformedResponseTrailerResetsTheStream(_ field: H2Field) throws {
+        let pair = try Pair()
+        pair.server.respond = { _ in .response(status: 200, fields: [], body: Array("x".utf8), trailers: [field]) }
+        let id = try pair.client.startRequest(get, method: "GET", hasBody: false)
+        try pair.run()
+        #expect(!pair.log.entries.contains { if case .trailers = $0 { return true } else { return false } })
+        #expect(pair.log.entries.last == .closed(id, 0x1))
+    }
+
     @Test func resetBeforeTheHeadClosesTheStreamWithItsCode() throws {
         let pair = try Pair()
         pair.server.respond = { _ in .reset(0x2) }

@@ -168,8 +168,8 @@ final class EventLog: H2ClientSessionDelegate {
 
     func h2Event(_ event: H2Event) {
         switch event {
-        case .informational(let s, let f): entries.append(.informational(s, f))
-        case .response(let s, let f, let e): entries.append(.response(s, f, e))
+        case .informational(let s, let f): entries.append(.informational(s, f.fields))
+        case .response(let s, let f, let e): entries.append(.response(s, f.fields, e))
         case .data(let s, let b):
             bodies[s, default: []] += Array(b)
             onData?(s, b.count)

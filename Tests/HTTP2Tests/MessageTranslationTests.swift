@@ -164,9 +164,108 @@ import HTTP1
         #expect(r.done)
     }
 
+    /// The trailer section the exchange wrote after the last chunk is read back, field by field, for the stream's
+    /// trailer HEADERS frame; trickled in, the same.
+    @Test(arguments: [1, 1000])
+    func chunkedTrailersAreReadBack(step: Int) throws {
+        let text = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum:  abc \r\ngrpc-timeout: 1S\r\n\r\n"
+        let all = Array(text.utf8)
+        var reader = HTTP1RequestReader()
+        var offset = 0, available = min(step, all.count)
+        while !reader.isDone {
+            switch try Array(all[offset..<available]).withUnsafeBytes({ try reader.next($0) }) {
+            case .head(_, _, let n), .data(let n), .skip(let n), .end(let n): offset += n
+            case .needMore: available = min(available + step, all.count)
+            }
+        }
+        #expect(offset == all.count)
+        #expect(reader.trailers == [HTTPField(name: "X-Checksum", value: "abc"), HTTPField(name: "grpc-timeout", value: "1S")])
+        #expect(MessageTranslation.trailerFields(reader.trailers) == [H2Field("x-checksum", "abc"), H2Field("grpc-timeout", "1S")])
+    }
+
     @Test func incompleteBodyIsNotDone() throws {
         let r = try read("PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\nshort")
         #expect(!r.done)
         #expect(r.body.count == 5)
+    }
+}
+
+/// The byte paths the data path takes: a request head's bytes to a header list, a response header list to
+/// HTTP/1.1 bytes, both without a String per field.
+@Suite struct HeaderListTranslationTests {
+    private func parsed(_ text: String) throws -> RequestHead {
+        try HeadParser.parseRequest(Array(text.utf8))
+    }
+
+    @Test func requestListIsBuiltFromTheHeadBytes() throws {
+        let head = try parsed("POST /p?q=1 HTTP/1.1\r\nHost: api.example\r\nX-Mixed-Case: Keep Me\r\nConnection: x-HOP, te\r\n"
+                              + "X-Hop: 1\r\nTE: trailers\r\nContent-Length: 3\r\n\r\n")
+        var list = H2HeaderList()
+        MessageTranslation.requestHeaderList(head, into: &list)
+        #expect(list.fields == [
+            H2Field(":method", "POST"), H2Field(":scheme", "https"), H2Field(":authority", "api.example"), H2Field(":path", "/p?q=1"),
+            H2Field("x-mixed-case", "Keep Me"), H2Field("content-length", "3"), H2Field("te", "trailers"),
+        ])
+        #expect(list.listSize == list.fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.unicodeScalars.count + 32 })
+        // Refilled for the next request: nothing of the first one stays.
+        MessageTranslation.requestHeaderList(try parsed("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), into: &list)
+        #expect(list.fields.map(\.name) == [":method", ":scheme", ":authority", ":path"])
+    }
+
+    @Test func aLargeListsBuffersAreNotKept() {
+        var list = H2HeaderList()
+        list.append("x-big", String(repeating: "v", count: 100_000))
+        list.removeAll(keepingAtMost: 32 * 1024)
+        #expect(list.isEmpty)
+        #expect(list.bufferCapacity == 0)
+        list.append("x-small", "v")
+        let small = list.bufferCapacity
+        list.removeAll(keepingAtMost: 32 * 1024)
+        #expect(list.bufferCapacity == small)  // kept for the next head
+    }
+
+    @Test func obsTextValueBytesPassUnchanged() throws {
+        var bytes = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Latin: caf".utf8)
+        bytes += [0xE9]
+        bytes += Array("\r\n\r\n".utf8)
+        let head = try HeadParser.parseRequest(bytes)
+        var list = H2HeaderList()
+        MessageTranslation.requestHeaderList(head, into: &list)
+        var value: [UInt8] = []
+        list.forEach { name, v in
+            if String(decoding: name, as: UTF8.self) == "x-latin" { value = Array(v) }
+            return true
+        }
+        #expect(value == Array("caf".utf8) + [0xE9])
+    }
+
+    @Test func responseListIsWrittenAsHTTP1Bytes() throws {
+        var list = H2HeaderList()
+        for (n, v) in [(":status", "200"), ("content-type", "text/plain"), ("content-length", "5"), ("connection", "close"),
+                       ("content-length", "5"), ("set-cookie", "a=1")] {
+            list.append(n, v)
+        }
+        var out: [UInt8] = []
+        let framing = try MessageTranslation.writeResponseHead(list, requestMethod: "GET", endStream: false, into: &out)
+        #expect(framing == .contentLength(5))
+        #expect(String(decoding: out, as: UTF8.self)
+                == "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nset-cookie: a=1\r\n\r\n")
+        out.removeAll()
+        let chunked = try MessageTranslation.writeResponseHead(H2HeaderList([H2Field(":status", "404")]), requestMethod: "GET",
+                                                               endStream: false, into: &out)
+        #expect(chunked == .chunked)
+        #expect(String(decoding: out, as: UTF8.self) == "HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n")
+    }
+
+    @Test func malformedResponseListsWriteNothing() {
+        for fields in [[H2Field(":status", "+20")], [H2Field(":status", "099")], [H2Field(":status", "200"), H2Field("content-length", "+5")],
+                       [H2Field(":status", "200"), H2Field("content-length", "")], [H2Field(":status", "200"), H2Field(":method", "GET")],
+                       [H2Field("content-length", "1")]] {
+            var out: [UInt8] = []
+            #expect(throws: H2TranslationError.self) {
+                try MessageTranslation.writeResponseHead(H2HeaderList(fields), requestMethod: "GET", endStream: false, into: &out)
+            }
+            #expect(out.isEmpty)
+        }
     }
 }

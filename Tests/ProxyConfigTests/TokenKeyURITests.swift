@@ -112,3 +112,64 @@ import Testing
         #expect(fine.identities[0].certificates[0].key == "/etc/keys/us?.key")
     }
 }
+
+/// Every key whose value holds a credential or names where one is kept (an identity's cert, key, p12 and their
+/// password files or variables, the local CA's key, the client password file, the corporate proxy's credentials
+/// file) refuses a value holding a PIN, and a URI read as a path, the same way: naming file and key, quoting
+/// nothing of the value. Read as paths, such values were echoed whole in "cannot read" errors.
+@Suite struct CredentialKeysTests {
+    static let pin = "8361"
+    static let values = ["pkcs11:object=k;pin-value=\(pin)", "pkcs1:token=x;object=y?pin-value=\(pin)", "keys/ca.key?pin-value=\(pin)"]
+
+    /// (config with VALUE where the value goes, the key the error names)
+    static let places: [(config: String, key: String)] = [
+        ("[intercept]\nca_cert = \"ca.pem\"\nca_key = \"VALUE\"\n", "intercept.ca_key"),
+        ("[intercept]\nca_cert = \"VALUE\"\nca_key = \"ca.key\"\n", "intercept.ca_cert"),
+        ("[identities.us]\ncert = \"us.pem\"\nkey = \"us.key\"\nkey_password_file = \"VALUE\"\n", "identities.us.key_password_file"),
+        ("[identities.us]\ncert = \"us.pem\"\nkey = \"us.key\"\nkey_password_env = \"VALUE\"\n", "identities.us.key_password_env"),
+        ("[identities.us]\np12 = \"us.p12\"\np12_password_file = \"VALUE\"\n", "identities.us.p12_password_file"),
+        ("[identities.us]\np12 = \"us.p12\"\np12_password_env = \"VALUE\"\n", "identities.us.p12_password_env"),
+        ("[proxy]\nauth_file = \"VALUE\"\n", "proxy.auth_file"),
+        ("[upstream]\nproxy = \"http://127.0.0.1:3129\"\nproxy_credentials_file = \"VALUE\"\n", "upstream.proxy_credentials_file"),
+        ("[[route]]\nhost = \"a.example.com\"\naction = \"tls\"\nproxy = \"http://127.0.0.1:3129\"\nproxy_credentials_file = \"VALUE\"\n",
+         "route[1].proxy_credentials_file"),
+    ]
+
+    @Test func aPINInAnyCredentialKeyIsRefusedWithoutEchoingIt() {
+        for place in Self.places {
+            for value in Self.values {
+                let config = place.config.replacing("VALUE", with: value)
+                guard let e = configError(config) else {
+                    Issue.record("accepted: \(config)")
+                    continue
+                }
+                #expect(e.key == place.key, "\(e.description)")
+                #expect(e.file == "proxy.conf")
+                #expect(!e.description.contains(Self.pin), "\(e.description)")
+                #expect(!e.description.contains("pin-value="), "\(e.description)")
+            }
+        }
+    }
+
+    @Test func plainPathsAndVariableNamesStayAccepted() throws {
+        let c = try load("""
+            [proxy]
+            auth_file = "clients:2026.htpasswd"
+            [upstream]
+            proxy = "http://127.0.0.1:3129"
+            proxy_credentials_file = "corp.cred"
+            [intercept]
+            ca_cert = "state/local-ca.pem"
+            ca_key = "state/local-ca.key"
+            [identities.us]
+            cert = "us.pem"
+            key = "us.key"
+            key_password_file = "us.pass"
+            [identities.eu]
+            p12 = "eu.p12"
+            p12_password_env = "EU_P12_PASSWORD"
+            """)
+        #expect(c.proxy.authFile == "/etc/mtls-proxy/clients:2026.htpasswd")
+        #expect(c.intercept?.caKey == "/etc/mtls-proxy/state/local-ca.key")
+    }
+}

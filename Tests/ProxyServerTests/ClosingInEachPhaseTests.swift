@@ -12,8 +12,8 @@ import Testing
         case dialling, awaitingTunnelBytes, relaying, flushing, lingering
     }
 
-    static func machine(in phase: Phase) -> (ConnectionStateMachine<FakeClock>, ExchangeProgress) {
-        var m = ConnectionStateMachine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
+    static func machine(in phase: Phase) -> (Machine, ExchangeProgress) {
+        var m = Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
         var progress = ExchangeProgress.none
         switch phase {
         case .idle:
@@ -36,14 +36,15 @@ import Testing
             progress = ExchangeProgress(requestComplete: false, responseStarted: true)
         case .dialling:
             m.headParsed(keepAlive: true)
-            m.tunnelDialling()
+            m.tunnelDialling(FakeResource("dialer"))
         case .awaitingTunnelBytes:
             m.headParsed(keepAlive: true)
-            m.tunnelOpened()
+            m.tunnelOpened(FakeResource("opened"))
         case .relaying:
             m.headParsed(keepAlive: true)
-            m.tunnelDialling()
-            m.relayStarted()
+            m.tunnelDialling(FakeResource("dialer"))
+            _ = m.tunnelDialled()
+            m.relayStarted(FakeResource("relay"))
         case .flushing:
             m.headParsed(keepAlive: false)
             _ = m.exchangeEnded(keepAlive: false)
@@ -55,7 +56,7 @@ import Testing
         return (m, progress)
     }
 
-    typealias Action = ConnectionStateMachine<FakeClock>.Action
+    typealias Action = Machine.Action
 
     /// A FIN: a half-close after a complete request is served; before, or where nothing is owed, it ends the
     /// connection; a relay and a flushing close carry on.
@@ -86,7 +87,7 @@ import Testing
     @Test(arguments: [
         (Phase.idle, Action.abort(reset: false)), (.partialHead, .answerRequestTimeout(.head)),
         (.bodyDue, .answerRequestTimeout(.body)), (.responseOwed, .resumeReading), (.responseFlowing, .resumeReading),
-        (.bodyDueAfterResponse, .abort(reset: true)), (.dialling, .none), (.awaitingTunnelBytes, .abort(reset: false)),
+        (.bodyDueAfterResponse, .abort(reset: true)), (.dialling, .resumeReading), (.awaitingTunnelBytes, .abort(reset: false)),
         (.relaying, .none), (.flushing, .none), (.lingering, .abort(reset: false)),
     ])
     func theClientsTimeout(_ phase: Phase, _ expected: Action) {
@@ -171,7 +172,7 @@ import Testing
             }
             #expect(verdict == expected, "\(phase), \(event)")
             // What the connection then does: answer before a response began, reset after.
-            var m = ConnectionStateMachine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000)
+            var m = Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000)
             m.headParsed(keepAlive: true)
             if verdict == .failedBeforeResponse {
                 #expect(m.exchangeFailed(progress) == .answer, "\(phase), \(event)")

@@ -7,7 +7,20 @@ struct FakeClock: MonotonicClock {
     var nowMillis = 1_000
 }
 
-typealias Machine = ConnectionStateMachine<FakeClock>
+/// A tunnel resource as the machine holds it, without sockets: equal only to itself.
+final class FakeResource: Equatable, CustomStringConvertible {
+    let description: String
+    init(_ name: String) { description = name }
+    static func == (a: FakeResource, b: FakeResource) -> Bool { a === b }
+}
+
+enum FakeTunnel: TunnelResources {
+    typealias Dialer = FakeResource
+    typealias Opened = FakeResource
+    typealias Relay = FakeResource
+}
+
+typealias Machine = ConnectionStateMachine<FakeClock, FakeTunnel>
 
 /// How far the exchange has got, as `Exchange.progress` reports it to the machine.
 private let bodyDue = ExchangeProgress(requestComplete: false, responseStarted: false)
@@ -171,39 +184,56 @@ private func machine() -> Machine {
 
     @Test func tunnelLifecycle() {
         var m = machine()
+        let dialer = FakeResource("dialer"), relay = FakeResource("relay")
         m.headParsed(keepAlive: true)
-        m.tunnelDialling()
-        #expect(m.state == .dialling)
-        #expect(m.clientTimedOut(responseOwed) == .none)
-        m.relayStarted()
+        m.tunnelDialling(dialer)
+        #expect(m.state == .dialling(dialer))
+        #expect(m.clientTimedOut(responseOwed) == .resumeReading)  // read on: the client's departure ends the dial
+        #expect(m.tunnelDialled() === dialer)  // handed back once it reported
+        #expect(m.tunnelDialled() == nil)
+        m.relayStarted(relay)
+        #expect(m.state == .relaying(relay))
         #expect(m.clientEOF(responseOwed) == .none)  // the relay owns the client's side now
-        m.relayEnded()
+        #expect(m.relayEnded() === relay)
         #expect(m.state == .closed)
+        #expect(m.relayEnded() == nil)
+        guard case .nothing = m.aborted() else { Issue.record("a closed machine handed something back"); return }
     }
 
     @Test func refusedTunnelClosesAfterTheAnswer() {
         var m = machine()
         m.headParsed(keepAlive: true)
-        m.tunnelDialling()
-        #expect(m.exchangeEnded(keepAlive: false) == .closeAfterFlush)
+        m.tunnelDialling(FakeResource("dialer"))
+        _ = m.tunnelDialled()  // it reported a failure
+        #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
     }
 
-    @Test func eofWhileDiallingAborts() {
+    @Test func eofWhileDiallingAbortsAndTheDialerIsHandedBack() {
         var m = machine()
+        let dialer = FakeResource("dialer")
         m.headParsed(keepAlive: true)
-        m.tunnelDialling()
+        m.tunnelDialling(dialer)
         #expect(m.clientEOF(responseOwed) == .abort(reset: false))
+        #expect(m.state == .dialling(dialer))  // kept until the shell's teardown takes it
+        guard case .dialer(let held) = m.aborted() else { Issue.record("the dialler was not handed back"); return }
+        #expect(held === dialer)
+        #expect(m.state == .closed)
+        #expect(m.tunnelDialled() == nil)  // a late report finds nothing to hand back
     }
 
     @Test func anOpenedTunnelWaitsForItsFirstBytesThenRequestsInsideStartAfresh() {
         var m = machine()
+        let opened = FakeResource("opened")
         m.headParsed(keepAlive: true)
-        m.tunnelOpened()
-        #expect(m.state == .awaitingTunnelBytes)
+        m.tunnelOpened(opened)
+        #expect(m.state == .awaitingTunnelBytes(opened))
         #expect(m.timerFired() == .none)
         m.clock.nowMillis = 4_000
-        m.servingInsideTunnel()  // TLS to intercept, or plain requests: the same from here on
+        #expect(m.tunnelBytesArrived() === opened)
+        #expect(m.tunnelBytesArrived() == nil)
+        m.servingInsideTunnel(as: .plainTunnel(host: "a.example"))  // TLS to intercept, or plain requests: the same from here on
         #expect(m.state == .awaitingHead(headDeadline: nil, scan: HeadParser.Scan()))
+        guard case .plainTunnel("a.example") = m.serving else { Issue.record("serving \(m.serving)"); return }
         #expect(m.idleSince == 4_000)
         #expect(m.headIncomplete(HeadParser.Scan()) == .armTimer(deadline: 9_000))
         m.headParsed(keepAlive: true)
@@ -213,7 +243,8 @@ private func machine() -> Machine {
     @Test func aTunnelRefusedByItsFirstBytesClosesAfterTheAnswer() {
         var m = machine()
         m.headParsed(keepAlive: true)
-        m.tunnelOpened()
+        m.tunnelOpened(FakeResource("opened"))
+        _ = m.tunnelBytesArrived()
         #expect(m.exchangeEnded(keepAlive: true) == .closeAfterFlush)
         #expect(m.state == .closing(.flushing))
     }
@@ -221,16 +252,17 @@ private func machine() -> Machine {
     @Test func anOpenedTunnelThatStaysSilentOrEndsIsClosed() {
         var silent = machine()
         silent.headParsed(keepAlive: true)
-        silent.tunnelOpened()
+        silent.tunnelOpened(FakeResource("opened"))
         #expect(silent.clientTimedOut(responseOwed) == .abort(reset: false))
+        _ = silent.aborted()
         #expect(silent.state == .closed)
         var gone = machine()
         gone.headParsed(keepAlive: true)
-        gone.tunnelOpened()
+        gone.tunnelOpened(FakeResource("opened"))
         #expect(gone.clientEOF(responseOwed) == .abort(reset: false))
         var broken = machine()
         broken.headParsed(keepAlive: true)
-        broken.tunnelOpened()
+        broken.tunnelOpened(FakeResource("opened"))
         #expect(broken.clientError() == .abort(reset: false))
     }
 
@@ -248,7 +280,8 @@ private func machine() -> Machine {
         m.headParsed(keepAlive: true)
         #expect(m.clientError() == .abort(reset: false))
         var r = machine()
-        r.relayStarted()
+        r.headParsed(keepAlive: true)
+        r.relayStarted(FakeResource("relay"))
         #expect(r.clientError() == .none)
     }
 }

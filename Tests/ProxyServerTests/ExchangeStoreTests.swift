@@ -13,11 +13,12 @@ import HTTP1
 
     @Test func anExchangeOfSmallHeadsIsKeptForReuse() throws {
         let store = ExchangeStore(keep: 4)
-        let storage = store.take()
+        let lease = store.take()
+        let storage = lease.storage
         storage.pointee.request = try Self.head(bytes: 100)
         storage.pointee.upstreamRequestHead = Array(repeating: 0x41, count: 300)
         storage.pointee.clientResponseHead = Array(repeating: 0x42, count: 300)
-        store.give(storage)
+        store.give(lease)
         #expect(store.kept == 1)
     }
 
@@ -25,19 +26,24 @@ import HTTP1
     /// (four of up to 64 KiB per exchange, 256 exchanges per worker: tens of MiB held for good).
     @Test func anExchangeThatHeldLargeHeadsIsNotKept() throws {
         let store = ExchangeStore(keep: 256)
-        var given: [UnsafeMutablePointer<Exchange>] = []
+        final class Held {
+            var lease: ExchangeLease?
+            init(_ lease: consuming ExchangeLease) { self.lease = consume lease }
+        }
+        var given: [Held] = []
         for _ in 0..<256 {
-            let storage = store.take()
+            let lease = store.take()
+            let storage = lease.storage
             storage.pointee.request = try Self.head(bytes: 60_000)
             storage.pointee.upstreamRequestHead = Array(repeating: 0x41, count: 60_100)
             storage.pointee.clientResponseHead = Array(repeating: 0x42, count: 60_100)
-            given.append(storage)
+            given.append(Held(lease))
         }
-        for storage in given { store.give(storage) }
+        for held in given { if let lease = held.lease.take() { store.give(lease) } }
         var retained = 0
         for _ in 0..<store.kept {
-            let storage = store.take()
-            retained += storage.pointee.upstreamRequestHead.capacity + storage.pointee.clientResponseHead.capacity
+            let lease = store.take()
+            retained += lease.storage.pointee.upstreamRequestHead.capacity + lease.storage.pointee.clientResponseHead.capacity
         }
         #expect(retained <= 256 * 32 * 1024, "the store keeps \(retained) bytes of head buffers after the connections closed")
     }
@@ -48,9 +54,9 @@ extension ExchangeStoreTests {
     /// upstream, but the parsed head's own buffer is as large.
     @Test func anExchangeThatHeldALargeRefusedRequestHeadIsNotKept() throws {
         let store = ExchangeStore(keep: 4)
-        let storage = store.take()
-        storage.pointee.request = try Self.head(bytes: 60_000)
-        store.give(storage)
+        let lease = store.take()
+        lease.storage.pointee.request = try Self.head(bytes: 60_000)
+        store.give(lease)
         #expect(store.kept == 0)
     }
 }
@@ -60,7 +66,8 @@ extension ExchangeStoreTests {
     /// same buffers: no byte of a credential stays in them.
     @Test func anExchangeGivenBackHoldsNoByteOfTheLastRequest() throws {
         let store = ExchangeStore(keep: 4)
-        let storage = store.take()
+        let lease = store.take()
+        let storage = lease.storage
         let secret = "Bearer planted-credential-0123456789"
         let text = "GET http://api.example.test/ HTTP/1.1\r\nHost: api.example.test\r\nAuthorization: \(secret)\r\n\r\n"
         storage.pointee.request = try HeadParser.parseRequest(Array(text.utf8))
@@ -72,7 +79,7 @@ extension ExchangeStoreTests {
         }
         let upstream = span(storage.pointee.upstreamRequestHead)
         let client = span(storage.pointee.clientResponseHead)
-        store.give(storage)
+        store.give(lease)
         #expect(store.kept == 1)
         let needle = Array("planted-credential".utf8)
         for (base, count) in [upstream, client] {
@@ -80,11 +87,26 @@ extension ExchangeStoreTests {
             #expect(!bytes.indices.contains { bytes[$0...].starts(with: needle) }, "a given-back buffer still holds the credential")
             #expect(bytes.allSatisfy { $0 == 0 })
         }
-        let again = store.take()
+        let againLease = store.take()
+        let again = againLease.storage
         #expect(again == storage)
         #expect(again.pointee.upstreamRequestHead.capacity >= text.utf8.count)  // kept for reuse
         var spare = again.pointee.takeRequestHead()
         #expect(spare.headers.first("Authorization") == nil)
         spare.clearKeepingCapacity()
+        store.give(againLease)
+    }
+}
+
+extension ExchangeStoreTests {
+    /// A lease its holder dropped without giving it back (the holder went first) frees its storage: the store
+    /// neither keeps nor hands out storage it did not get back.
+    @Test func aDroppedLeaseIsNotTheStoresAnyMore() {
+        let store = ExchangeStore(keep: 4)
+        do { _ = store.take() }
+        #expect(store.kept == 0)
+        let lease = store.take()
+        store.give(lease)
+        #expect(store.kept == 1)
     }
 }

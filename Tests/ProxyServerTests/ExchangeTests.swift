@@ -1,3 +1,6 @@
+import Logging
+import ProxyConfig
+import TLS
 import CEventTLS
 import HTTP1
 import Testing
@@ -129,7 +132,37 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         let b = Buffers()
         var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\nzz\r\n")
-        #expect(run(&e, b) == [.sendFinalHead, .truncate("invalid chunked response body from the upstream")])
+        #expect(run(&e, b) == [.sendFinalHead, .truncate("invalid chunked response body from the upstream: invalid chunk size")])
+    }
+
+    /// An upstream's trailer section reaches a chunked client in the last chunk, as received; fields that cannot
+    /// be trailers are left out. An HTTP/1.0 client (close-delimited) gets the body alone.
+    @Test func responseTrailersReachAChunkedClient() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\nTransfer-Encoding: chunked\r\nx-checksum: abc\r\n\r\n")
+        #expect(run(&e, b) == [.sendFinalHead, .complete])
+        #expect(Buffers.take(b.clientOutput) == "5\r\nhello\r\n0\r\ngrpc-status: 0\r\nx-checksum: abc\r\n\r\n")
+
+        var old = try exchange("GET /x HTTP/1.0\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n")
+        #expect(run(&old, b) == [.sendFinalHead, .complete])
+        #expect(Buffers.take(b.clientOutput) == "hello")
+    }
+
+    /// Trickled one byte at a time, a trailer section still arrives whole.
+    @Test func responseTrailersTrickledArriveWhole() throws {
+        let b = Buffers()
+        var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        #expect(run(&e, b) == [.sendFinalHead, .wait])
+        var last: [Exchange.ResponseStep] = []
+        for byte in "2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n" {
+            Buffers.add(b.upstreamInput, String(byte))
+            last = run(&e, b)
+        }
+        #expect(last == [.complete])
+        #expect(Buffers.take(b.clientOutput) == "1\r\nh\r\n1\r\ni\r\n0\r\nx-checksum: abc\r\n\r\n")  // data as it came
     }
 
     @Test(arguments: ["HTTP/1.1 2000 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
@@ -212,6 +245,30 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(Buffers.take(b.clientOutput) == "1234")
         #expect(run(&e, b, highWatermark: 4) == [.complete])
         #expect(Buffers.take(b.clientOutput) == "5678")
+    }
+
+    /// The client's output holds at most the watermark: a body that arrived in one piece larger than the room
+    /// left is moved up to the watermark, the rest when the client has taken some (so a slow client holds at most
+    /// the watermark here, plus what the upstream side holds: for HTTP/2, the stream's window).
+    @Test func aBodyIsMovedOnlyUpToTheWatermark() throws {
+        for framing in ["Content-Length: 12", "Transfer-Encoding: chunked"] {
+            let b = Buffers()
+            var e = try exchange("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            let body = framing.hasPrefix("Content") ? "abcdefghijkl" : "c\r\nabcdefghijkl\r\n0\r\n\r\n"
+            Buffers.add(b.upstreamInput, "HTTP/1.1 200 OK\r\n\(framing)\r\n\r\n" + body)
+            #expect(e.stepResponse(from: b.upstreamInput, to: b.clientOutput, limits: HeadLimits(maxHeadBytes: 1024), highWatermark: 1 << 20) == .sendFinalHead)
+            let watermark = evbuffer_get_length(b.clientOutput) + 4
+            _ = run(&e, b, highWatermark: watermark)
+            // Re-chunked, the body bytes come with their chunk's framing ("4\r\n" before, CRLF after).
+            #expect(evbuffer_get_length(b.clientOutput) <= watermark + (framing.hasPrefix("Content") ? 0 : 5), "\(framing)")
+            var got = ""
+            for _ in 0..<20 {
+                got += Buffers.take(b.clientOutput)
+                if run(&e, b, highWatermark: watermark).last == .complete { break }
+            }
+            got += Buffers.take(b.clientOutput)
+            #expect(got.hasSuffix(framing.hasPrefix("Content") ? "abcdefghijkl" : "0\r\n\r\n"), "\(framing)")
+        }
     }
 
     @Test func theUpstreamFailingBeforeAnyHeadIsAFailureBeforeTheResponse() throws {
@@ -314,6 +371,32 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(evbuffer_get_length(b.upstreamOutput) == 0)
     }
 
+    /// A chunked request's trailer section goes upstream after the last chunk (RFC 9112 §7.1.2), each field as
+    /// received; fields that cannot be trailers (framing, routing, credentials) are left out.
+    @Test func requestTrailersGoUpstreamInTheLastChunk() throws {
+        let b = Buffers()
+        var e = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        Buffers.add(b.clientInput, "5\r\nhello\r\n0\r\nx-checksum: abc\r\nContent-Length: 5\r\nProxy-Authorization: Basic eA==\r\ngrpc-timeout: 1S\r\n\r\n")
+        #expect(e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) == .complete)
+        #expect(Buffers.take(b.upstreamOutput) == "5\r\nhello\r\n0\r\nx-checksum: abc\r\ngrpc-timeout: 1S\r\n\r\n")
+        #expect(e.record.bytesIn == 5)
+    }
+
+    /// A trailer field line is held to the rules of a header field line: 400, naming the fault, never the value.
+    @Test(arguments: ["x-a: 1\r\n  zzsecret", "x-a: zzsecret\u{0}", "x a: zzsecret", "zzsecret", "x-a : zzsecret"])
+    func aMalformedRequestTrailerIsRefusedWith400(_ line: String) throws {
+        let b = Buffers()
+        var e = try exchange("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        Buffers.add(b.clientInput, "5\r\nhello\r\n0\r\n" + line + "\r\n\r\n")
+        guard case .fail(let answer) = e.stepRequest(from: b.clientInput, to: b.upstreamOutput, highWatermark: 1 << 20) else {
+            Issue.record("accepted")
+            return
+        }
+        #expect(answer.status == 400)
+        #expect(answer.details.contains("trailer"))
+        #expect(!answer.details.contains("zzsecret"))
+    }
+
     @Test func theRequestStepsPauseTheClientWhenTheUpstreamIsFull() throws {
         let b = Buffers()
         var e = try exchange("PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
@@ -328,11 +411,10 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
 }
 
 /// A 101 hand-over that cannot happen, without sockets: what the exchange and the connection's machine tell the
-/// shell to do. That the shell then really closes the upstream connection (and that it leaves the worker's
-/// registry) needs a worker and a connected upstream; `test_socket_io_attacks.AFailedHandOverAfter101` checks it
-/// with real sockets.
+/// shell to do, and that the upstream connection whose hand-over failed is closed and leaves the worker's
+/// registry (a worker with its event base, never run, and an upstream connection never started: nothing is dialled
+/// and no packet is sent; the worker's resolver, pointed at 127.0.0.1, is never asked). `test_socket_io_attacks.AFailedHandOverAfter101` checks the whole of it with real sockets.
 @Suite struct AFailedHandOverTests {
-    typealias Machine = ConnectionStateMachine<FakeClock>
 
     static func exchanging() -> Machine {
         var m = Machine(clock: FakeClock(), headerTimeoutMillis: 5_000, clientTimeoutMillis: 60_000, lingerMillis: 2_000)
@@ -359,7 +441,7 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
     @Test func afterAFailedHandOverNothingLateActs() {
         var m = Self.exchanging()
         m.responseKeepAlive(false)  // as `switchProtocols` does before it hands over
-        m.aborted()
+        _ = m.aborted()
         #expect(m.state == .closed)
         let started = ExchangeProgress(requestComplete: true, responseStarted: true)
         #expect(m.clientEOF(started) == .none)
@@ -370,6 +452,34 @@ private func run(_ e: inout Exchange, _ b: Buffers, highWatermark: Int = 1 << 20
         #expect(m.exchangeFailed(started) == .none)
         #expect(m.responseTruncated() == .none)
         #expect(m.state == .closed)
+    }
+
+    /// The upstream connection cannot hand its socket over (here: it never got one): it is closed and leaves the
+    /// worker's registry, so nothing is left reading for the connection that tears itself down. Issue 19's crash:
+    /// `detach()` returned nil without closing, and the registered connection later called a freed owner.
+    @Test func anUpstreamWhoseHandOverFailedIsClosedAndUnregistered() throws {
+        let config = try ConfigLoader.parse("""
+            [proxy]
+            listen = "127.0.0.1:0"
+            [upstream]
+            nameservers = ["127.0.0.1"]
+            [log]
+            access = "off"
+            """, file: "test.conf", baseDirectory: "/tmp")
+        let runtime = try ProxyRuntime(config: config)
+        let worker = try Worker(id: 0, runtime: runtime, accessLog: try AccessLog(config.log), metrics: ProxyMetrics(),
+                                health: WorkerHealth(count: 1), connections: ConnectionCounter(), logger: Logger(label: "test"))
+        let context = try ClientTLSContext(trust: config.upstream.trust, credential: nil, identityName: nil)
+        let upstream = UpstreamConnection(key: PoolKey(host: "a.test", port: 443, connect: nil, context: ObjectIdentifier(context)),
+                                          context: context, worker: worker, generation: runtime.generation)
+        worker.upstreams.opened(upstream)
+        #expect(worker.upstreams.contains(upstream))
+        #expect(upstream.switchToRelay() == nil)
+        #expect(upstream.state == .closed)
+        #expect(!worker.upstreams.contains(upstream))
+        #expect(worker.openUpstreams == 0)
+        upstream.abort()  // the shell's teardown that follows: closing again does nothing
+        #expect(worker.openUpstreams == 0)
     }
 
     /// A 101 to a request that asked for no upgrade cannot be handed over: nothing went to the client, so the

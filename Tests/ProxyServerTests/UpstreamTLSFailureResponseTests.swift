@@ -75,6 +75,21 @@ private func alert(_ n: Int32, _ text: String) -> OpenSSLErrorEntry {
         #expect(!r.details.contains("revoked"))
     }
 
+    /// The advice names what the route gets its CRLs from: crl_files to update, the distribution points of
+    /// crl_fetch, or both; never crl_files for a route that only fetches.
+    @Test func crlUnavailableAdviceNamesTheRoutesCRLSource() {
+        var f = failure(errors: [])
+        for depth in [0, 1] {
+            f.trustRefusal = .crlUnavailable(subject: "CN=a", serial: "01", reason: "unable to get certificate CRL", depth: depth)
+            f.crlSources = .init(files: false, fetched: true)
+            #expect(!f.response.advice.contains("crl_files") && f.response.advice.contains("distribution point"), "\(f.response.advice)")
+            f.crlSources = .init(files: true, fetched: false)
+            #expect(f.response.advice.contains("crl_files") && !f.response.advice.contains("crl_fetch"), "\(f.response.advice)")
+            f.crlSources = .init(files: true, fetched: true)
+            #expect(f.response.advice.contains("crl_files") && f.response.advice.contains("crl_fetch"), "\(f.response.advice)")
+        }
+    }
+
     @Test func pinMismatchNamesThePresentedPin() {
         var f = failure(errors: [])
         f.trustRefusal = .pinMismatch(presented: "n4rE2gbJ3Ka/U7FJAudpqYaD4h2w8WrjHkDvPUuMQ9Q=", subject: "CN=a")

@@ -142,4 +142,35 @@ import ProxyConfig
         #expect(UTCTime.rfc3339(0) == "1970-01-01T00:00:00Z")
         #expect(UTCTime.rfc3339(1_800_000_000) == "2027-01-15T08:00:00Z")
     }
+
+    /// A route whose revocation is off checks no CRL: its report says it fetches none and lists no CRL file, even
+    /// when `[upstream]` sets crl_fetch and crl_files that the route turns off (or the route sets crl_fetch with
+    /// revocation = "off"); a route that inherits them with revocation on shows them.
+    @Test func aRouteWithRevocationOffShowsNoCRLSource() throws {
+        let config = try ConfigLoader.parse("""
+            [upstream]
+            crl_fetch = true
+            crl_files = ["bank.crl"]
+            [[route]]
+            host = "off.example.com"
+            action = "tls"
+            revocation = "off"
+            [[route]]
+            host = "fetch-off.example.com"
+            action = "tls"
+            crl_fetch = true
+            revocation = "off"
+            [[route]]
+            host = "on.example.com"
+            action = "tls"
+            revocation = "hard"
+            """, file: "proxy.conf", baseDirectory: "/etc/mtls-proxy")
+        let trust = config.routes.map { RouteReport($0).trust! }
+        for off in trust[0...1] {
+            #expect(off.revocation == "off")
+            #expect(off.crlFetch == false, "crl_fetch shown true on a route whose revocation is off")
+            #expect(off.crlFiles == [], "crl_files shown on a route whose revocation is off")
+        }
+        #expect(trust[2].revocation == "hard" && trust[2].crlFetch && trust[2].crlFiles == ["/etc/mtls-proxy/bank.crl"])
+    }
 }

@@ -13,10 +13,13 @@ processes with their configs and logs, the local CA, and the loopback DNS server
         tear_down(ENV)
 
 Leaving the `with` block by an exception (a set-up that failed half-way) stops whatever had started; a test
-that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends. The config
+that needs a world of its own uses `with Fixture.temporary(...) as fx:`, stopped when the block ends, and a test
+that needs only a proxy (and upstreams) of its own in the suite's folder and PKI uses `ENV["fixture"].beside(self,
+ports=(...))`, stopped when the test ends. `get` and `get_until` send a request through a proxy on a raw socket,
+`SubjectUpstream` answers with the client certificate's subject, `concurrently` runs a burst of requests. The config
 helpers (proxy_section, upstream_section, identity, certificates, route, table) write TOML the way the suites'
 hand-written configs did, one `key = value` a line, so a test may still edit the text it gets."""
-import contextlib, json, os, shlex, shutil, subprocess, sys
+import contextlib, json, os, shlex, shutil, socket, subprocess, sys, threading
 
 import harness
 
@@ -26,11 +29,14 @@ INTERCEPT = '[intercept]\nca_cert = "state/local-ca.pem"\nca_key = "state/local-
 
 
 def toml_value(value):
-    """A Python value as a TOML value: booleans, integers, and strings quoted (with TOML's escapes)."""
+    """A Python value as a TOML value: booleans, integers, strings quoted (with TOML's escapes), and lists of
+    those as arrays."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -45,9 +51,11 @@ def loopback(port):
 
 
 def proxy_section(port, workers=1, admin=None, intercept=False, **settings):
-    """The [proxy] table listening on loopback `port` with `workers` and any other `settings`; then, if asked,
-    [admin] on loopback `admin` and the [intercept] table for the local CA in state/."""
-    text = table("[proxy]", listen=loopback(port), workers=workers, **settings)
+    """The [proxy] table listening on loopback `port` with `workers` (None: the proxy's default) and any other
+    `settings`; then, if asked, [admin] on loopback `admin` and the [intercept] table for the local CA in state/."""
+    if workers is not None:
+        settings = dict(workers=workers, **settings)
+    text = table("[proxy]", listen=loopback(port), **settings)
     if admin is not None:
         text += table("[admin]", listen=loopback(admin))
     return text + (INTERCEPT if intercept else "")
@@ -77,9 +85,11 @@ US_KEYS = identity("us", "pki/fusion-us")
 EU_KEYS = identity("eu", "pki/fusion-eu")
 
 
-def upstream_section(**settings):
-    """[upstream] trusting the test CA (pki/ca.pem), with `settings`."""
-    return table("[upstream]", ca_file="pki/ca.pem", **settings)
+def upstream_section(ca_file="pki/ca.pem", **settings):
+    """[upstream] trusting the test CA (pki/ca.pem, or `ca_file`; None: the system's trust store), with `settings`."""
+    if ca_file is not None:
+        settings = dict(ca_file=ca_file, **settings)
+    return table("[upstream]", **settings)
 
 
 def with_upstream(prefix):
@@ -108,6 +118,80 @@ class RequestUpstream(harness.TLSUpstream):
         raise NotImplementedError
 
 
+class SubjectUpstream(harness.TLSUpstream):
+    """An in-process TLS upstream that requires a client certificate of the test CA and answers every request
+    with the TLS version and that certificate's subject ("TLSv1.3 organizationName=...,commonName=..."), so a
+    test sees which key signed and over which version. `minimum` and `maximum` (ssl.TLSVersion) bound the versions
+    it speaks; it issues no session tickets, so every handshake is a full one (a token or TPM key signs each)."""
+
+    def __init__(self, pki, minimum=None, maximum=None):
+        super().__init__(pki)
+        if minimum is not None:
+            self.ctx.minimum_version = minimum
+        if maximum is not None:
+            self.ctx.maximum_version = maximum
+        self.ctx.num_tickets = 0
+
+    def serve(self, conn):
+        while True:
+            head, _ = harness.read_head(conn)
+            if head is None:
+                return
+            subject = ",".join(f"{k}={v}" for rdn in conn.getpeercert()["subject"] for k, v in rdn)
+            respond(conn, f"{conn.version()} {subject}".encode())
+
+
+def get(port, authority, path="/", close=True, session=None, timeout=15, headers=""):
+    """GET http://AUTHORITY/PATH through the proxy on loopback `port`, on a raw socket (`session`: an open one,
+    left open), `Connection: close` unless `close` is false; `headers` are extra header lines, each ending in
+    CRLF. Returns (status, headers with lower-case names, body as latin-1 text) of a Content-Length response."""
+    s = session or socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        connection = "Connection: close\r\n" if close else ""
+        s.sendall(f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n{connection}{headers}\r\n".encode())
+        head, body = harness.read_response(s)
+    finally:
+        if session is None:
+            s.close()
+    lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), fields, body.decode("latin-1")
+
+
+def concurrently(work, args):
+    """`work(arg)` for each of `args`, each on a thread of its own, all at once; their results in the order of
+    `args` (an exception raised stands as its repr)."""
+    results = [None] * len(args)
+
+    def one(i, arg):
+        try:
+            results[i] = work(arg)
+        except Exception as e:  # noqa: BLE001 (the caller asserts on the results)
+            results[i] = repr(e)
+    threads = [threading.Thread(target=one, args=(i, arg)) for i, arg in enumerate(args)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def get_until(test, port, authority, predicate, timeout=8, step=0.2, path="/"):
+    """GETs through the proxy on `port` until `predicate(status, proxy_status)` holds (a first answer may come
+    while a CRL or a token is still on its way), failing `test` after `timeout`; returns [status, proxy_status]."""
+    last = []
+
+    def attempt():
+        status, headers, _ = get(port, authority, path)
+        last[:] = [status, headers.get("proxy-status", "")]
+        return predicate(*last)
+    test.assertTrue(harness.wait_until(attempt, timeout, step), f"{authority}: last answer {last}")
+    return last
+
+
 def respond(conn, body, status=b"200 OK", headers=b""):
     """Writes a response with a Content-Length body; `headers` are extra header lines, each ending in CRLF."""
     conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + headers + b"\r\n" + body)
@@ -131,8 +215,9 @@ def tear_down(env, remove=False):
 
 
 class Fixture:
-    def __init__(self, prefix, ports=(), dns=False):
-        self.dir = harness.folder_with_pki(prefix)
+    def __init__(self, prefix=None, ports=(), dns=False, folder=None):
+        """A new folder named after `prefix` with a fresh PKI, or the existing `folder` (and its PKI) as it is."""
+        self.dir = folder or harness.folder_with_pki(prefix)
         self.pki = f"{self.dir}/pki"
         self.procs = harness.Processes()
         self.ports = {name: harness.free_port() for name in ports}
@@ -152,6 +237,15 @@ class Fixture:
             yield fixture
         finally:
             fixture.close()
+
+    def beside(self, test=None, ports=()):
+        """A fixture in this one's folder, with its PKI, and with processes, servers and free ports (`ports`) of its
+        own: a proxy and upstreams one test starts for itself. With `test` (a unittest.TestCase) it is stopped when
+        that test ends, however it ends; else by its close()."""
+        other = Fixture(folder=self.dir, ports=ports)
+        if test is not None:
+            test.addCleanup(other.close)
+        return other
 
     def __enter__(self):
         return self
@@ -237,14 +331,14 @@ class Fixture:
                              capture_output=True, text=True, check=True).stdout
         return self.write(export, pem)
 
-    def proxy(self, name, config=None, port=None, wait=()):
+    def proxy(self, name, config=None, port=None, wait=(), env=None):
         """Starts `mtls-proxy run` with `name`.conf (written from `config` if given), its output in `name`.log,
         and waits until it listens on port `port` (default: the port called `name`) and on the ports `wait`
-        names (an admin or sidecar listener). Returns the process."""
+        names (an admin or sidecar listener); `env`: variables added to its environment. Returns the process."""
         if config is not None:
             self.write(f"{name}.conf", config)
         process = harness.start_proxy(self.procs, self.path(f"{name}.conf"), self.path(f"{name}.log"),
-                                      self.ports[port or name])
+                                      self.ports[port or name], env=env)
         for other in wait:
             harness.wait_for_port(self.ports[other])
         return process

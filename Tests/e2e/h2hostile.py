@@ -1,7 +1,8 @@
 """A hostile HTTP/2 upstream for Tests/e2e/test_h2_upstream_attacks.py: TLS on 127.0.0.1 (ALPN h2), a client
 certificate of the test CA REQUIRED and verified, and faults sent on cue by path (frames the `h2` library will
 not send are written by hand). Every stream and every RST_STREAM the proxy sends is recorded with the client
-subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear empties it).
+subject and the SNI name of the connection it came on (GET /_log, JSON; /_clear empties it): "reset" as the h2
+library reports it, "raw-reset" for every RST_STREAM frame read off the connection (also on closed streams).
 
   /headers               200 with the request's header list (pseudo-fields too) as JSON
   /sized/N               N bytes with content-length
@@ -68,6 +69,10 @@ class Hostile(asyncio.Protocol):
         self.max_streams = max_streams
         self.requests = {}
         self.closed = False
+        # The frames as they arrive, read apart from the h2 library (which says nothing of a RST_STREAM for a stream
+        # it has closed): every RST_STREAM is recorded as "raw-reset".
+        self.raw = bytearray()
+        self.preface = 24
         self.muted = False
         self.ping_mode = None
         self.last_stream = 0
@@ -100,9 +105,25 @@ class Hostile(asyncio.Protocol):
         path = self.requests.get(stream_id, {}).get("headers", {}).get(":path", "?")
         LOG.append(dict(event=event, path=path, subject=self.subject, sni=self.sni, conn=self.number, stream=stream_id, **extra))
 
+    def scan_frames(self, data):
+        self.raw += data
+        if self.preface:
+            taken = min(self.preface, len(self.raw))
+            del self.raw[:taken]
+            self.preface -= taken
+        while len(self.raw) >= 9:
+            length = int.from_bytes(self.raw[:3], "big")
+            if len(self.raw) < 9 + length:
+                break
+            kind, stream_id = self.raw[3], int.from_bytes(self.raw[5:9], "big") & 0x7FFFFFFF
+            if kind == 0x3 and length == 4:
+                self.record("raw-reset", stream_id, code=int.from_bytes(self.raw[9:13], "big"))
+            del self.raw[:9 + length]
+
     def data_received(self, data):
         if self.silent or self.muted:
             return
+        self.scan_frames(data)
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:

@@ -8,6 +8,9 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /sized/N               the same with content-length
   /slow/MS               waits MS milliseconds, then 200 "slow"
   /trailers              a body, then a trailer section (x-checksum)
+  /echo-trailers         200 without content-length: a JSON body of the request's trailer fields and its te field,
+                         then a trailer section (grpc-status 0, x-echoed: how many request trailer fields came)
+  /sized-trailers        200 with content-length 5, "hello", then a trailer section (x-checksum)
   /rst-before            RST_STREAM INTERNAL_ERROR before any head
   /rst-after             the head and some DATA, then RST_STREAM INTERNAL_ERROR
   /refuse                RST_STREAM REFUSED_STREAM before any head
@@ -157,6 +160,11 @@ class H2Protocol(asyncio.Protocol):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if event.stream_ended:
                     self.start(event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                if event.stream_id in self.requests:
+                    self.requests[event.stream_id]["trailers"] = list(event.headers)
+                if event.stream_ended:
+                    self.start(event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 if event.stream_id in self.requests and not self.requests[event.stream_id].get("started"):
                     self.start(event.stream_id)
@@ -261,6 +269,16 @@ class H2Protocol(asyncio.Protocol):
         elif path == "/trailers":
             respond(200)
             await self.send_body(stream_id, b"with trailers\n", end=False)
+            self.conn.send_headers(stream_id, [("x-checksum", "abc")], end_stream=True)
+        elif path == "/echo-trailers":
+            trailers = self.requests.get(stream_id, {}).get("trailers", [])
+            data = json.dumps({"trailers": trailers, "te": headers.get("te"), "body": body.decode("latin-1")}).encode()
+            respond(200, [("content-type", "application/json")])
+            await self.send_body(stream_id, data, end=False)
+            self.conn.send_headers(stream_id, [("grpc-status", "0"), ("x-echoed", str(len(trailers)))], end_stream=True)
+        elif path == "/sized-trailers":
+            respond(200, [("content-length", "5")])
+            await self.send_body(stream_id, b"hello", end=False)
             self.conn.send_headers(stream_id, [("x-checksum", "abc")], end_stream=True)
         elif path == "/rst-before" or path == "/refuse":
             code = h2.errors.ErrorCodes.REFUSED_STREAM if path == "/refuse" else h2.errors.ErrorCodes.INTERNAL_ERROR

@@ -42,6 +42,13 @@ def wait_for_port(port, timeout=10.0):
 
 
 def make_pki(directory):
+    """The test PKI (scripts/lib/pki.sh make_pki) in `directory`: a copy of the one in $MTLS_TEST_PKI when that is
+    set (scripts/test makes it once for every suite of a run, each suite getting its own copy to issue more
+    certificates and CRLs from), else made here."""
+    template = os.environ.get("MTLS_TEST_PKI")
+    if template and os.path.isfile(os.path.join(template, "ca.pem")):
+        shutil.copytree(template, directory, dirs_exist_ok=True)
+        return
     subprocess.run(["bash", "-c", f"source '{ROOT}/scripts/lib/pki.sh' && make_pki '{directory}'"], check=True)
 
 
@@ -409,9 +416,12 @@ def proxy_binary():
     return os.environ.get("MTLS_PROXY_BIN") or os.path.join(ROOT, ".build", "debug", "mtls-proxy")
 
 
-def start_proxy(procs, config_path, log_path, port):
+def start_proxy(procs, config_path, log_path, port, env=None):
+    """`mtls-proxy run` with `config_path`, its output appended to `log_path`, `env` added to its environment;
+    returns once it listens on `port`."""
     with open(log_path, "ab") as log:
-        p = procs.start([proxy_binary(), "run", "--config", config_path], stdout=log, stderr=subprocess.STDOUT)
+        p = procs.start([proxy_binary(), "run", "--config", config_path], stdout=log, stderr=subprocess.STDOUT,
+                        env=dict(os.environ, **env) if env else None)
     wait_for_port(port)
     return p
 

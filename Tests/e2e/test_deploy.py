@@ -182,30 +182,24 @@ class Readiness(unittest.TestCase):
 
     def test_ready_requires_valid_identities(self):
         d = ENV["dir"]
-        ports = {"proxy": harness.free_port(), "admin": harness.free_port(), "up": ENV["ports"]["up"]}
+        fx = ENV["fixture"].beside(self, ports=("proxy", "admin"))
+        ports = dict(fx.ports, up=ENV["ports"]["up"])
+        proxy = fx.proxy("strict", base_config(ports, admin_extra="ready_requires_valid_identities = true"), port="proxy", wait=("admin",))
+        status, body = get(ports["admin"], "/readyz")
+        self.assertEqual(status, 503)
+        self.assertIn("no valid certificate for identity gone", body)
+        self.assertNotIn("soon", body)  # "soon" is valid, and no route names it anyway
+        status, body = get(ports["admin"], "/readyz?verbose=1")
+        self.assertEqual(status, 503)
+        self.assertIn("identity=gone state=no_valid_certificate", body)
+        # Health is another matter: the process works.
+        self.assertEqual(get(ports["admin"], "/healthz")[0], 200)
+        # The setting follows a reload, no restart needed.
         with open(f"{d}/strict.conf", "w") as f:
-            f.write(base_config(ports, admin_extra="ready_requires_valid_identities = true"))
-        procs = harness.Processes()
-        try:
-            proxy = harness.start_proxy(procs, f"{d}/strict.conf", f"{d}/strict.log", ports["proxy"])
-            harness.wait_for_port(ports["admin"])
-            status, body = get(ports["admin"], "/readyz")
-            self.assertEqual(status, 503)
-            self.assertIn("no valid certificate for identity gone", body)
-            self.assertNotIn("soon", body)  # "soon" is valid, and no route names it anyway
-            status, body = get(ports["admin"], "/readyz?verbose=1")
-            self.assertEqual(status, 503)
-            self.assertIn("identity=gone state=no_valid_certificate", body)
-            # Health is another matter: the process works.
-            self.assertEqual(get(ports["admin"], "/healthz")[0], 200)
-            # The setting follows a reload, no restart needed.
-            with open(f"{d}/strict.conf", "w") as f:
-                f.write(base_config(ports))
-            proxy.send_signal(signal.SIGHUP)
-            self.assertTrue(wait_until(lambda: get(ports["admin"], "/readyz") == (200, "ready\n")))
-            self.assertNotIn("take effect at the next restart", harness.read(f"{d}/strict.log"))
-        finally:
-            procs.stop_all()
+            f.write(base_config(ports))
+        proxy.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: get(ports["admin"], "/readyz") == (200, "ready\n")))
+        self.assertNotIn("take effect at the next restart", harness.read(f"{d}/strict.log"))
 
     def test_the_key_is_checked_and_a_bad_value_named(self):
         d = ENV["dir"]

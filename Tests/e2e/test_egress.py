@@ -7,6 +7,7 @@ import base64, json, os, re, pwd, shutil, signal, socket, ssl, subprocess, sys, 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import US_KEYS, Fixture, get, proxy_section, route, table, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 SQUID = shutil.which("squid") or "/usr/sbin/squid"
@@ -106,140 +107,47 @@ def setUpModule():
     missing = missing_tools()
     if missing:
         raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs squid and apache2-utils)")
-    d = harness.folder_with_pki("mtls-proxy-egress-")
-    os.chmod(d, 0o755)  # Squid drops to its own user and must reach its folder inside
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "squid", "squid2", "mtls", "tls", "down", "h2")}
-    try:
-        harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
+    with Fixture("mtls-proxy-egress-", ports=("proxy", "admin", "squid", "squid2", "mtls", "tls", "down", "h2")) as fx:
+        d, procs, ports = fx.dir, fx.procs, fx.ports
+        os.chmod(d, 0o755)  # Squid drops to its own user and must reach its folder inside
+        fx.nginx(mtls="mtls", tls="tls")
         if HAVE_H2:  # an HTTP/2 service (Tests/e2e/h2server.py), reached through Squid as the others
-            procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(ports["h2"]),
-                         "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            harness.wait_for_port(ports["h2"])
-        slow = SlowUpstream(f"{d}/pki")
-        silent = SilentProxy()
-        ports["slow"] = slow.port
-        ports["silent"] = silent.port
+            fx.tls_script("h2server.py", "h2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ports["slow"] = fx.server(SlowUpstream(fx.pki)).port
+        ports["silent"] = fx.server(SilentProxy()).port
         start_squid(procs, f"{d}/squid", ports["squid"], [ports["mtls"], ports["tls"], ports["slow"], ports["h2"]],
                     ["api.mygreatbank.test", "status.example.com", "wrongpw.mygreatbank.test", "rotated.mygreatbank.test"])
         harness.write_file(f"{d}/corp.cred", f"alice:{PASSWORD}\n", mode=0o600)
         harness.write_file(f"{d}/wrong.cred", f"alice:{WRONG_PASSWORD}\n", mode=0o600)
         harness.write_file(f"{d}/rotated.cred", f"alice:{WRONG_PASSWORD}\n", mode=0o600)
-        with open(f"{d}/proxy.conf", "w") as f:
-            f.write(f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 2
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-[log]
-level = "debug"
-[upstream]
-ca_file = "pki/ca.pem"
-proxy = "http://127.0.0.1:{ports['squid']}"
-proxy_credentials_file = "corp.cred"
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-
-[[route]]
-name = "h2 through squid"
-host = "api.mygreatbank.test"
-port = {ports['h2']}
-identity = "us"
-protocol = "h2"
-
-[[route]]
-name = "distrusting"
-host = "api.mygreatbank.test"
-port = {ports['tls']}
-identity = "us"
-ca_file = "pki/rogue-ca.pem"
-
-[[route]]
-host = "api.mygreatbank.test"
-identity = "us"
-idle_timeout = "1s"
-
-[[route]]
-host = "status.example.com"
-port = {ports['tls']}
-action = "tls"
-
-[[route]]
-host = "blocked.example.com"
-port = {ports['tls']}
-action = "tls"
-
-[[route]]
-host = "denied.mygreatbank.test"
-identity = "us"
-
-[[route]]
-host = "wrongpw.mygreatbank.test"
-identity = "us"
-proxy_credentials_file = "wrong.cred"
-
-[[route]]
-host = "rotated.mygreatbank.test"
-identity = "us"
-proxy_credentials_file = "rotated.cred"
-
-[[route]]
-host = "10.20.30.40"
-action = "tls"
-
-[[route]]
-name = "direct"
-host = "direct.mygreatbank.test"
-identity = "us"
-proxy = "direct"
-connect = "127.0.0.1:{ports['mtls']}"
-
-[[route]]
-host = "slow.mygreatbank.test"
-identity = "us"
-proxy = "http://127.0.0.1:{ports['squid2']}"
-proxy_credentials_file = "corp.cred"
-
-[[route]]
-host = "down.mygreatbank.test"
-identity = "us"
-proxy = "http://127.0.0.1:{ports['down']}"
-
-[[route]]
-host = "silent.mygreatbank.test"
-identity = "us"
-proxy = "http://127.0.0.1:{ports['silent']}"
-connect_timeout = "1s"
-""")
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports)
+        squid = f"http://127.0.0.1:{ports['squid']}"
+        us = dict(identity="us")
+        fx.proxy("proxy", proxy_section(ports["proxy"], workers=2, admin=ports["admin"]) + table("[log]", level="debug")
+                 + upstream_section(proxy=squid, proxy_credentials_file="corp.cred") + US_KEYS + "".join([
+                     route("api.mygreatbank.test", name="h2 through squid", port=ports["h2"], protocol="h2", **us),
+                     route("api.mygreatbank.test", name="distrusting", port=ports["tls"], ca_file="pki/rogue-ca.pem", **us),
+                     route("api.mygreatbank.test", idle_timeout="1s", **us),
+                     route("status.example.com", port=ports["tls"], action="tls"),
+                     route("blocked.example.com", port=ports["tls"], action="tls"),
+                     route("denied.mygreatbank.test", **us),
+                     route("wrongpw.mygreatbank.test", proxy_credentials_file="wrong.cred", **us),
+                     route("rotated.mygreatbank.test", proxy_credentials_file="rotated.cred", **us),
+                     route("10.20.30.40", action="tls"),
+                     route("direct.mygreatbank.test", name="direct", proxy="direct", connect=ports["mtls"], **us),
+                     route("slow.mygreatbank.test", proxy=f"http://127.0.0.1:{ports['squid2']}", proxy_credentials_file="corp.cred", **us),
+                     route("down.mygreatbank.test", proxy=f"http://127.0.0.1:{ports['down']}", **us),
+                     route("silent.mygreatbank.test", proxy=f"http://127.0.0.1:{ports['silent']}", connect_timeout="1s", **us),
+                 ]), wait=("admin",))
+    ENV.update(fx.env())
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
-def request(host, port, path="/", session=None, timeout=15):
-    """GET http://host:port/path through the proxy, on a raw socket: returns (status, headers dict, body)."""
-    s = session or socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=timeout)
-    s.sendall(f"GET http://{host}:{port}{path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-    head, body = harness.read_response(s)
-    if session is None:
-        s.close()
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+def request(host, port, path="/", session=None):
+    """GET http://host:port/path through the proxy (on the open `session` if given): (status, headers dict, body)."""
+    return get(ENV["ports"]["proxy"], f"{host}:{port}", path, close=False, session=session)
 
 
 def squid_log(name="squid"):
@@ -476,35 +384,23 @@ class Egress(unittest.TestCase):
         got = harness.wait_until(lambda: request("rotated.mygreatbank.test", mtls)[0] == 200, timeout=10, step=0.3)
         self.assertTrue(got, "the new credentials were not used after the file changed")
 
-    def test_check_warns_about_a_credentials_file_others_can_read(self):
+    def check_with_credentials(self, content, mode):
+        """`check` of a config whose corporate proxy's credentials file holds `content` with permissions `mode`."""
         d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
-        harness.write_file(f"{d}/open.cred", f"alice:{PASSWORD}\n", mode=0o644)
-        harness.write_file(f"{d}/proxy.conf", f"""
-[upstream]
-proxy = "http://127.0.0.1:3129"
-proxy_credentials_file = "open.cred"
-[[route]]
-host = "status.example.com"
-action = "tls"
-""")
-        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+        harness.write_file(f"{d}/corp.cred", content, mode=mode)
+        harness.write_file(f"{d}/proxy.conf", upstream_section(ca_file=None, proxy="http://127.0.0.1:3129", proxy_credentials_file="corp.cred")
+                           + route("status.example.com", action="tls"))
+        return harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+
+    def test_check_warns_about_a_credentials_file_others_can_read(self):
+        r = self.check_with_credentials(f"alice:{PASSWORD}\n", 0o644)
         text = r.stdout + r.stderr
         self.assertIn("proxy credentials file", text)
         self.assertIn("readable by everyone", text)
         self.assertNotIn(PASSWORD, text)
 
     def test_check_refuses_an_unreadable_credentials_file_without_quoting_it(self):
-        d = tempfile.mkdtemp(prefix="mtls-proxy-egress-check-")
-        harness.write_file(f"{d}/bad.cred", f"{PASSWORD}\n", mode=0o600)
-        harness.write_file(f"{d}/proxy.conf", f"""
-[upstream]
-proxy = "http://127.0.0.1:3129"
-proxy_credentials_file = "bad.cred"
-[[route]]
-host = "status.example.com"
-action = "tls"
-""")
-        r = harness.run_cli("check", "--config", f"{d}/proxy.conf", timeout=30)
+        r = self.check_with_credentials(f"{PASSWORD}\n", 0o600)
         self.assertNotEqual(r.returncode, 0)
         text = r.stdout + r.stderr
         self.assertIn("upstream.proxy_credentials_file", text)

@@ -33,11 +33,19 @@ def config(port, workers=1, extra_proxy="", extra_routes="", dns_port=None):
 
 
 def start(name, **kw):
-    d, port = ENV["dir"], harness.free_port()
-    write(f"{d}/{name}.conf", config(port, **kw))
-    procs = harness.Processes()
-    p = harness.start_proxy(procs, f"{d}/{name}.conf", f"{d}/{name}.out", port)
-    return procs, p, port
+    """A proxy of its own in the module's folder, `name`.conf from `config(port, **kw)`: (its processes, to stop
+    with stop_all(); the process; its port)."""
+    fx = ENV["fixture"].beside(ports=("proxy",))
+    p = fx.proxy(name, config(fx.ports["proxy"], **kw), port="proxy")
+    return fx.procs, p, fx.ports["proxy"]
+
+
+def tls_script(script):
+    """One of the folder's small TLS servers (`script`, e.g. faulty.py) in the module's folder: (its processes, to
+    stop with stop_all(); its port)."""
+    fx = ENV["fixture"].beside(ports=("up",))
+    fx.tls_script(script, "up", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return fx.procs, fx.ports["up"]
 
 
 class Reader:
@@ -243,11 +251,7 @@ class UnusualCloseOrders(unittest.TestCase):
                 threading.Timer(0.3, lambda r=reply, a=addr: dns.sendto(r, a) if not stop.is_set() else None).start()
 
         threading.Thread(target=late_dns, daemon=True).start()
-        ws = harness.free_port()
-        wsproc = harness.Processes()
-        wsproc.start([sys.executable, os.path.join(harness.HERE, "ws_echo.py"), "--port", str(ws),
-                      "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wsproc, ws = tls_script("ws_echo.py")
         alice = bcrypt_hash("right-horse", 10)
         users = f"{d}/users-reuse"
         if alice:
@@ -364,12 +368,7 @@ class FaultyUpstreamWithClientsLeaving(unittest.TestCase):
 
     def test_failures_on_both_sides_in_any_order(self):
         d = ENV["dir"]
-        fport = harness.free_port()
-        fprocs = harness.Processes()
-        fprocs.start([sys.executable, os.path.join(harness.HERE, "faulty.py"), "--port", str(fport),
-                      "--cert", f"{d}/pki/server.pem", "--key", f"{d}/pki/server.key", "--ca", f"{d}/pki/ca.pem"],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        harness.wait_for_port(fport)
+        fprocs, fport = tls_script("faulty.py")
         procs, p, port = start("faulty", workers=2, extra_routes=f"""
 [[route]]
 host = "faulty.mygreatbank.test"

@@ -30,6 +30,14 @@ connect = "127.0.0.1:{ENV['up']}"
 {extra_route}"""
 
 
+def start_own(test, name, port):
+    """`mtls-proxy run` with `name`.conf of the module's folder (its output in `name`.log), listening on `port`;
+    stopped when `test` ends. Returns the process."""
+    fx = ENV["fixture"].beside(test)
+    fx.ports[name] = port
+    return fx.proxy(name, port=name)
+
+
 def write(path, text, mode=None):
     harness.write_file(path, text, mode)
 
@@ -149,22 +157,18 @@ listen = "127.0.0.1:{sidecar}"
 upstream = "https://{HOST}"
 """ + routes()
         write(f"{d}/first.conf", text)
-        procs = harness.Processes()
-        try:
-            harness.start_proxy(procs, f"{d}/first.conf", f"{d}/first.log", port)
-            code, lines = run_proxy(f"{d}/first.conf")
-            self.assertEqual(code, 1, lines)
-            self.assertEqual(len(lines), 1, lines)
-            self.assertIn(f"127.0.0.1:{port}: address already in use", lines[0])
-            # Another config on the sidecar address only.
-            write(f"{d}/second.conf", text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{harness.free_port()}"))
-            code, lines = run_proxy(f"{d}/second.conf")
-            self.assertEqual(code, 1, lines)
-            self.assertIn(f"127.0.0.1:{sidecar}: address already in use", lines[0])
-            statuses = [proxy_get(port)[0] for _ in range(12)]
-            self.assertEqual(statuses, [200] * 12)
-        finally:
-            procs.stop_all()
+        start_own(self, "first", port)
+        code, lines = run_proxy(f"{d}/first.conf")
+        self.assertEqual(code, 1, lines)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"127.0.0.1:{port}: address already in use", lines[0])
+        # Another config on the sidecar address only.
+        write(f"{d}/second.conf", text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{harness.free_port()}"))
+        code, lines = run_proxy(f"{d}/second.conf")
+        self.assertEqual(code, 1, lines)
+        self.assertIn(f"127.0.0.1:{sidecar}: address already in use", lines[0])
+        statuses = [proxy_get(port)[0] for _ in range(12)]
+        self.assertEqual(statuses, [200] * 12)
 
 
 def start_activated(procs, sockets, config, log_path):
@@ -261,29 +265,25 @@ drain_timeout = "30s"
 [admin]
 listen = "127.0.0.1:{admin}"
 """ + routes())
-        procs = harness.Processes()
-        try:
-            proxy = harness.start_proxy(procs, f"{d}/drain.conf", f"{d}/drain.log", port)
-            result = {}
+        proxy = start_own(self, "drain", port)
+        result = {}
 
-            def download():
-                result["r"] = proxy_get(port, "/drip?size=200000&ms=9000", timeout=30)
+        def download():
+            result["r"] = proxy_get(port, "/drip?size=200000&ms=9000", timeout=30)
 
-            t = threading.Thread(target=download)
-            t.start()
-            time.sleep(1.0)
-            proxy.send_signal(signal.SIGTERM)
-            time.sleep(6.5)
-            self.assertEqual(admin_get(admin, "/healthz"), (200, "ok\n"))
-            status, body = admin_get(admin, "/readyz")
-            self.assertEqual(status, 503)
-            self.assertIn("draining", body)
-            t.join(30)
-            self.assertEqual(result["r"][0], 200)
-            self.assertEqual(len(result["r"][2]), 200000)
-            self.assertEqual(proxy.wait(timeout=15), 0)
-        finally:
-            procs.stop_all()
+        t = threading.Thread(target=download)
+        t.start()
+        time.sleep(1.0)
+        proxy.send_signal(signal.SIGTERM)
+        time.sleep(6.5)
+        self.assertEqual(admin_get(admin, "/healthz"), (200, "ok\n"))
+        status, body = admin_get(admin, "/readyz")
+        self.assertEqual(status, 503)
+        self.assertIn("draining", body)
+        t.join(30)
+        self.assertEqual(result["r"][0], 200)
+        self.assertEqual(len(result["r"][2]), 200000)
+        self.assertEqual(proxy.wait(timeout=15), 0)
 
 
 class KeyPermissions(unittest.TestCase):
@@ -312,13 +312,9 @@ ca_key = "ca7/local-ca.key"
                            text=True, timeout=30)
         self.assertIn("local-ca.key", r.stdout + r.stderr)
         self.assertRegex(r.stdout + r.stderr, r"warning: .*local-ca\.key is readable by everyone \(mode 644\)")
-        procs = harness.Processes()
-        try:
-            harness.start_proxy(procs, f"{d}/perm.conf", f"{d}/perm.log", port)
-            time.sleep(0.3)
-            self.assertRegex(harness.read(f"{d}/perm.log"), r"warning .*local-ca\.key is readable by everyone \(mode 644\)")
-        finally:
-            procs.stop_all()
+        start_own(self, "perm", port)
+        time.sleep(0.3)
+        self.assertRegex(harness.read(f"{d}/perm.log"), r"warning .*local-ca\.key is readable by everyone \(mode 644\)")
 
 
 
@@ -488,25 +484,21 @@ class ReloadGaps(unittest.TestCase):
                 os.unlink(f"{d}/later/eu.{ext}")
         head = f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n'
         write(f"{d}/gap.conf", head + routes())
-        procs = harness.Processes()
-        try:
-            harness.start_proxy(procs, f"{d}/gap.conf", f"{d}/gap.log", port)
-            self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
-            # The new config names files that do not exist yet: the reload fails, the old config serves.
-            tmp = f"{d}/gap.conf.tmp"
-            write(tmp, head + routes().replace("pki/fusion-us.pem", "later/eu.pem").replace("pki/fusion-us.key", "later/eu.key"))
-            os.replace(tmp, f"{d}/gap.conf")
-            self.assertTrue(wait_for(lambda: "failed, still serving the previous config" in harness.read(f"{d}/gap.log")))
-            self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
-            # The files appear: the proxy notices them by itself (no SIGHUP) and presents the new identity.
-            import shutil
-            shutil.copy(f"{d}/pki/fusion-eu.key", f"{d}/later/eu.key")
-            os.chmod(f"{d}/later/eu.key", 0o600)
-            shutil.copy(f"{d}/pki/fusion-eu.pem", f"{d}/later/eu.pem")
-            self.assertTrue(wait_for(lambda: proxy_get(port, "/whoami")[1].get("x-client-subject") == "fusion-eu", timeout=10),
-                            harness.read(f"{d}/gap.log"))
-        finally:
-            procs.stop_all()
+        start_own(self, "gap", port)
+        self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
+        # The new config names files that do not exist yet: the reload fails, the old config serves.
+        tmp = f"{d}/gap.conf.tmp"
+        write(tmp, head + routes().replace("pki/fusion-us.pem", "later/eu.pem").replace("pki/fusion-us.key", "later/eu.key"))
+        os.replace(tmp, f"{d}/gap.conf")
+        self.assertTrue(wait_for(lambda: "failed, still serving the previous config" in harness.read(f"{d}/gap.log")))
+        self.assertEqual(proxy_get(port, "/whoami")[1].get("x-client-subject"), "fusion-us")
+        # The files appear: the proxy notices them by itself (no SIGHUP) and presents the new identity.
+        import shutil
+        shutil.copy(f"{d}/pki/fusion-eu.key", f"{d}/later/eu.key")
+        os.chmod(f"{d}/later/eu.key", 0o600)
+        shutil.copy(f"{d}/pki/fusion-eu.pem", f"{d}/later/eu.pem")
+        self.assertTrue(wait_for(lambda: proxy_get(port, "/whoami")[1].get("x-client-subject") == "fusion-eu", timeout=10),
+                        harness.read(f"{d}/gap.log"))
 
     def test_a_listeners_upstream_changes_on_reload(self):
         d = ENV["dir"]
@@ -525,19 +517,15 @@ connect = "127.0.0.1:{ENV['up']}"
             return (f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 2\n[[listener]]\nlisten = "127.0.0.1:{sidecar}"\n'
                     f'upstream = "https://{upstream}"\n' + routes(eu))
         write(f"{d}/side.conf", conf(HOST))
-        procs = harness.Processes()
-        try:
-            proxy = harness.start_proxy(procs, f"{d}/side.conf", f"{d}/side.log", port)
+        proxy = start_own(self, "side", port)
 
-            def who():
-                return raw_exchange(sidecar, f"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())[1].get("x-client-subject")
-            self.assertEqual(who(), "fusion-us")
-            write(f"{d}/side.conf", conf("eu.mygreatbank.test"))
-            proxy.send_signal(signal.SIGHUP)
-            self.assertTrue(wait_for(lambda: "reloaded (" in harness.read(f"{d}/side.log")))
-            self.assertTrue(wait_for(lambda: who() == "fusion-eu", timeout=5), harness.read(f"{d}/side.log"))
-        finally:
-            procs.stop_all()
+        def who():
+            return raw_exchange(sidecar, f"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())[1].get("x-client-subject")
+        self.assertEqual(who(), "fusion-us")
+        write(f"{d}/side.conf", conf("eu.mygreatbank.test"))
+        proxy.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_for(lambda: "reloaded (" in harness.read(f"{d}/side.log")))
+        self.assertTrue(wait_for(lambda: who() == "fusion-eu", timeout=5), harness.read(f"{d}/side.log"))
 
     def test_nameservers_change_on_reload(self):
         d = ENV["dir"]

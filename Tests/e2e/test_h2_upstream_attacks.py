@@ -314,6 +314,19 @@ class Attacks(unittest.TestCase):
         self.assertFalse(ids["api"] & ids["sni2"], ids)
         self.assertFalse(ids["eu"] & ids["sni2"], ids)
 
+    def test_complete_streams_are_not_reset(self):
+        # An exchange ends on the last DATA of its response, a moment before nghttp2 reports the END_STREAM of the
+        # same frame: the stream must not be cancelled then (the server would see a RST_STREAM per request). (A
+        # server that sends END_STREAM in a later frame, after a complete content-length, still sees a CANCEL.)
+        s = session()
+        s.get(f"{URL}/_clear", timeout=10)
+        for path in ["/sized/100"] * 10 + ["/nolen/100"]:
+            r = s.get(f"{URL}{path}", timeout=10)
+            self.assertEqual(r.status_code, 200, r.text[:200])
+        time.sleep(0.3)
+        resets = [e for e in server_log() if e["event"] in ("reset", "raw-reset") and e["path"].startswith(("/sized", "/nolen"))]
+        self.assertEqual(resets, [])
+
     # --- a hostile client ---
 
     def test_client_leaving_mid_upload_resets_its_stream_only(self):

@@ -9,6 +9,8 @@ import os, shutil, signal, socket, ssl, subprocess, sys, tempfile, threading, ti
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import (Fixture, SubjectUpstream, concurrently, get as proxy_get, proxy_section, route, table, tear_down,  # noqa: E402
+                     upstream_section)
 
 ENV = {}
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -29,30 +31,9 @@ def token_uri(d, label, pin_file="pin", module=MODULE):
     return f"pkcs11:token=fusion;object={label};type=private?module-path={module}&pin-source=file:{d}/{pin_file}"
 
 
-class SubjectUpstream(harness.TLSUpstream):
-    """TLS 1.3 only, client certificate required, no session tickets (every handshake is full: the token signs,
-    with RSA-PSS for an RSA key); answers with the client certificate's subject."""
-
-    def __init__(self, pki):
-        super().__init__(pki)
-        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        self.ctx.num_tickets = 0
-
-    def serve(self, conn):
-        while True:
-            head, _ = harness.read_head(conn)
-            if head is None:
-                return
-            subject = ",".join(f"{k}={v}" for rdn in conn.getpeercert()["subject"] for k, v in rdn)
-            body = f"{conn.version()} {subject}".encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-
-def setUpModule():
-    missing = missing_tools()
-    if missing:
-        raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs softhsm2, opensc, libengine-pkcs11-openssl)")
-    d = harness.folder_with_pki("mtls-proxy-tokens-")
+def make_tokens(d):
+    """The SoftHSM2 token in `d`/tokens with its keys and certificates (see the module's doc), the CSRs' certificates
+    and the PIN files; returns when the second staged certificate becomes valid (a Unix time)."""
     os.makedirs(f"{d}/tokens")
     harness.write_file(f"{d}/softhsm2.conf", f"directories.tokendir = {d}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n")
     os.environ["SOFTHSM2_CONF"] = f"{d}/softhsm2.conf"  # the proxy and the tools find the token here
@@ -119,12 +100,19 @@ extendedKeyUsage = clientAuth
             "--write-object", f"{label}.der", "--type", "cert", "--label", label, "--id", key_id)
     harness.write_file(f"{d}/pin", PIN + "\n", mode=0o600)
     harness.write_file(f"{d}/wrong.pin", WRONG_PIN + "\n", mode=0o600)
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy", "admin", "mtls", "tls")}
-    try:
-        harness.start_nginx(procs, d, f"{d}/pki", ports["mtls"], ports["tls"])
-        ports["tls13"] = SubjectUpstream(f"{d}/pki").port
-        harness.write_file(f"{d}/proxy.conf", f"""
+    return stage_at
+
+
+def setUpModule():
+    missing = missing_tools()
+    if missing:
+        raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs softhsm2, opensc, libengine-pkcs11-openssl)")
+    with Fixture("mtls-proxy-tokens-", ports=("proxy", "admin", "mtls", "tls")) as fx:
+        d, ports = fx.dir, fx.ports
+        stage_at = make_tokens(d)
+        fx.nginx(mtls="mtls", tls="tls")
+        ports["tls13"] = fx.server(SubjectUpstream(fx.pki, minimum=ssl.TLSVersion.TLSv1_3)).port
+        proxy = fx.proxy("proxy", f"""
 [proxy]
 listen = "127.0.0.1:{ports['proxy']}"
 workers = 2
@@ -180,31 +168,30 @@ host = "ec13.mygreatbank.test"
 identity = "hsm"
 connect = "127.0.0.1:{ports['tls13']}"
 """)
-        proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
         ENV.update(ports=ports)
         # Before the switch: the first certificate is presented, and certs shows (and exports) the staged one.
         staged_views = [harness.run_cli("certs", "--config", f"{d}/proxy.conf", "staged", *extra, timeout=60)
                         for extra in (("--all",), ("--pem", "--staged"))]
         before_stage = (get("staged13.mygreatbank.test"), staged_views, time.time() < stage_at)
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports, proxy=proxy, stage_at=stage_at, before_stage=before_stage)
+    ENV.update(fx.env(proxy=proxy, stage_at=stage_at, before_stage=before_stage))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def get(host, port=None):
-    s = socket.create_connection(("127.0.0.1", port or ENV["ports"]["proxy"]), timeout=15)
-    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    head, body = harness.read_response(s)
-    s.close()
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {l.partition(":")[0].strip().lower(): l.partition(":")[2].strip() for l in lines[1:]}
-    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+    """(status, headers, body) of a GET http://HOST/ through the suite's proxy, or the one on `port`."""
+    return proxy_get(port or ENV["ports"]["proxy"], host)
+
+
+def own_proxy(test, name, body, workers=1, env=None, **upstream):
+    """A proxy of `test`'s own (stopped when the test ends), `name`.conf: its [proxy] with `workers` (None: the
+    default), [admin], [upstream] trusting the test CA with `upstream` settings, then `body` (identities and
+    routes); `env` is added to its environment. Returns (its ports: proxy, admin; the process)."""
+    own = ENV["fixture"].beside(test, ports=("proxy", "admin"))
+    config = proxy_section(own.ports["proxy"], workers=workers, admin=own.ports["admin"]) + upstream_section(**upstream) + body
+    return own.ports, own.proxy(name, config, port="proxy", env=env)
 
 
 # A PKCS#11 module that is SoftHSM2 with a slow C_Sign: it forwards every call to the module named by
@@ -249,6 +236,22 @@ def slow_module(d):
     return f"{d}/slow_pkcs11.so"
 
 
+def slow_token_proxy(test, name, sign_ms, impatient_timeout, extra=""):
+    """A proxy of `test`'s own on one worker whose identity "slow" signs with the token's us-ec key through the slow
+    module (`sign_ms` per signature), routing slow13 and impatient13 (connect_timeout `impatient_timeout`) to the
+    TLS 1.3 upstream, and `extra` (more identities and routes). Skips the test when there is no C compiler to
+    build the module. Returns (its ports: proxy, admin; the process)."""
+    d, tls13 = ENV["dir"], ENV["ports"]["tls13"]
+    module = slow_module(d)
+    if module is None:
+        test.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
+    uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
+    config = (table("[identities.slow]", cert="us-ec.pem", key=uri) + extra
+              + route("slow13.mygreatbank.test", identity="slow", connect=tls13)
+              + route("impatient13.mygreatbank.test", identity="slow", connect=tls13, connect_timeout=impatient_timeout))
+    return own_proxy(test, name, config, max_idle_per_host=0, env=dict(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms)))
+
+
 def timed_get(host, port):
     start = time.monotonic()
     status = get(host, port)[0]
@@ -278,19 +281,8 @@ class TokenKeys(unittest.TestCase):
             self.assertEqual(body, f"TLSv1.3 organizationName=mtls-proxy test,commonName={cn}")
 
     def test_concurrent_handshakes_on_two_workers(self):
-        results = []
-        def one(host):
-            try:
-                results.append(get(host)[0])
-            except Exception as e:  # noqa: BLE001
-                results.append(repr(e))
         hosts = ["api.mygreatbank.test", "rsa.mygreatbank.test", "rsa13.mygreatbank.test", "ec13.mygreatbank.test"] * 6
-        threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual(results, [200] * 24)
+        self.assertEqual(concurrently(lambda host: get(host)[0], hosts), [200] * 24)
 
     def test_pins_command_completes_the_handshake_with_a_token_key(self):
         """`pins` connects the way the route does: with a token identity against servers that ask for the client
@@ -342,17 +334,8 @@ class TokenKeys(unittest.TestCase):
         """The PIN file now holds a wrong PIN: the reload fails like `check` does (naming the identity, the token
         refusing the PIN, never the PIN) and the previous config serves on, its key still signing."""
         d, ports = ENV["dir"], ENV["ports"]
-        own = {k: harness.free_port() for k in ("proxy", "admin")}
         harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
-        harness.write_file(f"{d}/reload.conf", f"""
-[proxy]
-listen = "127.0.0.1:{own['proxy']}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{own['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-max_idle_per_host = 0
+        config = f"""
 [identities.pinned]
 cert = "us-ec.pem"
 key = "{token_uri(d, 'us-ec', pin_file='reload.pin')}"
@@ -360,47 +343,34 @@ key = "{token_uri(d, 'us-ec', pin_file='reload.pin')}"
 host = "ec13.mygreatbank.test"
 identity = "pinned"
 connect = "127.0.0.1:{ports['tls13']}"
-""")
-        procs = harness.Processes()
+"""
         log = f"{d}/reload.log"
-        try:
-            proxy = harness.start_proxy(procs, f"{d}/reload.conf", log, own["proxy"])
-            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
-            harness.write_file(f"{d}/reload.pin", WRONG_PIN + "\n", mode=0o600)
-            proxy.send_signal(signal.SIGHUP)
-            self.assertTrue(harness.wait_until(lambda: "reload (" in harness.read(log) or "reloaded (" in harness.read(log),
-                                               timeout=15, step=0.2), "no reload after SIGHUP")
-            text = harness.read(log)
-            self.assertNotIn("reloaded (", text, "a reload with a wrong PIN was taken")
-            self.assertIn("identities.pinned", text)
-            self.assertIn("refused the PIN", text)
-            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)  # the previous config serves on
-            _, metrics = harness.http_get(own["admin"], "/metrics")
-            self.assertEqual(harness.metric(metrics, "mtls_proxy_config_last_reload_success"), 0.0)
-            self.assertNotIn(WRONG_PIN, harness.read(log) + metrics)
-            self.assertNotIn(PIN, harness.read(log) + metrics)
-            # The right PIN back: the reload is taken (the token is asked with it) and the key signs.
-            harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
-            proxy.send_signal(signal.SIGHUP)
-            self.assertTrue(harness.wait_until(lambda: "reloaded (" in harness.read(log), timeout=15, step=0.2),
-                            "the reload with the right PIN was not taken")
-            self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
-            self.assertNotIn(PIN, harness.read(log))
-        finally:
-            procs.stop_all()
+        own, proxy = own_proxy(self, "reload", config, max_idle_per_host=0)
+        self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+        harness.write_file(f"{d}/reload.pin", WRONG_PIN + "\n", mode=0o600)
+        proxy.send_signal(signal.SIGHUP)
+        self.assertTrue(harness.wait_until(lambda: "reload (" in harness.read(log) or "reloaded (" in harness.read(log),
+                                           timeout=15, step=0.2), "no reload after SIGHUP")
+        text = harness.read(log)
+        self.assertNotIn("reloaded (", text, "a reload with a wrong PIN was taken")
+        self.assertIn("identities.pinned", text)
+        self.assertIn("refused the PIN", text)
+        self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)  # the previous config serves on
+        _, metrics = harness.http_get(own["admin"], "/metrics")
+        self.assertEqual(harness.metric(metrics, "mtls_proxy_config_last_reload_success"), 0.0)
+        self.assertNotIn(WRONG_PIN, harness.read(log) + metrics)
+        self.assertNotIn(PIN, harness.read(log) + metrics)
+        # The right PIN back: the reload is taken (the token is asked with it) and the key signs.
+        harness.write_file(f"{d}/reload.pin", PIN + "\n", mode=0o600)
+        proxy.send_signal(signal.SIGHUP)
+        self.assertTrue(harness.wait_until(lambda: "reloaded (" in harness.read(log), timeout=15, step=0.2),
+                        "the reload with the right PIN was not taken")
+        self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
+        self.assertNotIn(PIN, harness.read(log))
 
     def test_token_removed_while_running_is_named_others_keep_working_and_it_recovers(self):
         d, ports = ENV["dir"], ENV["ports"]
-        own = {k: harness.free_port() for k in ("proxy", "admin")}
-        harness.write_file(f"{d}/removal.conf", f"""
-[proxy]
-listen = "127.0.0.1:{own['proxy']}"
-workers = 2
-[admin]
-listen = "127.0.0.1:{own['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-max_idle_per_host = 0
+        config = f"""
 [identities.hsm]
 cert = "us-ec.pem"
 key = "{token_uri(d, 'us-ec')}"
@@ -415,11 +385,10 @@ connect = "127.0.0.1:{ports['tls13']}"
 host = "file13.mygreatbank.test"
 identity = "filed"
 connect = "127.0.0.1:{ports['tls13']}"
-""")
-        procs = harness.Processes()
+"""
         token_dir = os.path.join(d, "tokens", os.listdir(f"{d}/tokens")[0])
+        own, _ = own_proxy(self, "removal", config, workers=2, max_idle_per_host=0)
         try:
-            harness.start_proxy(procs, f"{d}/removal.conf", f"{d}/removal.log", own["proxy"])
             self.assertEqual(get("ec13.mygreatbank.test", own["proxy"])[0], 200)
             os.rename(token_dir, f"{d}/token-away")
             status, headers, body = get("ec13.mygreatbank.test", own["proxy"])
@@ -467,19 +436,11 @@ connect = "127.0.0.1:{ports['tls13']}"
         finally:
             if os.path.exists(f"{d}/token-away"):
                 os.rename(f"{d}/token-away", token_dir)
-            procs.stop_all()
 
     def test_readyz_status_page_and_metrics_show_the_token_never_the_pin(self):
         d, ports = ENV["dir"], ENV["ports"]
-        own = {k: harness.free_port() for k in ("proxy", "admin")}
         env_uri = f"pkcs11:token=fusion;object=us-rsa;type=private?module-path={MODULE}&pin-source=env:HSM_STATUS_PIN"
-        harness.write_file(f"{d}/status.conf", f"""
-[proxy]
-listen = "127.0.0.1:{own['proxy']}"
-[admin]
-listen = "127.0.0.1:{own['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
+        config = f"""
 [identities.hsm]
 cert = "us-ec.pem"
 key = "{token_uri(d, 'us-ec')}"
@@ -494,32 +455,24 @@ connect = "127.0.0.1:{ports['tls13']}"
 host = "rsa13.mygreatbank.test"
 identity = "hsmenv"
 connect = "127.0.0.1:{ports['tls13']}"
-""")
-        procs = harness.Processes()
-        os.environ["HSM_STATUS_PIN"] = PIN
-        try:
-            harness.start_proxy(procs, f"{d}/status.conf", f"{d}/status.log", own["proxy"])
-        finally:
-            del os.environ["HSM_STATUS_PIN"]
-        try:
-            for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
-                self.assertEqual(get(host, own["proxy"])[0], 200)
-            status, ready = harness.http_get(own["admin"], "/readyz?verbose")
-            self.assertEqual(status, 200, ready)
-            lines = {l.split()[0]: l for l in ready.splitlines() if l.startswith("identity=")}
-            self.assertIn(f"key={TOKEN_OBJECT} token=available", lines["identity=hsm"])
-            self.assertIn("key=pkcs11:token=fusion;object=us-rsa;type=private token=available", lines["identity=hsmenv"])
-            _, page = harness.http_get(own["admin"], "/")
-            self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", page)
-            self.assertIn("pkcs11:token=fusion;object=us-rsa;type=private", page)
-            self.assertEqual(page.count('data-token="available"'), 2)
-            _, metrics = harness.http_get(own["admin"], "/metrics")
-            for text in (ready, page, metrics, harness.read(f"{d}/status.log")):
-                self.assertNotIn(PIN, text)  # neither the pin-source file's content nor the variable's value
-                self.assertNotIn("pin-source", text)
-                self.assertNotIn("HSM_STATUS_PIN", text)
-        finally:
-            procs.stop_all()
+"""
+        own, _ = own_proxy(self, "status", config, workers=None, env={"HSM_STATUS_PIN": PIN})
+        for host in ("ec13.mygreatbank.test", "rsa13.mygreatbank.test"):
+            self.assertEqual(get(host, own["proxy"])[0], 200)
+        status, ready = harness.http_get(own["admin"], "/readyz?verbose")
+        self.assertEqual(status, 200, ready)
+        lines = {l.split()[0]: l for l in ready.splitlines() if l.startswith("identity=")}
+        self.assertIn(f"key={TOKEN_OBJECT} token=available", lines["identity=hsm"])
+        self.assertIn("key=pkcs11:token=fusion;object=us-rsa;type=private token=available", lines["identity=hsmenv"])
+        _, page = harness.http_get(own["admin"], "/")
+        self.assertIn("pkcs11:token=fusion;object=us-ec;type=private", page)
+        self.assertIn("pkcs11:token=fusion;object=us-rsa;type=private", page)
+        self.assertEqual(page.count('data-token="available"'), 2)
+        _, metrics = harness.http_get(own["admin"], "/metrics")
+        for text in (ready, page, metrics, harness.read(f"{d}/status.log")):
+            self.assertNotIn(PIN, text)  # neither the pin-source file's content nor the variable's value
+            self.assertNotIn("pin-source", text)
+            self.assertNotIn("HSM_STATUS_PIN", text)
 
     def test_certificate_read_from_the_token_is_presented_shown_and_exported(self):
         d = ENV["dir"]
@@ -570,140 +523,57 @@ connect = "127.0.0.1:{ports['tls13']}"
         """One worker; a token that takes SIGN_MS per signature. While a handshake of the token identity waits for
         its signature, a request of a file identity on a new connection (a full handshake of its own) is answered
         in about the time it takes on its own, not after the token's signature."""
-        d, ports = ENV["dir"], ENV["ports"]
-        module = slow_module(d)
-        if module is None:
-            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
         sign_ms = 600
-        own = {k: harness.free_port() for k in ("proxy", "admin")}
-        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
-        harness.write_file(f"{d}/slow.conf", f"""
-[proxy]
-listen = "127.0.0.1:{own['proxy']}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{own['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-max_idle_per_host = 0
-[identities.slow]
-cert = "us-ec.pem"
-key = "{uri}"
-[identities.filed]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "slow13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "file13.mygreatbank.test"
-identity = "filed"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "impatient13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-connect_timeout = "200ms"
-""")
-        procs = harness.Processes()
-        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
-        try:
-            proxy = harness.start_proxy(procs, f"{d}/slow.conf", f"{d}/slow.log", own["proxy"])
-        finally:
-            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
+        own, proxy = slow_token_proxy(self, "slow", sign_ms, "200ms",
+                                      extra=table("[identities.filed]", cert="pki/fusion-us.pem", key="pki/fusion-us.key")
+                                      + route("file13.mygreatbank.test", identity="filed", connect=ENV["ports"]["tls13"]))
         open_fds = lambda: len(os.listdir(f"/proc/{proxy.pid}/fd"))
-        try:
-            alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
-            status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
-            self.assertEqual(status, 200)
-            self.assertGreater(slow_alone, sign_ms / 1000)  # the module really is slow
-            results = {}
-            t = threading.Thread(target=lambda: results.update(slow=timed_get("slow13.mygreatbank.test", own["proxy"])))
-            t.start()
-            time.sleep(0.15)  # the token handshake is waiting for its signature now
-            status, during = timed_get("file13.mygreatbank.test", own["proxy"])
-            t.join()
-            self.assertEqual(status, 200)
-            self.assertEqual(results["slow"][0], 200)
-            print(f"\n  file identity alone {alone * 1000:.0f} ms, during a {sign_ms} ms token signature "
-                  f"{during * 1000:.0f} ms; token request {results['slow'][1] * 1000:.0f} ms", file=sys.stderr)
-            self.assertLess(during, alone + 0.25, "the file identity's request waited for the token's signature")
-            # A connection given up while its signature is being made (connect_timeout, or the client leaving):
-            # the paused handshake is dropped, the signature lands nowhere, and the next ones work.
-            fds_before = open_fds()
-            for _ in range(3):
-                status, headers, _ = get("impatient13.mygreatbank.test", own["proxy"])
-                self.assertEqual(status, 504, headers)
-            s = socket.create_connection(("127.0.0.1", own["proxy"]), timeout=5)
-            s.sendall(b"GET http://slow13.mygreatbank.test/ HTTP/1.1\r\nHost: slow13.mygreatbank.test\r\n\r\n")
-            time.sleep(0.1)
-            s.close()
-            time.sleep(sign_ms / 1000 + 0.2)
-            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
-            self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
-            _, metrics = harness.http_get(own["admin"], "/metrics")
-            self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", identity="slow"), 1.0)
-            self.assertTrue(harness.wait_until(lambda: open_fds() <= fds_before, timeout=5, step=0.2),
-                            f"{open_fds()} fds open, {fds_before} before the abandoned signatures")
-        finally:
-            procs.stop_all()
+        alone = min(timed_get("file13.mygreatbank.test", own["proxy"])[1] for _ in range(3))
+        status, slow_alone = timed_get("slow13.mygreatbank.test", own["proxy"])
+        self.assertEqual(status, 200)
+        self.assertGreater(slow_alone, sign_ms / 1000)  # the module really is slow
+        results = {}
+        t = threading.Thread(target=lambda: results.update(slow=timed_get("slow13.mygreatbank.test", own["proxy"])))
+        t.start()
+        time.sleep(0.15)  # the token handshake is waiting for its signature now
+        status, during = timed_get("file13.mygreatbank.test", own["proxy"])
+        t.join()
+        self.assertEqual(status, 200)
+        self.assertEqual(results["slow"][0], 200)
+        print(f"\n  file identity alone {alone * 1000:.0f} ms, during a {sign_ms} ms token signature "
+              f"{during * 1000:.0f} ms; token request {results['slow'][1] * 1000:.0f} ms", file=sys.stderr)
+        self.assertLess(during, alone + 0.25, "the file identity's request waited for the token's signature")
+        # A connection given up while its signature is being made (connect_timeout, or the client leaving):
+        # the paused handshake is dropped, the signature lands nowhere, and the next ones work.
+        fds_before = open_fds()
+        for _ in range(3):
+            status, headers, _ = get("impatient13.mygreatbank.test", own["proxy"])
+            self.assertEqual(status, 504, headers)
+        s = socket.create_connection(("127.0.0.1", own["proxy"]), timeout=5)
+        s.sendall(b"GET http://slow13.mygreatbank.test/ HTTP/1.1\r\nHost: slow13.mygreatbank.test\r\n\r\n")
+        time.sleep(0.1)
+        s.close()
+        time.sleep(sign_ms / 1000 + 0.2)
+        self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+        self.assertEqual(get("file13.mygreatbank.test", own["proxy"])[0], 200)
+        _, metrics = harness.http_get(own["admin"], "/metrics")
+        self.assertEqual(harness.metric(metrics, "mtls_proxy_token_key_available", identity="slow"), 1.0)
+        self.assertTrue(harness.wait_until(lambda: open_fds() <= fds_before, timeout=5, step=0.2),
+                        f"{open_fds()} fds open, {fds_before} before the abandoned signatures")
 
     def test_signatures_of_handshakes_given_up_are_not_made_ahead_of_new_ones(self):
         """A slow token (SIGN_MS a signature, two signing threads): 12 handshakes given up at their connect
         timeout while queued must not keep the token busy for them; a new request after them waits for at most
         the signatures already under way, not for 12 more."""
-        d, ports = ENV["dir"], ENV["ports"]
-        module = slow_module(d)
-        if module is None:
-            self.skipTest("no C compiler (cc, gcc or clang) to build the slow PKCS#11 module")
         sign_ms = 500
-        own = {k: harness.free_port() for k in ("proxy", "admin")}
-        uri = f"pkcs11:token=fusion;object=us-ec;type=private?module-path={module}&pin-source=file:{d}/pin"
-        harness.write_file(f"{d}/queue.conf", f"""
-[proxy]
-listen = "127.0.0.1:{own['proxy']}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{own['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-max_idle_per_host = 0
-[identities.slow]
-cert = "us-ec.pem"
-key = "{uri}"
-[[route]]
-host = "slow13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-[[route]]
-host = "impatient13.mygreatbank.test"
-identity = "slow"
-connect = "127.0.0.1:{ports['tls13']}"
-connect_timeout = "150ms"
-""")
-        procs = harness.Processes()
-        os.environ.update(SLOW_PKCS11_MODULE=MODULE, SLOW_PKCS11_MS=str(sign_ms))
-        try:
-            harness.start_proxy(procs, f"{d}/queue.conf", f"{d}/queue.log", own["proxy"])
-        finally:
-            del os.environ["SLOW_PKCS11_MODULE"], os.environ["SLOW_PKCS11_MS"]
-        try:
-            self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
-            statuses = []
-            threads = [threading.Thread(target=lambda: statuses.append(get("impatient13.mygreatbank.test", own["proxy"])[0]))
-                       for _ in range(12)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            self.assertEqual(statuses, [504] * 12)
-            status, took = timed_get("slow13.mygreatbank.test", own["proxy"])
-            self.assertEqual(status, 200)
-            print(f"\n  a new token request after 12 given-up handshakes: {took * 1000:.0f} ms", file=sys.stderr)
-            self.assertLess(took, 3 * sign_ms / 1000, "the new handshake waited for the given-up handshakes' signatures")
-        finally:
-            procs.stop_all()
+        own, _ = slow_token_proxy(self, "queue", sign_ms, "150ms")
+        self.assertEqual(get("slow13.mygreatbank.test", own["proxy"])[0], 200)
+        statuses = concurrently(lambda _: get("impatient13.mygreatbank.test", own["proxy"])[0], range(12))
+        self.assertEqual(statuses, [504] * 12)
+        status, took = timed_get("slow13.mygreatbank.test", own["proxy"])
+        self.assertEqual(status, 200)
+        print(f"\n  a new token request after 12 given-up handshakes: {took * 1000:.0f} ms", file=sys.stderr)
+        self.assertLess(took, 3 * sign_ms / 1000, "the new handshake waited for the given-up handshakes' signatures")
 
     def test_wrong_pin_fails_check_naming_identity_and_uri_without_the_pin(self):
         d = ENV["dir"]

@@ -7,6 +7,7 @@ import os, shutil, socket, ssl, subprocess, sys, tempfile, threading, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from fixture import Fixture, SubjectUpstream, concurrently, get as proxy_get, tear_down  # noqa: E402
 
 ENV = {}
 PROVIDER = "/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so"
@@ -19,24 +20,6 @@ def missing_tools():
     if not os.path.exists(PROVIDER):
         missing.append("tpm2-openssl")
     return missing
-
-
-class SubjectUpstream(harness.TLSUpstream):
-    """One TLS version only, client certificate required, no tickets: every handshake signs with the TPM key."""
-
-    def __init__(self, pki, version):
-        super().__init__(pki)
-        self.ctx.minimum_version = self.ctx.maximum_version = version
-        self.ctx.num_tickets = 0
-
-    def serve(self, conn):
-        while True:
-            head, _ = harness.read_head(conn)
-            if head is None:
-                return
-            subject = ",".join(f"{k}={v}" for rdn in conn.getpeercert()["subject"] for k, v in rdn)
-            body = f"{conn.version()} {subject}".encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 def port_pair():
@@ -60,12 +43,10 @@ def setUpModule():
     missing = missing_tools()
     if missing:
         raise unittest.SkipTest(f"not installed: {', '.join(missing)} (scripts/lib/deps.sh installs swtpm and tpm2-openssl)")
-    d = harness.folder_with_pki("mtls-proxy-tpm-")
-    procs = harness.Processes()
-    ports = {k: harness.free_port() for k in ("proxy",)}
-    ports["tpm"] = port_pair()
-    ports["tpmctrl"] = ports["tpm"] + 1  # the swtpm TCTI finds the control port next to the command port
-    try:
+    with Fixture("mtls-proxy-tpm-", ports=("proxy",)) as fx:
+        d, procs, ports = fx.dir, fx.procs, fx.ports
+        ports["tpm"] = port_pair()
+        ports["tpmctrl"] = ports["tpm"] + 1  # the swtpm TCTI finds the control port next to the command port
         os.makedirs(f"{d}/tpmstate")
         with open(f"{d}/swtpm.log", "ab") as log:
             procs.start(["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={ports['tpm']},bindaddr=127.0.0.1",
@@ -102,9 +83,9 @@ def setUpModule():
             "-subj", "/O=mtls-proxy test/CN=fusion-eu-tpm", "-out", "eu.csr")
         run("openssl", "x509", "-req", "-in", "eu.csr", "-CA", "pki/ca.pem", "-CAkey", "pki/ca.key", "-CAcreateserial",
             "-days", "90", "-sha256", "-extfile", "client.ext", "-out", "eu-tpm.pem")
-        ports["up"] = SubjectUpstream(f"{d}/pki", ssl.TLSVersion.TLSv1_3).port
-        ports["up12"] = SubjectUpstream(f"{d}/pki", ssl.TLSVersion.TLSv1_2).port
-        harness.write_file(f"{d}/proxy.conf", f"""
+        for name, version in (("up", ssl.TLSVersion.TLSv1_3), ("up12", ssl.TLSVersion.TLSv1_2)):
+            ports[name] = fx.server(SubjectUpstream(fx.pki, minimum=version, maximum=version)).port
+        fx.proxy("proxy", f"""
 [proxy]
 listen = "127.0.0.1:{ports['proxy']}"
 workers = 2
@@ -151,24 +132,17 @@ host = "file.mygreatbank.test"
 identity = "filed"
 connect = "127.0.0.1:{ports['up']}"
 """)
-        harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", ports["proxy"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, procs=procs, ports=ports)
+    ENV.update(fx.env())
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
 def get(host):
-    s = socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=15)
-    s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-    head, body = harness.read_response(s)
-    s.close()
-    return int(head.split(b" ")[1]), body.decode()
+    """(status, body) of a GET through the suite's proxy."""
+    status, _, body = proxy_get(ENV["ports"]["proxy"], host)
+    return status, body
 
 
 def check(text):
@@ -201,18 +175,8 @@ class TPMKeys(unittest.TestCase):
         self.assertIn("identity tpmrsa could not sign the TLS handshake", body)
 
     def test_concurrent_handshakes_on_two_workers(self):
-        results = []
-        def one(host):
-            try:
-                results.append(get(host)[0])
-            except Exception as e:  # noqa: BLE001
-                results.append(repr(e))
-        threads = [threading.Thread(target=one, args=(h,)) for h in ["api.mygreatbank.test", "api12.mygreatbank.test", "file.mygreatbank.test"] * 6]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.assertEqual(results, [200] * 18)
+        hosts = ["api.mygreatbank.test", "api12.mygreatbank.test", "file.mygreatbank.test"] * 6
+        self.assertEqual(concurrently(lambda host: get(host)[0], hosts), [200] * 18)
 
     def test_check_shows_the_tpm_identities(self):
         # With no resource manager each process that loads a TPM key file keeps one of the TPM's three transient

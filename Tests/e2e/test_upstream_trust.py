@@ -8,6 +8,8 @@ import base64, hashlib, http.server, json, os, re, signal, socket, ssl, subproce
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import fixture  # noqa: E402
+from fixture import Fixture, proxy_section, route, table, tear_down, upstream_section  # noqa: E402
 
 ENV = {}
 
@@ -89,93 +91,83 @@ def make_fixtures(d):
 
 
 def setUpModule():
-    d = harness.folder_with_pki("mtls-proxy-trust-")
-    pki = make_fixtures(d)
-    procs = harness.Processes()
-    ports = {n: harness.free_port() for n in ("proxy", "admin", "std", "tls12", "newkey", "self", "withca", "revoked")}
-    try:
-        harness.start_python_upstream(procs, pki, ports["std"])
-        harness.start_python_upstream(procs, pki, ports["tls12"], max_tls="1.2")
-        harness.start_python_upstream(procs, pki, ports["newkey"], cert="server2")
-        harness.start_python_upstream(procs, pki, ports["self"], cert="self")
-        harness.start_python_upstream(procs, pki, ports["withca"], cert="server-with-ca")
-        harness.start_python_upstream(procs, pki, ports["revoked"], cert="revoked")
+    upstreams = {"std": {}, "tls12": dict(max_tls="1.2"), "newkey": dict(cert="server2"), "self": dict(cert="self"),
+                 "withca": dict(cert="server-with-ca"), "revoked": dict(cert="revoked")}
+    with Fixture("mtls-proxy-trust-", ports=("proxy", "admin", *upstreams)) as fx:
+        pki = make_fixtures(fx.dir)
+        for name, options in upstreams.items():
+            fx.python_upstream(name, **options)
         pins = {name: pin_of(f"{pki}/{name}.pem") for name in ("server", "server2", "self", "ca", "fusion-us")}
 
-        def route(host, port, extra="", path=None):
-            p = f'path = "{path}"\n' if path else ""
-            return f'[[route]]\nhost = "{host}.mygreatbank.test"\n{p}action = "tls"\nconnect = "127.0.0.1:{ports[port]}"\n{extra}\n'
-
-        config = f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 1
-
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-
-[upstream]
-ca_file = "pki/ca.pem"
-
-[log]
-format = "json"
-
-{route("policy13", "tls12", 'tls_min_version = "1.3"')}
-{route("policy12", "std", 'tls_max_version = "1.2"' + chr(10) + 'tls_ciphers = ["ECDHE-ECDSA-AES256-GCM-SHA384"]')}
-{route("rsaonly", "std", 'tls_max_version = "1.2"' + chr(10) + 'tls_ciphers = ["ECDHE-RSA-AES128-GCM-SHA256"]')}
-{route("pinned", "std", f'pin_spki_sha256 = ["{pins["server"]}"]')}
-{route("pinned-ca", "std", f'pin_spki_sha256 = ["{pins["ca"]}"]')}
-{route("rotate-backup", "newkey", f'pin_spki_sha256 = ["{pins["server"]}", "{pins["server2"]}"]')}
-{route("rotate-nobackup", "newkey", f'pin_spki_sha256 = ["{pins["server"]}"]')}
-{route("report-only", "newkey", f'pin_spki_sha256 = ["{pins["server"]}"]' + chr(10) + 'pin_report_only = true')}
-{route("selfsigned", "self", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["self"]}"]')}
-{route("selfsigned-chain", "self")}
-{route("selfsigned-wrong", "self", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["server"]}"]')}
-{route("pinonly-ca", "withca", f'verify = "pin-only"' + chr(10) + f'pin_spki_sha256 = ["{pins["ca"]}"]')}
-{route("shared", "std", f'pin_spki_sha256 = ["{pins["fusion-us"]}"]', path="/bad/")}
-{route("shared", "std", f'pin_spki_sha256 = ["{pins["server"]}"]')}
-{route("revoked", "revoked", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"')}
-{route("revoked-soft", "revoked", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "soft"')}
-{route("revoked-unchecked", "revoked")}
-{route("crl-good", "std", 'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"')}
-{route("crl-der", "std", 'crl_files = ["pki/crl.der"]' + chr(10) + 'revocation = "hard"')}
-{route("crl-missing-hard", "std", 'crl_files = ["pki/rogue-crl.pem"]' + chr(10) + 'revocation = "hard"')}
-{route("crl-missing-soft", "std", 'crl_files = ["pki/rogue-crl.pem"]' + chr(10) + 'revocation = "soft"')}
-{route("crl-stale-hard", "std", 'crl_files = ["pki/stale-crl.pem"]' + chr(10) + 'revocation = "hard"')}
-"""
-        conf = harness.write_file(f"{d}/proxy.conf", config)
-        log = f"{d}/proxy.log"
-        harness.start_proxy(procs, conf, log, ports["proxy"])
-        harness.wait_for_port(ports["admin"])
-    except BaseException:
-        procs.stop_all()
-        raise
-    ENV.update(dir=d, pki=pki, procs=procs, ports=ports, pins=pins, conf=conf, log=log)
+        def to(host, up, **keys):
+            return tls_route(host, fx.ports[up], **keys)
+        hard, soft = dict(revocation="hard"), dict(revocation="soft")
+        routes = "".join([
+            to("policy13", "tls12", tls_min_version="1.3"),
+            to("policy12", "std", tls_max_version="1.2", tls_ciphers=["ECDHE-ECDSA-AES256-GCM-SHA384"]),
+            to("rsaonly", "std", tls_max_version="1.2", tls_ciphers=["ECDHE-RSA-AES128-GCM-SHA256"]),
+            to("pinned", "std", pin_spki_sha256=[pins["server"]]),
+            to("pinned-ca", "std", pin_spki_sha256=[pins["ca"]]),
+            to("rotate-backup", "newkey", pin_spki_sha256=[pins["server"], pins["server2"]]),
+            to("rotate-nobackup", "newkey", pin_spki_sha256=[pins["server"]]),
+            to("report-only", "newkey", pin_spki_sha256=[pins["server"]], pin_report_only=True),
+            to("selfsigned", "self", verify="pin-only", pin_spki_sha256=[pins["self"]]),
+            to("selfsigned-chain", "self"),
+            to("selfsigned-wrong", "self", verify="pin-only", pin_spki_sha256=[pins["server"]]),
+            to("pinonly-ca", "withca", verify="pin-only", pin_spki_sha256=[pins["ca"]]),
+            to("shared", "std", path="/bad/", pin_spki_sha256=[pins["fusion-us"]]),
+            to("shared", "std", pin_spki_sha256=[pins["server"]]),
+            to("revoked", "revoked", crl_files=["pki/crl.pem"], **hard),
+            to("revoked-soft", "revoked", crl_files=["pki/crl.pem"], **soft),
+            to("revoked-unchecked", "revoked"),
+            to("crl-good", "std", crl_files=["pki/crl.pem"], **hard),
+            to("crl-der", "std", crl_files=["pki/crl.der"], **hard),
+            to("crl-missing-hard", "std", crl_files=["pki/rogue-crl.pem"], **hard),
+            to("crl-missing-soft", "std", crl_files=["pki/rogue-crl.pem"], **soft),
+            to("crl-stale-hard", "std", crl_files=["pki/stale-crl.pem"], **hard),
+        ])
+        conf, log = start(fx, "proxy", routes, admin="admin", log_json=True)
+    ENV.update(fx.env(pins=pins, conf=conf, log=log))
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    tear_down(ENV)
 
 
-def get(host, path="/whoami", keep_alive=False):
-    """One GET through the proxy for https://HOST.mygreatbank.test (the route's upstream); (status, headers, body)."""
-    name = f"{host}.mygreatbank.test"
-    with socket.create_connection(("127.0.0.1", ENV["ports"]["proxy"]), timeout=10) as s:
-        s.sendall(f"GET http://{name}{path} HTTP/1.1\r\nHost: {name}\r\n{'' if keep_alive else 'Connection: close'}\r\n\r\n".encode())
-        head, body = harness.read_response(s)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
-    return int(lines[0].split()[1]), headers, body.decode("latin-1")
+def tls_route(host, port, **keys):
+    """A `tls` route for HOST.mygreatbank.test to the upstream on loopback `port`, with `keys`."""
+    return route(f"{host}.mygreatbank.test", action="tls", connect=port, **keys)
 
 
-def get_via(port, host):
-    saved = ENV["ports"]["proxy"]
-    ENV["ports"]["proxy"] = port
-    try:
-        return get(host)
-    finally:
-        ENV["ports"]["proxy"] = saved
+def start(fx, name, routes, port="proxy", workers=1, admin=None, log_json=False, env=None, **upstream):
+    """Starts proxy `name` of fixture `fx`, listening on its port `port` with `workers` ([admin] on port `admin`
+    if named, JSON logs if asked), [upstream] trusting the test CA (or `ca_file`) with `upstream` settings, then
+    `routes`; `env` is added to its environment. Returns (its config's path, its log's path)."""
+    text = proxy_section(fx.ports[port], workers=workers, admin=fx.ports[admin] if admin else None)
+    text += (table("[log]", format="json") if log_json else "") + upstream_section(**upstream) + routes
+    fx.proxy(name, text, port=port, env=env)
+    return fx.path(f"{name}.conf"), fx.path(f"{name}.log")
+
+
+def own(test, *upstreams, ports=("proxy",)):
+    """A fixture of `test`'s own in the module's folder (stopped when the test ends) with the ports `ports`, and
+    upstream.py serving each certificate named in `upstreams` on a port of that name."""
+    fx = ENV["fixture"].beside(test, ports=(*ports, *upstreams))
+    for cert in upstreams:
+        fx.python_upstream(cert, cert=cert)
+    return fx
+
+
+def get(host, path="/whoami", keep_alive=False, port=None):
+    """One GET through the proxy on `port` (the module's by default) for https://HOST.mygreatbank.test (the route's
+    upstream); (status, headers, body)."""
+    return fixture.get(port or ENV["ports"]["proxy"], f"{host}.mygreatbank.test", path, close=not keep_alive, timeout=10)
+
+
+def get_until(test, port, host, predicate, timeout=8):
+    """GETs through the proxy on `port` until `predicate(status, proxy_status)` holds (the first may find the CRL
+    still being fetched); [status, proxy_status]."""
+    return fixture.get_until(test, port, f"{host}.mygreatbank.test", predicate, timeout, path="/whoami")
 
 
 def scrape():
@@ -357,24 +349,16 @@ class Revocation(unittest.TestCase):
         cnf = ca_config(pki, "forged-ca")
         sh(f"cp .db-ca/index.txt .db-forged-ca/index.txt",
            f"openssl ca -config '{cnf}' -gencrl -out forged.crl 2>/dev/null", cwd=pki)
-        port = harness.free_port()
-        procs = harness.Processes()
-        self.addCleanup(procs.stop_all)
-        routes = "".join(f"""
-[[route]]
-host = "forged-{mode}.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{ENV['ports']['revoked']}"
-crl_files = ["pki/forged.crl"]
-revocation = "{mode}"
-""" for mode in ("soft", "hard"))
-        start_proxy_with(procs, f"{d}/forged.conf", f'[proxy]\nlisten = "127.0.0.1:{port}"\nworkers = 1\n[upstream]\nca_file = "pki/ca.pem"\n{routes}', port)
-        status, headers, body = get_on(port, "forged-soft")
+        fx = own(self)
+        port = fx.ports["proxy"]
+        start(fx, "forged", "".join(tls_route(f"forged-{mode}", ENV["ports"]["revoked"], crl_files=["pki/forged.crl"], revocation=mode)
+                                    for mode in ("soft", "hard")))
+        status, headers, body = get("forged-soft", port=port)
         self.assertEqual(status, 200, headers.get("proxy-status", body))
         allowed = lambda: re.findall(r"forged-soft[^\n]*CRL unavailable[^\n]*CRL signature failure[^\n]*allowed", harness.read(f"{d}/forged.log"))
         self.assertTrue(harness.wait_until(allowed, 5, 0.1), harness.read(f"{d}/forged.log")[-2000:])
         self.assertEqual(len(allowed()), 1, "one unusable CRL, logged (and counted) twice")
-        status, headers, body = get_on(port, "forged-hard")
+        status, headers, body = get("forged-hard", port=port)
         self.assertEqual(status, 502, body)
         self.assertIn("CRL unavailable", headers["proxy-status"])
         self.assertNotIn("presented a revoked", headers["proxy-status"])
@@ -416,40 +400,18 @@ revocation = "{mode}"
            "openssl req -new -key later.key -subj '/O=mtls-proxy test/CN=later.mygreatbank.test' -out later.csr",
            f"openssl ca -batch -config '{cnf}' -extensions server -notext -days 30 -in later.csr -out later.pem 2>/dev/null",
            f"openssl ca -config '{cnf}' -gencrl -out later-crl.pem 2>/dev/null", cwd=pki)
-        procs = harness.Processes()
-        up, port = harness.free_port(), harness.free_port()
-        try:
-            harness.start_python_upstream(procs, pki, up, cert="later")
-            conf = harness.write_file(f"{d}/later.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-[[route]]
-host = "later.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-crl_files = ["pki/later-crl.pem"]
-revocation = "hard"
-""")
-            harness.start_proxy(procs, conf, f"{d}/later.log", port)
-            saved = ENV["ports"]["proxy"]
-            ENV["ports"]["proxy"] = port
-            try:
-                self.assertEqual(get("later", keep_alive=True)[0], 200)  # pooled, and a session to resume
-                sh(f"openssl ca -config '{cnf}' -revoke later.pem 2>/dev/null",
-                   f"openssl ca -config '{cnf}' -gencrl -out later-crl.tmp 2>/dev/null && mv later-crl.tmp later-crl.pem", cwd=pki)
-                self.assertTrue(harness.wait_until(lambda: "reloaded" in harness.read(f"{d}/later.log"), 10, 0.1),
-                                harness.read(f"{d}/later.log"))
-                status, headers, body = get("later")
-                self.assertEqual(status, 502, body)
-                self.assertIn("revoked", headers["proxy-status"])
-                self.assertIn(serial_of(f"{pki}/later.pem"), headers["proxy-status"])
-            finally:
-                ENV["ports"]["proxy"] = saved
-        finally:
-            procs.stop_all()
+        fx = own(self, "later")
+        port = fx.ports["proxy"]
+        start(fx, "later", tls_route("later", fx.ports["later"], crl_files=["pki/later-crl.pem"], revocation="hard"))
+        self.assertEqual(get("later", keep_alive=True, port=port)[0], 200)  # pooled, and a session to resume
+        sh(f"openssl ca -config '{cnf}' -revoke later.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out later-crl.tmp 2>/dev/null && mv later-crl.tmp later-crl.pem", cwd=pki)
+        self.assertTrue(harness.wait_until(lambda: "reloaded" in harness.read(f"{d}/later.log"), 10, 0.1),
+                        harness.read(f"{d}/later.log"))
+        status, headers, body = get("later", port=port)
+        self.assertEqual(status, 502, body)
+        self.assertIn("revoked", headers["proxy-status"])
+        self.assertIn(serial_of(f"{pki}/later.pem"), headers["proxy-status"])
 
     def test_check_and_readyz_show_each_routes_revocation_state(self):
         r = harness.run_cli("check", "--config", ENV["conf"], timeout=30)
@@ -601,68 +563,30 @@ class CRLFetch(unittest.TestCase):
         cls.dp.files.update({"/good.crl": open(f"{pki}/dp-good.der", "rb").read(),
                              "/stale.crl": open(f"{pki}/dp-stale.crl", "rb").read(),
                              "/garbage.crl": b"<html>not a CRL</html>"})
-        cls.procs = harness.Processes()
-        ports = {n: harness.free_port() for n in ("proxy", "admin", "guarded", *points)}
-        cls.ports = ports
-        try:
+        with ENV["fixture"].beside(ports=("proxy", "admin", "guarded", *points)) as fx:
             for name in points:
-                harness.start_python_upstream(cls.procs, pki, ports[name], cert=f"dp-{name}")
+                fx.python_upstream(name, cert=f"dp-{name}")
 
-            def route(host, up, mode="hard"):
-                return (f'[[route]]\nhost = "{host}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[up]}"\n'
-                        f'crl_fetch = true\nrevocation = "{mode}"\n')
-            routes = "\n".join([route("fetch-good", "good"), route("fetch-revoked", "revoked"),
-                                route("fetch-revoked-soft", "revoked", "soft"), route("fetch-gone", "gone"),
-                                route("fetch-gone-soft", "gone", "soft"), route("fetch-garbage", "garbage"),
-                                route("fetch-stale", "stale"), route("fetch-rogue", "rogue")])
-            conf = harness.write_file(f"{d}/fetch.conf", f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 2
-[admin]
-listen = "127.0.0.1:{ports['admin']}"
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-connect_timeout = "1s"
-response_timeout = "2s"
-{routes}""")
-            harness.start_proxy(cls.procs, conf, f"{d}/fetch.log", ports["proxy"])
+            def fetching(host, up, mode="hard"):
+                return tls_route(host, fx.ports[up], crl_fetch=True, revocation=mode)
+            routes = "".join([fetching("fetch-good", "good"), fetching("fetch-revoked", "revoked"),
+                              fetching("fetch-revoked-soft", "revoked", "soft"), fetching("fetch-gone", "gone"),
+                              fetching("fetch-gone-soft", "gone", "soft"), fetching("fetch-garbage", "garbage"),
+                              fetching("fetch-stale", "stale"), fetching("fetch-rogue", "rogue")])
+            start(fx, "fetch", routes, workers=2, admin="admin", allow_private=True, connect_timeout="1s", response_timeout="2s")
             # The same, without allow_private: the guard refuses the loopback distribution point.
-            guarded = harness.write_file(f"{d}/guarded.conf", f"""
-[proxy]
-listen = "127.0.0.1:{ports['guarded']}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-{route("fetch-guarded", "good")}""")
-            harness.start_proxy(cls.procs, guarded, f"{d}/guarded.log", ports["guarded"])
-        except BaseException:
-            cls.procs.stop_all()
-            raise
+            start(fx, "guarded", fetching("fetch-guarded", "good"), port="guarded")
+        cls.fx, cls.ports = fx, fx.ports
 
     @classmethod
     def tearDownClass(cls):
-        cls.procs.stop_all()
+        cls.fx.close()
         cls.dp.shutdown()
         cls.dp.server_close()
 
     def get_until(self, host, predicate, proxy="proxy"):
         """Requests until `predicate(status, proxy_status)` holds (the first may find the CRL still being fetched)."""
-        saved = ENV["ports"]["proxy"]
-        ENV["ports"]["proxy"] = self.ports[proxy]
-        try:
-            last = []
-
-            def attempt():
-                status, headers, _ = get(host)
-                last[:] = [status, headers.get("proxy-status", "")]
-                return predicate(*last)
-            ok = harness.wait_until(attempt, 8, 0.2)
-            self.assertTrue(ok, f"{host}: last answer {last}")
-            return last
-        finally:
-            ENV["ports"]["proxy"] = saved
+        return get_until(self, self.ports[proxy], host, predicate)
 
     def test_a_certificate_the_fetched_crl_does_not_list_is_served(self):
         self.get_until("fetch-good", lambda s, ps: s == 200)
@@ -684,6 +608,20 @@ ca_file = "pki/ca.pem"
         self.assertIn("CRL unavailable", ps)
         self.get_until("fetch-gone-soft", lambda s, ps: s == 200)
 
+    def test_the_advice_for_an_unavailable_crl_names_what_the_route_uses(self):
+        # A fetched CRL that is unavailable: the advice is about the distribution point (crl_fetch), not crl_files,
+        # which the route does not set; a route with crl_files is told to update them.
+        self.get_until("fetch-gone", lambda s, ps: s == 502 and "cannot connect" in ps)
+        status, _, body = get("fetch-gone", port=self.ports["proxy"])
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_fetch", body)
+        self.assertIn("distribution point", body)
+        self.assertNotIn("crl_files", body)
+        status, _, body = get("crl-missing-hard")
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_files", body)
+        self.assertNotIn("crl_fetch", body)
+
     def test_garbage_from_the_distribution_point_is_no_crl(self):
         _, ps = self.get_until("fetch-garbage", lambda s, ps: s == 502 and "not a CRL" in ps)
         self.assertIn("CRL unavailable", ps)
@@ -692,57 +630,36 @@ ca_file = "pki/ca.pem"
         _, ps = self.get_until("fetch-stale", lambda s, ps: s == 502 and "expired" in ps)
         self.assertIn("CRL unavailable", ps)
 
-    def test_a_newly_fetched_crl_retires_pooled_connections_and_sessions(self):
+    def answer_once_a_revoking_crl_is_fetched(self, name, upstream, first, routes=lambda up: ""):
+        """The server dp-NAME names /NAME.crl as its distribution point; that CRL first does not list it (and is
+        due again in 4 seconds), then revokes it. A proxy of the test's own with one hard crl_fetch route NAME
+        (`routes(port)`: its table, given the upstream's port) to the server that `upstream(fixture)` starts on
+        port "up" is asked until `first(status, proxy_status)` holds; once the new CRL is fetched, the answer to
+        the next request: (status, headers, body)."""
         pki = ENV["pki"]
         cnf = ca_config(pki, "ca")
-        url = f"http://127.0.0.1:{self.dp.server_address[1]}/rot.crl"
-        with open(f"{pki}/dp-rot.ext", "w") as f:
-            f.write("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
-                    f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
-        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-rot.key",
-           "openssl req -new -key dp-rot.key -subj '/O=mtls-proxy test/CN=dp-rot.mygreatbank.test' -out dp-rot.csr",
-           f"openssl ca -batch -config '{cnf}' -extfile dp-rot.ext -notext -days 30 -in dp-rot.csr -out dp-rot.pem 2>/dev/null",
-           # The CRL served first does not list it, and is due again in 4 seconds.
-           f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out rot-before.crl 2>/dev/null",
-           f"openssl ca -config '{cnf}' -revoke dp-rot.pem 2>/dev/null",
-           f"openssl ca -config '{cnf}' -gencrl -out rot-after.crl 2>/dev/null", cwd=pki)
-        self.dp.files["/rot.crl"] = open(f"{pki}/rot-before.crl", "rb").read()
-        up, port = harness.free_port(), harness.free_port()
-        procs = harness.Processes()
-        try:
-            harness.start_python_upstream(procs, pki, up, cert="dp-rot")
-            conf = harness.write_file(f"{ENV['dir']}/rot.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-[[route]]
-host = "rot.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-crl_fetch = true
-revocation = "hard"
-""")
-            harness.start_proxy(procs, conf, f"{ENV['dir']}/rot.log", port)
-            self.ports["rot"] = port
-            self.get_until("rot", lambda s, ps: s == 200, proxy="rot")  # verified against the first CRL; pooled
-            self.dp.files["/rot.crl"] = open(f"{pki}/rot-after.crl", "rb").read()
-            fetched = len([h for h in self.dp.hits if h == "/rot.crl"])
-            self.assertTrue(harness.wait_until(lambda: len([h for h in self.dp.hits if h == "/rot.crl"]) > fetched, 10, 0.1),
-                            "the CRL was not fetched again ahead of its nextUpdate")
-            time.sleep(0.5)  # the fetcher stores what it got
-            saved = ENV["ports"]["proxy"]
-            ENV["ports"]["proxy"] = port
-            try:
-                status, headers, body = get("rot")
-            finally:
-                ENV["ports"]["proxy"] = saved
-            self.assertEqual(status, 502, "served over a connection verified before the new CRL")
-            self.assertIn("revoked", headers["proxy-status"])
-        finally:
-            procs.stop_all()
+        leaf_with_dp(pki, f"dp-{name}", f"{self.dp.base}/{name}.crl")
+        sh(f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out {name}-before.crl 2>/dev/null",
+           f"openssl ca -config '{cnf}' -revoke dp-{name}.pem 2>/dev/null",
+           f"openssl ca -config '{cnf}' -gencrl -out {name}-after.crl 2>/dev/null", cwd=pki)
+        self.dp.files[f"/{name}.crl"] = open(f"{pki}/{name}-before.crl", "rb").read()
+        fx = own(self, ports=("proxy", "up"))
+        upstream(fx)
+        start(fx, name, routes(fx.ports["up"]), allow_private=True)
+        get_until(self, fx.ports["proxy"], name, first)  # verified against the first CRL; pooled
+        self.dp.files[f"/{name}.crl"] = open(f"{pki}/{name}-after.crl", "rb").read()
+        fetched = self.dp.hits.count(f"/{name}.crl")
+        self.assertTrue(harness.wait_until(lambda: self.dp.hits.count(f"/{name}.crl") > fetched, 10, 0.1),
+                        "the CRL was not fetched again ahead of its nextUpdate")
+        time.sleep(0.5)  # the fetcher stores what it got
+        return get(name, port=fx.ports["proxy"])
+
+    def test_a_newly_fetched_crl_retires_pooled_connections_and_sessions(self):
+        status, headers, body = self.answer_once_a_revoking_crl_is_fetched(
+            "rot", lambda fx: fx.python_upstream("up", cert="dp-rot"), lambda s, ps: s == 200,
+            lambda up: tls_route("rot", up, crl_fetch=True, revocation="hard"))
+        self.assertEqual(status, 502, "served over a connection verified before the new CRL")
+        self.assertIn("revoked", headers["proxy-status"])
 
     def test_a_newly_fetched_crl_retires_pooled_http2_connections(self):
         # As above with protocol = "h2": an HTTP/2 connection verified before the new CRL must take no new stream.
@@ -750,62 +667,13 @@ revocation = "hard"
             import h2  # noqa: F401
         except ImportError:
             self.skipTest("python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
-        pki = ENV["pki"]
-        cnf = ca_config(pki, "ca")
-        url = f"http://127.0.0.1:{self.dp.server_address[1]}/rot2.crl"
-        with open(f"{pki}/dp-rot2.ext", "w") as f:
-            f.write("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature\nextendedKeyUsage = serverAuth\n"
-                    f"subjectAltName = DNS:*.mygreatbank.test\ncrlDistributionPoints = URI:{url}\n")
-        sh("openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out dp-rot2.key",
-           "openssl req -new -key dp-rot2.key -subj '/O=mtls-proxy test/CN=dp-rot2.mygreatbank.test' -out dp-rot2.csr",
-           f"openssl ca -batch -config '{cnf}' -extfile dp-rot2.ext -notext -days 30 -in dp-rot2.csr -out dp-rot2.pem 2>/dev/null",
-           f"openssl ca -config '{cnf}' -gencrl -crlsec 4 -out rot2-before.crl 2>/dev/null",
-           f"openssl ca -config '{cnf}' -revoke dp-rot2.pem 2>/dev/null",
-           f"openssl ca -config '{cnf}' -gencrl -out rot2-after.crl 2>/dev/null", cwd=pki)
-        self.dp.files["/rot2.crl"] = open(f"{pki}/rot2-before.crl", "rb").read()
-        up, port = harness.free_port(), harness.free_port()
-        procs = harness.Processes()
-        try:
-            procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(up),
-                         "--cert", f"{pki}/dp-rot2.pem", "--key", f"{pki}/dp-rot2.key", "--ca", f"{pki}/ca.pem"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            harness.wait_for_port(up)
-            conf = harness.write_file(f"{ENV['dir']}/rot2.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-[identities.us]
-cert = "pki/fusion-us.pem"
-key = "pki/fusion-us.key"
-[[route]]
-host = "rot2.mygreatbank.test"
-identity = "us"
-protocol = "h2"
-connect = "127.0.0.1:{up}"
-crl_fetch = true
-revocation = "hard"
-""")
-            harness.start_proxy(procs, conf, f"{ENV['dir']}/rot2.log", port)
-            self.ports["rot2"] = port
-            self.get_until("rot2", lambda s, ps: s != 502, proxy="rot2")  # verified against the first CRL; kept
-            self.dp.files["/rot2.crl"] = open(f"{pki}/rot2-after.crl", "rb").read()
-            fetched = len([h for h in self.dp.hits if h == "/rot2.crl"])
-            self.assertTrue(harness.wait_until(lambda: len([h for h in self.dp.hits if h == "/rot2.crl"]) > fetched, 10, 0.1),
-                            "the CRL was not fetched again ahead of its nextUpdate")
-            time.sleep(0.5)  # the fetcher stores what it got
-            saved = ENV["ports"]["proxy"]
-            ENV["ports"]["proxy"] = port
-            try:
-                status, headers, body = get("rot2")
-            finally:
-                ENV["ports"]["proxy"] = saved
-            self.assertEqual(status, 502, "served over an HTTP/2 connection verified before the new CRL")
-            self.assertIn("revoked", headers["proxy-status"])
-        finally:
-            procs.stop_all()
+        status, headers, body = self.answer_once_a_revoking_crl_is_fetched(
+            "rot2", lambda fx: fx.tls_script("h2hostile.py", "up", cert="dp-rot2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            lambda s, ps: s != 502,
+            lambda up: fixture.US_KEYS + route("rot2.mygreatbank.test", identity="us", protocol="h2", connect=up,
+                                               crl_fetch=True, revocation="hard"))
+        self.assertEqual(status, 502, "served over an HTTP/2 connection verified before the new CRL")
+        self.assertIn("revoked", headers["proxy-status"])
 
     def test_a_crl_already_in_its_refresh_window_is_not_fetched_again_every_second(self):
         # A CA that publishes its next CRL only at nextUpdate: the CRL fetched is already inside the window in which
@@ -818,32 +686,14 @@ revocation = "hard"
         leaf_with_dp(pki, "dp-late", url)
         sh(f"openssl ca -config '{cnf}' -gencrl -crl_lastupdate $(utc_in -3600) -crl_nextupdate $(utc_in 120) -out late.crl 2>/dev/null", cwd=pki)
         self.dp.files["/late.crl"] = open(f"{pki}/late.crl", "rb").read()
-        up, port = harness.free_port(), harness.free_port()
-        procs = harness.Processes()
-        self.addCleanup(procs.stop_all)
-        harness.start_python_upstream(procs, pki, up, cert="dp-late")
-        log = f"{ENV['dir']}/late.log"
-        conf = harness.write_file(f"{ENV['dir']}/late.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[log]
-format = "json"
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-[[route]]
-host = "late.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-crl_fetch = true
-revocation = "hard"
-""")
-        harness.start_proxy(procs, conf, log, port)
-        get_until_on(self, port, "late", lambda s, ps: s == 200)
+        fx = own(self, "dp-late")
+        port = fx.ports["proxy"]
+        _, log = start(fx, "late", tls_route("late", fx.ports["dp-late"], crl_fetch=True, revocation="hard"), log_json=True,
+                       allow_private=True)
+        get_until(self, port, "late", lambda s, ps: s == 200)
         fetched = self.dp.hits.count("/late.crl")
         time.sleep(3.5)
-        self.assertEqual(get_on(port, "late")[0], 200)
+        self.assertEqual(get("late", port=port)[0], 200)
         self.assertLessEqual(self.dp.hits.count("/late.crl") - fetched, 1, "the same CRL was fetched again every second")
         requests = access_lines(log, "late.mygreatbank.test", 2)
         self.assertTrue(requests and requests[-1].get("reused"), "the pooled connection was retired without a new CRL")
@@ -852,7 +702,7 @@ revocation = "hard"
         # A server whose certificate no trusted CA issued names a distribution point: it is refused for its chain,
         # and the proxy fetches nothing on its say-so.
         for _ in range(3):
-            status, headers, _ = get_via(self.ports["proxy"], "fetch-rogue")
+            status, headers, _ = get("fetch-rogue", port=self.ports["proxy"])
             self.assertEqual(status, 502)
             self.assertIn("error=tls_certificate_error", headers["proxy-status"])
             self.assertNotIn("CRL", headers["proxy-status"])
@@ -885,33 +735,24 @@ class OCSPStapling(unittest.TestCase):
            # A "good" answer for the good certificate, signed by a responder no trusted CA vouches for.
            f"openssl ocsp -index '{index}' -rsigner rogue-ca.pem -rkey rogue-ca.key -CA ca.pem -reqin good.req "
            f"-respout forged.resp -ndays 1 2>/dev/null", cwd=pki)
-        cls.procs = harness.Processes()
-        ports = {n: harness.free_port() for n in ("proxy", "good", "revoked", "missing", "foreign", "forged")}
         servers = {"good": ("ocsp-good", "good.resp"), "revoked": ("revoked", "revoked.resp"),
                    "missing": ("ocsp-good", None), "foreign": ("revoked", "good.resp"), "forged": ("ocsp-good", "forged.resp")}
-        try:
+        with ENV["fixture"].beside(ports=("proxy", *servers)) as fx:
+            ports = fx.ports
             for name, (cert, resp) in servers.items():
                 args = ["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{ports[name]}", "-cert", f"{pki}/{cert}.pem",
                         "-key", f"{pki}/{cert}.key", "-www"]
                 if resp:
                     args += ["-status_file", f"{pki}/{resp}"]
-                cls.procs.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                fx.procs.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 harness.wait_for_port(ports[name])
-            routes = "".join(f'[[route]]\nhost = "ocsp-{name}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[name]}"\n'
-                             f'require_ocsp_staple = true\n\n' for name in servers)
-            routes += (f'[[route]]\nhost = "ocsp-optional.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports["missing"]}"\n'
-                       f'crl_files = ["pki/crl.pem"]\n')
-            conf = harness.write_file(f"{d}/ocsp.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 1\n'
-                                      f'[upstream]\nca_file = "pki/ca.pem"\n{routes}')
-            harness.start_proxy(cls.procs, conf, f"{d}/ocsp.log", ports["proxy"])
-        except BaseException:
-            cls.procs.stop_all()
-            raise
-        cls.ports = ports
+            routes = "".join(tls_route(f"ocsp-{name}", ports[name], require_ocsp_staple=True) for name in servers)
+            start(fx, "ocsp", routes + tls_route("ocsp-optional", ports["missing"], crl_files=["pki/crl.pem"]))
+        cls.fx, cls.ports = fx, fx.ports
 
     @classmethod
     def tearDownClass(cls):
-        cls.procs.stop_all()
+        cls.fx.close()
 
     def status(self, host):
         """(status, Proxy-Status) of a GET / (s_server -www answers a page and closes)."""
@@ -978,37 +819,6 @@ def leaf_with_dp(pki, name, dp):
     sh(*issue(pki, ca_config(pki, "ca"), name, f"{name}.mygreatbank.test", server_ext(dp)), cwd=pki)
 
 
-def start_proxy_with(procs, path, text, port, env=None):
-    conf = harness.write_file(path, text)
-    log = path[:-len(".conf")] + ".log"
-    with open(log, "ab") as out:
-        procs.start([harness.proxy_binary(), "run", "--config", conf], stdout=out, stderr=subprocess.STDOUT,
-                    env=dict(os.environ, **(env or {})))
-    harness.wait_for_port(port)
-    return conf, log
-
-
-def get_on(port, host):
-    saved = ENV["ports"]["proxy"]
-    ENV["ports"]["proxy"] = port
-    try:
-        return get(host)
-    finally:
-        ENV["ports"]["proxy"] = saved
-
-
-def get_until_on(test, port, host, predicate, timeout=8):
-    """Requests through the proxy on `port` until `predicate(status, proxy_status)` holds; (status, proxy_status)."""
-    last = []
-
-    def attempt():
-        status, headers, _ = get_on(port, host)
-        last[:] = [status, headers.get("proxy-status", "")]
-        return predicate(*last)
-    test.assertTrue(harness.wait_until(attempt, timeout, 0.2), f"{host}: last answer {last}")
-    return last
-
-
 class ChainRevocation(unittest.TestCase):
     """Revocation of the whole chain, not only the leaf: a three-level PKI made here (root -> intermediate ->
     leaf), CRLs from `openssl ca -gencrl` for the root (which revokes one intermediate) and for each intermediate,
@@ -1050,53 +860,40 @@ class ChainRevocation(unittest.TestCase):
         cls.dp.files.update({"/root.crl": open(f"{pki}/chain-root.crl", "rb").read(),
                              **{f"/int-{n}.crl": open(f"{pki}/chain-int-{n}.crl", "rb").read() for n in ("good", "bad", "lost")}})
         cls.serials = {n: serial_of(f"{pki}/{n}.pem") for n in ("chain-int-bad", "chain-int-lost", "chain-leaf-revoked")}
-        cls.procs = harness.Processes()
-        ports = {n: harness.free_port() for n in ("proxy", *leaves)}
-        cls.port = ports["proxy"]
-        try:
+        with ENV["fixture"].beside(ports=("proxy", *leaves)) as fx:
             for leaf in leaves:
-                harness.start_python_upstream(cls.procs, pki, ports[leaf], cert=f"{leaf}-chain")
+                fx.python_upstream(leaf, cert=f"{leaf}-chain")
 
-            def route(host, up, mode, extra):
-                return (f'[[route]]\nhost = "{host}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[up]}"\n'
-                        f'revocation = "{mode}"\n{extra}\n\n')
-            both = 'crl_files = ["pki/chain-root.crl", "pki/chain-int-good.crl", "pki/chain-int-bad.crl"]'
-            leaf_only = 'crl_files = ["pki/chain-int-good.crl", "pki/chain-int-bad.crl"]'
+            def to(host, up, mode, **keys):
+                return tls_route(host, fx.ports[up], revocation=mode, **keys)
+            both = dict(crl_files=["pki/chain-root.crl", "pki/chain-int-good.crl", "pki/chain-int-bad.crl"])
+            leaf_only = dict(crl_files=["pki/chain-int-good.crl", "pki/chain-int-bad.crl"])
+            fetch = dict(crl_fetch=True)
             routes = "".join([
-                route("file-good", "chain-good", "hard", both),
-                route("file-leaf-revoked", "chain-leaf-revoked", "hard", both),
-                route("file-int-revoked", "chain-under-bad", "hard", both),
-                route("file-int-revoked-soft", "chain-under-bad", "soft", both),
-                route("file-int-nocrl", "chain-good", "hard", leaf_only),
-                route("file-int-nocrl-soft", "chain-good", "soft", leaf_only),
-                route("file-leaf-scope", "chain-under-bad", "hard", leaf_only + '\nrevocation_scope = "leaf"'),
-                route("fetch-good", "chain-good", "hard", "crl_fetch = true"),
-                route("fetch-int-revoked", "chain-under-bad", "hard", "crl_fetch = true"),
-                route("fetch-int-revoked-soft", "chain-under-bad", "soft", "crl_fetch = true"),
-                route("fetch-int-lost", "chain-under-lost", "hard", "crl_fetch = true"),
-                route("fetch-int-lost-soft", "chain-under-lost", "soft", "crl_fetch = true"),
+                to("file-good", "chain-good", "hard", **both),
+                to("file-leaf-revoked", "chain-leaf-revoked", "hard", **both),
+                to("file-int-revoked", "chain-under-bad", "hard", **both),
+                to("file-int-revoked-soft", "chain-under-bad", "soft", **both),
+                to("file-int-nocrl", "chain-good", "hard", **leaf_only),
+                to("file-int-nocrl-soft", "chain-good", "soft", **leaf_only),
+                to("file-leaf-scope", "chain-under-bad", "hard", **leaf_only, revocation_scope="leaf"),
+                to("fetch-good", "chain-good", "hard", **fetch),
+                to("fetch-int-revoked", "chain-under-bad", "hard", **fetch),
+                to("fetch-int-revoked-soft", "chain-under-bad", "soft", **fetch),
+                to("fetch-int-lost", "chain-under-lost", "hard", **fetch),
+                to("fetch-int-lost-soft", "chain-under-lost", "soft", **fetch),
             ])
-            cls.conf, cls.log = start_proxy_with(cls.procs, f"{d}/chain.conf", f"""
-[proxy]
-listen = "127.0.0.1:{ports['proxy']}"
-workers = 1
-[upstream]
-ca_file = "pki/chain-root.pem"
-allow_private = true
-connect_timeout = "2s"
-{routes}""", ports["proxy"])
-        except BaseException:
-            cls.procs.stop_all()
-            raise
+            cls.conf, cls.log = start(fx, "chain", routes, ca_file="pki/chain-root.pem", allow_private=True, connect_timeout="2s")
+        cls.fx, cls.port = fx, fx.ports["proxy"]
 
     @classmethod
     def tearDownClass(cls):
-        cls.procs.stop_all()
+        cls.fx.close()
         cls.dp.shutdown()
         cls.dp.server_close()
 
     def until(self, host, predicate):
-        return get_until_on(self, self.port, host, predicate)
+        return get_until(self, self.port, host, predicate)
 
     def assert_names_intermediate(self, ps, name, word):
         self.assertIn(f"chain intermediate {name}", ps)
@@ -1105,17 +902,17 @@ connect_timeout = "2s"
         self.assertNotIn(".mygreatbank.test certificate", ps)
 
     def test_a_chain_whose_crls_list_nothing_of_it_is_served(self):
-        self.assertEqual(get_on(self.port, "file-good")[0], 200)
+        self.assertEqual(get("file-good", port=self.port)[0], 200)
 
     def test_a_revoked_leaf_under_an_intermediate_is_still_refused(self):
-        status, headers, body = get_on(self.port, "file-leaf-revoked")
+        status, headers, body = get("file-leaf-revoked", port=self.port)
         self.assertEqual(status, 502, body)
         self.assertIn(self.serials["chain-leaf-revoked"], headers["proxy-status"])
 
     def test_an_intermediate_revoked_by_the_roots_crl_file_is_refused_in_both_modes(self):
         for host in ("file-int-revoked", "file-int-revoked-soft"):
             with self.subTest(host=host):
-                status, headers, body = get_on(self.port, host)
+                status, headers, body = get(host, port=self.port)
                 self.assertEqual(status, 502, body)
                 ps = headers["proxy-status"]
                 self.assertIn("error=tls_certificate_error", ps)
@@ -1123,18 +920,18 @@ connect_timeout = "2s"
                 self.assertNotIn("CRL unavailable", ps)
 
     def test_hard_mode_refuses_an_intermediate_no_crl_covers(self):
-        status, headers, body = get_on(self.port, "file-int-nocrl")
+        status, headers, body = get("file-int-nocrl", port=self.port)
         self.assertEqual(status, 502, body)
         self.assertIn("CRL unavailable", headers["proxy-status"])
         self.assertIn("chain intermediate good", headers["proxy-status"])
 
     def test_revocation_scope_leaf_checks_the_servers_certificate_only(self):
         # Its intermediate is revoked and no CRL of the root is given: with the leaf only in scope, it is served.
-        status, headers, body = get_on(self.port, "file-leaf-scope")
+        status, headers, body = get("file-leaf-scope", port=self.port)
         self.assertEqual(status, 200, headers.get("proxy-status", body))
 
     def test_soft_mode_allows_an_intermediate_no_crl_covers_and_logs_it(self):
-        self.assertEqual(get_on(self.port, "file-int-nocrl-soft")[0], 200)
+        self.assertEqual(get("file-int-nocrl-soft", port=self.port)[0], 200)
         self.assertTrue(harness.wait_until(lambda: re.search(r"CRL unavailable for [^\n]*chain intermediate good", harness.read(self.log)), 5, 0.1),
                         harness.read(self.log)[-2000:])
 
@@ -1154,6 +951,11 @@ connect_timeout = "2s"
         _, ps = self.until("fetch-int-lost", lambda s, ps: s == 502 and "HTTP 404" in ps)
         self.assertIn("CRL unavailable", ps)
         self.assert_names_intermediate(ps, "lost", "CRL unavailable")
+        # The advice names what the route uses: crl_fetch, not crl_files.
+        status, _, body = get("fetch-int-lost", port=self.port)
+        self.assertEqual(status, 502, body)
+        self.assertIn("crl_fetch", body)
+        self.assertNotIn("crl_files", body)
         self.until("fetch-int-lost-soft", lambda s, ps: s == 200)
 
 
@@ -1179,45 +981,27 @@ class HardModeFirstConnection(unittest.TestCase):
     def proxy_for(self, name, connect_timeout="5s", also=()):
         """A proxy of its own (its CRL cache starts empty) with one hard crl_fetch route to the wait-`name` server
         (host wait.mygreatbank.test), and one more for each (name, connect_timeout) of `also` (host wait-NAME)."""
-        procs = self.procs = harness.Processes()
-        self.addCleanup(procs.stop_all)
-        port = harness.free_port()
+        servers = (("wait", name, connect_timeout), *((f"wait-{n}", n, t) for n, t in also))
+        fx = own(self, ports=("proxy", *(host for host, _, _ in servers)))
         routes = ""
-        for host, server, timeout in (("wait", name, connect_timeout), *((f"wait-{n}", n, t) for n, t in also)):
-            up = harness.free_port()
-            harness.start_python_upstream(procs, ENV["pki"], up, cert=f"wait-{server}")
-            routes += f"""
-[[route]]
-host = "{host}.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-connect_timeout = "{timeout}"
-crl_fetch = true
-revocation = "hard"
-"""
-        start_proxy_with(procs, f"{ENV['dir']}/wait-{name}.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[log]
-format = "json"
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-{routes}""", port)
-        return port
+        for host, server, timeout in servers:
+            fx.python_upstream(host, cert=f"wait-{server}")
+            routes += tls_route(host, fx.ports[host], connect_timeout=timeout, crl_fetch=True, revocation="hard")
+        start(fx, f"wait-{name}", routes, log_json=True, allow_private=True)
+        self.proxy = fx.procs.procs[-1]
+        return fx.ports["proxy"]
 
     def test_the_first_connection_waits_for_its_crl_and_is_served(self):
         port = self.proxy_for("slow")
-        status, headers, body = get_on(port, "wait")
+        status, headers, body = get("wait", port=port)
         self.assertEqual(status, 200, headers.get("proxy-status", body))
         self.assertIn("/slow.crl", self.dp.hits)
 
     def test_the_connection_that_waited_for_its_crl_is_pooled_and_reused(self):
         # It was verified against the CRL it waited for: nothing newer came since, so the next request reuses it.
         port = self.proxy_for("slow")
-        self.assertEqual(get_on(port, "wait")[0], 200)
-        self.assertEqual(get_on(port, "wait")[0], 200)
+        self.assertEqual(get("wait", port=port)[0], 200)
+        self.assertEqual(get("wait", port=port)[0], 200)
         log = f"{ENV['dir']}/wait-slow.log"
         requests = access_lines(log, "wait.mygreatbank.test", 2)
         self.assertEqual([l.get("reused") for l in requests[-2:]], [False, True], requests[-2:])
@@ -1226,7 +1010,7 @@ allow_private = true
         # The suspended handshakes' 50 ms timers stay armed while their clients go away (at every moment of the
         # wait) and while a reload replaces the config (under AddressSanitizer in CI: no use after free).
         port = self.proxy_for("hang", connect_timeout="2s")
-        proxy = self.procs.procs[-1]
+        proxy = self.proxy
         name = "wait.mygreatbank.test"
 
         def leave(after):
@@ -1243,13 +1027,13 @@ allow_private = true
         log = harness.read(f"{ENV['dir']}/wait-hang.log")
         self.assertIn("reloaded", log)
         self.assertIsNone(proxy.poll(), log[-2000:])
-        status, headers, body = get_on(port, "wait")
+        status, headers, body = get("wait", port=port)
         self.assertEqual(status, 502, body)
         self.assertIn("CRL unavailable", headers.get("proxy-status", ""))
 
     def test_the_first_connection_is_refused_naming_the_failed_fetch(self):
         port = self.proxy_for("slow404")
-        status, headers, body = get_on(port, "wait")
+        status, headers, body = get("wait", port=port)
         self.assertEqual(status, 502, body)
         ps = headers["proxy-status"]
         self.assertIn("CRL unavailable", ps)
@@ -1259,7 +1043,7 @@ allow_private = true
     def test_the_wait_ends_with_the_routes_connect_timeout(self):
         port = self.proxy_for("hang", connect_timeout="1s")
         started = time.monotonic()
-        status, headers, body = get_on(port, "wait")
+        status, headers, body = get("wait", port=port)
         took = time.monotonic() - started
         self.assertEqual(status, 502, body)
         self.assertIn("CRL unavailable", headers["proxy-status"])
@@ -1272,9 +1056,9 @@ allow_private = true
         # One route's CRL server takes 6 s to answer (it could take response_timeout, every retry); another route's
         # first connection, asked while that fetch is under way, gets its own CRL from a prompt server in time.
         port = self.proxy_for("hang", connect_timeout="1s", also=[("quick", "3s")])
-        self.assertEqual(get_on(port, "wait")[0], 502)
+        self.assertEqual(get("wait", port=port)[0], 502)
         started = time.monotonic()
-        status, headers, body = get_on(port, "wait-quick")
+        status, headers, body = get("wait-quick", port=port)
         self.assertEqual(status, 200, headers.get("proxy-status", body))
         self.assertLess(time.monotonic() - started, 2.5)
         self.assertIn("/quick.crl", self.dp.hits)
@@ -1306,28 +1090,13 @@ class ChainWithTooManyDistributionPoints(unittest.TestCase):
            cwd=pki)
         for i in range(5):
             dp.files[f"/w{i}a.crl"] = dp.files[f"/w{i}b.crl"] = open(f"{pki}/wide{i}.crl", "rb").read()
-        procs = harness.Processes()
-        self.addCleanup(procs.stop_all)
-        up, port = harness.free_port(), harness.free_port()
-        harness.start_python_upstream(procs, pki, up, cert="wide-chain")
-        start_proxy_with(procs, f"{d}/wide.conf", f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[upstream]
-ca_file = "pki/wide0.pem"
-allow_private = true
-[[route]]
-host = "wide.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-connect_timeout = "4s"
-crl_fetch = true
-revocation = "hard"
-""", port)
+        fx = own(self, "wide-chain")
+        port = fx.ports["proxy"]
+        start(fx, "wide", tls_route("wide", fx.ports["wide-chain"], connect_timeout="4s", crl_fetch=True, revocation="hard"),
+              ca_file="pki/wide0.pem", allow_private=True)
         for attempt in range(2):
             started = time.monotonic()
-            status, headers, body = get_on(port, "wide")
+            status, headers, body = get("wide", port=port)
             took = time.monotonic() - started
             self.assertEqual(status, 502, body)
             ps = headers.get("proxy-status", "")
@@ -1355,49 +1124,40 @@ class HTTPSDistributionPoints(unittest.TestCase):
            f"openssl ca -config '{cnf}' -gencrl -out https.crl 2>/dev/null", cwd=pki)
         crl = open(f"{pki}/https.crl", "rb").read()
         cls.dp.files["/good.crl"] = cls.untrusted.files["/good.crl"] = crl
-        cls.procs = harness.Processes()
-        ports = {n: harness.free_port() for n in ("proxy", "guarded", "good", "revoked", "untrusted")}
-        cls.ports = ports
-        try:
+        with ENV["fixture"].beside(ports=("proxy", "guarded", "good", "revoked", "untrusted")) as fx:
             for name in ("good", "revoked", "untrusted"):
-                harness.start_python_upstream(cls.procs, pki, ports[name], cert=f"https-{name}")
+                fx.python_upstream(name, cert=f"https-{name}")
 
-            def route(name):
-                return (f'[[route]]\nhost = "https-{name}.mygreatbank.test"\naction = "tls"\nconnect = "127.0.0.1:{ports[name]}"\n'
-                        'crl_fetch = true\nrevocation = "hard"\n\n')
-            routes = "".join(route(n) for n in ("good", "revoked", "untrusted"))
+            def fetching(name):
+                return tls_route(f"https-{name}", fx.ports[name], crl_fetch=True, revocation="hard")
             env = {"SSL_CERT_FILE": f"{pki}/ca.pem"}
-            start_proxy_with(cls.procs, f"{d}/https-dp.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["proxy"]}"\nworkers = 1\n'
-                             f'[upstream]\nca_file = "pki/ca.pem"\nallow_private = true\n{routes}', ports["proxy"], env)
-            start_proxy_with(cls.procs, f"{d}/https-guarded.conf", f'[proxy]\nlisten = "127.0.0.1:{ports["guarded"]}"\nworkers = 1\n'
-                             f'[upstream]\nca_file = "pki/ca.pem"\n{route("good")}', ports["guarded"], env)
-        except BaseException:
-            cls.procs.stop_all()
-            raise
+            start(fx, "https-dp", "".join(fetching(n) for n in ("good", "revoked", "untrusted")), env=env, allow_private=True)
+            start(fx, "https-guarded", fetching("good"), port="guarded", env=env)
+        cls.fx, cls.ports = fx, fx.ports
 
     @classmethod
     def tearDownClass(cls):
-        cls.procs.stop_all()
+        cls.fx.close()
         for server in (cls.dp, cls.untrusted):
             server.shutdown()
             server.server_close()
 
     def test_a_crl_fetched_over_https_serves_a_certificate_it_does_not_list(self):
-        get_until_on(self, self.ports["proxy"], "https-good", lambda s, ps: s == 200)
+        get_until(self, self.ports["proxy"], "https-good", lambda s, ps: s == 200)
         self.assertIn("/good.crl", self.dp.hits)
 
     def test_a_crl_fetched_over_https_refuses_the_certificate_it_revokes(self):
-        _, ps = get_until_on(self, self.ports["proxy"], "https-revoked", lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
+        _, ps = get_until(self, self.ports["proxy"], "https-revoked", lambda s, ps: s == 502 and "revoked" in ps and "CRL unavailable" not in ps)
         self.assertIn(serial_of(f"{ENV['pki']}/https-revoked.pem"), ps)
 
     def test_a_distribution_point_whose_tls_does_not_verify_is_not_used(self):
-        _, ps = get_until_on(self, self.ports["proxy"], "https-untrusted", lambda s, ps: s == 502 and "verif" in ps)
+        _, ps = get_until(self, self.ports["proxy"], "https-untrusted", lambda s, ps: s == 502 and "verif" in ps)
         self.assertIn("CRL unavailable", ps)
         self.assertEqual(self.untrusted.hits, [], "the proxy sent its request over TLS it did not verify")
         self.assertTrue(self.untrusted.handshake_failures, "the proxy never tried the https distribution point")
 
     def test_the_address_guard_applies_to_https_distribution_points(self):
-        _, ps = get_until_on(self, self.ports["guarded"], "https-good", lambda s, ps: s == 502 and "allow_private is off" in ps)
+        _, ps = get_until(self, self.ports["guarded"], "https-good", lambda s, ps: s == 502 and "allow_private is off" in ps)
         self.assertIn("CRL unavailable", ps)
 
 
@@ -1423,36 +1183,19 @@ class ReloadDropsRevocationData(unittest.TestCase):
            f"openssl ca -config '{cnf}' -revoke reload-fetched.pem 2>/dev/null",
            f"openssl ca -config '{cnf}' -gencrl -out reload-after.crl 2>/dev/null", cwd=pki)
         dp.files["/reload.crl"] = open(f"{pki}/reload-after.crl", "rb").read()
-        procs = harness.Processes()
-        self.addCleanup(procs.stop_all)
-        up, port, admin = harness.free_port(), harness.free_port(), harness.free_port()
-        harness.start_python_upstream(procs, pki, up, cert="reload-fetched")
+        fx = own(self, "reload-fetched", ports=("proxy", "admin"))
+        port, admin = fx.ports["proxy"], fx.ports["admin"]
+
+        def routes(fetch, files):
+            return (tls_route("fetched", fx.ports["reload-fetched"], **(dict(crl_fetch=True, revocation="hard") if fetch else {}))
+                    + tls_route("filed", ENV["ports"]["revoked"], **(dict(crl_files=["pki/crl.pem"], revocation="hard") if files else {})))
 
         def config(fetch, files):
-            return f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{admin}"
-[upstream]
-ca_file = "pki/ca.pem"
-allow_private = true
-[[route]]
-host = "fetched.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{up}"
-{'crl_fetch = true' + chr(10) + 'revocation = "hard"' if fetch else ''}
-[[route]]
-host = "filed.mygreatbank.test"
-action = "tls"
-connect = "127.0.0.1:{ENV['ports']['revoked']}"
-{'crl_files = ["pki/crl.pem"]' + chr(10) + 'revocation = "hard"' if files else ''}
-"""
-        conf, log = start_proxy_with(procs, f"{d}/reload-crl.conf", config(True, True), port)
-        proxy = procs.procs[-1]
-        get_until_on(self, port, "fetched", lambda s, ps: s == 502 and "revoked" in ps)
-        self.assertEqual(get_on(port, "filed")[0], 502)
+            return (proxy_section(port, admin=admin) + upstream_section(allow_private=True) + routes(fetch, files))
+        conf, log = start(fx, "reload-crl", routes(True, True), admin="admin", allow_private=True)
+        proxy = fx.procs.procs[-1]
+        get_until(self, port, "fetched", lambda s, ps: s == 502 and "revoked" in ps)
+        self.assertEqual(get("filed", port=port)[0], 502)
         metrics = harness.http_get(admin, "/metrics")[1]
         self.assertIsNotNone(harness.metric(metrics, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url))
         self.assertTrue(crl_series(metrics, "pki/crl.pem"), metrics[-2000:])
@@ -1464,8 +1207,8 @@ connect = "127.0.0.1:{ENV['ports']['revoked']}"
             self.assertTrue(harness.wait_until(lambda: harness.read(log).count("reloaded") > reloads, 10, 0.1), harness.read(log)[-2000:])
 
         reload(config(False, False))
-        self.assertEqual(get_on(port, "fetched")[0], 200, "the CRL fetched under the old config is still used")
-        self.assertEqual(get_on(port, "filed")[0], 200, "the removed CRL file is still used")
+        self.assertEqual(get("fetched", port=port)[0], 200, "the CRL fetched under the old config is still used")
+        self.assertEqual(get("filed", port=port)[0], 200, "the removed CRL file is still used")
         metrics = harness.http_get(admin, "/metrics")[1]
         self.assertIsNone(harness.metric(metrics, "mtls_proxy_crl_next_update_timestamp_seconds", None, file=url),
                           "the metrics still show a CRL no route fetches (its staleness alert would fire)")
@@ -1478,7 +1221,7 @@ connect = "127.0.0.1:{ENV['ports']['revoked']}"
         hits = len(dp.hits)
         dp.files["/reload.crl"] = open(f"{pki}/reload-before.crl", "rb").read()
         reload(config(True, False))
-        get_until_on(self, port, "fetched", lambda s, ps: s == 200)
+        get_until(self, port, "fetched", lambda s, ps: s == 200)
         self.assertGreater(len(dp.hits), hits, "turned on again, crl_fetch used the CRL fetched before instead of fetching")
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import harness  # noqa: E402
 QUICK = "--quick" in sys.argv
 # `--instructions-only` (callgrind: instructions and allocations per request), `--syscalls-only` (strace) and
 # `--memory-only` (idle connections) run just that part, without the req/s rounds; they combine.
-ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only", "--routes-only", "--h2-only")}
+ONLY = {flag[2:-5] for flag in sys.argv[1:] if flag in ("--instructions-only", "--syscalls-only", "--memory-only", "--routes-only", "--h2-only",
+                                                                 "--h2-instructions-only")}
 # The routes scenario (`--routes-only`): tables of these sizes; not part of the default run (100,000 routes under
 # callgrind take a few minutes).
 ROUTE_SIZES = [10, 1000, 10000] if QUICK else [10, 1000, 10000, 100000]
@@ -62,6 +63,12 @@ class Bench:
         self.ports = {k: harness.free_port() for k in
                       ("up", "fwd", "side", "fwd2", "fwdlog", "nginx", "haproxy", "stunnel", "admin", "admin2", "admin3",
                        "uph2", "fwdh2", "adminh2", "haproxyh2")}
+        # A listener that accepts nothing: the HTTP/2 upstream's `/hold` proxies to it, so that a request there is
+        # held open with no answer (the memory-per-stream scenario).
+        self.silent = socket.socket()
+        self.silent.bind(("127.0.0.1", 0))
+        self.silent.listen(4096)
+        self.ports["silent"] = self.silent.getsockname()[1]
         with open(f"{self.dir}/big.bin", "wb") as f:
             f.write(os.urandom(10 << 20))
         with open(f"{self.dir}/body100", "w") as f:
@@ -111,6 +118,7 @@ http {{
         keepalive_timeout 300s;
         location = / {{ default_type text/plain; return 200 "{"x" * 99}\n"; }}
         location = /big {{ default_type application/octet-stream; alias {d}/big.bin; }}
+        location = /hold {{ proxy_pass http://127.0.0.1:{self.ports['silent']}; proxy_read_timeout 300s; }}
     }}
 }}
 """
@@ -384,7 +392,8 @@ sni = {HOST}
 
     def h2(self):
         """HTTP/2 to the upstream: 32 keep-alive client connections through each system to one HTTP/2 nginx that
-        requires the client certificate; req/s, upstream connections used, syscalls per request, RSS."""
+        requires the client certificate; req/s, upstream connections used, syscalls per request, RSS; then
+        instructions and allocations per request (callgrind) and memory per stream."""
         self.start_upstream()
         proxy = self.start_mtls("fwdh2", 1, self.ports["fwdh2"], self.ports["adminh2"], h2=True)
         systems = [("mtls-proxy h2", self.ports["fwdh2"], True)]
@@ -416,15 +425,166 @@ sni = {HOST}
             total, _, _ = self.traced(port, lambda: self.keepalive_requests(port, fwd, n))
             syscalls[name] = total / n
         rss = {"mtls-proxy h2": harness.rss_kib(proxy.pid)}
+        rss.update({name: max(harness.rss_kib(p) for p in self.pids_on(port)) for name, port, _ in systems[1:]})
         out = {name: {"rps": statistics.median(samples[name]), "upstream_connections": conns[name],
-                      "syscalls_per_request": syscalls[name]} for name, _, _ in systems}
+                      "syscalls_per_request": syscalls[name], "rss_kib": rss.get(name)} for name, _, _ in systems}
         base = out.get("haproxy h2", out["mtls-proxy h2"])["rps"]
         table("h2. small requests over HTTP/2 to the upstream (wrk, 32 keep-alive client connections; nginx upstream with "
-              "http2 and ssl_verify_client on; nginx 1.22 has no HTTP/2 upstream and is left out)",
+              f"http2 and ssl_verify_client on; {self.nginx_h2_note()})",
               ["system", "req/s median", "min..max", "p50", "p99", "vs haproxy h2", "upstream connections", "syscalls/request", "RSS KiB", "errors"],
               [[name, f"{out[name]['rps']:.0f}", f"{min(samples[name]):.0f}..{max(samples[name]):.0f}", lat[name][0], lat[name][1],
                 ratio(out[name]["rps"], base), str(conns[name]), f"{syscalls[name]:.2f}", str(rss.get(name, "-")), lat[name][2]]
                for name, _, _ in systems])
+        self.procs.stop_all()
+        self.procs = harness.Processes()
+        return {"systems": out, "instructions": self.h2_instructions(), "memory": self.h2_memory()}
+
+    @staticmethod
+    def nginx_h2_note():
+        """Why nginx has no row in the h2 tables: Debian's nginx cannot speak HTTP/2 to an upstream."""
+        r = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
+        version = (re.search(r"nginx/([\d.]+)", r.stderr + r.stdout) or re.search("(.*)", "unknown")).group(1)
+        return f"nginx {version} is left out: it has no HTTP/2 to upstreams (proxy_http_version 2 needs nginx 1.29.4 or later)"
+
+    def callgrind_requests(self, proc, port, fwd, n, dump, keep_as=None):
+        """Instructions and calls to the malloc family over exactly `n` requests on one warm keep-alive connection
+        to the process `proc` running under callgrind (its dump file `dump`): counters zeroed once warm, dumped
+        after the `n` requests."""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        path = f"http://{HOST}/" if fwd else "/"
+
+        def requests_(k):
+            for _ in range(k):
+                conn.request("GET", path, headers={"Host": HOST})
+                r = conn.getresponse()
+                r.read()
+                assert r.status == 200, r.status
+
+        requests_(50)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
+        requests_(n)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
+        conn.close()
+        time.sleep(1)
+        dump = f"{dump}.1"
+        if not os.path.exists(dump):
+            return 0, 0
+        if keep_as:
+            shutil.copy(dump, keep_as)
+        return callgrind_totals(dump)
+
+    def h2_instructions(self):
+        """The h2 scenario under callgrind: user-space instructions and allocations per request over exactly N
+        requests on one warm keep-alive client connection (one stream at a time on one upstream HTTP/2 connection),
+        for mtls-proxy (`protocol = "h2"`) and HAProxy (`alpn h2`); the profile of mtls-proxy."""
+        n = 500 if QUICK else 2000
+        keep = os.path.join(ROOT, "bench", "results", time.strftime("callgrind-h2-%Y-%m-%d-%H%M", time.gmtime()))
+        os.makedirs(keep, exist_ok=True)
+        out, allocs, rows = {}, {}, []
+        for name in ("haproxy h2", "mtls-proxy h2"):
+            if MTLS_ONLY and not name.startswith("mtls-proxy"):
+                continue
+            self.procs = harness.Processes()
+            self.start_upstream()
+            slug = name.replace(" ", "_")
+            cg = f"{self.dir}/callgrind-{slug}.out"
+            wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}")
+            if name == "haproxy h2":
+                proc, port, fwd = self.start_haproxy(wrapper, h2=True), self.ports["haproxyh2"], False
+            else:
+                stripped = f"{keep}/mtls-proxy-nodebug"
+                shutil.copy(os.environ["MTLS_PROXY_BIN"], stripped)
+                subprocess.run(["strip", "--strip-debug", stripped], check=True)
+                proc = self.start_mtls("cg-h2", 1, self.ports["fwdh2"], self.ports["adminh2"], wrapper=wrapper, binary=stripped, h2=True)
+                port, fwd = self.ports["fwdh2"], True
+            total, mallocs = self.callgrind_requests(proc, port, fwd, n, cg, keep_as=f"{keep}/{slug}.callgrind")
+            self.procs.stop_all()
+            out[name], allocs[name] = total / n, mallocs / n
+        base = out.get("haproxy h2", 0)
+        for name in out:
+            rows.append([name, f"{out[name]:,.0f}", ratio(out[name], base), f"{allocs[name]:.1f}"])
+        rows.append(["nginx", "-", "-", "-"])
+        table(f"h2a. user-space instructions and allocations per request over HTTP/2 to the upstream (callgrind, {n} requests "
+              f"on one warm keep-alive client connection; {self.nginx_h2_note()})",
+              ["system", "instructions/request", "vs haproxy h2", "allocations/request"], rows)
+        self.profile(f"{keep}/mtls-proxy_h2.callgrind", "mtls-proxy h2", n)
+        say(f"callgrind dumps kept in {os.path.relpath(keep, ROOT)}")
+        self.procs = harness.Processes()
+        return {"instructions": out, "allocations": allocs}
+
+    def h2_streams_opened(self):
+        """Streams the mtls-proxy of the h2 scenario opened so far, from its metrics (every route)."""
+        return sum(v for k, v in self.metrics(self.ports["adminh2"]).items() if k.startswith("mtls_proxy_h2_upstream_streams_total"))
+
+    def h2_memory(self):
+        """Memory per HTTP/2 stream: N client connections, each first answered once and left open (so they count
+        in the baseline), then each sends one request that stays in flight; RSS growth / N. Two cases, each on a
+        fresh instance (a freed heap would hide the growth): `held`, the upstream holds the answer (its `/hold`
+        proxies to a listener that never answers): what an open stream costs; `slow reader`, a 10 MiB download
+        whose client reads nothing (receive buffer 4 KiB): what a stream holds when its client is slow, which
+        flow control bounds (the stream's window, plus what the client side holds up to its watermark).
+        RSS is sampled twice, 1.5 s apart: a bounded stream does not grow between them."""
+        n = 50 if QUICK else 100
+        out, rows = {}, []
+        systems = [("mtls-proxy h2", self.ports["fwdh2"], True)] + ([] if MTLS_ONLY else [("haproxy h2", self.ports["haproxyh2"], False)])
+        for case, path in (("held", "/hold"), ("slow reader", "/big")):
+            for name, port, fwd in systems:
+                self.procs = harness.Processes()
+                self.start_upstream()
+                if name == "haproxy h2":
+                    self.start_haproxy(h2=True)
+                else:
+                    self.start_mtls("memh2", 1, port, self.ports["adminh2"], h2=True)
+                self.keepalive_requests(port, fwd, 50)
+                pid = max(self.pids_on(port))
+                target = (lambda p: f"http://{HOST}{p}") if fwd else (lambda p: p)
+                socks = []
+                for _ in range(n):
+                    s = socket.socket()
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    s.connect(("127.0.0.1", port))
+                    s.sendall(f"GET {target('/')} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                    data = b""
+                    while not data.endswith(b"x\n"):
+                        c = s.recv(4096)
+                        if not c:
+                            break
+                        data += c
+                    socks.append(s)
+                time.sleep(0.5)
+                streams0 = self.h2_streams_opened() if fwd else None
+                before = harness.rss_kib(pid)
+                for s in socks:
+                    s.sendall(f"GET {target(path)} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+                # Sampled every 0.5 s until it has not grown by more than 1 % of the growth for 2 s (a slow
+                # reader's stream fills the client's socket buffers first, then the proxy's), at most `limit` s.
+                samples_, limit = [], 6 if QUICK else 15
+                start = time.time()
+                while time.time() - start < limit:
+                    time.sleep(0.5)
+                    samples_.append(harness.rss_kib(pid))
+                    if len(samples_) >= 5 and samples_[-1] - samples_[-5] <= 0.01 * max(1, samples_[-1] - before):
+                        break
+                mid = samples_[min(3, len(samples_) - 1)]
+                after = samples_[-1]
+                settled = time.time() - start
+                opened = "-"
+                if fwd:
+                    opened = f"{self.h2_streams_opened() - streams0:.0f}"
+                for s in socks:
+                    s.close()
+                self.procs.stop_all()
+                per, per_mid = (after - before) * 1024 / n, (mid - before) * 1024 / n
+                out[f"{name}, {case}"] = per
+                rows.append([name, case, str(n), opened, f"{before:,}", f"{mid - before:,}", f"{after - before:,} ({settled:.1f} s)",
+                             f"{per_mid / 1024:,.1f}", f"{per / 1024:,.1f}"])
+        table(f"h2m. memory per stream ({n} client connections answered once and left open, then each sends one request that stays "
+              "in flight; RSS growth / N after 2 s and once it stopped growing; `held`: the upstream holds the answer; `slow reader`: "
+              "a 10 MiB download the client does not read (receive buffer 4 KiB); mtls-proxy's stream window is 256 KiB, "
+              "its client-side write watermark 256 KiB)",
+              ["system", "case", "streams", "opened (metrics)", "RSS before KiB", "growth 2 s KiB", "growth settled KiB", "KiB/stream 2 s",
+               "KiB/stream settled"], rows)
+        self.procs = harness.Processes()
         return out
 
     def run_only(self):
@@ -432,6 +592,10 @@ sni = {HOST}
         results = {}
         if "h2" in ONLY:
             results["h2"] = self.h2()
+            self.procs.stop_all()
+            self.procs = harness.Processes()
+        elif "h2-instructions" in ONLY:
+            results["h2"] = {"instructions": self.h2_instructions()}
             self.procs.stop_all()
             self.procs = harness.Processes()
         if "syscalls" in ONLY or "memory" in ONLY:
