@@ -3,7 +3,8 @@
 retries of refused streams), on loopback, against the AddressSanitizer build: servers that answer a PING with
 GOAWAY (and close), answer it late, with other opaque data, or with a flood of ACKs; a server that refuses every
 stream; an HTTP/1.1 server behind `auto` that answers 101, floods 1xx heads, cuts a body or closes at once;
-clients that leave at any moment of a hand-over; a reload and SIGTERM while requests wait for a PING answer or
+clients that leave at any moment of a hand-over; a server whose ALPN answer turns from h2 to http/1.1; a server
+sending GOAWAY with its SETTINGS every time; a reload and SIGTERM while requests wait for a PING answer or
 are handed over (they finish)."""
 import concurrent.futures, json, os, random, signal, socket, ssl, subprocess, sys, threading, time, unittest, urllib.request
 
@@ -73,6 +74,44 @@ class Misbehaving11(harness.TLSUpstream):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 
+class Switcher(harness.ThreadedServer):
+    """A TCP relay whose first connection goes to `first` (an HTTP/2 server) and every later one to `later` (an
+    HTTP/1.1 one): one address whose ALPN answer changes between connections (a rolling downgrade)."""
+
+    def __init__(self, first, later):
+        self.first, self.later, self.count = first, later, 0
+        self.lock = threading.Lock()
+        super().__init__()
+
+    def handle(self, sock):
+        with self.lock:
+            self.count += 1
+            port = self.first if self.count == 1 else self.later
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            return
+
+        def pump(a, b):
+            try:
+                while True:
+                    data = a.recv(65536)
+                    if not data:
+                        break
+                    b.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pump, args=(upstream, sock), daemon=True).start()
+        pump(sock, upstream)
+
+
 def route(name, host, port, protocol="h2", **extra):
     lines = [f'[[route]]', f'name = "{name}"', f'host = "{host}"', 'identity = "us"', f'protocol = "{protocol}"',
              f'connect = "127.0.0.1:{port}"']
@@ -99,6 +138,7 @@ def setUpModule():
         harness.wait_for_port(goaway)
         h11 = Misbehaving11(pki)
         h11slow = Misbehaving11(pki, handshake_delay=0.4)
+        switcher = Switcher(hostile, h11.port)
         # PING: a 300 ms interval; the answer may take up to 1.5 s (GOAWAY-instead-of-ACK servers answer after 700 ms).
         ping = dict(h2_ping_interval="300ms", h2_ping_timeout="1500ms", idle_timeout="30s", response_timeout="8s")
         routes = "".join([
@@ -112,6 +152,7 @@ def setUpModule():
             route("huge", "huge.mygreatbank.test", hostile, h2_ping_interval="999999999h", h2_ping_timeout="999999999h",
                   idle_timeout="999999999h"),
             route("pingoff", "pingoff.mygreatbank.test", hostile, h2_ping_interval="off", idle_timeout="30s"),
+            route("aswitch", "aswitch.mygreatbank.test", switcher.port, "auto", **ping),
             route("a101", "a101.mygreatbank.test", h11.port, "auto"),
             route("aflood", "aflood.mygreatbank.test", h11.port, "auto"),
             route("acut", "acut.mygreatbank.test", h11.port, "auto"),
@@ -138,7 +179,7 @@ format = "json"
         procs.stop_all()
         raise
     ENV.update(procs=procs, proxy=proxy, dir=d, port=proxy_port, url=f"http://127.0.0.1:{proxy_port}", admin=admin_port,
-               h11=h11, h11slow=h11slow)
+               h11=h11, h11slow=h11slow, switcher=switcher)
 
 
 def tearDownModule():
@@ -309,6 +350,20 @@ class Attacks(unittest.TestCase):
         self.assertLessEqual(opened, 4, "a connection after connection for the same requests")
 
     # protocol = "auto": an HTTP/1.1 server that misbehaves after the hand-over
+
+    def test_auto_to_a_server_that_selects_h2_then_http11_on_its_next_connection(self):
+        # The first connection speaks HTTP/2 and retires itself (GOAWAY for a PING) while a POST waits on it; the
+        # POST goes to a new connection, where the server selects HTTP/1.1: it is handed over, and later requests
+        # go over HTTP/1.1 directly.
+        conn = self.arm("aswitch.mygreatbank.test", "goaway-close-700")
+        time.sleep(0.55)
+        r = session().post("http://aswitch.mygreatbank.test/echo", data=b"s" * 5000, timeout=10)
+        self.assertEqual(r.status_code, 200, (r.headers.get("Proxy-Status"), r.text[:300]))
+        self.assertEqual(r.json(), dict(alpn="http/1.1", length=5000))
+        for _ in range(2):
+            r = session().post("http://aswitch.mygreatbank.test/echo", data=b"t" * 10, timeout=10)
+            self.assertEqual(r.json(), dict(alpn="http/1.1", length=10))
+        self.assertGreaterEqual(ENV["switcher"].count, 2)
 
     def test_auto_hand_over_then_101_to_a_plain_request(self):
         r = session().get("http://a101.mygreatbank.test/101", timeout=10)
