@@ -113,4 +113,13 @@ import Testing
         #expect(TimeSpan.parse("999999999h1ms") == nil)
         #expect(TimeSpan.parse("1h1m1s1ms")?.milliseconds == 3_661_001)
     }
+
+    /// A number where a duration goes gets the hint the other durations give (write "30s"), not only "a string".
+    @Test(arguments: ["30", "1.5"])
+    func aNumberForThePingIntervalGetsTheDurationHint(value: String) {
+        let r = configError(route + "h2_ping_interval = \(value)\n")
+        #expect(r?.key == "route[1].h2_ping_interval")
+        #expect(r?.message.contains("durations are strings with a unit") == true, "\(String(describing: r?.message))")
+        #expect(r?.message.contains("\"off\"") == true)
+    }
 }
