@@ -714,6 +714,9 @@ public enum ConfigLoader {
         if let d = try t.duration("connect_timeout") { timeouts.connect = d }
         if let d = try t.duration("response_timeout") { timeouts.response = d }
         if let d = try t.duration("idle_timeout") { timeouts.idle = d }
+        if let value = t.table["h2_ping_interval"], value.int != nil || value.double != nil {
+            throw t.error("h2_ping_interval", "durations are strings with a unit: write h2_ping_interval = \"30s\" (or \"off\"), got a number")
+        }
         if t.table["h2_ping_interval"] != nil, let text = try t.string("h2_ping_interval") {
             if text == "off" {
                 timeouts.h2PingInterval = nil
