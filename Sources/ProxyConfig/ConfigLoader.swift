@@ -714,15 +714,16 @@ public enum ConfigLoader {
         if let d = try t.duration("connect_timeout") { timeouts.connect = d }
         if let d = try t.duration("response_timeout") { timeouts.response = d }
         if let d = try t.duration("idle_timeout") { timeouts.idle = d }
+        let pingIntervalExpected = "expected \"off\" or a duration of at least 100ms such as \"30s\" (how long an idle HTTP/2 connection may be silent before a PING checks it)"
         if let value = t.table["h2_ping_interval"], value.int != nil || value.double != nil {
-            throw t.error("h2_ping_interval", "durations are strings with a unit: write h2_ping_interval = \"30s\" (or \"off\"), got a number")
+            throw t.error("h2_ping_interval", "\(pingIntervalExpected); durations are strings with a unit, got a number")
         }
         if t.table["h2_ping_interval"] != nil, let text = try t.string("h2_ping_interval") {
             if text == "off" {
                 timeouts.h2PingInterval = nil
             } else {
                 guard let d = TimeSpan.parse(text), d.milliseconds >= 100 else {
-                    throw t.error("h2_ping_interval", "expected \"off\" or a duration of at least 100ms such as \"30s\" (how long an idle HTTP/2 connection may be silent before a PING checks it), got \"\(text)\"")
+                    throw t.error("h2_ping_interval", "\(pingIntervalExpected), got \"\(text)\"")
                 }
                 timeouts.h2PingInterval = d
             }

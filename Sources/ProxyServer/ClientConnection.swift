@@ -238,7 +238,7 @@ final class ClientConnection: EventHandler, UpstreamChannelOwner {
         } else if timedOut {
             action = machine.clientTimedOut(progress)
         } else if flags & BEV_EVENT_EOF != 0 && flags & BEV_EVENT_ERROR == 0 {
-            action = machine.clientEOF(progress)
+            action = machine.clientEOF(progress, tunnelBytesWaiting: evbuffer_get_length(input) > 0)
         } else {
             // An intercepted client's FIN without close_notify comes here (OpenSSL 3 reports it as an error), not
             // as an EOF as a relay takes it: here the proxy is that client's TLS endpoint and reads HTTP from it,

@@ -65,8 +65,9 @@ protocol TunnelResources {
 ///       (every layer flushed, close_notify, FIN)   (read and discard until the deadline)
 /// ```
 /// In `dialling` and `awaitingTunnelBytes` the client's EOF or error (and client_timeout, once a tunnel is
-/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it closes the machine; in `relaying` the
-/// relay hears the client itself.
+/// opened; while dialling it only resumes reading) returns `.abort`, and `aborted()` hands the resource back as it
+/// closes the machine; but an EOF while dialling after bytes for the tunnel is a half-close, and the dial goes on.
+/// In `relaying` the relay hears the client itself.
 struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
     enum State {
         /// Between requests. `headDeadline` is set once part of a head has arrived: header_timeout runs from there.
@@ -230,8 +231,9 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
         return true
     }
 
-    /// The client's EOF (a FIN).
-    mutating func clientEOF(_ progress: ExchangeProgress) -> Action {
+    /// The client's EOF (a FIN). `tunnelBytesWaiting`: the client sent bytes after a CONNECT that wait, unread, for
+    /// the tunnel being dialled.
+    mutating func clientEOF(_ progress: ExchangeProgress, tunnelBytesWaiting: Bool = false) -> Action {
         switch state {
         case .awaitingHead:
             // Idle: a normal end. A partial head: it will never be complete.
@@ -255,6 +257,12 @@ struct ConnectionStateMachine<Clock: MonotonicClock, Tunnel: TunnelResources> {
         case .closing(.lingering):
             state = .closed
             return .abort(reset: false)
+        case .dialling where tunnelBytesWaiting:
+            // A half-close inside the tunnel-to-be: the client sent what it had for the service and shut its write
+            // half, and wants the answer (RFC 9110 §9.3.6: a tunnel carries each direction's end). The dial goes
+            // on; the stream reads no more, and the relay meets the FIN again in the socket after those bytes. A
+            // FIN with nothing sent is taken as the client leaving: the dial ends at once.
+            return .none
         case .dialling, .awaitingTunnelBytes:
             return .abort(reset: false)  // the state keeps its resource for `aborted()`
         case .relaying, .closed:

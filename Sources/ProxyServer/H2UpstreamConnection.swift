@@ -326,8 +326,8 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     /// The handshake is done: h2 selected starts the session, anything else fails the waiting exchanges.
     private func sessionStarts() {
         guard transport.selectedApplicationProtocol == "h2" else {
-            // `protocol = "auto"`: the server is remembered as HTTP/1.1 and the waiting exchanges that may be
-            // retried go over HTTP/1.1; `protocol = "h2"`: the server must select h2, they are answered 502.
+            // `protocol = "auto"`: the server is remembered as HTTP/1.1 and every waiting exchange goes over
+            // HTTP/1.1 (none of it was sent yet); `protocol = "h2"`: the server must select h2, they are answered 502.
             if key.httpProtocol == .auto {
                 worker.h2Pool.learnHTTP11(key)
                 handOverToHTTP11()

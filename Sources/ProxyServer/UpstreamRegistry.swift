@@ -1,4 +1,5 @@
-/// The HTTP/1.1 upstream connections a worker has open, pooled or serving an exchange: each lives here from its
+/// The upstream connections a worker has open (HTTP/1.1 ones and the transports under its HTTP/2 connections),
+/// pooled or serving an exchange: each lives here from its
 /// start until it closes (`UpstreamConnection.close`, the one place that unregisters it), so that no connection
 /// is left reading for an owner that went. Apart from the worker so that what closing does to it can be checked
 /// without an event loop running.

@@ -221,6 +221,18 @@ private func machine() -> Machine {
         #expect(m.tunnelDialled() == nil)  // a late report finds nothing to hand back
     }
 
+    @Test func aFinAfterBytesForTheTunnelIsAHalfCloseAndTheDialGoesOn() {
+        var m = machine()
+        let dialer = FakeResource("dialer"), relay = FakeResource("relay")
+        m.headParsed(keepAlive: true)
+        m.tunnelDialling(dialer)
+        #expect(m.clientEOF(responseOwed, tunnelBytesWaiting: true) == .none)
+        #expect(m.state == .dialling(dialer))
+        #expect(m.tunnelDialled() === dialer)
+        m.relayStarted(relay)  // the relay carries the bytes, then the FIN it finds in the socket
+        #expect(m.relayEnded() === relay)
+    }
+
     @Test func anOpenedTunnelWaitsForItsFirstBytesThenRequestsInsideStartAfresh() {
         var m = machine()
         let opened = FakeResource("opened")
