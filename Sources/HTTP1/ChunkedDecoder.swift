@@ -5,7 +5,7 @@
 /// framing anew in canonical form. Chunk extensions are validated and dropped. The trailer section (RFC 9112
 /// §7.1.2) is checked line by line with the rules of a header section and held to its limits (`trailerLimits`:
 /// `max_header_bytes` and the field count); each field line that may be forwarded is a `.trailerField` step, the
-/// others (`TrailerFields.isDropped`) are skipped.
+/// others (`TrailerFields.isDropped`, and those the head's `Connection` field names) are skipped.
 public struct ChunkedDecoder: Sendable {
     public enum Step: Equatable, Sendable {
         /// Drop this many bytes of framing.
@@ -42,6 +42,9 @@ public struct ChunkedDecoder: Sendable {
     var trailerScan = 0
     /// The limits of a head, which the trailer section is held to as well.
     let trailerLimits: HeadLimits
+    /// The connection options of the message's head (`TrailerFields.connectionOptions`): fields of these names are
+    /// dropped from the trailer section as from the head (RFC 9110 §7.6.1: "any header or trailer field(s)").
+    public var connectionOptions: [[UInt8]] = []
     /// Whether chunk lines outside the grammar that other recipients read anyway are accepted: whitespace after
     /// the size or after an extension, an extension of any visible bytes after a ";". For responses, whose
     /// extensions are dropped and whose chunks are written anew: an upstream that pads its chunk sizes (nginx,
@@ -123,7 +126,8 @@ public struct ChunkedDecoder: Sendable {
                 throw HTTPParseError.inTrailerSection(.tooManyHeaders(limit: trailerLimits.maxHeaderCount))
             }
             let nameEnd = try Self.checkFieldLine(UnsafeRawBufferPointer(rebasing: bytes[0..<lineEnd]))
-            if TrailerFields.isDropped(UnsafeBufferPointer(rebasing: bytes.bindMemory(to: UInt8.self)[0..<nameEnd])) {
+            let name = UnsafeBufferPointer(rebasing: bytes.bindMemory(to: UInt8.self)[0..<nameEnd])
+            if TrailerFields.isDropped(name) || TrailerFields.isNamed(name, by: connectionOptions) {
                 return .skip(lineEnd + 2)
             }
             trailerFieldsPassed += 1

@@ -4,7 +4,8 @@
 /// framing, routing, credentials or controls after the fact:
 /// - framing and the connection: Content-Length, Transfer-Encoding, Trailer, Connection, Keep-Alive,
 ///   Proxy-Connection, TE, Upgrade; and every `Proxy-*` field (credentials and status of the client-proxy hop);
-/// - routing: Host;
+/// - routing: Host, and the fields some frameworks read as the request path (X-Original-URL, X-Rewrite-URL,
+///   X-Original-URI), which no head carries upstream either;
 /// - authentication and state: Authorization, WWW-Authenticate, Cookie, Set-Cookie;
 /// - request modifiers and response controls: Expect, Max-Forwards, Range, If-Match, If-None-Match,
 ///   If-Modified-Since, If-Unmodified-Since, If-Range, Cache-Control, Pragma, Expires, Age, Vary, Location,
@@ -15,7 +16,9 @@
 public enum TrailerFields {
     @inline(__always)
     public static func isDropped(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
-        if Forwarding.isHopByHop(Forwarding.role(name)) || Forwarding.isProxyField(name) { return true }
+        if Forwarding.isHopByHop(Forwarding.role(name)) || Forwarding.isProxyField(name) || Forwarding.isPathOverrideField(name) {
+            return true
+        }
         switch name.count {
         case 3: return equalsLowercase(name, "age")
         case 4: return equalsLowercase(name, "host") || equalsLowercase(name, "vary")
@@ -34,6 +37,23 @@ public enum TrailerFields {
         case 19: return equalsLowercase(name, "if-unmodified-since")
         default: return false
         }
+    }
+
+    /// The options a head's `Connection` fields list, lowercased, for `isNamed(_:by:)`: a field they name is
+    /// removed from the trailer section as from the head (RFC 9110 §7.6.1). Empty, without allocating, for a head
+    /// without `Connection`.
+    public static func connectionOptions(_ headers: HTTPHeaders) -> [[UInt8]] {
+        guard headers.contains(static: "Connection") else { return [] }
+        return headers.listElements("Connection").map { Array($0.lowercased().utf8) }
+    }
+
+    /// Whether `name` is one of `options` (lowercased, from `connectionOptions`), case-insensitively.
+    @inline(__always)
+    public static func isNamed(_ name: UnsafeBufferPointer<UInt8>, by options: [[UInt8]]) -> Bool {
+        for option in options where option.count == name.count {
+            if option.withUnsafeBufferPointer({ bytesEqualIgnoringASCIICase(name, $0) }) { return true }
+        }
+        return false
     }
 
     public static func isDropped(_ name: String) -> Bool {

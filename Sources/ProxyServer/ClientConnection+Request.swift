@@ -79,9 +79,11 @@ extension ClientConnection {
         exchange.request = head
         openRecord(method: head.method)
         let framing = Result { try BodyFraming.forRequest(head) }
-        // A chunked body's trailer section is held to the head's limits (read from the runtime only then).
+        // A chunked body's trailer section is held to the head's limits (read from the runtime only then) and loses
+        // the fields its Connection field names.
         if case .success(.chunked) = framing {
-            exchange.requestBody = Exchange.RequestBody(.chunked, limits: runtime.limits)
+            exchange.requestBody = Exchange.RequestBody(.chunked, limits: runtime.limits,
+                                                        connectionOptions: TrailerFields.connectionOptions(head.headers))
         } else {
             exchange.requestBody = Exchange.RequestBody(framing)
         }

@@ -13,11 +13,15 @@ struct Exchange {
         case unframed
         case done
 
-        /// `limits`: those of a head, which a trailer section is held to as well.
-        init(_ framing: BodyFraming, limits: HeadLimits = HeadLimits()) {
+        /// `limits`: those of a head, which a trailer section is held to as well; `connectionOptions`: what the head's
+        /// `Connection` names, dropped from the trailer section too.
+        init(_ framing: BodyFraming, limits: HeadLimits = HeadLimits(), connectionOptions: [[UInt8]] = []) {
             switch framing {
             case .contentLength(let n): self = .contentLength(remaining: n)
-            case .chunked: self = .chunked(ChunkedDecoder(trailerLimits: limits))
+            case .chunked:
+                var decoder = ChunkedDecoder(trailerLimits: limits)
+                decoder.connectionOptions = connectionOptions
+                self = .chunked(decoder)
             case .none, .untilClose: self = .done
             }
         }
@@ -166,6 +170,7 @@ extension Exchange {
         record.ttfbMs = (monotonicMicros() - startMicros) / 1000
         clientFraming = Forwarding.clientFraming(upstream: framing, clientVersion: requestVersion)
         responseDecoder = ChunkedDecoder.forResponse(trailerLimits: limits)
+        if framing == .chunked { responseDecoder.connectionOptions = TrailerFields.connectionOptions(responseHead.headers) }
         upstreamAllowsReuse = responseHead.allowsReuse
         // Only a response without a body by rule can announce one it must not have (see `UpstreamReuse`).
         if framing == .none, method == "HEAD" || status == 204 || status == 304 {

@@ -154,6 +154,27 @@ private func decode(_ input: String, step: Int = 1_000_000, decoder: ChunkedDeco
                 + "Set-Cookie: a=b\r\ngrpc-status:0\r\nTransfer-Encoding: chunked\r\n\r\n".utf8.count)  // "NEXT" stays
     }
 
+    /// The fields a request head never carries upstream because frameworks read them as the path are dropped too.
+    @Test(arguments: ["X-Original-URL", "x-rewrite-url", "X-ORIGINAL-URI"])
+    func pathOverrideFieldsAreDropped(_ name: String) throws {
+        #expect(TrailerFields.isDropped(name))
+        #expect(try decode("0\r\n\(name): /admin\r\nx-ok: 1\r\n\r\n").trailers == ["x-ok: 1\r\n"])
+    }
+
+    /// RFC 9110 §7.6.1: a field the head's Connection field names is removed from the trailer section as well.
+    @Test func fieldsTheConnectionFieldNamesAreDropped() throws {
+        var headers = HTTPHeaders()
+        headers.add("Connection", "keep-alive, X-Hop")
+        headers.add("connection", "x-other")
+        var decoder = ChunkedDecoder()
+        decoder.connectionOptions = TrailerFields.connectionOptions(headers)
+        for step in [1, 1000] {
+            let r = try decode("0\r\nx-hop: 1\r\nX-HOP: 2\r\nx-hopper: 3\r\nX-Other: 4\r\nx-ok: 5\r\n\r\n", step: step, decoder: decoder)
+            #expect(r.trailers == ["x-hopper: 3\r\n", "x-ok: 5\r\n"])
+        }
+        #expect(TrailerFields.connectionOptions(HTTPHeaders()).isEmpty)
+    }
+
     @Test func aDroppedFieldIsNotCountedAsPassed() throws {
         var decoder = ChunkedDecoder()
         let bytes = Array("0\r\nContent-Length: 1\r\nx-a: 1\r\n\r\n".utf8)

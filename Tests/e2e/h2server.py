@@ -10,6 +10,8 @@ subject (GET /_stats). Paths say what to answer, including faults sent on cue:
   /trailers              a body, then a trailer section (x-checksum)
   /echo-trailers         200 without content-length: a JSON body of the request's trailer fields and its te field,
                          then a trailer section (grpc-status 0, x-echoed: how many request trailer fields came)
+  /framing-trailers      200 without content-length, "hello", then a trailer section of fields a trailer section
+                         may not carry through the proxy (set-cookie, host, authorization...) and x-fine
   /sized-trailers        200 with content-length 5, "hello", then a trailer section (x-checksum)
   /rst-before            RST_STREAM INTERNAL_ERROR before any head
   /rst-after             the head and some DATA, then RST_STREAM INTERNAL_ERROR
@@ -276,6 +278,12 @@ class H2Protocol(asyncio.Protocol):
             respond(200, [("content-type", "application/json")])
             await self.send_body(stream_id, data, end=False)
             self.conn.send_headers(stream_id, [("grpc-status", "0"), ("x-echoed", str(len(trailers)))], end_stream=True)
+        elif path == "/framing-trailers":
+            respond(200)
+            await self.send_body(stream_id, b"hello", end=False)
+            self.conn.send_headers(stream_id, [("set-cookie", "a=b"), ("host", "evil.test"), ("authorization", "Bearer x"),
+                                               ("proxy-authenticate", "Basic"), ("trailer", "x-fine"), ("location", "/evil"),
+                                               ("content-type", "text/evil"), ("x-fine", "1")], end_stream=True)
         elif path == "/sized-trailers":
             respond(200, [("content-length", "5")])
             await self.send_body(stream_id, b"hello", end=False)

@@ -329,6 +329,13 @@ class HTTP2Upstream(unittest.TestCase):
         self.assertEqual(echo["trailers"], [["x-request-checksum", "123"], ["x-ok", "1"]])
         self.assertEqual(r["trailers"], ["grpc-status: 0", "x-echoed: 2"])
 
+    def test_fields_that_must_not_be_trailers_are_dropped_from_the_response(self):
+        # docs/trailers.md: the same fields are dropped both ways, whichever protocol the upstream speaks.
+        r = send(get(self.host, b"/framing-trailers"))
+        self.assertFalse(r["truncated"], r)
+        self.assertEqual(r["body"], b"hello")
+        self.assertEqual(r["trailers"], ["x-fine: 1"])
+
     def test_a_large_chunked_upload_then_its_trailers(self):
         body = bytes(range(256)) * 4096  # 1 MiB, sent as one chunk the proxy re-frames as DATA frames
         r = send(post(self.host, b"/echo-trailers", [b"x-sha: 1"], body=body), timeout=20)
@@ -348,9 +355,17 @@ class HTTP2Upstream(unittest.TestCase):
             s.close()
 
     def test_a_malformed_request_trailer_is_400(self):
-        r = send(post(self.host, b"/echo-trailers", [b"x-a: " + SECRET.encode() + b"\x00"]))
-        self.assertEqual(r["status"], 400, r)
-        self.assertNotIn(SECRET.encode(), r["body"])
+        for bad in [b"x-a: " + SECRET.encode() + b"\x00", b"x-a: " + SECRET.encode() + b"\rx-b: 1", b":authority: evil.test",
+                    b":status: 200", b"x-a: 1\r\n\tx-b: " + SECRET.encode()]:
+            with self.subTest(bad=bad):
+                r = send(post(self.host, b"/echo-trailers", [bad]))
+                self.assertEqual(r["status"], 400, r)
+                self.assertNotIn(SECRET.encode(), r["body"])
+
+    def test_fields_named_by_connection_and_connection_specific_ones_never_reach_the_trailer_headers_frame(self):
+        r = send(post(self.host, b"/echo-trailers", [b"X-Hop: 1", b"Keep-Alive: 1", b"Upgrade: h2c", b"Proxy-Connection: x",
+                                                     b"TE: trailers", b"X-Upper-Case: 1"], extra=b"Connection: X-Hop\r\n"))
+        self.assertEqual(json.loads(r["body"])["trailers"], [["x-upper-case", "1"]], r)
 
 
 if __name__ == "__main__":
