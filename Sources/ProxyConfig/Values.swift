@@ -11,6 +11,10 @@ public struct TimeSpan: Sendable, Hashable, Comparable, CustomStringConvertible 
         return "\(milliseconds / 1000)s"
     }
 
+    /// The longest duration written: 999999999h (in milliseconds, far from an Int's end, so that a deadline
+    /// `now + span`, or the span in microseconds, cannot overflow).
+    public static let longest = 999_999_999 * 3_600_000
+
     public static func parse(_ text: String) -> TimeSpan? {
         var total = 0
         var number = 0
@@ -32,7 +36,11 @@ public struct TimeSpan: Sendable, Hashable, Comparable, CustomStringConvertible 
             else if c == UInt8(ascii: "m") { unit = 60_000; chars = chars.dropFirst() }
             else if c == UInt8(ascii: "h") { unit = 3_600_000; chars = chars.dropFirst() }
             else { return nil }
-            total += number * unit
+            // Parts that add up beyond the longest one part can say are no duration (the loader names the key),
+            // never an arithmetic overflow here or where a deadline is computed from it.
+            let (sum, overflow) = total.addingReportingOverflow(number * unit)
+            guard !overflow, sum <= Self.longest else { return nil }
+            total = sum
             number = 0
             digits = 0
         }

@@ -220,14 +220,21 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
         let handler = onClose
         onClose = nil
         handler?(self)  // out of the pool first: the waiting streams must not come back here
-        let waiting = starting.filter { $0.streamID == 0 }
-        starting.removeAll { $0.streamID == 0 }
-        let replace = onOverflow
-        for stream in waiting {
-            stream.connection = nil
-            replace?(stream)
-        }
+        moveUnopened(with: onOverflow)
         fail(.connection(.readTimeout), why: nil)
+    }
+
+    /// Streams attached here that never opened (nothing of them went out, whatever their method or body) go to
+    /// another connection of the key, through `replace` (the pool's). The connection must be out of the pool.
+    private func moveUnopened(with replace: ((H2UpstreamStream) -> Void)?) {
+        guard let replace else { return }
+        let unopened = starting.filter { $0.streamID == 0 }
+        guard !unopened.isEmpty else { return }
+        starting.removeAll { $0.streamID == 0 }
+        for stream in unopened {
+            stream.connection = nil
+            replace(stream)
+        }
     }
 
     /// Moves what the streams' exchanges queued into the session, gives back the windows their clients freed,
@@ -448,6 +455,17 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
     private func fail(_ event: H2StreamFailure, why: String?) {
         guard !closed else { return }
         if let why { worker.logger.warning("upstream \(key.host):\(key.port) (\(routeLabel)): \(why); connection closed") }
+        // A pooled connection (it carried streams) that ends while streams wait to open on it (for a PING's
+        // answer, or for their turn): those go to another connection, as on a retirement. Not on a connection that
+        // never carried a stream, so that a server that fails every connection cannot keep them moving.
+        if case .connection = event, streamsOpened > 0, starting.contains(where: { $0.streamID == 0 }) {
+            let replace = onOverflow
+            goingAway = true
+            let handler = onClose
+            onClose = nil
+            handler?(self)
+            moveUnopened(with: replace)
+        }
         failure = event
         let all = starting + Array(streams.values)
         starting.removeAll()
@@ -501,6 +519,12 @@ final class H2UpstreamConnection: EventHandler, UpstreamChannelOwner, H2ClientSe
             for stream in streams.values where stream.streamID <= last { stream.goAwayReceived = code }
             onClose?(self)  // out of the pool: no new streams here
             onClose = nil
+            // Streams that had not opened yet (waiting for a PING's answer, say) cannot open here any more: they
+            // go to another connection whatever their method or body, rather than being refused by nghttp2. Only
+            // from a connection that carried streams: a server that sends GOAWAY with its first SETTINGS on every
+            // connection would otherwise have them move from new connection to new connection for ever (they
+            // are refused here instead, and the exchange's retry rule decides).
+            if streamsOpened > 0 { moveUnopened(with: onOverflow) }
         case .settings:
             let first = !settingsReceived
             settingsReceived = true

@@ -99,4 +99,17 @@ import Testing
         #expect(r?.key == "route[1].h2_ping_timeout")
         #expect(r?.message.contains("duration") == true, "\(String(describing: r?.message))")
     }
+
+    /// A duration whose parts add up beyond what an Int holds is refused with the key's error, not a crash of the
+    /// loader (arithmetic overflow in `TimeSpan.parse`); the largest one part may say still loads.
+    @Test(arguments: ["h2_ping_interval", "h2_ping_timeout", "idle_timeout"])
+    func aDurationTooLargeToCountIsRefusedNotACrash(key: String) {
+        let huge = String(repeating: "999999999h", count: 3000)
+        let r = configError(route + "\(key) = \"\(huge)\"\n")
+        #expect(r?.key == "route[1].\(key)")
+        #expect(TimeSpan.parse(huge) == nil)
+        #expect(TimeSpan.parse("999999999h")?.milliseconds == 999_999_999 * 3_600_000)
+        #expect(TimeSpan.parse("999999999h1ms") == nil)
+        #expect(TimeSpan.parse("1h1m1s1ms")?.milliseconds == 3_661_001)
+    }
 }

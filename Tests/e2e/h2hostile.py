@@ -29,14 +29,24 @@ library reports it, "raw-reset" for every RST_STREAM frame read off the connecti
   /refuse-first          the first time since /_clear: RST_STREAM REFUSED_STREAM, and that connection refuses it
                          every time after; on any other connection 200 with the connection's number
 
+  /ping-mode/M           200, then this connection answers the PINGs it gets as M says: goaway-close (GOAWAY
+                         ENHANCE_YOUR_CALM naming the last stream it took, instead of the ACK, then the TCP
+                         connection closed, as a PING-policing gRPC server does), goaway-open (that GOAWAY, the
+                         connection left open, no ACK); either with -MS: MS milliseconds after the PING; eof-MS
+                         (no ACK, the connection closed MS milliseconds after the PING, without GOAWAY); late-MS (the ACK MS milliseconds late), wrong (an ACK with
+                         other opaque data), flood (2000 unsolicited PING ACKs, then the real one)
+  /refuse-always         RST_STREAM REFUSED_STREAM, every time, on every connection
+
   /git/...               with --git-root DIR: git's smart HTTP (`git http-backend` as CGI over the repositories
                          in DIR), for a real client's clone and push through the proxy
 
 Every PING the proxy sends is recorded too (event "ping", with the connection).
 
 With --silent the server completes the TLS handshake (ALPN h2) and then says nothing at all: no SETTINGS.
+With --goaway-at-once every connection sends its SETTINGS and, in the same write, GOAWAY (last stream 0), and is
+left open: nothing is ever processed.
 
-Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--git-root DIR]
+Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--goaway-at-once] [--git-root DIR]
 """
 import argparse, asyncio, json, os, ssl
 
@@ -54,8 +64,9 @@ def frame(kind, flags, stream_id, payload):
 
 
 class Hostile(asyncio.Protocol):
-    def __init__(self, max_streams, silent=False):
+    def __init__(self, max_streams, silent=False, goaway_at_once=False):
         self.silent = silent
+        self.goaway_at_once = goaway_at_once
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8", validate_inbound_headers=False,
                                            validate_outbound_headers=False, normalize_outbound_headers=False)
         self.conn = h2.connection.H2Connection(config=config)
@@ -67,6 +78,8 @@ class Hostile(asyncio.Protocol):
         self.raw = bytearray()
         self.preface = 24
         self.muted = False
+        self.ping_mode = None
+        self.last_stream = 0
 
     def connection_made(self, transport):
         self.transport = transport
@@ -79,6 +92,9 @@ class Hostile(asyncio.Protocol):
             return
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        if self.goaway_at_once:
+            self.transport.write(self.conn.data_to_send() + frame(0x7, 0, 0, (0).to_bytes(8, "big")))
+            self.record("connection", 0)
         self.flush()
 
     def connection_lost(self, exc):
@@ -123,6 +139,7 @@ class Hostile(asyncio.Protocol):
                 headers = [(k, v) for k, v in event.headers]
                 self.requests[event.stream_id] = dict(headers=dict(headers), list=headers, body=bytearray())
                 self.record("stream", event.stream_id)
+                self.last_stream = max(self.last_stream, event.stream_id)
                 path = dict(headers).get(":path", "")
                 if path in ("/rst-no-error",):
                     self.conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "4")])
@@ -156,7 +173,39 @@ class Hostile(asyncio.Protocol):
                 self.record("reset", event.stream_id, code=int(event.error_code))
             elif isinstance(event, h2.events.PingReceived):
                 self.record("ping", 0)
+                if self.ping_mode:
+                    self.misanswer_ping(event.ping_data)
+                    return
         self.flush()
+
+    def misanswer_ping(self, opaque):
+        """Answers a PING as `ping_mode` says (h2 queued the right ACK: it is dropped or sent late)."""
+        pending = self.conn.data_to_send()
+        mode = self.ping_mode
+        if mode.startswith("goaway"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            delay = int(mode.split("-")[2]) / 1000 if mode.count("-") == 2 else 0
+            asyncio.get_event_loop().call_later(delay, self.goaway_for_ping, mode.startswith("goaway-close"))
+        elif mode.startswith("eof-"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            asyncio.get_event_loop().call_later(int(mode[4:]) / 1000, self.transport.close)
+        elif mode.startswith("late-"):
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), b""))
+            asyncio.get_event_loop().call_later(int(mode[5:]) / 1000, self.raw_if_open, frame(0x6, 0x1, 0, opaque))
+        elif mode == "wrong":
+            self.transport.write(pending.replace(frame(0x6, 0x1, 0, opaque), frame(0x6, 0x1, 0, b"WRONGWRO")))
+        elif mode == "flood":
+            self.transport.write(frame(0x6, 0x1, 0, b"unasked!") * 2000 + pending)
+
+    def goaway_for_ping(self, close):
+        self.raw_if_open(frame(0x7, 0, 0, self.last_stream.to_bytes(4, "big") + (0xb).to_bytes(4, "big")))
+        if close and not self.closed:
+            self.transport.close()
+            self.closed = True
+
+    def raw_if_open(self, data):
+        if not self.closed:
+            self.transport.write(data)
 
     def rst(self, stream_id, code):
         try:
@@ -307,6 +356,13 @@ class Hostile(asyncio.Protocol):
                 data = json.dumps(dict(conn=self.number)).encode()
                 respond(200, [("content-length", str(len(data)))])
                 await self.send_body(sid, data)
+        elif path.startswith("/ping-mode/"):
+            data = json.dumps(dict(conn=self.number)).encode()
+            respond(200, [("content-length", str(len(data)))])
+            await self.send_body(sid, data)
+            self.ping_mode = path[len("/ping-mode/"):]
+        elif path == "/refuse-always":
+            self.rst(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif path == "/nolen-drop":
             respond(200)
             self.conn.send_data(sid, b"z" * 1000)
@@ -325,6 +381,7 @@ def main():
     parser.add_argument("--ca", required=True)
     parser.add_argument("--max-streams", type=int, default=100)
     parser.add_argument("--silent", action="store_true")
+    parser.add_argument("--goaway-at-once", action="store_true")
     parser.add_argument("--git-root")
     args = parser.parse_args()
     GIT_ROOT[0] = args.git_root
@@ -336,7 +393,7 @@ def main():
     ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent), "127.0.0.1", args.port, ssl=ctx))
+    loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent, args.goaway_at_once), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)
     loop.run_forever()
 
