@@ -23,6 +23,14 @@ import contextlib, json, os, shlex, shutil, socket, subprocess, sys, threading
 
 import harness
 
+try:
+    import h2  # noqa: F401 (only whether h2server.py and h2hostile.py can run)
+    HAVE_H2 = True
+except ImportError:
+    HAVE_H2 = False
+# Why an HTTP/2 suite skips when HAVE_H2 is false.
+NO_H2 = "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)"
+
 # The [intercept] table of a proxy that intercepts CONNECT with a local CA kept in state/ beside its config
 # (`Fixture.local_ca` makes that CA).
 INTERCEPT = '[intercept]\nca_cert = "state/local-ca.pem"\nca_key = "state/local-ca.key"\n'
@@ -59,6 +67,12 @@ def proxy_section(port, workers=1, admin=None, intercept=False, **settings):
     if admin is not None:
         text += table("[admin]", listen=loopback(admin))
     return text + (INTERCEPT if intercept else "")
+
+
+def json_log_proxy(port, admin, **settings):
+    """The head of a config whose proxy answers the test on loopback `port` (one worker, and `settings`), has its
+    admin listener on loopback `admin`, logs JSON lines and has the identity "us" (harness.US_IDENTITY)."""
+    return proxy_section(port, admin=admin, **settings) + table("[log]", format="json") + harness.US_IDENTITY
 
 
 def route(host, **keys):
@@ -206,6 +220,55 @@ def echo(conn):
         conn.sendall(data)
 
 
+def start_tls_script(procs, pki, script, port, *args, log=None, cert="server", ca="ca", **popen):
+    """One of the small TLS servers of this folder (h2server.py, h2hostile.py, ws_echo.py ...) on loopback `port`,
+    with pki/`cert` and client certificates checked against pki/`ca`, and `args` after those; its output to
+    nowhere, or its stderr to the file `log` (`popen` may say otherwise). Waits until it listens; returns it."""
+    if log is not None:
+        popen.setdefault("stderr", open(log, "w"))
+    popen.setdefault("stdout", subprocess.DEVNULL)
+    popen.setdefault("stderr", subprocess.DEVNULL)
+    process = procs.start([sys.executable, os.path.join(harness.HERE, script), "--port", str(port),
+                           "--cert", f"{pki}/{cert}.pem", "--key", f"{pki}/{cert}.key", "--ca", f"{pki}/{ca}.pem", *args],
+                          **popen)
+    harness.wait_for_port(port)
+    return process
+
+
+def stop_processes(env):
+    """tearDownModule's one line for a suite that keeps its harness.Processes in ENV["procs"] (nothing if its
+    set-up never got that far)."""
+    if "procs" in env:
+        env["procs"].stop_all()
+
+
+def proxy_session(url):
+    """A requests session that sends everything through the proxy at `url` (plain http://), ignoring the
+    environment's proxy variables."""
+    import requests
+    s = requests.Session()
+    s.trust_env = False
+    s.proxies = {"http": url}
+    return s
+
+
+class ProxyStaysUp:
+    """A mixin for a unittest.TestCase whose class attribute `env` is the suite's ENV (with "proxy", the process
+    its set-up started, or nothing when it did not start one): skips without the h2 library, fails a test that
+    starts without the proxy running or ends with it gone (a crash)."""
+    env = {}
+
+    def setUp(self):
+        if not HAVE_H2:
+            self.skipTest(NO_H2)
+        self.assertIsNotNone(self.env.get("proxy"), "the proxy is not running")
+        self.assertIsNone(self.env["proxy"].poll(), "the proxy is not running")
+
+    def tearDown(self):
+        if HAVE_H2 and self.env.get("proxy") is not None:
+            self.assertIsNone(self.env["proxy"].poll(), "the proxy exited (crash?)")
+
+
 def tear_down(env, remove=False):
     """tearDownModule's one line: stops and closes what the suite's fixture started (nothing if it never did);
     with `remove`, deletes its folder too (for suites that leave large files behind)."""
@@ -306,13 +369,14 @@ class Fixture:
         """recorder.py on port `name`, each request it receives a JSON line in `log` (in the fixture's folder)."""
         harness.start_recorder(self.procs, self.pki, self.ports[name], self.path(log), **options)
 
-    def tls_script(self, script, name, *args, cert="server", ca="ca", **popen):
+    def tls_script(self, script, name, *args, cert="server", ca="ca", log=None, **popen):
         """One of the small TLS servers of this folder (ws_echo.py, faulty.py, client_upstream.py ...) on port
-        `name`, with the certificate `cert` and client certificates checked against `ca`; waits until it listens."""
-        self.procs.start([sys.executable, os.path.join(harness.HERE, script), "--port", str(self.ports[name]),
-                          "--cert", f"{self.pki}/{cert}.pem", "--key", f"{self.pki}/{cert}.key", "--ca", f"{self.pki}/{ca}.pem",
-                          *args], **popen)
-        harness.wait_for_port(self.ports[name])
+        `name`, with the certificate `cert` and client certificates checked against `ca`; waits until it listens.
+        Its output goes where this process's goes, or with `log`, its stderr to that file (and stdout nowhere)."""
+        if log is None:  # its output inherited, unless the caller says otherwise
+            popen.setdefault("stdout", None)
+            popen.setdefault("stderr", None)
+        start_tls_script(self.procs, self.pki, script, self.ports[name], *args, log=log, cert=cert, ca=ca, **popen)
 
     def server(self, server):
         """An in-process server (a harness.ThreadedServer or TLSUpstream), closed with the fixture; returns it."""
