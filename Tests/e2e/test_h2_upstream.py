@@ -6,13 +6,8 @@ Clients: curl and Python requests. Faults are sent by h2server.py on cue (see it
 import concurrent.futures, hashlib, json, os, shutil, subprocess, sys, tempfile, threading, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-
-try:
-    import h2  # noqa: F401
-    HAVE_H2 = True
-except ImportError:
-    HAVE_H2 = False
+import fixture, harness  # noqa: E402
+from fixture import HAVE_H2, NO_H2  # noqa: E402
 NGHTTPD = shutil.which("nghttpd")
 ENV = {}
 
@@ -34,20 +29,11 @@ def setUpModule():
     proxy_port, h2_port, ng_port, h11_port = harness.free_port(), harness.free_port(), harness.free_port(), harness.free_port()
     admin_port, ms_port = harness.free_port(), harness.free_port()
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h2_port),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/h2server.log", "w"))
-        harness.wait_for_port(h2_port)
+        fixture.start_tls_script(procs, pki, "h2server.py", h2_port, log=f"{d}/h2server.log")
         # The same server speaking only HTTP/1.1 (ALPN http/1.1).
-        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(h11_port), "--http11-only",
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/h11server.log", "w"))
-        harness.wait_for_port(h11_port)
+        fixture.start_tls_script(procs, pki, "h2server.py", h11_port, "--http11-only", log=f"{d}/h11server.log")
         # The same server taking 2 streams at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS = 2).
-        procs.start([sys.executable, os.path.join(harness.HERE, "h2server.py"), "--port", str(ms_port), "--max-streams", "2",
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/msserver.log", "w"))
-        harness.wait_for_port(ms_port)
+        fixture.start_tls_script(procs, pki, "h2server.py", ms_port, "--max-streams", "2", log=f"{d}/msserver.log")
         ng_route = ""
         if NGHTTPD:
             os.makedirs(f"{d}/htdocs/ng")
@@ -66,15 +52,7 @@ connect = "127.0.0.1:{ng_port}"
 """
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-max_header_bytes = 262144
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-{harness.US_IDENTITY}
+{fixture.json_log_proxy(proxy_port, admin_port, max_header_bytes=262144)}
 [identities.eu]
 cert = "pki/fusion-eu.pem"
 key = "pki/fusion-eu.key"
@@ -145,8 +123,7 @@ connect = "127.0.0.1:{h2_port}"
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    fixture.stop_processes(ENV)
 
 
 def curl(*args, timeout=30):
@@ -154,11 +131,7 @@ def curl(*args, timeout=30):
 
 
 def requests_session():
-    import requests
-    s = requests.Session()
-    s.trust_env = False
-    s.proxies = {"http": ENV["url"]}
-    return s
+    return fixture.proxy_session(ENV["url"])
 
 
 URL = "http://api.mygreatbank.test"
@@ -178,7 +151,7 @@ def subject_streams(data, cn):
     return next((v for k, v in data.items() if k.endswith(f"commonName={cn}")), [])
 
 
-@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+@unittest.skipUnless(HAVE_H2, NO_H2)
 class H2Upstream(unittest.TestCase):
     def test_get_with_curl(self):
         r = curl("-i", f"{URL}/hello")
@@ -395,7 +368,7 @@ def driver(args, tag):
     return json.loads(lines[-1]), hashlib.sha256(open(upload, "rb").read()).hexdigest()
 
 
-@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+@unittest.skipUnless(HAVE_H2, NO_H2)
 class H2ClientMatrix(unittest.TestCase):
     """The client matrix's drivers through an h2 route: GET, POST, a 4 MiB upload with Expect: 100-continue,
     keep-alive, an 8 MiB download with its SHA-256."""
@@ -456,7 +429,7 @@ class H2ClientMatrix(unittest.TestCase):
         self.assertEqual(result["upload"].get("expect"), "100-continue", result)
 
 
-@unittest.skipUnless(HAVE_H2, "python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
+@unittest.skipUnless(HAVE_H2, NO_H2)
 class H2UpstreamFaults(unittest.TestCase):
     def test_rst_stream_before_head_is_502_naming_the_h2_error(self):
         r = curl("-i", f"{URL}/rst-before")
