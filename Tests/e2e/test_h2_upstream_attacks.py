@@ -6,13 +6,8 @@ hang, a stream leaking into another identity's connection or a forbidden field r
 import concurrent.futures, json, os, signal, socket, subprocess, sys, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-
-try:
-    import h2  # noqa: F401
-    HAVE_H2 = True
-except ImportError:
-    HAVE_H2 = False
+import fixture, harness  # noqa: E402
+from fixture import HAVE_H2, NO_H2  # noqa: E402
 ENV = {}
 # As scripts/test runs the AddressSanitizer build: a leak report at exit (the TOML parser's) is not this suite's business.
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1")
@@ -29,21 +24,11 @@ def setUpModule():
     ports = dict(main=harness.free_port(), zero=harness.free_port(), one=harness.free_port(), silent=harness.free_port())
     try:
         for name, streams in (("main", 100), ("zero", 0), ("one", 1), ("silent", 100)):
-            procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(ports[name]),
-                         "--max-streams", str(streams), *(["--silent"] if name == "silent" else []),
-                         "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                        stdout=subprocess.DEVNULL, stderr=open(f"{d}/{name}.log", "w"))
-            harness.wait_for_port(ports[name])
+            fixture.start_tls_script(procs, pki, "h2hostile.py", ports[name], "--max-streams", str(streams),
+                                     *(["--silent"] if name == "silent" else []), log=f"{d}/{name}.log")
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-{harness.US_IDENTITY}
+{fixture.json_log_proxy(proxy_port, admin_port)}
 [identities.eu]
 cert = "pki/fusion-eu.pem"
 key = "pki/fusion-eu.key"
@@ -107,8 +92,7 @@ connect = "127.0.0.1:{ports['main']}"
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    fixture.stop_processes(ENV)
 
 
 def curl(*args, timeout=30):
@@ -116,11 +100,7 @@ def curl(*args, timeout=30):
 
 
 def session():
-    import requests
-    s = requests.Session()
-    s.trust_env = False
-    s.proxies = {"http": ENV["url"]}
-    return s
+    return fixture.proxy_session(ENV["url"])
 
 
 def server_log():
@@ -143,16 +123,8 @@ def raw_exchange(request, timeout=10):
         return out
 
 
-class Attacks(unittest.TestCase):
-    def setUp(self):
-        if not HAVE_H2:
-            self.skipTest("python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
-        self.assertIsNotNone(ENV.get("proxy"), "the proxy is not running")
-        self.assertIsNone(ENV["proxy"].poll(), "the proxy is not running")
-
-    def tearDown(self):
-        if HAVE_H2 and ENV.get("proxy") is not None:
-            self.assertIsNone(ENV["proxy"].poll(), "the proxy exited (crash?)")
+class Attacks(fixture.ProxyStaysUp, unittest.TestCase):
+    env = ENV
 
     def assert_still_serving(self):
         r = curl("-i", f"{URL}/headers")
