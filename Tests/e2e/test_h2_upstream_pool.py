@@ -8,13 +8,8 @@ a wrong identity refused) and `git clone` through an `h2` route."""
 import concurrent.futures, hashlib, json, os, shutil, ssl, subprocess, sys, threading, time, unittest, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-
-try:
-    import h2  # noqa: F401
-    HAVE_H2 = True
-except ImportError:
-    HAVE_H2 = False
+import fixture, harness  # noqa: E402
+from fixture import HAVE_H2, NO_H2  # noqa: E402
 ENV = {}
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1")
 NGINX_DOWNLOAD = os.urandom(8 << 20)
@@ -97,11 +92,8 @@ def setUpModule():
     try:
         os.makedirs(f"{d}/gitroot", exist_ok=True)
         for name, streams in (("main", 100), ("one", 1)):
-            procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(ports[name]),
-                         "--max-streams", str(streams), "--git-root", f"{d}/gitroot",
-                         "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                        stdout=subprocess.DEVNULL, stderr=open(f"{d}/{name}.log", "w"))
-            harness.wait_for_port(ports[name])
+            fixture.start_tls_script(procs, pki, "h2hostile.py", ports[name], "--max-streams", str(streams),
+                                     "--git-root", f"{d}/gitroot", log=f"{d}/{name}.log")
         harness.start_python_upstream(procs, pki, ports["h11"], ca="ca", require=True)
         switch = ALPNSwitch(pki)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "www/dav"):
@@ -115,14 +107,7 @@ def setUpModule():
         harness.wait_for_port(ports["nginx"])
         with open(f"{d}/proxy.conf", "w") as f:
             f.write(f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-{harness.US_IDENTITY}
+{fixture.json_log_proxy(proxy_port, admin_port)}
 [identities.rogue]
 cert = "pki/rogue.pem"
 key = "pki/rogue.key"
@@ -270,16 +255,11 @@ connect = "127.0.0.1:{ports['nginx']}"
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    fixture.stop_processes(ENV)
 
 
 def session():
-    import requests
-    s = requests.Session()
-    s.trust_env = False
-    s.proxies = {"http": ENV["url"]}
-    return s
+    return fixture.proxy_session(ENV["url"])
 
 
 def server_log(host="refused.mygreatbank.test"):
@@ -294,16 +274,8 @@ def opened_upstreams():
     return harness.metric(metrics(), "mtls_proxy_upstream_connections_total", absent=0.0, result="opened")
 
 
-class Pool(unittest.TestCase):
-    def setUp(self):
-        if not HAVE_H2:
-            self.skipTest("python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
-        self.assertIsNotNone(ENV.get("proxy"), "the proxy is not running")
-        self.assertIsNone(ENV["proxy"].poll(), "the proxy is not running")
-
-    def tearDown(self):
-        if HAVE_H2 and ENV.get("proxy") is not None:
-            self.assertIsNone(ENV["proxy"].poll(), "the proxy exited (crash?)")
+class Pool(fixture.ProxyStaysUp, unittest.TestCase):
+    env = ENV
 
     # 1. PING liveness
 
