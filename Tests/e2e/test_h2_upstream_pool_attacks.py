@@ -9,13 +9,8 @@ are handed over (they finish)."""
 import concurrent.futures, json, os, random, signal, socket, ssl, subprocess, sys, threading, time, unittest, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
-
-try:
-    import h2  # noqa: F401
-    HAVE_H2 = True
-except ImportError:
-    HAVE_H2 = False
+import fixture, harness  # noqa: E402
+from fixture import HAVE_H2, NO_H2  # noqa: E402
 ENV = {}
 os.environ.setdefault("ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1")
 
@@ -127,15 +122,9 @@ def setUpModule():
     procs = harness.Processes()
     proxy_port, admin_port, hostile = harness.free_port(), harness.free_port(), harness.free_port()
     try:
-        procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(hostile),
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                    stdout=subprocess.DEVNULL, stderr=open(f"{d}/hostile.log", "w"))
-        harness.wait_for_port(hostile)
+        fixture.start_tls_script(procs, pki, "h2hostile.py", hostile, log=f"{d}/hostile.log")
         goaway = harness.free_port()
-        procs.start([sys.executable, os.path.join(harness.HERE, "h2hostile.py"), "--port", str(goaway), "--goaway-at-once",
-                     "--cert", f"{pki}/server.pem", "--key", f"{pki}/server.key", "--ca", f"{pki}/ca.pem"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        harness.wait_for_port(goaway)
+        fixture.start_tls_script(procs, pki, "h2hostile.py", goaway, "--goaway-at-once")
         h11 = Misbehaving11(pki)
         h11slow = Misbehaving11(pki, handshake_delay=0.4)
         switcher = Switcher(hostile, h11.port)
@@ -163,15 +152,7 @@ def setUpModule():
             route("pinged", "*.mygreatbank.test", hostile, **ping),
         ])
         config = f"""
-[proxy]
-listen = "127.0.0.1:{proxy_port}"
-workers = 1
-drain_timeout = "10s"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[log]
-format = "json"
-{harness.US_IDENTITY}
+{fixture.json_log_proxy(proxy_port, admin_port, drain_timeout="10s")}
 {routes}"""
         harness.write_file(f"{d}/proxy.conf", config)
         proxy = harness.start_proxy(procs, f"{d}/proxy.conf", f"{d}/proxy.log", proxy_port)
@@ -183,16 +164,11 @@ format = "json"
 
 
 def tearDownModule():
-    if "procs" in ENV:
-        ENV["procs"].stop_all()
+    fixture.stop_processes(ENV)
 
 
 def session():
-    import requests
-    s = requests.Session()
-    s.trust_env = False
-    s.proxies = {"http": ENV["url"]}
-    return s
+    return fixture.proxy_session(ENV["url"])
 
 
 def server_log():
@@ -224,16 +200,8 @@ def raw_request(data, read=True, timeout=10):
         s.close()
 
 
-class Attacks(unittest.TestCase):
-    def setUp(self):
-        if not HAVE_H2:
-            self.skipTest("python h2 library not installed (scripts/lib/deps.sh ensure_h2_deps)")
-        self.assertIsNotNone(ENV.get("proxy"), "the proxy is not running")
-        self.assertIsNone(ENV["proxy"].poll(), "the proxy is not running")
-
-    def tearDown(self):
-        if HAVE_H2 and ENV.get("proxy") is not None:
-            self.assertIsNone(ENV["proxy"].poll(), "the proxy exited (crash?)")
+class Attacks(fixture.ProxyStaysUp, unittest.TestCase):
+    env = ENV
 
     def arm(self, host, mode):
         """One request on `host`'s connection (it opens), which then answers PINGs as `mode` says; its number."""
