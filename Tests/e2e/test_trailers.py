@@ -8,12 +8,7 @@ import json, os, socket, subprocess, sys, time, unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixture, harness  # noqa: E402
-
-try:
-    import h2  # noqa: F401
-    HAVE_H2 = True
-except ImportError:
-    HAVE_H2 = False
+from fixture import HAVE_H2, NO_H2  # noqa: E402
 ENV = {}
 SECRET = "s3cr3t-trailer-value"
 
@@ -107,7 +102,7 @@ def setUpModule():
         up = fx.server(TrailerUpstream(fx.pki))
         routes = fixture.route("h1.mygreatbank.test", identity="us", connect=up.port)
         if HAVE_H2:
-            fx.tls_script("h2server.py", "h2", stdout=subprocess.DEVNULL, stderr=open(fx.path("h2server.log"), "w"))
+            fx.tls_script("h2server.py", "h2", log=fx.path("h2server.log"))
             routes += fixture.route("h2.mygreatbank.test", identity="us", protocol="h2", connect=fx.ports["h2"])
         fx.proxy("proxy", fixture.proxy_section(fx.ports["proxy"]) + harness.US_IDENTITY + routes)
         # The same with small heads: a trailer section counts against max_header_bytes as a head does.
@@ -302,7 +297,7 @@ class HTTP11Upstream(unittest.TestCase):
         self.assertEqual(r["status"], 400, r)
 
 
-@unittest.skipUnless(HAVE_H2, "the Python h2 library is not installed")
+@unittest.skipUnless(HAVE_H2, NO_H2)
 class HTTP2Upstream(unittest.TestCase):
     host = b"h2.mygreatbank.test"
 
