@@ -48,8 +48,9 @@ left open: nothing is ever processed.
 
 Usage: h2hostile.py --port P --cert C --key K --ca CA [--max-streams N] [--silent] [--goaway-at-once] [--git-root DIR]
 """
-import argparse, asyncio, json, os, ssl
+import argparse, asyncio, json, os
 
+import h2tls
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
 LOG = []  # {"event": "stream"|"reset"|"ping", "path", "subject", "sni", "conn", "code"}
@@ -375,22 +376,13 @@ class Hostile(asyncio.Protocol):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--ca", required=True)
-    parser.add_argument("--max-streams", type=int, default=100)
+    h2tls.add_arguments(parser)
     parser.add_argument("--silent", action="store_true")
     parser.add_argument("--goaway-at-once", action="store_true")
     parser.add_argument("--git-root")
     args = parser.parse_args()
     GIT_ROOT[0] = args.git_root
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
-    ctx.load_verify_locations(args.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["h2"])
-    ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
+    ctx = h2tls.server_context(args, ["h2"], SNI_NAMES)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(loop.create_server(lambda: Hostile(args.max_streams, args.silent, args.goaway_at_once), "127.0.0.1", args.port, ssl=ctx))

@@ -35,8 +35,9 @@ the server offers only http/1.1 in ALPN.
 
 Usage: h2server.py --port P --cert C --key K --ca CA [--max-streams N] [--http11-only]
 """
-import argparse, asyncio, base64, hashlib, json, ssl, sys
+import argparse, asyncio, base64, hashlib, json, sys
 
+import h2tls
 import h2.config, h2.connection, h2.events, h2.errors, h2.exceptions, h2.settings
 
 STATS = {}  # subject -> list of stream counts, one per connection
@@ -339,20 +340,11 @@ class H2Protocol(asyncio.Protocol):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--ca", required=True)
-    parser.add_argument("--max-streams", type=int, default=100)
+    h2tls.add_arguments(parser)
     parser.add_argument("--http11-only", action="store_true")
     parser.add_argument("--max-header-list", type=int, default=200_000)
     args = parser.parse_args()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
-    ctx.load_verify_locations(args.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["http/1.1"] if args.http11_only else ["h2", "http/1.1"])
-    ctx.sni_callback = lambda ssl_object, name, _ctx: SNI_NAMES.__setitem__(id(ssl_object), name)
+    ctx = h2tls.server_context(args, ["http/1.1"] if args.http11_only else ["h2", "http/1.1"], SNI_NAMES)
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(lambda: H2Protocol(args.max_streams, args.max_header_list), "127.0.0.1", args.port, ssl=ctx))
     print("listening", flush=True)
